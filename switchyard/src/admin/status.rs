@@ -1,0 +1,126 @@
+//! JSON views of pools, servers and listeners for `/api/v1/*` and `ctl status`.
+
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::Shared;
+use crate::upstream::Server;
+
+/// A server as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Name.
+    pub name: String,
+    /// Address as configured.
+    pub address: String,
+    /// `up`, `down`, `drain` or `maint` (operator states win over health).
+    pub state: String,
+    /// Health: `unchecked`, `up` or `down`.
+    pub health: String,
+    /// Operator state: `ready`, `drain` or `maint`.
+    pub admin_state: String,
+    /// Backup server.
+    pub backup: bool,
+    /// Weight.
+    pub weight: u32,
+    /// Active sessions.
+    pub active: usize,
+    /// Sessions ever.
+    pub total: u64,
+    /// Bytes from clients.
+    pub bytes_in: u64,
+    /// Bytes to clients.
+    pub bytes_out: u64,
+    /// Failed connects.
+    pub connect_errors: u64,
+    /// Last check result.
+    pub check: Option<String>,
+}
+
+/// A pool as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Name.
+    pub name: String,
+    /// Clients waiting for a slot.
+    pub queued: usize,
+    /// Servers.
+    pub servers: Vec<ServerStatus>,
+}
+
+/// A listener as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    /// Name.
+    pub name: String,
+    /// Bound address.
+    pub address: String,
+    /// Protocol.
+    pub protocol: String,
+    /// Active connections.
+    pub active: usize,
+    /// Connections accepted.
+    pub total: u64,
+}
+
+fn name_of<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// One server's status.
+pub fn server(server: &Server) -> ServerStatus {
+    let admin_state = server.admin_state();
+    let health = server.health();
+    let state = match (admin_state, health) {
+        (crate::upstream::AdminState::Ready, crate::health::Health::Down) => "down".to_string(),
+        (crate::upstream::AdminState::Ready, _) => "up".to_string(),
+        (other, _) => name_of(&other),
+    };
+    ServerStatus {
+        name: server.name.clone(),
+        address: server.address.to_string(),
+        state,
+        health: name_of(&health),
+        admin_state: name_of(&admin_state),
+        backup: server.backup,
+        weight: server.weight,
+        active: server.active(),
+        total: server.stats.total.load(Ordering::Relaxed),
+        bytes_in: server.stats.bytes_in.load(Ordering::Relaxed),
+        bytes_out: server.stats.bytes_out.load(Ordering::Relaxed),
+        connect_errors: server.stats.connect_errors.load(Ordering::Relaxed),
+        check: server.last_check(),
+    }
+}
+
+/// Every pool's status.
+pub fn pools(shared: &Shared) -> Vec<PoolStatus> {
+    shared
+        .pools
+        .iter()
+        .map(|pool| PoolStatus {
+            name: pool.name.clone(),
+            queued: pool.stats.queued.load(Ordering::Relaxed),
+            servers: pool.servers.iter().map(|s| server(s)).collect(),
+        })
+        .collect()
+}
+
+/// Every listener's status.
+pub fn listeners(shared: &Shared) -> Vec<ListenerStatus> {
+    shared
+        .listeners
+        .iter()
+        .map(|l| ListenerStatus {
+            name: l.name.clone(),
+            address: l.address.to_string(),
+            protocol: l.protocol.as_str().to_string(),
+            active: l.stats.active.load(Ordering::Relaxed),
+            total: l.stats.total.load(Ordering::Relaxed),
+        })
+        .collect()
+}

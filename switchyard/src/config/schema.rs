@@ -1,0 +1,436 @@
+//! The TOML schema: what an operator may write, with its defaults.
+//!
+//! Every struct denies unknown keys so that a typo is an error instead of a silently ignored
+//! setting. Durations are strings such as `"250ms"`, `"2s"` or `"1m"`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Tokio worker threads; defaults to the number of CPUs.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// How long a graceful shutdown lets connections finish before closing them.
+    #[serde(default = "defaults::shutdown_timeout", with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// The admin API; absent means no admin API.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Where clients connect.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Groups of servers that listeners and routes send traffic to.
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+}
+
+/// The admin HTTP API (status, metrics, server state changes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to bind; loopback by default so the API is never exposed by accident.
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: String,
+    /// Bearer token required for mutating calls: a literal, `env:VAR` or `file:PATH`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// Diagnostic and access logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `switchyard=debug`.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+    /// Where connection/access log lines go: `stdout`, `stderr`, `off` or a file path.
+    #[serde(default = "defaults::log_access")]
+    pub access: String,
+    /// Format of access log lines.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: defaults::log_level(),
+            access: defaults::log_access(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+/// Access log line formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Plain `key=value` text.
+    Text,
+    /// Common Log Format (HTTP); text for other protocols.
+    Clf,
+    /// Combined Log Format (HTTP); text for other protocols.
+    Combined,
+}
+
+/// Protocols a listener can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Bytes only.
+    Tcp,
+    /// HTTP/1.1 and HTTP/2.
+    Http,
+    /// PostgreSQL wire protocol.
+    Postgres,
+    /// MySQL/MariaDB wire protocol.
+    Mysql,
+    /// SMTP.
+    Smtp,
+}
+
+impl Protocol {
+    /// The name used in the config file and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
+            Protocol::Smtp => "smtp",
+        }
+    }
+}
+
+/// One listening socket and how its connections are handled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs, metrics and socket handoff.
+    pub name: String,
+    /// `host:port` to bind, IPv4 or IPv6 (`[::1]:8080`).
+    pub listen: String,
+    /// The protocol spoken by clients.
+    pub protocol: Protocol,
+    /// The pool used when no route matches.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Client-side timeouts.
+    #[serde(default)]
+    pub timeouts: ListenerTimeouts,
+    /// Most connections handled at once; further clients wait in the kernel's accept queue.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Accept a PROXY protocol header (v1 or v2) from a fronting balancer.
+    #[serde(default)]
+    pub proxy_protocol: Option<AcceptProxyProtocol>,
+    /// Listen backlog (accept queue length).
+    #[serde(default = "defaults::backlog")]
+    pub backlog: u32,
+    /// Routing rules; first match wins, else `pool`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// What a listener does with an incoming PROXY protocol header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptProxyProtocol {
+    /// Every connection must start with a v1 or v2 header.
+    Accept,
+}
+
+/// Timeouts on the client side of a listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTimeouts {
+    /// Idle time allowed on a client connection (reset by traffic in either direction).
+    #[serde(default = "defaults::idle", with = "duration")]
+    pub client: Duration,
+    /// Time allowed to receive a PROXY protocol header.
+    #[serde(default = "defaults::proxy_header", with = "duration")]
+    pub proxy_header: Duration,
+}
+
+impl Default for ListenerTimeouts {
+    fn default() -> Self {
+        Self {
+            client: defaults::idle(),
+            proxy_header: defaults::proxy_header(),
+        }
+    }
+}
+
+/// A routing rule: when every given match key matches, use `pool`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The pool this route sends to.
+    pub pool: String,
+    /// HTTP Host (exact or `*.suffix`).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// HTTP path prefix.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// TLS SNI.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Database name (postgres/mysql).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// User name (postgres/mysql).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Mail domain (smtp).
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+/// Balance algorithms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceAlgorithm {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Fewest active connections relative to weight.
+    LeastConn,
+    /// Power of two random choices.
+    Random,
+    /// Weighted rendezvous hashing of the client address.
+    SourceHash,
+}
+
+/// A group of interchangeable servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Unique name.
+    pub name: String,
+    /// How a server is chosen.
+    #[serde(default)]
+    pub balance: BalanceAlgorithm,
+    /// Active health checking; absent means servers are only checked passively.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// Server-side timeouts.
+    #[serde(default)]
+    pub timeouts: PoolTimeouts,
+    /// Clients allowed to wait for a free server slot at once; more are refused.
+    #[serde(default = "defaults::max_queue")]
+    pub max_queue: usize,
+    /// Connect attempts on another server after a failed connect (redispatch).
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    /// Send a PROXY protocol header to servers.
+    #[serde(default)]
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
+    /// The servers.
+    pub servers: Vec<ServerConfig>,
+}
+
+/// PROXY protocol versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    /// Human-readable v1.
+    V1,
+    /// Binary v2.
+    V2,
+}
+
+/// Timeouts on the server side of a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTimeouts {
+    /// Time allowed to establish a server connection.
+    #[serde(default = "defaults::connect", with = "duration")]
+    pub connect: Duration,
+    /// Idle time allowed on a server connection (reset by traffic in either direction).
+    #[serde(default = "defaults::idle", with = "duration")]
+    pub server: Duration,
+    /// Time a client may wait for a server slot when every server is at `max_connections`.
+    #[serde(default = "defaults::queue", with = "duration")]
+    pub queue: Duration,
+    /// Idle time for an established tunnel; replaces `client` and `server` when set.
+    #[serde(default, with = "duration::option")]
+    pub tunnel: Option<Duration>,
+}
+
+impl Default for PoolTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: defaults::connect(),
+            server: defaults::idle(),
+            queue: defaults::queue(),
+            tunnel: None,
+        }
+    }
+}
+
+/// One backend server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Unique within the pool; defaults to the address.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `host:port`; host names are resolved at each connect.
+    pub address: String,
+    /// Relative share of traffic (0 to 256; 0 takes no new traffic).
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+    /// Most concurrent connections; more clients wait in the pool queue.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Takes traffic only while no non-backup server is up.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+impl ServerConfig {
+    /// The server's name: the configured one, else its address.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.address)
+    }
+}
+
+/// Health check kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP request expecting a 2xx or 3xx status.
+    Http,
+    /// PostgreSQL startup and role query.
+    Postgres,
+    /// MySQL handshake and role query.
+    Mysql,
+    /// SMTP greeting and EHLO.
+    Smtp,
+}
+
+/// What happens to established sessions when their server goes down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDown {
+    /// Leave them; they end on their own.
+    #[default]
+    None,
+    /// Close them at once.
+    ShutdownSessions,
+}
+
+/// Active and passive health checking of a pool's servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// The kind of check.
+    pub check: CheckKind,
+    /// Time between checks of a server in a steady state.
+    #[serde(default = "defaults::check_interval", with = "duration")]
+    pub interval: Duration,
+    /// Time between checks while a server is changing state; defaults to interval / 4.
+    #[serde(default, with = "duration::option")]
+    pub fast_interval: Option<Duration>,
+    /// Time allowed for one check; defaults to the smaller of interval and 2s.
+    #[serde(default, with = "duration::option")]
+    pub timeout: Option<Duration>,
+    /// Consecutive failures that take an up server down.
+    #[serde(default = "defaults::fall")]
+    pub fall: u32,
+    /// Consecutive successes that bring a down server up.
+    #[serde(default = "defaults::rise")]
+    pub rise: u32,
+    /// What to do with established sessions when a server goes down.
+    #[serde(default)]
+    pub on_down: OnDown,
+    /// HTTP path for `http` checks.
+    #[serde(default = "defaults::check_path")]
+    pub path: String,
+    /// HTTP Host header for `http` checks; defaults to the server address.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+impl HealthConfig {
+    /// Effective check timeout.
+    pub fn effective_timeout(&self) -> Duration {
+        self.timeout
+            .unwrap_or_else(|| self.interval.min(Duration::from_secs(2)))
+    }
+
+    /// Effective interval while a server is between states.
+    pub fn effective_fast_interval(&self) -> Duration {
+        self.fast_interval
+            .unwrap_or_else(|| (self.interval / 4).max(Duration::from_millis(50)))
+    }
+}
+
+/// Default values, named so the schema documentation and the code agree.
+mod defaults {
+    use std::time::Duration;
+
+    pub fn shutdown_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn admin_listen() -> String {
+        "127.0.0.1:9900".into()
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+    pub fn log_access() -> String {
+        "stdout".into()
+    }
+    pub fn backlog() -> u32 {
+        4096
+    }
+    pub fn idle() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn proxy_header() -> Duration {
+        Duration::from_secs(3)
+    }
+    pub fn connect() -> Duration {
+        Duration::from_secs(3)
+    }
+    pub fn queue() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn max_queue() -> usize {
+        1024
+    }
+    pub fn retries() -> u32 {
+        1
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn check_interval() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn fall() -> u32 {
+        3
+    }
+    pub fn rise() -> u32 {
+        2
+    }
+    pub fn check_path() -> String {
+        "/".into()
+    }
+}

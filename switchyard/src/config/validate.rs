@@ -1,0 +1,204 @@
+//! Semantic checks that serde cannot express: references, uniqueness, addresses, limits.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use super::load::ErrorSink;
+use super::schema::{CheckKind, Config, Protocol};
+use crate::key_path;
+
+/// Checks a parsed config, recording every problem in `sink`.
+pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
+    if let Some(admin) = &config.admin {
+        if admin.listen.parse::<SocketAddr>().is_err() {
+            sink.at(
+                &key_path!("admin", "listen"),
+                format!("`{}` is not an IP:port address", admin.listen),
+            );
+        }
+        if let Some(token) = &admin.token
+            && let Err(e) = crate::admin::resolve_secret(token)
+        {
+            sink.at(&key_path!("admin", "token"), e);
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        sink.at(
+            &key_path!("log", "level"),
+            format!("invalid log filter: {e}"),
+        );
+    }
+    let access = config.log.access.as_str();
+    if !matches!(access, "stdout" | "stderr" | "off") {
+        let path = sink.config_dir().join(access);
+        let dir = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            sink.at(
+                &key_path!("log", "access"),
+                format!("directory {} does not exist", dir.display()),
+            );
+        }
+    }
+
+    let unparsed_pools = sink.unparsed_names("pool");
+    let mut pool_names = unique_names(config.pools.iter().map(|p| p.name.as_str()), "pool", sink);
+    pool_names.extend(unparsed_pools.iter().map(String::as_str));
+    unique_names(
+        config.listeners.iter().map(|l| l.name.as_str()),
+        "listener",
+        sink,
+    );
+
+    let mut bound = HashSet::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        match listener.listen.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if addr.port() != 0 && !bound.insert(addr) {
+                    sink.at(
+                        &key_path!("listener", i, "listen"),
+                        format!("{addr} is already used by another listener"),
+                    );
+                }
+            }
+            Err(_) => sink.at(
+                &key_path!("listener", i, "listen"),
+                format!(
+                    "`{}` is not an IP:port address (use e.g. 127.0.0.1:8080 or [::]:8080)",
+                    listener.listen
+                ),
+            ),
+        }
+        if listener.protocol != Protocol::Tcp {
+            sink.at(
+                &key_path!("listener", i, "protocol"),
+                format!(
+                    "protocol `{}` is not available in this build yet; use `tcp`",
+                    listener.protocol.as_str()
+                ),
+            );
+        }
+        match &listener.pool {
+            Some(pool) if !pool_names.contains(pool.as_str()) => sink.at(
+                &key_path!("listener", i, "pool"),
+                format!("pool `{pool}` is not defined"),
+            ),
+            None if listener.routes.is_empty() => sink.at(
+                &key_path!("listener", i),
+                "a listener needs a `pool` (or routes)",
+            ),
+            _ => {}
+        }
+        if listener.max_connections == Some(0) {
+            sink.at(
+                &key_path!("listener", i, "max_connections"),
+                "must be at least 1",
+            );
+        }
+        for (r, route) in listener.routes.iter().enumerate() {
+            if !pool_names.contains(route.pool.as_str()) {
+                sink.at(
+                    &key_path!("listener", i, "routes", r, "pool"),
+                    format!("pool `{}` is not defined", route.pool),
+                );
+            }
+            if listener.protocol == Protocol::Tcp {
+                sink.at(
+                    &key_path!("listener", i, "routes", r),
+                    "tcp listeners route by SNI only with TLS passthrough, which this build does not have yet",
+                );
+            }
+        }
+    }
+
+    for (i, pool) in config.pools.iter().enumerate() {
+        if pool.servers.is_empty() {
+            sink.at(
+                &key_path!("pool", i, "servers"),
+                "a pool needs at least one server",
+            );
+        }
+        let mut names = HashSet::new();
+        for (s, server) in pool.servers.iter().enumerate() {
+            if !names.insert(server.display_name()) {
+                sink.at(
+                    &key_path!("pool", i, "servers", s),
+                    format!(
+                        "server name `{}` is used twice in pool `{}`",
+                        server.display_name(),
+                        pool.name
+                    ),
+                );
+            }
+            if let Err(e) = crate::upstream::ServerAddress::parse(&server.address) {
+                sink.at(&key_path!("pool", i, "servers", s, "address"), e);
+            }
+            if server.weight > 256 {
+                sink.at(
+                    &key_path!("pool", i, "servers", s, "weight"),
+                    "must be from 0 to 256",
+                );
+            }
+            if server.max_connections == Some(0) {
+                sink.at(
+                    &key_path!("pool", i, "servers", s, "max_connections"),
+                    "must be at least 1",
+                );
+            }
+        }
+        if let Some(health) = &pool.health {
+            if !matches!(health.check, CheckKind::Tcp | CheckKind::Http) {
+                sink.at(
+                    &key_path!("pool", i, "health", "check"),
+                    "only `tcp` and `http` checks are available in this build yet",
+                );
+            }
+            if health.fall == 0 {
+                sink.at(
+                    &key_path!("pool", i, "health", "fall"),
+                    "must be at least 1",
+                );
+            }
+            if health.rise == 0 {
+                sink.at(
+                    &key_path!("pool", i, "health", "rise"),
+                    "must be at least 1",
+                );
+            }
+            if health.interval.is_zero() {
+                sink.at(
+                    &key_path!("pool", i, "health", "interval"),
+                    "must be longer than zero",
+                );
+            }
+            if !health.path.starts_with('/') {
+                sink.at(&key_path!("pool", i, "health", "path"), "must start with /");
+            }
+        }
+        if pool.timeouts.connect.is_zero() {
+            sink.at(
+                &key_path!("pool", i, "timeouts", "connect"),
+                "must be longer than zero",
+            );
+        }
+    }
+}
+
+/// Reports duplicate names and returns the set of names.
+fn unique_names<'c>(
+    names: impl Iterator<Item = &'c str>,
+    section: &str,
+    sink: &mut ErrorSink<'_>,
+) -> HashSet<&'c str> {
+    let mut seen = HashSet::new();
+    for (i, name) in names.enumerate() {
+        if name.is_empty() {
+            sink.at(&key_path!(section, i, "name"), "must not be empty");
+        } else if !seen.insert(name) {
+            sink.at(
+                &key_path!(section, i, "name"),
+                format!("{section} name `{name}` is used twice"),
+            );
+        }
+    }
+    seen
+}

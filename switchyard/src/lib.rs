@@ -1,0 +1,17 @@
+//! Switchyard: a multi-protocol reverse proxy and load balancer.
+//!
+//! The binary in `main.rs` only parses the command line; everything else lives here so that
+//! tests, benchmarks and fuzz targets can reach it.
+
+pub mod admin;
+pub mod config;
+pub mod ctl;
+pub mod health;
+pub mod listener;
+pub mod net;
+pub mod observe;
+pub mod protocol;
+pub mod proxy_protocol;
+pub mod relay;
+pub mod runtime;
+pub mod upstream;

@@ -1,0 +1,182 @@
+//! The `switchyard` command line: argument parsing only; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use switchyard::admin::client::AdminClient;
+use switchyard::config;
+use switchyard::ctl::{self, CtlCommand};
+
+/// Multi-protocol reverse proxy and load balancer.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in the foreground (logs to stderr).
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0, or print every error and exit 2.
+    Check {
+        /// Config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Talk to a running proxy's admin API.
+    Ctl {
+        /// Admin API address.
+        #[arg(
+            long,
+            env = "SWITCHYARD_ADMIN",
+            default_value = "http://127.0.0.1:9900"
+        )]
+        admin: String,
+        /// Bearer token for mutating calls.
+        #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: CtlArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlArgs {
+    /// Listeners, pools, servers: state, connections, bytes, last check.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop new work to a server.
+    Drain {
+        pool: String,
+        server: String,
+        /// Return only when the server has no active sessions.
+        #[arg(long)]
+        wait: bool,
+        /// Longest time --wait waits.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Put a server back into service.
+    Ready { pool: String, server: String },
+    /// Take a server out of service and cut its sessions.
+    Maint { pool: String, server: String },
+    /// Re-read the config file and apply the difference.
+    Reload,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    config::duration::parse(text)
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check { config } => match config::load_file(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => run(config),
+        Command::Ctl {
+            admin,
+            token,
+            command,
+        } => ctl_main(&admin, token, command),
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match config::load_file(&path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    switchyard::observe::init_tracing(&config.log.level);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shared = match switchyard::runtime::build(&config, path) {
+            Ok(shared) => shared,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match switchyard::runtime::run(config, shared).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn ctl_main(admin: &str, token: Option<String>, command: CtlArgs) -> ExitCode {
+    let command = match command {
+        CtlArgs::Status { json } => CtlCommand::Status { json },
+        CtlArgs::Drain {
+            pool,
+            server,
+            wait,
+            timeout,
+        } => CtlCommand::Drain {
+            pool,
+            server,
+            wait: wait.then_some(timeout),
+        },
+        CtlArgs::Ready { pool, server } => CtlCommand::Ready { pool, server },
+        CtlArgs::Maint { pool, server } => CtlCommand::Maint { pool, server },
+        CtlArgs::Reload => CtlCommand::Reload,
+    };
+    let client = match AdminClient::new(admin, token) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ctl::run(&client, command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

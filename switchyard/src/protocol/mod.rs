@@ -1,0 +1,3 @@
+//! Protocol front ends: what happens on a client connection after accept.
+
+pub mod tcp;

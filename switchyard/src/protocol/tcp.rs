@@ -1,0 +1,131 @@
+//! `protocol = "tcp"`: optional PROXY header in, a server from the pool, bytes both ways.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::ProxyProtocolVersion;
+use crate::listener::Listener;
+use crate::net::tune_stream;
+use crate::observe::ConnectionRecord;
+use crate::proxy_protocol::{self, ProxyHeader};
+use crate::relay::{IdleLimit, RelayCounters, relay, write_all};
+use crate::runtime::Shared;
+use crate::upstream::{ConnectError, LeaseError, connect};
+
+/// Handles one client connection to the end, logging one line when it closes.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<Listener>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
+    let started = Instant::now();
+    tune_stream(&client);
+    let mut record = ConnectionRecord {
+        time: String::new(),
+        listener: listener.name.clone(),
+        client: peer,
+        pool: Some(listener.pool.name.clone()),
+        server: None,
+        duration_ms: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        termination: "",
+    };
+    record.termination = proxy(&shared, &listener, client, peer, &mut record).await;
+    if !matches!(record.termination, "client_closed" | "server_closed") {
+        tracing::debug!(listener = %listener.name, client = %record.client, reason = record.termination, "connection ended");
+    }
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    record.time = ConnectionRecord::now_string();
+    shared.access_log.log(&record);
+}
+
+async fn proxy(
+    shared: &Shared,
+    listener: &Listener,
+    client: TcpStream,
+    peer: SocketAddr,
+    record: &mut ConnectionRecord,
+) -> &'static str {
+    let mut client = client;
+    let mut destination = client.local_addr().unwrap_or(listener.address);
+    let mut early_data = bytes::Bytes::new();
+    if listener.config.proxy_protocol.is_some() {
+        match proxy_protocol::read_header(&mut client, listener.config.timeouts.proxy_header).await
+        {
+            Ok((header, rest)) => {
+                if let ProxyHeader::Proxied(addrs) = header {
+                    record.client = addrs.source;
+                    destination = addrs.destination;
+                }
+                early_data = rest;
+            }
+            Err(error) => {
+                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(listener = %listener.name, client = %peer, %error, "bad PROXY protocol header");
+                return "proxy_header_error";
+            }
+        }
+    }
+
+    let pool = &listener.pool;
+    let upstream = match connect(pool, record.client).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %listener.name, pool = %pool.name, client = %record.client, %error, "no server connection");
+            return match error {
+                ConnectError::Lease(LeaseError::NoServer) => "no_server",
+                ConnectError::Lease(LeaseError::QueueFull) => "queue_full",
+                ConnectError::Lease(LeaseError::QueueTimeout) => "queue_timeout",
+                ConnectError::Failed { .. } => "connect_failed",
+            };
+        }
+    };
+    let server = upstream.lease.server().clone();
+    record.server = Some(server.name.clone());
+
+    let mut preamble = match pool.send_proxy_protocol {
+        Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(record.client, destination),
+        Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(record.client, destination),
+        None => Vec::new(),
+    };
+    preamble.extend_from_slice(&early_data);
+    if !preamble.is_empty() {
+        if write_all(&upstream.stream, &preamble, &()).await.is_err() {
+            return "server_error";
+        }
+        let early = early_data.len() as u64;
+        record.bytes_in += early;
+        for counter in [&server.stats.bytes_in, &listener.stats.bytes_in] {
+            counter.fetch_add(early, Ordering::Relaxed);
+        }
+    }
+
+    let idle = IdleLimit::choose(
+        listener.config.timeouts.client,
+        pool.timeouts.server,
+        pool.timeouts.tunnel,
+    );
+    let cut = server.session_token();
+    let outcome = relay(
+        &client,
+        &upstream.stream,
+        idle,
+        &cut,
+        &shared.hard_stop,
+        RelayCounters {
+            to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
+            to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
+        },
+    )
+    .await;
+    record.bytes_in += outcome.bytes_in;
+    record.bytes_out += outcome.bytes_out;
+    outcome.termination.as_str()
+}

@@ -1,0 +1,337 @@
+//! Moving bytes both ways between a client and a server socket.
+//!
+//! Written against `&TcpStream` readiness instead of `tokio::io::copy_bidirectional` for two
+//! reasons a proxy cares about: buffers are borrowed from a per-thread pool only while data
+//! is moving, so an idle connection holds no buffer memory; and every chunk updates the live
+//! byte counters and the idle clock that both directions share.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Size of one relay buffer.
+const BUFFER_SIZE: usize = 32 * 1024;
+/// Buffers kept per thread for reuse.
+const POOLED_BUFFERS: usize = 64;
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer from the thread's pool, returned on drop.
+struct PooledBuffer(Option<Box<[u8]>>);
+
+impl PooledBuffer {
+    fn take() -> Self {
+        let buffer = BUFFERS
+            .with(|pool| pool.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice());
+        Self(Some(buffer))
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.0.take() {
+            BUFFERS.with(|pool| {
+                let mut pool = pool.borrow_mut();
+                if pool.len() < POOLED_BUFFERS {
+                    pool.push(buffer);
+                }
+            });
+        }
+    }
+}
+
+/// Why a relayed connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// Both sides closed; the client closed first.
+    ClientClosed,
+    /// Both sides closed; the server closed first.
+    ServerClosed,
+    /// The client socket failed (reset, broken pipe).
+    ClientError,
+    /// The server socket failed.
+    ServerError,
+    /// No traffic for the client idle timeout.
+    ClientTimeout,
+    /// No traffic for the server idle timeout.
+    ServerTimeout,
+    /// No traffic for the tunnel timeout.
+    TunnelTimeout,
+    /// The server was put in maintenance or went down with `shutdown_sessions`.
+    ServerCut,
+    /// The proxy's shutdown timeout ran out.
+    Shutdown,
+}
+
+impl Termination {
+    /// The name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::ServerClosed => "server_closed",
+            Self::ClientError => "client_error",
+            Self::ServerError => "server_error",
+            Self::ClientTimeout => "client_timeout",
+            Self::ServerTimeout => "server_timeout",
+            Self::TunnelTimeout => "tunnel_timeout",
+            Self::ServerCut => "server_cut",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How long a relay may sit idle, and what to call it when it does.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleLimit {
+    /// Longest time without traffic in either direction.
+    pub after: Duration,
+    /// The reason reported when it expires.
+    pub reason: Termination,
+}
+
+impl IdleLimit {
+    /// The effective limit: `tunnel` when set, else the shorter of `client` and `server`.
+    /// Zero durations mean "no limit".
+    pub fn choose(client: Duration, server: Duration, tunnel: Option<Duration>) -> Option<Self> {
+        if let Some(tunnel) = tunnel {
+            return (!tunnel.is_zero()).then_some(Self {
+                after: tunnel,
+                reason: Termination::TunnelTimeout,
+            });
+        }
+        let candidates = [
+            (client, Termination::ClientTimeout),
+            (server, Termination::ServerTimeout),
+        ];
+        candidates
+            .into_iter()
+            .filter(|(d, _)| !d.is_zero())
+            .min_by_key(|(d, _)| *d)
+            .map(|(after, reason)| Self { after, reason })
+    }
+}
+
+/// Live counters a relay adds to as bytes move.
+pub struct RelayCounters<'a> {
+    /// Incremented with client → server bytes.
+    pub to_server: &'a [&'a AtomicU64],
+    /// Incremented with server → client bytes.
+    pub to_client: &'a [&'a AtomicU64],
+}
+
+/// What a relay did.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayOutcome {
+    /// Bytes from client to server.
+    pub bytes_in: u64,
+    /// Bytes from server to client.
+    pub bytes_out: u64,
+    /// Why it ended.
+    pub termination: Termination,
+}
+
+/// Time of the last traffic, shared by both directions.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// Relays until both directions are closed, a socket fails, the idle limit passes, or
+/// `cut`/`shutdown` fire. A FIN in one direction is passed on while the other keeps flowing.
+pub async fn relay(
+    client: &TcpStream,
+    server: &TcpStream,
+    idle: Option<IdleLimit>,
+    cut: &CancellationToken,
+    shutdown: &CancellationToken,
+    counters: RelayCounters<'_>,
+) -> RelayOutcome {
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let bytes_in = AtomicU64::new(0);
+    let bytes_out = AtomicU64::new(0);
+    let first_close = std::sync::Mutex::new(None);
+    let upstream = pump(
+        client,
+        server,
+        Side::Client,
+        &activity,
+        &bytes_in,
+        counters.to_server,
+        &first_close,
+    );
+    let downstream = pump(
+        server,
+        client,
+        Side::Server,
+        &activity,
+        &bytes_out,
+        counters.to_client,
+        &first_close,
+    );
+    let both = async { tokio::try_join!(upstream, downstream) };
+    let termination = tokio::select! {
+        result = both => match result {
+            Ok(_) => match *first_close.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(Side::Server) => Termination::ServerClosed,
+                _ => Termination::ClientClosed,
+            },
+            Err(Side::Client) => Termination::ClientError,
+            Err(Side::Server) => Termination::ServerError,
+        },
+        reason = idle_watch(&activity, idle) => reason,
+        () = cut.cancelled() => Termination::ServerCut,
+        () = shutdown.cancelled() => Termination::Shutdown,
+    };
+    RelayOutcome {
+        bytes_in: bytes_in.load(Ordering::Relaxed),
+        bytes_out: bytes_out.load(Ordering::Relaxed),
+        termination,
+    }
+}
+
+async fn idle_watch(activity: &Activity, idle: Option<IdleLimit>) -> Termination {
+    let Some(limit) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        let deadline = activity.last() + limit.after;
+        if Instant::now() >= deadline {
+            return limit.reason;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Copies one direction until EOF (then half-closes the writer) or an error, which is
+/// reported as the side whose socket failed.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    from_side: Side,
+    activity: &Activity,
+    moved: &AtomicU64,
+    counters: &[&AtomicU64],
+    first_close: &std::sync::Mutex<Option<Side>>,
+) -> Result<(), Side> {
+    let to_side = match from_side {
+        Side::Client => Side::Server,
+        Side::Server => Side::Client,
+    };
+    loop {
+        from.readable().await.map_err(|_| from_side)?;
+        let mut buffer = PooledBuffer::take();
+        loop {
+            let n = match from.try_read(buffer.as_mut()) {
+                Ok(0) => {
+                    first_close
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(from_side);
+                    // Pass the FIN on; the other direction keeps flowing.
+                    let _ = SockRef::from(to).shutdown(Shutdown::Write);
+                    return Ok(());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(from_side),
+            };
+            activity.touch();
+            write_all(to, &buffer.as_mut()[..n], activity)
+                .await
+                .map_err(|_| to_side)?;
+            moved.fetch_add(n as u64, Ordering::Relaxed);
+            for counter in counters {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Writes all of `data`, touching the idle clock on each bit of progress so a slow but
+/// live reader is not mistaken for an idle one.
+pub async fn write_all(
+    to: &TcpStream,
+    mut data: &[u8],
+    activity_hint: &impl Touch,
+) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                data = &data[n..];
+                activity_hint.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Something that notes traffic.
+pub trait Touch {
+    /// Notes that bytes moved now.
+    fn touch(&self);
+}
+
+impl Touch for Activity {
+    fn touch(&self) {
+        Activity::touch(self);
+    }
+}
+
+impl Touch for () {
+    fn touch(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_limit_prefers_tunnel_then_shortest() {
+        let s = Duration::from_secs;
+        let limit = IdleLimit::choose(s(30), s(10), None).map(|l| (l.after, l.reason));
+        assert_eq!(limit, Some((s(10), Termination::ServerTimeout)));
+        let limit = IdleLimit::choose(s(30), s(10), Some(s(3600))).map(|l| (l.after, l.reason));
+        assert_eq!(limit, Some((s(3600), Termination::TunnelTimeout)));
+        assert!(IdleLimit::choose(s(0), s(0), None).is_none());
+    }
+}

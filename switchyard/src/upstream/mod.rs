@@ -1,0 +1,13 @@
+//! Upstream side: pools, servers, balancing, and connecting.
+
+mod address;
+mod balance;
+mod connect;
+mod pool;
+mod server;
+
+pub use address::ServerAddress;
+pub use balance::Balancer;
+pub use connect::{ConnectError, Upstream, connect, connect_server};
+pub use pool::{Lease, LeaseError, Pool, PoolStats};
+pub use server::{AdminState, Server, ServerStats};

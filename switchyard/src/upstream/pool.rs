@@ -1,0 +1,222 @@
+//! A pool of servers: choosing one that can take work, queueing when all are full.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Balancer, Server};
+use crate::config::{HealthConfig, PoolConfig, PoolTimeouts, ProxyProtocolVersion};
+
+/// Counters kept per pool.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Clients waiting for a server slot now.
+    pub queued: AtomicUsize,
+    /// Clients that gave up waiting for a slot.
+    pub queue_timeouts: AtomicU64,
+    /// Clients refused because the queue was full.
+    pub queue_full: AtomicU64,
+    /// Clients refused because no server was available.
+    pub no_server: AtomicU64,
+}
+
+/// Why no server could be leased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// Every server is down, drained or in maintenance.
+    #[error("no server available")]
+    NoServer,
+    /// Every usable server is at its connection limit and the queue is full.
+    #[error("queue full")]
+    QueueFull,
+    /// Waited `timeouts.queue` for a slot without getting one.
+    #[error("queue timeout")]
+    QueueTimeout,
+}
+
+/// A connection slot on a server, given back when dropped.
+#[derive(Debug)]
+pub struct Lease {
+    server: Arc<Server>,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    /// The leased server.
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.server.release_slot();
+        self.pool.slot_freed.notify_waiters();
+    }
+}
+
+/// A named group of servers with a balance algorithm.
+#[derive(Debug)]
+pub struct Pool {
+    /// Name from the config.
+    pub name: String,
+    /// The servers, in config order.
+    pub servers: Vec<Arc<Server>>,
+    /// Server-side timeouts.
+    pub timeouts: PoolTimeouts,
+    /// Extra connect attempts on other servers.
+    pub retries: u32,
+    /// PROXY header to send to servers.
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
+    /// Health checking, if configured.
+    pub health: Option<HealthConfig>,
+    /// Counters.
+    pub stats: PoolStats,
+    max_queue: usize,
+    balancer: Balancer,
+    slot_freed: Notify,
+}
+
+impl Pool {
+    /// Builds a pool from its (validated) config.
+    pub fn new(config: &PoolConfig) -> Result<Self, String> {
+        let (fall, rise) = config.health.as_ref().map_or((3, 2), |h| (h.fall, h.rise));
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| Server::new(s, fall, rise).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            name: config.name.clone(),
+            balancer: Balancer::new(config.balance, servers.len()),
+            servers,
+            timeouts: config.timeouts.clone(),
+            retries: config.retries,
+            send_proxy_protocol: config.send_proxy_protocol,
+            health: config.health.clone(),
+            stats: PoolStats::default(),
+            max_queue: config.max_queue,
+            slot_freed: Notify::new(),
+        })
+    }
+
+    /// Finds a server by name.
+    pub fn server(&self, name: &str) -> Option<&Arc<Server>> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// Servers eligible for new work: available primaries, else available backups.
+    fn eligible(&self, exclude: &[Arc<Server>]) -> Vec<usize> {
+        let available = |backup: bool| -> Vec<usize> {
+            self.servers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.backup == backup && s.is_available())
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let mut eligible = available(false);
+        if eligible.is_empty() {
+            eligible = available(true);
+        }
+        // Avoid servers that just failed, unless nothing else is left.
+        let preferred: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| !exclude.iter().any(|e| Arc::ptr_eq(e, &self.servers[i])))
+            .collect();
+        if preferred.is_empty() {
+            eligible
+        } else {
+            preferred
+        }
+    }
+
+    /// Leases a slot on a server chosen by the balance algorithm, waiting in the queue
+    /// up to `timeouts.queue` when every eligible server is at its connection limit.
+    pub async fn lease(
+        self: &Arc<Self>,
+        client: IpAddr,
+        exclude: &[Arc<Server>],
+    ) -> Result<Lease, LeaseError> {
+        if let Some(lease) = self.try_lease(client, exclude)? {
+            return Ok(lease);
+        }
+        if self.stats.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+            self.stats.queued.fetch_sub(1, Ordering::AcqRel);
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            return Err(LeaseError::QueueFull);
+        }
+        let result = self
+            .wait_in_queue(client, exclude, self.timeouts.queue)
+            .await;
+        self.stats.queued.fetch_sub(1, Ordering::AcqRel);
+        if matches!(result, Err(LeaseError::QueueTimeout)) {
+            self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn wait_in_queue(
+        self: &Arc<Self>,
+        client: IpAddr,
+        exclude: &[Arc<Server>],
+        limit: Duration,
+    ) -> Result<Lease, LeaseError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            // Register interest before looking, so a slot freed in between is not missed.
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(lease) = self.try_lease(client, exclude)? {
+                return Ok(lease);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(LeaseError::QueueTimeout);
+            }
+        }
+    }
+
+    /// Wakes queued clients so they look again (a server came back or changed state).
+    pub fn wake_queue(&self) {
+        self.slot_freed.notify_waiters();
+    }
+
+    fn try_lease(
+        self: &Arc<Self>,
+        client: IpAddr,
+        exclude: &[Arc<Server>],
+    ) -> Result<Option<Lease>, LeaseError> {
+        let eligible = self.eligible(exclude);
+        if eligible.is_empty() {
+            self.stats.no_server.fetch_add(1, Ordering::Relaxed);
+            return Err(LeaseError::NoServer);
+        }
+        let mut free: Vec<usize> = eligible
+            .into_iter()
+            .filter(|&i| {
+                self.servers[i]
+                    .max_connections
+                    .is_none_or(|max| self.servers[i].active() < max)
+            })
+            .collect();
+        while !free.is_empty() {
+            let pick = self.balancer.pick(&self.servers, &free, client);
+            let server = &self.servers[pick];
+            if server.try_take_slot() {
+                return Ok(Some(Lease {
+                    server: server.clone(),
+                    pool: self.clone(),
+                }));
+            }
+            // Lost a race for its last slot: try the others.
+            free.retain(|&i| i != pick);
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,144 @@
+//! In-test backends: real sockets, small behaviours.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A TCP backend; stops (closing its listening socket) when dropped.
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    /// Listens on `addr` (use port 0 for any) and runs `serve` for each connection.
+    pub async fn start<F, Fut>(addr: &str, serve: F) -> Backend
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            let serve = Arc::new(serve);
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let serve = serve.clone();
+                tokio::spawn(async move { serve(stream).await });
+            }
+        });
+        Backend {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    /// Echoes everything back; half-closes when the client does.
+    pub async fn echo() -> Backend {
+        Self::start("127.0.0.1:0", echo).await
+    }
+
+    /// Writes `name\n` on connect, then echoes.
+    pub async fn named(name: &'static str) -> Backend {
+        Self::start("127.0.0.1:0", move |mut stream: TcpStream| async move {
+            let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
+            echo(stream).await;
+        })
+        .await
+    }
+
+    /// Listens on a fixed address (to restart a "killed" backend on the same port).
+    pub async fn named_at(addr: SocketAddr, name: &'static str) -> Backend {
+        Self::start(&addr.to_string(), move |mut stream: TcpStream| async move {
+            let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
+            echo(stream).await;
+        })
+        .await
+    }
+
+    /// An HTTP/1.1 server answering `GET /health` with 200 while `healthy` is true, else 503;
+    /// anything else on the connection after the request is echoed as raw bytes.
+    pub async fn http_health(healthy: Arc<AtomicBool>) -> Backend {
+        Self::start("127.0.0.1:0", move |mut stream: TcpStream| {
+            let healthy = healthy.clone();
+            async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let status = if healthy.load(Ordering::SeqCst) {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = stream
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        })
+        .await
+    }
+}
+
+/// Echo loop used by several backends.
+pub async fn echo(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Connects to `addr` and reads the first line (a named backend's name).
+pub async fn first_line(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to proxy");
+    read_line(&mut stream).await
+}
+
+/// Reads one `\n`-terminated line.
+pub async fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}

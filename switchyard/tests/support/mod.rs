@@ -1,0 +1,320 @@
+//! Test harness: runs the real `switchyard` binary against real sockets.
+//!
+//! Backends are small in-test servers (echo, identifying, HTTP health endpoints). Every wait
+//! is on a condition with a generous deadline, never a bare sleep.
+
+#![allow(dead_code)]
+
+pub mod backends;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use switchyard::admin::client::AdminClient;
+use switchyard::admin::{ListenerStatus, PoolStatus, ServerStatus};
+
+/// How long any condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdTcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `condition` until it is true; panics with `what` after `DEADLINE`.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !condition().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Path of the binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+/// A running switchyard process, killed on drop.
+pub struct Proxy {
+    child: Option<Child>,
+    /// Directory holding the config and logs.
+    pub dir: tempfile::TempDir,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// Admin client (with the token, if the test set one).
+    pub client: AdminClient,
+}
+
+impl Proxy {
+    /// Starts the proxy with `config`, in which `{admin}` is replaced by a free admin address.
+    /// Waits until the admin API answers.
+    pub async fn start(config: &str) -> Proxy {
+        Self::start_with_token(config, None).await
+    }
+
+    /// Like `start`, sending `token` on admin calls.
+    pub async fn start_with_token(config: &str, token: Option<&str>) -> Proxy {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config.replace("{admin}", &admin.to_string());
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, config).expect("write config");
+        let child = Command::new(binary())
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "switchyard=debug,info")
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log"))
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"))
+            .spawn()
+            .expect("spawn switchyard");
+        let client =
+            AdminClient::new(&admin.to_string(), token.map(str::to_string)).expect("client");
+        let mut proxy = Proxy {
+            child: Some(child),
+            dir,
+            admin,
+            client,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = proxy.client.call(Method::GET, "/health", None).await {
+                break;
+            }
+            if let Some(status) = proxy.try_wait() {
+                panic!(
+                    "switchyard exited with {status} during startup:\n{}",
+                    proxy.stderr()
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "switchyard did not start:\n{}",
+                proxy.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proxy
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or_default()
+    }
+
+    /// Sends a signal (e.g. "TERM", "HUP").
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(start.elapsed() < DEADLINE, "switchyard did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// What the process wrote to stdout so far (the access log by default).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// The config file path.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("switchyard.toml")
+    }
+
+    /// GET an admin path; returns status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        self.client
+            .call(Method::GET, path, None)
+            .await
+            .expect("admin GET")
+    }
+
+    /// POST to an admin path.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        self.client
+            .call(Method::POST, path, Some(body.to_string()))
+            .await
+            .expect("admin POST")
+    }
+
+    /// `/api/v1/pools`.
+    pub async fn pools(&self) -> Vec<PoolStatus> {
+        let (status, body) = self.get("/api/v1/pools").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("pools JSON")
+    }
+
+    /// `/api/v1/listeners`.
+    pub async fn listeners(&self) -> Vec<ListenerStatus> {
+        let (status, body) = self.get("/api/v1/listeners").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("listeners JSON")
+    }
+
+    /// One server's status.
+    pub async fn server(&self, pool: &str, server: &str) -> ServerStatus {
+        self.pools()
+            .await
+            .into_iter()
+            .find(|p| p.name == pool)
+            .and_then(|p| p.servers.into_iter().find(|s| s.name == server))
+            .unwrap_or_else(|| panic!("no server {pool}/{server}"))
+    }
+
+    /// Waits until a server's `state` field equals `state`.
+    pub async fn wait_state(&self, pool: &str, server: &str, state: &str) {
+        wait_until(&format!("{pool}/{server} to be {state}"), || async {
+            self.server(pool, server).await.state == state
+        })
+        .await;
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// Runs `switchyard ctl` against this proxy and returns (success, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        run_ctl(&self.admin.to_string(), None, args)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `switchyard ctl --admin ADDR [--token T] ARGS...`.
+pub fn run_ctl(admin: &str, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(binary());
+    command.arg("ctl").arg("--admin").arg(admin);
+    if let Some(token) = token {
+        command.arg("--token").arg(token);
+    }
+    let output = command
+        .args(args)
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ctl");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs `switchyard check -c FILE`; returns (exit code, stderr).
+pub fn check(path: &Path) -> (i32, String) {
+    let output = Command::new(binary())
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("run check");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+// ---- Helpers added for the admin / shutdown / bad-input / PROXY protocol tests. ----
+
+/// Operations helpers: access log, listener addresses, metrics parsing.
+pub mod ops;
+
+impl Proxy {
+    /// Like `start_with_token`, with extra environment variables for the child process
+    /// (e.g. the variable an `[admin] token = "env:VAR"` names).
+    pub async fn start_with_env(config: &str, token: Option<&str>, env: &[(&str, &str)]) -> Proxy {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config.replace("{admin}", &admin.to_string());
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut command = Command::new(binary());
+        command
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "switchyard=debug,info")
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log"))
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn switchyard");
+        let client =
+            AdminClient::new(&admin.to_string(), token.map(str::to_string)).expect("client");
+        let mut proxy = Proxy {
+            child: Some(child),
+            dir,
+            admin,
+            client,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = proxy.client.call(Method::GET, "/health", None).await {
+                break;
+            }
+            if let Some(status) = proxy.try_wait() {
+                panic!(
+                    "switchyard exited with {status} during startup:\n{}",
+                    proxy.stderr()
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "switchyard did not start:\n{}",
+                proxy.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proxy
+    }
+}
