@@ -401,6 +401,34 @@ mod tests {
         }
     }
 
+    /// A stable-toolchain stand-in for the cargo-fuzz target: mutated real headers.
+    #[test]
+    fn mutated_headers_never_panic_or_overrun() {
+        let seeds: [&[u8]; 3] = [
+            &HAPROXY_V2,
+            b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n",
+            b"PROXY TCP6 2001:db8::1 2001:db8::2 4000 5432\r\n",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let mut input = seeds[rng.usize(..seeds.len())].to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..input.len());
+                match rng.u8(..3) {
+                    0 => input[at] = rng.u8(..),
+                    1 => input.truncate(at),
+                    _ => input.insert(at, rng.u8(..)),
+                }
+                if input.is_empty() {
+                    break;
+                }
+            }
+            if let ParseOutcome::Complete { consumed, .. } = parse_header(&input) {
+                assert!(consumed <= input.len());
+            }
+        }
+    }
+
     #[tokio::test]
     async fn read_header_returns_the_payload_after_a_split_header() {
         let (mut client, mut server) = tokio::io::duplex(1024);
