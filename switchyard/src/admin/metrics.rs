@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use crate::health::Health;
 use crate::listener::Listener;
 use crate::runtime::Shared;
-use crate::upstream::{AdminState, Pool};
+use crate::upstream::{AdminState, Pool, Server};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -39,243 +39,237 @@ struct Snapshot {
     dropped_log_lines: u64,
 }
 
-/// Writes one metric family from (labels, value) samples.
-fn family<M: EncodeMetric>(
+/// Whether a value only grows (counter) or goes up and down (gauge).
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric family over a kind of object: name, help, kind and how to read the value.
+struct Metric<T: ?Sized> {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    read: fn(&T) -> u64,
+}
+
+const fn metric<T: ?Sized>(
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    read: fn(&T) -> u64,
+) -> Metric<T> {
+    Metric {
+        name,
+        help,
+        kind,
+        read,
+    }
+}
+
+fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn load_usize(counter: &std::sync::atomic::AtomicUsize) -> u64 {
+    counter.load(Ordering::Relaxed) as u64
+}
+
+const LISTENER_METRICS: &[Metric<Listener>] = &[
+    metric(
+        "switchyard_listener_connections_active",
+        "Client connections being handled",
+        Kind::Gauge,
+        |l| load_usize(&l.stats.active),
+    ),
+    metric(
+        "switchyard_listener_connections",
+        "Client connections accepted",
+        Kind::Counter,
+        |l| load(&l.stats.total),
+    ),
+    metric(
+        "switchyard_listener_connections_failed",
+        "Client connections closed before reaching a server",
+        Kind::Counter,
+        |l| load(&l.stats.failed),
+    ),
+    metric(
+        "switchyard_listener_received_bytes",
+        "Bytes received from clients",
+        Kind::Counter,
+        |l| load(&l.stats.bytes_in),
+    ),
+    metric(
+        "switchyard_listener_sent_bytes",
+        "Bytes sent to clients",
+        Kind::Counter,
+        |l| load(&l.stats.bytes_out),
+    ),
+];
+
+const POOL_METRICS: &[Metric<Pool>] = &[
+    metric(
+        "switchyard_pool_queue_length",
+        "Clients waiting for a server slot",
+        Kind::Gauge,
+        |p| load_usize(&p.stats.queued),
+    ),
+    metric(
+        "switchyard_pool_queue_timeouts",
+        "Clients that waited too long for a server slot",
+        Kind::Counter,
+        |p| load(&p.stats.queue_timeouts),
+    ),
+    metric(
+        "switchyard_pool_queue_full",
+        "Clients refused because the queue was full",
+        Kind::Counter,
+        |p| load(&p.stats.queue_full),
+    ),
+    metric(
+        "switchyard_pool_no_server",
+        "Clients refused because no server was available",
+        Kind::Counter,
+        |p| load(&p.stats.no_server),
+    ),
+];
+
+const SERVER_METRICS: &[Metric<Server>] = &[
+    metric(
+        "switchyard_server_up",
+        "1 when the server takes new work (healthy and ready)",
+        Kind::Gauge,
+        |s| u64::from(s.is_available()),
+    ),
+    metric(
+        "switchyard_server_healthy",
+        "1 unless health checks report the server down",
+        Kind::Gauge,
+        |s| u64::from(s.health() != Health::Down),
+    ),
+    metric(
+        "switchyard_server_ready",
+        "1 when the operator state is ready (not drain or maint)",
+        Kind::Gauge,
+        |s| u64::from(s.admin_state() == AdminState::Ready),
+    ),
+    metric(
+        "switchyard_server_connections_active",
+        "Sessions holding a slot on the server",
+        Kind::Gauge,
+        |s| s.active() as u64,
+    ),
+    metric(
+        "switchyard_server_connections",
+        "Sessions established to the server",
+        Kind::Counter,
+        |s| load(&s.stats.total),
+    ),
+    metric(
+        "switchyard_server_received_bytes",
+        "Bytes sent by clients to the server",
+        Kind::Counter,
+        |s| load(&s.stats.bytes_in),
+    ),
+    metric(
+        "switchyard_server_sent_bytes",
+        "Bytes sent by the server to clients",
+        Kind::Counter,
+        |s| load(&s.stats.bytes_out),
+    ),
+    metric(
+        "switchyard_server_connect_errors",
+        "Failed connect attempts",
+        Kind::Counter,
+        |s| load(&s.stats.connect_errors),
+    ),
+];
+
+/// Writes one family: a sample per (labels, object).
+fn family<T: ?Sized>(
     encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (Labels, M)>,
+    metric: &Metric<T>,
+    objects: &[(Labels, &T)],
 ) -> Result<(), std::fmt::Error> {
-    let mut samples = samples.into_iter().peekable();
-    let Some((_, first)) = samples.peek() else {
+    if objects.is_empty() {
         return Ok(());
+    }
+    let kind = match metric.kind {
+        Kind::Counter => ConstCounter::new(0u64).metric_type(),
+        Kind::Gauge => ConstGauge::new(0i64).metric_type(),
     };
-    let mut family = encoder.encode_descriptor(name, help, None, first.metric_type())?;
-    for (labels, metric) in samples {
-        metric.encode(family.encode_family(&labels)?)?;
+    let mut family = encoder.encode_descriptor(metric.name, metric.help, None, kind)?;
+    for (labels, object) in objects {
+        let value = (metric.read)(object);
+        let sample = family.encode_family(labels)?;
+        match metric.kind {
+            Kind::Counter => ConstCounter::new(value).encode(sample)?,
+            Kind::Gauge => {
+                ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(sample)?
+            }
+        }
     }
     Ok(())
 }
 
-fn counter(value: u64) -> ConstCounter<u64> {
-    ConstCounter::new(value)
-}
-
-fn gauge(value: i64) -> ConstGauge<i64> {
-    ConstGauge::new(value)
-}
-
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let listener_labels = |l: &Listener| vec![("listener", l.name.clone())];
-        let listeners = &self.listeners;
-        family(
-            &mut encoder,
-            "switchyard_listener_connections_active",
-            "Client connections being handled",
-            listeners.iter().map(|l| {
-                (
-                    listener_labels(l),
-                    gauge(l.stats.active.load(Ordering::Relaxed) as i64),
-                )
-            }),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_listener_connections",
-            "Client connections accepted",
-            listeners.iter().map(|l| {
-                (
-                    listener_labels(l),
-                    counter(l.stats.total.load(Ordering::Relaxed)),
-                )
-            }),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_listener_connections_failed",
-            "Client connections closed before reaching a server",
-            listeners.iter().map(|l| {
-                (
-                    listener_labels(l),
-                    counter(l.stats.failed.load(Ordering::Relaxed)),
-                )
-            }),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_listener_received_bytes",
-            "Bytes received from clients",
-            listeners.iter().map(|l| {
-                (
-                    listener_labels(l),
-                    counter(l.stats.bytes_in.load(Ordering::Relaxed)),
-                )
-            }),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_listener_sent_bytes",
-            "Bytes sent to clients",
-            listeners.iter().map(|l| {
-                (
-                    listener_labels(l),
-                    counter(l.stats.bytes_out.load(Ordering::Relaxed)),
-                )
-            }),
-        )?;
-
-        let pools = &self.pools;
-        let pool_labels = |p: &Pool| vec![("pool", p.name.clone())];
-        family(
-            &mut encoder,
-            "switchyard_pool_queue_length",
-            "Clients waiting for a server slot",
-            pools.iter().map(|p| {
-                (
-                    pool_labels(p),
-                    gauge(p.stats.queued.load(Ordering::Relaxed) as i64),
-                )
-            }),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_pool_queue_timeouts",
-            "Clients that waited too long for a server slot",
-            pools.iter().map(|p| {
-                (
-                    pool_labels(p),
-                    counter(p.stats.queue_timeouts.load(Ordering::Relaxed)),
-                )
-            }),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_pool_queue_full",
-            "Clients refused because the queue was full",
-            pools.iter().map(|p| {
-                (
-                    pool_labels(p),
-                    counter(p.stats.queue_full.load(Ordering::Relaxed)),
-                )
-            }),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_pool_no_server",
-            "Clients refused because no server was available",
-            pools.iter().map(|p| {
-                (
-                    pool_labels(p),
-                    counter(p.stats.no_server.load(Ordering::Relaxed)),
-                )
-            }),
-        )?;
-
-        let servers: Vec<_> = pools
+        let listeners: Vec<(Labels, &Listener)> = self
+            .listeners
+            .iter()
+            .map(|l| (vec![("listener", l.name.clone())], l.as_ref()))
+            .collect();
+        for metric in LISTENER_METRICS {
+            family(&mut encoder, metric, &listeners)?;
+        }
+        let pools: Vec<(Labels, &Pool)> = self
+            .pools
+            .iter()
+            .map(|p| (vec![("pool", p.name.clone())], p.as_ref()))
+            .collect();
+        for metric in POOL_METRICS {
+            family(&mut encoder, metric, &pools)?;
+        }
+        let servers: Vec<(Labels, &Server)> = self
+            .pools
             .iter()
             .flat_map(|p| {
                 p.servers.iter().map(move |s| {
                     (
                         vec![("pool", p.name.clone()), ("server", s.name.clone())],
-                        s,
+                        s.as_ref(),
                     )
                 })
             })
             .collect();
-        let each = |f: fn(&crate::upstream::Server) -> u64| {
-            servers
-                .iter()
-                .map(move |(labels, s)| (labels.clone(), counter(f(s))))
-        };
-        family(
-            &mut encoder,
-            "switchyard_server_up",
-            "1 when the server takes new work (healthy and ready)",
-            servers
-                .iter()
-                .map(|(labels, s)| (labels.clone(), gauge(i64::from(s.is_available())))),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_server_healthy",
-            "1 unless health checks report the server down",
-            servers
-                .iter()
-                .map(|(labels, s)| (labels.clone(), gauge(i64::from(s.health() != Health::Down)))),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_server_ready",
-            "1 when the operator state is ready (not drain or maint)",
-            servers.iter().map(|(labels, s)| {
-                (
-                    labels.clone(),
-                    gauge(i64::from(s.admin_state() == AdminState::Ready)),
-                )
-            }),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_server_connections_active",
-            "Sessions holding a slot on the server",
-            servers
-                .iter()
-                .map(|(labels, s)| (labels.clone(), gauge(s.active() as i64))),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_server_connections",
-            "Sessions established to the server",
-            each(|s| s.stats.total.load(Ordering::Relaxed)),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_server_received_bytes",
-            "Bytes sent by clients to the server",
-            each(|s| s.stats.bytes_in.load(Ordering::Relaxed)),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_server_sent_bytes",
-            "Bytes sent by the server to clients",
-            each(|s| s.stats.bytes_out.load(Ordering::Relaxed)),
-        )?;
-        family(
-            &mut encoder,
-            "switchyard_server_connect_errors",
-            "Failed connect attempts",
-            each(|s| s.stats.connect_errors.load(Ordering::Relaxed)),
-        )?;
-        let checks = servers.iter().flat_map(|(labels, s)| {
-            let with = |result: &str| {
-                let mut labels = labels.clone();
-                labels.push(("result", result.to_string()));
-                labels
-            };
-            [
-                (
-                    with("passed"),
-                    counter(s.stats.checks_passed.load(Ordering::Relaxed)),
-                ),
-                (
-                    with("failed"),
-                    counter(s.stats.checks_failed.load(Ordering::Relaxed)),
-                ),
-            ]
-        });
-        family(
-            &mut encoder,
+        for metric in SERVER_METRICS {
+            family(&mut encoder, metric, &servers)?;
+        }
+        let mut checks = encoder.encode_descriptor(
             "switchyard_server_checks",
             "Health check results (active and passive)",
-            checks,
+            None,
+            ConstCounter::new(0u64).metric_type(),
         )?;
-        family(
-            &mut encoder,
+        for (labels, server) in &servers {
+            for (result, count) in [
+                ("passed", &server.stats.checks_passed),
+                ("failed", &server.stats.checks_failed),
+            ] {
+                let mut labels = labels.clone();
+                labels.push(("result", result.to_string()));
+                ConstCounter::new(load(count)).encode(checks.encode_family(&labels)?)?;
+            }
+        }
+        let dropped = encoder.encode_descriptor(
             "switchyard_access_log_dropped_lines",
             "Access log lines dropped because the writer fell behind",
-            [(Vec::new(), counter(self.dropped_log_lines))],
+            None,
+            ConstCounter::new(0u64).metric_type(),
         )?;
+        ConstCounter::new(self.dropped_log_lines).encode(dropped)?;
         Ok(())
     }
 }

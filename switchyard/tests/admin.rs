@@ -1,0 +1,608 @@
+//! Admin API and `switchyard ctl`: status views, metrics, server state changes, the token.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use hyper::Method;
+use serde_json::Value;
+use switchyard::admin::client::AdminClient;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use support::backends::{Backend, first_line, read_line};
+use support::ops::{
+    self, listener_addr, metric, parse_metrics, read_until_closed, round_trip, wait_access,
+};
+use support::{Proxy, binary, free_port, run_ctl, wait_until};
+
+/// One tcp listener `front` over pool `app` with servers `alpha` and `bravo`.
+fn two_server_config(alpha: &Backend, bravo: &Backend, extra_admin: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+{extra_admin}
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+
+[[pool]]
+name = "app"
+servers = [
+  {{ name = "alpha", address = "{}" }},
+  {{ name = "bravo", address = "{}" }},
+]
+"#,
+        alpha.addr, bravo.addr
+    )
+}
+
+async fn two_named() -> (Backend, Backend) {
+    (Backend::named("alpha").await, Backend::named("bravo").await)
+}
+
+const STATE: &str = "/api/v1/pools/app/servers/alpha/state";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_ok() {
+    let (alpha, bravo) = two_named().await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let (status, body) = proxy.get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.trim(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_show_name_address_protocol_and_active() {
+    let backend = Backend::echo().await;
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+
+[[pool]]
+name = "app"
+servers = [ {{ name = "echo", address = "{}" }} ]
+"#,
+        backend.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let listeners = proxy.listeners().await;
+    assert_eq!(listeners.len(), 1);
+    let front = &listeners[0];
+    assert_eq!(front.name, "front");
+    assert_eq!(front.protocol, "tcp");
+    assert_eq!(front.active, 0);
+    let address: std::net::SocketAddr = front.address.parse().expect("an IP:port address");
+    assert_eq!(address.ip().to_string(), "127.0.0.1");
+    assert_ne!(
+        address.port(),
+        0,
+        "the bound port is shown, not the configured 0"
+    );
+
+    let mut client = TcpStream::connect(address).await.expect("connect");
+    assert_eq!(round_trip(&mut client, b"hello").await, b"hello");
+    wait_until("front to show one active connection", || async {
+        proxy.listeners().await[0].active == 1
+    })
+    .await;
+    drop(client);
+    wait_until("front to show no active connection", || async {
+        let l = &proxy.listeners().await[0];
+        l.active == 0 && l.total == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_show_servers_with_state_health_and_admin_state() {
+    let (alpha, bravo) = two_named().await;
+    let config = two_server_config(&alpha, &bravo, "").replace(
+        "name = \"app\"\n",
+        "name = \"app\"\nhealth = { check = \"tcp\", interval = \"100ms\" }\n",
+    );
+    let proxy = Proxy::start(&config).await;
+    wait_until("both servers checked up", || async {
+        proxy.pools().await[0]
+            .servers
+            .iter()
+            .all(|s| s.health == "up")
+    })
+    .await;
+    let pools = proxy.pools().await;
+    assert_eq!(pools.len(), 1);
+    assert_eq!(pools[0].name, "app");
+    assert_eq!(pools[0].queued, 0);
+    let servers = &pools[0].servers;
+    assert_eq!(servers.len(), 2);
+    for (server, backend) in servers.iter().zip([&alpha, &bravo]) {
+        assert_eq!(server.address, backend.addr.to_string());
+        assert_eq!(server.state, "up");
+        assert_eq!(server.health, "up");
+        assert_eq!(server.admin_state, "ready");
+        assert!(
+            server.check.is_some(),
+            "last check result is shown: {server:?}"
+        );
+    }
+    assert_eq!(servers[0].name, "alpha");
+    assert_eq!(servers[1].name, "bravo");
+
+    // The raw JSON carries the same fields under these names.
+    let (_, body) = proxy.get("/api/v1/pools").await;
+    let raw: Value = serde_json::from_str(&body).expect("JSON");
+    let first = &raw[0]["servers"][0];
+    for key in [
+        "name",
+        "address",
+        "state",
+        "health",
+        "admin_state",
+        "active",
+        "total",
+        "bytes_in",
+        "bytes_out",
+    ] {
+        assert!(first.get(key).is_some(), "server JSON has `{key}`: {first}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_valid_prometheus_text_with_the_documented_families() {
+    let backend = Backend::echo().await;
+    let dead_port = free_port();
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+
+[[listener]]
+name = "broken"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "dead"
+
+[[pool]]
+name = "app"
+health = {{ check = "tcp", interval = "100ms" }}
+servers = [ {{ name = "echo", address = "{}" }} ]
+
+[[pool]]
+name = "dead"
+retries = 0
+servers = [ {{ name = "nobody", address = "127.0.0.1:{dead_port}" }} ]
+"#,
+        backend.addr
+    );
+    let proxy = Proxy::start(&config).await;
+
+    // Traffic: one echoed exchange, and one client whose server cannot be reached.
+    let mut client = TcpStream::connect(listener_addr(&proxy, "front").await)
+        .await
+        .expect("connect");
+    assert_eq!(round_trip(&mut client, b"0123456789").await, b"0123456789");
+    drop(client);
+    let mut broken = TcpStream::connect(listener_addr(&proxy, "broken").await)
+        .await
+        .expect("connect");
+    read_until_closed(&mut broken).await;
+    wait_access(&proxy, "the echoed connection", |l| {
+        ops::field(l, "listener") == "front"
+    })
+    .await;
+    wait_until("both connections to be finished", || async {
+        proxy.listeners().await.iter().all(|l| l.active == 0)
+    })
+    .await;
+    wait_until("a passed health check", || async {
+        let samples = parse_metrics(&proxy.metrics().await).expect("valid metrics");
+        metric(
+            &samples,
+            "switchyard_server_checks_total",
+            &[("pool", "app"), ("result", "passed")],
+        )
+        .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+
+    let text = proxy.metrics().await;
+    let samples = parse_metrics(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        metric(&samples, name, labels)
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?} in\n{text}"))
+    };
+    let front = [("listener", "front")];
+    assert_eq!(value("switchyard_listener_connections_total", &front), 1.0);
+    assert_eq!(
+        value(
+            "switchyard_listener_connections_total",
+            &[("listener", "broken")]
+        ),
+        1.0
+    );
+    assert_eq!(value("switchyard_listener_connections_active", &front), 0.0);
+    assert_eq!(
+        value("switchyard_listener_received_bytes_total", &front),
+        10.0
+    );
+    assert_eq!(value("switchyard_listener_sent_bytes_total", &front), 10.0);
+    let echo = [("pool", "app"), ("server", "echo")];
+    assert_eq!(value("switchyard_server_up", &echo), 1.0);
+    assert_eq!(value("switchyard_server_connections_total", &echo), 1.0);
+    assert_eq!(value("switchyard_server_received_bytes_total", &echo), 10.0);
+    assert_eq!(value("switchyard_server_sent_bytes_total", &echo), 10.0);
+    assert_eq!(value("switchyard_server_connect_errors_total", &echo), 0.0);
+    assert!(
+        value(
+            "switchyard_server_checks_total",
+            &[("pool", "app"), ("server", "echo"), ("result", "passed")]
+        ) >= 1.0
+    );
+    value(
+        "switchyard_server_checks_total",
+        &[("pool", "app"), ("server", "echo"), ("result", "failed")],
+    );
+    assert_eq!(
+        value("switchyard_pool_queue_length", &[("pool", "app")]),
+        0.0
+    );
+    assert_eq!(
+        value(
+            "switchyard_server_connect_errors_total",
+            &[("pool", "dead"), ("server", "nobody")]
+        ),
+        1.0
+    );
+    // TYPE lines name the families with the right kinds.
+    for (family, kind) in [
+        ("switchyard_listener_connections", "counter"),
+        ("switchyard_server_up", "gauge"),
+        ("switchyard_pool_queue_length", "gauge"),
+        ("switchyard_server_checks", "counter"),
+        ("switchyard_server_connect_errors", "counter"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == format!("# TYPE {family} {kind}")),
+            "# TYPE {family} {kind} missing in\n{text}"
+        );
+    }
+    assert!(samples.iter().all(|s| s.name.starts_with("switchyard_")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_takes_no_new_connections_and_ready_takes_them_again() {
+    let (alpha, bravo) = two_named().await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let front = listener_addr(&proxy, "front").await;
+
+    let (status, body) = proxy.post(STATE, r#"{"state":"drain"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(answer["state"], "drain");
+    let alpha_status = proxy.server("app", "alpha").await;
+    assert_eq!(alpha_status.state, "drain");
+    assert_eq!(alpha_status.admin_state, "drain");
+
+    for _ in 0..6 {
+        assert_eq!(
+            first_line(front).await,
+            "bravo",
+            "a drained server takes no new connection"
+        );
+    }
+    assert_eq!(proxy.server("app", "alpha").await.total, 0);
+
+    let (status, body) = proxy.post(STATE, r#"{"state":"ready"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    proxy.wait_state("app", "alpha", "up").await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(first_line(front).await);
+    }
+    assert!(
+        seen.iter().any(|s| s == "alpha"),
+        "alpha takes connections again: {seen:?}"
+    );
+    assert!(seen.iter().any(|s| s == "bravo"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maint_cuts_an_established_session() {
+    let (alpha, bravo) = two_named().await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let mut client = TcpStream::connect(listener_addr(&proxy, "front").await)
+        .await
+        .expect("connect");
+    let server = read_line(&mut client).await;
+    assert!(server == "alpha" || server == "bravo", "{server}");
+    assert_eq!(round_trip(&mut client, b"ping\n").await, b"ping\n");
+
+    let (status, body) = proxy
+        .post(
+            &format!("/api/v1/pools/app/servers/{server}/state"),
+            r#"{"state":"maint"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(proxy.server("app", &server).await.state, "maint");
+    // The proxy closes the client side: the read ends (EOF or reset) without our closing.
+    let rest = read_until_closed(&mut client).await;
+    assert!(rest.is_empty(), "nothing more arrives: {rest:?}");
+    let line = wait_access(&proxy, "the cut session", |l| {
+        ops::field(l, "server") == server
+    })
+    .await;
+    assert_eq!(ops::field(&line, "termination"), "server_cut", "{line}");
+    wait_until("the session's slot is freed", || async {
+        proxy.server("app", &server).await.active == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_endpoint_rejects_bad_requests() {
+    let (alpha, bravo) = two_named().await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let ready = r#"{"state":"ready"}"#;
+    let cases = [
+        ("/api/v1/pools/nope/servers/alpha/state", ready, 404),
+        ("/api/v1/pools/app/servers/nope/state", ready, 404),
+        (STATE, "{not json", 400),
+        (STATE, "", 400),
+        (STATE, r#"{"state":"paused"}"#, 400),
+        (STATE, r#"{"status":"ready"}"#, 400),
+    ];
+    for (path, body, expected) in cases {
+        let (status, answer) = proxy.post(path, body).await;
+        assert_eq!(status, expected, "POST {path} {body:?} -> {answer}");
+        let error: Value =
+            serde_json::from_str(&answer).unwrap_or_else(|_| panic!("JSON error body: {answer}"));
+        assert!(error["error"].is_string(), "{answer}");
+    }
+    let (status, _) = proxy.get(STATE).await;
+    assert_eq!(status, 405);
+    let (status, _) = proxy.get("/no/such/path").await;
+    assert_eq!(status, 404);
+    // Nothing changed.
+    assert_eq!(proxy.server("app", "alpha").await.state, "up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_guards_mutating_calls_only() {
+    let (alpha, bravo) = two_named().await;
+    let variable = "SWITCHYARD_TEST_ADMIN_TOKEN_ADMIN_RS";
+    let config = two_server_config(&alpha, &bravo, &format!("token = \"env:{variable}\""));
+    let proxy = Proxy::start_with_env(&config, None, &[(variable, "s3cret-token")]).await;
+    let drain = Some(r#"{"state":"drain"}"#.to_string());
+
+    // No token.
+    let (status, body) = proxy.post(STATE, r#"{"state":"drain"}"#).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = proxy.post("/api/v1/reload", "").await;
+    assert_eq!(status, 401);
+    // Wrong token.
+    let wrong =
+        AdminClient::new(&proxy.admin.to_string(), Some("not-the-token".into())).expect("client");
+    let (status, _) = wrong
+        .call(Method::POST, STATE, drain.clone())
+        .await
+        .expect("call");
+    assert_eq!(status, 401);
+    assert_eq!(
+        proxy.server("app", "alpha").await.state,
+        "up",
+        "refused calls change nothing"
+    );
+    // GETs need no token.
+    for path in ["/health", "/metrics", "/api/v1/pools", "/api/v1/listeners"] {
+        assert_eq!(proxy.get(path).await.0, 200, "GET {path}");
+    }
+    // The right token.
+    let right =
+        AdminClient::new(&proxy.admin.to_string(), Some("s3cret-token".into())).expect("client");
+    let (status, body) = right.call(Method::POST, STATE, drain).await.expect("call");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(proxy.server("app", "alpha").await.state, "drain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_is_not_implemented_yet() {
+    let (alpha, bravo) = two_named().await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let (status, body) = proxy.post("/api/v1/reload", "").await;
+    assert_eq!(status, 501);
+    let error: Value = serde_json::from_str(&body).expect("JSON body");
+    assert!(
+        error["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    let (status, _) = proxy.get("/api/v1/reload").await;
+    assert_eq!(status, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_status_shows_both_servers_and_json_parses() {
+    let (alpha, bravo) = two_named().await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+
+    let (ok, stdout, stderr) = proxy.ctl(&["status"]);
+    assert!(ok, "{stderr}");
+    for (name, backend) in [("alpha", &alpha), ("bravo", &bravo)] {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"));
+        assert!(line.starts_with("app "), "{line}");
+        assert!(line.contains(&backend.addr.to_string()), "{line}");
+        assert!(line.contains(" up "), "{line}");
+    }
+    assert!(
+        stdout.lines().any(|l| l.starts_with("front ")),
+        "listener row:\n{stdout}"
+    );
+
+    let (ok, stdout, stderr) = proxy.ctl(&["status", "--json"]);
+    assert!(ok, "{stderr}");
+    let status: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}:\n{stdout}"));
+    let servers: Vec<&str> = status["pools"][0]["servers"]
+        .as_array()
+        .expect("servers array")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(servers, ["alpha", "bravo"]);
+    assert_eq!(status["listeners"][0]["name"], "front");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drain_ready_maint_change_state() {
+    let (alpha, bravo) = two_named().await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    for (command, state) in [
+        ("drain", "drain"),
+        ("ready", "up"),
+        ("maint", "maint"),
+        ("ready", "up"),
+    ] {
+        let (ok, stdout, stderr) = proxy.ctl(&[command, "app", "bravo"]);
+        assert!(ok, "ctl {command}: {stderr}");
+        assert!(stdout.contains("app/bravo"), "{stdout}");
+        assert_eq!(
+            proxy.server("app", "bravo").await.state,
+            state,
+            "after ctl {command}"
+        );
+    }
+    assert_eq!(
+        proxy.server("app", "alpha").await.state,
+        "up",
+        "the other server is untouched"
+    );
+    let (ok, _, stderr) = proxy.ctl(&["drain", "app", "nope"]);
+    assert!(!ok);
+    assert!(stderr.contains("404"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drain_wait_returns_only_when_the_server_is_idle() {
+    let alpha = Backend::named("alpha").await;
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+
+[[pool]]
+name = "app"
+servers = [ {{ name = "alpha", address = "{}" }} ]
+"#,
+        alpha.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut session = TcpStream::connect(listener_addr(&proxy, "front").await)
+        .await
+        .expect("connect");
+    assert_eq!(read_line(&mut session).await, "alpha");
+    wait_until("the session to count on alpha", || async {
+        proxy.server("app", "alpha").await.active == 1
+    })
+    .await;
+
+    let mut ctl = Command::new(binary())
+        .args([
+            "ctl",
+            "--admin",
+            &proxy.admin.to_string(),
+            "drain",
+            "app",
+            "alpha",
+            "--wait",
+        ])
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ctl");
+    proxy.wait_state("app", "alpha", "drain").await;
+    assert!(
+        ctl.try_wait().expect("ctl status").is_none(),
+        "ctl drain --wait returned while a session is open"
+    );
+    // The session still works while draining.
+    assert_eq!(
+        round_trip(&mut session, b"still here\n").await,
+        b"still here\n"
+    );
+    assert!(ctl.try_wait().expect("ctl status").is_none());
+
+    session.shutdown().await.expect("close");
+    read_until_closed(&mut session).await;
+    drop(session);
+    let mut exited = None;
+    wait_until("ctl drain --wait to return", || {
+        if exited.is_none() {
+            exited = ctl.try_wait().expect("ctl status");
+        }
+        let done = exited.is_some();
+        async move { done }
+    })
+    .await;
+    let output = ctl.wait_with_output().expect("ctl output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("idle"), "{stdout}");
+    assert_eq!(proxy.server("app", "alpha").await.active, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_against_nothing_fails_readably() {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let (ok, stdout, stderr) = run_ctl(&nowhere, None, &["status"]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("cannot reach admin API"), "{stderr}");
+    assert!(stderr.contains(&nowhere), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_with_a_wrong_token_fails_with_401() {
+    let (alpha, bravo) = two_named().await;
+    let variable = "SWITCHYARD_TEST_ADMIN_TOKEN_CTL";
+    let config = two_server_config(&alpha, &bravo, &format!("token = \"env:{variable}\""));
+    let proxy = Proxy::start_with_env(&config, None, &[(variable, "right-token")]).await;
+    let admin = proxy.admin.to_string();
+    let (ok, _, stderr) = run_ctl(&admin, Some("wrong-token"), &["drain", "app", "alpha"]);
+    assert!(!ok);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert_eq!(proxy.server("app", "alpha").await.state, "up");
+    let (ok, _, stderr) = run_ctl(&admin, Some("right-token"), &["drain", "app", "alpha"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(proxy.server("app", "alpha").await.state, "drain");
+}

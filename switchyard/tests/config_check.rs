@@ -1,0 +1,263 @@
+//! `switchyard check` and config loading: every mistake reported with file, line and key.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{binary, check, free_port};
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// 1-based line of the only occurrence of `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> usize {
+    assert_eq!(
+        text.matches(needle).count(),
+        1,
+        "`{needle}` must occur once in the test config"
+    );
+    let offset = text.find(needle).expect("needle");
+    text[..offset].matches('\n').count() + 1
+}
+
+const VALID: &str = r#"
+shutdown_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:9900"
+
+[log]
+access = "off"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:8080"
+protocol = "tcp"
+pool = "app"
+timeouts = { client = "30s", proxy_header = "1s" }
+proxy_protocol = "accept"
+
+[[pool]]
+name = "app"
+balance = "least_conn"
+health = { check = "http", path = "/health", interval = "2s", fall = 3, rise = 2 }
+timeouts = { connect = "3s", server = "30s", queue = "5s" }
+send_proxy_protocol = "v2"
+servers = [
+  { name = "app1", address = "127.0.0.1:9001", weight = 2, max_connections = 100 },
+  { name = "app2", address = "localhost:9002" },
+  { name = "spare", address = "[::1]:9003", backup = true },
+]
+"#;
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write(&dir, "valid.toml", VALID);
+    let (code, stderr) = check(&path);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// Eight independent mistakes; `(text that marks the line, key reported)`.
+const BROKEN: &str = r#"# eight mistakes, each on its own
+bogus_top = 1
+
+[admin]
+listen = "127.0.0.1:9900"
+
+[[listener]]
+name = "typo"
+listen = "127.0.0.1:7001"
+protocol = "tcp"
+pool = "good"
+max_conections = 10
+
+[[listener]]
+name = "orphan"
+listen = "127.0.0.1:7002"
+protocol = "tcp"
+pool = "missing"
+
+[[listener]]
+name = "badaddr"
+listen = "localhost-7003"
+protocol = "tcp"
+pool = "good"
+
+[[pool]]
+name = "good"
+servers = [ { address = "127.0.0.1:9001" } ]
+
+[[pool]]
+name = "slow"
+timeouts = { connect = "3 parsecs" }
+servers = [ { address = "127.0.0.1:9002" } ]
+
+[[pool]]
+name = "twin"
+servers = [ { address = "127.0.0.1:9003" } ]
+
+[[pool]]
+name = "twin" 
+servers = [ { address = "127.0.0.1:9004" } ]
+
+[[pool]]
+name = "portless"
+servers = [ { address = "127.0.0.1" } ]
+
+[[pool]]
+name = "pg"
+health = { check = "postgres" }
+servers = [ { address = "127.0.0.1:5432" } ]
+"#;
+
+const MISTAKES: [(&str, &str); 8] = [
+    ("bogus_top = 1", "bogus_top"),
+    ("max_conections = 10", "listener[0].max_conections"),
+    ("pool = \"missing\"", "listener[1].pool"),
+    ("listen = \"localhost-7003\"", "listener[2].listen"),
+    ("\"3 parsecs\"", "pool[1].timeouts.connect"),
+    // The second `twin` (note the trailing space that makes the line unique).
+    ("name = \"twin\" ", "pool[3].name"),
+    ("address = \"127.0.0.1\" ", "pool[4].servers[0].address"),
+    ("check = \"postgres\"", "pool[5].health.check"),
+];
+
+#[test]
+fn check_reports_every_mistake_with_its_line_and_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write(&dir, "broken.toml", BROKEN);
+    let (code, stderr) = check(&path);
+    assert_eq!(code, 2, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    for (needle, key) in MISTAKES {
+        let prefix = format!("{}:{}: {key}: ", path.display(), line_of(BROKEN, needle));
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no error starting with `{prefix}` in:\n{stderr}"));
+        assert!(
+            line.len() > prefix.len() + 3,
+            "the error has a message: {line}"
+        );
+    }
+    assert_eq!(
+        lines.len(),
+        MISTAKES.len(),
+        "one line per mistake, nothing else:\n{stderr}"
+    );
+    // Messages say what is wrong.
+    let find = |key: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!(": {key}: ")))
+            .copied()
+            .unwrap_or_default()
+    };
+    assert!(find("bogus_top").contains("unknown"), "{stderr}");
+    assert!(
+        find("listener[0].max_conections").contains("unknown field"),
+        "{stderr}"
+    );
+    assert!(find("listener[1].pool").contains("missing"), "{stderr}");
+    assert!(
+        find("pool[1].timeouts.connect").contains("3 parsecs"),
+        "{stderr}"
+    );
+    assert!(find("pool[3].name").contains("twin"), "{stderr}");
+    assert!(
+        find("pool[4].servers[0].address").contains("port"),
+        "{stderr}"
+    );
+    assert!(find("pool[5].health.check").contains("tcp"), "{stderr}");
+}
+
+#[test]
+fn check_reports_a_syntax_error_with_its_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = "[admin]\nlisten = \"127.0.0.1:9900\"\n\n[[listener]\nname = \"web\"\n";
+    let path = write(&dir, "syntax.toml", text);
+    let (code, stderr) = check(&path);
+    assert_eq!(code, 2, "{stderr}");
+    let expected = format!("{}:{}: ", path.display(), line_of(text, "[[listener]"));
+    assert!(
+        stderr.starts_with(&expected),
+        "expected `{expected}...`, got:\n{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("nowhere.toml");
+    let (code, stderr) = check(&path);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
+#[test]
+fn run_refuses_a_bad_config_without_binding_anything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (admin_port, listen_port) = (free_port(), free_port());
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:{listen_port}"
+protocol = "tcp"
+pool = "app"
+colour = "blue"
+
+[[pool]]
+name = "app"
+servers = [ {{ address = "127.0.0.1:9001" }} ]
+"#
+    );
+    let path = write(&dir, "bad.toml", &text);
+    let output = Command::new(binary())
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let expected = format!(
+        "{}:{}: listener[0].colour: ",
+        path.display(),
+        line_of(&text, "colour")
+    );
+    assert!(
+        stderr.starts_with(&expected),
+        "expected `{expected}...`, got:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("listening"),
+        "nothing was bound:\n{stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[test]
+fn the_quickstart_example_loads() {
+    let text = include_str!("../../examples/quickstart.toml");
+    let config = switchyard::config::load_str(Path::new("examples/quickstart.toml"), text)
+        .unwrap_or_else(|e| panic!("quickstart.toml:\n{e}"));
+    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(config.listeners[0].name, "web");
+    assert_eq!(config.pools.len(), 1);
+    assert_eq!(config.pools[0].servers.len(), 2);
+    assert!(config.admin.is_some());
+}
