@@ -72,8 +72,8 @@ impl Backend {
         .await
     }
 
-    /// An HTTP/1.1 server answering `GET /health` with 200 while `healthy` is true, else 503;
-    /// anything else on the connection after the request is echoed as raw bytes.
+    /// An HTTP/1.1 server answering any request with 200 while `healthy` is true, else 503,
+    /// then closing the connection.
     pub async fn http_health(healthy: Arc<AtomicBool>) -> Backend {
         Self::start("127.0.0.1:0", move |mut stream: TcpStream| {
             let healthy = healthy.clone();

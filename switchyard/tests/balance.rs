@@ -1,0 +1,257 @@
+//! Balancing over real backends: round robin (plain and weighted), least_conn, random,
+//! source_hash with maintenance, backup takeover and give-back, redispatch after a failed
+//! connect.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+
+use support::backends::{Backend, first_line, read_line};
+use support::ops::{field, listener_addr, wait_access};
+use support::{Proxy, free_port, wait_until};
+
+/// A config with listener `front` over pool `app`; `servers` are raw TOML inline tables.
+fn config(pool_extra: &str, servers: &[String]) -> String {
+    format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+
+[[pool]]
+name = "app"
+{pool_extra}
+servers = [
+{}
+]
+"#,
+        servers.join(",\n")
+    )
+}
+
+/// One server entry.
+fn server(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!(r#"  {{ name = "{name}", address = "{addr}"{extra} }}"#)
+}
+
+async fn start(pool_extra: &str, servers: &[String]) -> (Proxy, SocketAddr) {
+    let proxy = Proxy::start(&config(pool_extra, servers)).await;
+    let front = listener_addr(&proxy, "front").await;
+    (proxy, front)
+}
+
+/// Opens `n` connections one after the other (each closed before the next) and counts
+/// which server answered each.
+async fn tally(front: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        *counts.entry(first_line(front).await).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Opens a connection and keeps it; returns it with the name of the server it reached.
+async fn hold(front: SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(front).await.expect("connect to proxy");
+    let name = read_line(&mut stream).await;
+    (stream, name)
+}
+
+async fn set_state(proxy: &Proxy, server: &str, state: &str) {
+    let (status, body) = proxy
+        .post(
+            &format!("/api/v1/pools/app/servers/{server}/state"),
+            &format!(r#"{{"state":"{state}"}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_evenly_over_equal_weights() {
+    let backends = [
+        Backend::named("alpha").await,
+        Backend::named("bravo").await,
+        Backend::named("charlie").await,
+    ];
+    let names = ["alpha", "bravo", "charlie"];
+    let servers: Vec<String> = names
+        .iter()
+        .zip(&backends)
+        .map(|(name, b)| server(name, b.addr, ", weight = 1"))
+        .collect();
+    let (_proxy, front) = start(r#"balance = "round_robin""#, &servers).await;
+    let counts = tally(front, 30).await;
+    let expected: BTreeMap<String, usize> = names.iter().map(|n| (n.to_string(), 10)).collect();
+    assert_eq!(counts, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_follows_weights() {
+    let heavy = Backend::named("heavy").await;
+    let light = Backend::named("light").await;
+    let servers = [
+        server("heavy", heavy.addr, ", weight = 3"),
+        server("light", light.addr, ", weight = 1"),
+    ];
+    let (_proxy, front) = start(r#"balance = "round_robin""#, &servers).await;
+    let counts = tally(front, 40).await;
+    assert_eq!(counts.get("heavy"), Some(&30), "{counts:?}");
+    assert_eq!(counts.get("light"), Some(&10), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_sends_new_connections_to_the_idle_server() {
+    let alpha = Backend::named("alpha").await;
+    let bravo = Backend::named("bravo").await;
+    let servers = [
+        server("alpha", alpha.addr, ""),
+        server("bravo", bravo.addr, ""),
+    ];
+    let (proxy, front) = start(r#"balance = "least_conn""#, &servers).await;
+
+    let (first, picked) = hold(front).await;
+    let other = if picked == "alpha" { "bravo" } else { "alpha" };
+    // Keep the other server out while a second connection lands on the first-picked one.
+    set_state(&proxy, other, "drain").await;
+    let (second, again) = hold(front).await;
+    assert_eq!(again, picked);
+    set_state(&proxy, other, "ready").await;
+    wait_until("two sessions on the first-picked server", || async {
+        proxy.server("app", &picked).await.active == 2
+    })
+    .await;
+
+    // 2 vs 0, then 2 vs 1: both new connections go to the idle server.
+    let (third, name) = hold(front).await;
+    assert_eq!(name, other);
+    let (fourth, name) = hold(front).await;
+    assert_eq!(name, other);
+
+    // Free the first-picked server: now it is the idle one.
+    drop((first, second));
+    wait_until("the first-picked server to be idle", || async {
+        proxy.server("app", &picked).await.active == 0
+    })
+    .await;
+    let (_fifth, name) = hold(front).await;
+    assert_eq!(name, picked);
+    let (_sixth, name) = hold(front).await;
+    assert_eq!(name, picked);
+    drop((third, fourth));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_gives_both_servers_traffic() {
+    let alpha = Backend::named("alpha").await;
+    let bravo = Backend::named("bravo").await;
+    let servers = [
+        server("alpha", alpha.addr, ""),
+        server("bravo", bravo.addr, ""),
+    ];
+    let (_proxy, front) = start(r#"balance = "random""#, &servers).await;
+    let counts = tally(front, 100).await;
+    assert_eq!(counts.values().sum::<usize>(), 100);
+    assert!(counts.get("alpha").is_some_and(|&n| n > 0), "{counts:?}");
+    assert!(counts.get("bravo").is_some_and(|&n| n > 0), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_hash_is_sticky_and_moves_only_while_the_server_is_out() {
+    let backends = [
+        Backend::named("alpha").await,
+        Backend::named("bravo").await,
+        Backend::named("charlie").await,
+    ];
+    let servers: Vec<String> = ["alpha", "bravo", "charlie"]
+        .iter()
+        .zip(&backends)
+        .map(|(name, b)| server(name, b.addr, ""))
+        .collect();
+    let (proxy, front) = start(r#"balance = "source_hash""#, &servers).await;
+
+    let counts = tally(front, 20).await;
+    assert_eq!(
+        counts.len(),
+        1,
+        "one client address, one server: {counts:?}"
+    );
+    let sticky = counts.keys().next().expect("a server").clone();
+
+    set_state(&proxy, &sticky, "maint").await;
+    let moved = tally(front, 20).await;
+    assert_eq!(moved.len(), 1, "still sticky, on another server: {moved:?}");
+    assert!(!moved.contains_key(&sticky), "{moved:?}");
+
+    set_state(&proxy, &sticky, "ready").await;
+    let back = tally(front, 20).await;
+    assert_eq!(back.get(&sticky), Some(&20), "{back:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_takes_over_while_the_primary_is_down_and_gives_back() {
+    let primary = Backend::named("primary").await;
+    let primary_addr = primary.addr;
+    let backup = Backend::named("backup").await;
+    let servers = [
+        server("primary", primary.addr, ""),
+        server("backup", backup.addr, ", backup = true"),
+    ];
+    let (proxy, front) = start(
+        r#"health = { check = "tcp", interval = "100ms" }"#,
+        &servers,
+    )
+    .await;
+    wait_until("both servers checked up", || async {
+        proxy.pools().await[0]
+            .servers
+            .iter()
+            .all(|s| s.health == "up")
+    })
+    .await;
+    assert_eq!(tally(front, 10).await.get("primary"), Some(&10));
+
+    drop(primary);
+    proxy.wait_state("app", "primary", "down").await;
+    assert_eq!(tally(front, 10).await.get("backup"), Some(&10));
+
+    // Restart it on the same address once the old listening socket is gone.
+    wait_until("the primary's port to be free", || async {
+        std::net::TcpListener::bind(primary_addr).is_ok()
+    })
+    .await;
+    let _primary = Backend::named_at(primary_addr, "primary").await;
+    proxy.wait_state("app", "primary", "up").await;
+    assert_eq!(tally(front, 10).await.get("primary"), Some(&10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_connects_are_redispatched_to_another_server() {
+    let live = Backend::named("live").await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
+    let servers = [server("dead", dead, ""), server("live", live.addr, "")];
+    let (proxy, front) = start("retries = 1", &servers).await;
+
+    for n in 0..20 {
+        assert_eq!(first_line(front).await, "live", "connection {n}");
+    }
+    let dead_status = proxy.server("app", "dead").await;
+    assert!(dead_status.connect_errors > 0, "{dead_status:?}");
+    assert_eq!(dead_status.total, 0);
+    assert_eq!(proxy.server("app", "live").await.connect_errors, 0);
+    let line = wait_access(&proxy, "a redispatched connection", |l| {
+        field(l, "server") == "live"
+    })
+    .await;
+    assert_ne!(field(&line, "termination"), "connect_failed");
+}

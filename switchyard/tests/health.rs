@@ -1,0 +1,423 @@
+//! Health checking against real backends: tcp and http checks, rise/fall, on_down
+//! session cutting, passive checks from failed client connects, the unchecked state.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::backends::{Backend, echo, first_line};
+use support::ops::{
+    field, listener_addr, metric, parse_metrics, read_until_closed, round_trip, wait_access,
+};
+use support::{Proxy, wait_until};
+
+/// A config with listener `front` over pool `app`; `servers` are raw TOML inline tables.
+fn config(pool_extra: &str, servers: &[String]) -> String {
+    format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+
+[[pool]]
+name = "app"
+{pool_extra}
+servers = [
+{}
+]
+"#,
+        servers.join(",\n")
+    )
+}
+
+fn server(name: &str, addr: SocketAddr) -> String {
+    format!(r#"  {{ name = "{name}", address = "{addr}" }}"#)
+}
+
+async fn start(pool_extra: &str, servers: &[String]) -> (Proxy, SocketAddr) {
+    let proxy = Proxy::start(&config(pool_extra, servers)).await;
+    let front = listener_addr(&proxy, "front").await;
+    (proxy, front)
+}
+
+/// The value of a metric sample of server `app/{server}` (plus `labels`).
+async fn server_metric(proxy: &Proxy, name: &str, server: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = proxy.metrics().await;
+    let samples = parse_metrics(&text).expect("valid metrics text");
+    let mut all = vec![("pool", "app"), ("server", server)];
+    all.extend_from_slice(labels);
+    metric(&samples, name, &all).unwrap_or_else(|| panic!("no {name} {all:?} in:\n{text}"))
+}
+
+/// Health checks run on `server` so far with `result` ("passed" or "failed").
+async fn checks(proxy: &Proxy, server: &str, result: &str) -> f64 {
+    server_metric(
+        proxy,
+        "switchyard_server_checks_total",
+        server,
+        &[("result", result)],
+    )
+    .await
+}
+
+/// Answers `GET ...` requests with 200 while `healthy`, else 503 (then closes); any other
+/// connection is an echo session that stays open until the client closes it.
+async fn health_or_echo(healthy: Arc<AtomicBool>) -> Backend {
+    Backend::start("127.0.0.1:0", move |mut stream: TcpStream| {
+        let healthy = healthy.clone();
+        async move {
+            let mut received = Vec::new();
+            let mut buf = [0u8; 1024];
+            while received.len() < 4 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+            if !received.starts_with(b"GET ") {
+                if stream.write_all(&received).await.is_ok() {
+                    echo(stream).await;
+                }
+                return;
+            }
+            while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+            let status = if healthy.load(Ordering::SeqCst) {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
+            let _ = stream
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_check_marks_a_killed_server_down_and_a_revived_one_up() {
+    let alpha = Backend::named("alpha").await;
+    let alpha_addr = alpha.addr;
+    let (proxy, front) = start(
+        r#"health = { check = "tcp", interval = "100ms", fall = 2, rise = 2 }"#,
+        &[server("alpha", alpha.addr)],
+    )
+    .await;
+    proxy.wait_state("app", "alpha", "up").await;
+    wait_until("alpha checked up", || async {
+        proxy.server("app", "alpha").await.health == "up"
+    })
+    .await;
+    assert_eq!(
+        server_metric(&proxy, "switchyard_server_up", "alpha", &[]).await,
+        1.0
+    );
+
+    drop(alpha);
+    proxy.wait_state("app", "alpha", "down").await;
+    assert_eq!(proxy.server("app", "alpha").await.health, "down");
+    assert_eq!(
+        server_metric(&proxy, "switchyard_server_up", "alpha", &[]).await,
+        0.0
+    );
+    assert!(checks(&proxy, "alpha", "failed").await >= 2.0);
+
+    wait_until("alpha's port to be free", || async {
+        std::net::TcpListener::bind(alpha_addr).is_ok()
+    })
+    .await;
+    let _alpha = Backend::named_at(alpha_addr, "alpha").await;
+    proxy.wait_state("app", "alpha", "up").await;
+    assert_eq!(
+        server_metric(&proxy, "switchyard_server_up", "alpha", &[]).await,
+        1.0
+    );
+    assert_eq!(first_line(front).await, "alpha");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_check_follows_the_status_code() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let web = Backend::http_health(healthy.clone()).await;
+    let (proxy, _front) = start(
+        r#"health = { check = "http", path = "/health", interval = "100ms", fall = 2, rise = 2 }"#,
+        &[server("web", web.addr)],
+    )
+    .await;
+    wait_until("web checked up", || async {
+        let s = proxy.server("app", "web").await;
+        s.health == "up" && s.state == "up"
+    })
+    .await;
+    assert_eq!(
+        proxy.server("app", "web").await.check.as_deref(),
+        Some("ok")
+    );
+
+    healthy.store(false, Ordering::SeqCst);
+    proxy.wait_state("app", "web", "down").await;
+    let status = proxy.server("app", "web").await;
+    assert!(
+        status.check.as_deref().is_some_and(|c| c.contains("503")),
+        "check text names the status: {status:?}"
+    );
+    assert_eq!(
+        server_metric(&proxy, "switchyard_server_up", "web", &[]).await,
+        0.0
+    );
+
+    healthy.store(true, Ordering::SeqCst);
+    proxy.wait_state("app", "web", "up").await;
+    assert_eq!(proxy.server("app", "web").await.health, "up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_failed_check_does_not_take_a_server_down_with_fall_3() {
+    // Fails exactly one check when `fail_next` is set, then passes again.
+    let fail_next = Arc::new(AtomicBool::new(false));
+    let flag = fail_next.clone();
+    let web = Backend::start("127.0.0.1:0", move |mut stream: TcpStream| {
+        let flag = flag.clone();
+        async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let status = if flag.swap(false, Ordering::SeqCst) {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
+            let _ = stream
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+        }
+    })
+    .await;
+    let (proxy, _front) = start(
+        r#"health = { check = "http", path = "/health", interval = "100ms", fall = 3, rise = 2 }"#,
+        &[server("web", web.addr)],
+    )
+    .await;
+    wait_until("web checked up", || async {
+        proxy.server("app", "web").await.health == "up"
+    })
+    .await;
+
+    fail_next.store(true, Ordering::SeqCst);
+    wait_until("the failed check to be recorded", || async {
+        checks(&proxy, "web", "failed").await >= 1.0
+    })
+    .await;
+    let passed_at_blip = checks(&proxy, "web", "passed").await;
+    wait_until("three checks passed after the failure", || async {
+        checks(&proxy, "web", "passed").await >= passed_at_blip + 3.0
+    })
+    .await;
+
+    assert_eq!(checks(&proxy, "web", "failed").await, 1.0);
+    let status = proxy.server("app", "web").await;
+    assert_eq!(
+        (status.state.as_str(), status.health.as_str()),
+        ("up", "up")
+    );
+    assert!(
+        !proxy.stderr().contains("server is down"),
+        "the server never went down:\n{}",
+        proxy.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_down_shutdown_sessions_cuts_established_sessions() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let web = health_or_echo(healthy.clone()).await;
+    let (proxy, front) = start(
+        r#"health = { check = "http", path = "/health", interval = "100ms", fall = 2, on_down = "shutdown_sessions" }"#,
+        &[server("web", web.addr)],
+    )
+    .await;
+    wait_until("web checked up", || async {
+        proxy.server("app", "web").await.health == "up"
+    })
+    .await;
+
+    let mut session = TcpStream::connect(front).await.expect("connect");
+    let port = session.local_addr().expect("local addr").port();
+    assert_eq!(round_trip(&mut session, b"hello").await, b"hello");
+
+    // The backend keeps the session's socket open; only its health check fails.
+    healthy.store(false, Ordering::SeqCst);
+    assert!(
+        read_until_closed(&mut session).await.is_empty(),
+        "the proxy closes the session"
+    );
+    assert_eq!(proxy.server("app", "web").await.state, "down");
+    let suffix = format!(":{port}");
+    let line = wait_access(&proxy, "the cut session", |l| {
+        field(l, "client").ends_with(&suffix)
+    })
+    .await;
+    assert_eq!(field(&line, "termination"), "server_cut", "{line}");
+    assert_eq!(field(&line, "server"), "web");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_their_server_going_down_without_on_down() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let web = health_or_echo(healthy.clone()).await;
+    let (proxy, front) = start(
+        r#"health = { check = "http", path = "/health", interval = "100ms", fall = 2 }"#,
+        &[server("web", web.addr)],
+    )
+    .await;
+    wait_until("web checked up", || async {
+        proxy.server("app", "web").await.health == "up"
+    })
+    .await;
+
+    let mut session = TcpStream::connect(front).await.expect("connect");
+    let port = session.local_addr().expect("local addr").port();
+    assert_eq!(round_trip(&mut session, b"hello").await, b"hello");
+    healthy.store(false, Ordering::SeqCst);
+    proxy.wait_state("app", "web", "down").await;
+    assert_eq!(
+        round_trip(&mut session, b"still here").await,
+        b"still here",
+        "the session outlives its server's health"
+    );
+
+    session.shutdown().await.expect("shutdown");
+    assert!(read_until_closed(&mut session).await.is_empty());
+    let suffix = format!(":{port}");
+    let line = wait_access(&proxy, "the session", |l| {
+        field(l, "client").ends_with(&suffix)
+    })
+    .await;
+    assert_eq!(field(&line, "termination"), "client_closed", "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_client_connects_take_a_server_down_before_the_next_active_check() {
+    let victim = Backend::named("victim").await;
+    let live = Backend::named("live").await;
+    // One active check at startup, the next a minute later: anything that happens to the
+    // victim's health within this test comes from passive observation.
+    let (proxy, front) = start(
+        r#"health = { check = "tcp", interval = "60s", fall = 3, rise = 2 }"#,
+        &[server("victim", victim.addr), server("live", live.addr)],
+    )
+    .await;
+    wait_until("the victim's startup check", || async {
+        proxy.server("app", "victim").await.health == "up"
+    })
+    .await;
+    assert_eq!(checks(&proxy, "victim", "passed").await, 1.0);
+
+    drop(victim);
+    wait_until(
+        "client connect failures to take the victim down",
+        || async {
+            // Each client is still served: a failed connect is redispatched to `live`.
+            let _ = first_line(front).await;
+            proxy.server("app", "victim").await.state == "down"
+        },
+    )
+    .await;
+
+    assert_eq!(
+        checks(&proxy, "victim", "passed").await,
+        1.0,
+        "no active check ran since startup"
+    );
+    assert!(checks(&proxy, "victim", "failed").await >= 3.0);
+    assert!(proxy.server("app", "victim").await.connect_errors >= 3);
+    for n in 0..10 {
+        assert_eq!(first_line(front).await, "live", "connection {n} after down");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_start_unchecked_and_count_as_up() {
+    let alpha = Backend::named("alpha").await;
+    let bravo = Backend::named("bravo").await;
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "plain"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "plain"
+
+[[listener]]
+name = "checked"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "checked"
+
+# No health section: servers are never actively checked.
+[[pool]]
+name = "plain"
+servers = [ {{ name = "alpha", address = "{}" }} ]
+
+# The first check runs at startup, the next one a minute later.
+[[pool]]
+name = "checked"
+health = {{ check = "tcp", interval = "60s" }}
+servers = [ {{ name = "bravo", address = "{}" }} ]
+"#,
+        alpha.addr, bravo.addr
+    );
+    let proxy = Proxy::start(&config).await;
+
+    let plain = proxy.server("plain", "alpha").await;
+    assert_eq!(
+        (plain.state.as_str(), plain.health.as_str()),
+        ("up", "unchecked")
+    );
+    assert_eq!(plain.check, None);
+    let checked = proxy.server("checked", "bravo").await;
+    assert_eq!(checked.state, "up");
+    assert!(
+        matches!(checked.health.as_str(), "unchecked" | "up"),
+        "{checked:?}"
+    );
+
+    // Unchecked servers take traffic.
+    assert_eq!(
+        first_line(listener_addr(&proxy, "plain").await).await,
+        "alpha"
+    );
+    assert_eq!(
+        first_line(listener_addr(&proxy, "checked").await).await,
+        "bravo"
+    );
+}
