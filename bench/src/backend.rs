@@ -1,0 +1,268 @@
+//! Backend servers the proxies forward to.
+//!
+//! [`Backend`] runs in the bench process but on its own tokio runtime (its
+//! own worker threads), so the load generator cannot starve it.
+//! [`EchoProcess`] runs the echo server in a child process (`bench
+//! serve-echo`), used by the `idle` scenario so that client and backend file
+//! descriptors are spread over two processes.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::runtime::Runtime;
+
+/// Listen backlog of every backend socket (the kernel caps it at somaxconn).
+const BACKLOG: u32 = 8192;
+/// Read/write buffer of echo connections; messages are small.
+const ECHO_BUF: usize = 4096;
+
+/// What a backend does with each accepted connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Reads and discards everything, counting the bytes received.
+    Sink,
+    /// Writes an endless stream of bytes until the peer goes away.
+    Source,
+    /// Writes back whatever it reads.
+    Echo,
+}
+
+/// An in-process backend server on a dedicated tokio runtime.
+///
+/// Dropping it shuts the runtime down and closes all its connections.
+pub struct Backend {
+    addrs: Vec<SocketAddr>,
+    received: Arc<AtomicU64>,
+    runtime: Option<Runtime>,
+}
+
+impl Backend {
+    /// Starts a backend of `kind` on a free 127.0.0.1 port with `threads`
+    /// worker threads; `chunk` is the read/write size for sink and source.
+    pub fn start(kind: BackendKind, threads: usize, chunk: usize) -> Result<Self> {
+        Self::start_multi(kind, threads, chunk, 1)
+    }
+
+    /// Like [`Backend::start`] but listening on `ports` free ports, all
+    /// served alike (a pool of `ports` servers for the proxies).
+    pub fn start_multi(
+        kind: BackendKind,
+        threads: usize,
+        chunk: usize,
+        ports: usize,
+    ) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name(format!("backend-{kind:?}").to_lowercase())
+            .enable_all()
+            .build()
+            .context("building backend runtime")?;
+        let received = Arc::new(AtomicU64::new(0));
+        let mut addrs = Vec::with_capacity(ports);
+        for _ in 0..ports.max(1) {
+            let listener = {
+                let _guard = runtime.enter();
+                bind_loopback()?
+            };
+            addrs.push(listener.local_addr()?);
+            runtime.spawn(accept_loop(listener, kind, chunk, received.clone()));
+        }
+        Ok(Backend {
+            addrs,
+            received,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Addresses the backend listens on (at least one).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Total bytes received so far by a [`BackendKind::Sink`] backend.
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Never blocks, so it is safe inside an async context.
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Binds a listener on a free loopback port with a large backlog.
+/// Must be called inside a tokio runtime context.
+fn bind_loopback() -> Result<TcpListener> {
+    let socket = TcpSocket::new_v4().context("creating listen socket")?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .context("binding backend to 127.0.0.1:0")?;
+    socket.listen(BACKLOG).context("listen")
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    kind: BackendKind,
+    chunk: usize,
+    received: Arc<AtomicU64>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let received = received.clone();
+                tokio::spawn(async move {
+                    // Connection errors (resets when a run ends) are expected.
+                    let _ = serve(kind, stream, chunk, &received).await;
+                });
+            }
+            Err(e) => {
+                // E.g. EMFILE: back off instead of spinning.
+                eprintln!("backend accept error: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(
+    kind: BackendKind,
+    mut stream: TcpStream,
+    chunk: usize,
+    received: &AtomicU64,
+) -> std::io::Result<()> {
+    match kind {
+        BackendKind::Sink => {
+            let mut buf = vec![0u8; chunk];
+            loop {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        BackendKind::Source => {
+            let buf = vec![0xa5u8; chunk];
+            loop {
+                stream.write_all(&buf).await?;
+            }
+        }
+        BackendKind::Echo => {
+            let mut buf = vec![0u8; ECHO_BUF];
+            loop {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                stream.write_all(&buf[..n]).await?;
+            }
+        }
+    }
+}
+
+/// Entry point of the hidden `serve-echo` subcommand.
+///
+/// Binds an echo server on a free loopback port, prints `LISTEN <addr>` on
+/// stdout and serves until stdin reaches end-of-file (i.e. the parent bench
+/// process closed it or died).
+pub fn serve_echo_main(threads: usize) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("serve-echo")
+        .enable_all()
+        .build()
+        .context("building serve-echo runtime")?;
+    runtime.block_on(async {
+        let listener = bind_loopback()?;
+        let addr = listener.local_addr()?;
+        let mut stdout = tokio::io::stdout();
+        stdout
+            .write_all(format!("LISTEN {addr}\n").as_bytes())
+            .await?;
+        stdout.flush().await?;
+        tokio::spawn(accept_loop(
+            listener,
+            BackendKind::Echo,
+            ECHO_BUF,
+            Arc::default(),
+        ));
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        while stdin.read(&mut buf).await? != 0 {}
+        Ok::<_, anyhow::Error>(())
+    })?;
+    runtime.shutdown_background();
+    Ok(())
+}
+
+/// An echo backend running as a child process (`bench serve-echo`).
+pub struct EchoProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl EchoProcess {
+    /// Spawns the child with `threads` worker threads and waits until it
+    /// reports its listen address.
+    pub async fn spawn(threads: usize) -> Result<Self> {
+        let exe = std::env::current_exe().context("locating the bench executable")?;
+        let mut child = Command::new(exe)
+            .arg("serve-echo")
+            .arg("--backend-threads")
+            .arg(threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning serve-echo")?;
+        let stdout = child.stdout.take().context("serve-echo stdout")?;
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .context("serve-echo did not report its address within 10 s")?
+        .context("reading serve-echo stdout")?;
+        let Some(addr) = line.trim().strip_prefix("LISTEN ") else {
+            bail!("unexpected serve-echo output {line:?}");
+        };
+        let addr = addr
+            .parse()
+            .with_context(|| format!("parsing address {addr:?}"))?;
+        Ok(EchoProcess { child, addr })
+    }
+
+    /// Address the echo process listens on.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        std::slice::from_ref(&self.addr)
+    }
+
+    /// Stops the child by closing its stdin; kills it if it lingers.
+    pub async fn stop(mut self) -> Result<()> {
+        drop(self.child.stdin.take());
+        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(status) => {
+                status.context("waiting for serve-echo")?;
+            }
+            Err(_) => {
+                self.child.kill().await.context("killing serve-echo")?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! `bench`: load generators comparing switchyard with the direct path
+//! (client straight to backend) and with HAProxy.
+//!
+//! One invocation runs a scenario on every selected target: it starts the
+//! backends itself, writes a proxy configuration to a temporary directory,
+//! starts the proxy, waits until it accepts connections, runs the load,
+//! stops the proxy and prints a comparison table. See `docs/benchmarks.md`.
+
+mod backend;
+mod scenarios;
+mod sys;
+mod table;
+mod targets;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, ValueEnum};
+
+use scenarios::connrate::ConnrateArgs;
+use scenarios::idle::IdleArgs;
+use scenarios::latency::LatencyArgs;
+use scenarios::throughput::ThroughputArgs;
+use table::Row;
+use targets::{TargetKind, TargetOptions};
+
+/// Which scenario to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Bulk streaming in both directions, Gb/s.
+    Throughput,
+    /// Small request/response on persistent connections: req/s and percentiles.
+    Latency,
+    /// connect / one exchange / close loops: connections per second.
+    Connrate,
+    /// Proxy memory per idle connection.
+    Idle,
+    /// All of the above, in that order.
+    All,
+    /// Internal: echo backend child process used by `idle`.
+    #[value(hide = true)]
+    ServeEcho,
+}
+
+/// Compare switchyard with the direct path and HAProxy on loopback.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+
+    /// Targets to measure, comma separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,switchyard,haproxy"
+    )]
+    targets: Vec<TargetKind>,
+
+    /// Proxy worker threads (switchyard `workers`, HAProxy `nbthread`).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+
+    /// Load-generator worker threads (default: number of CPUs).
+    #[arg(long)]
+    client_threads: Option<usize>,
+
+    /// Worker threads of each backend (default: number of CPUs).
+    #[arg(long)]
+    backend_threads: Option<usize>,
+
+    /// switchyard binary (default: `switchyard` next to this executable).
+    #[arg(long)]
+    switchyard_bin: Option<PathBuf>,
+
+    /// haproxy binary.
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    haproxy_bin: PathBuf,
+
+    /// HAProxy maxconn (default: what fits the hard open-file limit).
+    #[arg(long)]
+    haproxy_maxconn: Option<u64>,
+
+    /// Seconds to wait for a proxy to accept connections.
+    #[arg(long, default_value_t = 15.0)]
+    ready_timeout_secs: f64,
+
+    #[command(flatten)]
+    throughput: ThroughputArgs,
+    #[command(flatten)]
+    latency: LatencyArgs,
+    #[command(flatten)]
+    connrate: ConnrateArgs,
+    #[command(flatten)]
+    idle: IdleArgs,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let (soft, hard) = sys::raise_nofile_limit()?;
+    let cpus = sys::cpu_count();
+    let backend_threads = cli.backend_threads.unwrap_or(cpus);
+
+    if cli.scenario == Scenario::ServeEcho {
+        return backend::serve_echo_main(backend_threads);
+    }
+
+    let ctx = scenarios::Context {
+        targets: cli.targets.clone(),
+        target_opts: TargetOptions {
+            workers: cli.workers.max(1),
+            switchyard_bin: cli
+                .switchyard_bin
+                .clone()
+                .unwrap_or_else(TargetOptions::default_switchyard_bin),
+            haproxy_bin: cli.haproxy_bin.clone(),
+            maxconn: cli
+                .haproxy_maxconn
+                .unwrap_or_else(|| TargetOptions::maxconn_for_fd_limit(hard)),
+            ready_timeout: Duration::from_secs_f64(cli.ready_timeout_secs),
+        },
+        backend_threads,
+    };
+    let client_threads = cli.client_threads.unwrap_or(cpus).max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(client_threads)
+        .thread_name("client")
+        .enable_all()
+        .build()
+        .context("building client runtime")?;
+
+    println!("machine: {}", sys::machine_summary());
+    println!(
+        "setup: load generator ({client_threads} threads), backend ({backend_threads} threads) and proxy \
+         ({} workers) all share these {cpus} cores over 127.0.0.1; compare ratios, not absolute capacity",
+        ctx.target_opts.workers
+    );
+    println!(
+        "open files: soft {soft}, hard {hard}; haproxy maxconn {}",
+        ctx.target_opts.maxconn
+    );
+    match sys::cpu_busy_fraction(Duration::from_secs(1)) {
+        Ok(busy) => println!(
+            "CPU busy before the run: {:.0}% (other work on the machine skews the numbers)",
+            busy * 100.0
+        ),
+        Err(e) => println!("CPU busy before the run: unknown ({e:#})"),
+    }
+
+    let started = Instant::now();
+    let rows = runtime.block_on(run(&cli, &ctx))?;
+    println!("\n{}", table::render(&rows));
+    println!("total time: {:.0} s", started.elapsed().as_secs_f64());
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Runs the selected scenario(s), printing each scenario's table as it ends.
+async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
+    let selected: &[Scenario] = match cli.scenario {
+        Scenario::All => &[
+            Scenario::Throughput,
+            Scenario::Latency,
+            Scenario::Connrate,
+            Scenario::Idle,
+        ],
+        ref one => std::slice::from_ref(one),
+    };
+    let mut all = Vec::new();
+    for scenario in selected {
+        eprintln!("== {scenario:?}");
+        let rows = match scenario {
+            Scenario::Throughput => scenarios::throughput::run(ctx, &cli.throughput).await?,
+            Scenario::Latency => scenarios::latency::run(ctx, &cli.latency).await?,
+            Scenario::Connrate => scenarios::connrate::run(ctx, &cli.connrate).await?,
+            Scenario::Idle => scenarios::idle::run(ctx, &cli.idle).await?,
+            Scenario::All | Scenario::ServeEcho => Vec::new(),
+        };
+        if selected.len() > 1 {
+            eprintln!("\n{}", table::render(&rows));
+        }
+        all.extend(rows);
+    }
+    Ok(all)
+}

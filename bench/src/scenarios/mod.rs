@@ -1,0 +1,62 @@
+//! Benchmark scenarios. Each module measures one aspect of the proxies on
+//! every selected target and returns [`Row`]s for the table.
+
+pub mod connrate;
+pub mod idle;
+pub mod latency;
+pub mod throughput;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio::net::TcpStream;
+
+use crate::targets::{TargetKind, TargetOptions};
+
+/// Settings shared by all scenarios.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// Targets to measure, in order.
+    pub targets: Vec<TargetKind>,
+    /// How proxies are launched.
+    pub target_opts: TargetOptions,
+    /// Worker threads of each backend runtime.
+    pub backend_threads: usize,
+}
+
+/// Timeout for a single connect attempt of the load generator.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `addr` with [`CONNECT_TIMEOUT`] and enables `TCP_NODELAY`.
+pub async fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connect to {addr} timed out"))?
+        .with_context(|| format!("connect to {addr}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Connects `n` streams to `addr`, at most 64 at a time.
+pub async fn connect_many(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+    let mut streams = Vec::with_capacity(n);
+    let mut remaining = n;
+    while remaining > 0 {
+        let batch = remaining.min(64);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            set.spawn(connect(addr));
+        }
+        while let Some(res) = set.join_next().await {
+            streams.push(res.context("connect task panicked")??);
+        }
+        remaining -= batch;
+    }
+    Ok(streams)
+}
+
+/// Progress line on stderr, so stdout carries only the tables.
+pub fn progress(msg: impl AsRef<str>) {
+    eprintln!("  {}", msg.as_ref());
+}

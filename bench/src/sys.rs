@@ -1,0 +1,108 @@
+//! Small operating-system helpers: file-descriptor limits, process RSS and a
+//! description of the machine the benchmark runs on.
+
+use std::fs;
+
+use anyhow::{Context as _, Result, bail};
+
+/// Raises the soft `RLIMIT_NOFILE` of the current process to its hard limit.
+///
+/// Child processes (the proxies, the `serve-echo` backend) inherit the raised
+/// limit. Returns the `(soft, hard)` limits in force afterwards.
+pub fn raise_nofile_limit() -> Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable `rlimit` for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid `rlimit` for the duration of the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+        }
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Returns the hard `RLIMIT_NOFILE` of the current process.
+pub fn nofile_hard_limit() -> Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable `rlimit` for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    Ok(lim.rlim_max)
+}
+
+/// Reads the resident set size (`VmRSS`) of process `pid` in bytes.
+pub fn vm_rss_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix("VmRSS:") {
+            let kib: u64 = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .with_context(|| format!("parsing VmRSS line {line:?}"))?;
+            return Ok(kib * 1024);
+        }
+    }
+    bail!("no VmRSS line in {path}")
+}
+
+/// Number of CPUs available to this process.
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// One-line description of the machine: CPU count, CPU model and kernel.
+pub fn machine_summary() -> String {
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_else(|_| "unknown kernel".to_string());
+    format!("{} CPUs ({model}), Linux {kernel}", cpu_count())
+}
+
+/// Busy and total jiffies of all CPUs, from the first line of `/proc/stat`.
+fn cpu_jiffies() -> Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("parsing /proc/stat")?;
+    // user nice system idle iowait irq softirq steal ...
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// Fraction of all CPU time that was busy during `window` (measured now,
+/// before the benchmark starts, so it is other work on the machine).
+pub fn cpu_busy_fraction(window: std::time::Duration) -> Result<f64> {
+    let (busy0, total0) = cpu_jiffies()?;
+    std::thread::sleep(window);
+    let (busy1, total1) = cpu_jiffies()?;
+    let total = total1.saturating_sub(total0).max(1);
+    Ok(busy1.saturating_sub(busy0) as f64 / total as f64)
+}

@@ -1,0 +1,207 @@
+//! Result rows and the comparison table printed at the end of a run.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::targets::TargetKind;
+
+/// Which direction of a metric is better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Better {
+    /// Larger values are better (throughput, rates).
+    Higher,
+    /// Smaller values are better (latency, memory, errors).
+    Lower,
+}
+
+/// One measured value: one metric of one scenario for one target.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Scenario name, e.g. `throughput`.
+    pub scenario: &'static str,
+    /// Metric label including its unit, e.g. `upload 2 conns (Gb/s)`.
+    pub metric: String,
+    /// Target the value was measured on.
+    pub target: TargetKind,
+    /// The value, or why there is none (target unavailable, run failed).
+    pub value: Result<f64, String>,
+    /// Direction in which the metric improves.
+    pub better: Better,
+    /// Optional free-form remark shown as a footnote.
+    pub note: Option<String>,
+}
+
+impl Row {
+    /// A row holding a measured value.
+    pub fn ok(
+        scenario: &'static str,
+        metric: impl Into<String>,
+        target: TargetKind,
+        value: f64,
+        better: Better,
+    ) -> Self {
+        Row {
+            scenario,
+            metric: metric.into(),
+            target,
+            value: Ok(value),
+            better,
+            note: None,
+        }
+    }
+
+    /// A row for a metric that could not be measured, with the reason.
+    pub fn failed(
+        scenario: &'static str,
+        metric: impl Into<String>,
+        target: TargetKind,
+        better: Better,
+        reason: impl Into<String>,
+    ) -> Self {
+        Row {
+            scenario,
+            metric: metric.into(),
+            target,
+            value: Err(reason.into()),
+            better,
+            note: None,
+        }
+    }
+
+    /// Attaches a footnote to the row.
+    pub fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".to_string()
+    } else if a < 10.0 {
+        format!("{v:.2}")
+    } else if a < 1000.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn fmt_ratio(v: &Result<f64, String>, reference: Option<&Result<f64, String>>) -> String {
+    match (v, reference) {
+        (Ok(v), Some(Ok(r))) if *r != 0.0 => format!("{:.2}x", v / r),
+        _ => "-".to_string(),
+    }
+}
+
+/// 1-based footnote number of `text`, adding it if it is new.
+fn note_number(notes: &mut Vec<String>, text: &str) -> usize {
+    match notes.iter().position(|n| n == text) {
+        Some(i) => i + 1,
+        None => {
+            notes.push(text.to_string());
+            notes.len()
+        }
+    }
+}
+
+/// Renders rows as a fixed-width text table followed by numbered footnotes.
+///
+/// Rows are grouped by `(scenario, metric)` in first-appearance order. The
+/// ratio columns divide each value by the `direct` and the `haproxy` value of
+/// the same metric; whether a ratio above 1 is good depends on the `best`
+/// column (`high` or `low`).
+pub fn render(rows: &[Row]) -> String {
+    let mut groups: Vec<(&'static str, &str)> = Vec::new();
+    let mut index: HashMap<(&str, &str, TargetKind), &Row> = HashMap::new();
+    for r in rows {
+        let key = (r.scenario, r.metric.as_str());
+        if !groups.contains(&key) {
+            groups.push(key);
+        }
+        index.insert((r.scenario, r.metric.as_str(), r.target), r);
+    }
+
+    let mut lines: Vec<[String; 7]> = vec![[
+        "scenario".into(),
+        "metric".into(),
+        "best".into(),
+        "target".into(),
+        "value".into(),
+        "vs direct".into(),
+        "vs haproxy".into(),
+    ]];
+    let mut notes: Vec<String> = Vec::new();
+    for (scenario, metric) in &groups {
+        let reference = |t| index.get(&(*scenario, *metric, t)).map(|r| &r.value);
+        let mut first = true;
+        for target in TargetKind::ALL {
+            let Some(row) = index.get(&(*scenario, *metric, target)) else {
+                continue;
+            };
+            let mut value = match &row.value {
+                Ok(v) => fmt_value(*v),
+                Err(e) => format!("n/a [{}]", note_number(&mut notes, e)),
+            };
+            if let Some(n) = &row.note {
+                let _ = write!(value, " [{}]", note_number(&mut notes, n));
+            }
+            lines.push([
+                if first {
+                    scenario.to_string()
+                } else {
+                    String::new()
+                },
+                if first {
+                    metric.to_string()
+                } else {
+                    String::new()
+                },
+                if first {
+                    match row.better {
+                        Better::Higher => "high".into(),
+                        Better::Lower => "low".into(),
+                    }
+                } else {
+                    String::new()
+                },
+                target.to_string(),
+                value,
+                fmt_ratio(&row.value, reference(TargetKind::Direct)),
+                fmt_ratio(&row.value, reference(TargetKind::Haproxy)),
+            ]);
+            first = false;
+        }
+    }
+
+    let mut widths = [0usize; 7];
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let mut text = String::new();
+        for (col, (cell, w)) in line.iter().zip(widths).enumerate() {
+            // Right-align the numeric columns.
+            if col >= 4 {
+                let _ = write!(text, "{cell:>w$}  ");
+            } else {
+                let _ = write!(text, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+        if i == 0 {
+            let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+            out.push_str(&"-".repeat(total));
+            out.push('\n');
+        }
+    }
+    for (i, n) in notes.iter().enumerate() {
+        let _ = writeln!(out, "[{}] {n}", i + 1);
+    }
+    out
+}

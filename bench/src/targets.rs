@@ -1,0 +1,311 @@
+//! Targets under test and management of the proxy processes.
+//!
+//! A target is the path a client connection takes to a backend: `direct`
+//! (no proxy), through `switchyard`, or through `haproxy`. For the proxies
+//! this module writes an equivalent configuration to a temporary directory,
+//! starts the process, waits until its listener accepts connections and
+//! stops it again.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// The path between client and backend that is being measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum TargetKind {
+    /// Client connects straight to the backend (the baseline).
+    Direct,
+    /// Client connects through switchyard.
+    Switchyard,
+    /// Client connects through HAProxy in `mode tcp`.
+    Haproxy,
+}
+
+impl TargetKind {
+    /// All targets in table order.
+    pub const ALL: [TargetKind; 3] = [
+        TargetKind::Direct,
+        TargetKind::Switchyard,
+        TargetKind::Haproxy,
+    ];
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetKind::Direct => "direct",
+            TargetKind::Switchyard => "switchyard",
+            TargetKind::Haproxy => "haproxy",
+        })
+    }
+}
+
+/// How the proxies are launched and configured.
+#[derive(Clone, Debug)]
+pub struct TargetOptions {
+    /// Worker threads: switchyard `workers` and HAProxy `nbthread`.
+    pub workers: usize,
+    /// Path of the switchyard binary.
+    pub switchyard_bin: PathBuf,
+    /// Path of the haproxy binary.
+    pub haproxy_bin: PathBuf,
+    /// HAProxy global/frontend `maxconn`.
+    pub maxconn: u64,
+    /// How long to wait for a proxy to accept connections.
+    pub ready_timeout: Duration,
+}
+
+impl TargetOptions {
+    /// Default switchyard location: next to the running bench binary
+    /// (`target/release/switchyard` under `cargo run --release`).
+    pub fn default_switchyard_bin() -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("switchyard")))
+            .unwrap_or_else(|| PathBuf::from("target/release/switchyard"))
+    }
+
+    /// Largest `maxconn` whose two fds per connection (plus some slack for
+    /// listeners and internals) fit in the hard `RLIMIT_NOFILE`.
+    pub fn maxconn_for_fd_limit(hard_limit: u64) -> u64 {
+        hard_limit.saturating_sub(200) / 2
+    }
+}
+
+/// A target ready to receive client connections.
+pub struct RunningTarget {
+    kind: TargetKind,
+    addr: SocketAddr,
+    process: Option<ProxyProcess>,
+}
+
+struct ProxyProcess {
+    child: Child,
+    /// Holds the config and log files; removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+impl RunningTarget {
+    /// Starts `kind` in front of a pool of `backends` (round robin) and
+    /// waits until it is ready.
+    ///
+    /// For [`TargetKind::Direct`] nothing is started and the client address
+    /// is the first backend address itself.
+    pub async fn start(
+        kind: TargetKind,
+        backends: &[SocketAddr],
+        opts: &TargetOptions,
+    ) -> Result<Self> {
+        let Some(&first) = backends.first() else {
+            bail!("no backend address");
+        };
+        let (bin, config_name) = match kind {
+            TargetKind::Direct => {
+                return Ok(RunningTarget {
+                    kind,
+                    addr: first,
+                    process: None,
+                });
+            }
+            TargetKind::Switchyard => (&opts.switchyard_bin, "switchyard.toml"),
+            TargetKind::Haproxy => (&opts.haproxy_bin, "haproxy.cfg"),
+        };
+        if !bin.exists() {
+            bail!("{kind} binary not found at {}", bin.display());
+        }
+        let listen = free_port()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("bench-{kind}-"))
+            .tempdir()
+            .context("creating temp dir")?;
+        let config = match kind {
+            TargetKind::Switchyard => switchyard_config(opts, listen, free_port()?, backends),
+            _ => haproxy_config(opts, listen, backends),
+        };
+        let config_path = dir.path().join(config_name);
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).context("creating stderr log")?;
+
+        let mut cmd = Command::new(bin);
+        match kind {
+            TargetKind::Switchyard => cmd.arg("run").arg("-c").arg(&config_path),
+            _ => cmd.arg("-f").arg(&config_path).arg("-db"),
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut process = ProxyProcess { child, _dir: dir };
+        if let Err(e) = wait_ready(&mut process.child, listen, opts.ready_timeout).await {
+            let log = tail(&stderr_path);
+            let _ = process.child.kill().await;
+            return Err(e.context(format!("{kind} did not become ready (its stderr: {log})")));
+        }
+        Ok(RunningTarget {
+            kind,
+            addr: listen,
+            process: Some(process),
+        })
+    }
+
+    /// Address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Process id of the proxy, `None` for the direct path.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(|p| p.child.id())
+    }
+
+    /// Stops the proxy: SIGTERM, then SIGKILL if it has not exited in 5 s.
+    pub async fn stop(self) -> Result<()> {
+        let Some(mut process) = self.process else {
+            return Ok(());
+        };
+        if let Some(pid) = process.child.id() {
+            // SAFETY: plain syscall; `pid` is our own, not yet reaped child.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), process.child.wait()).await {
+            Ok(status) => {
+                status.with_context(|| format!("waiting for {}", self.kind))?;
+            }
+            Err(_) => {
+                eprintln!(
+                    "  {} did not exit within 5 s of SIGTERM; killing it",
+                    self.kind
+                );
+                process.child.kill().await.context("killing proxy")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Polls until a TCP connect to `addr` succeeds, failing early if the
+/// process exits and late after `timeout`.
+async fn wait_ready(child: &mut Child, addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("checking proxy process")? {
+            bail!("process exited with {status}");
+        }
+        if let Ok(Ok(_conn)) =
+            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("no successful connect to {addr} within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Picks a currently free loopback port by binding port 0.
+pub fn free_port() -> Result<SocketAddr> {
+    let l = StdTcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// Last few hundred bytes of a log file, on one line.
+fn tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().is_empty() => "(empty)".to_string(),
+        Ok(s) => {
+            let s = s.trim();
+            let start = s.len().saturating_sub(400);
+            let start = (start..s.len())
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(s.len());
+            s[start..].replace('\n', " | ")
+        }
+        Err(e) => format!("(unreadable: {e})"),
+    }
+}
+
+/// switchyard configuration: one TCP listener, one round-robin pool.
+fn switchyard_config(
+    opts: &TargetOptions,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    backends: &[SocketAddr],
+) -> String {
+    let servers: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!(r#"{{ name = "b{}", address = "{a}" }}"#, i + 1))
+        .collect();
+    let servers = servers.join(", ");
+    format!(
+        r#"# generated by bench
+workers = {workers}
+[admin]
+listen = "{admin}"
+[log]
+level = "warn"
+access = "off"
+[[listener]]
+name = "bench"
+listen = "{listen}"
+protocol = "tcp"
+pool = "backend"
+[[pool]]
+name = "backend"
+balance = "round_robin"
+servers = [ {servers} ]
+"#,
+        workers = opts.workers,
+    )
+}
+
+/// HAProxy configuration equivalent to [`switchyard_config`]: `mode tcp`,
+/// `nbthread` = workers, high `maxconn`, generous timeouts, no logging.
+fn haproxy_config(opts: &TargetOptions, listen: SocketAddr, backends: &[SocketAddr]) -> String {
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("    server b{} {a}\n", i + 1))
+        .collect();
+    format!(
+        r#"# generated by bench
+global
+    nbthread {workers}
+    maxconn {maxconn}
+    # no "log" line: HAProxy logs nothing
+
+defaults
+    mode tcp
+    maxconn {maxconn}
+    timeout connect 10s
+    timeout client 1h
+    timeout server 1h
+    timeout client-fin 1h
+    timeout server-fin 1h
+
+frontend bench
+    bind {listen}
+    default_backend backend
+
+backend backend
+    balance roundrobin
+{servers}"#,
+        workers = opts.workers,
+        maxconn = opts.maxconn,
+    )
+}
