@@ -6,12 +6,13 @@
 //! byte counters and the idle clock that both directions share.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -255,8 +256,8 @@ async fn pump(
         from.readable().await.map_err(|_| from_side)?;
         let mut buffer = PooledBuffer::take();
         loop {
-            let n = match from.try_read(buffer.as_mut()) {
-                Ok(0) => {
+            let (n, drained) = match read_chunk(from, buffer.as_mut()) {
+                Ok((0, _)) => {
                     first_close
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -265,7 +266,7 @@ async fn pump(
                     let _ = SockRef::from(to).shutdown(Shutdown::Write);
                     return Ok(());
                 }
-                Ok(n) => n,
+                Ok(read) => read,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Err(from_side),
@@ -278,7 +279,33 @@ async fn pump(
             for counter in counters {
                 counter.fetch_add(n as u64, Ordering::Relaxed);
             }
+            if drained {
+                break;
+            }
         }
+    }
+}
+
+/// Reads once into `buffer`; also says whether the socket is known to be drained.
+///
+/// A read that returns less than the buffer holds has emptied the socket's receive queue,
+/// so the readiness is cleared right away instead of paying for one more `read` that would
+/// only return `EAGAIN` — one syscall saved per message on request/response traffic. This
+/// is safe with tokio: readiness is cleared only if no new event arrived since it was
+/// observed, and end-of-stream and error states are never cleared.
+fn read_chunk(from: &TcpStream, buffer: &mut [u8]) -> io::Result<(usize, bool)> {
+    let mut short_read = None;
+    let result = from.try_io(Interest::READABLE, || {
+        let n = (&*SockRef::from(from)).read(buffer)?;
+        if n > 0 && n < buffer.len() {
+            short_read = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short_read {
+        Some(n) => Ok((n, true)),
+        None => result.map(|n| (n, false)),
     }
 }
 
