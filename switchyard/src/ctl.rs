@@ -56,11 +56,35 @@ pub async fn run(client: &AdminClient, command: CtlCommand) -> Result<(), String
         CtlCommand::Ready { pool, server } => set_state(client, &pool, &server, "ready").await,
         CtlCommand::Maint { pool, server } => set_state(client, &pool, &server, "maint").await,
         CtlCommand::Reload => {
-            let body = expect_ok(client.call(Method::POST, "/api/v1/reload", None).await?)?;
-            println!("{}", body.trim_end());
+            let (status, body) = client.call(Method::POST, "/api/v1/reload", None).await?;
+            if status == 400 {
+                return Err(reload_refused(&body));
+            }
+            println!("{}", expect_ok((status, body))?.trim_end());
             Ok(())
         }
     }
+}
+
+/// The message of a refused reload: the headline, then every error on its own line.
+fn reload_refused(body: &str) -> String {
+    let Ok(answer) = serde_json::from_str::<serde_json::Value>(body) else {
+        return format!("reload refused: {}", body.trim_end());
+    };
+    let headline = answer
+        .get("error")
+        .and_then(|e| e.as_str())
+        .unwrap_or("reload refused");
+    let errors = answer
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str());
+    std::iter::once(format!("reload refused: {headline}"))
+        .chain(errors.map(str::to_string))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn expect_ok((status, body): (u16, String)) -> Result<String, String> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -30,6 +31,19 @@ pub struct ListenerStats {
     pub failed: AtomicU64,
 }
 
+/// What a connection takes from its listener when it is accepted; a reload swaps in new
+/// settings for later connections while established ones keep the ones they started with.
+#[derive(Debug)]
+pub struct ListenerSettings {
+    /// The listener's config.
+    pub config: ListenerConfig,
+    /// The default pool.
+    pub pool: Arc<Pool>,
+    // The `max_connections` limit; replaced (not resized) when the limit changes, so the
+    // permits of established connections go back to the semaphore they came from.
+    limit: Option<Arc<Semaphore>>,
+}
+
 /// A bound listener and everything a connection handler needs from it.
 #[derive(Debug)]
 pub struct Listener {
@@ -39,78 +53,122 @@ pub struct Listener {
     pub protocol: Protocol,
     /// The address actually bound (port 0 resolved).
     pub address: SocketAddr,
-    /// Its config.
-    pub config: ListenerConfig,
-    /// The default pool.
-    pub pool: Arc<Pool>,
     /// Counters.
     pub stats: ListenerStats,
+    settings: ArcSwap<ListenerSettings>,
     socket: std::sync::Mutex<Option<TcpListener>>,
+    closed: CancellationToken,
 }
 
 impl Listener {
     /// Binds the socket; errors name the listener and address.
     pub fn bind(config: &ListenerConfig, pool: Arc<Pool>) -> io::Result<Self> {
+        Self::with_socket(config, pool, Self::bind_socket(config)?)
+    }
+
+    /// Binds the socket a listener with `config` would use, without building the listener
+    /// (a reload binds every new socket before changing anything).
+    pub fn bind_socket(config: &ListenerConfig) -> io::Result<TcpListener> {
         let requested: SocketAddr = config.listen.parse().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("bad address {}", config.listen),
             )
         })?;
-        let socket = bind_socket(requested, config.backlog).map_err(|e| {
+        bind_socket(requested, config.backlog).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("listener `{}` cannot bind {requested}: {e}", config.name),
             )
-        })?;
+        })
+    }
+
+    /// Builds a listener around a socket from `bind_socket`.
+    pub fn with_socket(
+        config: &ListenerConfig,
+        pool: Arc<Pool>,
+        socket: TcpListener,
+    ) -> io::Result<Self> {
         let address = socket.local_addr()?;
         Ok(Self {
             name: config.name.clone(),
             protocol: config.protocol,
             address,
+            stats: ListenerStats::default(),
+            settings: ArcSwap::from_pointee(ListenerSettings {
+                config: config.clone(),
+                pool,
+                limit: config.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            }),
+            socket: std::sync::Mutex::new(Some(socket)),
+            closed: CancellationToken::new(),
+        })
+    }
+
+    /// The settings new connections get now.
+    pub fn settings(&self) -> Arc<ListenerSettings> {
+        self.settings.load_full()
+    }
+
+    /// Applies a reloaded config (same name and address) and default pool to connections
+    /// accepted from now on.
+    pub fn update(&self, config: &ListenerConfig, pool: Arc<Pool>) {
+        let current = self.settings();
+        let limit = if current.config.max_connections == config.max_connections {
+            current.limit.clone()
+        } else {
+            config.max_connections.map(|n| Arc::new(Semaphore::new(n)))
+        };
+        self.settings.store(Arc::new(ListenerSettings {
             config: config.clone(),
             pool,
-            stats: ListenerStats::default(),
-            socket: std::sync::Mutex::new(Some(socket)),
-        })
+            limit,
+        }));
+    }
+
+    /// Stops accepting (the listener was removed by a reload) and closes the socket;
+    /// established connections run on.
+    pub fn close(&self) {
+        self.closed.cancel();
     }
 
     /// Accepts connections until `stop` fires, handing each to `handle` on its own task.
     /// With `max_connections`, accepting pauses at the limit so further clients wait in
     /// the kernel's accept queue instead of being refused.
+    /// Stops when `stop` fires or the listener is closed; the socket closes then.
     pub async fn accept_loop<F, Fut>(
         self: Arc<Self>,
         stop: CancellationToken,
         tasks: TaskTracker,
         handle: F,
     ) where
-        F: Fn(Arc<Self>, TcpStream, SocketAddr) -> Fut,
+        F: Fn(Arc<Self>, Arc<ListenerSettings>, TcpStream, SocketAddr) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let Some(socket) = self.socket.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        let limit = self
-            .config
-            .max_connections
-            .map(|n| Arc::new(Semaphore::new(n)));
         loop {
-            let permit = match &limit {
+            let settings = self.settings();
+            let permit = match &settings.limit {
                 Some(limit) => tokio::select! {
                     permit = limit.clone().acquire_owned() => permit.ok(),
                     () = stop.cancelled() => break,
+                    () = self.closed.cancelled() => break,
                 },
                 None => None,
             };
             let accepted = tokio::select! {
                 accepted = socket.accept() => accepted,
                 () = stop.cancelled() => break,
+                () = self.closed.cancelled() => break,
             };
             match accepted {
                 Ok((stream, peer)) => {
                     self.stats.total.fetch_add(1, Ordering::Relaxed);
                     self.stats.active.fetch_add(1, Ordering::Relaxed);
-                    let connection = handle(self.clone(), stream, peer);
+                    // Settings swapped while this loop waited apply to this connection.
+                    let connection = handle(self.clone(), self.settings(), stream, peer);
                     let listener = self.clone();
                     tasks.spawn(async move {
                         connection.await;

@@ -23,8 +23,8 @@ type Labels = Vec<(&'static str, String)>;
 pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
-        pools: shared.pools.clone(),
-        listeners: shared.listeners.clone(),
+        pools: shared.pools(),
+        listeners: shared.listeners(),
         dropped_log_lines: shared.access_log.dropped.load(Ordering::Relaxed),
     }));
     let mut text = String::new();
@@ -34,8 +34,8 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
 
 #[derive(Debug)]
 struct Snapshot {
-    pools: Vec<Arc<Pool>>,
-    listeners: Vec<Arc<Listener>>,
+    pools: Arc<Vec<Arc<Pool>>>,
+    listeners: Arc<Vec<Arc<Listener>>>,
     dropped_log_lines: u64,
 }
 

@@ -1,4 +1,4 @@
-//! The admin HTTP API: health, Prometheus metrics, status, and server state changes.
+//! The admin HTTP API: health, Prometheus metrics, status, server state changes and reload.
 
 pub mod client;
 mod metrics;
@@ -90,7 +90,7 @@ fn error(status: StatusCode, message: &str) -> Reply {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-async fn route(shared: &Shared, request: Request<Incoming>) -> Reply {
+async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method(), segments.as_slice()) {
@@ -118,10 +118,16 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Reply {
             if let Some(denied) = authorize(shared, &request) {
                 return denied;
             }
-            error(
-                StatusCode::NOT_IMPLEMENTED,
-                "live reload is not available in this build yet",
-            )
+            match crate::runtime::reload(shared).await {
+                Ok(summary) => json(StatusCode::OK, &summary),
+                Err(refused) => json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({
+                        "error": refused.to_string(),
+                        "errors": refused.errors(),
+                    }),
+                ),
+            }
         }
         (_, ["health" | "metrics"] | ["api", "v1", "pools" | "listeners" | "reload"])
         | (_, ["api", "v1", "pools", _, "servers", _, "state"]) => {

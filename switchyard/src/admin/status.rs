@@ -86,8 +86,8 @@ pub fn server(server: &Server) -> ServerStatus {
         state,
         health: name_of(&health),
         admin_state: name_of(&admin_state),
-        backup: server.backup,
-        weight: server.weight,
+        backup: server.backup(),
+        weight: server.weight(),
         active: server.active(),
         total: server.stats.total.load(Ordering::Relaxed),
         bytes_in: server.stats.bytes_in.load(Ordering::Relaxed),
@@ -100,7 +100,7 @@ pub fn server(server: &Server) -> ServerStatus {
 /// Every pool's status.
 pub fn pools(shared: &Shared) -> Vec<PoolStatus> {
     shared
-        .pools
+        .pools()
         .iter()
         .map(|pool| PoolStatus {
             name: pool.name.clone(),
@@ -113,7 +113,7 @@ pub fn pools(shared: &Shared) -> Vec<PoolStatus> {
 /// Every listener's status.
 pub fn listeners(shared: &Shared) -> Vec<ListenerStatus> {
     shared
-        .listeners
+        .listeners()
         .iter()
         .map(|l| ListenerStatus {
             name: l.name.clone(),

@@ -34,7 +34,7 @@ pub struct Config {
 }
 
 /// The admin HTTP API (status, metrics, server state changes).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address to bind; loopback by default so the API is never exposed by accident.
@@ -46,7 +46,7 @@ pub struct AdminConfig {
 }
 
 /// Diagnostic and access logging.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `switchyard=debug`.
@@ -115,7 +115,7 @@ impl Protocol {
 }
 
 /// One listening socket and how its connections are handled.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Unique name, used in logs, metrics and socket handoff.
@@ -153,7 +153,7 @@ pub enum AcceptProxyProtocol {
 }
 
 /// Timeouts on the client side of a listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTimeouts {
     /// Idle time allowed on a client connection (reset by traffic in either direction).
@@ -174,7 +174,7 @@ impl Default for ListenerTimeouts {
 }
 
 /// A routing rule: when every given match key matches, use `pool`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The pool this route sends to.
@@ -215,7 +215,7 @@ pub enum BalanceAlgorithm {
 }
 
 /// A group of interchangeable servers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Unique name.
@@ -253,7 +253,7 @@ pub enum ProxyProtocolVersion {
 }
 
 /// Timeouts on the server side of a pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolTimeouts {
     /// Time allowed to establish a server connection.
@@ -282,7 +282,7 @@ impl Default for PoolTimeouts {
 }
 
 /// One backend server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Unique within the pool; defaults to the address.
@@ -336,7 +336,7 @@ pub enum OnDown {
 }
 
 /// Active and passive health checking of a pool's servers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// The kind of check.

@@ -15,7 +15,8 @@ pub use tracker::{Health, HealthTracker, Transition};
 use crate::config::{CheckKind, HealthConfig, OnDown};
 use crate::upstream::{Pool, Server, connect_server};
 
-/// Starts a check task for every server of `pool` (if it has health checking).
+/// Starts a check task for every server of `pool` (if it has health checking); the tasks
+/// end when `stop` fires or the pool is retired by a reload.
 pub fn spawn_checks(pool: &Arc<Pool>, stop: &CancellationToken) {
     let Some(health) = pool.health.clone() else {
         return;
@@ -24,8 +25,10 @@ pub fn spawn_checks(pool: &Arc<Pool>, stop: &CancellationToken) {
         let (pool, server, stop, health) =
             (pool.clone(), server.clone(), stop.clone(), health.clone());
         tokio::spawn(async move {
+            let checking = pool.clone();
             tokio::select! {
                 () = stop.cancelled() => {}
+                () = checking.retired() => {}
                 () = check_loop(pool, server, health) => {}
             }
         });

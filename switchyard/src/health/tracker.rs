@@ -49,6 +49,12 @@ impl HealthTracker {
         }
     }
 
+    /// Changes `fall` and `rise` (a reload) without forgetting the current health.
+    pub fn set_thresholds(&mut self, fall: u32, rise: u32) {
+        self.fall = fall.max(1);
+        self.rise = rise.max(1);
+    }
+
     /// Current health.
     pub fn health(&self) -> Health {
         self.health

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::ProxyProtocolVersion;
-use crate::listener::Listener;
+use crate::listener::{Listener, ListenerSettings};
 use crate::net::tune_stream;
 use crate::observe::ConnectionRecord;
 use crate::proxy_protocol::{self, ProxyHeader};
@@ -16,10 +16,12 @@ use crate::relay::{IdleLimit, RelayCounters, relay, write_all};
 use crate::runtime::Shared;
 use crate::upstream::{ConnectError, LeaseError, connect};
 
-/// Handles one client connection to the end, logging one line when it closes.
+/// Handles one client connection to the end, logging one line when it closes. `settings`
+/// are the listener's as of the accept: a later reload does not change this connection.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: Arc<Listener>,
+    settings: Arc<ListenerSettings>,
     client: TcpStream,
     peer: SocketAddr,
 ) {
@@ -29,14 +31,14 @@ pub async fn serve(
         time: String::new(),
         listener: listener.name.clone(),
         client: peer,
-        pool: Some(listener.pool.name.clone()),
+        pool: Some(settings.pool.name.clone()),
         server: None,
         duration_ms: 0,
         bytes_in: 0,
         bytes_out: 0,
         termination: "",
     };
-    record.termination = proxy(&shared, &listener, client, peer, &mut record).await;
+    record.termination = proxy(&shared, &listener, &settings, client, peer, &mut record).await;
     if !matches!(record.termination, "client_closed" | "server_closed") {
         tracing::debug!(listener = %listener.name, client = %record.client, reason = record.termination, "connection ended");
     }
@@ -48,6 +50,7 @@ pub async fn serve(
 async fn proxy(
     shared: &Shared,
     listener: &Listener,
+    settings: &ListenerSettings,
     client: TcpStream,
     peer: SocketAddr,
     record: &mut ConnectionRecord,
@@ -55,8 +58,8 @@ async fn proxy(
     let mut client = client;
     let mut destination = client.local_addr().unwrap_or(listener.address);
     let mut early_data = bytes::Bytes::new();
-    if listener.config.proxy_protocol.is_some() {
-        match proxy_protocol::read_header(&mut client, listener.config.timeouts.proxy_header).await
+    if settings.config.proxy_protocol.is_some() {
+        match proxy_protocol::read_header(&mut client, settings.config.timeouts.proxy_header).await
         {
             Ok((header, rest)) => {
                 if let ProxyHeader::Proxied(addrs) = header {
@@ -73,8 +76,16 @@ async fn proxy(
         }
     }
 
-    let pool = &listener.pool;
-    let upstream = match connect(pool, record.client).await {
+    let mut pool = settings.pool.clone();
+    let mut attempt = connect(&pool, record.client).await;
+    // A reload that replaced the pool after this connection was accepted drains the servers
+    // it removed; when nothing else is left in the old pool, the new one takes the client.
+    while matches!(attempt, Err(ConnectError::Lease(LeaseError::NoServer))) && pool.is_retired() {
+        pool = listener.settings().pool.clone();
+        record.pool = Some(pool.name.clone());
+        attempt = connect(&pool, record.client).await;
+    }
+    let upstream = match attempt {
         Ok(upstream) => upstream,
         Err(error) => {
             listener.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -108,7 +119,7 @@ async fn proxy(
     }
 
     let idle = IdleLimit::choose(
-        listener.config.timeouts.client,
+        settings.config.timeouts.client,
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );

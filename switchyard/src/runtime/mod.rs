@@ -1,4 +1,6 @@
-//! Building a running proxy from a config, and shutting it down gracefully.
+//! Building a running proxy from a config, reloading it, and shutting it down gracefully.
+
+mod reload;
 
 use std::collections::HashMap;
 use std::io;
@@ -6,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,15 +18,25 @@ use crate::listener::Listener;
 use crate::observe::AccessLog;
 use crate::upstream::Pool;
 
+pub use reload::{Changes, ReloadError, ReloadSummary, reload};
+
 /// State shared by listeners, connection handlers and the admin API.
 #[derive(Debug)]
 pub struct Shared {
     /// The config file in use (for reload).
     pub config_path: PathBuf,
-    /// Pools by config order.
-    pub pools: Vec<Arc<Pool>>,
-    /// Bound listeners by config order.
-    pub listeners: Vec<Arc<Listener>>,
+    // Pools and listeners in config order; a reload swaps in new lists while readers keep
+    // the snapshot they loaded.
+    pools: ArcSwap<Vec<Arc<Pool>>>,
+    listeners: ArcSwap<Vec<Arc<Listener>>>,
+    // The config in effect; held for the whole of a reload so that reloads do not interleave.
+    applied: tokio::sync::Mutex<Config>,
+    // Fired at shutdown: listeners stop accepting.
+    stop_accepting: CancellationToken,
+    // Fired at the end of shutdown: health checks and the admin API stop.
+    stop_background: CancellationToken,
+    // Every client connection, so shutdown can wait for them.
+    tasks: TaskTracker,
     /// Connection log.
     pub access_log: AccessLog,
     /// Fired when the shutdown timeout runs out: cuts every remaining session.
@@ -37,9 +50,19 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Finds a pool by name.
-    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| p.name == name)
+    /// The pools in service now.
+    pub fn pools(&self) -> Arc<Vec<Arc<Pool>>> {
+        self.pools.load_full()
+    }
+
+    /// The listeners accepting now.
+    pub fn listeners(&self) -> Arc<Vec<Arc<Listener>>> {
+        self.listeners.load_full()
+    }
+
+    /// Finds a pool in service by name.
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.pools.load().iter().find(|p| p.name == name).cloned()
     }
 }
 
@@ -84,8 +107,12 @@ pub fn build(config: &Config, config_path: PathBuf) -> Result<Arc<Shared>, Start
     };
     Ok(Arc::new(Shared {
         config_path,
-        pools: pool_list,
-        listeners,
+        pools: ArcSwap::from_pointee(pool_list),
+        listeners: ArcSwap::from_pointee(listeners),
+        applied: tokio::sync::Mutex::new(config.clone()),
+        stop_accepting: CancellationToken::new(),
+        stop_background: CancellationToken::new(),
+        tasks: TaskTracker::new(),
         access_log,
         hard_stop: CancellationToken::new(),
         shutdown: CancellationToken::new(),
@@ -96,11 +123,8 @@ pub fn build(config: &Config, config_path: PathBuf) -> Result<Arc<Shared>, Start
 
 /// Runs the proxy until SIGTERM/SIGINT (or `shared.shutdown`), then shuts down gracefully:
 /// stop accepting, let connections finish for up to `shutdown_timeout`, cut the rest.
+/// SIGHUP reloads the config file.
 pub async fn run(config: Config, shared: Arc<Shared>) -> io::Result<()> {
-    let stop_accepting = CancellationToken::new();
-    let checks_stop = CancellationToken::new();
-    let tasks = TaskTracker::new();
-
     if let Some(admin) = &config.admin {
         let listen: std::net::SocketAddr = admin.listen.parse().map_err(|_| {
             io::Error::new(
@@ -115,39 +139,24 @@ pub async fn run(config: Config, shared: Arc<Shared>) -> io::Result<()> {
         tokio::spawn(crate::admin::serve(
             admin_listener,
             shared.clone(),
-            checks_stop.clone(),
+            shared.stop_background.clone(),
         ));
     }
-    for pool in &shared.pools {
-        crate::health::spawn_checks(pool, &checks_stop);
+    for pool in shared.pools().iter() {
+        crate::health::spawn_checks(pool, &shared.stop_background);
     }
-    for listener in &shared.listeners {
-        tracing::info!(listener = %listener.name, address = %listener.address, protocol = listener.protocol.as_str(), "listening");
-        let shared_for_handler = shared.clone();
-        let handler = move |listener: Arc<Listener>, stream, peer| {
-            let shared = shared_for_handler.clone();
-            async move {
-                match listener.protocol {
-                    Protocol::Tcp => {
-                        crate::protocol::tcp::serve(shared, listener, stream, peer).await
-                    }
-                    // Validation refuses other protocols until they are built.
-                    _ => drop(stream),
-                }
-            }
-        };
-        tokio::spawn(
-            listener
-                .clone()
-                .accept_loop(stop_accepting.clone(), tasks.clone(), handler),
-        );
+    for listener in shared.listeners().iter() {
+        spawn_listener(&shared, listener);
     }
 
     wait_for_shutdown(&shared).await?;
-    tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: no longer accepting");
-    stop_accepting.cancel();
+    // A reload may have changed the timeout since the start.
+    let shutdown_timeout = shared.applied.lock().await.shutdown_timeout;
+    tracing::info!(timeout = ?shutdown_timeout, "shutting down: no longer accepting");
+    shared.stop_accepting.cancel();
+    let tasks = &shared.tasks;
     tasks.close();
-    if tokio::time::timeout(config.shutdown_timeout, tasks.wait())
+    if tokio::time::timeout(shutdown_timeout, tasks.wait())
         .await
         .is_err()
     {
@@ -158,7 +167,7 @@ pub async fn run(config: Config, shared: Arc<Shared>) -> io::Result<()> {
         shared.hard_stop.cancel();
         tasks.wait().await;
     }
-    checks_stop.cancel();
+    shared.stop_background.cancel();
     // Write out the connection log lines of the last sessions before the process exits.
     let log_owner = shared.clone();
     let flush = move || {
@@ -171,7 +180,30 @@ pub async fn run(config: Config, shared: Arc<Shared>) -> io::Result<()> {
     Ok(())
 }
 
-async fn wait_for_shutdown(shared: &Shared) -> io::Result<()> {
+/// Starts a listener's accept loop; it runs until shutdown or until a reload closes it.
+fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
+    tracing::info!(listener = %listener.name, address = %listener.address, protocol = listener.protocol.as_str(), "listening");
+    let shared_for_handler = shared.clone();
+    let handler = move |listener: Arc<Listener>, settings, stream, peer| {
+        let shared = shared_for_handler.clone();
+        async move {
+            match listener.protocol {
+                Protocol::Tcp => {
+                    crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
+                }
+                // Validation refuses other protocols until they are built.
+                _ => drop(stream),
+            }
+        }
+    };
+    tokio::spawn(listener.clone().accept_loop(
+        shared.stop_accepting.clone(),
+        shared.tasks.clone(),
+        handler,
+    ));
+}
+
+async fn wait_for_shutdown(shared: &Arc<Shared>) -> io::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
@@ -181,7 +213,9 @@ async fn wait_for_shutdown(shared: &Shared) -> io::Result<()> {
             _ = interrupt.recv() => return Ok(()),
             () = shared.shutdown.cancelled() => return Ok(()),
             _ = hangup.recv() => {
-                tracing::warn!("SIGHUP: live reload is not available in this build yet; configuration unchanged");
+                tracing::info!(config = %shared.config_path.display(), "SIGHUP: reloading the configuration");
+                // The outcome is logged by `reload` itself.
+                let _ = reload(shared).await;
             }
         }
     }

@@ -59,7 +59,7 @@ impl Balancer {
         let mut total = 0i64;
         let mut best = candidates[0];
         for &i in candidates {
-            let weight = i64::from(servers[i].weight);
+            let weight = i64::from(servers[i].weight());
             current[i] += weight;
             total += weight;
             if current[i] > current[best] {
@@ -86,7 +86,7 @@ impl Balancer {
 
 /// Whether `a` carries less load per unit of weight than `b`.
 fn lighter(a: &Server, b: &Server) -> bool {
-    (a.active() as u128) * u128::from(b.weight) < (b.active() as u128) * u128::from(a.weight)
+    (a.active() as u128) * u128::from(b.weight()) < (b.active() as u128) * u128::from(a.weight())
 }
 
 /// Power of two random choices: near-least-loaded without a global scan or herd effects.
@@ -116,7 +116,7 @@ fn rendezvous(servers: &[std::sync::Arc<Server>], candidates: &[usize], client: 
         let hash = mix(fnv1a(servers[i].name.as_bytes(), client_hash));
         // Map to (0, 1) and score weight / -ln(u): the highest-random-weight method.
         let unit = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let score = f64::from(servers[i].weight) / -unit.ln();
+        let score = f64::from(servers[i].weight()) / -unit.ln();
         if score > best_score {
             best_score = score;
             best = i;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::{Balancer, Server};
+use super::{Balancer, Server, ServerAddress};
 use crate::config::{HealthConfig, PoolConfig, PoolTimeouts, ProxyProtocolVersion};
 
 /// Counters kept per pool.
@@ -74,21 +75,47 @@ pub struct Pool {
     pub send_proxy_protocol: Option<ProxyProtocolVersion>,
     /// Health checking, if configured.
     pub health: Option<HealthConfig>,
-    /// Counters.
-    pub stats: PoolStats,
+    /// Counters, shared with the pool this one replaced on reload.
+    pub stats: Arc<PoolStats>,
     max_queue: usize,
     balancer: Balancer,
-    slot_freed: Notify,
+    // Shared with the pool this one replaced, so that clients still queued in the old pool
+    // hear about slots freed on the servers both have.
+    slot_freed: Arc<Notify>,
+    retired: CancellationToken,
 }
 
 impl Pool {
     /// Builds a pool from its (validated) config.
     pub fn new(config: &PoolConfig) -> Result<Self, String> {
-        let (fall, rise) = config.health.as_ref().map_or((3, 2), |h| (h.fall, h.rise));
+        Self::rebuild(config, None)
+    }
+
+    /// Builds a pool from its (validated) config, taking over from `previous` (a reload):
+    /// its servers with the same name and address are kept, updated in place, so their
+    /// health, counters, operator state and sessions carry over; so do the pool counters.
+    pub fn rebuild(config: &PoolConfig, previous: Option<&Pool>) -> Result<Self, String> {
+        let (fall, rise) = thresholds(config.health.as_ref());
         let servers = config
             .servers
             .iter()
-            .map(|s| Server::new(s, fall, rise).map(Arc::new))
+            .map(|server_config| {
+                let address = ServerAddress::parse(&server_config.address)?;
+                let kept = previous
+                    .and_then(|p| p.server(server_config.display_name()))
+                    .filter(|old| old.address == address);
+                match kept {
+                    Some(server) => {
+                        server.update(server_config, fall, rise);
+                        // Health learned from checks that stop now would never change again.
+                        if config.health.is_none() && previous.is_some_and(|p| p.health.is_some()) {
+                            server.reset_health(fall, rise);
+                        }
+                        Ok(server.clone())
+                    }
+                    None => Server::new(server_config, fall, rise).map(Arc::new),
+                }
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             name: config.name.clone(),
@@ -98,10 +125,29 @@ impl Pool {
             retries: config.retries,
             send_proxy_protocol: config.send_proxy_protocol,
             health: config.health.clone(),
-            stats: PoolStats::default(),
+            stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
             max_queue: config.max_queue,
-            slot_freed: Notify::new(),
+            slot_freed: previous.map(|p| p.slot_freed.clone()).unwrap_or_default(),
+            retired: CancellationToken::new(),
         })
+    }
+
+    /// Takes this pool out of service after a reload replaced or removed it: its health
+    /// checks stop, and queued clients look again (and find only what is still eligible).
+    /// Connections already using it keep running.
+    pub fn retire(&self) {
+        self.retired.cancel();
+        self.wake_queue();
+    }
+
+    /// Whether a reload has retired this pool.
+    pub fn is_retired(&self) -> bool {
+        self.retired.is_cancelled()
+    }
+
+    /// Completes when the pool is retired.
+    pub async fn retired(&self) {
+        self.retired.cancelled().await;
     }
 
     /// Finds a server by name.
@@ -115,7 +161,7 @@ impl Pool {
             self.servers
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.backup == backup && s.is_available())
+                .filter(|(_, s)| s.backup() == backup && s.is_available())
                 .map(|(i, _)| i)
                 .collect()
         };
@@ -201,7 +247,7 @@ impl Pool {
             .into_iter()
             .filter(|&i| {
                 self.servers[i]
-                    .max_connections
+                    .max_connections()
                     .is_none_or(|max| self.servers[i].active() < max)
             })
             .collect();
@@ -219,4 +265,9 @@ impl Pool {
         }
         Ok(None)
     }
+}
+
+/// A pool's health `fall` and `rise`, also used for passive checks without a `health` section.
+fn thresholds(health: Option<&HealthConfig>) -> (u32, u32) {
+    health.map_or((3, 2), |h| (h.fall, h.rise))
 }

@@ -1,7 +1,7 @@
 //! A backend server: its static settings, operator state, health, counters and sessions.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -68,18 +68,20 @@ pub struct Server {
     pub name: String,
     /// Where to connect.
     pub address: ServerAddress,
-    /// Share of traffic.
-    pub weight: u32,
-    /// Only used while no primary server is up.
-    pub backup: bool,
-    /// Connection limit; `None` is unlimited.
-    pub max_connections: Option<usize>,
     /// Counters.
     pub stats: ServerStats,
+    // Weight, backup and limit change in place on reload, so that the server keeps its
+    // state, counters and sessions; `NO_LIMIT` stands for an unlimited `max_connections`.
+    weight: AtomicU32,
+    backup: AtomicBool,
+    max_connections: AtomicUsize,
     admin_state: AtomicU8,
     health: Mutex<HealthTracker>,
     sessions: Mutex<CancellationToken>,
 }
+
+/// `max_connections` value standing for "no limit".
+const NO_LIMIT: usize = usize::MAX;
 
 impl Server {
     /// Builds a server from its (validated) config.
@@ -87,14 +89,50 @@ impl Server {
         Ok(Self {
             name: config.display_name().to_string(),
             address: ServerAddress::parse(&config.address)?,
-            weight: config.weight,
-            backup: config.backup,
-            max_connections: config.max_connections,
+            weight: AtomicU32::new(config.weight),
+            backup: AtomicBool::new(config.backup),
+            max_connections: AtomicUsize::new(config.max_connections.unwrap_or(NO_LIMIT)),
             stats: ServerStats::default(),
             admin_state: AtomicU8::new(0),
             health: Mutex::new(HealthTracker::new(fall, rise)),
             sessions: Mutex::new(CancellationToken::new()),
         })
+    }
+
+    /// Applies a reloaded config of the same server (same name and address) in place, so
+    /// that its health, counters, operator state and sessions carry over.
+    pub fn update(&self, config: &ServerConfig, fall: u32, rise: u32) {
+        self.weight.store(config.weight, Ordering::Release);
+        self.backup.store(config.backup, Ordering::Release);
+        self.max_connections.store(
+            config.max_connections.unwrap_or(NO_LIMIT),
+            Ordering::Release,
+        );
+        self.tracker().set_thresholds(fall, rise);
+    }
+
+    /// Share of traffic.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Acquire)
+    }
+
+    /// Whether it only takes traffic while no primary server is up.
+    pub fn backup(&self) -> bool {
+        self.backup.load(Ordering::Acquire)
+    }
+
+    /// Connection limit; `None` is unlimited.
+    pub fn max_connections(&self) -> Option<usize> {
+        match self.max_connections.load(Ordering::Acquire) {
+            NO_LIMIT => None,
+            max => Some(max),
+        }
+    }
+
+    /// Forgets the health learned so far (its pool stopped checking it): the server is
+    /// treated as up again instead of staying down with nothing left to revive it.
+    pub fn reset_health(&self, fall: u32, rise: u32) {
+        *self.tracker() = HealthTracker::new(fall, rise);
     }
 
     /// The operator state.
@@ -148,12 +186,14 @@ impl Server {
 
     /// Whether new work may go to this server (ignoring its connection limit).
     pub fn is_available(&self) -> bool {
-        self.admin_state() == AdminState::Ready && self.health() != Health::Down && self.weight > 0
+        self.admin_state() == AdminState::Ready
+            && self.health() != Health::Down
+            && self.weight() > 0
     }
 
     /// Takes a connection slot if the limit allows.
     pub fn try_take_slot(&self) -> bool {
-        match self.max_connections {
+        match self.max_connections() {
             None => {
                 self.stats.active.fetch_add(1, Ordering::AcqRel);
                 true
