@@ -11,34 +11,27 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use support::backends::{Backend, first_line, read_line};
+use support::config::Config;
 use support::ops::{
-    self, listener_addr, metric, parse_metrics, read_until_closed, round_trip, wait_access,
+    self, listener_addr, metric, on_listener, parse_metrics, read_until_closed, round_trip,
+    wait_access,
 };
 use support::{Proxy, binary, free_port, run_ctl, wait_until};
 
 /// One tcp listener `front` over pool `app` with servers `alpha` and `bravo`.
-fn two_server_config(alpha: &Backend, bravo: &Backend, extra_admin: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-{extra_admin}
+fn two_server_config(alpha: &Backend, bravo: &Backend) -> Config {
+    Config::new()
+        .server("alpha", alpha.addr, "")
+        .server("bravo", bravo.addr, "")
+}
 
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-
-[[pool]]
-name = "app"
-servers = [
-  {{ name = "alpha", address = "{}" }},
-  {{ name = "bravo", address = "{}" }},
-]
-"#,
-        alpha.addr, bravo.addr
-    )
+/// The `two_server_config` proxy with `[admin] token = "env:VARIABLE"`, started with
+/// `VARIABLE=token`; the admin client sends no token.
+async fn start_guarded(alpha: &Backend, bravo: &Backend, variable: &str, token: &str) -> Proxy {
+    let config = two_server_config(alpha, bravo)
+        .admin(&format!("token = \"env:{variable}\""))
+        .build();
+    Proxy::start_with_env(&config, None, &[(variable, token)]).await
 }
 
 async fn two_named() -> (Backend, Backend) {
@@ -50,7 +43,7 @@ const STATE: &str = "/api/v1/pools/app/servers/alpha/state";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_answers_ok() {
     let (alpha, bravo) = two_named().await;
-    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo).build()).await;
     let (status, body) = proxy.get("/health").await;
     assert_eq!(status, 200);
     assert_eq!(body.trim(), "ok");
@@ -59,23 +52,7 @@ async fn health_answers_ok() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_show_name_address_protocol_and_active() {
     let backend = Backend::echo().await;
-    let config = format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-
-[[pool]]
-name = "app"
-servers = [ {{ name = "echo", address = "{}" }} ]
-"#,
-        backend.addr
-    );
+    let config = Config::new().server("echo", backend.addr, "").build();
     let proxy = Proxy::start(&config).await;
     let listeners = proxy.listeners().await;
     assert_eq!(listeners.len(), 1);
@@ -108,18 +85,11 @@ servers = [ {{ name = "echo", address = "{}" }} ]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_show_servers_with_state_health_and_admin_state() {
     let (alpha, bravo) = two_named().await;
-    let config = two_server_config(&alpha, &bravo, "").replace(
-        "name = \"app\"\n",
-        "name = \"app\"\nhealth = { check = \"tcp\", interval = \"100ms\" }\n",
-    );
+    let config = two_server_config(&alpha, &bravo)
+        .pool(r#"health = { check = "tcp", interval = "100ms" }"#)
+        .build();
     let proxy = Proxy::start(&config).await;
-    wait_until("both servers checked up", || async {
-        proxy.pools().await[0]
-            .servers
-            .iter()
-            .all(|s| s.health == "up")
-    })
-    .await;
+    proxy.wait_pool_checked_up("app").await;
     let pools = proxy.pools().await;
     assert_eq!(pools.len(), 1);
     assert_eq!(pools[0].name, "app");
@@ -203,10 +173,7 @@ servers = [ {{ name = "nobody", address = "127.0.0.1:{dead_port}" }} ]
         .await
         .expect("connect");
     read_until_closed(&mut broken).await;
-    wait_access(&proxy, "the echoed connection", |l| {
-        ops::field(l, "listener") == "front"
-    })
-    .await;
+    wait_access(&proxy, "the echoed connection", on_listener("front")).await;
     wait_until("both connections to be finished", || async {
         proxy.listeners().await.iter().all(|l| l.active == 0)
     })
@@ -289,7 +256,7 @@ servers = [ {{ name = "nobody", address = "127.0.0.1:{dead_port}" }} ]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_takes_no_new_connections_and_ready_takes_them_again() {
     let (alpha, bravo) = two_named().await;
-    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo).build()).await;
     let front = listener_addr(&proxy, "front").await;
 
     let (status, body) = proxy.post(STATE, r#"{"state":"drain"}"#).await;
@@ -326,7 +293,7 @@ async fn drain_takes_no_new_connections_and_ready_takes_them_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maint_cuts_an_established_session() {
     let (alpha, bravo) = two_named().await;
-    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo).build()).await;
     let mut client = TcpStream::connect(listener_addr(&proxy, "front").await)
         .await
         .expect("connect");
@@ -334,13 +301,7 @@ async fn maint_cuts_an_established_session() {
     assert!(server == "alpha" || server == "bravo", "{server}");
     assert_eq!(round_trip(&mut client, b"ping\n").await, b"ping\n");
 
-    let (status, body) = proxy
-        .post(
-            &format!("/api/v1/pools/app/servers/{server}/state"),
-            r#"{"state":"maint"}"#,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    proxy.set_state("app", &server, "maint").await;
     assert_eq!(proxy.server("app", &server).await.state, "maint");
     // The proxy closes the client side: the read ends (EOF or reset) without our closing.
     let rest = read_until_closed(&mut client).await;
@@ -359,7 +320,7 @@ async fn maint_cuts_an_established_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_endpoint_rejects_bad_requests() {
     let (alpha, bravo) = two_named().await;
-    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo).build()).await;
     let ready = r#"{"state":"ready"}"#;
     let cases = [
         ("/api/v1/pools/nope/servers/alpha/state", ready, 404),
@@ -387,9 +348,13 @@ async fn state_endpoint_rejects_bad_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_guards_mutating_calls_only() {
     let (alpha, bravo) = two_named().await;
-    let variable = "SWITCHYARD_TEST_ADMIN_TOKEN_ADMIN_RS";
-    let config = two_server_config(&alpha, &bravo, &format!("token = \"env:{variable}\""));
-    let proxy = Proxy::start_with_env(&config, None, &[(variable, "s3cret-token")]).await;
+    let proxy = start_guarded(
+        &alpha,
+        &bravo,
+        "SWITCHYARD_TEST_ADMIN_TOKEN_ADMIN_RS",
+        "s3cret-token",
+    )
+    .await;
     let drain = Some(r#"{"state":"drain"}"#.to_string());
 
     // No token.
@@ -423,16 +388,13 @@ async fn token_guards_mutating_calls_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_is_not_implemented_yet() {
+async fn reload_of_an_unchanged_file_reports_no_change() {
     let (alpha, bravo) = two_named().await;
-    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo).build()).await;
     let (status, body) = proxy.post("/api/v1/reload", "").await;
-    assert_eq!(status, 501);
-    let error: Value = serde_json::from_str(&body).expect("JSON body");
-    assert!(
-        error["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{body}"
-    );
+    assert_eq!(status, 200, "{body}");
+    let summary: Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(summary["changed"], Value::Bool(false), "{body}");
     let (status, _) = proxy.get("/api/v1/reload").await;
     assert_eq!(status, 405);
 }
@@ -440,7 +402,7 @@ async fn reload_is_not_implemented_yet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_status_shows_both_servers_and_json_parses() {
     let (alpha, bravo) = two_named().await;
-    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo).build()).await;
 
     let (ok, stdout, stderr) = proxy.ctl(&["status"]);
     assert!(ok, "{stderr}");
@@ -474,7 +436,7 @@ async fn ctl_status_shows_both_servers_and_json_parses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_drain_ready_maint_change_state() {
     let (alpha, bravo) = two_named().await;
-    let proxy = Proxy::start(&two_server_config(&alpha, &bravo, "")).await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo).build()).await;
     for (command, state) in [
         ("drain", "drain"),
         ("ready", "up"),
@@ -503,23 +465,7 @@ async fn ctl_drain_ready_maint_change_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_drain_wait_returns_only_when_the_server_is_idle() {
     let alpha = Backend::named("alpha").await;
-    let config = format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-
-[[pool]]
-name = "app"
-servers = [ {{ name = "alpha", address = "{}" }} ]
-"#,
-        alpha.addr
-    );
+    let config = Config::new().server("alpha", alpha.addr, "").build();
     let proxy = Proxy::start(&config).await;
     let mut session = TcpStream::connect(listener_addr(&proxy, "front").await)
         .await
@@ -594,9 +540,13 @@ async fn ctl_against_nothing_fails_readably() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_with_a_wrong_token_fails_with_401() {
     let (alpha, bravo) = two_named().await;
-    let variable = "SWITCHYARD_TEST_ADMIN_TOKEN_CTL";
-    let config = two_server_config(&alpha, &bravo, &format!("token = \"env:{variable}\""));
-    let proxy = Proxy::start_with_env(&config, None, &[(variable, "right-token")]).await;
+    let proxy = start_guarded(
+        &alpha,
+        &bravo,
+        "SWITCHYARD_TEST_ADMIN_TOKEN_CTL",
+        "right-token",
+    )
+    .await;
     let admin = proxy.admin.to_string();
     let (ok, _, stderr) = run_ctl(&admin, Some("wrong-token"), &["drain", "app", "alpha"]);
     assert!(!ok);

@@ -8,28 +8,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::backends::Backend;
-use support::ops::{self, access_lines, listener_addr, read_until_closed, round_trip, wait_access};
+use support::config::Config;
+use support::ops::{
+    self, access_lines, from_port, listener_addr, on_listener, read_exactly, read_until_closed,
+    round_trip, wait_access,
+};
 use support::{Proxy, wait_until};
 
+/// Listener `front` (plus `listener_timeouts`) over one server `backend`.
 fn config(backend: &Backend, listener_timeouts: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-{listener_timeouts}
-
-[[pool]]
-name = "app"
-servers = [ {{ name = "backend", address = "{}" }} ]
-"#,
-        backend.addr
-    )
+    Config::new()
+        .listener(listener_timeouts)
+        .server("backend", backend.addr, "")
+        .build()
 }
 
 async fn wait_idle(proxy: &Proxy) {
@@ -52,10 +43,7 @@ async fn a_client_that_sends_nothing_and_closes_is_logged_and_forgotten() {
     .await;
     drop(silent);
 
-    let line = wait_access(&proxy, "the silent client", |l| {
-        ops::field(l, "client").ends_with(&format!(":{silent_port}"))
-    })
-    .await;
+    let line = wait_access(&proxy, "the silent client", from_port(silent_port)).await;
     assert_eq!(ops::field(&line, "listener"), "front");
     assert_eq!(ops::number(&line, "bytes_in"), 0);
     assert_eq!(ops::number(&line, "bytes_out"), 0);
@@ -88,10 +76,7 @@ async fn a_backend_that_never_answers_hits_the_client_timeout() {
     client.write_all(b"hello?").await.expect("write");
     let answer = read_until_closed(&mut client).await;
     assert!(answer.is_empty(), "{answer:?}");
-    let line = wait_access(&proxy, "the timed-out connection", |l| {
-        ops::field(l, "listener") == "front"
-    })
-    .await;
+    let line = wait_access(&proxy, "the timed-out connection", on_listener("front")).await;
     assert_eq!(ops::field(&line, "termination"), "client_timeout", "{line}");
     assert_eq!(ops::number(&line, "bytes_in"), 6);
     assert_eq!(ops::number(&line, "bytes_out"), 0);
@@ -119,21 +104,14 @@ async fn a_backend_reset_mid_stream_closes_the_client_and_keeps_the_bytes() {
     let mut client = TcpStream::connect(listener_addr(&proxy, "front").await)
         .await
         .expect("connect");
-    let mut data = vec![0u8; SENT];
-    tokio::time::timeout(support::DEADLINE, client.read_exact(&mut data))
-        .await
-        .expect("data within the deadline")
-        .expect("data");
+    let data = read_exactly(&mut client, SENT).await;
     assert!(data.iter().all(|&b| b == b'x'));
     client.write_all(b"ack!").await.expect("write ack");
 
     // The listener's idle timeout is the default 10 minutes: only the reset can close it.
     let rest = read_until_closed(&mut client).await;
     assert!(rest.is_empty(), "{rest:?}");
-    let line = wait_access(&proxy, "the reset connection", |l| {
-        ops::field(l, "listener") == "front"
-    })
-    .await;
+    let line = wait_access(&proxy, "the reset connection", on_listener("front")).await;
     let termination = ops::field(&line, "termination");
     assert!(
         termination == "server_error" || termination == "server_closed",

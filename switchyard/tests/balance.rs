@@ -10,43 +10,9 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 use support::backends::{Backend, first_line, read_line};
-use support::ops::{field, listener_addr, wait_access};
-use support::{Proxy, free_port, wait_until};
-
-/// A config with listener `front` over pool `app`; `servers` are raw TOML inline tables.
-fn config(pool_extra: &str, servers: &[String]) -> String {
-    format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-
-[[pool]]
-name = "app"
-{pool_extra}
-servers = [
-{}
-]
-"#,
-        servers.join(",\n")
-    )
-}
-
-/// One server entry.
-fn server(name: &str, addr: SocketAddr, extra: &str) -> String {
-    format!(r#"  {{ name = "{name}", address = "{addr}"{extra} }}"#)
-}
-
-async fn start(pool_extra: &str, servers: &[String]) -> (Proxy, SocketAddr) {
-    let proxy = Proxy::start(&config(pool_extra, servers)).await;
-    let front = listener_addr(&proxy, "front").await;
-    (proxy, front)
-}
+use support::config::start_pool;
+use support::ops::{field, wait_access};
+use support::{free_port, wait_until};
 
 /// Opens `n` connections one after the other (each closed before the next) and counts
 /// which server answered each.
@@ -65,16 +31,6 @@ async fn hold(front: SocketAddr) -> (TcpStream, String) {
     (stream, name)
 }
 
-async fn set_state(proxy: &Proxy, server: &str, state: &str) {
-    let (status, body) = proxy
-        .post(
-            &format!("/api/v1/pools/app/servers/{server}/state"),
-            &format!(r#"{{"state":"{state}"}}"#),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly_over_equal_weights() {
     let backends = [
@@ -83,12 +39,12 @@ async fn round_robin_spreads_evenly_over_equal_weights() {
         Backend::named("charlie").await,
     ];
     let names = ["alpha", "bravo", "charlie"];
-    let servers: Vec<String> = names
+    let servers: Vec<_> = names
         .iter()
         .zip(&backends)
-        .map(|(name, b)| server(name, b.addr, ", weight = 1"))
+        .map(|(name, b)| (*name, b.addr, "weight = 1"))
         .collect();
-    let (_proxy, front) = start(r#"balance = "round_robin""#, &servers).await;
+    let (_proxy, front) = start_pool(r#"balance = "round_robin""#, &servers).await;
     let counts = tally(front, 30).await;
     let expected: BTreeMap<String, usize> = names.iter().map(|n| (n.to_string(), 10)).collect();
     assert_eq!(counts, expected);
@@ -99,10 +55,10 @@ async fn round_robin_follows_weights() {
     let heavy = Backend::named("heavy").await;
     let light = Backend::named("light").await;
     let servers = [
-        server("heavy", heavy.addr, ", weight = 3"),
-        server("light", light.addr, ", weight = 1"),
+        ("heavy", heavy.addr, "weight = 3"),
+        ("light", light.addr, "weight = 1"),
     ];
-    let (_proxy, front) = start(r#"balance = "round_robin""#, &servers).await;
+    let (_proxy, front) = start_pool(r#"balance = "round_robin""#, &servers).await;
     let counts = tally(front, 40).await;
     assert_eq!(counts.get("heavy"), Some(&30), "{counts:?}");
     assert_eq!(counts.get("light"), Some(&10), "{counts:?}");
@@ -112,19 +68,16 @@ async fn round_robin_follows_weights() {
 async fn least_conn_sends_new_connections_to_the_idle_server() {
     let alpha = Backend::named("alpha").await;
     let bravo = Backend::named("bravo").await;
-    let servers = [
-        server("alpha", alpha.addr, ""),
-        server("bravo", bravo.addr, ""),
-    ];
-    let (proxy, front) = start(r#"balance = "least_conn""#, &servers).await;
+    let servers = [("alpha", alpha.addr, ""), ("bravo", bravo.addr, "")];
+    let (proxy, front) = start_pool(r#"balance = "least_conn""#, &servers).await;
 
     let (first, picked) = hold(front).await;
     let other = if picked == "alpha" { "bravo" } else { "alpha" };
     // Keep the other server out while a second connection lands on the first-picked one.
-    set_state(&proxy, other, "drain").await;
+    proxy.set_state("app", other, "drain").await;
     let (second, again) = hold(front).await;
     assert_eq!(again, picked);
-    set_state(&proxy, other, "ready").await;
+    proxy.set_state("app", other, "ready").await;
     wait_until("two sessions on the first-picked server", || async {
         proxy.server("app", &picked).await.active == 2
     })
@@ -153,11 +106,8 @@ async fn least_conn_sends_new_connections_to_the_idle_server() {
 async fn random_gives_both_servers_traffic() {
     let alpha = Backend::named("alpha").await;
     let bravo = Backend::named("bravo").await;
-    let servers = [
-        server("alpha", alpha.addr, ""),
-        server("bravo", bravo.addr, ""),
-    ];
-    let (_proxy, front) = start(r#"balance = "random""#, &servers).await;
+    let servers = [("alpha", alpha.addr, ""), ("bravo", bravo.addr, "")];
+    let (_proxy, front) = start_pool(r#"balance = "random""#, &servers).await;
     let counts = tally(front, 100).await;
     assert_eq!(counts.values().sum::<usize>(), 100);
     assert!(counts.get("alpha").is_some_and(|&n| n > 0), "{counts:?}");
@@ -171,12 +121,12 @@ async fn source_hash_is_sticky_and_moves_only_while_the_server_is_out() {
         Backend::named("bravo").await,
         Backend::named("charlie").await,
     ];
-    let servers: Vec<String> = ["alpha", "bravo", "charlie"]
+    let servers: Vec<_> = ["alpha", "bravo", "charlie"]
         .iter()
         .zip(&backends)
-        .map(|(name, b)| server(name, b.addr, ""))
+        .map(|(name, b)| (*name, b.addr, ""))
         .collect();
-    let (proxy, front) = start(r#"balance = "source_hash""#, &servers).await;
+    let (proxy, front) = start_pool(r#"balance = "source_hash""#, &servers).await;
 
     let counts = tally(front, 20).await;
     assert_eq!(
@@ -186,12 +136,12 @@ async fn source_hash_is_sticky_and_moves_only_while_the_server_is_out() {
     );
     let sticky = counts.keys().next().expect("a server").clone();
 
-    set_state(&proxy, &sticky, "maint").await;
+    proxy.set_state("app", &sticky, "maint").await;
     let moved = tally(front, 20).await;
     assert_eq!(moved.len(), 1, "still sticky, on another server: {moved:?}");
     assert!(!moved.contains_key(&sticky), "{moved:?}");
 
-    set_state(&proxy, &sticky, "ready").await;
+    proxy.set_state("app", &sticky, "ready").await;
     let back = tally(front, 20).await;
     assert_eq!(back.get(&sticky), Some(&20), "{back:?}");
 }
@@ -202,21 +152,15 @@ async fn backup_takes_over_while_the_primary_is_down_and_gives_back() {
     let primary_addr = primary.addr;
     let backup = Backend::named("backup").await;
     let servers = [
-        server("primary", primary.addr, ""),
-        server("backup", backup.addr, ", backup = true"),
+        ("primary", primary.addr, ""),
+        ("backup", backup.addr, "backup = true"),
     ];
-    let (proxy, front) = start(
+    let (proxy, front) = start_pool(
         r#"health = { check = "tcp", interval = "100ms" }"#,
         &servers,
     )
     .await;
-    wait_until("both servers checked up", || async {
-        proxy.pools().await[0]
-            .servers
-            .iter()
-            .all(|s| s.health == "up")
-    })
-    .await;
+    proxy.wait_pool_checked_up("app").await;
     assert_eq!(tally(front, 10).await.get("primary"), Some(&10));
 
     drop(primary);
@@ -239,8 +183,8 @@ async fn failed_connects_are_redispatched_to_another_server() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
         .expect("address");
-    let servers = [server("dead", dead, ""), server("live", live.addr, "")];
-    let (proxy, front) = start("retries = 1", &servers).await;
+    let servers = [("dead", dead, ""), ("live", live.addr, "")];
+    let (proxy, front) = start_pool("retries = 1", &servers).await;
 
     for n in 0..20 {
         assert_eq!(first_line(front).await, "live", "connection {n}");

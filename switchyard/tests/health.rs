@@ -3,60 +3,24 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::backends::{Backend, echo, first_line};
+use support::backends::{Backend, echo, first_line, health_status, read_request_head, respond};
+use support::config::start_pool;
 use support::ops::{
-    field, listener_addr, metric, parse_metrics, read_until_closed, round_trip, wait_access,
+    field, from_port, listener_addr, port_of, read_until_closed, round_trip, scrape, wait_access,
 };
 use support::{Proxy, wait_until};
 
-/// A config with listener `front` over pool `app`; `servers` are raw TOML inline tables.
-fn config(pool_extra: &str, servers: &[String]) -> String {
-    format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-
-[[pool]]
-name = "app"
-{pool_extra}
-servers = [
-{}
-]
-"#,
-        servers.join(",\n")
-    )
-}
-
-fn server(name: &str, addr: SocketAddr) -> String {
-    format!(r#"  {{ name = "{name}", address = "{addr}" }}"#)
-}
-
-async fn start(pool_extra: &str, servers: &[String]) -> (Proxy, SocketAddr) {
-    let proxy = Proxy::start(&config(pool_extra, servers)).await;
-    let front = listener_addr(&proxy, "front").await;
-    (proxy, front)
-}
-
 /// The value of a metric sample of server `app/{server}` (plus `labels`).
 async fn server_metric(proxy: &Proxy, name: &str, server: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = proxy.metrics().await;
-    let samples = parse_metrics(&text).expect("valid metrics text");
     let mut all = vec![("pool", "app"), ("server", server)];
     all.extend_from_slice(labels);
-    metric(&samples, name, &all).unwrap_or_else(|| panic!("no {name} {all:?} in:\n{text}"))
+    scrape(proxy, name, &all).await
 }
 
 /// Health checks run on `server` so far with `result` ("passed" or "failed").
@@ -90,23 +54,9 @@ async fn health_or_echo(healthy: Arc<AtomicBool>) -> Backend {
                 }
                 return;
             }
-            while !received.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => received.extend_from_slice(&buf[..n]),
-                }
+            if read_request_head(&mut stream, &mut received).await {
+                respond(&mut stream, health_status(&healthy)).await;
             }
-            let status = if healthy.load(Ordering::SeqCst) {
-                "200 OK"
-            } else {
-                "503 Service Unavailable"
-            };
-            let _ = stream
-                .write_all(
-                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .as_bytes(),
-                )
-                .await;
         }
     })
     .await
@@ -116,16 +66,13 @@ async fn health_or_echo(healthy: Arc<AtomicBool>) -> Backend {
 async fn tcp_check_marks_a_killed_server_down_and_a_revived_one_up() {
     let alpha = Backend::named("alpha").await;
     let alpha_addr = alpha.addr;
-    let (proxy, front) = start(
+    let (proxy, front) = start_pool(
         r#"health = { check = "tcp", interval = "100ms", fall = 2, rise = 2 }"#,
-        &[server("alpha", alpha.addr)],
+        &[("alpha", alpha.addr, "")],
     )
     .await;
     proxy.wait_state("app", "alpha", "up").await;
-    wait_until("alpha checked up", || async {
-        proxy.server("app", "alpha").await.health == "up"
-    })
-    .await;
+    proxy.wait_health("app", "alpha", "up").await;
     assert_eq!(
         server_metric(&proxy, "switchyard_server_up", "alpha", &[]).await,
         1.0
@@ -157,9 +104,9 @@ async fn tcp_check_marks_a_killed_server_down_and_a_revived_one_up() {
 async fn http_check_follows_the_status_code() {
     let healthy = Arc::new(AtomicBool::new(true));
     let web = Backend::http_health(healthy.clone()).await;
-    let (proxy, _front) = start(
+    let (proxy, _front) = start_pool(
         r#"health = { check = "http", path = "/health", interval = "100ms", fall = 2, rise = 2 }"#,
-        &[server("web", web.addr)],
+        &[("web", web.addr, "")],
     )
     .await;
     wait_until("web checked up", || async {
@@ -194,40 +141,20 @@ async fn a_single_failed_check_does_not_take_a_server_down_with_fall_3() {
     // Fails exactly one check when `fail_next` is set, then passes again.
     let fail_next = Arc::new(AtomicBool::new(false));
     let flag = fail_next.clone();
-    let web = Backend::start("127.0.0.1:0", move |mut stream: TcpStream| {
-        let flag = flag.clone();
-        async move {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let status = if flag.swap(false, Ordering::SeqCst) {
-                "503 Service Unavailable"
-            } else {
-                "200 OK"
-            };
-            let _ = stream
-                .write_all(
-                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .as_bytes(),
-                )
-                .await;
+    let web = Backend::http_status(move || {
+        if flag.swap(false, Ordering::SeqCst) {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
         }
     })
     .await;
-    let (proxy, _front) = start(
+    let (proxy, _front) = start_pool(
         r#"health = { check = "http", path = "/health", interval = "100ms", fall = 3, rise = 2 }"#,
-        &[server("web", web.addr)],
+        &[("web", web.addr, "")],
     )
     .await;
-    wait_until("web checked up", || async {
-        proxy.server("app", "web").await.health == "up"
-    })
-    .await;
+    proxy.wait_health("app", "web", "up").await;
 
     fail_next.store(true, Ordering::SeqCst);
     wait_until("the failed check to be recorded", || async {
@@ -253,23 +180,28 @@ async fn a_single_failed_check_does_not_take_a_server_down_with_fall_3() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_down_shutdown_sessions_cuts_established_sessions() {
+/// Starts `web` behind pool `app` with the `health` key given, waits for its check to pass,
+/// then opens a session and checks one echo round trip. The setup of the on_down tests.
+/// Returns the flag that fails `web`'s checks when cleared, `web` itself (to keep it alive),
+/// the proxy, the session and its local port.
+async fn web_session(health: &str) -> (Arc<AtomicBool>, Backend, Proxy, TcpStream, u16) {
     let healthy = Arc::new(AtomicBool::new(true));
     let web = health_or_echo(healthy.clone()).await;
-    let (proxy, front) = start(
-        r#"health = { check = "http", path = "/health", interval = "100ms", fall = 2, on_down = "shutdown_sessions" }"#,
-        &[server("web", web.addr)],
-    )
-    .await;
-    wait_until("web checked up", || async {
-        proxy.server("app", "web").await.health == "up"
-    })
-    .await;
+    let (proxy, front) = start_pool(health, &[("web", web.addr, "")]).await;
+    proxy.wait_health("app", "web", "up").await;
 
     let mut session = TcpStream::connect(front).await.expect("connect");
-    let port = session.local_addr().expect("local addr").port();
+    let port = port_of(&session);
     assert_eq!(round_trip(&mut session, b"hello").await, b"hello");
+    (healthy, web, proxy, session, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_down_shutdown_sessions_cuts_established_sessions() {
+    let (healthy, _web, proxy, mut session, port) = web_session(
+        r#"health = { check = "http", path = "/health", interval = "100ms", fall = 2, on_down = "shutdown_sessions" }"#,
+    )
+    .await;
 
     // The backend keeps the session's socket open; only its health check fails.
     healthy.store(false, Ordering::SeqCst);
@@ -278,32 +210,17 @@ async fn on_down_shutdown_sessions_cuts_established_sessions() {
         "the proxy closes the session"
     );
     assert_eq!(proxy.server("app", "web").await.state, "down");
-    let suffix = format!(":{port}");
-    let line = wait_access(&proxy, "the cut session", |l| {
-        field(l, "client").ends_with(&suffix)
-    })
-    .await;
+    let line = wait_access(&proxy, "the cut session", from_port(port)).await;
     assert_eq!(field(&line, "termination"), "server_cut", "{line}");
     assert_eq!(field(&line, "server"), "web");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_their_server_going_down_without_on_down() {
-    let healthy = Arc::new(AtomicBool::new(true));
-    let web = health_or_echo(healthy.clone()).await;
-    let (proxy, front) = start(
+    let (healthy, _web, proxy, mut session, port) = web_session(
         r#"health = { check = "http", path = "/health", interval = "100ms", fall = 2 }"#,
-        &[server("web", web.addr)],
     )
     .await;
-    wait_until("web checked up", || async {
-        proxy.server("app", "web").await.health == "up"
-    })
-    .await;
-
-    let mut session = TcpStream::connect(front).await.expect("connect");
-    let port = session.local_addr().expect("local addr").port();
-    assert_eq!(round_trip(&mut session, b"hello").await, b"hello");
     healthy.store(false, Ordering::SeqCst);
     proxy.wait_state("app", "web", "down").await;
     assert_eq!(
@@ -314,11 +231,7 @@ async fn sessions_survive_their_server_going_down_without_on_down() {
 
     session.shutdown().await.expect("shutdown");
     assert!(read_until_closed(&mut session).await.is_empty());
-    let suffix = format!(":{port}");
-    let line = wait_access(&proxy, "the session", |l| {
-        field(l, "client").ends_with(&suffix)
-    })
-    .await;
+    let line = wait_access(&proxy, "the session", from_port(port)).await;
     assert_eq!(field(&line, "termination"), "client_closed", "{line}");
 }
 
@@ -328,15 +241,12 @@ async fn failed_client_connects_take_a_server_down_before_the_next_active_check(
     let live = Backend::named("live").await;
     // One active check at startup, the next a minute later: anything that happens to the
     // victim's health within this test comes from passive observation.
-    let (proxy, front) = start(
+    let (proxy, front) = start_pool(
         r#"health = { check = "tcp", interval = "60s", fall = 3, rise = 2 }"#,
-        &[server("victim", victim.addr), server("live", live.addr)],
+        &[("victim", victim.addr, ""), ("live", live.addr, "")],
     )
     .await;
-    wait_until("the victim's startup check", || async {
-        proxy.server("app", "victim").await.health == "up"
-    })
-    .await;
+    proxy.wait_health("app", "victim", "up").await;
     assert_eq!(checks(&proxy, "victim", "passed").await, 1.0);
 
     drop(victim);

@@ -10,9 +10,12 @@ use switchyard::proxy_protocol::{ParseOutcome, ProxyHeader, encode_v2, parse_hea
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::Proxy;
 use support::backends::{Backend, echo, read_line};
-use support::ops::{self, listener_addr, read_until_closed, wait_access};
-use support::{DEADLINE, Proxy};
+use support::config::Config;
+use support::ops::{
+    self, listener_addr, on_listener, read_exactly, read_until_closed, wait_access,
+};
 
 /// A server behind a PROXY-sending pool: reads until the header parses, answers one line
 /// `VERSION SOURCE DESTINATION` (or `LOCAL`, or `BAD ...`), then echoes whatever follows
@@ -57,49 +60,24 @@ async fn header_reporting_backend() -> Backend {
     .await
 }
 
+/// Listener `front` (accepting PROXY headers if `accept`, plus `listener_timeouts`) over
+/// one server `backend` in a pool that sends `send` headers (`v1`/`v2`), if any.
 fn config(backend: &Backend, accept: bool, listener_timeouts: &str, send: Option<&str>) -> String {
-    let accept = if accept {
-        "proxy_protocol = \"accept\""
-    } else {
-        ""
-    };
-    let send = send
-        .map(|v| format!("send_proxy_protocol = \"{v}\""))
-        .unwrap_or_default();
-    format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-{accept}
-{listener_timeouts}
-
-[[pool]]
-name = "app"
-{send}
-servers = [ {{ name = "backend", address = "{}" }} ]
-"#,
-        backend.addr
-    )
+    let mut config = Config::new();
+    if accept {
+        config = config.listener("proxy_protocol = \"accept\"");
+    }
+    if let Some(version) = send {
+        config = config.pool(&format!("send_proxy_protocol = \"{version}\""));
+    }
+    config
+        .listener(listener_timeouts)
+        .server("backend", backend.addr, "")
+        .build()
 }
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().expect("test address")
-}
-
-/// Reads exactly `len` bytes.
-async fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    tokio::time::timeout(DEADLINE, stream.read_exact(&mut data))
-        .await
-        .expect("data within the deadline")
-        .expect("read");
-    data
 }
 
 /// Closes our side and waits for the proxy to close its side.
@@ -133,10 +111,7 @@ async fn relayed_header(header: &[u8], upstream: &str, source: &str, destination
     assert_eq!(read_exactly(&mut client, 4).await, b"more");
     finish(client).await;
 
-    let line = wait_access(&proxy, "the proxied connection", |l| {
-        ops::field(l, "listener") == "front"
-    })
-    .await;
+    let line = wait_access(&proxy, "the proxied connection", on_listener("front")).await;
     assert_eq!(ops::field(&line, "client"), source, "{line}");
     assert_eq!(ops::field(&line, "termination"), "client_closed", "{line}");
     assert_eq!(
@@ -222,10 +197,7 @@ async fn a_malformed_header_closes_the_connection_before_any_server() {
     let answer = read_until_closed(&mut client).await;
     assert!(answer.is_empty(), "{answer:?}");
 
-    let line = wait_access(&proxy, "the refused connection", |l| {
-        ops::field(l, "listener") == "front"
-    })
-    .await;
+    let line = wait_access(&proxy, "the refused connection", on_listener("front")).await;
     assert_eq!(
         ops::field(&line, "termination"),
         "proxy_header_error",
@@ -264,10 +236,7 @@ async fn a_silent_client_is_closed_after_the_header_timeout() {
         .expect("connect");
     // We send nothing and never close: only the header timeout can end this.
     assert!(read_until_closed(&mut client).await.is_empty());
-    let line = wait_access(&proxy, "the silent connection", |l| {
-        ops::field(l, "listener") == "front"
-    })
-    .await;
+    let line = wait_access(&proxy, "the silent connection", on_listener("front")).await;
     assert_eq!(
         ops::field(&line, "termination"),
         "proxy_header_error",
@@ -288,10 +257,7 @@ async fn without_accept_the_real_client_address_is_sent() {
     assert_eq!(read_line(&mut client).await, format!("v1 {me} {front}"));
     assert_eq!(read_exactly(&mut client, 11).await, b"plain bytes");
     finish(client).await;
-    let line = wait_access(&proxy, "the connection", |l| {
-        ops::field(l, "listener") == "front"
-    })
-    .await;
+    let line = wait_access(&proxy, "the connection", on_listener("front")).await;
     assert_eq!(ops::field(&line, "client"), me.to_string());
     assert_eq!(ops::number(&line, "bytes_in"), 11);
 }

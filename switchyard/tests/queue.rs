@@ -9,43 +9,25 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use support::backends::{Backend, first_line, read_line};
+use support::config::Config;
 use support::ops::{
-    field, listener_addr, metric, parse_metrics, read_until_closed, round_trip, wait_access,
+    access_for, field, port_of, read_exactly, read_until_closed, round_trip, scrape,
 };
-use support::{DEADLINE, Proxy, wait_until};
+use support::{Proxy, wait_until};
 
-/// Listener `front` over pool `app` with one server `one` limited to one connection.
-fn limited_config(pool_extra: &str, backend: SocketAddr) -> String {
-    format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-
-[[pool]]
-name = "app"
-{pool_extra}
-servers = [ {{ name = "one", address = "{backend}", max_connections = 1 }} ]
-"#
-    )
-}
-
+/// Listener `front` over pool `app` (plus `pool_extra`) with one server `one` limited to
+/// one connection; returns the proxy and the listener's address.
 async fn start_limited(pool_extra: &str, backend: &Backend) -> (Proxy, SocketAddr) {
-    let proxy = Proxy::start(&limited_config(pool_extra, backend.addr)).await;
-    let front = listener_addr(&proxy, "front").await;
-    (proxy, front)
+    Config::new()
+        .pool(pool_extra)
+        .server("one", backend.addr, "max_connections = 1")
+        .start()
+        .await
 }
 
 /// A pool-level metric (e.g. `switchyard_pool_queue_length`) of pool `app`.
 async fn pool_metric(proxy: &Proxy, name: &str) -> f64 {
-    let text = proxy.metrics().await;
-    let samples = parse_metrics(&text).expect("valid metrics text");
-    metric(&samples, name, &[("pool", "app")]).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    scrape(proxy, name, &[("pool", "app")]).await
 }
 
 async fn wait_queue_length(proxy: &Proxy, length: f64) {
@@ -53,19 +35,6 @@ async fn wait_queue_length(proxy: &Proxy, length: f64) {
         pool_metric(proxy, "switchyard_pool_queue_length").await == length
     })
     .await;
-}
-
-/// The access log line of the client connection whose local port is `port`.
-async fn access_for(proxy: &Proxy, port: u16) -> serde_json::Value {
-    let suffix = format!(":{port}");
-    wait_access(proxy, &format!("connection from port {port}"), |l| {
-        field(l, "client").ends_with(&suffix)
-    })
-    .await
-}
-
-fn port_of(stream: &TcpStream) -> u16 {
-    stream.local_addr().expect("local addr").port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,15 +59,7 @@ async fn second_client_waits_in_the_queue_and_is_served_when_the_first_leaves() 
     );
 
     drop(first);
-    let mut echoed = [0u8; 6];
-    tokio::time::timeout(
-        DEADLINE,
-        tokio::io::AsyncReadExt::read_exact(&mut second, &mut echoed),
-    )
-    .await
-    .expect("served once the slot frees")
-    .expect("read");
-    assert_eq!(&echoed, b"second");
+    assert_eq!(read_exactly(&mut second, 6).await, b"second");
     wait_queue_length(&proxy, 0.0).await;
     assert_eq!(proxy.server("app", "one").await.active, 1);
 }
@@ -157,54 +118,19 @@ async fn a_full_queue_refuses_further_clients() {
 
     // The queued client is still served in turn.
     drop(first);
-    let mut echoed = [0u8; 6];
-    tokio::time::timeout(
-        DEADLINE,
-        tokio::io::AsyncReadExt::read_exact(&mut second, &mut echoed),
-    )
-    .await
-    .expect("served once the slot frees")
-    .expect("read");
-    assert_eq!(&echoed, b"second");
+    assert_eq!(read_exactly(&mut second, 6).await, b"second");
 }
 
 /// Listener `front` over pool `app` with named servers `alpha` and `bravo`.
 async fn two_servers() -> (Backend, Backend, Proxy, SocketAddr) {
     let alpha = Backend::named("alpha").await;
     let bravo = Backend::named("bravo").await;
-    let config = format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-
-[[pool]]
-name = "app"
-servers = [
-  {{ name = "alpha", address = "{}" }},
-  {{ name = "bravo", address = "{}" }},
-]
-"#,
-        alpha.addr, bravo.addr
-    );
-    let proxy = Proxy::start(&config).await;
-    let front = listener_addr(&proxy, "front").await;
-    (alpha, bravo, proxy, front)
-}
-
-async fn set_state(proxy: &Proxy, server: &str, state: &str) {
-    let (status, body) = proxy
-        .post(
-            &format!("/api/v1/pools/app/servers/{server}/state"),
-            &format!(r#"{{"state":"{state}"}}"#),
-        )
+    let (proxy, front) = Config::new()
+        .server("alpha", alpha.addr, "")
+        .server("bravo", bravo.addr, "")
+        .start()
         .await;
-    assert_eq!(status, 200, "{body}");
+    (alpha, bravo, proxy, front)
 }
 
 fn other(name: &str) -> &'static str {
@@ -218,7 +144,7 @@ async fn a_drained_server_keeps_its_sessions_but_takes_no_new_ones() {
     let port = port_of(&session);
     let drained = read_line(&mut session).await;
 
-    set_state(&proxy, &drained, "drain").await;
+    proxy.set_state("app", &drained, "drain").await;
     assert_eq!(proxy.server("app", &drained).await.state, "drain");
     for n in 0..10 {
         assert_eq!(first_line(front).await, other(&drained), "connection {n}");
@@ -248,7 +174,7 @@ async fn maint_cuts_established_sessions() {
     let cut = read_line(&mut session).await;
     assert_eq!(round_trip(&mut session, b"hello").await, b"hello");
 
-    set_state(&proxy, &cut, "maint").await;
+    proxy.set_state("app", &cut, "maint").await;
     assert!(
         read_until_closed(&mut session).await.is_empty(),
         "the session is closed by the proxy"

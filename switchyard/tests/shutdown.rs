@@ -8,29 +8,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use support::backends::Backend;
-use support::ops::{self, listener_addr, read_until_closed, round_trip, wait_access};
+use support::config::Config;
+use support::ops::{self, listener_addr, on_listener, read_until_closed, round_trip, wait_access};
 use support::{Proxy, wait_until};
 
-fn config(backend: &Backend, shutdown_timeout: &str) -> String {
-    format!(
-        r#"
-shutdown_timeout = "{shutdown_timeout}"
-
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-
-[[pool]]
-name = "app"
-servers = [ {{ name = "echo", address = "{}" }} ]
-"#,
-        backend.addr
-    )
+/// Listener `front` over one echo server, with the given top-level `shutdown_timeout`.
+fn config(backend: &Backend, shutdown_timeout: &str) -> Config {
+    Config::new()
+        .top(&format!("shutdown_timeout = \"{shutdown_timeout}\""))
+        .server("echo", backend.addr, "")
 }
 
 /// A new client is not served: the connect is refused, or the connection is closed
@@ -46,12 +32,21 @@ async fn assert_not_served(address: SocketAddr) {
     }
 }
 
+/// Waits for the proxy to exit and asserts it exited with status 0.
+async fn assert_exits_zero(proxy: &mut Proxy) {
+    let status = proxy.wait_exit().await;
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        proxy.stderr()
+    );
+}
+
 /// Opens a session, sends `signal`, and checks that the proxy stops accepting, keeps the
 /// session working, and exits 0 once the session ends.
 async fn graceful_shutdown_on(signal: &str) {
     let backend = Backend::echo().await;
-    let mut proxy = Proxy::start(&config(&backend, "20s")).await;
-    let front = listener_addr(&proxy, "front").await;
+    let (mut proxy, front) = config(&backend, "20s").start().await;
     let mut session = TcpStream::connect(front).await.expect("connect");
     assert_eq!(round_trip(&mut session, b"before").await, b"before");
 
@@ -75,16 +70,8 @@ async fn graceful_shutdown_on(signal: &str) {
     session.shutdown().await.expect("half-close");
     assert!(read_until_closed(&mut session).await.is_empty());
     drop(session);
-    let status = proxy.wait_exit().await;
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        proxy.stderr()
-    );
-    let line = wait_access(&proxy, "the session", |l| {
-        ops::field(l, "listener") == "front"
-    })
-    .await;
+    assert_exits_zero(&mut proxy).await;
+    let line = wait_access(&proxy, "the session", on_listener("front")).await;
     assert_eq!(ops::field(&line, "termination"), "client_closed", "{line}");
     assert_eq!(ops::number(&line, "bytes_in"), 22);
 }
@@ -102,7 +89,7 @@ async fn sigint_behaves_like_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_timeout_closes_remaining_sessions() {
     let backend = Backend::echo().await;
-    let mut proxy = Proxy::start(&config(&backend, "500ms")).await;
+    let mut proxy = Proxy::start(&config(&backend, "500ms").build()).await;
     let mut session = TcpStream::connect(listener_addr(&proxy, "front").await)
         .await
         .expect("connect");
@@ -111,16 +98,8 @@ async fn shutdown_timeout_closes_remaining_sessions() {
     proxy.signal("TERM");
     // We never close the session: the proxy does, once the shutdown timeout has passed.
     assert!(read_until_closed(&mut session).await.is_empty());
-    let status = proxy.wait_exit().await;
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        proxy.stderr()
-    );
-    let line = wait_access(&proxy, "the cut session", |l| {
-        ops::field(l, "listener") == "front"
-    })
-    .await;
+    assert_exits_zero(&mut proxy).await;
+    let line = wait_access(&proxy, "the cut session", on_listener("front")).await;
     assert_eq!(ops::field(&line, "termination"), "shutdown", "{line}");
     assert_eq!(ops::number(&line, "bytes_in"), 5);
     assert_eq!(ops::number(&line, "bytes_out"), 5);
@@ -129,15 +108,14 @@ async fn shutdown_timeout_closes_remaining_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_does_not_stop_the_proxy() {
     let backend = Backend::echo().await;
-    let mut proxy = Proxy::start(&config(&backend, "20s")).await;
-    let front = listener_addr(&proxy, "front").await;
+    let (mut proxy, front) = config(&backend, "20s").start().await;
     let mut session = TcpStream::connect(front).await.expect("connect");
     assert_eq!(round_trip(&mut session, b"before").await, b"before");
 
     proxy.signal("HUP");
-    wait_until("the SIGHUP warning", || async {
+    wait_until("the SIGHUP reload", || async {
         let stderr = proxy.stderr();
-        stderr.contains("SIGHUP") && stderr.contains("reload is not available")
+        stderr.contains("SIGHUP") && stderr.contains("configuration reloaded")
     })
     .await;
     assert!(

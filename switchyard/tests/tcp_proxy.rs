@@ -11,53 +11,25 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use support::backends::Backend;
+use support::config::Config;
 use support::ops::{
-    access_lines, field, listener_addr, number, read_until_closed, round_trip, wait_access,
+    access_for, access_lines, field, from_port, listener_addr, number, on_listener, port_of,
+    read_until_closed, round_trip, wait_access,
 };
 use support::{DEADLINE, Proxy, wait_until};
 
-/// A config with one listener `front` (on `listen`) over pool `app` with one server `echo`.
-fn one_server_config(
-    listen: &str,
-    listener_extra: &str,
-    pool_extra: &str,
-    backend: SocketAddr,
-) -> String {
-    format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "{listen}"
-protocol = "tcp"
-pool = "app"
-{listener_extra}
-
-[[pool]]
-name = "app"
-{pool_extra}
-servers = [ {{ name = "echo", address = "{backend}" }} ]
-"#
-    )
+/// Listener `front` over pool `app` with one server `echo` at `backend`.
+fn one_server_config(backend: &Backend) -> Config {
+    Config::new().server("echo", backend.addr, "")
 }
 
 /// Starts a proxy in front of `backend`; returns it and the listener's bound address.
 async fn start(listener_extra: &str, pool_extra: &str, backend: &Backend) -> (Proxy, SocketAddr) {
-    let config = one_server_config("127.0.0.1:0", listener_extra, pool_extra, backend.addr);
-    let proxy = Proxy::start(&config).await;
-    let front = listener_addr(&proxy, "front").await;
-    (proxy, front)
-}
-
-/// The access log line of the client connection whose local port is `port`.
-async fn access_for(proxy: &Proxy, port: u16) -> serde_json::Value {
-    let suffix = format!(":{port}");
-    wait_access(proxy, &format!("connection from port {port}"), |l| {
-        field(l, "client").ends_with(&suffix)
-    })
-    .await
+    one_server_config(backend)
+        .listener(listener_extra)
+        .pool(pool_extra)
+        .start()
+        .await
 }
 
 /// Reads from `reader` until EOF and returns how many bytes arrived.
@@ -77,7 +49,7 @@ async fn echoes_through_the_proxy() {
     let backend = Backend::echo().await;
     let (proxy, front) = start("", "", &backend).await;
     let mut client = TcpStream::connect(front).await.expect("connect");
-    let port = client.local_addr().expect("local addr").port();
+    let port = port_of(&client);
     let messages: [&[u8]; 3] = [b"hello", b"a longer second message\n", &[0, 255, 10, 13, 0]];
     for message in messages {
         assert_eq!(round_trip(&mut client, message).await, message);
@@ -98,14 +70,12 @@ async fn echoes_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_listener_forwards_to_an_ipv4_backend() {
     let backend = Backend::echo().await;
-    let config = one_server_config("[::1]:0", "", "", backend.addr);
-    let proxy = Proxy::start(&config).await;
-    let front = listener_addr(&proxy, "front").await;
+    let (proxy, front) = one_server_config(&backend).listen("[::1]:0").start().await;
     assert!(front.is_ipv6(), "listener bound {front}");
     assert!(backend.addr.is_ipv4());
 
     let mut client = TcpStream::connect(front).await.expect("connect over IPv6");
-    let port = client.local_addr().expect("local addr").port();
+    let port = port_of(&client);
     assert_eq!(round_trip(&mut client, b"over v6").await, b"over v6");
     drop(client);
     let line = access_for(&proxy, port).await;
@@ -129,7 +99,7 @@ async fn client_half_close_still_receives_the_full_reply() {
     let (proxy, front) = start("", "", &backend).await;
 
     let mut client = TcpStream::connect(front).await.expect("connect");
-    let port = client.local_addr().expect("local addr").port();
+    let port = port_of(&client);
     let payload = vec![7u8; 100_000];
     client.write_all(&payload).await.expect("write");
     client
@@ -162,7 +132,7 @@ async fn server_half_close_lets_the_client_keep_sending() {
     let (proxy, front) = start("", "", &backend).await;
 
     let mut client = TcpStream::connect(front).await.expect("connect");
-    let port = client.local_addr().expect("local addr").port();
+    let port = port_of(&client);
     let greeting = read_until_closed(&mut client).await;
     assert_eq!(greeting, b"hello\n", "greeting, then the server's FIN");
     let payload = vec![3u8; 50_000];
@@ -250,7 +220,7 @@ async fn large_transfers_each_way_are_counted_exactly() {
     let (proxy, front) = start("", "", &backend).await;
 
     let client = TcpStream::connect(front).await.expect("connect");
-    let port = client.local_addr().expect("local addr").port();
+    let port = port_of(&client);
     let (mut reader, mut writer) = client.into_split();
     let ((), (downloaded, download_intact)) =
         tokio::time::timeout(Duration::from_secs(120), async {
@@ -282,10 +252,10 @@ async fn idle_client_times_out_while_a_busy_one_survives() {
     let (proxy, front) = start(r#"timeouts = { client = "300ms" }"#, "", &backend).await;
 
     let mut idle = TcpStream::connect(front).await.expect("connect idle");
-    let idle_port = idle.local_addr().expect("local addr").port();
+    let idle_port = port_of(&idle);
     assert_eq!(round_trip(&mut idle, b"i").await, b"i");
     let mut busy = TcpStream::connect(front).await.expect("connect busy");
-    let busy_port = busy.local_addr().expect("local addr").port();
+    let busy_port = port_of(&busy);
     assert_eq!(round_trip(&mut busy, b"b").await, b"b");
 
     // 15 exchanges 100 ms apart: well past the 300 ms limit in total, never idle that long.
@@ -302,11 +272,8 @@ async fn idle_client_times_out_while_a_busy_one_survives() {
     assert_eq!(field(&line, "termination"), "client_timeout", "{line}");
 
     assert_eq!(round_trip(&mut busy, b"still here").await, b"still here");
-    let busy_suffix = format!(":{busy_port}");
     assert!(
-        !access_lines(&proxy)
-            .iter()
-            .any(|l| field(l, "client").ends_with(&busy_suffix)),
+        !access_lines(&proxy).iter().any(from_port(busy_port)),
         "the busy connection has not ended"
     );
 }
@@ -362,7 +329,7 @@ servers = [ {{ name = "echo", address = "{addr}" }} ]
             read_until_closed(client).await.is_empty(),
             "{listener}: closed when idle"
         );
-        let line = wait_access(&proxy, listener, |l| field(l, "listener") == *listener).await;
+        let line = wait_access(&proxy, listener, on_listener(listener)).await;
         assert_eq!(field(&line, "termination"), "tunnel_timeout", "{line}");
         if *listener == "longer" {
             // The 100 ms client/server limits did not apply: a timer never fires early.

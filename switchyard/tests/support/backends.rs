@@ -56,16 +56,17 @@ impl Backend {
 
     /// Writes `name\n` on connect, then echoes.
     pub async fn named(name: &'static str) -> Backend {
-        Self::start("127.0.0.1:0", move |mut stream: TcpStream| async move {
-            let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
-            echo(stream).await;
-        })
-        .await
+        Self::named_on("127.0.0.1:0", name).await
     }
 
     /// Listens on a fixed address (to restart a "killed" backend on the same port).
     pub async fn named_at(addr: SocketAddr, name: &'static str) -> Backend {
-        Self::start(&addr.to_string(), move |mut stream: TcpStream| async move {
+        Self::named_on(&addr.to_string(), name).await
+    }
+
+    /// The one body behind `named` and `named_at`.
+    async fn named_on(addr: &str, name: &'static str) -> Backend {
+        Self::start(addr, move |mut stream: TcpStream| async move {
             let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
             echo(stream).await;
         })
@@ -75,34 +76,62 @@ impl Backend {
     /// An HTTP/1.1 server answering any request with 200 while `healthy` is true, else 503,
     /// then closing the connection.
     pub async fn http_health(healthy: Arc<AtomicBool>) -> Backend {
+        Self::http_status(move || health_status(&healthy)).await
+    }
+
+    /// An HTTP/1.1 server answering each request with the status line `status()` returns
+    /// at that moment (e.g. `"200 OK"`), then closing the connection. For health-check
+    /// targets whose verdict a test steers.
+    pub async fn http_status<F>(status: F) -> Backend
+    where
+        F: Fn() -> &'static str + Send + Sync + 'static,
+    {
+        let status = Arc::new(status);
         Self::start("127.0.0.1:0", move |mut stream: TcpStream| {
-            let healthy = healthy.clone();
+            let status = status.clone();
             async move {
                 let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
+                if read_request_head(&mut stream, &mut request).await {
+                    respond(&mut stream, status()).await;
                 }
-                let status = if healthy.load(Ordering::SeqCst) {
-                    "200 OK"
-                } else {
-                    "503 Service Unavailable"
-                };
-                let _ = stream
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
             }
         })
         .await
     }
+}
+
+/// `"200 OK"` while `healthy` is set, else `"503 Service Unavailable"`: the answer of a
+/// health endpoint a test can switch off and on.
+pub fn health_status(healthy: &AtomicBool) -> &'static str {
+    if healthy.load(Ordering::SeqCst) {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    }
+}
+
+/// Reads into `received` (which may already hold the start of it) until it holds a whole
+/// HTTP request head; false if the peer closed or failed first. Shared by the HTTP backends.
+pub async fn read_request_head(stream: &mut TcpStream, received: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 1024];
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+/// Writes an empty HTTP/1.1 response with `status` and `connection: close`; errors are
+/// ignored (the checker may be gone). Shared by the HTTP backends.
+pub async fn respond(stream: &mut TcpStream, status: &str) {
+    let _ = stream
+        .write_all(
+            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
 }
 
 /// Echo loop used by several backends.

@@ -6,6 +6,9 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod config;
+/// Operations helpers: access log, listener addresses, metrics parsing.
+pub mod ops;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -66,6 +69,13 @@ impl Proxy {
 
     /// Like `start`, sending `token` on admin calls.
     pub async fn start_with_token(config: &str, token: Option<&str>) -> Proxy {
+        Self::start_with_env(config, token, &[]).await
+    }
+
+    /// Like `start_with_token`, with extra environment variables for the child process
+    /// (e.g. the variable an `[admin] token = "env:VAR"` names). The one place that spawns
+    /// the proxy and waits for its admin API.
+    pub async fn start_with_env(config: &str, token: Option<&str>, env: &[(&str, &str)]) -> Proxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
@@ -73,14 +83,17 @@ impl Proxy {
         let config = config.replace("{admin}", &admin.to_string());
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, config).expect("write config");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["run", "-c"])
             .arg(&path)
             .env("RUST_LOG", "switchyard=debug,info")
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log"))
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"))
-            .spawn()
-            .expect("spawn switchyard");
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn switchyard");
         let client =
             AdminClient::new(&admin.to_string(), token.map(str::to_string)).expect("client");
         let mut proxy = Proxy {
@@ -207,6 +220,39 @@ impl Proxy {
         .await;
     }
 
+    /// Waits until a server's `health` field (the health checks' verdict) equals `health`.
+    pub async fn wait_health(&self, pool: &str, server: &str, health: &str) {
+        wait_until(
+            &format!("{pool}/{server} health to be {health}"),
+            || async { self.server(pool, server).await.health == health },
+        )
+        .await;
+    }
+
+    /// Waits until every server of `pool` has passed its health checks (health `up`).
+    pub async fn wait_pool_checked_up(&self, pool: &str) {
+        wait_until(&format!("every server of {pool} checked up"), || async {
+            self.pools()
+                .await
+                .into_iter()
+                .find(|p| p.name == pool)
+                .is_some_and(|p| p.servers.iter().all(|s| s.health == "up"))
+        })
+        .await;
+    }
+
+    /// Sets a server's operator state (`ready`, `drain`, `maint`) through the admin API and
+    /// asserts the call succeeded; for tests that use the state change, not test it.
+    pub async fn set_state(&self, pool: &str, server: &str, state: &str) {
+        let (status, body) = self
+            .post(
+                &format!("/api/v1/pools/{pool}/servers/{server}/state"),
+                &format!(r#"{{"state":"{state}"}}"#),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// `/metrics` text.
     pub async fn metrics(&self) -> String {
         let (status, body) = self.get("/metrics").await;
@@ -260,61 +306,4 @@ pub fn check(path: &Path) -> (i32, String) {
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-// ---- Helpers added for the admin / shutdown / bad-input / PROXY protocol tests. ----
-
-/// Operations helpers: access log, listener addresses, metrics parsing.
-pub mod ops;
-
-impl Proxy {
-    /// Like `start_with_token`, with extra environment variables for the child process
-    /// (e.g. the variable an `[admin] token = "env:VAR"` names).
-    pub async fn start_with_env(config: &str, token: Option<&str>, env: &[(&str, &str)]) -> Proxy {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("address");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = config.replace("{admin}", &admin.to_string());
-        let path = dir.path().join("switchyard.toml");
-        std::fs::write(&path, config).expect("write config");
-        let mut command = Command::new(binary());
-        command
-            .args(["run", "-c"])
-            .arg(&path)
-            .env("RUST_LOG", "switchyard=debug,info")
-            .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log"))
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"));
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command.spawn().expect("spawn switchyard");
-        let client =
-            AdminClient::new(&admin.to_string(), token.map(str::to_string)).expect("client");
-        let mut proxy = Proxy {
-            child: Some(child),
-            dir,
-            admin,
-            client,
-        };
-        let start = Instant::now();
-        loop {
-            if let Ok((200, _)) = proxy.client.call(Method::GET, "/health", None).await {
-                break;
-            }
-            if let Some(status) = proxy.try_wait() {
-                panic!(
-                    "switchyard exited with {status} during startup:\n{}",
-                    proxy.stderr()
-                );
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "switchyard did not start:\n{}",
-                proxy.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        proxy
-    }
 }

@@ -43,6 +43,34 @@ pub async fn wait_access(proxy: &Proxy, what: &str, matches: impl Fn(&Value) -> 
         .expect("line seen a moment ago")
 }
 
+/// Matches the access log line of the client connection whose local port is `port`
+/// (its `client` field ends in `:PORT`); for `wait_access`.
+pub fn from_port(port: u16) -> impl Fn(&Value) -> bool {
+    let suffix = format!(":{port}");
+    move |line| field(line, "client").ends_with(&suffix)
+}
+
+/// Matches the access log lines of connections accepted on listener `name`; for
+/// `wait_access`.
+pub fn on_listener(name: &str) -> impl Fn(&Value) -> bool {
+    move |line| field(line, "listener") == name
+}
+
+/// The local port of a client connection: what `from_port` / `access_for` look for.
+pub fn port_of(stream: &TcpStream) -> u16 {
+    stream.local_addr().expect("local addr").port()
+}
+
+/// Waits for the access log line of the client connection whose local port is `port`.
+pub async fn access_for(proxy: &Proxy, port: u16) -> Value {
+    wait_access(
+        proxy,
+        &format!("connection from port {port}"),
+        from_port(port),
+    )
+    .await
+}
+
 /// A string field of an access log line.
 pub fn field<'a>(line: &'a Value, key: &str) -> &'a str {
     line.get(key).and_then(Value::as_str).unwrap_or_default()
@@ -62,6 +90,16 @@ pub async fn round_trip(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
         .expect("echo within the deadline")
         .expect("echo read");
     back
+}
+
+/// Reads exactly `len` bytes; panics if they have not arrived within `DEADLINE`.
+pub async fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut data))
+        .await
+        .expect("data within the deadline")
+        .expect("read");
+    data
 }
 
 /// Reads until the peer closes (EOF or reset); returns what arrived before that.
@@ -155,6 +193,14 @@ pub fn parse_metrics(text: &str) -> Result<Vec<Sample>, String> {
         });
     }
     Ok(samples)
+}
+
+/// Scrapes `/metrics` now and returns the value of the sample `name` whose labels include
+/// all of `labels`; panics (showing the text) if the text is invalid or has no such sample.
+pub async fn scrape(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = proxy.metrics().await;
+    let samples = parse_metrics(&text).expect("valid metrics text");
+    metric(&samples, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
 }
 
 /// The value of the sample `name` whose labels include all of `labels`.
