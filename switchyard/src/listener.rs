@@ -190,6 +190,8 @@ impl Listener {
 fn bind_socket(address: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    // Accepted connections inherit TCP_NODELAY and keepalive from the listening socket.
+    crate::net::tune_socket(&socket);
     if address.is_ipv6() {
         // `[::]` serves IPv4 too, as operators expect from a wildcard.
         socket.set_only_v6(false)?;

@@ -3,14 +3,13 @@
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
 
 /// Disables Nagle (proxied request/response traffic must not wait 40 ms) and turns on
-/// keepalive so dead peers behind NAT are noticed. Failures only cost performance.
-pub fn tune_stream(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10));
-    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+/// keepalive so dead peers behind NAT are noticed. Set on listening sockets, the options
+/// are inherited by every accepted connection at no per-connection cost. Failures only
+/// cost performance, so they are ignored.
+pub fn tune_socket<'s>(socket: impl Into<SockRef<'s>>) {
+    let socket = socket.into();
+    let _ = socket.set_tcp_nodelay(true);
+    let _ = socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(60)));
 }

@@ -9,7 +9,6 @@ use tokio::time::Instant;
 
 use crate::config::ProxyProtocolVersion;
 use crate::listener::{Listener, ListenerSettings};
-use crate::net::tune_stream;
 use crate::observe::ConnectionRecord;
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::relay::{IdleLimit, RelayCounters, relay, write_all};
@@ -26,7 +25,6 @@ pub async fn serve(
     peer: SocketAddr,
 ) {
     let started = Instant::now();
-    tune_stream(&client);
     let mut record = ConnectionRecord {
         time: String::new(),
         listener: listener.name.clone(),

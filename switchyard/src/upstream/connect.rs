@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::{Lease, LeaseError, Pool, Server};
-use crate::net::tune_stream;
+use crate::net::tune_socket;
 
 /// Why no server connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,7 @@ pub async fn connect_server(server: &Server, pool: &Pool) -> io::Result<(TcpStre
         for addr in server.address.resolve().await? {
             match TcpStream::connect(addr).await {
                 Ok(stream) => {
-                    tune_stream(&stream);
+                    tune_socket(&stream);
                     return Ok((stream, addr));
                 }
                 Err(e) => last = Some(e),
