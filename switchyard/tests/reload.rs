@@ -447,6 +447,23 @@ async fn no_failed_connection_across_reloads_under_load() {
         }
     });
 
+    // A keep-alive session runs through every reload too: it was established on the old
+    // settings and must keep working even when its server is removed (drained, not cut).
+    let kept = tokio::spawn({
+        let stop = stop.clone();
+        let mut session = TcpStream::connect(front).await.expect("keep-alive connect");
+        let name = read_line(&mut session).await;
+        async move {
+            let mut round_trips = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let reply = round_trip(&mut session, b"still there?").await;
+                assert_eq!(reply, b"still there?", "keep-alive session on {name} broke");
+                round_trips += 1;
+            }
+            round_trips
+        }
+    });
+
     let sets: [&[(&str, SocketAddr, &str)]; 5] = [
         &[
             ("alpha", alpha.addr, ""),
@@ -461,7 +478,8 @@ async fn no_failed_connection_across_reloads_under_load() {
         &[("bravo", bravo.addr, ""), ("charlie", charlie.addr, "")],
         &[("alpha", alpha.addr, ""), ("bravo", bravo.addr, "")],
     ];
-    for servers in sets {
+    // Ten reloads: the five server sets, twice.
+    for servers in sets.iter().chain(sets.iter()) {
         let before = done.load(Ordering::SeqCst);
         rewrite(&proxy, "", servers, "");
         let (status, summary) = reload(&proxy).await;
@@ -474,8 +492,10 @@ async fn no_failed_connection_across_reloads_under_load() {
     }
     stop.store(true, Ordering::SeqCst);
     let failures = load.await.expect("load task");
+    let kept_round_trips = kept.await.expect("keep-alive session");
+    assert!(kept_round_trips > 0);
     let total = done.load(Ordering::SeqCst);
-    assert!(total >= 100, "only {total} connections");
+    assert!(total >= 200, "only {total} connections");
     assert!(
         failures.is_empty(),
         "{} of {total} connections failed: {failures:?}",
