@@ -17,7 +17,7 @@ $bin/switchyard run -c examples/quickstart.toml & pids+=($!)
 
 # Wait until switchyard reports both servers up (first health checks done).
 for _ in $(seq 1 100); do
-  if $bin/switchyard ctl status 2>/dev/null | grep -q 'app2 .* up '; then break; fi
+  if $bin/switchyard ctl status 2>/dev/null | grep -q 'app2 .* up .* ok$'; then break; fi
   sleep 0.1
 done
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 
 use crate::admin::client::AdminClient;
-use crate::admin::{ListenerStatus, PoolStatus};
+use crate::admin::{ListenerStatus, PoolStatus, ServerStatus};
 
 /// A `ctl` command.
 #[derive(Debug, Clone)]
@@ -172,19 +172,31 @@ async fn status(client: &AdminClient, json: bool) -> Result<(), String> {
     }
     println!();
     println!(
-        "{:<12} {:<12} {:<22} {:<6} {:<8} {:>7} {:>8} {:>12} {:>12}  CHECK",
-        "POOL", "SERVER", "ADDRESS", "STATE", "ROLE", "ACTIVE", "TOTAL", "BYTES_IN", "BYTES_OUT"
+        "{:<12} {:<12} {:<22} {:<6} {:<9} {:<8} {:>8} {:>7} {:>8} {:>12} {:>12}  CHECK",
+        "POOL",
+        "SERVER",
+        "ADDRESS",
+        "STATE",
+        "HEALTH",
+        "ROLE",
+        "WEIGHT",
+        "ACTIVE",
+        "TOTAL",
+        "BYTES_IN",
+        "BYTES_OUT"
     );
     for pool in &pools {
         for s in &pool.servers {
             let role = if s.backup { "backup" } else { "-" };
             println!(
-                "{:<12} {:<12} {:<22} {:<6} {:<8} {:>7} {:>8} {:>12} {:>12}  {}",
+                "{:<12} {:<12} {:<22} {:<6} {:<9} {:<8} {:>8} {:>7} {:>8} {:>12} {:>12}  {}",
                 pool.name,
                 s.name,
                 s.address,
                 s.state,
+                s.health,
                 role,
+                weight_column(s),
                 s.active,
                 s.total,
                 s.bytes_in,
@@ -197,4 +209,14 @@ async fn status(client: &AdminClient, json: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The weight as `ctl status` shows it: the configured weight, or `effective/configured`
+/// while `slow_start` ramps the server up, so an operator sees it is not at full share yet.
+fn weight_column(server: &ServerStatus) -> String {
+    if server.effective_weight < f64::from(server.weight) {
+        format!("{:.2}/{}", server.effective_weight, server.weight)
+    } else {
+        server.weight.to_string()
+    }
 }

@@ -1,17 +1,15 @@
 //! Balancing over real backends: round robin (plain and weighted), least_conn, random,
 //! source_hash with maintenance, backup takeover and give-back, redispatch after a failed
-//! connect.
+//! connect, slow_start ramping a returning server.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use tokio::net::TcpStream;
-
-use support::backends::{Backend, first_line, read_line};
+use support::backends::{Backend, first_line, hold};
 use support::config::start_pool;
-use support::ops::{field, wait_access};
+use support::ops::{field, scrape, wait_access};
 use support::{free_port, wait_until};
 
 /// Opens `n` connections one after the other (each closed before the next) and counts
@@ -22,13 +20,6 @@ async fn tally(front: SocketAddr, n: usize) -> BTreeMap<String, usize> {
         *counts.entry(first_line(front).await).or_insert(0) += 1;
     }
     counts
-}
-
-/// Opens a connection and keeps it; returns it with the name of the server it reached.
-async fn hold(front: SocketAddr) -> (TcpStream, String) {
-    let mut stream = TcpStream::connect(front).await.expect("connect to proxy");
-    let name = read_line(&mut stream).await;
-    (stream, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,6 +53,43 @@ async fn round_robin_follows_weights() {
     let counts = tally(front, 40).await;
     assert_eq!(counts.get("heavy"), Some(&30), "{counts:?}");
     assert_eq!(counts.get("light"), Some(&10), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_gives_a_returning_server_a_small_share_then_an_equal_one() {
+    let alpha = Backend::named("alpha").await;
+    let bravo = Backend::named("bravo").await;
+    let servers = [("alpha", alpha.addr, ""), ("bravo", bravo.addr, "")];
+    let (proxy, front) =
+        start_pool("balance = \"round_robin\"\nslow_start = \"2s\"", &servers).await;
+    assert_eq!(
+        proxy.server("app", "bravo").await.effective_weight,
+        1.0,
+        "servers at startup take their full share"
+    );
+
+    proxy.set_state("app", "bravo", "drain").await;
+    proxy.set_state("app", "bravo", "ready").await;
+    let ramping = tally(front, 20).await;
+    let returned = ramping.get("bravo").copied().unwrap_or(0);
+    assert!(returned <= 5, "bravo just came back: {ramping:?}");
+
+    wait_until("bravo's effective weight to reach its weight", || async {
+        proxy.server("app", "bravo").await.effective_weight == 1.0
+    })
+    .await;
+    assert_eq!(
+        scrape(
+            &proxy,
+            "switchyard_server_effective_weight",
+            &[("pool", "app"), ("server", "bravo")]
+        )
+        .await,
+        1.0
+    );
+    let after = tally(front, 20).await;
+    assert_eq!(after.get("alpha"), Some(&10), "{after:?}");
+    assert_eq!(after.get("bravo"), Some(&10), "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

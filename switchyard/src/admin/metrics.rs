@@ -39,73 +39,61 @@ struct Snapshot {
     dropped_log_lines: u64,
 }
 
-/// Whether a value only grows (counter) or goes up and down (gauge).
-#[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
+/// How to read a value, and whether it only grows (counter, exact integers) or goes up
+/// and down (gauge, which may be fractional, such as a ramping effective weight).
+enum Read<T: ?Sized> {
+    Counter(fn(&T) -> u64),
+    Gauge(fn(&T) -> f64),
 }
 
-/// One metric family over a kind of object: name, help, kind and how to read the value.
+/// One metric family over a kind of object: name, help and how to read the value.
 struct Metric<T: ?Sized> {
     name: &'static str,
     help: &'static str,
-    kind: Kind,
-    read: fn(&T) -> u64,
+    read: Read<T>,
 }
 
-const fn metric<T: ?Sized>(
-    name: &'static str,
-    help: &'static str,
-    kind: Kind,
-    read: fn(&T) -> u64,
-) -> Metric<T> {
-    Metric {
-        name,
-        help,
-        kind,
-        read,
-    }
+const fn metric<T: ?Sized>(name: &'static str, help: &'static str, read: Read<T>) -> Metric<T> {
+    Metric { name, help, read }
 }
 
 fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-fn load_usize(counter: &std::sync::atomic::AtomicUsize) -> u64 {
-    counter.load(Ordering::Relaxed) as u64
+fn load_usize(counter: &std::sync::atomic::AtomicUsize) -> f64 {
+    counter.load(Ordering::Relaxed) as f64
+}
+
+fn flag(value: bool) -> f64 {
+    f64::from(u8::from(value))
 }
 
 const LISTENER_METRICS: &[Metric<Listener>] = &[
     metric(
         "switchyard_listener_connections_active",
         "Client connections being handled",
-        Kind::Gauge,
-        |l| load_usize(&l.stats.active),
+        Read::Gauge(|l| load_usize(&l.stats.active)),
     ),
     metric(
         "switchyard_listener_connections",
         "Client connections accepted",
-        Kind::Counter,
-        |l| load(&l.stats.total),
+        Read::Counter(|l| load(&l.stats.total)),
     ),
     metric(
         "switchyard_listener_connections_failed",
         "Client connections closed before reaching a server",
-        Kind::Counter,
-        |l| load(&l.stats.failed),
+        Read::Counter(|l| load(&l.stats.failed)),
     ),
     metric(
         "switchyard_listener_received_bytes",
         "Bytes received from clients",
-        Kind::Counter,
-        |l| load(&l.stats.bytes_in),
+        Read::Counter(|l| load(&l.stats.bytes_in)),
     ),
     metric(
         "switchyard_listener_sent_bytes",
         "Bytes sent to clients",
-        Kind::Counter,
-        |l| load(&l.stats.bytes_out),
+        Read::Counter(|l| load(&l.stats.bytes_out)),
     ),
 ];
 
@@ -113,26 +101,22 @@ const POOL_METRICS: &[Metric<Pool>] = &[
     metric(
         "switchyard_pool_queue_length",
         "Clients waiting for a server slot",
-        Kind::Gauge,
-        |p| load_usize(&p.stats.queued),
+        Read::Gauge(|p| load_usize(&p.stats.queued)),
     ),
     metric(
         "switchyard_pool_queue_timeouts",
         "Clients that waited too long for a server slot",
-        Kind::Counter,
-        |p| load(&p.stats.queue_timeouts),
+        Read::Counter(|p| load(&p.stats.queue_timeouts)),
     ),
     metric(
         "switchyard_pool_queue_full",
         "Clients refused because the queue was full",
-        Kind::Counter,
-        |p| load(&p.stats.queue_full),
+        Read::Counter(|p| load(&p.stats.queue_full)),
     ),
     metric(
         "switchyard_pool_no_server",
         "Clients refused because no server was available",
-        Kind::Counter,
-        |p| load(&p.stats.no_server),
+        Read::Counter(|p| load(&p.stats.no_server)),
     ),
 ];
 
@@ -140,50 +124,47 @@ const SERVER_METRICS: &[Metric<Server>] = &[
     metric(
         "switchyard_server_up",
         "1 when the server takes new work (healthy and ready)",
-        Kind::Gauge,
-        |s| u64::from(s.is_available()),
+        Read::Gauge(|s| flag(s.is_available())),
     ),
     metric(
         "switchyard_server_healthy",
         "1 unless health checks report the server down",
-        Kind::Gauge,
-        |s| u64::from(s.health() != Health::Down),
+        Read::Gauge(|s| flag(s.health() != Health::Down)),
     ),
     metric(
         "switchyard_server_ready",
         "1 when the operator state is ready (not drain or maint)",
-        Kind::Gauge,
-        |s| u64::from(s.admin_state() == AdminState::Ready),
+        Read::Gauge(|s| flag(s.admin_state() == AdminState::Ready)),
     ),
     metric(
         "switchyard_server_connections_active",
         "Sessions holding a slot on the server",
-        Kind::Gauge,
-        |s| s.active() as u64,
+        Read::Gauge(|s| s.active() as f64),
+    ),
+    metric(
+        "switchyard_server_effective_weight",
+        "Weight the balancer uses now; below the configured weight during slow_start",
+        Read::Gauge(|s| s.effective_weight(std::time::Instant::now())),
     ),
     metric(
         "switchyard_server_connections",
         "Sessions established to the server",
-        Kind::Counter,
-        |s| load(&s.stats.total),
+        Read::Counter(|s| load(&s.stats.total)),
     ),
     metric(
         "switchyard_server_received_bytes",
         "Bytes sent by clients to the server",
-        Kind::Counter,
-        |s| load(&s.stats.bytes_in),
+        Read::Counter(|s| load(&s.stats.bytes_in)),
     ),
     metric(
         "switchyard_server_sent_bytes",
         "Bytes sent by the server to clients",
-        Kind::Counter,
-        |s| load(&s.stats.bytes_out),
+        Read::Counter(|s| load(&s.stats.bytes_out)),
     ),
     metric(
         "switchyard_server_connect_errors",
         "Failed connect attempts",
-        Kind::Counter,
-        |s| load(&s.stats.connect_errors),
+        Read::Counter(|s| load(&s.stats.connect_errors)),
     ),
 ];
 
@@ -196,19 +177,16 @@ fn family<T: ?Sized>(
     if objects.is_empty() {
         return Ok(());
     }
-    let kind = match metric.kind {
-        Kind::Counter => ConstCounter::new(0u64).metric_type(),
-        Kind::Gauge => ConstGauge::new(0i64).metric_type(),
+    let kind = match metric.read {
+        Read::Counter(_) => ConstCounter::new(0u64).metric_type(),
+        Read::Gauge(_) => ConstGauge::new(0.0f64).metric_type(),
     };
     let mut family = encoder.encode_descriptor(metric.name, metric.help, None, kind)?;
     for (labels, object) in objects {
-        let value = (metric.read)(object);
         let sample = family.encode_family(labels)?;
-        match metric.kind {
-            Kind::Counter => ConstCounter::new(value).encode(sample)?,
-            Kind::Gauge => {
-                ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(sample)?
-            }
+        match metric.read {
+            Read::Counter(read) => ConstCounter::new(read(object)).encode(sample)?,
+            Read::Gauge(read) => ConstGauge::new(read(object)).encode(sample)?,
         }
     }
     Ok(())

@@ -22,8 +22,11 @@ pub struct ServerStatus {
     pub admin_state: String,
     /// Backup server.
     pub backup: bool,
-    /// Weight.
+    /// Weight, as configured.
     pub weight: u32,
+    /// Weight the balancer uses now: below `weight` while the server ramps up after
+    /// coming back (`slow_start`), so operators can see when it takes its full share.
+    pub effective_weight: f64,
     /// Active sessions.
     pub active: usize,
     /// Sessions ever.
@@ -88,6 +91,7 @@ pub fn server(server: &Server) -> ServerStatus {
         admin_state: name_of(&admin_state),
         backup: server.backup(),
         weight: server.weight(),
+        effective_weight: server.effective_weight(std::time::Instant::now()),
         active: server.active(),
         total: server.stats.total.load(Ordering::Relaxed),
         bytes_in: server.stats.bytes_in.load(Ordering::Relaxed),

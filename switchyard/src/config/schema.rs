@@ -238,6 +238,11 @@ pub struct PoolConfig {
     /// Send a PROXY protocol header to servers.
     #[serde(default)]
     pub send_proxy_protocol: Option<ProxyProtocolVersion>,
+    /// Time over which a server coming back (health down to up, or drain/maint to ready)
+    /// ramps from a small share to its full weight, so that a cold replica is not flooded;
+    /// absent or `"0s"` gives it its full share at once.
+    #[serde(default, with = "duration::option")]
+    pub slow_start: Option<Duration>,
     /// The servers.
     pub servers: Vec<ServerConfig>,
 }
@@ -299,12 +304,22 @@ pub struct ServerConfig {
     /// Takes traffic only while no non-backup server is up.
     #[serde(default)]
     pub backup: bool,
+    /// Overrides the pool's `slow_start` for this server (e.g. one that warms a larger
+    /// cache); `"0s"` turns the ramp off for it.
+    #[serde(default, with = "duration::option")]
+    pub slow_start: Option<Duration>,
 }
 
 impl ServerConfig {
     /// The server's name: the configured one, else its address.
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.address)
+    }
+
+    /// The ramp this server gets when it comes back: its own `slow_start`, else the pool's;
+    /// zero means none.
+    pub fn effective_slow_start(&self, pool: &PoolConfig) -> Duration {
+        self.slow_start.or(pool.slow_start).unwrap_or_default()
     }
 }
 

@@ -104,16 +104,17 @@ impl Pool {
                 let kept = previous
                     .and_then(|p| p.server(server_config.display_name()))
                     .filter(|old| old.address == address);
+                let slow_start = server_config.effective_slow_start(config);
                 match kept {
                     Some(server) => {
-                        server.update(server_config, fall, rise);
+                        server.update(server_config, fall, rise, slow_start);
                         // Health learned from checks that stop now would never change again.
                         if config.health.is_none() && previous.is_some_and(|p| p.health.is_some()) {
                             server.reset_health(fall, rise);
                         }
                         Ok(server.clone())
                     }
-                    None => Server::new(server_config, fall, rise).map(Arc::new),
+                    None => Server::new(server_config, fall, rise, slow_start).map(Arc::new),
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;

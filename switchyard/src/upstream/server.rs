@@ -2,6 +2,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -78,14 +79,43 @@ pub struct Server {
     admin_state: AtomicU8,
     health: Mutex<HealthTracker>,
     sessions: Mutex<CancellationToken>,
+    // `slow_start`, and when the server last came back (health down to up, or back to
+    // ready): together they give the weight ramp.
+    slow_start: Mutex<Duration>,
+    returned_at: Mutex<Option<Instant>>,
 }
 
 /// `max_connections` value standing for "no limit".
 const NO_LIMIT: usize = usize::MAX;
 
+/// The share of its weight a returning server starts with: small, so a cold replica is not
+/// flooded, but never zero, so it gets some traffic to warm up on.
+const RAMP_FLOOR: f64 = 1.0 / 20.0;
+
+/// The share of its weight a server gets `elapsed` after it came back, for a `slow_start`
+/// of `length`: linear from `RAMP_FLOOR` to 1, then 1.
+fn ramp_fraction(elapsed: Duration, length: Duration) -> f64 {
+    if elapsed >= length {
+        return 1.0;
+    }
+    let progress = elapsed.as_secs_f64() / length.as_secs_f64();
+    RAMP_FLOOR + (1.0 - RAMP_FLOOR) * progress
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Server {
-    /// Builds a server from its (validated) config.
-    pub fn new(config: &ServerConfig, fall: u32, rise: u32) -> Result<Self, String> {
+    /// Builds a server from its (validated) config; `slow_start` is its weight ramp after
+    /// coming back. A new server does not ramp: nothing says it is cold.
+    pub fn new(
+        config: &ServerConfig,
+        fall: u32,
+        rise: u32,
+        slow_start: Duration,
+    ) -> Result<Self, String> {
         Ok(Self {
             name: config.display_name().to_string(),
             address: ServerAddress::parse(&config.address)?,
@@ -96,12 +126,14 @@ impl Server {
             admin_state: AtomicU8::new(0),
             health: Mutex::new(HealthTracker::new(fall, rise)),
             sessions: Mutex::new(CancellationToken::new()),
+            slow_start: Mutex::new(slow_start),
+            returned_at: Mutex::new(None),
         })
     }
 
     /// Applies a reloaded config of the same server (same name and address) in place, so
     /// that its health, counters, operator state and sessions carry over.
-    pub fn update(&self, config: &ServerConfig, fall: u32, rise: u32) {
+    pub fn update(&self, config: &ServerConfig, fall: u32, rise: u32, slow_start: Duration) {
         self.weight.store(config.weight, Ordering::Release);
         self.backup.store(config.backup, Ordering::Release);
         self.max_connections.store(
@@ -109,11 +141,31 @@ impl Server {
             Ordering::Release,
         );
         self.tracker().set_thresholds(fall, rise);
+        *lock(&self.slow_start) = slow_start;
     }
 
-    /// Share of traffic.
+    /// Share of traffic, as configured.
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Acquire)
+    }
+
+    /// Share of traffic at `now`: the configured weight, scaled down while the server
+    /// ramps up after coming back (`slow_start`). Every balance algorithm reads this one,
+    /// so a ramp applies whatever the pool's algorithm.
+    pub fn effective_weight(&self, now: Instant) -> f64 {
+        let weight = f64::from(self.weight());
+        let returned_at = *lock(&self.returned_at);
+        match returned_at {
+            Some(at) => {
+                weight * ramp_fraction(now.saturating_duration_since(at), *lock(&self.slow_start))
+            }
+            None => weight,
+        }
+    }
+
+    /// Starts the weight ramp: the server came back at `at`.
+    fn returned(&self, at: Instant) {
+        *lock(&self.returned_at) = Some(at);
     }
 
     /// Whether it only takes traffic while no primary server is up.
@@ -140,11 +192,14 @@ impl Server {
         AdminState::from_u8(self.admin_state.load(Ordering::Acquire))
     }
 
-    /// Changes the operator state; `Maint` also cuts established sessions.
+    /// Changes the operator state; `Maint` also cuts established sessions, and going back
+    /// to `Ready` starts the weight ramp.
     pub fn set_admin_state(&self, state: AdminState) {
-        self.admin_state.store(state as u8, Ordering::Release);
-        if state == AdminState::Maint {
-            self.cut_sessions();
+        let previous = AdminState::from_u8(self.admin_state.swap(state as u8, Ordering::AcqRel));
+        match state {
+            AdminState::Maint => self.cut_sessions(),
+            AdminState::Ready if previous != AdminState::Ready => self.returned(Instant::now()),
+            _ => {}
         }
     }
 
@@ -171,7 +226,14 @@ impl Server {
             &self.stats.checks_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.tracker().record(result)
+        let transition = self.tracker().record(result);
+        if transition
+            .as_ref()
+            .is_some_and(|t| t.from == Health::Down && t.to == Health::Up)
+        {
+            self.returned(Instant::now());
+        }
+        transition
     }
 
     /// Records a successful connect: clears the passive failure count of an up server.
@@ -180,8 +242,7 @@ impl Server {
     }
 
     fn tracker(&self) -> std::sync::MutexGuard<'_, HealthTracker> {
-        // A poisoned lock only means a panic elsewhere; the tracker itself stays consistent.
-        self.health.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.health)
     }
 
     /// Whether new work may go to this server (ignoring its connection limit).
@@ -220,16 +281,89 @@ impl Server {
 
     /// A token cancelled when this server's sessions must be cut (maint, shutdown_sessions).
     pub fn session_token(&self) -> CancellationToken {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .child_token()
+        lock(&self.sessions).child_token()
     }
 
     /// Cuts every established session of this server.
     pub fn cut_sessions(&self) {
-        let mut token = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut token = lock(&self.sessions);
         token.cancel();
         *token = CancellationToken::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(weight: u32, slow_start: Duration) -> Server {
+        let config = ServerConfig {
+            name: Some("s".into()),
+            address: "127.0.0.1:1000".into(),
+            weight,
+            max_connections: None,
+            backup: false,
+            slow_start: None,
+        };
+        Server::new(&config, 1, 1, slow_start).expect("valid test server")
+    }
+
+    #[test]
+    fn ramp_is_linear_from_the_floor_to_one() {
+        let length = Duration::from_secs(10);
+        assert_eq!(ramp_fraction(Duration::ZERO, length), RAMP_FLOOR);
+        let half = ramp_fraction(Duration::from_secs(5), length);
+        assert!((half - (RAMP_FLOOR + 1.0) / 2.0).abs() < 1e-9, "{half}");
+        assert!(ramp_fraction(Duration::from_secs(2), length) < half);
+        assert_eq!(ramp_fraction(length, length), 1.0);
+        assert_eq!(ramp_fraction(Duration::from_secs(60), length), 1.0);
+        assert_eq!(
+            ramp_fraction(Duration::ZERO, Duration::ZERO),
+            1.0,
+            "no ramp"
+        );
+    }
+
+    #[test]
+    fn a_new_server_has_its_full_weight_at_once() {
+        let s = server(4, Duration::from_secs(30));
+        assert_eq!(s.effective_weight(Instant::now()), 4.0);
+    }
+
+    #[test]
+    fn back_to_ready_ramps_the_weight() {
+        let s = server(4, Duration::from_secs(30));
+        s.set_admin_state(AdminState::Drain);
+        s.set_admin_state(AdminState::Ready);
+        let start = (*lock(&s.returned_at)).expect("ramp started");
+        assert_eq!(s.effective_weight(start), 4.0 * RAMP_FLOOR);
+        let mid = s.effective_weight(start + Duration::from_secs(15));
+        assert!((mid - 4.0 * (RAMP_FLOOR + 1.0) / 2.0).abs() < 1e-9, "{mid}");
+        assert_eq!(s.effective_weight(start + Duration::from_secs(30)), 4.0);
+        s.set_admin_state(AdminState::Ready);
+        assert_eq!(
+            *lock(&s.returned_at),
+            Some(start),
+            "ready to ready is no return"
+        );
+    }
+
+    #[test]
+    fn health_down_to_up_ramps_but_the_first_up_does_not() {
+        let s = server(2, Duration::from_secs(30));
+        s.record_check(Ok(()));
+        assert_eq!(*lock(&s.returned_at), None, "unchecked to up");
+        s.record_check(Err("refused".into()));
+        s.record_check(Ok(()));
+        let start = (*lock(&s.returned_at)).expect("ramp started");
+        assert_eq!(s.effective_weight(start), 2.0 * RAMP_FLOOR);
+    }
+
+    #[test]
+    fn without_slow_start_a_returning_server_gets_its_full_weight() {
+        let s = server(3, Duration::ZERO);
+        s.set_admin_state(AdminState::Maint);
+        s.set_admin_state(AdminState::Ready);
+        assert_eq!(s.effective_weight(Instant::now()), 3.0);
     }
 }

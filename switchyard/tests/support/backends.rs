@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// A TCP backend; stops (closing its listening socket) when dropped.
 pub struct Backend {
@@ -56,19 +57,39 @@ impl Backend {
 
     /// Writes `name\n` on connect, then echoes.
     pub async fn named(name: &'static str) -> Backend {
-        Self::named_on("127.0.0.1:0", name).await
+        Self::named_on("127.0.0.1:0", name, CancellationToken::new()).await
     }
 
     /// Listens on a fixed address (to restart a "killed" backend on the same port).
     pub async fn named_at(addr: SocketAddr, name: &'static str) -> Backend {
-        Self::named_on(&addr.to_string(), name).await
+        Self::named_on(&addr.to_string(), name, CancellationToken::new()).await
     }
 
-    /// The one body behind `named` and `named_at`.
-    async fn named_on(addr: &str, name: &'static str) -> Backend {
-        Self::start(addr, move |mut stream: TcpStream| async move {
-            let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
-            echo(stream).await;
+    /// Like `named_at`, and every connection is closed when `cut` is cancelled: what
+    /// killing a backend process does to its sessions (dropping a `Backend` only closes
+    /// its listening socket).
+    pub async fn named_until(
+        addr: SocketAddr,
+        name: &'static str,
+        cut: CancellationToken,
+    ) -> Backend {
+        Self::named_on(&addr.to_string(), name, cut).await
+    }
+
+    /// The one body behind `named`, `named_at` and `named_until`.
+    async fn named_on(addr: &str, name: &'static str, cut: CancellationToken) -> Backend {
+        Self::start(addr, move |mut stream: TcpStream| {
+            let cut = cut.clone();
+            async move {
+                let serve = async {
+                    let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
+                    echo(stream).await;
+                };
+                tokio::select! {
+                    () = cut.cancelled() => {}
+                    () = serve => {}
+                }
+            }
         })
         .await
     }
@@ -156,6 +177,14 @@ pub async fn echo(mut stream: TcpStream) {
 pub async fn first_line(addr: SocketAddr) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect to proxy");
     read_line(&mut stream).await
+}
+
+/// Opens a connection and keeps it; returns it with the name of the (named) server it
+/// reached.
+pub async fn hold(front: SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(front).await.expect("connect to proxy");
+    let name = read_line(&mut stream).await;
+    (stream, name)
 }
 
 /// Reads one `\n`-terminated line.
