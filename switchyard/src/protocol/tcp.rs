@@ -54,7 +54,9 @@ async fn proxy(
     record: &mut ConnectionRecord,
 ) -> &'static str {
     let mut client = client;
-    let mut destination = client.local_addr().unwrap_or(listener.address);
+    // The address the client reached: from its PROXY header, else looked up only when a
+    // PROXY header is sent upstream (a syscall most connections do not need).
+    let mut destination = None;
     let mut early_data = bytes::Bytes::new();
     if settings.config.proxy_protocol.is_some() {
         match proxy_protocol::read_header(&mut client, settings.config.timeouts.proxy_header).await
@@ -62,7 +64,7 @@ async fn proxy(
             Ok((header, rest)) => {
                 if let ProxyHeader::Proxied(addrs) = header {
                     record.client = addrs.source;
-                    destination = addrs.destination;
+                    destination = Some(addrs.destination);
                 }
                 early_data = rest;
             }
@@ -99,9 +101,11 @@ async fn proxy(
     let server = upstream.lease.server().clone();
     record.server = Some(server.name.clone());
 
+    let destination =
+        || destination.unwrap_or_else(|| client.local_addr().unwrap_or(listener.address));
     let mut preamble = match pool.send_proxy_protocol {
-        Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(record.client, destination),
-        Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(record.client, destination),
+        Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(record.client, destination()),
+        Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(record.client, destination()),
         None => Vec::new(),
     };
     preamble.extend_from_slice(&early_data);
