@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -57,6 +58,9 @@ pub struct Listener {
     pub stats: ListenerStats,
     settings: ArcSwap<ListenerSettings>,
     socket: std::sync::Mutex<Option<TcpListener>>,
+    // A duplicate of the socket for a binary upgrade to hand over; dropped when the accept
+    // loop ends so that a closed listener really frees its port.
+    handover: std::sync::Mutex<Option<OwnedFd>>,
     closed: CancellationToken,
 }
 
@@ -90,6 +94,7 @@ impl Listener {
         socket: TcpListener,
     ) -> io::Result<Self> {
         let address = socket.local_addr()?;
+        let handover = socket.as_fd().try_clone_to_owned()?;
         Ok(Self {
             name: config.name.clone(),
             protocol: config.protocol,
@@ -101,6 +106,7 @@ impl Listener {
                 limit: config.max_connections.map(|n| Arc::new(Semaphore::new(n))),
             }),
             socket: std::sync::Mutex::new(Some(socket)),
+            handover: std::sync::Mutex::new(Some(handover)),
             closed: CancellationToken::new(),
         })
     }
@@ -130,6 +136,12 @@ impl Listener {
     /// established connections run on.
     pub fn close(&self) {
         self.closed.cancel();
+    }
+
+    /// A duplicate of the listening socket for a binary upgrade, while it is still open.
+    pub fn handover_fd(&self) -> Option<io::Result<OwnedFd>> {
+        let handover = self.handover.lock().unwrap_or_else(|e| e.into_inner());
+        handover.as_ref().map(|fd| fd.try_clone())
     }
 
     /// Accepts connections until `stop` fires, handing each to `handle` on its own task.
@@ -183,6 +195,10 @@ impl Listener {
                 }
             }
         }
+        self.handover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         tracing::info!(listener = %self.name, "stopped accepting");
     }
 }

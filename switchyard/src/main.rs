@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use switchyard::admin::client::AdminClient;
 use switchyard::config;
 use switchyard::ctl::{self, CtlCommand};
+use switchyard::runtime::Inherited;
 
 /// Multi-protocol reverse proxy and load balancer.
 #[derive(Parser)]
@@ -24,6 +25,10 @@ enum Command {
         /// Config file.
         #[arg(short, long, default_value = "switchyard.toml")]
         config: PathBuf,
+        /// Take over from the proxy running with this config: receive its listening sockets
+        /// over its upgrade socket, and tell it to stop once this process is ready.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file: exit 0, or print every error and exit 2.
     Check {
@@ -91,7 +96,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => run(config),
+        Command::Run { config, upgrade } => run(config, upgrade),
         Command::Ctl {
             admin,
             token,
@@ -100,7 +105,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, upgrade: bool) -> ExitCode {
     let config = match config::load_file(&path) {
         Ok(config) => config,
         Err(errors) => {
@@ -120,15 +125,26 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut inherited = Inherited::default();
+    if upgrade {
+        let socket = switchyard::runtime::upgrade::socket_path(&config, &path);
+        match switchyard::runtime::upgrade::receive(&socket) {
+            Ok(received) => inherited = received,
+            Err(e) => {
+                tracing::error!("upgrade: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     runtime.block_on(async {
-        let shared = match switchyard::runtime::build(&config, path) {
+        let shared = match switchyard::runtime::build(&config, path, &mut inherited) {
             Ok(shared) => shared,
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        match switchyard::runtime::run(config, shared).await {
+        match switchyard::runtime::run(config, shared, inherited).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");

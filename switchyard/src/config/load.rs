@@ -358,6 +358,7 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
         log: LogConfig::default(),
         listeners: Vec::new(),
         pools: Vec::new(),
+        upgrade_socket: None,
     };
     for (key, item) in document.as_table().iter() {
         match key {
@@ -380,9 +381,13 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
                 config.listeners = entries::<ListenerConfig>(item, key, sink);
             }
             "pool" => config.pools = entries::<PoolConfig>(item, key, sink),
+            "upgrade_socket" => match item.as_str() {
+                Some(path) if !path.is_empty() => config.upgrade_socket = Some(path.into()),
+                _ => sink.at(&key_path!("upgrade_socket"), "must be a non-empty path"),
+            },
             other => sink.at(
                 &key_path!(other),
-                "unknown key; expected one of workers, shutdown_timeout, admin, log, listener, pool",
+                "unknown key; expected one of workers, shutdown_timeout, admin, log, listener, pool, upgrade_socket",
             ),
         }
     }

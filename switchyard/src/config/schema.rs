@@ -31,6 +31,10 @@ pub struct Config {
     /// Groups of servers that listeners and routes send traffic to.
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolConfig>,
+    /// Unix socket a `run --upgrade` process fetches the listening sockets from; relative to
+    /// the config file's directory. Default: the config file's path plus `.upgrade.sock`.
+    #[serde(default)]
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 /// The admin HTTP API (status, metrics, server state changes).

@@ -1,9 +1,11 @@
 //! Building a running proxy from a config, reloading it, and shutting it down gracefully.
 
 mod reload;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +21,7 @@ use crate::observe::AccessLog;
 use crate::upstream::Pool;
 
 pub use reload::{Changes, ReloadError, ReloadSummary, reload};
+pub use upgrade::Inherited;
 
 /// State shared by listeners, connection handlers and the admin API.
 #[derive(Debug)]
@@ -77,8 +80,13 @@ pub enum StartError {
     Build(String),
 }
 
-/// Binds everything the config names and builds the shared state.
-pub fn build(config: &Config, config_path: PathBuf) -> Result<Arc<Shared>, StartError> {
+/// Binds everything the config names (taking the sockets a binary upgrade inherited where
+/// they match) and builds the shared state.
+pub fn build(
+    config: &Config,
+    config_path: PathBuf,
+    inherited: &mut Inherited,
+) -> Result<Arc<Shared>, StartError> {
     let mut pools = HashMap::new();
     let mut pool_list = Vec::new();
     for pool_config in &config.pools {
@@ -93,8 +101,18 @@ pub fn build(config: &Config, config_path: PathBuf) -> Result<Arc<Shared>, Start
             .get(pool_name)
             .cloned()
             .ok_or_else(|| StartError::Build(format!("pool `{pool_name}` is not defined")))?;
+        let socket = match listener_config
+            .listen
+            .parse()
+            .ok()
+            .and_then(|address| inherited.take_listener(&listener_config.name, address))
+        {
+            Some(socket) => tokio::net::TcpListener::from_std(socket),
+            None => Listener::bind_socket(listener_config),
+        }
+        .map_err(StartError::Bind)?;
         listeners.push(Arc::new(
-            Listener::bind(listener_config, pool).map_err(StartError::Bind)?,
+            Listener::with_socket(listener_config, pool, socket).map_err(StartError::Bind)?,
         ));
     }
     let config_dir = config_path.parent().map(PathBuf::from).unwrap_or_default();
@@ -123,8 +141,12 @@ pub fn build(config: &Config, config_path: PathBuf) -> Result<Arc<Shared>, Start
 
 /// Runs the proxy until SIGTERM/SIGINT (or `shared.shutdown`), then shuts down gracefully:
 /// stop accepting, let connections finish for up to `shutdown_timeout`, cut the rest.
-/// SIGHUP reloads the config file.
-pub async fn run(config: Config, shared: Arc<Shared>) -> io::Result<()> {
+/// SIGHUP reloads the config file; SIGUSR2 starts a binary upgrade. After a binary upgrade (`inherited` holds the link to the
+/// old process) it takes over from the old process once ready; it then serves the upgrade
+/// socket itself, handing over to the next one.
+pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) -> io::Result<()> {
+    let stop_admin = shared.stop_background.child_token();
+    let mut admin_handover = None;
     if let Some(admin) = &config.admin {
         let listen: std::net::SocketAddr = admin.listen.parse().map_err(|_| {
             io::Error::new(
@@ -132,22 +154,41 @@ pub async fn run(config: Config, shared: Arc<Shared>) -> io::Result<()> {
                 format!("bad admin address {}", admin.listen),
             )
         })?;
-        let admin_listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("admin API cannot bind {listen}: {e}"))
-        })?;
-        tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
+        let admin_listener = match inherited.take_admin(listen) {
+            Some(socket) => tokio::net::TcpListener::from_std(socket)?,
+            None => tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("admin API cannot bind {listen}: {e}"))
+            })?,
+        };
+        let address = admin_listener.local_addr()?;
+        tracing::info!(%address, "admin API listening");
+        admin_handover = Some((address, admin_listener.as_fd().try_clone_to_owned()?));
         tokio::spawn(crate::admin::serve(
             admin_listener,
             shared.clone(),
-            shared.stop_background.clone(),
+            stop_admin.clone(),
         ));
     }
     for pool in shared.pools().iter() {
         crate::health::spawn_checks(pool, &shared.stop_background);
     }
+    if inherited.is_upgrade() {
+        upgrade::first_checks(&shared).await;
+    }
     for listener in shared.listeners().iter() {
         spawn_listener(&shared, listener);
     }
+    upgrade::take_over(inherited).await?;
+    upgrade::notify_systemd();
+    let upgrade_path = upgrade::socket_path(&config, &shared.config_path);
+    let handed_over = CancellationToken::new();
+    tokio::spawn(upgrade::serve(
+        shared.clone(),
+        upgrade_path.clone(),
+        admin_handover,
+        stop_admin,
+        handed_over.clone(),
+    ));
 
     wait_for_shutdown(&shared).await?;
     // A reload may have changed the timeout since the start.
@@ -176,6 +217,9 @@ pub async fn run(config: Config, shared: Arc<Shared>) -> io::Result<()> {
             .flush(std::time::Duration::from_secs(5))
     };
     let _ = tokio::task::spawn_blocking(flush).await;
+    if !handed_over.is_cancelled() {
+        let _ = std::fs::remove_file(&upgrade_path);
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -207,6 +251,7 @@ async fn wait_for_shutdown(shared: &Arc<Shared>) -> io::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    let mut user2 = signal(SignalKind::user_defined2())?;
     loop {
         tokio::select! {
             _ = terminate.recv() => return Ok(()),
@@ -217,6 +262,7 @@ async fn wait_for_shutdown(shared: &Arc<Shared>) -> io::Result<()> {
                 // The outcome is logged by `reload` itself.
                 let _ = reload(shared).await;
             }
+            _ = user2.recv() => upgrade::spawn_successor(&shared.config_path),
         }
     }
 }

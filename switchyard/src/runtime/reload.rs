@@ -370,6 +370,7 @@ fn apply_settings(old: &Config, new: &Config, summary: &mut ReloadSummary) {
         ("admin", old.admin != new.admin),
         ("log.access", old.log.access != new.log.access),
         ("log.format", old.log.format != new.log.format),
+        ("upgrade_socket", old.upgrade_socket != new.upgrade_socket),
     ];
     for (what, differs) in restart_only {
         if differs {
