@@ -13,5 +13,6 @@ pub mod observe;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod route;
 pub mod runtime;
 pub mod upstream;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol};
-use crate::upstream::Pool;
+use crate::route::Routing;
 
 /// Counters kept per listener.
 #[derive(Debug, Default)]
@@ -38,8 +38,8 @@ pub struct ListenerStats {
 pub struct ListenerSettings {
     /// The listener's config.
     pub config: ListenerConfig,
-    /// The default pool.
-    pub pool: Arc<Pool>,
+    /// Routes and the default pool.
+    pub routing: Routing,
     // The `max_connections` limit; replaced (not resized) when the limit changes, so the
     // permits of established connections go back to the semaphore they came from.
     limit: Option<Arc<Semaphore>>,
@@ -65,11 +65,6 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds the socket; errors name the listener and address.
-    pub fn bind(config: &ListenerConfig, pool: Arc<Pool>) -> io::Result<Self> {
-        Self::with_socket(config, pool, Self::bind_socket(config)?)
-    }
-
     /// Binds the socket a listener with `config` would use, without building the listener
     /// (a reload binds every new socket before changing anything).
     pub fn bind_socket(config: &ListenerConfig) -> io::Result<TcpListener> {
@@ -90,7 +85,7 @@ impl Listener {
     /// Builds a listener around a socket from `bind_socket`.
     pub fn with_socket(
         config: &ListenerConfig,
-        pool: Arc<Pool>,
+        routing: Routing,
         socket: TcpListener,
     ) -> io::Result<Self> {
         let address = socket.local_addr()?;
@@ -102,7 +97,7 @@ impl Listener {
             stats: ListenerStats::default(),
             settings: ArcSwap::from_pointee(ListenerSettings {
                 config: config.clone(),
-                pool,
+                routing,
                 limit: config.max_connections.map(|n| Arc::new(Semaphore::new(n))),
             }),
             socket: std::sync::Mutex::new(Some(socket)),
@@ -116,9 +111,9 @@ impl Listener {
         self.settings.load_full()
     }
 
-    /// Applies a reloaded config (same name and address) and default pool to connections
+    /// Applies a reloaded config (same name and address) and routing to connections
     /// accepted from now on.
-    pub fn update(&self, config: &ListenerConfig, pool: Arc<Pool>) {
+    pub fn update(&self, config: &ListenerConfig, routing: Routing) {
         let current = self.settings();
         let limit = if current.config.max_connections == config.max_connections {
             current.limit.clone()
@@ -127,7 +122,7 @@ impl Listener {
         };
         self.settings.store(Arc::new(ListenerSettings {
             config: config.clone(),
-            pool,
+            routing,
             limit,
         }));
     }

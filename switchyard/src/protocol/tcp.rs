@@ -12,6 +12,7 @@ use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::relay::{IdleLimit, RelayCounters, relay, write_all};
+use crate::route::RouteFacts;
 use crate::runtime::Shared;
 use crate::upstream::{ConnectError, LeaseError, connect};
 
@@ -29,7 +30,7 @@ pub async fn serve(
         time: String::new(),
         listener: listener.name.clone(),
         client: peer,
-        pool: Some(settings.pool.name.clone()),
+        pool: None,
         server: None,
         duration_ms: 0,
         bytes_in: 0,
@@ -76,12 +77,21 @@ async fn proxy(
         }
     }
 
-    let mut pool = settings.pool.clone();
+    let facts = RouteFacts::default();
+    let Some(mut pool) = settings.routing.pool(&facts).cloned() else {
+        listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(listener = %listener.name, client = %record.client, "no route");
+        return "no_route";
+    };
+    record.pool = Some(pool.name.clone());
     let mut attempt = connect(&pool, record.client).await;
     // A reload that replaced the pool after this connection was accepted drains the servers
     // it removed; when nothing else is left in the old pool, the new one takes the client.
     while matches!(attempt, Err(ConnectError::Lease(LeaseError::NoServer))) && pool.is_retired() {
-        pool = listener.settings().pool.clone();
+        let Some(current) = listener.settings().routing.pool(&facts).cloned() else {
+            break;
+        };
+        pool = current;
         record.pool = Some(pool.name.clone());
         attempt = connect(&pool, record.client).await;
     }

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Protocol};
 use crate::listener::Listener;
 use crate::observe::AccessLog;
+use crate::route::Routing;
 use crate::upstream::Pool;
 
 pub use reload::{Changes, ReloadError, ReloadSummary, reload};
@@ -96,11 +97,7 @@ pub fn build(
     }
     let mut listeners = Vec::new();
     for listener_config in &config.listeners {
-        let pool_name = listener_config.pool.as_deref().unwrap_or_default();
-        let pool = pools
-            .get(pool_name)
-            .cloned()
-            .ok_or_else(|| StartError::Build(format!("pool `{pool_name}` is not defined")))?;
+        let routing = Routing::build(listener_config, &pools).map_err(StartError::Build)?;
         let socket = match listener_config
             .listen
             .parse()
@@ -112,7 +109,7 @@ pub fn build(
         }
         .map_err(StartError::Bind)?;
         listeners.push(Arc::new(
-            Listener::with_socket(listener_config, pool, socket).map_err(StartError::Bind)?,
+            Listener::with_socket(listener_config, routing, socket).map_err(StartError::Bind)?,
         ));
     }
     let config_dir = config_path.parent().map(PathBuf::from).unwrap_or_default();

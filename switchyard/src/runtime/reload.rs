@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use super::{Shared, spawn_listener};
 use crate::config::{Config, ConfigErrors, ListenerConfig, PoolConfig, load_file};
 use crate::listener::Listener;
+use crate::route::Routing;
 use crate::upstream::{AdminState, Pool};
 
 /// Why a reload changed nothing.
@@ -281,7 +282,7 @@ fn diff_servers(old: &PoolConfig, new: &PoolConfig, servers: &mut Changes) {
 }
 
 /// Adds, updates and closes listeners; every kept listener takes its (possibly rebuilt)
-/// default pool for new connections.
+/// pools for new connections.
 fn apply_listeners(
     shared: &Arc<Shared>,
     old_configs: &HashMap<&str, &ListenerConfig>,
@@ -294,15 +295,19 @@ fn apply_listeners(
     let mut list = Vec::new();
     let mut started = Vec::new();
     for config in &new.listeners {
-        let pool_name = config.pool.as_deref().unwrap_or_default();
-        let Some(pool) = pools.get(pool_name).cloned() else {
-            // Validation guarantees the pool exists.
-            continue;
+        let routing = || match Routing::build(config, pools) {
+            Ok(routing) => Some(routing),
+            Err(error) => {
+                // Validation guarantees the pools exist.
+                tracing::error!(listener = %config.name, %error, "cannot route");
+                None
+            }
         };
         let previous = current.iter().find(|l| l.name == config.name);
         let old_config = old_configs.get(config.name.as_str());
         if let Some(socket) = sockets.remove(config.name.as_str()) {
-            match Listener::with_socket(config, pool, socket) {
+            let Some(routing) = routing() else { continue };
+            match Listener::with_socket(config, routing, socket) {
                 Ok(listener) => {
                     let listener = Arc::new(listener);
                     if previous.is_some() {
@@ -336,7 +341,9 @@ fn apply_listeners(
                 }
             }
         }
-        listener.update(config, pool);
+        if let Some(routing) = routing() {
+            listener.update(config, routing);
+        }
         list.push(listener.clone());
     }
     for previous in current.iter() {
