@@ -178,7 +178,7 @@ impl Default for ListenerTimeouts {
 }
 
 /// A routing rule: when every given match key matches, use `pool`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The pool this route sends to.

@@ -197,10 +197,7 @@ mod tests {
             pool: "p".into(),
             host: Some("*.example.com".into()),
             path_prefix: Some("/api".into()),
-            sni: None,
-            database: None,
-            user: None,
-            domain: None,
+            ..RouteConfig::default()
         };
         let facts = RouteFacts {
             host: Some("x.example.com:443"),
