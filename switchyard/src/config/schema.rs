@@ -146,6 +146,50 @@ pub struct ListenerConfig {
     /// Routing rules; first match wins, else `pool`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Database listeners: which servers' role this entry point sends to.
+    #[serde(default)]
+    pub role: ListenerRole,
+    /// With `role = "replica"`: use the primary while no replica is up.
+    #[serde(default = "defaults::replica_fallback")]
+    pub replica_fallback: bool,
+    /// Longest protocol messages accepted (postgres).
+    #[serde(default)]
+    pub limits: MessageLimits,
+}
+
+/// Which servers a database listener sends to, by the role its health checks found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerRole {
+    /// Any up server, whatever its role.
+    #[default]
+    Any,
+    /// Up servers that accept writes.
+    Primary,
+    /// Up read-only replicas (within the pool's `max_replica_lag`).
+    Replica,
+}
+
+/// Longest messages a protocol front end reads whole, so a client cannot make it buffer
+/// without bound: a startup packet is small; others may carry large values.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageLimits {
+    /// Bytes in a startup packet (StartupMessage, SSLRequest, CancelRequest).
+    #[serde(default = "defaults::startup_message")]
+    pub startup_message: usize,
+    /// Bytes in any other message the proxy reads whole.
+    #[serde(default = "defaults::message")]
+    pub message: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self {
+            startup_message: defaults::startup_message(),
+            message: defaults::message(),
+        }
+    }
 }
 
 /// What a listener does with an incoming PROXY protocol header.
@@ -201,6 +245,18 @@ pub struct RouteConfig {
     /// Mail domain (smtp).
     #[serde(default)]
     pub domain: Option<String>,
+    /// Client `application_name` (postgres), exact or glob.
+    #[serde(default)]
+    pub application_name: Option<String>,
+    /// Common name of the client's TLS certificate, exact or glob.
+    #[serde(default)]
+    pub client_cn: Option<String>,
+    /// Database name sent to the server instead of the client's (postgres).
+    #[serde(default)]
+    pub rewrite_database: Option<String>,
+    /// User name sent to the server instead of the client's (postgres).
+    #[serde(default)]
+    pub rewrite_user: Option<String>,
 }
 
 /// Balance algorithms.
@@ -247,6 +303,10 @@ pub struct PoolConfig {
     /// absent or `"0s"` gives it its full share at once.
     #[serde(default, with = "duration::option")]
     pub slow_start: Option<Duration>,
+    /// Replicas lagging more than this behind their primary (as the `postgres` check
+    /// measures) take no replica traffic; absent means no limit.
+    #[serde(default, with = "duration::option")]
+    pub max_replica_lag: Option<Duration>,
     /// The servers.
     pub servers: Vec<ServerConfig>,
 }
@@ -354,6 +414,18 @@ pub enum OnDown {
     ShutdownSessions,
 }
 
+/// What happens to established sessions when their server's role changes (a replica is
+/// promoted, or a primary comes back as a replica).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRoleChange {
+    /// Leave them.
+    None,
+    /// Close them at once, so clients reconnect to a server of the role they asked for.
+    #[default]
+    ShutdownSessions,
+}
+
 /// Active and passive health checking of a pool's servers.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -384,6 +456,18 @@ pub struct HealthConfig {
     /// HTTP Host header for `http` checks; defaults to the server address.
     #[serde(default)]
     pub host: Option<String>,
+    /// User a database check logs in as.
+    #[serde(default = "defaults::check_user")]
+    pub user: String,
+    /// Database a database check connects to.
+    #[serde(default = "defaults::check_database")]
+    pub database: String,
+    /// Password for the check user: a literal, `env:VAR` or `file:PATH`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// What to do with established sessions when a server's role changes.
+    #[serde(default)]
+    pub on_role_change: OnRoleChange,
 }
 
 impl HealthConfig {
@@ -451,5 +535,20 @@ mod defaults {
     }
     pub fn check_path() -> String {
         "/".into()
+    }
+    pub fn check_user() -> String {
+        "postgres".into()
+    }
+    pub fn check_database() -> String {
+        "postgres".into()
+    }
+    pub fn replica_fallback() -> bool {
+        true
+    }
+    pub fn startup_message() -> usize {
+        10_000
+    }
+    pub fn message() -> usize {
+        1 << 30
     }
 }

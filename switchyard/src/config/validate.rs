@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::load::ErrorSink;
-use super::schema::{CheckKind, Config, Protocol};
+use super::schema::{CheckKind, Config, ListenerRole, Protocol};
 use crate::key_path;
 
 /// Checks a parsed config, recording every problem in `sink`.
@@ -68,7 +68,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 ),
             ),
         }
-        if listener.protocol != Protocol::Tcp {
+        if !matches!(listener.protocol, Protocol::Tcp | Protocol::Postgres) {
             sink.at(
                 &key_path!("listener", i, "protocol"),
                 format!(
@@ -88,6 +88,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             ),
             _ => {}
         }
+        validate_database_listener(config, i, sink);
         if listener.max_connections == Some(0) {
             sink.at(
                 &key_path!("listener", i, "max_connections"),
@@ -146,11 +147,19 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             }
         }
         if let Some(health) = &pool.health {
-            if !matches!(health.check, CheckKind::Tcp | CheckKind::Http) {
+            if !matches!(
+                health.check,
+                CheckKind::Tcp | CheckKind::Http | CheckKind::Postgres
+            ) {
                 sink.at(
                     &key_path!("pool", i, "health", "check"),
-                    "only `tcp` and `http` checks are available in this build yet",
+                    "only `tcp`, `http` and `postgres` checks are available in this build yet",
                 );
+            }
+            if let Some(password) = &health.password
+                && let Err(e) = crate::admin::resolve_secret(password)
+            {
+                sink.at(&key_path!("pool", i, "health", "password"), e);
             }
             if health.fall == 0 {
                 sink.at(
@@ -178,6 +187,42 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             sink.at(
                 &key_path!("pool", i, "timeouts", "connect"),
                 "must be longer than zero",
+            );
+        }
+    }
+}
+
+/// Keys only a database listener understands: `role` needs servers whose role is known,
+/// i.e. pools with a `postgres` health check.
+fn validate_database_listener(config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
+    let listener = &config.listeners[i];
+    if listener.role == ListenerRole::Any {
+        return;
+    }
+    if listener.protocol != Protocol::Postgres {
+        sink.at(
+            &key_path!("listener", i, "role"),
+            "`role` applies to postgres listeners only",
+        );
+        return;
+    }
+    let pool_names = listener
+        .pool
+        .iter()
+        .chain(listener.routes.iter().map(|r| &r.pool));
+    for name in pool_names {
+        let checked = config.pools.iter().any(|p| {
+            &p.name == name
+                && p.health
+                    .as_ref()
+                    .is_some_and(|h| h.check == CheckKind::Postgres)
+        });
+        if !checked {
+            sink.at(
+                &key_path!("listener", i, "role"),
+                format!(
+                    "pool `{name}` needs `health = {{ check = \"postgres\" }}` so that its servers' roles are known"
+                ),
             );
         }
     }

@@ -4,6 +4,7 @@
 //! database and SMTP checks) is one more `Check` variant and its function.
 
 mod http;
+mod postgres;
 mod tracker;
 
 use std::sync::Arc;
@@ -65,6 +66,7 @@ async fn run_check(pool: &Pool, server: &Server, health: &HealthConfig) -> Resul
     let check = async {
         match health.check {
             CheckKind::Http => http::check(pool, server, health).await,
+            CheckKind::Postgres => postgres::check(pool, server, health).await,
             // Validation admits only tcp and http for now; the others fall back to a connect.
             _ => connect_server(server, pool)
                 .await

@@ -27,6 +27,10 @@ pub struct RouteFacts<'a> {
     pub user: Option<&'a str>,
     /// Recipient mail domain (SMTP).
     pub domain: Option<&'a str>,
+    /// `application_name` from a PostgreSQL startup.
+    pub application_name: Option<&'a str>,
+    /// Common name of the client's TLS certificate (mutual TLS).
+    pub client_cn: Option<&'a str>,
 }
 
 /// A route with its pool resolved.
@@ -106,6 +110,8 @@ pub fn matches(rule: &RouteConfig, facts: &RouteFacts) -> bool {
             .is_none_or(|prefix| facts.path.is_some_and(|path| path.starts_with(prefix)))
         && exact_or_glob(&rule.database, facts.database)
         && exact_or_glob(&rule.user, facts.user)
+        && exact_or_glob(&rule.application_name, facts.application_name)
+        && exact_or_glob(&rule.client_cn, facts.client_cn)
 }
 
 /// Host-style match, case-insensitive: `example.com` exactly, or `*.example.com` for any
@@ -213,5 +219,28 @@ mod tests {
             }
         ));
         assert!(!matches(&rule, &RouteFacts::default()));
+    }
+
+    #[test]
+    fn database_keys_match_by_glob() {
+        let rule = RouteConfig {
+            pool: "p".into(),
+            application_name: Some("report*".into()),
+            client_cn: Some("tenant-?".into()),
+            ..RouteConfig::default()
+        };
+        let facts = RouteFacts {
+            application_name: Some("reporter"),
+            client_cn: Some("tenant-a"),
+            ..RouteFacts::default()
+        };
+        assert!(matches(&rule, &facts));
+        assert!(!matches(
+            &rule,
+            &RouteFacts {
+                client_cn: None,
+                ..facts
+            }
+        ));
     }
 }

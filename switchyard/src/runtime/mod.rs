@@ -51,6 +51,8 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// When the process started.
     pub started: Instant,
+    /// Cancel keys issued to the sessions of every postgres listener.
+    pub postgres_cancel: Arc<crate::protocol::postgres::CancelTable>,
 }
 
 impl Shared {
@@ -133,6 +135,7 @@ pub fn build(
         shutdown: CancellationToken::new(),
         admin_token,
         started: Instant::now(),
+        postgres_cancel: Arc::default(),
     }))
 }
 
@@ -231,6 +234,9 @@ fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
             match listener.protocol {
                 Protocol::Tcp => {
                     crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
+                }
+                Protocol::Postgres => {
+                    crate::protocol::postgres::serve(shared, listener, settings, stream, peer).await
                 }
                 // Validation refuses other protocols until they are built.
                 _ => drop(stream),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::{Lease, LeaseError, Pool, Server};
+use super::{Lease, LeaseError, Pool, Server, ServerFilter};
 use crate::net::tune_socket;
 
 /// Why no server connection could be made.
@@ -39,10 +39,19 @@ pub struct Upstream {
 /// failure (`retries` times). Failures count as passive health checks when the pool has
 /// health checking.
 pub async fn connect(pool: &Arc<Pool>, client: SocketAddr) -> Result<Upstream, ConnectError> {
+    connect_matching(pool, client, &|_| true).await
+}
+
+/// `connect` among the servers `accept` admits (a database listener's role).
+pub async fn connect_matching(
+    pool: &Arc<Pool>,
+    client: SocketAddr,
+    accept: &ServerFilter<'_>,
+) -> Result<Upstream, ConnectError> {
     let mut failed: Vec<Arc<Server>> = Vec::new();
     let mut last_error = None;
     for _attempt in 0..=pool.retries {
-        let lease = match pool.lease(client.ip(), &failed).await {
+        let lease = match pool.lease_matching(client.ip(), &failed, accept).await {
             Ok(lease) => lease,
             // After a failed attempt, running out of servers reports the connect failure.
             Err(e) if last_error.is_none() => return Err(e.into()),

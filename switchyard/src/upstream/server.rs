@@ -43,6 +43,28 @@ impl AdminState {
     }
 }
 
+/// A database server's role, as its health check last found it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// Not known: no database check, or none has answered yet.
+    #[default]
+    Unknown,
+    /// Accepts writes.
+    Primary,
+    /// A read-only replica (in recovery).
+    Replica,
+}
+
+/// How far a replica is behind its primary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct ReplicaLag {
+    /// WAL received but not yet replayed.
+    pub bytes: u64,
+    /// Time since the last replayed transaction's commit (0 when fully caught up).
+    pub seconds: f64,
+}
+
 /// Counters kept per server, read by the API and the metrics exporter.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -83,6 +105,8 @@ pub struct Server {
     // ready): together they give the weight ramp.
     slow_start: Mutex<Duration>,
     returned_at: Mutex<Option<Instant>>,
+    // Role and replica lag from the last database check.
+    role: Mutex<(ServerRole, Option<ReplicaLag>)>,
 }
 
 /// `max_connections` value standing for "no limit".
@@ -128,6 +152,7 @@ impl Server {
             sessions: Mutex::new(CancellationToken::new()),
             slow_start: Mutex::new(slow_start),
             returned_at: Mutex::new(None),
+            role: Mutex::new((ServerRole::Unknown, None)),
         })
     }
 
@@ -234,6 +259,23 @@ impl Server {
             self.returned(Instant::now());
         }
         transition
+    }
+
+    /// The role the last database check found.
+    pub fn role(&self) -> ServerRole {
+        lock(&self.role).0
+    }
+
+    /// A replica's lag as last measured; `None` for other roles.
+    pub fn replica_lag(&self) -> Option<ReplicaLag> {
+        lock(&self.role).1
+    }
+
+    /// Records what a database check found; returns the previous role when a known role
+    /// changed (a promotion, or a primary back as a replica), which may cut sessions.
+    pub fn record_role(&self, role: ServerRole, lag: Option<ReplicaLag>) -> Option<ServerRole> {
+        let previous = std::mem::replace(&mut *lock(&self.role), (role, lag)).0;
+        (previous != ServerRole::Unknown && previous != role).then_some(previous)
     }
 
     /// Records a successful connect: clears the passive failure count of an up server.

@@ -9,6 +9,7 @@ pub mod backends;
 pub mod config;
 /// Operations helpers: access log, listener addresses, metrics parsing.
 pub mod ops;
+pub mod postgres;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};

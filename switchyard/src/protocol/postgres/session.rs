@@ -1,0 +1,259 @@
+//! One client session in session mode: startup, routing, a server of the listener's role,
+//! the relayed authentication, then bytes both ways for the session's life.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::codec::Startup;
+use super::errors::{fatal, sqlstate};
+use super::startup::{CancelTarget, Opening, Refusal, authenticate, read_opening};
+use crate::config::ListenerRole;
+use crate::listener::{Listener, ListenerSettings};
+use crate::observe::ConnectionRecord;
+use crate::relay::{IdleLimit, RelayCounters, relay};
+use crate::route::RouteFacts;
+use crate::runtime::Shared;
+use crate::upstream::{ConnectError, LeaseError, Pool, Server, ServerRole, connect_matching};
+
+/// Handles one client connection of a postgres listener to the end, logging one line.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<Listener>,
+    settings: Arc<ListenerSettings>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
+    let started = Instant::now();
+    let mut record = ConnectionRecord {
+        time: String::new(),
+        listener: listener.name.clone(),
+        client: peer,
+        pool: None,
+        server: None,
+        duration_ms: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        termination: "",
+    };
+    record.termination = match session(&shared, &listener, &settings, client, &mut record).await {
+        Ok(termination) => termination,
+        Err(refusal) => {
+            if !matches!(refusal.reason, "client_closed" | "cancel") {
+                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(listener = %listener.name, client = %peer, reason = refusal.reason, detail = %refusal.detail, "postgres session refused");
+            }
+            refusal.reason
+        }
+    };
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    record.time = ConnectionRecord::now_string();
+    shared.access_log.log(&record);
+}
+
+async fn session(
+    shared: &Shared,
+    listener: &Listener,
+    settings: &ListenerSettings,
+    mut client: TcpStream,
+    record: &mut ConnectionRecord,
+) -> Result<&'static str, Refusal> {
+    let limits = &settings.config.limits;
+    let mut startup = match read_opening(&mut client, limits).await? {
+        Opening::Startup(startup) => startup,
+        Opening::Cancel { pid, key } => {
+            shared.postgres_cancel.cancel(pid, &key).await;
+            return Err(refusal("cancel", "cancel request"));
+        }
+    };
+    let pool = route(settings, &mut startup);
+    let Some(pool) = pool else {
+        let message = format!(
+            "no route for database \"{}\" and user \"{}\"",
+            startup.database().unwrap_or_default(),
+            startup.param("user").unwrap_or_default()
+        );
+        return refuse(
+            &mut client,
+            sqlstate::INVALID_CATALOG_NAME,
+            "no_route",
+            message,
+        )
+        .await;
+    };
+    record.pool = Some(pool.name.clone());
+
+    let wanted = wanted_role(
+        &pool,
+        settings.config.role,
+        settings.config.replica_fallback,
+    );
+    let max_lag = pool_lag(&pool);
+    let accept = move |server: &Server| admits(&max_lag, wanted, server);
+    let upstream = match connect_matching(&pool, record.client, &accept).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            let (code, reason, message) = match &error {
+                ConnectError::Lease(LeaseError::NoServer) => (
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    "no_server",
+                    match wanted {
+                        None => "no server available".to_string(),
+                        Some(ServerRole::Replica) => "no replica available".to_string(),
+                        Some(_) => "no primary available".to_string(),
+                    },
+                ),
+                ConnectError::Lease(LeaseError::QueueFull | LeaseError::QueueTimeout) => (
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    "queue_full",
+                    format!("no server slot free: {error}"),
+                ),
+                ConnectError::Failed { .. } => (
+                    sqlstate::CONNECTION_FAILURE,
+                    "connect_failed",
+                    format!("could not connect to the server: {error}"),
+                ),
+            };
+            return refuse(&mut client, code, reason, message).await;
+        }
+    };
+    let server = upstream.lease.server().clone();
+    record.server = Some(server.name.clone());
+    let mut server_stream = upstream.stream;
+
+    let (_cancel_key, startup_bytes) = authenticate(
+        &mut client,
+        &mut server_stream,
+        &startup,
+        limits,
+        CancelTarget {
+            table: &shared.postgres_cancel,
+            server: upstream.peer,
+            connect_timeout: pool.timeouts.connect,
+        },
+    )
+    .await?;
+    record.bytes_in += startup_bytes.to_server;
+    record.bytes_out += startup_bytes.to_client;
+    for counter in [&server.stats.bytes_in, &listener.stats.bytes_in] {
+        counter.fetch_add(startup_bytes.to_server, Ordering::Relaxed);
+    }
+    for counter in [&server.stats.bytes_out, &listener.stats.bytes_out] {
+        counter.fetch_add(startup_bytes.to_client, Ordering::Relaxed);
+    }
+
+    let idle = IdleLimit::choose(
+        settings.config.timeouts.client,
+        pool.timeouts.server,
+        pool.timeouts.tunnel,
+    );
+    let cut = server.session_token();
+    let outcome = relay(
+        &client,
+        &server_stream,
+        idle,
+        &cut,
+        &shared.hard_stop,
+        RelayCounters {
+            to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
+            to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
+        },
+    )
+    .await;
+    record.bytes_in += outcome.bytes_in;
+    record.bytes_out += outcome.bytes_out;
+    Ok(outcome.termination.as_str())
+}
+
+fn refusal(reason: &'static str, detail: impl ToString) -> Refusal {
+    Refusal {
+        reason,
+        detail: detail.to_string(),
+    }
+}
+
+/// Sends a FATAL ErrorResponse and ends the session.
+async fn refuse(
+    client: &mut TcpStream,
+    code: &str,
+    reason: &'static str,
+    message: String,
+) -> Result<&'static str, Refusal> {
+    let _ = client.write_all(&fatal(code, &message)).await;
+    let _ = client.shutdown().await;
+    Err(refusal(reason, message))
+}
+
+/// Picks the pool from the startup parameters and applies the route's rewrites of
+/// `database`/`user` to what the server will be sent.
+fn route(settings: &ListenerSettings, startup: &mut Startup) -> Option<Arc<Pool>> {
+    let facts = RouteFacts {
+        database: startup.database(),
+        user: startup.param("user"),
+        application_name: startup.param("application_name"),
+        ..RouteFacts::default()
+    };
+    let Some(route) = settings.routing.route(&facts) else {
+        return settings.routing.default.clone();
+    };
+    let pool = route.pool.clone();
+    let (database, user) = (
+        route.rule.rewrite_database.clone(),
+        route.rule.rewrite_user.clone(),
+    );
+    if let Some(database) = database {
+        startup.set_param("database", &database);
+    }
+    if let Some(user) = user {
+        // The database defaulted to the user name: keep the name the client meant.
+        if startup.param("database").is_none()
+            && let Some(original) = startup.param("user").map(str::to_string)
+        {
+            startup.set_param("database", &original);
+        }
+        startup.set_param("user", &user);
+    }
+    Some(pool)
+}
+
+/// The role a session of `role` must get now; `None` is any. A replica listener falls
+/// back to the primary while no replica is up, when allowed.
+fn wanted_role(pool: &Pool, role: ListenerRole, fallback: bool) -> Option<ServerRole> {
+    match role {
+        ListenerRole::Any => None,
+        ListenerRole::Primary => Some(ServerRole::Primary),
+        ListenerRole::Replica => {
+            let lag = pool_lag(pool);
+            let replica_up =
+                pool.any_available(&|s: &Server| admits(&lag, Some(ServerRole::Replica), s));
+            if replica_up || !fallback {
+                Some(ServerRole::Replica)
+            } else {
+                Some(ServerRole::Primary)
+            }
+        }
+    }
+}
+
+/// The pool's `max_replica_lag` in seconds.
+fn pool_lag(pool: &Pool) -> Option<f64> {
+    pool.max_replica_lag.map(|lag| lag.as_secs_f64())
+}
+
+/// Whether `server` serves `wanted`: its role matches and, for a replica, its lag is
+/// within `max_lag` seconds.
+fn admits(max_lag: &Option<f64>, wanted: Option<ServerRole>, server: &Server) -> bool {
+    match wanted {
+        None => true,
+        Some(ServerRole::Replica) => {
+            server.role() == ServerRole::Replica
+                && max_lag
+                    .is_none_or(|max| server.replica_lag().is_some_and(|lag| lag.seconds <= max))
+        }
+        Some(role) => server.role() == role,
+    }
+}

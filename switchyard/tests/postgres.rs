@@ -1,0 +1,369 @@
+//! `protocol = "postgres"` against real PostgreSQL clusters and real clients (psql,
+//! tokio-postgres): routing and rewrites, authentication passed through, cancel, roles and
+//! failover, and the errors the proxy answers itself.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::config::Config;
+use support::ops::listener_addr;
+use support::postgres::{PASSWORD, PgCluster, PgOptions, psql, psql_ok, stderr};
+use support::{Proxy, free_port, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A postgres listener `front` over pool `app` with the given servers.
+fn pg_config(servers: &[(&str, SocketAddr)]) -> Config {
+    servers.iter().fold(
+        Config::new().protocol("postgres"),
+        |config, (name, address)| config.server(name, *address, ""),
+    )
+}
+
+/// Connects with tokio-postgres (driving the connection on a task).
+async fn connect(
+    address: SocketAddr,
+    user: &str,
+    database: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(address.ip().to_string())
+        .port(address.port())
+        .user(user)
+        .dbname(database)
+        .password(PASSWORD)
+        .connect_timeout(Duration::from_secs(10))
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The SQLSTATE of a failed connect.
+async fn connect_error_code(address: SocketAddr, user: &str, database: &str) -> String {
+    match connect(address, user, database).await {
+        Ok(_) => panic!("connect to {database} as {user} should fail"),
+        Err(error) => error
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| format!("no SQLSTATE: {error}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn psql_and_tokio_postgres_run_queries_through_the_proxy() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (proxy, front) = pg_config(&[("pg", pg.address())]).start().await;
+    assert_eq!(
+        psql_ok(front, "postgres", "postgres", "SELECT 40 + 2"),
+        "42"
+    );
+    let client = connect(front, "postgres", "postgres")
+        .await
+        .expect("connect");
+    let row = client
+        .query_one("SELECT $1::text || 'b'", &[&"a"])
+        .await
+        .expect("extended query protocol");
+    assert_eq!(row.get::<_, String>(0), "ab");
+    drop(client);
+    let server = proxy.server("app", "pg").await;
+    assert!(server.bytes_in > 0 && server.bytes_out > 0, "{server:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scram_and_md5_authentication_pass_through() {
+    for auth in ["scram-sha-256", "md5"] {
+        let pg = PgCluster::start(&PgOptions {
+            auth: Some(auth),
+            ..PgOptions::default()
+        });
+        if auth == "md5" {
+            pg.psql_local(
+                "SET password_encryption = 'md5'; ALTER ROLE postgres PASSWORD 'sekret-pw'",
+            );
+        }
+        let (_proxy, front) = pg_config(&[("pg", pg.address())]).start().await;
+        assert_eq!(
+            psql_ok(front, "postgres", "postgres", "SELECT current_user"),
+            "postgres",
+            "{auth}"
+        );
+        let wrong = psql(
+            front,
+            "postgres",
+            "postgres",
+            "SELECT 1",
+            &[("PGPASSWORD", "wrong")],
+        );
+        assert!(!wrong.status.success());
+        assert!(
+            stderr(&wrong).contains("password authentication failed"),
+            "{auth}: {}",
+            stderr(&wrong)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_by_database_user_and_application_name_with_rewrites() {
+    let pg = PgCluster::start(&PgOptions {
+        databases: vec!["abc123", "reports"],
+        ..PgOptions::default()
+    });
+    pg.psql_local("CREATE ROLE tenant LOGIN");
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "postgres"
+
+  [[listener.routes]]
+  database = "db-abc123"
+  pool = "main"
+  rewrite_database = "abc123"
+  rewrite_user = "tenant"
+
+  [[listener.routes]]
+  user = "postgres"
+  application_name = "report*"
+  pool = "main"
+  rewrite_database = "reports"
+
+  [[listener.routes]]
+  database = "post*"
+  pool = "main"
+
+[[pool]]
+name = "main"
+servers = [ {{ address = "{}" }} ]
+"#,
+        pg.address()
+    );
+    let proxy = Proxy::start(&config).await;
+    let front = listener_addr(&proxy, "front").await;
+    assert_eq!(
+        psql_ok(
+            front,
+            "postgres",
+            "db-abc123",
+            "SELECT current_database() || ' ' || current_user"
+        ),
+        "abc123 tenant"
+    );
+    let reports = psql(
+        front,
+        "postgres",
+        "anything",
+        "SELECT current_database()",
+        &[("PGAPPNAME", "reporting")],
+    );
+    assert_eq!(String::from_utf8_lossy(&reports.stdout).trim(), "reports");
+    assert_eq!(
+        psql_ok(front, "postgres", "postgres", "SELECT current_database()"),
+        "postgres"
+    );
+    let unrouted = psql(front, "postgres", "other", "SELECT 1", &[]);
+    assert!(!unrouted.status.success());
+    assert!(
+        stderr(&unrouted).contains("no route for database \"other\""),
+        "{}",
+        stderr(&unrouted)
+    );
+    assert_eq!(
+        connect_error_code(front, "postgres", "other").await,
+        "3D000"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_reaches_the_server_through_the_proxy() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (_proxy, front) = pg_config(&[("pg", pg.address())]).start().await;
+    let client = connect(front, "postgres", "postgres")
+        .await
+        .expect("connect");
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    wait_until("the sleep to run on the server", || async {
+        pg.psql_local("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")
+            == "1"
+    })
+    .await;
+    // The key the client holds is the proxy's: the cancel goes to the proxy's listener.
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("send cancel");
+    let error = sleeper
+        .await
+        .expect("join")
+        .expect_err("the query is cancelled");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+
+    // An unknown key is dropped silently: the proxy closes without an answer.
+    let mut stream = TcpStream::connect(front).await.expect("connect");
+    stream
+        .write_all(&[0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 1, 1, 2, 3, 4])
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.expect("read");
+    assert!(rest.is_empty());
+}
+
+/// Sends `bytes` as a client's first packets and returns everything the proxy answers
+/// until it closes.
+async fn answer_to(front: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(front).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_startup_packets_get_protocol_errors() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (proxy, front) = pg_config(&[("pg", pg.address())]).start().await;
+    let too_long = answer_to(front, &[0, 0, 0x40, 0, 0, 3, 0, 0]).await;
+    assert_eq!(too_long.first(), Some(&b'E'));
+    assert!(String::from_utf8_lossy(&too_long).contains("C08P01"));
+    let unterminated = answer_to(front, b"\x00\x00\x00\x0d\x00\x03\x00\x00user\x00").await;
+    assert!(String::from_utf8_lossy(&unterminated).contains("C08P01"));
+    let version_2 = answer_to(front, b"\x00\x00\x00\x09\x00\x02\x00\x00\x00").await;
+    assert!(String::from_utf8_lossy(&version_2).contains("C0A000"));
+    // GSSENCRequest then SSLRequest: both answered `N`, then a bad startup.
+    let mut packets = vec![0, 0, 0, 8, 4, 210, 22, 48, 0, 0, 0, 8, 4, 210, 22, 47];
+    packets.extend_from_slice(&[0, 0, 0, 3]);
+    let answer = answer_to(front, &packets).await;
+    assert_eq!(&answer[..2], b"NN");
+    assert_eq!(answer.get(2), Some(&b'E'));
+    // The proxy is unharmed.
+    assert_eq!(psql_ok(front, "postgres", "postgres", "SELECT 1"), "1");
+    let listener = proxy
+        .listeners()
+        .await
+        .into_iter()
+        .find(|l| l.name == "front")
+        .expect("front");
+    assert!(listener.total >= 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_failure_and_missing_role_are_fatal_errors() {
+    let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (_proxy, front) = pg_config(&[("gone", closed)]).start().await;
+    assert_eq!(
+        connect_error_code(front, "postgres", "postgres").await,
+        "08006"
+    );
+
+    let pg = PgCluster::start(&PgOptions::default());
+    let (_proxy, front) = pg_config(&[("pg", pg.address())])
+        .listener("role = \"replica\"\nreplica_fallback = false")
+        .pool(r#"health = { check = "postgres", interval = "200ms" }"#)
+        .start()
+        .await;
+    let output = psql(front, "postgres", "postgres", "SELECT 1", &[]);
+    assert!(
+        stderr(&output).contains("no replica available"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        connect_error_code(front, "postgres", "postgres").await,
+        "57P03"
+    );
+}
+
+/// Which server answered: `t` from a replica, `f` from a primary.
+fn in_recovery(front: SocketAddr) -> String {
+    psql_ok(front, "postgres", "postgres", "SELECT pg_is_in_recovery()")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rw_and_ro_listeners_follow_roles_and_failover() {
+    let mut primary = PgCluster::start(&PgOptions {
+        auth: Some("scram-sha-256"),
+        ..PgOptions::default()
+    });
+    let replica = primary.replica();
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "rw"
+listen = "127.0.0.1:0"
+protocol = "postgres"
+pool = "pg"
+role = "primary"
+
+[[listener]]
+name = "ro"
+listen = "127.0.0.1:0"
+protocol = "postgres"
+pool = "pg"
+role = "replica"
+
+[[pool]]
+name = "pg"
+health = {{ check = "postgres", password = "env:PG_CHECK_PASSWORD", interval = "200ms", fall = 2, rise = 1 }}
+servers = [ {{ name = "a", address = "{}" }}, {{ name = "b", address = "{}" }} ]
+"#,
+        primary.address(),
+        replica.address()
+    );
+    let proxy = Proxy::start_with_env(&config, None, &[("PG_CHECK_PASSWORD", PASSWORD)]).await;
+    let (rw, ro) = (
+        listener_addr(&proxy, "rw").await,
+        listener_addr(&proxy, "ro").await,
+    );
+    wait_until("roles known", || async {
+        proxy.server("pg", "a").await.role == "primary"
+            && proxy.server("pg", "b").await.role == "replica"
+    })
+    .await;
+    assert!(proxy.server("pg", "b").await.replica_lag.is_some());
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains("switchyard_server_primary{pool=\"pg\",server=\"a\"} 1")
+    );
+    for _ in 0..3 {
+        assert_eq!(in_recovery(rw), "f");
+        assert_eq!(in_recovery(ro), "t");
+    }
+
+    // A session on the replica is cut when its role changes.
+    let held = connect(ro, "postgres", "postgres")
+        .await
+        .expect("ro session");
+    replica.promote();
+    primary.stop();
+    wait_until("rw to follow the promoted replica", || async {
+        proxy.server("pg", "b").await.role == "primary"
+            && proxy.server("pg", "a").await.health == "down"
+    })
+    .await;
+    assert_eq!(in_recovery(rw), "f");
+    assert_eq!(
+        psql_ok(rw, "postgres", "postgres", "SELECT inet_server_port()"),
+        replica.port.to_string()
+    );
+    wait_until("the session on the promoted server to be cut", || async {
+        held.is_closed()
+    })
+    .await;
+    // No replica left: the ro listener falls back to the primary.
+    assert_eq!(in_recovery(ro), "f");
+}
