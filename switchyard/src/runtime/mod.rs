@@ -166,6 +166,7 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
             stop_admin.clone(),
         ));
     }
+    inherited.restore_servers(&shared);
     for pool in shared.pools().iter() {
         crate::health::spawn_checks(pool, &shared.stop_background);
     }
@@ -175,7 +176,7 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
     for listener in shared.listeners().iter() {
         spawn_listener(&shared, listener);
     }
-    upgrade::take_over(inherited).await?;
+    upgrade::take_over(inherited, &shared).await?;
     upgrade::notify_systemd();
     let upgrade_path = upgrade::socket_path(&config, &shared.config_path);
     let handed_over = CancellationToken::new();

@@ -12,7 +12,7 @@ use crate::config::ServerConfig;
 use crate::health::{Health, HealthTracker, Transition};
 
 /// What the operator asked for a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminState {
     /// Takes new work.
@@ -200,6 +200,15 @@ impl Server {
             AdminState::Maint => self.cut_sessions(),
             AdminState::Ready if previous != AdminState::Ready => self.returned(Instant::now()),
             _ => {}
+        }
+    }
+
+    /// Takes over the operator state and health another process had for this server (a
+    /// binary upgrade), without the side effects of a change: nothing is cut or ramped.
+    pub fn inherit_state(&self, admin: AdminState, health: Health) {
+        self.admin_state.store(admin as u8, Ordering::Release);
+        if health != Health::Unchecked {
+            self.tracker().seed(health);
         }
     }
 
