@@ -114,11 +114,12 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
         }
     };
     switchyard::observe::init_tracing(&config.log.level);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = config.workers {
-        builder.worker_threads(workers);
-    }
-    let runtime = match builder.enable_all().build() {
+    // The control plane (admin API, health checks, reloads) runs here; connections run on
+    // the worker threads `runtime::build` starts.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -2,6 +2,7 @@
 
 mod reload;
 pub mod upgrade;
+mod workers;
 
 use std::collections::HashMap;
 use std::io;
@@ -23,6 +24,7 @@ use crate::upstream::Pool;
 
 pub use reload::{Changes, ReloadError, ReloadSummary, reload};
 pub use upgrade::Inherited;
+pub use workers::Workers;
 
 /// State shared by listeners, connection handlers and the admin API.
 #[derive(Debug)]
@@ -51,6 +53,8 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// When the process started.
     pub started: Instant,
+    // The threads that accept and serve connections.
+    workers: Workers,
 }
 
 impl Shared {
@@ -104,10 +108,9 @@ pub fn build(
             .ok()
             .and_then(|address| inherited.take_listener(&listener_config.name, address))
         {
-            Some(socket) => tokio::net::TcpListener::from_std(socket),
-            None => Listener::bind_socket(listener_config),
-        }
-        .map_err(StartError::Bind)?;
+            Some(socket) => socket,
+            None => Listener::bind_socket(listener_config).map_err(StartError::Bind)?,
+        };
         listeners.push(Arc::new(
             Listener::with_socket(listener_config, routing, socket).map_err(StartError::Bind)?,
         ));
@@ -133,6 +136,8 @@ pub fn build(
         shutdown: CancellationToken::new(),
         admin_token,
         started: Instant::now(),
+        workers: Workers::start(config.workers)
+            .map_err(|e| StartError::Build(format!("cannot start worker threads: {e}")))?,
     }))
 }
 
@@ -222,27 +227,46 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
     Ok(())
 }
 
-/// Starts a listener's accept loop; it runs until shutdown or until a reload closes it.
+/// Starts a listener's accept loop on every worker; they run until shutdown or until a
+/// reload closes the listener.
 fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
+    let Some(socket) = listener.take_socket() else {
+        return;
+    };
     tracing::info!(listener = %listener.name, address = %listener.address, protocol = listener.protocol.as_str(), "listening");
-    let shared_for_handler = shared.clone();
-    let handler = move |listener: Arc<Listener>, settings, stream, peer| {
-        let shared = shared_for_handler.clone();
-        async move {
-            match listener.protocol {
-                Protocol::Tcp => {
-                    crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
-                }
-                // Validation refuses other protocols until they are built.
-                _ => drop(stream),
+    let workers = shared.workers.handles();
+    let mut sockets = Vec::with_capacity(workers.len());
+    for _ in 1..workers.len() {
+        match socket.try_clone() {
+            Ok(duplicate) => sockets.push(duplicate),
+            Err(error) => {
+                tracing::warn!(listener = %listener.name, %error, "fewer accept loops than workers");
+                break;
             }
         }
-    };
-    tokio::spawn(listener.clone().accept_loop(
-        shared.stop_accepting.clone(),
-        shared.tasks.clone(),
-        handler,
-    ));
+    }
+    sockets.push(socket);
+    for (worker, socket) in workers.iter().zip(sockets) {
+        let shared_for_handler = shared.clone();
+        let handler = move |listener: Arc<Listener>, settings, stream, peer| {
+            let shared = shared_for_handler.clone();
+            async move {
+                match listener.protocol {
+                    Protocol::Tcp => {
+                        crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
+                    }
+                    // Validation refuses other protocols until they are built.
+                    _ => drop(stream),
+                }
+            }
+        };
+        worker.spawn(listener.clone().accept_loop(
+            socket,
+            shared.stop_accepting.clone(),
+            shared.tasks.clone(),
+            handler,
+        ));
+    }
 }
 
 async fn wait_for_shutdown(shared: &Arc<Shared>) -> io::Result<()> {
