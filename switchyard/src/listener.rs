@@ -34,6 +34,14 @@ pub struct ListenerStats {
     pub failed: AtomicU64,
 }
 
+impl ListenerStats {
+    /// The counters that only grow (connections, bytes in and out, failed), for a binary
+    /// upgrade to carry over.
+    pub fn cumulative(&self) -> [&AtomicU64; 4] {
+        [&self.total, &self.bytes_in, &self.bytes_out, &self.failed]
+    }
+}
+
 /// What a connection takes from its listener when it is accepted; a reload swaps in new
 /// settings for later connections while established ones keep the ones they started with.
 #[derive(Debug)]

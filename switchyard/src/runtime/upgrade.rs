@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::config::Config;
 use crate::health::Health;
-use crate::upstream::AdminState;
+use crate::upstream::{AdminState, Pool, Server};
 
 /// Longest wait for the new process's first health-check round before it takes over anyway.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,33 +80,16 @@ impl Totals {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let mut totals = Totals::default();
         for listener in shared.listeners().iter() {
-            let stats = &listener.stats;
-            totals.listeners.push((
-                listener.name.clone(),
-                [
-                    &stats.total,
-                    &stats.bytes_in,
-                    &stats.bytes_out,
-                    &stats.failed,
-                ]
-                .map(load),
-            ));
+            totals
+                .listeners
+                .push((listener.name.clone(), listener.stats.cumulative().map(load)));
         }
         for pool in shared.pools().iter() {
             for server in &pool.servers {
-                let stats = &server.stats;
                 totals.servers.push((
                     pool.name.clone(),
                     server.name.clone(),
-                    [
-                        &stats.total,
-                        &stats.bytes_in,
-                        &stats.bytes_out,
-                        &stats.connect_errors,
-                        &stats.checks_passed,
-                        &stats.checks_failed,
-                    ]
-                    .map(load),
+                    server.stats.cumulative().map(load),
                 ));
             }
         }
@@ -117,43 +100,28 @@ impl Totals {
         let listeners = shared.listeners();
         for (name, values) in &self.listeners {
             if let Some(listener) = listeners.iter().find(|l| &l.name == name) {
-                let stats = &listener.stats;
-                add_counts(
-                    [
-                        &stats.total,
-                        &stats.bytes_in,
-                        &stats.bytes_out,
-                        &stats.failed,
-                    ],
-                    values,
-                );
+                add_counts(listener.stats.cumulative(), values);
             }
         }
         let pools = shared.pools();
         for (pool, name, values) in &self.servers {
-            let server = pools
-                .iter()
-                .filter(|p| &p.name == pool)
-                .flat_map(|p| p.servers.iter())
-                .find(|s| &s.name == name);
-            if let Some(server) = server {
-                let stats = &server.stats;
-                add_counts(
-                    [
-                        &stats.total,
-                        &stats.bytes_in,
-                        &stats.bytes_out,
-                        &stats.connect_errors,
-                        &stats.checks_passed,
-                        &stats.checks_failed,
-                    ],
-                    values,
-                );
+            if let Some(server) = find_server(&pools, pool, name) {
+                add_counts(server.stats.cumulative(), values);
             }
         }
     }
 }
 
+/// The server `name` of the pool `pool`, if both are in service.
+fn find_server<'a>(pools: &'a [Arc<Pool>], pool: &str, name: &str) -> Option<&'a Arc<Server>> {
+    pools
+        .iter()
+        .filter(|p| p.name == pool)
+        .flat_map(|p| p.servers.iter())
+        .find(|s| s.name == name)
+}
+
+/// Adds counter values carried from the old process.
 fn add_counts<const N: usize>(counters: [&AtomicU64; N], values: &[u64; N]) {
     for (counter, value) in counters.into_iter().zip(values) {
         counter.fetch_add(*value, Ordering::Relaxed);
@@ -210,11 +178,8 @@ impl Inherited {
     pub fn restore_servers(&self, shared: &Shared) {
         let pools = shared.pools();
         for state in &self.servers {
-            let server = pools
-                .iter()
-                .filter(|p| p.name == state.pool)
-                .flat_map(|p| p.servers.iter())
-                .find(|s| s.name == state.server && s.address.to_string() == state.address);
+            let server = find_server(&pools, &state.pool, &state.server)
+                .filter(|s| s.address.to_string() == state.address);
             if let Some(server) = server {
                 server.inherit_state(state.admin, state.health);
             }

@@ -62,6 +62,21 @@ pub struct ServerStats {
     pub checks_failed: AtomicU64,
 }
 
+impl ServerStats {
+    /// The counters that only grow (connections, bytes in and out, connect errors, checks
+    /// passed and failed), for a binary upgrade to carry over.
+    pub fn cumulative(&self) -> [&AtomicU64; 6] {
+        [
+            &self.total,
+            &self.bytes_in,
+            &self.bytes_out,
+            &self.connect_errors,
+            &self.checks_passed,
+            &self.checks_failed,
+        ]
+    }
+}
+
 /// One backend server of a pool.
 #[derive(Debug)]
 pub struct Server {
