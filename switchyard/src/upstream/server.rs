@@ -12,7 +12,7 @@ use crate::config::ServerConfig;
 use crate::health::{Health, HealthTracker, Transition};
 
 /// What the operator asked for a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminState {
     /// Takes new work.
@@ -82,6 +82,21 @@ pub struct ServerStats {
     pub checks_passed: AtomicU64,
     /// Health checks that failed.
     pub checks_failed: AtomicU64,
+}
+
+impl ServerStats {
+    /// The counters that only grow (connections, bytes in and out, connect errors, checks
+    /// passed and failed), for a binary upgrade to carry over.
+    pub fn cumulative(&self) -> [&AtomicU64; 6] {
+        [
+            &self.total,
+            &self.bytes_in,
+            &self.bytes_out,
+            &self.connect_errors,
+            &self.checks_passed,
+            &self.checks_failed,
+        ]
+    }
 }
 
 /// One backend server of a pool.
@@ -225,6 +240,15 @@ impl Server {
             AdminState::Maint => self.cut_sessions(),
             AdminState::Ready if previous != AdminState::Ready => self.returned(Instant::now()),
             _ => {}
+        }
+    }
+
+    /// Takes over the operator state and health another process had for this server (a
+    /// binary upgrade), without the side effects of a change: nothing is cut or ramped.
+    pub fn inherit_state(&self, admin: AdminState, health: Health) {
+        self.admin_state.store(admin as u8, Ordering::Release);
+        if health != Health::Unchecked {
+            self.tracker().seed(health);
         }
     }
 
