@@ -15,4 +15,6 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod runtime;
+#[cfg(test)]
+mod testing;
 pub mod upstream;

@@ -114,40 +114,29 @@ async fn routes_by_database_user_and_application_name_with_rewrites() {
         ..PgOptions::default()
     });
     pg.psql_local("CREATE ROLE tenant LOGIN");
-    let config = format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "postgres"
-
+    let (_proxy, front) = pg_config(&[("main", pg.address())])
+        .routes_only()
+        .listener(
+            r#"
   [[listener.routes]]
   database = "db-abc123"
-  pool = "main"
+  pool = "app"
   rewrite_database = "abc123"
   rewrite_user = "tenant"
 
   [[listener.routes]]
   user = "postgres"
   application_name = "report*"
-  pool = "main"
+  pool = "app"
   rewrite_database = "reports"
 
   [[listener.routes]]
   database = "post*"
-  pool = "main"
-
-[[pool]]
-name = "main"
-servers = [ {{ address = "{}" }} ]
+  pool = "app"
 "#,
-        pg.address()
-    );
-    let proxy = Proxy::start(&config).await;
-    let front = listener_addr(&proxy, "front").await;
+        )
+        .start()
+        .await;
     assert_eq!(
         psql_ok(
             front,
@@ -295,49 +284,34 @@ async fn rw_and_ro_listeners_follow_roles_and_failover() {
         ..PgOptions::default()
     });
     let replica = primary.replica();
-    let config = format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-
-[[listener]]
-name = "rw"
-listen = "127.0.0.1:0"
-protocol = "postgres"
-pool = "pg"
-role = "primary"
-
-[[listener]]
+    let config = pg_config(&[("a", primary.address()), ("b", replica.address())])
+        .listener(r#"role = "primary""#)
+        .pool(r#"health = { check = "postgres", password = "env:PG_CHECK_PASSWORD", interval = "200ms", fall = 2, rise = 1 }"#)
+        .section(
+            r#"[[listener]]
 name = "ro"
 listen = "127.0.0.1:0"
 protocol = "postgres"
-pool = "pg"
-role = "replica"
-
-[[pool]]
-name = "pg"
-health = {{ check = "postgres", password = "env:PG_CHECK_PASSWORD", interval = "200ms", fall = 2, rise = 1 }}
-servers = [ {{ name = "a", address = "{}" }}, {{ name = "b", address = "{}" }} ]
-"#,
-        primary.address(),
-        replica.address()
-    );
-    let proxy = Proxy::start_with_env(&config, None, &[("PG_CHECK_PASSWORD", PASSWORD)]).await;
+pool = "app"
+role = "replica""#,
+        );
+    let proxy =
+        Proxy::start_with_env(&config.build(), None, &[("PG_CHECK_PASSWORD", PASSWORD)]).await;
     let (rw, ro) = (
-        listener_addr(&proxy, "rw").await,
+        listener_addr(&proxy, "front").await,
         listener_addr(&proxy, "ro").await,
     );
     wait_until("roles known", || async {
-        proxy.server("pg", "a").await.role == "primary"
-            && proxy.server("pg", "b").await.role == "replica"
+        proxy.server("app", "a").await.role == "primary"
+            && proxy.server("app", "b").await.role == "replica"
     })
     .await;
-    assert!(proxy.server("pg", "b").await.replica_lag.is_some());
+    assert!(proxy.server("app", "b").await.replica_lag.is_some());
     assert!(
         proxy
             .metrics()
             .await
-            .contains("switchyard_server_primary{pool=\"pg\",server=\"a\"} 1")
+            .contains("switchyard_server_primary{pool=\"app\",server=\"a\"} 1")
     );
     for _ in 0..3 {
         assert_eq!(in_recovery(rw), "f");
@@ -351,8 +325,8 @@ servers = [ {{ name = "a", address = "{}" }}, {{ name = "b", address = "{}" }} ]
     replica.promote();
     primary.stop();
     wait_until("rw to follow the promoted replica", || async {
-        proxy.server("pg", "b").await.role == "primary"
-            && proxy.server("pg", "a").await.health == "down"
+        proxy.server("app", "b").await.role == "primary"
+            && proxy.server("app", "a").await.health == "down"
     })
     .await;
     assert_eq!(in_recovery(rw), "f");

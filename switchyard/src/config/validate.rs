@@ -192,10 +192,30 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
     }
 }
 
-/// Keys only a database listener understands: `role` needs servers whose role is known,
-/// i.e. pools with a `postgres` health check.
+/// Keys of database listeners: `role` needs servers whose role is known, i.e. pools with
+/// a `postgres` health check; limits must leave room for real startups.
 fn validate_database_listener(config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
     let listener = &config.listeners[i];
+    if listener.protocol == Protocol::Postgres {
+        if listener.proxy_protocol.is_some() {
+            sink.at(
+                &key_path!("listener", i, "proxy_protocol"),
+                "postgres listeners do not accept PROXY headers in this build yet",
+            );
+        }
+        if listener.limits.startup_message < 1024 {
+            sink.at(
+                &key_path!("listener", i, "limits", "startup_message"),
+                "must be at least 1024 bytes",
+            );
+        }
+        if listener.limits.message < 1024 {
+            sink.at(
+                &key_path!("listener", i, "limits", "message"),
+                "must be at least 1024 bytes",
+            );
+        }
+    }
     if listener.role == ListenerRole::Any {
         return;
     }

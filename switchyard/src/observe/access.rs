@@ -38,9 +38,34 @@ pub struct ConnectionRecord {
     pub bytes_out: u64,
     /// Why it ended.
     pub termination: &'static str,
+    /// When it was accepted, for `duration_ms`.
+    #[serde(skip)]
+    pub accepted_at: std::time::Instant,
 }
 
 impl ConnectionRecord {
+    /// The record of a connection just accepted: nothing chosen or moved yet.
+    pub fn accepted(listener: &str, client: SocketAddr) -> Self {
+        Self {
+            time: String::new(),
+            listener: listener.to_string(),
+            client,
+            pool: None,
+            server: None,
+            duration_ms: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            termination: "",
+            accepted_at: std::time::Instant::now(),
+        }
+    }
+
+    /// Stamps the end of the connection: `time` now and `duration_ms` since the accept.
+    pub fn finish(&mut self) {
+        self.duration_ms = self.accepted_at.elapsed().as_millis() as u64;
+        self.time = Self::now_string();
+    }
+
     /// Stamps `time` with now.
     pub fn now_string() -> String {
         humantime::format_rfc3339_millis(SystemTime::now()).to_string()

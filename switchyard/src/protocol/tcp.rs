@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use crate::config::ProxyProtocolVersion;
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
 use crate::proxy_protocol::{self, ProxyHeader};
-use crate::relay::{IdleLimit, RelayCounters, relay, write_all};
+use crate::relay::{IdleLimit, write_all};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
 use crate::upstream::{ConnectError, LeaseError, connect};
@@ -25,24 +24,12 @@ pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
 ) {
-    let started = Instant::now();
-    let mut record = ConnectionRecord {
-        time: String::new(),
-        listener: listener.name.clone(),
-        client: peer,
-        pool: None,
-        server: None,
-        duration_ms: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        termination: "",
-    };
+    let mut record = ConnectionRecord::accepted(&listener.name, peer);
     record.termination = proxy(&shared, &listener, &settings, client, peer, &mut record).await;
     if !matches!(record.termination, "client_closed" | "server_closed") {
         tracing::debug!(listener = %listener.name, client = %record.client, reason = record.termination, "connection ended");
     }
-    record.duration_ms = started.elapsed().as_millis() as u64;
-    record.time = ConnectionRecord::now_string();
+    record.finish();
     shared.access_log.log(&record);
 }
 
@@ -123,11 +110,7 @@ async fn proxy(
         if write_all(&upstream.stream, &preamble, &()).await.is_err() {
             return "server_error";
         }
-        let early = early_data.len() as u64;
-        record.bytes_in += early;
-        for counter in [&server.stats.bytes_in, &listener.stats.bytes_in] {
-            counter.fetch_add(early, Ordering::Relaxed);
-        }
+        super::count_bytes(record, listener, &server, early_data.len() as u64, 0);
     }
 
     let idle = IdleLimit::choose(
@@ -135,20 +118,14 @@ async fn proxy(
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );
-    let cut = server.session_token();
-    let outcome = relay(
+    super::relay_session(
+        shared,
+        listener,
+        &server,
+        idle,
         &client,
         &upstream.stream,
-        idle,
-        &cut,
-        &shared.hard_stop,
-        RelayCounters {
-            to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
-            to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
-        },
+        record,
     )
-    .await;
-    record.bytes_in += outcome.bytes_in;
-    record.bytes_out += outcome.bytes_out;
-    outcome.termination.as_str()
+    .await
 }

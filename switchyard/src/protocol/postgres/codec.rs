@@ -423,13 +423,7 @@ pub(crate) mod tests {
     /// tests check what the fuzz target checks: no panics, and exact round trips.
     #[test]
     fn mutated_packets_parse_or_fail_cleanly_and_round_trip() {
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut mutator = crate::testing::Mutator::new();
         let seeds = [
             body(PSQL_STARTUP).to_vec(),
             body(PSQL_SSL_REQUEST).to_vec(),
@@ -437,14 +431,7 @@ pub(crate) mod tests {
         ];
         for round in 0..20_000 {
             let mut input = seeds[round % seeds.len()].clone();
-            for _ in 0..(next() % 4) {
-                let position = (next() as usize) % (input.len() + 1);
-                match next() % 3 {
-                    0 if position < input.len() => input[position] = next() as u8,
-                    1 => input.insert(position, next() as u8),
-                    _ => input.truncate(position),
-                }
-            }
+            mutator.mutate(&mut input);
             let _ = parse_auth(&input);
             let _ = parse_backend_key(&input);
             match parse_startup(&input) {

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::codec::Startup;
 use super::errors::{fatal, sqlstate};
@@ -15,7 +14,8 @@ use super::startup::{CancelTarget, Opening, Refusal, authenticate, read_opening}
 use crate::config::ListenerRole;
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
-use crate::relay::{IdleLimit, RelayCounters, relay};
+use crate::protocol::{count_bytes, relay_session};
+use crate::relay::IdleLimit;
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
 use crate::upstream::{ConnectError, LeaseError, Pool, Server, ServerRole, connect_matching};
@@ -28,18 +28,7 @@ pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
 ) {
-    let started = Instant::now();
-    let mut record = ConnectionRecord {
-        time: String::new(),
-        listener: listener.name.clone(),
-        client: peer,
-        pool: None,
-        server: None,
-        duration_ms: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        termination: "",
-    };
+    let mut record = ConnectionRecord::accepted(&listener.name, peer);
     record.termination = match session(&shared, &listener, &settings, client, &mut record).await {
         Ok(termination) => termination,
         Err(refusal) => {
@@ -50,8 +39,7 @@ pub async fn serve(
             refusal.reason
         }
     };
-    record.duration_ms = started.elapsed().as_millis() as u64;
-    record.time = ConnectionRecord::now_string();
+    record.finish();
     shared.access_log.log(&record);
 }
 
@@ -137,36 +125,28 @@ async fn session(
         },
     )
     .await?;
-    record.bytes_in += startup_bytes.to_server;
-    record.bytes_out += startup_bytes.to_client;
-    for counter in [&server.stats.bytes_in, &listener.stats.bytes_in] {
-        counter.fetch_add(startup_bytes.to_server, Ordering::Relaxed);
-    }
-    for counter in [&server.stats.bytes_out, &listener.stats.bytes_out] {
-        counter.fetch_add(startup_bytes.to_client, Ordering::Relaxed);
-    }
-
+    count_bytes(
+        record,
+        listener,
+        &server,
+        startup_bytes.to_server,
+        startup_bytes.to_client,
+    );
     let idle = IdleLimit::choose(
         settings.config.timeouts.client,
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );
-    let cut = server.session_token();
-    let outcome = relay(
+    Ok(relay_session(
+        shared,
+        listener,
+        &server,
+        idle,
         &client,
         &server_stream,
-        idle,
-        &cut,
-        &shared.hard_stop,
-        RelayCounters {
-            to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
-            to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
-        },
+        record,
     )
-    .await;
-    record.bytes_in += outcome.bytes_in;
-    record.bytes_out += outcome.bytes_out;
-    Ok(outcome.termination.as_str())
+    .await)
 }
 
 fn refusal(reason: &'static str, detail: impl ToString) -> Refusal {
