@@ -7,6 +7,7 @@
 //! stops the proxy and prints a comparison table. See `docs/benchmarks.md`.
 
 mod backend;
+mod pg;
 mod scenarios;
 mod sys;
 mod table;
@@ -21,6 +22,7 @@ use clap::{Parser, ValueEnum};
 use scenarios::connrate::ConnrateArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::latency::LatencyArgs;
+use scenarios::postgres::PostgresArgs;
 use scenarios::throughput::ThroughputArgs;
 use table::Row;
 use targets::{TargetKind, TargetOptions};
@@ -36,7 +38,9 @@ enum Scenario {
     Connrate,
     /// Proxy memory per idle connection.
     Idle,
-    /// All of the above, in that order.
+    /// pgbench through switchyard (postgres, session mode) vs PgBouncer vs direct.
+    Postgres,
+    /// All of the above except `postgres`, in that order.
     All,
     /// Internal: echo backend child process used by `idle`.
     #[value(hide = true)]
@@ -96,6 +100,8 @@ struct Cli {
     connrate: ConnrateArgs,
     #[command(flatten)]
     idle: IdleArgs,
+    #[command(flatten)]
+    postgres: PostgresArgs,
 }
 
 fn main() -> Result<()> {
@@ -177,6 +183,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Latency => scenarios::latency::run(ctx, &cli.latency).await?,
             Scenario::Connrate => scenarios::connrate::run(ctx, &cli.connrate).await?,
             Scenario::Idle => scenarios::idle::run(ctx, &cli.idle).await?,
+            Scenario::Postgres => scenarios::postgres::run(ctx, &cli.postgres).await?,
             Scenario::All | Scenario::ServeEcho => Vec::new(),
         };
         if selected.len() > 1 {

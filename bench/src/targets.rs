@@ -1,7 +1,8 @@
 //! Targets under test and management of the proxy processes.
 //!
 //! A target is the path a client connection takes to a backend: `direct`
-//! (no proxy), through `switchyard`, or through `haproxy`. For the proxies
+//! (no proxy), through `switchyard`, through `haproxy`, or (PostgreSQL only) through
+//! `pgbouncer`. For the proxies
 //! this module writes an equivalent configuration to a temporary directory,
 //! starts the process, waits until its listener accepts connections and
 //! stops it again.
@@ -26,14 +27,17 @@ pub enum TargetKind {
     Switchyard,
     /// Client connects through HAProxy in `mode tcp`.
     Haproxy,
+    /// Client connects through PgBouncer in session mode (`postgres` scenario only).
+    Pgbouncer,
 }
 
 impl TargetKind {
     /// All targets in table order.
-    pub const ALL: [TargetKind; 3] = [
+    pub const ALL: [TargetKind; 4] = [
         TargetKind::Direct,
         TargetKind::Switchyard,
         TargetKind::Haproxy,
+        TargetKind::Pgbouncer,
     ];
 }
 
@@ -43,6 +47,7 @@ impl fmt::Display for TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::Switchyard => "switchyard",
             TargetKind::Haproxy => "haproxy",
+            TargetKind::Pgbouncer => "pgbouncer",
         })
     }
 }
@@ -116,19 +121,62 @@ impl RunningTarget {
             }
             TargetKind::Switchyard => (&opts.switchyard_bin, "switchyard.toml"),
             TargetKind::Haproxy => (&opts.haproxy_bin, "haproxy.cfg"),
+            TargetKind::Pgbouncer => {
+                bail!("pgbouncer fronts PostgreSQL only (`postgres` scenario)")
+            }
         };
+        let listen = free_port()?;
+        let config = match kind {
+            TargetKind::Switchyard => {
+                switchyard_config(opts, listen, free_port()?, backends, "tcp")
+            }
+            _ => haproxy_config(opts, listen, backends),
+        };
+        Self::launch(kind, bin, config_name, &config, listen, opts).await
+    }
+
+    /// Starts `kind` in front of one PostgreSQL `server`: switchyard with a `postgres`
+    /// listener, or PgBouncer in session mode (as the `postgres` user, since it refuses
+    /// root); `direct` is the server itself.
+    pub async fn start_postgres(
+        kind: TargetKind,
+        server: SocketAddr,
+        opts: &TargetOptions,
+        pgbouncer_bin: &Path,
+    ) -> Result<Self> {
+        let listen = free_port()?;
+        match kind {
+            TargetKind::Direct => Self::start(kind, &[server], opts).await,
+            TargetKind::Switchyard => {
+                let config = switchyard_config(opts, listen, free_port()?, &[server], "postgres");
+                let bin = &opts.switchyard_bin;
+                Self::launch(kind, bin, "switchyard.toml", &config, listen, opts).await
+            }
+            TargetKind::Pgbouncer => {
+                let config = pgbouncer_config(listen, server);
+                Self::launch(kind, pgbouncer_bin, "pgbouncer.ini", &config, listen, opts).await
+            }
+            TargetKind::Haproxy => bail!("haproxy does not apply to the postgres scenario"),
+        }
+    }
+
+    /// Writes `config` to a temp dir, starts `bin` of `kind` with it and waits until
+    /// `listen` accepts connections.
+    async fn launch(
+        kind: TargetKind,
+        bin: &Path,
+        config_name: &str,
+        config: &str,
+        listen: SocketAddr,
+        opts: &TargetOptions,
+    ) -> Result<Self> {
         if !bin.exists() {
             bail!("{kind} binary not found at {}", bin.display());
         }
-        let listen = free_port()?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("bench-{kind}-"))
             .tempdir()
             .context("creating temp dir")?;
-        let config = match kind {
-            TargetKind::Switchyard => switchyard_config(opts, listen, free_port()?, backends),
-            _ => haproxy_config(opts, listen, backends),
-        };
         let config_path = dir.path().join(config_name);
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
@@ -138,6 +186,16 @@ impl RunningTarget {
         let mut cmd = Command::new(bin);
         match kind {
             TargetKind::Switchyard => cmd.arg("run").arg("-c").arg(&config_path),
+            TargetKind::Pgbouncer => {
+                let (uid, gid) = crate::pg::postgres_ids()?;
+                crate::pg::give_to_postgres(dir.path())?;
+                crate::pg::give_to_postgres(&config_path)?;
+                std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n")?;
+                cmd.uid(uid)
+                    .gid(gid)
+                    .current_dir(dir.path())
+                    .arg(&config_path)
+            }
             _ => cmd.arg("-f").arg(&config_path).arg("-db"),
         };
         let child = cmd
@@ -239,12 +297,13 @@ fn tail(path: &Path) -> String {
     }
 }
 
-/// switchyard configuration: one TCP listener, one round-robin pool.
+/// switchyard configuration: one listener speaking `protocol`, one round-robin pool.
 fn switchyard_config(
     opts: &TargetOptions,
     listen: SocketAddr,
     admin: SocketAddr,
     backends: &[SocketAddr],
+    protocol: &str,
 ) -> String {
     let servers: Vec<String> = backends
         .iter()
@@ -263,7 +322,7 @@ access = "off"
 [[listener]]
 name = "bench"
 listen = "{listen}"
-protocol = "tcp"
+protocol = "{protocol}"
 pool = "backend"
 [[pool]]
 name = "backend"
@@ -271,6 +330,32 @@ balance = "round_robin"
 servers = [ {servers} ]
 "#,
         workers = opts.workers,
+    )
+}
+
+/// PgBouncer in session mode in front of `server`, trusting the `postgres` user (the
+/// server trusts it too), logging to stderr only.
+fn pgbouncer_config(listen: SocketAddr, server: SocketAddr) -> String {
+    format!(
+        r#"; generated by bench
+[databases]
+* = host={host} port={port}
+
+[pgbouncer]
+listen_addr = {listen_host}
+listen_port = {listen_port}
+unix_socket_dir =
+auth_type = trust
+auth_file = users.txt
+pool_mode = session
+max_client_conn = 2000
+default_pool_size = 200
+ignore_startup_parameters = extra_float_digits
+"#,
+        host = server.ip(),
+        port = server.port(),
+        listen_host = listen.ip(),
+        listen_port = listen.port(),
     )
 }
 

@@ -4,6 +4,7 @@
 pub mod connrate;
 pub mod idle;
 pub mod latency;
+pub mod postgres;
 pub mod throughput;
 
 use std::net::SocketAddr;
