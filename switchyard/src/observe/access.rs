@@ -38,9 +38,6 @@ pub struct ConnectionRecord {
     pub bytes_out: u64,
     /// Why it ended.
     pub termination: &'static str,
-    /// When it was accepted, for `duration_ms`.
-    #[serde(skip)]
-    pub accepted_at: std::time::Instant,
 }
 
 impl ConnectionRecord {
@@ -56,13 +53,12 @@ impl ConnectionRecord {
             bytes_in: 0,
             bytes_out: 0,
             termination: "",
-            accepted_at: std::time::Instant::now(),
         }
     }
 
-    /// Stamps the end of the connection: `time` now and `duration_ms` since the accept.
-    pub fn finish(&mut self) {
-        self.duration_ms = self.accepted_at.elapsed().as_millis() as u64;
+    /// Stamps the end of a connection accepted at `started`: `time` now and `duration_ms`.
+    pub fn finish(&mut self, started: std::time::Instant) {
+        self.duration_ms = started.elapsed().as_millis() as u64;
         self.time = Self::now_string();
     }
 

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::config::ProxyProtocolVersion;
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
 use crate::proxy_protocol::{self, ProxyHeader};
-use crate::relay::{IdleLimit, write_all};
+use crate::relay::{IdleLimit, RelayCounters, relay, write_all};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
 use crate::upstream::{ConnectError, LeaseError, connect};
@@ -24,12 +25,24 @@ pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
 ) {
-    let mut record = ConnectionRecord::accepted(&listener.name, peer);
+    let started = Instant::now();
+    let mut record = ConnectionRecord {
+        time: String::new(),
+        listener: listener.name.clone(),
+        client: peer,
+        pool: None,
+        server: None,
+        duration_ms: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        termination: "",
+    };
     record.termination = proxy(&shared, &listener, &settings, client, peer, &mut record).await;
     if !matches!(record.termination, "client_closed" | "server_closed") {
         tracing::debug!(listener = %listener.name, client = %record.client, reason = record.termination, "connection ended");
     }
-    record.finish();
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    record.time = ConnectionRecord::now_string();
     shared.access_log.log(&record);
 }
 
@@ -110,7 +123,11 @@ async fn proxy(
         if write_all(&upstream.stream, &preamble, &()).await.is_err() {
             return "server_error";
         }
-        super::count_bytes(record, listener, &server, early_data.len() as u64, 0);
+        let early = early_data.len() as u64;
+        record.bytes_in += early;
+        for counter in [&server.stats.bytes_in, &listener.stats.bytes_in] {
+            counter.fetch_add(early, Ordering::Relaxed);
+        }
     }
 
     let idle = IdleLimit::choose(
@@ -118,14 +135,20 @@ async fn proxy(
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );
-    super::relay_session(
-        shared,
-        listener,
-        &server,
-        idle,
+    let cut = server.session_token();
+    let outcome = relay(
         &client,
         &upstream.stream,
-        record,
+        idle,
+        &cut,
+        &shared.hard_stop,
+        RelayCounters {
+            to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
+            to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
+        },
     )
-    .await
+    .await;
+    record.bytes_in += outcome.bytes_in;
+    record.bytes_out += outcome.bytes_out;
+    outcome.termination.as_str()
 }

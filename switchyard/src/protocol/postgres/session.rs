@@ -28,6 +28,7 @@ pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
 ) {
+    let started = std::time::Instant::now();
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
     record.termination = match session(&shared, &listener, &settings, client, &mut record).await {
         Ok(termination) => termination,
@@ -39,7 +40,7 @@ pub async fn serve(
             refusal.reason
         }
     };
-    record.finish();
+    record.finish(started);
     shared.access_log.log(&record);
 }
 
