@@ -341,3 +341,34 @@ role = "replica""#,
     // No replica left: the ro listener falls back to the primary.
     assert_eq!(in_recovery(ro), "f");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_3_2_and_pq_options_reach_the_server_which_negotiates() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (_proxy, front) = pg_config(&[("pg", pg.address())]).start().await;
+    let startup = switchyard::protocol::postgres::codec::Startup {
+        version: switchyard::protocol::postgres::codec::PROTOCOL_3_2,
+        params: vec![
+            ("user".into(), "postgres".into()),
+            ("_pq_.not_a_real_option".into(), "1".into()),
+        ],
+    };
+    let mut stream = TcpStream::connect(front).await.expect("connect");
+    stream.write_all(&startup.encode()).await.expect("write");
+    // PostgreSQL 15 speaks 3.0: its NegotiateProtocolVersion (`v`) comes back through the
+    // proxy untouched, naming the option it does not know, and the startup goes on.
+    let mut tag = [0u8; 1];
+    stream.read_exact(&mut tag).await.expect("read");
+    assert_eq!(&tag, b"v");
+    let length = stream.read_u32().await.expect("length") as usize;
+    let mut body = vec![0; length - 4];
+    stream.read_exact(&mut body).await.expect("body");
+    assert_eq!(
+        &body[..4],
+        &[0, 3, 0, 0],
+        "newest minor version the server speaks"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("_pq_.not_a_real_option"));
+    stream.read_exact(&mut tag).await.expect("read");
+    assert_eq!(&tag, b"R", "authentication follows");
+}
