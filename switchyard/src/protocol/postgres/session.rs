@@ -238,3 +238,71 @@ fn admits(max_lag: &Option<f64>, wanted: Option<ServerRole>, server: &Server) ->
         Some(role) => server.role() == role,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::ReplicaLag;
+
+    fn pool(max_replica_lag: &str) -> Pool {
+        let text = format!(
+            r#"
+[[listener]]
+name = "pg"
+listen = "127.0.0.1:0"
+protocol = "postgres"
+pool = "pg"
+
+[[pool]]
+name = "pg"
+{max_replica_lag}
+servers = [ {{ name = "a", address = "127.0.0.1:1" }}, {{ name = "b", address = "127.0.0.1:2" }} ]
+"#
+        );
+        let config =
+            crate::config::load_str(std::path::Path::new("t.toml"), &text).expect("valid config");
+        Pool::new(&config.pools[0]).expect("pool")
+    }
+
+    fn lag(seconds: f64) -> Option<ReplicaLag> {
+        Some(ReplicaLag { bytes: 0, seconds })
+    }
+
+    #[test]
+    fn roles_and_lag_decide_which_servers_a_listener_admits() {
+        let pool = pool(r#"max_replica_lag = "10s""#);
+        let (a, b) = (&pool.servers[0], &pool.servers[1]);
+        let max = pool_lag(&pool);
+        assert!(!admits(&max, Some(ServerRole::Primary), a), "role unknown");
+        assert!(admits(&max, None, a), "any admits unknown roles");
+        a.record_role(ServerRole::Primary, None);
+        b.record_role(ServerRole::Replica, lag(5.0));
+        assert!(admits(&max, Some(ServerRole::Primary), a));
+        assert!(!admits(&max, Some(ServerRole::Primary), b));
+        assert!(admits(&max, Some(ServerRole::Replica), b));
+        b.record_role(ServerRole::Replica, lag(20.0));
+        assert!(!admits(&max, Some(ServerRole::Replica), b), "lagging");
+        assert!(admits(&None, Some(ServerRole::Replica), b), "no limit");
+    }
+
+    #[test]
+    fn a_replica_listener_falls_back_to_the_primary_only_when_allowed() {
+        let pool = pool("");
+        pool.servers[0].record_role(ServerRole::Primary, None);
+        pool.servers[1].record_role(ServerRole::Primary, None);
+        assert_eq!(
+            wanted_role(&pool, ListenerRole::Replica, true),
+            Some(ServerRole::Primary)
+        );
+        assert_eq!(
+            wanted_role(&pool, ListenerRole::Replica, false),
+            Some(ServerRole::Replica)
+        );
+        pool.servers[1].record_role(ServerRole::Replica, lag(0.0));
+        assert_eq!(
+            wanted_role(&pool, ListenerRole::Replica, true),
+            Some(ServerRole::Replica)
+        );
+        assert_eq!(wanted_role(&pool, ListenerRole::Any, true), None);
+    }
+}
