@@ -15,4 +15,5 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod runtime;
+pub mod tls;
 pub mod upstream;
