@@ -17,4 +17,5 @@ pub mod route;
 pub mod runtime;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 pub mod upstream;

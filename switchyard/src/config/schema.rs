@@ -146,6 +146,13 @@ pub struct ListenerConfig {
     /// Routing rules; first match wins, else `pool`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Terminate TLS from clients with these certificates (see the `tls` module).
+    #[serde(default)]
+    pub tls: Option<TlsServerConfig>,
+    /// On `tcp` listeners: read the TLS ClientHello without terminating, route by its SNI
+    /// (`routes` with `sni`) and forward the untouched bytes.
+    #[serde(default)]
+    pub tls_passthrough: bool,
     /// Database listeners: which servers' role this entry point sends to.
     #[serde(default)]
     pub role: ListenerRole,
@@ -309,6 +316,9 @@ pub struct PoolConfig {
     pub max_replica_lag: Option<Duration>,
     /// The servers.
     pub servers: Vec<ServerConfig>,
+    /// TLS to the servers, with libpq `sslmode` semantics; absent means plaintext.
+    #[serde(default)]
+    pub upstream_tls: Option<UpstreamTlsConfig>,
 }
 
 /// PROXY protocol versions.
@@ -484,6 +494,110 @@ impl HealthConfig {
     }
 }
 
+/// A listener's TLS termination. Paths are relative to the config file's directory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsServerConfig {
+    /// Certificate/key pairs; the SNI name picks one by the names in the certificate, the
+    /// first is the default for clients without (or, unless `strict_sni`, with an unknown) SNI.
+    pub certs: Vec<CertPair>,
+    /// ALPN protocols offered, in the server's order of preference (e.g. `h2`, `http/1.1`).
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// PEM file of CAs that sign client certificates (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// Whether clients must present a certificate signed by `client_ca`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Refuse the handshake when the client's SNI names no certificate.
+    #[serde(default)]
+    pub strict_sni: bool,
+    /// Time allowed for the client's TLS handshake.
+    #[serde(default = "defaults::tls_handshake", with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+/// A certificate chain and its private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: std::path::PathBuf,
+}
+
+/// Client certificate policy for mutual TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    #[default]
+    None,
+    /// A certificate is asked for and verified if sent.
+    Optional,
+    /// A verified certificate is required.
+    Required,
+}
+
+/// libpq's `sslmode`, with the same meaning for every protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// Plaintext first; TLS only when the server refuses plaintext.
+    Allow,
+    /// TLS when the server offers it, else plaintext; no verification.
+    #[default]
+    Prefer,
+    /// TLS, encrypted but not verified.
+    Require,
+    /// TLS with the chain verified; any host name.
+    VerifyCa,
+    /// TLS with the chain and the host name (DNS or IP SAN) verified.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The name used in the config file and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A pool's TLS to its servers. Paths are relative to the config file's directory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// When and how strictly TLS is used.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM CAs for `verify-ca`/`verify-full`; default: the Mozilla root set.
+    #[serde(default)]
+    pub root_cert: Option<std::path::PathBuf>,
+    /// Server name to send and verify instead of the server's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM client certificate chain for mutual TLS to the servers.
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
+    /// ALPN protocols offered to servers.
+    #[serde(default)]
+    pub alpn: Vec<String>,
+}
+
 /// Default values, named so the schema documentation and the code agree.
 mod defaults {
     use std::time::Duration;
@@ -535,6 +649,9 @@ mod defaults {
     }
     pub fn check_path() -> String {
         "/".into()
+    }
+    pub fn tls_handshake() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn check_user() -> String {
         "postgres".into()

@@ -89,6 +89,12 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             _ => {}
         }
         validate_database_listener(config, i, sink);
+        if listener.tls_passthrough && (listener.tls.is_some() || listener.protocol != Protocol::Tcp) {
+            sink.at(
+                &key_path!("listener", i, "tls_passthrough"),
+                "only for `tcp` listeners without `tls`",
+            );
+        }
         if listener.max_connections == Some(0) {
             sink.at(
                 &key_path!("listener", i, "max_connections"),
@@ -102,15 +108,16 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                     format!("pool `{}` is not defined", route.pool),
                 );
             }
-            if listener.protocol == Protocol::Tcp {
+            if listener.protocol == Protocol::Tcp && !listener.tls_passthrough && listener.tls.is_none() {
                 sink.at(
                     &key_path!("listener", i, "routes", r),
-                    "tcp listeners route by SNI only with TLS passthrough, which this build does not have yet",
+                    "tcp listeners route (by `sni`) only with `tls` or `tls_passthrough = true`",
                 );
             }
         }
     }
 
+    crate::tls::validate(config, sink);
     for (i, pool) in config.pools.iter().enumerate() {
         if pool.servers.is_empty() {
             sink.at(

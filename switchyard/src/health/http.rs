@@ -12,6 +12,9 @@ pub async fn check(pool: &Pool, server: &Server, health: &HealthConfig) -> Resul
     let (stream, _) = connect_server(server, pool)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let stream = crate::tls::secure_upstream(pool, server, stream, &[])
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("http: {e}"))?;

@@ -68,10 +68,16 @@ async fn run_check(pool: &Pool, server: &Server, health: &HealthConfig) -> Resul
             CheckKind::Http => http::check(pool, server, health).await,
             CheckKind::Postgres => postgres::check(pool, server, health).await,
             // Validation admits only tcp and http for now; the others fall back to a connect.
-            _ => connect_server(server, pool)
-                .await
-                .map(drop)
-                .map_err(|e| format!("connect: {e}")),
+            _ => {
+                let (stream, _) = connect_server(server, pool)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                // With `upstream_tls`, a check passes only if the TLS handshake does.
+                crate::tls::secure_upstream(pool, server, stream, &[])
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("tls: {e}"))
+            }
         }
     };
     match tokio::time::timeout(health.effective_timeout(), check).await {

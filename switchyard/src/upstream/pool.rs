@@ -78,6 +78,8 @@ pub struct Pool {
     pub send_proxy_protocol: Option<ProxyProtocolVersion>,
     /// Health checking, if configured.
     pub health: Option<HealthConfig>,
+    /// TLS to the servers (`upstream_tls`), also used by health checks.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// Counters, shared with the pool this one replaced on reload.
     pub stats: Arc<PoolStats>,
     /// Replicas lagging more than this take no replica traffic.
@@ -131,6 +133,12 @@ impl Pool {
             retries: config.retries,
             send_proxy_protocol: config.send_proxy_protocol,
             health: config.health.clone(),
+            tls: config
+                .upstream_tls
+                .as_ref()
+                .map(|tls| crate::tls::UpstreamTls::from_config(tls, std::path::Path::new("")))
+                .transpose()?
+                .map(Arc::new),
             stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
             max_replica_lag: config.max_replica_lag,
             max_queue: config.max_queue,
