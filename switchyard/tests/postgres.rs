@@ -5,11 +5,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use support::config::Config;
 use support::ops::listener_addr;
-use support::postgres::{PASSWORD, PgCluster, PgOptions, psql, psql_ok, stderr};
+use support::postgres::{
+    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, psql, psql_ok, stderr,
+};
 use support::{Proxy, free_port, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,25 +21,6 @@ fn pg_config(servers: &[(&str, SocketAddr)]) -> Config {
         Config::new().protocol("postgres"),
         |config, (name, address)| config.server(name, *address, ""),
     )
-}
-
-/// Connects with tokio-postgres (driving the connection on a task).
-async fn connect(
-    address: SocketAddr,
-    user: &str,
-    database: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::Config::new()
-        .host(address.ip().to_string())
-        .port(address.port())
-        .user(user)
-        .dbname(database)
-        .password(PASSWORD)
-        .connect_timeout(Duration::from_secs(10))
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(connection);
-    Ok(client)
 }
 
 /// The SQLSTATE of a failed connect.
@@ -178,22 +160,8 @@ async fn cancel_reaches_the_server_through_the_proxy() {
     let client = connect(front, "postgres", "postgres")
         .await
         .expect("connect");
-    let token = client.cancel_token();
-    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    wait_until("the sleep to run on the server", || async {
-        pg.psql_local("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")
-            == "1"
-    })
-    .await;
     // The key the client holds is the proxy's: the cancel goes to the proxy's listener.
-    token
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .expect("send cancel");
-    let error = sleeper
-        .await
-        .expect("join")
-        .expect_err("the query is cancelled");
+    let error = cancelled_sleep(client, &pg).await;
     assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
 
     // An unknown key is dropped silently: the proxy closes without an answer.

@@ -162,6 +162,41 @@ pub struct ListenerConfig {
     /// Longest protocol messages accepted (postgres).
     #[serde(default)]
     pub limits: MessageLimits,
+    /// Whether clients may or must use TLS (postgres); certificates come from `tls`.
+    #[serde(default)]
+    pub client_tls: Option<ClientTlsConfig>,
+}
+
+impl ListenerConfig {
+    /// The client TLS policy in effect: as configured, else `optional` when the listener
+    /// has certificates and `disabled` when it has none.
+    pub fn client_tls_mode(&self) -> ClientTlsMode {
+        match (&self.client_tls, &self.tls) {
+            (Some(client_tls), _) => client_tls.mode,
+            (None, Some(_)) => ClientTlsMode::Optional,
+            (None, None) => ClientTlsMode::Disabled,
+        }
+    }
+}
+
+/// A database listener's client TLS policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// Whether TLS is refused, offered or demanded.
+    pub mode: ClientTlsMode,
+}
+
+/// Whether clients of a database listener may or must use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// TLS requests are answered "no"; sessions are plaintext.
+    Disabled,
+    /// TLS when the client asks for it, plaintext otherwise.
+    Optional,
+    /// Plaintext sessions are refused (FATAL 28000).
+    Required,
 }
 
 /// Which servers a database listener sends to, by the role its health checks found.

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::load::ErrorSink;
-use super::schema::{CheckKind, Config, ListenerRole, Protocol};
+use super::schema::{CheckKind, ClientTlsMode, Config, ListenerRole, Protocol};
 use crate::key_path;
 
 /// Checks a parsed config, recording every problem in `sink`.
@@ -89,7 +89,9 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             _ => {}
         }
         validate_database_listener(config, i, sink);
-        if listener.tls_passthrough && (listener.tls.is_some() || listener.protocol != Protocol::Tcp) {
+        if listener.tls_passthrough
+            && (listener.tls.is_some() || listener.protocol != Protocol::Tcp)
+        {
             sink.at(
                 &key_path!("listener", i, "tls_passthrough"),
                 "only for `tcp` listeners without `tls`",
@@ -108,7 +110,10 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                     format!("pool `{}` is not defined", route.pool),
                 );
             }
-            if listener.protocol == Protocol::Tcp && !listener.tls_passthrough && listener.tls.is_none() {
+            if listener.protocol == Protocol::Tcp
+                && !listener.tls_passthrough
+                && listener.tls.is_none()
+            {
                 sink.at(
                     &key_path!("listener", i, "routes", r),
                     "tcp listeners route (by `sni`) only with `tls` or `tls_passthrough = true`",
@@ -203,6 +208,18 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
 /// a `postgres` health check; limits must leave room for real startups.
 fn validate_database_listener(config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
     let listener = &config.listeners[i];
+    if listener.client_tls.is_some() && listener.protocol != Protocol::Postgres {
+        sink.at(
+            &key_path!("listener", i, "client_tls"),
+            "`client_tls` applies to postgres listeners only",
+        );
+    }
+    if listener.client_tls_mode() != ClientTlsMode::Disabled && listener.tls.is_none() {
+        sink.at(
+            &key_path!("listener", i, "client_tls"),
+            "needs `tls` with the certificates to offer",
+        );
+    }
     if listener.protocol == Protocol::Postgres {
         if listener.proxy_protocol.is_some() {
             sink.at(

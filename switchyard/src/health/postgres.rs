@@ -1,14 +1,15 @@
 //! The `postgres` check: log in as the configured user, ask whether the server is in
 //! recovery, and record its role and (for a replica) its replication lag.
 //!
-//! The login uses tokio-postgres over a socket the proxy connected itself, so every
-//! authentication method PostgreSQL offers (trust, cleartext, md5, SCRAM) works without
-//! the proxy re-implementing the client side of them.
+//! The login uses tokio-postgres over a connection the proxy made itself (with the pool's
+//! `sslmode`, as sessions get), so every authentication method PostgreSQL offers (trust,
+//! cleartext, md5, SCRAM) works without the proxy re-implementing the client side of them.
 
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::config::SslMode;
 
 use crate::config::{HealthConfig, OnRoleChange};
+use crate::protocol::postgres::tls::{retries_with_tls, secure_server, server_host};
 use crate::upstream::{Pool, ReplicaLag, Server, ServerRole, connect_server};
 
 /// Role, and for a replica the WAL not yet replayed and the age of the last replayed
@@ -39,9 +40,6 @@ async fn query_role(
     server: &Server,
     health: &HealthConfig,
 ) -> Result<(ServerRole, Option<ReplicaLag>), String> {
-    let (stream, _) = connect_server(server, pool)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
     let mut config = tokio_postgres::Config::new();
     config
         .user(&health.user)
@@ -51,10 +49,24 @@ async fn query_role(
     if let Some(password) = &health.password {
         config.password(crate::admin::resolve_secret(password)?);
     }
-    let (client, connection) = config
-        .connect_raw(stream, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("postgres: {e}"))?;
+    // The pool's sslmode, as sessions get it; `allow` retries with TLS after a refusal.
+    let tls = pool.tls.as_deref();
+    let host = server_host(server);
+    let mut retry = false;
+    let (client, connection) = loop {
+        let (stream, _) = connect_server(server, pool)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let stream = secure_server(tls, &host, stream, retry)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        let may_retry = !retry && retries_with_tls(tls, &stream);
+        match config.connect_raw(stream, tokio_postgres::NoTls).await {
+            Ok(connected) => break connected,
+            Err(_) if may_retry => retry = true,
+            Err(error) => return Err(format!("postgres: {error}")),
+        }
+    };
     let connection = tokio::spawn(connection);
     let messages = client
         .simple_query(ROLE_QUERY)

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod certs;
 pub mod config;
 /// Operations helpers: access log, listener addresses, metrics parsing.
 pub mod ops;

@@ -323,3 +323,48 @@ pub fn psql_ok(address: SocketAddr, user: &str, database: &str, sql: &str) -> St
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Connects with tokio-postgres as `user` to `database` (password [`PASSWORD`], no TLS),
+/// driving the connection on a task.
+pub async fn connect(
+    address: SocketAddr,
+    user: &str,
+    database: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(address.ip().to_string())
+        .port(address.port())
+        .user(user)
+        .dbname(database)
+        .password(PASSWORD)
+        .connect_timeout(Duration::from_secs(10))
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Runs `SELECT pg_sleep(30)` on `client`, waits until `server` runs it, cancels it with
+/// the client's cancel token (sent where the client connected) and returns the query's
+/// error.
+pub async fn cancelled_sleep(
+    client: tokio_postgres::Client,
+    server: &PgCluster,
+) -> tokio_postgres::Error {
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    super::wait_until("the sleep to run on the server", || async {
+        server
+            .psql_local("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")
+            == "1"
+    })
+    .await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("send cancel");
+    sleeper
+        .await
+        .expect("join")
+        .expect_err("the query is cancelled")
+}

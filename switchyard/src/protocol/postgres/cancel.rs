@@ -14,14 +14,28 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::codec::encode_cancel;
+use super::tls::secure_server;
+use crate::tls::UpstreamTls;
+
+/// The server a session's cancel requests go to, and how to reach it.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    /// The address the session's server connection went to.
+    pub server: SocketAddr,
+    /// Time allowed to connect (the pool's connect timeout).
+    pub connect_timeout: Duration,
+    /// The pool's TLS: a cancel goes over TLS when the session's server wants it.
+    pub tls: Option<Arc<UpstreamTls>>,
+    /// The name the server's certificate is verified against.
+    pub host: String,
+}
 
 /// Where a proxy-issued key points.
 #[derive(Debug, Clone)]
 struct Target {
-    server: SocketAddr,
+    server: CancelTarget,
     pid: u32,
     key: Vec<u8>,
-    connect_timeout: Duration,
 }
 
 /// The keys issued to clients of every postgres listener of the process.
@@ -55,18 +69,11 @@ impl CancelTable {
 
     /// Issues a fresh random key (as long as the server's, which the client's protocol
     /// version allows) standing for the server's `pid`/`key` at `server`.
-    pub fn register(
-        self: &Arc<Self>,
-        server: SocketAddr,
-        pid: u32,
-        key: &[u8],
-        connect_timeout: Duration,
-    ) -> Registration {
+    pub fn register(self: &Arc<Self>, server: CancelTarget, pid: u32, key: &[u8]) -> Registration {
         let target = Target {
             server,
             pid,
             key: key.to_vec(),
-            connect_timeout,
         };
         let mut keys = self.lock();
         loop {
@@ -93,21 +100,24 @@ impl CancelTable {
             tracing::debug!(pid, "cancel request with an unknown key");
             return;
         };
+        let server = &target.server;
         let send = async {
-            let mut stream = TcpStream::connect(target.server).await?;
+            let stream = TcpStream::connect(server.server).await?;
+            let mut stream =
+                secure_server(server.tls.as_deref(), &server.host, stream, false).await?;
             stream
                 .write_all(&encode_cancel(target.pid, &target.key))
                 .await?;
             stream.shutdown().await
         };
-        match tokio::time::timeout(target.connect_timeout, send).await {
+        match tokio::time::timeout(server.connect_timeout, send).await {
             Ok(Ok(())) => {
-                tracing::debug!(server = %target.server, pid = target.pid, "cancel forwarded")
+                tracing::debug!(server = %server.server, pid = target.pid, "cancel forwarded")
             }
             Ok(Err(error)) => {
-                tracing::warn!(server = %target.server, %error, "cancel forward failed")
+                tracing::warn!(server = %server.server, %error, "cancel forward failed")
             }
-            Err(_) => tracing::warn!(server = %target.server, "cancel forward timed out"),
+            Err(_) => tracing::warn!(server = %server.server, "cancel forward timed out"),
         }
     }
 }
@@ -119,9 +129,14 @@ mod tests {
     #[test]
     fn keys_are_issued_and_removed_with_the_session() {
         let table = Arc::new(CancelTable::default());
-        let server = SocketAddr::from(([127, 0, 0, 1], 5432));
-        let a = table.register(server, 10, &[1, 2, 3, 4], Duration::from_secs(1));
-        let b = table.register(server, 11, &[5; 32], Duration::from_secs(1));
+        let server = CancelTarget {
+            server: SocketAddr::from(([127, 0, 0, 1], 5432)),
+            connect_timeout: Duration::from_secs(1),
+            tls: None,
+            host: "127.0.0.1".into(),
+        };
+        let a = table.register(server.clone(), 10, &[1, 2, 3, 4]);
+        let b = table.register(server, 11, &[5; 32]);
         assert_eq!(a.key.len(), 4);
         assert_eq!(b.key.len(), 32, "as long as the server's key");
         assert_ne!(

@@ -275,6 +275,17 @@ pub fn parse_auth(body: &[u8]) -> Result<AuthRequest, CodecError> {
     })
 }
 
+/// An AuthenticationSASL message offering `mechanisms`.
+pub fn sasl_request<'a>(mechanisms: impl Iterator<Item = &'a String>) -> Message {
+    let mut body = 10u32.to_be_bytes().to_vec();
+    for mechanism in mechanisms {
+        body.extend_from_slice(mechanism.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    Message { tag: b'R', body }
+}
+
 /// A BackendKeyData body: process id and secret key.
 pub fn parse_backend_key(body: &[u8]) -> Result<(u32, Vec<u8>), CodecError> {
     let (pid, key) = split_u32(body).ok_or(CodecError::Malformed("short BackendKeyData"))?;
@@ -411,6 +422,8 @@ pub(crate) mod tests {
             parse_auth(sasl).ok(),
             Some(AuthRequest::Sasl(vec!["SCRAM-SHA-256".into()]))
         );
+        let mechanisms = ["SCRAM-SHA-256".to_string()];
+        assert_eq!(sasl_request(mechanisms.iter()).body, sasl);
         assert_eq!(parse_auth(&[0, 0, 0, 0]).ok(), Some(AuthRequest::Ok));
         assert_eq!(
             parse_auth(&[0, 0, 0, 5, 1, 2, 3, 4]).ok(),

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod errors;
 pub mod session;
 pub mod startup;
+pub mod tls;
 
 pub use cancel::CancelTable;
 pub use session::serve;

@@ -5,20 +5,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
+use super::cancel::CancelTarget;
 use super::codec::Startup;
 use super::errors::{fatal, sqlstate};
-use super::startup::{CancelTarget, Opening, Refusal, authenticate, read_opening};
-use crate::config::ListenerRole;
+use super::startup::{Opening, Refusal, ServerLink, authenticate, read_opening};
+use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
+use crate::config::{ClientTlsMode, ListenerRole, MessageLimits};
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
 use crate::protocol::{count_bytes, relay_session};
-use crate::relay::IdleLimit;
+use crate::relay::{IdleLimit, RelayCounters, relay_streams};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
-use crate::upstream::{ConnectError, LeaseError, Pool, Server, ServerRole, connect_matching};
+use crate::tls::{ServerStream, ServerTls, TlsInfo};
+use crate::upstream::{
+    ConnectError, LeaseError, Pool, Server, ServerRole, connect_matching, connect_server,
+};
 
 /// Handles one client connection of a postgres listener to the end, logging one line.
 pub async fn serve(
@@ -48,31 +54,43 @@ async fn session(
     shared: &Shared,
     listener: &Listener,
     settings: &ListenerSettings,
-    mut client: TcpStream,
+    client: TcpStream,
     record: &mut ConnectionRecord,
 ) -> Result<&'static str, Refusal> {
     let limits = &settings.config.limits;
-    let mut startup = match read_opening(&mut client, limits).await? {
+    let mode = settings.config.client_tls_mode();
+    let offered = settings
+        .tls
+        .as_ref()
+        .filter(|_| mode != ClientTlsMode::Disabled);
+    let opened = tokio::time::timeout(
+        settings.config.timeouts.client,
+        open_client(client, limits, offered),
+    )
+    .await
+    .map_err(|_| refusal("client_timeout", "no startup packet in time"))?;
+    let (mut client, opening, tls_info) = opened?;
+    let mut startup = match opening {
         Opening::Startup(startup) => startup,
         Opening::Cancel { pid, key } => {
             shared.postgres_cancel.cancel(pid, &key).await;
             return Err(refusal("cancel", "cancel request"));
         }
+        Opening::StartTls => return Err(refusal("bad_startup", "a second SSLRequest")),
     };
-    let pool = route(settings, &mut startup);
+    if mode == ClientTlsMode::Required && tls_info.is_none() {
+        let code = sqlstate::INVALID_AUTHORIZATION;
+        return refuse(&mut client, code, "tls_required", "SSL required".into()).await;
+    }
+    let pool = route(settings, &mut startup, tls_info.as_ref());
     let Some(pool) = pool else {
         let message = format!(
             "no route for database \"{}\" and user \"{}\"",
             startup.database().unwrap_or_default(),
             startup.param("user").unwrap_or_default()
         );
-        return refuse(
-            &mut client,
-            sqlstate::INVALID_CATALOG_NAME,
-            "no_route",
-            message,
-        )
-        .await;
+        let code = sqlstate::INVALID_CATALOG_NAME;
+        return refuse(&mut client, code, "no_route", message).await;
     };
     record.pool = Some(pool.name.clone());
 
@@ -112,20 +130,59 @@ async fn session(
     };
     let server = upstream.lease.server().clone();
     record.server = Some(server.name.clone());
-    let mut server_stream = upstream.stream;
-
-    let (_cancel_key, startup_bytes) = authenticate(
+    let host = server_host(&server);
+    let tls = pool.tls.as_deref();
+    let link = |stream: &ServerStream| ServerLink {
+        table: &shared.postgres_cancel,
+        cancel: CancelTarget {
+            server: upstream.peer,
+            connect_timeout: pool.timeouts.connect,
+            tls: pool.tls.clone(),
+            host: host.clone(),
+        },
+        encrypted: matches!(stream, Either::Right(_)),
+        may_retry: retries_with_tls(tls, stream),
+    };
+    let mut server_stream = match secure_server(tls, &host, upstream.stream, false).await {
+        Ok(stream) => stream,
+        Err(error) => return refuse_tls(&mut client, &error).await,
+    };
+    let first_link = link(&server_stream);
+    let mut outcome = authenticate(
         &mut client,
         &mut server_stream,
         &startup,
         limits,
-        CancelTarget {
-            table: &shared.postgres_cancel,
-            server: upstream.peer,
-            connect_timeout: pool.timeouts.connect,
-        },
+        first_link,
     )
-    .await?;
+    .await;
+    if matches!(
+        &outcome,
+        Err(Refusal {
+            reason: "retry_tls",
+            ..
+        })
+    ) {
+        // sslmode=allow: the server refused plaintext; once more, asking for TLS.
+        let retried = async {
+            let (stream, _) = connect_server(&server, &pool).await?;
+            secure_server(tls, &host, stream, true).await
+        };
+        server_stream = match retried.await {
+            Ok(stream) => stream,
+            Err(error) => return refuse_tls(&mut client, &error).await,
+        };
+        let retry_link = link(&server_stream);
+        outcome = authenticate(
+            &mut client,
+            &mut server_stream,
+            &startup,
+            limits,
+            retry_link,
+        )
+        .await;
+    }
+    let (_cancel_key, startup_bytes) = outcome?;
     count_bytes(
         record,
         listener,
@@ -138,16 +195,92 @@ async fn session(
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );
-    Ok(relay_session(
-        shared,
-        listener,
-        &server,
-        idle,
-        &client,
-        &server_stream,
-        record,
+    Ok(match (client, server_stream) {
+        (Either::Left(client), Either::Left(server_stream)) => {
+            relay_session(
+                shared,
+                listener,
+                &server,
+                idle,
+                &client,
+                &server_stream,
+                record,
+            )
+            .await
+        }
+        (client, server_stream) => {
+            let cut = server.session_token();
+            let counters = RelayCounters {
+                to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
+                to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
+            };
+            let outcome = relay_streams(
+                client,
+                server_stream,
+                idle,
+                &cut,
+                &shared.hard_stop,
+                counters,
+            )
+            .await;
+            record.bytes_in += outcome.bytes_in;
+            record.bytes_out += outcome.bytes_out;
+            outcome.termination.as_str()
+        }
+    })
+}
+
+/// Reads the client's opening packets, taking the connection to TLS when the client asks
+/// (SSLRequest answered `S`) or starts with a TLS ClientHello (PostgreSQL 17 direct TLS,
+/// which must negotiate ALPN `postgresql`). `tls` is the listener's, when it offers TLS.
+async fn open_client(
+    client: TcpStream,
+    limits: &MessageLimits,
+    tls: Option<&Arc<ServerTls>>,
+) -> Result<(ClientStream, Opening, Option<TlsInfo>), Refusal> {
+    let mut client = client;
+    let Some(tls) = tls else {
+        let opening = read_opening(&mut client, limits, false).await?;
+        return Ok((Either::Left(client), opening, None));
+    };
+    let mut first = [0u8; 1];
+    let direct = matches!(client.peek(&mut first).await, Ok(1) if first[0] == TLS_HANDSHAKE);
+    if !direct {
+        match read_opening(&mut client, limits, true).await? {
+            Opening::StartTls => {}
+            opening => return Ok((Either::Left(client), opening, None)),
+        }
+    }
+    let (mut stream, info) = tls
+        .accept(client)
+        .await
+        .map_err(|e| refusal("client_tls_error", e))?;
+    if direct && info.alpn.as_deref() != Some(b"postgresql".as_slice()) {
+        return Err(refusal(
+            "client_tls_error",
+            "direct TLS without ALPN `postgresql`",
+        ));
+    }
+    let opening = read_opening(&mut stream, limits, false).await?;
+    Ok((Either::Right(stream), opening, Some(info)))
+}
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Ends the session after TLS to the server failed.
+async fn refuse_tls<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    error: &std::io::Error,
+) -> Result<&'static str, Refusal> {
+    let message = format!("could not connect to the server: {error}");
+    refuse(
+        client,
+        sqlstate::CONNECTION_FAILURE,
+        "server_tls_failed",
+        message,
     )
-    .await)
+    .await
 }
 
 fn refusal(reason: &'static str, detail: impl ToString) -> Refusal {
@@ -158,8 +291,8 @@ fn refusal(reason: &'static str, detail: impl ToString) -> Refusal {
 }
 
 /// Sends a FATAL ErrorResponse and ends the session.
-async fn refuse(
-    client: &mut TcpStream,
+async fn refuse<C: AsyncWrite + Unpin>(
+    client: &mut C,
     code: &str,
     reason: &'static str,
     message: String,
@@ -171,11 +304,19 @@ async fn refuse(
 
 /// Picks the pool from the startup parameters and applies the route's rewrites of
 /// `database`/`user` to what the server will be sent.
-fn route(settings: &ListenerSettings, startup: &mut Startup) -> Option<Arc<Pool>> {
+fn route(
+    settings: &ListenerSettings,
+    startup: &mut Startup,
+    tls: Option<&TlsInfo>,
+) -> Option<Arc<Pool>> {
     let facts = RouteFacts {
         database: startup.database(),
         user: startup.param("user"),
         application_name: startup.param("application_name"),
+        sni: tls.and_then(|tls| tls.sni.as_deref()),
+        client_cn: tls
+            .and_then(|tls| tls.client_cert.as_ref())
+            .and_then(|cert| cert.common_name.as_deref()),
         ..RouteFacts::default()
     };
     let Some(route) = settings.routing.route(&facts) else {

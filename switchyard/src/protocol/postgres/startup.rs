@@ -5,11 +5,10 @@
 //! where a plain socket is used today.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::cancel::{CancelTable, Registration};
+use super::cancel::{CancelTable, CancelTarget, Registration};
 use super::codec::{
     self, AuthRequest, CodecError, Message, Startup, StartupPacket, parse_auth, parse_startup,
     read_message, read_startup,
@@ -22,6 +21,8 @@ use crate::config::MessageLimits;
 pub enum Opening {
     /// A StartupMessage: route it and connect.
     Startup(Startup),
+    /// The client asked for TLS and was told `S`: the handshake comes next.
+    StartTls,
     /// A CancelRequest (the connection ends after it).
     Cancel {
         /// Process id the client was given.
@@ -49,14 +50,15 @@ impl Refusal {
     }
 }
 
-/// The answer to an SSLRequest: one place decides it. Client TLS termination plugs in
-/// here (`S`, then the handshake); until then every client continues in plaintext.
-const SSL_ANSWER: u8 = b'N';
-
-/// Reads the client's opening packets: answers SSLRequest and GSSENCRequest (`N`), and
-/// returns the StartupMessage or CancelRequest that follows. Malformed input gets a FATAL
-/// ErrorResponse (08P01, or 0A000 for a protocol version other than 3.x).
-pub async fn read_opening<S>(client: &mut S, limits: &MessageLimits) -> Result<Opening, Refusal>
+/// Reads the client's opening packets: answers GSSENCRequest `N` and SSLRequest `S` when
+/// `offer_tls` (returning [`Opening::StartTls`]) or `N`, and returns the StartupMessage or
+/// CancelRequest that follows. Malformed input gets a FATAL ErrorResponse (08P01, or 0A000
+/// for a protocol version other than 3.x).
+pub async fn read_opening<S>(
+    client: &mut S,
+    limits: &MessageLimits,
+    offer_tls: bool,
+) -> Result<Opening, Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -68,7 +70,11 @@ where
             Err(error) => Err(error),
         };
         match packet {
-            Ok(StartupPacket::SslRequest) => answer(client, &[SSL_ANSWER]).await?,
+            Ok(StartupPacket::SslRequest) if offer_tls => {
+                answer(client, b"S").await?;
+                return Ok(Opening::StartTls);
+            }
+            Ok(StartupPacket::SslRequest) => answer(client, b"N").await?,
             Ok(StartupPacket::GssEncRequest) => answer(client, b"N").await?,
             Ok(StartupPacket::Cancel { pid, key }) => return Ok(Opening::Cancel { pid, key }),
             Ok(StartupPacket::Startup(startup)) => return Ok(Opening::Startup(startup)),
@@ -108,15 +114,18 @@ pub struct StartupBytes {
     pub to_client: u64,
 }
 
-/// Where the session's cancel key points: the server's address and the pool's connect
-/// timeout.
-pub struct CancelTarget<'a> {
-    /// Shared key table.
+/// What the startup needs to know about the server connection.
+pub struct ServerLink<'a> {
+    /// Shared cancel key table.
     pub table: &'a Arc<CancelTable>,
-    /// The server's address.
-    pub server: std::net::SocketAddr,
-    /// How long a forwarded cancel may take to connect.
-    pub connect_timeout: Duration,
+    /// Where a forwarded cancel goes.
+    pub cancel: CancelTarget,
+    /// The server connection is TLS: SCRAM-SHA-256-PLUS is not offered to the client,
+    /// whose TLS (if any) ends at the proxy, so channel binding could never match.
+    pub encrypted: bool,
+    /// `sslmode=allow`'s first, plaintext attempt: an error before anything reached the
+    /// client is returned as [`Refusal`] `retry_tls` instead of being relayed.
+    pub may_retry: bool,
 }
 
 /// Sends `startup` to the server and relays the authentication exchange until the
@@ -127,7 +136,7 @@ pub async fn authenticate<C, S>(
     server: &mut S,
     startup: &Startup,
     limits: &MessageLimits,
-    cancel: CancelTarget<'_>,
+    link: ServerLink<'_>,
 ) -> Result<(Option<Registration>, StartupBytes), Refusal>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -135,6 +144,7 @@ where
 {
     let mut bytes = StartupBytes::default();
     let mut registration = None;
+    let mut cancel = Some(link.cancel);
     let packet = startup.encode();
     send(server, &packet, "server_error").await?;
     bytes.to_server += packet.len() as u64;
@@ -149,20 +159,34 @@ where
                 return Err(Refusal::new("server_error", text));
             }
         };
+        if message.tag == b'E' && link.may_retry && bytes.to_client == 0 {
+            return Err(Refusal::new("retry_tls", error_text(&message)));
+        }
         let mut expects_reply = false;
         let outgoing = match message.tag {
-            b'R' => {
-                let request = parse_auth(&message.body).map_err(|e| bad_server(&e))?;
-                expects_reply = matches!(request, AuthRequest::Sasl(_) | AuthRequest::NeedsReply);
-                message
-            }
+            b'R' => match parse_auth(&message.body).map_err(|e| bad_server(&e))? {
+                AuthRequest::Sasl(mechanisms) => {
+                    expects_reply = true;
+                    if link.encrypted {
+                        codec::sasl_request(mechanisms.iter().filter(|m| !m.ends_with("-PLUS")))
+                    } else {
+                        message
+                    }
+                }
+                request => {
+                    expects_reply = request == AuthRequest::NeedsReply;
+                    message
+                }
+            },
             b'K' => {
                 let (pid, key) =
                     codec::parse_backend_key(&message.body).map_err(|e| bad_server(&e))?;
-                let issued =
-                    cancel
-                        .table
-                        .register(cancel.server, pid, &key, cancel.connect_timeout);
+                let Some(target) = cancel.take() else {
+                    return Err(bad_server(&CodecError::Malformed(
+                        "a second BackendKeyData",
+                    )));
+                };
+                let issued = link.table.register(target, pid, &key);
                 let ours = codec::backend_key(issued.pid, &issued.key);
                 registration = Some(issued);
                 ours
@@ -232,6 +256,8 @@ fn error_text(message: &Message) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::AsyncReadExt;
 
     use super::*;
@@ -247,7 +273,7 @@ mod tests {
         sent.extend(codec::with_length(None, &codec::SSL_REQUEST.to_be_bytes()));
         sent.extend(startup.encode());
         client.write_all(&sent).await.expect("write");
-        let opening = read_opening(&mut proxy, &MessageLimits::default()).await;
+        let opening = read_opening(&mut proxy, &MessageLimits::default(), false).await;
         assert!(matches!(opening, Ok(Opening::Startup(s)) if s == startup));
         let mut answers = [0u8; 2];
         client.read_exact(&mut answers).await.expect("answers");
@@ -261,7 +287,7 @@ mod tests {
             .write_all(&[0, 0, 0, 9, 0, 3, 0, 0, b'x'])
             .await
             .expect("write");
-        let opening = read_opening(&mut proxy, &MessageLimits::default()).await;
+        let opening = read_opening(&mut proxy, &MessageLimits::default(), false).await;
         assert!(matches!(
             opening,
             Err(Refusal {
@@ -305,10 +331,16 @@ p\x00\x00\x00lc=biws,r=jWERqqq/4QxxkIurfS8RkPkvgqflgJv0xQ2Xvh+S2iYnQRst,p=+QrHa5
             &mut server_end,
             &startup,
             &MessageLimits::default(),
-            CancelTarget {
+            ServerLink {
                 table: &table,
-                server,
-                connect_timeout: Duration::from_secs(1),
+                cancel: CancelTarget {
+                    server,
+                    connect_timeout: Duration::from_secs(1),
+                    tls: None,
+                    host: "127.0.0.1".into(),
+                },
+                encrypted: false,
+                may_retry: false,
             },
         )
         .await
