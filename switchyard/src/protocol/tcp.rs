@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio_util::either::Either;
@@ -30,24 +29,13 @@ pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
 ) {
-    let started = Instant::now();
-    let mut record = ConnectionRecord {
-        time: String::new(),
-        listener: listener.name.clone(),
-        client: peer,
-        pool: None,
-        server: None,
-        duration_ms: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        termination: "",
-    };
+    let started = std::time::Instant::now();
+    let mut record = ConnectionRecord::accepted(&listener.name, peer);
     record.termination = proxy(&shared, &listener, &settings, client, peer, &mut record).await;
     if !matches!(record.termination, "client_closed" | "server_closed") {
         tracing::debug!(listener = %listener.name, client = %record.client, reason = record.termination, "connection ended");
     }
-    record.duration_ms = started.elapsed().as_millis() as u64;
-    record.time = ConnectionRecord::now_string();
+    record.finish(started);
     shared.access_log.log(&record);
 }
 
@@ -150,12 +138,8 @@ async fn proxy(
         .as_ref()
         .is_none_or(|tls| matches!(tls.mode(), SslMode::Disable | SslMode::Allow));
     let early = early_data.len() as u64;
-    let count_early = |record: &mut ConnectionRecord| {
-        record.bytes_in += early;
-        for counter in [&server.stats.bytes_in, &listener.stats.bytes_in] {
-            counter.fetch_add(early, Ordering::Relaxed);
-        }
-    };
+    let count_early =
+        |record: &mut ConnectionRecord| super::count_bytes(record, listener, &server, early, 0);
 
     let idle = IdleLimit::choose(
         settings.config.timeouts.client,
