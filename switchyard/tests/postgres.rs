@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use support::config::Config;
 use support::ops::listener_addr;
 use support::postgres::{
-    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, psql, psql_ok, stderr,
+    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, pgbench, psql, psql_ok, stderr,
 };
 use support::{Proxy, free_port, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -339,4 +339,26 @@ async fn protocol_3_2_and_pq_options_reach_the_server_which_negotiates() {
     assert!(String::from_utf8_lossy(&body).contains("_pq_.not_a_real_option"));
     stream.read_exact(&mut tag).await.expect("read");
     assert_eq!(&tag, b"R", "authentication follows");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pgbench_runs_through_the_proxy_in_session_mode() {
+    let pg = PgCluster::start(&PgOptions {
+        auth: Some("scram-sha-256"),
+        ..PgOptions::default()
+    });
+    let (proxy, front) = pg_config(&[("pg", pg.address())]).start().await;
+    let init = pgbench(front, &["-i", "-q", "-s", "1"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let run = pgbench(front, &["-n", "-c", "4", "-j", "2", "-t", "50"]);
+    let report = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{report}{}", stderr(&run));
+    assert!(
+        report.contains("number of transactions actually processed: 200/200"),
+        "{report}"
+    );
+    assert!(
+        proxy.server("app", "pg").await.total >= 5,
+        "init + 4 sessions"
+    );
 }

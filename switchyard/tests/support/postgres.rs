@@ -368,3 +368,20 @@ pub async fn cancelled_sleep(
         .expect("join")
         .expect_err("the query is cancelled")
 }
+
+/// Runs `pgbench ARGS... postgres` against `address` as `postgres` (password [`PASSWORD`]).
+pub fn pgbench(address: SocketAddr, args: &[&str]) -> Output {
+    Command::new(bin_dir().join("pgbench"))
+        .args(["-h"])
+        .arg(address.ip().to_string())
+        .arg("-p")
+        .arg(address.port().to_string())
+        .args(["-U", "postgres"])
+        .args(args)
+        .arg("postgres")
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", "disable")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pgbench")
+}
