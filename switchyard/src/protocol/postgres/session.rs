@@ -68,15 +68,15 @@ async fn session(
         open_client(client, limits, offered),
     )
     .await
-    .map_err(|_| refusal("client_timeout", "no startup packet in time"))?;
+    .map_err(|_| Refusal::new("client_timeout", "no startup packet in time"))?;
     let (mut client, opening, tls_info) = opened?;
     let mut startup = match opening {
         Opening::Startup(startup) => startup,
         Opening::Cancel { pid, key } => {
             shared.postgres_cancel.cancel(pid, &key).await;
-            return Err(refusal("cancel", "cancel request"));
+            return Err(Refusal::new("cancel", "cancel request"));
         }
-        Opening::StartTls => return Err(refusal("bad_startup", "a second SSLRequest")),
+        Opening::StartTls => return Err(Refusal::new("bad_startup", "a second SSLRequest")),
     };
     if mode == ClientTlsMode::Required && tls_info.is_none() {
         let code = sqlstate::INVALID_AUTHORIZATION;
@@ -254,9 +254,9 @@ async fn open_client(
     let (mut stream, info) = tls
         .accept(client)
         .await
-        .map_err(|e| refusal("client_tls_error", e))?;
+        .map_err(|e| Refusal::new("client_tls_error", e))?;
     if direct && info.alpn.as_deref() != Some(b"postgresql".as_slice()) {
-        return Err(refusal(
+        return Err(Refusal::new(
             "client_tls_error",
             "direct TLS without ALPN `postgresql`",
         ));
@@ -283,13 +283,6 @@ async fn refuse_tls<C: AsyncWrite + Unpin>(
     .await
 }
 
-fn refusal(reason: &'static str, detail: impl ToString) -> Refusal {
-    Refusal {
-        reason,
-        detail: detail.to_string(),
-    }
-}
-
 /// Sends a FATAL ErrorResponse and ends the session.
 async fn refuse<C: AsyncWrite + Unpin>(
     client: &mut C,
@@ -299,7 +292,7 @@ async fn refuse<C: AsyncWrite + Unpin>(
 ) -> Result<&'static str, Refusal> {
     let _ = client.write_all(&fatal(code, &message)).await;
     let _ = client.shutdown().await;
-    Err(refusal(reason, message))
+    Err(Refusal::new(reason, message))
 }
 
 /// Picks the pool from the startup parameters and applies the route's rewrites of

@@ -42,7 +42,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(reason: &'static str, detail: impl ToString) -> Self {
+    /// A refusal for the log: `reason` names it, `detail` says what happened.
+    pub fn new(reason: &'static str, detail: impl ToString) -> Self {
         Self {
             reason,
             detail: detail.to_string(),
