@@ -156,13 +156,11 @@ async fn session(
         first_link,
     )
     .await;
-    if matches!(
-        &outcome,
-        Err(Refusal {
-            reason: "retry_tls",
-            ..
-        })
-    ) {
+    if let Err(Refusal {
+        reason: "retry_tls",
+        detail: refused,
+    }) = &outcome
+    {
         // sslmode=allow: the server refused plaintext; once more, asking for TLS.
         let retried = async {
             let (stream, _) = connect_server(&server, &pool).await?;
@@ -170,7 +168,13 @@ async fn session(
         };
         server_stream = match retried.await {
             Ok(stream) => stream,
-            Err(error) => return refuse_tls(&mut client, &error).await,
+            Err(error) => {
+                let error = std::io::Error::new(
+                    error.kind(),
+                    format!("plaintext refused ({refused}), then {error}"),
+                );
+                return refuse_tls(&mut client, &error).await;
+            }
         };
         let retry_link = link(&server_stream);
         outcome = authenticate(
