@@ -362,3 +362,73 @@ async fn pgbench_runs_through_the_proxy_in_session_mode() {
         "init + 4 sessions"
     );
 }
+
+/// A server in front of `upstream` that takes a PROXY v1 line off each connection, keeps
+/// it in `lines`, and relays the rest: stands for a PROXY-aware server (PgBouncer).
+async fn proxy_header_recorder(
+    upstream: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = lines.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut line = Vec::new();
+                while !line.ends_with(b"\r\n") {
+                    match client.read_u8().await {
+                        Ok(byte) => line.push(byte),
+                        Err(_) => return,
+                    }
+                }
+                seen.lock()
+                    .expect("lines")
+                    .push(String::from_utf8_lossy(&line).into_owned());
+                if let Ok(mut server) = TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (address, lines)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_in_from_a_balancer_and_out_to_the_server() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (recorder, lines) = proxy_header_recorder(pg.address()).await;
+    let (proxy, front) = pg_config(&[("pg", recorder)])
+        .listener(r#"proxy_protocol = "accept""#)
+        .pool(r#"send_proxy_protocol = "v1""#)
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(front).await.expect("connect");
+    stream
+        .write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 6432\r\n")
+        .await
+        .expect("PROXY header");
+    let (client, connection) = tokio_postgres::Config::new()
+        .user("postgres")
+        .dbname("postgres")
+        .connect_raw(stream, tokio_postgres::NoTls)
+        .await
+        .expect("startup after the PROXY header");
+    tokio::spawn(connection);
+    let row = client.query_one("SELECT 5", &[]).await.expect("query");
+    assert_eq!(row.get::<_, i32>(0), 5);
+    drop(client);
+    let sent = lines.lock().expect("lines").clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent[0].starts_with("PROXY TCP4 203.0.113.7 127.0.0.1 40000 6432"),
+        "the balancer's client address goes on: {sent:?}"
+    );
+    wait_until("the session's log line", || async {
+        proxy.stdout().contains("203.0.113.7")
+    })
+    .await;
+}

@@ -221,12 +221,6 @@ fn validate_database_listener(config: &Config, i: usize, sink: &mut ErrorSink<'_
         );
     }
     if listener.protocol == Protocol::Postgres {
-        if listener.proxy_protocol.is_some() {
-            sink.at(
-                &key_path!("listener", i, "proxy_protocol"),
-                "postgres listeners do not accept PROXY headers in this build yet",
-            );
-        }
         if listener.limits.startup_message < 1024 {
             sink.at(
                 &key_path!("listener", i, "limits", "startup_message"),

@@ -57,7 +57,7 @@ async fn query_role(
         let (stream, _) = connect_server(server, pool)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let stream = secure_server(tls, &host, stream, retry)
+        let stream = secure_server(tls, &host, stream, &[], retry)
             .await
             .map_err(|e| format!("tls: {e}"))?;
         let may_retry = !retry && retries_with_tls(tls, &stream);

@@ -10,10 +10,9 @@ use tokio::net::TcpStream;
 use tokio::io::AsyncWriteExt;
 use tokio_util::either::Either;
 
-use crate::config::{ProxyProtocolVersion, SslMode};
+use crate::config::SslMode;
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
-use crate::proxy_protocol::{self, ProxyHeader};
 use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams, write_all};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
@@ -31,7 +30,7 @@ pub async fn serve(
 ) {
     let started = std::time::Instant::now();
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
-    record.termination = proxy(&shared, &listener, &settings, client, peer, &mut record).await;
+    record.termination = proxy(&shared, &listener, &settings, client, &mut record).await;
     if !matches!(record.termination, "client_closed" | "server_closed") {
         tracing::debug!(listener = %listener.name, client = %record.client, reason = record.termination, "connection ended");
     }
@@ -44,7 +43,6 @@ async fn proxy(
     listener: &Listener,
     settings: &ListenerSettings,
     client: TcpStream,
-    peer: SocketAddr,
     record: &mut ConnectionRecord,
 ) -> &'static str {
     let mut client = client;
@@ -53,20 +51,12 @@ async fn proxy(
     let mut destination = None;
     let mut early_data = bytes::Bytes::new();
     if settings.config.proxy_protocol.is_some() {
-        match proxy_protocol::read_header(&mut client, settings.config.timeouts.proxy_header).await
-        {
-            Ok((header, rest)) => {
-                if let ProxyHeader::Proxied(addrs) = header {
-                    record.client = addrs.source;
-                    destination = Some(addrs.destination);
-                }
-                early_data = rest;
+        match super::read_proxy_header(listener, settings, &mut client, record).await {
+            Ok(proxied) => {
+                destination = proxied.destination;
+                early_data = proxied.early_data;
             }
-            Err(error) => {
-                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(listener = %listener.name, client = %peer, %error, "bad PROXY protocol header");
-                return "proxy_header_error";
-            }
+            Err(reason) => return reason,
         }
     }
 
@@ -128,11 +118,7 @@ async fn proxy(
 
     let destination =
         || destination.unwrap_or_else(|| client_socket.local_addr().unwrap_or(listener.address));
-    let mut preamble = match pool.send_proxy_protocol {
-        Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(record.client, destination()),
-        Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(record.client, destination()),
-        None => Vec::new(),
-    };
+    let mut preamble = super::proxy_preamble(pool.send_proxy_protocol, record.client, destination);
     let plain_upstream = pool
         .tls
         .as_ref()

@@ -25,6 +25,16 @@ impl<S> Rewind<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The bytes not yet read back.
+    pub fn buffered(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// The bytes not yet read back, and the stream.
+    pub fn into_parts(self) -> (Bytes, S) {
+        (self.prefix, self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

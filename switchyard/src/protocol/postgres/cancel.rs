@@ -28,6 +28,8 @@ pub struct CancelTarget {
     pub tls: Option<Arc<UpstreamTls>>,
     /// The name the server's certificate is verified against.
     pub host: String,
+    /// The session's PROXY header, when the pool sends one.
+    pub preamble: Vec<u8>,
 }
 
 /// Where a proxy-issued key points.
@@ -103,8 +105,14 @@ impl CancelTable {
         let server = &target.server;
         let send = async {
             let stream = TcpStream::connect(server.server).await?;
-            let mut stream =
-                secure_server(server.tls.as_deref(), &server.host, stream, false).await?;
+            let mut stream = secure_server(
+                server.tls.as_deref(),
+                &server.host,
+                stream,
+                &server.preamble,
+                false,
+            )
+            .await?;
             stream
                 .write_all(&encode_cancel(target.pid, &target.key))
                 .await?;
@@ -134,6 +142,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             tls: None,
             host: "127.0.0.1".into(),
+            preamble: Vec::new(),
         };
         let a = table.register(server.clone(), 10, &[1, 2, 3, 4]);
         let b = table.register(server, 11, &[5; 32]);

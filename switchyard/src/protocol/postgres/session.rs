@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
@@ -17,11 +18,11 @@ use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
 use crate::config::{ClientTlsMode, ListenerRole, MessageLimits};
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
-use crate::protocol::{count_bytes, relay_session};
+use crate::protocol::{count_bytes, proxy_preamble, read_proxy_header, relay_session};
 use crate::relay::{IdleLimit, RelayCounters, relay_streams};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
-use crate::tls::{ServerStream, ServerTls, TlsInfo};
+use crate::tls::{Rewind, ServerStream, ServerTls, TlsInfo};
 use crate::upstream::{
     ConnectError, LeaseError, Pool, Server, ServerRole, connect_matching, connect_server,
 };
@@ -39,7 +40,11 @@ pub async fn serve(
     record.termination = match session(&shared, &listener, &settings, client, &mut record).await {
         Ok(termination) => termination,
         Err(refusal) => {
-            if !matches!(refusal.reason, "client_closed" | "cancel") {
+            // A bad PROXY header was counted and logged where it was read.
+            if !matches!(
+                refusal.reason,
+                "client_closed" | "cancel" | "proxy_header_error"
+            ) {
                 listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(listener = %listener.name, client = %peer, reason = refusal.reason, detail = %refusal.detail, "postgres session refused");
             }
@@ -54,10 +59,24 @@ async fn session(
     shared: &Shared,
     listener: &Listener,
     settings: &ListenerSettings,
-    client: TcpStream,
+    mut client: TcpStream,
     record: &mut ConnectionRecord,
 ) -> Result<&'static str, Refusal> {
     let limits = &settings.config.limits;
+    let mut destination = None;
+    let mut early_data = Bytes::new();
+    if settings.config.proxy_protocol.is_some() {
+        let proxied = read_proxy_header(listener, settings, &mut client, record)
+            .await
+            .map_err(|reason| Refusal::new(reason, "bad PROXY protocol header"))?;
+        destination = proxied.destination;
+        early_data = proxied.early_data;
+    }
+    // The address the client reached, for a PROXY header sent upstream.
+    let destination = destination
+        .or_else(|| client.local_addr().ok())
+        .unwrap_or(listener.address);
+    let client = Rewind::new(early_data, client);
     let mode = settings.config.client_tls_mode();
     let offered = settings
         .tls
@@ -130,6 +149,7 @@ async fn session(
     };
     let server = upstream.lease.server().clone();
     record.server = Some(server.name.clone());
+    let preamble = proxy_preamble(pool.send_proxy_protocol, record.client, || destination);
     let host = server_host(&server);
     let tls = pool.tls.as_deref();
     let link = |stream: &ServerStream| ServerLink {
@@ -139,11 +159,13 @@ async fn session(
             connect_timeout: pool.timeouts.connect,
             tls: pool.tls.clone(),
             host: host.clone(),
+            preamble: preamble.clone(),
         },
         encrypted: matches!(stream, Either::Right(_)),
         may_retry: retries_with_tls(tls, stream),
     };
-    let mut server_stream = match secure_server(tls, &host, upstream.stream, false).await {
+    let mut server_stream = match secure_server(tls, &host, upstream.stream, &preamble, false).await
+    {
         Ok(stream) => stream,
         Err(error) => return refuse_tls(&mut client, &error).await,
     };
@@ -164,7 +186,7 @@ async fn session(
         // sslmode=allow: the server refused plaintext; once more, asking for TLS.
         let retried = async {
             let (stream, _) = connect_server(&server, &pool).await?;
-            secure_server(tls, &host, stream, true).await
+            secure_server(tls, &host, stream, &preamble, true).await
         };
         server_stream = match retried.await {
             Ok(stream) => stream,
@@ -200,7 +222,15 @@ async fn session(
         pool.timeouts.tunnel,
     );
     Ok(match (client, server_stream) {
-        (Either::Left(client), Either::Left(server_stream)) => {
+        (Either::Left(client), Either::Left(mut server_stream)) => {
+            // Client bytes read with the PROXY header and not needed by the startup.
+            let (early, client) = client.into_parts();
+            if !early.is_empty() {
+                if server_stream.write_all(&early).await.is_err() {
+                    return Ok("server_error");
+                }
+                count_bytes(record, listener, &server, early.len() as u64, 0);
+            }
             relay_session(
                 shared,
                 listener,
@@ -238,7 +268,7 @@ async fn session(
 /// (SSLRequest answered `S`) or starts with a TLS ClientHello (PostgreSQL 17 direct TLS,
 /// which must negotiate ALPN `postgresql`). `tls` is the listener's, when it offers TLS.
 async fn open_client(
-    client: TcpStream,
+    client: Rewind<TcpStream>,
     limits: &MessageLimits,
     tls: Option<&Arc<ServerTls>>,
 ) -> Result<(ClientStream, Opening, Option<TlsInfo>), Refusal> {
@@ -248,7 +278,14 @@ async fn open_client(
         return Ok((Either::Left(client), opening, None));
     };
     let mut first = [0u8; 1];
-    let direct = matches!(client.peek(&mut first).await, Ok(1) if first[0] == TLS_HANDSHAKE);
+    let first = match client.buffered().first() {
+        Some(&byte) => Some(byte),
+        None => match client.get_ref().peek(&mut first).await {
+            Ok(1) => Some(first[0]),
+            _ => None,
+        },
+    };
+    let direct = first == Some(TLS_HANDSHAKE);
     if !direct {
         match read_opening(&mut client, limits, true).await? {
             Opening::StartTls => {}

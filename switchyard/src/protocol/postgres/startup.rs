@@ -339,6 +339,7 @@ p\x00\x00\x00lc=biws,r=jWERqqq/4QxxkIurfS8RkPkvgqflgJv0xQ2Xvh+S2iYnQRst,p=+QrHa5
                     connect_timeout: Duration::from_secs(1),
                     tls: None,
                     host: "127.0.0.1".into(),
+                    preamble: Vec::new(),
                 },
                 encrypted: false,
                 may_retry: false,

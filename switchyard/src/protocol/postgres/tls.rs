@@ -14,11 +14,13 @@ use tokio_util::either::Either;
 
 use super::codec::{SSL_REQUEST, with_length};
 use crate::config::SslMode;
-use crate::tls::{ServerStream, UpstreamTls};
+use crate::tls::{Rewind, ServerStream, UpstreamTls};
 use crate::upstream::{Server, ServerAddress};
 
-/// A client connection: plaintext, or TLS terminated by the proxy.
-pub type ClientStream = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+/// A client connection (after any PROXY header, whose trailing bytes it reads first):
+/// plaintext, or TLS terminated by the proxy.
+pub type ClientStream =
+    Either<Rewind<TcpStream>, tokio_rustls::server::TlsStream<Rewind<TcpStream>>>;
 
 /// The name a server is verified against (`verify-full`) and sent as SNI, unless the
 /// pool's `upstream_tls.sni` overrides it.
@@ -39,13 +41,16 @@ fn asks_for_tls(mode: SslMode, retry: bool) -> bool {
 }
 
 /// Negotiates TLS on a fresh server connection per `tls`'s `sslmode` (plaintext without
-/// `upstream_tls`); `retry` is `allow`'s second attempt, which asks for TLS.
+/// `upstream_tls`), after sending `preamble` (a PROXY header, or nothing) in clear; `retry`
+/// is `allow`'s second attempt, which asks for TLS.
 pub async fn secure_server(
     tls: Option<&UpstreamTls>,
     host: &str,
     mut stream: TcpStream,
+    preamble: &[u8],
     retry: bool,
 ) -> io::Result<ServerStream> {
+    stream.write_all(preamble).await?;
     let Some(tls) = tls.filter(|tls| asks_for_tls(tls.mode(), retry)) else {
         return Ok(Either::Left(stream));
     };
