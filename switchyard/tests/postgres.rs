@@ -281,6 +281,14 @@ role = "replica""#,
             .await
             .contains("switchyard_server_primary{pool=\"app\",server=\"a\"} 1")
     );
+    let (ok, status, said) = proxy.ctl(&["status"]);
+    assert!(ok, "{said}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("b") && l.contains(" replica ")),
+        "{status}"
+    );
     for _ in 0..3 {
         assert_eq!(in_recovery(rw), "f");
         assert_eq!(in_recovery(ro), "t");
