@@ -233,8 +233,17 @@ async fn read_body<S: AsyncRead + Unpin>(
             limit,
         });
     }
-    let mut body = vec![0; length as usize - 4];
-    stream.read_exact(&mut body).await?;
+    // Grow with what actually arrives: a length word alone must not make the proxy
+    // allocate up to the limit.
+    let wanted = length as usize - 4;
+    let mut body = Vec::with_capacity(wanted.min(64 * 1024));
+    let read = (&mut *stream)
+        .take(wanted as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if read < wanted {
+        return Err(CodecError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(body)
 }
 
@@ -402,6 +411,12 @@ pub(crate) mod tests {
         assert!(matches!(
             read_startup(&mut short, 10_000).await,
             Err(CodecError::Length { .. })
+        ));
+        // A huge announced length with little behind it: no huge buffer, just an error.
+        let mut truncated: &[u8] = b"p\x3f\xff\xff\xffabc";
+        assert!(matches!(
+            read_message(&mut truncated, 1 << 30).await,
+            Err(CodecError::Io(_))
         ));
         let mut message: &[u8] = b"Z\x00\x00\x00\x05I";
         let read = read_message(&mut message, 100).await.ok();
