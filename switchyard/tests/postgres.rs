@@ -440,3 +440,37 @@ async fn proxy_protocol_in_from_a_balancer_and_out_to_the_server() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_accepted_before_a_reload_follows_the_new_pool() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (proxy, front) = pg_config(&[("old", pg.address())]).start().await;
+    // Accepted on the old settings, but the startup comes after the reload.
+    let held = TcpStream::connect(front).await.expect("connect");
+    wait_until("the connection to be accepted", || async {
+        proxy
+            .listeners()
+            .await
+            .iter()
+            .any(|l| l.name == "front" && l.total >= 1)
+    })
+    .await;
+    let old_line = format!(r#"name = "old", address = "{}""#, pg.address());
+    let new_line = format!(r#"name = "new", address = "localhost:{}""#, pg.port);
+    let text = std::fs::read_to_string(proxy.config_path()).expect("config");
+    assert!(text.contains(&old_line), "{text}");
+    std::fs::write(proxy.config_path(), text.replace(&old_line, &new_line)).expect("write");
+    let (status, body) = proxy.post("/api/v1/reload", "").await;
+    assert_eq!(status, 200, "{body}");
+
+    let (client, connection) = tokio_postgres::Config::new()
+        .user("postgres")
+        .dbname("postgres")
+        .connect_raw(held, tokio_postgres::NoTls)
+        .await
+        .expect("the startup finds the new pool's server");
+    tokio::spawn(connection);
+    let row = client.query_one("SELECT 3", &[]).await.expect("query");
+    assert_eq!(row.get::<_, i32>(0), 3);
+    assert_eq!(proxy.server("app", "new").await.total, 1);
+}

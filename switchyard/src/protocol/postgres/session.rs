@@ -20,11 +20,11 @@ use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
 use crate::protocol::{count_bytes, proxy_preamble, read_proxy_header, relay_session};
 use crate::relay::{IdleLimit, RelayCounters, relay_streams};
-use crate::route::RouteFacts;
+use crate::route::{RouteFacts, Routing};
 use crate::runtime::Shared;
 use crate::tls::{Rewind, ServerStream, ServerTls, TlsInfo};
 use crate::upstream::{
-    ConnectError, LeaseError, Pool, Server, ServerRole, connect_matching, connect_server,
+    ConnectError, LeaseError, Pool, Server, ServerRole, Upstream, connect_matching, connect_server,
 };
 
 /// Handles one client connection of a postgres listener to the end, logging one line.
@@ -101,8 +101,8 @@ async fn session(
         let code = sqlstate::INVALID_AUTHORIZATION;
         return refuse(&mut client, code, "tls_required", "SSL required".into()).await;
     }
-    let pool = route(settings, &mut startup, tls_info.as_ref());
-    let Some(pool) = pool else {
+    let routed = route(&settings.routing, &startup, tls_info.as_ref());
+    let Some((mut pool, mut rewrites)) = routed else {
         let message = format!(
             "no route for database \"{}\" and user \"{}\"",
             startup.database().unwrap_or_default(),
@@ -113,14 +113,23 @@ async fn session(
     };
     record.pool = Some(pool.name.clone());
 
-    let wanted = wanted_role(
-        &pool,
-        settings.config.role,
-        settings.config.replica_fallback,
-    );
-    let max_lag = pool_lag(&pool);
-    let accept = move |server: &Server| admits(&max_lag, wanted, server);
-    let upstream = match connect_matching(&pool, record.client, &accept).await {
+    let (config, tls_facts) = (&settings.config, tls_info.as_ref());
+    let mut wanted = wanted_role(&pool, config.role, config.replica_fallback);
+    let mut attempt = connect_role(&pool, record.client, wanted).await;
+    // A reload that replaced the pool after this connection was accepted drains the servers
+    // it removed; when nothing else is left in the old pool, the routing now in force
+    // takes the client.
+    while matches!(attempt, Err(ConnectError::Lease(LeaseError::NoServer))) && pool.is_retired() {
+        let Some(current) = route(&listener.settings().routing, &startup, tls_facts) else {
+            break;
+        };
+        (pool, rewrites) = current;
+        record.pool = Some(pool.name.clone());
+        wanted = wanted_role(&pool, config.role, config.replica_fallback);
+        attempt = connect_role(&pool, record.client, wanted).await;
+    }
+    rewrites.apply(&mut startup);
+    let upstream = match attempt {
         Ok(upstream) => upstream,
         Err(error) => {
             let (code, reason, message) = match &error {
@@ -336,13 +345,38 @@ async fn refuse<C: AsyncWrite + Unpin>(
     Err(Refusal::new(reason, message))
 }
 
-/// Picks the pool from the startup parameters and applies the route's rewrites of
-/// `database`/`user` to what the server will be sent.
+/// What a route asks to change in the startup sent to the server.
+#[derive(Debug, Default)]
+struct Rewrites {
+    database: Option<String>,
+    user: Option<String>,
+}
+
+impl Rewrites {
+    /// Applies the rewrites to what the server will be sent.
+    fn apply(self, startup: &mut Startup) {
+        if let Some(database) = self.database {
+            startup.set_param("database", &database);
+        }
+        if let Some(user) = self.user {
+            // The database defaulted to the user name: keep the name the client meant.
+            if startup.param("database").is_none()
+                && let Some(original) = startup.param("user").map(str::to_string)
+            {
+                startup.set_param("database", &original);
+            }
+            startup.set_param("user", &user);
+        }
+    }
+}
+
+/// Picks the pool from the startup parameters (and the client's TLS), with the matching
+/// route's rewrites of `database`/`user`.
 fn route(
-    settings: &ListenerSettings,
-    startup: &mut Startup,
+    routing: &Routing,
+    startup: &Startup,
     tls: Option<&TlsInfo>,
-) -> Option<Arc<Pool>> {
+) -> Option<(Arc<Pool>, Rewrites)> {
     let facts = RouteFacts {
         database: startup.database(),
         user: startup.param("user"),
@@ -353,27 +387,30 @@ fn route(
             .and_then(|cert| cert.common_name.as_deref()),
         ..RouteFacts::default()
     };
-    let Some(route) = settings.routing.route(&facts) else {
-        return settings.routing.default.clone();
-    };
-    let pool = route.pool.clone();
-    let (database, user) = (
-        route.rule.rewrite_database.clone(),
-        route.rule.rewrite_user.clone(),
-    );
-    if let Some(database) = database {
-        startup.set_param("database", &database);
+    match routing.route(&facts) {
+        Some(route) => Some((
+            route.pool.clone(),
+            Rewrites {
+                database: route.rule.rewrite_database.clone(),
+                user: route.rule.rewrite_user.clone(),
+            },
+        )),
+        None => routing
+            .default
+            .clone()
+            .map(|pool| (pool, Rewrites::default())),
     }
-    if let Some(user) = user {
-        // The database defaulted to the user name: keep the name the client meant.
-        if startup.param("database").is_none()
-            && let Some(original) = startup.param("user").map(str::to_string)
-        {
-            startup.set_param("database", &original);
-        }
-        startup.set_param("user", &user);
-    }
-    Some(pool)
+}
+
+/// Connects to a server of `pool` that serves `wanted` (any server for `None`).
+async fn connect_role(
+    pool: &Arc<Pool>,
+    client: SocketAddr,
+    wanted: Option<ServerRole>,
+) -> Result<Upstream, ConnectError> {
+    let max_lag = pool_lag(pool);
+    let accept = move |server: &Server| admits(&max_lag, wanted, server);
+    connect_matching(pool, client, &accept).await
 }
 
 /// The role a session of `role` must get now; `None` is any. A replica listener falls
