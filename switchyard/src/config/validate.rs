@@ -68,11 +68,11 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 ),
             ),
         }
-        if listener.protocol != Protocol::Tcp {
+        if !matches!(listener.protocol, Protocol::Tcp | Protocol::Http) {
             sink.at(
                 &key_path!("listener", i, "protocol"),
                 format!(
-                    "protocol `{}` is not available in this build yet; use `tcp`",
+                    "protocol `{}` is not available in this build yet; use `tcp` or `http`",
                     listener.protocol.as_str()
                 ),
             );
@@ -106,6 +106,11 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                     &key_path!("listener", i, "routes", r),
                     "tcp listeners route by SNI only with TLS passthrough, which this build does not have yet",
                 );
+            }
+            if listener.protocol == Protocol::Http {
+                crate::protocol::http::validate_route(route, &mut |key, message| {
+                    sink.at(&key_path!("listener", i, "routes", r, key), message)
+                });
             }
         }
     }
@@ -172,6 +177,15 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             }
             if !health.path.starts_with('/') {
                 sink.at(&key_path!("pool", i, "health", "path"), "must start with /");
+            }
+            if let Err(e) = crate::health::StatusRange::parse(&health.expect_status) {
+                sink.at(&key_path!("pool", i, "health", "expect_status"), e);
+            }
+            if hyper::Method::from_bytes(health.method.as_bytes()).is_err() {
+                sink.at(
+                    &key_path!("pool", i, "health", "method"),
+                    "not a valid HTTP method",
+                );
             }
         }
         if pool.timeouts.connect.is_zero() {

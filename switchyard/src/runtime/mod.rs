@@ -51,6 +51,8 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// When the process started.
     pub started: Instant,
+    /// HTTP request counters and histograms.
+    pub http_metrics: crate::protocol::http::RequestMetrics,
 }
 
 impl Shared {
@@ -62,6 +64,12 @@ impl Shared {
     /// The listeners accepting now.
     pub fn listeners(&self) -> Arc<Vec<Arc<Listener>>> {
         self.listeners.load_full()
+    }
+
+    /// Completes when a graceful shutdown begins (listeners stop accepting), so protocols
+    /// with keep-alive (HTTP) can close idle client connections and finish the rest.
+    pub async fn accepting_stopped(&self) {
+        self.stop_accepting.cancelled().await;
     }
 
     /// Finds a pool in service by name.
@@ -133,6 +141,7 @@ pub fn build(
         shutdown: CancellationToken::new(),
         admin_token,
         started: Instant::now(),
+        http_metrics: Default::default(),
     }))
 }
 
@@ -231,6 +240,9 @@ fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
             match listener.protocol {
                 Protocol::Tcp => {
                     crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
+                }
+                Protocol::Http => {
+                    crate::protocol::http::serve(shared, listener, settings, stream, peer).await
                 }
                 // Validation refuses other protocols until they are built.
                 _ => drop(stream),
