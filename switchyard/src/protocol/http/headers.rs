@@ -10,12 +10,12 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use crate::config::HeaderRules;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), besides those
-/// `Connection` names and every `Proxy-*` header.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// `Connection` names and every `Proxy-*` header. `Trailer` is not among them: it names
+/// end-to-end trailer fields (RFC 9110 §6.6.2), and without it hyper drops the trailers.
+const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
