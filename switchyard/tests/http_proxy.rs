@@ -398,3 +398,87 @@ async fn each_request_gets_an_access_log_line_and_metrics() {
     .await;
     assert_eq!(observed, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_checks_use_method_host_status_range_and_body() {
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let backend = {
+        let (healthy, seen) = (healthy.clone(), seen.clone());
+        HttpBackend::start(move |request: Request<hyper::body::Incoming>| {
+            let (healthy, seen) = (healthy.clone(), seen.clone());
+            async move {
+                let host = request
+                    .headers()
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                seen.lock().expect("lock").push(format!(
+                    "{} {} {host}",
+                    request.method(),
+                    request.uri()
+                ));
+                let body = if healthy.load(Ordering::SeqCst) {
+                    "status: ready"
+                } else {
+                    "status: starting"
+                };
+                let mut response = Response::new(full(body));
+                *response.status_mut() = hyper::StatusCode::ACCEPTED;
+                response
+            }
+        })
+        .await
+    };
+    let (proxy, _front) = http_proxy(
+        &[("a1", backend.addr)],
+        "",
+        r#"health = { check = "http", path = "/ready", method = "POST", host = "health.internal", expect_status = "202-204", body_contains = "ready", interval = "100ms", fall = 1, rise = 1 }"#,
+    )
+    .await;
+    proxy.wait_health("app", "a1", "up").await;
+    assert!(
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .all(|r| r == "POST /ready health.internal"),
+        "{:?}",
+        seen.lock().expect("lock")
+    );
+    healthy.store(false, Ordering::SeqCst);
+    proxy.wait_health("app", "a1", "down").await;
+    let last = proxy.server("app", "a1").await.check.unwrap_or_default();
+    assert!(last.contains("does not contain"), "{last}");
+    healthy.store(true, Ordering::SeqCst);
+    proxy.wait_health("app", "a1", "up").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn combined_log_format_lines() {
+    let backend = HttpBackend::describe().await;
+    let (proxy, front) = Config::new()
+        .top("[log]\nformat = \"combined\"")
+        .protocol("http")
+        .server("a1", backend.addr, "")
+        .start()
+        .await;
+    let answer = get(
+        front,
+        "/clf",
+        &[("referer", "http://r.example/"), ("user-agent", "ua/2")],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let length = answer.body.len();
+    wait_until("combined line", || async {
+        proxy.stdout().lines().any(|line| {
+            line.starts_with("127.0.0.1 - - [")
+                && line.contains(&format!(
+                    "\"GET /clf HTTP/1.1\" 200 {length} \"http://r.example/\" \"ua/2\" duration_ms="
+                ))
+                && line.contains("pool=app server=a1 termination=ok")
+        })
+    })
+    .await;
+}
