@@ -275,6 +275,70 @@ async fn http2_to_the_server_multiplexes_one_connection() {
     assert_eq!(backend.accepted.load(Ordering::SeqCst), 1);
 }
 
+/// A backend whose responses send one chunk and then nothing, forever.
+async fn stalling_backend() -> HttpBackend {
+    HttpBackend::start(|_| async {
+        let first =
+            futures_util::stream::iter([Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                Frame::data(Bytes::from("first chunk")),
+            )]);
+        let body = StreamBody::new(first.chain(futures_util::stream::pending()));
+        Response::new(BodyExt::boxed(body))
+    })
+    .await
+}
+
+/// Sends `GET /` and reads the body: `Err` when the proxy cut it short.
+async fn read_cut_body(front: SocketAddr) -> Result<Bytes, hyper::Error> {
+    let stream = TcpStream::connect(front).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let request = Request::get("/").header("host", "a").body(full(""));
+    let response = sender
+        .send_request(request.expect("request"))
+        .await
+        .expect("response head");
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.map(|c| c.to_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_silent_mid_body_is_cut_after_the_server_timeout() {
+    let backend = stalling_backend().await;
+    let (proxy, front) = http_proxy(backend.addr, "timeouts = { server = \"300ms\" }").await;
+    assert!(
+        read_cut_body(front).await.is_err(),
+        "a truncated body must not look complete"
+    );
+    support::ops::wait_access(&proxy, "server_timeout line", |l| {
+        l.get("termination").and_then(|t| t.as_str()) == Some("server_timeout")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maint_cuts_a_response_in_flight() {
+    let backend = stalling_backend().await;
+    let (proxy, front) = http_proxy(backend.addr, "").await;
+    let reading = tokio::spawn(read_cut_body(front));
+    support::wait_until("request at the backend", || async {
+        backend.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    proxy.set_state("app", "a1", "maint").await;
+    let result = tokio::time::timeout(support::DEADLINE, reading)
+        .await
+        .expect("cut in time")
+        .expect("task");
+    assert!(result.is_err());
+    support::ops::wait_access(&proxy, "server_cut line", |l| {
+        l.get("termination").and_then(|t| t.as_str()) == Some("server_cut")
+    })
+    .await;
+}
+
 /// Resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -370,4 +434,50 @@ async fn one_gib_each_way_streams_in_bounded_proxy_memory() {
     assert_eq!(uploaded, GIB.to_string());
     let growth_mib = peak.load(Ordering::Relaxed).saturating_sub(baseline) / 1024;
     assert!(growth_mib < 64, "proxy RSS grew by {growth_mib} MiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_requests_in_flight_and_closes_idle_clients() {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let backend = {
+        let release = release.clone();
+        HttpBackend::start(move |request: Request<Incoming>| {
+            let release = release.clone();
+            async move {
+                if request.uri().path() == "/slow" {
+                    release.notified().await;
+                }
+                Response::new(full("done"))
+            }
+        })
+        .await
+    };
+    let (mut proxy, front) = Config::new()
+        .top("shutdown_timeout = \"20s\"")
+        .protocol("http")
+        .server("a1", backend.addr, "")
+        .start()
+        .await;
+    // An idle keep-alive client, and one waiting for a slow response.
+    let mut idle = TcpStream::connect(front).await.expect("connect");
+    idle.write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    assert!(read_request_head(&mut idle, &mut head).await);
+    let slow = tokio::spawn(get(front, "/slow", &[]));
+    support::wait_until("slow request at the backend", || async {
+        backend.requests.load(Ordering::SeqCst) == 2
+    })
+    .await;
+
+    proxy.signal("TERM");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(support::DEADLINE, idle.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle client connection was not closed");
+    release.notify_one();
+    let answer = slow.await.expect("slow request task");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "done"));
+    let status = proxy.wait_exit().await;
+    assert!(status.success(), "{status}: {}", proxy.stderr());
 }

@@ -151,20 +151,25 @@ impl<S> Guard<S> {
     }
 
     /// The deadline that applies now, and what happens at it: a refusal (408) or a close.
+    /// A zero timeout is no limit.
     fn deadline(&self, waker: &Waker) -> Option<(Instant, bool)> {
+        let Clocks {
+            http_request,
+            keep_alive,
+        } = self.clocks;
         if self.scanner.is_opaque() {
             return None;
         }
         if let Some(started) = self.head_started {
-            return Some((started + self.clocks.http_request, true));
+            return (!http_request.is_zero()).then(|| (started + http_request, true));
         }
         if !self.scanner.between_requests() || self.activity.busy() {
             return None;
         }
         match self.activity.idle_since(waker) {
-            Some(since) => Some((since + self.clocks.keep_alive, false)),
+            Some(since) => (!keep_alive.is_zero()).then(|| (since + keep_alive, false)),
             // No request yet: the first must start and end within `http_request`.
-            None => Some((self.accepted + self.clocks.http_request, true)),
+            None => (!http_request.is_zero()).then(|| (self.accepted + http_request, true)),
         }
     }
 }

@@ -11,7 +11,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
-use super::body::{BodyEnd, BodyTooLarge, ProxyBody, RequestBody, ResponseBody};
+use super::body::{BodyEnd, BodyTooLarge, Ending, ProxyBody, RequestBody, ResponseBody};
 use super::client::{self, SendError};
 use super::errors::{self, ProxyError};
 use super::headers::{self, ConnectionFacts};
@@ -222,7 +222,7 @@ pub async fn handle(
 
     // Lease a server, send, and on a connect failure try once more elsewhere.
     let mut failed: Vec<Arc<Server>> = Vec::new();
-    let (response, connection, lease) = loop {
+    let (response, connection, lease, cut) = loop {
         exchange.record.pool = Some(pool.name.clone());
         let lease = match pool.lease(ctx.facts.client.ip(), &failed).await {
             Ok(lease) => lease,
@@ -254,13 +254,27 @@ pub async fn handle(
             }
         };
         let server = lease.server().clone();
+        // Taken with the lease, so that `maint` from now on cuts this request.
+        let cut = server.session_token();
         exchange.record.server = Some(server.name.clone());
         prepare_for_server(&mut request, &pool, &server, host.as_deref());
-        let sent =
-            tokio::time::timeout(pool.timeouts.server, client::send(&pool, &server, request)).await;
+        let limit = pool.timeouts.server;
+        let send = client::send(&pool, &server, request);
+        // `"0s"` means no limit.
+        let sending = async move {
+            if limit.is_zero() {
+                Ok(send.await)
+            } else {
+                tokio::time::timeout(limit, send).await
+            }
+        };
+        let sent = tokio::select! {
+            sent = sending => sent,
+            () = cut.cancelled() => return exchange.fail(ProxyError::BadGateway, &client_headers),
+        };
         match sent {
             Err(_) => return exchange.fail(ProxyError::GatewayTimeout, &client_headers),
-            Ok(Ok((response, connection))) => break (response, connection, lease),
+            Ok(Ok((response, connection))) => break (response, connection, lease, cut),
             Ok(Err(SendError::Connect(_, back))) => {
                 failed.push(server);
                 if !idempotent || failed.len() > pool.retries as usize {
@@ -298,7 +312,6 @@ pub async fn handle(
         };
         drop(body);
         let idle = pool.timeouts.tunnel.unwrap_or(pool.timeouts.server);
-        let cut = lease.server().session_token();
         let ctx_done = ctx.clone();
         tokio::spawn(async move {
             let (termination, bytes_in, bytes_out) =
@@ -322,7 +335,7 @@ pub async fn handle(
     let mut lease = Some(lease);
     let mut exchange = Some(exchange);
     let on_end = Box::new(move |end: BodyEnd| {
-        if end.complete
+        if end.ending == Ending::Complete
             && let Some(connection) = connection.take()
         {
             client::give_back(&server, &keep_alive, connection);
@@ -330,15 +343,11 @@ pub async fn handle(
         drop(lease.take());
         if let Some(exchange) = exchange.take() {
             exchange.ctx.in_flight.end();
-            let termination = match (end.complete, end.server_error) {
-                (true, _) => "ok",
-                (false, true) => "server_error",
-                (false, false) => "client_aborted",
-            };
-            exchange.finish(status.as_u16(), end.bytes, termination);
+            exchange.finish(status.as_u16(), end.bytes, end.ending.reason());
         }
     });
-    Response::from_parts(parts, ResponseBody::new(body, on_end).boxed_unsync())
+    let body = ResponseBody::new(body, pool.timeouts.server, cut, on_end);
+    Response::from_parts(parts, body.boxed_unsync())
 }
 
 /// Points the request at `server`: URI form and version for the pool's HTTP version, and
