@@ -37,39 +37,52 @@ pub struct ConnectionContext {
     pub in_flight: Arc<super::guard::Activity>,
 }
 
-/// A request being proxied: what its log line needs, gathered along the way.
+/// A request being proxied: what its log line needs, gathered along the way. It is
+/// logged (and stops counting as in flight) exactly once: when finished, or when dropped
+/// because the client went away before the response (status 499, as nginx logs it).
 struct Exchange {
     ctx: Arc<ConnectionContext>,
     started: Instant,
     record: RequestRecord,
     received: Arc<AtomicU64>,
+    server: Option<Arc<Server>>,
+    logged: bool,
 }
 
 impl Exchange {
     fn finish(mut self, status: u16, bytes_out: u64, termination: &'static str) {
-        self.record.status = status;
-        self.record.bytes_out = bytes_out;
-        self.record.termination = termination;
-        self.record.bytes_in = self.received.load(Ordering::Relaxed);
-        self.record.duration_ms = self.started.elapsed().as_millis() as u64;
-        self.record.time = crate::observe::ConnectionRecord::now_string();
+        self.log(status, bytes_out, termination);
+    }
+
+    fn log(&mut self, status: u16, bytes_out: u64, termination: &'static str) {
+        if std::mem::replace(&mut self.logged, true) {
+            return;
+        }
+        self.ctx.in_flight.end();
+        let record = &mut self.record;
+        record.status = status;
+        record.bytes_out = bytes_out;
+        record.termination = termination;
+        record.bytes_in = self.received.load(Ordering::Relaxed);
+        record.duration_ms = self.started.elapsed().as_millis() as u64;
+        record.time = crate::observe::ConnectionRecord::now_string();
         let listener = &self.ctx.listener;
-        listener
-            .stats
-            .bytes_in
-            .fetch_add(self.record.bytes_in, Ordering::Relaxed);
-        listener
-            .stats
-            .bytes_out
-            .fetch_add(bytes_out, Ordering::Relaxed);
+        let mut counters = vec![(&listener.stats.bytes_in, &listener.stats.bytes_out)];
+        if let Some(server) = &self.server {
+            counters.push((&server.stats.bytes_in, &server.stats.bytes_out));
+        }
+        for (bytes_in, bytes_out_counter) in counters {
+            bytes_in.fetch_add(record.bytes_in, Ordering::Relaxed);
+            bytes_out_counter.fetch_add(bytes_out, Ordering::Relaxed);
+        }
         self.ctx.shared.http_metrics.record(
             &listener.name,
-            self.record.pool.as_deref(),
-            self.record.server.as_deref(),
+            record.pool.as_deref(),
+            record.server.as_deref(),
             status,
             self.started.elapsed(),
         );
-        let record = self.record;
+        let record = &self.record;
         self.ctx
             .shared
             .access_log
@@ -82,9 +95,14 @@ impl Exchange {
         let length = hyper::body::Body::size_hint(response.body())
             .exact()
             .unwrap_or(0);
-        self.ctx.in_flight.end();
         self.finish(error.status().as_u16(), length, error.reason());
         response
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.log(499, 0, "client_aborted");
     }
 }
 
@@ -142,6 +160,8 @@ pub async fn handle(
         },
         received: received.clone(),
         ctx: ctx.clone(),
+        server: None,
+        logged: false,
     };
     let http = &ctx.settings.config.http;
 
@@ -257,6 +277,7 @@ pub async fn handle(
         // Taken with the lease, so that `maint` from now on cuts this request.
         let cut = server.session_token();
         exchange.record.server = Some(server.name.clone());
+        exchange.server = Some(server.clone());
         prepare_for_server(&mut request, &pool, &server, host.as_deref());
         let limit = pool.timeouts.server;
         let send = client::send(&pool, &server, request);
@@ -318,7 +339,6 @@ pub async fn handle(
                 tunnel::run(client_upgrade, server_upgrade, idle, cut, &ctx_done.shared).await;
             drop(lease);
             exchange.received.fetch_add(bytes_in, Ordering::Relaxed);
-            ctx_done.in_flight.end();
             exchange.finish(101, bytes_out, termination);
         });
         return Response::from_parts(
@@ -342,7 +362,6 @@ pub async fn handle(
         }
         drop(lease.take());
         if let Some(exchange) = exchange.take() {
-            exchange.ctx.in_flight.end();
             exchange.finish(status.as_u16(), end.bytes, end.ending.reason());
         }
     });
