@@ -26,7 +26,7 @@ async fn proxy_for(backend: &HttpBackend, listener: &str) -> (support::Proxy, So
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_attempts_get_400_and_never_reach_the_backend() {
     let backend = HttpBackend::describe().await;
-    let (_proxy, front) = proxy_for(&backend, "").await;
+    let (proxy, front) = proxy_for(&backend, "").await;
     let attempts: &[&[u8]] = &[
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
@@ -62,6 +62,11 @@ async fn smuggling_attempts_get_400_and_never_reach_the_backend() {
         0,
         "the backend saw nothing"
     );
+    support::ops::wait_access(&proxy, "refusal line", |l| {
+        l.get("status").and_then(|s| s.as_u64()) == Some(400)
+            && l.get("termination").and_then(|t| t.as_str()) == Some("bad_request")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +103,7 @@ async fn limits_on_uri_headers_and_head_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_gets_408_while_other_clients_are_served() {
     let backend = HttpBackend::describe().await;
-    let (_proxy, front) = proxy_for(&backend, "timeouts = { http_request = \"1s\" }").await;
+    let (proxy, front) = proxy_for(&backend, "timeouts = { http_request = \"1s\" }").await;
     let mut slow = TcpStream::connect(front).await.expect("connect");
     slow.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
     let trickle = async {
@@ -133,6 +138,10 @@ async fn slowloris_gets_408_while_other_clients_are_served() {
     );
     assert_eq!(served, 5);
     assert_eq!(backend.requests.load(Ordering::SeqCst), 5);
+    support::ops::wait_access(&proxy, "408 line", |l| {
+        l.get("termination").and_then(|t| t.as_str()) == Some("request_timeout")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,7 @@ use super::scanner::{HeadLimits, RequestScanner};
 pub struct Activity {
     in_flight: AtomicUsize,
     idle: Mutex<(Option<Instant>, Option<Waker>)>,
+    refused: Mutex<Option<u16>>,
 }
 
 impl Activity {
@@ -42,6 +43,11 @@ impl Activity {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// The status of the request the guard refused itself, if it did (for the access log).
+    pub fn refused(&self) -> Option<u16> {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn busy(&self) -> bool {
@@ -127,6 +133,11 @@ impl<S> Guard<S> {
 
     fn refuse(&mut self, status: u16, message: &str) {
         tracing::info!(status, reason = message, "refused a client request");
+        *self
+            .activity
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(status);
         // Bytes hyper has not seen yet are dropped with the rest of the connection.
         self.ready = Bytes::new();
         if self.activity.busy() {

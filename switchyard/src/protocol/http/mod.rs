@@ -117,12 +117,13 @@ pub async fn serve_connection<S>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.http.max_header_bytes).unwrap_or(u32::MAX));
     let hard_stop = shared.hard_stop.clone();
+    let client = facts.client;
     let context = Arc::new(proxy::ConnectionContext {
         shared: shared.clone(),
         listener: listener.clone(),
         settings: settings.clone(),
         facts,
-        in_flight: activity,
+        in_flight: activity.clone(),
     });
     let service = service_fn(move |request| {
         let context = context.clone();
@@ -144,6 +145,48 @@ pub async fn serve_connection<S>(
     if let Err(error) = result {
         tracing::debug!(listener = %listener.name, %error, "client connection ended with an error");
     }
+    if let Some(status) = activity.refused() {
+        log_refusal(&shared, &listener, client, status);
+    }
+}
+
+/// Logs the request the framing guard refused (or timed out) as an access log line.
+fn log_refusal(shared: &Shared, listener: &Listener, client: SocketAddr, status: u16) {
+    let termination = match status {
+        408 => "request_timeout",
+        414 => "uri_too_long",
+        431 => "headers_too_large",
+        _ => "bad_request",
+    };
+    let record = log::RequestRecord {
+        time: crate::observe::ConnectionRecord::now_string(),
+        listener: listener.name.clone(),
+        client,
+        method: "-".into(),
+        path: "-".into(),
+        protocol: "HTTP/1.1",
+        host: None,
+        status,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_ms: 0,
+        ttfb_ms: None,
+        pool: None,
+        server: None,
+        termination,
+        request_id: None,
+        referer: None,
+        user_agent: None,
+    };
+    listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+    shared.http_metrics.record(
+        &listener.name,
+        None,
+        None,
+        status,
+        std::time::Duration::ZERO,
+    );
+    shared.access_log.log_with(|format| record.render(format));
 }
 
 /// Reports problems in the HTTP keys of a route: `report(key, message)`.
