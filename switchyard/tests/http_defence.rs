@@ -164,3 +164,41 @@ async fn idle_keep_alive_client_connections_are_closed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2c_client_connections_are_closed() {
+    let backend = HttpBackend::describe().await;
+    let (_proxy, front) = proxy_for(&backend, "timeouts = { keep_alive = \"300ms\" }").await;
+    let stream = TcpStream::connect(front).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{front}/h2"))
+        .body(support::http::full(""))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // Idle now: the proxy ends the connection (GOAWAY, then close).
+    let ended = tokio::time::timeout(support::DEADLINE, driver).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was not closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let backend = HttpBackend::describe().await;
+    let (_proxy, front) = proxy_for(&backend, "").await;
+    let answer = raw(
+        front,
+        b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+    let first = answer.find("GET /first").expect("first answered");
+    let second = answer.find("GET /second").expect("second answered");
+    assert!(first < second, "{answer}");
+}

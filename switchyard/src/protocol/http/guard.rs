@@ -6,12 +6,13 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use super::errors::error_body;
@@ -24,12 +25,17 @@ pub struct Activity {
     in_flight: AtomicUsize,
     idle: Mutex<(Option<Instant>, Option<Waker>)>,
     refused: Mutex<Option<u16>>,
+    // Set when the guard stops looking (HTTP/2): the connection's idle clock is then kept
+    // by `idle_beyond` instead of the guard.
+    opaque: AtomicBool,
+    changed: Notify,
 }
 
 impl Activity {
     /// A request was received.
     pub fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
     }
 
     /// A request's response ended: the connection may be idle from now.
@@ -42,6 +48,32 @@ impl Activity {
         };
         if let Some(waker) = waker {
             waker.wake();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Completes once a connection the guard no longer reads (HTTP/2) has had no request
+    /// in flight for `limit` (the listener's `keep_alive`), counted from `accepted` for a
+    /// connection that never had one; never for a zero `limit`.
+    pub async fn idle_beyond(&self, limit: Duration, accepted: Instant) {
+        if limit.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let deadline = (self.opaque.load(Ordering::Acquire) && !self.busy()).then(|| {
+                let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.0.unwrap_or(accepted) + limit
+            });
+            match deadline {
+                Some(deadline) => tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => return,
+                    () = changed => {}
+                },
+                None => changed.await,
+            }
         }
     }
 
@@ -211,6 +243,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
                 return Poll::Ready(Ok(()));
             }
             if this.scanner.is_opaque() {
+                if !this.activity.opaque.swap(true, Ordering::AcqRel) {
+                    this.activity.changed.notify_waiters();
+                }
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             let mut chunk = BytesMut::zeroed(buf.remaining().clamp(1, 16 * 1024));

@@ -131,10 +131,18 @@ pub async fn serve_connection<S>(
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
     tokio::pin!(connection);
+    let accepted = tokio::time::Instant::now();
+    let keep_alive = settings.config.timeouts.keep_alive;
+    let wind_down = async {
+        tokio::select! {
+            () = shared.accepting_stopped() => {}
+            () = activity.idle_beyond(keep_alive, accepted) => {}
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = shared.accepting_stopped() => {
-            // Graceful shutdown: finish the requests in flight, take no more.
+        () = wind_down => {
+            // Shutdown, or an idle HTTP/2 connection: finish what is in flight, take no more.
             connection.as_mut().graceful_shutdown();
             tokio::select! {
                 result = connection.as_mut() => result,
