@@ -88,6 +88,11 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             ),
             _ => {}
         }
+        if listener.protocol == Protocol::Http {
+            crate::protocol::http::validate_listener(&listener.http, &mut |key, message| {
+                sink.at(&key_path!("listener", i, "http", key), message)
+            });
+        }
         if listener.max_connections == Some(0) {
             sink.at(
                 &key_path!("listener", i, "max_connections"),

@@ -69,15 +69,19 @@ fn connections(server: &Server) -> Option<Arc<ServerConnections>> {
 
 /// Sends `request` to `server`, over an idle connection when one is usable, else over a
 /// new one. A reused connection that turns out closed before the request went out is
-/// replaced transparently.
+/// replaced by a new one (once: a second failure is the server's).
 pub async fn send(
     pool: &Pool,
     server: &Arc<Server>,
     mut request: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Connection), SendError> {
     let conns = connections(server);
+    let mut may_reuse = true;
     loop {
-        let reused = conns.as_ref().and_then(|c| take_idle(c, pool));
+        let reused = conns
+            .as_ref()
+            .filter(|_| may_reuse)
+            .and_then(|c| take_idle(c, pool));
         let (mut connection, fresh) = match reused {
             Some(connection) => (connection, false),
             None => match open(pool, server).await {
@@ -96,6 +100,8 @@ pub async fn send(
             if fresh {
                 return Err(SendError::Exchange(error));
             }
+            may_reuse = false;
+            forget_http2(conns.as_deref(), &connection);
             continue;
         }
         let sent = match &mut connection {
@@ -108,10 +114,21 @@ pub async fn send(
         match sent {
             Ok(response) => return Ok((response, connection)),
             Err(error) => match retryable(error, fresh) {
-                Ok(back) => request = back,
+                Ok(back) => {
+                    request = back;
+                    may_reuse = false;
+                    forget_http2(conns.as_deref(), &connection);
+                }
                 Err(error) => return Err(SendError::Exchange(error)),
             },
         }
+    }
+}
+
+/// Stops sharing a failed HTTP/2 connection, so the next request opens a new one.
+fn forget_http2(conns: Option<&ServerConnections>, failed: &Connection) {
+    if let (Some(conns), Connection::Http2(_)) = (conns, failed) {
+        lock(&conns.state).http2 = None;
     }
 }
 

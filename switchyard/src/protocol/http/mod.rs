@@ -197,6 +197,22 @@ fn log_refusal(shared: &Shared, listener: &Listener, client: SocketAddr, status:
     shared.access_log.log_with(|format| record.render(format));
 }
 
+/// Reports HTTP limits too small to serve ordinary requests: `report(key, message)`.
+pub fn validate_listener(
+    http: &crate::config::HttpListenerConfig,
+    report: &mut dyn FnMut(&'static str, String),
+) {
+    if http.max_header_bytes < 1024 {
+        report("max_header_bytes", "must be at least 1024".into());
+    }
+    if http.max_headers == 0 {
+        report("max_headers", "must be at least 1".into());
+    }
+    if http.max_uri_bytes < 16 {
+        report("max_uri_bytes", "must be at least 16".into());
+    }
+}
+
 /// Reports problems in the HTTP keys of a route: `report(key, message)`.
 pub fn validate_route(route: &RouteConfig, report: &mut dyn FnMut(&'static str, String)) {
     if let Some(method) = &route.method
