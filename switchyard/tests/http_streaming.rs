@@ -200,6 +200,7 @@ async fn trailers_head_204_and_304_pass_and_keep_the_connection_usable() {
     );
     assert_eq!(collected.to_bytes(), "payload");
 
+    sender.ready().await.expect("ready");
     let response = sender
         .send_request(request("HEAD", "/head"))
         .await
@@ -214,12 +215,14 @@ async fn trailers_head_204_and_304_pass_and_keep_the_connection_usable() {
             .to_bytes()
             .is_empty()
     );
+    sender.ready().await.expect("ready");
     let response = sender
         .send_request(request("GET", "/204"))
         .await
         .expect("204");
     assert_eq!(response.status(), 204);
     response.into_body().collect().await.expect("empty");
+    sender.ready().await.expect("ready");
     let response = sender
         .send_request(request("GET", "/304"))
         .await
