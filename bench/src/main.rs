@@ -19,6 +19,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 
 use scenarios::connrate::ConnrateArgs;
+use scenarios::http::HttpArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::latency::LatencyArgs;
 use scenarios::throughput::ThroughputArgs;
@@ -36,6 +37,8 @@ enum Scenario {
     Connrate,
     /// Proxy memory per idle connection.
     Idle,
+    /// HTTP keep-alive GETs with wrk, small and 64 KiB responses (adds nginx).
+    Http,
     /// All of the above, in that order.
     All,
     /// Internal: echo backend child process used by `idle`.
@@ -80,6 +83,10 @@ struct Cli {
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     haproxy_bin: PathBuf,
 
+    /// nginx binary (HTTP scenario).
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx_bin: PathBuf,
+
     /// HAProxy maxconn (default: what fits the hard open-file limit).
     #[arg(long)]
     haproxy_maxconn: Option<u64>,
@@ -96,6 +103,8 @@ struct Cli {
     connrate: ConnrateArgs,
     #[command(flatten)]
     idle: IdleArgs,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 fn main() -> Result<()> {
@@ -117,6 +126,7 @@ fn main() -> Result<()> {
                 .clone()
                 .unwrap_or_else(TargetOptions::default_switchyard_bin),
             haproxy_bin: cli.haproxy_bin.clone(),
+            nginx_bin: cli.nginx_bin.clone(),
             maxconn: cli
                 .haproxy_maxconn
                 .unwrap_or_else(|| TargetOptions::maxconn_for_fd_limit(hard)),
@@ -166,6 +176,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Latency,
             Scenario::Connrate,
             Scenario::Idle,
+            Scenario::Http,
         ],
         ref one => std::slice::from_ref(one),
     };
@@ -177,6 +188,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Latency => scenarios::latency::run(ctx, &cli.latency).await?,
             Scenario::Connrate => scenarios::connrate::run(ctx, &cli.connrate).await?,
             Scenario::Idle => scenarios::idle::run(ctx, &cli.idle).await?,
+            Scenario::Http => scenarios::http::run(ctx, &cli.http).await?,
             Scenario::All | Scenario::ServeEcho => Vec::new(),
         };
         if selected.len() > 1 {
