@@ -20,6 +20,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 
 use scenarios::connrate::ConnrateArgs;
+use scenarios::http::HttpArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::latency::LatencyArgs;
 use scenarios::postgres::PostgresArgs;
@@ -38,6 +39,8 @@ enum Scenario {
     Connrate,
     /// Proxy memory per idle connection.
     Idle,
+    /// HTTP keep-alive GETs with wrk, small and 64 KiB responses (adds nginx).
+    Http,
     /// pgbench through switchyard (postgres, session mode) vs PgBouncer vs direct.
     Postgres,
     /// All of the above except `postgres`, in that order.
@@ -84,6 +87,14 @@ struct Cli {
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     haproxy_bin: PathBuf,
 
+    /// pgbouncer binary (`postgres` scenario).
+    #[arg(long, default_value = "/usr/sbin/pgbouncer")]
+    pgbouncer_bin: PathBuf,
+
+    /// nginx binary (HTTP scenario).
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx_bin: PathBuf,
+
     /// HAProxy maxconn (default: what fits the hard open-file limit).
     #[arg(long)]
     haproxy_maxconn: Option<u64>,
@@ -100,6 +111,8 @@ struct Cli {
     connrate: ConnrateArgs,
     #[command(flatten)]
     idle: IdleArgs,
+    #[command(flatten)]
+    http: HttpArgs,
     #[command(flatten)]
     postgres: PostgresArgs,
 }
@@ -123,6 +136,8 @@ fn main() -> Result<()> {
                 .clone()
                 .unwrap_or_else(TargetOptions::default_switchyard_bin),
             haproxy_bin: cli.haproxy_bin.clone(),
+            pgbouncer_bin: cli.pgbouncer_bin.clone(),
+            nginx_bin: cli.nginx_bin.clone(),
             maxconn: cli
                 .haproxy_maxconn
                 .unwrap_or_else(|| TargetOptions::maxconn_for_fd_limit(hard)),
@@ -172,6 +187,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Latency,
             Scenario::Connrate,
             Scenario::Idle,
+            Scenario::Http,
         ],
         ref one => std::slice::from_ref(one),
     };
@@ -183,6 +199,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Latency => scenarios::latency::run(ctx, &cli.latency).await?,
             Scenario::Connrate => scenarios::connrate::run(ctx, &cli.connrate).await?,
             Scenario::Idle => scenarios::idle::run(ctx, &cli.idle).await?,
+            Scenario::Http => scenarios::http::run(ctx, &cli.http).await?,
             Scenario::Postgres => scenarios::postgres::run(ctx, &cli.postgres).await?,
             Scenario::All | Scenario::ServeEcho => Vec::new(),
         };

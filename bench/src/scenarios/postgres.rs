@@ -8,7 +8,6 @@
 //! and PgBouncer run as the `postgres` OS user.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -57,13 +56,6 @@ pub struct PostgresArgs {
         default_value_t = 10
     )]
     pub scale: u32,
-    /// pgbouncer binary.
-    #[arg(
-        id = "pgbouncer-bin",
-        long = "pgbouncer-bin",
-        default_value = "/usr/sbin/pgbouncer"
-    )]
-    pub pgbouncer_bin: PathBuf,
 }
 
 /// One pgbench run: what it is called in the table and its extra arguments.
@@ -106,13 +98,8 @@ pub async fn run(ctx: &Context, args: &PostgresArgs) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &target in &args.targets {
         progress(format!("{target}"));
-        let running = RunningTarget::start_postgres(
-            target,
-            cluster.address(),
-            &ctx.target_opts,
-            &args.pgbouncer_bin,
-        )
-        .await;
+        let running =
+            RunningTarget::start_postgres(target, cluster.address(), &ctx.target_opts).await;
         let running = match running {
             Ok(running) => running,
             Err(error) => {

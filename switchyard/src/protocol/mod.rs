@@ -1,5 +1,6 @@
 //! Protocol front ends: what happens on a client connection after accept.
 
+pub mod http;
 pub mod postgres;
 pub mod tcp;
 

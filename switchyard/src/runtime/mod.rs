@@ -55,6 +55,8 @@ pub struct Shared {
     pub started: Instant,
     // The threads that accept and serve connections.
     workers: Workers,
+    /// HTTP request counters and histograms.
+    pub http_metrics: crate::protocol::http::RequestMetrics,
     /// Cancel keys issued to the sessions of every postgres listener.
     pub postgres_cancel: Arc<crate::protocol::postgres::CancelTable>,
 }
@@ -68,6 +70,12 @@ impl Shared {
     /// The listeners accepting now.
     pub fn listeners(&self) -> Arc<Vec<Arc<Listener>>> {
         self.listeners.load_full()
+    }
+
+    /// Completes when a graceful shutdown begins (listeners stop accepting), so protocols
+    /// with keep-alive (HTTP) can close idle client connections and finish the rest.
+    pub async fn accepting_stopped(&self) {
+        self.stop_accepting.cancelled().await;
     }
 
     /// Finds a pool in service by name.
@@ -140,6 +148,7 @@ pub fn build(
         started: Instant::now(),
         workers: Workers::start(config.workers)
             .map_err(|e| StartError::Build(format!("cannot start worker threads: {e}")))?,
+        http_metrics: Default::default(),
         postgres_cancel: Arc::default(),
     }))
 }
@@ -257,6 +266,9 @@ fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
                 match listener.protocol {
                     Protocol::Tcp => {
                         crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
+                    }
+                    Protocol::Http => {
+                        crate::protocol::http::serve(shared, listener, settings, stream, peer).await
                     }
                     Protocol::Postgres => {
                         crate::protocol::postgres::serve(shared, listener, settings, stream, peer)

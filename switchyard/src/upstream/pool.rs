@@ -10,7 +10,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Balancer, Server, ServerAddress};
-use crate::config::{HealthConfig, PoolConfig, PoolTimeouts, ProxyProtocolVersion};
+use crate::config::{
+    HealthConfig, HttpVersion, PoolConfig, PoolTimeouts, ProxyProtocolVersion, UpstreamKeepAlive,
+};
 
 /// Counters kept per pool.
 #[derive(Debug, Default)]
@@ -84,6 +86,12 @@ pub struct Pool {
     pub stats: Arc<PoolStats>,
     /// Replicas lagging more than this take no replica traffic.
     pub max_replica_lag: Option<Duration>,
+    /// HTTP version spoken to the servers by HTTP listeners.
+    pub http_version: HttpVersion,
+    /// HTTP: keep the client's `Host` header.
+    pub preserve_host: bool,
+    /// HTTP: reuse of server connections.
+    pub keep_alive: UpstreamKeepAlive,
     max_queue: usize,
     balancer: Balancer,
     // Shared with the pool this one replaced, so that clients still queued in the old pool
@@ -141,6 +149,9 @@ impl Pool {
                 .map(Arc::new),
             stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
             max_replica_lag: config.max_replica_lag,
+            http_version: config.http_version,
+            preserve_host: config.preserve_host,
+            keep_alive: config.keep_alive.clone(),
             max_queue: config.max_queue,
             slot_freed: previous.map(|p| p.slot_freed.clone()).unwrap_or_default(),
             retired: CancellationToken::new(),

@@ -122,6 +122,25 @@ pub struct Server {
     returned_at: Mutex<Option<Instant>>,
     // Role and replica lag from the last database check.
     role: Mutex<(ServerRole, Option<ReplicaLag>)>,
+    admin_changed: tokio::sync::Notify,
+    /// Idle server connections a protocol keeps for reuse (HTTP keep-alive), created by the
+    /// protocol on first use; it lives here so that a reload, which keeps the server, keeps
+    /// them too.
+    pub idle_connections: ProtocolState,
+}
+
+/// State a protocol attaches to a server, typed by that protocol (`Any`).
+#[derive(Default)]
+pub struct ProtocolState(pub std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl std::fmt::Debug for ProtocolState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ProtocolState(set)"
+        } else {
+            "ProtocolState(unset)"
+        })
+    }
 }
 
 /// `max_connections` value standing for "no limit".
@@ -168,6 +187,8 @@ impl Server {
             slow_start: Mutex::new(slow_start),
             returned_at: Mutex::new(None),
             role: Mutex::new((ServerRole::Unknown, None)),
+            admin_changed: tokio::sync::Notify::new(),
+            idle_connections: ProtocolState::default(),
         })
     }
 
@@ -236,6 +257,7 @@ impl Server {
     /// to `Ready` starts the weight ramp.
     pub fn set_admin_state(&self, state: AdminState) {
         let previous = AdminState::from_u8(self.admin_state.swap(state as u8, Ordering::AcqRel));
+        self.admin_changed.notify_waiters();
         match state {
             AdminState::Maint => self.cut_sessions(),
             AdminState::Ready if previous != AdminState::Ready => self.returned(Instant::now()),
@@ -250,6 +272,12 @@ impl Server {
         if health != Health::Unchecked {
             self.tracker().seed(health);
         }
+    }
+
+    /// Completes at the next operator state change (idle connections to a server put in
+    /// drain or maint are closed then).
+    pub fn admin_state_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.admin_changed.notified()
     }
 
     /// The health as last determined.

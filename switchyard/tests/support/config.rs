@@ -19,7 +19,7 @@ use super::ops::listener_addr;
 /// [[listener]]
 /// name = "front"
 /// listen = "127.0.0.1:0"     or what `listen(..)` set
-/// protocol = "tcp"        or what `protocol(..)` set
+/// protocol = "tcp"         or what `protocol(..)` set
 /// pool = "app"             unless `routes_only()`
 /// <listener keys>
 ///

@@ -8,6 +8,8 @@
 pub mod backends;
 pub mod certs;
 pub mod config;
+/// HTTP backends and clients for the HTTP proxy tests.
+pub mod http;
 /// Operations helpers: access log, listener addresses, metrics parsing.
 pub mod ops;
 pub mod postgres;
