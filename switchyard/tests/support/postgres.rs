@@ -385,3 +385,20 @@ pub fn pgbench(address: SocketAddr, args: &[&str]) -> Output {
         .output()
         .expect("run pgbench")
 }
+
+/// Logs in as `postgres` to database `postgres` over an already connected `stream` (after
+/// a PROXY header, over direct TLS...) without TLS negotiation, and runs `SELECT n`.
+pub async fn select_over<S>(stream: S, n: i32) -> Result<i32, tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = tokio_postgres::Config::new()
+        .user("postgres")
+        .dbname("postgres")
+        .ssl_mode(tokio_postgres::config::SslMode::Disable)
+        .connect_raw(stream, tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    let row = client.query_one(&format!("SELECT {n}"), &[]).await?;
+    Ok(row.get::<_, i32>(0))
+}
