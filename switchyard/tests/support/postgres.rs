@@ -28,23 +28,17 @@ pub fn bin_dir() -> PathBuf {
 
 /// The uid and gid of the `postgres` OS user.
 fn postgres_user() -> (u32, u32) {
-    let output = Command::new("id")
-        .args(["-u", "postgres"])
-        .output()
-        .expect("id -u postgres");
-    let uid = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("uid");
-    let output = Command::new("id")
-        .args(["-g", "postgres"])
-        .output()
-        .expect("id -g postgres");
-    let gid = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("gid");
-    (uid, gid)
+    let id = |flag: &str| -> u32 {
+        let output = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("id postgres");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("the `postgres` OS user (Debian postgresql package)")
+    };
+    (id("-u"), id("-g"))
 }
 
 /// A command from the PostgreSQL bin dir, run as the `postgres` user.
