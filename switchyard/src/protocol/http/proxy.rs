@@ -90,8 +90,8 @@ impl Exchange {
     }
 
     /// Answers with the proxy's own error response and logs the request.
-    fn fail(self, error: ProxyError, request_headers: &HeaderMap) -> Response<ProxyBody> {
-        let response = errors::response(error, request_headers);
+    fn fail(self, error: ProxyError, json: bool) -> Response<ProxyBody> {
+        let response = errors::response(error, json);
         let length = hyper::body::Body::size_hint(response.body())
             .exact()
             .unwrap_or(0);
@@ -164,13 +164,14 @@ pub async fn handle(
         logged: false,
     };
     let http = &ctx.settings.config.http;
+    let json = errors::wants_json(&parts.headers);
 
     // Framing the proxy must not pass on ambiguously (the head guard already refuses most
     // of it on HTTP/1.1 before the request gets here).
     if parts.headers.contains_key(header::TRANSFER_ENCODING)
         && parts.headers.contains_key(header::CONTENT_LENGTH)
     {
-        return exchange.fail(ProxyError::BadRequest, &parts.headers);
+        return exchange.fail(ProxyError::BadRequest, json);
     }
     let declared = parts
         .headers
@@ -180,7 +181,7 @@ pub async fn handle(
     if let (Some(limit), Some(length)) = (http.max_body_bytes, declared)
         && length > limit
     {
-        return exchange.fail(ProxyError::BodyTooLarge, &parts.headers);
+        return exchange.fail(ProxyError::BodyTooLarge, json);
     }
 
     let facts = RouteFacts {
@@ -196,10 +197,9 @@ pub async fn handle(
         .or(ctx.settings.routing.default.as_ref())
         .cloned()
     else {
-        return exchange.fail(ProxyError::NoRoute, &parts.headers);
+        return exchange.fail(ProxyError::NoRoute, json);
     };
-    let rules = route.map(|r| r.rule.clone());
-    let client_headers = parts.headers.clone();
+    let rules = route.map(|r| &r.rule);
 
     // Headers: hop-by-hop out, forwarding and identity in, then the route's rules.
     let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
@@ -226,7 +226,7 @@ pub async fn handle(
         http.forwarded,
     );
     exchange.record.request_id = Some(headers::ensure_request_id(&mut parts.headers));
-    if let Some(rules) = &rules {
+    if let Some(rules) = rules {
         headers::apply_rules(&mut parts.headers, &rules.request_headers);
     }
 
@@ -260,17 +260,17 @@ pub async fn handle(
                         pool = next.clone();
                         continue;
                     }
-                    _ => return exchange.fail(ProxyError::NoServer, &client_headers),
+                    _ => return exchange.fail(ProxyError::NoServer, json),
                 }
             }
             Err(LeaseError::NoServer) if !failed.is_empty() => {
-                return exchange.fail(ProxyError::BadGateway, &client_headers);
+                return exchange.fail(ProxyError::BadGateway, json);
             }
             Err(LeaseError::NoServer) => {
-                return exchange.fail(ProxyError::NoServer, &client_headers);
+                return exchange.fail(ProxyError::NoServer, json);
             }
             Err(LeaseError::QueueFull | LeaseError::QueueTimeout) => {
-                return exchange.fail(ProxyError::Queue, &client_headers);
+                return exchange.fail(ProxyError::Queue, json);
             }
         };
         let server = lease.server().clone();
@@ -291,15 +291,15 @@ pub async fn handle(
         };
         let sent = tokio::select! {
             sent = sending => sent,
-            () = cut.cancelled() => return exchange.fail(ProxyError::BadGateway, &client_headers),
+            () = cut.cancelled() => return exchange.fail(ProxyError::BadGateway, json),
         };
         match sent {
-            Err(_) => return exchange.fail(ProxyError::GatewayTimeout, &client_headers),
+            Err(_) => return exchange.fail(ProxyError::GatewayTimeout, json),
             Ok(Ok((response, connection))) => break (response, connection, lease, cut),
             Ok(Err(SendError::Connect(_, back))) => {
                 failed.push(server);
                 if !idempotent || failed.len() > pool.retries as usize {
-                    return exchange.fail(ProxyError::BadGateway, &client_headers);
+                    return exchange.fail(ProxyError::BadGateway, json);
                 }
                 request = *back;
             }
@@ -312,7 +312,7 @@ pub async fn handle(
                 } else {
                     ProxyError::BadGateway
                 };
-                return exchange.fail(error, &client_headers);
+                return exchange.fail(error, json);
             }
         }
     };
@@ -322,14 +322,14 @@ pub async fn handle(
     let status = parts.status;
     let switching = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
     headers::remove_hop_by_hop(&mut parts.headers, switching);
-    if let Some(rules) = &rules {
+    if let Some(rules) = rules {
         headers::apply_rules(&mut parts.headers, &rules.response_headers);
     }
     parts.version = Version::HTTP_11;
 
     if switching && let Some(client_upgrade) = client_upgrade {
         let Some(server_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-            return exchange.fail(ProxyError::BadGateway, &client_headers);
+            return exchange.fail(ProxyError::BadGateway, json);
         };
         drop(body);
         let idle = pool.timeouts.tunnel.unwrap_or(pool.timeouts.server);
