@@ -65,7 +65,6 @@ impl Exchange {
         record.termination = termination;
         record.bytes_in = self.received.load(Ordering::Relaxed);
         record.duration_ms = self.started.elapsed().as_millis() as u64;
-        record.time = crate::observe::ConnectionRecord::now_string();
         let listener = &self.ctx.listener;
         let mut counters = vec![(&listener.stats.bytes_in, &listener.stats.bytes_out)];
         if let Some(server) = &self.server {
@@ -82,11 +81,12 @@ impl Exchange {
             status,
             self.started.elapsed(),
         );
-        let record = &self.record;
-        self.ctx
-            .shared
-            .access_log
-            .log_with(|format| record.render(format));
+        let record = &mut self.record;
+        // Only a log that writes needs the time stamp and the line.
+        self.ctx.shared.access_log.log_with(|format| {
+            record.time = crate::observe::ConnectionRecord::now_string();
+            record.render(format)
+        });
     }
 
     /// Answers with the proxy's own error response and logs the request.
@@ -377,31 +377,36 @@ fn prepare_for_server(
     server: &Server,
     host: Option<&str>,
 ) {
-    let server_address = server.address.to_string();
-    let host = if pool.preserve_host {
-        host.unwrap_or(&server_address).to_string()
-    } else {
-        server_address
+    // The common case, an HTTP/1.1 request in origin form with a Host kept as it is,
+    // needs no rewriting at all.
+    let host = match host {
+        Some(host) if pool.preserve_host => host.to_string(),
+        _ => server.address.to_string(),
     };
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let path = |request: &Request<RequestBody>| {
+        request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string()
+    };
     match pool.http_version {
         HttpVersion::Http1 => {
             *request.version_mut() = Version::HTTP_11;
-            if let Ok(uri) = path.parse::<Uri>() {
+            if request.uri().authority().is_some()
+                && let Ok(uri) = Uri::try_from(path(request))
+            {
                 *request.uri_mut() = uri;
             }
-            if let Ok(value) = HeaderValue::from_str(&host) {
+            let keep = pool.preserve_host && request.headers().contains_key(header::HOST);
+            if !keep && let Ok(value) = HeaderValue::from_str(&host) {
                 request.headers_mut().insert(header::HOST, value);
             }
         }
         HttpVersion::Http2 => {
             *request.version_mut() = Version::HTTP_2;
             request.headers_mut().remove(header::HOST);
-            if let Ok(uri) = format!("http://{host}{path}").parse::<Uri>() {
+            if let Ok(uri) = Uri::try_from(format!("http://{host}{}", path(request))) {
                 *request.uri_mut() = uri;
             }
         }
