@@ -88,7 +88,9 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             ),
             _ => {}
         }
-        if listener.tls_passthrough && (listener.tls.is_some() || listener.protocol != Protocol::Tcp) {
+        if listener.tls_passthrough
+            && (listener.tls.is_some() || listener.protocol != Protocol::Tcp)
+        {
             sink.at(
                 &key_path!("listener", i, "tls_passthrough"),
                 "only for `tcp` listeners without `tls`",
@@ -107,7 +109,10 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                     format!("pool `{}` is not defined", route.pool),
                 );
             }
-            if listener.protocol == Protocol::Tcp && !listener.tls_passthrough && listener.tls.is_none() {
+            if listener.protocol == Protocol::Tcp
+                && !listener.tls_passthrough
+                && listener.tls.is_none()
+            {
                 sink.at(
                     &key_path!("listener", i, "routes", r),
                     "tcp listeners route (by `sni`) only with `tls` or `tls_passthrough = true`",

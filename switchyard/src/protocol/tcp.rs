@@ -188,22 +188,36 @@ async fn proxy(
             .await
         }
         client => {
-            let mut server_stream =
-                match secure_upstream(&pool, &server, upstream.stream, &preamble).await {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(listener = %listener.name, pool = %pool.name, server = %server.name, client = %record.client, %error, "no server connection");
-                        return "server_tls_failed";
-                    }
-                };
+            let mut server_stream = match secure_upstream(
+                &pool,
+                &server,
+                upstream.stream,
+                &preamble,
+            )
+            .await
+            {
+                Ok(stream) => stream,
+                Err(error) => {
+                    listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(listener = %listener.name, pool = %pool.name, server = %server.name, client = %record.client, %error, "no server connection");
+                    return "server_tls_failed";
+                }
+            };
             if !early_data.is_empty() {
                 if server_stream.write_all(&early_data).await.is_err() {
                     return "server_error";
                 }
                 count_early(record);
             }
-            relay_streams(client, server_stream, idle, &cut, &shared.hard_stop, counters).await
+            relay_streams(
+                client,
+                server_stream,
+                idle,
+                &cut,
+                &shared.hard_stop,
+                counters,
+            )
+            .await
         }
     };
     record.bytes_in += outcome.bytes_in;

@@ -90,7 +90,12 @@ impl UpstreamTls {
     ) -> io::Result<tokio_rustls::client::TlsStream<S>> {
         let host = self.sni.as_deref().unwrap_or(server_host);
         let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("server name `{host}`: {e}")))?
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("server name `{host}`: {e}"),
+                )
+            })?
             .to_owned();
         tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, stream)
@@ -136,8 +141,7 @@ impl ServerCertVerifier for Verifier {
         let Some(chain) = &self.chain else {
             return Ok(ServerCertVerified::assertion());
         };
-        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),

@@ -60,9 +60,13 @@ pub fn resolve_paths(config: &mut Config, config_dir: &Path) {
     }
     for pool in &mut config.pools {
         if let Some(tls) = &mut pool.upstream_tls {
-            for path in [&mut tls.root_cert, &mut tls.client_cert, &mut tls.client_key]
-                .into_iter()
-                .flatten()
+            for path in [
+                &mut tls.root_cert,
+                &mut tls.client_cert,
+                &mut tls.client_key,
+            ]
+            .into_iter()
+            .flatten()
             {
                 *path = config_dir.join(&*path);
             }
@@ -114,7 +118,11 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
         let Some(tls) = &pool.upstream_tls else {
             continue;
         };
-        check_alpn(&tls.alpn, &key_path!("pool", i, "upstream_tls", "alpn"), sink);
+        check_alpn(
+            &tls.alpn,
+            &key_path!("pool", i, "upstream_tls", "alpn"),
+            sink,
+        );
         if tls.client_cert.is_some() != tls.client_key.is_some() {
             sink.at(
                 &key_path!("pool", i, "upstream_tls"),

@@ -68,8 +68,7 @@ pub struct CertFacts {
 
 /// Parses a DER certificate; malformed input is an error, never a panic.
 pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| format!("bad certificate: {e}"))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("bad certificate: {e}"))?;
     let common_name = cert
         .subject()
         .iter_common_name()

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::server::{
-    ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
-    WebPkiClientVerifier,
+    ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache,
+    StoresServerSessions, WebPkiClientVerifier,
 };
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -131,7 +131,8 @@ fn build(
                     .add(cert)
                     .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
             let verifier = match auth {
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
                 _ => verifier,
@@ -142,7 +143,8 @@ fn build(
         }
         _ => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(CertStore::load(cfg, base_dir, &provider)?));
+    let mut config =
+        builder.with_cert_resolver(Arc::new(CertStore::load(cfg, base_dir, &provider)?));
     config.alpn_protocols = cfg.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     config.ignore_client_order = true;
     config.ticketer = ticketer.clone();
@@ -172,15 +174,20 @@ impl CertStore {
         for pair in &cfg.certs {
             let cert_path = base_dir.join(&pair.cert);
             let key = certified_key(&cert_path, &base_dir.join(&pair.key), provider)?;
-            let leaf = key.cert.first().ok_or_else(|| {
-                format!("no certificate in {}", cert_path.display())
-            })?;
+            let leaf = key
+                .cert
+                .first()
+                .ok_or_else(|| format!("no certificate in {}", cert_path.display()))?;
             let facts = cert_facts(leaf).map_err(|e| format!("{}: {e}", cert_path.display()))?;
             if facts.expired {
                 tracing::warn!(cert = %cert_path.display(), "certificate has expired");
             }
             let names = if facts.dns_names.is_empty() {
-                facts.common_name.iter().map(|cn| cn.to_ascii_lowercase()).collect()
+                facts
+                    .common_name
+                    .iter()
+                    .map(|cn| cn.to_ascii_lowercase())
+                    .collect()
             } else {
                 facts.dns_names
             };

@@ -72,7 +72,9 @@ fn not_tls(error: &io::Error) -> bool {
         return true;
     }
     matches!(
-        error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
         Some(
             rustls::Error::InvalidMessage(_)
                 | rustls::Error::InappropriateMessage { .. }
