@@ -361,3 +361,97 @@ async fn reload_swaps_certificates_and_keeps_connections() {
     assert_eq!(peer_cn(&stream), "a.test");
     assert_eq!(round_trip(&mut open, b"and now").await, b"and now");
 }
+
+/// A backend that reads a PROXY v2 header and answers with its TLVs, one
+/// `type=value` per line (the SSL TLV as `client,verify` then its sub-TLVs), then `end`.
+async fn tlv_reporting_backend() -> Backend {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    Backend::start(
+        "127.0.0.1:0",
+        |mut stream: tokio::net::TcpStream| async move {
+            let mut header = vec![0u8; 16];
+            if stream.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let len = usize::from(u16::from_be_bytes([header[14], header[15]]));
+            header.resize(16 + len, 0);
+            if stream.read_exact(&mut header[16..]).await.is_err() {
+                return;
+            }
+            let mut report = String::new();
+            match ppp::v2::Header::try_from(&header[..]) {
+                Ok(parsed) => {
+                    for tlv in parsed.tlvs().flatten() {
+                        let value = &tlv.value;
+                        if tlv.kind == 0x20 {
+                            report.push_str(&format!(
+                                "ssl={},{}\n",
+                                value[0],
+                                value[1..5].iter().map(|b| u32::from(*b)).sum::<u32>()
+                            ));
+                            let mut rest = &value[5..];
+                            while rest.len() >= 3 {
+                                let n = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
+                                let text = String::from_utf8_lossy(&rest[3..3 + n]);
+                                report.push_str(&format!("{:#x}={text}\n", rest[0]));
+                                rest = &rest[3 + n..];
+                            }
+                        } else {
+                            report.push_str(&format!(
+                                "{:#x}={}\n",
+                                tlv.kind,
+                                String::from_utf8_lossy(value)
+                            ));
+                        }
+                    }
+                }
+                Err(error) => report.push_str(&format!("bad {error:?}\n")),
+            }
+            report.push_str("end\n");
+            let _ = stream.write_all(report.as_bytes()).await;
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_reaches_the_backend_as_proxy_v2_tlvs() {
+    let pki = Pki::new("Test CA");
+    let server = pki.issue("a", "a.test", &["a.test"]);
+    let client_cert = pki.issue("client", "alice", &["alice.example"]);
+    let backend = tlv_reporting_backend().await;
+    let (_proxy, front) = Config::new()
+        .server("tlv", backend.addr, "")
+        .pool(r#"send_proxy_protocol = "v2""#)
+        .listener(&tls_section(
+            &[&server],
+            &format!(
+                "client_ca = \"{}\"\nclient_auth = \"optional\"\nalpn = [\"x-test\"]",
+                pki.ca.display()
+            ),
+        ))
+        .start()
+        .await;
+    let mut lines = Vec::new();
+    let mut stream = connect(front, "a.test", pki.client(Some(&client_cert), &["x-test"]))
+        .await
+        .expect("handshake");
+    loop {
+        let line = read_line(&mut stream).await;
+        if line == "end" || line.is_empty() {
+            break;
+        }
+        lines.push(line);
+    }
+    assert_eq!(
+        lines,
+        [
+            "0x1=x-test",
+            "0x2=a.test",
+            "ssl=7,0",
+            "0x21=TLSv1.3",
+            "0x22=alice",
+            "0x23=TLS13_AES_256_GCM_SHA384",
+        ]
+    );
+}

@@ -142,7 +142,14 @@ async fn proxy(
         || destination.unwrap_or_else(|| client_socket.local_addr().unwrap_or(listener.address));
     let mut preamble = match pool.send_proxy_protocol {
         Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(record.client, destination()),
-        Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(record.client, destination()),
+        Some(ProxyProtocolVersion::V2) => match &tls_info {
+            Some(info) => proxy_protocol::encode_v2_with_tlvs(
+                record.client,
+                destination(),
+                &crate::tls::proxy_v2_tlvs(info),
+            ),
+            None => proxy_protocol::encode_v2(record.client, destination()),
+        },
         None => Vec::new(),
     };
     let plain_upstream = pool

@@ -146,3 +146,50 @@ fn check_alpn(alpn: &[String], at: &[crate::config::load::PathSegment], sink: &m
         sink.at(at, "ALPN names are 1 to 255 bytes");
     }
 }
+
+/// PROXY v2 TLVs describing a terminated TLS connection, as HAProxy sends them:
+/// `PP2_TYPE_ALPN`, `PP2_TYPE_AUTHORITY` (the SNI) and `PP2_TYPE_SSL` with the version,
+/// cipher and, for a verified client certificate, its common name.
+pub fn proxy_v2_tlvs(info: &TlsInfo) -> Vec<(u8, Vec<u8>)> {
+    const PP2_TYPE_ALPN: u8 = 0x01;
+    const PP2_TYPE_AUTHORITY: u8 = 0x02;
+    const PP2_TYPE_SSL: u8 = 0x20;
+    const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+    const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
+    const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
+    const PP2_CLIENT_SSL: u8 = 0x01;
+    const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+    const PP2_CLIENT_CERT_SESS: u8 = 0x04;
+
+    let mut tlvs = Vec::new();
+    if let Some(alpn) = &info.alpn {
+        tlvs.push((PP2_TYPE_ALPN, alpn.clone()));
+    }
+    if let Some(sni) = &info.sni {
+        tlvs.push((PP2_TYPE_AUTHORITY, sni.as_bytes().to_vec()));
+    }
+    let mut client = PP2_CLIENT_SSL;
+    if info.client_cert.is_some() {
+        client |= PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS;
+    }
+    // `verify` is 0: a certificate that reaches here passed verification.
+    let mut ssl = vec![client, 0, 0, 0, 0];
+    let common_name = info
+        .client_cert
+        .as_ref()
+        .and_then(|cert| cert.common_name.as_deref());
+    for (kind, value) in [
+        (PP2_SUBTYPE_SSL_VERSION, info.version.as_deref()),
+        (PP2_SUBTYPE_SSL_CN, common_name),
+        (PP2_SUBTYPE_SSL_CIPHER, info.cipher.as_deref()),
+    ] {
+        if let Some(value) = value {
+            let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
+            ssl.push(kind);
+            ssl.extend_from_slice(&len.to_be_bytes());
+            ssl.extend_from_slice(&value.as_bytes()[..usize::from(len)]);
+        }
+    }
+    tlvs.push((PP2_TYPE_SSL, ssl));
+    tlvs
+}

@@ -31,6 +31,10 @@ pub struct TlsInfo {
     pub alpn: Option<Vec<u8>>,
     /// The verified client certificate (mutual TLS), for headers and PROXY TLVs.
     pub client_cert: Option<ClientIdentity>,
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: Option<String>,
+    /// The cipher suite (IANA name, e.g. `TLS13_AES_128_GCM_SHA256`).
+    pub cipher: Option<String>,
 }
 
 /// Who a verified client certificate names.
@@ -107,6 +111,16 @@ impl ServerTls {
                     common_name: facts.common_name,
                     sans: facts.sans,
                 }),
+            version: connection.protocol_version().map(|v| match v {
+                rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+                other => format!("{other:?}"),
+            }),
+            cipher: connection.negotiated_cipher_suite().map(|suite| {
+                let id = suite.suite();
+                id.as_str()
+                    .map_or_else(|| format!("{id:?}"), str::to_string)
+            }),
         };
         Ok((tls, info))
     }
