@@ -455,3 +455,70 @@ async fn client_certificate_reaches_the_backend_as_proxy_v2_tlvs() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_routes_by_sni_and_forwards_untouched_bytes() {
+    let pki = Pki::new("Test CA");
+    let a = support::tls::tls_backend(&pki.issue("a", "a.test", &["a.test"]), "alpha").await;
+    let b = support::tls::tls_backend(&pki.issue("b", "b.test", &["*.b.test"]), "beta").await;
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+tls_passthrough = true
+[[listener.routes]]
+sni = "a.test"
+pool = "a"
+[[listener.routes]]
+sni = "*.b.test"
+pool = "b"
+
+[[pool]]
+name = "a"
+servers = [{{ address = "{a}" }}]
+
+[[pool]]
+name = "b"
+servers = [{{ address = "{b}" }}]
+"#,
+        a = a.addr,
+        b = b.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let front = support::ops::listener_addr(&proxy, "front").await;
+    // The client verifies the backend's own certificate: the TLS session is end to end.
+    for (sni, name, cn) in [
+        ("a.test", "alpha", "a.test"),
+        ("x.b.test", "beta", "b.test"),
+    ] {
+        let mut stream = connect(front, sni, pki.client(None, &[]))
+            .await
+            .expect("end-to-end handshake");
+        assert_eq!(peer_cn(&stream), cn);
+        assert_eq!(read_line(&mut stream).await, name);
+        assert_eq!(round_trip(&mut stream, b"through").await, b"through");
+    }
+    // No route for the name, and not TLS at all: closed before any server.
+    assert!(
+        connect(front, "c.test", pki.client(None, &[]))
+            .await
+            .is_err()
+    );
+    let mut plain = tokio::net::TcpStream::connect(front)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(read_until_closed(&mut plain).await.is_empty());
+    wait_until("both refusals are logged", || async {
+        let log = proxy.stderr();
+        log.contains("no route") && log.contains("no TLS ClientHello")
+    })
+    .await;
+}

@@ -18,7 +18,7 @@ use crate::proxy_protocol::{self, ProxyHeader};
 use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams, write_all};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
-use crate::tls::{Rewind, secure_upstream};
+use crate::tls::{Rewind, read_client_hello, secure_upstream};
 use crate::upstream::{ConnectError, LeaseError, connect};
 
 /// Handles one client connection to the end, logging one line when it closes. `settings`
@@ -82,6 +82,20 @@ async fn proxy(
         }
     }
 
+    let mut passthrough_sni = None;
+    if settings.config.tls_passthrough {
+        match read_client_hello(&mut client, std::mem::take(&mut early_data)).await {
+            Ok((sni, bytes)) => {
+                passthrough_sni = sni;
+                early_data = bytes;
+            }
+            Err(error) => {
+                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(listener = %listener.name, client = %record.client, %error, "no TLS ClientHello");
+                return "client_hello_error";
+            }
+        }
+    }
     let (client, tls_info) = match &settings.tls {
         Some(tls) => {
             let prefix = std::mem::take(&mut early_data);
@@ -102,7 +116,10 @@ async fn proxy(
     };
 
     let facts = RouteFacts {
-        sni: tls_info.as_ref().and_then(|info| info.sni.as_deref()),
+        sni: tls_info
+            .as_ref()
+            .and_then(|info| info.sni.as_deref())
+            .or(passthrough_sni.as_deref()),
         ..RouteFacts::default()
     };
     let Some(mut pool) = settings.routing.pool(&facts).cloned() else {

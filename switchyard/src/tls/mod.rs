@@ -6,6 +6,7 @@
 //! [`UpstreamTls::handshake`] on a server stream once TLS is agreed.
 
 mod client;
+mod passthrough;
 mod pem;
 mod rewind;
 mod server;
@@ -22,6 +23,7 @@ use crate::config::{ClientAuth, Config};
 use crate::key_path;
 
 pub use client::UpstreamTls;
+pub use passthrough::{CLIENT_HELLO_TIMEOUT, MAX_CLIENT_HELLO, read_client_hello};
 pub use pem::{CertFacts, cert_facts};
 pub use rewind::Rewind;
 pub use server::{ClientIdentity, ServerTls, TlsInfo};
