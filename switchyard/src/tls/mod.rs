@@ -195,3 +195,6 @@ pub fn proxy_v2_tlvs(info: &TlsInfo) -> Vec<(u8, Vec<u8>)> {
     tlvs.push((PP2_TYPE_SSL, ssl));
     tlvs
 }
+
+#[cfg(test)]
+mod tests;
