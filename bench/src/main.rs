@@ -22,6 +22,7 @@ use scenarios::connrate::ConnrateArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::latency::LatencyArgs;
 use scenarios::throughput::ThroughputArgs;
+use scenarios::tls::TlsArgs;
 use table::Row;
 use targets::{TargetKind, TargetOptions};
 
@@ -36,6 +37,8 @@ enum Scenario {
     Connrate,
     /// Proxy memory per idle connection.
     Idle,
+    /// TLS termination: full and resumed handshakes/s, TLS throughput.
+    Tls,
     /// All of the above, in that order.
     All,
     /// Internal: echo backend child process used by `idle`.
@@ -96,6 +99,8 @@ struct Cli {
     connrate: ConnrateArgs,
     #[command(flatten)]
     idle: IdleArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn main() -> Result<()> {
@@ -121,6 +126,7 @@ fn main() -> Result<()> {
                 .haproxy_maxconn
                 .unwrap_or_else(|| TargetOptions::maxconn_for_fd_limit(hard)),
             ready_timeout: Duration::from_secs_f64(cli.ready_timeout_secs),
+            tls: None,
         },
         backend_threads,
     };
@@ -166,6 +172,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Latency,
             Scenario::Connrate,
             Scenario::Idle,
+            Scenario::Tls,
         ],
         ref one => std::slice::from_ref(one),
     };
@@ -177,6 +184,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Latency => scenarios::latency::run(ctx, &cli.latency).await?,
             Scenario::Connrate => scenarios::connrate::run(ctx, &cli.connrate).await?,
             Scenario::Idle => scenarios::idle::run(ctx, &cli.idle).await?,
+            Scenario::Tls => scenarios::tls::run(ctx, &cli.tls).await?,
             Scenario::All | Scenario::ServeEcho => Vec::new(),
         };
         if selected.len() > 1 {

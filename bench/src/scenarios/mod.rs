@@ -5,6 +5,7 @@ pub mod connrate;
 pub mod idle;
 pub mod latency;
 pub mod throughput;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
