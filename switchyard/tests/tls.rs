@@ -522,3 +522,91 @@ servers = [{{ address = "{b}" }}]
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_pkcs1_and_ec_sec1_keys_from_openssl() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    // An RSA key in PKCS#1 ("BEGIN RSA PRIVATE KEY") and an EC key in SEC1 ("BEGIN EC
+    // PRIVATE KEY"), each with a self-signed certificate for its name.
+    for (args, name) in [
+        (
+            vec!["genrsa", "-traditional", "-out", &path("rsa.key"), "2048"],
+            "rsa",
+        ),
+        (
+            vec![
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &path("ec.key"),
+            ],
+            "ec",
+        ),
+    ] {
+        let (ok, out) = run("openssl", &args, "");
+        assert!(ok, "{out}");
+        let key = path(&format!("{name}.key"));
+        let subject = format!("/CN={name}.test");
+        let san = format!("subjectAltName=DNS:{name}.test");
+        let (ok, out) = run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                &key,
+                "-out",
+                &path(&format!("{name}.pem")),
+                "-days",
+                "2",
+                "-subj",
+                &subject,
+                "-addext",
+                &san,
+            ],
+            "",
+        );
+        assert!(ok, "{out}");
+    }
+    let rsa_key = std::fs::read_to_string(path("rsa.key")).expect("read");
+    assert!(
+        rsa_key.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "{rsa_key}"
+    );
+    let ec_key = std::fs::read_to_string(path("ec.key")).expect("read");
+    assert!(
+        ec_key.starts_with("-----BEGIN EC PRIVATE KEY-----"),
+        "{ec_key}"
+    );
+
+    let files = |name: &str| CertFiles {
+        cert: dir.path().join(format!("{name}.pem")),
+        key: dir.path().join(format!("{name}.key")),
+    };
+    let backend = Backend::echo().await;
+    let (_proxy, front) = start_tls(&[&files("rsa"), &files("ec")], "", &backend).await;
+    for name in ["rsa", "ec"] {
+        let servername = format!("{name}.test");
+        let cafile = path(&format!("{name}.pem"));
+        let (ok, out) = run(
+            "openssl",
+            &[
+                "s_client",
+                "-connect",
+                &front.to_string(),
+                "-servername",
+                &servername,
+                "-CAfile",
+                &cafile,
+                "-verify_return_error",
+            ],
+            "",
+        );
+        assert!(ok && out.contains("Verify return code: 0"), "{name}: {out}");
+    }
+}

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use support::backends::{Backend, read_line};
 use support::config::Config;
-use support::tls::{Pki, tls_backend};
+use support::tls::{Pki, tls_backend, tls_backend_with};
 use support::{Proxy, wait_until};
 
 /// The four kinds of backend every mode is tried against.
@@ -152,19 +152,49 @@ async fn every_sslmode_against_every_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sni_override_and_client_certificate() {
-    let b = backends().await;
-    let client = b.pki.issue("proxy-client", "switchyard", &[]);
-    let config = Config::new()
-        .server("b", b.wrong_name.addr, "")
-        .pool(&format!(
-            "upstream_tls = {{ sslmode = \"verify-full\", root_cert = \"{}\", sni = \"other.test\", client_cert = \"{}\", client_key = \"{}\" }}",
-            b.pki.ca.display(),
-            client.cert.display(),
-            client.key.display()
-        ));
-    let (_proxy, front) = config.start().await;
-    assert_eq!(reach(front).await.as_deref(), Some("wrong_name"));
+async fn sni_override_client_certificate_and_alpn() {
+    let pki = Pki::new("Trusted CA");
+    let server = pki.issue("server", "other", &["other.test"]);
+    let client = pki.issue("proxy-client", "switchyard", &[]);
+    let backend = tls_backend_with(&server, "strict", Some(&pki.ca), &["h2", "x-test"]).await;
+    let upstream = |client_keys: &str| {
+        format!(
+            "upstream_tls = {{ sslmode = \"verify-full\", root_cert = \"{}\", sni = \"other.test\", alpn = [\"x-test\"]{client_keys} }}",
+            pki.ca.display()
+        )
+    };
+    let with_cert = format!(
+        ", client_cert = \"{}\", client_key = \"{}\"",
+        client.cert.display(),
+        client.key.display()
+    );
+    let (_proxy, front) = Config::new()
+        .server("b", backend.addr, "")
+        .pool(&upstream(&with_cert))
+        .start()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(front)
+        .await
+        .expect("connect");
+    // `sni` is both sent and verified (the address is 127.0.0.1, the certificate names
+    // other.test); the backend saw the ALPN offer and the proxy's client certificate.
+    assert_eq!(read_line(&mut stream).await, "strict");
+    assert_eq!(read_line(&mut stream).await, "alpn=x-test");
+    assert_eq!(read_line(&mut stream).await, "client=switchyard");
+
+    // Without the client certificate the backend refuses the proxy. In TLS 1.3 the server
+    // judges the client certificate after the client's side of the handshake is done, so
+    // the refusal arrives as an alert on the first read: the session ends as a server error.
+    let (proxy, front) = Config::new()
+        .server("b", backend.addr, "")
+        .pool(&upstream(""))
+        .start()
+        .await;
+    assert_eq!(reach(front).await, None);
+    wait_until("the refusal is logged", || async {
+        proxy.stderr().contains("server_error")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

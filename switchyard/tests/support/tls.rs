@@ -151,20 +151,62 @@ pub fn peer_cn(stream: &TlsStream<TcpStream>) -> String {
 
 /// A TLS backend with `files` that writes `name\n` after the handshake, then echoes.
 pub async fn tls_backend(files: &CertFiles, name: &'static str) -> Backend {
-    let config = ServerConfig::builder_with_provider(provider())
+    tls_backend_with(files, name, None, &[]).await
+}
+
+/// Like `tls_backend`, requiring a client certificate signed by `client_ca` when given and
+/// offering `alpn`; after the name it writes `alpn=PROTOCOL` when one was agreed and
+/// `client=CN` for the client certificate's common name.
+pub async fn tls_backend_with(
+    files: &CertFiles,
+    name: &'static str,
+    client_ca: Option<&Path>,
+    alpn: &[&str],
+) -> Backend {
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
+        .expect("versions");
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_chain(ca) {
+                roots.add(cert).expect("add CA");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.into(),
+                provider(),
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(read_chain(&files.cert), read_key(&files.key))
         .expect("server cert");
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     Backend::start("127.0.0.1:0", move |stream: TcpStream| {
         let acceptor = acceptor.clone();
         async move {
-            if let Ok(mut tls) = acceptor.accept(stream).await {
-                if tls.write_all(format!("{name}\n").as_bytes()).await.is_ok() {
-                    echo_io(tls).await;
-                }
+            let Ok(mut tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let (_, connection) = tls.get_ref();
+            let mut hello = format!("{name}\n");
+            if let Some(alpn) = connection.alpn_protocol() {
+                hello.push_str(&format!("alpn={}\n", String::from_utf8_lossy(alpn)));
+            }
+            if let Some(leaf) = connection.peer_certificates().and_then(|c| c.first()) {
+                let facts = switchyard::tls::cert_facts(leaf).expect("client certificate");
+                hello.push_str(&format!(
+                    "client={}\n",
+                    facts.common_name.unwrap_or_default()
+                ));
+            }
+            if tls.write_all(hello.as_bytes()).await.is_ok() {
+                echo_io(tls).await;
             }
         }
     })
