@@ -224,6 +224,12 @@ async fn proxy(
                 Err(error) => {
                     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(listener = %listener.name, pool = %pool.name, server = %server.name, client = %record.client, %error, "no server connection");
+                    // Like a failed connect, a failed handshake is a passive health check.
+                    if pool.health.is_some()
+                        && let Some(transition) = server.record_check(Err(format!("tls: {error}")))
+                    {
+                        crate::health::on_transition(&pool, &server, &transition);
+                    }
                     return "server_tls_failed";
                 }
             };
