@@ -11,6 +11,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+
+type StdListener = std::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +34,14 @@ pub struct ListenerStats {
     pub bytes_out: AtomicU64,
     /// Connections closed before reaching a server (bad PROXY header, no server, ...).
     pub failed: AtomicU64,
+}
+
+impl ListenerStats {
+    /// The counters that only grow (connections, bytes in and out, failed), for a binary
+    /// upgrade to carry over.
+    pub fn cumulative(&self) -> [&AtomicU64; 4] {
+        [&self.total, &self.bytes_in, &self.bytes_out, &self.failed]
+    }
 }
 
 /// What a connection takes from its listener when it is accepted; a reload swaps in new
@@ -61,7 +71,8 @@ pub struct Listener {
     /// Counters.
     pub stats: ListenerStats,
     settings: ArcSwap<ListenerSettings>,
-    socket: std::sync::Mutex<Option<TcpListener>>,
+    // The bound socket until `take_socket` gives it to the workers' accept loops.
+    socket: std::sync::Mutex<Option<StdListener>>,
     // A duplicate of the socket for a binary upgrade to hand over; dropped when the accept
     // loop ends so that a closed listener really frees its port.
     handover: std::sync::Mutex<Option<OwnedFd>>,
@@ -71,7 +82,7 @@ pub struct Listener {
 impl Listener {
     /// Binds the socket a listener with `config` would use, without building the listener
     /// (a reload binds every new socket before changing anything).
-    pub fn bind_socket(config: &ListenerConfig) -> io::Result<TcpListener> {
+    pub fn bind_socket(config: &ListenerConfig) -> io::Result<StdListener> {
         let requested: SocketAddr = config.listen.parse().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -90,7 +101,7 @@ impl Listener {
     pub fn with_socket(
         config: &ListenerConfig,
         routing: Routing,
-        socket: TcpListener,
+        socket: StdListener,
     ) -> io::Result<Self> {
         let address = socket.local_addr()?;
         let tls = config
@@ -167,18 +178,26 @@ impl Listener {
         self.closed.cancel();
     }
 
+    /// The listening socket, once: the caller gives a duplicate to each worker's accept
+    /// loop.
+    pub fn take_socket(&self) -> Option<StdListener> {
+        self.socket.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
     /// A duplicate of the listening socket for a binary upgrade, while it is still open.
     pub fn handover_fd(&self) -> Option<io::Result<OwnedFd>> {
         let handover = self.handover.lock().unwrap_or_else(|e| e.into_inner());
         handover.as_ref().map(|fd| fd.try_clone())
     }
 
-    /// Accepts connections until `stop` fires, handing each to `handle` on its own task.
-    /// With `max_connections`, accepting pauses at the limit so further clients wait in
-    /// the kernel's accept queue instead of being refused.
-    /// Stops when `stop` fires or the listener is closed; the socket closes then.
+    /// Accepts connections from `socket` (this listener's socket or a duplicate of it) until
+    /// `stop` fires or the listener is closed, handing each to `handle` on its own task of
+    /// the current runtime. With `max_connections`, accepting pauses at the limit so further
+    /// clients wait in the kernel's accept queue instead of being refused. `socket` closes
+    /// when the loop ends.
     pub async fn accept_loop<F, Fut>(
         self: Arc<Self>,
+        socket: StdListener,
         stop: CancellationToken,
         tasks: TaskTracker,
         handle: F,
@@ -186,8 +205,12 @@ impl Listener {
         F: Fn(Arc<Self>, Arc<ListenerSettings>, TcpStream, SocketAddr) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some(socket) = self.socket.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return;
+        let socket = match TcpListener::from_std(socket) {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::error!(listener = %self.name, %error, "cannot watch the listening socket");
+                return;
+            }
         };
         loop {
             let settings = self.settings();
@@ -232,7 +255,7 @@ impl Listener {
     }
 }
 
-fn bind_socket(address: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+fn bind_socket(address: SocketAddr, backlog: u32) -> io::Result<StdListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     // Accepted connections inherit TCP_NODELAY and keepalive from the listening socket.
@@ -244,5 +267,5 @@ fn bind_socket(address: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }

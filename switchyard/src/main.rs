@@ -114,16 +114,11 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
         }
     };
     switchyard::observe::init_tracing(&config.log.level);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = config.workers {
-        builder.worker_threads(workers);
-    }
-    let runtime = match builder.enable_all().build() {
+    // The control plane (admin API, health checks, reloads) runs here; connections run on
+    // the worker threads `runtime::build` starts.
+    let runtime = match single_thread_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let mut inherited = Inherited::default();
     if upgrade {
@@ -178,15 +173,9 @@ fn ctl_main(admin: &str, token: Option<String>, command: CtlArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match single_thread_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(ctl::run(&client, command)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,4 +184,16 @@ fn ctl_main(admin: &str, token: Option<String>, command: CtlArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A runtime on the calling thread; on failure, the message is printed and the exit code
+/// returned.
+fn single_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }

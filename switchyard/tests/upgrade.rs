@@ -284,6 +284,41 @@ async fn ctl_works_against_the_new_process() {
     );
 }
 
+#[tokio::test]
+async fn operator_state_health_and_counters_carry_over() {
+    let echo = Backend::echo().await;
+    let spare = Backend::echo().await;
+    let (mut proxy, front) = config(echo.addr)
+        .server("spare", spare.addr, "")
+        .start()
+        .await;
+    proxy.wait_pool_checked_up("app").await;
+    proxy.set_state("app", "spare", "drain").await;
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(front).await.expect("connect");
+        assert_eq!(round_trip(&mut stream, b"hi\n").await, b"hi\n");
+    }
+    wait_until("three connections counted", || async {
+        proxy.listeners().await[0].total == 3 && proxy.listeners().await[0].active == 0
+    })
+    .await;
+    let before = proxy.server("app", "echo").await;
+    let _children = Children(vec![spawn_upgrade(&proxy, 1)]);
+    let status = proxy.wait_exit().await;
+    assert!(status.success(), "old process exited with {status}");
+
+    let spare_now = proxy.server("app", "spare").await;
+    assert_eq!(spare_now.admin_state, "drain", "drain survives the upgrade");
+    let echo_now = proxy.server("app", "echo").await;
+    assert_eq!(echo_now.health, "up");
+    assert!(echo_now.total >= before.total && echo_now.bytes_in >= before.bytes_in);
+    assert!(proxy.listeners().await[0].total >= 3);
+    // The drained server still takes nothing new.
+    let mut stream = TcpStream::connect(front).await.expect("connect");
+    assert_eq!(round_trip(&mut stream, b"again\n").await, b"again\n");
+    assert_eq!(proxy.server("app", "spare").await.total, 0);
+}
+
 /// A process started by the proxy rather than the test, sent SIGTERM when the test ends.
 struct StopPid(u32);
 

@@ -2,6 +2,7 @@
 //! every selected target and returns [`Row`]s for the table.
 
 pub mod connrate;
+pub mod http;
 pub mod idle;
 pub mod latency;
 pub mod throughput;

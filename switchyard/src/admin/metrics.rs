@@ -27,6 +27,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         listeners: shared.listeners(),
         dropped_log_lines: shared.access_log.dropped.load(Ordering::Relaxed),
     }));
+    shared.http_metrics.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)

@@ -153,6 +153,42 @@ pub struct ListenerConfig {
     /// (`routes` with `sni`) and forward the untouched bytes.
     #[serde(default)]
     pub tls_passthrough: bool,
+    /// HTTP request limits and forwarding headers (`protocol = "http"` only).
+    #[serde(default)]
+    pub http: HttpListenerConfig,
+}
+
+/// What an HTTP listener accepts from clients and adds to requests it forwards.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListenerConfig {
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; more gets 431.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// Longest request target in bytes; longer gets 414.
+    #[serde(default = "defaults::max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Largest request body in bytes; larger gets 413. Absent: no limit.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// Also send an RFC 7239 `Forwarded` header (the `X-Forwarded-*` ones are always sent).
+    #[serde(default)]
+    pub forwarded: bool,
+}
+
+impl Default for HttpListenerConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+            max_uri_bytes: defaults::max_uri_bytes(),
+            max_body_bytes: None,
+            forwarded: false,
+        }
+    }
 }
 
 /// What a listener does with an incoming PROXY protocol header.
@@ -173,6 +209,12 @@ pub struct ListenerTimeouts {
     /// Time allowed to receive a PROXY protocol header.
     #[serde(default = "defaults::proxy_header", with = "duration")]
     pub proxy_header: Duration,
+    /// HTTP: time allowed to receive a complete request head once it starts (408 after).
+    #[serde(default = "defaults::http_request", with = "duration")]
+    pub http_request: Duration,
+    /// HTTP: idle time allowed between requests on a keep-alive client connection.
+    #[serde(default = "defaults::keep_alive", with = "duration")]
+    pub keep_alive: Duration,
 }
 
 impl Default for ListenerTimeouts {
@@ -180,6 +222,8 @@ impl Default for ListenerTimeouts {
         Self {
             client: defaults::idle(),
             proxy_header: defaults::proxy_header(),
+            http_request: defaults::http_request(),
+            keep_alive: defaults::keep_alive(),
         }
     }
 }
@@ -208,6 +252,33 @@ pub struct RouteConfig {
     /// Mail domain (smtp).
     #[serde(default)]
     pub domain: Option<String>,
+    /// HTTP method (exact, case-sensitive as methods are).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// HTTP headers that must be present with these exact values (names case-insensitive).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// HTTP: header rules applied to requests this route forwards.
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    /// HTTP: header rules applied to responses this route returns.
+    #[serde(default)]
+    pub response_headers: HeaderRules,
+}
+
+/// Header edits, applied in the order remove, set, add.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    /// Header names to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Headers to set, replacing any present.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Headers to append, keeping any present.
+    #[serde(default)]
+    pub add: std::collections::BTreeMap<String, String>,
 }
 
 /// Balance algorithms.
@@ -259,6 +330,52 @@ pub struct PoolConfig {
     /// TLS to the servers, with libpq `sslmode` semantics; absent means plaintext.
     #[serde(default)]
     pub upstream_tls: Option<UpstreamTlsConfig>,
+    /// HTTP version spoken to servers by HTTP listeners.
+    #[serde(default)]
+    pub http_version: HttpVersion,
+    /// HTTP: keep the client's `Host` header; `false` sends the server address instead.
+    #[serde(default = "defaults::preserve_host")]
+    pub preserve_host: bool,
+    /// HTTP: the keep-alive connections kept to each server.
+    #[serde(default)]
+    pub keep_alive: UpstreamKeepAlive,
+}
+
+/// HTTP versions spoken to servers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum HttpVersion {
+    /// HTTP/1.1 with a keep-alive connection pool per server.
+    #[default]
+    #[serde(rename = "1.1")]
+    Http1,
+    /// HTTP/2 (prior knowledge, cleartext): one multiplexed connection per server.
+    #[serde(rename = "2")]
+    Http2,
+}
+
+/// Reuse of HTTP/1.1 server connections.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamKeepAlive {
+    /// Idle connections kept per server; 0 closes each after its request.
+    #[serde(default = "defaults::max_idle")]
+    pub max_idle: usize,
+    /// How long an idle connection is kept.
+    #[serde(default = "defaults::keep_alive", with = "duration")]
+    pub idle_timeout: Duration,
+    /// Requests sent over one connection before it is closed.
+    #[serde(default = "defaults::max_requests")]
+    pub max_requests: u32,
+}
+
+impl Default for UpstreamKeepAlive {
+    fn default() -> Self {
+        Self {
+            max_idle: defaults::max_idle(),
+            idle_timeout: defaults::keep_alive(),
+            max_requests: defaults::max_requests(),
+        }
+    }
 }
 
 /// PROXY protocol versions.
@@ -394,6 +511,15 @@ pub struct HealthConfig {
     /// HTTP Host header for `http` checks; defaults to the server address.
     #[serde(default)]
     pub host: Option<String>,
+    /// HTTP method for `http` checks.
+    #[serde(default = "defaults::check_method")]
+    pub method: String,
+    /// Statuses an `http` check accepts, as `"200-399"` or `"204"`.
+    #[serde(default = "defaults::check_status")]
+    pub expect_status: String,
+    /// Text the body of an `http` check's response must contain.
+    #[serde(default)]
+    pub body_contains: Option<String>,
 }
 
 impl HealthConfig {
@@ -568,5 +694,35 @@ mod defaults {
     }
     pub fn tls_handshake() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn check_method() -> String {
+        "GET".into()
+    }
+    pub fn check_status() -> String {
+        "200-399".into()
+    }
+    pub fn max_header_bytes() -> usize {
+        32 * 1024
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn max_uri_bytes() -> usize {
+        8 * 1024
+    }
+    pub fn http_request() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn keep_alive() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn preserve_host() -> bool {
+        true
+    }
+    pub fn max_idle() -> usize {
+        32
+    }
+    pub fn max_requests() -> u32 {
+        1000
     }
 }

@@ -68,11 +68,11 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 ),
             ),
         }
-        if listener.protocol != Protocol::Tcp {
+        if !matches!(listener.protocol, Protocol::Tcp | Protocol::Http) {
             sink.at(
                 &key_path!("listener", i, "protocol"),
                 format!(
-                    "protocol `{}` is not available in this build yet; use `tcp`",
+                    "protocol `{}` is not available in this build yet; use `tcp` or `http`",
                     listener.protocol.as_str()
                 ),
             );
@@ -96,6 +96,11 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 "only for `tcp` listeners without `tls`",
             );
         }
+        if listener.protocol == Protocol::Http {
+            crate::protocol::http::validate_listener(&listener.http, &mut |key, message| {
+                sink.at(&key_path!("listener", i, "http", key), message)
+            });
+        }
         if listener.max_connections == Some(0) {
             sink.at(
                 &key_path!("listener", i, "max_connections"),
@@ -117,6 +122,11 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                     &key_path!("listener", i, "routes", r),
                     "tcp listeners route (by `sni`) only with `tls` or `tls_passthrough = true`",
                 );
+            }
+            if listener.protocol == Protocol::Http {
+                crate::protocol::http::validate_route(route, &mut |key, message| {
+                    sink.at(&key_path!("listener", i, "routes", r, key), message)
+                });
             }
         }
     }
@@ -184,6 +194,15 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             }
             if !health.path.starts_with('/') {
                 sink.at(&key_path!("pool", i, "health", "path"), "must start with /");
+            }
+            if let Err(e) = crate::health::StatusRange::parse(&health.expect_status) {
+                sink.at(&key_path!("pool", i, "health", "expect_status"), e);
+            }
+            if hyper::Method::from_bytes(health.method.as_bytes()).is_err() {
+                sink.at(
+                    &key_path!("pool", i, "health", "method"),
+                    "not a valid HTTP method",
+                );
             }
         }
         if pool.timeouts.connect.is_zero() {

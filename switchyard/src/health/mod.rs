@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub use http::StatusRange;
 pub use tracker::{Health, HealthTracker, Transition};
 
 use crate::config::{CheckKind, HealthConfig, OnDown};

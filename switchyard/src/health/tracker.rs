@@ -1,9 +1,9 @@
 //! The rise/fall state machine shared by active checks and passive observation.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A server's health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Not checked yet: treated as up until the first check says otherwise.
@@ -53,6 +53,14 @@ impl HealthTracker {
     pub fn set_thresholds(&mut self, fall: u32, rise: u32) {
         self.fall = fall.max(1);
         self.rise = rise.max(1);
+    }
+
+    /// Starts from a health another process determined (a binary upgrade), so that a
+    /// down server stays down until `rise` checks pass here too.
+    pub fn seed(&mut self, health: Health) {
+        self.health = health;
+        self.successes = 0;
+        self.failures = 0;
     }
 
     /// Current health.

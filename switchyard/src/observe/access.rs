@@ -139,10 +139,16 @@ impl AccessLog {
 
     /// Queues one record.
     pub fn log(&self, record: &ConnectionRecord) {
+        self.log_with(|format| record.render(format));
+    }
+
+    /// Queues one line that `render` writes in the configured format (protocols with their
+    /// own record shape, such as HTTP requests); `render` is not called when the log is off.
+    pub fn log_with(&self, render: impl FnOnce(LogFormat) -> String) {
         let Some(sender) = &self.sender else {
             return;
         };
-        match sender.try_send(Message::Line(record.render(self.format))) {
+        match sender.try_send(Message::Line(render(self.format))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

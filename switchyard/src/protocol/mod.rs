@@ -1,3 +1,4 @@
 //! Protocol front ends: what happens on a client connection after accept.
 
+pub mod http;
 pub mod tcp;

@@ -2,6 +2,7 @@
 
 mod reload;
 pub mod upgrade;
+mod workers;
 
 use std::collections::HashMap;
 use std::io;
@@ -23,6 +24,7 @@ use crate::upstream::Pool;
 
 pub use reload::{Changes, ReloadError, ReloadSummary, reload};
 pub use upgrade::Inherited;
+pub use workers::Workers;
 
 /// State shared by listeners, connection handlers and the admin API.
 #[derive(Debug)]
@@ -51,6 +53,10 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// When the process started.
     pub started: Instant,
+    // The threads that accept and serve connections.
+    workers: Workers,
+    /// HTTP request counters and histograms.
+    pub http_metrics: crate::protocol::http::RequestMetrics,
 }
 
 impl Shared {
@@ -62,6 +68,12 @@ impl Shared {
     /// The listeners accepting now.
     pub fn listeners(&self) -> Arc<Vec<Arc<Listener>>> {
         self.listeners.load_full()
+    }
+
+    /// Completes when a graceful shutdown begins (listeners stop accepting), so protocols
+    /// with keep-alive (HTTP) can close idle client connections and finish the rest.
+    pub async fn accepting_stopped(&self) {
+        self.stop_accepting.cancelled().await;
     }
 
     /// Finds a pool in service by name.
@@ -104,10 +116,9 @@ pub fn build(
             .ok()
             .and_then(|address| inherited.take_listener(&listener_config.name, address))
         {
-            Some(socket) => tokio::net::TcpListener::from_std(socket),
-            None => Listener::bind_socket(listener_config),
-        }
-        .map_err(StartError::Bind)?;
+            Some(socket) => socket,
+            None => Listener::bind_socket(listener_config).map_err(StartError::Bind)?,
+        };
         listeners.push(Arc::new(
             Listener::with_socket(listener_config, routing, socket).map_err(StartError::Bind)?,
         ));
@@ -133,6 +144,9 @@ pub fn build(
         shutdown: CancellationToken::new(),
         admin_token,
         started: Instant::now(),
+        workers: Workers::start(config.workers)
+            .map_err(|e| StartError::Build(format!("cannot start worker threads: {e}")))?,
+        http_metrics: Default::default(),
     }))
 }
 
@@ -166,6 +180,7 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
             stop_admin.clone(),
         ));
     }
+    inherited.restore_servers(&shared);
     for pool in shared.pools().iter() {
         crate::health::spawn_checks(pool, &shared.stop_background);
     }
@@ -175,7 +190,7 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
     for listener in shared.listeners().iter() {
         spawn_listener(&shared, listener);
     }
-    upgrade::take_over(inherited).await?;
+    upgrade::take_over(inherited, &shared).await?;
     upgrade::notify_systemd();
     let upgrade_path = upgrade::socket_path(&config, &shared.config_path);
     let handed_over = CancellationToken::new();
@@ -221,27 +236,49 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
     Ok(())
 }
 
-/// Starts a listener's accept loop; it runs until shutdown or until a reload closes it.
+/// Starts a listener's accept loop on every worker; they run until shutdown or until a
+/// reload closes the listener.
 fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
+    let Some(socket) = listener.take_socket() else {
+        return;
+    };
     tracing::info!(listener = %listener.name, address = %listener.address, protocol = listener.protocol.as_str(), "listening");
-    let shared_for_handler = shared.clone();
-    let handler = move |listener: Arc<Listener>, settings, stream, peer| {
-        let shared = shared_for_handler.clone();
-        async move {
-            match listener.protocol {
-                Protocol::Tcp => {
-                    crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
-                }
-                // Validation refuses other protocols until they are built.
-                _ => drop(stream),
+    let workers = shared.workers.handles();
+    let mut sockets = Vec::with_capacity(workers.len());
+    for _ in 1..workers.len() {
+        match socket.try_clone() {
+            Ok(duplicate) => sockets.push(duplicate),
+            Err(error) => {
+                tracing::warn!(listener = %listener.name, %error, "fewer accept loops than workers");
+                break;
             }
         }
-    };
-    tokio::spawn(listener.clone().accept_loop(
-        shared.stop_accepting.clone(),
-        shared.tasks.clone(),
-        handler,
-    ));
+    }
+    sockets.push(socket);
+    for (worker, socket) in workers.iter().zip(sockets) {
+        let shared_for_handler = shared.clone();
+        let handler = move |listener: Arc<Listener>, settings, stream, peer| {
+            let shared = shared_for_handler.clone();
+            async move {
+                match listener.protocol {
+                    Protocol::Tcp => {
+                        crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
+                    }
+                    Protocol::Http => {
+                        crate::protocol::http::serve(shared, listener, settings, stream, peer).await
+                    }
+                    // Validation refuses other protocols until they are built.
+                    _ => drop(stream),
+                }
+            }
+        };
+        worker.spawn(listener.clone().accept_loop(
+            socket,
+            shared.stop_accepting.clone(),
+            shared.tasks.clone(),
+            handler,
+        ));
+    }
 }
 
 async fn wait_for_shutdown(shared: &Arc<Shared>) -> io::Result<()> {

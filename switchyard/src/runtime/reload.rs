@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::TcpListener;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 
 use super::{Shared, spawn_listener};
 use crate::config::{Config, ConfigErrors, ListenerConfig, PoolConfig, load_file};

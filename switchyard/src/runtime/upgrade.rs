@@ -7,9 +7,15 @@
 //!    listeners (and the admin API) with every listening socket attached (SCM_RIGHTS);
 //! 2. the new process reuses the sockets whose name and address match its config, binds the
 //!    rest, starts health checks, waits for their first round and starts accepting;
-//! 3. it sends `READY`; the old process answers `STOPPING`, stops accepting (both hold the
-//!    same kernel socket, so queued connections go to the new one), drains and exits;
+//! 3. it sends `READY`; the old process stops accepting (both hold the same kernel socket,
+//!    so queued connections go to the new one), answers `STOPPING` with its counter totals,
+//!    drains and exits;
 //! 4. the new process then listens on the upgrade socket itself.
+//!
+//! Servers' operator states (drain, maint) and health travel with the offer, so a drained
+//! server stays drained and a down one stays down; listener and server counters travel with
+//! `STOPPING` and continue from the old totals (bytes the old process moves while draining
+//! are in its own connection log lines, not in the new totals).
 //!
 //! If the new process fails before `READY`, the old one notices the closed connection and
 //! keeps serving unchanged.
@@ -21,6 +27,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
@@ -30,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::config::Config;
 use crate::health::Health;
+use crate::upstream::{AdminState, Pool, Server};
 
 /// Longest wait for the new process's first health-check round before it takes over anyway.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,6 +51,81 @@ const MAX_SOCKETS: usize = 250;
 struct Offer {
     listeners: Vec<(String, SocketAddr)>,
     admin: Option<SocketAddr>,
+    #[serde(default)]
+    servers: Vec<ServerState>,
+}
+
+/// A server's operator state and health, for the new process to start from.
+#[derive(Debug, Serialize, Deserialize)]
+struct ServerState {
+    pool: String,
+    server: String,
+    address: String,
+    admin: AdminState,
+    health: Health,
+}
+
+/// Counter totals of the old process once it stopped accepting.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Totals {
+    /// Per listener: connections, bytes in, bytes out, failed.
+    listeners: Vec<(String, [u64; 4])>,
+    /// Per pool and server: connections, bytes in, bytes out, connect errors, checks
+    /// passed, checks failed.
+    servers: Vec<(String, String, [u64; 6])>,
+}
+
+impl Totals {
+    fn read(shared: &Shared) -> Self {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut totals = Totals::default();
+        for listener in shared.listeners().iter() {
+            totals
+                .listeners
+                .push((listener.name.clone(), listener.stats.cumulative().map(load)));
+        }
+        for pool in shared.pools().iter() {
+            for server in &pool.servers {
+                totals.servers.push((
+                    pool.name.clone(),
+                    server.name.clone(),
+                    server.stats.cumulative().map(load),
+                ));
+            }
+        }
+        totals
+    }
+
+    fn add_to(&self, shared: &Shared) {
+        let listeners = shared.listeners();
+        for (name, values) in &self.listeners {
+            if let Some(listener) = listeners.iter().find(|l| &l.name == name) {
+                add_counts(listener.stats.cumulative(), values);
+            }
+        }
+        let pools = shared.pools();
+        for (pool, name, values) in &self.servers {
+            if let Some(server) = find_server(&pools, pool, name) {
+                add_counts(server.stats.cumulative(), values);
+            }
+        }
+    }
+}
+
+/// The server `name` of the pool `pool`, if both are in service.
+fn find_server<'a>(pools: &'a [Arc<Pool>], pool: &str, name: &str) -> Option<&'a Arc<Server>> {
+    pools
+        .iter()
+        .filter(|p| p.name == pool)
+        .flat_map(|p| p.servers.iter())
+        .find(|s| s.name == name)
+}
+
+/// Adds counter values carried from the old process.
+fn add_counts<const N: usize>(counters: [&AtomicU64; N], values: &[u64; N]) {
+    for (counter, value) in counters.into_iter().zip(values) {
+        counter.fetch_add(*value, Ordering::Relaxed);
+    }
 }
 
 /// The upgrade socket of a config: `upgrade_socket` (relative to the config file), or the
@@ -63,6 +146,7 @@ pub fn socket_path(config: &Config, config_path: &Path) -> PathBuf {
 pub struct Inherited {
     listeners: HashMap<String, (SocketAddr, std::net::TcpListener)>,
     admin: Option<(SocketAddr, std::net::TcpListener)>,
+    servers: Vec<ServerState>,
     link: Option<UnixStream>,
 }
 
@@ -86,6 +170,19 @@ impl Inherited {
         match self.listeners.remove(name) {
             Some((actual, socket)) if serves(requested, actual) => Some(socket),
             _ => None,
+        }
+    }
+
+    /// Gives every server the old process also had (same pool, name and address) the
+    /// operator state and health it had there.
+    pub fn restore_servers(&self, shared: &Shared) {
+        let pools = shared.pools();
+        for state in &self.servers {
+            let server = find_server(&pools, &state.pool, &state.server)
+                .filter(|s| s.address.to_string() == state.address);
+            if let Some(server) = server {
+                server.inherit_state(state.admin, state.health);
+            }
         }
     }
 
@@ -165,6 +262,7 @@ pub fn receive(path: &Path) -> io::Result<Inherited> {
         socket.set_nonblocking(true)?;
         inherited.admin = Some((address, socket));
     }
+    inherited.servers = offer.servers;
     inherited.link = Some(link);
     Ok(inherited)
 }
@@ -191,8 +289,9 @@ pub async fn first_checks(shared: &Shared) {
 }
 
 /// In the new process, once its listeners accept: tells the old process to stop accepting
-/// and waits for its answer. Sockets inherited but no longer configured are closed here.
-pub async fn take_over(inherited: Inherited) -> io::Result<()> {
+/// and waits for its answer, which carries its counter totals. Sockets inherited but no
+/// longer configured are closed here.
+pub async fn take_over(inherited: Inherited, shared: &Shared) -> io::Result<()> {
     let Some(link) = inherited.link else {
         return Ok(());
     };
@@ -206,10 +305,14 @@ pub async fn take_over(inherited: Inherited) -> io::Result<()> {
     })
     .await
     .map_err(io::Error::other)??;
-    if answer.trim() != "STOPPING" {
+    let Some(totals) = answer.trim().strip_prefix("STOPPING") else {
         return Err(io::Error::other(format!(
             "upgrade: the old process answered {answer:?} instead of STOPPING"
         )));
+    };
+    match serde_json::from_str::<Totals>(totals.trim()) {
+        Ok(totals) => totals.add_to(shared),
+        Err(error) => tracing::warn!(%error, "upgrade: counters not carried over"),
     }
     tracing::info!("upgrade: the old process stopped accepting; this one serves now");
     Ok(())
@@ -272,6 +375,7 @@ async fn hand_over(
     let mut offer = Offer {
         listeners: Vec::new(),
         admin: None,
+        servers: Vec::new(),
     };
     let mut fds = Vec::new();
     for listener in shared.listeners().iter() {
@@ -286,12 +390,23 @@ async fn hand_over(
         fds.push(fd.try_clone()?);
         offer.admin = Some(*address);
     }
+    for pool in shared.pools().iter() {
+        for server in &pool.servers {
+            offer.servers.push(ServerState {
+                pool: pool.name.clone(),
+                server: server.name.clone(),
+                address: server.address.to_string(),
+                admin: server.admin_state(),
+                health: server.health(),
+            });
+        }
+    }
     let mut line = serde_json::to_vec(&offer).map_err(io::Error::other)?;
     line.push(b'\n');
     let link = link.into_std()?;
     link.set_nonblocking(false)?;
     link.set_read_timeout(Some(HANDOVER_TIMEOUT))?;
-    tokio::task::spawn_blocking(move || -> io::Result<()> {
+    let link = tokio::task::spawn_blocking(move || -> io::Result<UnixStream> {
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let sent = sendmsg::<()>(
             link.as_raw_fd(),
@@ -303,17 +418,28 @@ async fn hand_over(
         (&link).write_all(&line[sent..])?;
         drop(fds);
         let mut answer = String::new();
-        let mut reader = BufReader::new(&link);
-        reader.read_line(&mut answer)?;
+        BufReader::new(&link).read_line(&mut answer)?;
         if answer.trim() != "READY" {
             return Err(io::Error::other(
                 "the new process closed the connection before it was ready",
             ));
         }
-        (&link).write_all(b"STOPPING\n")
+        Ok(link)
     })
     .await
-    .map_err(io::Error::other)?
+    .map_err(io::Error::other)??;
+    // Stop accepting before reading the totals, so that every connection this process
+    // accepted is counted.
+    shared.stop_accepting.cancel();
+    let mut answer = b"STOPPING ".to_vec();
+    serde_json::to_writer(&mut answer, &Totals::read(shared)).map_err(io::Error::other)?;
+    answer.push(b'\n');
+    // Past `READY` the new process serves; a lost answer only loses the counters.
+    let written = tokio::task::spawn_blocking(move || (&link).write_all(&answer)).await;
+    if let Err(error) = written.map_err(io::Error::other).and_then(|w| w) {
+        tracing::warn!(%error, "upgrade: could not send the counters to the new process");
+    }
+    Ok(())
 }
 
 /// SIGUSR2: starts `<this program> run --upgrade -c <config>` (like nginx and HAProxy), which

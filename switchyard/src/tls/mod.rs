@@ -19,7 +19,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 
 use crate::config::load::ErrorSink;
-use crate::config::{ClientAuth, Config};
+use crate::config::{ClientAuth, Config, Protocol};
 use crate::key_path;
 
 pub use client::UpstreamTls;
@@ -81,6 +81,38 @@ pub fn resolve_paths(config: &mut Config, config_dir: &Path) {
 pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
     let provider = provider();
     for (i, listener) in config.listeners.iter().enumerate() {
+        // Only the tcp front end terminates and originates TLS so far; elsewhere the keys
+        // would be silently ignored, which for TLS means plaintext.
+        if listener.protocol != Protocol::Tcp {
+            if listener.tls.is_some() {
+                sink.at(
+                    &key_path!("listener", i, "tls"),
+                    format!(
+                        "TLS termination is not available on `{}` listeners in this build yet",
+                        listener.protocol.as_str()
+                    ),
+                );
+            }
+            let pools = listener
+                .pool
+                .iter()
+                .chain(listener.routes.iter().map(|r| &r.pool));
+            for name in pools {
+                if config
+                    .pools
+                    .iter()
+                    .any(|p| &p.name == name && p.upstream_tls.is_some())
+                {
+                    sink.at(
+                        &key_path!("listener", i, "protocol"),
+                        format!(
+                            "pool `{name}` has `upstream_tls`, which `{}` listeners do not use in this build yet",
+                            listener.protocol.as_str()
+                        ),
+                    );
+                }
+            }
+        }
         let Some(tls) = &listener.tls else { continue };
         if tls.certs.is_empty() {
             sink.at(

@@ -63,16 +63,7 @@ pub async fn connect(pool: &Arc<Pool>, client: SocketAddr) -> Result<Upstream, C
                 });
             }
             Err(error) => {
-                server
-                    .stats
-                    .connect_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(pool = %pool.name, server = %server.name, %error, "connect failed");
-                if pool.health.is_some()
-                    && let Some(transition) = server.record_check(Err(format!("connect: {error}")))
-                {
-                    crate::health::on_transition(pool, &server, &transition);
-                }
+                record_connect_failure(pool, &server, &error);
                 last_error = Some((server.name.clone(), error));
                 failed.push(server);
             }
@@ -85,6 +76,21 @@ pub async fn connect(pool: &Arc<Pool>, client: SocketAddr) -> Result<Upstream, C
         )
     });
     Err(ConnectError::Failed { server, source })
+}
+
+/// Counts a failed connect and, when the pool has health checking, records it as a
+/// passive check (which may take the server down).
+pub fn record_connect_failure(pool: &Pool, server: &Server, error: &io::Error) {
+    server
+        .stats
+        .connect_errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(pool = %pool.name, server = %server.name, %error, "connect failed");
+    if pool.health.is_some()
+        && let Some(transition) = server.record_check(Err(format!("connect: {error}")))
+    {
+        crate::health::on_transition(pool, server, &transition);
+    }
 }
 
 /// One connect attempt to one server, bounded by the pool's connect timeout.

@@ -10,7 +10,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Balancer, Server, ServerAddress};
-use crate::config::{HealthConfig, PoolConfig, PoolTimeouts, ProxyProtocolVersion};
+use crate::config::{
+    HealthConfig, HttpVersion, PoolConfig, PoolTimeouts, ProxyProtocolVersion, UpstreamKeepAlive,
+};
 
 /// Counters kept per pool.
 #[derive(Debug, Default)]
@@ -79,6 +81,12 @@ pub struct Pool {
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// Counters, shared with the pool this one replaced on reload.
     pub stats: Arc<PoolStats>,
+    /// HTTP version spoken to the servers by HTTP listeners.
+    pub http_version: HttpVersion,
+    /// HTTP: keep the client's `Host` header.
+    pub preserve_host: bool,
+    /// HTTP: reuse of server connections.
+    pub keep_alive: UpstreamKeepAlive,
     max_queue: usize,
     balancer: Balancer,
     // Shared with the pool this one replaced, so that clients still queued in the old pool
@@ -135,6 +143,9 @@ impl Pool {
                 .transpose()?
                 .map(Arc::new),
             stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
+            http_version: config.http_version,
+            preserve_host: config.preserve_host,
+            keep_alive: config.keep_alive.clone(),
             max_queue: config.max_queue,
             slot_freed: previous.map(|p| p.slot_freed.clone()).unwrap_or_default(),
             retired: CancellationToken::new(),

@@ -12,7 +12,7 @@ use crate::config::ServerConfig;
 use crate::health::{Health, HealthTracker, Transition};
 
 /// What the operator asked for a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminState {
     /// Takes new work.
@@ -62,6 +62,21 @@ pub struct ServerStats {
     pub checks_failed: AtomicU64,
 }
 
+impl ServerStats {
+    /// The counters that only grow (connections, bytes in and out, connect errors, checks
+    /// passed and failed), for a binary upgrade to carry over.
+    pub fn cumulative(&self) -> [&AtomicU64; 6] {
+        [
+            &self.total,
+            &self.bytes_in,
+            &self.bytes_out,
+            &self.connect_errors,
+            &self.checks_passed,
+            &self.checks_failed,
+        ]
+    }
+}
+
 /// One backend server of a pool.
 #[derive(Debug)]
 pub struct Server {
@@ -83,6 +98,25 @@ pub struct Server {
     // ready): together they give the weight ramp.
     slow_start: Mutex<Duration>,
     returned_at: Mutex<Option<Instant>>,
+    admin_changed: tokio::sync::Notify,
+    /// Idle server connections a protocol keeps for reuse (HTTP keep-alive), created by the
+    /// protocol on first use; it lives here so that a reload, which keeps the server, keeps
+    /// them too.
+    pub idle_connections: ProtocolState,
+}
+
+/// State a protocol attaches to a server, typed by that protocol (`Any`).
+#[derive(Default)]
+pub struct ProtocolState(pub std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl std::fmt::Debug for ProtocolState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ProtocolState(set)"
+        } else {
+            "ProtocolState(unset)"
+        })
+    }
 }
 
 /// `max_connections` value standing for "no limit".
@@ -128,6 +162,8 @@ impl Server {
             sessions: Mutex::new(CancellationToken::new()),
             slow_start: Mutex::new(slow_start),
             returned_at: Mutex::new(None),
+            admin_changed: tokio::sync::Notify::new(),
+            idle_connections: ProtocolState::default(),
         })
     }
 
@@ -196,11 +232,27 @@ impl Server {
     /// to `Ready` starts the weight ramp.
     pub fn set_admin_state(&self, state: AdminState) {
         let previous = AdminState::from_u8(self.admin_state.swap(state as u8, Ordering::AcqRel));
+        self.admin_changed.notify_waiters();
         match state {
             AdminState::Maint => self.cut_sessions(),
             AdminState::Ready if previous != AdminState::Ready => self.returned(Instant::now()),
             _ => {}
         }
+    }
+
+    /// Takes over the operator state and health another process had for this server (a
+    /// binary upgrade), without the side effects of a change: nothing is cut or ramped.
+    pub fn inherit_state(&self, admin: AdminState, health: Health) {
+        self.admin_state.store(admin as u8, Ordering::Release);
+        if health != Health::Unchecked {
+            self.tracker().seed(health);
+        }
+    }
+
+    /// Completes at the next operator state change (idle connections to a server put in
+    /// drain or maint are closed then).
+    pub fn admin_state_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.admin_changed.notified()
     }
 
     /// The health as last determined.

@@ -19,7 +19,7 @@ use super::ops::listener_addr;
 /// [[listener]]
 /// name = "front"
 /// listen = "127.0.0.1:0"     or what `listen(..)` set
-/// protocol = "tcp"
+/// protocol = "tcp"         or what `protocol(..)` set
 /// pool = "app"
 /// <listener keys>
 ///
@@ -36,6 +36,7 @@ pub struct Config {
     top: Vec<String>,
     admin: Vec<String>,
     listen: String,
+    protocol: String,
     listener: Vec<String>,
     pool: Vec<String>,
     servers: Vec<String>,
@@ -54,6 +55,7 @@ impl Config {
             top: Vec::new(),
             admin: Vec::new(),
             listen: "127.0.0.1:0".to_string(),
+            protocol: "tcp".to_string(),
             listener: Vec::new(),
             pool: Vec::new(),
             servers: Vec::new(),
@@ -75,6 +77,12 @@ impl Config {
     /// Sets the listener's `listen` address (default `127.0.0.1:0`).
     pub fn listen(mut self, address: &str) -> Self {
         self.listen = address.to_string();
+        self
+    }
+
+    /// Sets the listener's `protocol` (default `tcp`).
+    pub fn protocol(mut self, protocol: &str) -> Self {
+        self.protocol = protocol.to_string();
         self
     }
 
@@ -122,7 +130,7 @@ listen = "{{admin}}"
 [[listener]]
 name = "front"
 listen = "{listen}"
-protocol = "tcp"
+protocol = "{protocol}"
 pool = "app"
 {listener}
 
@@ -136,6 +144,7 @@ servers = [
             top = self.top.join("\n"),
             admin = self.admin.join("\n"),
             listen = self.listen,
+            protocol = self.protocol,
             listener = self.listener.join("\n"),
             pool = self.pool.join("\n"),
             servers = self.servers.join(",\n"),

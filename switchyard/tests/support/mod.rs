@@ -7,6 +7,8 @@
 
 pub mod backends;
 pub mod config;
+/// HTTP backends and clients for the HTTP proxy tests.
+pub mod http;
 /// Operations helpers: access log, listener addresses, metrics parsing.
 pub mod ops;
 /// TLS material: a CA, certificates, TLS backends and clients.
