@@ -25,6 +25,7 @@ use scenarios::idle::IdleArgs;
 use scenarios::latency::LatencyArgs;
 use scenarios::postgres::PostgresArgs;
 use scenarios::throughput::ThroughputArgs;
+use scenarios::tls::TlsArgs;
 use table::Row;
 use targets::{TargetKind, TargetOptions};
 
@@ -41,6 +42,8 @@ enum Scenario {
     Idle,
     /// HTTP keep-alive GETs with wrk, small and 64 KiB responses (adds nginx).
     Http,
+    /// TLS termination: full and resumed handshakes/s, TLS throughput.
+    Tls,
     /// pgbench through switchyard (postgres, session mode) vs PgBouncer vs direct.
     Postgres,
     /// All of the above except `postgres`, in that order.
@@ -115,6 +118,8 @@ struct Cli {
     http: HttpArgs,
     #[command(flatten)]
     postgres: PostgresArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn main() -> Result<()> {
@@ -142,6 +147,7 @@ fn main() -> Result<()> {
                 .haproxy_maxconn
                 .unwrap_or_else(|| TargetOptions::maxconn_for_fd_limit(hard)),
             ready_timeout: Duration::from_secs_f64(cli.ready_timeout_secs),
+            tls: None,
         },
         backend_threads,
     };
@@ -188,6 +194,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Connrate,
             Scenario::Idle,
             Scenario::Http,
+            Scenario::Tls,
         ],
         ref one => std::slice::from_ref(one),
     };
@@ -201,6 +208,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Idle => scenarios::idle::run(ctx, &cli.idle).await?,
             Scenario::Http => scenarios::http::run(ctx, &cli.http).await?,
             Scenario::Postgres => scenarios::postgres::run(ctx, &cli.postgres).await?,
+            Scenario::Tls => scenarios::tls::run(ctx, &cli.tls).await?,
             Scenario::All | Scenario::ServeEcho => Vec::new(),
         };
         if selected.len() > 1 {

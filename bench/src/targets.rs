@@ -84,6 +84,19 @@ pub struct TargetOptions {
     pub maxconn: u64,
     /// How long to wait for a proxy to accept connections.
     pub ready_timeout: Duration,
+    /// Terminate TLS on the listener with this certificate (the `tls` scenario).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate for the proxies' TLS listeners, in the shapes each wants.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// PEM certificate (switchyard `cert`).
+    pub cert: PathBuf,
+    /// PEM private key (switchyard `key`).
+    pub key: PathBuf,
+    /// Certificate and key in one PEM (HAProxy `crt`).
+    pub combined: PathBuf,
 }
 
 impl TargetOptions {
@@ -352,12 +365,18 @@ name = "bench"
 listen = "{listen}"
 protocol = "{protocol}"
 pool = "backend"
+{tls}
 [[pool]]
 name = "backend"
 balance = "round_robin"
 servers = [ {servers} ]
 "#,
         workers = opts.workers,
+        tls = opts.tls.as_ref().map_or_else(String::new, |tls| format!(
+            "tls = {{ certs = [{{ cert = \"{}\", key = \"{}\" }}] }}",
+            tls.cert.display(),
+            tls.key.display()
+        )),
     )
 }
 
@@ -422,7 +441,7 @@ defaults
     timeout server-fin 1h
 
 frontend bench
-    bind {listen}
+    bind {listen}{tls}
     default_backend backend
 
 backend backend
@@ -430,6 +449,10 @@ backend backend
 {servers}"#,
         workers = opts.workers,
         maxconn = opts.maxconn,
+        tls = opts.tls.as_ref().map_or_else(String::new, |tls| format!(
+            " ssl crt {} ssl-min-ver TLSv1.2",
+            tls.combined.display()
+        )),
     )
 }
 

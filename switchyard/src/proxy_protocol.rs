@@ -305,14 +305,28 @@ pub fn encode_v1(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
 /// A v2 (binary) header for a proxied TCP connection (PROXY command, STREAM protocol), sent
 /// first to a server that expects to learn the real client address.
 pub fn encode_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
-    v2::Builder::with_addresses(
-        v2::Version::Two | v2::Command::Proxy,
-        v2::Protocol::Stream,
-        same_family(source, destination),
-    )
-    .build()
-    // ppp only fails past 64 KiB of payload, which 36 bytes of addresses never reach.
-    .unwrap_or_default()
+    encode_v2_with_tlvs(source, destination, &[])
+}
+
+/// A v2 header with TLVs after the addresses (e.g. the TLS ones from
+/// `tls::proxy_v2_tlvs`), each `(type, value)`.
+pub fn encode_v2_with_tlvs(
+    source: SocketAddr,
+    destination: SocketAddr,
+    tlvs: &[(u8, Vec<u8>)],
+) -> Vec<u8> {
+    tlvs.iter()
+        .try_fold(
+            v2::Builder::with_addresses(
+                v2::Version::Two | v2::Command::Proxy,
+                v2::Protocol::Stream,
+                same_family(source, destination),
+            ),
+            |builder, (kind, value)| builder.write_tlv(*kind, value),
+        )
+        .and_then(v2::Builder::build)
+        // ppp only fails past 64 KiB of payload; addresses and TLS names stay far below.
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

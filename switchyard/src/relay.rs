@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Size of one relay buffer.
 const BUFFER_SIZE: usize = 32 * 1024;
+/// Buffer of each direction of [`relay_streams`]: one TLS record's plaintext at most.
+const STREAM_BUFFER_SIZE: usize = 16 * 1024;
 /// Buffers kept per thread for reuse.
 const POOLED_BUFFERS: usize = 64;
 
@@ -220,8 +222,8 @@ pub async fn relay(
 }
 
 /// Relays between any two byte streams (TLS on one side or both) with the same rules as
-/// [`relay`]. Each direction holds one buffer while the connection lives, since a generic
-/// stream cannot be polled for readiness without reading.
+/// [`relay`]. Each direction holds one buffer of [`STREAM_BUFFER_SIZE`] while the
+/// connection lives, since a generic stream cannot be polled for readiness without reading.
 pub async fn relay_streams<C, S>(
     client: C,
     server: S,
@@ -322,7 +324,7 @@ where
         Side::Client => Side::Server,
         Side::Server => Side::Client,
     };
-    let mut buffer = vec![0u8; BUFFER_SIZE];
+    let mut buffer = vec![0u8; STREAM_BUFFER_SIZE];
     loop {
         let n = match from.read(&mut buffer).await {
             Ok(0) => 0,

@@ -7,6 +7,7 @@ pub mod idle;
 pub mod latency;
 pub mod postgres;
 pub mod throughput;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -104,15 +104,20 @@ pub async fn read_proxy_header(
 }
 
 /// The PROXY header a pool sends its servers ahead of the client's bytes (empty without
-/// `send_proxy_protocol`); `destination` is only looked up when one is sent.
+/// `send_proxy_protocol`); `destination` is only looked up when one is sent, and a v2 header
+/// carries the client's TLS facts (`tls`) as TLVs.
 pub fn proxy_preamble(
     version: Option<ProxyProtocolVersion>,
     source: SocketAddr,
     destination: impl FnOnce() -> SocketAddr,
+    tls: Option<&crate::tls::TlsInfo>,
 ) -> Vec<u8> {
     match version {
         Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(source, destination()),
-        Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(source, destination()),
+        Some(ProxyProtocolVersion::V2) => {
+            let tlvs = tls.map(crate::tls::proxy_v2_tlvs).unwrap_or_default();
+            proxy_protocol::encode_v2_with_tlvs(source, destination(), &tlvs)
+        }
         None => Vec::new(),
     }
 }

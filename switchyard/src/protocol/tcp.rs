@@ -16,7 +16,7 @@ use crate::observe::ConnectionRecord;
 use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams, write_all};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
-use crate::tls::{Rewind, secure_upstream};
+use crate::tls::{Rewind, read_client_hello, secure_upstream};
 use crate::upstream::{ConnectError, LeaseError, connect};
 
 /// Handles one client connection to the end, logging one line when it closes. `settings`
@@ -60,6 +60,20 @@ async fn proxy(
         }
     }
 
+    let mut passthrough_sni = None;
+    if settings.config.tls_passthrough {
+        match read_client_hello(&mut client, std::mem::take(&mut early_data)).await {
+            Ok((sni, bytes)) => {
+                passthrough_sni = sni;
+                early_data = bytes;
+            }
+            Err(error) => {
+                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(listener = %listener.name, client = %record.client, %error, "no TLS ClientHello");
+                return "client_hello_error";
+            }
+        }
+    }
     let (client, tls_info) = match &settings.tls {
         Some(tls) => {
             let prefix = std::mem::take(&mut early_data);
@@ -80,7 +94,10 @@ async fn proxy(
     };
 
     let facts = RouteFacts {
-        sni: tls_info.as_ref().and_then(|info| info.sni.as_deref()),
+        sni: tls_info
+            .as_ref()
+            .and_then(|info| info.sni.as_deref())
+            .or(passthrough_sni.as_deref()),
         ..RouteFacts::default()
     };
     let Some(mut pool) = settings.routing.pool(&facts).cloned() else {
@@ -118,7 +135,12 @@ async fn proxy(
 
     let destination =
         || destination.unwrap_or_else(|| client_socket.local_addr().unwrap_or(listener.address));
-    let mut preamble = super::proxy_preamble(pool.send_proxy_protocol, record.client, destination);
+    let mut preamble = super::proxy_preamble(
+        pool.send_proxy_protocol,
+        record.client,
+        destination,
+        tls_info.as_ref(),
+    );
     let plain_upstream = pool
         .tls
         .as_ref()
@@ -170,6 +192,12 @@ async fn proxy(
                 Err(error) => {
                     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(listener = %listener.name, pool = %pool.name, server = %server.name, client = %record.client, %error, "no server connection");
+                    // Like a failed connect, a failed handshake is a passive health check.
+                    if pool.health.is_some()
+                        && let Some(transition) = server.record_check(Err(format!("tls: {error}")))
+                    {
+                        crate::health::on_transition(&pool, &server, &transition);
+                    }
                     return "server_tls_failed";
                 }
             };

@@ -6,6 +6,7 @@
 //! [`UpstreamTls::handshake`] on a server stream once TLS is agreed.
 
 mod client;
+mod passthrough;
 mod pem;
 mod rewind;
 mod server;
@@ -18,10 +19,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 
 use crate::config::load::ErrorSink;
-use crate::config::{ClientAuth, Config};
+use crate::config::{ClientAuth, Config, Protocol};
 use crate::key_path;
 
 pub use client::UpstreamTls;
+pub use passthrough::{CLIENT_HELLO_TIMEOUT, MAX_CLIENT_HELLO, read_client_hello};
 pub use pem::{CertFacts, cert_facts};
 pub use rewind::Rewind;
 pub use server::{ClientIdentity, ServerTls, TlsInfo};
@@ -79,6 +81,38 @@ pub fn resolve_paths(config: &mut Config, config_dir: &Path) {
 pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
     let provider = provider();
     for (i, listener) in config.listeners.iter().enumerate() {
+        // Only the tcp and postgres front ends terminate and originate TLS so far; elsewhere
+        // the keys would be silently ignored, which for TLS means plaintext.
+        if !matches!(listener.protocol, Protocol::Tcp | Protocol::Postgres) {
+            if listener.tls.is_some() {
+                sink.at(
+                    &key_path!("listener", i, "tls"),
+                    format!(
+                        "TLS termination is not available on `{}` listeners in this build yet",
+                        listener.protocol.as_str()
+                    ),
+                );
+            }
+            let pools = listener
+                .pool
+                .iter()
+                .chain(listener.routes.iter().map(|r| &r.pool));
+            for name in pools {
+                if config
+                    .pools
+                    .iter()
+                    .any(|p| &p.name == name && p.upstream_tls.is_some())
+                {
+                    sink.at(
+                        &key_path!("listener", i, "protocol"),
+                        format!(
+                            "pool `{name}` has `upstream_tls`, which `{}` listeners do not use in this build yet",
+                            listener.protocol.as_str()
+                        ),
+                    );
+                }
+            }
+        }
         let Some(tls) = &listener.tls else { continue };
         if tls.certs.is_empty() {
             sink.at(
@@ -146,3 +180,53 @@ fn check_alpn(alpn: &[String], at: &[crate::config::load::PathSegment], sink: &m
         sink.at(at, "ALPN names are 1 to 255 bytes");
     }
 }
+
+/// PROXY v2 TLVs describing a terminated TLS connection, as HAProxy sends them:
+/// `PP2_TYPE_ALPN`, `PP2_TYPE_AUTHORITY` (the SNI) and `PP2_TYPE_SSL` with the version,
+/// cipher and, for a verified client certificate, its common name.
+pub fn proxy_v2_tlvs(info: &TlsInfo) -> Vec<(u8, Vec<u8>)> {
+    const PP2_TYPE_ALPN: u8 = 0x01;
+    const PP2_TYPE_AUTHORITY: u8 = 0x02;
+    const PP2_TYPE_SSL: u8 = 0x20;
+    const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+    const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
+    const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
+    const PP2_CLIENT_SSL: u8 = 0x01;
+    const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+    const PP2_CLIENT_CERT_SESS: u8 = 0x04;
+
+    let mut tlvs = Vec::new();
+    if let Some(alpn) = &info.alpn {
+        tlvs.push((PP2_TYPE_ALPN, alpn.clone()));
+    }
+    if let Some(sni) = &info.sni {
+        tlvs.push((PP2_TYPE_AUTHORITY, sni.as_bytes().to_vec()));
+    }
+    let mut client = PP2_CLIENT_SSL;
+    if info.client_cert.is_some() {
+        client |= PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS;
+    }
+    // `verify` is 0: a certificate that reaches here passed verification.
+    let mut ssl = vec![client, 0, 0, 0, 0];
+    let common_name = info
+        .client_cert
+        .as_ref()
+        .and_then(|cert| cert.common_name.as_deref());
+    for (kind, value) in [
+        (PP2_SUBTYPE_SSL_VERSION, info.version.as_deref()),
+        (PP2_SUBTYPE_SSL_CN, common_name),
+        (PP2_SUBTYPE_SSL_CIPHER, info.cipher.as_deref()),
+    ] {
+        if let Some(value) = value {
+            let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
+            ssl.push(kind);
+            ssl.extend_from_slice(&len.to_be_bytes());
+            ssl.extend_from_slice(&value.as_bytes()[..usize::from(len)]);
+        }
+    }
+    tlvs.push((PP2_TYPE_SSL, ssl));
+    tlvs
+}
+
+#[cfg(test)]
+mod tests;

@@ -31,6 +31,10 @@ pub struct TlsInfo {
     pub alpn: Option<Vec<u8>>,
     /// The verified client certificate (mutual TLS), for headers and PROXY TLVs.
     pub client_cert: Option<ClientIdentity>,
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: Option<String>,
+    /// The cipher suite (IANA name, e.g. `TLS13_AES_128_GCM_SHA256`).
+    pub cipher: Option<String>,
 }
 
 /// Who a verified client certificate names.
@@ -48,9 +52,14 @@ pub struct ClientIdentity {
 /// changes what new handshakes get, while the ticket key and session cache carry over so
 /// that clients keep resuming across reloads.
 pub struct ServerTls {
-    config: ArcSwap<ServerConfig>,
+    current: ArcSwap<Current>,
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions>,
+}
+
+/// What a reload replaces.
+struct Current {
+    config: Arc<ServerConfig>,
     handshake_timeout: std::time::Duration,
 }
 
@@ -70,18 +79,23 @@ impl ServerTls {
             ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
         let config = build(cfg, base_dir, &ticketer, &sessions)?;
         Ok(Self {
-            config: ArcSwap::from_pointee(config),
+            current: ArcSwap::from_pointee(Current {
+                config: Arc::new(config),
+                handshake_timeout: cfg.handshake_timeout,
+            }),
             ticketer,
             sessions,
-            handshake_timeout: cfg.handshake_timeout,
         })
     }
 
-    /// Re-reads the certificate files for handshakes from now on; on any error the
-    /// certificates in use stay and the error is returned for the log.
+    /// Re-reads the certificate files (and takes the other settings) for handshakes from
+    /// now on; on any error everything in use stays and the error is returned for the log.
     pub fn reload(&self, cfg: &TlsServerConfig, base_dir: &Path) -> Result<(), String> {
         let config = build(cfg, base_dir, &self.ticketer, &self.sessions)?;
-        self.config.store(Arc::new(config));
+        self.current.store(Arc::new(Current {
+            config: Arc::new(config),
+            handshake_timeout: cfg.handshake_timeout,
+        }));
         Ok(())
     }
 
@@ -90,8 +104,9 @@ impl ServerTls {
         &self,
         stream: S,
     ) -> io::Result<(tokio_rustls::server::TlsStream<S>, TlsInfo)> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
-        let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
+        let current = self.current.load_full();
+        let acceptor = tokio_rustls::TlsAcceptor::from(current.config.clone());
+        let tls = tokio::time::timeout(current.handshake_timeout, acceptor.accept(stream))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
         let (_, connection) = tls.get_ref();
@@ -107,6 +122,16 @@ impl ServerTls {
                     common_name: facts.common_name,
                     sans: facts.sans,
                 }),
+            version: connection.protocol_version().map(|v| match v {
+                rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+                other => format!("{other:?}"),
+            }),
+            cipher: connection.negotiated_cipher_suite().map(|suite| {
+                let id = suite.suite();
+                id.as_str()
+                    .map_or_else(|| format!("{id:?}"), str::to_string)
+            }),
         };
         Ok((tls, info))
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{DEADLINE, Proxy, wait_until};
@@ -82,7 +82,10 @@ pub fn number(line: &Value, key: &str) -> u64 {
 }
 
 /// Writes `message` and reads the same number of bytes back (an echo round trip).
-pub async fn round_trip(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+pub async fn round_trip(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    message: &[u8],
+) -> Vec<u8> {
     stream.write_all(message).await.expect("write to proxy");
     let mut back = vec![0u8; message.len()];
     tokio::time::timeout(DEADLINE, stream.read_exact(&mut back))
@@ -104,7 +107,7 @@ pub async fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
 
 /// Reads until the peer closes (EOF or reset); returns what arrived before that.
 /// Panics if the connection is still open after `DEADLINE`.
-pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+pub async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

@@ -158,7 +158,12 @@ async fn session(
     };
     let server = upstream.lease.server().clone();
     record.server = Some(server.name.clone());
-    let preamble = proxy_preamble(pool.send_proxy_protocol, record.client, || destination);
+    let preamble = proxy_preamble(
+        pool.send_proxy_protocol,
+        record.client,
+        || destination,
+        tls_info.as_ref(),
+    );
     let host = server_host(&server);
     let tls = pool.tls.as_deref();
     let link = |stream: &ServerStream| ServerLink {
