@@ -157,6 +157,9 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
     for pool in &pools.retired {
         pool.retire();
     }
+    // Only now, with the listeners on the new pools and the old ones retired: a client that
+    // finds no server left in its old pool sees it retired and takes the new routing.
+    drain_removed_servers(&pools);
     // Checks restart for new and rebuilt pools only; a kept server keeps its health.
     for pool in &pools.fresh {
         crate::health::spawn_checks(pool, &shared.stop_background);
@@ -167,6 +170,22 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
         && summary.listeners.is_empty()
         && summary.settings.is_empty());
     Ok(summary)
+}
+
+/// A server left out of the new pools takes no new work, not even from clients still queued
+/// in a retired pool; its sessions finish on their own.
+fn drain_removed_servers(pools: &PoolSwap) {
+    for old_pool in &pools.retired {
+        for server in &old_pool.servers {
+            let kept = pools
+                .by_name
+                .values()
+                .any(|p| p.servers.iter().any(|s| Arc::ptr_eq(s, server)));
+            if !kept {
+                server.set_admin_state(AdminState::Drain);
+            }
+        }
+    }
 }
 
 /// The outcome of swapping in the new pool set.
@@ -234,18 +253,6 @@ fn apply_pools(
                     .push(format!("{}/{}", previous.name, server.name));
             }
             retired.push(previous.clone());
-        }
-    }
-    // A server left out of the new pools takes no new work, not even from clients still
-    // queued in a retired pool; its sessions finish on their own.
-    for old_pool in &retired {
-        for server in &old_pool.servers {
-            let kept = list
-                .iter()
-                .any(|p| p.servers.iter().any(|s| Arc::ptr_eq(s, server)));
-            if !kept {
-                server.set_admin_state(AdminState::Drain);
-            }
         }
     }
     let by_name = list.iter().map(|p| (p.name.clone(), p.clone())).collect();
