@@ -76,6 +76,9 @@ pub struct Listener {
     // A duplicate of the socket for a binary upgrade to hand over; dropped when the accept
     // loop ends so that a closed listener really frees its port.
     handover: std::sync::Mutex<Option<OwnedFd>>,
+    // Accept loops still running (one per worker), and fired when the last one has ended.
+    accept_loops: AtomicUsize,
+    not_accepting: CancellationToken,
     closed: CancellationToken,
 }
 
@@ -129,6 +132,8 @@ impl Listener {
             }),
             socket: std::sync::Mutex::new(Some(socket)),
             handover: std::sync::Mutex::new(Some(handover)),
+            accept_loops: AtomicUsize::new(0),
+            not_accepting: CancellationToken::new(),
             closed: CancellationToken::new(),
         })
     }
@@ -178,9 +183,8 @@ impl Listener {
         self.closed.cancel();
     }
 
-    /// The listening socket, once: the caller gives a duplicate to each worker's accept
-    /// loop.
-    pub fn take_socket(&self) -> Option<StdListener> {
+    // The listening socket, once, for the accept loops.
+    fn take_socket(&self) -> Option<StdListener> {
         self.socket.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
@@ -190,12 +194,52 @@ impl Listener {
         handover.as_ref().map(|fd| fd.try_clone())
     }
 
-    /// Accepts connections from `socket` (this listener's socket or a duplicate of it) until
+    /// Starts one accept loop per worker runtime, each on its own duplicate of the socket, so
+    /// that a connection stays on the worker that accepted it. They run until `stop` fires
+    /// or the listener is closed; "stopped accepting" is logged once the last has ended.
+    pub fn spawn_accept_loops<F, Fut>(
+        self: &Arc<Self>,
+        workers: &[tokio::runtime::Handle],
+        stop: &CancellationToken,
+        tasks: &TaskTracker,
+        handle: F,
+    ) where
+        F: Fn(Arc<Self>, Arc<ListenerSettings>, TcpStream, SocketAddr) -> Fut
+            + Clone
+            + Send
+            + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(socket) = self.take_socket() else {
+            return;
+        };
+        let mut sockets = Vec::with_capacity(workers.len());
+        for _ in 1..workers.len() {
+            match socket.try_clone() {
+                Ok(duplicate) => sockets.push(duplicate),
+                Err(error) => {
+                    tracing::warn!(listener = %self.name, %error, "fewer accept loops than workers");
+                    break;
+                }
+            }
+        }
+        sockets.push(socket);
+        self.accept_loops.store(sockets.len(), Ordering::Release);
+        for (worker, socket) in workers.iter().zip(sockets) {
+            worker.spawn(self.clone().accept_loop(
+                socket,
+                stop.clone(),
+                tasks.clone(),
+                handle.clone(),
+            ));
+        }
+    }
+
+    /// Accepts connections from `socket` (a duplicate of this listener's socket) until
     /// `stop` fires or the listener is closed, handing each to `handle` on its own task of
     /// the current runtime. With `max_connections`, accepting pauses at the limit so further
-    /// clients wait in the kernel's accept queue instead of being refused. `socket` closes
-    /// when the loop ends.
-    pub async fn accept_loop<F, Fut>(
+    /// clients wait in the kernel's accept queue instead of being refused.
+    async fn accept_loop<F, Fut>(
         self: Arc<Self>,
         socket: StdListener,
         stop: CancellationToken,
@@ -209,6 +253,7 @@ impl Listener {
             Ok(socket) => socket,
             Err(error) => {
                 tracing::error!(listener = %self.name, %error, "cannot watch the listening socket");
+                self.accept_loop_ended();
                 return;
             }
         };
@@ -247,11 +292,26 @@ impl Listener {
                 }
             }
         }
-        self.handover
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        tracing::info!(listener = %self.name, "stopped accepting");
+        drop(socket);
+        self.accept_loop_ended();
+    }
+
+    /// After the last accept loop: the handover duplicate goes too, so that a closed
+    /// listener really frees its port.
+    fn accept_loop_ended(&self) {
+        if self.accept_loops.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.handover
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            tracing::info!(listener = %self.name, "stopped accepting");
+            self.not_accepting.cancel();
+        }
+    }
+
+    /// Completes once every accept loop has ended (after `stop` or `close`).
+    pub async fn stopped_accepting(&self) {
+        self.not_accepting.cancelled().await;
     }
 }
 

@@ -170,6 +170,88 @@ enum Side {
     Server,
 }
 
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        }
+    }
+}
+
+/// What both directions of one relay share: the idle clock, the bytes moved each way and
+/// which side closed first.
+struct Session<'a> {
+    activity: Activity,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    first_close: std::sync::Mutex<Option<Side>>,
+    counters: RelayCounters<'a>,
+}
+
+impl<'a> Session<'a> {
+    fn new(counters: RelayCounters<'a>) -> Self {
+        Self {
+            activity: Activity {
+                start: Instant::now(),
+                last_ms: AtomicU64::new(0),
+            },
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            first_close: std::sync::Mutex::new(None),
+            counters,
+        }
+    }
+
+    /// Counts `n` bytes read from `from` and written to the other side.
+    fn moved(&self, from: Side, n: usize) {
+        let (own, counters) = match from {
+            Side::Client => (&self.bytes_in, self.counters.to_server),
+            Side::Server => (&self.bytes_out, self.counters.to_client),
+        };
+        own.fetch_add(n as u64, Ordering::Relaxed);
+        for counter in counters {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes an EOF from `side` (only the first one decides the termination).
+    fn closed(&self, side: Side) {
+        self.first_close
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(side);
+    }
+
+    /// Waits for both directions (or the idle limit, a cut, a shutdown) and sums up.
+    async fn outcome(
+        &self,
+        both: impl Future<Output = Result<((), ()), Side>>,
+        idle: Option<IdleLimit>,
+        cut: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> RelayOutcome {
+        let termination = tokio::select! {
+            result = both => match result {
+                Ok(_) => match *self.first_close.lock().unwrap_or_else(|e| e.into_inner()) {
+                    Some(Side::Server) => Termination::ServerClosed,
+                    _ => Termination::ClientClosed,
+                },
+                Err(Side::Client) => Termination::ClientError,
+                Err(Side::Server) => Termination::ServerError,
+            },
+            reason = idle_watch(&self.activity, idle) => reason,
+            () = cut.cancelled() => Termination::ServerCut,
+            () = shutdown.cancelled() => Termination::Shutdown,
+        };
+        RelayOutcome {
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            termination,
+        }
+    }
+}
+
 /// Relays until both directions are closed, a socket fails, the idle limit passes, or
 /// `cut`/`shutdown` fire. A FIN in one direction is passed on while the other keeps flowing.
 pub async fn relay(
@@ -180,45 +262,17 @@ pub async fn relay(
     shutdown: &CancellationToken,
     counters: RelayCounters<'_>,
 ) -> RelayOutcome {
-    let activity = Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let bytes_in = AtomicU64::new(0);
-    let bytes_out = AtomicU64::new(0);
-    let first_close = std::sync::Mutex::new(None);
-    let upstream = pump(
-        client,
-        server,
-        Side::Client,
-        &activity,
-        &bytes_in,
-        counters.to_server,
-        &first_close,
-    );
-    let downstream = pump(
-        server,
-        client,
-        Side::Server,
-        &activity,
-        &bytes_out,
-        counters.to_client,
-        &first_close,
-    );
-    let termination = finish(
-        async { tokio::try_join!(upstream, downstream) },
-        &first_close,
-        &activity,
-        idle,
-        cut,
-        shutdown,
-    )
-    .await;
-    RelayOutcome {
-        bytes_in: bytes_in.load(Ordering::Relaxed),
-        bytes_out: bytes_out.load(Ordering::Relaxed),
-        termination,
-    }
+    let session = Session::new(counters);
+    let upstream = pump(client, server, Side::Client, &session);
+    let downstream = pump(server, client, Side::Server, &session);
+    session
+        .outcome(
+            async { tokio::try_join!(upstream, downstream) },
+            idle,
+            cut,
+            shutdown,
+        )
+        .await
 }
 
 /// Relays between any two byte streams (TLS on one side or both) with the same rules as
@@ -236,72 +290,19 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let activity = Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let bytes_in = AtomicU64::new(0);
-    let bytes_out = AtomicU64::new(0);
-    let first_close = std::sync::Mutex::new(None);
+    let session = Session::new(counters);
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
-    let upstream = pump_stream(
-        &mut client_read,
-        &mut server_write,
-        Side::Client,
-        &activity,
-        &bytes_in,
-        counters.to_server,
-        &first_close,
-    );
-    let downstream = pump_stream(
-        &mut server_read,
-        &mut client_write,
-        Side::Server,
-        &activity,
-        &bytes_out,
-        counters.to_client,
-        &first_close,
-    );
-    let termination = finish(
-        async { tokio::try_join!(upstream, downstream) },
-        &first_close,
-        &activity,
-        idle,
-        cut,
-        shutdown,
-    )
-    .await;
-    RelayOutcome {
-        bytes_in: bytes_in.load(Ordering::Relaxed),
-        bytes_out: bytes_out.load(Ordering::Relaxed),
-        termination,
-    }
-}
-
-/// Waits for both directions to end, the idle limit, a cut or the shutdown, whichever
-/// comes first, and names the outcome.
-async fn finish(
-    both: impl Future<Output = Result<((), ()), Side>>,
-    first_close: &std::sync::Mutex<Option<Side>>,
-    activity: &Activity,
-    idle: Option<IdleLimit>,
-    cut: &CancellationToken,
-    shutdown: &CancellationToken,
-) -> Termination {
-    tokio::select! {
-        result = both => match result {
-            Ok(_) => match *first_close.lock().unwrap_or_else(|e| e.into_inner()) {
-                Some(Side::Server) => Termination::ServerClosed,
-                _ => Termination::ClientClosed,
-            },
-            Err(Side::Client) => Termination::ClientError,
-            Err(Side::Server) => Termination::ServerError,
-        },
-        reason = idle_watch(activity, idle) => reason,
-        () = cut.cancelled() => Termination::ServerCut,
-        () = shutdown.cancelled() => Termination::Shutdown,
-    }
+    let upstream = pump_stream(&mut client_read, &mut server_write, Side::Client, &session);
+    let downstream = pump_stream(&mut server_read, &mut client_write, Side::Server, &session);
+    session
+        .outcome(
+            async { tokio::try_join!(upstream, downstream) },
+            idle,
+            cut,
+            shutdown,
+        )
+        .await
 }
 
 /// [`pump`] for generic streams: copies until EOF (then shuts the writer down, which for TLS
@@ -311,19 +312,13 @@ async fn pump_stream<R, W>(
     from: &mut R,
     to: &mut W,
     from_side: Side,
-    activity: &Activity,
-    moved: &AtomicU64,
-    counters: &[&AtomicU64],
-    first_close: &std::sync::Mutex<Option<Side>>,
+    session: &Session<'_>,
 ) -> Result<(), Side>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let to_side = match from_side {
-        Side::Client => Side::Server,
-        Side::Server => Side::Client,
-    };
+    let to_side = from_side.other();
     let mut buffer = vec![0u8; STREAM_BUFFER_SIZE];
     loop {
         let n = match from.read(&mut buffer).await {
@@ -334,20 +329,14 @@ where
             Err(_) => return Err(from_side),
         };
         if n == 0 {
-            first_close
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(from_side);
+            session.closed(from_side);
             let _ = to.shutdown().await;
             return Ok(());
         }
-        activity.touch();
+        session.activity.touch();
         to.write_all(&buffer[..n]).await.map_err(|_| to_side)?;
         to.flush().await.map_err(|_| to_side)?;
-        moved.fetch_add(n as u64, Ordering::Relaxed);
-        for counter in counters {
-            counter.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        session.moved(from_side, n);
     }
 }
 
@@ -370,25 +359,16 @@ async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     from_side: Side,
-    activity: &Activity,
-    moved: &AtomicU64,
-    counters: &[&AtomicU64],
-    first_close: &std::sync::Mutex<Option<Side>>,
+    session: &Session<'_>,
 ) -> Result<(), Side> {
-    let to_side = match from_side {
-        Side::Client => Side::Server,
-        Side::Server => Side::Client,
-    };
+    let to_side = from_side.other();
     loop {
         from.readable().await.map_err(|_| from_side)?;
         let mut buffer = PooledBuffer::take();
         loop {
             let (n, drained) = match read_chunk(from, buffer.as_mut()) {
                 Ok((0, _)) => {
-                    first_close
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(from_side);
+                    session.closed(from_side);
                     // Pass the FIN on; the other direction keeps flowing.
                     let _ = SockRef::from(to).shutdown(Shutdown::Write);
                     return Ok(());
@@ -398,14 +378,11 @@ async fn pump(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Err(from_side),
             };
-            activity.touch();
-            write_all(to, &buffer.as_mut()[..n], activity)
+            session.activity.touch();
+            write_all(to, &buffer.as_mut()[..n], &session.activity)
                 .await
                 .map_err(|_| to_side)?;
-            moved.fetch_add(n as u64, Ordering::Relaxed);
-            for counter in counters {
-                counter.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            session.moved(from_side, n);
             if drained {
                 break;
             }

@@ -242,50 +242,32 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
 /// Starts a listener's accept loop on every worker; they run until shutdown or until a
 /// reload closes the listener.
 fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
-    let Some(socket) = listener.take_socket() else {
-        return;
-    };
     tracing::info!(listener = %listener.name, address = %listener.address, protocol = listener.protocol.as_str(), "listening");
-    let workers = shared.workers.handles();
-    let mut sockets = Vec::with_capacity(workers.len());
-    for _ in 1..workers.len() {
-        match socket.try_clone() {
-            Ok(duplicate) => sockets.push(duplicate),
-            Err(error) => {
-                tracing::warn!(listener = %listener.name, %error, "fewer accept loops than workers");
-                break;
+    let shared_for_handler = shared.clone();
+    let handler = move |listener: Arc<Listener>, settings, stream, peer| {
+        let shared = shared_for_handler.clone();
+        async move {
+            match listener.protocol {
+                Protocol::Tcp => {
+                    crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
+                }
+                Protocol::Http => {
+                    crate::protocol::http::serve(shared, listener, settings, stream, peer).await
+                }
+                Protocol::Postgres => {
+                    crate::protocol::postgres::serve(shared, listener, settings, stream, peer).await
+                }
+                // Validation refuses other protocols until they are built.
+                _ => drop(stream),
             }
         }
-    }
-    sockets.push(socket);
-    for (worker, socket) in workers.iter().zip(sockets) {
-        let shared_for_handler = shared.clone();
-        let handler = move |listener: Arc<Listener>, settings, stream, peer| {
-            let shared = shared_for_handler.clone();
-            async move {
-                match listener.protocol {
-                    Protocol::Tcp => {
-                        crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
-                    }
-                    Protocol::Http => {
-                        crate::protocol::http::serve(shared, listener, settings, stream, peer).await
-                    }
-                    Protocol::Postgres => {
-                        crate::protocol::postgres::serve(shared, listener, settings, stream, peer)
-                            .await
-                    }
-                    // Validation refuses other protocols until they are built.
-                    _ => drop(stream),
-                }
-            }
-        };
-        worker.spawn(listener.clone().accept_loop(
-            socket,
-            shared.stop_accepting.clone(),
-            shared.tasks.clone(),
-            handler,
-        ));
-    }
+    };
+    listener.spawn_accept_loops(
+        shared.workers.handles(),
+        &shared.stop_accepting,
+        &shared.tasks,
+        handler,
+    );
 }
 
 async fn wait_for_shutdown(shared: &Arc<Shared>) -> io::Result<()> {

@@ -431,6 +431,9 @@ async fn hand_over(
     // Stop accepting before reading the totals, so that every connection this process
     // accepted is counted.
     shared.stop_accepting.cancel();
+    for listener in shared.listeners().iter() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), listener.stopped_accepting()).await;
+    }
     let mut answer = b"STOPPING ".to_vec();
     serde_json::to_writer(&mut answer, &Totals::read(shared)).map_err(io::Error::other)?;
     answer.push(b'\n');
