@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -156,7 +156,12 @@ pub async fn respond(stream: &mut TcpStream, status: &str) {
 }
 
 /// Echo loop used by several backends.
-pub async fn echo(mut stream: TcpStream) {
+pub async fn echo(stream: TcpStream) {
+    echo_io(stream).await;
+}
+
+/// The echo loop over any stream (TLS backends too).
+pub async fn echo_io<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match stream.read(&mut buf).await {

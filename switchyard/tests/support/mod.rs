@@ -11,6 +11,8 @@ pub mod config;
 pub mod http;
 /// Operations helpers: access log, listener addresses, metrics parsing.
 pub mod ops;
+/// TLS material: a CA, certificates, TLS backends and clients.
+pub mod tls;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};

@@ -1,15 +1,16 @@
-//! `protocol = "http"`: an HTTP/1.1 and HTTP/2 (h2c prior knowledge) reverse proxy on
-//! hyper.
+//! `protocol = "http"`: an HTTP/1.1 and HTTP/2 (ALPN `h2` over TLS, h2c prior knowledge in
+//! clear) reverse proxy on hyper.
 //!
-//! Data path: the client stream (after an optional PROXY header) goes through [`guard`]
+//! Data path: the client stream (after an optional PROXY header and, with `tls`, the TLS
+//! handshake) goes through [`guard`]
 //! (strict framing checks, request and keep-alive clocks), then hyper's server (HTTP/1.1
 //! or HTTP/2 by the connection preface); each request is routed, rewritten and sent by
 //! [`proxy`] over a pooled server connection from [`client`]; bodies stream both ways
 //! ([`body`]); upgrades become byte tunnels ([`tunnel`]); each request is logged
 //! ([`log`]) and counted ([`metrics`]).
 //!
-//! [`serve_connection`] is generic over the client stream so the TLS front end can pass its
-//! stream and what it learned (TLS, client certificate) in [`ConnectionFacts`].
+//! [`serve_connection`] is generic over the client stream: plain TCP, or TLS with what the
+//! handshake told (SNI, ALPN, client certificate) in [`ConnectionFacts`].
 
 pub mod body;
 pub mod client;
@@ -33,16 +34,17 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-pub use headers::{ClientIdentity, ConnectionFacts};
+pub use headers::ConnectionFacts;
 pub use metrics::RequestMetrics;
 
 use crate::config::RouteConfig;
 use crate::listener::{Listener, ListenerSettings};
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::runtime::Shared;
+use crate::tls::Rewind;
 
-/// Handles one accepted TCP connection: the PROXY header if the listener expects one, then
-/// HTTP until the client or the proxy closes it.
+/// Handles one accepted TCP connection: the PROXY header if the listener expects one, the
+/// TLS handshake if it terminates TLS, then HTTP until the client or the proxy closes it.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: Arc<Listener>,
@@ -52,8 +54,7 @@ pub async fn serve(
 ) {
     let mut facts = ConnectionFacts {
         client: peer,
-        tls: false,
-        identity: None,
+        tls: None,
     };
     let mut early = Bytes::new();
     if settings.config.proxy_protocol.is_some() {
@@ -72,7 +73,38 @@ pub async fn serve(
             }
         }
     }
-    serve_connection(shared, listener, settings, client, early, facts).await;
+    let Some(tls) = settings.tls.clone() else {
+        serve_connection(shared, listener, settings, client, early, facts).await;
+        return;
+    };
+    match tls.accept(Rewind::new(early, client)).await {
+        Ok((stream, info)) => {
+            facts.tls = Some(info);
+            serve_connection(shared, listener, settings, stream, Bytes::new(), facts).await;
+        }
+        Err(error) => {
+            listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %listener.name, client = %facts.client, %error, "TLS handshake failed");
+        }
+    }
+}
+
+/// The ALPN protocols an `http` listener offers when its `tls` names none: HTTP/2 first.
+pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+/// Gives `tls` on `http` listeners the default ALPN list ([`DEFAULT_ALPN`]) when `alpn`
+/// is not set, so that clients get HTTP/2 by ALPN without configuration.
+pub fn apply_defaults(config: &mut crate::config::Config) {
+    for listener in &mut config.listeners {
+        if listener.protocol != crate::config::Protocol::Http {
+            continue;
+        }
+        if let Some(tls) = &mut listener.tls
+            && tls.alpn.is_empty()
+        {
+            tls.alpn = DEFAULT_ALPN.iter().map(|p| p.to_string()).collect();
+        }
+    }
 }
 
 /// Serves HTTP on any client stream (plain TCP now, TLS once the TLS front end hands its
@@ -103,7 +135,13 @@ pub async fn serve_connection<S>(
         },
         activity.clone(),
     );
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Over TLS the client said in ALPN which protocol it speaks; without ALPN (and in
+    // clear) the connection preface tells.
+    let mut builder = match facts.tls.as_ref().and_then(|tls| tls.alpn.as_deref()) {
+        Some(b"h2") => auto::Builder::new(TokioExecutor::new()).http2_only(),
+        Some(b"http/1.1") => auto::Builder::new(TokioExecutor::new()).http1_only(),
+        _ => auto::Builder::new(TokioExecutor::new()),
+    };
     builder
         .http1()
         .timer(TokioTimer::new())

@@ -189,6 +189,7 @@ pub async fn handle(
         path: Some(parts.uri.path()),
         method: Some(parts.method.as_str()),
         headers: Some(&parts.headers),
+        sni: ctx.facts.tls.as_ref().and_then(|tls| tls.sni.as_deref()),
         ..RouteFacts::default()
     };
     let route = ctx.settings.routing.route(&facts);
@@ -218,7 +219,7 @@ pub async fn handle(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    headers::set_client_cert_headers(&mut parts.headers, ctx.facts.identity.as_ref());
+    headers::set_client_cert_headers(&mut parts.headers, ctx.facts.identity());
     headers::add_forwarding(
         &mut parts.headers,
         &ctx.facts,
@@ -254,6 +255,7 @@ pub async fn handle(
                     path: Some(request.uri().path()),
                     method: Some(request.method().as_str()),
                     headers: Some(request.headers()),
+                    sni: ctx.facts.tls.as_ref().and_then(|tls| tls.sni.as_deref()),
                     ..RouteFacts::default()
                 }) {
                     Some(next) if !Arc::ptr_eq(next, &pool) => {

@@ -1,0 +1,221 @@
+//! TLS on `http` listeners and to HTTPS servers, over real sockets: curl (HTTP/1.1, HTTP/2
+//! by ALPN, client certificates) and a hyper client on rustls against in-test hyper
+//! backends; certificates made in the test by the `support::tls` CA.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::Request;
+use support::config::Config;
+use support::http::{HttpBackend, curl, full, send_on};
+use support::ops::{number, wait_access};
+use support::tls::{CertFiles, Pki, connect};
+use support::{Proxy, wait_until};
+
+const HOST: &str = "shop.example.com";
+
+fn header_line<'a>(description: &'a str, name: &str) -> Option<&'a str> {
+    description
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+}
+
+/// The `tls` table for the `front` listener serving `cert`, plus `extra` keys.
+fn tls_keys(cert: &CertFiles, extra: &str) -> String {
+    format!(
+        "tls = {{ certs = [{{ cert = {:?}, key = {:?} }}]{extra} }}",
+        cert.cert, cert.key
+    )
+}
+
+/// An `http` listener terminating TLS with `tls` in front of `backend`.
+async fn https_proxy(backend: SocketAddr, tls: &str) -> (Proxy, SocketAddr) {
+    Config::new()
+        .protocol("http")
+        .listener(tls)
+        .server("a1", backend, "")
+        .start()
+        .await
+}
+
+/// curl arguments reaching `front` as `https://shop.example.com:PORT/` with `ca` trusted.
+fn curl_args(front: SocketAddr, ca: &std::path::Path) -> Vec<String> {
+    vec![
+        "--cacert".into(),
+        ca.display().to_string(),
+        "--resolve".into(),
+        format!("{HOST}:{}:127.0.0.1", front.port()),
+        format!("https://{HOST}:{}/tls?q=1", front.port()),
+    ]
+}
+
+async fn curl_with(extra: &[&str], front: SocketAddr, ca: &std::path::Path) -> String {
+    let mut args: Vec<&str> = extra.to_vec();
+    let base = curl_args(front, ca);
+    args.extend(base.iter().map(String::as_str));
+    curl(&args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_tls_speaks_http11_and_h2_by_alpn() {
+    let pki = Pki::new("Test CA");
+    let cert = pki.issue("shop", HOST, &[HOST]);
+    let backend = HttpBackend::describe().await;
+    let (proxy, front) = https_proxy(backend.addr, &tls_keys(&cert, "")).await;
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let text = curl_with(
+            &[
+                flag,
+                "-w",
+                "version=%{http_version}",
+                "-H",
+                "X-Client-Cert-CN: forged",
+            ],
+            front,
+            &pki.ca,
+        )
+        .await;
+        assert!(
+            text.starts_with("GET /tls?q=1 HTTP/1.1\n"),
+            "{flag}: {text}"
+        );
+        assert!(
+            text.ends_with(&format!("version={version}")),
+            "{flag}: {text}"
+        );
+        assert_eq!(header_line(&text, "x-forwarded-proto"), Some("https"));
+        assert_eq!(header_line(&text, "x-client-cert-cn"), None, "{text}");
+    }
+    // The access log names the protocol the client spoke.
+    let line = wait_access(&proxy, "an HTTP/2 request", |l| l["protocol"] == "HTTP/2.0").await;
+    assert_eq!(number(&line, "status"), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_become_headers_and_forgeries_are_stripped() {
+    let pki = Pki::new("Test CA");
+    let cert = pki.issue("shop", HOST, &[HOST]);
+    let alice = pki.issue("alice", "alice", &["alice.example.com"]);
+    let backend = HttpBackend::describe().await;
+    let optional = format!(", client_ca = {:?}, client_auth = \"optional\"", pki.ca);
+    let (_proxy, front) = https_proxy(backend.addr, &tls_keys(&cert, &optional)).await;
+    let cert_args = [
+        "--cert",
+        alice.cert.to_str().expect("path"),
+        "--key",
+        alice.key.to_str().expect("path"),
+    ];
+    for flag in ["--http1.1", "--http2"] {
+        let mut args = vec![flag, "-H", "X-Client-Cert-CN: admin"];
+        args.extend(cert_args);
+        let text = curl_with(&args, front, &pki.ca).await;
+        assert_eq!(
+            header_line(&text, "x-client-cert-cn"),
+            Some("alice"),
+            "{text}"
+        );
+        let subject = header_line(&text, "x-client-cert-subject").unwrap_or_default();
+        assert!(subject.contains("CN=alice"), "{text}");
+        assert_eq!(
+            header_line(&text, "x-client-cert-san"),
+            Some("DNS:alice.example.com"),
+            "{text}"
+        );
+        // Optional: no certificate is fine, and a claimed identity does not pass.
+        let text = curl_with(&[flag, "-H", "X-Client-Cert-CN: admin"], front, &pki.ca).await;
+        assert_eq!(header_line(&text, "x-client-cert-cn"), None, "{text}");
+        assert_eq!(header_line(&text, "x-forwarded-proto"), Some("https"));
+    }
+
+    let required = format!(", client_ca = {:?}, client_auth = \"required\"", pki.ca);
+    let (proxy, front) = https_proxy(backend.addr, &tls_keys(&cert, &required)).await;
+    let mut args = vec!["--http2"];
+    args.extend(cert_args);
+    let text = curl_with(&args, front, &pki.ca).await;
+    assert_eq!(
+        header_line(&text, "x-client-cert-cn"),
+        Some("alice"),
+        "{text}"
+    );
+    let before = backend.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let refused = tokio::process::Command::new("curl")
+        .arg("-s")
+        .args(curl_args(front, &pki.ca))
+        .output()
+        .await
+        .expect("run curl");
+    assert!(
+        !refused.status.success(),
+        "no client certificate must be refused"
+    );
+    wait_until("the refused handshake logged", || async {
+        proxy.stderr().contains("TLS handshake failed")
+    })
+    .await;
+    assert_eq!(
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_client_on_rustls_gets_h2_or_http11_as_offered() {
+    let pki = Pki::new("Test CA");
+    let cert = pki.issue("shop", HOST, &[HOST]);
+    let alice = pki.issue("alice", "alice", &[]);
+    let backend = HttpBackend::describe().await;
+    let optional = format!(", client_ca = {:?}, client_auth = \"optional\"", pki.ca);
+    let (_proxy, front) = https_proxy(backend.addr, &tls_keys(&cert, &optional)).await;
+    for alpn in ["h2", "http/1.1"] {
+        let stream = connect(front, HOST, pki.client(Some(&alice), &[alpn]))
+            .await
+            .expect("TLS handshake");
+        let agreed = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        assert_eq!(agreed.as_deref(), Some(alpn.as_bytes()));
+        let mut request = Request::get("/hyper");
+        if alpn == "h2" {
+            request = request.uri(format!("https://{HOST}/hyper"));
+        } else {
+            request = request.header("host", HOST);
+        }
+        let answer = send_on(
+            stream,
+            alpn == "h2",
+            request.body(full("")).expect("request"),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{alpn}: {}", answer.body);
+        assert!(
+            answer.body.starts_with("GET /hyper HTTP/1.1\n"),
+            "{}",
+            answer.body
+        );
+        assert_eq!(header_line(&answer.body, "x-client-cert-cn"), Some("alice"));
+        assert_eq!(header_line(&answer.body, "host"), Some(HOST));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_sni_refuses_unknown_names() {
+    let pki = Pki::new("Test CA");
+    let cert = pki.issue("shop", HOST, &[HOST]);
+    let backend = HttpBackend::describe().await;
+    let (proxy, front) = https_proxy(backend.addr, &tls_keys(&cert, ", strict_sni = true")).await;
+    let client: Arc<_> = pki.client(None, &["h2"]);
+    assert!(
+        connect(front, "other.example.com", client.clone())
+            .await
+            .is_err()
+    );
+    wait_until("the refused handshake logged", || async {
+        proxy.stderr().contains("TLS handshake failed")
+    })
+    .await;
+    let stream = connect(front, HOST, client).await.expect("known name");
+    let request = Request::get(format!("https://{HOST}/"))
+        .body(full(""))
+        .expect("request");
+    assert_eq!(send_on(stream, true, request).await.status, 200);
+}
