@@ -1,5 +1,6 @@
 //! Server connections for HTTP: a keep-alive pool per server (idle limit, idle timeout,
-//! requests per connection) for HTTP/1.1, one multiplexed connection per server for HTTP/2.
+//! requests per connection) for HTTP/1.1, one multiplexed connection per server for HTTP/2,
+//! plaintext or TLS (`upstream_tls`).
 //!
 //! Requests take a slot on their server from the pool's lease (so `max_connections`, the
 //! queue, drain and maint keep their meaning: in-flight requests per server); idle
@@ -18,6 +19,7 @@ use tokio::time::Instant;
 
 use super::body::RequestBody;
 use crate::config::{HttpVersion, UpstreamKeepAlive};
+use crate::tls::secure_upstream;
 use crate::upstream::{Pool, Server, connect_server, record_connect_failure};
 
 /// A connection able to carry one more request.
@@ -163,10 +165,12 @@ fn take_idle(conns: &ServerConnections, pool: &Pool) -> Option<Connection> {
     None
 }
 
-/// Opens a connection to `server` in the pool's HTTP version; its driver task ends when
-/// the connection closes.
+/// Opens a connection to `server` in the pool's HTTP version, over TLS as the pool's
+/// `upstream_tls` asks (with the same `sslmode` meaning as on `tcp` pools); its driver
+/// task ends when the connection closes.
 async fn open(pool: &Pool, server: &Arc<Server>) -> std::io::Result<Connection> {
     let (stream, _) = connect_server(server, pool).await?;
+    let stream = secure_upstream(pool, server, stream, &[]).await?;
     server
         .stats
         .total

@@ -92,9 +92,12 @@ pub async fn serve(
 /// The ALPN protocols an `http` listener offers when its `tls` names none: HTTP/2 first.
 pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
 
-/// Gives `tls` on `http` listeners the default ALPN list ([`DEFAULT_ALPN`]) when `alpn`
-/// is not set, so that clients get HTTP/2 by ALPN without configuration.
+/// Fills in the ALPN lists HTTP needs when `alpn` is not set: `tls` on `http` listeners
+/// offers [`DEFAULT_ALPN`] (clients get HTTP/2 without configuration), and `upstream_tls`
+/// on pools that `http` listeners use offers the pool's `http_version` (`h2` or
+/// `http/1.1`), so that an HTTPS server speaking both knows which one is coming.
 pub fn apply_defaults(config: &mut crate::config::Config) {
+    let mut http_pools = std::collections::HashSet::new();
     for listener in &mut config.listeners {
         if listener.protocol != crate::config::Protocol::Http {
             continue;
@@ -103,6 +106,22 @@ pub fn apply_defaults(config: &mut crate::config::Config) {
             && tls.alpn.is_empty()
         {
             tls.alpn = DEFAULT_ALPN.iter().map(|p| p.to_string()).collect();
+        }
+        http_pools.extend(listener.pool.iter().cloned());
+        http_pools.extend(listener.routes.iter().map(|route| route.pool.clone()));
+    }
+    for pool in &mut config.pools {
+        if !http_pools.contains(&pool.name) {
+            continue;
+        }
+        if let Some(tls) = &mut pool.upstream_tls
+            && tls.alpn.is_empty()
+        {
+            let alpn = match pool.http_version {
+                crate::config::HttpVersion::Http1 => "http/1.1",
+                crate::config::HttpVersion::Http2 => "h2",
+            };
+            tls.alpn = vec![alpn.to_string()];
         }
     }
 }

@@ -17,7 +17,7 @@ use super::errors::{self, ProxyError};
 use super::headers::{self, ConnectionFacts};
 use super::log::RequestRecord;
 use super::tunnel;
-use crate::config::HttpVersion;
+use crate::config::{HttpVersion, SslMode};
 use crate::listener::{Listener, ListenerSettings};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
@@ -408,7 +408,12 @@ fn prepare_for_server(
         HttpVersion::Http2 => {
             *request.version_mut() = Version::HTTP_2;
             request.headers_mut().remove(header::HOST);
-            if let Ok(uri) = Uri::try_from(format!("http://{host}{}", path(request))) {
+            // `:scheme` says what the server connection is (prefer may fall back to clear).
+            let scheme = match pool.tls.as_ref().map(|tls| tls.mode()) {
+                None | Some(SslMode::Disable | SslMode::Allow) => "http",
+                Some(_) => "https",
+            };
+            if let Ok(uri) = Uri::try_from(format!("{scheme}://{host}{}", path(request))) {
                 *request.uri_mut() = uri;
             }
         }
