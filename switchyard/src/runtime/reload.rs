@@ -157,6 +157,13 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
     for pool in &pools.retired {
         pool.retire();
     }
+    // Only now, with the new routing in place and the old pools retired, do removed servers
+    // stop taking work: a request still routed to an old pool that finds none of its
+    // servers left then sees the pool retired and follows the new routing (draining them
+    // earlier answered such requests 503).
+    for server in &pools.removed_servers {
+        server.set_admin_state(AdminState::Drain);
+    }
     // Checks restart for new and rebuilt pools only; a kept server keeps its health.
     for pool in &pools.fresh {
         crate::health::spawn_checks(pool, &shared.stop_background);
@@ -177,6 +184,8 @@ struct PoolSwap {
     fresh: Vec<Arc<Pool>>,
     /// Old pools replaced or removed: to be retired once nothing new can reach them.
     retired: Vec<Arc<Pool>>,
+    /// Servers left out of the new pools: drained once the old pools are retired.
+    removed_servers: Vec<Arc<crate::upstream::Server>>,
 }
 
 /// Builds the new pool set and swaps it in. Unchanged pools are kept as they are; changed
@@ -238,13 +247,14 @@ fn apply_pools(
     }
     // A server left out of the new pools takes no new work, not even from clients still
     // queued in a retired pool; its sessions finish on their own.
+    let mut removed_servers = Vec::new();
     for old_pool in &retired {
         for server in &old_pool.servers {
             let kept = list
                 .iter()
                 .any(|p| p.servers.iter().any(|s| Arc::ptr_eq(s, server)));
             if !kept {
-                server.set_admin_state(AdminState::Drain);
+                removed_servers.push(server.clone());
             }
         }
     }
@@ -254,6 +264,7 @@ fn apply_pools(
         by_name,
         fresh,
         retired,
+        removed_servers,
     })
 }
 

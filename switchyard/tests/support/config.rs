@@ -27,6 +27,7 @@ use super::ops::listener_addr;
 /// name = "app"
 /// <pool keys>
 /// servers = [ ... ]          one inline table per `server(..)`
+/// <sections>                 more listeners and pools
 /// ```
 ///
 /// Every `top` / `admin` / `listener` / `pool` call appends its text (one or more TOML lines)
@@ -40,6 +41,7 @@ pub struct Config {
     listener: Vec<String>,
     pool: Vec<String>,
     servers: Vec<String>,
+    sections: Vec<String>,
 }
 
 impl Default for Config {
@@ -59,7 +61,14 @@ impl Config {
             listener: Vec::new(),
             pool: Vec::new(),
             servers: Vec::new(),
+            sections: Vec::new(),
         }
+    }
+
+    /// Appends whole TOML sections (another `[[listener]]`, `[[pool]]`) after pool `app`.
+    pub fn section(mut self, toml: &str) -> Self {
+        self.sections.push(toml.to_string());
+        self
     }
 
     /// Adds top-level keys (written before `[admin]`).
@@ -140,6 +149,7 @@ name = "app"
 servers = [
 {servers}
 ]
+{sections}
 "#,
             top = self.top.join("\n"),
             admin = self.admin.join("\n"),
@@ -148,6 +158,7 @@ servers = [
             listener = self.listener.join("\n"),
             pool = self.pool.join("\n"),
             servers = self.servers.join(",\n"),
+            sections = self.sections.join("\n"),
         )
     }
 

@@ -5,7 +5,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -247,4 +248,80 @@ pub async fn curl(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// What an HTTP load saw: requests answered `200`, and every other outcome described.
+#[derive(Debug, Default)]
+pub struct HttpLoad {
+    /// Requests answered `200` with the whole body.
+    pub ok: AtomicUsize,
+    /// Everything else: error statuses, refused or reset connections, cut bodies.
+    pub failures: Mutex<Vec<String>>,
+}
+
+impl HttpLoad {
+    /// Requests that went wrong so far.
+    pub fn failures(&self) -> Vec<String> {
+        self.failures.lock().expect("failures").clone()
+    }
+}
+
+/// `GET /` to `front` with a hyper client until `stop`. With `keep_alive` the client keeps
+/// its connections (a pooled client: connections reused, replaced when the proxy closes
+/// them); without, each request opens a new connection.
+pub async fn http_load(
+    front: SocketAddr,
+    keep_alive: bool,
+    stop: Arc<AtomicBool>,
+    load: Arc<HttpLoad>,
+) {
+    use hyper_util::client::legacy::Client;
+    let mut builder = Client::builder(TokioExecutor::new());
+    if !keep_alive {
+        builder.pool_max_idle_per_host(0);
+    }
+    let client: Client<_, TestBody> = builder.build_http();
+    let uri: hyper::Uri = format!("http://{front}/").parse().expect("uri");
+    while !stop.load(Ordering::Relaxed) {
+        let request = Request::get(uri.clone())
+            .header("host", "load.example.com")
+            .body(full(""))
+            .expect("request");
+        let outcome = async {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?;
+            match status.as_u16() {
+                200 => Ok(()),
+                other => Err(format!(
+                    "{other}: {}",
+                    String::from_utf8_lossy(&body.to_bytes())
+                )),
+            }
+        };
+        let failure = match tokio::time::timeout(super::DEADLINE, outcome).await {
+            Ok(Ok(())) => {
+                load.ok.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Ok(Err(failure)) => failure,
+            Err(_) => "timed out".to_string(),
+        };
+        let kind = if keep_alive {
+            "keep-alive"
+        } else {
+            "new connection"
+        };
+        load.failures
+            .lock()
+            .expect("failures")
+            .push(format!("{kind}: {failure}"));
+    }
 }

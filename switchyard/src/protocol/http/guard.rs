@@ -77,6 +77,23 @@ impl Activity {
         }
     }
 
+    /// Completes once a request is being served, or at once on a connection the guard no
+    /// longer reads (HTTP/2). Shutdown waits for this before closing an HTTP/1.1
+    /// connection: closing one that is idle races with a request the client may be sending
+    /// on it right then (lost, and not safely retryable), while the response to that next
+    /// request can say `Connection: close`. HTTP/2 closes without that race (GOAWAY).
+    pub async fn serving_or_opaque(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.busy() || self.opaque.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// The status of the request the guard refused itself, if it did (for the access log).
     pub fn refused(&self) -> Option<u16> {
         *self.refused.lock().unwrap_or_else(|e| e.into_inner())

@@ -192,7 +192,12 @@ pub async fn serve_connection<S>(
     let keep_alive = settings.config.timeouts.keep_alive;
     let wind_down = async {
         tokio::select! {
-            () = shared.accepting_stopped() => {}
+            // An idle HTTP/1.1 connection is closed after its next response (or by its
+            // keep-alive clock), not while the client may be sending on it.
+            () = async {
+                shared.accepting_stopped().await;
+                activity.serving_or_opaque().await;
+            } => {}
             () = activity.idle_beyond(keep_alive, accepted) => {}
         }
     };
