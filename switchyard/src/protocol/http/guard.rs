@@ -78,10 +78,9 @@ impl Activity {
     }
 
     /// Completes once a request is being served, or at once on a connection the guard no
-    /// longer reads (HTTP/2). Shutdown waits for this before closing an HTTP/1.1
-    /// connection: closing one that is idle races with a request the client may be sending
-    /// on it right then (lost, and not safely retryable), while the response to that next
-    /// request can say `Connection: close`. HTTP/2 closes without that race (GOAWAY).
+    /// longer reads (HTTP/2, which closes without a race: GOAWAY). Shutdown waits for this
+    /// (for a while) before closing an idle HTTP/1.1 connection, so that the response to the
+    /// next request says `Connection: close` instead.
     pub async fn serving_or_opaque(&self) {
         loop {
             let changed = self.changed.notified();

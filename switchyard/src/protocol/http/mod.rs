@@ -89,6 +89,12 @@ pub async fn serve(
     }
 }
 
+/// At shutdown (and binary upgrade), how long an idle HTTP/1.1 connection is given for a
+/// next request, whose response then says `Connection: close`. Closing it at once races
+/// with a request the client is sending right then: lost, and not safely retryable. A client
+/// in the middle of a conversation sends within this; an idle one is closed after it.
+const SHUTDOWN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The ALPN protocols an `http` listener offers when its `tls` names none: HTTP/2 first.
 pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
 
@@ -192,11 +198,14 @@ pub async fn serve_connection<S>(
     let keep_alive = settings.config.timeouts.keep_alive;
     let wind_down = async {
         tokio::select! {
-            // An idle HTTP/1.1 connection is closed after its next response (or by its
-            // keep-alive clock), not while the client may be sending on it.
+            // An idle HTTP/1.1 connection is closed after its next response, not while its
+            // client may be sending on it; one that stays idle through the grace is closed.
             () = async {
                 shared.accepting_stopped().await;
-                activity.serving_or_opaque().await;
+                tokio::select! {
+                    () = activity.serving_or_opaque() => {}
+                    () = tokio::time::sleep(SHUTDOWN_IDLE_GRACE) => {}
+                }
             } => {}
             () = activity.idle_beyond(keep_alive, accepted) => {}
         }
