@@ -32,12 +32,29 @@ fn tls_keys(cert: &CertFiles, extra: &str) -> String {
 
 /// An `http` listener terminating TLS with `tls` in front of `backend`.
 async fn https_proxy(backend: SocketAddr, tls: &str) -> (Proxy, SocketAddr) {
+    http_proxy(backend, tls, "").await
+}
+
+/// An `http` listener with `listener` keys over pool `app` (with `pool` keys) whose one
+/// server is `backend`.
+async fn http_proxy(backend: SocketAddr, listener: &str, pool: &str) -> (Proxy, SocketAddr) {
     Config::new()
         .protocol("http")
-        .listener(tls)
+        .listener(listener)
+        .pool(pool)
         .server("a1", backend, "")
         .start()
         .await
+}
+
+/// A test CA, its certificate for `HOST`, a describing backend, and an `http` listener
+/// terminating TLS with that certificate and `tls_extra` keys in front of it.
+async fn shop(tls_extra: &str) -> (Pki, HttpBackend, Proxy, SocketAddr) {
+    let pki = Pki::new("Test CA");
+    let cert = pki.issue("shop", HOST, &[HOST]);
+    let backend = HttpBackend::describe().await;
+    let (proxy, front) = https_proxy(backend.addr, &tls_keys(&cert, tls_extra)).await;
+    (pki, backend, proxy, front)
 }
 
 /// curl arguments reaching `front` as `https://shop.example.com:PORT/` with `ca` trusted.
@@ -60,10 +77,7 @@ async fn curl_with(extra: &[&str], front: SocketAddr, ca: &std::path::Path) -> S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_over_tls_speaks_http11_and_h2_by_alpn() {
-    let pki = Pki::new("Test CA");
-    let cert = pki.issue("shop", HOST, &[HOST]);
-    let backend = HttpBackend::describe().await;
-    let (proxy, front) = https_proxy(backend.addr, &tls_keys(&cert, "")).await;
+    let (pki, _backend, proxy, front) = shop("").await;
     for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
         let text = curl_with(
             &[
@@ -93,6 +107,36 @@ async fn curl_over_tls_speaks_http11_and_h2_by_alpn() {
     assert_eq!(number(&line, "status"), 200);
 }
 
+/// curl with `flag` presenting `alice`'s certificate and claiming to be `admin` in a
+/// header; the backend must see `alice`. Returns what it saw.
+async fn curl_as_alice(
+    alice: &CertFiles,
+    flag: &str,
+    front: SocketAddr,
+    ca: &std::path::Path,
+) -> String {
+    let (cert, key) = (
+        alice.cert.display().to_string(),
+        alice.key.display().to_string(),
+    );
+    let args = [
+        flag,
+        "-H",
+        "X-Client-Cert-CN: admin",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ];
+    let text = curl_with(&args, front, ca).await;
+    assert_eq!(
+        header_line(&text, "x-client-cert-cn"),
+        Some("alice"),
+        "{text}"
+    );
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_become_headers_and_forgeries_are_stripped() {
     let pki = Pki::new("Test CA");
@@ -101,21 +145,8 @@ async fn client_certificates_become_headers_and_forgeries_are_stripped() {
     let backend = HttpBackend::describe().await;
     let optional = format!(", client_ca = {:?}, client_auth = \"optional\"", pki.ca);
     let (_proxy, front) = https_proxy(backend.addr, &tls_keys(&cert, &optional)).await;
-    let cert_args = [
-        "--cert",
-        alice.cert.to_str().expect("path"),
-        "--key",
-        alice.key.to_str().expect("path"),
-    ];
     for flag in ["--http1.1", "--http2"] {
-        let mut args = vec![flag, "-H", "X-Client-Cert-CN: admin"];
-        args.extend(cert_args);
-        let text = curl_with(&args, front, &pki.ca).await;
-        assert_eq!(
-            header_line(&text, "x-client-cert-cn"),
-            Some("alice"),
-            "{text}"
-        );
+        let text = curl_as_alice(&alice, flag, front, &pki.ca).await;
         let subject = header_line(&text, "x-client-cert-subject").unwrap_or_default();
         assert!(subject.contains("CN=alice"), "{text}");
         assert_eq!(
@@ -131,14 +162,7 @@ async fn client_certificates_become_headers_and_forgeries_are_stripped() {
 
     let required = format!(", client_ca = {:?}, client_auth = \"required\"", pki.ca);
     let (proxy, front) = https_proxy(backend.addr, &tls_keys(&cert, &required)).await;
-    let mut args = vec!["--http2"];
-    args.extend(cert_args);
-    let text = curl_with(&args, front, &pki.ca).await;
-    assert_eq!(
-        header_line(&text, "x-client-cert-cn"),
-        Some("alice"),
-        "{text}"
-    );
+    curl_as_alice(&alice, "--http2", front, &pki.ca).await;
     let before = backend.requests.load(std::sync::atomic::Ordering::SeqCst);
     let refused = tokio::process::Command::new("curl")
         .arg("-s")
@@ -199,10 +223,7 @@ async fn hyper_client_on_rustls_gets_h2_or_http11_as_offered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_sni_refuses_unknown_names() {
-    let pki = Pki::new("Test CA");
-    let cert = pki.issue("shop", HOST, &[HOST]);
-    let backend = HttpBackend::describe().await;
-    let (proxy, front) = https_proxy(backend.addr, &tls_keys(&cert, ", strict_sni = true")).await;
+    let (pki, _backend, proxy, front) = shop(", strict_sni = true").await;
     let client: Arc<_> = pki.client(None, &["h2"]);
     assert!(
         connect(front, "other.example.com", client.clone())
@@ -265,12 +286,7 @@ fn backend_tls(
 
 /// A plaintext `http` listener in front of `backend` with these pool keys.
 async fn proxy_to_https(backend: SocketAddr, pool: &str) -> (Proxy, SocketAddr) {
-    Config::new()
-        .protocol("http")
-        .pool(pool)
-        .server("b1", backend, "")
-        .start()
-        .await
+    http_proxy(backend, "", pool).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

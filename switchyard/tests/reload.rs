@@ -416,36 +416,14 @@ async fn ctl_reload_prints_the_summary() {
 /// An `http` listener `web` over pool `web`, whose servers are the HTTP backends named
 /// like the tcp servers in `servers`.
 fn web_sections(servers: &[(&str, SocketAddr, &str)], http: &[(&str, SocketAddr)]) -> String {
-    let servers: Vec<String> = servers
+    let servers: Vec<(&str, SocketAddr, &str)> = servers
         .iter()
         .filter_map(|(name, _, keys)| {
             let (_, address) = http.iter().find(|(n, _)| n == name)?;
-            let keys = if keys.is_empty() {
-                String::new()
-            } else {
-                format!(", {keys}")
-            };
-            Some(format!(
-                r#"  {{ name = "{name}", address = "{address}"{keys} }}"#
-            ))
+            Some((*name, *address, *keys))
         })
         .collect();
-    format!(
-        r#"
-[[listener]]
-name = "web"
-listen = "127.0.0.1:0"
-protocol = "http"
-pool = "web"
-
-[[pool]]
-name = "web"
-servers = [
-{servers}
-]
-"#,
-        servers = servers.join(",\n")
-    )
+    support::config::http_section("web", &servers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,18 +491,7 @@ async fn no_failed_connection_across_reloads_under_load() {
     });
 
     // HTTP load on `web`: new connections, and a keep-alive client.
-    let http_load = Arc::new(HttpLoad::default());
-    let http_tasks: Vec<_> = [false, true]
-        .into_iter()
-        .map(|keep_alive| {
-            tokio::spawn(support::http::http_load(
-                web,
-                keep_alive,
-                stop.clone(),
-                http_load.clone(),
-            ))
-        })
-        .collect();
+    let (http_load, http_tasks) = HttpLoad::spawn(web, &stop);
 
     let sets: [&[(&str, SocketAddr, &str)]; 5] = [
         &[

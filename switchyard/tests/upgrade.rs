@@ -29,19 +29,7 @@ fn config(echo: SocketAddr) -> Config {
 
 /// `config` plus an `http` listener `web` over pool `web` with the HTTP server `http`.
 fn config_with_web(echo: SocketAddr, http: SocketAddr) -> Config {
-    config(echo).section(&format!(
-        r#"
-[[listener]]
-name = "web"
-listen = "127.0.0.1:0"
-protocol = "http"
-pool = "web"
-
-[[pool]]
-name = "web"
-servers = [ {{ name = "h1", address = "{http}" }} ]
-"#
-    ))
+    config(echo).section(&support::config::http_section("web", &[("h1", http, "")]))
 }
 
 /// Starts `switchyard run -c <the proxy's config> --upgrade`, logging to `upgrade-N.log`.
@@ -150,18 +138,7 @@ async fn five_upgrades_under_load_lose_no_connection() {
         .map(|_| tokio::spawn(connection_load(front, stop.clone(), tally.clone())))
         .collect();
     // HTTP load on `web` through every upgrade: new connections, and a keep-alive client.
-    let http_load = Arc::new(HttpLoad::default());
-    let http_tasks: Vec<_> = [false, true]
-        .into_iter()
-        .map(|keep_alive| {
-            tokio::spawn(support::http::http_load(
-                web,
-                keep_alive,
-                stop.clone(),
-                http_load.clone(),
-            ))
-        })
-        .collect();
+    let (http_load, http_tasks) = HttpLoad::spawn(web, &stop);
     let mut children = Children(Vec::new());
     for generation in 1..=5 {
         // Keep-alive sessions on the current process, running through the handover.

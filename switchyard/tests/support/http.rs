@@ -260,6 +260,22 @@ pub struct HttpLoad {
 }
 
 impl HttpLoad {
+    /// Starts two loads on `front` until `stop`: one on new connections, one keep-alive
+    /// client ([`http_load`]); returns their shared tally and tasks.
+    pub fn spawn(
+        front: SocketAddr,
+        stop: &Arc<AtomicBool>,
+    ) -> (Arc<HttpLoad>, Vec<JoinHandle<()>>) {
+        let load = Arc::new(HttpLoad::default());
+        let tasks = [false, true]
+            .into_iter()
+            .map(|keep_alive| {
+                tokio::spawn(http_load(front, keep_alive, stop.clone(), load.clone()))
+            })
+            .collect();
+        (load, tasks)
+    }
+
     /// Requests that went wrong so far.
     pub fn failures(&self) -> Vec<String> {
         self.failures.lock().expect("failures").clone()
