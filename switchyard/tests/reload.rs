@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 
 use support::backends::{Backend, first_line, read_line};
+use support::http::{HttpBackend, HttpLoad};
 use support::ops::{self, listener_addr, metric, parse_metrics, round_trip, wait_access};
 use support::{Proxy, free_port, wait_until};
 
@@ -150,11 +151,11 @@ async fn sighup_adds_a_server_and_keeps_the_established_session() {
         "round robin over both: {seen:?}"
     );
     assert_eq!(round_trip(&mut session, b"after").await, b"after");
-    assert_eq!(
-        proxy.server("app", "alpha").await.active,
-        1,
-        "the old session still holds its slot"
-    );
+    // The old session still holds its slot once the four short connections have closed.
+    wait_until("only the old session active on alpha", || async {
+        proxy.server("app", "alpha").await.active == 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,12 +410,37 @@ async fn ctl_reload_prints_the_summary() {
     assert_eq!(summary["changed"], false, "{summary}");
 }
 
+/// An `http` listener `web` over pool `web`, whose servers are the HTTP backends named
+/// like the tcp servers in `servers`.
+fn web_sections(servers: &[(&str, SocketAddr, &str)], http: &[(&str, SocketAddr)]) -> String {
+    let servers: Vec<(&str, SocketAddr, &str)> = servers
+        .iter()
+        .filter_map(|(name, _, keys)| {
+            let (_, address) = http.iter().find(|(n, _)| n == name)?;
+            Some((*name, *address, *keys))
+        })
+        .collect();
+    support::config::http_section("web", &servers)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_failed_connection_across_reloads_under_load() {
     let alpha = Backend::named("alpha").await;
     let bravo = Backend::named("bravo").await;
     let charlie = Backend::named("charlie").await;
-    let (proxy, front) = start("", &[("alpha", alpha.addr, ""), ("bravo", bravo.addr, "")]).await;
+    let http_backends = [
+        HttpBackend::describe().await,
+        HttpBackend::describe().await,
+        HttpBackend::describe().await,
+    ];
+    let http: Vec<(&str, SocketAddr)> = ["alpha", "bravo", "charlie"]
+        .into_iter()
+        .zip(http_backends.iter().map(|b| b.addr))
+        .collect();
+    let first = [("alpha", alpha.addr, ""), ("bravo", bravo.addr, "")];
+    let proxy = Proxy::start(&config("{admin}", "", &first, &web_sections(&first, &http))).await;
+    let front = listener_addr(&proxy, "front").await;
+    let web = listener_addr(&proxy, "web").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
@@ -461,6 +487,9 @@ async fn no_failed_connection_across_reloads_under_load() {
         }
     });
 
+    // HTTP load on `web`: new connections, and a keep-alive client.
+    let (http_load, http_tasks) = HttpLoad::spawn(web, &stop);
+
     let sets: [&[(&str, SocketAddr, &str)]; 5] = [
         &[
             ("alpha", alpha.addr, ""),
@@ -478,16 +507,34 @@ async fn no_failed_connection_across_reloads_under_load() {
     // Ten reloads: the five server sets, twice.
     for servers in sets.iter().chain(sets.iter()) {
         let before = done.load(Ordering::SeqCst);
-        rewrite(&proxy, "", servers, "");
+        let http_before = http_load.ok.load(Ordering::SeqCst);
+        rewrite(&proxy, "", servers, &web_sections(servers, &http));
         let (status, summary) = reload(&proxy).await;
         assert_eq!(status, 200, "{summary}");
         assert_eq!(summary["changed"], true, "{summary}");
         wait_until("the load to go on after the reload", || async {
             done.load(Ordering::SeqCst) >= before + 20
+                && http_load.ok.load(Ordering::SeqCst) >= http_before + 20
         })
         .await;
     }
     stop.store(true, Ordering::SeqCst);
+    for task in http_tasks {
+        task.await.expect("HTTP load task");
+    }
+    let http_ok = http_load.ok.load(Ordering::SeqCst);
+    assert!(http_ok >= 200, "only {http_ok} HTTP requests");
+    assert_eq!(
+        http_load.failures(),
+        Vec::<String>::new(),
+        "failed HTTP requests"
+    );
+    // Every HTTP server set was used: the backends of the last set answered.
+    assert!(
+        http_backends
+            .iter()
+            .all(|b| b.requests.load(Ordering::SeqCst) > 0)
+    );
     let failures = load.await.expect("load task");
     let kept_round_trips = kept.await.expect("keep-alive session");
     assert!(kept_round_trips > 0);

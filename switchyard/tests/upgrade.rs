@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use support::backends::Backend;
 use support::config::Config;
+use support::http::{HttpBackend, HttpLoad};
 use support::ops::round_trip;
 use support::{DEADLINE, Proxy, binary, run_ctl, wait_until};
 
@@ -24,6 +25,11 @@ fn config(echo: SocketAddr) -> Config {
         .top(r#"shutdown_timeout = "30s""#)
         .pool(r#"health = { check = "tcp", interval = "200ms", fall = 2, rise = 2 }"#)
         .server("echo", echo, "")
+}
+
+/// `config` plus an `http` listener `web` over pool `web` with the HTTP server `http`.
+fn config_with_web(echo: SocketAddr, http: SocketAddr) -> Config {
+    config(echo).section(&support::config::http_section("web", &[("h1", http, "")]))
 }
 
 /// Starts `switchyard run -c <the proxy's config> --upgrade`, logging to `upgrade-N.log`.
@@ -122,13 +128,17 @@ async fn wait_handed_over(log: impl Fn() -> String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_upgrades_under_load_lose_no_connection() {
     let echo = Backend::echo().await;
-    let (mut proxy, front) = config(echo.addr).start().await;
+    let http = HttpBackend::describe().await;
+    let (mut proxy, front) = config_with_web(echo.addr, http.addr).start().await;
+    let web = support::ops::listener_addr(&proxy, "web").await;
     proxy.wait_pool_checked_up("app").await;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let load: Vec<_> = (0..2)
         .map(|_| tokio::spawn(connection_load(front, stop.clone(), tally.clone())))
         .collect();
+    // HTTP load on `web` through every upgrade: new connections, and a keep-alive client.
+    let (http_load, http_tasks) = HttpLoad::spawn(web, &stop);
     let mut children = Children(Vec::new());
     for generation in 1..=5 {
         // Keep-alive sessions on the current process, running through the handover.
@@ -144,6 +154,7 @@ async fn five_upgrades_under_load_lose_no_connection() {
             })
             .collect();
         let before = tally.ok.load(Ordering::Relaxed);
+        let http_before = http_load.ok.load(Ordering::Relaxed);
         children.0.push(spawn_upgrade(&proxy, generation));
         let old_log = |generation: usize| {
             let name = if generation == 1 {
@@ -184,9 +195,15 @@ async fn five_upgrades_under_load_lose_no_connection() {
         // The load kept going through the new process.
         wait_until("new connections after the upgrade", || {
             let ok = tally.ok.load(Ordering::Relaxed);
-            async move { ok > before + 20 }
+            let http_ok = http_load.ok.load(Ordering::Relaxed);
+            async move { ok > before + 20 && http_ok > http_before + 20 }
         })
         .await;
+        assert_eq!(
+            http_load.failures(),
+            Vec::<String>::new(),
+            "failed HTTP requests"
+        );
         assert_eq!(
             tally.failed.load(Ordering::Relaxed),
             0,
@@ -194,9 +211,15 @@ async fn five_upgrades_under_load_lose_no_connection() {
         );
     }
     stop.store(true, Ordering::Relaxed);
-    for task in load {
+    for task in load.into_iter().chain(http_tasks) {
         task.await.expect("load task");
     }
+    assert_eq!(
+        http_load.failures(),
+        Vec::<String>::new(),
+        "failed HTTP requests"
+    );
+    assert!(http_load.ok.load(Ordering::Relaxed) > 100);
     assert_eq!(
         tally.failed.load(Ordering::Relaxed),
         0,

@@ -337,6 +337,7 @@ pub fn load_str(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     };
     let mut config = deserialize_sections(&document, &mut sink);
     crate::tls::resolve_paths(&mut config, sink.config_dir());
+    crate::protocol::http::apply_defaults(&mut config);
     validate::validate(&config, &mut sink);
     if sink.errors.is_empty() {
         Ok(config)

@@ -157,9 +157,13 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
     for pool in &pools.retired {
         pool.retire();
     }
-    // Only now, with the listeners on the new pools and the old ones retired: a client that
-    // finds no server left in its old pool sees it retired and takes the new routing.
-    drain_removed_servers(&pools);
+    // Only now, with the new routing in place and the old pools retired, do removed servers
+    // stop taking work: a request still routed to an old pool that finds none of its
+    // servers left then sees the pool retired and follows the new routing (draining them
+    // earlier answered such requests 503).
+    for server in &pools.removed_servers {
+        server.set_admin_state(AdminState::Drain);
+    }
     // Checks restart for new and rebuilt pools only; a kept server keeps its health.
     for pool in &pools.fresh {
         crate::health::spawn_checks(pool, &shared.stop_background);
@@ -172,22 +176,6 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
     Ok(summary)
 }
 
-/// A server left out of the new pools takes no new work, not even from clients still queued
-/// in a retired pool; its sessions finish on their own.
-fn drain_removed_servers(pools: &PoolSwap) {
-    for old_pool in &pools.retired {
-        for server in &old_pool.servers {
-            let kept = pools
-                .by_name
-                .values()
-                .any(|p| p.servers.iter().any(|s| Arc::ptr_eq(s, server)));
-            if !kept {
-                server.set_admin_state(AdminState::Drain);
-            }
-        }
-    }
-}
-
 /// The outcome of swapping in the new pool set.
 struct PoolSwap {
     /// Every pool in service now.
@@ -196,6 +184,8 @@ struct PoolSwap {
     fresh: Vec<Arc<Pool>>,
     /// Old pools replaced or removed: to be retired once nothing new can reach them.
     retired: Vec<Arc<Pool>>,
+    /// Servers left out of the new pools: drained once the old pools are retired.
+    removed_servers: Vec<Arc<crate::upstream::Server>>,
 }
 
 /// Builds the new pool set and swaps it in. Unchanged pools are kept as they are; changed
@@ -255,12 +245,26 @@ fn apply_pools(
             retired.push(previous.clone());
         }
     }
+    // A server left out of the new pools takes no new work, not even from clients still
+    // queued in a retired pool; its sessions finish on their own.
+    let mut removed_servers = Vec::new();
+    for old_pool in &retired {
+        for server in &old_pool.servers {
+            let kept = list
+                .iter()
+                .any(|p| p.servers.iter().any(|s| Arc::ptr_eq(s, server)));
+            if !kept {
+                removed_servers.push(server.clone());
+            }
+        }
+    }
     let by_name = list.iter().map(|p| (p.name.clone(), p.clone())).collect();
     shared.pools.store(Arc::new(list));
     Ok(PoolSwap {
         by_name,
         fresh,
         retired,
+        removed_servers,
     })
 }
 

@@ -81,9 +81,9 @@ pub fn resolve_paths(config: &mut Config, config_dir: &Path) {
 pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
     let provider = provider();
     for (i, listener) in config.listeners.iter().enumerate() {
-        // Only the tcp and postgres front ends terminate and originate TLS so far; elsewhere
-        // the keys would be silently ignored, which for TLS means plaintext.
-        if !matches!(listener.protocol, Protocol::Tcp | Protocol::Postgres) {
+        // The front ends not built yet would silently ignore the keys, which for TLS means
+        // plaintext.
+        if matches!(listener.protocol, Protocol::Mysql | Protocol::Smtp) {
             if listener.tls.is_some() {
                 sink.at(
                     &key_path!("listener", i, "tls"),

@@ -176,15 +176,12 @@ fn proxy_v2_tlvs_layout() {
 fn tls_keys_are_refused_where_nothing_uses_them_yet() {
     let dir = tempfile::tempdir().expect("dir");
     write_cert(dir.path(), "a", &["a.test"], false);
-    let text = "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"app\"\ntls = { certs = [{ cert = \"a.pem\", key = \"a.key\" }] }\n\n[[pool]]\nname = \"app\"\nservers = [{ address = \"127.0.0.1:1\" }]\nupstream_tls = { sslmode = \"require\" }\n";
+    let text = "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"smtp\"\npool = \"app\"\ntls = { certs = [{ cert = \"a.pem\", key = \"a.key\" }] }\n\n[[pool]]\nname = \"app\"\nservers = [{ address = \"127.0.0.1:1\" }]\nupstream_tls = { sslmode = \"require\" }\n";
     let errors = match load_str(&dir.path().join("switchyard.toml"), text) {
         Ok(_) => Vec::new(),
         Err(errors) => errors.0,
     };
-    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        ["listener[0].protocol", "listener[0].tls"],
-        "{errors:?}"
-    );
+    let text = format!("{errors:?}");
+    assert!(errors.iter().any(|e| e.key == "listener[0].tls"), "{text}");
+    assert!(text.contains("has `upstream_tls`"), "{text}");
 }

@@ -119,14 +119,7 @@ impl Config {
     /// Adds server `{ name = NAME, address = ADDR, EXTRA }` to pool `app`; `extra` is more
     /// inline-table keys (e.g. `weight = 3`) or empty.
     pub fn server(mut self, name: &str, address: SocketAddr, extra: &str) -> Self {
-        let extra = if extra.is_empty() {
-            String::new()
-        } else {
-            format!(", {extra}")
-        };
-        self.servers.push(format!(
-            r#"  {{ name = "{name}", address = "{address}"{extra} }}"#
-        ));
+        self.servers.push(server_entry(name, address, extra));
         self
     }
 
@@ -193,4 +186,39 @@ pub async fn start_pool(
     servers: &[(&str, SocketAddr, &str)],
 ) -> (Proxy, SocketAddr) {
     Config::new().pool(pool_keys).servers(servers).start().await
+}
+
+/// One server as an inline table: `{ name = NAME, address = ADDR, EXTRA }`.
+fn server_entry(name: &str, address: SocketAddr, extra: &str) -> String {
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {extra}")
+    };
+    format!(r#"  {{ name = "{name}", address = "{address}"{extra} }}"#)
+}
+
+/// An `http` listener on `127.0.0.1:0` and its pool, both called `name`, with `servers`
+/// as `(name, address, extra inline-table keys)`: a `Config::section` or config text.
+pub fn http_section(name: &str, servers: &[(&str, SocketAddr, &str)]) -> String {
+    let servers: Vec<String> = servers
+        .iter()
+        .map(|(server, address, extra)| server_entry(server, *address, extra))
+        .collect();
+    format!(
+        r#"
+[[listener]]
+name = "{name}"
+listen = "127.0.0.1:0"
+protocol = "http"
+pool = "{name}"
+
+[[pool]]
+name = "{name}"
+servers = [
+{servers}
+]
+"#,
+        servers = servers.join(",\n")
+    )
 }

@@ -1,10 +1,12 @@
-//! HTTP test tools: an in-test hyper backend (HTTP/1.1 and h2c) that counts connections,
-//! a one-request hyper client, and raw-bytes exchanges for malformed input.
+//! HTTP test tools: an in-test hyper backend (HTTP/1.1 and h2c, or HTTPS) that counts
+//! connections, a one-request hyper client (plain or over TLS), and raw-bytes exchanges for
+//! malformed input.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -13,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -53,6 +55,24 @@ impl HttpBackend {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<TestBody>> + Send + 'static,
     {
+        Self::serve(None, handler).await
+    }
+
+    /// Like `start`, over TLS with `config` (an HTTPS backend; its ALPN list decides
+    /// whether clients may speak HTTP/2).
+    pub async fn start_tls<F, Fut>(config: Arc<rustls::ServerConfig>, handler: F) -> HttpBackend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        Self::serve(Some(tokio_rustls::TlsAcceptor::from(config)), handler).await
+    }
+
+    async fn serve<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> HttpBackend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
@@ -70,15 +90,29 @@ impl HttpBackend {
                 counters.1.fetch_add(1, Ordering::SeqCst);
                 let (handler, open, requests) =
                     (handler.clone(), counters.1.clone(), counters.2.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         requests.fetch_add(1, Ordering::SeqCst);
                         let response = handler(request);
                         async move { Ok::<_, Infallible>(response.await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                     open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -95,25 +129,32 @@ impl HttpBackend {
     /// Answers every request with a text body describing it: `METHOD TARGET VERSION`, then
     /// one `name: value` line per header in order, then a line with the body length.
     pub async fn describe() -> HttpBackend {
-        Self::start(|request: Request<Incoming>| async move {
-            let mut text = format!(
-                "{} {} {:?}\n",
-                request.method(),
-                request.uri(),
-                request.version()
-            );
-            for (name, value) in request.headers() {
-                text.push_str(&format!(
-                    "{name}: {}\n",
-                    String::from_utf8_lossy(value.as_bytes())
-                ));
-            }
-            let body = request.into_body().collect().await.map(|b| b.to_bytes());
-            text.push_str(&format!("body-length: {}\n", body.map_or(0, |b| b.len())));
-            Response::new(full(text))
-        })
-        .await
+        Self::start(describe).await
     }
+
+    /// Like `describe`, over TLS with `config`.
+    pub async fn describe_tls(config: Arc<rustls::ServerConfig>) -> HttpBackend {
+        Self::start_tls(config, describe).await
+    }
+}
+
+/// The `describe` backend's answer.
+async fn describe(request: Request<Incoming>) -> Response<TestBody> {
+    let mut text = format!(
+        "{} {} {:?}\n",
+        request.method(),
+        request.uri(),
+        request.version()
+    );
+    for (name, value) in request.headers() {
+        text.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    let body = request.into_body().collect().await.map(|b| b.to_bytes());
+    text.push_str(&format!("body-length: {}\n", body.map_or(0, |b| b.len())));
+    Response::new(full(text))
 }
 
 /// One parsed response.
@@ -130,11 +171,30 @@ pub struct Answer {
 /// Sends `request` over a new HTTP/1.1 connection to `front` and reads the whole answer.
 pub async fn send(front: SocketAddr, request: Request<TestBody>) -> Answer {
     let stream = TcpStream::connect(front).await.expect("connect to proxy");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    let response = sender.send_request(request).await.expect("response");
+    send_on(stream, false, request).await
+}
+
+/// Sends `request` over `stream` (plain or TLS) in HTTP/2 when `h2`, else HTTP/1.1, and
+/// reads the whole answer.
+pub async fn send_on<S>(stream: S, h2: bool, request: Request<TestBody>) -> Answer
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
+    let response = if h2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(connection);
+        sender.send_request(request).await.expect("response")
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        sender.send_request(request).await.expect("response")
+    };
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
@@ -188,4 +248,96 @@ pub async fn curl(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// What an HTTP load saw: requests answered `200`, and every other outcome described.
+#[derive(Debug, Default)]
+pub struct HttpLoad {
+    /// Requests answered `200` with the whole body.
+    pub ok: AtomicUsize,
+    /// Everything else: error statuses, refused or reset connections, cut bodies.
+    pub failures: Mutex<Vec<String>>,
+}
+
+impl HttpLoad {
+    /// Starts two loads on `front` until `stop`: one on new connections, one keep-alive
+    /// client ([`http_load`]); returns their shared tally and tasks.
+    pub fn spawn(
+        front: SocketAddr,
+        stop: &Arc<AtomicBool>,
+    ) -> (Arc<HttpLoad>, Vec<JoinHandle<()>>) {
+        let load = Arc::new(HttpLoad::default());
+        let tasks = [false, true]
+            .into_iter()
+            .map(|keep_alive| {
+                tokio::spawn(http_load(front, keep_alive, stop.clone(), load.clone()))
+            })
+            .collect();
+        (load, tasks)
+    }
+
+    /// Requests that went wrong so far.
+    pub fn failures(&self) -> Vec<String> {
+        self.failures.lock().expect("failures").clone()
+    }
+}
+
+/// `GET /` to `front` with a hyper client until `stop`. With `keep_alive` the client keeps
+/// its connections (a pooled client: connections reused, replaced when the proxy closes
+/// them); without, each request opens a new connection.
+pub async fn http_load(
+    front: SocketAddr,
+    keep_alive: bool,
+    stop: Arc<AtomicBool>,
+    load: Arc<HttpLoad>,
+) {
+    use hyper_util::client::legacy::Client;
+    let mut builder = Client::builder(TokioExecutor::new());
+    if !keep_alive {
+        builder.pool_max_idle_per_host(0);
+    }
+    let client: Client<_, TestBody> = builder.build_http();
+    let uri: hyper::Uri = format!("http://{front}/").parse().expect("uri");
+    while !stop.load(Ordering::Relaxed) {
+        let request = Request::get(uri.clone())
+            .header("host", "load.example.com")
+            .body(full(""))
+            .expect("request");
+        let outcome = async {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?;
+            match status.as_u16() {
+                200 => Ok(()),
+                other => Err(format!(
+                    "{other}: {}",
+                    String::from_utf8_lossy(&body.to_bytes())
+                )),
+            }
+        };
+        let failure = match tokio::time::timeout(super::DEADLINE, outcome).await {
+            Ok(Ok(())) => {
+                load.ok.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Ok(Err(failure)) => failure,
+            Err(_) => "timed out".to_string(),
+        };
+        let kind = if keep_alive {
+            "keep-alive"
+        } else {
+            "new connection"
+        };
+        load.failures
+            .lock()
+            .expect("failures")
+            .push(format!("{kind}: {failure}"));
+    }
 }

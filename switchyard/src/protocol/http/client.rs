@@ -1,13 +1,23 @@
 //! Server connections for HTTP: a keep-alive pool per server (idle limit, idle timeout,
-//! requests per connection) for HTTP/1.1, one multiplexed connection per server for HTTP/2.
+//! requests per connection) for HTTP/1.1, one multiplexed connection per server for HTTP/2,
+//! plaintext or TLS (`upstream_tls`).
 //!
 //! Requests take a slot on their server from the pool's lease (so `max_connections`, the
 //! queue, drain and maint keep their meaning: in-flight requests per server); idle
 //! connections hold no slot. Idle connections to a server that is drained, put in
 //! maintenance or goes down are closed.
+//!
+//! Idle HTTP/1.1 connections are kept per worker thread: a connection's driver task runs
+//! on the worker that opened it, so a request on another worker reusing it would wake that
+//! worker for every read and write. Each worker reuses its own connections; `max_idle`
+//! still bounds the server's idle connections over all workers. The HTTP/2 connection
+//! stays one per server, shared by every worker.
 
 use std::any::Any;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -18,6 +28,7 @@ use tokio::time::Instant;
 
 use super::body::RequestBody;
 use crate::config::{HttpVersion, UpstreamKeepAlive};
+use crate::tls::secure_upstream;
 use crate::upstream::{Pool, Server, connect_server, record_connect_failure};
 
 /// A connection able to carry one more request.
@@ -30,7 +41,7 @@ pub enum Connection {
         used: u32,
     },
     /// HTTP/2: shared by every request to the server.
-    Http2(http2::SendRequest<RequestBody>),
+    Http2(Http2Sender),
 }
 
 /// Why a request could not be sent.
@@ -41,30 +52,69 @@ pub enum SendError {
     Exchange(hyper::Error),
 }
 
-/// The idle connections of one server.
+/// The idle connections of one server: a shard per worker thread, their total, and the
+/// server's one HTTP/2 connection.
 #[derive(Default)]
 struct ServerConnections {
+    shards: RwLock<HashMap<ThreadId, Arc<Shard>>>,
+    idle: Arc<AtomicUsize>,
+    http2: Arc<Mutex<Option<Http2Sender>>>,
+}
+
+type Http2Sender = http2::SendRequest<RequestBody>;
+
+/// One worker's idle HTTP/1.1 connections to one server, with what all workers share.
+struct Shard {
     state: Mutex<Idle>,
+    /// The server's idle HTTP/1.1 connections over all shards (`max_idle`).
+    idle: Arc<AtomicUsize>,
+    /// The server's HTTP/2 connection, shared by every worker (one per server).
+    http2: Arc<Mutex<Option<Http2Sender>>>,
+}
+
+impl Shard {
+    /// Notes that `n` idle HTTP/1.1 connections left this shard.
+    fn left(&self, n: usize) {
+        self.idle.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
 struct Idle {
     http1: Vec<(http1::SendRequest<RequestBody>, u32, Instant)>,
-    http2: Option<http2::SendRequest<RequestBody>>,
     reaper: bool,
 }
 
-fn lock(m: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn connections(server: &Server) -> Option<Arc<ServerConnections>> {
+/// The calling worker's idle connections to `server`.
+fn connections(server: &Server) -> Option<Arc<Shard>> {
     let any: Arc<dyn Any + Send + Sync> = server
         .idle_connections
         .0
         .get_or_init(|| Arc::new(ServerConnections::default()))
         .clone();
-    any.downcast::<ServerConnections>().ok()
+    let all = any.downcast::<ServerConnections>().ok()?;
+    let me = std::thread::current().id();
+    if let Some(shard) = all
+        .shards
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&me)
+    {
+        return Some(shard.clone());
+    }
+    let mut shards = all.shards.write().unwrap_or_else(|e| e.into_inner());
+    let shard = shards.entry(me).or_insert_with(|| {
+        Arc::new(Shard {
+            state: Mutex::new(Idle::default()),
+            idle: all.idle.clone(),
+            http2: all.http2.clone(),
+        })
+    });
+    Some(shard.clone())
 }
 
 /// Sends `request` to `server`, over an idle connection when one is usable, else over a
@@ -126,9 +176,9 @@ pub async fn send(
 }
 
 /// Stops sharing a failed HTTP/2 connection, so the next request opens a new one.
-fn forget_http2(conns: Option<&ServerConnections>, failed: &Connection) {
+fn forget_http2(conns: Option<&Shard>, failed: &Connection) {
     if let (Some(conns), Connection::Http2(_)) = (conns, failed) {
-        lock(&conns.state).http2 = None;
+        *lock(&conns.http2) = None;
     }
 }
 
@@ -143,19 +193,21 @@ fn retryable(
     }
 }
 
-fn take_idle(conns: &ServerConnections, pool: &Pool) -> Option<Connection> {
-    let mut idle = lock(&conns.state);
+fn take_idle(conns: &Shard, pool: &Pool) -> Option<Connection> {
     if pool.http_version == HttpVersion::Http2 {
-        match &idle.http2 {
+        let mut shared = lock(&conns.http2);
+        match &*shared {
             Some(sender) if !sender.is_closed() => {
                 return Some(Connection::Http2(sender.clone()));
             }
-            _ => idle.http2 = None,
+            _ => *shared = None,
         }
         return None;
     }
+    let mut idle = lock(&conns.state);
     let deadline = Instant::now() - pool.keep_alive.idle_timeout;
     while let Some((sender, used, since)) = idle.http1.pop() {
+        conns.left(1);
         if since > deadline && !sender.is_closed() {
             return Some(Connection::Http1 { sender, used });
         }
@@ -163,14 +215,13 @@ fn take_idle(conns: &ServerConnections, pool: &Pool) -> Option<Connection> {
     None
 }
 
-/// Opens a connection to `server` in the pool's HTTP version; its driver task ends when
-/// the connection closes.
+/// Opens a connection to `server` in the pool's HTTP version, over TLS as the pool's
+/// `upstream_tls` asks (with the same `sslmode` meaning as on `tcp` pools); its driver
+/// task ends when the connection closes.
 async fn open(pool: &Pool, server: &Arc<Server>) -> std::io::Result<Connection> {
     let (stream, _) = connect_server(server, pool).await?;
-    server
-        .stats
-        .total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stream = secure_upstream(pool, server, stream, &[]).await?;
+    server.stats.total.fetch_add(1, Ordering::Relaxed);
     server.record_connect_success();
     let io = TokioIo::new(stream);
     match pool.http_version {
@@ -192,7 +243,7 @@ async fn open(pool: &Pool, server: &Arc<Server>) -> std::io::Result<Connection> 
                 .map_err(std::io::Error::other)?;
             tokio::spawn(connection);
             if let Some(conns) = connections(server) {
-                lock(&conns.state).http2 = Some(sender.clone());
+                *lock(&conns.http2) = Some(sender.clone());
             }
             Ok(Connection::Http2(sender))
         }
@@ -217,10 +268,16 @@ pub fn give_back(server: &Arc<Server>, keep_alive: &UpstreamKeepAlive, connectio
     };
     let start_reaper = {
         let mut idle = lock(&conns.state);
-        if idle.http1.len() >= keep_alive.max_idle {
+        if conns.idle.load(Ordering::Relaxed) >= keep_alive.max_idle {
+            // Full: this worker's oldest makes room, or (none here) this one is closed.
+            if idle.http1.is_empty() {
+                return;
+            }
             idle.http1.remove(0);
+            conns.left(1);
         }
         idle.http1.push((sender, used, Instant::now()));
+        conns.idle.fetch_add(1, Ordering::Relaxed);
         !std::mem::replace(&mut idle.reaper, true)
     };
     if start_reaper {
@@ -230,7 +287,7 @@ pub fn give_back(server: &Arc<Server>, keep_alive: &UpstreamKeepAlive, connectio
 
 /// Closes idle connections when they pass `idle_timeout`, and all of them when the
 /// server stops taking work (drain, maint, down); ends when none is left.
-async fn reap(conns: Arc<ServerConnections>, server: Arc<Server>, idle_timeout: Duration) {
+async fn reap(conns: Arc<Shard>, server: Arc<Server>, idle_timeout: Duration) {
     loop {
         let changed = server.admin_state_changed();
         tokio::pin!(changed);
@@ -239,6 +296,7 @@ async fn reap(conns: Arc<ServerConnections>, server: Arc<Server>, idle_timeout: 
         let next = {
             let mut idle = lock(&conns.state);
             let now = Instant::now();
+            let before = idle.http1.len();
             if server.is_available() {
                 idle.http1.retain(|(sender, _, since)| {
                     !sender.is_closed() && *since + idle_timeout > now
@@ -246,6 +304,7 @@ async fn reap(conns: Arc<ServerConnections>, server: Arc<Server>, idle_timeout: 
             } else {
                 idle.http1.clear();
             }
+            conns.left(before - idle.http1.len());
             match idle.http1.iter().map(|(_, _, since)| *since).min() {
                 Some(oldest) => oldest + idle_timeout,
                 None => {

@@ -77,6 +77,22 @@ impl Activity {
         }
     }
 
+    /// Completes once a request is being served, or at once on a connection the guard no
+    /// longer reads (HTTP/2, which closes without a race: GOAWAY). Shutdown waits for this
+    /// (for a while) before closing an idle HTTP/1.1 connection, so that the response to the
+    /// next request says `Connection: close` instead.
+    pub async fn serving_or_opaque(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.busy() || self.opaque.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// The status of the request the guard refused itself, if it did (for the access log).
     pub fn refused(&self) -> Option<u16> {
         *self.refused.lock().unwrap_or_else(|e| e.into_inner())

@@ -8,6 +8,7 @@ use hyper::HeaderMap;
 use hyper::header::{self, HeaderName, HeaderValue};
 
 use crate::config::HeaderRules;
+use crate::tls::{ClientIdentity, TlsInfo};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), besides those
 /// `Connection` names and every `Proxy-*` header. `Trailer` is not among them: it names
@@ -24,26 +25,21 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// the verified identity (a client must not be able to claim one).
 const CLIENT_CERT_PREFIX: &str = "x-client-cert-";
 
-/// A verified TLS client certificate, as the TLS front end reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientIdentity {
-    /// The subject distinguished name.
-    pub subject: String,
-    /// The subject common name, if any.
-    pub common_name: Option<String>,
-    /// Subject alternative names.
-    pub sans: Vec<String>,
-}
-
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug, Clone)]
 pub struct ConnectionFacts {
     /// The client address (after PROXY protocol, if any).
     pub client: SocketAddr,
-    /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
-    pub tls: bool,
-    /// The verified client certificate, if any.
-    pub identity: Option<ClientIdentity>,
+    /// What the TLS handshake told (SNI, ALPN, verified client certificate) when the
+    /// listener terminates TLS (`X-Forwarded-Proto: https`); `None` for plaintext.
+    pub tls: Option<TlsInfo>,
+}
+
+impl ConnectionFacts {
+    /// The verified client certificate, for the `X-Client-Cert-*` headers.
+    pub fn identity(&self) -> Option<&ClientIdentity> {
+        self.tls.as_ref().and_then(|tls| tls.client_cert.as_ref())
+    }
 }
 
 /// Removes the hop-by-hop headers, including those the `Connection` header names. With
@@ -97,7 +93,7 @@ pub fn add_forwarding(
     forwarded: bool,
 ) {
     let ip = facts.client.ip();
-    let proto = if facts.tls { "https" } else { "http" };
+    let proto = if facts.tls.is_some() { "https" } else { "http" };
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {ip}"),
         None => ip.to_string(),
@@ -278,8 +274,7 @@ mod tests {
         let mut map = headers(&[("X-Forwarded-For", "203.0.113.7")]);
         let facts = ConnectionFacts {
             client: "[2001:db8::1]:5000".parse().expect("addr"),
-            tls: true,
-            identity: None,
+            tls: Some(TlsInfo::default()),
         };
         add_forwarding(&mut map, &facts, Some("example.com"), true);
         assert_eq!(map["x-forwarded-for"], "203.0.113.7, 2001:db8::1");

@@ -1,15 +1,16 @@
-//! `protocol = "http"`: an HTTP/1.1 and HTTP/2 (h2c prior knowledge) reverse proxy on
-//! hyper.
+//! `protocol = "http"`: an HTTP/1.1 and HTTP/2 (ALPN `h2` over TLS, h2c prior knowledge in
+//! clear) reverse proxy on hyper.
 //!
-//! Data path: the client stream (after an optional PROXY header) goes through [`guard`]
+//! Data path: the client stream (after an optional PROXY header and, with `tls`, the TLS
+//! handshake) goes through [`guard`]
 //! (strict framing checks, request and keep-alive clocks), then hyper's server (HTTP/1.1
 //! or HTTP/2 by the connection preface); each request is routed, rewritten and sent by
 //! [`proxy`] over a pooled server connection from [`client`]; bodies stream both ways
 //! ([`body`]); upgrades become byte tunnels ([`tunnel`]); each request is logged
 //! ([`log`]) and counted ([`metrics`]).
 //!
-//! [`serve_connection`] is generic over the client stream so the TLS front end can pass its
-//! stream and what it learned (TLS, client certificate) in [`ConnectionFacts`].
+//! [`serve_connection`] is generic over the client stream: plain TCP, or TLS with what the
+//! handshake told (SNI, ALPN, client certificate) in [`ConnectionFacts`].
 
 pub mod body;
 pub mod client;
@@ -33,16 +34,17 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-pub use headers::{ClientIdentity, ConnectionFacts};
+pub use headers::ConnectionFacts;
 pub use metrics::RequestMetrics;
 
 use crate::config::RouteConfig;
 use crate::listener::{Listener, ListenerSettings};
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::runtime::Shared;
+use crate::tls::Rewind;
 
-/// Handles one accepted TCP connection: the PROXY header if the listener expects one, then
-/// HTTP until the client or the proxy closes it.
+/// Handles one accepted TCP connection: the PROXY header if the listener expects one, the
+/// TLS handshake if it terminates TLS, then HTTP until the client or the proxy closes it.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: Arc<Listener>,
@@ -52,8 +54,7 @@ pub async fn serve(
 ) {
     let mut facts = ConnectionFacts {
         client: peer,
-        tls: false,
-        identity: None,
+        tls: None,
     };
     let mut early = Bytes::new();
     if settings.config.proxy_protocol.is_some() {
@@ -72,7 +73,63 @@ pub async fn serve(
             }
         }
     }
-    serve_connection(shared, listener, settings, client, early, facts).await;
+    let Some(tls) = settings.tls.clone() else {
+        serve_connection(shared, listener, settings, client, early, facts).await;
+        return;
+    };
+    match tls.accept(Rewind::new(early, client)).await {
+        Ok((stream, info)) => {
+            facts.tls = Some(info);
+            serve_connection(shared, listener, settings, stream, Bytes::new(), facts).await;
+        }
+        Err(error) => {
+            listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %listener.name, client = %facts.client, %error, "TLS handshake failed");
+        }
+    }
+}
+
+/// At shutdown (and binary upgrade), how long an idle HTTP/1.1 connection is given for a
+/// next request, whose response then says `Connection: close`. Closing it at once races
+/// with a request the client is sending right then: lost, and not safely retryable. A client
+/// in the middle of a conversation sends within this; an idle one is closed after it.
+const SHUTDOWN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The ALPN protocols an `http` listener offers when its `tls` names none: HTTP/2 first.
+pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+/// Fills in the ALPN lists HTTP needs when `alpn` is not set: `tls` on `http` listeners
+/// offers [`DEFAULT_ALPN`] (clients get HTTP/2 without configuration), and `upstream_tls`
+/// on pools that `http` listeners use offers the pool's `http_version` (`h2` or
+/// `http/1.1`), so that an HTTPS server speaking both knows which one is coming.
+pub fn apply_defaults(config: &mut crate::config::Config) {
+    let mut http_pools = std::collections::HashSet::new();
+    for listener in &mut config.listeners {
+        if listener.protocol != crate::config::Protocol::Http {
+            continue;
+        }
+        if let Some(tls) = &mut listener.tls
+            && tls.alpn.is_empty()
+        {
+            tls.alpn = DEFAULT_ALPN.iter().map(|p| p.to_string()).collect();
+        }
+        http_pools.extend(listener.pool.iter().cloned());
+        http_pools.extend(listener.routes.iter().map(|route| route.pool.clone()));
+    }
+    for pool in &mut config.pools {
+        if !http_pools.contains(&pool.name) {
+            continue;
+        }
+        if let Some(tls) = &mut pool.upstream_tls
+            && tls.alpn.is_empty()
+        {
+            let alpn = match pool.http_version {
+                crate::config::HttpVersion::Http1 => "http/1.1",
+                crate::config::HttpVersion::Http2 => "h2",
+            };
+            tls.alpn = vec![alpn.to_string()];
+        }
+    }
 }
 
 /// Serves HTTP on any client stream (plain TCP now, TLS once the TLS front end hands its
@@ -103,7 +160,13 @@ pub async fn serve_connection<S>(
         },
         activity.clone(),
     );
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Over TLS the client said in ALPN which protocol it speaks; without ALPN (and in
+    // clear) the connection preface tells.
+    let mut builder = match facts.tls.as_ref().and_then(|tls| tls.alpn.as_deref()) {
+        Some(b"h2") => auto::Builder::new(TokioExecutor::new()).http2_only(),
+        Some(b"http/1.1") => auto::Builder::new(TokioExecutor::new()).http1_only(),
+        _ => auto::Builder::new(TokioExecutor::new()),
+    };
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -135,7 +198,15 @@ pub async fn serve_connection<S>(
     let keep_alive = settings.config.timeouts.keep_alive;
     let wind_down = async {
         tokio::select! {
-            () = shared.accepting_stopped() => {}
+            // An idle HTTP/1.1 connection is closed after its next response, not while its
+            // client may be sending on it; one that stays idle through the grace is closed.
+            () = async {
+                shared.accepting_stopped().await;
+                tokio::select! {
+                    () = activity.serving_or_opaque() => {}
+                    () = tokio::time::sleep(SHUTDOWN_IDLE_GRACE) => {}
+                }
+            } => {}
             () = activity.idle_beyond(keep_alive, accepted) => {}
         }
     };

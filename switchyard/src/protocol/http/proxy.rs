@@ -17,7 +17,7 @@ use super::errors::{self, ProxyError};
 use super::headers::{self, ConnectionFacts};
 use super::log::RequestRecord;
 use super::tunnel;
-use crate::config::HttpVersion;
+use crate::config::{HttpVersion, SslMode};
 use crate::listener::{Listener, ListenerSettings};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
@@ -189,6 +189,7 @@ pub async fn handle(
         path: Some(parts.uri.path()),
         method: Some(parts.method.as_str()),
         headers: Some(&parts.headers),
+        sni: ctx.facts.tls.as_ref().and_then(|tls| tls.sni.as_deref()),
         ..RouteFacts::default()
     };
     let route = ctx.settings.routing.route(&facts);
@@ -218,7 +219,7 @@ pub async fn handle(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    headers::set_client_cert_headers(&mut parts.headers, ctx.facts.identity.as_ref());
+    headers::set_client_cert_headers(&mut parts.headers, ctx.facts.identity());
     headers::add_forwarding(
         &mut parts.headers,
         &ctx.facts,
@@ -254,6 +255,7 @@ pub async fn handle(
                     path: Some(request.uri().path()),
                     method: Some(request.method().as_str()),
                     headers: Some(request.headers()),
+                    sni: ctx.facts.tls.as_ref().and_then(|tls| tls.sni.as_deref()),
                     ..RouteFacts::default()
                 }) {
                     Some(next) if !Arc::ptr_eq(next, &pool) => {
@@ -406,7 +408,12 @@ fn prepare_for_server(
         HttpVersion::Http2 => {
             *request.version_mut() = Version::HTTP_2;
             request.headers_mut().remove(header::HOST);
-            if let Ok(uri) = Uri::try_from(format!("http://{host}{}", path(request))) {
+            // `:scheme` says what the server connection is (prefer may fall back to clear).
+            let scheme = match pool.tls.as_ref().map(|tls| tls.mode()) {
+                None | Some(SslMode::Disable | SslMode::Allow) => "http",
+                Some(_) => "https",
+            };
+            if let Ok(uri) = Uri::try_from(format!("{scheme}://{host}{}", path(request))) {
                 *request.uri_mut() = uri;
             }
         }
