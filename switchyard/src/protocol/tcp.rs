@@ -62,7 +62,12 @@ async fn proxy(
 
     let mut passthrough_sni = None;
     if settings.config.tls_passthrough {
-        match read_client_hello(&mut client, std::mem::take(&mut early_data)).await {
+        match Box::pin(read_client_hello(
+            &mut client,
+            std::mem::take(&mut early_data),
+        ))
+        .await
+        {
             Ok((sni, bytes)) => {
                 passthrough_sni = sni;
                 early_data = bytes;
@@ -77,8 +82,10 @@ async fn proxy(
     let (client, tls_info) = match &settings.tls {
         Some(tls) => {
             let prefix = std::mem::take(&mut early_data);
-            match tls.accept(Rewind::new(prefix, client)).await {
-                Ok((stream, info)) => (Either::Right(stream), Some(info)),
+            // TLS state lives on the heap so that plaintext connections do not carry its
+            // size in their task.
+            match Box::pin(tls.accept(Rewind::new(prefix, client))).await {
+                Ok((stream, info)) => (Either::Right(Box::new(stream)), Some(info)),
                 Err(error) => {
                     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(listener = %listener.name, client = %record.client, %error, "TLS handshake failed");
@@ -180,15 +187,15 @@ async fn proxy(
             .await
         }
         client => {
-            let mut server_stream = match secure_upstream(
+            let mut server_stream = match Box::pin(secure_upstream(
                 &pool,
                 &server,
                 upstream.stream,
                 &preamble,
-            )
+            ))
             .await
             {
-                Ok(stream) => stream,
+                Ok(stream) => Box::new(stream),
                 Err(error) => {
                     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(listener = %listener.name, pool = %pool.name, server = %server.name, client = %record.client, %error, "no server connection");
@@ -207,14 +214,14 @@ async fn proxy(
                 }
                 count_early(record);
             }
-            relay_streams(
+            Box::pin(relay_streams(
                 client,
                 server_stream,
                 idle,
                 &cut,
                 &shared.hard_stop,
                 counters,
-            )
+            ))
             .await
         }
     };
