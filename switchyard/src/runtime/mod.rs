@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -244,23 +245,25 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
 fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
     tracing::info!(listener = %listener.name, address = %listener.address, protocol = listener.protocol.as_str(), "listening");
     let shared_for_handler = shared.clone();
+    // Each protocol's connection future is boxed on its own: one async block over all of
+    // them would be as large as the largest, and a TCP connection would carry the size of a
+    // PostgreSQL session.
     let handler = move |listener: Arc<Listener>, settings, stream, peer| {
         let shared = shared_for_handler.clone();
-        async move {
-            match listener.protocol {
-                Protocol::Tcp => {
-                    crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
-                }
-                Protocol::Http => {
-                    crate::protocol::http::serve(shared, listener, settings, stream, peer).await
-                }
-                Protocol::Postgres => {
-                    crate::protocol::postgres::serve(shared, listener, settings, stream, peer).await
-                }
-                // Validation refuses other protocols until they are built.
-                _ => drop(stream),
-            }
-        }
+        let connection: Pin<Box<dyn Future<Output = ()> + Send>> = match listener.protocol {
+            Protocol::Tcp => Box::pin(crate::protocol::tcp::serve(
+                shared, listener, settings, stream, peer,
+            )),
+            Protocol::Http => Box::pin(crate::protocol::http::serve(
+                shared, listener, settings, stream, peer,
+            )),
+            Protocol::Postgres => Box::pin(crate::protocol::postgres::serve(
+                shared, listener, settings, stream, peer,
+            )),
+            // Validation refuses other protocols until they are built.
+            _ => Box::pin(async move { drop(stream) }),
+        };
+        connection
     };
     listener.spawn_accept_loops(
         shared.workers.handles(),
