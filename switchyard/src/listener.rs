@@ -194,9 +194,9 @@ impl Listener {
         handover.as_ref().map(|fd| fd.try_clone())
     }
 
-    /// Starts one accept loop per worker runtime, each on its own duplicate of the socket, so
-    /// that a connection stays on the worker that accepted it. They run until `stop` fires
-    /// or the listener is closed; "stopped accepting" is logged once the last has ended.
+    /// Starts one accept loop on each worker runtime (each on its own duplicate of the
+    /// socket). They run until `stop` fires or the listener is closed; "stopped accepting" is
+    /// logged once the last has ended.
     pub fn spawn_accept_loops<F, Fut>(
         self: &Arc<Self>,
         workers: &[tokio::runtime::Handle],
