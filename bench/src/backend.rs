@@ -32,6 +32,9 @@ pub enum BackendKind {
     Source,
     /// Writes back whatever it reads.
     Echo,
+    /// HTTP/1.1 keep-alive server for GET requests: `/small` answers a 13-byte body, any
+    /// other path a 64 KiB body.
+    Http,
 }
 
 /// An in-process backend server on a dedicated tokio runtime.
@@ -170,6 +173,52 @@ async fn serve(
                 stream.write_all(&buf[..n]).await?;
             }
         }
+        BackendKind::Http => serve_http(stream).await,
+    }
+}
+
+/// Size of the large HTTP response body.
+pub const HTTP_LARGE: usize = 64 * 1024;
+
+/// The full response to a GET of `path`: 13 bytes for `/small`, else 64 KiB.
+fn http_response(path: &[u8]) -> Vec<u8> {
+    let body: Vec<u8> = if path == b"/small" {
+        b"Hello, world!".to_vec()
+    } else {
+        vec![b'x'; HTTP_LARGE]
+    };
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&body);
+    response
+}
+
+/// Answers body-less requests (what wrk and the proxies send) in order, pipelined or not;
+/// a minimal server so that the backend costs little next to the proxy under test.
+async fn serve_http(mut stream: TcpStream) -> std::io::Result<()> {
+    let (small, large) = (http_response(b"/small"), http_response(b"/large"));
+    let mut pending: Vec<u8> = Vec::with_capacity(ECHO_BUF);
+    let mut buf = vec![0u8; ECHO_BUF];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let mut out = Vec::new();
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let path = pending
+                .split(|&b| b == b' ')
+                .nth(1)
+                .unwrap_or_default()
+                .to_vec();
+            out.extend_from_slice(if path == b"/small" { &small } else { &large });
+            pending.drain(..end + 4);
+        }
+        stream.write_all(&out).await?;
     }
 }
 

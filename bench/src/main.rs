@@ -7,6 +7,7 @@
 //! stops the proxy and prints a comparison table. See `docs/benchmarks.md`.
 
 mod backend;
+mod pg;
 mod scenarios;
 mod sys;
 mod table;
@@ -19,8 +20,10 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 
 use scenarios::connrate::ConnrateArgs;
+use scenarios::http::HttpArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::latency::LatencyArgs;
+use scenarios::postgres::PostgresArgs;
 use scenarios::throughput::ThroughputArgs;
 use table::Row;
 use targets::{TargetKind, TargetOptions};
@@ -36,7 +39,11 @@ enum Scenario {
     Connrate,
     /// Proxy memory per idle connection.
     Idle,
-    /// All of the above, in that order.
+    /// HTTP keep-alive GETs with wrk, small and 64 KiB responses (adds nginx).
+    Http,
+    /// pgbench through switchyard (postgres, session mode) vs PgBouncer vs direct.
+    Postgres,
+    /// All of the above except `postgres`, in that order.
     All,
     /// Internal: echo backend child process used by `idle`.
     #[value(hide = true)]
@@ -80,6 +87,14 @@ struct Cli {
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     haproxy_bin: PathBuf,
 
+    /// pgbouncer binary (`postgres` scenario).
+    #[arg(long, default_value = "/usr/sbin/pgbouncer")]
+    pgbouncer_bin: PathBuf,
+
+    /// nginx binary (HTTP scenario).
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx_bin: PathBuf,
+
     /// HAProxy maxconn (default: what fits the hard open-file limit).
     #[arg(long)]
     haproxy_maxconn: Option<u64>,
@@ -96,6 +111,10 @@ struct Cli {
     connrate: ConnrateArgs,
     #[command(flatten)]
     idle: IdleArgs,
+    #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
+    postgres: PostgresArgs,
 }
 
 fn main() -> Result<()> {
@@ -117,6 +136,8 @@ fn main() -> Result<()> {
                 .clone()
                 .unwrap_or_else(TargetOptions::default_switchyard_bin),
             haproxy_bin: cli.haproxy_bin.clone(),
+            pgbouncer_bin: cli.pgbouncer_bin.clone(),
+            nginx_bin: cli.nginx_bin.clone(),
             maxconn: cli
                 .haproxy_maxconn
                 .unwrap_or_else(|| TargetOptions::maxconn_for_fd_limit(hard)),
@@ -166,6 +187,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Latency,
             Scenario::Connrate,
             Scenario::Idle,
+            Scenario::Http,
         ],
         ref one => std::slice::from_ref(one),
     };
@@ -177,6 +199,8 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Latency => scenarios::latency::run(ctx, &cli.latency).await?,
             Scenario::Connrate => scenarios::connrate::run(ctx, &cli.connrate).await?,
             Scenario::Idle => scenarios::idle::run(ctx, &cli.idle).await?,
+            Scenario::Http => scenarios::http::run(ctx, &cli.http).await?,
+            Scenario::Postgres => scenarios::postgres::run(ctx, &cli.postgres).await?,
             Scenario::All | Scenario::ServeEcho => Vec::new(),
         };
         if selected.len() > 1 {

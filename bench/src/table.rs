@@ -75,6 +75,16 @@ impl Row {
     }
 }
 
+/// The peer column's title: the peer the rows were measured against.
+fn peer_header(rows: &[Row]) -> &'static str {
+    let has = |kind| rows.iter().any(|r| r.target == kind);
+    match (has(TargetKind::Haproxy), has(TargetKind::Pgbouncer)) {
+        (false, true) => "vs pgbouncer",
+        (true, true) => "vs peer",
+        _ => "vs haproxy",
+    }
+}
+
 fn fmt_value(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
@@ -109,9 +119,9 @@ fn note_number(notes: &mut Vec<String>, text: &str) -> usize {
 /// Renders rows as a fixed-width text table followed by numbered footnotes.
 ///
 /// Rows are grouped by `(scenario, metric)` in first-appearance order. The
-/// ratio columns divide each value by the `direct` and the `haproxy` value of
-/// the same metric; whether a ratio above 1 is good depends on the `best`
-/// column (`high` or `low`).
+/// ratio columns divide each value by the `direct` and the peer's (`haproxy`, or
+/// `pgbouncer` for PostgreSQL) value of the same metric; whether a ratio above 1 is good
+/// depends on the `best` column (`high` or `low`).
 pub fn render(rows: &[Row]) -> String {
     let mut groups: Vec<(&'static str, &str)> = Vec::new();
     let mut index: HashMap<(&str, &str, TargetKind), &Row> = HashMap::new();
@@ -130,7 +140,7 @@ pub fn render(rows: &[Row]) -> String {
         "target".into(),
         "value".into(),
         "vs direct".into(),
-        "vs haproxy".into(),
+        peer_header(rows).into(),
     ]];
     let mut notes: Vec<String> = Vec::new();
     for (scenario, metric) in &groups {
@@ -169,7 +179,10 @@ pub fn render(rows: &[Row]) -> String {
                 target.to_string(),
                 value,
                 fmt_ratio(&row.value, reference(TargetKind::Direct)),
-                fmt_ratio(&row.value, reference(TargetKind::Haproxy)),
+                fmt_ratio(
+                    &row.value,
+                    reference(TargetKind::Haproxy).or(reference(TargetKind::Pgbouncer)),
+                ),
             ]);
             first = false;
         }

@@ -1,7 +1,8 @@
 //! Targets under test and management of the proxy processes.
 //!
 //! A target is the path a client connection takes to a backend: `direct`
-//! (no proxy), through `switchyard`, or through `haproxy`. For the proxies
+//! (no proxy), through `switchyard`, through `haproxy`, (HTTP only) through `nginx` as a
+//! reverse proxy, or (PostgreSQL only) through `pgbouncer`. For the proxies
 //! this module writes an equivalent configuration to a temporary directory,
 //! starts the process, waits until its listener accepts connections and
 //! stops it again.
@@ -24,17 +25,34 @@ pub enum TargetKind {
     Direct,
     /// Client connects through switchyard.
     Switchyard,
-    /// Client connects through HAProxy in `mode tcp`.
+    /// Client connects through HAProxy in `mode tcp` (`mode http` for HTTP).
     Haproxy,
+    /// Client connects through nginx as an HTTP reverse proxy (HTTP scenario only).
+    Nginx,
+    /// Client connects through PgBouncer in session mode (`postgres` scenario only).
+    Pgbouncer,
 }
 
 impl TargetKind {
     /// All targets in table order.
-    pub const ALL: [TargetKind; 3] = [
+    pub const ALL: [TargetKind; 5] = [
         TargetKind::Direct,
         TargetKind::Switchyard,
         TargetKind::Haproxy,
+        TargetKind::Nginx,
+        TargetKind::Pgbouncer,
     ];
+}
+
+/// What the proxies are configured to understand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Bytes only.
+    Tcp,
+    /// HTTP/1.1 with keep-alive to the backends.
+    Http,
+    /// The PostgreSQL protocol, session mode.
+    Postgres,
 }
 
 impl fmt::Display for TargetKind {
@@ -43,6 +61,8 @@ impl fmt::Display for TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::Switchyard => "switchyard",
             TargetKind::Haproxy => "haproxy",
+            TargetKind::Nginx => "nginx",
+            TargetKind::Pgbouncer => "pgbouncer",
         })
     }
 }
@@ -56,6 +76,10 @@ pub struct TargetOptions {
     pub switchyard_bin: PathBuf,
     /// Path of the haproxy binary.
     pub haproxy_bin: PathBuf,
+    /// Path of the pgbouncer binary.
+    pub pgbouncer_bin: PathBuf,
+    /// Path of the nginx binary.
+    pub nginx_bin: PathBuf,
     /// HAProxy global/frontend `maxconn`.
     pub maxconn: u64,
     /// How long to wait for a proxy to accept connections.
@@ -103,6 +127,34 @@ impl RunningTarget {
         backends: &[SocketAddr],
         opts: &TargetOptions,
     ) -> Result<Self> {
+        Self::launch(kind, backends, opts, Mode::Tcp).await
+    }
+
+    /// Like [`RunningTarget::start`], with the proxy configured for HTTP.
+    pub async fn start_http(
+        kind: TargetKind,
+        backends: &[SocketAddr],
+        opts: &TargetOptions,
+    ) -> Result<Self> {
+        Self::launch(kind, backends, opts, Mode::Http).await
+    }
+
+    /// Starts `kind` in front of one PostgreSQL `server`: switchyard with a `postgres`
+    /// listener, or PgBouncer in session mode; `direct` is the server itself.
+    pub async fn start_postgres(
+        kind: TargetKind,
+        server: SocketAddr,
+        opts: &TargetOptions,
+    ) -> Result<Self> {
+        Self::launch(kind, &[server], opts, Mode::Postgres).await
+    }
+
+    async fn launch(
+        kind: TargetKind,
+        backends: &[SocketAddr],
+        opts: &TargetOptions,
+        mode: Mode,
+    ) -> Result<Self> {
         let Some(&first) = backends.first() else {
             bail!("no backend address");
         };
@@ -115,7 +167,16 @@ impl RunningTarget {
                 });
             }
             TargetKind::Switchyard => (&opts.switchyard_bin, "switchyard.toml"),
+            TargetKind::Haproxy if mode == Mode::Postgres => {
+                bail!("haproxy is not measured in the postgres scenario")
+            }
             TargetKind::Haproxy => (&opts.haproxy_bin, "haproxy.cfg"),
+            TargetKind::Nginx if mode == Mode::Http => (&opts.nginx_bin, "nginx.conf"),
+            TargetKind::Nginx => bail!("nginx is measured in the http scenario only"),
+            TargetKind::Pgbouncer if mode == Mode::Postgres => {
+                (&opts.pgbouncer_bin, "pgbouncer.ini")
+            }
+            TargetKind::Pgbouncer => bail!("pgbouncer is measured in the postgres scenario only"),
         };
         if !bin.exists() {
             bail!("{kind} binary not found at {}", bin.display());
@@ -126,8 +187,10 @@ impl RunningTarget {
             .tempdir()
             .context("creating temp dir")?;
         let config = match kind {
-            TargetKind::Switchyard => switchyard_config(opts, listen, free_port()?, backends),
-            _ => haproxy_config(opts, listen, backends),
+            TargetKind::Switchyard => switchyard_config(opts, listen, free_port()?, backends, mode),
+            TargetKind::Nginx => nginx_config(opts, listen, backends, dir.path()),
+            TargetKind::Pgbouncer => pgbouncer_config(listen, first),
+            _ => haproxy_config(opts, listen, backends, mode),
         };
         let config_path = dir.path().join(config_name);
         std::fs::write(&config_path, config)
@@ -138,6 +201,24 @@ impl RunningTarget {
         let mut cmd = Command::new(bin);
         match kind {
             TargetKind::Switchyard => cmd.arg("run").arg("-c").arg(&config_path),
+            TargetKind::Nginx => cmd
+                .arg("-c")
+                .arg(&config_path)
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-g")
+                .arg("daemon off;"),
+            TargetKind::Pgbouncer => {
+                // PgBouncer refuses to run as root.
+                let (uid, gid) = crate::pg::postgres_ids()?;
+                crate::pg::give_to_postgres(dir.path())?;
+                crate::pg::give_to_postgres(&config_path)?;
+                std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n")?;
+                cmd.uid(uid)
+                    .gid(gid)
+                    .current_dir(dir.path())
+                    .arg(&config_path)
+            }
             _ => cmd.arg("-f").arg(&config_path).arg("-db"),
         };
         let child = cmd
@@ -239,13 +320,19 @@ fn tail(path: &Path) -> String {
     }
 }
 
-/// switchyard configuration: one TCP listener, one round-robin pool.
+/// switchyard configuration: one listener (tcp or http), one round-robin pool.
 fn switchyard_config(
     opts: &TargetOptions,
     listen: SocketAddr,
     admin: SocketAddr,
     backends: &[SocketAddr],
+    mode: Mode,
 ) -> String {
+    let protocol = match mode {
+        Mode::Tcp => "tcp",
+        Mode::Http => "http",
+        Mode::Postgres => "postgres",
+    };
     let servers: Vec<String> = backends
         .iter()
         .enumerate()
@@ -263,7 +350,7 @@ access = "off"
 [[listener]]
 name = "bench"
 listen = "{listen}"
-protocol = "tcp"
+protocol = "{protocol}"
 pool = "backend"
 [[pool]]
 name = "backend"
@@ -274,9 +361,45 @@ servers = [ {servers} ]
     )
 }
 
-/// HAProxy configuration equivalent to [`switchyard_config`]: `mode tcp`,
-/// `nbthread` = workers, high `maxconn`, generous timeouts, no logging.
-fn haproxy_config(opts: &TargetOptions, listen: SocketAddr, backends: &[SocketAddr]) -> String {
+/// PgBouncer in session mode in front of `server`, trusting the `postgres` user (the
+/// server trusts it too), logging to stderr only.
+fn pgbouncer_config(listen: SocketAddr, server: SocketAddr) -> String {
+    format!(
+        r#"; generated by bench
+[databases]
+* = host={host} port={port}
+
+[pgbouncer]
+listen_addr = {listen_host}
+listen_port = {listen_port}
+unix_socket_dir =
+auth_type = trust
+auth_file = users.txt
+pool_mode = session
+max_client_conn = 2000
+default_pool_size = 200
+ignore_startup_parameters = extra_float_digits
+"#,
+        host = server.ip(),
+        port = server.port(),
+        listen_host = listen.ip(),
+        listen_port = listen.port(),
+    )
+}
+
+/// HAProxy configuration equivalent to [`switchyard_config`]: `mode tcp` (or `mode http`
+/// with server keep-alive), `nbthread` = workers, high `maxconn`, generous timeouts, no
+/// logging.
+fn haproxy_config(
+    opts: &TargetOptions,
+    listen: SocketAddr,
+    backends: &[SocketAddr],
+    mode: Mode,
+) -> String {
+    let mode = match mode {
+        Mode::Tcp | Mode::Postgres => "mode tcp",
+        Mode::Http => "mode http\n    http-reuse always\n    timeout http-keep-alive 1h",
+    };
     let servers: String = backends
         .iter()
         .enumerate()
@@ -290,7 +413,7 @@ global
     # no "log" line: HAProxy logs nothing
 
 defaults
-    mode tcp
+    {mode}
     maxconn {maxconn}
     timeout connect 10s
     timeout client 1h
@@ -307,5 +430,53 @@ backend backend
 {servers}"#,
         workers = opts.workers,
         maxconn = opts.maxconn,
+    )
+}
+
+/// nginx as an HTTP reverse proxy equivalent to [`switchyard_config`] in HTTP mode:
+/// `worker_processes` = workers, keep-alive to the backends, no access log; every path
+/// (pid, logs, temp files) under `dir`.
+fn nginx_config(
+    opts: &TargetOptions,
+    listen: SocketAddr,
+    backends: &[SocketAddr],
+    dir: &Path,
+) -> String {
+    let servers: String = backends
+        .iter()
+        .map(|a| format!("        server {a};\n"))
+        .collect();
+    let dir = dir.display();
+    format!(
+        r#"# generated by bench
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{
+    worker_connections 10000;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    upstream backend {{
+{servers}        keepalive 256;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }}
+    }}
+}}
+"#,
+        workers = opts.workers,
     )
 }

@@ -187,7 +187,12 @@ async fn status(client: &AdminClient, json: bool) -> Result<(), String> {
     );
     for pool in &pools {
         for s in &pool.servers {
-            let role = if s.backup { "backup" } else { "-" };
+            // A database role from the health check, else whether it is a backup.
+            let role = match s.role.as_str() {
+                "primary" | "replica" => s.role.as_str(),
+                _ if s.backup => "backup",
+                _ => "-",
+            };
             println!(
                 "{:<12} {:<12} {:<22} {:<6} {:<9} {:<8} {:>8} {:>7} {:>8} {:>12} {:>12}  {}",
                 pool.name,

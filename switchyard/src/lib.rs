@@ -16,4 +16,7 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod runtime;
+#[cfg(test)]
+mod testing;
+pub mod tls;
 pub mod upstream;

@@ -3,6 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol};
 use crate::route::Routing;
+use crate::tls::ServerTls;
 
 /// Counters kept per listener.
 #[derive(Debug, Default)]
@@ -50,6 +52,8 @@ pub struct ListenerSettings {
     pub config: ListenerConfig,
     /// Routes and the default pool.
     pub routing: Routing,
+    /// TLS termination (`tls`); shared across reloads, which swap its certificates.
+    pub tls: Option<Arc<ServerTls>>,
     // The `max_connections` limit; replaced (not resized) when the limit changes, so the
     // permits of established connections go back to the semaphore they came from.
     limit: Option<Arc<Semaphore>>,
@@ -100,6 +104,17 @@ impl Listener {
         socket: StdListener,
     ) -> io::Result<Self> {
         let address = socket.local_addr()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| ServerTls::from_config(tls, Path::new("")).map(Arc::new))
+            .transpose()
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("listener `{}`: {e}", config.name),
+                )
+            })?;
         let handover = socket.as_fd().try_clone_to_owned()?;
         Ok(Self {
             name: config.name.clone(),
@@ -109,6 +124,7 @@ impl Listener {
             settings: ArcSwap::from_pointee(ListenerSettings {
                 config: config.clone(),
                 routing,
+                tls,
                 limit: config.max_connections.map(|n| Arc::new(Semaphore::new(n))),
             }),
             socket: std::sync::Mutex::new(Some(socket)),
@@ -123,9 +139,26 @@ impl Listener {
     }
 
     /// Applies a reloaded config (same name and address) and routing to connections
-    /// accepted from now on.
+    /// accepted from now on. Certificate files are re-read; if they cannot be, the
+    /// certificates in use stay and the reason is logged.
     pub fn update(&self, config: &ListenerConfig, routing: Routing) {
         let current = self.settings();
+        let tls = match (&config.tls, &current.tls) {
+            (None, _) => None,
+            (Some(cfg), Some(tls)) => {
+                if let Err(error) = tls.reload(cfg, Path::new("")) {
+                    tracing::error!(listener = %self.name, %error, "certificates not reloaded; keeping the ones in use");
+                }
+                Some(tls.clone())
+            }
+            (Some(cfg), None) => match ServerTls::from_config(cfg, Path::new("")) {
+                Ok(tls) => Some(Arc::new(tls)),
+                Err(error) => {
+                    tracing::error!(listener = %self.name, %error, "TLS not enabled; keeping the listener's settings");
+                    return;
+                }
+            },
+        };
         let limit = if current.config.max_connections == config.max_connections {
             current.limit.clone()
         } else {
@@ -134,6 +167,7 @@ impl Listener {
         self.settings.store(Arc::new(ListenerSettings {
             config: config.clone(),
             routing,
+            tls,
             limit,
         }));
     }

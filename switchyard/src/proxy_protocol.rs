@@ -614,26 +614,13 @@ mod tests {
     /// bytes never overturn.
     #[test]
     fn mutated_headers_keep_verdicts_consistent() {
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut mutator = crate::testing::Mutator::new();
         let seeds = valid_headers();
         for round in 0..20_000 {
             let seed = &seeds[round % seeds.len()];
             let mut input = seed.clone();
-            for _ in 0..(next() % 4) {
-                let position = (next() as usize) % (input.len() + 1);
-                match next() % 3 {
-                    0 if position < input.len() => input[position] = next() as u8,
-                    1 => input.insert(position, next() as u8),
-                    _ => input.truncate(position),
-                }
-            }
-            input.extend((0..next() % 8).map(|_| next() as u8));
+            mutator.mutate(&mut input);
+            input.extend((0..mutator.next() % 8).map(|_| mutator.next() as u8));
 
             let mut previous = ParseOutcome::Incomplete;
             for end in 0..=input.len() {

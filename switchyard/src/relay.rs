@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -203,8 +203,91 @@ pub async fn relay(
         counters.to_client,
         &first_close,
     );
-    let both = async { tokio::try_join!(upstream, downstream) };
-    let termination = tokio::select! {
+    let termination = finish(
+        async { tokio::try_join!(upstream, downstream) },
+        &first_close,
+        &activity,
+        idle,
+        cut,
+        shutdown,
+    )
+    .await;
+    RelayOutcome {
+        bytes_in: bytes_in.load(Ordering::Relaxed),
+        bytes_out: bytes_out.load(Ordering::Relaxed),
+        termination,
+    }
+}
+
+/// Relays between any two byte streams (TLS on one side or both) with the same rules as
+/// [`relay`]. Each direction holds one buffer while the connection lives, since a generic
+/// stream cannot be polled for readiness without reading.
+pub async fn relay_streams<C, S>(
+    client: C,
+    server: S,
+    idle: Option<IdleLimit>,
+    cut: &CancellationToken,
+    shutdown: &CancellationToken,
+    counters: RelayCounters<'_>,
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let bytes_in = AtomicU64::new(0);
+    let bytes_out = AtomicU64::new(0);
+    let first_close = std::sync::Mutex::new(None);
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut server_read, mut server_write) = tokio::io::split(server);
+    let upstream = pump_stream(
+        &mut client_read,
+        &mut server_write,
+        Side::Client,
+        &activity,
+        &bytes_in,
+        counters.to_server,
+        &first_close,
+    );
+    let downstream = pump_stream(
+        &mut server_read,
+        &mut client_write,
+        Side::Server,
+        &activity,
+        &bytes_out,
+        counters.to_client,
+        &first_close,
+    );
+    let termination = finish(
+        async { tokio::try_join!(upstream, downstream) },
+        &first_close,
+        &activity,
+        idle,
+        cut,
+        shutdown,
+    )
+    .await;
+    RelayOutcome {
+        bytes_in: bytes_in.load(Ordering::Relaxed),
+        bytes_out: bytes_out.load(Ordering::Relaxed),
+        termination,
+    }
+}
+
+/// Waits for both directions to end, the idle limit, a cut or the shutdown, whichever
+/// comes first, and names the outcome.
+async fn finish(
+    both: impl Future<Output = Result<((), ()), Side>>,
+    first_close: &std::sync::Mutex<Option<Side>>,
+    activity: &Activity,
+    idle: Option<IdleLimit>,
+    cut: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Termination {
+    tokio::select! {
         result = both => match result {
             Ok(_) => match *first_close.lock().unwrap_or_else(|e| e.into_inner()) {
                 Some(Side::Server) => Termination::ServerClosed,
@@ -213,14 +296,56 @@ pub async fn relay(
             Err(Side::Client) => Termination::ClientError,
             Err(Side::Server) => Termination::ServerError,
         },
-        reason = idle_watch(&activity, idle) => reason,
+        reason = idle_watch(activity, idle) => reason,
         () = cut.cancelled() => Termination::ServerCut,
         () = shutdown.cancelled() => Termination::Shutdown,
+    }
+}
+
+/// [`pump`] for generic streams: copies until EOF (then shuts the writer down, which for TLS
+/// sends close_notify) or an error. A TLS peer that closes without close_notify counts as
+/// a close, as it does for most clients.
+async fn pump_stream<R, W>(
+    from: &mut R,
+    to: &mut W,
+    from_side: Side,
+    activity: &Activity,
+    moved: &AtomicU64,
+    counters: &[&AtomicU64],
+    first_close: &std::sync::Mutex<Option<Side>>,
+) -> Result<(), Side>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let to_side = match from_side {
+        Side::Client => Side::Server,
+        Side::Server => Side::Client,
     };
-    RelayOutcome {
-        bytes_in: bytes_in.load(Ordering::Relaxed),
-        bytes_out: bytes_out.load(Ordering::Relaxed),
-        termination,
+    let mut buffer = vec![0u8; BUFFER_SIZE];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) => 0,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(from_side),
+        };
+        if n == 0 {
+            first_close
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(from_side);
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        activity.touch();
+        to.write_all(&buffer[..n]).await.map_err(|_| to_side)?;
+        to.flush().await.map_err(|_| to_side)?;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+        for counter in counters {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 }
 

@@ -63,8 +63,8 @@ fn check_accepts_a_valid_config() {
     assert!(stderr.is_empty(), "{stderr}");
 }
 
-/// Eight independent mistakes; `(text that marks the line, key reported)`.
-const BROKEN: &str = r#"# eight mistakes, each on its own
+/// Nine independent mistakes; `(text that marks the line, key reported)`.
+const BROKEN: &str = r#"# nine mistakes, each on its own
 bogus_top = 1
 
 [admin]
@@ -111,12 +111,19 @@ name = "portless"
 servers = [ { address = "127.0.0.1" } ]
 
 [[pool]]
-name = "pg"
-health = { check = "postgres" }
+name = "db"
+health = { check = "mysql" }
 servers = [ { address = "127.0.0.1:5432" } ]
+
+[[listener]]
+name = "tcprole"
+listen = "127.0.0.1:7004"
+protocol = "tcp"
+pool = "good"
+role = "primary"
 "#;
 
-const MISTAKES: [(&str, &str); 8] = [
+const MISTAKES: [(&str, &str); 9] = [
     ("bogus_top = 1", "bogus_top"),
     ("max_conections = 10", "listener[0].max_conections"),
     ("pool = \"missing\"", "listener[1].pool"),
@@ -125,7 +132,8 @@ const MISTAKES: [(&str, &str); 8] = [
     // The second `twin` (note the trailing space that makes the line unique).
     ("name = \"twin\" ", "pool[3].name"),
     ("address = \"127.0.0.1\" ", "pool[4].servers[0].address"),
-    ("check = \"postgres\"", "pool[5].health.check"),
+    ("check = \"mysql\"", "pool[5].health.check"),
+    ("role = \"primary\"", "listener[3].role"),
 ];
 
 #[test]

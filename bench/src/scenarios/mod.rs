@@ -2,8 +2,10 @@
 //! every selected target and returns [`Row`]s for the table.
 
 pub mod connrate;
+pub mod http;
 pub mod idle;
 pub mod latency;
+pub mod postgres;
 pub mod throughput;
 
 use std::net::SocketAddr;

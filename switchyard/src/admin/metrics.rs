@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use crate::health::Health;
 use crate::listener::Listener;
 use crate::runtime::Shared;
-use crate::upstream::{AdminState, Pool, Server};
+use crate::upstream::{AdminState, Pool, Server, ServerRole};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -27,6 +27,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         listeners: shared.listeners(),
         dropped_log_lines: shared.access_log.dropped.load(Ordering::Relaxed),
     }));
+    shared.http_metrics.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
@@ -165,6 +166,26 @@ const SERVER_METRICS: &[Metric<Server>] = &[
         "switchyard_server_connect_errors",
         "Failed connect attempts",
         Read::Counter(|s| load(&s.stats.connect_errors)),
+    ),
+    metric(
+        "switchyard_server_primary",
+        "1 when the last database check found the server accepting writes",
+        Read::Gauge(|s| flag(s.role() == ServerRole::Primary)),
+    ),
+    metric(
+        "switchyard_server_replica",
+        "1 when the last database check found the server a read-only replica",
+        Read::Gauge(|s| flag(s.role() == ServerRole::Replica)),
+    ),
+    metric(
+        "switchyard_server_replica_lag_bytes",
+        "WAL a replica has received but not replayed (0 for other roles)",
+        Read::Gauge(|s| s.replica_lag().map_or(0.0, |lag| lag.bytes as f64)),
+    ),
+    metric(
+        "switchyard_server_replica_lag_seconds",
+        "Age of a replica's last replayed transaction while it is behind (0 for other roles)",
+        Read::Gauge(|s| s.replica_lag().map_or(0.0, |lag| lag.seconds)),
     ),
 ];
 

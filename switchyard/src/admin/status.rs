@@ -39,6 +39,12 @@ pub struct ServerStatus {
     pub connect_errors: u64,
     /// Last check result.
     pub check: Option<String>,
+    /// Role from the database check: `unknown`, `primary` or `replica`.
+    #[serde(default)]
+    pub role: String,
+    /// A replica's lag (bytes and seconds behind its primary).
+    #[serde(default)]
+    pub replica_lag: Option<crate::upstream::ReplicaLag>,
 }
 
 /// A pool as the API shows it.
@@ -98,6 +104,8 @@ pub fn server(server: &Server) -> ServerStatus {
         bytes_out: server.stats.bytes_out.load(Ordering::Relaxed),
         connect_errors: server.stats.connect_errors.load(Ordering::Relaxed),
         check: server.last_check(),
+        role: name_of(&server.role()),
+        replica_lag: server.replica_lag(),
     }
 }
 

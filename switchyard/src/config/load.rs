@@ -335,7 +335,8 @@ pub fn load_str(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         errors: Vec::new(),
         parsed_indexes: Vec::new(),
     };
-    let config = deserialize_sections(&document, &mut sink);
+    let mut config = deserialize_sections(&document, &mut sink);
+    crate::tls::resolve_paths(&mut config, sink.config_dir());
     validate::validate(&config, &mut sink);
     if sink.errors.is_empty() {
         Ok(config)

@@ -146,6 +146,128 @@ pub struct ListenerConfig {
     /// Routing rules; first match wins, else `pool`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Terminate TLS from clients with these certificates (see the `tls` module).
+    #[serde(default)]
+    pub tls: Option<TlsServerConfig>,
+    /// On `tcp` listeners: read the TLS ClientHello without terminating, route by its SNI
+    /// (`routes` with `sni`) and forward the untouched bytes.
+    #[serde(default)]
+    pub tls_passthrough: bool,
+    /// HTTP request limits and forwarding headers (`protocol = "http"` only).
+    #[serde(default)]
+    pub http: HttpListenerConfig,
+    /// Database listeners: which servers' role this entry point sends to.
+    #[serde(default)]
+    pub role: ListenerRole,
+    /// With `role = "replica"`: use the primary while no replica is up.
+    #[serde(default = "defaults::replica_fallback")]
+    pub replica_fallback: bool,
+    /// Longest protocol messages accepted (postgres).
+    #[serde(default)]
+    pub limits: MessageLimits,
+    /// Whether clients may or must use TLS (postgres); certificates come from `tls`.
+    #[serde(default)]
+    pub client_tls: Option<ClientTlsConfig>,
+}
+
+impl ListenerConfig {
+    /// The client TLS policy in effect: as configured, else `optional` when the listener
+    /// has certificates and `disabled` when it has none.
+    pub fn client_tls_mode(&self) -> ClientTlsMode {
+        match (&self.client_tls, &self.tls) {
+            (Some(client_tls), _) => client_tls.mode,
+            (None, Some(_)) => ClientTlsMode::Optional,
+            (None, None) => ClientTlsMode::Disabled,
+        }
+    }
+}
+
+/// A database listener's client TLS policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// Whether TLS is refused, offered or demanded.
+    pub mode: ClientTlsMode,
+}
+
+/// Whether clients of a database listener may or must use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// TLS requests are answered "no"; sessions are plaintext.
+    Disabled,
+    /// TLS when the client asks for it, plaintext otherwise.
+    Optional,
+    /// Plaintext sessions are refused (FATAL 28000).
+    Required,
+}
+
+/// Which servers a database listener sends to, by the role its health checks found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerRole {
+    /// Any up server, whatever its role.
+    #[default]
+    Any,
+    /// Up servers that accept writes.
+    Primary,
+    /// Up read-only replicas (within the pool's `max_replica_lag`).
+    Replica,
+}
+
+/// Longest messages a protocol front end reads whole, so a client cannot make it buffer
+/// without bound: a startup packet is small; others may carry large values.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageLimits {
+    /// Bytes in a startup packet (StartupMessage, SSLRequest, CancelRequest).
+    #[serde(default = "defaults::startup_message")]
+    pub startup_message: usize,
+    /// Bytes in any other message the proxy reads whole.
+    #[serde(default = "defaults::message")]
+    pub message: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self {
+            startup_message: defaults::startup_message(),
+            message: defaults::message(),
+        }
+    }
+}
+
+/// What an HTTP listener accepts from clients and adds to requests it forwards.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListenerConfig {
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; more gets 431.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// Longest request target in bytes; longer gets 414.
+    #[serde(default = "defaults::max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Largest request body in bytes; larger gets 413. Absent: no limit.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// Also send an RFC 7239 `Forwarded` header (the `X-Forwarded-*` ones are always sent).
+    #[serde(default)]
+    pub forwarded: bool,
+}
+
+impl Default for HttpListenerConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+            max_uri_bytes: defaults::max_uri_bytes(),
+            max_body_bytes: None,
+            forwarded: false,
+        }
+    }
 }
 
 /// What a listener does with an incoming PROXY protocol header.
@@ -166,6 +288,12 @@ pub struct ListenerTimeouts {
     /// Time allowed to receive a PROXY protocol header.
     #[serde(default = "defaults::proxy_header", with = "duration")]
     pub proxy_header: Duration,
+    /// HTTP: time allowed to receive a complete request head once it starts (408 after).
+    #[serde(default = "defaults::http_request", with = "duration")]
+    pub http_request: Duration,
+    /// HTTP: idle time allowed between requests on a keep-alive client connection.
+    #[serde(default = "defaults::keep_alive", with = "duration")]
+    pub keep_alive: Duration,
 }
 
 impl Default for ListenerTimeouts {
@@ -173,6 +301,8 @@ impl Default for ListenerTimeouts {
         Self {
             client: defaults::idle(),
             proxy_header: defaults::proxy_header(),
+            http_request: defaults::http_request(),
+            keep_alive: defaults::keep_alive(),
         }
     }
 }
@@ -201,6 +331,45 @@ pub struct RouteConfig {
     /// Mail domain (smtp).
     #[serde(default)]
     pub domain: Option<String>,
+    /// Client `application_name` (postgres), exact or glob.
+    #[serde(default)]
+    pub application_name: Option<String>,
+    /// Common name of the client's TLS certificate, exact or glob.
+    #[serde(default)]
+    pub client_cn: Option<String>,
+    /// Database name sent to the server instead of the client's (postgres).
+    #[serde(default)]
+    pub rewrite_database: Option<String>,
+    /// User name sent to the server instead of the client's (postgres).
+    #[serde(default)]
+    pub rewrite_user: Option<String>,
+    /// HTTP method (exact, case-sensitive as methods are).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// HTTP headers that must be present with these exact values (names case-insensitive).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// HTTP: header rules applied to requests this route forwards.
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    /// HTTP: header rules applied to responses this route returns.
+    #[serde(default)]
+    pub response_headers: HeaderRules,
+}
+
+/// Header edits, applied in the order remove, set, add.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    /// Header names to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Headers to set, replacing any present.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Headers to append, keeping any present.
+    #[serde(default)]
+    pub add: std::collections::BTreeMap<String, String>,
 }
 
 /// Balance algorithms.
@@ -247,8 +416,61 @@ pub struct PoolConfig {
     /// absent or `"0s"` gives it its full share at once.
     #[serde(default, with = "duration::option")]
     pub slow_start: Option<Duration>,
+    /// Replicas lagging more than this behind their primary (as the `postgres` check
+    /// measures) take no replica traffic; absent means no limit.
+    #[serde(default, with = "duration::option")]
+    pub max_replica_lag: Option<Duration>,
     /// The servers.
     pub servers: Vec<ServerConfig>,
+    /// TLS to the servers, with libpq `sslmode` semantics; absent means plaintext.
+    #[serde(default)]
+    pub upstream_tls: Option<UpstreamTlsConfig>,
+    /// HTTP version spoken to servers by HTTP listeners.
+    #[serde(default)]
+    pub http_version: HttpVersion,
+    /// HTTP: keep the client's `Host` header; `false` sends the server address instead.
+    #[serde(default = "defaults::preserve_host")]
+    pub preserve_host: bool,
+    /// HTTP: the keep-alive connections kept to each server.
+    #[serde(default)]
+    pub keep_alive: UpstreamKeepAlive,
+}
+
+/// HTTP versions spoken to servers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum HttpVersion {
+    /// HTTP/1.1 with a keep-alive connection pool per server.
+    #[default]
+    #[serde(rename = "1.1")]
+    Http1,
+    /// HTTP/2 (prior knowledge, cleartext): one multiplexed connection per server.
+    #[serde(rename = "2")]
+    Http2,
+}
+
+/// Reuse of HTTP/1.1 server connections.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamKeepAlive {
+    /// Idle connections kept per server; 0 closes each after its request.
+    #[serde(default = "defaults::max_idle")]
+    pub max_idle: usize,
+    /// How long an idle connection is kept.
+    #[serde(default = "defaults::keep_alive", with = "duration")]
+    pub idle_timeout: Duration,
+    /// Requests sent over one connection before it is closed.
+    #[serde(default = "defaults::max_requests")]
+    pub max_requests: u32,
+}
+
+impl Default for UpstreamKeepAlive {
+    fn default() -> Self {
+        Self {
+            max_idle: defaults::max_idle(),
+            idle_timeout: defaults::keep_alive(),
+            max_requests: defaults::max_requests(),
+        }
+    }
 }
 
 /// PROXY protocol versions.
@@ -354,6 +576,18 @@ pub enum OnDown {
     ShutdownSessions,
 }
 
+/// What happens to established sessions when their server's role changes (a replica is
+/// promoted, or a primary comes back as a replica).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRoleChange {
+    /// Leave them.
+    None,
+    /// Close them at once, so clients reconnect to a server of the role they asked for.
+    #[default]
+    ShutdownSessions,
+}
+
 /// Active and passive health checking of a pool's servers.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -384,6 +618,27 @@ pub struct HealthConfig {
     /// HTTP Host header for `http` checks; defaults to the server address.
     #[serde(default)]
     pub host: Option<String>,
+    /// User a database check logs in as.
+    #[serde(default = "defaults::check_user")]
+    pub user: String,
+    /// Database a database check connects to.
+    #[serde(default = "defaults::check_database")]
+    pub database: String,
+    /// Password for the check user: a literal, `env:VAR` or `file:PATH`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// What to do with established sessions when a server's role changes.
+    #[serde(default)]
+    pub on_role_change: OnRoleChange,
+    /// HTTP method for `http` checks.
+    #[serde(default = "defaults::check_method")]
+    pub method: String,
+    /// Statuses an `http` check accepts, as `"200-399"` or `"204"`.
+    #[serde(default = "defaults::check_status")]
+    pub expect_status: String,
+    /// Text the body of an `http` check's response must contain.
+    #[serde(default)]
+    pub body_contains: Option<String>,
 }
 
 impl HealthConfig {
@@ -398,6 +653,110 @@ impl HealthConfig {
         self.fast_interval
             .unwrap_or_else(|| (self.interval / 4).max(Duration::from_millis(50)))
     }
+}
+
+/// A listener's TLS termination. Paths are relative to the config file's directory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsServerConfig {
+    /// Certificate/key pairs; the SNI name picks one by the names in the certificate, the
+    /// first is the default for clients without (or, unless `strict_sni`, with an unknown) SNI.
+    pub certs: Vec<CertPair>,
+    /// ALPN protocols offered, in the server's order of preference (e.g. `h2`, `http/1.1`).
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// PEM file of CAs that sign client certificates (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// Whether clients must present a certificate signed by `client_ca`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Refuse the handshake when the client's SNI names no certificate.
+    #[serde(default)]
+    pub strict_sni: bool,
+    /// Time allowed for the client's TLS handshake.
+    #[serde(default = "defaults::tls_handshake", with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+/// A certificate chain and its private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: std::path::PathBuf,
+}
+
+/// Client certificate policy for mutual TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    #[default]
+    None,
+    /// A certificate is asked for and verified if sent.
+    Optional,
+    /// A verified certificate is required.
+    Required,
+}
+
+/// libpq's `sslmode`, with the same meaning for every protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// Plaintext first; TLS only when the server refuses plaintext.
+    Allow,
+    /// TLS when the server offers it, else plaintext; no verification.
+    #[default]
+    Prefer,
+    /// TLS, encrypted but not verified.
+    Require,
+    /// TLS with the chain verified; any host name.
+    VerifyCa,
+    /// TLS with the chain and the host name (DNS or IP SAN) verified.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The name used in the config file and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A pool's TLS to its servers. Paths are relative to the config file's directory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// When and how strictly TLS is used.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM CAs for `verify-ca`/`verify-full`; default: the Mozilla root set.
+    #[serde(default)]
+    pub root_cert: Option<std::path::PathBuf>,
+    /// Server name to send and verify instead of the server's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM client certificate chain for mutual TLS to the servers.
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
+    /// ALPN protocols offered to servers.
+    #[serde(default)]
+    pub alpn: Vec<String>,
 }
 
 /// Default values, named so the schema documentation and the code agree.
@@ -451,5 +810,53 @@ mod defaults {
     }
     pub fn check_path() -> String {
         "/".into()
+    }
+    pub fn tls_handshake() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn check_method() -> String {
+        "GET".into()
+    }
+    pub fn check_status() -> String {
+        "200-399".into()
+    }
+    pub fn max_header_bytes() -> usize {
+        32 * 1024
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn max_uri_bytes() -> usize {
+        8 * 1024
+    }
+    pub fn http_request() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn keep_alive() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn preserve_host() -> bool {
+        true
+    }
+    pub fn max_idle() -> usize {
+        32
+    }
+    pub fn max_requests() -> u32 {
+        1000
+    }
+    pub fn check_user() -> String {
+        "postgres".into()
+    }
+    pub fn check_database() -> String {
+        "postgres".into()
+    }
+    pub fn replica_fallback() -> bool {
+        true
+    }
+    pub fn startup_message() -> usize {
+        10_000
+    }
+    pub fn message() -> usize {
+        1 << 30
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::load::ErrorSink;
-use super::schema::{CheckKind, Config, Protocol};
+use super::schema::{CheckKind, ClientTlsMode, Config, ListenerRole, Protocol};
 use crate::key_path;
 
 /// Checks a parsed config, recording every problem in `sink`.
@@ -68,11 +68,14 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 ),
             ),
         }
-        if listener.protocol != Protocol::Tcp {
+        if !matches!(
+            listener.protocol,
+            Protocol::Tcp | Protocol::Http | Protocol::Postgres
+        ) {
             sink.at(
                 &key_path!("listener", i, "protocol"),
                 format!(
-                    "protocol `{}` is not available in this build yet; use `tcp`",
+                    "protocol `{}` is not available in this build yet; use `tcp` or `http`",
                     listener.protocol.as_str()
                 ),
             );
@@ -88,6 +91,20 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             ),
             _ => {}
         }
+        validate_database_listener(config, i, sink);
+        if listener.tls_passthrough
+            && (listener.tls.is_some() || listener.protocol != Protocol::Tcp)
+        {
+            sink.at(
+                &key_path!("listener", i, "tls_passthrough"),
+                "only for `tcp` listeners without `tls`",
+            );
+        }
+        if listener.protocol == Protocol::Http {
+            crate::protocol::http::validate_listener(&listener.http, &mut |key, message| {
+                sink.at(&key_path!("listener", i, "http", key), message)
+            });
+        }
         if listener.max_connections == Some(0) {
             sink.at(
                 &key_path!("listener", i, "max_connections"),
@@ -101,15 +118,24 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                     format!("pool `{}` is not defined", route.pool),
                 );
             }
-            if listener.protocol == Protocol::Tcp {
+            if listener.protocol == Protocol::Tcp
+                && !listener.tls_passthrough
+                && listener.tls.is_none()
+            {
                 sink.at(
                     &key_path!("listener", i, "routes", r),
-                    "tcp listeners route by SNI only with TLS passthrough, which this build does not have yet",
+                    "tcp listeners route (by `sni`) only with `tls` or `tls_passthrough = true`",
                 );
+            }
+            if listener.protocol == Protocol::Http {
+                crate::protocol::http::validate_route(route, &mut |key, message| {
+                    sink.at(&key_path!("listener", i, "routes", r, key), message)
+                });
             }
         }
     }
 
+    crate::tls::validate(config, sink);
     for (i, pool) in config.pools.iter().enumerate() {
         if pool.servers.is_empty() {
             sink.at(
@@ -146,11 +172,19 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             }
         }
         if let Some(health) = &pool.health {
-            if !matches!(health.check, CheckKind::Tcp | CheckKind::Http) {
+            if !matches!(
+                health.check,
+                CheckKind::Tcp | CheckKind::Http | CheckKind::Postgres
+            ) {
                 sink.at(
                     &key_path!("pool", i, "health", "check"),
-                    "only `tcp` and `http` checks are available in this build yet",
+                    "only `tcp`, `http` and `postgres` checks are available in this build yet",
                 );
+            }
+            if let Some(password) = &health.password
+                && let Err(e) = crate::admin::resolve_secret(password)
+            {
+                sink.at(&key_path!("pool", i, "health", "password"), e);
             }
             if health.fall == 0 {
                 sink.at(
@@ -173,11 +207,82 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             if !health.path.starts_with('/') {
                 sink.at(&key_path!("pool", i, "health", "path"), "must start with /");
             }
+            if let Err(e) = crate::health::StatusRange::parse(&health.expect_status) {
+                sink.at(&key_path!("pool", i, "health", "expect_status"), e);
+            }
+            if hyper::Method::from_bytes(health.method.as_bytes()).is_err() {
+                sink.at(
+                    &key_path!("pool", i, "health", "method"),
+                    "not a valid HTTP method",
+                );
+            }
         }
         if pool.timeouts.connect.is_zero() {
             sink.at(
                 &key_path!("pool", i, "timeouts", "connect"),
                 "must be longer than zero",
+            );
+        }
+    }
+}
+
+/// Keys of database listeners: `role` needs servers whose role is known, i.e. pools with
+/// a `postgres` health check; limits must leave room for real startups.
+fn validate_database_listener(config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
+    let listener = &config.listeners[i];
+    if listener.client_tls.is_some() && listener.protocol != Protocol::Postgres {
+        sink.at(
+            &key_path!("listener", i, "client_tls"),
+            "`client_tls` applies to postgres listeners only",
+        );
+    }
+    if listener.client_tls_mode() != ClientTlsMode::Disabled && listener.tls.is_none() {
+        sink.at(
+            &key_path!("listener", i, "client_tls"),
+            "needs `tls` with the certificates to offer",
+        );
+    }
+    if listener.protocol == Protocol::Postgres {
+        if listener.limits.startup_message < 1024 {
+            sink.at(
+                &key_path!("listener", i, "limits", "startup_message"),
+                "must be at least 1024 bytes",
+            );
+        }
+        if listener.limits.message < 1024 {
+            sink.at(
+                &key_path!("listener", i, "limits", "message"),
+                "must be at least 1024 bytes",
+            );
+        }
+    }
+    if listener.role == ListenerRole::Any {
+        return;
+    }
+    if listener.protocol != Protocol::Postgres {
+        sink.at(
+            &key_path!("listener", i, "role"),
+            "`role` applies to postgres listeners only",
+        );
+        return;
+    }
+    let pool_names = listener
+        .pool
+        .iter()
+        .chain(listener.routes.iter().map(|r| &r.pool));
+    for name in pool_names {
+        let checked = config.pools.iter().any(|p| {
+            &p.name == name
+                && p.health
+                    .as_ref()
+                    .is_some_and(|h| h.check == CheckKind::Postgres)
+        });
+        if !checked {
+            sink.at(
+                &key_path!("listener", i, "role"),
+                format!(
+                    "pool `{name}` needs `health = {{ check = \"postgres\" }}` so that its servers' roles are known"
+                ),
             );
         }
     }

@@ -4,12 +4,14 @@
 //! database and SMTP checks) is one more `Check` variant and its function.
 
 mod http;
+mod postgres;
 mod tracker;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub use http::StatusRange;
 pub use tracker::{Health, HealthTracker, Transition};
 
 use crate::config::{CheckKind, HealthConfig, OnDown};
@@ -65,11 +67,18 @@ async fn run_check(pool: &Pool, server: &Server, health: &HealthConfig) -> Resul
     let check = async {
         match health.check {
             CheckKind::Http => http::check(pool, server, health).await,
+            CheckKind::Postgres => postgres::check(pool, server, health).await,
             // Validation admits only tcp and http for now; the others fall back to a connect.
-            _ => connect_server(server, pool)
-                .await
-                .map(drop)
-                .map_err(|e| format!("connect: {e}")),
+            _ => {
+                let (stream, _) = connect_server(server, pool)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                // With `upstream_tls`, a check passes only if the TLS handshake does.
+                crate::tls::secure_upstream(pool, server, stream, &[])
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("tls: {e}"))
+            }
         }
     };
     match tokio::time::timeout(health.effective_timeout(), check).await {

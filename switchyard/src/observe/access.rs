@@ -41,6 +41,27 @@ pub struct ConnectionRecord {
 }
 
 impl ConnectionRecord {
+    /// The record of a connection just accepted: nothing chosen or moved yet.
+    pub fn accepted(listener: &str, client: SocketAddr) -> Self {
+        Self {
+            time: String::new(),
+            listener: listener.to_string(),
+            client,
+            pool: None,
+            server: None,
+            duration_ms: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            termination: "",
+        }
+    }
+
+    /// Stamps the end of a connection accepted at `started`: `time` now and `duration_ms`.
+    pub fn finish(&mut self, started: std::time::Instant) {
+        self.duration_ms = started.elapsed().as_millis() as u64;
+        self.time = Self::now_string();
+    }
+
     /// Stamps `time` with now.
     pub fn now_string() -> String {
         humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -139,10 +160,16 @@ impl AccessLog {
 
     /// Queues one record.
     pub fn log(&self, record: &ConnectionRecord) {
+        self.log_with(|format| record.render(format));
+    }
+
+    /// Queues one line that `render` writes in the configured format (protocols with their
+    /// own record shape, such as HTTP requests); `render` is not called when the log is off.
+    pub fn log_with(&self, render: impl FnOnce(LogFormat) -> String) {
         let Some(sender) = &self.sender else {
             return;
         };
-        match sender.try_send(Message::Line(record.render(self.format))) {
+        match sender.try_send(Message::Line(render(self.format))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -1,19 +1,22 @@
-//! `protocol = "tcp"`: optional PROXY header in, a server from the pool, bytes both ways.
+//! `protocol = "tcp"`: optional PROXY header in, optional TLS termination, a server from
+//! the pool (over TLS when `upstream_tls` asks), bytes both ways.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
-use crate::config::ProxyProtocolVersion;
+use tokio::io::AsyncWriteExt;
+use tokio_util::either::Either;
+
+use crate::config::SslMode;
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
-use crate::proxy_protocol::{self, ProxyHeader};
-use crate::relay::{IdleLimit, RelayCounters, relay, write_all};
+use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams, write_all};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
+use crate::tls::{Rewind, secure_upstream};
 use crate::upstream::{ConnectError, LeaseError, connect};
 
 /// Handles one client connection to the end, logging one line when it closes. `settings`
@@ -25,24 +28,13 @@ pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
 ) {
-    let started = Instant::now();
-    let mut record = ConnectionRecord {
-        time: String::new(),
-        listener: listener.name.clone(),
-        client: peer,
-        pool: None,
-        server: None,
-        duration_ms: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        termination: "",
-    };
-    record.termination = proxy(&shared, &listener, &settings, client, peer, &mut record).await;
+    let started = std::time::Instant::now();
+    let mut record = ConnectionRecord::accepted(&listener.name, peer);
+    record.termination = proxy(&shared, &listener, &settings, client, &mut record).await;
     if !matches!(record.termination, "client_closed" | "server_closed") {
         tracing::debug!(listener = %listener.name, client = %record.client, reason = record.termination, "connection ended");
     }
-    record.duration_ms = started.elapsed().as_millis() as u64;
-    record.time = ConnectionRecord::now_string();
+    record.finish(started);
     shared.access_log.log(&record);
 }
 
@@ -51,7 +43,6 @@ async fn proxy(
     listener: &Listener,
     settings: &ListenerSettings,
     client: TcpStream,
-    peer: SocketAddr,
     record: &mut ConnectionRecord,
 ) -> &'static str {
     let mut client = client;
@@ -60,24 +51,38 @@ async fn proxy(
     let mut destination = None;
     let mut early_data = bytes::Bytes::new();
     if settings.config.proxy_protocol.is_some() {
-        match proxy_protocol::read_header(&mut client, settings.config.timeouts.proxy_header).await
-        {
-            Ok((header, rest)) => {
-                if let ProxyHeader::Proxied(addrs) = header {
-                    record.client = addrs.source;
-                    destination = Some(addrs.destination);
-                }
-                early_data = rest;
+        match super::read_proxy_header(listener, settings, &mut client, record).await {
+            Ok(proxied) => {
+                destination = proxied.destination;
+                early_data = proxied.early_data;
             }
-            Err(error) => {
-                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(listener = %listener.name, client = %peer, %error, "bad PROXY protocol header");
-                return "proxy_header_error";
-            }
+            Err(reason) => return reason,
         }
     }
 
-    let facts = RouteFacts::default();
+    let (client, tls_info) = match &settings.tls {
+        Some(tls) => {
+            let prefix = std::mem::take(&mut early_data);
+            match tls.accept(Rewind::new(prefix, client)).await {
+                Ok((stream, info)) => (Either::Right(stream), Some(info)),
+                Err(error) => {
+                    listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(listener = %listener.name, client = %record.client, %error, "TLS handshake failed");
+                    return "tls_handshake_failed";
+                }
+            }
+        }
+        None => (Either::Left(client), None),
+    };
+    let client_socket = match &client {
+        Either::Left(socket) => socket,
+        Either::Right(tls) => tls.get_ref().0.get_ref(),
+    };
+
+    let facts = RouteFacts {
+        sni: tls_info.as_ref().and_then(|info| info.sni.as_deref()),
+        ..RouteFacts::default()
+    };
     let Some(mut pool) = settings.routing.pool(&facts).cloned() else {
         listener.stats.failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(listener = %listener.name, client = %record.client, "no route");
@@ -112,23 +117,15 @@ async fn proxy(
     record.server = Some(server.name.clone());
 
     let destination =
-        || destination.unwrap_or_else(|| client.local_addr().unwrap_or(listener.address));
-    let mut preamble = match pool.send_proxy_protocol {
-        Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(record.client, destination()),
-        Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(record.client, destination()),
-        None => Vec::new(),
-    };
-    preamble.extend_from_slice(&early_data);
-    if !preamble.is_empty() {
-        if write_all(&upstream.stream, &preamble, &()).await.is_err() {
-            return "server_error";
-        }
-        let early = early_data.len() as u64;
-        record.bytes_in += early;
-        for counter in [&server.stats.bytes_in, &listener.stats.bytes_in] {
-            counter.fetch_add(early, Ordering::Relaxed);
-        }
-    }
+        || destination.unwrap_or_else(|| client_socket.local_addr().unwrap_or(listener.address));
+    let mut preamble = super::proxy_preamble(pool.send_proxy_protocol, record.client, destination);
+    let plain_upstream = pool
+        .tls
+        .as_ref()
+        .is_none_or(|tls| matches!(tls.mode(), SslMode::Disable | SslMode::Allow));
+    let early = early_data.len() as u64;
+    let count_early =
+        |record: &mut ConnectionRecord| super::count_bytes(record, listener, &server, early, 0);
 
     let idle = IdleLimit::choose(
         settings.config.timeouts.client,
@@ -136,18 +133,63 @@ async fn proxy(
         pool.timeouts.tunnel,
     );
     let cut = server.session_token();
-    let outcome = relay(
-        &client,
-        &upstream.stream,
-        idle,
-        &cut,
-        &shared.hard_stop,
-        RelayCounters {
-            to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
-            to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
-        },
-    )
-    .await;
+    let counters = RelayCounters {
+        to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
+        to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
+    };
+    let outcome = match client {
+        // Plaintext both ways: the readiness-based relay.
+        Either::Left(client) if plain_upstream => {
+            preamble.extend_from_slice(&early_data);
+            if !preamble.is_empty() {
+                if write_all(&upstream.stream, &preamble, &()).await.is_err() {
+                    return "server_error";
+                }
+                count_early(record);
+            }
+            relay(
+                &client,
+                &upstream.stream,
+                idle,
+                &cut,
+                &shared.hard_stop,
+                counters,
+            )
+            .await
+        }
+        client => {
+            let mut server_stream = match secure_upstream(
+                &pool,
+                &server,
+                upstream.stream,
+                &preamble,
+            )
+            .await
+            {
+                Ok(stream) => stream,
+                Err(error) => {
+                    listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(listener = %listener.name, pool = %pool.name, server = %server.name, client = %record.client, %error, "no server connection");
+                    return "server_tls_failed";
+                }
+            };
+            if !early_data.is_empty() {
+                if server_stream.write_all(&early_data).await.is_err() {
+                    return "server_error";
+                }
+                count_early(record);
+            }
+            relay_streams(
+                client,
+                server_stream,
+                idle,
+                &cut,
+                &shared.hard_stop,
+                counters,
+            )
+            .await
+        }
+    };
     record.bytes_in += outcome.bytes_in;
     record.bytes_out += outcome.bytes_out;
     outcome.termination.as_str()

@@ -27,6 +27,14 @@ pub struct RouteFacts<'a> {
     pub user: Option<&'a str>,
     /// Recipient mail domain (SMTP).
     pub domain: Option<&'a str>,
+    /// `application_name` from a PostgreSQL startup.
+    pub application_name: Option<&'a str>,
+    /// Common name of the client's TLS certificate (mutual TLS).
+    pub client_cn: Option<&'a str>,
+    /// HTTP request method.
+    pub method: Option<&'a str>,
+    /// HTTP request headers.
+    pub headers: Option<&'a hyper::HeaderMap>,
 }
 
 /// A route with its pool resolved.
@@ -106,6 +114,26 @@ pub fn matches(rule: &RouteConfig, facts: &RouteFacts) -> bool {
             .is_none_or(|prefix| facts.path.is_some_and(|path| path.starts_with(prefix)))
         && exact_or_glob(&rule.database, facts.database)
         && exact_or_glob(&rule.user, facts.user)
+        && exact_or_glob(&rule.application_name, facts.application_name)
+        && exact_or_glob(&rule.client_cn, facts.client_cn)
+        && rule
+            .method
+            .as_ref()
+            .is_none_or(|method| facts.method == Some(method.as_str()))
+        && headers_match(rule, facts.headers)
+}
+
+/// Whether every header a rule names is present with its exact value (one of the values
+/// when the header is repeated).
+fn headers_match(rule: &RouteConfig, headers: Option<&hyper::HeaderMap>) -> bool {
+    rule.headers.iter().all(|(name, value)| {
+        headers.is_some_and(|headers| {
+            headers
+                .get_all(name.as_str())
+                .iter()
+                .any(|present| present.as_bytes() == value.as_bytes())
+        })
+    })
 }
 
 /// Host-style match, case-insensitive: `example.com` exactly, or `*.example.com` for any
@@ -213,5 +241,61 @@ mod tests {
             }
         ));
         assert!(!matches(&rule, &RouteFacts::default()));
+    }
+
+    #[test]
+    fn database_keys_match_by_glob() {
+        let rule = RouteConfig {
+            pool: "p".into(),
+            application_name: Some("report*".into()),
+            client_cn: Some("tenant-?".into()),
+            ..RouteConfig::default()
+        };
+        let facts = RouteFacts {
+            application_name: Some("reporter"),
+            client_cn: Some("tenant-a"),
+            ..RouteFacts::default()
+        };
+        assert!(matches(&rule, &facts));
+        assert!(!matches(
+            &rule,
+            &RouteFacts {
+                client_cn: None,
+                ..facts
+            }
+        ));
+    }
+
+    #[test]
+    fn method_and_header_keys() {
+        let mut rule = RouteConfig {
+            pool: "p".into(),
+            method: Some("POST".into()),
+            ..RouteConfig::default()
+        };
+        rule.headers.insert("x-env".into(), "canary".into());
+        let mut headers = hyper::HeaderMap::new();
+        headers.append("X-Env", hyper::header::HeaderValue::from_static("prod"));
+        headers.append("X-Env", hyper::header::HeaderValue::from_static("canary"));
+        let facts = RouteFacts {
+            method: Some("POST"),
+            headers: Some(&headers),
+            ..RouteFacts::default()
+        };
+        assert!(matches(&rule, &facts));
+        assert!(!matches(
+            &rule,
+            &RouteFacts {
+                method: Some("GET"),
+                ..facts
+            }
+        ));
+        assert!(!matches(
+            &rule,
+            &RouteFacts {
+                headers: None,
+                ..facts
+            }
+        ));
     }
 }

@@ -55,6 +55,10 @@ pub struct Shared {
     pub started: Instant,
     // The threads that accept and serve connections.
     workers: Workers,
+    /// HTTP request counters and histograms.
+    pub http_metrics: crate::protocol::http::RequestMetrics,
+    /// Cancel keys issued to the sessions of every postgres listener.
+    pub postgres_cancel: Arc<crate::protocol::postgres::CancelTable>,
 }
 
 impl Shared {
@@ -66,6 +70,12 @@ impl Shared {
     /// The listeners accepting now.
     pub fn listeners(&self) -> Arc<Vec<Arc<Listener>>> {
         self.listeners.load_full()
+    }
+
+    /// Completes when a graceful shutdown begins (listeners stop accepting), so protocols
+    /// with keep-alive (HTTP) can close idle client connections and finish the rest.
+    pub async fn accepting_stopped(&self) {
+        self.stop_accepting.cancelled().await;
     }
 
     /// Finds a pool in service by name.
@@ -138,6 +148,8 @@ pub fn build(
         started: Instant::now(),
         workers: Workers::start(config.workers)
             .map_err(|e| StartError::Build(format!("cannot start worker threads: {e}")))?,
+        http_metrics: Default::default(),
+        postgres_cancel: Arc::default(),
     }))
 }
 
@@ -254,6 +266,13 @@ fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
                 match listener.protocol {
                     Protocol::Tcp => {
                         crate::protocol::tcp::serve(shared, listener, settings, stream, peer).await
+                    }
+                    Protocol::Http => {
+                        crate::protocol::http::serve(shared, listener, settings, stream, peer).await
+                    }
+                    Protocol::Postgres => {
+                        crate::protocol::postgres::serve(shared, listener, settings, stream, peer)
+                            .await
                     }
                     // Validation refuses other protocols until they are built.
                     _ => drop(stream),

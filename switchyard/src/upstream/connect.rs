@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::{Lease, LeaseError, Pool, Server};
+use super::{Lease, LeaseError, Pool, Server, ServerFilter};
 use crate::net::tune_socket;
 
 /// Why no server connection could be made.
@@ -39,10 +39,19 @@ pub struct Upstream {
 /// failure (`retries` times). Failures count as passive health checks when the pool has
 /// health checking.
 pub async fn connect(pool: &Arc<Pool>, client: SocketAddr) -> Result<Upstream, ConnectError> {
+    connect_matching(pool, client, &|_| true).await
+}
+
+/// `connect` among the servers `accept` admits (a database listener's role).
+pub async fn connect_matching(
+    pool: &Arc<Pool>,
+    client: SocketAddr,
+    accept: &ServerFilter<'_>,
+) -> Result<Upstream, ConnectError> {
     let mut failed: Vec<Arc<Server>> = Vec::new();
     let mut last_error = None;
     for _attempt in 0..=pool.retries {
-        let lease = match pool.lease(client.ip(), &failed).await {
+        let lease = match pool.lease_matching(client.ip(), &failed, accept).await {
             Ok(lease) => lease,
             // After a failed attempt, running out of servers reports the connect failure.
             Err(e) if last_error.is_none() => return Err(e.into()),
@@ -63,16 +72,7 @@ pub async fn connect(pool: &Arc<Pool>, client: SocketAddr) -> Result<Upstream, C
                 });
             }
             Err(error) => {
-                server
-                    .stats
-                    .connect_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(pool = %pool.name, server = %server.name, %error, "connect failed");
-                if pool.health.is_some()
-                    && let Some(transition) = server.record_check(Err(format!("connect: {error}")))
-                {
-                    crate::health::on_transition(pool, &server, &transition);
-                }
+                record_connect_failure(pool, &server, &error);
                 last_error = Some((server.name.clone(), error));
                 failed.push(server);
             }
@@ -85,6 +85,21 @@ pub async fn connect(pool: &Arc<Pool>, client: SocketAddr) -> Result<Upstream, C
         )
     });
     Err(ConnectError::Failed { server, source })
+}
+
+/// Counts a failed connect and, when the pool has health checking, records it as a
+/// passive check (which may take the server down).
+pub fn record_connect_failure(pool: &Pool, server: &Server, error: &io::Error) {
+    server
+        .stats
+        .connect_errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(pool = %pool.name, server = %server.name, %error, "connect failed");
+    if pool.health.is_some()
+        && let Some(transition) = server.record_check(Err(format!("connect: {error}")))
+    {
+        crate::health::on_transition(pool, server, &transition);
+    }
 }
 
 /// One connect attempt to one server, bounded by the pool's connect timeout.

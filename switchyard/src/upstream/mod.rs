@@ -8,6 +8,8 @@ mod server;
 
 pub use address::ServerAddress;
 pub use balance::Balancer;
-pub use connect::{ConnectError, Upstream, connect, connect_server};
-pub use pool::{Lease, LeaseError, Pool, PoolStats};
-pub use server::{AdminState, Server, ServerStats};
+pub use connect::{
+    ConnectError, Upstream, connect, connect_matching, connect_server, record_connect_failure,
+};
+pub use pool::{Lease, LeaseError, Pool, PoolStats, ServerFilter};
+pub use server::{AdminState, ReplicaLag, Server, ServerRole, ServerStats};

@@ -10,7 +10,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Balancer, Server, ServerAddress};
-use crate::config::{HealthConfig, PoolConfig, PoolTimeouts, ProxyProtocolVersion};
+use crate::config::{
+    HealthConfig, HttpVersion, PoolConfig, PoolTimeouts, ProxyProtocolVersion, UpstreamKeepAlive,
+};
 
 /// Counters kept per pool.
 #[derive(Debug, Default)]
@@ -38,6 +40,9 @@ pub enum LeaseError {
     #[error("queue timeout")]
     QueueTimeout,
 }
+
+/// Which servers a lease may use, beyond being available (e.g. only primaries).
+pub type ServerFilter<'a> = dyn Fn(&Server) -> bool + Send + Sync + 'a;
 
 /// A connection slot on a server, given back when dropped.
 #[derive(Debug)]
@@ -75,8 +80,18 @@ pub struct Pool {
     pub send_proxy_protocol: Option<ProxyProtocolVersion>,
     /// Health checking, if configured.
     pub health: Option<HealthConfig>,
+    /// TLS to the servers (`upstream_tls`), also used by health checks.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// Counters, shared with the pool this one replaced on reload.
     pub stats: Arc<PoolStats>,
+    /// Replicas lagging more than this take no replica traffic.
+    pub max_replica_lag: Option<Duration>,
+    /// HTTP version spoken to the servers by HTTP listeners.
+    pub http_version: HttpVersion,
+    /// HTTP: keep the client's `Host` header.
+    pub preserve_host: bool,
+    /// HTTP: reuse of server connections.
+    pub keep_alive: UpstreamKeepAlive,
     max_queue: usize,
     balancer: Balancer,
     // Shared with the pool this one replaced, so that clients still queued in the old pool
@@ -126,7 +141,17 @@ impl Pool {
             retries: config.retries,
             send_proxy_protocol: config.send_proxy_protocol,
             health: config.health.clone(),
+            tls: config
+                .upstream_tls
+                .as_ref()
+                .map(|tls| crate::tls::UpstreamTls::from_config(tls, std::path::Path::new("")))
+                .transpose()?
+                .map(Arc::new),
             stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
+            max_replica_lag: config.max_replica_lag,
+            http_version: config.http_version,
+            preserve_host: config.preserve_host,
+            keep_alive: config.keep_alive.clone(),
             max_queue: config.max_queue,
             slot_freed: previous.map(|p| p.slot_freed.clone()).unwrap_or_default(),
             retired: CancellationToken::new(),
@@ -156,13 +181,19 @@ impl Pool {
         self.servers.iter().find(|s| s.name == name)
     }
 
-    /// Servers eligible for new work: available primaries, else available backups.
-    fn eligible(&self, exclude: &[Arc<Server>]) -> Vec<usize> {
+    /// Whether some available server passes `accept` (e.g. a replica is up).
+    pub fn any_available(&self, accept: &ServerFilter<'_>) -> bool {
+        self.servers.iter().any(|s| s.is_available() && accept(s))
+    }
+
+    /// Servers eligible for new work among those `accept` admits: available primaries,
+    /// else available backups.
+    fn eligible(&self, exclude: &[Arc<Server>], accept: &ServerFilter<'_>) -> Vec<usize> {
         let available = |backup: bool| -> Vec<usize> {
             self.servers
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.backup() == backup && s.is_available())
+                .filter(|(_, s)| s.backup() == backup && s.is_available() && accept(s))
                 .map(|(i, _)| i)
                 .collect()
         };
@@ -190,7 +221,17 @@ impl Pool {
         client: IpAddr,
         exclude: &[Arc<Server>],
     ) -> Result<Lease, LeaseError> {
-        if let Some(lease) = self.try_lease(client, exclude)? {
+        self.lease_matching(client, exclude, &|_| true).await
+    }
+
+    /// `lease` among the servers `accept` admits (a database listener's role).
+    pub async fn lease_matching(
+        self: &Arc<Self>,
+        client: IpAddr,
+        exclude: &[Arc<Server>],
+        accept: &ServerFilter<'_>,
+    ) -> Result<Lease, LeaseError> {
+        if let Some(lease) = self.try_lease(client, exclude, accept)? {
             return Ok(lease);
         }
         if self.stats.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
@@ -199,7 +240,7 @@ impl Pool {
             return Err(LeaseError::QueueFull);
         }
         let result = self
-            .wait_in_queue(client, exclude, self.timeouts.queue)
+            .wait_in_queue(client, exclude, accept, self.timeouts.queue)
             .await;
         self.stats.queued.fetch_sub(1, Ordering::AcqRel);
         if matches!(result, Err(LeaseError::QueueTimeout)) {
@@ -212,6 +253,7 @@ impl Pool {
         self: &Arc<Self>,
         client: IpAddr,
         exclude: &[Arc<Server>],
+        accept: &ServerFilter<'_>,
         limit: Duration,
     ) -> Result<Lease, LeaseError> {
         let deadline = Instant::now() + limit;
@@ -220,7 +262,7 @@ impl Pool {
             let freed = self.slot_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(lease) = self.try_lease(client, exclude)? {
+            if let Some(lease) = self.try_lease(client, exclude, accept)? {
                 return Ok(lease);
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -238,8 +280,9 @@ impl Pool {
         self: &Arc<Self>,
         client: IpAddr,
         exclude: &[Arc<Server>],
+        accept: &ServerFilter<'_>,
     ) -> Result<Option<Lease>, LeaseError> {
-        let eligible = self.eligible(exclude);
+        let eligible = self.eligible(exclude, accept);
         if eligible.is_empty() {
             self.stats.no_server.fetch_add(1, Ordering::Relaxed);
             return Err(LeaseError::NoServer);

@@ -43,6 +43,28 @@ impl AdminState {
     }
 }
 
+/// A database server's role, as its health check last found it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// Not known: no database check, or none has answered yet.
+    #[default]
+    Unknown,
+    /// Accepts writes.
+    Primary,
+    /// A read-only replica (in recovery).
+    Replica,
+}
+
+/// How far a replica is behind its primary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct ReplicaLag {
+    /// WAL received but not yet replayed.
+    pub bytes: u64,
+    /// Time since the last replayed transaction's commit (0 when fully caught up).
+    pub seconds: f64,
+}
+
 /// Counters kept per server, read by the API and the metrics exporter.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -98,6 +120,27 @@ pub struct Server {
     // ready): together they give the weight ramp.
     slow_start: Mutex<Duration>,
     returned_at: Mutex<Option<Instant>>,
+    // Role and replica lag from the last database check.
+    role: Mutex<(ServerRole, Option<ReplicaLag>)>,
+    admin_changed: tokio::sync::Notify,
+    /// Idle server connections a protocol keeps for reuse (HTTP keep-alive), created by the
+    /// protocol on first use; it lives here so that a reload, which keeps the server, keeps
+    /// them too.
+    pub idle_connections: ProtocolState,
+}
+
+/// State a protocol attaches to a server, typed by that protocol (`Any`).
+#[derive(Default)]
+pub struct ProtocolState(pub std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl std::fmt::Debug for ProtocolState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ProtocolState(set)"
+        } else {
+            "ProtocolState(unset)"
+        })
+    }
 }
 
 /// `max_connections` value standing for "no limit".
@@ -143,6 +186,9 @@ impl Server {
             sessions: Mutex::new(CancellationToken::new()),
             slow_start: Mutex::new(slow_start),
             returned_at: Mutex::new(None),
+            role: Mutex::new((ServerRole::Unknown, None)),
+            admin_changed: tokio::sync::Notify::new(),
+            idle_connections: ProtocolState::default(),
         })
     }
 
@@ -211,6 +257,7 @@ impl Server {
     /// to `Ready` starts the weight ramp.
     pub fn set_admin_state(&self, state: AdminState) {
         let previous = AdminState::from_u8(self.admin_state.swap(state as u8, Ordering::AcqRel));
+        self.admin_changed.notify_waiters();
         match state {
             AdminState::Maint => self.cut_sessions(),
             AdminState::Ready if previous != AdminState::Ready => self.returned(Instant::now()),
@@ -225,6 +272,12 @@ impl Server {
         if health != Health::Unchecked {
             self.tracker().seed(health);
         }
+    }
+
+    /// Completes at the next operator state change (idle connections to a server put in
+    /// drain or maint are closed then).
+    pub fn admin_state_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.admin_changed.notified()
     }
 
     /// The health as last determined.
@@ -258,6 +311,23 @@ impl Server {
             self.returned(Instant::now());
         }
         transition
+    }
+
+    /// The role the last database check found.
+    pub fn role(&self) -> ServerRole {
+        lock(&self.role).0
+    }
+
+    /// A replica's lag as last measured; `None` for other roles.
+    pub fn replica_lag(&self) -> Option<ReplicaLag> {
+        lock(&self.role).1
+    }
+
+    /// Records what a database check found; returns the previous role when a known role
+    /// changed (a promotion, or a primary back as a replica), which may cut sessions.
+    pub fn record_role(&self, role: ServerRole, lag: Option<ReplicaLag>) -> Option<ServerRole> {
+        let previous = std::mem::replace(&mut *lock(&self.role), (role, lag)).0;
+        (previous != ServerRole::Unknown && previous != role).then_some(previous)
     }
 
     /// Records a successful connect: clears the passive failure count of an up server.

@@ -19,14 +19,16 @@ use super::ops::listener_addr;
 /// [[listener]]
 /// name = "front"
 /// listen = "127.0.0.1:0"     or what `listen(..)` set
-/// protocol = "tcp"
-/// pool = "app"
+/// protocol = "tcp"         or what `protocol(..)` set
+/// pool = "app"             unless `routes_only()`
 /// <listener keys>
 ///
 /// [[pool]]
 /// name = "app"
 /// <pool keys>
 /// servers = [ ... ]          one inline table per `server(..)`
+///
+/// <sections>                 whole extra sections, e.g. another listener
 /// ```
 ///
 /// Every `top` / `admin` / `listener` / `pool` call appends its text (one or more TOML lines)
@@ -36,9 +38,12 @@ pub struct Config {
     top: Vec<String>,
     admin: Vec<String>,
     listen: String,
+    protocol: String,
+    default_pool: bool,
     listener: Vec<String>,
     pool: Vec<String>,
     servers: Vec<String>,
+    sections: Vec<String>,
 }
 
 impl Default for Config {
@@ -54,9 +59,12 @@ impl Config {
             top: Vec::new(),
             admin: Vec::new(),
             listen: "127.0.0.1:0".to_string(),
+            protocol: "tcp".to_string(),
+            default_pool: true,
             listener: Vec::new(),
             pool: Vec::new(),
             servers: Vec::new(),
+            sections: Vec::new(),
         }
     }
 
@@ -75,6 +83,24 @@ impl Config {
     /// Sets the listener's `listen` address (default `127.0.0.1:0`).
     pub fn listen(mut self, address: &str) -> Self {
         self.listen = address.to_string();
+        self
+    }
+
+    /// Sets the listener's `protocol` (default `tcp`).
+    pub fn protocol(mut self, protocol: &str) -> Self {
+        self.protocol = protocol.to_string();
+        self
+    }
+
+    /// Leaves out the listener's `pool = "app"`, so that only its routes lead anywhere.
+    pub fn routes_only(mut self) -> Self {
+        self.default_pool = false;
+        self
+    }
+
+    /// Adds whole TOML sections after the pool (e.g. a second `[[listener]]`).
+    pub fn section(mut self, toml: &str) -> Self {
+        self.sections.push(toml.to_string());
         self
     }
 
@@ -122,8 +148,8 @@ listen = "{{admin}}"
 [[listener]]
 name = "front"
 listen = "{listen}"
-protocol = "tcp"
-pool = "app"
+protocol = "{protocol}"
+{default_pool}
 {listener}
 
 [[pool]]
@@ -132,13 +158,22 @@ name = "app"
 servers = [
 {servers}
 ]
+
+{sections}
 "#,
             top = self.top.join("\n"),
             admin = self.admin.join("\n"),
             listen = self.listen,
+            protocol = self.protocol,
+            default_pool = if self.default_pool {
+                "pool = \"app\""
+            } else {
+                ""
+            },
             listener = self.listener.join("\n"),
             pool = self.pool.join("\n"),
             servers = self.servers.join(",\n"),
+            sections = self.sections.join("\n"),
         )
     }
 

@@ -6,9 +6,13 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod certs;
 pub mod config;
+/// HTTP backends and clients for the HTTP proxy tests.
+pub mod http;
 /// Operations helpers: access log, listener addresses, metrics parsing.
 pub mod ops;
+pub mod postgres;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};

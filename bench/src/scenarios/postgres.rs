@@ -1,0 +1,173 @@
+//! `postgres`: pgbench against one PostgreSQL server, straight (`direct`), through
+//! switchyard (`protocol = "postgres"`, session mode) and through PgBouncer in session mode,
+//! in the same run. Reports `pgbench -S` (select-only) tps with C clients, its average
+//! latency with one client (the per-query cost a proxy adds), and the default TPC-B-like
+//! script's tps with C clients.
+//!
+//! Needs the Debian `postgresql` (server, `pgbench`) and `pgbouncer` packages; the server
+//! and PgBouncer run as the `postgres` OS user.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use tokio::process::Command;
+
+use super::{Context, progress};
+use crate::pg::Cluster;
+use crate::table::{Better, Row};
+use crate::targets::{RunningTarget, TargetKind};
+
+const SCENARIO: &str = "postgres";
+
+/// Options of the `postgres` scenario.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PostgresArgs {
+    /// Targets of this scenario (HAProxy does not apply), comma separated.
+    #[arg(
+        id = "pg-targets",
+        long = "pg-targets",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,switchyard,pgbouncer"
+    )]
+    pub targets: Vec<TargetKind>,
+    /// pgbench clients (`-c`) for the tps runs; each is one session.
+    #[arg(
+        id = "pg-clients",
+        long = "pg-clients",
+        value_name = "N",
+        default_value_t = 16
+    )]
+    pub clients: usize,
+    /// Seconds per pgbench run (`-T`).
+    #[arg(
+        id = "pg-secs",
+        long = "pg-secs",
+        value_name = "SECS",
+        default_value_t = 10
+    )]
+    pub secs: u64,
+    /// pgbench scale factor (`pgbench -i -s`).
+    #[arg(
+        id = "pg-scale",
+        long = "pg-scale",
+        value_name = "N",
+        default_value_t = 10
+    )]
+    pub scale: u32,
+}
+
+/// One pgbench run: what it is called in the table and its extra arguments.
+struct Run {
+    metric: String,
+    better: Better,
+    args: Vec<String>,
+    /// Report the average latency in µs instead of tps.
+    latency: bool,
+}
+
+fn runs(args: &PostgresArgs) -> Vec<Run> {
+    let c = args.clients.to_string();
+    vec![
+        Run {
+            metric: format!("pgbench -S, {c} clients (tps)"),
+            better: Better::Higher,
+            args: vec!["-S".into(), "-c".into(), c.clone(), "-j".into(), "2".into()],
+            latency: false,
+        },
+        Run {
+            metric: "pgbench -S, 1 client, latency avg (us)".into(),
+            better: Better::Lower,
+            args: vec!["-S".into(), "-c".into(), "1".into()],
+            latency: true,
+        },
+        Run {
+            metric: format!("TPC-B, {c} clients (tps)"),
+            better: Better::Higher,
+            args: vec!["-c".into(), c, "-j".into(), "2".into()],
+            latency: false,
+        },
+    ]
+}
+
+/// Runs the scenario on every target of `--pg-targets`.
+pub async fn run(ctx: &Context, args: &PostgresArgs) -> Result<Vec<Row>> {
+    progress(format!("initdb and pgbench -i -s {}", args.scale));
+    let cluster = Cluster::start(args.scale).await?;
+    let mut rows = Vec::new();
+    for &target in &args.targets {
+        progress(format!("{target}"));
+        let running =
+            RunningTarget::start_postgres(target, cluster.address(), &ctx.target_opts).await;
+        let running = match running {
+            Ok(running) => running,
+            Err(error) => {
+                for run in runs(args) {
+                    rows.push(Row::failed(
+                        SCENARIO,
+                        run.metric,
+                        target,
+                        run.better,
+                        format!("{error:#}"),
+                    ));
+                }
+                continue;
+            }
+        };
+        for run in runs(args) {
+            let value = pgbench(&cluster, running.addr(), args.secs, &run).await;
+            rows.push(match value {
+                Ok(value) => Row::ok(SCENARIO, run.metric, target, value, run.better),
+                Err(error) => Row::failed(
+                    SCENARIO,
+                    run.metric,
+                    target,
+                    run.better,
+                    format!("{error:#}"),
+                ),
+            });
+        }
+        running.stop().await?;
+    }
+    cluster.stop().await;
+    Ok(rows)
+}
+
+/// Runs pgbench against `address` and reads tps or the average latency from its report.
+async fn pgbench(cluster: &Cluster, address: SocketAddr, secs: u64, run: &Run) -> Result<f64> {
+    let output = Command::new(cluster.bin("pgbench"))
+        .args(["-n", "-h"])
+        .arg(address.ip().to_string())
+        .arg("-p")
+        .arg(address.port().to_string())
+        .args(["-U", "postgres", "-T"])
+        .arg(secs.to_string())
+        .args(&run.args)
+        .arg("postgres")
+        .env("PGSSLMODE", "disable")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(secs + 60), output)
+        .await
+        .context("pgbench did not finish")?
+        .context("running pgbench")?;
+    let report = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let (prefix, scale) = if run.latency {
+        ("latency average = ", 1000.0)
+    } else {
+        ("tps = ", 1.0)
+    };
+    let value = report
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse::<f64>().ok())
+        .with_context(|| format!("no `{prefix}` in pgbench's report: {report}"))?;
+    Ok(value * scale)
+}

@@ -1,0 +1,21 @@
+//! Fuzzes the PostgreSQL codec: any bytes must parse without panicking, and whatever
+//! parses as a startup packet must re-encode to exactly the bytes it came from (the proxy
+//! re-sends startups it parsed, so a lossy round trip would change what servers see).
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use switchyard::protocol::postgres::codec::{
+    StartupPacket, encode_cancel, parse_auth, parse_backend_key, parse_startup,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = parse_auth(data);
+    let _ = parse_backend_key(data);
+    match parse_startup(data) {
+        Ok(StartupPacket::Startup(startup)) => assert_eq!(&startup.encode()[4..], data),
+        Ok(StartupPacket::Cancel { pid, key }) => assert_eq!(&encode_cancel(pid, &key)[4..], data),
+        Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => assert_eq!(data.len(), 4),
+        Err(_) => {}
+    }
+});

@@ -1,0 +1,229 @@
+//! Bodies in flight: frames stream through one at a time (hyper's back-pressure holds
+//! the sender until the receiver polls), counted for logs and limits; nothing is buffered
+//! whole.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// Errors carried by bodies in flight.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the proxy sends to clients: a server's streamed body or its own short one.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The request body exceeded `max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// A client's request body on its way to a server: counted, and cut with `BodyTooLarge`
+/// once it passes the listener's limit.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    received: Arc<AtomicU64>,
+    limit: Option<u64>,
+}
+
+impl RequestBody {
+    /// Wraps `inner`; `received` counts its bytes as they pass.
+    pub fn new(inner: Incoming, received: Arc<AtomicU64>, limit: Option<u64>) -> Self {
+        Self {
+            inner,
+            received,
+            limit,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let total = self
+                .received
+                .fetch_add(data.len() as u64, Ordering::Relaxed)
+                + data.len() as u64;
+            if let Some(limit) = self.limit.filter(|&limit| total > limit) {
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How a server's response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Read to its end.
+    Complete,
+    /// The client went away first.
+    ClientGone,
+    /// The server connection failed.
+    ServerError,
+    /// The server sent nothing for `timeouts.server`.
+    ServerTimeout,
+    /// The server was put in maintenance (or went down with `shutdown_sessions`).
+    ServerCut,
+}
+
+impl Ending {
+    /// The termination reason in the access log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Complete => "ok",
+            Self::ClientGone => "client_aborted",
+            Self::ServerError => "server_error",
+            Self::ServerTimeout => "server_timeout",
+            Self::ServerCut => "server_cut",
+        }
+    }
+}
+
+/// The body bytes passed on and how the body ended.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyEnd {
+    /// Body bytes passed to the client.
+    pub bytes: u64,
+    /// How it ended; only a complete body leaves its server connection reusable.
+    pub ending: Ending,
+}
+
+/// A server's response body on its way to the client; `on_end` runs once when it ends or
+/// is dropped (client gone), to give the server connection back and log the request. A
+/// server silent for `idle`, or whose sessions are cut, ends it with an error, which
+/// closes the client connection (a truncated body must not look complete).
+pub struct ResponseBody {
+    inner: Incoming,
+    bytes: u64,
+    on_end: Option<Box<dyn FnOnce(BodyEnd) + Send>>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl ResponseBody {
+    /// Wraps `inner`, calling `on_end` when it ends; `idle` is the server timeout
+    /// (zero: none) and `cut` the server's session token.
+    pub fn new(
+        inner: Incoming,
+        idle: Duration,
+        cut: CancellationToken,
+        on_end: Box<dyn FnOnce(BodyEnd) + Send>,
+    ) -> Self {
+        let mut body = Self {
+            inner,
+            bytes: 0,
+            on_end: Some(on_end),
+            idle: (!idle.is_zero()).then(|| (idle, Box::pin(tokio::time::sleep(idle)))),
+            cut: Box::pin(cut.cancelled_owned()),
+        };
+        // A body known to be empty (HEAD, 204, 304) may never be polled.
+        if body.inner.is_end_stream() {
+            body.end(Ending::Complete);
+        }
+        body
+    }
+
+    fn end(&mut self, ending: Ending) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(BodyEnd {
+                bytes: self.bytes,
+                ending,
+            });
+        }
+    }
+
+    /// Ends the body with an error for `ending`.
+    fn fail(&mut self, ending: Ending) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.end(ending);
+        Poll::Ready(Some(Err(ending.reason().into())))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.on_end.is_some() && self.cut.as_mut().poll(cx).is_ready() {
+            return self.fail(Ending::ServerCut);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                if let Some((after, timer)) = &mut self.idle {
+                    timer.as_mut().reset(Instant::now() + *after);
+                }
+                if self.inner.is_end_stream() {
+                    self.end(Ending::Complete);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.end(Ending::ServerError);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                self.end(Ending::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let silent = self
+                    .idle
+                    .as_mut()
+                    .is_some_and(|(_, timer)| timer.as_mut().poll(cx).is_ready());
+                if silent && self.on_end.is_some() {
+                    return self.fail(Ending::ServerTimeout);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.end(Ending::ClientGone);
+    }
+}

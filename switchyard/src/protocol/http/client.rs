@@ -1,0 +1,263 @@
+//! Server connections for HTTP: a keep-alive pool per server (idle limit, idle timeout,
+//! requests per connection) for HTTP/1.1, one multiplexed connection per server for HTTP/2.
+//!
+//! Requests take a slot on their server from the pool's lease (so `max_connections`, the
+//! queue, drain and maint keep their meaning: in-flight requests per server); idle
+//! connections hold no slot. Idle connections to a server that is drained, put in
+//! maintenance or goes down are closed.
+
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+
+use super::body::RequestBody;
+use crate::config::{HttpVersion, UpstreamKeepAlive};
+use crate::upstream::{Pool, Server, connect_server, record_connect_failure};
+
+/// A connection able to carry one more request.
+pub enum Connection {
+    /// HTTP/1.1: one request at a time; `used` requests sent so far.
+    Http1 {
+        /// The request sender.
+        sender: http1::SendRequest<RequestBody>,
+        /// Requests sent over it, this one included once sent.
+        used: u32,
+    },
+    /// HTTP/2: shared by every request to the server.
+    Http2(http2::SendRequest<RequestBody>),
+}
+
+/// Why a request could not be sent.
+pub enum SendError {
+    /// No connection could be made (nothing was sent); the request comes back for a retry.
+    Connect(std::io::Error, Box<Request<RequestBody>>),
+    /// The exchange failed after the request (or part of it) was sent.
+    Exchange(hyper::Error),
+}
+
+/// The idle connections of one server.
+#[derive(Default)]
+struct ServerConnections {
+    state: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    http1: Vec<(http1::SendRequest<RequestBody>, u32, Instant)>,
+    http2: Option<http2::SendRequest<RequestBody>>,
+    reaper: bool,
+}
+
+fn lock(m: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn connections(server: &Server) -> Option<Arc<ServerConnections>> {
+    let any: Arc<dyn Any + Send + Sync> = server
+        .idle_connections
+        .0
+        .get_or_init(|| Arc::new(ServerConnections::default()))
+        .clone();
+    any.downcast::<ServerConnections>().ok()
+}
+
+/// Sends `request` to `server`, over an idle connection when one is usable, else over a
+/// new one. A reused connection that turns out closed before the request went out is
+/// replaced by a new one (once: a second failure is the server's).
+pub async fn send(
+    pool: &Pool,
+    server: &Arc<Server>,
+    mut request: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Connection), SendError> {
+    let conns = connections(server);
+    let mut may_reuse = true;
+    loop {
+        let reused = conns
+            .as_ref()
+            .filter(|_| may_reuse)
+            .and_then(|c| take_idle(c, pool));
+        let (mut connection, fresh) = match reused {
+            Some(connection) => (connection, false),
+            None => match open(pool, server).await {
+                Ok(connection) => (connection, true),
+                Err(error) => {
+                    record_connect_failure(pool, server, &error);
+                    return Err(SendError::Connect(error, Box::new(request)));
+                }
+            },
+        };
+        let ready = match &mut connection {
+            Connection::Http1 { sender, .. } => sender.ready().await,
+            Connection::Http2(sender) => sender.ready().await,
+        };
+        if let Err(error) = ready {
+            if fresh {
+                return Err(SendError::Exchange(error));
+            }
+            may_reuse = false;
+            forget_http2(conns.as_deref(), &connection);
+            continue;
+        }
+        let sent = match &mut connection {
+            Connection::Http1 { sender, used } => {
+                *used += 1;
+                sender.try_send_request(request).await
+            }
+            Connection::Http2(sender) => sender.try_send_request(request).await,
+        };
+        match sent {
+            Ok(response) => return Ok((response, connection)),
+            Err(error) => match retryable(error, fresh) {
+                Ok(back) => {
+                    request = back;
+                    may_reuse = false;
+                    forget_http2(conns.as_deref(), &connection);
+                }
+                Err(error) => return Err(SendError::Exchange(error)),
+            },
+        }
+    }
+}
+
+/// Stops sharing a failed HTTP/2 connection, so the next request opens a new one.
+fn forget_http2(conns: Option<&ServerConnections>, failed: &Connection) {
+    if let (Some(conns), Connection::Http2(_)) = (conns, failed) {
+        lock(&conns.state).http2 = None;
+    }
+}
+
+/// A request that a reused connection never sent can go again on another connection.
+fn retryable(
+    mut error: TrySendError<Request<RequestBody>>,
+    fresh: bool,
+) -> Result<Request<RequestBody>, hyper::Error> {
+    match error.take_message() {
+        Some(request) if !fresh => Ok(request),
+        _ => Err(error.into_error()),
+    }
+}
+
+fn take_idle(conns: &ServerConnections, pool: &Pool) -> Option<Connection> {
+    let mut idle = lock(&conns.state);
+    if pool.http_version == HttpVersion::Http2 {
+        match &idle.http2 {
+            Some(sender) if !sender.is_closed() => {
+                return Some(Connection::Http2(sender.clone()));
+            }
+            _ => idle.http2 = None,
+        }
+        return None;
+    }
+    let deadline = Instant::now() - pool.keep_alive.idle_timeout;
+    while let Some((sender, used, since)) = idle.http1.pop() {
+        if since > deadline && !sender.is_closed() {
+            return Some(Connection::Http1 { sender, used });
+        }
+    }
+    None
+}
+
+/// Opens a connection to `server` in the pool's HTTP version; its driver task ends when
+/// the connection closes.
+async fn open(pool: &Pool, server: &Arc<Server>) -> std::io::Result<Connection> {
+    let (stream, _) = connect_server(server, pool).await?;
+    server
+        .stats
+        .total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    server.record_connect_success();
+    let io = TokioIo::new(stream);
+    match pool.http_version {
+        HttpVersion::Http1 => {
+            let (sender, connection) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(async move {
+                let _ = connection.with_upgrades().await;
+            });
+            Ok(Connection::Http1 { sender, used: 0 })
+        }
+        HttpVersion::Http2 => {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(connection);
+            if let Some(conns) = connections(server) {
+                lock(&conns.state).http2 = Some(sender.clone());
+            }
+            Ok(Connection::Http2(sender))
+        }
+    }
+}
+
+/// Gives a connection back after its response ended cleanly: kept idle when the pool's
+/// keep-alive settings allow, else closed (dropped).
+pub fn give_back(server: &Arc<Server>, keep_alive: &UpstreamKeepAlive, connection: Connection) {
+    let Connection::Http1 { sender, used } = connection else {
+        return;
+    };
+    if used >= keep_alive.max_requests
+        || keep_alive.max_idle == 0
+        || keep_alive.idle_timeout.is_zero()
+        || !server.is_available()
+    {
+        return;
+    }
+    let Some(conns) = connections(server) else {
+        return;
+    };
+    let start_reaper = {
+        let mut idle = lock(&conns.state);
+        if idle.http1.len() >= keep_alive.max_idle {
+            idle.http1.remove(0);
+        }
+        idle.http1.push((sender, used, Instant::now()));
+        !std::mem::replace(&mut idle.reaper, true)
+    };
+    if start_reaper {
+        tokio::spawn(reap(conns, server.clone(), keep_alive.idle_timeout));
+    }
+}
+
+/// Closes idle connections when they pass `idle_timeout`, and all of them when the
+/// server stops taking work (drain, maint, down); ends when none is left.
+async fn reap(conns: Arc<ServerConnections>, server: Arc<Server>, idle_timeout: Duration) {
+    loop {
+        let changed = server.admin_state_changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let cut = server.session_token();
+        let next = {
+            let mut idle = lock(&conns.state);
+            let now = Instant::now();
+            if server.is_available() {
+                idle.http1.retain(|(sender, _, since)| {
+                    !sender.is_closed() && *since + idle_timeout > now
+                });
+            } else {
+                idle.http1.clear();
+            }
+            match idle.http1.iter().map(|(_, _, since)| *since).min() {
+                Some(oldest) => oldest + idle_timeout,
+                None => {
+                    idle.reaper = false;
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = changed => {}
+            () = cut.cancelled() => {}
+        }
+    }
+}

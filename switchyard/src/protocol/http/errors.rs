@@ -1,0 +1,124 @@
+//! Responses the proxy writes itself: one short, consistent body per failure, in plain
+//! text or JSON depending on what the client accepts.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use hyper::{HeaderMap, Response, StatusCode};
+
+use super::body::ProxyBody;
+
+/// Why the proxy answered a request itself; each maps to one status and one log reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No route matched and the listener has no default pool.
+    NoRoute,
+    /// No server of the pool is available.
+    NoServer,
+    /// Every server is at its limit and the queue is full or the wait ran out.
+    Queue,
+    /// The connect (and its retry) failed, or the server broke the exchange.
+    BadGateway,
+    /// The server did not answer within `timeouts.server`.
+    GatewayTimeout,
+    /// The request body is larger than `max_body_bytes`.
+    BodyTooLarge,
+    /// A request the proxy will not forward (malformed or ambiguous).
+    BadRequest,
+}
+
+impl ProxyError {
+    /// The status sent to the client.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::NoRoute | Self::NoServer | Self::Queue => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The termination reason in the access log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::NoServer => "no_server",
+            Self::Queue => "queue",
+            Self::BadGateway => "bad_gateway",
+            Self::GatewayTimeout => "server_timeout",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BadRequest => "bad_request",
+        }
+    }
+
+    /// The short explanation in the body.
+    fn message(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no route for this request",
+            Self::NoServer => "no server available",
+            Self::Queue => "all servers are busy",
+            Self::BadGateway => "the server could not be reached or failed",
+            Self::GatewayTimeout => "the server did not answer in time",
+            Self::BodyTooLarge => "request body too large",
+            Self::BadRequest => "malformed request",
+        }
+    }
+}
+
+/// Whether the client prefers JSON (its `Accept` names `application/json` or `+json`).
+fn wants_json(request_headers: &HeaderMap) -> bool {
+    request_headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json") || v.contains("+json"))
+}
+
+/// The body and content type for `status` with `message`.
+pub fn error_body(status: StatusCode, message: &str, json: bool) -> (&'static str, String) {
+    if json {
+        let body = serde_json::json!({ "status": status.as_u16(), "error": message });
+        ("application/json", format!("{body}\n"))
+    } else {
+        (
+            "text/plain; charset=utf-8",
+            format!("{} {message}\n", status.as_u16()),
+        )
+    }
+}
+
+/// The proxy's answer for `error`, shaped by the request's `Accept`.
+pub fn response(error: ProxyError, request_headers: &HeaderMap) -> Response<ProxyBody> {
+    let (content_type, body) =
+        error_body(error.status(), error.message(), wants_json(request_headers));
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = error.status();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_follow_accept() {
+        let mut headers = HeaderMap::new();
+        let text = response(ProxyError::NoServer, &headers);
+        assert_eq!(text.status(), 503);
+        assert_eq!(text.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let json = response(ProxyError::GatewayTimeout, &headers);
+        assert_eq!(json.status(), 504);
+        assert_eq!(json.headers()[CONTENT_TYPE], "application/json");
+        let (_, body) = error_body(StatusCode::BAD_REQUEST, "x", true);
+        assert_eq!(body, "{\"error\":\"x\",\"status\":400}\n");
+    }
+}

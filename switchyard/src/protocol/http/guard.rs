@@ -1,0 +1,312 @@
+//! The client side of an HTTP connection, below hyper: checks request framing (see
+//! `scanner`) before hyper reads a byte, answers refusals itself (400/414/431), and keeps
+//! the client's clocks: `timeouts.http_request` from the first byte of a head to its end
+//! (slowloris: 408 and close) and `timeouts.keep_alive` between requests (close).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+use super::errors::error_body;
+use super::scanner::{HeadLimits, RequestScanner};
+
+/// Requests on a connection whose responses have not ended, shared between the request
+/// handler (which counts them) and the guard (which runs the idle clock only at zero).
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    idle: Mutex<(Option<Instant>, Option<Waker>)>,
+    refused: Mutex<Option<u16>>,
+    // Set when the guard stops looking (HTTP/2): the connection's idle clock is then kept
+    // by `idle_beyond` instead of the guard.
+    opaque: AtomicBool,
+    changed: Notify,
+}
+
+impl Activity {
+    /// A request was received.
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// A request's response ended: the connection may be idle from now.
+    pub fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let waker = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.0 = Some(Instant::now());
+            idle.1.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Completes once a connection the guard no longer reads (HTTP/2) has had no request
+    /// in flight for `limit` (the listener's `keep_alive`), counted from `accepted` for a
+    /// connection that never had one; never for a zero `limit`.
+    pub async fn idle_beyond(&self, limit: Duration, accepted: Instant) {
+        if limit.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let deadline = (self.opaque.load(Ordering::Acquire) && !self.busy()).then(|| {
+                let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.0.unwrap_or(accepted) + limit
+            });
+            match deadline {
+                Some(deadline) => tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => return,
+                    () = changed => {}
+                },
+                None => changed.await,
+            }
+        }
+    }
+
+    /// The status of the request the guard refused itself, if it did (for the access log).
+    pub fn refused(&self) -> Option<u16> {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// When the connection last became idle, registering `waker` for the next change.
+    fn idle_since(&self, waker: &Waker) -> Option<Instant> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.1 = Some(waker.clone());
+        idle.0
+    }
+}
+
+/// The client timeouts the guard keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    /// From the first byte of a request head to its end.
+    pub http_request: Duration,
+    /// Between requests.
+    pub keep_alive: Duration,
+}
+
+/// A client stream with the checks and clocks above; hyper reads and writes through it.
+pub struct Guard<S> {
+    inner: S,
+    scanner: RequestScanner,
+    clocks: Clocks,
+    activity: std::sync::Arc<Activity>,
+    // Bytes read from the client and checked, not yet handed to hyper.
+    ready: Bytes,
+    // A response the guard writes itself, then the connection ends.
+    refusal: Option<Bytes>,
+    accepted: Instant,
+    head_started: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<S> Guard<S> {
+    /// Wraps a client stream; `early` holds bytes already read from it (after a PROXY
+    /// header), checked like the rest.
+    pub fn new(
+        inner: S,
+        early: Bytes,
+        limits: HeadLimits,
+        clocks: Clocks,
+        activity: std::sync::Arc<Activity>,
+    ) -> Self {
+        let now = Instant::now();
+        let mut guard = Self {
+            inner,
+            scanner: RequestScanner::new(limits),
+            clocks,
+            activity,
+            ready: Bytes::new(),
+            refusal: None,
+            accepted: now,
+            head_started: None,
+            timer: Box::pin(tokio::time::sleep_until(now + clocks.http_request)),
+        };
+        if !early.is_empty() {
+            guard.check(early);
+        }
+        guard
+    }
+
+    /// Checks freshly read bytes: passes them on, or replaces the rest of the connection
+    /// with a refusal.
+    fn check(&mut self, data: Bytes) {
+        let was_between = self.scanner.between_requests();
+        match self.scanner.push(&data) {
+            Ok(()) => {
+                if !self.scanner.in_head() {
+                    self.head_started = None;
+                } else if was_between || self.head_started.is_none() {
+                    self.head_started = Some(Instant::now());
+                }
+                self.ready = data;
+            }
+            Err(violation) => self.refuse(violation.status(), &violation.to_string()),
+        }
+    }
+
+    fn refuse(&mut self, status: u16, message: &str) {
+        tracing::info!(status, reason = message, "refused a client request");
+        *self
+            .activity
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(status);
+        // Bytes hyper has not seen yet are dropped with the rest of the connection.
+        self.ready = Bytes::new();
+        if self.activity.busy() {
+            // A response is being written: a refusal now would corrupt it; just close.
+            self.refusal = Some(Bytes::new());
+            return;
+        }
+        let status_text = hyper::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let (content_type, body) = error_body(
+            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_REQUEST),
+            message,
+            false,
+        );
+        let response = format!(
+            "HTTP/1.1 {status} {status_text}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.refusal = Some(Bytes::from(response));
+    }
+
+    /// The deadline that applies now, and what happens at it: a refusal (408) or a close.
+    /// A zero timeout is no limit.
+    fn deadline(&self, waker: &Waker) -> Option<(Instant, bool)> {
+        let Clocks {
+            http_request,
+            keep_alive,
+        } = self.clocks;
+        if self.scanner.is_opaque() {
+            return None;
+        }
+        if let Some(started) = self.head_started {
+            return (!http_request.is_zero()).then(|| (started + http_request, true));
+        }
+        if !self.scanner.between_requests() || self.activity.busy() {
+            return None;
+        }
+        match self.activity.idle_since(waker) {
+            Some(since) => (!keep_alive.is_zero()).then(|| (since + keep_alive, false)),
+            // No request yet: the first must start and end within `http_request`.
+            None => (!http_request.is_zero()).then(|| (self.accepted + http_request, true)),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if let Some(refusal) = &mut this.refusal {
+                while refusal.has_remaining() {
+                    match Pin::new(&mut this.inner).poll_write(cx, refusal.chunk()) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                        Poll::Ready(Ok(n)) => refusal.advance(n),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                // End of input for hyper: it closes the connection.
+                return Poll::Ready(Ok(()));
+            }
+            if this.ready.has_remaining() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.scanner.is_opaque() {
+                if !this.activity.opaque.swap(true, Ordering::AcqRel) {
+                    this.activity.changed.notify_waiters();
+                }
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut chunk = BytesMut::zeroed(buf.remaining().clamp(1, 16 * 1024));
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let n = read.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    chunk.truncate(n);
+                    this.check(chunk.freeze());
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    let Some((deadline, answer)) = this.deadline(cx.waker()) else {
+                        return Poll::Pending;
+                    };
+                    if Instant::now() < deadline {
+                        this.timer.as_mut().reset(deadline);
+                        if this.timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    }
+                    if answer {
+                        this.refuse(408, "request headers not received in time");
+                    } else {
+                        this.refusal = Some(Bytes::new());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1,0 +1,337 @@
+//! Header handling between client and server: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! forwarding headers the proxy adds, client certificate headers, request ids and per-route
+//! header rules.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hyper::HeaderMap;
+use hyper::header::{self, HeaderName, HeaderValue};
+
+use crate::config::HeaderRules;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), besides those
+/// `Connection` names and every `Proxy-*` header. `Trailer` is not among them: it names
+/// end-to-end trailer fields (RFC 9110 §6.6.2), and without it hyper drops the trailers.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Prefix of the client certificate headers: stripped from every request, then set from
+/// the verified identity (a client must not be able to claim one).
+const CLIENT_CERT_PREFIX: &str = "x-client-cert-";
+
+/// A verified TLS client certificate, as the TLS front end reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The subject distinguished name.
+    pub subject: String,
+    /// The subject common name, if any.
+    pub common_name: Option<String>,
+    /// Subject alternative names.
+    pub sans: Vec<String>,
+}
+
+/// What the proxy knows about the client connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnectionFacts {
+    /// The client address (after PROXY protocol, if any).
+    pub client: SocketAddr,
+    /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+    /// The verified client certificate, if any.
+    pub identity: Option<ClientIdentity>,
+}
+
+/// Removes the hop-by-hop headers, including those the `Connection` header names. With
+/// `keep_upgrade` (an upgrade handshake being forwarded) `Connection: upgrade` and
+/// `Upgrade` stay.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Whether a request asks for a protocol upgrade (WebSocket): `Connection` names
+/// `upgrade` and an `Upgrade` header is present.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` and, with
+/// `forwarded`, an RFC 7239 `Forwarded` element; `host` is the Host the client asked for.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    facts: &ConnectionFacts,
+    host: Option<&str>,
+    forwarded: bool,
+) {
+    let ip = facts.client.ip();
+    let proto = if facts.tls { "https" } else { "http" };
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip.to_string(),
+    };
+    set(headers, X_FORWARDED_FOR, &xff);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        set(headers, X_FORWARDED_HOST, host);
+    }
+    if forwarded {
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let mut element = format!("for={node};proto={proto}");
+        if let Some(host) = host.filter(|h| h.bytes().all(is_token_or_host_byte)) {
+            element.push_str(&format!(";host={host}"));
+        }
+        let value = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {element}"),
+            None => element,
+        };
+        set(headers, header::FORWARDED, &value);
+    }
+}
+
+fn is_token_or_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_')
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The request id header, generated when the client sent none.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// Strips every `X-Client-Cert-*` header the client sent, then sets them from `identity`.
+pub fn set_client_cert_headers(headers: &mut HeaderMap, identity: Option<&ClientIdentity>) {
+    let claimed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(CLIENT_CERT_PREFIX))
+        .cloned()
+        .collect();
+    for name in claimed {
+        headers.remove(name);
+    }
+    let Some(identity) = identity else {
+        return;
+    };
+    set(
+        headers,
+        HeaderName::from_static("x-client-cert-subject"),
+        &identity.subject,
+    );
+    if let Some(cn) = &identity.common_name {
+        set(headers, HeaderName::from_static("x-client-cert-cn"), cn);
+    }
+    if !identity.sans.is_empty() {
+        set(
+            headers,
+            HeaderName::from_static("x-client-cert-san"),
+            &identity.sans.join(", "),
+        );
+    }
+}
+
+/// The request's `X-Request-Id`, generated (128 random bits, hex) and set when absent.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
+    if let Some(id) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        return id.to_string();
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    set(headers, X_REQUEST_ID, &id);
+    id
+}
+
+/// Applies a route's header rules: remove, then set, then add.
+pub fn apply_rules(headers: &mut HeaderMap, rules: &HeaderRules) {
+    for name in &rules.remove {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+    for (name, value) in &rules.set {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    for (name, value) in &rules.add {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+}
+
+/// Reports header names and values in `rules` that are not valid HTTP.
+pub fn validate_rules(rules: &HeaderRules, report: &mut dyn FnMut(String)) {
+    let names = rules
+        .remove
+        .iter()
+        .chain(rules.set.keys())
+        .chain(rules.add.keys());
+    for name in names {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            report(format!("`{name}` is not a valid header name"));
+        }
+    }
+    for value in rules.set.values().chain(rules.add.values()) {
+        if HeaderValue::from_str(value).is_err() {
+            report(format!("`{value}` is not a valid header value"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_go() {
+        let mut map = headers(&[
+            ("Connection", "keep-alive, X-Secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Secret", "1"),
+            ("TE", "trailers"),
+            ("Transfer-Encoding", "chunked"),
+            ("Proxy-Authorization", "Basic x"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Upgrade", "websocket"),
+            ("Set-Cookie", "a=1"),
+            ("Set-Cookie", "b=2"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        let left: Vec<_> = map
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(
+            left,
+            vec![("set-cookie", &b"a=1"[..]), ("set-cookie", &b"b=2"[..])]
+        );
+    }
+
+    #[test]
+    fn upgrade_handshakes_keep_their_upgrade_headers() {
+        let mut map = headers(&[("Connection", "Upgrade"), ("Upgrade", "websocket")]);
+        assert!(is_upgrade(&map));
+        remove_hop_by_hop(&mut map, true);
+        assert_eq!(map["upgrade"], "websocket");
+        assert_eq!(map["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_quote_ipv6() {
+        let mut map = headers(&[("X-Forwarded-For", "203.0.113.7")]);
+        let facts = ConnectionFacts {
+            client: "[2001:db8::1]:5000".parse().expect("addr"),
+            tls: true,
+            identity: None,
+        };
+        add_forwarding(&mut map, &facts, Some("example.com"), true);
+        assert_eq!(map["x-forwarded-for"], "203.0.113.7, 2001:db8::1");
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["x-forwarded-host"], "example.com");
+        assert_eq!(
+            map["forwarded"],
+            "for=\"[2001:db8::1]\";proto=https;host=example.com"
+        );
+    }
+
+    #[test]
+    fn client_cert_headers_cannot_be_forged() {
+        let mut map = headers(&[("X-Client-Cert-CN", "admin"), ("X-Client-Cert-Other", "x")]);
+        set_client_cert_headers(&mut map, None);
+        assert!(map.is_empty());
+        let identity = ClientIdentity {
+            subject: "CN=alice,O=Example".into(),
+            common_name: Some("alice".into()),
+            sans: vec!["alice.example.com".into(), "alice@example.com".into()],
+        };
+        let mut map = headers(&[("X-Client-Cert-CN", "admin")]);
+        set_client_cert_headers(&mut map, Some(&identity));
+        assert_eq!(map["x-client-cert-cn"], "alice");
+        assert_eq!(map["x-client-cert-subject"], "CN=alice,O=Example");
+        assert_eq!(
+            map["x-client-cert-san"],
+            "alice.example.com, alice@example.com"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_generated() {
+        let mut map = headers(&[("X-Request-Id", "abc")]);
+        assert_eq!(ensure_request_id(&mut map), "abc");
+        let mut map = HeaderMap::new();
+        let id = ensure_request_id(&mut map);
+        assert_eq!(id.len(), 32);
+        assert_eq!(map["x-request-id"], id.as_str());
+    }
+
+    #[test]
+    fn rules_remove_then_set_then_add() {
+        let mut rules = HeaderRules::default();
+        rules.remove.push("x-drop".into());
+        rules.set.insert("x-env".into(), "prod".into());
+        rules.add.insert("x-tag".into(), "b".into());
+        let mut map = headers(&[("X-Drop", "1"), ("X-Env", "dev"), ("X-Tag", "a")]);
+        apply_rules(&mut map, &rules);
+        assert!(!map.contains_key("x-drop"));
+        assert_eq!(map["x-env"], "prod");
+        let tags: Vec<_> = map.get_all("x-tag").iter().collect();
+        assert_eq!(tags, ["a", "b"]);
+    }
+}

@@ -1,0 +1,16 @@
+//! `protocol = "postgres"`: the PostgreSQL wire protocol (v3.0 and v3.2) in session mode.
+//!
+//! Each client session is bound to one server connection for its life, but the proxy owns
+//! the startup: it answers SSLRequest/GSSENCRequest, routes on the StartupMessage (database,
+//! user, application_name), picks a server of the listener's role, relays authentication,
+//! issues its own cancel keys, and reports failures as PostgreSQL errors with a SQLSTATE.
+
+pub mod cancel;
+pub mod codec;
+pub mod errors;
+pub mod session;
+pub mod startup;
+pub mod tls;
+
+pub use cancel::CancelTable;
+pub use session::serve;

@@ -1,0 +1,520 @@
+//! One client session in session mode: startup, routing, a server of the listener's role,
+//! the relayed authentication, then bytes both ways for the session's life.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+
+use super::cancel::CancelTarget;
+use super::codec::Startup;
+use super::errors::{fatal, sqlstate};
+use super::startup::{Opening, Refusal, ServerLink, authenticate, read_opening};
+use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
+use crate::config::{ClientTlsMode, ListenerRole, MessageLimits};
+use crate::listener::{Listener, ListenerSettings};
+use crate::observe::ConnectionRecord;
+use crate::protocol::{count_bytes, proxy_preamble, read_proxy_header, relay_session};
+use crate::relay::{IdleLimit, RelayCounters, relay_streams};
+use crate::route::{RouteFacts, Routing};
+use crate::runtime::Shared;
+use crate::tls::{Rewind, ServerStream, ServerTls, TlsInfo};
+use crate::upstream::{
+    ConnectError, LeaseError, Pool, Server, ServerRole, Upstream, connect_matching, connect_server,
+};
+
+/// Handles one client connection of a postgres listener to the end, logging one line.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<Listener>,
+    settings: Arc<ListenerSettings>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
+    let started = std::time::Instant::now();
+    let mut record = ConnectionRecord::accepted(&listener.name, peer);
+    record.termination = match session(&shared, &listener, &settings, client, &mut record).await {
+        Ok(termination) => termination,
+        Err(refusal) => {
+            // A bad PROXY header was counted and logged where it was read.
+            if !matches!(
+                refusal.reason,
+                "client_closed" | "cancel" | "proxy_header_error"
+            ) {
+                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(listener = %listener.name, client = %peer, reason = refusal.reason, detail = %refusal.detail, "postgres session refused");
+            }
+            refusal.reason
+        }
+    };
+    record.finish(started);
+    shared.access_log.log(&record);
+}
+
+async fn session(
+    shared: &Shared,
+    listener: &Listener,
+    settings: &ListenerSettings,
+    mut client: TcpStream,
+    record: &mut ConnectionRecord,
+) -> Result<&'static str, Refusal> {
+    let limits = &settings.config.limits;
+    let mut destination = None;
+    let mut early_data = Bytes::new();
+    if settings.config.proxy_protocol.is_some() {
+        let proxied = read_proxy_header(listener, settings, &mut client, record)
+            .await
+            .map_err(|reason| Refusal::new(reason, "bad PROXY protocol header"))?;
+        destination = proxied.destination;
+        early_data = proxied.early_data;
+    }
+    // The address the client reached, for a PROXY header sent upstream.
+    let destination = destination
+        .or_else(|| client.local_addr().ok())
+        .unwrap_or(listener.address);
+    let client = Rewind::new(early_data, client);
+    let mode = settings.config.client_tls_mode();
+    let offered = settings
+        .tls
+        .as_ref()
+        .filter(|_| mode != ClientTlsMode::Disabled);
+    let opened = tokio::time::timeout(
+        settings.config.timeouts.client,
+        open_client(client, limits, offered),
+    )
+    .await
+    .map_err(|_| Refusal::new("client_timeout", "no startup packet in time"))?;
+    let (mut client, opening, tls_info) = opened?;
+    let mut startup = match opening {
+        Opening::Startup(startup) => startup,
+        Opening::Cancel { pid, key } => {
+            shared.postgres_cancel.cancel(pid, &key).await;
+            return Err(Refusal::new("cancel", "cancel request"));
+        }
+        Opening::StartTls => return Err(Refusal::new("bad_startup", "a second SSLRequest")),
+    };
+    if mode == ClientTlsMode::Required && tls_info.is_none() {
+        let code = sqlstate::INVALID_AUTHORIZATION;
+        return refuse(&mut client, code, "tls_required", "SSL required".into()).await;
+    }
+    let routed = route(&settings.routing, &startup, tls_info.as_ref());
+    let Some((mut pool, mut rewrites)) = routed else {
+        let message = format!(
+            "no route for database \"{}\" and user \"{}\"",
+            startup.database().unwrap_or_default(),
+            startup.param("user").unwrap_or_default()
+        );
+        let code = sqlstate::INVALID_CATALOG_NAME;
+        return refuse(&mut client, code, "no_route", message).await;
+    };
+    record.pool = Some(pool.name.clone());
+
+    let (config, tls_facts) = (&settings.config, tls_info.as_ref());
+    let mut wanted = wanted_role(&pool, config.role, config.replica_fallback);
+    let mut attempt = connect_role(&pool, record.client, wanted).await;
+    // A reload that replaced the pool after this connection was accepted drains the servers
+    // it removed; when nothing else is left in the old pool, the routing now in force
+    // takes the client.
+    while matches!(attempt, Err(ConnectError::Lease(LeaseError::NoServer))) && pool.is_retired() {
+        let Some(current) = route(&listener.settings().routing, &startup, tls_facts) else {
+            break;
+        };
+        (pool, rewrites) = current;
+        record.pool = Some(pool.name.clone());
+        wanted = wanted_role(&pool, config.role, config.replica_fallback);
+        attempt = connect_role(&pool, record.client, wanted).await;
+    }
+    rewrites.apply(&mut startup);
+    let upstream = match attempt {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            let (code, reason, message) = match &error {
+                ConnectError::Lease(LeaseError::NoServer) => (
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    "no_server",
+                    match wanted {
+                        None => "no server available".to_string(),
+                        Some(ServerRole::Replica) => "no replica available".to_string(),
+                        Some(_) => "no primary available".to_string(),
+                    },
+                ),
+                ConnectError::Lease(LeaseError::QueueFull | LeaseError::QueueTimeout) => (
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    "queue_full",
+                    format!("no server slot free: {error}"),
+                ),
+                ConnectError::Failed { .. } => (
+                    sqlstate::CONNECTION_FAILURE,
+                    "connect_failed",
+                    format!("could not connect to the server: {error}"),
+                ),
+            };
+            return refuse(&mut client, code, reason, message).await;
+        }
+    };
+    let server = upstream.lease.server().clone();
+    record.server = Some(server.name.clone());
+    let preamble = proxy_preamble(pool.send_proxy_protocol, record.client, || destination);
+    let host = server_host(&server);
+    let tls = pool.tls.as_deref();
+    let link = |stream: &ServerStream| ServerLink {
+        table: &shared.postgres_cancel,
+        cancel: CancelTarget {
+            server: upstream.peer,
+            connect_timeout: pool.timeouts.connect,
+            tls: pool.tls.clone(),
+            host: host.clone(),
+            preamble: preamble.clone(),
+        },
+        encrypted: matches!(stream, Either::Right(_)),
+        may_retry: retries_with_tls(tls, stream),
+    };
+    let mut server_stream = match secure_server(tls, &host, upstream.stream, &preamble, false).await
+    {
+        Ok(stream) => stream,
+        Err(error) => return refuse_tls(&mut client, &error).await,
+    };
+    let first_link = link(&server_stream);
+    let mut outcome = authenticate(
+        &mut client,
+        &mut server_stream,
+        &startup,
+        limits,
+        first_link,
+    )
+    .await;
+    if let Err(Refusal {
+        reason: "retry_tls",
+        detail: refused,
+    }) = &outcome
+    {
+        // sslmode=allow: the server refused plaintext; once more, asking for TLS.
+        let retried = async {
+            let (stream, _) = connect_server(&server, &pool).await?;
+            secure_server(tls, &host, stream, &preamble, true).await
+        };
+        server_stream = match retried.await {
+            Ok(stream) => stream,
+            Err(error) => {
+                let error = std::io::Error::new(
+                    error.kind(),
+                    format!("plaintext refused ({refused}), then {error}"),
+                );
+                return refuse_tls(&mut client, &error).await;
+            }
+        };
+        let retry_link = link(&server_stream);
+        outcome = authenticate(
+            &mut client,
+            &mut server_stream,
+            &startup,
+            limits,
+            retry_link,
+        )
+        .await;
+    }
+    let (_cancel_key, startup_bytes) = outcome?;
+    count_bytes(
+        record,
+        listener,
+        &server,
+        startup_bytes.to_server,
+        startup_bytes.to_client,
+    );
+    let idle = IdleLimit::choose(
+        settings.config.timeouts.client,
+        pool.timeouts.server,
+        pool.timeouts.tunnel,
+    );
+    Ok(match (client, server_stream) {
+        (Either::Left(client), Either::Left(mut server_stream)) => {
+            // Client bytes read with the PROXY header and not needed by the startup.
+            let (early, client) = client.into_parts();
+            if !early.is_empty() {
+                if server_stream.write_all(&early).await.is_err() {
+                    return Ok("server_error");
+                }
+                count_bytes(record, listener, &server, early.len() as u64, 0);
+            }
+            relay_session(
+                shared,
+                listener,
+                &server,
+                idle,
+                &client,
+                &server_stream,
+                record,
+            )
+            .await
+        }
+        (client, server_stream) => {
+            let cut = server.session_token();
+            let counters = RelayCounters {
+                to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
+                to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
+            };
+            let outcome = relay_streams(
+                client,
+                server_stream,
+                idle,
+                &cut,
+                &shared.hard_stop,
+                counters,
+            )
+            .await;
+            record.bytes_in += outcome.bytes_in;
+            record.bytes_out += outcome.bytes_out;
+            outcome.termination.as_str()
+        }
+    })
+}
+
+/// Reads the client's opening packets, taking the connection to TLS when the client asks
+/// (SSLRequest answered `S`) or starts with a TLS ClientHello (PostgreSQL 17 direct TLS,
+/// which must negotiate ALPN `postgresql`). `tls` is the listener's, when it offers TLS.
+async fn open_client(
+    client: Rewind<TcpStream>,
+    limits: &MessageLimits,
+    tls: Option<&Arc<ServerTls>>,
+) -> Result<(ClientStream, Opening, Option<TlsInfo>), Refusal> {
+    let mut client = client;
+    let Some(tls) = tls else {
+        let opening = read_opening(&mut client, limits, false).await?;
+        return Ok((Either::Left(client), opening, None));
+    };
+    let mut first = [0u8; 1];
+    let first = match client.buffered().first() {
+        Some(&byte) => Some(byte),
+        None => match client.get_ref().peek(&mut first).await {
+            Ok(1) => Some(first[0]),
+            _ => None,
+        },
+    };
+    let direct = first == Some(TLS_HANDSHAKE);
+    if !direct {
+        match read_opening(&mut client, limits, true).await? {
+            Opening::StartTls => {}
+            opening => return Ok((Either::Left(client), opening, None)),
+        }
+    }
+    let (mut stream, info) = tls
+        .accept(client)
+        .await
+        .map_err(|e| Refusal::new("client_tls_error", e))?;
+    if direct && info.alpn.as_deref() != Some(b"postgresql".as_slice()) {
+        return Err(Refusal::new(
+            "client_tls_error",
+            "direct TLS without ALPN `postgresql`",
+        ));
+    }
+    let opening = read_opening(&mut stream, limits, false).await?;
+    Ok((Either::Right(stream), opening, Some(info)))
+}
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Ends the session after TLS to the server failed.
+async fn refuse_tls<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    error: &std::io::Error,
+) -> Result<&'static str, Refusal> {
+    let message = format!("could not connect to the server: {error}");
+    refuse(
+        client,
+        sqlstate::CONNECTION_FAILURE,
+        "server_tls_failed",
+        message,
+    )
+    .await
+}
+
+/// Sends a FATAL ErrorResponse and ends the session.
+async fn refuse<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    code: &str,
+    reason: &'static str,
+    message: String,
+) -> Result<&'static str, Refusal> {
+    let _ = client.write_all(&fatal(code, &message)).await;
+    let _ = client.shutdown().await;
+    Err(Refusal::new(reason, message))
+}
+
+/// What a route asks to change in the startup sent to the server.
+#[derive(Debug, Default)]
+struct Rewrites {
+    database: Option<String>,
+    user: Option<String>,
+}
+
+impl Rewrites {
+    /// Applies the rewrites to what the server will be sent.
+    fn apply(self, startup: &mut Startup) {
+        if let Some(database) = self.database {
+            startup.set_param("database", &database);
+        }
+        if let Some(user) = self.user {
+            // The database defaulted to the user name: keep the name the client meant.
+            if startup.param("database").is_none()
+                && let Some(original) = startup.param("user").map(str::to_string)
+            {
+                startup.set_param("database", &original);
+            }
+            startup.set_param("user", &user);
+        }
+    }
+}
+
+/// Picks the pool from the startup parameters (and the client's TLS), with the matching
+/// route's rewrites of `database`/`user`.
+fn route(
+    routing: &Routing,
+    startup: &Startup,
+    tls: Option<&TlsInfo>,
+) -> Option<(Arc<Pool>, Rewrites)> {
+    let facts = RouteFacts {
+        database: startup.database(),
+        user: startup.param("user"),
+        application_name: startup.param("application_name"),
+        sni: tls.and_then(|tls| tls.sni.as_deref()),
+        client_cn: tls
+            .and_then(|tls| tls.client_cert.as_ref())
+            .and_then(|cert| cert.common_name.as_deref()),
+        ..RouteFacts::default()
+    };
+    match routing.route(&facts) {
+        Some(route) => Some((
+            route.pool.clone(),
+            Rewrites {
+                database: route.rule.rewrite_database.clone(),
+                user: route.rule.rewrite_user.clone(),
+            },
+        )),
+        None => routing
+            .default
+            .clone()
+            .map(|pool| (pool, Rewrites::default())),
+    }
+}
+
+/// Connects to a server of `pool` that serves `wanted` (any server for `None`).
+async fn connect_role(
+    pool: &Arc<Pool>,
+    client: SocketAddr,
+    wanted: Option<ServerRole>,
+) -> Result<Upstream, ConnectError> {
+    let max_lag = pool_lag(pool);
+    let accept = move |server: &Server| admits(&max_lag, wanted, server);
+    connect_matching(pool, client, &accept).await
+}
+
+/// The role a session of `role` must get now; `None` is any. A replica listener falls
+/// back to the primary while no replica is up, when allowed.
+fn wanted_role(pool: &Pool, role: ListenerRole, fallback: bool) -> Option<ServerRole> {
+    match role {
+        ListenerRole::Any => None,
+        ListenerRole::Primary => Some(ServerRole::Primary),
+        ListenerRole::Replica => {
+            let lag = pool_lag(pool);
+            let replica_up =
+                pool.any_available(&|s: &Server| admits(&lag, Some(ServerRole::Replica), s));
+            if replica_up || !fallback {
+                Some(ServerRole::Replica)
+            } else {
+                Some(ServerRole::Primary)
+            }
+        }
+    }
+}
+
+/// The pool's `max_replica_lag` in seconds.
+fn pool_lag(pool: &Pool) -> Option<f64> {
+    pool.max_replica_lag.map(|lag| lag.as_secs_f64())
+}
+
+/// Whether `server` serves `wanted`: its role matches and, for a replica, its lag is
+/// within `max_lag` seconds.
+fn admits(max_lag: &Option<f64>, wanted: Option<ServerRole>, server: &Server) -> bool {
+    match wanted {
+        None => true,
+        Some(ServerRole::Replica) => {
+            server.role() == ServerRole::Replica
+                && max_lag
+                    .is_none_or(|max| server.replica_lag().is_some_and(|lag| lag.seconds <= max))
+        }
+        Some(role) => server.role() == role,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::ReplicaLag;
+
+    fn pool(max_replica_lag: &str) -> Pool {
+        let text = format!(
+            r#"
+[[listener]]
+name = "pg"
+listen = "127.0.0.1:0"
+protocol = "postgres"
+pool = "pg"
+
+[[pool]]
+name = "pg"
+{max_replica_lag}
+servers = [ {{ name = "a", address = "127.0.0.1:1" }}, {{ name = "b", address = "127.0.0.1:2" }} ]
+"#
+        );
+        let config =
+            crate::config::load_str(std::path::Path::new("t.toml"), &text).expect("valid config");
+        Pool::new(&config.pools[0]).expect("pool")
+    }
+
+    fn lag(seconds: f64) -> Option<ReplicaLag> {
+        Some(ReplicaLag { bytes: 0, seconds })
+    }
+
+    #[test]
+    fn roles_and_lag_decide_which_servers_a_listener_admits() {
+        let pool = pool(r#"max_replica_lag = "10s""#);
+        let (a, b) = (&pool.servers[0], &pool.servers[1]);
+        let max = pool_lag(&pool);
+        assert!(!admits(&max, Some(ServerRole::Primary), a), "role unknown");
+        assert!(admits(&max, None, a), "any admits unknown roles");
+        a.record_role(ServerRole::Primary, None);
+        b.record_role(ServerRole::Replica, lag(5.0));
+        assert!(admits(&max, Some(ServerRole::Primary), a));
+        assert!(!admits(&max, Some(ServerRole::Primary), b));
+        assert!(admits(&max, Some(ServerRole::Replica), b));
+        b.record_role(ServerRole::Replica, lag(20.0));
+        assert!(!admits(&max, Some(ServerRole::Replica), b), "lagging");
+        assert!(admits(&None, Some(ServerRole::Replica), b), "no limit");
+    }
+
+    #[test]
+    fn a_replica_listener_falls_back_to_the_primary_only_when_allowed() {
+        let pool = pool("");
+        pool.servers[0].record_role(ServerRole::Primary, None);
+        pool.servers[1].record_role(ServerRole::Primary, None);
+        assert_eq!(
+            wanted_role(&pool, ListenerRole::Replica, true),
+            Some(ServerRole::Primary)
+        );
+        assert_eq!(
+            wanted_role(&pool, ListenerRole::Replica, false),
+            Some(ServerRole::Replica)
+        );
+        pool.servers[1].record_role(ServerRole::Replica, lag(0.0));
+        assert_eq!(
+            wanted_role(&pool, ListenerRole::Replica, true),
+            Some(ServerRole::Replica)
+        );
+        assert_eq!(wanted_role(&pool, ListenerRole::Any, true), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! PostgreSQL's in-protocol TLS on both sides of a session.
+//!
+//! Upstream, TLS is asked for with an SSLRequest and the server answers `S` or `N`; the
+//! pool's `sslmode` decides what to ask and what to accept, with libpq's meaning:
+//! `disable` never asks; `allow` connects in plaintext and asks only on a retry after the
+//! server refused plaintext; `prefer` asks and continues in plaintext on `N`; `require`,
+//! `verify-ca` and `verify-full` ask and fail on `N`, verifying as the TLS module does.
+
+use std::io;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+
+use super::codec::{SSL_REQUEST, with_length};
+use crate::config::SslMode;
+use crate::tls::{Rewind, ServerStream, UpstreamTls};
+use crate::upstream::{Server, ServerAddress};
+
+/// A client connection (after any PROXY header, whose trailing bytes it reads first):
+/// plaintext, or TLS terminated by the proxy.
+pub type ClientStream =
+    Either<Rewind<TcpStream>, tokio_rustls::server::TlsStream<Rewind<TcpStream>>>;
+
+/// The name a server is verified against (`verify-full`) and sent as SNI, unless the
+/// pool's `upstream_tls.sni` overrides it.
+pub fn server_host(server: &Server) -> String {
+    match &server.address {
+        ServerAddress::Ip(addr) => addr.ip().to_string(),
+        ServerAddress::Host { host, .. } => host.clone(),
+    }
+}
+
+/// Whether this connection attempt asks the server for TLS: `allow` only on its retry.
+fn asks_for_tls(mode: SslMode, retry: bool) -> bool {
+    match mode {
+        SslMode::Disable => false,
+        SslMode::Allow => retry,
+        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => true,
+    }
+}
+
+/// Negotiates TLS on a fresh server connection per `tls`'s `sslmode` (plaintext without
+/// `upstream_tls`), after sending `preamble` (a PROXY header, or nothing) in clear; `retry`
+/// is `allow`'s second attempt, which asks for TLS.
+pub async fn secure_server(
+    tls: Option<&UpstreamTls>,
+    host: &str,
+    mut stream: TcpStream,
+    preamble: &[u8],
+    retry: bool,
+) -> io::Result<ServerStream> {
+    stream.write_all(preamble).await?;
+    let Some(tls) = tls.filter(|tls| asks_for_tls(tls.mode(), retry)) else {
+        return Ok(Either::Left(stream));
+    };
+    stream
+        .write_all(&with_length(None, &SSL_REQUEST.to_be_bytes()))
+        .await?;
+    // Exactly one byte: anything the server sent after it before the handshake would be
+    // unauthenticated (CVE-2021-23222), so nothing more is read here.
+    match stream.read_u8().await? {
+        b'S' => tls
+            .handshake(stream, host)
+            .await
+            .map(Either::Right)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("TLS handshake (sslmode={}): {e}", tls.mode().as_str()),
+                )
+            }),
+        b'N' if matches!(tls.mode(), SslMode::Prefer) => Ok(Either::Left(stream)),
+        b'N' => Err(io::Error::other(format!(
+            "the server does not support TLS (sslmode={})",
+            tls.mode().as_str()
+        ))),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected answer {other:#04x} to SSLRequest"),
+        )),
+    }
+}
+
+/// Whether `allow` may retry with TLS after the server refused a plaintext startup.
+pub fn retries_with_tls(tls: Option<&UpstreamTls>, stream: &ServerStream) -> bool {
+    matches!(stream, Either::Left(_)) && tls.is_some_and(|tls| tls.mode() == SslMode::Allow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_modes_ask_for_tls() {
+        for (mode, first, retry) in [
+            (SslMode::Disable, false, false),
+            (SslMode::Allow, false, true),
+            (SslMode::Prefer, true, true),
+            (SslMode::Require, true, true),
+            (SslMode::VerifyCa, true, true),
+            (SslMode::VerifyFull, true, true),
+        ] {
+            assert_eq!(asks_for_tls(mode, false), first, "{mode:?}");
+            assert_eq!(asks_for_tls(mode, true), retry, "{mode:?}");
+        }
+    }
+}

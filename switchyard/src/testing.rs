@@ -1,0 +1,32 @@
+//! Helpers for the crate's own tests.
+
+/// A deterministic byte mutator (xorshift), for the small fuzz passes parser tests run on
+/// stable Rust: the same mutations every run, so a failure reproduces.
+pub struct Mutator(u64);
+
+impl Mutator {
+    /// A mutator with a fixed seed.
+    pub fn new() -> Self {
+        Self(0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// The next pseudo-random number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Up to three random edits: overwrite, insert or truncate at a random position.
+    pub fn mutate(&mut self, input: &mut Vec<u8>) {
+        for _ in 0..(self.next() % 4) {
+            let position = (self.next() as usize) % (input.len() + 1);
+            match self.next() % 3 {
+                0 if position < input.len() => input[position] = self.next() as u8,
+                1 => input.insert(position, self.next() as u8),
+                _ => input.truncate(position),
+            }
+        }
+    }
+}

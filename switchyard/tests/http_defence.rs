@@ -1,0 +1,204 @@
+//! Client-side defence of the HTTP proxy, with raw bytes over TcpStream: smuggling shapes
+//! and over-limit requests are refused before anything reaches a backend, a slowloris
+//! client gets 408 while others are served, idle keep-alive connections are closed.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use support::config::Config;
+use support::http::{HttpBackend, get, raw};
+use support::wait_until;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn proxy_for(backend: &HttpBackend, listener: &str) -> (support::Proxy, SocketAddr) {
+    Config::new()
+        .protocol("http")
+        .listener(listener)
+        .server("a1", backend.addr, "")
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_get_400_and_never_reach_the_backend() {
+    let backend = HttpBackend::describe().await;
+    let (proxy, front) = proxy_for(&backend, "").await;
+    let attempts: &[&[u8]] = &[
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4x\r\nabcd\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\n\n",
+        b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\nHost: a\r\n\r\n",
+    ];
+    for attempt in attempts {
+        let answer = raw(front, attempt).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(attempt)
+        );
+    }
+    // A smuggled request pipelined behind a valid one in the same packet: the whole
+    // packet is refused, the valid request with it.
+    let answer = raw(
+        front,
+        b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert_eq!(
+        backend.accepted.load(Ordering::SeqCst),
+        0,
+        "the backend saw nothing"
+    );
+    support::ops::wait_access(&proxy, "refusal line", |l| {
+        l.get("status").and_then(|s| s.as_u64()) == Some(400)
+            && l.get("termination").and_then(|t| t.as_str()) == Some("bad_request")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_on_uri_headers_and_head_size() {
+    let backend = HttpBackend::describe().await;
+    let (_proxy, front) = proxy_for(
+        &backend,
+        "http = { max_uri_bytes = 100, max_headers = 5, max_header_bytes = 2048 }",
+    )
+    .await;
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(200));
+    assert!(
+        raw(front, long_uri.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 414 ")
+    );
+    let many: String = (0..6).map(|i| format!("X-{i}: v\r\n")).collect();
+    let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
+    assert!(
+        raw(front, head.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 431 ")
+    );
+    let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(3000));
+    assert!(
+        raw(front, big.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 431 ")
+    );
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(get(front, "/", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_gets_408_while_other_clients_are_served() {
+    let backend = HttpBackend::describe().await;
+    let (proxy, front) = proxy_for(&backend, "timeouts = { http_request = \"1s\" }").await;
+    let mut slow = TcpStream::connect(front).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    let trickle = async {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        for i in 0.. {
+            // One header byte at a time, never finishing the head.
+            let _ = slow.write_all(format!("X-{i}: y\r\n").as_bytes()).await;
+            tokio::select! {
+                read = slow.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                },
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let others = async {
+        let mut served = 0;
+        for _ in 0..5 {
+            if get(front, "/", &[]).await.status == 200 {
+                served += 1;
+            }
+        }
+        served
+    };
+    let (answer, served) = tokio::join!(trickle, others);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer:?}"
+    );
+    assert_eq!(served, 5);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 5);
+    support::ops::wait_access(&proxy, "408 line", |l| {
+        l.get("termination").and_then(|t| t.as_str()) == Some("request_timeout")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_client_connections_are_closed() {
+    let backend = HttpBackend::describe().await;
+    let (_proxy, front) = proxy_for(&backend, "timeouts = { keep_alive = \"300ms\" }").await;
+    let mut client = TcpStream::connect(front).await.expect("connect");
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(support::DEADLINE, client.read_to_end(&mut received)).await;
+    assert!(closed.is_ok(), "the idle connection was not closed");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(!text.contains("408"), "an idle close is silent: {text}");
+    wait_until("backend request seen", || async {
+        backend.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2c_client_connections_are_closed() {
+    let backend = HttpBackend::describe().await;
+    let (_proxy, front) = proxy_for(&backend, "timeouts = { keep_alive = \"300ms\" }").await;
+    let stream = TcpStream::connect(front).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{front}/h2"))
+        .body(support::http::full(""))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // Idle now: the proxy ends the connection (GOAWAY, then close).
+    let ended = tokio::time::timeout(support::DEADLINE, driver).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was not closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let backend = HttpBackend::describe().await;
+    let (_proxy, front) = proxy_for(&backend, "").await;
+    let answer = raw(
+        front,
+        b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+    let first = answer.find("GET /first").expect("first answered");
+    let second = answer.find("GET /second").expect("second answered");
+    assert!(first < second, "{answer}");
+}
