@@ -63,8 +63,8 @@ fn check_accepts_a_valid_config() {
     assert!(stderr.is_empty(), "{stderr}");
 }
 
-/// Nine independent mistakes; `(text that marks the line, key reported)`.
-const BROKEN: &str = r#"# nine mistakes, each on its own
+/// Eleven independent mistakes; `(text that marks the line, key reported)`.
+const BROKEN: &str = r#"# eleven mistakes, each on its own
 bogus_top = 1
 
 [admin]
@@ -121,9 +121,17 @@ listen = "127.0.0.1:7004"
 protocol = "tcp"
 pool = "good"
 role = "primary"
+
+[[listener]]
+name = "unchecked"
+listen = "127.0.0.1:7005"
+protocol = "postgres"
+pool = "good"
+role = "replica"
+client_tls = { mode = "required" }
 "#;
 
-const MISTAKES: [(&str, &str); 9] = [
+const MISTAKES: [(&str, &str); 11] = [
     ("bogus_top = 1", "bogus_top"),
     ("max_conections = 10", "listener[0].max_conections"),
     ("pool = \"missing\"", "listener[1].pool"),
@@ -134,6 +142,13 @@ const MISTAKES: [(&str, &str); 9] = [
     ("address = \"127.0.0.1\" ", "pool[4].servers[0].address"),
     ("check = \"mysql\"", "pool[5].health.check"),
     ("role = \"primary\"", "listener[3].role"),
+    // A role needs servers whose role a postgres check reports.
+    ("role = \"replica\"", "listener[4].role"),
+    // TLS demanded without certificates.
+    (
+        "client_tls = { mode = \"required\" }",
+        "listener[4].client_tls",
+    ),
 ];
 
 #[test]

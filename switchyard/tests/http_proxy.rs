@@ -482,3 +482,25 @@ async fn combined_log_format_lines() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_source_becomes_the_forwarded_client() {
+    let backend = HttpBackend::describe().await;
+    let (proxy, front) =
+        http_proxy(&[("a1", backend.addr)], "proxy_protocol = \"accept\"", "").await;
+    let answer = raw(
+        front,
+        b"PROXY TCP4 198.51.100.7 192.0.2.1 40000 80\r\nGET /pp HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        answer.contains("x-forwarded-for: 198.51.100.7\n"),
+        "{answer}"
+    );
+    let line = wait_access(&proxy, "pp line", |l| {
+        l.get("path").and_then(|p| p.as_str()) == Some("/pp")
+    })
+    .await;
+    assert_eq!(field(&line, "client"), "198.51.100.7:40000");
+}

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use support::config::Config;
 use support::ops::listener_addr;
 use support::postgres::{
-    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, pgbench, psql, psql_ok, stderr,
+    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, pgbench, psql, psql_ok, select_over,
+    stderr,
 };
 use support::{Proxy, free_port, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -419,16 +420,12 @@ async fn proxy_protocol_in_from_a_balancer_and_out_to_the_server() {
         .write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 6432\r\n")
         .await
         .expect("PROXY header");
-    let (client, connection) = tokio_postgres::Config::new()
-        .user("postgres")
-        .dbname("postgres")
-        .connect_raw(stream, tokio_postgres::NoTls)
-        .await
-        .expect("startup after the PROXY header");
-    tokio::spawn(connection);
-    let row = client.query_one("SELECT 5", &[]).await.expect("query");
-    assert_eq!(row.get::<_, i32>(0), 5);
-    drop(client);
+    assert_eq!(
+        select_over(stream, 5)
+            .await
+            .expect("startup after the PROXY header"),
+        5
+    );
     let sent = lines.lock().expect("lines").clone();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(
@@ -463,14 +460,11 @@ async fn a_client_accepted_before_a_reload_follows_the_new_pool() {
     let (status, body) = proxy.post("/api/v1/reload", "").await;
     assert_eq!(status, 200, "{body}");
 
-    let (client, connection) = tokio_postgres::Config::new()
-        .user("postgres")
-        .dbname("postgres")
-        .connect_raw(held, tokio_postgres::NoTls)
-        .await
-        .expect("the startup finds the new pool's server");
-    tokio::spawn(connection);
-    let row = client.query_one("SELECT 3", &[]).await.expect("query");
-    assert_eq!(row.get::<_, i32>(0), 3);
+    assert_eq!(
+        select_over(held, 3)
+            .await
+            .expect("the startup finds the new pool's server"),
+        3
+    );
     assert_eq!(proxy.server("app", "new").await.total, 1);
 }

@@ -11,7 +11,9 @@ use std::path::Path;
 use support::certs::TestCa;
 use support::config::Config;
 use support::ops::listener_addr;
-use support::postgres::{PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, psql, stderr};
+use support::postgres::{
+    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, psql, select_over, stderr,
+};
 
 /// libpq's sslmodes, weakest first.
 const SSLMODES: [&str; 6] = [
@@ -291,14 +293,10 @@ async fn client_certificate_cn_routes_and_direct_tls_works() {
         .connect(name, stream)
         .await
         .expect("direct TLS handshake");
-    let (client, connection) = tokio_postgres::Config::new()
-        .user("postgres")
-        .dbname("postgres")
-        .ssl_mode(tokio_postgres::config::SslMode::Disable)
-        .connect_raw(stream, tokio_postgres::NoTls)
-        .await
-        .expect("startup over direct TLS");
-    tokio::spawn(connection);
-    let row = client.query_one("SELECT 7", &[]).await.expect("query");
-    assert_eq!(row.get::<_, i32>(0), 7);
+    assert_eq!(
+        select_over(stream, 7)
+            .await
+            .expect("startup over direct TLS"),
+        7
+    );
 }

@@ -28,23 +28,17 @@ pub fn bin_dir() -> PathBuf {
 
 /// The uid and gid of the `postgres` OS user.
 fn postgres_user() -> (u32, u32) {
-    let output = Command::new("id")
-        .args(["-u", "postgres"])
-        .output()
-        .expect("id -u postgres");
-    let uid = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("uid");
-    let output = Command::new("id")
-        .args(["-g", "postgres"])
-        .output()
-        .expect("id -g postgres");
-    let gid = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("gid");
-    (uid, gid)
+    let id = |flag: &str| -> u32 {
+        let output = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("id postgres");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("the `postgres` OS user (Debian postgresql package)")
+    };
+    (id("-u"), id("-g"))
 }
 
 /// A command from the PostgreSQL bin dir, run as the `postgres` user.
@@ -384,4 +378,21 @@ pub fn pgbench(address: SocketAddr, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run pgbench")
+}
+
+/// Logs in as `postgres` to database `postgres` over an already connected `stream` (after
+/// a PROXY header, over direct TLS...) without TLS negotiation, and runs `SELECT n`.
+pub async fn select_over<S>(stream: S, n: i32) -> Result<i32, tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = tokio_postgres::Config::new()
+        .user("postgres")
+        .dbname("postgres")
+        .ssl_mode(tokio_postgres::config::SslMode::Disable)
+        .connect_raw(stream, tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    let row = client.query_one(&format!("SELECT {n}"), &[]).await?;
+    Ok(row.get::<_, i32>(0))
 }

@@ -67,7 +67,7 @@ impl ProxyError {
 }
 
 /// Whether the client prefers JSON (its `Accept` names `application/json` or `+json`).
-fn wants_json(request_headers: &HeaderMap) -> bool {
+pub fn wants_json(request_headers: &HeaderMap) -> bool {
     request_headers
         .get_all(ACCEPT)
         .iter()
@@ -88,10 +88,9 @@ pub fn error_body(status: StatusCode, message: &str, json: bool) -> (&'static st
     }
 }
 
-/// The proxy's answer for `error`, shaped by the request's `Accept`.
-pub fn response(error: ProxyError, request_headers: &HeaderMap) -> Response<ProxyBody> {
-    let (content_type, body) =
-        error_body(error.status(), error.message(), wants_json(request_headers));
+/// The proxy's answer for `error`, in JSON when the client asked for it (`wants_json`).
+pub fn response(error: ProxyError, json: bool) -> Response<ProxyBody> {
+    let (content_type, body) = error_body(error.status(), error.message(), json);
     let mut response = Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})
@@ -111,11 +110,11 @@ mod tests {
     #[test]
     fn bodies_follow_accept() {
         let mut headers = HeaderMap::new();
-        let text = response(ProxyError::NoServer, &headers);
+        let text = response(ProxyError::NoServer, wants_json(&headers));
         assert_eq!(text.status(), 503);
         assert_eq!(text.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        let json = response(ProxyError::GatewayTimeout, &headers);
+        let json = response(ProxyError::GatewayTimeout, wants_json(&headers));
         assert_eq!(json.status(), 504);
         assert_eq!(json.headers()[CONTENT_TYPE], "application/json");
         let (_, body) = error_body(StatusCode::BAD_REQUEST, "x", true);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
@@ -140,26 +140,29 @@ impl<S> Guard<S> {
             head_started: None,
             timer: Box::pin(tokio::time::sleep_until(now + clocks.http_request)),
         };
-        if !early.is_empty() {
-            guard.check(early);
+        if !early.is_empty() && guard.check(&early) {
+            guard.ready = early;
         }
         guard
     }
 
-    /// Checks freshly read bytes: passes them on, or replaces the rest of the connection
-    /// with a refusal.
-    fn check(&mut self, data: Bytes) {
+    /// Checks freshly read bytes: true if they may pass on, else the rest of the
+    /// connection is replaced with a refusal.
+    fn check(&mut self, data: &[u8]) -> bool {
         let was_between = self.scanner.between_requests();
-        match self.scanner.push(&data) {
+        match self.scanner.push(data) {
             Ok(()) => {
                 if !self.scanner.in_head() {
                     self.head_started = None;
                 } else if was_between || self.head_started.is_none() {
                     self.head_started = Some(Instant::now());
                 }
-                self.ready = data;
+                true
             }
-            Err(violation) => self.refuse(violation.status(), &violation.to_string()),
+            Err(violation) => {
+                self.refuse(violation.status(), &violation.to_string());
+                false
+            }
         }
     }
 
@@ -248,16 +251,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
                 }
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            let mut chunk = BytesMut::zeroed(buf.remaining().clamp(1, 16 * 1024));
-            let mut read = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+            // Read straight into hyper's buffer; bytes that fail the check are taken back
+            // before hyper sees them.
+            let before = buf.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
                 Poll::Ready(Ok(())) => {
-                    let n = read.filled().len();
-                    if n == 0 {
+                    if buf.filled().len() == before || this.check(&buf.filled()[before..]) {
                         return Poll::Ready(Ok(()));
                     }
-                    chunk.truncate(n);
-                    this.check(chunk.freeze());
+                    buf.set_filled(before);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {

@@ -166,8 +166,8 @@ fn log_refusal(shared: &Shared, listener: &Listener, client: SocketAddr, status:
         431 => "headers_too_large",
         _ => "bad_request",
     };
-    let record = log::RequestRecord {
-        time: crate::observe::ConnectionRecord::now_string(),
+    let mut record = log::RequestRecord {
+        time: String::new(),
         listener: listener.name.clone(),
         client,
         method: "-".into(),
@@ -194,7 +194,10 @@ fn log_refusal(shared: &Shared, listener: &Listener, client: SocketAddr, status:
         status,
         std::time::Duration::ZERO,
     );
-    shared.access_log.log_with(|format| record.render(format));
+    shared.access_log.log_with(|format| {
+        record.time = crate::observe::ConnectionRecord::now_string();
+        record.render(format)
+    });
 }
 
 /// Reports HTTP limits too small to serve ordinary requests: `report(key, message)`.

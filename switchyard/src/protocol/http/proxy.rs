@@ -65,7 +65,6 @@ impl Exchange {
         record.termination = termination;
         record.bytes_in = self.received.load(Ordering::Relaxed);
         record.duration_ms = self.started.elapsed().as_millis() as u64;
-        record.time = crate::observe::ConnectionRecord::now_string();
         let listener = &self.ctx.listener;
         let mut counters = vec![(&listener.stats.bytes_in, &listener.stats.bytes_out)];
         if let Some(server) = &self.server {
@@ -82,16 +81,17 @@ impl Exchange {
             status,
             self.started.elapsed(),
         );
-        let record = &self.record;
-        self.ctx
-            .shared
-            .access_log
-            .log_with(|format| record.render(format));
+        let record = &mut self.record;
+        // Only a log that writes needs the time stamp and the line.
+        self.ctx.shared.access_log.log_with(|format| {
+            record.time = crate::observe::ConnectionRecord::now_string();
+            record.render(format)
+        });
     }
 
     /// Answers with the proxy's own error response and logs the request.
-    fn fail(self, error: ProxyError, request_headers: &HeaderMap) -> Response<ProxyBody> {
-        let response = errors::response(error, request_headers);
+    fn fail(self, error: ProxyError, json: bool) -> Response<ProxyBody> {
+        let response = errors::response(error, json);
         let length = hyper::body::Body::size_hint(response.body())
             .exact()
             .unwrap_or(0);
@@ -164,13 +164,14 @@ pub async fn handle(
         logged: false,
     };
     let http = &ctx.settings.config.http;
+    let json = errors::wants_json(&parts.headers);
 
     // Framing the proxy must not pass on ambiguously (the head guard already refuses most
     // of it on HTTP/1.1 before the request gets here).
     if parts.headers.contains_key(header::TRANSFER_ENCODING)
         && parts.headers.contains_key(header::CONTENT_LENGTH)
     {
-        return exchange.fail(ProxyError::BadRequest, &parts.headers);
+        return exchange.fail(ProxyError::BadRequest, json);
     }
     let declared = parts
         .headers
@@ -180,7 +181,7 @@ pub async fn handle(
     if let (Some(limit), Some(length)) = (http.max_body_bytes, declared)
         && length > limit
     {
-        return exchange.fail(ProxyError::BodyTooLarge, &parts.headers);
+        return exchange.fail(ProxyError::BodyTooLarge, json);
     }
 
     let facts = RouteFacts {
@@ -196,10 +197,9 @@ pub async fn handle(
         .or(ctx.settings.routing.default.as_ref())
         .cloned()
     else {
-        return exchange.fail(ProxyError::NoRoute, &parts.headers);
+        return exchange.fail(ProxyError::NoRoute, json);
     };
-    let rules = route.map(|r| r.rule.clone());
-    let client_headers = parts.headers.clone();
+    let rules = route.map(|r| &r.rule);
 
     // Headers: hop-by-hop out, forwarding and identity in, then the route's rules.
     let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
@@ -226,7 +226,7 @@ pub async fn handle(
         http.forwarded,
     );
     exchange.record.request_id = Some(headers::ensure_request_id(&mut parts.headers));
-    if let Some(rules) = &rules {
+    if let Some(rules) = rules {
         headers::apply_rules(&mut parts.headers, &rules.request_headers);
     }
 
@@ -260,17 +260,17 @@ pub async fn handle(
                         pool = next.clone();
                         continue;
                     }
-                    _ => return exchange.fail(ProxyError::NoServer, &client_headers),
+                    _ => return exchange.fail(ProxyError::NoServer, json),
                 }
             }
             Err(LeaseError::NoServer) if !failed.is_empty() => {
-                return exchange.fail(ProxyError::BadGateway, &client_headers);
+                return exchange.fail(ProxyError::BadGateway, json);
             }
             Err(LeaseError::NoServer) => {
-                return exchange.fail(ProxyError::NoServer, &client_headers);
+                return exchange.fail(ProxyError::NoServer, json);
             }
             Err(LeaseError::QueueFull | LeaseError::QueueTimeout) => {
-                return exchange.fail(ProxyError::Queue, &client_headers);
+                return exchange.fail(ProxyError::Queue, json);
             }
         };
         let server = lease.server().clone();
@@ -291,15 +291,15 @@ pub async fn handle(
         };
         let sent = tokio::select! {
             sent = sending => sent,
-            () = cut.cancelled() => return exchange.fail(ProxyError::BadGateway, &client_headers),
+            () = cut.cancelled() => return exchange.fail(ProxyError::BadGateway, json),
         };
         match sent {
-            Err(_) => return exchange.fail(ProxyError::GatewayTimeout, &client_headers),
+            Err(_) => return exchange.fail(ProxyError::GatewayTimeout, json),
             Ok(Ok((response, connection))) => break (response, connection, lease, cut),
             Ok(Err(SendError::Connect(_, back))) => {
                 failed.push(server);
                 if !idempotent || failed.len() > pool.retries as usize {
-                    return exchange.fail(ProxyError::BadGateway, &client_headers);
+                    return exchange.fail(ProxyError::BadGateway, json);
                 }
                 request = *back;
             }
@@ -312,7 +312,7 @@ pub async fn handle(
                 } else {
                     ProxyError::BadGateway
                 };
-                return exchange.fail(error, &client_headers);
+                return exchange.fail(error, json);
             }
         }
     };
@@ -322,14 +322,14 @@ pub async fn handle(
     let status = parts.status;
     let switching = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
     headers::remove_hop_by_hop(&mut parts.headers, switching);
-    if let Some(rules) = &rules {
+    if let Some(rules) = rules {
         headers::apply_rules(&mut parts.headers, &rules.response_headers);
     }
     parts.version = Version::HTTP_11;
 
     if switching && let Some(client_upgrade) = client_upgrade {
         let Some(server_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-            return exchange.fail(ProxyError::BadGateway, &client_headers);
+            return exchange.fail(ProxyError::BadGateway, json);
         };
         drop(body);
         let idle = pool.timeouts.tunnel.unwrap_or(pool.timeouts.server);
@@ -377,31 +377,36 @@ fn prepare_for_server(
     server: &Server,
     host: Option<&str>,
 ) {
-    let server_address = server.address.to_string();
-    let host = if pool.preserve_host {
-        host.unwrap_or(&server_address).to_string()
-    } else {
-        server_address
+    // The common case, an HTTP/1.1 request in origin form with a Host kept as it is,
+    // needs no rewriting at all.
+    let host = match host {
+        Some(host) if pool.preserve_host => host.to_string(),
+        _ => server.address.to_string(),
     };
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let path = |request: &Request<RequestBody>| {
+        request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string()
+    };
     match pool.http_version {
         HttpVersion::Http1 => {
             *request.version_mut() = Version::HTTP_11;
-            if let Ok(uri) = path.parse::<Uri>() {
+            if request.uri().authority().is_some()
+                && let Ok(uri) = Uri::try_from(path(request))
+            {
                 *request.uri_mut() = uri;
             }
-            if let Ok(value) = HeaderValue::from_str(&host) {
+            let keep = pool.preserve_host && request.headers().contains_key(header::HOST);
+            if !keep && let Ok(value) = HeaderValue::from_str(&host) {
                 request.headers_mut().insert(header::HOST, value);
             }
         }
         HttpVersion::Http2 => {
             *request.version_mut() = Version::HTTP_2;
             request.headers_mut().remove(header::HOST);
-            if let Ok(uri) = format!("http://{host}{path}").parse::<Uri>() {
+            if let Ok(uri) = Uri::try_from(format!("http://{host}{}", path(request))) {
                 *request.uri_mut() = uri;
             }
         }
