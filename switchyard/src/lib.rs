@@ -4,6 +4,7 @@
 //! tests, benchmarks and fuzz targets can reach it.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod ctl;
 pub mod health;

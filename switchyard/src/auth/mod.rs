@@ -1,0 +1,4 @@
+//! Authentication the proxy performs itself: verifying clients and logging in to servers on
+//! their behalf.
+
+pub mod scram;
