@@ -108,25 +108,12 @@ mod tests {
     /// target checks: no panic, and on success exactly the bytes read are handed back.
     #[tokio::test]
     async fn mutated_hellos_never_panic() {
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut mutator = crate::testing::Mutator::new();
         let seeds = [OPENSSL_HELLO.to_vec(), client_hello("a.example")];
         for round in 0..5_000 {
             let mut input = seeds[round % seeds.len()].clone();
-            for _ in 0..(next() % 4) {
-                let position = (next() as usize) % (input.len() + 1);
-                match next() % 3 {
-                    0 if position < input.len() => input[position] = next() as u8,
-                    1 => input.insert(position, next() as u8),
-                    _ => input.truncate(position),
-                }
-            }
-            let split = (next() as usize) % (input.len() + 1);
+            mutator.mutate(&mut input);
+            let split = (mutator.next() as usize) % (input.len() + 1);
             let mut rest = &input[split..];
             let head = Bytes::copy_from_slice(&input[..split]);
             if let Ok((_, bytes)) = read_client_hello(&mut rest, head).await {

@@ -548,13 +548,7 @@ GET /last HTTP/1.0\r\n\r\n";
     /// the bytes are split into reads.
     #[test]
     fn mutated_requests_keep_verdicts_across_splits() {
-        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut mutator = crate::testing::Mutator::new();
         let seeds: &[&[u8]] = &[
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
@@ -563,16 +557,9 @@ GET /last HTTP/1.0\r\n\r\n";
         ];
         for round in 0..5_000 {
             let mut input = seeds[round % seeds.len()].to_vec();
-            for _ in 0..(next() % 4) {
-                let position = (next() as usize) % (input.len() + 1);
-                match next() % 3 {
-                    0 if position < input.len() => input[position] = next() as u8,
-                    1 => input.insert(position, next() as u8),
-                    _ => input.truncate(position),
-                }
-            }
+            mutator.mutate(&mut input);
             let whole = scan(&input).map(drop);
-            let cut = (next() as usize) % (input.len() + 1);
+            let cut = (mutator.next() as usize) % (input.len() + 1);
             let mut scanner = RequestScanner::new(LIMITS);
             let split = scanner
                 .push(&input[..cut])
