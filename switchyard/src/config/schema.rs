@@ -839,7 +839,7 @@ mod defaults {
         true
     }
     pub fn max_idle() -> usize {
-        32
+        1024
     }
     pub fn max_requests() -> u32 {
         1000
