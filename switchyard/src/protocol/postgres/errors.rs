@@ -1,7 +1,7 @@
 //! ErrorResponse messages the proxy sends itself, so that clients see a PostgreSQL error
 //! with a SQLSTATE (and drivers map it to their error types) instead of a bare close.
 
-use super::codec::with_length;
+use super::codec::{self, with_length};
 
 /// SQLSTATE codes the proxy reports.
 pub mod sqlstate {
@@ -38,6 +38,20 @@ pub fn fatal(code: &str, message: &str) -> Vec<u8> {
     }
     body.push(0);
     with_length(Some(b'E'), &body)
+}
+
+/// The value of one field (`C` SQLSTATE, `M` message...) of an ErrorResponse or
+/// NoticeResponse body; `None` when absent or malformed.
+pub fn error_field(body: &[u8], wanted: u8) -> Option<&str> {
+    let mut fields = body;
+    while let Some((&field, rest)) = fields.split_first() {
+        let (value, after) = codec::cstring(rest).ok()?;
+        if field == wanted {
+            return Some(value);
+        }
+        fields = after;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 pub mod cancel;
 pub mod codec;
 pub mod errors;
+pub mod login;
 pub mod session;
 pub mod startup;
 pub mod tls;

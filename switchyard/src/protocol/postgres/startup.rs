@@ -13,7 +13,7 @@ use super::codec::{
     self, AuthRequest, CodecError, Message, Startup, StartupPacket, parse_auth, parse_startup,
     read_message, read_startup,
 };
-use super::errors::{fatal, sqlstate};
+use super::errors::{error_field, fatal, sqlstate};
 use crate::config::MessageLimits;
 
 /// What the client's opening packets amounted to.
@@ -242,17 +242,9 @@ async fn send<S: AsyncWrite + Unpin>(
 
 /// The `M` field of an ErrorResponse, for the log.
 fn error_text(message: &Message) -> String {
-    let mut fields = message.body.as_slice();
-    while let Some((&field, rest)) = fields.split_first() {
-        let Ok((value, after)) = codec::cstring(rest) else {
-            break;
-        };
-        if field == b'M' {
-            return value.to_string();
-        }
-        fields = after;
-    }
-    "error".to_string()
+    error_field(&message.body, b'M')
+        .unwrap_or("error")
+        .to_string()
 }
 
 #[cfg(test)]
