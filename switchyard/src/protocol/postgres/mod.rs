@@ -6,9 +6,11 @@
 //! issues its own cancel keys, and reports failures as PostgreSQL errors with a SQLSTATE.
 
 pub mod cancel;
+pub mod classify;
 pub mod codec;
 pub mod errors;
 pub mod session;
+pub mod split;
 pub mod startup;
 pub mod tls;
 
