@@ -355,6 +355,17 @@ pub struct RouteConfig {
     /// HTTP: header rules applied to responses this route returns.
     #[serde(default)]
     pub response_headers: HeaderRules,
+    /// Postgres: send reads to replicas and the rest to the primary; overrides the pool's.
+    #[serde(default)]
+    pub read_write_split: Option<bool>,
+    /// Postgres split: a client's reads go to the primary this long after its last write
+    /// (read-your-writes); overrides the pool's.
+    #[serde(default, with = "duration::option")]
+    pub sticky_after_write: Option<Duration>,
+    /// Postgres split: more function names whose calls make a `SELECT` a write; replaces
+    /// the pool's list.
+    #[serde(default)]
+    pub write_functions: Option<Vec<String>>,
 }
 
 /// Header edits, applied in the order remove, set, add.
@@ -434,6 +445,15 @@ pub struct PoolConfig {
     /// HTTP: the keep-alive connections kept to each server.
     #[serde(default)]
     pub keep_alive: UpstreamKeepAlive,
+    /// Postgres: send reads to replicas and the rest to the primary (routes may override).
+    #[serde(default)]
+    pub read_write_split: bool,
+    /// Postgres split: a client's reads go to the primary this long after its last write.
+    #[serde(default, with = "duration::option")]
+    pub sticky_after_write: Option<Duration>,
+    /// Postgres split: more function names whose calls make a `SELECT` a write.
+    #[serde(default)]
+    pub write_functions: Vec<String>,
 }
 
 /// HTTP versions spoken to servers.

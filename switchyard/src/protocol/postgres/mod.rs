@@ -6,10 +6,12 @@
 //! issues its own cancel keys, and reports failures as PostgreSQL errors with a SQLSTATE.
 
 pub mod cancel;
+pub mod classify;
 pub mod codec;
 pub mod errors;
 pub mod login;
 pub mod session;
+pub mod split;
 pub mod startup;
 pub mod tls;
 

@@ -1,0 +1,1336 @@
+//! SQL classification for the read/write split: what a query string does, decided with
+//! PostgreSQL's own grammar (the `pg_query` crate embeds the server's parser), never by
+//! keyword guessing.
+//!
+//! [`classify`] answers, for one simple-protocol query string or one Parse message's text:
+//! - [`Access`]: may it run on a read-only replica? A `SELECT` (also `VALUES`, `TABLE`, and
+//!   `EXPLAIN`, `DECLARE` and `COPY … TO STDOUT` of one) without `FOR UPDATE/SHARE/NO KEY
+//!   UPDATE/KEY SHARE`, without a data-modifying CTE, without `SELECT … INTO` and without a
+//!   call to a write function ([`Rules`]) is a read; so are `SHOW`, `SET`/`RESET`,
+//!   `DISCARD`, cursor `FETCH`/`MOVE`/`CLOSE`, `DEALLOCATE`, `UNLISTEN` and the transaction
+//!   statements themselves. Everything else — DML, DDL, `COPY FROM`, `CALL`, `DO`, `VACUUM`,
+//!   `LOCK`, `NOTIFY`, `EXECUTE`, anything unknown, and anything the parser rejects — is a
+//!   write. A string of several statements is a write if any of them is.
+//! - [`TxnCommand`]: `BEGIN`/`START TRANSACTION` (with whether it may run on a replica),
+//!   `COMMIT`/`END`, `ROLLBACK`/`ABORT`. `SET TRANSACTION READ ONLY` is not reported: it comes
+//!   after the transaction started on its server, so it cannot move it.
+//! - [`SessionChange`]: session-level `SET`/`RESET`/`RESET ALL`/`DISCARD ALL`, with the text
+//!   to re-run on another server connection, and `SET switchyard.route`, which the proxy
+//!   answers itself. `SET LOCAL`, `SET TRANSACTION` and SETs inside functions or `DO` blocks
+//!   are not session changes (a function that runs a plain `SET` is not seen).
+//! - [`PinReason`]: state that lives in one server connection and cannot be moved: session
+//!   advisory locks, `LISTEN`, temporary tables, SQL `PREPARE`, `DECLARE … WITH HOLD`.
+//!   A pinning statement is a write, so a session pins to a primary connection.
+//! - [`RouteHint`]: a leading `/* switchyard: primary */` or `replica` comment.
+//!
+//! Whole-tree facts (a write function called anywhere, a data-modifying statement nested
+//! anywhere, a row lock in any subquery) come from a walk over every field of the parse tree
+//! through its `serde::Serialize` implementation, so no node type can be missed; the
+//! node iterator `pg_query` offers visits only some node types.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use pg_query::NodeEnum;
+use pg_query::protobuf::{self, DiscardMode, RawStmt, TransactionStmtKind, VariableSetKind};
+use serde::Serialize;
+use serde::ser::{self, Impossible};
+
+/// Where a statement may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only: a replica can run it.
+    Read,
+    /// Writes, or could not be classified: the primary runs it.
+    Write,
+}
+
+/// A transaction-control statement, for the split's transaction tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnCommand {
+    /// `BEGIN`/`START TRANSACTION`. `read_only` is true for `READ ONLY` transactions a
+    /// replica can run: not `SERIALIZABLE` ones, which a hot standby refuses.
+    Begin {
+        /// Whether the transaction may go to a replica.
+        read_only: bool,
+    },
+    /// `COMMIT`/`END` (also `COMMIT AND CHAIN`; the status byte tells what follows).
+    Commit,
+    /// `ROLLBACK`/`ABORT`.
+    Rollback,
+}
+
+/// The session override `SET switchyard.route = primary | replica | auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOverride {
+    /// Every statement to the primary.
+    Primary,
+    /// Reads to a replica even within `sticky_after_write`; writes still to the primary.
+    Replica,
+    /// Back to classification (also `RESET switchyard.route` and `SET … TO DEFAULT`).
+    Auto,
+}
+
+/// A change to session state that the transaction pooler must carry between server
+/// connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// A session-level `SET`: `name` is the parameter (lower case, as PostgreSQL compares
+    /// them), `statement` the text to re-run as is on another server connection.
+    Set {
+        /// Parameter name.
+        name: String,
+        /// The `SET` statement.
+        statement: String,
+    },
+    /// `RESET name` or `SET name TO DEFAULT`.
+    Reset {
+        /// Parameter name.
+        name: String,
+    },
+    /// `RESET ALL`.
+    ResetAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// `SET switchyard.route = …`: answered by the proxy, never sent to a server.
+    Route(RouteOverride),
+    /// `SET switchyard.route` to something other than `primary`, `replica` or `auto`: the
+    /// proxy answers with an error (SQLSTATE 22023) naming the value.
+    BadRoute(String),
+}
+
+/// Why a session must stay on its server connection for the rest of its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinReason {
+    /// A session-level advisory lock (`pg_advisory_lock` family, not the `_xact_` ones).
+    AdvisoryLock,
+    /// `LISTEN`: notifications arrive on that connection.
+    Listen,
+    /// A temporary table, view or sequence (`CREATE TEMP …`, `SELECT … INTO TEMP`).
+    TempTable,
+    /// A SQL-level `PREPARE` (named statements of the extended protocol are tracked instead).
+    SqlPrepare,
+    /// `DECLARE … WITH HOLD`: the cursor outlives its transaction.
+    HoldCursor,
+}
+
+/// A per-statement routing hint from a leading comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteHint {
+    /// `/* switchyard: primary */`
+    Primary,
+    /// `/* switchyard: replica */` (never pulls a write off the primary).
+    Replica,
+}
+
+/// What [`classify`] found in a query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    /// Whether a replica may run it.
+    pub access: Access,
+    /// The first transaction-control statement in the string.
+    pub transaction: Option<TxnCommand>,
+    /// Session state changes, in order.
+    pub session: Vec<SessionChange>,
+    /// The first reason the session must stay on its server connection.
+    pub pins: Option<PinReason>,
+    /// The leading comment's routing hint.
+    pub hint: Option<RouteHint>,
+}
+
+impl Classification {
+    /// A string that could not be classified: the primary runs it.
+    fn unknown(hint: Option<RouteHint>) -> Self {
+        Self {
+            access: Access::Write,
+            transaction: None,
+            session: Vec::new(),
+            pins: None,
+            hint,
+        }
+    }
+}
+
+/// Functions that write, take locks or expose the writer's session state, so a `SELECT`
+/// calling them must run on the primary: sequences (`currval`/`lastval` read the session's
+/// own `nextval`, which ran on the primary), advisory locks (all variants, including
+/// unlocks), large-object writers, `pg_notify`, `set_config` (changes session state the
+/// pooler does not track), and the functions that assign or report the transaction id.
+const DEFAULT_WRITE_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "currval",
+    "lastval",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_export",
+    "lo_from_bytea",
+    "lo_put",
+    "lo_unlink",
+    "lo_truncate",
+    "lo_truncate64",
+    "lowrite",
+    "pg_notify",
+    "set_config",
+    "txid_current",
+    "txid_current_if_assigned",
+    "pg_current_xact_id",
+    "pg_current_xact_id_if_assigned",
+    "pg_logical_emit_message",
+];
+
+/// Session-level advisory lock functions: the lock outlives the transaction, so the session
+/// pins to its server connection.
+const SESSION_LOCK_FUNCTIONS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+/// `DeclareCursorStmt.options` bit for `WITH HOLD` (PostgreSQL's `CURSOR_OPT_HOLD`).
+const CURSOR_OPT_HOLD: i32 = 0x0020;
+
+/// The split's classification rules: the write functions in force (the built-in list plus
+/// a route's or pool's `write_functions`). Built once per config, shared by sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    write_functions: Arc<HashSet<String>>,
+}
+
+impl Rules {
+    /// The built-in write functions plus `extra` (names as PostgreSQL stores them: unquoted
+    /// names in lower case, no schema; a call matches whatever schema it names).
+    pub fn new<S: AsRef<str>>(extra: impl IntoIterator<Item = S>) -> Self {
+        let mut names: HashSet<String> = DEFAULT_WRITE_FUNCTIONS
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        names.extend(extra.into_iter().map(|name| name.as_ref().to_string()));
+        Self {
+            write_functions: Arc::new(names),
+        }
+    }
+
+    fn is_write_function(&self, name: &str) -> bool {
+        self.write_functions.contains(name)
+    }
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self::new(std::iter::empty::<&str>())
+    }
+}
+
+/// Classifies one query string (see the module documentation for the rules). Never fails:
+/// what cannot be parsed or understood is a [`Access::Write`] with nothing else reported.
+pub fn classify(sql: &str, rules: &Rules) -> Classification {
+    let (hint, text) = leading_comments(sql);
+    // The parser is foreign code behind a safe API; a panic in its Rust post-processing
+    // must not take the connection's task down, so it classifies as unknown instead.
+    let parsed = std::panic::catch_unwind(|| pg_query::parse(sql, 0));
+    let Ok(Ok(parsed)) = parsed else {
+        let mut unknown = Classification::unknown(hint);
+        if unquoted_primary_route(text) {
+            unknown.access = Access::Read;
+            unknown
+                .session
+                .push(SessionChange::Route(RouteOverride::Primary));
+        }
+        return unknown;
+    };
+    let mut out = Classification {
+        access: Access::Read,
+        transaction: None,
+        session: Vec::new(),
+        pins: None,
+        hint,
+    };
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            return Classification::unknown(hint);
+        };
+        statement(node, raw, sql, rules, &mut out);
+    }
+    out
+}
+
+/// Adds one top-level statement's effects to `out`.
+fn statement(node: &NodeEnum, raw: &RawStmt, sql: &str, rules: &Rules, out: &mut Classification) {
+    let facts = Facts::of(node, rules);
+    let read_kind = match node {
+        NodeEnum::SelectStmt(_) | NodeEnum::ExplainStmt(_) => true,
+        NodeEnum::VariableShowStmt(_)
+        | NodeEnum::FetchStmt(_)
+        | NodeEnum::ClosePortalStmt(_)
+        | NodeEnum::DeallocateStmt(_)
+        | NodeEnum::UnlistenStmt(_) => true,
+        NodeEnum::VariableSetStmt(set) => {
+            session_set(set, raw, sql, out);
+            true
+        }
+        NodeEnum::DiscardStmt(discard) => {
+            if discard.target == DiscardMode::DiscardAll as i32 {
+                out.session.push(SessionChange::DiscardAll);
+            }
+            true
+        }
+        NodeEnum::TransactionStmt(txn) => transaction(txn, out),
+        NodeEnum::DeclareCursorStmt(declare) => {
+            if declare.options & CURSOR_OPT_HOLD != 0 {
+                set_pin(out, PinReason::HoldCursor);
+            }
+            true
+        }
+        NodeEnum::CopyStmt(copy) => !copy.is_from && !copy.is_program && copy.filename.is_empty(),
+        NodeEnum::ListenStmt(_) => {
+            set_pin(out, PinReason::Listen);
+            false
+        }
+        NodeEnum::PrepareStmt(_) => {
+            set_pin(out, PinReason::SqlPrepare);
+            false
+        }
+        _ => false,
+    };
+    if facts.session_lock {
+        set_pin(out, PinReason::AdvisoryLock);
+    }
+    if facts.temp {
+        set_pin(out, PinReason::TempTable);
+    }
+    if !read_kind || facts.writes || out.pins.is_some() {
+        out.access = Access::Write;
+    }
+}
+
+/// Records the first pin of the string.
+fn set_pin(out: &mut Classification, reason: PinReason) {
+    out.pins.get_or_insert(reason);
+}
+
+/// A `TransactionStmt`: reports BEGIN/COMMIT/ROLLBACK; returns whether it is a read (two-phase
+/// commit statements write).
+fn transaction(txn: &protobuf::TransactionStmt, out: &mut Classification) -> bool {
+    let command = match TransactionStmtKind::try_from(txn.kind) {
+        Ok(TransactionStmtKind::TransStmtBegin | TransactionStmtKind::TransStmtStart) => {
+            TxnCommand::Begin {
+                read_only: begin_read_only(&txn.options),
+            }
+        }
+        Ok(TransactionStmtKind::TransStmtCommit) => TxnCommand::Commit,
+        Ok(TransactionStmtKind::TransStmtRollback) => TxnCommand::Rollback,
+        Ok(
+            TransactionStmtKind::TransStmtSavepoint
+            | TransactionStmtKind::TransStmtRelease
+            | TransactionStmtKind::TransStmtRollbackTo,
+        ) => return true,
+        _ => return false,
+    };
+    out.transaction.get_or_insert(command);
+    true
+}
+
+/// Whether a BEGIN's options make a transaction a replica can run: `READ ONLY`, and not
+/// `SERIALIZABLE` (a hot standby refuses serializable transactions).
+fn begin_read_only(options: &[protobuf::Node]) -> bool {
+    let mut read_only = false;
+    for option in options {
+        let Some(NodeEnum::DefElem(def)) = &option.node else {
+            continue;
+        };
+        let value = def.arg.as_ref().and_then(|arg| arg.node.as_ref());
+        match (def.defname.as_str(), value) {
+            ("transaction_read_only", Some(NodeEnum::AConst(constant))) => {
+                read_only = matches!(
+                    &constant.val,
+                    Some(protobuf::a_const::Val::Ival(i)) if i.ival != 0
+                );
+            }
+            ("transaction_isolation", Some(NodeEnum::AConst(constant))) => {
+                if matches!(
+                    &constant.val,
+                    Some(protobuf::a_const::Val::Sval(s)) if s.sval == "serializable"
+                ) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    read_only
+}
+
+/// The parameter of the proxy's own session override.
+const ROUTE_PARAMETER: &str = "switchyard.route";
+
+/// A `SET`/`RESET` statement: records the session change it makes, if any.
+fn session_set(
+    set: &protobuf::VariableSetStmt,
+    raw: &RawStmt,
+    sql: &str,
+    out: &mut Classification,
+) {
+    if set.is_local {
+        return;
+    }
+    let name = set.name.to_ascii_lowercase();
+    // Per-transaction parameters and `SET TRANSACTION …` last one transaction at most.
+    if name.starts_with("transaction") {
+        return;
+    }
+    let change = match VariableSetKind::try_from(set.kind) {
+        Ok(VariableSetKind::VarSetValue) if name == ROUTE_PARAMETER => route_value(&set.args),
+        Ok(VariableSetKind::VarSetValue) => SessionChange::Set {
+            name,
+            statement: statement_text(raw, sql).to_string(),
+        },
+        Ok(VariableSetKind::VarSetDefault | VariableSetKind::VarReset)
+            if name == ROUTE_PARAMETER =>
+        {
+            SessionChange::Route(RouteOverride::Auto)
+        }
+        Ok(VariableSetKind::VarSetDefault | VariableSetKind::VarReset) => {
+            SessionChange::Reset { name }
+        }
+        Ok(VariableSetKind::VarResetAll) => SessionChange::ResetAll,
+        Ok(VariableSetKind::VarSetMulti) if name == "session characteristics" => {
+            return session_characteristics(&set.args, out);
+        }
+        _ => return,
+    };
+    out.session.push(change);
+}
+
+/// `SET SESSION CHARACTERISTICS AS TRANSACTION …` sets the `default_transaction_*`
+/// parameters; it is reported as one `SET` per parameter so that a later `RESET` of one of
+/// them cancels exactly what it should.
+fn session_characteristics(options: &[protobuf::Node], out: &mut Classification) {
+    for option in options {
+        let Some(NodeEnum::DefElem(def)) = &option.node else {
+            continue;
+        };
+        let Some(NodeEnum::AConst(constant)) = def.arg.as_ref().and_then(|arg| arg.node.as_ref())
+        else {
+            continue;
+        };
+        let value = match &constant.val {
+            Some(protobuf::a_const::Val::Ival(i)) if i.ival != 0 => "on".to_string(),
+            Some(protobuf::a_const::Val::Ival(_)) => "off".to_string(),
+            Some(protobuf::a_const::Val::Sval(s)) => format!("'{}'", s.sval.replace('\'', "''")),
+            _ => continue,
+        };
+        let name = format!("default_{}", def.defname);
+        out.session.push(SessionChange::Set {
+            statement: format!("SET {name} = {value}"),
+            name,
+        });
+    }
+}
+
+/// The value of `SET switchyard.route = …`.
+fn route_value(args: &[protobuf::Node]) -> SessionChange {
+    let value = match args {
+        [arg] => match &arg.node {
+            Some(NodeEnum::AConst(constant)) => match &constant.val {
+                Some(protobuf::a_const::Val::Sval(s)) => s.sval.clone(),
+                Some(protobuf::a_const::Val::Ival(i)) => i.ival.to_string(),
+                Some(protobuf::a_const::Val::Fval(f)) => f.fval.clone(),
+                Some(protobuf::a_const::Val::Boolval(b)) => b.boolval.to_string(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    match value.to_ascii_lowercase().as_str() {
+        "primary" => SessionChange::Route(RouteOverride::Primary),
+        "replica" => SessionChange::Route(RouteOverride::Replica),
+        "auto" => SessionChange::Route(RouteOverride::Auto),
+        _ => SessionChange::BadRoute(value),
+    }
+}
+
+/// The source text of one statement of a query string, trimmed; `stmt_len` 0 means "to the
+/// end". The parser's offsets are byte positions at token boundaries of valid UTF-8, so the
+/// slice is on character boundaries; should it not be, the whole string is returned (it
+/// contains the statement, and re-running it is what the client asked for).
+fn statement_text<'s>(raw: &RawStmt, sql: &'s str) -> &'s str {
+    let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+    let end = match usize::try_from(raw.stmt_len) {
+        Ok(0) | Err(_) => sql.len(),
+        Ok(len) => start.saturating_add(len),
+    };
+    sql.get(start..end).unwrap_or(sql).trim()
+}
+
+/// The routing hint of the comments a query string starts with (the first `switchyard:`
+/// comment among them decides), and the text after those comments. Block comments nest, as
+/// in PostgreSQL; an unterminated one leaves no text.
+fn leading_comments(sql: &str) -> (Option<RouteHint>, &str) {
+    let mut hint = None;
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        let body = if let Some(after) = rest.strip_prefix("--") {
+            let end = after.find(['\n', '\r']).unwrap_or(after.len());
+            rest = &after[end..];
+            &after[..end]
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            let Some(end) = block_comment_end(after) else {
+                return (hint, "");
+            };
+            rest = &after[end + 2..];
+            &after[..end]
+        } else {
+            return (hint, rest);
+        };
+        if hint.is_none() {
+            hint = hint_in(body);
+        }
+    }
+}
+
+/// `SET switchyard.route = primary` as the issue and the docs spell it: `PRIMARY` is a
+/// reserved word, so PostgreSQL's grammar rejects it unquoted. The proxy answers this SET
+/// itself, so it accepts that exact form (`SET [SESSION] switchyard.route =|TO primary`,
+/// alone in the string) when the parser refuses the string.
+fn unquoted_primary_route(statement: &str) -> bool {
+    let statement = statement.trim_end().trim_end_matches(';');
+    let words: Vec<String> = statement
+        .replace('=', " = ")
+        .split_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    matches!(
+        words.as_slice(),
+        ["set", "switchyard.route", "=" | "to", "primary"]
+            | ["set", "session", "switchyard.route", "=" | "to", "primary"]
+    )
+}
+
+/// Offset of the `*/` closing a block comment whose `/*` was just consumed.
+fn block_comment_end(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 1usize;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        match (bytes[i], bytes[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// `switchyard: primary` or `switchyard: replica` (any case, any spacing) in a comment.
+fn hint_in(comment: &str) -> Option<RouteHint> {
+    let comment = comment.trim();
+    let prefix = comment.get(..ROUTE_HINT_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(ROUTE_HINT_PREFIX) {
+        return None;
+    }
+    let value = comment[ROUTE_HINT_PREFIX.len()..].trim();
+    if value.eq_ignore_ascii_case("primary") {
+        Some(RouteHint::Primary)
+    } else if value.eq_ignore_ascii_case("replica") {
+        Some(RouteHint::Replica)
+    } else {
+        None
+    }
+}
+
+/// What a hint comment starts with.
+const ROUTE_HINT_PREFIX: &str = "switchyard:";
+
+/// Facts about a whole statement tree, gathered by [`Walker`].
+#[derive(Debug, Default)]
+struct Facts {
+    /// A data-modifying statement, row lock, `INTO`, `EXECUTE` or write function anywhere.
+    writes: bool,
+    /// A session-level advisory lock is taken.
+    session_lock: bool,
+    /// A temporary relation is named (created, or `pg_temp` addressed).
+    temp: bool,
+}
+
+impl Facts {
+    fn of(node: &NodeEnum, rules: &Rules) -> Self {
+        let mut walker = Walker {
+            rules,
+            stack: Vec::new(),
+            function: None,
+            facts: Facts::default(),
+        };
+        if node.serialize(&mut walker).is_err() {
+            walker.facts.writes = true;
+        }
+        walker.facts
+    }
+}
+
+/// Visits every field of a parse tree through its `Serialize` implementation (derived for
+/// every protobuf type), noting the node types and values that make a statement a write.
+struct Walker<'r> {
+    rules: &'r Rules,
+    /// The structs being visited, innermost last, each with the field being visited.
+    stack: Vec<(&'static str, &'static str)>,
+    /// While inside a `FuncCall.funcname`: the last name part seen.
+    function: Option<String>,
+    facts: Facts,
+}
+
+impl Walker<'_> {
+    fn enter_struct(&mut self, name: &'static str) {
+        if matches!(
+            name,
+            "InsertStmt"
+                | "UpdateStmt"
+                | "DeleteStmt"
+                | "MergeStmt"
+                | "LockingClause"
+                | "IntoClause"
+                | "ExecuteStmt"
+        ) {
+            self.facts.writes = true;
+        }
+        self.stack.push((name, ""));
+    }
+
+    fn field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), std::fmt::Error> {
+        let Some(top) = self.stack.last_mut() else {
+            return Err(std::fmt::Error);
+        };
+        top.1 = key;
+        let in_funcname = *top == ("FuncCall", "funcname");
+        if in_funcname {
+            self.function = Some(String::new());
+        }
+        let result = value.serialize(&mut *self);
+        if in_funcname && let Some(function) = self.function.take() {
+            if self.rules.is_write_function(&function) {
+                self.facts.writes = true;
+            }
+            if SESSION_LOCK_FUNCTIONS.contains(&function.as_str()) {
+                self.facts.session_lock = true;
+            }
+        }
+        result
+    }
+
+    fn string(&mut self, value: &str) {
+        if let Some(function) = &mut self.function {
+            value.clone_into(function);
+            return;
+        }
+        match self.stack.last() {
+            Some(("RangeVar", "relpersistence")) if value == "t" => self.facts.temp = true,
+            Some(("RangeVar", "schemaname")) if value.starts_with("pg_temp") => {
+                self.facts.temp = true
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Implements a serializer method that ignores its scalar value.
+macro_rules! ignore_scalar {
+    ($($method:ident: $ty:ty),* $(,)?) => {
+        $(fn $method(self, _: $ty) -> Result<(), std::fmt::Error> { Ok(()) })*
+    };
+}
+
+impl<'w> ser::Serializer for &'w mut Walker<'_> {
+    type Ok = ();
+    type Error = std::fmt::Error;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Impossible<(), std::fmt::Error>;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    ignore_scalar!(
+        serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
+        serialize_i64: i64, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64, serialize_f32: f32, serialize_f64: f64, serialize_char: char,
+        serialize_bytes: &[u8], serialize_unit_struct: &'static str,
+    );
+
+    fn serialize_str(self, value: &str) -> Result<(), std::fmt::Error> {
+        self.string(value);
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), std::fmt::Error> {
+        Ok(())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), std::fmt::Error> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), std::fmt::Error> {
+        Ok(())
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> Result<(), std::fmt::Error> {
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), std::fmt::Error> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), std::fmt::Error> {
+        value.serialize(self)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self, std::fmt::Error> {
+        Ok(self)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self, std::fmt::Error> {
+        Ok(self)
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, std::fmt::Error> {
+        Ok(self)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self, std::fmt::Error> {
+        Ok(self)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, std::fmt::Error> {
+        // No parse tree type holds a map.
+        Err(std::fmt::Error)
+    }
+    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Self, std::fmt::Error> {
+        self.enter_struct(name);
+        Ok(self)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Self, std::fmt::Error> {
+        self.enter_struct(variant);
+        Ok(self)
+    }
+}
+
+/// Implements the element-visiting serializer traits by serializing each element.
+macro_rules! elements {
+    ($($trait:ident :: $method:ident),* $(,)?) => {
+        $(impl ser::$trait for &mut Walker<'_> {
+            type Ok = ();
+            type Error = std::fmt::Error;
+            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), std::fmt::Error> {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), std::fmt::Error> {
+                Ok(())
+            }
+        })*
+    };
+}
+
+elements!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
+);
+
+/// Implements the field-visiting serializer traits through [`Walker::field`].
+macro_rules! fields {
+    ($($trait:ident),* $(,)?) => {
+        $(impl ser::$trait for &mut Walker<'_> {
+            type Ok = ();
+            type Error = std::fmt::Error;
+            fn serialize_field<T: ?Sized + Serialize>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), std::fmt::Error> {
+                self.field(key, value)
+            }
+            fn end(self) -> Result<(), std::fmt::Error> {
+                self.stack.pop();
+                Ok(())
+            }
+        })*
+    };
+}
+
+fields!(SerializeStruct, SerializeStructVariant);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(sql: &str) -> Classification {
+        classify(sql, &Rules::default())
+    }
+
+    fn access(sql: &str) -> Access {
+        c(sql).access
+    }
+
+    /// Statements as pgbench, ORMs and drivers send them, with the access each must get.
+    #[test]
+    fn reads_and_writes() {
+        let reads = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
+            "SELECT 1",
+            "select 1;",
+            "VALUES (1), (2)",
+            "TABLE pgbench_branches",
+            "SHOW search_path",
+            "SHOW ALL",
+            "EXPLAIN SELECT * FROM t",
+            "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM t WHERE id = $1",
+            "SELECT \"auth_user\".\"id\", \"auth_user\".\"username\" FROM \"auth_user\" WHERE \"auth_user\".\"id\" = 1 LIMIT 21",
+            "SELECT users.id AS users_id FROM users WHERE users.name = 'x' AND users.note = E'it''s \\' ok'",
+            "SELECT \"users\".* FROM \"users\" WHERE \"users\".\"id\" = $1 LIMIT $2",
+            "WITH x AS (SELECT * FROM t) SELECT * FROM x",
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 10) SELECT * FROM r",
+            "SELECT * FROM a UNION SELECT * FROM b",
+            "SELECT count(*), max(x) FROM t GROUP BY y HAVING count(*) > 1",
+            "SELECT now(), random(), pg_is_in_recovery(), inet_server_port()",
+            "SELECT txid_current_snapshot()",
+            "-- comment\nSELECT 1",
+            "/* switchyard: replica */ SELECT 1",
+            "DECLARE c CURSOR FOR SELECT * FROM t",
+            "FETCH 10 FROM c",
+            "CLOSE c",
+            "COPY t TO STDOUT",
+            "COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv)",
+            "DEALLOCATE ALL",
+            "UNLISTEN *",
+            "SET search_path TO a, b",
+            "RESET ALL",
+            "DISCARD ALL",
+            "BEGIN",
+            "COMMIT",
+            "ROLLBACK",
+            "SAVEPOINT s1",
+            "RELEASE SAVEPOINT s1",
+            "ROLLBACK TO SAVEPOINT s1",
+            "",
+            "   ",
+            "-- only a comment",
+            "SELECT 1; SELECT 2",
+        ];
+        for sql in reads {
+            assert_eq!(access(sql), Access::Read, "{sql:?}");
+        }
+        let writes = [
+            "UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 77;",
+            "UPDATE pgbench_tellers SET tbalance = tbalance + 12 WHERE tid = 3;",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, 77, -4321, CURRENT_TIMESTAMP);",
+            "DELETE FROM t WHERE id = 1",
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            "INSERT INTO t (a) VALUES ($1) RETURNING id",
+            "SELECT * FROM t WHERE id = 1 FOR UPDATE",
+            "SELECT * FROM t FOR SHARE",
+            "SELECT * FROM t FOR NO KEY UPDATE",
+            "SELECT * FROM t FOR KEY SHARE SKIP LOCKED",
+            "SELECT \"t\".\"id\" FROM \"t\" INNER JOIN \"u\" ON t.u = u.id FOR UPDATE OF t",
+            "SELECT * FROM (SELECT * FROM t FOR UPDATE) s",
+            "SELECT * FROM t WHERE id IN (SELECT id FROM u FOR UPDATE)",
+            "WITH x AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM x",
+            "WITH x AS (INSERT INTO t VALUES (1) RETURNING *) SELECT * FROM x",
+            "SELECT nextval('s')",
+            "SELECT pg_catalog.nextval('public.s'::regclass)",
+            "SELECT currval('s')",
+            "SELECT lastval()",
+            "SELECT setval('s', 10)",
+            "SELECT ARRAY[nextval('s')]",
+            "SELECT coalesce((SELECT nextval('s')), 0)",
+            "SELECT f(x => nextval('s'))",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_advisory_xact_lock(1)",
+            "SELECT pg_try_advisory_lock_shared(1, 2)",
+            "SELECT pg_advisory_unlock(1)",
+            "SELECT pg_notify('ch', 'x')",
+            "SELECT set_config('search_path', 'a', false)",
+            "SELECT txid_current()",
+            "SELECT pg_current_xact_id()",
+            "SELECT lo_create(0)",
+            "SELECT * INTO new_t FROM t",
+            "CREATE TABLE t (id int)",
+            "CREATE TEMP TABLE t (id int)",
+            "ALTER TABLE t ADD COLUMN x int",
+            "DROP TABLE t",
+            "CREATE INDEX CONCURRENTLY i ON t (x)",
+            "TRUNCATE t",
+            "COPY t FROM STDIN",
+            "COPY t TO '/tmp/x'",
+            "CALL p()",
+            "DO $$BEGIN PERFORM 1; END$$",
+            "VACUUM ANALYZE t",
+            "ANALYZE t",
+            "LOCK TABLE t IN ACCESS EXCLUSIVE MODE",
+            "NOTIFY ch, 'x'",
+            "LISTEN ch",
+            "PREPARE p AS SELECT 1",
+            "EXECUTE p",
+            "EXPLAIN ANALYZE UPDATE t SET x = 1",
+            "EXPLAIN UPDATE t SET x = 1",
+            "EXPLAIN ANALYZE SELECT nextval('s')",
+            "CREATE TABLE t2 AS SELECT * FROM t",
+            "REFRESH MATERIALIZED VIEW v",
+            "GRANT SELECT ON t TO u",
+            "CHECKPOINT",
+            "PREPARE TRANSACTION 'x'",
+            "COMMIT PREPARED 'x'",
+            "SELECT 1; UPDATE t SET x = 1",
+            "UPDATE t SET x = 1; SELECT 1",
+            "SELEC 1",
+            "SELECT (",
+            "\u{0}",
+            "SELECT 1\u{0}",
+            "this is not sql at all",
+        ];
+        for sql in writes {
+            assert_eq!(access(sql), Access::Write, "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn configured_write_functions() {
+        let rules = Rules::new(["my_writer"]);
+        assert_eq!(
+            classify("SELECT my_writer(1)", &rules).access,
+            Access::Write
+        );
+        assert_eq!(
+            classify("SELECT app.my_writer(1)", &rules).access,
+            Access::Write
+        );
+        assert_eq!(classify("SELECT my_reader(1)", &rules).access, Access::Read);
+        assert_eq!(c("SELECT my_writer(1)").access, Access::Read);
+        // Still the built-ins.
+        assert_eq!(
+            classify("SELECT nextval('s')", &rules).access,
+            Access::Write
+        );
+    }
+
+    #[test]
+    fn transaction_commands() {
+        let cases = [
+            ("BEGIN", Some(TxnCommand::Begin { read_only: false })),
+            (
+                "begin transaction",
+                Some(TxnCommand::Begin { read_only: false }),
+            ),
+            (
+                "START TRANSACTION",
+                Some(TxnCommand::Begin { read_only: false }),
+            ),
+            (
+                "START TRANSACTION READ WRITE",
+                Some(TxnCommand::Begin { read_only: false }),
+            ),
+            (
+                "BEGIN READ ONLY",
+                Some(TxnCommand::Begin { read_only: true }),
+            ),
+            (
+                "START TRANSACTION READ ONLY",
+                Some(TxnCommand::Begin { read_only: true }),
+            ),
+            (
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                Some(TxnCommand::Begin { read_only: true }),
+            ),
+            (
+                "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+                Some(TxnCommand::Begin { read_only: false }),
+            ),
+            (
+                "BEGIN READ ONLY ISOLATION LEVEL SERIALIZABLE DEFERRABLE",
+                Some(TxnCommand::Begin { read_only: false }),
+            ),
+            (
+                "BEGIN READ ONLY, READ WRITE",
+                Some(TxnCommand::Begin { read_only: false }),
+            ),
+            ("COMMIT", Some(TxnCommand::Commit)),
+            ("END", Some(TxnCommand::Commit)),
+            ("COMMIT AND CHAIN", Some(TxnCommand::Commit)),
+            ("ROLLBACK", Some(TxnCommand::Rollback)),
+            ("ABORT", Some(TxnCommand::Rollback)),
+            ("SAVEPOINT a", None),
+            ("SET TRANSACTION READ ONLY", None),
+            ("SELECT 1", None),
+            (
+                "BEGIN; UPDATE t SET x = 1; COMMIT",
+                Some(TxnCommand::Begin { read_only: false }),
+            ),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(c(sql).transaction, expected, "{sql:?}");
+        }
+        assert_eq!(c("BEGIN; UPDATE t SET x = 1; COMMIT").access, Access::Write);
+    }
+
+    fn set(name: &str, statement: &str) -> SessionChange {
+        SessionChange::Set {
+            name: name.into(),
+            statement: statement.into(),
+        }
+    }
+
+    #[test]
+    fn session_changes() {
+        let cases: Vec<(&str, Vec<SessionChange>)> = vec![
+            (
+                "SET search_path TO a, b",
+                vec![set("search_path", "SET search_path TO a, b")],
+            ),
+            (
+                "SET SESSION statement_timeout = 5",
+                vec![set(
+                    "statement_timeout",
+                    "SET SESSION statement_timeout = 5",
+                )],
+            ),
+            (
+                "  SET Application_Name = 'x;y';  ",
+                vec![set("application_name", "SET Application_Name = 'x;y'")],
+            ),
+            (
+                "SET TIME ZONE 'UTC'",
+                vec![set("timezone", "SET TIME ZONE 'UTC'")],
+            ),
+            (
+                "SET NAMES 'UTF8'",
+                vec![set("client_encoding", "SET NAMES 'UTF8'")],
+            ),
+            ("SET ROLE app", vec![set("role", "SET ROLE app")]),
+            ("SET LOCAL statement_timeout = 5", vec![]),
+            ("SET LOCAL switchyard.route = primary", vec![]),
+            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", vec![]),
+            ("SET transaction_read_only = on", vec![]),
+            ("SET x.y FROM CURRENT", vec![]),
+            (
+                "RESET search_path",
+                vec![SessionChange::Reset {
+                    name: "search_path".into(),
+                }],
+            ),
+            (
+                "SET work_mem TO DEFAULT",
+                vec![SessionChange::Reset {
+                    name: "work_mem".into(),
+                }],
+            ),
+            ("RESET ALL", vec![SessionChange::ResetAll]),
+            ("DISCARD ALL", vec![SessionChange::DiscardAll]),
+            ("DISCARD PLANS", vec![]),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                vec![
+                    set(
+                        "default_transaction_isolation",
+                        "SET default_transaction_isolation = 'repeatable read'",
+                    ),
+                    set(
+                        "default_transaction_read_only",
+                        "SET default_transaction_read_only = on",
+                    ),
+                ],
+            ),
+            (
+                "SET switchyard.route = primary",
+                vec![SessionChange::Route(RouteOverride::Primary)],
+            ),
+            (
+                "/* x */ set session SWITCHYARD.ROUTE to PRIMARY ;",
+                vec![SessionChange::Route(RouteOverride::Primary)],
+            ),
+            (
+                "SET switchyard.route='primary'",
+                vec![SessionChange::Route(RouteOverride::Primary)],
+            ),
+            ("SET switchyard.route = primary; SELECT 1", vec![]),
+            ("SET other.route = primary", vec![]),
+            (
+                "SET switchyard.route TO 'replica'",
+                vec![SessionChange::Route(RouteOverride::Replica)],
+            ),
+            (
+                "set SWITCHYARD.ROUTE = AUTO",
+                vec![SessionChange::Route(RouteOverride::Auto)],
+            ),
+            (
+                "RESET switchyard.route",
+                vec![SessionChange::Route(RouteOverride::Auto)],
+            ),
+            (
+                "SET switchyard.route TO DEFAULT",
+                vec![SessionChange::Route(RouteOverride::Auto)],
+            ),
+            (
+                "SET switchyard.route = sideways",
+                vec![SessionChange::BadRoute("sideways".into())],
+            ),
+            (
+                "SET switchyard.route = 1",
+                vec![SessionChange::BadRoute("1".into())],
+            ),
+            (
+                "SET a.b = 1; SELECT 1; /* x */ SET c.d = 'e;f'",
+                vec![set("a.b", "SET a.b = 1"), set("c.d", "SET c.d = 'e;f'")],
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = a AS 'SELECT 1'",
+                vec![],
+            ),
+            ("SET search_path = 'a'; SELEC", vec![]),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(c(sql).session, expected, "{sql:?}");
+        }
+    }
+
+    /// A captured `SET` must run again as is: parsing the reported text gives the same
+    /// change.
+    #[test]
+    fn set_statements_rerun() {
+        for sql in [
+            "SET search_path TO a, \"B\"; SELECT 1",
+            "/* switchyard: primary */ SET statement_timeout = '5s'",
+            "SELECT 1;\n  SET datestyle = iso, mdy  ;",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        ] {
+            for change in c(sql).session {
+                let SessionChange::Set { statement, .. } = &change else {
+                    panic!("{change:?}");
+                };
+                assert_eq!(c(statement).session, vec![change.clone()], "{sql:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pins() {
+        let cases = [
+            ("SELECT pg_advisory_lock(1)", Some(PinReason::AdvisoryLock)),
+            (
+                "SELECT pg_try_advisory_lock(1, 2)",
+                Some(PinReason::AdvisoryLock),
+            ),
+            (
+                "select pg_advisory_lock_shared(42)",
+                Some(PinReason::AdvisoryLock),
+            ),
+            ("SELECT pg_advisory_xact_lock(1)", None),
+            ("SELECT pg_try_advisory_xact_lock(1)", None),
+            ("LISTEN jobs", Some(PinReason::Listen)),
+            ("CREATE TEMP TABLE t (id int)", Some(PinReason::TempTable)),
+            (
+                "CREATE TEMPORARY TABLE t AS SELECT 1",
+                Some(PinReason::TempTable),
+            ),
+            (
+                "CREATE TABLE pg_temp.t (id int)",
+                Some(PinReason::TempTable),
+            ),
+            ("CREATE TEMP VIEW v AS SELECT 1", Some(PinReason::TempTable)),
+            ("CREATE TEMP SEQUENCE s", Some(PinReason::TempTable)),
+            ("SELECT * INTO TEMP t FROM u", Some(PinReason::TempTable)),
+            (
+                "SELECT * INTO TEMPORARY TABLE t FROM u",
+                Some(PinReason::TempTable),
+            ),
+            ("CREATE TABLE t (id int)", None),
+            ("PREPARE p (int) AS SELECT $1", Some(PinReason::SqlPrepare)),
+            (
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                Some(PinReason::HoldCursor),
+            ),
+            ("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1", None),
+            (
+                "SELECT 1; LISTEN a; SELECT pg_advisory_lock(1)",
+                Some(PinReason::Listen),
+            ),
+        ];
+        for (sql, expected) in cases {
+            let classification = c(sql);
+            assert_eq!(classification.pins, expected, "{sql:?}");
+            if expected.is_some() {
+                assert_eq!(classification.access, Access::Write, "{sql:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hints() {
+        let cases = [
+            (
+                "/* switchyard: replica */ SELECT 1",
+                Some(RouteHint::Replica),
+            ),
+            (
+                "/* switchyard: primary */ SELECT 1",
+                Some(RouteHint::Primary),
+            ),
+            ("/*switchyard:primary*/SELECT 1", Some(RouteHint::Primary)),
+            (
+                "  /* SwitchYard:  Replica  */\nSELECT 1",
+                Some(RouteHint::Replica),
+            ),
+            ("-- switchyard: primary\nSELECT 1", Some(RouteHint::Primary)),
+            (
+                "/* app=web */ /* switchyard: replica */ SELECT 1",
+                Some(RouteHint::Replica),
+            ),
+            (
+                "/* a /* nested */ b */ /* switchyard: replica */ SELECT 1",
+                Some(RouteHint::Replica),
+            ),
+            ("/* a /* switchyard: primary */ b */ SELECT 1", None),
+            ("SELECT 1 /* switchyard: replica */", None),
+            ("/* switchyard: elsewhere */ SELECT 1", None),
+            ("/* switchyard: replica", None),
+            ("-- comment\nSELECT 1", None),
+            (
+                "/* switchyard: replica */ SELEC 1",
+                Some(RouteHint::Replica),
+            ),
+            ("", None),
+            ("/", None),
+            ("/*", None),
+            ("--", None),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(c(sql).hint, expected, "{sql:?}");
+        }
+        let write = c("/* switchyard: replica */ UPDATE t SET x = 1");
+        assert_eq!(
+            (write.access, write.hint),
+            (Access::Write, Some(RouteHint::Replica))
+        );
+    }
+
+    /// Garbage, control bytes, invalid statements and huge or deeply nested input classify
+    /// as writes (or reads when they are reads) without panicking.
+    #[test]
+    fn hostile_input() {
+        assert_eq!(access("\u{1}\u{2}\u{fffd}garbage\u{7f}"), Access::Write);
+        assert_eq!(access("SELECT 'unterminated"), Access::Write);
+        assert_eq!(access("SELECT $$unterminated"), Access::Write);
+        assert_eq!(access("SELECT /* unterminated"), Access::Write);
+        let long_in = format!(
+            "SELECT * FROM t WHERE id IN ({})",
+            vec!["1"; 50_000].join(",")
+        );
+        assert_eq!(access(&long_in), Access::Read);
+        let long_write = format!("{}; UPDATE t SET x = 1", vec!["SELECT 1"; 5_000].join("; "));
+        assert_eq!(access(&long_write), Access::Write);
+        let deep = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert_eq!(access(&deep), Access::Write);
+        let chain = format!("SELECT 1{}", " + 1".repeat(2_000));
+        let _ = access(&chain);
+        let long_string = format!("SELECT '{}'", "x".repeat(1 << 20));
+        assert_eq!(access(&long_string), Access::Read);
+    }
+
+    /// The crate's stable-Rust fuzz pass, like the fuzz target: mutated real statements never
+    /// panic, and whatever the parser rejects is a write.
+    #[test]
+    fn mutated_statements_classify_without_panicking() {
+        let mut mutator = crate::testing::Mutator::new();
+        let seeds = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
+            "/* switchyard: replica */ SELECT * FROM t FOR UPDATE OF t",
+            "WITH x AS (DELETE FROM t RETURNING *) SELECT nextval('s') FROM x",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY; SET search_path TO a, b; COMMIT",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; RESET ALL; DISCARD ALL",
+            "SET switchyard.route = replica; -- x\nDECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        ];
+        let rules = Rules::default();
+        for round in 0..3_000 {
+            let mut input = seeds[round % seeds.len()].as_bytes().to_vec();
+            mutator.mutate(&mut input);
+            let sql = String::from_utf8_lossy(&input);
+            let classification = classify(&sql, &rules);
+            if pg_query::parse(&sql, 0).is_err() {
+                assert_eq!(classification.access, Access::Write, "{sql:?}");
+            }
+        }
+    }
+
+    /// Time per call on typical pgbench statements; run with
+    /// `cargo test --release -p switchyard --lib classify::tests::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn speed() {
+        let rules = Rules::default();
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
+            "UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 77;",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, 77, -4321, CURRENT_TIMESTAMP);",
+            "SELECT \"users\".* FROM \"users\" WHERE \"users\".\"id\" = $1 LIMIT $2",
+        ] {
+            let rounds = 20_000;
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(classify(std::hint::black_box(sql), &rules));
+            }
+            let per_call = start.elapsed() / rounds;
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(pg_query::parse(std::hint::black_box(sql), 0).is_ok());
+            }
+            let parse = start.elapsed() / rounds;
+            println!("{per_call:?} per classify ({parse:?} in pg_query::parse): {sql}");
+        }
+    }
+}
