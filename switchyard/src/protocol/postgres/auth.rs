@@ -114,12 +114,15 @@ impl UserSecret {
     }
 }
 
+/// When an `auth_query` answered, and what (`None`: no such user).
+type CachedAnswer = (Instant, Option<Arc<UserSecret>>);
+
 /// An `auth_query` and where its answers are cached.
 #[derive(Debug)]
 struct AuthQuery {
     config: AuthQueryConfig,
     password: Option<String>,
-    cache: Mutex<HashMap<String, (Instant, Option<Arc<UserSecret>>)>>,
+    cache: Mutex<HashMap<String, CachedAnswer>>,
 }
 
 /// The users clients may authenticate as: the `[[user]]` table, then each pool's
@@ -702,6 +705,201 @@ pub fn validate_listener(config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
                 "`{}` needs `[[user]]` entries or an `auth_query` on the listener's pools",
                 auth.as_str()
             ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::protocol::postgres::login::tests::{MD5_CLIENT, MD5_SERVER, replay, startup_of};
+    use crate::protocol::postgres::startup::tests::CLIENT_SAYS;
+
+    /// The SASLInitialResponse psql 15 sent (captured, in startup.rs's SCRAM login).
+    fn psql_sasl_initial() -> &'static [u8] {
+        &CLIENT_SAYS[5..5 + 0x36 - 4]
+    }
+
+    /// The PasswordMessage psql 15 sent for md5 (captured, in login.rs).
+    fn psql_md5_password() -> &'static [u8] {
+        let password = &MD5_CLIENT[0x3e..];
+        &password[5..]
+    }
+
+    #[test]
+    fn captured_client_messages_parse() {
+        let (mechanism, first) = parse_sasl_initial(psql_sasl_initial()).expect("SASL");
+        assert_eq!(mechanism, "SCRAM-SHA-256");
+        assert_eq!(first, b"n,,n=,r=jWERqqq/4QxxkIurfS8RkPkv");
+        assert_eq!(
+            parse_password(psql_md5_password()).ok(),
+            Some("md5a974cf536b58d9ea5d62b0168f656995")
+        );
+        for bad in [
+            &b"SCRAM-SHA-256\0\xff\xff\xff\xff"[..],
+            b"SCRAM-SHA-256\0\0\0\0\x09n,,",
+            b"x",
+        ] {
+            assert!(parse_sasl_initial(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_password(b"pw\0extra").is_err());
+        assert!(parse_password(b"pw").is_err());
+    }
+
+    /// The stable-run twin of the fuzz target over the client's authentication messages.
+    #[test]
+    fn mutated_client_messages_parse_or_fail_cleanly() {
+        let mut mutator = crate::testing::Mutator::new();
+        let seeds = [psql_sasl_initial(), psql_md5_password()];
+        for round in 0..20_000 {
+            let mut input = seeds[round % seeds.len()].to_vec();
+            mutator.mutate(&mut input);
+            if let Ok((_, data)) = parse_sasl_initial(&input) {
+                assert!(data.len() < input.len());
+            }
+            if let Ok(text) = parse_password(&input) {
+                assert_eq!(text.len() + 1, input.len());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn welcome_is_what_the_server_said_after_authentication_ok() {
+        let startup = startup_of(MD5_CLIENT);
+        let credential = ServerCredential::Password("secret".into());
+        let (logged_in, _) = replay(MD5_SERVER, &startup, credential).await;
+        let logged_in = logged_in.expect("captured login");
+        let after_ok = &MD5_SERVER[13 + 9..];
+        assert_eq!(
+            welcome(
+                &logged_in.parameters,
+                logged_in.process_id,
+                &logged_in.secret_key
+            ),
+            after_ok
+        );
+    }
+
+    fn users(toml: &str) -> Users {
+        let text = format!(
+            "[[listener]]\nname = \"pg\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"postgres\"\npool = \"p\"\n\
+             [[pool]]\nname = \"p\"\nservers = [{{ address = \"127.0.0.1:1\" }}]\n{toml}"
+        );
+        let config = crate::config::load_str(std::path::Path::new("t.toml"), &text).expect("valid");
+        Users::from_config(&config).expect("users")
+    }
+
+    fn test_pool() -> Pool {
+        let text = "[[pool]]\nname = \"p\"\nservers = [{ address = \"127.0.0.1:1\" }]\n";
+        let config = crate::config::load_str(std::path::Path::new("t.toml"), text).expect("pool");
+        Pool::new(&config.pools[0]).expect("pool")
+    }
+
+    /// Starts `authenticate_client` for `user` and returns the authentication request code
+    /// it sends first.
+    async fn first_request(method: PostgresAuth, encrypted: bool) -> u32 {
+        let users = users("[[user]]\nname = \"u\"\npassword = \"pw\"\n");
+        let pool = test_pool();
+        let startup = startup_of(MD5_CLIENT);
+        let (mut ours, mut client) = tokio::io::duplex(4096);
+        let limits = MessageLimits::default();
+        let proxy = authenticate_client(
+            &mut ours, &startup, method, &users, &pool, encrypted, &limits,
+        );
+        let read = async {
+            let tag = client.read_u8().await.expect("tag");
+            let _length = client.read_u32().await.expect("length");
+            let code = client.read_u32().await.expect("code");
+            drop(client);
+            (tag, code)
+        };
+        let (_, (tag, code)) = tokio::join!(proxy, read);
+        assert_eq!(tag, b'R');
+        code
+    }
+
+    #[tokio::test]
+    async fn each_method_sends_its_own_request() {
+        assert_eq!(first_request(PostgresAuth::ScramSha256, false).await, 10);
+        assert_eq!(first_request(PostgresAuth::Md5, false).await, 5);
+        assert_eq!(first_request(PostgresAuth::Cleartext, true).await, 3);
+        assert_eq!(first_request(PostgresAuth::Trust, false).await, 0);
+    }
+
+    #[tokio::test]
+    async fn cleartext_is_refused_over_plaintext_before_any_password() {
+        let users = users("");
+        let pool = test_pool();
+        let startup = startup_of(MD5_CLIENT);
+        let (mut ours, mut client) = tokio::io::duplex(4096);
+        let limits = MessageLimits::default();
+        let refused = authenticate_client(
+            &mut ours,
+            &startup,
+            PostgresAuth::Cleartext,
+            &users,
+            &pool,
+            false,
+            &limits,
+        )
+        .await
+        .expect_err("plaintext");
+        assert_eq!(refused.reason, "tls_required");
+        drop(ours);
+        let mut said = Vec::new();
+        client.read_to_end(&mut said).await.expect("read");
+        assert!(String::from_utf8_lossy(&said).contains("C28000\0"));
+    }
+
+    fn config_errors(toml: &str) -> String {
+        match crate::config::load_str(std::path::Path::new("t.toml"), toml) {
+            Ok(_) => String::new(),
+            Err(errors) => errors.to_string(),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let base = "[[pool]]\nname = \"p\"\nservers = [{ address = \"127.0.0.1:1\" }]\n";
+        let listener = |keys: &str| {
+            format!(
+                "[[listener]]\nname = \"pg\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"postgres\"\npool = \"p\"\n{keys}\n{base}"
+            )
+        };
+        let errors = config_errors(&listener("auth = \"cleartext\""));
+        assert!(
+            errors.contains("t.toml:6: listener[0].auth: `cleartext`"),
+            "{errors}"
+        );
+        let errors = config_errors(&listener("auth = \"md5\""));
+        assert!(errors.contains("needs `[[user]]` entries"), "{errors}");
+        assert_eq!(config_errors(&listener("auth = \"trust\"")), "");
+        let errors = config_errors(&format!(
+            "{base}[[user]]\nname = \"u\"\npassword = \"a\"\nmd5 = \"md5x\"\n\
+             [[user]]\nname = \"v\"\nscram_secret = \"SCRAM-SHA-256$x\"\n\
+             [[user]]\nname = \"v\"\npassword = \"env:SWITCHYARD_TEST_UNSET_VAR\"\n"
+        ));
+        for expected in [
+            "user[0]: needs exactly one of",
+            "user[0].md5: must be `md5`",
+            "user[1].scram_secret: not a SCRAM-SHA-256 secret",
+            "user[2].name: user `v` is defined twice",
+            "user[2].password: environment variable SWITCHYARD_TEST_UNSET_VAR is not set",
+        ] {
+            assert!(errors.contains(expected), "{expected} in {errors}");
+        }
+        let errors = config_errors(&format!(
+            "{base}auth_query = {{ user = \"\", query = \"SELECT 1\" }}\n"
+        ));
+        assert!(
+            errors.contains("pool[0].auth_query.user: must not be empty"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("pool[0].auth_query.query: must take"),
+            "{errors}"
         );
     }
 }

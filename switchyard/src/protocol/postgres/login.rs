@@ -329,7 +329,7 @@ fn sasl_initial_response(first: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::*;
@@ -340,8 +340,8 @@ mod tests {
     // relay, up to the server's first ReadyForQuery.
 
     /// pg_hba `md5`, role `md5user` with password `secret` stored as md5.
-    const MD5_SERVER: &[u8] = b"R\x00\x00\x00\x0c\x00\x00\x00\x05V\xdd\x82\xd8R\x00\x00\x00\x08\x00\x00\x00\x00S\x00\x00\x00\x1aapplication_name\x00psql\x00S\x00\x00\x00\x19client_encoding\x00UTF8\x00S\x00\x00\x00\x17DateStyle\x00ISO, MDY\x00S\x00\x00\x00&default_transaction_read_only\x00off\x00S\x00\x00\x00\x17in_hot_standby\x00off\x00S\x00\x00\x00\x19integer_datetimes\x00on\x00S\x00\x00\x00\x1bIntervalStyle\x00postgres\x00S\x00\x00\x00\x15is_superuser\x00off\x00S\x00\x00\x00\x19server_encoding\x00UTF8\x00S\x00\x00\x002server_version\x0015.18 (Debian 15.18-0+deb12u1)\x00S\x00\x00\x00\"session_authorization\x00md5user\x00S\x00\x00\x00#standard_conforming_strings\x00on\x00S\x00\x00\x00\x15TimeZone\x00Etc/UTC\x00K\x00\x00\x00\x0c\x00\x00\x09\x9bI\xd9f\x10Z\x00\x00\x00\x05I";
-    const MD5_CLIENT: &[u8] = b"\x00\x00\x00>\x00\x03\x00\x00user\x00md5user\x00database\x00postgres\x00application_name\x00psql\x00\x00p\x00\x00\x00(md5a974cf536b58d9ea5d62b0168f656995\x00";
+    pub(crate) const MD5_SERVER: &[u8] = b"R\x00\x00\x00\x0c\x00\x00\x00\x05V\xdd\x82\xd8R\x00\x00\x00\x08\x00\x00\x00\x00S\x00\x00\x00\x1aapplication_name\x00psql\x00S\x00\x00\x00\x19client_encoding\x00UTF8\x00S\x00\x00\x00\x17DateStyle\x00ISO, MDY\x00S\x00\x00\x00&default_transaction_read_only\x00off\x00S\x00\x00\x00\x17in_hot_standby\x00off\x00S\x00\x00\x00\x19integer_datetimes\x00on\x00S\x00\x00\x00\x1bIntervalStyle\x00postgres\x00S\x00\x00\x00\x15is_superuser\x00off\x00S\x00\x00\x00\x19server_encoding\x00UTF8\x00S\x00\x00\x002server_version\x0015.18 (Debian 15.18-0+deb12u1)\x00S\x00\x00\x00\"session_authorization\x00md5user\x00S\x00\x00\x00#standard_conforming_strings\x00on\x00S\x00\x00\x00\x15TimeZone\x00Etc/UTC\x00K\x00\x00\x00\x0c\x00\x00\x09\x9bI\xd9f\x10Z\x00\x00\x00\x05I";
+    pub(crate) const MD5_CLIENT: &[u8] = b"\x00\x00\x00>\x00\x03\x00\x00user\x00md5user\x00database\x00postgres\x00application_name\x00psql\x00\x00p\x00\x00\x00(md5a974cf536b58d9ea5d62b0168f656995\x00";
     /// `SELECT rolpassword FROM pg_authid WHERE rolname = 'md5user'` on that server.
     const MD5_STORED: &str = "md52aea419619857e8a27f0f7aa641db0c6";
 
@@ -353,7 +353,7 @@ mod tests {
     const NO_DATABASE_SERVER: &[u8] = b"R\x00\x00\x00\x0c\x00\x00\x00\x05\x99\xa2$\xabR\x00\x00\x00\x08\x00\x00\x00\x00E\x00\x00\x00]SFATAL\x00VFATAL\x00C3D000\x00Mdatabase \"nosuchdb\" does not exist\x00Fpostinit.c\x00L948\x00RInitPostgres\x00\x00";
     const NO_DATABASE_CLIENT: &[u8] = b"\x00\x00\x00>\x00\x03\x00\x00user\x00md5user\x00database\x00nosuchdb\x00application_name\x00psql\x00\x00p\x00\x00\x00(md53f391def07ebe7e1f2cde82047d7cafc\x00";
 
-    fn startup_of(client_bytes: &[u8]) -> Startup {
+    pub(crate) fn startup_of(client_bytes: &[u8]) -> Startup {
         let length = u32::from_be_bytes([
             client_bytes[0],
             client_bytes[1],
@@ -367,7 +367,7 @@ mod tests {
     }
 
     /// Replays `server_says` to `login` and returns its result and every byte it sent.
-    async fn replay(
+    pub(crate) async fn replay(
         server_says: &[u8],
         startup: &Startup,
         credential: ServerCredential,
