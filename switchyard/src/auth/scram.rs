@@ -104,6 +104,14 @@ impl ScramSecret {
         Ok(Keys::derive(password, &salt, DEFAULT_ITERATIONS).secret(salt, DEFAULT_ITERATIONS))
     }
 
+    /// Whether `password` is the one this secret was made from (for cleartext logins
+    /// checked against a stored secret).
+    pub fn matches_password(&self, password: &str) -> bool {
+        let keys = Keys::derive(password, &self.salt, self.iterations);
+        let stored: Key = Sha256::digest(keys.client_key).into();
+        constant_time_eq(&stored, &self.stored_key)
+    }
+
     /// PostgreSQL's stored form of this secret.
     pub fn to_stored(&self) -> String {
         format!(
@@ -373,8 +381,9 @@ fn hmac(key: &[u8], message: &[u8]) -> Key {
     mac.finalize().into_bytes().into()
 }
 
-fn constant_time_eq(a: &Key, b: &Key) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares secrets in time independent of where they differ (only their lengths leak).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

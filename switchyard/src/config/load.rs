@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{Document, Item};
 
-use super::schema::{AdminConfig, Config, ListenerConfig, LogConfig, PoolConfig};
+use super::schema::{AdminConfig, Config, ListenerConfig, LogConfig, PoolConfig, UserConfig};
 use super::{duration, validate};
 
 /// One problem in a config file.
@@ -360,6 +360,7 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
         log: LogConfig::default(),
         listeners: Vec::new(),
         pools: Vec::new(),
+        users: Vec::new(),
         upgrade_socket: None,
     };
     for (key, item) in document.as_table().iter() {
@@ -383,13 +384,14 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
                 config.listeners = entries::<ListenerConfig>(item, key, sink);
             }
             "pool" => config.pools = entries::<PoolConfig>(item, key, sink),
+            "user" => config.users = entries::<UserConfig>(item, key, sink),
             "upgrade_socket" => match item.as_str() {
                 Some(path) if !path.is_empty() => config.upgrade_socket = Some(path.into()),
                 _ => sink.at(&key_path!("upgrade_socket"), "must be a non-empty path"),
             },
             other => sink.at(
                 &key_path!(other),
-                "unknown key; expected one of workers, shutdown_timeout, admin, log, listener, pool, upgrade_socket",
+                "unknown key; expected one of workers, shutdown_timeout, admin, log, listener, pool, user, upgrade_socket",
             ),
         }
     }

@@ -31,6 +31,10 @@ pub struct Config {
     /// Groups of servers that listeners and routes send traffic to.
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolConfig>,
+    /// Database users clients authenticate as when a postgres listener authenticates
+    /// clients itself (`auth`).
+    #[serde(default, rename = "user")]
+    pub users: Vec<UserConfig>,
     /// Unix socket a `run --upgrade` process fetches the listening sockets from; relative to
     /// the config file's directory. Default: the config file's path plus `.upgrade.sock`.
     #[serde(default)]
@@ -168,9 +172,23 @@ pub struct ListenerConfig {
     /// Whether clients may or must use TLS (postgres); certificates come from `tls`.
     #[serde(default)]
     pub client_tls: Option<ClientTlsConfig>,
+    /// How postgres clients authenticate; see [`ListenerConfig::postgres_auth`] for the
+    /// default.
+    #[serde(default)]
+    pub auth: Option<PostgresAuth>,
 }
 
 impl ListenerConfig {
+    /// The client authentication in effect: as configured, else `scram-sha-256` when the
+    /// config has `[[user]]` entries (the proxy can check passwords), else `passthrough`.
+    pub fn postgres_auth(&self, config_has_users: bool) -> PostgresAuth {
+        match self.auth {
+            Some(auth) => auth,
+            None if config_has_users => PostgresAuth::ScramSha256,
+            None => PostgresAuth::Passthrough,
+        }
+    }
+
     /// The client TLS policy in effect: as configured, else `optional` when the listener
     /// has certificates and `disabled` when it has none.
     pub fn client_tls_mode(&self) -> ClientTlsMode {
@@ -200,6 +218,79 @@ pub enum ClientTlsMode {
     Optional,
     /// Plaintext sessions are refused (FATAL 28000).
     Required,
+}
+
+/// How a postgres listener authenticates clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum PostgresAuth {
+    /// The server authenticates the client; the exchange is relayed.
+    #[serde(rename = "passthrough")]
+    Passthrough,
+    /// SCRAM-SHA-256 against `[[user]]` (or `auth_query`); switchyard logs in to servers.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// md5 against a user's password or stored md5 hash.
+    #[serde(rename = "md5")]
+    Md5,
+    /// The password in clear; only on listeners that require client TLS.
+    #[serde(rename = "cleartext")]
+    Cleartext,
+    /// No password: any user name is accepted.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+impl PostgresAuth {
+    /// The name used in the config file and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passthrough => "passthrough",
+            Self::ScramSha256 => "scram-sha-256",
+            Self::Md5 => "md5",
+            Self::Cleartext => "cleartext",
+            Self::Trust => "trust",
+        }
+    }
+}
+
+/// A database user switchyard authenticates clients as: exactly one of `password`,
+/// `scram_secret` and `md5`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name clients send in the startup.
+    pub name: String,
+    /// The password: a literal, `env:VAR` or `file:PATH`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// PostgreSQL's stored `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    #[serde(default)]
+    pub scram_secret: Option<String>,
+    /// PostgreSQL's stored `md5<hex>` hash.
+    #[serde(default)]
+    pub md5: Option<String>,
+    /// The password switchyard logs in to servers with, when it differs from what clients
+    /// use: a literal, `env:VAR` or `file:PATH`.
+    #[serde(default)]
+    pub server_password: Option<String>,
+}
+
+/// Looks up users not in `[[user]]` on a server of the pool (as PgBouncer's `auth_query`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthQueryConfig {
+    /// The user switchyard logs in as to run the query.
+    pub user: String,
+    /// Its password: a literal, `env:VAR` or `file:PATH`; absent for trust.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The database to run the query in.
+    #[serde(default = "defaults::check_database")]
+    pub database: String,
+    /// Takes the user name as `$1`; returns the name and the stored password (SCRAM
+    /// secret, md5 hash or plain password).
+    #[serde(default = "defaults::auth_query")]
+    pub query: String,
 }
 
 /// Which servers a database listener sends to, by the role its health checks found.
@@ -454,6 +545,9 @@ pub struct PoolConfig {
     /// Postgres split: more function names whose calls make a `SELECT` a write.
     #[serde(default)]
     pub write_functions: Vec<String>,
+    /// Postgres: where users not in `[[user]]` are looked up.
+    #[serde(default)]
+    pub auth_query: Option<AuthQueryConfig>,
 }
 
 /// HTTP versions spoken to servers.
@@ -878,5 +972,8 @@ mod defaults {
     }
     pub fn message() -> usize {
         1 << 30
+    }
+    pub fn auth_query() -> String {
+        "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into()
     }
 }

@@ -92,6 +92,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             _ => {}
         }
         validate_database_listener(config, i, sink);
+        crate::protocol::postgres::auth::validate_listener(config, i, sink);
         if listener.tls_passthrough
             && (listener.tls.is_some() || listener.protocol != Protocol::Tcp)
         {
@@ -136,6 +137,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
     }
 
     crate::tls::validate(config, sink);
+    crate::protocol::postgres::auth::validate_users(config, sink);
     for (i, pool) in config.pools.iter().enumerate() {
         if pool.servers.is_empty() {
             sink.at(

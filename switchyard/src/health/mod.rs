@@ -4,7 +4,7 @@
 //! database and SMTP checks) is one more `Check` variant and its function.
 
 mod http;
-mod postgres;
+pub mod postgres;
 mod tracker;
 
 use std::sync::Arc;

@@ -35,21 +35,20 @@ pub async fn check(pool: &Pool, server: &Server, health: &HealthConfig) -> Resul
     Ok(())
 }
 
-async fn query_role(
+/// Logs in with `config` over a connection the proxy made itself, with the pool's sslmode
+/// as sessions get it (`allow` retries with TLS after a refusal); the connection runs in
+/// the returned task, which ends once the client is dropped.
+pub async fn connect(
     pool: &Pool,
     server: &Server,
-    health: &HealthConfig,
-) -> Result<(ServerRole, Option<ReplicaLag>), String> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .user(&health.user)
-        .dbname(&health.database)
-        .application_name("switchyard-health-check")
-        .ssl_mode(SslMode::Disable);
-    if let Some(password) = &health.password {
-        config.password(crate::admin::resolve_secret(password)?);
-    }
-    // The pool's sslmode, as sessions get it; `allow` retries with TLS after a refusal.
+    config: &tokio_postgres::Config,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+    String,
+> {
     let tls = pool.tls.as_deref();
     let host = server_host(server);
     let mut retry = false;
@@ -67,7 +66,24 @@ async fn query_role(
             Err(error) => return Err(format!("postgres: {error}")),
         }
     };
-    let connection = tokio::spawn(connection);
+    Ok((client, tokio::spawn(connection)))
+}
+
+async fn query_role(
+    pool: &Pool,
+    server: &Server,
+    health: &HealthConfig,
+) -> Result<(ServerRole, Option<ReplicaLag>), String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(&health.user)
+        .dbname(&health.database)
+        .application_name("switchyard-health-check")
+        .ssl_mode(SslMode::Disable);
+    if let Some(password) = &health.password {
+        config.password(crate::admin::resolve_secret(password)?);
+    }
+    let (client, connection) = connect(pool, server, &config).await?;
     let messages = client
         .simple_query(ROLE_QUERY)
         .await

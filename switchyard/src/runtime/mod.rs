@@ -60,6 +60,8 @@ pub struct Shared {
     pub http_metrics: crate::protocol::http::RequestMetrics,
     /// Cancel keys issued to the sessions of every postgres listener.
     pub postgres_cancel: Arc<crate::protocol::postgres::CancelTable>,
+    /// `[[user]]` and `auth_query` lookups of postgres listeners that authenticate clients.
+    pub postgres_users: ArcSwap<crate::protocol::postgres::auth::Users>,
 }
 
 impl Shared {
@@ -151,6 +153,10 @@ pub fn build(
             .map_err(|e| StartError::Build(format!("cannot start worker threads: {e}")))?,
         http_metrics: Default::default(),
         postgres_cancel: Arc::default(),
+        postgres_users: ArcSwap::from_pointee(
+            crate::protocol::postgres::auth::Users::from_config(config)
+                .map_err(StartError::Build)?,
+        ),
     }))
 }
 

@@ -144,6 +144,8 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
     if !bind_errors.is_empty() {
         return Err(ReloadError::Refused(bind_errors));
     }
+    let users = crate::protocol::postgres::auth::Users::from_config(new)
+        .map_err(|e| ReloadError::Refused(vec![e]))?;
 
     let pools = apply_pools(shared, old, new, &mut summary)?;
     apply_listeners(
@@ -154,6 +156,7 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
         sockets,
         &mut summary,
     );
+    shared.postgres_users.store(Arc::new(users));
     for pool in &pools.retired {
         pool.retire();
     }

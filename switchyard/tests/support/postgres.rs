@@ -325,12 +325,22 @@ pub async fn connect(
     user: &str,
     database: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_with(address, user, database, PASSWORD).await
+}
+
+/// [`connect`] with another password.
+pub async fn connect_with(
+    address: SocketAddr,
+    user: &str,
+    database: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::Config::new()
         .host(address.ip().to_string())
         .port(address.port())
         .user(user)
         .dbname(database)
-        .password(PASSWORD)
+        .password(password)
         .connect_timeout(Duration::from_secs(10))
         .connect(tokio_postgres::NoTls)
         .await?;

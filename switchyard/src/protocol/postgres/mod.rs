@@ -5,6 +5,7 @@
 //! user, application_name), picks a server of the listener's role, relays authentication,
 //! issues its own cancel keys, and reports failures as PostgreSQL errors with a SQLSTATE.
 
+pub mod auth;
 pub mod cancel;
 pub mod classify;
 pub mod codec;

@@ -6,16 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use super::cancel::CancelTarget;
+use super::auth::{Authenticated, authenticate_client, log_in_for};
+use super::cancel::{CancelTarget, Registration};
 use super::codec::Startup;
 use super::errors::{fatal, sqlstate};
-use super::startup::{Opening, Refusal, ServerLink, authenticate, read_opening};
+use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, read_opening};
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
-use crate::config::{ClientTlsMode, ListenerRole, MessageLimits};
+use crate::config::{ClientTlsMode, ListenerRole, MessageLimits, PostgresAuth};
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
 use crate::protocol::{count_bytes, proxy_preamble, read_proxy_header, relay_session};
@@ -112,6 +113,23 @@ async fn session(
         return refuse(&mut client, code, "no_route", message).await;
     };
     record.pool = Some(pool.name.clone());
+    let users = shared.postgres_users.load_full();
+    let method = settings.config.postgres_auth(users.has_users());
+    let authenticated = match method {
+        PostgresAuth::Passthrough => None,
+        method => Some(
+            authenticate_client(
+                &mut client,
+                &startup,
+                method,
+                &users,
+                &pool,
+                tls_info.is_some(),
+                limits,
+            )
+            .await?,
+        ),
+    };
 
     let (config, tls_facts) = (&settings.config, tls_info.as_ref());
     let mut wanted = wanted_role(&pool, config.role, config.replica_fallback);
@@ -184,10 +202,11 @@ async fn session(
         Err(error) => return refuse_tls(&mut client, &error).await,
     };
     let first_link = link(&server_stream);
-    let mut outcome = authenticate(
+    let mut outcome = server_startup(
         &mut client,
         &mut server_stream,
         &startup,
+        authenticated.as_ref(),
         limits,
         first_link,
     )
@@ -213,10 +232,11 @@ async fn session(
             }
         };
         let retry_link = link(&server_stream);
-        outcome = authenticate(
+        outcome = server_startup(
             &mut client,
             &mut server_stream,
             &startup,
+            authenticated.as_ref(),
             limits,
             retry_link,
         )
@@ -276,6 +296,26 @@ async fn session(
             outcome.termination.as_str()
         }
     })
+}
+
+/// The server side of the startup: the relayed authentication, or (when switchyard
+/// authenticated the client itself) switchyard's own login with the client's credential.
+async fn server_startup<C, S>(
+    client: &mut C,
+    server: &mut S,
+    startup: &Startup,
+    authenticated: Option<&Authenticated>,
+    limits: &MessageLimits,
+    link: ServerLink<'_>,
+) -> Result<(Option<Registration>, StartupBytes), Refusal>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match authenticated {
+        None => authenticate(client, server, startup, limits, link).await,
+        Some(auth) => log_in_for(client, server, startup, &auth.credential, limits, link).await,
+    }
 }
 
 /// Reads the client's opening packets, taking the connection to TLS when the client asks

@@ -248,7 +248,7 @@ fn error_text(message: &Message) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use tokio::io::AsyncReadExt;
@@ -304,7 +304,7 @@ R\x00\x00\x00\x08\x00\x00\x00\x00\
 S\x00\x00\x00\x19client_encoding\x00UTF8\x00\
 K\x00\x00\x00\x0c\x00\x00US!\n\xda\xca\
 Z\x00\x00\x00\x05I";
-    const CLIENT_SAYS: &[u8] = b"p\x00\x00\x006SCRAM-SHA-256\x00\x00\x00\x00 n,,n=,r=jWERqqq/4QxxkIurfS8RkPkv\
+    pub(crate) const CLIENT_SAYS: &[u8] = b"p\x00\x00\x006SCRAM-SHA-256\x00\x00\x00\x00 n,,n=,r=jWERqqq/4QxxkIurfS8RkPkv\
 p\x00\x00\x00lc=biws,r=jWERqqq/4QxxkIurfS8RkPkvgqflgJv0xQ2Xvh+S2iYnQRst,p=+QrHa5oPj7MEUnesD+BpFDI8/X0H7FcfyYFMt/VMuB4=";
 
     #[tokio::test]

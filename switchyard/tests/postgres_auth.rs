@@ -1,0 +1,310 @@
+//! Proxy-side authentication on postgres listeners (`auth`, `[[user]]`, `auth_query`),
+//! against a real PostgreSQL whose pg_hba says `md5` (so SCRAM-stored roles log in with
+//! SCRAM-SHA-256 and md5-stored roles with md5) and real clients (psql, tokio-postgres):
+//! clients authenticate to switchyard, and switchyard logs in to the server itself.
+//! (libpq 15 has no `require_auth`; which request each method sends is checked by the unit
+//! tests in protocol/postgres/auth.rs.)
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use support::certs::TestCa;
+use support::config::Config;
+use support::ops::listener_addr;
+use support::postgres::{
+    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, connect_with, psql, stderr,
+};
+
+/// A cluster authenticating TCP clients with md5/SCRAM (by how each role's password is
+/// stored), with roles:
+/// - `alice` / `alice-pw`, `bob` / `bob-pw`, `erin` / `erin-pw`: SCRAM-stored;
+/// - `carol` / `carol-pw`: md5-stored;
+/// - `dave` / `dave-server-pw`: SCRAM-stored (clients use `dave-client-pw`).
+fn cluster() -> PgCluster {
+    let pg = PgCluster::start(&PgOptions {
+        auth: Some("md5"),
+        ..PgOptions::default()
+    });
+    pg.psql_local(
+        "CREATE ROLE alice LOGIN PASSWORD 'alice-pw'; \
+         CREATE ROLE bob LOGIN PASSWORD 'bob-pw'; \
+         CREATE ROLE erin LOGIN PASSWORD 'erin-pw'; \
+         CREATE ROLE dave LOGIN PASSWORD 'dave-server-pw'; \
+         SET password_encryption = 'md5'; \
+         CREATE ROLE carol LOGIN PASSWORD 'carol-pw';",
+    );
+    pg
+}
+
+/// What the server stores for `role`.
+fn stored(pg: &PgCluster, role: &str) -> String {
+    pg.psql_local(&format!(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"
+    ))
+}
+
+/// The `[[user]]` table: alice by password, bob by the server's SCRAM secret, carol by the
+/// server's md5 hash, dave with a different server password, postgres by password.
+fn users(pg: &PgCluster) -> String {
+    format!(
+        r#"
+[[user]]
+name = "alice"
+password = "alice-pw"
+
+[[user]]
+name = "bob"
+scram_secret = "{bob}"
+
+[[user]]
+name = "carol"
+md5 = "{carol}"
+
+[[user]]
+name = "dave"
+password = "dave-client-pw"
+server_password = "dave-server-pw"
+
+[[user]]
+name = "postgres"
+password = "{PASSWORD}"
+"#,
+        bob = stored(pg, "bob"),
+        carol = stored(pg, "carol"),
+    )
+}
+
+/// A postgres listener over pool `app` with `auth` and extra keys.
+fn listener(name: &str, auth: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "{name}"
+listen = "127.0.0.1:0"
+protocol = "postgres"
+pool = "app"
+auth = "{auth}"
+{extra}
+"#
+    )
+}
+
+/// psql as `user` with `password` (and more libpq environment): `current_user` or what
+/// psql said on failure.
+fn psql_as(
+    address: SocketAddr,
+    user: &str,
+    password: &str,
+    env: &[(&str, &str)],
+) -> Result<String, String> {
+    let mut env = env.to_vec();
+    env.push(("PGPASSWORD", password));
+    let output = psql(address, user, "postgres", "SELECT current_user", &env);
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(stderr(&output))
+    }
+}
+
+/// tokio-postgres as `user` with `password`: `current_user`, or the SQLSTATE and message.
+async fn tokio_postgres_as(
+    address: SocketAddr,
+    user: &str,
+    database: &str,
+    password: &str,
+) -> Result<String, (String, String)> {
+    match connect_with(address, user, database, password).await {
+        Ok(client) => {
+            let row = client
+                .query_one("SELECT current_user::text", &[])
+                .await
+                .map_err(|e| (String::new(), e.to_string()))?;
+            Ok(row.get::<_, String>(0))
+        }
+        Err(error) => {
+            let code = error.code().map(|c| c.code().to_string());
+            let message = error
+                .as_db_error()
+                .map(|e| e.message().to_string())
+                .unwrap_or_else(|| error.to_string());
+            Err((code.unwrap_or_default(), message))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_log_in_to_switchyard_which_logs_in_to_the_server() {
+    let pg = cluster();
+    let config = Config::new()
+        .protocol("postgres")
+        .server("pg", pg.address(), "")
+        .section(&users(&pg))
+        .section(&listener("md5", "md5", ""))
+        .section(&listener("trust", "trust", ""));
+    // `front` has no `auth`: with `[[user]]` entries it defaults to scram-sha-256.
+    let (proxy, front) = config.start().await;
+    let md5 = listener_addr(&proxy, "md5").await;
+    let trust = listener_addr(&proxy, "trust").await;
+
+    // SCRAM-SHA-256 from the client; switchyard logs in with the configured password
+    // (alice), the keys recovered from the client's proof (bob: only the server's secret
+    // is configured) or the server password (dave). Both clients, every user.
+    for (user, password) in [
+        ("alice", "alice-pw"),
+        ("bob", "bob-pw"),
+        ("dave", "dave-client-pw"),
+    ] {
+        assert_eq!(psql_as(front, user, password, &[]).as_deref(), Ok(user));
+        assert_eq!(
+            tokio_postgres_as(front, user, "postgres", password).await,
+            Ok(user.to_string())
+        );
+    }
+    // md5 from the client, against a stored md5 hash (switchyard answers the server's md5
+    // with the hash) and against a password (the server then asks for SCRAM).
+    for (user, password) in [("carol", "carol-pw"), ("alice", "alice-pw")] {
+        assert_eq!(psql_as(md5, user, password, &[]).as_deref(), Ok(user));
+        assert_eq!(
+            tokio_postgres_as(md5, user, "postgres", password).await,
+            Ok(user.to_string())
+        );
+    }
+    // trust: no password asked; the server still gets the configured one.
+    assert_eq!(psql_as(trust, "alice", "", &[]).as_deref(), Ok("alice"));
+
+    // A wrong password and an unknown user look the same: 28P01, same message shape.
+    let failed = |user: &str| {
+        (
+            "28P01".to_string(),
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
+    for address in [front, md5] {
+        assert_eq!(
+            tokio_postgres_as(address, "alice", "postgres", "wrong").await,
+            Err(failed("alice"))
+        );
+        assert_eq!(
+            tokio_postgres_as(address, "mallory", "postgres", "alice-pw").await,
+            Err(failed("mallory"))
+        );
+        // dave's server password is not his password here.
+        assert_eq!(
+            tokio_postgres_as(address, "dave", "postgres", "dave-server-pw").await,
+            Err(failed("dave"))
+        );
+    }
+    // carol is stored as md5 only: SCRAM cannot check her.
+    assert_eq!(
+        tokio_postgres_as(front, "carol", "postgres", "carol-pw").await,
+        Err(failed("carol"))
+    );
+    let said = psql_as(front, "alice", "wrong", &[]).expect_err("wrong password");
+    assert!(
+        said.contains("password authentication failed for user \"alice\""),
+        "{said}"
+    );
+
+    // A login the server refuses reaches the client as the server's error.
+    let (code, message) = tokio_postgres_as(front, "alice", "nosuchdb", "alice-pw")
+        .await
+        .expect_err("no such database");
+    assert_eq!(code, "3D000", "{message}");
+    assert!(message.contains("\"nosuchdb\" does not exist"), "{message}");
+
+    // Cancel goes through switchyard's key to the server's backend.
+    let client = connect(front, "postgres", "postgres").await.expect("login");
+    let error = cancelled_sleep(client, &pg).await;
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_query_finds_users_not_in_the_table() {
+    let pg = cluster();
+    let (_proxy, front) = Config::new()
+        .protocol("postgres")
+        .listener(r#"auth = "scram-sha-256""#)
+        .pool(&format!(
+            r#"auth_query = {{ user = "postgres", password = "{PASSWORD}" }}"#
+        ))
+        .server("pg", pg.address(), "")
+        .start()
+        .await;
+    // erin is only on the server: her SCRAM secret is fetched, checked, and the recovered
+    // keys log her in.
+    for _ in 0..2 {
+        assert_eq!(
+            tokio_postgres_as(front, "erin", "postgres", "erin-pw").await,
+            Ok("erin".to_string())
+        );
+    }
+    assert_eq!(
+        psql_as(front, "erin", "erin-pw", &[]).as_deref(),
+        Ok("erin")
+    );
+    assert_eq!(
+        tokio_postgres_as(front, "erin", "postgres", "wrong").await,
+        Err((
+            "28P01".to_string(),
+            "password authentication failed for user \"erin\"".to_string()
+        ))
+    );
+    assert_eq!(
+        tokio_postgres_as(front, "nobody", "postgres", "x").await,
+        Err((
+            "28P01".to_string(),
+            "password authentication failed for user \"nobody\"".to_string()
+        ))
+    );
+}
+
+/// A listener with certificates requiring client TLS and cleartext passwords.
+fn cleartext_listener(cert: &Path, key: &Path) -> String {
+    listener(
+        "clear",
+        "cleartext",
+        &format!(
+            r#"tls = {{ certs = [{{ cert = "{}", key = "{}" }}] }}
+client_tls = {{ mode = "required" }}"#,
+            cert.display(),
+            key.display()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleartext_passwords_only_over_tls() {
+    let certs = tempfile::tempdir().expect("dir");
+    let ca = TestCa::new("switchyard test CA");
+    let (cert, key) = ca.issue(&["127.0.0.1"], "proxy", certs.path(), "proxy");
+    let pg = cluster();
+    let (proxy, _) = Config::new()
+        .protocol("postgres")
+        .server("pg", pg.address(), "")
+        .section(&users(&pg))
+        .section(&cleartext_listener(&cert, &key))
+        .start()
+        .await;
+    let clear = listener_addr(&proxy, "clear").await;
+    let tls = [("PGSSLMODE", "require")];
+    // A password user, a SCRAM-secret user (checked against the secret, then the client's
+    // verified password logs in to the server) and an md5-hash user.
+    for (user, password) in [
+        ("alice", "alice-pw"),
+        ("bob", "bob-pw"),
+        ("carol", "carol-pw"),
+    ] {
+        assert_eq!(psql_as(clear, user, password, &tls).as_deref(), Ok(user));
+    }
+    let said = psql_as(clear, "bob", "wrong", &tls).expect_err("wrong password");
+    assert!(
+        said.contains("password authentication failed for user \"bob\""),
+        "{said}"
+    );
+    let said = psql_as(clear, "alice", "alice-pw", &[]).expect_err("plaintext");
+    assert!(said.contains("SSL required"), "{said}");
+}
