@@ -548,6 +548,41 @@ pub struct PoolConfig {
     /// Postgres: where users not in `[[user]]` are looked up.
     #[serde(default)]
     pub auth_query: Option<AuthQueryConfig>,
+    /// PostgreSQL: whether a client keeps one server connection for its session, or
+    /// shares server connections with other clients one transaction at a time.
+    #[serde(default)]
+    pub pool_mode: PoolMode,
+    /// PostgreSQL transaction mode: server connections per (database, user) per server.
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: usize,
+    /// PostgreSQL transaction mode: idle server connections kept open per (database,
+    /// user) per server, so a burst does not wait for logins.
+    #[serde(default)]
+    pub min_idle: usize,
+    /// PostgreSQL transaction mode: a server connection older than this is closed when it
+    /// is next idle.
+    #[serde(default = "defaults::server_lifetime", with = "duration")]
+    pub server_lifetime: Duration,
+    /// PostgreSQL transaction mode: an idle server connection unused this long is closed
+    /// (down to `min_idle`).
+    #[serde(default = "defaults::server_idle_timeout", with = "duration")]
+    pub server_idle_timeout: Duration,
+    /// PostgreSQL transaction mode: prepared statements kept per server connection; the
+    /// least recently used is closed beyond it.
+    #[serde(default = "defaults::max_prepared_statements")]
+    pub max_prepared_statements: usize,
+}
+
+/// How PostgreSQL clients use server connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// One server connection per client session (relayed authentication allowed).
+    #[default]
+    Session,
+    /// Server connections shared between clients; a client holds one from the first
+    /// message of a transaction until the server reports the session idle.
+    Transaction,
 }
 
 /// HTTP versions spoken to servers.
@@ -954,6 +989,18 @@ mod defaults {
     }
     pub fn max_idle() -> usize {
         1024
+    }
+    pub fn pool_size() -> usize {
+        20
+    }
+    pub fn server_lifetime() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn server_idle_timeout() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn max_prepared_statements() -> usize {
+        200
     }
     pub fn max_requests() -> u32 {
         1000

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::load::ErrorSink;
-use super::schema::{CheckKind, ClientTlsMode, Config, ListenerRole, Protocol};
+use super::schema::{CheckKind, ClientTlsMode, Config, ListenerRole, PoolMode, Protocol};
 use crate::key_path;
 
 /// Checks a parsed config, recording every problem in `sink`.
@@ -219,6 +219,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 );
             }
         }
+        validate_pooling(config, i, sink);
         if pool.timeouts.connect.is_zero() {
             sink.at(
                 &key_path!("pool", i, "timeouts", "connect"),
@@ -287,6 +288,41 @@ fn validate_database_listener(config: &Config, i: usize, sink: &mut ErrorSink<'_
                 ),
             );
         }
+    }
+}
+
+/// PostgreSQL pooling keys: bounds that make sense, and transaction mode only behind
+/// postgres listeners.
+fn validate_pooling(config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
+    let pool = &config.pools[i];
+    if pool.pool_size == 0 {
+        sink.at(&key_path!("pool", i, "pool_size"), "must be at least 1");
+    }
+    if pool.min_idle > pool.pool_size {
+        sink.at(
+            &key_path!("pool", i, "min_idle"),
+            format!("must not exceed pool_size ({})", pool.pool_size),
+        );
+    }
+    if pool.max_prepared_statements == 0 {
+        sink.at(
+            &key_path!("pool", i, "max_prepared_statements"),
+            "must be at least 1",
+        );
+    }
+    if pool.pool_mode != PoolMode::Transaction {
+        return;
+    }
+    let used_by_other = config.listeners.iter().any(|listener| {
+        listener.protocol != Protocol::Postgres
+            && (listener.pool.as_deref() == Some(pool.name.as_str())
+                || listener.routes.iter().any(|r| r.pool == pool.name))
+    });
+    if used_by_other {
+        sink.at(
+            &key_path!("pool", i, "pool_mode"),
+            "transaction pooling is for pools behind postgres listeners only",
+        );
     }
 }
 

@@ -62,6 +62,8 @@ pub struct Shared {
     pub postgres_cancel: Arc<crate::protocol::postgres::CancelTable>,
     /// `[[user]]` and `auth_query` lookups of postgres listeners that authenticate clients.
     pub postgres_users: ArcSwap<crate::protocol::postgres::auth::Users>,
+    /// Server connections shared by transaction-mode postgres clients.
+    pub postgres_pools: Arc<crate::protocol::postgres::TxPools>,
 }
 
 impl Shared {
@@ -157,6 +159,7 @@ pub fn build(
             crate::protocol::postgres::auth::Users::from_config(config)
                 .map_err(StartError::Build)?,
         ),
+        postgres_pools: Arc::default(),
     }))
 }
 

@@ -11,5 +11,5 @@ pub use balance::Balancer;
 pub use connect::{
     ConnectError, Upstream, connect, connect_matching, connect_server, record_connect_failure,
 };
-pub use pool::{Lease, LeaseError, Pool, PoolStats, ServerFilter};
+pub use pool::{Lease, LeaseError, Pool, PoolStats, Pooling, ServerFilter};
 pub use server::{AdminState, ReplicaLag, Server, ServerRole, ServerStats};

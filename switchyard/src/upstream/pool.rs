@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Balancer, Server, ServerAddress};
 use crate::config::{
-    HealthConfig, HttpVersion, PoolConfig, PoolTimeouts, ProxyProtocolVersion, UpstreamKeepAlive,
+    HealthConfig, HttpVersion, PoolConfig, PoolMode, PoolTimeouts, ProxyProtocolVersion,
+    UpstreamKeepAlive,
 };
 
 /// Counters kept per pool.
@@ -65,6 +66,23 @@ impl Drop for Lease {
     }
 }
 
+/// PostgreSQL pooling settings of a pool (see the `pool_mode` keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pooling {
+    /// Session or transaction.
+    pub mode: PoolMode,
+    /// Server connections per (database, user) per server.
+    pub size: usize,
+    /// Idle server connections kept open per (database, user) per server.
+    pub min_idle: usize,
+    /// Age after which a server connection is closed when next idle.
+    pub lifetime: Duration,
+    /// Idle time after which a server connection is closed (down to `min_idle`).
+    pub idle_timeout: Duration,
+    /// Prepared statements kept per server connection.
+    pub max_prepared_statements: usize,
+}
+
 /// A named group of servers with a balance algorithm.
 #[derive(Debug)]
 pub struct Pool {
@@ -92,6 +110,8 @@ pub struct Pool {
     pub preserve_host: bool,
     /// HTTP: reuse of server connections.
     pub keep_alive: UpstreamKeepAlive,
+    /// PostgreSQL: session or transaction pooling, and its bounds.
+    pub pooling: Pooling,
     max_queue: usize,
     balancer: Balancer,
     // Shared with the pool this one replaced, so that clients still queued in the old pool
@@ -152,6 +172,14 @@ impl Pool {
             http_version: config.http_version,
             preserve_host: config.preserve_host,
             keep_alive: config.keep_alive.clone(),
+            pooling: Pooling {
+                mode: config.pool_mode,
+                size: config.pool_size,
+                min_idle: config.min_idle,
+                lifetime: config.server_lifetime,
+                idle_timeout: config.server_idle_timeout,
+                max_prepared_statements: config.max_prepared_statements,
+            },
             max_queue: config.max_queue,
             slot_freed: previous.map(|p| p.slot_freed.clone()).unwrap_or_default(),
             retired: CancellationToken::new(),

@@ -43,8 +43,12 @@ struct Target {
 /// The keys issued to clients of every postgres listener of the process.
 #[derive(Debug, Default)]
 pub struct CancelTable {
-    keys: Mutex<HashMap<(u32, Vec<u8>), Target>>,
+    /// `None`: a transaction-mode client between transactions (nothing to cancel).
+    keys: Mutex<Keys>,
 }
+
+/// Issued keys → what they stand for.
+type Keys = HashMap<(u32, Vec<u8>), Option<Target>>;
 
 /// A key issued to one session; removes it from the table when the session ends.
 #[derive(Debug)]
@@ -65,7 +69,7 @@ impl Drop for Registration {
 }
 
 impl CancelTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, Vec<u8>), Target>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Keys> {
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -77,11 +81,52 @@ impl CancelTable {
             pid,
             key: key.to_vec(),
         };
+        self.issue(Some(target), key.len())
+    }
+
+    /// Issues a key of `key_len` bytes that stands for no server yet: a transaction-mode
+    /// client points it at each connection it holds ([`CancelTable::retarget`]).
+    pub fn register_unbound(self: &Arc<Self>, key_len: usize) -> Registration {
+        self.issue(None, key_len)
+    }
+
+    /// Points `registration`'s key at the server connection `pid`/`key` on `server`.
+    pub fn retarget(
+        &self,
+        registration: &Registration,
+        server: CancelTarget,
+        pid: u32,
+        key: &[u8],
+    ) {
+        let target = Target {
+            server,
+            pid,
+            key: key.to_vec(),
+        };
+        if let Some(slot) = self
+            .lock()
+            .get_mut(&(registration.pid, registration.key.clone()))
+        {
+            *slot = Some(target);
+        }
+    }
+
+    /// Points `registration`'s key at nothing (the client holds no connection).
+    pub fn untarget(&self, registration: &Registration) {
+        if let Some(slot) = self
+            .lock()
+            .get_mut(&(registration.pid, registration.key.clone()))
+        {
+            *slot = None;
+        }
+    }
+
+    fn issue(self: &Arc<Self>, target: Option<Target>, key_len: usize) -> Registration {
         let mut keys = self.lock();
         loop {
             let our_pid = fastrand::u32(1..i32::MAX as u32);
             let our_key: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
-                .take(key.len())
+                .take(key_len)
                 .collect();
             let entry = (our_pid, our_key.clone());
             if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(entry) {
@@ -98,8 +143,11 @@ impl CancelTable {
     /// Forwards a client's CancelRequest to the server its key stands for. Unknown keys
     /// are dropped silently, as PostgreSQL does, so a guesser learns nothing.
     pub async fn cancel(&self, pid: u32, key: &[u8]) {
-        let Some(target) = self.lock().get(&(pid, key.to_vec())).cloned() else {
-            tracing::debug!(pid, "cancel request with an unknown key");
+        let Some(target) = self.lock().get(&(pid, key.to_vec())).cloned().flatten() else {
+            tracing::debug!(
+                pid,
+                "cancel request with an unknown key, or for no running query"
+            );
             return;
         };
         let server = &target.server;
@@ -158,5 +206,24 @@ mod tests {
         assert_eq!(table.lock().len(), 1);
         drop(b);
         assert!(table.lock().is_empty());
+    }
+
+    #[test]
+    fn an_unbound_key_follows_the_connection_its_client_holds() {
+        let table = Arc::new(CancelTable::default());
+        let server = CancelTarget {
+            server: SocketAddr::from(([127, 0, 0, 1], 5432)),
+            connect_timeout: Duration::from_secs(1),
+            tls: None,
+            host: "127.0.0.1".into(),
+            preamble: Vec::new(),
+        };
+        let client = table.register_unbound(4);
+        let entry = |t: &CancelTable| t.lock().get(&(client.pid, client.key.clone())).cloned();
+        assert!(matches!(entry(&table), Some(None)));
+        table.retarget(&client, server, 77, &[9; 4]);
+        assert!(matches!(entry(&table), Some(Some(Target { pid: 77, .. }))));
+        table.untarget(&client);
+        assert!(matches!(entry(&table), Some(None)));
     }
 }

@@ -16,7 +16,7 @@ use super::codec::Startup;
 use super::errors::{fatal, sqlstate};
 use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, read_opening};
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
-use crate::config::{ClientTlsMode, ListenerRole, MessageLimits, PostgresAuth};
+use crate::config::{ClientTlsMode, ListenerRole, MessageLimits, PoolMode, PostgresAuth};
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
 use crate::protocol::{count_bytes, proxy_preamble, read_proxy_header, relay_session};
@@ -114,7 +114,12 @@ async fn session(
     };
     record.pool = Some(pool.name.clone());
     let users = shared.postgres_users.load_full();
-    let method = settings.config.postgres_auth(users.has_users());
+    let transaction_mode = pool.pooling.mode == PoolMode::Transaction;
+    let method = match settings.config.postgres_auth(users.has_users()) {
+        // Shared server connections are logged in by switchyard: it must know the client.
+        PostgresAuth::Passthrough if transaction_mode => PostgresAuth::ScramSha256,
+        method => method,
+    };
     let authenticated = match method {
         PostgresAuth::Passthrough => None,
         method => Some(
@@ -130,6 +135,21 @@ async fn session(
             .await?,
         ),
     };
+    if let Some(authenticated) = &authenticated
+        && transaction_mode
+    {
+        rewrites.apply(&mut startup);
+        let config = &settings.config;
+        let wanted = wanted_role(&pool, config.role, config.replica_fallback);
+        let max_lag = pool_lag(&pool);
+        let accept = move |server: &Server| admits(&max_lag, wanted, server);
+        let pooled = super::transaction::Pooled {
+            pool: &pool,
+            credential: authenticated.credential.clone(),
+            accept: &accept,
+        };
+        return super::transaction::start(shared, settings, client, &startup, pooled, record).await;
+    }
 
     let (config, tls_facts) = (&settings.config, tls_info.as_ref());
     let mut wanted = wanted_role(&pool, config.role, config.replica_fallback);

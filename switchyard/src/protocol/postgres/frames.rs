@@ -1,0 +1,322 @@
+//! Protocol messages after the startup, as transaction pooling needs them: read without
+//! losing bytes when a read is abandoned (the pooler waits on the client and the server at
+//! once), and the few extended-protocol messages whose statement names the proxy rewrites.
+//!
+//! Hand-written because the proxy rewrites these messages byte for byte (statement names
+//! in Parse/Bind/Describe/Close) and must know where every message ends to track
+//! transaction boundaries; no crate exposes the wire framing at that level.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::codec::CodecError;
+
+/// One whole message: type byte, length word and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(pub Bytes);
+
+impl Frame {
+    /// The type byte.
+    pub fn tag(&self) -> u8 {
+        self.0[0]
+    }
+
+    /// The body, after the length word.
+    pub fn body(&self) -> &[u8] {
+        &self.0[5..]
+    }
+
+    /// Builds a frame from its type byte and body.
+    pub fn new(tag: u8, body: &[u8]) -> Self {
+        Self(Bytes::from(super::codec::with_length(Some(tag), body)))
+    }
+}
+
+/// Reads messages from one side of a connection into a buffer. `fill` is a single read
+/// (safe to abandon in a `select!`); `next` takes whole messages without waiting.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: BytesMut,
+    limit: usize,
+}
+
+impl FrameReader {
+    /// A reader refusing messages longer than `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(8 * 1024),
+            limit,
+        }
+    }
+
+    /// Reads what the stream has; `Ok(0)` is the end of the stream.
+    pub async fn fill<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(8 * 1024);
+        }
+        stream.read_buf(&mut self.buf).await
+    }
+
+    /// The next whole message in the buffer, if one has arrived.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, CodecError> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let length = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        if length < 4 || length as u64 > self.limit as u64 {
+            return Err(CodecError::Length {
+                length: length.into(),
+                limit: self.limit,
+            });
+        }
+        let total = length as usize + 1;
+        if self.buf.len() < total {
+            // Grow with what arrives, never to the announced length at once.
+            return Ok(None);
+        }
+        Ok(Some(Frame(self.buf.split_to(total).freeze())))
+    }
+
+    /// Whether bytes of a message not yet whole are waiting.
+    pub fn has_partial(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Drops everything buffered (the connection is being closed or reset).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+}
+
+/// Splits a NUL-terminated string off the front of `bytes`.
+fn cstr(bytes: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
+    let end = bytes
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(CodecError::Malformed("string without its NUL"))?;
+    Ok((&bytes[..end], &bytes[end + 1..]))
+}
+
+/// A Parse message: statement name, query text, and the parameter-type section as sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parse<'a> {
+    /// Statement name; empty for the unnamed statement.
+    pub name: &'a [u8],
+    /// The query text.
+    pub query: &'a [u8],
+    /// Parameter count and type OIDs, exactly as the client sent them.
+    pub types: &'a [u8],
+}
+
+impl<'a> Parse<'a> {
+    /// Reads a Parse body.
+    pub fn read(body: &'a [u8]) -> Result<Self, CodecError> {
+        let (name, rest) = cstr(body)?;
+        let (query, types) = cstr(rest)?;
+        let mut check = types;
+        if check.len() < 2 {
+            return Err(CodecError::Malformed("Parse without its parameter count"));
+        }
+        let count = check.get_u16() as usize;
+        if check.len() != count * 4 {
+            return Err(CodecError::Malformed("Parse parameter types truncated"));
+        }
+        Ok(Self { name, query, types })
+    }
+
+    /// This Parse under another statement name.
+    pub fn renamed(&self, name: &str) -> Frame {
+        let mut body = Vec::with_capacity(name.len() + self.query.len() + self.types.len() + 2);
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(self.query);
+        body.push(0);
+        body.extend_from_slice(self.types);
+        Frame::new(b'P', &body)
+    }
+}
+
+/// The statement a Bind message binds, and where that name sits in the body.
+pub fn bind_statement(body: &[u8]) -> Result<&[u8], CodecError> {
+    let (_portal, rest) = cstr(body)?;
+    let (statement, _) = cstr(rest)?;
+    Ok(statement)
+}
+
+/// A Bind message with its statement name replaced.
+pub fn bind_renamed(body: &[u8], statement: &str) -> Result<Frame, CodecError> {
+    let (portal, rest) = cstr(body)?;
+    let (_, rest) = cstr(rest)?;
+    let mut out = Vec::with_capacity(body.len() + statement.len());
+    out.extend_from_slice(portal);
+    out.push(0);
+    out.extend_from_slice(statement.as_bytes());
+    out.push(0);
+    out.extend_from_slice(rest);
+    Ok(Frame::new(b'B', &out))
+}
+
+/// What a Describe or Close message targets: `S` a statement or `P` a portal, and its name.
+pub fn target(body: &[u8]) -> Result<(u8, &[u8]), CodecError> {
+    let (&kind, rest) = body
+        .split_first()
+        .ok_or(CodecError::Malformed("Describe/Close without a target"))?;
+    if kind != b'S' && kind != b'P' {
+        return Err(CodecError::Malformed("Describe/Close target is not S or P"));
+    }
+    let (name, rest) = cstr(rest)?;
+    if !rest.is_empty() {
+        return Err(CodecError::Malformed("bytes after a Describe/Close name"));
+    }
+    Ok((kind, name))
+}
+
+/// A Describe (`D`) or Close (`C`) of the statement `name`.
+pub fn statement_message(tag: u8, name: &str) -> Frame {
+    let mut body = Vec::with_capacity(name.len() + 2);
+    body.push(b'S');
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    Frame::new(tag, &body)
+}
+
+/// A simple Query message.
+pub fn query(sql: &str) -> Frame {
+    let mut body = Vec::with_capacity(sql.len() + 1);
+    body.extend(sql.bytes().filter(|&b| b != 0));
+    body.push(0);
+    Frame::new(b'Q', &body)
+}
+
+/// The SQL text of a Query body, without its NUL.
+pub fn query_text(body: &[u8]) -> Result<&[u8], CodecError> {
+    Ok(cstr(body)?.0)
+}
+
+/// The fields of an ErrorResponse/NoticeResponse: SQLSTATE and message.
+pub fn error_fields(body: &[u8]) -> (String, String) {
+    let (mut code, mut message) = (String::new(), String::new());
+    let mut rest = body;
+    while let Some((&field, after)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Ok((value, next)) = cstr(after) else {
+            break;
+        };
+        match field {
+            b'C' => code = String::from_utf8_lossy(value).into_owned(),
+            b'M' => message = String::from_utf8_lossy(value).into_owned(),
+            _ => {}
+        }
+        rest = next;
+    }
+    (code, message)
+}
+
+/// An ErrorResponse of severity ERROR: the transaction failed, the session goes on.
+pub fn error(code: &str, message: &str) -> Frame {
+    let mut body = Vec::with_capacity(message.len() + 32);
+    for (field, value) in [
+        (b'S', "ERROR"),
+        (b'V', "ERROR"),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        body.push(field);
+        body.extend(value.bytes().filter(|&b| b != 0));
+        body.push(0);
+    }
+    body.push(0);
+    Frame::new(b'E', &body)
+}
+
+/// A Sync message.
+pub fn sync() -> Frame {
+    Frame::new(b'S', &[])
+}
+
+/// ReadyForQuery with a transaction status (`I`, `T` or `E`).
+pub fn ready_for_query(status: u8) -> Frame {
+    Frame::new(b'Z', &[status])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The shape tokio-postgres sends: Parse of statement "s0" with one int4 parameter,
+    // and its Bind with one text parameter.
+    const PARSE: &[u8] = b"P\x00\x00\x00\x20s0\x00SELECT $1::int + 1\x00\x00\x01\x00\x00\x00\x17";
+    const BIND: &[u8] = b"B\x00\x00\x00\x13\x00s0\x00\x00\x00\x00\x01\x00\x00\x00\x01\x37\x00\x00";
+
+    fn frames(bytes: &[u8]) -> Vec<Frame> {
+        let mut reader = FrameReader::new(1 << 20);
+        reader.buf.extend_from_slice(bytes);
+        std::iter::from_fn(|| reader.next_frame().ok().flatten()).collect()
+    }
+
+    #[test]
+    fn reads_whole_messages_and_waits_for_partial_ones() {
+        let mut reader = FrameReader::new(1 << 20);
+        reader.buf.extend_from_slice(&PARSE[..10]);
+        assert_eq!(reader.next_frame().ok(), Some(None));
+        reader.buf.extend_from_slice(&PARSE[10..]);
+        reader.buf.extend_from_slice(BIND);
+        assert_eq!(
+            reader.next_frame().ok().flatten().map(|f| f.tag()),
+            Some(b'P')
+        );
+        assert_eq!(
+            reader.next_frame().ok().flatten().map(|f| f.tag()),
+            Some(b'B')
+        );
+        assert!(!reader.has_partial());
+    }
+
+    #[test]
+    fn refuses_lengths_over_the_limit_or_under_four() {
+        let mut reader = FrameReader::new(100);
+        reader.buf.extend_from_slice(b"Q\x7f\xff\xff\xff");
+        assert!(reader.next_frame().is_err());
+        let mut reader = FrameReader::new(100);
+        reader.buf.extend_from_slice(b"Q\x00\x00\x00\x03");
+        assert!(reader.next_frame().is_err());
+    }
+
+    #[test]
+    fn renames_statements_in_parse_and_bind() {
+        let all = frames(&[PARSE, BIND].concat());
+        let parse = Parse::read(all[0].body()).expect("parse");
+        assert_eq!(parse.name, b"s0");
+        assert_eq!(parse.query, b"SELECT $1::int + 1");
+        let renamed = parse.renamed("sy_abc");
+        let again = Parse::read(renamed.body()).expect("renamed parse");
+        assert_eq!(
+            (again.name, again.query, again.types),
+            (&b"sy_abc"[..], parse.query, parse.types)
+        );
+        assert_eq!(bind_statement(all[1].body()).ok(), Some(&b"s0"[..]));
+        let bind = bind_renamed(all[1].body(), "sy_abc").expect("bind");
+        assert_eq!(bind_statement(bind.body()).ok(), Some(&b"sy_abc"[..]));
+        assert_eq!(
+            &bind.body()[bind.body().len() - 9..],
+            &all[1].body()[all[1].body().len() - 9..]
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        assert!(Parse::read(b"s0").is_err());
+        assert!(Parse::read(b"s0\0SELECT 1\0\x00\x02\x00\x00\x00\x17").is_err());
+        assert!(bind_statement(b"\0s0").is_err());
+        assert!(target(b"").is_err());
+        assert!(target(b"Xname\0").is_err());
+        assert_eq!(target(b"Sname\0").ok(), Some((b'S', &b"name"[..])));
+        assert_eq!(
+            error_fields(b"SERROR\0C42P01\0Mno table\0\0"),
+            ("42P01".into(), "no table".into())
+        );
+        assert_eq!(error_fields(b"C42"), (String::new(), String::new()));
+    }
+}

@@ -1,0 +1,531 @@
+//! Server connections shared by transaction-mode clients.
+//!
+//! One [`TxPool`] per (pool, database, user) holds, per server, the connections switchyard
+//! has logged in itself: idle ones ready for the next transaction and a count of all open
+//! ones (at most `pool_size` per server). A client leases one for a transaction and gives
+//! it back idle, or drops it when it cannot be reused. Each connection also holds a slot
+//! of its server in the upstream pool, so `max_connections`, drain and maint keep their
+//! meaning: they count server connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::cancel::CancelTarget;
+use super::codec::{PROTOCOL_3_0, Startup};
+use super::frames::FrameReader;
+use super::login::{LoggedIn, LoginError, ServerCredential, login};
+use super::statements::ServerStatements;
+use super::tls::{secure_server, server_host};
+use crate::config::MessageLimits;
+use crate::tls::ServerStream;
+use crate::upstream::{Lease, LeaseError, Pool, Server, ServerFilter};
+
+/// The pools of every (pool, database, user) in the process.
+#[derive(Debug, Default)]
+pub struct TxPools {
+    pools: Mutex<HashMap<PoolKey, Arc<TxPool>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    pool: String,
+    database: String,
+    user: String,
+}
+
+impl TxPools {
+    /// The pool for (`pool`, `database`, `user`), made on first use; `credential` is
+    /// what switchyard logs in with from now on (the latest client's).
+    pub fn get(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        database: &str,
+        user: &str,
+        credential: ServerCredential,
+    ) -> Arc<TxPool> {
+        let key = PoolKey {
+            pool: pool.name.clone(),
+            database: database.to_string(),
+            user: user.to_string(),
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = pools.entry(key).or_insert_with(|| {
+            let tx = Arc::new(TxPool {
+                database: database.to_string(),
+                user: user.to_string(),
+                state: Mutex::new(State::default()),
+                returned: Notify::new(),
+                credential: Mutex::new(credential.clone()),
+                upstream: Mutex::new(pool.clone()),
+                stats: TxStats::default(),
+            });
+            tokio::spawn(maintain(Arc::downgrade(&tx)));
+            tx
+        });
+        *lock(&entry.credential) = credential;
+        *lock(&entry.upstream) = pool.clone();
+        entry.clone()
+    }
+
+    /// Every pool with its statistics, for the admin API and metrics.
+    pub fn snapshot(&self) -> Vec<Arc<TxPool>> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.values().cloned().collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counters of one transaction pool.
+#[derive(Debug, Default)]
+pub struct TxStats {
+    /// Clients connected to this (database, user).
+    pub clients: AtomicUsize,
+    /// Clients waiting for a server connection now.
+    pub waiting: AtomicUsize,
+    /// Transactions run (leases given back or dropped).
+    pub transactions: AtomicU64,
+    /// Queries and Syncs answered with ReadyForQuery.
+    pub queries: AtomicU64,
+    /// Total time clients waited for a lease, microseconds.
+    pub wait_micros: AtomicU64,
+    /// Leases handed out.
+    pub leases: AtomicU64,
+    /// Clients refused after waiting `timeouts.queue`.
+    pub queue_timeouts: AtomicU64,
+}
+
+/// Server connections for one (pool, database, user).
+#[derive(Debug)]
+pub struct TxPool {
+    /// The database the connections are logged in to.
+    pub database: String,
+    /// The user they are logged in as.
+    pub user: String,
+    state: Mutex<State>,
+    returned: Notify,
+    credential: Mutex<ServerCredential>,
+    upstream: Mutex<Arc<Pool>>,
+    /// What the pool has done.
+    pub stats: TxStats,
+}
+
+/// Connections per server, by the server's address in memory (servers kept by a reload
+/// are the same objects).
+#[derive(Debug, Default)]
+struct State {
+    servers: HashMap<usize, PerServer>,
+}
+
+#[derive(Debug)]
+struct PerServer {
+    server: Arc<Server>,
+    idle: Vec<ServerConn>,
+    open: usize,
+    active: usize,
+}
+
+fn server_key(server: &Arc<Server>) -> usize {
+    Arc::as_ptr(server) as usize
+}
+
+/// Why no server connection could be had.
+#[derive(Debug)]
+pub enum LeaseFailure {
+    /// No server admitted by the filter is up.
+    NoServer,
+    /// Waited `timeouts.queue` with every connection busy.
+    QueueTimeout,
+    /// The server could not be reached.
+    Connect(std::io::Error),
+    /// The server refused the login.
+    Login(LoginError),
+}
+
+/// A logged-in server connection. Dropped, it is closed and its place in the pool freed.
+#[derive(Debug)]
+pub struct ServerConn {
+    /// The stream to the server.
+    pub stream: ServerStream,
+    /// Bytes read from the server not yet taken as messages.
+    pub reader: FrameReader,
+    /// The server.
+    pub server: Arc<Server>,
+    /// Where cancel requests for this connection go.
+    pub cancel: CancelTarget,
+    /// The server's process id and cancel key.
+    pub process_id: u32,
+    /// The server's cancel key.
+    pub secret_key: Vec<u8>,
+    /// The parameters the server reported at login.
+    pub parameters: Vec<(String, String)>,
+    /// Statements prepared on it.
+    pub prepared: ServerStatements,
+    /// The session settings applied on it (see `state::SessionSettings::id`).
+    pub applied: u64,
+    created: Instant,
+    idle_since: Instant,
+    _slot: Slot,
+}
+
+/// A connection's place in its pool and on its server.
+#[derive(Debug)]
+struct Slot {
+    home: Weak<TxPool>,
+    server: Arc<Server>,
+    _lease: Lease,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.upgrade() {
+            if let Some(entry) = lock(&home.state).servers.get_mut(&server_key(&self.server)) {
+                entry.open = entry.open.saturating_sub(1);
+            }
+            home.returned.notify_one();
+        }
+    }
+}
+
+impl ServerConn {
+    /// Whether the connection has outlived `lifetime`.
+    fn expired(&self, now: Instant, lifetime: Duration) -> bool {
+        now.duration_since(self.created) >= lifetime
+    }
+}
+
+impl TxPool {
+    /// Leases a server connection on a server `accept` admits: an idle one when there is
+    /// one, else a new one while the server has fewer than `pool_size`, else waits up to
+    /// the pool's queue timeout for one to come back.
+    pub async fn lease(
+        self: &Arc<Self>,
+        client: SocketAddr,
+        accept: &ServerFilter<'_>,
+        limits: &MessageLimits,
+    ) -> Result<ServerConn, LeaseFailure> {
+        let pool = lock(&self.upstream).clone();
+        let started = Instant::now();
+        let deadline = started + pool.timeouts.queue;
+        let mut waiting = false;
+        let result = loop {
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            match self.try_lease(&pool, client, accept, limits).await {
+                Ok(Some(conn)) => break Ok(conn),
+                Ok(None) => {}
+                Err(failure) => break Err(failure),
+            }
+            if !waiting {
+                waiting = true;
+                self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+            }
+            // A connection given back for a server this client does not admit wakes it
+            // in vain; look again now and then so such a wake-up is never lost for good.
+            let recheck = (Instant::now() + Duration::from_millis(100)).min(deadline);
+            if tokio::time::timeout_at(recheck, returned).await.is_err() && recheck >= deadline {
+                self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                break Err(LeaseFailure::QueueTimeout);
+            }
+        };
+        if waiting {
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        let waited = started.elapsed().as_micros() as u64;
+        self.stats.wait_micros.fetch_add(waited, Ordering::Relaxed);
+        if result.is_ok() {
+            self.stats.leases.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn try_lease(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        client: SocketAddr,
+        accept: &ServerFilter<'_>,
+        limits: &MessageLimits,
+    ) -> Result<Option<ServerConn>, LeaseFailure> {
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        let mut open_on = Vec::new();
+        let admitted = |s: &Server| s.is_available() && accept(s);
+        if !pool.servers.iter().any(|s| admitted(s)) {
+            return Err(LeaseFailure::NoServer);
+        }
+        {
+            let mut state = lock(&self.state);
+            // Start the scan at a different server each time so idle connections of
+            // every server get used.
+            let count = pool.servers.len();
+            let start = fastrand::usize(..count.max(1));
+            for offset in 0..count {
+                let server = &pool.servers[(start + offset) % count];
+                if !admitted(server) {
+                    continue;
+                }
+                let entry = state
+                    .servers
+                    .entry(server_key(server))
+                    .or_insert_with(|| PerServer {
+                        server: server.clone(),
+                        idle: Vec::new(),
+                        open: 0,
+                        active: 0,
+                    });
+                while let Some(conn) = entry.idle.pop() {
+                    if conn.expired(now, pool.pooling.lifetime) {
+                        stale.push(conn);
+                        continue;
+                    }
+                    entry.active += 1;
+                    drop(state);
+                    drop(stale);
+                    return Ok(Some(conn));
+                }
+                if entry.open < pool.pooling.size {
+                    open_on.push(server.clone());
+                }
+            }
+        }
+        drop(stale);
+        if open_on.is_empty() {
+            return Ok(None);
+        }
+        let candidates = |s: &Server| open_on.iter().any(|o| std::ptr::eq(o.as_ref(), s));
+        let lease = match pool.lease_matching(client.ip(), &[], &candidates).await {
+            Ok(lease) => lease,
+            Err(LeaseError::NoServer) => return Err(LeaseFailure::NoServer),
+            Err(LeaseError::QueueFull | LeaseError::QueueTimeout) => {
+                return Err(LeaseFailure::QueueTimeout);
+            }
+        };
+        let server = lease.server().clone();
+        {
+            let mut state = lock(&self.state);
+            let Some(entry) = state.servers.get_mut(&server_key(&server)) else {
+                return Ok(None);
+            };
+            if entry.open >= pool.pooling.size {
+                // Another client took the last place meanwhile.
+                return Ok(None);
+            }
+            entry.open += 1;
+            entry.active += 1;
+        }
+        let slot = Slot {
+            home: Arc::downgrade(self),
+            server: server.clone(),
+            _lease: lease,
+        };
+        match self.open(pool, slot, limits).await {
+            Ok(conn) => Ok(Some(conn)),
+            Err(failure) => {
+                self.done(&server);
+                Err(failure)
+            }
+        }
+    }
+
+    /// Connects and logs in a new connection for `slot`'s server.
+    async fn open(
+        &self,
+        pool: &Arc<Pool>,
+        slot: Slot,
+        limits: &MessageLimits,
+    ) -> Result<ServerConn, LeaseFailure> {
+        let server = slot.server.clone();
+        let (stream, peer) = crate::upstream::connect_server(&server, pool)
+            .await
+            .map_err(|e| {
+                crate::upstream::record_connect_failure(pool, &server, &e);
+                LeaseFailure::Connect(e)
+            })?;
+        let host = server_host(&server);
+        let tls = pool.tls.as_deref();
+        let mut stream = secure_server(tls, &host, stream, &[], false)
+            .await
+            .map_err(LeaseFailure::Connect)?;
+        let mut startup = Startup {
+            version: PROTOCOL_3_0,
+            params: Vec::new(),
+        };
+        startup.set_param("user", &self.user);
+        startup.set_param("database", &self.database);
+        let credential = lock(&self.credential).clone();
+        let logged_in: LoggedIn = tokio::time::timeout(
+            pool.timeouts.connect,
+            login(&mut stream, &startup, &credential, limits),
+        )
+        .await
+        .map_err(|_| {
+            LeaseFailure::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "login timed out",
+            ))
+        })?
+        .map_err(LeaseFailure::Login)?;
+        let now = Instant::now();
+        Ok(ServerConn {
+            stream,
+            reader: FrameReader::new(limits.message),
+            cancel: CancelTarget {
+                server: peer,
+                connect_timeout: pool.timeouts.connect,
+                tls: pool.tls.clone(),
+                host,
+                preamble: Vec::new(),
+            },
+            process_id: logged_in.process_id,
+            secret_key: logged_in.secret_key,
+            parameters: logged_in.parameters,
+            prepared: ServerStatements::new(pool.pooling.max_prepared_statements),
+            applied: 0,
+            created: now,
+            idle_since: now,
+            server,
+            _slot: slot,
+        })
+    }
+
+    /// Notes that a lease of `server` ended without the connection coming back.
+    fn done(&self, server: &Arc<Server>) {
+        if let Some(entry) = lock(&self.state).servers.get_mut(&server_key(server)) {
+            entry.active = entry.active.saturating_sub(1);
+        }
+    }
+
+    /// Takes back a connection that is idle at the server (ReadyForQuery `I`) and clean.
+    /// It is closed instead when its server is no longer usable or it is too old.
+    pub fn give_back(&self, mut conn: ServerConn) {
+        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        let pool = lock(&self.upstream).clone();
+        let now = Instant::now();
+        let usable = conn.server.is_available()
+            && !conn.expired(now, pool.pooling.lifetime)
+            && !conn.reader.has_partial()
+            && pool.servers.iter().any(|s| Arc::ptr_eq(s, &conn.server));
+        let mut state = lock(&self.state);
+        let Some(entry) = state.servers.get_mut(&server_key(&conn.server)) else {
+            drop(state);
+            drop(conn);
+            return;
+        };
+        entry.active = entry.active.saturating_sub(1);
+        if usable {
+            conn.idle_since = now;
+            entry.idle.push(conn);
+            drop(state);
+            self.returned.notify_one();
+        } else {
+            drop(state);
+            drop(conn);
+        }
+    }
+
+    /// Closes a leased connection that cannot be reused.
+    pub fn discard(&self, conn: ServerConn) {
+        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        self.done(&conn.server);
+        drop(conn);
+    }
+
+    /// Per server: (server name, open, active, idle) connections.
+    pub fn servers(&self) -> Vec<(String, usize, usize, usize)> {
+        let state = lock(&self.state);
+        let mut out: Vec<_> = state
+            .servers
+            .values()
+            .map(|e| (e.server.name.clone(), e.open, e.active, e.idle.len()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Closes idle connections that are too old, unused too long (beyond `min_idle`) or
+    /// whose server is gone or unusable, and opens connections up to `min_idle`.
+    async fn tidy(self: &Arc<Self>) {
+        let pool = lock(&self.upstream).clone();
+        let now = Instant::now();
+        let mut closing = Vec::new();
+        let mut short = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            for entry in state.servers.values_mut() {
+                let current = pool.servers.iter().any(|s| Arc::ptr_eq(s, &entry.server));
+                let usable = current && entry.server.is_available();
+                let mut kept = Vec::with_capacity(entry.idle.len());
+                // Most recently used first (they sit at the end): those are kept for
+                // `min_idle`, the long unused ones beyond it are closed.
+                for conn in entry.idle.drain(..).rev() {
+                    let idle_for = now.duration_since(conn.idle_since);
+                    let surplus = kept.len() + 1 > pool.pooling.min_idle;
+                    if !usable
+                        || conn.expired(now, pool.pooling.lifetime)
+                        || (surplus && idle_for >= pool.pooling.idle_timeout)
+                    {
+                        closing.push(conn);
+                    } else {
+                        kept.push(conn);
+                    }
+                }
+                kept.reverse();
+                entry.idle = kept;
+                let want = pool.pooling.min_idle.saturating_sub(entry.idle.len());
+                if usable && want > 0 && entry.open < pool.pooling.size {
+                    short.push(entry.server.clone());
+                }
+            }
+            for server in &pool.servers {
+                if pool.pooling.min_idle > 0
+                    && server.is_available()
+                    && !state.servers.contains_key(&server_key(server))
+                {
+                    short.push(server.clone());
+                }
+            }
+        }
+        drop(closing);
+        let limits = MessageLimits::default();
+        for server in short {
+            let only = |s: &Server| std::ptr::eq(s, server.as_ref());
+            let client = SocketAddr::from(([127, 0, 0, 1], 0));
+            match self.try_lease(&pool, client, &only, &limits).await {
+                Ok(Some(conn)) => self.give_back_unused(conn),
+                Ok(None) => {}
+                Err(failure) => {
+                    tracing::debug!(pool = %pool.name, server = %server.name, ?failure, "min_idle connection failed");
+                }
+            }
+        }
+    }
+
+    /// `give_back` without counting a transaction (a connection opened for `min_idle`,
+    /// or leased only to learn the server's parameters).
+    pub fn give_back_unused(&self, conn: ServerConn) {
+        self.give_back(conn);
+        self.stats.transactions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Tidies a pool every second while it exists.
+async fn maintain(pool: Weak<TxPool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        pool.tidy().await;
+    }
+}

@@ -1,0 +1,861 @@
+//! Transaction mode: a client holds a server connection from the first message of a
+//! transaction until the server's ReadyForQuery says the session is idle (`I`) again;
+//! `T` (in a transaction) and `E` (failed transaction) keep it. Boundaries come from that
+//! status byte only, never from reading the SQL.
+//!
+//! While a connection is held, messages flow both ways as they arrive. The proxy keeps a
+//! queue of the responses it expects, in order, because it changes the conversation:
+//! - named prepared statements are renamed per server (see `statements`), prepared on a
+//!   connection the first time a transaction there needs them (an injected Parse whose
+//!   ParseComplete the client never sees), and a client's Parse of a statement the
+//!   connection already has is answered by the proxy (a ParseComplete put in its place);
+//! - the client's session settings are replayed (an injected simple query, answered to
+//!   nobody) when a connection's settings differ from the client's.
+//!
+//! After an error in the extended protocol the server skips everything up to Sync; the
+//! queue does the same. A client that leaves mid-transaction gets its connection rolled
+//! back (or closed when a query is still running); a lost server ends the transaction
+//! with an error and the client's next transaction starts on another connection.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use super::cancel::{CancelTable, Registration};
+use super::classify::{self, PinReason, SessionChange};
+use super::codec::Startup;
+use super::errors::{fatal, sqlstate};
+use super::frames::{self, Frame, FrameReader, Parse};
+use super::login::ServerCredential;
+use super::pooler::{LeaseFailure, ServerConn, TxPool};
+use super::settings::{self, SessionSettings};
+use super::startup::Refusal;
+use super::statements::{ClientStatements, Statement};
+use super::tls::ClientStream;
+use crate::config::MessageLimits;
+use crate::listener::ListenerSettings;
+use crate::observe::ConnectionRecord;
+use crate::runtime::Shared;
+use crate::upstream::{Pool, ServerFilter};
+
+/// What the client loop needs from the session that started it.
+struct Client<'a> {
+    /// The client's stream, after startup and authentication.
+    pub stream: ClientStream,
+    /// The client's address (for balancing).
+    pub address: SocketAddr,
+    /// The pool of server connections for the client's database and user.
+    pub pool: Arc<TxPool>,
+    /// Which servers the client's transactions may run on (the listener's role).
+    pub accept: &'a ServerFilter<'a>,
+    /// Message size limits.
+    pub limits: &'a MessageLimits,
+    /// Idle time allowed between transactions (`timeouts.client`; zero: no limit).
+    pub idle: Duration,
+    /// The client's cancel key, pointed at the connection it holds.
+    pub cancel: Registration,
+    /// The settings the client asked for at startup.
+    pub settings: SessionSettings,
+    /// The process's cancel keys.
+    pub cancel_table: Arc<CancelTable>,
+    /// Fires at hard shutdown.
+    pub hard_stop: CancellationToken,
+}
+
+/// Bytes moved, for the connection log.
+#[derive(Debug, Default, Clone, Copy)]
+struct Moved {
+    to_server: u64,
+    to_client: u64,
+}
+
+/// A response the proxy expects from the server, in order.
+#[derive(Debug)]
+enum Expect {
+    /// The answer to a client's message; `prepares` names the statement a Parse makes.
+    Client(Kind, Option<String>),
+    /// The answer to a message the proxy sent on its own; the client never sees it.
+    Injected(Kind, Option<String>),
+    /// A message the proxy answers itself, due at this place in the response stream.
+    Synthetic(Frame),
+}
+
+/// Message kinds by what ends their answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    /// Sync, Query and FunctionCall: answered up to ReadyForQuery.
+    UntilReady,
+}
+
+impl Kind {
+    /// Whether a server message with `tag` ends the answer to a message of this kind.
+    fn ended_by(self, tag: u8) -> bool {
+        match self {
+            Kind::Parse => tag == b'1',
+            Kind::Bind => tag == b'2',
+            Kind::Close => tag == b'3',
+            Kind::Describe => matches!(tag, b'T' | b'n'),
+            Kind::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Kind::UntilReady => tag == b'Z',
+        }
+    }
+}
+
+/// One transaction's hold on a server connection.
+struct Held {
+    conn: ServerConn,
+    expected: VecDeque<Expect>,
+    /// ReadyForQuery messages still due to the client.
+    pending: usize,
+    /// The last transaction status the server reported.
+    status: u8,
+    /// An error came since the last ReadyForQuery (the extended protocol skips to Sync).
+    skipping: bool,
+    /// Session changes run in the current transaction (applied when it commits).
+    changes: Vec<SessionChange>,
+    /// The current transaction failed at some point (its changes are void).
+    failed: bool,
+    to_server: Vec<u8>,
+}
+
+impl Held {
+    fn new(conn: ServerConn) -> Self {
+        Self {
+            conn,
+            expected: VecDeque::new(),
+            pending: 0,
+            status: b'I',
+            skipping: false,
+            changes: Vec::new(),
+            failed: false,
+            to_server: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        self.to_server.extend_from_slice(frame);
+    }
+
+    /// Whether the transaction is over and the connection can go back.
+    fn finished(&self) -> bool {
+        self.pending == 0 && self.expected.is_empty() && self.status == b'I'
+    }
+}
+
+/// How a session ended.
+type Ending = Result<&'static str, Refusal>;
+
+/// The client loop state that outlives one transaction.
+struct Session<'a> {
+    client: Client<'a>,
+    reader: FrameReader,
+    to_client: Vec<u8>,
+    statements: ClientStatements,
+    pinned: Option<PinReason>,
+    moved: Moved,
+    rules: classify::Rules,
+}
+
+impl<'a> Session<'a> {
+    fn new(client: Client<'a>) -> Self {
+        Self {
+            reader: FrameReader::new(client.limits.message),
+            client,
+            to_client: Vec::new(),
+            statements: ClientStatements::default(),
+            pinned: None,
+            moved: Moved::default(),
+            rules: classify::Rules::default(),
+        }
+    }
+
+    /// Runs the session until the client leaves; returns the termination reason for the
+    /// log and the bytes moved.
+    async fn run(mut self) -> (Ending, Moved) {
+        let ending = self.serve().await;
+        (ending, self.moved)
+    }
+
+    async fn serve(&mut self) -> Ending {
+        loop {
+            // Between transactions: wait for the client's next message.
+            let first = match self.next_client_frame().await? {
+                Some(frame) => frame,
+                None => return Ok("client_closed"),
+            };
+            if first.tag() == b'X' {
+                return Ok("client_closed");
+            }
+            let conn = match self
+                .client
+                .pool
+                .lease(self.client.address, self.client.accept, self.client.limits)
+                .await
+            {
+                Ok(conn) => conn,
+                Err(failure) => return self.refuse_lease(failure).await,
+            };
+            self.client.cancel_table.retarget(
+                &self.client.cancel,
+                conn.cancel.clone(),
+                conn.process_id,
+                &conn.secret_key,
+            );
+            let mut held = Held::new(conn);
+            self.prepare(&mut held);
+            let outcome = self.transaction(&mut held, first).await;
+            self.client.cancel_table.untarget(&self.client.cancel);
+            match outcome {
+                Ok(()) => self.client.pool.give_back(held.conn),
+                // The client stays: its next transaction gets a healthy connection.
+                Err(end) if end.reason == "server_lost" => self.client.pool.discard(held.conn),
+                Err(end) if end.reason.starts_with("server_") => {
+                    self.client.pool.discard(held.conn);
+                    return Err(end);
+                }
+                Err(end) => return self.leave(held, end).await,
+            }
+        }
+    }
+
+    /// Reads the client's next whole message; `None` when it closed. Enforces the idle
+    /// limit between transactions.
+    async fn next_client_frame(&mut self) -> Result<Option<Frame>, Refusal> {
+        loop {
+            match self.reader.next_frame() {
+                Ok(Some(frame)) => return Ok(Some(frame)),
+                Ok(None) => {}
+                Err(error) => return Err(self.malformed(error).await),
+            }
+            let read = self.reader.fill(&mut self.client.stream);
+            let read = tokio::select! {
+                read = read => read,
+                () = idle_timer(self.client.idle) => {
+                    return Err(Refusal::new("client_timeout", "idle between transactions"));
+                }
+                () = self.client.hard_stop.cancelled() => {
+                    return Err(Refusal::new("shutdown", "hard stop"));
+                }
+            };
+            match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(n) => self.moved.to_server += n as u64,
+            }
+        }
+    }
+
+    /// A malformed client message: FATAL 08P01, then the end.
+    async fn malformed(&mut self, error: impl std::fmt::Display) -> Refusal {
+        let message = format!("invalid message: {error}");
+        let _ = self
+            .client
+            .stream
+            .write_all(&fatal(sqlstate::PROTOCOL_VIOLATION, &message))
+            .await;
+        Refusal::new("bad_message", message)
+    }
+
+    /// No connection for the client's transaction: FATAL with why, then the end.
+    async fn refuse_lease(&mut self, failure: LeaseFailure) -> Ending {
+        let (code, reason, message) = match failure {
+            LeaseFailure::QueueTimeout => (
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "queue_timeout",
+                "no server connection free within the queue timeout".to_string(),
+            ),
+            LeaseFailure::NoServer => (
+                sqlstate::CANNOT_CONNECT_NOW,
+                "no_server",
+                "no server available".to_string(),
+            ),
+            LeaseFailure::Connect(error) => (
+                sqlstate::CONNECTION_FAILURE,
+                "connect_failed",
+                format!("could not connect to the server: {error}"),
+            ),
+            LeaseFailure::Login(error) => {
+                let _ = self.client.stream.write_all(&error.to_client()).await;
+                return Err(Refusal::new("server_login_failed", error));
+            }
+        };
+        let _ = self.client.stream.write_all(&fatal(code, &message)).await;
+        let _ = self.client.stream.shutdown().await;
+        Err(Refusal::new(reason, message))
+    }
+
+    /// Readies a freshly leased connection for this client: closes statements beyond the
+    /// connection's bound and replays the client's settings if the connection's differ.
+    fn prepare(&self, held: &mut Held) {
+        for name in held.conn.prepared.excess() {
+            held.send(&frames::statement_message(b'C', &name).0);
+            held.expected.push_back(Expect::Injected(Kind::Close, None));
+            held.send(&frames::sync().0);
+            held.expected
+                .push_back(Expect::Injected(Kind::UntilReady, None));
+        }
+        let settings = &self.client.settings;
+        if held.conn.applied != settings.id() {
+            held.send(&frames::query(&settings.apply_sql()).0);
+            held.expected
+                .push_back(Expect::Injected(Kind::UntilReady, None));
+            held.conn.applied = settings.id();
+        }
+    }
+
+    /// Runs one transaction from its first client message until the connection is idle
+    /// again. `Err` ends the session (the client left, the server was lost, a bad message).
+    async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Refusal> {
+        self.client_message(held, first)?;
+        let cut = held.conn.server.session_token();
+        loop {
+            loop {
+                match self.reader.next_frame() {
+                    Ok(Some(frame)) => {
+                        if frame.tag() == b'X' {
+                            return Err(Refusal::new("client_closed", "Terminate"));
+                        }
+                        self.client_message(held, frame)?;
+                    }
+                    Ok(None) => break,
+                    Err(error) => return Err(self.malformed(error).await),
+                }
+            }
+            if !held.to_server.is_empty() {
+                let bytes = std::mem::take(&mut held.to_server);
+                if held.conn.stream.write_all(&bytes).await.is_err() {
+                    return self.server_lost(held, "server write failed").await;
+                }
+            }
+            self.flush_client().await?;
+            if held.finished() && self.pinned.is_none() {
+                return Ok(());
+            }
+            tokio::select! {
+                read = self.reader.fill(&mut self.client.stream) => match read {
+                    Ok(0) | Err(_) => return Err(Refusal::new("client_closed", "client left mid-transaction")),
+                    Ok(n) => self.moved.to_server += n as u64,
+                },
+                read = held.conn.reader.fill(&mut held.conn.stream) => match read {
+                    Ok(0) | Err(_) => return self.server_lost(held, "server closed the connection").await,
+                    Ok(n) => {
+                        self.moved.to_client += n as u64;
+                        self.server_messages(held).await?;
+                    }
+                },
+                () = cut.cancelled() => return self.server_lost(held, "server taken out of service").await,
+                () = self.client.hard_stop.cancelled() => return Err(Refusal::new("shutdown", "hard stop")),
+            }
+        }
+    }
+
+    async fn flush_client(&mut self) -> Result<(), Refusal> {
+        if self.to_client.is_empty() {
+            return Ok(());
+        }
+        let bytes = std::mem::take(&mut self.to_client);
+        let written = self.client.stream.write_all(&bytes).await;
+        self.to_client = bytes;
+        self.to_client.clear();
+        written.map_err(|e| Refusal::new("client_closed", e))
+    }
+
+    /// One client message while a connection is held: rename, inject, queue, forward.
+    fn client_message(&mut self, held: &mut Held, frame: Frame) -> Result<(), Refusal> {
+        let bad = |e: super::codec::CodecError| Refusal::new("bad_message", e);
+        if held.skipping {
+            // The server discards everything up to Sync after an error; so do we.
+            if frame.tag() == b'S' {
+                held.skipping = false;
+                held.pending += 1;
+                held.expected
+                    .push_back(Expect::Client(Kind::UntilReady, None));
+            }
+            held.send(&frame.0);
+            return Ok(());
+        }
+        match frame.tag() {
+            b'Q' => {
+                let sql = frames::query_text(frame.body()).map_err(bad)?;
+                self.note_sql(held, sql);
+                held.pending += 1;
+                held.expected
+                    .push_back(Expect::Client(Kind::UntilReady, None));
+                held.send(&frame.0);
+            }
+            b'P' => {
+                let parse = Parse::read(frame.body()).map_err(bad)?;
+                self.note_sql(held, parse.query);
+                if parse.name.is_empty() {
+                    held.expected.push_back(Expect::Client(Kind::Parse, None));
+                    held.send(&frame.0);
+                } else {
+                    let statement = self.statements.prepare(&parse);
+                    if held.conn.prepared.touch(&statement.server_name) {
+                        // Already there: answer in its place.
+                        held.expected.push_back(Expect::Synthetic(parse_complete()));
+                    } else {
+                        // Counted as prepared from now on, so the rest of the batch does
+                        // not prepare it again; forgotten if the Parse fails.
+                        held.conn.prepared.insert(&statement.server_name);
+                        held.expected.push_back(Expect::Client(
+                            Kind::Parse,
+                            Some(statement.server_name.clone()),
+                        ));
+                        held.send(&statement.parse.0);
+                    }
+                }
+            }
+            b'B' => {
+                let name = frames::bind_statement(frame.body()).map_err(bad)?;
+                match self.statements.get(name).cloned() {
+                    Some(statement) => {
+                        ensure_prepared(held, &statement);
+                        let renamed = frames::bind_renamed(frame.body(), &statement.server_name)
+                            .map_err(bad)?;
+                        held.send(&renamed.0);
+                    }
+                    None => held.send(&frame.0),
+                }
+                held.expected.push_back(Expect::Client(Kind::Bind, None));
+            }
+            b'D' => {
+                let (target, name) = frames::target(frame.body()).map_err(bad)?;
+                match (target, self.statements.get(name).cloned()) {
+                    (b'S', Some(statement)) if !name.is_empty() => {
+                        ensure_prepared(held, &statement);
+                        held.send(&frames::statement_message(b'D', &statement.server_name).0);
+                    }
+                    _ => held.send(&frame.0),
+                }
+                held.expected
+                    .push_back(Expect::Client(Kind::Describe, None));
+            }
+            b'C' => {
+                let (target, name) = frames::target(frame.body()).map_err(bad)?;
+                let closed = (target == b'S' && !name.is_empty())
+                    .then(|| self.statements.close(name))
+                    .flatten();
+                match closed {
+                    Some(statement) => {
+                        // Other clients' copies are prepared again where needed.
+                        held.conn.prepared.remove(&statement.server_name);
+                        held.send(&frames::statement_message(b'C', &statement.server_name).0);
+                    }
+                    None => held.send(&frame.0),
+                }
+                held.expected.push_back(Expect::Client(Kind::Close, None));
+            }
+            b'E' => {
+                held.expected.push_back(Expect::Client(Kind::Execute, None));
+                held.send(&frame.0);
+            }
+            b'S' | b'F' => {
+                held.pending += 1;
+                held.expected
+                    .push_back(Expect::Client(Kind::UntilReady, None));
+                held.send(&frame.0);
+            }
+            // Flush, COPY data/done/fail, and anything else the server judges.
+            _ => held.send(&frame.0),
+        }
+        self.emit_synthetic(held);
+        Ok(())
+    }
+
+    /// Notes what a statement does to the session: changes to replay later, and state
+    /// that ties the client to this connection.
+    fn note_sql(&mut self, held: &mut Held, sql: &[u8]) {
+        if !may_touch_session(sql) {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(sql) else {
+            return;
+        };
+        let effects = classify::classify(text, &self.rules);
+        if let Some(reason) = effects.pins
+            && self.pinned.is_none()
+        {
+            tracing::debug!(?reason, "client pinned to its server connection");
+            self.pinned = Some(reason);
+        }
+        held.changes.extend(effects.session);
+    }
+
+    /// Handles the server's whole messages that have arrived.
+    async fn server_messages(&mut self, held: &mut Held) -> Result<(), Refusal> {
+        loop {
+            let frame = match held.conn.reader.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    let detail = format!("bad message from the server: {error}");
+                    return self.server_lost(held, &detail).await;
+                }
+            };
+            self.server_message(held, frame);
+        }
+    }
+
+    fn server_message(&mut self, held: &mut Held, frame: Frame) {
+        let tag = frame.tag();
+        if tag == b'E' {
+            self.server_error(held, frame);
+            return;
+        }
+        let Some(front) = held.expected.front() else {
+            // Notices, notifications, parameter changes between answers.
+            self.to_client.extend_from_slice(&frame.0);
+            return;
+        };
+        let (kind, injected) = match front {
+            Expect::Client(kind, _) => (*kind, false),
+            Expect::Injected(kind, _) => (*kind, true),
+            Expect::Synthetic(_) => (Kind::UntilReady, false),
+        };
+        if !injected {
+            self.to_client.extend_from_slice(&frame.0);
+        }
+        if !kind.ended_by(tag) {
+            return;
+        }
+        held.expected.pop_front();
+        if tag == b'Z' {
+            let status = frame.body().first().copied().unwrap_or(b'I');
+            self.ready(held, status, injected);
+        }
+        self.emit_synthetic(held);
+    }
+
+    /// ReadyForQuery: the server is between transactions (`I`) or in one (`T`, `E`).
+    fn ready(&mut self, held: &mut Held, status: u8, injected: bool) {
+        held.status = status;
+        held.skipping = false;
+        if injected {
+            return;
+        }
+        held.pending = held.pending.saturating_sub(1);
+        self.client
+            .pool
+            .stats
+            .queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match status {
+            b'E' => held.failed = true,
+            b'I' => {
+                let changes = std::mem::take(&mut held.changes);
+                if held.failed {
+                    held.failed = false;
+                    if !changes.is_empty() {
+                        // Rolled back, but the connection may hold part of them.
+                        held.conn.applied = settings::UNKNOWN;
+                    }
+                    return;
+                }
+                let settings = &mut self.client.settings;
+                for change in changes {
+                    match change {
+                        SessionChange::Set { name, statement } => settings.set(&name, &statement),
+                        SessionChange::Reset { name } => settings.reset(&name),
+                        SessionChange::ResetAll | SessionChange::DiscardAll => settings.reset_all(),
+                        _ => {}
+                    }
+                }
+                held.conn.applied = settings.id();
+            }
+            _ => {}
+        }
+    }
+
+    /// An ErrorResponse: it answers the message at the front of the queue; outside a
+    /// simple query the server then skips to Sync, and so does the queue.
+    fn server_error(&mut self, held: &mut Held, frame: Frame) {
+        if let Some(Expect::Injected(Kind::UntilReady, _)) = held.expected.front() {
+            let (code, message) = frames::error_fields(frame.body());
+            tracing::warn!(code, message, "replaying session settings failed");
+            held.conn.applied = settings::UNKNOWN;
+            return;
+        }
+        held.failed = true;
+        match held.expected.front() {
+            Some(Expect::Client(Kind::UntilReady, _)) | None => {
+                self.to_client.extend_from_slice(&frame.0);
+                return;
+            }
+            _ => {}
+        }
+        self.to_client.extend_from_slice(&frame.0);
+        // The failed message and everything up to the next Sync are skipped by the
+        // server: statements they were to prepare are not there.
+        while let Some(front) = held.expected.front() {
+            match front {
+                Expect::Client(Kind::UntilReady, _) | Expect::Injected(Kind::UntilReady, _) => {
+                    return;
+                }
+                Expect::Client(_, Some(name)) | Expect::Injected(_, Some(name)) => {
+                    held.conn.prepared.remove(name);
+                }
+                _ => {}
+            }
+            held.expected.pop_front();
+        }
+        held.skipping = true;
+    }
+
+    /// Sends the proxy's own answers that are due now.
+    fn emit_synthetic(&mut self, held: &mut Held) {
+        while let Some(Expect::Synthetic(_)) = held.expected.front() {
+            if let Some(Expect::Synthetic(frame)) = held.expected.pop_front() {
+                self.to_client.extend_from_slice(&frame.0);
+            }
+        }
+    }
+
+    /// The server connection broke. Between statements of no transaction (the server
+    /// was idle at its last ReadyForQuery, and the client holds no session state there),
+    /// each answer the client waits for becomes an error and the client stays: its next
+    /// transaction starts on another connection. Inside a transaction, or pinned, the
+    /// client's session cannot be carried on truthfully: FATAL 08006 and the end.
+    async fn server_lost(&mut self, held: &mut Held, detail: &str) -> Result<(), Refusal> {
+        tracing::warn!(server = %held.conn.server.name, detail, "server connection lost");
+        let message = format!("server connection lost: {detail}");
+        if held.status != b'I' || self.pinned.is_some() {
+            self.to_client
+                .extend_from_slice(&fatal(sqlstate::CONNECTION_FAILURE, &message));
+            self.flush_client().await?;
+            return Err(Refusal::new("server_lost_in_transaction", message));
+        }
+        for _ in 0..held.pending {
+            let error = frames::error(sqlstate::CONNECTION_FAILURE, &message);
+            self.to_client.extend_from_slice(&error.0);
+            self.to_client
+                .extend_from_slice(&frames::ready_for_query(b'I').0);
+        }
+        self.flush_client().await?;
+        Err(Refusal::new("server_lost", message))
+    }
+
+    /// The session ends while holding a connection: it goes back clean, or is closed.
+    async fn leave(&mut self, mut held: Held, end: Refusal) -> Ending {
+        let pool = self.client.pool.clone();
+        let mut reset = Vec::new();
+        if held.status != b'I' {
+            reset.push("ROLLBACK");
+        }
+        if self.pinned.is_some() {
+            reset.push("DISCARD ALL");
+        }
+        let clean = held.pending == 0
+            && held.expected.is_empty()
+            && reset_connection(&mut held.conn, &reset).await;
+        if clean {
+            if self.pinned.is_some() {
+                held.conn.prepared.clear();
+                held.conn.applied = 0;
+            }
+            pool.give_back(held.conn);
+        } else {
+            pool.discard(held.conn);
+        }
+        match end.reason {
+            "client_closed" => Ok("client_closed"),
+            _ => Err(end),
+        }
+    }
+}
+
+/// The pool a transaction-mode client draws from, and on whose behalf.
+pub struct Pooled<'a> {
+    /// The routed pool.
+    pub pool: &'a Arc<Pool>,
+    /// What switchyard logs in to servers with for this client's user.
+    pub credential: ServerCredential,
+    /// Which servers the client's transactions may run on (the listener's role).
+    pub accept: &'a ServerFilter<'a>,
+}
+
+/// Starts a transaction-mode session for a client that switchyard authenticated: a first
+/// lease checks that the server accepts the login (its refusal reaches the client as is)
+/// and gives the parameters the client is told; then the client loop runs.
+pub async fn start(
+    shared: &Shared,
+    listener: &ListenerSettings,
+    stream: ClientStream,
+    startup: &Startup,
+    pooled: Pooled<'_>,
+    record: &mut ConnectionRecord,
+) -> Result<&'static str, Refusal> {
+    let database = startup.database().unwrap_or_default();
+    let user = startup.param("user").unwrap_or_default();
+    let tx_pool = shared
+        .postgres_pools
+        .get(pooled.pool, database, user, pooled.credential);
+    let limits = &listener.config.limits;
+    let client = |stream, pool, settings, idle| Client {
+        stream,
+        address: record.client,
+        pool,
+        accept: pooled.accept,
+        limits,
+        idle,
+        cancel: shared.postgres_cancel.register_unbound(4),
+        settings,
+        cancel_table: shared.postgres_cancel.clone(),
+        hard_stop: shared.hard_stop.clone(),
+    };
+    let conn = match tx_pool.lease(record.client, pooled.accept, limits).await {
+        Ok(conn) => conn,
+        Err(failure) => {
+            let settings = SessionSettings::default();
+            let mut session = Session::new(client(stream, tx_pool, settings, Duration::ZERO));
+            return session.refuse_lease(failure).await;
+        }
+    };
+    record.server = Some(conn.server.name.clone());
+    let settings = SessionSettings::from_startup(startup);
+    // The client's own startup values win over the server's defaults.
+    let parameters: Vec<(String, String)> = conn
+        .parameters
+        .iter()
+        .map(|(name, value)| {
+            let value = startup.param(name).unwrap_or(value);
+            (name.clone(), value.to_string())
+        })
+        .collect();
+    tx_pool.give_back_unused(conn);
+    let idle = listener.config.timeouts.client;
+    let mut session = Session::new(client(stream, tx_pool.clone(), settings, idle));
+    let key = &session.client.cancel;
+    let welcome = super::auth::welcome(&parameters, key.pid, &key.key);
+    if let Err(error) = session.client.stream.write_all(&welcome).await {
+        return Err(Refusal::new("client_closed", error));
+    }
+    tx_pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+    let (ending, moved) = session.run().await;
+    tx_pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    record.bytes_in += moved.to_server;
+    record.bytes_out += moved.to_client;
+    ending
+}
+
+/// Whether `sql` may change session state or pin the session: a cheap look before the
+/// parser runs, so ordinary statements cost no parse. A statement starting with SET,
+/// RESET, DISCARD, LISTEN, PREPARE or DECLARE, or naming temporary objects or advisory
+/// locks anywhere, is looked at closely.
+fn may_touch_session(sql: &[u8]) -> bool {
+    const ANYWHERE: [&[u8]; 2] = [b"temp", b"advisory"];
+    const LEADING: [&[u8]; 6] = [
+        b"set", b"reset", b"discard", b"listen", b"prepare", b"declare",
+    ];
+    let lower = |b: &u8| b.to_ascii_lowercase();
+    let contains = |word: &[u8]| {
+        sql.windows(word.len())
+            .any(|w| w.iter().map(lower).eq(word.iter().copied()))
+    };
+    if ANYWHERE.iter().any(|w| contains(w)) {
+        return true;
+    }
+    sql.split(|&b| b == b';').any(|statement| {
+        let first = first_word(statement);
+        LEADING
+            .iter()
+            .any(|w| first.len() == w.len() && first.iter().map(lower).eq(w.iter().copied()))
+    })
+}
+
+/// The first word of a statement, past blanks and comments.
+fn first_word(mut sql: &[u8]) -> &[u8] {
+    loop {
+        sql = sql.trim_ascii_start();
+        if let Some(rest) = sql.strip_prefix(b"--") {
+            sql = match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => &rest[end + 1..],
+                None => &[],
+            };
+        } else if let Some(rest) = sql.strip_prefix(b"/*") {
+            sql = match rest.windows(2).position(|w| w == b"*/") {
+                Some(end) => &rest[end + 2..],
+                None => &[],
+            };
+        } else {
+            break;
+        }
+    }
+    let end = sql
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(sql.len());
+    &sql[..end]
+}
+
+/// Prepares `statement` on the held connection first if it is not there yet.
+fn ensure_prepared(held: &mut Held, statement: &Statement) {
+    if held.conn.prepared.touch(&statement.server_name) {
+        return;
+    }
+    held.conn.prepared.insert(&statement.server_name);
+    held.send(&statement.parse.0);
+    held.expected.push_back(Expect::Injected(
+        Kind::Parse,
+        Some(statement.server_name.clone()),
+    ));
+}
+
+fn parse_complete() -> Frame {
+    Frame::new(b'1', &[])
+}
+
+async fn idle_timer(limit: Duration) {
+    if limit.is_zero() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(limit).await;
+}
+
+/// Runs `statements` (ROLLBACK, DISCARD ALL) on a connection nobody holds, one simple
+/// query each; true when all succeeded and the server is idle after them.
+async fn reset_connection(conn: &mut ServerConn, statements: &[&str]) -> bool {
+    if statements.is_empty() {
+        return true;
+    }
+    let mut out = Vec::new();
+    for sql in statements {
+        out.extend_from_slice(&frames::query(sql).0);
+    }
+    let run = async {
+        conn.stream.write_all(&out).await.ok()?;
+        let mut due = statements.len();
+        let mut ok = true;
+        while due > 0 {
+            while let Some(frame) = conn.reader.next_frame().ok()? {
+                match frame.tag() {
+                    b'E' => ok = false,
+                    b'Z' => {
+                        due -= 1;
+                        if due == 0 {
+                            return Some(ok && frame.body().first() == Some(&b'I'));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if conn.reader.fill(&mut conn.stream).await.ok()? == 0 {
+                return None;
+            }
+        }
+        Some(ok)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), run).await,
+        Ok(Some(true))
+    )
+}

@@ -1,0 +1,251 @@
+//! Transaction pooling (`pool_mode = "transaction"`) against a real PostgreSQL server with
+//! real clients: many clients over few server connections, prepared statements and
+//! settings that follow a client across connections, pinning, clean-up after a client
+//! leaves mid-transaction, and the queue timeout.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::config::Config;
+use support::postgres::{PASSWORD, PgCluster, PgOptions, connect, pgbench, psql_ok, stderr};
+use support::wait_until;
+
+/// A postgres listener over one server in transaction mode with `pool_keys` added to the
+/// pool (e.g. `pool_size = 2`); clients log in to switchyard as `postgres` with
+/// [`PASSWORD`] (SCRAM-SHA-256, the default).
+fn pooled(server: SocketAddr, pool_keys: &str) -> Config {
+    Config::new()
+        .protocol("postgres")
+        .pool(&format!("pool_mode = \"transaction\"\n{pool_keys}"))
+        .server("pg", server, "")
+        .section(&format!(
+            "[[user]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\n"
+        ))
+}
+
+/// Server backends of client sessions (not the proxy's own health checks) on `database`.
+fn backends(pg: &PgCluster, database: &str) -> u32 {
+    pg.psql_local(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    ))
+    .parse()
+    .unwrap_or(u32::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_clients_share_a_few_server_connections() {
+    let pg = PgCluster::start(&PgOptions {
+        databases: vec!["app"],
+        ..PgOptions::default()
+    });
+    let (_proxy, front) = pooled(pg.address(), "pool_size = 3").start().await;
+    let clients = 60;
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let client = connect(front, "postgres", "app").await.expect("connect");
+            let statement = client.prepare("SELECT $1::int * 2").await.expect("prepare");
+            for j in 0..20 {
+                let row = client
+                    .query_one(&statement, &[&(i * 100 + j)])
+                    .await
+                    .expect("prepared statement on any server connection");
+                assert_eq!(row.get::<_, i32>(0), (i * 100 + j) * 2);
+                let rows = client
+                    .simple_query("SELECT 1; SELECT 2")
+                    .await
+                    .expect("simple query");
+                let values = rows
+                    .iter()
+                    .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)));
+                assert_eq!(values.count(), 2);
+            }
+            let tx = client.simple_query("BEGIN; SELECT pg_backend_pid()").await;
+            let pid_in = match &tx.expect("begin")[1] {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            };
+            let rows = client
+                .simple_query("SELECT pg_backend_pid(); COMMIT")
+                .await
+                .expect("commit");
+            let pid_again = match &rows[0] {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            };
+            assert_eq!(
+                pid_in, pid_again,
+                "a transaction stays on one server connection"
+            );
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    assert!(
+        backends(&pg, "app") <= 3,
+        "{} server connections",
+        backends(&pg, "app")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_follow_their_client_and_stay_isolated() {
+    let pg = PgCluster::start(&PgOptions::default());
+    pg.psql_local("CREATE SCHEMA a; CREATE SCHEMA b; CREATE TABLE a.t AS SELECT 'a' AS v; CREATE TABLE b.t AS SELECT 'b' AS v");
+    let (_proxy, front) = pooled(pg.address(), "pool_size = 1").start().await;
+    let first = connect(front, "postgres", "postgres").await.expect("a");
+    let second = connect(front, "postgres", "postgres").await.expect("b");
+    first
+        .batch_execute("SET search_path TO a")
+        .await
+        .expect("set a");
+    second
+        .batch_execute("SET search_path TO b")
+        .await
+        .expect("set b");
+    for _ in 0..5 {
+        // One server connection: each query must see its own client's search_path.
+        let a: String = first
+            .query_one("SELECT v FROM t", &[])
+            .await
+            .expect("a")
+            .get(0);
+        let b: String = second
+            .query_one("SELECT v FROM t", &[])
+            .await
+            .expect("b")
+            .get(0);
+        assert_eq!((a.as_str(), b.as_str()), ("a", "b"));
+    }
+    first.batch_execute("RESET ALL").await.expect("reset");
+    let error = first
+        .query_one("SELECT v FROM t", &[])
+        .await
+        .expect_err("no search_path to a or b any more");
+    assert_eq!(error.code().map(|c| c.code()), Some("42P01"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_leaving_mid_transaction_leaves_nothing_open() {
+    let pg = PgCluster::start(&PgOptions::default());
+    pg.psql_local("CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)");
+    let (_proxy, front) = pooled(pg.address(), "pool_size = 1").start().await;
+    let client = connect(front, "postgres", "postgres")
+        .await
+        .expect("connect");
+    client
+        .batch_execute("BEGIN; UPDATE counter SET n = n + 1")
+        .await
+        .expect("open a transaction");
+    drop(client);
+    wait_until("the transaction to be rolled back", || async {
+        pg.psql_local(
+            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+        ) == "0"
+    })
+    .await;
+    // The connection is reused by the next client, clean.
+    let next = connect(front, "postgres", "postgres").await.expect("next");
+    let row = next
+        .query_one("SELECT n FROM counter", &[])
+        .await
+        .expect("read");
+    assert_eq!(row.get::<_, i32>(0), 0, "the update was rolled back");
+    next.simple_query("SELECT 1")
+        .await
+        .expect("not in a failed transaction");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_waiting_past_the_queue_timeout_gets_53300() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (_proxy, front) = pooled(
+        pg.address(),
+        "pool_size = 1\ntimeouts = { queue = \"300ms\" }",
+    )
+    .start()
+    .await;
+    let holder = connect(front, "postgres", "postgres")
+        .await
+        .expect("holder");
+    holder
+        .batch_execute("BEGIN")
+        .await
+        .expect("hold the only connection");
+    let waiter = connect(front, "postgres", "postgres").await;
+    let error = match waiter {
+        Ok(client) => client
+            .simple_query("SELECT 1")
+            .await
+            .expect_err("no connection within the queue timeout"),
+        Err(error) => error,
+    };
+    assert_eq!(error.code().map(|c| c.code()), Some("53300"), "{error}");
+    holder.batch_execute("COMMIT").await.expect("commit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pinned_sessions_keep_their_connection_and_are_reset_after() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (_proxy, front) = pooled(pg.address(), "pool_size = 2").start().await;
+    let locker = connect(front, "postgres", "postgres")
+        .await
+        .expect("locker");
+    locker
+        .batch_execute("SELECT pg_advisory_lock(42)")
+        .await
+        .expect("lock");
+    let pid: i32 = locker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    for _ in 0..3 {
+        let other = connect(front, "postgres", "postgres").await.expect("other");
+        let theirs: i32 = other
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        assert_ne!(theirs, pid, "the locker's connection is not shared");
+    }
+    let again: i32 = locker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    assert_eq!(again, pid);
+    drop(locker);
+    wait_until("the advisory lock to be released", || async {
+        pg.psql_local("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pgbench_in_every_query_mode_runs_without_errors() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (_proxy, front) = pooled(pg.address(), "pool_size = 4").start().await;
+    let init = pgbench(front, &["-i", "-s", "1", "-q"]);
+    assert!(init.status.success(), "pgbench -i: {}", stderr(&init));
+    // One thread per client: pgbench prepares statements with a blocking call, which
+    // would stall a thread's other clients (some inside a transaction, holding a server
+    // connection) until the queue timeout: a pgbench artifact, as with PgBouncer.
+    for mode in ["simple", "extended", "prepared"] {
+        let run = pgbench(front, &["-c", "20", "-j", "20", "-t", "50", "-M", mode]);
+        assert!(
+            run.status.success(),
+            "pgbench -M {mode}: {}\n{}",
+            stderr(&run),
+            String::from_utf8_lossy(&run.stdout)
+        );
+    }
+    assert!(backends(&pg, "postgres") <= 4);
+    assert_eq!(
+        psql_ok(front, "postgres", "postgres", "SELECT 1"),
+        "1",
+        "psql too"
+    );
+}
