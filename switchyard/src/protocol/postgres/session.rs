@@ -117,8 +117,8 @@ async fn session(
     let method = settings.config.postgres_auth(users.has_users());
     let authenticated = match method {
         PostgresAuth::Passthrough => None,
-        method => Some(
-            authenticate_client(
+        method => {
+            let exchange = authenticate_client(
                 &mut client,
                 &startup,
                 method,
@@ -126,9 +126,11 @@ async fn session(
                 &pool,
                 tls_info.is_some(),
                 limits,
-            )
-            .await?,
-        ),
+            );
+            let timeout = settings.config.timeouts.client;
+            let outcome = tokio::time::timeout(timeout, exchange).await;
+            Some(outcome.map_err(|_| Refusal::new("client_timeout", "no password in time"))??)
+        }
     };
 
     let (config, tls_facts) = (&settings.config, tls_info.as_ref());
