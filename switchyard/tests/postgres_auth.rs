@@ -12,10 +12,11 @@ use std::path::Path;
 
 use support::certs::TestCa;
 use support::config::Config;
-use support::ops::listener_addr;
+use support::ops::{field, listener_addr, wait_access};
 use support::postgres::{
     PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, connect_with, psql, stderr,
 };
+use support::wait_until;
 
 /// A cluster authenticating TCP clients with md5/SCRAM (by how each role's password is
 /// stored), with roles:
@@ -223,19 +224,20 @@ async fn clients_log_in_to_switchyard_which_logs_in_to_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn auth_query_finds_users_not_in_the_table() {
+async fn auth_query_finds_users_not_in_the_table_and_a_reload_adds_users() {
     let pg = cluster();
-    let (_proxy, front) = Config::new()
+    let config = Config::new()
         .protocol("postgres")
         .listener(r#"auth = "scram-sha-256""#)
         .pool(&format!(
             r#"auth_query = {{ user = "postgres", password = "{PASSWORD}" }}"#
         ))
         .server("pg", pg.address(), "")
-        .start()
-        .await;
+        .section(&listener("md5", "md5", ""));
+    let (proxy, front) = config.start().await;
+    let md5 = listener_addr(&proxy, "md5").await;
     // erin is only on the server: her SCRAM secret is fetched, checked, and the recovered
-    // keys log her in.
+    // keys log her in (the second time from the cache).
     for _ in 0..2 {
         assert_eq!(
             tokio_postgres_as(front, "erin", "postgres", "erin-pw").await,
@@ -246,19 +248,61 @@ async fn auth_query_finds_users_not_in_the_table() {
         psql_as(front, "erin", "erin-pw", &[]).as_deref(),
         Ok("erin")
     );
+    // carol's md5 hash is fetched: md5 from the client, md5 with the hash to the server.
     assert_eq!(
-        tokio_postgres_as(front, "erin", "postgres", "wrong").await,
+        psql_as(md5, "carol", "carol-pw", &[]).as_deref(),
+        Ok("carol")
+    );
+    let failed = |user: &str| {
         Err((
             "28P01".to_string(),
-            "password authentication failed for user \"erin\"".to_string()
+            format!("password authentication failed for user \"{user}\""),
         ))
+    };
+    assert_eq!(
+        tokio_postgres_as(front, "erin", "postgres", "wrong-pw-3141").await,
+        failed("erin")
     );
     assert_eq!(
         tokio_postgres_as(front, "nobody", "postgres", "x").await,
-        Err((
-            "28P01".to_string(),
-            "password authentication failed for user \"nobody\"".to_string()
-        ))
+        failed("nobody")
+    );
+    // One log line with the reason, never the password.
+    let line = wait_access(&proxy, "a failed login", |line| {
+        field(line, "termination") == "auth_failed"
+    })
+    .await;
+    assert_eq!(field(&line, "listener"), "front");
+    wait_until("the refusal logged", || async {
+        proxy.stderr().contains("wrong password")
+    })
+    .await;
+    assert!(!proxy.stderr().contains("wrong-pw-3141"));
+    assert!(!proxy.stdout().contains("wrong-pw-3141"));
+
+    // A reload that puts erin in the table with another client password: the table wins,
+    // and switchyard logs in to the server with her server password.
+    let table = r#"
+[[user]]
+name = "erin"
+password = "erin-new-pw"
+server_password = "erin-pw"
+"#;
+    let text = config.clone().section(table).build();
+    std::fs::write(
+        proxy.config_path(),
+        text.replace("{admin}", &proxy.admin.to_string()),
+    )
+    .expect("rewrite config");
+    let (status, body) = proxy.post("/api/v1/reload", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        tokio_postgres_as(front, "erin", "postgres", "erin-new-pw").await,
+        Ok("erin".to_string())
+    );
+    assert_eq!(
+        tokio_postgres_as(front, "erin", "postgres", "erin-pw").await,
+        failed("erin")
     );
 }
 
