@@ -256,7 +256,8 @@ pub struct Authenticated {
 /// Authenticates the client with `method` against `users` (and `pool`'s `auth_query`),
 /// sending AuthenticationOk on success. `encrypted`: the client connection is TLS
 /// (required for cleartext). Failures get FATAL 28P01 (the same for a wrong password and
-/// an unknown user) and a [`Refusal`] `auth_failed` whose detail says why.
+/// an unknown user) and a [`Refusal`] `auth_failed` whose detail says why. `Passthrough`
+/// is refused (FATAL 28000): a relaying caller does not call this.
 pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     startup: &Startup,
@@ -277,7 +278,13 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         .await);
     };
     let secret = match method {
-        PostgresAuth::Trust | PostgresAuth::Passthrough => users.table.get(&user).cloned(),
+        // Relaying is the caller's job; here it must not pass for trust.
+        PostgresAuth::Passthrough => {
+            let message = "authentication is relayed to the server on this listener";
+            let code = sqlstate::INVALID_AUTHORIZATION;
+            return Err(refuse(client, code, "auth_failed", message).await);
+        }
+        PostgresAuth::Trust => users.table.get(&user).cloned(),
         _ => match users.lookup(&user, pool).await {
             Ok(secret) => secret,
             Err(error) => {
@@ -876,6 +883,12 @@ mod tests {
         let errors = config_errors(&listener("auth = \"md5\""));
         assert!(errors.contains("needs `[[user]]` entries"), "{errors}");
         assert_eq!(config_errors(&listener("auth = \"trust\"")), "");
+        let tcp = listener("auth = \"trust\"").replace("\"postgres\"", "\"tcp\"");
+        let errors = config_errors(&tcp);
+        assert!(
+            errors.contains("listener[0].auth: `auth` applies to postgres"),
+            "{errors}"
+        );
         let errors = config_errors(&format!(
             "{base}[[user]]\nname = \"u\"\npassword = \"a\"\nmd5 = \"md5x\"\n\
              [[user]]\nname = \"v\"\nscram_secret = \"SCRAM-SHA-256$x\"\n\
