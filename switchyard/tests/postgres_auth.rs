@@ -352,3 +352,47 @@ async fn cleartext_passwords_only_over_tls() {
     let said = psql_as(clear, "alice", "alice-pw", &[]).expect_err("plaintext");
     assert!(said.contains("SSL required"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switchyard_logs_in_over_upstream_tls_and_retries_with_tls_for_allow() {
+    let certs = tempfile::tempdir().expect("dir");
+    let ca = TestCa::new("switchyard test CA");
+    let ca_file = ca.write(certs.path(), "ca.pem");
+    let server_tls = ca.issue(&["127.0.0.1"], "db", certs.path(), "server");
+    // TLS only (`hostssl`) and SCRAM, which over TLS also offers SCRAM-SHA-256-PLUS.
+    let pg = PgCluster::start(&PgOptions {
+        auth: Some("scram-sha-256"),
+        ssl: Some(server_tls),
+        ssl_only: true,
+        ..PgOptions::default()
+    });
+    let user = format!("[[user]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\n");
+    let full = format!(
+        "[[pool]]\nname = \"full\"\nupstream_tls = {{ sslmode = \"verify-full\", root_cert = \"{}\" }}\n\
+         servers = [ {{ address = \"{}\" }} ]\n",
+        ca_file.display(),
+        pg.address()
+    );
+    let (_proxy, front) = Config::new()
+        .protocol("postgres")
+        // `allow`: plaintext first, refused by pg_hba, then again with TLS.
+        .pool(r#"upstream_tls = { sslmode = "allow" }"#)
+        .server("pg", pg.address(), "")
+        .listener(
+            "  [[listener.routes]]\n  database = \"full\"\n  pool = \"full\"\n  rewrite_database = \"postgres\"\n",
+        )
+        .section(&full)
+        .section(&user)
+        .start()
+        .await;
+    for database in ["postgres", "full"] {
+        assert_eq!(
+            tokio_postgres_as(front, "postgres", database, PASSWORD).await,
+            Ok("postgres".to_string()),
+            "{database}"
+        );
+    }
+    let client = connect(front, "postgres", "full").await.expect("login");
+    let error = cancelled_sleep(client, &pg).await;
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+}
