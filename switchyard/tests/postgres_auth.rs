@@ -8,13 +8,13 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use support::certs::TestCa;
 use support::config::Config;
 use support::ops::{field, listener_addr, wait_access};
 use support::postgres::{
     PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, connect_with, psql, stderr,
+    tls_listener,
 };
 use support::wait_until;
 
@@ -306,20 +306,6 @@ server_password = "erin-pw"
     );
 }
 
-/// A listener with certificates requiring client TLS and cleartext passwords.
-fn cleartext_listener(cert: &Path, key: &Path) -> String {
-    listener(
-        "clear",
-        "cleartext",
-        &format!(
-            r#"tls = {{ certs = [{{ cert = "{}", key = "{}" }}] }}
-client_tls = {{ mode = "required" }}"#,
-            cert.display(),
-            key.display()
-        ),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn cleartext_passwords_only_over_tls() {
     let certs = tempfile::tempdir().expect("dir");
@@ -330,7 +316,7 @@ async fn cleartext_passwords_only_over_tls() {
         .protocol("postgres")
         .server("pg", pg.address(), "")
         .section(&users(&pg))
-        .section(&cleartext_listener(&cert, &key))
+        .section(&(tls_listener("clear", &cert, &key, "required") + "auth = \"cleartext\"\n"))
         .start()
         .await;
     let clear = listener_addr(&proxy, "clear").await;
