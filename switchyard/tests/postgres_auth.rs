@@ -296,6 +296,8 @@ server_password = "erin-pw"
     .expect("rewrite config");
     let (status, body) = proxy.post("/api/v1/reload", "").await;
     assert_eq!(status, 200, "{body}");
+    let summary: serde_json::Value = serde_json::from_str(&body).expect("summary");
+    assert_eq!(summary["settings"], serde_json::json!(["user"]), "{body}");
     assert_eq!(
         tokio_postgres_as(front, "erin", "postgres", "erin-new-pw").await,
         Ok("erin".to_string())
