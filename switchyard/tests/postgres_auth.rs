@@ -8,14 +8,15 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use support::certs::TestCa;
 use support::config::Config;
-use support::ops::listener_addr;
+use support::ops::{field, listener_addr, wait_access};
 use support::postgres::{
     PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, connect_with, psql, stderr,
+    tls_listener,
 };
+use support::wait_until;
 
 /// A cluster authenticating TCP clients with md5/SCRAM (by how each role's password is
 /// stored), with roles:
@@ -223,19 +224,20 @@ async fn clients_log_in_to_switchyard_which_logs_in_to_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn auth_query_finds_users_not_in_the_table() {
+async fn auth_query_finds_users_not_in_the_table_and_a_reload_adds_users() {
     let pg = cluster();
-    let (_proxy, front) = Config::new()
+    let config = Config::new()
         .protocol("postgres")
         .listener(r#"auth = "scram-sha-256""#)
         .pool(&format!(
             r#"auth_query = {{ user = "postgres", password = "{PASSWORD}" }}"#
         ))
         .server("pg", pg.address(), "")
-        .start()
-        .await;
+        .section(&listener("md5", "md5", ""));
+    let (proxy, front) = config.start().await;
+    let md5 = listener_addr(&proxy, "md5").await;
     // erin is only on the server: her SCRAM secret is fetched, checked, and the recovered
-    // keys log her in.
+    // keys log her in (the second time from the cache).
     for _ in 0..2 {
         assert_eq!(
             tokio_postgres_as(front, "erin", "postgres", "erin-pw").await,
@@ -246,34 +248,64 @@ async fn auth_query_finds_users_not_in_the_table() {
         psql_as(front, "erin", "erin-pw", &[]).as_deref(),
         Ok("erin")
     );
+    // carol's md5 hash is fetched: md5 from the client, md5 with the hash to the server.
     assert_eq!(
-        tokio_postgres_as(front, "erin", "postgres", "wrong").await,
+        psql_as(md5, "carol", "carol-pw", &[]).as_deref(),
+        Ok("carol")
+    );
+    let failed = |user: &str| {
         Err((
             "28P01".to_string(),
-            "password authentication failed for user \"erin\"".to_string()
+            format!("password authentication failed for user \"{user}\""),
         ))
+    };
+    assert_eq!(
+        tokio_postgres_as(front, "erin", "postgres", "wrong-pw-3141").await,
+        failed("erin")
     );
     assert_eq!(
         tokio_postgres_as(front, "nobody", "postgres", "x").await,
-        Err((
-            "28P01".to_string(),
-            "password authentication failed for user \"nobody\"".to_string()
-        ))
+        failed("nobody")
     );
-}
+    // One log line with the reason, never the password.
+    let line = wait_access(&proxy, "a failed login", |line| {
+        field(line, "termination") == "auth_failed"
+    })
+    .await;
+    assert_eq!(field(&line, "listener"), "front");
+    wait_until("the refusal logged", || async {
+        proxy.stderr().contains("wrong password")
+    })
+    .await;
+    assert!(!proxy.stderr().contains("wrong-pw-3141"));
+    assert!(!proxy.stdout().contains("wrong-pw-3141"));
 
-/// A listener with certificates requiring client TLS and cleartext passwords.
-fn cleartext_listener(cert: &Path, key: &Path) -> String {
-    listener(
-        "clear",
-        "cleartext",
-        &format!(
-            r#"tls = {{ certs = [{{ cert = "{}", key = "{}" }}] }}
-client_tls = {{ mode = "required" }}"#,
-            cert.display(),
-            key.display()
-        ),
+    // A reload that puts erin in the table with another client password: the table wins,
+    // and switchyard logs in to the server with her server password.
+    let table = r#"
+[[user]]
+name = "erin"
+password = "erin-new-pw"
+server_password = "erin-pw"
+"#;
+    let text = config.clone().section(table).build();
+    std::fs::write(
+        proxy.config_path(),
+        text.replace("{admin}", &proxy.admin.to_string()),
     )
+    .expect("rewrite config");
+    let (status, body) = proxy.post("/api/v1/reload", "").await;
+    assert_eq!(status, 200, "{body}");
+    let summary: serde_json::Value = serde_json::from_str(&body).expect("summary");
+    assert_eq!(summary["settings"], serde_json::json!(["user"]), "{body}");
+    assert_eq!(
+        tokio_postgres_as(front, "erin", "postgres", "erin-new-pw").await,
+        Ok("erin".to_string())
+    );
+    assert_eq!(
+        tokio_postgres_as(front, "erin", "postgres", "erin-pw").await,
+        failed("erin")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,7 +318,7 @@ async fn cleartext_passwords_only_over_tls() {
         .protocol("postgres")
         .server("pg", pg.address(), "")
         .section(&users(&pg))
-        .section(&cleartext_listener(&cert, &key))
+        .section(&(tls_listener("clear", &cert, &key, "required") + "auth = \"cleartext\"\n"))
         .start()
         .await;
     let clear = listener_addr(&proxy, "clear").await;
@@ -307,4 +339,48 @@ async fn cleartext_passwords_only_over_tls() {
     );
     let said = psql_as(clear, "alice", "alice-pw", &[]).expect_err("plaintext");
     assert!(said.contains("SSL required"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switchyard_logs_in_over_upstream_tls_and_retries_with_tls_for_allow() {
+    let certs = tempfile::tempdir().expect("dir");
+    let ca = TestCa::new("switchyard test CA");
+    let ca_file = ca.write(certs.path(), "ca.pem");
+    let server_tls = ca.issue(&["127.0.0.1"], "db", certs.path(), "server");
+    // TLS only (`hostssl`) and SCRAM, which over TLS also offers SCRAM-SHA-256-PLUS.
+    let pg = PgCluster::start(&PgOptions {
+        auth: Some("scram-sha-256"),
+        ssl: Some(server_tls),
+        ssl_only: true,
+        ..PgOptions::default()
+    });
+    let user = format!("[[user]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\n");
+    let full = format!(
+        "[[pool]]\nname = \"full\"\nupstream_tls = {{ sslmode = \"verify-full\", root_cert = \"{}\" }}\n\
+         servers = [ {{ address = \"{}\" }} ]\n",
+        ca_file.display(),
+        pg.address()
+    );
+    let (_proxy, front) = Config::new()
+        .protocol("postgres")
+        // `allow`: plaintext first, refused by pg_hba, then again with TLS.
+        .pool(r#"upstream_tls = { sslmode = "allow" }"#)
+        .server("pg", pg.address(), "")
+        .listener(
+            "  [[listener.routes]]\n  database = \"full\"\n  pool = \"full\"\n  rewrite_database = \"postgres\"\n",
+        )
+        .section(&full)
+        .section(&user)
+        .start()
+        .await;
+    for database in ["postgres", "full"] {
+        assert_eq!(
+            tokio_postgres_as(front, "postgres", database, PASSWORD).await,
+            Ok("postgres".to_string()),
+            "{database}"
+        );
+    }
+    let client = connect(front, "postgres", "full").await.expect("login");
+    let error = cancelled_sleep(client, &pg).await;
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
 }

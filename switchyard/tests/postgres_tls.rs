@@ -13,6 +13,7 @@ use support::config::Config;
 use support::ops::listener_addr;
 use support::postgres::{
     PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, psql, select_over, stderr,
+    tls_listener,
 };
 
 /// libpq's sslmodes, weakest first.
@@ -47,22 +48,6 @@ fn psql_with(
         ],
     );
     (output.status.success(), stderr(&output))
-}
-
-/// A postgres listener section with certificates and `client_tls` mode `mode`.
-fn tls_listener(name: &str, cert: &Path, key: &Path, mode: &str) -> String {
-    format!(
-        r#"[[listener]]
-name = "{name}"
-listen = "127.0.0.1:0"
-protocol = "postgres"
-pool = "app"
-tls = {{ certs = [{{ cert = "{}", key = "{}" }}] }}
-client_tls = {{ mode = "{mode}" }}
-"#,
-        cert.display(),
-        key.display()
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

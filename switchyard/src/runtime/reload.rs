@@ -386,6 +386,9 @@ fn apply_settings(old: &Config, new: &Config, summary: &mut ReloadSummary) {
     if old.shutdown_timeout != new.shutdown_timeout {
         summary.settings.push("shutdown_timeout".into());
     }
+    if old.users != new.users {
+        summary.settings.push("user".into());
+    }
     let restart_only = [
         ("workers", old.workers != new.workers),
         ("admin", old.admin != new.admin),

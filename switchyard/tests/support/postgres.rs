@@ -406,3 +406,19 @@ where
     let row = client.query_one(&format!("SELECT {n}"), &[]).await?;
     Ok(row.get::<_, i32>(0))
 }
+
+/// A postgres listener section with certificates and `client_tls` mode `mode`.
+pub fn tls_listener(name: &str, cert: &Path, key: &Path, mode: &str) -> String {
+    format!(
+        r#"[[listener]]
+name = "{name}"
+listen = "127.0.0.1:0"
+protocol = "postgres"
+pool = "app"
+tls = {{ certs = [{{ cert = "{}", key = "{}" }}] }}
+client_tls = {{ mode = "{mode}" }}
+"#,
+        cert.display(),
+        key.display()
+    )
+}

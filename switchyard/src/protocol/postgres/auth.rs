@@ -32,6 +32,8 @@ use crate::upstream::Pool;
 const INVALID_PASSWORD: &str = "28P01";
 /// How long an `auth_query` answer (found or not) is reused before asking a server again.
 const AUTH_QUERY_TTL: Duration = Duration::from_secs(30);
+/// Longest an `auth_query` (connect, login, query) may take.
+const AUTH_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most cached `auth_query` answers; the cache is emptied when full, so a client trying
 /// endless user names cannot grow it without bound.
 const AUTH_QUERY_CACHE: usize = 10_000;
@@ -189,7 +191,11 @@ impl Users {
         if let Some(secret) = cached {
             return Ok(secret);
         }
-        let secret = run_auth_query(pool, query, user).await?.map(Arc::new);
+        let answer = tokio::time::timeout(AUTH_QUERY_TIMEOUT, run_auth_query(pool, query, user));
+        let secret = answer
+            .await
+            .map_err(|_| format!("no answer within {AUTH_QUERY_TIMEOUT:?}"))??
+            .map(Arc::new);
         let mut cache = query.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= AUTH_QUERY_CACHE {
             cache.clear();
@@ -250,7 +256,8 @@ pub struct Authenticated {
 /// Authenticates the client with `method` against `users` (and `pool`'s `auth_query`),
 /// sending AuthenticationOk on success. `encrypted`: the client connection is TLS
 /// (required for cleartext). Failures get FATAL 28P01 (the same for a wrong password and
-/// an unknown user) and a [`Refusal`] `auth_failed` whose detail says why.
+/// an unknown user) and a [`Refusal`] `auth_failed` whose detail says why. `Passthrough`
+/// is refused (FATAL 28000): a relaying caller does not call this.
 pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     startup: &Startup,
@@ -271,7 +278,13 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         .await);
     };
     let secret = match method {
-        PostgresAuth::Trust | PostgresAuth::Passthrough => users.table.get(&user).cloned(),
+        // Relaying is the caller's job; here it must not pass for trust.
+        PostgresAuth::Passthrough => {
+            let message = "authentication is relayed to the server on this listener";
+            let code = sqlstate::INVALID_AUTHORIZATION;
+            return Err(refuse(client, code, "auth_failed", message).await);
+        }
+        PostgresAuth::Trust => users.table.get(&user).cloned(),
         _ => match users.lookup(&user, pool).await {
             Ok(secret) => secret,
             Err(error) => {
@@ -466,25 +479,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
     }
 
     async fn malformed(&mut self, error: CodecError) -> Refusal {
-        let message = format!("invalid authentication message: {error}");
-        refuse(
-            self.client,
-            sqlstate::PROTOCOL_VIOLATION,
-            "bad_message",
-            &message,
-        )
-        .await
+        self.violation("invalid authentication message", error)
+            .await
     }
 
     async fn scram_error(&mut self, error: &scram::ScramError) -> Refusal {
-        let message = format!("SCRAM authentication failed: {error}");
-        refuse(
-            self.client,
-            sqlstate::PROTOCOL_VIOLATION,
-            "bad_message",
-            &message,
-        )
-        .await
+        self.violation("SCRAM authentication failed", error).await
+    }
+
+    /// FATAL 08P01 for a client that broke the exchange.
+    async fn violation(&mut self, what: &str, error: impl std::fmt::Display) -> Refusal {
+        let message = format!("{what}: {error}");
+        let code = sqlstate::PROTOCOL_VIOLATION;
+        refuse(self.client, code, "bad_message", &message).await
     }
 }
 
@@ -876,6 +883,12 @@ mod tests {
         let errors = config_errors(&listener("auth = \"md5\""));
         assert!(errors.contains("needs `[[user]]` entries"), "{errors}");
         assert_eq!(config_errors(&listener("auth = \"trust\"")), "");
+        let tcp = listener("auth = \"trust\"").replace("\"postgres\"", "\"tcp\"");
+        let errors = config_errors(&tcp);
+        assert!(
+            errors.contains("listener[0].auth: `auth` applies to postgres"),
+            "{errors}"
+        );
         let errors = config_errors(&format!(
             "{base}[[user]]\nname = \"u\"\npassword = \"a\"\nmd5 = \"md5x\"\n\
              [[user]]\nname = \"v\"\nscram_secret = \"SCRAM-SHA-256$x\"\n\

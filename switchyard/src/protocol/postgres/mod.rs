@@ -2,10 +2,11 @@
 //!
 //! The proxy owns the startup: it answers SSLRequest/GSSENCRequest, routes on the
 //! StartupMessage (database, user, application_name), picks a server of the listener's
-//! role, relays or performs authentication, issues its own cancel keys, and reports failures
-//! as PostgreSQL errors with a SQLSTATE. In session mode a client is bound to one server
-//! connection for its life; in transaction mode (`pooler`, `transaction`) clients share
-//! server connections one transaction at a time.
+//! role, relays authentication or authenticates the client itself and logs in to the server
+//! (`auth`, `login`), issues its own cancel keys, and reports failures as PostgreSQL errors
+//! with a SQLSTATE. In session mode a client is bound to one server connection for its
+//! life; in transaction mode (`pooler`, `transaction`) clients share server connections
+//! one transaction at a time.
 
 pub mod auth;
 pub mod cancel;

@@ -122,8 +122,8 @@ async fn session(
     };
     let authenticated = match method {
         PostgresAuth::Passthrough => None,
-        method => Some(
-            authenticate_client(
+        method => {
+            let exchange = authenticate_client(
                 &mut client,
                 &startup,
                 method,
@@ -131,9 +131,11 @@ async fn session(
                 &pool,
                 tls_info.is_some(),
                 limits,
-            )
-            .await?,
-        ),
+            );
+            let timeout = settings.config.timeouts.client;
+            let outcome = tokio::time::timeout(timeout, exchange).await;
+            Some(outcome.map_err(|_| Refusal::new("client_timeout", "no password in time"))??)
+        }
     };
     if let Some(authenticated) = &authenticated
         && transaction_mode
