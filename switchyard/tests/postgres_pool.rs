@@ -39,7 +39,7 @@ async fn many_clients_share_a_few_server_connections() {
         databases: vec!["app"],
         ..PgOptions::default()
     });
-    let (_proxy, front) = pooled(pg.address(), "pool_size = 3").start().await;
+    let (proxy, front) = pooled(pg.address(), "pool_size = 3").start().await;
     let clients = 60;
     let mut tasks = Vec::new();
     for i in 0..clients {

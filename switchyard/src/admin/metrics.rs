@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::health::Health;
 use crate::listener::Listener;
+use crate::protocol::postgres::pooler::TxPool;
 use crate::runtime::Shared;
 use crate::upstream::{AdminState, Pool, Server, ServerRole};
 
@@ -24,6 +25,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
         pools: shared.pools(),
+        tx_pools: shared.postgres_pools.snapshot(),
         listeners: shared.listeners(),
         dropped_log_lines: shared.access_log.dropped.load(Ordering::Relaxed),
     }));
@@ -36,6 +38,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
 #[derive(Debug)]
 struct Snapshot {
     pools: Arc<Vec<Arc<Pool>>>,
+    tx_pools: Vec<Arc<TxPool>>,
     listeners: Arc<Vec<Arc<Listener>>>,
     dropped_log_lines: u64,
 }
@@ -95,6 +98,54 @@ const LISTENER_METRICS: &[Metric<Listener>] = &[
         "switchyard_listener_sent_bytes",
         "Bytes sent to clients",
         Read::Counter(|l| load(&l.stats.bytes_out)),
+    ),
+];
+
+const TX_POOL_METRICS: &[Metric<TxPool>] = &[
+    metric(
+        "switchyard_pg_pool_clients",
+        "Transaction-mode clients connected, per pool, database and user",
+        Read::Gauge(|t| load_usize(&t.stats.clients)),
+    ),
+    metric(
+        "switchyard_pg_pool_clients_waiting",
+        "Transaction-mode clients waiting for a server connection",
+        Read::Gauge(|t| load_usize(&t.stats.waiting)),
+    ),
+    metric(
+        "switchyard_pg_pool_transactions",
+        "Transactions run over shared server connections",
+        Read::Counter(|t| load(&t.stats.transactions)),
+    ),
+    metric(
+        "switchyard_pg_pool_queries",
+        "Queries run over shared server connections (ReadyForQuery answers)",
+        Read::Counter(|t| load(&t.stats.queries)),
+    ),
+    metric(
+        "switchyard_pg_pool_leases",
+        "Server connections handed to a client's transaction",
+        Read::Counter(|t| load(&t.stats.leases)),
+    ),
+    metric(
+        "switchyard_pg_pool_wait_seconds",
+        "Time clients waited for a server connection, summed (divide by leases for the average)",
+        Read::Gauge(|t| t.stats.wait_micros.load(Ordering::Relaxed) as f64 / 1e6),
+    ),
+    metric(
+        "switchyard_pg_pool_queue_timeouts",
+        "Clients refused (53300) after waiting timeouts.queue",
+        Read::Counter(|t| load(&t.stats.queue_timeouts)),
+    ),
+    metric(
+        "switchyard_pg_pool_routed_primary",
+        "Transactions the read/write split sent to the primary",
+        Read::Counter(|t| load(&t.stats.routed_primary)),
+    ),
+    metric(
+        "switchyard_pg_pool_routed_replica",
+        "Transactions the read/write split sent to a replica",
+        Read::Counter(|t| load(&t.stats.routed_replica)),
     ),
 ];
 
@@ -246,6 +297,38 @@ impl Collector for Snapshot {
         for metric in SERVER_METRICS {
             family(&mut encoder, metric, &servers)?;
         }
+        let tx_pools: Vec<(Labels, &TxPool)> = self
+            .tx_pools
+            .iter()
+            .map(|t| {
+                let labels = vec![
+                    ("pool", t.pool.clone()),
+                    ("database", t.database.clone()),
+                    ("user", t.user.clone()),
+                ];
+                (labels, t.as_ref())
+            })
+            .collect();
+        for metric in TX_POOL_METRICS {
+            family(&mut encoder, metric, &tx_pools)?;
+        }
+        let mut connections = encoder.encode_descriptor(
+            "switchyard_pg_pool_server_connections",
+            "Shared server connections per server: active (in a transaction) or idle",
+            None,
+            ConstGauge::new(0.0f64).metric_type(),
+        )?;
+        for (labels, tx_pool) in &tx_pools {
+            for server in tx_pool.servers() {
+                for (state, count) in [("active", server.active), ("idle", server.idle)] {
+                    let mut labels = labels.clone();
+                    labels.push(("server", server.server.clone()));
+                    labels.push(("state", state.to_string()));
+                    ConstGauge::new(count as f64).encode(connections.encode_family(&labels)?)?;
+                }
+            }
+        }
+        drop(connections);
         let mut checks = encoder.encode_descriptor(
             "switchyard_server_checks",
             "Health check results (active and passive)",

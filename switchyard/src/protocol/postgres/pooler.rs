@@ -57,6 +57,7 @@ impl TxPools {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let entry = pools.entry(key).or_insert_with(|| {
             let tx = Arc::new(TxPool {
+                pool: pool.name.clone(),
                 database: database.to_string(),
                 user: user.to_string(),
                 state: Mutex::new(State::default()),
@@ -101,11 +102,17 @@ pub struct TxStats {
     pub leases: AtomicU64,
     /// Clients refused after waiting `timeouts.queue`.
     pub queue_timeouts: AtomicU64,
+    /// Transactions sent to the primary by the read/write split.
+    pub routed_primary: AtomicU64,
+    /// Transactions sent to a replica by the read/write split.
+    pub routed_replica: AtomicU64,
 }
 
 /// Server connections for one (pool, database, user).
 #[derive(Debug)]
 pub struct TxPool {
+    /// The name of the pool whose servers it connects to.
+    pub pool: String,
     /// The database the connections are logged in to.
     pub database: String,
     /// The user they are logged in as.
@@ -135,6 +142,19 @@ struct PerServer {
 
 fn server_key(server: &Arc<Server>) -> usize {
     Arc::as_ptr(server) as usize
+}
+
+/// One server's connections in a transaction pool, for the admin API and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerConnections {
+    /// Server name.
+    pub server: String,
+    /// Connections open (leased, idle, or logging in).
+    pub open: usize,
+    /// Connections leased to a client's transaction.
+    pub active: usize,
+    /// Connections idle, ready for the next transaction.
+    pub idle: usize,
 }
 
 /// Why no server connection could be had.
@@ -439,15 +459,20 @@ impl TxPool {
         drop(conn);
     }
 
-    /// Per server: (server name, open, active, idle) connections.
-    pub fn servers(&self) -> Vec<(String, usize, usize, usize)> {
+    /// Server connections per server, by server name.
+    pub fn servers(&self) -> Vec<ServerConnections> {
         let state = lock(&self.state);
         let mut out: Vec<_> = state
             .servers
             .values()
-            .map(|e| (e.server.name.clone(), e.open, e.active, e.idle.len()))
+            .map(|e| ServerConnections {
+                server: e.server.name.clone(),
+                open: e.open,
+                active: e.active,
+                idle: e.idle.len(),
+            })
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.server.cmp(&b.server));
         out
     }
 
