@@ -668,7 +668,7 @@ macro_rules! ignore_scalar {
     };
 }
 
-impl<'w> ser::Serializer for &'w mut Walker<'_> {
+impl ser::Serializer for &mut Walker<'_> {
     type Ok = ();
     type Error = std::fmt::Error;
     type SerializeSeq = Self;

@@ -250,3 +250,433 @@ fn require_roles(pool: &PoolConfig, report: &mut dyn FnMut(String)) {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::postgres::classify::classify;
+
+    const STICKY: Option<Duration> = Some(Duration::from_secs(2));
+
+    /// Runs `sql` through a session as the pooler would: the target, then the ReadyForQuery
+    /// status the server would answer with.
+    fn run(state: &mut SplitState, sql: &str, status: u8, now: Instant) -> Target {
+        let c = classify(sql, &Rules::default());
+        let target = state.target(&c, now, STICKY);
+        state.after(&c, status, now);
+        target
+    }
+
+    use Target::{Primary, Replica};
+
+    #[test]
+    fn reads_to_replicas_writes_to_the_primary() {
+        let mut state = SplitState::new();
+        let now = Instant::now();
+        assert_eq!(
+            run(
+                &mut state,
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+                b'I',
+                now
+            ),
+            Replica
+        );
+        assert_eq!(run(&mut state, "SHOW search_path", b'I', now), Replica);
+        assert_eq!(
+            run(&mut state, "SELECT * FROM t FOR UPDATE", b'I', now),
+            Primary
+        );
+        assert_eq!(run(&mut state, "SELECT nextval('s')", b'I', now), Primary);
+        assert_eq!(run(&mut state, "garbage", b'I', now), Primary);
+        let mut fresh = SplitState::new();
+        assert_eq!(run(&mut fresh, "UPDATE t SET x = 1", b'I', now), Primary);
+        assert_eq!(
+            run(&mut fresh, "SET search_path TO a", b'I', now),
+            Primary,
+            "sticky"
+        );
+        assert_eq!(
+            run(
+                &mut fresh,
+                "SET search_path TO a",
+                b'I',
+                now + STICKY.unwrap()
+            ),
+            Replica
+        );
+    }
+
+    #[test]
+    fn transactions_stay_where_they_began() {
+        let start = Instant::now();
+        let mut state = SplitState::new();
+        assert_eq!(run(&mut state, "BEGIN", b'T', start), Primary);
+        assert_eq!(run(&mut state, "SELECT 1", b'T', start), Primary);
+        assert_eq!(
+            run(
+                &mut state,
+                "/* switchyard: replica */ SELECT 1",
+                b'T',
+                start
+            ),
+            Primary
+        );
+        assert_eq!(run(&mut state, "SELECT 1 / 0", b'E', start), Primary);
+        assert_eq!(run(&mut state, "ROLLBACK", b'I', start), Primary);
+        // A transaction that only read wrote nothing: no stickiness after it.
+        assert_eq!(run(&mut state, "SELECT 1", b'I', start), Replica);
+
+        // Read then write stays on the primary, and the write counts from the commit.
+        let mut state = SplitState::new();
+        assert_eq!(
+            run(&mut state, "START TRANSACTION READ WRITE", b'T', start),
+            Primary
+        );
+        assert_eq!(
+            run(&mut state, "SELECT balance FROM a", b'T', start),
+            Primary
+        );
+        assert_eq!(
+            run(&mut state, "UPDATE a SET balance = 1", b'T', start),
+            Primary
+        );
+        let commit = start + Duration::from_secs(10);
+        assert_eq!(run(&mut state, "COMMIT", b'I', commit), Primary);
+        assert_eq!(
+            run(
+                &mut state,
+                "SELECT 1",
+                b'I',
+                commit + Duration::from_secs(1)
+            ),
+            Primary
+        );
+        assert_eq!(
+            run(
+                &mut state,
+                "SELECT 1",
+                b'I',
+                commit + Duration::from_secs(2)
+            ),
+            Replica
+        );
+
+        // BEGIN READ ONLY may run on a replica, the whole transaction there.
+        let mut state = SplitState::new();
+        assert_eq!(run(&mut state, "BEGIN READ ONLY", b'T', start), Replica);
+        assert_eq!(run(&mut state, "SELECT 1", b'T', start), Replica);
+        assert_eq!(run(&mut state, "UPDATE t SET x = 1", b'E', start), Replica);
+        assert_eq!(run(&mut state, "COMMIT", b'I', start), Replica);
+        assert_eq!(
+            run(
+                &mut state,
+                "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+                b'T',
+                start
+            ),
+            Primary
+        );
+        assert_eq!(run(&mut state, "COMMIT AND CHAIN", b'T', start), Primary);
+        assert_eq!(run(&mut state, "SELECT 1", b'T', start), Primary);
+        assert_eq!(run(&mut state, "END", b'I', start), Primary);
+
+        // A string that opens a transaction and writes in it.
+        let mut state = SplitState::new();
+        assert_eq!(
+            run(
+                &mut state,
+                "BEGIN READ ONLY; UPDATE t SET x = 1",
+                b'E',
+                start
+            ),
+            Primary
+        );
+        assert_eq!(run(&mut state, "ROLLBACK", b'I', start), Primary);
+        // The transaction status, not the SQL, ends a transaction (an implicit one here).
+        assert_eq!(
+            run(&mut state, "BEGIN; SELECT 1; COMMIT", b'I', start),
+            Primary
+        );
+        // (A write that failed still counts for stickiness: the proxy cannot tell.)
+        let later = start + Duration::from_secs(2);
+        assert_eq!(run(&mut state, "SELECT 1", b'I', later), Replica);
+    }
+
+    #[test]
+    fn hints_override_reads_never_writes() {
+        let now = Instant::now();
+        let mut state = SplitState::new();
+        assert_eq!(
+            run(&mut state, "/* switchyard: primary */ SELECT 1", b'I', now),
+            Primary
+        );
+        assert_eq!(
+            run(&mut state, "SELECT 1", b'I', now),
+            Replica,
+            "a hint lasts one statement"
+        );
+        assert_eq!(
+            run(
+                &mut state,
+                "/* switchyard: replica */ UPDATE t SET x = 1",
+                b'I',
+                now
+            ),
+            Primary
+        );
+        assert_eq!(
+            run(&mut state, "SELECT 1", b'I', now),
+            Primary,
+            "sticky after that write"
+        );
+        assert_eq!(
+            run(&mut state, "/* switchyard: replica */ SELECT 1", b'I', now),
+            Replica,
+            "hint over sticky"
+        );
+        assert_eq!(
+            run(&mut state, "SET switchyard.route = primary", b'I', now),
+            Primary
+        );
+        assert_eq!(
+            run(&mut state, "-- switchyard: replica\nSELECT 1", b'I', now),
+            Replica,
+            "hint over the session"
+        );
+    }
+
+    #[test]
+    fn session_override() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let mut state = SplitState::new();
+        run(&mut state, "SET switchyard.route = primary", b'I', now);
+        assert_eq!(run(&mut state, "SELECT 1", b'I', later), Primary);
+        run(&mut state, "SET switchyard.route = 'replica'", b'I', later);
+        assert_eq!(run(&mut state, "SELECT 1", b'I', later), Replica);
+        assert_eq!(
+            run(&mut state, "DELETE FROM t", b'I', later),
+            Primary,
+            "writes stay on the primary"
+        );
+        assert_eq!(
+            run(&mut state, "SELECT 1", b'I', later),
+            Replica,
+            "the override beats sticky"
+        );
+        run(&mut state, "RESET switchyard.route", b'I', later);
+        assert_eq!(
+            run(&mut state, "SELECT 1", b'I', later),
+            Primary,
+            "sticky again"
+        );
+        for reset in ["RESET ALL", "DISCARD ALL", "SET switchyard.route = auto"] {
+            run(
+                &mut state,
+                "SET switchyard.route = primary",
+                b'I',
+                later + Duration::from_secs(9),
+            );
+            run(&mut state, reset, b'I', later + Duration::from_secs(9));
+            assert_eq!(
+                run(&mut state, "SELECT 1", b'I', later + Duration::from_secs(9)),
+                Replica,
+                "{reset}"
+            );
+        }
+        // A bad value changes nothing.
+        run(&mut state, "SET switchyard.route = sideways", b'I', later);
+        assert_eq!(
+            run(&mut state, "SELECT 1", b'I', later + Duration::from_secs(9)),
+            Replica
+        );
+    }
+
+    #[test]
+    fn sticky_after_write() {
+        let start = Instant::now();
+        let mut state = SplitState::new();
+        run(&mut state, "INSERT INTO t VALUES (1)", b'I', start);
+        let c = classify("SELECT 1", &Rules::default());
+        assert_eq!(
+            state.target(&c, start + Duration::from_millis(1999), STICKY),
+            Primary
+        );
+        assert_eq!(
+            state.target(&c, start + Duration::from_secs(2), STICKY),
+            Replica
+        );
+        assert_eq!(
+            state.target(&c, start, None),
+            Replica,
+            "off without the option"
+        );
+        assert_eq!(state.target(&c, start, Some(Duration::ZERO)), Replica);
+        // Each write restarts the window.
+        run(
+            &mut state,
+            "UPDATE t SET x = 1",
+            b'I',
+            start + Duration::from_secs(5),
+        );
+        assert_eq!(
+            state.target(&c, start + Duration::from_secs(6), STICKY),
+            Primary
+        );
+    }
+
+    #[test]
+    fn pins_hold_the_session_where_they_were_taken() {
+        let now = Instant::now();
+        for sql in [
+            "SELECT pg_advisory_lock(1)",
+            "LISTEN jobs",
+            "CREATE TEMP TABLE t (x int)",
+            "PREPARE p AS SELECT 1",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        ] {
+            let mut state = SplitState::new();
+            assert_eq!(run(&mut state, sql, b'I', now), Primary, "{sql}");
+            assert_eq!(state.pinned(), Some(Primary));
+            let later = now + Duration::from_secs(3600);
+            assert_eq!(
+                run(
+                    &mut state,
+                    "/* switchyard: replica */ SELECT 1",
+                    b'I',
+                    later
+                ),
+                Primary
+            );
+            run(&mut state, "SET switchyard.route = replica", b'I', later);
+            assert_eq!(run(&mut state, "SELECT 1", b'I', later), Primary, "{sql}");
+        }
+        // Pinned inside a read-only transaction on a replica: the pin is on the replica.
+        let mut state = SplitState::new();
+        assert_eq!(run(&mut state, "BEGIN READ ONLY", b'T', now), Replica);
+        assert_eq!(
+            run(
+                &mut state,
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                b'T',
+                now
+            ),
+            Replica
+        );
+        run(&mut state, "COMMIT", b'I', now);
+        assert_eq!(state.pinned(), Some(Replica));
+        assert_eq!(run(&mut state, "SELECT 1", b'I', now), Replica);
+        // Without target(), after() assumes the primary.
+        let mut state = SplitState::new();
+        state.after(&classify("LISTEN a", &Rules::default()), b'I', now);
+        assert_eq!(state.pinned(), Some(Primary));
+    }
+
+    fn load(extra_pool: &str, route: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            r#"
+[[listener]]
+name = "pg"
+listen = "127.0.0.1:0"
+protocol = "postgres"
+pool = "db"
+  [[listener.routes]]
+  database = "app"
+  pool = "db"
+  {route}
+
+[[pool]]
+name = "db"
+health = {{ check = "postgres" }}
+servers = [{{ address = "127.0.0.1:5432" }}]
+{extra_pool}
+"#
+        );
+        crate::config::load_str(std::path::Path::new("t.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_route_wins_over_pool() {
+        let config = load(
+            "read_write_split = true\nsticky_after_write = \"2s\"\nwrite_functions = [\"audit\"]",
+            "read_write_split = false\nwrite_functions = [\"my_writer\"]",
+        )
+        .expect("valid");
+        let pool = &config.pools[0];
+        let route = &config.listeners[0].routes[0];
+        let on_pool = SplitConfig::resolve(None, pool);
+        assert!(on_pool.enabled);
+        assert_eq!(on_pool.sticky_after_write, Some(Duration::from_secs(2)));
+        assert_eq!(on_pool.rules, Rules::new(["audit"]));
+        let on_route = SplitConfig::resolve(Some(route), pool);
+        assert!(!on_route.enabled);
+        assert_eq!(on_route.sticky_after_write, Some(Duration::from_secs(2)));
+        assert_eq!(
+            classify("SELECT my_writer()", &on_route.rules).access,
+            Access::Write
+        );
+        assert_eq!(
+            classify("SELECT audit()", &on_route.rules).access,
+            Access::Read
+        );
+
+        let defaults = load("", "").expect("valid");
+        let split =
+            SplitConfig::resolve(Some(&defaults.listeners[0].routes[0]), &defaults.pools[0]);
+        assert_eq!(
+            split,
+            SplitConfig {
+                enabled: false,
+                sticky_after_write: None,
+                rules: Rules::default()
+            }
+        );
+    }
+
+    #[test]
+    fn config_errors() {
+        let cases = [
+            ("read_write_split = 1", "", "read_write_split"),
+            ("sticky_after_write = \"soon\"", "", "sticky_after_write"),
+            ("", "write_function = [\"x\"]", "unknown field"),
+            ("write_functions = [\"public.f\"]", "", "without schema"),
+            ("", "write_functions = [\"\"]", "not a function name"),
+            ("", "write_functions = [\"f(int)\", \"g h\"]", "g h"),
+        ];
+        for (pool, route, expected) in cases {
+            let error = load(pool, route).expect_err(expected);
+            assert!(error.contains(expected), "{error}");
+        }
+        let text = r#"
+[[listener]]
+name = "tcp"
+listen = "127.0.0.1:0"
+protocol = "http"
+  [[listener.routes]]
+  pool = "db"
+  read_write_split = true
+  sticky_after_write = "1s"
+
+[[pool]]
+name = "db"
+read_write_split = true
+servers = [{ address = "127.0.0.1:5432" }]
+"#;
+        let error = crate::config::load_str(std::path::Path::new("t.toml"), text)
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            error.contains("`read_write_split` applies to postgres routes only"),
+            "{error}"
+        );
+        assert!(
+            error.contains("`sticky_after_write` applies to postgres routes only"),
+            "{error}"
+        );
+        assert!(
+            error.contains("needs `health = { check = \"postgres\" }`"),
+            "{error}"
+        );
+    }
+}
