@@ -1079,44 +1079,22 @@ mod tests {
 
     #[test]
     fn transaction_commands() {
+        const RW: Option<TxnCommand> = Some(TxnCommand::Begin { read_only: false });
+        const RO: Option<TxnCommand> = Some(TxnCommand::Begin { read_only: true });
         let cases = [
-            ("BEGIN", Some(TxnCommand::Begin { read_only: false })),
-            (
-                "begin transaction",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
-            (
-                "START TRANSACTION",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
-            (
-                "START TRANSACTION READ WRITE",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
-            (
-                "BEGIN READ ONLY",
-                Some(TxnCommand::Begin { read_only: true }),
-            ),
-            (
-                "START TRANSACTION READ ONLY",
-                Some(TxnCommand::Begin { read_only: true }),
-            ),
-            (
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-                Some(TxnCommand::Begin { read_only: true }),
-            ),
-            (
-                "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
+            ("BEGIN", RW),
+            ("begin transaction", RW),
+            ("START TRANSACTION", RW),
+            ("START TRANSACTION READ WRITE", RW),
+            ("BEGIN READ ONLY", RO),
+            ("START TRANSACTION READ ONLY", RO),
+            ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", RO),
+            ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", RW),
             (
                 "BEGIN READ ONLY ISOLATION LEVEL SERIALIZABLE DEFERRABLE",
-                Some(TxnCommand::Begin { read_only: false }),
+                RW,
             ),
-            (
-                "BEGIN READ ONLY, READ WRITE",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
+            ("BEGIN READ ONLY, READ WRITE", RW),
             ("COMMIT", Some(TxnCommand::Commit)),
             ("END", Some(TxnCommand::Commit)),
             ("COMMIT AND CHAIN", Some(TxnCommand::Commit)),
@@ -1125,10 +1103,7 @@ mod tests {
             ("SAVEPOINT a", None),
             ("SET TRANSACTION READ ONLY", None),
             ("SELECT 1", None),
-            (
-                "BEGIN; UPDATE t SET x = 1; COMMIT",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
+            ("BEGIN; UPDATE t SET x = 1; COMMIT", RW),
         ];
         for (sql, expected) in cases {
             assert_eq!(c(sql).transaction, expected, "{sql:?}");

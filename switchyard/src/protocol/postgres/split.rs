@@ -271,228 +271,129 @@ mod tests {
 
     use Target::{Primary, Replica};
 
+    /// Runs a fresh session through `steps` — (seconds since the start, SQL, the status
+    /// byte the server answers with, the target expected) — checking every target.
+    fn script(steps: &[(u64, &str, u8, Target)]) {
+        let start = Instant::now();
+        let mut state = SplitState::new();
+        for (i, &(at, sql, status, expected)) in steps.iter().enumerate() {
+            let now = start + Duration::from_secs(at);
+            assert_eq!(
+                run(&mut state, sql, status, now),
+                expected,
+                "step {i}: {sql}"
+            );
+        }
+    }
+
     #[test]
     fn reads_to_replicas_writes_to_the_primary() {
-        let mut state = SplitState::new();
-        let now = Instant::now();
-        assert_eq!(
-            run(
-                &mut state,
+        script(&[
+            (
+                0,
                 "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
                 b'I',
-                now
+                Replica,
             ),
-            Replica
-        );
-        assert_eq!(run(&mut state, "SHOW search_path", b'I', now), Replica);
-        assert_eq!(
-            run(&mut state, "SELECT * FROM t FOR UPDATE", b'I', now),
-            Primary
-        );
-        assert_eq!(run(&mut state, "SELECT nextval('s')", b'I', now), Primary);
-        assert_eq!(run(&mut state, "garbage", b'I', now), Primary);
-        let mut fresh = SplitState::new();
-        assert_eq!(run(&mut fresh, "UPDATE t SET x = 1", b'I', now), Primary);
-        assert_eq!(
-            run(&mut fresh, "SET search_path TO a", b'I', now),
-            Primary,
-            "sticky"
-        );
-        assert_eq!(
-            run(
-                &mut fresh,
-                "SET search_path TO a",
-                b'I',
-                now + STICKY.unwrap()
-            ),
-            Replica
-        );
+            (0, "SHOW search_path", b'I', Replica),
+            (0, "SET search_path TO a", b'I', Replica),
+            (10, "SELECT * FROM t FOR UPDATE", b'I', Primary),
+            (20, "SELECT nextval('s')", b'I', Primary),
+            (30, "garbage", b'I', Primary),
+            (40, "UPDATE t SET x = 1", b'I', Primary),
+            (41, "SELECT 1", b'I', Primary), // sticky
+            (42, "SELECT 1", b'I', Replica),
+        ]);
     }
 
     #[test]
     fn transactions_stay_where_they_began() {
-        let start = Instant::now();
-        let mut state = SplitState::new();
-        assert_eq!(run(&mut state, "BEGIN", b'T', start), Primary);
-        assert_eq!(run(&mut state, "SELECT 1", b'T', start), Primary);
-        assert_eq!(
-            run(
-                &mut state,
-                "/* switchyard: replica */ SELECT 1",
-                b'T',
-                start
-            ),
-            Primary
-        );
-        assert_eq!(run(&mut state, "SELECT 1 / 0", b'E', start), Primary);
-        assert_eq!(run(&mut state, "ROLLBACK", b'I', start), Primary);
-        // A transaction that only read wrote nothing: no stickiness after it.
-        assert_eq!(run(&mut state, "SELECT 1", b'I', start), Replica);
-
-        // Read then write stays on the primary, and the write counts from the commit.
-        let mut state = SplitState::new();
-        assert_eq!(
-            run(&mut state, "START TRANSACTION READ WRITE", b'T', start),
-            Primary
-        );
-        assert_eq!(
-            run(&mut state, "SELECT balance FROM a", b'T', start),
-            Primary
-        );
-        assert_eq!(
-            run(&mut state, "UPDATE a SET balance = 1", b'T', start),
-            Primary
-        );
-        let commit = start + Duration::from_secs(10);
-        assert_eq!(run(&mut state, "COMMIT", b'I', commit), Primary);
-        assert_eq!(
-            run(
-                &mut state,
-                "SELECT 1",
-                b'I',
-                commit + Duration::from_secs(1)
-            ),
-            Primary
-        );
-        assert_eq!(
-            run(
-                &mut state,
-                "SELECT 1",
-                b'I',
-                commit + Duration::from_secs(2)
-            ),
-            Replica
-        );
-
-        // BEGIN READ ONLY may run on a replica, the whole transaction there.
-        let mut state = SplitState::new();
-        assert_eq!(run(&mut state, "BEGIN READ ONLY", b'T', start), Replica);
-        assert_eq!(run(&mut state, "SELECT 1", b'T', start), Replica);
-        assert_eq!(run(&mut state, "UPDATE t SET x = 1", b'E', start), Replica);
-        assert_eq!(run(&mut state, "COMMIT", b'I', start), Replica);
-        assert_eq!(
-            run(
-                &mut state,
+        script(&[
+            (0, "BEGIN", b'T', Primary),
+            (0, "SELECT 1", b'T', Primary),
+            (0, "/* switchyard: replica */ SELECT 1", b'T', Primary),
+            (0, "SELECT 1 / 0", b'E', Primary),
+            (0, "ROLLBACK", b'I', Primary),
+            // A transaction that only read wrote nothing: no stickiness after it.
+            (0, "SELECT 1", b'I', Replica),
+        ]);
+        // Read then write stays on the primary; the write counts from the commit.
+        script(&[
+            (0, "START TRANSACTION READ WRITE", b'T', Primary),
+            (0, "SELECT balance FROM a", b'T', Primary),
+            (0, "UPDATE a SET balance = 1", b'T', Primary),
+            (10, "COMMIT", b'I', Primary),
+            (11, "SELECT 1", b'I', Primary),
+            (12, "SELECT 1", b'I', Replica),
+        ]);
+        // BEGIN READ ONLY may run on a replica, the whole transaction there; not serializable.
+        script(&[
+            (0, "BEGIN READ ONLY", b'T', Replica),
+            (0, "SELECT 1", b'T', Replica),
+            (0, "UPDATE t SET x = 1", b'E', Replica),
+            (0, "COMMIT", b'I', Replica),
+            (
+                0,
                 "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
                 b'T',
-                start
+                Primary,
             ),
-            Primary
-        );
-        assert_eq!(run(&mut state, "COMMIT AND CHAIN", b'T', start), Primary);
-        assert_eq!(run(&mut state, "SELECT 1", b'T', start), Primary);
-        assert_eq!(run(&mut state, "END", b'I', start), Primary);
-
-        // A string that opens a transaction and writes in it.
-        let mut state = SplitState::new();
-        assert_eq!(
-            run(
-                &mut state,
-                "BEGIN READ ONLY; UPDATE t SET x = 1",
-                b'E',
-                start
-            ),
-            Primary
-        );
-        assert_eq!(run(&mut state, "ROLLBACK", b'I', start), Primary);
-        // The transaction status, not the SQL, ends a transaction (an implicit one here).
-        assert_eq!(
-            run(&mut state, "BEGIN; SELECT 1; COMMIT", b'I', start),
-            Primary
-        );
-        // (A write that failed still counts for stickiness: the proxy cannot tell.)
-        let later = start + Duration::from_secs(2);
-        assert_eq!(run(&mut state, "SELECT 1", b'I', later), Replica);
+            (0, "COMMIT AND CHAIN", b'T', Primary),
+            (0, "SELECT 1", b'T', Primary),
+            (0, "END", b'I', Primary),
+        ]);
+        // A string that opens a transaction and writes in it; the status byte, not the SQL,
+        // ends a transaction (an implicit one here). A failed write still counts for
+        // stickiness: the proxy cannot tell.
+        script(&[
+            (0, "BEGIN READ ONLY; UPDATE t SET x = 1", b'E', Primary),
+            (0, "ROLLBACK", b'I', Primary),
+            (2, "BEGIN; SELECT 1; COMMIT", b'I', Primary),
+            (2, "SELECT 1", b'I', Replica),
+        ]);
     }
 
     #[test]
     fn hints_override_reads_never_writes() {
-        let now = Instant::now();
-        let mut state = SplitState::new();
-        assert_eq!(
-            run(&mut state, "/* switchyard: primary */ SELECT 1", b'I', now),
-            Primary
-        );
-        assert_eq!(
-            run(&mut state, "SELECT 1", b'I', now),
-            Replica,
-            "a hint lasts one statement"
-        );
-        assert_eq!(
-            run(
-                &mut state,
+        script(&[
+            (0, "/* switchyard: primary */ SELECT 1", b'I', Primary),
+            (0, "SELECT 1", b'I', Replica), // a hint lasts one statement
+            (
+                0,
                 "/* switchyard: replica */ UPDATE t SET x = 1",
                 b'I',
-                now
+                Primary,
             ),
-            Primary
-        );
-        assert_eq!(
-            run(&mut state, "SELECT 1", b'I', now),
-            Primary,
-            "sticky after that write"
-        );
-        assert_eq!(
-            run(&mut state, "/* switchyard: replica */ SELECT 1", b'I', now),
-            Replica,
-            "hint over sticky"
-        );
-        assert_eq!(
-            run(&mut state, "SET switchyard.route = primary", b'I', now),
-            Primary
-        );
-        assert_eq!(
-            run(&mut state, "-- switchyard: replica\nSELECT 1", b'I', now),
-            Replica,
-            "hint over the session"
-        );
+            (0, "SELECT 1", b'I', Primary), // sticky after that write
+            (0, "/* switchyard: replica */ SELECT 1", b'I', Replica), // hint over sticky
+            (0, "SET switchyard.route = primary", b'I', Primary),
+            (0, "-- switchyard: replica\nSELECT 1", b'I', Replica), // hint over the session
+        ]);
     }
 
     #[test]
     fn session_override() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(60);
-        let mut state = SplitState::new();
-        run(&mut state, "SET switchyard.route = primary", b'I', now);
-        assert_eq!(run(&mut state, "SELECT 1", b'I', later), Primary);
-        run(&mut state, "SET switchyard.route = 'replica'", b'I', later);
-        assert_eq!(run(&mut state, "SELECT 1", b'I', later), Replica);
-        assert_eq!(
-            run(&mut state, "DELETE FROM t", b'I', later),
-            Primary,
-            "writes stay on the primary"
-        );
-        assert_eq!(
-            run(&mut state, "SELECT 1", b'I', later),
-            Replica,
-            "the override beats sticky"
-        );
-        run(&mut state, "RESET switchyard.route", b'I', later);
-        assert_eq!(
-            run(&mut state, "SELECT 1", b'I', later),
-            Primary,
-            "sticky again"
-        );
-        for reset in ["RESET ALL", "DISCARD ALL", "SET switchyard.route = auto"] {
-            run(
-                &mut state,
-                "SET switchyard.route = primary",
-                b'I',
-                later + Duration::from_secs(9),
-            );
-            run(&mut state, reset, b'I', later + Duration::from_secs(9));
-            assert_eq!(
-                run(&mut state, "SELECT 1", b'I', later + Duration::from_secs(9)),
-                Replica,
-                "{reset}"
-            );
-        }
-        // A bad value changes nothing.
-        run(&mut state, "SET switchyard.route = sideways", b'I', later);
-        assert_eq!(
-            run(&mut state, "SELECT 1", b'I', later + Duration::from_secs(9)),
-            Replica
-        );
+        script(&[
+            (0, "SET switchyard.route = primary", b'I', Replica),
+            (60, "SELECT 1", b'I', Primary),
+            (60, "SET switchyard.route = 'replica'", b'I', Primary),
+            (60, "SELECT 1", b'I', Replica),
+            (60, "DELETE FROM t", b'I', Primary), // writes stay on the primary
+            (60, "SELECT 1", b'I', Replica),      // the override beats sticky
+            (60, "RESET switchyard.route", b'I', Replica),
+            (60, "SELECT 1", b'I', Primary), // sticky again
+            (70, "SET switchyard.route = primary", b'I', Replica),
+            (70, "RESET ALL", b'I', Primary),
+            (70, "SELECT 1", b'I', Replica),
+            (70, "SET switchyard.route = primary", b'I', Replica),
+            (70, "DISCARD ALL", b'I', Primary),
+            (70, "SELECT 1", b'I', Replica),
+            (70, "SET switchyard.route = primary", b'I', Replica),
+            (70, "SET switchyard.route = auto", b'I', Primary),
+            (70, "SELECT 1", b'I', Replica),
+            (70, "SET switchyard.route = sideways", b'I', Replica), // a bad value changes nothing
+            (70, "SELECT 1", b'I', Replica),
+        ]);
     }
 
     #[test]
