@@ -23,6 +23,10 @@
 //!   A pinning statement is a write, so a session pins to a primary connection.
 //! - [`RouteHint`]: a leading `/* switchyard: primary */` or `replica` comment.
 //!
+//! Limits: a function that writes but is not listed (built in or `write_functions`) makes
+//! no write of its `SELECT`; an expression nested deeper than the parse tree's decoder
+//! allows (about 48 chained binary operators) is not classified and goes to the primary.
+//!
 //! Whole-tree facts (a write function called anywhere, a data-modifying statement nested
 //! anywhere, a row lock in any subquery) come from a walk over every field of the parse tree
 //! through its `serde::Serialize` implementation, so no node type can be missed; the
@@ -1368,8 +1372,16 @@ mod tests {
         assert_eq!(access(&long_write), Access::Write);
         let deep = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
         assert_eq!(access(&deep), Access::Write);
-        let chain = format!("SELECT 1{}", " + 1".repeat(2_000));
-        let _ = access(&chain);
+        // Expressions nested deeper than the protobuf decoder's recursion limit (about 48
+        // binary operators in a chain) cannot be decoded: the primary runs them.
+        assert_eq!(
+            access(&format!("SELECT 1{}", " + 1".repeat(40))),
+            Access::Read
+        );
+        assert_eq!(
+            access(&format!("SELECT 1{}", " + 1".repeat(2_000))),
+            Access::Write
+        );
         let long_string = format!("SELECT '{}'", "x".repeat(1 << 20));
         assert_eq!(access(&long_string), Access::Read);
     }
