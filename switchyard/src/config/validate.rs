@@ -133,6 +133,13 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                     sink.at(&key_path!("listener", i, "routes", r, key), message)
                 });
             }
+            let pool = config.pools.iter().find(|p| p.name == route.pool);
+            crate::protocol::postgres::split::validate_route(
+                listener.protocol,
+                route,
+                pool,
+                &mut |key, message| sink.at(&key_path!("listener", i, "routes", r, key), message),
+            );
         }
     }
 
@@ -220,6 +227,9 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             }
         }
         validate_pooling(config, i, sink);
+        crate::protocol::postgres::split::validate_pool(pool, &mut |key, message| {
+            sink.at(&key_path!("pool", i, key), message)
+        });
         if pool.timeouts.connect.is_zero() {
             sink.at(
                 &key_path!("pool", i, "timeouts", "connect"),

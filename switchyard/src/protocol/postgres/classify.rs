@@ -23,12 +23,16 @@
 //!   A pinning statement is a write, so a session pins to a primary connection.
 //! - [`RouteHint`]: a leading `/* switchyard: primary */` or `replica` comment.
 //!
+//! Limits: a function that writes but is not listed (built in or `write_functions`) makes
+//! no write of its `SELECT`; an expression nested deeper than the parse tree's decoder
+//! allows (about 48 chained binary operators) is not classified and goes to the primary.
+//!
 //! Whole-tree facts (a write function called anywhere, a data-modifying statement nested
 //! anywhere, a row lock in any subquery) come from a walk over every field of the parse tree
 //! through its `serde::Serialize` implementation, so no node type can be missed; the
 //! node iterator `pg_query` offers visits only some node types.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use pg_query::NodeEnum;
@@ -235,9 +239,126 @@ impl Default for Rules {
     }
 }
 
+/// [`classify`] with a cache, one per set of [`Rules`] (per route), shared by its sessions.
+///
+/// Parsing costs microseconds per statement; clients send the same statement shapes over
+/// and over with different numbers (`… WHERE aid = 123`), so results are cached under the
+/// text with its numeric literals masked. Masking is only done where it cannot change the
+/// result: texts with a quote, backslash or dollar quote are cached verbatim (a number
+/// inside a string could be anything), digits inside names (`t1`) and parameters (`$1`)
+/// are kept, and neither results that carry statement text (session changes) nor strings
+/// the parser rejects are cached. Within those limits a number's value changes the
+/// classification only where some values are syntax errors (`FETCH 99999999999`): such a
+/// string may get the cached answer of a valid one and fail on whichever server. The cache
+/// keeps two generations of [`CACHE_GENERATION`] entries each (an approximate LRU that
+/// needs no list: a full generation becomes the old one, which hits promote from).
+#[derive(Debug)]
+pub struct Classifier {
+    rules: Rules,
+    cache: std::sync::Mutex<Generations>,
+}
+
+/// Entries per cache generation.
+const CACHE_GENERATION: usize = 2048;
+/// Longer texts are classified without the cache (bounds its memory to a few MiB).
+const CACHE_MAX_TEXT: usize = 1024;
+
+/// The two generations of [`Classifier`]'s cache.
+#[derive(Debug, Default)]
+struct Generations {
+    current: HashMap<Vec<u8>, Classification>,
+    previous: HashMap<Vec<u8>, Classification>,
+}
+
+impl Generations {
+    fn get(&mut self, key: &[u8]) -> Option<Classification> {
+        if let Some(found) = self.current.get(key) {
+            return Some(found.clone());
+        }
+        let found = self.previous.remove(key)?;
+        self.insert(key.to_vec(), found.clone());
+        Some(found)
+    }
+
+    fn insert(&mut self, key: Vec<u8>, classification: Classification) {
+        if self.current.len() >= CACHE_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, classification);
+    }
+}
+
+impl Classifier {
+    /// A classifier with an empty cache.
+    pub fn new(rules: Rules) -> Self {
+        Self {
+            rules,
+            cache: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The same answer as [`classify`] with this classifier's rules.
+    pub fn classify(&self, sql: &str) -> Classification {
+        let Some(key) = cache_key(sql) else {
+            return classify(sql, &self.rules);
+        };
+        if let Some(found) = self.lock().get(&key) {
+            return found;
+        }
+        let (classification, parsed) = parse_and_classify(sql, &self.rules);
+        if parsed && classification.session.is_empty() {
+            self.lock().insert(key, classification.clone());
+        }
+        classification
+    }
+
+    /// The cache; a poisoned lock (a panic elsewhere while holding it) still holds a
+    /// consistent map, so it is used as is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The cache key of a query string: its bytes with each run of digits that starts a
+/// number replaced by `0`; `None` where masking could change the meaning (see
+/// [`Classifier`]) or the text is too long to cache.
+fn cache_key(sql: &str) -> Option<Vec<u8>> {
+    let bytes = sql.as_bytes();
+    if bytes.len() > CACHE_MAX_TEXT {
+        return None;
+    }
+    let mut key = Vec::with_capacity(bytes.len());
+    let mut after_name = false;
+    let mut in_number = false;
+    for (i, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'\'' | b'"' | b'\\' => return None,
+            b'$' if !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => return None,
+            b'0'..=b'9' if in_number => continue,
+            b'0'..=b'9' if !after_name => {
+                in_number = true;
+                key.push(b'0');
+                continue;
+            }
+            _ => {}
+        }
+        in_number = false;
+        after_name = byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'$') || byte >= 0x80;
+        key.push(byte);
+    }
+    Some(key)
+}
+
 /// Classifies one query string (see the module documentation for the rules). Never fails:
 /// what cannot be parsed or understood is a [`Access::Write`] with nothing else reported.
 pub fn classify(sql: &str, rules: &Rules) -> Classification {
+    parse_and_classify(sql, rules).0
+}
+
+/// [`classify`], also telling whether the parser accepted the string.
+fn parse_and_classify(sql: &str, rules: &Rules) -> (Classification, bool) {
     let (hint, text) = leading_comments(sql);
     // The parser is foreign code behind a safe API; a panic in its Rust post-processing
     // must not take the connection's task down, so it classifies as unknown instead.
@@ -250,7 +371,7 @@ pub fn classify(sql: &str, rules: &Rules) -> Classification {
                 .session
                 .push(SessionChange::Route(RouteOverride::Primary));
         }
-        return unknown;
+        return (unknown, false);
     };
     let mut out = Classification {
         access: Access::Read,
@@ -261,11 +382,11 @@ pub fn classify(sql: &str, rules: &Rules) -> Classification {
     };
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
-            return Classification::unknown(hint);
+            return (Classification::unknown(hint), false);
         };
         statement(node, raw, sql, rules, &mut out);
     }
-    out
+    (out, true)
 }
 
 /// Adds one top-level statement's effects to `out`.
@@ -962,44 +1083,22 @@ mod tests {
 
     #[test]
     fn transaction_commands() {
+        const RW: Option<TxnCommand> = Some(TxnCommand::Begin { read_only: false });
+        const RO: Option<TxnCommand> = Some(TxnCommand::Begin { read_only: true });
         let cases = [
-            ("BEGIN", Some(TxnCommand::Begin { read_only: false })),
-            (
-                "begin transaction",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
-            (
-                "START TRANSACTION",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
-            (
-                "START TRANSACTION READ WRITE",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
-            (
-                "BEGIN READ ONLY",
-                Some(TxnCommand::Begin { read_only: true }),
-            ),
-            (
-                "START TRANSACTION READ ONLY",
-                Some(TxnCommand::Begin { read_only: true }),
-            ),
-            (
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-                Some(TxnCommand::Begin { read_only: true }),
-            ),
-            (
-                "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
+            ("BEGIN", RW),
+            ("begin transaction", RW),
+            ("START TRANSACTION", RW),
+            ("START TRANSACTION READ WRITE", RW),
+            ("BEGIN READ ONLY", RO),
+            ("START TRANSACTION READ ONLY", RO),
+            ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", RO),
+            ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", RW),
             (
                 "BEGIN READ ONLY ISOLATION LEVEL SERIALIZABLE DEFERRABLE",
-                Some(TxnCommand::Begin { read_only: false }),
+                RW,
             ),
-            (
-                "BEGIN READ ONLY, READ WRITE",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
+            ("BEGIN READ ONLY, READ WRITE", RW),
             ("COMMIT", Some(TxnCommand::Commit)),
             ("END", Some(TxnCommand::Commit)),
             ("COMMIT AND CHAIN", Some(TxnCommand::Commit)),
@@ -1008,10 +1107,7 @@ mod tests {
             ("SAVEPOINT a", None),
             ("SET TRANSACTION READ ONLY", None),
             ("SELECT 1", None),
-            (
-                "BEGIN; UPDATE t SET x = 1; COMMIT",
-                Some(TxnCommand::Begin { read_only: false }),
-            ),
+            ("BEGIN; UPDATE t SET x = 1; COMMIT", RW),
         ];
         for (sql, expected) in cases {
             assert_eq!(c(sql).transaction, expected, "{sql:?}");
@@ -1276,14 +1372,23 @@ mod tests {
         assert_eq!(access(&long_write), Access::Write);
         let deep = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
         assert_eq!(access(&deep), Access::Write);
-        let chain = format!("SELECT 1{}", " + 1".repeat(2_000));
-        let _ = access(&chain);
+        // Expressions nested deeper than the protobuf decoder's recursion limit (about 48
+        // binary operators in a chain) cannot be decoded: the primary runs them.
+        assert_eq!(
+            access(&format!("SELECT 1{}", " + 1".repeat(40))),
+            Access::Read
+        );
+        assert_eq!(
+            access(&format!("SELECT 1{}", " + 1".repeat(2_000))),
+            Access::Write
+        );
         let long_string = format!("SELECT '{}'", "x".repeat(1 << 20));
         assert_eq!(access(&long_string), Access::Read);
     }
 
-    /// The crate's stable-Rust fuzz pass, like the fuzz target: mutated real statements never
-    /// panic, and whatever the parser rejects is a write.
+    /// The crate's stable-Rust fuzz pass, checking what the fuzz target checks: mutated real
+    /// statements never panic, whatever the parser rejects is a write, and reported SETs
+    /// re-run as the same change.
     #[test]
     fn mutated_statements_classify_without_panicking() {
         let mut mutator = crate::testing::Mutator::new();
@@ -1301,10 +1406,115 @@ mod tests {
             mutator.mutate(&mut input);
             let sql = String::from_utf8_lossy(&input);
             let classification = classify(&sql, &rules);
-            if pg_query::parse(&sql, 0).is_err() {
+            if pg_query::parse(&sql, 0).is_err() && classification.session.is_empty() {
                 assert_eq!(classification.access, Access::Write, "{sql:?}");
             }
+            for change in &classification.session {
+                if let SessionChange::Set { statement, .. } = change {
+                    let again = classify(statement, &rules).session;
+                    assert_eq!(again, vec![change.clone()], "{sql:?}");
+                }
+            }
         }
+    }
+
+    #[test]
+    fn cache_keys_mask_numbers_only_where_safe() {
+        let key = |sql: &str| cache_key(sql).map(|k| String::from_utf8(k).expect("utf-8"));
+        assert_eq!(
+            key("SELECT abalance FROM pgbench_accounts WHERE aid = 123;").as_deref(),
+            Some("SELECT abalance FROM pgbench_accounts WHERE aid = 0;")
+        );
+        assert_eq!(
+            key("UPDATE t1 SET x = x + -4.25e3 WHERE id = $12").as_deref(),
+            Some("UPDATE t1 SET x = x + -0.0e3 WHERE id = $12")
+        );
+        assert_eq!(
+            key("SELECT tbl_ø9 FROM x").as_deref(),
+            Some("SELECT tbl_ø9 FROM x")
+        );
+        assert_ne!(key("SELECT f1()"), key("SELECT f2()"));
+        for sql in [
+            "SELECT '1'",
+            "SELECT \"a1\"",
+            "SELECT $$1$$",
+            "SELECT $a$1$a$",
+            "SELECT E'\\1'",
+        ] {
+            assert_eq!(key(sql), None, "{sql}");
+        }
+        assert_eq!(key(&"SELECT 1 ".repeat(200)), None);
+    }
+
+    /// The cached classifier answers exactly as `classify` does, for statements that share
+    /// cache keys and for mutated ones, in any order.
+    #[test]
+    fn classifier_cache_answers_as_classify() {
+        let rules = Rules::new(["my_writer"]);
+        let classifier = Classifier::new(rules.clone());
+        let mut statements: Vec<String> = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 22",
+            "UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 7",
+            "SET statement_timeout = 5",
+            "SET statement_timeout = 6",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_advisory_lock(2)",
+            "/* switchyard: replica */ SELECT 3",
+            "BEGIN READ ONLY",
+            "SELECT my_writer(1)",
+            "SELECT 1; SET a.b = 2",
+            "SELECT 1; SET a.b = 3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut mutator = crate::testing::Mutator::new();
+        for round in 0..2_000 {
+            let mut input = statements[round % 12].as_bytes().to_vec();
+            mutator.mutate(&mut input);
+            statements.push(String::from_utf8_lossy(&input).into_owned());
+        }
+        for _ in 0..2 {
+            for sql in &statements {
+                assert_eq!(classifier.classify(sql), classify(sql, &rules), "{sql:?}");
+            }
+        }
+        assert_eq!(
+            classifier.classify("SET statement_timeout = 6").session,
+            vec![SessionChange::Set {
+                name: "statement_timeout".into(),
+                statement: "SET statement_timeout = 6".into()
+            }]
+        );
+    }
+
+    /// Past a generation's size the old entries move to the previous generation, hits
+    /// promote them back, and nothing is lost from a correct answer.
+    #[test]
+    fn classifier_cache_is_bounded() {
+        let classifier = Classifier::new(Rules::default());
+        for i in 0..(CACHE_GENERATION * 2 + 10) {
+            classifier.classify(&format!("SELECT c{i} FROM t"));
+        }
+        let cache = classifier.lock();
+        assert!(cache.current.len() <= CACHE_GENERATION);
+        assert!(cache.previous.len() <= CACHE_GENERATION);
+        drop(cache);
+        let first_kept = format!("SELECT c{} FROM t", CACHE_GENERATION + 5);
+        assert!(
+            classifier
+                .lock()
+                .previous
+                .contains_key(first_kept.as_bytes())
+        );
+        assert_eq!(classifier.classify(&first_kept).access, Access::Read);
+        assert!(
+            classifier
+                .lock()
+                .current
+                .contains_key(first_kept.as_bytes())
+        );
     }
 
     /// Time per call on typical pgbench statements; run with
@@ -1325,12 +1535,20 @@ mod tests {
                 std::hint::black_box(classify(std::hint::black_box(sql), &rules));
             }
             let per_call = start.elapsed() / rounds;
+            let classifier = Classifier::new(Rules::default());
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(classifier.classify(std::hint::black_box(sql)));
+            }
+            let cached = start.elapsed() / rounds;
             let start = std::time::Instant::now();
             for _ in 0..rounds {
                 std::hint::black_box(pg_query::parse(std::hint::black_box(sql), 0).is_ok());
             }
             let parse = start.elapsed() / rounds;
-            println!("{per_call:?} per classify ({parse:?} in pg_query::parse): {sql}");
+            println!(
+                "{per_call:?} per classify ({parse:?} in pg_query::parse), {cached:?} cached: {sql}"
+            );
         }
     }
 }
