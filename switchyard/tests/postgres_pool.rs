@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use support::config::Config;
 use support::postgres::{PASSWORD, PgCluster, PgOptions, connect, pgbench, psql_ok, stderr};
-use support::wait_until;
+use support::{Proxy, wait_until};
 
 /// A postgres listener over one server in transaction mode with `pool_keys` added to the
 /// pool (e.g. `pool_size = 2`); clients log in to switchyard as `postgres` with
@@ -247,5 +247,151 @@ async fn pgbench_in_every_query_mode_runs_without_errors() {
         psql_ok(front, "postgres", "postgres", "SELECT 1"),
         "1",
         "psql too"
+    );
+}
+
+/// A transaction-mode pool with the read/write split over a primary and its streaming
+/// replica, `extra` pool keys added; returns the proxy and its address once both roles
+/// are known.
+async fn split_proxy(primary: &PgCluster, replica: &PgCluster, extra: &str) -> (Proxy, SocketAddr) {
+    let config = Config::new()
+        .protocol("postgres")
+        .pool(&format!(
+            "pool_mode = \"transaction\"\npool_size = 2\nread_write_split = true\n\
+             health = {{ check = \"postgres\", interval = \"200ms\", fall = 2, rise = 1 }}\n{extra}"
+        ))
+        .server("a", primary.address(), "")
+        .server("b", replica.address(), "")
+        .section(&format!(
+            "[[user]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\n"
+        ));
+    let (proxy, front) = config.start().await;
+    wait_until("roles known", || async {
+        proxy.server("app", "a").await.role == "primary"
+            && proxy.server("app", "b").await.role == "replica"
+    })
+    .await;
+    (proxy, front)
+}
+
+/// Whether the statement ran on the replica: `sql` must return `pg_is_in_recovery()`.
+async fn on_replica(client: &tokio_postgres::Client, sql: &str) -> bool {
+    let rows = client.simple_query(sql).await.expect(sql);
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(|v| v == "t"),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_go_to_the_replica_and_writes_and_transactions_to_the_primary() {
+    let primary = PgCluster::start(&PgOptions::default());
+    primary.psql_local("CREATE TABLE t (id int); INSERT INTO t VALUES (1); CREATE SEQUENCE s");
+    let replica = primary.replica();
+    let (proxy, front) = split_proxy(&primary, &replica, "").await;
+    let client = connect(front, "postgres", "postgres")
+        .await
+        .expect("connect");
+
+    assert!(
+        on_replica(&client, "SELECT pg_is_in_recovery()").await,
+        "a read"
+    );
+    let extended: bool = client
+        .query_one("SELECT pg_is_in_recovery() FROM t", &[])
+        .await
+        .expect("extended read")
+        .get(0);
+    assert!(extended, "a read over the extended protocol");
+    for write in [
+        "SELECT pg_is_in_recovery() FROM t FOR UPDATE",
+        "SELECT pg_is_in_recovery() FROM (SELECT nextval('s')) AS n",
+        "WITH x AS (UPDATE t SET id = id RETURNING id) SELECT pg_is_in_recovery() FROM x",
+        "/* switchyard: primary */ SELECT pg_is_in_recovery()",
+    ] {
+        assert!(!on_replica(&client, write).await, "{write}");
+    }
+    assert!(
+        on_replica(
+            &client,
+            "/* switchyard: replica */ SELECT pg_is_in_recovery()"
+        )
+        .await
+    );
+
+    // An explicit transaction stays on the primary from BEGIN to COMMIT, reads included.
+    client.batch_execute("BEGIN").await.expect("begin");
+    assert!(
+        !on_replica(&client, "SELECT pg_is_in_recovery()").await,
+        "read in a transaction"
+    );
+    client
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .expect("write");
+    assert!(!on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    client.batch_execute("COMMIT").await.expect("commit");
+    client
+        .batch_execute("BEGIN READ ONLY")
+        .await
+        .expect("read-only transaction");
+    assert!(
+        on_replica(&client, "SELECT pg_is_in_recovery()").await,
+        "BEGIN READ ONLY"
+    );
+    client.batch_execute("COMMIT").await.expect("commit");
+
+    // The session override, answered by the proxy.
+    client
+        .batch_execute("SET switchyard.route = primary")
+        .await
+        .expect("override");
+    assert!(!on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    client
+        .batch_execute("SET switchyard.route = auto")
+        .await
+        .expect("auto");
+    assert!(on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    let error = client
+        .batch_execute("SET switchyard.route = sideways")
+        .await
+        .expect_err("bad value");
+    assert_eq!(error.code().map(|c| c.code()), Some("22023"));
+
+    let pools = proxy.pools().await;
+    let stats = &pools[0].transaction_pools[0];
+    assert!(
+        stats.routed_replica >= 4 && stats.routed_primary >= 6,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_stay_on_the_primary_after_a_write_with_sticky_after_write() {
+    let primary = PgCluster::start(&PgOptions::default());
+    primary.psql_local("CREATE TABLE t (id int)");
+    let replica = primary.replica();
+    let (_proxy, front) = split_proxy(&primary, &replica, "sticky_after_write = \"1h\"").await;
+    let writer = connect(front, "postgres", "postgres")
+        .await
+        .expect("writer");
+    let other = connect(front, "postgres", "postgres").await.expect("other");
+    assert!(
+        on_replica(&writer, "SELECT pg_is_in_recovery()").await,
+        "no write yet"
+    );
+    writer
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .expect("write");
+    assert!(
+        !on_replica(&writer, "SELECT pg_is_in_recovery()").await,
+        "read-your-writes"
+    );
+    assert!(
+        on_replica(&other, "SELECT pg_is_in_recovery()").await,
+        "only the writer sticks"
     );
 }

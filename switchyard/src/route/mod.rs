@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::protocol::postgres::split::SplitConfig;
+
 use crate::config::{ListenerConfig, RouteConfig};
 use crate::upstream::Pool;
 
@@ -44,6 +46,8 @@ pub struct Route {
     pub rule: RouteConfig,
     /// Where matching traffic goes.
     pub pool: Arc<Pool>,
+    /// PostgreSQL read/write split settings: the pool's, with the route's own keys over them.
+    pub split: Arc<SplitConfig>,
 }
 
 /// A listener's routes and default pool, resolved against the pools in service.
@@ -73,9 +77,16 @@ impl Routing {
             .routes
             .iter()
             .map(|rule| {
+                let pool = find(&rule.pool)?;
+                let split = if SplitConfig::overridden_by(rule) {
+                    Arc::new(pool.split.with_route(rule))
+                } else {
+                    pool.split.clone()
+                };
                 Ok(Route {
                     rule: rule.clone(),
-                    pool: find(&rule.pool)?,
+                    pool,
+                    split,
                 })
             })
             .collect::<Result<_, String>>()?;

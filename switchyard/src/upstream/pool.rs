@@ -112,6 +112,8 @@ pub struct Pool {
     pub keep_alive: UpstreamKeepAlive,
     /// PostgreSQL: session or transaction pooling, and its bounds.
     pub pooling: Pooling,
+    /// PostgreSQL: the read/write split settings of the pool (routes may override them).
+    pub split: Arc<crate::protocol::postgres::split::SplitConfig>,
     max_queue: usize,
     balancer: Balancer,
     // Shared with the pool this one replaced, so that clients still queued in the old pool
@@ -180,6 +182,9 @@ impl Pool {
                 idle_timeout: config.server_idle_timeout,
                 max_prepared_statements: config.max_prepared_statements,
             },
+            split: Arc::new(crate::protocol::postgres::split::SplitConfig::for_pool(
+                config,
+            )),
             max_queue: config.max_queue,
             slot_freed: previous.map(|p| p.slot_freed.clone()).unwrap_or_default(),
             retired: CancellationToken::new(),

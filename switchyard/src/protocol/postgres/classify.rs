@@ -144,7 +144,7 @@ pub struct Classification {
 
 impl Classification {
     /// A string that could not be classified: the primary runs it.
-    fn unknown(hint: Option<RouteHint>) -> Self {
+    pub fn unknown(hint: Option<RouteHint>) -> Self {
         Self {
             access: Access::Write,
             transaction: None,

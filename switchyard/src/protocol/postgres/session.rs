@@ -14,6 +14,7 @@ use super::auth::{Authenticated, authenticate_client, log_in_for};
 use super::cancel::{CancelTarget, Registration};
 use super::codec::Startup;
 use super::errors::{fatal, sqlstate};
+use super::split::SplitConfig;
 use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, read_opening};
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
 use crate::config::{ClientTlsMode, ListenerRole, MessageLimits, PoolMode, PostgresAuth};
@@ -103,7 +104,7 @@ async fn session(
         return refuse(&mut client, code, "tls_required", "SSL required".into()).await;
     }
     let routed = route(&settings.routing, &startup, tls_info.as_ref());
-    let Some((mut pool, mut rewrites)) = routed else {
+    let Some((mut pool, mut rewrites, split)) = routed else {
         let message = format!(
             "no route for database \"{}\" and user \"{}\"",
             startup.database().unwrap_or_default(),
@@ -143,12 +144,12 @@ async fn session(
         rewrites.apply(&mut startup);
         let config = &settings.config;
         let wanted = wanted_role(&pool, config.role, config.replica_fallback);
-        let max_lag = pool_lag(&pool);
-        let accept = move |server: &Server| admits(&max_lag, wanted, server);
+        let accept = role_filter(&pool, wanted);
         let pooled = super::transaction::Pooled {
             pool: &pool,
             credential: authenticated.credential.clone(),
             accept: &accept,
+            split: split.enabled.then_some(split),
         };
         return super::transaction::start(shared, settings, client, &startup, pooled, record).await;
     }
@@ -163,7 +164,7 @@ async fn session(
         let Some(current) = route(&listener.settings().routing, &startup, tls_facts) else {
             break;
         };
-        (pool, rewrites) = current;
+        (pool, rewrites, _) = current;
         record.pool = Some(pool.name.clone());
         wanted = wanted_role(&pool, config.role, config.replica_fallback);
         attempt = connect_role(&pool, record.client, wanted).await;
@@ -438,12 +439,12 @@ impl Rewrites {
 }
 
 /// Picks the pool from the startup parameters (and the client's TLS), with the matching
-/// route's rewrites of `database`/`user`.
+/// route's rewrites of `database`/`user` and read/write split settings.
 fn route(
     routing: &Routing,
     startup: &Startup,
     tls: Option<&TlsInfo>,
-) -> Option<(Arc<Pool>, Rewrites)> {
+) -> Option<(Arc<Pool>, Rewrites, Arc<SplitConfig>)> {
     let facts = RouteFacts {
         database: startup.database(),
         user: startup.param("user"),
@@ -461,12 +462,23 @@ fn route(
                 database: route.rule.rewrite_database.clone(),
                 user: route.rule.rewrite_user.clone(),
             },
+            route.split.clone(),
         )),
-        None => routing
-            .default
-            .clone()
-            .map(|pool| (pool, Rewrites::default())),
+        None => routing.default.clone().map(|pool| {
+            let split = pool.split.clone();
+            (pool, Rewrites::default(), split)
+        }),
     }
+}
+
+/// Servers of `pool` that serve `wanted` (any server for `None`), replicas within the
+/// pool's `max_replica_lag`.
+pub(super) fn role_filter(
+    pool: &Pool,
+    wanted: Option<ServerRole>,
+) -> impl Fn(&Server) -> bool + Send + Sync + use<> {
+    let max_lag = pool_lag(pool);
+    move |server: &Server| admits(&max_lag, wanted, server)
 }
 
 /// Connects to a server of `pool` that serves `wanted` (any server for `None`).
@@ -475,9 +487,7 @@ async fn connect_role(
     client: SocketAddr,
     wanted: Option<ServerRole>,
 ) -> Result<Upstream, ConnectError> {
-    let max_lag = pool_lag(pool);
-    let accept = move |server: &Server| admits(&max_lag, wanted, server);
-    connect_matching(pool, client, &accept).await
+    connect_matching(pool, client, &role_filter(pool, wanted)).await
 }
 
 /// The role a session of `role` must get now; `None` is any. A replica listener falls

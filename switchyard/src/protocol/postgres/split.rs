@@ -173,18 +173,40 @@ pub struct SplitConfig {
 impl SplitConfig {
     /// Resolves the settings of `route` (if one matched) over those of its `pool`.
     pub fn resolve(route: Option<&RouteConfig>, pool: &PoolConfig) -> Self {
-        let write_functions = route
-            .and_then(|r| r.write_functions.as_ref())
-            .unwrap_or(&pool.write_functions);
-        Self {
-            enabled: route
-                .and_then(|r| r.read_write_split)
-                .unwrap_or(pool.read_write_split),
-            sticky_after_write: route
-                .and_then(|r| r.sticky_after_write)
-                .or(pool.sticky_after_write),
-            classifier: Arc::new(Classifier::new(Rules::new(write_functions))),
+        let on_pool = Self::for_pool(pool);
+        match route {
+            Some(route) => on_pool.with_route(route),
+            None => on_pool,
         }
+    }
+
+    /// A pool's settings.
+    pub fn for_pool(pool: &PoolConfig) -> Self {
+        Self {
+            enabled: pool.read_write_split,
+            sticky_after_write: pool.sticky_after_write,
+            classifier: Arc::new(Classifier::new(Rules::new(&pool.write_functions))),
+        }
+    }
+
+    /// These settings with a route's own keys over them; the classifier (and its cache)
+    /// is shared unless the route names its own write functions.
+    pub fn with_route(&self, route: &RouteConfig) -> Self {
+        Self {
+            enabled: route.read_write_split.unwrap_or(self.enabled),
+            sticky_after_write: route.sticky_after_write.or(self.sticky_after_write),
+            classifier: match &route.write_functions {
+                Some(names) => Arc::new(Classifier::new(Rules::new(names))),
+                None => self.classifier.clone(),
+            },
+        }
+    }
+
+    /// Whether a route names any split key (and so needs settings of its own).
+    pub fn overridden_by(route: &RouteConfig) -> bool {
+        route.read_write_split.is_some()
+            || route.sticky_after_write.is_some()
+            || route.write_functions.is_some()
     }
 }
 

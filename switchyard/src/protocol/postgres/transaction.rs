@@ -27,13 +27,15 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::{CancelTable, Registration};
-use super::classify::{self, PinReason, SessionChange};
+use super::classify::{self, Classification, PinReason, SessionChange};
 use super::codec::Startup;
 use super::errors::{fatal, sqlstate};
 use super::frames::{self, Frame, FrameReader, Parse};
 use super::login::ServerCredential;
 use super::pooler::{LeaseFailure, ServerConn, TxPool};
+use super::session::role_filter;
 use super::settings::{self, SessionSettings};
+use super::split::{SplitConfig, SplitState, Target};
 use super::startup::Refusal;
 use super::statements::{ClientStatements, Statement};
 use super::tls::ClientStream;
@@ -41,7 +43,7 @@ use crate::config::MessageLimits;
 use crate::listener::ListenerSettings;
 use crate::observe::ConnectionRecord;
 use crate::runtime::Shared;
-use crate::upstream::{Pool, ServerFilter};
+use crate::upstream::{Pool, ServerFilter, ServerRole};
 
 /// What the client loop needs from the session that started it.
 struct Client<'a> {
@@ -65,6 +67,10 @@ struct Client<'a> {
     pub cancel_table: Arc<CancelTable>,
     /// Fires at hard shutdown.
     pub hard_stop: CancellationToken,
+    /// The routed pool (its servers' roles, for the split).
+    pub upstream: Arc<Pool>,
+    /// The read/write split, when enabled.
+    pub split: Option<Arc<SplitConfig>>,
 }
 
 /// Bytes moved, for the connection log.
@@ -125,6 +131,8 @@ struct Held {
     changes: Vec<SessionChange>,
     /// The current transaction failed at some point (its changes are void).
     failed: bool,
+    /// What the read/write split made of the lease's first statement.
+    class: Option<Classification>,
     to_server: Vec<u8>,
 }
 
@@ -138,6 +146,7 @@ impl Held {
             skipping: false,
             changes: Vec::new(),
             failed: false,
+            class: None,
             to_server: Vec::new(),
         }
     }
@@ -164,6 +173,7 @@ struct Session<'a> {
     pinned: Option<PinReason>,
     moved: Moved,
     rules: classify::Rules,
+    split: SplitState,
 }
 
 impl<'a> Session<'a> {
@@ -176,6 +186,7 @@ impl<'a> Session<'a> {
             pinned: None,
             moved: Moved::default(),
             rules: classify::Rules::default(),
+            split: SplitState::new(),
         }
     }
 
@@ -196,12 +207,13 @@ impl<'a> Session<'a> {
             if first.tag() == b'X' {
                 return Ok("client_closed");
             }
-            let conn = match self
-                .client
-                .pool
-                .lease(self.client.address, self.client.accept, self.client.limits)
-                .await
+            let plan = self.plan(&first);
+            if let Some((class, _)) = &plan
+                && self.answer_route_setting(class).await?
             {
+                continue;
+            }
+            let conn = match self.lease(plan.as_ref().map(|(_, target)| *target)).await {
                 Ok(conn) => conn,
                 Err(failure) => return self.refuse_lease(failure).await,
             };
@@ -212,6 +224,7 @@ impl<'a> Session<'a> {
                 &conn.secret_key,
             );
             let mut held = Held::new(conn);
+            held.class = plan.map(|(class, _)| class);
             self.prepare(&mut held);
             let outcome = self.transaction(&mut held, first).await;
             self.client.cancel_table.untarget(&self.client.cancel);
@@ -263,6 +276,91 @@ impl<'a> Session<'a> {
             .write_all(&fatal(sqlstate::PROTOCOL_VIOLATION, &message))
             .await;
         Refusal::new("bad_message", message)
+    }
+
+    /// With the read/write split on: classifies the statement that opens a lease (a
+    /// simple query, a Parse, or the Bind of a named statement; anything else is unknown
+    /// and goes to the primary) and decides the server role.
+    fn plan(&mut self, first: &Frame) -> Option<(Classification, Target)> {
+        let split = self.client.split.clone()?;
+        let sql = match first.tag() {
+            b'Q' => frames::query_text(first.body()).ok(),
+            b'P' => Parse::read(first.body()).ok().map(|parse| parse.query),
+            b'B' => frames::bind_statement(first.body())
+                .ok()
+                .and_then(|name| self.statements.get(name))
+                .map(|statement| statement.query.as_bytes()),
+            _ => None,
+        };
+        let class = match sql.map(std::str::from_utf8) {
+            Some(Ok(text)) => split.classifier.classify(text),
+            _ => Classification::unknown(None),
+        };
+        let now = std::time::Instant::now();
+        let target = self.split.target(&class, now, split.sticky_after_write);
+        Some((class, target))
+    }
+
+    /// `SET switchyard.route = ...` on its own, between transactions: answered by the
+    /// proxy (the session's routing changes; no server is involved). True when answered.
+    async fn answer_route_setting(&mut self, class: &Classification) -> Result<bool, Refusal> {
+        let [change] = class.session.as_slice() else {
+            return Ok(false);
+        };
+        let answer = match change {
+            SessionChange::Route(_) => {
+                self.split.after(class, b'I', std::time::Instant::now());
+                Frame::new(b'C', b"SET\0")
+            }
+            SessionChange::BadRoute(value) => frames::error(
+                "22023",
+                &format!(
+                    "invalid value for parameter \"switchyard.route\": \"{value}\" (primary, replica or auto)"
+                ),
+            ),
+            _ => return Ok(false),
+        };
+        self.to_client.extend_from_slice(&answer.0);
+        self.to_client
+            .extend_from_slice(&frames::ready_for_query(b'I').0);
+        self.flush_client().await?;
+        Ok(true)
+    }
+
+    /// Leases a connection for the planned role: the listener's servers without a split;
+    /// a primary, or a replica (the primary when no replica is up) with one.
+    async fn lease(&self, target: Option<Target>) -> Result<ServerConn, LeaseFailure> {
+        let client = &self.client;
+        let stats = &client.pool.stats;
+        let role = match target {
+            None => {
+                return client
+                    .pool
+                    .lease(client.address, client.accept, client.limits)
+                    .await;
+            }
+            Some(Target::Replica) => {
+                let replica = role_filter(&client.upstream, Some(ServerRole::Replica));
+                match client
+                    .pool
+                    .lease(client.address, &replica, client.limits)
+                    .await
+                {
+                    Err(LeaseFailure::NoServer) => ServerRole::Primary,
+                    other => {
+                        stats.routed_replica.fetch_add(1, Ordering::Relaxed);
+                        return other;
+                    }
+                }
+            }
+            Some(Target::Primary) => ServerRole::Primary,
+        };
+        stats.routed_primary.fetch_add(1, Ordering::Relaxed);
+        let primary = role_filter(&client.upstream, Some(role));
+        client
+            .pool
+            .lease(client.address, &primary, client.limits)
+            .await
     }
 
     /// No connection for the client's transaction: FATAL with why, then the end.
@@ -549,6 +647,9 @@ impl<'a> Session<'a> {
             .stats
             .queries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(class) = &held.class {
+            self.split.after(class, status, std::time::Instant::now());
+        }
         match status {
             b'E' => held.failed = true,
             b'I' => {
@@ -681,6 +782,8 @@ pub struct Pooled<'a> {
     pub credential: ServerCredential,
     /// Which servers the client's transactions may run on (the listener's role).
     pub accept: &'a ServerFilter<'a>,
+    /// The read/write split, when the route or pool enables it.
+    pub split: Option<Arc<SplitConfig>>,
 }
 
 /// Starts a transaction-mode session for a client that switchyard authenticated: a first
@@ -711,6 +814,8 @@ pub async fn start(
         settings,
         cancel_table: shared.postgres_cancel.clone(),
         hard_stop: shared.hard_stop.clone(),
+        upstream: pooled.pool.clone(),
+        split: pooled.split.clone(),
     };
     let conn = match tx_pool.lease(record.client, pooled.accept, limits).await {
         Ok(conn) => conn,
