@@ -8,7 +8,9 @@ mod support;
 use std::net::SocketAddr;
 
 use support::config::Config;
-use support::postgres::{PASSWORD, PgCluster, PgOptions, connect, pgbench, psql_ok, stderr};
+use support::postgres::{
+    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, pgbench, psql_ok, stderr,
+};
 use support::{Proxy, wait_until};
 
 /// A postgres listener over one server in transaction mode with `pool_keys` added to the
@@ -39,14 +41,14 @@ async fn many_clients_share_a_few_server_connections() {
         databases: vec!["app"],
         ..PgOptions::default()
     });
-    let (proxy, front) = pooled(pg.address(), "pool_size = 3").start().await;
-    let clients = 60;
+    let (proxy, front) = pooled(pg.address(), "pool_size = 10").start().await;
+    let clients = 500;
     let mut tasks = Vec::new();
     for i in 0..clients {
         tasks.push(tokio::spawn(async move {
             let client = connect(front, "postgres", "app").await.expect("connect");
             let statement = client.prepare("SELECT $1::int * 2").await.expect("prepare");
-            for j in 0..20 {
+            for j in 0..4 {
                 let row = client
                     .query_one(&statement, &[&(i * 100 + j)])
                     .await
@@ -84,10 +86,29 @@ async fn many_clients_share_a_few_server_connections() {
         task.await.expect("client task");
     }
     assert!(
-        backends(&pg, "app") <= 3,
+        backends(&pg, "app") <= 10,
         "{} server connections",
         backends(&pg, "app")
     );
+
+    // What the pool did, in the admin API and the metrics.
+    let pools = proxy.pools().await;
+    let stats = &pools[0].transaction_pools[0];
+    assert_eq!(
+        (stats.database.as_str(), stats.user.as_str()),
+        ("app", "postgres")
+    );
+    assert!(stats.transactions >= clients as u64 * 8, "{stats:?}");
+    assert!(stats.queries >= stats.transactions, "{stats:?}");
+    assert_eq!(stats.servers.len(), 1);
+    assert!(stats.servers[0].open <= 10, "{stats:?}");
+    let metrics = proxy.metrics().await;
+    for name in [
+        "switchyard_pg_pool_transactions_total{pool=\"app\",database=\"app\",user=\"postgres\"}",
+        "switchyard_pg_pool_server_connections{pool=\"app\",database=\"app\",user=\"postgres\",server=\"pg\",state=\"idle\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -394,4 +415,54 @@ async fn reads_stay_on_the_primary_after_a_write_with_sticky_after_write() {
         on_replica(&other, "SELECT pg_is_in_recovery()").await,
         "only the writer sticks"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_reaches_the_connection_the_client_holds() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (_proxy, front) = pooled(pg.address(), "pool_size = 2").start().await;
+    let client = connect(front, "postgres", "postgres")
+        .await
+        .expect("connect");
+    let error = cancelled_sleep(client, &pg).await;
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_lost_mid_query_errors_and_the_next_transaction_runs_elsewhere() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (_proxy, front) = pooled(pg.address(), "pool_size = 2").start().await;
+    let client = connect(front, "postgres", "postgres")
+        .await
+        .expect("connect");
+    let victim: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let sleeper = tokio::spawn(async move {
+        let outcome = client.simple_query("SELECT pg_sleep(30)").await;
+        (client, outcome)
+    });
+    wait_until("the sleep to run", || async {
+        pg.psql_local("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")
+            == "1"
+    })
+    .await;
+    pg.psql_local(&format!("SELECT pg_terminate_backend({victim})"));
+    let (client, outcome) = sleeper.await.expect("join");
+    let error = outcome.expect_err("the server went away mid-query");
+    // The server's own reason, as an ERROR: the client's session goes on.
+    let db = error.as_db_error().expect("an ErrorResponse");
+    assert_eq!(
+        (db.code().code(), db.severity()),
+        ("57P01", "ERROR"),
+        "{error}"
+    );
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("the client's next transaction runs on a healthy connection")
+        .get(0);
+    assert_ne!(pid, victim);
 }

@@ -214,6 +214,29 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
     (code, message)
 }
 
+/// The ErrorResponse `body` with severity ERROR instead of FATAL or PANIC (the server
+/// connection ends, but the proxy keeps the client's session); `None` if it was not fatal.
+pub fn downgrade_fatal(body: &[u8]) -> Option<Frame> {
+    let mut fatal = false;
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = body;
+    while let Some((&field, after)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let (value, next) = cstr(after).ok()?;
+        let severity = matches!(field, b'S' | b'V');
+        let replaced = severity && matches!(value, b"FATAL" | b"PANIC");
+        fatal |= replaced;
+        out.push(field);
+        out.extend_from_slice(if replaced { b"ERROR" } else { value });
+        out.push(0);
+        rest = next;
+    }
+    out.push(0);
+    fatal.then(|| Frame::new(b'E', &out))
+}
+
 /// An ErrorResponse of severity ERROR: the transaction failed, the session goes on.
 pub fn error(code: &str, message: &str) -> Frame {
     let mut body = Vec::with_capacity(message.len() + 32);
@@ -318,5 +341,17 @@ mod tests {
             ("42P01".into(), "no table".into())
         );
         assert_eq!(error_fields(b"C42"), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn fatal_errors_are_downgraded_and_others_left_alone() {
+        // What PostgreSQL 15 sends to a backend terminated by pg_terminate_backend.
+        let fatal = b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0Fpostgres.c\0L3200\0RProcessInterrupts\0\0";
+        let downgraded = downgrade_fatal(fatal).expect("fatal");
+        let text = String::from_utf8_lossy(downgraded.body()).into_owned();
+        assert!(text.starts_with("SERROR\0VERROR\0C57P01\0"), "{text}");
+        assert_eq!(error_fields(downgraded.body()).0, "57P01");
+        assert!(downgrade_fatal(b"SERROR\0VERROR\0C42P01\0Mx\0\0").is_none());
+        assert!(downgrade_fatal(b"SFATAL\0Vtrunc").is_none());
     }
 }

@@ -133,6 +133,8 @@ struct Held {
     failed: bool,
     /// What the read/write split made of the lease's first statement.
     class: Option<Classification>,
+    /// The server sent a FATAL error (passed on as ERROR): it is closing.
+    server_fatal: bool,
     to_server: Vec<u8>,
 }
 
@@ -147,6 +149,7 @@ impl Held {
             changes: Vec::new(),
             failed: false,
             class: None,
+            server_fatal: false,
             to_server: Vec::new(),
         }
     }
@@ -686,6 +689,15 @@ impl<'a> Session<'a> {
             held.conn.applied = settings::UNKNOWN;
             return;
         }
+        // A server closing on its own (terminated, restarting) says FATAL; when the client can
+        // go on without this connection it gets an ERROR instead (see `server_lost`).
+        let frame = match frames::downgrade_fatal(frame.body()) {
+            Some(downgraded) if self.can_continue_without(held) => {
+                held.server_fatal = true;
+                downgraded
+            }
+            _ => frame,
+        };
         held.failed = true;
         match held.expected.front() {
             Some(Expect::Client(Kind::UntilReady, _)) | None => {
@@ -721,6 +733,12 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Whether the client's session survives losing its server connection: the server was
+    /// between transactions at its last ReadyForQuery and holds no pinned state.
+    fn can_continue_without(&self, held: &Held) -> bool {
+        held.status == b'I' && self.pinned.is_none()
+    }
+
     /// The server connection broke. Between statements of no transaction (the server
     /// was idle at its last ReadyForQuery, and the client holds no session state there),
     /// each answer the client waits for becomes an error and the client stays: its next
@@ -729,15 +747,18 @@ impl<'a> Session<'a> {
     async fn server_lost(&mut self, held: &mut Held, detail: &str) -> Result<(), Refusal> {
         tracing::warn!(server = %held.conn.server.name, detail, "server connection lost");
         let message = format!("server connection lost: {detail}");
-        if held.status != b'I' || self.pinned.is_some() {
+        if !self.can_continue_without(held) {
             self.to_client
                 .extend_from_slice(&fatal(sqlstate::CONNECTION_FAILURE, &message));
             self.flush_client().await?;
             return Err(Refusal::new("server_lost_in_transaction", message));
         }
-        for _ in 0..held.pending {
-            let error = frames::error(sqlstate::CONNECTION_FAILURE, &message);
-            self.to_client.extend_from_slice(&error.0);
+        for answer in 0..held.pending {
+            // The server's own (downgraded) FATAL already answered the first.
+            if answer > 0 || !held.server_fatal {
+                let error = frames::error(sqlstate::CONNECTION_FAILURE, &message);
+                self.to_client.extend_from_slice(&error.0);
+            }
             self.to_client
                 .extend_from_slice(&frames::ready_for_query(b'I').0);
         }
