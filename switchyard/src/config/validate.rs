@@ -4,7 +4,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::load::ErrorSink;
-use super::schema::{CheckKind, ClientTlsMode, Config, ListenerRole, PoolMode, Protocol};
+use super::schema::{
+    CheckKind, ClientTlsMode, Config, ListenerRole, PoolMode, PostgresAuth, Protocol,
+};
 use crate::key_path;
 
 /// Checks a parsed config, recording every problem in `sink`.
@@ -333,6 +335,19 @@ fn validate_pooling(config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
             &key_path!("pool", i, "pool_mode"),
             "transaction pooling is for pools behind postgres listeners only",
         );
+    }
+    for (l, listener) in config.listeners.iter().enumerate() {
+        let uses_pool = listener.pool.as_deref() == Some(pool.name.as_str())
+            || listener.routes.iter().any(|r| r.pool == pool.name);
+        if uses_pool && listener.auth == Some(PostgresAuth::Passthrough) {
+            sink.at(
+                &key_path!("listener", l, "auth"),
+                format!(
+                    "pool `{}` pools transactions: switchyard logs in to its servers itself, so clients must authenticate to switchyard (not `passthrough`)",
+                    pool.name
+                ),
+            );
+        }
     }
 }
 

@@ -77,6 +77,11 @@ impl FrameReader {
         Ok(Some(Frame(self.buf.split_to(total).freeze())))
     }
 
+    /// Adds bytes as if read (tests and fuzzing feed captured traffic this way).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Whether bytes of a message not yet whole are waiting.
     pub fn has_partial(&self) -> bool {
         !self.buf.is_empty()
@@ -275,17 +280,17 @@ mod tests {
 
     fn frames(bytes: &[u8]) -> Vec<Frame> {
         let mut reader = FrameReader::new(1 << 20);
-        reader.buf.extend_from_slice(bytes);
+        reader.feed(bytes);
         std::iter::from_fn(|| reader.next_frame().ok().flatten()).collect()
     }
 
     #[test]
     fn reads_whole_messages_and_waits_for_partial_ones() {
         let mut reader = FrameReader::new(1 << 20);
-        reader.buf.extend_from_slice(&PARSE[..10]);
+        reader.feed(&PARSE[..10]);
         assert_eq!(reader.next_frame().ok(), Some(None));
-        reader.buf.extend_from_slice(&PARSE[10..]);
-        reader.buf.extend_from_slice(BIND);
+        reader.feed(&PARSE[10..]);
+        reader.feed(BIND);
         assert_eq!(
             reader.next_frame().ok().flatten().map(|f| f.tag()),
             Some(b'P')
@@ -300,10 +305,10 @@ mod tests {
     #[test]
     fn refuses_lengths_over_the_limit_or_under_four() {
         let mut reader = FrameReader::new(100);
-        reader.buf.extend_from_slice(b"Q\x7f\xff\xff\xff");
+        reader.feed(b"Q\x7f\xff\xff\xff");
         assert!(reader.next_frame().is_err());
         let mut reader = FrameReader::new(100);
-        reader.buf.extend_from_slice(b"Q\x00\x00\x00\x03");
+        reader.feed(b"Q\x00\x00\x00\x03");
         assert!(reader.next_frame().is_err());
     }
 
@@ -341,6 +346,31 @@ mod tests {
             ("42P01".into(), "no table".into())
         );
         assert_eq!(error_fields(b"C42"), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn mutated_traffic_frames_and_parses_without_panicking() {
+        let fatal: &[u8] = b"E\x00\x00\x00\x1eSFATAL\x00VFATAL\x00C57P01\x00Mbye\x00\x00";
+        let seeds = [PARSE, BIND, fatal, b"Q\x00\x00\x00\x0dSELECT 1\x00"];
+        let mut mutator = crate::testing::Mutator::new();
+        for round in 0..20_000 {
+            let mut input = seeds[round % seeds.len()].to_vec();
+            mutator.mutate(&mut input);
+            let mut reader = FrameReader::new(1 << 16);
+            reader.feed(&input);
+            while let Ok(Some(frame)) = reader.next_frame() {
+                let body = frame.body();
+                let _ = (query_text(body), target(body), error_fields(body));
+                if let Ok(parse) = Parse::read(body) {
+                    let again = parse.renamed("sy_x");
+                    assert!(Parse::read(again.body()).is_ok());
+                }
+                if bind_statement(body).is_ok() {
+                    assert!(bind_renamed(body, "sy_x").is_ok());
+                }
+                let _ = downgrade_fatal(body);
+            }
+        }
     }
 
     #[test]

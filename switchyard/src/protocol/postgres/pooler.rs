@@ -554,3 +554,85 @@ async fn maintain(pool: Weak<TxPool>) {
         pool.tidy().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The keys `load_str` reports for a config with a postgres listener (`listener`
+    /// keys) over a pool with `pool` keys, or none when it loads.
+    fn errors(listener: &str, pool: &str) -> Vec<String> {
+        let text = format!(
+            r#"
+[[listener]]
+name = "pg"
+listen = "127.0.0.1:0"
+protocol = "postgres"
+pool = "pg"
+{listener}
+
+[[user]]
+name = "app"
+password = "pw"
+
+[[pool]]
+name = "pg"
+{pool}
+servers = [ {{ address = "127.0.0.1:5432" }} ]
+"#
+        );
+        keys(&text)
+    }
+
+    /// The keys of the errors loading `text` gives.
+    fn keys(text: &str) -> Vec<String> {
+        match crate::config::load_str(std::path::Path::new("t.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(|e| e.key.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn pooling_keys_are_checked() {
+        assert!(
+            errors(
+                "",
+                "pool_mode = \"transaction\"\npool_size = 5\nmin_idle = 2"
+            )
+            .is_empty()
+        );
+        assert_eq!(errors("", "pool_size = 0"), ["pool[0].pool_size"]);
+        assert_eq!(
+            errors("", "pool_size = 2\nmin_idle = 3"),
+            ["pool[0].min_idle"]
+        );
+        assert_eq!(
+            errors("", "max_prepared_statements = 0"),
+            ["pool[0].max_prepared_statements"]
+        );
+        assert_eq!(
+            errors("", "pool_mode = \"statement\""),
+            ["pool[0].pool_mode"]
+        );
+        assert_eq!(
+            errors("auth = \"passthrough\"", "pool_mode = \"transaction\""),
+            ["listener[0].auth"],
+            "switchyard must know the client to log in for it"
+        );
+    }
+
+    #[test]
+    fn transaction_pools_serve_postgres_listeners_only() {
+        let text = r#"
+[[listener]]
+name = "tcp"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "pg"
+
+[[pool]]
+name = "pg"
+pool_mode = "transaction"
+servers = [ { address = "127.0.0.1:5432" } ]
+"#;
+        assert_eq!(keys(text), ["pool[0].pool_mode"]);
+    }
+}
