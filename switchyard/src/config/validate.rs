@@ -323,6 +323,12 @@ fn validate_pooling(config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
         );
     }
     if pool.pool_mode != PoolMode::Transaction {
+        if pool.read_write_split {
+            sink.at(
+                &key_path!("pool", i, "read_write_split"),
+                "the split chooses a server per transaction: it needs `pool_mode = \"transaction\"`",
+            );
+        }
         return;
     }
     let used_by_other = config.listeners.iter().any(|listener| {

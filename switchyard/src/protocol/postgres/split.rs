@@ -511,8 +511,13 @@ pool = "db"
   pool = "db"
   {route}
 
+[[user]]
+name = "app"
+password = "pw"
+
 [[pool]]
 name = "db"
+pool_mode = "transaction"
 health = {{ check = "postgres" }}
 servers = [{{ address = "127.0.0.1:5432" }}]
 {extra_pool}
