@@ -328,7 +328,6 @@ impl Collector for Snapshot {
                 }
             }
         }
-        drop(connections);
         let mut checks = encoder.encode_descriptor(
             "switchyard_server_checks",
             "Health check results (active and passive)",

@@ -182,16 +182,20 @@ impl CancelTable {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_are_issued_and_removed_with_the_session() {
-        let table = Arc::new(CancelTable::default());
-        let server = CancelTarget {
+    fn local_server() -> CancelTarget {
+        CancelTarget {
             server: SocketAddr::from(([127, 0, 0, 1], 5432)),
             connect_timeout: Duration::from_secs(1),
             tls: None,
             host: "127.0.0.1".into(),
             preamble: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn keys_are_issued_and_removed_with_the_session() {
+        let table = Arc::new(CancelTable::default());
+        let server = local_server();
         let a = table.register(server.clone(), 10, &[1, 2, 3, 4]);
         let b = table.register(server, 11, &[5; 32]);
         assert_eq!(a.key.len(), 4);
@@ -211,13 +215,7 @@ mod tests {
     #[test]
     fn an_unbound_key_follows_the_connection_its_client_holds() {
         let table = Arc::new(CancelTable::default());
-        let server = CancelTarget {
-            server: SocketAddr::from(([127, 0, 0, 1], 5432)),
-            connect_timeout: Duration::from_secs(1),
-            tls: None,
-            host: "127.0.0.1".into(),
-            preamble: Vec::new(),
-        };
+        let server = local_server();
         let client = table.register_unbound(4);
         let entry = |t: &CancelTable| t.lock().get(&(client.pid, client.key.clone())).cloned();
         assert!(matches!(entry(&table), Some(None)));

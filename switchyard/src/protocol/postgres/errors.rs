@@ -23,10 +23,16 @@ pub mod sqlstate {
 
 /// A FATAL ErrorResponse (`S`everity, non-localized `V`, `C`ode, `M`essage).
 pub fn fatal(code: &str, message: &str) -> Vec<u8> {
+    error_response("FATAL", code, message)
+}
+
+/// An ErrorResponse of `severity` (`ERROR`: the statement failed, the session goes on;
+/// `FATAL`: the session ends).
+pub fn error_response(severity: &str, code: &str, message: &str) -> Vec<u8> {
     let mut body = Vec::with_capacity(message.len() + 32);
     for (field, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
+        (b'S', severity),
+        (b'V', severity),
         (b'C', code),
         (b'M', message),
     ] {

@@ -198,27 +198,6 @@ pub fn query_text(body: &[u8]) -> Result<&[u8], CodecError> {
     Ok(cstr(body)?.0)
 }
 
-/// The fields of an ErrorResponse/NoticeResponse: SQLSTATE and message.
-pub fn error_fields(body: &[u8]) -> (String, String) {
-    let (mut code, mut message) = (String::new(), String::new());
-    let mut rest = body;
-    while let Some((&field, after)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let Ok((value, next)) = cstr(after) else {
-            break;
-        };
-        match field {
-            b'C' => code = String::from_utf8_lossy(value).into_owned(),
-            b'M' => message = String::from_utf8_lossy(value).into_owned(),
-            _ => {}
-        }
-        rest = next;
-    }
-    (code, message)
-}
-
 /// The ErrorResponse `body` with severity ERROR instead of FATAL or PANIC (the server
 /// connection ends, but the proxy keeps the client's session); `None` if it was not fatal.
 pub fn downgrade_fatal(body: &[u8]) -> Option<Frame> {
@@ -244,19 +223,9 @@ pub fn downgrade_fatal(body: &[u8]) -> Option<Frame> {
 
 /// An ErrorResponse of severity ERROR: the transaction failed, the session goes on.
 pub fn error(code: &str, message: &str) -> Frame {
-    let mut body = Vec::with_capacity(message.len() + 32);
-    for (field, value) in [
-        (b'S', "ERROR"),
-        (b'V', "ERROR"),
-        (b'C', code),
-        (b'M', message),
-    ] {
-        body.push(field);
-        body.extend(value.bytes().filter(|&b| b != 0));
-        body.push(0);
-    }
-    body.push(0);
-    Frame::new(b'E', &body)
+    Frame(Bytes::from(super::errors::error_response(
+        "ERROR", code, message,
+    )))
 }
 
 /// A Sync message.
@@ -271,6 +240,7 @@ pub fn ready_for_query(status: u8) -> Frame {
 
 #[cfg(test)]
 mod tests {
+    use super::super::errors::error_field;
     use super::*;
 
     // The shape tokio-postgres sends: Parse of statement "s0" with one int4 parameter,
@@ -341,11 +311,6 @@ mod tests {
         assert!(target(b"").is_err());
         assert!(target(b"Xname\0").is_err());
         assert_eq!(target(b"Sname\0").ok(), Some((b'S', &b"name"[..])));
-        assert_eq!(
-            error_fields(b"SERROR\0C42P01\0Mno table\0\0"),
-            ("42P01".into(), "no table".into())
-        );
-        assert_eq!(error_fields(b"C42"), (String::new(), String::new()));
     }
 
     #[test]
@@ -360,7 +325,7 @@ mod tests {
             reader.feed(&input);
             while let Ok(Some(frame)) = reader.next_frame() {
                 let body = frame.body();
-                let _ = (query_text(body), target(body), error_fields(body));
+                let _ = (query_text(body), target(body));
                 if let Ok(parse) = Parse::read(body) {
                     let again = parse.renamed("sy_x");
                     assert!(Parse::read(again.body()).is_ok());
@@ -380,7 +345,7 @@ mod tests {
         let downgraded = downgrade_fatal(fatal).expect("fatal");
         let text = String::from_utf8_lossy(downgraded.body()).into_owned();
         assert!(text.starts_with("SERROR\0VERROR\0C57P01\0"), "{text}");
-        assert_eq!(error_fields(downgraded.body()).0, "57P01");
+        assert_eq!(error_field(downgraded.body(), b'C'), Some("57P01"));
         assert!(downgrade_fatal(b"SERROR\0VERROR\0C42P01\0Mx\0\0").is_none());
         assert!(downgrade_fatal(b"SFATAL\0Vtrunc").is_none());
     }

@@ -684,7 +684,8 @@ impl<'a> Session<'a> {
     /// simple query the server then skips to Sync, and so does the queue.
     fn server_error(&mut self, held: &mut Held, frame: Frame) {
         if let Some(Expect::Injected(Kind::UntilReady, _)) = held.expected.front() {
-            let (code, message) = frames::error_fields(frame.body());
+            let field = |f| super::errors::error_field(frame.body(), f).unwrap_or_default();
+            let (code, message) = (field(b'C'), field(b'M'));
             tracing::warn!(code, message, "replaying session settings failed");
             held.conn.applied = settings::UNKNOWN;
             return;
