@@ -4,6 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The pg_query crate (PostgreSQL's parser, for the read/write split) needs libclang to build.
+if ! ldconfig -p 2>/dev/null | grep -q 'libclang'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing libclang-dev (needed to build the pg_query crate)..."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libclang-dev >/dev/null
+  else
+    echo "switchyard needs libclang to build: sudo apt-get install libclang-dev" >&2
+    exit 1
+  fi
+fi
+
 cargo build --release -p switchyard --bin switchyard --example demo_backend
 bin=target/release
 
