@@ -244,10 +244,11 @@ impl Default for Rules {
 /// Parsing costs microseconds per statement; clients send the same statement shapes over
 /// and over with different numbers (`… WHERE aid = 123`), so results are cached under the
 /// text with its numeric literals masked. Masking is only done where it cannot change the
-/// result: texts with a quote, backslash or dollar quote are cached verbatim (a number
-/// inside a string could be anything), digits inside names (`t1`) and parameters (`$1`)
-/// are kept, and neither results that carry statement text (session changes) nor strings
-/// the parser rejects are cached. Within those limits a number's value changes the
+/// result: texts with a string, backslash or dollar quote (a number inside a string could
+/// be anything), or with both a comment and a quoted name, are not cached; quoted names
+/// are kept verbatim, as are digits inside names (`t1`) and parameters (`$1`); and neither
+/// results that carry statement text (session changes) nor strings the parser rejects are
+/// cached. Within those limits a number's value changes the
 /// classification only where some values are syntax errors (`FETCH 99999999999`): such a
 /// string may get the cached answer of a valid one and fail on whichever server. The cache
 /// keeps two generations of [`CACHE_GENERATION`] entries each (an approximate LRU that
@@ -329,12 +330,22 @@ fn cache_key(sql: &str) -> Option<Vec<u8>> {
     if bytes.len() > CACHE_MAX_TEXT {
         return None;
     }
+    // Without strings, dollar quotes and comments, every `"` opens or closes a quoted name.
+    let comments = sql.contains("--") || sql.contains("/*");
     let mut key = Vec::with_capacity(bytes.len());
+    let mut quoted = false;
     let mut after_name = false;
     let mut in_number = false;
     for (i, &byte) in bytes.iter().enumerate() {
+        if quoted {
+            quoted = byte != b'"';
+            key.push(byte);
+            continue;
+        }
         match byte {
-            b'\'' | b'"' | b'\\' => return None,
+            b'"' if comments => return None,
+            b'"' => quoted = true,
+            b'\'' | b'\\' => return None,
             b'$' if !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => return None,
             b'0'..=b'9' if in_number => continue,
             b'0'..=b'9' if !after_name => {
@@ -345,7 +356,8 @@ fn cache_key(sql: &str) -> Option<Vec<u8>> {
             _ => {}
         }
         in_number = false;
-        after_name = byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'$') || byte >= 0x80;
+        after_name =
+            byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'$' | b'"') || byte >= 0x80;
         key.push(byte);
     }
     Some(key)
@@ -1434,12 +1446,18 @@ mod tests {
             Some("SELECT tbl_ø9 FROM x")
         );
         assert_ne!(key("SELECT f1()"), key("SELECT f2()"));
+        assert_eq!(
+            key("SELECT \"u\".\"id 1\", \"it's $x\"\"2\" FROM \"u\" WHERE \"u\".\"id\" = 42")
+                .as_deref(),
+            Some("SELECT \"u\".\"id 1\", \"it's $x\"\"2\" FROM \"u\" WHERE \"u\".\"id\" = 0")
+        );
         for sql in [
             "SELECT '1'",
-            "SELECT \"a1\"",
             "SELECT $$1$$",
             "SELECT $a$1$a$",
             "SELECT E'\\1'",
+            "/* \" */ SELECT \"a 1\"",
+            "SELECT \"a\" -- 1",
         ] {
             assert_eq!(key(sql), None, "{sql}");
         }
@@ -1465,13 +1483,15 @@ mod tests {
             "SELECT my_writer(1)",
             "SELECT 1; SET a.b = 2",
             "SELECT 1; SET a.b = 3",
+            "SELECT \"users\".* FROM \"users\" WHERE \"users\".\"id\" = 5 LIMIT 1",
+            "SELECT \"my_writer\"(1), \"x 2\" FROM \"t 3\"",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         let mut mutator = crate::testing::Mutator::new();
         for round in 0..2_000 {
-            let mut input = statements[round % 12].as_bytes().to_vec();
+            let mut input = statements[round % 14].as_bytes().to_vec();
             mutator.mutate(&mut input);
             statements.push(String::from_utf8_lossy(&input).into_owned());
         }

@@ -13,7 +13,14 @@
 //!    primary within `sticky_after_write` of the client's last write, else to a replica.
 //!
 //! A write inside a transaction counts for `sticky_after_write` from the transaction's end
-//! (when its effects become visible), a write outside one from when it ran.
+//! (when its effects become visible), a write outside one from when it ran; a write that
+//! failed counts too (the proxy cannot tell).
+//!
+//! Use: per query string (a Query message, or the statements of an extended-protocol
+//! batch up to Sync, classified at Parse), [`SplitState::target`] before sending and
+//! [`SplitState::after`] with the ReadyForQuery status that ends it. A
+//! `SET switchyard.route` the proxy answers itself goes through `after` too (with the
+//! status the proxy reports), so the override takes effect.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
