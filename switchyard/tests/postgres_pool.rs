@@ -248,27 +248,39 @@ async fn pinned_sessions_keep_their_connection_and_are_reset_after() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pgbench_in_every_query_mode_runs_without_errors() {
     let pg = PgCluster::start(&PgOptions::default());
-    let (_proxy, front) = pooled(pg.address(), "pool_size = 4").start().await;
+    let (_proxy, front) = pooled(pg.address(), "pool_size = 10").start().await;
     let init = pgbench(front, &["-i", "-s", "1", "-q"]);
     assert!(init.status.success(), "pgbench -i: {}", stderr(&init));
-    // One thread per client: pgbench prepares statements with a blocking call, which
-    // would stall a thread's other clients (some inside a transaction, holding a server
-    // connection) until the queue timeout: a pgbench artifact, as with PgBouncer.
+    // 500 clients on 10 server connections. One thread per client: pgbench prepares
+    // statements with a blocking call, which would stall a thread's other clients (some
+    // inside a transaction, holding a server connection) until the queue timeout: a
+    // pgbench artifact, as with PgBouncer.
     for mode in ["simple", "extended", "prepared"] {
-        let run = pgbench(front, &["-c", "20", "-j", "20", "-t", "50", "-M", mode]);
+        let run = pgbench(front, &["-c", "500", "-j", "500", "-t", "4", "-M", mode]);
         assert!(
             run.status.success(),
             "pgbench -M {mode}: {}\n{}",
             stderr(&run),
             String::from_utf8_lossy(&run.stdout)
         );
+        assert!(
+            String::from_utf8_lossy(&run.stdout).contains("number of failed transactions: 0"),
+            "{}",
+            String::from_utf8_lossy(&run.stdout)
+        );
     }
-    assert!(backends(&pg, "postgres") <= 4);
-    assert_eq!(
-        psql_ok(front, "postgres", "postgres", "SELECT 1"),
-        "1",
-        "psql too"
-    );
+    assert!(backends(&pg, "postgres") <= 10);
+    // And psql, many at once.
+    let sessions: Vec<_> = (0..20)
+        .map(|i| {
+            std::thread::spawn(move || {
+                psql_ok(front, "postgres", "postgres", &format!("SELECT {i} + 1"))
+            })
+        })
+        .collect();
+    for (i, session) in sessions.into_iter().enumerate() {
+        assert_eq!(session.join().expect("psql thread"), (i + 1).to_string());
+    }
 }
 
 /// A transaction-mode pool with the read/write split over a primary and its streaming
