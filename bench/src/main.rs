@@ -23,6 +23,7 @@ use scenarios::connrate::ConnrateArgs;
 use scenarios::http::HttpArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::latency::LatencyArgs;
+use scenarios::pgpool::PgpoolArgs;
 use scenarios::postgres::PostgresArgs;
 use scenarios::throughput::ThroughputArgs;
 use scenarios::tls::TlsArgs;
@@ -46,7 +47,9 @@ enum Scenario {
     Tls,
     /// pgbench through switchyard (postgres, session mode) vs PgBouncer vs direct.
     Postgres,
-    /// All of the above except `postgres`, in that order.
+    /// pgbench through switchyard (postgres, transaction mode) vs PgBouncer vs direct.
+    Pgpool,
+    /// All of the above except `postgres` and `pgpool`, in that order.
     All,
     /// Internal: echo backend child process used by `idle`.
     #[value(hide = true)]
@@ -90,7 +93,7 @@ struct Cli {
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     haproxy_bin: PathBuf,
 
-    /// pgbouncer binary (`postgres` scenario).
+    /// pgbouncer binary (`postgres` and `pgpool` scenarios).
     #[arg(long, default_value = "/usr/sbin/pgbouncer")]
     pgbouncer_bin: PathBuf,
 
@@ -118,6 +121,8 @@ struct Cli {
     http: HttpArgs,
     #[command(flatten)]
     postgres: PostgresArgs,
+    #[command(flatten)]
+    pgpool: PgpoolArgs,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -208,6 +213,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Idle => scenarios::idle::run(ctx, &cli.idle).await?,
             Scenario::Http => scenarios::http::run(ctx, &cli.http).await?,
             Scenario::Postgres => scenarios::postgres::run(ctx, &cli.postgres).await?,
+            Scenario::Pgpool => scenarios::pgpool::run(ctx, &cli.pgpool).await?,
             Scenario::Tls => scenarios::tls::run(ctx, &cli.tls).await?,
             Scenario::All | Scenario::ServeEcho => Vec::new(),
         };

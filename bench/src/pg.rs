@@ -1,6 +1,6 @@
-//! A throwaway PostgreSQL server for the `postgres` scenario: initdb into a temp dir, run
-//! as the `postgres` OS user (PostgreSQL refuses root), tuned for benchmarking only
-//! (`fsync = off`), initialised with `pgbench -i`.
+//! A throwaway PostgreSQL server for the `postgres` and `pgpool` scenarios: initdb into a
+//! temp dir, run as the `postgres` OS user (PostgreSQL refuses root), tuned for
+//! benchmarking only (`fsync = off`), initialised with `pgbench -i`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,8 +41,9 @@ pub fn give_to_postgres(path: &Path) -> Result<()> {
 }
 
 impl Cluster {
-    /// initdb, start (waiting until it accepts) and `pgbench -i -s scale`.
-    pub async fn start(scale: u32) -> Result<Self> {
+    /// initdb, start (waiting until it accepts) and `pgbench -i -s scale`; the server
+    /// accepts `max_connections` sessions (direct runs need one per pgbench client).
+    pub async fn start(scale: u32, max_connections: usize) -> Result<Self> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .context("no /usr/lib/postgresql (install the Debian postgresql package)")?
             .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
@@ -62,7 +63,7 @@ impl Cluster {
             })
             .await?;
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections={max_connections}",
             address.port(),
             cluster.dir.path().display()
         );

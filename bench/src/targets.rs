@@ -29,7 +29,7 @@ pub enum TargetKind {
     Haproxy,
     /// Client connects through nginx as an HTTP reverse proxy (HTTP scenario only).
     Nginx,
-    /// Client connects through PgBouncer in session mode (`postgres` scenario only).
+    /// Client connects through PgBouncer (`postgres` and `pgpool` scenarios only).
     Pgbouncer,
 }
 
@@ -51,8 +51,22 @@ pub enum Mode {
     Tcp,
     /// HTTP/1.1 with keep-alive to the backends.
     Http,
-    /// The PostgreSQL protocol, session mode.
-    Postgres,
+    /// The PostgreSQL protocol, pooled as given.
+    Postgres(PgPooling),
+}
+
+/// How a PostgreSQL pooler (switchyard or PgBouncer) shares server connections: the
+/// `postgres` scenario compares session mode, `pgpool` transaction mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PgPooling {
+    /// One server connection per client session.
+    Session,
+    /// Server connections shared one transaction at a time, `size` per (database, user)
+    /// (switchyard `pool_size`, PgBouncer `default_pool_size`).
+    Transaction {
+        /// Server connections in the pool.
+        size: usize,
+    },
 }
 
 impl fmt::Display for TargetKind {
@@ -121,6 +135,8 @@ pub struct RunningTarget {
     kind: TargetKind,
     addr: SocketAddr,
     process: Option<ProxyProcess>,
+    /// How this target's configuration differs from what the scenario asked for.
+    note: Option<String>,
 }
 
 struct ProxyProcess {
@@ -153,13 +169,14 @@ impl RunningTarget {
     }
 
     /// Starts `kind` in front of one PostgreSQL `server`: switchyard with a `postgres`
-    /// listener, or PgBouncer in session mode; `direct` is the server itself.
+    /// listener, or PgBouncer, both pooling as `pooling` says; `direct` is the server itself.
     pub async fn start_postgres(
         kind: TargetKind,
         server: SocketAddr,
         opts: &TargetOptions,
+        pooling: PgPooling,
     ) -> Result<Self> {
-        Self::launch(kind, &[server], opts, Mode::Postgres).await
+        Self::launch(kind, &[server], opts, Mode::Postgres(pooling)).await
     }
 
     async fn launch(
@@ -177,19 +194,22 @@ impl RunningTarget {
                     kind,
                     addr: first,
                     process: None,
+                    note: None,
                 });
             }
             TargetKind::Switchyard => (&opts.switchyard_bin, "switchyard.toml"),
-            TargetKind::Haproxy if mode == Mode::Postgres => {
-                bail!("haproxy is not measured in the postgres scenario")
+            TargetKind::Haproxy if matches!(mode, Mode::Postgres(_)) => {
+                bail!("haproxy is not measured in the PostgreSQL scenarios")
             }
             TargetKind::Haproxy => (&opts.haproxy_bin, "haproxy.cfg"),
             TargetKind::Nginx if mode == Mode::Http => (&opts.nginx_bin, "nginx.conf"),
             TargetKind::Nginx => bail!("nginx is measured in the http scenario only"),
-            TargetKind::Pgbouncer if mode == Mode::Postgres => {
+            TargetKind::Pgbouncer if matches!(mode, Mode::Postgres(_)) => {
                 (&opts.pgbouncer_bin, "pgbouncer.ini")
             }
-            TargetKind::Pgbouncer => bail!("pgbouncer is measured in the postgres scenario only"),
+            TargetKind::Pgbouncer => {
+                bail!("pgbouncer is measured in the PostgreSQL scenarios only")
+            }
         };
         if !bin.exists() {
             bail!("{kind} binary not found at {}", bin.display());
@@ -199,10 +219,22 @@ impl RunningTarget {
             .prefix(&format!("bench-{kind}-"))
             .tempdir()
             .context("creating temp dir")?;
+        let mut note = None;
         let config = match kind {
             TargetKind::Switchyard => switchyard_config(opts, listen, free_port()?, backends, mode),
             TargetKind::Nginx => nginx_config(opts, listen, backends, dir.path()),
-            TargetKind::Pgbouncer => pgbouncer_config(listen, first),
+            TargetKind::Pgbouncer => {
+                let version = pgbouncer_version(bin).await;
+                let prepared = version.is_none_or(|v| v >= PGBOUNCER_PREPARED_STATEMENTS);
+                if !prepared && matches!(mode, Mode::Postgres(PgPooling::Transaction { .. })) {
+                    note = Some(format!(
+                        "PgBouncer {} predates max_prepared_statements (1.21) and runs without it: a client's named statements stay on the server connection that prepared them, so -M prepared works only by luck (pgbench -S: every client's one statement is the same P_0) or fails",
+                        version
+                            .map_or_else(String::new, |(major, minor)| format!("{major}.{minor}"))
+                    ));
+                }
+                pgbouncer_config(listen, first, mode, prepared)
+            }
             _ => haproxy_config(opts, listen, backends, mode),
         };
         let config_path = dir.path().join(config_name);
@@ -251,7 +283,14 @@ impl RunningTarget {
             kind,
             addr: listen,
             process: Some(process),
+            note,
         })
+    }
+
+    /// Why this target's rows are not what the scenario asked for (e.g. a PgBouncer too old
+    /// for a setting), for a footnote on each.
+    pub fn note(&self) -> Option<&str> {
+        self.note.as_deref()
     }
 
     /// Address clients connect to.
@@ -333,7 +372,31 @@ fn tail(path: &Path) -> String {
     }
 }
 
-/// switchyard configuration: one listener (tcp or http), one round-robin pool.
+/// Clients PgBouncer accepts (`max_client_conn`) and switchyard lets wait for a pooled
+/// server connection (`max_queue`): far above the largest pgbench client count.
+const PG_MAX_CLIENTS: usize = 2000;
+
+/// How long a client may wait for a pooled server connection in transaction mode, on both
+/// poolers: PgBouncer's default `query_wait_timeout`, so that a burst of 512 clients over 10
+/// server connections is measured rather than cut off by switchyard's 5 s default.
+const PG_QUEUE_TIMEOUT_SECS: u64 = 120;
+
+/// switchyard's extra listener and pool keys for `pooling`. Transaction mode trusts the
+/// clients (`auth = "trust"`), as PgBouncer's `auth_type = trust` and the server do, so that
+/// no proxy does password work the others skip.
+fn switchyard_pooling(pooling: PgPooling) -> (String, String) {
+    match pooling {
+        PgPooling::Session => (String::new(), String::new()),
+        PgPooling::Transaction { size } => (
+            "auth = \"trust\"".to_string(),
+            format!(
+                "pool_mode = \"transaction\"\npool_size = {size}\nmax_queue = {PG_MAX_CLIENTS}\ntimeouts.queue = \"{PG_QUEUE_TIMEOUT_SECS}s\""
+            ),
+        ),
+    }
+}
+
+/// switchyard configuration: one listener (tcp, http or postgres), one round-robin pool.
 fn switchyard_config(
     opts: &TargetOptions,
     listen: SocketAddr,
@@ -344,7 +407,11 @@ fn switchyard_config(
     let protocol = match mode {
         Mode::Tcp => "tcp",
         Mode::Http => "http",
-        Mode::Postgres => "postgres",
+        Mode::Postgres(_) => "postgres",
+    };
+    let (listener_keys, pool_keys) = match mode {
+        Mode::Postgres(pooling) => switchyard_pooling(pooling),
+        Mode::Tcp | Mode::Http => (String::new(), String::new()),
     };
     let servers: Vec<String> = backends
         .iter()
@@ -366,10 +433,12 @@ listen = "{listen}"
 protocol = "{protocol}"
 pool = "backend"
 {tls}
+{listener_keys}
 [[pool]]
 name = "backend"
 balance = "round_robin"
 servers = [ {servers} ]
+{pool_keys}
 "#,
         workers = opts.workers,
         tls = opts.tls.as_ref().map_or_else(String::new, |tls| format!(
@@ -380,9 +449,43 @@ servers = [ {servers} ]
     )
 }
 
-/// PgBouncer in session mode in front of `server`, trusting the `postgres` user (the
-/// server trusts it too), logging to stderr only.
-fn pgbouncer_config(listen: SocketAddr, server: SocketAddr) -> String {
+/// The first PgBouncer release with `max_prepared_statements`; older ones refuse to start
+/// with it in the configuration.
+const PGBOUNCER_PREPARED_STATEMENTS: (u32, u32) = (1, 21);
+
+/// PgBouncer's (major, minor) version from `pgbouncer --version` ("PgBouncer 1.18.0"), or
+/// `None` when it does not say.
+async fn pgbouncer_version(bin: &Path) -> Option<(u32, u32)> {
+    let output = Command::new(bin).arg("--version").output().await.ok()?;
+    parse_pgbouncer_version(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse_pgbouncer_version(text: &str) -> Option<(u32, u32)> {
+    let version = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("PgBouncer "))?;
+    let mut parts = version.split('.');
+    let major = parts.next()?.trim().parse().ok()?;
+    let minor = parts.next()?.trim().parse().ok()?;
+    Some((major, minor))
+}
+
+/// PgBouncer in front of `server`, trusting the `postgres` user (the server trusts it
+/// too), logging to stderr only. Session mode for [`Mode::Postgres`]`(Session)`, else
+/// transaction mode with `size` server connections, switchyard's queue timeout and, when
+/// `prepared` (the version has it), `max_prepared_statements = 200`.
+fn pgbouncer_config(listen: SocketAddr, server: SocketAddr, mode: Mode, prepared: bool) -> String {
+    let pooling = match mode {
+        Mode::Postgres(PgPooling::Transaction { size }) => format!(
+            "pool_mode = transaction\ndefault_pool_size = {size}\nquery_wait_timeout = {PG_QUEUE_TIMEOUT_SECS}{}",
+            if prepared {
+                "\nmax_prepared_statements = 200"
+            } else {
+                ""
+            }
+        ),
+        _ => "pool_mode = session\ndefault_pool_size = 200".to_string(),
+    };
     format!(
         r#"; generated by bench
 [databases]
@@ -394,9 +497,8 @@ listen_port = {listen_port}
 unix_socket_dir =
 auth_type = trust
 auth_file = users.txt
-pool_mode = session
-max_client_conn = 2000
-default_pool_size = 200
+{pooling}
+max_client_conn = {PG_MAX_CLIENTS}
 ignore_startup_parameters = extra_float_digits
 "#,
         host = server.ip(),
@@ -416,7 +518,7 @@ fn haproxy_config(
     mode: Mode,
 ) -> String {
     let mode = match mode {
-        Mode::Tcp | Mode::Postgres => "mode tcp",
+        Mode::Tcp | Mode::Postgres(_) => "mode tcp",
         Mode::Http => "mode http\n    http-reuse always\n    timeout http-keep-alive 1h",
     };
     let servers: String = backends
@@ -502,4 +604,48 @@ http {{
 "#,
         workers = opts.workers,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgbouncer_version_is_read_from_its_banner() {
+        let debian =
+            "PgBouncer 1.18.0\nlibevent 2.1.12-stable\nadns: c-ares 1.18.1\ntls: OpenSSL 3.0.17\n";
+        assert_eq!(parse_pgbouncer_version(debian), Some((1, 18)));
+        assert_eq!(parse_pgbouncer_version("PgBouncer 1.23.1"), Some((1, 23)));
+        assert_eq!(parse_pgbouncer_version("pgbouncer: unknown option"), None);
+        assert!((1, 18) < PGBOUNCER_PREPARED_STATEMENTS);
+    }
+
+    #[test]
+    fn transaction_mode_configs_pool_alike() {
+        let listen: SocketAddr = "127.0.0.1:6432".parse().unwrap_or_else(|e| panic!("{e}"));
+        let server: SocketAddr = "127.0.0.1:5432".parse().unwrap_or_else(|e| panic!("{e}"));
+        let mode = Mode::Postgres(PgPooling::Transaction { size: 10 });
+        let pgbouncer = pgbouncer_config(listen, server, mode, true);
+        for line in [
+            "pool_mode = transaction",
+            "default_pool_size = 10",
+            "max_prepared_statements = 200",
+            "query_wait_timeout = 120",
+            "max_client_conn = 2000",
+            "auth_type = trust",
+        ] {
+            assert!(pgbouncer.contains(line), "{line} missing from {pgbouncer}");
+        }
+        assert!(!pgbouncer_config(listen, server, mode, false).contains("max_prepared"));
+        let (listener, pool) = switchyard_pooling(PgPooling::Transaction { size: 10 });
+        assert_eq!(listener, "auth = \"trust\"");
+        for line in [
+            "pool_mode = \"transaction\"",
+            "pool_size = 10",
+            "max_queue = 2000",
+            "timeouts.queue = \"120s\"",
+        ] {
+            assert!(pool.contains(line), "{line} missing from {pool}");
+        }
+    }
 }

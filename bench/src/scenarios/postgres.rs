@@ -16,7 +16,7 @@ use tokio::process::Command;
 use super::{Context, progress};
 use crate::pg::Cluster;
 use crate::table::{Better, Row};
-use crate::targets::{RunningTarget, TargetKind};
+use crate::targets::{PgPooling, RunningTarget, TargetKind};
 
 const SCENARIO: &str = "postgres";
 
@@ -59,12 +59,15 @@ pub struct PostgresArgs {
 }
 
 /// One pgbench run: what it is called in the table and its extra arguments.
-struct Run {
-    metric: String,
-    better: Better,
-    args: Vec<String>,
+pub(super) struct Run {
+    /// Row name in the table.
+    pub metric: String,
+    /// Whether higher or lower values win.
+    pub better: Better,
+    /// pgbench arguments besides connection, `-n`, `-T` and the database.
+    pub args: Vec<String>,
     /// Report the average latency in µs instead of tps.
-    latency: bool,
+    pub latency: bool,
 }
 
 fn runs(args: &PostgresArgs) -> Vec<Run> {
@@ -94,44 +97,79 @@ fn runs(args: &PostgresArgs) -> Vec<Run> {
 /// Runs the scenario on every target of `--pg-targets`.
 pub async fn run(ctx: &Context, args: &PostgresArgs) -> Result<Vec<Row>> {
     progress(format!("initdb and pgbench -i -s {}", args.scale));
-    let cluster = Cluster::start(args.scale).await?;
-    let mut rows = Vec::new();
-    for &target in &args.targets {
-        progress(format!("{target}"));
-        let running =
-            RunningTarget::start_postgres(target, cluster.address(), &ctx.target_opts).await;
-        let running = match running {
-            Ok(running) => running,
-            Err(error) => {
-                for run in runs(args) {
-                    rows.push(Row::failed(
-                        SCENARIO,
-                        run.metric,
-                        target,
-                        run.better,
-                        format!("{error:#}"),
-                    ));
-                }
-                continue;
-            }
-        };
-        for run in runs(args) {
-            let value = pgbench(&cluster, running.addr(), args.secs, &run).await;
-            rows.push(match value {
-                Ok(value) => Row::ok(SCENARIO, run.metric, target, value, run.better),
-                Err(error) => Row::failed(
-                    SCENARIO,
-                    run.metric,
-                    target,
-                    run.better,
-                    format!("{error:#}"),
-                ),
-            });
-        }
-        running.stop().await?;
-    }
+    let cluster = Cluster::start(args.scale, 300).await?;
+    let setup = Setup {
+        scenario: SCENARIO,
+        cluster: &cluster,
+        pooling: PgPooling::Session,
+        secs: args.secs,
+    };
+    let rows = setup.measure(ctx, &args.targets, &runs(args)).await;
     cluster.stop().await;
-    Ok(rows)
+    rows
+}
+
+/// What a PostgreSQL scenario's runs share: the server, how the poolers pool, run length.
+pub(super) struct Setup<'a> {
+    /// Scenario name in the table.
+    pub scenario: &'static str,
+    /// The server every target leads to.
+    pub cluster: &'a Cluster,
+    /// switchyard's and PgBouncer's pool mode.
+    pub pooling: PgPooling,
+    /// Seconds per pgbench run (`-T`).
+    pub secs: u64,
+}
+
+impl Setup<'_> {
+    /// Starts each of `targets` in turn in front of the cluster and does every run through
+    /// it, one row per (run, target); a target that does not start gets failed rows.
+    pub async fn measure(
+        &self,
+        ctx: &Context,
+        targets: &[TargetKind],
+        runs: &[Run],
+    ) -> Result<Vec<Row>> {
+        let scenario = self.scenario;
+        let mut rows = Vec::new();
+        for &target in targets {
+            progress(format!("{target}"));
+            let address = self.cluster.address();
+            let running =
+                RunningTarget::start_postgres(target, address, &ctx.target_opts, self.pooling)
+                    .await;
+            let running = match running {
+                Ok(running) => running,
+                Err(error) => {
+                    for run in runs {
+                        let (metric, error) = (run.metric.clone(), format!("{error:#}"));
+                        rows.push(Row::failed(scenario, metric, target, run.better, error));
+                    }
+                    continue;
+                }
+            };
+            if let Some(note) = running.note() {
+                progress(format!("{target}: {note}"));
+            }
+            for run in runs {
+                progress(format!("{target}: {}", run.metric));
+                let metric = run.metric.clone();
+                let value = pgbench(self.cluster, running.addr(), self.secs, run).await;
+                let row = match value {
+                    Ok(value) => Row::ok(scenario, metric, target, value, run.better),
+                    Err(error) => {
+                        Row::failed(scenario, metric, target, run.better, format!("{error:#}"))
+                    }
+                };
+                rows.push(match running.note() {
+                    Some(note) => row.with_note(note),
+                    None => row,
+                });
+            }
+            running.stop().await?;
+        }
+        Ok(rows)
+    }
 }
 
 /// Runs pgbench against `address` and reads tps or the average latency from its report.
@@ -153,10 +191,10 @@ async fn pgbench(cluster: &Cluster, address: SocketAddr, secs: u64, run: &Run) -
         .context("running pgbench")?;
     let report = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        bail!(
-            "pgbench failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        // With hundreds of clients every one may report the same error: keep the first.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let first = stderr.lines().find(|line| !line.trim().is_empty());
+        bail!("pgbench failed: {}", first.unwrap_or("(no stderr)").trim());
     }
     let (prefix, scale) = if run.latency {
         ("latency average = ", 1000.0)
