@@ -189,8 +189,11 @@ pub struct ServerConn {
     pub parameters: Vec<(String, String)>,
     /// Statements prepared on it.
     pub prepared: ServerStatements,
-    /// The session settings applied on it (see `state::SessionSettings::id`).
+    /// The session settings applied on it (see `settings::SessionSettings::id`).
     pub applied: u64,
+    /// Fires when the server is put in maintenance (its sessions are cut); taken once
+    /// per connection, not per transaction, to keep the server's token tree quiet.
+    pub cut: tokio_util::sync::CancellationToken,
     created: Instant,
     idle_since: Instant,
     _slot: Slot,
@@ -235,6 +238,15 @@ impl TxPool {
         let pool = lock(&self.upstream).clone();
         let started = Instant::now();
         let deadline = started + pool.timeouts.queue;
+        // The common case: a connection is free now; no queue bookkeeping.
+        match self.try_lease(&pool, client, accept, limits).await {
+            Ok(Some(conn)) => {
+                self.stats.leases.fetch_add(1, Ordering::Relaxed);
+                return Ok(conn);
+            }
+            Ok(None) => {}
+            Err(failure) => return Err(failure),
+        }
         let mut waiting = false;
         let result = loop {
             let returned = self.returned.notified();
@@ -303,7 +315,7 @@ impl TxPool {
                         active: 0,
                     });
                 while let Some(conn) = entry.idle.pop() {
-                    if conn.expired(now, pool.pooling.lifetime) {
+                    if conn.expired(now, pool.pooling.lifetime) || conn.cut.is_cancelled() {
                         stale.push(conn);
                         continue;
                     }
@@ -410,6 +422,7 @@ impl TxPool {
             parameters: logged_in.parameters,
             prepared: ServerStatements::new(pool.pooling.max_prepared_statements),
             applied: 0,
+            cut: server.session_token(),
             created: now,
             idle_since: now,
             server,
@@ -431,6 +444,7 @@ impl TxPool {
         let pool = lock(&self.upstream).clone();
         let now = Instant::now();
         let usable = conn.server.is_available()
+            && !conn.cut.is_cancelled()
             && !conn.expired(now, pool.pooling.lifetime)
             && !conn.reader.has_partial()
             && pool.servers.iter().any(|s| Arc::ptr_eq(s, &conn.server));

@@ -417,7 +417,7 @@ impl<'a> Session<'a> {
     /// again. `Err` ends the session (the client left, the server was lost, a bad message).
     async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Refusal> {
         self.client_message(held, first)?;
-        let cut = held.conn.server.session_token();
+        let cut = held.conn.cut.clone();
         loop {
             loop {
                 match self.reader.next_frame() {
