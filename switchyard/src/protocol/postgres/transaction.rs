@@ -604,6 +604,11 @@ impl<'a> Session<'a> {
                 }
             };
             self.server_message(held, frame);
+            if held.server_fatal {
+                // The server is ending this session: nothing more goes to it, and the
+                // client's next messages wait for another connection.
+                return self.server_lost(held, "the server ended the session").await;
+            }
         }
     }
 
