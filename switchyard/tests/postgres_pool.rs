@@ -478,3 +478,23 @@ async fn a_server_lost_mid_query_errors_and_the_next_transaction_runs_elsewhere(
         .get(0);
     assert_ne!(pid, victim);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_idle_connections_are_kept_open() {
+    let pg = PgCluster::start(&PgOptions {
+        databases: vec!["app"],
+        ..PgOptions::default()
+    });
+    let (_proxy, front) = pooled(pg.address(), "pool_size = 5\nmin_idle = 3")
+        .start()
+        .await;
+    // The pool for (app, postgres) exists once a client logged in through it.
+    let client = connect(front, "postgres", "app").await.expect("connect");
+    client.simple_query("SELECT 1").await.expect("query");
+    drop(client);
+    // At least `min_idle`: one more may have been opened while the client held one.
+    wait_until("min_idle server connections", || async {
+        backends(&pg, "app") >= 3
+    })
+    .await;
+}

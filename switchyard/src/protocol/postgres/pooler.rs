@@ -144,6 +144,20 @@ fn server_key(server: &Arc<Server>) -> usize {
     Arc::as_ptr(server) as usize
 }
 
+impl State {
+    /// `server`'s connections, an empty entry on first sight.
+    fn of(&mut self, server: &Arc<Server>) -> &mut PerServer {
+        self.servers
+            .entry(server_key(server))
+            .or_insert_with(|| PerServer {
+                server: server.clone(),
+                idle: Vec::new(),
+                open: 0,
+                active: 0,
+            })
+    }
+}
+
 /// One server's connections in a transaction pool, for the admin API and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServerConnections {
@@ -287,13 +301,26 @@ impl TxPool {
         accept: &ServerFilter<'_>,
         limits: &MessageLimits,
     ) -> Result<Option<ServerConn>, LeaseFailure> {
-        let now = Instant::now();
-        let mut stale = Vec::new();
-        let mut open_on = Vec::new();
         let admitted = |s: &Server| s.is_available() && accept(s);
         if !pool.servers.iter().any(|s| admitted(s)) {
             return Err(LeaseFailure::NoServer);
         }
+        match self.take_idle(pool, &admitted) {
+            Ok(conn) => Ok(Some(conn)),
+            Err(open_on) => self.open_new(pool, client, &open_on, limits).await,
+        }
+    }
+
+    /// An idle connection on a server `admitted` accepts; else the admitted servers that
+    /// have room for another connection.
+    fn take_idle(
+        &self,
+        pool: &Pool,
+        admitted: &ServerFilter<'_>,
+    ) -> Result<ServerConn, Vec<Arc<Server>>> {
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        let mut open_on = Vec::new();
         {
             let mut state = lock(&self.state);
             // Start the scan at a different server each time so idle connections of
@@ -305,15 +332,7 @@ impl TxPool {
                 if !admitted(server) {
                     continue;
                 }
-                let entry = state
-                    .servers
-                    .entry(server_key(server))
-                    .or_insert_with(|| PerServer {
-                        server: server.clone(),
-                        idle: Vec::new(),
-                        open: 0,
-                        active: 0,
-                    });
+                let entry = state.of(server);
                 while let Some(conn) = entry.idle.pop() {
                     if conn.expired(now, pool.pooling.lifetime) || conn.cut.is_cancelled() {
                         stale.push(conn);
@@ -322,14 +341,27 @@ impl TxPool {
                     entry.active += 1;
                     drop(state);
                     drop(stale);
-                    return Ok(Some(conn));
+                    return Ok(conn);
                 }
                 if entry.open < pool.pooling.size {
                     open_on.push(server.clone());
                 }
             }
         }
+        // Closed outside the lock: a connection's slot takes it when dropped.
         drop(stale);
+        Err(open_on)
+    }
+
+    /// Opens and logs in a new connection on one of `open_on` (the pool's balancer picks);
+    /// `None` when none has room any more.
+    async fn open_new(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        client: SocketAddr,
+        open_on: &[Arc<Server>],
+        limits: &MessageLimits,
+    ) -> Result<Option<ServerConn>, LeaseFailure> {
         if open_on.is_empty() {
             return Ok(None);
         }
@@ -344,9 +376,7 @@ impl TxPool {
         let server = lease.server().clone();
         {
             let mut state = lock(&self.state);
-            let Some(entry) = state.servers.get_mut(&server_key(&server)) else {
-                return Ok(None);
-            };
+            let entry = state.of(&server);
             if entry.open >= pool.pooling.size {
                 // Another client took the last place meanwhile.
                 return Ok(None);
@@ -521,7 +551,7 @@ impl TxPool {
                 entry.idle = kept;
                 let want = pool.pooling.min_idle.saturating_sub(entry.idle.len());
                 if usable && want > 0 && entry.open < pool.pooling.size {
-                    short.push(entry.server.clone());
+                    short.push((entry.server.clone(), want));
                 }
             }
             for server in &pool.servers {
@@ -529,20 +559,24 @@ impl TxPool {
                     && server.is_available()
                     && !state.servers.contains_key(&server_key(server))
                 {
-                    short.push(server.clone());
+                    short.push((server.clone(), pool.pooling.min_idle));
                 }
             }
         }
         drop(closing);
         let limits = MessageLimits::default();
-        for server in short {
-            let only = |s: &Server| std::ptr::eq(s, server.as_ref());
-            let client = SocketAddr::from(([127, 0, 0, 1], 0));
-            match self.try_lease(&pool, client, &only, &limits).await {
-                Ok(Some(conn)) => self.give_back_unused(conn),
-                Ok(None) => {}
-                Err(failure) => {
-                    tracing::debug!(pool = %pool.name, server = %server.name, ?failure, "min_idle connection failed");
+        let client = SocketAddr::from(([127, 0, 0, 1], 0));
+        for (server, want) in short {
+            // New connections only: taking an idle one and giving it back adds nothing.
+            for _ in 0..want {
+                let open_on = std::slice::from_ref(&server);
+                match self.open_new(&pool, client, open_on, &limits).await {
+                    Ok(Some(conn)) => self.give_back_unused(conn),
+                    Ok(None) => break,
+                    Err(failure) => {
+                        tracing::debug!(pool = %pool.name, server = %server.name, ?failure, "min_idle connection failed");
+                        break;
+                    }
                 }
             }
         }
