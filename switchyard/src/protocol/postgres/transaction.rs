@@ -175,7 +175,6 @@ struct Session<'a> {
     statements: ClientStatements,
     pinned: Option<PinReason>,
     moved: Moved,
-    rules: classify::Rules,
     split: SplitState,
 }
 
@@ -188,7 +187,6 @@ impl<'a> Session<'a> {
             statements: ClientStatements::default(),
             pinned: None,
             moved: Moved::default(),
-            rules: classify::Rules::default(),
             split: SplitState::new(),
         }
     }
@@ -582,7 +580,10 @@ impl<'a> Session<'a> {
         let Ok(text) = std::str::from_utf8(sql) else {
             return;
         };
-        let effects = classify::classify(text, &self.rules);
+        // Session effects do not depend on write functions: the built-in rules serve all.
+        static RULES: std::sync::LazyLock<classify::Rules> =
+            std::sync::LazyLock::new(classify::Rules::default);
+        let effects = classify::classify(text, &RULES);
         if let Some(reason) = effects.pins
             && self.pinned.is_none()
         {
