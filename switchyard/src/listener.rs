@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol};
 use crate::route::Routing;
+use crate::runtime::Workers;
 use crate::tls::ServerTls;
 
 /// Counters kept per listener.
@@ -199,7 +200,7 @@ impl Listener {
     /// logged once the last has ended.
     pub fn spawn_accept_loops<F, Fut>(
         self: &Arc<Self>,
-        workers: &[tokio::runtime::Handle],
+        workers: &Workers,
         stop: &CancellationToken,
         tasks: &TaskTracker,
         handle: F,
@@ -213,8 +214,8 @@ impl Listener {
         let Some(socket) = self.take_socket() else {
             return;
         };
-        let mut sockets = Vec::with_capacity(workers.len());
-        for _ in 1..workers.len() {
+        let mut sockets = Vec::with_capacity(workers.count());
+        for _ in 1..workers.count() {
             match socket.try_clone() {
                 Ok(duplicate) => sockets.push(duplicate),
                 Err(error) => {
@@ -225,9 +226,10 @@ impl Listener {
         }
         sockets.push(socket);
         self.accept_loops.store(sockets.len(), Ordering::Release);
-        for (worker, socket) in workers.iter().zip(sockets) {
-            worker.spawn(self.clone().accept_loop(
+        for (index, socket) in sockets.into_iter().enumerate() {
+            workers.handle(index).spawn(self.clone().accept_loop(
                 socket,
+                (workers.clone(), index),
                 stop.clone(),
                 tasks.clone(),
                 handle.clone(),
@@ -237,16 +239,20 @@ impl Listener {
 
     /// Accepts connections from `socket` (a duplicate of this listener's socket) until
     /// `stop` fires or the listener is closed, handing each to `handle` on its own task of
-    /// the current runtime. With `max_connections`, accepting pauses at the limit so further
+    /// the least busy worker (`here` is the worker this loop runs on). With `max_connections`, accepting pauses at the limit so further
     /// clients wait in the kernel's accept queue instead of being refused.
     async fn accept_loop<F, Fut>(
         self: Arc<Self>,
         socket: StdListener,
+        (workers, here): (Workers, usize),
         stop: CancellationToken,
         tasks: TaskTracker,
         handle: F,
     ) where
-        F: Fn(Arc<Self>, Arc<ListenerSettings>, TcpStream, SocketAddr) -> Fut,
+        F: Fn(Arc<Self>, Arc<ListenerSettings>, TcpStream, SocketAddr) -> Fut
+            + Clone
+            + Send
+            + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let socket = match TcpListener::from_std(socket) {
@@ -277,13 +283,43 @@ impl Listener {
                     self.stats.total.fetch_add(1, Ordering::Relaxed);
                     self.stats.active.fetch_add(1, Ordering::Relaxed);
                     // Settings swapped while this loop waited apply to this connection.
-                    let connection = handle(self.clone(), self.settings(), stream, peer);
+                    let settings = self.settings();
+                    let (worker, placement) = workers.place(here);
                     let listener = self.clone();
-                    tasks.spawn(async move {
-                        connection.await;
+                    let done = move || {
                         listener.stats.active.fetch_sub(1, Ordering::Relaxed);
-                        drop(permit);
-                    });
+                        drop((permit, placement));
+                    };
+                    if worker == here {
+                        let connection = handle(self.clone(), settings, stream, peer);
+                        tasks.spawn(async move {
+                            connection.await;
+                            done();
+                        });
+                        continue;
+                    }
+                    // Another worker's reactor takes the socket over: it leaves this one's.
+                    let stream = match stream.into_std() {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::warn!(listener = %self.name, %error, "cannot hand a connection to another worker");
+                            done();
+                            continue;
+                        }
+                    };
+                    let (listener, handle) = (self.clone(), handle.clone());
+                    tasks.spawn_on(
+                        async move {
+                            match TcpStream::from_std(stream) {
+                                Ok(stream) => handle(listener, settings, stream, peer).await,
+                                Err(error) => {
+                                    tracing::warn!(listener = %listener.name, %error, "cannot watch a handed-over connection");
+                                }
+                            }
+                            done();
+                        },
+                        workers.handle(worker),
+                    );
                 }
                 Err(error) => {
                     // Out of descriptors or memory: back off instead of spinning.

@@ -275,7 +275,7 @@ fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
         connection
     };
     listener.spawn_accept_loops(
-        shared.workers.handles(),
+        &shared.workers,
         &shared.stop_accepting,
         &shared.tasks,
         handler,
