@@ -11,6 +11,7 @@ pub mod health;
 pub mod listener;
 pub mod net;
 pub mod observe;
+pub mod on_wake;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod relay;

@@ -62,9 +62,50 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.server.release_slot();
-        self.pool.slot_freed.notify_waiters();
+        self.pool.slot_freed.notify();
     }
 }
+
+/// Clients waiting for a server slot, shared by a pool and the pools that replace it on
+/// reloads (their servers and slots carry over).
+#[derive(Debug, Default)]
+struct SlotQueue {
+    freed: Notify,
+    /// Clients in `wait_in_queue` now: a freed slot wakes the queue only when there are.
+    waiting: AtomicUsize,
+}
+
+/// A client counted in [`SlotQueue::waiting`] until dropped.
+struct Waiting<'a>(&'a SlotQueue);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl SlotQueue {
+    /// Counts a client in before it looks for a slot.
+    fn wait(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        // Pairs with the fence in `notify`: either the releaser sees this count, or this
+        // client's next look (after registering) sees the freed slot.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Waiting(self)
+    }
+
+    /// A slot was freed: wakes the waiting clients, if there are any.
+    fn notify(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+/// Indices of servers a lease may pick from; pools rarely have more than a few servers,
+/// and a lease allocates nothing for them.
+type Candidates = smallvec::SmallVec<[usize; 8]>;
 
 /// PostgreSQL pooling settings of a pool (see the `pool_mode` keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +159,7 @@ pub struct Pool {
     balancer: Balancer,
     // Shared with the pool this one replaced, so that clients still queued in the old pool
     // hear about slots freed on the servers both have.
-    slot_freed: Arc<Notify>,
+    slot_freed: Arc<SlotQueue>,
     retired: CancellationToken,
 }
 
@@ -221,8 +262,8 @@ impl Pool {
 
     /// Servers eligible for new work among those `accept` admits: available primaries,
     /// else available backups.
-    fn eligible(&self, exclude: &[Arc<Server>], accept: &ServerFilter<'_>) -> Vec<usize> {
-        let available = |backup: bool| -> Vec<usize> {
+    fn eligible(&self, exclude: &[Arc<Server>], accept: &ServerFilter<'_>) -> Candidates {
+        let available = |backup: bool| -> Candidates {
             self.servers
                 .iter()
                 .enumerate()
@@ -234,8 +275,11 @@ impl Pool {
         if eligible.is_empty() {
             eligible = available(true);
         }
+        if exclude.is_empty() {
+            return eligible;
+        }
         // Avoid servers that just failed, unless nothing else is left.
-        let preferred: Vec<usize> = eligible
+        let preferred: Candidates = eligible
             .iter()
             .copied()
             .filter(|&i| !exclude.iter().any(|e| Arc::ptr_eq(e, &self.servers[i])))
@@ -272,9 +316,9 @@ impl Pool {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             return Err(LeaseError::QueueFull);
         }
-        let result = self
-            .wait_in_queue(client, exclude, accept, self.timeouts.queue)
-            .await;
+        // Boxed, as the rare path: it would otherwise make every lease's future larger.
+        let result =
+            Box::pin(self.wait_in_queue(client, exclude, accept, self.timeouts.queue)).await;
         self.stats.queued.fetch_sub(1, Ordering::AcqRel);
         if matches!(result, Err(LeaseError::QueueTimeout)) {
             self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -290,9 +334,10 @@ impl Pool {
         limit: Duration,
     ) -> Result<Lease, LeaseError> {
         let deadline = Instant::now() + limit;
+        let _waiting = self.slot_freed.wait();
         loop {
             // Register interest before looking, so a slot freed in between is not missed.
-            let freed = self.slot_freed.notified();
+            let freed = self.slot_freed.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(lease) = self.try_lease(client, exclude, accept)? {
@@ -306,7 +351,7 @@ impl Pool {
 
     /// Wakes queued clients so they look again (a server came back or changed state).
     pub fn wake_queue(&self) {
-        self.slot_freed.notify_waiters();
+        self.slot_freed.freed.notify_waiters();
     }
 
     fn try_lease(
@@ -320,7 +365,7 @@ impl Pool {
             self.stats.no_server.fetch_add(1, Ordering::Relaxed);
             return Err(LeaseError::NoServer);
         }
-        let mut free: Vec<usize> = eligible
+        let mut free: Candidates = eligible
             .into_iter()
             .filter(|&i| {
                 self.servers[i]
@@ -338,7 +383,7 @@ impl Pool {
                 }));
             }
             // Lost a race for its last slot: try the others.
-            free.retain(|&i| i != pick);
+            free.retain(|i| *i != pick);
         }
         Ok(None)
     }

@@ -374,8 +374,10 @@ impl Server {
     }
 
     /// A token cancelled when this server's sessions must be cut (maint, shutdown_sessions).
+    /// It is the server's own token, shared by its sessions (cheaper per request than a
+    /// child token of it): watch it, never cancel it.
     pub fn session_token(&self) -> CancellationToken {
-        lock(&self.sessions).child_token()
+        lock(&self.sessions).clone()
     }
 
     /// Cuts every established session of this server.

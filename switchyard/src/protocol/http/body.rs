@@ -121,11 +121,21 @@ pub struct BodyEnd {
 /// is dropped (client gone), to give the server connection back and log the request. A
 /// server silent for `idle`, or whose sessions are cut, ends it with an error, which
 /// closes the client connection (a truncated body must not look complete).
+///
+/// The idle timer and the watch on the cut are set up when the server first keeps the body
+/// waiting: most responses are complete as soon as their head arrives, and need neither.
 pub struct ResponseBody {
     inner: Incoming,
     bytes: u64,
     on_end: Option<Box<dyn FnOnce(BodyEnd) + Send>>,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    idle: Duration,
+    cut: CancellationToken,
+    waiting: Option<Waiting>,
+}
+
+/// What a body the server keeps waiting watches: the server's silence and its cut.
+struct Waiting {
+    timer: Option<Pin<Box<Sleep>>>,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
@@ -142,8 +152,9 @@ impl ResponseBody {
             inner,
             bytes: 0,
             on_end: Some(on_end),
-            idle: (!idle.is_zero()).then(|| (idle, Box::pin(tokio::time::sleep(idle)))),
-            cut: Box::pin(cut.cancelled_owned()),
+            idle,
+            cut,
+            waiting: None,
         };
         // A body known to be empty (HEAD, 204, 304) may never be polled.
         if body.inner.is_end_stream() {
@@ -166,6 +177,24 @@ impl ResponseBody {
         self.end(ending);
         Poll::Ready(Some(Err(ending.reason().into())))
     }
+
+    /// Why the body must end now that the server keeps it waiting, if it must: its
+    /// sessions were cut, or it has been silent for `idle`.
+    fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Option<Ending> {
+        let (idle, cut) = (self.idle, &self.cut);
+        let waiting = self.waiting.get_or_insert_with(|| Waiting {
+            timer: (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle))),
+            cut: Box::pin(cut.clone().cancelled_owned()),
+        });
+        if waiting.cut.as_mut().poll(cx).is_ready() {
+            return Some(Ending::ServerCut);
+        }
+        let silent = waiting
+            .timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+        silent.then_some(Ending::ServerTimeout)
+    }
 }
 
 impl Body for ResponseBody {
@@ -176,16 +205,14 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.on_end.is_some() && self.cut.as_mut().poll(cx).is_ready() {
-            return self.fail(Ending::ServerCut);
-        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
                 }
-                if let Some((after, timer)) = &mut self.idle {
-                    timer.as_mut().reset(Instant::now() + *after);
+                let idle = self.idle;
+                if let Some(timer) = self.waiting.as_mut().and_then(|w| w.timer.as_mut()) {
+                    timer.as_mut().reset(Instant::now() + idle);
                 }
                 if self.inner.is_end_stream() {
                     self.end(Ending::Complete);
@@ -201,12 +228,10 @@ impl Body for ResponseBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let silent = self
-                    .idle
-                    .as_mut()
-                    .is_some_and(|(_, timer)| timer.as_mut().poll(cx).is_ready());
-                if silent && self.on_end.is_some() {
-                    return self.fail(Ending::ServerTimeout);
+                if self.on_end.is_some()
+                    && let Some(ending) = self.poll_waiting(cx)
+                {
+                    return self.fail(ending);
                 }
                 Poll::Pending
             }

@@ -134,7 +134,9 @@ pub async fn send(
             .and_then(|c| take_idle(c, pool));
         let (mut connection, fresh) = match reused {
             Some(connection) => (connection, false),
-            None => match open(pool, server).await {
+            // Boxed: the connect and handshake futures are large, and inline they would
+            // make every request's future (moved on each poll set-up) as large.
+            None => match Box::pin(open(pool, server)).await {
                 Ok(connection) => (connection, true),
                 Err(error) => {
                     record_connect_failure(pool, server, &error);

@@ -29,13 +29,16 @@ pub struct Activity {
     // by `idle_beyond` instead of the guard.
     opaque: AtomicBool,
     changed: Notify,
+    /// Waiters in `serving_or_opaque`: with none, and the guard still reading, nobody waits
+    /// for `changed` on a request's begin or end, and it is not notified (a lock each).
+    watchers: AtomicUsize,
 }
 
 impl Activity {
     /// A request was received.
     pub fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
+        self.notify_watchers();
     }
 
     /// A request's response ended: the connection may be idle from now.
@@ -49,7 +52,18 @@ impl Activity {
         if let Some(waker) = waker {
             waker.wake();
         }
-        self.changed.notify_waiters();
+        self.notify_watchers();
+    }
+
+    /// Tells the waiters of `idle_beyond` (once the connection is opaque) and
+    /// `serving_or_opaque` that the number of requests in flight changed.
+    fn notify_watchers(&self) {
+        // Pairs with the fence in `serving_or_opaque`: either its count is seen here, or
+        // it sees this change when it looks after counting itself.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.opaque.load(Ordering::Relaxed) || self.watchers.load(Ordering::Relaxed) > 0 {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Completes once a connection the guard no longer reads (HTTP/2) has had no request
@@ -82,6 +96,15 @@ impl Activity {
     /// (for a while) before closing an idle HTTP/1.1 connection, so that the response to the
     /// next request says `Connection: close` instead.
     pub async fn serving_or_opaque(&self) {
+        struct Watching<'a>(&'a AtomicUsize);
+        impl Drop for Watching<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        let _watching = Watching(&self.watchers);
+        std::sync::atomic::fence(Ordering::SeqCst);
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);

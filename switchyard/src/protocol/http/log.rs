@@ -51,6 +51,31 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// A request from `client` on `listener` that got no further than the connection: no
+    /// head, no pool, no server yet. It is stamped with the time now.
+    pub fn new(listener: &str, client: SocketAddr) -> Self {
+        Self {
+            time: crate::observe::ConnectionRecord::now_string(),
+            listener: listener.to_string(),
+            client,
+            method: "-".into(),
+            path: "-".into(),
+            protocol: "HTTP/1.1",
+            host: None,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0,
+            ttfb_ms: None,
+            pool: None,
+            server: None,
+            termination: "",
+            request_id: None,
+            referer: None,
+            user_agent: None,
+        }
+    }
+
     /// The line in `format` (`text` is treated as `combined`).
     pub fn render(&self, format: LogFormat) -> String {
         match format {

@@ -187,6 +187,7 @@ pub async fn serve_connection<S>(
         settings: settings.clone(),
         facts,
         in_flight: activity.clone(),
+        metrics: metrics::MetricHandles::default(),
     });
     let service = service_fn(move |request| {
         let context = context.clone();
@@ -196,7 +197,8 @@ pub async fn serve_connection<S>(
     tokio::pin!(connection);
     let accepted = tokio::time::Instant::now();
     let keep_alive = settings.config.timeouts.keep_alive;
-    let wind_down = async {
+    // Polled only when what it waits on fires, not on each of the connection's wake-ups.
+    let wind_down = crate::on_wake::OnWake::new(async {
         tokio::select! {
             // An idle HTTP/1.1 connection is closed after its next response, not while its
             // client may be sending on it; one that stays idle through the grace is closed.
@@ -209,7 +211,7 @@ pub async fn serve_connection<S>(
             } => {}
             () = activity.idle_beyond(keep_alive, accepted) => {}
         }
-    };
+    });
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = wind_down => {
@@ -237,28 +239,9 @@ fn log_refusal(shared: &Shared, listener: &Listener, client: SocketAddr, status:
         431 => "headers_too_large",
         _ => "bad_request",
     };
-    let mut record = log::RequestRecord {
-        time: String::new(),
-        listener: listener.name.clone(),
-        client,
-        method: "-".into(),
-        path: "-".into(),
-        protocol: "HTTP/1.1",
-        host: None,
-        status,
-        bytes_in: 0,
-        bytes_out: 0,
-        duration_ms: 0,
-        ttfb_ms: None,
-        pool: None,
-        server: None,
-        termination,
-        request_id: None,
-        referer: None,
-        user_agent: None,
-    };
     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
     shared.http_metrics.record(
+        &metrics::MetricHandles::default(),
         &listener.name,
         None,
         None,
@@ -266,8 +249,12 @@ fn log_refusal(shared: &Shared, listener: &Listener, client: SocketAddr, status:
         std::time::Duration::ZERO,
     );
     shared.access_log.log_with(|format| {
-        record.time = crate::observe::ConnectionRecord::now_string();
-        record.render(format)
+        log::RequestRecord {
+            status,
+            termination,
+            ..log::RequestRecord::new(&listener.name, client)
+        }
+        .render(format)
     });
 }
 

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::upgrade::OnUpgrade;
-use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
 use super::body::{BodyEnd, BodyTooLarge, Ending, ProxyBody, RequestBody, ResponseBody};
@@ -16,6 +16,7 @@ use super::client::{self, SendError};
 use super::errors::{self, ProxyError};
 use super::headers::{self, ConnectionFacts};
 use super::log::RequestRecord;
+use super::metrics::MetricHandles;
 use super::tunnel;
 use crate::config::{HttpVersion, SslMode};
 use crate::listener::{Listener, ListenerSettings};
@@ -35,6 +36,8 @@ pub struct ConnectionContext {
     pub facts: ConnectionFacts,
     /// Requests whose response has not ended yet (the head guard times idle only at 0).
     pub in_flight: Arc<super::guard::Activity>,
+    /// The metric series this connection's requests count on.
+    pub metrics: MetricHandles,
 }
 
 /// A request being proxied: what its log line needs, gathered along the way. It is
@@ -43,10 +46,24 @@ pub struct ConnectionContext {
 struct Exchange {
     ctx: Arc<ConnectionContext>,
     started: Instant,
-    record: RequestRecord,
+    head: LoggedHead,
+    ttfb: Option<std::time::Duration>,
     received: Arc<AtomicU64>,
+    pool: Option<Arc<Pool>>,
     server: Option<Arc<Server>>,
     logged: bool,
+}
+
+/// The request as its log line shows it, in cheap clones of the request's own parts: the
+/// line's text is only made when the access log writes one.
+struct LoggedHead {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    host: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
 }
 
 impl Exchange {
@@ -59,33 +76,56 @@ impl Exchange {
             return;
         }
         self.ctx.in_flight.end();
-        let record = &mut self.record;
-        record.status = status;
-        record.bytes_out = bytes_out;
-        record.termination = termination;
-        record.bytes_in = self.received.load(Ordering::Relaxed);
-        record.duration_ms = self.started.elapsed().as_millis() as u64;
-        let listener = &self.ctx.listener;
-        let mut counters = vec![(&listener.stats.bytes_in, &listener.stats.bytes_out)];
+        let elapsed = self.started.elapsed();
+        let bytes_in = self.received.load(Ordering::Relaxed);
+        let stats = &self.ctx.listener.stats;
+        stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         if let Some(server) = &self.server {
-            counters.push((&server.stats.bytes_in, &server.stats.bytes_out));
-        }
-        for (bytes_in, bytes_out_counter) in counters {
-            bytes_in.fetch_add(record.bytes_in, Ordering::Relaxed);
-            bytes_out_counter.fetch_add(bytes_out, Ordering::Relaxed);
+            server.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+            server
+                .stats
+                .bytes_out
+                .fetch_add(bytes_out, Ordering::Relaxed);
         }
         self.ctx.shared.http_metrics.record(
-            &listener.name,
-            record.pool.as_deref(),
-            record.server.as_deref(),
+            &self.ctx.metrics,
+            &self.ctx.listener.name,
+            self.pool.as_ref().map(|pool| pool.name.as_str()),
+            self.server.as_ref().map(|server| server.name.as_str()),
             status,
-            self.started.elapsed(),
+            elapsed,
         );
-        let record = &mut self.record;
-        // Only a log that writes needs the time stamp and the line.
         self.ctx.shared.access_log.log_with(|format| {
-            record.time = crate::observe::ConnectionRecord::now_string();
-            record.render(format)
+            let text = |value: &Option<HeaderValue>| {
+                value
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let head = &self.head;
+            RequestRecord {
+                method: head.method.to_string(),
+                path: head
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| head.uri.to_string(), |p| p.to_string()),
+                protocol: protocol_name(head.version),
+                host: text(&head.host),
+                status,
+                bytes_in,
+                bytes_out,
+                duration_ms: elapsed.as_millis() as u64,
+                ttfb_ms: self.ttfb.map(|ttfb| ttfb.as_millis() as u64),
+                pool: self.pool.as_ref().map(|pool| pool.name.clone()),
+                server: self.server.as_ref().map(|server| server.name.clone()),
+                termination,
+                request_id: text(&head.request_id),
+                referer: text(&head.referer),
+                user_agent: text(&head.user_agent),
+                ..RequestRecord::new(&self.ctx.listener.name, self.ctx.facts.client)
+            }
+            .render(format)
         });
     }
 
@@ -116,13 +156,6 @@ fn protocol_name(version: Version) -> &'static str {
     }
 }
 
-fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 /// Proxies one request; never fails (errors become the proxy's own responses).
 pub async fn handle(
     ctx: Arc<ConnectionContext>,
@@ -130,36 +163,33 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     ctx.in_flight.begin();
     let (mut parts, body) = request.into_parts();
-    let host = header_text(&parts.headers, header::HOST)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    // The Host header, else the authority (HTTP/2's `:authority`, an absolute-form URI).
+    let host_value = parts
+        .headers
+        .get(header::HOST)
+        .filter(|v| v.to_str().is_ok())
+        .cloned()
+        .or_else(|| {
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
+    let host = host_value.as_ref().and_then(|v| v.to_str().ok());
     let received = Arc::new(AtomicU64::new(0));
     let mut exchange = Exchange {
         started: Instant::now(),
-        record: RequestRecord {
-            time: String::new(),
-            listener: ctx.listener.name.clone(),
-            client: ctx.facts.client,
-            method: parts.method.to_string(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.to_string(), |p| p.to_string()),
-            protocol: protocol_name(parts.version),
-            host: host.clone(),
-            status: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            duration_ms: 0,
-            ttfb_ms: None,
-            pool: None,
-            server: None,
-            termination: "",
+        head: LoggedHead {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            host: host_value.clone(),
             request_id: None,
-            referer: header_text(&parts.headers, header::REFERER),
-            user_agent: header_text(&parts.headers, header::USER_AGENT),
+            referer: parts.headers.get(header::REFERER).cloned(),
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
         },
+        ttfb: None,
         received: received.clone(),
         ctx: ctx.clone(),
+        pool: None,
         server: None,
         logged: false,
     };
@@ -185,7 +215,7 @@ pub async fn handle(
     }
 
     let facts = RouteFacts {
-        host: host.as_deref(),
+        host,
         path: Some(parts.uri.path()),
         method: Some(parts.method.as_str()),
         headers: Some(&parts.headers),
@@ -220,13 +250,8 @@ pub async fn handle(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     headers::set_client_cert_headers(&mut parts.headers, ctx.facts.identity());
-    headers::add_forwarding(
-        &mut parts.headers,
-        &ctx.facts,
-        host.as_deref(),
-        http.forwarded,
-    );
-    exchange.record.request_id = Some(headers::ensure_request_id(&mut parts.headers));
+    headers::add_forwarding(&mut parts.headers, &ctx.facts, host, http.forwarded);
+    exchange.head.request_id = Some(headers::ensure_request_id(&mut parts.headers));
     if let Some(rules) = rules {
         headers::apply_rules(&mut parts.headers, &rules.request_headers);
     }
@@ -244,14 +269,14 @@ pub async fn handle(
     // Lease a server, send, and on a connect failure try once more elsewhere.
     let mut failed: Vec<Arc<Server>> = Vec::new();
     let (response, connection, lease, cut) = loop {
-        exchange.record.pool = Some(pool.name.clone());
+        exchange.pool = Some(pool.clone());
         let lease = match pool.lease(ctx.facts.client.ip(), &failed).await {
             Ok(lease) => lease,
             Err(LeaseError::NoServer) if pool.is_retired() => {
                 // A reload replaced the pool after this connection was accepted.
                 let current = ctx.listener.settings();
                 match current.routing.pool(&RouteFacts {
-                    host: host.as_deref(),
+                    host,
                     path: Some(request.uri().path()),
                     method: Some(request.method().as_str()),
                     headers: Some(request.headers()),
@@ -278,9 +303,8 @@ pub async fn handle(
         let server = lease.server().clone();
         // Taken with the lease, so that `maint` from now on cuts this request.
         let cut = server.session_token();
-        exchange.record.server = Some(server.name.clone());
         exchange.server = Some(server.clone());
-        prepare_for_server(&mut request, &pool, &server, host.as_deref());
+        prepare_for_server(&mut request, &pool, &server, host);
         let limit = pool.timeouts.server;
         let send = client::send(&pool, &server, request);
         // `"0s"` means no limit.
@@ -318,7 +342,7 @@ pub async fn handle(
             }
         }
     };
-    exchange.record.ttfb_ms = Some(exchange.started.elapsed().as_millis() as u64);
+    exchange.ttfb = Some(exchange.started.elapsed());
 
     let (mut parts, body) = response.into_parts();
     let status = parts.status;
