@@ -46,6 +46,13 @@ impl ConnectionFacts {
 /// `keep_upgrade` (an upgrade handshake being forwarded) `Connection: upgrade` and
 /// `Upgrade` stay.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages have none: one pass over the names instead of a lookup per header.
+    let any = headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-"));
+    if !any && !keep_upgrade {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
