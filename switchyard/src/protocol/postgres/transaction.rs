@@ -167,6 +167,52 @@ impl Held {
 /// How a session ended.
 type Ending = Result<&'static str, Refusal>;
 
+/// Why a transaction stopped before its connection could go back. What becomes of the
+/// connection and of the client is decided by matching on it, so every case is handled;
+/// the connection log's termination reasons come from it ([`Stop::reason`]).
+#[derive(Debug)]
+enum Stop {
+    /// The client left: Terminate, its connection closed, or it could not be written to.
+    ClientClosed(String),
+    /// The client sent a malformed message (it was told FATAL 08P01).
+    BadMessage(String),
+    /// Hard shutdown.
+    Shutdown,
+    /// The server connection broke with the client between statements of no
+    /// transaction: the client was told and stays; its next transaction gets another.
+    ServerLost(String),
+    /// The server connection broke inside a transaction or a pinned session: the client
+    /// was told FATAL and the session ends.
+    ServerLostInTransaction(String),
+}
+
+impl Stop {
+    /// The termination reason for the connection log.
+    fn reason(&self) -> &'static str {
+        match self {
+            Stop::ClientClosed(_) => "client_closed",
+            Stop::BadMessage(_) => "bad_message",
+            Stop::Shutdown => "shutdown",
+            Stop::ServerLost(_) => "server_lost",
+            Stop::ServerLostInTransaction(_) => "server_lost_in_transaction",
+        }
+    }
+}
+
+impl From<Stop> for Refusal {
+    fn from(stop: Stop) -> Self {
+        let reason = stop.reason();
+        let detail = match stop {
+            Stop::ClientClosed(detail)
+            | Stop::BadMessage(detail)
+            | Stop::ServerLost(detail)
+            | Stop::ServerLostInTransaction(detail) => detail,
+            Stop::Shutdown => "hard stop".to_string(),
+        };
+        Refusal { reason, detail }
+    }
+}
+
 /// The client loop state that outlives one transaction.
 struct Session<'a> {
     client: Client<'a>,
@@ -232,12 +278,14 @@ impl<'a> Session<'a> {
             match outcome {
                 Ok(()) => self.client.pool.give_back(held.conn),
                 // The client stays: its next transaction gets a healthy connection.
-                Err(end) if end.reason == "server_lost" => self.client.pool.discard(held.conn),
-                Err(end) if end.reason.starts_with("server_") => {
+                Err(Stop::ServerLost(_)) => self.client.pool.discard(held.conn),
+                Err(stop @ Stop::ServerLostInTransaction(_)) => {
                     self.client.pool.discard(held.conn);
-                    return Err(end);
+                    return Err(stop.into());
                 }
-                Err(end) => return self.leave(held, end).await,
+                Err(stop @ (Stop::ClientClosed(_) | Stop::BadMessage(_) | Stop::Shutdown)) => {
+                    return self.leave(held, stop).await;
+                }
             }
         }
     }
@@ -249,7 +297,7 @@ impl<'a> Session<'a> {
             match self.reader.next_frame() {
                 Ok(Some(frame)) => return Ok(Some(frame)),
                 Ok(None) => {}
-                Err(error) => return Err(self.malformed(error).await),
+                Err(error) => return Err(self.malformed(error).await.into()),
             }
             let read = self.reader.fill(&mut self.client.stream);
             let read = tokio::select! {
@@ -258,7 +306,7 @@ impl<'a> Session<'a> {
                     return Err(Refusal::new("client_timeout", "idle between transactions"));
                 }
                 () = self.client.hard_stop.cancelled() => {
-                    return Err(Refusal::new("shutdown", "hard stop"));
+                    return Err(Stop::Shutdown.into());
                 }
             };
             match read {
@@ -269,14 +317,14 @@ impl<'a> Session<'a> {
     }
 
     /// A malformed client message: FATAL 08P01, then the end.
-    async fn malformed(&mut self, error: impl std::fmt::Display) -> Refusal {
+    async fn malformed(&mut self, error: impl std::fmt::Display) -> Stop {
         let message = format!("invalid message: {error}");
         let _ = self
             .client
             .stream
             .write_all(&fatal(sqlstate::PROTOCOL_VIOLATION, &message))
             .await;
-        Refusal::new("bad_message", message)
+        Stop::BadMessage(message)
     }
 
     /// With the read/write split on: classifies the statement that opens a lease (a
@@ -413,7 +461,7 @@ impl<'a> Session<'a> {
 
     /// Runs one transaction from its first client message until the connection is idle
     /// again. `Err` ends the session (the client left, the server was lost, a bad message).
-    async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Refusal> {
+    async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Stop> {
         self.client_message(held, first)?;
         let cut = held.conn.cut.clone();
         loop {
@@ -421,7 +469,7 @@ impl<'a> Session<'a> {
                 match self.reader.next_frame() {
                     Ok(Some(frame)) => {
                         if frame.tag() == b'X' {
-                            return Err(Refusal::new("client_closed", "Terminate"));
+                            return Err(Stop::ClientClosed("Terminate".to_string()));
                         }
                         self.client_message(held, frame)?;
                     }
@@ -441,7 +489,7 @@ impl<'a> Session<'a> {
             }
             tokio::select! {
                 read = self.reader.fill(&mut self.client.stream) => match read {
-                    Ok(0) | Err(_) => return Err(Refusal::new("client_closed", "client left mid-transaction")),
+                    Ok(0) | Err(_) => return Err(Stop::ClientClosed("client left mid-transaction".to_string())),
                     Ok(n) => self.moved.to_server += n as u64,
                 },
                 read = held.conn.reader.fill(&mut held.conn.stream) => match read {
@@ -452,12 +500,12 @@ impl<'a> Session<'a> {
                     }
                 },
                 () = cut.cancelled() => return self.server_lost(held, "server taken out of service").await,
-                () = self.client.hard_stop.cancelled() => return Err(Refusal::new("shutdown", "hard stop")),
+                () = self.client.hard_stop.cancelled() => return Err(Stop::Shutdown),
             }
         }
     }
 
-    async fn flush_client(&mut self) -> Result<(), Refusal> {
+    async fn flush_client(&mut self) -> Result<(), Stop> {
         if self.to_client.is_empty() {
             return Ok(());
         }
@@ -465,12 +513,12 @@ impl<'a> Session<'a> {
         let written = self.client.stream.write_all(&bytes).await;
         self.to_client = bytes;
         self.to_client.clear();
-        written.map_err(|e| Refusal::new("client_closed", e))
+        written.map_err(|e| Stop::ClientClosed(e.to_string()))
     }
 
     /// One client message while a connection is held: rename, inject, queue, forward.
-    fn client_message(&mut self, held: &mut Held, frame: Frame) -> Result<(), Refusal> {
-        let bad = |e: super::codec::CodecError| Refusal::new("bad_message", e);
+    fn client_message(&mut self, held: &mut Held, frame: Frame) -> Result<(), Stop> {
+        let bad = |e: super::codec::CodecError| Stop::BadMessage(e.to_string());
         if held.skipping {
             // The server discards everything up to Sync after an error; so do we.
             if frame.tag() == b'S' {
@@ -594,7 +642,7 @@ impl<'a> Session<'a> {
     }
 
     /// Handles the server's whole messages that have arrived.
-    async fn server_messages(&mut self, held: &mut Held) -> Result<(), Refusal> {
+    async fn server_messages(&mut self, held: &mut Held) -> Result<(), Stop> {
         loop {
             let frame = match held.conn.reader.next_frame() {
                 Ok(Some(frame)) => frame,
@@ -751,14 +799,14 @@ impl<'a> Session<'a> {
     /// each answer the client waits for becomes an error and the client stays: its next
     /// transaction starts on another connection. Inside a transaction, or pinned, the
     /// client's session cannot be carried on truthfully: FATAL 08006 and the end.
-    async fn server_lost(&mut self, held: &mut Held, detail: &str) -> Result<(), Refusal> {
+    async fn server_lost(&mut self, held: &mut Held, detail: &str) -> Result<(), Stop> {
         tracing::warn!(server = %held.conn.server.name, detail, "server connection lost");
         let message = format!("server connection lost: {detail}");
         if !self.can_continue_without(held) {
             self.to_client
                 .extend_from_slice(&fatal(sqlstate::CONNECTION_FAILURE, &message));
             self.flush_client().await?;
-            return Err(Refusal::new("server_lost_in_transaction", message));
+            return Err(Stop::ServerLostInTransaction(message));
         }
         for answer in 0..held.pending {
             // The server's own (downgraded) FATAL already answered the first.
@@ -770,11 +818,11 @@ impl<'a> Session<'a> {
                 .extend_from_slice(&frames::ready_for_query(b'I').0);
         }
         self.flush_client().await?;
-        Err(Refusal::new("server_lost", message))
+        Err(Stop::ServerLost(message))
     }
 
     /// The session ends while holding a connection: it goes back clean, or is closed.
-    async fn leave(&mut self, mut held: Held, end: Refusal) -> Ending {
+    async fn leave(&mut self, mut held: Held, end: Stop) -> Ending {
         let pool = self.client.pool.clone();
         let mut reset = Vec::new();
         if held.status != b'I' {
@@ -795,9 +843,9 @@ impl<'a> Session<'a> {
         } else {
             pool.discard(held.conn);
         }
-        match end.reason {
-            "client_closed" => Ok("client_closed"),
-            _ => Err(end),
+        match end {
+            Stop::ClientClosed(_) => Ok(end.reason()),
+            _ => Err(end.into()),
         }
     }
 }
