@@ -8,6 +8,7 @@ mod support;
 use std::net::SocketAddr;
 
 use support::config::Config;
+use support::ops::{field, wait_access};
 use support::postgres::{
     PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, pgbench, psql_ok, stderr,
 };
@@ -495,6 +496,32 @@ async fn min_idle_connections_are_kept_open() {
     // At least `min_idle`: one more may have been opened while the client held one.
     wait_until("min_idle server connections", || async {
         backends(&pg, "app") >= 3
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_idle_between_transactions_past_timeouts_client_is_closed() {
+    let pg = PgCluster::start(&PgOptions {
+        databases: vec!["app"],
+        ..PgOptions::default()
+    });
+    let (proxy, front) = pooled(pg.address(), "pool_size = 2")
+        .listener("timeouts = { client = \"1s\" }")
+        .start()
+        .await;
+    let client = connect(front, "postgres", "app").await.expect("connect");
+    // Each wait between transactions starts the session's one idle timer afresh.
+    for _ in 0..3 {
+        client.simple_query("SELECT 1").await.expect("query");
+    }
+    let line = wait_access(&proxy, "the idle client's session ended", |line| {
+        field(line, "termination") == "client_timeout"
+    })
+    .await;
+    assert_eq!(field(&line, "listener"), "front");
+    wait_until("the client sees its connection closed", || async {
+        client.is_closed()
     })
     .await;
 }

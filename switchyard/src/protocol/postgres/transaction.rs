@@ -19,11 +19,13 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::{CancelTable, Registration};
@@ -222,18 +224,22 @@ struct Session<'a> {
     pinned: Option<PinReason>,
     moved: Moved,
     split: SplitState,
+    /// The idle limit between transactions: one timer for the session, reset before each
+    /// wait rather than made anew.
+    idle_timer: Pin<Box<Sleep>>,
 }
 
 impl<'a> Session<'a> {
     fn new(client: Client<'a>) -> Self {
         Self {
             reader: FrameReader::new(client.limits.message),
-            client,
             to_client: Vec::new(),
             statements: ClientStatements::default(),
             pinned: None,
             moved: Moved::default(),
             split: SplitState::new(),
+            idle_timer: Box::pin(tokio::time::sleep(client.idle)),
+            client,
         }
     }
 
@@ -299,10 +305,16 @@ impl<'a> Session<'a> {
                 Ok(None) => {}
                 Err(error) => return Err(self.malformed(error).await.into()),
             }
+            // Zero (or beyond the clock's range): no limit.
+            let idle = self.client.idle;
+            let deadline = Instant::now().checked_add(idle).filter(|_| !idle.is_zero());
+            if let Some(deadline) = deadline {
+                self.idle_timer.as_mut().reset(deadline);
+            }
             let read = self.reader.fill(&mut self.client.stream);
             let read = tokio::select! {
                 read = read => read,
-                () = idle_timer(self.client.idle) => {
+                () = &mut self.idle_timer, if deadline.is_some() => {
                     return Err(Refusal::new("client_timeout", "idle between transactions"));
                 }
                 () = self.client.hard_stop.cancelled() => {
@@ -993,13 +1005,6 @@ fn ensure_prepared(held: &mut Held, statement: &Statement) {
 
 fn parse_complete() -> Frame {
     Frame::new(b'1', &[])
-}
-
-async fn idle_timer(limit: Duration) {
-    if limit.is_zero() {
-        std::future::pending::<()>().await;
-    }
-    tokio::time::sleep(limit).await;
 }
 
 /// Runs `statements` (ROLLBACK, DISCARD ALL) on a connection nobody holds, one simple
