@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::cancel::CancelTarget;
+use super::cancel::{CancelTarget, ServerKey};
 use super::codec::{PROTOCOL_3_0, Startup};
 use super::frames::FrameReader;
 use super::login::{LoggedIn, LoginError, ServerCredential, login};
@@ -193,12 +193,9 @@ pub struct ServerConn {
     pub reader: FrameReader,
     /// The server.
     pub server: Arc<Server>,
-    /// Where cancel requests for this connection go.
-    pub cancel: CancelTarget,
-    /// The server's process id and cancel key.
-    pub process_id: u32,
-    /// The server's cancel key.
-    pub secret_key: Vec<u8>,
+    /// The server's cancel key for this connection and where cancel requests go; shared
+    /// with the cancel key of the client holding it.
+    pub cancel: Arc<ServerKey>,
     /// The parameters the server reported at login.
     pub parameters: Vec<(String, String)>,
     /// Statements prepared on it.
@@ -440,15 +437,17 @@ impl TxPool {
         Ok(ServerConn {
             stream,
             reader: FrameReader::new(limits.message),
-            cancel: CancelTarget {
-                server: peer,
-                connect_timeout: pool.timeouts.connect,
-                tls: pool.tls.clone(),
-                host,
-                preamble: Vec::new(),
-            },
-            process_id: logged_in.process_id,
-            secret_key: logged_in.secret_key,
+            cancel: Arc::new(ServerKey::new(
+                CancelTarget {
+                    server: peer,
+                    connect_timeout: pool.timeouts.connect,
+                    tls: pool.tls.clone(),
+                    host,
+                    preamble: Vec::new(),
+                },
+                logged_in.process_id,
+                logged_in.secret_key,
+            )),
             parameters: logged_in.parameters,
             prepared: ServerStatements::new(pool.pooling.max_prepared_statements),
             applied: 0,

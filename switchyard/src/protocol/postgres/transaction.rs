@@ -28,7 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::cancel::{CancelTable, Registration};
+use super::cancel::Registration;
 use super::classify::{self, Classification, PinReason, SessionChange};
 use super::codec::Startup;
 use super::errors::{fatal, sqlstate};
@@ -65,8 +65,6 @@ struct Client<'a> {
     pub cancel: Registration,
     /// The settings the client asked for at startup.
     pub settings: SessionSettings,
-    /// The process's cancel keys.
-    pub cancel_table: Arc<CancelTable>,
     /// Fires at hard shutdown.
     pub hard_stop: CancellationToken,
     /// The routed pool (its servers' roles, for the split).
@@ -270,17 +268,12 @@ impl<'a> Session<'a> {
                 Ok(conn) => conn,
                 Err(failure) => return self.refuse_lease(failure).await,
             };
-            self.client.cancel_table.retarget(
-                &self.client.cancel,
-                conn.cancel.clone(),
-                conn.process_id,
-                &conn.secret_key,
-            );
+            self.client.cancel.retarget(&conn.cancel);
             let mut held = Held::new(conn);
             held.class = plan.map(|(class, _)| class);
             self.prepare(&mut held);
             let outcome = self.transaction(&mut held, first).await;
-            self.client.cancel_table.untarget(&self.client.cancel);
+            self.client.cancel.untarget();
             match outcome {
                 Ok(()) => self.client.pool.give_back(held.conn),
                 // The client stays: its next transaction gets a healthy connection.
@@ -900,7 +893,6 @@ pub async fn start(
         idle,
         cancel: shared.postgres_cancel.register_unbound(4),
         settings,
-        cancel_table: shared.postgres_cancel.clone(),
         hard_stop: shared.hard_stop.clone(),
         upstream: pooled.pool.clone(),
         split: pooled.split.clone(),
