@@ -303,7 +303,13 @@ impl TxPool {
             return Err(LeaseFailure::NoServer);
         }
         match self.take_idle(pool, &admitted) {
-            Ok(conn) => Ok(Some(conn)),
+            Ok(mut conn) => {
+                // A pool serves every listener routed to it, and `min_idle` opens
+                // connections for no listener: the message limit is the leasing
+                // listener's, set at each lease (new connections are opened with it).
+                conn.reader.set_limit(limits.message);
+                Ok(Some(conn))
+            }
             Err(open_on) => self.open_new(pool, client, &open_on, limits).await,
         }
     }
@@ -563,6 +569,8 @@ impl TxPool {
             }
         }
         drop(closing);
+        // No listener asked for these: the default limit holds for the login only, a
+        // lease applies its listener's (see `try_lease`).
         let limits = MessageLimits::default();
         let client = SocketAddr::from(([127, 0, 0, 1], 0));
         for (server, want) in short {
