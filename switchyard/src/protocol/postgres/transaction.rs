@@ -139,10 +139,11 @@ struct Held {
 }
 
 impl Held {
-    fn new(conn: ServerConn) -> Self {
+    /// A hold on `conn` using `buffers` (empty, kept from the session's last transaction).
+    fn new(conn: ServerConn, buffers: Buffers) -> Self {
         Self {
             conn,
-            expected: VecDeque::new(),
+            expected: buffers.expected,
             pending: 0,
             status: b'I',
             skipping: false,
@@ -150,7 +151,17 @@ impl Held {
             failed: false,
             class: None,
             server_fatal: false,
-            to_server: Vec::new(),
+            to_server: buffers.to_server,
+        }
+    }
+
+    /// Gives up the buffers, emptied, for the session's next transaction.
+    fn take_buffers(&mut self) -> Buffers {
+        self.expected.clear();
+        self.to_server.clear();
+        Buffers {
+            expected: std::mem::take(&mut self.expected),
+            to_server: std::mem::take(&mut self.to_server),
         }
     }
 
@@ -162,6 +173,14 @@ impl Held {
     fn finished(&self) -> bool {
         self.pending == 0 && self.expected.is_empty() && self.status == b'I'
     }
+}
+
+/// A transaction's buffers, kept by the session between transactions so each one does not
+/// allocate them anew.
+#[derive(Debug, Default)]
+struct Buffers {
+    expected: VecDeque<Expect>,
+    to_server: Vec<u8>,
 }
 
 /// How a session ended.
@@ -225,6 +244,8 @@ struct Session<'a> {
     /// The idle limit between transactions: one timer for the session, reset before each
     /// wait rather than made anew.
     idle_timer: Pin<Box<Sleep>>,
+    /// The last transaction's buffers, for the next.
+    buffers: Buffers,
 }
 
 impl<'a> Session<'a> {
@@ -237,6 +258,7 @@ impl<'a> Session<'a> {
             moved: Moved::default(),
             split: SplitState::new(),
             idle_timer: Box::pin(tokio::time::sleep(client.idle)),
+            buffers: Buffers::default(),
             client,
         }
     }
@@ -269,15 +291,21 @@ impl<'a> Session<'a> {
                 Err(failure) => return self.refuse_lease(failure).await,
             };
             self.client.cancel.retarget(&conn.cancel);
-            let mut held = Held::new(conn);
+            let mut held = Held::new(conn, std::mem::take(&mut self.buffers));
             held.class = plan.map(|(class, _)| class);
             self.prepare(&mut held);
             let outcome = self.transaction(&mut held, first).await;
             self.client.cancel.untarget();
             match outcome {
-                Ok(()) => self.client.pool.give_back(held.conn),
+                Ok(()) => {
+                    self.buffers = held.take_buffers();
+                    self.client.pool.give_back(held.conn);
+                }
                 // The client stays: its next transaction gets a healthy connection.
-                Err(Stop::ServerLost(_)) => self.client.pool.discard(held.conn),
+                Err(Stop::ServerLost(_)) => {
+                    self.buffers = held.take_buffers();
+                    self.client.pool.discard(held.conn);
+                }
                 Err(stop @ Stop::ServerLostInTransaction(_)) => {
                     self.client.pool.discard(held.conn);
                     return Err(stop.into());
@@ -468,7 +496,6 @@ impl<'a> Session<'a> {
     /// again. `Err` ends the session (the client left, the server was lost, a bad message).
     async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Stop> {
         self.client_message(held, first)?;
-        let cut = held.conn.cut.clone();
         loop {
             loop {
                 match self.reader.next_frame() {
@@ -483,8 +510,9 @@ impl<'a> Session<'a> {
                 }
             }
             if !held.to_server.is_empty() {
-                let bytes = std::mem::take(&mut held.to_server);
-                if held.conn.stream.write_all(&bytes).await.is_err() {
+                let written = held.conn.stream.write_all(&held.to_server).await;
+                held.to_server.clear();
+                if written.is_err() {
                     return self.server_lost(held, "server write failed").await;
                 }
             }
@@ -504,7 +532,7 @@ impl<'a> Session<'a> {
                         self.server_messages(held).await?;
                     }
                 },
-                () = cut.cancelled() => return self.server_lost(held, "server taken out of service").await,
+                () = held.conn.cut.cancelled() => return self.server_lost(held, "server taken out of service").await,
                 () = self.client.hard_stop.cancelled() => return Err(Stop::Shutdown),
             }
         }
@@ -569,9 +597,9 @@ impl<'a> Session<'a> {
             }
             b'B' => {
                 let name = frames::bind_statement(frame.body()).map_err(bad)?;
-                match self.statements.get(name).cloned() {
+                match self.statements.get(name) {
                     Some(statement) => {
-                        ensure_prepared(held, &statement);
+                        ensure_prepared(held, statement);
                         let renamed = frames::bind_renamed(frame.body(), &statement.server_name)
                             .map_err(bad)?;
                         held.send(&renamed.0);
@@ -582,9 +610,9 @@ impl<'a> Session<'a> {
             }
             b'D' => {
                 let (target, name) = frames::target(frame.body()).map_err(bad)?;
-                match (target, self.statements.get(name).cloned()) {
+                match (target, self.statements.get(name)) {
                     (b'S', Some(statement)) if !name.is_empty() => {
-                        ensure_prepared(held, &statement);
+                        ensure_prepared(held, statement);
                         held.send(&frames::statement_message(b'D', &statement.server_name).0);
                     }
                     _ => held.send(&frame.0),
