@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -63,14 +64,14 @@ impl TxPools {
                 state: Mutex::new(State::default()),
                 returned: Notify::new(),
                 credential: Mutex::new(credential.clone()),
-                upstream: Mutex::new(pool.clone()),
+                upstream: ArcSwap::new(pool.clone()),
                 stats: TxStats::default(),
             });
             tokio::spawn(maintain(Arc::downgrade(&tx)));
             tx
         });
         *lock(&entry.credential) = credential;
-        *lock(&entry.upstream) = pool.clone();
+        entry.upstream.store(pool.clone());
         entry.clone()
     }
 
@@ -120,7 +121,9 @@ pub struct TxPool {
     state: Mutex<State>,
     returned: Notify,
     credential: Mutex<ServerCredential>,
-    upstream: Mutex<Arc<Pool>>,
+    /// The routed pool as last configured; read on every lease and give-back, so it is
+    /// swapped rather than locked.
+    upstream: ArcSwap<Pool>,
     /// What the pool has done.
     pub stats: TxStats,
 }
@@ -246,7 +249,7 @@ impl TxPool {
         accept: &ServerFilter<'_>,
         limits: &MessageLimits,
     ) -> Result<ServerConn, LeaseFailure> {
-        let pool = lock(&self.upstream).clone();
+        let pool = self.upstream.load_full();
         let started = Instant::now();
         let deadline = started + pool.timeouts.queue;
         // The common case: a connection is free now; no queue bookkeeping.
@@ -476,7 +479,7 @@ impl TxPool {
     /// It is closed instead when its server is no longer usable or it is too old.
     pub fn give_back(&self, mut conn: ServerConn) {
         self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-        let pool = lock(&self.upstream).clone();
+        let pool = self.upstream.load();
         let now = Instant::now();
         let usable = conn.server.is_available()
             && !conn.cut.is_cancelled()
@@ -528,7 +531,7 @@ impl TxPool {
     /// Closes idle connections that are too old, unused too long (beyond `min_idle`) or
     /// whose server is gone or unusable, and opens connections up to `min_idle`.
     async fn tidy(self: &Arc<Self>) {
-        let pool = lock(&self.upstream).clone();
+        let pool = self.upstream.load_full();
         let now = Instant::now();
         let mut closing = Vec::new();
         let mut short = Vec::new();
