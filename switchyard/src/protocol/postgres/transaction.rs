@@ -65,7 +65,8 @@ struct Client<'a> {
     pub cancel: Registration,
     /// The settings the client asked for at startup.
     pub settings: SessionSettings,
-    /// Fires at hard shutdown.
+    /// Fires at hard shutdown: the session's own child of the process's token, so the
+    /// checks in every wait lock this session's token, not one shared by all sessions.
     pub hard_stop: CancellationToken,
     /// The routed pool (its servers' roles, for the split).
     pub upstream: Arc<Pool>,
@@ -921,7 +922,7 @@ pub async fn start(
         idle,
         cancel: shared.postgres_cancel.register_unbound(4),
         settings,
-        hard_stop: shared.hard_stop.clone(),
+        hard_stop: shared.hard_stop.child_token(),
         upstream: pooled.pool.clone(),
         split: pooled.split.clone(),
     };
@@ -1023,8 +1024,10 @@ fn ensure_prepared(held: &mut Held, statement: &Statement) {
     ));
 }
 
+/// ParseComplete, answered by the proxy for every Parse of a statement the connection
+/// has: a static message, not a new buffer each time.
 fn parse_complete() -> Frame {
-    Frame::new(b'1', &[])
+    Frame(bytes::Bytes::from_static(b"1\0\0\0\x04"))
 }
 
 /// Runs `statements` (ROLLBACK, DISCARD ALL) on a connection nobody holds, one simple
@@ -1064,4 +1067,12 @@ async fn reset_connection(conn: &mut ServerConn, statements: &[&str]) -> bool {
         tokio::time::timeout(Duration::from_secs(5), run).await,
         Ok(Some(true))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_static_parse_complete_is_a_framed_parse_complete() {
+        assert_eq!(super::parse_complete(), super::Frame::new(b'1', &[]));
+    }
 }
