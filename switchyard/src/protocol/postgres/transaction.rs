@@ -156,10 +156,14 @@ impl Held {
         }
     }
 
-    /// Gives up the buffers, emptied, for the session's next transaction.
+    /// Gives up the buffers, emptied, for the session's next transaction; one grown past
+    /// [`KEEP_BUFFER`] is let go, so an idle session does not hold a large message's room.
     fn take_buffers(&mut self) -> Buffers {
         self.expected.clear();
         self.to_server.clear();
+        if self.to_server.capacity() > KEEP_BUFFER {
+            self.to_server = Vec::new();
+        }
         Buffers {
             expected: std::mem::take(&mut self.expected),
             to_server: std::mem::take(&mut self.to_server),
@@ -175,6 +179,9 @@ impl Held {
         self.pending == 0 && self.expected.is_empty() && self.status == b'I'
     }
 }
+
+/// The largest buffer of bytes to the server a session keeps between transactions.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 /// A transaction's buffers, kept by the session between transactions so each one does not
 /// allocate them anew.
