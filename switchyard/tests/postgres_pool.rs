@@ -8,6 +8,7 @@ mod support;
 use std::net::SocketAddr;
 
 use support::config::Config;
+use support::ops::{field, listener_addr, wait_access};
 use support::postgres::{
     PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, pgbench, psql_ok, stderr,
 };
@@ -497,4 +498,66 @@ async fn min_idle_connections_are_kept_open() {
         backends(&pg, "app") >= 3
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_idle_between_transactions_past_timeouts_client_is_closed() {
+    let pg = PgCluster::start(&PgOptions {
+        databases: vec!["app"],
+        ..PgOptions::default()
+    });
+    let (proxy, front) = pooled(pg.address(), "pool_size = 2")
+        .listener("timeouts = { client = \"1s\" }")
+        .start()
+        .await;
+    let client = connect(front, "postgres", "app").await.expect("connect");
+    // Each wait between transactions starts the session's one idle timer afresh.
+    for _ in 0..3 {
+        client.simple_query("SELECT 1").await.expect("query");
+    }
+    let line = wait_access(&proxy, "the idle client's session ended", |line| {
+        field(line, "termination") == "client_timeout"
+    })
+    .await;
+    assert_eq!(field(&line, "listener"), "front");
+    wait_until("the client sees its connection closed", || async {
+        client.is_closed()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_server_connection_takes_the_message_limit_of_the_leasing_listener() {
+    let pg = PgCluster::start(&PgOptions {
+        databases: vec!["app"],
+        ..PgOptions::default()
+    });
+    let small = "[[listener]]\nname = \"small\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"postgres\"\npool = \"app\"\nlimits = { message = 4096 }\n";
+    let (proxy, front) = pooled(pg.address(), "pool_size = 1")
+        .section(small)
+        .start()
+        .await;
+    let small = listener_addr(&proxy, "small").await;
+    let long_row = "SELECT repeat('x', 10000)";
+    // `front` (the default limit) opens the pool's one server connection.
+    let wide = connect(front, "postgres", "app").await.expect("connect");
+    wide.simple_query(long_row)
+        .await
+        .expect("a long row within front's limit");
+    // The same connection leased for `small`: its limit holds for the server's messages.
+    let narrow = connect(small, "postgres", "app").await.expect("connect");
+    let error = narrow
+        .simple_query(long_row)
+        .await
+        .expect_err("a row beyond small's limit");
+    let code = error.as_db_error().map(|db| db.code().code().to_string());
+    assert_eq!(code.as_deref(), Some("08006"), "{error}");
+    narrow
+        .simple_query("SELECT 1")
+        .await
+        .expect("the client stays and its next transaction runs on another connection");
+    // Leased for `front` again, that connection takes front's limit back.
+    wide.simple_query(long_row)
+        .await
+        .expect("front's limit again");
 }

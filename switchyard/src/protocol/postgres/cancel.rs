@@ -4,12 +4,17 @@
 //! startup. That key must not be the server's: the cancel may arrive on any listener, and
 //! the proxy must know which server (and which server key) it stands for. So each session
 //! gets a random key of the proxy's own, mapped here to the server's until the session ends.
+//!
+//! A transaction-mode client points its key at each connection it holds, twice per
+//! transaction; its [`Registration`] holds its entry's binding so that costs no table
+//! lock, no key lookup and no allocation.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -32,28 +37,40 @@ pub struct CancelTarget {
     pub preamble: Vec<u8>,
 }
 
-/// Where a proxy-issued key points.
-#[derive(Debug, Clone)]
-struct Target {
+/// A server connection's cancel key and where to send it; made once per connection and
+/// shared by every key pointed at it.
+#[derive(Debug)]
+pub struct ServerKey {
     server: CancelTarget,
     pid: u32,
     key: Vec<u8>,
 }
 
+impl ServerKey {
+    /// The key `pid`/`key` the server at `server` gave a connection.
+    pub fn new(server: CancelTarget, pid: u32, key: Vec<u8>) -> Self {
+        Self { server, pid, key }
+    }
+}
+
+/// What an issued key stands for now; `None`: a transaction-mode client between
+/// transactions (nothing to cancel).
+type Binding = ArcSwapOption<ServerKey>;
+
 /// The keys issued to clients of every postgres listener of the process.
 #[derive(Debug, Default)]
 pub struct CancelTable {
-    /// `None`: a transaction-mode client between transactions (nothing to cancel).
     keys: Mutex<Keys>,
 }
 
 /// Issued keys → what they stand for.
-type Keys = HashMap<(u32, Vec<u8>), Option<Target>>;
+type Keys = HashMap<(u32, Vec<u8>), Arc<Binding>>;
 
 /// A key issued to one session; removes it from the table when the session ends.
 #[derive(Debug)]
 pub struct Registration {
     table: Arc<CancelTable>,
+    binding: Arc<Binding>,
     /// The process id the client was given.
     pub pid: u32,
     /// The secret key the client was given.
@@ -68,6 +85,18 @@ impl Drop for Registration {
     }
 }
 
+impl Registration {
+    /// Points the key at `server` (the connection a transaction-mode client now holds).
+    pub fn retarget(&self, server: &Arc<ServerKey>) {
+        self.binding.store(Some(server.clone()));
+    }
+
+    /// Points the key at nothing (the client holds no connection).
+    pub fn untarget(&self) {
+        self.binding.store(None);
+    }
+}
+
 impl CancelTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, Keys> {
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
@@ -76,52 +105,17 @@ impl CancelTable {
     /// Issues a fresh random key (as long as the server's, which the client's protocol
     /// version allows) standing for the server's `pid`/`key` at `server`.
     pub fn register(self: &Arc<Self>, server: CancelTarget, pid: u32, key: &[u8]) -> Registration {
-        let target = Target {
-            server,
-            pid,
-            key: key.to_vec(),
-        };
-        self.issue(Some(target), key.len())
+        let target = ServerKey::new(server, pid, key.to_vec());
+        self.issue(Some(Arc::new(target)), key.len())
     }
 
     /// Issues a key of `key_len` bytes that stands for no server yet: a transaction-mode
-    /// client points it at each connection it holds ([`CancelTable::retarget`]).
+    /// client points it at each connection it holds ([`Registration::retarget`]).
     pub fn register_unbound(self: &Arc<Self>, key_len: usize) -> Registration {
         self.issue(None, key_len)
     }
 
-    /// Points `registration`'s key at the server connection `pid`/`key` on `server`.
-    pub fn retarget(
-        &self,
-        registration: &Registration,
-        server: CancelTarget,
-        pid: u32,
-        key: &[u8],
-    ) {
-        let target = Target {
-            server,
-            pid,
-            key: key.to_vec(),
-        };
-        if let Some(slot) = self
-            .lock()
-            .get_mut(&(registration.pid, registration.key.clone()))
-        {
-            *slot = Some(target);
-        }
-    }
-
-    /// Points `registration`'s key at nothing (the client holds no connection).
-    pub fn untarget(&self, registration: &Registration) {
-        if let Some(slot) = self
-            .lock()
-            .get_mut(&(registration.pid, registration.key.clone()))
-        {
-            *slot = None;
-        }
-    }
-
-    fn issue(self: &Arc<Self>, target: Option<Target>, key_len: usize) -> Registration {
+    fn issue(self: &Arc<Self>, target: Option<Arc<ServerKey>>, key_len: usize) -> Registration {
         let mut keys = self.lock();
         loop {
             let our_pid = fastrand::u32(1..i32::MAX as u32);
@@ -130,9 +124,11 @@ impl CancelTable {
                 .collect();
             let entry = (our_pid, our_key.clone());
             if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(entry) {
-                slot.insert(target);
+                let binding = Arc::new(Binding::new(target));
+                slot.insert(binding.clone());
                 return Registration {
                     table: self.clone(),
+                    binding,
                     pid: our_pid,
                     key: our_key,
                 };
@@ -143,7 +139,8 @@ impl CancelTable {
     /// Forwards a client's CancelRequest to the server its key stands for. Unknown keys
     /// are dropped silently, as PostgreSQL does, so a guesser learns nothing.
     pub async fn cancel(&self, pid: u32, key: &[u8]) {
-        let Some(target) = self.lock().get(&(pid, key.to_vec())).cloned().flatten() else {
+        let binding = self.lock().get(&(pid, key.to_vec())).cloned();
+        let Some(target) = binding.and_then(|binding| binding.load_full()) else {
             tracing::debug!(
                 pid,
                 "cancel request with an unknown key, or for no running query"
@@ -217,11 +214,15 @@ mod tests {
         let table = Arc::new(CancelTable::default());
         let server = local_server();
         let client = table.register_unbound(4);
-        let entry = |t: &CancelTable| t.lock().get(&(client.pid, client.key.clone())).cloned();
-        assert!(matches!(entry(&table), Some(None)));
-        table.retarget(&client, server, 77, &[9; 4]);
-        assert!(matches!(entry(&table), Some(Some(Target { pid: 77, .. }))));
-        table.untarget(&client);
-        assert!(matches!(entry(&table), Some(None)));
+        let entry = |t: &CancelTable| {
+            let binding = t.lock().get(&(client.pid, client.key.clone())).cloned();
+            binding.map(|binding| binding.load_full().map(|target| target.pid))
+        };
+        assert_eq!(entry(&table), Some(None));
+        let held = Arc::new(ServerKey::new(server, 77, vec![9; 4]));
+        client.retarget(&held);
+        assert_eq!(entry(&table), Some(Some(77)));
+        client.untarget();
+        assert_eq!(entry(&table), Some(None));
     }
 }

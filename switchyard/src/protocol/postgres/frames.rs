@@ -77,6 +77,12 @@ impl FrameReader {
         Ok(Some(Frame(self.buf.split_to(total).freeze())))
     }
 
+    /// Holds messages read from now on to `limit` bytes (a pooled server connection takes
+    /// the limit of the listener whose client leases it).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     /// Adds bytes as if read (tests and fuzzing feed captured traffic this way).
     pub fn feed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);

@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::cancel::CancelTarget;
+use super::cancel::{CancelTarget, ServerKey};
 use super::codec::{PROTOCOL_3_0, Startup};
 use super::frames::FrameReader;
 use super::login::{LoggedIn, LoginError, ServerCredential, login};
@@ -63,14 +64,14 @@ impl TxPools {
                 state: Mutex::new(State::default()),
                 returned: Notify::new(),
                 credential: Mutex::new(credential.clone()),
-                upstream: Mutex::new(pool.clone()),
+                upstream: ArcSwap::new(pool.clone()),
                 stats: TxStats::default(),
             });
             tokio::spawn(maintain(Arc::downgrade(&tx)));
             tx
         });
         *lock(&entry.credential) = credential;
-        *lock(&entry.upstream) = pool.clone();
+        entry.upstream.store(pool.clone());
         entry.clone()
     }
 
@@ -120,7 +121,9 @@ pub struct TxPool {
     state: Mutex<State>,
     returned: Notify,
     credential: Mutex<ServerCredential>,
-    upstream: Mutex<Arc<Pool>>,
+    /// The routed pool as last configured; read on every lease and give-back, so it is
+    /// swapped rather than locked.
+    upstream: ArcSwap<Pool>,
     /// What the pool has done.
     pub stats: TxStats,
 }
@@ -193,12 +196,9 @@ pub struct ServerConn {
     pub reader: FrameReader,
     /// The server.
     pub server: Arc<Server>,
-    /// Where cancel requests for this connection go.
-    pub cancel: CancelTarget,
-    /// The server's process id and cancel key.
-    pub process_id: u32,
-    /// The server's cancel key.
-    pub secret_key: Vec<u8>,
+    /// The server's cancel key for this connection and where cancel requests go; shared
+    /// with the cancel key of the client holding it.
+    pub cancel: Arc<ServerKey>,
     /// The parameters the server reported at login.
     pub parameters: Vec<(String, String)>,
     /// Statements prepared on it.
@@ -249,7 +249,7 @@ impl TxPool {
         accept: &ServerFilter<'_>,
         limits: &MessageLimits,
     ) -> Result<ServerConn, LeaseFailure> {
-        let pool = lock(&self.upstream).clone();
+        let pool = self.upstream.load_full();
         let started = Instant::now();
         let deadline = started + pool.timeouts.queue;
         // The common case: a connection is free now; no queue bookkeeping.
@@ -306,7 +306,13 @@ impl TxPool {
             return Err(LeaseFailure::NoServer);
         }
         match self.take_idle(pool, &admitted) {
-            Ok(conn) => Ok(Some(conn)),
+            Ok(mut conn) => {
+                // A pool serves every listener routed to it, and `min_idle` opens
+                // connections for no listener: the message limit is the leasing
+                // listener's, set at each lease (new connections are opened with it).
+                conn.reader.set_limit(limits.message);
+                Ok(Some(conn))
+            }
             Err(open_on) => self.open_new(pool, client, &open_on, limits).await,
         }
     }
@@ -440,15 +446,17 @@ impl TxPool {
         Ok(ServerConn {
             stream,
             reader: FrameReader::new(limits.message),
-            cancel: CancelTarget {
-                server: peer,
-                connect_timeout: pool.timeouts.connect,
-                tls: pool.tls.clone(),
-                host,
-                preamble: Vec::new(),
-            },
-            process_id: logged_in.process_id,
-            secret_key: logged_in.secret_key,
+            cancel: Arc::new(ServerKey::new(
+                CancelTarget {
+                    server: peer,
+                    connect_timeout: pool.timeouts.connect,
+                    tls: pool.tls.clone(),
+                    host,
+                    preamble: Vec::new(),
+                },
+                logged_in.process_id,
+                logged_in.secret_key,
+            )),
             parameters: logged_in.parameters,
             prepared: ServerStatements::new(pool.pooling.max_prepared_statements),
             applied: 0,
@@ -471,7 +479,7 @@ impl TxPool {
     /// It is closed instead when its server is no longer usable or it is too old.
     pub fn give_back(&self, mut conn: ServerConn) {
         self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-        let pool = lock(&self.upstream).clone();
+        let pool = self.upstream.load();
         let now = Instant::now();
         let usable = conn.server.is_available()
             && !conn.cut.is_cancelled()
@@ -523,7 +531,7 @@ impl TxPool {
     /// Closes idle connections that are too old, unused too long (beyond `min_idle`) or
     /// whose server is gone or unusable, and opens connections up to `min_idle`.
     async fn tidy(self: &Arc<Self>) {
-        let pool = lock(&self.upstream).clone();
+        let pool = self.upstream.load_full();
         let now = Instant::now();
         let mut closing = Vec::new();
         let mut short = Vec::new();
@@ -564,6 +572,8 @@ impl TxPool {
             }
         }
         drop(closing);
+        // No listener asked for these: the default limit holds for the login only, a
+        // lease applies its listener's (see `try_lease`).
         let limits = MessageLimits::default();
         let client = SocketAddr::from(([127, 0, 0, 1], 0));
         for (server, want) in short {

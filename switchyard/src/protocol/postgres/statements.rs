@@ -35,8 +35,11 @@ fn server_name(parse: &Parse<'_>) -> String {
     let hash = digest.finalize();
     let mut name = String::with_capacity(3 + 32);
     name.push_str("sy_");
+    // Hex by hand: one allocation per name, not one per byte.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for byte in &hash[..16] {
-        name.push_str(&format!("{byte:02x}"));
+        name.push(char::from(HEX[usize::from(byte >> 4)]));
+        name.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     name
 }
@@ -186,6 +189,17 @@ mod tests {
         assert!(a.get(b"s1").is_some());
         assert!(a.close(b"s1").is_some());
         assert!(a.get(b"s1").is_none());
+    }
+
+    #[test]
+    fn a_server_name_is_the_digest_in_lowercase_hex() {
+        let digest = Sha256::new()
+            .chain_update(b"SELECT 1")
+            .chain_update([0])
+            .chain_update(b"\x00\x00")
+            .finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(server_name(&parse(b"s1", b"SELECT 1")), format!("sy_{hex}"));
     }
 
     #[test]

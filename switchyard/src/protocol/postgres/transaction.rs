@@ -19,14 +19,16 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::cancel::{CancelTable, Registration};
+use super::cancel::Registration;
 use super::classify::{self, Classification, PinReason, SessionChange};
 use super::codec::Startup;
 use super::errors::{fatal, sqlstate};
@@ -63,9 +65,8 @@ struct Client<'a> {
     pub cancel: Registration,
     /// The settings the client asked for at startup.
     pub settings: SessionSettings,
-    /// The process's cancel keys.
-    pub cancel_table: Arc<CancelTable>,
-    /// Fires at hard shutdown.
+    /// Fires at hard shutdown: the session's own child of the process's token, so the
+    /// checks in every wait lock this session's token, not one shared by all sessions.
     pub hard_stop: CancellationToken,
     /// The routed pool (its servers' roles, for the split).
     pub upstream: Arc<Pool>,
@@ -139,10 +140,11 @@ struct Held {
 }
 
 impl Held {
-    fn new(conn: ServerConn) -> Self {
+    /// A hold on `conn` using `buffers` (empty, kept from the session's last transaction).
+    fn new(conn: ServerConn, buffers: Buffers) -> Self {
         Self {
             conn,
-            expected: VecDeque::new(),
+            expected: buffers.expected,
             pending: 0,
             status: b'I',
             skipping: false,
@@ -150,7 +152,21 @@ impl Held {
             failed: false,
             class: None,
             server_fatal: false,
-            to_server: Vec::new(),
+            to_server: buffers.to_server,
+        }
+    }
+
+    /// Gives up the buffers, emptied, for the session's next transaction; one grown past
+    /// [`KEEP_BUFFER`] is let go, so an idle session does not hold a large message's room.
+    fn take_buffers(&mut self) -> Buffers {
+        self.expected.clear();
+        self.to_server.clear();
+        if self.to_server.capacity() > KEEP_BUFFER {
+            self.to_server = Vec::new();
+        }
+        Buffers {
+            expected: std::mem::take(&mut self.expected),
+            to_server: std::mem::take(&mut self.to_server),
         }
     }
 
@@ -164,8 +180,65 @@ impl Held {
     }
 }
 
+/// The largest buffer of bytes to the server a session keeps between transactions.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// A transaction's buffers, kept by the session between transactions so each one does not
+/// allocate them anew.
+#[derive(Debug, Default)]
+struct Buffers {
+    expected: VecDeque<Expect>,
+    to_server: Vec<u8>,
+}
+
 /// How a session ended.
 type Ending = Result<&'static str, Refusal>;
+
+/// Why a transaction stopped before its connection could go back. What becomes of the
+/// connection and of the client is decided by matching on it, so every case is handled;
+/// the connection log's termination reasons come from it ([`Stop::reason`]).
+#[derive(Debug)]
+enum Stop {
+    /// The client left: Terminate, its connection closed, or it could not be written to.
+    ClientClosed(String),
+    /// The client sent a malformed message (it was told FATAL 08P01).
+    BadMessage(String),
+    /// Hard shutdown.
+    Shutdown,
+    /// The server connection broke with the client between statements of no
+    /// transaction: the client was told and stays; its next transaction gets another.
+    ServerLost(String),
+    /// The server connection broke inside a transaction or a pinned session: the client
+    /// was told FATAL and the session ends.
+    ServerLostInTransaction(String),
+}
+
+impl Stop {
+    /// The termination reason for the connection log.
+    fn reason(&self) -> &'static str {
+        match self {
+            Stop::ClientClosed(_) => "client_closed",
+            Stop::BadMessage(_) => "bad_message",
+            Stop::Shutdown => "shutdown",
+            Stop::ServerLost(_) => "server_lost",
+            Stop::ServerLostInTransaction(_) => "server_lost_in_transaction",
+        }
+    }
+}
+
+impl From<Stop> for Refusal {
+    fn from(stop: Stop) -> Self {
+        let reason = stop.reason();
+        let detail = match stop {
+            Stop::ClientClosed(detail)
+            | Stop::BadMessage(detail)
+            | Stop::ServerLost(detail)
+            | Stop::ServerLostInTransaction(detail) => detail,
+            Stop::Shutdown => "hard stop".to_string(),
+        };
+        Refusal { reason, detail }
+    }
+}
 
 /// The client loop state that outlives one transaction.
 struct Session<'a> {
@@ -176,18 +249,25 @@ struct Session<'a> {
     pinned: Option<PinReason>,
     moved: Moved,
     split: SplitState,
+    /// The idle limit between transactions: one timer for the session, reset before each
+    /// wait rather than made anew.
+    idle_timer: Pin<Box<Sleep>>,
+    /// The last transaction's buffers, for the next.
+    buffers: Buffers,
 }
 
 impl<'a> Session<'a> {
     fn new(client: Client<'a>) -> Self {
         Self {
             reader: FrameReader::new(client.limits.message),
-            client,
             to_client: Vec::new(),
             statements: ClientStatements::default(),
             pinned: None,
             moved: Moved::default(),
             split: SplitState::new(),
+            idle_timer: Box::pin(tokio::time::sleep(client.idle)),
+            buffers: Buffers::default(),
+            client,
         }
     }
 
@@ -218,26 +298,29 @@ impl<'a> Session<'a> {
                 Ok(conn) => conn,
                 Err(failure) => return self.refuse_lease(failure).await,
             };
-            self.client.cancel_table.retarget(
-                &self.client.cancel,
-                conn.cancel.clone(),
-                conn.process_id,
-                &conn.secret_key,
-            );
-            let mut held = Held::new(conn);
+            self.client.cancel.retarget(&conn.cancel);
+            let mut held = Held::new(conn, std::mem::take(&mut self.buffers));
             held.class = plan.map(|(class, _)| class);
             self.prepare(&mut held);
             let outcome = self.transaction(&mut held, first).await;
-            self.client.cancel_table.untarget(&self.client.cancel);
+            self.client.cancel.untarget();
             match outcome {
-                Ok(()) => self.client.pool.give_back(held.conn),
-                // The client stays: its next transaction gets a healthy connection.
-                Err(end) if end.reason == "server_lost" => self.client.pool.discard(held.conn),
-                Err(end) if end.reason.starts_with("server_") => {
-                    self.client.pool.discard(held.conn);
-                    return Err(end);
+                Ok(()) => {
+                    self.buffers = held.take_buffers();
+                    self.client.pool.give_back(held.conn);
                 }
-                Err(end) => return self.leave(held, end).await,
+                // The client stays: its next transaction gets a healthy connection.
+                Err(Stop::ServerLost(_)) => {
+                    self.buffers = held.take_buffers();
+                    self.client.pool.discard(held.conn);
+                }
+                Err(stop @ Stop::ServerLostInTransaction(_)) => {
+                    self.client.pool.discard(held.conn);
+                    return Err(stop.into());
+                }
+                Err(stop @ (Stop::ClientClosed(_) | Stop::BadMessage(_) | Stop::Shutdown)) => {
+                    return self.leave(held, stop).await;
+                }
             }
         }
     }
@@ -249,16 +332,22 @@ impl<'a> Session<'a> {
             match self.reader.next_frame() {
                 Ok(Some(frame)) => return Ok(Some(frame)),
                 Ok(None) => {}
-                Err(error) => return Err(self.malformed(error).await),
+                Err(error) => return Err(self.malformed(error).await.into()),
+            }
+            // Zero (or beyond the clock's range): no limit.
+            let idle = self.client.idle;
+            let deadline = Instant::now().checked_add(idle).filter(|_| !idle.is_zero());
+            if let Some(deadline) = deadline {
+                self.idle_timer.as_mut().reset(deadline);
             }
             let read = self.reader.fill(&mut self.client.stream);
             let read = tokio::select! {
                 read = read => read,
-                () = idle_timer(self.client.idle) => {
+                () = &mut self.idle_timer, if deadline.is_some() => {
                     return Err(Refusal::new("client_timeout", "idle between transactions"));
                 }
                 () = self.client.hard_stop.cancelled() => {
-                    return Err(Refusal::new("shutdown", "hard stop"));
+                    return Err(Stop::Shutdown.into());
                 }
             };
             match read {
@@ -269,14 +358,14 @@ impl<'a> Session<'a> {
     }
 
     /// A malformed client message: FATAL 08P01, then the end.
-    async fn malformed(&mut self, error: impl std::fmt::Display) -> Refusal {
+    async fn malformed(&mut self, error: impl std::fmt::Display) -> Stop {
         let message = format!("invalid message: {error}");
         let _ = self
             .client
             .stream
             .write_all(&fatal(sqlstate::PROTOCOL_VIOLATION, &message))
             .await;
-        Refusal::new("bad_message", message)
+        Stop::BadMessage(message)
     }
 
     /// With the read/write split on: classifies the statement that opens a lease (a
@@ -413,15 +502,14 @@ impl<'a> Session<'a> {
 
     /// Runs one transaction from its first client message until the connection is idle
     /// again. `Err` ends the session (the client left, the server was lost, a bad message).
-    async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Refusal> {
+    async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Stop> {
         self.client_message(held, first)?;
-        let cut = held.conn.cut.clone();
         loop {
             loop {
                 match self.reader.next_frame() {
                     Ok(Some(frame)) => {
                         if frame.tag() == b'X' {
-                            return Err(Refusal::new("client_closed", "Terminate"));
+                            return Err(Stop::ClientClosed("Terminate".to_string()));
                         }
                         self.client_message(held, frame)?;
                     }
@@ -430,8 +518,9 @@ impl<'a> Session<'a> {
                 }
             }
             if !held.to_server.is_empty() {
-                let bytes = std::mem::take(&mut held.to_server);
-                if held.conn.stream.write_all(&bytes).await.is_err() {
+                let written = held.conn.stream.write_all(&held.to_server).await;
+                held.to_server.clear();
+                if written.is_err() {
                     return self.server_lost(held, "server write failed").await;
                 }
             }
@@ -441,7 +530,7 @@ impl<'a> Session<'a> {
             }
             tokio::select! {
                 read = self.reader.fill(&mut self.client.stream) => match read {
-                    Ok(0) | Err(_) => return Err(Refusal::new("client_closed", "client left mid-transaction")),
+                    Ok(0) | Err(_) => return Err(Stop::ClientClosed("client left mid-transaction".to_string())),
                     Ok(n) => self.moved.to_server += n as u64,
                 },
                 read = held.conn.reader.fill(&mut held.conn.stream) => match read {
@@ -451,13 +540,13 @@ impl<'a> Session<'a> {
                         self.server_messages(held).await?;
                     }
                 },
-                () = cut.cancelled() => return self.server_lost(held, "server taken out of service").await,
-                () = self.client.hard_stop.cancelled() => return Err(Refusal::new("shutdown", "hard stop")),
+                () = held.conn.cut.cancelled() => return self.server_lost(held, "server taken out of service").await,
+                () = self.client.hard_stop.cancelled() => return Err(Stop::Shutdown),
             }
         }
     }
 
-    async fn flush_client(&mut self) -> Result<(), Refusal> {
+    async fn flush_client(&mut self) -> Result<(), Stop> {
         if self.to_client.is_empty() {
             return Ok(());
         }
@@ -465,12 +554,12 @@ impl<'a> Session<'a> {
         let written = self.client.stream.write_all(&bytes).await;
         self.to_client = bytes;
         self.to_client.clear();
-        written.map_err(|e| Refusal::new("client_closed", e))
+        written.map_err(|e| Stop::ClientClosed(e.to_string()))
     }
 
     /// One client message while a connection is held: rename, inject, queue, forward.
-    fn client_message(&mut self, held: &mut Held, frame: Frame) -> Result<(), Refusal> {
-        let bad = |e: super::codec::CodecError| Refusal::new("bad_message", e);
+    fn client_message(&mut self, held: &mut Held, frame: Frame) -> Result<(), Stop> {
+        let bad = |e: super::codec::CodecError| Stop::BadMessage(e.to_string());
         if held.skipping {
             // The server discards everything up to Sync after an error; so do we.
             if frame.tag() == b'S' {
@@ -516,9 +605,9 @@ impl<'a> Session<'a> {
             }
             b'B' => {
                 let name = frames::bind_statement(frame.body()).map_err(bad)?;
-                match self.statements.get(name).cloned() {
+                match self.statements.get(name) {
                     Some(statement) => {
-                        ensure_prepared(held, &statement);
+                        ensure_prepared(held, statement);
                         let renamed = frames::bind_renamed(frame.body(), &statement.server_name)
                             .map_err(bad)?;
                         held.send(&renamed.0);
@@ -529,9 +618,9 @@ impl<'a> Session<'a> {
             }
             b'D' => {
                 let (target, name) = frames::target(frame.body()).map_err(bad)?;
-                match (target, self.statements.get(name).cloned()) {
+                match (target, self.statements.get(name)) {
                     (b'S', Some(statement)) if !name.is_empty() => {
-                        ensure_prepared(held, &statement);
+                        ensure_prepared(held, statement);
                         held.send(&frames::statement_message(b'D', &statement.server_name).0);
                     }
                     _ => held.send(&frame.0),
@@ -594,7 +683,7 @@ impl<'a> Session<'a> {
     }
 
     /// Handles the server's whole messages that have arrived.
-    async fn server_messages(&mut self, held: &mut Held) -> Result<(), Refusal> {
+    async fn server_messages(&mut self, held: &mut Held) -> Result<(), Stop> {
         loop {
             let frame = match held.conn.reader.next_frame() {
                 Ok(Some(frame)) => frame,
@@ -751,14 +840,14 @@ impl<'a> Session<'a> {
     /// each answer the client waits for becomes an error and the client stays: its next
     /// transaction starts on another connection. Inside a transaction, or pinned, the
     /// client's session cannot be carried on truthfully: FATAL 08006 and the end.
-    async fn server_lost(&mut self, held: &mut Held, detail: &str) -> Result<(), Refusal> {
+    async fn server_lost(&mut self, held: &mut Held, detail: &str) -> Result<(), Stop> {
         tracing::warn!(server = %held.conn.server.name, detail, "server connection lost");
         let message = format!("server connection lost: {detail}");
         if !self.can_continue_without(held) {
             self.to_client
                 .extend_from_slice(&fatal(sqlstate::CONNECTION_FAILURE, &message));
             self.flush_client().await?;
-            return Err(Refusal::new("server_lost_in_transaction", message));
+            return Err(Stop::ServerLostInTransaction(message));
         }
         for answer in 0..held.pending {
             // The server's own (downgraded) FATAL already answered the first.
@@ -770,11 +859,11 @@ impl<'a> Session<'a> {
                 .extend_from_slice(&frames::ready_for_query(b'I').0);
         }
         self.flush_client().await?;
-        Err(Refusal::new("server_lost", message))
+        Err(Stop::ServerLost(message))
     }
 
     /// The session ends while holding a connection: it goes back clean, or is closed.
-    async fn leave(&mut self, mut held: Held, end: Refusal) -> Ending {
+    async fn leave(&mut self, mut held: Held, end: Stop) -> Ending {
         let pool = self.client.pool.clone();
         let mut reset = Vec::new();
         if held.status != b'I' {
@@ -795,9 +884,9 @@ impl<'a> Session<'a> {
         } else {
             pool.discard(held.conn);
         }
-        match end.reason {
-            "client_closed" => Ok("client_closed"),
-            _ => Err(end),
+        match end {
+            Stop::ClientClosed(_) => Ok(end.reason()),
+            _ => Err(end.into()),
         }
     }
 }
@@ -840,8 +929,7 @@ pub async fn start(
         idle,
         cancel: shared.postgres_cancel.register_unbound(4),
         settings,
-        cancel_table: shared.postgres_cancel.clone(),
-        hard_stop: shared.hard_stop.clone(),
+        hard_stop: shared.hard_stop.child_token(),
         upstream: pooled.pool.clone(),
         split: pooled.split.clone(),
     };
@@ -943,15 +1031,10 @@ fn ensure_prepared(held: &mut Held, statement: &Statement) {
     ));
 }
 
+/// ParseComplete, answered by the proxy for every Parse of a statement the connection
+/// has: a static message, not a new buffer each time.
 fn parse_complete() -> Frame {
-    Frame::new(b'1', &[])
-}
-
-async fn idle_timer(limit: Duration) {
-    if limit.is_zero() {
-        std::future::pending::<()>().await;
-    }
-    tokio::time::sleep(limit).await;
+    Frame(bytes::Bytes::from_static(b"1\0\0\0\x04"))
 }
 
 /// Runs `statements` (ROLLBACK, DISCARD ALL) on a connection nobody holds, one simple
@@ -991,4 +1074,12 @@ async fn reset_connection(conn: &mut ServerConn, statements: &[&str]) -> bool {
         tokio::time::timeout(Duration::from_secs(5), run).await,
         Ok(Some(true))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_static_parse_complete_is_a_framed_parse_complete() {
+        assert_eq!(super::parse_complete(), super::Frame::new(b'1', &[]));
+    }
 }
