@@ -384,3 +384,49 @@ async fn switchyard_logs_in_over_upstream_tls_and_retries_with_tls_for_allow() {
     let error = cancelled_sleep(client, &pg).await;
     assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transaction_pool_connections_over_upstream_tls_serve_clients_on_every_worker() {
+    let certs = tempfile::tempdir().expect("dir");
+    let ca = TestCa::new("switchyard test CA");
+    let ca_file = ca.write(certs.path(), "ca.pem");
+    let server_tls = ca.issue(&["127.0.0.1"], "db", certs.path(), "server");
+    let pg = PgCluster::start(&PgOptions {
+        auth: Some("scram-sha-256"),
+        ssl: Some(server_tls),
+        ssl_only: true,
+        ..PgOptions::default()
+    });
+    let user = format!("[[user]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\n");
+    // Two server connections for many clients spread over both workers: a connection a
+    // worker opened keeps being leased by clients of the other, and moves to it.
+    let (_proxy, front) = Config::new()
+        .protocol("postgres")
+        .top("workers = 2")
+        .pool(&format!(
+            "pool_mode = \"transaction\"\npool_size = 2\n\
+             upstream_tls = {{ sslmode = \"verify-full\", root_cert = \"{}\" }}",
+            ca_file.display()
+        ))
+        .server("pg", pg.address(), "")
+        .section(&user)
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for n in 0..24_i32 {
+        clients.push(tokio::spawn(async move {
+            let client = connect(front, "postgres", "postgres").await.expect("login");
+            for i in 0..20_i32 {
+                let row = client
+                    .query_one("SELECT $1::int + $2::int, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[&n, &i])
+                    .await
+                    .expect("query");
+                assert_eq!(row.get::<_, i32>(0), n + i);
+                assert!(row.get::<_, bool>(1), "the server connection is TLS");
+            }
+        }));
+    }
+    for client in clients {
+        client.await.expect("client");
+    }
+}

@@ -20,6 +20,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::{Builder, Handle};
 
+thread_local! {
+    /// The index of the worker whose thread this is; `None` off the workers.
+    static CURRENT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the worker running the caller, `None` off the workers (the control plane,
+/// tests). Sockets are driven by the worker that registered them, so a connection prefers
+/// server connections its own worker opened.
+pub fn current_worker() -> Option<usize> {
+    CURRENT.get()
+}
+
 /// The worker runtimes; their threads run until the process exits. Cloning is cheap.
 #[derive(Clone, Debug)]
 pub struct Workers {
@@ -63,7 +75,10 @@ impl Workers {
             // panic.
             std::thread::Builder::new()
                 .name(format!("switchyard-worker-{index}"))
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+                .spawn(move || {
+                    CURRENT.set(Some(index));
+                    runtime.block_on(std::future::pending::<()>())
+                })?;
         }
         Ok(Self {
             workers: workers.into(),

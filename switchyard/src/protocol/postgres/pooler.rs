@@ -62,7 +62,7 @@ impl TxPools {
                 database: database.to_string(),
                 user: user.to_string(),
                 state: Mutex::new(State::default()),
-                returned: Notify::new(),
+                returned: Returned::new(),
                 credential: Mutex::new(credential.clone()),
                 upstream: ArcSwap::new(pool.clone()),
                 stats: TxStats::default(),
@@ -119,7 +119,7 @@ pub struct TxPool {
     /// The user they are logged in as.
     pub user: String,
     state: Mutex<State>,
-    returned: Notify,
+    returned: Returned,
     credential: Mutex<ServerCredential>,
     /// The routed pool as last configured; read on every lease and give-back, so it is
     /// swapped rather than locked.
@@ -187,6 +187,73 @@ pub enum LeaseFailure {
     Login(LoginError),
 }
 
+/// Clients waiting for a connection, in a queue per worker. A connection given back on a
+/// worker wakes a client of that worker when there is one, so that the connection, the
+/// client's task and the wake-up stay on one thread (a wake-up across threads costs a
+/// system call and a context switch); otherwise a client of another worker.
+#[derive(Debug)]
+struct Returned {
+    queues: Box<[WorkerQueue]>,
+}
+
+#[derive(Debug, Default)]
+struct WorkerQueue {
+    notify: Notify,
+    /// Clients in this queue now.
+    waiting: AtomicUsize,
+}
+
+/// A client counted in its worker's queue until dropped.
+struct Queued<'a>(&'a WorkerQueue);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl WorkerQueue {
+    /// Counts a client in before it looks for a connection.
+    fn join(&self) -> Queued<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        // Pairs with the fence in `Returned::notify_one`: either the giver sees this count,
+        // or this client's next look sees the connection given back.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Queued(self)
+    }
+}
+
+impl Returned {
+    fn new() -> Self {
+        // One queue per worker and one for the rest; workers beyond that share queues,
+        // which only costs them a wake-up across threads now and then.
+        let count = std::thread::available_parallelism().map_or(1, usize::from) + 1;
+        Self {
+            queues: (0..count).map(|_| WorkerQueue::default()).collect(),
+        }
+    }
+
+    /// The calling worker's queue.
+    fn mine(&self) -> &WorkerQueue {
+        let index = crate::runtime::current_worker().map_or(0, |worker| worker + 1);
+        &self.queues[index % self.queues.len()]
+    }
+
+    /// A connection was given back or its place freed: wakes one waiting client, of the
+    /// calling worker if it has one.
+    fn notify_one(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let mine = self.mine();
+        let waiting = |queue: &&WorkerQueue| queue.waiting.load(Ordering::Relaxed) > 0;
+        if let Some(queue) = Some(mine)
+            .filter(waiting)
+            .or_else(|| self.queues.iter().find(waiting))
+        {
+            queue.notify.notify_one();
+        }
+    }
+}
+
 /// A logged-in server connection. Dropped, it is closed and its place in the pool freed.
 #[derive(Debug)]
 pub struct ServerConn {
@@ -208,6 +275,9 @@ pub struct ServerConn {
     /// Fires when the server is put in maintenance (its sessions are cut); taken once
     /// per connection, not per transaction, to keep the server's token tree quiet.
     pub cut: tokio_util::sync::CancellationToken,
+    /// The worker whose reactor drives its socket (the one that opened it): a client on
+    /// another worker is woken across threads for each of its reads.
+    worker: Option<usize>,
     created: Instant,
     idle_since: Instant,
     _slot: Slot,
@@ -233,6 +303,31 @@ impl Drop for Slot {
 }
 
 impl ServerConn {
+    /// Has the calling worker's reactor drive the connection's socket from now on, when
+    /// another worker's does: each read would otherwise wake this worker from that one's
+    /// thread (a system call and a context switch per server reply). Costs four system
+    /// calls once; a connection then mostly stays, as it is given back to this worker's
+    /// waiting clients first.
+    ///
+    /// Plaintext connections only: a TLS connection whose socket was moved under its
+    /// `TlsStream` stalled in the tests (`postgres_auth`, transaction pool over
+    /// `verify-full`), so TLS connections stay on the worker that opened them.
+    fn move_to_this_worker(&mut self) {
+        let here = crate::runtime::current_worker();
+        if here.is_none() || here == self.worker {
+            return;
+        }
+        let tokio_util::either::Either::Left(tcp) = &mut self.stream else {
+            return;
+        };
+        match crate::net::move_to_this_worker(tcp) {
+            Ok(()) => self.worker = here,
+            Err(error) => {
+                tracing::debug!(server = %self.server.name, %error, "server connection stays on its worker");
+            }
+        }
+    }
+
     /// Whether the connection has outlived `lifetime`.
     fn expired(&self, now: Instant, lifetime: Duration) -> bool {
         now.duration_since(self.created) >= lifetime
@@ -262,8 +357,10 @@ impl TxPool {
             Err(failure) => return Err(failure),
         }
         let mut waiting = false;
+        let queue = self.returned.mine();
+        let _queued = queue.join();
         let result = loop {
-            let returned = self.returned.notified();
+            let returned = queue.notify.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
             match self.try_lease(&pool, client, accept, limits).await {
@@ -307,6 +404,7 @@ impl TxPool {
         }
         match self.take_idle(pool, &admitted) {
             Ok(mut conn) => {
+                conn.move_to_this_worker();
                 // A pool serves every listener routed to it, and `min_idle` opens
                 // connections for no listener: the message limit is the leasing
                 // listener's, set at each lease (new connections are opened with it).
@@ -339,6 +437,12 @@ impl TxPool {
                     continue;
                 }
                 let entry = state.of(server);
+                // One of this worker's own connections first, if it has one idle.
+                let here = crate::runtime::current_worker();
+                if let Some(mine) = entry.idle.iter().rposition(|c| c.worker == here) {
+                    let last = entry.idle.len() - 1;
+                    entry.idle.swap(mine, last);
+                }
                 while let Some(conn) = entry.idle.pop() {
                     if conn.expired(now, pool.pooling.lifetime) || conn.cut.is_cancelled() {
                         stale.push(conn);
@@ -460,6 +564,7 @@ impl TxPool {
             parameters: logged_in.parameters,
             prepared: ServerStatements::new(pool.pooling.max_prepared_statements),
             applied: 0,
+            worker: crate::runtime::current_worker(),
             cut: server.session_token(),
             created: now,
             idle_since: now,
