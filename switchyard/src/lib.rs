@@ -21,3 +21,4 @@ pub mod runtime;
 mod testing;
 pub mod tls;
 pub mod upstream;
+pub mod wait_queue;

@@ -341,19 +341,26 @@ async fn cleartext_passwords_only_over_tls() {
     assert!(said.contains("SSL required"), "{said}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn switchyard_logs_in_over_upstream_tls_and_retries_with_tls_for_allow() {
-    let certs = tempfile::tempdir().expect("dir");
+/// A server taking TLS only (`hostssl`) and SCRAM (which over TLS also offers
+/// SCRAM-SHA-256-PLUS), with its certificate issued by a test CA written to `certs`: the CA
+/// file to verify it with, and the server.
+fn tls_only_cluster(certs: &std::path::Path) -> (std::path::PathBuf, PgCluster) {
     let ca = TestCa::new("switchyard test CA");
-    let ca_file = ca.write(certs.path(), "ca.pem");
-    let server_tls = ca.issue(&["127.0.0.1"], "db", certs.path(), "server");
-    // TLS only (`hostssl`) and SCRAM, which over TLS also offers SCRAM-SHA-256-PLUS.
+    let ca_file = ca.write(certs, "ca.pem");
+    let server_tls = ca.issue(&["127.0.0.1"], "db", certs, "server");
     let pg = PgCluster::start(&PgOptions {
         auth: Some("scram-sha-256"),
         ssl: Some(server_tls),
         ssl_only: true,
         ..PgOptions::default()
     });
+    (ca_file, pg)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switchyard_logs_in_over_upstream_tls_and_retries_with_tls_for_allow() {
+    let certs = tempfile::tempdir().expect("dir");
+    let (ca_file, pg) = tls_only_cluster(certs.path());
     let user = format!("[[user]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\n");
     let full = format!(
         "[[pool]]\nname = \"full\"\nupstream_tls = {{ sslmode = \"verify-full\", root_cert = \"{}\" }}\n\
@@ -388,15 +395,7 @@ async fn switchyard_logs_in_over_upstream_tls_and_retries_with_tls_for_allow() {
 #[tokio::test(flavor = "multi_thread")]
 async fn transaction_pool_connections_over_upstream_tls_serve_clients_on_every_worker() {
     let certs = tempfile::tempdir().expect("dir");
-    let ca = TestCa::new("switchyard test CA");
-    let ca_file = ca.write(certs.path(), "ca.pem");
-    let server_tls = ca.issue(&["127.0.0.1"], "db", certs.path(), "server");
-    let pg = PgCluster::start(&PgOptions {
-        auth: Some("scram-sha-256"),
-        ssl: Some(server_tls),
-        ssl_only: true,
-        ..PgOptions::default()
-    });
+    let (ca_file, pg) = tls_only_cluster(certs.path());
     let user = format!("[[user]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\n");
     // Two server connections for many clients spread over both workers: a connection a
     // worker opened keeps being leased by clients of the other, and moves to it.

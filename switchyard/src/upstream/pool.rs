@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -14,6 +13,7 @@ use crate::config::{
     HealthConfig, HttpVersion, PoolConfig, PoolMode, PoolTimeouts, ProxyProtocolVersion,
     UpstreamKeepAlive,
 };
+use crate::wait_queue::WaitQueue;
 
 /// Counters kept per pool.
 #[derive(Debug, Default)]
@@ -62,44 +62,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.server.release_slot();
-        self.pool.slot_freed.notify();
-    }
-}
-
-/// Clients waiting for a server slot, shared by a pool and the pools that replace it on
-/// reloads (their servers and slots carry over).
-#[derive(Debug, Default)]
-struct SlotQueue {
-    freed: Notify,
-    /// Clients in `wait_in_queue` now: a freed slot wakes the queue only when there are.
-    waiting: AtomicUsize,
-}
-
-/// A client counted in [`SlotQueue::waiting`] until dropped.
-struct Waiting<'a>(&'a SlotQueue);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl SlotQueue {
-    /// Counts a client in before it looks for a slot.
-    fn wait(&self) -> Waiting<'_> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        // Pairs with the fence in `notify`: either the releaser sees this count, or this
-        // client's next look (after registering) sees the freed slot.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        Waiting(self)
-    }
-
-    /// A slot was freed: wakes the waiting clients, if there are any.
-    fn notify(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.waiting.load(Ordering::Relaxed) > 0 {
-            self.freed.notify_waiters();
-        }
+        self.pool.slot_freed.wake_all();
     }
 }
 
@@ -159,7 +122,9 @@ pub struct Pool {
     balancer: Balancer,
     // Shared with the pool this one replaced, so that clients still queued in the old pool
     // hear about slots freed on the servers both have.
-    slot_freed: Arc<SlotQueue>,
+    /// Clients waiting for a server slot, shared with the pools that replace this one on
+    /// reloads (their servers and slots carry over).
+    slot_freed: Arc<WaitQueue>,
     retired: CancellationToken,
 }
 
@@ -334,10 +299,10 @@ impl Pool {
         limit: Duration,
     ) -> Result<Lease, LeaseError> {
         let deadline = Instant::now() + limit;
-        let _waiting = self.slot_freed.wait();
+        let _waiting = self.slot_freed.join();
         loop {
             // Register interest before looking, so a slot freed in between is not missed.
-            let freed = self.slot_freed.freed.notified();
+            let freed = self.slot_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(lease) = self.try_lease(client, exclude, accept)? {
@@ -351,7 +316,7 @@ impl Pool {
 
     /// Wakes queued clients so they look again (a server came back or changed state).
     pub fn wake_queue(&self) {
-        self.slot_freed.freed.notify_waiters();
+        self.slot_freed.wake_all_now();
     }
 
     fn try_lease(

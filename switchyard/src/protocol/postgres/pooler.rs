@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::cancel::{CancelTarget, ServerKey};
@@ -26,6 +25,7 @@ use super::tls::{secure_server, server_host};
 use crate::config::MessageLimits;
 use crate::tls::ServerStream;
 use crate::upstream::{Lease, LeaseError, Pool, Server, ServerFilter};
+use crate::wait_queue::WaitQueue;
 
 /// The pools of every (pool, database, user) in the process.
 #[derive(Debug, Default)]
@@ -193,34 +193,7 @@ pub enum LeaseFailure {
 /// system call and a context switch); otherwise a client of another worker.
 #[derive(Debug)]
 struct Returned {
-    queues: Box<[WorkerQueue]>,
-}
-
-#[derive(Debug, Default)]
-struct WorkerQueue {
-    notify: Notify,
-    /// Clients in this queue now.
-    waiting: AtomicUsize,
-}
-
-/// A client counted in its worker's queue until dropped.
-struct Queued<'a>(&'a WorkerQueue);
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl WorkerQueue {
-    /// Counts a client in before it looks for a connection.
-    fn join(&self) -> Queued<'_> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        // Pairs with the fence in `Returned::notify_one`: either the giver sees this count,
-        // or this client's next look sees the connection given back.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        Queued(self)
-    }
+    queues: Box<[WaitQueue]>,
 }
 
 impl Returned {
@@ -229,12 +202,12 @@ impl Returned {
         // which only costs them a wake-up across threads now and then.
         let count = std::thread::available_parallelism().map_or(1, usize::from) + 1;
         Self {
-            queues: (0..count).map(|_| WorkerQueue::default()).collect(),
+            queues: (0..count).map(|_| WaitQueue::default()).collect(),
         }
     }
 
     /// The calling worker's queue.
-    fn mine(&self) -> &WorkerQueue {
+    fn mine(&self) -> &WaitQueue {
         let index = crate::runtime::current_worker().map_or(0, |worker| worker + 1);
         &self.queues[index % self.queues.len()]
     }
@@ -242,14 +215,12 @@ impl Returned {
     /// A connection was given back or its place freed: wakes one waiting client, of the
     /// calling worker if it has one.
     fn notify_one(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
         let mine = self.mine();
-        let waiting = |queue: &&WorkerQueue| queue.waiting.load(Ordering::Relaxed) > 0;
         if let Some(queue) = Some(mine)
-            .filter(waiting)
-            .or_else(|| self.queues.iter().find(waiting))
+            .filter(|queue| queue.has_waiters())
+            .or_else(|| self.queues.iter().find(|queue| queue.has_waiters()))
         {
-            queue.notify.notify_one();
+            queue.wake_one();
         }
     }
 }
@@ -360,7 +331,7 @@ impl TxPool {
         let queue = self.returned.mine();
         let _queued = queue.join();
         let result = loop {
-            let returned = queue.notify.notified();
+            let returned = queue.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
             match self.try_lease(&pool, client, accept, limits).await {
