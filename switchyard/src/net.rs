@@ -23,3 +23,16 @@ pub fn move_to_this_worker(stream: &mut tokio::net::TcpStream) -> std::io::Resul
     *stream = tokio::net::TcpStream::from_std(duplicate)?;
     Ok(())
 }
+
+/// Writes all of `bytes` and flushes. Over TLS a write can leave the encrypted bytes in the
+/// TLS layer's buffer when the socket is not writable at that instant (full send buffer, or
+/// a socket just registered); without the flush they would wait there for the next write,
+/// while the peer waits for them.
+pub async fn send_all<S>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}

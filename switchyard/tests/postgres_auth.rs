@@ -398,7 +398,9 @@ async fn transaction_pool_connections_over_upstream_tls_serve_clients_on_every_w
     let (ca_file, pg) = tls_only_cluster(certs.path());
     let user = format!("[[user]]\nname = \"postgres\"\npassword = \"{PASSWORD}\"\n");
     // Two server connections for many clients spread over both workers: a connection a
-    // worker opened keeps being leased by clients of the other, and moves to it.
+    // worker opened keeps being leased by clients of the other, and moves to it. A moved
+    // socket is not yet known writable, so a write leaves its TLS records buffered: this
+    // stalled until every write to a server or client was flushed.
     let (_proxy, front) = Config::new()
         .protocol("postgres")
         .top("workers = 2")

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::cancel::Registration;
 use super::codec::{self, CodecError, Message, Startup, with_length};
@@ -318,9 +318,7 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(reason) => {
             let message = format!("password authentication failed for user \"{user}\"");
-            let _ = exchange
-                .client
-                .write_all(&fatal(INVALID_PASSWORD, &message))
+            let _ = crate::net::send_all(&mut exchange.client, &fatal(INVALID_PASSWORD, &message))
                 .await;
             Err(Refusal::new(
                 "auth_failed",
@@ -507,8 +505,7 @@ fn mock_secret() -> ScramSecret {
 }
 
 async fn send<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) -> Result<(), Refusal> {
-    client
-        .write_all(bytes)
+    crate::net::send_all(client, bytes)
         .await
         .map_err(|e| Refusal::new("client_error", e))
 }
@@ -519,7 +516,7 @@ async fn refuse<S: AsyncWrite + Unpin>(
     reason: &'static str,
     message: &str,
 ) -> Refusal {
-    let _ = client.write_all(&fatal(code, message)).await;
+    let _ = crate::net::send_all(client, &fatal(code, message)).await;
     Refusal::new(reason, message)
 }
 
@@ -579,7 +576,7 @@ where
             Err(Refusal::new("retry_tls", error.message))
         }
         Err(error) => {
-            let _ = client.write_all(&error.to_client()).await;
+            let _ = crate::net::send_all(client, &error.to_client()).await;
             Err(Refusal::new("server_refused", error))
         }
     }

@@ -7,7 +7,7 @@
 //! proof. A client's own cleartext password is never an input here; a cleartext request is
 //! answered only with a configured password, which is the server operator's choice to send.
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::codec::{self, AuthRequest, CodecError, Message, Startup, read_message};
 use super::errors::{error_field, sqlstate};
@@ -171,8 +171,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let mut key = None;
     loop {
         if !sent.is_empty() {
-            server
-                .write_all(&sent)
+            crate::net::send_all(server, &sent)
                 .await
                 .map_err(|e| LoginError::local(format!("server login failed: {e}")))?;
             sent.clear();
@@ -330,7 +329,7 @@ fn sasl_initial_response(first: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
     use crate::auth::scram::{ScramSecret, ServerExchange};

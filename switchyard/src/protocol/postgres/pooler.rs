@@ -278,18 +278,15 @@ impl ServerConn {
     /// another worker's does: each read would otherwise wake this worker from that one's
     /// thread (a system call and a context switch per server reply). Costs four system
     /// calls once; a connection then mostly stays, as it is given back to this worker's
-    /// waiting clients first.
-    ///
-    /// Plaintext connections only: a TLS connection whose socket was moved under its
-    /// `TlsStream` stalled in the tests (`postgres_auth`, transaction pool over
-    /// `verify-full`), so TLS connections stay on the worker that opened them.
+    /// waiting clients first. Over TLS the socket moves under the TLS state, which stays.
     fn move_to_this_worker(&mut self) {
         let here = crate::runtime::current_worker();
         if here.is_none() || here == self.worker {
             return;
         }
-        let tokio_util::either::Either::Left(tcp) = &mut self.stream else {
-            return;
+        let tcp = match &mut self.stream {
+            tokio_util::either::Either::Left(tcp) => tcp,
+            tokio_util::either::Either::Right(tls) => tls.get_mut().0,
         };
         match crate::net::move_to_this_worker(tcp) {
             Ok(()) => self.worker = here,

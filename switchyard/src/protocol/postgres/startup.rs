@@ -234,8 +234,7 @@ async fn send<S: AsyncWrite + Unpin>(
     bytes: &[u8],
     reason: &'static str,
 ) -> Result<(), Refusal> {
-    stream
-        .write_all(bytes)
+    crate::net::send_all(stream, bytes)
         .await
         .map_err(|e| Refusal::new(reason, e))
 }

@@ -360,11 +360,11 @@ impl<'a> Session<'a> {
     /// A malformed client message: FATAL 08P01, then the end.
     async fn malformed(&mut self, error: impl std::fmt::Display) -> Stop {
         let message = format!("invalid message: {error}");
-        let _ = self
-            .client
-            .stream
-            .write_all(&fatal(sqlstate::PROTOCOL_VIOLATION, &message))
-            .await;
+        let _ = crate::net::send_all(
+            &mut self.client.stream,
+            &fatal(sqlstate::PROTOCOL_VIOLATION, &message),
+        )
+        .await;
         Stop::BadMessage(message)
     }
 
@@ -472,11 +472,11 @@ impl<'a> Session<'a> {
                 format!("could not connect to the server: {error}"),
             ),
             LeaseFailure::Login(error) => {
-                let _ = self.client.stream.write_all(&error.to_client()).await;
+                let _ = crate::net::send_all(&mut self.client.stream, &error.to_client()).await;
                 return Err(Refusal::new("server_login_failed", error));
             }
         };
-        let _ = self.client.stream.write_all(&fatal(code, &message)).await;
+        let _ = crate::net::send_all(&mut self.client.stream, &fatal(code, &message)).await;
         let _ = self.client.stream.shutdown().await;
         Err(Refusal::new(reason, message))
     }
@@ -518,7 +518,7 @@ impl<'a> Session<'a> {
                 }
             }
             if !held.to_server.is_empty() {
-                let written = held.conn.stream.write_all(&held.to_server).await;
+                let written = crate::net::send_all(&mut held.conn.stream, &held.to_server).await;
                 held.to_server.clear();
                 if written.is_err() {
                     return self.server_lost(held, "server write failed").await;
@@ -551,7 +551,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let bytes = std::mem::take(&mut self.to_client);
-        let written = self.client.stream.write_all(&bytes).await;
+        let written = crate::net::send_all(&mut self.client.stream, &bytes).await;
         self.to_client = bytes;
         self.to_client.clear();
         written.map_err(|e| Stop::ClientClosed(e.to_string()))
@@ -957,7 +957,7 @@ pub async fn start(
     let mut session = Session::new(client(stream, tx_pool.clone(), settings, idle));
     let key = &session.client.cancel;
     let welcome = super::auth::welcome(&parameters, key.pid, &key.key);
-    if let Err(error) = session.client.stream.write_all(&welcome).await {
+    if let Err(error) = crate::net::send_all(&mut session.client.stream, &welcome).await {
         return Err(Refusal::new("client_closed", error));
     }
     tx_pool.stats.clients.fetch_add(1, Ordering::Relaxed);
@@ -1048,7 +1048,7 @@ async fn reset_connection(conn: &mut ServerConn, statements: &[&str]) -> bool {
         out.extend_from_slice(&frames::query(sql).0);
     }
     let run = async {
-        conn.stream.write_all(&out).await.ok()?;
+        crate::net::send_all(&mut conn.stream, &out).await.ok()?;
         let mut due = statements.len();
         let mut ok = true;
         while due > 0 {
