@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
-use tokio::io::AsyncWriteExt;
 use tokio_util::either::Either;
 
 use crate::config::SslMode;
@@ -209,7 +208,10 @@ async fn proxy(
                 }
             };
             if !early_data.is_empty() {
-                if server_stream.write_all(&early_data).await.is_err() {
+                if crate::net::send_all(&mut server_stream, &early_data)
+                    .await
+                    .is_err()
+                {
                     return "server_error";
                 }
                 count_early(record);
