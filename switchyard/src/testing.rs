@@ -30,3 +30,19 @@ impl Mutator {
         }
     }
 }
+
+/// Config text with one postgres listener `pg` over one pool `pg`, for the unit tests
+/// of the postgres modules: `listener` holds the listener's further keys (and any
+/// `[[listener.routes]]`; its first line is line 6), `pool` the pool's keys including its
+/// `servers`, `rest` further top-level tables such as `[[user]]`.
+pub fn postgres_config(listener: &str, pool: &str, rest: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"pg\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"postgres\"\n\
+         pool = \"pg\"\n{listener}\n\n[[pool]]\nname = \"pg\"\n{pool}\n\n{rest}"
+    )
+}
+
+/// Loads config `text` as the file `t.toml`.
+pub fn load_config(text: &str) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+    crate::config::load_str(std::path::Path::new("t.toml"), text)
+}

@@ -786,18 +786,22 @@ mod tests {
         );
     }
 
+    /// The one server of the tests' pools (never connected to).
+    const TEST_SERVERS: &str = "servers = [{ address = \"127.0.0.1:1\" }]";
+
     fn users(toml: &str) -> Users {
-        let text = format!(
-            "[[listener]]\nname = \"pg\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"postgres\"\npool = \"p\"\n\
-             [[pool]]\nname = \"p\"\nservers = [{{ address = \"127.0.0.1:1\" }}]\n{toml}"
-        );
-        let config = crate::config::load_str(std::path::Path::new("t.toml"), &text).expect("valid");
+        let text = crate::testing::postgres_config("", TEST_SERVERS, toml);
+        let config = crate::testing::load_config(&text).expect("valid");
         Users::from_config(&config).expect("users")
     }
 
+    /// A config of one pool and nothing else.
+    fn pool_only() -> String {
+        format!("[[pool]]\nname = \"p\"\n{TEST_SERVERS}\n")
+    }
+
     fn test_pool() -> Pool {
-        let text = "[[pool]]\nname = \"p\"\nservers = [{ address = \"127.0.0.1:1\" }]\n";
-        let config = crate::config::load_str(std::path::Path::new("t.toml"), text).expect("pool");
+        let config = crate::testing::load_config(&pool_only()).expect("pool");
         Pool::new(&config.pools[0]).expect("pool")
     }
 
@@ -858,7 +862,7 @@ mod tests {
     }
 
     fn config_errors(toml: &str) -> String {
-        match crate::config::load_str(std::path::Path::new("t.toml"), toml) {
+        match crate::testing::load_config(toml) {
             Ok(_) => String::new(),
             Err(errors) => errors.to_string(),
         }
@@ -866,12 +870,8 @@ mod tests {
 
     #[test]
     fn validation_names_the_key() {
-        let base = "[[pool]]\nname = \"p\"\nservers = [{ address = \"127.0.0.1:1\" }]\n";
-        let listener = |keys: &str| {
-            format!(
-                "[[listener]]\nname = \"pg\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"postgres\"\npool = \"p\"\n{keys}\n{base}"
-            )
-        };
+        let listener = |keys: &str| crate::testing::postgres_config(keys, TEST_SERVERS, "");
+        let base = pool_only();
         let errors = config_errors(&listener("auth = \"cleartext\""));
         assert!(
             errors.contains("t.toml:6: listener[0].auth: `cleartext`"),

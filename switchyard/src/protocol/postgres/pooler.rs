@@ -691,31 +691,17 @@ mod tests {
     /// The keys `load_str` reports for a config with a postgres listener (`listener`
     /// keys) over a pool with `pool` keys, or none when it loads.
     fn errors(listener: &str, pool: &str) -> Vec<String> {
-        let text = format!(
-            r#"
-[[listener]]
-name = "pg"
-listen = "127.0.0.1:0"
-protocol = "postgres"
-pool = "pg"
-{listener}
-
-[[user]]
-name = "app"
-password = "pw"
-
-[[pool]]
-name = "pg"
-{pool}
-servers = [ {{ address = "127.0.0.1:5432" }} ]
-"#
-        );
-        keys(&text)
+        let pool = format!("{pool}\nservers = [ {{ address = \"127.0.0.1:5432\" }} ]");
+        keys(&crate::testing::postgres_config(
+            listener,
+            &pool,
+            "[[user]]\nname = \"app\"\npassword = \"pw\"",
+        ))
     }
 
     /// The keys of the errors loading `text` gives.
     fn keys(text: &str) -> Vec<String> {
-        match crate::config::load_str(std::path::Path::new("t.toml"), text) {
+        match crate::testing::load_config(text) {
             Ok(_) => Vec::new(),
             Err(errors) => errors.0.iter().map(|e| e.key.clone()).collect(),
         }

@@ -534,22 +534,12 @@ mod tests {
     use crate::upstream::ReplicaLag;
 
     fn pool(max_replica_lag: &str) -> Pool {
-        let text = format!(
-            r#"
-[[listener]]
-name = "pg"
-listen = "127.0.0.1:0"
-protocol = "postgres"
-pool = "pg"
-
-[[pool]]
-name = "pg"
-{max_replica_lag}
-servers = [ {{ name = "a", address = "127.0.0.1:1" }}, {{ name = "b", address = "127.0.0.1:2" }} ]
-"#
+        let pool = format!(
+            "{max_replica_lag}\nservers = [ {{ name = \"a\", address = \"127.0.0.1:1\" }}, \
+             {{ name = \"b\", address = \"127.0.0.1:2\" }} ]"
         );
-        let config =
-            crate::config::load_str(std::path::Path::new("t.toml"), &text).expect("valid config");
+        let text = crate::testing::postgres_config("", &pool, "");
+        let config = crate::testing::load_config(&text).expect("valid config");
         Pool::new(&config.pools[0]).expect("pool")
     }
 

@@ -506,31 +506,15 @@ mod tests {
     }
 
     fn load(extra_pool: &str, route: &str) -> Result<crate::config::Config, String> {
-        let text = format!(
-            r#"
-[[listener]]
-name = "pg"
-listen = "127.0.0.1:0"
-protocol = "postgres"
-pool = "db"
-  [[listener.routes]]
-  database = "app"
-  pool = "db"
-  {route}
-
-[[user]]
-name = "app"
-password = "pw"
-
-[[pool]]
-name = "db"
-pool_mode = "transaction"
-health = {{ check = "postgres" }}
-servers = [{{ address = "127.0.0.1:5432" }}]
-{extra_pool}
-"#
+        let text = crate::testing::postgres_config(
+            &format!("  [[listener.routes]]\n  database = \"app\"\n  pool = \"pg\"\n  {route}"),
+            &format!(
+                "pool_mode = \"transaction\"\nhealth = {{ check = \"postgres\" }}\n\
+                 servers = [{{ address = \"127.0.0.1:5432\" }}]\n{extra_pool}"
+            ),
+            "[[user]]\nname = \"app\"\npassword = \"pw\"",
         );
-        crate::config::load_str(std::path::Path::new("t.toml"), &text).map_err(|e| e.to_string())
+        crate::testing::load_config(&text).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -593,7 +577,7 @@ name = "db"
 read_write_split = true
 servers = [{ address = "127.0.0.1:5432" }]
 "#;
-        let error = crate::config::load_str(std::path::Path::new("t.toml"), text)
+        let error = crate::testing::load_config(text)
             .expect_err("invalid")
             .to_string();
         assert!(
