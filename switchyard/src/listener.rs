@@ -239,8 +239,9 @@ impl Listener {
 
     /// Accepts connections from `socket` (a duplicate of this listener's socket) until
     /// `stop` fires or the listener is closed, handing each to `handle` on its own task of
-    /// the least busy worker (`here` is the worker this loop runs on). With `max_connections`, accepting pauses at the limit so further
-    /// clients wait in the kernel's accept queue instead of being refused.
+    /// the least busy worker (`here` is the worker this loop runs on). With
+    /// `max_connections`, accepting pauses at the limit so further clients wait in the
+    /// kernel's accept queue instead of being refused.
     async fn accept_loop<F, Fut>(
         self: Arc<Self>,
         socket: StdListener,

@@ -120,10 +120,8 @@ pub struct Pool {
     pub split: Arc<crate::protocol::postgres::split::SplitConfig>,
     max_queue: usize,
     balancer: Balancer,
-    // Shared with the pool this one replaced, so that clients still queued in the old pool
-    // hear about slots freed on the servers both have.
-    /// Clients waiting for a server slot, shared with the pools that replace this one on
-    /// reloads (their servers and slots carry over).
+    // Clients waiting for a server slot. Shared with the pool this one replaced, so that
+    // clients still queued in the old pool hear about slots freed on the servers both have.
     slot_freed: Arc<WaitQueue>,
     retired: CancellationToken,
 }

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use super::errors::error_body;
 use super::scanner::{HeadLimits, RequestScanner};
+use crate::wait_queue::WaitQueue;
 
 /// Requests on a connection whose responses have not ended, shared between the request
 /// handler (which counts them) and the guard (which runs the idle clock only at zero).
@@ -28,10 +28,9 @@ pub struct Activity {
     // Set when the guard stops looking (HTTP/2): the connection's idle clock is then kept
     // by `idle_beyond` instead of the guard.
     opaque: AtomicBool,
-    changed: Notify,
-    /// Waiters in `serving_or_opaque`: with none, and the guard still reading, nobody waits
-    /// for `changed` on a request's begin or end, and it is not notified (a lock each).
-    watchers: AtomicUsize,
+    /// Counts the waiters of `serving_or_opaque`: with none, and the guard still reading,
+    /// nobody waits for a request's begin or end, and they notify no one (a lock each).
+    changed: WaitQueue,
 }
 
 impl Activity {
@@ -58,11 +57,10 @@ impl Activity {
     /// Tells the waiters of `idle_beyond` (once the connection is opaque) and
     /// `serving_or_opaque` that the number of requests in flight changed.
     fn notify_watchers(&self) {
-        // Pairs with the fence in `serving_or_opaque`: either its count is seen here, or
-        // it sees this change when it looks after counting itself.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.opaque.load(Ordering::Relaxed) || self.watchers.load(Ordering::Relaxed) > 0 {
-            self.changed.notify_waiters();
+        if self.opaque.load(Ordering::Acquire) {
+            self.changed.wake_all_now();
+        } else {
+            self.changed.wake_all();
         }
     }
 
@@ -96,15 +94,7 @@ impl Activity {
     /// (for a while) before closing an idle HTTP/1.1 connection, so that the response to the
     /// next request says `Connection: close` instead.
     pub async fn serving_or_opaque(&self) {
-        struct Watching<'a>(&'a AtomicUsize);
-        impl Drop for Watching<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        self.watchers.fetch_add(1, Ordering::Relaxed);
-        let _watching = Watching(&self.watchers);
-        std::sync::atomic::fence(Ordering::SeqCst);
+        let _watching = self.changed.join();
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -286,7 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
             }
             if this.scanner.is_opaque() {
                 if !this.activity.opaque.swap(true, Ordering::AcqRel) {
-                    this.activity.changed.notify_waiters();
+                    this.activity.changed.wake_all_now();
                 }
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
