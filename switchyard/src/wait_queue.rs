@@ -47,11 +47,13 @@ impl WaitQueue {
         self.waiting.load(Ordering::Relaxed) > 0
     }
 
-    /// Wakes one waiting task, if any is counted in.
-    pub fn wake_one(&self) {
-        if self.has_waiters() {
+    /// Wakes one waiting task, if any is counted in; whether one was.
+    pub fn wake_one(&self) -> bool {
+        let waiting = self.has_waiters();
+        if waiting {
             self.notify.notify_one();
         }
+        waiting
     }
 
     /// Wakes every registered task, if any is counted in.

@@ -215,12 +215,8 @@ impl Returned {
     /// A connection was given back or its place freed: wakes one waiting client, of the
     /// calling worker if it has one.
     fn notify_one(&self) {
-        let mine = self.mine();
-        if let Some(queue) = Some(mine)
-            .filter(|queue| queue.has_waiters())
-            .or_else(|| self.queues.iter().find(|queue| queue.has_waiters()))
-        {
-            queue.wake_one();
+        if !self.mine().wake_one() {
+            self.queues.iter().any(WaitQueue::wake_one);
         }
     }
 }
@@ -399,6 +395,7 @@ impl TxPool {
             // every server get used.
             let count = pool.servers.len();
             let start = fastrand::usize(..count.max(1));
+            let here = crate::runtime::current_worker();
             for offset in 0..count {
                 let server = &pool.servers[(start + offset) % count];
                 if !admitted(server) {
@@ -406,7 +403,6 @@ impl TxPool {
                 }
                 let entry = state.of(server);
                 // One of this worker's own connections first, if it has one idle.
-                let here = crate::runtime::current_worker();
                 if let Some(mine) = entry.idle.iter().rposition(|c| c.worker == here) {
                     let last = entry.idle.len() - 1;
                     entry.idle.swap(mine, last);

@@ -550,9 +550,7 @@ impl<'a> Session<'a> {
         if self.to_client.is_empty() {
             return Ok(());
         }
-        let bytes = std::mem::take(&mut self.to_client);
-        let written = crate::net::send_all(&mut self.client.stream, &bytes).await;
-        self.to_client = bytes;
+        let written = crate::net::send_all(&mut self.client.stream, &self.to_client).await;
         self.to_client.clear();
         written.map_err(|e| Stop::ClientClosed(e.to_string()))
     }
