@@ -202,3 +202,27 @@ async fn pipelined_requests_are_answered_in_order() {
     let second = answer.find("GET /second").expect("second answered");
     assert!(first < second, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_slower_than_keep_alive_is_not_cut_and_the_connection_idles_out_after() {
+    let backend = HttpBackend::start(|request| async move {
+        if request.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        hyper::Response::new(support::http::full("done\n"))
+    })
+    .await;
+    let (_proxy, front) = proxy_for(&backend, "timeouts = { keep_alive = \"300ms\" }").await;
+    let mut client = TcpStream::connect(front).await.expect("connect");
+    // Pipelined, so that the client never idles between them: only the proxy's clock can.
+    client
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\nGET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(support::DEADLINE, client.read_to_end(&mut received)).await;
+    assert!(closed.is_ok(), "the idle connection was not closed");
+    let text = String::from_utf8_lossy(&received);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert!(text.ends_with("done\n"), "{text}");
+}

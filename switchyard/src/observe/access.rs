@@ -163,6 +163,11 @@ impl AccessLog {
         self.log_with(|format| record.render(format));
     }
 
+    /// Whether lines are written at all: what only a line would show need not be measured.
+    pub fn is_on(&self) -> bool {
+        self.sender.is_some()
+    }
+
     /// Queues one line that `render` writes in the configured format (protocols with their
     /// own record shape, such as HTTP requests); `render` is not called when the log is off.
     pub fn log_with(&self, render: impl FnOnce(LogFormat) -> String) {

@@ -13,11 +13,8 @@
 //! still bounds the server's idle connections over all workers. The HTTP/2 connection
 //! stays one per server, shared by every worker.
 
-use std::any::Any;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::thread::ThreadId;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -25,6 +22,7 @@ use hyper::client::conn::{TrySendError, http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::body::RequestBody;
 use crate::config::{HttpVersion, UpstreamKeepAlive};
@@ -52,14 +50,18 @@ pub enum SendError {
     Exchange(hyper::Error),
 }
 
-/// The idle connections of one server: a shard per worker thread, their total, and the
-/// server's one HTTP/2 connection.
+/// The idle connections of one server: a shard per worker, their total, and the server's
+/// one HTTP/2 connection.
 #[derive(Default)]
 struct ServerConnections {
-    shards: RwLock<HashMap<ThreadId, Arc<Shard>>>,
+    shards: [OnceLock<Arc<Shard>>; SHARDS],
     idle: Arc<AtomicUsize>,
     http2: Arc<Mutex<Option<Http2Sender>>>,
 }
+
+/// Shards per server: one per worker (workers past this share), and one for threads off the
+/// workers (the control plane, tests).
+const SHARDS: usize = 32;
 
 type Http2Sender = http2::SendRequest<RequestBody>;
 
@@ -70,6 +72,8 @@ struct Shard {
     idle: Arc<AtomicUsize>,
     /// The server's HTTP/2 connection, shared by every worker (one per server).
     http2: Arc<Mutex<Option<Http2Sender>>>,
+    /// This worker's watch on the server's sessions: see [`session_cut`].
+    cut: Mutex<CancellationToken>,
 }
 
 impl Shard {
@@ -89,41 +93,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The calling worker's idle connections to `server`.
-fn connections(server: &Server) -> Option<Arc<Shard>> {
-    let any: Arc<dyn Any + Send + Sync> = server
+/// The calling worker's idle connections to `server`: no lock and no shared write, as every
+/// request asks.
+fn connections(server: &Server) -> Option<&Arc<Shard>> {
+    let all = server
         .idle_connections
         .0
         .get_or_init(|| Arc::new(ServerConnections::default()))
-        .clone();
-    let all = any.downcast::<ServerConnections>().ok()?;
-    let me = std::thread::current().id();
-    if let Some(shard) = all
-        .shards
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&me)
-    {
-        return Some(shard.clone());
-    }
-    let mut shards = all.shards.write().unwrap_or_else(|e| e.into_inner());
-    let shard = shards.entry(me).or_insert_with(|| {
+        .downcast_ref::<ServerConnections>()?;
+    let index = crate::runtime::current_worker().map_or(0, |worker| 1 + worker % (SHARDS - 1));
+    Some(all.shards[index].get_or_init(|| {
         Arc::new(Shard {
             state: Mutex::new(Idle::default()),
             idle: all.idle.clone(),
             http2: all.http2.clone(),
+            cut: Mutex::new(server.session_token().child_token()),
         })
-    });
-    Some(shard.clone())
+    }))
 }
 
-/// Sends `request` to `server`, over an idle connection when one is usable, else over a
-/// new one. A reused connection that turns out closed before the request went out is
-/// replaced by a new one (once: a second failure is the server's).
+/// A token cancelled when `server`'s sessions are cut (`maint`, removal): a child of the
+/// server's session token kept per worker, so that the requests waiting on it register
+/// with a token only their own worker touches, not with one every worker shares.
+pub fn session_cut(server: &Server) -> CancellationToken {
+    let Some(shard) = connections(server) else {
+        return server.session_token();
+    };
+    let mut cut = lock(&shard.cut);
+    if cut.is_cancelled() {
+        // Cut since: watch the server's new token.
+        *cut = server.session_token().child_token();
+    }
+    cut.clone()
+}
+
+/// Sends `request` to `server`, over an idle connection when one is usable (idle since
+/// before `now` by less than the idle timeout), else over a new one. A reused connection
+/// that turns out closed before the request went out is replaced by a new one (once: a
+/// second failure is the server's).
 pub async fn send(
     pool: &Pool,
     server: &Arc<Server>,
     mut request: Request<RequestBody>,
+    now: Instant,
 ) -> Result<(Response<Incoming>, Connection), SendError> {
     let conns = connections(server);
     let mut may_reuse = true;
@@ -131,7 +143,7 @@ pub async fn send(
         let reused = conns
             .as_ref()
             .filter(|_| may_reuse)
-            .and_then(|c| take_idle(c, pool));
+            .and_then(|c| take_idle(c, pool, now));
         let (mut connection, fresh) = match reused {
             Some(connection) => (connection, false),
             // Boxed: the connect and handshake futures are large, and inline they would
@@ -153,7 +165,7 @@ pub async fn send(
                 return Err(SendError::Exchange(error));
             }
             may_reuse = false;
-            forget_http2(conns.as_deref(), &connection);
+            forget_http2(conns.map(Arc::as_ref), &connection);
             continue;
         }
         let sent = match &mut connection {
@@ -169,7 +181,7 @@ pub async fn send(
                 Ok(back) => {
                     request = back;
                     may_reuse = false;
-                    forget_http2(conns.as_deref(), &connection);
+                    forget_http2(conns.map(Arc::as_ref), &connection);
                 }
                 Err(error) => return Err(SendError::Exchange(error)),
             },
@@ -195,7 +207,7 @@ fn retryable(
     }
 }
 
-fn take_idle(conns: &Shard, pool: &Pool) -> Option<Connection> {
+fn take_idle(conns: &Shard, pool: &Pool, now: Instant) -> Option<Connection> {
     if pool.http_version == HttpVersion::Http2 {
         let mut shared = lock(&conns.http2);
         match &*shared {
@@ -207,10 +219,12 @@ fn take_idle(conns: &Shard, pool: &Pool) -> Option<Connection> {
         return None;
     }
     let mut idle = lock(&conns.state);
-    let deadline = Instant::now() - pool.keep_alive.idle_timeout;
+
     while let Some((sender, used, since)) = idle.http1.pop() {
         conns.left(1);
-        if since > deadline && !sender.is_closed() {
+        if now.saturating_duration_since(since) < pool.keep_alive.idle_timeout
+            && !sender.is_closed()
+        {
             return Some(Connection::Http1 { sender, used });
         }
     }
@@ -252,9 +266,14 @@ async fn open(pool: &Pool, server: &Arc<Server>) -> std::io::Result<Connection> 
     }
 }
 
-/// Gives a connection back after its response ended cleanly: kept idle when the pool's
-/// keep-alive settings allow, else closed (dropped).
-pub fn give_back(server: &Arc<Server>, keep_alive: &UpstreamKeepAlive, connection: Connection) {
+/// Gives a connection back after its response ended cleanly (at `now`): kept idle when the
+/// pool's keep-alive settings allow, else closed (dropped).
+pub fn give_back(
+    server: &Arc<Server>,
+    keep_alive: &UpstreamKeepAlive,
+    connection: Connection,
+    now: Instant,
+) {
     let Connection::Http1 { sender, used } = connection else {
         return;
     };
@@ -278,12 +297,12 @@ pub fn give_back(server: &Arc<Server>, keep_alive: &UpstreamKeepAlive, connectio
             idle.http1.remove(0);
             conns.left(1);
         }
-        idle.http1.push((sender, used, Instant::now()));
+        idle.http1.push((sender, used, now));
         conns.idle.fetch_add(1, Ordering::Relaxed);
         !std::mem::replace(&mut idle.reaper, true)
     };
     if start_reaper {
-        tokio::spawn(reap(conns, server.clone(), keep_alive.idle_timeout));
+        tokio::spawn(reap(conns.clone(), server.clone(), keep_alive.idle_timeout));
     }
 }
 

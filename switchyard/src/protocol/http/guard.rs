@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -23,7 +23,7 @@ use crate::wait_queue::WaitQueue;
 #[derive(Debug, Default)]
 pub struct Activity {
     in_flight: AtomicUsize,
-    idle: Mutex<(Option<Instant>, Option<Waker>)>,
+    times: Mutex<Times>,
     refused: Mutex<Option<u16>>,
     // Set when the guard stops looking (HTTP/2): the connection's idle clock is then kept
     // by `idle_beyond` instead of the guard.
@@ -34,24 +34,22 @@ pub struct Activity {
 }
 
 impl Activity {
-    /// A request was received.
-    pub fn begin(&self) {
+    /// A request was received at `now`.
+    pub fn begin(&self, now: Instant) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.lock_times().began = Some(now);
         self.notify_watchers();
     }
 
-    /// A request's response ended: the connection may be idle from now.
-    pub fn end(&self) {
+    /// A request's response ended at `now`: the connection may be idle from then.
+    pub fn end(&self, now: Instant) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        let waker = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.0 = Some(Instant::now());
-            idle.1.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.lock_times().ended = Some(now);
         self.notify_watchers();
+    }
+
+    fn lock_times(&self) -> std::sync::MutexGuard<'_, Times> {
+        self.times.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Tells the waiters of `idle_beyond` (once the connection is opaque) and
@@ -75,10 +73,8 @@ impl Activity {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let deadline = (self.opaque.load(Ordering::Acquire) && !self.busy()).then(|| {
-                let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.0.unwrap_or(accepted) + limit
-            });
+            let deadline = (self.opaque.load(Ordering::Acquire) && !self.busy())
+                .then(|| self.lock_times().ended.unwrap_or(accepted) + limit);
             match deadline {
                 Some(deadline) => tokio::select! {
                     () = tokio::time::sleep_until(deadline) => return,
@@ -114,13 +110,24 @@ impl Activity {
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
     }
+}
 
-    /// When the connection last became idle, registering `waker` for the next change.
-    fn idle_since(&self, waker: &Waker) -> Option<Instant> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.1 = Some(waker.clone());
-        idle.0
-    }
+/// When the connection's latest request began and its latest response ended.
+#[derive(Debug, Default, Clone, Copy)]
+struct Times {
+    began: Option<Instant>,
+    ended: Option<Instant>,
+}
+
+/// What the guard's clock should do when the client sends nothing more.
+enum Due {
+    /// Nothing is timed (a body being received, an opaque stream, a zero timeout).
+    Never,
+    /// At this instant: refuse with 408 (`true`) or just close.
+    At(Instant, bool),
+    /// A request is in flight: the keep-alive clock starts when its response ends, so not
+    /// before this instant; the timer wakes the guard then to look again.
+    NotBefore(Instant),
 }
 
 /// The client timeouts the guard keeps.
@@ -144,7 +151,13 @@ pub struct Guard<S> {
     refusal: Option<Bytes>,
     accepted: Instant,
     head_started: Option<Instant>,
+    // Armed at or before the deadline that applies (never after it), and moved only when
+    // the deadline comes earlier: requests move the keep-alive deadline later, and would
+    // otherwise reset a timer each. When it fires early, the guard looks again.
     timer: Pin<Box<Sleep>>,
+    armed: bool,
+    // When the timer last fired: a request still in flight then ends after it.
+    fired: Instant,
 }
 
 impl<S> Guard<S> {
@@ -167,7 +180,9 @@ impl<S> Guard<S> {
             refusal: None,
             accepted: now,
             head_started: None,
-            timer: Box::pin(tokio::time::sleep_until(now + clocks.http_request)),
+            timer: Box::pin(tokio::time::sleep_until(now)),
+            armed: false,
+            fired: now,
         };
         if !early.is_empty() && guard.check(&early) {
             guard.ready = early;
@@ -225,26 +240,68 @@ impl<S> Guard<S> {
         self.refusal = Some(Bytes::from(response));
     }
 
-    /// The deadline that applies now, and what happens at it: a refusal (408) or a close.
-    /// A zero timeout is no limit.
-    fn deadline(&self, waker: &Waker) -> Option<(Instant, bool)> {
+    /// The deadline that applies now, and what happens at it. A zero timeout is no limit.
+    fn due(&self) -> Due {
         let Clocks {
             http_request,
             keep_alive,
         } = self.clocks;
+        let at = |limit: Duration, from: Instant, answer: bool| {
+            if limit.is_zero() {
+                Due::Never
+            } else {
+                Due::At(from + limit, answer)
+            }
+        };
         if self.scanner.is_opaque() {
-            return None;
+            return Due::Never;
         }
         if let Some(started) = self.head_started {
-            return (!http_request.is_zero()).then(|| (started + http_request, true));
+            return at(http_request, started, true);
         }
-        if !self.scanner.between_requests() || self.activity.busy() {
-            return None;
+        if !self.scanner.between_requests() {
+            return Due::Never;
         }
-        match self.activity.idle_since(waker) {
-            Some(since) => (!keep_alive.is_zero()).then(|| (since + keep_alive, false)),
+        let times = *self.activity.lock_times();
+        if self.activity.busy() {
+            let floor = times
+                .began
+                .map_or(self.fired, |began| began.max(self.fired));
+            return match at(keep_alive, floor, false) {
+                Due::At(not_before, _) => Due::NotBefore(not_before),
+                never => never,
+            };
+        }
+        match times.ended {
+            Some(since) => at(keep_alive, since, false),
             // No request yet: the first must start and end within `http_request`.
-            None => (!http_request.is_zero()).then(|| (self.accepted + http_request, true)),
+            None => at(http_request, self.accepted, true),
+        }
+    }
+
+    /// Runs the clock while the client sends nothing: ready with what to do (refuse with
+    /// 408: `true`; close: `false`) once the deadline passes.
+    fn poll_clock(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            let (target, answer) = match self.due() {
+                Due::Never => return Poll::Pending,
+                Due::At(deadline, answer) => (deadline, Some(answer)),
+                Due::NotBefore(instant) => (instant, None),
+            };
+            if !self.armed || target < self.timer.deadline() {
+                self.timer.as_mut().reset(target);
+                self.armed = true;
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.armed = false;
+            self.fired = Instant::now();
+            if let Some(answer) = answer
+                && self.fired >= target
+            {
+                return Poll::Ready(answer);
+            }
         }
     }
 }
@@ -292,15 +349,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    let Some((deadline, answer)) = this.deadline(cx.waker()) else {
+                    let Poll::Ready(answer) = this.poll_clock(cx) else {
                         return Poll::Pending;
                     };
-                    if Instant::now() < deadline {
-                        this.timer.as_mut().reset(deadline);
-                        if this.timer.as_mut().poll(cx).is_pending() {
-                            return Poll::Pending;
-                        }
-                    }
                     if answer {
                         this.refuse(408, "request headers not received in time");
                     } else {

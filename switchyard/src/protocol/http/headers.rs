@@ -178,10 +178,22 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(X_REQUEST_ID).filter(|v| v.to_str().is_ok()) {
         return id.clone();
     }
-    // Hex digits are always a valid header value; the String becomes its bytes uncopied.
-    let id = HeaderValue::try_from(format!("{:032x}", fastrand::u128(..)))
+    let id = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&random_hex_id()))
         .unwrap_or(HeaderValue::from_static("-"));
     headers.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
+/// 128 random bits as 32 lowercase hex digits (always a valid header value), written
+/// without the formatting machinery: this runs for most requests.
+fn random_hex_id() -> [u8; 32] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for digit in id.iter_mut().rev() {
+        *digit = DIGITS[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
     id
 }
 
@@ -322,6 +334,7 @@ mod tests {
         let mut map = HeaderMap::new();
         let id = ensure_request_id(&mut map);
         assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_eq!(map["x-request-id"], id);
     }
 

@@ -190,8 +190,9 @@ pub async fn serve_connection<S>(
         metrics: metrics::MetricHandles::default(),
     });
     let service = service_fn(move |request| {
-        let context = context.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy::handle(context, request).await) }
+        // Boxed: a request's future is large, and hyper moves the one it is given.
+        let response = Box::pin(proxy::handle(context.clone(), request));
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
     tokio::pin!(connection);

@@ -67,16 +67,17 @@ struct LoggedHead {
 }
 
 impl Exchange {
-    fn finish(mut self, status: u16, bytes_out: u64, termination: &'static str) {
-        self.log(status, bytes_out, termination);
+    /// Logs the request as ended at `now`.
+    fn finish(mut self, now: Instant, status: u16, bytes_out: u64, termination: &'static str) {
+        self.log(now, status, bytes_out, termination);
     }
 
-    fn log(&mut self, status: u16, bytes_out: u64, termination: &'static str) {
+    fn log(&mut self, now: Instant, status: u16, bytes_out: u64, termination: &'static str) {
         if std::mem::replace(&mut self.logged, true) {
             return;
         }
-        self.ctx.in_flight.end();
-        let elapsed = self.started.elapsed();
+        self.ctx.in_flight.end(now);
+        let elapsed = now.duration_since(self.started);
         let bytes_in = self.received.load(Ordering::Relaxed);
         let stats = &self.ctx.listener.stats;
         stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
@@ -135,14 +136,19 @@ impl Exchange {
         let length = hyper::body::Body::size_hint(response.body())
             .exact()
             .unwrap_or(0);
-        self.finish(error.status().as_u16(), length, error.reason());
+        self.finish(
+            Instant::now(),
+            error.status().as_u16(),
+            length,
+            error.reason(),
+        );
         response
     }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        self.log(499, 0, "client_aborted");
+        self.log(Instant::now(), 499, 0, "client_aborted");
     }
 }
 
@@ -161,7 +167,8 @@ pub async fn handle(
     ctx: Arc<ConnectionContext>,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    ctx.in_flight.begin();
+    let started = Instant::now();
+    ctx.in_flight.begin(started);
     let (mut parts, body) = request.into_parts();
     // The Host header, else the authority (HTTP/2's `:authority`, an absolute-form URI).
     let host_value = parts
@@ -176,7 +183,7 @@ pub async fn handle(
     let host = host_value.as_ref().and_then(|v| v.to_str().ok());
     let received = Arc::new(AtomicU64::new(0));
     let mut exchange = Exchange {
-        started: Instant::now(),
+        started,
         head: LoggedHead {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -302,11 +309,11 @@ pub async fn handle(
         };
         let server = lease.server().clone();
         // Taken with the lease, so that `maint` from now on cuts this request.
-        let cut = server.session_token();
+        let cut = client::session_cut(&server);
         exchange.server = Some(server.clone());
         prepare_for_server(&mut request, &pool, &server, host);
         let limit = pool.timeouts.server;
-        let send = client::send(&pool, &server, request);
+        let send = client::send(&pool, &server, request, started);
         // `"0s"` means no limit.
         let sending = async move {
             if limit.is_zero() {
@@ -342,7 +349,9 @@ pub async fn handle(
             }
         }
     };
-    exchange.ttfb = Some(exchange.started.elapsed());
+    if ctx.shared.access_log.is_on() {
+        exchange.ttfb = Some(exchange.started.elapsed());
+    }
 
     let (mut parts, body) = response.into_parts();
     let status = parts.status;
@@ -365,7 +374,7 @@ pub async fn handle(
                 tunnel::run(client_upgrade, server_upgrade, idle, cut, &ctx_done.shared).await;
             drop(lease);
             exchange.received.fetch_add(bytes_in, Ordering::Relaxed);
-            exchange.finish(101, bytes_out, termination);
+            exchange.finish(Instant::now(), 101, bytes_out, termination);
         });
         return Response::from_parts(
             parts,
@@ -381,14 +390,15 @@ pub async fn handle(
     let mut lease = Some(lease);
     let mut exchange = Some(exchange);
     let on_end = Box::new(move |end: BodyEnd| {
+        let now = Instant::now();
         if end.ending == Ending::Complete
             && let Some(connection) = connection.take()
         {
-            client::give_back(&server, &keep_alive, connection);
+            client::give_back(&server, &keep_alive, connection, now);
         }
         drop(lease.take());
         if let Some(exchange) = exchange.take() {
-            exchange.finish(status.as_u16(), end.bytes, end.ending.reason());
+            exchange.finish(now, status.as_u16(), end.bytes, end.ending.reason());
         }
     });
     let body = ResponseBody::new(body, pool.timeouts.server, cut, on_end);

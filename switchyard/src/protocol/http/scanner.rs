@@ -158,17 +158,26 @@ impl RequestScanner {
                 if self.line.len() + taken > self.limits.max_header_bytes {
                     return Err(Violation::HeadTooLarge);
                 }
-                self.line.extend_from_slice(&data[..taken]);
-                if complete {
-                    let head = std::mem::take(&mut self.line);
-                    let (framing, opaque) = check_head(&head, &self.limits)?;
-                    self.opaque_after = opaque;
-                    self.state = match framing {
-                        Framing::Length(n) if n > 0 => State::Body(n),
-                        Framing::Chunked => State::ChunkSize,
-                        _ => self.after_message(),
-                    };
+                if !complete {
+                    self.line.extend_from_slice(&data[..taken]);
+                    return Ok(&data[taken..]);
                 }
+                // A head that arrived in one read (the usual case) is checked where it lies.
+                let checked = if self.line.is_empty() {
+                    check_head(&data[..taken], &self.limits)
+                } else {
+                    self.line.extend_from_slice(&data[..taken]);
+                    let checked = check_head(&self.line, &self.limits);
+                    self.line.clear();
+                    checked
+                };
+                let (framing, opaque) = checked?;
+                self.opaque_after = opaque;
+                self.state = match framing {
+                    Framing::Length(n) if n > 0 => State::Body(n),
+                    Framing::Chunked => State::ChunkSize,
+                    _ => self.after_message(),
+                };
                 Ok(&data[taken..])
             }
             State::Body(remaining) => {
@@ -260,18 +269,18 @@ impl RequestScanner {
 /// that completes it (an empty line, CRLF CRLF, ends it; a bare LF LF ends it too, so that
 /// the head check sees and refuses it).
 fn take_until_blank_line(so_far: &[u8], data: &[u8]) -> (usize, bool) {
-    let tail_len = so_far.len().min(3);
-    let mut window: Vec<u8> = so_far[so_far.len() - tail_len..].to_vec();
-    for (i, &b) in data.iter().enumerate() {
-        window.push(b);
-        let w = &window[..];
-        if b == b'\n'
-            && (w.ends_with(b"\r\n\r\n") || w.ends_with(b"\n\n") || w.ends_with(b"\n\r\n"))
+    let tail = &so_far[so_far.len().saturating_sub(2)..];
+    // The byte `back` places before `data[at]`, looking into `so_far` past data's start.
+    let before = |at: usize, back: usize| match at.checked_sub(back) {
+        Some(i) => data.get(i).copied(),
+        None => tail.len().checked_sub(back - at).map(|i| tail[i]),
+    };
+    for at in memchr::memchr_iter(b'\n', data) {
+        // The line this LF ends is empty: LF LF, or LF CR LF (CRLF CRLF included).
+        if before(at, 1) == Some(b'\n')
+            || (before(at, 1) == Some(b'\r') && before(at, 2) == Some(b'\n'))
         {
-            return (i + 1, true);
-        }
-        if window.len() > 4 {
-            window.remove(0);
+            return (at + 1, true);
         }
     }
     (data.len(), false)
