@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod ctl;
 pub mod health;
+pub mod lazy_timer;
 pub mod listener;
 pub mod net;
 pub mod observe;

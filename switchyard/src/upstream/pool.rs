@@ -57,6 +57,11 @@ impl Lease {
     pub fn server(&self) -> &Arc<Server> {
         &self.server
     }
+
+    /// The pool the server was leased from.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
 }
 
 impl Drop for Lease {

@@ -115,6 +115,8 @@ pub struct Server {
     max_connections: AtomicUsize,
     admin_state: AtomicU8,
     health: Mutex<HealthTracker>,
+    // Whether `health` says down, readable without its lock: every lease asks.
+    down: AtomicBool,
     sessions: Mutex<CancellationToken>,
     // `slow_start`, and when the server last came back (health down to up, or back to
     // ready): together they give the weight ramp.
@@ -183,6 +185,7 @@ impl Server {
             stats: ServerStats::default(),
             admin_state: AtomicU8::new(0),
             health: Mutex::new(HealthTracker::new(fall, rise)),
+            down: AtomicBool::new(false),
             sessions: Mutex::new(CancellationToken::new()),
             slow_start: Mutex::new(slow_start),
             returned_at: Mutex::new(None),
@@ -245,7 +248,7 @@ impl Server {
     /// Forgets the health learned so far (its pool stopped checking it): the server is
     /// treated as up again instead of staying down with nothing left to revive it.
     pub fn reset_health(&self, fall: u32, rise: u32) {
-        *self.tracker() = HealthTracker::new(fall, rise);
+        self.change_health(|tracker| *tracker = HealthTracker::new(fall, rise));
     }
 
     /// The operator state.
@@ -270,7 +273,7 @@ impl Server {
     pub fn inherit_state(&self, admin: AdminState, health: Health) {
         self.admin_state.store(admin as u8, Ordering::Release);
         if health != Health::Unchecked {
-            self.tracker().seed(health);
+            self.change_health(|tracker| tracker.seed(health));
         }
     }
 
@@ -303,7 +306,7 @@ impl Server {
             &self.stats.checks_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let transition = self.tracker().record(result);
+        let transition = self.change_health(|tracker| tracker.record(result));
         if transition
             .as_ref()
             .is_some_and(|t| t.from == Health::Down && t.to == Health::Up)
@@ -339,10 +342,19 @@ impl Server {
         lock(&self.health)
     }
 
+    /// Changes the health tracker, keeping the lock-free `down` in step with it.
+    fn change_health<R>(&self, change: impl FnOnce(&mut HealthTracker) -> R) -> R {
+        let mut tracker = self.tracker();
+        let result = change(&mut tracker);
+        self.down
+            .store(tracker.health() == Health::Down, Ordering::Release);
+        result
+    }
+
     /// Whether new work may go to this server (ignoring its connection limit).
     pub fn is_available(&self) -> bool {
         self.admin_state() == AdminState::Ready
-            && self.health() != Health::Down
+            && !self.down.load(Ordering::Acquire)
             && self.weight() > 0
     }
 

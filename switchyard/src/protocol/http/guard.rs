@@ -7,15 +7,16 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::errors::error_body;
 use super::scanner::{HeadLimits, RequestScanner};
+use crate::lazy_timer::LazyTimer;
 use crate::wait_queue::WaitQueue;
 
 /// Requests on a connection whose responses have not ended, shared between the request
@@ -151,11 +152,8 @@ pub struct Guard<S> {
     refusal: Option<Bytes>,
     accepted: Instant,
     head_started: Option<Instant>,
-    // Armed at or before the deadline that applies (never after it), and moved only when
-    // the deadline comes earlier: requests move the keep-alive deadline later, and would
-    // otherwise reset a timer each. When it fires early, the guard looks again.
-    timer: Pin<Box<Sleep>>,
-    armed: bool,
+    // Requests move the keep-alive deadline later: a lazy timer is not reset for each.
+    timer: LazyTimer,
     // When the timer last fired: a request still in flight then ends after it.
     fired: Instant,
 }
@@ -180,8 +178,7 @@ impl<S> Guard<S> {
             refusal: None,
             accepted: now,
             head_started: None,
-            timer: Box::pin(tokio::time::sleep_until(now)),
-            armed: false,
+            timer: LazyTimer::default(),
             fired: now,
         };
         if !early.is_empty() && guard.check(&early) {
@@ -283,24 +280,13 @@ impl<S> Guard<S> {
     /// 408: `true`; close: `false`) once the deadline passes.
     fn poll_clock(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
-            let (target, answer) = match self.due() {
+            match self.due() {
                 Due::Never => return Poll::Pending,
-                Due::At(deadline, answer) => (deadline, Some(answer)),
-                Due::NotBefore(instant) => (instant, None),
-            };
-            if !self.armed || target < self.timer.deadline() {
-                self.timer.as_mut().reset(target);
-                self.armed = true;
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.armed = false;
-            self.fired = Instant::now();
-            if let Some(answer) = answer
-                && self.fired >= target
-            {
-                return Poll::Ready(answer);
+                Due::At(deadline, answer) => {
+                    ready!(self.timer.poll_until(cx, deadline));
+                    return Poll::Ready(answer);
+                }
+                Due::NotBefore(instant) => self.fired = ready!(self.timer.poll_until(cx, instant)),
             }
         }
     }

@@ -33,9 +33,29 @@ pub struct ConnectionFacts {
     /// What the TLS handshake told (SNI, ALPN, verified client certificate) when the
     /// listener terminates TLS (`X-Forwarded-Proto: https`); `None` for plaintext.
     pub tls: Option<TlsInfo>,
+    // The client's IP address as a header value, made once per connection.
+    client_ip: std::sync::OnceLock<HeaderValue>,
 }
 
 impl ConnectionFacts {
+    /// A plaintext connection from `client`.
+    pub fn new(client: SocketAddr) -> Self {
+        Self {
+            client,
+            tls: None,
+            client_ip: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The client's IP address (`X-Forwarded-For`), as the last update of `client` gave it
+    /// before the first request.
+    fn client_ip(&self) -> &HeaderValue {
+        self.client_ip.get_or_init(|| {
+            HeaderValue::from_str(&self.client.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown"))
+        })
+    }
+
     /// The verified client certificate, for the `X-Client-Cert-*` headers.
     pub fn identity(&self) -> Option<&ClientIdentity> {
         self.tls.as_ref().and_then(|tls| tls.client_cert.as_ref())
@@ -46,32 +66,33 @@ impl ConnectionFacts {
 /// `keep_upgrade` (an upgrade handshake being forwarded) `Connection: upgrade` and
 /// `Upgrade` stay.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages have none: one pass over the names instead of a lookup per header.
-    let any = headers
+    // One pass over the names finds the ones present; most messages have none, or only a
+    // `Connection: keep-alive`.
+    let mut doomed: smallvec::SmallVec<[HeaderName; 4]> = headers
         .keys()
-        .any(|name| HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-"));
-    if !any && !keep_upgrade {
+        .filter(|name| HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    if doomed.is_empty() && !keep_upgrade {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    let named: smallvec::SmallVec<[HeaderName; 4]> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| headers.contains_key(name))
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named {
+        if !doomed.contains(&name) {
+            doomed.push(name);
+        }
+    }
+    for name in doomed {
         if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
             continue;
         }
-        headers.remove(name);
-    }
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy {
         headers.remove(name);
     }
     if keep_upgrade {
@@ -96,21 +117,26 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     facts: &ConnectionFacts,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
     forwarded: bool,
 ) {
     let ip = facts.client.ip();
     let proto = if facts.tls.is_some() { "https" } else { "http" };
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip.to_string(),
-    };
-    set(headers, X_FORWARDED_FOR, &xff);
+    match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => {
+            let xff = format!("{previous}, {ip}");
+            set(headers, X_FORWARDED_FOR, &xff);
+        }
+        None => {
+            headers.insert(X_FORWARDED_FOR, facts.client_ip().clone());
+        }
+    }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
-        set(headers, X_FORWARDED_HOST, host);
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     if forwarded {
+        let host = host.and_then(|h| h.to_str().ok());
         let node = match ip {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => format!("\"[{v6}]\""),
@@ -294,10 +320,15 @@ mod tests {
     fn forwarding_headers_append_and_quote_ipv6() {
         let mut map = headers(&[("X-Forwarded-For", "203.0.113.7")]);
         let facts = ConnectionFacts {
-            client: "[2001:db8::1]:5000".parse().expect("addr"),
             tls: Some(TlsInfo::default()),
+            ..ConnectionFacts::new("[2001:db8::1]:5000".parse().expect("addr"))
         };
-        add_forwarding(&mut map, &facts, Some("example.com"), true);
+        add_forwarding(
+            &mut map,
+            &facts,
+            Some(&HeaderValue::from_static("example.com")),
+            true,
+        );
         assert_eq!(map["x-forwarded-for"], "203.0.113.7, 2001:db8::1");
         assert_eq!(map["x-forwarded-proto"], "https");
         assert_eq!(map["x-forwarded-host"], "example.com");

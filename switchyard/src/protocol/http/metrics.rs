@@ -56,7 +56,7 @@ impl RequestMetrics {
             _ => "5xx",
         };
         let (pool, server) = (pool.unwrap_or(""), server.unwrap_or(""));
-        memo.counter(pool, server, class, || {
+        memo.count(pool, server, class, || {
             self.requests
                 .get_or_create(&vec![
                     ("listener", listener.to_string()),
@@ -65,8 +65,7 @@ impl RequestMetrics {
                     ("code", class.to_string()),
                 ])
                 .clone()
-        })
-        .inc();
+        });
         memo.duration
             .get_or_init(|| {
                 self.duration
@@ -110,19 +109,23 @@ struct CounterKey {
 const MEMOIZED_COUNTERS: usize = 8;
 
 impl MetricHandles {
-    fn counter(
+    /// Counts a request in its series, kept here after `look_up` found it once.
+    fn count(
         &self,
         pool: &str,
         server: &str,
         class: &'static str,
         look_up: impl FnOnce() -> Counter,
-    ) -> Counter {
+    ) {
         let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, counter)) = requests
             .iter()
             .find(|(key, _)| key.class == class && key.server == server && key.pool == pool)
         {
-            return counter.clone();
+            // Counted under the memo's lock: no clone of the shared handle (whose
+            // reference count every worker would bounce between them).
+            counter.inc();
+            return;
         }
         let counter = look_up();
         if requests.len() == MEMOIZED_COUNTERS {
@@ -133,8 +136,8 @@ impl MetricHandles {
             server: server.to_string(),
             class,
         };
-        requests.push((key, counter.clone()));
-        counter
+        counter.inc();
+        requests.push((key, counter));
     }
 }
 

@@ -52,10 +52,7 @@ pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
 ) {
-    let mut facts = ConnectionFacts {
-        client: peer,
-        tls: None,
-    };
+    let mut facts = ConnectionFacts::new(peer);
     let mut early = Bytes::new();
     if settings.config.proxy_protocol.is_some() {
         match proxy_protocol::read_header(&mut client, settings.config.timeouts.proxy_header).await
@@ -188,6 +185,7 @@ pub async fn serve_connection<S>(
         facts,
         in_flight: activity.clone(),
         metrics: metrics::MetricHandles::default(),
+        response_timer: std::sync::Mutex::new(None),
     });
     let service = service_fn(move |request| {
         // Boxed: a request's future is large, and hyper moves the one it is given.

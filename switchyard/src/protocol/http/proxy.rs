@@ -1,6 +1,7 @@
 //! One request, end to end: route it, lease a server, rewrite headers, send it, stream the
 //! answer back, and log it when the response body ends.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,10 +20,11 @@ use super::log::RequestRecord;
 use super::metrics::MetricHandles;
 use super::tunnel;
 use crate::config::{HttpVersion, SslMode};
+use crate::lazy_timer::LazyTimer;
 use crate::listener::{Listener, ListenerSettings};
 use crate::route::RouteFacts;
 use crate::runtime::Shared;
-use crate::upstream::{LeaseError, Pool, Server};
+use crate::upstream::{Lease, LeaseError, Pool, Server};
 
 /// What every request on one client connection shares.
 pub struct ConnectionContext {
@@ -38,7 +40,35 @@ pub struct ConnectionContext {
     pub in_flight: Arc<super::guard::Activity>,
     /// The metric series this connection's requests count on.
     pub metrics: MetricHandles,
+    /// The server response timer, reused by one request after another (concurrent HTTP/2
+    /// requests past the first make their own).
+    pub response_timer: std::sync::Mutex<Option<LazyTimer>>,
 }
+
+impl ConnectionContext {
+    /// Runs `send` until it completes, or fails it with `Elapsed` at `deadline`.
+    async fn within<T>(
+        &self,
+        deadline: Instant,
+        send: impl Future<Output = T>,
+    ) -> Result<T, Elapsed> {
+        let slot = || {
+            self.response_timer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        let mut timer = slot().take().unwrap_or_default();
+        let result = tokio::select! {
+            sent = send => Ok(sent),
+            _ = timer.until(deadline) => Err(Elapsed),
+        };
+        slot().get_or_insert(timer);
+        result
+    }
+}
+
+/// The server did not answer within `timeouts.server`.
+struct Elapsed;
 
 /// A request being proxied: what its log line needs, gathered along the way. It is
 /// logged (and stops counting as in flight) exactly once: when finished, or when dropped
@@ -46,11 +76,15 @@ pub struct ConnectionContext {
 struct Exchange {
     ctx: Arc<ConnectionContext>,
     started: Instant,
-    head: LoggedHead,
+    /// Kept only while the access log is on (a request begun with it off is not logged).
+    head: Option<LoggedHead>,
     ttfb: Option<std::time::Duration>,
     received: Arc<AtomicU64>,
+    /// The pool of a request that got no lease (its log line names it).
     pool: Option<Arc<Pool>>,
-    server: Option<Arc<Server>>,
+    /// The server's slot, held until the exchange ends; its pool and server are the log
+    /// line's.
+    lease: Option<Lease>,
     logged: bool,
 }
 
@@ -82,7 +116,8 @@ impl Exchange {
         let stats = &self.ctx.listener.stats;
         stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-        if let Some(server) = &self.server {
+        let (pool, server) = (self.pool(), self.lease.as_ref().map(|lease| lease.server()));
+        if let Some(server) = server {
             server.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
             server
                 .stats
@@ -92,11 +127,14 @@ impl Exchange {
         self.ctx.shared.http_metrics.record(
             &self.ctx.metrics,
             &self.ctx.listener.name,
-            self.pool.as_ref().map(|pool| pool.name.as_str()),
-            self.server.as_ref().map(|server| server.name.as_str()),
+            pool.map(|pool| pool.name.as_str()),
+            server.map(|server| server.name.as_str()),
             status,
             elapsed,
         );
+        let Some(head) = &self.head else {
+            return;
+        };
         self.ctx.shared.access_log.log_with(|format| {
             let text = |value: &Option<HeaderValue>| {
                 value
@@ -104,7 +142,6 @@ impl Exchange {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string)
             };
-            let head = &self.head;
             RequestRecord {
                 method: head.method.to_string(),
                 path: head
@@ -118,8 +155,8 @@ impl Exchange {
                 bytes_out,
                 duration_ms: elapsed.as_millis() as u64,
                 ttfb_ms: self.ttfb.map(|ttfb| ttfb.as_millis() as u64),
-                pool: self.pool.as_ref().map(|pool| pool.name.clone()),
-                server: self.server.as_ref().map(|server| server.name.clone()),
+                pool: pool.map(|pool| pool.name.clone()),
+                server: server.map(|server| server.name.clone()),
                 termination,
                 request_id: text(&head.request_id),
                 referer: text(&head.referer),
@@ -128,6 +165,26 @@ impl Exchange {
             }
             .render(format)
         });
+    }
+
+    /// The pool of the request's lease, else the one it was for.
+    fn pool(&self) -> Option<&Pool> {
+        match &self.lease {
+            Some(lease) => Some(lease.pool()),
+            None => self.pool.as_deref(),
+        }
+    }
+
+    /// Like [`Self::fail`], for a request that got no lease from `pool`.
+    fn fail_for(mut self, pool: &Arc<Pool>, error: ProxyError, json: bool) -> Response<ProxyBody> {
+        self.pool = Some(pool.clone());
+        self.fail(error, json)
+    }
+
+    /// Like [`Self::fail`], for a request that failed on its leased server.
+    fn fail_leased(mut self, lease: Lease, error: ProxyError, json: bool) -> Response<ProxyBody> {
+        self.lease = Some(lease);
+        self.fail(error, json)
     }
 
     /// Answers with the proxy's own error response and logs the request.
@@ -184,7 +241,7 @@ pub async fn handle(
     let received = Arc::new(AtomicU64::new(0));
     let mut exchange = Exchange {
         started,
-        head: LoggedHead {
+        head: ctx.shared.access_log.is_on().then(|| LoggedHead {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
@@ -192,12 +249,12 @@ pub async fn handle(
             request_id: None,
             referer: parts.headers.get(header::REFERER).cloned(),
             user_agent: parts.headers.get(header::USER_AGENT).cloned(),
-        },
+        }),
         ttfb: None,
         received: received.clone(),
         ctx: ctx.clone(),
         pool: None,
-        server: None,
+        lease: None,
         logged: false,
     };
     let http = &ctx.settings.config.http;
@@ -230,10 +287,9 @@ pub async fn handle(
         ..RouteFacts::default()
     };
     let route = ctx.settings.routing.route(&facts);
-    let Some(mut pool) = route
+    let Some(pool) = route
         .map(|r| &r.pool)
         .or(ctx.settings.routing.default.as_ref())
-        .cloned()
     else {
         return exchange.fail(ProxyError::NoRoute, json);
     };
@@ -257,8 +313,16 @@ pub async fn handle(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     headers::set_client_cert_headers(&mut parts.headers, ctx.facts.identity());
-    headers::add_forwarding(&mut parts.headers, &ctx.facts, host, http.forwarded);
-    exchange.head.request_id = Some(headers::ensure_request_id(&mut parts.headers));
+    headers::add_forwarding(
+        &mut parts.headers,
+        &ctx.facts,
+        host_value.as_ref(),
+        http.forwarded,
+    );
+    let request_id = headers::ensure_request_id(&mut parts.headers);
+    if let Some(head) = &mut exchange.head {
+        head.request_id = Some(request_id);
+    }
     if let Some(rules) = rules {
         headers::apply_rules(&mut parts.headers, &rules.request_headers);
     }
@@ -273,10 +337,11 @@ pub async fn handle(
     let mut request =
         Request::from_parts(parts, RequestBody::new(body, received, http.max_body_bytes));
 
-    // Lease a server, send, and on a connect failure try once more elsewhere.
+    // Lease a server, send, and on a connect failure try once more elsewhere. The pool is
+    // the listener's own (no reference counted per request) unless a reload replaced it.
+    let mut pool = Cow::Borrowed(pool);
     let mut failed: Vec<Arc<Server>> = Vec::new();
     let (response, connection, lease, cut) = loop {
-        exchange.pool = Some(pool.clone());
         let lease = match pool.lease(ctx.facts.client.ip(), &failed).await {
             Ok(lease) => lease,
             Err(LeaseError::NoServer) if pool.is_retired() => {
@@ -291,65 +356,70 @@ pub async fn handle(
                     ..RouteFacts::default()
                 }) {
                     Some(next) if !Arc::ptr_eq(next, &pool) => {
-                        pool = next.clone();
+                        pool = Cow::Owned(next.clone());
                         continue;
                     }
-                    _ => return exchange.fail(ProxyError::NoServer, json),
+                    _ => return exchange.fail_for(&pool, ProxyError::NoServer, json),
                 }
             }
             Err(LeaseError::NoServer) if !failed.is_empty() => {
-                return exchange.fail(ProxyError::BadGateway, json);
+                return exchange.fail_for(&pool, ProxyError::BadGateway, json);
             }
             Err(LeaseError::NoServer) => {
-                return exchange.fail(ProxyError::NoServer, json);
+                return exchange.fail_for(&pool, ProxyError::NoServer, json);
             }
             Err(LeaseError::QueueFull | LeaseError::QueueTimeout) => {
-                return exchange.fail(ProxyError::Queue, json);
+                return exchange.fail_for(&pool, ProxyError::Queue, json);
             }
         };
-        let server = lease.server().clone();
+        let server = lease.server();
         // Taken with the lease, so that `maint` from now on cuts this request.
-        let cut = client::session_cut(&server);
-        exchange.server = Some(server.clone());
-        prepare_for_server(&mut request, &pool, &server, host);
-        let limit = pool.timeouts.server;
-        let send = client::send(&pool, &server, request, started);
-        // `"0s"` means no limit.
-        let sending = async move {
-            if limit.is_zero() {
-                Ok(send.await)
-            } else {
-                tokio::time::timeout(limit, send).await
+        let cut = client::session_cut(server);
+        prepare_for_server(&mut request, &pool, server, host);
+        let sent_at = Instant::now();
+        let send = client::send(&pool, server, request, sent_at);
+        // `"0s"` (or one too far to count) means no limit.
+        let deadline = Some(pool.timeouts.server)
+            .filter(|limit| !limit.is_zero())
+            .and_then(|limit| sent_at.checked_add(limit));
+        let sending = async {
+            match deadline {
+                Some(deadline) => ctx.within(deadline, send).await,
+                None => Ok(send.await),
             }
         };
         let sent = tokio::select! {
-            sent = sending => sent,
-            () = cut.cancelled() => return exchange.fail(ProxyError::BadGateway, json),
+            sent = sending => Some(sent),
+            () = cut.cancelled() => None,
+        };
+        let Some(sent) = sent else {
+            return exchange.fail_leased(lease, ProxyError::BadGateway, json);
         };
         match sent {
-            Err(_) => return exchange.fail(ProxyError::GatewayTimeout, json),
+            Err(Elapsed) => return exchange.fail_leased(lease, ProxyError::GatewayTimeout, json),
             Ok(Ok((response, connection))) => break (response, connection, lease, cut),
             Ok(Err(SendError::Connect(_, back))) => {
-                failed.push(server);
+                failed.push(lease.server().clone());
                 if !idempotent || failed.len() > pool.retries as usize {
-                    return exchange.fail(ProxyError::BadGateway, json);
+                    return exchange.fail_leased(lease, ProxyError::BadGateway, json);
                 }
                 request = *back;
             }
             Ok(Err(SendError::Exchange(error))) => {
                 let too_large = std::error::Error::source(&error)
                     .is_some_and(|cause| cause.is::<BodyTooLarge>());
-                tracing::debug!(listener = %ctx.listener.name, pool = %pool.name, server = %server.name, %error, "exchange failed");
+                tracing::debug!(listener = %ctx.listener.name, pool = %pool.name, server = %lease.server().name, %error, "exchange failed");
                 let error = if too_large {
                     ProxyError::BodyTooLarge
                 } else {
                     ProxyError::BadGateway
                 };
-                return exchange.fail(error, json);
+                return exchange.fail_leased(lease, error, json);
             }
         }
     };
-    if ctx.shared.access_log.is_on() {
+    exchange.lease = Some(lease);
+    if exchange.head.is_some() {
         exchange.ttfb = Some(exchange.started.elapsed());
     }
 
@@ -372,7 +442,6 @@ pub async fn handle(
         tokio::spawn(async move {
             let (termination, bytes_in, bytes_out) =
                 tunnel::run(client_upgrade, server_upgrade, idle, cut, &ctx_done.shared).await;
-            drop(lease);
             exchange.received.fetch_add(bytes_in, Ordering::Relaxed);
             exchange.finish(Instant::now(), 101, bytes_out, termination);
         });
@@ -384,22 +453,19 @@ pub async fn handle(
         );
     }
 
-    let server = lease.server().clone();
-    let keep_alive = pool.keep_alive.clone();
     let mut connection = Some(connection);
-    let mut lease = Some(lease);
     let mut exchange = Some(exchange);
     let on_end = Box::new(move |end: BodyEnd| {
+        let Some(exchange) = exchange.take() else {
+            return;
+        };
         let now = Instant::now();
         if end.ending == Ending::Complete
-            && let Some(connection) = connection.take()
+            && let (Some(connection), Some(lease)) = (connection.take(), &exchange.lease)
         {
-            client::give_back(&server, &keep_alive, connection, now);
+            client::give_back(lease.server(), &lease.pool().keep_alive, connection, now);
         }
-        drop(lease.take());
-        if let Some(exchange) = exchange.take() {
-            exchange.finish(now, status.as_u16(), end.bytes, end.ending.reason());
-        }
+        exchange.finish(now, status.as_u16(), end.bytes, end.ending.reason());
     });
     let body = ResponseBody::new(body, pool.timeouts.server, cut, on_end);
     Response::from_parts(parts, body.boxed_unsync())
