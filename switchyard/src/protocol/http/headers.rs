@@ -10,16 +10,18 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use crate::config::HeaderRules;
 use crate::tls::{ClientIdentity, TlsInfo};
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), besides those
-/// `Connection` names and every `Proxy-*` header. `Trailer` is not among them: it names
-/// end-to-end trailer fields (RFC 9110 §6.6.2), and without it hyper drops the trailers.
-const HOP_BY_HOP: [HeaderName; 5] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// Whether `name` describes one connection and is never forwarded (RFC 9110 §7.6.1),
+/// besides the headers `Connection` names: `Connection`, `Keep-Alive`, `TE`,
+/// `Transfer-Encoding`, `Upgrade` and every `Proxy-*` header. `Trailer` is not among them:
+/// it names end-to-end trailer fields (RFC 9110 §6.6.2), and without it hyper drops the
+/// trailers.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    matches!(
+        name,
+        "connection" | "keep-alive" | "te" | "transfer-encoding" | "upgrade"
+    ) || name.starts_with("proxy-")
+}
 
 /// Prefix of the client certificate headers: stripped from every request, then set from
 /// the verified identity (a client must not be able to claim one).
@@ -70,7 +72,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // `Connection: keep-alive`.
     let mut doomed: smallvec::SmallVec<[HeaderName; 4]> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-"))
+        .filter(|name| is_hop_by_hop(name))
         .cloned()
         .collect();
     if doomed.is_empty() && !keep_upgrade {
@@ -81,7 +83,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        // The usual tokens: `keep-alive` is doomed already if present, `close` names none.
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("keep-alive") && !token.eq_ignore_ascii_case("close")
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .filter(|name| headers.contains_key(name))
         .collect();
     for name in named {

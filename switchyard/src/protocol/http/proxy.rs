@@ -267,13 +267,15 @@ pub async fn handle(
     {
         return exchange.fail(ProxyError::BadRequest, json);
     }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let (Some(limit), Some(length)) = (http.max_body_bytes, declared)
-        && length > limit
+    let declared = || {
+        parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if let Some(limit) = http.max_body_bytes
+        && declared().is_some_and(|length| length > limit)
     {
         return exchange.fail(ProxyError::BodyTooLarge, json);
     }
@@ -307,6 +309,8 @@ pub async fn handle(
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    // Room for the headers added below at once, not by growing the map for each.
+    parts.headers.reserve(6);
     if wants_trailers {
         parts
             .headers
@@ -377,7 +381,8 @@ pub async fn handle(
         let cut = client::session_cut(server);
         prepare_for_server(&mut request, &pool, server, host);
         let sent_at = Instant::now();
-        let send = client::send(&pool, server, request, sent_at);
+        // Boxed: the send is large, and is moved into the timeout and the select below.
+        let send = Box::pin(client::send(&pool, server, request, sent_at));
         // `"0s"` (or one too far to count) means no limit.
         let deadline = Some(pool.timeouts.server)
             .filter(|limit| !limit.is_zero())
@@ -480,8 +485,8 @@ fn prepare_for_server(
     host: Option<&str>,
 ) {
     // The common case, an HTTP/1.1 request in origin form with a Host kept as it is,
-    // needs no rewriting at all.
-    let host = match host {
+    // needs no rewriting at all (and no text made for it).
+    let host = || match host {
         Some(host) if pool.preserve_host => host.to_string(),
         _ => server.address.to_string(),
     };
@@ -501,7 +506,7 @@ fn prepare_for_server(
                 *request.uri_mut() = uri;
             }
             let keep = pool.preserve_host && request.headers().contains_key(header::HOST);
-            if !keep && let Ok(value) = HeaderValue::from_str(&host) {
+            if !keep && let Ok(value) = HeaderValue::from_str(&host()) {
                 request.headers_mut().insert(header::HOST, value);
             }
         }
@@ -513,7 +518,7 @@ fn prepare_for_server(
                 None | Some(SslMode::Disable | SslMode::Allow) => "http",
                 Some(_) => "https",
             };
-            if let Ok(uri) = Uri::try_from(format!("{scheme}://{host}{}", path(request))) {
+            if let Ok(uri) = Uri::try_from(format!("{scheme}://{}{}", host(), path(request))) {
                 *request.uri_mut() = uri;
             }
         }

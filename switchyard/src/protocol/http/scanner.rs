@@ -288,8 +288,8 @@ fn take_until_blank_line(so_far: &[u8], data: &[u8]) -> (usize, bool) {
 
 /// Every LF must follow a CR and every CR precede an LF.
 fn check_line_ends(bytes: &[u8]) -> Result<(), Violation> {
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
+    for i in memchr::memchr2_iter(b'\r', b'\n', bytes) {
+        match bytes[i] {
             b'\n' if i == 0 || bytes[i - 1] != b'\r' => {
                 return Err(Violation::Malformed("bare LF"));
             }
@@ -304,14 +304,48 @@ fn check_line_ends(bytes: &[u8]) -> Result<(), Violation> {
 
 /// The CRLF-terminated lines of `bytes` (line ends already checked), without the CRLF.
 fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
-    bytes
-        .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', bytes)
+        .chain(std::iter::once(bytes.len()))
+        .map(move |end| {
+            let line = &bytes[start.min(end)..end];
+            start = end + 1;
+            line.strip_suffix(b"\r").unwrap_or(line)
+        })
         .filter(|line| !line.is_empty())
 }
 
+/// `tchar` (RFC 9110 §5.6.2) by byte value: every byte of every header name is looked up.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    table
+};
+
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
 
 /// A header field line: `name: value` with a token name, no space before the colon, no
@@ -320,10 +354,8 @@ fn header_field(line: &[u8]) -> Result<(&[u8], &[u8]), Violation> {
     if line[0] == b' ' || line[0] == b'\t' {
         return Err(Violation::Malformed("obs-fold line continuation"));
     }
-    let colon = line
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(Violation::Malformed("header line without a colon"))?;
+    let colon =
+        memchr::memchr(b':', line).ok_or(Violation::Malformed("header line without a colon"))?;
     let name = &line[..colon];
     if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
         return Err(Violation::Malformed("invalid header name"));
