@@ -23,6 +23,14 @@ async fn proxy_for(backend: &HttpBackend, listener: &str) -> (support::Proxy, So
         .await
 }
 
+/// Sends `bytes` on a new connection and reads what comes back until the proxy closes it,
+/// which it must do within the test deadline.
+async fn answer_then_close(front: SocketAddr, bytes: &[u8]) -> String {
+    tokio::time::timeout(support::DEADLINE, raw(front, bytes))
+        .await
+        .expect("the idle connection was not closed")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_attempts_get_400_and_never_reach_the_backend() {
     let backend = HttpBackend::describe().await;
@@ -148,15 +156,7 @@ async fn slowloris_gets_408_while_other_clients_are_served() {
 async fn idle_keep_alive_client_connections_are_closed() {
     let backend = HttpBackend::describe().await;
     let (_proxy, front) = proxy_for(&backend, "timeouts = { keep_alive = \"300ms\" }").await;
-    let mut client = TcpStream::connect(front).await.expect("connect");
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(support::DEADLINE, client.read_to_end(&mut received)).await;
-    assert!(closed.is_ok(), "the idle connection was not closed");
-    let text = String::from_utf8_lossy(&received);
+    let text = answer_then_close(front, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(!text.contains("408"), "an idle close is silent: {text}");
     wait_until("backend request seen", || async {
@@ -213,16 +213,12 @@ async fn a_response_slower_than_keep_alive_is_not_cut_and_the_connection_idles_o
     })
     .await;
     let (_proxy, front) = proxy_for(&backend, "timeouts = { keep_alive = \"300ms\" }").await;
-    let mut client = TcpStream::connect(front).await.expect("connect");
     // Pipelined, so that the client never idles between them: only the proxy's clock can.
-    client
-        .write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\nGET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(support::DEADLINE, client.read_to_end(&mut received)).await;
-    assert!(closed.is_ok(), "the idle connection was not closed");
-    let text = String::from_utf8_lossy(&received);
+    let text = answer_then_close(
+        front,
+        b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\nGET /slow HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     assert!(text.ends_with("done\n"), "{text}");
 }
