@@ -9,16 +9,63 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::lazy_timer::LazyTimer;
 
 /// Errors carried by bodies in flight.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What the proxy sends to clients: a server's streamed body or its own short one.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+/// What the proxy sends to clients: a server's streamed body or its own short one. An
+/// enum, not a boxed body: every response would otherwise cost an allocation and a dynamic
+/// call per frame.
+pub enum ProxyBody {
+    /// A server's response body, streamed.
+    Server(ResponseBody),
+    /// The proxy's own: an error page, or nothing (after a `101`).
+    Own(Full<Bytes>),
+}
+
+impl ProxyBody {
+    /// The proxy's own body of `data` (empty: none).
+    pub fn own(data: impl Into<Bytes>) -> Self {
+        Self::Own(Full::new(data.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Server(body) => Pin::new(body).poll_frame(cx),
+            Self::Own(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Server(body) => body.is_end_stream(),
+            Self::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Server(body) => body.size_hint(),
+            Self::Own(body) => body.size_hint(),
+        }
+    }
+}
 
 /// The request body exceeded `max_body_bytes`.
 #[derive(Debug, thiserror::Error)]
@@ -133,9 +180,11 @@ pub struct ResponseBody {
     waiting: Option<Waiting>,
 }
 
-/// What a body the server keeps waiting watches: the server's silence and its cut.
+/// What a body the server keeps waiting watches: the server's silence (since its last
+/// frame; a lazy timer, as every frame moves the deadline later) and its cut.
 struct Waiting {
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: Option<LazyTimer>,
+    since: Instant,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
@@ -183,16 +232,19 @@ impl ResponseBody {
     fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Option<Ending> {
         let (idle, cut) = (self.idle, &self.cut);
         let waiting = self.waiting.get_or_insert_with(|| Waiting {
-            timer: (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle))),
+            timer: (!idle.is_zero()).then(LazyTimer::default),
+            since: Instant::now(),
             cut: Box::pin(cut.clone().cancelled_owned()),
         });
         if waiting.cut.as_mut().poll(cx).is_ready() {
             return Some(Ending::ServerCut);
         }
+        // A deadline too far to count is none.
+        let deadline = waiting.since.checked_add(idle)?;
         let silent = waiting
             .timer
             .as_mut()
-            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+            .is_some_and(|timer| timer.poll_until(cx, deadline).is_ready());
         silent.then_some(Ending::ServerTimeout)
     }
 }
@@ -210,9 +262,8 @@ impl Body for ResponseBody {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
                 }
-                let idle = self.idle;
-                if let Some(timer) = self.waiting.as_mut().and_then(|w| w.timer.as_mut()) {
-                    timer.as_mut().reset(Instant::now() + idle);
+                if let Some(waiting) = self.waiting.as_mut() {
+                    waiting.since = Instant::now();
                 }
                 if self.inner.is_end_stream() {
                     self.end(Ending::Complete);

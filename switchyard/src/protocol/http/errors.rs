@@ -1,8 +1,6 @@
 //! Responses the proxy writes itself: one short, consistent body per failure, in plain
 //! text or JSON depending on what the client accepts.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use hyper::{HeaderMap, Response, StatusCode};
 
@@ -91,11 +89,7 @@ pub fn error_body(status: StatusCode, message: &str, json: bool) -> (&'static st
 /// The proxy's answer for `error`, in JSON when the client asked for it (`wants_json`).
 pub fn response(error: ProxyError, json: bool) -> Response<ProxyBody> {
     let (content_type, body) = error_body(error.status(), error.message(), json);
-    let mut response = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut response = Response::new(ProxyBody::own(body));
     *response.status_mut() = error.status();
     response
         .headers_mut()

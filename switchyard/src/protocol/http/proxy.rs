@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::upgrade::OnUpgrade;
@@ -450,12 +449,7 @@ pub async fn handle(
             exchange.received.fetch_add(bytes_in, Ordering::Relaxed);
             exchange.finish(Instant::now(), 101, bytes_out, termination);
         });
-        return Response::from_parts(
-            parts,
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        );
+        return Response::from_parts(parts, ProxyBody::own(bytes::Bytes::new()));
     }
 
     let mut connection = Some(connection);
@@ -473,7 +467,7 @@ pub async fn handle(
         exchange.finish(now, status.as_u16(), end.bytes, end.ending.reason());
     });
     let body = ResponseBody::new(body, pool.timeouts.server, cut, on_end);
-    Response::from_parts(parts, body.boxed_unsync())
+    Response::from_parts(parts, ProxyBody::Server(body))
 }
 
 /// Points the request at `server`: URI form and version for the pool's HTTP version, and
