@@ -77,13 +77,14 @@ pub struct BodyTooLarge(pub u64);
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
-    received: Arc<AtomicU64>,
+    received: Option<Arc<AtomicU64>>,
     limit: Option<u64>,
 }
 
 impl RequestBody {
-    /// Wraps `inner`; `received` counts its bytes as they pass.
-    pub fn new(inner: Incoming, received: Arc<AtomicU64>, limit: Option<u64>) -> Self {
+    /// Wraps `inner`; `received` counts its bytes as they pass (`None`: a body known to be
+    /// empty, with nothing to count or limit).
+    pub fn new(inner: Incoming, received: Option<Arc<AtomicU64>>, limit: Option<u64>) -> Self {
         Self {
             inner,
             received,
@@ -106,11 +107,9 @@ impl Body for RequestBody {
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
-        if let Some(data) = frame.data_ref() {
-            let total = self
-                .received
-                .fetch_add(data.len() as u64, Ordering::Relaxed)
-                + data.len() as u64;
+        if let (Some(data), Some(received)) = (frame.data_ref(), &self.received) {
+            let total =
+                received.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
             if let Some(limit) = self.limit.filter(|&limit| total > limit) {
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))));
             }

@@ -78,7 +78,8 @@ struct Exchange {
     /// Kept only while the access log is on (a request begun with it off is not logged).
     head: Option<LoggedHead>,
     ttfb: Option<std::time::Duration>,
-    received: Arc<AtomicU64>,
+    /// Request body bytes, counted as they pass; `None` for a request without a body.
+    received: Option<Arc<AtomicU64>>,
     /// The pool of a request that got no lease (its log line names it).
     pool: Option<Arc<Pool>>,
     /// The server's slot, held until the exchange ends; its pool and server are the log
@@ -111,7 +112,10 @@ impl Exchange {
         }
         self.ctx.in_flight.end(now);
         let elapsed = now.duration_since(self.started);
-        let bytes_in = self.received.load(Ordering::Relaxed);
+        let bytes_in = self
+            .received
+            .as_ref()
+            .map_or(0, |received| received.load(Ordering::Relaxed));
         let stats = &self.ctx.listener.stats;
         stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
@@ -237,7 +241,10 @@ pub async fn handle(
             HeaderValue::from_str(authority.as_str()).ok()
         });
     let host = host_value.as_ref().and_then(|v| v.to_str().ok());
-    let received = Arc::new(AtomicU64::new(0));
+    // Counted only when there is something to count: a body, or a tunnel after an upgrade.
+    let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
+    let received =
+        (upgrade || !hyper::body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
     let mut exchange = Exchange {
         started,
         head: ctx.shared.access_log.is_on().then(|| LoggedHead {
@@ -297,7 +304,6 @@ pub async fn handle(
     let rules = route.map(|r| &r.rule);
 
     // Headers: hop-by-hop out, forwarding and identity in, then the route's rules.
-    let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
     let wants_trailers = parts
         .headers
         .get_all(header::TE)
@@ -446,7 +452,9 @@ pub async fn handle(
         tokio::spawn(async move {
             let (termination, bytes_in, bytes_out) =
                 tunnel::run(client_upgrade, server_upgrade, idle, cut, &ctx_done.shared).await;
-            exchange.received.fetch_add(bytes_in, Ordering::Relaxed);
+            if let Some(received) = &exchange.received {
+                received.fetch_add(bytes_in, Ordering::Relaxed);
+            }
             exchange.finish(Instant::now(), 101, bytes_out, termination);
         });
         return Response::from_parts(parts, ProxyBody::own(bytes::Bytes::new()));
