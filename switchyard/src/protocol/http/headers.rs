@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hyper::HeaderMap;
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{self, Entry, HeaderName, HeaderValue};
 
 use crate::config::HeaderRules;
 use crate::tls::{ClientIdentity, TlsInfo};
@@ -129,13 +129,18 @@ pub fn add_forwarding(
 ) {
     let ip = facts.client.ip();
     let proto = if facts.tls.is_some() { "https" } else { "http" };
-    match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => {
-            let xff = format!("{previous}, {ip}");
-            set(headers, X_FORWARDED_FOR, &xff);
+    // One lookup for the read and the write (most requests have none yet).
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut entry) => {
+            let appended = entry
+                .get()
+                .to_str()
+                .ok()
+                .and_then(|previous| HeaderValue::from_str(&format!("{previous}, {ip}")).ok());
+            entry.insert(appended.unwrap_or_else(|| facts.client_ip().clone()));
         }
-        None => {
-            headers.insert(X_FORWARDED_FOR, facts.client_ip().clone());
+        Entry::Vacant(entry) => {
+            entry.insert(facts.client_ip().clone());
         }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -208,13 +213,20 @@ pub fn set_client_cert_headers(headers: &mut HeaderMap, identity: Option<&Client
 
 /// The request's `X-Request-Id`, generated (128 random bits, hex) and set when absent.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(X_REQUEST_ID).filter(|v| v.to_str().is_ok()) {
-        return id.clone();
+    let new_id = || {
+        HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&random_hex_id()))
+            .unwrap_or(HeaderValue::from_static("-"))
+    };
+    // One lookup for the read and the write.
+    match headers.entry(X_REQUEST_ID) {
+        Entry::Occupied(entry) if entry.get().to_str().is_ok() => entry.get().clone(),
+        Entry::Occupied(mut entry) => {
+            let id = new_id();
+            entry.insert(id.clone());
+            id
+        }
+        Entry::Vacant(entry) => entry.insert(new_id()).clone(),
     }
-    let id = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&random_hex_id()))
-        .unwrap_or(HeaderValue::from_static("-"));
-    headers.insert(X_REQUEST_ID, id.clone());
-    id
 }
 
 /// 128 random bits as 32 lowercase hex digits (always a valid header value), written
