@@ -219,7 +219,6 @@ fn take_idle(conns: &Shard, pool: &Pool, now: Instant) -> Option<Connection> {
         return None;
     }
     let mut idle = lock(&conns.state);
-
     while let Some((sender, used, since)) = idle.http1.pop() {
         conns.left(1);
         if now.saturating_duration_since(since) < pool.keep_alive.idle_timeout
