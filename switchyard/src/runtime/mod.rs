@@ -25,7 +25,7 @@ use crate::upstream::Pool;
 
 pub use reload::{Changes, ReloadError, ReloadSummary, reload};
 pub use upgrade::Inherited;
-pub use workers::{Workers, current_worker};
+pub use workers::{Workers, current_worker, worker_slot};
 
 /// State shared by listeners, connection handlers and the admin API.
 #[derive(Debug)]

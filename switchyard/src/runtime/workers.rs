@@ -32,6 +32,16 @@ pub fn current_worker() -> Option<usize> {
     CURRENT.get()
 }
 
+/// Which of `slots` per-worker slots the caller uses, for state kept per worker: 0 off the
+/// workers (the control plane, tests), else its worker's own; workers past the last slot
+/// share slots.
+pub fn worker_slot(slots: usize) -> usize {
+    match (current_worker(), slots) {
+        (Some(worker), 2..) => 1 + worker % (slots - 1),
+        _ => 0,
+    }
+}
+
 /// The worker runtimes; their threads run until the process exits. Cloning is cheap.
 #[derive(Clone, Debug)]
 pub struct Workers {
@@ -116,6 +126,23 @@ impl Workers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_worker_has_its_own_slot_and_threads_off_the_workers_share_slot_zero() {
+        assert_eq!(worker_slot(4), 0);
+        let slots: Vec<usize> = (0..5)
+            .map(|worker| {
+                CURRENT.set(Some(worker));
+                worker_slot(4)
+            })
+            .collect();
+        CURRENT.set(None);
+        // Three worker slots: workers past them share, never slot 0.
+        assert_eq!(slots, [1, 2, 3, 1, 2]);
+        CURRENT.set(Some(7));
+        assert_eq!(worker_slot(1), 0);
+        CURRENT.set(None);
+    }
 
     #[test]
     fn connections_go_to_the_least_busy_worker_and_stay_home_on_a_tie() {

@@ -101,15 +101,16 @@ fn connections(server: &Server) -> Option<&Arc<Shard>> {
         .0
         .get_or_init(|| Arc::new(ServerConnections::default()))
         .downcast_ref::<ServerConnections>()?;
-    let index = crate::runtime::current_worker().map_or(0, |worker| 1 + worker % (SHARDS - 1));
-    Some(all.shards[index].get_or_init(|| {
-        Arc::new(Shard {
-            state: Mutex::new(Idle::default()),
-            idle: all.idle.clone(),
-            http2: all.http2.clone(),
-            cut: Mutex::new(server.session_token().child_token()),
-        })
-    }))
+    Some(
+        all.shards[crate::runtime::worker_slot(SHARDS)].get_or_init(|| {
+            Arc::new(Shard {
+                state: Mutex::new(Idle::default()),
+                idle: all.idle.clone(),
+                http2: all.http2.clone(),
+                cut: Mutex::new(server.session_token().child_token()),
+            })
+        }),
+    )
 }
 
 /// A token cancelled when `server`'s sessions are cut (`maint`, removal): a child of the

@@ -208,8 +208,7 @@ impl Returned {
 
     /// The calling worker's queue.
     fn mine(&self) -> &WaitQueue {
-        let index = crate::runtime::current_worker().map_or(0, |worker| worker + 1);
-        &self.queues[index % self.queues.len()]
+        &self.queues[crate::runtime::worker_slot(self.queues.len())]
     }
 
     /// A connection was given back or its place freed: wakes one waiting client, of the

@@ -19,13 +19,12 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::Registration;
@@ -42,6 +41,7 @@ use super::startup::Refusal;
 use super::statements::{ClientStatements, Statement};
 use super::tls::ClientStream;
 use crate::config::MessageLimits;
+use crate::lazy_timer::LazyTimer;
 use crate::listener::ListenerSettings;
 use crate::observe::ConnectionRecord;
 use crate::runtime::Shared;
@@ -249,9 +249,9 @@ struct Session<'a> {
     pinned: Option<PinReason>,
     moved: Moved,
     split: SplitState,
-    /// The idle limit between transactions: one timer for the session, reset before each
-    /// wait rather than made anew.
-    idle_timer: Pin<Box<Sleep>>,
+    /// The idle limit between transactions: one lazy timer for the session, whose deadline
+    /// every transaction moves later.
+    idle_timer: LazyTimer,
     /// The last transaction's buffers, for the next.
     buffers: Buffers,
 }
@@ -265,7 +265,7 @@ impl<'a> Session<'a> {
             pinned: None,
             moved: Moved::default(),
             split: SplitState::new(),
-            idle_timer: Box::pin(tokio::time::sleep(client.idle)),
+            idle_timer: LazyTimer::default(),
             buffers: Buffers::default(),
             client,
         }
@@ -336,14 +336,12 @@ impl<'a> Session<'a> {
             }
             // Zero (or beyond the clock's range): no limit.
             let idle = self.client.idle;
-            let deadline = Instant::now().checked_add(idle).filter(|_| !idle.is_zero());
-            if let Some(deadline) = deadline {
-                self.idle_timer.as_mut().reset(deadline);
-            }
+            let now = Instant::now();
+            let deadline = now.checked_add(idle).filter(|_| !idle.is_zero());
             let read = self.reader.fill(&mut self.client.stream);
             let read = tokio::select! {
                 read = read => read,
-                () = &mut self.idle_timer, if deadline.is_some() => {
+                _ = self.idle_timer.until(deadline.unwrap_or(now)), if deadline.is_some() => {
                     return Err(Refusal::new("client_timeout", "idle between transactions"));
                 }
                 () = self.client.hard_stop.cancelled() => {
