@@ -28,7 +28,7 @@ use scenarios::postgres::PostgresArgs;
 use scenarios::throughput::ThroughputArgs;
 use scenarios::tls::TlsArgs;
 use table::Row;
-use targets::{TargetKind, TargetOptions};
+use targets::{CompetitorHeaders, TargetKind, TargetOptions};
 
 /// Which scenario to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -101,6 +101,12 @@ struct Cli {
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx_bin: PathBuf,
 
+    /// HTTP: what HAProxy and nginx add to requests. `same` (the default) configures them
+    /// to add the forwarding headers switchyard adds by default, so that all three do the
+    /// same work; `bare` leaves their own defaults, which add none.
+    #[arg(long, value_enum, default_value = "same")]
+    competitor_headers: CompetitorHeaders,
+
     /// HAProxy maxconn (default: what fits the hard open-file limit).
     #[arg(long)]
     haproxy_maxconn: Option<u64>,
@@ -153,6 +159,7 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|| TargetOptions::maxconn_for_fd_limit(hard)),
             ready_timeout: Duration::from_secs_f64(cli.ready_timeout_secs),
             tls: None,
+            competitor_headers: cli.competitor_headers,
         },
         backend_threads,
     };
