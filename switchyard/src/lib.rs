@@ -18,6 +18,7 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod runtime;
+pub mod tally;
 #[cfg(test)]
 mod testing;
 pub mod tls;

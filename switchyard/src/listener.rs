@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ListenerConfig, Protocol};
 use crate::route::Routing;
 use crate::runtime::Workers;
+use crate::tally::{Carried, Tally};
 use crate::tls::ServerTls;
 
 /// Counters kept per listener.
@@ -30,9 +31,9 @@ pub struct ListenerStats {
     /// Connections accepted.
     pub total: AtomicU64,
     /// Bytes from clients.
-    pub bytes_in: AtomicU64,
+    pub bytes_in: Tally,
     /// Bytes to clients.
-    pub bytes_out: AtomicU64,
+    pub bytes_out: Tally,
     /// Connections closed before reaching a server (bad PROXY header, no server, ...).
     pub failed: AtomicU64,
 }
@@ -40,7 +41,7 @@ pub struct ListenerStats {
 impl ListenerStats {
     /// The counters that only grow (connections, bytes in and out, failed), for a binary
     /// upgrade to carry over.
-    pub fn cumulative(&self) -> [&AtomicU64; 4] {
+    pub fn cumulative(&self) -> [&dyn Carried; 4] {
         [&self.total, &self.bytes_in, &self.bytes_out, &self.failed]
     }
 }

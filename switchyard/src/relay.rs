@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::tally::Tally;
+
 /// Size of one relay buffer.
 const BUFFER_SIZE: usize = 32 * 1024;
 /// Buffer of each direction of [`relay_streams`]: one TLS record's plaintext at most.
@@ -131,9 +133,9 @@ impl IdleLimit {
 /// Live counters a relay adds to as bytes move.
 pub struct RelayCounters<'a> {
     /// Incremented with client → server bytes.
-    pub to_server: &'a [&'a AtomicU64],
+    pub to_server: &'a [&'a Tally],
     /// Incremented with server → client bytes.
-    pub to_client: &'a [&'a AtomicU64],
+    pub to_client: &'a [&'a Tally],
 }
 
 /// What a relay did.
@@ -211,7 +213,7 @@ impl<'a> Session<'a> {
         };
         own.fetch_add(n as u64, Ordering::Relaxed);
         for counter in counters {
-            counter.fetch_add(n as u64, Ordering::Relaxed);
+            counter.add(n as u64);
         }
     }
 

@@ -92,12 +92,12 @@ const LISTENER_METRICS: &[Metric<Listener>] = &[
     metric(
         "switchyard_listener_received_bytes",
         "Bytes received from clients",
-        Read::Counter(|l| load(&l.stats.bytes_in)),
+        Read::Counter(|l| l.stats.bytes_in.get()),
     ),
     metric(
         "switchyard_listener_sent_bytes",
         "Bytes sent to clients",
-        Read::Counter(|l| load(&l.stats.bytes_out)),
+        Read::Counter(|l| l.stats.bytes_out.get()),
     ),
 ];
 
@@ -206,12 +206,12 @@ const SERVER_METRICS: &[Metric<Server>] = &[
     metric(
         "switchyard_server_received_bytes",
         "Bytes sent by clients to the server",
-        Read::Counter(|s| load(&s.stats.bytes_in)),
+        Read::Counter(|s| s.stats.bytes_in.get()),
     ),
     metric(
         "switchyard_server_sent_bytes",
         "Bytes sent by the server to clients",
-        Read::Counter(|s| load(&s.stats.bytes_out)),
+        Read::Counter(|s| s.stats.bytes_out.get()),
     ),
     metric(
         "switchyard_server_connect_errors",

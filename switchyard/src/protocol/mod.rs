@@ -30,10 +30,10 @@ pub fn count_bytes(
     record.bytes_in += to_server;
     record.bytes_out += to_client;
     for counter in [&server.stats.bytes_in, &listener.stats.bytes_in] {
-        counter.fetch_add(to_server, Ordering::Relaxed);
+        counter.add(to_server);
     }
     for counter in [&server.stats.bytes_out, &listener.stats.bytes_out] {
-        counter.fetch_add(to_client, Ordering::Relaxed);
+        counter.add(to_client);
     }
 }
 

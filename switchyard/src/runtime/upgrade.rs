@@ -27,7 +27,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
@@ -37,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::config::Config;
 use crate::health::Health;
+use crate::tally::Carried;
 use crate::upstream::{AdminState, Pool, Server};
 
 /// Longest wait for the new process's first health-check round before it takes over anyway.
@@ -77,7 +77,7 @@ struct Totals {
 
 impl Totals {
     fn read(shared: &Shared) -> Self {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let load = |counter: &dyn Carried| counter.value();
         let mut totals = Totals::default();
         for listener in shared.listeners().iter() {
             totals
@@ -122,9 +122,9 @@ fn find_server<'a>(pools: &'a [Arc<Pool>], pool: &str, name: &str) -> Option<&'a
 }
 
 /// Adds counter values carried from the old process.
-fn add_counts<const N: usize>(counters: [&AtomicU64; N], values: &[u64; N]) {
+fn add_counts<const N: usize>(counters: [&dyn Carried; N], values: &[u64; N]) {
     for (counter, value) in counters.into_iter().zip(values) {
-        counter.fetch_add(*value, Ordering::Relaxed);
+        counter.carry(*value);
     }
 }
 

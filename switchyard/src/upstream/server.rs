@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::ServerAddress;
 use crate::config::ServerConfig;
 use crate::health::{Health, HealthTracker, Transition};
+use crate::tally::{Carried, Tally};
 
 /// What the operator asked for a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -73,9 +74,9 @@ pub struct ServerStats {
     /// Sessions ever established.
     pub total: AtomicU64,
     /// Bytes sent by clients to this server.
-    pub bytes_in: AtomicU64,
+    pub bytes_in: Tally,
     /// Bytes sent by this server to clients.
-    pub bytes_out: AtomicU64,
+    pub bytes_out: Tally,
     /// Failed connect attempts.
     pub connect_errors: AtomicU64,
     /// Health checks that passed.
@@ -87,7 +88,7 @@ pub struct ServerStats {
 impl ServerStats {
     /// The counters that only grow (connections, bytes in and out, connect errors, checks
     /// passed and failed), for a binary upgrade to carry over.
-    pub fn cumulative(&self) -> [&AtomicU64; 6] {
+    pub fn cumulative(&self) -> [&dyn Carried; 6] {
         [
             &self.total,
             &self.bytes_in,

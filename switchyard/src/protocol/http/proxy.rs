@@ -117,15 +117,12 @@ impl Exchange {
             .as_ref()
             .map_or(0, |received| received.load(Ordering::Relaxed));
         let stats = &self.ctx.listener.stats;
-        stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-        stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        stats.bytes_in.add(bytes_in);
+        stats.bytes_out.add(bytes_out);
         let (pool, server) = (self.pool(), self.lease.as_ref().map(|lease| lease.server()));
         if let Some(server) = server {
-            server.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-            server
-                .stats
-                .bytes_out
-                .fetch_add(bytes_out, Ordering::Relaxed);
+            server.stats.bytes_in.add(bytes_in);
+            server.stats.bytes_out.add(bytes_out);
         }
         self.ctx.shared.http_metrics.record(
             &self.ctx.metrics,
