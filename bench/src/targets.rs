@@ -766,17 +766,20 @@ mod tests {
             .write_all(b"GET /x HTTP/1.1\r\nHost: app.test\r\nUser-Agent: bench\r\n\r\n")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        // Bounded waits: a proxy that never answers fails the test instead of hanging it.
         let mut response = [0u8; 64];
-        let n = client
-            .read(&mut response)
+        let n = tokio::time::timeout(Duration::from_secs(30), client.read(&mut response))
             .await
+            .unwrap_or_else(|_| panic!("{kind} sent no response"))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             response[..n].starts_with(b"HTTP/1.1 200"),
             "{kind}: {:?}",
             &response[..n]
         );
-        let lines = heads.recv().unwrap_or_else(|e| panic!("{e}"));
+        let lines = heads
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{kind}: no request reached the backend: {e}"));
         target.stop().await.unwrap_or_else(|e| panic!("{e:#}"));
         lines
     }
