@@ -78,12 +78,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if doomed.is_empty() && !keep_upgrade {
         return;
     }
-    let named: smallvec::SmallVec<[HeaderName; 4]> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let named: smallvec::SmallVec<[HeaderName; 4]> = list_tokens(headers, header::CONNECTION)
         // The usual tokens: `keep-alive` is doomed already if present, `close` names none.
         .filter(|token| {
             !token.eq_ignore_ascii_case("keep-alive") && !token.eq_ignore_ascii_case("close")
@@ -107,16 +102,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The tokens of the comma-separated list header `name` (`Connection`, `TE`), over all its
+/// fields, trimmed; fields that are not text are skipped.
+pub fn list_tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// Whether a request asks for a protocol upgrade (WebSocket): `Connection` names
 /// `upgrade` and an `Upgrade` header is present.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        && list_tokens(headers, header::CONNECTION)
+            .any(|token| token.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` and, with

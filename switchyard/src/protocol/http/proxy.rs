@@ -301,15 +301,8 @@ pub async fn handle(
     let rules = route.map(|r| &r.rule);
 
     // Headers: hop-by-hop out, forwarding and identity in, then the route's rules.
-    let wants_trailers = parts
-        .headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+    let wants_trailers = headers::list_tokens(&parts.headers, header::TE)
+        .any(|token| token.eq_ignore_ascii_case("trailers"));
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     // Room for the headers added below at once, not by growing the map for each.
     parts.headers.reserve(6);
