@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use support::config::Config;
 use support::ops::{field, listener_addr, wait_access};
 use support::postgres::{
-    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, pgbench, psql_ok, stderr,
+    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, connect_abortable, pgbench, psql_ok,
+    stderr,
 };
 use support::{Proxy, wait_until};
 
@@ -291,6 +292,183 @@ async fn pgbench_in_every_query_mode_runs_without_errors() {
     for (i, session) in sessions.into_iter().enumerate() {
         assert_eq!(session.join().expect("psql thread"), (i + 1).to_string());
     }
+}
+
+/// Asserts a pgbench run finished with every client and no failed transaction.
+fn assert_clean_run(run: &std::process::Output, what: &str) {
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success() && !stderr(run).contains("aborted"),
+        "{what}: {}\n{stdout}",
+        stderr(run)
+    );
+    assert!(
+        stdout.contains("number of failed transactions: 0"),
+        "{what}: {stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_connect_per_transaction_outnumbering_the_pool_all_complete() {
+    // PHP-FPM's way: a new connection per transaction. pgbench -C with fewer threads than
+    // clients connects with a blocking call, so a thread's other clients (holding server
+    // connections inside a transaction) stall while it connects: a login that waited for a
+    // server connection deadlocked until the queue timeout. Logins must not wait.
+    let pg = PgCluster::start(&PgOptions::default());
+    let (proxy, front) = pooled(pg.address(), "pool_size = 2").start().await;
+    let init = pgbench(front, &["-i", "-s", "1", "-q"]);
+    assert!(init.status.success(), "pgbench -i: {}", stderr(&init));
+    let script = proxy.dir.path().join("short.sql");
+    std::fs::write(&script, "BEGIN;\nSELECT 1;\nEND;\n").expect("script");
+    let script = script.to_string_lossy().into_owned();
+    for clients in ["4", "8", "40"] {
+        let tpcb = pgbench(front, &["-C", "-c", clients, "-j", "2", "-t", "10"]);
+        assert_clean_run(&tpcb, &format!("pgbench -C TPC-B, {clients} clients"));
+        let short = pgbench(
+            front,
+            &["-C", "-c", clients, "-j", "2", "-t", "20", "-f", &script],
+        );
+        assert_clean_run(
+            &short,
+            &format!("pgbench -C BEGIN/SELECT/END, {clients} clients"),
+        );
+    }
+    assert!(backends(&pg, "postgres") <= 2);
+    let pools = proxy.pools().await;
+    assert_eq!(pools[0].transaction_pools[0].queue_timeouts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_vanish_without_terminate_give_their_connection_back() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (proxy, front) = pooled(pg.address(), "pool_size = 1").start().await;
+    // 40 clients on one server connection, each closing its socket without Terminate:
+    // after its transaction, or in the middle of one (the proxy rolls it back).
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            tokio::spawn(async move {
+                let (client, driver) = connect_abortable(front, "postgres").await.expect("connect");
+                if i % 2 == 0 {
+                    client
+                        .batch_execute("BEGIN; SELECT 1; COMMIT")
+                        .await
+                        .expect("a transaction");
+                } else {
+                    client
+                        .batch_execute("BEGIN; SELECT 1")
+                        .await
+                        .expect("an open transaction");
+                }
+                driver.abort();
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("client");
+    }
+    // The connection is back and clean: a new client runs at once, outside a transaction.
+    let client = connect(front, "postgres", "postgres")
+        .await
+        .expect("connect");
+    let rows = client
+        .simple_query("SELECT now() = statement_timestamp()")
+        .await
+        .expect("query");
+    let fresh = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(
+        fresh.as_deref(),
+        Some("t"),
+        "not inside someone else's transaction"
+    );
+    assert!(backends(&pg, "postgres") <= 1);
+    let pools = proxy.pools().await;
+    assert_eq!(pools[0].transaction_pools[0].queue_timeouts, 0);
+}
+
+/// The value of an unlabelled gauge in the metrics text.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_to_databases_that_do_not_exist_leave_nothing_behind() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let config = Config::new()
+        .protocol("postgres")
+        .listener("auth = \"trust\"")
+        .pool("pool_mode = \"transaction\"\npool_size = 2")
+        .server("pg", pg.address(), "");
+    let (proxy, front) = config.start().await;
+    // One real pair first, so the metrics have their transaction-pool families.
+    connect(front, "postgres", "postgres")
+        .await
+        .expect("connect")
+        .batch_execute("SELECT 1")
+        .await
+        .expect("query");
+    let before = proxy.metrics().await;
+    let lines = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    let pairs = |text: &str| gauge(text, "switchyard_pg_pool_pairs").unwrap_or(-1.0);
+    let tasks: Vec<_> = (0..16)
+        .map(|worker| {
+            tokio::spawn(async move {
+                for i in (worker..3000).step_by(16) {
+                    let Err(error) = connect(front, "postgres", &format!("no_such_db_{i}")).await
+                    else {
+                        panic!("logged in to no_such_db_{i}");
+                    };
+                    assert_eq!(
+                        error.as_db_error().map(|e| e.code().code()),
+                        Some("3D000"),
+                        "{error}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("client");
+    }
+    wait_until("the registry back to one pair", || async {
+        pairs(&proxy.metrics().await) == 1.0
+    })
+    .await;
+    let after = proxy.metrics().await;
+    assert_eq!(lines(&after), lines(&before), "{after}");
+    assert_eq!(proxy.pools().await[0].transaction_pools.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_keeps_at_most_max_transaction_pools_pairs() {
+    let pg = PgCluster::start(&PgOptions {
+        databases: vec!["one", "two"],
+        ..PgOptions::default()
+    });
+    let config = Config::new()
+        .protocol("postgres")
+        .listener("auth = \"trust\"")
+        .pool("pool_mode = \"transaction\"\nmax_transaction_pools = 1")
+        .server("pg", pg.address(), "");
+    let (_proxy, front) = config.start().await;
+    let one = connect(front, "postgres", "one")
+        .await
+        .expect("the first pair");
+    one.batch_execute("SELECT 1").await.expect("query");
+    let Err(refused) = connect(front, "postgres", "two").await else {
+        panic!("a second pair was let in");
+    };
+    let error = refused.as_db_error().expect("a server error");
+    assert_eq!(error.code().code(), "53300");
+    assert!(error.message().contains("max_transaction_pools"), "{error}");
 }
 
 /// A transaction-mode pool with the read/write split over a primary and its streaming

@@ -99,6 +99,17 @@ pub struct PgpoolArgs {
         default_value = "select,tpcb"
     )]
     pub scripts: Vec<Script>,
+    /// Client counts of the connect-per-transaction rows (`pgbench -C`, TPC-B, two
+    /// threads): how PHP-FPM and other per-request clients use a pooler, each transaction
+    /// paying a login. `0` runs none.
+    #[arg(
+        id = "pgpool-connect-clients",
+        long = "pgpool-connect-clients",
+        value_name = "N,..",
+        value_delimiter = ',',
+        default_value = "16,64"
+    )]
+    pub connect_clients: Vec<usize>,
     /// Server connections of each pooler (switchyard `pool_size`, PgBouncer
     /// `default_pool_size`).
     #[arg(
@@ -163,6 +174,18 @@ fn runs(args: &PgpoolArgs) -> Vec<Run> {
             }
         }
     }
+    for &clients in args.connect_clients.iter().filter(|&&c| c > 0) {
+        // Two threads, fewer than clients: pgbench connects with a blocking call, so a
+        // pooler whose logins wait for a server connection stalls the thread's others.
+        runs.push(Run {
+            metric: format!("TPC-B -C (a login per transaction), {clients} clients (tps)"),
+            better: Better::Higher,
+            args: ["-C", "-c", &clients.to_string(), "-j", "2"]
+                .map(String::from)
+                .to_vec(),
+            latency: false,
+        });
+    }
     runs
 }
 
@@ -207,17 +230,26 @@ mod tests {
     #[test]
     fn defaults_cover_both_scripts_three_modes_and_four_client_counts() {
         let runs = runs(&parse(&[]));
-        assert_eq!(runs.len(), 2 * 3 * 4);
+        assert_eq!(runs.len(), 2 * 3 * 4 + 2);
         assert_eq!(runs[0].metric, "pgbench -S -M simple, 1 client (tps)");
         assert_eq!(
             runs[0].args,
             ["-S", "-M", "simple", "-c", "1", "-j", "1"].map(String::from)
         );
-        let last = &runs[runs.len() - 1];
+        let last = &runs[runs.len() - 3];
         assert_eq!(last.metric, "TPC-B -M prepared, 512 clients (tps)");
         assert_eq!(
             last.args,
             ["-M", "prepared", "-c", "512", "-j", "512"].map(String::from)
+        );
+        let connecting = &runs[runs.len() - 1];
+        assert_eq!(
+            connecting.metric,
+            "TPC-B -C (a login per transaction), 64 clients (tps)"
+        );
+        assert_eq!(
+            connecting.args,
+            ["-C", "-c", "64", "-j", "2"].map(String::from)
         );
     }
 
@@ -232,6 +264,8 @@ mod tests {
             "prepared",
             "--pgpool-scripts",
             "tpcb",
+            "--pgpool-connect-clients",
+            "0",
         ]);
         let jobs: Vec<String> = runs(&args)
             .into_iter()

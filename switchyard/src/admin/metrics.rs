@@ -26,6 +26,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     registry.register_collector(Box::new(Snapshot {
         pools: shared.pools(),
         tx_pools: shared.postgres_pools.snapshot(),
+        tx_pool_pairs: shared.postgres_pools.pairs(),
         listeners: shared.listeners(),
         dropped_log_lines: shared.access_log.dropped.load(Ordering::Relaxed),
     }));
@@ -39,6 +40,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
 struct Snapshot {
     pools: Arc<Vec<Arc<Pool>>>,
     tx_pools: Vec<Arc<TxPool>>,
+    tx_pool_pairs: usize,
     listeners: Arc<Vec<Arc<Listener>>>,
     dropped_log_lines: u64,
 }
@@ -110,7 +112,7 @@ const TX_POOL_METRICS: &[Metric<TxPool>] = &[
     metric(
         "switchyard_pg_pool_clients_waiting",
         "Transaction-mode clients waiting for a server connection",
-        Read::Gauge(|t| load_usize(&t.stats.waiting)),
+        Read::Gauge(|t| t.waiting() as f64),
     ),
     metric(
         "switchyard_pg_pool_transactions",
@@ -351,6 +353,13 @@ impl Collector for Snapshot {
             ConstCounter::new(0u64).metric_type(),
         )?;
         ConstCounter::new(self.dropped_log_lines).encode(dropped)?;
+        let pairs = encoder.encode_descriptor(
+            "switchyard_pg_pool_pairs",
+            "(database, user) pairs with transaction-pool state kept, logged in or not yet",
+            None,
+            ConstGauge::new(0.0f64).metric_type(),
+        )?;
+        ConstGauge::new(self.tx_pool_pairs as f64).encode(pairs)?;
         Ok(())
     }
 }

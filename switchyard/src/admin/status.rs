@@ -97,7 +97,7 @@ fn tx_pool(pool: &crate::protocol::postgres::pooler::TxPool) -> TxPoolStatus {
         database: pool.database.clone(),
         user: pool.user.clone(),
         clients: stats.clients.load(Ordering::Relaxed),
-        waiting: stats.waiting.load(Ordering::Relaxed),
+        waiting: pool.waiting(),
         transactions: stats.transactions.load(Ordering::Relaxed),
         queries: stats.queries.load(Ordering::Relaxed),
         avg_wait_ms: if leases == 0 {

@@ -571,6 +571,10 @@ pub struct PoolConfig {
     /// least recently used is closed beyond it.
     #[serde(default = "defaults::max_prepared_statements")]
     pub max_prepared_statements: usize,
+    /// PostgreSQL transaction mode: (database, user) pairs the pool keeps server
+    /// connections for; a login for a new pair beyond it is refused (53300).
+    #[serde(default = "defaults::max_transaction_pools")]
+    pub max_transaction_pools: usize,
 }
 
 /// How PostgreSQL clients use server connections.
@@ -1001,6 +1005,9 @@ mod defaults {
     }
     pub fn max_prepared_statements() -> usize {
         200
+    }
+    pub fn max_transaction_pools() -> usize {
+        1000
     }
     pub fn max_requests() -> u32 {
         1000

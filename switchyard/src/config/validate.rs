@@ -322,6 +322,12 @@ fn validate_pooling(config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
             "must be at least 1",
         );
     }
+    if pool.max_transaction_pools == 0 {
+        sink.at(
+            &key_path!("pool", i, "max_transaction_pools"),
+            "must be at least 1",
+        );
+    }
     if pool.pool_mode != PoolMode::Transaction {
         if pool.read_write_split {
             sink.at(

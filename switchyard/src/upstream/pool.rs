@@ -90,6 +90,8 @@ pub struct Pooling {
     pub idle_timeout: Duration,
     /// Prepared statements kept per server connection.
     pub max_prepared_statements: usize,
+    /// (database, user) pairs kept at most.
+    pub max_pools: usize,
 }
 
 /// A named group of servers with a balance algorithm.
@@ -128,6 +130,9 @@ pub struct Pool {
     // Clients waiting for a server slot. Shared with the pool this one replaced, so that
     // clients still queued in the old pool hear about slots freed on the servers both have.
     slot_freed: Arc<WaitQueue>,
+    // Clients waiting for a pooled connection (`ConnPool`), woken to look again when the
+    // servers change; shared with the pool this one replaced, like `slot_freed`.
+    servers_changed: Arc<WaitQueue>,
     retired: CancellationToken,
 }
 
@@ -190,12 +195,16 @@ impl Pool {
                 lifetime: config.server_lifetime,
                 idle_timeout: config.server_idle_timeout,
                 max_prepared_statements: config.max_prepared_statements,
+                max_pools: config.max_transaction_pools,
             },
             split: Arc::new(crate::protocol::postgres::split::SplitConfig::for_pool(
                 config,
             )),
             max_queue: config.max_queue,
             slot_freed: previous.map(|p| p.slot_freed.clone()).unwrap_or_default(),
+            servers_changed: previous
+                .map(|p| p.servers_changed.clone())
+                .unwrap_or_default(),
             retired: CancellationToken::new(),
         })
     }
@@ -320,6 +329,29 @@ impl Pool {
     /// Wakes queued clients so they look again (a server came back or changed state).
     pub fn wake_queue(&self) {
         self.slot_freed.wake_all_now();
+        self.servers_changed.wake_all();
+    }
+
+    /// Where clients waiting for a pooled server connection hear that servers changed.
+    pub fn changes(&self) -> &WaitQueue {
+        &self.servers_changed
+    }
+
+    /// One of `candidates` (servers of this pool) picked by the balance algorithm.
+    pub fn choose(&self, candidates: &[Arc<Server>], client: IpAddr) -> usize {
+        let indexes: Candidates = candidates
+            .iter()
+            .filter_map(|c| self.servers.iter().position(|s| Arc::ptr_eq(s, c)))
+            .collect();
+        if indexes.len() != candidates.len() {
+            // Not all of them this pool's (a reload meanwhile): the first will do.
+            return 0;
+        }
+        let pick = self.balancer.pick(&self.servers, &indexes, client);
+        candidates
+            .iter()
+            .position(|c| Arc::ptr_eq(c, &self.servers[pick]))
+            .unwrap_or(0)
     }
 
     fn try_lease(

@@ -348,6 +348,27 @@ pub async fn connect_with(
     Ok(client)
 }
 
+/// [`connect`], also returning the task that drives the connection: aborting it closes the
+/// socket without a Terminate message, as a client that crashes or is killed does.
+pub async fn connect_abortable(
+    address: SocketAddr,
+    database: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(address.ip().to_string())
+        .port(address.port())
+        .user("postgres")
+        .dbname(database)
+        .password(PASSWORD)
+        .connect_timeout(Duration::from_secs(10))
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, driver))
+}
+
 /// Runs `SELECT pg_sleep(30)` on `client`, waits until `server` runs it, cancels it with
 /// the client's cancel token (sent where the client connected) and returns the query's
 /// error.

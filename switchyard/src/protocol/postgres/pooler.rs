@@ -1,15 +1,20 @@
 //! Server connections shared by transaction-mode clients.
 //!
 //! One [`TxPool`] per (pool, database, user) holds, per server, the connections switchyard
-//! has logged in itself: idle ones ready for the next transaction and a count of all open
-//! ones (at most `pool_size` per server). A client leases one for a transaction and gives
-//! it back idle, or drops it when it cannot be reused. Each connection also holds a slot
-//! of its server in the upstream pool, so `max_connections`, drain and maint keep their
-//! meaning: they count server connections.
+//! has logged in itself, in a [`ConnPool`] that decides who gets which (see its rules):
+//! at most `pool_size` per server, handed straight from the client that gives one back to
+//! the longest-waiting client. Each connection also holds a slot of its server in the
+//! upstream pool, so `max_connections`, drain and maint keep their meaning: they count
+//! server connections.
+//!
+//! The registry ([`TxPools`]) stays bounded whatever clients send: a (database, user)
+//! entry that never logged in to a server is removed when its last client leaves, one
+//! with no clients and no connections left is removed by the maintenance tick, and a pool
+//! keeps at most `max_transaction_pools` of them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -24,13 +29,14 @@ use super::statements::ServerStatements;
 use super::tls::{secure_server, server_host};
 use crate::config::MessageLimits;
 use crate::tls::ServerStream;
-use crate::upstream::{Lease, LeaseError, Pool, Server, ServerFilter};
-use crate::wait_queue::WaitQueue;
+use crate::upstream::conn_pool::{self, Ask, ConnPool, Place, PooledConn};
+use crate::upstream::{Lease, LeaseError, Pool, RoleFilter, Server};
 
 /// The pools of every (pool, database, user) in the process.
 #[derive(Debug, Default)]
 pub struct TxPools {
     pools: Mutex<HashMap<PoolKey, Arc<TxPool>>>,
+    maintained: AtomicBool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -40,45 +46,98 @@ struct PoolKey {
     user: String,
 }
 
+/// A pool already keeps `max_transaction_pools` (database, user) pairs.
+#[derive(Debug, Clone, Copy)]
+pub struct TooManyPools {
+    /// The limit reached.
+    pub limit: usize,
+}
+
+/// A client's membership of a transaction pool: counted as its client until dropped, so
+/// the maintenance tick never removes a pool someone is about to use.
+#[derive(Debug)]
+pub struct Member {
+    pools: Arc<TxPools>,
+    pool: Arc<TxPool>,
+}
+
+impl Member {
+    /// The pool joined.
+    pub fn pool(&self) -> &Arc<TxPool> {
+        &self.pool
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let mut pools = lock(&self.pools.pools);
+        self.pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        // An entry that never logged in (a database or user the server refuses) goes with
+        // its last client: such names cost nothing once their clients are gone.
+        if !self.pool.logged_in.load(Ordering::Acquire) && self.pool.unused() {
+            pools.remove(&self.pool.key());
+        }
+    }
+}
+
 impl TxPools {
-    /// The pool for (`pool`, `database`, `user`), made on first use; `credential` is
-    /// what switchyard logs in with from now on (the latest client's).
-    pub fn get(
+    /// Joins the pool for (`pool`, `database`, `user`), made on first use; `credential`
+    /// is what switchyard logs in with from now on (the latest client's).
+    pub fn join(
         self: &Arc<Self>,
         pool: &Arc<Pool>,
         database: &str,
         user: &str,
         credential: ServerCredential,
-    ) -> Arc<TxPool> {
+    ) -> Result<Member, TooManyPools> {
+        if !self.maintained.swap(true, Ordering::AcqRel) {
+            tokio::spawn(maintain(Arc::downgrade(self)));
+        }
         let key = PoolKey {
             pool: pool.name.clone(),
             database: database.to_string(),
             user: user.to_string(),
         };
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = pools.entry(key).or_insert_with(|| {
-            let tx = Arc::new(TxPool {
-                pool: pool.name.clone(),
-                database: database.to_string(),
-                user: user.to_string(),
-                state: Mutex::new(State::default()),
-                returned: Returned::new(),
-                credential: Mutex::new(credential.clone()),
-                upstream: ArcSwap::new(pool.clone()),
-                stats: TxStats::default(),
-            });
-            tokio::spawn(maintain(Arc::downgrade(&tx)));
-            tx
-        });
+        let mut pools = lock(&self.pools);
+        let entry = match pools.get(&key) {
+            Some(entry) => entry.clone(),
+            None => {
+                let limit = pool.pooling.max_pools;
+                if pools.keys().filter(|k| k.pool == key.pool).count() >= limit {
+                    return Err(TooManyPools { limit });
+                }
+                let entry = Arc::new(TxPool::new(key.clone(), pool, credential.clone()));
+                pools.insert(key, entry.clone());
+                entry
+            }
+        };
+        entry.stats.clients.fetch_add(1, Ordering::Relaxed);
         *lock(&entry.credential) = credential;
         entry.upstream.store(pool.clone());
-        entry.clone()
+        Ok(Member {
+            pools: self.clone(),
+            pool: entry,
+        })
     }
 
-    /// Every pool with its statistics, for the admin API and metrics.
+    /// Every pool that has logged in to a server, for the admin API and metrics.
     pub fn snapshot(&self) -> Vec<Arc<TxPool>> {
-        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.values().cloned().collect()
+        let pools = lock(&self.pools);
+        pools
+            .values()
+            .filter(|p| p.logged_in.load(Ordering::Acquire))
+            .cloned()
+            .collect()
+    }
+
+    /// (database, user) pairs kept now, logged in or not.
+    pub fn pairs(&self) -> usize {
+        lock(&self.pools).len()
+    }
+
+    /// Removes the pools nobody uses any more: no client, no connection.
+    fn remove_unused(&self) {
+        lock(&self.pools).retain(|_, pool| !pool.unused());
     }
 }
 
@@ -86,13 +145,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Parameters a server reports at login (ParameterStatus), by name.
+pub type Parameters = Arc<[(String, String)]>;
+
 /// Counters of one transaction pool.
 #[derive(Debug, Default)]
 pub struct TxStats {
     /// Clients connected to this (database, user).
     pub clients: AtomicUsize,
-    /// Clients waiting for a server connection now.
-    pub waiting: AtomicUsize,
     /// Transactions run (leases given back or dropped).
     pub transactions: AtomicU64,
     /// Queries and Syncs answered with ReadyForQuery.
@@ -118,47 +178,20 @@ pub struct TxPool {
     pub database: String,
     /// The user they are logged in as.
     pub user: String,
-    state: Mutex<State>,
-    returned: Returned,
+    conns: Arc<ConnPool<ServerConn>>,
     credential: Mutex<ServerCredential>,
     /// The routed pool as last configured; read on every lease and give-back, so it is
     /// swapped rather than locked.
     upstream: ArcSwap<Pool>,
+    /// The parameters the server reported at the latest login: what a new client is
+    /// told, so that its login waits for no server connection.
+    parameters: Mutex<Option<Parameters>>,
+    /// A login to a server succeeded at least once.
+    logged_in: AtomicBool,
+    /// A task is opening connections up to `min_idle`.
+    filling: AtomicBool,
     /// What the pool has done.
     pub stats: TxStats,
-}
-
-/// Connections per server, by the server's address in memory (servers kept by a reload
-/// are the same objects).
-#[derive(Debug, Default)]
-struct State {
-    servers: HashMap<usize, PerServer>,
-}
-
-#[derive(Debug)]
-struct PerServer {
-    server: Arc<Server>,
-    idle: Vec<ServerConn>,
-    open: usize,
-    active: usize,
-}
-
-fn server_key(server: &Arc<Server>) -> usize {
-    Arc::as_ptr(server) as usize
-}
-
-impl State {
-    /// `server`'s connections, an empty entry on first sight.
-    fn of(&mut self, server: &Arc<Server>) -> &mut PerServer {
-        self.servers
-            .entry(server_key(server))
-            .or_insert_with(|| PerServer {
-                server: server.clone(),
-                idle: Vec::new(),
-                open: 0,
-                active: 0,
-            })
-    }
 }
 
 /// One server's connections in a transaction pool, for the admin API and metrics.
@@ -168,7 +201,7 @@ pub struct ServerConnections {
     pub server: String,
     /// Connections open (leased, idle, or logging in).
     pub open: usize,
-    /// Connections leased to a client's transaction.
+    /// Connections leased to a client's transaction (or logging in).
     pub active: usize,
     /// Connections idle, ready for the next transaction.
     pub idle: usize,
@@ -185,39 +218,6 @@ pub enum LeaseFailure {
     Connect(std::io::Error),
     /// The server refused the login.
     Login(LoginError),
-}
-
-/// Clients waiting for a connection, in a queue per worker. A connection given back on a
-/// worker wakes a client of that worker when there is one, so that the connection, the
-/// client's task and the wake-up stay on one thread (a wake-up across threads costs a
-/// system call and a context switch); otherwise a client of another worker.
-#[derive(Debug)]
-struct Returned {
-    queues: Box<[WaitQueue]>,
-}
-
-impl Returned {
-    fn new() -> Self {
-        // One queue per worker and one for the rest; workers beyond that share queues,
-        // which only costs them a wake-up across threads now and then.
-        let count = std::thread::available_parallelism().map_or(1, usize::from) + 1;
-        Self {
-            queues: (0..count).map(|_| WaitQueue::default()).collect(),
-        }
-    }
-
-    /// The calling worker's queue.
-    fn mine(&self) -> &WaitQueue {
-        &self.queues[crate::runtime::worker_slot(self.queues.len())]
-    }
-
-    /// A connection was given back or its place freed: wakes one waiting client, of the
-    /// calling worker if it has one.
-    fn notify_one(&self) {
-        if !self.mine().wake_one() {
-            self.queues.iter().any(WaitQueue::wake_one);
-        }
-    }
 }
 
 /// A logged-in server connection. Dropped, it is closed and its place in the pool freed.
@@ -245,26 +245,19 @@ pub struct ServerConn {
     /// another worker is woken across threads for each of its reads.
     worker: Option<usize>,
     created: Instant,
-    idle_since: Instant,
-    _slot: Slot,
+    // Dropped in this order after the stream: the server's slot first, so that a client
+    // handed the place finds the slot free.
+    _slot: Lease,
+    _place: Place<ServerConn>,
 }
 
-/// A connection's place in its pool and on its server.
-#[derive(Debug)]
-struct Slot {
-    home: Weak<TxPool>,
-    server: Arc<Server>,
-    _lease: Lease,
-}
+impl PooledConn for ServerConn {
+    fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(home) = self.home.upgrade() {
-            if let Some(entry) = lock(&home.state).servers.get_mut(&server_key(&self.server)) {
-                entry.open = entry.open.saturating_sub(1);
-            }
-            home.returned.notify_one();
-        }
+    fn worker(&self) -> Option<usize> {
+        self.worker
     }
 }
 
@@ -298,187 +291,110 @@ impl ServerConn {
 }
 
 impl TxPool {
-    /// Leases a server connection on a server `accept` admits: an idle one when there is
-    /// one, else a new one while the server has fewer than `pool_size`, else waits up to
-    /// the pool's queue timeout for one to come back.
+    fn new(key: PoolKey, pool: &Arc<Pool>, credential: ServerCredential) -> Self {
+        Self {
+            pool: key.pool,
+            database: key.database,
+            user: key.user,
+            conns: Arc::default(),
+            credential: Mutex::new(credential),
+            upstream: ArcSwap::new(pool.clone()),
+            parameters: Mutex::new(None),
+            logged_in: AtomicBool::new(false),
+            filling: AtomicBool::new(false),
+            stats: TxStats::default(),
+        }
+    }
+
+    fn key(&self) -> PoolKey {
+        PoolKey {
+            pool: self.pool.clone(),
+            database: self.database.clone(),
+            user: self.user.clone(),
+        }
+    }
+
+    /// No client and no connection (open, leased or being opened).
+    fn unused(&self) -> bool {
+        self.stats.clients.load(Ordering::Relaxed) == 0 && self.conns.open() == 0
+    }
+
+    /// The parameters the server reported at the latest login, once one succeeded.
+    pub fn parameters(&self) -> Option<Parameters> {
+        lock(&self.parameters).clone()
+    }
+
+    /// Clients waiting for a server connection now.
+    pub fn waiting(&self) -> usize {
+        self.conns.waiting()
+    }
+
+    /// Leases a server connection on a server `filter` admits: an idle one when there is
+    /// one, else a new one while the server has fewer than `pool_size`, else the first
+    /// one given back (or place freed) within the pool's queue timeout.
     pub async fn lease(
         self: &Arc<Self>,
         client: SocketAddr,
-        accept: &ServerFilter<'_>,
+        filter: RoleFilter,
         limits: &MessageLimits,
     ) -> Result<ServerConn, LeaseFailure> {
         let pool = self.upstream.load_full();
         let started = Instant::now();
-        let deadline = started + pool.timeouts.queue;
-        // The common case: a connection is free now; no queue bookkeeping.
-        match self.try_lease(&pool, client, accept, limits).await {
-            Ok(Some(conn)) => {
-                self.stats.leases.fetch_add(1, Ordering::Relaxed);
-                return Ok(conn);
-            }
-            Ok(None) => {}
-            Err(failure) => return Err(failure),
-        }
-        let mut waiting = false;
-        let queue = self.returned.mine();
-        let _queued = queue.join();
-        let result = loop {
-            let returned = queue.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
-            match self.try_lease(&pool, client, accept, limits).await {
-                Ok(Some(conn)) => break Ok(conn),
-                Ok(None) => {}
-                Err(failure) => break Err(failure),
-            }
-            if !waiting {
-                waiting = true;
-                self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-            }
-            // A connection given back for a server this client does not admit wakes it
-            // in vain; look again now and then so such a wake-up is never lost for good.
-            let recheck = (Instant::now() + Duration::from_millis(100)).min(deadline);
-            if tokio::time::timeout_at(recheck, returned).await.is_err() && recheck >= deadline {
-                self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-                break Err(LeaseFailure::QueueTimeout);
-            }
+        let lifetime = pool.pooling.lifetime;
+        let usable =
+            |conn: &ServerConn| !conn.expired(started, lifetime) && !conn.cut.is_cancelled();
+        let choose = |room: &[Arc<Server>]| pool.choose(room, client.ip());
+        let ask = Ask {
+            servers: &pool.servers,
+            filter,
+            size: pool.pooling.size,
+            worker: crate::runtime::current_worker(),
+            deadline: started + pool.timeouts.queue,
+            usable: &usable,
+            choose: &choose,
+            changed: pool.changes(),
         };
-        if waiting {
-            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-        }
+        let open = |place| self.open(&pool, client, place, limits);
+        let leased = self.conns.lease(&ask, open).await;
         let waited = started.elapsed().as_micros() as u64;
         self.stats.wait_micros.fetch_add(waited, Ordering::Relaxed);
-        if result.is_ok() {
-            self.stats.leases.fetch_add(1, Ordering::Relaxed);
-        }
-        result
-    }
-
-    async fn try_lease(
-        self: &Arc<Self>,
-        pool: &Arc<Pool>,
-        client: SocketAddr,
-        accept: &ServerFilter<'_>,
-        limits: &MessageLimits,
-    ) -> Result<Option<ServerConn>, LeaseFailure> {
-        let admitted = |s: &Server| s.is_available() && accept(s);
-        if !pool.servers.iter().any(|s| admitted(s)) {
-            return Err(LeaseFailure::NoServer);
-        }
-        match self.take_idle(pool, &admitted) {
+        match leased {
             Ok(mut conn) => {
+                self.stats.leases.fetch_add(1, Ordering::Relaxed);
                 conn.move_to_this_worker();
                 // A pool serves every listener routed to it, and `min_idle` opens
                 // connections for no listener: the message limit is the leasing
-                // listener's, set at each lease (new connections are opened with it).
+                // listener's, set at each lease.
                 conn.reader.set_limit(limits.message);
-                Ok(Some(conn))
+                Ok(conn)
             }
-            Err(open_on) => self.open_new(pool, client, &open_on, limits).await,
+            Err(conn_pool::LeaseFailure::NoServer) => Err(LeaseFailure::NoServer),
+            Err(conn_pool::LeaseFailure::QueueTimeout) => {
+                self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(LeaseFailure::QueueTimeout)
+            }
+            Err(conn_pool::LeaseFailure::Open(failure)) => Err(failure),
         }
     }
 
-    /// An idle connection on a server `admitted` accepts; else the admitted servers that
-    /// have room for another connection.
-    fn take_idle(
+    /// Connects and logs in a new connection on `place`'s server, taking one of the
+    /// server's slots in the upstream pool first.
+    async fn open(
         &self,
-        pool: &Pool,
-        admitted: &ServerFilter<'_>,
-    ) -> Result<ServerConn, Vec<Arc<Server>>> {
-        let now = Instant::now();
-        let mut stale = Vec::new();
-        let mut open_on = Vec::new();
-        {
-            let mut state = lock(&self.state);
-            // Start the scan at a different server each time so idle connections of
-            // every server get used.
-            let count = pool.servers.len();
-            let start = fastrand::usize(..count.max(1));
-            let here = crate::runtime::current_worker();
-            for offset in 0..count {
-                let server = &pool.servers[(start + offset) % count];
-                if !admitted(server) {
-                    continue;
-                }
-                let entry = state.of(server);
-                // One of this worker's own connections first, if it has one idle.
-                if let Some(mine) = entry.idle.iter().rposition(|c| c.worker == here) {
-                    let last = entry.idle.len() - 1;
-                    entry.idle.swap(mine, last);
-                }
-                while let Some(conn) = entry.idle.pop() {
-                    if conn.expired(now, pool.pooling.lifetime) || conn.cut.is_cancelled() {
-                        stale.push(conn);
-                        continue;
-                    }
-                    entry.active += 1;
-                    drop(state);
-                    drop(stale);
-                    return Ok(conn);
-                }
-                if entry.open < pool.pooling.size {
-                    open_on.push(server.clone());
-                }
-            }
-        }
-        // Closed outside the lock: a connection's slot takes it when dropped.
-        drop(stale);
-        Err(open_on)
-    }
-
-    /// Opens and logs in a new connection on one of `open_on` (the pool's balancer picks);
-    /// `None` when none has room any more.
-    async fn open_new(
-        self: &Arc<Self>,
         pool: &Arc<Pool>,
         client: SocketAddr,
-        open_on: &[Arc<Server>],
+        place: Place<ServerConn>,
         limits: &MessageLimits,
-    ) -> Result<Option<ServerConn>, LeaseFailure> {
-        if open_on.is_empty() {
-            return Ok(None);
-        }
-        let candidates = |s: &Server| open_on.iter().any(|o| std::ptr::eq(o.as_ref(), s));
-        let lease = match pool.lease_matching(client.ip(), &[], &candidates).await {
-            Ok(lease) => lease,
+    ) -> Result<ServerConn, LeaseFailure> {
+        let server = place.server().clone();
+        let this_server = |s: &Server| std::ptr::eq(s, server.as_ref());
+        let slot = match pool.lease_matching(client.ip(), &[], &this_server).await {
+            Ok(slot) => slot,
             Err(LeaseError::NoServer) => return Err(LeaseFailure::NoServer),
             Err(LeaseError::QueueFull | LeaseError::QueueTimeout) => {
                 return Err(LeaseFailure::QueueTimeout);
             }
         };
-        let server = lease.server().clone();
-        {
-            let mut state = lock(&self.state);
-            let entry = state.of(&server);
-            if entry.open >= pool.pooling.size {
-                // Another client took the last place meanwhile.
-                return Ok(None);
-            }
-            entry.open += 1;
-            entry.active += 1;
-        }
-        let slot = Slot {
-            home: Arc::downgrade(self),
-            server: server.clone(),
-            _lease: lease,
-        };
-        match self.open(pool, slot, limits).await {
-            Ok(conn) => Ok(Some(conn)),
-            Err(failure) => {
-                self.done(&server);
-                Err(failure)
-            }
-        }
-    }
-
-    /// Connects and logs in a new connection for `slot`'s server.
-    async fn open(
-        &self,
-        pool: &Arc<Pool>,
-        slot: Slot,
-        limits: &MessageLimits,
-    ) -> Result<ServerConn, LeaseFailure> {
-        let server = slot.server.clone();
         let (stream, peer) = crate::upstream::connect_server(&server, pool)
             .await
             .map_err(|e| {
@@ -509,7 +425,8 @@ impl TxPool {
             ))
         })?
         .map_err(LeaseFailure::Login)?;
-        let now = Instant::now();
+        *lock(&self.parameters) = Some(Arc::from(logged_in.parameters.as_slice()));
+        self.logged_in.store(true, Ordering::Release);
         Ok(ServerConn {
             stream,
             reader: FrameReader::new(limits.message),
@@ -529,135 +446,34 @@ impl TxPool {
             applied: 0,
             worker: crate::runtime::current_worker(),
             cut: server.session_token(),
-            created: now,
-            idle_since: now,
+            created: Instant::now(),
             server,
             _slot: slot,
+            _place: place,
         })
     }
 
-    /// Notes that a lease of `server` ended without the connection coming back.
-    fn done(&self, server: &Arc<Server>) {
-        if let Some(entry) = lock(&self.state).servers.get_mut(&server_key(server)) {
-            entry.active = entry.active.saturating_sub(1);
-        }
-    }
-
-    /// Takes back a connection that is idle at the server (ReadyForQuery `I`) and clean.
-    /// It is closed instead when its server is no longer usable or it is too old.
-    pub fn give_back(&self, mut conn: ServerConn) {
+    /// Takes back a connection that is idle at the server (ReadyForQuery `I`) and clean:
+    /// to the longest-waiting client, else idle. It is closed instead when its server is
+    /// no longer usable or it is too old.
+    pub fn give_back(&self, conn: ServerConn) {
         self.stats.transactions.fetch_add(1, Ordering::Relaxed);
         let pool = self.upstream.load();
-        let now = Instant::now();
         let usable = conn.server.is_available()
             && !conn.cut.is_cancelled()
-            && !conn.expired(now, pool.pooling.lifetime)
+            && !conn.expired(Instant::now(), pool.pooling.lifetime)
             && !conn.reader.has_partial()
             && pool.servers.iter().any(|s| Arc::ptr_eq(s, &conn.server));
-        let mut state = lock(&self.state);
-        let Some(entry) = state.servers.get_mut(&server_key(&conn.server)) else {
-            drop(state);
-            drop(conn);
-            return;
-        };
-        entry.active = entry.active.saturating_sub(1);
         if usable {
-            conn.idle_since = now;
-            entry.idle.push(conn);
-            drop(state);
-            self.returned.notify_one();
-        } else {
-            drop(state);
-            drop(conn);
+            self.conns.give_back(conn);
         }
     }
 
-    /// Closes a leased connection that cannot be reused.
+    /// Closes a leased connection that cannot be reused (its place goes to a waiting
+    /// client).
     pub fn discard(&self, conn: ServerConn) {
         self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-        self.done(&conn.server);
         drop(conn);
-    }
-
-    /// Server connections per server, by server name.
-    pub fn servers(&self) -> Vec<ServerConnections> {
-        let state = lock(&self.state);
-        let mut out: Vec<_> = state
-            .servers
-            .values()
-            .map(|e| ServerConnections {
-                server: e.server.name.clone(),
-                open: e.open,
-                active: e.active,
-                idle: e.idle.len(),
-            })
-            .collect();
-        out.sort_by(|a, b| a.server.cmp(&b.server));
-        out
-    }
-
-    /// Closes idle connections that are too old, unused too long (beyond `min_idle`) or
-    /// whose server is gone or unusable, and opens connections up to `min_idle`.
-    async fn tidy(self: &Arc<Self>) {
-        let pool = self.upstream.load_full();
-        let now = Instant::now();
-        let mut closing = Vec::new();
-        let mut short = Vec::new();
-        {
-            let mut state = lock(&self.state);
-            for entry in state.servers.values_mut() {
-                let current = pool.servers.iter().any(|s| Arc::ptr_eq(s, &entry.server));
-                let usable = current && entry.server.is_available();
-                let mut kept = Vec::with_capacity(entry.idle.len());
-                // Most recently used first (they sit at the end): those are kept for
-                // `min_idle`, the long unused ones beyond it are closed.
-                for conn in entry.idle.drain(..).rev() {
-                    let idle_for = now.duration_since(conn.idle_since);
-                    let surplus = kept.len() + 1 > pool.pooling.min_idle;
-                    if !usable
-                        || conn.expired(now, pool.pooling.lifetime)
-                        || (surplus && idle_for >= pool.pooling.idle_timeout)
-                    {
-                        closing.push(conn);
-                    } else {
-                        kept.push(conn);
-                    }
-                }
-                kept.reverse();
-                entry.idle = kept;
-                let want = pool.pooling.min_idle.saturating_sub(entry.idle.len());
-                if usable && want > 0 && entry.open < pool.pooling.size {
-                    short.push((entry.server.clone(), want));
-                }
-            }
-            for server in &pool.servers {
-                if pool.pooling.min_idle > 0
-                    && server.is_available()
-                    && !state.servers.contains_key(&server_key(server))
-                {
-                    short.push((server.clone(), pool.pooling.min_idle));
-                }
-            }
-        }
-        drop(closing);
-        // No listener asked for these: the default limit holds for the login only, a
-        // lease applies its listener's (see `try_lease`).
-        let limits = MessageLimits::default();
-        let client = SocketAddr::from(([127, 0, 0, 1], 0));
-        for (server, want) in short {
-            // New connections only: taking an idle one and giving it back adds nothing.
-            for _ in 0..want {
-                let open_on = std::slice::from_ref(&server);
-                match self.open_new(&pool, client, open_on, &limits).await {
-                    Ok(Some(conn)) => self.give_back_unused(conn),
-                    Ok(None) => break,
-                    Err(failure) => {
-                        tracing::debug!(pool = %pool.name, server = %server.name, ?failure, "min_idle connection failed");
-                        break;
-                    }
-                }
-            }
-        }
     }
 
     /// `give_back` without counting a transaction (a connection opened for `min_idle`,
@@ -666,18 +482,103 @@ impl TxPool {
         self.give_back(conn);
         self.stats.transactions.fetch_sub(1, Ordering::Relaxed);
     }
+
+    /// Server connections per server, by server name.
+    pub fn servers(&self) -> Vec<ServerConnections> {
+        let mut out: Vec<_> = self
+            .conns
+            .counts()
+            .into_iter()
+            .map(|(server, open, idle)| ServerConnections {
+                server: server.name.clone(),
+                open,
+                active: open.saturating_sub(idle),
+                idle,
+            })
+            .collect();
+        out.sort_by(|a, b| a.server.cmp(&b.server));
+        out
+    }
+
+    /// Closes idle connections that are too old, unused too long (beyond `min_idle`) or
+    /// whose server is gone or unusable, and starts opening connections up to `min_idle`.
+    fn tidy(self: &Arc<Self>) {
+        let pool = self.upstream.load_full();
+        self.conns.track_servers(&pool.servers);
+        let now = Instant::now();
+        let pooling = &pool.pooling;
+        let current = |server: &Server| {
+            pool.servers
+                .iter()
+                .any(|s| std::ptr::eq(s.as_ref(), server))
+        };
+        // Most recently used first: those are kept for `min_idle`, the long unused ones
+        // beyond it are closed.
+        let closing = self.conns.take_idle_where(|server, conn, idle_for, kept| {
+            !(current(server) && server.is_available())
+                || conn.expired(now, pooling.lifetime)
+                || (kept + 1 > pooling.min_idle && idle_for >= pooling.idle_timeout)
+        });
+        drop(closing);
+        if pooling.min_idle > 0
+            && self.logged_in.load(Ordering::Acquire)
+            && !self.filling.swap(true, Ordering::AcqRel)
+        {
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.fill_min_idle(&pool).await;
+                this.filling.store(false, Ordering::Release);
+            });
+        }
+    }
+
+    /// Opens connections until every available server has `min_idle` idle ones (or
+    /// `pool_size` in all); one opening at a time per pool.
+    async fn fill_min_idle(self: &Arc<Self>, pool: &Arc<Pool>) {
+        let pooling = &pool.pooling;
+        let idle: HashMap<usize, usize> = self
+            .conns
+            .counts()
+            .into_iter()
+            .map(|(server, _, idle)| (Arc::as_ptr(&server) as usize, idle))
+            .collect();
+        // No listener asked for these: the default limit holds for the login only, a
+        // lease applies its listener's (see `lease`).
+        let limits = MessageLimits::default();
+        let client = SocketAddr::from(([127, 0, 0, 1], 0));
+        for server in pool.servers.iter().filter(|s| s.is_available()) {
+            let have = idle.get(&(Arc::as_ptr(server) as usize)).copied();
+            for _ in have.unwrap_or(0)..pooling.min_idle {
+                let Some(place) = self.conns.reserve(server, pooling.size) else {
+                    break;
+                };
+                match self.open(pool, client, place, &limits).await {
+                    Ok(conn) => self.give_back_unused(conn),
+                    Err(failure) => {
+                        tracing::debug!(pool = %pool.name, server = %server.name, ?failure, "min_idle connection failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// Tidies a pool every second while it exists.
-async fn maintain(pool: Weak<TxPool>) {
+/// Tidies every pool each second, and removes the pools nobody uses any more, while the
+/// registry exists.
+async fn maintain(pools: Weak<TxPools>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(pool) = pool.upgrade() else {
+        let Some(pools) = pools.upgrade() else {
             return;
         };
-        pool.tidy().await;
+        let all: Vec<Arc<TxPool>> = lock(&pools.pools).values().cloned().collect();
+        for pool in all {
+            pool.tidy();
+        }
+        pools.remove_unused();
     }
 }
 

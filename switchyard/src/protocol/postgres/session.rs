@@ -26,7 +26,8 @@ use crate::route::{RouteFacts, Routing};
 use crate::runtime::Shared;
 use crate::tls::{Rewind, ServerStream, ServerTls, TlsInfo};
 use crate::upstream::{
-    ConnectError, LeaseError, Pool, Server, ServerRole, Upstream, connect_matching, connect_server,
+    ConnectError, LeaseError, Pool, RoleFilter, Server, ServerRole, Upstream, connect_matching,
+    connect_server,
 };
 
 /// Handles one client connection of a postgres listener to the end, logging one line.
@@ -144,11 +145,10 @@ async fn session(
         rewrites.apply(&mut startup);
         let config = &settings.config;
         let wanted = wanted_role(&pool, config.role, config.replica_fallback);
-        let accept = role_filter(&pool, wanted);
         let pooled = super::transaction::Pooled {
             pool: &pool,
             credential: authenticated.credential.clone(),
-            accept: &accept,
+            accept: RoleFilter::new(&pool, wanted),
             split: split.enabled.then_some(split),
         };
         return super::transaction::start(shared, settings, client, &startup, pooled, record).await;
@@ -471,23 +471,14 @@ fn route(
     }
 }
 
-/// Servers of `pool` that serve `wanted` (any server for `None`), replicas within the
-/// pool's `max_replica_lag`.
-pub(super) fn role_filter(
-    pool: &Pool,
-    wanted: Option<ServerRole>,
-) -> impl Fn(&Server) -> bool + Send + Sync + use<> {
-    let max_lag = pool_lag(pool);
-    move |server: &Server| admits(&max_lag, wanted, server)
-}
-
 /// Connects to a server of `pool` that serves `wanted` (any server for `None`).
 async fn connect_role(
     pool: &Arc<Pool>,
     client: SocketAddr,
     wanted: Option<ServerRole>,
 ) -> Result<Upstream, ConnectError> {
-    connect_matching(pool, client, &role_filter(pool, wanted)).await
+    let filter = RoleFilter::new(pool, wanted);
+    connect_matching(pool, client, &|server: &Server| filter.admits(server)).await
 }
 
 /// The role a session of `role` must get now; `None` is any. A replica listener falls
@@ -497,34 +488,14 @@ fn wanted_role(pool: &Pool, role: ListenerRole, fallback: bool) -> Option<Server
         ListenerRole::Any => None,
         ListenerRole::Primary => Some(ServerRole::Primary),
         ListenerRole::Replica => {
-            let lag = pool_lag(pool);
-            let replica_up =
-                pool.any_available(&|s: &Server| admits(&lag, Some(ServerRole::Replica), s));
+            let replica = RoleFilter::new(pool, Some(ServerRole::Replica));
+            let replica_up = pool.any_available(&|s: &Server| replica.admits(s));
             if replica_up || !fallback {
                 Some(ServerRole::Replica)
             } else {
                 Some(ServerRole::Primary)
             }
         }
-    }
-}
-
-/// The pool's `max_replica_lag` in seconds.
-fn pool_lag(pool: &Pool) -> Option<f64> {
-    pool.max_replica_lag.map(|lag| lag.as_secs_f64())
-}
-
-/// Whether `server` serves `wanted`: its role matches and, for a replica, its lag is
-/// within `max_lag` seconds.
-fn admits(max_lag: &Option<f64>, wanted: Option<ServerRole>, server: &Server) -> bool {
-    match wanted {
-        None => true,
-        Some(ServerRole::Replica) => {
-            server.role() == ServerRole::Replica
-                && max_lag
-                    .is_none_or(|max| server.replica_lag().is_some_and(|lag| lag.seconds <= max))
-        }
-        Some(role) => server.role() == role,
     }
 }
 
@@ -545,23 +516,6 @@ mod tests {
 
     fn lag(seconds: f64) -> Option<ReplicaLag> {
         Some(ReplicaLag { bytes: 0, seconds })
-    }
-
-    #[test]
-    fn roles_and_lag_decide_which_servers_a_listener_admits() {
-        let pool = pool(r#"max_replica_lag = "10s""#);
-        let (a, b) = (&pool.servers[0], &pool.servers[1]);
-        let max = pool_lag(&pool);
-        assert!(!admits(&max, Some(ServerRole::Primary), a), "role unknown");
-        assert!(admits(&max, None, a), "any admits unknown roles");
-        a.record_role(ServerRole::Primary, None);
-        b.record_role(ServerRole::Replica, lag(5.0));
-        assert!(admits(&max, Some(ServerRole::Primary), a));
-        assert!(!admits(&max, Some(ServerRole::Primary), b));
-        assert!(admits(&max, Some(ServerRole::Replica), b));
-        b.record_role(ServerRole::Replica, lag(20.0));
-        assert!(!admits(&max, Some(ServerRole::Replica), b), "lagging");
-        assert!(admits(&None, Some(ServerRole::Replica), b), "no limit");
     }
 
     #[test]

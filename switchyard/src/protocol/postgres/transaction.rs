@@ -34,7 +34,6 @@ use super::errors::{fatal, sqlstate};
 use super::frames::{self, Frame, FrameReader, Parse};
 use super::login::ServerCredential;
 use super::pooler::{LeaseFailure, ServerConn, TxPool};
-use super::session::role_filter;
 use super::settings::{self, SessionSettings};
 use super::split::{SplitConfig, SplitState, Target};
 use super::startup::Refusal;
@@ -45,7 +44,7 @@ use crate::lazy_timer::LazyTimer;
 use crate::listener::ListenerSettings;
 use crate::observe::ConnectionRecord;
 use crate::runtime::Shared;
-use crate::upstream::{Pool, ServerFilter, ServerRole};
+use crate::upstream::{Pool, RoleFilter, ServerRole};
 
 /// What the client loop needs from the session that started it.
 struct Client<'a> {
@@ -56,7 +55,7 @@ struct Client<'a> {
     /// The pool of server connections for the client's database and user.
     pub pool: Arc<TxPool>,
     /// Which servers the client's transactions may run on (the listener's role).
-    pub accept: &'a ServerFilter<'a>,
+    pub accept: RoleFilter,
     /// Message size limits.
     pub limits: &'a MessageLimits,
     /// Idle time allowed between transactions (`timeouts.client`; zero: no limit).
@@ -428,10 +427,10 @@ impl<'a> Session<'a> {
                     .await;
             }
             Some(Target::Replica) => {
-                let replica = role_filter(&client.upstream, Some(ServerRole::Replica));
+                let replica = RoleFilter::new(&client.upstream, Some(ServerRole::Replica));
                 match client
                     .pool
-                    .lease(client.address, &replica, client.limits)
+                    .lease(client.address, replica, client.limits)
                     .await
                 {
                     Err(LeaseFailure::NoServer) => ServerRole::Primary,
@@ -444,10 +443,10 @@ impl<'a> Session<'a> {
             Some(Target::Primary) => ServerRole::Primary,
         };
         stats.routed_primary.fetch_add(1, Ordering::Relaxed);
-        let primary = role_filter(&client.upstream, Some(role));
+        let primary = RoleFilter::new(&client.upstream, Some(role));
         client
             .pool
-            .lease(client.address, &primary, client.limits)
+            .lease(client.address, primary, client.limits)
             .await
     }
 
@@ -894,14 +893,18 @@ pub struct Pooled<'a> {
     /// What switchyard logs in to servers with for this client's user.
     pub credential: ServerCredential,
     /// Which servers the client's transactions may run on (the listener's role).
-    pub accept: &'a ServerFilter<'a>,
+    pub accept: RoleFilter,
     /// The read/write split, when the route or pool enables it.
     pub split: Option<Arc<SplitConfig>>,
 }
 
-/// Starts a transaction-mode session for a client that switchyard authenticated: a first
-/// lease checks that the server accepts the login (its refusal reaches the client as is)
-/// and gives the parameters the client is told; then the client loop runs.
+/// Starts a transaction-mode session for a client that switchyard authenticated. The
+/// client is told the parameters of the pool's latest server login, so its login waits
+/// for no server connection (a client that connects per transaction would otherwise queue
+/// behind the transactions of others before it could even begin). Only the first client
+/// of a (database, user) leases a connection first: that login checks that the server
+/// accepts the user and database (its refusal reaches the client as is) and learns the
+/// parameters.
 pub async fn start(
     shared: &Shared,
     listener: &ListenerSettings,
@@ -912,9 +915,6 @@ pub async fn start(
 ) -> Result<&'static str, Refusal> {
     let database = startup.database().unwrap_or_default();
     let user = startup.param("user").unwrap_or_default();
-    let tx_pool = shared
-        .postgres_pools
-        .get(pooled.pool, database, user, pooled.credential);
     let limits = &listener.config.limits;
     let client = |stream, pool, settings, idle| Client {
         stream,
@@ -929,36 +929,60 @@ pub async fn start(
         upstream: pooled.pool.clone(),
         split: pooled.split.clone(),
     };
-    let conn = match tx_pool.lease(record.client, pooled.accept, limits).await {
-        Ok(conn) => conn,
-        Err(failure) => {
-            let settings = SessionSettings::default();
-            let mut session = Session::new(client(stream, tx_pool, settings, Duration::ZERO));
-            return session.refuse_lease(failure).await;
+    let member = match shared
+        .postgres_pools
+        .join(pooled.pool, database, user, pooled.credential)
+    {
+        Ok(member) => member,
+        Err(full) => {
+            let mut stream = stream;
+            let message = format!(
+                "too many (database, user) pairs in pool \"{}\" (max_transaction_pools = {})",
+                pooled.pool.name, full.limit
+            );
+            let _ = crate::net::send_all(
+                &mut stream,
+                &fatal(sqlstate::TOO_MANY_CONNECTIONS, &message),
+            )
+            .await;
+            return Err(Refusal::new("too_many_pools", message));
         }
     };
-    record.server = Some(conn.server.name.clone());
+    let tx_pool = member.pool().clone();
+    let parameters = match tx_pool.parameters() {
+        Some(parameters) => parameters,
+        None => match tx_pool.lease(record.client, pooled.accept, limits).await {
+            Ok(conn) => {
+                record.server = Some(conn.server.name.clone());
+                let parameters = Arc::from(conn.parameters.as_slice());
+                tx_pool.give_back_unused(conn);
+                parameters
+            }
+            Err(failure) => {
+                let settings = SessionSettings::default();
+                let mut session = Session::new(client(stream, tx_pool, settings, Duration::ZERO));
+                return session.refuse_lease(failure).await;
+            }
+        },
+    };
     let settings = SessionSettings::from_startup(startup);
     // The client's own startup values win over the server's defaults.
-    let parameters: Vec<(String, String)> = conn
-        .parameters
+    let parameters: Vec<(String, String)> = parameters
         .iter()
         .map(|(name, value)| {
             let value = startup.param(name).unwrap_or(value);
             (name.clone(), value.to_string())
         })
         .collect();
-    tx_pool.give_back_unused(conn);
     let idle = listener.config.timeouts.client;
-    let mut session = Session::new(client(stream, tx_pool.clone(), settings, idle));
+    let mut session = Session::new(client(stream, tx_pool, settings, idle));
     let key = &session.client.cancel;
     let welcome = super::auth::welcome(&parameters, key.pid, &key.key);
     if let Err(error) = crate::net::send_all(&mut session.client.stream, &welcome).await {
         return Err(Refusal::new("client_closed", error));
     }
-    tx_pool.stats.clients.fetch_add(1, Ordering::Relaxed);
     let (ending, moved) = session.run().await;
-    tx_pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    drop(member);
     record.bytes_in += moved.to_server;
     record.bytes_out += moved.to_client;
     ending
