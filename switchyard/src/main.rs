@@ -27,13 +27,17 @@ struct Cli {
 enum Command {
     /// Run the proxy in the foreground (logs to stderr).
     Run {
-        /// Config file.
-        #[arg(short, long, default_value = "switchyard.toml")]
-        config: PathBuf,
+        /// Config file (default: ./switchyard.toml, else /etc/switchyard/switchyard.toml).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
         /// Take over from the proxy running with this config: receive its listening sockets
         /// over its upgrade socket, and tell it to stop once this process is ready.
         #[arg(long)]
         upgrade: bool,
+        /// Once every listener accepts, write the addresses bound (admin API and each
+        /// listener, useful with port 0) to this file as JSON.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Validate a config file: exit 0, or print every error and exit 2.
     Check {
@@ -101,7 +105,20 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, upgrade } => run(config, upgrade),
+        Command::Run {
+            config,
+            upgrade,
+            ready_file,
+        } => {
+            let path = match config.map_or_else(config::default_path, Ok) {
+                Ok(path) => path,
+                Err(message) => {
+                    eprintln!("{message}");
+                    return ExitCode::from(2);
+                }
+            };
+            run(path, upgrade, ready_file)
+        }
         Command::Ctl {
             admin,
             token,
@@ -110,7 +127,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: PathBuf, upgrade: bool) -> ExitCode {
+fn run(path: PathBuf, upgrade: bool, ready_file: Option<PathBuf>) -> ExitCode {
     let config = match config::load_file(&path) {
         Ok(config) => config,
         Err(errors) => {
@@ -119,6 +136,7 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
         }
     };
     switchyard::observe::init_tracing(&config.log.level);
+    tracing::info!(config = %path.display(), "configuration loaded");
     // The control plane (admin API, health checks, reloads) runs here; connections run on
     // the worker threads `runtime::build` starts.
     let runtime = match single_thread_runtime() {
@@ -144,7 +162,7 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match switchyard::runtime::run(config, shared, inherited).await {
+        match switchyard::runtime::run(config, shared, inherited, ready_file).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");

@@ -284,3 +284,77 @@ fn the_quickstart_example_loads() {
     assert_eq!(config.pools[0].servers.len(), 2);
     assert!(config.admin.is_some());
 }
+
+#[test]
+fn run_without_a_config_path_says_where_it_looked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(binary())
+        .arg("run")
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for looked in [
+        "./switchyard.toml",
+        "/etc/switchyard/switchyard.toml",
+        "-c FILE",
+    ] {
+        assert!(stderr.contains(looked), "{looked} in {stderr}");
+    }
+}
+
+#[test]
+fn run_without_a_config_path_uses_the_one_in_the_working_dir_and_reports_its_ports() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+
+[[pool]]
+name = "app"
+servers = [ { address = "127.0.0.1:9" } ]
+"#;
+    write(&dir, "switchyard.toml", text);
+    let ready = dir.path().join("ready.json");
+    let mut child = Command::new(binary())
+        .arg("run")
+        .arg("--ready-file")
+        .arg(&ready)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let start = std::time::Instant::now();
+    let reported = loop {
+        let parsed = std::fs::read_to_string(&ready)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        if let Some(parsed) = parsed {
+            break parsed;
+        }
+        assert!(
+            child.try_wait().ok().flatten().is_none(),
+            "switchyard exited before it was ready"
+        );
+        assert!(start.elapsed() < support::DEADLINE, "no ready file");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    for address in [&reported["admin"], &reported["listeners"]["web"]] {
+        let address: std::net::SocketAddr = address
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("an address in {reported}"));
+        assert_ne!(address.port(), 0, "{reported}");
+    }
+    assert_eq!(reported["pid"].as_u64(), Some(u64::from(child.id())));
+}

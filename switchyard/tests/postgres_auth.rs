@@ -291,7 +291,7 @@ server_password = "erin-pw"
     let text = config.clone().section(table).build();
     std::fs::write(
         proxy.config_path(),
-        text.replace("{admin}", &proxy.admin.to_string()),
+        text.replace("{admin}", support::ADMIN_LISTEN),
     )
     .expect("rewrite config");
     let (status, body) = proxy.post("/api/v1/reload", "").await;

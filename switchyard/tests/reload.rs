@@ -65,7 +65,7 @@ async fn start(pool_keys: &str, servers: &[(&str, SocketAddr, &str)]) -> (Proxy,
 
 /// Rewrites the proxy's config file (keeping its admin address).
 fn rewrite(proxy: &Proxy, pool_keys: &str, servers: &[(&str, SocketAddr, &str)], extra: &str) {
-    let text = config(&proxy.admin.to_string(), pool_keys, servers, extra);
+    let text = config(support::ADMIN_LISTEN, pool_keys, servers, extra);
     std::fs::write(proxy.config_path(), text).expect("rewrite config");
 }
 
@@ -313,7 +313,7 @@ async fn invalid_config_changes_nothing_and_lists_every_error() {
     let path = proxy.config_path();
     // Three mistakes: an unknown pool key, a listener naming a missing pool, a bad log format.
     let broken = config(
-        &proxy.admin.to_string(),
+        support::ADMIN_LISTEN,
         "colour = \"blue\"",
         &[("alpha", alpha.addr, "")],
         "[[listener]]\nname = \"other\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"nowhere\"\n\n[log]\nformat = \"fancy\"\n",

@@ -306,6 +306,25 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// Where `switchyard run` looks for its config without `-c`, in order.
+pub const DEFAULT_PATHS: [&str; 2] = ["switchyard.toml", "/etc/switchyard/switchyard.toml"];
+
+/// The first of [`DEFAULT_PATHS`] that exists, or what to do when none does.
+pub fn default_path() -> Result<std::path::PathBuf, String> {
+    DEFAULT_PATHS
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            format!(
+                "no config file: looked for ./{} and {}; pass one with -c FILE \
+                 (examples/quickstart.toml is a small working one, `switchyard check -c FILE` \
+                 validates one)",
+                DEFAULT_PATHS[0], DEFAULT_PATHS[1]
+            )
+        })
+}
+
 /// Reads, parses and validates a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {

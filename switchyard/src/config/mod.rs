@@ -5,5 +5,5 @@ pub mod load;
 mod schema;
 mod validate;
 
-pub use load::{ConfigError, ConfigErrors, load_file, load_str};
+pub use load::{ConfigError, ConfigErrors, default_path, load_file, load_str};
 pub use schema::*;

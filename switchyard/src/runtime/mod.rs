@@ -168,9 +168,16 @@ pub fn build(
 /// SIGHUP reloads the config file; SIGUSR2 starts a binary upgrade. After a binary upgrade (`inherited` holds the link to the
 /// old process) it takes over from the old process once ready; it then serves the upgrade
 /// socket itself, handing over to the next one.
-pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) -> io::Result<()> {
+/// `ready_file`, when given, gets the bound addresses once every listener accepts.
+pub async fn run(
+    config: Config,
+    shared: Arc<Shared>,
+    mut inherited: Inherited,
+    ready_file: Option<PathBuf>,
+) -> io::Result<()> {
     let stop_admin = shared.stop_background.child_token();
     let mut admin_handover = None;
+    let mut admin_address = None;
     if let Some(admin) = &config.admin {
         let listen: std::net::SocketAddr = admin.listen.parse().map_err(|_| {
             io::Error::new(
@@ -186,6 +193,7 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
         };
         let address = admin_listener.local_addr()?;
         tracing::info!(%address, "admin API listening");
+        admin_address = Some(address);
         admin_handover = Some((address, admin_listener.as_fd().try_clone_to_owned()?));
         tokio::spawn(crate::admin::serve(
             admin_listener,
@@ -205,6 +213,9 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
     }
     upgrade::take_over(inherited, &shared).await?;
     upgrade::notify_systemd();
+    if let Some(path) = &ready_file {
+        write_ready_file(path, admin_address, &shared)?;
+    }
     let upgrade_path = upgrade::socket_path(&config, &shared.config_path);
     let handed_over = CancellationToken::new();
     tokio::spawn(upgrade::serve(
@@ -280,6 +291,36 @@ fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
         &shared.tasks,
         handler,
     );
+}
+
+/// Writes where the proxy listens, for whoever started it with port 0 (tests, scripts,
+/// supervisors): `{"pid", "admin", "listeners": {name: address}}`. Written whole under a
+/// temporary name, then renamed, so a reader never sees half of it.
+fn write_ready_file(
+    path: &std::path::Path,
+    admin: Option<std::net::SocketAddr>,
+    shared: &Shared,
+) -> io::Result<()> {
+    let listeners: serde_json::Map<String, serde_json::Value> = shared
+        .listeners()
+        .iter()
+        .map(|l| (l.name.clone(), l.address.to_string().into()))
+        .collect();
+    let ready = serde_json::json!({
+        "pid": std::process::id(),
+        "admin": admin.map(|a| a.to_string()),
+        "listeners": listeners,
+    });
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let written = std::fs::write(&temporary, ready.to_string())
+        .and_then(|()| std::fs::rename(&temporary, path));
+    written.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot write the ready file {}: {e}", path.display()),
+        )
+    })
 }
 
 async fn wait_for_shutdown(shared: &Arc<Shared>) -> io::Result<()> {

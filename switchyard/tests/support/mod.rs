@@ -55,6 +55,10 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
 }
 
+/// The admin address every test config asks for: the proxy binds a free port itself and
+/// reports it in its ready file, so no other test can take the port in between.
+pub const ADMIN_LISTEN: &str = "127.0.0.1:0";
+
 /// A running switchyard process, killed on drop.
 pub struct Proxy {
     child: Option<Child>,
@@ -67,8 +71,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts the proxy with `config`, in which `{admin}` is replaced by a free admin address.
-    /// Waits until the admin API answers.
+    /// Starts the proxy with `config`, in which `{admin}` is replaced by [`ADMIN_LISTEN`].
+    /// Waits until the proxy reports its addresses and the admin API answers.
     pub async fn start(config: &str) -> Proxy {
         Self::start_with_token(config, None).await
     }
@@ -82,50 +86,62 @@ impl Proxy {
     /// (e.g. the variable an `[admin] token = "env:VAR"` names). The one place that spawns
     /// the proxy and waits for its admin API.
     pub async fn start_with_env(config: &str, token: Option<&str>, env: &[(&str, &str)]) -> Proxy {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("address");
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = config.replace("{admin}", &admin.to_string());
+        let config = config.replace("{admin}", ADMIN_LISTEN);
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, config).expect("write config");
+        let ready = dir.path().join("ready.json");
         let mut command = Command::new(binary());
         command
             .args(["run", "-c"])
             .arg(&path)
+            .arg("--ready-file")
+            .arg(&ready)
             .env("RUST_LOG", "switchyard=debug,info")
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log"))
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"));
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command.spawn().expect("spawn switchyard");
+        let mut child = command.spawn().expect("spawn switchyard");
+        let start = Instant::now();
+        let admin: SocketAddr = loop {
+            let reported = std::fs::read_to_string(&ready)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|ready| ready["admin"].as_str()?.parse().ok());
+            if let Some(admin) = reported {
+                break admin;
+            }
+            let stderr =
+                || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "switchyard exited with {status} during startup:\n{}",
+                    stderr()
+                );
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = child.kill();
+                panic!("switchyard did not start:\n{}", stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let client =
             AdminClient::new(&admin.to_string(), token.map(str::to_string)).expect("client");
-        let mut proxy = Proxy {
+        let proxy = Proxy {
             child: Some(child),
             dir,
             admin,
             client,
         };
-        let start = Instant::now();
-        loop {
-            if let Ok((200, _)) = proxy.client.call(Method::GET, "/health", None).await {
-                break;
-            }
-            if let Some(status) = proxy.try_wait() {
-                panic!(
-                    "switchyard exited with {status} during startup:\n{}",
-                    proxy.stderr()
-                );
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "switchyard did not start:\n{}",
-                proxy.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until("the admin API to answer", || async {
+            matches!(
+                proxy.client.call(Method::GET, "/health", None).await,
+                Ok((200, _))
+            )
+        })
+        .await;
         proxy
     }
 

@@ -155,48 +155,59 @@ impl PgCluster {
         Self::launch(dir)
     }
 
-    /// Writes the per-instance settings (port, socket dir) and starts `postgres`.
+    /// Writes the per-instance settings (port, socket dir) and starts `postgres`. A port
+    /// found free can be taken by another test before `postgres` binds it: then it exits,
+    /// and it is started again on another port. Readiness is read from this instance's own
+    /// `postmaster.pid`, never from whoever answers on the port.
     fn launch(dir: tempfile::TempDir) -> PgCluster {
         let data = dir.path().join("data");
-        let port = free_port();
-        append(
-            &data.join("postgresql.conf"),
-            &format!(
-                "port = {port}\nunix_socket_directories = '{}'\n",
-                dir.path().display()
-            ),
-        );
-        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log");
-        let child = pg_command("postgres")
-            .arg("-D")
-            .arg(&data)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn postgres");
-        let cluster = PgCluster {
-            dir,
-            port,
-            child: Some(child),
-        };
-        let start = Instant::now();
-        loop {
-            let ready = Command::new(bin_dir().join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p"])
-                .arg(port.to_string())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                return cluster;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "postgres did not start:\n{}",
-                cluster.log()
+        let log_path = dir.path().join("postgres.log");
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        for _attempt in 0..5 {
+            let port = free_port();
+            // The last setting in the file wins: each attempt appends its port.
+            append(
+                &data.join("postgresql.conf"),
+                &format!(
+                    "port = {port}\nunix_socket_directories = '{}'\n",
+                    dir.path().display()
+                ),
             );
-            std::thread::sleep(Duration::from_millis(50));
+            let file = std::fs::File::create(&log_path).expect("log");
+            let mut child = pg_command("postgres")
+                .arg("-D")
+                .arg(&data)
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().expect("log"))
+                .stderr(file)
+                .spawn()
+                .expect("spawn postgres");
+            let start = Instant::now();
+            loop {
+                if postmaster_ready(&data) {
+                    return PgCluster {
+                        dir,
+                        port,
+                        child: Some(child),
+                    };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    let log = log();
+                    assert!(
+                        log.contains("could not bind")
+                            || log.contains("could not create any TCP/IP sockets"),
+                        "postgres exited:\n{log}"
+                    );
+                    break;
+                }
+                if start.elapsed() > DEADLINE {
+                    let _ = child.kill();
+                    panic!("postgres did not start:\n{}", log());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
+        panic!("postgres found no free port in five attempts:\n{}", log());
     }
 
     /// The server's TCP address.
@@ -253,6 +264,16 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether the instance of `data` says it accepts connections (`ready` in its
+/// `postmaster.pid`).
+fn postmaster_ready(data: &Path) -> bool {
+    std::fs::read_to_string(data.join("postmaster.pid")).is_ok_and(|pid| {
+        pid.lines()
+            .nth(7)
+            .is_some_and(|status| status.trim() == "ready")
+    })
 }
 
 /// A temp dir the `postgres` user owns.
