@@ -1,8 +1,8 @@
 //! The authority a request is routed by is the one its server is told (issue 27), over
 //! raw sockets and hand-written HTTP/2 frames: requests whose authority is missing,
 //! repeated, invalid or contradictory are refused with 400 before routing; an absolute-form
-//! target's authority replaces `Host`; `OPTIONS *` passes; hosts match routes whatever
-//! their case, port, trailing dot or IDNA form.
+//! target's authority replaces `Host`; `CONNECT` gets 405; `OPTIONS *` passes; hosts match
+//! routes whatever their case, port, trailing dot or IDNA form.
 
 mod support;
 
@@ -200,6 +200,32 @@ async fn an_absolute_form_target_replaces_host_for_routing_and_server() {
         "h2 host= xfh=h2.example authority=h2.example target=/"
     );
     assert_eq!(rig.served(), [1, 1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_gets_405_from_the_proxy_and_is_never_forwarded() {
+    let rig = Rig::start().await;
+    // A request pipelined behind the CONNECT is not served either: the connection ends.
+    let answer = raw(
+        rig.front,
+        b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\nGET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\r\nallow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n"),
+        "{answer}"
+    );
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert_eq!(rig.served(), [0, 0, 0]);
+    let line = wait_access(&rig.proxy, "405 line", |l| {
+        l.get("termination").and_then(|t| t.as_str()) == Some("method_not_allowed")
+    })
+    .await;
+    assert_eq!(field(&line, "method"), "CONNECT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,11 +3,14 @@
 
 use std::borrow::Cow;
 
-use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{HeaderMap, Response, StatusCode};
 
 use super::authority::Refusal;
 use super::body::ProxyBody;
+
+/// The methods the proxy forwards, for the `Allow` header of its `405` to `CONNECT`.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 
 /// Why the proxy answered a request itself; each maps to one status and one log reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +32,8 @@ pub enum ProxyError {
     /// A request whose authority (`Host`, target, `:authority`) is missing, repeated,
     /// invalid or contradictory: it cannot be routed safely.
     BadHost(Refusal),
+    /// `CONNECT`: a reverse proxy serves its own origins and tunnels nowhere.
+    MethodNotAllowed,
 }
 
 impl ProxyError {
@@ -40,6 +45,7 @@ impl ProxyError {
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest | Self::BadHost(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -54,6 +60,7 @@ impl ProxyError {
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest => "bad_request",
             Self::BadHost(_) => "bad_host",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -68,6 +75,7 @@ impl ProxyError {
             Self::BodyTooLarge => "request body too large",
             Self::BadRequest => "malformed request",
             Self::BadHost(refusal) => return Cow::Owned(refusal.to_string()),
+            Self::MethodNotAllowed => "CONNECT is not supported",
         })
     }
 }
@@ -101,6 +109,9 @@ pub fn response(error: ProxyError, json: bool) -> Response<ProxyBody> {
     *response.status_mut() = error.status();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if error == ProxyError::MethodNotAllowed {
+        headers.insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    }
     response
 }
 
@@ -123,12 +134,15 @@ mod tests {
     }
 
     #[test]
-    fn refusals_name_their_reason() {
+    fn refusals_name_their_reason_and_405_says_what_is_allowed() {
         let bad_host = response(ProxyError::BadHost(Refusal::RepeatedHost), false);
         assert_eq!(bad_host.status(), 400);
         assert_eq!(
             hyper::body::Body::size_hint(bad_host.body()).exact(),
             Some("400 more than one Host field\n".len() as u64)
         );
+        let connect = response(ProxyError::MethodNotAllowed, false);
+        assert_eq!(connect.status(), 405);
+        assert_eq!(connect.headers()[ALLOW], ALLOWED_METHODS);
     }
 }

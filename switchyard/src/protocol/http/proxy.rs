@@ -9,6 +9,8 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::authority::{self, Authority};
@@ -266,6 +268,19 @@ pub async fn handle(
         response
     };
 
+    if parts.method == Method::CONNECT {
+        // hyper hands a CONNECT's connection over as an upgrade once the answer is written,
+        // whatever its status. Shut down there, so that the close lingers (see `guard`)
+        // instead of resetting what the client already sent after its CONNECT.
+        if http1 && let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() {
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let _ = TokioIo::new(upgraded).shutdown().await;
+                }
+            });
+        }
+        return refuse(exchange, ProxyError::MethodNotAllowed);
+    }
     // The one authority the pool is chosen by, the server is told and the log shows.
     let authority = match authority::of_request(parts.version, &parts.uri, &parts.headers) {
         Ok(authority) => authority,
