@@ -190,6 +190,7 @@ pub async fn run(config: Config, shared: Arc<Shared>, mut inherited: Inherited) 
         tokio::spawn(crate::admin::serve(
             admin_listener,
             shared.clone(),
+            crate::admin::Access::new(&admin.allowed_hosts),
             stop_admin.clone(),
         ));
     }
