@@ -556,3 +556,157 @@ async fn ctl_with_a_wrong_token_fails_with_401() {
     assert!(ok, "{stderr}");
     assert_eq!(proxy.server("app", "alpha").await.state, "drain");
 }
+
+/// One request to the admin API as raw bytes, so that the test sets every header a browser
+/// would (`Host`, `Origin`, `Referer`, `Content-Type`); returns the status and the body.
+async fn admin_raw(
+    proxy: &Proxy,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut request = format!("{method} {path} HTTP/1.1\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let answer = support::http::raw(proxy.admin, request.as_bytes()).await;
+    let status = answer
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+/// With the default admin config (loopback, no token), what a web page elsewhere can make
+/// a browser send is refused: a cross-origin "simple" POST (`text/plain`, no preflight),
+/// a cross-origin JSON one, a `Referer` from elsewhere, a body not said to be JSON. The
+/// startup log says once that mutating calls are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_other_origins_cannot_change_state_or_reload() {
+    let (alpha, bravo) = two_named().await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo).build()).await;
+    let host = proxy.admin.to_string();
+    let own_origin = format!("http://{host}");
+    let (evil, json, text) = (
+        ("origin", "http://evil.example"),
+        ("content-type", "application/json"),
+        ("content-type", "text/plain"),
+    );
+    let cases: [(&str, Vec<(&str, &str)>); 5] = [
+        ("cross-origin simple POST", vec![evil, text]),
+        ("cross-origin JSON POST", vec![evil, json]),
+        (
+            "Referer from elsewhere",
+            vec![("referer", "http://evil.example/page"), json],
+        ),
+        (
+            "own origin, text/plain",
+            vec![("origin", &own_origin), text],
+        ),
+        ("no content type", vec![]),
+    ];
+    for path in [STATE, "/api/v1/reload"] {
+        for (what, headers) in &cases {
+            let mut all = vec![("host", host.as_str())];
+            all.extend_from_slice(headers);
+            let (status, body) =
+                admin_raw(&proxy, "POST", path, &all, r#"{"state":"maint"}"#).await;
+            assert_eq!(status, 403, "{what} to {path}: {body}");
+            let error: Value = serde_json::from_str(&body).expect("JSON error body");
+            assert!(error["error"].is_string(), "{body}");
+        }
+    }
+    assert_eq!(proxy.server("app", "alpha").await.state, "up");
+    let log = proxy.stderr();
+    assert_eq!(
+        log.matches("the admin API has no token").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("admin API refused a request"), "{log}");
+}
+
+/// DNS rebinding: a page whose own name now resolves to 127.0.0.1 sends that name as
+/// `Host`, and is refused even reads. The listener's address, `localhost` on its port and
+/// `allowed_hosts` names pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_requests_naming_the_admin_listener_are_served() {
+    let (alpha, bravo) = two_named().await;
+    let config = two_server_config(&alpha, &bravo)
+        .admin(r#"allowed_hosts = ["admin.test"]"#)
+        .build();
+    let proxy = Proxy::start(&config).await;
+    let port = proxy.admin.port();
+    let other_port = if port == u16::MAX { port - 1 } else { port + 1 };
+    let cases = [
+        (format!("evil.example:{port}"), 421),
+        (format!("127.0.0.1:{other_port}"), 421),
+        (format!("localhost:{other_port}"), 421),
+        ("user@127.0.0.1".to_string(), 400),
+        (proxy.admin.to_string(), 200),
+        (format!("localhost:{port}"), 200),
+        (format!("admin.test:{port}"), 200),
+    ];
+    for path in ["/api/v1/pools", "/metrics", "/health"] {
+        for (host, expected) in &cases {
+            let (status, body) = admin_raw(&proxy, "GET", path, &[("host", host)], "").await;
+            assert_eq!(status, *expected, "GET {path} with Host {host}: {body}");
+        }
+    }
+    let (status, _) = admin_raw(&proxy, "GET", "/health", &[], "").await;
+    assert_eq!(status, 400, "no Host");
+}
+
+/// What may change state: `switchyard ctl` (its `reload` sends no body), a page of the
+/// admin API's own origin, and a script with the token and no `Origin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_own_origin_pages_and_scripts_with_the_token_may_change_state() {
+    let (alpha, bravo) = two_named().await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo).build()).await;
+    let admin = proxy.admin.to_string();
+    let (ok, _, stderr) = run_ctl(&admin, None, &["reload"]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = run_ctl(
+        &format!("http://localhost:{}", proxy.admin.port()),
+        None,
+        &["drain", "app", "alpha"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(proxy.server("app", "alpha").await.state, "drain");
+    let own_origin = format!("http://{admin}");
+    let headers = [
+        ("host", admin.as_str()),
+        ("origin", own_origin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let (status, body) = admin_raw(&proxy, "POST", STATE, &headers, r#"{"state":"maint"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(proxy.server("app", "alpha").await.state, "maint");
+
+    let guarded = start_guarded(
+        &alpha,
+        &bravo,
+        "SWITCHYARD_TEST_ADMIN_TOKEN_SCRIPT",
+        "script-token",
+    )
+    .await;
+    let script =
+        AdminClient::new(&guarded.admin.to_string(), Some("script-token".into())).expect("client");
+    let (status, body) = script
+        .call(Method::POST, STATE, Some(r#"{"state":"drain"}"#.into()))
+        .await
+        .expect("call");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(guarded.server("app", "alpha").await.state, "drain");
+    assert!(
+        !guarded.stderr().contains("the admin API has no token"),
+        "{}",
+        guarded.stderr()
+    );
+}

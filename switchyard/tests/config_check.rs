@@ -63,12 +63,13 @@ fn check_accepts_a_valid_config() {
     assert!(stderr.is_empty(), "{stderr}");
 }
 
-/// Eleven independent mistakes; `(text that marks the line, key reported)`.
-const BROKEN: &str = r#"# eleven mistakes, each on its own
+/// Thirteen independent mistakes; `(text that marks the line, key reported)`.
+const BROKEN: &str = r#"# thirteen mistakes, each on its own
 bogus_top = 1
 
 [admin]
 listen = "127.0.0.1:9900"
+allowed_hosts = ["user@admin.example"]
 
 [[listener]]
 name = "typo"
@@ -129,9 +130,18 @@ protocol = "postgres"
 pool = "good"
 role = "replica"
 client_tls = { mode = "required" }
+
+[[listener]]
+name = "idna"
+listen = "127.0.0.1:7006"
+protocol = "http"
+pool = "good"
+  [[listener.routes]]
+  host = "\u0308x.example"
+  pool = "good"
 "#;
 
-const MISTAKES: [(&str, &str); 11] = [
+const MISTAKES: [(&str, &str); 13] = [
     ("bogus_top = 1", "bogus_top"),
     ("max_conections = 10", "listener[0].max_conections"),
     ("pool = \"missing\"", "listener[1].pool"),
@@ -149,6 +159,9 @@ const MISTAKES: [(&str, &str); 11] = [
         "client_tls = { mode = \"required\" }",
         "listener[4].client_tls",
     ),
+    ("user@admin.example", "admin.allowed_hosts"),
+    // A route host IDNA cannot convert (a label starting with a combining mark).
+    ("host = \"\\u0308x.example\"", "listener[5].routes[0].host"),
 ];
 
 #[test]
@@ -198,6 +211,11 @@ fn check_reports_every_mistake_with_its_line_and_key() {
         "{stderr}"
     );
     assert!(find("pool[5].health.check").contains("tcp"), "{stderr}");
+    assert!(find("admin.allowed_hosts").contains("userinfo"), "{stderr}");
+    assert!(
+        find("listener[5].routes[0].host").contains("internationalized"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -45,6 +45,18 @@ async fn smuggling_attempts_get_400_and_never_reach_the_backend() {
         b"GET / HTTP/1.1\nHost: a\n\n",
         b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
         b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\nHost: a\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +2\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;a\x00b\r\nx\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX Y: z\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+        b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+        // Nothing is tunnelled after a CONNECT: what follows it is checked as HTTP/1.
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET / HTTP/1.1\nHost: a\n\n",
     ];
     for attempt in attempts {
         let answer = raw(front, attempt).await;
@@ -221,4 +233,48 @@ async fn a_response_slower_than_keep_alive_is_not_cut_and_the_connection_idles_o
     .await;
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     assert!(text.ends_with("done\n"), "{text}");
+}
+
+/// Heads refused before the proxy has read all the client sent (a body it never reads
+/// follows each) are answered every time. A client streaming its body to a proxy that
+/// closed with that body unread gets a reset on its next write and gives up before it
+/// reads the answer (curl reports a send failure); the proxy's lingering close reads and
+/// drops the rest instead, so the write completes and the answer is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_heads_get_their_answer_every_time_not_a_reset() {
+    let backend = HttpBackend::describe().await;
+    let (_proxy, front) = proxy_for(&backend, "").await;
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+        "v".repeat(70_000)
+    );
+    let refused: [(&[u8], &str); 4] = [
+        (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", "400"),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n",
+            "400",
+        ),
+        (big_header.as_bytes(), "431"),
+    ];
+    // More than the socket buffers take while nobody reads, less than the proxy drains.
+    let unread = vec![b'x'; 512 * 1024];
+    for (head, status) in refused {
+        let sent = [head, &unread[..]].concat();
+        for attempt in 0..50 {
+            let mut stream = TcpStream::connect(front).await.expect("connect");
+            let written = stream.write_all(&sent).await;
+            let mut answer = Vec::new();
+            let read = stream.read_to_end(&mut answer).await;
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                written.is_ok()
+                    && read.is_ok()
+                    && answer.starts_with(&format!("HTTP/1.1 {status} ")),
+                "attempt {attempt} of {:?}: write {written:?}, read {read:?}, answer {answer:?}",
+                String::from_utf8_lossy(&head[..head.len().min(40)])
+            );
+        }
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
 }

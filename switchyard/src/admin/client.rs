@@ -50,9 +50,9 @@ impl AdminClient {
         if let Some(token) = &self.token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        if body.is_some() {
-            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
+        // Mutating calls must say JSON even without a body (`reload`): the API refuses
+        // others, as a browser page could send them from another origin.
+        request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| format!("admin API: {e}"))?;

@@ -1,5 +1,7 @@
 //! The admin HTTP API: health, Prometheus metrics, status, server state changes and reload.
+//! Every request passes [`Access`] first, which keeps web pages out (see `access`).
 
+mod access;
 pub mod client;
 mod metrics;
 mod status;
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::runtime::Shared;
 use crate::upstream::AdminState;
 
+pub use access::Access;
 pub use status::{ListenerStatus, PoolStatus, ServerStatus};
 
 /// Largest request body the admin API reads.
@@ -42,10 +45,26 @@ pub fn resolve_secret(spec: &str) -> Result<String, String> {
     Ok(value)
 }
 
-/// Serves the admin API until `stop` fires.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+/// Serves the admin API until `stop` fires, to the requests `access` lets through.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    access: Access,
+    stop: CancellationToken,
+) {
+    if shared.admin_token.is_none()
+        && let Ok(address) = listener.local_addr()
+    {
+        let who = if address.ip().is_loopback() {
+            "any local process"
+        } else {
+            "anyone who can connect to it"
+        };
+        tracing::warn!(%address, "the admin API has no token: its mutating calls (server state, reload) are open to {who}; set [admin] token to require one");
+    }
+    let access = Arc::new(access);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -55,11 +74,24 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
             },
             () = stop.cancelled() => return,
         };
-        let shared = shared.clone();
+        // The address the client reached: what its `Host` must name.
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let (shared, access) = (shared.clone(), access.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, request).await) }
+                let verdict = access.check(local, &request);
+                async move {
+                    Ok::<_, Infallible>(match verdict {
+                        Ok(()) => route(&shared, request).await,
+                        Err(denied) => {
+                            tracing::warn!(client = %peer, method = %request.method(), path = %request.uri().path(), reason = %denied, "admin API refused a request");
+                            error(denied.status(), &denied.to_string())
+                        }
+                    })
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -51,6 +51,11 @@ pub struct AdminConfig {
     /// Bearer token required for mutating calls: a literal, `env:VAR` or `file:PATH`.
     #[serde(default)]
     pub token: Option<String>,
+    /// Host names (`host` or `host:port`) requests may carry in `Host` besides the admin
+    /// listener's own address: requests naming anything else are refused, which keeps
+    /// DNS-rebinding pages out.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Diagnostic and access logging.

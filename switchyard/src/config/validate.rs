@@ -23,6 +23,14 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
         {
             sink.at(&key_path!("admin", "token"), e);
         }
+        for host in &admin.allowed_hosts {
+            if let Err(e) = crate::protocol::http::authority::Authority::parse(host.as_bytes()) {
+                sink.at(
+                    &key_path!("admin", "allowed_hosts"),
+                    format!("`{host}` is not a host name or host:port: {e}"),
+                );
+            }
+        }
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         sink.at(

@@ -198,6 +198,7 @@ pub async fn run(
         tokio::spawn(crate::admin::serve(
             admin_listener,
             shared.clone(),
+            crate::admin::Access::new(&admin.allowed_hosts),
             stop_admin.clone(),
         ));
     }

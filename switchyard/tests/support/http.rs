@@ -341,3 +341,104 @@ pub async fn http_load(
             .push(format!("{kind}: {failure}"));
     }
 }
+
+/// What a hand-written HTTP/2 exchange ([`h2_raw`]) got back on its stream.
+#[derive(Debug, Default)]
+pub struct H2Answer {
+    /// The response status, when the proxy sent one the HPACK static table holds (200,
+    /// 204, 206, 304, 400, 404, 500: how hyper's encoder writes those).
+    pub status: Option<u16>,
+    /// The response body.
+    pub body: String,
+    /// The error code of a `RST_STREAM` or `GOAWAY` that ended the stream instead.
+    pub reset: Option<u32>,
+}
+
+/// Sends one HTTP/2 request on a new h2c connection, its header block written field by
+/// field as given (pseudo-fields included, HPACK literals without indexing or Huffman), and
+/// reads stream 1's answer until it ends. Client libraries keep requests well-formed; this
+/// sends what they would not (`:scheme` without `:authority`, a `host` that differs from
+/// `:authority`).
+pub async fn h2_raw(front: SocketAddr, fields: &[(&str, &str)]) -> H2Answer {
+    const DATA: u8 = 0x0;
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(payload.len()).expect("frame length");
+        let mut frame = length.to_be_bytes()[1..].to_vec();
+        frame.extend_from_slice(&[kind, flags]);
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        // Literal header field without indexing, new name (RFC 7541 §6.2.2).
+        block.push(0);
+        for text in [name, value] {
+            let length = u8::try_from(text.len()).ok().filter(|&n| n < 0x7f);
+            block.push(length.expect("short header text"));
+            block.extend_from_slice(text.as_bytes());
+        }
+    }
+    let mut stream = TcpStream::connect(front).await.expect("connect to proxy");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &block));
+    stream.write_all(&hello).await.expect("write request");
+    let mut answer = H2Answer::default();
+    loop {
+        let mut head = [0u8; 9];
+        if stream.read_exact(&mut head).await.is_err() {
+            return answer;
+        }
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let on_stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; length];
+        if stream.read_exact(&mut payload).await.is_err() {
+            return answer;
+        }
+        match (kind, on_stream) {
+            (SETTINGS, 0) if flags & 0x1 == 0 => {
+                let ack = frame(SETTINGS, 0x1, 0, &[]);
+                stream.write_all(&ack).await.expect("settings ack");
+            }
+            (HEADERS, 1) => {
+                // An indexed field first (RFC 7541 §6.1): `:status` from the static table.
+                let indexed = payload.first().filter(|&&b| b & 0x80 != 0);
+                answer.status = match indexed.map(|b| b & 0x7f) {
+                    Some(8) => Some(200),
+                    Some(9) => Some(204),
+                    Some(10) => Some(206),
+                    Some(11) => Some(304),
+                    Some(12) => Some(400),
+                    Some(13) => Some(404),
+                    Some(14) => Some(500),
+                    _ => None,
+                };
+            }
+            (DATA, 1) => answer.body.push_str(&String::from_utf8_lossy(&payload)),
+            (RST_STREAM, 1) => {
+                answer.reset = payload
+                    .get(..4)
+                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                return answer;
+            }
+            (GOAWAY, 0) => {
+                answer.reset = payload
+                    .get(4..8)
+                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                return answer;
+            }
+            _ => {}
+        }
+        if on_stream == 1 && matches!(kind, HEADERS | DATA) && flags & END_STREAM != 0 {
+            return answer;
+        }
+    }
+}

@@ -1,10 +1,16 @@
 //! Responses the proxy writes itself: one short, consistent body per failure, in plain
 //! text or JSON depending on what the client accepts.
 
-use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use std::borrow::Cow;
+
+use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{HeaderMap, Response, StatusCode};
 
+use super::authority::Refusal;
 use super::body::ProxyBody;
+
+/// The methods the proxy forwards, for the `Allow` header of its `405` to `CONNECT`.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 
 /// Why the proxy answered a request itself; each maps to one status and one log reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +29,11 @@ pub enum ProxyError {
     BodyTooLarge,
     /// A request the proxy will not forward (malformed or ambiguous).
     BadRequest,
+    /// A request whose authority (`Host`, target, `:authority`) is missing, repeated,
+    /// invalid or contradictory: it cannot be routed safely.
+    BadHost(Refusal),
+    /// `CONNECT`: a reverse proxy serves its own origins and tunnels nowhere.
+    MethodNotAllowed,
 }
 
 impl ProxyError {
@@ -33,7 +44,8 @@ impl ProxyError {
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BadRequest | Self::BadHost(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -47,12 +59,14 @@ impl ProxyError {
             Self::GatewayTimeout => "server_timeout",
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest => "bad_request",
+            Self::BadHost(_) => "bad_host",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 
-    /// The short explanation in the body.
-    fn message(self) -> &'static str {
-        match self {
+    /// The short explanation in the body (and the log line of a refusal).
+    pub fn message(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             Self::NoRoute => "no route for this request",
             Self::NoServer => "no server available",
             Self::Queue => "all servers are busy",
@@ -60,7 +74,9 @@ impl ProxyError {
             Self::GatewayTimeout => "the server did not answer in time",
             Self::BodyTooLarge => "request body too large",
             Self::BadRequest => "malformed request",
-        }
+            Self::BadHost(refusal) => return Cow::Owned(refusal.to_string()),
+            Self::MethodNotAllowed => "CONNECT is not supported",
+        })
     }
 }
 
@@ -88,12 +104,14 @@ pub fn error_body(status: StatusCode, message: &str, json: bool) -> (&'static st
 
 /// The proxy's answer for `error`, in JSON when the client asked for it (`wants_json`).
 pub fn response(error: ProxyError, json: bool) -> Response<ProxyBody> {
-    let (content_type, body) = error_body(error.status(), error.message(), json);
+    let (content_type, body) = error_body(error.status(), &error.message(), json);
     let mut response = Response::new(ProxyBody::own(body));
     *response.status_mut() = error.status();
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if error == ProxyError::MethodNotAllowed {
+        headers.insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    }
     response
 }
 
@@ -113,5 +131,18 @@ mod tests {
         assert_eq!(json.headers()[CONTENT_TYPE], "application/json");
         let (_, body) = error_body(StatusCode::BAD_REQUEST, "x", true);
         assert_eq!(body, "{\"error\":\"x\",\"status\":400}\n");
+    }
+
+    #[test]
+    fn refusals_name_their_reason_and_405_says_what_is_allowed() {
+        let bad_host = response(ProxyError::BadHost(Refusal::RepeatedHost), false);
+        assert_eq!(bad_host.status(), 400);
+        assert_eq!(
+            hyper::body::Body::size_hint(bad_host.body()).exact(),
+            Some("400 more than one Host field\n".len() as u64)
+        );
+        let connect = response(ProxyError::MethodNotAllowed, false);
+        assert_eq!(connect.status(), 405);
+        assert_eq!(connect.headers()[ALLOW], ALLOWED_METHODS);
     }
 }

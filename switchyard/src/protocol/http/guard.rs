@@ -2,6 +2,13 @@
 //! `scanner`) before hyper reads a byte, answers refusals itself (400/414/431), and keeps
 //! the client's clocks: `timeouts.http_request` from the first byte of a head to its end
 //! (slowloris: 408 and close) and `timeouts.keep_alive` between requests (close).
+//!
+//! It also closes HTTP/1 connections the way nginx's lingering close does. A socket closed
+//! with unread bytes in its receive buffer (a refused head not read to its end, a request
+//! pipelined behind one answered with `Connection: close`) makes the kernel send a reset,
+//! and a client that gets the reset before it has read the answer loses the answer. So the
+//! guard sends the answer, shuts its write side, then reads and drops what the client
+//! still sends, for a bounded time and number of bytes, before the socket is closed.
 
 use std::io;
 use std::pin::Pin;
@@ -158,6 +165,27 @@ pub struct Guard<S> {
     fired: Instant,
     // Where small vectored writes are joined (see `poll_write_vectored`).
     joined: Vec<u8>,
+    linger: Linger,
+}
+
+/// Longest a closing connection is read and drained (see the module documentation): long
+/// enough for a client to read the answer and close its side, short enough that a client
+/// that never stops sending holds nothing for long.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Most bytes read and dropped while a connection closes; a client sending more is cut.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Where a connection is in its lingering close.
+#[derive(Debug, Clone, Copy)]
+enum Linger {
+    /// Not closing.
+    Open,
+    /// The write side is shut: reading and dropping until `until`, at most `budget` more
+    /// bytes.
+    Draining { until: Instant, budget: usize },
+    /// The client closed its side, or time or bytes ran out: the socket may be closed.
+    Done,
 }
 
 /// Vectored writes up to this many bytes in all go out as one buffer: a response head and
@@ -188,6 +216,7 @@ impl<S> Guard<S> {
             timer: LazyTimer::default(),
             fired: now,
             joined: Vec::new(),
+            linger: Linger::Open,
         };
         if !early.is_empty() && guard.check(&early) {
             guard.ready = early;
@@ -300,6 +329,44 @@ impl<S> Guard<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Guard<S> {
+    /// Shuts the write side (what was written is flushed first), then reads and drops what
+    /// the client sends until it closes its side, [`LINGER_BYTES`] have come or
+    /// [`LINGER_TIME`] has passed.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            self.linger = match self.linger {
+                Linger::Done => return Poll::Ready(()),
+                Linger::Open => match ready!(Pin::new(&mut self.inner).poll_shutdown(cx)) {
+                    Ok(()) => Linger::Draining {
+                        until: Instant::now() + LINGER_TIME,
+                        budget: LINGER_BYTES,
+                    },
+                    Err(_) => Linger::Done,
+                },
+                Linger::Draining { until, budget } => {
+                    let mut scratch = [0u8; 8192];
+                    let mut dropped = ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut self.inner).poll_read(cx, &mut dropped) {
+                        Poll::Ready(Ok(())) if (1..budget).contains(&dropped.filled().len()) => {
+                            Linger::Draining {
+                                until,
+                                budget: budget - dropped.filled().len(),
+                            }
+                        }
+                        // The client's end, an error, or the budget spent.
+                        Poll::Ready(_) => Linger::Done,
+                        Poll::Pending => {
+                            ready!(self.timer.poll_until(cx, until));
+                            Linger::Done
+                        }
+                    }
+                }
+            };
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -316,7 +383,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
                         Poll::Pending => return Poll::Pending,
                     }
                 }
-                let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                // While hyper still writes a response, it lingers when it shuts down after.
+                if !this.activity.busy() {
+                    ready!(this.poll_linger(cx));
+                }
                 // End of input for hyper: it closes the connection.
                 return Poll::Ready(Ok(()));
             }
@@ -370,8 +440,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<S> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// HTTP/1: the lingering close (see the module documentation). After an upgrade, or on
+    /// HTTP/2, only the write side's end: a tunnel's other direction goes on.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.scanner.is_opaque() {
+            return Pin::new(&mut self.inner).poll_shutdown(cx);
+        }
+        ready!(self.poll_linger(cx));
+        Poll::Ready(Ok(()))
     }
 
     fn poll_write_vectored(

@@ -9,8 +9,11 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
+use super::authority::{self, Authority};
 use super::body::{BodyEnd, BodyTooLarge, Ending, ProxyBody, RequestBody, ResponseBody};
 use super::client::{self, SendError};
 use super::errors::{self, ProxyError};
@@ -227,17 +230,6 @@ pub async fn handle(
     let started = Instant::now();
     ctx.in_flight.begin(started);
     let (mut parts, body) = request.into_parts();
-    // The Host header, else the authority (HTTP/2's `:authority`, an absolute-form URI).
-    let host_value = parts
-        .headers
-        .get(header::HOST)
-        .filter(|v| v.to_str().is_ok())
-        .cloned()
-        .or_else(|| {
-            let authority = parts.uri.authority()?;
-            HeaderValue::from_str(authority.as_str()).ok()
-        });
-    let host = host_value.as_ref().and_then(|v| v.to_str().ok());
     // Counted only when there is something to count: a body, or a tunnel after an upgrade.
     let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
     let received =
@@ -248,7 +240,7 @@ pub async fn handle(
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            host: host_value.clone(),
+            host: None,
             request_id: None,
             referer: parts.headers.get(header::REFERER).cloned(),
             user_agent: parts.headers.get(header::USER_AGENT).cloned(),
@@ -262,6 +254,42 @@ pub async fn handle(
     };
     let http = &ctx.settings.config.http;
     let json = errors::wants_json(&parts.headers);
+    let http1 = parts.version < Version::HTTP_2;
+    // A refusal before routing also ends an HTTP/1 connection: its next bytes come from a
+    // client already shown to be broken or hostile.
+    let refuse = |exchange: Exchange, error: ProxyError| {
+        tracing::info!(listener = %ctx.listener.name, client = %ctx.facts.client, status = error.status().as_u16(), reason = %error.message(), "refused a client request");
+        let mut response = exchange.fail(error, json);
+        if http1 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    };
+
+    if parts.method == Method::CONNECT {
+        // hyper hands a CONNECT's connection over as an upgrade once the answer is written,
+        // whatever its status. Shut down there, so that the close lingers (see `guard`)
+        // instead of resetting what the client already sent after its CONNECT.
+        if http1 && let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() {
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let _ = TokioIo::new(upgraded).shutdown().await;
+                }
+            });
+        }
+        return refuse(exchange, ProxyError::MethodNotAllowed);
+    }
+    // The one authority the pool is chosen by, the server is told and the log shows.
+    let authority = match authority::of_request(parts.version, &parts.uri, &parts.headers) {
+        Ok(authority) => authority,
+        Err(refusal) => return refuse(exchange, ProxyError::BadHost(refusal)),
+    };
+    if let Some(head) = &mut exchange.head {
+        head.host = authority.as_ref().map(|a| a.header_value().clone());
+    }
+    let host = authority.as_ref().map(Authority::as_str);
 
     // Framing the proxy must not pass on ambiguously (the head guard already refuses most
     // of it on HTTP/1.1 before the request gets here).
@@ -315,7 +343,7 @@ pub async fn handle(
     headers::add_forwarding(
         &mut parts.headers,
         &ctx.facts,
-        host_value.as_ref(),
+        authority.as_ref().map(Authority::header_value),
         http.forwarded,
     );
     let request_id = headers::ensure_request_id(&mut parts.headers);
@@ -374,7 +402,7 @@ pub async fn handle(
         let server = lease.server();
         // Taken with the lease, so that `maint` from now on cuts this request.
         let cut = client::session_cut(server);
-        prepare_for_server(&mut request, &pool, server, host);
+        prepare_for_server(&mut request, &pool, server, authority.as_ref());
         let sent_at = Instant::now();
         // Boxed: the send is large, and is moved into the timeout and the select below.
         let send = Box::pin(client::send(&pool, server, request, sent_at));
@@ -469,18 +497,18 @@ pub async fn handle(
 }
 
 /// Points the request at `server`: URI form and version for the pool's HTTP version, and
-/// `Host` per `preserve_host`.
+/// the `Host` (`:authority`) it sees: the request's authority, the one its pool was chosen
+/// by, or with `preserve_host = false` (or for an HTTP/1.0 request naming none) the
+/// server's address.
 fn prepare_for_server(
     request: &mut Request<RequestBody>,
     pool: &Pool,
     server: &Server,
-    host: Option<&str>,
+    authority: Option<&Authority>,
 ) {
-    // The common case, an HTTP/1.1 request in origin form with a Host kept as it is,
-    // needs no rewriting at all (and no text made for it).
-    let host = || match host {
-        Some(host) if pool.preserve_host => host.to_string(),
-        _ => server.address.to_string(),
+    let host = match authority {
+        Some(authority) if pool.preserve_host => Some(authority.header_value().clone()),
+        _ => HeaderValue::from_str(&server.address.to_string()).ok(),
     };
     let path = |request: &Request<RequestBody>| {
         request
@@ -497,9 +525,11 @@ fn prepare_for_server(
             {
                 *request.uri_mut() = uri;
             }
-            let keep = pool.preserve_host && request.headers().contains_key(header::HOST);
-            if !keep && let Ok(value) = HeaderValue::from_str(&host()) {
-                request.headers_mut().insert(header::HOST, value);
+            // The usual request already carries exactly this Host: left as it is.
+            if let Some(host) = host
+                && request.headers().get(header::HOST) != Some(&host)
+            {
+                request.headers_mut().insert(header::HOST, host);
             }
         }
         HttpVersion::Http2 => {
@@ -510,7 +540,11 @@ fn prepare_for_server(
                 None | Some(SslMode::Disable | SslMode::Allow) => "http",
                 Some(_) => "https",
             };
-            if let Ok(uri) = Uri::try_from(format!("{scheme}://{}{}", host(), path(request))) {
+            let host = host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            if let Ok(uri) = Uri::try_from(format!("{scheme}://{host}{}", path(request))) {
                 *request.uri_mut() = uri;
             }
         }

@@ -9,8 +9,9 @@
 //! refuses, with the status to send, anything ambiguous or over the limits. It copies
 //! nothing: it only keeps the current head (bounded by `max_header_bytes`) to inspect it.
 //!
-//! After an upgrade request (WebSocket) or `CONNECT`, and on an HTTP/2 prior-knowledge
-//! connection, it stops looking: those bytes are not HTTP/1 messages.
+//! After an upgrade request (WebSocket), and on an HTTP/2 prior-knowledge connection, it
+//! stops looking: those bytes are not HTTP/1 messages. `CONNECT` is not such a case: the
+//! proxy refuses it (405) and tunnels nothing, so whatever follows it is checked as HTTP/1.
 
 /// The HTTP/2 connection preface (h2c with prior knowledge).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -78,7 +79,7 @@ enum State {
     ChunkEnd(u8),
     /// Reading the trailer section after the last chunk.
     Trailers,
-    /// No longer HTTP/1 messages (h2c, upgrade, CONNECT): bytes pass unchecked.
+    /// No longer HTTP/1 messages (h2c, upgrade): bytes pass unchecked.
     Opaque,
 }
 
@@ -118,7 +119,7 @@ impl RequestScanner {
         matches!(self.state, State::Sniff(0)) || (self.state == State::Head && self.line.is_empty())
     }
 
-    /// Whether the scanner stopped looking (HTTP/2, upgrade, CONNECT).
+    /// Whether the scanner stopped looking (HTTP/2, upgrade).
     pub fn is_opaque(&self) -> bool {
         self.state == State::Opaque
     }
@@ -366,7 +367,7 @@ fn trim(mut bytes: &[u8]) -> &[u8] {
 }
 
 /// Checks a complete head; returns its body framing and whether the connection stops
-/// being HTTP/1 after this message (upgrade, CONNECT).
+/// being HTTP/1 after this message (an upgrade).
 fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(Framing, bool), Violation> {
     check_line_ends(head)?;
     let mut lines = lines(head);
@@ -443,7 +444,7 @@ fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(Framing, bool), Viola
         (None, Some(n)) => Framing::Length(n),
         (None, None) => Framing::None,
     };
-    let opaque = method == b"CONNECT" || (connection_upgrade && upgrade);
+    let opaque = connection_upgrade && upgrade;
     Ok((framing, opaque))
 }
 
@@ -562,14 +563,17 @@ GET /last HTTP/1.0\r\n\r\n";
     }
 
     #[test]
-    fn h2c_upgrade_and_connect_stop_the_checks() {
+    fn h2c_and_upgrade_stop_the_checks_but_connect_does_not() {
         let mut h2 = H2_PREFACE.to_vec();
         h2.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00 anything\n");
         assert!(scan(&h2).expect("h2c").is_opaque());
         let ws = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello\n\n";
         assert!(scan(ws).expect("upgrade").is_opaque());
-        let connect = b"CONNECT a:443 HTTP/1.1\r\n\r\nraw";
-        assert!(scan(connect).expect("connect").is_opaque());
+        // Nothing is tunnelled after a CONNECT: what follows is checked like any request.
+        let connect = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n";
+        assert!(scan(connect).expect("connect").between_requests());
+        let smuggled = b"CONNECT a:443 HTTP/1.1\r\n\r\nGET / HTTP/1.1\nHost: a\n\n";
+        assert!(matches!(scan(smuggled), Err(Violation::Malformed(_))));
     }
 
     /// A small deterministic fuzz pass over mutated valid requests, so the crate's own
