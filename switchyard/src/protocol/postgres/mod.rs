@@ -16,6 +16,8 @@ pub mod errors;
 pub mod frames;
 pub mod login;
 pub mod pooler;
+pub mod quiet;
+pub mod scanner;
 pub mod session;
 pub mod settings;
 pub mod split;

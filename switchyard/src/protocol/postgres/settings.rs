@@ -94,9 +94,9 @@ fn identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `value` as a quoted SQL string literal (standard_conforming_strings: only quotes
-/// double; an E'' literal would be needed for backslashes otherwise).
-fn literal(value: &str) -> String {
+/// `value` as a quoted SQL string literal, read the same whatever
+/// `standard_conforming_strings` is: an `E''` literal when it has backslashes.
+pub fn literal(value: &str) -> String {
     if value.contains('\\') {
         format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
     } else {
