@@ -1988,37 +1988,42 @@ mod tests {
         );
     }
 
-    /// Time per call on typical pgbench statements; run with
+    /// Time per call on typical pgbench statements (and two the pooler must classify):
+    /// the split's classification, cached and not, the parse in it, and the pooler's path
+    /// (the scan, the pre-check on it, and `session_effects`, which is the pre-check alone
+    /// for quiet text). Run with
     /// `cargo test --release -p switchyard --lib classify::tests::speed -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn speed() {
+        fn time<T>(mut call: impl FnMut() -> T) -> std::time::Duration {
+            let rounds = 20_000;
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(call());
+            }
+            start.elapsed() / rounds
+        }
         let rules = Rules::default();
         for sql in [
             "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
             "UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 77;",
             "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, 77, -4321, CURRENT_TIMESTAMP);",
             "SELECT \"users\".* FROM \"users\" WHERE \"users\".\"id\" = $1 LIMIT $2",
+            "SET search_path TO app, public",
+            "SELECT my_function($1)",
         ] {
-            let rounds = 20_000;
-            let start = std::time::Instant::now();
-            for _ in 0..rounds {
-                std::hint::black_box(classify(std::hint::black_box(sql), &rules));
-            }
-            let per_call = start.elapsed() / rounds;
+            let sql = std::hint::black_box(sql);
+            let per_call = time(|| classify(sql, &rules));
             let classifier = Classifier::new(Rules::default());
-            let start = std::time::Instant::now();
-            for _ in 0..rounds {
-                std::hint::black_box(classifier.classify(std::hint::black_box(sql)));
-            }
-            let cached = start.elapsed() / rounds;
-            let start = std::time::Instant::now();
-            for _ in 0..rounds {
-                std::hint::black_box(pg_query::parse(std::hint::black_box(sql), 0).is_ok());
-            }
-            let parse = start.elapsed() / rounds;
+            let cached = time(|| classifier.classify(sql));
+            let parse = time(|| pg_query::parse(sql, 0).is_ok());
+            let scan = time(|| Scan::new(sql).is_some());
+            let quiet = time(|| quiet::is_quiet(sql));
+            let effects = time(|| session_effects(sql.as_bytes()));
             println!(
-                "{per_call:?} per classify ({parse:?} in pg_query::parse), {cached:?} cached: {sql}"
+                "{per_call:?} per classify ({parse:?} in pg_query::parse), {cached:?} cached; \
+                 pooler: {effects:?} per session_effects ({quiet:?} pre-check, {scan:?} in the scan): {sql}"
             );
         }
     }
