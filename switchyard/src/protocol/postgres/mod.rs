@@ -9,6 +9,7 @@
 //! one transaction at a time.
 
 pub mod auth;
+pub mod auth_cache;
 pub mod cancel;
 pub mod classify;
 pub mod codec;
