@@ -505,18 +505,21 @@ impl<'a> Session<'a> {
         let settings = &self.client.settings;
         let reset = match held.conn.applied {
             0 => None,
-            settings::UNKNOWN => Some(settings::RESET),
             applied if applied == settings.id() => None,
+            settings::UNKNOWN => {
+                // DISCARD ALL deallocates every prepared statement.
+                held.conn.prepared.clear();
+                Some(settings::RESET)
+            }
             _ => Some(settings::RESET_SETTINGS),
         };
         if let Some(reset) = reset {
-            if reset == settings::RESET {
-                // DISCARD ALL deallocates every prepared statement.
-                held.conn.prepared.clear();
-            }
             if !reset_connection(&mut held.conn, &[reset]).await {
                 tracing::warn!(server = %held.conn.server.name, "resetting a server connection failed; closing it");
                 held.conn.applied = settings::UNKNOWN;
+                // Nothing answered in the server's place either: every client message
+                // is sent, and the first send fails.
+                held.conn.prepared.clear();
                 let _ = held.conn.stream.shutdown().await;
                 return;
             }
