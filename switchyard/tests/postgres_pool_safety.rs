@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 
 use support::config::Config;
 use support::postgres::{PASSWORD, PgCluster, PgOptions, connect, psql};
+use support::{Proxy, wait_until};
 
 /// How the first client sends its statements; the second uses the same client, so that
 /// both start with the same settings (as many clients of one application do).
@@ -313,7 +314,7 @@ async fn no_session_state_reaches_the_next_client() {
         let output = psql(pg.address(), "postgres", mode.database(), SETUP, &[]);
         assert!(output.status.success(), "setup: {output:?}");
     }
-    let (_proxy, front) = Config::new()
+    let (proxy, front) = Config::new()
         .protocol("postgres")
         .pool("pool_mode = \"transaction\"\npool_size = 1\ntimeouts = { queue = \"30s\" }")
         .server("pg", pg.address(), "")
@@ -331,6 +332,56 @@ async fn no_session_state_reaches_the_next_client() {
     let all: Vec<String> = [simple, named, unnamed].concat();
     assert!(all.is_empty(), "{} leaks:\n{}", all.len(), all.join("\n"));
     what_the_proxy_can_carry_follows_its_client(front).await;
+    a_connection_that_cannot_be_reset_is_closed(&proxy, front, &pg).await;
+}
+
+/// The backend of a connection marked for a reset dies before its next use: the reset
+/// fails, so the connection is closed instead of used; the next client's transaction ends
+/// as on a lost connection (08006) and its next one runs on a fresh connection.
+async fn a_connection_that_cannot_be_reset_is_closed(
+    proxy: &Proxy,
+    front: SocketAddr,
+    pg: &PgCluster,
+) {
+    let database = Mode::Unnamed.database();
+    let first = connect(front, "postgres", database).await.expect("first");
+    let pid: i32 = first
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    first
+        .batch_execute("SELECT set_path()")
+        .await
+        .expect("unseen effect");
+    drop(first);
+    pg.psql_local(&format!("SELECT pg_terminate_backend({pid})"));
+    wait_until("the backend to end", || async {
+        pg.psql_local(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+        )) == "0"
+    })
+    .await;
+    let next = connect(front, "postgres", database).await.expect("next");
+    let error = next
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("the connection could not be reset");
+    assert_eq!(error.code().map(|c| c.code()), Some("08006"), "{error}");
+    assert!(
+        proxy
+            .stderr()
+            .contains("resetting a server connection failed; closing it"),
+        "{}",
+        proxy.stderr()
+    );
+    let again: i32 = next
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("a fresh connection")
+        .get(0);
+    assert_ne!(again, pid);
+    assert_eq!(search_path(&next).await, "\"$user\", public");
 }
 
 /// The client's search path, read in a transaction of its own.
