@@ -261,6 +261,46 @@ mod tests {
         }
     }
 
+    /// The crate's stable-Rust fuzz pass, checking what the `statement_scanner` fuzz
+    /// target checks: mutated statements never panic the scan or the pre-check, and what
+    /// the pre-check passes the classification finds nothing in (or the parser rejects).
+    #[test]
+    fn mutated_statements_keep_the_pre_check_sound() {
+        use crate::protocol::postgres::classify::{Rules, classify};
+        let mut mutator = crate::testing::Mutator::new();
+        let seeds = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
+            "INSERT INTO t AS x (a) VALUES ($1) ON CONFLICT (a) DO UPDATE SET (a) = (1)",
+            "SELECT lower(a), pg_catalog.upper(b), count(*) OVER (w) FROM t t2 JOIN (SELECT 1) u ON true",
+            "WITH RECURSIVE r(n) AS (SELECT 1) SELECT x::numeric(3, 1), TRIM(s) FROM r",
+            "SELECT set_config('a.b', 'c', true), $$;SET$$, E'\\'; SET' -- ; SET x",
+            "/* /* ; */ */ SELECT 1; BEGIN; SHOW x; COMMIT",
+        ];
+        let rules = Rules::default();
+        for round in 0..3_000 {
+            let mut input = seeds[round % seeds.len()].as_bytes().to_vec();
+            mutator.mutate(&mut input);
+            let sql = String::from_utf8_lossy(&input);
+            if let Some(scan) = Scan::new(&sql) {
+                for statement in scan.statements() {
+                    statement.words().for_each(|word| drop(word.name()));
+                }
+                drop(scan.leading_comments());
+            }
+            if is_quiet(&sql) {
+                let classification = classify(&sql, &rules);
+                assert!(
+                    classification.session.is_empty() && classification.pins.is_none(),
+                    "{sql:?}: {classification:?}"
+                );
+                assert!(
+                    !classification.untracked || pg_query::parse(&sql, 0).is_err(),
+                    "{sql:?}: {classification:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_function_list_holds_built_ins_and_leaves_out_session_changers() {
         for name in [
