@@ -9,11 +9,12 @@
 //! names exist; the reason goes to the log line only, never a password or secret.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::auth_cache::AnswerCache;
 use super::cancel::Registration;
 use super::codec::{self, CodecError, Message, Startup, with_length};
 use super::errors::{fatal, sqlstate};
@@ -30,12 +31,16 @@ use crate::upstream::Pool;
 
 /// SQLSTATE invalid_password, as PostgreSQL reports any failed password check.
 const INVALID_PASSWORD: &str = "28P01";
-/// How long an `auth_query` answer (found or not) is reused before asking a server again.
+/// How long a user an `auth_query` found is reused before asking a server again.
 const AUTH_QUERY_TTL: Duration = Duration::from_secs(30);
+/// How long an `auth_query`'s "no such user" is reused: short, so a user created on the
+/// server can log in soon, long enough that a client trying names does not reach the
+/// server for each try.
+const AUTH_QUERY_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// Longest an `auth_query` (connect, login, query) may take.
 const AUTH_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most cached `auth_query` answers; the cache is emptied when full, so a client trying
-/// endless user names cannot grow it without bound.
+/// Most cached `auth_query` answers per pool; the least recently used go first, so a
+/// client trying endless user names cannot grow it without bound.
 const AUTH_QUERY_CACHE: usize = 10_000;
 
 /// What switchyard knows about one user's password.
@@ -116,15 +121,12 @@ impl UserSecret {
     }
 }
 
-/// When an `auth_query` answered, and what (`None`: no such user).
-type CachedAnswer = (Instant, Option<Arc<UserSecret>>);
-
 /// An `auth_query` and where its answers are cached.
 #[derive(Debug)]
 struct AuthQuery {
     config: AuthQueryConfig,
     password: Option<String>,
-    cache: Mutex<HashMap<String, CachedAnswer>>,
+    cache: AnswerCache<UserSecret>,
 }
 
 /// The users clients may authenticate as: the `[[user]]` table, then each pool's
@@ -158,7 +160,11 @@ impl Users {
                     AuthQuery {
                         config: query.clone(),
                         password,
-                        cache: Mutex::default(),
+                        cache: AnswerCache::new(
+                            AUTH_QUERY_CACHE,
+                            AUTH_QUERY_TTL,
+                            AUTH_QUERY_NEGATIVE_TTL,
+                        ),
                     },
                 );
             }
@@ -172,8 +178,8 @@ impl Users {
         !self.table.is_empty()
     }
 
-    /// The user's secret: from the table, else from `pool`'s `auth_query` (cached).
-    /// `Err` when the query could not be run.
+    /// The user's secret: from the table, else from `pool`'s `auth_query` (cached; one
+    /// query at a time per user). `Err` when the query could not be run.
     async fn lookup(&self, user: &str, pool: &Pool) -> Result<Option<Arc<UserSecret>>, String> {
         if let Some(secret) = self.table.get(user) {
             return Ok(Some(secret.clone()));
@@ -181,27 +187,12 @@ impl Users {
         let Some(query) = self.queries.get(&pool.name) else {
             return Ok(None);
         };
-        let cached = {
-            let cache = query.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache
-                .get(user)
-                .filter(|(at, _)| at.elapsed() < AUTH_QUERY_TTL)
-                .map(|(_, secret)| secret.clone())
+        let fetch = || async {
+            tokio::time::timeout(AUTH_QUERY_TIMEOUT, run_auth_query(pool, query, user))
+                .await
+                .map_err(|_| format!("no answer within {AUTH_QUERY_TIMEOUT:?}"))?
         };
-        if let Some(secret) = cached {
-            return Ok(secret);
-        }
-        let answer = tokio::time::timeout(AUTH_QUERY_TIMEOUT, run_auth_query(pool, query, user));
-        let secret = answer
-            .await
-            .map_err(|_| format!("no answer within {AUTH_QUERY_TIMEOUT:?}"))??
-            .map(Arc::new);
-        let mut cache = query.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= AUTH_QUERY_CACHE {
-            cache.clear();
-        }
-        cache.insert(user.to_string(), (Instant::now(), secret.clone()));
-        Ok(secret)
+        query.cache.get_or_fetch(user, fetch).await
     }
 }
 

@@ -14,13 +14,21 @@
 //! - [`TxnCommand`]: `BEGIN`/`START TRANSACTION` (with whether it may run on a replica),
 //!   `COMMIT`/`END`, `ROLLBACK`/`ABORT`. `SET TRANSACTION READ ONLY` is not reported: it comes
 //!   after the transaction started on its server, so it cannot move it.
-//! - [`SessionChange`]: session-level `SET`/`RESET`/`RESET ALL`/`DISCARD ALL`, with the text
-//!   to re-run on another server connection, and `SET switchyard.route`, which the proxy
-//!   answers itself. `SET LOCAL`, `SET TRANSACTION` and SETs inside functions or `DO` blocks
-//!   are not session changes (a function that runs a plain `SET` is not seen).
+//! - [`SessionChange`]: session-level `SET`/`RESET`/`RESET ALL`/`DISCARD ALL` and
+//!   `SELECT set_config('name', 'value', false)` alone, with the text to re-run on another
+//!   server connection, and `SET switchyard.route`, which the proxy answers itself. `SET
+//!   LOCAL`, `SET TRANSACTION` and `set_config(…, true)` last one transaction at most.
 //! - [`PinReason`]: state that lives in one server connection and cannot be moved: session
-//!   advisory locks, `LISTEN`, temporary tables, SQL `PREPARE`, `DECLARE … WITH HOLD`.
+//!   advisory locks, `LISTEN`, temporary tables, SQL `PREPARE`, `DECLARE … WITH HOLD`, `SET
+//!   ROLE`/`SET SESSION AUTHORIZATION`, `set_config(…, false)` in any other form, and
+//!   settings after which the proxy could not read the session's statements as the server
+//!   does (a client-only `client_encoding`, `standard_conforming_strings` off).
 //!   A pinning statement is a write, so a session pins to a primary connection.
+//! - [`Classification::untracked`]: the string may change session state in ways the proxy
+//!   cannot see or carry: it calls a function not known to be free of session effects
+//!   (`quiet`), runs a `DO` block, `CALL`, `EXECUTE`, `LOAD` or an extension script,
+//!   deallocates prepared statements, or could not be parsed. The pooler then resets the
+//!   server connection before anyone else uses it.
 //! - [`RouteHint`]: a leading `/* switchyard: primary */` or `replica` comment.
 //!
 //! Limits: a function that writes but is not listed (built in or `write_functions`) makes
@@ -35,10 +43,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use pg_query::NodeEnum;
 use pg_query::protobuf::{self, DiscardMode, RawStmt, TransactionStmtKind, VariableSetKind};
+use pg_query::{NodeEnum, NodeRef};
 use serde::Serialize;
 use serde::ser::{self, Impossible};
+
+use super::quiet;
+use super::scanner::{self, Scan};
 
 /// Where a statement may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +127,19 @@ pub enum PinReason {
     SqlPrepare,
     /// `DECLARE … WITH HOLD`: the cursor outlives its transaction.
     HoldCursor,
+    /// `SET ROLE` or `SET SESSION AUTHORIZATION` (also through `set_config`): replaying an
+    /// identity change among other settings depends on their order and privileges, and
+    /// `RESET ALL` does not undo it; the connection is reset with `DISCARD ALL` when the
+    /// client leaves.
+    Identity,
+    /// A `client_encoding` whose characters can hide ASCII bytes, or
+    /// `standard_conforming_strings` off, or a `SET` in text that is not UTF-8: from then on
+    /// the proxy could not read (or replay) the session's statements as the server does.
+    Unreadable,
+    /// `set_config(name, value, false)` in a form the proxy cannot replay: a value that is
+    /// not a constant, a third argument that is not a constant, or a call among other
+    /// expressions (whether it runs depends on the rows).
+    SetConfig,
 }
 
 /// A per-statement routing hint from a leading comment.
@@ -140,10 +164,15 @@ pub struct Classification {
     pub pins: Option<PinReason>,
     /// The leading comment's routing hint.
     pub hint: Option<RouteHint>,
+    /// The string may change session state the proxy can neither see nor carry (see the
+    /// module documentation): the server connection must be reset before another client
+    /// uses it.
+    pub untracked: bool,
 }
 
 impl Classification {
-    /// A string that could not be classified: the primary runs it.
+    /// A string that could not be classified: the primary runs it, and whatever it does to
+    /// the session is unknown.
     pub fn unknown(hint: Option<RouteHint>) -> Self {
         Self {
             access: Access::Write,
@@ -151,8 +180,53 @@ impl Classification {
             session: Vec::new(),
             pins: None,
             hint,
+            untracked: true,
         }
     }
+}
+
+/// What a statement does to the session, as the transaction pooler needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionEffects {
+    /// Session changes to replay on other connections, in order.
+    pub changes: Vec<SessionChange>,
+    /// Why the session must stay on its connection, if it must.
+    pub pins: Option<PinReason>,
+    /// Effects nobody can see or replay: reset the connection before anyone else uses it.
+    pub untracked: bool,
+}
+
+/// What the statement text `sql` (a simple query or a Parse) does to the session. Text the
+/// pre-check ([`quiet::is_quiet`]) passes costs no parse; the rest is classified. Text that
+/// is not UTF-8 (a client in another encoding) is read with its other bytes replaced, which
+/// keeps every ASCII byte (server encodings keep ASCII bytes ASCII; a client-only encoding
+/// pins first): a `SET` in it could not be replayed as written, so it pins.
+pub fn session_effects(sql: &[u8]) -> SessionEffects {
+    let text = String::from_utf8_lossy(sql);
+    if quiet::is_quiet(&text) {
+        return SessionEffects::default();
+    }
+    // Session effects do not depend on write functions: the built-in rules serve all.
+    static RULES: std::sync::LazyLock<Rules> = std::sync::LazyLock::new(Rules::default);
+    let classification = classify(&text, &RULES);
+    let mut effects = SessionEffects {
+        changes: Vec::with_capacity(classification.session.len()),
+        pins: classification.pins,
+        untracked: classification.untracked,
+    };
+    for change in classification.session {
+        match change {
+            // The server got a `SET switchyard.route` (a placeholder setting) that is not
+            // replayed: the proxy answers the ones it takes itself before any server sees them.
+            SessionChange::Route(_) | SessionChange::BadRoute(_) => effects.untracked = true,
+            change => effects.changes.push(change),
+        }
+    }
+    if matches!(text, std::borrow::Cow::Owned(_)) && !effects.changes.is_empty() {
+        effects.changes.clear();
+        effects.pins.get_or_insert(PinReason::Unreadable);
+    }
+    effects
 }
 
 /// Functions that write, take locks or expose the writer's session state, so a `SELECT`
@@ -364,20 +438,21 @@ fn cache_key(sql: &str) -> Option<Vec<u8>> {
 }
 
 /// Classifies one query string (see the module documentation for the rules). Never fails:
-/// what cannot be parsed or understood is a [`Access::Write`] with nothing else reported.
+/// what cannot be parsed or understood is a [`Access::Write`] whose session effects are
+/// unknown ([`Classification::untracked`]) and with nothing else reported.
 pub fn classify(sql: &str, rules: &Rules) -> Classification {
     parse_and_classify(sql, rules).0
 }
 
 /// [`classify`], also telling whether the parser accepted the string.
 fn parse_and_classify(sql: &str, rules: &Rules) -> (Classification, bool) {
-    let (hint, text) = leading_comments(sql);
+    let hint = route_hint(sql);
     // The parser is foreign code behind a safe API; a panic in its Rust post-processing
     // must not take the connection's task down, so it classifies as unknown instead.
     let parsed = std::panic::catch_unwind(|| pg_query::parse(sql, 0));
     let Ok(Ok(parsed)) = parsed else {
         let mut unknown = Classification::unknown(hint);
-        if unquoted_primary_route(text) {
+        if unquoted_primary_route(sql) {
             unknown.access = Access::Read;
             unknown
                 .session
@@ -391,6 +466,7 @@ fn parse_and_classify(sql: &str, rules: &Rules) -> (Classification, bool) {
         session: Vec::new(),
         pins: None,
         hint,
+        untracked: false,
     };
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
@@ -444,6 +520,12 @@ fn statement(node: &NodeEnum, raw: &RawStmt, sql: &str, rules: &Rules, out: &mut
     }
     if facts.temp {
         set_pin(out, PinReason::TempTable);
+    }
+    if facts.untracked {
+        out.untracked = true;
+    }
+    if facts.set_config_calls > 0 {
+        set_config_effects(node, facts.set_config_calls, out);
     }
     if !read_kind || facts.writes || out.pins.is_some() {
         out.access = Access::Write;
@@ -517,10 +599,28 @@ fn session_set(
     sql: &str,
     out: &mut Classification,
 ) {
+    let name = set.name.to_ascii_lowercase();
+    if name == "role" || name == "session_authorization" {
+        // `SET LOCAL ROLE` ends with the transaction.
+        if !set.is_local {
+            set_pin(out, PinReason::Identity);
+        }
+        return;
+    }
+    if VariableSetKind::try_from(set.kind) == Ok(VariableSetKind::VarSetValue)
+        && !readable_after(&name, set_value(&set.args).as_deref())
+    {
+        // Statements after a `SET LOCAL` of it are misread until the transaction ends.
+        if set.is_local {
+            out.untracked = true;
+        } else {
+            set_pin(out, PinReason::Unreadable);
+        }
+        return;
+    }
     if set.is_local {
         return;
     }
-    let name = set.name.to_ascii_lowercase();
     // Per-transaction parameters and `SET TRANSACTION …` last one transaction at most.
     if name.starts_with("transaction") {
         return;
@@ -574,6 +674,192 @@ fn session_characteristics(options: &[protobuf::Node], out: &mut Classification)
     }
 }
 
+/// The value of a `SET` with one constant value, as text.
+fn set_value(args: &[protobuf::Node]) -> Option<String> {
+    let [arg] = args else {
+        return None;
+    };
+    let Some(NodeEnum::AConst(constant)) = &arg.node else {
+        return None;
+    };
+    match &constant.val {
+        Some(protobuf::a_const::Val::Sval(s)) => Some(s.sval.clone()),
+        Some(protobuf::a_const::Val::Ival(i)) => Some(i.ival.to_string()),
+        Some(protobuf::a_const::Val::Fval(f)) => Some(f.fval.clone()),
+        Some(protobuf::a_const::Val::Boolval(b)) => Some(b.boolval.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether the proxy still reads statements as the server does after parameter `name`
+/// (lower case) is set to `value` (`None`: not a constant the proxy can read).
+fn readable_after(name: &str, value: Option<&str>) -> bool {
+    match name {
+        "client_encoding" => value.is_some_and(scanner::readable_encoding),
+        "standard_conforming_strings" => value.is_some_and(scanner::conforming_strings),
+        _ => true,
+    }
+}
+
+/// What one call of the built-in `set_config(name, value, is_local)` does.
+#[derive(Debug, PartialEq, Eq)]
+enum SetConfig {
+    /// `is_local` is a constant true: the setting ends with the transaction. `readable` is
+    /// false when it may change how the rest of the transaction's statements read.
+    Local {
+        /// Whether the proxy still reads statements as the server does.
+        readable: bool,
+    },
+    /// `is_local` is a constant false, the name and value constants.
+    Session {
+        /// The parameter, as written.
+        name: String,
+        /// The value.
+        value: String,
+    },
+    /// Anything else: a session setting the proxy cannot know.
+    Unknown,
+}
+
+/// `call` read as a call of the built-in `set_config` (unqualified or in `pg_catalog`),
+/// or `None` when it calls another function.
+fn set_config_call(call: &protobuf::FuncCall) -> Option<SetConfig> {
+    let name: Vec<&str> = call
+        .funcname
+        .iter()
+        .map(|part| match &part.node {
+            Some(NodeEnum::String(s)) => s.sval.as_str(),
+            _ => "",
+        })
+        .collect();
+    if !matches!(
+        name.as_slice(),
+        ["set_config"] | ["pg_catalog", "set_config"]
+    ) {
+        return None;
+    }
+    let text = |arg: &protobuf::Node| match &arg.node {
+        Some(NodeEnum::AConst(constant)) => match &constant.val {
+            Some(protobuf::a_const::Val::Sval(s)) if !constant.isnull => Some(s.sval.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let boolean = |arg: &protobuf::Node| match &arg.node {
+        Some(NodeEnum::AConst(constant)) if !constant.isnull => match &constant.val {
+            Some(protobuf::a_const::Val::Boolval(b)) => Some(b.boolval),
+            Some(protobuf::a_const::Val::Sval(s)) => scanner::parse_bool(&s.sval),
+            _ => None,
+        },
+        _ => None,
+    };
+    let [name, value, local] = call.args.as_slice() else {
+        return Some(SetConfig::Unknown);
+    };
+    let plain = !call.func_variadic && call.agg_order.is_empty() && call.over.is_none();
+    let (name, value) = (text(name), text(value));
+    Some(match (plain, boolean(local)) {
+        (true, Some(true)) => SetConfig::Local {
+            readable: name
+                .as_deref()
+                .is_some_and(|name| readable_after(&name.to_ascii_lowercase(), value.as_deref())),
+        },
+        (true, Some(false)) => match (name, value) {
+            (Some(name), Some(value)) => SetConfig::Session { name, value },
+            _ => SetConfig::Unknown,
+        },
+        _ => SetConfig::Unknown,
+    })
+}
+
+/// The effects of the `set_config` calls in one statement; `calls` is how many the walk
+/// over the whole tree counted. Only `SELECT set_config('name', 'value', false)` alone is
+/// recorded (and replayed as such: `SET` would quote a list value such as a search path
+/// differently); a session-level call in any other form pins, because whether and how it
+/// runs depends on what the proxy cannot see. Calls with `is_local` true last one
+/// transaction.
+fn set_config_effects(node: &NodeEnum, calls: usize, out: &mut Classification) {
+    if let (1, Some(call)) = (calls, sole_call(node))
+        && let Some(SetConfig::Session { name, value }) = set_config_call(call)
+    {
+        return session_set_config(&name, &value, out);
+    }
+    // The typed node iterator visits only some node types; the walk counted every call,
+    // so any it missed is unknown.
+    let found: Vec<SetConfig> = node
+        .nodes()
+        .into_iter()
+        .filter_map(|(node, ..)| match node {
+            NodeRef::FuncCall(call) => set_config_call(call),
+            _ => None,
+        })
+        .collect();
+    if found.len() < calls {
+        return set_pin(out, PinReason::SetConfig);
+    }
+    for call in found {
+        match call {
+            SetConfig::Local { readable: true } => {}
+            SetConfig::Local { readable: false } => out.untracked = true,
+            SetConfig::Session { .. } | SetConfig::Unknown => set_pin(out, PinReason::SetConfig),
+        }
+    }
+}
+
+/// The function call of `SELECT f(…)` with nothing else (no FROM, WHERE, other targets…).
+fn sole_call(node: &NodeEnum) -> Option<&protobuf::FuncCall> {
+    let NodeEnum::SelectStmt(select) = node else {
+        return None;
+    };
+    let alone = select.from_clause.is_empty()
+        && select.where_clause.is_none()
+        && select.group_clause.is_empty()
+        && select.having_clause.is_none()
+        && select.window_clause.is_empty()
+        && select.values_lists.is_empty()
+        && select.sort_clause.is_empty()
+        && select.limit_count.is_none()
+        && select.limit_offset.is_none()
+        && select.locking_clause.is_empty()
+        && select.with_clause.is_none()
+        && select.into_clause.is_none()
+        && select.distinct_clause.is_empty()
+        && select.larg.is_none()
+        && select.rarg.is_none();
+    let [target] = select.target_list.as_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::ResTarget(target)) = &target.node else {
+        return None;
+    };
+    match target.val.as_ref().and_then(|val| val.node.as_ref()) {
+        Some(NodeEnum::FuncCall(call)) if alone => Some(call),
+        _ => None,
+    }
+}
+
+/// `SELECT set_config('name', 'value', false)` alone: a `SET` by another spelling.
+fn session_set_config(name: &str, value: &str, out: &mut Classification) {
+    let lower = name.to_ascii_lowercase();
+    if lower == "role" || lower == "session_authorization" {
+        return set_pin(out, PinReason::Identity);
+    }
+    if !readable_after(&lower, Some(value)) {
+        return set_pin(out, PinReason::Unreadable);
+    }
+    if lower.starts_with("transaction") {
+        return;
+    }
+    out.session.push(SessionChange::Set {
+        statement: format!(
+            "SELECT pg_catalog.set_config({}, {}, false)",
+            super::settings::literal(name),
+            super::settings::literal(value)
+        ),
+        name: lower,
+    });
+}
+
 /// The value of `SET switchyard.route = …`.
 fn route_value(args: &[protobuf::Node]) -> SessionChange {
     let value = match args {
@@ -611,73 +897,49 @@ fn statement_text<'s>(raw: &RawStmt, sql: &'s str) -> &'s str {
 }
 
 /// The routing hint of the comments a query string starts with (the first `switchyard:`
-/// comment among them decides), and the text after those comments. Block comments nest, as
-/// in PostgreSQL; an unterminated one leaves no text.
-fn leading_comments(sql: &str) -> (Option<RouteHint>, &str) {
-    let mut hint = None;
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start();
-        let body = if let Some(after) = rest.strip_prefix("--") {
-            let end = after.find(['\n', '\r']).unwrap_or(after.len());
-            rest = &after[end..];
-            &after[..end]
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            let Some(end) = block_comment_end(after) else {
-                return (hint, "");
-            };
-            rest = &after[end + 2..];
-            &after[..end]
-        } else {
-            return (hint, rest);
-        };
-        if hint.is_none() {
-            hint = hint_in(body);
-        }
+/// comment among them decides), read with the server's scanner (block comments nest).
+/// Text that does not start with a comment is not scanned.
+fn route_hint(sql: &str) -> Option<RouteHint> {
+    let start = sql.trim_start();
+    if !start.starts_with("--") && !start.starts_with("/*") {
+        return None;
     }
+    let scan = Scan::new(sql)?;
+    scan.leading_comments().0.into_iter().find_map(hint_in)
 }
 
 /// `SET switchyard.route = primary` as the issue and the docs spell it: `PRIMARY` is a
 /// reserved word, so PostgreSQL's grammar rejects it unquoted. The proxy answers this SET
 /// itself, so it accepts that exact form (`SET [SESSION] switchyard.route =|TO primary`,
-/// alone in the string) when the parser refuses the string.
-fn unquoted_primary_route(statement: &str) -> bool {
-    let statement = statement.trim_end().trim_end_matches(';');
+/// alone in the string, comments aside) when the parser refuses the string.
+fn unquoted_primary_route(sql: &str) -> bool {
+    let Some(scan) = Scan::new(sql) else {
+        return false;
+    };
+    let mut statements = scan
+        .statements()
+        .filter(|statement| statement.first().is_some());
+    let (Some(statement), None) = (statements.next(), statements.next()) else {
+        return false;
+    };
     let words: Vec<String> = statement
-        .replace('=', " = ")
-        .split_whitespace()
-        .map(str::to_ascii_lowercase)
+        .words()
+        .map(|word| word.text.to_ascii_lowercase())
         .collect();
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     matches!(
         words.as_slice(),
-        ["set", "switchyard.route", "=" | "to", "primary"]
-            | ["set", "session", "switchyard.route", "=" | "to", "primary"]
+        ["set", "switchyard", ".", "route", "=" | "to", "primary"]
+            | [
+                "set",
+                "session",
+                "switchyard",
+                ".",
+                "route",
+                "=" | "to",
+                "primary"
+            ]
     )
-}
-
-/// Offset of the `*/` closing a block comment whose `/*` was just consumed.
-fn block_comment_end(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let mut depth = 1usize;
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        match (bytes[i], bytes[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-                i += 2;
-            }
-            _ => i += 1,
-        }
-    }
-    None
 }
 
 /// `switchyard: primary` or `switchyard: replica` (any case, any spacing) in a comment.
@@ -709,6 +971,11 @@ struct Facts {
     session_lock: bool,
     /// A temporary relation is named (created, or `pg_temp` addressed).
     temp: bool,
+    /// Something may change session state unseen: a call of a function not known to be
+    /// free of session effects, or a statement that runs code the text does not show.
+    untracked: bool,
+    /// Calls of the built-in `set_config`.
+    set_config_calls: usize,
 }
 
 impl Facts {
@@ -732,8 +999,8 @@ struct Walker<'r> {
     rules: &'r Rules,
     /// The structs being visited, innermost last, each with the field being visited.
     stack: Vec<(&'static str, &'static str)>,
-    /// While inside a `FuncCall.funcname`: the last name part seen.
-    function: Option<String>,
+    /// While inside a `FuncCall.funcname`: the name's parts so far.
+    function: Option<Vec<String>>,
     facts: Facts,
 }
 
@@ -751,6 +1018,21 @@ impl Walker<'_> {
         ) {
             self.facts.writes = true;
         }
+        if matches!(
+            name,
+            "DoStmt"
+                | "CallStmt"
+                | "ExecuteStmt"
+                | "DeallocateStmt"
+                | "LoadStmt"
+                | "CreateExtensionStmt"
+                | "AlterExtensionStmt"
+                | "RefreshMatViewStmt"
+        ) {
+            // Code the text does not show runs, or prepared statements (the pooler's
+            // among them) are dropped.
+            self.facts.untracked = true;
+        }
         self.stack.push((name, ""));
     }
 
@@ -765,23 +1047,41 @@ impl Walker<'_> {
         top.1 = key;
         let in_funcname = *top == ("FuncCall", "funcname");
         if in_funcname {
-            self.function = Some(String::new());
+            self.function = Some(Vec::new());
         }
         let result = value.serialize(&mut *self);
-        if in_funcname && let Some(function) = self.function.take() {
-            if self.rules.is_write_function(&function) {
-                self.facts.writes = true;
-            }
-            if SESSION_LOCK_FUNCTIONS.contains(&function.as_str()) {
-                self.facts.session_lock = true;
-            }
+        if in_funcname && let Some(parts) = self.function.take() {
+            self.function_called(&parts);
         }
         result
     }
 
+    /// Notes a call of the function named `parts` (schema and name, or name).
+    fn function_called(&mut self, parts: &[String]) {
+        let function = parts.last().map(String::as_str).unwrap_or_default();
+        if self.rules.is_write_function(function) {
+            self.facts.writes = true;
+        }
+        if SESSION_LOCK_FUNCTIONS.contains(&function) {
+            self.facts.session_lock = true;
+        }
+        let built_in = match parts {
+            [_] => true,
+            [schema, _] => schema == "pg_catalog",
+            _ => false,
+        };
+        if built_in && function == "set_config" {
+            self.facts.set_config_calls += 1;
+        } else if !(built_in
+            && (quiet::quiet_function(function) || SESSION_LOCK_FUNCTIONS.contains(&function)))
+        {
+            self.facts.untracked = true;
+        }
+    }
+
     fn string(&mut self, value: &str) {
         if let Some(function) = &mut self.function {
-            value.clone_into(function);
+            function.push(value.to_string());
             return;
         }
         match self.stack.last() {
@@ -1160,7 +1460,33 @@ mod tests {
                 "SET NAMES 'UTF8'",
                 vec![set("client_encoding", "SET NAMES 'UTF8'")],
             ),
-            ("SET ROLE app", vec![set("role", "SET ROLE app")]),
+            ("SET ROLE app", vec![]),
+            (
+                "SELECT set_config('search_path', 'a, \"B\"', false)",
+                vec![set(
+                    "search_path",
+                    "SELECT pg_catalog.set_config('search_path', 'a, \"B\"', false)",
+                )],
+            ),
+            (
+                "select PG_CATALOG.SET_CONFIG('My.Var', E'x\\\\y''', 'off');",
+                vec![set(
+                    "my.var",
+                    "SELECT pg_catalog.set_config('My.Var', E'x\\\\y''', false)",
+                )],
+            ),
+            (
+                "SELECT U&\"\\0073et_config\"('a.b', 'c', false)",
+                vec![set(
+                    "a.b",
+                    "SELECT pg_catalog.set_config('a.b', 'c', false)",
+                )],
+            ),
+            ("SELECT set_config('search_path', 'a', true)", vec![]),
+            (
+                "SELECT set_config('transaction_isolation', 'serializable', false)",
+                vec![],
+            ),
             ("SET LOCAL statement_timeout = 5", vec![]),
             ("SET LOCAL switchyard.route = primary", vec![]),
             ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", vec![]),
@@ -1256,6 +1582,8 @@ mod tests {
             "/* switchyard: primary */ SET statement_timeout = '5s'",
             "SELECT 1;\n  SET datestyle = iso, mdy  ;",
             "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+            "SELECT set_config('search_path', 'a, b', false)",
+            "SELECT pg_catalog.set_config('x.y', E'back\\slash ''q''', 'false')",
         ] {
             for change in c(sql).session {
                 let SessionChange::Set { statement, .. } = &change else {
@@ -1308,6 +1636,62 @@ mod tests {
                 "SELECT 1; LISTEN a; SELECT pg_advisory_lock(1)",
                 Some(PinReason::Listen),
             ),
+            ("SET ROLE evil", Some(PinReason::Identity)),
+            ("RESET ROLE", Some(PinReason::Identity)),
+            ("SET SESSION AUTHORIZATION evil", Some(PinReason::Identity)),
+            (
+                "SET SESSION AUTHORIZATION DEFAULT",
+                Some(PinReason::Identity),
+            ),
+            ("SET LOCAL ROLE evil", None),
+            (
+                "SELECT set_config('role', 'evil', false)",
+                Some(PinReason::Identity),
+            ),
+            ("SET client_encoding TO 'SJIS'", Some(PinReason::Unreadable)),
+            ("SET NAMES 'win932'", Some(PinReason::Unreadable)),
+            ("SET client_encoding TO 'LATIN1'", None),
+            (
+                "SET standard_conforming_strings = off",
+                Some(PinReason::Unreadable),
+            ),
+            ("SET standard_conforming_strings = on", None),
+            (
+                "SELECT set_config('standard_conforming_strings', 'off', false)",
+                Some(PinReason::Unreadable),
+            ),
+            (
+                "SELECT set_config('search_path', 'a', false) FROM t",
+                Some(PinReason::SetConfig),
+            ),
+            (
+                "SELECT set_config('search_path', $1, false)",
+                Some(PinReason::SetConfig),
+            ),
+            (
+                "SELECT set_config('search_path', 'a', $1)",
+                Some(PinReason::SetConfig),
+            ),
+            (
+                "SELECT 1, set_config('a.b', 'c', false)",
+                Some(PinReason::SetConfig),
+            ),
+            (
+                "SELECT CASE WHEN x THEN set_config('a.b', 'c', false) END FROM t",
+                Some(PinReason::SetConfig),
+            ),
+            (
+                "SELECT set_config('a.b', set_config('c.d', 'e', false), false)",
+                Some(PinReason::SetConfig),
+            ),
+            (
+                "SELECT set_config(setting_name => 'a.b', new_value => 'c', is_local => false)",
+                Some(PinReason::SetConfig),
+            ),
+            (
+                "SELECT set_config('a.b', $1, true), set_config('c.d', $2, 'on') FROM t",
+                None,
+            ),
         ];
         for (sql, expected) in cases {
             let classification = c(sql);
@@ -1316,6 +1700,73 @@ mod tests {
                 assert_eq!(classification.access, Access::Write, "{sql:?}");
             }
         }
+    }
+
+    /// What the pooler cannot see or carry is reported, so the connection gets reset.
+    #[test]
+    fn untracked_effects() {
+        let untracked = [
+            "SELECT my_function()",
+            "SELECT public.lower(x)",
+            "SELECT \"Lower\"(x)",
+            "SELECT db.pg_catalog.lower(x)",
+            "SELECT * FROM t WHERE x = my_function()",
+            "INSERT INTO t VALUES (my_function())",
+            "SELECT setseed(0.5)",
+            "DO $$BEGIN PERFORM set_config('search_path', 'x', false); END$$",
+            "CALL p()",
+            "EXPLAIN ANALYZE EXECUTE p",
+            "EXECUTE p",
+            "DEALLOCATE ALL",
+            "LOAD 'auto_explain'",
+            "CREATE EXTENSION hstore",
+            "REFRESH MATERIALIZED VIEW v",
+            "SET LOCAL client_encoding = 'SJIS'",
+            "SELECT set_config('client_encoding', 'SJIS', true)",
+            "SELECT set_config($1, $2, true)",
+            "SELEC 1",
+            "SELECT 'unterminated",
+        ];
+        for sql in untracked {
+            assert!(c(sql).untracked, "{sql:?}");
+        }
+        let tracked = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123",
+            "SELECT lower(x), pg_catalog.upper(x), count(*), now(), nextval('s') FROM t",
+            "SELECT EXTRACT(year FROM d), TRIM(s), substring(s FROM 2), d AT TIME ZONE 'UTC' FROM t",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT set_config('search_path', 'a', false)",
+            "SELECT set_config('a.b', 'c', true) FROM t",
+            "SET search_path TO a",
+            "SET LOCAL client_encoding = 'UTF8'",
+            "DISCARD ALL",
+            "",
+        ];
+        for sql in tracked {
+            assert!(!c(sql).untracked, "{sql:?}");
+        }
+    }
+
+    /// The pooler's view: quiet text skips the parser; what is not UTF-8 cannot be
+    /// replayed as written.
+    #[test]
+    fn session_effects_for_the_pooler() {
+        assert_eq!(session_effects(b"SELECT 1"), SessionEffects::default());
+        assert_eq!(
+            session_effects(b"/* ; */ SET search_path TO evil1").changes,
+            vec![set("search_path", "SET search_path TO evil1")]
+        );
+        let route = session_effects(b"SET switchyard.route = replica");
+        assert!(route.untracked && route.changes.is_empty());
+        let latin1 = session_effects(b"SET application_name = 'M\xfcller'");
+        assert_eq!(
+            (latin1.changes.len(), latin1.pins),
+            (0, Some(PinReason::Unreadable))
+        );
+        assert_eq!(
+            session_effects(b"SELECT 'M\xfcller'"),
+            SessionEffects::default()
+        );
     }
 
     #[test]
@@ -1537,37 +1988,42 @@ mod tests {
         );
     }
 
-    /// Time per call on typical pgbench statements; run with
+    /// Time per call on typical pgbench statements (and two the pooler must classify):
+    /// the split's classification, cached and not, the parse in it, and the pooler's path
+    /// (the scan, the pre-check on it, and `session_effects`, which is the pre-check alone
+    /// for quiet text). Run with
     /// `cargo test --release -p switchyard --lib classify::tests::speed -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn speed() {
+        fn time<T>(mut call: impl FnMut() -> T) -> std::time::Duration {
+            let rounds = 20_000;
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(call());
+            }
+            start.elapsed() / rounds
+        }
         let rules = Rules::default();
         for sql in [
             "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
             "UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 77;",
             "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, 77, -4321, CURRENT_TIMESTAMP);",
             "SELECT \"users\".* FROM \"users\" WHERE \"users\".\"id\" = $1 LIMIT $2",
+            "SET search_path TO app, public",
+            "SELECT my_function($1)",
         ] {
-            let rounds = 20_000;
-            let start = std::time::Instant::now();
-            for _ in 0..rounds {
-                std::hint::black_box(classify(std::hint::black_box(sql), &rules));
-            }
-            let per_call = start.elapsed() / rounds;
+            let sql = std::hint::black_box(sql);
+            let per_call = time(|| classify(sql, &rules));
             let classifier = Classifier::new(Rules::default());
-            let start = std::time::Instant::now();
-            for _ in 0..rounds {
-                std::hint::black_box(classifier.classify(std::hint::black_box(sql)));
-            }
-            let cached = start.elapsed() / rounds;
-            let start = std::time::Instant::now();
-            for _ in 0..rounds {
-                std::hint::black_box(pg_query::parse(std::hint::black_box(sql), 0).is_ok());
-            }
-            let parse = start.elapsed() / rounds;
+            let cached = time(|| classifier.classify(sql));
+            let parse = time(|| pg_query::parse(sql, 0).is_ok());
+            let scan = time(|| Scan::new(sql).is_some());
+            let quiet = time(|| quiet::is_quiet(sql));
+            let effects = time(|| session_effects(sql.as_bytes()));
             println!(
-                "{per_call:?} per classify ({parse:?} in pg_query::parse), {cached:?} cached: {sql}"
+                "{per_call:?} per classify ({parse:?} in pg_query::parse), {cached:?} cached; \
+                 pooler: {effects:?} per session_effects ({quiet:?} pre-check, {scan:?} in the scan): {sql}"
             );
         }
     }

@@ -9,6 +9,7 @@
 //! one transaction at a time.
 
 pub mod auth;
+pub mod auth_cache;
 pub mod cancel;
 pub mod classify;
 pub mod codec;
@@ -16,6 +17,8 @@ pub mod errors;
 pub mod frames;
 pub mod login;
 pub mod pooler;
+pub mod quiet;
+pub mod scanner;
 pub mod session;
 pub mod settings;
 pub mod split;

@@ -7,10 +7,22 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use super::codec::Startup;
+use super::scanner;
 
-/// Marks a server connection whose settings are unknown (a SET the proxy could not track
-/// ran on it): whoever uses it next resets it first.
+/// Marks a server connection whose session state is unknown (something the proxy could
+/// not track ran on it): whoever uses it next resets it with [`RESET`] first.
 pub const UNKNOWN: u64 = u64::MAX;
+
+/// Takes a connection in an unknown state back to a fresh one's: session authorization
+/// and role, every setting, prepared statements, cursors, `LISTEN`, advisory locks,
+/// temporary objects, sequence state. It cannot run inside a transaction block, so it is
+/// sent alone, on an idle connection.
+pub const RESET: &str = "DISCARD ALL";
+
+/// Takes a connection from another client's known settings back to the server's defaults.
+/// `RESET ALL` leaves the role and session authorization alone, so those are reset first
+/// (the proxy pins clients that change them, but a connection must not depend on that).
+pub const RESET_SETTINGS: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL";
 
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
@@ -20,6 +32,10 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 pub struct SessionSettings {
     statements: BTreeMap<String, String>,
     id: u64,
+    /// The startup asked for a client-only `client_encoding` or for
+    /// `standard_conforming_strings` off: the proxy cannot read the client's statements as
+    /// the server will.
+    unreadable: bool,
 }
 
 impl SessionSettings {
@@ -31,6 +47,11 @@ impl SessionSettings {
             if NOT_SETTINGS.contains(&name.as_str()) || name.starts_with("_pq_.") {
                 continue;
             }
+            settings.unreadable |= match name.to_ascii_lowercase().as_str() {
+                "client_encoding" => !scanner::readable_encoding(value),
+                "standard_conforming_strings" => !scanner::conforming_strings(value),
+                _ => false,
+            };
             let statement = format!("SET {} TO {}", identifier(name), literal(value));
             settings
                 .statements
@@ -65,14 +86,23 @@ impl SessionSettings {
         self.id
     }
 
-    /// The SQL that takes a connection from any settings to these.
-    pub fn apply_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL");
-        for statement in self.statements.values() {
+    /// Whether the proxy reads this client's statements as the server does (see
+    /// `scanner`); a client it cannot read is pinned to its connection.
+    pub fn readable(&self) -> bool {
+        !self.unreadable
+    }
+
+    /// The SQL that takes a connection from the server's defaults to these settings;
+    /// `None` for the defaults themselves. Sent apart from the reset before it, so that a
+    /// statement here that fails cannot undo the reset (a query string is one transaction).
+    pub fn replay_sql(&self) -> Option<String> {
+        let mut statements = self.statements.values();
+        let mut sql = statements.next()?.trim().trim_end_matches(';').to_string();
+        for statement in statements {
             sql.push_str("; ");
             sql.push_str(statement.trim().trim_end_matches(';'));
         }
-        sql
+        Some(sql)
     }
 
     fn rehash(&mut self) {
@@ -94,9 +124,9 @@ fn identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `value` as a quoted SQL string literal (standard_conforming_strings: only quotes
-/// double; an E'' literal would be needed for backslashes otherwise).
-fn literal(value: &str) -> String {
+/// `value` as a quoted SQL string literal, read the same whatever
+/// `standard_conforming_strings` is: an `E''` literal when it has backslashes.
+pub fn literal(value: &str) -> String {
     if value.contains('\\') {
         format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
     } else {
@@ -121,10 +151,11 @@ mod tests {
         startup.set_param("_pq_.x", "1");
         let settings = SessionSettings::from_startup(&startup);
         assert_eq!(
-            settings.apply_sql(),
-            "RESET ALL; SET \"application_name\" TO 'it''s'; SET \"client_encoding\" TO 'UTF8'"
+            settings.replay_sql().as_deref(),
+            Some("SET \"application_name\" TO 'it''s'; SET \"client_encoding\" TO 'UTF8'")
         );
         assert_ne!(settings.id(), 0);
+        assert!(settings.readable());
         let again = SessionSettings::from_startup(&startup);
         assert_eq!(settings.id(), again.id(), "equal settings share an id");
     }
@@ -136,15 +167,36 @@ mod tests {
         settings.set("search_path", "SET search_path TO a, b;");
         let with_path = settings.id();
         assert!(with_path != 0 && with_path != UNKNOWN);
-        assert_eq!(settings.apply_sql(), "RESET ALL; SET search_path TO a, b");
+        assert_eq!(
+            settings.replay_sql().as_deref(),
+            Some("SET search_path TO a, b")
+        );
         settings.set("Search_Path", "SET search_path TO c");
         assert_ne!(settings.id(), with_path);
         settings.reset("SEARCH_PATH");
         assert_eq!(settings.id(), 0);
         settings.set("x.y", "SET x.y = 1");
         settings.reset_all();
-        assert_eq!(settings.apply_sql(), "RESET ALL");
+        assert_eq!(settings.replay_sql(), None);
         assert_eq!(literal("a\\b'"), "E'a\\\\b'''");
         assert_eq!(identifier("a\"b"), "\"a\"\"b\"");
+    }
+
+    /// A startup the scanner cannot read as the server will marks the client.
+    #[test]
+    fn startups_the_proxy_cannot_read() {
+        let startup = |name: &str, value: &str| {
+            let mut startup = Startup {
+                version: crate::protocol::postgres::codec::PROTOCOL_3_0,
+                params: Vec::new(),
+            };
+            startup.set_param("user", "app");
+            startup.set_param(name, value);
+            SessionSettings::from_startup(&startup)
+        };
+        assert!(!startup("client_encoding", "SJIS").readable());
+        assert!(!startup("standard_conforming_strings", "off").readable());
+        assert!(startup("client_encoding", "UTF8").readable());
+        assert!(startup("standard_conforming_strings", "on").readable());
     }
 }

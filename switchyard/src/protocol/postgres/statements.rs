@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::classify::{SessionEffects, session_effects};
 use super::frames::{Frame, Parse};
 
 /// One statement as the servers know it.
@@ -23,6 +24,9 @@ pub struct Statement {
     pub parse: Frame,
     /// The query text (for routing decisions).
     pub query: String,
+    /// What running it does to the session: noted at each Bind, since each execution may
+    /// run on another server connection. Worked out once, at the client's Parse.
+    pub effects: SessionEffects,
 }
 
 /// The server-side name of a statement: a digest of its text and parameter types, so the
@@ -58,6 +62,7 @@ impl ClientStatements {
         let statement = Arc::new(Statement {
             parse: parse.renamed(&server_name),
             query: String::from_utf8_lossy(parse.query).into_owned(),
+            effects: session_effects(parse.query),
             server_name,
         });
         self.by_name.insert(parse.name.to_vec(), statement.clone());

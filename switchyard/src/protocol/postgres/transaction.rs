@@ -12,6 +12,16 @@
 //! - the client's session settings are replayed (an injected simple query, answered to
 //!   nobody) when a connection's settings differ from the client's.
 //!
+//! No session state crosses clients (`docs/architecture.md`, "The pooling invariant").
+//! Every statement's session effects are noted (`classify::session_effects`: a sound
+//! scan first, the parser when the scan cannot tell): `SET`s the proxy can replay follow
+//! the client; state it cannot move pins the client to its connection, reset with `DISCARD
+//! ALL` when the client leaves; and anything it cannot see — a function not known to be
+//! free of session effects, a `DO` block, a ParameterStatus no recorded `SET` explains —
+//! marks the connection unknown, so it is reset with `DISCARD ALL` before anyone uses it
+//! again. A reset finishes before the client's first message is sent; a connection whose
+//! reset fails is closed, never used.
+//!
 //! After an error in the extended protocol the server skips everything up to Sync; the
 //! queue does the same. A client that leaves mid-transaction gets its connection rolled
 //! back (or closed when a query is still running); a lost server ends the transaction
@@ -28,7 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::Registration;
-use super::classify::{self, Classification, PinReason, SessionChange};
+use super::classify::{self, Classification, PinReason, SessionChange, SessionEffects};
 use super::codec::Startup;
 use super::errors::{fatal, sqlstate};
 use super::frames::{self, Frame, FrameReader, Parse};
@@ -135,6 +145,9 @@ struct Held {
     class: Option<Classification>,
     /// The server sent a FATAL error (passed on as ERROR): it is closing.
     server_fatal: bool,
+    /// Something ran that may have changed session state unseen (see the module
+    /// documentation): the connection is reset before its next use.
+    untracked: bool,
     to_server: Vec<u8>,
 }
 
@@ -151,6 +164,7 @@ impl Held {
             failed: false,
             class: None,
             server_fatal: false,
+            untracked: false,
             to_server: buffers.to_server,
         }
     }
@@ -300,7 +314,7 @@ impl<'a> Session<'a> {
             self.client.cancel.retarget(&conn.cancel);
             let mut held = Held::new(conn, std::mem::take(&mut self.buffers));
             held.class = plan.map(|(class, _)| class);
-            self.prepare(&mut held);
+            self.prepare(&mut held).await;
             let outcome = self.transaction(&mut held, first).await;
             self.client.cancel.untarget();
             match outcome {
@@ -478,9 +492,38 @@ impl<'a> Session<'a> {
         Err(Refusal::new(reason, message))
     }
 
-    /// Readies a freshly leased connection for this client: closes statements beyond the
-    /// connection's bound and replays the client's settings if the connection's differ.
-    fn prepare(&self, held: &mut Held) {
+    /// Readies a freshly leased connection for this client: resets it when it holds another
+    /// client's settings or unknown state, closes statements beyond the connection's bound
+    /// and replays the client's settings.
+    ///
+    /// The reset runs to its end before any message of the client is sent, so no statement
+    /// of the client can run on a connection whose reset failed (a statement timeout the
+    /// last client set could cancel it): such a connection is closed instead, and the
+    /// client's transaction ends as on a lost connection, its next one on another.
+    async fn prepare(&self, held: &mut Held) {
+        let settings = &self.client.settings;
+        let reset = match held.conn.applied {
+            0 => None,
+            applied if applied == settings.id() => None,
+            settings::UNKNOWN => {
+                // DISCARD ALL deallocates every prepared statement.
+                held.conn.prepared.clear();
+                Some(settings::RESET)
+            }
+            _ => Some(settings::RESET_SETTINGS),
+        };
+        if let Some(reset) = reset {
+            if !reset_connection(&mut held.conn, &[reset]).await {
+                tracing::warn!(server = %held.conn.server.name, "resetting a server connection failed; closing it");
+                held.conn.applied = settings::UNKNOWN;
+                // Nothing answered in the server's place either: every client message
+                // is sent, and the first send fails.
+                held.conn.prepared.clear();
+                let _ = held.conn.stream.shutdown().await;
+                return;
+            }
+            held.conn.applied = 0;
+        }
         for name in held.conn.prepared.excess() {
             held.send(&frames::statement_message(b'C', &name).0);
             held.expected.push_back(Expect::Injected(Kind::Close, None));
@@ -488,11 +531,12 @@ impl<'a> Session<'a> {
             held.expected
                 .push_back(Expect::Injected(Kind::UntilReady, None));
         }
-        let settings = &self.client.settings;
         if held.conn.applied != settings.id() {
-            held.send(&frames::query(&settings.apply_sql()).0);
-            held.expected
-                .push_back(Expect::Injected(Kind::UntilReady, None));
+            if let Some(sql) = settings.replay_sql() {
+                held.send(&frames::query(&sql).0);
+                held.expected
+                    .push_back(Expect::Injected(Kind::UntilReady, None));
+            }
             held.conn.applied = settings.id();
         }
     }
@@ -577,8 +621,9 @@ impl<'a> Session<'a> {
             }
             b'P' => {
                 let parse = Parse::read(frame.body()).map_err(bad)?;
-                self.note_sql(held, parse.query);
                 if parse.name.is_empty() {
+                    // Run by the Bind and Execute that follow, on this connection.
+                    self.note_sql(held, parse.query);
                     held.expected.push_back(Expect::Client(Kind::Parse, None));
                     held.send(&frame.0);
                 } else {
@@ -600,9 +645,12 @@ impl<'a> Session<'a> {
             }
             b'B' => {
                 let name = frames::bind_statement(frame.body()).map_err(bad)?;
-                match self.statements.get(name) {
+                match self.statements.get(name).cloned() {
                     Some(statement) => {
-                        ensure_prepared(held, statement);
+                        // A named statement runs wherever it is bound, maybe in a later
+                        // transaction on another connection than its Parse.
+                        self.note_effects(held, &statement.effects);
+                        ensure_prepared(held, &statement);
                         let renamed = frames::bind_renamed(frame.body(), &statement.server_name)
                             .map_err(bad)?;
                         held.send(&renamed.0);
@@ -643,6 +691,8 @@ impl<'a> Session<'a> {
                 held.send(&frame.0);
             }
             b'S' | b'F' => {
+                // A FunctionCall names its function by OID: what it does is unknown.
+                held.untracked |= frame.tag() == b'F';
                 held.pending += 1;
                 held.expected
                     .push_back(Expect::Client(Kind::UntilReady, None));
@@ -655,26 +705,35 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Notes what a statement does to the session: changes to replay later, and state
-    /// that ties the client to this connection.
+    /// Notes what the statement text `sql` does to the session (see [`Self::note_effects`]).
     fn note_sql(&mut self, held: &mut Held, sql: &[u8]) {
-        if !may_touch_session(sql) {
+        if self.pinned.is_some() {
+            // The connection is the client's until it leaves, then reset whatever it holds.
             return;
         }
-        let Ok(text) = std::str::from_utf8(sql) else {
+        self.note_effects(held, &classify::session_effects(sql));
+    }
+
+    /// Notes what a statement about to run does to the session: changes to replay later,
+    /// state that ties the client to this connection, and effects nobody can see, for
+    /// which the connection is reset before its next use.
+    fn note_effects(&mut self, held: &mut Held, effects: &SessionEffects) {
+        if self.pinned.is_some() {
             return;
+        }
+        let pin = match effects.pins {
+            Some(reason) => Some(reason),
+            // The proxy cannot read this client's text as the server will.
+            None if !self.client.settings.readable() => Some(PinReason::Unreadable),
+            None => None,
         };
-        // Session effects do not depend on write functions: the built-in rules serve all.
-        static RULES: std::sync::LazyLock<classify::Rules> =
-            std::sync::LazyLock::new(classify::Rules::default);
-        let effects = classify::classify(text, &RULES);
-        if let Some(reason) = effects.pins
-            && self.pinned.is_none()
-        {
+        if let Some(reason) = pin {
             tracing::debug!(?reason, "client pinned to its server connection");
             self.pinned = Some(reason);
+            return;
         }
-        held.changes.extend(effects.session);
+        held.changes.extend(effects.changes.iter().cloned());
+        held.untracked |= effects.untracked;
     }
 
     /// Handles the server's whole messages that have arrived.
@@ -705,6 +764,9 @@ impl<'a> Session<'a> {
         }
         let Some(front) = held.expected.front() else {
             // Notices, notifications, parameter changes between answers.
+            if tag == b'S' {
+                Self::parameter_status(held, &frame);
+            }
             self.to_client.extend_from_slice(&frame.0);
             return;
         };
@@ -713,6 +775,9 @@ impl<'a> Session<'a> {
             Expect::Injected(kind, _) => (*kind, true),
             Expect::Synthetic(_) => (Kind::UntilReady, false),
         };
+        if tag == b'S' && !injected {
+            Self::parameter_status(held, &frame);
+        }
         if !injected {
             self.to_client.extend_from_slice(&frame.0);
         }
@@ -725,6 +790,33 @@ impl<'a> Session<'a> {
             self.ready(held, status, injected);
         }
         self.emit_synthetic(held);
+    }
+
+    /// The backstop for what no statement showed: the server reports a change of a
+    /// reported parameter (`application_name`, `client_encoding`, `DateStyle`, `TimeZone`,
+    /// `IntervalStyle`, `standard_conforming_strings`, `is_superuser`,
+    /// `session_authorization`, `search_path` from PostgreSQL 18...) while a client's
+    /// statements run. One no recorded `SET`, `RESET`, `RESET ALL` or `DISCARD ALL` of this
+    /// transaction explains (a function or trigger set it, or a `SET LOCAL` that ends with
+    /// the transaction: resetting for those costs a reset, never a leak) marks the
+    /// connection for a reset before its next use.
+    fn parameter_status(held: &mut Held, frame: &Frame) {
+        let body = frame.body();
+        let name = body.split(|&b| b == 0).next().unwrap_or_default();
+        let explained = held.changes.iter().any(|change| match change {
+            SessionChange::Set { name: set, .. } | SessionChange::Reset { name: set } => {
+                set.as_bytes().eq_ignore_ascii_case(name)
+            }
+            SessionChange::ResetAll | SessionChange::DiscardAll => true,
+            SessionChange::Route(_) | SessionChange::BadRoute(_) => false,
+        });
+        if !explained && !held.untracked {
+            tracing::debug!(
+                parameter = %String::from_utf8_lossy(name),
+                "the server reported a parameter change no statement explains; the connection will be reset"
+            );
+            held.untracked = true;
+        }
     }
 
     /// ReadyForQuery: the server is between transactions (`I`) or in one (`T`, `E`).
@@ -747,10 +839,15 @@ impl<'a> Session<'a> {
             b'E' => held.failed = true,
             b'I' => {
                 let changes = std::mem::take(&mut held.changes);
+                // Unknown stays unknown until a reset: a later transaction of the same
+                // lease recording its own changes does not make the connection known.
+                let unknown =
+                    std::mem::take(&mut held.untracked) || held.conn.applied == settings::UNKNOWN;
                 if held.failed {
                     held.failed = false;
-                    if !changes.is_empty() {
-                        // Rolled back, but the connection may hold part of them.
+                    if unknown || !changes.is_empty() {
+                        // Rolled back, but the connection may hold part of them (advisory
+                        // locks taken in a failed transaction stay, for one).
                         held.conn.applied = settings::UNKNOWN;
                     }
                     return;
@@ -760,11 +857,20 @@ impl<'a> Session<'a> {
                     match change {
                         SessionChange::Set { name, statement } => settings.set(&name, &statement),
                         SessionChange::Reset { name } => settings.reset(&name),
-                        SessionChange::ResetAll | SessionChange::DiscardAll => settings.reset_all(),
-                        _ => {}
+                        SessionChange::ResetAll => settings.reset_all(),
+                        SessionChange::DiscardAll => {
+                            settings.reset_all();
+                            // The server deallocated every prepared statement.
+                            held.conn.prepared.clear();
+                        }
+                        SessionChange::Route(_) | SessionChange::BadRoute(_) => {}
                     }
                 }
-                held.conn.applied = settings.id();
+                held.conn.applied = if unknown {
+                    settings::UNKNOWN
+                } else {
+                    settings.id()
+                };
             }
             _ => {}
         }
@@ -865,7 +971,7 @@ impl<'a> Session<'a> {
             reset.push("ROLLBACK");
         }
         if self.pinned.is_some() {
-            reset.push("DISCARD ALL");
+            reset.push(settings::RESET);
         }
         let clean = held.pending == 0
             && held.expected.is_empty()
@@ -874,6 +980,9 @@ impl<'a> Session<'a> {
             if self.pinned.is_some() {
                 held.conn.prepared.clear();
                 held.conn.applied = 0;
+            } else if held.untracked {
+                // The rollback undoes settings, not everything an unseen effect may leave.
+                held.conn.applied = settings::UNKNOWN;
             }
             pool.give_back(held.conn);
         } else {
@@ -986,56 +1095,6 @@ pub async fn start(
     record.bytes_in += moved.to_server;
     record.bytes_out += moved.to_client;
     ending
-}
-
-/// Whether `sql` may change session state or pin the session: a cheap look before the
-/// parser runs, so ordinary statements cost no parse. A statement starting with SET,
-/// RESET, DISCARD, LISTEN, PREPARE or DECLARE, or naming temporary objects or advisory
-/// locks anywhere, is looked at closely.
-fn may_touch_session(sql: &[u8]) -> bool {
-    const ANYWHERE: [&[u8]; 2] = [b"temp", b"advisory"];
-    const LEADING: [&[u8]; 6] = [
-        b"set", b"reset", b"discard", b"listen", b"prepare", b"declare",
-    ];
-    let lower = |b: &u8| b.to_ascii_lowercase();
-    let contains = |word: &[u8]| {
-        sql.windows(word.len())
-            .any(|w| w.iter().map(lower).eq(word.iter().copied()))
-    };
-    if ANYWHERE.iter().any(|w| contains(w)) {
-        return true;
-    }
-    sql.split(|&b| b == b';').any(|statement| {
-        let first = first_word(statement);
-        LEADING
-            .iter()
-            .any(|w| first.len() == w.len() && first.iter().map(lower).eq(w.iter().copied()))
-    })
-}
-
-/// The first word of a statement, past blanks and comments.
-fn first_word(mut sql: &[u8]) -> &[u8] {
-    loop {
-        sql = sql.trim_ascii_start();
-        if let Some(rest) = sql.strip_prefix(b"--") {
-            sql = match rest.iter().position(|&b| b == b'\n') {
-                Some(end) => &rest[end + 1..],
-                None => &[],
-            };
-        } else if let Some(rest) = sql.strip_prefix(b"/*") {
-            sql = match rest.windows(2).position(|w| w == b"*/") {
-                Some(end) => &rest[end + 2..],
-                None => &[],
-            };
-        } else {
-            break;
-        }
-    }
-    let end = sql
-        .iter()
-        .position(|b| !b.is_ascii_alphabetic())
-        .unwrap_or(sql.len());
-    &sql[..end]
 }
 
 /// Prepares `statement` on the held connection first if it is not there yet.

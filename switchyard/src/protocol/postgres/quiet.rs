@@ -1,0 +1,324 @@
+//! The transaction pooler's cheap look at a statement before the parser runs: [`is_quiet`]
+//! says a query string certainly leaves no session state behind, so ordinary statements
+//! (SELECT, INSERT, UPDATE, DELETE, transaction control) cost a scan, not a parse.
+//!
+//! It must never say so wrongly: whatever it passes, the full classification
+//! (`classify::classify`) finds no session change, no pin and nothing untracked in (or the
+//! parser refuses it, and then so does the server). So it passes only what it can read
+//! whole with PostgreSQL's own scanner: every statement starts with a word that cannot
+//! begin a session-changing statement; no `TEMP`/`TEMPORARY`, no `pg_temp` name, no `U&`
+//! identifier (its escapes could spell any name); and every function called by name is a
+//! built-in known to be free of session effects ([`quiet_function`]), unqualified or in
+//! `pg_catalog`. Anything else is left to the classification.
+//!
+//! Like the classification, it sees only what the text calls: code the server runs without
+//! the text naming it (triggers, operators, casts, column defaults, a function in another
+//! schema overloading a built-in's name) is for the ParameterStatus backstop.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use pg_query::protobuf::{KeywordKind, Token};
+
+use super::scanner::{Lexeme, Scan, Statement};
+
+/// Words a statement with no session effect of its own may start with. A statement of
+/// these kinds changes session state only by calling something, which is checked apart.
+const QUIET_FIRST: &[Token] = &[
+    Token::Select,
+    Token::Insert,
+    Token::Update,
+    Token::DeleteP,
+    Token::Merge,
+    Token::With,
+    Token::Values,
+    Token::Table,
+    Token::Ascii40,
+    Token::BeginP,
+    Token::Start,
+    Token::Commit,
+    Token::EndP,
+    Token::Rollback,
+    Token::AbortP,
+    Token::Savepoint,
+    Token::Release,
+    Token::Show,
+    Token::Fetch,
+    Token::Move,
+    Token::Close,
+];
+
+/// Words after which a name followed by `(` is not a function call: a table (`INTO t (a)`),
+/// an alias or type (`AS t (a)`, `::numeric(10, 2)`, `t x (a)`, `t JOIN (…)`), a CTE
+/// (`WITH x (a) AS`), the column list of `UPDATE … SET (a, b) =`.
+const NOT_A_CALL_AFTER: &[Token] = &[
+    Token::Into,
+    Token::As,
+    Token::Ident,
+    Token::With,
+    Token::Recursive,
+    Token::Update,
+    Token::Typecast,
+];
+
+/// Built-in functions known to leave no session state behind, one name per line (see the
+/// file for how it was made).
+static QUIET_FUNCTIONS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("quiet_functions.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+});
+
+/// Whether `name` (as the server resolves it: unquoted names in lower case) is a built-in
+/// function whose calls leave no session state behind. A function of the same name in
+/// another schema, or an overload of it for other argument types, is not known to be.
+pub fn quiet_function(name: &str) -> bool {
+    QUIET_FUNCTIONS.contains(name)
+}
+
+/// Whether `sql` certainly changes no session state, pins nothing and runs nothing the
+/// pooler cannot see (see the module documentation); `false` means "classify it".
+pub fn is_quiet(sql: &str) -> bool {
+    match Scan::new(sql) {
+        Some(scan) => scan.statements().all(quiet_statement),
+        None => false,
+    }
+}
+
+/// One statement of [`is_quiet`].
+fn quiet_statement(statement: Statement<'_>) -> bool {
+    let words: Vec<Lexeme<'_>> = statement.words().collect();
+    let Some(first) = words.first() else {
+        return true;
+    };
+    if !QUIET_FIRST.iter().any(|&token| first.is(token)) {
+        return false;
+    }
+    words.iter().enumerate().all(|(at, word)| {
+        if word.is(Token::Uident) || word.is(Token::Temp) || word.is(Token::Temporary) {
+            return false;
+        }
+        if word.is(Token::Ident) && names_pg_temp(word.text) {
+            return false;
+        }
+        !word.is(Token::Ascii40) || call_is_quiet(&words, at)
+    })
+}
+
+/// Whether an identifier as written may name a temporary schema (`pg_temp`, `pg_temp_3`,
+/// quoted or not; any case, which only over-approximates a quoted one).
+fn names_pg_temp(text: &str) -> bool {
+    text.trim_start_matches('"')
+        .get(..7)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("pg_temp"))
+}
+
+/// For the `(` at `paren`: false when it may call a function not known to be quiet.
+fn call_is_quiet(words: &[Lexeme<'_>], paren: usize) -> bool {
+    let Some(at) = paren.checked_sub(1) else {
+        return true;
+    };
+    let named = |word: &Lexeme<'_>| {
+        word.is(Token::Ident) || word.is(Token::Uident) || word.keyword != KeywordKind::NoKeyword
+    };
+    let name = &words[at];
+    if !named(name) {
+        // `((`, `= (`, `1 (`...: no name is called.
+        return true;
+    }
+    // The qualified name ending at `at`: `schema.function` or `function`.
+    let mut first = at;
+    while first >= 2 && words[first - 1].is(Token::Ascii46) && named(&words[first - 2]) {
+        first -= 2;
+    }
+    let before = first.checked_sub(1).map(|i| &words[i]);
+    match before {
+        // `(x).f(`: not a form this look reads.
+        Some(word) if word.is(Token::Ascii46) => return false,
+        Some(word) if NOT_A_CALL_AFTER.iter().any(|&token| word.is(token)) => return true,
+        _ => {}
+    }
+    if first != at {
+        let schema = words[first].name();
+        return first + 2 == at
+            && schema.as_deref() == Some("pg_catalog")
+            && name.name().is_some_and(|name| quiet_function(&name));
+    }
+    match name.keyword {
+        // No function is called by a reserved word (`IN (`, `ANY (`, `CAST (`...).
+        KeywordKind::ReservedKeyword => return true,
+        // The grammar turns these into expressions or calls of quiet built-ins (`COALESCE`,
+        // `EXTRACT`, `TRIM`, `numeric(10, 2)`...), except `TREAT`, which calls a function
+        // named after a type.
+        KeywordKind::ColNameKeyword => return !name.is(Token::Treat),
+        _ => {}
+    }
+    let after_paren = |word: Option<&Lexeme<'_>>| word.is_some_and(|w| w.is(Token::Ascii41));
+    if (name.is(Token::Over) || name.is(Token::Filter)) && after_paren(before) {
+        // `count(*) OVER (…)`, `count(*) FILTER (…)`.
+        return true;
+    }
+    if name.is(Token::Conflict) && before.is_some_and(|w| w.is(Token::On)) {
+        // `ON CONFLICT (a) DO …`; `ON conflict(a)` could be a join condition calling a
+        // function named `conflict`, which no `DO` can follow.
+        return closing(words, paren)
+            .and_then(|close| words.get(close + 1))
+            .is_some_and(|next| next.is(Token::Do));
+    }
+    name.name().is_some_and(|name| quiet_function(&name))
+}
+
+/// The index of the `)` closing the `(` at `open`.
+fn closing(words: &[Lexeme<'_>], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (at, word) in words.iter().enumerate().skip(open) {
+        if word.is(Token::Ascii40) {
+            depth += 1;
+        } else if word.is(Token::Ascii41) {
+            depth = depth.saturating_sub(1);
+            if depth == 0 {
+                return Some(at);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Statements as pgbench, ORMs and drivers send them: no parse needed.
+    #[test]
+    fn ordinary_statements_are_quiet() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
+            "UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 77;",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, 77, -4321, CURRENT_TIMESTAMP);",
+            "INSERT INTO public.t AS x (a, b) VALUES ($1, $2) ON CONFLICT (a) DO UPDATE SET (a, b) = (1, 2) RETURNING id",
+            "SELECT \"users\".* FROM \"users\" WHERE \"users\".\"id\" = $1 LIMIT $2",
+            "SELECT count(*), max(x), coalesce(a, b), lower(name), now() FROM t GROUP BY y",
+            "SELECT row_number() OVER (PARTITION BY a), count(*) FILTER (WHERE b) FROM t",
+            "SELECT x::numeric(10, 2), EXTRACT(year FROM d), TRIM(BOTH FROM s), substring(s FROM 2) FROM t",
+            "SELECT pg_catalog.lower(s), nextval('s'), random() FROM t t2 JOIN (SELECT 1) u ON true",
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT * FROM r",
+            "SELECT * FROM generate_series(1, 3) AS g(x) WHERE x IN (1, 2) AND EXISTS (SELECT 1)",
+            "BEGIN; SELECT 1; COMMIT",
+            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "DELETE FROM t WHERE id = ANY($1)",
+            "SHOW search_path",
+            "SELECT $$; SET search_path TO evil$$, 'SET x', E'\\'; SET'",
+            "/* SET search_path TO a */ SELECT 1 -- ; SET",
+            "",
+            ";;",
+        ] {
+            assert!(is_quiet(sql), "{sql:?}");
+        }
+    }
+
+    /// Everything that could touch the session, however it is spelled, is classified.
+    #[test]
+    fn anything_that_may_touch_the_session_is_not() {
+        for sql in [
+            "/* ; */ SET search_path TO evil1",
+            "/* /* */ */ SET search_path TO evil2",
+            "SET search_path TO evil3 -- ;",
+            "set/**/search_path to evil4",
+            "SELECT 1; SET search_path TO evil5",
+            "SELECT $a$ $$ $a$; SET search_path TO evil",
+            "SELECT set_config('search_path', 'evil6', false)",
+            "SELECT \"set_config\"('search_path', 'evil', false)",
+            "SELECT U&\"\\0073et_config\"('search_path', 'evil', false)",
+            "SELECT U&\"lower\"(x)",
+            "SELECT pg_catalog.set_config('a', 'b', false)",
+            "SELECT public.lower(x)",
+            "SELECT db.pg_catalog.lower(x)",
+            "SELECT my_function()",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT setseed(0.5)",
+            "SELECT 'a' OPERATOR(pg_catalog.||) set_config('a', 'b', false)",
+            "SELECT (x).lower(y)",
+            "SELECT * INTO TEMP t FROM u",
+            "SELECT * INTO pg_temp.t FROM u",
+            "INSERT INTO \"PG_TEMP_3\".t VALUES (1)",
+            "SELECT TREAT(x AS mytype)",
+            "SELECT * FROM a JOIN b ON conflict(a.x) WHERE true",
+            "INSERT INTO t VALUES (1) ON CONFLICT (a) WHERE b DO NOTHING",
+            "DO $$BEGIN PERFORM set_config('a', 'b', false); END$$",
+            "CALL p()",
+            "LISTEN c",
+            "PREPARE p AS SELECT 1",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "DISCARD ALL",
+            "RESET ALL",
+            "EXPLAIN ANALYZE SELECT 1",
+            "SELECT 'unterminated",
+            "SELECT 1\0",
+        ] {
+            assert!(!is_quiet(sql), "{sql:?}");
+        }
+    }
+
+    /// The crate's stable-Rust fuzz pass, checking what the `statement_scanner` fuzz
+    /// target checks: mutated statements never panic the scan or the pre-check, and what
+    /// the pre-check passes the classification finds nothing in (or the parser rejects).
+    #[test]
+    fn mutated_statements_keep_the_pre_check_sound() {
+        use crate::protocol::postgres::classify::{Rules, classify};
+        let mut mutator = crate::testing::Mutator::new();
+        let seeds = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
+            "INSERT INTO t AS x (a) VALUES ($1) ON CONFLICT (a) DO UPDATE SET (a) = (1)",
+            "SELECT lower(a), pg_catalog.upper(b), count(*) OVER (w) FROM t t2 JOIN (SELECT 1) u ON true",
+            "WITH RECURSIVE r(n) AS (SELECT 1) SELECT x::numeric(3, 1), TRIM(s) FROM r",
+            "SELECT set_config('a.b', 'c', true), $$;SET$$, E'\\'; SET' -- ; SET x",
+            "/* /* ; */ */ SELECT 1; BEGIN; SHOW x; COMMIT",
+        ];
+        let rules = Rules::default();
+        for round in 0..3_000 {
+            let mut input = seeds[round % seeds.len()].as_bytes().to_vec();
+            mutator.mutate(&mut input);
+            let sql = String::from_utf8_lossy(&input);
+            if let Some(scan) = Scan::new(&sql) {
+                for statement in scan.statements() {
+                    statement.words().for_each(|word| drop(word.name()));
+                }
+                drop(scan.leading_comments());
+            }
+            if is_quiet(&sql) {
+                let classification = classify(&sql, &rules);
+                assert!(
+                    classification.session.is_empty() && classification.pins.is_none(),
+                    "{sql:?}: {classification:?}"
+                );
+                assert!(
+                    !classification.untracked || pg_query::parse(&sql, 0).is_err(),
+                    "{sql:?}: {classification:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_function_list_holds_built_ins_and_leaves_out_session_changers() {
+        for name in [
+            "lower", "count", "now", "extract", "btrim", "timezone", "nextval",
+        ] {
+            assert!(quiet_function(name), "{name}");
+        }
+        for name in [
+            "set_config",
+            "setseed",
+            "pg_advisory_lock",
+            "pg_try_advisory_lock",
+            "query_to_xml",
+            "ts_rewrite",
+            "my_function",
+            "",
+        ] {
+            assert!(!quiet_function(name), "{name}");
+        }
+    }
+}
