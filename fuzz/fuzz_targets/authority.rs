@@ -7,7 +7,7 @@
 
 use hyper::header::HeaderValue;
 use libfuzzer_sys::fuzz_target;
-use switchyard::protocol::http::authority::{Authority, route_pattern};
+use switchyard::authority::{Authority, route_pattern};
 
 fuzz_target!(|data: &[u8]| {
     let parsed = Authority::parse(data);

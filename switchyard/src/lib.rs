@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authority;
 pub mod config;
 pub mod ctl;
 pub mod health;
@@ -18,9 +19,11 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod runtime;
+pub mod secret;
 pub mod tally;
 #[cfg(test)]
 mod testing;
 pub mod tls;
 pub mod upstream;
 pub mod wait_queue;
+pub mod workers;

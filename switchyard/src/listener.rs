@@ -19,9 +19,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol};
 use crate::route::Routing;
-use crate::runtime::Workers;
 use crate::tally::{Carried, Tally};
 use crate::tls::ServerTls;
+use crate::workers::Workers;
 
 /// Counters kept per listener.
 #[derive(Debug, Default)]

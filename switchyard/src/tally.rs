@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::runtime::worker_slot;
+use crate::workers::worker_slot;
 
 /// Lines per count: slot 0 for threads off the workers, the rest one per worker (workers
 /// past them share).
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn counts_from_every_worker_add_up() {
-        let workers = crate::runtime::Workers::start(Some(3)).unwrap_or_else(|e| panic!("{e}"));
+        let workers = crate::workers::Workers::start(Some(3)).unwrap_or_else(|e| panic!("{e}"));
         let tally = std::sync::Arc::new(Tally::default());
         let histogram = std::sync::Arc::new(TallyHistogram::<3>::default());
         let (done, finished) = std::sync::mpsc::channel();

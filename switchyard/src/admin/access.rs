@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 
-use crate::protocol::http::authority::{self, Authority, Refusal};
+use crate::authority::{self, Authority, Refusal};
 
 /// Why a request to the admin API is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -27,24 +27,6 @@ pub use status::{ListenerStatus, PoolStatus, ServerStatus};
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Resolves a secret written as a literal, `env:VAR` or `file:PATH`.
-pub fn resolve_secret(spec: &str) -> Result<String, String> {
-    let value = if let Some(var) = spec.strip_prefix("env:") {
-        std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
-    } else if let Some(path) = spec.strip_prefix("file:") {
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {path}: {e}"))?
-            .trim()
-            .to_string()
-    } else {
-        spec.to_string()
-    };
-    if value.is_empty() {
-        return Err("the token is empty".into());
-    }
-    Ok(value)
-}
-
 /// Serves the admin API until `stop` fires, to the requests `access` lets through.
 pub async fn serve(
     listener: TcpListener,

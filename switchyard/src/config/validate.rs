@@ -19,12 +19,12 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             );
         }
         if let Some(token) = &admin.token
-            && let Err(e) = crate::admin::resolve_secret(token)
+            && let Err(e) = crate::secret::resolve(token)
         {
             sink.at(&key_path!("admin", "token"), e);
         }
         for host in &admin.allowed_hosts {
-            if let Err(e) = crate::protocol::http::authority::Authority::parse(host.as_bytes()) {
+            if let Err(e) = crate::authority::Authority::parse(host.as_bytes()) {
                 sink.at(
                     &key_path!("admin", "allowed_hosts"),
                     format!("`{host}` is not a host name or host:port: {e}"),
@@ -201,7 +201,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 );
             }
             if let Some(password) = &health.password
-                && let Err(e) = crate::admin::resolve_secret(password)
+                && let Err(e) = crate::secret::resolve(password)
             {
                 sink.at(&key_path!("pool", i, "health", "password"), e);
             }

@@ -81,7 +81,7 @@ async fn query_role(
         .application_name("switchyard-health-check")
         .ssl_mode(SslMode::Disable);
     if let Some(password) = &health.password {
-        config.password(crate::admin::resolve_secret(password)?);
+        config.password(crate::secret::resolve(password)?);
     }
     let (client, connection) = connect(pool, server, &config).await?;
     let messages = client

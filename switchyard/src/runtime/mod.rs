@@ -2,7 +2,6 @@
 
 mod reload;
 pub mod upgrade;
-mod workers;
 
 use std::collections::HashMap;
 use std::io;
@@ -23,9 +22,9 @@ use crate::observe::AccessLog;
 use crate::route::Routing;
 use crate::upstream::Pool;
 
+use crate::workers::Workers;
 pub use reload::{Changes, ReloadError, ReloadSummary, reload};
 pub use upgrade::Inherited;
-pub use workers::{Workers, current_worker, worker_slot};
 
 /// State shared by listeners, connection handlers and the admin API.
 #[derive(Debug)]
@@ -135,7 +134,7 @@ pub fn build(
         StartError::Build(format!("cannot open access log {}: {e}", config.log.access))
     })?;
     let admin_token = match config.admin.as_ref().and_then(|a| a.token.as_deref()) {
-        Some(token) => Some(crate::admin::resolve_secret(token).map_err(StartError::Build)?),
+        Some(token) => Some(crate::secret::resolve(token).map_err(StartError::Build)?),
         None => None,
     };
     Ok(Arc::new(Shared {

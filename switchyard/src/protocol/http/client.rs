@@ -102,7 +102,7 @@ fn connections(server: &Server) -> Option<&Arc<Shard>> {
         .get_or_init(|| Arc::new(ServerConnections::default()))
         .downcast_ref::<ServerConnections>()?;
     Some(
-        all.shards[crate::runtime::worker_slot(SHARDS)].get_or_init(|| {
+        all.shards[crate::workers::worker_slot(SHARDS)].get_or_init(|| {
             Arc::new(Shard {
                 state: Mutex::new(Idle::default()),
                 idle: all.idle.clone(),

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{HeaderMap, Response, StatusCode};
 
-use super::authority::Refusal;
 use super::body::ProxyBody;
+use crate::authority::Refusal;
 
 /// The methods the proxy forwards, for the `Allow` header of its `405` to `CONNECT`.
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";

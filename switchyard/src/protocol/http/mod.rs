@@ -12,7 +12,6 @@
 //! [`serve_connection`] is generic over the client stream: plain TCP, or TLS with what the
 //! handshake told (SNI, ALPN, client certificate) in [`ConnectionFacts`].
 
-pub mod authority;
 pub mod body;
 pub mod client;
 pub mod errors;
@@ -101,7 +100,7 @@ pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
 /// on pools that `http` listeners use offers the pool's `http_version` (`h2` or
 /// `http/1.1`), so that an HTTPS server speaking both knows which one is coming. Route
 /// `host` patterns are put in the form request authorities are compared in (A-labels, no
-/// trailing dot; see [`authority::route_pattern`]); one that cannot be is left for
+/// trailing dot; see [`crate::authority::route_pattern`]); one that cannot be is left for
 /// [`validate_route`] to report.
 pub fn apply_defaults(config: &mut crate::config::Config) {
     let mut http_pools = std::collections::HashSet::new();
@@ -115,7 +114,7 @@ pub fn apply_defaults(config: &mut crate::config::Config) {
             tls.alpn = DEFAULT_ALPN.iter().map(|p| p.to_string()).collect();
         }
         for host in listener.routes.iter_mut().filter_map(|r| r.host.as_mut()) {
-            if let Ok(pattern) = authority::route_pattern(host) {
+            if let Ok(pattern) = crate::authority::route_pattern(host) {
                 *host = pattern;
             }
         }
@@ -285,7 +284,7 @@ pub fn validate_listener(
 /// Reports problems in the HTTP keys of a route: `report(key, message)`.
 pub fn validate_route(route: &RouteConfig, report: &mut dyn FnMut(&'static str, String)) {
     if let Some(host) = &route.host
-        && let Err(message) = authority::route_pattern(host)
+        && let Err(message) = crate::authority::route_pattern(host)
     {
         report("host", message);
     }

@@ -13,7 +13,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::authority::{self, Authority};
 use super::body::{BodyEnd, BodyTooLarge, Ending, ProxyBody, RequestBody, ResponseBody};
 use super::client::{self, SendError};
 use super::errors::{self, ProxyError};
@@ -21,6 +20,7 @@ use super::headers::{self, ConnectionFacts};
 use super::log::RequestRecord;
 use super::metrics::MetricHandles;
 use super::tunnel;
+use crate::authority::{self, Authority};
 use crate::config::{HttpVersion, SslMode};
 use crate::lazy_timer::LazyTimer;
 use crate::listener::{Listener, ListenerSettings};

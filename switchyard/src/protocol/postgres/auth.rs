@@ -83,9 +83,7 @@ impl UserSecret {
 
     fn from_config(user: &crate::config::UserConfig) -> Result<Self, String> {
         let mut secret = match (&user.password, &user.scram_secret, &user.md5) {
-            (Some(password), None, None) => {
-                Self::from_password(crate::admin::resolve_secret(password)?)?
-            }
+            (Some(password), None, None) => Self::from_password(crate::secret::resolve(password)?)?,
             (None, Some(scram), None) => Self {
                 scram: Some(ScramSecret::parse(scram).map_err(|e| e.to_string())?),
                 ..Self::default()
@@ -100,7 +98,7 @@ impl UserSecret {
         secret.server_password = user
             .server_password
             .as_deref()
-            .map(crate::admin::resolve_secret)
+            .map(crate::secret::resolve)
             .transpose()?;
         Ok(secret)
     }
@@ -152,7 +150,7 @@ impl Users {
                 let password = query
                     .password
                     .as_deref()
-                    .map(crate::admin::resolve_secret)
+                    .map(crate::secret::resolve)
                     .transpose()
                     .map_err(|e| format!("pool `{}` auth_query: {e}", pool.name))?;
                 queries.insert(
@@ -619,7 +617,7 @@ pub fn validate_users(config: &Config, sink: &mut ErrorSink<'_>) {
             ("password", &user.password),
             ("server_password", &user.server_password),
         ] {
-            if let Some(Err(e)) = value.as_deref().map(crate::admin::resolve_secret) {
+            if let Some(Err(e)) = value.as_deref().map(crate::secret::resolve) {
                 sink.at(&key_path!("user", i, key), e);
             }
         }
@@ -650,7 +648,7 @@ pub fn validate_users(config: &Config, sink: &mut ErrorSink<'_>) {
                 "must not be empty",
             );
         }
-        if let Some(Err(e)) = query.password.as_deref().map(crate::admin::resolve_secret) {
+        if let Some(Err(e)) = query.password.as_deref().map(crate::secret::resolve) {
             sink.at(&key_path!("pool", i, "auth_query", "password"), e);
         }
         if !query.query.contains("$1") {

@@ -268,7 +268,7 @@ impl ServerConn {
     /// calls once; a connection then mostly stays, as it is given back to this worker's
     /// waiting clients first. Over TLS the socket moves under the TLS state, which stays.
     fn move_to_this_worker(&mut self) {
-        let here = crate::runtime::current_worker();
+        let here = crate::workers::current_worker();
         if here.is_none() || here == self.worker {
             return;
         }
@@ -348,7 +348,7 @@ impl TxPool {
             servers: &pool.servers,
             filter,
             size: pool.pooling.size,
-            worker: crate::runtime::current_worker(),
+            worker: crate::workers::current_worker(),
             deadline: started + pool.timeouts.queue,
             usable: &usable,
             choose: &choose,
@@ -444,7 +444,7 @@ impl TxPool {
             parameters: logged_in.parameters,
             prepared: ServerStatements::new(pool.pooling.max_prepared_statements),
             applied: 0,
-            worker: crate::runtime::current_worker(),
+            worker: crate::workers::current_worker(),
             cut: server.session_token(),
             created: Instant::now(),
             server,
