@@ -4,6 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol};
-use crate::route::Routing;
 use crate::tally::{Carried, Tally};
 use crate::tls::ServerTls;
 use crate::workers::Workers;
@@ -46,14 +46,39 @@ impl ListenerStats {
     }
 }
 
+/// What serves a listener's connections: built by the listener's protocol from its config
+/// and the pools in service (at start and at each reload). It holds what the protocol
+/// keeps per listener (routing, limits); a connection keeps the one it was accepted with.
+pub trait Handler: Send + Sync + std::fmt::Debug + 'static {
+    /// Serves one accepted connection to its end (and logs it).
+    fn serve(self: Arc<Self>, connection: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Itself, for a connection of the same protocol to read the listener's current
+    /// handler (its routing after a reload).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// An accepted connection, with the listener and the settings it was accepted under.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The listener.
+    pub listener: Arc<Listener>,
+    /// Its settings as of the accept: a later reload does not change this connection.
+    pub settings: Arc<ListenerSettings>,
+    /// The client's socket.
+    pub stream: TcpStream,
+    /// The client's address (a PROXY header may tell the real one).
+    pub peer: SocketAddr,
+}
+
 /// What a connection takes from its listener when it is accepted; a reload swaps in new
 /// settings for later connections while established ones keep the ones they started with.
 #[derive(Debug)]
 pub struct ListenerSettings {
     /// The listener's config.
     pub config: ListenerConfig,
-    /// Routes and the default pool.
-    pub routing: Routing,
+    /// The protocol's handler of the listener's connections.
+    pub handler: Arc<dyn Handler>,
     /// TLS termination (`tls`); shared across reloads, which swap its certificates.
     pub tls: Option<Arc<ServerTls>>,
     // The `max_connections` limit; replaced (not resized) when the limit changes, so the
@@ -105,7 +130,7 @@ impl Listener {
     /// Builds a listener around a socket from `bind_socket`.
     pub fn with_socket(
         config: &ListenerConfig,
-        routing: Routing,
+        handler: Arc<dyn Handler>,
         socket: StdListener,
     ) -> io::Result<Self> {
         let address = socket.local_addr()?;
@@ -128,7 +153,7 @@ impl Listener {
             stats: ListenerStats::default(),
             settings: ArcSwap::from_pointee(ListenerSettings {
                 config: config.clone(),
-                routing,
+                handler,
                 tls,
                 limit: config.max_connections.map(|n| Arc::new(Semaphore::new(n))),
             }),
@@ -145,10 +170,10 @@ impl Listener {
         self.settings.load_full()
     }
 
-    /// Applies a reloaded config (same name and address) and routing to connections
+    /// Applies a reloaded config (same name and address) and its handler to connections
     /// accepted from now on. Certificate files are re-read; if they cannot be, the
     /// certificates in use stay and the reason is logged.
-    pub fn update(&self, config: &ListenerConfig, routing: Routing) {
+    pub fn update(&self, config: &ListenerConfig, handler: Arc<dyn Handler>) {
         let current = self.settings();
         let tls = match (&config.tls, &current.tls) {
             (None, _) => None,
@@ -173,7 +198,7 @@ impl Listener {
         };
         self.settings.store(Arc::new(ListenerSettings {
             config: config.clone(),
-            routing,
+            handler,
             tls,
             limit,
         }));
@@ -199,19 +224,12 @@ impl Listener {
     /// Starts one accept loop on each worker runtime (each on its own duplicate of the
     /// socket). They run until `stop` fires or the listener is closed; "stopped accepting" is
     /// logged once the last has ended.
-    pub fn spawn_accept_loops<F, Fut>(
+    pub fn spawn_accept_loops(
         self: &Arc<Self>,
         workers: &Workers,
         stop: &CancellationToken,
         tasks: &TaskTracker,
-        handle: F,
-    ) where
-        F: Fn(Arc<Self>, Arc<ListenerSettings>, TcpStream, SocketAddr) -> Fut
-            + Clone
-            + Send
-            + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    ) {
         let Some(socket) = self.take_socket() else {
             return;
         };
@@ -233,30 +251,22 @@ impl Listener {
                 (workers.clone(), index),
                 stop.clone(),
                 tasks.clone(),
-                handle.clone(),
             ));
         }
     }
 
     /// Accepts connections from `socket` (a duplicate of this listener's socket) until
-    /// `stop` fires or the listener is closed, handing each to `handle` on its own task of
-    /// the least busy worker (`here` is the worker this loop runs on). With
+    /// `stop` fires or the listener is closed, handing each to its settings' handler on its
+    /// own task of the least busy worker (`here` is the worker this loop runs on). With
     /// `max_connections`, accepting pauses at the limit so further clients wait in the
     /// kernel's accept queue instead of being refused.
-    async fn accept_loop<F, Fut>(
+    async fn accept_loop(
         self: Arc<Self>,
         socket: StdListener,
         (workers, here): (Workers, usize),
         stop: CancellationToken,
         tasks: TaskTracker,
-        handle: F,
-    ) where
-        F: Fn(Arc<Self>, Arc<ListenerSettings>, TcpStream, SocketAddr) -> Fut
-            + Clone
-            + Send
-            + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    ) {
         let socket = match TcpListener::from_std(socket) {
             Ok(socket) => socket,
             Err(error) => {
@@ -293,7 +303,12 @@ impl Listener {
                         drop((permit, placement));
                     };
                     if worker == here {
-                        let connection = handle(self.clone(), settings, stream, peer);
+                        let connection = settings.handler.clone().serve(Accepted {
+                            listener: self.clone(),
+                            settings,
+                            stream,
+                            peer,
+                        });
                         tasks.spawn(async move {
                             connection.await;
                             done();
@@ -309,11 +324,20 @@ impl Listener {
                             continue;
                         }
                     };
-                    let (listener, handle) = (self.clone(), handle.clone());
+                    let listener = self.clone();
                     tasks.spawn_on(
                         async move {
                             match TcpStream::from_std(stream) {
-                                Ok(stream) => handle(listener, settings, stream, peer).await,
+                                Ok(stream) => {
+                                    let handler = settings.handler.clone();
+                                    let accepted = Accepted {
+                                        listener: listener.clone(),
+                                        settings,
+                                        stream,
+                                        peer,
+                                    };
+                                    handler.serve(accepted).await;
+                                }
                                 Err(error) => {
                                     tracing::warn!(listener = %listener.name, %error, "cannot watch a handed-over connection");
                                 }

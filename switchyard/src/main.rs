@@ -95,7 +95,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Check { config } => match config::load_file(&config) {
+        Command::Check { config } => match switchyard::runtime::load_file(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
@@ -128,7 +128,7 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf, upgrade: bool, ready_file: Option<PathBuf>) -> ExitCode {
-    let config = match config::load_file(&path) {
+    let config = match switchyard::runtime::load_file(&path) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");

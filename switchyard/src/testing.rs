@@ -44,5 +44,9 @@ pub fn postgres_config(listener: &str, pool: &str, rest: &str) -> String {
 
 /// Loads config `text` as the file `t.toml`.
 pub fn load_config(text: &str) -> Result<crate::config::Config, crate::config::ConfigErrors> {
-    crate::config::load_str(std::path::Path::new("t.toml"), text)
+    crate::config::load_str_with(
+        std::path::Path::new("t.toml"),
+        text,
+        &crate::runtime::RESOURCE_CHECKS,
+    )
 }

@@ -197,7 +197,7 @@ fn check_reports_every_mistake_with_its_line_and_key() {
     };
     assert!(find("bogus_top").contains("unknown"), "{stderr}");
     assert!(
-        find("listener[0].max_conections").contains("unknown field"),
+        find("listener[0].max_conections").contains("unknown key"),
         "{stderr}"
     );
     assert!(find("listener[1].pool").contains("missing"), "{stderr}");
@@ -375,4 +375,145 @@ servers = [ { address = "127.0.0.1:9" } ]
         assert_ne!(address.port(), 0, "{reported}");
     }
     assert_eq!(reported["pid"].as_u64(), Some(u64::from(child.id())));
+}
+
+/// Runs `check` on `text` and returns its errors, asserting the one at `needle`'s line
+/// names `key` and says `message`.
+fn refused_at(text: &str, needle: &str, key: &str, message: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write(&dir, "protocols.toml", text);
+    let (code, stderr) = check(&path);
+    assert_eq!(code, 2, "{stderr}");
+    let expected = format!("{}:{}: {key}: ", path.display(), line_of(text, needle));
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with(&expected))
+        .unwrap_or_else(|| panic!("`{expected}` in:\n{stderr}"));
+    assert!(line.contains(message), "{line}");
+}
+
+/// A config with one listener of `protocol` (extra keys `listener`) over a pool (extra
+/// keys `pool`).
+fn one_listener(protocol: &str, listener: &str, pool: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"{protocol}\"\npool = \"p\"\n{listener}\n\n\
+         [[pool]]\nname = \"p\"\nservers = [ {{ address = \"127.0.0.1:5432\" }} ]\n{pool}\n"
+    )
+}
+
+#[test]
+fn a_key_the_listeners_protocol_does_not_read_is_an_error_with_its_line() {
+    // A `host` route on a postgres listener.
+    let text = one_listener(
+        "postgres",
+        "  [[listener.routes]]\n  host = \"a.example\"\n  pool = \"p\"",
+        "",
+    );
+    refused_at(
+        &text,
+        "host = ",
+        "listener[0].routes[0].host",
+        "unknown field `host`",
+    );
+    // A `database` route on an http listener.
+    let text = one_listener(
+        "http",
+        "  [[listener.routes]]\n  database = \"app\"\n  pool = \"p\"",
+        "",
+    );
+    refused_at(
+        &text,
+        "database = ",
+        "listener[0].routes[0].database",
+        "unknown field `database`",
+    );
+    // `domain` on any listener of this build.
+    for protocol in ["tcp", "http", "postgres"] {
+        let text = one_listener(
+            protocol,
+            "  [[listener.routes]]\n  domain = \"example.org\"\n  pool = \"p\"",
+            "",
+        );
+        refused_at(
+            &text,
+            "domain = ",
+            "listener[0].routes[0].domain",
+            "unknown field `domain`",
+        );
+    }
+    // `[listener.http]` on a tcp listener.
+    let text = one_listener("tcp", "[listener.http]\nforwarded = true", "");
+    refused_at(
+        &text,
+        "[listener.http]",
+        "listener[0].http",
+        "not a key of tcp listeners; it belongs to http listeners",
+    );
+    // A postgres key on an http listener.
+    let text = one_listener("http", "role = \"primary\"", "");
+    refused_at(
+        &text,
+        "role = ",
+        "listener[0].role",
+        "not a key of http listeners; it belongs to postgres listeners",
+    );
+    // An HTTP timeout on a postgres listener.
+    let text = one_listener("postgres", "timeouts = { keep_alive = \"5s\" }", "");
+    refused_at(
+        &text,
+        "keep_alive",
+        "listener[0].timeouts.keep_alive",
+        "applies to http listeners only",
+    );
+}
+
+#[test]
+fn a_pool_key_no_listener_of_the_pool_reads_is_an_error_with_its_line() {
+    // `preserve_host` on a pool behind a postgres listener.
+    let text = one_listener("postgres", "", "preserve_host = false");
+    refused_at(
+        &text,
+        "preserve_host",
+        "pool[0].preserve_host",
+        "read by http listeners only, and pool `p` serves none (it serves postgres)",
+    );
+    // Transaction pooling behind an http listener.
+    let text = one_listener("http", "", "pool_mode = \"transaction\"");
+    refused_at(
+        &text,
+        "pool_mode",
+        "pool[0].pool_mode",
+        "read by database listeners only",
+    );
+    // A key no pool has.
+    let text = one_listener("tcp", "", "colour = \"blue\"");
+    refused_at(&text, "colour", "pool[0].colour", "unknown key for pools");
+}
+
+#[test]
+fn a_key_the_health_checks_kind_does_not_read_is_an_error_with_its_line() {
+    // `path` on a tcp check.
+    let text = one_listener(
+        "tcp",
+        "",
+        "health = { check = \"tcp\", path = \"/health\" }",
+    );
+    refused_at(
+        &text,
+        "path = ",
+        "pool[0].health.path",
+        "not a key of `tcp` checks; it belongs to `http` checks",
+    );
+    // `user` on an http check.
+    let text = one_listener(
+        "http",
+        "",
+        "health = { check = \"http\", user = \"monitor\" }",
+    );
+    refused_at(
+        &text,
+        "user = ",
+        "pool[0].health.user",
+        "not a key of `http` checks; it belongs to `postgres` checks, `mysql` checks",
+    );
 }

@@ -11,7 +11,7 @@ use support::config::Config;
 use support::ops::{field, listener_addr, wait_access};
 use support::postgres::{
     PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, connect_abortable, pgbench, psql_ok,
-    stderr,
+    stderr, tx_pools,
 };
 use support::{Proxy, wait_until};
 
@@ -95,7 +95,7 @@ async fn many_clients_share_a_few_server_connections() {
 
     // What the pool did, in the admin API and the metrics.
     let pools = proxy.pools().await;
-    let stats = &pools[0].transaction_pools[0];
+    let stats = &tx_pools(&pools[0])[0];
     assert_eq!(
         (stats.database.as_str(), stats.user.as_str()),
         ("app", "postgres")
@@ -335,7 +335,7 @@ async fn clients_that_connect_per_transaction_outnumbering_the_pool_all_complete
     }
     assert!(backends(&pg, "postgres") <= 2);
     let pools = proxy.pools().await;
-    assert_eq!(pools[0].transaction_pools[0].queue_timeouts, 0);
+    assert_eq!(tx_pools(&pools[0])[0].queue_timeouts, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -385,7 +385,7 @@ async fn clients_that_vanish_without_terminate_give_their_connection_back() {
     );
     assert!(backends(&pg, "postgres") <= 1);
     let pools = proxy.pools().await;
-    assert_eq!(pools[0].transaction_pools[0].queue_timeouts, 0);
+    assert_eq!(tx_pools(&pools[0])[0].queue_timeouts, 0);
 }
 
 /// The value of an unlabelled gauge in the metrics text.
@@ -444,7 +444,7 @@ async fn logins_to_databases_that_do_not_exist_leave_nothing_behind() {
     .await;
     let after = proxy.metrics().await;
     assert_eq!(lines(&after), lines(&before), "{after}");
-    assert_eq!(proxy.pools().await[0].transaction_pools.len(), 1);
+    assert_eq!(tx_pools(&proxy.pools().await[0]).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -582,7 +582,7 @@ async fn reads_go_to_the_replica_and_writes_and_transactions_to_the_primary() {
     assert_eq!(error.code().map(|c| c.code()), Some("22023"));
 
     let pools = proxy.pools().await;
-    let stats = &pools[0].transaction_pools[0];
+    let stats = &tx_pools(&pools[0])[0];
     assert!(
         stats.routed_replica >= 4 && stats.routed_primary >= 6,
         "{stats:?}"

@@ -8,29 +8,27 @@ use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+
+use crate::observe::families::{Labels, Metric, Read, family, flag, load, load_usize, metric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::health::Health;
 use crate::listener::Listener;
-use crate::protocol::postgres::pooler::TxPool;
 use crate::runtime::Shared;
 use crate::upstream::{AdminState, Pool, Server, ServerRole};
-
-type Labels = Vec<(&'static str, String)>;
 
 /// Renders every metric in the OpenMetrics text format.
 pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
         pools: shared.pools(),
-        tx_pools: shared.postgres_pools.snapshot(),
-        tx_pool_pairs: shared.postgres_pools.pairs(),
         listeners: shared.listeners(),
-        dropped_log_lines: shared.access_log.dropped.load(Ordering::Relaxed),
+        dropped_log_lines: shared.context.access_log.dropped.load(Ordering::Relaxed),
     }));
-    shared.http_metrics.register(&mut registry);
+    for frontend in shared.registry.frontends() {
+        frontend.register_metrics(&mut registry);
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
@@ -39,40 +37,8 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
 #[derive(Debug)]
 struct Snapshot {
     pools: Arc<Vec<Arc<Pool>>>,
-    tx_pools: Vec<Arc<TxPool>>,
-    tx_pool_pairs: usize,
     listeners: Arc<Vec<Arc<Listener>>>,
     dropped_log_lines: u64,
-}
-
-/// How to read a value, and whether it only grows (counter, exact integers) or goes up
-/// and down (gauge, which may be fractional, such as a ramping effective weight).
-enum Read<T: ?Sized> {
-    Counter(fn(&T) -> u64),
-    Gauge(fn(&T) -> f64),
-}
-
-/// One metric family over a kind of object: name, help and how to read the value.
-struct Metric<T: ?Sized> {
-    name: &'static str,
-    help: &'static str,
-    read: Read<T>,
-}
-
-const fn metric<T: ?Sized>(name: &'static str, help: &'static str, read: Read<T>) -> Metric<T> {
-    Metric { name, help, read }
-}
-
-fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
-}
-
-fn load_usize(counter: &std::sync::atomic::AtomicUsize) -> f64 {
-    counter.load(Ordering::Relaxed) as f64
-}
-
-fn flag(value: bool) -> f64 {
-    f64::from(u8::from(value))
 }
 
 const LISTENER_METRICS: &[Metric<Listener>] = &[
@@ -100,54 +66,6 @@ const LISTENER_METRICS: &[Metric<Listener>] = &[
         "switchyard_listener_sent_bytes",
         "Bytes sent to clients",
         Read::Counter(|l| l.stats.bytes_out.get()),
-    ),
-];
-
-const TX_POOL_METRICS: &[Metric<TxPool>] = &[
-    metric(
-        "switchyard_pg_pool_clients",
-        "Transaction-mode clients connected, per pool, database and user",
-        Read::Gauge(|t| load_usize(&t.stats.clients)),
-    ),
-    metric(
-        "switchyard_pg_pool_clients_waiting",
-        "Transaction-mode clients waiting for a server connection",
-        Read::Gauge(|t| t.waiting() as f64),
-    ),
-    metric(
-        "switchyard_pg_pool_transactions",
-        "Transactions run over shared server connections",
-        Read::Counter(|t| load(&t.stats.transactions)),
-    ),
-    metric(
-        "switchyard_pg_pool_queries",
-        "Queries run over shared server connections (ReadyForQuery answers)",
-        Read::Counter(|t| load(&t.stats.queries)),
-    ),
-    metric(
-        "switchyard_pg_pool_leases",
-        "Server connections handed to a client's transaction",
-        Read::Counter(|t| load(&t.stats.leases)),
-    ),
-    metric(
-        "switchyard_pg_pool_wait_seconds",
-        "Time clients waited for a server connection, summed (divide by leases for the average)",
-        Read::Gauge(|t| t.stats.wait_micros.load(Ordering::Relaxed) as f64 / 1e6),
-    ),
-    metric(
-        "switchyard_pg_pool_queue_timeouts",
-        "Clients refused (53300) after waiting timeouts.queue",
-        Read::Counter(|t| load(&t.stats.queue_timeouts)),
-    ),
-    metric(
-        "switchyard_pg_pool_routed_primary",
-        "Transactions the read/write split sent to the primary",
-        Read::Counter(|t| load(&t.stats.routed_primary)),
-    ),
-    metric(
-        "switchyard_pg_pool_routed_replica",
-        "Transactions the read/write split sent to a replica",
-        Read::Counter(|t| load(&t.stats.routed_replica)),
     ),
 ];
 
@@ -242,30 +160,6 @@ const SERVER_METRICS: &[Metric<Server>] = &[
     ),
 ];
 
-/// Writes one family: a sample per (labels, object).
-fn family<T: ?Sized>(
-    encoder: &mut DescriptorEncoder,
-    metric: &Metric<T>,
-    objects: &[(Labels, &T)],
-) -> Result<(), std::fmt::Error> {
-    if objects.is_empty() {
-        return Ok(());
-    }
-    let kind = match metric.read {
-        Read::Counter(_) => ConstCounter::new(0u64).metric_type(),
-        Read::Gauge(_) => ConstGauge::new(0.0f64).metric_type(),
-    };
-    let mut family = encoder.encode_descriptor(metric.name, metric.help, None, kind)?;
-    for (labels, object) in objects {
-        let sample = family.encode_family(labels)?;
-        match metric.read {
-            Read::Counter(read) => ConstCounter::new(read(object)).encode(sample)?,
-            Read::Gauge(read) => ConstGauge::new(read(object)).encode(sample)?,
-        }
-    }
-    Ok(())
-}
-
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let listeners: Vec<(Labels, &Listener)> = self
@@ -299,37 +193,6 @@ impl Collector for Snapshot {
         for metric in SERVER_METRICS {
             family(&mut encoder, metric, &servers)?;
         }
-        let tx_pools: Vec<(Labels, &TxPool)> = self
-            .tx_pools
-            .iter()
-            .map(|t| {
-                let labels = vec![
-                    ("pool", t.pool.clone()),
-                    ("database", t.database.clone()),
-                    ("user", t.user.clone()),
-                ];
-                (labels, t.as_ref())
-            })
-            .collect();
-        for metric in TX_POOL_METRICS {
-            family(&mut encoder, metric, &tx_pools)?;
-        }
-        let mut connections = encoder.encode_descriptor(
-            "switchyard_pg_pool_server_connections",
-            "Shared server connections per server: active (in a transaction) or idle",
-            None,
-            ConstGauge::new(0.0f64).metric_type(),
-        )?;
-        for (labels, tx_pool) in &tx_pools {
-            for server in tx_pool.servers() {
-                for (state, count) in [("active", server.active), ("idle", server.idle)] {
-                    let mut labels = labels.clone();
-                    labels.push(("server", server.server.clone()));
-                    labels.push(("state", state.to_string()));
-                    ConstGauge::new(count as f64).encode(connections.encode_family(&labels)?)?;
-                }
-            }
-        }
         let mut checks = encoder.encode_descriptor(
             "switchyard_server_checks",
             "Health check results (active and passive)",
@@ -353,13 +216,6 @@ impl Collector for Snapshot {
             ConstCounter::new(0u64).metric_type(),
         )?;
         ConstCounter::new(self.dropped_log_lines).encode(dropped)?;
-        let pairs = encoder.encode_descriptor(
-            "switchyard_pg_pool_pairs",
-            "(database, user) pairs with transaction-pool state kept, logged in or not yet",
-            None,
-            ConstGauge::new(0.0f64).metric_type(),
-        )?;
-        ConstGauge::new(self.tx_pool_pairs as f64).encode(pairs)?;
         Ok(())
     }
 }

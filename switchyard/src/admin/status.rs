@@ -56,60 +56,10 @@ pub struct PoolStatus {
     pub queued: usize,
     /// Servers.
     pub servers: Vec<ServerStatus>,
-    /// PostgreSQL transaction pooling, per (database, user).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub transaction_pools: Vec<TxPoolStatus>,
-}
-
-/// A PostgreSQL transaction pool (one database and user) as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TxPoolStatus {
-    /// Database.
-    pub database: String,
-    /// User.
-    pub user: String,
-    /// Clients connected.
-    pub clients: usize,
-    /// Clients waiting for a server connection now.
-    pub waiting: usize,
-    /// Transactions run.
-    pub transactions: u64,
-    /// Queries (ReadyForQuery answers) run.
-    pub queries: u64,
-    /// Average time a client waited for a server connection, milliseconds.
-    pub avg_wait_ms: f64,
-    /// Clients refused after the queue timeout.
-    pub queue_timeouts: u64,
-    /// Transactions the read/write split sent to the primary.
-    pub routed_primary: u64,
-    /// Transactions the read/write split sent to a replica.
-    pub routed_replica: u64,
-    /// Server connections per server.
-    pub servers: Vec<crate::protocol::postgres::pooler::ServerConnections>,
-}
-
-/// A transaction pool's status.
-fn tx_pool(pool: &crate::protocol::postgres::pooler::TxPool) -> TxPoolStatus {
-    let stats = &pool.stats;
-    let leases = stats.leases.load(Ordering::Relaxed);
-    let waited = stats.wait_micros.load(Ordering::Relaxed);
-    TxPoolStatus {
-        database: pool.database.clone(),
-        user: pool.user.clone(),
-        clients: stats.clients.load(Ordering::Relaxed),
-        waiting: pool.waiting(),
-        transactions: stats.transactions.load(Ordering::Relaxed),
-        queries: stats.queries.load(Ordering::Relaxed),
-        avg_wait_ms: if leases == 0 {
-            0.0
-        } else {
-            waited as f64 / leases as f64 / 1000.0
-        },
-        queue_timeouts: stats.queue_timeouts.load(Ordering::Relaxed),
-        routed_primary: stats.routed_primary.load(Ordering::Relaxed),
-        routed_replica: stats.routed_replica.load(Ordering::Relaxed),
-        servers: pool.servers(),
-    }
+    /// What the protocols of the pool's listeners add (PostgreSQL: `transaction_pools`,
+    /// per database and user).
+    #[serde(flatten)]
+    pub protocol: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A listener as the API shows it.
@@ -165,8 +115,6 @@ pub fn server(server: &Server) -> ServerStatus {
 
 /// Every pool's status.
 pub fn pools(shared: &Shared) -> Vec<PoolStatus> {
-    let mut tx_pools = shared.postgres_pools.snapshot();
-    tx_pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
     shared
         .pools()
         .iter()
@@ -174,10 +122,11 @@ pub fn pools(shared: &Shared) -> Vec<PoolStatus> {
             name: pool.name.clone(),
             queued: pool.stats.queued.load(Ordering::Relaxed),
             servers: pool.servers.iter().map(|s| server(s)).collect(),
-            transaction_pools: tx_pools
+            protocol: shared
+                .registry
+                .frontends()
                 .iter()
-                .filter(|t| t.pool == pool.name)
-                .map(|t| tx_pool(t))
+                .flat_map(|frontend| frontend.pool_status(&pool.name))
                 .collect(),
         })
         .collect()

@@ -9,8 +9,14 @@ use std::path::{Path, PathBuf};
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{Document, Item};
 
-use super::schema::{AdminConfig, Config, ListenerConfig, LogConfig, PoolConfig, UserConfig};
-use super::{duration, validate};
+use super::database::{DatabaseCheck, UserConfig};
+use super::http::HttpCheck;
+use super::protocols::{ListenerOptions, pool_groups, read_pool_groups};
+use super::schema::{
+    AdminConfig, CheckKind, CheckOptions, Config, HealthConfig, ListenerConfig, LogConfig,
+    PoolConfig, Protocol,
+};
+use super::{duration, keys, validate};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +125,22 @@ impl<'a> ErrorSink<'a> {
             mapped[1] = PathSegment::Index(file_index);
         }
         mapped
+    }
+
+    /// Whether the file writes the key at `path` (a key left out takes its default).
+    pub fn is_set(&self, path: &[PathSegment]) -> bool {
+        let mut item = self.document.as_item();
+        for segment in self.file_path(path) {
+            let next = match segment {
+                PathSegment::Key(key) => item.get(key.as_str()),
+                PathSegment::Index(i) => item.get(i),
+            };
+            match next {
+                Some(next) => item = next,
+                None => return false,
+            }
+        }
+        true
     }
 
     /// Names of `[[section]]` entries that failed to parse, so references to them are not
@@ -325,8 +347,18 @@ pub fn default_path() -> Result<std::path::PathBuf, String> {
         })
 }
 
+/// What a config's files and resources must also pass, beyond its own rules (the TLS
+/// certificates can be read and fit their keys, say): checks from above the config that
+/// report into the same sink, with lines.
+pub type ResourceCheck = fn(&Config, &mut ErrorSink<'_>);
+
 /// Reads, parses and validates a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file_with(path, &[])
+}
+
+/// Reads, parses and validates a config file, then runs `checks` on it.
+pub fn load_file_with(path: &Path, checks: &[ResourceCheck]) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -335,11 +367,20 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read config file: {e}"),
         }])
     })?;
-    load_str(path, &text)
+    load_str_with(path, &text, checks)
 }
 
 /// Parses and validates config text; `path` names it in errors and anchors relative paths.
 pub fn load_str(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    load_str_with(path, text, &[])
+}
+
+/// Parses and validates config text, then runs `checks` on it.
+pub fn load_str_with(
+    path: &Path,
+    text: &str,
+    checks: &[ResourceCheck],
+) -> Result<Config, ConfigErrors> {
     let document = Document::parse(text.to_string()).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -355,15 +396,47 @@ pub fn load_str(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         parsed_indexes: Vec::new(),
     };
     let mut config = deserialize_sections(&document, &mut sink);
-    crate::tls::resolve_paths(&mut config, sink.config_dir());
-    crate::protocol::http::apply_defaults(&mut config);
+    resolve_paths(&mut config, sink.config_dir());
+    super::http::apply_defaults(&mut config);
     validate::validate(&config, &mut sink);
+    for check in checks {
+        check(&config, &mut sink);
+    }
     if sink.errors.is_empty() {
         Ok(config)
     } else {
         let mut errors = sink.errors;
         errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         Err(ConfigErrors(errors))
+    }
+}
+
+/// Makes the file paths of TLS sections relative to the config file's directory.
+fn resolve_paths(config: &mut Config, config_dir: &Path) {
+    for listener in &mut config.listeners {
+        if let Some(tls) = &mut listener.tls {
+            for pair in &mut tls.certs {
+                pair.cert = config_dir.join(&pair.cert);
+                pair.key = config_dir.join(&pair.key);
+            }
+            if let Some(ca) = &mut tls.client_ca {
+                *ca = config_dir.join(&*ca);
+            }
+        }
+    }
+    for pool in &mut config.pools {
+        if let Some(tls) = &mut pool.upstream_tls {
+            for path in [
+                &mut tls.root_cert,
+                &mut tls.client_cert,
+                &mut tls.client_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *path = config_dir.join(&*path);
+            }
+        }
     }
 }
 
@@ -399,11 +472,9 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
                     config.log = log;
                 }
             }
-            "listener" => {
-                config.listeners = entries::<ListenerConfig>(item, key, sink);
-            }
-            "pool" => config.pools = entries::<PoolConfig>(item, key, sink),
-            "user" => config.users = entries::<UserConfig>(item, key, sink),
+            "listener" => config.listeners = entries(item, key, sink, listener),
+            "pool" => config.pools = entries(item, key, sink, pool),
+            "user" => config.users = entries(item, key, sink, section::<UserConfig>),
             "upgrade_socket" => match item.as_str() {
                 Some(path) if !path.is_empty() => config.upgrade_socket = Some(path.into()),
                 _ => sink.at(&key_path!("upgrade_socket"), "must be a non-empty path"),
@@ -417,7 +488,13 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
     config
 }
 
-fn entries<T: DeserializeOwned>(item: &Item, key: &str, sink: &mut ErrorSink<'_>) -> Vec<T> {
+/// Reads every entry of an array of tables with `read`.
+fn entries<T>(
+    item: &Item,
+    key: &str,
+    sink: &mut ErrorSink<'_>,
+    read: impl Fn(&Item, &[&str], &mut ErrorSink<'_>) -> Option<T>,
+) -> Vec<T> {
     let count = match item {
         Item::ArrayOfTables(tables) => tables.len(),
         Item::Value(toml_edit::Value::Array(array)) => array.len(),
@@ -432,7 +509,7 @@ fn entries<T: DeserializeOwned>(item: &Item, key: &str, sink: &mut ErrorSink<'_>
     let mut parsed_indexes = Vec::new();
     let entries = (0..count)
         .filter_map(|i| {
-            let entry = section::<T>(&item[i], &[key, &i.to_string()], sink)?;
+            let entry = read(&item[i], &[key, &i.to_string()], sink)?;
             parsed_indexes.push(i);
             Some(entry)
         })
@@ -441,8 +518,118 @@ fn entries<T: DeserializeOwned>(item: &Item, key: &str, sink: &mut ErrorSink<'_>
     entries
 }
 
+/// Reads a listener: the keys every listener has, then those of its protocol; a key
+/// neither reads is reported, naming the protocols that do read it.
+fn listener(item: &Item, at: &[&str], sink: &mut ErrorSink<'_>) -> Option<ListenerConfig> {
+    let mut listener: ListenerConfig = section(item, at, sink)?;
+    let path = segments(at, &[]);
+    let Some(keys) = ListenerOptions::keys(listener.protocol) else {
+        sink.at(
+            &segments(at, &["protocol".to_string()]),
+            format!(
+                "protocol `{}` is not available in this build yet; use `tcp`, `http` or `postgres`",
+                listener.protocol.as_str()
+            ),
+        );
+        return None;
+    };
+    let options = ListenerOptions::read(listener.protocol, item, at, sink)?;
+    let protocol = listener.protocol.as_str();
+    let elsewhere: Vec<(String, &'static [&'static str])> = Protocol::ALL
+        .into_iter()
+        .filter(|p| *p != listener.protocol)
+        .filter_map(|p| {
+            Some((
+                format!("{} listeners", p.as_str()),
+                ListenerOptions::keys(p)?,
+            ))
+        })
+        .collect();
+    let elsewhere: Vec<(&str, &'static [&'static str])> = elsewhere
+        .iter()
+        .map(|(who, keys)| (who.as_str(), *keys))
+        .collect();
+    keys::check(
+        item,
+        &path,
+        &[keys::of::<ListenerConfig>(), keys],
+        &format!("{protocol} listeners"),
+        &elsewhere,
+        sink,
+    );
+    listener.options = options;
+    Some(listener)
+}
+
+/// Reads a pool: the keys every pool has, the HTTP keys and the database keys (whether a
+/// listener using the pool reads them is checked later), and its health check's keys.
+fn pool(item: &Item, at: &[&str], sink: &mut ErrorSink<'_>) -> Option<PoolConfig> {
+    let mut pool: PoolConfig = section(item, at, sink)?;
+    read_pool_groups(&mut pool, item, at, sink)?;
+    let mut allowed = vec![keys::of::<PoolConfig>()];
+    allowed.extend(pool_groups().iter().map(|(_, keys, _)| *keys));
+    keys::check(item, &segments(at, &[]), &allowed, "pools", &[], sink);
+    if let (Some(health), Some(health_item)) = (&mut pool.health, item.get("health")) {
+        let mut at = at.to_vec();
+        at.push("health");
+        health.options = check_options(health, health_item, &at, sink)?;
+    }
+    Some(pool)
+}
+
+/// Reads the keys of a health check's kind, and reports a key neither the check nor its
+/// kind reads.
+fn check_options(
+    health: &HealthConfig,
+    item: &Item,
+    at: &[&str],
+    sink: &mut ErrorSink<'_>,
+) -> Option<CheckOptions> {
+    let kinds: [(CheckKind, &'static [&'static str]); 4] = [
+        (CheckKind::Tcp, &[]),
+        (CheckKind::Http, keys::of::<HttpCheck>()),
+        (CheckKind::Postgres, keys::of::<DatabaseCheck>()),
+        (CheckKind::Mysql, keys::of::<DatabaseCheck>()),
+    ];
+    let (options, keys) = match health.check {
+        CheckKind::Tcp => (CheckOptions::Tcp, kinds[0].1),
+        CheckKind::Http => (CheckOptions::Http(section(item, at, sink)?), kinds[1].1),
+        CheckKind::Postgres => (CheckOptions::Postgres(section(item, at, sink)?), kinds[2].1),
+        CheckKind::Mysql => (CheckOptions::Mysql(section(item, at, sink)?), kinds[3].1),
+        CheckKind::Smtp => {
+            sink.at(
+                &segments(at, &["check".to_string()]),
+                "the `smtp` check is not available in this build yet; use `tcp`, `http` or `postgres`",
+            );
+            return None;
+        }
+    };
+    let elsewhere: Vec<(String, &'static [&'static str])> = kinds
+        .iter()
+        .filter(|(kind, _)| *kind != health.check)
+        .map(|(kind, keys)| (format!("`{}` checks", kind.as_str()), *keys))
+        .collect();
+    let elsewhere: Vec<(&str, &'static [&'static str])> = elsewhere
+        .iter()
+        .map(|(who, keys)| (who.as_str(), *keys))
+        .collect();
+    keys::check(
+        item,
+        &segments(at, &[]),
+        &[keys::of::<HealthConfig>(), keys],
+        &format!("`{}` checks", health.check.as_str()),
+        &elsewhere,
+        sink,
+    );
+    Some(options)
+}
+
 /// Deserializes one section, reporting its error (if any) at the right place.
-fn section<T: DeserializeOwned>(item: &Item, at: &[&str], sink: &mut ErrorSink<'_>) -> Option<T> {
+pub(super) fn section<T: DeserializeOwned>(
+    item: &Item,
+    at: &[&str],
+    sink: &mut ErrorSink<'_>,
+) -> Option<T> {
     let value = match item.clone() {
         Item::Table(table) => toml_edit::Value::InlineTable(table.into_inline_table()),
         Item::Value(value) => value,

@@ -1,9 +1,34 @@
 //! Configuration: the TOML schema, loading with precise error reports, and validation.
+//!
+//! `schema` holds what every listener, pool and health check has; `tcp`, `http`,
+//! `postgres` and `database` (what the database protocols share) hold what only their
+//! protocol has, with the rules it must follow. A key the protocol does not read is an
+//! error with its line (see `keys`). This module depends on nothing of the proxy above it.
 
+pub mod database;
 pub mod duration;
+pub mod http;
+mod keys;
 pub mod load;
+pub mod postgres;
+mod protocols;
 mod schema;
+pub mod tcp;
 mod validate;
 
-pub use load::{ConfigError, ConfigErrors, default_path, load_file, load_str};
+pub use database::{
+    AuthQueryConfig, ClientTlsConfig, ClientTlsMode, DatabaseCheck, DatabasePool, ListenerRole,
+    MessageLimits, OnRoleChange, PoolMode, UserConfig,
+};
+pub use http::{
+    HeaderRules, HttpCheck, HttpListener, HttpOptions, HttpPool, HttpRoute, HttpVersion,
+    StatusRange, UpstreamKeepAlive,
+};
+pub use load::{
+    ConfigError, ConfigErrors, ResourceCheck, default_path, load_file, load_file_with, load_str,
+    load_str_with,
+};
+pub use postgres::{PostgresAuth, PostgresListener, PostgresRoute};
+pub use protocols::{ListenerKeys, ListenerOptions};
 pub use schema::*;
+pub use tcp::{TcpListener, TcpRoute};

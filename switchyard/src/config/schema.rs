@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::database::{DatabaseCheck, DatabasePool, UserConfig};
 use super::duration;
+use super::http::{HttpCheck, HttpPool};
+use super::protocols::ListenerOptions;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -99,7 +102,7 @@ pub enum LogFormat {
 }
 
 /// Protocols a listener can speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Bytes only.
@@ -115,6 +118,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Every protocol.
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Tcp,
+        Protocol::Http,
+        Protocol::Postgres,
+        Protocol::Mysql,
+        Protocol::Smtp,
+    ];
+
     /// The name used in the config file and in the API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -127,13 +139,14 @@ impl Protocol {
     }
 }
 
-/// One listening socket and how its connections are handled.
+/// One listening socket and how its connections are handled: the keys every listener
+/// has, and in `options` those of its protocol. The loader reads both from the same table
+/// and reports a key neither reads (see `keys`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Unique name, used in logs, metrics and socket handoff.
     pub name: String,
-    /// `host:port` to bind, IPv4 or IPv6 (`[::1]:8080`).
+    /// `host:port` to bind, IPv4 or IPv6 (`[::1]:8080`); port 0 takes a free one.
     pub listen: String,
     /// The protocol spoken by clients.
     pub protocol: Protocol,
@@ -152,217 +165,19 @@ pub struct ListenerConfig {
     /// Listen backlog (accept queue length).
     #[serde(default = "defaults::backlog")]
     pub backlog: u32,
-    /// Routing rules; first match wins, else `pool`.
-    #[serde(default)]
-    pub routes: Vec<RouteConfig>,
     /// Terminate TLS from clients with these certificates (see the `tls` module).
     #[serde(default)]
     pub tls: Option<TlsServerConfig>,
-    /// On `tcp` listeners: read the TLS ClientHello without terminating, route by its SNI
-    /// (`routes` with `sni`) and forward the untouched bytes.
-    #[serde(default)]
-    pub tls_passthrough: bool,
-    /// HTTP request limits and forwarding headers (`protocol = "http"` only).
-    #[serde(default)]
-    pub http: HttpListenerConfig,
-    /// Database listeners: which servers' role this entry point sends to.
-    #[serde(default)]
-    pub role: ListenerRole,
-    /// With `role = "replica"`: use the primary while no replica is up.
-    #[serde(default = "defaults::replica_fallback")]
-    pub replica_fallback: bool,
-    /// Longest protocol messages accepted (postgres).
-    #[serde(default)]
-    pub limits: MessageLimits,
-    /// Whether clients may or must use TLS (postgres); certificates come from `tls`.
-    #[serde(default)]
-    pub client_tls: Option<ClientTlsConfig>,
-    /// How postgres clients authenticate; see [`ListenerConfig::postgres_auth`] for the
-    /// default.
-    #[serde(default)]
-    pub auth: Option<PostgresAuth>,
+    /// The keys of the listener's protocol, read by the loader after `protocol`.
+    #[serde(skip)]
+    pub options: ListenerOptions,
 }
 
 impl ListenerConfig {
-    /// The client authentication in effect: as configured, else `scram-sha-256` when the
-    /// config has `[[user]]` entries (the proxy can check passwords), else `passthrough`.
-    pub fn postgres_auth(&self, config_has_users: bool) -> PostgresAuth {
-        match self.auth {
-            Some(auth) => auth,
-            None if config_has_users => PostgresAuth::ScramSha256,
-            None => PostgresAuth::Passthrough,
-        }
-    }
-
-    /// The client TLS policy in effect: as configured, else `optional` when the listener
-    /// has certificates and `disabled` when it has none.
-    pub fn client_tls_mode(&self) -> ClientTlsMode {
-        match (&self.client_tls, &self.tls) {
-            (Some(client_tls), _) => client_tls.mode,
-            (None, Some(_)) => ClientTlsMode::Optional,
-            (None, None) => ClientTlsMode::Disabled,
-        }
-    }
-}
-
-/// A database listener's client TLS policy.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientTlsConfig {
-    /// Whether TLS is refused, offered or demanded.
-    pub mode: ClientTlsMode,
-}
-
-/// Whether clients of a database listener may or must use TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientTlsMode {
-    /// TLS requests are answered "no"; sessions are plaintext.
-    Disabled,
-    /// TLS when the client asks for it, plaintext otherwise.
-    Optional,
-    /// Plaintext sessions are refused (FATAL 28000).
-    Required,
-}
-
-/// How a postgres listener authenticates clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum PostgresAuth {
-    /// The server authenticates the client; the exchange is relayed.
-    #[serde(rename = "passthrough")]
-    Passthrough,
-    /// SCRAM-SHA-256 against `[[user]]` (or `auth_query`); switchyard logs in to servers.
-    #[serde(rename = "scram-sha-256")]
-    ScramSha256,
-    /// md5 against a user's password or stored md5 hash.
-    #[serde(rename = "md5")]
-    Md5,
-    /// The password in clear; only on listeners that require client TLS.
-    #[serde(rename = "cleartext")]
-    Cleartext,
-    /// No password: any user name is accepted.
-    #[serde(rename = "trust")]
-    Trust,
-}
-
-impl PostgresAuth {
-    /// The name used in the config file and in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Passthrough => "passthrough",
-            Self::ScramSha256 => "scram-sha-256",
-            Self::Md5 => "md5",
-            Self::Cleartext => "cleartext",
-            Self::Trust => "trust",
-        }
-    }
-}
-
-/// A database user switchyard authenticates clients as: exactly one of `password`,
-/// `scram_secret` and `md5`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    /// The user name clients send in the startup.
-    pub name: String,
-    /// The password: a literal, `env:VAR` or `file:PATH`.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// PostgreSQL's stored `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
-    #[serde(default)]
-    pub scram_secret: Option<String>,
-    /// PostgreSQL's stored `md5<hex>` hash.
-    #[serde(default)]
-    pub md5: Option<String>,
-    /// The password switchyard logs in to servers with, when it differs from what clients
-    /// use: a literal, `env:VAR` or `file:PATH`.
-    #[serde(default)]
-    pub server_password: Option<String>,
-}
-
-/// Looks up users not in `[[user]]` on a server of the pool (as PgBouncer's `auth_query`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthQueryConfig {
-    /// The user switchyard logs in as to run the query.
-    pub user: String,
-    /// Its password: a literal, `env:VAR` or `file:PATH`; absent for trust.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// The database to run the query in.
-    #[serde(default = "defaults::check_database")]
-    pub database: String,
-    /// Takes the user name as `$1`; returns the name and the stored password (SCRAM
-    /// secret, md5 hash or plain password).
-    #[serde(default = "defaults::auth_query")]
-    pub query: String,
-}
-
-/// Which servers a database listener sends to, by the role its health checks found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ListenerRole {
-    /// Any up server, whatever its role.
-    #[default]
-    Any,
-    /// Up servers that accept writes.
-    Primary,
-    /// Up read-only replicas (within the pool's `max_replica_lag`).
-    Replica,
-}
-
-/// Longest messages a protocol front end reads whole, so a client cannot make it buffer
-/// without bound: a startup packet is small; others may carry large values.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MessageLimits {
-    /// Bytes in a startup packet (StartupMessage, SSLRequest, CancelRequest).
-    #[serde(default = "defaults::startup_message")]
-    pub startup_message: usize,
-    /// Bytes in any other message the proxy reads whole.
-    #[serde(default = "defaults::message")]
-    pub message: usize,
-}
-
-impl Default for MessageLimits {
-    fn default() -> Self {
-        Self {
-            startup_message: defaults::startup_message(),
-            message: defaults::message(),
-        }
-    }
-}
-
-/// What an HTTP listener accepts from clients and adds to requests it forwards.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpListenerConfig {
-    /// Largest request head (request line and headers) in bytes; larger gets 431.
-    #[serde(default = "defaults::max_header_bytes")]
-    pub max_header_bytes: usize,
-    /// Most header fields in a request; more gets 431.
-    #[serde(default = "defaults::max_headers")]
-    pub max_headers: usize,
-    /// Longest request target in bytes; longer gets 414.
-    #[serde(default = "defaults::max_uri_bytes")]
-    pub max_uri_bytes: usize,
-    /// Largest request body in bytes; larger gets 413. Absent: no limit.
-    #[serde(default)]
-    pub max_body_bytes: Option<u64>,
-    /// Also send an RFC 7239 `Forwarded` header (the `X-Forwarded-*` ones are always sent).
-    #[serde(default)]
-    pub forwarded: bool,
-}
-
-impl Default for HttpListenerConfig {
-    fn default() -> Self {
-        Self {
-            max_header_bytes: defaults::max_header_bytes(),
-            max_headers: defaults::max_headers(),
-            max_uri_bytes: defaults::max_uri_bytes(),
-            max_body_bytes: None,
-            forwarded: false,
-        }
+    /// The pools this listener sends to: its `pool`, then its routes' pools.
+    pub fn pools(&self) -> Vec<&str> {
+        let routes = self.options.keys_of_protocol().route_pools();
+        self.pool.iter().map(String::as_str).chain(routes).collect()
     }
 }
 
@@ -403,82 +218,6 @@ impl Default for ListenerTimeouts {
     }
 }
 
-/// A routing rule: when every given match key matches, use `pool`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// The pool this route sends to.
-    pub pool: String,
-    /// HTTP Host (exact or `*.suffix`).
-    #[serde(default)]
-    pub host: Option<String>,
-    /// HTTP path prefix.
-    #[serde(default)]
-    pub path_prefix: Option<String>,
-    /// TLS SNI.
-    #[serde(default)]
-    pub sni: Option<String>,
-    /// Database name (postgres/mysql).
-    #[serde(default)]
-    pub database: Option<String>,
-    /// User name (postgres/mysql).
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Mail domain (smtp).
-    #[serde(default)]
-    pub domain: Option<String>,
-    /// Client `application_name` (postgres), exact or glob.
-    #[serde(default)]
-    pub application_name: Option<String>,
-    /// Common name of the client's TLS certificate, exact or glob.
-    #[serde(default)]
-    pub client_cn: Option<String>,
-    /// Database name sent to the server instead of the client's (postgres).
-    #[serde(default)]
-    pub rewrite_database: Option<String>,
-    /// User name sent to the server instead of the client's (postgres).
-    #[serde(default)]
-    pub rewrite_user: Option<String>,
-    /// HTTP method (exact, case-sensitive as methods are).
-    #[serde(default)]
-    pub method: Option<String>,
-    /// HTTP headers that must be present with these exact values (names case-insensitive).
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// HTTP: header rules applied to requests this route forwards.
-    #[serde(default)]
-    pub request_headers: HeaderRules,
-    /// HTTP: header rules applied to responses this route returns.
-    #[serde(default)]
-    pub response_headers: HeaderRules,
-    /// Postgres: send reads to replicas and the rest to the primary; overrides the pool's.
-    #[serde(default)]
-    pub read_write_split: Option<bool>,
-    /// Postgres split: a client's reads go to the primary this long after its last write
-    /// (read-your-writes); overrides the pool's.
-    #[serde(default, with = "duration::option")]
-    pub sticky_after_write: Option<Duration>,
-    /// Postgres split: more function names whose calls make a `SELECT` a write; replaces
-    /// the pool's list.
-    #[serde(default)]
-    pub write_functions: Option<Vec<String>>,
-}
-
-/// Header edits, applied in the order remove, set, add.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderRules {
-    /// Header names to remove.
-    #[serde(default)]
-    pub remove: Vec<String>,
-    /// Headers to set, replacing any present.
-    #[serde(default)]
-    pub set: std::collections::BTreeMap<String, String>,
-    /// Headers to append, keeping any present.
-    #[serde(default)]
-    pub add: std::collections::BTreeMap<String, String>,
-}
-
 /// Balance algorithms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -494,9 +233,11 @@ pub enum BalanceAlgorithm {
     SourceHash,
 }
 
-/// A group of interchangeable servers.
+/// A group of interchangeable servers: the keys every pool has, and the keys the
+/// listeners of a protocol read (`http`, `database`), all written at the pool's top level.
+/// The loader reads each group from the same table, reports a key none reads, and a key
+/// of a group that no listener using the pool reads.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Unique name.
     pub name: String,
@@ -523,112 +264,17 @@ pub struct PoolConfig {
     /// absent or `"0s"` gives it its full share at once.
     #[serde(default, with = "duration::option")]
     pub slow_start: Option<Duration>,
-    /// Replicas lagging more than this behind their primary (as the `postgres` check
-    /// measures) take no replica traffic; absent means no limit.
-    #[serde(default, with = "duration::option")]
-    pub max_replica_lag: Option<Duration>,
     /// The servers.
     pub servers: Vec<ServerConfig>,
     /// TLS to the servers, with libpq `sslmode` semantics; absent means plaintext.
     #[serde(default)]
     pub upstream_tls: Option<UpstreamTlsConfig>,
-    /// HTTP version spoken to servers by HTTP listeners.
-    #[serde(default)]
-    pub http_version: HttpVersion,
-    /// HTTP: keep the client's `Host` header; `false` sends the server address instead.
-    #[serde(default = "defaults::preserve_host")]
-    pub preserve_host: bool,
-    /// HTTP: the keep-alive connections kept to each server.
-    #[serde(default)]
-    pub keep_alive: UpstreamKeepAlive,
-    /// Postgres: send reads to replicas and the rest to the primary (routes may override).
-    #[serde(default)]
-    pub read_write_split: bool,
-    /// Postgres split: a client's reads go to the primary this long after its last write.
-    #[serde(default, with = "duration::option")]
-    pub sticky_after_write: Option<Duration>,
-    /// Postgres split: more function names whose calls make a `SELECT` a write.
-    #[serde(default)]
-    pub write_functions: Vec<String>,
-    /// Postgres: where users not in `[[user]]` are looked up.
-    #[serde(default)]
-    pub auth_query: Option<AuthQueryConfig>,
-    /// PostgreSQL: whether a client keeps one server connection for its session, or
-    /// shares server connections with other clients one transaction at a time.
-    #[serde(default)]
-    pub pool_mode: PoolMode,
-    /// PostgreSQL transaction mode: server connections per (database, user) per server.
-    #[serde(default = "defaults::pool_size")]
-    pub pool_size: usize,
-    /// PostgreSQL transaction mode: idle server connections kept open per (database,
-    /// user) per server, so a burst does not wait for logins.
-    #[serde(default)]
-    pub min_idle: usize,
-    /// PostgreSQL transaction mode: a server connection older than this is closed when it
-    /// is next idle.
-    #[serde(default = "defaults::server_lifetime", with = "duration")]
-    pub server_lifetime: Duration,
-    /// PostgreSQL transaction mode: an idle server connection unused this long is closed
-    /// (down to `min_idle`).
-    #[serde(default = "defaults::server_idle_timeout", with = "duration")]
-    pub server_idle_timeout: Duration,
-    /// PostgreSQL transaction mode: prepared statements kept per server connection; the
-    /// least recently used is closed beyond it.
-    #[serde(default = "defaults::max_prepared_statements")]
-    pub max_prepared_statements: usize,
-    /// PostgreSQL transaction mode: (database, user) pairs the pool keeps server
-    /// connections for; a login for a new pair beyond it is refused (53300).
-    #[serde(default = "defaults::max_transaction_pools")]
-    pub max_transaction_pools: usize,
-}
-
-/// How PostgreSQL clients use server connections.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    /// One server connection per client session (relayed authentication allowed).
-    #[default]
-    Session,
-    /// Server connections shared between clients; a client holds one from the first
-    /// message of a transaction until the server reports the session idle.
-    Transaction,
-}
-
-/// HTTP versions spoken to servers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub enum HttpVersion {
-    /// HTTP/1.1 with a keep-alive connection pool per server.
-    #[default]
-    #[serde(rename = "1.1")]
-    Http1,
-    /// HTTP/2 (prior knowledge, cleartext): one multiplexed connection per server.
-    #[serde(rename = "2")]
-    Http2,
-}
-
-/// Reuse of HTTP/1.1 server connections.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamKeepAlive {
-    /// Idle connections kept per server; 0 closes each after its request.
-    #[serde(default = "defaults::max_idle")]
-    pub max_idle: usize,
-    /// How long an idle connection is kept.
-    #[serde(default = "defaults::keep_alive", with = "duration")]
-    pub idle_timeout: Duration,
-    /// Requests sent over one connection before it is closed.
-    #[serde(default = "defaults::max_requests")]
-    pub max_requests: u32,
-}
-
-impl Default for UpstreamKeepAlive {
-    fn default() -> Self {
-        Self {
-            max_idle: defaults::max_idle(),
-            idle_timeout: defaults::keep_alive(),
-            max_requests: defaults::max_requests(),
-        }
-    }
+    /// The keys HTTP listeners read, set by the loader.
+    #[serde(skip)]
+    pub http: HttpPool,
+    /// The keys database listeners read, set by the loader.
+    #[serde(skip)]
+    pub database: DatabasePool,
 }
 
 /// PROXY protocol versions.
@@ -708,7 +354,7 @@ impl ServerConfig {
 }
 
 /// Health check kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     /// A TCP connect.
@@ -723,6 +369,19 @@ pub enum CheckKind {
     Smtp,
 }
 
+impl CheckKind {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Postgres => "postgres",
+            CheckKind::Mysql => "mysql",
+            CheckKind::Smtp => "smtp",
+        }
+    }
+}
+
 /// What happens to established sessions when their server goes down.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -734,21 +393,9 @@ pub enum OnDown {
     ShutdownSessions,
 }
 
-/// What happens to established sessions when their server's role changes (a replica is
-/// promoted, or a primary comes back as a replica).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnRoleChange {
-    /// Leave them.
-    None,
-    /// Close them at once, so clients reconnect to a server of the role they asked for.
-    #[default]
-    ShutdownSessions,
-}
-
-/// Active and passive health checking of a pool's servers.
+/// Active and passive health checking of a pool's servers: the keys every check has, and
+/// in `options` those of its kind, read by the loader from the same table.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// The kind of check.
     pub check: CheckKind,
@@ -770,33 +417,33 @@ pub struct HealthConfig {
     /// What to do with established sessions when a server goes down.
     #[serde(default)]
     pub on_down: OnDown,
-    /// HTTP path for `http` checks.
-    #[serde(default = "defaults::check_path")]
-    pub path: String,
-    /// HTTP Host header for `http` checks; defaults to the server address.
-    #[serde(default)]
-    pub host: Option<String>,
-    /// User a database check logs in as.
-    #[serde(default = "defaults::check_user")]
-    pub user: String,
-    /// Database a database check connects to.
-    #[serde(default = "defaults::check_database")]
-    pub database: String,
-    /// Password for the check user: a literal, `env:VAR` or `file:PATH`.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// What to do with established sessions when a server's role changes.
-    #[serde(default)]
-    pub on_role_change: OnRoleChange,
-    /// HTTP method for `http` checks.
-    #[serde(default = "defaults::check_method")]
-    pub method: String,
-    /// Statuses an `http` check accepts, as `"200-399"` or `"204"`.
-    #[serde(default = "defaults::check_status")]
-    pub expect_status: String,
-    /// Text the body of an `http` check's response must contain.
-    #[serde(default)]
-    pub body_contains: Option<String>,
+    /// The keys of the check's kind, set by the loader.
+    #[serde(skip)]
+    pub options: CheckOptions,
+}
+
+/// The keys only one kind of check has.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum CheckOptions {
+    /// A TCP connect (and the TLS handshake with `upstream_tls`).
+    #[default]
+    Tcp,
+    /// An HTTP request.
+    Http(HttpCheck),
+    /// A PostgreSQL login and role query.
+    Postgres(DatabaseCheck),
+    /// A MySQL login and role query.
+    Mysql(DatabaseCheck),
+}
+
+impl CheckOptions {
+    /// The keys of a database check (the kinds that find servers' roles).
+    pub fn database(&self) -> Option<&DatabaseCheck> {
+        match self {
+            Self::Postgres(check) | Self::Mysql(check) => Some(check),
+            _ => None,
+        }
+    }
 }
 
 impl HealthConfig {
@@ -966,73 +613,13 @@ mod defaults {
     pub fn rise() -> u32 {
         2
     }
-    pub fn check_path() -> String {
-        "/".into()
-    }
     pub fn tls_handshake() -> Duration {
         Duration::from_secs(10)
-    }
-    pub fn check_method() -> String {
-        "GET".into()
-    }
-    pub fn check_status() -> String {
-        "200-399".into()
-    }
-    pub fn max_header_bytes() -> usize {
-        32 * 1024
-    }
-    pub fn max_headers() -> usize {
-        100
-    }
-    pub fn max_uri_bytes() -> usize {
-        8 * 1024
     }
     pub fn http_request() -> Duration {
         Duration::from_secs(10)
     }
     pub fn keep_alive() -> Duration {
         Duration::from_secs(60)
-    }
-    pub fn preserve_host() -> bool {
-        true
-    }
-    pub fn max_idle() -> usize {
-        1024
-    }
-    pub fn pool_size() -> usize {
-        20
-    }
-    pub fn server_lifetime() -> Duration {
-        Duration::from_secs(3600)
-    }
-    pub fn server_idle_timeout() -> Duration {
-        Duration::from_secs(600)
-    }
-    pub fn max_prepared_statements() -> usize {
-        200
-    }
-    pub fn max_transaction_pools() -> usize {
-        1000
-    }
-    pub fn max_requests() -> u32 {
-        1000
-    }
-    pub fn check_user() -> String {
-        "postgres".into()
-    }
-    pub fn check_database() -> String {
-        "postgres".into()
-    }
-    pub fn replica_fallback() -> bool {
-        true
-    }
-    pub fn startup_message() -> usize {
-        10_000
-    }
-    pub fn message() -> usize {
-        1 << 30
-    }
-    pub fn auth_query() -> String {
-        "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into()
     }
 }

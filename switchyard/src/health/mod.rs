@@ -1,43 +1,84 @@
-//! Health checking: one checker per kind, driving the rise/fall state machine per server.
-//!
-//! Each server of a pool with a `health` section gets its own task. A new check kind (the
-//! database and SMTP checks) is one more `Check` variant and its function.
+//! Health checking: the rise/fall state machine per server, driven by one task per server
+//! running the pool's check. The checks themselves come from the protocols that speak to
+//! the servers (an `http` check from HTTP, a `postgres` one from PostgreSQL) through the
+//! [`Check`] trait; the TCP connect check is here.
 
-mod http;
-pub mod postgres;
 mod tracker;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-pub use http::StatusRange;
 pub use tracker::{Health, HealthTracker, Transition};
 
-use crate::config::{CheckKind, HealthConfig, OnDown};
+use crate::config::{HealthConfig, OnDown};
 use crate::upstream::{Pool, Server, connect_server};
 
-/// Starts a check task for every server of `pool` (if it has health checking); the tasks
-/// end when `stop` fires or the pool is retired by a reload.
-pub fn spawn_checks(pool: &Arc<Pool>, stop: &CancellationToken) {
+/// The outcome of one check: `Err` says why the server failed it.
+pub type Outcome<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// One kind of health check.
+pub trait Check: Send + Sync + std::fmt::Debug + 'static {
+    /// Checks `server` of `pool` once (the caller bounds it by the check timeout).
+    fn check<'a>(
+        &'a self,
+        pool: &'a Pool,
+        server: &'a Server,
+        health: &'a HealthConfig,
+    ) -> Outcome<'a>;
+}
+
+/// The `tcp` check: a connect, and with `upstream_tls` the TLS handshake.
+#[derive(Debug)]
+pub struct TcpCheck;
+
+impl Check for TcpCheck {
+    fn check<'a>(&'a self, pool: &'a Pool, server: &'a Server, _: &'a HealthConfig) -> Outcome<'a> {
+        Box::pin(async move {
+            let (stream, _) = connect_server(server, pool)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            crate::tls::secure_upstream(pool, server, stream, &[])
+                .await
+                .map(drop)
+                .map_err(|e| format!("tls: {e}"))
+        })
+    }
+}
+
+/// Starts a task running `check` for every server of `pool` (if it has health checking);
+/// the tasks end when `stop` fires or the pool is retired by a reload.
+pub fn spawn_checks(pool: &Arc<Pool>, check: Arc<dyn Check>, stop: &CancellationToken) {
     let Some(health) = pool.health.clone() else {
         return;
     };
     for server in &pool.servers {
-        let (pool, server, stop, health) =
-            (pool.clone(), server.clone(), stop.clone(), health.clone());
+        let (pool, server, stop, health, check) = (
+            pool.clone(),
+            server.clone(),
+            stop.clone(),
+            health.clone(),
+            check.clone(),
+        );
         tokio::spawn(async move {
             let checking = pool.clone();
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = checking.retired() => {}
-                () = check_loop(pool, server, health) => {}
+                () = check_loop(pool, server, health, check) => {}
             }
         });
     }
 }
 
-async fn check_loop(pool: Arc<Pool>, server: Arc<Server>, health: HealthConfig) {
+async fn check_loop(
+    pool: Arc<Pool>,
+    server: Arc<Server>,
+    health: HealthConfig,
+    check: Arc<dyn Check>,
+) {
     // Spread the first checks of a pool over the interval instead of firing all at once.
     let index = pool
         .servers
@@ -49,7 +90,11 @@ async fn check_loop(pool: Arc<Pool>, server: Arc<Server>, health: HealthConfig) 
         .mul_f64(index as f64 / pool.servers.len().max(1) as f64 / 4.0);
     tokio::time::sleep(jitter).await;
     loop {
-        let result = run_check(&pool, &server, &health).await;
+        let outcome = check.check(&pool, &server, &health);
+        let result = match tokio::time::timeout(health.effective_timeout(), outcome).await {
+            Ok(result) => result,
+            Err(_) => Err("check timed out".to_string()),
+        };
         if let Some(transition) = server.record_check(result) {
             on_transition(&pool, &server, &transition);
         }
@@ -59,31 +104,6 @@ async fn check_loop(pool: Arc<Pool>, server: Arc<Server>, health: HealthConfig) 
             health.interval
         };
         tokio::time::sleep(pause).await;
-    }
-}
-
-/// One check of one server, bounded by the check timeout.
-async fn run_check(pool: &Pool, server: &Server, health: &HealthConfig) -> Result<(), String> {
-    let check = async {
-        match health.check {
-            CheckKind::Http => http::check(pool, server, health).await,
-            CheckKind::Postgres => postgres::check(pool, server, health).await,
-            // Validation admits only tcp and http for now; the others fall back to a connect.
-            _ => {
-                let (stream, _) = connect_server(server, pool)
-                    .await
-                    .map_err(|e| format!("connect: {e}"))?;
-                // With `upstream_tls`, a check passes only if the TLS handshake does.
-                crate::tls::secure_upstream(pool, server, stream, &[])
-                    .await
-                    .map(drop)
-                    .map_err(|e| format!("tls: {e}"))
-            }
-        }
-    };
-    match tokio::time::timeout(health.effective_timeout(), check).await {
-        Ok(result) => result,
-        Err(_) => Err("check timed out".to_string()),
     }
 }
 

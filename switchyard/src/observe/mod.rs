@@ -1,6 +1,7 @@
 //! What switchyard tells operators: diagnostic logs (tracing) and connection/access logs.
 
 mod access;
+pub mod families;
 
 use std::sync::OnceLock;
 

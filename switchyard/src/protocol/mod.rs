@@ -4,19 +4,132 @@ pub mod http;
 pub mod postgres;
 pub mod tcp;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::ProxyProtocolVersion;
-use crate::listener::{Listener, ListenerSettings};
-use crate::observe::ConnectionRecord;
+use crate::config::{CheckKind, Config, ListenerConfig, Protocol, ProxyProtocolVersion};
+use crate::health::Check;
+use crate::listener::{Handler, Listener, ListenerSettings};
+use crate::observe::{AccessLog, ConnectionRecord};
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::relay::{IdleLimit, RelayCounters, relay};
-use crate::runtime::Shared;
-use crate::upstream::Server;
+use crate::upstream::{Pool, Server};
+
+/// What every connection handler uses from the running proxy.
+#[derive(Debug)]
+pub struct Context {
+    /// Fired when the shutdown timeout runs out: cuts every remaining session.
+    pub hard_stop: CancellationToken,
+    /// Fired when a graceful shutdown begins (listeners stop accepting), so protocols with
+    /// keep-alive (HTTP) can close idle client connections and finish the rest.
+    pub stopping: CancellationToken,
+    /// The connection and request log.
+    pub access_log: AccessLog,
+}
+
+/// The pools in service, by name.
+pub type Pools = HashMap<String, Arc<Pool>>;
+
+/// A protocol front end, as the rest of the program sees it: one per protocol, holding
+/// what its listeners share across the process (cancel keys, user tables, transaction
+/// pools, metrics). Runtime, reload, admin status and metrics and health checks reach a
+/// protocol only through this.
+pub trait Frontend: Send + Sync + std::fmt::Debug + 'static {
+    /// The protocol whose listeners it serves.
+    fn protocol(&self) -> Protocol;
+
+    /// Builds the handler of one of its listeners from its config and the pools in
+    /// service, at start and at every reload.
+    fn handler(&self, listener: &ListenerConfig, pools: &Pools)
+    -> Result<Arc<dyn Handler>, String>;
+
+    /// Takes in the process-wide part of a (re)loaded config, before any handler is built
+    /// from it; an error refuses the config.
+    fn configure(&self, _config: &Config) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// What it adds to a pool's status in the admin API (e.g. `transaction_pools`).
+    fn pool_status(&self, _pool: &str) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+
+    /// Registers its metric families for one scrape.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
+    /// The health checks it provides, by kind.
+    fn checks(&self) -> Vec<(CheckKind, Arc<dyn Check>)> {
+        Vec::new()
+    }
+}
+
+/// Every protocol of this build.
+#[derive(Debug)]
+pub struct Registry {
+    frontends: Vec<Arc<dyn Frontend>>,
+    checks: HashMap<CheckKind, Arc<dyn Check>>,
+}
+
+impl Registry {
+    /// The front end of every protocol this build serves: the one place a protocol is
+    /// registered.
+    pub fn new(context: &Arc<Context>) -> Self {
+        let frontends: Vec<Arc<dyn Frontend>> = vec![
+            Arc::new(tcp::Tcp::new(context)),
+            Arc::new(http::Http::new(context)),
+            Arc::new(postgres::Postgres::new(context)),
+        ];
+        let mut checks: HashMap<CheckKind, Arc<dyn Check>> = HashMap::new();
+        checks.insert(CheckKind::Tcp, Arc::new(crate::health::TcpCheck));
+        for frontend in &frontends {
+            checks.extend(frontend.checks());
+        }
+        Self { frontends, checks }
+    }
+
+    /// Every front end.
+    pub fn frontends(&self) -> &[Arc<dyn Frontend>] {
+        &self.frontends
+    }
+
+    /// Builds the handler of a listener, by its protocol's front end.
+    pub fn handler(
+        &self,
+        listener: &ListenerConfig,
+        pools: &Pools,
+    ) -> Result<Arc<dyn Handler>, String> {
+        let frontend = self
+            .frontends
+            .iter()
+            .find(|f| f.protocol() == listener.protocol)
+            .ok_or_else(|| {
+                format!(
+                    "protocol `{}` is not available in this build",
+                    listener.protocol.as_str()
+                )
+            })?;
+        frontend.handler(listener, pools)
+    }
+
+    /// Gives every front end the process-wide part of a (re)loaded config.
+    pub fn configure(&self, config: &Config) -> Result<(), String> {
+        self.frontends.iter().try_for_each(|f| f.configure(config))
+    }
+
+    /// The check of `kind`; a TCP connect for a kind no front end provides.
+    pub fn check(&self, kind: CheckKind) -> Arc<dyn Check> {
+        match self.checks.get(&kind) {
+            Some(check) => check.clone(),
+            None => Arc::new(crate::health::TcpCheck),
+        }
+    }
+}
 
 /// Adds bytes a front end moved itself (a PROXY header's payload, a database startup) to
 /// the connection's record and to the server's and listener's counters.
@@ -40,7 +153,7 @@ pub fn count_bytes(
 /// Relays an established session until either side ends it, the server's sessions are cut
 /// or the proxy's shutdown runs out; counts the bytes and returns the termination.
 pub async fn relay_session(
-    shared: &Shared,
+    context: &Context,
     listener: &Listener,
     server: &Server,
     idle: Option<IdleLimit>,
@@ -54,7 +167,7 @@ pub async fn relay_session(
         upstream,
         idle,
         &cut,
-        &shared.hard_stop,
+        &context.hard_stop,
         RelayCounters {
             to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
             to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],

@@ -1,7 +1,7 @@
-//! `protocol = "tcp"`: optional PROXY header in, optional TLS termination, a server from
-//! the pool (over TLS when `upstream_tls` asks), bytes both ways.
+//! `protocol = "tcp"`: optional PROXY header in, optional TLS termination (or SNI read
+//! for passthrough), a server from the pool (over TLS when `upstream_tls` asks), bytes both
+//! ways.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -9,36 +9,110 @@ use tokio::net::TcpStream;
 
 use tokio_util::either::Either;
 
-use crate::config::SslMode;
-use crate::listener::{Listener, ListenerSettings};
+use super::{Context, Frontend, Pools};
+use crate::config::{ListenerConfig, ListenerOptions, Protocol, SslMode, TcpRoute};
+use crate::listener::{Accepted, Handler, Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
 use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams, write_all};
-use crate::route::RouteFacts;
-use crate::runtime::Shared;
+use crate::route::{Matcher, RouteFacts, RouteRule, Routing};
 use crate::tls::{Rewind, read_client_hello, secure_upstream};
 use crate::upstream::{ConnectError, LeaseError, connect};
 
-/// Handles one client connection to the end, logging one line when it closes. `settings`
-/// are the listener's as of the accept: a later reload does not change this connection.
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: Arc<Listener>,
-    settings: Arc<ListenerSettings>,
-    client: TcpStream,
-    peer: SocketAddr,
-) {
+/// The `tcp` front end.
+#[derive(Debug)]
+pub struct Tcp {
+    context: Arc<Context>,
+}
+
+impl Tcp {
+    /// The front end of every `tcp` listener.
+    pub fn new(context: &Arc<Context>) -> Self {
+        Self {
+            context: context.clone(),
+        }
+    }
+}
+
+impl Frontend for Tcp {
+    fn protocol(&self) -> Protocol {
+        Protocol::Tcp
+    }
+
+    fn handler(
+        &self,
+        listener: &ListenerConfig,
+        pools: &Pools,
+    ) -> Result<Arc<dyn Handler>, String> {
+        let ListenerOptions::Tcp(options) = &listener.options else {
+            return Err(format!(
+                "listener `{}` is not a tcp listener",
+                listener.name
+            ));
+        };
+        Ok(Arc::new(TcpHandler {
+            context: self.context.clone(),
+            passthrough: options.tls_passthrough,
+            routing: Routing::build(listener.pool.as_deref(), &options.routes, pools, |_, _| ())?,
+        }))
+    }
+}
+
+impl RouteRule for TcpRoute {
+    fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    fn matcher(&self) -> Matcher {
+        Matcher {
+            sni: self.sni.clone(),
+            ..Matcher::default()
+        }
+    }
+}
+
+/// What a `tcp` listener's connections share.
+#[derive(Debug)]
+struct TcpHandler {
+    context: Arc<Context>,
+    /// Read the ClientHello for its SNI and pass the TLS bytes through.
+    passthrough: bool,
+    routing: Routing<()>,
+}
+
+impl Handler for TcpHandler {
+    fn serve(
+        self: Arc<Self>,
+        connection: Accepted,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(serve(self, connection))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Handles one client connection to the end, logging one line when it closes. The
+/// listener's settings are as of the accept: a later reload does not change it.
+async fn serve(handler: Arc<TcpHandler>, connection: Accepted) {
     let started = std::time::Instant::now();
+    let Accepted {
+        listener,
+        settings,
+        stream,
+        peer,
+    } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
-    record.termination = proxy(&shared, &listener, &settings, client, &mut record).await;
+    record.termination = proxy(&handler, &listener, &settings, stream, &mut record).await;
     if !matches!(record.termination, "client_closed" | "server_closed") {
         tracing::debug!(listener = %listener.name, client = %record.client, reason = record.termination, "connection ended");
     }
     record.finish(started);
-    shared.access_log.log(&record);
+    handler.context.access_log.log(&record);
 }
 
 async fn proxy(
-    shared: &Shared,
+    handler: &TcpHandler,
     listener: &Listener,
     settings: &ListenerSettings,
     client: TcpStream,
@@ -60,7 +134,7 @@ async fn proxy(
     }
 
     let mut passthrough_sni = None;
-    if settings.config.tls_passthrough {
+    if handler.passthrough {
         match Box::pin(read_client_hello(
             &mut client,
             std::mem::take(&mut early_data),
@@ -106,7 +180,7 @@ async fn proxy(
             .or(passthrough_sni.as_deref()),
         ..RouteFacts::default()
     };
-    let Some(mut pool) = settings.routing.pool(&facts).cloned() else {
+    let Some(mut pool) = handler.routing.pool(&facts).cloned() else {
         listener.stats.failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(listener = %listener.name, client = %record.client, "no route");
         return "no_route";
@@ -116,7 +190,9 @@ async fn proxy(
     // A reload that replaced the pool after this connection was accepted drains the servers
     // it removed; when nothing else is left in the old pool, the new one takes the client.
     while matches!(attempt, Err(ConnectError::Lease(LeaseError::NoServer))) && pool.is_retired() {
-        let Some(current) = listener.settings().routing.pool(&facts).cloned() else {
+        let settings = listener.settings();
+        let now = settings.handler.as_any().downcast_ref::<TcpHandler>();
+        let Some(current) = now.and_then(|now| now.routing.pool(&facts).cloned()) else {
             break;
         };
         pool = current;
@@ -180,7 +256,7 @@ async fn proxy(
                 &upstream.stream,
                 idle,
                 &cut,
-                &shared.hard_stop,
+                &handler.context.hard_stop,
                 counters,
             )
             .await
@@ -221,7 +297,7 @@ async fn proxy(
                 server_stream,
                 idle,
                 &cut,
-                &shared.hard_stop,
+                &handler.context.hard_stop,
                 counters,
             ))
             .await

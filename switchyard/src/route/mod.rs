@@ -5,12 +5,9 @@
 //! everywhere: every key a route names must match, the first matching route wins, and the
 //! listener's `pool` takes the rest.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::protocol::postgres::split::SplitConfig;
-
-use crate::config::{ListenerConfig, RouteConfig};
 use crate::upstream::Pool;
 
 /// What a protocol front end knows about a connection or request when it picks a pool.
@@ -39,32 +36,113 @@ pub struct RouteFacts<'a> {
     pub headers: Option<&'a hyper::HeaderMap>,
 }
 
-/// A route with its pool resolved.
+/// The match keys of a route, whatever its protocol: each protocol fills in the keys its
+/// routes have. Every key given must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Matcher {
+    /// Host, exact or `*.suffix` (port ignored).
+    pub host: Option<String>,
+    /// Path prefix.
+    pub path_prefix: Option<String>,
+    /// TLS SNI, exact or `*.suffix`.
+    pub sni: Option<String>,
+    /// Database name, exact or glob.
+    pub database: Option<String>,
+    /// User name, exact or glob.
+    pub user: Option<String>,
+    /// Mail domain, exact or `*.suffix`.
+    pub domain: Option<String>,
+    /// `application_name`, exact or glob.
+    pub application_name: Option<String>,
+    /// Client certificate common name, exact or glob.
+    pub client_cn: Option<String>,
+    /// HTTP method, exact.
+    pub method: Option<String>,
+    /// HTTP headers that must be present with these exact values.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Matcher {
+    /// Whether every key this matcher names matches `facts`.
+    pub fn matches(&self, facts: &RouteFacts) -> bool {
+        let host_like = |pattern: &Option<String>, value: Option<&str>| match pattern {
+            None => true,
+            Some(pattern) => value.is_some_and(|value| host_matches(pattern, strip_port(value))),
+        };
+        let exact_or_glob = |pattern: &Option<String>, value: Option<&str>| match pattern {
+            None => true,
+            Some(pattern) => value.is_some_and(|value| glob_matches(pattern, value)),
+        };
+        host_like(&self.host, facts.host)
+            && host_like(&self.sni, facts.sni)
+            && host_like(&self.domain, facts.domain)
+            && self
+                .path_prefix
+                .as_ref()
+                .is_none_or(|prefix| facts.path.is_some_and(|path| path.starts_with(prefix)))
+            && exact_or_glob(&self.database, facts.database)
+            && exact_or_glob(&self.user, facts.user)
+            && exact_or_glob(&self.application_name, facts.application_name)
+            && exact_or_glob(&self.client_cn, facts.client_cn)
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|method| facts.method == Some(method.as_str()))
+            && self.headers_match(facts.headers)
+    }
+
+    /// Whether every header named is present with its exact value (one of the values when
+    /// the header is repeated).
+    fn headers_match(&self, headers: Option<&hyper::HeaderMap>) -> bool {
+        self.headers.iter().all(|(name, value)| {
+            headers.is_some_and(|headers| {
+                headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .any(|present| present.as_bytes() == value.as_bytes())
+            })
+        })
+    }
+}
+
+/// A route with its pool resolved and what its protocol does with matching traffic
+/// (`extra`: header rules, rewrites, split settings...).
 #[derive(Debug)]
-pub struct Route {
-    /// The rule as configured (protocols read their own extra keys from it).
-    pub rule: RouteConfig,
+pub struct Route<E> {
+    /// When the route applies.
+    pub matcher: Matcher,
     /// Where matching traffic goes.
     pub pool: Arc<Pool>,
-    /// PostgreSQL read/write split settings: the pool's, with the route's own keys over them.
-    pub split: Arc<SplitConfig>,
+    /// The protocol's own keys of the route.
+    pub extra: E,
 }
 
 /// A listener's routes and default pool, resolved against the pools in service.
 #[derive(Debug)]
-pub struct Routing {
+pub struct Routing<E> {
     /// The listener's `pool`, for traffic no route matches.
     pub default: Option<Arc<Pool>>,
     /// Routes in config order.
-    pub routes: Vec<Route>,
+    pub routes: Vec<Route<E>>,
 }
 
-impl Routing {
-    /// Resolves a listener's pool names; an unknown name is an error (validation reports
-    /// it first, so this only guards against building from an unvalidated config).
-    pub fn build(
-        config: &ListenerConfig,
+/// A route as a protocol's config writes it.
+pub trait RouteRule {
+    /// The name of the pool it sends to.
+    fn pool(&self) -> &str;
+    /// When it applies.
+    fn matcher(&self) -> Matcher;
+}
+
+impl<E> Routing<E> {
+    /// Resolves a listener's pool names, and each route's `extra` (given its pool); an
+    /// unknown name is an error (validation reports it first, so this only guards against
+    /// building from an unvalidated config).
+    pub fn build<R: RouteRule>(
+        default: Option<&str>,
+        routes: &[R],
         pools: &HashMap<String, Arc<Pool>>,
+        extra: impl Fn(&R, &Arc<Pool>) -> E,
     ) -> Result<Self, String> {
         let find = |name: &str| {
             pools
@@ -72,21 +150,15 @@ impl Routing {
                 .cloned()
                 .ok_or_else(|| format!("pool `{name}` is not defined"))
         };
-        let default = config.pool.as_deref().map(find).transpose()?;
-        let routes = config
-            .routes
+        let default = default.map(find).transpose()?;
+        let routes = routes
             .iter()
             .map(|rule| {
-                let pool = find(&rule.pool)?;
-                let split = if SplitConfig::overridden_by(rule) {
-                    Arc::new(pool.split.with_route(rule))
-                } else {
-                    pool.split.clone()
-                };
+                let pool = find(rule.pool())?;
                 Ok(Route {
-                    rule: rule.clone(),
+                    matcher: rule.matcher(),
+                    extra: extra(rule, &pool),
                     pool,
-                    split,
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -94,8 +166,10 @@ impl Routing {
     }
 
     /// The first route whose every key matches `facts`.
-    pub fn route(&self, facts: &RouteFacts) -> Option<&Route> {
-        self.routes.iter().find(|route| matches(&route.rule, facts))
+    pub fn route(&self, facts: &RouteFacts) -> Option<&Route<E>> {
+        self.routes
+            .iter()
+            .find(|route| route.matcher.matches(facts))
     }
 
     /// The pool for `facts`: the first matching route's, else the default.
@@ -104,47 +178,6 @@ impl Routing {
             .map(|route| &route.pool)
             .or(self.default.as_ref())
     }
-}
-
-/// Whether every key `rule` names matches `facts`.
-pub fn matches(rule: &RouteConfig, facts: &RouteFacts) -> bool {
-    let host_like = |pattern: &Option<String>, value: Option<&str>| match pattern {
-        None => true,
-        Some(pattern) => value.is_some_and(|value| host_matches(pattern, strip_port(value))),
-    };
-    let exact_or_glob = |pattern: &Option<String>, value: Option<&str>| match pattern {
-        None => true,
-        Some(pattern) => value.is_some_and(|value| glob_matches(pattern, value)),
-    };
-    host_like(&rule.host, facts.host)
-        && host_like(&rule.sni, facts.sni)
-        && host_like(&rule.domain, facts.domain)
-        && rule
-            .path_prefix
-            .as_ref()
-            .is_none_or(|prefix| facts.path.is_some_and(|path| path.starts_with(prefix)))
-        && exact_or_glob(&rule.database, facts.database)
-        && exact_or_glob(&rule.user, facts.user)
-        && exact_or_glob(&rule.application_name, facts.application_name)
-        && exact_or_glob(&rule.client_cn, facts.client_cn)
-        && rule
-            .method
-            .as_ref()
-            .is_none_or(|method| facts.method == Some(method.as_str()))
-        && headers_match(rule, facts.headers)
-}
-
-/// Whether every header a rule names is present with its exact value (one of the values
-/// when the header is repeated).
-fn headers_match(rule: &RouteConfig, headers: Option<&hyper::HeaderMap>) -> bool {
-    rule.headers.iter().all(|(name, value)| {
-        headers.is_some_and(|headers| {
-            headers
-                .get_all(name.as_str())
-                .iter()
-                .any(|present| present.as_bytes() == value.as_bytes())
-        })
-    })
 }
 
 /// Host-style match, case-insensitive: `example.com` exactly, or `*.example.com` for any
@@ -232,57 +265,48 @@ mod tests {
 
     #[test]
     fn every_named_key_must_match() {
-        let rule = RouteConfig {
-            pool: "p".into(),
+        let rule = Matcher {
             host: Some("*.example.com".into()),
             path_prefix: Some("/api".into()),
-            ..RouteConfig::default()
+            ..Matcher::default()
         };
         let facts = RouteFacts {
             host: Some("x.example.com:443"),
             path: Some("/api/v1"),
             ..RouteFacts::default()
         };
-        assert!(matches(&rule, &facts));
-        assert!(!matches(
-            &rule,
-            &RouteFacts {
-                path: Some("/web"),
-                ..facts
-            }
-        ));
-        assert!(!matches(&rule, &RouteFacts::default()));
+        assert!(rule.matches(&facts));
+        assert!(!rule.matches(&RouteFacts {
+            path: Some("/web"),
+            ..facts
+        }));
+        assert!(!rule.matches(&RouteFacts::default()));
     }
 
     #[test]
     fn database_keys_match_by_glob() {
-        let rule = RouteConfig {
-            pool: "p".into(),
+        let rule = Matcher {
             application_name: Some("report*".into()),
             client_cn: Some("tenant-?".into()),
-            ..RouteConfig::default()
+            ..Matcher::default()
         };
         let facts = RouteFacts {
             application_name: Some("reporter"),
             client_cn: Some("tenant-a"),
             ..RouteFacts::default()
         };
-        assert!(matches(&rule, &facts));
-        assert!(!matches(
-            &rule,
-            &RouteFacts {
-                client_cn: None,
-                ..facts
-            }
-        ));
+        assert!(rule.matches(&facts));
+        assert!(!rule.matches(&RouteFacts {
+            client_cn: None,
+            ..facts
+        }));
     }
 
     #[test]
     fn method_and_header_keys() {
-        let mut rule = RouteConfig {
-            pool: "p".into(),
+        let mut rule = Matcher {
             method: Some("POST".into()),
-            ..RouteConfig::default()
+            ..Matcher::default()
         };
         rule.headers.insert("x-env".into(), "canary".into());
         let mut headers = hyper::HeaderMap::new();
@@ -293,20 +317,14 @@ mod tests {
             headers: Some(&headers),
             ..RouteFacts::default()
         };
-        assert!(matches(&rule, &facts));
-        assert!(!matches(
-            &rule,
-            &RouteFacts {
-                method: Some("GET"),
-                ..facts
-            }
-        ));
-        assert!(!matches(
-            &rule,
-            &RouteFacts {
-                headers: None,
-                ..facts
-            }
-        ));
+        assert!(rule.matches(&facts));
+        assert!(!rule.matches(&RouteFacts {
+            method: Some("GET"),
+            ..facts
+        }));
+        assert!(!rule.matches(&RouteFacts {
+            headers: None,
+            ..facts
+        }));
     }
 }

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,15 +15,24 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Protocol};
+use crate::config::Config;
 use crate::listener::Listener;
 use crate::observe::AccessLog;
-use crate::route::Routing;
+use crate::protocol::{Context, Registry};
 use crate::upstream::Pool;
 
 use crate::workers::Workers;
 pub use reload::{Changes, ReloadError, ReloadSummary, reload};
 pub use upgrade::Inherited;
+
+/// What a config must pass besides its own rules before the proxy runs it: certificate
+/// and key files that load.
+pub const RESOURCE_CHECKS: [crate::config::ResourceCheck; 1] = [crate::tls::validate];
+
+/// Reads, parses and validates a config file, its resources too.
+pub fn load_file(path: &std::path::Path) -> Result<Config, crate::config::ConfigErrors> {
+    crate::config::load_file_with(path, &RESOURCE_CHECKS)
+}
 
 /// State shared by listeners, connection handlers and the admin API.
 #[derive(Debug)]
@@ -37,16 +45,15 @@ pub struct Shared {
     listeners: ArcSwap<Vec<Arc<Listener>>>,
     // The config in effect; held for the whole of a reload so that reloads do not interleave.
     applied: tokio::sync::Mutex<Config>,
-    // Fired at shutdown: listeners stop accepting.
-    stop_accepting: CancellationToken,
     // Fired at the end of shutdown: health checks and the admin API stop.
     stop_background: CancellationToken,
     // Every client connection, so shutdown can wait for them.
     tasks: TaskTracker,
-    /// Connection log.
-    pub access_log: AccessLog,
-    /// Fired when the shutdown timeout runs out: cuts every remaining session.
-    pub hard_stop: CancellationToken,
+    /// What connection handlers use: the access log, and the tokens that stop accepting
+    /// (`stopping`) and cut the last sessions (`hard_stop`).
+    pub context: Arc<Context>,
+    /// Every protocol's front end.
+    pub registry: Registry,
     /// Fired to begin a graceful shutdown.
     pub shutdown: CancellationToken,
     /// Bearer token for mutating admin calls, resolved from the config.
@@ -55,14 +62,6 @@ pub struct Shared {
     pub started: Instant,
     // The threads that accept and serve connections.
     workers: Workers,
-    /// HTTP request counters and histograms.
-    pub http_metrics: crate::protocol::http::RequestMetrics,
-    /// Cancel keys issued to the sessions of every postgres listener.
-    pub postgres_cancel: Arc<crate::protocol::postgres::CancelTable>,
-    /// `[[user]]` and `auth_query` lookups of postgres listeners that authenticate clients.
-    pub postgres_users: ArcSwap<crate::protocol::postgres::auth::Users>,
-    /// Server connections shared by transaction-mode postgres clients.
-    pub postgres_pools: Arc<crate::protocol::postgres::TxPools>,
 }
 
 impl Shared {
@@ -76,10 +75,12 @@ impl Shared {
         self.listeners.load_full()
     }
 
-    /// Completes when a graceful shutdown begins (listeners stop accepting), so protocols
-    /// with keep-alive (HTTP) can close idle client connections and finish the rest.
-    pub async fn accepting_stopped(&self) {
-        self.stop_accepting.cancelled().await;
+    /// Starts the health checks of `pool` (its protocol's check kind).
+    fn spawn_checks(&self, pool: &Arc<Pool>) {
+        if let Some(health) = &pool.health {
+            let check = self.registry.check(health.check);
+            crate::health::spawn_checks(pool, check, &self.stop_background);
+        }
     }
 
     /// Finds a pool in service by name.
@@ -106,6 +107,17 @@ pub fn build(
     config_path: PathBuf,
     inherited: &mut Inherited,
 ) -> Result<Arc<Shared>, StartError> {
+    let config_dir = config_path.parent().map(PathBuf::from).unwrap_or_default();
+    let access_log = AccessLog::open(&config.log, &config_dir).map_err(|e| {
+        StartError::Build(format!("cannot open access log {}: {e}", config.log.access))
+    })?;
+    let context = Arc::new(Context {
+        hard_stop: CancellationToken::new(),
+        stopping: CancellationToken::new(),
+        access_log,
+    });
+    let registry = Registry::new(&context);
+    registry.configure(config).map_err(StartError::Build)?;
     let mut pools = HashMap::new();
     let mut pool_list = Vec::new();
     for pool_config in &config.pools {
@@ -115,7 +127,9 @@ pub fn build(
     }
     let mut listeners = Vec::new();
     for listener_config in &config.listeners {
-        let routing = Routing::build(listener_config, &pools).map_err(StartError::Build)?;
+        let handler = registry
+            .handler(listener_config, &pools)
+            .map_err(StartError::Build)?;
         let socket = match listener_config
             .listen
             .parse()
@@ -126,13 +140,9 @@ pub fn build(
             None => Listener::bind_socket(listener_config).map_err(StartError::Bind)?,
         };
         listeners.push(Arc::new(
-            Listener::with_socket(listener_config, routing, socket).map_err(StartError::Bind)?,
+            Listener::with_socket(listener_config, handler, socket).map_err(StartError::Bind)?,
         ));
     }
-    let config_dir = config_path.parent().map(PathBuf::from).unwrap_or_default();
-    let access_log = AccessLog::open(&config.log, &config_dir).map_err(|e| {
-        StartError::Build(format!("cannot open access log {}: {e}", config.log.access))
-    })?;
     let admin_token = match config.admin.as_ref().and_then(|a| a.token.as_deref()) {
         Some(token) => Some(crate::secret::resolve(token).map_err(StartError::Build)?),
         None => None,
@@ -142,23 +152,15 @@ pub fn build(
         pools: ArcSwap::from_pointee(pool_list),
         listeners: ArcSwap::from_pointee(listeners),
         applied: tokio::sync::Mutex::new(config.clone()),
-        stop_accepting: CancellationToken::new(),
         stop_background: CancellationToken::new(),
         tasks: TaskTracker::new(),
-        access_log,
-        hard_stop: CancellationToken::new(),
+        context,
+        registry,
         shutdown: CancellationToken::new(),
         admin_token,
         started: Instant::now(),
         workers: Workers::start(config.workers)
             .map_err(|e| StartError::Build(format!("cannot start worker threads: {e}")))?,
-        http_metrics: Default::default(),
-        postgres_cancel: Arc::default(),
-        postgres_users: ArcSwap::from_pointee(
-            crate::protocol::postgres::auth::Users::from_config(config)
-                .map_err(StartError::Build)?,
-        ),
-        postgres_pools: Arc::default(),
     }))
 }
 
@@ -203,7 +205,7 @@ pub async fn run(
     }
     inherited.restore_servers(&shared);
     for pool in shared.pools().iter() {
-        crate::health::spawn_checks(pool, &shared.stop_background);
+        shared.spawn_checks(pool);
     }
     if inherited.is_upgrade() {
         upgrade::first_checks(&shared).await;
@@ -230,7 +232,7 @@ pub async fn run(
     // A reload may have changed the timeout since the start.
     let shutdown_timeout = shared.applied.lock().await.shutdown_timeout;
     tracing::info!(timeout = ?shutdown_timeout, "shutting down: no longer accepting");
-    shared.stop_accepting.cancel();
+    shared.context.stopping.cancel();
     let tasks = &shared.tasks;
     tasks.close();
     if tokio::time::timeout(shutdown_timeout, tasks.wait())
@@ -241,7 +243,7 @@ pub async fn run(
             remaining = tasks.len(),
             "shutdown timeout: closing remaining connections"
         );
-        shared.hard_stop.cancel();
+        shared.context.hard_stop.cancel();
         tasks.wait().await;
     }
     shared.stop_background.cancel();
@@ -249,6 +251,7 @@ pub async fn run(
     let log_owner = shared.clone();
     let flush = move || {
         log_owner
+            .context
             .access_log
             .flush(std::time::Duration::from_secs(5))
     };
@@ -264,33 +267,7 @@ pub async fn run(
 /// reload closes the listener.
 fn spawn_listener(shared: &Arc<Shared>, listener: &Arc<Listener>) {
     tracing::info!(listener = %listener.name, address = %listener.address, protocol = listener.protocol.as_str(), "listening");
-    let shared_for_handler = shared.clone();
-    // Each protocol's connection future is boxed on its own: one async block over all of
-    // them would be as large as the largest, and a TCP connection would carry the size of a
-    // PostgreSQL session.
-    let handler = move |listener: Arc<Listener>, settings, stream, peer| {
-        let shared = shared_for_handler.clone();
-        let connection: Pin<Box<dyn Future<Output = ()> + Send>> = match listener.protocol {
-            Protocol::Tcp => Box::pin(crate::protocol::tcp::serve(
-                shared, listener, settings, stream, peer,
-            )),
-            Protocol::Http => Box::pin(crate::protocol::http::serve(
-                shared, listener, settings, stream, peer,
-            )),
-            Protocol::Postgres => Box::pin(crate::protocol::postgres::serve(
-                shared, listener, settings, stream, peer,
-            )),
-            // Validation refuses other protocols until they are built.
-            _ => Box::pin(async move { drop(stream) }),
-        };
-        connection
-    };
-    listener.spawn_accept_loops(
-        &shared.workers,
-        &shared.stop_accepting,
-        &shared.tasks,
-        handler,
-    );
+    listener.spawn_accept_loops(&shared.workers, &shared.context.stopping, &shared.tasks);
 }
 
 /// Writes where the proxy listens, for whoever started it with port 0 (tests, scripts,

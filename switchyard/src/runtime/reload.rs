@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::load_file;
 use super::{Shared, spawn_listener};
-use crate::config::{Config, ConfigErrors, ListenerConfig, PoolConfig, load_file};
+use crate::config::{Config, ConfigErrors, ListenerConfig, PoolConfig};
 use crate::listener::Listener;
-use crate::route::Routing;
 use crate::upstream::{AdminState, Pool};
 
 /// Why a reload changed nothing.
@@ -144,7 +144,9 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
     if !bind_errors.is_empty() {
         return Err(ReloadError::Refused(bind_errors));
     }
-    let users = crate::protocol::postgres::auth::Users::from_config(new)
+    shared
+        .registry
+        .configure(new)
         .map_err(|e| ReloadError::Refused(vec![e]))?;
 
     let pools = apply_pools(shared, old, new, &mut summary)?;
@@ -156,7 +158,6 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
         sockets,
         &mut summary,
     );
-    shared.postgres_users.store(Arc::new(users));
     for pool in &pools.retired {
         pool.retire();
     }
@@ -169,7 +170,7 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
     }
     // Checks restart for new and rebuilt pools only; a kept server keeps its health.
     for pool in &pools.fresh {
-        crate::health::spawn_checks(pool, &shared.stop_background);
+        shared.spawn_checks(pool);
     }
     apply_settings(old, new, &mut summary);
     summary.changed = !(summary.pools.is_empty()
@@ -309,19 +310,19 @@ fn apply_listeners(
     let mut list = Vec::new();
     let mut started = Vec::new();
     for config in &new.listeners {
-        let routing = || match Routing::build(config, pools) {
-            Ok(routing) => Some(routing),
+        let handler = || match shared.registry.handler(config, pools) {
+            Ok(handler) => Some(handler),
             Err(error) => {
                 // Validation guarantees the pools exist.
-                tracing::error!(listener = %config.name, %error, "cannot route");
+                tracing::error!(listener = %config.name, %error, "cannot build the listener");
                 None
             }
         };
         let previous = current.iter().find(|l| l.name == config.name);
         let old_config = old_configs.get(config.name.as_str());
         if let Some(socket) = sockets.remove(config.name.as_str()) {
-            let Some(routing) = routing() else { continue };
-            match Listener::with_socket(config, routing, socket) {
+            let Some(handler) = handler() else { continue };
+            match Listener::with_socket(config, handler, socket) {
                 Ok(listener) => {
                     let listener = Arc::new(listener);
                     if previous.is_some() {
@@ -355,8 +356,11 @@ fn apply_listeners(
                 }
             }
         }
-        if let Some(routing) = routing() {
-            listener.update(config, routing);
+        // A listener keeps its protocol until a restart (or a new address).
+        if old_config.protocol == config.protocol
+            && let Some(handler) = handler()
+        {
+            listener.update(config, handler);
         }
         list.push(listener.clone());
     }

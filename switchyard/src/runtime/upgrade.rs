@@ -430,7 +430,7 @@ async fn hand_over(
     .map_err(io::Error::other)??;
     // Stop accepting before reading the totals, so that every connection this process
     // accepted is counted.
-    shared.stop_accepting.cancel();
+    shared.context.stopping.cancel();
     for listener in shared.listeners().iter() {
         let _ = tokio::time::timeout(Duration::from_secs(1), listener.stopped_accepting()).await;
     }

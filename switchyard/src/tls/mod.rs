@@ -19,7 +19,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 
 use crate::config::load::ErrorSink;
-use crate::config::{ClientAuth, Config, Protocol};
+use crate::config::{ClientAuth, Config};
 use crate::key_path;
 
 pub use client::UpstreamTls;
@@ -46,73 +46,11 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-/// Makes every TLS file path absolute against the config file's directory, so that the
-/// files are found whatever the working directory and a reload compares like with like.
-pub fn resolve_paths(config: &mut Config, config_dir: &Path) {
-    for listener in &mut config.listeners {
-        if let Some(tls) = &mut listener.tls {
-            for pair in &mut tls.certs {
-                pair.cert = config_dir.join(&pair.cert);
-                pair.key = config_dir.join(&pair.key);
-            }
-            if let Some(ca) = &mut tls.client_ca {
-                *ca = config_dir.join(&*ca);
-            }
-        }
-    }
-    for pool in &mut config.pools {
-        if let Some(tls) = &mut pool.upstream_tls {
-            for path in [
-                &mut tls.root_cert,
-                &mut tls.client_cert,
-                &mut tls.client_key,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                *path = config_dir.join(&*path);
-            }
-        }
-    }
-}
-
 /// Checks the TLS sections: files readable, keys fitting their certificates, a CA for
 /// client authentication, client certificate and key given together.
 pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
     let provider = provider();
     for (i, listener) in config.listeners.iter().enumerate() {
-        // The front ends not built yet would silently ignore the keys, which for TLS means
-        // plaintext.
-        if matches!(listener.protocol, Protocol::Mysql | Protocol::Smtp) {
-            if listener.tls.is_some() {
-                sink.at(
-                    &key_path!("listener", i, "tls"),
-                    format!(
-                        "TLS termination is not available on `{}` listeners in this build yet",
-                        listener.protocol.as_str()
-                    ),
-                );
-            }
-            let pools = listener
-                .pool
-                .iter()
-                .chain(listener.routes.iter().map(|r| &r.pool));
-            for name in pools {
-                if config
-                    .pools
-                    .iter()
-                    .any(|p| &p.name == name && p.upstream_tls.is_some())
-                {
-                    sink.at(
-                        &key_path!("listener", i, "protocol"),
-                        format!(
-                            "pool `{name}` has `upstream_tls`, which `{}` listeners do not use in this build yet",
-                            listener.protocol.as_str()
-                        ),
-                    );
-                }
-            }
-        }
         let Some(tls) = &listener.tls else { continue };
         if tls.certs.is_empty() {
             sink.at(

@@ -10,8 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Balancer, Server, ServerAddress};
 use crate::config::{
-    HealthConfig, HttpVersion, PoolConfig, PoolMode, PoolTimeouts, ProxyProtocolVersion,
-    UpstreamKeepAlive,
+    DatabasePool, HealthConfig, HttpPool, PoolConfig, PoolTimeouts, ProxyProtocolVersion,
 };
 use crate::wait_queue::WaitQueue;
 
@@ -75,25 +74,6 @@ impl Drop for Lease {
 /// and a lease allocates nothing for them.
 type Candidates = smallvec::SmallVec<[usize; 8]>;
 
-/// PostgreSQL pooling settings of a pool (see the `pool_mode` keys).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pooling {
-    /// Session or transaction.
-    pub mode: PoolMode,
-    /// Server connections per (database, user) per server.
-    pub size: usize,
-    /// Idle server connections kept open per (database, user) per server.
-    pub min_idle: usize,
-    /// Age after which a server connection is closed when next idle.
-    pub lifetime: Duration,
-    /// Idle time after which a server connection is closed (down to `min_idle`).
-    pub idle_timeout: Duration,
-    /// Prepared statements kept per server connection.
-    pub max_prepared_statements: usize,
-    /// (database, user) pairs kept at most.
-    pub max_pools: usize,
-}
-
 /// A named group of servers with a balance algorithm.
 #[derive(Debug)]
 pub struct Pool {
@@ -113,18 +93,10 @@ pub struct Pool {
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// Counters, shared with the pool this one replaced on reload.
     pub stats: Arc<PoolStats>,
-    /// Replicas lagging more than this take no replica traffic.
-    pub max_replica_lag: Option<Duration>,
-    /// HTTP version spoken to the servers by HTTP listeners.
-    pub http_version: HttpVersion,
-    /// HTTP: keep the client's `Host` header.
-    pub preserve_host: bool,
-    /// HTTP: reuse of server connections.
-    pub keep_alive: UpstreamKeepAlive,
-    /// PostgreSQL: session or transaction pooling, and its bounds.
-    pub pooling: Pooling,
-    /// PostgreSQL: the read/write split settings of the pool (routes may override them).
-    pub split: Arc<crate::protocol::postgres::split::SplitConfig>,
+    /// The keys HTTP listeners read (HTTP version, `Host`, keep-alive).
+    pub http: HttpPool,
+    /// The keys database listeners read (replica lag, pooling, the split).
+    pub database: DatabasePool,
     max_queue: usize,
     balancer: Balancer,
     // Clients waiting for a server slot. Shared with the pool this one replaced, so that
@@ -184,22 +156,8 @@ impl Pool {
                 .transpose()?
                 .map(Arc::new),
             stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
-            max_replica_lag: config.max_replica_lag,
-            http_version: config.http_version,
-            preserve_host: config.preserve_host,
-            keep_alive: config.keep_alive.clone(),
-            pooling: Pooling {
-                mode: config.pool_mode,
-                size: config.pool_size,
-                min_idle: config.min_idle,
-                lifetime: config.server_lifetime,
-                idle_timeout: config.server_idle_timeout,
-                max_prepared_statements: config.max_prepared_statements,
-                max_pools: config.max_transaction_pools,
-            },
-            split: Arc::new(crate::protocol::postgres::split::SplitConfig::for_pool(
-                config,
-            )),
+            http: config.http.clone(),
+            database: config.database.clone(),
             max_queue: config.max_queue,
             slot_freed: previous.map(|p| p.slot_freed.clone()).unwrap_or_default(),
             servers_changed: previous

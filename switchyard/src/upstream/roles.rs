@@ -20,7 +20,7 @@ pub struct RoleFilter {
 impl RoleFilter {
     /// Servers of `pool` that serve `wanted` (any server for `None`).
     pub fn new(pool: &Pool, wanted: Option<ServerRole>) -> Self {
-        Self::with_lag(pool.max_replica_lag, wanted)
+        Self::with_lag(pool.database.max_replica_lag, wanted)
     }
 
     fn with_lag(max_lag: Option<Duration>, wanted: Option<ServerRole>) -> Self {

@@ -464,3 +464,13 @@ client_tls = {{ mode = "{mode}" }}
         key.display()
     )
 }
+
+/// The transaction pools a pool's status lists (what the postgres front end adds to it).
+pub fn tx_pools(
+    pool: &switchyard::admin::PoolStatus,
+) -> Vec<switchyard::protocol::postgres::pooler::TxPoolStatus> {
+    pool.protocol
+        .get("transaction_pools")
+        .map(|value| serde_json::from_value(value.clone()).expect("transaction_pools JSON"))
+        .unwrap_or_default()
+}

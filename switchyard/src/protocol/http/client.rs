@@ -209,7 +209,7 @@ fn retryable(
 }
 
 fn take_idle(conns: &Shard, pool: &Pool, now: Instant) -> Option<Connection> {
-    if pool.http_version == HttpVersion::Http2 {
+    if pool.http.http_version == HttpVersion::Http2 {
         let mut shared = lock(&conns.http2);
         match &*shared {
             Some(sender) if !sender.is_closed() => {
@@ -222,7 +222,7 @@ fn take_idle(conns: &Shard, pool: &Pool, now: Instant) -> Option<Connection> {
     let mut idle = lock(&conns.state);
     while let Some((sender, used, since)) = idle.http1.pop() {
         conns.left(1);
-        if now.saturating_duration_since(since) < pool.keep_alive.idle_timeout
+        if now.saturating_duration_since(since) < pool.http.keep_alive.idle_timeout
             && !sender.is_closed()
         {
             return Some(Connection::Http1 { sender, used });
@@ -240,7 +240,7 @@ async fn open(pool: &Pool, server: &Arc<Server>) -> std::io::Result<Connection> 
     server.stats.total.fetch_add(1, Ordering::Relaxed);
     server.record_connect_success();
     let io = TokioIo::new(stream);
-    match pool.http_version {
+    match pool.http.http_version {
         HttpVersion::Http1 => {
             let (sender, connection) = http1::Builder::new()
                 .handshake(io)

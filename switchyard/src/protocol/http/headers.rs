@@ -269,25 +269,6 @@ pub fn apply_rules(headers: &mut HeaderMap, rules: &HeaderRules) {
     }
 }
 
-/// Reports header names and values in `rules` that are not valid HTTP.
-pub fn validate_rules(rules: &HeaderRules, report: &mut dyn FnMut(String)) {
-    let names = rules
-        .remove
-        .iter()
-        .chain(rules.set.keys())
-        .chain(rules.add.keys());
-    for name in names {
-        if HeaderName::from_bytes(name.as_bytes()).is_err() {
-            report(format!("`{name}` is not a valid header name"));
-        }
-    }
-    for value in rules.set.values().chain(rules.add.values()) {
-        if HeaderValue::from_str(value).is_err() {
-            report(format!("`{value}` is not a valid header value"));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

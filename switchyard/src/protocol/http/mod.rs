@@ -13,6 +13,7 @@
 //! handshake told (SNI, ALPN, client certificate) in [`ConnectionFacts`].
 
 pub mod body;
+mod check;
 pub mod client;
 pub mod errors;
 pub mod guard;
@@ -32,26 +33,143 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 pub use headers::ConnectionFacts;
 pub use metrics::RequestMetrics;
 
-use crate::config::RouteConfig;
-use crate::listener::{Listener, ListenerSettings};
+use super::{Context, Frontend, Pools};
+use crate::config::{
+    HeaderRules, HttpOptions, HttpRoute, ListenerConfig, ListenerOptions, Protocol,
+};
+use crate::health::Check;
+use crate::listener::{Accepted, Handler, Listener, ListenerSettings};
 use crate::proxy_protocol::{self, ProxyHeader};
-use crate::runtime::Shared;
+use crate::route::{Matcher, RouteRule, Routing};
 use crate::tls::Rewind;
+
+/// The `http` front end: what every HTTP listener shares (the request metrics).
+#[derive(Debug)]
+pub struct Http {
+    context: Arc<Context>,
+    metrics: Arc<RequestMetrics>,
+}
+
+impl Http {
+    /// The front end of every `http` listener.
+    pub fn new(context: &Arc<Context>) -> Self {
+        Self {
+            context: context.clone(),
+            metrics: Arc::default(),
+        }
+    }
+}
+
+impl Frontend for Http {
+    fn protocol(&self) -> Protocol {
+        Protocol::Http
+    }
+
+    fn handler(
+        &self,
+        listener: &ListenerConfig,
+        pools: &Pools,
+    ) -> Result<Arc<dyn Handler>, String> {
+        let ListenerOptions::Http(options) = &listener.options else {
+            return Err(format!(
+                "listener `{}` is not an http listener",
+                listener.name
+            ));
+        };
+        let routing = Routing::build(
+            listener.pool.as_deref(),
+            &options.routes,
+            pools,
+            |route, _| RouteRules {
+                request: route.request_headers.clone(),
+                response: route.response_headers.clone(),
+            },
+        )?;
+        Ok(Arc::new(HttpHandler {
+            context: self.context.clone(),
+            metrics: self.metrics.clone(),
+            options: options.http.clone(),
+            routing,
+        }))
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
+    }
+
+    fn checks(&self) -> Vec<(crate::config::CheckKind, Arc<dyn Check>)> {
+        vec![(
+            crate::config::CheckKind::Http,
+            Arc::new(check::HttpHealthCheck),
+        )]
+    }
+}
+
+impl RouteRule for HttpRoute {
+    fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    fn matcher(&self) -> Matcher {
+        Matcher {
+            host: self.host.clone(),
+            path_prefix: self.path_prefix.clone(),
+            sni: self.sni.clone(),
+            method: self.method.clone(),
+            headers: self.headers.clone(),
+            ..Matcher::default()
+        }
+    }
+}
+
+/// What a route does to the requests it takes and their responses.
+#[derive(Debug)]
+pub struct RouteRules {
+    /// Applied to requests.
+    pub request: HeaderRules,
+    /// Applied to responses.
+    pub response: HeaderRules,
+}
+
+/// What an `http` listener's connections share.
+#[derive(Debug)]
+pub struct HttpHandler {
+    /// Shutdown tokens and the access log.
+    pub context: Arc<Context>,
+    /// Request counters and durations.
+    pub metrics: Arc<RequestMetrics>,
+    /// Request limits and forwarding headers.
+    pub options: HttpOptions,
+    /// Routes with their header rules.
+    pub routing: Routing<RouteRules>,
+}
+
+impl Handler for HttpHandler {
+    fn serve(
+        self: Arc<Self>,
+        connection: Accepted,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(serve(self, connection))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 /// Handles one accepted TCP connection: the PROXY header if the listener expects one, the
 /// TLS handshake if it terminates TLS, then HTTP until the client or the proxy closes it.
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: Arc<Listener>,
-    settings: Arc<ListenerSettings>,
-    mut client: TcpStream,
-    peer: SocketAddr,
-) {
+async fn serve(handler: Arc<HttpHandler>, connection: Accepted) {
+    let Accepted {
+        listener,
+        settings,
+        stream: mut client,
+        peer,
+    } = connection;
     let mut facts = ConnectionFacts::new(peer);
     let mut early = Bytes::new();
     if settings.config.proxy_protocol.is_some() {
@@ -71,13 +189,13 @@ pub async fn serve(
         }
     }
     let Some(tls) = settings.tls.clone() else {
-        serve_connection(shared, listener, settings, client, early, facts).await;
+        serve_connection(handler, listener, settings, client, early, facts).await;
         return;
     };
     match tls.accept(Rewind::new(early, client)).await {
         Ok((stream, info)) => {
             facts.tls = Some(info);
-            serve_connection(shared, listener, settings, stream, Bytes::new(), facts).await;
+            serve_connection(handler, listener, settings, stream, Bytes::new(), facts).await;
         }
         Err(error) => {
             listener.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -92,55 +210,10 @@ pub async fn serve(
 /// in the middle of a conversation sends within this; an idle one is closed after it.
 const SHUTDOWN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The ALPN protocols an `http` listener offers when its `tls` names none: HTTP/2 first.
-pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
-
-/// Fills in the ALPN lists HTTP needs when `alpn` is not set: `tls` on `http` listeners
-/// offers [`DEFAULT_ALPN`] (clients get HTTP/2 without configuration), and `upstream_tls`
-/// on pools that `http` listeners use offers the pool's `http_version` (`h2` or
-/// `http/1.1`), so that an HTTPS server speaking both knows which one is coming. Route
-/// `host` patterns are put in the form request authorities are compared in (A-labels, no
-/// trailing dot; see [`crate::authority::route_pattern`]); one that cannot be is left for
-/// [`validate_route`] to report.
-pub fn apply_defaults(config: &mut crate::config::Config) {
-    let mut http_pools = std::collections::HashSet::new();
-    for listener in &mut config.listeners {
-        if listener.protocol != crate::config::Protocol::Http {
-            continue;
-        }
-        if let Some(tls) = &mut listener.tls
-            && tls.alpn.is_empty()
-        {
-            tls.alpn = DEFAULT_ALPN.iter().map(|p| p.to_string()).collect();
-        }
-        for host in listener.routes.iter_mut().filter_map(|r| r.host.as_mut()) {
-            if let Ok(pattern) = crate::authority::route_pattern(host) {
-                *host = pattern;
-            }
-        }
-        http_pools.extend(listener.pool.iter().cloned());
-        http_pools.extend(listener.routes.iter().map(|route| route.pool.clone()));
-    }
-    for pool in &mut config.pools {
-        if !http_pools.contains(&pool.name) {
-            continue;
-        }
-        if let Some(tls) = &mut pool.upstream_tls
-            && tls.alpn.is_empty()
-        {
-            let alpn = match pool.http_version {
-                crate::config::HttpVersion::Http1 => "http/1.1",
-                crate::config::HttpVersion::Http2 => "h2",
-            };
-            tls.alpn = vec![alpn.to_string()];
-        }
-    }
-}
-
 /// Serves HTTP on any client stream (plain TCP now, TLS once the TLS front end hands its
 /// streams here); `early` holds bytes already read from it.
 pub async fn serve_connection<S>(
-    shared: Arc<Shared>,
+    handler: Arc<HttpHandler>,
     listener: Arc<Listener>,
     settings: Arc<ListenerSettings>,
     stream: S,
@@ -155,9 +228,9 @@ pub async fn serve_connection<S>(
         stream,
         early,
         scanner::HeadLimits {
-            max_header_bytes: config.http.max_header_bytes,
-            max_headers: config.http.max_headers,
-            max_uri_bytes: config.http.max_uri_bytes,
+            max_header_bytes: handler.options.max_header_bytes,
+            max_headers: handler.options.max_headers,
+            max_uri_bytes: handler.options.max_uri_bytes,
         },
         guard::Clocks {
             http_request: config.timeouts.http_request,
@@ -178,16 +251,16 @@ pub async fn serve_connection<S>(
         // The guard keeps the head clock (and answers 408); hyper's would close silently.
         .header_read_timeout(None)
         // The guard enforces the configured limits; hyper's buffer must not refuse first.
-        .max_buf_size(config.http.max_header_bytes.max(8192) + 8192)
-        .max_headers(config.http.max_headers + 1);
+        .max_buf_size(handler.options.max_header_bytes.max(8192) + 8192)
+        .max_headers(handler.options.max_headers + 1);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.http.max_header_bytes).unwrap_or(u32::MAX));
-    let hard_stop = shared.hard_stop.clone();
+        .max_header_list_size(u32::try_from(handler.options.max_header_bytes).unwrap_or(u32::MAX));
+    let hard_stop = handler.context.hard_stop.clone();
     let client = facts.client;
     let context = Arc::new(proxy::ConnectionContext {
-        shared: shared.clone(),
+        handler: handler.clone(),
         listener: listener.clone(),
         settings: settings.clone(),
         facts,
@@ -210,7 +283,7 @@ pub async fn serve_connection<S>(
             // An idle HTTP/1.1 connection is closed after its next response, not while its
             // client may be sending on it; one that stays idle through the grace is closed.
             () = async {
-                shared.accepting_stopped().await;
+                handler.context.stopping.cancelled().await;
                 tokio::select! {
                     () = activity.serving_or_opaque() => {}
                     () = tokio::time::sleep(SHUTDOWN_IDLE_GRACE) => {}
@@ -234,12 +307,12 @@ pub async fn serve_connection<S>(
         tracing::debug!(listener = %listener.name, %error, "client connection ended with an error");
     }
     if let Some(status) = activity.refused() {
-        log_refusal(&shared, &listener, client, status);
+        log_refusal(&handler, &listener, client, status);
     }
 }
 
 /// Logs the request the framing guard refused (or timed out) as an access log line.
-fn log_refusal(shared: &Shared, listener: &Listener, client: SocketAddr, status: u16) {
+fn log_refusal(handler: &HttpHandler, listener: &Listener, client: SocketAddr, status: u16) {
     let termination = match status {
         408 => "request_timeout",
         414 => "uri_too_long",
@@ -247,7 +320,7 @@ fn log_refusal(shared: &Shared, listener: &Listener, client: SocketAddr, status:
         _ => "bad_request",
     };
     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-    shared.http_metrics.record(
+    handler.metrics.record(
         &metrics::MetricHandles::default(),
         &listener.name,
         None,
@@ -255,53 +328,12 @@ fn log_refusal(shared: &Shared, listener: &Listener, client: SocketAddr, status:
         status,
         std::time::Duration::ZERO,
     );
-    shared.access_log.log_with(|format| {
+    handler.context.access_log.log_with(|format| {
         log::RequestRecord {
             status,
             termination,
             ..log::RequestRecord::new(&listener.name, client)
         }
         .render(format)
-    });
-}
-
-/// Reports HTTP limits too small to serve ordinary requests: `report(key, message)`.
-pub fn validate_listener(
-    http: &crate::config::HttpListenerConfig,
-    report: &mut dyn FnMut(&'static str, String),
-) {
-    if http.max_header_bytes < 1024 {
-        report("max_header_bytes", "must be at least 1024".into());
-    }
-    if http.max_headers == 0 {
-        report("max_headers", "must be at least 1".into());
-    }
-    if http.max_uri_bytes < 16 {
-        report("max_uri_bytes", "must be at least 16".into());
-    }
-}
-
-/// Reports problems in the HTTP keys of a route: `report(key, message)`.
-pub fn validate_route(route: &RouteConfig, report: &mut dyn FnMut(&'static str, String)) {
-    if let Some(host) = &route.host
-        && let Err(message) = crate::authority::route_pattern(host)
-    {
-        report("host", message);
-    }
-    if let Some(method) = &route.method
-        && hyper::Method::from_bytes(method.as_bytes()).is_err()
-    {
-        report("method", format!("`{method}` is not a valid HTTP method"));
-    }
-    for name in route.headers.keys() {
-        if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            report("headers", format!("`{name}` is not a valid header name"));
-        }
-    }
-    headers::validate_rules(&route.request_headers, &mut |m| {
-        report("request_headers", m)
-    });
-    headers::validate_rules(&route.response_headers, &mut |m| {
-        report("response_headers", m)
     });
 }

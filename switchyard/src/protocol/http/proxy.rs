@@ -25,13 +25,12 @@ use crate::config::{HttpVersion, SslMode};
 use crate::lazy_timer::LazyTimer;
 use crate::listener::{Listener, ListenerSettings};
 use crate::route::RouteFacts;
-use crate::runtime::Shared;
 use crate::upstream::{Lease, LeaseError, Pool, Server};
 
 /// What every request on one client connection shares.
 pub struct ConnectionContext {
-    /// Process-wide state (access log, shutdown).
-    pub shared: Arc<Shared>,
+    /// The listener's handler as of the accept: routing, limits, metrics, access log.
+    pub handler: Arc<super::HttpHandler>,
     /// The listener the connection came in on.
     pub listener: Arc<Listener>,
     /// The listener's settings as of the accept.
@@ -127,7 +126,7 @@ impl Exchange {
             server.stats.bytes_in.add(bytes_in);
             server.stats.bytes_out.add(bytes_out);
         }
-        self.ctx.shared.http_metrics.record(
+        self.ctx.handler.metrics.record(
             &self.ctx.metrics,
             &self.ctx.listener.name,
             pool.map(|pool| pool.name.as_str()),
@@ -138,7 +137,7 @@ impl Exchange {
         let Some(head) = &self.head else {
             return;
         };
-        self.ctx.shared.access_log.log_with(|format| {
+        self.ctx.handler.context.access_log.log_with(|format| {
             let text = |value: &Option<HeaderValue>| {
                 value
                     .as_ref()
@@ -236,7 +235,7 @@ pub async fn handle(
         (upgrade || !hyper::body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
     let mut exchange = Exchange {
         started,
-        head: ctx.shared.access_log.is_on().then(|| LoggedHead {
+        head: ctx.handler.context.access_log.is_on().then(|| LoggedHead {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
@@ -252,7 +251,7 @@ pub async fn handle(
         lease: None,
         logged: false,
     };
-    let http = &ctx.settings.config.http;
+    let http = &ctx.handler.options;
     let json = errors::wants_json(&parts.headers);
     let http1 = parts.version < Version::HTTP_2;
     // A refusal before routing also ends an HTTP/1 connection: its next bytes come from a
@@ -319,14 +318,12 @@ pub async fn handle(
         sni: ctx.facts.tls.as_ref().and_then(|tls| tls.sni.as_deref()),
         ..RouteFacts::default()
     };
-    let route = ctx.settings.routing.route(&facts);
-    let Some(pool) = route
-        .map(|r| &r.pool)
-        .or(ctx.settings.routing.default.as_ref())
-    else {
+    let routing = &ctx.handler.routing;
+    let route = routing.route(&facts);
+    let Some(pool) = route.map(|r| &r.pool).or(routing.default.as_ref()) else {
         return exchange.fail(ProxyError::NoRoute, json);
     };
-    let rules = route.map(|r| &r.rule);
+    let rules = route.map(|r| &r.extra);
 
     // Headers: hop-by-hop out, forwarding and identity in, then the route's rules.
     let wants_trailers = headers::list_tokens(&parts.headers, header::TE)
@@ -351,7 +348,7 @@ pub async fn handle(
         head.request_id = Some(request_id);
     }
     if let Some(rules) = rules {
-        headers::apply_rules(&mut parts.headers, &rules.request_headers);
+        headers::apply_rules(&mut parts.headers, &rules.request);
     }
 
     let client_upgrade = upgrade
@@ -374,13 +371,19 @@ pub async fn handle(
             Err(LeaseError::NoServer) if pool.is_retired() => {
                 // A reload replaced the pool after this connection was accepted.
                 let current = ctx.listener.settings();
-                match current.routing.pool(&RouteFacts {
-                    host,
-                    path: Some(request.uri().path()),
-                    method: Some(request.method().as_str()),
-                    headers: Some(request.headers()),
-                    sni: ctx.facts.tls.as_ref().and_then(|tls| tls.sni.as_deref()),
-                    ..RouteFacts::default()
+                let now = current
+                    .handler
+                    .as_any()
+                    .downcast_ref::<super::HttpHandler>();
+                match now.and_then(|now| {
+                    now.routing.pool(&RouteFacts {
+                        host,
+                        path: Some(request.uri().path()),
+                        method: Some(request.method().as_str()),
+                        headers: Some(request.headers()),
+                        sni: ctx.facts.tls.as_ref().and_then(|tls| tls.sni.as_deref()),
+                        ..RouteFacts::default()
+                    })
                 }) {
                     Some(next) if !Arc::ptr_eq(next, &pool) => {
                         pool = Cow::Owned(next.clone());
@@ -456,7 +459,7 @@ pub async fn handle(
     let switching = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
     headers::remove_hop_by_hop(&mut parts.headers, switching);
     if let Some(rules) = rules {
-        headers::apply_rules(&mut parts.headers, &rules.response_headers);
+        headers::apply_rules(&mut parts.headers, &rules.response);
     }
     parts.version = Version::HTTP_11;
 
@@ -468,8 +471,14 @@ pub async fn handle(
         let idle = pool.timeouts.tunnel.unwrap_or(pool.timeouts.server);
         let ctx_done = ctx.clone();
         tokio::spawn(async move {
-            let (termination, bytes_in, bytes_out) =
-                tunnel::run(client_upgrade, server_upgrade, idle, cut, &ctx_done.shared).await;
+            let (termination, bytes_in, bytes_out) = tunnel::run(
+                client_upgrade,
+                server_upgrade,
+                idle,
+                cut,
+                &ctx_done.handler.context,
+            )
+            .await;
             if let Some(received) = &exchange.received {
                 received.fetch_add(bytes_in, Ordering::Relaxed);
             }
@@ -488,7 +497,12 @@ pub async fn handle(
         if end.ending == Ending::Complete
             && let (Some(connection), Some(lease)) = (connection.take(), &exchange.lease)
         {
-            client::give_back(lease.server(), &lease.pool().keep_alive, connection, now);
+            client::give_back(
+                lease.server(),
+                &lease.pool().http.keep_alive,
+                connection,
+                now,
+            );
         }
         exchange.finish(now, status.as_u16(), end.bytes, end.ending.reason());
     });
@@ -507,7 +521,7 @@ fn prepare_for_server(
     authority: Option<&Authority>,
 ) {
     let host = match authority {
-        Some(authority) if pool.preserve_host => Some(authority.header_value().clone()),
+        Some(authority) if pool.http.preserve_host => Some(authority.header_value().clone()),
         _ => HeaderValue::from_str(&server.address.to_string()).ok(),
     };
     let path = |request: &Request<RequestBody>| {
@@ -517,7 +531,7 @@ fn prepare_for_server(
             .map_or("/", |p| p.as_str())
             .to_string()
     };
-    match pool.http_version {
+    match pool.http.http_version {
         HttpVersion::Http1 => {
             *request.version_mut() = Version::HTTP_11;
             if request.uri().authority().is_some()

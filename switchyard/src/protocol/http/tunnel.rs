@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Shared;
+use crate::protocol::Context;
 
 /// Size of each direction's copy buffer.
 const BUFFER: usize = 16 * 1024;
@@ -23,7 +23,7 @@ pub async fn run(
     server: OnUpgrade,
     idle: Duration,
     cut: CancellationToken,
-    shared: &Shared,
+    context: &Context,
 ) -> (&'static str, u64, u64) {
     let (client, server) = match tokio::try_join!(client, server) {
         Ok(both) => both,
@@ -57,7 +57,7 @@ pub async fn run(
         _ = copying => "tunnel_closed",
         () = watchdog, if !idle.is_zero() => "tunnel_timeout",
         () = cut.cancelled() => "server_cut",
-        () = shared.hard_stop.cancelled() => "shutdown",
+        () = context.hard_stop.cancelled() => "shutdown",
     };
     (
         termination,

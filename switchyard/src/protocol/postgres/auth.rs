@@ -22,11 +22,7 @@ use super::login::{ServerCredential, login};
 use super::startup::{Refusal, ServerLink, StartupBytes};
 use crate::auth::md5;
 use crate::auth::scram::{self, ScramSecret, ServerExchange, constant_time_eq};
-use crate::config::load::ErrorSink;
-use crate::config::{
-    AuthQueryConfig, ClientTlsMode, Config, MessageLimits, PostgresAuth, Protocol,
-};
-use crate::key_path;
+use crate::config::{AuthQueryConfig, Config, MessageLimits, PostgresAuth};
 use crate::upstream::Pool;
 
 /// SQLSTATE invalid_password, as PostgreSQL reports any failed password check.
@@ -146,7 +142,7 @@ impl Users {
         }
         let mut queries = HashMap::new();
         for pool in &config.pools {
-            if let Some(query) = &pool.auth_query {
+            if let Some(query) = &pool.database.auth_query {
                 let password = query
                     .password
                     .as_deref()
@@ -211,14 +207,13 @@ async fn run_auth_query(
     }
     let mut failure = "the pool has no server available".to_string();
     for server in pool.servers.iter().filter(|s| s.is_available()) {
-        let (client, connection) =
-            match crate::health::postgres::connect(pool, server, &config).await {
-                Ok(connected) => connected,
-                Err(error) => {
-                    failure = format!("server {}: {error}", server.name);
-                    continue;
-                }
-            };
+        let (client, connection) = match super::check::connect(pool, server, &config).await {
+            Ok(connected) => connected,
+            Err(error) => {
+                failure = format!("server {}: {error}", server.name);
+                continue;
+            }
+        };
         let row = client.query_opt(&query.config.query, &[&user]).await;
         drop(client);
         let _ = connection.await;
@@ -589,119 +584,6 @@ pub fn welcome(parameters: &[(String, String)], pid: u32, key: &[u8]) -> Vec<u8>
     out
 }
 
-/// Checks `[[user]]` entries: unique names, exactly one secret, secrets that resolve and
-/// parse, and pools' `auth_query`.
-pub fn validate_users(config: &Config, sink: &mut ErrorSink<'_>) {
-    let mut seen = std::collections::HashSet::new();
-    for (i, user) in config.users.iter().enumerate() {
-        if user.name.is_empty() {
-            sink.at(&key_path!("user", i, "name"), "must not be empty");
-        } else if !seen.insert(user.name.as_str()) {
-            sink.at(
-                &key_path!("user", i, "name"),
-                format!("user `{}` is defined twice", user.name),
-            );
-        }
-        let given = [
-            ("password", user.password.is_some()),
-            ("scram_secret", user.scram_secret.is_some()),
-            ("md5", user.md5.is_some()),
-        ];
-        if given.iter().filter(|(_, set)| *set).count() != 1 {
-            sink.at(
-                &key_path!("user", i),
-                "needs exactly one of `password`, `scram_secret`, `md5`",
-            );
-        }
-        for (key, value) in [
-            ("password", &user.password),
-            ("server_password", &user.server_password),
-        ] {
-            if let Some(Err(e)) = value.as_deref().map(crate::secret::resolve) {
-                sink.at(&key_path!("user", i, key), e);
-            }
-        }
-        if let Some(Err(e)) = user.scram_secret.as_deref().map(ScramSecret::parse) {
-            sink.at(
-                &key_path!("user", i, "scram_secret"),
-                format!("{e} (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)"),
-            );
-        }
-        if user
-            .md5
-            .as_deref()
-            .is_some_and(|hash| !md5::is_stored(hash))
-        {
-            sink.at(
-                &key_path!("user", i, "md5"),
-                "must be `md5` followed by 32 lowercase hex digits",
-            );
-        }
-    }
-    for (i, pool) in config.pools.iter().enumerate() {
-        let Some(query) = &pool.auth_query else {
-            continue;
-        };
-        if query.user.is_empty() {
-            sink.at(
-                &key_path!("pool", i, "auth_query", "user"),
-                "must not be empty",
-            );
-        }
-        if let Some(Err(e)) = query.password.as_deref().map(crate::secret::resolve) {
-            sink.at(&key_path!("pool", i, "auth_query", "password"), e);
-        }
-        if !query.query.contains("$1") {
-            sink.at(
-                &key_path!("pool", i, "auth_query", "query"),
-                "must take the user name as $1",
-            );
-        }
-    }
-}
-
-/// Checks a listener's `auth`: postgres only; cleartext only with `client_tls` required;
-/// a password method needs users to check against.
-pub fn validate_listener(config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
-    let listener = &config.listeners[i];
-    let Some(auth) = listener.auth else {
-        return;
-    };
-    if listener.protocol != Protocol::Postgres {
-        sink.at(
-            &key_path!("listener", i, "auth"),
-            "`auth` applies to postgres listeners only",
-        );
-        return;
-    }
-    if auth == PostgresAuth::Cleartext && listener.client_tls_mode() != ClientTlsMode::Required {
-        sink.at(
-            &key_path!("listener", i, "auth"),
-            "`cleartext` sends passwords in clear: it needs `client_tls = { mode = \"required\" }`",
-        );
-    }
-    let pools = listener
-        .pool
-        .iter()
-        .chain(listener.routes.iter().map(|r| &r.pool));
-    let queried = pools.into_iter().any(|name| {
-        config
-            .pools
-            .iter()
-            .any(|p| &p.name == name && p.auth_query.is_some())
-    });
-    let checks_passwords = !matches!(auth, PostgresAuth::Trust | PostgresAuth::Passthrough);
-    if checks_passwords && config.users.is_empty() && !queried {
-        sink.at(
-            &key_path!("listener", i, "auth"),
-            format!(
-                "`{}` needs `[[user]]` entries or an `auth_query` on the listener's pools",
-                auth.as_str()
-            ),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt;
@@ -872,7 +754,9 @@ mod tests {
         let tcp = listener("auth = \"trust\"").replace("\"postgres\"", "\"tcp\"");
         let errors = config_errors(&tcp);
         assert!(
-            errors.contains("listener[0].auth: `auth` applies to postgres"),
+            errors.contains(
+                "listener[0].auth: not a key of tcp listeners; it belongs to postgres listeners"
+            ),
             "{errors}"
         );
         let errors = config_errors(&format!(

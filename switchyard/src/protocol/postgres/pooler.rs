@@ -102,7 +102,7 @@ impl TxPools {
         let entry = match pools.get(&key) {
             Some(entry) => entry.clone(),
             None => {
-                let limit = pool.pooling.max_pools;
+                let limit = pool.database.max_transaction_pools;
                 if pools.keys().filter(|k| k.pool == key.pool).count() >= limit {
                     return Err(TooManyPools { limit });
                 }
@@ -205,6 +205,60 @@ pub struct ServerConnections {
     pub active: usize,
     /// Connections idle, ready for the next transaction.
     pub idle: usize,
+}
+
+/// A PostgreSQL transaction pool (one database and user) as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TxPoolStatus {
+    /// Database.
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Clients connected.
+    pub clients: usize,
+    /// Clients waiting for a server connection now.
+    pub waiting: usize,
+    /// Transactions run.
+    pub transactions: u64,
+    /// Queries (ReadyForQuery answers) run.
+    pub queries: u64,
+    /// Average time a client waited for a server connection, milliseconds.
+    pub avg_wait_ms: f64,
+    /// Clients refused after the queue timeout.
+    pub queue_timeouts: u64,
+    /// Transactions the read/write split sent to the primary.
+    pub routed_primary: u64,
+    /// Transactions the read/write split sent to a replica.
+    pub routed_replica: u64,
+    /// Server connections per server.
+    pub servers: Vec<ServerConnections>,
+}
+
+impl TxPool {
+    /// Its status for the admin API.
+    pub fn status(&self) -> TxPoolStatus {
+        let pool = self;
+        let stats = &pool.stats;
+        let leases = stats.leases.load(Ordering::Relaxed);
+        let waited = stats.wait_micros.load(Ordering::Relaxed);
+        TxPoolStatus {
+            database: pool.database.clone(),
+            user: pool.user.clone(),
+            clients: stats.clients.load(Ordering::Relaxed),
+            waiting: pool.waiting(),
+            transactions: stats.transactions.load(Ordering::Relaxed),
+            queries: stats.queries.load(Ordering::Relaxed),
+            avg_wait_ms: if leases == 0 {
+                0.0
+            } else {
+                waited as f64 / leases as f64 / 1000.0
+            },
+            queue_timeouts: stats.queue_timeouts.load(Ordering::Relaxed),
+            routed_primary: stats.routed_primary.load(Ordering::Relaxed),
+            routed_replica: stats.routed_replica.load(Ordering::Relaxed),
+            servers: pool.servers(),
+        }
+    }
 }
 
 /// Why no server connection could be had.
@@ -340,14 +394,14 @@ impl TxPool {
     ) -> Result<ServerConn, LeaseFailure> {
         let pool = self.upstream.load_full();
         let started = Instant::now();
-        let lifetime = pool.pooling.lifetime;
+        let lifetime = pool.database.server_lifetime;
         let usable =
             |conn: &ServerConn| !conn.expired(started, lifetime) && !conn.cut.is_cancelled();
         let choose = |room: &[Arc<Server>]| pool.choose(room, client.ip());
         let ask = Ask {
             servers: &pool.servers,
             filter,
-            size: pool.pooling.size,
+            size: pool.database.pool_size,
             worker: crate::workers::current_worker(),
             deadline: started + pool.timeouts.queue,
             usable: &usable,
@@ -442,7 +496,7 @@ impl TxPool {
                 logged_in.secret_key,
             )),
             parameters: logged_in.parameters,
-            prepared: ServerStatements::new(pool.pooling.max_prepared_statements),
+            prepared: ServerStatements::new(pool.database.max_prepared_statements),
             applied: 0,
             worker: crate::workers::current_worker(),
             cut: server.session_token(),
@@ -461,7 +515,7 @@ impl TxPool {
         let pool = self.upstream.load();
         let usable = conn.server.is_available()
             && !conn.cut.is_cancelled()
-            && !conn.expired(Instant::now(), pool.pooling.lifetime)
+            && !conn.expired(Instant::now(), pool.database.server_lifetime)
             && !conn.reader.has_partial()
             && pool.servers.iter().any(|s| Arc::ptr_eq(s, &conn.server));
         if usable {
@@ -506,7 +560,7 @@ impl TxPool {
         let pool = self.upstream.load_full();
         self.conns.track_servers(&pool.servers);
         let now = Instant::now();
-        let pooling = &pool.pooling;
+        let pooling = &pool.database;
         let current = |server: &Server| {
             pool.servers
                 .iter()
@@ -516,8 +570,8 @@ impl TxPool {
         // beyond it are closed.
         let closing = self.conns.take_idle_where(|server, conn, idle_for, kept| {
             !(current(server) && server.is_available())
-                || conn.expired(now, pooling.lifetime)
-                || (kept + 1 > pooling.min_idle && idle_for >= pooling.idle_timeout)
+                || conn.expired(now, pooling.server_lifetime)
+                || (kept + 1 > pooling.min_idle && idle_for >= pooling.server_idle_timeout)
         });
         drop(closing);
         if pooling.min_idle > 0
@@ -535,7 +589,7 @@ impl TxPool {
     /// Opens connections until every available server has `min_idle` idle ones (or
     /// `pool_size` in all); one opening at a time per pool.
     async fn fill_min_idle(self: &Arc<Self>, pool: &Arc<Pool>) {
-        let pooling = &pool.pooling;
+        let pooling = &pool.database;
         let idle: HashMap<usize, usize> = self
             .conns
             .counts()
@@ -549,7 +603,7 @@ impl TxPool {
         for server in pool.servers.iter().filter(|s| s.is_available()) {
             let have = idle.get(&(Arc::as_ptr(server) as usize)).copied();
             for _ in have.unwrap_or(0)..pooling.min_idle {
-                let Some(place) = self.conns.reserve(server, pooling.size) else {
+                let Some(place) = self.conns.reserve(server, pooling.pool_size) else {
                     break;
                 };
                 match self.open(pool, client, place, &limits).await {

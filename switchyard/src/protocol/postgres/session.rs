@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
+use super::PostgresHandler;
 use super::auth::{Authenticated, authenticate_client, log_in_for};
 use super::cancel::{CancelTarget, Registration};
 use super::codec::Startup;
@@ -18,12 +19,11 @@ use super::split::SplitConfig;
 use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, read_opening};
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
 use crate::config::{ClientTlsMode, ListenerRole, MessageLimits, PoolMode, PostgresAuth};
-use crate::listener::{Listener, ListenerSettings};
+use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::ConnectionRecord;
 use crate::protocol::{count_bytes, proxy_preamble, read_proxy_header, relay_session};
 use crate::relay::{IdleLimit, RelayCounters, relay_streams};
-use crate::route::{RouteFacts, Routing};
-use crate::runtime::Shared;
+use crate::route::RouteFacts;
 use crate::tls::{Rewind, ServerStream, ServerTls, TlsInfo};
 use crate::upstream::{
     ConnectError, LeaseError, Pool, RoleFilter, Server, ServerRole, Upstream, connect_matching,
@@ -31,16 +31,16 @@ use crate::upstream::{
 };
 
 /// Handles one client connection of a postgres listener to the end, logging one line.
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: Arc<Listener>,
-    settings: Arc<ListenerSettings>,
-    client: TcpStream,
-    peer: SocketAddr,
-) {
+pub async fn serve(handler: Arc<PostgresHandler>, connection: Accepted) {
     let started = std::time::Instant::now();
+    let Accepted {
+        listener,
+        settings,
+        stream: client,
+        peer,
+    } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
-    record.termination = match session(&shared, &listener, &settings, client, &mut record).await {
+    record.termination = match session(&handler, &listener, &settings, client, &mut record).await {
         Ok(termination) => termination,
         Err(refusal) => {
             // A bad PROXY header was counted and logged where it was read.
@@ -55,17 +55,19 @@ pub async fn serve(
         }
     };
     record.finish(started);
-    shared.access_log.log(&record);
+    handler.state.context.access_log.log(&record);
 }
 
 async fn session(
-    shared: &Shared,
+    handler: &PostgresHandler,
     listener: &Listener,
     settings: &ListenerSettings,
     mut client: TcpStream,
     record: &mut ConnectionRecord,
 ) -> Result<&'static str, Refusal> {
-    let limits = &settings.config.limits;
+    let state = &handler.state;
+    let options = &handler.options;
+    let limits = &options.limits;
     let mut destination = None;
     let mut early_data = Bytes::new();
     if settings.config.proxy_protocol.is_some() {
@@ -80,7 +82,7 @@ async fn session(
         .or_else(|| client.local_addr().ok())
         .unwrap_or(listener.address);
     let client = Rewind::new(early_data, client);
-    let mode = settings.config.client_tls_mode();
+    let mode = options.client_tls_mode(settings.tls.is_some());
     let offered = settings
         .tls
         .as_ref()
@@ -95,7 +97,7 @@ async fn session(
     let mut startup = match opening {
         Opening::Startup(startup) => startup,
         Opening::Cancel { pid, key } => {
-            shared.postgres_cancel.cancel(pid, &key).await;
+            state.cancel.cancel(pid, &key).await;
             return Err(Refusal::new("cancel", "cancel request"));
         }
         Opening::StartTls => return Err(Refusal::new("bad_startup", "a second SSLRequest")),
@@ -104,7 +106,7 @@ async fn session(
         let code = sqlstate::INVALID_AUTHORIZATION;
         return refuse(&mut client, code, "tls_required", "SSL required".into()).await;
     }
-    let routed = route(&settings.routing, &startup, tls_info.as_ref());
+    let routed = route(handler, &startup, tls_info.as_ref());
     let Some((mut pool, mut rewrites, split)) = routed else {
         let message = format!(
             "no route for database \"{}\" and user \"{}\"",
@@ -115,9 +117,9 @@ async fn session(
         return refuse(&mut client, code, "no_route", message).await;
     };
     record.pool = Some(pool.name.clone());
-    let users = shared.postgres_users.load_full();
-    let transaction_mode = pool.pooling.mode == PoolMode::Transaction;
-    let method = match settings.config.postgres_auth(users.has_users()) {
+    let users = state.users.load_full();
+    let transaction_mode = pool.database.pool_mode == PoolMode::Transaction;
+    let method = match options.auth(users.has_users()) {
         // Shared server connections are logged in by switchyard: it must know the client.
         PostgresAuth::Passthrough if transaction_mode => PostgresAuth::ScramSha256,
         method => method,
@@ -143,30 +145,34 @@ async fn session(
         && transaction_mode
     {
         rewrites.apply(&mut startup);
-        let config = &settings.config;
-        let wanted = wanted_role(&pool, config.role, config.replica_fallback);
+        let wanted = wanted_role(&pool, options.role, options.replica_fallback);
         let pooled = super::transaction::Pooled {
             pool: &pool,
             credential: authenticated.credential.clone(),
             accept: RoleFilter::new(&pool, wanted),
             split: split.enabled.then_some(split),
         };
-        return super::transaction::start(shared, settings, client, &startup, pooled, record).await;
+        return super::transaction::start(
+            state, settings, options, client, &startup, pooled, record,
+        )
+        .await;
     }
 
-    let (config, tls_facts) = (&settings.config, tls_info.as_ref());
-    let mut wanted = wanted_role(&pool, config.role, config.replica_fallback);
+    let tls_facts = tls_info.as_ref();
+    let mut wanted = wanted_role(&pool, options.role, options.replica_fallback);
     let mut attempt = connect_role(&pool, record.client, wanted).await;
     // A reload that replaced the pool after this connection was accepted drains the servers
     // it removed; when nothing else is left in the old pool, the routing now in force
     // takes the client.
     while matches!(attempt, Err(ConnectError::Lease(LeaseError::NoServer))) && pool.is_retired() {
-        let Some(current) = route(&listener.settings().routing, &startup, tls_facts) else {
+        let settings = listener.settings();
+        let now = settings.handler.as_any().downcast_ref::<PostgresHandler>();
+        let Some(current) = now.and_then(|now| route(now, &startup, tls_facts)) else {
             break;
         };
         (pool, rewrites, _) = current;
         record.pool = Some(pool.name.clone());
-        wanted = wanted_role(&pool, config.role, config.replica_fallback);
+        wanted = wanted_role(&pool, options.role, options.replica_fallback);
         attempt = connect_role(&pool, record.client, wanted).await;
     }
     rewrites.apply(&mut startup);
@@ -208,7 +214,7 @@ async fn session(
     let host = server_host(&server);
     let tls = pool.tls.as_deref();
     let link = |stream: &ServerStream| ServerLink {
-        table: &shared.postgres_cancel,
+        table: &state.cancel,
         cancel: CancelTarget {
             server: upstream.peer,
             connect_timeout: pool.timeouts.connect,
@@ -289,7 +295,7 @@ async fn session(
                 count_bytes(record, listener, &server, early.len() as u64, 0);
             }
             relay_session(
-                shared,
+                &state.context,
                 listener,
                 &server,
                 idle,
@@ -310,7 +316,7 @@ async fn session(
                 server_stream,
                 idle,
                 &cut,
-                &shared.hard_stop,
+                &state.context.hard_stop,
                 counters,
             )
             .await;
@@ -414,26 +420,28 @@ async fn refuse<C: AsyncWrite + Unpin>(
 }
 
 /// What a route asks to change in the startup sent to the server.
-#[derive(Debug, Default)]
-struct Rewrites {
-    database: Option<String>,
-    user: Option<String>,
+#[derive(Debug, Clone, Default)]
+pub struct Rewrites {
+    /// The database name sent instead of the client's.
+    pub database: Option<String>,
+    /// The user name sent instead of the client's.
+    pub user: Option<String>,
 }
 
 impl Rewrites {
     /// Applies the rewrites to what the server will be sent.
-    fn apply(self, startup: &mut Startup) {
-        if let Some(database) = self.database {
-            startup.set_param("database", &database);
+    fn apply(&self, startup: &mut Startup) {
+        if let Some(database) = &self.database {
+            startup.set_param("database", database);
         }
-        if let Some(user) = self.user {
+        if let Some(user) = &self.user {
             // The database defaulted to the user name: keep the name the client meant.
             if startup.param("database").is_none()
                 && let Some(original) = startup.param("user").map(str::to_string)
             {
                 startup.set_param("database", &original);
             }
-            startup.set_param("user", &user);
+            startup.set_param("user", user);
         }
     }
 }
@@ -441,10 +449,11 @@ impl Rewrites {
 /// Picks the pool from the startup parameters (and the client's TLS), with the matching
 /// route's rewrites of `database`/`user` and read/write split settings.
 fn route(
-    routing: &Routing,
+    handler: &PostgresHandler,
     startup: &Startup,
     tls: Option<&TlsInfo>,
 ) -> Option<(Arc<Pool>, Rewrites, Arc<SplitConfig>)> {
+    let routing = &handler.routing;
     let facts = RouteFacts {
         database: startup.database(),
         user: startup.param("user"),
@@ -458,16 +467,14 @@ fn route(
     match routing.route(&facts) {
         Some(route) => Some((
             route.pool.clone(),
-            Rewrites {
-                database: route.rule.rewrite_database.clone(),
-                user: route.rule.rewrite_user.clone(),
-            },
-            route.split.clone(),
+            route.extra.rewrites.clone(),
+            route.extra.split.clone(),
         )),
-        None => routing.default.clone().map(|pool| {
-            let split = pool.split.clone();
-            (pool, Rewrites::default(), split)
-        }),
+        None => routing
+            .default
+            .clone()
+            .zip(handler.default_split.clone())
+            .map(|(pool, split)| (pool, Rewrites::default(), split)),
     }
 }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use super::classify::{
     Access, Classification, Classifier, RouteHint, RouteOverride, Rules, SessionChange, TxnCommand,
 };
-use crate::config::{CheckKind, PoolConfig, Protocol, RouteConfig};
+use crate::config::{DatabasePool, PostgresRoute};
 
 /// The server role a statement goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,17 +178,8 @@ pub struct SplitConfig {
 }
 
 impl SplitConfig {
-    /// Resolves the settings of `route` (if one matched) over those of its `pool`.
-    pub fn resolve(route: Option<&RouteConfig>, pool: &PoolConfig) -> Self {
-        let on_pool = Self::for_pool(pool);
-        match route {
-            Some(route) => on_pool.with_route(route),
-            None => on_pool,
-        }
-    }
-
     /// A pool's settings.
-    pub fn for_pool(pool: &PoolConfig) -> Self {
+    pub fn for_pool(pool: &DatabasePool) -> Self {
         Self {
             enabled: pool.read_write_split,
             sticky_after_write: pool.sticky_after_write,
@@ -198,7 +189,7 @@ impl SplitConfig {
 
     /// These settings with a route's own keys over them; the classifier (and its cache)
     /// is shared unless the route names its own write functions.
-    pub fn with_route(&self, route: &RouteConfig) -> Self {
+    pub fn with_route(&self, route: &PostgresRoute) -> Self {
         Self {
             enabled: route.read_write_split.unwrap_or(self.enabled),
             sticky_after_write: route.sticky_after_write.or(self.sticky_after_write),
@@ -207,78 +198,6 @@ impl SplitConfig {
                 None => self.classifier.clone(),
             },
         }
-    }
-
-    /// Whether a route names any split key (and so needs settings of its own).
-    pub fn overridden_by(route: &RouteConfig) -> bool {
-        route.read_write_split.is_some()
-            || route.sticky_after_write.is_some()
-            || route.write_functions.is_some()
-    }
-}
-
-/// Checks a route's split keys: postgres listeners only, function names well formed, and
-/// a split needs a pool whose `postgres` health check knows the servers' roles. Reports
-/// `(key, message)` pairs.
-pub fn validate_route(
-    protocol: Protocol,
-    route: &RouteConfig,
-    pool: Option<&PoolConfig>,
-    report: &mut dyn FnMut(&str, String),
-) {
-    let keys = [
-        ("read_write_split", route.read_write_split.is_some()),
-        ("sticky_after_write", route.sticky_after_write.is_some()),
-        ("write_functions", route.write_functions.is_some()),
-    ];
-    if protocol != Protocol::Postgres {
-        for (key, _) in keys.iter().filter(|(_, set)| *set) {
-            report(key, format!("`{key}` applies to postgres routes only"));
-        }
-        return;
-    }
-    if let Some(names) = &route.write_functions {
-        validate_function_names(names, &mut |message| report("write_functions", message));
-    }
-    if route.read_write_split == Some(true)
-        && let Some(pool) = pool
-    {
-        require_roles(pool, &mut |message| report("read_write_split", message));
-    }
-}
-
-/// Checks a pool's split keys (see [`validate_route`]).
-pub fn validate_pool(pool: &PoolConfig, report: &mut dyn FnMut(&str, String)) {
-    validate_function_names(&pool.write_functions, &mut |message| {
-        report("write_functions", message)
-    });
-    if pool.read_write_split {
-        require_roles(pool, &mut |message| report("read_write_split", message));
-    }
-}
-
-/// Function names are matched without their schema, as PostgreSQL stores them.
-fn validate_function_names(names: &[String], report: &mut dyn FnMut(String)) {
-    for name in names {
-        if name.is_empty() || name.contains('.') || name.contains(char::is_whitespace) {
-            report(format!(
-                "`{name}` is not a function name (give the name without schema or arguments)"
-            ));
-        }
-    }
-}
-
-/// The split sends by role, which only a `postgres` health check finds out.
-fn require_roles(pool: &PoolConfig, report: &mut dyn FnMut(String)) {
-    let checked = pool
-        .health
-        .as_ref()
-        .is_some_and(|h| h.check == CheckKind::Postgres);
-    if !checked {
-        report(format!(
-            "pool `{}` needs `health = {{ check = \"postgres\" }}` so that its servers' roles are known",
-            pool.name
-        ));
     }
 }
 
@@ -524,16 +443,20 @@ mod tests {
             "read_write_split = false\nwrite_functions = [\"my_writer\"]",
         )
         .expect("valid");
-        let pool = &config.pools[0];
-        let route = &config.listeners[0].routes[0];
-        let on_pool = SplitConfig::resolve(None, pool);
+        let pool = &config.pools[0].database;
+        let crate::config::ListenerOptions::Postgres(listener) = &config.listeners[0].options
+        else {
+            panic!("a postgres listener");
+        };
+        let route = &listener.routes[0];
+        let on_pool = SplitConfig::for_pool(pool);
         assert!(on_pool.enabled);
         assert_eq!(on_pool.sticky_after_write, Some(Duration::from_secs(2)));
         let writes =
             |split: &SplitConfig, sql: &str| split.classifier.classify(sql).access == Access::Write;
         assert!(writes(&on_pool, "SELECT audit()"));
         assert!(!writes(&on_pool, "SELECT my_writer()"));
-        let on_route = SplitConfig::resolve(Some(route), pool);
+        let on_route = on_pool.with_route(route);
         assert!(!on_route.enabled);
         assert_eq!(on_route.sticky_after_write, Some(Duration::from_secs(2)));
         assert!(writes(&on_route, "SELECT my_writer()"));
@@ -541,8 +464,12 @@ mod tests {
         assert!(writes(&on_route, "SELECT nextval('s')"));
 
         let defaults = load("", "").expect("valid");
+        let crate::config::ListenerOptions::Postgres(listener) = &defaults.listeners[0].options
+        else {
+            panic!("a postgres listener");
+        };
         let split =
-            SplitConfig::resolve(Some(&defaults.listeners[0].routes[0]), &defaults.pools[0]);
+            SplitConfig::for_pool(&defaults.pools[0].database).with_route(&listener.routes[0]);
         assert!(!split.enabled);
         assert_eq!(split.sticky_after_write, None);
         assert!(!writes(&split, "SELECT my_writer(), audit()"));
@@ -581,15 +508,11 @@ servers = [{ address = "127.0.0.1:5432" }]
             .expect_err("invalid")
             .to_string();
         assert!(
-            error.contains("`read_write_split` applies to postgres routes only"),
+            error.contains("listener[0].routes[0].read_write_split: unknown field"),
             "{error}"
         );
         assert!(
-            error.contains("`sticky_after_write` applies to postgres routes only"),
-            "{error}"
-        );
-        assert!(
-            error.contains("needs `health = { check = \"postgres\" }`"),
+            error.contains("pool[0].read_write_split: the split chooses a server per transaction"),
             "{error}"
         );
     }

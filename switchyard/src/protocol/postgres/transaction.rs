@@ -37,6 +37,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::PostgresState;
 use super::cancel::Registration;
 use super::classify::{self, Classification, PinReason, SessionChange, SessionEffects};
 use super::codec::Startup;
@@ -50,10 +51,10 @@ use super::startup::Refusal;
 use super::statements::{ClientStatements, Statement};
 use super::tls::ClientStream;
 use crate::config::MessageLimits;
+use crate::config::PostgresListener;
 use crate::lazy_timer::LazyTimer;
 use crate::listener::ListenerSettings;
 use crate::observe::ConnectionRecord;
-use crate::runtime::Shared;
 use crate::upstream::{Pool, RoleFilter, ServerRole};
 
 /// What the client loop needs from the session that started it.
@@ -1015,8 +1016,9 @@ pub struct Pooled<'a> {
 /// accepts the user and database (its refusal reaches the client as is) and learns the
 /// parameters.
 pub async fn start(
-    shared: &Shared,
+    state: &PostgresState,
     listener: &ListenerSettings,
+    options: &PostgresListener,
     stream: ClientStream,
     startup: &Startup,
     pooled: Pooled<'_>,
@@ -1024,7 +1026,7 @@ pub async fn start(
 ) -> Result<&'static str, Refusal> {
     let database = startup.database().unwrap_or_default();
     let user = startup.param("user").unwrap_or_default();
-    let limits = &listener.config.limits;
+    let limits = &options.limits;
     let client = |stream, pool, settings, idle| Client {
         stream,
         address: record.client,
@@ -1032,14 +1034,14 @@ pub async fn start(
         accept: pooled.accept,
         limits,
         idle,
-        cancel: shared.postgres_cancel.register_unbound(4),
+        cancel: state.cancel.register_unbound(4),
         settings,
-        hard_stop: shared.hard_stop.child_token(),
+        hard_stop: state.context.hard_stop.child_token(),
         upstream: pooled.pool.clone(),
         split: pooled.split.clone(),
     };
-    let member = match shared
-        .postgres_pools
+    let member = match state
+        .tx_pools
         .join(pooled.pool, database, user, pooled.credential)
     {
         Ok(member) => member,

@@ -8,8 +8,9 @@
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::config::SslMode;
 
-use crate::config::{HealthConfig, OnRoleChange};
-use crate::protocol::postgres::tls::{retries_with_tls, secure_server, server_host};
+use super::tls::{retries_with_tls, secure_server, server_host};
+use crate::config::{DatabaseCheck, HealthConfig, OnRoleChange};
+use crate::health::{Check, Outcome};
 use crate::upstream::{Pool, ReplicaLag, Server, ServerRole, connect_server};
 
 /// Role, and for a replica the WAL not yet replayed and the age of the last replayed
@@ -21,9 +22,29 @@ const ROLE_QUERY: &str = "SELECT pg_is_in_recovery(), \
        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
        ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END END";
 
+/// The `postgres` check.
+#[derive(Debug)]
+pub struct PostgresCheck;
+
+impl Check for PostgresCheck {
+    fn check<'a>(
+        &'a self,
+        pool: &'a Pool,
+        server: &'a Server,
+        health: &'a HealthConfig,
+    ) -> Outcome<'a> {
+        Box::pin(async move {
+            let Some(check) = health.options.database() else {
+                return Err("not a database check".to_string());
+            };
+            check_role(pool, server, check).await
+        })
+    }
+}
+
 /// Logs in, runs the role query and records the result on `server`; a role change cuts
 /// the server's sessions when the pool says so.
-pub async fn check(pool: &Pool, server: &Server, health: &HealthConfig) -> Result<(), String> {
+async fn check_role(pool: &Pool, server: &Server, health: &DatabaseCheck) -> Result<(), String> {
     let (role, lag) = query_role(pool, server, health).await?;
     if let Some(previous) = server.record_role(role, lag) {
         tracing::warn!(pool = %pool.name, server = %server.name, from = ?previous, to = ?role, "server role changed");
@@ -72,7 +93,7 @@ pub async fn connect(
 async fn query_role(
     pool: &Pool,
     server: &Server,
-    health: &HealthConfig,
+    health: &DatabaseCheck,
 ) -> Result<(ServerRole, Option<ReplicaLag>), String> {
     let mut config = tokio_postgres::Config::new();
     config

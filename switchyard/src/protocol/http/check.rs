@@ -5,49 +5,35 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
-use crate::config::HealthConfig;
+use crate::config::{CheckOptions, HealthConfig, HttpCheck, StatusRange};
+use crate::health::{Check, Outcome};
 use crate::upstream::{Pool, Server, connect_server};
 
 /// Most body bytes a check reads when looking for `body_contains`.
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// An inclusive range of HTTP statuses, written `"200-399"` or `"204"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusRange {
-    /// Lowest accepted status.
-    pub low: u16,
-    /// Highest accepted status.
-    pub high: u16,
-}
+/// The `http` check.
+#[derive(Debug)]
+pub struct HttpHealthCheck;
 
-impl StatusRange {
-    /// Parses `"LOW-HIGH"` or a single status; statuses run from 100 to 599.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let status = |s: &str| {
-            s.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|n| (100..=599).contains(n))
-                .ok_or_else(|| format!("`{s}` is not an HTTP status (100 to 599)"))
-        };
-        let (low, high) = match text.split_once('-') {
-            Some((low, high)) => (status(low)?, status(high)?),
-            None => (status(text)?, status(text)?),
-        };
-        if low > high {
-            return Err(format!("`{text}`: the range is empty"));
-        }
-        Ok(Self { low, high })
-    }
-
-    /// Whether `status` is in the range.
-    pub fn contains(&self, status: u16) -> bool {
-        (self.low..=self.high).contains(&status)
+impl Check for HttpHealthCheck {
+    fn check<'a>(
+        &'a self,
+        pool: &'a Pool,
+        server: &'a Server,
+        health: &'a HealthConfig,
+    ) -> Outcome<'a> {
+        Box::pin(async move {
+            let CheckOptions::Http(check) = &health.options else {
+                return Err("not an http check".to_string());
+            };
+            request(pool, server, check).await
+        })
     }
 }
 
 /// Sends the configured request over a fresh connection and checks the answer.
-pub async fn check(pool: &Pool, server: &Server, health: &HealthConfig) -> Result<(), String> {
+async fn request(pool: &Pool, server: &Server, health: &HttpCheck) -> Result<(), String> {
     let expected = StatusRange::parse(&health.expect_status)?;
     let method = hyper::Method::from_bytes(health.method.as_bytes())
         .map_err(|_| format!("bad method {}", health.method))?;
@@ -103,19 +89,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_ranges() {
-        let range = StatusRange::parse("200-399").expect("range");
-        assert!(range.contains(200) && range.contains(399) && !range.contains(400));
-        assert_eq!(
-            StatusRange::parse("204"),
-            Ok(StatusRange {
-                low: 204,
-                high: 204
-            })
-        );
-        assert!(StatusRange::parse("400-200").is_err());
-        assert!(StatusRange::parse("99").is_err());
-        assert!(StatusRange::parse("abc").is_err());
+    fn bodies_are_searched_for_the_text() {
         assert!(contains(b"status: ok", b"ok"));
         assert!(!contains(b"status: ko", b"ok"));
     }

@@ -1,0 +1,105 @@
+//! The protocols the config knows, each named once: which type holds the keys of its
+//! listeners, and which pool keys only its listeners read. Adding a protocol's keys is a
+//! module of its own (like `http.rs`) and a line here.
+
+use toml_edit::Item;
+
+use super::database::DatabasePool;
+use super::http::{HttpListener, HttpPool};
+use super::keys;
+use super::load::{ErrorSink, section};
+use super::postgres::PostgresListener;
+use super::schema::{Config, PoolConfig, Protocol};
+use super::tcp::TcpListener;
+
+/// What the config rules need from the keys of one protocol's listeners.
+pub trait ListenerKeys {
+    /// The pools its routes send to, in route order.
+    fn route_pools(&self) -> Vec<&str>;
+    /// Checks its keys; `i` is the listener's index in `config`.
+    fn validate(&self, config: &Config, i: usize, sink: &mut ErrorSink<'_>);
+}
+
+macro_rules! listener_protocols {
+    ($($variant:ident => $options:ty),* $(,)?) => {
+        /// The keys only one protocol's listeners have.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum ListenerOptions {
+            $(
+                /// The keys of this protocol's listeners.
+                $variant($options),
+            )*
+        }
+
+        impl ListenerOptions {
+            /// The keys `protocol`'s listeners have, or `None` when it has no listeners in
+            /// this build.
+            pub(super) fn keys(protocol: Protocol) -> Option<&'static [&'static str]> {
+                match protocol {
+                    $(Protocol::$variant => Some(keys::of::<$options>()),)*
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }
+            }
+
+            /// Reads the keys of `protocol`'s listeners from a listener's table; `None`
+            /// when they do not parse (reported) or the protocol has no listeners.
+            pub(super) fn read(
+                protocol: Protocol,
+                item: &Item,
+                at: &[&str],
+                sink: &mut ErrorSink<'_>,
+            ) -> Option<Self> {
+                match protocol {
+                    $(Protocol::$variant => section::<$options>(item, at, sink).map(Self::$variant),)*
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }
+            }
+
+            /// The rules' view of the keys.
+            pub fn keys_of_protocol(&self) -> &dyn ListenerKeys {
+                match self {
+                    $(Self::$variant(options) => options,)*
+                }
+            }
+        }
+    };
+}
+
+listener_protocols! {
+    Tcp => TcpListener,
+    Http => HttpListener,
+    Postgres => PostgresListener,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        Self::Tcp(TcpListener::default())
+    }
+}
+
+/// Pool keys that only some protocols' listeners read: `(protocols, keys, who)`. Such a
+/// key written on a pool whose listeners are all of other protocols would do nothing.
+pub fn pool_groups() -> [(&'static [Protocol], &'static [&'static str], &'static str); 2] {
+    [
+        (&[Protocol::Http], keys::of::<HttpPool>(), "http listeners"),
+        (
+            &[Protocol::Postgres, Protocol::Mysql],
+            keys::of::<DatabasePool>(),
+            "database listeners",
+        ),
+    ]
+}
+
+/// Reads the pool keys of every protocol group from a pool's table.
+pub(super) fn read_pool_groups(
+    pool: &mut PoolConfig,
+    item: &Item,
+    at: &[&str],
+    sink: &mut ErrorSink<'_>,
+) -> Option<()> {
+    pool.http = section::<HttpPool>(item, at, sink)?;
+    pool.database = section::<DatabasePool>(item, at, sink)?;
+    Some(())
+}
