@@ -886,6 +886,17 @@ impl SslMode {
             SslMode::VerifyFull => "verify-full",
         }
     }
+
+    /// Whether a connection attempt asks a database server for TLS in its protocol
+    /// (PostgreSQL's SSLRequest, MySQL's): `allow` only on its retry after the server
+    /// refused plaintext (`retry`), `disable` never, the others always.
+    pub fn asks_for_tls(self, retry: bool) -> bool {
+        match self {
+            SslMode::Disable => false,
+            SslMode::Allow => retry,
+            SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => true,
+        }
+    }
 }
 
 /// A pool's TLS to its servers. Paths are relative to the config file's directory.

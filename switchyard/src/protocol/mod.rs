@@ -1,6 +1,7 @@
 //! Protocol front ends: what happens on a client connection after accept.
 
 pub mod http;
+pub mod mysql;
 pub mod postgres;
 pub mod tcp;
 
