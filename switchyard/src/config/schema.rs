@@ -518,8 +518,8 @@ pub struct PoolConfig {
     /// absent or `"0s"` gives it its full share at once.
     #[serde(default, with = "duration::option")]
     pub slow_start: Option<Duration>,
-    /// Replicas lagging more than this behind their primary (as the `postgres` check
-    /// measures) take no replica traffic; absent means no limit.
+    /// Replicas lagging more than this behind their primary (as the `postgres` and `mysql`
+    /// checks measure) take no replica traffic; absent means no limit.
     #[serde(default, with = "duration::option")]
     pub max_replica_lag: Option<Duration>,
     /// The servers.
@@ -771,12 +771,12 @@ pub struct HealthConfig {
     /// HTTP Host header for `http` checks; defaults to the server address.
     #[serde(default)]
     pub host: Option<String>,
-    /// User a database check logs in as.
-    #[serde(default = "defaults::check_user")]
-    pub user: String,
-    /// Database a database check connects to.
-    #[serde(default = "defaults::check_database")]
-    pub database: String,
+    /// User a database check logs in as; see [`HealthConfig::check_user`].
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Database a database check connects to; see [`HealthConfig::check_database`].
+    #[serde(default)]
+    pub database: Option<String>,
     /// Password for the check user: a literal, `env:VAR` or `file:PATH`.
     #[serde(default)]
     pub password: Option<String>,
@@ -795,6 +795,22 @@ pub struct HealthConfig {
 }
 
 impl HealthConfig {
+    /// The user a database check logs in as: `user`, else `postgres` (the `mysql` check
+    /// has no default: validation asks for a user).
+    pub fn check_user(&self) -> &str {
+        self.user.as_deref().unwrap_or("postgres")
+    }
+
+    /// The database a database check connects to: `database`, else `postgres` for the
+    /// `postgres` check and none for the `mysql` check.
+    pub fn check_database(&self) -> Option<&str> {
+        match (&self.database, self.check) {
+            (Some(database), _) => Some(database),
+            (None, CheckKind::Postgres) => Some("postgres"),
+            (None, _) => None,
+        }
+    }
+
     /// Effective check timeout.
     pub fn effective_timeout(&self) -> Duration {
         self.timeout
@@ -1022,9 +1038,6 @@ mod defaults {
     }
     pub fn max_requests() -> u32 {
         1000
-    }
-    pub fn check_user() -> String {
-        "postgres".into()
     }
     pub fn check_database() -> String {
         "postgres".into()

@@ -183,13 +183,16 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             }
         }
         if let Some(health) = &pool.health {
-            if !matches!(
-                health.check,
-                CheckKind::Tcp | CheckKind::Http | CheckKind::Postgres
-            ) {
+            if health.check == CheckKind::Smtp {
                 sink.at(
                     &key_path!("pool", i, "health", "check"),
-                    "only `tcp`, `http` and `postgres` checks are available in this build yet",
+                    "only `tcp`, `http`, `postgres` and `mysql` checks are available in this build yet",
+                );
+            }
+            if health.check == CheckKind::Mysql && health.user.is_none() {
+                sink.at(
+                    &key_path!("pool", i, "health"),
+                    "a `mysql` check needs `user` (an account that may log in and run SHOW VARIABLES and SHOW REPLICA STATUS)",
                 );
             }
             if let Some(password) = &health.password

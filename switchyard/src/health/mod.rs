@@ -4,6 +4,7 @@
 //! database and SMTP checks) is one more `Check` variant and its function.
 
 mod http;
+pub mod mysql;
 pub mod postgres;
 mod tracker;
 
@@ -68,7 +69,8 @@ async fn run_check(pool: &Pool, server: &Server, health: &HealthConfig) -> Resul
         match health.check {
             CheckKind::Http => http::check(pool, server, health).await,
             CheckKind::Postgres => postgres::check(pool, server, health).await,
-            // Validation admits only tcp and http for now; the others fall back to a connect.
+            CheckKind::Mysql => mysql::check(pool, server, health).await,
+            // Validation refuses the smtp check for now; tcp is a connect (and TLS).
             _ => {
                 let (stream, _) = connect_server(server, pool)
                     .await

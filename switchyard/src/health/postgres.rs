@@ -76,8 +76,8 @@ async fn query_role(
 ) -> Result<(ServerRole, Option<ReplicaLag>), String> {
     let mut config = tokio_postgres::Config::new();
     config
-        .user(&health.user)
-        .dbname(&health.database)
+        .user(health.check_user())
+        .dbname(health.check_database().unwrap_or("postgres"))
         .application_name("switchyard-health-check")
         .ssl_mode(SslMode::Disable);
     if let Some(password) = &health.password {
