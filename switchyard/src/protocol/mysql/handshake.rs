@@ -76,7 +76,12 @@ impl Handshake {
                 u32::from_le_bytes([reserved[6], reserved[7], reserved[8], reserved[9]]);
         }
         if capabilities & cap::SECURE_CONNECTION != 0 {
-            let part2_len = auth_len.saturating_sub(8).max(13);
+            // Without CLIENT_PLUGIN_AUTH the length byte is a filler, and part 2 is 13.
+            let part2_len = if capabilities & cap::PLUGIN_AUTH != 0 {
+                auth_len.saturating_sub(8).max(13)
+            } else {
+                13
+            };
             let part2 = c.take(part2_len, "handshake scramble part 2")?;
             scramble.extend_from_slice(part2);
             if capabilities & cap::PLUGIN_AUTH != 0 && auth_len > 8 {
