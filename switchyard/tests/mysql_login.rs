@@ -98,7 +98,6 @@ async fn every_sslmode_against_a_tls_server_then_with_secure_transport_required(
     let (cert, key) = ca.issue(&["127.0.0.1", "localhost"], "mariadb", dir.path(), "server");
     let server = MariaDb::start(&MyOptions {
         tls: Some((cert, key, ca_path.clone())),
-        require_secure_transport: false,
     });
 
     for mode in SSLMODES {
@@ -195,6 +194,18 @@ async fn plaintext_server_sslmodes_and_the_health_check_on_a_primary_and_its_rep
             }
         }
     }
+
+    // `allow` retries a refused login over TLS; a server without TLS cannot take the
+    // retry, and the first refusal is what is reported.
+    let allow = pool(&[&primary], &tls_keys("allow", &ca_path, ""));
+    let error = connect(
+        &allow,
+        &allow.servers[0],
+        &options((NATIVE_USER.0, "wrong")),
+    )
+    .await
+    .expect_err("wrong password");
+    assert!(error.contains("1045"), "{error}");
 
     // Roles, and a caught-up replica's lag.
     let pool = pool(&[&primary, &replica], "");

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::config::{HealthConfig, OnRoleChange};
 use crate::protocol::mysql::flags::capabilities;
 use crate::protocol::mysql::login::{
-    Credential, LoginOptions, ServerConnection, login, retries_with_tls,
+    Credential, LoginError, LoginOptions, ServerConnection, login, retries_with_tls,
 };
 use crate::protocol::mysql::query::{QueryError, QueryResult, ResultSet, query, quit};
 use crate::upstream::{Pool, ReplicaLag, Server, ServerRole, connect_server};
@@ -48,14 +48,23 @@ pub async fn connect(
 ) -> Result<ServerConnection<TcpStream>, String> {
     let tls = pool.tls.as_deref();
     let host = crate::tls::server_host(server);
-    let mut retry = false;
+    let mut refused = None;
     loop {
         let (stream, _) = connect_server(server, pool)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        let retry = refused.is_some();
         match login(stream, tls, &host, retry, options).await {
             Ok(connection) => return Ok(connection),
-            Err(error) if !retry && retries_with_tls(tls, &error) => retry = true,
+            Err(error) if !retry && retries_with_tls(tls, &error) => refused = Some(error),
+            // A server without TLS cannot take `allow`'s retry: what it said to the
+            // plaintext login (a wrong password...) is the error worth reporting.
+            Err(LoginError::TlsUnavailable(_)) if refused.is_some() => {
+                return Err(format!(
+                    "mysql: {}",
+                    refused.take().map(|e| e.to_string()).unwrap_or_default()
+                ));
+            }
             Err(error) => return Err(format!("mysql: {error}")),
         }
     }
@@ -129,9 +138,10 @@ fn rows(result: Result<QueryResult, QueryError>, sql: &str) -> Result<ResultSet,
 pub fn replica_lag(status: &ResultSet) -> Option<ReplicaLag> {
     let row = status.rows.first()?;
     let value = |names: &[&str]| status.value(row, names);
-    let seconds: f64 = value(&["Seconds_Behind_Source", "Seconds_Behind_Master"])?
-        .parse()
-        .ok()?;
+    let seconds = value(&["Seconds_Behind_Source", "Seconds_Behind_Master"])?
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite())?;
     let position = |names: &[&str]| value(names).and_then(|v| v.parse::<u64>().ok());
     let same_file = value(&["Source_Log_File", "Master_Log_File"])
         == value(&["Relay_Source_Log_File", "Relay_Master_Log_File"]);

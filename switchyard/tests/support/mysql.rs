@@ -59,9 +59,9 @@ fn chown(path: &Path) {
 #[derive(Debug, Clone, Default)]
 pub struct MyOptions {
     /// TLS with this certificate, key and CA (PEM files, copied into the server's dir).
+    /// (`require_secure_transport` is dynamic: tests turn it on with `SET GLOBAL` on a
+    /// running TLS server instead of starting another.)
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
-    /// `require_secure_transport = ON`: plaintext TCP logins are refused.
-    pub require_secure_transport: bool,
 }
 
 /// A running MariaDB server, shut down on drop.
@@ -94,9 +94,6 @@ impl MariaDb {
                     copy.display()
                 ));
             }
-        }
-        if options.require_secure_transport {
-            args.push("--require-secure-transport=ON".into());
         }
         let server = Self::launch(dir, &args);
         let [native, ed, monitor, repl] =
