@@ -220,7 +220,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let secure = matches!(stream, Either::Right(_));
-    let mut plugin = Plugin::from_name(&handshake.auth_plugin).unwrap_or(Plugin::Native);
+    let mut plugin = first_plugin(&handshake.auth_plugin, &options.credential);
     let mut nonce = handshake.scramble.clone();
     let response = HandshakeResponse {
         head,
@@ -300,6 +300,17 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         write_packet(&mut stream, packet.next(), &reply).await?;
+    }
+}
+
+/// The plugin the HandshakeResponse41 answers with: the greeting's when the credential
+/// can answer it, else the one the credential can (as clients answer with their default
+/// plugin); the server switches if the user needs another.
+fn first_plugin(offered: &str, credential: &Credential) -> Plugin {
+    match credential {
+        Credential::Password(_) => Plugin::from_name(offered).unwrap_or(Plugin::Native),
+        Credential::NativeStage1(_) => Plugin::Native,
+        Credential::Sha2Stage1(_) => Plugin::CachingSha2,
     }
 }
 
@@ -586,6 +597,29 @@ mod tests {
             sha2_login(Credential::Password("wrong".into()), Sha2Server::FastAuth).await,
             Err(LoginError::Server(_))
         ));
+    }
+
+    #[test]
+    fn the_first_answer_uses_a_plugin_the_credential_can_answer() {
+        let password = Credential::Password(String::new());
+        assert_eq!(
+            first_plugin("caching_sha2_password", &password),
+            Plugin::CachingSha2
+        );
+        assert_eq!(
+            first_plugin("auth_gssapi_client", &password),
+            Plugin::Native
+        );
+        let native = Credential::NativeStage1([0; 20]);
+        assert_eq!(
+            first_plugin("caching_sha2_password", &native),
+            Plugin::Native
+        );
+        let sha2 = Credential::Sha2Stage1([0; 32]);
+        assert_eq!(
+            first_plugin("mysql_native_password", &sha2),
+            Plugin::CachingSha2
+        );
     }
 
     #[test]

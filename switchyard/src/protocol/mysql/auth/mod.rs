@@ -41,7 +41,7 @@ impl Plugin {
     }
 }
 
-/// `a XOR b`, byte by byte, over the shorter length.
+/// `a XOR b`, byte by byte.
 fn xor<const N: usize>(a: &[u8; N], b: &[u8; N]) -> [u8; N] {
     let mut out = [0u8; N];
     for (o, (x, y)) in out.iter_mut().zip(a.iter().zip(b)) {
