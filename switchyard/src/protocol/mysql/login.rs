@@ -170,8 +170,8 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     options: &LoginOptions,
 ) -> Result<ServerConnection<S>, LoginError> {
     let mut reader = PacketReader::new(options.max_packet);
-    let mut stream: MysqlStream<S> = Either::Left(stream);
-    let greeting = reader.read(&mut stream).await?;
+    let mut plain = stream;
+    let greeting = reader.read(&mut plain).await?;
     if greeting.header() == Some(ERR) {
         // Too many connections, host blocked...: refused before any handshake.
         return Err(LoginError::Server(ErrPacket::parse(&greeting.payload)?));
@@ -198,27 +198,25 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         mariadb_capabilities: 0,
     };
     let mut sequence = greeting.next();
-    if let Some(tls) = tls.filter(|tls| tls.mode().asks_for_tls(retry)) {
-        if handshake.capabilities & cap::SSL != 0 {
-            sequence = write_packet(&mut stream, sequence, &head.ssl_request()).await?;
+    let mut stream: MysqlStream<S> = match tls.filter(|tls| tls.mode().asks_for_tls(retry)) {
+        Some(tls) if handshake.capabilities & cap::SSL != 0 => {
+            sequence = write_packet(&mut plain, sequence, &head.ssl_request()).await?;
             if reader.has_partial() {
                 // Bytes the server sent before TLS would be unauthenticated.
                 return Err(CodecError::Malformed("server data before the TLS handshake").into());
             }
-            let Either::Left(plain) = stream else {
-                return Err(CodecError::Malformed("TLS requested twice").into());
-            };
-            stream = Either::Right(tls.handshake(plain, host).await.map_err(|error| {
-                LoginError::Tls {
-                    mode: tls.mode().as_str(),
-                    error,
-                }
-            })?);
             head.capabilities |= cap::SSL;
-        } else if tls.mode() != SslMode::Prefer {
+            let secured = tls.handshake(plain, host).await;
+            Either::Right(secured.map_err(|error| LoginError::Tls {
+                mode: tls.mode().as_str(),
+                error,
+            })?)
+        }
+        Some(tls) if tls.mode() != SslMode::Prefer => {
             return Err(LoginError::TlsUnavailable(tls.mode().as_str()));
         }
-    }
+        _ => Either::Left(plain),
+    };
     let secure = matches!(stream, Either::Right(_));
     let mut plugin = first_plugin(&handshake.auth_plugin, &options.credential);
     let mut nonce = handshake.scramble.clone();
