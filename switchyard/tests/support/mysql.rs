@@ -156,6 +156,7 @@ impl MariaDb {
                     dir.path().join("mariadbd.pid").display()
                 ))
                 .arg(format!("--log-error={}", log.display()))
+                .arg(format!("--tmpdir={}", dir.path().join("tmp").display()))
                 .arg(format!("--port={port}"))
                 .args([
                     "--bind-address=127.0.0.1",
@@ -248,11 +249,17 @@ impl Drop for MariaDb {
 }
 
 /// A temp dir the `mysql` user owns, with a fresh data directory from
-/// `mariadb-install-db` (root may log in over the socket without a password).
+/// `mariadb-install-db` (root may log in over the socket without a password) and a
+/// `tmp` dir of the server's own: servers sharing `/tmp` remove each other's temporary
+/// tables there when they start, which makes concurrent installs fail.
 fn install() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     chown(dir.path());
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("tmp dir");
+    chown(&tmp);
     let output = as_mysql("mariadb-install-db")
+        .env("TMPDIR", &tmp)
         .arg("--no-defaults")
         .arg(format!("--datadir={}", dir.path().join("data").display()))
         .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
