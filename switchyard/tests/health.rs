@@ -1,4 +1,4 @@
-//! Health checking against real backends: tcp and http checks, rise/fall, on_down
+//! Health checking against real backends: tcp, http and mysql checks, rise/fall, on_down
 //! session cutting, passive checks from failed client connects, the unchecked state.
 
 mod support;
@@ -330,4 +330,40 @@ servers = [ {{ name = "bravo", address = "{}" }} ]
         first_line(listener_addr(&proxy, "checked").await).await,
         "bravo"
     );
+}
+
+/// The `mysql` check in the running proxy, on a pool behind a `tcp` listener: a real
+/// MariaDB is checked up as a primary, becomes a replica when made read-only, and is
+/// taken down when it stops; the listener relays a real `mariadb` client meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_check_reads_the_role_of_a_real_mariadb() {
+    use support::mysql::{MONITOR_USER, MariaDb, MyOptions, NATIVE_USER, mariadb_cli};
+
+    let mut server = MariaDb::start(&MyOptions::default());
+    let (proxy, front) = start_pool(
+        &format!(
+            r#"health = {{ check = "mysql", user = "{}", password = "{}", interval = "100ms", fall = 1, rise = 1 }}"#,
+            MONITOR_USER.0, MONITOR_USER.1
+        ),
+        &[("db", server.address(), "")],
+    )
+    .await;
+    proxy.wait_health("app", "db", "up").await;
+    wait_until("db to be checked as the primary", || async {
+        proxy.server("app", "db").await.role == "primary"
+    })
+    .await;
+    let (ok, out, err) = mariadb_cli(front, NATIVE_USER, &["--skip-ssl"], "SELECT 41 + 1");
+    assert!(ok, "{err}");
+    assert_eq!(out, "42");
+
+    server.sql("SET GLOBAL read_only = ON");
+    wait_until("db to be checked as a replica", || async {
+        proxy.server("app", "db").await.role == "replica"
+    })
+    .await;
+    assert_eq!(proxy.server("app", "db").await.health, "up");
+
+    server.stop();
+    proxy.wait_health("app", "db", "down").await;
 }

@@ -214,6 +214,24 @@ impl Default for DatabaseCheck {
     }
 }
 
+/// The `mysql` health check: log in and ask the server whether it is read-only and, for a
+/// replica, how far behind it is.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct MysqlCheck {
+    /// User the check logs in as: an account that may run `SHOW VARIABLES` and
+    /// `SHOW REPLICA STATUS` (no default: MySQL has no user every server has).
+    pub user: String,
+    /// Database it connects to; none by default.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Password: a literal, `env:VAR` or `file:PATH`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// What to do with established sessions when a server's role changes.
+    #[serde(default)]
+    pub on_role_change: OnRoleChange,
+}
+
 /// What happens to established sessions when their server's role changes (a replica is
 /// promoted, or a primary comes back as a replica).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -376,8 +394,8 @@ pub fn validate_function_names(names: &[String], report: &mut dyn FnMut(String))
 }
 
 /// Checks a database health check's password resolves.
-pub fn validate_check(check: &DatabaseCheck, i: usize, sink: &mut ErrorSink<'_>) {
-    if let Some(Err(e)) = check.password.as_deref().map(crate::secret::resolve) {
+pub fn validate_check(password: Option<&str>, i: usize, sink: &mut ErrorSink<'_>) {
+    if let Some(Err(e)) = password.map(crate::secret::resolve) {
         sink.at(&key_path!("pool", i, "health", "password"), e);
     }
 }

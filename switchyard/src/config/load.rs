@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{Document, Item};
 
-use super::database::{DatabaseCheck, UserConfig};
+use super::database::{DatabaseCheck, MysqlCheck, UserConfig};
 use super::http::HttpCheck;
 use super::protocols::{ListenerOptions, pool_groups, read_pool_groups};
 use super::schema::{
@@ -589,7 +589,7 @@ fn check_options(
         (CheckKind::Tcp, &[]),
         (CheckKind::Http, keys::of::<HttpCheck>()),
         (CheckKind::Postgres, keys::of::<DatabaseCheck>()),
-        (CheckKind::Mysql, keys::of::<DatabaseCheck>()),
+        (CheckKind::Mysql, keys::of::<MysqlCheck>()),
     ];
     let (options, keys) = match health.check {
         CheckKind::Tcp => (CheckOptions::Tcp, kinds[0].1),
@@ -599,7 +599,7 @@ fn check_options(
         CheckKind::Smtp => {
             sink.at(
                 &segments(at, &["check".to_string()]),
-                "the `smtp` check is not available in this build yet; use `tcp`, `http` or `postgres`",
+                "the `smtp` check is not available in this build yet; use `tcp`, `http`, `postgres` or `mysql`",
             );
             return None;
         }

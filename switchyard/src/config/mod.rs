@@ -18,7 +18,7 @@ mod validate;
 
 pub use database::{
     AuthQueryConfig, ClientTlsConfig, ClientTlsMode, DatabaseCheck, DatabasePool, ListenerRole,
-    MessageLimits, OnRoleChange, PoolMode, UserConfig,
+    MessageLimits, MysqlCheck, OnRoleChange, PoolMode, UserConfig,
 };
 pub use http::{
     HeaderRules, HttpCheck, HttpListener, HttpOptions, HttpPool, HttpRoute, HttpVersion,

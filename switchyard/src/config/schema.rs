@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::database::{DatabaseCheck, DatabasePool, UserConfig};
+use super::database::{DatabaseCheck, DatabasePool, MysqlCheck, UserConfig};
 use super::duration;
 use super::http::{HttpCheck, HttpPool};
 use super::protocols::ListenerOptions;
@@ -433,17 +433,7 @@ pub enum CheckOptions {
     /// A PostgreSQL login and role query.
     Postgres(DatabaseCheck),
     /// A MySQL login and role query.
-    Mysql(DatabaseCheck),
-}
-
-impl CheckOptions {
-    /// The keys of a database check (the kinds that find servers' roles).
-    pub fn database(&self) -> Option<&DatabaseCheck> {
-        match self {
-            Self::Postgres(check) | Self::Mysql(check) => Some(check),
-            _ => None,
-        }
-    }
+    Mysql(MysqlCheck),
 }
 
 impl HealthConfig {
@@ -536,6 +526,17 @@ impl SslMode {
             SslMode::Require => "require",
             SslMode::VerifyCa => "verify-ca",
             SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether a connection attempt asks a database server for TLS in its protocol
+    /// (PostgreSQL's SSLRequest, MySQL's): `allow` only on its retry after the server
+    /// refused plaintext (`retry`), `disable` never, the others always.
+    pub fn asks_for_tls(self, retry: bool) -> bool {
+        match self {
+            SslMode::Disable => false,
+            SslMode::Allow => retry,
+            SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => true,
         }
     }
 }

@@ -182,11 +182,12 @@ fn validate_pool(config: &Config, i: usize, pool: &PoolConfig, sink: &mut ErrorS
         match &health.options {
             CheckOptions::Tcp => {}
             CheckOptions::Http(check) => http::validate_check(check, i, sink),
-            CheckOptions::Postgres(check) => database::validate_check(check, i, sink),
-            CheckOptions::Mysql(_) => sink.at(
-                &key_path!("pool", i, "health", "check"),
-                "the `mysql` check is not available in this build yet; use `tcp`, `http` or `postgres`",
-            ),
+            CheckOptions::Postgres(check) => {
+                database::validate_check(check.password.as_deref(), i, sink);
+            }
+            CheckOptions::Mysql(check) => {
+                database::validate_check(check.password.as_deref(), i, sink);
+            }
         }
     }
     if pool.timeouts.connect.is_zero() {

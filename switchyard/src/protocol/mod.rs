@@ -1,6 +1,7 @@
 //! Protocol front ends: what happens on a client connection after accept.
 
 pub mod http;
+pub mod mysql;
 pub mod postgres;
 pub mod tcp;
 
@@ -84,6 +85,7 @@ impl Registry {
             Arc::new(tcp::Tcp::new(context)),
             Arc::new(http::Http::new(context)),
             Arc::new(postgres::Postgres::new(context)),
+            Arc::new(mysql::Mysql),
         ];
         let mut checks: HashMap<CheckKind, Arc<dyn Check>> = HashMap::new();
         checks.insert(CheckKind::Tcp, Arc::new(crate::health::TcpCheck));

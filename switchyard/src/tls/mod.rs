@@ -27,7 +27,7 @@ pub use passthrough::{CLIENT_HELLO_TIMEOUT, MAX_CLIENT_HELLO, read_client_hello}
 pub use pem::{CertFacts, cert_facts};
 pub use rewind::Rewind;
 pub use server::{ClientIdentity, ServerTls, TlsInfo};
-pub use upstream::{ServerStream, secure_upstream};
+pub use upstream::{ServerStream, secure_upstream, server_host};
 
 /// TLS 1.0 and 1.1 are refused.
 const SUPPORTED_VERSIONS: &[&SupportedProtocolVersion] =

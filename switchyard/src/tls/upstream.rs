@@ -40,10 +40,7 @@ pub async fn secure_upstream(
             return Ok(Either::Left(stream));
         }
     };
-    let host = match &server.address {
-        ServerAddress::Ip(addr) => addr.ip().to_string(),
-        ServerAddress::Host { host, .. } => host.clone(),
-    };
+    let host = server_host(server);
     stream.write_all(proxy_header).await?;
     let handshake = tokio::time::timeout(pool.timeouts.connect, tls.handshake(stream, &host))
         .await
@@ -60,6 +57,15 @@ pub async fn secure_upstream(
             error.kind(),
             format!("TLS handshake (sslmode={}): {error}", tls.mode().as_str()),
         )),
+    }
+}
+
+/// The name a server is verified against (`verify-full`) and sent as SNI, unless the
+/// pool's `upstream_tls.sni` overrides it.
+pub fn server_host(server: &Server) -> String {
+    match &server.address {
+        ServerAddress::Ip(addr) => addr.ip().to_string(),
+        ServerAddress::Host { host, .. } => host.clone(),
     }
 }
 

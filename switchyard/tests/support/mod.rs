@@ -10,6 +10,8 @@ pub mod certs;
 pub mod config;
 /// HTTP backends and clients for the HTTP proxy tests.
 pub mod http;
+/// Real MariaDB servers (primary, GTID replica, TLS) for the MySQL tests.
+pub mod mysql;
 /// Operations helpers: access log, listener addresses, metrics parsing.
 pub mod ops;
 pub mod postgres;

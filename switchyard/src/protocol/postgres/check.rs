@@ -9,7 +9,7 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::config::SslMode;
 
 use super::tls::{retries_with_tls, secure_server, server_host};
-use crate::config::{DatabaseCheck, HealthConfig, OnRoleChange};
+use crate::config::{CheckOptions, DatabaseCheck, HealthConfig, OnRoleChange};
 use crate::health::{Check, Outcome};
 use crate::upstream::{Pool, ReplicaLag, Server, ServerRole, connect_server};
 
@@ -34,8 +34,8 @@ impl Check for PostgresCheck {
         health: &'a HealthConfig,
     ) -> Outcome<'a> {
         Box::pin(async move {
-            let Some(check) = health.options.database() else {
-                return Err("not a database check".to_string());
+            let CheckOptions::Postgres(check) = &health.options else {
+                return Err("not a postgres check".to_string());
             };
             check_role(pool, server, check).await
         })

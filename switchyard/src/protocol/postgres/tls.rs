@@ -15,30 +15,13 @@ use tokio_util::either::Either;
 use super::codec::{SSL_REQUEST, with_length};
 use crate::config::SslMode;
 use crate::tls::{Rewind, ServerStream, UpstreamTls};
-use crate::upstream::{Server, ServerAddress};
 
 /// A client connection (after any PROXY header, whose trailing bytes it reads first):
 /// plaintext, or TLS terminated by the proxy.
 pub type ClientStream =
     Either<Rewind<TcpStream>, tokio_rustls::server::TlsStream<Rewind<TcpStream>>>;
 
-/// The name a server is verified against (`verify-full`) and sent as SNI, unless the
-/// pool's `upstream_tls.sni` overrides it.
-pub fn server_host(server: &Server) -> String {
-    match &server.address {
-        ServerAddress::Ip(addr) => addr.ip().to_string(),
-        ServerAddress::Host { host, .. } => host.clone(),
-    }
-}
-
-/// Whether this connection attempt asks the server for TLS: `allow` only on its retry.
-fn asks_for_tls(mode: SslMode, retry: bool) -> bool {
-    match mode {
-        SslMode::Disable => false,
-        SslMode::Allow => retry,
-        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => true,
-    }
-}
+pub use crate::tls::server_host;
 
 /// Negotiates TLS on a fresh server connection per `tls`'s `sslmode` (plaintext without
 /// `upstream_tls`), after sending `preamble` (a PROXY header, or nothing) in clear; `retry`
@@ -51,7 +34,7 @@ pub async fn secure_server(
     retry: bool,
 ) -> io::Result<ServerStream> {
     stream.write_all(preamble).await?;
-    let Some(tls) = tls.filter(|tls| asks_for_tls(tls.mode(), retry)) else {
+    let Some(tls) = tls.filter(|tls| tls.mode().asks_for_tls(retry)) else {
         return Ok(Either::Left(stream));
     };
     stream
@@ -85,24 +68,4 @@ pub async fn secure_server(
 /// Whether `allow` may retry with TLS after the server refused a plaintext startup.
 pub fn retries_with_tls(tls: Option<&UpstreamTls>, stream: &ServerStream) -> bool {
     matches!(stream, Either::Left(_)) && tls.is_some_and(|tls| tls.mode() == SslMode::Allow)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn which_modes_ask_for_tls() {
-        for (mode, first, retry) in [
-            (SslMode::Disable, false, false),
-            (SslMode::Allow, false, true),
-            (SslMode::Prefer, true, true),
-            (SslMode::Require, true, true),
-            (SslMode::VerifyCa, true, true),
-            (SslMode::VerifyFull, true, true),
-        ] {
-            assert_eq!(asks_for_tls(mode, false), first, "{mode:?}");
-            assert_eq!(asks_for_tls(mode, true), retry, "{mode:?}");
-        }
-    }
 }

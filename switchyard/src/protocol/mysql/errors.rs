@@ -1,0 +1,130 @@
+//! The errors switchyard answers MySQL clients with itself, as ERR packets with the codes,
+//! SQLSTATEs and wording MySQL uses, so that drivers map them to the errors they know
+//! (a retryable connection failure, access denied...) instead of seeing a bare close.
+
+use super::err::ErrPacket;
+use super::packet::packet;
+
+/// An error the proxy reports to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No server could be reached (2003 / 08S01, as the client library reports a failed
+    /// connect), with the reason.
+    CantConnect(String),
+    /// No route for the database (1049 / 42000).
+    UnknownDatabase(String),
+    /// The pool's queue is full or timed out (1040 / 08004).
+    TooManyConnections,
+    /// Proxy-side authentication failed (1045 / 28000).
+    AccessDenied {
+        /// The user the client gave.
+        user: String,
+        /// The client's address as MySQL shows it.
+        host: String,
+        /// Whether the client sent a password.
+        using_password: bool,
+    },
+    /// The listener requires TLS and the client did not ask for it (3159 / HY000).
+    InsecureTransport,
+    /// A packet that does not follow the protocol (1156 / 08S01), with what was wrong.
+    MalformedPacket(String),
+}
+
+impl ProxyError {
+    /// The MySQL error number.
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::CantConnect(_) => 2003,
+            Self::UnknownDatabase(_) => 1049,
+            Self::TooManyConnections => 1040,
+            Self::AccessDenied { .. } => 1045,
+            Self::InsecureTransport => 3159,
+            Self::MalformedPacket(_) => 1156,
+        }
+    }
+
+    /// The SQLSTATE.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            Self::CantConnect(_) | Self::MalformedPacket(_) => "08S01",
+            Self::UnknownDatabase(_) => "42000",
+            Self::TooManyConnections => "08004",
+            Self::AccessDenied { .. } => "28000",
+            Self::InsecureTransport => "HY000",
+        }
+    }
+
+    /// The message, worded as MySQL words it where MySQL has the error.
+    pub fn message(&self) -> String {
+        match self {
+            Self::CantConnect(reason) => format!("Can't connect to MySQL server ({reason})"),
+            Self::UnknownDatabase(database) => format!("Unknown database '{database}'"),
+            Self::TooManyConnections => "Too many connections".to_string(),
+            Self::AccessDenied {
+                user,
+                host,
+                using_password,
+            } => format!(
+                "Access denied for user '{user}'@'{host}' (using password: {})",
+                if *using_password { "YES" } else { "NO" }
+            ),
+            Self::InsecureTransport => "Connections using insecure transport are prohibited while --require_secure_transport=ON.".to_string(),
+            Self::MalformedPacket(what) => format!("Got packets out of order or malformed: {what}"),
+        }
+    }
+
+    /// The ERR packet.
+    pub fn to_err(&self) -> ErrPacket {
+        ErrPacket {
+            code: self.code(),
+            sqlstate: self.sqlstate().to_string(),
+            message: self.message(),
+        }
+    }
+
+    /// The ERR packet framed with sequence id `sequence` (the one after the client's
+    /// last packet; 0 when answering before the greeting's reply is read).
+    pub fn packet(&self, sequence: u8) -> Vec<u8> {
+        packet(sequence, &self.to_err().encode())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_states_and_wording() {
+        let denied = ProxyError::AccessDenied {
+            user: "native_user".into(),
+            host: "127.0.0.1".into(),
+            using_password: true,
+        };
+        let framed = denied.packet(2);
+        assert_eq!(framed[3], 2, "sequence id");
+        // Byte for byte what MariaDB itself sent for a wrong password (testdata).
+        let captured = crate::protocol::mysql::testdata::packets(
+            crate::protocol::mysql::testdata::CLI_WRONG_PASSWORD_SERVER,
+        );
+        assert_eq!(&framed[4..], &captured[1].payload[..]);
+        for (error, code, state) in [
+            (
+                ProxyError::CantConnect("connection refused".into()),
+                2003,
+                "08S01",
+            ),
+            (ProxyError::UnknownDatabase("shop".into()), 1049, "42000"),
+            (ProxyError::TooManyConnections, 1040, "08004"),
+            (ProxyError::InsecureTransport, 3159, "HY000"),
+            (
+                ProxyError::MalformedPacket("short handshake".into()),
+                1156,
+                "08S01",
+            ),
+        ] {
+            let err = ErrPacket::parse(&error.packet(0)[4..]).expect("err");
+            assert_eq!((err.code, err.sqlstate.as_str()), (code, state));
+            assert_eq!(err.message, error.message());
+        }
+    }
+}
