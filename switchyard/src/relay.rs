@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::observe::Termination;
 use crate::tally::Tally;
 
 /// Size of one relay buffer.
@@ -55,46 +56,6 @@ impl Drop for PooledBuffer {
                     pool.push(buffer);
                 }
             });
-        }
-    }
-}
-
-/// Why a relayed connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Termination {
-    /// Both sides closed; the client closed first.
-    ClientClosed,
-    /// Both sides closed; the server closed first.
-    ServerClosed,
-    /// The client socket failed (reset, broken pipe).
-    ClientError,
-    /// The server socket failed.
-    ServerError,
-    /// No traffic for the client idle timeout.
-    ClientTimeout,
-    /// No traffic for the server idle timeout.
-    ServerTimeout,
-    /// No traffic for the tunnel timeout.
-    TunnelTimeout,
-    /// The server was put in maintenance or went down with `shutdown_sessions`.
-    ServerCut,
-    /// The proxy's shutdown timeout ran out.
-    Shutdown,
-}
-
-impl Termination {
-    /// The name used in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientClosed => "client_closed",
-            Self::ServerClosed => "server_closed",
-            Self::ClientError => "client_error",
-            Self::ServerError => "server_error",
-            Self::ClientTimeout => "client_timeout",
-            Self::ServerTimeout => "server_timeout",
-            Self::TunnelTimeout => "tunnel_timeout",
-            Self::ServerCut => "server_cut",
-            Self::Shutdown => "shutdown",
         }
     }
 }

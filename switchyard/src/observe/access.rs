@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::Termination;
 use crate::config::{LogConfig, LogFormat};
 
 /// Lines buffered between workers and the writer thread.
@@ -37,7 +38,7 @@ pub struct ConnectionRecord {
     /// Bytes from server to client.
     pub bytes_out: u64,
     /// Why it ended.
-    pub termination: &'static str,
+    pub termination: Termination,
 }
 
 impl ConnectionRecord {
@@ -52,7 +53,8 @@ impl ConnectionRecord {
             duration_ms: 0,
             bytes_in: 0,
             bytes_out: 0,
-            termination: "",
+            // Until the connection says otherwise.
+            termination: Termination::ClientClosed,
         }
     }
 

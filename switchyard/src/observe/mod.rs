@@ -2,6 +2,7 @@
 
 mod access;
 pub mod families;
+mod termination;
 
 use std::sync::OnceLock;
 
@@ -10,6 +11,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 pub use access::{AccessLog, ConnectionRecord};
+pub use termination::Termination;
 
 /// Swaps the log filter of the running process; set only when the config's level is the
 /// one in force (no `RUST_LOG`), so a reload can change it.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CheckKind, Config, ListenerConfig, Protocol, ProxyProtocolVersion};
 use crate::health::Check;
 use crate::listener::{Handler, Listener, ListenerSettings};
-use crate::observe::{AccessLog, ConnectionRecord};
+use crate::observe::{AccessLog, ConnectionRecord, Termination};
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::relay::{IdleLimit, RelayCounters, relay};
 use crate::upstream::{Pool, Server};
@@ -162,7 +162,7 @@ pub async fn relay_session(
     client: &TcpStream,
     upstream: &TcpStream,
     record: &mut ConnectionRecord,
-) -> &'static str {
+) -> Termination {
     let cut = server.session_token();
     let outcome = relay(
         client,
@@ -178,7 +178,7 @@ pub async fn relay_session(
     .await;
     record.bytes_in += outcome.bytes_in;
     record.bytes_out += outcome.bytes_out;
-    outcome.termination.as_str()
+    outcome.termination
 }
 
 /// What a PROXY header said: the address the client reached (if proxied) and the bytes
@@ -197,7 +197,7 @@ pub async fn read_proxy_header(
     settings: &ListenerSettings,
     client: &mut TcpStream,
     record: &mut ConnectionRecord,
-) -> Result<ProxiedConnection, &'static str> {
+) -> Result<ProxiedConnection, Termination> {
     match proxy_protocol::read_header(client, settings.config.timeouts.proxy_header).await {
         Ok((header, early_data)) => {
             let mut destination = None;
@@ -213,7 +213,7 @@ pub async fn read_proxy_header(
         Err(error) => {
             listener.stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(listener = %listener.name, client = %record.client, %error, "bad PROXY protocol header");
-            Err("proxy_header_error")
+            Err(Termination::ProxyHeaderError)
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::either::Either;
 use super::{Context, Frontend, Pools};
 use crate::config::{ListenerConfig, ListenerOptions, Protocol, SslMode, TcpRoute};
 use crate::listener::{Accepted, Handler, Listener, ListenerSettings};
-use crate::observe::ConnectionRecord;
+use crate::observe::{ConnectionRecord, Termination};
 use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams, write_all};
 use crate::route::{Matcher, RouteFacts, RouteRule, Routing};
 use crate::tls::{Rewind, read_client_hello, secure_upstream};
@@ -104,8 +104,8 @@ async fn serve(handler: Arc<TcpHandler>, connection: Accepted) {
     } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
     record.termination = proxy(&handler, &listener, &settings, stream, &mut record).await;
-    if !matches!(record.termination, "client_closed" | "server_closed") {
-        tracing::debug!(listener = %listener.name, client = %record.client, reason = record.termination, "connection ended");
+    if !record.termination.is_normal() {
+        tracing::debug!(listener = %listener.name, client = %record.client, reason = %record.termination, "connection ended");
     }
     record.finish(started);
     handler.context.access_log.log(&record);
@@ -117,7 +117,7 @@ async fn proxy(
     settings: &ListenerSettings,
     client: TcpStream,
     record: &mut ConnectionRecord,
-) -> &'static str {
+) -> Termination {
     let mut client = client;
     // The address the client reached: from its PROXY header, else looked up only when a
     // PROXY header is sent upstream (a syscall most connections do not need).
@@ -148,7 +148,7 @@ async fn proxy(
             Err(error) => {
                 listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(listener = %listener.name, client = %record.client, %error, "no TLS ClientHello");
-                return "client_hello_error";
+                return Termination::ClientHelloError;
             }
         }
     }
@@ -162,7 +162,7 @@ async fn proxy(
                 Err(error) => {
                     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(listener = %listener.name, client = %record.client, %error, "TLS handshake failed");
-                    return "tls_handshake_failed";
+                    return Termination::TlsHandshakeFailed;
                 }
             }
         }
@@ -183,7 +183,7 @@ async fn proxy(
     let Some(mut pool) = handler.routing.pool(&facts).cloned() else {
         listener.stats.failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(listener = %listener.name, client = %record.client, "no route");
-        return "no_route";
+        return Termination::NoRoute;
     };
     record.pool = Some(pool.name.clone());
     let mut attempt = connect(&pool, record.client).await;
@@ -205,10 +205,10 @@ async fn proxy(
             listener.stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(listener = %listener.name, pool = %pool.name, client = %record.client, %error, "no server connection");
             return match error {
-                ConnectError::Lease(LeaseError::NoServer) => "no_server",
-                ConnectError::Lease(LeaseError::QueueFull) => "queue_full",
-                ConnectError::Lease(LeaseError::QueueTimeout) => "queue_timeout",
-                ConnectError::Failed { .. } => "connect_failed",
+                ConnectError::Lease(LeaseError::NoServer) => Termination::NoServer,
+                ConnectError::Lease(LeaseError::QueueFull) => Termination::QueueFull,
+                ConnectError::Lease(LeaseError::QueueTimeout) => Termination::QueueTimeout,
+                ConnectError::Failed { .. } => Termination::ConnectFailed,
             };
         }
     };
@@ -247,7 +247,7 @@ async fn proxy(
             preamble.extend_from_slice(&early_data);
             if !preamble.is_empty() {
                 if write_all(&upstream.stream, &preamble, &()).await.is_err() {
-                    return "server_error";
+                    return Termination::ServerError;
                 }
                 count_early(record);
             }
@@ -280,7 +280,7 @@ async fn proxy(
                     {
                         crate::health::on_transition(&pool, &server, &transition);
                     }
-                    return "server_tls_failed";
+                    return Termination::ServerTlsFailed;
                 }
             };
             if !early_data.is_empty() {
@@ -288,7 +288,7 @@ async fn proxy(
                     .await
                     .is_err()
                 {
-                    return "server_error";
+                    return Termination::ServerError;
                 }
                 count_early(record);
             }
@@ -305,5 +305,5 @@ async fn proxy(
     };
     record.bytes_in += outcome.bytes_in;
     record.bytes_out += outcome.bytes_out;
-    outcome.termination.as_str()
+    outcome.termination
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::lazy_timer::LazyTimer;
+use crate::observe::Termination;
 
 /// Errors carried by bodies in flight.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -143,13 +144,13 @@ pub enum Ending {
 
 impl Ending {
     /// The termination reason in the access log.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Termination {
         match self {
-            Self::Complete => "ok",
-            Self::ClientGone => "client_aborted",
-            Self::ServerError => "server_error",
-            Self::ServerTimeout => "server_timeout",
-            Self::ServerCut => "server_cut",
+            Self::Complete => Termination::Ok,
+            Self::ClientGone => Termination::ClientAborted,
+            Self::ServerError => Termination::ServerError,
+            Self::ServerTimeout => Termination::ServerTimeout,
+            Self::ServerCut => Termination::ServerCut,
         }
     }
 }
@@ -223,7 +224,7 @@ impl ResponseBody {
     /// Ends the body with an error for `ending`.
     fn fail(&mut self, ending: Ending) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.end(ending);
-        Poll::Ready(Some(Err(ending.reason().into())))
+        Poll::Ready(Some(Err(ending.reason().as_str().into())))
     }
 
     /// Why the body must end now that the server keeps it waiting, if it must: its

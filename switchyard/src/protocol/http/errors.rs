@@ -8,6 +8,7 @@ use hyper::{HeaderMap, Response, StatusCode};
 
 use super::body::ProxyBody;
 use crate::authority::Refusal;
+use crate::observe::Termination;
 
 /// The methods the proxy forwards, for the `Allow` header of its `405` to `CONNECT`.
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
@@ -19,8 +20,10 @@ pub enum ProxyError {
     NoRoute,
     /// No server of the pool is available.
     NoServer,
-    /// Every server is at its limit and the queue is full or the wait ran out.
-    Queue,
+    /// Every server is at its limit and the queue is full.
+    QueueFull,
+    /// Every server stayed at its limit for the queue timeout.
+    QueueTimeout,
     /// The connect (and its retry) failed, or the server broke the exchange.
     BadGateway,
     /// The server did not answer within `timeouts.server`.
@@ -40,7 +43,9 @@ impl ProxyError {
     /// The status sent to the client.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::NoRoute | Self::NoServer | Self::Queue => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoRoute | Self::NoServer | Self::QueueFull | Self::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -50,17 +55,18 @@ impl ProxyError {
     }
 
     /// The termination reason in the access log.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Termination {
         match self {
-            Self::NoRoute => "no_route",
-            Self::NoServer => "no_server",
-            Self::Queue => "queue",
-            Self::BadGateway => "bad_gateway",
-            Self::GatewayTimeout => "server_timeout",
-            Self::BodyTooLarge => "body_too_large",
-            Self::BadRequest => "bad_request",
-            Self::BadHost(_) => "bad_host",
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::NoRoute => Termination::NoRoute,
+            Self::NoServer => Termination::NoServer,
+            Self::QueueFull => Termination::QueueFull,
+            Self::QueueTimeout => Termination::QueueTimeout,
+            Self::BadGateway => Termination::BadGateway,
+            Self::GatewayTimeout => Termination::ServerTimeout,
+            Self::BodyTooLarge => Termination::BodyTooLarge,
+            Self::BadRequest => Termination::BadRequest,
+            Self::BadHost(_) => Termination::BadHost,
+            Self::MethodNotAllowed => Termination::MethodNotAllowed,
         }
     }
 
@@ -69,7 +75,7 @@ impl ProxyError {
         Cow::Borrowed(match self {
             Self::NoRoute => "no route for this request",
             Self::NoServer => "no server available",
-            Self::Queue => "all servers are busy",
+            Self::QueueFull | Self::QueueTimeout => "all servers are busy",
             Self::BadGateway => "the server could not be reached or failed",
             Self::GatewayTimeout => "the server did not answer in time",
             Self::BodyTooLarge => "request body too large",

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::LogFormat;
+use crate::observe::Termination;
 
 /// One finished request, as logged.
 #[derive(Debug, Clone, Serialize)]
@@ -41,7 +42,7 @@ pub struct RequestRecord {
     /// Server that answered.
     pub server: Option<String>,
     /// How the request ended: `ok`, or why not.
-    pub termination: &'static str,
+    pub termination: Termination,
     /// The request id sent to the server.
     pub request_id: Option<String>,
     /// `Referer` header.
@@ -69,7 +70,8 @@ impl RequestRecord {
             ttfb_ms: None,
             pool: None,
             server: None,
-            termination: "",
+            // Until the request says otherwise.
+            termination: Termination::Ok,
             request_id: None,
             referer: None,
             user_agent: None,
@@ -183,7 +185,7 @@ mod tests {
             ttfb_ms: Some(4),
             pool: Some("app".into()),
             server: Some("a1".into()),
-            termination: "ok",
+            termination: Termination::Ok,
             request_id: Some("id1".into()),
             referer: None,
             user_agent: Some("curl/8".into()),

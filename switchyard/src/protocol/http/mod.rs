@@ -43,6 +43,7 @@ use crate::config::{
 };
 use crate::health::Check;
 use crate::listener::{Accepted, Handler, Listener, ListenerSettings};
+use crate::observe::Termination;
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::route::{Matcher, RouteRule, Routing};
 use crate::tls::Rewind;
@@ -314,10 +315,10 @@ pub async fn serve_connection<S>(
 /// Logs the request the framing guard refused (or timed out) as an access log line.
 fn log_refusal(handler: &HttpHandler, listener: &Listener, client: SocketAddr, status: u16) {
     let termination = match status {
-        408 => "request_timeout",
-        414 => "uri_too_long",
-        431 => "headers_too_large",
-        _ => "bad_request",
+        408 => Termination::RequestTimeout,
+        414 => Termination::UriTooLong,
+        431 => Termination::HeadersTooLarge,
+        _ => Termination::BadRequest,
     };
     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
     handler.metrics.record(

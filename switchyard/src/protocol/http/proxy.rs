@@ -24,6 +24,7 @@ use crate::authority::{self, Authority};
 use crate::config::{HttpVersion, SslMode};
 use crate::lazy_timer::LazyTimer;
 use crate::listener::{Listener, ListenerSettings};
+use crate::observe::Termination;
 use crate::route::RouteFacts;
 use crate::upstream::{Lease, LeaseError, Pool, Server};
 
@@ -104,11 +105,11 @@ struct LoggedHead {
 
 impl Exchange {
     /// Logs the request as ended at `now`.
-    fn finish(mut self, now: Instant, status: u16, bytes_out: u64, termination: &'static str) {
+    fn finish(mut self, now: Instant, status: u16, bytes_out: u64, termination: Termination) {
         self.log(now, status, bytes_out, termination);
     }
 
-    fn log(&mut self, now: Instant, status: u16, bytes_out: u64, termination: &'static str) {
+    fn log(&mut self, now: Instant, status: u16, bytes_out: u64, termination: Termination) {
         if std::mem::replace(&mut self.logged, true) {
             return;
         }
@@ -207,7 +208,7 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        self.log(Instant::now(), 499, 0, "client_aborted");
+        self.log(Instant::now(), 499, 0, Termination::ClientAborted);
     }
 }
 
@@ -398,8 +399,11 @@ pub async fn handle(
             Err(LeaseError::NoServer) => {
                 return exchange.fail_for(&pool, ProxyError::NoServer, json);
             }
-            Err(LeaseError::QueueFull | LeaseError::QueueTimeout) => {
-                return exchange.fail_for(&pool, ProxyError::Queue, json);
+            Err(LeaseError::QueueFull) => {
+                return exchange.fail_for(&pool, ProxyError::QueueFull, json);
+            }
+            Err(LeaseError::QueueTimeout) => {
+                return exchange.fail_for(&pool, ProxyError::QueueTimeout, json);
             }
         };
         let server = lease.server();

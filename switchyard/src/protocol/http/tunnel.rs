@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::observe::Termination;
 use crate::protocol::Context;
 
 /// Size of each direction's copy buffer.
@@ -24,12 +25,12 @@ pub async fn run(
     idle: Duration,
     cut: CancellationToken,
     context: &Context,
-) -> (&'static str, u64, u64) {
+) -> (Termination, u64, u64) {
     let (client, server) = match tokio::try_join!(client, server) {
         Ok(both) => both,
         Err(error) => {
             tracing::debug!(%error, "upgrade failed");
-            return ("upgrade_failed", 0, 0);
+            return (Termination::UpgradeFailed, 0, 0);
         }
     };
     let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
@@ -54,10 +55,10 @@ pub async fn run(
         }
     };
     let termination = tokio::select! {
-        _ = copying => "tunnel_closed",
-        () = watchdog, if !idle.is_zero() => "tunnel_timeout",
-        () = cut.cancelled() => "server_cut",
-        () = context.hard_stop.cancelled() => "shutdown",
+        _ = copying => Termination::TunnelClosed,
+        () = watchdog, if !idle.is_zero() => Termination::TunnelTimeout,
+        () = cut.cancelled() => Termination::ServerCut,
+        () = context.hard_stop.cancelled() => Termination::Shutdown,
     };
     (
         termination,

@@ -23,6 +23,7 @@ use super::startup::{Refusal, ServerLink, StartupBytes};
 use crate::auth::md5;
 use crate::auth::scram::{self, ScramSecret, ServerExchange, constant_time_eq};
 use crate::config::{AuthQueryConfig, Config, MessageLimits, PostgresAuth};
+use crate::observe::Termination;
 use crate::upstream::Pool;
 
 /// SQLSTATE invalid_password, as PostgreSQL reports any failed password check.
@@ -256,7 +257,7 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(refuse(
             client,
             sqlstate::INVALID_AUTHORIZATION,
-            "bad_startup",
+            Termination::BadStartup,
             message,
         )
         .await);
@@ -266,7 +267,7 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         PostgresAuth::Passthrough => {
             let message = "authentication is relayed to the server on this listener";
             let code = sqlstate::INVALID_AUTHORIZATION;
-            return Err(refuse(client, code, "auth_failed", message).await);
+            return Err(refuse(client, code, Termination::AuthFailed, message).await);
         }
         PostgresAuth::Trust => users.table.get(&user).cloned(),
         _ => match users.lookup(&user, pool).await {
@@ -274,7 +275,7 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
             Err(error) => {
                 let message = format!("could not look up user \"{user}\": {error}");
                 let code = sqlstate::CONNECTION_FAILURE;
-                return Err(refuse(client, code, "auth_query_failed", &message).await);
+                return Err(refuse(client, code, Termination::AuthQueryFailed, &message).await);
             }
         },
     };
@@ -305,7 +306,7 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = crate::net::send_all(&mut exchange.client, &fatal(INVALID_PASSWORD, &message))
                 .await;
             Err(Refusal::new(
-                "auth_failed",
+                Termination::AuthFailed,
                 format!("user \"{user}\", {}: {reason}", method.as_str()),
             ))
         }
@@ -333,7 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
             return Err(refuse(
                 self.client,
                 sqlstate::INVALID_AUTHORIZATION,
-                "tls_required",
+                Termination::TlsRequired,
                 message,
             )
             .await);
@@ -455,7 +456,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
             Ok(_) => Err(self
                 .malformed(CodecError::Malformed("expected a password message"))
                 .await),
-            Err(CodecError::Io(error)) => Err(Refusal::new("client_closed", error)),
+            Err(CodecError::Io(error)) => Err(Refusal::new(Termination::ClientClosed, error)),
             Err(error) => Err(self.malformed(error).await),
         }
     }
@@ -473,7 +474,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
     async fn violation(&mut self, what: &str, error: impl std::fmt::Display) -> Refusal {
         let message = format!("{what}: {error}");
         let code = sqlstate::PROTOCOL_VIOLATION;
-        refuse(self.client, code, "bad_message", &message).await
+        refuse(self.client, code, Termination::BadMessage, &message).await
     }
 }
 
@@ -491,13 +492,13 @@ fn mock_secret() -> ScramSecret {
 async fn send<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) -> Result<(), Refusal> {
     crate::net::send_all(client, bytes)
         .await
-        .map_err(|e| Refusal::new("client_error", e))
+        .map_err(|e| Refusal::new(Termination::ClientError, e))
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(
     client: &mut S,
     code: &str,
-    reason: &'static str,
+    reason: Termination,
     message: &str,
 ) -> Refusal {
     let _ = crate::net::send_all(client, &fatal(code, message)).await;
@@ -557,11 +558,11 @@ where
             Ok((Some(issued), bytes))
         }
         Err(error) if link.may_retry && error.sqlstate.is_some() => {
-            Err(Refusal::new("retry_tls", error.message))
+            Err(Refusal::new(Termination::PlaintextRefused, error.message))
         }
         Err(error) => {
             let _ = crate::net::send_all(client, &error.to_client()).await;
-            Err(Refusal::new("server_refused", error))
+            Err(Refusal::new(Termination::ServerRefused, error))
         }
     }
 }
@@ -725,7 +726,7 @@ mod tests {
         )
         .await
         .expect_err("plaintext");
-        assert_eq!(refused.reason, "tls_required");
+        assert_eq!(refused.reason, Termination::TlsRequired);
         drop(ours);
         let mut said = Vec::new();
         client.read_to_end(&mut said).await.expect("read");

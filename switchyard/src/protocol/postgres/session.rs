@@ -20,7 +20,7 @@ use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, r
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
 use crate::config::{ClientTlsMode, ListenerRole, MessageLimits, PoolMode, PostgresAuth};
 use crate::listener::{Accepted, Listener, ListenerSettings};
-use crate::observe::ConnectionRecord;
+use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::{count_bytes, proxy_preamble, read_proxy_header, relay_session};
 use crate::relay::{IdleLimit, RelayCounters, relay_streams};
 use crate::route::RouteFacts;
@@ -46,10 +46,10 @@ pub async fn serve(handler: Arc<PostgresHandler>, connection: Accepted) {
             // A bad PROXY header was counted and logged where it was read.
             if !matches!(
                 refusal.reason,
-                "client_closed" | "cancel" | "proxy_header_error"
+                Termination::ClientClosed | Termination::Cancel | Termination::ProxyHeaderError
             ) {
                 listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(listener = %listener.name, client = %peer, reason = refusal.reason, detail = %refusal.detail, "postgres session refused");
+                tracing::warn!(listener = %listener.name, client = %peer, reason = %refusal.reason, detail = %refusal.detail, "postgres session refused");
             }
             refusal.reason
         }
@@ -64,7 +64,7 @@ async fn session(
     settings: &ListenerSettings,
     mut client: TcpStream,
     record: &mut ConnectionRecord,
-) -> Result<&'static str, Refusal> {
+) -> Result<Termination, Refusal> {
     let state = &handler.state;
     let options = &handler.options;
     let limits = &options.limits;
@@ -92,19 +92,27 @@ async fn session(
         open_client(client, limits, offered),
     )
     .await
-    .map_err(|_| Refusal::new("client_timeout", "no startup packet in time"))?;
+    .map_err(|_| Refusal::new(Termination::ClientTimeout, "no startup packet in time"))?;
     let (mut client, opening, tls_info) = opened?;
     let mut startup = match opening {
         Opening::Startup(startup) => startup,
         Opening::Cancel { pid, key } => {
             state.cancel.cancel(pid, &key).await;
-            return Err(Refusal::new("cancel", "cancel request"));
+            return Err(Refusal::new(Termination::Cancel, "cancel request"));
         }
-        Opening::StartTls => return Err(Refusal::new("bad_startup", "a second SSLRequest")),
+        Opening::StartTls => {
+            return Err(Refusal::new(Termination::BadStartup, "a second SSLRequest"));
+        }
     };
     if mode == ClientTlsMode::Required && tls_info.is_none() {
         let code = sqlstate::INVALID_AUTHORIZATION;
-        return refuse(&mut client, code, "tls_required", "SSL required".into()).await;
+        return refuse(
+            &mut client,
+            code,
+            Termination::TlsRequired,
+            "SSL required".into(),
+        )
+        .await;
     }
     let routed = route(handler, &startup, tls_info.as_ref());
     let Some((mut pool, mut rewrites, split)) = routed else {
@@ -114,7 +122,7 @@ async fn session(
             startup.param("user").unwrap_or_default()
         );
         let code = sqlstate::INVALID_CATALOG_NAME;
-        return refuse(&mut client, code, "no_route", message).await;
+        return refuse(&mut client, code, Termination::NoRoute, message).await;
     };
     record.pool = Some(pool.name.clone());
     let users = state.users.load_full();
@@ -124,23 +132,26 @@ async fn session(
         PostgresAuth::Passthrough if transaction_mode => PostgresAuth::ScramSha256,
         method => method,
     };
-    let authenticated = match method {
-        PostgresAuth::Passthrough => None,
-        method => {
-            let exchange = authenticate_client(
-                &mut client,
-                &startup,
-                method,
-                &users,
-                &pool,
-                tls_info.is_some(),
-                limits,
-            );
-            let timeout = settings.config.timeouts.client;
-            let outcome = tokio::time::timeout(timeout, exchange).await;
-            Some(outcome.map_err(|_| Refusal::new("client_timeout", "no password in time"))??)
-        }
-    };
+    let authenticated =
+        match method {
+            PostgresAuth::Passthrough => None,
+            method => {
+                let exchange = authenticate_client(
+                    &mut client,
+                    &startup,
+                    method,
+                    &users,
+                    &pool,
+                    tls_info.is_some(),
+                    limits,
+                );
+                let timeout = settings.config.timeouts.client;
+                let outcome = tokio::time::timeout(timeout, exchange).await;
+                Some(outcome.map_err(|_| {
+                    Refusal::new(Termination::ClientTimeout, "no password in time")
+                })??)
+            }
+        };
     if let Some(authenticated) = &authenticated
         && transaction_mode
     {
@@ -182,7 +193,7 @@ async fn session(
             let (code, reason, message) = match &error {
                 ConnectError::Lease(LeaseError::NoServer) => (
                     sqlstate::CANNOT_CONNECT_NOW,
-                    "no_server",
+                    Termination::NoServer,
                     match wanted {
                         None => "no server available".to_string(),
                         Some(ServerRole::Replica) => "no replica available".to_string(),
@@ -191,12 +202,12 @@ async fn session(
                 ),
                 ConnectError::Lease(LeaseError::QueueFull | LeaseError::QueueTimeout) => (
                     sqlstate::TOO_MANY_CONNECTIONS,
-                    "queue_full",
+                    Termination::QueueFull,
                     format!("no server slot free: {error}"),
                 ),
                 ConnectError::Failed { .. } => (
                     sqlstate::CONNECTION_FAILURE,
-                    "connect_failed",
+                    Termination::ConnectFailed,
                     format!("could not connect to the server: {error}"),
                 ),
             };
@@ -241,7 +252,7 @@ async fn session(
     )
     .await;
     if let Err(Refusal {
-        reason: "retry_tls",
+        reason: Termination::PlaintextRefused,
         detail: refused,
     }) = &outcome
     {
@@ -290,7 +301,7 @@ async fn session(
             let (early, client) = client.into_parts();
             if !early.is_empty() {
                 if server_stream.write_all(&early).await.is_err() {
-                    return Ok("server_error");
+                    return Ok(Termination::ServerError);
                 }
                 count_bytes(record, listener, &server, early.len() as u64, 0);
             }
@@ -322,7 +333,7 @@ async fn session(
             .await;
             record.bytes_in += outcome.bytes_in;
             record.bytes_out += outcome.bytes_out;
-            outcome.termination.as_str()
+            outcome.termination
         }
     })
 }
@@ -378,10 +389,10 @@ async fn open_client(
     let (mut stream, info) = tls
         .accept(client)
         .await
-        .map_err(|e| Refusal::new("client_tls_error", e))?;
+        .map_err(|e| Refusal::new(Termination::ClientTlsError, e))?;
     if direct && info.alpn.as_deref() != Some(b"postgresql".as_slice()) {
         return Err(Refusal::new(
-            "client_tls_error",
+            Termination::ClientTlsError,
             "direct TLS without ALPN `postgresql`",
         ));
     }
@@ -396,12 +407,12 @@ const TLS_HANDSHAKE: u8 = 0x16;
 async fn refuse_tls<C: AsyncWrite + Unpin>(
     client: &mut C,
     error: &std::io::Error,
-) -> Result<&'static str, Refusal> {
+) -> Result<Termination, Refusal> {
     let message = format!("could not connect to the server: {error}");
     refuse(
         client,
         sqlstate::CONNECTION_FAILURE,
-        "server_tls_failed",
+        Termination::ServerTlsFailed,
         message,
     )
     .await
@@ -411,9 +422,9 @@ async fn refuse_tls<C: AsyncWrite + Unpin>(
 async fn refuse<C: AsyncWrite + Unpin>(
     client: &mut C,
     code: &str,
-    reason: &'static str,
+    reason: Termination,
     message: String,
-) -> Result<&'static str, Refusal> {
+) -> Result<Termination, Refusal> {
     let _ = client.write_all(&fatal(code, &message)).await;
     let _ = client.shutdown().await;
     Err(Refusal::new(reason, message))

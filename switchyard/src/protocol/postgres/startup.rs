@@ -4,6 +4,7 @@
 //! Both sides are generic over the stream type so that a TLS-upgraded stream drops in
 //! where a plain socket is used today.
 
+use crate::observe::Termination;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -35,15 +36,15 @@ pub enum Opening {
 /// Why a startup ended without a session.
 #[derive(Debug)]
 pub struct Refusal {
-    /// Short reason for the connection log.
-    pub reason: &'static str,
+    /// The reason for the connection log.
+    pub reason: Termination,
     /// Detail for the log line.
     pub detail: String,
 }
 
 impl Refusal {
     /// A refusal for the log: `reason` names it, `detail` says what happened.
-    pub fn new(reason: &'static str, detail: impl ToString) -> Self {
+    pub fn new(reason: Termination, detail: impl ToString) -> Self {
         Self {
             reason,
             detail: detail.to_string(),
@@ -67,7 +68,9 @@ where
     for _ in 0..3 {
         let packet = match read_startup(client, limits.startup_message).await {
             Ok(body) => parse_startup(&body),
-            Err(CodecError::Io(error)) => return Err(Refusal::new("client_closed", error)),
+            Err(CodecError::Io(error)) => {
+                return Err(Refusal::new(Termination::ClientClosed, error));
+            }
             Err(error) => Err(error),
         };
         match packet {
@@ -88,7 +91,7 @@ where
                 };
                 let message = format!("invalid startup packet: {error}");
                 let _ = client.write_all(&fatal(code, &message)).await;
-                return Err(Refusal::new("bad_startup", message));
+                return Err(Refusal::new(Termination::BadStartup, message));
             }
         }
     }
@@ -96,14 +99,14 @@ where
     let _ = client
         .write_all(&fatal(sqlstate::PROTOCOL_VIOLATION, message))
         .await;
-    Err(Refusal::new("bad_startup", message))
+    Err(Refusal::new(Termination::BadStartup, message))
 }
 
 async fn answer<S: AsyncWrite + Unpin>(client: &mut S, byte: &[u8]) -> Result<(), Refusal> {
     client
         .write_all(byte)
         .await
-        .map_err(|e| Refusal::new("client_error", e))
+        .map_err(|e| Refusal::new(Termination::ClientError, e))
 }
 
 /// Bytes each way during the startup, for the counters.
@@ -147,7 +150,7 @@ where
     let mut registration = None;
     let mut cancel = Some(link.cancel);
     let packet = startup.encode();
-    send(server, &packet, "server_error").await?;
+    send(server, &packet, Termination::ServerError).await?;
     bytes.to_server += packet.len() as u64;
     loop {
         let message = match read_message(server, limits.message).await {
@@ -157,11 +160,14 @@ where
                 let _ = client
                     .write_all(&fatal(sqlstate::CONNECTION_FAILURE, &text))
                     .await;
-                return Err(Refusal::new("server_error", text));
+                return Err(Refusal::new(Termination::ServerError, text));
             }
         };
         if message.tag == b'E' && link.may_retry && bytes.to_client == 0 {
-            return Err(Refusal::new("retry_tls", error_text(&message)));
+            return Err(Refusal::new(
+                Termination::PlaintextRefused,
+                error_text(&message),
+            ));
         }
         let mut expects_reply = false;
         let outgoing = match message.tag {
@@ -195,28 +201,35 @@ where
             _ => message,
         };
         let encoded = outgoing.encode();
-        send(client, &encoded, "client_error").await?;
+        send(client, &encoded, Termination::ClientError).await?;
         bytes.to_client += encoded.len() as u64;
         match outgoing.tag {
             b'Z' => return Ok((registration, bytes)),
             // The server refused (bad password, no such database...): it closes next.
-            b'E' => return Err(Refusal::new("server_refused", error_text(&outgoing))),
+            b'E' => {
+                return Err(Refusal::new(
+                    Termination::ServerRefused,
+                    error_text(&outgoing),
+                ));
+            }
             _ => {}
         }
         if expects_reply {
             let reply = match read_message(client, limits.message).await {
                 Ok(reply) => reply,
-                Err(CodecError::Io(error)) => return Err(Refusal::new("client_closed", error)),
+                Err(CodecError::Io(error)) => {
+                    return Err(Refusal::new(Termination::ClientClosed, error));
+                }
                 Err(error) => {
                     let text = format!("invalid authentication message: {error}");
                     let _ = client
                         .write_all(&fatal(sqlstate::PROTOCOL_VIOLATION, &text))
                         .await;
-                    return Err(Refusal::new("bad_message", text));
+                    return Err(Refusal::new(Termination::BadMessage, text));
                 }
             };
             let encoded = reply.encode();
-            send(server, &encoded, "server_error").await?;
+            send(server, &encoded, Termination::ServerError).await?;
             bytes.to_server += encoded.len() as u64;
         }
     }
@@ -224,7 +237,7 @@ where
 
 fn bad_server(error: &CodecError) -> Refusal {
     Refusal::new(
-        "server_error",
+        Termination::ServerError,
         format!("invalid message from the server: {error}"),
     )
 }
@@ -232,7 +245,7 @@ fn bad_server(error: &CodecError) -> Refusal {
 async fn send<S: AsyncWrite + Unpin>(
     stream: &mut S,
     bytes: &[u8],
-    reason: &'static str,
+    reason: Termination,
 ) -> Result<(), Refusal> {
     crate::net::send_all(stream, bytes)
         .await
@@ -283,7 +296,7 @@ pub(crate) mod tests {
         assert!(matches!(
             opening,
             Err(Refusal {
-                reason: "bad_startup",
+                reason: Termination::BadStartup,
                 ..
             })
         ));

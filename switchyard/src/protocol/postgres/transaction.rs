@@ -54,7 +54,7 @@ use crate::config::MessageLimits;
 use crate::config::PostgresListener;
 use crate::lazy_timer::LazyTimer;
 use crate::listener::ListenerSettings;
-use crate::observe::ConnectionRecord;
+use crate::observe::{ConnectionRecord, Termination};
 use crate::upstream::{Pool, RoleFilter, ServerRole};
 
 /// What the client loop needs from the session that started it.
@@ -206,7 +206,7 @@ struct Buffers {
 }
 
 /// How a session ended.
-type Ending = Result<&'static str, Refusal>;
+type Ending = Result<Termination, Refusal>;
 
 /// Why a transaction stopped before its connection could go back. What becomes of the
 /// connection and of the client is decided by matching on it, so every case is handled;
@@ -229,13 +229,13 @@ enum Stop {
 
 impl Stop {
     /// The termination reason for the connection log.
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> Termination {
         match self {
-            Stop::ClientClosed(_) => "client_closed",
-            Stop::BadMessage(_) => "bad_message",
-            Stop::Shutdown => "shutdown",
-            Stop::ServerLost(_) => "server_lost",
-            Stop::ServerLostInTransaction(_) => "server_lost_in_transaction",
+            Stop::ClientClosed(_) => Termination::ClientClosed,
+            Stop::BadMessage(_) => Termination::BadMessage,
+            Stop::Shutdown => Termination::Shutdown,
+            Stop::ServerLost(_) => Termination::ServerLost,
+            Stop::ServerLostInTransaction(_) => Termination::ServerLostInTransaction,
         }
     }
 }
@@ -297,10 +297,10 @@ impl<'a> Session<'a> {
             // Between transactions: wait for the client's next message.
             let first = match self.next_client_frame().await? {
                 Some(frame) => frame,
-                None => return Ok("client_closed"),
+                None => return Ok(Termination::ClientClosed),
             };
             if first.tag() == b'X' {
-                return Ok("client_closed");
+                return Ok(Termination::ClientClosed);
             }
             let plan = self.plan(&first);
             if let Some((class, _)) = &plan
@@ -356,7 +356,7 @@ impl<'a> Session<'a> {
             let read = tokio::select! {
                 read = read => read,
                 _ = self.idle_timer.until(deadline.unwrap_or(now)), if deadline.is_some() => {
-                    return Err(Refusal::new("client_timeout", "idle between transactions"));
+                    return Err(Refusal::new(Termination::ClientTimeout, "idle between transactions"));
                 }
                 () = self.client.hard_stop.cancelled() => {
                     return Err(Stop::Shutdown.into());
@@ -470,22 +470,22 @@ impl<'a> Session<'a> {
         let (code, reason, message) = match failure {
             LeaseFailure::QueueTimeout => (
                 sqlstate::TOO_MANY_CONNECTIONS,
-                "queue_timeout",
+                Termination::QueueTimeout,
                 "no server connection free within the queue timeout".to_string(),
             ),
             LeaseFailure::NoServer => (
                 sqlstate::CANNOT_CONNECT_NOW,
-                "no_server",
+                Termination::NoServer,
                 "no server available".to_string(),
             ),
             LeaseFailure::Connect(error) => (
                 sqlstate::CONNECTION_FAILURE,
-                "connect_failed",
+                Termination::ConnectFailed,
                 format!("could not connect to the server: {error}"),
             ),
             LeaseFailure::Login(error) => {
                 let _ = crate::net::send_all(&mut self.client.stream, &error.to_client()).await;
-                return Err(Refusal::new("server_login_failed", error));
+                return Err(Refusal::new(Termination::ServerLoginFailed, error));
             }
         };
         let _ = crate::net::send_all(&mut self.client.stream, &fatal(code, &message)).await;
@@ -1023,7 +1023,7 @@ pub async fn start(
     startup: &Startup,
     pooled: Pooled<'_>,
     record: &mut ConnectionRecord,
-) -> Result<&'static str, Refusal> {
+) -> Result<Termination, Refusal> {
     let database = startup.database().unwrap_or_default();
     let user = startup.param("user").unwrap_or_default();
     let limits = &options.limits;
@@ -1056,7 +1056,7 @@ pub async fn start(
                 &fatal(sqlstate::TOO_MANY_CONNECTIONS, &message),
             )
             .await;
-            return Err(Refusal::new("too_many_pools", message));
+            return Err(Refusal::new(Termination::TooManyPools, message));
         }
     };
     let tx_pool = member.pool().clone();
@@ -1090,7 +1090,7 @@ pub async fn start(
     let key = &session.client.cancel;
     let welcome = super::auth::welcome(&parameters, key.pid, &key.key);
     if let Err(error) = crate::net::send_all(&mut session.client.stream, &welcome).await {
-        return Err(Refusal::new("client_closed", error));
+        return Err(Refusal::new(Termination::ClientClosed, error));
     }
     let (ending, moved) = session.run().await;
     drop(member);
