@@ -3,6 +3,7 @@
 //! The binary in `main.rs` only parses the command line; everything else lives here so that
 //! tests, benchmarks and fuzz targets can reach it.
 
+pub mod accept;
 pub mod address;
 pub mod admin;
 pub mod auth;

@@ -162,7 +162,8 @@ fn run(path: PathBuf, upgrade: bool, ready_file: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match switchyard::runtime::run(config, shared, inherited, ready_file).await {
+        let admin = switchyard::admin::service;
+        match switchyard::runtime::run(config, shared, inherited, ready_file, admin).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");

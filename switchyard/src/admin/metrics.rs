@@ -13,9 +13,9 @@ use crate::observe::families::{Labels, Metric, Read, family, flag, load, load_us
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 
-use crate::health::Health;
 use crate::listener::Listener;
 use crate::runtime::Shared;
+use crate::upstream::Health;
 use crate::upstream::{AdminState, Pool, Server, ServerRole};
 
 /// Renders every metric in the OpenMetrics text format.

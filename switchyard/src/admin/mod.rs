@@ -27,8 +27,23 @@ pub use status::{ListenerStatus, PoolStatus, ServerStatus};
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Serves the admin API until `stop` fires, to the requests `access` lets through.
-pub async fn serve(
+/// Serves the admin API until `stop` fires (the runtime's `AdminService`), to the
+/// requests its `allowed_hosts` and access rules let through.
+pub fn service(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    config: &crate::config::AdminConfig,
+    stop: CancellationToken,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(serve(
+        listener,
+        shared,
+        Access::new(&config.allowed_hosts),
+        stop,
+    ))
+}
+
+async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     access: Access,

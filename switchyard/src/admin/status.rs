@@ -89,7 +89,7 @@ pub fn server(server: &Server) -> ServerStatus {
     let admin_state = server.admin_state();
     let health = server.health();
     let state = match (admin_state, health) {
-        (crate::upstream::AdminState::Ready, crate::health::Health::Down) => "down".to_string(),
+        (crate::upstream::AdminState::Ready, crate::upstream::Health::Down) => "down".to_string(),
         (crate::upstream::AdminState::Ready, _) => "up".to_string(),
         (other, _) => name_of(&other),
     };

@@ -3,18 +3,14 @@
 //! the servers (an `http` check from HTTP, a `postgres` one from PostgreSQL) through the
 //! [`Check`] trait; the TCP connect check is here.
 
-mod tracker;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-pub use tracker::{Health, HealthTracker, Transition};
-
-use crate::config::{HealthConfig, OnDown};
-use crate::upstream::{Pool, Server, connect_server};
+use crate::config::HealthConfig;
+use crate::upstream::{Pool, Server, connect_server, on_transition, secure_upstream};
 
 /// The outcome of one check: `Err` says why the server failed it.
 pub type Outcome<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
@@ -40,7 +36,7 @@ impl Check for TcpCheck {
             let (stream, _) = connect_server(server, pool)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            crate::tls::secure_upstream(pool, server, stream, &[])
+            secure_upstream(pool, server, stream, &[])
                 .await
                 .map(drop)
                 .map_err(|e| format!("tls: {e}"))
@@ -105,26 +101,4 @@ async fn check_loop(
         };
         tokio::time::sleep(pause).await;
     }
-}
-
-/// Logs a health change and applies its consequences.
-pub fn on_transition(pool: &Pool, server: &Server, transition: &Transition) {
-    match transition.to {
-        Health::Down => {
-            tracing::warn!(pool = %pool.name, server = %server.name, reason = %transition.reason, "server is down");
-            if pool
-                .health
-                .as_ref()
-                .is_some_and(|h| h.on_down == OnDown::ShutdownSessions)
-            {
-                server.cut_sessions();
-            }
-        }
-        Health::Up => {
-            tracing::info!(pool = %pool.name, server = %server.name, "server is up");
-        }
-        Health::Unchecked => {}
-    }
-    // Queued clients may now have a server (or none): let them look again.
-    pool.wake_queue();
 }

@@ -8,17 +8,15 @@ pub mod tcp;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CheckKind, Config, ListenerConfig, Protocol, ProxyProtocolVersion};
 use crate::health::Check;
-use crate::listener::{Handler, Listener, ListenerSettings};
+use crate::listener::{Handler, Listener};
 use crate::observe::{AccessLog, ConnectionRecord, Termination};
-use crate::proxy_protocol::{self, ProxyHeader};
+use crate::proxy_protocol::{self};
 use crate::relay::{IdleLimit, RelayCounters, relay};
 use crate::upstream::{Pool, Server};
 
@@ -179,43 +177,6 @@ pub async fn relay_session(
     record.bytes_in += outcome.bytes_in;
     record.bytes_out += outcome.bytes_out;
     outcome.termination
-}
-
-/// What a PROXY header said: the address the client reached (if proxied) and the bytes
-/// read after the header.
-pub struct ProxiedConnection {
-    /// The destination the fronting balancer saw; `None` for a LOCAL header.
-    pub destination: Option<SocketAddr>,
-    /// Client bytes read past the header.
-    pub early_data: Bytes,
-}
-
-/// Reads the PROXY header a listener with `proxy_protocol` requires, taking the client
-/// address it carries into `record`. A bad header is counted, logged and `Err`.
-pub async fn read_proxy_header(
-    listener: &Listener,
-    settings: &ListenerSettings,
-    client: &mut TcpStream,
-    record: &mut ConnectionRecord,
-) -> Result<ProxiedConnection, Termination> {
-    match proxy_protocol::read_header(client, settings.config.timeouts.proxy_header).await {
-        Ok((header, early_data)) => {
-            let mut destination = None;
-            if let ProxyHeader::Proxied(addrs) = header {
-                record.client = addrs.source;
-                destination = Some(addrs.destination);
-            }
-            Ok(ProxiedConnection {
-                destination,
-                early_data,
-            })
-        }
-        Err(error) => {
-            listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(listener = %listener.name, client = %record.client, %error, "bad PROXY protocol header");
-            Err(Termination::ProxyHeaderError)
-        }
-    }
 }
 
 /// The PROXY header a pool sends its servers ahead of the client's bytes (empty without

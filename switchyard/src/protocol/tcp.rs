@@ -10,13 +10,16 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::{Context, Frontend, Pools};
+use crate::accept;
 use crate::config::{ListenerConfig, ListenerOptions, Protocol, SslMode, TcpRoute};
 use crate::listener::{Accepted, Handler, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams, write_all};
 use crate::route::{Matcher, RouteFacts, RouteRule, Routing};
-use crate::tls::{Rewind, read_client_hello, secure_upstream};
-use crate::upstream::{ConnectError, LeaseError, connect};
+use crate::upstream::secure_upstream;
+use crate::upstream::{
+    ConnectError, LeaseError, Stage, connect, following_reloads, record_failure,
+};
 
 /// The `tcp` front end.
 #[derive(Debug)]
@@ -118,55 +121,25 @@ async fn proxy(
     client: TcpStream,
     record: &mut ConnectionRecord,
 ) -> Termination {
-    let mut client = client;
-    // The address the client reached: from its PROXY header, else looked up only when a
-    // PROXY header is sent upstream (a syscall most connections do not need).
-    let mut destination = None;
-    let mut early_data = bytes::Bytes::new();
-    if settings.config.proxy_protocol.is_some() {
-        match super::read_proxy_header(listener, settings, &mut client, record).await {
-            Ok(proxied) => {
-                destination = proxied.destination;
-                early_data = proxied.early_data;
-            }
-            Err(reason) => return reason,
-        }
-    }
-
+    let mut opened = match accept::open(listener, settings, client, record.client).await {
+        Ok(opened) => opened,
+        Err(termination) => return termination,
+    };
+    record.client = opened.client;
+    let proxied_destination = opened.proxied_destination;
     let mut passthrough_sni = None;
     if handler.passthrough {
-        match Box::pin(read_client_hello(
-            &mut client,
-            std::mem::take(&mut early_data),
-        ))
-        .await
-        {
-            Ok((sni, bytes)) => {
-                passthrough_sni = sni;
-                early_data = bytes;
-            }
-            Err(error) => {
-                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(listener = %listener.name, client = %record.client, %error, "no TLS ClientHello");
-                return Termination::ClientHelloError;
-            }
+        match opened.read_server_name(listener).await {
+            Ok(sni) => passthrough_sni = sni,
+            Err(termination) => return termination,
         }
     }
-    let (client, tls_info) = match &settings.tls {
-        Some(tls) => {
-            let prefix = std::mem::take(&mut early_data);
-            // TLS state lives on the heap so that plaintext connections do not carry its
-            // size in their task.
-            match Box::pin(tls.accept(Rewind::new(prefix, client))).await {
-                Ok((stream, info)) => (Either::Right(Box::new(stream)), Some(info)),
-                Err(error) => {
-                    listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(listener = %listener.name, client = %record.client, %error, "TLS handshake failed");
-                    return Termination::TlsHandshakeFailed;
-                }
-            }
-        }
-        None => (Either::Left(client), None),
+    let (client, tls_info, early_data) = match &settings.tls {
+        Some(tls) => match opened.terminate_tls(listener, tls).await {
+            Ok((stream, info)) => (Either::Right(stream), Some(info), bytes::Bytes::new()),
+            Err(termination) => return termination,
+        },
+        None => (Either::Left(opened.stream), None, opened.early),
     };
     let client_socket = match &client {
         Either::Left(socket) => socket,
@@ -180,25 +153,25 @@ async fn proxy(
             .or(passthrough_sni.as_deref()),
         ..RouteFacts::default()
     };
-    let Some(mut pool) = handler.routing.pool(&facts).cloned() else {
+    let Some(pool) = handler.routing.pool(&facts).cloned() else {
         listener.stats.failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(listener = %listener.name, client = %record.client, "no route");
         return Termination::NoRoute;
     };
-    record.pool = Some(pool.name.clone());
-    let mut attempt = connect(&pool, record.client).await;
-    // A reload that replaced the pool after this connection was accepted drains the servers
-    // it removed; when nothing else is left in the old pool, the new one takes the client.
-    while matches!(attempt, Err(ConnectError::Lease(LeaseError::NoServer))) && pool.is_retired() {
+    let reroute = || {
         let settings = listener.settings();
         let now = settings.handler.as_any().downcast_ref::<TcpHandler>();
-        let Some(current) = now.and_then(|now| now.routing.pool(&facts).cloned()) else {
-            break;
-        };
-        pool = current;
-        record.pool = Some(pool.name.clone());
-        attempt = connect(&pool, record.client).await;
-    }
+        now.and_then(|now| now.routing.pool(&facts).cloned())
+    };
+    let client_address = record.client;
+    let (pool, attempt) = following_reloads(
+        pool,
+        |pool| pool,
+        reroute,
+        |pool| async move { connect(&pool, client_address).await },
+    )
+    .await;
+    record.pool = Some(pool.name.clone());
     let upstream = match attempt {
         Ok(upstream) => upstream,
         Err(error) => {
@@ -215,8 +188,7 @@ async fn proxy(
     let server = upstream.lease.server().clone();
     record.server = Some(server.name.clone());
 
-    let destination =
-        || destination.unwrap_or_else(|| client_socket.local_addr().unwrap_or(listener.address));
+    let destination = || accept::destination(proxied_destination, client_socket, listener);
     let mut preamble = super::proxy_preamble(
         pool.send_proxy_protocol,
         record.client,
@@ -274,12 +246,7 @@ async fn proxy(
                 Err(error) => {
                     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(listener = %listener.name, pool = %pool.name, server = %server.name, client = %record.client, %error, "no server connection");
-                    // Like a failed connect, a failed handshake is a passive health check.
-                    if pool.health.is_some()
-                        && let Some(transition) = server.record_check(Err(format!("tls: {error}")))
-                    {
-                        crate::health::on_transition(&pool, &server, &transition);
-                    }
+                    record_failure(&pool, &server, Stage::Tls, &error);
                     return Termination::ServerTlsFailed;
                 }
             };

@@ -34,6 +34,15 @@ pub fn load_file(path: &std::path::Path) -> Result<Config, crate::config::Config
     crate::config::load_file_with(path, &RESOURCE_CHECKS)
 }
 
+/// Serves the admin API on the socket bound for it until the token fires: handed to
+/// [`run`] by its caller, so that the runtime does not depend on the API that reads it.
+pub type AdminService = fn(
+    tokio::net::TcpListener,
+    Arc<Shared>,
+    &crate::config::AdminConfig,
+    CancellationToken,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// State shared by listeners, connection handlers and the admin API.
 #[derive(Debug)]
 pub struct Shared {
@@ -169,12 +178,14 @@ pub fn build(
 /// SIGHUP reloads the config file; SIGUSR2 starts a binary upgrade. After a binary upgrade (`inherited` holds the link to the
 /// old process) it takes over from the old process once ready; it then serves the upgrade
 /// socket itself, handing over to the next one.
-/// `ready_file`, when given, gets the bound addresses once every listener accepts.
+/// `ready_file`, when given, gets the bound addresses once every listener accepts;
+/// `admin_service` serves the admin API when the config has one.
 pub async fn run(
     config: Config,
     shared: Arc<Shared>,
     mut inherited: Inherited,
     ready_file: Option<PathBuf>,
+    admin_service: AdminService,
 ) -> io::Result<()> {
     let stop_admin = shared.stop_background.child_token();
     let mut admin_handover = None;
@@ -196,10 +207,10 @@ pub async fn run(
         tracing::info!(%address, "admin API listening");
         admin_address = Some(address);
         admin_handover = Some((address, admin_listener.as_fd().try_clone_to_owned()?));
-        tokio::spawn(crate::admin::serve(
+        tokio::spawn(admin_service(
             admin_listener,
             shared.clone(),
-            crate::admin::Access::new(&admin.allowed_hosts),
+            admin,
             stop_admin.clone(),
         ));
     }

@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::config::Config;
-use crate::health::Health;
 use crate::tally::Carried;
+use crate::upstream::Health;
 use crate::upstream::{AdminState, Pool, Server};
 
 /// Longest wait for the new process's first health-check round before it takes over anyway.

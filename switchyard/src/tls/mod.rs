@@ -10,7 +10,6 @@ mod passthrough;
 mod pem;
 mod rewind;
 mod server;
-mod upstream;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +26,6 @@ pub use passthrough::{CLIENT_HELLO_TIMEOUT, MAX_CLIENT_HELLO, read_client_hello}
 pub use pem::{CertFacts, cert_facts};
 pub use rewind::Rewind;
 pub use server::{ClientIdentity, ServerTls, TlsInfo};
-pub use upstream::{ServerStream, secure_upstream, server_host};
 
 /// TLS 1.0 and 1.1 are refused.
 const SUPPORTED_VERSIONS: &[&SupportedProtocolVersion] =

@@ -1,5 +1,9 @@
-//! Connecting to a pool's server, with a connect timeout, passive health and redispatch.
+//! Connecting to a pool's server, with a connect timeout, passive health and redispatch;
+//! the same rule for every protocol: a failed connect or TLS handshake counts against the
+//! server ([`record_failure`]), and a client whose pool a reload retired follows the
+//! routing in force ([`following_reloads`]).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,7 +76,7 @@ pub async fn connect_matching(
                 });
             }
             Err(error) => {
-                record_connect_failure(pool, &server, &error);
+                record_failure(pool, &server, Stage::Connect, &error);
                 last_error = Some((server.name.clone(), error));
                 failed.push(server);
             }
@@ -87,18 +91,67 @@ pub async fn connect_matching(
     Err(ConnectError::Failed { server, source })
 }
 
-/// Counts a failed connect and, when the pool has health checking, records it as a
-/// passive check (which may take the server down).
-pub fn record_connect_failure(pool: &Pool, server: &Server, error: &io::Error) {
+/// Where reaching a server failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The TCP connect.
+    Connect,
+    /// The TLS handshake (`upstream_tls`), in whatever form the protocol starts it.
+    Tls,
+}
+
+/// Counts a failed connect or TLS handshake and, when the pool has health checking,
+/// records it as a passive check (which may take the server down): the same for every
+/// protocol.
+pub fn record_failure(pool: &Pool, server: &Server, stage: Stage, error: &io::Error) {
     server
         .stats
         .connect_errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!(pool = %pool.name, server = %server.name, %error, "connect failed");
+    let what = match stage {
+        Stage::Connect => "connect",
+        Stage::Tls => "tls",
+    };
+    tracing::warn!(pool = %pool.name, server = %server.name, %error, "{what} failed");
     if pool.health.is_some()
-        && let Some(transition) = server.record_check(Err(format!("connect: {error}")))
+        && let Some(transition) = server.record_check(Err(format!("{what}: {error}")))
     {
-        crate::health::on_transition(pool, server, &transition);
+        super::on_transition(pool, server, &transition);
+    }
+}
+
+/// Whether a lease of `pool` failed only because a reload retired the pool (its servers
+/// were removed or drained): the client should follow the routing in force now.
+pub fn lost_to_reload(pool: &Pool, error: &LeaseError) -> bool {
+    *error == LeaseError::NoServer && pool.is_retired()
+}
+
+/// Runs `attempt` on `route`'s pool; while it finds no server because a reload retired
+/// that pool, again on the route the listener's routing gives now (`reroute`). A reload
+/// drains the servers it removed only after the new routing is in place, so a client
+/// accepted before it reaches a server of the new pools instead of being refused.
+pub async fn following_reloads<R: Clone, T, F, Fut>(
+    mut route: R,
+    pool_of: impl Fn(&R) -> &Arc<Pool>,
+    reroute: impl Fn() -> Option<R>,
+    mut attempt: F,
+) -> (R, Result<T, ConnectError>)
+where
+    F: FnMut(R) -> Fut,
+    Fut: Future<Output = Result<T, ConnectError>>,
+{
+    loop {
+        let result = attempt(route.clone()).await;
+        let retired =
+            matches!(&result, Err(ConnectError::Lease(e)) if lost_to_reload(pool_of(&route), e));
+        if retired
+            && let Some(next) =
+                reroute().filter(|next| !Arc::ptr_eq(pool_of(next), pool_of(&route)))
+        {
+            route = next;
+            continue;
+        }
+        return (route, result);
     }
 }
 

@@ -5,13 +5,18 @@ pub mod conn_pool;
 mod connect;
 mod pool;
 mod roles;
+mod secure;
 mod server;
+mod tracker;
 
 pub use crate::address::ServerAddress;
 pub use balance::Balancer;
 pub use connect::{
-    ConnectError, Upstream, connect, connect_matching, connect_server, record_connect_failure,
+    ConnectError, Stage, Upstream, connect, connect_matching, connect_server, following_reloads,
+    lost_to_reload, record_failure,
 };
 pub use pool::{Lease, LeaseError, Pool, PoolStats, ServerFilter};
 pub use roles::RoleFilter;
+pub use secure::{ServerStream, secure_upstream, server_host};
 pub use server::{AdminState, ReplicaLag, Server, ServerRole, ServerStats};
+pub use tracker::{Health, HealthTracker, Transition, on_transition};

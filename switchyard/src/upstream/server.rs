@@ -8,8 +8,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::ServerAddress;
+use super::{Health, HealthTracker, Transition};
 use crate::config::ServerConfig;
-use crate::health::{Health, HealthTracker, Transition};
 use crate::tally::{Carried, Tally};
 
 /// What the operator asked for a server.

@@ -40,7 +40,7 @@ async fn request(pool: &Pool, server: &Server, health: &HttpCheck) -> Result<(),
     let (stream, _) = connect_server(server, pool)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let stream = crate::tls::secure_upstream(pool, server, stream, &[])
+    let stream = crate::upstream::secure_upstream(pool, server, stream, &[])
         .await
         .map_err(|e| format!("tls: {e}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::RequestBody;
 use crate::config::{HttpVersion, UpstreamKeepAlive};
-use crate::tls::secure_upstream;
-use crate::upstream::{Pool, Server, connect_server, record_connect_failure};
+use crate::upstream::secure_upstream;
+use crate::upstream::{Pool, Server, Stage, connect_server, record_failure};
 
 /// A connection able to carry one more request.
 pub enum Connection {
@@ -151,10 +151,7 @@ pub async fn send(
             // make every request's future (moved on each poll set-up) as large.
             None => match Box::pin(open(pool, server)).await {
                 Ok(connection) => (connection, true),
-                Err(error) => {
-                    record_connect_failure(pool, server, &error);
-                    return Err(SendError::Connect(error, Box::new(request)));
-                }
+                Err(error) => return Err(SendError::Connect(error, Box::new(request))),
             },
         };
         let ready = match &mut connection {
@@ -234,9 +231,14 @@ fn take_idle(conns: &Shard, pool: &Pool, now: Instant) -> Option<Connection> {
 /// Opens a connection to `server` in the pool's HTTP version, over TLS as the pool's
 /// `upstream_tls` asks (with the same `sslmode` meaning as on `tcp` pools); its driver
 /// task ends when the connection closes.
+/// Opens a connection to `server`; a failed connect or TLS handshake counts against it.
 async fn open(pool: &Pool, server: &Arc<Server>) -> std::io::Result<Connection> {
-    let (stream, _) = connect_server(server, pool).await?;
-    let stream = secure_upstream(pool, server, stream, &[]).await?;
+    let (stream, _) = connect_server(server, pool)
+        .await
+        .inspect_err(|error| record_failure(pool, server, Stage::Connect, error))?;
+    let stream = secure_upstream(pool, server, stream, &[])
+        .await
+        .inspect_err(|error| record_failure(pool, server, Stage::Tls, error))?;
     server.stats.total.fetch_add(1, Ordering::Relaxed);
     server.record_connect_success();
     let io = TokioIo::new(stream);

@@ -38,15 +38,14 @@ pub use headers::ConnectionFacts;
 pub use metrics::RequestMetrics;
 
 use super::{Context, Frontend, Pools};
+use crate::accept;
 use crate::config::{
     HeaderRules, HttpOptions, HttpRoute, ListenerConfig, ListenerOptions, Protocol,
 };
 use crate::health::Check;
 use crate::listener::{Accepted, Handler, Listener, ListenerSettings};
 use crate::observe::Termination;
-use crate::proxy_protocol::{self, ProxyHeader};
 use crate::route::{Matcher, RouteRule, Routing};
-use crate::tls::Rewind;
 
 /// The `http` front end: what every HTTP listener shares (the request metrics).
 #[derive(Debug)]
@@ -168,40 +167,21 @@ async fn serve(handler: Arc<HttpHandler>, connection: Accepted) {
     let Accepted {
         listener,
         settings,
-        stream: mut client,
+        stream,
         peer,
     } = connection;
-    let mut facts = ConnectionFacts::new(peer);
-    let mut early = Bytes::new();
-    if settings.config.proxy_protocol.is_some() {
-        match proxy_protocol::read_header(&mut client, settings.config.timeouts.proxy_header).await
-        {
-            Ok((header, rest)) => {
-                if let ProxyHeader::Proxied(addrs) = header {
-                    facts.client = addrs.source;
-                }
-                early = rest;
-            }
-            Err(error) => {
-                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(listener = %listener.name, client = %peer, %error, "bad PROXY protocol header");
-                return;
-            }
-        }
-    }
-    let Some(tls) = settings.tls.clone() else {
-        serve_connection(handler, listener, settings, client, early, facts).await;
+    let Ok(opened) = accept::open(&listener, &settings, stream, peer).await else {
         return;
     };
-    match tls.accept(Rewind::new(early, client)).await {
-        Ok((stream, info)) => {
-            facts.tls = Some(info);
-            serve_connection(handler, listener, settings, stream, Bytes::new(), facts).await;
-        }
-        Err(error) => {
-            listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(listener = %listener.name, client = %facts.client, %error, "TLS handshake failed");
-        }
+    let mut facts = ConnectionFacts::new(opened.client);
+    let Some(tls) = settings.tls.clone() else {
+        let early = opened.early;
+        serve_connection(handler, listener, settings, opened.stream, early, facts).await;
+        return;
+    };
+    if let Ok((stream, info)) = opened.terminate_tls(&listener, &tls).await {
+        facts.tls = Some(info);
+        serve_connection(handler, listener, settings, stream, Bytes::new(), facts).await;
     }
 }
 

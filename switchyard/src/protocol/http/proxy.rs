@@ -26,7 +26,7 @@ use crate::lazy_timer::LazyTimer;
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::Termination;
 use crate::route::RouteFacts;
-use crate::upstream::{Lease, LeaseError, Pool, Server};
+use crate::upstream::{Lease, LeaseError, Pool, Server, lost_to_reload};
 
 /// What every request on one client connection shares.
 pub struct ConnectionContext {
@@ -369,7 +369,7 @@ pub async fn handle(
     let (response, connection, lease, cut) = loop {
         let lease = match pool.lease(ctx.facts.client.ip(), &failed).await {
             Ok(lease) => lease,
-            Err(LeaseError::NoServer) if pool.is_retired() => {
+            Err(error) if lost_to_reload(&pool, &error) => {
                 // A reload replaced the pool after this connection was accepted.
                 let current = ctx.listener.settings();
                 let now = current

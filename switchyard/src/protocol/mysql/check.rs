@@ -68,7 +68,7 @@ pub async fn connect(
     options: &LoginOptions,
 ) -> Result<ServerConnection<TcpStream>, String> {
     let tls = pool.tls.as_deref();
-    let host = crate::tls::server_host(server);
+    let host = crate::upstream::server_host(server);
     let mut refused = None;
     loop {
         let (stream, _) = connect_server(server, pool)

@@ -28,9 +28,9 @@ use super::login::{LoggedIn, LoginError, ServerCredential, login};
 use super::statements::ServerStatements;
 use super::tls::{secure_server, server_host};
 use crate::config::MessageLimits;
-use crate::tls::ServerStream;
+use crate::upstream::ServerStream;
 use crate::upstream::conn_pool::{self, Ask, ConnPool, Place, PooledConn};
-use crate::upstream::{Lease, LeaseError, Pool, RoleFilter, Server};
+use crate::upstream::{Lease, LeaseError, Pool, RoleFilter, Server, Stage, record_failure};
 
 /// The pools of every (pool, database, user) in the process.
 #[derive(Debug, Default)]
@@ -452,14 +452,17 @@ impl TxPool {
         let (stream, peer) = crate::upstream::connect_server(&server, pool)
             .await
             .map_err(|e| {
-                crate::upstream::record_connect_failure(pool, &server, &e);
+                record_failure(pool, &server, Stage::Connect, &e);
                 LeaseFailure::Connect(e)
             })?;
         let host = server_host(&server);
         let tls = pool.tls.as_deref();
         let mut stream = secure_server(tls, &host, stream, &[], false)
             .await
-            .map_err(LeaseFailure::Connect)?;
+            .map_err(|e| {
+                record_failure(pool, &server, Stage::Tls, &e);
+                LeaseFailure::Connect(e)
+            })?;
         let mut startup = Startup {
             version: PROTOCOL_3_0,
             params: Vec::new(),

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
@@ -18,16 +17,18 @@ use super::errors::{fatal, sqlstate};
 use super::split::SplitConfig;
 use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, read_opening};
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
+use crate::accept;
 use crate::config::{ClientTlsMode, ListenerRole, MessageLimits, PoolMode, PostgresAuth};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
-use crate::protocol::{count_bytes, proxy_preamble, read_proxy_header, relay_session};
+use crate::protocol::{count_bytes, proxy_preamble, relay_session};
 use crate::relay::{IdleLimit, RelayCounters, relay_streams};
 use crate::route::RouteFacts;
-use crate::tls::{Rewind, ServerStream, ServerTls, TlsInfo};
+use crate::tls::{Rewind, ServerTls, TlsInfo};
+use crate::upstream::ServerStream;
 use crate::upstream::{
-    ConnectError, LeaseError, Pool, RoleFilter, Server, ServerRole, Upstream, connect_matching,
-    connect_server,
+    ConnectError, LeaseError, Pool, RoleFilter, Server, ServerRole, Stage, Upstream,
+    connect_matching, connect_server, following_reloads, record_failure,
 };
 
 /// Handles one client connection of a postgres listener to the end, logging one line.
@@ -62,26 +63,19 @@ async fn session(
     handler: &PostgresHandler,
     listener: &Listener,
     settings: &ListenerSettings,
-    mut client: TcpStream,
+    client: TcpStream,
     record: &mut ConnectionRecord,
 ) -> Result<Termination, Refusal> {
     let state = &handler.state;
     let options = &handler.options;
     let limits = &options.limits;
-    let mut destination = None;
-    let mut early_data = Bytes::new();
-    if settings.config.proxy_protocol.is_some() {
-        let proxied = read_proxy_header(listener, settings, &mut client, record)
-            .await
-            .map_err(|reason| Refusal::new(reason, "bad PROXY protocol header"))?;
-        destination = proxied.destination;
-        early_data = proxied.early_data;
-    }
+    let opened = accept::open(listener, settings, client, record.client)
+        .await
+        .map_err(|reason| Refusal::new(reason, "bad PROXY protocol header"))?;
+    record.client = opened.client;
     // The address the client reached, for a PROXY header sent upstream.
-    let destination = destination
-        .or_else(|| client.local_addr().ok())
-        .unwrap_or(listener.address);
-    let client = Rewind::new(early_data, client);
+    let destination = opened.destination(listener);
+    let client = opened.into_rewind();
     let mode = options.client_tls_mode(settings.tls.is_some());
     let offered = settings
         .tls
@@ -115,7 +109,7 @@ async fn session(
         .await;
     }
     let routed = route(handler, &startup, tls_info.as_ref());
-    let Some((mut pool, mut rewrites, split)) = routed else {
+    let Some((pool, rewrites, split)) = routed else {
         let message = format!(
             "no route for database \"{}\" and user \"{}\"",
             startup.database().unwrap_or_default(),
@@ -169,23 +163,22 @@ async fn session(
         .await;
     }
 
-    let tls_facts = tls_info.as_ref();
-    let mut wanted = wanted_role(&pool, options.role, options.replica_fallback);
-    let mut attempt = connect_role(&pool, record.client, wanted).await;
-    // A reload that replaced the pool after this connection was accepted drains the servers
-    // it removed; when nothing else is left in the old pool, the routing now in force
-    // takes the client.
-    while matches!(attempt, Err(ConnectError::Lease(LeaseError::NoServer))) && pool.is_retired() {
+    let reroute = || {
         let settings = listener.settings();
         let now = settings.handler.as_any().downcast_ref::<PostgresHandler>();
-        let Some(current) = now.and_then(|now| route(now, &startup, tls_facts)) else {
-            break;
-        };
-        (pool, rewrites, _) = current;
-        record.pool = Some(pool.name.clone());
-        wanted = wanted_role(&pool, options.role, options.replica_fallback);
-        attempt = connect_role(&pool, record.client, wanted).await;
-    }
+        now.and_then(|now| route(now, &startup, tls_info.as_ref()))
+    };
+    let client_address = record.client;
+    let wanted_of = |pool: &Pool| wanted_role(pool, options.role, options.replica_fallback);
+    let ((pool, rewrites, _), attempt) = following_reloads(
+        (pool, rewrites, split),
+        |(pool, _, _)| pool,
+        reroute,
+        |(pool, _, _)| async move { connect_role(&pool, client_address, wanted_of(&pool)).await },
+    )
+    .await;
+    record.pool = Some(pool.name.clone());
+    let wanted = wanted_of(&pool);
     rewrites.apply(&mut startup);
     let upstream = match attempt {
         Ok(upstream) => upstream,
@@ -239,7 +232,10 @@ async fn session(
     let mut server_stream = match secure_server(tls, &host, upstream.stream, &preamble, false).await
     {
         Ok(stream) => stream,
-        Err(error) => return refuse_tls(&mut client, &error).await,
+        Err(error) => {
+            record_failure(&pool, &server, Stage::Tls, &error);
+            return refuse_tls(&mut client, &error).await;
+        }
     };
     let first_link = link(&server_stream);
     let mut outcome = server_startup(

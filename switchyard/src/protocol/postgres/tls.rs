@@ -14,14 +14,15 @@ use tokio_util::either::Either;
 
 use super::codec::{SSL_REQUEST, with_length};
 use crate::config::SslMode;
-use crate::tls::{Rewind, ServerStream, UpstreamTls};
+use crate::tls::{Rewind, UpstreamTls};
+use crate::upstream::ServerStream;
 
 /// A client connection (after any PROXY header, whose trailing bytes it reads first):
 /// plaintext, or TLS terminated by the proxy.
 pub type ClientStream =
     Either<Rewind<TcpStream>, tokio_rustls::server::TlsStream<Rewind<TcpStream>>>;
 
-pub use crate::tls::server_host;
+pub use crate::upstream::server_host;
 
 /// Negotiates TLS on a fresh server connection per `tls`'s `sslmode` (plaintext without
 /// `upstream_tls`), after sending `preamble` (a PROXY header, or nothing) in clear; `retry`

@@ -19,8 +19,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
+use super::{Pool, Server, ServerAddress, connect_server};
 use crate::config::SslMode;
-use crate::upstream::{Pool, Server, ServerAddress, connect_server};
 
 /// A server connection, plaintext or TLS.
 pub type ServerStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;

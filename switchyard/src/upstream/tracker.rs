@@ -1,5 +1,7 @@
 //! The rise/fall state machine shared by active checks and passive observation.
 
+use super::{Pool, Server};
+use crate::config::OnDown;
 use serde::{Deserialize, Serialize};
 
 /// A server's health.
@@ -127,6 +129,28 @@ impl HealthTracker {
             }
         })
     }
+}
+
+/// Logs a health change and applies its consequences.
+pub fn on_transition(pool: &Pool, server: &Server, transition: &Transition) {
+    match transition.to {
+        Health::Down => {
+            tracing::warn!(pool = %pool.name, server = %server.name, reason = %transition.reason, "server is down");
+            if pool
+                .health
+                .as_ref()
+                .is_some_and(|h| h.on_down == OnDown::ShutdownSessions)
+            {
+                server.cut_sessions();
+            }
+        }
+        Health::Up => {
+            tracing::info!(pool = %pool.name, server = %server.name, "server is up");
+        }
+        Health::Unchecked => {}
+    }
+    // Queued clients may now have a server (or none): let them look again.
+    pool.wake_queue();
 }
 
 #[cfg(test)]
