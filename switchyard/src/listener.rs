@@ -49,13 +49,22 @@ impl ListenerStats {
 /// What serves a listener's connections: built by the listener's protocol from its config
 /// and the pools in service (at start and at each reload). It holds what the protocol
 /// keeps per listener (routing, limits); a connection keeps the one it was accepted with.
-pub trait Handler: Send + Sync + std::fmt::Debug + 'static {
+pub trait Handler: AsAny + Send + Sync + std::fmt::Debug + 'static {
     /// Serves one accepted connection to its end (and logs it).
     fn serve(self: Arc<Self>, connection: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
 
-    /// Itself, for a connection of the same protocol to read the listener's current
-    /// handler (its routing after a reload).
+/// A handler as itself, for a connection of the same protocol to read the listener's
+/// current handler (its routing after a reload).
+pub trait AsAny {
+    /// The handler as `Any`, to downcast to its own type.
     fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 /// An accepted connection, with the listener and the settings it was accepted under.
@@ -107,6 +116,14 @@ pub struct Listener {
     accept_loops: AtomicUsize,
     not_accepting: CancellationToken,
     closed: CancellationToken,
+}
+
+impl ListenerSettings {
+    /// The handler as the protocol's own type `T`, when it is one (a connection reading the
+    /// routing in force after a reload).
+    pub fn handler_as<T: Handler>(&self) -> Option<&T> {
+        (*self.handler).as_any().downcast_ref::<T>()
+    }
 }
 
 impl Listener {
@@ -390,4 +407,43 @@ fn bind_socket(address: SocketAddr, backlog: u32) -> io::Result<StdListener> {
     socket.bind(&address.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Mine;
+
+    impl Handler for Mine {
+        fn serve(self: Arc<Self>, _: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(async {})
+        }
+    }
+
+    #[derive(Debug)]
+    struct Other;
+
+    impl Handler for Other {
+        fn serve(self: Arc<Self>, _: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(async {})
+        }
+    }
+
+    #[test]
+    fn a_handler_is_read_back_as_its_own_type_only() {
+        let text =
+            crate::testing::postgres_config("", "servers = [ { address = \"127.0.0.1:1\" } ]", "");
+        let config = crate::testing::load_config(&text).expect("valid config");
+        let settings = ListenerSettings {
+            config: config.listeners[0].clone(),
+            handler: Arc::new(Mine),
+            tls: None,
+            limit: None,
+        };
+        // Through the trait object, not the `Arc` around it.
+        assert!(settings.handler_as::<Mine>().is_some());
+        assert!(settings.handler_as::<Other>().is_none());
+    }
 }

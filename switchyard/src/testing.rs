@@ -50,3 +50,19 @@ pub fn load_config(text: &str) -> Result<crate::config::Config, crate::config::C
         &crate::runtime::RESOURCE_CHECKS,
     )
 }
+
+/// A pool of two servers `a` and `b` (127.0.0.1:1 and :2) behind a postgres listener, with
+/// `pool_keys` (e.g. `max_replica_lag = "10s"`).
+pub fn two_server_pool(pool_keys: &str) -> crate::upstream::Pool {
+    let pool = format!(
+        "{pool_keys}\nservers = [ {{ name = \"a\", address = \"127.0.0.1:1\" }}, \
+         {{ name = \"b\", address = \"127.0.0.1:2\" }} ]"
+    );
+    let config = load_config(&postgres_config("", &pool, "")).expect("valid config");
+    crate::upstream::Pool::new(&config.pools[0]).expect("pool")
+}
+
+/// A replica lag of `seconds` (no bytes).
+pub fn lag(seconds: f64) -> Option<crate::upstream::ReplicaLag> {
+    Some(crate::upstream::ReplicaLag { bytes: 0, seconds })
+}

@@ -18,7 +18,7 @@ pub fn of<T: DeserializeOwned>() -> &'static [&'static str] {
 
 /// Where else a key is read, for the error message: `(who, keys)`, e.g.
 /// `("http listeners", &[...])`.
-pub type Elsewhere<'a> = &'a [(&'a str, &'static [&'static str])];
+pub type Elsewhere<'a> = &'a [(String, &'static [&'static str])];
 
 /// Reports every key of the table `item` (at `path`) that none of `allowed` reads. `what`
 /// names the tables for the message (e.g. "postgres listeners").
@@ -40,7 +40,7 @@ pub fn check(
         let owners: Vec<&str> = elsewhere
             .iter()
             .filter(|(_, keys)| keys.contains(&key))
-            .map(|(who, _)| *who)
+            .map(|(who, _)| who.as_str())
             .collect();
         let message = if owners.is_empty() {
             format!("unknown key for {what}")

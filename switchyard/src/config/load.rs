@@ -545,10 +545,6 @@ fn listener(item: &Item, at: &[&str], sink: &mut ErrorSink<'_>) -> Option<Listen
             ))
         })
         .collect();
-    let elsewhere: Vec<(&str, &'static [&'static str])> = elsewhere
-        .iter()
-        .map(|(who, keys)| (who.as_str(), *keys))
-        .collect();
     keys::check(
         item,
         &path,
@@ -608,10 +604,6 @@ fn check_options(
         .iter()
         .filter(|(kind, _)| *kind != health.check)
         .map(|(kind, keys)| (format!("`{}` checks", kind.as_str()), *keys))
-        .collect();
-    let elsewhere: Vec<(&str, &'static [&'static str])> = elsewhere
-        .iter()
-        .map(|(who, keys)| (who.as_str(), *keys))
         .collect();
     keys::check(
         item,

@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HealthConfig;
-use crate::upstream::{Pool, Server, connect_server, on_transition, secure_upstream};
+use crate::config::{HealthConfig, OnRoleChange};
+use crate::upstream::{
+    Pool, ReplicaLag, Server, ServerRole, connect_server, on_transition, secure_upstream,
+};
 
 /// The outcome of one check: `Err` says why the server failed it.
 pub type Outcome<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
@@ -41,6 +43,25 @@ impl Check for TcpCheck {
                 .map(drop)
                 .map_err(|e| format!("tls: {e}"))
         })
+    }
+}
+
+/// Records what a database check found of `server`'s role; a change (a promotion, or a
+/// primary back as a replica) is logged, cuts the server's sessions when the pool says so,
+/// and lets queued clients look again.
+pub fn record_role(
+    pool: &Pool,
+    server: &Server,
+    role: ServerRole,
+    lag: Option<ReplicaLag>,
+    on_change: OnRoleChange,
+) {
+    if let Some(previous) = server.record_role(role, lag) {
+        tracing::warn!(pool = %pool.name, server = %server.name, from = ?previous, to = ?role, "server role changed");
+        if on_change == OnRoleChange::ShutdownSessions {
+            server.cut_sessions();
+        }
+        pool.wake_queue();
     }
 }
 

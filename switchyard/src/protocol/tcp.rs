@@ -89,10 +89,6 @@ impl Handler for TcpHandler {
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(serve(self, connection))
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }
 
 /// Handles one client connection to the end, logging one line when it closes. The
@@ -160,7 +156,7 @@ async fn proxy(
     };
     let reroute = || {
         let settings = listener.settings();
-        let now = settings.handler.as_any().downcast_ref::<TcpHandler>();
+        let now = settings.handler_as::<TcpHandler>();
         now.and_then(|now| now.routing.pool(&facts).cloned())
     };
     let client_address = record.client;

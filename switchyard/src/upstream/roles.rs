@@ -54,21 +54,8 @@ impl RoleFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::ReplicaLag;
 
-    fn pool(max_replica_lag: &str) -> Pool {
-        let pool = format!(
-            "{max_replica_lag}\nservers = [ {{ name = \"a\", address = \"127.0.0.1:1\" }}, \
-             {{ name = \"b\", address = \"127.0.0.1:2\" }} ]"
-        );
-        let text = crate::testing::postgres_config("", &pool, "");
-        let config = crate::testing::load_config(&text).expect("valid config");
-        Pool::new(&config.pools[0]).expect("pool")
-    }
-
-    fn lag(seconds: f64) -> Option<ReplicaLag> {
-        Some(ReplicaLag { bytes: 0, seconds })
-    }
+    use crate::testing::{lag, two_server_pool as pool};
 
     #[test]
     fn roles_and_lag_decide_which_servers_are_admitted() {

@@ -14,6 +14,8 @@ pub mod http;
 pub mod mysql;
 /// Operations helpers: access log, listener addresses, metrics parsing.
 pub mod ops;
+/// The OS users database servers run as.
+pub mod os_user;
 pub mod postgres;
 /// TLS material: a CA, certificates, TLS backends and clients.
 pub mod tls;

@@ -7,11 +7,11 @@
 //! server plugin, so that method is tested against a scripted server in the unit tests.
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::os_user::OsUser;
 use super::{DEADLINE, free_port};
 
 /// `mysql_native_password` user and password.
@@ -23,36 +23,18 @@ pub const MONITOR_USER: (&str, &str) = ("monitor", "monitor-pw");
 /// The replication user replicas connect as.
 const REPLICATION_USER: (&str, &str) = ("repl", "repl-pw");
 
-/// The uid and gid of the `mysql` OS user.
-fn mysql_user() -> (u32, u32) {
-    let id = |flag: &str| -> u32 {
-        let output = Command::new("id")
-            .args([flag, "mysql"])
-            .output()
-            .expect("id mysql");
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .expect("the `mysql` OS user (Debian mariadb-server package)")
-    };
-    (id("-u"), id("-g"))
+/// The `mysql` OS user.
+fn mysql_user() -> OsUser {
+    OsUser::named("mysql", "mariadb-server")
 }
 
 /// A command run as the `mysql` user.
 fn as_mysql(program: &str) -> Command {
-    let (uid, gid) = mysql_user();
-    let mut command = Command::new(program);
-    command
-        .uid(uid)
-        .gid(gid)
-        .env("HOME", "/tmp")
-        .current_dir("/tmp");
-    command
+    mysql_user().command(program)
 }
 
 fn chown(path: &Path) {
-    let (uid, gid) = mysql_user();
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to mysql");
+    mysql_user().chown(path);
 }
 
 /// How a server is set up.

@@ -3,11 +3,11 @@
 //! (tests run as root and PostgreSQL refuses to), stopped on drop.
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use super::os_user::OsUser;
 use super::{DEADLINE, free_port};
 
 /// The password every test cluster gives the `postgres` role when password auth is on.
@@ -26,31 +26,14 @@ pub fn bin_dir() -> PathBuf {
         .expect("a PostgreSQL version under /usr/lib/postgresql")
 }
 
-/// The uid and gid of the `postgres` OS user.
-fn postgres_user() -> (u32, u32) {
-    let id = |flag: &str| -> u32 {
-        let output = Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .expect("id postgres");
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .expect("the `postgres` OS user (Debian postgresql package)")
-    };
-    (id("-u"), id("-g"))
+/// The `postgres` OS user.
+fn postgres_user() -> OsUser {
+    OsUser::named("postgres", "postgresql")
 }
 
 /// A command from the PostgreSQL bin dir, run as the `postgres` user.
 fn pg_command(program: &str) -> Command {
-    let (uid, gid) = postgres_user();
-    let mut command = Command::new(bin_dir().join(program));
-    command
-        .uid(uid)
-        .gid(gid)
-        .env("HOME", "/tmp")
-        .current_dir("/tmp");
-    command
+    postgres_user().command(bin_dir().join(program))
 }
 
 fn run(mut command: Command, what: &str) {
@@ -284,8 +267,7 @@ fn make_dir() -> tempfile::TempDir {
 }
 
 fn chown(path: &Path) {
-    let (uid, gid) = postgres_user();
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
+    postgres_user().chown(path);
 }
 
 fn append(path: &Path, text: &str) {

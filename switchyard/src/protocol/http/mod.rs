@@ -155,10 +155,6 @@ impl Handler for HttpHandler {
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(serve(self, connection))
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }
 
 /// Handles one accepted TCP connection: the PROXY header if the listener expects one, the

@@ -372,10 +372,7 @@ pub async fn handle(
             Err(error) if lost_to_reload(&pool, &error) => {
                 // A reload replaced the pool after this connection was accepted.
                 let current = ctx.listener.settings();
-                let now = current
-                    .handler
-                    .as_any()
-                    .downcast_ref::<super::HttpHandler>();
+                let now = current.handler_as::<super::HttpHandler>();
                 match now.and_then(|now| {
                     now.routing.pool(&RouteFacts {
                         host,

@@ -14,7 +14,7 @@ use super::login::{
     Credential, LoginError, LoginOptions, ServerConnection, login, retries_with_tls,
 };
 use super::query::{QueryError, QueryResult, ResultSet, query, quit};
-use crate::config::{CheckOptions, HealthConfig, MysqlCheck, OnRoleChange};
+use crate::config::{CheckOptions, HealthConfig, MysqlCheck};
 use crate::health::{Check, Outcome};
 use crate::upstream::{Pool, ReplicaLag, Server, ServerRole, connect_server};
 
@@ -50,13 +50,7 @@ impl Check for MysqlHealthCheck {
 /// server's sessions when the pool says so.
 async fn check_role(pool: &Pool, server: &Server, health: &MysqlCheck) -> Result<(), String> {
     let (role, lag) = query_role(pool, server, health).await?;
-    if let Some(previous) = server.record_role(role, lag) {
-        tracing::warn!(pool = %pool.name, server = %server.name, from = ?previous, to = ?role, "server role changed");
-        if health.on_role_change == OnRoleChange::ShutdownSessions {
-            server.cut_sessions();
-        }
-        pool.wake_queue();
-    }
+    crate::health::record_role(pool, server, role, lag, health.on_role_change);
     Ok(())
 }
 

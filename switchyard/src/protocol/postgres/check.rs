@@ -9,7 +9,7 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::config::SslMode;
 
 use super::tls::{retries_with_tls, secure_server, server_host};
-use crate::config::{CheckOptions, DatabaseCheck, HealthConfig, OnRoleChange};
+use crate::config::{CheckOptions, DatabaseCheck, HealthConfig};
 use crate::health::{Check, Outcome};
 use crate::upstream::{Pool, ReplicaLag, Server, ServerRole, connect_server};
 
@@ -46,13 +46,7 @@ impl Check for PostgresCheck {
 /// the server's sessions when the pool says so.
 async fn check_role(pool: &Pool, server: &Server, health: &DatabaseCheck) -> Result<(), String> {
     let (role, lag) = query_role(pool, server, health).await?;
-    if let Some(previous) = server.record_role(role, lag) {
-        tracing::warn!(pool = %pool.name, server = %server.name, from = ?previous, to = ?role, "server role changed");
-        if health.on_role_change == OnRoleChange::ShutdownSessions {
-            server.cut_sessions();
-        }
-        pool.wake_queue();
-    }
+    crate::health::record_role(pool, server, role, lag, health.on_role_change);
     Ok(())
 }
 

@@ -235,8 +235,4 @@ impl Handler for PostgresHandler {
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(session::serve(self, connection))
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }

@@ -165,7 +165,7 @@ async fn session(
 
     let reroute = || {
         let settings = listener.settings();
-        let now = settings.handler.as_any().downcast_ref::<PostgresHandler>();
+        let now = settings.handler_as::<PostgresHandler>();
         now.and_then(|now| route(now, &startup, tls_info.as_ref()))
     };
     let client_address = record.client;
@@ -516,21 +516,8 @@ fn wanted_role(pool: &Pool, role: ListenerRole, fallback: bool) -> Option<Server
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::ReplicaLag;
 
-    fn pool(max_replica_lag: &str) -> Pool {
-        let pool = format!(
-            "{max_replica_lag}\nservers = [ {{ name = \"a\", address = \"127.0.0.1:1\" }}, \
-             {{ name = \"b\", address = \"127.0.0.1:2\" }} ]"
-        );
-        let text = crate::testing::postgres_config("", &pool, "");
-        let config = crate::testing::load_config(&text).expect("valid config");
-        Pool::new(&config.pools[0]).expect("pool")
-    }
-
-    fn lag(seconds: f64) -> Option<ReplicaLag> {
-        Some(ReplicaLag { bytes: 0, seconds })
-    }
+    use crate::testing::{lag, two_server_pool as pool};
 
     #[test]
     fn a_replica_listener_falls_back_to_the_primary_only_when_allowed() {
