@@ -51,8 +51,12 @@ impl ListenerStats {
 /// keeps per listener (routing, limits); a connection keeps the one it was accepted with.
 pub trait Handler: AsAny + Send + Sync + std::fmt::Debug + 'static {
     /// Serves one accepted connection to its end (and logs it).
-    fn serve(self: Arc<Self>, connection: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    fn serve(self: Arc<Self>, connection: Accepted) -> Serving;
 }
+
+/// A connection being served: boxed, so that each protocol's connection future keeps its
+/// own size (one future type over every protocol would be as large as the largest).
+pub type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A handler as itself, for a connection of the same protocol to read the listener's
 /// current handler (its routing after a reload).
@@ -417,7 +421,7 @@ mod tests {
     struct Mine;
 
     impl Handler for Mine {
-        fn serve(self: Arc<Self>, _: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        fn serve(self: Arc<Self>, _: Accepted) -> Serving {
             Box::pin(async {})
         }
     }
@@ -426,7 +430,7 @@ mod tests {
     struct Other;
 
     impl Handler for Other {
-        fn serve(self: Arc<Self>, _: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        fn serve(self: Arc<Self>, _: Accepted) -> Serving {
             Box::pin(async {})
         }
     }

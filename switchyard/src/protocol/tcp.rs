@@ -12,7 +12,7 @@ use tokio_util::either::Either;
 use super::{Context, Frontend, Pools};
 use crate::accept;
 use crate::config::{ListenerConfig, ListenerOptions, Protocol, SslMode, TcpRoute};
-use crate::listener::{Accepted, Handler, Listener, ListenerSettings};
+use crate::listener::{Accepted, Handler, Listener, ListenerSettings, Serving};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams, write_all};
 use crate::route::{Matcher, RouteFacts, RouteRule, Routing};
@@ -83,10 +83,7 @@ struct TcpHandler {
 }
 
 impl Handler for TcpHandler {
-    fn serve(
-        self: Arc<Self>,
-        connection: Accepted,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn serve(self: Arc<Self>, connection: Accepted) -> Serving {
         Box::pin(serve(self, connection))
     }
 }

@@ -43,7 +43,7 @@ use crate::config::{
     HeaderRules, HttpOptions, HttpRoute, ListenerConfig, ListenerOptions, Protocol,
 };
 use crate::health::Check;
-use crate::listener::{Accepted, Handler, Listener, ListenerSettings};
+use crate::listener::{Accepted, Handler, Listener, ListenerSettings, Serving};
 use crate::observe::Termination;
 use crate::route::{Matcher, RouteRule, Routing};
 
@@ -149,10 +149,7 @@ pub struct HttpHandler {
 }
 
 impl Handler for HttpHandler {
-    fn serve(
-        self: Arc<Self>,
-        connection: Accepted,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn serve(self: Arc<Self>, connection: Accepted) -> Serving {
         Box::pin(serve(self, connection))
     }
 }

@@ -43,7 +43,7 @@ use crate::config::{
     PostgresRoute, Protocol,
 };
 use crate::health::Check;
-use crate::listener::{Accepted, Handler};
+use crate::listener::{Accepted, Handler, Serving};
 use crate::route::{Matcher, RouteRule, Routing};
 use crate::upstream::Pool;
 use split::SplitConfig;
@@ -229,10 +229,7 @@ pub struct PostgresHandler {
 }
 
 impl Handler for PostgresHandler {
-    fn serve(
-        self: Arc<Self>,
-        connection: Accepted,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn serve(self: Arc<Self>, connection: Accepted) -> Serving {
         Box::pin(session::serve(self, connection))
     }
 }
