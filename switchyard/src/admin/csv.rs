@@ -13,10 +13,11 @@ use serde_json::Value;
 
 use super::stats::Stats;
 use super::status::{ListenerStatus, PoolStatus, ServerStatus};
+use crate::protocol::http::metrics::CLASSES;
 
 /// The columns, in order; `docs/configuration.md` (Dashboard and stats) says what each
 /// holds for each row type.
-pub const COLUMNS: [&str; 34] = [
+const COLUMNS: [&str; 34] = [
     "type",
     "pxname",
     "svname",
@@ -52,9 +53,6 @@ pub const COLUMNS: [&str; 34] = [
     "hrsp_4xx",
     "hrsp_5xx",
 ];
-
-/// The HTTP status classes, as the `hrsp_*` columns and `http_responses` name them.
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// One row being filled: a value per column, empty where the row type has none.
 struct Row([String; COLUMNS.len()]);
@@ -102,7 +100,7 @@ impl Row {
 
 /// Appends `value` as one CSV field: quoted when it holds a comma, a quote, CR or LF (its
 /// quotes doubled), else as it is.
-pub fn push_field(out: &mut String, value: &str) {
+fn push_field(out: &mut String, value: &str) {
     if value.contains([',', '"', '\r', '\n']) {
         out.push('"');
         out.push_str(&value.replace('"', "\"\""));
@@ -241,22 +239,20 @@ mod tests {
 
     /// Splits one CSV record (RFC 4180), to read back what `render` wrote.
     fn parse_record(line: &str) -> Vec<String> {
-        let mut fields = vec![String::new()];
-        let mut quoted = false;
+        let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
         let mut chars = line.chars().peekable();
         while let Some(c) = chars.next() {
             match (quoted, c) {
                 (true, '"') if chars.peek() == Some(&'"') => {
                     chars.next();
-                    fields.last_mut().map(|f| f.push('"'));
+                    field.push('"');
                 }
                 (_, '"') => quoted = !quoted,
-                (false, ',') => fields.push(String::new()),
-                (_, c) => {
-                    fields.last_mut().map(|f| f.push(c));
-                }
+                (false, ',') => fields.push(std::mem::take(&mut field)),
+                (_, c) => field.push(c),
             }
         }
+        fields.push(field);
         fields
     }
 

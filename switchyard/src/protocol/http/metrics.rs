@@ -111,11 +111,13 @@ impl EncodeMetric for DurationHistogram {
 pub struct RequestMetrics {
     requests: Family<Labels, RequestCounter>,
     duration: Family<Labels, DurationHistogram>,
-    // The series of `requests` by pool: (server, class index, the family's own counter). A
-    // family cannot be listed, and the stats need a pool's series without knowing its
-    // listeners. Written only when a series is created.
-    by_pool: Mutex<HashMap<String, Vec<(String, usize, RequestCounter)>>>,
+    // The series of `requests` by pool. A family cannot be listed, and the stats need a
+    // pool's series without knowing its listeners. Written only when a series is created.
+    by_pool: Mutex<HashMap<String, Vec<PoolSeries>>>,
 }
+
+/// One series of a pool: server name, class index, the family's own counter.
+type PoolSeries = (String, usize, RequestCounter);
 
 impl RequestMetrics {
     /// Counts one finished request, through the handles `memo` keeps for its connection.
