@@ -297,4 +297,15 @@ mod tests {
         assert_eq!(decoded("/%ff"), None);
         assert_eq!(decoded("/%C3"), None);
     }
+
+    #[test]
+    fn names_encoded_by_the_client_decode_to_themselves() {
+        for name in ["app1", "[::1]:5432", "a b/c%41", "ünï", "w,\"2\"", ""] {
+            let encoded = client::path_segment(name);
+            assert!(!encoded.contains(['/', ' ', '[', ':']), "{encoded}");
+            let path = format!("/api/v1/pools/{encoded}/servers");
+            let decoded = segments(&path).expect("valid");
+            assert_eq!(decoded.get(3).map(String::as_str), Some(name), "{path}");
+        }
+    }
 }
