@@ -205,7 +205,7 @@
       setText(c.address, l.address);
       setText(c.tls, l.tls ? 'on' : 'off');
       setText(c.cur, limit(l.active, l.max_connections));
-      setText(c.rate, rate(rates.rate('l|' + l.name, l.total)));
+      setText(c.rate, rate(rates.rate(JSON.stringify(['l', l.name]), l.total)));
       setText(c.total, number(l.total));
       setText(c.failed, number(l.failed));
       c.failed.classList.toggle('bad', l.failed > 0);
@@ -265,10 +265,10 @@
       seen.add(s.name);
       if (s.state === 'up') up += 1;
       const classes = responses ? (responses.servers[s.name] || {}) : null;
-      const key = 's|' + pool.name + '|' + s.name;
-      const sessions = rates.rate(key + '|total', s.total);
-      const requests = classes ? rates.rate(key + '|requests', classesTotal(classes)) : null;
-      const errors = rates.rate(key + '|errors', s.connect_errors + s.checks_failed);
+      const key = (what) => JSON.stringify(['s', pool.name, s.name, what]);
+      const sessions = rates.rate(key('total'), s.total);
+      const requests = classes ? rates.rate(key('requests'), classesTotal(classes)) : null;
+      const errors = rates.rate(key('errors'), s.connect_errors + s.checks_failed);
       own.sessions += sessions || 0;
       own.errors += errors || 0;
       renderServer(view, pool.name, s, classes, sessions, requests);
@@ -278,8 +278,8 @@
     }
     let requests = null;
     if (responses) {
-      requests = rates.rate('p|' + pool.name + '|requests', classesTotal(responses.all));
-      own.errors += rates.rate('p|' + pool.name + '|5xx', responses.all['5xx'] || 0) || 0;
+      requests = rates.rate(JSON.stringify(['p', pool.name, 'requests']), classesTotal(responses.all));
+      own.errors += rates.rate(JSON.stringify(['p', pool.name, '5xx']), responses.all['5xx'] || 0) || 0;
     }
     const tx = renderTxPools(view, pool, rates);
     if (tx != null) requests = (requests || 0) + tx;
@@ -358,7 +358,7 @@
     const seen = new Set();
     let total = list.length ? 0 : null;
     for (const t of list) {
-      const key = t.database + '\u0000' + t.user;
+      const key = JSON.stringify([t.database, t.user]);
       seen.add(key);
       let r = view.txRows.get(key);
       if (!r) {
@@ -373,7 +373,7 @@
       }
       const busy = sum(t.servers.map((s) => s.active));
       const idle = sum(t.servers.map((s) => s.idle));
-      const tx = rates.rate('t|' + pool.name + '|' + key, t.transactions);
+      const tx = rates.rate(JSON.stringify(['t', pool.name, key]), t.transactions);
       total += tx || 0;
       setText(r.cells.database, t.database);
       setText(r.cells.user, t.user);
@@ -471,6 +471,8 @@
     }
   }
 
+  // A resized window (a phone turned) redraws the charts at their new size at once.
+  window.addEventListener('resize', drawCharts);
   updateMutability();
   poll();
 })();
