@@ -10,6 +10,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -29,7 +30,9 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const TOKEN: &str = "dashboard-test-token";
 
-/// A chromedriver process and a browser session on it; both end on drop.
+/// A chromedriver process and a browser session on it. `close` ends both; dropped
+/// without it (a failed test), chromedriver's process group is killed, the browser it
+/// started with it (the browser outlives a chromedriver killed alone).
 struct Browser {
     client: Client,
     driver: Child,
@@ -38,8 +41,11 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The session's browser ends with chromedriver.
-        let _ = self.driver.kill();
+        if let Ok(None) = self.driver.try_wait() {
+            let group = i32::try_from(self.driver.id()).expect("a pid");
+            // SAFETY: kill(2) with a negated process group id reads no memory.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
         let _ = self.driver.wait();
     }
 }
@@ -60,6 +66,7 @@ impl Browser {
             let port = free_port();
             let mut driver = Command::new(CHROMEDRIVER)
                 .arg(format!("--port={port}"))
+                .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -84,6 +91,7 @@ impl Browser {
                         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                         "--no-first-run", "--disable-background-networking",
                         "--disable-component-update", "--disable-sync",
+                        "--disable-breakpad", "--disable-crash-reporter",
                         format!("--user-data-dir={}", profile.path().display()),
                         "--window-size=1400,1000",
                     ],
@@ -106,6 +114,14 @@ impl Browser {
             };
         }
         panic!("chromedriver could not take a free port five times");
+    }
+
+    /// Ends the browser session (chromedriver quits the browser), then chromedriver.
+    async fn close(mut self) {
+        let client = self.client.clone();
+        client.close().await.expect("session closed");
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) in the page.
@@ -433,6 +449,7 @@ async fn the_dashboard_shows_live_state_and_drains_a_server() {
         .filter(|entry| entry["level"] == "SEVERE" || entry["level"] == "WARNING")
         .collect();
     assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,4 +491,5 @@ async fn without_a_token_the_buttons_show_with_a_warning() {
         proxy.server("app", "alpha").await.state == "maint"
     })
     .await;
+    browser.close().await;
 }
