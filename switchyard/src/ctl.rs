@@ -107,7 +107,11 @@ async fn set_state(
     server: &str,
     state: &str,
 ) -> Result<(), String> {
-    let path = format!("/api/v1/pools/{pool}/servers/{server}/state");
+    let path = format!(
+        "/api/v1/pools/{}/servers/{}/state",
+        crate::admin::client::path_segment(pool),
+        crate::admin::client::path_segment(server)
+    );
     let body = serde_json::json!({ "state": state }).to_string();
     expect_ok(client.call(Method::POST, &path, Some(body)).await?)?;
     println!("{pool}/{server}: {state}");

@@ -710,3 +710,200 @@ async fn ctl_own_origin_pages_and_scripts_with_the_token_may_change_state() {
         guarded.stderr()
     );
 }
+
+/// `stats.csv` read by Python's csv module, as a script would: one dict per row.
+fn python_csv(text: &str) -> Vec<std::collections::HashMap<String, String>> {
+    use std::io::Write;
+
+    let mut python = Command::new("python3")
+        .args([
+            "-c",
+            "import csv, json, sys; print(json.dumps(list(csv.DictReader(sys.stdin))))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    python
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("CSV to python");
+    let output = python.wait_with_output().expect("python ran");
+    assert!(output.status.success(), "python could not read:\n{text}");
+    serde_json::from_slice(&output.stdout).expect("python's JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_csv_parses_and_its_totals_match_the_metrics() {
+    let (alpha, bravo) = two_named().await;
+    let web = support::http::HttpBackend::describe().await;
+    let config = two_server_config(&alpha, &bravo)
+        .section(&support::config::http_section(
+            "web",
+            // TOML's escapes: the name is `w,"2"`.
+            &[("w1", web.addr, ""), (r#"w,\"2\""#, free_addr(), "")],
+        ))
+        .build();
+    let proxy = Proxy::start(&config).await;
+    let front = listener_addr(&proxy, "front").await;
+    for _ in 0..4 {
+        first_line(front).await;
+    }
+    let web_front = listener_addr(&proxy, "web").await;
+    for path in ["/a", "/b", "/c"] {
+        support::http::get(web_front, path, &[]).await;
+    }
+    wait_until("every connection to end", || async {
+        proxy.listeners().await.iter().all(|l| l.active == 0)
+    })
+    .await;
+
+    let (status, text) = proxy.get("/api/v1/stats.csv").await;
+    assert_eq!(status, 200);
+    let samples = parse_metrics(&proxy.metrics().await).expect("valid metrics");
+    let rows = python_csv(&text);
+    let columns: Vec<&str> = text.lines().next().unwrap_or_default().split(',').collect();
+    assert_eq!(columns[..3], ["type", "pxname", "svname"]);
+    let kinds: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["type"].as_str(),
+                r["pxname"].as_str(),
+                r["svname"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("listener", "front", "LISTENER"),
+            ("listener", "web", "LISTENER"),
+            ("pool", "app", "POOL"),
+            ("server", "app", "alpha"),
+            ("server", "app", "bravo"),
+            ("pool", "web", "POOL"),
+            ("server", "web", "w1"),
+            ("server", "web", "w,\"2\""),
+        ],
+        "a name with a comma and quotes reads back whole"
+    );
+    let value = |name: &str, labels: &[(&str, &str)]| -> String {
+        let value =
+            metric(&samples, name, labels).unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
+        format!("{value}")
+    };
+    let mut connections = 0;
+    for row in rows.iter().filter(|r| r["type"] == "server") {
+        let labels = [
+            ("pool", row["pxname"].as_str()),
+            ("server", row["svname"].as_str()),
+        ];
+        assert_eq!(
+            row["stot"],
+            value("switchyard_server_connections_total", &labels)
+        );
+        assert_eq!(
+            row["bin"],
+            value("switchyard_server_received_bytes_total", &labels)
+        );
+        assert_eq!(
+            row["bout"],
+            value("switchyard_server_sent_bytes_total", &labels)
+        );
+        assert_eq!(
+            row["econ"],
+            value("switchyard_server_connect_errors_total", &labels)
+        );
+        connections += row["stot"].parse::<u64>().expect("a count");
+    }
+    assert!(connections >= 5, "the traffic was counted: {connections}");
+    for row in rows.iter().filter(|r| r["type"] == "listener") {
+        let labels = [("listener", row["pxname"].as_str())];
+        assert_eq!(
+            row["stot"],
+            value("switchyard_listener_connections_total", &labels)
+        );
+        assert_eq!(
+            row["bin"],
+            value("switchyard_listener_received_bytes_total", &labels)
+        );
+        assert_eq!(
+            row["bout"],
+            value("switchyard_listener_sent_bytes_total", &labels)
+        );
+        assert_eq!(
+            row["ereq"],
+            value("switchyard_listener_connections_failed_total", &labels)
+        );
+    }
+    let app = &rows[2];
+    let app_servers = &rows[3..5];
+    let sum = |column: &str| -> u64 {
+        app_servers
+            .iter()
+            .map(|r| r[column].parse::<u64>().expect("a count"))
+            .sum()
+    };
+    assert_eq!(app["stot"].parse::<u64>().ok(), Some(sum("stot")));
+    assert_eq!(app["bout"].parse::<u64>().ok(), Some(sum("bout")));
+    assert_eq!(app["hrsp_2xx"], "", "a tcp pool counts no HTTP responses");
+    // HTTP responses by class: the same counters as switchyard_http_requests_total.
+    let w1 = &rows[6];
+    let answered = value(
+        "switchyard_http_requests_total",
+        &[("pool", "web"), ("server", "w1"), ("code", "2xx")],
+    );
+    assert_eq!((w1["hrsp_2xx"].as_str(), answered.as_str()), ("3", "3"));
+    assert_eq!(
+        (w1["hrsp_5xx"].as_str(), w1["status"].as_str()),
+        ("0", "up")
+    );
+    assert_eq!(rows[5]["hrsp_2xx"], "3");
+
+    // The JSON snapshot carries the same counts and its own clock.
+    let (status, body) = proxy.get("/api/v1/stats").await;
+    assert_eq!(status, 200);
+    let stats: switchyard::admin::Stats = serde_json::from_str(&body).expect("stats JSON");
+    assert!(!stats.token_required);
+    assert!(stats.uptime_seconds > 0.0);
+    let web_pool = stats
+        .pools
+        .iter()
+        .find(|p| p.name == "web")
+        .expect("web pool");
+    assert_eq!(
+        web_pool.protocol["http_responses"]["servers"]["w1"]["2xx"],
+        3
+    );
+}
+
+/// An address nothing listens on.
+fn free_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_named_by_its_address_changes_state_by_its_encoded_name() {
+    let backend = Backend::named("alpha").await;
+    let config = Config::new()
+        .section(&format!(
+            "[[pool]]\nname = \"spare pool\"\nservers = [{{ address = \"{}\" }}]\n",
+            backend.addr
+        ))
+        .server("alpha", backend.addr, "")
+        .build();
+    let proxy = Proxy::start(&config).await;
+    let name = backend.addr.to_string();
+    let encoded = name.replace(':', "%3A");
+    let (status, body) = proxy
+        .post(
+            &format!("/api/v1/pools/spare%20pool/servers/{encoded}/state"),
+            r#"{"state":"drain"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(proxy.server("spare pool", &name).await.state, "drain");
+}

@@ -6,6 +6,21 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// A pool or server name as one path segment: every byte but the unreserved ones
+/// (RFC 3986) percent-encoded, so that any name (an address with `:` or `[...]`, a space, a
+/// `/`) reaches the API whole; the API decodes segments one by one.
+pub fn path_segment(name: &str) -> String {
+    let mut segment = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            segment.push(char::from(byte));
+        } else {
+            segment.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    segment
+}
+
 /// An admin API endpoint: `http://host:port` or `host:port`.
 #[derive(Debug, Clone)]
 pub struct AdminClient {

@@ -1,9 +1,13 @@
-//! The admin HTTP API: health, Prometheus metrics, status, server state changes and reload.
-//! Every request passes [`Access`] first, which keeps web pages out (see `access`).
+//! The admin HTTP API: health, Prometheus metrics, status, stats (JSON and CSV), the
+//! dashboard page, server state changes and reload. Every request passes [`Access`] first,
+//! which keeps other web pages out (see `access`).
 
 mod access;
 pub mod client;
+mod csv;
+mod dashboard;
 mod metrics;
+mod stats;
 mod status;
 
 use std::convert::Infallible;
@@ -22,6 +26,7 @@ use crate::runtime::Shared;
 use crate::upstream::AdminState;
 
 pub use access::Access;
+pub use stats::Stats;
 pub use status::{ListenerStatus, PoolStatus, ServerStatus};
 
 /// Largest request body the admin API reads.
@@ -119,9 +124,47 @@ fn error(status: StatusCode, message: &str) -> Reply {
     json(status, &serde_json::json!({ "error": message }))
 }
 
+/// The path's segments, percent-decoded (a pool or server name may hold any character, and
+/// the dashboard encodes them); `None` when one is not valid UTF-8 once decoded.
+fn segments(path: &str) -> Option<Vec<String>> {
+    path.trim_matches('/')
+        .split('/')
+        .map(|segment| {
+            let mut bytes = Vec::with_capacity(segment.len());
+            let mut rest = segment.as_bytes();
+            while let Some((&byte, tail)) = rest.split_first() {
+                let escaped = (byte == b'%')
+                    .then(|| tail.get(..2))
+                    .flatten()
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+                match escaped {
+                    Some(decoded) => {
+                        bytes.push(decoded);
+                        rest = &tail[2..];
+                    }
+                    None => {
+                        bytes.push(byte);
+                        rest = tail;
+                    }
+                }
+            }
+            String::from_utf8(bytes).ok()
+        })
+        .collect()
+}
+
 async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
-    let path = request.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let Some(segments) = segments(request.uri().path()) else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    if request.method() == Method::GET
+        && let [page] = segments.as_slice()
+        && let Some(page) = dashboard::asset(page)
+    {
+        return page;
+    }
     match (request.method(), segments.as_slice()) {
         (&Method::GET, ["health"]) => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, ["metrics"]) => match metrics::render(shared) {
@@ -136,6 +179,12 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
         (&Method::GET, ["api", "v1", "listeners"]) => {
             json(StatusCode::OK, &status::listeners(shared))
         }
+        (&Method::GET, ["api", "v1", "stats"]) => json(StatusCode::OK, &stats::snapshot(shared)),
+        (&Method::GET, ["api", "v1", "stats.csv"]) => reply(
+            StatusCode::OK,
+            "text/csv; charset=utf-8; header=present",
+            csv::render(&stats::snapshot(shared)),
+        ),
         (&Method::POST, ["api", "v1", "pools", pool, "servers", server, "state"]) => {
             let (pool, server) = (pool.to_string(), server.to_string());
             if let Some(denied) = authorize(shared, &request) {
@@ -159,6 +208,7 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
             }
         }
         (_, ["health" | "metrics"] | ["api", "v1", "pools" | "listeners" | "reload"])
+        | (_, ["api", "v1", "stats" | "stats.csv"])
         | (_, ["api", "v1", "pools", _, "servers", _, "state"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
@@ -236,4 +286,41 @@ async fn set_state(
     pool.wake_queue();
     tracing::info!(pool = %pool.name, server = %server.name, state = %change.state, "server state changed by admin API");
     json(StatusCode::OK, &status::server(server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_decoded_one_by_one() {
+        let decoded = |path: &str| segments(path).map(|s| s.join("|"));
+        assert_eq!(decoded("/"), Some(String::new()));
+        assert_eq!(
+            decoded("/api/v1/stats.csv"),
+            Some("api|v1|stats.csv".into())
+        );
+        assert_eq!(
+            decoded("/api/v1/pools/app/servers/127.0.0.1%3A5432/state"),
+            Some("api|v1|pools|app|servers|127.0.0.1:5432|state".into())
+        );
+        // An encoded slash stays inside its segment.
+        assert_eq!(decoded("/a%2Fb/c"), Some("a/b|c".into()));
+        assert_eq!(decoded("/caf%C3%A9%20bar"), Some("café bar".into()));
+        // Malformed escapes are kept as they are; invalid UTF-8 is refused.
+        assert_eq!(decoded("/100%/%zz/%4"), Some("100%|%zz|%4".into()));
+        assert_eq!(decoded("/%ff"), None);
+        assert_eq!(decoded("/%C3"), None);
+    }
+
+    #[test]
+    fn names_encoded_by_the_client_decode_to_themselves() {
+        for name in ["app1", "[::1]:5432", "a b/c%41", "ünï", "w,\"2\"", ""] {
+            let encoded = client::path_segment(name);
+            assert!(!encoded.contains(['/', ' ', '[', ':']), "{encoded}");
+            let path = format!("/api/v1/pools/{encoded}/servers");
+            let decoded = segments(&path).expect("valid");
+            assert_eq!(decoded.get(3).map(String::as_str), Some(name), "{path}");
+        }
+    }
 }

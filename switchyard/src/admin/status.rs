@@ -1,4 +1,6 @@
-//! JSON views of pools, servers and listeners for `/api/v1/*` and `ctl status`.
+//! JSON views of pools, servers and listeners for `/api/v1/*` (the dashboard's stats
+//! included) and `ctl status`. Fields added after the first release default when absent,
+//! so that `ctl` reads a proxy of an older build.
 
 use std::sync::atomic::Ordering;
 
@@ -29,6 +31,9 @@ pub struct ServerStatus {
     pub effective_weight: f64,
     /// Active sessions.
     pub active: usize,
+    /// `max_connections`: the most sessions it takes at once; `None` is no limit.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Sessions ever.
     pub total: u64,
     /// Bytes from clients.
@@ -37,8 +42,22 @@ pub struct ServerStatus {
     pub bytes_out: u64,
     /// Failed connects.
     pub connect_errors: u64,
+    /// Health checks passed (active and passive).
+    #[serde(default)]
+    pub checks_passed: u64,
+    /// Health checks failed (active and passive).
+    #[serde(default)]
+    pub checks_failed: u64,
     /// Last check result.
     pub check: Option<String>,
+    /// How long the last active check took, in milliseconds: a check that slows down warns
+    /// of a server about to fail it.
+    #[serde(default)]
+    pub check_duration_ms: Option<f64>,
+    /// Seconds since health or the operator state last changed (or since the server was
+    /// configured): tells a flapping server from one down for hours.
+    #[serde(default)]
+    pub state_age_seconds: f64,
     /// Role from the database check: `unknown`, `primary` or `replica`.
     #[serde(default)]
     pub role: String,
@@ -54,6 +73,15 @@ pub struct PoolStatus {
     pub name: String,
     /// Clients waiting for a slot.
     pub queued: usize,
+    /// Clients that waited `timeouts.queue` without getting a slot.
+    #[serde(default)]
+    pub queue_timeouts: u64,
+    /// Clients refused because the queue was full.
+    #[serde(default)]
+    pub queue_full: u64,
+    /// Clients refused because no server was available.
+    #[serde(default)]
+    pub no_server: u64,
     /// Servers.
     pub servers: Vec<ServerStatus>,
     /// What the protocols of the pool's listeners add (PostgreSQL: `transaction_pools`,
@@ -73,8 +101,24 @@ pub struct ListenerStatus {
     pub protocol: String,
     /// Active connections.
     pub active: usize,
+    /// `max_connections`: the most connections it serves at once; `None` is no limit.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Connections accepted.
     pub total: u64,
+    /// Connections closed before reaching a server (bad PROXY header, TLS handshake,
+    /// no server, ...).
+    #[serde(default)]
+    pub failed: u64,
+    /// Bytes from clients.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes to clients.
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// Whether it terminates TLS.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn name_of<T: Serialize>(value: &T) -> String {
@@ -86,6 +130,7 @@ fn name_of<T: Serialize>(value: &T) -> String {
 
 /// One server's status.
 pub fn server(server: &Server) -> ServerStatus {
+    let now = std::time::Instant::now();
     let admin_state = server.admin_state();
     let health = server.health();
     let state = match (admin_state, health) {
@@ -101,13 +146,22 @@ pub fn server(server: &Server) -> ServerStatus {
         admin_state: name_of(&admin_state),
         backup: server.backup(),
         weight: server.weight(),
-        effective_weight: server.effective_weight(std::time::Instant::now()),
+        effective_weight: server.effective_weight(now),
         active: server.active(),
+        max_connections: server.max_connections(),
         total: server.stats.total.load(Ordering::Relaxed),
         bytes_in: server.stats.bytes_in.get(),
         bytes_out: server.stats.bytes_out.get(),
         connect_errors: server.stats.connect_errors.load(Ordering::Relaxed),
+        checks_passed: server.stats.checks_passed.load(Ordering::Relaxed),
+        checks_failed: server.stats.checks_failed.load(Ordering::Relaxed),
         check: server.last_check(),
+        check_duration_ms: server
+            .last_check_duration()
+            .map(|took| took.as_secs_f64() * 1000.0),
+        state_age_seconds: now
+            .saturating_duration_since(server.state_changed_at())
+            .as_secs_f64(),
         role: name_of(&server.role()),
         replica_lag: server.replica_lag(),
     }
@@ -121,6 +175,9 @@ pub fn pools(shared: &Shared) -> Vec<PoolStatus> {
         .map(|pool| PoolStatus {
             name: pool.name.clone(),
             queued: pool.stats.queued.load(Ordering::Relaxed),
+            queue_timeouts: pool.stats.queue_timeouts.load(Ordering::Relaxed),
+            queue_full: pool.stats.queue_full.load(Ordering::Relaxed),
+            no_server: pool.stats.no_server.load(Ordering::Relaxed),
             servers: pool.servers.iter().map(|s| server(s)).collect(),
             protocol: shared
                 .registry
@@ -137,12 +194,20 @@ pub fn listeners(shared: &Shared) -> Vec<ListenerStatus> {
     shared
         .listeners()
         .iter()
-        .map(|l| ListenerStatus {
-            name: l.name.clone(),
-            address: l.address.to_string(),
-            protocol: l.protocol.as_str().to_string(),
-            active: l.stats.active.load(Ordering::Relaxed),
-            total: l.stats.total.load(Ordering::Relaxed),
+        .map(|l| {
+            let settings = l.settings();
+            ListenerStatus {
+                name: l.name.clone(),
+                address: l.address.to_string(),
+                protocol: l.protocol.as_str().to_string(),
+                active: l.stats.active.load(Ordering::Relaxed),
+                max_connections: settings.config.max_connections,
+                total: l.stats.total.load(Ordering::Relaxed),
+                failed: l.stats.failed.load(Ordering::Relaxed),
+                bytes_in: l.stats.bytes_in.get(),
+                bytes_out: l.stats.bytes_out.get(),
+                tls: settings.tls.is_some(),
+            }
         })
         .collect()
 }

@@ -107,12 +107,13 @@ async fn check_loop(
         .mul_f64(index as f64 / pool.servers.len().max(1) as f64 / 4.0);
     tokio::time::sleep(jitter).await;
     loop {
+        let started = tokio::time::Instant::now();
         let outcome = check.check(&pool, &server, &health);
         let result = match tokio::time::timeout(health.effective_timeout(), outcome).await {
             Ok(result) => result,
             Err(_) => Err("check timed out".to_string()),
         };
-        if let Some(transition) = server.record_check(result) {
+        if let Some(transition) = server.record_active_check(result, started.elapsed()) {
             on_transition(&pool, &server, &transition);
         }
         let pause = if server.health_in_transition() {

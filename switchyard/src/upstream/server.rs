@@ -83,6 +83,9 @@ pub struct ServerStats {
     pub checks_passed: AtomicU64,
     /// Health checks that failed.
     pub checks_failed: AtomicU64,
+    /// How long the last active check took, in microseconds plus one (0 before the first):
+    /// a check that slows down warns of a server about to fail it.
+    check_micros: AtomicU64,
 }
 
 impl ServerStats {
@@ -125,6 +128,8 @@ pub struct Server {
     returned_at: Mutex<Option<Instant>>,
     // Role and replica lag from the last database check.
     role: Mutex<(ServerRole, Option<ReplicaLag>)>,
+    // When health or the operator state last changed (or the server was built).
+    state_changed: Mutex<Instant>,
     admin_changed: tokio::sync::Notify,
     /// Idle server connections a protocol keeps for reuse (HTTP keep-alive), created by the
     /// protocol on first use; it lives here so that a reload, which keeps the server, keeps
@@ -191,6 +196,7 @@ impl Server {
             slow_start: Mutex::new(slow_start),
             returned_at: Mutex::new(None),
             role: Mutex::new((ServerRole::Unknown, None)),
+            state_changed: Mutex::new(Instant::now()),
             admin_changed: tokio::sync::Notify::new(),
             idle_connections: ProtocolState::default(),
         })
@@ -262,6 +268,9 @@ impl Server {
     pub fn set_admin_state(&self, state: AdminState) {
         let previous = AdminState::from_u8(self.admin_state.swap(state as u8, Ordering::AcqRel));
         self.admin_changed.notify_waiters();
+        if previous != state {
+            self.state_changed_now();
+        }
         match state {
             AdminState::Maint => self.cut_sessions(),
             AdminState::Ready if previous != AdminState::Ready => self.returned(Instant::now()),
@@ -272,7 +281,9 @@ impl Server {
     /// Takes over the operator state and health another process had for this server (a
     /// binary upgrade), without the side effects of a change: nothing is cut or ramped.
     pub fn inherit_state(&self, admin: AdminState, health: Health) {
-        self.admin_state.store(admin as u8, Ordering::Release);
+        if self.admin_state.swap(admin as u8, Ordering::AcqRel) != admin as u8 {
+            self.state_changed_now();
+        }
         if health != Health::Unchecked {
             self.change_health(|tracker| tracker.seed(health));
         }
@@ -297,6 +308,35 @@ impl Server {
     /// The last check's outcome text, for the API.
     pub fn last_check(&self) -> Option<String> {
         self.tracker().last_result().map(str::to_string)
+    }
+
+    /// When health or the operator state last changed (or the server was built, if neither
+    /// has): the dashboard's "since", telling a flapping server from a long-dead one.
+    pub fn state_changed_at(&self) -> Instant {
+        *lock(&self.state_changed)
+    }
+
+    fn state_changed_now(&self) {
+        *lock(&self.state_changed) = Instant::now();
+    }
+
+    /// How long the last active health check took; `None` before the first.
+    pub fn last_check_duration(&self) -> Option<Duration> {
+        let stored = self.stats.check_micros.load(Ordering::Relaxed);
+        stored.checked_sub(1).map(Duration::from_micros)
+    }
+
+    /// Records an active health check that took `took`, as `record_check` does.
+    pub fn record_active_check(
+        &self,
+        result: Result<(), String>,
+        took: Duration,
+    ) -> Option<Transition> {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.stats
+            .check_micros
+            .store(micros.saturating_add(1), Ordering::Relaxed);
+        self.record_check(result)
     }
 
     /// Records a health check (active or passive) and returns the state change, if any.
@@ -346,9 +386,14 @@ impl Server {
     /// Changes the health tracker, keeping the lock-free `down` in step with it.
     fn change_health<R>(&self, change: impl FnOnce(&mut HealthTracker) -> R) -> R {
         let mut tracker = self.tracker();
+        let before = tracker.health();
         let result = change(&mut tracker);
-        self.down
-            .store(tracker.health() == Health::Down, Ordering::Release);
+        let after = tracker.health();
+        self.down.store(after == Health::Down, Ordering::Release);
+        drop(tracker);
+        if after != before {
+            self.state_changed_now();
+        }
         result
     }
 
@@ -466,6 +511,28 @@ mod tests {
         s.record_check(Ok(()));
         let start = (*lock(&s.returned_at)).expect("ramp started");
         assert_eq!(s.effective_weight(start), 2.0 * RAMP_FLOOR);
+    }
+
+    #[test]
+    fn state_changes_and_check_durations_are_kept() {
+        let s = server(1, Duration::ZERO);
+        let built = s.state_changed_at();
+        assert_eq!(s.last_check_duration(), None);
+        s.record_active_check(Ok(()), Duration::from_millis(3));
+        assert_eq!(s.last_check_duration(), Some(Duration::from_millis(3)));
+        let up = s.state_changed_at();
+        assert!(up >= built, "unchecked to up is a change");
+        s.record_check(Ok(()));
+        assert_eq!(s.state_changed_at(), up, "up to up is none");
+        s.set_admin_state(AdminState::Ready);
+        assert_eq!(s.state_changed_at(), up, "ready to ready is none");
+        s.set_admin_state(AdminState::Drain);
+        assert!(s.state_changed_at() >= up);
+        s.record_active_check(Err("slow".into()), Duration::MAX);
+        assert!(
+            s.last_check_duration().is_some(),
+            "a huge duration is kept, saturated"
+        );
     }
 
     #[test]

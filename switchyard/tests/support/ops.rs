@@ -158,23 +158,48 @@ pub fn parse_metrics(text: &str) -> Result<Vec<Sample>, String> {
         }
         let mut rest = &line[name_end..];
         let mut labels = BTreeMap::new();
-        if let Some(inner) = rest.strip_prefix('{') {
-            let close = inner.find('}').ok_or_else(|| bad("unclosed labels"))?;
-            let body = &inner[..close];
-            rest = &inner[close + 1..];
-            for pair in body.split(',').filter(|p| !p.is_empty()) {
-                let (key, value) = pair.split_once('=').ok_or_else(|| bad("label without ="))?;
+        if let Some(after) = rest.strip_prefix("{}") {
+            rest = after;
+        } else if let Some(inner) = rest.strip_prefix('{') {
+            // name="value" pairs; a value escapes `\`, `"` and newlines with a backslash.
+            let mut chars = inner.char_indices();
+            loop {
+                let key: String = chars
+                    .by_ref()
+                    .map(|(_, c)| c)
+                    .take_while(|&c| c != '=')
+                    .collect();
                 let valid_key = !key.is_empty()
                     && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     && !key.starts_with(|c: char| c.is_ascii_digit());
                 if !valid_key {
                     return Err(bad("bad label name"));
                 }
-                let value = value
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .ok_or_else(|| bad("label value not quoted"))?;
-                labels.insert(key.to_string(), value.to_string());
+                if chars.next().map(|(_, c)| c) != Some('"') {
+                    return Err(bad("label value not quoted"));
+                }
+                let mut value = String::new();
+                loop {
+                    match chars.next().map(|(_, c)| c) {
+                        Some('"') => break,
+                        Some('\\') => match chars.next().map(|(_, c)| c) {
+                            Some('n') => value.push('\n'),
+                            Some(c @ ('\\' | '"')) => value.push(c),
+                            _ => return Err(bad("bad escape in a label value")),
+                        },
+                        Some(c) => value.push(c),
+                        None => return Err(bad("unclosed label value")),
+                    }
+                }
+                labels.insert(key, value);
+                match chars.next() {
+                    Some((_, ',')) => continue,
+                    Some((index, '}')) => {
+                        rest = &inner[index + 1..];
+                        break;
+                    }
+                    _ => return Err(bad("unclosed labels")),
+                }
             }
         }
         let value_text = rest

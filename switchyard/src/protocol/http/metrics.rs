@@ -1,12 +1,14 @@
 //! HTTP request metrics: requests by listener, pool, server and status class, and a
 //! request duration histogram per listener. Kept in live families that the admin
-//! exporter registers at scrape time.
+//! exporter registers at scrape time; the admin stats read the same request counters by
+//! pool ([`RequestMetrics::responses`]).
 //!
 //! Each client connection memoizes the handles its requests count on ([`MetricHandles`]):
 //! finding a series in a family builds its label strings and hashes them, which cost more
 //! than a small request's whole proxying on the HTTP bench. The series themselves count per
 //! worker ([`Tally`]): every request of every worker adds to them.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -18,6 +20,22 @@ use prometheus_client::registry::Registry;
 use crate::tally::{Tally, TallyHistogram};
 
 type Labels = Vec<(&'static str, String)>;
+
+/// The status classes requests are counted by, in order.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Responses by status class, counted as [`CLASSES`] names them.
+pub type Classes = BTreeMap<&'static str, u64>;
+
+/// One pool's responses: in all, and per server (those counted without a server, such as
+/// a 503 for no server available, are only in `all`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PoolResponses {
+    /// Every response of the pool's requests.
+    pub all: Classes,
+    /// Per server name.
+    pub servers: BTreeMap<String, Classes>,
+}
 
 /// Upper bounds of the duration buckets, in seconds: 1 ms doubling to about 33 s.
 const DURATION_BOUNDS: [f64; 16] = {
@@ -93,7 +111,13 @@ impl EncodeMetric for DurationHistogram {
 pub struct RequestMetrics {
     requests: Family<Labels, RequestCounter>,
     duration: Family<Labels, DurationHistogram>,
+    // The series of `requests` by pool. A family cannot be listed, and the stats need a
+    // pool's series without knowing its listeners. Written only when a series is created.
+    by_pool: Mutex<HashMap<String, Vec<PoolSeries>>>,
 }
+
+/// One series of a pool: server name, class index, the family's own counter.
+type PoolSeries = (String, usize, RequestCounter);
 
 impl RequestMetrics {
     /// Counts one finished request, through the handles `memo` keeps for its connection.
@@ -107,22 +131,15 @@ impl RequestMetrics {
         elapsed: Duration,
     ) {
         let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
         let (pool, server) = (pool.unwrap_or(""), server.unwrap_or(""));
-        memo.count(pool, server, class, || {
-            self.requests
-                .get_or_create(&vec![
-                    ("listener", listener.to_string()),
-                    ("pool", pool.to_string()),
-                    ("server", server.to_string()),
-                    ("code", class.to_string()),
-                ])
-                .clone()
+        memo.count(pool, server, CLASSES[class], || {
+            self.series(listener, pool, server, class)
         });
         memo.duration
             .get_or_init(|| {
@@ -131,6 +148,52 @@ impl RequestMetrics {
                     .clone()
             })
             .observe(elapsed);
+    }
+
+    /// The request counter of one series, created (and indexed by pool) on first use.
+    fn series(&self, listener: &str, pool: &str, server: &str, class: usize) -> RequestCounter {
+        let labels = vec![
+            ("listener", listener.to_string()),
+            ("pool", pool.to_string()),
+            ("server", server.to_string()),
+            ("code", CLASSES[class].to_string()),
+        ];
+        if let Some(counter) = self.requests.get(&labels) {
+            return counter.clone();
+        }
+        // Created under the index's lock, so that a series two connections create at once
+        // is indexed once.
+        let mut by_pool = self.by_pool.lock().unwrap_or_else(|e| e.into_inner());
+        let counter = self.requests.get_or_create(&labels).clone();
+        let indexed = by_pool.entry(pool.to_string()).or_default();
+        if !indexed
+            .iter()
+            .any(|(_, _, c)| Arc::ptr_eq(&c.0, &counter.0))
+        {
+            indexed.push((server.to_string(), class, counter.clone()));
+        }
+        counter
+    }
+
+    /// The responses counted for `pool`'s requests, summed over listeners; `None` before
+    /// its first.
+    pub fn responses(&self, pool: &str) -> Option<PoolResponses> {
+        let by_pool = self.by_pool.lock().unwrap_or_else(|e| e.into_inner());
+        let series = by_pool.get(pool)?;
+        let zero = || CLASSES.iter().map(|&class| (class, 0)).collect::<Classes>();
+        let mut responses = PoolResponses {
+            all: zero(),
+            servers: BTreeMap::new(),
+        };
+        for (server, class, counter) in series {
+            let (class, count) = (CLASSES[*class], counter.0.get());
+            *responses.all.entry(class).or_default() += count;
+            if !server.is_empty() {
+                let classes = responses.servers.entry(server.clone()).or_insert_with(zero);
+                *classes.entry(class).or_default() += count;
+            }
+        }
+        Some(responses)
     }
 
     /// Adds the families to a scrape's registry.
@@ -240,6 +303,65 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn responses_by_pool_sum_the_series_of_every_listener() {
+        let metrics = RequestMetrics::default();
+        for (listener, server, status) in [
+            ("web", Some("a"), 200),
+            ("web", Some("a"), 204),
+            ("api", Some("a"), 503),
+            ("api", Some("b"), 302),
+            ("api", None, 503),
+        ] {
+            let memo = MetricHandles::default();
+            let server = server.map(str::to_string);
+            metrics.record(
+                &memo,
+                listener,
+                Some("app"),
+                server.as_deref(),
+                status,
+                Duration::ZERO,
+            );
+        }
+        metrics.record(
+            &MetricHandles::default(),
+            "web",
+            None,
+            None,
+            400,
+            Duration::ZERO,
+        );
+        assert_eq!(metrics.responses("other"), None);
+        let responses = metrics.responses("app").expect("counted");
+        let classes = |counts: [u64; 5]| -> Classes { CLASSES.into_iter().zip(counts).collect() };
+        assert_eq!(responses.all, classes([0, 2, 1, 0, 2]));
+        assert_eq!(responses.servers["a"], classes([0, 2, 0, 0, 1]));
+        assert_eq!(responses.servers["b"], classes([0, 0, 1, 0, 0]));
+        assert_eq!(
+            responses.servers.len(),
+            2,
+            "the server-less 503 is the pool's only"
+        );
+    }
+
+    #[test]
+    fn a_series_created_twice_at_once_is_indexed_once() {
+        let metrics = Arc::new(RequestMetrics::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let metrics = metrics.clone();
+                std::thread::spawn(move || metrics.series("web", "app", "a", 1).0.add(1))
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        let responses = metrics.responses("app").expect("counted");
+        assert_eq!(responses.servers["a"]["2xx"], 4);
+        assert_eq!(metrics.by_pool.lock().expect("lock")["app"].len(), 1);
     }
 
     #[test]

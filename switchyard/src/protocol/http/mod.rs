@@ -97,6 +97,17 @@ impl Frontend for Http {
         }))
     }
 
+    /// `http_responses`: the pool's responses by status class, in all and per server.
+    fn pool_status(&self, pool: &str) -> serde_json::Map<String, serde_json::Value> {
+        let mut status = serde_json::Map::new();
+        if let Some(responses) = self.metrics.responses(pool)
+            && let Ok(value) = serde_json::to_value(responses)
+        {
+            status.insert("http_responses".to_string(), value);
+        }
+        status
+    }
+
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics.register(registry);
     }
