@@ -610,3 +610,103 @@ async fn rsa_pkcs1_and_ec_sec1_keys_from_openssl() {
         assert!(ok && out.contains("Verify return code: 0"), "{name}: {out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_client_certificate_is_refused_with_a_reason_in_words() {
+    // The common way to make a client certificate, `openssl x509 -req` without an
+    // extensions file, gives an X.509 v1 certificate, which WebPKI refuses.
+    let dir = tempfile::tempdir().expect("dir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let steps: [Vec<String>; 3] = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &path("ca.key"),
+            "-out",
+            &path("ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Operators CA",
+        ]
+        .map(String::from)
+        .to_vec(),
+        [
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &path("alice.key"),
+            "-out",
+            &path("alice.csr"),
+            "-subj",
+            "/CN=alice",
+        ]
+        .map(String::from)
+        .to_vec(),
+        [
+            "x509",
+            "-req",
+            "-in",
+            &path("alice.csr"),
+            "-CA",
+            &path("ca.pem"),
+            "-CAkey",
+            &path("ca.key"),
+            "-out",
+            &path("alice.pem"),
+            "-days",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for args in &steps {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out) = run("openssl", &args, "");
+        assert!(ok, "{out}");
+    }
+    let pki = Pki::new("Test CA");
+    let server = pki.issue("a", "a.test", &["a.test"]);
+    let backend = Backend::echo().await;
+    let extra = format!(
+        "client_ca = \"{}\"\nclient_auth = \"required\"",
+        path("ca.pem")
+    );
+    let (proxy, front) = start_tls(&[&server], &extra, &backend).await;
+    let (ok, out) = run(
+        "openssl",
+        &[
+            "s_client",
+            "-connect",
+            &front.to_string(),
+            "-servername",
+            "a.test",
+            "-cert",
+            &path("alice.pem"),
+            "-key",
+            &path("alice.key"),
+        ],
+        "hello\n",
+    );
+    assert!(
+        !out.contains("hello"),
+        "no echo for a refused certificate: {ok} {out}"
+    );
+    wait_until("the log says why the certificate was refused", || async {
+        proxy
+            .stderr()
+            .contains("the client's certificate is X.509 v1; v3 with extensions is required")
+    })
+    .await;
+}

@@ -112,7 +112,7 @@ async fn every_sslmode_against_every_backend() {
                 ok("good"),
                 Err("sslmode=verify-ca"),
                 ok("wrong_name"),
-                Err("UnknownIssuer"),
+                Err("UnknownIssuer: the server's certificate is not signed by a CA"),
             ],
         ),
         (
@@ -120,8 +120,8 @@ async fn every_sslmode_against_every_backend() {
             [
                 ok("good"),
                 Err("sslmode=verify-full"),
-                Err("certificate not valid for name"),
-                Err("UnknownIssuer"),
+                Err("the server's certificate does not name the server switchyard connected to"),
+                Err("UnknownIssuer: the server's certificate is not signed by a CA"),
             ],
         ),
     ];

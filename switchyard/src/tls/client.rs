@@ -15,6 +15,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::advice::{Judged, explained};
 use super::pem::{read_certs, read_key};
 use super::{SUPPORTED_VERSIONS, provider};
 use crate::config::{SslMode, UpstreamTlsConfig};
@@ -100,6 +101,7 @@ impl UpstreamTls {
         tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, stream)
             .await
+            .map_err(|error| explained(error, Judged::Server))
     }
 }
 

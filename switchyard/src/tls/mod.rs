@@ -5,6 +5,7 @@
 //! order. Protocols call [`ServerTls::accept`] on an accepted stream and
 //! [`UpstreamTls::handshake`] on a server stream once TLS is agreed.
 
+mod advice;
 mod client;
 mod passthrough;
 mod pem;

@@ -15,6 +15,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::advice::{Judged, explained};
 use super::pem::{cert_facts, certified_key, read_certs};
 use super::{SUPPORTED_VERSIONS, provider};
 use crate::config::{ClientAuth, TlsServerConfig};
@@ -108,7 +109,8 @@ impl ServerTls {
         let acceptor = tokio_rustls::TlsAcceptor::from(current.config.clone());
         let tls = tokio::time::timeout(current.handshake_timeout, acceptor.accept(stream))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))?
+            .map_err(|error| explained(error, Judged::Client))?;
         let (_, connection) = tls.get_ref();
         let info = TlsInfo {
             sni: connection.server_name().map(str::to_string),
