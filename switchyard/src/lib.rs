@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod health;
 pub mod lazy_timer;
 pub mod listener;
+pub mod login_gate;
 pub mod net;
 pub mod observe;
 pub mod on_wake;

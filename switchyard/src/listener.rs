@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol};
+use crate::login_gate::LoginGate;
 use crate::tally::{Carried, Tally};
 use crate::tls::ServerTls;
 use crate::workers::Workers;
@@ -110,6 +111,9 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Counters.
     pub stats: ListenerStats,
+    /// Logins in flight per client address (`max_logins_per_address`); kept across
+    /// reloads with the listener.
+    pub logins: LoginGate,
     settings: ArcSwap<ListenerSettings>,
     // The bound socket until `take_socket` gives it to the workers' accept loops.
     socket: std::sync::Mutex<Option<StdListener>>,
@@ -172,6 +176,7 @@ impl Listener {
             protocol: config.protocol,
             address,
             stats: ListenerStats::default(),
+            logins: LoginGate::default(),
             settings: ArcSwap::from_pointee(ListenerSettings {
                 config: config.clone(),
                 handler,

@@ -465,6 +465,21 @@ fn a_key_the_listeners_protocol_does_not_read_is_an_error_with_its_line() {
         "listener[0].timeouts.keep_alive",
         "applies to http listeners only",
     );
+    // A login deadline, and the cap on logins in flight, on listeners without a login.
+    let text = one_listener("http", "timeouts = { login = \"5s\" }", "");
+    refused_at(
+        &text,
+        "login",
+        "listener[0].timeouts.login",
+        "applies to postgres, mysql and smtp listeners only",
+    );
+    let text = one_listener("tcp", "max_logins_per_address = 10", "");
+    refused_at(
+        &text,
+        "max_logins_per_address",
+        "listener[0].max_logins_per_address",
+        "applies to postgres, mysql and smtp listeners only",
+    );
 }
 
 #[test]

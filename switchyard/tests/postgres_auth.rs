@@ -431,3 +431,90 @@ async fn transaction_pool_connections_over_upstream_tls_serve_clients_on_every_w
         client.await.expect("client");
     }
 }
+
+/// A protocol 3.0 StartupMessage for `user` on database `postgres`.
+fn startup_packet(user: &str) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "postgres", ""] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_have_a_deadline_and_each_address_a_cap_on_logins_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let pg = cluster();
+    let (proxy, front) = Config::new()
+        .protocol("postgres")
+        .listener("timeouts = { login = \"1s\" }\nmax_logins_per_address = 3")
+        .server("pg", pg.address(), "")
+        .section(&users(&pg))
+        .start()
+        .await;
+    // Three clients send their startup and then never answer the password request: each
+    // holds a login slot of 127.0.0.1.
+    let mut mute = Vec::new();
+    for _ in 0..3 {
+        let mut client = TcpStream::connect(front).await.expect("connect");
+        client
+            .write_all(&startup_packet("alice"))
+            .await
+            .expect("startup");
+        let mut kind = [0u8; 1];
+        client.read_exact(&mut kind).await.expect("auth request");
+        assert_eq!(&kind, b"R", "the proxy asks for a password");
+        mute.push(client);
+    }
+    // A fourth login from the same address is refused at once, with PostgreSQL's error.
+    let mut fourth = TcpStream::connect(front).await.expect("connect");
+    let refused =
+        String::from_utf8_lossy(&support::ops::read_until_closed(&mut fourth).await).into_owned();
+    assert!(
+        refused.contains("53300") && refused.contains("too many connections logging in"),
+        "{refused}"
+    );
+    // The silent three are cut at the login deadline (10 minutes of `timeouts.client`
+    // before), with PostgreSQL's error since they speak the protocol.
+    for client in &mut mute {
+        let answer =
+            String::from_utf8_lossy(&support::ops::read_until_closed(client).await).into_owned();
+        assert!(
+            answer.contains("08P01") && answer.contains("login timeout"),
+            "{answer}"
+        );
+    }
+    // A client that sends nothing, and one that sends half a startup packet, are closed at
+    // the deadline too.
+    let mut silent = TcpStream::connect(front).await.expect("connect");
+    let mut half = TcpStream::connect(front).await.expect("connect");
+    half.write_all(&startup_packet("alice")[..6])
+        .await
+        .expect("half a startup");
+    assert!(
+        support::ops::read_until_closed(&mut silent)
+            .await
+            .is_empty()
+    );
+    assert!(support::ops::read_until_closed(&mut half).await.is_empty());
+    // The slots came back: a real client logs in.
+    assert_eq!(
+        psql_as(front, "alice", "alice-pw", &[]).as_deref(),
+        Ok("alice")
+    );
+    let terminations = |name: &str| {
+        support::ops::access_lines(&proxy)
+            .iter()
+            .filter(|line| field(line, "termination") == name)
+            .count()
+    };
+    wait_until("every cut login in the access log", || async {
+        terminations("login_timeout") == 5 && terminations("too_many_logins") == 1
+    })
+    .await;
+}

@@ -127,6 +127,12 @@ impl Protocol {
         Protocol::Smtp,
     ];
 
+    /// Whether clients log in before their traffic is relayed (a handshake and
+    /// authentication the proxy takes part in), so `timeouts.login` applies.
+    pub fn has_login(self) -> bool {
+        matches!(self, Protocol::Postgres | Protocol::Mysql | Protocol::Smtp)
+    }
+
     /// The name used in the config file and in the API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -162,6 +168,10 @@ pub struct ListenerConfig {
     /// Accept a PROXY protocol header (v1 or v2) from a fronting balancer.
     #[serde(default)]
     pub proxy_protocol: Option<AcceptProxyProtocol>,
+    /// Protocols with a login: connections from one client address still logging in at
+    /// once; 0 for no limit. Bounds what one host can hold with silent sockets.
+    #[serde(default = "defaults::max_logins_per_address")]
+    pub max_logins_per_address: u32,
     /// Listen backlog (accept queue length).
     #[serde(default = "defaults::backlog")]
     pub backlog: u32,
@@ -205,6 +215,10 @@ pub struct ListenerTimeouts {
     /// HTTP: idle time allowed between requests on a keep-alive client connection.
     #[serde(default = "defaults::keep_alive", with = "duration")]
     pub keep_alive: Duration,
+    /// Protocols with a login (see [`Protocol::has_login`]): time from accept to the end
+    /// of authentication, TLS upgrade included, so silent clients cannot hold descriptors.
+    #[serde(default = "defaults::login", with = "duration")]
+    pub login: Duration,
 }
 
 impl Default for ListenerTimeouts {
@@ -214,6 +228,7 @@ impl Default for ListenerTimeouts {
             proxy_header: defaults::proxy_header(),
             http_request: defaults::http_request(),
             keep_alive: defaults::keep_alive(),
+            login: defaults::login(),
         }
     }
 }
@@ -619,6 +634,12 @@ mod defaults {
     }
     pub fn http_request() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn login() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn max_logins_per_address() -> u32 {
+        1000
     }
     pub fn keep_alive() -> Duration {
         Duration::from_secs(60)

@@ -70,6 +70,21 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 "must be at least 1",
             );
         }
+        if !listener.protocol.has_login() {
+            let login = key_path!("listener", i, "timeouts", "login");
+            let logins = key_path!("listener", i, "max_logins_per_address");
+            for at in [&login[..], &logins[..]] {
+                if sink.is_set(at) {
+                    sink.at(at, "applies to postgres, mysql and smtp listeners only");
+                }
+            }
+        }
+        if listener.timeouts.login.is_zero() {
+            sink.at(
+                &key_path!("listener", i, "timeouts", "login"),
+                "must be more than 0",
+            );
+        }
         if listener.protocol != Protocol::Http {
             for key in ["http_request", "keep_alive"] {
                 let at = key_path!("listener", i, "timeouts", key);

@@ -46,6 +46,11 @@ pub enum Termination {
     ClientTlsError,
     /// A plaintext session on a listener that requires client TLS.
     TlsRequired,
+    /// The client had not logged in (TLS upgrade and authentication included) within
+    /// `timeouts.login`.
+    LoginTimeout,
+    /// The client's address already had `max_logins_per_address` logins in flight.
+    TooManyLogins,
     /// A malformed startup packet or authentication message.
     BadStartup,
     /// A malformed protocol message after the startup.
@@ -97,7 +102,7 @@ pub enum Termination {
 
 impl Termination {
     /// Every termination, in the order of the docs' table.
-    pub const ALL: [Termination; 43] = [
+    pub const ALL: [Termination; 45] = [
         Self::ClientClosed,
         Self::ServerClosed,
         Self::ClientError,
@@ -118,6 +123,8 @@ impl Termination {
         Self::ClientHelloError,
         Self::ClientTlsError,
         Self::TlsRequired,
+        Self::LoginTimeout,
+        Self::TooManyLogins,
         Self::BadStartup,
         Self::BadMessage,
         Self::Cancel,
@@ -166,6 +173,8 @@ impl Termination {
             Self::ClientHelloError => "client_hello_error",
             Self::ClientTlsError => "client_tls_error",
             Self::TlsRequired => "tls_required",
+            Self::LoginTimeout => "login_timeout",
+            Self::TooManyLogins => "too_many_logins",
             Self::BadStartup => "bad_startup",
             Self::BadMessage => "bad_message",
             Self::Cancel => "cancel",

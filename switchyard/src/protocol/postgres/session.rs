@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use super::PostgresHandler;
@@ -75,18 +76,24 @@ async fn session(
     record.client = opened.client;
     // The address the client reached, for a PROXY header sent upstream.
     let destination = opened.destination(listener);
-    let client = opened.into_rewind();
+    let mut client = opened.into_rewind();
+    // Counted until the client has logged in; the deadline covers the TLS upgrade and the
+    // authentication, but not the proxy's own wait for a server.
+    let limit = settings.config.max_logins_per_address;
+    let Some(login) = listener.logins.enter(record.client.ip(), limit) else {
+        let code = sqlstate::TOO_MANY_CONNECTIONS;
+        let message = "too many connections logging in from this address".to_string();
+        return refuse(&mut client, code, Termination::TooManyLogins, message).await;
+    };
+    let mut login_deadline = Instant::now() + settings.config.timeouts.login;
     let mode = options.client_tls_mode(settings.tls.is_some());
     let offered = settings
         .tls
         .as_ref()
         .filter(|_| mode != ClientTlsMode::Disabled);
-    let opened = tokio::time::timeout(
-        settings.config.timeouts.client,
-        open_client(client, limits, offered),
-    )
-    .await
-    .map_err(|_| Refusal::new(Termination::ClientTimeout, "no startup packet in time"))?;
+    let opened = tokio::time::timeout_at(login_deadline, open_client(client, limits, offered))
+        .await
+        .map_err(|_| Refusal::new(Termination::LoginTimeout, "no startup packet in time"))?;
     let (mut client, opening, tls_info) = opened?;
     let mut startup = match opening {
         Opening::Startup(startup) => startup,
@@ -126,29 +133,28 @@ async fn session(
         PostgresAuth::Passthrough if transaction_mode => PostgresAuth::ScramSha256,
         method => method,
     };
-    let authenticated =
-        match method {
-            PostgresAuth::Passthrough => None,
-            method => {
-                let exchange = authenticate_client(
-                    &mut client,
-                    &startup,
-                    method,
-                    &users,
-                    &pool,
-                    tls_info.is_some(),
-                    limits,
-                );
-                let timeout = settings.config.timeouts.client;
-                let outcome = tokio::time::timeout(timeout, exchange).await;
-                Some(outcome.map_err(|_| {
-                    Refusal::new(Termination::ClientTimeout, "no password in time")
-                })??)
+    let authenticated = match method {
+        PostgresAuth::Passthrough => None,
+        method => {
+            let exchange = authenticate_client(
+                &mut client,
+                &startup,
+                method,
+                &users,
+                &pool,
+                tls_info.is_some(),
+                limits,
+            );
+            match tokio::time::timeout_at(login_deadline, exchange).await {
+                Ok(outcome) => Some(outcome?),
+                Err(_) => return login_timed_out(&mut client).await,
             }
-        };
+        }
+    };
     if let Some(authenticated) = &authenticated
         && transaction_mode
     {
+        drop(login);
         rewrites.apply(&mut startup);
         let wanted = wanted_role(&pool, options.role, options.replica_fallback);
         let pooled = super::transaction::Pooled {
@@ -169,6 +175,7 @@ async fn session(
         now.and_then(|now| route(now, &startup, tls_info.as_ref()))
     };
     let client_address = record.client;
+    let waiting_for_server = Instant::now();
     let wanted_of = |pool: &Pool| wanted_role(pool, options.role, options.replica_fallback);
     let ((pool, rewrites, _), attempt) = following_reloads(
         (pool, rewrites, split),
@@ -237,16 +244,20 @@ async fn session(
             return refuse_tls(&mut client, &error).await;
         }
     };
+    // The client is not charged for the time the proxy spent getting a server.
+    login_deadline += waiting_for_server.elapsed();
     let first_link = link(&server_stream);
-    let mut outcome = server_startup(
+    let first_startup = server_startup(
         &mut client,
         &mut server_stream,
         &startup,
         authenticated.as_ref(),
         limits,
         first_link,
-    )
-    .await;
+    );
+    let Ok(mut outcome) = tokio::time::timeout_at(login_deadline, first_startup).await else {
+        return login_timed_out(&mut client).await;
+    };
     if let Err(Refusal {
         reason: Termination::PlaintextRefused,
         detail: refused,
@@ -268,17 +279,21 @@ async fn session(
             }
         };
         let retry_link = link(&server_stream);
-        outcome = server_startup(
+        let retried_startup = server_startup(
             &mut client,
             &mut server_stream,
             &startup,
             authenticated.as_ref(),
             limits,
             retry_link,
-        )
-        .await;
+        );
+        outcome = match tokio::time::timeout_at(login_deadline, retried_startup).await {
+            Ok(outcome) => outcome,
+            Err(_) => return login_timed_out(&mut client).await,
+        };
     }
     let (_cancel_key, startup_bytes) = outcome?;
+    drop(login);
     count_bytes(
         record,
         listener,
@@ -415,6 +430,14 @@ async fn refuse_tls<C: AsyncWrite + Unpin>(
 }
 
 /// Sends a FATAL ErrorResponse and ends the session.
+/// Ends a login that ran past `timeouts.login` once the client's startup had come (it
+/// speaks the protocol, so it gets PostgreSQL's error).
+async fn login_timed_out<C: AsyncWrite + Unpin>(client: &mut C) -> Result<Termination, Refusal> {
+    let code = sqlstate::PROTOCOL_VIOLATION;
+    let message = "login timeout: authentication did not finish in time".to_string();
+    refuse(client, code, Termination::LoginTimeout, message).await
+}
+
 async fn refuse<C: AsyncWrite + Unpin>(
     client: &mut C,
     code: &str,
