@@ -19,12 +19,44 @@ cargo build --release -p switchyard --bin switchyard --example demo_backend
 bin=target/release
 
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+work=$(mktemp -d)
+pg_bin=""
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  if [ -n "$pg_bin" ]; then as_pg "$pg_bin/pg_ctl" -D "$work/pg" -m fast stop >/dev/null 2>&1 || true; fi
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT INT TERM
+
+# PostgreSQL refuses to run as root: as root, the server runs as the package's postgres user.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+cp examples/quickstart.toml "$work/switchyard.toml"
+# The PostgreSQL part, when the server binaries are installed (Debian: postgresql).
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+pg_note="PostgreSQL: skipped (no server binaries; apt-get install postgresql to try it)"
+if [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] && { [ "$(id -u)" != 0 ] || id postgres >/dev/null 2>&1; }; then
+  mkdir -p "$work/pg"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres "$work"; fi
+  if as_pg "$pg_bin/initdb" -D "$work/pg" -U postgres --auth=trust --no-sync >/dev/null 2>&1 &&
+     as_pg "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \
+       -o "-p 54329 -k $work -c listen_addresses=127.0.0.1" start >/dev/null 2>&1; then
+    cat examples/quickstart-postgres.toml >> "$work/switchyard.toml"
+    pg_note="PostgreSQL: psql -h 127.0.0.1 -p 6432 -U postgres -c 'SELECT version()'"
+  else
+    pg_note="PostgreSQL: skipped (the demo server did not start; see $work/pg.log)"
+    pg_bin=""
+  fi
+else
+  pg_bin=""
+fi
 
 $bin/examples/demo_backend app1 127.0.0.1:9001 & pids+=($!)
 $bin/examples/demo_backend app2 127.0.0.1:9002 & pids+=($!)
-$bin/switchyard run -c examples/quickstart.toml & pids+=($!)
+$bin/switchyard run -c "$work/switchyard.toml" & pids+=($!)
 
 # Wait until switchyard reports both servers up (first health checks done).
 for _ in $(seq 1 100); do
@@ -32,16 +64,26 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+get() { # host, port, Host header
+  if command -v curl >/dev/null; then curl -s -H "Host: $3" "http://$1:$2/"; else
+    exec 3<>"/dev/tcp/$1/$2"; printf 'GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$3" >&3; tail -n1 <&3; exec 3>&-; fi
+}
 echo
-echo "== four requests through switchyard (127.0.0.1:8080), balanced round robin =="
-for _ in 1 2 3 4; do
-  if command -v curl >/dev/null; then curl -s http://127.0.0.1:8080/; else
-    exec 3<>/dev/tcp/127.0.0.1/8080; printf 'GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n' >&3; tail -n1 <&3; exec 3>&-; fi
-done
+echo "== four HTTP requests through switchyard (127.0.0.1:8080), balanced round robin =="
+for _ in 1 2 3 4; do get 127.0.0.1 8080 demo; done
+echo "== Host: api.localhost is routed to the api pool (app2 only) =="
+for _ in 1 2; do get 127.0.0.1 8080 api.localhost; done
+echo "== the raw TCP listener (127.0.0.1:8081) balances the same servers =="
+for _ in 1 2; do get 127.0.0.1 8081 demo; done
 echo
 echo "== switchyard ctl status =="
 $bin/switchyard ctl status
 echo
-echo "switchyard is running: try 'curl http://127.0.0.1:8080/', 'target/release/switchyard ctl drain app app1',"
-echo "or http://127.0.0.1:9900/metrics. Ctrl-C stops everything."
+echo "switchyard is running. Try:"
+echo "  HTTP:       curl http://127.0.0.1:8080/   and   curl -H 'Host: api.localhost' http://127.0.0.1:8080/"
+echo "  TCP:        curl http://127.0.0.1:8081/"
+echo "  $pg_note"
+echo "  Dashboard:  http://127.0.0.1:9900/   (metrics: http://127.0.0.1:9900/metrics)"
+echo "  Drain:      $bin/switchyard ctl drain app app1   (then: ctl ready app app1)"
+echo "Ctrl-C stops everything."
 wait

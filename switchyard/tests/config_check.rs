@@ -296,11 +296,18 @@ fn the_quickstart_example_loads() {
     let text = include_str!("../../examples/quickstart.toml");
     let config = switchyard::config::load_str(Path::new("examples/quickstart.toml"), text)
         .unwrap_or_else(|e| panic!("quickstart.toml:\n{e}"));
-    assert_eq!(config.listeners.len(), 1);
-    assert_eq!(config.listeners[0].name, "web");
-    assert_eq!(config.pools.len(), 1);
+    let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["web", "tcp"]);
+    assert_eq!(config.pools.len(), 2);
     assert_eq!(config.pools[0].servers.len(), 2);
     assert!(config.admin.is_some());
+    // The script appends the PostgreSQL part when it can start a server: the two files
+    // together are one config.
+    let postgres = include_str!("../../examples/quickstart-postgres.toml");
+    let both = format!("{text}\n{postgres}");
+    let config = switchyard::config::load_str(Path::new("quickstart.toml"), &both)
+        .unwrap_or_else(|e| panic!("quickstart.toml + quickstart-postgres.toml:\n{e}"));
+    assert_eq!(config.listeners.len(), 3);
 }
 
 #[test]
