@@ -7,7 +7,6 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Socket, Type};
@@ -20,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol};
 use crate::login_gate::LoginGate;
+use crate::net::AcceptFailures;
 use crate::tally::{Carried, Tally};
 use crate::tls::ServerTls;
 use crate::workers::Workers;
@@ -301,6 +301,7 @@ impl Listener {
                 return;
             }
         };
+        let mut failures = AcceptFailures::default();
         loop {
             let settings = self.settings();
             let permit = match &settings.limit {
@@ -318,6 +319,7 @@ impl Listener {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    failures.succeeded(&self.name);
                     self.stats.total.fetch_add(1, Ordering::Relaxed);
                     self.stats.active.fetch_add(1, Ordering::Relaxed);
                     // Settings swapped while this loop waited apply to this connection.
@@ -373,11 +375,7 @@ impl Listener {
                         workers.handle(worker),
                     );
                 }
-                Err(error) => {
-                    // Out of descriptors or memory: back off instead of spinning.
-                    tracing::error!(listener = %self.name, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(error) => failures.failed(&self.name, &error).await,
             }
         }
         drop(socket);

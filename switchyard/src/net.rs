@@ -36,3 +36,31 @@ where
     stream.write_all(bytes).await?;
     stream.flush().await
 }
+
+/// Failed accepts in a row on one listening socket. Out of descriptors (EMFILE) or
+/// memory, `accept` fails at once every time it is called; a loop that retried at once
+/// would spin a core and write a log line per try. The client waits in the kernel's
+/// backlog meanwhile, so backing off loses nothing.
+#[derive(Debug, Default)]
+pub struct AcceptFailures {
+    in_a_row: u64,
+}
+
+impl AcceptFailures {
+    /// Pause before the next try: logs the first failure of an episode only.
+    pub async fn failed(&mut self, listener: &str, error: &std::io::Error) {
+        if self.in_a_row == 0 {
+            tracing::error!(%listener, %error, "accept failed; retrying every 50 ms until it succeeds");
+        }
+        self.in_a_row += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// An accept worked: ends an episode of failures, saying how long it was.
+    pub fn succeeded(&mut self, listener: &str) {
+        if self.in_a_row > 0 {
+            tracing::warn!(%listener, failed = self.in_a_row, "accepting again");
+            self.in_a_row = 0;
+        }
+    }
+}

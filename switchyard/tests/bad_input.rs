@@ -179,3 +179,65 @@ async fn a_flood_of_dropped_connections_loses_no_accounting() {
         b"business as usual"
     );
 }
+
+/// Descriptors the process `pid` has open.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_proxy_backs_off_and_recovers() {
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start(&config(&backend, "")).await;
+    let front = listener_addr(&proxy, "front").await;
+    // A first connection through, so everything lazily opened at the start is open.
+    let mut first = TcpStream::connect(front).await.expect("connect");
+    assert_eq!(round_trip(&mut first, b"warm").await, b"warm");
+    drop(first);
+    wait_idle(&proxy).await;
+    // Room for four proxied connections (a client and a server descriptor each).
+    let limit = open_descriptors(proxy.pid()) + 8;
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", proxy.pid()))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(status.success(), "prlimit failed");
+    // Twelve clients: the kernel completes every handshake, the proxy runs out of
+    // descriptors part way and the rest wait in the backlog.
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        held.push(TcpStream::connect(front).await.expect("connect"));
+    }
+    wait_until("accept failing for lack of descriptors", || async {
+        proxy.stderr().contains("accept failed")
+    })
+    .await;
+    assert!(
+        proxy.stderr().contains("Too many open files"),
+        "EMFILE named"
+    );
+    assert!(
+        std::path::Path::new(&format!("/proc/{}", proxy.pid())).exists(),
+        "the proxy is alive"
+    );
+    drop(held);
+    // Descriptors come back: the waiting connections are accepted and ended, and new
+    // clients are served again.
+    wait_until("the proxy accepting again", || async {
+        proxy.stderr().contains("accepting again")
+    })
+    .await;
+    wait_idle(&proxy).await;
+    let mut next = TcpStream::connect(front).await.expect("connect");
+    assert_eq!(round_trip(&mut next, b"recovered").await, b"recovered");
+    assert_eq!(proxy.get("/health").await.0, 200);
+    // One error line for the whole episode, not one per retry.
+    let errors = proxy.stderr().matches("accept failed").count();
+    assert!(
+        errors <= 2,
+        "{errors} accept errors logged (one per worker at most)"
+    );
+}

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::net::AcceptFailures;
 use crate::runtime::Shared;
 use crate::upstream::AdminState;
 
@@ -65,12 +66,16 @@ async fn serve(
         tracing::warn!(%address, "the admin API has no token: its mutating calls (server state, reload) are open to {who}; set [admin] token to require one");
     }
     let access = Arc::new(access);
+    let mut failures = AcceptFailures::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    failures.succeeded("admin");
+                    accepted
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
+                    failures.failed("admin", &error).await;
                     continue;
                 }
             },

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::config::Config;
+use crate::net::AcceptFailures;
 use crate::tally::Carried;
 use crate::upstream::Health;
 use crate::upstream::{AdminState, Pool, Server};
@@ -338,12 +339,16 @@ pub async fn serve(
         }
     };
     tracing::info!(path = %path.display(), "upgrade socket listening");
+    let mut failures = AcceptFailures::default();
     loop {
         let link = tokio::select! {
             accepted = server.accept() => match accepted {
-                Ok((link, _)) => link,
+                Ok((link, _)) => {
+                    failures.succeeded("upgrade socket");
+                    link
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "upgrade socket accept failed");
+                    failures.failed("upgrade socket", &error).await;
                     continue;
                 }
             },
