@@ -275,6 +275,9 @@ pub struct PoolConfig {
     /// The keys database listeners read, set by the loader.
     #[serde(skip)]
     pub database: DatabasePool,
+    /// The keys SMTP listeners read, set by the loader.
+    #[serde(skip)]
+    pub smtp: super::smtp::SmtpPool,
 }
 
 /// PROXY protocol versions.

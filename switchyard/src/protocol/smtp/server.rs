@@ -1,0 +1,302 @@
+//! The proxy's session with a mail server: connect (a server of the pool, following
+//! reloads), read the banner, EHLO as the proxy, pass the client on with `XCLIENT` when the
+//! pool asks, then one reply per command, each read whole.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::reply::{self, BadReply, Reply};
+use crate::observe::Termination;
+use crate::upstream::{
+    ConnectError, Lease, LeaseError, Pool, Server, ServerStream, following_reloads,
+};
+
+/// A server connection in SMTP's command phase.
+pub struct ServerSession {
+    stream: ServerStream,
+    /// Bytes read past the last reply taken.
+    buffer: Vec<u8>,
+    /// The pool it belongs to.
+    pub pool: Arc<Pool>,
+    /// The server.
+    pub server: Arc<Server>,
+    /// Whether its EHLO reply offered `CHUNKING` (BDAT).
+    pub chunking: bool,
+    /// Bytes written to it.
+    pub bytes_out: u64,
+    /// Bytes read from it.
+    pub bytes_in: u64,
+    timeout: Duration,
+    _lease: Lease,
+}
+
+/// Why a server session failed: how the client's connection ends, and what it is told.
+#[derive(Debug)]
+pub struct Failure {
+    /// How the client's connection ends.
+    pub termination: Termination,
+    /// The detail for the log.
+    pub detail: String,
+}
+
+impl Failure {
+    fn new(termination: Termination, detail: impl Into<String>) -> Self {
+        Self {
+            termination,
+            detail: detail.into(),
+        }
+    }
+
+    /// The reply the client gets: the session ends (`421`).
+    pub fn reply(&self, hostname: &str) -> String {
+        let why = match self.termination {
+            Termination::NoServer | Termination::QueueFull | Termination::QueueTimeout => {
+                "4.3.0 No mail server available"
+            }
+            Termination::ServerTimeout => "4.4.2 Mail server timed out",
+            Termination::ServerRefused => "4.4.0 Mail server refused the session",
+            _ => "4.4.1 Mail server unreachable",
+        };
+        format!("421 {why} ({hostname}), closing connection\r\n")
+    }
+}
+
+/// What the proxy tells a server about the client it opens a session for.
+pub struct Opening<'a> {
+    /// The proxy's name (its EHLO).
+    pub hostname: &'a str,
+    /// The client.
+    pub client: SocketAddr,
+    /// The client's HELO/EHLO name.
+    pub helo: &'a str,
+    /// Whether the client spoke ESMTP (EHLO).
+    pub esmtp: bool,
+}
+
+/// Opens a session on a server of `pool` (or of the pool `reroute` gives when a reload
+/// retired it): connect, banner, EHLO, and XCLIENT with a second EHLO when the pool has
+/// `send_xclient` and the server offers it.
+pub async fn open(
+    pool: Arc<Pool>,
+    reroute: impl Fn() -> Option<Arc<Pool>>,
+    opening: &Opening<'_>,
+) -> Result<ServerSession, Failure> {
+    let client = opening.client;
+    let (pool, attempt) = following_reloads(
+        pool,
+        |pool| pool,
+        reroute,
+        |pool| async move { crate::upstream::connect(&pool, client).await },
+    )
+    .await;
+    let upstream = attempt.map_err(|error| {
+        let termination = match &error {
+            ConnectError::Lease(LeaseError::NoServer) => Termination::NoServer,
+            ConnectError::Lease(LeaseError::QueueFull) => Termination::QueueFull,
+            ConnectError::Lease(LeaseError::QueueTimeout) => Termination::QueueTimeout,
+            ConnectError::Failed { .. } => Termination::ConnectFailed,
+        };
+        Failure::new(termination, format!("pool {}: {error}", pool.name))
+    })?;
+    let server = upstream.lease.server().clone();
+    let mut session = ServerSession {
+        stream: tokio_util::either::Either::Left(upstream.stream),
+        buffer: Vec::new(),
+        timeout: pool.timeouts.server,
+        pool,
+        server,
+        chunking: false,
+        bytes_out: 0,
+        bytes_in: 0,
+        _lease: upstream.lease,
+    };
+    let header = super::super::proxy_preamble(
+        session.pool.send_proxy_protocol,
+        client,
+        || opening_destination(&session),
+        None,
+    );
+    if !header.is_empty() {
+        session.send(&header).await?;
+    }
+    let (banner, _) = session.reply().await?;
+    if banner.code != 220 {
+        return Err(Failure::new(
+            Termination::ServerRefused,
+            format!("banner {}", banner.code),
+        ));
+    }
+    let mut ehlo = session.hello(opening.hostname).await?;
+    if session.pool.smtp.send_xclient {
+        match reply::extension(&ehlo, "XCLIENT") {
+            Some(offered) => {
+                let command = xclient(opening, &offered);
+                session.send(command.as_bytes()).await?;
+                let (answer, _) = session.reply().await?;
+                if answer.code != 220 {
+                    return Err(Failure::new(
+                        Termination::ServerRefused,
+                        format!("XCLIENT answered {}", answer.code),
+                    ));
+                }
+                ehlo = session.hello(opening.helo).await?;
+            }
+            None => {
+                tracing::warn!(pool = %session.pool.name, server = %session.server.name, "send_xclient: the server does not offer XCLIENT")
+            }
+        }
+    }
+    session.chunking = reply::extension(&ehlo, "CHUNKING").is_some();
+    Ok(session)
+}
+
+/// The address the proxy's connection reached, for a PROXY header.
+fn opening_destination(session: &ServerSession) -> SocketAddr {
+    match &session.stream {
+        tokio_util::either::Either::Left(stream) => stream.peer_addr(),
+        tokio_util::either::Either::Right(stream) => stream.get_ref().0.peer_addr(),
+    }
+    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Postfix's `XCLIENT` with the attributes the server offers (`offered`, its EHLO
+/// keyword's parameters): ADDR, PORT, NAME (no reverse lookup is made: unavailable), HELO,
+/// PROTO; values in xtext.
+fn xclient(opening: &Opening<'_>, offered: &str) -> String {
+    let addr = match opening.client.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("IPV6:{ip}"),
+    };
+    let proto = if opening.esmtp { "ESMTP" } else { "SMTP" };
+    let port = opening.client.port().to_string();
+    let attributes = [
+        ("ADDR", addr.as_str()),
+        ("PORT", port.as_str()),
+        ("NAME", "[UNAVAILABLE]"),
+        ("HELO", opening.helo),
+        ("PROTO", proto),
+    ];
+    let mut command = String::from("XCLIENT");
+    for (name, value) in attributes {
+        if offered
+            .split_ascii_whitespace()
+            .any(|o| o.eq_ignore_ascii_case(name))
+        {
+            command.push_str(&format!(" {name}={}", xtext(value)));
+        }
+    }
+    command.push_str("\r\n");
+    command
+}
+
+/// RFC 3461 xtext: `+`, `=`, controls, space and non-ASCII as `+HH`.
+fn xtext(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'!'..=b'~' if b != b'+' && b != b'=' => (b as char).to_string(),
+            _ => format!("+{b:02X}"),
+        })
+        .collect()
+}
+
+impl ServerSession {
+    /// Sends bytes to the server.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => {
+                self.bytes_out += bytes.len() as u64;
+                Ok(())
+            }
+            Ok(Err(error)) => Err(io_failure(&error)),
+            Err(_) => Err(Failure::new(Termination::ServerTimeout, "write timed out")),
+        }
+    }
+
+    /// Reads the server's next reply, whole: its code and its bytes.
+    pub async fn reply(&mut self) -> Result<(Reply, Vec<u8>), Failure> {
+        loop {
+            match reply::frame(&self.buffer) {
+                Ok(Some(reply)) => {
+                    let bytes: Vec<u8> = self.buffer.drain(..reply.len).collect();
+                    return Ok((reply, bytes));
+                }
+                Ok(None) => {}
+                Err(error @ (BadReply::NoCode | BadReply::TooLong)) => {
+                    return Err(Failure::new(Termination::ServerError, error.to_string()));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(self.timeout, self.stream.read(&mut chunk)).await;
+            match read {
+                Ok(Ok(0)) => {
+                    return Err(Failure::new(Termination::ServerClosed, "server closed"));
+                }
+                Ok(Ok(n)) => {
+                    self.bytes_in += n as u64;
+                    self.buffer.extend_from_slice(&chunk[..n]);
+                }
+                Ok(Err(error)) => return Err(io_failure(&error)),
+                Err(_) => {
+                    return Err(Failure::new(Termination::ServerTimeout, "reply timed out"));
+                }
+            }
+        }
+    }
+
+    /// Sends a command line and reads its reply.
+    pub async fn command(&mut self, line: &[u8]) -> Result<(Reply, Vec<u8>), Failure> {
+        self.send(line).await?;
+        self.reply().await
+    }
+
+    /// EHLO as `name`; the reply must be positive.
+    async fn hello(&mut self, name: &str) -> Result<Vec<u8>, Failure> {
+        let (answer, bytes) = self.command(format!("EHLO {name}\r\n").as_bytes()).await?;
+        if !answer.is_positive() {
+            return Err(Failure::new(
+                Termination::ServerRefused,
+                format!("EHLO answered {}", answer.code),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Ends the session politely: QUIT, its reply not waited for.
+    pub async fn quit(&mut self) {
+        let _ = self.send(b"QUIT\r\n").await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+fn io_failure(error: &io::Error) -> Failure {
+    Failure::new(Termination::ServerError, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xclient_names_only_offered_attributes_in_xtext() {
+        let opening = Opening {
+            hostname: "proxy.example",
+            client: "192.0.2.7:4711".parse().expect("address"),
+            helo: "client host+1",
+            esmtp: true,
+        };
+        assert_eq!(
+            xclient(&opening, "NAME ADDR PROTO HELO PORT LOGIN"),
+            "XCLIENT ADDR=192.0.2.7 PORT=4711 NAME=[UNAVAILABLE] HELO=client+20host+2B1 PROTO=ESMTP\r\n"
+        );
+        assert_eq!(xclient(&opening, "ADDR"), "XCLIENT ADDR=192.0.2.7\r\n");
+    }
+}

@@ -1,0 +1,776 @@
+//! One client's SMTP session: the conversation the proxy holds, and the relay of each
+//! transaction to the server its first recipient routes to.
+//!
+//! Commands are taken one at a time from what the client sent (pipelined or not) and each
+//! gets exactly one reply, in order: the proxy's own, or the server's reply to the same
+//! command forwarded byte for byte. Replies are written when the proxy needs more from the
+//! client, so a pipelined group is answered in one write.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use smtp_proto::Request;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::SmtpHandler;
+use super::command::{self, Line};
+use super::data::{EndScanner, Refusal, Scan};
+use super::log::MessageRecord;
+use super::reply;
+use super::server::{self, Failure, Opening, ServerSession};
+use crate::accept;
+use crate::listener::{Accepted, Listener};
+use crate::observe::{ConnectionRecord, Termination};
+use crate::route::RouteFacts;
+use crate::upstream::Pool;
+
+/// Largest read from a client at once: a message streams through in pieces this size.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Handles one client connection to the end: one access log line per message, and one
+/// for the connection.
+pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
+    let started = Instant::now();
+    let Accepted {
+        listener,
+        settings,
+        stream,
+        peer,
+    } = connection;
+    let mut record = ConnectionRecord::accepted(&listener.name, peer);
+    record.termination = match accept::open(&listener, &settings, stream, peer).await {
+        Ok(opened) => {
+            record.client = opened.client;
+            let mut session = Session {
+                handler: &handler,
+                listener: &listener,
+                record: &mut record,
+                client: opened.stream,
+                input: opened.early.to_vec(),
+                output: Vec::new(),
+                idle: settings.config.timeouts.client,
+                helo: None,
+                esmtp: false,
+                transaction: None,
+                upstream: None,
+            };
+            let termination = session.run().await;
+            session.close_upstream().await;
+            termination
+        }
+        Err(termination) => termination,
+    };
+    if !record.termination.is_normal() {
+        tracing::debug!(listener = %listener.name, client = %record.client, reason = %record.termination, "smtp session ended");
+    }
+    record.finish(started);
+    handler.context.access_log.log(&record);
+}
+
+/// A mail transaction, from MAIL FROM to its final reply.
+struct Transaction {
+    /// The MAIL command line as the client sent it, replayed to the server.
+    mail: Vec<u8>,
+    /// The sender address.
+    from: String,
+    /// The pool the first recipient routed to, once one has; later recipients must route
+    /// to the same.
+    route: Option<Arc<Pool>>,
+    /// Recipients the server accepted.
+    recipients: u32,
+    /// BDAT bytes so far.
+    size: u64,
+    started: Instant,
+}
+
+/// The server connection in use and the route that chose it (a reload may have moved it
+/// to another pool: the route is what later transactions compare).
+struct Upstream {
+    route: Arc<Pool>,
+    session: ServerSession,
+}
+
+/// Whether the session goes on after a command.
+enum Flow {
+    Continue,
+    Quit,
+}
+
+struct Session<'a, S> {
+    handler: &'a SmtpHandler,
+    listener: &'a Listener,
+    record: &'a mut ConnectionRecord,
+    client: S,
+    /// Client bytes read and not yet taken.
+    input: Vec<u8>,
+    /// Replies not yet written.
+    output: Vec<u8>,
+    idle: Duration,
+    helo: Option<String>,
+    esmtp: bool,
+    transaction: Option<Transaction>,
+    upstream: Option<Upstream>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
+    async fn run(&mut self) -> Termination {
+        let greeting = format!("220 {} ESMTP\r\n", self.handler.hostname);
+        self.reply(greeting.as_bytes());
+        loop {
+            let line = match self.next_command().await {
+                Ok(Some(line)) => line,
+                Ok(None) => return Termination::ClientClosed,
+                Err(termination) => return termination,
+            };
+            match self.command(&line).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Quit) => {
+                    return match self.flush().await {
+                        Ok(()) => Termination::ClientClosed,
+                        Err(termination) => termination,
+                    };
+                }
+                Err(termination) => {
+                    let _ = self.flush().await;
+                    return termination;
+                }
+            }
+        }
+    }
+
+    /// Queues a reply to the client (written before the proxy next reads from it).
+    fn reply(&mut self, bytes: &[u8]) {
+        let code = bytes
+            .get(..3)
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| digits.parse::<u16>().ok())
+            .unwrap_or(500);
+        self.handler
+            .metrics
+            .reply(&self.listener.name, reply::class(code));
+        self.output.extend_from_slice(bytes);
+    }
+
+    async fn flush(&mut self) -> Result<(), Termination> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.client.write_all(&self.output).await?;
+            self.client.flush().await
+        };
+        match tokio::time::timeout(self.idle, write).await {
+            Ok(Ok(())) => {
+                self.record.bytes_out += self.output.len() as u64;
+                self.listener.stats.bytes_out.add(self.output.len() as u64);
+                self.output.clear();
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Termination::ClientError),
+            Err(_) => Err(Termination::ClientTimeout),
+        }
+    }
+
+    /// Reads more from the client after writing the replies queued; `false` at its end.
+    /// Waiting for a command (`between_commands`), a graceful shutdown ends the session
+    /// with `421 4.3.2`.
+    async fn fill(&mut self, between_commands: bool) -> Result<bool, Termination> {
+        self.flush().await?;
+        let context = &self.handler.context;
+        let start = self.input.len();
+        self.input.resize(start + READ_CHUNK, 0);
+        let read = tokio::select! {
+            read = tokio::time::timeout(self.idle, self.client.read(&mut self.input[start..])) => read,
+            () = context.stopping.cancelled(), if between_commands => {
+                self.input.truncate(start);
+                let bye = format!("421 4.3.2 {} Service shutting down, closing connection\r\n", self.handler.hostname);
+                self.reply(bye.as_bytes());
+                let _ = self.flush().await;
+                return Err(Termination::Shutdown);
+            }
+            () = context.hard_stop.cancelled() => {
+                self.input.truncate(start);
+                return Err(Termination::Shutdown);
+            }
+        };
+        match read {
+            Ok(Ok(n)) => {
+                self.input.truncate(start + n);
+                self.record.bytes_in += n as u64;
+                self.listener.stats.bytes_in.add(n as u64);
+                Ok(n > 0)
+            }
+            Ok(Err(_)) => {
+                self.input.truncate(start);
+                Err(Termination::ClientError)
+            }
+            Err(_) => {
+                self.input.truncate(start);
+                let bye = format!(
+                    "421 4.4.2 {} Error: timeout exceeded\r\n",
+                    self.handler.hostname
+                );
+                self.reply(bye.as_bytes());
+                let _ = self.flush().await;
+                Err(Termination::ClientTimeout)
+            }
+        }
+    }
+
+    /// The next command line; `None` when the client closed between commands.
+    async fn next_command(&mut self) -> Result<Option<Vec<u8>>, Termination> {
+        loop {
+            match command::frame(&self.input) {
+                Line::Complete(len) => return Ok(Some(self.input.drain(..len).collect())),
+                Line::TooLong => {
+                    self.reply(b"500 5.5.2 Error: line too long\r\n");
+                    let _ = self.flush().await;
+                    self.refused("command line longer than 512 bytes");
+                    return Err(Termination::BadMessage);
+                }
+                Line::Incomplete => {
+                    if !self.fill(true).await? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts and logs a client the proxy refuses to go on with.
+    fn refused(&self, detail: &str) {
+        self.listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(listener = %self.listener.name, client = %self.record.client, detail, "smtp client refused");
+    }
+
+    async fn command(&mut self, line: &[u8]) -> Result<Flow, Termination> {
+        let request = match command::parse(line) {
+            Ok(request) => request,
+            Err(error) => {
+                self.reply(command::refusal(&error).as_bytes());
+                return Ok(Flow::Continue);
+            }
+        };
+        match request {
+            Request::Ehlo { host } | Request::Helo { host } => {
+                let esmtp = line
+                    .get(..4)
+                    .is_some_and(|verb| verb.eq_ignore_ascii_case(b"EHLO"));
+                self.end_transaction().await?;
+                self.helo = Some(host.into_owned());
+                self.esmtp = esmtp;
+                let answer = if esmtp {
+                    self.handler.ehlo.clone()
+                } else {
+                    format!("250 {}\r\n", self.handler.hostname)
+                };
+                self.reply(answer.as_bytes());
+            }
+            Request::Mail { from } => {
+                let max = self.handler.options.max_message_bytes;
+                if self.helo.is_none() {
+                    self.reply(b"503 5.5.1 Error: send HELO/EHLO first\r\n");
+                } else if self.transaction.is_some() {
+                    self.reply(b"503 5.5.1 Error: nested MAIL command\r\n");
+                } else if from.size as u64 > max {
+                    self.reply(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+                } else {
+                    self.transaction = Some(Transaction {
+                        mail: line.to_vec(),
+                        from: from.address.into_owned(),
+                        route: None,
+                        recipients: 0,
+                        size: 0,
+                        started: Instant::now(),
+                    });
+                    self.reply(b"250 2.1.0 Ok\r\n");
+                }
+            }
+            Request::Rcpt { to } => self.recipient(line, &to.address).await?,
+            Request::Data => self.data(line).await?,
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(line, chunk_size as u64, is_last).await?,
+            Request::Rset => {
+                match self.open_upstream_transaction() {
+                    Some(upstream) => {
+                        let (_, answer) = upstream
+                            .session
+                            .command(line)
+                            .await
+                            .map_err(|f| self.lost(&f))?;
+                        self.reply(&answer);
+                    }
+                    None => self.reply(b"250 2.0.0 Ok\r\n"),
+                }
+                self.transaction = None;
+            }
+            Request::Noop { .. } => self.reply(b"250 2.0.0 Ok\r\n"),
+            Request::Quit => {
+                self.reply(b"221 2.0.0 Bye\r\n");
+                return Ok(Flow::Quit);
+            }
+            Request::Vrfy { .. } | Request::Expn { .. } => {
+                self.reply(b"502 5.5.1 Error: command not available\r\n");
+            }
+            Request::Help { .. } => self.reply(b"214 2.0.0 See RFC 5321\r\n"),
+            Request::StartTls | Request::Auth { .. } => {
+                self.reply(b"502 5.5.1 Error: command not offered\r\n");
+            }
+            Request::Lhlo { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. } => {
+                self.reply(b"502 5.5.1 Error: command not implemented\r\n");
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The upstream session when the current transaction is open on it.
+    fn open_upstream_transaction(&mut self) -> Option<&mut Upstream> {
+        let open = self
+            .transaction
+            .as_ref()
+            .is_some_and(|transaction| transaction.route.is_some());
+        if open { self.upstream.as_mut() } else { None }
+    }
+
+    /// Ends the transaction in progress (EHLO/HELO resets it): the server's too, with
+    /// RSET, its reply not passed on.
+    async fn end_transaction(&mut self) -> Result<(), Termination> {
+        if let Some(upstream) = self.open_upstream_transaction() {
+            let reset = upstream.session.command(b"RSET\r\n").await;
+            if let Err(failure) = reset {
+                tracing::debug!(listener = %self.listener.name, detail = %failure.detail, "server lost at RSET");
+                self.drop_upstream();
+            }
+        }
+        self.transaction = None;
+        Ok(())
+    }
+
+    /// A server that failed mid-session: the client is told (`421`) and the session ends.
+    fn lost(&mut self, failure: &Failure) -> Termination {
+        tracing::warn!(listener = %self.listener.name, client = %self.record.client, reason = %failure.termination, detail = %failure.detail, "smtp server session lost");
+        let bye = format!(
+            "421 4.4.2 {} Error: connection to the mail server lost\r\n",
+            self.handler.hostname
+        );
+        self.reply(bye.as_bytes());
+        self.drop_upstream();
+        match failure.termination {
+            Termination::ServerTimeout => Termination::ServerTimeout,
+            _ if self.transaction.is_some() => Termination::ServerLostInTransaction,
+            _ => Termination::ServerLost,
+        }
+    }
+
+    async fn recipient(&mut self, line: &[u8], address: &str) -> Result<(), Termination> {
+        let Some(transaction) = &self.transaction else {
+            self.reply(b"503 5.5.1 Error: need MAIL command\r\n");
+            return Ok(());
+        };
+        let domain = command::domain_of(address);
+        let facts = RouteFacts {
+            domain: domain.as_deref(),
+            ..RouteFacts::default()
+        };
+        let Some(pool) = self.handler.routing.pool(&facts).cloned() else {
+            let answer = format!("550 5.7.1 <{address}>: Relay access denied\r\n");
+            self.reply(answer.as_bytes());
+            return Ok(());
+        };
+        match &transaction.route {
+            Some(route) if !Arc::ptr_eq(route, &pool) => {
+                let answer = format!(
+                    "451 4.3.0 <{address}>: served by another server; send it in another transaction\r\n"
+                );
+                self.reply(answer.as_bytes());
+                return Ok(());
+            }
+            Some(_) => {}
+            None => {
+                if !self.begin_on(pool).await? {
+                    return Ok(());
+                }
+            }
+        }
+        let Some(upstream) = self.upstream.as_mut() else {
+            return Err(Termination::ServerLost);
+        };
+        let (answer, bytes) = upstream
+            .session
+            .command(line)
+            .await
+            .map_err(|f| self.lost(&f))?;
+        if answer.is_positive()
+            && let Some(transaction) = &mut self.transaction
+        {
+            transaction.recipients += 1;
+        }
+        self.reply(&bytes);
+        Ok(())
+    }
+
+    /// Opens the transaction on a server of `pool` (the session there is kept from the
+    /// last transaction when it went to the same route): replays MAIL. `false` when the
+    /// server refused MAIL: its reply answers the RCPT, and the transaction is not open.
+    async fn begin_on(&mut self, pool: Arc<Pool>) -> Result<bool, Termination> {
+        let reuse = self
+            .upstream
+            .as_ref()
+            .is_some_and(|upstream| Arc::ptr_eq(&upstream.route, &pool));
+        if !reuse {
+            self.close_upstream().await;
+            let helo = self.helo.clone().unwrap_or_default();
+            let opening = Opening {
+                hostname: &self.handler.hostname,
+                client: self.record.client,
+                helo: &helo,
+                esmtp: self.esmtp,
+            };
+            let listener = self.listener;
+            let route = pool.clone();
+            let reroute = move || {
+                let settings = listener.settings();
+                let now = settings.handler_as::<SmtpHandler>();
+                now.and_then(|now| {
+                    now.routing
+                        .routes
+                        .iter()
+                        .find(|r| r.pool.name == route.name)
+                        .map(|r| r.pool.clone())
+                        .or_else(|| now.routing.default.clone())
+                })
+            };
+            match server::open(pool.clone(), reroute, &opening).await {
+                Ok(session) => {
+                    self.record.pool = Some(session.pool.name.clone());
+                    self.record.server = Some(session.server.name.clone());
+                    self.upstream = Some(Upstream {
+                        route: pool.clone(),
+                        session,
+                    });
+                }
+                Err(failure) => {
+                    self.listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(listener = %self.listener.name, pool = %pool.name, client = %self.record.client, reason = %failure.termination, detail = %failure.detail, "no smtp server session");
+                    self.reply(failure.reply(&self.handler.hostname).as_bytes());
+                    return Err(failure.termination);
+                }
+            }
+        }
+        let mail = match &self.transaction {
+            Some(transaction) => transaction.mail.clone(),
+            None => return Ok(false),
+        };
+        let Some(upstream) = self.upstream.as_mut() else {
+            return Ok(false);
+        };
+        let (answer, bytes) = upstream
+            .session
+            .command(&mail)
+            .await
+            .map_err(|f| self.lost(&f))?;
+        if !answer.is_positive() {
+            self.reply(&bytes);
+            return Ok(false);
+        }
+        if let Some(transaction) = &mut self.transaction {
+            transaction.route = Some(pool);
+        }
+        Ok(true)
+    }
+
+    /// Whether the transaction may send its message now; if not, the reply saying why is
+    /// queued.
+    fn ready_for_message(&mut self) -> bool {
+        match &self.transaction {
+            None => {
+                self.reply(b"503 5.5.1 Error: need MAIL command\r\n");
+                false
+            }
+            Some(transaction) if transaction.route.is_none() || transaction.recipients == 0 => {
+                self.reply(b"554 5.5.1 Error: no valid recipients\r\n");
+                false
+            }
+            Some(_) => self.upstream.is_some(),
+        }
+    }
+
+    async fn data(&mut self, line: &[u8]) -> Result<(), Termination> {
+        if !self.ready_for_message() {
+            return Ok(());
+        }
+        let answer = self.to_server(line).await?;
+        if answer.code != 354 {
+            return Ok(());
+        }
+        let max = self.handler.options.max_message_bytes;
+        let mut scanner = EndScanner::default();
+        let mut size = 0u64;
+        loop {
+            if self.input.is_empty() && !self.fill(false).await? {
+                self.drop_upstream();
+                return Err(Termination::ClientAborted);
+            }
+            let (body, end, refusal) = match scanner.scan(&self.input) {
+                Scan::Body => (self.input.len(), false, None),
+                Scan::End(n) => (n, true, None),
+                Scan::Refused(at, why) => (at, false, Some(why)),
+            };
+            size += body as u64;
+            // The body's final `.CRLF` is not message content.
+            let refusal = match refusal {
+                None if size > max + 3 => Some(MessageRefusal::TooBig),
+                None => None,
+                Some(Refusal::LineTooLong) => Some(MessageRefusal::LineTooLong),
+                Some(Refusal::BareLineEnd) => Some(MessageRefusal::BareLineEnd),
+            };
+            let chunk: Vec<u8> = self.input.drain(..body).collect();
+            if let Some(refusal) = refusal {
+                // The server never sees the end of this body: closing its connection
+                // makes it discard the message.
+                self.drop_upstream();
+                if !end {
+                    self.skip_body(scanner).await?;
+                }
+                self.reply(refusal.reply());
+                self.finish_message(refusal.code(), None, size);
+                return Ok(());
+            }
+            let Some(upstream) = self.upstream.as_mut() else {
+                return Err(Termination::ServerLost);
+            };
+            if let Err(failure) = upstream.session.send(&chunk).await {
+                return Err(self.lost(&failure));
+            }
+            if end {
+                break;
+            }
+        }
+        self.final_reply(size.saturating_sub(3)).await
+    }
+
+    /// Reads a refused DATA body to its end, dropping it.
+    async fn skip_body(&mut self, scanner: EndScanner) -> Result<(), Termination> {
+        let mut skipper = scanner.skipper();
+        loop {
+            if let Some(n) = skipper.skip(&self.input) {
+                self.input.drain(..n);
+                return Ok(());
+            }
+            self.input.clear();
+            if !self.fill(false).await? {
+                return Err(Termination::ClientAborted);
+            }
+        }
+    }
+
+    /// Sends a command line to the server of the transaction and queues its reply for the
+    /// client.
+    async fn to_server(&mut self, line: &[u8]) -> Result<reply::Reply, Termination> {
+        let Some(upstream) = self.upstream.as_mut() else {
+            return Err(Termination::ServerLost);
+        };
+        match upstream.session.command(line).await {
+            Ok((answer, bytes)) => {
+                self.reply(&bytes);
+                Ok(answer)
+            }
+            Err(failure) => Err(self.lost(&failure)),
+        }
+    }
+
+    /// Passes on the server's final reply to a message and logs the message.
+    async fn final_reply(&mut self, size: u64) -> Result<(), Termination> {
+        let Some(upstream) = self.upstream.as_mut() else {
+            return Err(Termination::ServerLost);
+        };
+        let (answer, bytes) = match upstream.session.reply().await {
+            Ok(reply) => reply,
+            Err(failure) => return Err(self.lost(&failure)),
+        };
+        self.reply(&bytes);
+        self.finish_message(answer.code, reply::queue_id(&bytes), size);
+        Ok(())
+    }
+
+    /// A BDAT chunk: passed to the server with its command by byte count.
+    async fn bdat(&mut self, line: &[u8], chunk: u64, last: bool) -> Result<(), Termination> {
+        if !self.ready_for_message() {
+            return self.discard(chunk).await;
+        }
+        let max = self.handler.options.max_message_bytes;
+        let size = self.transaction.as_ref().map_or(0, |t| t.size) + chunk;
+        if size > max {
+            self.discard(chunk).await?;
+            // The chunk never reached the server: RSET there drops what it has.
+            self.end_transaction_keeping(size).await;
+            self.reply(MessageRefusal::TooBig.reply());
+            return Ok(());
+        }
+        let chunking = self
+            .upstream
+            .as_ref()
+            .is_some_and(|upstream| upstream.session.chunking);
+        if !chunking {
+            self.discard(chunk).await?;
+            self.reply(b"504 5.5.4 Error: the mail server for these recipients takes no BDAT; use DATA\r\n");
+            return Ok(());
+        }
+        let Some(upstream) = self.upstream.as_mut() else {
+            return Err(Termination::ServerLost);
+        };
+        if let Err(failure) = upstream.session.send(line).await {
+            return Err(self.lost(&failure));
+        }
+        let mut left = chunk;
+        while left > 0 {
+            if self.input.is_empty() && !self.fill(false).await? {
+                self.drop_upstream();
+                return Err(Termination::ClientAborted);
+            }
+            let n = self
+                .input
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let piece: Vec<u8> = self.input.drain(..n).collect();
+            let Some(upstream) = self.upstream.as_mut() else {
+                return Err(Termination::ServerLost);
+            };
+            if let Err(failure) = upstream.session.send(&piece).await {
+                return Err(self.lost(&failure));
+            }
+            left -= n as u64;
+        }
+        if let Some(transaction) = &mut self.transaction {
+            transaction.size = size;
+        }
+        if last {
+            self.final_reply(size).await
+        } else {
+            let Some(upstream) = self.upstream.as_mut() else {
+                return Err(Termination::ServerLost);
+            };
+            match upstream.session.reply().await {
+                Ok((_, bytes)) => {
+                    self.reply(&bytes);
+                    Ok(())
+                }
+                Err(failure) => Err(self.lost(&failure)),
+            }
+        }
+    }
+
+    /// Reads and drops `len` bytes of a BDAT chunk the proxy refuses.
+    async fn discard(&mut self, mut len: u64) -> Result<(), Termination> {
+        while len > 0 {
+            if self.input.is_empty() && !self.fill(false).await? {
+                return Err(Termination::ClientAborted);
+            }
+            let n = self
+                .input
+                .len()
+                .min(usize::try_from(len).unwrap_or(usize::MAX));
+            self.input.drain(..n);
+            len -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Ends a transaction whose message the proxy refused as too big after part of it
+    /// went by BDAT: RSET at the server, and the message logged.
+    async fn end_transaction_keeping(&mut self, size: u64) {
+        if let Some(upstream) = self.open_upstream_transaction()
+            && upstream.session.command(b"RSET\r\n").await.is_err()
+        {
+            self.drop_upstream();
+        }
+        self.finish_message(MessageRefusal::TooBig.code(), None, size);
+    }
+
+    /// Counts and logs the transaction's message with its final reply, and ends the
+    /// transaction.
+    fn finish_message(&mut self, code: u16, queue_id: Option<String>, size: u64) {
+        let Some(transaction) = self.transaction.take() else {
+            return;
+        };
+        let pool = self.record.pool.clone();
+        self.handler.metrics.message(
+            &self.listener.name,
+            pool.as_deref().unwrap_or("-"),
+            reply::class(code),
+            transaction.recipients,
+            size,
+        );
+        let record = MessageRecord {
+            time: ConnectionRecord::now_string(),
+            listener: self.listener.name.clone(),
+            kind: "smtp_message",
+            client: self.record.client,
+            helo: self.helo.clone().unwrap_or_default(),
+            from: transaction.from,
+            recipients: transaction.recipients,
+            size,
+            pool,
+            server: self.record.server.clone(),
+            reply: code,
+            queue_id,
+            duration_ms: transaction.started.elapsed().as_millis() as u64,
+        };
+        self.handler
+            .context
+            .access_log
+            .log_with(|format| record.render(format));
+    }
+
+    /// Drops the server connection at once (its server discards an unfinished message).
+    fn drop_upstream(&mut self) {
+        if let Some(upstream) = self.upstream.take() {
+            account(&upstream.session);
+        }
+    }
+
+    /// Ends the server session with QUIT.
+    async fn close_upstream(&mut self) {
+        if let Some(mut upstream) = self.upstream.take() {
+            upstream.session.quit().await;
+            account(&upstream.session);
+        }
+    }
+}
+
+/// Adds a server session's bytes to its server's counters.
+fn account(session: &ServerSession) {
+    session.server.stats.bytes_in.add(session.bytes_out);
+    session.server.stats.bytes_out.add(session.bytes_in);
+}
+
+/// Why the proxy refuses a message.
+#[derive(Debug, Clone, Copy)]
+enum MessageRefusal {
+    TooBig,
+    LineTooLong,
+    BareLineEnd,
+}
+
+impl MessageRefusal {
+    fn code(self) -> u16 {
+        match self {
+            Self::TooBig => 552,
+            Self::LineTooLong | Self::BareLineEnd => 554,
+        }
+    }
+
+    fn reply(self) -> &'static [u8] {
+        match self {
+            Self::TooBig => b"552 5.3.4 Message size exceeds fixed maximum message size\r\n",
+            Self::LineTooLong => b"554 5.6.0 Error: message line longer than 1000 bytes\r\n",
+            Self::BareLineEnd => b"554 5.6.0 Error: bare CR or LF in message text\r\n",
+        }
+    }
+}
