@@ -136,8 +136,9 @@ pub async fn open(
             Some(offered) => {
                 let command = xclient(opening, &offered);
                 session.send(command.as_bytes()).await?;
+                // Postfix's smtpd greets again (220), its smtp-sink says 250.
                 let (answer, _) = session.reply().await?;
-                if answer.code != 220 {
+                if !(200..300).contains(&answer.code) {
                     return Err(Failure::new(
                         Termination::ServerRefused,
                         format!("XCLIENT answered {}", answer.code),
