@@ -256,6 +256,81 @@ async fn a_pipelined_envelope_of_a_hundred_recipients_in_one_packet() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bdat_chunks_with_last_arrive_whole() {
+    // aiosmtpd has no CHUNKING: the proxy sends the chunks on as one DATA body.
+    let server = Aiosmtpd::start("aiosmtpd-a", false).await;
+    let (proxy, front) = start(server.addr, "", "").await;
+    let (mut client, _) = Raw::connect(front).await;
+    assert!(
+        client
+            .command("EHLO client.example")
+            .await
+            .contains("CHUNKING")
+    );
+    let first: &[u8] = b"Subject: bdat\r\n\r\n.a dot line\r\n.\r\nBDAT 5\r\n";
+    let last: &[u8] = b"tail\r\n..two\r\n";
+    let mut packet = b"MAIL FROM:<s@example.net>\r\nRCPT TO:<r@example.com>\r\n".to_vec();
+    packet.extend_from_slice(format!("BDAT {}\r\n", first.len()).as_bytes());
+    packet.extend_from_slice(first);
+    packet.extend_from_slice(format!("BDAT {} LAST\r\n", last.len()).as_bytes());
+    packet.extend_from_slice(last);
+    client.send(&packet).await;
+    assert!(client.reply().await.starts_with("250 2.1.0"));
+    assert!(client.reply().await.starts_with("250"));
+    let chunk = client.reply().await;
+    assert_eq!(
+        chunk,
+        format!("250 2.0.0 {} octets received\r\n", first.len())
+    );
+    let done = client.reply().await;
+    assert!(done.starts_with("250 2.0.0 Ok: queued as"), "{done}");
+    let received = server.wait_received(1).await;
+    assert_eq!(received[0]["sha256"], sha256_hex(&[first, last].concat()));
+    let lines = wait_message_lines(&proxy, 1).await;
+    assert_eq!(number(&lines[0], "size"), (first.len() + last.len()) as u64);
+
+    // Over the size limit in chunks: refused, the session goes on.
+    let (proxy, front) = Config::new()
+        .protocol("smtp")
+        .listener("smtp = { max_message_bytes = 100 }")
+        .server("mail", server.addr, "")
+        .start()
+        .await;
+    let (mut client, _) = Raw::connect(front).await;
+    assert!(
+        client
+            .command("EHLO client.example")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        client
+            .command("MAIL FROM:<s@example.net>")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        client
+            .command("RCPT TO:<r@example.com>")
+            .await
+            .starts_with("250")
+    );
+    let chunk = format!("{}\r\n", "c".repeat(58));
+    client.send(format!("BDAT 60\r\n{chunk}").as_bytes()).await;
+    assert!(client.reply().await.starts_with("250"));
+    client
+        .send(format!("BDAT 60 LAST\r\n{chunk}").as_bytes())
+        .await;
+    assert!(client.reply().await.starts_with("552 5.3.4"));
+    client.send(b"BDAT 3 LAST\r\nabc").await;
+    assert!(client.reply().await.starts_with("503 5.5.1"));
+    assert!(client.command("NOOP").await.starts_with("250"));
+    let lines = wait_message_lines(&proxy, 1).await;
+    assert_eq!(number(&lines[0], "reply"), 552);
+    assert_eq!(server.received().len(), 1, "nothing more delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_25_mib_message_arrives_whole() {
     let server = Aiosmtpd::start("aiosmtpd-a", false).await;
     let (proxy, front) = start(server.addr, "", "").await;

@@ -133,6 +133,51 @@ impl Skipper {
     }
 }
 
+/// Turns BDAT chunks into a `DATA` body for a server without `CHUNKING`: dot-stuffs
+/// lines that start with `.`, and holds chunks to the rules a `DATA` body must follow, so
+/// that the server finds the end exactly where the proxy puts it.
+#[derive(Debug, Clone, Default)]
+pub struct DotStuffer {
+    /// Bytes of the current line so far.
+    line: usize,
+    /// The last byte was a `CR`.
+    cr: bool,
+}
+
+impl DotStuffer {
+    /// Appends `chunk`, dot-stuffed, to `out`.
+    pub fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), Refusal> {
+        out.reserve(chunk.len());
+        for &byte in chunk {
+            if self.cr != (byte == b'\n') {
+                return Err(Refusal::BareLineEnd);
+            }
+            if self.line == 0 && byte == b'.' {
+                out.push(b'.');
+            }
+            out.push(byte);
+            self.line += 1;
+            if self.line > MAX_TEXT_LINE {
+                return Err(Refusal::LineTooLong);
+            }
+            self.cr = byte == b'\r';
+            if byte == b'\n' {
+                self.line = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the body: the last line ended if it was not, then `.CRLF`.
+    pub fn finish(&self) -> &'static [u8] {
+        match (self.line, self.cr) {
+            (0, _) => b".\r\n",
+            (_, true) => b"\n.\r\n",
+            _ => b"\r\n.\r\n",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +241,24 @@ mod tests {
         assert_eq!(
             end_in_one(&long),
             Scan::Refused(MAX_TEXT_LINE, Refusal::LineTooLong)
+        );
+    }
+
+    #[test]
+    fn chunks_become_a_body_that_ends_where_they_do() {
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::new();
+        let chunks: [&[u8]; 3] = [b".a\r\n.", b"\r\nb\r", b"\nlast"];
+        for chunk in chunks {
+            assert_eq!(stuffer.stuff(chunk, &mut out), Ok(()));
+        }
+        out.extend_from_slice(stuffer.finish());
+        assert_eq!(out, b"..a\r\n..\r\nb\r\nlast\r\n.\r\n");
+        let mut scanner = EndScanner::default();
+        assert_eq!(scanner.scan(&out), Scan::End(out.len()));
+        assert_eq!(
+            DotStuffer::default().stuff(b"a\n.\n", &mut Vec::new()),
+            Err(Refusal::BareLineEnd)
         );
     }
 

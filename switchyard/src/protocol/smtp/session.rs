@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::SmtpHandler;
 use super::command::{self, Line};
-use super::data::{EndScanner, Refusal, Scan};
+use super::data::{DotStuffer, EndScanner, Refusal, Scan};
 use super::log::MessageRecord;
 use super::reply;
 use super::server::{self, Failure, Opening, ServerSession};
@@ -81,6 +81,8 @@ struct Transaction {
     recipients: u32,
     /// BDAT bytes so far.
     size: u64,
+    /// Set while BDAT chunks go to a server without `CHUNKING` as a `DATA` body.
+    stuffer: Option<DotStuffer>,
     started: Instant,
 }
 
@@ -252,6 +254,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 return Ok(Flow::Continue);
             }
         };
+        // A server reading a body made of BDAT chunks would take any other command as
+        // text: the message is abandoned, its server connection closed.
+        let converting = self
+            .transaction
+            .as_ref()
+            .is_some_and(|t| t.stuffer.is_some());
+        if converting
+            && !matches!(
+                request,
+                Request::Bdat { .. }
+                    | Request::Noop { .. }
+                    | Request::Help { .. }
+                    | Request::Vrfy { .. }
+                    | Request::Expn { .. }
+            )
+        {
+            self.drop_upstream();
+            self.transaction = None;
+        }
         match request {
             Request::Ehlo { host } | Request::Helo { host } => {
                 let esmtp = line
@@ -282,6 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                         route: None,
                         recipients: 0,
                         size: 0,
+                        stuffer: None,
                         started: Instant::now(),
                     });
                     self.reply(b"250 2.1.0 Ok\r\n");
@@ -294,16 +316,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 is_last,
             } => self.bdat(line, chunk_size as u64, is_last).await?,
             Request::Rset => {
-                match self.open_upstream_transaction() {
-                    Some(upstream) => {
-                        let (_, answer) = upstream
-                            .session
-                            .command(line)
-                            .await
-                            .map_err(|f| self.lost(&f))?;
-                        self.reply(&answer);
-                    }
-                    None => self.reply(b"250 2.0.0 Ok\r\n"),
+                if self.open_upstream_transaction().is_some() {
+                    self.relay_command(line).await?;
+                } else {
+                    self.reply(b"250 2.0.0 Ok\r\n");
                 }
                 self.transaction = None;
             }
@@ -398,20 +414,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 }
             }
         }
-        let Some(upstream) = self.upstream.as_mut() else {
-            return Err(Termination::ServerLost);
-        };
-        let (answer, bytes) = upstream
-            .session
-            .command(line)
-            .await
-            .map_err(|f| self.lost(&f))?;
+        let answer = self.relay_command(line).await?;
         if answer.is_positive()
             && let Some(transaction) = &mut self.transaction
         {
             transaction.recipients += 1;
         }
-        self.reply(&bytes);
         Ok(())
     }
 
@@ -505,7 +513,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         if !self.ready_for_message() {
             return Ok(());
         }
-        let answer = self.to_server(line).await?;
+        let answer = self.relay_command(line).await?;
         if answer.code != 354 {
             return Ok(());
         }
@@ -527,8 +535,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             let refusal = match refusal {
                 None if size > max + 3 => Some(MessageRefusal::TooBig),
                 None => None,
-                Some(Refusal::LineTooLong) => Some(MessageRefusal::LineTooLong),
-                Some(Refusal::BareLineEnd) => Some(MessageRefusal::BareLineEnd),
+                Some(refusal) => Some(refusal.into()),
             };
             let chunk: Vec<u8> = self.input.drain(..body).collect();
             if let Some(refusal) = refusal {
@@ -538,16 +545,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 if !end {
                     self.skip_body(scanner).await?;
                 }
-                self.reply(refusal.reply());
-                self.finish_message(refusal.code(), None, size);
+                self.refuse_message(refusal, size).await;
                 return Ok(());
             }
-            let Some(upstream) = self.upstream.as_mut() else {
-                return Err(Termination::ServerLost);
-            };
-            if let Err(failure) = upstream.session.send(&chunk).await {
-                return Err(self.lost(&failure));
-            }
+            self.send_upstream(&chunk).await?;
             if end {
                 break;
             }
@@ -572,7 +573,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
 
     /// Sends a command line to the server of the transaction and queues its reply for the
     /// client.
-    async fn to_server(&mut self, line: &[u8]) -> Result<reply::Reply, Termination> {
+    async fn relay_command(&mut self, line: &[u8]) -> Result<reply::Reply, Termination> {
         let Some(upstream) = self.upstream.as_mut() else {
             return Err(Termination::ServerLost);
         };
@@ -585,21 +586,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         }
     }
 
-    /// Passes on the server's final reply to a message and logs the message.
-    async fn final_reply(&mut self, size: u64) -> Result<(), Termination> {
+    /// Sends bytes to the server of the transaction.
+    async fn send_upstream(&mut self, bytes: &[u8]) -> Result<(), Termination> {
         let Some(upstream) = self.upstream.as_mut() else {
             return Err(Termination::ServerLost);
         };
-        let (answer, bytes) = match upstream.session.reply().await {
-            Ok(reply) => reply,
-            Err(failure) => return Err(self.lost(&failure)),
+        match upstream.session.send(bytes).await {
+            Ok(()) => Ok(()),
+            Err(failure) => Err(self.lost(&failure)),
+        }
+    }
+
+    /// Passes on the server's next reply (to a command already sent); returns its code
+    /// and bytes.
+    async fn relay_reply(&mut self) -> Result<(reply::Reply, Vec<u8>), Termination> {
+        let Some(upstream) = self.upstream.as_mut() else {
+            return Err(Termination::ServerLost);
         };
-        self.reply(&bytes);
+        match upstream.session.reply().await {
+            Ok((answer, bytes)) => {
+                self.reply(&bytes);
+                Ok((answer, bytes))
+            }
+            Err(failure) => Err(self.lost(&failure)),
+        }
+    }
+
+    /// Passes on the server's final reply to a message and logs the message.
+    async fn final_reply(&mut self, size: u64) -> Result<(), Termination> {
+        let (answer, bytes) = self.relay_reply().await?;
         self.finish_message(answer.code, reply::queue_id(&bytes), size);
         Ok(())
     }
 
-    /// A BDAT chunk: passed to the server with its command by byte count.
+    /// A BDAT chunk: passed to the server with its command by byte count; to a server
+    /// without `CHUNKING`, the chunks become one `DATA` body (dot-stuffed), the proxy
+    /// answering every chunk but the last itself.
     async fn bdat(&mut self, line: &[u8], chunk: u64, last: bool) -> Result<(), Termination> {
         if !self.ready_for_message() {
             return self.discard(chunk).await;
@@ -608,27 +630,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         let size = self.transaction.as_ref().map_or(0, |t| t.size) + chunk;
         if size > max {
             self.discard(chunk).await?;
-            // The chunk never reached the server: RSET there drops what it has.
-            self.end_transaction_keeping(size).await;
-            self.reply(MessageRefusal::TooBig.reply());
-            return Ok(());
-        }
-        let chunking = self
-            .upstream
-            .as_ref()
-            .is_some_and(|upstream| upstream.session.chunking);
-        if !chunking {
-            self.discard(chunk).await?;
-            self.reply(b"504 5.5.4 Error: the mail server for these recipients takes no BDAT; use DATA\r\n");
+            self.refuse_message(MessageRefusal::TooBig, size).await;
             return Ok(());
         }
         let Some(upstream) = self.upstream.as_mut() else {
             return Err(Termination::ServerLost);
         };
-        if let Err(failure) = upstream.session.send(line).await {
-            return Err(self.lost(&failure));
+        let chunking = upstream.session.chunking;
+        let converting = self
+            .transaction
+            .as_ref()
+            .is_some_and(|t| t.stuffer.is_some());
+        let opened = if chunking {
+            upstream.session.send(line).await.map(|()| None)
+        } else if converting {
+            Ok(None)
+        } else {
+            upstream.session.command(b"DATA\r\n").await.map(Some)
+        };
+        match opened {
+            Err(failure) => return Err(self.lost(&failure)),
+            Ok(Some((answer, bytes))) if answer.code != 354 => {
+                self.discard(chunk).await?;
+                self.reply(&bytes);
+                return Ok(());
+            }
+            Ok(Some(_)) => {
+                if let Some(transaction) = &mut self.transaction {
+                    transaction.stuffer = Some(DotStuffer::default());
+                }
+            }
+            Ok(None) => {}
         }
         let mut left = chunk;
+        let mut stuffed = Vec::new();
         while left > 0 {
             if self.input.is_empty() && !self.fill(false).await? {
                 self.drop_upstream();
@@ -638,31 +673,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 .input
                 .len()
                 .min(usize::try_from(left).unwrap_or(usize::MAX));
-            let piece: Vec<u8> = self.input.drain(..n).collect();
-            let Some(upstream) = self.upstream.as_mut() else {
-                return Err(Termination::ServerLost);
-            };
-            if let Err(failure) = upstream.session.send(&piece).await {
-                return Err(self.lost(&failure));
-            }
             left -= n as u64;
-        }
-        if let Some(transaction) = &mut self.transaction {
-            transaction.size = size;
-        }
-        if last {
-            self.final_reply(size).await
-        } else {
-            let Some(upstream) = self.upstream.as_mut() else {
-                return Err(Termination::ServerLost);
-            };
-            match upstream.session.reply().await {
-                Ok((_, bytes)) => {
-                    self.reply(&bytes);
-                    Ok(())
+            let piece: Vec<u8> = self.input.drain(..n).collect();
+            let stuffer = self.transaction.as_mut().and_then(|t| t.stuffer.as_mut());
+            let out = match stuffer {
+                None => piece,
+                Some(stuffer) => {
+                    stuffed.clear();
+                    if let Err(refusal) = stuffer.stuff(&piece, &mut stuffed) {
+                        self.discard(left).await?;
+                        self.refuse_message(refusal.into(), size).await;
+                        return Ok(());
+                    }
+                    std::mem::take(&mut stuffed)
                 }
-                Err(failure) => Err(self.lost(&failure)),
+            };
+            self.send_upstream(&out).await?;
+        }
+        let Some(transaction) = self.transaction.as_mut() else {
+            return Ok(());
+        };
+        transaction.size = size;
+        let tail = transaction.stuffer.as_ref().map(DotStuffer::finish);
+        match (tail, last) {
+            (None, true) => self.final_reply(size).await,
+            (Some(tail), true) => {
+                self.send_upstream(tail).await?;
+                self.final_reply(size).await
             }
+            (Some(_), false) => {
+                self.reply(format!("250 2.0.0 {chunk} octets received\r\n").as_bytes());
+                Ok(())
+            }
+            (None, false) => self.relay_reply().await.map(drop),
         }
     }
 
@@ -682,15 +725,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         Ok(())
     }
 
-    /// Ends a transaction whose message the proxy refused as too big after part of it
-    /// went by BDAT: RSET at the server, and the message logged.
-    async fn end_transaction_keeping(&mut self, size: u64) {
-        if let Some(upstream) = self.open_upstream_transaction()
+    /// Refuses the transaction's message: the server drops it (RSET between BDAT chunks;
+    /// its connection closed when it is reading a body, so that it never sees an end),
+    /// the client is told why, and the message is logged.
+    async fn refuse_message(&mut self, refusal: MessageRefusal, size: u64) {
+        let in_body = self
+            .transaction
+            .as_ref()
+            .is_some_and(|t| t.stuffer.is_some());
+        if in_body {
+            self.drop_upstream();
+        } else if let Some(upstream) = self.open_upstream_transaction()
             && upstream.session.command(b"RSET\r\n").await.is_err()
         {
             self.drop_upstream();
         }
-        self.finish_message(MessageRefusal::TooBig.code(), None, size);
+        self.reply(refusal.reply());
+        self.finish_message(refusal.code(), None, size);
     }
 
     /// Counts and logs the transaction's message with its final reply, and ends the
@@ -756,6 +807,15 @@ enum MessageRefusal {
     TooBig,
     LineTooLong,
     BareLineEnd,
+}
+
+impl From<Refusal> for MessageRefusal {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::LineTooLong => Self::LineTooLong,
+            Refusal::BareLineEnd => Self::BareLineEnd,
+        }
+    }
 }
 
 impl MessageRefusal {
