@@ -143,3 +143,59 @@ mod defaults {
         50 * 1024 * 1024
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{ListenerOptions, load_str};
+
+    const POOLS: &str = r#"
+[[pool]]
+name = "mail"
+send_xclient = true
+servers = [ { address = "127.0.0.1:25" } ]
+"#;
+
+    fn listener(keys: &str) -> String {
+        format!(
+            "[[listener]]\nname = \"mx\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"smtp\"\npool = \"mail\"\n{keys}\n{POOLS}"
+        )
+    }
+
+    #[test]
+    fn smtp_listeners_read_their_keys_and_routes() {
+        let text = listener(
+            "smtp = { hostname = \"mx.example\", max_message_bytes = 1000 }\n[[listener.routes]]\ndomain = \"*.example.org\"\npool = \"mail\"",
+        );
+        let config = load_str(Path::new("t.toml"), &text).expect("valid");
+        let ListenerOptions::Smtp(smtp) = &config.listeners[0].options else {
+            panic!("an smtp listener");
+        };
+        assert_eq!(smtp.smtp.hostname.as_deref(), Some("mx.example"));
+        assert_eq!(smtp.smtp.max_message_bytes, 1000);
+        assert_eq!(smtp.smtp.starttls, StartTls::Optional);
+        assert_eq!(smtp.routes[0].domain.as_deref(), Some("*.example.org"));
+        assert!(config.pools[0].smtp.send_xclient);
+    }
+
+    #[test]
+    fn tls_modes_need_certificates_and_domains_must_be_host_names() {
+        for (keys, key) in [
+            ("smtp = { starttls = \"required\" }", "smtp.starttls"),
+            ("smtp = { implicit_tls = true }", "smtp.implicit_tls"),
+            ("smtp = { max_message_bytes = 0 }", "smtp.max_message_bytes"),
+            (
+                "[[listener.routes]]\ndomain = \"\\u0308x.example\"\npool = \"mail\"",
+                "routes[0].domain",
+            ),
+        ] {
+            let errors = load_str(Path::new("t.toml"), &listener(keys))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(errors.contains(key), "{keys}: {errors}");
+        }
+    }
+}

@@ -138,7 +138,7 @@ impl Skipper {
 /// that the server finds the end exactly where the proxy puts it.
 #[derive(Debug, Clone, Default)]
 pub struct DotStuffer {
-    /// Bytes of the current line so far.
+    /// Bytes of the current line so far, as stuffed.
     line: usize,
     /// The last byte was a `CR`.
     cr: bool,
@@ -154,10 +154,17 @@ impl DotStuffer {
             }
             if self.line == 0 && byte == b'.' {
                 out.push(b'.');
+                self.line += 1;
             }
             out.push(byte);
             self.line += 1;
-            if self.line > MAX_TEXT_LINE {
+            // Room is kept for the line end, which `finish` may have to add.
+            let room = match byte {
+                b'\n' => 0,
+                b'\r' => 1,
+                _ => 2,
+            };
+            if self.line + room > MAX_TEXT_LINE {
                 return Err(Refusal::LineTooLong);
             }
             self.cr = byte == b'\r';
