@@ -8,12 +8,13 @@ mod support;
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::config::Config;
 use support::ops::{field, number};
-use support::smtp::{Aiosmtpd, SmtpSink, sha256_hex, smtplib_send, swaks};
+use support::smtp::{Aiosmtpd, SmtpSink, sha256_hex, smtplib_send, smtplib_send_over, swaks};
+use support::tls::Pki;
 use support::{DEADLINE, Proxy, wait_until};
 
 /// The name the proxy greets with in these tests.
@@ -52,8 +53,8 @@ async fn wait_message_lines(proxy: &Proxy, count: usize) -> Vec<Value> {
 }
 
 /// A client on a raw socket: the exact bytes it sends, one reply read whole at a time.
-struct Raw {
-    stream: TcpStream,
+struct Raw<S = TcpStream> {
+    stream: S,
     buffer: Vec<u8>,
 }
 
@@ -69,6 +70,25 @@ impl Raw {
         (raw, greeting)
     }
 
+    /// The TLS handshake (after `220` to STARTTLS), verifying `HOSTNAME` against `pki`.
+    async fn into_tls(self, pki: &Pki) -> Raw<tokio_rustls::client::TlsStream<TcpStream>> {
+        assert!(
+            self.buffer.is_empty(),
+            "nothing after the 220 before the handshake"
+        );
+        let name = rustls_pki_types::ServerName::try_from(HOSTNAME).expect("name");
+        let stream = tokio_rustls::TlsConnector::from(pki.client(None, &[]))
+            .connect(name, self.stream)
+            .await
+            .expect("TLS handshake after STARTTLS");
+        Raw {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
     }
@@ -651,4 +671,119 @@ async fn shutdown_tells_an_idle_client_421() {
     let reply = client.reply().await;
     assert!(reply.starts_with("421 4.3.2"), "{reply}");
     proxy.wait_exit().await;
+}
+
+/// Listener keys serving a certificate for `HOSTNAME` (and 127.0.0.1) from `pki`, with
+/// `smtp` keys.
+fn tls_listener(pki: &Pki, smtp: &str) -> String {
+    let cert = pki.issue("mx", HOSTNAME, &[HOSTNAME, "127.0.0.1"]);
+    format!(
+        "tls = {{ certs = [{{ cert = {:?}, key = {:?} }}] }}\nsmtp = {{ hostname = \"{HOSTNAME}\", {smtp} }}",
+        cert.cert, cert.key
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_drops_what_was_pipelined_after_it() {
+    let server = Aiosmtpd::start("aiosmtpd-a", false).await;
+    let pki = Pki::new("smtp test CA");
+    let (_proxy, front) = Config::new()
+        .protocol("smtp")
+        .listener(&tls_listener(&pki, "starttls = \"optional\""))
+        .server("mail", server.addr, "")
+        .start()
+        .await;
+    let (mut client, _) = Raw::connect(front).await;
+    let ehlo = client.command("EHLO client.example").await;
+    assert!(ehlo.ends_with("250 STARTTLS\r\n"), "{ehlo}");
+    // CVE-2011-0411: commands sent in clear behind STARTTLS must not run after it.
+    client
+        .send(b"STARTTLS\r\nMAIL FROM:<injected@example.net>\r\nRSET\r\n")
+        .await;
+    assert_eq!(client.reply().await, "220 2.0.0 Ready to start TLS\r\n");
+    let mut client = client.into_tls(&pki).await;
+    let ehlo = client.command("EHLO client.example").await;
+    assert!(ehlo.starts_with(&format!("250-{HOSTNAME}\r\n")), "{ehlo}");
+    assert!(!ehlo.contains("STARTTLS"), "offered once: {ehlo}");
+    assert!(
+        client
+            .command("RCPT TO:<r@example.com>")
+            .await
+            .starts_with("503 5.5.1"),
+        "the pipelined MAIL was dropped"
+    );
+    assert!(client.command("STARTTLS").await.starts_with("502"));
+    assert!(
+        client
+            .command("MAIL FROM:<s@example.net>")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        client
+            .command("RCPT TO:<r@example.com>")
+            .await
+            .starts_with("250")
+    );
+    assert!(client.command("DATA").await.starts_with("354"));
+    let body = b"Subject: tls\r\n\r\nsecret\r\n";
+    client.send(body).await;
+    assert!(client.command(".").await.starts_with("250 2.0.0"));
+    let received = server.wait_received(1).await;
+    assert_eq!(received[0]["sha256"], sha256_hex(body));
+    assert_eq!(received[0]["from"], "s@example.net");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_starttls_and_implicit_tls() {
+    let server = Aiosmtpd::start("aiosmtpd-a", false).await;
+    let pki = Pki::new("smtp test CA");
+    let (_proxy, front) = Config::new()
+        .protocol("smtp")
+        .listener(&tls_listener(&pki, "starttls = \"required\""))
+        .server("mail", server.addr, "")
+        .start()
+        .await;
+    let (mut client, _) = Raw::connect(front).await;
+    assert!(
+        client
+            .command("EHLO client.example")
+            .await
+            .contains("STARTTLS")
+    );
+    let refused = client.command("MAIL FROM:<s@example.net>").await;
+    assert_eq!(refused, "530 5.7.0 Must issue a STARTTLS command first\r\n");
+    let body = b"Subject: required\r\n\r\nover TLS\r\n";
+    let report = smtplib_send_over(
+        front,
+        Some(("starttls", &pki.ca)),
+        "127.0.0.1",
+        "s@example.net",
+        &["r@example.com"],
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
+    assert_eq!(server.wait_received(1).await[0]["sha256"], sha256_hex(body));
+
+    let (_proxy, front) = Config::new()
+        .protocol("smtp")
+        .listener(&tls_listener(&pki, "implicit_tls = true"))
+        .server("mail", server.addr, "")
+        .start()
+        .await;
+    let body = b"Subject: implicit\r\n\r\nport 465 style\r\n";
+    let report = smtplib_send_over(
+        front,
+        Some(("implicit", &pki.ca)),
+        "127.0.0.1",
+        "s@example.net",
+        &["r@example.com"],
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
+    assert_eq!(server.wait_received(2).await[1]["sha256"], sha256_hex(body));
 }

@@ -203,11 +203,19 @@ pub async fn swaks(server: SocketAddr, args: &[&str]) -> (bool, String) {
 /// The smtplib client: sends the file `message` from `sender` to `recipients` (with MAIL
 /// options) from `source` (an address on loopback), prints the refused recipients as JSON.
 const SENDER: &str = r#"
-import json, smtplib, sys
-server, port, source, sender, recipients, options, path = sys.argv[1:8]
+import json, smtplib, ssl, sys
+server, port, source, sender, recipients, options, path, tls, ca = sys.argv[1:10]
 message = open(path, "rb").read()
-with smtplib.SMTP(server, int(port), local_hostname="client.example",
-                  source_address=(source, 0), timeout=60) as smtp:
+context = ssl.create_default_context(cafile=ca) if ca else None
+if tls == "implicit":
+    smtp = smtplib.SMTP_SSL(server, int(port), local_hostname="client.example",
+                            source_address=(source, 0), timeout=60, context=context)
+else:
+    smtp = smtplib.SMTP(server, int(port), local_hostname="client.example",
+                        source_address=(source, 0), timeout=60)
+with smtp:
+    if tls == "starttls":
+        smtp.starttls(context=context)
     try:
         refused = smtp.sendmail(sender, recipients.split(","), message,
                                 mail_options=[o for o in options.split(",") if o])
@@ -228,6 +236,23 @@ pub async fn smtplib_send(
     options: &[&str],
     message: &[u8],
 ) -> Value {
+    smtplib_send_over(server, None, source, sender, recipients, options, message).await
+}
+
+/// How smtplib secures its connection: `"starttls"` or `"implicit"` (SMTP_SSL), trusting
+/// the CA in the file.
+pub type SmtplibTls<'a> = (&'a str, &'a std::path::Path);
+
+/// `smtplib_send`, over TLS when `tls` says so.
+pub async fn smtplib_send_over(
+    server: SocketAddr,
+    tls: Option<SmtplibTls<'_>>,
+    source: &str,
+    sender: &str,
+    recipients: &[&str],
+    options: &[&str],
+    message: &[u8],
+) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let script = dir.path().join("send.py");
     std::fs::write(&script, SENDER).expect("write sender");
@@ -242,6 +267,8 @@ pub async fn smtplib_send(
         .arg(recipients.join(","))
         .arg(options.join(","))
         .arg(&path)
+        .arg(tls.map_or("plain", |(mode, _)| mode))
+        .arg(tls.map_or(std::path::Path::new(""), |(_, ca)| ca))
         .output()
         .await
         .expect("run python3");

@@ -64,7 +64,8 @@ impl Frontend for Smtp {
         Ok(Arc::new(SmtpHandler {
             context: self.context.clone(),
             metrics: self.metrics.clone(),
-            ehlo: ehlo_reply(&hostname, &options.smtp),
+            ehlo: ehlo_reply(&hostname, &options.smtp, false),
+            ehlo_starttls: ehlo_reply(&hostname, &options.smtp, true),
             hostname,
             options: options.smtp.clone(),
             routing: Routing::build(listener.pool.as_deref(), &options.routes, pools, |_, _| ())?,
@@ -102,6 +103,8 @@ pub struct SmtpHandler {
     hostname: String,
     /// The EHLO reply, built once.
     ehlo: String,
+    /// The EHLO reply offering STARTTLS.
+    ehlo_starttls: String,
     options: SmtpOptions,
     routing: Routing<()>,
 }
@@ -112,10 +115,10 @@ impl Handler for SmtpHandler {
     }
 }
 
-/// The EHLO reply: the extensions the proxy carries end to end. STARTTLS is added per
-/// connection (only before the upgrade).
-fn ehlo_reply(hostname: &str, options: &SmtpOptions) -> String {
-    let lines = [
+/// The EHLO reply: the extensions the proxy carries end to end, and `starttls` while the
+/// client may still upgrade.
+fn ehlo_reply(hostname: &str, options: &SmtpOptions, starttls: bool) -> String {
+    let mut lines = vec![
         hostname.to_string(),
         "PIPELINING".into(),
         format!("SIZE {}", options.max_message_bytes),
@@ -124,6 +127,9 @@ fn ehlo_reply(hostname: &str, options: &SmtpOptions) -> String {
         "ENHANCEDSTATUSCODES".into(),
         "CHUNKING".into(),
     ];
+    if starttls {
+        lines.push("STARTTLS".into());
+    }
     let last = lines.len() - 1;
     lines
         .iter()

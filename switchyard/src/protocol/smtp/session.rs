@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use smtp_proto::Request;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use super::SmtpHandler;
 use super::command::{self, Line};
@@ -19,14 +21,20 @@ use super::data::{DotStuffer, EndScanner, Refusal, Scan};
 use super::log::MessageRecord;
 use super::reply;
 use super::server::{self, Failure, Opening, ServerSession};
-use crate::accept;
+use crate::accept::{self, TlsClient};
+use crate::config::StartTls;
 use crate::listener::{Accepted, Listener};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::route::RouteFacts;
+use crate::tls::{Rewind, ServerTls};
 use crate::upstream::Pool;
 
 /// Largest read from a client at once: a message streams through in pieces this size.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// A client connection: plaintext (the bytes read with a PROXY header first), or TLS
+/// (implicit, or after STARTTLS).
+type ClientStream = Either<Rewind<TcpStream>, Box<TlsClient>>;
 
 /// Handles one client connection to the end: one access log line per message, and one
 /// for the connection.
@@ -42,22 +50,46 @@ pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
     record.termination = match accept::open(&listener, &settings, stream, peer).await {
         Ok(opened) => {
             record.client = opened.client;
-            let mut session = Session {
-                handler: &handler,
-                listener: &listener,
-                record: &mut record,
-                client: opened.stream,
-                input: opened.early.to_vec(),
-                output: Vec::new(),
-                idle: settings.config.timeouts.client,
-                helo: None,
-                esmtp: false,
-                transaction: None,
-                upstream: None,
+            let options = &handler.options;
+            let tls = settings.tls.clone();
+            let client = match &tls {
+                Some(tls) if options.implicit_tls => {
+                    match opened.terminate_tls(&listener, tls).await {
+                        Ok((stream, _)) => Ok(Either::Right(stream)),
+                        Err(termination) => Err(termination),
+                    }
+                }
+                _ => Ok(Either::Left(opened.into_rewind())),
             };
-            let termination = session.run().await;
-            session.close_upstream().await;
-            termination
+            match client {
+                Ok(client) => {
+                    let secure = matches!(client, Either::Right(_));
+                    let starttls = if secure {
+                        None
+                    } else {
+                        tls.filter(|_| options.starttls != StartTls::Off)
+                    };
+                    let mut session = Session {
+                        handler: &handler,
+                        listener: &listener,
+                        record: &mut record,
+                        client: Some(client),
+                        starttls,
+                        secure,
+                        input: Vec::new(),
+                        output: Vec::new(),
+                        idle: settings.config.timeouts.client,
+                        helo: None,
+                        esmtp: false,
+                        transaction: None,
+                        upstream: None,
+                    };
+                    let termination = session.run().await;
+                    session.close_upstream().await;
+                    termination
+                }
+                Err(termination) => termination,
+            }
         }
         Err(termination) => termination,
     };
@@ -99,11 +131,16 @@ enum Flow {
     Quit,
 }
 
-struct Session<'a, S> {
+struct Session<'a> {
     handler: &'a SmtpHandler,
     listener: &'a Listener,
     record: &'a mut ConnectionRecord,
-    client: S,
+    /// `None` only during the STARTTLS handshake.
+    client: Option<ClientStream>,
+    /// The certificates STARTTLS upgrades with, while it is offered.
+    starttls: Option<Arc<ServerTls>>,
+    /// Whether the client's connection is TLS.
+    secure: bool,
     /// Client bytes read and not yet taken.
     input: Vec<u8>,
     /// Replies not yet written.
@@ -115,7 +152,7 @@ struct Session<'a, S> {
     upstream: Option<Upstream>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
+impl Session<'_> {
     async fn run(&mut self) -> Termination {
         let greeting = format!("220 {} ESMTP\r\n", self.handler.hostname);
         self.reply(greeting.as_bytes());
@@ -158,9 +195,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         if self.output.is_empty() {
             return Ok(());
         }
+        let Some(client) = self.client.as_mut() else {
+            return Err(Termination::ClientError);
+        };
         let write = async {
-            self.client.write_all(&self.output).await?;
-            self.client.flush().await
+            client.write_all(&self.output).await?;
+            client.flush().await
         };
         match tokio::time::timeout(self.idle, write).await {
             Ok(Ok(())) => {
@@ -180,10 +220,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     async fn fill(&mut self, between_commands: bool) -> Result<bool, Termination> {
         self.flush().await?;
         let context = &self.handler.context;
+        let Some(client) = self.client.as_mut() else {
+            return Err(Termination::ClientError);
+        };
         let start = self.input.len();
         self.input.resize(start + READ_CHUNK, 0);
         let read = tokio::select! {
-            read = tokio::time::timeout(self.idle, self.client.read(&mut self.input[start..])) => read,
+            read = tokio::time::timeout(self.idle, client.read(&mut self.input[start..])) => read,
             () = context.stopping.cancelled(), if between_commands => {
                 self.input.truncate(start);
                 let bye = format!("421 4.3.2 {} Service shutting down, closing connection\r\n", self.handler.hostname);
@@ -273,6 +316,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             self.drop_upstream();
             self.transaction = None;
         }
+        let needs_tls = matches!(
+            request,
+            Request::Mail { .. }
+                | Request::Rcpt { .. }
+                | Request::Data
+                | Request::Bdat { .. }
+                | Request::Auth { .. }
+        );
+        if needs_tls && !self.secure && self.handler.options.starttls == StartTls::Required {
+            if let Request::Bdat { chunk_size, .. } = request {
+                self.discard(chunk_size as u64).await?;
+            }
+            self.reply(b"530 5.7.0 Must issue a STARTTLS command first\r\n");
+            return Ok(Flow::Continue);
+        }
         match request {
             Request::Ehlo { host } | Request::Helo { host } => {
                 let esmtp = line
@@ -281,7 +339,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 self.end_transaction().await?;
                 self.helo = Some(host.into_owned());
                 self.esmtp = esmtp;
-                let answer = if esmtp {
+                let answer = if esmtp && self.starttls.is_some() {
+                    self.handler.ehlo_starttls.clone()
+                } else if esmtp {
                     self.handler.ehlo.clone()
                 } else {
                     format!("250 {}\r\n", self.handler.hostname)
@@ -332,7 +392,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 self.reply(b"502 5.5.1 Error: command not available\r\n");
             }
             Request::Help { .. } => self.reply(b"214 2.0.0 See RFC 5321\r\n"),
-            Request::StartTls | Request::Auth { .. } => {
+            Request::StartTls => return self.start_tls().await,
+            Request::Auth { .. } => {
                 self.reply(b"502 5.5.1 Error: command not offered\r\n");
             }
             Request::Lhlo { .. }
@@ -343,6 +404,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// STARTTLS: `220`, then the handshake with the listener's certificates. Whatever the
+    /// client sent after the command in clear is dropped, never executed (CVE-2011-0411),
+    /// and the session starts over: EHLO again, no transaction, a new server session.
+    async fn start_tls(&mut self) -> Result<Flow, Termination> {
+        let Some(tls) = self.starttls.take() else {
+            self.reply(b"502 5.5.1 Error: command not offered\r\n");
+            return Ok(Flow::Continue);
+        };
+        self.end_transaction().await?;
+        self.close_upstream().await;
+        self.reply(b"220 2.0.0 Ready to start TLS\r\n");
+        self.flush().await?;
+        if !self.input.is_empty() {
+            tracing::debug!(listener = %self.listener.name, client = %self.record.client, bytes = self.input.len(), "dropped what was pipelined after STARTTLS");
+            self.input.clear();
+        }
+        let Some(Either::Left(plain)) = self.client.take() else {
+            return Err(Termination::ClientError);
+        };
+        // Bytes a PROXY header read brought along were taken as commands long ago; none
+        // may follow into the handshake.
+        let (_, socket) = plain.into_parts();
+        match Box::pin(tls.accept(Rewind::new(bytes::Bytes::new(), socket))).await {
+            Ok((stream, _)) => {
+                self.client = Some(Either::Right(Box::new(stream)));
+                self.secure = true;
+                self.helo = None;
+                self.esmtp = false;
+                Ok(Flow::Continue)
+            }
+            Err(error) => {
+                self.listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(listener = %self.listener.name, client = %self.record.client, %error, "STARTTLS handshake failed");
+                Err(Termination::TlsHandshakeFailed)
+            }
+        }
     }
 
     /// The upstream session when the current transaction is open on it.
