@@ -787,3 +787,79 @@ async fn required_starttls_and_implicit_tls() {
     assert_eq!(report["refused"], serde_json::json!({}), "{report}");
     assert_eq!(server.wait_received(2).await[1]["sha256"], sha256_hex(body));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_by_starttls_or_from_the_first_byte_and_require_never_falls_back() {
+    let pki = Pki::new("smtp server CA");
+    let cert = pki.issue("server", "server.test", &["server.test", "127.0.0.1"]);
+    let body = b"Subject: upstream tls\r\n\r\nhi\r\n";
+    let send = |front| {
+        smtplib_send(
+            front,
+            "127.0.0.1",
+            "s@example.net",
+            &["r@example.com"],
+            &[],
+            body,
+        )
+    };
+
+    // STARTTLS to a server that requires it, the chain and name verified.
+    let starttls =
+        Aiosmtpd::start_with("aiosmtpd-starttls", false, Some(("starttls", &cert))).await;
+    let pool = format!(
+        "upstream_tls = {{ sslmode = \"verify-full\", root_cert = {:?}, starttls = true }}",
+        pki.ca
+    );
+    let (_proxy, front) = start(starttls.addr, "", &pool).await;
+    let report = send(front).await;
+    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
+    let received = starttls.wait_received(1).await;
+    assert_eq!(received[0]["tls"], true);
+    assert_eq!(received[0]["sha256"], sha256_hex(body));
+
+    // TLS from the first byte (port 465 style).
+    let implicit =
+        Aiosmtpd::start_with("aiosmtpd-implicit", false, Some(("implicit", &cert))).await;
+    let pool = format!(
+        "upstream_tls = {{ sslmode = \"verify-full\", root_cert = {:?} }}",
+        pki.ca
+    );
+    let (_proxy, front) = start(implicit.addr, "", &pool).await;
+    let report = send(front).await;
+    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
+    assert_eq!(implicit.wait_received(1).await[0]["tls"], true);
+
+    // A server without STARTTLS: `require` fails the message, `prefer` goes on in clear.
+    let plain = Aiosmtpd::start("aiosmtpd-plain", false).await;
+    let (proxy, front) = start(
+        plain.addr,
+        "",
+        "upstream_tls = { sslmode = \"require\", starttls = true }",
+    )
+    .await;
+    let report = send(front).await;
+    assert_eq!(report["refused"]["r@example.com"][0], 421, "{report}");
+    assert!(
+        report["refused"]["r@example.com"][1]
+            .as_str()
+            .is_some_and(|t| t.starts_with("4.7.0")),
+        "{report}"
+    );
+    let line = support::ops::wait_access(&proxy, "the refused session", |l| {
+        field(l, "termination") == "server_tls_failed"
+    })
+    .await;
+    assert_eq!(field(&line, "listener"), "front");
+    let (_proxy, front) = start(
+        plain.addr,
+        "",
+        "upstream_tls = { sslmode = \"prefer\", starttls = true }",
+    )
+    .await;
+    let report = send(front).await;
+    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
+    let received = plain.wait_received(1).await;
+    assert_eq!(received.len(), 1, "only the prefer message arrived");
+    assert_eq!(received[0]["tls"], false);
+}

@@ -566,6 +566,10 @@ pub struct UpstreamTlsConfig {
     /// ALPN protocols offered to servers.
     #[serde(default)]
     pub alpn: Vec<String>,
+    /// SMTP: upgrade with STARTTLS after the server's EHLO, instead of TLS from the first
+    /// byte.
+    #[serde(default)]
+    pub starttls: bool,
 }
 
 /// Default values, named so the schema documentation and the code agree.

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use serde_json::Value;
 
 use super::os_user::OsUser;
+use super::tls::CertFiles;
 use super::{free_port, wait_until};
 
 /// The Python with Debian's modules (aiosmtpd); the `python3` on PATH may be another.
@@ -17,10 +18,15 @@ pub const PYTHON: &str = "/usr/bin/python3";
 
 /// The recording server: aiosmtpd with a handler that appends one JSON line per message.
 const RECORDER: &str = r#"
-import asyncio, hashlib, json, sys
+import asyncio, hashlib, json, ssl, sys
 from aiosmtpd.smtp import SMTP, syntax
 
 port, out, name, xclient = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "xclient"
+tls_mode = sys.argv[5]
+context = None
+if tls_mode != "plain":
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[6], sys.argv[7])
 
 class Server(SMTP):
     @syntax("XCLIENT attribute=value ...")
@@ -50,6 +56,8 @@ class Recorder:
             "size": len(content),
             "helo": session.host_name,
             "xclient": getattr(session, "xclient", None),
+            "tls": server._tls_protocol is not None
+                   or server.transport.get_extra_info("ssl_object") is not None,
         }
         with open(out, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -57,10 +65,12 @@ class Recorder:
 
 async def main():
     loop = asyncio.get_running_loop()
+    starttls = tls_mode == "starttls"
     server = await loop.create_server(
         lambda: Server(Recorder(), enable_SMTPUTF8=True, data_size_limit=64 * 1024 * 1024,
-                       hostname=name),
-        "127.0.0.1", port)
+                       hostname=name, tls_context=context if starttls else None,
+                       require_starttls=starttls),
+        "127.0.0.1", port, ssl=context if tls_mode == "implicit" else None)
     await server.serve_forever()
 
 asyncio.run(main())
@@ -89,7 +99,27 @@ impl Aiosmtpd {
     /// Starts one named `name` (its greeting and the `server` field of its records), as
     /// the unprivileged `nobody`; with `xclient` it offers XCLIENT and records it.
     pub async fn start(name: &str, xclient: bool) -> Self {
+        Self::start_with(name, xclient, None).await
+    }
+
+    /// `start`, with TLS: `("starttls", cert)` offers (and requires) STARTTLS,
+    /// `("implicit", cert)` speaks TLS from the first byte.
+    pub async fn start_with(name: &str, xclient: bool, tls: Option<(&str, &CertFiles)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut tls_args = vec![tls.map_or("plain", |(mode, _)| mode).to_string()];
+        if let Some((_, files)) = tls {
+            // Readable by the server's user.
+            for (from, to) in [(&files.cert, "cert.pem"), (&files.key, "key.pem")] {
+                let copy = dir.path().join(to);
+                std::fs::copy(from, &copy).expect("copy certificate");
+                std::fs::set_permissions(
+                    &copy,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                )
+                .expect("chmod");
+                tls_args.push(copy.display().to_string());
+            }
+        }
         let script = dir.path().join("recorder.py");
         std::fs::write(&script, RECORDER).expect("write recorder");
         let received = dir.path().join("received.jsonl");
@@ -106,6 +136,7 @@ impl Aiosmtpd {
             .arg(&received)
             .arg(name)
             .arg(if xclient { "xclient" } else { "plain" })
+            .args(&tls_args)
             .stdout(Stdio::null())
             .spawn()
             .expect("start aiosmtpd (Debian python3-aiosmtpd)");

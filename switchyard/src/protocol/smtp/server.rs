@@ -9,15 +9,21 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use tokio_util::either::Either;
+
 use super::reply::{self, BadReply, Reply};
+use crate::config::SslMode;
 use crate::observe::Termination;
+use crate::tls::UpstreamTls;
 use crate::upstream::{
-    ConnectError, Lease, LeaseError, Pool, Server, ServerStream, following_reloads,
+    ConnectError, Lease, LeaseError, Pool, Server, ServerStream, Stage, following_reloads,
+    record_failure, secure_upstream, server_host,
 };
 
 /// A server connection in SMTP's command phase.
 pub struct ServerSession {
-    stream: ServerStream,
+    /// `None` only during the STARTTLS handshake.
+    stream: Option<ServerStream>,
     /// Bytes read past the last reply taken.
     buffer: Vec<u8>,
     /// The pool it belongs to.
@@ -59,6 +65,7 @@ impl Failure {
             }
             Termination::ServerTimeout => "4.4.2 Mail server timed out",
             Termination::ServerRefused => "4.4.0 Mail server refused the session",
+            Termination::ServerTlsFailed => "4.7.0 TLS to the mail server failed",
             _ => "4.4.1 Mail server unreachable",
         };
         format!("421 {why} ({hostname}), closing connection\r\n")
@@ -75,6 +82,8 @@ pub struct Opening<'a> {
     pub helo: &'a str,
     /// Whether the client spoke ESMTP (EHLO).
     pub esmtp: bool,
+    /// The address the client reached (for a PROXY header).
+    pub destination: SocketAddr,
 }
 
 /// Opens a session on a server of `pool` (or of the pool `reroute` gives when a reload
@@ -103,26 +112,49 @@ pub async fn open(
         Failure::new(termination, format!("pool {}: {error}", pool.name))
     })?;
     let server = upstream.lease.server().clone();
+    let header = super::super::proxy_preamble(
+        pool.send_proxy_protocol,
+        client,
+        || opening.destination,
+        None,
+    );
+    let tls = pool
+        .tls
+        .clone()
+        .filter(|tls| tls.mode().asks_for_tls(false));
+    // TLS from the first byte (port 465 style) unless the pool upgrades with STARTTLS.
+    let stream = match &tls {
+        Some(tls) if !tls.starttls() => {
+            match Box::pin(secure_upstream(&pool, &server, upstream.stream, &header)).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    record_failure(&pool, &server, Stage::Tls, &error);
+                    return Err(Failure::new(
+                        Termination::ServerTlsFailed,
+                        error.to_string(),
+                    ));
+                }
+            }
+        }
+        _ => {
+            let mut stream = upstream.stream;
+            if let Err(error) = stream.write_all(&header).await {
+                return Err(io_failure(&error));
+            }
+            Either::Left(stream)
+        }
+    };
     let mut session = ServerSession {
-        stream: tokio_util::either::Either::Left(upstream.stream),
+        stream: Some(stream),
         buffer: Vec::new(),
         timeout: pool.timeouts.server,
         pool,
         server,
         chunking: false,
-        bytes_out: 0,
+        bytes_out: header.len() as u64,
         bytes_in: 0,
         _lease: upstream.lease,
     };
-    let header = super::super::proxy_preamble(
-        session.pool.send_proxy_protocol,
-        client,
-        || opening_destination(&session),
-        None,
-    );
-    if !header.is_empty() {
-        session.send(&header).await?;
-    }
     let (banner, _) = session.reply().await?;
     if banner.code != 220 {
         return Err(Failure::new(
@@ -131,6 +163,9 @@ pub async fn open(
         ));
     }
     let mut ehlo = session.hello(opening.hostname).await?;
+    if let Some(tls) = tls.filter(|tls| tls.starttls()) {
+        ehlo = session.start_tls(&tls, &ehlo, opening.hostname).await?;
+    }
     if session.pool.smtp.send_xclient {
         match reply::extension(&ehlo, "XCLIENT") {
             Some(offered) => {
@@ -153,15 +188,6 @@ pub async fn open(
     }
     session.chunking = reply::extension(&ehlo, "CHUNKING").is_some();
     Ok(session)
-}
-
-/// The address the proxy's connection reached, for a PROXY header.
-fn opening_destination(session: &ServerSession) -> SocketAddr {
-    match &session.stream {
-        tokio_util::either::Either::Left(stream) => stream.peer_addr(),
-        tokio_util::either::Either::Right(stream) => stream.get_ref().0.peer_addr(),
-    }
-    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 /// Postfix's `XCLIENT` with the attributes the server offers (`offered`, its EHLO
@@ -208,9 +234,15 @@ fn xtext(value: &str) -> String {
 impl ServerSession {
     /// Sends bytes to the server.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(Failure::new(
+                Termination::ServerError,
+                "no server connection",
+            ));
+        };
         let write = async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
+            stream.write_all(bytes).await?;
+            stream.flush().await
         };
         match tokio::time::timeout(self.timeout, write).await {
             Ok(Ok(())) => {
@@ -235,8 +267,14 @@ impl ServerSession {
                     return Err(Failure::new(Termination::ServerError, error.to_string()));
                 }
             }
+            let Some(stream) = self.stream.as_mut() else {
+                return Err(Failure::new(
+                    Termination::ServerError,
+                    "no server connection",
+                ));
+            };
             let mut chunk = [0u8; 4096];
-            let read = tokio::time::timeout(self.timeout, self.stream.read(&mut chunk)).await;
+            let read = tokio::time::timeout(self.timeout, stream.read(&mut chunk)).await;
             match read {
                 Ok(Ok(0)) => {
                     return Err(Failure::new(Termination::ServerClosed, "server closed"));
@@ -271,10 +309,69 @@ impl ServerSession {
         Ok(bytes)
     }
 
+    /// STARTTLS after the server's EHLO reply `ehlo`, then EHLO again as `hostname`;
+    /// returns the EHLO reply in force. A server that does not offer it (or refuses it)
+    /// keeps the session in plaintext only under `sslmode = "prefer"`: `require` and the
+    /// verifying modes fail the session rather than fall back.
+    async fn start_tls(
+        &mut self,
+        tls: &UpstreamTls,
+        ehlo: &[u8],
+        hostname: &str,
+    ) -> Result<Vec<u8>, Failure> {
+        let refusal = if reply::extension(ehlo, "STARTTLS").is_none() {
+            Some("the server does not offer STARTTLS".to_string())
+        } else {
+            let (answer, _) = self.command(b"STARTTLS\r\n").await?;
+            (answer.code != 220).then(|| format!("STARTTLS answered {}", answer.code))
+        };
+        if let Some(why) = refusal {
+            if tls.mode() == SslMode::Prefer {
+                tracing::debug!(pool = %self.pool.name, server = %self.server.name, why, "sslmode=prefer: the mail server session stays in plaintext");
+                return Ok(ehlo.to_vec());
+            }
+            return Err(Failure::new(
+                Termination::ServerTlsFailed,
+                format!("{why} (sslmode={})", tls.mode().as_str()),
+            ));
+        }
+        // Bytes the server sent after its 220 came before the handshake: unauthenticated.
+        if !self.buffer.is_empty() {
+            return Err(Failure::new(
+                Termination::ServerTlsFailed,
+                "the server sent bytes after its 220 to STARTTLS",
+            ));
+        }
+        let Some(Either::Left(stream)) = self.stream.take() else {
+            return Err(Failure::new(
+                Termination::ServerTlsFailed,
+                "not a plaintext session",
+            ));
+        };
+        let host = server_host(&self.server);
+        let handshake =
+            tokio::time::timeout(self.pool.timeouts.connect, tls.handshake(stream, &host)).await;
+        let error = match handshake {
+            Ok(Ok(stream)) => {
+                self.stream = Some(Either::Right(stream));
+                return self.hello(hostname).await;
+            }
+            Ok(Err(error)) => error,
+            Err(_) => io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"),
+        };
+        record_failure(&self.pool, &self.server, Stage::Tls, &error);
+        Err(Failure::new(
+            Termination::ServerTlsFailed,
+            format!("TLS handshake (sslmode={}): {error}", tls.mode().as_str()),
+        ))
+    }
+
     /// Ends the session politely: QUIT, its reply not waited for.
     pub async fn quit(&mut self) {
         let _ = self.send(b"QUIT\r\n").await;
-        let _ = self.stream.shutdown().await;
+        if let Some(stream) = self.stream.as_mut() {
+            let _ = stream.shutdown().await;
+        }
     }
 }
 
@@ -293,6 +390,7 @@ mod tests {
             client: "192.0.2.7:4711".parse().expect("address"),
             helo: "client host+1",
             esmtp: true,
+            destination: "192.0.2.1:25".parse().expect("address"),
         };
         assert_eq!(
             xclient(&opening, "NAME ADDR PROTO HELO PORT LOGIN"),

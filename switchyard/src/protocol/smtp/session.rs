@@ -50,6 +50,7 @@ pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
     record.termination = match accept::open(&listener, &settings, stream, peer).await {
         Ok(opened) => {
             record.client = opened.client;
+            let destination = opened.destination(&listener);
             let options = &handler.options;
             let tls = settings.tls.clone();
             let client = match &tls {
@@ -76,6 +77,7 @@ pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
                         client: Some(client),
                         starttls,
                         secure,
+                        destination,
                         input: Vec::new(),
                         output: Vec::new(),
                         idle: settings.config.timeouts.client,
@@ -141,6 +143,8 @@ struct Session<'a> {
     starttls: Option<Arc<ServerTls>>,
     /// Whether the client's connection is TLS.
     secure: bool,
+    /// The address the client reached.
+    destination: std::net::SocketAddr,
     /// Client bytes read and not yet taken.
     input: Vec<u8>,
     /// Replies not yet written.
@@ -538,6 +542,7 @@ impl Session<'_> {
                 client: self.record.client,
                 helo: &helo,
                 esmtp: self.esmtp,
+                destination: self.destination,
             };
             let listener = self.listener;
             let route = pool.clone();
