@@ -863,3 +863,29 @@ async fn upstream_tls_by_starttls_or_from_the_first_byte_and_require_never_falls
     assert_eq!(received.len(), 1, "only the prefer message arrived");
     assert_eq!(received[0]["tls"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smtp_health_check_greets_and_upgrades_as_sessions_do() {
+    let health = "health = { check = \"smtp\", interval = \"200ms\", rise = 1, fall = 1 }";
+    let server = Aiosmtpd::start("aiosmtpd-a", false).await;
+    let (proxy, _front) = start(server.addr, "", health).await;
+    proxy.wait_health("app", "mail", "up").await;
+    drop(server);
+    proxy.wait_health("app", "mail", "down").await;
+
+    // STARTTLS required by the pool: up where the server offers it, down where it does not.
+    let pki = Pki::new("smtp server CA");
+    let cert = pki.issue("server", "server.test", &["server.test", "127.0.0.1"]);
+    let starttls =
+        Aiosmtpd::start_with("aiosmtpd-starttls", false, Some(("starttls", &cert))).await;
+    let plain = Aiosmtpd::start("aiosmtpd-plain", false).await;
+    let pool = format!("{health}\nupstream_tls = {{ sslmode = \"require\", starttls = true }}");
+    let (proxy, _front) = Config::new()
+        .protocol("smtp")
+        .pool(&pool)
+        .servers(&[("tls", starttls.addr, ""), ("clear", plain.addr, "")])
+        .start()
+        .await;
+    proxy.wait_health("app", "tls", "up").await;
+    proxy.wait_health("app", "clear", "down").await;
+}

@@ -437,6 +437,8 @@ pub enum CheckOptions {
     Postgres(DatabaseCheck),
     /// A MySQL login and role query.
     Mysql(MysqlCheck),
+    /// An SMTP banner, EHLO (and STARTTLS with `upstream_tls.starttls`), QUIT.
+    Smtp,
 }
 
 impl HealthConfig {

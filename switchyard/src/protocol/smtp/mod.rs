@@ -7,6 +7,7 @@
 //! paired with its command, DATA bodies streamed to their exact end, BDAT chunks by their
 //! byte count, the message size limit enforced. One access log line per message.
 
+mod check;
 pub mod command;
 pub mod data;
 mod log;
@@ -18,7 +19,8 @@ mod session;
 use std::sync::Arc;
 
 use super::{Context, Frontend, Pools};
-use crate::config::{ListenerConfig, ListenerOptions, Protocol, SmtpOptions, SmtpRoute};
+use crate::config::{CheckKind, ListenerConfig, ListenerOptions, Protocol, SmtpOptions, SmtpRoute};
+use crate::health::Check;
 use crate::listener::{Accepted, Handler, Serving};
 use crate::route::{Matcher, RouteRule, Routing};
 use metrics::SmtpMetrics;
@@ -74,6 +76,13 @@ impl Frontend for Smtp {
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics.register(registry);
+    }
+
+    fn checks(&self) -> Vec<(CheckKind, Arc<dyn Check>)> {
+        let check = check::SmtpCheck {
+            hostname: machine_hostname(),
+        };
+        vec![(CheckKind::Smtp, Arc::new(check))]
     }
 }
 

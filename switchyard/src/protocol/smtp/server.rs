@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use tokio_util::either::Either;
 
@@ -20,23 +21,30 @@ use crate::upstream::{
     record_failure, secure_upstream, server_host,
 };
 
-/// A server connection in SMTP's command phase.
-pub struct ServerSession {
+/// A conversation with a mail server: commands sent, replies read whole one at a time
+/// (the sessions clients' transactions go through, and the `smtp` health check).
+pub struct Conversation {
     /// `None` only during the STARTTLS handshake.
     stream: Option<ServerStream>,
     /// Bytes read past the last reply taken.
     buffer: Vec<u8>,
+    timeout: Duration,
+    /// Bytes written to the server.
+    pub bytes_out: u64,
+    /// Bytes read from it.
+    pub bytes_in: u64,
+}
+
+/// A server session of the pool that clients' transactions go through.
+pub struct ServerSession {
+    /// The conversation.
+    pub conversation: Conversation,
     /// The pool it belongs to.
     pub pool: Arc<Pool>,
     /// The server.
     pub server: Arc<Server>,
     /// Whether its EHLO reply offered `CHUNKING` (BDAT).
     pub chunking: bool,
-    /// Bytes written to it.
-    pub bytes_out: u64,
-    /// Bytes read from it.
-    pub bytes_in: u64,
-    timeout: Duration,
     _lease: Lease,
 }
 
@@ -118,68 +126,28 @@ pub async fn open(
         || opening.destination,
         None,
     );
-    let tls = pool
-        .tls
-        .clone()
-        .filter(|tls| tls.mode().asks_for_tls(false));
-    // TLS from the first byte (port 465 style) unless the pool upgrades with STARTTLS.
-    let stream = match &tls {
-        Some(tls) if !tls.starttls() => {
-            match Box::pin(secure_upstream(&pool, &server, upstream.stream, &header)).await {
-                Ok(stream) => stream,
-                Err(error) => {
-                    record_failure(&pool, &server, Stage::Tls, &error);
-                    return Err(Failure::new(
-                        Termination::ServerTlsFailed,
-                        error.to_string(),
-                    ));
-                }
-            }
-        }
-        _ => {
-            let mut stream = upstream.stream;
-            if let Err(error) = stream.write_all(&header).await {
-                return Err(io_failure(&error));
-            }
-            Either::Left(stream)
-        }
-    };
+    let (conversation, mut ehlo) =
+        greet(&pool, &server, upstream.stream, &header, opening.hostname).await?;
     let mut session = ServerSession {
-        stream: Some(stream),
-        buffer: Vec::new(),
-        timeout: pool.timeouts.server,
+        conversation,
         pool,
         server,
         chunking: false,
-        bytes_out: header.len() as u64,
-        bytes_in: 0,
         _lease: upstream.lease,
     };
-    let (banner, _) = session.reply().await?;
-    if banner.code != 220 {
-        return Err(Failure::new(
-            Termination::ServerRefused,
-            format!("banner {}", banner.code),
-        ));
-    }
-    let mut ehlo = session.hello(opening.hostname).await?;
-    if let Some(tls) = tls.filter(|tls| tls.starttls()) {
-        ehlo = session.start_tls(&tls, &ehlo, opening.hostname).await?;
-    }
     if session.pool.smtp.send_xclient {
         match reply::extension(&ehlo, "XCLIENT") {
             Some(offered) => {
                 let command = xclient(opening, &offered);
-                session.send(command.as_bytes()).await?;
                 // Postfix's smtpd greets again (220), its smtp-sink says 250.
-                let (answer, _) = session.reply().await?;
+                let (answer, _) = session.conversation.command(command.as_bytes()).await?;
                 if !(200..300).contains(&answer.code) {
                     return Err(Failure::new(
                         Termination::ServerRefused,
                         format!("XCLIENT answered {}", answer.code),
                     ));
                 }
-                ehlo = session.hello(opening.helo).await?;
+                ehlo = session.conversation.hello(opening.helo).await?;
             }
             None => {
                 tracing::warn!(pool = %session.pool.name, server = %session.server.name, "send_xclient: the server does not offer XCLIENT")
@@ -188,6 +156,65 @@ pub async fn open(
     }
     session.chunking = reply::extension(&ehlo, "CHUNKING").is_some();
     Ok(session)
+}
+
+/// Opens the conversation on a fresh connection to `server`: `header` (a PROXY header, or
+/// nothing) in clear, TLS from the first byte when the pool's `sslmode` asks for it without
+/// `starttls`, the `220` banner, `EHLO hostname`, and STARTTLS when the pool asks for it.
+/// Returns the conversation and the EHLO reply in force.
+pub async fn greet(
+    pool: &Pool,
+    server: &Server,
+    stream: TcpStream,
+    header: &[u8],
+    hostname: &str,
+) -> Result<(Conversation, Vec<u8>), Failure> {
+    let tls = pool
+        .tls
+        .clone()
+        .filter(|tls| tls.mode().asks_for_tls(false));
+    let stream = match &tls {
+        Some(tls) if !tls.starttls() => {
+            match Box::pin(secure_upstream(pool, server, stream, header)).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    record_failure(pool, server, Stage::Tls, &error);
+                    return Err(Failure::new(
+                        Termination::ServerTlsFailed,
+                        error.to_string(),
+                    ));
+                }
+            }
+        }
+        _ => {
+            let mut stream = stream;
+            if let Err(error) = stream.write_all(header).await {
+                return Err(io_failure(&error));
+            }
+            Either::Left(stream)
+        }
+    };
+    let mut conversation = Conversation {
+        stream: Some(stream),
+        buffer: Vec::new(),
+        timeout: pool.timeouts.server,
+        bytes_out: header.len() as u64,
+        bytes_in: 0,
+    };
+    let (banner, _) = conversation.reply().await?;
+    if banner.code != 220 {
+        return Err(Failure::new(
+            Termination::ServerRefused,
+            format!("banner {}", banner.code),
+        ));
+    }
+    let mut ehlo = conversation.hello(hostname).await?;
+    if let Some(tls) = tls.filter(|tls| tls.starttls()) {
+        ehlo = conversation
+            .start_tls(&tls, pool, server, &ehlo, hostname)
+            .await?;
+    }
+    Ok((conversation, ehlo))
 }
 
 /// Postfix's `XCLIENT` with the attributes the server offers (`offered`, its EHLO
@@ -231,7 +258,7 @@ fn xtext(value: &str) -> String {
         .collect()
 }
 
-impl ServerSession {
+impl Conversation {
     /// Sends bytes to the server.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
         let Some(stream) = self.stream.as_mut() else {
@@ -298,7 +325,7 @@ impl ServerSession {
     }
 
     /// EHLO as `name`; the reply must be positive.
-    async fn hello(&mut self, name: &str) -> Result<Vec<u8>, Failure> {
+    pub async fn hello(&mut self, name: &str) -> Result<Vec<u8>, Failure> {
         let (answer, bytes) = self.command(format!("EHLO {name}\r\n").as_bytes()).await?;
         if !answer.is_positive() {
             return Err(Failure::new(
@@ -316,6 +343,8 @@ impl ServerSession {
     async fn start_tls(
         &mut self,
         tls: &UpstreamTls,
+        pool: &Pool,
+        server: &Server,
         ehlo: &[u8],
         hostname: &str,
     ) -> Result<Vec<u8>, Failure> {
@@ -327,7 +356,7 @@ impl ServerSession {
         };
         if let Some(why) = refusal {
             if tls.mode() == SslMode::Prefer {
-                tracing::debug!(pool = %self.pool.name, server = %self.server.name, why, "sslmode=prefer: the mail server session stays in plaintext");
+                tracing::debug!(pool = %pool.name, server = %server.name, why, "sslmode=prefer: the mail server session stays in plaintext");
                 return Ok(ehlo.to_vec());
             }
             return Err(Failure::new(
@@ -348,9 +377,9 @@ impl ServerSession {
                 "not a plaintext session",
             ));
         };
-        let host = server_host(&self.server);
+        let host = server_host(server);
         let handshake =
-            tokio::time::timeout(self.pool.timeouts.connect, tls.handshake(stream, &host)).await;
+            tokio::time::timeout(pool.timeouts.connect, tls.handshake(stream, &host)).await;
         let error = match handshake {
             Ok(Ok(stream)) => {
                 self.stream = Some(Either::Right(stream));
@@ -359,7 +388,7 @@ impl ServerSession {
             Ok(Err(error)) => error,
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"),
         };
-        record_failure(&self.pool, &self.server, Stage::Tls, &error);
+        record_failure(pool, server, Stage::Tls, &error);
         Err(Failure::new(
             Termination::ServerTlsFailed,
             format!("TLS handshake (sslmode={}): {error}", tls.mode().as_str()),

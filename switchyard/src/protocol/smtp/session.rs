@@ -461,7 +461,7 @@ impl Session<'_> {
     /// RSET, its reply not passed on.
     async fn end_transaction(&mut self) -> Result<(), Termination> {
         if let Some(upstream) = self.open_upstream_transaction() {
-            let reset = upstream.session.command(b"RSET\r\n").await;
+            let reset = upstream.session.conversation.command(b"RSET\r\n").await;
             if let Err(failure) = reset {
                 tracing::debug!(listener = %self.listener.name, detail = %failure.detail, "server lost at RSET");
                 self.drop_upstream();
@@ -584,6 +584,7 @@ impl Session<'_> {
         };
         let (answer, bytes) = upstream
             .session
+            .conversation
             .command(&mail)
             .await
             .map_err(|f| self.lost(&f))?;
@@ -681,7 +682,7 @@ impl Session<'_> {
         let Some(upstream) = self.upstream.as_mut() else {
             return Err(Termination::ServerLost);
         };
-        match upstream.session.command(line).await {
+        match upstream.session.conversation.command(line).await {
             Ok((answer, bytes)) => {
                 self.reply(&bytes);
                 Ok(answer)
@@ -695,7 +696,7 @@ impl Session<'_> {
         let Some(upstream) = self.upstream.as_mut() else {
             return Err(Termination::ServerLost);
         };
-        match upstream.session.send(bytes).await {
+        match upstream.session.conversation.send(bytes).await {
             Ok(()) => Ok(()),
             Err(failure) => Err(self.lost(&failure)),
         }
@@ -707,7 +708,7 @@ impl Session<'_> {
         let Some(upstream) = self.upstream.as_mut() else {
             return Err(Termination::ServerLost);
         };
-        match upstream.session.reply().await {
+        match upstream.session.conversation.reply().await {
             Ok((answer, bytes)) => {
                 self.reply(&bytes);
                 Ok((answer, bytes))
@@ -746,11 +747,21 @@ impl Session<'_> {
             .as_ref()
             .is_some_and(|t| t.stuffer.is_some());
         let opened = if chunking {
-            upstream.session.send(line).await.map(|()| None)
+            upstream
+                .session
+                .conversation
+                .send(line)
+                .await
+                .map(|()| None)
         } else if converting {
             Ok(None)
         } else {
-            upstream.session.command(b"DATA\r\n").await.map(Some)
+            upstream
+                .session
+                .conversation
+                .command(b"DATA\r\n")
+                .await
+                .map(Some)
         };
         match opened {
             Err(failure) => return Err(self.lost(&failure)),
@@ -840,7 +851,12 @@ impl Session<'_> {
         if in_body {
             self.drop_upstream();
         } else if let Some(upstream) = self.open_upstream_transaction()
-            && upstream.session.command(b"RSET\r\n").await.is_err()
+            && upstream
+                .session
+                .conversation
+                .command(b"RSET\r\n")
+                .await
+                .is_err()
         {
             self.drop_upstream();
         }
@@ -893,7 +909,7 @@ impl Session<'_> {
     /// Ends the server session with QUIT.
     async fn close_upstream(&mut self) {
         if let Some(mut upstream) = self.upstream.take() {
-            upstream.session.quit().await;
+            upstream.session.conversation.quit().await;
             account(&upstream.session);
         }
     }
@@ -901,8 +917,16 @@ impl Session<'_> {
 
 /// Adds a server session's bytes to its server's counters.
 fn account(session: &ServerSession) {
-    session.server.stats.bytes_in.add(session.bytes_out);
-    session.server.stats.bytes_out.add(session.bytes_in);
+    session
+        .server
+        .stats
+        .bytes_in
+        .add(session.conversation.bytes_out);
+    session
+        .server
+        .stats
+        .bytes_out
+        .add(session.conversation.bytes_in);
 }
 
 /// Why the proxy refuses a message.
