@@ -756,7 +756,7 @@ async fn required_starttls_and_implicit_tls() {
     let body = b"Subject: required\r\n\r\nover TLS\r\n";
     let report = smtplib_send_over(
         front,
-        Some(("starttls", &pki.ca)),
+        Some(("starttls", &pki.ca, "")),
         "127.0.0.1",
         "s@example.net",
         &["r@example.com"],
@@ -776,7 +776,7 @@ async fn required_starttls_and_implicit_tls() {
     let body = b"Subject: implicit\r\n\r\nport 465 style\r\n";
     let report = smtplib_send_over(
         front,
-        Some(("implicit", &pki.ca)),
+        Some(("implicit", &pki.ca, "")),
         "127.0.0.1",
         "s@example.net",
         &["r@example.com"],
@@ -805,8 +805,7 @@ async fn upstream_tls_by_starttls_or_from_the_first_byte_and_require_never_falls
     };
 
     // STARTTLS to a server that requires it, the chain and name verified.
-    let starttls =
-        Aiosmtpd::start_with("aiosmtpd-starttls", false, Some(("starttls", &cert))).await;
+    let starttls = Aiosmtpd::start_with("aiosmtpd-starttls", "", Some(("starttls", &cert))).await;
     let pool = format!(
         "upstream_tls = {{ sslmode = \"verify-full\", root_cert = {:?}, starttls = true }}",
         pki.ca
@@ -819,8 +818,7 @@ async fn upstream_tls_by_starttls_or_from_the_first_byte_and_require_never_falls
     assert_eq!(received[0]["sha256"], sha256_hex(body));
 
     // TLS from the first byte (port 465 style).
-    let implicit =
-        Aiosmtpd::start_with("aiosmtpd-implicit", false, Some(("implicit", &cert))).await;
+    let implicit = Aiosmtpd::start_with("aiosmtpd-implicit", "", Some(("implicit", &cert))).await;
     let pool = format!(
         "upstream_tls = {{ sslmode = \"verify-full\", root_cert = {:?} }}",
         pki.ca
@@ -876,8 +874,7 @@ async fn the_smtp_health_check_greets_and_upgrades_as_sessions_do() {
     // STARTTLS required by the pool: up where the server offers it, down where it does not.
     let pki = Pki::new("smtp server CA");
     let cert = pki.issue("server", "server.test", &["server.test", "127.0.0.1"]);
-    let starttls =
-        Aiosmtpd::start_with("aiosmtpd-starttls", false, Some(("starttls", &cert))).await;
+    let starttls = Aiosmtpd::start_with("aiosmtpd-starttls", "", Some(("starttls", &cert))).await;
     let plain = Aiosmtpd::start("aiosmtpd-plain", false).await;
     let pool = format!("{health}\nupstream_tls = {{ sslmode = \"require\", starttls = true }}");
     let (proxy, _front) = Config::new()
@@ -888,4 +885,59 @@ async fn the_smtp_health_check_greets_and_upgrades_as_sessions_do() {
         .await;
     proxy.wait_health("app", "tls", "up").await;
     proxy.wait_health("app", "clear", "down").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_is_relayed_over_tls_only_and_binds_the_session_to_its_server() {
+    let submission = Aiosmtpd::start_with("aiosmtpd-auth", "auth", None).await;
+    let org = Aiosmtpd::start("aiosmtpd-org", false).await;
+    let pki = Pki::new("smtp test CA");
+    let (_proxy, front) = Config::new()
+        .protocol("smtp")
+        .listener(&format!(
+            "{}\n[[listener.routes]]\ndomain = \"example.org\"\npool = \"org\"",
+            tls_listener(&pki, "starttls = \"optional\"")
+        ))
+        .server("submission", submission.addr, "")
+        .section(&format!(
+            "[[pool]]\nname = \"org\"\nservers = [{{ name = \"org\", address = \"{}\" }}]\n",
+            org.addr
+        ))
+        .start()
+        .await;
+    // In clear: not offered, and refused.
+    let (mut client, _) = Raw::connect(front).await;
+    assert!(!client.command("EHLO client.example").await.contains("AUTH"));
+    let refused = client.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==").await;
+    assert!(refused.starts_with("538 5.7.11"), "{refused}");
+
+    // Over TLS: relayed; a recipient another route names still goes to the server the
+    // client logged in to.
+    let body = b"Subject: submitted\r\n\r\nhi\r\n";
+    let report = smtplib_send_over(
+        front,
+        Some(("starttls", &pki.ca, "alice:secret")),
+        "127.0.0.1",
+        "alice@example.net",
+        &["r@example.org"],
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
+    let received = submission.wait_received(1).await;
+    assert_eq!(received[0]["authenticated"], true);
+    assert_eq!(received[0]["sha256"], sha256_hex(body));
+    assert!(org.received().is_empty());
+    let report = smtplib_send_over(
+        front,
+        Some(("starttls", &pki.ca, "alice:wrong")),
+        "127.0.0.1",
+        "alice@example.net",
+        &["r@example.org"],
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(report["error"][0], 535, "{report}");
 }

@@ -19,9 +19,16 @@ pub const PYTHON: &str = "/usr/bin/python3";
 /// The recording server: aiosmtpd with a handler that appends one JSON line per message.
 const RECORDER: &str = r#"
 import asyncio, hashlib, json, ssl, sys
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
-port, out, name, xclient = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "xclient"
+port, out, name, features = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+xclient = "xclient" in features
+
+def authenticator(server, session, envelope, mechanism, auth_data):
+    ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"alice" \
+        and auth_data.password == b"secret"
+    # handled=False: aiosmtpd answers a failure (535) itself.
+    return AuthResult(success=ok, handled=False)
 tls_mode = sys.argv[5]
 context = None
 if tls_mode != "plain":
@@ -56,6 +63,7 @@ class Recorder:
             "size": len(content),
             "helo": session.host_name,
             "xclient": getattr(session, "xclient", None),
+            "authenticated": bool(session.authenticated),
             "tls": server._tls_protocol is not None
                    or server.transport.get_extra_info("ssl_object") is not None,
         }
@@ -69,7 +77,9 @@ async def main():
     server = await loop.create_server(
         lambda: Server(Recorder(), enable_SMTPUTF8=True, data_size_limit=64 * 1024 * 1024,
                        hostname=name, tls_context=context if starttls else None,
-                       require_starttls=starttls),
+                       require_starttls=starttls,
+                       authenticator=authenticator if "auth" in features else None,
+                       auth_require_tls=False),
         "127.0.0.1", port, ssl=context if tls_mode == "implicit" else None)
     await server.serve_forever()
 
@@ -99,12 +109,13 @@ impl Aiosmtpd {
     /// Starts one named `name` (its greeting and the `server` field of its records), as
     /// the unprivileged `nobody`; with `xclient` it offers XCLIENT and records it.
     pub async fn start(name: &str, xclient: bool) -> Self {
-        Self::start_with(name, xclient, None).await
+        Self::start_with(name, if xclient { "xclient" } else { "" }, None).await
     }
 
-    /// `start`, with TLS: `("starttls", cert)` offers (and requires) STARTTLS,
-    /// `("implicit", cert)` speaks TLS from the first byte.
-    pub async fn start_with(name: &str, xclient: bool, tls: Option<(&str, &CertFiles)>) -> Self {
+    /// `start` with `features` (comma-separated: `xclient`; `auth`, which takes AUTH PLAIN
+    /// and LOGIN for `alice`/`secret`) and TLS: `("starttls", cert)` offers (and
+    /// requires) STARTTLS, `("implicit", cert)` speaks TLS from the first byte.
+    pub async fn start_with(name: &str, features: &str, tls: Option<(&str, &CertFiles)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut tls_args = vec![tls.map_or("plain", |(mode, _)| mode).to_string()];
         if let Some((_, files)) = tls {
@@ -135,7 +146,7 @@ impl Aiosmtpd {
             .arg(port.to_string())
             .arg(&received)
             .arg(name)
-            .arg(if xclient { "xclient" } else { "plain" })
+            .arg(features)
             .args(&tls_args)
             .stdout(Stdio::null())
             .spawn()
@@ -235,7 +246,7 @@ pub async fn swaks(server: SocketAddr, args: &[&str]) -> (bool, String) {
 /// options) from `source` (an address on loopback), prints the refused recipients as JSON.
 const SENDER: &str = r#"
 import json, smtplib, ssl, sys
-server, port, source, sender, recipients, options, path, tls, ca = sys.argv[1:10]
+server, port, source, sender, recipients, options, path, tls, ca, login = sys.argv[1:11]
 message = open(path, "rb").read()
 context = ssl.create_default_context(cafile=ca) if ca else None
 if tls == "implicit":
@@ -248,6 +259,8 @@ with smtp:
     if tls == "starttls":
         smtp.starttls(context=context)
     try:
+        if login:
+            smtp.login(*login.split(":", 1))
         refused = smtp.sendmail(sender, recipients.split(","), message,
                                 mail_options=[o for o in options.split(",") if o])
         print(json.dumps({"refused": {k: [v[0], v[1].decode()] for k, v in refused.items()}}))
@@ -271,8 +284,8 @@ pub async fn smtplib_send(
 }
 
 /// How smtplib secures its connection: `"starttls"` or `"implicit"` (SMTP_SSL), trusting
-/// the CA in the file.
-pub type SmtplibTls<'a> = (&'a str, &'a std::path::Path);
+/// the CA in the file; and `user:password` to log in with after it, or empty.
+pub type SmtplibTls<'a> = (&'a str, &'a std::path::Path, &'a str);
 
 /// `smtplib_send`, over TLS when `tls` says so.
 pub async fn smtplib_send_over(
@@ -298,8 +311,9 @@ pub async fn smtplib_send_over(
         .arg(recipients.join(","))
         .arg(options.join(","))
         .arg(&path)
-        .arg(tls.map_or("plain", |(mode, _)| mode))
-        .arg(tls.map_or(std::path::Path::new(""), |(_, ca)| ca))
+        .arg(tls.map_or("plain", |(mode, _, _)| mode))
+        .arg(tls.map_or(std::path::Path::new(""), |(_, ca, _)| ca))
+        .arg(tls.map_or("", |(_, _, login)| login))
         .output()
         .await
         .expect("run python3");

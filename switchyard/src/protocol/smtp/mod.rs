@@ -66,8 +66,9 @@ impl Frontend for Smtp {
         Ok(Arc::new(SmtpHandler {
             context: self.context.clone(),
             metrics: self.metrics.clone(),
-            ehlo: ehlo_reply(&hostname, &options.smtp, false),
-            ehlo_starttls: ehlo_reply(&hostname, &options.smtp, true),
+            ehlo: ehlo_reply(&hostname, &options.smtp, None),
+            ehlo_starttls: ehlo_reply(&hostname, &options.smtp, Some("STARTTLS")),
+            ehlo_auth: ehlo_reply(&hostname, &options.smtp, Some("AUTH PLAIN LOGIN")),
             hostname,
             options: options.smtp.clone(),
             routing: Routing::build(listener.pool.as_deref(), &options.routes, pools, |_, _| ())?,
@@ -114,6 +115,8 @@ pub struct SmtpHandler {
     ehlo: String,
     /// The EHLO reply offering STARTTLS.
     ehlo_starttls: String,
+    /// The EHLO reply over TLS when the listener has a `pool` to relay AUTH to.
+    ehlo_auth: String,
     options: SmtpOptions,
     routing: Routing<()>,
 }
@@ -124,9 +127,9 @@ impl Handler for SmtpHandler {
     }
 }
 
-/// The EHLO reply: the extensions the proxy carries end to end, and `starttls` while the
-/// client may still upgrade.
-fn ehlo_reply(hostname: &str, options: &SmtpOptions, starttls: bool) -> String {
+/// The EHLO reply: the extensions the proxy carries end to end, and `extra` (STARTTLS
+/// while the client may still upgrade, AUTH over TLS).
+fn ehlo_reply(hostname: &str, options: &SmtpOptions, extra: Option<&str>) -> String {
     let mut lines = vec![
         hostname.to_string(),
         "PIPELINING".into(),
@@ -136,9 +139,7 @@ fn ehlo_reply(hostname: &str, options: &SmtpOptions, starttls: bool) -> String {
         "ENHANCEDSTATUSCODES".into(),
         "CHUNKING".into(),
     ];
-    if starttls {
-        lines.push("STARTTLS".into());
-    }
+    lines.extend(extra.map(str::to_string));
     let last = lines.len() - 1;
     lines
         .iter()

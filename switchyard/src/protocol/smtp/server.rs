@@ -45,6 +45,8 @@ pub struct ServerSession {
     pub server: Arc<Server>,
     /// Whether its EHLO reply offered `CHUNKING` (BDAT).
     pub chunking: bool,
+    /// The AUTH mechanisms its EHLO reply offered (empty for none).
+    pub auth: String,
     _lease: Lease,
 }
 
@@ -133,6 +135,7 @@ pub async fn open(
         pool,
         server,
         chunking: false,
+        auth: String::new(),
         _lease: upstream.lease,
     };
     if session.pool.smtp.send_xclient {
@@ -155,6 +158,7 @@ pub async fn open(
         }
     }
     session.chunking = reply::extension(&ehlo, "CHUNKING").is_some();
+    session.auth = reply::extension(&ehlo, "AUTH").unwrap_or_default();
     Ok(session)
 }
 

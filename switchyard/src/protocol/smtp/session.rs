@@ -78,6 +78,7 @@ pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
                         starttls,
                         secure,
                         destination,
+                        authenticated: None,
                         input: Vec::new(),
                         output: Vec::new(),
                         idle: settings.config.timeouts.client,
@@ -145,6 +146,8 @@ struct Session<'a> {
     secure: bool,
     /// The address the client reached.
     destination: std::net::SocketAddr,
+    /// The pool whose server accepted the client's AUTH: every transaction goes there.
+    authenticated: Option<Arc<Pool>>,
     /// Client bytes read and not yet taken.
     input: Vec<u8>,
     /// Replies not yet written.
@@ -345,6 +348,8 @@ impl Session<'_> {
                 self.esmtp = esmtp;
                 let answer = if esmtp && self.starttls.is_some() {
                     self.handler.ehlo_starttls.clone()
+                } else if esmtp && self.secure && self.handler.routing.default.is_some() {
+                    self.handler.ehlo_auth.clone()
                 } else if esmtp {
                     self.handler.ehlo.clone()
                 } else {
@@ -397,9 +402,7 @@ impl Session<'_> {
             }
             Request::Help { .. } => self.reply(b"214 2.0.0 See RFC 5321\r\n"),
             Request::StartTls => return self.start_tls().await,
-            Request::Auth { .. } => {
-                self.reply(b"502 5.5.1 Error: command not offered\r\n");
-            }
+            Request::Auth { mechanism, .. } => self.authenticate(line, mechanism).await?,
             Request::Lhlo { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
@@ -497,7 +500,11 @@ impl Session<'_> {
             domain: domain.as_deref(),
             ..RouteFacts::default()
         };
-        let Some(pool) = self.handler.routing.pool(&facts).cloned() else {
+        let routed = match &self.authenticated {
+            Some(pool) => Some(pool.clone()),
+            None => self.handler.routing.pool(&facts).cloned(),
+        };
+        let Some(pool) = routed else {
             let answer = format!("550 5.7.1 <{address}>: Relay access denied\r\n");
             self.reply(answer.as_bytes());
             return Ok(());
@@ -530,10 +537,37 @@ impl Session<'_> {
     /// last transaction when it went to the same route): replays MAIL. `false` when the
     /// server refused MAIL: its reply answers the RCPT, and the transaction is not open.
     async fn begin_on(&mut self, pool: Arc<Pool>) -> Result<bool, Termination> {
+        self.connect_to(&pool).await?;
+        let mail = match &self.transaction {
+            Some(transaction) => transaction.mail.clone(),
+            None => return Ok(false),
+        };
+        let Some(upstream) = self.upstream.as_mut() else {
+            return Ok(false);
+        };
+        let (answer, bytes) = upstream
+            .session
+            .conversation
+            .command(&mail)
+            .await
+            .map_err(|f| self.lost(&f))?;
+        if !answer.is_positive() {
+            self.reply(&bytes);
+            return Ok(false);
+        }
+        if let Some(transaction) = &mut self.transaction {
+            transaction.route = Some(pool);
+        }
+        Ok(true)
+    }
+
+    /// Makes the server session one of `pool`'s: the one open when it is, else a new one
+    /// (the old one ended with QUIT). A failure is answered `421` and ends the session.
+    async fn connect_to(&mut self, pool: &Arc<Pool>) -> Result<(), Termination> {
         let reuse = self
             .upstream
             .as_ref()
-            .is_some_and(|upstream| Arc::ptr_eq(&upstream.route, &pool));
+            .is_some_and(|upstream| Arc::ptr_eq(&upstream.route, pool));
         if !reuse {
             self.close_upstream().await;
             let helo = self.helo.clone().unwrap_or_default();
@@ -575,27 +609,65 @@ impl Session<'_> {
                 }
             }
         }
-        let mail = match &self.transaction {
-            Some(transaction) => transaction.mail.clone(),
-            None => return Ok(false),
+        Ok(())
+    }
+
+    /// AUTH (PLAIN or LOGIN), only over TLS: relayed to a server of the listener's `pool`
+    /// (no recipient has chosen one yet), challenges and responses line for line. Once the
+    /// server accepts, every transaction of the session goes to that server session: an
+    /// authenticated client submits through the server it logged in to.
+    async fn authenticate(&mut self, line: &[u8], mechanism: u64) -> Result<(), Termination> {
+        let name = match mechanism {
+            smtp_proto::AUTH_PLAIN => "PLAIN",
+            smtp_proto::AUTH_LOGIN => "LOGIN",
+            _ => {
+                self.reply(b"504 5.5.4 Unrecognized authentication type\r\n");
+                return Ok(());
+            }
         };
-        let Some(upstream) = self.upstream.as_mut() else {
-            return Ok(false);
+        let pool = self.handler.routing.default.clone();
+        let refusal: Option<&[u8]> = if !self.secure {
+            Some(b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
+        } else if self.authenticated.is_some() {
+            Some(b"503 5.5.1 Error: already authenticated\r\n")
+        } else if self.transaction.is_some() || self.helo.is_none() {
+            Some(b"503 5.5.1 Error: AUTH comes after EHLO and before MAIL\r\n")
+        } else if pool.is_none() {
+            Some(b"502 5.5.1 Error: command not offered\r\n")
+        } else {
+            None
         };
-        let (answer, bytes) = upstream
-            .session
-            .conversation
-            .command(&mail)
-            .await
-            .map_err(|f| self.lost(&f))?;
-        if !answer.is_positive() {
-            self.reply(&bytes);
-            return Ok(false);
+        if let Some(refusal) = refusal {
+            self.reply(refusal);
+            return Ok(());
         }
-        if let Some(transaction) = &mut self.transaction {
-            transaction.route = Some(pool);
+        let Some(pool) = pool else {
+            return Ok(());
+        };
+        self.connect_to(&pool).await?;
+        let offered = self.upstream.as_ref().is_some_and(|upstream| {
+            upstream
+                .session
+                .auth
+                .split_ascii_whitespace()
+                .any(|m| m.eq_ignore_ascii_case(name))
+        });
+        if !offered {
+            self.reply(b"504 5.5.4 Error: the mail server does not offer this mechanism\r\n");
+            return Ok(());
         }
-        Ok(true)
+        let mut answer = self.relay_command(line).await?;
+        while answer.code == 334 {
+            let Some(response) = self.next_command().await? else {
+                return Err(Termination::ClientClosed);
+            };
+            self.send_upstream(&response).await?;
+            answer = self.relay_reply().await?.0;
+        }
+        if answer.code == 235 {
+            self.authenticated = Some(pool);
+        }
+        Ok(())
     }
 
     /// Whether the transaction may send its message now; if not, the reply saying why is
