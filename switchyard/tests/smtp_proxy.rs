@@ -13,12 +13,25 @@ use tokio::net::TcpStream;
 
 use support::config::Config;
 use support::ops::{field, number};
-use support::smtp::{Aiosmtpd, SmtpSink, sha256_hex, smtplib_send, smtplib_send_over, swaks};
+use support::smtp::{
+    Aiosmtpd, SmtpSink, SmtplibTls, sha256_hex, smtplib_send, smtplib_send_over, swaks,
+};
 use support::tls::Pki;
 use support::{DEADLINE, Proxy, wait_until};
 
 /// The name the proxy greets with in these tests.
 const HOSTNAME: &str = "mx.switchyard.test";
+
+/// A proxy whose smtp listener `front`, with `keys`, sends to pool `app` whose one server
+/// `mail` is at `server`.
+async fn start_with_keys(server: SocketAddr, keys: &str) -> (Proxy, SocketAddr) {
+    Config::new()
+        .protocol("smtp")
+        .listener(keys)
+        .server("mail", server, "")
+        .start()
+        .await
+}
 
 /// A proxy whose listener `front` (smtp) sends to pool `app` with one server at `server`.
 async fn start(server: SocketAddr, listener_extra: &str, pool_extra: &str) -> (Proxy, SocketAddr) {
@@ -50,6 +63,49 @@ async fn wait_message_lines(proxy: &Proxy, count: usize) -> Vec<Value> {
     })
     .await;
     message_lines(proxy)
+}
+
+/// Sends `body` with smtplib from s@example.net to `recipients` through `front`, and
+/// asserts that no recipient was refused.
+async fn send_ok(front: SocketAddr, recipients: &[&str], options: &[&str], body: &[u8]) {
+    let report = smtplib_send(
+        front,
+        "127.0.0.1",
+        "s@example.net",
+        recipients,
+        options,
+        body,
+    )
+    .await;
+    assert_eq!(
+        report["refused"],
+        serde_json::json!({}),
+        "{recipients:?}: {report}"
+    );
+}
+
+/// `send_ok` without MAIL options, over TLS as `tls` says.
+async fn send_ok_over(
+    front: SocketAddr,
+    tls: Option<SmtplibTls<'_>>,
+    recipients: &[&str],
+    body: &[u8],
+) {
+    let report = smtplib_send_over(
+        front,
+        tls,
+        "127.0.0.1",
+        "s@example.net",
+        recipients,
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(
+        report["refused"],
+        serde_json::json!({}),
+        "{recipients:?}: {report}"
+    );
 }
 
 /// A client on a raw socket: the exact bytes it sends, one reply read whole at a time.
@@ -123,6 +179,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
                 return None;
             }
             self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// MAIL FROM, RCPT TO and DATA for a message from s@example.net to r@example.com,
+    /// each answered as it should be (250, 250, 354).
+    async fn start_message(&mut self) {
+        self.expect(&[
+            ("MAIL FROM:<s@example.net>", "250"),
+            ("RCPT TO:<r@example.com>", "250"),
+            ("DATA", "354"),
+        ])
+        .await;
+    }
+
+    /// Sends each command and checks that its reply starts as given.
+    async fn expect(&mut self, exchanges: &[(&str, &str)]) {
+        for (command, expected) in exchanges {
+            let reply = self.command(command).await;
+            assert!(reply.starts_with(expected), "{command}: {reply}");
         }
     }
 
@@ -310,12 +385,7 @@ async fn bdat_chunks_with_last_arrive_whole() {
     assert_eq!(number(&lines[0], "size"), (first.len() + last.len()) as u64);
 
     // Over the size limit in chunks: refused, the session goes on.
-    let (proxy, front) = Config::new()
-        .protocol("smtp")
-        .listener("smtp = { max_message_bytes = 100 }")
-        .server("mail", server.addr, "")
-        .start()
-        .await;
+    let (proxy, front) = start_with_keys(server.addr, "smtp = { max_message_bytes = 100 }").await;
     let (mut client, _) = Raw::connect(front).await;
     assert!(
         client
@@ -366,16 +436,7 @@ async fn a_25_mib_message_arrives_whole() {
         body.extend_from_slice(line.as_bytes());
         i += 1;
     }
-    let report = smtplib_send(
-        front,
-        "127.0.0.1",
-        "s@example.net",
-        &["r@example.com"],
-        &[],
-        &body,
-    )
-    .await;
-    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
+    send_ok(front, &["r@example.com"], &[], &body).await;
     let received = server.wait_received(1).await;
     assert_eq!(received[0]["size"], body.len());
     assert_eq!(received[0]["sha256"], sha256_hex(&body));
@@ -408,41 +469,13 @@ pool = "org""#,
         .await;
     let body = b"Subject: routed\r\n\r\nhi\r\n";
     for to in ["a@example.org", "b@EXAMPLE.Org"] {
-        let report = smtplib_send(front, "127.0.0.1", "s@example.net", &[to], &[], body).await;
-        assert_eq!(report["refused"], serde_json::json!({}), "{to}: {report}");
+        send_ok(front, &[to], &[], body).await;
     }
     // A Unicode domain below the route's, and its A-label form: compared in one form.
     let unicode = "c@mail.B\u{dc}CHER.example";
-    let report = smtplib_send(
-        front,
-        "127.0.0.1",
-        "s@example.net",
-        &[unicode],
-        &["SMTPUTF8"],
-        body,
-    )
-    .await;
-    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
-    let report = smtplib_send(
-        front,
-        "127.0.0.1",
-        "s@example.net",
-        &["d@mx.xn--bcher-kva.example"],
-        &[],
-        body,
-    )
-    .await;
-    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
-    let report = smtplib_send(
-        front,
-        "127.0.0.1",
-        "s@example.net",
-        &["e@example.com"],
-        &[],
-        body,
-    )
-    .await;
-    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
+    send_ok(front, &[unicode], &["SMTPUTF8"], body).await;
+    send_ok(front, &["d@mx.xn--bcher-kva.example"], &[], body).await;
+    send_ok(front, &["e@example.com"], &[], body).await;
     // The first recipient picks the server; one routing elsewhere waits for its own
     // transaction.
     let report = smtplib_send(
@@ -522,16 +555,7 @@ async fn xclient_tells_the_server_who_the_client_is() {
     // Postfix's smtp-sink offers XCLIENT with fewer attributes and answers it with 250.
     let sink = SmtpSink::start().await;
     let (_proxy, front) = start(sink.addr, "", "send_xclient = true").await;
-    let report = smtplib_send(
-        front,
-        "127.0.0.1",
-        "s@example.net",
-        &["r@example.com"],
-        &[],
-        body,
-    )
-    .await;
-    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
+    send_ok(front, &["r@example.com"], &[], body).await;
     let logged = tokio::time::timeout(DEADLINE, async {
         while !sink.log().contains(": QUIT") {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -550,93 +574,38 @@ async fn xclient_tells_the_server_who_the_client_is() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_over_long_input_gets_smtp_answers() {
     let server = Aiosmtpd::start("aiosmtpd-a", false).await;
-    let (proxy, front) = Config::new()
-        .protocol("smtp")
-        .listener(&format!(
-            "smtp = {{ hostname = \"{HOSTNAME}\", max_message_bytes = 2000 }}"
-        ))
-        .server("mail", server.addr, "")
-        .start()
-        .await;
+    let (proxy, front) = start_with_keys(
+        server.addr,
+        &format!("smtp = {{ hostname = \"{HOSTNAME}\", max_message_bytes = 2000 }}"),
+    )
+    .await;
     let (mut client, _) = Raw::connect(front).await;
-    assert!(
-        client
-            .command("MAIL FROM:<s@example.net>")
-            .await
-            .starts_with("503 5.5.1")
-    );
-    assert!(
-        client
-            .command("EHLO client.example")
-            .await
-            .contains("250 CHUNKING")
-    );
-    assert!(client.command("XYZZY").await.starts_with("500 5.5.1"));
-    assert!(
-        client
-            .command("RCPT TO:<r@example.com>")
-            .await
-            .starts_with("503 5.5.1")
-    );
-    assert!(client.command("VRFY root").await.starts_with("502 5.5.1"));
-    assert!(client.command("NOOP").await.starts_with("250 2.0.0"));
-    assert!(
-        client
-            .command("MAIL FROM:<s@example.net> SIZE=5000")
-            .await
-            .starts_with("552 5.3.4")
-    );
-    assert!(client.command("DATA").await.starts_with("503 5.5.1"));
+    client
+        .expect(&[
+            ("MAIL FROM:<s@example.net>", "503 5.5.1"),
+            ("EHLO client.example", "250-"),
+            ("XYZZY", "500 5.5.1"),
+            ("RCPT TO:<r@example.com>", "503 5.5.1"),
+            ("VRFY root", "502 5.5.1"),
+            ("NOOP", "250 2.0.0"),
+            ("MAIL FROM:<s@example.net> SIZE=5000", "552 5.3.4"),
+            ("DATA", "503 5.5.1"),
+        ])
+        .await;
 
     // A body over the limit is read to its end and refused; the session goes on.
-    assert!(
-        client
-            .command("MAIL FROM:<s@example.net>")
-            .await
-            .starts_with("250")
-    );
-    assert!(
-        client
-            .command("RCPT TO:<r@example.com>")
-            .await
-            .starts_with("250")
-    );
-    assert!(client.command("DATA").await.starts_with("354"));
+    client.start_message().await;
     let line = format!("{}\r\n", "y".repeat(98));
     client.send(line.repeat(40).as_bytes()).await;
     assert!(client.command(".").await.starts_with("552 5.3.4"));
     // A text line over 1,000 bytes, then a bare LF.
     for bad in [format!("{}\r\n", "z".repeat(1200)), "a\nb\r\n".to_string()] {
-        assert!(
-            client
-                .command("MAIL FROM:<s@example.net>")
-                .await
-                .starts_with("250")
-        );
-        assert!(
-            client
-                .command("RCPT TO:<r@example.com>")
-                .await
-                .starts_with("250")
-        );
-        assert!(client.command("DATA").await.starts_with("354"));
+        client.start_message().await;
         client.send(bad.as_bytes()).await;
         assert!(client.command(".").await.starts_with("554 5.6.0"));
     }
     // Then a good message on the same connection.
-    assert!(
-        client
-            .command("MAIL FROM:<s@example.net>")
-            .await
-            .starts_with("250")
-    );
-    assert!(
-        client
-            .command("RCPT TO:<r@example.com>")
-            .await
-            .starts_with("250")
-    );
-    assert!(client.command("DATA").await.starts_with("354"));
+    client.start_message().await;
     client.send(b"Subject: ok\r\n\r\nfine\r\n").await;
     assert!(client.command(".").await.starts_with("250 2.0.0"));
     let received = server.wait_received(1).await;
@@ -687,12 +656,8 @@ fn tls_listener(pki: &Pki, smtp: &str) -> String {
 async fn starttls_drops_what_was_pipelined_after_it() {
     let server = Aiosmtpd::start("aiosmtpd-a", false).await;
     let pki = Pki::new("smtp test CA");
-    let (_proxy, front) = Config::new()
-        .protocol("smtp")
-        .listener(&tls_listener(&pki, "starttls = \"optional\""))
-        .server("mail", server.addr, "")
-        .start()
-        .await;
+    let (_proxy, front) =
+        start_with_keys(server.addr, &tls_listener(&pki, "starttls = \"optional\"")).await;
     let (mut client, _) = Raw::connect(front).await;
     let ehlo = client.command("EHLO client.example").await;
     assert!(ehlo.ends_with("250 STARTTLS\r\n"), "{ehlo}");
@@ -713,19 +678,7 @@ async fn starttls_drops_what_was_pipelined_after_it() {
         "the pipelined MAIL was dropped"
     );
     assert!(client.command("STARTTLS").await.starts_with("502"));
-    assert!(
-        client
-            .command("MAIL FROM:<s@example.net>")
-            .await
-            .starts_with("250")
-    );
-    assert!(
-        client
-            .command("RCPT TO:<r@example.com>")
-            .await
-            .starts_with("250")
-    );
-    assert!(client.command("DATA").await.starts_with("354"));
+    client.start_message().await;
     let body = b"Subject: tls\r\n\r\nsecret\r\n";
     client.send(body).await;
     assert!(client.command(".").await.starts_with("250 2.0.0"));
@@ -738,12 +691,8 @@ async fn starttls_drops_what_was_pipelined_after_it() {
 async fn required_starttls_and_implicit_tls() {
     let server = Aiosmtpd::start("aiosmtpd-a", false).await;
     let pki = Pki::new("smtp test CA");
-    let (_proxy, front) = Config::new()
-        .protocol("smtp")
-        .listener(&tls_listener(&pki, "starttls = \"required\""))
-        .server("mail", server.addr, "")
-        .start()
-        .await;
+    let (_proxy, front) =
+        start_with_keys(server.addr, &tls_listener(&pki, "starttls = \"required\"")).await;
     let (mut client, _) = Raw::connect(front).await;
     assert!(
         client
@@ -754,37 +703,25 @@ async fn required_starttls_and_implicit_tls() {
     let refused = client.command("MAIL FROM:<s@example.net>").await;
     assert_eq!(refused, "530 5.7.0 Must issue a STARTTLS command first\r\n");
     let body = b"Subject: required\r\n\r\nover TLS\r\n";
-    let report = smtplib_send_over(
+    send_ok_over(
         front,
         Some(("starttls", &pki.ca, "")),
-        "127.0.0.1",
-        "s@example.net",
         &["r@example.com"],
-        &[],
         body,
     )
     .await;
-    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
     assert_eq!(server.wait_received(1).await[0]["sha256"], sha256_hex(body));
 
-    let (_proxy, front) = Config::new()
-        .protocol("smtp")
-        .listener(&tls_listener(&pki, "implicit_tls = true"))
-        .server("mail", server.addr, "")
-        .start()
-        .await;
+    let (_proxy, front) =
+        start_with_keys(server.addr, &tls_listener(&pki, "implicit_tls = true")).await;
     let body = b"Subject: implicit\r\n\r\nport 465 style\r\n";
-    let report = smtplib_send_over(
+    send_ok_over(
         front,
         Some(("implicit", &pki.ca, "")),
-        "127.0.0.1",
-        "s@example.net",
         &["r@example.com"],
-        &[],
         body,
     )
     .await;
-    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
     assert_eq!(server.wait_received(2).await[1]["sha256"], sha256_hex(body));
 }
 

@@ -151,11 +151,7 @@ impl Aiosmtpd {
             .stdout(Stdio::null())
             .spawn()
             .expect("start aiosmtpd (Debian python3-aiosmtpd)");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_until("aiosmtpd to listen", || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
+        let addr = listening(port, "aiosmtpd").await;
         Self {
             addr,
             received,
@@ -206,11 +202,7 @@ impl SmtpSink {
             .stderr(std::fs::File::create(&log).expect("sink log"))
             .spawn()
             .expect("start smtp-sink (Debian postfix)");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_until("smtp-sink to listen", || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
+        let addr = listening(port, "smtp-sink").await;
         Self {
             addr,
             log,
@@ -223,6 +215,16 @@ impl SmtpSink {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Waits until `what` accepts connections on loopback `port`; its address.
+async fn listening(port: u16, what: &str) -> SocketAddr {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_until(&format!("{what} to listen"), || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    addr
 }
 
 /// Runs swaks with `args` against `server`; returns whether it succeeded and its output.
