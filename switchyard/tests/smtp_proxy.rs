@@ -552,6 +552,24 @@ async fn xclient_tells_the_server_who_the_client_is() {
     );
     assert_eq!(received[0]["sha256"], sha256_hex(body));
 
+    // Or a PROXY v2 header ahead of the session.
+    let proxied = Aiosmtpd::start_with("aiosmtpd-proxy", "proxy", None).await;
+    let (_proxy, front) = start(proxied.addr, "", "send_proxy_protocol = \"v2\"").await;
+    let report = smtplib_send(
+        front,
+        "127.0.0.2",
+        "s@example.net",
+        &["r@example.com"],
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(report["refused"], serde_json::json!({}), "{report}");
+    assert_eq!(
+        proxied.wait_received(1).await[0]["proxy_source"],
+        "127.0.0.2"
+    );
+
     // Postfix's smtp-sink offers XCLIENT with fewer attributes and answers it with 250.
     let sink = SmtpSink::start().await;
     let (_proxy, front) = start(sink.addr, "", "send_xclient = true").await;

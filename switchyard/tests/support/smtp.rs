@@ -45,6 +45,9 @@ class Server(SMTP):
         await self.push("220 %s ESMTP" % name)
 
 class Recorder:
+    async def handle_PROXY(self, server, session, envelope, proxy_data):
+        return True  # aiosmtpd closes the connection unless the hook accepts the header
+
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         if xclient:
@@ -64,6 +67,7 @@ class Recorder:
             "helo": session.host_name,
             "xclient": getattr(session, "xclient", None),
             "authenticated": bool(session.authenticated),
+            "proxy_source": str(session.proxy_data.src_addr) if session.proxy_data else None,
             "tls": server._tls_protocol is not None
                    or server.transport.get_extra_info("ssl_object") is not None,
         }
@@ -79,6 +83,7 @@ async def main():
                        hostname=name, tls_context=context if starttls else None,
                        require_starttls=starttls,
                        authenticator=authenticator if "auth" in features else None,
+                       proxy_protocol_timeout=5 if "proxy" in features else None,
                        auth_require_tls=False),
         "127.0.0.1", port, ssl=context if tls_mode == "implicit" else None)
     await server.serve_forever()
@@ -113,7 +118,7 @@ impl Aiosmtpd {
     }
 
     /// `start` with `features` (comma-separated: `xclient`; `auth`, which takes AUTH PLAIN
-    /// and LOGIN for `alice`/`secret`) and TLS: `("starttls", cert)` offers (and
+    /// and LOGIN for `alice`/`secret`; `proxy`, which requires a PROXY header) and TLS: `("starttls", cert)` offers (and
     /// requires) STARTTLS, `("implicit", cert)` speaks TLS from the first byte.
     pub async fn start_with(name: &str, features: &str, tls: Option<(&str, &CertFiles)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
