@@ -113,7 +113,7 @@ servers = [ { address = "127.0.0.1" } ]
 
 [[pool]]
 name = "db"
-health = { check = "smtp" }
+health = { check = "imap" }
 servers = [ { address = "127.0.0.1:5432" } ]
 
 [[listener]]
@@ -150,7 +150,7 @@ const MISTAKES: [(&str, &str); 13] = [
     // The second `twin` (note the trailing space that makes the line unique).
     ("name = \"twin\" ", "pool[3].name"),
     ("address = \"127.0.0.1\" ", "pool[4].servers[0].address"),
-    ("check = \"smtp\"", "pool[5].health.check"),
+    ("check = \"imap\"", "pool[5].health.check"),
     ("role = \"primary\"", "listener[3].role"),
     // A role needs servers whose role a postgres check reports.
     ("role = \"replica\"", "listener[4].role"),

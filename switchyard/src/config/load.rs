@@ -527,7 +527,7 @@ fn listener(item: &Item, at: &[&str], sink: &mut ErrorSink<'_>) -> Option<Listen
         sink.at(
             &segments(at, &["protocol".to_string()]),
             format!(
-                "protocol `{}` is not available in this build yet; use `tcp`, `http` or `postgres`",
+                "protocol `{}` is not available in this build yet; use `tcp`, `http`, `postgres` or `smtp`",
                 listener.protocol.as_str()
             ),
         );
@@ -581,24 +581,19 @@ fn check_options(
     at: &[&str],
     sink: &mut ErrorSink<'_>,
 ) -> Option<CheckOptions> {
-    let kinds: [(CheckKind, &'static [&'static str]); 4] = [
+    let kinds: [(CheckKind, &'static [&'static str]); 5] = [
         (CheckKind::Tcp, &[]),
         (CheckKind::Http, keys::of::<HttpCheck>()),
         (CheckKind::Postgres, keys::of::<DatabaseCheck>()),
         (CheckKind::Mysql, keys::of::<MysqlCheck>()),
+        (CheckKind::Smtp, &[]),
     ];
     let (options, keys) = match health.check {
         CheckKind::Tcp => (CheckOptions::Tcp, kinds[0].1),
         CheckKind::Http => (CheckOptions::Http(section(item, at, sink)?), kinds[1].1),
         CheckKind::Postgres => (CheckOptions::Postgres(section(item, at, sink)?), kinds[2].1),
         CheckKind::Mysql => (CheckOptions::Mysql(section(item, at, sink)?), kinds[3].1),
-        CheckKind::Smtp => {
-            sink.at(
-                &segments(at, &["check".to_string()]),
-                "the `smtp` check is not available in this build yet; use `tcp`, `http`, `postgres` or `mysql`",
-            );
-            return None;
-        }
+        CheckKind::Smtp => (CheckOptions::Smtp, kinds[4].1),
     };
     let elsewhere: Vec<(String, &'static [&'static str])> = kinds
         .iter()

@@ -1,7 +1,7 @@
 //! Configuration: the TOML schema, loading with precise error reports, and validation.
 //!
 //! `schema` holds what every listener, pool and health check has; `tcp`, `http`,
-//! `postgres` and `database` (what the database protocols share) hold what only their
+//! `postgres`, `smtp` and `database` (what the database protocols share) hold what only their
 //! protocol has, with the rules it must follow. A key the protocol does not read is an
 //! error with its line (see `keys`). This module depends on nothing of the proxy above it.
 
@@ -13,6 +13,7 @@ pub mod load;
 pub mod postgres;
 mod protocols;
 mod schema;
+pub mod smtp;
 pub mod tcp;
 mod validate;
 
@@ -31,4 +32,5 @@ pub use load::{
 pub use postgres::{PostgresAuth, PostgresListener, PostgresRoute};
 pub use protocols::{ListenerKeys, ListenerOptions};
 pub use schema::*;
+pub use smtp::{SmtpListener, SmtpOptions, SmtpPool, SmtpRoute, StartTls};
 pub use tcp::{TcpListener, TcpRoute};

@@ -10,6 +10,7 @@ use super::keys;
 use super::load::{ErrorSink, section};
 use super::postgres::PostgresListener;
 use super::schema::{Config, PoolConfig, Protocol};
+use super::smtp::{SmtpListener, SmtpPool};
 use super::tcp::TcpListener;
 
 /// What the config rules need from the keys of one protocol's listeners.
@@ -71,6 +72,7 @@ listener_protocols! {
     Tcp => TcpListener,
     Http => HttpListener,
     Postgres => PostgresListener,
+    Smtp => SmtpListener,
 }
 
 impl Default for ListenerOptions {
@@ -81,7 +83,7 @@ impl Default for ListenerOptions {
 
 /// Pool keys that only some protocols' listeners read: `(protocols, keys, who)`. Such a
 /// key written on a pool whose listeners are all of other protocols would do nothing.
-pub fn pool_groups() -> [(&'static [Protocol], &'static [&'static str], &'static str); 2] {
+pub fn pool_groups() -> [(&'static [Protocol], &'static [&'static str], &'static str); 3] {
     [
         (&[Protocol::Http], keys::of::<HttpPool>(), "http listeners"),
         (
@@ -89,6 +91,7 @@ pub fn pool_groups() -> [(&'static [Protocol], &'static [&'static str], &'static
             keys::of::<DatabasePool>(),
             "database listeners",
         ),
+        (&[Protocol::Smtp], keys::of::<SmtpPool>(), "smtp listeners"),
     ]
 }
 
@@ -101,5 +104,6 @@ pub(super) fn read_pool_groups(
 ) -> Option<()> {
     pool.http = section::<HttpPool>(item, at, sink)?;
     pool.database = section::<DatabasePool>(item, at, sink)?;
+    pool.smtp = section::<SmtpPool>(item, at, sink)?;
     Some(())
 }

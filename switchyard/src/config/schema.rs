@@ -290,6 +290,9 @@ pub struct PoolConfig {
     /// The keys database listeners read, set by the loader.
     #[serde(skip)]
     pub database: DatabasePool,
+    /// The keys SMTP listeners read, set by the loader.
+    #[serde(skip)]
+    pub smtp: super::smtp::SmtpPool,
 }
 
 /// PROXY protocol versions.
@@ -449,6 +452,8 @@ pub enum CheckOptions {
     Postgres(DatabaseCheck),
     /// A MySQL login and role query.
     Mysql(MysqlCheck),
+    /// An SMTP banner, EHLO (and STARTTLS with `upstream_tls.starttls`), QUIT.
+    Smtp,
 }
 
 impl HealthConfig {
@@ -578,6 +583,10 @@ pub struct UpstreamTlsConfig {
     /// ALPN protocols offered to servers.
     #[serde(default)]
     pub alpn: Vec<String>,
+    /// SMTP: upgrade with STARTTLS after the server's EHLO, instead of TLS from the first
+    /// byte.
+    #[serde(default)]
+    pub starttls: bool,
 }
 
 /// Default values, named so the schema documentation and the code agree.

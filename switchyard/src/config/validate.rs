@@ -195,7 +195,7 @@ fn validate_pool(config: &Config, i: usize, pool: &PoolConfig, sink: &mut ErrorS
             }
         }
         match &health.options {
-            CheckOptions::Tcp => {}
+            CheckOptions::Tcp | CheckOptions::Smtp => {}
             CheckOptions::Http(check) => http::validate_check(check, i, sink),
             CheckOptions::Postgres(check) => {
                 database::validate_check(check.password.as_deref(), i, sink);

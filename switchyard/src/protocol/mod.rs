@@ -3,6 +3,7 @@
 pub mod http;
 pub mod mysql;
 pub mod postgres;
+pub mod smtp;
 pub mod tcp;
 
 use std::collections::HashMap;
@@ -84,6 +85,7 @@ impl Registry {
             Arc::new(http::Http::new(context)),
             Arc::new(postgres::Postgres::new(context)),
             Arc::new(mysql::Mysql),
+            Arc::new(smtp::Smtp::new(context)),
         ];
         let mut checks: HashMap<CheckKind, Arc<dyn Check>> = HashMap::new();
         checks.insert(CheckKind::Tcp, Arc::new(crate::health::TcpCheck));

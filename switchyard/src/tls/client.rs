@@ -24,6 +24,7 @@ use crate::config::{SslMode, UpstreamTlsConfig};
 #[derive(Debug)]
 pub struct UpstreamTls {
     mode: SslMode,
+    starttls: bool,
     sni: Option<String>,
     config: Arc<ClientConfig>,
 }
@@ -71,6 +72,7 @@ impl UpstreamTls {
         config.alpn_protocols = cfg.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Ok(Self {
             mode: cfg.sslmode,
+            starttls: cfg.starttls,
             sni: cfg.sni.clone(),
             config: Arc::new(config),
         })
@@ -79,6 +81,11 @@ impl UpstreamTls {
     /// The configured `sslmode`.
     pub fn mode(&self) -> SslMode {
         self.mode
+    }
+
+    /// Whether TLS starts in the protocol (SMTP's STARTTLS) rather than at the first byte.
+    pub fn starttls(&self) -> bool {
+        self.starttls
     }
 
     /// Handshake over an already-connected stream, verifying per `sslmode`: `require`

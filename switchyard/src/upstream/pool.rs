@@ -97,6 +97,8 @@ pub struct Pool {
     pub http: HttpPool,
     /// The keys database listeners read (replica lag, pooling, the split).
     pub database: DatabasePool,
+    /// The keys SMTP listeners read (`send_xclient`).
+    pub smtp: crate::config::SmtpPool,
     max_queue: usize,
     balancer: Balancer,
     // Clients waiting for a server slot. Shared with the pool this one replaced, so that
@@ -158,6 +160,7 @@ impl Pool {
             stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
             http: config.http.clone(),
             database: config.database.clone(),
+            smtp: config.smtp.clone(),
             max_queue: config.max_queue,
             slot_freed: previous.map(|p| p.slot_freed.clone()).unwrap_or_default(),
             servers_changed: previous
