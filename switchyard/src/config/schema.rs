@@ -130,7 +130,7 @@ impl Protocol {
     /// Whether clients log in before their traffic is relayed (a handshake and
     /// authentication the proxy takes part in), so `timeouts.login` applies.
     pub fn has_login(self) -> bool {
-        matches!(self, Protocol::Postgres | Protocol::Mysql | Protocol::Smtp)
+        matches!(self, Protocol::Postgres | Protocol::Mysql)
     }
 
     /// The name used in the config file and in the API.
