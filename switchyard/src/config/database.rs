@@ -257,7 +257,7 @@ pub fn knows_roles(pool: &PoolConfig) -> bool {
 /// The message naming what a role-based feature needs from `pool`.
 pub fn roles_needed(pool: &str) -> String {
     format!(
-        "pool `{pool}` needs `health = {{ check = \"postgres\" }}` so that its servers' roles are known"
+        "pool `{pool}` needs a database health check (`health = {{ check = \"postgres\" }}` or `\"mysql\"`) so that its servers' roles are known"
     )
 }
 

@@ -28,6 +28,9 @@ pub enum ProxyError {
     InsecureTransport,
     /// A packet that does not follow the protocol (1156 / 08S01), with what was wrong.
     MalformedPacket(String),
+    /// The client cannot answer the server's authentication plugin: it did not announce
+    /// `CLIENT_PLUGIN_AUTH` (1251 / 08004).
+    AuthNotSupported,
 }
 
 impl ProxyError {
@@ -40,6 +43,7 @@ impl ProxyError {
             Self::AccessDenied { .. } => 1045,
             Self::InsecureTransport => 3159,
             Self::MalformedPacket(_) => 1156,
+            Self::AuthNotSupported => 1251,
         }
     }
 
@@ -48,7 +52,7 @@ impl ProxyError {
         match self {
             Self::CantConnect(_) | Self::MalformedPacket(_) => "08S01",
             Self::UnknownDatabase(_) => "42000",
-            Self::TooManyConnections => "08004",
+            Self::TooManyConnections | Self::AuthNotSupported => "08004",
             Self::AccessDenied { .. } => "28000",
             Self::InsecureTransport => "HY000",
         }
@@ -70,6 +74,7 @@ impl ProxyError {
             ),
             Self::InsecureTransport => "Connections using insecure transport are prohibited while --require_secure_transport=ON.".to_string(),
             Self::MalformedPacket(what) => format!("Got packets out of order or malformed: {what}"),
+            Self::AuthNotSupported => "Client does not support authentication protocol requested by server; consider upgrading MySQL client".to_string(),
         }
     }
 
