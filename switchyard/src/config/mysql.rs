@@ -4,7 +4,9 @@
 
 use serde::Deserialize;
 
-use super::database::{self, ClientTlsConfig, ClientTlsMode, DatabaseListener, ListenerRole, MessageLimits};
+use super::database::{
+    self, ClientTlsConfig, ClientTlsMode, DatabaseListener, ListenerRole, MessageLimits,
+};
 use super::load::ErrorSink;
 use super::protocols::ListenerKeys;
 use super::schema::Config;

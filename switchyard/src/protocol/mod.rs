@@ -107,7 +107,7 @@ impl Registry {
             Arc::new(tcp::Tcp::new(context)),
             Arc::new(http::Http::new(context)),
             Arc::new(postgres::Postgres::new(context)),
-            Arc::new(mysql::Mysql),
+            Arc::new(mysql::Mysql::new(context)),
         ];
         let mut checks: HashMap<CheckKind, Arc<dyn Check>> = HashMap::new();
         checks.insert(CheckKind::Tcp, Arc::new(crate::health::TcpCheck));
@@ -230,7 +230,16 @@ pub async fn relay_database_session(
                 }
                 count_bytes(record, listener, server, early.len() as u64, 0);
             }
-            relay_session(context, listener, server, idle, &client, &server_stream, record).await
+            relay_session(
+                context,
+                listener,
+                server,
+                idle,
+                &client,
+                &server_stream,
+                record,
+            )
+            .await
         }
         (client, server_stream) => {
             let cut = server.session_token();

@@ -8,7 +8,10 @@ use super::packet::packet;
 /// An error the proxy reports to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyError {
-    /// No server could be reached (2003 / 08S01, as the client library reports a failed
+    /// No server could be reached: MySQL's "Can't connect" wording and SQLSTATE 08S01
+    /// (a connection failure to drivers), under 1105 (ER_UNKNOWN_ERROR) rather than the
+    /// client library's own 2003, which libmariadb (the `mariadb` CLI) turns into 2027
+    /// "Received malformed packet" when a server sends it. With the reason
     /// connect), with the reason.
     CantConnect(String),
     /// No route for the database (1049 / 42000).
@@ -37,7 +40,7 @@ impl ProxyError {
     /// The MySQL error number.
     pub fn code(&self) -> u16 {
         match self {
-            Self::CantConnect(_) => 2003,
+            Self::CantConnect(_) => 1105,
             Self::UnknownDatabase(_) => 1049,
             Self::TooManyConnections => 1040,
             Self::AccessDenied { .. } => 1045,
@@ -115,7 +118,7 @@ mod tests {
         for (error, code, state) in [
             (
                 ProxyError::CantConnect("connection refused".into()),
-                2003,
+                1105,
                 "08S01",
             ),
             (ProxyError::UnknownDatabase("shop".into()), 1049, "42000"),

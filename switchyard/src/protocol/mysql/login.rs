@@ -520,7 +520,7 @@ mod tests {
         let to_client = LoginError::Server(err.clone()).to_client();
         assert_eq!(to_client, err);
         let cut = LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()).to_client();
-        assert_eq!(cut.code, 2003);
+        assert_eq!(cut.code, 1105);
     }
 
     /// What the scripted caching_sha2_password server does after the fast-path answer.

@@ -22,7 +22,7 @@ use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::{count_bytes, proxy_preamble, relay_database_session};
 use crate::relay::IdleLimit;
-use crate::route::{RouteFacts, Rewrites};
+use crate::route::{Rewrites, RouteFacts};
 use crate::tls::{Rewind, ServerTls, TlsInfo};
 use crate::upstream::ServerStream;
 use crate::upstream::{
