@@ -398,3 +398,60 @@ print(len(results), len(failures), failures[:3])
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `SELECT @@server_id` through `address` as the native user (1: the primary, 2: the
+/// replica the harness starts).
+fn server_id(address: SocketAddr) -> String {
+    let (ok, out, err) = mariadb_cli(address, NATIVE_USER, &[], "SELECT @@server_id");
+    assert!(ok, "{err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_and_replica_listeners_follow_roles_and_failover() {
+    let mut primary = server(&MyOptions::default());
+    let replica = primary.replica();
+    let config = Config::new()
+        .protocol("mysql")
+        .servers(&[("a", primary.address(), ""), ("b", replica.address(), "")])
+        .listener("role = \"primary\"")
+        .pool(&format!(
+            "health = {{ check = \"mysql\", user = \"{}\", password = \"{}\", interval = \"200ms\", fall = 2, rise = 1 }}",
+            support::mysql::MONITOR_USER.0,
+            support::mysql::MONITOR_USER.1
+        ))
+        .section(&listener("ro", "app", "role = \"replica\""));
+    let (proxy, rw) = config.start().await;
+    let ro = listener_addr(&proxy, "ro").await;
+    wait_until("roles known", || async {
+        proxy.server("app", "a").await.role == "primary"
+            && proxy.server("app", "b").await.role == "replica"
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(server_id(rw), "1");
+        assert_eq!(server_id(ro), "2");
+    }
+    let (ok, status, said) = proxy.ctl(&["status"]);
+    assert!(ok, "{said}");
+    assert!(status.contains("ro"), "{status}");
+
+    // Failover: the primary stops, the replica is promoted; the primary listener follows.
+    primary.stop();
+    replica.sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0;");
+    wait_until("rw to follow the promoted replica", || async {
+        proxy.server("app", "b").await.role == "primary"
+            && proxy.server("app", "a").await.health == "down"
+    })
+    .await;
+    assert_eq!(server_id(rw), "2");
+    let (ok, _, err) = mariadb_cli(
+        rw,
+        NATIVE_USER,
+        &["-D", "app"],
+        "INSERT INTO t (v) VALUES (1)",
+    );
+    assert!(ok, "writes reach the promoted server: {err}");
+    // No replica left: the replica listener falls back to the primary.
+    assert_eq!(server_id(ro), "2");
+}
