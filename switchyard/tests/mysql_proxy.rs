@@ -455,3 +455,85 @@ async fn primary_and_replica_listeners_follow_roles_and_failover() {
     // No replica left: the replica listener falls back to the primary.
     assert_eq!(server_id(ro), "2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_query_by_the_proxys_connection_id_reaches_the_right_thread() {
+    let server = server(&MyOptions::default());
+    // Server thread ids move past the proxy's first ids, so a mix-up would show.
+    for _ in 0..5 {
+        server.sql("SELECT 1");
+    }
+    let (_proxy, front) = Config::new()
+        .protocol("mysql")
+        .server("db", server.address(), "")
+        .start()
+        .await;
+    // Two sessions sleep; a third kills the first one's query by the id its greeting
+    // gave it (MariaDB ends a killed SLEEP with 1317 "Query execution was interrupted").
+    // The second sleeps on until killed in turn; an unknown id kills nothing.
+    let script = r#"
+import sys, threading, time, pymysql
+host, port, user, password = sys.argv[1:5]
+def connect():
+    return pymysql.connect(host=host, port=int(port), user=user, password=password)
+a, b, c = connect(), connect(), connect()
+ids = [x.thread_id() for x in (a, b)]
+server_ids = []
+for x in (a, b):
+    with x.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        server_ids.append(cur.fetchone()[0])
+assert ids != server_ids, (ids, server_ids)
+results = {}
+def sleep(name, conn):
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT SLEEP(30)")
+            results[name] = cur.fetchone()[0]
+    except pymysql.err.MySQLError as e:
+        results[name] = e.args[0]
+threads = [threading.Thread(target=sleep, args=(n, x)) for n, x in (("a", a), ("b", b))]
+for t in threads: t.start()
+def sleeping():
+    with c.cursor() as cur:
+        cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(30)'")
+        return sorted(r[0] for r in cur.fetchall())
+while sleeping() != sorted(server_ids):
+    time.sleep(0.05)
+with c.cursor() as cur:
+    try:
+        cur.execute("KILL QUERY 999999")
+        print("unknown id: no error")
+    except pymysql.err.MySQLError as e:
+        print("unknown id:", e.args[0])
+    cur.execute("KILL QUERY %d" % ids[0])
+threads[0].join()
+print("a:", results["a"], "b sleeping:", sleeping() == [server_ids[1]])
+with c.cursor() as cur:
+    cur.execute("KILL QUERY %d" % ids[1])
+threads[1].join()
+print("b:", results["b"])
+"#;
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .args([
+                &front.ip().to_string(),
+                &front.port().to_string(),
+                NATIVE_USER.0,
+                NATIVE_USER.1,
+            ])
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("join");
+    let said = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(
+        lines,
+        ["unknown id: 1094", "a: 1317 b sleeping: True", "b: 1317"],
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -19,7 +19,7 @@ use crate::health::Check;
 use crate::listener::{Handler, Listener};
 use crate::observe::{AccessLog, ConnectionRecord, Termination};
 use crate::proxy_protocol::{self};
-use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams};
+use crate::relay::{IdleLimit, RelayCounters, Rewrite, relay, relay_streams};
 use crate::tls::Rewind;
 use crate::upstream::ServerStream;
 use crate::upstream::{Pool, Server};
@@ -176,6 +176,8 @@ pub fn count_bytes(
 
 /// Relays an established session until either side ends it, the server's sessions are cut
 /// or the proxy's shutdown runs out; counts the bytes and returns the termination.
+/// `rewrite` (if any) sees what the client sends.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay_session(
     context: &Context,
     listener: &Listener,
@@ -184,6 +186,7 @@ pub async fn relay_session(
     client: &TcpStream,
     upstream: &TcpStream,
     record: &mut ConnectionRecord,
+    rewrite: Option<&mut dyn Rewrite>,
 ) -> Termination {
     let cut = server.session_token();
     let outcome = relay(
@@ -196,6 +199,7 @@ pub async fn relay_session(
             to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
             to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
         },
+        rewrite,
     )
     .await;
     record.bytes_in += outcome.bytes_in;
@@ -211,7 +215,9 @@ pub type ClientStream =
 /// Relays a logged-in database session whose client and server sides may each be TLS:
 /// plaintext on both sides takes the socket-to-socket path of [`relay_session`] (after
 /// forwarding client bytes the PROXY header read brought along), anything else the
-/// stream relay. Counts the bytes and returns the termination.
+/// stream relay. `rewrite` (if any) sees what the client sends. Counts the bytes and
+/// returns the termination.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay_database_session(
     context: &Context,
     listener: &Listener,
@@ -220,6 +226,7 @@ pub async fn relay_database_session(
     client: ClientStream,
     server_stream: ServerStream,
     record: &mut ConnectionRecord,
+    rewrite: Option<&mut dyn Rewrite>,
 ) -> Termination {
     match (client, server_stream) {
         (Either::Left(client), Either::Left(mut server_stream)) => {
@@ -238,6 +245,7 @@ pub async fn relay_database_session(
                 &client,
                 &server_stream,
                 record,
+                rewrite,
             )
             .await
         }
@@ -254,6 +262,7 @@ pub async fn relay_database_session(
                 &cut,
                 &context.hard_stop,
                 counters,
+                rewrite,
             )
             .await;
             record.bytes_in += outcome.bytes_in;

@@ -23,6 +23,7 @@ pub mod err;
 pub mod errors;
 pub mod flags;
 pub mod handshake;
+pub mod kill;
 pub mod lenenc;
 pub mod login;
 pub mod ok;
@@ -60,6 +61,8 @@ pub struct MysqlState {
     pub context: Arc<Context>,
     /// The last connection id given to a client in the proxy's greeting.
     last_connection_id: AtomicU32,
+    /// Proxy connection ids of live sessions, for `KILL`.
+    pub kills: Arc<kill::KillTable>,
 }
 
 impl MysqlState {
@@ -85,6 +88,7 @@ impl Mysql {
             state: Arc::new(MysqlState {
                 context: context.clone(),
                 last_connection_id: AtomicU32::new(0),
+                kills: Arc::default(),
             }),
         }
     }

@@ -1,7 +1,7 @@
 //! One client session in session mode: the proxy's own greeting, the client's SSL upgrade
 //! and HandshakeResponse41, routing, a server of the listener's role (over TLS per the
 //! pool's `sslmode`), the server's authentication relayed ([`super::passthrough`]), then
-//! bytes both ways for the session's life, unparsed.
+//! bytes both ways for the session's life, unparsed but for `KILL`s ([`super::kill`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +15,7 @@ use super::auth::native;
 use super::errors::ProxyError;
 use super::flags::capabilities as cap;
 use super::handshake::Handshake;
+use super::kill::KillRewrite;
 use super::login::{Greeted, LoginError, greet};
 use super::packet::{CodecError, PacketReader, write_packet};
 use super::passthrough::{Broken, Moved, Outcome, Side, relay_login, switch_to_server};
@@ -94,9 +95,10 @@ async fn session(
         .tls
         .as_ref()
         .filter(|_| mode != ClientTlsMode::Disabled);
+    let connection_id = state.next_connection_id();
     let greeting = Handshake::for_proxy(
         &options.server_version,
-        state.next_connection_id(),
+        connection_id,
         offered.is_some(),
         native::NAME,
     )
@@ -303,6 +305,10 @@ async fn session(
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );
+    let _kill = state
+        .kills
+        .register(connection_id, &server, handshake.connection_id);
+    let mut kills = KillRewrite::new(&state.kills, &server);
     Ok(relay_database_session(
         &state.context,
         listener,
@@ -311,6 +317,7 @@ async fn session(
         client,
         server_stream,
         record,
+        Some(&mut kills),
     )
     .await)
 }

@@ -298,6 +298,7 @@ async fn session(
         client,
         server_stream,
         record,
+        None,
     )
     .await)
 }
