@@ -537,3 +537,81 @@ print("b:", results["b"])
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_side_authentication_with_users() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new("mysql proxy auth CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let (cert, key) = ca.issue(&["127.0.0.1"], "mariadb", dir.path(), "server");
+    let server = server(&MyOptions {
+        tls: Some((cert, key, ca_file.clone())),
+    });
+    server.sql("SET GLOBAL require_secure_transport = ON");
+    // `allow`: switchyard's own plaintext login is refused, and it retries over TLS.
+    let config = Config::new()
+        .protocol("mysql")
+        .server("db", server.address(), "")
+        .pool(&format!(
+            "upstream_tls = {{ sslmode = \"allow\", root_cert = \"{}\" }}",
+            ca_file.display()
+        ))
+        .listener("auth = \"mysql_native_password\"")
+        .listener("  [[listener.routes]]\n  user = \"alias\"\n  pool = \"app\"\n  rewrite_user = \"native_user\"\n")
+        .section(&listener("sha2", "app", "auth = \"caching_sha2_password\""))
+        .section(&format!(
+            "[[user]]\nname = \"{}\"\npassword = \"{}\"\n\n[[user]]\nname = \"{}\"\npassword = \"{}\"\n\n\
+             [[user]]\nname = \"alias\"\npassword = \"alias-pw\"\nserver_password = \"{}\"\n",
+            NATIVE_USER.0, NATIVE_USER.1, ED25519_USER.0, ED25519_USER.1, NATIVE_USER.1
+        ));
+    let (proxy, front) = config.start().await;
+    let sha2 = listener_addr(&proxy, "sha2").await;
+
+    let (ok, out, err) = mariadb_cli(front, NATIVE_USER, &["-D", "app"], "SELECT CURRENT_USER()");
+    assert!(ok, "{err}");
+    assert_eq!(out, "native_user@%");
+    assert_eq!(
+        pymysql(
+            front,
+            ED25519_USER,
+            Some("app"),
+            None,
+            "SELECT CURRENT_USER()"
+        ),
+        "ed_user@%",
+        "switchyard answers the server's ed25519"
+    );
+    assert_eq!(
+        pymysql(
+            front,
+            ("alias", "alias-pw"),
+            None,
+            None,
+            "SELECT CURRENT_USER()"
+        ),
+        "native_user@%",
+        "server_password with the rewritten user"
+    );
+    assert_eq!(
+        pymysql(sha2, NATIVE_USER, None, None, "SELECT 7"),
+        "7",
+        "caching_sha2_password's fast path"
+    );
+    let (ok, out, err) = mariadb_cli(sha2, ED25519_USER, &[], "SELECT CURRENT_USER()");
+    assert!(ok, "the CLI's caching_sha2_password: {err}");
+    assert_eq!(out, "ed_user@%");
+    for address in [front, sha2] {
+        let wrong = pymysql(address, (NATIVE_USER.0, "wrong"), None, None, "SELECT 1");
+        assert_eq!(
+            wrong,
+            "ERR 1045 Access denied for user 'native_user'@'127.0.0.1' (using password: YES)"
+        );
+        let unknown = pymysql(address, ("nobody", "x"), None, None, "SELECT 1");
+        assert!(unknown.starts_with("ERR 1045"), "{unknown}");
+    }
+    let lines = access_lines(&proxy);
+    assert!(
+        lines.iter().any(|l| l["termination"] == "auth_failed"),
+        "{lines:?}"
+    );
+}

@@ -67,6 +67,13 @@ pub enum MysqlAuth {
     #[default]
     #[serde(rename = "passthrough")]
     Passthrough,
+    /// `mysql_native_password` against `[[user]]` passwords; switchyard logs in to servers.
+    #[serde(rename = "mysql_native_password")]
+    MysqlNativePassword,
+    /// `caching_sha2_password` (its fast path) against `[[user]]` passwords; switchyard
+    /// logs in to servers.
+    #[serde(rename = "caching_sha2_password")]
+    CachingSha2Password,
 }
 
 /// A MySQL routing rule: when every given match key matches the login, use `pool`, with
@@ -116,6 +123,14 @@ impl ListenerKeys for MysqlListener {
             pools: &pools,
         };
         database::validate_listener(config, i, &database, sink);
+        if self.auth != MysqlAuth::Passthrough
+            && !config.users.iter().any(|user| user.password.is_some())
+        {
+            sink.at(
+                &crate::key_path!("listener", i, "auth"),
+                "proxy-side authentication needs `[[user]]` entries with a `password`",
+            );
+        }
         if self.server_version.is_empty() || self.server_version.contains('\0') {
             sink.at(
                 &crate::key_path!("listener", i, "server_version"),

@@ -29,6 +29,7 @@ pub mod login;
 pub mod ok;
 pub mod packet;
 pub mod passthrough;
+pub mod proxy_auth;
 pub mod query;
 pub mod response;
 pub mod session;
@@ -40,9 +41,11 @@ pub use packet::{CodecError, Packet, PacketReader};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use arc_swap::ArcSwap;
+
 use super::{Context, Frontend, Pools};
 use crate::config::{
-    CheckKind, ListenerConfig, ListenerOptions, MysqlListener, MysqlRoute, Protocol,
+    CheckKind, Config, ListenerConfig, ListenerOptions, MysqlListener, MysqlRoute, Protocol,
 };
 use crate::health::Check;
 use crate::listener::{Accepted, Handler, Serving};
@@ -63,6 +66,8 @@ pub struct MysqlState {
     last_connection_id: AtomicU32,
     /// Proxy connection ids of live sessions, for `KILL`.
     pub kills: Arc<kill::KillTable>,
+    /// `[[user]]`, for listeners that authenticate clients themselves.
+    pub users: ArcSwap<proxy_auth::MysqlUsers>,
 }
 
 impl MysqlState {
@@ -89,6 +94,7 @@ impl Mysql {
                 context: context.clone(),
                 last_connection_id: AtomicU32::new(0),
                 kills: Arc::default(),
+                users: ArcSwap::default(),
             }),
         }
     }
@@ -124,6 +130,12 @@ impl Frontend for Mysql {
             options: options.clone(),
             routing,
         }))
+    }
+
+    fn configure(&self, config: &Config) -> Result<(), String> {
+        let users = proxy_auth::MysqlUsers::from_config(config)?;
+        self.state.users.store(Arc::new(users));
+        Ok(())
     }
 
     fn checks(&self) -> Vec<(CheckKind, Arc<dyn Check>)> {

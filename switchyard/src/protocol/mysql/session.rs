@@ -11,17 +11,19 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::MysqlHandler;
-use super::auth::native;
+use super::auth::{caching_sha2, native};
 use super::errors::ProxyError;
 use super::flags::capabilities as cap;
 use super::handshake::Handshake;
 use super::kill::KillRewrite;
-use super::login::{Greeted, LoginError, greet};
+use super::login::{Credential, Greeted, LoginError, LoginOptions, greet, login, retries_with_tls};
+use super::ok::{OK, OkPacket};
 use super::packet::{CodecError, PacketReader, write_packet};
 use super::passthrough::{Broken, Moved, Outcome, Side, relay_login, switch_to_server};
+use super::proxy_auth::{self, Denied};
 use super::response::{ClientHead, ClientReply, HandshakeResponse, parse_client_reply};
 use crate::accept;
-use crate::config::ClientTlsMode;
+use crate::config::{ClientTlsMode, MysqlAuth};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::{ClientStream, Refusal, count_bytes, proxy_preamble, relay_database_session};
@@ -29,8 +31,8 @@ use crate::relay::IdleLimit;
 use crate::route::{Rewrites, RouteFacts};
 use crate::tls::{Rewind, ServerTls, TlsInfo};
 use crate::upstream::{
-    ConnectError, LeaseError, Pool, ServerRole, Stage, connect_role, following_reloads,
-    record_failure, server_host, wanted_role,
+    ConnectError, LeaseError, Pool, Server, ServerRole, ServerStream, Stage, connect_role,
+    connect_server, following_reloads, record_failure, server_host, wanted_role,
 };
 
 /// Capabilities that change how result packets read: a client that negotiated them
@@ -100,7 +102,10 @@ async fn session(
         &options.server_version,
         connection_id,
         offered.is_some(),
-        native::NAME,
+        match options.auth {
+            MysqlAuth::CachingSha2Password => caching_sha2::NAME,
+            _ => native::NAME,
+        },
     )
     .map_err(|e| Refusal::new(Termination::ServerError, format!("no randomness: {e}")))?;
     let login = tokio::time::timeout(
@@ -112,11 +117,11 @@ async fn session(
     let ClientLogin {
         stream: mut client,
         reader: mut client_reader,
-        mut response,
+        response,
         sequence,
         tls: tls_info,
     } = login?;
-    let reply = sequence.wrapping_add(1);
+    let mut reply = sequence.wrapping_add(1);
     if mode == ClientTlsMode::Required && tls_info.is_none() {
         let error = ProxyError::InsecureTransport;
         return Err(refuse(&mut client, reply, &error, Termination::TlsRequired).await);
@@ -128,6 +133,42 @@ async fn session(
     // A larger limit from here on: auth answers (an RSA-encrypted password) are small,
     // but the relay may start with bytes already read.
     client_reader.set_limit(options.limits.message);
+    let server_password = match options.auth {
+        MysqlAuth::Passthrough => None,
+        method => {
+            let users = state.users.load_full();
+            let host = record.client.ip().to_string();
+            let checked = proxy_auth::authenticate(
+                &mut client,
+                &mut client_reader,
+                &greeting,
+                &response,
+                sequence,
+                method,
+                &users,
+                &host,
+            );
+            let checked = tokio::time::timeout(settings.config.timeouts.client, checked)
+                .await
+                .map_err(|_| Refusal::new(Termination::ClientTimeout, "no password in time"))?;
+            match checked {
+                Ok((password, next)) => {
+                    reply = next;
+                    Some(password)
+                }
+                Err((Denied::Refused(error), next)) => {
+                    return Err(refuse(&mut client, next, &error, Termination::AuthFailed).await);
+                }
+                Err((Denied::Codec(CodecError::Io(error)), _)) => {
+                    return Err(Refusal::new(Termination::ClientClosed, error));
+                }
+                Err((Denied::Codec(error), next)) => {
+                    let error = ProxyError::MalformedPacket(error.to_string());
+                    return Err(refuse(&mut client, next, &error, Termination::BadMessage).await);
+                }
+            }
+        }
+    };
     let Some((pool, rewrites)) = route(handler, &response, tls_info.as_ref()) else {
         let database = response.database.clone().unwrap_or_default();
         let error = ProxyError::UnknownDatabase(database);
@@ -190,100 +231,44 @@ async fn session(
         return Err(refuse(&mut client, reply, &error, Termination::ServerError).await);
     }
     let host = server_host(&server);
-    let client_head = response.head;
-    let greeted = tokio::time::timeout(
-        pool.timeouts.connect,
-        greet(
-            upstream_stream,
-            pool.tls.as_deref(),
-            &host,
-            false,
-            options.limits.message,
-            |handshake| server_head(&client_head, handshake, &rewrites, &response),
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(LoginError::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "no greeting from the server in time",
-        )))
-    });
-    let Greeted {
-        stream: mut server_stream,
-        reader: mut server_reader,
-        handshake,
-        head,
-        sequence: to_server,
-    } = match greeted {
-        Ok(greeted) => greeted,
-        Err(error) => {
-            let reason = match &error {
-                LoginError::Tls { error: io, .. } => {
-                    record_failure(&pool, &server, Stage::Tls, io);
-                    Termination::ServerTlsFailed
-                }
-                LoginError::TlsUnavailable(_) => Termination::ServerTlsFailed,
-                LoginError::Server(_) => Termination::ServerRefused,
-                _ => Termination::ServerError,
-            };
-            let packet = super::packet::packet(reply, &error.to_client().encode());
-            let _ = client.write_all(&packet).await;
-            let _ = client.shutdown().await;
-            return Err(Refusal::new(reason, error));
+    let upstream = UpstreamLink {
+        pool: &pool,
+        server: &server,
+        host: &host,
+        preamble: &preamble,
+        limit: options.limits.message,
+    };
+    let logged_in = match server_password {
+        None => {
+            let mut moved = Moved::default();
+            let relayed = relayed_login(
+                &mut client,
+                &mut client_reader,
+                upstream_stream,
+                &upstream,
+                response,
+                &rewrites,
+                (reply, settings.config.timeouts.client),
+                &mut moved,
+            )
+            .await;
+            count_bytes(record, listener, &server, moved.to_server, moved.to_client);
+            relayed?
+        }
+        Some(password) => {
+            own_login(
+                &mut client,
+                upstream_stream,
+                &upstream,
+                &response,
+                &rewrites,
+                password,
+                reply,
+            )
+            .await?
         }
     };
-    let missing = client_head.capabilities & FRAMING & !handshake.capabilities;
-    if missing != 0 || handshake.capabilities & cap::PLUGIN_AUTH == 0 {
-        let error = ProxyError::CantConnect(format!(
-            "the server ({}) lacks capabilities the client negotiated ({missing:#x}) or plugin authentication",
-            handshake.server_version
-        ));
-        return Err(refuse(&mut client, reply, &error, Termination::ServerError).await);
-    }
-    rewrite(&mut response, head, &rewrites);
-    let switch = switch_to_server(&handshake.auth_plugin, &handshake.scramble);
-    let mut moved = Moved::default();
-    let exchange = relay_login(
-        Side {
-            stream: &mut client,
-            reader: &mut client_reader,
-            sequence: reply,
-        },
-        Side {
-            stream: &mut server_stream,
-            reader: &mut server_reader,
-            sequence: to_server,
-        },
-        &switch,
-        response,
-        &mut moved,
-    );
-    let outcome = tokio::time::timeout(settings.config.timeouts.client, exchange).await;
-    count_bytes(record, listener, &server, moved.to_server, moved.to_client);
-    match outcome {
-        Err(_) => {
-            return Err(Refusal::new(
-                Termination::ClientTimeout,
-                "no password in time",
-            ));
-        }
-        Ok(Err(Broken::Client(CodecError::Io(error)))) => {
-            return Err(Refusal::new(Termination::ClientClosed, error));
-        }
-        Ok(Err(Broken::Client(error))) => {
-            let error = ProxyError::MalformedPacket(error.to_string());
-            return Err(refuse(&mut client, 0, &error, Termination::BadMessage).await);
-        }
-        Ok(Err(Broken::Server(error))) => {
-            let error = ProxyError::CantConnect(format!("lost the server during login: {error}"));
-            return Err(refuse(&mut client, 0, &error, Termination::ServerError).await);
-        }
-        Ok(Ok(Outcome::Refused(err))) => {
-            return Err(Refusal::new(Termination::ServerRefused, err));
-        }
-        Ok(Ok(Outcome::LoggedIn)) => {}
-    }
+    let (mut server_stream, mut server_reader, thread) = logged_in;
     // Nothing should follow the login's packets before the client's first command; pass
     // on whatever did, so the relay sees every byte.
     let late = client_reader.take_buffered();
@@ -305,9 +290,7 @@ async fn session(
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );
-    let _kill = state
-        .kills
-        .register(connection_id, &server, handshake.connection_id);
+    let _kill = state.kills.register(connection_id, &server, thread);
     let mut kills = KillRewrite::new(&state.kills, &server);
     Ok(relay_database_session(
         &state.context,
@@ -320,6 +303,231 @@ async fn session(
         Some(&mut kills),
     )
     .await)
+}
+
+/// What the server side of a login needs to know.
+struct UpstreamLink<'a> {
+    pool: &'a Arc<Pool>,
+    server: &'a Arc<Server>,
+    host: &'a str,
+    /// The PROXY header sent first on every server connection (empty without one).
+    preamble: &'a [u8],
+    /// Longest packet read from the server during the login.
+    limit: usize,
+}
+
+/// A logged-in server connection: the stream, what was read from it, its thread id.
+type LoggedIn = (ServerStream, PacketReader, u32);
+
+/// Passthrough: the server's greeting, TLS per the pool's sslmode, then the server's
+/// authentication relayed ([`relay_login`]); `reply` is the sequence id of the next
+/// packet to the client, with the time the client has to answer.
+#[allow(clippy::too_many_arguments)]
+async fn relayed_login(
+    client: &mut ClientStream,
+    client_reader: &mut PacketReader,
+    stream: TcpStream,
+    upstream: &UpstreamLink<'_>,
+    mut response: HandshakeResponse,
+    rewrites: &Rewrites,
+    (reply, client_timeout): (u8, std::time::Duration),
+    moved: &mut Moved,
+) -> Result<LoggedIn, Refusal> {
+    let client_head = response.head;
+    let greeted = tokio::time::timeout(
+        upstream.pool.timeouts.connect,
+        greet(
+            stream,
+            upstream.pool.tls.as_deref(),
+            upstream.host,
+            false,
+            upstream.limit,
+            |handshake| server_head(&client_head, handshake, rewrites, &response),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| Err(no_greeting()));
+    let Greeted {
+        stream: mut server_stream,
+        reader: mut server_reader,
+        handshake,
+        head,
+        sequence: to_server,
+    } = match greeted {
+        Ok(greeted) => greeted,
+        Err(error) => return Err(login_failed(client, upstream, reply, error).await),
+    };
+    if let Some(error) = lacking(
+        client_head.capabilities,
+        handshake.capabilities,
+        &handshake.server_version,
+    ) {
+        return Err(refuse(client, reply, &error, Termination::ServerError).await);
+    }
+    rewrite(&mut response, head, rewrites);
+    let switch = switch_to_server(&handshake.auth_plugin, &handshake.scramble);
+    let exchange = relay_login(
+        Side {
+            stream: client,
+            reader: client_reader,
+            sequence: reply,
+        },
+        Side {
+            stream: &mut server_stream,
+            reader: &mut server_reader,
+            sequence: to_server,
+        },
+        &switch,
+        response,
+        moved,
+    );
+    match tokio::time::timeout(client_timeout, exchange).await {
+        Err(_) => Err(Refusal::new(
+            Termination::ClientTimeout,
+            "no password in time",
+        )),
+        Ok(Err(Broken::Client(CodecError::Io(error)))) => {
+            Err(Refusal::new(Termination::ClientClosed, error))
+        }
+        Ok(Err(Broken::Client(error))) => {
+            let error = ProxyError::MalformedPacket(error.to_string());
+            Err(refuse(client, 0, &error, Termination::BadMessage).await)
+        }
+        Ok(Err(Broken::Server(error))) => {
+            let error = ProxyError::CantConnect(format!("lost the server during login: {error}"));
+            Err(refuse(client, 0, &error, Termination::ServerError).await)
+        }
+        Ok(Ok(Outcome::Refused(err))) => Err(Refusal::new(Termination::ServerRefused, err)),
+        Ok(Ok(Outcome::LoggedIn)) => Ok((server_stream, server_reader, handshake.connection_id)),
+    }
+}
+
+/// Proxy-side authentication: switchyard logs in to the server itself as the (rewritten)
+/// user with `password`, TLS per the pool's sslmode (`allow` retrying over TLS after the
+/// server refused the plaintext login), then tells the client OK at sequence `reply`.
+async fn own_login(
+    client: &mut ClientStream,
+    stream: TcpStream,
+    upstream: &UpstreamLink<'_>,
+    response: &HandshakeResponse,
+    rewrites: &Rewrites,
+    password: String,
+    reply: u8,
+) -> Result<LoggedIn, Refusal> {
+    let options = LoginOptions {
+        user: rewrites
+            .user
+            .clone()
+            .unwrap_or_else(|| response.user.clone()),
+        credential: Credential::Password(password),
+        database: rewrites
+            .database
+            .clone()
+            .or_else(|| response.database.clone()),
+        capabilities: response.head.capabilities & !cap::SSL,
+        attributes: response.attributes.clone(),
+        max_packet: upstream.limit,
+    };
+    let tls = upstream.pool.tls.as_deref();
+    let attempt = |stream, retry| {
+        let options = &options;
+        async move {
+            tokio::time::timeout(
+                upstream.pool.timeouts.connect,
+                login(stream, tls, upstream.host, retry, options),
+            )
+            .await
+            .unwrap_or_else(|_| Err(no_greeting()))
+        }
+    };
+    let mut logged_in = attempt(stream, false).await;
+    if let Err(refused) = &logged_in
+        && retries_with_tls(tls, refused)
+    {
+        let retried = async {
+            let (mut stream, _) = connect_server(upstream.server, upstream.pool).await?;
+            stream.write_all(upstream.preamble).await?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        logged_in = match retried.await {
+            Ok(stream) => attempt(stream, true).await,
+            Err(error) => Err(LoginError::Io(error)),
+        };
+    }
+    let connection = match logged_in {
+        Ok(connection) => connection,
+        Err(error) => return Err(login_failed(client, upstream, reply, error).await),
+    };
+    let session = &connection.session;
+    let client_capabilities = response.head.capabilities;
+    if let Some(error) = lacking(
+        client_capabilities,
+        session.server_capabilities,
+        &session.server_version,
+    ) {
+        return Err(refuse(client, reply, &error, Termination::ServerError).await);
+    }
+    let ok = OkPacket {
+        affected_rows: 0,
+        last_insert_id: 0,
+        status: session.status,
+        warnings: 0,
+        info: String::new(),
+        session_state: Vec::new(),
+    };
+    if write_packet(client, reply, &ok.encode(OK, client_capabilities))
+        .await
+        .is_err()
+    {
+        return Err(Refusal::new(
+            Termination::ClientClosed,
+            "gone before the OK",
+        ));
+    }
+    let thread = session.connection_id;
+    Ok((connection.stream, connection.reader, thread))
+}
+
+/// The error of a server greeting that did not come in time.
+fn no_greeting() -> LoginError {
+    LoginError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no greeting from the server in time",
+    ))
+}
+
+/// The refusal of a client whose server login failed, after telling the client (the
+/// server's own ERR when it refused, else "can't connect").
+async fn login_failed(
+    client: &mut ClientStream,
+    upstream: &UpstreamLink<'_>,
+    reply: u8,
+    error: LoginError,
+) -> Refusal {
+    let reason = match &error {
+        LoginError::Tls { error: io, .. } => {
+            record_failure(upstream.pool, upstream.server, Stage::Tls, io);
+            Termination::ServerTlsFailed
+        }
+        LoginError::TlsUnavailable(_) => Termination::ServerTlsFailed,
+        LoginError::Server(_) => Termination::ServerRefused,
+        _ => Termination::ServerError,
+    };
+    let packet = super::packet::packet(reply, &error.to_client().encode());
+    let _ = client.write_all(&packet).await;
+    let _ = client.shutdown().await;
+    Refusal::new(reason, error)
+}
+
+/// The error for a server lacking capabilities the client negotiated with the proxy that
+/// change how results read, or plugin authentication; `None` when it has them.
+fn lacking(client: u32, server: u32, version: &str) -> Option<ProxyError> {
+    let missing = client & FRAMING & !server;
+    (missing != 0 || server & cap::PLUGIN_AUTH == 0).then(|| {
+        ProxyError::CantConnect(format!(
+            "the server ({version}) lacks capabilities the client negotiated ({missing:#x}) or plugin authentication"
+        ))
+    })
 }
 
 /// Sends the proxy's greeting and reads the client's answer, taking the connection to
