@@ -60,7 +60,9 @@ impl MariaDb {
     /// user and runs `sysbench <script> prepare` with one table of `rows` rows; the server
     /// accepts `max_connections` sessions.
     pub async fn start(rows: usize, max_connections: usize) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("bench-mariadb-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("bench-mariadb-")
+            .tempdir()?;
         chown(dir.path())?;
         let tmp = dir.path().join("tmp");
         std::fs::create_dir(&tmp)?;
@@ -150,7 +152,10 @@ impl MariaDb {
     async fn sql(&self, sql: &str) -> Result<()> {
         let output = Command::new("mariadb")
             .arg("--no-defaults")
-            .arg(format!("--socket={}", self.dir.path().join("sock").display()))
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("sock").display()
+            ))
             .args(["-uroot", "-e", sql])
             .output()
             .await

@@ -13,21 +13,12 @@ use std::process::{Command, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::SSLMODES;
 use support::certs::TestCa;
 use support::config::Config;
 use support::mysql::{ED25519_USER, MariaDb, MyOptions, NATIVE_USER, mariadb_cli};
 use support::ops::{access_lines, listener_addr};
 use support::wait_until;
-
-/// libpq's sslmodes, weakest first.
-const SSLMODES: [&str; 6] = [
-    "disable",
-    "allow",
-    "prefer",
-    "require",
-    "verify-ca",
-    "verify-full",
-];
 
 /// A primary with the test users allowed everything in databases `app` and `shop`.
 fn server(options: &MyOptions) -> MariaDb {
@@ -100,6 +91,25 @@ except pymysql.err.MySQLError as e:
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Runs a PyMySQL `script` (Debian's python3) with the host, port, user and password of
+/// the native user at `front` as arguments.
+async fn python_against(script: &'static str, front: SocketAddr) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .args([
+                &front.ip().to_string(),
+                &front.port().to_string(),
+                NATIVE_USER.0,
+                NATIVE_USER.1,
+            ])
+            .output()
+            .expect("python3 with PyMySQL (Debian python3-pymysql)")
+    })
+    .await
+    .expect("join")
 }
 
 /// The CLI's `status` line about TLS between it and whoever it reached.
@@ -376,20 +386,7 @@ for t in threads: t.join()
 failures = [r for r in results if r is not True]
 print(len(results), len(failures), failures[:3])
 "#;
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("/usr/bin/python3")
-            .args(["-c", script])
-            .args([
-                &front.ip().to_string(),
-                &front.port().to_string(),
-                NATIVE_USER.0,
-                NATIVE_USER.1,
-            ])
-            .output()
-            .expect("python3")
-    })
-    .await
-    .expect("join");
+    let output = python_against(script, front).await;
     let said = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         said.trim(),
@@ -514,20 +511,7 @@ with c.cursor() as cur:
 threads[1].join()
 print("b:", results["b"])
 "#;
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("/usr/bin/python3")
-            .args(["-c", script])
-            .args([
-                &front.ip().to_string(),
-                &front.port().to_string(),
-                NATIVE_USER.0,
-                NATIVE_USER.1,
-            ])
-            .output()
-            .expect("python3")
-    })
-    .await
-    .expect("join");
+    let output = python_against(script, front).await;
     let said = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = said.lines().collect();
     assert_eq!(

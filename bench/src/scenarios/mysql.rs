@@ -50,7 +50,10 @@ pub struct MysqlArgs {
 
 /// Runs the scenario on every selected target (direct, switchyard, haproxy).
 pub async fn run(ctx: &Context, args: &MysqlArgs) -> Result<Vec<Row>> {
-    progress(format!("mariadb-install-db and sysbench prepare ({} rows)", args.rows));
+    progress(format!(
+        "mariadb-install-db and sysbench prepare ({} rows)",
+        args.rows
+    ));
     let most = args.threads.iter().copied().max().unwrap_or(16);
     let server = MariaDb::start(args.rows, most + 50).await?;
     let runs: Vec<(&str, usize)> = ["oltp_point_select", "oltp_read_only"]
@@ -73,7 +76,13 @@ pub async fn run(ctx: &Context, args: &MysqlArgs) -> Result<Vec<Row>> {
                 Err(error) => {
                     for &run in &runs {
                         let error = format!("{error:#}");
-                        rows.push(Row::failed(SCENARIO, metric(run), target, Better::Higher, error));
+                        rows.push(Row::failed(
+                            SCENARIO,
+                            metric(run),
+                            target,
+                            Better::Higher,
+                            error,
+                        ));
                     }
                     continue;
                 }
@@ -118,8 +127,14 @@ async fn sysbench(address: SocketAddr, (script, threads): (&str, usize), secs: u
     let report = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let first = stderr.lines().chain(report.lines()).find(|l| l.contains("FATAL"));
-        bail!("sysbench failed: {}", first.unwrap_or("(no FATAL line)").trim());
+        let first = stderr
+            .lines()
+            .chain(report.lines())
+            .find(|l| l.contains("FATAL"));
+        bail!(
+            "sysbench failed: {}",
+            first.unwrap_or("(no FATAL line)").trim()
+        );
     }
     // "    transactions:                        123456 (12345.67 per sec.)"
     report

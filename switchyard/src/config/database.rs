@@ -302,6 +302,15 @@ pub fn validate_listener(
     }
 }
 
+/// The pools database listener `i` sends to: its `pool`, then those of its routes.
+pub fn listener_pools<'a>(
+    config: &'a Config,
+    i: usize,
+    routes: impl Iterator<Item = &'a String>,
+) -> Vec<&'a String> {
+    config.listeners[i].pool.iter().chain(routes).collect()
+}
+
 /// What the database rules need to know of a database listener, whatever its protocol.
 pub struct DatabaseListener<'a> {
     /// `role`.

@@ -110,12 +110,7 @@ impl ListenerKeys for MysqlListener {
 
     /// The database rules: role, client TLS, limits.
     fn validate(&self, config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
-        let listener = &config.listeners[i];
-        let pools: Vec<&String> = listener
-            .pool
-            .iter()
-            .chain(self.routes.iter().map(|r| &r.pool))
-            .collect();
+        let pools = database::listener_pools(config, i, self.routes.iter().map(|r| &r.pool));
         let database = DatabaseListener {
             role: self.role,
             client_tls: self.client_tls.as_ref(),

@@ -56,6 +56,33 @@ impl Refusal {
     }
 }
 
+/// The termination a database session ended with: a refusal's reason, counted as a failed
+/// connection of the listener and logged (with its detail) unless it is ordinary (the
+/// client went away, a cancel request, a bad PROXY header logged where it was read).
+pub fn session_termination(
+    outcome: Result<Termination, Refusal>,
+    listener: &Listener,
+    client: SocketAddr,
+    protocol: &str,
+) -> Termination {
+    match outcome {
+        Ok(termination) => termination,
+        Err(refusal) => {
+            if !matches!(
+                refusal.reason,
+                Termination::ClientClosed | Termination::Cancel | Termination::ProxyHeaderError
+            ) {
+                listener
+                    .stats
+                    .failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(listener = %listener.name, %client, reason = %refusal.reason, detail = %refusal.detail, "{protocol} session refused");
+            }
+            refusal.reason
+        }
+    }
+}
+
 /// The pools in service, by name.
 pub type Pools = HashMap<String, Arc<Pool>>;
 

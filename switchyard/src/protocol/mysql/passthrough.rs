@@ -173,6 +173,34 @@ mod tests {
         }
     }
 
+    /// The exchange between two duplex ends, the client's next sequence id 2 (after
+    /// greeting 0 and response 1), the server's 1.
+    async fn relay(
+        client: &mut tokio::io::DuplexStream,
+        server: &mut tokio::io::DuplexStream,
+        switch: &AuthSwitch,
+        moved: &mut Moved,
+    ) -> Result<Outcome, Broken> {
+        let (mut client_reader, mut server_reader) =
+            (PacketReader::new(1 << 20), PacketReader::new(1 << 20));
+        relay_login(
+            Side {
+                stream: client,
+                reader: &mut client_reader,
+                sequence: 2,
+            },
+            Side {
+                stream: server,
+                reader: &mut server_reader,
+                sequence: 1,
+            },
+            switch,
+            response(),
+            moved,
+        )
+        .await
+    }
+
     /// A captured MariaDB ed25519 login: the server's greeting names
     /// mysql_native_password, then switches to client_ed25519. The client is handed the
     /// greeting's scramble, answers; the server's switch is relayed with the client's
@@ -200,26 +228,10 @@ mod tests {
             .write_all(&[packet(2, &captured[1].payload), packet(4, &ok)].concat())
             .await
             .expect("server");
-        let (mut client_reader, mut server_reader) =
-            (PacketReader::new(1 << 20), PacketReader::new(1 << 20));
         let mut moved = Moved::default();
-        let outcome = relay_login(
-            Side {
-                stream: &mut client_end,
-                reader: &mut client_reader,
-                sequence: 2,
-            },
-            Side {
-                stream: &mut server_end,
-                reader: &mut server_reader,
-                sequence: 1,
-            },
-            &switch,
-            response(),
-            &mut moved,
-        )
-        .await
-        .expect("relayed");
+        let outcome = relay(&mut client_end, &mut server_end, &switch, &mut moved)
+            .await
+            .expect("relayed");
         assert!(matches!(outcome, Outcome::LoggedIn));
         drop((client_end, server_end));
         let mut to_server = Vec::new();
@@ -270,21 +282,11 @@ mod tests {
             .write_all(&[packet(2, &[1, 3]), packet(3, &denied.encode())].concat())
             .await
             .expect("server");
-        let (mut client_reader, mut server_reader) =
-            (PacketReader::new(1 << 20), PacketReader::new(1 << 20));
-        let outcome = relay_login(
-            Side {
-                stream: &mut client_end,
-                reader: &mut client_reader,
-                sequence: 2,
-            },
-            Side {
-                stream: &mut server_end,
-                reader: &mut server_reader,
-                sequence: 1,
-            },
-            &switch_to_server(caching_sha2::NAME, &[b'a'; 20]),
-            response(),
+        let switch = switch_to_server(caching_sha2::NAME, &[b'a'; 20]);
+        let outcome = relay(
+            &mut client_end,
+            &mut server_end,
+            &switch,
             &mut Moved::default(),
         )
         .await

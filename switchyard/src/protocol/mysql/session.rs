@@ -4,7 +4,6 @@
 //! bytes both ways for the session's life, unparsed but for `KILL`s ([`super::kill`]).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,7 +25,9 @@ use crate::accept;
 use crate::config::{ClientTlsMode, MysqlAuth};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
-use crate::protocol::{ClientStream, Refusal, count_bytes, proxy_preamble, relay_database_session};
+use crate::protocol::{
+    ClientStream, Refusal, count_bytes, proxy_preamble, relay_database_session, session_termination,
+};
 use crate::relay::IdleLimit;
 use crate::route::{Rewrites, RouteFacts};
 use crate::tls::{Rewind, ServerTls, TlsInfo};
@@ -49,20 +50,8 @@ pub async fn serve(handler: Arc<MysqlHandler>, connection: Accepted) {
         peer,
     } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
-    record.termination = match session(&handler, &listener, &settings, client, &mut record).await {
-        Ok(termination) => termination,
-        Err(refusal) => {
-            // A bad PROXY header was counted and logged where it was read.
-            if !matches!(
-                refusal.reason,
-                Termination::ClientClosed | Termination::ProxyHeaderError
-            ) {
-                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(listener = %listener.name, client = %peer, reason = %refusal.reason, detail = %refusal.detail, "mysql session refused");
-            }
-            refusal.reason
-        }
-    };
+    let outcome = session(&handler, &listener, &settings, client, &mut record).await;
+    record.termination = session_termination(outcome, &listener, peer, "mysql");
     record.finish(started);
     handler.state.context.access_log.log(&record);
 }

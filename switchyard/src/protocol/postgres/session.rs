@@ -2,7 +2,6 @@
 //! the relayed authentication, then bytes both ways for the session's life.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,7 +19,7 @@ use crate::accept;
 use crate::config::{ClientTlsMode, MessageLimits, PoolMode, PostgresAuth};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
-use crate::protocol::{count_bytes, proxy_preamble, relay_database_session};
+use crate::protocol::{count_bytes, proxy_preamble, relay_database_session, session_termination};
 use crate::relay::IdleLimit;
 use crate::route::{Rewrites, RouteFacts};
 use crate::tls::{Rewind, ServerTls, TlsInfo};
@@ -40,20 +39,8 @@ pub async fn serve(handler: Arc<PostgresHandler>, connection: Accepted) {
         peer,
     } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
-    record.termination = match session(&handler, &listener, &settings, client, &mut record).await {
-        Ok(termination) => termination,
-        Err(refusal) => {
-            // A bad PROXY header was counted and logged where it was read.
-            if !matches!(
-                refusal.reason,
-                Termination::ClientClosed | Termination::Cancel | Termination::ProxyHeaderError
-            ) {
-                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(listener = %listener.name, client = %peer, reason = %refusal.reason, detail = %refusal.detail, "postgres session refused");
-            }
-            refusal.reason
-        }
-    };
+    let outcome = session(&handler, &listener, &settings, client, &mut record).await;
+    record.termination = session_termination(outcome, &listener, peer, "postgres");
     record.finish(started);
     handler.state.context.access_log.log(&record);
 }
