@@ -145,3 +145,51 @@ mod defaults {
         "8.0.36-switchyard".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{ListenerOptions, MysqlAuth, load_str};
+
+    fn config(keys: &str) -> String {
+        format!(
+            "[[listener]]\nname = \"m\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"mysql\"\npool = \"p\"\n{keys}\n\n\
+             [[pool]]\nname = \"p\"\nservers = [ {{ address = \"127.0.0.1:3306\" }} ]\n"
+        )
+    }
+
+    #[test]
+    fn mysql_listener_keys_and_their_rules() {
+        let text = config(
+            "server_version = \"10.11.6-MariaDB\"\n\
+             [[listener.routes]]\ndatabase = \"db-*\"\nuser = \"app\"\npool = \"p\"\nrewrite_database = \"abc\"\n",
+        );
+        let loaded = load_str(Path::new("t.toml"), &text).expect("valid");
+        let ListenerOptions::Mysql(mysql) = &loaded.listeners[0].options else {
+            panic!("mysql keys");
+        };
+        assert_eq!(mysql.server_version, "10.11.6-MariaDB");
+        assert_eq!(mysql.auth, MysqlAuth::Passthrough);
+        assert_eq!(mysql.routes[0].rewrite_database.as_deref(), Some("abc"));
+        for (keys, said) in [
+            (
+                "auth = \"mysql_native_password\"",
+                "`[[user]]` entries with a `password`",
+            ),
+            ("role = \"primary\"", "database health check"),
+            ("client_tls = { mode = \"required\" }", "needs `tls`"),
+            ("server_version = \"\"", "non-empty version string"),
+            (
+                "[[listener.routes]]\napplication_name = \"x\"\npool = \"p\"",
+                "application_name",
+            ),
+            ("http = { max_header_bytes = 1 }", "http"),
+        ] {
+            let error = load_str(Path::new("t.toml"), &config(keys))
+                .expect_err(keys)
+                .to_string();
+            assert!(error.contains(said), "{keys}: {error}");
+        }
+    }
+}
