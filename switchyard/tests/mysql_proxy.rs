@@ -1,8 +1,10 @@
 //! mysql listeners in session mode against real MariaDB servers, with the clients people
-//! use (the `mariadb` CLI, PyMySQL): every listener `client_tls` mode, every upstream
-//! `sslmode` (a plaintext client reaching a server that requires secure transport),
-//! routing with rewrites, the server's authentication relayed (native and ed25519, a wrong
-//! password), the proxy's own errors, malformed packets, and many short connections.
+//! use (the `mariadb` CLI, PyMySQL, mysql-connector-python in a venv): every listener
+//! `client_tls` mode, every upstream `sslmode` (a plaintext client reaching a server that
+//! requires secure transport), routing with rewrites, the server's authentication relayed
+//! (native and ed25519, a wrong password), proxy-side authentication with `[[user]]`, the
+//! proxy's own errors, malformed packets, roles and failover, `KILL QUERY` by the proxy's
+//! connection ids, and many short connections.
 
 mod support;
 
@@ -597,5 +599,85 @@ async fn proxy_side_authentication_with_users() {
     assert!(
         lines.iter().any(|l| l["termination"] == "auth_failed"),
         "{lines:?}"
+    );
+}
+
+/// A venv with mysql-connector-python from PyPI, made in `dir` (the Debian archive has no
+/// package of it); its python.
+fn connector_python(dir: &Path) -> std::path::PathBuf {
+    let venv = dir.join("venv");
+    let made = Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(made.success(), "python3 -m venv");
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "mysql-connector-python"])
+        .output()
+        .expect("pip");
+    assert!(
+        installed.status.success(),
+        "pip install mysql-connector-python: {}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    venv.join("bin/python")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_connector_python_in_plaintext_and_over_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let python = connector_python(dir.path());
+    let ca = TestCa::new("connector CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let (cert, key) = ca.issue(&["127.0.0.1"], "proxy", dir.path(), "proxy");
+    let server = server(&MyOptions::default());
+    let (_proxy, front) = Config::new()
+        .protocol("mysql")
+        .server("db", server.address(), "")
+        .listener(&tls_keys(&cert, &key, "optional"))
+        // The backends' version: with a MySQL 8 one the connector asks for MySQL 8's
+        // default collation (utf8mb4_0900_ai_ci), which MariaDB 10.11 refuses (1273).
+        .listener("server_version = \"5.5.5-10.11.6-MariaDB\"")
+        .start()
+        .await;
+    let script = r#"
+import sys, mysql.connector
+host, port, user, password, ca = sys.argv[1:6]
+for tls in (False, True):
+    options = dict(host=host, port=int(port), user=user, password=password, database="app")
+    if tls:
+        options.update(ssl_ca=ca, ssl_verify_cert=True)
+    else:
+        options.update(ssl_disabled=True)
+    conn = mysql.connector.connect(**options)
+    cur = conn.cursor()
+    cur.execute("SELECT COUNT(*) FROM t")
+    count = cur.fetchone()[0]
+    cur.execute("SHOW STATUS LIKE 'Ssl_version'")
+    print(tls, count, conn.connection_id is not None)
+    conn.close()
+try:
+    mysql.connector.connect(host=host, port=int(port), user=user, password="wrong", ssl_disabled=True)
+except mysql.connector.Error as e:
+    print("wrong:", e.errno, e.sqlstate)
+"#;
+    let output = Command::new(&python)
+        .args(["-c", script])
+        .args([
+            &front.ip().to_string(),
+            &front.port().to_string(),
+            NATIVE_USER.0,
+            NATIVE_USER.1,
+        ])
+        .arg(&ca_file)
+        .output()
+        .expect("connector python");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        ["False 0 True", "True 0 True", "wrong: 1045 28000"],
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }
