@@ -435,8 +435,40 @@ async fn primary_and_replica_listeners_follow_roles_and_failover() {
     assert!(ok, "{said}");
     assert!(status.contains("ro"), "{status}");
 
+    // A session on the primary when it dies: its next query fails at once (2013, the
+    // connection lost), not after a timeout.
+    let mut held = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            r#"
+import sys, pymysql
+conn = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user=sys.argv[3], password=sys.argv[4])
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    conn.cursor().execute("SELECT 1")
+    print("still answered")
+except pymysql.err.MySQLError as e:
+    print("lost", e.args[0])
+"#,
+        ])
+        .args([&rw.ip().to_string(), &rw.port().to_string(), NATIVE_USER.0, NATIVE_USER.1])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut said = std::io::BufReader::new(held.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut said, &mut line).expect("ready");
+    assert_eq!(line.trim(), "ready");
+
     // Failover: the primary stops, the replica is promoted; the primary listener follows.
     primary.stop();
+    drop(held.stdin.take());
+    line.clear();
+    std::io::BufRead::read_line(&mut said, &mut line).expect("answer");
+    assert!(line.starts_with("lost "), "{line}");
+    let _ = held.wait();
     replica.sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0;");
     wait_until("rw to follow the promoted replica", || async {
         proxy.server("app", "b").await.role == "primary"
