@@ -7,6 +7,7 @@
 //! stops the proxy and prints a comparison table. See `docs/benchmarks.md`.
 
 mod backend;
+mod mariadb;
 mod pg;
 mod scenarios;
 mod sys;
@@ -23,6 +24,7 @@ use scenarios::connrate::ConnrateArgs;
 use scenarios::http::HttpArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::latency::LatencyArgs;
+use scenarios::mysql::MysqlArgs;
 use scenarios::pgpool::PgpoolArgs;
 use scenarios::postgres::PostgresArgs;
 use scenarios::throughput::ThroughputArgs;
@@ -49,7 +51,9 @@ enum Scenario {
     Postgres,
     /// pgbench through switchyard (postgres, transaction mode) vs PgBouncer vs direct.
     Pgpool,
-    /// All of the above except `postgres` and `pgpool`, in that order.
+    /// sysbench through switchyard (mysql, session mode) vs HAProxy `mode tcp` vs direct.
+    Mysql,
+    /// All of the above except `postgres`, `pgpool` and `mysql`, in that order.
     All,
     /// Internal: echo backend child process used by `idle`.
     #[value(hide = true)]
@@ -129,6 +133,8 @@ struct Cli {
     postgres: PostgresArgs,
     #[command(flatten)]
     pgpool: PgpoolArgs,
+    #[command(flatten)]
+    mysql: MysqlArgs,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -221,6 +227,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Http => scenarios::http::run(ctx, &cli.http).await?,
             Scenario::Postgres => scenarios::postgres::run(ctx, &cli.postgres).await?,
             Scenario::Pgpool => scenarios::pgpool::run(ctx, &cli.pgpool).await?,
+            Scenario::Mysql => scenarios::mysql::run(ctx, &cli.mysql).await?,
             Scenario::Tls => scenarios::tls::run(ctx, &cli.tls).await?,
             Scenario::All | Scenario::ServeEcho => Vec::new(),
         };

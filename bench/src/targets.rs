@@ -53,6 +53,8 @@ pub enum Mode {
     Http,
     /// The PostgreSQL protocol, pooled as given.
     Postgres(PgPooling),
+    /// The MySQL protocol, session mode.
+    Mysql,
 }
 
 /// How a PostgreSQL pooler (switchyard or PgBouncer) shares server connections: the
@@ -192,6 +194,16 @@ impl RunningTarget {
         pooling: PgPooling,
     ) -> Result<Self> {
         Self::launch(kind, &[server], opts, Mode::Postgres(pooling)).await
+    }
+
+    /// Starts `kind` in front of one MySQL/MariaDB `server`: switchyard with a `mysql`
+    /// listener, or HAProxy in `mode tcp`; `direct` is the server itself.
+    pub async fn start_mysql(
+        kind: TargetKind,
+        server: SocketAddr,
+        opts: &TargetOptions,
+    ) -> Result<Self> {
+        Self::launch(kind, &[server], opts, Mode::Mysql).await
     }
 
     async fn launch(
@@ -423,10 +435,11 @@ fn switchyard_config(
         Mode::Tcp => "tcp",
         Mode::Http => "http",
         Mode::Postgres(_) => "postgres",
+        Mode::Mysql => "mysql",
     };
     let (listener_keys, pool_keys) = match mode {
         Mode::Postgres(pooling) => switchyard_pooling(pooling),
-        Mode::Tcp | Mode::Http => (String::new(), String::new()),
+        Mode::Tcp | Mode::Http | Mode::Mysql => (String::new(), String::new()),
     };
     let servers: Vec<String> = backends
         .iter()
@@ -537,7 +550,7 @@ fn haproxy_config(
         _ => String::new(),
     };
     let mode = match mode {
-        Mode::Tcp | Mode::Postgres(_) => "mode tcp",
+        Mode::Tcp | Mode::Postgres(_) | Mode::Mysql => "mode tcp",
         Mode::Http => "mode http\n    http-reuse always\n    timeout http-keep-alive 1h",
     };
     let servers: String = backends

@@ -5,6 +5,7 @@
 //! is moving, so an idle connection holds no buffer memory; and every chunk updates the live
 //! byte counters and the idle clock that both directions share.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::net::Shutdown;
@@ -57,6 +58,22 @@ impl Drop for PooledBuffer {
                 }
             });
         }
+    }
+}
+
+/// Rewrites what the client sends as it passes (a protocol mapping ids the proxy issued to
+/// the server's): given each chunk read, the bytes to send on. It may hold bytes back (a
+/// message not yet whole) and send them with a later chunk.
+pub trait Rewrite: Send {
+    /// The bytes to send for `chunk`.
+    fn rewrite<'a>(&mut self, chunk: &'a [u8]) -> Cow<'a, [u8]>;
+}
+
+/// The bytes to send for `chunk`: rewritten when there is a rewrite.
+fn rewritten<'a>(rewrite: &mut Option<&mut dyn Rewrite>, chunk: &'a [u8]) -> Cow<'a, [u8]> {
+    match rewrite {
+        Some(rewrite) => rewrite.rewrite(chunk),
+        None => Cow::Borrowed(chunk),
     }
 }
 
@@ -217,6 +234,7 @@ impl<'a> Session<'a> {
 
 /// Relays until both directions are closed, a socket fails, the idle limit passes, or
 /// `cut`/`shutdown` fire. A FIN in one direction is passed on while the other keeps flowing.
+/// `rewrite` (if any) sees what the client sends.
 pub async fn relay(
     client: &TcpStream,
     server: &TcpStream,
@@ -224,10 +242,11 @@ pub async fn relay(
     cut: &CancellationToken,
     shutdown: &CancellationToken,
     counters: RelayCounters<'_>,
+    rewrite: Option<&mut dyn Rewrite>,
 ) -> RelayOutcome {
     let session = Session::new(counters);
-    let upstream = pump(client, server, Side::Client, &session);
-    let downstream = pump(server, client, Side::Server, &session);
+    let upstream = pump(client, server, Side::Client, &session, rewrite);
+    let downstream = pump(server, client, Side::Server, &session, None);
     session
         .outcome(
             async { tokio::try_join!(upstream, downstream) },
@@ -248,6 +267,7 @@ pub async fn relay_streams<C, S>(
     cut: &CancellationToken,
     shutdown: &CancellationToken,
     counters: RelayCounters<'_>,
+    rewrite: Option<&mut dyn Rewrite>,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -256,8 +276,20 @@ where
     let session = Session::new(counters);
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
-    let upstream = pump_stream(&mut client_read, &mut server_write, Side::Client, &session);
-    let downstream = pump_stream(&mut server_read, &mut client_write, Side::Server, &session);
+    let upstream = pump_stream(
+        &mut client_read,
+        &mut server_write,
+        Side::Client,
+        &session,
+        rewrite,
+    );
+    let downstream = pump_stream(
+        &mut server_read,
+        &mut client_write,
+        Side::Server,
+        &session,
+        None,
+    );
     session
         .outcome(
             async { tokio::try_join!(upstream, downstream) },
@@ -276,6 +308,7 @@ async fn pump_stream<R, W>(
     to: &mut W,
     from_side: Side,
     session: &Session<'_>,
+    mut rewrite: Option<&mut dyn Rewrite>,
 ) -> Result<(), Side>
 where
     R: AsyncRead + Unpin,
@@ -297,7 +330,8 @@ where
             return Ok(());
         }
         session.activity.touch();
-        to.write_all(&buffer[..n]).await.map_err(|_| to_side)?;
+        let out = rewritten(&mut rewrite, &buffer[..n]);
+        to.write_all(&out).await.map_err(|_| to_side)?;
         to.flush().await.map_err(|_| to_side)?;
         session.moved(from_side, n);
     }
@@ -323,6 +357,7 @@ async fn pump(
     to: &TcpStream,
     from_side: Side,
     session: &Session<'_>,
+    mut rewrite: Option<&mut dyn Rewrite>,
 ) -> Result<(), Side> {
     let to_side = from_side.other();
     loop {
@@ -342,7 +377,8 @@ async fn pump(
                 Err(_) => return Err(from_side),
             };
             session.activity.touch();
-            write_all(to, &buffer.as_mut()[..n], &session.activity)
+            let out = rewritten(&mut rewrite, &buffer.as_mut()[..n]);
+            write_all(to, &out, &session.activity)
                 .await
                 .map_err(|_| to_side)?;
             session.moved(from_side, n);

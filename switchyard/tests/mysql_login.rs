@@ -18,18 +18,10 @@ use switchyard::protocol::mysql::query::{QueryResult, query};
 use switchyard::upstream::{Pool, ServerRole};
 use tokio::net::TcpStream;
 
+use support::SSLMODES;
 use support::certs::TestCa;
 use support::mysql::{ED25519_USER, MONITOR_USER, MariaDb, MyOptions, NATIVE_USER};
 use support::wait_until;
-
-const SSLMODES: [&str; 6] = [
-    "disable",
-    "allow",
-    "prefer",
-    "require",
-    "verify-ca",
-    "verify-full",
-];
 
 /// A pool of `servers` with `upstream_tls` (if any) and a `mysql` health check as the
 /// monitor user.

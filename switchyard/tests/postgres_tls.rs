@@ -8,6 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use support::SSLMODES;
 use support::certs::TestCa;
 use support::config::Config;
 use support::ops::listener_addr;
@@ -15,16 +16,6 @@ use support::postgres::{
     PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, psql, select_over, stderr,
     tls_listener,
 };
-
-/// libpq's sslmodes, weakest first.
-const SSLMODES: [&str; 6] = [
-    "disable",
-    "allow",
-    "prefer",
-    "require",
-    "verify-ca",
-    "verify-full",
-];
 
 /// psql `SELECT 1` with `sslmode` and `channel_binding`, trusting `ca`; whether it worked
 /// and what it said.

@@ -5,6 +5,7 @@ pub mod connrate;
 pub mod http;
 pub mod idle;
 pub mod latency;
+pub mod mysql;
 pub mod pgpool;
 pub mod postgres;
 pub mod throughput;

@@ -257,7 +257,7 @@ pub fn knows_roles(pool: &PoolConfig) -> bool {
 /// The message naming what a role-based feature needs from `pool`.
 pub fn roles_needed(pool: &str) -> String {
     format!(
-        "pool `{pool}` needs `health = {{ check = \"postgres\" }}` so that its servers' roles are known"
+        "pool `{pool}` needs a database health check (`health = {{ check = \"postgres\" }}` or `\"mysql\"`) so that its servers' roles are known"
     )
 }
 
@@ -300,6 +300,15 @@ pub fn validate_listener(
             sink.at(&key_path!("listener", i, "role"), roles_needed(name));
         }
     }
+}
+
+/// The pools database listener `i` sends to: its `pool`, then those of its routes.
+pub fn listener_pools<'a>(
+    config: &'a Config,
+    i: usize,
+    routes: impl Iterator<Item = &'a String>,
+) -> Vec<&'a String> {
+    config.listeners[i].pool.iter().chain(routes).collect()
 }
 
 /// What the database rules need to know of a database listener, whatever its protocol.

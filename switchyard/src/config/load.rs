@@ -527,7 +527,7 @@ fn listener(item: &Item, at: &[&str], sink: &mut ErrorSink<'_>) -> Option<Listen
         sink.at(
             &segments(at, &["protocol".to_string()]),
             format!(
-                "protocol `{}` is not available in this build yet; use `tcp`, `http`, `postgres` or `smtp`",
+                "protocol `{}` is not available in this build yet; use `tcp`, `http`, `postgres`, `mysql` or `smtp`",
                 listener.protocol.as_str()
             ),
         );

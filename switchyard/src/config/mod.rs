@@ -1,7 +1,7 @@
 //! Configuration: the TOML schema, loading with precise error reports, and validation.
 //!
 //! `schema` holds what every listener, pool and health check has; `tcp`, `http`,
-//! `postgres`, `smtp` and `database` (what the database protocols share) hold what only their
+//! `postgres`, `mysql`, `smtp` and `database` (what the database protocols share) hold what only their
 //! protocol has, with the rules it must follow. A key the protocol does not read is an
 //! error with its line (see `keys`). This module depends on nothing of the proxy above it.
 
@@ -10,6 +10,7 @@ pub mod duration;
 pub mod http;
 mod keys;
 pub mod load;
+pub mod mysql;
 pub mod postgres;
 mod protocols;
 mod schema;
@@ -29,6 +30,7 @@ pub use load::{
     ConfigError, ConfigErrors, ResourceCheck, default_path, load_file, load_file_with, load_str,
     load_str_with,
 };
+pub use mysql::{MysqlAuth, MysqlListener, MysqlRoute};
 pub use postgres::{PostgresAuth, PostgresListener, PostgresRoute};
 pub use protocols::{ListenerKeys, ListenerOptions};
 pub use schema::*;

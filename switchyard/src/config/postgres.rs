@@ -168,11 +168,7 @@ fn validate_listener(
     sink: &mut ErrorSink<'_>,
 ) {
     let listener = &config.listeners[i];
-    let pools: Vec<&String> = listener
-        .pool
-        .iter()
-        .chain(postgres.routes.iter().map(|r| &r.pool))
-        .collect();
+    let pools = database::listener_pools(config, i, postgres.routes.iter().map(|r| &r.pool));
     let database = DatabaseListener {
         role: postgres.role,
         client_tls: postgres.client_tls.as_ref(),

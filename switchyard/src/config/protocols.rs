@@ -8,6 +8,7 @@ use super::database::DatabasePool;
 use super::http::{HttpListener, HttpPool};
 use super::keys;
 use super::load::{ErrorSink, section};
+use super::mysql::MysqlListener;
 use super::postgres::PostgresListener;
 use super::schema::{Config, PoolConfig, Protocol};
 use super::smtp::{SmtpListener, SmtpPool};
@@ -72,6 +73,7 @@ listener_protocols! {
     Tcp => TcpListener,
     Http => HttpListener,
     Postgres => PostgresListener,
+    Mysql => MysqlListener,
     Smtp => SmtpListener,
 }
 

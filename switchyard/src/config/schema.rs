@@ -34,8 +34,8 @@ pub struct Config {
     /// Groups of servers that listeners and routes send traffic to.
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolConfig>,
-    /// Database users clients authenticate as when a postgres listener authenticates
-    /// clients itself (`auth`).
+    /// Database users clients authenticate as when a postgres or mysql listener
+    /// authenticates clients itself (`auth`).
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
     /// Unix socket a `run --upgrade` process fetches the listening sockets from; relative to

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CheckKind, Config, ListenerConfig, Protocol, ProxyProtocolVersion};
@@ -18,7 +20,9 @@ use crate::health::Check;
 use crate::listener::{Handler, Listener};
 use crate::observe::{AccessLog, ConnectionRecord, Termination};
 use crate::proxy_protocol::{self};
-use crate::relay::{IdleLimit, RelayCounters, relay};
+use crate::relay::{IdleLimit, RelayCounters, Rewrite, relay, relay_streams};
+use crate::tls::Rewind;
+use crate::upstream::ServerStream;
 use crate::upstream::{Pool, Server};
 
 /// What every connection handler uses from the running proxy.
@@ -31,6 +35,53 @@ pub struct Context {
     pub stopping: CancellationToken,
     /// The connection and request log.
     pub access_log: AccessLog,
+}
+
+/// Why a database session ended before its relay began (the client was answered in its
+/// protocol where it could be).
+#[derive(Debug)]
+pub struct Refusal {
+    /// The reason for the connection log.
+    pub reason: Termination,
+    /// Detail for the log line.
+    pub detail: String,
+}
+
+impl Refusal {
+    /// A refusal for the log: `reason` names it, `detail` says what happened.
+    pub fn new(reason: Termination, detail: impl ToString) -> Self {
+        Self {
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// The termination a database session ended with: a refusal's reason, counted as a failed
+/// connection of the listener and logged (with its detail) unless it is ordinary (the
+/// client went away, a cancel request, a bad PROXY header logged where it was read).
+pub fn session_termination(
+    outcome: Result<Termination, Refusal>,
+    listener: &Listener,
+    client: SocketAddr,
+    protocol: &str,
+) -> Termination {
+    match outcome {
+        Ok(termination) => termination,
+        Err(refusal) => {
+            if !matches!(
+                refusal.reason,
+                Termination::ClientClosed | Termination::Cancel | Termination::ProxyHeaderError
+            ) {
+                listener
+                    .stats
+                    .failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(listener = %listener.name, %client, reason = %refusal.reason, detail = %refusal.detail, "{protocol} session refused");
+            }
+            refusal.reason
+        }
+    }
 }
 
 /// The pools in service, by name.
@@ -84,7 +135,7 @@ impl Registry {
             Arc::new(tcp::Tcp::new(context)),
             Arc::new(http::Http::new(context)),
             Arc::new(postgres::Postgres::new(context)),
-            Arc::new(mysql::Mysql),
+            Arc::new(mysql::Mysql::new(context)),
             Arc::new(smtp::Smtp::new(context)),
         ];
         let mut checks: HashMap<CheckKind, Arc<dyn Check>> = HashMap::new();
@@ -154,6 +205,8 @@ pub fn count_bytes(
 
 /// Relays an established session until either side ends it, the server's sessions are cut
 /// or the proxy's shutdown runs out; counts the bytes and returns the termination.
+/// `rewrite` (if any) sees what the client sends.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay_session(
     context: &Context,
     listener: &Listener,
@@ -162,6 +215,7 @@ pub async fn relay_session(
     client: &TcpStream,
     upstream: &TcpStream,
     record: &mut ConnectionRecord,
+    rewrite: Option<&mut dyn Rewrite>,
 ) -> Termination {
     let cut = server.session_token();
     let outcome = relay(
@@ -174,11 +228,77 @@ pub async fn relay_session(
             to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
             to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
         },
+        rewrite,
     )
     .await;
     record.bytes_in += outcome.bytes_in;
     record.bytes_out += outcome.bytes_out;
     outcome.termination
+}
+
+/// A database client connection (after any PROXY header, whose trailing bytes it reads
+/// first): plaintext, or TLS terminated by the proxy after the protocol's own upgrade.
+pub type ClientStream =
+    Either<Rewind<TcpStream>, tokio_rustls::server::TlsStream<Rewind<TcpStream>>>;
+
+/// Relays a logged-in database session whose client and server sides may each be TLS:
+/// plaintext on both sides takes the socket-to-socket path of [`relay_session`] (after
+/// forwarding client bytes the PROXY header read brought along), anything else the
+/// stream relay. `rewrite` (if any) sees what the client sends. Counts the bytes and
+/// returns the termination.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay_database_session(
+    context: &Context,
+    listener: &Listener,
+    server: &Server,
+    idle: Option<IdleLimit>,
+    client: ClientStream,
+    server_stream: ServerStream,
+    record: &mut ConnectionRecord,
+    rewrite: Option<&mut dyn Rewrite>,
+) -> Termination {
+    match (client, server_stream) {
+        (Either::Left(client), Either::Left(mut server_stream)) => {
+            let (early, client) = client.into_parts();
+            if !early.is_empty() {
+                if server_stream.write_all(&early).await.is_err() {
+                    return Termination::ServerError;
+                }
+                count_bytes(record, listener, server, early.len() as u64, 0);
+            }
+            relay_session(
+                context,
+                listener,
+                server,
+                idle,
+                &client,
+                &server_stream,
+                record,
+                rewrite,
+            )
+            .await
+        }
+        (client, server_stream) => {
+            let cut = server.session_token();
+            let counters = RelayCounters {
+                to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
+                to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
+            };
+            let outcome = relay_streams(
+                client,
+                server_stream,
+                idle,
+                &cut,
+                &context.hard_stop,
+                counters,
+                rewrite,
+            )
+            .await;
+            record.bytes_in += outcome.bytes_in;
+            record.bytes_out += outcome.bytes_out;
+            outcome.termination
+        }
+    }
 }
 
 /// The PROXY header a pool sends its servers ahead of the client's bytes (empty without

@@ -223,6 +223,7 @@ async fn proxy(
                 &cut,
                 &handler.context.hard_stop,
                 counters,
+                None,
             )
             .await
         }
@@ -259,6 +260,7 @@ async fn proxy(
                 &cut,
                 &handler.context.hard_stop,
                 counters,
+                None,
             ))
             .await
         }

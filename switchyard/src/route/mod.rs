@@ -180,6 +180,15 @@ impl<E> Routing<E> {
     }
 }
 
+/// What a database route asks to change in the login sent to the server.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrites {
+    /// The database name sent instead of the client's.
+    pub database: Option<String>,
+    /// The user name sent instead of the client's.
+    pub user: Option<String>,
+}
+
 /// Host-style match, case-insensitive: `example.com` exactly, or `*.example.com` for any
 /// name below it (not `example.com` itself).
 pub fn host_matches(pattern: &str, name: &str) -> bool {

@@ -4,9 +4,12 @@
 //! A plain value rather than a closure, so a client waiting for a pooled connection can
 //! leave it in the pool's queue and whoever frees a connection can ask it.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Pool, Server, ServerRole};
+use super::{ConnectError, Pool, Server, ServerRole, Upstream, connect_matching};
+use crate::config::ListenerRole;
 
 /// The servers a client of one role may be given.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,6 +54,34 @@ impl RoleFilter {
     }
 }
 
+/// The role a session of a listener of `role` must get now; `None` is any. A replica
+/// listener falls back to the primary while no replica is up, when allowed.
+pub fn wanted_role(pool: &Pool, role: ListenerRole, fallback: bool) -> Option<ServerRole> {
+    match role {
+        ListenerRole::Any => None,
+        ListenerRole::Primary => Some(ServerRole::Primary),
+        ListenerRole::Replica => {
+            let replica = RoleFilter::new(pool, Some(ServerRole::Replica));
+            let replica_up = pool.any_available(&|s: &Server| replica.admits(s));
+            if replica_up || !fallback {
+                Some(ServerRole::Replica)
+            } else {
+                Some(ServerRole::Primary)
+            }
+        }
+    }
+}
+
+/// Connects to a server of `pool` that serves `wanted` (any server for `None`).
+pub async fn connect_role(
+    pool: &Arc<Pool>,
+    client: SocketAddr,
+    wanted: Option<ServerRole>,
+) -> Result<Upstream, ConnectError> {
+    let filter = RoleFilter::new(pool, wanted);
+    connect_matching(pool, client, &|server: &Server| filter.admits(server)).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +106,26 @@ mod tests {
         assert!(!replica.admits(b), "lagging");
         let unbounded = RoleFilter::with_lag(None, Some(ServerRole::Replica));
         assert!(unbounded.admits(b), "no limit");
+    }
+
+    #[test]
+    fn a_replica_listener_falls_back_to_the_primary_only_when_allowed() {
+        let pool = pool("");
+        pool.servers[0].record_role(ServerRole::Primary, None);
+        pool.servers[1].record_role(ServerRole::Primary, None);
+        assert_eq!(
+            wanted_role(&pool, ListenerRole::Replica, true),
+            Some(ServerRole::Primary)
+        );
+        assert_eq!(
+            wanted_role(&pool, ListenerRole::Replica, false),
+            Some(ServerRole::Replica)
+        );
+        pool.servers[1].record_role(ServerRole::Replica, lag(0.0));
+        assert_eq!(
+            wanted_role(&pool, ListenerRole::Replica, true),
+            Some(ServerRole::Replica)
+        );
+        assert_eq!(wanted_role(&pool, ListenerRole::Any, true), None);
     }
 }

@@ -32,6 +32,16 @@ use hyper::Method;
 use switchyard::admin::client::AdminClient;
 use switchyard::admin::{ListenerStatus, PoolStatus, ServerStatus};
 
+/// libpq's sslmodes, weakest first: what `upstream_tls.sslmode` takes for every protocol.
+pub const SSLMODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
 /// How long any condition may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 

@@ -8,7 +8,10 @@ use super::packet::packet;
 /// An error the proxy reports to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyError {
-    /// No server could be reached (2003 / 08S01, as the client library reports a failed
+    /// No server could be reached: MySQL's "Can't connect" wording and SQLSTATE 08S01
+    /// (a connection failure to drivers), under 1105 (ER_UNKNOWN_ERROR) rather than the
+    /// client library's own 2003, which libmariadb (the `mariadb` CLI) turns into 2027
+    /// "Received malformed packet" when a server sends it. With the reason
     /// connect), with the reason.
     CantConnect(String),
     /// No route for the database (1049 / 42000).
@@ -28,18 +31,22 @@ pub enum ProxyError {
     InsecureTransport,
     /// A packet that does not follow the protocol (1156 / 08S01), with what was wrong.
     MalformedPacket(String),
+    /// The client cannot answer the server's authentication plugin: it did not announce
+    /// `CLIENT_PLUGIN_AUTH` (1251 / 08004).
+    AuthNotSupported,
 }
 
 impl ProxyError {
     /// The MySQL error number.
     pub fn code(&self) -> u16 {
         match self {
-            Self::CantConnect(_) => 2003,
+            Self::CantConnect(_) => 1105,
             Self::UnknownDatabase(_) => 1049,
             Self::TooManyConnections => 1040,
             Self::AccessDenied { .. } => 1045,
             Self::InsecureTransport => 3159,
             Self::MalformedPacket(_) => 1156,
+            Self::AuthNotSupported => 1251,
         }
     }
 
@@ -48,7 +55,7 @@ impl ProxyError {
         match self {
             Self::CantConnect(_) | Self::MalformedPacket(_) => "08S01",
             Self::UnknownDatabase(_) => "42000",
-            Self::TooManyConnections => "08004",
+            Self::TooManyConnections | Self::AuthNotSupported => "08004",
             Self::AccessDenied { .. } => "28000",
             Self::InsecureTransport => "HY000",
         }
@@ -70,6 +77,7 @@ impl ProxyError {
             ),
             Self::InsecureTransport => "Connections using insecure transport are prohibited while --require_secure_transport=ON.".to_string(),
             Self::MalformedPacket(what) => format!("Got packets out of order or malformed: {what}"),
+            Self::AuthNotSupported => "Client does not support authentication protocol requested by server; consider upgrading MySQL client".to_string(),
         }
     }
 
@@ -110,7 +118,7 @@ mod tests {
         for (error, code, state) in [
             (
                 ProxyError::CantConnect("connection refused".into()),
-                2003,
+                1105,
                 "08S01",
             ),
             (ProxyError::UnknownDatabase("shop".into()), 1049, "42000"),

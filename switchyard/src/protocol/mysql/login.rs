@@ -169,54 +169,31 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     retry: bool,
     options: &LoginOptions,
 ) -> Result<ServerConnection<S>, LoginError> {
-    let mut reader = PacketReader::new(options.max_packet);
-    let mut plain = stream;
-    let greeting = reader.read(&mut plain).await?;
-    if greeting.header() == Some(ERR) {
-        // Too many connections, host blocked...: refused before any handshake.
-        return Err(LoginError::Server(ErrPacket::parse(&greeting.payload)?));
-    }
-    let handshake = Handshake::parse(&greeting.payload)?;
-    if handshake.capabilities & cap::REQUIRED != cap::REQUIRED {
-        return Err(LoginError::Unsupported(format!(
-            "the server ({}) does not speak the 4.1 protocol",
-            handshake.server_version
-        )));
-    }
-    let mut capabilities =
-        options.capabilities & handshake.capabilities & !cap::SSL | cap::REQUIRED;
-    if options.database.is_some() && handshake.capabilities & cap::CONNECT_WITH_DB != 0 {
-        capabilities |= cap::CONNECT_WITH_DB;
-    }
-    if !options.attributes.is_empty() && handshake.capabilities & cap::CONNECT_ATTRS != 0 {
-        capabilities |= cap::CONNECT_ATTRS;
-    }
-    let mut head = ClientHead {
-        capabilities,
-        max_packet: u32::try_from(options.max_packet).unwrap_or(u32::MAX),
-        charset: UTF8MB4_GENERAL_CI,
-        mariadb_capabilities: 0,
-    };
-    let mut sequence = greeting.next();
-    let mut stream: MysqlStream<S> = match tls.filter(|tls| tls.mode().asks_for_tls(retry)) {
-        Some(tls) if handshake.capabilities & cap::SSL != 0 => {
-            sequence = write_packet(&mut plain, sequence, &head.ssl_request()).await?;
-            if reader.has_partial() {
-                // Bytes the server sent before TLS would be unauthenticated.
-                return Err(CodecError::Malformed("server data before the TLS handshake").into());
-            }
-            head.capabilities |= cap::SSL;
-            let secured = tls.handshake(plain, host).await;
-            Either::Right(secured.map_err(|error| LoginError::Tls {
-                mode: tls.mode().as_str(),
-                error,
-            })?)
+    let greeted = greet(stream, tls, host, retry, options.max_packet, |handshake| {
+        let mut capabilities =
+            options.capabilities & handshake.capabilities & !cap::SSL | cap::REQUIRED;
+        if options.database.is_some() && handshake.capabilities & cap::CONNECT_WITH_DB != 0 {
+            capabilities |= cap::CONNECT_WITH_DB;
         }
-        Some(tls) if tls.mode() != SslMode::Prefer => {
-            return Err(LoginError::TlsUnavailable(tls.mode().as_str()));
+        if !options.attributes.is_empty() && handshake.capabilities & cap::CONNECT_ATTRS != 0 {
+            capabilities |= cap::CONNECT_ATTRS;
         }
-        _ => Either::Left(plain),
-    };
+        ClientHead {
+            capabilities,
+            max_packet: u32::try_from(options.max_packet).unwrap_or(u32::MAX),
+            charset: UTF8MB4_GENERAL_CI,
+            mariadb_capabilities: 0,
+        }
+    })
+    .await?;
+    let Greeted {
+        mut stream,
+        mut reader,
+        handshake,
+        head,
+        sequence,
+    } = greeted;
+    let capabilities = head.capabilities;
     let secure = matches!(stream, Either::Right(_));
     let mut plugin = first_plugin(&handshake.auth_plugin, &options.credential);
     let mut nonce = handshake.scramble.clone();
@@ -299,6 +276,80 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         };
         write_packet(&mut stream, packet.next(), &reply).await?;
     }
+}
+
+/// A server connection after its greeting, at the point where the HandshakeResponse41
+/// is due: over TLS when the sslmode asked for it.
+#[derive(Debug)]
+pub struct Greeted<S> {
+    /// The stream, TLS or not.
+    pub stream: MysqlStream<S>,
+    /// What was read from the server and not yet taken.
+    pub reader: PacketReader,
+    /// The server's greeting.
+    pub handshake: Handshake,
+    /// The head the HandshakeResponse41 carries: what `head_for` chose, with `CLIENT_SSL`
+    /// when the connection is TLS.
+    pub head: ClientHead,
+    /// The sequence id of the HandshakeResponse41.
+    pub sequence: u8,
+}
+
+/// Reads the greeting on `stream` (just connected, nothing sent; an ERR there is the
+/// server refusing before any handshake) and upgrades to TLS per `tls`'s sslmode (`retry`:
+/// `allow`'s second attempt, which asks for it; `host`: the name verified and sent as SNI),
+/// sending an SSLRequest with the head `head_for` makes from the greeting. Shared by
+/// switchyard's own logins and the relayed logins of client sessions.
+pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    tls: Option<&UpstreamTls>,
+    host: &str,
+    retry: bool,
+    max_packet: usize,
+    head_for: impl FnOnce(&Handshake) -> ClientHead,
+) -> Result<Greeted<S>, LoginError> {
+    let mut reader = PacketReader::new(max_packet);
+    let mut plain = stream;
+    let greeting = reader.read(&mut plain).await?;
+    if greeting.header() == Some(ERR) {
+        // Too many connections, host blocked...: refused before any handshake.
+        return Err(LoginError::Server(ErrPacket::parse(&greeting.payload)?));
+    }
+    let handshake = Handshake::parse(&greeting.payload)?;
+    if handshake.capabilities & cap::REQUIRED != cap::REQUIRED {
+        return Err(LoginError::Unsupported(format!(
+            "the server ({}) does not speak the 4.1 protocol",
+            handshake.server_version
+        )));
+    }
+    let mut head = head_for(&handshake);
+    let mut sequence = greeting.next();
+    let stream: MysqlStream<S> = match tls.filter(|tls| tls.mode().asks_for_tls(retry)) {
+        Some(tls) if handshake.capabilities & cap::SSL != 0 => {
+            sequence = write_packet(&mut plain, sequence, &head.ssl_request()).await?;
+            if reader.has_partial() {
+                // Bytes the server sent before TLS would be unauthenticated.
+                return Err(CodecError::Malformed("server data before the TLS handshake").into());
+            }
+            head.capabilities |= cap::SSL;
+            let secured = tls.handshake(plain, host).await;
+            Either::Right(secured.map_err(|error| LoginError::Tls {
+                mode: tls.mode().as_str(),
+                error,
+            })?)
+        }
+        Some(tls) if tls.mode() != SslMode::Prefer => {
+            return Err(LoginError::TlsUnavailable(tls.mode().as_str()));
+        }
+        _ => Either::Left(plain),
+    };
+    Ok(Greeted {
+        stream,
+        reader,
+        handshake,
+        head,
+        sequence,
+    })
 }
 
 /// The plugin the HandshakeResponse41 answers with: the greeting's when the credential
@@ -469,7 +520,7 @@ mod tests {
         let to_client = LoginError::Server(err.clone()).to_client();
         assert_eq!(to_client, err);
         let cut = LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()).to_client();
-        assert_eq!(cut.code, 2003);
+        assert_eq!(cut.code, 1105);
     }
 
     /// What the scripted caching_sha2_password server does after the fast-path answer.

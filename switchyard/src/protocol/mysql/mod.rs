@@ -10,9 +10,10 @@
 //! fuzz targets can drive them; crypto comes from well-kept crates (`sha1`, `sha2`,
 //! `ed25519-dalek`, `rsa`).
 //!
-//! The listener front end (routing, relaying) plugs in on top of this once protocols
-//! share the runtime's protocol interface; the `mysql` health check uses [`login`] and
-//! [`query`] today.
+//! The listener front end ([`session`]) owns the handshake: its own greeting, the client's
+//! SSL upgrade, routing on the HandshakeResponse41, then the server's authentication
+//! relayed ([`passthrough`]) and the session's bytes copied unparsed. The `mysql` health
+//! check uses [`login`] and [`query`].
 
 pub mod auth;
 pub mod auth_switch;
@@ -22,42 +23,155 @@ pub mod err;
 pub mod errors;
 pub mod flags;
 pub mod handshake;
+pub mod kill;
 pub mod lenenc;
 pub mod login;
 pub mod ok;
 pub mod packet;
+pub mod passthrough;
+pub mod proxy_auth;
 pub mod query;
 pub mod response;
+pub mod session;
 #[cfg(test)]
 mod testdata;
 
 pub use packet::{CodecError, Packet, PacketReader};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{Frontend, Pools};
-use crate::config::{CheckKind, ListenerConfig, Protocol};
+use arc_swap::ArcSwap;
+
+use super::{Context, Frontend, Pools};
+use crate::config::{
+    CheckKind, Config, ListenerConfig, ListenerOptions, MysqlListener, MysqlRoute, Protocol,
+};
 use crate::health::Check;
-use crate::listener::Handler;
+use crate::listener::{Accepted, Handler, Serving};
+use crate::route::{Matcher, Rewrites, RouteRule, Routing};
 
-/// The `mysql` front end. Its listeners are not built yet (the config refuses them); its
-/// health check is.
-#[derive(Debug, Default)]
-pub struct Mysql;
+/// The `mysql` front end.
+#[derive(Debug)]
+pub struct Mysql {
+    state: Arc<MysqlState>,
+}
+
+/// What every mysql listener shares across the process.
+#[derive(Debug)]
+pub struct MysqlState {
+    /// Shutdown tokens and the access log.
+    pub context: Arc<Context>,
+    /// The last connection id given to a client in the proxy's greeting.
+    last_connection_id: AtomicU32,
+    /// Proxy connection ids of live sessions, for `KILL`.
+    pub kills: Arc<kill::KillTable>,
+    /// `[[user]]`, for listeners that authenticate clients themselves.
+    pub users: ArcSwap<proxy_auth::MysqlUsers>,
+}
+
+impl MysqlState {
+    /// A connection id for the next client's greeting (never 0, which clients read as
+    /// "none").
+    pub fn next_connection_id(&self) -> u32 {
+        loop {
+            let id = self
+                .last_connection_id
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+}
+
+impl Mysql {
+    /// The front end of every `mysql` listener.
+    pub fn new(context: &Arc<Context>) -> Self {
+        Self {
+            state: Arc::new(MysqlState {
+                context: context.clone(),
+                last_connection_id: AtomicU32::new(0),
+                kills: Arc::default(),
+                users: ArcSwap::default(),
+            }),
+        }
+    }
+}
 
 impl Frontend for Mysql {
     fn protocol(&self) -> Protocol {
         Protocol::Mysql
     }
 
-    fn handler(&self, listener: &ListenerConfig, _: &Pools) -> Result<Arc<dyn Handler>, String> {
-        Err(format!(
-            "listener `{}`: mysql listeners are not available in this build yet",
-            listener.name
-        ))
+    fn handler(
+        &self,
+        listener: &ListenerConfig,
+        pools: &Pools,
+    ) -> Result<Arc<dyn Handler>, String> {
+        let ListenerOptions::Mysql(options) = &listener.options else {
+            return Err(format!(
+                "listener `{}` is not a mysql listener",
+                listener.name
+            ));
+        };
+        let routing = Routing::build(
+            listener.pool.as_deref(),
+            &options.routes,
+            pools,
+            |route, _| Rewrites {
+                database: route.rewrite_database.clone(),
+                user: route.rewrite_user.clone(),
+            },
+        )?;
+        Ok(Arc::new(MysqlHandler {
+            state: self.state.clone(),
+            options: options.clone(),
+            routing,
+        }))
+    }
+
+    fn configure(&self, config: &Config) -> Result<(), String> {
+        let users = proxy_auth::MysqlUsers::from_config(config)?;
+        self.state.users.store(Arc::new(users));
+        Ok(())
     }
 
     fn checks(&self) -> Vec<(CheckKind, Arc<dyn Check>)> {
         vec![(CheckKind::Mysql, Arc::new(check::MysqlHealthCheck))]
+    }
+}
+
+impl RouteRule for MysqlRoute {
+    fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    fn matcher(&self) -> Matcher {
+        Matcher {
+            database: self.database.clone(),
+            user: self.user.clone(),
+            sni: self.sni.clone(),
+            client_cn: self.client_cn.clone(),
+            ..Matcher::default()
+        }
+    }
+}
+
+/// What a `mysql` listener's connections share.
+#[derive(Debug)]
+pub struct MysqlHandler {
+    /// What every mysql listener shares.
+    pub state: Arc<MysqlState>,
+    /// The listener's keys (role, client TLS, limits, version string).
+    pub options: MysqlListener,
+    /// Routes with their rewrites.
+    pub routing: Routing<Rewrites>,
+}
+
+impl Handler for MysqlHandler {
+    fn serve(self: Arc<Self>, connection: Accepted) -> Serving {
+        Box::pin(session::serve(self, connection))
     }
 }

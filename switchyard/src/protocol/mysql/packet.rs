@@ -201,6 +201,17 @@ impl PacketReader {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Changes the longest payload accepted from here on.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// Takes the bytes read and not yet taken as packets (to pass them on when the relay
+    /// of raw bytes begins).
+    pub fn take_buffered(&mut self) -> BytesMut {
+        self.buf.split()
+    }
+
     /// Whether bytes of a packet not yet whole are waiting (before a TLS upgrade, any is
     /// a peer sending unencrypted data where only the handshake may come).
     pub fn has_partial(&self) -> bool {

@@ -44,7 +44,7 @@ use crate::config::{
 };
 use crate::health::Check;
 use crate::listener::{Accepted, Handler, Serving};
-use crate::route::{Matcher, RouteRule, Routing};
+use crate::route::{Matcher, Rewrites, RouteRule, Routing};
 use crate::upstream::Pool;
 use split::SplitConfig;
 
@@ -120,7 +120,7 @@ impl Frontend for Postgres {
             |route, pool| {
                 let on_pool = state.split_of(pool);
                 RouteExtra {
-                    rewrites: session::Rewrites {
+                    rewrites: Rewrites {
                         database: route.rewrite_database.clone(),
                         user: route.rewrite_user.clone(),
                     },
@@ -210,7 +210,7 @@ impl RouteRule for PostgresRoute {
 #[derive(Debug)]
 pub struct RouteExtra {
     /// Database and user names sent to the server instead of the client's.
-    pub rewrites: session::Rewrites,
+    pub rewrites: Rewrites,
     /// The read/write split settings in force.
     pub split: Arc<SplitConfig>,
 }

@@ -1,9 +1,7 @@
 //! One client session in session mode: startup, routing, a server of the listener's role,
 //! the relayed authentication, then bytes both ways for the session's life.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,17 +17,17 @@ use super::split::SplitConfig;
 use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, read_opening};
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
 use crate::accept;
-use crate::config::{ClientTlsMode, ListenerRole, MessageLimits, PoolMode, PostgresAuth};
+use crate::config::{ClientTlsMode, MessageLimits, PoolMode, PostgresAuth};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
-use crate::protocol::{count_bytes, proxy_preamble, relay_session};
-use crate::relay::{IdleLimit, RelayCounters, relay_streams};
-use crate::route::RouteFacts;
+use crate::protocol::{count_bytes, proxy_preamble, relay_database_session, session_termination};
+use crate::relay::IdleLimit;
+use crate::route::{Rewrites, RouteFacts};
 use crate::tls::{Rewind, ServerTls, TlsInfo};
 use crate::upstream::ServerStream;
 use crate::upstream::{
-    ConnectError, LeaseError, Pool, RoleFilter, Server, ServerRole, Stage, Upstream,
-    connect_matching, connect_server, following_reloads, record_failure,
+    ConnectError, LeaseError, Pool, RoleFilter, ServerRole, Stage, connect_role, connect_server,
+    following_reloads, record_failure, wanted_role,
 };
 
 /// Handles one client connection of a postgres listener to the end, logging one line.
@@ -42,20 +40,8 @@ pub async fn serve(handler: Arc<PostgresHandler>, connection: Accepted) {
         peer,
     } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
-    record.termination = match session(&handler, &listener, &settings, client, &mut record).await {
-        Ok(termination) => termination,
-        Err(refusal) => {
-            // A bad PROXY header was counted and logged where it was read.
-            if !matches!(
-                refusal.reason,
-                Termination::ClientClosed | Termination::Cancel | Termination::ProxyHeaderError
-            ) {
-                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(listener = %listener.name, client = %peer, reason = %refusal.reason, detail = %refusal.detail, "postgres session refused");
-            }
-            refusal.reason
-        }
-    };
+    let outcome = session(&handler, &listener, &settings, client, &mut record).await;
+    record.termination = session_termination(outcome, &listener, peer, "postgres");
     record.finish(started);
     handler.state.context.access_log.log(&record);
 }
@@ -306,47 +292,17 @@ async fn session(
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );
-    Ok(match (client, server_stream) {
-        (Either::Left(client), Either::Left(mut server_stream)) => {
-            // Client bytes read with the PROXY header and not needed by the startup.
-            let (early, client) = client.into_parts();
-            if !early.is_empty() {
-                if server_stream.write_all(&early).await.is_err() {
-                    return Ok(Termination::ServerError);
-                }
-                count_bytes(record, listener, &server, early.len() as u64, 0);
-            }
-            relay_session(
-                &state.context,
-                listener,
-                &server,
-                idle,
-                &client,
-                &server_stream,
-                record,
-            )
-            .await
-        }
-        (client, server_stream) => {
-            let cut = server.session_token();
-            let counters = RelayCounters {
-                to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
-                to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
-            };
-            let outcome = relay_streams(
-                client,
-                server_stream,
-                idle,
-                &cut,
-                &state.context.hard_stop,
-                counters,
-            )
-            .await;
-            record.bytes_in += outcome.bytes_in;
-            record.bytes_out += outcome.bytes_out;
-            outcome.termination
-        }
-    })
+    Ok(relay_database_session(
+        &state.context,
+        listener,
+        &server,
+        idle,
+        client,
+        server_stream,
+        record,
+        None,
+    )
+    .await)
 }
 
 /// The server side of the startup: the relayed authentication, or (when switchyard
@@ -449,17 +405,8 @@ async fn refuse<C: AsyncWrite + Unpin>(
     Err(Refusal::new(reason, message))
 }
 
-/// What a route asks to change in the startup sent to the server.
-#[derive(Debug, Clone, Default)]
-pub struct Rewrites {
-    /// The database name sent instead of the client's.
-    pub database: Option<String>,
-    /// The user name sent instead of the client's.
-    pub user: Option<String>,
-}
-
 impl Rewrites {
-    /// Applies the rewrites to what the server will be sent.
+    /// Applies the rewrites to the startup the server will be sent.
     fn apply(&self, startup: &mut Startup) {
         if let Some(database) = &self.database {
             startup.set_param("database", database);
@@ -505,61 +452,5 @@ fn route(
             .clone()
             .zip(handler.default_split.clone())
             .map(|(pool, split)| (pool, Rewrites::default(), split)),
-    }
-}
-
-/// Connects to a server of `pool` that serves `wanted` (any server for `None`).
-async fn connect_role(
-    pool: &Arc<Pool>,
-    client: SocketAddr,
-    wanted: Option<ServerRole>,
-) -> Result<Upstream, ConnectError> {
-    let filter = RoleFilter::new(pool, wanted);
-    connect_matching(pool, client, &|server: &Server| filter.admits(server)).await
-}
-
-/// The role a session of `role` must get now; `None` is any. A replica listener falls
-/// back to the primary while no replica is up, when allowed.
-fn wanted_role(pool: &Pool, role: ListenerRole, fallback: bool) -> Option<ServerRole> {
-    match role {
-        ListenerRole::Any => None,
-        ListenerRole::Primary => Some(ServerRole::Primary),
-        ListenerRole::Replica => {
-            let replica = RoleFilter::new(pool, Some(ServerRole::Replica));
-            let replica_up = pool.any_available(&|s: &Server| replica.admits(s));
-            if replica_up || !fallback {
-                Some(ServerRole::Replica)
-            } else {
-                Some(ServerRole::Primary)
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    use crate::testing::{lag, two_server_pool as pool};
-
-    #[test]
-    fn a_replica_listener_falls_back_to_the_primary_only_when_allowed() {
-        let pool = pool("");
-        pool.servers[0].record_role(ServerRole::Primary, None);
-        pool.servers[1].record_role(ServerRole::Primary, None);
-        assert_eq!(
-            wanted_role(&pool, ListenerRole::Replica, true),
-            Some(ServerRole::Primary)
-        );
-        assert_eq!(
-            wanted_role(&pool, ListenerRole::Replica, false),
-            Some(ServerRole::Replica)
-        );
-        pool.servers[1].record_role(ServerRole::Replica, lag(0.0));
-        assert_eq!(
-            wanted_role(&pool, ListenerRole::Replica, true),
-            Some(ServerRole::Replica)
-        );
-        assert_eq!(wanted_role(&pool, ListenerRole::Any, true), None);
     }
 }

@@ -33,24 +33,7 @@ pub enum Opening {
     },
 }
 
-/// Why a startup ended without a session.
-#[derive(Debug)]
-pub struct Refusal {
-    /// The reason for the connection log.
-    pub reason: Termination,
-    /// Detail for the log line.
-    pub detail: String,
-}
-
-impl Refusal {
-    /// A refusal for the log: `reason` names it, `detail` says what happened.
-    pub fn new(reason: Termination, detail: impl ToString) -> Self {
-        Self {
-            reason,
-            detail: detail.to_string(),
-        }
-    }
-}
+pub use crate::protocol::Refusal;
 
 /// Reads the client's opening packets: answers GSSENCRequest `N` and SSLRequest `S` when
 /// `offer_tls` (returning [`Opening::StartTls`]) or `N`, and returns the StartupMessage or

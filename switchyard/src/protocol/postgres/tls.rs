@@ -14,13 +14,10 @@ use tokio_util::either::Either;
 
 use super::codec::{SSL_REQUEST, with_length};
 use crate::config::SslMode;
-use crate::tls::{Rewind, UpstreamTls};
+use crate::tls::UpstreamTls;
 use crate::upstream::ServerStream;
 
-/// A client connection (after any PROXY header, whose trailing bytes it reads first):
-/// plaintext, or TLS terminated by the proxy.
-pub type ClientStream =
-    Either<Rewind<TcpStream>, tokio_rustls::server::TlsStream<Rewind<TcpStream>>>;
+pub use crate::protocol::ClientStream;
 
 pub use crate::upstream::server_host;
 

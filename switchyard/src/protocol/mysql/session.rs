@@ -1,0 +1,684 @@
+//! One client session in session mode: the proxy's own greeting, the client's SSL upgrade
+//! and HandshakeResponse41, routing, a server of the listener's role (over TLS per the
+//! pool's `sslmode`), the server's authentication relayed ([`super::passthrough`]), then
+//! bytes both ways for the session's life, unparsed but for `KILL`s ([`super::kill`]).
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+
+use super::MysqlHandler;
+use super::auth::{caching_sha2, native};
+use super::errors::ProxyError;
+use super::flags::capabilities as cap;
+use super::handshake::Handshake;
+use super::kill::KillRewrite;
+use super::login::{Credential, Greeted, LoginError, LoginOptions, greet, login, retries_with_tls};
+use super::ok::{OK, OkPacket};
+use super::packet::{CodecError, PacketReader, write_packet};
+use super::passthrough::{Broken, Moved, Outcome, Side, relay_login, switch_to_server};
+use super::proxy_auth::{self, Denied};
+use super::response::{ClientHead, ClientReply, HandshakeResponse, parse_client_reply};
+use crate::accept;
+use crate::config::{ClientTlsMode, MysqlAuth};
+use crate::listener::{Accepted, Listener, ListenerSettings};
+use crate::observe::{ConnectionRecord, Termination};
+use crate::protocol::{
+    ClientStream, Refusal, count_bytes, proxy_preamble, relay_database_session, session_termination,
+};
+use crate::relay::IdleLimit;
+use crate::route::{Rewrites, RouteFacts};
+use crate::tls::{Rewind, ServerTls, TlsInfo};
+use crate::upstream::{
+    ConnectError, LeaseError, Pool, Server, ServerRole, ServerStream, Stage, connect_role,
+    connect_server, following_reloads, record_failure, server_host, wanted_role,
+};
+
+/// Capabilities that change how result packets read: a client that negotiated them
+/// with the proxy cannot be relayed to a server that lacks them.
+const FRAMING: u32 = cap::DEPRECATE_EOF | cap::SESSION_TRACK;
+
+/// Handles one client connection of a mysql listener to the end, logging one line.
+pub async fn serve(handler: Arc<MysqlHandler>, connection: Accepted) {
+    let started = std::time::Instant::now();
+    let Accepted {
+        listener,
+        settings,
+        stream: client,
+        peer,
+    } = connection;
+    let mut record = ConnectionRecord::accepted(&listener.name, peer);
+    let outcome = session(&handler, &listener, &settings, client, &mut record).await;
+    record.termination = session_termination(outcome, &listener, peer, "mysql");
+    record.finish(started);
+    handler.state.context.access_log.log(&record);
+}
+
+/// The client after its login packet: the stream (TLS or not), what was read from it, the
+/// HandshakeResponse41 and its sequence id.
+struct ClientLogin {
+    stream: ClientStream,
+    reader: PacketReader,
+    response: HandshakeResponse,
+    sequence: u8,
+    tls: Option<TlsInfo>,
+}
+
+async fn session(
+    handler: &MysqlHandler,
+    listener: &Listener,
+    settings: &ListenerSettings,
+    client: TcpStream,
+    record: &mut ConnectionRecord,
+) -> Result<Termination, Refusal> {
+    let state = &handler.state;
+    let options = &handler.options;
+    let opened = accept::open(listener, settings, client, record.client)
+        .await
+        .map_err(|reason| Refusal::new(reason, "bad PROXY protocol header"))?;
+    record.client = opened.client;
+    let destination = opened.destination(listener);
+    let client = opened.into_rewind();
+    let mode = options.client_tls_mode(settings.tls.is_some());
+    let offered = settings
+        .tls
+        .as_ref()
+        .filter(|_| mode != ClientTlsMode::Disabled);
+    let connection_id = state.next_connection_id();
+    let greeting = Handshake::for_proxy(
+        &options.server_version,
+        connection_id,
+        offered.is_some(),
+        match options.auth {
+            MysqlAuth::CachingSha2Password => caching_sha2::NAME,
+            _ => native::NAME,
+        },
+    )
+    .map_err(|e| Refusal::new(Termination::ServerError, format!("no randomness: {e}")))?;
+    let login = tokio::time::timeout(
+        settings.config.timeouts.client,
+        greet_client(client, &greeting, options.limits.startup_message, offered),
+    )
+    .await
+    .map_err(|_| Refusal::new(Termination::ClientTimeout, "no login in time"))?;
+    let ClientLogin {
+        stream: mut client,
+        reader: mut client_reader,
+        response,
+        sequence,
+        tls: tls_info,
+    } = login?;
+    let mut reply = sequence.wrapping_add(1);
+    if mode == ClientTlsMode::Required && tls_info.is_none() {
+        let error = ProxyError::InsecureTransport;
+        return Err(refuse(&mut client, reply, &error, Termination::TlsRequired).await);
+    }
+    if response.head.capabilities & cap::PLUGIN_AUTH == 0 {
+        let error = ProxyError::AuthNotSupported;
+        return Err(refuse(&mut client, reply, &error, Termination::BadStartup).await);
+    }
+    // A larger limit from here on: auth answers (an RSA-encrypted password) are small,
+    // but the relay may start with bytes already read.
+    client_reader.set_limit(options.limits.message);
+    let server_password = match options.auth {
+        MysqlAuth::Passthrough => None,
+        method => {
+            let users = state.users.load_full();
+            let host = record.client.ip().to_string();
+            let checked = proxy_auth::authenticate(
+                &mut client,
+                &mut client_reader,
+                &greeting,
+                &response,
+                sequence,
+                method,
+                &users,
+                &host,
+            );
+            let checked = tokio::time::timeout(settings.config.timeouts.client, checked)
+                .await
+                .map_err(|_| Refusal::new(Termination::ClientTimeout, "no password in time"))?;
+            match checked {
+                Ok((password, next)) => {
+                    reply = next;
+                    Some(password)
+                }
+                Err((Denied::Refused(error), next)) => {
+                    return Err(refuse(&mut client, next, &error, Termination::AuthFailed).await);
+                }
+                Err((Denied::Codec(CodecError::Io(error)), _)) => {
+                    return Err(Refusal::new(Termination::ClientClosed, error));
+                }
+                Err((Denied::Codec(error), next)) => {
+                    let error = ProxyError::MalformedPacket(error.to_string());
+                    return Err(refuse(&mut client, next, &error, Termination::BadMessage).await);
+                }
+            }
+        }
+    };
+    let Some((pool, rewrites)) = route(handler, &response, tls_info.as_ref()) else {
+        let database = response.database.clone().unwrap_or_default();
+        let error = ProxyError::UnknownDatabase(database);
+        return Err(refuse(&mut client, reply, &error, Termination::NoRoute).await);
+    };
+    record.pool = Some(pool.name.clone());
+
+    let reroute = || {
+        let settings = listener.settings();
+        let now = settings.handler_as::<MysqlHandler>();
+        now.and_then(|now| route(now, &response, tls_info.as_ref()))
+    };
+    let client_address = record.client;
+    let wanted_of = |pool: &Pool| wanted_role(pool, options.role, options.replica_fallback);
+    let ((pool, rewrites), attempt) = following_reloads(
+        (pool, rewrites),
+        |(pool, _)| pool,
+        reroute,
+        |(pool, _)| async move { connect_role(&pool, client_address, wanted_of(&pool)).await },
+    )
+    .await;
+    record.pool = Some(pool.name.clone());
+    let upstream = match attempt {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            let (proxy_error, reason) = match &error {
+                ConnectError::Lease(LeaseError::NoServer) => (
+                    ProxyError::CantConnect(match wanted_of(&pool) {
+                        None => "no server available".to_string(),
+                        Some(ServerRole::Replica) => "no replica available".to_string(),
+                        Some(_) => "no primary available".to_string(),
+                    }),
+                    Termination::NoServer,
+                ),
+                ConnectError::Lease(LeaseError::QueueFull) => {
+                    (ProxyError::TooManyConnections, Termination::QueueFull)
+                }
+                ConnectError::Lease(LeaseError::QueueTimeout) => {
+                    (ProxyError::TooManyConnections, Termination::QueueTimeout)
+                }
+                ConnectError::Failed { .. } => (
+                    ProxyError::CantConnect(error.to_string()),
+                    Termination::ConnectFailed,
+                ),
+            };
+            return Err(refuse(&mut client, reply, &proxy_error, reason).await);
+        }
+    };
+    let server = upstream.lease.server().clone();
+    record.server = Some(server.name.clone());
+    let preamble = proxy_preamble(
+        pool.send_proxy_protocol,
+        record.client,
+        || destination,
+        tls_info.as_ref(),
+    );
+    let mut upstream_stream = upstream.stream;
+    if upstream_stream.write_all(&preamble).await.is_err() {
+        let error = ProxyError::CantConnect("the server closed the connection".into());
+        return Err(refuse(&mut client, reply, &error, Termination::ServerError).await);
+    }
+    let host = server_host(&server);
+    let upstream = UpstreamLink {
+        pool: &pool,
+        server: &server,
+        host: &host,
+        preamble: &preamble,
+        limit: options.limits.message,
+    };
+    let logged_in = match server_password {
+        None => {
+            let mut moved = Moved::default();
+            let relayed = relayed_login(
+                &mut client,
+                &mut client_reader,
+                upstream_stream,
+                &upstream,
+                response,
+                &rewrites,
+                (reply, settings.config.timeouts.client),
+                &mut moved,
+            )
+            .await;
+            count_bytes(record, listener, &server, moved.to_server, moved.to_client);
+            relayed?
+        }
+        Some(password) => {
+            own_login(
+                &mut client,
+                upstream_stream,
+                &upstream,
+                &response,
+                &rewrites,
+                password,
+                reply,
+            )
+            .await?
+        }
+    };
+    let (mut server_stream, mut server_reader, thread) = logged_in;
+    // Nothing should follow the login's packets before the client's first command; pass
+    // on whatever did, so the relay sees every byte.
+    let late = client_reader.take_buffered();
+    if !late.is_empty() {
+        if server_stream.write_all(&late).await.is_err() {
+            return Ok(Termination::ServerError);
+        }
+        count_bytes(record, listener, &server, late.len() as u64, 0);
+    }
+    let early = server_reader.take_buffered();
+    if !early.is_empty() {
+        if client.write_all(&early).await.is_err() {
+            return Ok(Termination::ClientError);
+        }
+        count_bytes(record, listener, &server, 0, early.len() as u64);
+    }
+    let idle = IdleLimit::choose(
+        settings.config.timeouts.client,
+        pool.timeouts.server,
+        pool.timeouts.tunnel,
+    );
+    let _kill = state.kills.register(connection_id, &server, thread);
+    let mut kills = KillRewrite::new(&state.kills, &server);
+    Ok(relay_database_session(
+        &state.context,
+        listener,
+        &server,
+        idle,
+        client,
+        server_stream,
+        record,
+        Some(&mut kills),
+    )
+    .await)
+}
+
+/// What the server side of a login needs to know.
+struct UpstreamLink<'a> {
+    pool: &'a Arc<Pool>,
+    server: &'a Arc<Server>,
+    host: &'a str,
+    /// The PROXY header sent first on every server connection (empty without one).
+    preamble: &'a [u8],
+    /// Longest packet read from the server during the login.
+    limit: usize,
+}
+
+/// A logged-in server connection: the stream, what was read from it, its thread id.
+type LoggedIn = (ServerStream, PacketReader, u32);
+
+/// Passthrough: the server's greeting, TLS per the pool's sslmode, then the server's
+/// authentication relayed ([`relay_login`]); `reply` is the sequence id of the next
+/// packet to the client, with the time the client has to answer.
+#[allow(clippy::too_many_arguments)]
+async fn relayed_login(
+    client: &mut ClientStream,
+    client_reader: &mut PacketReader,
+    stream: TcpStream,
+    upstream: &UpstreamLink<'_>,
+    mut response: HandshakeResponse,
+    rewrites: &Rewrites,
+    (reply, client_timeout): (u8, std::time::Duration),
+    moved: &mut Moved,
+) -> Result<LoggedIn, Refusal> {
+    let client_head = response.head;
+    let greeted = tokio::time::timeout(
+        upstream.pool.timeouts.connect,
+        greet(
+            stream,
+            upstream.pool.tls.as_deref(),
+            upstream.host,
+            false,
+            upstream.limit,
+            |handshake| server_head(&client_head, handshake, rewrites, &response),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| Err(no_greeting()));
+    let Greeted {
+        stream: mut server_stream,
+        reader: mut server_reader,
+        handshake,
+        head,
+        sequence: to_server,
+    } = match greeted {
+        Ok(greeted) => greeted,
+        Err(error) => return Err(login_failed(client, upstream, reply, error).await),
+    };
+    if let Some(error) = lacking(
+        client_head.capabilities,
+        handshake.capabilities,
+        &handshake.server_version,
+    ) {
+        return Err(refuse(client, reply, &error, Termination::ServerError).await);
+    }
+    rewrite(&mut response, head, rewrites);
+    let switch = switch_to_server(&handshake.auth_plugin, &handshake.scramble);
+    let exchange = relay_login(
+        Side {
+            stream: client,
+            reader: client_reader,
+            sequence: reply,
+        },
+        Side {
+            stream: &mut server_stream,
+            reader: &mut server_reader,
+            sequence: to_server,
+        },
+        &switch,
+        response,
+        moved,
+    );
+    match tokio::time::timeout(client_timeout, exchange).await {
+        Err(_) => Err(Refusal::new(
+            Termination::ClientTimeout,
+            "no password in time",
+        )),
+        Ok(Err(Broken::Client(CodecError::Io(error)))) => {
+            Err(Refusal::new(Termination::ClientClosed, error))
+        }
+        Ok(Err(Broken::Client(error))) => {
+            let error = ProxyError::MalformedPacket(error.to_string());
+            Err(refuse(client, 0, &error, Termination::BadMessage).await)
+        }
+        Ok(Err(Broken::Server(error))) => {
+            let error = ProxyError::CantConnect(format!("lost the server during login: {error}"));
+            Err(refuse(client, 0, &error, Termination::ServerError).await)
+        }
+        Ok(Ok(Outcome::Refused(err))) => Err(Refusal::new(Termination::ServerRefused, err)),
+        Ok(Ok(Outcome::LoggedIn)) => Ok((server_stream, server_reader, handshake.connection_id)),
+    }
+}
+
+/// Proxy-side authentication: switchyard logs in to the server itself as the (rewritten)
+/// user with `password`, TLS per the pool's sslmode (`allow` retrying over TLS after the
+/// server refused the plaintext login), then tells the client OK at sequence `reply`.
+async fn own_login(
+    client: &mut ClientStream,
+    stream: TcpStream,
+    upstream: &UpstreamLink<'_>,
+    response: &HandshakeResponse,
+    rewrites: &Rewrites,
+    password: String,
+    reply: u8,
+) -> Result<LoggedIn, Refusal> {
+    let options = LoginOptions {
+        user: rewrites
+            .user
+            .clone()
+            .unwrap_or_else(|| response.user.clone()),
+        credential: Credential::Password(password),
+        database: rewrites
+            .database
+            .clone()
+            .or_else(|| response.database.clone()),
+        capabilities: response.head.capabilities & !cap::SSL,
+        attributes: response.attributes.clone(),
+        max_packet: upstream.limit,
+    };
+    let tls = upstream.pool.tls.as_deref();
+    let attempt = |stream, retry| {
+        let options = &options;
+        async move {
+            tokio::time::timeout(
+                upstream.pool.timeouts.connect,
+                login(stream, tls, upstream.host, retry, options),
+            )
+            .await
+            .unwrap_or_else(|_| Err(no_greeting()))
+        }
+    };
+    let mut logged_in = attempt(stream, false).await;
+    if let Err(refused) = &logged_in
+        && retries_with_tls(tls, refused)
+    {
+        let retried = async {
+            let (mut stream, _) = connect_server(upstream.server, upstream.pool).await?;
+            stream.write_all(upstream.preamble).await?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        logged_in = match retried.await {
+            Ok(stream) => attempt(stream, true).await,
+            Err(error) => Err(LoginError::Io(error)),
+        };
+    }
+    let connection = match logged_in {
+        Ok(connection) => connection,
+        Err(error) => return Err(login_failed(client, upstream, reply, error).await),
+    };
+    let session = &connection.session;
+    let client_capabilities = response.head.capabilities;
+    if let Some(error) = lacking(
+        client_capabilities,
+        session.server_capabilities,
+        &session.server_version,
+    ) {
+        return Err(refuse(client, reply, &error, Termination::ServerError).await);
+    }
+    let ok = OkPacket {
+        affected_rows: 0,
+        last_insert_id: 0,
+        status: session.status,
+        warnings: 0,
+        info: String::new(),
+        session_state: Vec::new(),
+    };
+    if write_packet(client, reply, &ok.encode(OK, client_capabilities))
+        .await
+        .is_err()
+    {
+        return Err(Refusal::new(
+            Termination::ClientClosed,
+            "gone before the OK",
+        ));
+    }
+    let thread = session.connection_id;
+    Ok((connection.stream, connection.reader, thread))
+}
+
+/// The error of a server greeting that did not come in time.
+fn no_greeting() -> LoginError {
+    LoginError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no greeting from the server in time",
+    ))
+}
+
+/// The refusal of a client whose server login failed, after telling the client (the
+/// server's own ERR when it refused, else "can't connect").
+async fn login_failed(
+    client: &mut ClientStream,
+    upstream: &UpstreamLink<'_>,
+    reply: u8,
+    error: LoginError,
+) -> Refusal {
+    let reason = match &error {
+        LoginError::Tls { error: io, .. } => {
+            record_failure(upstream.pool, upstream.server, Stage::Tls, io);
+            Termination::ServerTlsFailed
+        }
+        LoginError::TlsUnavailable(_) => Termination::ServerTlsFailed,
+        LoginError::Server(_) => Termination::ServerRefused,
+        _ => Termination::ServerError,
+    };
+    let packet = super::packet::packet(reply, &error.to_client().encode());
+    let _ = client.write_all(&packet).await;
+    let _ = client.shutdown().await;
+    Refusal::new(reason, error)
+}
+
+/// The error for a server lacking capabilities the client negotiated with the proxy that
+/// change how results read, or plugin authentication; `None` when it has them.
+fn lacking(client: u32, server: u32, version: &str) -> Option<ProxyError> {
+    let missing = client & FRAMING & !server;
+    (missing != 0 || server & cap::PLUGIN_AUTH == 0).then(|| {
+        ProxyError::CantConnect(format!(
+            "the server ({version}) lacks capabilities the client negotiated ({missing:#x}) or plugin authentication"
+        ))
+    })
+}
+
+/// Sends the proxy's greeting and reads the client's answer, taking the connection to
+/// TLS when the client sends an SSLRequest and `tls` (the listener's, when it offers TLS)
+/// is set. Malformed packets get ERR 1156.
+async fn greet_client(
+    client: Rewind<TcpStream>,
+    greeting: &Handshake,
+    limit: usize,
+    tls: Option<&Arc<ServerTls>>,
+) -> Result<ClientLogin, Refusal> {
+    let mut client = client;
+    let mut reader = PacketReader::new(limit);
+    write_packet(&mut client, 0, &greeting.encode())
+        .await
+        .map_err(|e| Refusal::new(Termination::ClientClosed, e))?;
+    let first = read_client(&mut reader, &mut client).await?;
+    let reply = match parse_client_reply(&first.payload) {
+        Ok(reply) => reply,
+        Err(error) => return Err(malformed(&mut client, first.next(), &error).await),
+    };
+    let response = match reply {
+        ClientReply::Response(response) => {
+            return Ok(ClientLogin {
+                stream: Either::Left(client),
+                reader,
+                response,
+                sequence: first.sequence,
+                tls: None,
+            });
+        }
+        ClientReply::SslRequest(_) => first,
+    };
+    let Some(tls) = tls else {
+        let error = CodecError::Malformed("SSLRequest, and TLS was not offered");
+        return Err(malformed(&mut client, response.next(), &error).await);
+    };
+    // Clients send their ClientHello right behind the SSLRequest: what was read of it
+    // goes to the TLS handshake first.
+    let (rest, socket) = client.into_parts();
+    let mut early = reader.take_buffered();
+    early.extend_from_slice(&rest);
+    let client = Rewind::new(early.freeze(), socket);
+    let (mut stream, info) = tls
+        .accept(client)
+        .await
+        .map_err(|e| Refusal::new(Termination::ClientTlsError, e))?;
+    let packet = read_client(&mut reader, &mut stream).await?;
+    let response = match HandshakeResponse::parse(&packet.payload) {
+        Ok(response) => response,
+        Err(error) => return Err(malformed(&mut stream, packet.next(), &error).await),
+    };
+    Ok(ClientLogin {
+        stream: Either::Right(stream),
+        reader,
+        response,
+        sequence: packet.sequence,
+        tls: Some(info),
+    })
+}
+
+/// The client's next packet; one over the limit or out of sequence gets ERR 1156.
+async fn read_client<S>(
+    reader: &mut PacketReader,
+    client: &mut S,
+) -> Result<super::packet::Packet, Refusal>
+where
+    S: tokio::io::AsyncRead + AsyncWrite + Unpin,
+{
+    match reader.read(client).await {
+        Ok(packet) => Ok(packet),
+        Err(CodecError::Io(error)) => Err(Refusal::new(Termination::ClientClosed, error)),
+        Err(error) => Err(malformed(client, 2, &error).await),
+    }
+}
+
+/// Answers a malformed packet with ERR 1156 and ends the session.
+async fn malformed<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    sequence: u8,
+    error: &CodecError,
+) -> Refusal {
+    let error = ProxyError::MalformedPacket(error.to_string());
+    refuse(client, sequence, &error, Termination::BadStartup).await
+}
+
+/// Sends `error` as an ERR packet and ends the session.
+async fn refuse<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    sequence: u8,
+    error: &ProxyError,
+    reason: Termination,
+) -> Refusal {
+    let _ = client.write_all(&error.packet(sequence)).await;
+    let _ = client.shutdown().await;
+    Refusal::new(reason, error.message())
+}
+
+/// The head of the HandshakeResponse41 sent to the server: what the client negotiated
+/// with the proxy that the server offers, without TLS (the pool's sslmode decides that),
+/// with a database when one is sent.
+fn server_head(
+    client: &ClientHead,
+    handshake: &Handshake,
+    rewrites: &Rewrites,
+    response: &HandshakeResponse,
+) -> ClientHead {
+    let mut capabilities =
+        client.capabilities & handshake.capabilities & !(cap::SSL | cap::CONNECT_WITH_DB)
+            | cap::REQUIRED
+            | cap::LONG_PASSWORD;
+    let database = rewrites.database.as_ref().or(response.database.as_ref());
+    if database.is_some() && handshake.capabilities & cap::CONNECT_WITH_DB != 0 {
+        capabilities |= cap::CONNECT_WITH_DB;
+    }
+    ClientHead {
+        capabilities,
+        max_packet: client.max_packet,
+        charset: client.charset,
+        mariadb_capabilities: 0,
+    }
+}
+
+/// The client's login as the server gets it: the server-side head, the route's rewrites.
+fn rewrite(response: &mut HandshakeResponse, head: ClientHead, rewrites: &Rewrites) {
+    response.head = head;
+    if let Some(database) = &rewrites.database {
+        response.database = Some(database.clone());
+    }
+    if let Some(user) = &rewrites.user {
+        response.user = user.clone();
+    }
+    if head.capabilities & cap::CONNECT_WITH_DB == 0 {
+        response.database = None;
+    }
+    if head.capabilities & cap::CONNECT_ATTRS == 0 {
+        response.attributes.clear();
+    }
+}
+
+/// Picks the pool from the login (and the client's TLS), with the matching route's
+/// rewrites.
+fn route(
+    handler: &MysqlHandler,
+    response: &HandshakeResponse,
+    tls: Option<&TlsInfo>,
+) -> Option<(Arc<Pool>, Rewrites)> {
+    let routing = &handler.routing;
+    let facts = RouteFacts {
+        database: Some(response.database.as_deref().unwrap_or_default()),
+        user: Some(&response.user),
+        sni: tls.and_then(|tls| tls.sni.as_deref()),
+        client_cn: tls
+            .and_then(|tls| tls.client_cert.as_ref())
+            .and_then(|cert| cert.common_name.as_deref()),
+        ..RouteFacts::default()
+    };
+    match routing.route(&facts) {
+        Some(route) => Some((route.pool.clone(), route.extra.clone())),
+        None => routing
+            .default
+            .clone()
+            .map(|pool| (pool, Rewrites::default())),
+    }
+}
