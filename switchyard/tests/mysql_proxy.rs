@@ -713,3 +713,57 @@ except mysql.connector.Error as e:
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_have_a_deadline_and_each_address_a_cap_on_logins_in_flight() {
+    let server = server(&MyOptions::default());
+    let (proxy, front) = Config::new()
+        .protocol("mysql")
+        .server("db", server.address(), "")
+        .listener("timeouts = { login = \"1s\" }\nmax_logins_per_address = 2")
+        .start()
+        .await;
+    // Two clients read the proxy's greeting and never answer it.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let mut client = TcpStream::connect(front).await.expect("connect");
+        let mut head = [0u8; 5];
+        client.read_exact(&mut head).await.expect("greeting");
+        assert_eq!(head[4], 10, "a HandshakeV10 greeting");
+        silent.push(client);
+    }
+    // A third from the same address gets the ERR a busy server sends instead of a greeting.
+    let mut third = TcpStream::connect(front).await.expect("connect");
+    let refused = support::ops::read_until_closed(&mut third).await;
+    assert_eq!(refused.get(4), Some(&0xff), "an ERR packet: {refused:?}");
+    assert_eq!(
+        refused.get(5..7),
+        Some(&1040u16.to_le_bytes()[..]),
+        "ERR 1040"
+    );
+    // The silent two are cut at the login deadline (10 minutes of `timeouts.client` before).
+    for client in &mut silent {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            client.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(closed.is_ok(), "closed by the proxy");
+    }
+    // The slots came back: a real client logs in.
+    assert_eq!(
+        pymysql(front, NATIVE_USER, Some("app"), None, "SELECT 1"),
+        "1"
+    );
+    let terminations = |name: &str| {
+        access_lines(&proxy)
+            .iter()
+            .filter(|line| line["termination"] == name)
+            .count()
+    };
+    wait_until("every cut login in the access log", || async {
+        terminations("login_timeout") == 2 && terminations("too_many_logins") == 1
+    })
+    .await;
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use super::MysqlHandler;
@@ -80,7 +81,16 @@ async fn session(
         .map_err(|reason| Refusal::new(reason, "bad PROXY protocol header"))?;
     record.client = opened.client;
     let destination = opened.destination(listener);
-    let client = opened.into_rewind();
+    let mut client = opened.into_rewind();
+    // Counted until the client has logged in; the deadline covers the TLS upgrade and the
+    // authentication, but not the proxy's own wait for a server. A refused client gets
+    // the ERR a busy MySQL server sends in place of its greeting.
+    let limit = settings.config.max_logins_per_address;
+    let Some(login_slot) = listener.logins.enter(record.client.ip(), limit) else {
+        let error = ProxyError::TooManyConnections;
+        return Err(refuse(&mut client, 0, &error, Termination::TooManyLogins).await);
+    };
+    let mut login_deadline = Instant::now() + settings.config.timeouts.login;
     let mode = options.client_tls_mode(settings.tls.is_some());
     let offered = settings
         .tls
@@ -97,12 +107,12 @@ async fn session(
         },
     )
     .map_err(|e| Refusal::new(Termination::ServerError, format!("no randomness: {e}")))?;
-    let login = tokio::time::timeout(
-        settings.config.timeouts.client,
+    let login = tokio::time::timeout_at(
+        login_deadline,
         greet_client(client, &greeting, options.limits.startup_message, offered),
     )
     .await
-    .map_err(|_| Refusal::new(Termination::ClientTimeout, "no login in time"))?;
+    .map_err(|_| Refusal::new(Termination::LoginTimeout, "no login in time"))?;
     let ClientLogin {
         stream: mut client,
         reader: mut client_reader,
@@ -137,9 +147,9 @@ async fn session(
                 &users,
                 &host,
             );
-            let checked = tokio::time::timeout(settings.config.timeouts.client, checked)
+            let checked = tokio::time::timeout_at(login_deadline, checked)
                 .await
-                .map_err(|_| Refusal::new(Termination::ClientTimeout, "no password in time"))?;
+                .map_err(|_| Refusal::new(Termination::LoginTimeout, "no password in time"))?;
             match checked {
                 Ok((password, next)) => {
                     reply = next;
@@ -171,6 +181,7 @@ async fn session(
         now.and_then(|now| route(now, &response, tls_info.as_ref()))
     };
     let client_address = record.client;
+    let waiting_for_server = Instant::now();
     let wanted_of = |pool: &Pool| wanted_role(pool, options.role, options.replica_fallback);
     let ((pool, rewrites), attempt) = following_reloads(
         (pool, rewrites),
@@ -206,6 +217,8 @@ async fn session(
             return Err(refuse(&mut client, reply, &proxy_error, reason).await);
         }
     };
+    // The client is not charged for the time the proxy spent getting a server.
+    login_deadline += waiting_for_server.elapsed();
     let server = upstream.lease.server().clone();
     record.server = Some(server.name.clone());
     let preamble = proxy_preamble(
@@ -237,7 +250,7 @@ async fn session(
                 &upstream,
                 response,
                 &rewrites,
-                (reply, settings.config.timeouts.client),
+                (reply, login_deadline),
                 &mut moved,
             )
             .await;
@@ -257,6 +270,7 @@ async fn session(
             .await?
         }
     };
+    drop(login_slot);
     let (mut server_stream, mut server_reader, thread) = logged_in;
     // Nothing should follow the login's packets before the client's first command; pass
     // on whatever did, so the relay sees every byte.
@@ -310,7 +324,7 @@ type LoggedIn = (ServerStream, PacketReader, u32);
 
 /// Passthrough: the server's greeting, TLS per the pool's sslmode, then the server's
 /// authentication relayed ([`relay_login`]); `reply` is the sequence id of the next
-/// packet to the client, with the time the client has to answer.
+/// packet to the client, with the deadline of the client's login.
 #[allow(clippy::too_many_arguments)]
 async fn relayed_login(
     client: &mut ClientStream,
@@ -319,7 +333,7 @@ async fn relayed_login(
     upstream: &UpstreamLink<'_>,
     mut response: HandshakeResponse,
     rewrites: &Rewrites,
-    (reply, client_timeout): (u8, std::time::Duration),
+    (reply, login_deadline): (u8, Instant),
     moved: &mut Moved,
 ) -> Result<LoggedIn, Refusal> {
     let client_head = response.head;
@@ -370,9 +384,9 @@ async fn relayed_login(
         response,
         moved,
     );
-    match tokio::time::timeout(client_timeout, exchange).await {
+    match tokio::time::timeout_at(login_deadline, exchange).await {
         Err(_) => Err(Refusal::new(
-            Termination::ClientTimeout,
+            Termination::LoginTimeout,
             "no password in time",
         )),
         Ok(Err(Broken::Client(CodecError::Io(error)))) => {
