@@ -19,6 +19,7 @@ pub mod on_wake;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod resolve;
 pub mod route;
 pub mod runtime;
 pub mod secret;

@@ -11,6 +11,7 @@ pub mod http;
 mod keys;
 pub mod load;
 pub mod postgres;
+pub mod resolver;
 mod protocols;
 mod schema;
 pub mod tcp;
@@ -29,6 +30,7 @@ pub use load::{
     load_str_with,
 };
 pub use postgres::{PostgresAuth, PostgresListener, PostgresRoute};
+pub use resolver::{CacheConfig, KeyFact, KeyTemplate, ResolverConfig, ResolverKind};
 pub use protocols::{ListenerKeys, ListenerOptions};
 pub use schema::*;
 pub use tcp::{TcpListener, TcpRoute};

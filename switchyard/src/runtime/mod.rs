@@ -52,6 +52,8 @@ pub struct Shared {
     // the snapshot they loaded.
     pools: ArcSwap<Vec<Arc<Pool>>>,
     listeners: ArcSwap<Vec<Arc<Listener>>>,
+    // The resolvers pools with `resolver` ask; a reload swaps in a new set.
+    resolvers: ArcSwap<crate::resolve::Resolvers>,
     // The config in effect; held for the whole of a reload so that reloads do not interleave.
     applied: tokio::sync::Mutex<Config>,
     // Fired at the end of shutdown: health checks and the admin API stop.
@@ -82,6 +84,19 @@ impl Shared {
     /// The listeners accepting now.
     pub fn listeners(&self) -> Arc<Vec<Arc<Listener>>> {
         self.listeners.load_full()
+    }
+
+    /// The resolvers in service now.
+    pub fn resolvers(&self) -> Arc<crate::resolve::Resolvers> {
+        self.resolvers.load_full()
+    }
+
+    /// Starts the background work of every resolver in service (those already started
+    /// are left as they are).
+    fn start_resolvers(&self) {
+        for resolver in self.resolvers.load().values() {
+            resolver.start();
+        }
     }
 
     /// Starts the health checks of `pool` (its protocol's check kind).
@@ -127,10 +142,15 @@ pub fn build(
     });
     let registry = Registry::new(&context);
     registry.configure(config).map_err(StartError::Build)?;
+    let (resolvers, _) =
+        crate::resolve::build(&config.resolvers, None).map_err(StartError::Build)?;
     let mut pools = HashMap::new();
     let mut pool_list = Vec::new();
     for pool_config in &config.pools {
-        let pool = Arc::new(Pool::new(pool_config).map_err(StartError::Build)?);
+        let pool = Pool::new(pool_config)
+            .and_then(|pool| pool.with_resolver(pool_config, &resolvers))
+            .map_err(StartError::Build)?;
+        let pool = Arc::new(pool);
         pools.insert(pool.name.clone(), pool.clone());
         pool_list.push(pool);
     }
@@ -160,6 +180,7 @@ pub fn build(
         config_path,
         pools: ArcSwap::from_pointee(pool_list),
         listeners: ArcSwap::from_pointee(listeners),
+        resolvers: ArcSwap::from_pointee(resolvers),
         applied: tokio::sync::Mutex::new(config.clone()),
         stop_background: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -218,6 +239,7 @@ pub async fn run(
     for pool in shared.pools().iter() {
         shared.spawn_checks(pool);
     }
+    shared.start_resolvers();
     if inherited.is_upgrade() {
         upgrade::first_checks(&shared).await;
     }
@@ -258,6 +280,9 @@ pub async fn run(
         tasks.wait().await;
     }
     shared.stop_background.cancel();
+    for resolver in shared.resolvers().values() {
+        resolver.stop();
+    }
     // Write out the connection log lines of the last sessions before the process exits.
     let log_owner = shared.clone();
     let flush = move || {

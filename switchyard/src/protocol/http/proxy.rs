@@ -25,6 +25,8 @@ use crate::config::{HttpVersion, SslMode};
 use crate::lazy_timer::LazyTimer;
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::Termination;
+use crate::config::KeyFact;
+use crate::resolve::LookupContext;
 use crate::route::RouteFacts;
 use crate::upstream::{Lease, LeaseError, Pool, Server, lost_to_reload};
 
@@ -325,6 +327,39 @@ pub async fn handle(
         return exchange.fail(ProxyError::NoRoute, json);
     };
     let rules = route.map(|r| &r.extra);
+    // A pool with `resolver`: the servers come from the answer for the request's key.
+    let resolved;
+    let mut answer_host = None;
+    let pool = if pool.resolver.is_some() {
+        let sni = facts.sni;
+        let lookup = LookupContext {
+            protocol: "http",
+            listener: &ctx.listener.name,
+            client: Some(ctx.facts.client),
+        };
+        let fact = |fact| match fact {
+            KeyFact::Host => host,
+            KeyFact::Sni => sni,
+            _ => None,
+        };
+        match pool.resolve(fact, &lookup).await {
+            Ok(found) => {
+                resolved = found;
+                answer_host = resolved
+                    .answer
+                    .as_ref()
+                    .and_then(|a| a.host.as_deref())
+                    .and_then(|h| HeaderValue::from_str(h).ok());
+                &resolved.pool
+            }
+            Err(error) => {
+                tracing::info!(listener = %ctx.listener.name, pool = %pool.name, client = %ctx.facts.client, %error, "request not resolved");
+                return exchange.fail_for(pool, ProxyError::from(&error), json);
+            }
+        }
+    } else {
+        pool
+    };
 
     // Headers: hop-by-hop out, forwarding and identity in, then the route's rules.
     let wants_trailers = headers::list_tokens(&parts.headers, header::TE)
@@ -407,6 +442,9 @@ pub async fn handle(
         // Taken with the lease, so that `maint` from now on cuts this request.
         let cut = client::session_cut(server);
         prepare_for_server(&mut request, &pool, server, authority.as_ref());
+        if let Some(host) = &answer_host {
+            request.headers_mut().insert(header::HOST, host.clone());
+        }
         let sent_at = Instant::now();
         // Boxed: the send is large, and is moved into the timeout and the select below.
         let send = Box::pin(client::send(&pool, server, request, sent_at));

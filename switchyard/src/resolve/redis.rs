@@ -1,0 +1,148 @@
+//! The `redis` resolver: answers are JSON values at `prefix + key` in a Redis (or Valkey)
+//! server a fleet shares; a key published on `prefix + "purge"` is dropped by every
+//! instance. The connection reconnects by itself (`ConnectionManager`); TLS with
+//! `rediss://`, AUTH from the URL or `password`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::cache::Cache;
+use super::{Fetched, answer};
+
+/// A Redis server holding answers.
+pub struct RedisSource {
+    client: redis::Client,
+    connection: tokio::sync::OnceCell<ConnectionManager>,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSource")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSource {
+    /// Checks the address and password; connects on first use.
+    pub fn new(
+        address: &str,
+        password: Option<&str>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(address)
+            .map_err(|e| format!("redis address `{address}`: {e}"))?;
+        if let Some(password) = password {
+            info.redis.password = Some(crate::secret::resolve(password)?);
+        }
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        Ok(Self {
+            client,
+            connection: tokio::sync::OnceCell::new(),
+            prefix: prefix.to_string(),
+            timeout,
+        })
+    }
+
+    /// The shared connection, made on first use (and again after a failed first try);
+    /// once made it reconnects by itself.
+    async fn connection(&self) -> Result<ConnectionManager, String> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        self.connection
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .cloned()
+            .map_err(|e| format!("redis: {e}"))
+    }
+
+    /// The answer stored for `key`.
+    pub async fn fetch(&self, key: &str) -> Result<Fetched, String> {
+        let work = async {
+            let mut connection = self.connection().await?;
+            let value: Option<Vec<u8>> = connection
+                .get(format!("{}{key}", self.prefix))
+                .await
+                .map_err(|e| format!("redis: {e}"))?;
+            match value {
+                None => Ok(Fetched::NoRoute),
+                Some(bytes) => answer::parse(&bytes)
+                    .map(Fetched::Answer)
+                    .map_err(|e| format!("redis {}{key}: {e}", self.prefix)),
+            }
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| "redis: timed out".to_string())?
+    }
+
+    /// Tells every instance to drop `key`.
+    pub async fn publish_purge(&self, key: &str) -> Result<(), String> {
+        let work = async {
+            let mut connection = self.connection().await?;
+            let _: i64 = connection
+                .publish(self.purge_channel(), key)
+                .await
+                .map_err(|e| format!("redis: {e}"))?;
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| "redis: timed out".to_string())?
+    }
+
+    fn purge_channel(&self) -> String {
+        format!("{}purge", self.prefix)
+    }
+
+    /// Listens on the purge channel until `stop`, dropping each key published from
+    /// `cache`; reconnects within a second after losing Redis, and then drops every key
+    /// (purges sent meanwhile were missed).
+    pub fn spawn_purge_listener(self: &Arc<Self>, cache: Arc<Cache>, name: String, stop: CancellationToken) {
+        let source = self.clone();
+        tokio::spawn(async move {
+            let mut lost = false;
+            loop {
+                let listen = async {
+                    let mut pubsub = source.client.get_async_pubsub().await?;
+                    pubsub.subscribe(source.purge_channel()).await?;
+                    if lost {
+                        cache.clear();
+                        tracing::info!(resolver = %name, "purge channel back; cache cleared");
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let key = String::from_utf8_lossy(message.get_payload_bytes());
+                        cache.purge(&key);
+                        tracing::debug!(resolver = %name, %key, "purged");
+                    }
+                    Ok::<(), redis::RedisError>(())
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    result = listen => {
+                        if let Err(error) = result && !lost {
+                            tracing::warn!(resolver = %name, %error, "purge channel lost");
+                        }
+                        lost = true;
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        });
+    }
+}
