@@ -11,8 +11,8 @@ pub mod http;
 mod keys;
 pub mod load;
 pub mod postgres;
-pub mod resolver;
 mod protocols;
+pub mod resolver;
 mod schema;
 pub mod tcp;
 mod validate;
@@ -30,7 +30,7 @@ pub use load::{
     load_str_with,
 };
 pub use postgres::{PostgresAuth, PostgresListener, PostgresRoute};
-pub use resolver::{CacheConfig, KeyFact, KeyTemplate, ResolverConfig, ResolverKind};
 pub use protocols::{ListenerKeys, ListenerOptions};
+pub use resolver::{CacheConfig, KeyFact, KeyTemplate, ResolverConfig, ResolverKind};
 pub use schema::*;
 pub use tcp::{TcpListener, TcpRoute};

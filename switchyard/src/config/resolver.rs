@@ -141,12 +141,13 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             ResolverKind::Http => {
                 needs("url", resolver.url.is_some(), sink);
                 if let Some(url) = &resolver.url
-                    && let Err(e) = url.parse::<hyper::Uri>().map_err(|e| e.to_string()).and_then(
-                        |uri| match (uri.scheme_str(), uri.authority()) {
+                    && let Err(e) = url
+                        .parse::<hyper::Uri>()
+                        .map_err(|e| e.to_string())
+                        .and_then(|uri| match (uri.scheme_str(), uri.authority()) {
                             (Some("http"), Some(_)) => Ok(()),
                             _ => Err("only http://host:port/path URLs are supported".into()),
-                        },
-                    )
+                        })
                 {
                     sink.at(&key_path!("resolver", i, "url"), e);
                 }
@@ -154,8 +155,8 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             ResolverKind::Redis => {
                 needs("address", resolver.address.is_some(), sink);
                 if let Some(address) = &resolver.address
-                    && let Err(e) = redis::parse_redis_url(address)
-                        .ok_or("not a redis:// or rediss:// URL")
+                    && let Err(e) =
+                        redis::parse_redis_url(address).ok_or("not a redis:// or rediss:// URL")
                 {
                     sink.at(&key_path!("resolver", i, "address"), e);
                 }
@@ -367,10 +368,7 @@ mod tests {
     #[test]
     fn key_pattern_takes_the_named_group() {
         let t = KeyTemplate::parse("{database}", Some("^db-(?P<key>[a-z0-9]+)$")).unwrap();
-        assert_eq!(
-            t.render(|_| Some("db-acme1")),
-            Some("acme1".into())
-        );
+        assert_eq!(t.render(|_| Some("db-acme1")), Some("acme1".into()));
         assert_eq!(t.render(|_| Some("other")), None);
         assert!(KeyTemplate::parse("{database}", Some("^db-(.*)$")).is_err());
         assert!(KeyTemplate::parse("{nope}", None).is_err());

@@ -107,7 +107,11 @@ pub fn parse(bytes: &[u8]) -> Result<AnswerText, AnswerError> {
 /// Resolves every server of `text` once (within `timeout`), checks each address with
 /// `guard`, and pins the first address of each name: what the guard saw is what is
 /// connected to.
-pub async fn pin(text: AnswerText, guard: &Guard, timeout: Duration) -> Result<Answer, AnswerError> {
+pub async fn pin(
+    text: AnswerText,
+    guard: &Guard,
+    timeout: Duration,
+) -> Result<Answer, AnswerError> {
     let ttl = text
         .ttl
         .as_deref()
@@ -116,20 +120,24 @@ pub async fn pin(text: AnswerText, guard: &Guard, timeout: Duration) -> Result<A
         .map_err(AnswerError::Malformed)?;
     let mut servers = Vec::with_capacity(text.servers.len());
     for server in text.servers {
-        let parsed =
-            ServerAddress::parse(&server.address).map_err(AnswerError::Malformed)?;
+        let parsed = ServerAddress::parse(&server.address).map_err(AnswerError::Malformed)?;
         let addrs = tokio::time::timeout(timeout, parsed.resolve())
             .await
             .map_err(|_| AnswerError::Dns(format!("resolving {} timed out", server.address)))?
             .map_err(|e| AnswerError::Dns(format!("resolving {}: {e}", server.address)))?;
         for addr in &addrs {
-            guard.check(addr.ip()).map_err(|rule| AnswerError::Guarded {
-                address: format!("{} ({})", server.address, addr.ip()),
-                rule,
-            })?;
+            guard
+                .check(addr.ip())
+                .map_err(|rule| AnswerError::Guarded {
+                    address: format!("{} ({})", server.address, addr.ip()),
+                    rule,
+                })?;
         }
         let Some(&first) = addrs.first() else {
-            return Err(AnswerError::Dns(format!("{} resolved to no address", server.address)));
+            return Err(AnswerError::Dns(format!(
+                "{} resolved to no address",
+                server.address
+            )));
         };
         let address = match parsed {
             ServerAddress::Host { host, .. } => ServerAddress::Pinned { host, addr: first },
@@ -157,14 +165,18 @@ mod tests {
 
     #[tokio::test]
     async fn names_are_resolved_checked_and_pinned() {
-        let text = parse(br#"{"servers":[{"address":"localhost:5432"}],"ttl":"30s","tenant":"t1"}"#)
-            .unwrap();
+        let text =
+            parse(br#"{"servers":[{"address":"localhost:5432"}],"ttl":"30s","tenant":"t1"}"#)
+                .unwrap();
         let refused = pin(text.clone(), &Guard::default(), Duration::from_secs(5)).await;
         assert!(
             matches!(&refused, Err(AnswerError::Guarded { rule, .. }) if rule.starts_with("loopback")),
             "{refused:?}"
         );
-        let allowed = Guard::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+        let allowed = Guard::new(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "::1/128".parse().unwrap(),
+        ]);
         let answer = pin(text, &allowed, Duration::from_secs(5)).await.unwrap();
         assert_eq!(answer.ttl, Some(Duration::from_secs(30)));
         assert_eq!(answer.tenant.as_deref(), Some("t1"));
@@ -177,7 +189,10 @@ mod tests {
     #[test]
     fn malformed_answers_are_named() {
         assert!(matches!(parse(b"{"), Err(AnswerError::Malformed(_))));
-        assert!(matches!(parse(br#"{"servers":[]}"#), Err(AnswerError::Malformed(_))));
+        assert!(matches!(
+            parse(br#"{"servers":[]}"#),
+            Err(AnswerError::Malformed(_))
+        ));
         assert!(parse(br#"{"servers":[{"address":"a:1"}],"future":true}"#).is_ok());
     }
 }

@@ -123,7 +123,10 @@ impl Cache {
     pub fn revalidate(&self, addr: std::net::SocketAddr, now: Instant) {
         for (_, entry) in lock(&self.entries).iter_mut() {
             if let Outcome::Route(answer) = &entry.outcome
-                && answer.servers.iter().any(|s| s.address.socket() == Some(addr))
+                && answer
+                    .servers
+                    .iter()
+                    .any(|s| s.address.socket() == Some(addr))
             {
                 entry.fresh_until = entry.fresh_until.min(now);
             }
@@ -160,8 +163,14 @@ mod tests {
         flight.set(Ok(Outcome::Route(answer))).unwrap();
         cache.land("k", &flight, Duration::from_secs(5), now);
         assert!(matches!(cache.get("k", now), Cached::Fresh(_)));
-        assert!(matches!(cache.get("k", now + Duration::from_secs(6)), Cached::Stale(_)));
-        assert!(matches!(cache.get("k", now + Duration::from_secs(16)), Cached::Miss));
+        assert!(matches!(
+            cache.get("k", now + Duration::from_secs(6)),
+            Cached::Stale(_)
+        ));
+        assert!(matches!(
+            cache.get("k", now + Duration::from_secs(16)),
+            Cached::Miss
+        ));
         assert_eq!(cache.len(), 0);
     }
 
@@ -176,7 +185,10 @@ mod tests {
         }
         assert!(matches!(cache.get("a", now), Cached::Miss));
         assert!(matches!(cache.get("c", now), Cached::Fresh(_)));
-        assert!(matches!(cache.get("c", now + Duration::from_secs(6)), Cached::Miss));
+        assert!(matches!(
+            cache.get("c", now + Duration::from_secs(6)),
+            Cached::Miss
+        ));
         assert!(cache.purge("b"));
         assert!(!cache.purge("b"));
     }

@@ -149,7 +149,10 @@ mod tests {
             ("255.255.255.255", "reserved"),
         ] {
             let got = rule(ip);
-            assert!(got.as_deref().is_some_and(|r| r.starts_with(name)), "{ip}: {got:?}");
+            assert!(
+                got.as_deref().is_some_and(|r| r.starts_with(name)),
+                "{ip}: {got:?}"
+            );
         }
     }
 
@@ -189,7 +192,10 @@ mod tests {
             ("2002:7f00:1::", "6to4 form of loopback"),
         ] {
             let got = rule(ip);
-            assert!(got.as_deref().is_some_and(|r| r.starts_with(name)), "{ip}: {got:?}");
+            assert!(
+                got.as_deref().is_some_and(|r| r.starts_with(name)),
+                "{ip}: {got:?}"
+            );
         }
     }
 

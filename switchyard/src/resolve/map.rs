@@ -34,7 +34,9 @@ impl MapSource {
 
     /// Rereads the file; on an error the answers in memory stay.
     pub fn reload(&self) -> Result<(), String> {
-        let modified = std::fs::metadata(&self.file).and_then(|m| m.modified()).ok();
+        let modified = std::fs::metadata(&self.file)
+            .and_then(|m| m.modified())
+            .ok();
         let text = std::fs::read_to_string(&self.file)
             .map_err(|e| format!("cannot read {}: {e}", self.file.display()))?;
         let entries = parse(&self.file, &text)?;
@@ -45,7 +47,9 @@ impl MapSource {
 
     /// Whether the file changed since it was read.
     pub fn changed(&self) -> bool {
-        let now = std::fs::metadata(&self.file).and_then(|m| m.modified()).ok();
+        let now = std::fs::metadata(&self.file)
+            .and_then(|m| m.modified())
+            .ok();
         now != *self.modified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -61,7 +65,9 @@ impl MapSource {
 /// Parses a map file: JSON when it ends in `.json`, else TOML; the top level maps keys to
 /// answers.
 fn parse(file: &Path, text: &str) -> Result<HashMap<String, AnswerText>, String> {
-    let json = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let json = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let entries: HashMap<String, AnswerText> = if json {
         serde_json::from_str(text).map_err(|e| e.to_string())
     } else {

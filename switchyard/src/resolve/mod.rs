@@ -106,21 +106,21 @@ pub struct ResolverStats {
     pub guarded: AtomicU64,
     /// Total time spent in lookups, microseconds.
     pub latency_micros: AtomicU64,
-    /// Lookup latency buckets (upper bounds in [`LATENCY_BUCKETS`]), not cumulative.
-    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
 }
-
-/// Upper bounds, in seconds, of the lookup latency histogram.
-pub const LATENCY_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0];
 
 impl ResolverStats {
     fn observe(&self, elapsed: Duration) {
         self.latency_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        let seconds = elapsed.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| seconds <= b) {
-            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The mean lookup latency so far, in seconds.
+    pub fn mean_latency(&self) -> f64 {
+        let lookups = self.lookups.load(Ordering::Relaxed);
+        if lookups == 0 {
+            return 0.0;
         }
+        self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6 / lookups as f64
     }
 }
 
@@ -146,10 +146,16 @@ impl Resolver {
     pub fn new(config: &ResolverConfig) -> Result<Self, String> {
         let source = match config.kind {
             ResolverKind::Map => Source::Map(map::MapSource::open(
-                config.file.as_deref().ok_or("a map resolver needs `file`")?,
+                config
+                    .file
+                    .as_deref()
+                    .ok_or("a map resolver needs `file`")?,
             )?),
             ResolverKind::Http => Source::Http(webhook::Webhook::new(
-                config.url.as_deref().ok_or("an http resolver needs `url`")?,
+                config
+                    .url
+                    .as_deref()
+                    .ok_or("an http resolver needs `url`")?,
                 &config.headers,
                 config.timeout,
             )?),
@@ -192,11 +198,9 @@ impl Resolver {
 
     fn spawn_background(self: &Arc<Self>) {
         match &self.source {
-            Source::Redis(redis) => redis.spawn_purge_listener(
-                self.cache.clone(),
-                self.name.clone(),
-                self.stop.clone(),
-            ),
+            Source::Redis(redis) => {
+                redis.spawn_purge_listener(self.cache.clone(), self.name.clone(), self.stop.clone())
+            }
             Source::Map(_) => {
                 let resolver = Arc::downgrade(self);
                 let stop = self.stop.clone();
@@ -369,7 +373,9 @@ pub fn build(
                 resolver.reload();
                 resolver.clone()
             }
-            None => Arc::new(Resolver::new(config).map_err(|e| format!("resolver `{}`: {e}", config.name))?),
+            None => Arc::new(
+                Resolver::new(config).map_err(|e| format!("resolver `{}`: {e}", config.name))?,
+            ),
         };
         resolvers.insert(config.name.clone(), resolver);
     }

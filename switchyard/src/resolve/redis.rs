@@ -109,7 +109,12 @@ impl RedisSource {
     /// Listens on the purge channel until `stop`, dropping each key published from
     /// `cache`; reconnects within a second after losing Redis, and then drops every key
     /// (purges sent meanwhile were missed).
-    pub fn spawn_purge_listener(self: &Arc<Self>, cache: Arc<Cache>, name: String, stop: CancellationToken) {
+    pub fn spawn_purge_listener(
+        self: &Arc<Self>,
+        cache: Arc<Cache>,
+        name: String,
+        stop: CancellationToken,
+    ) {
         let source = self.clone();
         tokio::spawn(async move {
             let mut lost = false;

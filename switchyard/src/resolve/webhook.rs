@@ -32,7 +32,11 @@ impl Webhook {
         let uri: Uri = url.parse().map_err(|e| format!("url `{url}`: {e}"))?;
         let authority = match (uri.scheme_str(), uri.authority()) {
             (Some("http"), Some(authority)) => authority.to_string(),
-            _ => return Err(format!("url `{url}`: only http://host:port/path is supported")),
+            _ => {
+                return Err(format!(
+                    "url `{url}`: only http://host:port/path is supported"
+                ));
+            }
         };
         let headers = headers
             .iter()

@@ -53,7 +53,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Pool {
     /// Attaches the pool's `resolver` (if it names one) from `resolvers`.
-    pub fn with_resolver(mut self, config: &PoolConfig, resolvers: &Resolvers) -> Result<Self, String> {
+    pub fn with_resolver(
+        mut self,
+        config: &PoolConfig,
+        resolvers: &Resolvers,
+    ) -> Result<Self, String> {
         let Some(name) = &config.resolver else {
             return Ok(self);
         };
@@ -62,7 +66,10 @@ impl Pool {
             .ok_or_else(|| format!("resolver `{name}` is not defined"))?
             .clone();
         let key = KeyTemplate::parse(
-            config.key.as_deref().ok_or("a pool with `resolver` needs `key`")?,
+            config
+                .key
+                .as_deref()
+                .ok_or("a pool with `resolver` needs `key`")?,
             config.key_pattern.as_deref(),
         )?;
         self.resolver = Some(Arc::new(PoolResolver {

@@ -51,9 +51,7 @@ impl ProxyError {
             | Self::NoServer
             | Self::QueueFull
             | Self::QueueTimeout
-            | Self::ResolverUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | Self::ResolverUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::ResolveRefused => StatusCode::FORBIDDEN,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,

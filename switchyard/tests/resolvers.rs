@@ -1,0 +1,289 @@
+//! Pools with `resolver` over real sockets: HTTP routed by Host through a real Redis (two
+//! instances sharing it, purges, an outage), a map file, a webhook (single flight), and
+//! the SSRF guard refusing answers.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hyper::{Response, StatusCode};
+use redis::AsyncCommands;
+use support::http::{HttpBackend, full, get};
+use support::ops::listener_addr;
+use support::redis::RedisServer;
+use support::{Proxy, wait_until};
+
+/// A backend answering its own name.
+async fn named(name: &'static str) -> HttpBackend {
+    HttpBackend::start(move |_| async move { Response::new(full(name)) }).await
+}
+
+/// An http listener over a pool resolved by `{host}` through `resolver` (a TOML table).
+async fn proxy(resolver: &str) -> (Proxy, SocketAddr) {
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+protocol = "http"
+pool = "tenants"
+
+[[pool]]
+name = "tenants"
+resolver = "r"
+key = "{{host}}"
+
+[[resolver]]
+name = "r"
+allow_private = ["127.0.0.0/8"]
+{resolver}
+"#
+    );
+    let proxy = Proxy::start(&config).await;
+    let front = listener_addr(&proxy, "web").await;
+    (proxy, front)
+}
+
+fn answer(backend: &HttpBackend) -> String {
+    format!(
+        r#"{{"servers":[{{"address":"{}"}}],"tenant":"t"}}"#,
+        backend.addr
+    )
+}
+
+async fn body_for(front: SocketAddr, host: &str) -> (u16, String) {
+    let answer = get(front, "/", &[("host", host)]).await;
+    (answer.status, answer.body)
+}
+
+#[tokio::test]
+async fn redis_routes_by_host_and_a_purge_reaches_every_instance() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (named("a").await, named("b").await);
+    let mut conn = redis.connection().await;
+    let _: () = conn.set("sw:shop.example", answer(&a)).await.unwrap();
+    let resolver = format!(
+        "kind = \"redis\"\naddress = \"{}\"\nprefix = \"sw:\"\ncache = {{ ttl = \"1h\" }}",
+        redis.url()
+    );
+    let (first, front1) = proxy(&resolver).await;
+    let (_second, front2) = proxy(&resolver).await;
+    for front in [front1, front2] {
+        assert_eq!(
+            body_for(front, "Shop.Example:8080").await,
+            (200, "a".into())
+        );
+    }
+    // No key: no route.
+    assert_eq!(body_for(front1, "nobody.example").await.0, 503);
+    // Moved and purged: both instances follow, though their answers are cached for an hour.
+    let _: () = conn.set("sw:shop.example", answer(&b)).await.unwrap();
+    let _: i64 = conn.publish("sw:purge", "shop.example").await.unwrap();
+    for front in [front1, front2] {
+        wait_until("the purge to reach the instance", || async move {
+            body_for(front, "shop.example").await == (200, "b".into())
+        })
+        .await;
+    }
+    // Keep-alive reuse works for resolved servers: one connection for many requests.
+    let before = b.accepted.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(body_for(front1, "shop.example").await.1, "b");
+    }
+    assert!(b.accepted.load(Ordering::SeqCst) <= before + 1);
+    drop(first);
+}
+
+#[tokio::test]
+async fn redis_outage_serves_stale_answers_and_recovers() {
+    let mut redis = RedisServer::start().await;
+    let a = named("a").await;
+    let mut conn = redis.connection().await;
+    let _: () = conn.set("sw:cached.example", answer(&a)).await.unwrap();
+    // A zero TTL makes every request ask Redis, so that during the outage the cached
+    // answer can only come from `stale_if_error`.
+    let resolver = format!(
+        "kind = \"redis\"\naddress = \"{}\"\nprefix = \"sw:\"\ntimeout = \"500ms\"\ncache = {{ ttl = \"0s\", stale_if_error = \"10m\" }}",
+        redis.url()
+    );
+    let (_proxy, front) = proxy(&resolver).await;
+    assert_eq!(body_for(front, "cached.example").await, (200, "a".into()));
+    redis.stop();
+    assert_eq!(body_for(front, "cached.example").await, (200, "a".into()));
+    assert_eq!(body_for(front, "new.example").await.0, 503);
+    redis.run().await;
+    let mut conn = redis.connection().await;
+    let _: () = conn.set("sw:new.example", answer(&a)).await.unwrap();
+    wait_until("lookups to work again", || async move {
+        body_for(front, "new.example").await == (200, "a".into())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn map_resolver_reloads_its_file() {
+    let (a, b) = (named("a").await, named("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    let write = |backend: &HttpBackend| {
+        std::fs::write(&file, format!(r#"{{"shop.example": {}}}"#, answer(backend))).unwrap()
+    };
+    write(&a);
+    let resolver = format!("kind = \"map\"\nfile = \"{}\"", file.display());
+    let (proxy, front) = proxy(&resolver).await;
+    assert_eq!(body_for(front, "shop.example").await, (200, "a".into()));
+    write(&b);
+    proxy.signal("HUP");
+    wait_until("the map to be reread", || async move {
+        body_for(front, "shop.example").await == (200, "b".into())
+    })
+    .await;
+}
+
+/// A webhook that answers `backend` for `shop.example`, 403 for `banned.example`, 404
+/// otherwise, holding every answer until `open` is set; counts its calls.
+async fn webhook(
+    backend: SocketAddr,
+    calls: Arc<AtomicUsize>,
+    open: Arc<tokio::sync::Semaphore>,
+) -> HttpBackend {
+    HttpBackend::start(move |request| {
+        let (calls, open) = (calls.clone(), open.clone());
+        async move {
+            use http_body_util::BodyExt;
+            assert_eq!(request.headers()["x-secret"], "s3cret");
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let asked: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            calls.fetch_add(1, Ordering::SeqCst);
+            let _permit = open.acquire().await;
+            let (status, body) = match asked["key"].as_str() {
+                Some("shop.example") => (
+                    StatusCode::OK,
+                    format!(r#"{{"servers":[{{"address":"{backend}"}}]}}"#),
+                ),
+                Some("banned.example") => (StatusCode::FORBIDDEN, String::new()),
+                _ => (StatusCode::NOT_FOUND, String::new()),
+            };
+            assert_eq!(asked["protocol"], "http");
+            assert_eq!(asked["listener"], "web");
+            let mut response = Response::new(full(body));
+            *response.status_mut() = status;
+            response
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn webhook_single_flight_for_a_thousand_clients_and_its_statuses() {
+    let a = named("a").await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let hook = webhook(a.addr, calls.clone(), open.clone()).await;
+    let resolver = format!(
+        "kind = \"http\"\nurl = \"http://{}/resolve\"\nheaders = {{ x-secret = \"s3cret\" }}\ntimeout = \"30s\"",
+        hook.addr
+    );
+    let (proxy, front) = proxy(&resolver).await;
+    let clients: Vec<_> = (0..1000)
+        .map(|_| tokio::spawn(body_for(front, "shop.example")))
+        .collect();
+    wait_until("the first lookup to reach the webhook", || {
+        let calls = calls.clone();
+        async move { calls.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    wait_until("every client to be connected", || async {
+        proxy
+            .listeners()
+            .await
+            .iter()
+            .any(|l| l.name == "web" && l.active >= 1000)
+    })
+    .await;
+    open.add_permits(1_000_000);
+    for client in clients {
+        assert_eq!(client.await.unwrap(), (200, "a".into()));
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one lookup for one cold key"
+    );
+    assert_eq!(body_for(front, "banned.example").await.0, 403);
+    assert_eq!(body_for(front, "other.example").await.0, 503);
+}
+
+#[tokio::test]
+async fn the_ssrf_guard_refuses_private_answers_unless_allowed() {
+    let a = named("a").await;
+    let port = a.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    let mut routes = String::new();
+    for (key, address) in [
+        ("loopback.example", format!("127.0.0.1:{port}")),
+        ("name.example", format!("localhost:{port}")),
+        ("mapped.example", format!("[::ffff:127.0.0.1]:{port}")),
+        ("metadata.example", "169.254.169.254:80".to_string()),
+        ("private.example", "10.1.2.3:80".to_string()),
+        ("cgnat.example", "100.64.0.1:80".to_string()),
+        ("v6.example", format!("[::1]:{port}")),
+    ] {
+        routes.push_str(&format!(
+            "[\"{key}\"]\nservers = [{{ address = \"{address}\" }}]\n"
+        ));
+    }
+    std::fs::write(&file, routes).unwrap();
+    let config = |allow: &str| {
+        format!(
+            r#"
+[admin]
+listen = "{{admin}}"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+protocol = "http"
+pool = "tenants"
+[[pool]]
+name = "tenants"
+resolver = "r"
+key = "{{host}}"
+[[resolver]]
+name = "r"
+kind = "map"
+file = "{}"
+allow_private = [{allow}]
+"#,
+            file.display()
+        )
+    };
+    let strict = Proxy::start(&config("")).await;
+    let front = listener_addr(&strict, "web").await;
+    for host in [
+        "loopback.example",
+        "name.example",
+        "mapped.example",
+        "metadata.example",
+        "private.example",
+        "cgnat.example",
+        "v6.example",
+    ] {
+        assert_eq!(body_for(front, host).await.0, 403, "{host}");
+    }
+    wait_until("the log to name the rule", || async {
+        strict.stderr().contains("link-local 169.254.0.0/16")
+            && strict.stderr().contains("IPv4-mapped form of loopback")
+    })
+    .await;
+    let allowing = Proxy::start(&config("\"127.0.0.1/32\"")).await;
+    let front = listener_addr(&allowing, "web").await;
+    assert_eq!(body_for(front, "loopback.example").await, (200, "a".into()));
+    assert_eq!(body_for(front, "mapped.example").await, (200, "a".into()));
+    assert_eq!(body_for(front, "private.example").await.0, 403);
+}
