@@ -137,6 +137,26 @@ async fn map_resolver_reloads_its_file() {
     let resolver = format!("kind = \"map\"\nfile = \"{}\"", file.display());
     let (proxy, front) = proxy(&resolver).await;
     assert_eq!(body_for(front, "shop.example").await, (200, "a".into()));
+    // The operator's view: the cached answer, then a purge.
+    let (ok, out, err) = proxy.ctl(&["resolve", "r", "shop.example"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\"cache\":\"fresh\"") && out.contains(&a.addr.to_string()),
+        "{out}"
+    );
+    let (ok, out, err) = proxy.ctl(&["purge", "r", "shop.example"]);
+    assert!(ok && out.contains("purged"), "{out}{err}");
+    let (_, out, _) = proxy.ctl(&["resolve", "r", "shop.example"]);
+    assert!(out.contains("\"cache\":\"miss\""), "{out}");
+    assert!(
+        support::ops::scrape(
+            &proxy,
+            "switchyard_resolver_lookups_total",
+            &[("resolver", "r")]
+        )
+        .await
+            >= 2.0
+    );
     write(&b);
     proxy.signal("HUP");
     wait_until("the map to be reread", || async move {
