@@ -18,11 +18,12 @@ use super::split::SplitConfig;
 use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, read_opening};
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
 use crate::accept;
-use crate::config::{ClientTlsMode, ListenerRole, MessageLimits, PoolMode, PostgresAuth};
+use crate::config::{ClientTlsMode, KeyFact, ListenerRole, MessageLimits, PoolMode, PostgresAuth};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::{count_bytes, proxy_preamble, relay_session};
 use crate::relay::{IdleLimit, RelayCounters, relay_streams};
+use crate::resolve::{LookupContext, ResolveError};
 use crate::route::RouteFacts;
 use crate::tls::{Rewind, ServerTls, TlsInfo};
 use crate::upstream::ServerStream;
@@ -109,7 +110,7 @@ async fn session(
         .await;
     }
     let routed = route(handler, &startup, tls_info.as_ref());
-    let Some((pool, rewrites, split)) = routed else {
+    let Some((pool, mut rewrites, split)) = routed else {
         let message = format!(
             "no route for database \"{}\" and user \"{}\"",
             startup.database().unwrap_or_default(),
@@ -117,6 +118,57 @@ async fn session(
         );
         let code = sqlstate::INVALID_CATALOG_NAME;
         return refuse(&mut client, code, Termination::NoRoute, message).await;
+    };
+    // A pool with `resolver`: the servers (and rewrites) come from the answer for the key.
+    let pool = if pool.resolver.is_some() {
+        let lookup = LookupContext {
+            protocol: "postgres",
+            listener: &listener.name,
+            client: Some(record.client),
+        };
+        let sni = tls_info.as_ref().and_then(|tls| tls.sni.as_deref());
+        let fact = |fact| match fact {
+            KeyFact::Database => startup.database(),
+            KeyFact::User => startup.param("user"),
+            KeyFact::Sni => sni,
+            _ => None,
+        };
+        match pool.resolve(fact, &lookup).await {
+            Ok(resolved) => {
+                if let Some(answer) = &resolved.answer {
+                    rewrites.database = answer.rewrite_database.clone().or(rewrites.database);
+                    rewrites.user = answer.rewrite_user.clone().or(rewrites.user);
+                }
+                resolved.pool
+            }
+            Err(error) => {
+                record.pool = Some(pool.name.clone());
+                let (code, reason) = match &error {
+                    ResolveError::NoKey | ResolveError::NoRoute(_) => {
+                        (sqlstate::INVALID_CATALOG_NAME, Termination::NoRoute)
+                    }
+                    ResolveError::Refused { .. } => {
+                        (sqlstate::INVALID_AUTHORIZATION, Termination::ResolveRefused)
+                    }
+                    ResolveError::Unavailable(_) => (
+                        sqlstate::CANNOT_CONNECT_NOW,
+                        Termination::ResolverUnavailable,
+                    ),
+                };
+                let message = match &error {
+                    ResolveError::Unavailable(_) => "routing is unavailable".to_string(),
+                    ResolveError::Refused { .. } => "this database is refused".to_string(),
+                    _ => format!(
+                        "no route for database \"{}\"",
+                        startup.database().unwrap_or_default()
+                    ),
+                };
+                tracing::info!(listener = %listener.name, pool = %pool.name, client = %record.client, %error, "session not resolved");
+                return refuse(&mut client, code, reason, message).await;
+            }
+        }
+    } else {
+        pool
     };
     record.pool = Some(pool.name.clone());
     let users = state.users.load_full();
