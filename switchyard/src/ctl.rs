@@ -47,6 +47,8 @@ pub enum CtlCommand {
         /// The routing key.
         key: String,
     },
+    /// Show usage per tenant.
+    Tenants,
     /// Drop a key from a resolver's cache.
     Purge {
         /// Resolver name.
@@ -85,6 +87,21 @@ pub async fn run(client: &AdminClient, command: CtlCommand) -> Result<(), String
                     .await?,
             )?;
             println!("{resolver}/{key}: purged");
+            Ok(())
+        }
+        CtlCommand::Tenants => {
+            let body = expect_ok(client.call(Method::GET, "/api/v1/tenants", None).await?)?;
+            let rows: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&body)
+                .map_err(|e| format!("unexpected /api/v1/tenants answer: {e}"))?;
+            println!("{:<24} {}", "TENANT", crate::accounting::FIELDS.join(" "));
+            for row in rows {
+                let values: Vec<String> = crate::accounting::FIELDS
+                    .iter()
+                    .map(|f| row.get(*f).map(|v| v.to_string()).unwrap_or_default())
+                    .collect();
+                let tenant = row.get("tenant").and_then(|t| t.as_str()).unwrap_or("-");
+                println!("{tenant:<24} {}", values.join(" "));
+            }
             Ok(())
         }
         CtlCommand::Reload => {

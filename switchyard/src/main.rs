@@ -91,6 +91,8 @@ enum CtlArgs {
     Resolve { resolver: String, key: String },
     /// Drop a key from a resolver's cache (on every instance, with Redis).
     Purge { resolver: String, key: String },
+    /// Usage per tenant since start.
+    Tenants,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -195,6 +197,7 @@ fn ctl_main(admin: &str, token: Option<String>, command: CtlArgs) -> ExitCode {
         CtlArgs::Reload => CtlCommand::Reload,
         CtlArgs::Resolve { resolver, key } => CtlCommand::Resolve { resolver, key },
         CtlArgs::Purge { resolver, key } => CtlCommand::Purge { resolver, key },
+        CtlArgs::Tenants => CtlCommand::Tenants,
     };
     let client = match AdminClient::new(admin, token) {
         Ok(client) => client,

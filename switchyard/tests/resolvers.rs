@@ -372,3 +372,108 @@ allow_private = ["127.0.0.0/8"]
         );
     }
 }
+
+/// The usage hash of `tenant` in Redis, as numbers.
+async fn usage(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> [u64; 4] {
+    let hash: std::collections::HashMap<String, u64> = conn.hgetall(key).await.unwrap();
+    ["connections", "bytes_in", "bytes_out", "requests"]
+        .map(|field| hash.get(field).copied().unwrap_or_default())
+}
+
+/// `n` POSTs of `body` bytes to `shop.example`, each answered with 1000 bytes.
+async fn post_many(front: SocketAddr, n: usize, body: usize) {
+    for _ in 0..n {
+        let request = hyper::Request::post("/")
+            .header("host", "shop.example")
+            .body(full(vec![b'x'; body]))
+            .unwrap();
+        let answer = support::http::send(front, request).await;
+        assert_eq!((answer.status, answer.body.len()), (200, 1000));
+    }
+}
+
+/// A map resolver for `shop.example` (tenant `t`) and usage delivered to `redis`.
+async fn accounted_proxy(
+    redis: &RedisServer,
+    flush_interval: &str,
+) -> (Proxy, SocketAddr, HttpBackend, tempfile::TempDir) {
+    let backend = HttpBackend::start(
+        |request: hyper::Request<hyper::body::Incoming>| async move {
+            use http_body_util::BodyExt;
+            let _ = request.into_body().collect().await;
+            Response::new(full(vec![b'y'; 1000]))
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    std::fs::write(
+        &file,
+        format!(r#"{{"shop.example": {}}}"#, answer(&backend)),
+    )
+    .unwrap();
+    let resolver = format!(
+        "kind = \"map\"\nfile = \"{}\"\n\n[accounting]\nflush_interval = \"{flush_interval}\"\nsink = {{ kind = \"redis\", address = \"{}\", prefix = \"use:\" }}",
+        file.display(),
+        redis.url()
+    );
+    let (proxy, front) = proxy(&resolver).await;
+    (proxy, front, backend, dir)
+}
+
+#[tokio::test]
+async fn usage_reaches_redis_exactly_at_reload_and_at_shutdown() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis.connection().await;
+    let (mut proxy, front, _backend, _dir) = accounted_proxy(&redis, "1h").await;
+    post_many(front, 5, 300).await;
+    let (_, tenants) = proxy.get("/api/v1/tenants").await;
+    let tenants: serde_json::Value = serde_json::from_str(&tenants).unwrap();
+    assert_eq!(tenants[0]["tenant"], "t");
+    assert_eq!(tenants[0]["bytes_in"], 1500);
+    assert_eq!(tenants[0]["bytes_out"], 5000);
+    assert_eq!(tenants[0]["requests"], 5);
+    let (ok, out, _) = proxy.ctl(&["tenants"]);
+    assert!(ok && out.contains("t "), "{out}");
+    // The flush interval is an hour: only the reload can deliver it.
+    proxy.signal("HUP");
+    wait_until("usage delivered at the reload", || {
+        let mut conn = conn.clone();
+        async move { usage(&mut conn, "use:t").await == [0, 1500, 5000, 5] }
+    })
+    .await;
+    post_many(front, 3, 100).await;
+    proxy.signal("TERM");
+    assert!(proxy.wait_exit().await.success());
+    assert_eq!(usage(&mut conn, "use:t").await, [0, 1800, 8000, 8]);
+}
+
+#[tokio::test]
+async fn usage_counted_during_a_sink_outage_is_delivered_when_it_is_back() {
+    let mut redis = RedisServer::start().await;
+    let (_proxy, front, _backend, _dir) = accounted_proxy(&redis, "100ms").await;
+    post_many(front, 2, 50).await;
+    let conn = redis.connection().await;
+    wait_until("usage delivered by the periodic flush", || {
+        let mut conn = conn.clone();
+        async move { usage(&mut conn, "use:t").await == [0, 100, 2000, 2] }
+    })
+    .await;
+    // Redis loses its data with the crash in this test (no persistence): only what is
+    // counted while it is down is expected after it comes back.
+    redis.stop();
+    post_many(front, 4, 10).await;
+    redis.run().await;
+    let conn = redis.connection().await;
+    wait_until("the batches kept during the outage to be delivered", || {
+        let mut conn = conn.clone();
+        async move { usage(&mut conn, "use:t").await == [0, 40, 4000, 4] }
+    })
+    .await;
+    post_many(front, 1, 1).await;
+    wait_until("later usage on top", || {
+        let mut conn = conn.clone();
+        async move { usage(&mut conn, "use:t").await == [0, 41, 5000, 5] }
+    })
+    .await;
+}

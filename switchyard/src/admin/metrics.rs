@@ -24,6 +24,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
         resolvers: shared.resolvers(),
+        tenants: top_tenants(&shared.context.accounting),
         pools: shared.pools(),
         listeners: shared.listeners(),
         dropped_log_lines: shared.context.access_log.dropped.load(Ordering::Relaxed),
@@ -38,6 +39,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
 
 #[derive(Debug)]
 struct Snapshot {
+    tenants: Vec<(String, [u64; 6])>,
     resolvers: Arc<crate::resolve::Resolvers>,
     pools: Arc<Vec<Arc<Pool>>>,
     listeners: Arc<Vec<Arc<Listener>>>,
@@ -112,6 +114,37 @@ const RESOLVER_METRICS: &[Metric<Resolver>] = &[
         "switchyard_resolver_cached_keys",
         "Keys in the resolver's cache",
         Read::Gauge(|r| r.cached_keys() as f64),
+    ),
+];
+
+/// The `top_n` tenants by bytes (both ways): labels per tenant would be unbounded.
+fn top_tenants(accounting: &crate::accounting::Accounting) -> Vec<(String, [u64; 6])> {
+    let mut all = accounting.snapshot();
+    all.sort_by_key(|(_, v)| std::cmp::Reverse(v[1] + v[2]));
+    all.truncate(accounting.top_n);
+    all
+}
+
+const TENANT_METRICS: &[Metric<[u64; 6]>] = &[
+    metric(
+        "switchyard_tenant_connections",
+        "Client connections of the tenant (top N by bytes)",
+        Read::Counter(|v| v[0]),
+    ),
+    metric(
+        "switchyard_tenant_received_bytes",
+        "Bytes from the tenant's clients (top N by bytes)",
+        Read::Counter(|v| v[1]),
+    ),
+    metric(
+        "switchyard_tenant_sent_bytes",
+        "Bytes to the tenant's clients (top N by bytes)",
+        Read::Counter(|v| v[2]),
+    ),
+    metric(
+        "switchyard_tenant_requests",
+        "HTTP requests of the tenant (top N by bytes)",
+        Read::Counter(|v| v[3]),
     ),
 ];
 
@@ -224,6 +257,14 @@ impl Collector for Snapshot {
         resolvers.sort_by(|a, b| a.0.cmp(&b.0));
         for metric in RESOLVER_METRICS {
             family(&mut encoder, metric, &resolvers)?;
+        }
+        let tenants: Vec<(Labels, &[u64; 6])> = self
+            .tenants
+            .iter()
+            .map(|(name, values)| (vec![("tenant", name.clone())], values))
+            .collect();
+        for metric in TENANT_METRICS {
+            family(&mut encoder, metric, &tenants)?;
         }
         let pools: Vec<(Labels, &Pool)> = self
             .pools

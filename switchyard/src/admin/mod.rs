@@ -193,6 +193,9 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
             }
             set_state(shared, &pool, &server, request).await
         }
+        (&Method::GET, ["api", "v1", "tenants"]) => {
+            json(StatusCode::OK, &resolvers::tenants(shared))
+        }
         (&Method::GET, ["api", "v1", "resolvers", name, "keys", key]) => {
             match resolvers::lookup(shared, name, key).await {
                 Some(value) => json(StatusCode::OK, &value),
@@ -231,7 +234,8 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
         (_, ["health" | "metrics"] | ["api", "v1", "pools" | "listeners" | "reload"])
         | (_, ["api", "v1", "stats" | "stats.csv"])
         | (_, ["api", "v1", "pools", _, "servers", _, "state"])
-        | (_, ["api", "v1", "resolvers", _, "keys", _]) => {
+        | (_, ["api", "v1", "resolvers", _, "keys", _])
+        | (_, ["api", "v1", "tenants"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),

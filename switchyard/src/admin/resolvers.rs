@@ -48,6 +48,24 @@ pub async fn lookup(shared: &Shared, name: &str, key: &str) -> Option<serde_json
     Some(value)
 }
 
+/// Every tenant's usage since start: `[{"tenant", "connections", "bytes_in", ...}]`.
+pub fn tenants(shared: &Shared) -> serde_json::Value {
+    let rows = shared
+        .context
+        .accounting
+        .snapshot()
+        .into_iter()
+        .map(|(tenant, values)| {
+            let mut row = serde_json::Map::new();
+            row.insert("tenant".into(), tenant.into());
+            for (field, value) in crate::accounting::FIELDS.iter().zip(values) {
+                row.insert((*field).into(), value.into());
+            }
+            serde_json::Value::Object(row)
+        });
+    serde_json::Value::Array(rows.collect())
+}
+
 /// Drops `key` (on every instance, with Redis); `None` when there is no such resolver.
 pub async fn purge(shared: &Shared, name: &str, key: &str) -> Option<Result<bool, String>> {
     let resolver = find(shared, name)?;

@@ -459,6 +459,7 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
         pools: Vec::new(),
         users: Vec::new(),
         resolvers: Vec::new(),
+        accounting: None,
         upgrade_socket: None,
     };
     for (key, item) in document.as_table().iter() {
@@ -481,6 +482,10 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
             "listener" => config.listeners = entries(item, key, sink, listener),
             "pool" => config.pools = entries(item, key, sink, pool),
             "user" => config.users = entries(item, key, sink, section::<UserConfig>),
+            "accounting" => {
+                config.accounting =
+                    section::<super::accounting::AccountingConfig>(item, &[key], sink)
+            }
             "resolver" => {
                 config.resolvers =
                     entries(item, key, sink, section::<super::resolver::ResolverConfig>)
@@ -491,7 +496,7 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
             },
             other => sink.at(
                 &key_path!(other),
-                "unknown key; expected one of workers, shutdown_timeout, admin, log, listener, pool, user, resolver, upgrade_socket",
+                "unknown key; expected one of workers, shutdown_timeout, admin, log, listener, pool, user, resolver, accounting, upgrade_socket",
             ),
         }
     }

@@ -5,6 +5,7 @@
 //! protocol has, with the rules it must follow. A key the protocol does not read is an
 //! error with its line (see `keys`). This module depends on nothing of the proxy above it.
 
+pub mod accounting;
 pub mod database;
 pub mod duration;
 pub mod http;
@@ -17,6 +18,7 @@ mod schema;
 pub mod tcp;
 mod validate;
 
+pub use accounting::{AccountingConfig, SinkConfig, SinkKind};
 pub use database::{
     AuthQueryConfig, ClientTlsConfig, ClientTlsMode, DatabaseCheck, DatabasePool, ListenerRole,
     MessageLimits, MysqlCheck, OnRoleChange, PoolMode, UserConfig,

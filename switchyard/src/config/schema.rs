@@ -38,6 +38,9 @@ pub struct Config {
     /// clients itself (`auth`).
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// Usage per tenant, for billing.
+    #[serde(default)]
+    pub accounting: Option<super::accounting::AccountingConfig>,
     /// Sources of servers decided at run time, for pools with `resolver`.
     #[serde(default, rename = "resolver")]
     pub resolvers: Vec<super::resolver::ResolverConfig>,

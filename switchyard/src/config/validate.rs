@@ -85,6 +85,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
     }
     database::validate_users(config, sink);
     super::resolver::validate(config, sink);
+    super::accounting::validate(config, sink);
     for (i, pool) in config.pools.iter().enumerate() {
         validate_pool(config, i, pool, sink);
     }

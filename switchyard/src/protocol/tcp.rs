@@ -105,7 +105,7 @@ async fn serve(handler: Arc<TcpHandler>, connection: Accepted) {
         tracing::debug!(listener = %listener.name, client = %record.client, reason = %record.termination, "connection ended");
     }
     record.finish(started);
-    handler.context.access_log.log(&record);
+    handler.context.finish_connection(&record);
 }
 
 async fn proxy(
@@ -164,7 +164,10 @@ async fn proxy(
             _ => None,
         };
         match pool.resolve(fact, &lookup).await {
-            Ok(resolved) => resolved.pool,
+            Ok(resolved) => {
+                record.tenant = resolved.tenant().map(str::to_string);
+                resolved.pool
+            }
             Err(error) => {
                 record.pool = Some(pool.name.clone());
                 listener.stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -8,26 +8,17 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::Cache;
 use super::{Fetched, answer};
+use crate::redis_link::RedisLink;
 
 /// A Redis server holding answers.
+#[derive(Debug)]
 pub struct RedisSource {
-    client: redis::Client,
-    connection: tokio::sync::OnceCell<ConnectionManager>,
+    link: RedisLink,
     prefix: String,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for RedisSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSource")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisSource {
@@ -38,39 +29,16 @@ impl RedisSource {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(address)
-            .map_err(|e| format!("redis address `{address}`: {e}"))?;
-        if let Some(password) = password {
-            info.redis.password = Some(crate::secret::resolve(password)?);
-        }
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         Ok(Self {
-            client,
-            connection: tokio::sync::OnceCell::new(),
+            link: RedisLink::new(address, password, timeout)?,
             prefix: prefix.to_string(),
-            timeout,
         })
-    }
-
-    /// The shared connection, made on first use (and again after a failed first try);
-    /// once made it reconnects by itself.
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        self.connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
-            .await
-            .cloned()
-            .map_err(|e| format!("redis: {e}"))
     }
 
     /// The answer stored for `key`.
     pub async fn fetch(&self, key: &str) -> Result<Fetched, String> {
         let work = async {
-            let mut connection = self.connection().await?;
+            let mut connection = self.link.connection().await?;
             let value: Option<Vec<u8>> = connection
                 .get(format!("{}{key}", self.prefix))
                 .await
@@ -82,7 +50,7 @@ impl RedisSource {
                     .map_err(|e| format!("redis {}{key}: {e}", self.prefix)),
             }
         };
-        tokio::time::timeout(self.timeout, work)
+        tokio::time::timeout(self.link.timeout, work)
             .await
             .map_err(|_| "redis: timed out".to_string())?
     }
@@ -90,14 +58,14 @@ impl RedisSource {
     /// Tells every instance to drop `key`.
     pub async fn publish_purge(&self, key: &str) -> Result<(), String> {
         let work = async {
-            let mut connection = self.connection().await?;
+            let mut connection = self.link.connection().await?;
             let _: i64 = connection
                 .publish(self.purge_channel(), key)
                 .await
                 .map_err(|e| format!("redis: {e}"))?;
             Ok(())
         };
-        tokio::time::timeout(self.timeout, work)
+        tokio::time::timeout(self.link.timeout, work)
             .await
             .map_err(|_| "redis: timed out".to_string())?
     }
@@ -120,7 +88,7 @@ impl RedisSource {
             let mut lost = false;
             loop {
                 let listen = async {
-                    let mut pubsub = source.client.get_async_pubsub().await?;
+                    let mut pubsub = source.link.client().get_async_pubsub().await?;
                     pubsub.subscribe(source.purge_channel()).await?;
                     if lost {
                         cache.clear();

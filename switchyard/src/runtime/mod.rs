@@ -135,10 +135,13 @@ pub fn build(
     let access_log = AccessLog::open(&config.log, &config_dir).map_err(|e| {
         StartError::Build(format!("cannot open access log {}: {e}", config.log.access))
     })?;
+    let accounting = crate::accounting::Accounting::new(config.accounting.as_ref())
+        .map_err(|e| StartError::Build(format!("accounting: {e}")))?;
     let context = Arc::new(Context {
         hard_stop: CancellationToken::new(),
         stopping: CancellationToken::new(),
         access_log,
+        accounting: Arc::new(accounting),
     });
     let registry = Registry::new(&context);
     registry.configure(config).map_err(StartError::Build)?;
@@ -240,6 +243,10 @@ pub async fn run(
         shared.spawn_checks(pool);
     }
     shared.start_resolvers();
+    shared
+        .context
+        .accounting
+        .spawn_flushes(shared.stop_background.clone());
     if inherited.is_upgrade() {
         upgrade::first_checks(&shared).await;
     }
@@ -280,6 +287,15 @@ pub async fn run(
         tasks.wait().await;
     }
     shared.stop_background.cancel();
+    // The usage of the last connections is delivered before the process exits (also
+    // after a binary upgrade: the old process ends here).
+    let final_flush = shared.context.accounting.flush();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), final_flush)
+        .await
+        .is_err()
+    {
+        tracing::warn!("usage not delivered at shutdown: the sink did not answer in time");
+    }
     for resolver in shared.resolvers().values() {
         resolver.stop();
     }

@@ -158,6 +158,9 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
     for resolver in &replaced_resolvers {
         resolver.stop();
     }
+    // Usage is delivered at every reload too, without holding the reload up.
+    let accounting = shared.context.accounting.clone();
+    tokio::spawn(async move { accounting.flush().await });
     apply_listeners(
         shared,
         &old_listeners,

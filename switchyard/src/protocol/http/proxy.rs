@@ -89,6 +89,8 @@ struct Exchange {
     /// The server's slot, held until the exchange ends; its pool and server are the log
     /// line's.
     lease: Option<Lease>,
+    /// The tenant of a request to a pool with `resolver`: its usage is counted there.
+    tenant: Option<(String, Arc<crate::accounting::Usage>)>,
     logged: bool,
 }
 
@@ -120,6 +122,9 @@ impl Exchange {
             .received
             .as_ref()
             .map_or(0, |received| received.load(Ordering::Relaxed));
+        if let Some((_, usage)) = &self.tenant {
+            usage.add_request(bytes_in, bytes_out);
+        }
         let stats = &self.ctx.listener.stats;
         stats.bytes_in.add(bytes_in);
         stats.bytes_out.add(bytes_out);
@@ -161,6 +166,7 @@ impl Exchange {
                 ttfb_ms: self.ttfb.map(|ttfb| ttfb.as_millis() as u64),
                 pool: pool.map(|pool| pool.name.clone()),
                 server: server.map(|server| server.name.clone()),
+                tenant: self.tenant.as_ref().map(|(name, _)| name.clone()),
                 termination,
                 request_id: text(&head.request_id),
                 referer: text(&head.referer),
@@ -251,6 +257,7 @@ pub async fn handle(
         ctx: ctx.clone(),
         pool: None,
         lease: None,
+        tenant: None,
         logged: false,
     };
     let http = &ctx.handler.options;
@@ -344,6 +351,10 @@ pub async fn handle(
         match pool.resolve(fact, &lookup).await {
             Ok(found) => {
                 resolved = found;
+                if let Some(tenant) = resolved.tenant() {
+                    let usage = ctx.handler.context.accounting.tenant(tenant);
+                    exchange.tenant = Some((tenant.to_string(), usage));
+                }
                 answer_host = resolved
                     .answer
                     .as_ref()

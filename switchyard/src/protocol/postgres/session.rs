@@ -57,7 +57,7 @@ pub async fn serve(handler: Arc<PostgresHandler>, connection: Accepted) {
         }
     };
     record.finish(started);
-    handler.state.context.access_log.log(&record);
+    handler.state.context.finish_connection(&record);
 }
 
 async fn session(
@@ -135,6 +135,7 @@ async fn session(
         };
         match pool.resolve(fact, &lookup).await {
             Ok(resolved) => {
+                record.tenant = resolved.tenant().map(str::to_string);
                 if let Some(answer) = &resolved.answer {
                     rewrites.database = answer.rewrite_database.clone().or(rewrites.database);
                     rewrites.user = answer.rewrite_user.clone().or(rewrites.user);
