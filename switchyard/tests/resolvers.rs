@@ -312,7 +312,18 @@ allow_private = [{allow}]
 
 #[tokio::test]
 async fn postgres_routes_by_database_through_redis_with_rewrites() {
-    use support::postgres::{PgCluster, PgOptions, psql, psql_ok, stderr};
+    postgres_by_database("session").await;
+}
+
+/// Both tenants' databases are rewritten to the same name on different clusters: the
+/// transaction pools must keep their server connections apart.
+#[tokio::test]
+async fn postgres_transaction_pooling_shares_connections_per_resolved_server_only() {
+    postgres_by_database("transaction").await;
+}
+
+async fn postgres_by_database(pool_mode: &str) {
+    use support::postgres::{PASSWORD, PgCluster, PgOptions, psql, psql_ok, stderr};
     let redis = RedisServer::start().await;
     let options = PgOptions {
         databases: vec!["app"],
@@ -341,6 +352,10 @@ name = "tenants"
 resolver = "r"
 key = "{{database}}"
 key_pattern = "^db-(?P<key>[a-z0-9]+)$"
+pool_mode = "{pool_mode}"
+[[user]]
+name = "postgres"
+password = "{PASSWORD}"
 [[resolver]]
 name = "r"
 kind = "redis"
@@ -353,17 +368,25 @@ allow_private = ["127.0.0.0/8"]
     let proxy = Proxy::start(&config).await;
     let front = listener_addr(&proxy, "db").await;
     let sql = "SELECT current_database() || ':' || current_setting('port')";
-    assert_eq!(
-        psql_ok(front, "postgres", "db-acme", sql),
-        format!("app:{}", one.port)
-    );
-    assert_eq!(
-        psql_ok(front, "postgres", "db-bob", sql),
-        format!("app:{}", two.port)
-    );
+    for _ in 0..3 {
+        assert_eq!(
+            psql_ok(front, "postgres", "db-acme", sql),
+            format!("app:{}", one.port)
+        );
+        assert_eq!(
+            psql_ok(front, "postgres", "db-bob", sql),
+            format!("app:{}", two.port)
+        );
+    }
     // No key in Redis, and a name the pattern does not take: no route, 3D000.
     for database in ["db-nobody", "other"] {
-        let output = psql(front, "postgres", database, "SELECT 1", &[]);
+        let output = psql(
+            front,
+            "postgres",
+            database,
+            "SELECT 1",
+            &[("PGPASSWORD", PASSWORD)],
+        );
         assert!(!output.status.success());
         assert!(
             stderr(&output).contains("no route for database"),
@@ -474,6 +497,68 @@ async fn usage_counted_during_a_sink_outage_is_delivered_when_it_is_back() {
     wait_until("later usage on top", || {
         let mut conn = conn.clone();
         async move { usage(&mut conn, "use:t").await == [0, 41, 5000, 5] }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_passthrough_routes_by_sni_through_a_map() {
+    use support::tls::{Pki, connect, peer_cn};
+    let pki = Pki::new("Test CA");
+    let a = support::tls::tls_backend(&pki.issue("a", "a.test", &["a.test"]), "alpha").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[\"a.test\"]\nservers = [{{ address = \"{}\" }}]\ntenant = \"ta\"\n",
+            a.addr
+        ),
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+tls_passthrough = true
+pool = "tenants"
+[[pool]]
+name = "tenants"
+resolver = "r"
+key = "{{sni}}"
+[[resolver]]
+name = "r"
+kind = "map"
+file = "{}"
+allow_private = ["127.0.0.0/8"]
+"#,
+        file.display()
+    );
+    let proxy = Proxy::start(&config).await;
+    let front = listener_addr(&proxy, "front").await;
+    let mut stream = connect(front, "a.test", pki.client(None, &[]))
+        .await
+        .expect("end-to-end handshake");
+    assert_eq!(peer_cn(&stream), "a.test");
+    let mut line = [0u8; 6];
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut line)
+        .await
+        .unwrap();
+    assert_eq!(&line, b"alpha\n");
+    drop(stream);
+    assert!(
+        connect(front, "b.test", pki.client(None, &[]))
+            .await
+            .is_err()
+    );
+    wait_until("the access log to name the tenant", || async {
+        support::ops::access_lines(&proxy)
+            .iter()
+            .any(|line| line["tenant"] == "ta")
     })
     .await;
 }

@@ -202,12 +202,6 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                         "a pool with `resolver` takes its servers from the answers",
                     );
                 }
-                if pool.database.pool_mode == super::database::PoolMode::Transaction {
-                    sink.at(
-                        &key_path!("pool", i, "pool_mode"),
-                        "transaction pooling over resolved servers is not supported yet; use `session`",
-                    );
-                }
                 match &pool.key {
                     None => sink.at(
                         &key_path!("pool", i),

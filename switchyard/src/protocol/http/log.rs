@@ -189,6 +189,7 @@ mod tests {
             ttfb_ms: Some(4),
             pool: Some("app".into()),
             server: Some("a1".into()),
+            tenant: None,
             termination: Termination::Ok,
             request_id: Some("id1".into()),
             referer: None,
