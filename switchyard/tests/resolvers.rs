@@ -20,8 +20,14 @@ async fn named(name: &'static str) -> HttpBackend {
     HttpBackend::start(move |_| async move { Response::new(full(name)) }).await
 }
 
-/// An http listener over a pool resolved by `{host}` through `resolver` (a TOML table).
+/// An http listener over a pool resolved by `{host}` through `resolver` (a TOML table),
+/// answers on loopback allowed.
 async fn proxy(resolver: &str) -> (Proxy, SocketAddr) {
+    proxy_allowing(resolver, "\"127.0.0.0/8\"").await
+}
+
+/// Like [`proxy`], with `allow` (a TOML array's items) as `allow_private`.
+async fn proxy_allowing(resolver: &str, allow: &str) -> (Proxy, SocketAddr) {
     let config = format!(
         r#"
 [admin]
@@ -40,7 +46,7 @@ key = "{{host}}"
 
 [[resolver]]
 name = "r"
-allow_private = ["127.0.0.0/8"]
+allow_private = [{allow}]
 {resolver}
 "#
     );
@@ -262,31 +268,8 @@ async fn the_ssrf_guard_refuses_private_answers_unless_allowed() {
         ));
     }
     std::fs::write(&file, routes).unwrap();
-    let config = |allow: &str| {
-        format!(
-            r#"
-[admin]
-listen = "{{admin}}"
-[[listener]]
-name = "web"
-listen = "127.0.0.1:0"
-protocol = "http"
-pool = "tenants"
-[[pool]]
-name = "tenants"
-resolver = "r"
-key = "{{host}}"
-[[resolver]]
-name = "r"
-kind = "map"
-file = "{}"
-allow_private = [{allow}]
-"#,
-            file.display()
-        )
-    };
-    let strict = Proxy::start(&config("")).await;
-    let front = listener_addr(&strict, "web").await;
+    let map = format!("kind = \"map\"\nfile = \"{}\"", file.display());
+    let (strict, front) = proxy_allowing(&map, "").await;
     for host in [
         "loopback.example",
         "name.example",
@@ -303,8 +286,7 @@ allow_private = [{allow}]
             && strict.stderr().contains("IPv4-mapped form of loopback")
     })
     .await;
-    let allowing = Proxy::start(&config("\"127.0.0.1/32\"")).await;
-    let front = listener_addr(&allowing, "web").await;
+    let (_allowing, front) = proxy_allowing(&map, "\"127.0.0.1/32\"").await;
     assert_eq!(body_for(front, "loopback.example").await, (200, "a".into()));
     assert_eq!(body_for(front, "mapped.example").await, (200, "a".into()));
     assert_eq!(body_for(front, "private.example").await.0, 403);
