@@ -28,10 +28,17 @@ async fn proxy(resolver: &str) -> (Proxy, SocketAddr) {
 
 /// Like [`proxy`], with `allow` (a TOML array's items) as `allow_private`.
 async fn proxy_allowing(resolver: &str, allow: &str) -> (Proxy, SocketAddr) {
+    start_resolved(resolver, allow, None).await
+}
+
+/// Like [`proxy_allowing`], with an admin `token` when given.
+async fn start_resolved(resolver: &str, allow: &str, token: Option<&str>) -> (Proxy, SocketAddr) {
+    let token_key = token.map_or(String::new(), |t| format!("token = \"{t}\""));
     let config = format!(
         r#"
 [admin]
 listen = "{{admin}}"
+{token_key}
 
 [[listener]]
 name = "web"
@@ -50,7 +57,7 @@ allow_private = [{allow}]
 {resolver}
 "#
     );
-    let proxy = Proxy::start(&config).await;
+    let proxy = Proxy::start_with_token(&config, token).await;
     let front = listener_addr(&proxy, "web").await;
     (proxy, front)
 }
@@ -543,4 +550,26 @@ allow_private = ["127.0.0.0/8"]
             .any(|line| line["tenant"] == "ta")
     })
     .await;
+}
+
+#[tokio::test]
+async fn purging_through_the_admin_api_needs_the_token() {
+    let a = named("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    std::fs::write(&file, format!(r#"{{"shop.example": {}}}"#, answer(&a))).unwrap();
+    let map = format!("kind = \"map\"\nfile = \"{}\"", file.display());
+    let (proxy, front) = start_resolved(&map, "\"127.0.0.0/8\"", Some("tok")).await;
+    assert_eq!(body_for(front, "shop.example").await, (200, "a".into()));
+    let admin = proxy.admin.to_string();
+    let args = ["purge", "r", "shop.example"];
+    let (ok, _, err) = support::run_ctl(&admin, None, &args);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, out, err) = support::run_ctl(&admin, Some("tok"), &args);
+    assert!(ok && out.contains("purged"), "{out}{err}");
+    // Reading needs no token; an unknown resolver is 404.
+    let (ok, out, _) = support::run_ctl(&admin, None, &["resolve", "r", "shop.example"]);
+    assert!(ok && out.contains("\"miss\""), "{out}");
+    let (ok, _, err) = support::run_ctl(&admin, None, &["resolve", "nope", "x"]);
+    assert!(!ok && err.contains("404"), "{err}");
 }
