@@ -573,3 +573,21 @@ async fn purging_through_the_admin_api_needs_the_token() {
     let (ok, _, err) = support::run_ctl(&admin, None, &["resolve", "nope", "x"]);
     assert!(!ok && err.contains("404"), "{err}");
 }
+
+#[tokio::test]
+async fn redis_with_auth() {
+    let redis = RedisServer::start_with(Some("s3cret-pw")).await;
+    let a = named("a").await;
+    let mut conn = redis.connection().await;
+    let _: () = conn.set("sw:shop.example", answer(&a)).await.unwrap();
+    let resolver = |password: &str| {
+        format!(
+            "kind = \"redis\"\naddress = \"{}\"\nprefix = \"sw:\"{password}",
+            redis.bare_url()
+        )
+    };
+    let (_with, front) = proxy(&resolver("\npassword = \"s3cret-pw\"")).await;
+    assert_eq!(body_for(front, "shop.example").await, (200, "a".into()));
+    let (_without, front) = proxy(&resolver("")).await;
+    assert_eq!(body_for(front, "shop.example").await.0, 503);
+}

@@ -12,15 +12,22 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts a server with no persistence on a free port.
     pub async fn start() -> RedisServer {
+        Self::start_with(None).await
+    }
+
+    /// Like [`Self::start`], requiring AUTH with `password` when given.
+    pub async fn start_with(password: Option<&str>) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
+            password: password.map(str::to_string),
         };
         server.run().await;
         server
@@ -32,7 +39,11 @@ impl RedisServer {
 
     /// Starts it again after [`Self::stop`], on the same port.
     pub async fn run(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--dir"])
@@ -71,8 +82,17 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT` (with the password, when there is one: for the test's
+    /// own connections).
     pub fn url(&self) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`, without credentials.
+    pub fn bare_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
