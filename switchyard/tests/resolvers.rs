@@ -367,6 +367,19 @@ allow_private = ["127.0.0.0/8"]
             format!("app:{}", two.port)
         );
     }
+    // Usage per tenant (the key: the answers name none), each psql one connection with
+    // one transaction (counted where transactions are seen: in transaction mode).
+    let transactions = if pool_mode == "transaction" { 3 } else { 0 };
+    wait_until("every session accounted to its tenant", || async {
+        let (_, tenants) = proxy.get("/api/v1/tenants").await;
+        let tenants: serde_json::Value = serde_json::from_str(&tenants).unwrap();
+        [(0, "acme"), (1, "bob")].iter().all(|(row, tenant)| {
+            tenants[row]["tenant"] == *tenant
+                && tenants[row]["connections"] == 3
+                && tenants[row]["transactions"] == transactions
+        })
+    })
+    .await;
     // No key in Redis, and a name the pattern does not take: no route, 3D000.
     for database in ["db-nobody", "other"] {
         let output = psql(

@@ -209,6 +209,10 @@ async fn session(
             credential: authenticated.credential.clone(),
             accept: RoleFilter::new(&pool, wanted),
             split: split.enabled.then_some(split),
+            tenant: record
+                .tenant
+                .as_ref()
+                .map(|tenant| state.context.accounting.tenant(tenant)),
         };
         return super::transaction::start(
             state, settings, options, client, &startup, pooled, record,
