@@ -87,9 +87,11 @@ impl RedisSource {
         tokio::spawn(async move {
             let mut lost = false;
             loop {
+                let subscribed = std::sync::atomic::AtomicBool::new(false);
                 let listen = async {
                     let mut pubsub = source.link.client().get_async_pubsub().await?;
                     pubsub.subscribe(source.purge_channel()).await?;
+                    subscribed.store(true, std::sync::atomic::Ordering::Relaxed);
                     if lost {
                         cache.clear();
                         tracing::info!(resolver = %name, "purge channel back; cache cleared");
@@ -105,8 +107,11 @@ impl RedisSource {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     result = listen => {
-                        if let Err(error) = result && !lost {
-                            tracing::warn!(resolver = %name, %error, "purge channel lost");
+                        // Warn when a working subscription ends, or the first one fails;
+                        // not at every failed retry while Redis stays down.
+                        if subscribed.load(std::sync::atomic::Ordering::Relaxed) || !lost {
+                            let error = result.err().map_or("closed".to_string(), |e| e.to_string());
+                            tracing::warn!(resolver = %name, %error, "purge channel lost; retrying");
                         }
                         lost = true;
                     }
