@@ -5,7 +5,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 /// Where a server listens, as written in the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerAddress {
     /// An IP literal: no resolution needed.
     Ip(SocketAddr),
@@ -15,6 +15,15 @@ pub enum ServerAddress {
         host: String,
         /// The port.
         port: u16,
+    },
+    /// A host name resolved once and checked (a resolver's answer, past the SSRF guard):
+    /// connections go to `addr` only, so a DNS change between the check and the connect
+    /// cannot send them elsewhere; `host` is still the TLS server name.
+    Pinned {
+        /// The host name the answer gave.
+        host: String,
+        /// The address it resolved to, and the port.
+        addr: SocketAddr,
     },
 }
 
@@ -52,10 +61,18 @@ impl ServerAddress {
         })
     }
 
+    /// The one socket address connections go to, when it needs no resolution.
+    pub fn socket(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Ip(addr) | Self::Pinned { addr, .. } => Some(*addr),
+            Self::Host { .. } => None,
+        }
+    }
+
     /// Resolves to socket addresses to try, in order.
     pub async fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
         match self {
-            Self::Ip(addr) => Ok(vec![*addr]),
+            Self::Ip(addr) | Self::Pinned { addr, .. } => Ok(vec![*addr]),
             Self::Host { host, port } => {
                 let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
                     .await?
@@ -77,6 +94,7 @@ impl fmt::Display for ServerAddress {
         match self {
             Self::Ip(addr) => write!(f, "{addr}"),
             Self::Host { host, port } => write!(f, "{host}:{port}"),
+            Self::Pinned { host, addr } => write!(f, "{host}:{} ({})", addr.port(), addr.ip()),
         }
     }
 }

@@ -299,6 +299,19 @@ pub fn route_pattern(pattern: &str) -> Result<String, String> {
     Ok(format!("{wildcard}{ascii}"))
 }
 
+/// Removes a `:port` (and IPv6 brackets) from a Host header value.
+pub fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => {
+            name
+        }
+        _ => host,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

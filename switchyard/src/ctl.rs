@@ -40,6 +40,22 @@ pub enum CtlCommand {
     },
     /// Re-read the config file.
     Reload,
+    /// Show what a resolver answers for a key.
+    Resolve {
+        /// Resolver name.
+        resolver: String,
+        /// The routing key.
+        key: String,
+    },
+    /// Show usage per tenant.
+    Tenants,
+    /// Drop a key from a resolver's cache.
+    Purge {
+        /// Resolver name.
+        resolver: String,
+        /// The routing key.
+        key: String,
+    },
 }
 
 /// Runs a command, printing its result; `Err` carries the message for stderr.
@@ -55,6 +71,39 @@ pub async fn run(client: &AdminClient, command: CtlCommand) -> Result<(), String
         }
         CtlCommand::Ready { pool, server } => set_state(client, &pool, &server, "ready").await,
         CtlCommand::Maint { pool, server } => set_state(client, &pool, &server, "maint").await,
+        CtlCommand::Resolve { resolver, key } => {
+            let body = expect_ok(
+                client
+                    .call(Method::GET, &key_path(&resolver, &key), None)
+                    .await?,
+            )?;
+            println!("{}", body.trim_end());
+            Ok(())
+        }
+        CtlCommand::Purge { resolver, key } => {
+            expect_ok(
+                client
+                    .call(Method::DELETE, &key_path(&resolver, &key), None)
+                    .await?,
+            )?;
+            println!("{resolver}/{key}: purged");
+            Ok(())
+        }
+        CtlCommand::Tenants => {
+            let body = expect_ok(client.call(Method::GET, "/api/v1/tenants", None).await?)?;
+            let rows: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&body)
+                .map_err(|e| format!("unexpected /api/v1/tenants answer: {e}"))?;
+            println!("{:<24} {}", "TENANT", crate::accounting::FIELDS.join(" "));
+            for row in rows {
+                let values: Vec<String> = crate::accounting::FIELDS
+                    .iter()
+                    .map(|f| row.get(*f).map(|v| v.to_string()).unwrap_or_default())
+                    .collect();
+                let tenant = row.get("tenant").and_then(|t| t.as_str()).unwrap_or("-");
+                println!("{tenant:<24} {}", values.join(" "));
+            }
+            Ok(())
+        }
         CtlCommand::Reload => {
             let (status, body) = client.call(Method::POST, "/api/v1/reload", None).await?;
             if status == 400 {
@@ -85,6 +134,15 @@ fn reload_refused(body: &str) -> String {
         .chain(errors.map(str::to_string))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `/api/v1/resolvers/{resolver}/keys/{key}`.
+fn key_path(resolver: &str, key: &str) -> String {
+    format!(
+        "/api/v1/resolvers/{}/keys/{}",
+        crate::admin::client::path_segment(resolver),
+        crate::admin::client::path_segment(key)
+    )
 }
 
 fn expect_ok((status, body): (u16, String)) -> Result<String, String> {

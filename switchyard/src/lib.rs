@@ -4,6 +4,7 @@
 //! tests, benchmarks and fuzz targets can reach it.
 
 pub mod accept;
+pub mod accounting;
 pub mod address;
 pub mod admin;
 pub mod auth;
@@ -19,7 +20,9 @@ pub mod observe;
 pub mod on_wake;
 pub mod protocol;
 pub mod proxy_protocol;
+pub mod redis_link;
 pub mod relay;
+pub mod resolve;
 pub mod route;
 pub mod runtime;
 pub mod secret;

@@ -87,6 +87,12 @@ enum CtlArgs {
     Maint { pool: String, server: String },
     /// Re-read the config file and apply the difference.
     Reload,
+    /// What a resolver answers for a key (and whether it was cached).
+    Resolve { resolver: String, key: String },
+    /// Drop a key from a resolver's cache (on every instance, with Redis).
+    Purge { resolver: String, key: String },
+    /// Usage per tenant since start.
+    Tenants,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -189,6 +195,9 @@ fn ctl_main(admin: &str, token: Option<String>, command: CtlArgs) -> ExitCode {
         CtlArgs::Ready { pool, server } => CtlCommand::Ready { pool, server },
         CtlArgs::Maint { pool, server } => CtlCommand::Maint { pool, server },
         CtlArgs::Reload => CtlCommand::Reload,
+        CtlArgs::Resolve { resolver, key } => CtlCommand::Resolve { resolver, key },
+        CtlArgs::Purge { resolver, key } => CtlCommand::Purge { resolver, key },
+        CtlArgs::Tenants => CtlCommand::Tenants,
     };
     let client = match AdminClient::new(admin, token) {
         Ok(client) => client,

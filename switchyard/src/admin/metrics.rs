@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 
 use crate::listener::Listener;
+use crate::resolve::Resolver;
 use crate::runtime::Shared;
 use crate::upstream::Health;
 use crate::upstream::{AdminState, Pool, Server, ServerRole};
@@ -22,6 +23,8 @@ use crate::upstream::{AdminState, Pool, Server, ServerRole};
 pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
+        resolvers: shared.resolvers(),
+        tenants: top_tenants(&shared.context.accounting),
         pools: shared.pools(),
         listeners: shared.listeners(),
         dropped_log_lines: shared.context.access_log.dropped.load(Ordering::Relaxed),
@@ -36,6 +39,8 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
 
 #[derive(Debug)]
 struct Snapshot {
+    tenants: Vec<(String, [u64; 6])>,
+    resolvers: Arc<crate::resolve::Resolvers>,
     pools: Arc<Vec<Arc<Pool>>>,
     listeners: Arc<Vec<Arc<Listener>>>,
     dropped_log_lines: u64,
@@ -66,6 +71,80 @@ const LISTENER_METRICS: &[Metric<Listener>] = &[
         "switchyard_listener_sent_bytes",
         "Bytes sent to clients",
         Read::Counter(|l| l.stats.bytes_out.get()),
+    ),
+];
+
+const RESOLVER_METRICS: &[Metric<Resolver>] = &[
+    metric(
+        "switchyard_resolver_lookups",
+        "Lookups made at the resolver's source",
+        Read::Counter(|r| load(&r.stats.lookups)),
+    ),
+    metric(
+        "switchyard_resolver_cache_hits",
+        "Connections answered from the cache while fresh",
+        Read::Counter(|r| load(&r.stats.hits)),
+    ),
+    metric(
+        "switchyard_resolver_cache_misses",
+        "Connections that waited for a lookup",
+        Read::Counter(|r| load(&r.stats.misses)),
+    ),
+    metric(
+        "switchyard_resolver_stale_answers",
+        "Stale answers served because the source failed",
+        Read::Counter(|r| load(&r.stats.stale)),
+    ),
+    metric(
+        "switchyard_resolver_errors",
+        "Lookups that failed (source down, malformed answer, DNS)",
+        Read::Counter(|r| load(&r.stats.errors)),
+    ),
+    metric(
+        "switchyard_resolver_guard_refusals",
+        "Answers the SSRF guard refused",
+        Read::Counter(|r| load(&r.stats.guarded)),
+    ),
+    metric(
+        "switchyard_resolver_lookup_mean_seconds",
+        "Mean time of a lookup at the source",
+        Read::Gauge(|r| r.stats.mean_latency()),
+    ),
+    metric(
+        "switchyard_resolver_cached_keys",
+        "Keys in the resolver's cache",
+        Read::Gauge(|r| r.cached_keys() as f64),
+    ),
+];
+
+/// The `top_n` tenants by bytes (both ways): labels per tenant would be unbounded.
+fn top_tenants(accounting: &crate::accounting::Accounting) -> Vec<(String, [u64; 6])> {
+    let mut all = accounting.snapshot();
+    all.sort_by_key(|(_, v)| std::cmp::Reverse(v[1] + v[2]));
+    all.truncate(accounting.top_n);
+    all
+}
+
+const TENANT_METRICS: &[Metric<[u64; 6]>] = &[
+    metric(
+        "switchyard_tenant_connections",
+        "Client connections of the tenant (top N by bytes)",
+        Read::Counter(|v| v[0]),
+    ),
+    metric(
+        "switchyard_tenant_received_bytes",
+        "Bytes from the tenant's clients (top N by bytes)",
+        Read::Counter(|v| v[1]),
+    ),
+    metric(
+        "switchyard_tenant_sent_bytes",
+        "Bytes to the tenant's clients (top N by bytes)",
+        Read::Counter(|v| v[2]),
+    ),
+    metric(
+        "switchyard_tenant_requests",
+        "HTTP requests of the tenant (top N by bytes)",
+        Read::Counter(|v| v[3]),
     ),
 ];
 
@@ -169,6 +248,23 @@ impl Collector for Snapshot {
             .collect();
         for metric in LISTENER_METRICS {
             family(&mut encoder, metric, &listeners)?;
+        }
+        let mut resolvers: Vec<(Labels, &Resolver)> = self
+            .resolvers
+            .values()
+            .map(|r| (vec![("resolver", r.name.clone())], r.as_ref()))
+            .collect();
+        resolvers.sort_by(|a, b| a.0.cmp(&b.0));
+        for metric in RESOLVER_METRICS {
+            family(&mut encoder, metric, &resolvers)?;
+        }
+        let tenants: Vec<(Labels, &[u64; 6])> = self
+            .tenants
+            .iter()
+            .map(|(name, values)| (vec![("tenant", name.clone())], values))
+            .collect();
+        for metric in TENANT_METRICS {
+            family(&mut encoder, metric, &tenants)?;
         }
         let pools: Vec<(Labels, &Pool)> = self
             .pools

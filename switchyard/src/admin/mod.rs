@@ -7,6 +7,7 @@ pub mod client;
 mod csv;
 mod dashboard;
 mod metrics;
+mod resolvers;
 mod stats;
 mod status;
 
@@ -197,6 +198,29 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
             }
             set_state(shared, &pool, &server, request).await
         }
+        (&Method::GET, ["api", "v1", "tenants"]) => {
+            json(StatusCode::OK, &resolvers::tenants(shared))
+        }
+        (&Method::GET, ["api", "v1", "resolvers", name, "keys", key]) => {
+            match resolvers::lookup(shared, name, key).await {
+                Some(value) => json(StatusCode::OK, &value),
+                None => error(StatusCode::NOT_FOUND, "no such resolver"),
+            }
+        }
+        (&Method::DELETE, ["api", "v1", "resolvers", name, "keys", key]) => {
+            let (name, key) = (name.to_string(), key.to_string());
+            if let Some(denied) = authorize(shared, &request) {
+                return denied;
+            }
+            match resolvers::purge(shared, &name, &key).await {
+                Some(Ok(cached)) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "resolver": name, "key": key, "was_cached": cached }),
+                ),
+                Some(Err(e)) => error(StatusCode::BAD_GATEWAY, &e),
+                None => error(StatusCode::NOT_FOUND, "no such resolver"),
+            }
+        }
         (&Method::POST, ["api", "v1", "reload"]) => {
             if let Some(denied) = authorize(shared, &request) {
                 return denied;
@@ -214,7 +238,9 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
         }
         (_, ["health" | "metrics"] | ["api", "v1", "pools" | "listeners" | "reload"])
         | (_, ["api", "v1", "stats" | "stats.csv"])
-        | (_, ["api", "v1", "pools", _, "servers", _, "state"]) => {
+        | (_, ["api", "v1", "pools", _, "servers", _, "state"])
+        | (_, ["api", "v1", "resolvers", _, "keys", _])
+        | (_, ["api", "v1", "tenants"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),

@@ -411,7 +411,7 @@ pub fn load_str_with(
     }
 }
 
-/// Makes the file paths of TLS sections relative to the config file's directory.
+/// Makes the file paths of TLS sections and map resolvers relative to the config file's directory.
 fn resolve_paths(config: &mut Config, config_dir: &Path) {
     for listener in &mut config.listeners {
         if let Some(tls) = &mut listener.tls {
@@ -422,6 +422,11 @@ fn resolve_paths(config: &mut Config, config_dir: &Path) {
             if let Some(ca) = &mut tls.client_ca {
                 *ca = config_dir.join(&*ca);
             }
+        }
+    }
+    for resolver in &mut config.resolvers {
+        if let Some(file) = &mut resolver.file {
+            *file = config_dir.join(&*file);
         }
     }
     for pool in &mut config.pools {
@@ -453,6 +458,8 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
         listeners: Vec::new(),
         pools: Vec::new(),
         users: Vec::new(),
+        resolvers: Vec::new(),
+        accounting: None,
         upgrade_socket: None,
     };
     for (key, item) in document.as_table().iter() {
@@ -475,13 +482,21 @@ fn deserialize_sections(document: &Document<String>, sink: &mut ErrorSink<'_>) -
             "listener" => config.listeners = entries(item, key, sink, listener),
             "pool" => config.pools = entries(item, key, sink, pool),
             "user" => config.users = entries(item, key, sink, section::<UserConfig>),
+            "accounting" => {
+                config.accounting =
+                    section::<super::accounting::AccountingConfig>(item, &[key], sink)
+            }
+            "resolver" => {
+                config.resolvers =
+                    entries(item, key, sink, section::<super::resolver::ResolverConfig>)
+            }
             "upgrade_socket" => match item.as_str() {
                 Some(path) if !path.is_empty() => config.upgrade_socket = Some(path.into()),
                 _ => sink.at(&key_path!("upgrade_socket"), "must be a non-empty path"),
             },
             other => sink.at(
                 &key_path!(other),
-                "unknown key; expected one of workers, shutdown_timeout, admin, log, listener, pool, user, upgrade_socket",
+                "unknown key; expected one of workers, shutdown_timeout, admin, log, listener, pool, user, resolver, accounting, upgrade_socket",
             ),
         }
     }

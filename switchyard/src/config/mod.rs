@@ -5,6 +5,7 @@
 //! protocol has, with the rules it must follow. A key the protocol does not read is an
 //! error with its line (see `keys`). This module depends on nothing of the proxy above it.
 
+pub mod accounting;
 pub mod database;
 pub mod duration;
 pub mod http;
@@ -13,11 +14,13 @@ pub mod load;
 pub mod mysql;
 pub mod postgres;
 mod protocols;
+pub mod resolver;
 mod schema;
 pub mod smtp;
 pub mod tcp;
 mod validate;
 
+pub use accounting::{AccountingConfig, SinkConfig, SinkKind};
 pub use database::{
     AuthQueryConfig, ClientTlsConfig, ClientTlsMode, DatabaseCheck, DatabasePool, ListenerRole,
     MessageLimits, MysqlCheck, OnRoleChange, PoolMode, UserConfig,
@@ -33,6 +36,7 @@ pub use load::{
 pub use mysql::{MysqlAuth, MysqlListener, MysqlRoute};
 pub use postgres::{PostgresAuth, PostgresListener, PostgresRoute};
 pub use protocols::{ListenerKeys, ListenerOptions};
+pub use resolver::{CacheConfig, KeyFact, KeyTemplate, ResolverConfig, ResolverKind};
 pub use schema::*;
 pub use smtp::{SmtpListener, SmtpOptions, SmtpPool, SmtpRoute, StartTls};
 pub use tcp::{TcpListener, TcpRoute};

@@ -38,6 +38,12 @@ pub struct Config {
     /// authenticates clients itself (`auth`).
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// Usage per tenant, for billing.
+    #[serde(default)]
+    pub accounting: Option<super::accounting::AccountingConfig>,
+    /// Sources of servers decided at run time, for pools with `resolver`.
+    #[serde(default, rename = "resolver")]
+    pub resolvers: Vec<super::resolver::ResolverConfig>,
     /// Unix socket a `run --upgrade` process fetches the listening sockets from; relative to
     /// the config file's directory. Default: the config file's path plus `.upgrade.sock`.
     #[serde(default)]
@@ -279,8 +285,18 @@ pub struct PoolConfig {
     /// absent or `"0s"` gives it its full share at once.
     #[serde(default, with = "duration::option")]
     pub slow_start: Option<Duration>,
-    /// The servers.
+    /// The servers; empty for a pool with `resolver`.
+    #[serde(default)]
     pub servers: Vec<ServerConfig>,
+    /// The resolver that gives this pool's servers per routing key, instead of `servers`.
+    #[serde(default)]
+    pub resolver: Option<String>,
+    /// The routing key template (`{host}`, `{sni}`, `{database}`, `{user}`, `{domain}`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// A regex the key must match; its named group `key` is what is looked up.
+    #[serde(default)]
+    pub key_pattern: Option<String>,
     /// TLS to the servers, with libpq `sslmode` semantics; absent means plaintext.
     #[serde(default)]
     pub upstream_tls: Option<UpstreamTlsConfig>,

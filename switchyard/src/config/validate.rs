@@ -99,6 +99,8 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             .validate(config, i, sink);
     }
     database::validate_users(config, sink);
+    super::resolver::validate(config, sink);
+    super::accounting::validate(config, sink);
     for (i, pool) in config.pools.iter().enumerate() {
         validate_pool(config, i, pool, sink);
     }
@@ -146,7 +148,7 @@ fn validate_admin_and_log(config: &Config, sink: &mut ErrorSink<'_>) {
 }
 
 fn validate_pool(config: &Config, i: usize, pool: &PoolConfig, sink: &mut ErrorSink<'_>) {
-    if pool.servers.is_empty() {
+    if pool.servers.is_empty() && pool.resolver.is_none() {
         sink.at(
             &key_path!("pool", i, "servers"),
             "a pool needs at least one server",

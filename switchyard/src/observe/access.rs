@@ -31,6 +31,9 @@ pub struct ConnectionRecord {
     pub pool: Option<String>,
     /// Server name, if one was connected.
     pub server: Option<String>,
+    /// The tenant usage is accounted to (a pool with `resolver`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Connection lifetime in milliseconds.
     pub duration_ms: u64,
     /// Bytes from client to server.
@@ -50,6 +53,7 @@ impl ConnectionRecord {
             client,
             pool: None,
             server: None,
+            tenant: None,
             duration_ms: 0,
             bytes_in: 0,
             bytes_out: 0,

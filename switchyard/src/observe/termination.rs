@@ -29,6 +29,11 @@ pub enum Termination {
     NoRoute,
     /// No server of the pool was available.
     NoServer,
+    /// The pool's resolver (or the SSRF guard, for the address it answered) refused the
+    /// routing key.
+    ResolveRefused,
+    /// The pool's resolver failed and had no stale answer to stand in.
+    ResolverUnavailable,
     /// Every server was at `max_connections` and the queue was full.
     QueueFull,
     /// Every server (or pooled connection) stayed busy for the queue timeout.
@@ -102,7 +107,7 @@ pub enum Termination {
 
 impl Termination {
     /// Every termination, in the order of the docs' table.
-    pub const ALL: [Termination; 45] = [
+    pub const ALL: [Termination; 47] = [
         Self::ClientClosed,
         Self::ServerClosed,
         Self::ClientError,
@@ -115,6 +120,8 @@ impl Termination {
         Self::ProxyHeaderError,
         Self::NoRoute,
         Self::NoServer,
+        Self::ResolveRefused,
+        Self::ResolverUnavailable,
         Self::QueueFull,
         Self::QueueTimeout,
         Self::ConnectFailed,
@@ -165,6 +172,8 @@ impl Termination {
             Self::ProxyHeaderError => "proxy_header_error",
             Self::NoRoute => "no_route",
             Self::NoServer => "no_server",
+            Self::ResolveRefused => "resolve_refused",
+            Self::ResolverUnavailable => "resolver_unavailable",
             Self::QueueFull => "queue_full",
             Self::QueueTimeout => "queue_timeout",
             Self::ConnectFailed => "connect_failed",

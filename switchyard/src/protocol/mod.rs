@@ -35,6 +35,23 @@ pub struct Context {
     pub stopping: CancellationToken,
     /// The connection and request log.
     pub access_log: AccessLog,
+    /// Usage per tenant.
+    pub accounting: Arc<crate::accounting::Accounting>,
+}
+
+impl Context {
+    /// Ends a connection: its usage is accounted to its tenant (if it has one) and its
+    /// line logged.
+    pub fn finish_connection(&self, record: &crate::observe::ConnectionRecord) {
+        if let Some(tenant) = &record.tenant {
+            self.accounting.tenant(tenant).add_connection(
+                record.bytes_in,
+                record.bytes_out,
+                record.duration_ms,
+            );
+        }
+        self.access_log.log(record);
+    }
 }
 
 /// Why a database session ended before its relay began (the client was answered in its

@@ -11,10 +11,11 @@ use tokio_util::either::Either;
 
 use super::{Context, Frontend, Pools};
 use crate::accept;
-use crate::config::{ListenerConfig, ListenerOptions, Protocol, SslMode, TcpRoute};
+use crate::config::{KeyFact, ListenerConfig, ListenerOptions, Protocol, SslMode, TcpRoute};
 use crate::listener::{Accepted, Handler, Listener, ListenerSettings, Serving};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams, write_all};
+use crate::resolve::{LookupContext, ResolveError};
 use crate::route::{Matcher, RouteFacts, RouteRule, Routing};
 use crate::upstream::secure_upstream;
 use crate::upstream::{
@@ -104,7 +105,7 @@ async fn serve(handler: Arc<TcpHandler>, connection: Accepted) {
         tracing::debug!(listener = %listener.name, client = %record.client, reason = %record.termination, "connection ended");
     }
     record.finish(started);
-    handler.context.access_log.log(&record);
+    handler.context.finish_connection(&record);
 }
 
 async fn proxy(
@@ -150,6 +151,36 @@ async fn proxy(
         listener.stats.failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(listener = %listener.name, client = %record.client, "no route");
         return Termination::NoRoute;
+    };
+    // A pool with `resolver`: the servers come from the answer for the connection's SNI.
+    let pool = if pool.resolver.is_some() {
+        let lookup = LookupContext {
+            protocol: "tcp",
+            listener: &listener.name,
+            client: Some(record.client),
+        };
+        let fact = |fact| match fact {
+            KeyFact::Sni => facts.sni,
+            _ => None,
+        };
+        match pool.resolve(fact, &lookup).await {
+            Ok(resolved) => {
+                record.tenant = resolved.tenant().map(str::to_string);
+                resolved.pool
+            }
+            Err(error) => {
+                record.pool = Some(pool.name.clone());
+                listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(listener = %listener.name, pool = %pool.name, client = %record.client, %error, "connection not resolved");
+                return match error {
+                    ResolveError::NoKey | ResolveError::NoRoute(_) => Termination::NoRoute,
+                    ResolveError::Refused { .. } => Termination::ResolveRefused,
+                    ResolveError::Unavailable(_) => Termination::ResolverUnavailable,
+                };
+            }
+        }
+    } else {
+        pool
     };
     let reroute = || {
         let settings = listener.settings();

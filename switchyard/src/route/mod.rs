@@ -204,18 +204,7 @@ pub fn host_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// Removes a `:port` (and IPv6 brackets) from a Host header value.
-pub fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => {
-            name
-        }
-        _ => host,
-    }
-}
+pub use crate::authority::strip_port;
 
 /// Shell-style glob with `*` (any run) and `?` (one character); case-sensitive, as
 /// database and user names are.

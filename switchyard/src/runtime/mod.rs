@@ -52,6 +52,8 @@ pub struct Shared {
     // the snapshot they loaded.
     pools: ArcSwap<Vec<Arc<Pool>>>,
     listeners: ArcSwap<Vec<Arc<Listener>>>,
+    // The resolvers pools with `resolver` ask; a reload swaps in a new set.
+    resolvers: ArcSwap<crate::resolve::Resolvers>,
     // The config in effect; held for the whole of a reload so that reloads do not interleave.
     applied: tokio::sync::Mutex<Config>,
     // Fired at the end of shutdown: health checks and the admin API stop.
@@ -82,6 +84,19 @@ impl Shared {
     /// The listeners accepting now.
     pub fn listeners(&self) -> Arc<Vec<Arc<Listener>>> {
         self.listeners.load_full()
+    }
+
+    /// The resolvers in service now.
+    pub fn resolvers(&self) -> Arc<crate::resolve::Resolvers> {
+        self.resolvers.load_full()
+    }
+
+    /// Starts the background work of every resolver in service (those already started
+    /// are left as they are).
+    fn start_resolvers(&self) {
+        for resolver in self.resolvers.load().values() {
+            resolver.start();
+        }
     }
 
     /// Starts the health checks of `pool` (its protocol's check kind).
@@ -120,17 +135,25 @@ pub fn build(
     let access_log = AccessLog::open(&config.log, &config_dir).map_err(|e| {
         StartError::Build(format!("cannot open access log {}: {e}", config.log.access))
     })?;
+    let accounting = crate::accounting::Accounting::new(config.accounting.as_ref())
+        .map_err(|e| StartError::Build(format!("accounting: {e}")))?;
     let context = Arc::new(Context {
         hard_stop: CancellationToken::new(),
         stopping: CancellationToken::new(),
         access_log,
+        accounting: Arc::new(accounting),
     });
     let registry = Registry::new(&context);
     registry.configure(config).map_err(StartError::Build)?;
+    let (resolvers, _) =
+        crate::resolve::build(&config.resolvers, None).map_err(StartError::Build)?;
     let mut pools = HashMap::new();
     let mut pool_list = Vec::new();
     for pool_config in &config.pools {
-        let pool = Arc::new(Pool::new(pool_config).map_err(StartError::Build)?);
+        let pool = Pool::new(pool_config)
+            .and_then(|pool| pool.with_resolver(pool_config, &resolvers))
+            .map_err(StartError::Build)?;
+        let pool = Arc::new(pool);
         pools.insert(pool.name.clone(), pool.clone());
         pool_list.push(pool);
     }
@@ -160,6 +183,7 @@ pub fn build(
         config_path,
         pools: ArcSwap::from_pointee(pool_list),
         listeners: ArcSwap::from_pointee(listeners),
+        resolvers: ArcSwap::from_pointee(resolvers),
         applied: tokio::sync::Mutex::new(config.clone()),
         stop_background: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -218,6 +242,11 @@ pub async fn run(
     for pool in shared.pools().iter() {
         shared.spawn_checks(pool);
     }
+    shared.start_resolvers();
+    shared
+        .context
+        .accounting
+        .spawn_flushes(shared.stop_background.clone());
     if inherited.is_upgrade() {
         upgrade::first_checks(&shared).await;
     }
@@ -258,6 +287,18 @@ pub async fn run(
         tasks.wait().await;
     }
     shared.stop_background.cancel();
+    // The usage of the last connections is delivered before the process exits (also
+    // after a binary upgrade: the old process ends here).
+    let final_flush = shared.context.accounting.flush();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), final_flush)
+        .await
+        .is_err()
+    {
+        tracing::warn!("usage not delivered at shutdown: the sink did not answer in time");
+    }
+    for resolver in shared.resolvers().values() {
+        resolver.stop();
+    }
     // Write out the connection log lines of the last sessions before the process exits.
     let log_owner = shared.clone();
     let flush = move || {

@@ -149,7 +149,18 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
         .configure(new)
         .map_err(|e| ReloadError::Refused(vec![e]))?;
 
-    let pools = apply_pools(shared, old, new, &mut summary)?;
+    let (resolvers, replaced_resolvers) =
+        crate::resolve::build(&new.resolvers, Some(&shared.resolvers()))
+            .map_err(|e| ReloadError::Refused(vec![e]))?;
+    let pools = apply_pools(shared, old, new, &resolvers, &mut summary)?;
+    shared.resolvers.store(Arc::new(resolvers));
+    shared.start_resolvers();
+    for resolver in &replaced_resolvers {
+        resolver.stop();
+    }
+    // Usage is delivered at every reload too, without holding the reload up.
+    let accounting = shared.context.accounting.clone();
+    tokio::spawn(async move { accounting.flush().await });
     apply_listeners(
         shared,
         &old_listeners,
@@ -180,6 +191,17 @@ fn apply(shared: &Arc<Shared>, old: &Config, new: &Config) -> Result<ReloadSumma
     Ok(summary)
 }
 
+/// Whether `pool` asks the resolver that `resolvers` has under its resolver's name (a
+/// pool whose resolver was rebuilt is rebuilt too, even if its own keys did not change).
+fn same_resolver(pool: &Pool, resolvers: &crate::resolve::Resolvers) -> bool {
+    match &pool.resolver {
+        None => true,
+        Some(own) => resolvers
+            .get(&own.resolver.name)
+            .is_some_and(|r| Arc::ptr_eq(r, &own.resolver)),
+    }
+}
+
 /// The outcome of swapping in the new pool set.
 struct PoolSwap {
     /// Every pool in service now.
@@ -198,6 +220,7 @@ fn apply_pools(
     shared: &Shared,
     old: &Config,
     new: &Config,
+    resolvers: &crate::resolve::Resolvers,
     summary: &mut ReloadSummary,
 ) -> Result<PoolSwap, ReloadError> {
     let current = shared.pools();
@@ -210,7 +233,9 @@ fn apply_pools(
         let previous = current.iter().find(|p| p.name == config.name);
         let old_config = old_configs.get(config.name.as_str());
         let pool = match (previous, old_config) {
-            (Some(previous), Some(old_config)) if *old_config == config => {
+            (Some(previous), Some(old_config))
+                if *old_config == config && same_resolver(previous, resolvers) =>
+            {
                 list.push(previous.clone());
                 continue;
             }
@@ -232,8 +257,12 @@ fn apply_pools(
                 Pool::new(config)
             }
         };
-        // Validation has checked every server address, which is all that can fail here.
-        let pool = Arc::new(pool.map_err(|e| ReloadError::Refused(vec![e]))?);
+        // Validation has checked every server address and resolver name, which is all
+        // that can fail here.
+        let pool = pool
+            .and_then(|pool| pool.with_resolver(config, resolvers))
+            .map_err(|e| ReloadError::Refused(vec![e]))?;
+        let pool = Arc::new(pool);
         fresh.push(pool.clone());
         list.push(pool);
     }

@@ -113,6 +113,10 @@ pub fn record_failure(pool: &Pool, server: &Server, stage: Stage, error: &io::Er
         Stage::Tls => "tls",
     };
     tracing::warn!(pool = %pool.name, server = %server.name, %error, "{what} failed");
+    if let (Some(resolver), Some(addr)) = (&pool.origin, server.address.socket()) {
+        // A resolved server refusing connections may have moved: ask the resolver again.
+        resolver.revalidate(addr);
+    }
     if pool.health.is_some()
         && let Some(transition) = server.record_check(Err(format!("{what}: {error}")))
     {

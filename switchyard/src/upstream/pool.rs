@@ -108,6 +108,12 @@ pub struct Pool {
     // servers change; shared with the pool this one replaced, like `slot_freed`.
     servers_changed: Arc<WaitQueue>,
     retired: CancellationToken,
+    /// For a pool with `resolver`: the resolver and the routing key; its servers come
+    /// from the answers ([`Pool::resolve`]).
+    pub resolver: Option<Arc<super::resolved::PoolResolver>>,
+    /// For a pool built from a resolver's answer: that resolver, told when a server
+    /// refuses connections so the answer is asked again.
+    pub origin: Option<Arc<crate::resolve::Resolver>>,
 }
 
 impl Pool {
@@ -167,7 +173,39 @@ impl Pool {
                 .map(|p| p.servers_changed.clone())
                 .unwrap_or_default(),
             retired: CancellationToken::new(),
+            resolver: None,
+            origin: None,
         })
+    }
+
+    /// A pool of this one's settings over `servers` (from `origin`'s answer): it shares
+    /// the counters, and a reload retiring this pool retires it too.
+    pub(super) fn derive(
+        &self,
+        balance: crate::config::BalanceAlgorithm,
+        servers: Vec<Arc<Server>>,
+        origin: Arc<crate::resolve::Resolver>,
+    ) -> Self {
+        Self {
+            name: self.name.clone(),
+            balancer: Balancer::new(balance, servers.len()),
+            servers,
+            timeouts: self.timeouts.clone(),
+            retries: self.retries,
+            send_proxy_protocol: self.send_proxy_protocol,
+            health: None,
+            tls: self.tls.clone(),
+            stats: self.stats.clone(),
+            http: self.http.clone(),
+            database: self.database.clone(),
+            smtp: self.smtp.clone(),
+            max_queue: self.max_queue,
+            slot_freed: Arc::default(),
+            servers_changed: Arc::default(),
+            retired: self.retired.child_token(),
+            resolver: None,
+            origin: Some(origin),
+        }
     }
 
     /// Takes this pool out of service after a reload replaced or removed it: its health

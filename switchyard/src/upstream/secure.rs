@@ -65,7 +65,7 @@ pub async fn secure_upstream(
 pub fn server_host(server: &Server) -> String {
     match &server.address {
         ServerAddress::Ip(addr) => addr.ip().to_string(),
-        ServerAddress::Host { host, .. } => host.clone(),
+        ServerAddress::Host { host, .. } | ServerAddress::Pinned { host, .. } => host.clone(),
     }
 }
 

@@ -182,9 +182,38 @@ impl Server {
         rise: u32,
         slow_start: Duration,
     ) -> Result<Self, String> {
-        Ok(Self {
+        Ok(Self::at(
+            ServerAddress::parse(&config.address)?,
+            config,
+            fall,
+            rise,
+            slow_start,
+        ))
+    }
+
+    /// A server of a resolver's answer: its address already resolved and pinned.
+    pub fn resolved(name: &str, address: ServerAddress, weight: u32) -> Self {
+        let config = ServerConfig {
+            name: Some(name.to_string()),
+            address: String::new(),
+            weight,
+            max_connections: None,
+            backup: false,
+            slow_start: None,
+        };
+        Self::at(address, &config, 1, 1, Duration::ZERO)
+    }
+
+    fn at(
+        address: ServerAddress,
+        config: &ServerConfig,
+        fall: u32,
+        rise: u32,
+        slow_start: Duration,
+    ) -> Self {
+        Self {
             name: config.display_name().to_string(),
-            address: ServerAddress::parse(&config.address)?,
+            address,
             weight: AtomicU32::new(config.weight),
             backup: AtomicBool::new(config.backup),
             max_connections: AtomicUsize::new(config.max_connections.unwrap_or(NO_LIMIT)),
@@ -199,7 +228,7 @@ impl Server {
             state_changed: Mutex::new(Instant::now()),
             admin_changed: tokio::sync::Notify::new(),
             idle_connections: ProtocolState::default(),
-        })
+        }
     }
 
     /// Applies a reloaded config of the same server (same name and address) in place, so

@@ -17,6 +17,8 @@ pub mod ops;
 /// The OS users database servers run as.
 pub mod os_user;
 pub mod postgres;
+/// A real Redis server for the resolver tests.
+pub mod redis;
 /// Real SMTP servers (aiosmtpd, smtp-sink) and clients (swaks, smtplib) for the SMTP tests.
 pub mod smtp;
 /// TLS material: a CA, certificates, TLS backends and clients.

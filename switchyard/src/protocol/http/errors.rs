@@ -20,6 +20,10 @@ pub enum ProxyError {
     NoRoute,
     /// No server of the pool is available.
     NoServer,
+    /// The pool's resolver (or the SSRF guard) refused the request's key.
+    ResolveRefused,
+    /// The pool's resolver failed with nothing cached to stand in.
+    ResolverUnavailable,
     /// Every server is at its limit and the queue is full.
     QueueFull,
     /// Every server stayed at its limit for the queue timeout.
@@ -43,9 +47,12 @@ impl ProxyError {
     /// The status sent to the client.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::NoRoute | Self::NoServer | Self::QueueFull | Self::QueueTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoRoute
+            | Self::NoServer
+            | Self::QueueFull
+            | Self::QueueTimeout
+            | Self::ResolverUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ResolveRefused => StatusCode::FORBIDDEN,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -59,6 +66,8 @@ impl ProxyError {
         match self {
             Self::NoRoute => Termination::NoRoute,
             Self::NoServer => Termination::NoServer,
+            Self::ResolveRefused => Termination::ResolveRefused,
+            Self::ResolverUnavailable => Termination::ResolverUnavailable,
             Self::QueueFull => Termination::QueueFull,
             Self::QueueTimeout => Termination::QueueTimeout,
             Self::BadGateway => Termination::BadGateway,
@@ -75,6 +84,8 @@ impl ProxyError {
         Cow::Borrowed(match self {
             Self::NoRoute => "no route for this request",
             Self::NoServer => "no server available",
+            Self::ResolveRefused => "this host is refused",
+            Self::ResolverUnavailable => "routing is unavailable",
             Self::QueueFull | Self::QueueTimeout => "all servers are busy",
             Self::BadGateway => "the server could not be reached or failed",
             Self::GatewayTimeout => "the server did not answer in time",
@@ -83,6 +94,17 @@ impl ProxyError {
             Self::BadHost(refusal) => return Cow::Owned(refusal.to_string()),
             Self::MethodNotAllowed => "CONNECT is not supported",
         })
+    }
+}
+
+impl From<&crate::resolve::ResolveError> for ProxyError {
+    fn from(error: &crate::resolve::ResolveError) -> Self {
+        use crate::resolve::ResolveError;
+        match error {
+            ResolveError::NoKey | ResolveError::NoRoute(_) => Self::NoRoute,
+            ResolveError::Refused { .. } => Self::ResolveRefused,
+            ResolveError::Unavailable(_) => Self::ResolverUnavailable,
+        }
     }
 }
 

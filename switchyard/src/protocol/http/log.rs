@@ -41,6 +41,9 @@ pub struct RequestRecord {
     pub pool: Option<String>,
     /// Server that answered.
     pub server: Option<String>,
+    /// The tenant usage is accounted to (a pool with `resolver`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// How the request ended: `ok`, or why not.
     pub termination: Termination,
     /// The request id sent to the server.
@@ -70,6 +73,7 @@ impl RequestRecord {
             ttfb_ms: None,
             pool: None,
             server: None,
+            tenant: None,
             // Until the request says otherwise.
             termination: Termination::Ok,
             request_id: None,
@@ -185,6 +189,7 @@ mod tests {
             ttfb_ms: Some(4),
             pool: Some("app".into()),
             server: Some("a1".into()),
+            tenant: None,
             termination: Termination::Ok,
             request_id: Some("id1".into()),
             referer: None,

@@ -21,10 +21,11 @@ use super::log::RequestRecord;
 use super::metrics::MetricHandles;
 use super::tunnel;
 use crate::authority::{self, Authority};
-use crate::config::{HttpVersion, SslMode};
+use crate::config::{HttpVersion, KeyFact, SslMode};
 use crate::lazy_timer::LazyTimer;
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::Termination;
+use crate::resolve::LookupContext;
 use crate::route::RouteFacts;
 use crate::upstream::{Lease, LeaseError, Pool, Server, lost_to_reload};
 
@@ -88,6 +89,8 @@ struct Exchange {
     /// The server's slot, held until the exchange ends; its pool and server are the log
     /// line's.
     lease: Option<Lease>,
+    /// The tenant of a request to a pool with `resolver`: its usage is counted there.
+    tenant: Option<(String, Arc<crate::accounting::Usage>)>,
     logged: bool,
 }
 
@@ -119,6 +122,9 @@ impl Exchange {
             .received
             .as_ref()
             .map_or(0, |received| received.load(Ordering::Relaxed));
+        if let Some((_, usage)) = &self.tenant {
+            usage.add_request(bytes_in, bytes_out);
+        }
         let stats = &self.ctx.listener.stats;
         stats.bytes_in.add(bytes_in);
         stats.bytes_out.add(bytes_out);
@@ -160,6 +166,7 @@ impl Exchange {
                 ttfb_ms: self.ttfb.map(|ttfb| ttfb.as_millis() as u64),
                 pool: pool.map(|pool| pool.name.clone()),
                 server: server.map(|server| server.name.clone()),
+                tenant: self.tenant.as_ref().map(|(name, _)| name.clone()),
                 termination,
                 request_id: text(&head.request_id),
                 referer: text(&head.referer),
@@ -250,6 +257,7 @@ pub async fn handle(
         ctx: ctx.clone(),
         pool: None,
         lease: None,
+        tenant: None,
         logged: false,
     };
     let http = &ctx.handler.options;
@@ -325,6 +333,43 @@ pub async fn handle(
         return exchange.fail(ProxyError::NoRoute, json);
     };
     let rules = route.map(|r| &r.extra);
+    // A pool with `resolver`: the servers come from the answer for the request's key.
+    let resolved;
+    let mut answer_host = None;
+    let pool = if pool.resolver.is_some() {
+        let sni = facts.sni;
+        let lookup = LookupContext {
+            protocol: "http",
+            listener: &ctx.listener.name,
+            client: Some(ctx.facts.client),
+        };
+        let fact = |fact| match fact {
+            KeyFact::Host => host,
+            KeyFact::Sni => sni,
+            _ => None,
+        };
+        match pool.resolve(fact, &lookup).await {
+            Ok(found) => {
+                resolved = found;
+                if let Some(tenant) = resolved.tenant() {
+                    let usage = ctx.handler.context.accounting.tenant(tenant);
+                    exchange.tenant = Some((tenant.to_string(), usage));
+                }
+                answer_host = resolved
+                    .answer
+                    .as_ref()
+                    .and_then(|a| a.host.as_deref())
+                    .and_then(|h| HeaderValue::from_str(h).ok());
+                &resolved.pool
+            }
+            Err(error) => {
+                tracing::info!(listener = %ctx.listener.name, pool = %pool.name, client = %ctx.facts.client, %error, "request not resolved");
+                return exchange.fail_for(pool, ProxyError::from(&error), json);
+            }
+        }
+    } else {
+        pool
+    };
 
     // Headers: hop-by-hop out, forwarding and identity in, then the route's rules.
     let wants_trailers = headers::list_tokens(&parts.headers, header::TE)
@@ -407,6 +452,9 @@ pub async fn handle(
         // Taken with the lease, so that `maint` from now on cuts this request.
         let cut = client::session_cut(server);
         prepare_for_server(&mut request, &pool, server, authority.as_ref());
+        if let Some(host) = &answer_host {
+            request.headers_mut().insert(header::HOST, host.clone());
+        }
         let sent_at = Instant::now();
         // Boxed: the send is large, and is moved into the timeout and the select below.
         let send = Box::pin(client::send(&pool, server, request, sent_at));

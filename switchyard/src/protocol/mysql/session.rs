@@ -54,7 +54,7 @@ pub async fn serve(handler: Arc<MysqlHandler>, connection: Accepted) {
     let outcome = session(&handler, &listener, &settings, client, &mut record).await;
     record.termination = session_termination(outcome, &listener, peer, "mysql");
     record.finish(started);
-    handler.state.context.access_log.log(&record);
+    handler.state.context.finish_connection(&record);
 }
 
 /// The client after its login packet: the stream (TLS or not), what was read from it, the

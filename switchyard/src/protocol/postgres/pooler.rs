@@ -42,8 +42,21 @@ pub struct TxPools {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     pool: String,
+    // For a pool with `resolver`: the resolved servers (answers naming other servers
+    // never share connections); empty for a configured pool.
+    servers: String,
     database: String,
     user: String,
+}
+
+/// The identity of a resolved pool's servers (empty for a configured pool): connections
+/// are shared per resolved server set, never between answers naming different servers.
+fn resolved_servers(pool: &Pool) -> String {
+    if pool.origin.is_none() {
+        return String::new();
+    }
+    let names: Vec<String> = pool.servers.iter().map(|s| s.address.to_string()).collect();
+    names.join(",")
 }
 
 /// A pool already keeps `max_transaction_pools` (database, user) pairs.
@@ -95,6 +108,7 @@ impl TxPools {
         }
         let key = PoolKey {
             pool: pool.name.clone(),
+            servers: resolved_servers(pool),
             database: database.to_string(),
             user: user.to_string(),
         };
@@ -174,6 +188,8 @@ pub struct TxStats {
 pub struct TxPool {
     /// The name of the pool whose servers it connects to.
     pub pool: String,
+    /// For a pool with `resolver`: the resolved servers it connects to.
+    pub servers: String,
     /// The database the connections are logged in to.
     pub database: String,
     /// The user they are logged in as.
@@ -348,6 +364,7 @@ impl TxPool {
     fn new(key: PoolKey, pool: &Arc<Pool>, credential: ServerCredential) -> Self {
         Self {
             pool: key.pool,
+            servers: key.servers,
             database: key.database,
             user: key.user,
             conns: Arc::default(),
@@ -363,6 +380,7 @@ impl TxPool {
     fn key(&self) -> PoolKey {
         PoolKey {
             pool: self.pool.clone(),
+            servers: self.servers.clone(),
             database: self.database.clone(),
             user: self.user.clone(),
         }

@@ -17,11 +17,12 @@ use super::split::SplitConfig;
 use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, read_opening};
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
 use crate::accept;
-use crate::config::{ClientTlsMode, MessageLimits, PoolMode, PostgresAuth};
+use crate::config::{ClientTlsMode, KeyFact, MessageLimits, PoolMode, PostgresAuth};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::{count_bytes, proxy_preamble, relay_database_session, session_termination};
 use crate::relay::IdleLimit;
+use crate::resolve::{LookupContext, ResolveError};
 use crate::route::{Rewrites, RouteFacts};
 use crate::tls::{Rewind, ServerTls, TlsInfo};
 use crate::upstream::ServerStream;
@@ -43,7 +44,7 @@ pub async fn serve(handler: Arc<PostgresHandler>, connection: Accepted) {
     let outcome = session(&handler, &listener, &settings, client, &mut record).await;
     record.termination = session_termination(outcome, &listener, peer, "postgres");
     record.finish(started);
-    handler.state.context.access_log.log(&record);
+    handler.state.context.finish_connection(&record);
 }
 
 async fn session(
@@ -102,7 +103,7 @@ async fn session(
         .await;
     }
     let routed = route(handler, &startup, tls_info.as_ref());
-    let Some((pool, rewrites, split)) = routed else {
+    let Some((pool, mut rewrites, split)) = routed else {
         let message = format!(
             "no route for database \"{}\" and user \"{}\"",
             startup.database().unwrap_or_default(),
@@ -110,6 +111,58 @@ async fn session(
         );
         let code = sqlstate::INVALID_CATALOG_NAME;
         return refuse(&mut client, code, Termination::NoRoute, message).await;
+    };
+    // A pool with `resolver`: the servers (and rewrites) come from the answer for the key.
+    let pool = if pool.resolver.is_some() {
+        let lookup = LookupContext {
+            protocol: "postgres",
+            listener: &listener.name,
+            client: Some(record.client),
+        };
+        let sni = tls_info.as_ref().and_then(|tls| tls.sni.as_deref());
+        let fact = |fact| match fact {
+            KeyFact::Database => startup.database(),
+            KeyFact::User => startup.param("user"),
+            KeyFact::Sni => sni,
+            _ => None,
+        };
+        match pool.resolve(fact, &lookup).await {
+            Ok(resolved) => {
+                record.tenant = resolved.tenant().map(str::to_string);
+                if let Some(answer) = &resolved.answer {
+                    rewrites.database = answer.rewrite_database.clone().or(rewrites.database);
+                    rewrites.user = answer.rewrite_user.clone().or(rewrites.user);
+                }
+                resolved.pool
+            }
+            Err(error) => {
+                record.pool = Some(pool.name.clone());
+                let (code, reason) = match &error {
+                    ResolveError::NoKey | ResolveError::NoRoute(_) => {
+                        (sqlstate::INVALID_CATALOG_NAME, Termination::NoRoute)
+                    }
+                    ResolveError::Refused { .. } => {
+                        (sqlstate::INVALID_AUTHORIZATION, Termination::ResolveRefused)
+                    }
+                    ResolveError::Unavailable(_) => (
+                        sqlstate::CANNOT_CONNECT_NOW,
+                        Termination::ResolverUnavailable,
+                    ),
+                };
+                let message = match &error {
+                    ResolveError::Unavailable(_) => "routing is unavailable".to_string(),
+                    ResolveError::Refused { .. } => "this database is refused".to_string(),
+                    _ => format!(
+                        "no route for database \"{}\"",
+                        startup.database().unwrap_or_default()
+                    ),
+                };
+                tracing::info!(listener = %listener.name, pool = %pool.name, client = %record.client, %error, "session not resolved");
+                return refuse(&mut client, code, reason, message).await;
+            }
+        }
+    } else {
+        pool
     };
     record.pool = Some(pool.name.clone());
     let users = state.users.load_full();
@@ -148,6 +201,10 @@ async fn session(
             credential: authenticated.credential.clone(),
             accept: RoleFilter::new(&pool, wanted),
             split: split.enabled.then_some(split),
+            tenant: record
+                .tenant
+                .as_ref()
+                .map(|tenant| state.context.accounting.tenant(tenant)),
         };
         return super::transaction::start(
             state, settings, options, client, &startup, pooled, record,

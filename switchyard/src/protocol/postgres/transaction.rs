@@ -82,6 +82,8 @@ struct Client<'a> {
     pub upstream: Arc<Pool>,
     /// The read/write split, when enabled.
     pub split: Option<Arc<SplitConfig>>,
+    /// The usage of the client's tenant (a pool with `resolver`).
+    pub tenant: Option<Arc<crate::accounting::Usage>>,
 }
 
 /// Bytes moved, for the connection log.
@@ -317,6 +319,11 @@ impl<'a> Session<'a> {
             held.class = plan.map(|(class, _)| class);
             self.prepare(&mut held).await;
             let outcome = self.transaction(&mut held, first).await;
+            if let Some(tenant) = &self.client.tenant {
+                tenant
+                    .transactions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             self.client.cancel.untarget();
             match outcome {
                 Ok(()) => {
@@ -1006,6 +1013,8 @@ pub struct Pooled<'a> {
     pub accept: RoleFilter,
     /// The read/write split, when the route or pool enables it.
     pub split: Option<Arc<SplitConfig>>,
+    /// The usage of the client's tenant (a pool with `resolver`).
+    pub tenant: Option<Arc<crate::accounting::Usage>>,
 }
 
 /// Starts a transaction-mode session for a client that switchyard authenticated. The
@@ -1039,6 +1048,7 @@ pub async fn start(
         hard_stop: state.context.hard_stop.child_token(),
         upstream: pooled.pool.clone(),
         split: pooled.split.clone(),
+        tenant: pooled.tenant.clone(),
     };
     let member = match state
         .tx_pools

@@ -100,7 +100,7 @@ pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
         tracing::debug!(listener = %listener.name, client = %record.client, reason = %record.termination, "smtp session ended");
     }
     record.finish(started);
-    handler.context.access_log.log(&record);
+    handler.context.finish_connection(&record);
 }
 
 /// A mail transaction, from MAIL FROM to its final reply.
