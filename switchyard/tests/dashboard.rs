@@ -493,3 +493,80 @@ async fn without_a_token_the_buttons_show_with_a_warning() {
     .await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_of_resolved_pools_are_listed_by_usage() {
+    let alpha = backend().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routes = dir.path().join("routes.toml");
+    let answers = ["shop", "blog"]
+        .map(|tenant| {
+            format!(
+                "[\"{tenant}.test\"]\nservers = [{{ address = \"{}\" }}]\ntenant = \"{tenant}\"\n",
+                alpha.addr
+            )
+        })
+        .join("\n");
+    std::fs::write(&routes, answers).expect("routes");
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "http"
+pool = "tenants"
+[[pool]]
+name = "tenants"
+resolver = "r"
+key = "{{host}}"
+[[resolver]]
+name = "r"
+kind = "map"
+file = "{}"
+allow_private = ["127.0.0.0/8"]
+"#,
+        routes.display()
+    );
+    let proxy = Proxy::start(&config).await;
+    let front = listener_addr(&proxy, "front").await;
+    // shop makes three requests, blog one: shop comes first.
+    for host in ["shop.test", "shop.test", "shop.test", "blog.test"] {
+        let answer = get(front, "/", &[("host", host)]).await;
+        assert_eq!(answer.status, 200, "{host}");
+    }
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("http://{}/", proxy.admin))
+        .await
+        .expect("page loads");
+    wait_until("the tenants table lists shop's three requests", || async {
+        browser
+            .text(r#"#tenants tr[data-tenant="shop"] .cell-requests"#)
+            .await
+            .as_deref()
+            == Some("3")
+    })
+    .await;
+    assert!(browser.displayed("#tenants-section").await);
+    let order = browser
+        .eval(
+            "return [...document.querySelectorAll('#tenants tbody tr')].map(r => r.dataset.tenant);",
+            vec![],
+        )
+        .await;
+    assert_eq!(order, json!(["shop", "blog"]), "largest first");
+    assert_eq!(
+        browser
+            .text(r#"#tenants tr[data-tenant="blog"] .cell-requests"#)
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    let console = browser.log("browser").await;
+    assert!(console.is_empty(), "no console messages: {console:?}");
+    save_screenshot(&browser, &proxy, "tenants.png").await;
+    browser.close().await;
+}

@@ -321,6 +321,7 @@ mod tests {
                 servers: vec![server("a,1", "ok"), server("b", "status \"500\"\nbad")],
                 protocol,
             }],
+            tenants: Vec::new(),
         };
         let text = render(&stats);
         assert!(text.ends_with("\r\n"));

@@ -28,6 +28,68 @@ pub struct Stats {
     /// Every pool with its servers and protocol extras (`http_responses`,
     /// `transaction_pools`).
     pub pools: Vec<PoolStatus>,
+    /// The tenants using the most bytes (both ways), largest first, at most
+    /// [`TENANTS_SHOWN`]; empty without resolvers. `GET /api/v1/tenants` has them all.
+    #[serde(default)]
+    pub tenants: Vec<TenantUsage>,
+}
+
+/// Tenants in a snapshot: a page lists a screenful; a platform may have thousands.
+pub const TENANTS_SHOWN: usize = 50;
+
+/// One tenant's usage since the process started (see `accounting`), as the page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantUsage {
+    /// The answer's `tenant`, else the routing key.
+    pub tenant: String,
+    /// Client connections.
+    pub connections: u64,
+    /// Bytes from clients.
+    pub bytes_in: u64,
+    /// Bytes to clients.
+    pub bytes_out: u64,
+    /// HTTP requests.
+    pub requests: u64,
+    /// PostgreSQL transactions (transaction pooling).
+    pub transactions: u64,
+    /// Connection time, milliseconds.
+    pub connection_ms: u64,
+}
+
+/// The [`TENANTS_SHOWN`] tenants with the most bytes, largest first.
+fn top_tenants(shared: &Shared) -> Vec<TenantUsage> {
+    let mut tenants: Vec<TenantUsage> = shared
+        .context
+        .accounting
+        .snapshot()
+        .into_iter()
+        .map(
+            |(
+                tenant,
+                [
+                    connections,
+                    bytes_in,
+                    bytes_out,
+                    requests,
+                    transactions,
+                    connection_ms,
+                ],
+            )| {
+                TenantUsage {
+                    tenant,
+                    connections,
+                    bytes_in,
+                    bytes_out,
+                    requests,
+                    transactions,
+                    connection_ms,
+                }
+            },
+        )
+        .collect();
+    tenants.sort_by_key(|t| std::cmp::Reverse(t.bytes_in.saturating_add(t.bytes_out)));
+    tenants.truncate(TENANTS_SHOWN);
+    tenants
 }
 
 /// Takes the snapshot.
@@ -42,6 +104,7 @@ pub fn snapshot(shared: &Shared) -> Stats {
         token_required: shared.admin_token.is_some(),
         listeners: status::listeners(shared),
         pools: status::pools(shared),
+        tenants: top_tenants(shared),
     }
 }
 

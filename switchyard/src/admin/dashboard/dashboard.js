@@ -15,6 +15,7 @@
     openMutations: $('open-mutations'), message: $('message'),
     listeners: document.querySelector('#listeners tbody'), pools: $('pools'),
     template: $('pool-template'),
+    tenantsSection: $('tenants-section'), tenants: document.querySelector('#tenants tbody'),
     charts: { sessions: $('chart-sessions'), requests: $('chart-requests'), errors: $('chart-errors') },
   };
 
@@ -159,6 +160,7 @@
     const rates = rater(stats);
     const sample = { t: stats.uptime_seconds, sessions: 0, requests: 0, errors: 0, pools: {} };
     renderListeners(stats.listeners, rates);
+    renderTenants(stats.tenants || []);
     const seen = new Set();
     for (const pool of stats.pools) {
       seen.add(pool.name);
@@ -215,6 +217,22 @@
     for (const [name, view] of listenerRows) {
       if (!seen.has(name)) { view.row.remove(); listenerRows.delete(name); }
     }
+  }
+
+  // The snapshot's tenants come largest first: the table is rebuilt in that order.
+  function renderTenants(tenants) {
+    ui.tenantsSection.hidden = tenants.length === 0;
+    const rows = tenants.map((t) => {
+      const row = document.createElement('tr');
+      row.dataset.tenant = t.tenant;
+      for (const [text, cls] of [[t.tenant, 'text cell-tenant'], [number(t.connections), 'cell-connections'],
+        [bytes(t.bytes_in), 'cell-in'], [bytes(t.bytes_out), 'cell-out'], [number(t.requests), 'cell-requests'],
+        [number(t.transactions), 'opt cell-transactions'], [age(t.connection_ms / 1000), 'opt cell-connected']]) {
+        setText(cell(row, cls), text);
+      }
+      return row;
+    });
+    ui.tenants.replaceChildren(...rows);
   }
 
   function poolView(name) {
