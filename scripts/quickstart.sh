@@ -54,13 +54,30 @@ else
   pg_bin=""
 fi
 
+# The SMTP part, when aiosmtpd is installed (Debian: python3-aiosmtpd): a server that prints
+# every message it receives.
+smtp_note="SMTP: skipped (apt-get install python3-aiosmtpd swaks to try it)"
+smtp=""
+if /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; then
+  smtp=yes
+  /usr/bin/python3 -m aiosmtpd -n -l 127.0.0.1:2526 & pids+=($!)
+  cat examples/quickstart-smtp.toml >> "$work/switchyard.toml"
+  if command -v swaks >/dev/null; then
+    smtp_note="SMTP:       swaks --server 127.0.0.1:2525 --to you@example.com   (aiosmtpd prints it)"
+  else
+    smtp_note="SMTP:       /usr/bin/python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', 2525).sendmail('me@example.com', ['you@example.com'], 'Subject: hi\\n\\nhello')\"   (aiosmtpd prints it)"
+  fi
+fi
+
 $bin/examples/demo_backend app1 127.0.0.1:9001 & pids+=($!)
 $bin/examples/demo_backend app2 127.0.0.1:9002 & pids+=($!)
 $bin/switchyard run -c "$work/switchyard.toml" & pids+=($!)
 
 # Wait until switchyard reports both servers up (first health checks done).
 for _ in $(seq 1 100); do
-  if $bin/switchyard ctl status 2>/dev/null | grep -q 'app2 .* up .* ok$'; then break; fi
+  status=$($bin/switchyard ctl status 2>/dev/null || true)
+  if grep -q 'app2 .* up .* ok$' <<<"$status" &&
+     { [ -z "$smtp" ] || grep -q 'sink .* up .* ok$' <<<"$status"; }; then break; fi
   sleep 0.1
 done
 
@@ -75,6 +92,10 @@ echo "== Host: api.localhost is routed to the api pool (app2 only) =="
 for _ in 1 2; do get 127.0.0.1 8080 api.localhost; done
 echo "== the raw TCP listener (127.0.0.1:8081) balances the same servers =="
 for _ in 1 2; do get 127.0.0.1 8081 demo; done
+if [ -n "$smtp" ]; then
+  echo "== one message through the SMTP listener (127.0.0.1:2525); aiosmtpd prints it =="
+  /usr/bin/python3 -c "import smtplib; s = smtplib.SMTP('127.0.0.1', 2525); s.sendmail('me@example.com', ['you@example.com'], 'Subject: hello\r\n\r\nfrom the quick start\r\n'); s.quit()"
+fi
 echo
 echo "== switchyard ctl status =="
 $bin/switchyard ctl status
@@ -83,6 +104,8 @@ echo "switchyard is running. Try:"
 echo "  HTTP:       curl http://127.0.0.1:8080/   and   curl -H 'Host: api.localhost' http://127.0.0.1:8080/"
 echo "  TCP:        curl http://127.0.0.1:8081/"
 echo "  $pg_note"
+echo "  $smtp_note"
+echo "  MySQL:      not in the quick start yet (see README, MySQL listeners)"
 echo "  Dashboard:  http://127.0.0.1:9900/   (metrics: http://127.0.0.1:9900/metrics)"
 echo "  Drain:      $bin/switchyard ctl drain app app1   (then: ctl ready app app1)"
 echo "Ctrl-C stops everything."

@@ -304,10 +304,11 @@ fn the_quickstart_example_loads() {
     // The script appends the PostgreSQL part when it can start a server: the two files
     // together are one config.
     let postgres = include_str!("../../examples/quickstart-postgres.toml");
-    let both = format!("{text}\n{postgres}");
-    let config = switchyard::config::load_str(Path::new("quickstart.toml"), &both)
-        .unwrap_or_else(|e| panic!("quickstart.toml + quickstart-postgres.toml:\n{e}"));
-    assert_eq!(config.listeners.len(), 3);
+    let smtp = include_str!("../../examples/quickstart-smtp.toml");
+    let all = format!("{text}\n{postgres}\n{smtp}");
+    let config = switchyard::config::load_str(Path::new("quickstart.toml"), &all)
+        .unwrap_or_else(|e| panic!("quickstart.toml + its postgres and smtp parts:\n{e}"));
+    assert_eq!(config.listeners.len(), 4);
 }
 
 #[test]
