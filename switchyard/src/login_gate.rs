@@ -4,12 +4,16 @@
 //! and a silent one holds it until `timeouts.login`. Without a bound per address, one
 //! host opening a few thousand silent sockets would take every descriptor the proxy has
 //! and lock everyone else out for that long. The gate admits a client while its address
-//! has fewer than `max_logins_per_address` logins in flight; the [`LoginTicket`] it gives
-//! counts the login until dropped, which the protocol does when authentication ends.
+//! has fewer than `max_logins_per_address` logins in flight; the [`Login`] it gives counts
+//! the login until dropped, which the protocol does when authentication ends, and carries
+//! the login's deadline.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Logins in flight per client address, for one listener.
 #[derive(Debug, Default)]
@@ -19,15 +23,46 @@ pub struct LoginGate {
 
 /// One login counted by a [`LoginGate`] until it is dropped.
 #[derive(Debug)]
-pub struct LoginTicket<'a> {
+struct LoginTicket<'a> {
     gate: &'a LoginGate,
     address: IpAddr,
 }
 
+/// A client logging in: counted by its listener's gate until dropped, and due to have
+/// logged in by its deadline.
+#[derive(Debug)]
+pub struct Login<'a> {
+    _ticket: LoginTicket<'a>,
+    deadline: Instant,
+}
+
+impl Login<'_> {
+    /// When the login must have ended (`timeouts.login` after it began, plus any time
+    /// [`Login::excuse`]d).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Moves the deadline by the time since `since`: time the proxy spent on its own
+    /// work (getting a server) is not the client's to answer for.
+    pub fn excuse(&mut self, since: Instant) {
+        self.deadline += since.elapsed();
+    }
+}
+
 impl LoginGate {
+    /// A login from `address` due within `timeout`, or `None` when `limit` logins from it
+    /// are already in flight (a limit of 0 admits everyone).
+    pub fn begin(&self, address: IpAddr, limit: u32, timeout: Duration) -> Option<Login<'_>> {
+        Some(Login {
+            _ticket: self.enter(address, limit)?,
+            deadline: Instant::now() + timeout,
+        })
+    }
+
     /// A ticket for a login from `address`, or `None` when `limit` logins from it are
     /// already in flight. A limit of 0 admits everyone (and still counts).
-    pub fn enter(&self, address: IpAddr, limit: u32) -> Option<LoginTicket<'_>> {
+    fn enter(&self, address: IpAddr, limit: u32) -> Option<LoginTicket<'_>> {
         let mut in_flight = self.lock();
         let count = in_flight.entry(canonical(address)).or_insert(0);
         if limit != 0 && *count >= limit {

@@ -85,12 +85,14 @@ async fn session(
     // Counted until the client has logged in; the deadline covers the TLS upgrade and the
     // authentication, but not the proxy's own wait for a server. A refused client gets
     // the ERR a busy MySQL server sends in place of its greeting.
-    let limit = settings.config.max_logins_per_address;
-    let Some(login_slot) = listener.logins.enter(record.client.ip(), limit) else {
+    let (limit, timeout) = (
+        settings.config.max_logins_per_address,
+        settings.config.timeouts.login,
+    );
+    let Some(mut login) = listener.logins.begin(record.client.ip(), limit, timeout) else {
         let error = ProxyError::TooManyConnections;
         return Err(refuse(&mut client, 0, &error, Termination::TooManyLogins).await);
     };
-    let mut login_deadline = Instant::now() + settings.config.timeouts.login;
     let mode = options.client_tls_mode(settings.tls.is_some());
     let offered = settings
         .tls
@@ -107,8 +109,8 @@ async fn session(
         },
     )
     .map_err(|e| Refusal::new(Termination::ServerError, format!("no randomness: {e}")))?;
-    let login = tokio::time::timeout_at(
-        login_deadline,
+    let greeted = tokio::time::timeout_at(
+        login.deadline(),
         greet_client(client, &greeting, options.limits.startup_message, offered),
     )
     .await
@@ -119,7 +121,7 @@ async fn session(
         response,
         sequence,
         tls: tls_info,
-    } = login?;
+    } = greeted?;
     let mut reply = sequence.wrapping_add(1);
     if mode == ClientTlsMode::Required && tls_info.is_none() {
         let error = ProxyError::InsecureTransport;
@@ -147,7 +149,7 @@ async fn session(
                 &users,
                 &host,
             );
-            let checked = tokio::time::timeout_at(login_deadline, checked)
+            let checked = tokio::time::timeout_at(login.deadline(), checked)
                 .await
                 .map_err(|_| Refusal::new(Termination::LoginTimeout, "no password in time"))?;
             match checked {
@@ -218,7 +220,7 @@ async fn session(
         }
     };
     // The client is not charged for the time the proxy spent getting a server.
-    login_deadline += waiting_for_server.elapsed();
+    login.excuse(waiting_for_server);
     let server = upstream.lease.server().clone();
     record.server = Some(server.name.clone());
     let preamble = proxy_preamble(
@@ -250,7 +252,7 @@ async fn session(
                 &upstream,
                 response,
                 &rewrites,
-                (reply, login_deadline),
+                (reply, login.deadline()),
                 &mut moved,
             )
             .await;
@@ -270,7 +272,7 @@ async fn session(
             .await?
         }
     };
-    drop(login_slot);
+    drop(login);
     let (mut server_stream, mut server_reader, thread) = logged_in;
     // Nothing should follow the login's packets before the client's first command; pass
     // on whatever did, so the relay sees every byte.

@@ -66,19 +66,21 @@ async fn session(
     let mut client = opened.into_rewind();
     // Counted until the client has logged in; the deadline covers the TLS upgrade and the
     // authentication, but not the proxy's own wait for a server.
-    let limit = settings.config.max_logins_per_address;
-    let Some(login) = listener.logins.enter(record.client.ip(), limit) else {
+    let (limit, timeout) = (
+        settings.config.max_logins_per_address,
+        settings.config.timeouts.login,
+    );
+    let Some(mut login) = listener.logins.begin(record.client.ip(), limit, timeout) else {
         let code = sqlstate::TOO_MANY_CONNECTIONS;
         let message = "too many connections logging in from this address".to_string();
         return refuse(&mut client, code, Termination::TooManyLogins, message).await;
     };
-    let mut login_deadline = Instant::now() + settings.config.timeouts.login;
     let mode = options.client_tls_mode(settings.tls.is_some());
     let offered = settings
         .tls
         .as_ref()
         .filter(|_| mode != ClientTlsMode::Disabled);
-    let opened = tokio::time::timeout_at(login_deadline, open_client(client, limits, offered))
+    let opened = tokio::time::timeout_at(login.deadline(), open_client(client, limits, offered))
         .await
         .map_err(|_| Refusal::new(Termination::LoginTimeout, "no startup packet in time"))?;
     let (mut client, opening, tls_info) = opened?;
@@ -184,7 +186,7 @@ async fn session(
                 tls_info.is_some(),
                 limits,
             );
-            match tokio::time::timeout_at(login_deadline, exchange).await {
+            match tokio::time::timeout_at(login.deadline(), exchange).await {
                 Ok(outcome) => Some(outcome?),
                 Err(_) => return login_timed_out(&mut client).await,
             }
@@ -288,7 +290,7 @@ async fn session(
         }
     };
     // The client is not charged for the time the proxy spent getting a server.
-    login_deadline += waiting_for_server.elapsed();
+    login.excuse(waiting_for_server);
     let first_link = link(&server_stream);
     let first_startup = server_startup(
         &mut client,
@@ -298,7 +300,7 @@ async fn session(
         limits,
         first_link,
     );
-    let Ok(mut outcome) = tokio::time::timeout_at(login_deadline, first_startup).await else {
+    let Ok(mut outcome) = tokio::time::timeout_at(login.deadline(), first_startup).await else {
         return login_timed_out(&mut client).await;
     };
     if let Err(Refusal {
@@ -330,7 +332,7 @@ async fn session(
             limits,
             retry_link,
         );
-        outcome = match tokio::time::timeout_at(login_deadline, retried_startup).await {
+        outcome = match tokio::time::timeout_at(login.deadline(), retried_startup).await {
             Ok(outcome) => outcome,
             Err(_) => return login_timed_out(&mut client).await,
         };
