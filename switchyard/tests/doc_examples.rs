@@ -228,15 +228,9 @@ fn check_repository_file(relative: &str) -> Result<(), String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(relative);
-    let output = Command::new(binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run switchyard check");
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    match support::check(&path) {
+        (0, _) => Ok(()),
+        (_, stderr) => Err(stderr),
     }
 }
 
