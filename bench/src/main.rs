@@ -27,6 +27,7 @@ use scenarios::latency::LatencyArgs;
 use scenarios::mysql::MysqlArgs;
 use scenarios::pgpool::PgpoolArgs;
 use scenarios::postgres::PostgresArgs;
+use scenarios::smtp::SmtpArgs;
 use scenarios::throughput::ThroughputArgs;
 use scenarios::tls::TlsArgs;
 use table::Row;
@@ -53,7 +54,10 @@ enum Scenario {
     Pgpool,
     /// sysbench through switchyard (mysql, session mode) vs HAProxy `mode tcp` vs direct.
     Mysql,
-    /// All of the above except `postgres`, `pgpool` and `mysql`, in that order.
+    /// Postfix's smtp-source through switchyard (smtp) vs HAProxy `mode tcp` vs direct,
+    /// into smtp-sink: messages/s.
+    Smtp,
+    /// All of the above except `postgres`, `pgpool`, `mysql` and `smtp`, in that order.
     All,
     /// Internal: echo backend child process used by `idle`.
     #[value(hide = true)]
@@ -135,6 +139,8 @@ struct Cli {
     pgpool: PgpoolArgs,
     #[command(flatten)]
     mysql: MysqlArgs,
+    #[command(flatten)]
+    smtp: SmtpArgs,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -228,6 +234,7 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Postgres => scenarios::postgres::run(ctx, &cli.postgres).await?,
             Scenario::Pgpool => scenarios::pgpool::run(ctx, &cli.pgpool).await?,
             Scenario::Mysql => scenarios::mysql::run(ctx, &cli.mysql).await?,
+            Scenario::Smtp => scenarios::smtp::run(ctx, &cli.smtp).await?,
             Scenario::Tls => scenarios::tls::run(ctx, &cli.tls).await?,
             Scenario::All | Scenario::ServeEcho => Vec::new(),
         };

@@ -68,6 +68,21 @@ impl Row {
         }
     }
 
+    /// A row from a measurement's outcome: its value, or why it failed (with the causes),
+    /// so that a scenario reports every run the same way.
+    pub fn measured(
+        scenario: &'static str,
+        metric: impl Into<String>,
+        target: TargetKind,
+        better: Better,
+        outcome: anyhow::Result<f64>,
+    ) -> Self {
+        match outcome {
+            Ok(value) => Self::ok(scenario, metric, target, value, better),
+            Err(error) => Self::failed(scenario, metric, target, better, format!("{error:#}")),
+        }
+    }
+
     /// Attaches a footnote to the row.
     pub fn with_note(mut self, note: impl Into<String>) -> Self {
         self.note = Some(note.into());

@@ -55,7 +55,13 @@ pub enum Mode {
     Postgres(PgPooling),
     /// The MySQL protocol, session mode.
     Mysql,
+    /// SMTP: switchyard holds the conversation (greeting as [`SMTP_HOSTNAME`]); HAProxy
+    /// copies bytes (`mode tcp`).
+    Smtp,
 }
+
+/// The name switchyard greets SMTP clients with in the bench.
+const SMTP_HOSTNAME: &str = "mx.bench";
 
 /// How a PostgreSQL pooler (switchyard or PgBouncer) shares server connections: the
 /// `postgres` scenario compares session mode, `pgpool` transaction mode.
@@ -204,6 +210,16 @@ impl RunningTarget {
         opts: &TargetOptions,
     ) -> Result<Self> {
         Self::launch(kind, &[server], opts, Mode::Mysql).await
+    }
+
+    /// Starts `kind` in front of one SMTP `server`: switchyard with an `smtp` listener, or
+    /// HAProxy in `mode tcp`; `direct` is the server itself.
+    pub async fn start_smtp(
+        kind: TargetKind,
+        server: SocketAddr,
+        opts: &TargetOptions,
+    ) -> Result<Self> {
+        Self::launch(kind, &[server], opts, Mode::Smtp).await
     }
 
     async fn launch(
@@ -359,7 +375,7 @@ impl RunningTarget {
 
 /// Polls until a TCP connect to `addr` succeeds, failing early if the
 /// process exits and late after `timeout`.
-async fn wait_ready(child: &mut Child, addr: SocketAddr, timeout: Duration) -> Result<()> {
+pub async fn wait_ready(child: &mut Child, addr: SocketAddr, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().context("checking proxy process")? {
@@ -423,7 +439,8 @@ fn switchyard_pooling(pooling: PgPooling) -> (String, String) {
     }
 }
 
-/// switchyard configuration: one listener (tcp, http or postgres), one round-robin pool.
+/// switchyard configuration: one listener (tcp, http, postgres, mysql or smtp), one
+/// round-robin pool.
 fn switchyard_config(
     opts: &TargetOptions,
     listen: SocketAddr,
@@ -436,9 +453,14 @@ fn switchyard_config(
         Mode::Http => "http",
         Mode::Postgres(_) => "postgres",
         Mode::Mysql => "mysql",
+        Mode::Smtp => "smtp",
     };
     let (listener_keys, pool_keys) = match mode {
         Mode::Postgres(pooling) => switchyard_pooling(pooling),
+        Mode::Smtp => (
+            format!("smtp = {{ hostname = \"{SMTP_HOSTNAME}\" }}"),
+            String::new(),
+        ),
         Mode::Tcp | Mode::Http | Mode::Mysql => (String::new(), String::new()),
     };
     let servers: Vec<String> = backends
@@ -550,7 +572,7 @@ fn haproxy_config(
         _ => String::new(),
     };
     let mode = match mode {
-        Mode::Tcp | Mode::Postgres(_) | Mode::Mysql => "mode tcp",
+        Mode::Tcp | Mode::Postgres(_) | Mode::Mysql | Mode::Smtp => "mode tcp",
         Mode::Http => "mode http\n    http-reuse always\n    timeout http-keep-alive 1h",
     };
     let servers: String = backends
@@ -676,8 +698,50 @@ http {{
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Options as the bench's defaults make them, with the binaries where `cargo build`
+    /// puts switchyard and Debian the others.
+    pub(crate) fn options(headers: CompetitorHeaders) -> TargetOptions {
+        let switchyard_bin = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("switchyard")))
+            .unwrap_or_default();
+        TargetOptions {
+            workers: 1,
+            switchyard_bin,
+            haproxy_bin: "/usr/sbin/haproxy".into(),
+            pgbouncer_bin: "/usr/sbin/pgbouncer".into(),
+            nginx_bin: "/usr/sbin/nginx".into(),
+            maxconn: 1000,
+            ready_timeout: Duration::from_secs(15),
+            tls: None,
+            competitor_headers: headers,
+        }
+    }
+
+    #[test]
+    fn smtp_configs_hold_the_conversation_or_copy_bytes() {
+        let opts = options(CompetitorHeaders::Same);
+        let listen: SocketAddr = "127.0.0.1:2525".parse().unwrap_or_else(|e| panic!("{e}"));
+        let admin: SocketAddr = "127.0.0.1:2526".parse().unwrap_or_else(|e| panic!("{e}"));
+        let sink: SocketAddr = "127.0.0.1:25".parse().unwrap_or_else(|e| panic!("{e}"));
+        let switchyard = switchyard_config(&opts, listen, admin, &[sink], Mode::Smtp);
+        for line in [
+            "protocol = \"smtp\"",
+            "smtp = { hostname = \"mx.bench\" }",
+            "address = \"127.0.0.1:25\"",
+        ] {
+            assert!(
+                switchyard.contains(line),
+                "{line} missing from {switchyard}"
+            );
+        }
+        let haproxy = haproxy_config(&opts, listen, &[sink], Mode::Smtp);
+        assert!(haproxy.contains("mode tcp"), "{haproxy}");
+        assert!(haproxy.contains("server b1 127.0.0.1:25"), "{haproxy}");
+    }
 
     #[test]
     fn pgbouncer_version_is_read_from_its_banner() {
@@ -754,21 +818,7 @@ mod tests {
     async fn forwarded_header_lines(kind: TargetKind, headers: CompetitorHeaders) -> Vec<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (backend, heads) = recording_backend();
-        let switchyard_bin = std::env::current_exe()
-            .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.join("switchyard")))
-            .unwrap_or_default();
-        let opts = TargetOptions {
-            workers: 1,
-            switchyard_bin,
-            haproxy_bin: "/usr/sbin/haproxy".into(),
-            pgbouncer_bin: "/usr/sbin/pgbouncer".into(),
-            nginx_bin: "/usr/sbin/nginx".into(),
-            maxconn: 1000,
-            ready_timeout: Duration::from_secs(15),
-            tls: None,
-            competitor_headers: headers,
-        };
+        let opts = options(headers);
         let target = RunningTarget::start_http(kind, &[backend], &opts)
             .await
             .unwrap_or_else(|e| panic!("{e:#} (switchyard is built by `cargo test --workspace`)"));

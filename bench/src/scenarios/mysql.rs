@@ -89,17 +89,14 @@ pub async fn run(ctx: &Context, args: &MysqlArgs) -> Result<Vec<Row>> {
             };
         for &run in &runs {
             progress(format!("{target}: {}", metric(run)));
-            let row = match sysbench(running.addr(), run, args.secs).await {
-                Ok(tps) => Row::ok(SCENARIO, metric(run), target, tps, Better::Higher),
-                Err(error) => Row::failed(
-                    SCENARIO,
-                    metric(run),
-                    target,
-                    Better::Higher,
-                    format!("{error:#}"),
-                ),
-            };
-            rows.push(row);
+            let tps = sysbench(running.addr(), run, args.secs).await;
+            rows.push(Row::measured(
+                SCENARIO,
+                metric(run),
+                target,
+                Better::Higher,
+                tps,
+            ));
         }
         running.stop().await?;
     }
