@@ -479,14 +479,14 @@ fn a_key_the_listeners_protocol_does_not_read_is_an_error_with_its_line() {
         &text,
         "login",
         "listener[0].timeouts.login",
-        "applies to postgres and mysql listeners only",
+        "applies to postgres, mysql and smtp listeners only",
     );
     let text = one_listener("tcp", "max_logins_per_address = 10", "");
     refused_at(
         &text,
         "max_logins_per_address",
         "listener[0].max_logins_per_address",
-        "applies to postgres and mysql listeners only",
+        "applies to postgres, mysql and smtp listeners only",
     );
 }
 

@@ -758,14 +758,5 @@ async fn logins_have_a_deadline_and_each_address_a_cap_on_logins_in_flight() {
         pymysql(front, NATIVE_USER, Some("app"), None, "SELECT 1"),
         "1"
     );
-    let terminations = |name: &str| {
-        access_lines(&proxy)
-            .iter()
-            .filter(|line| line["termination"] == name)
-            .count()
-    };
-    wait_until("every cut login in the access log", || async {
-        terminations("login_timeout") == 2 && terminations("too_many_logins") == 1
-    })
-    .await;
+    support::ops::wait_terminations(&proxy, &[("login_timeout", 2), ("too_many_logins", 1)]).await;
 }

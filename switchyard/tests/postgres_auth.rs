@@ -507,14 +507,5 @@ async fn logins_have_a_deadline_and_each_address_a_cap_on_logins_in_flight() {
         psql_as(front, "alice", "alice-pw", &[]).as_deref(),
         Ok("alice")
     );
-    let terminations = |name: &str| {
-        support::ops::access_lines(&proxy)
-            .iter()
-            .filter(|line| field(line, "termination") == name)
-            .count()
-    };
-    wait_until("every cut login in the access log", || async {
-        terminations("login_timeout") == 5 && terminations("too_many_logins") == 1
-    })
-    .await;
+    support::ops::wait_terminations(&proxy, &[("login_timeout", 5), ("too_many_logins", 1)]).await;
 }

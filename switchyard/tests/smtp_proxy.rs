@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::config::Config;
-use support::ops::{field, number};
+use support::ops::{field, number, wait_terminations};
 use support::smtp::{
     Aiosmtpd, SmtpSink, SmtplibTls, sha256_hex, smtplib_send, smtplib_send_over, swaks,
 };
@@ -658,6 +658,73 @@ async fn shutdown_tells_an_idle_client_421() {
     let reply = client.reply().await;
     assert!(reply.starts_with("421 4.3.2"), "{reply}");
     proxy.wait_exit().await;
+}
+
+/// The envelope is the SMTP login: a client must have a recipient routed to a server
+/// within `timeouts.login` of its accept (`421 4.4.2` else), and one address may have only
+/// `max_logins_per_address` connections before that at once (`421 4.7.0` for one more). A
+/// client past its envelope has only the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envelope_has_a_deadline_and_each_address_a_cap_before_it() {
+    let server = Aiosmtpd::start("aiosmtpd-a", false).await;
+    let (proxy, front) = start(
+        server.addr,
+        "timeouts = { login = \"1s\" }\nmax_logins_per_address = 2",
+        "",
+    )
+    .await;
+    // A client whose envelope has chosen the server no longer counts nor has a deadline.
+    let (mut enveloped, _) = Raw::connect(front).await;
+    enveloped
+        .expect(&[
+            ("EHLO client.example", "250"),
+            ("MAIL FROM:<s@example.net>", "250"),
+            ("RCPT TO:<r@example.com>", "250"),
+        ])
+        .await;
+    // Two clients go silent: one after the greeting, one after EHLO.
+    let (silent, _) = Raw::connect(front).await;
+    let (mut greeted, _) = Raw::connect(front).await;
+    assert!(
+        greeted
+            .command("EHLO client.example")
+            .await
+            .starts_with("250")
+    );
+    // A third from the same address is refused in place of the greeting.
+    let (mut third, refusal) = Raw::connect(front).await;
+    assert_eq!(
+        refusal,
+        format!("421 4.7.0 {HOSTNAME} Error: too many connections from your address\r\n")
+    );
+    assert_eq!(third.reply().await, "", "closed after the refusal");
+    // The silent two are told and closed at their deadline (the idle timeout is 10 min).
+    for mut client in [silent, greeted] {
+        let reply = client.reply().await;
+        assert_eq!(
+            reply,
+            format!("421 4.4.2 {HOSTNAME} Error: timeout exceeded\r\n")
+        );
+        assert_eq!(client.reply().await, "", "closed after the 421");
+    }
+    // The enveloped client's deadline, had it kept one, came before theirs: it sends on.
+    enveloped.expect(&[("DATA", "354")]).await;
+    enveloped.send(b"Subject: late\r\n\r\nstill here\r\n").await;
+    assert!(enveloped.command(".").await.starts_with("250 2.0.0"));
+    assert_eq!(
+        server.wait_received(1).await[0]["sha256"],
+        sha256_hex(b"Subject: late\r\n\r\nstill here\r\n")
+    );
+    // The slots came back: another client sends a message.
+    send_ok(
+        front,
+        &["r@example.com"],
+        &[],
+        b"Subject: next\r\n\r\nok\r\n",
+    )
+    .await;
+    server.wait_received(2).await;
+    wait_terminations(&proxy, &[("login_timeout", 2), ("too_many_logins", 1)]).await;
 }
 
 /// Listener keys serving a certificate for `HOSTNAME` (and 127.0.0.1) from `pki`, with

@@ -134,9 +134,11 @@ impl Protocol {
     ];
 
     /// Whether clients log in before their traffic is relayed (a handshake and
-    /// authentication the proxy takes part in), so `timeouts.login` applies.
+    /// authentication the proxy takes part in; for SMTP the conversation the proxy holds
+    /// until the envelope chooses a server), so `timeouts.login` and
+    /// `max_logins_per_address` apply.
     pub fn has_login(self) -> bool {
-        matches!(self, Protocol::Postgres | Protocol::Mysql)
+        matches!(self, Protocol::Postgres | Protocol::Mysql | Protocol::Smtp)
     }
 
     /// The name used in the config file and in the API.
@@ -222,7 +224,8 @@ pub struct ListenerTimeouts {
     #[serde(default = "defaults::keep_alive", with = "duration")]
     pub keep_alive: Duration,
     /// Protocols with a login (see [`Protocol::has_login`]): time from accept to the end
-    /// of authentication, TLS upgrade included, so silent clients cannot hold descriptors.
+    /// of authentication (SMTP: to the first recipient routed to a server), TLS upgrade
+    /// included, so silent clients cannot hold descriptors.
     #[serde(default = "defaults::login", with = "duration")]
     pub login: Duration,
 }

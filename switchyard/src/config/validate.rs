@@ -75,7 +75,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             let logins = key_path!("listener", i, "max_logins_per_address");
             for at in [&login[..], &logins[..]] {
                 if sink.is_set(at) {
-                    sink.at(at, "applies to postgres and mysql listeners only");
+                    sink.at(at, "applies to postgres, mysql and smtp listeners only");
                 }
             }
         }

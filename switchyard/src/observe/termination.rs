@@ -51,8 +51,8 @@ pub enum Termination {
     ClientTlsError,
     /// A plaintext session on a listener that requires client TLS.
     TlsRequired,
-    /// The client had not logged in (TLS upgrade and authentication included) within
-    /// `timeouts.login`.
+    /// The client had not logged in (TLS upgrade and authentication included; SMTP: no
+    /// recipient routed to a server) within `timeouts.login`.
     LoginTimeout,
     /// The client's address already had `max_logins_per_address` logins in flight.
     TooManyLogins,

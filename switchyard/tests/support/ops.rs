@@ -31,6 +31,22 @@ pub fn access_lines(proxy: &Proxy) -> Vec<Value> {
         .collect()
 }
 
+/// Waits until the access log has, for each `(termination, count)`, exactly `count`
+/// connection lines that ended so.
+pub async fn wait_terminations(proxy: &Proxy, expected: &[(&str, usize)]) {
+    let ended = |name: &str| {
+        access_lines(proxy)
+            .iter()
+            .filter(|line| line["termination"] == name)
+            .count()
+    };
+    wait_until(
+        &format!("terminations {expected:?} in the access log"),
+        || async { expected.iter().all(|&(name, count)| ended(name) == count) },
+    )
+    .await;
+}
+
 /// Waits for an access log line matching `matches`, and returns it.
 pub async fn wait_access(proxy: &Proxy, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
     wait_until(&format!("access log line: {what}"), || async {

@@ -6,6 +6,10 @@
 //! pool asks), replays MAIL and RCPT, and relays the rest command by command: each reply
 //! paired with its command, DATA bodies streamed to their exact end, BDAT chunks by their
 //! byte count, the message size limit enforced. One access log line per message.
+//!
+//! Until the envelope has chosen a server the session is the SMTP "login": counted by the
+//! listener's login gate (`max_logins_per_address`) and due within `timeouts.login`, so
+//! that clients which never send mail cannot hold descriptors for the idle timeout.
 
 mod check;
 pub mod command;

@@ -21,9 +21,10 @@ use super::data::{DotStuffer, EndScanner, Refusal, Scan};
 use super::log::MessageRecord;
 use super::reply;
 use super::server::{self, Failure, Opening, ServerSession};
-use crate::accept::{self, TlsClient};
+use crate::accept::{self, Opened, TlsClient};
 use crate::config::StartTls;
-use crate::listener::{Accepted, Listener};
+use crate::listener::{Accepted, Listener, ListenerSettings};
+use crate::login_gate::Login;
 use crate::observe::{ConnectionRecord, Termination};
 use crate::route::RouteFacts;
 use crate::tls::{Rewind, ServerTls};
@@ -48,52 +49,7 @@ pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
     } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
     record.termination = match accept::open(&listener, &settings, stream, peer).await {
-        Ok(opened) => {
-            record.client = opened.client;
-            let destination = opened.destination(&listener);
-            let options = &handler.options;
-            let tls = settings.tls.clone();
-            let client = match &tls {
-                Some(tls) if options.implicit_tls => {
-                    match opened.terminate_tls(&listener, tls).await {
-                        Ok((stream, _)) => Ok(Either::Right(stream)),
-                        Err(termination) => Err(termination),
-                    }
-                }
-                _ => Ok(Either::Left(opened.into_rewind())),
-            };
-            match client {
-                Ok(client) => {
-                    let secure = matches!(client, Either::Right(_));
-                    let starttls = if secure {
-                        None
-                    } else {
-                        tls.filter(|_| options.starttls != StartTls::Off)
-                    };
-                    let mut session = Session {
-                        handler: &handler,
-                        listener: &listener,
-                        record: &mut record,
-                        client: Some(client),
-                        starttls,
-                        secure,
-                        destination,
-                        authenticated: None,
-                        input: Vec::new(),
-                        output: Vec::new(),
-                        idle: settings.config.timeouts.client,
-                        helo: None,
-                        esmtp: false,
-                        transaction: None,
-                        upstream: None,
-                    };
-                    let termination = session.run().await;
-                    session.close_upstream().await;
-                    termination
-                }
-                Err(termination) => termination,
-            }
-        }
+        Ok(opened) => converse(&handler, &listener, &settings, opened, &mut record).await,
         Err(termination) => termination,
     };
     if !record.termination.is_normal() {
@@ -101,6 +57,93 @@ pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
     }
     record.finish(started);
     handler.context.finish_connection(&record);
+}
+
+/// The session of a client whose connection is open (past any PROXY header): admitted by
+/// the listener's login gate, its TLS terminated when the listener speaks it from the
+/// first byte, then the conversation.
+async fn converse(
+    handler: &SmtpHandler,
+    listener: &Listener,
+    settings: &ListenerSettings,
+    opened: Opened,
+    record: &mut ConnectionRecord,
+) -> Termination {
+    record.client = opened.client;
+    let destination = opened.destination(listener);
+    let options = &handler.options;
+    let tls = settings.tls.clone();
+    let implicit = tls.as_ref().filter(|_| options.implicit_tls);
+    // The SMTP "login": counted and due from the accept until the envelope has chosen a
+    // server (see `Session::login`).
+    let (limit, timeout) = (
+        settings.config.max_logins_per_address,
+        settings.config.timeouts.login,
+    );
+    let Some(login) = listener.logins.begin(record.client.ip(), limit, timeout) else {
+        listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(listener = %listener.name, client = %record.client, "smtp client refused: too many connections from its address still before their envelope");
+        // An implicit TLS client reads nothing before its handshake, which the proxy does
+        // not spend on a refused client: it is just closed.
+        if implicit.is_none() {
+            let mut client = opened.into_rewind();
+            let refusal = format!(
+                "421 4.7.0 {} Error: too many connections from your address\r\n",
+                handler.hostname
+            );
+            let _ = client.write_all(refusal.as_bytes()).await;
+            let _ = client.shutdown().await;
+        }
+        return Termination::TooManyLogins;
+    };
+    let client = match implicit {
+        Some(tls) => match within_login(Some(&login), opened.terminate_tls(listener, tls)).await {
+            Ok(Ok((stream, _))) => Either::Right(stream),
+            Ok(Err(termination)) | Err(termination) => return termination,
+        },
+        None => Either::Left(opened.into_rewind()),
+    };
+    let secure = matches!(client, Either::Right(_));
+    let starttls = if secure {
+        None
+    } else {
+        tls.filter(|_| options.starttls != StartTls::Off)
+    };
+    let mut session = Session {
+        handler,
+        listener,
+        record,
+        client: Some(client),
+        starttls,
+        secure,
+        destination,
+        login: Some(login),
+        authenticated: None,
+        input: Vec::new(),
+        output: Vec::new(),
+        idle: settings.config.timeouts.client,
+        helo: None,
+        esmtp: false,
+        transaction: None,
+        upstream: None,
+    };
+    let termination = session.run().await;
+    session.close_upstream().await;
+    termination
+}
+
+/// Runs `work` within the login's deadline while there is a login (a client past it ends
+/// with `login_timeout`), else as it is.
+async fn within_login<T>(
+    login: Option<&Login<'_>>,
+    work: impl Future<Output = T>,
+) -> Result<T, Termination> {
+    match login {
+        Some(login) => tokio::time::timeout_at(login.deadline(), work)
+            .await
+            .map_err(|_| Termination::LoginTimeout),
+        None => Ok(work.await),
+    }
 }
 
 /// A mail transaction, from MAIL FROM to its final reply.
@@ -146,6 +189,11 @@ struct Session<'a> {
     secure: bool,
     /// The address the client reached.
     destination: std::net::SocketAddr,
+    /// The SMTP "login", from the accept until the envelope has chosen a server (the
+    /// first RCPT opened on one): the greeting, EHLO, STARTTLS, AUTH and MAIL. It counts
+    /// against `max_logins_per_address` and must end within `timeouts.login` (time spent
+    /// waiting for servers excused); `None` once over.
+    login: Option<Login<'a>>,
     /// The pool whose server accepted the client's AUTH: every transaction goes there.
     authenticated: Option<Arc<Pool>>,
     /// Client bytes read and not yet taken.
@@ -223,17 +271,21 @@ impl Session<'_> {
 
     /// Reads more from the client after writing the replies queued; `false` at its end.
     /// Waiting for a command (`between_commands`), a graceful shutdown ends the session
-    /// with `421 4.3.2`.
+    /// with `421 4.3.2`. A client silent for `timeouts.client`, or still without an
+    /// envelope at the login's deadline, gets `421 4.4.2`.
     async fn fill(&mut self, between_commands: bool) -> Result<bool, Termination> {
         self.flush().await?;
         let context = &self.handler.context;
         let Some(client) = self.client.as_mut() else {
             return Err(Termination::ClientError);
         };
+        let idle = tokio::time::Instant::now() + self.idle;
+        let login = self.login.as_ref().map(Login::deadline);
+        let deadline = login.map_or(idle, |login| login.min(idle));
         let start = self.input.len();
         self.input.resize(start + READ_CHUNK, 0);
         let read = tokio::select! {
-            read = tokio::time::timeout(self.idle, client.read(&mut self.input[start..])) => read,
+            read = tokio::time::timeout_at(deadline, client.read(&mut self.input[start..])) => read,
             () = context.stopping.cancelled(), if between_commands => {
                 self.input.truncate(start);
                 let bye = format!("421 4.3.2 {} Service shutting down, closing connection\r\n", self.handler.hostname);
@@ -265,7 +317,12 @@ impl Session<'_> {
                 );
                 self.reply(bye.as_bytes());
                 let _ = self.flush().await;
-                Err(Termination::ClientTimeout)
+                if login.is_some_and(|login| login <= idle) {
+                    self.refused("no envelope within timeouts.login");
+                    Err(Termination::LoginTimeout)
+                } else {
+                    Err(Termination::ClientTimeout)
+                }
             }
         }
     }
@@ -435,7 +492,8 @@ impl Session<'_> {
         // Bytes a PROXY header read brought along were taken as commands long ago; none
         // may follow into the handshake.
         let (_, socket) = plain.into_parts();
-        match Box::pin(tls.accept(Rewind::new(bytes::Bytes::new(), socket))).await {
+        let handshake = Box::pin(tls.accept(Rewind::new(bytes::Bytes::new(), socket)));
+        match within_login(self.login.as_ref(), handshake).await? {
             Ok((stream, _)) => {
                 self.client = Some(Either::Right(Box::new(stream)));
                 self.secure = true;
@@ -536,21 +594,14 @@ impl Session<'_> {
     /// Opens the transaction on a server of `pool` (the session there is kept from the
     /// last transaction when it went to the same route): replays MAIL. `false` when the
     /// server refused MAIL: its reply answers the RCPT, and the transaction is not open.
+    /// Once it is, the envelope has chosen its server: the login is over.
     async fn begin_on(&mut self, pool: Arc<Pool>) -> Result<bool, Termination> {
         self.connect_to(&pool).await?;
         let mail = match &self.transaction {
             Some(transaction) => transaction.mail.clone(),
             None => return Ok(false),
         };
-        let Some(upstream) = self.upstream.as_mut() else {
-            return Ok(false);
-        };
-        let (answer, bytes) = upstream
-            .session
-            .conversation
-            .command(&mail)
-            .await
-            .map_err(|f| self.lost(&f))?;
+        let (answer, bytes) = self.ask(&mail).await?;
         if !answer.is_positive() {
             self.reply(&bytes);
             return Ok(false);
@@ -558,6 +609,7 @@ impl Session<'_> {
         if let Some(transaction) = &mut self.transaction {
             transaction.route = Some(pool);
         }
+        self.login = None;
         Ok(true)
     }
 
@@ -592,7 +644,10 @@ impl Session<'_> {
                         .or_else(|| now.routing.default.clone())
                 })
             };
-            match server::open(pool.clone(), reroute, &opening).await {
+            let since = tokio::time::Instant::now();
+            let opened = server::open(pool.clone(), reroute, &opening).await;
+            self.excuse(since);
+            match opened {
                 Ok(session) => {
                     self.record.pool = Some(session.pool.name.clone());
                     self.record.server = Some(session.server.name.clone());
@@ -751,15 +806,28 @@ impl Session<'_> {
     /// Sends a command line to the server of the transaction and queues its reply for the
     /// client.
     async fn relay_command(&mut self, line: &[u8]) -> Result<reply::Reply, Termination> {
+        let (answer, bytes) = self.ask(line).await?;
+        self.reply(&bytes);
+        Ok(answer)
+    }
+
+    /// Sends a command line to the server of the transaction; its reply and the reply's
+    /// bytes.
+    async fn ask(&mut self, line: &[u8]) -> Result<(reply::Reply, Vec<u8>), Termination> {
         let Some(upstream) = self.upstream.as_mut() else {
             return Err(Termination::ServerLost);
         };
-        match upstream.session.conversation.command(line).await {
-            Ok((answer, bytes)) => {
-                self.reply(&bytes);
-                Ok(answer)
-            }
-            Err(failure) => Err(self.lost(&failure)),
+        let since = tokio::time::Instant::now();
+        let asked = upstream.session.conversation.command(line).await;
+        self.excuse(since);
+        asked.map_err(|failure| self.lost(&failure))
+    }
+
+    /// Moves the login's deadline by the time since `since`, spent waiting for a server:
+    /// that is the proxy's time, not the client's.
+    fn excuse(&mut self, since: tokio::time::Instant) {
+        if let Some(login) = &mut self.login {
+            login.excuse(since);
         }
     }
 
@@ -780,7 +848,10 @@ impl Session<'_> {
         let Some(upstream) = self.upstream.as_mut() else {
             return Err(Termination::ServerLost);
         };
-        match upstream.session.conversation.reply().await {
+        let since = tokio::time::Instant::now();
+        let replied = upstream.session.conversation.reply().await;
+        self.excuse(since);
+        match replied {
             Ok((answer, bytes)) => {
                 self.reply(&bytes);
                 Ok((answer, bytes))
