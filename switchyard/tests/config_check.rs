@@ -508,6 +508,15 @@ fn a_pool_key_no_listener_of_the_pool_reads_is_an_error_with_its_line() {
         "pool[0].pool_mode",
         "read by database listeners only",
     );
+    // SMTP's upstream STARTTLS on a pool of tcp listeners, which speak TLS from the first
+    // byte: the key and the pool named.
+    let text = one_listener("tcp", "", "upstream_tls = { starttls = true }");
+    refused_at(
+        &text,
+        "starttls",
+        "pool[0].upstream_tls.starttls",
+        "read by smtp listeners only, and pool `p` serves none (it serves tcp)",
+    );
     // A key no pool has.
     let text = one_listener("tcp", "", "colour = \"blue\"");
     refused_at(&text, "colour", "pool[0].colour", "unknown key for pools");

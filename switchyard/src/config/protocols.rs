@@ -97,6 +97,14 @@ pub fn pool_groups() -> [(&'static [Protocol], &'static [&'static str], &'static
     ]
 }
 
+/// Keys of a pool's `upstream_tls` that only some protocols' listeners read:
+/// `(protocols, key, who)`, as [`pool_groups`] for the pool's own keys. SMTP's `starttls`
+/// on a pool of other listeners would do nothing (they speak TLS from the first byte, or
+/// upgrade in their own protocol).
+pub fn upstream_tls_groups() -> [(&'static [Protocol], &'static str, &'static str); 1] {
+    [(&[Protocol::Smtp], "starttls", "smtp listeners")]
+}
+
 /// Reads the pool keys of every protocol group from a pool's table.
 pub(super) fn read_pool_groups(
     pool: &mut PoolConfig,

@@ -217,8 +217,8 @@ fn validate_pool(config: &Config, i: usize, pool: &PoolConfig, sink: &mut ErrorS
     validate_pool_keys_are_read(config, i, pool, sink);
 }
 
-/// A pool key that only some protocol's listeners read, written on a pool that listeners
-/// use but none of that protocol: it would do nothing, silently.
+/// A pool key (or `upstream_tls` key) that only some protocol's listeners read, written on
+/// a pool that listeners use but none of that protocol: it would do nothing, silently.
 fn validate_pool_keys_are_read(
     config: &Config,
     i: usize,
@@ -235,23 +235,27 @@ fn validate_pool_keys_are_read(
         return;
     }
     let groups = super::protocols::pool_groups();
-    for (readers, keys, who) in groups {
-        if readers.iter().any(|p| users.contains(p)) {
+    let own = groups.iter().flat_map(|&(readers, keys, who)| {
+        keys.iter()
+            .map(move |key| (readers, key_path!("pool", i, *key).to_vec(), who))
+    });
+    let tls = super::protocols::upstream_tls_groups();
+    let nested = tls.iter().map(|&(readers, key, who)| {
+        let at = key_path!("pool", i, "upstream_tls", key).to_vec();
+        (readers, at, who)
+    });
+    for (readers, at, who) in own.chain(nested) {
+        if readers.iter().any(|p| users.contains(p)) || !sink.is_set(&at) {
             continue;
         }
-        for key in keys {
-            let at = key_path!("pool", i, *key);
-            if sink.is_set(&at) {
-                sink.at(
-                    &at,
-                    format!(
-                        "read by {who} only, and pool `{}` serves none (it serves {})",
-                        pool.name,
-                        names(&users)
-                    ),
-                );
-            }
-        }
+        sink.at(
+            &at,
+            format!(
+                "read by {who} only, and pool `{}` serves none (it serves {})",
+                pool.name,
+                names(&users)
+            ),
+        );
     }
 }
 
