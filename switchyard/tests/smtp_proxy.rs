@@ -516,6 +516,96 @@ pool = "org""#,
     );
 }
 
+/// A pool with `resolver` keyed by `{domain}` (a map file): each transaction goes to the
+/// servers of the answer for its first recipient's domain (in A-label form, lower case);
+/// recipients whose domains are answered with the same servers share it, one answered with
+/// others gets 451, a domain without an answer 550.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_pool_routes_each_transaction_by_its_first_recipient_domain() {
+    let a = Aiosmtpd::start("aiosmtpd-a", false).await;
+    let b = Aiosmtpd::start("aiosmtpd-b", false).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let map = dir.path().join("domains.toml");
+    let answer = |server: &Aiosmtpd, tenant: &str| {
+        format!(
+            "servers = [{{ address = \"{}\" }}]\ntenant = \"{tenant}\"\n",
+            server.addr
+        )
+    };
+    std::fs::write(
+        &map,
+        format!(
+            "[\"a.example\"]\n{}[\"xn--bcher-kva.example\"]\n{}[\"b.example\"]\n{}",
+            answer(&a, "ta"),
+            answer(&a, "ta"),
+            answer(&b, "tb")
+        ),
+    )
+    .expect("write the map");
+    let (proxy, front) = Config::new()
+        .protocol("smtp")
+        .listener(&format!("smtp = {{ hostname = \"{HOSTNAME}\" }}"))
+        .pool("resolver = \"domains\"\nkey = \"{domain}\"")
+        .section(&format!(
+            "[[resolver]]\nname = \"domains\"\nkind = \"map\"\nfile = {:?}\nallow_private = [\"127.0.0.0/8\"]",
+            map.display().to_string()
+        ))
+        .start()
+        .await;
+    let body = b"Subject: resolved\r\n\r\nhi\r\n";
+    // Two domains answered with the same server: one transaction.
+    let unicode = "u@B\u{dc}cher.example";
+    send_ok(front, &["r@a.example", unicode], &["SMTPUTF8"], body).await;
+    send_ok(front, &["r@b.example"], &[], body).await;
+    // The first recipient's answer holds for the transaction.
+    let (mut client, _) = Raw::connect(front).await;
+    client
+        .expect(&[
+            ("EHLO client.example", "250"),
+            ("MAIL FROM:<s@example.net>", "250"),
+            ("RCPT TO:<x@A.Example>", "250"),
+            ("RCPT TO:<y@b.example>", "451 4.3.0"),
+            ("RCPT TO:<z@c.example>", "550 5.7.1"),
+            ("RCPT TO:<postmaster>", "550 5.7.1"),
+            ("DATA", "354"),
+        ])
+        .await;
+    client.send(body).await;
+    assert!(client.command(".").await.starts_with("250 2.0.0"));
+    assert!(client.command("QUIT").await.starts_with("221"));
+    let at_a = a.wait_received(2).await;
+    let rcpts: Vec<&Value> = at_a.iter().map(|r| &r["rcpt"]).collect();
+    assert_eq!(
+        rcpts,
+        [
+            &serde_json::json!(["r@a.example", unicode]),
+            &serde_json::json!(["x@A.Example"]),
+        ]
+    );
+    let at_b = b.wait_received(1).await;
+    assert_eq!(at_b.len(), 1);
+    assert_eq!(at_b[0]["rcpt"], serde_json::json!(["r@b.example"]));
+    assert!(
+        at_a.iter()
+            .chain(&at_b)
+            .all(|r| r["sha256"] == sha256_hex(body))
+    );
+    // Usage is accounted to the answer's tenant.
+    let tenants = || {
+        support::ops::access_lines(&proxy)
+            .iter()
+            .filter_map(|line| line["tenant"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    wait_until("three sessions in the access log", || async {
+        tenants().len() == 3
+    })
+    .await;
+    let mut seen = tenants();
+    seen.sort();
+    assert_eq!(seen, ["ta", "ta", "tb"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xclient_tells_the_server_who_the_client_is() {
     let server = Aiosmtpd::start("aiosmtpd-x", true).await;

@@ -1,7 +1,8 @@
 //! `protocol = "smtp"`: the proxy owns the conversation with the client.
 //!
 //! It greets, answers EHLO with the extensions it carries end to end, and reads the
-//! envelope itself; the first recipient's domain picks the pool (`routes` by `domain`).
+//! envelope itself; the first recipient's domain picks the pool (`routes` by `domain`, and
+//! for a pool with `resolver` the servers of the answer for `{domain}`).
 //! Then it opens a session on a server of that pool (EHLO as itself, `XCLIENT` when the
 //! pool asks), replays MAIL and RCPT, and relays the rest command by command: each reply
 //! paired with its command, DATA bodies streamed to their exact end, BDAT chunks by their
@@ -119,10 +120,21 @@ pub struct SmtpHandler {
     ehlo: String,
     /// The EHLO reply offering STARTTLS.
     ehlo_starttls: String,
-    /// The EHLO reply over TLS when the listener has a `pool` to relay AUTH to.
+    /// The EHLO reply over TLS when the listener has a pool to relay AUTH to.
     ehlo_auth: String,
     options: SmtpOptions,
     routing: Routing<()>,
+}
+
+impl SmtpHandler {
+    /// The pool AUTH is relayed to: the listener's `pool`, unless it is resolved per
+    /// recipient domain (before the envelope there is no domain to look up).
+    fn auth_pool(&self) -> Option<&Arc<crate::upstream::Pool>> {
+        self.routing
+            .default
+            .as_ref()
+            .filter(|pool| pool.resolver.is_none())
+    }
 }
 
 impl Handler for SmtpHandler {

@@ -22,13 +22,15 @@ use super::log::MessageRecord;
 use super::reply;
 use super::server::{self, Failure, Opening, ServerSession};
 use crate::accept::{self, Opened, TlsClient};
+use crate::config::KeyFact;
 use crate::config::StartTls;
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::login_gate::Login;
 use crate::observe::{ConnectionRecord, Termination};
+use crate::resolve::{LookupContext, ResolveError};
 use crate::route::RouteFacts;
 use crate::tls::{Rewind, ServerTls};
-use crate::upstream::Pool;
+use crate::upstream::{Pool, Resolved};
 
 /// Largest read from a client at once: a message streams through in pieces this size.
 const READ_CHUNK: usize = 64 * 1024;
@@ -152,8 +154,8 @@ struct Transaction {
     mail: Vec<u8>,
     /// The sender address.
     from: String,
-    /// The pool the first recipient routed to, once one has; later recipients must route
-    /// to the same.
+    /// The pool the first recipient routed to (for a pool with `resolver`, the pool of
+    /// its answer), once one has; later recipients must route to the same.
     route: Option<Arc<Pool>>,
     /// Recipients the server accepted.
     recipients: u32,
@@ -405,7 +407,7 @@ impl Session<'_> {
                 self.esmtp = esmtp;
                 let answer = if esmtp && self.starttls.is_some() {
                     self.handler.ehlo_starttls.clone()
-                } else if esmtp && self.secure && self.handler.routing.default.is_some() {
+                } else if esmtp && self.secure && self.handler.auth_pool().is_some() {
                     self.handler.ehlo_auth.clone()
                 } else if esmtp {
                     self.handler.ehlo.clone()
@@ -549,10 +551,10 @@ impl Session<'_> {
     }
 
     async fn recipient(&mut self, line: &[u8], address: &str) -> Result<(), Termination> {
-        let Some(transaction) = &self.transaction else {
+        if self.transaction.is_none() {
             self.reply(b"503 5.5.1 Error: need MAIL command\r\n");
             return Ok(());
-        };
+        }
         let domain = command::domain_of(address);
         let facts = RouteFacts {
             domain: domain.as_deref(),
@@ -567,8 +569,12 @@ impl Session<'_> {
             self.reply(answer.as_bytes());
             return Ok(());
         };
-        match &transaction.route {
-            Some(route) if !Arc::ptr_eq(route, &pool) => {
+        let Some(resolved) = self.resolve(pool, domain.as_deref(), address).await else {
+            return Ok(());
+        };
+        let route = self.transaction.as_ref().and_then(|t| t.route.clone());
+        match route {
+            Some(route) if !Arc::ptr_eq(&route, &resolved.pool) => {
                 let answer = format!(
                     "451 4.3.0 <{address}>: served by another server; send it in another transaction\r\n"
                 );
@@ -577,8 +583,13 @@ impl Session<'_> {
             }
             Some(_) => {}
             None => {
-                if !self.begin_on(pool).await? {
+                if !self.begin_on(resolved.pool.clone()).await? {
                     return Ok(());
+                }
+                // The connection's usage goes to the tenant of the answer that chose the
+                // server (its last transaction's, when they differ).
+                if let Some(tenant) = resolved.tenant() {
+                    self.record.tenant = Some(tenant.to_string());
                 }
             }
         }
@@ -589,6 +600,49 @@ impl Session<'_> {
             transaction.recipients += 1;
         }
         Ok(())
+    }
+
+    /// Where a recipient's transaction goes: `pool` itself, or for a pool with `resolver`
+    /// the pool of the answer for the recipient's domain (`{domain}`), so that recipients
+    /// whose domains are answered with the same servers share a transaction. `None` when
+    /// the lookup gave none; the RCPT's answer is queued: `550 5.7.1` for no route or a
+    /// refused domain, `451 4.3.0` when the resolver is unavailable (the client retries).
+    async fn resolve(
+        &mut self,
+        pool: Arc<Pool>,
+        domain: Option<&str>,
+        address: &str,
+    ) -> Option<Resolved> {
+        let lookup = LookupContext {
+            protocol: "smtp",
+            listener: &self.listener.name,
+            client: Some(self.record.client),
+        };
+        let fact = |fact| match fact {
+            KeyFact::Domain => domain,
+            _ => None,
+        };
+        let since = tokio::time::Instant::now();
+        let resolved = pool.resolve(fact, &lookup).await;
+        self.excuse(since);
+        let error = match resolved {
+            Ok(resolved) => return Some(resolved),
+            Err(error) => error,
+        };
+        tracing::info!(listener = %self.listener.name, pool = %pool.name, client = %self.record.client, %error, "recipient not resolved");
+        let answer = match error {
+            ResolveError::Unavailable(_) => {
+                format!("451 4.3.0 <{address}>: Temporary lookup failure\r\n")
+            }
+            ResolveError::Refused { .. } => {
+                format!("550 5.7.1 <{address}>: Recipient address rejected: Access denied\r\n")
+            }
+            ResolveError::NoKey | ResolveError::NoRoute(_) => {
+                format!("550 5.7.1 <{address}>: Relay access denied\r\n")
+            }
+        };
+        self.reply(answer.as_bytes());
+        None
     }
 
     /// Opens the transaction on a server of `pool` (the session there is kept from the
@@ -680,7 +734,7 @@ impl Session<'_> {
                 return Ok(());
             }
         };
-        let pool = self.handler.routing.default.clone();
+        let pool = self.handler.auth_pool().cloned();
         let refusal: Option<&[u8]> = if !self.secure {
             Some(b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
         } else if self.authenticated.is_some() {
