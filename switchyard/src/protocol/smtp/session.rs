@@ -22,8 +22,7 @@ use super::log::MessageRecord;
 use super::reply;
 use super::server::{self, Failure, Opening, ServerSession};
 use crate::accept::{self, Opened, TlsClient};
-use crate::config::KeyFact;
-use crate::config::StartTls;
+use crate::config::{KeyFact, StartTls};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::login_gate::Login;
 use crate::observe::{ConnectionRecord, Termination};
@@ -83,8 +82,8 @@ async fn converse(
         settings.config.timeouts.login,
     );
     let Some(login) = listener.logins.begin(record.client.ip(), limit, timeout) else {
-        listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(listener = %listener.name, client = %record.client, "smtp client refused: too many connections from its address still before their envelope");
+        let detail = "too many connections from its address before their envelope";
+        refused(listener, record.client, detail);
         // An implicit TLS client reads nothing before its handshake, which the proxy does
         // not spend on a refused client: it is just closed.
         if implicit.is_none() {
@@ -101,7 +100,11 @@ async fn converse(
     let client = match implicit {
         Some(tls) => match within_login(Some(&login), opened.terminate_tls(listener, tls)).await {
             Ok(Ok((stream, _))) => Either::Right(stream),
-            Ok(Err(termination)) | Err(termination) => return termination,
+            Ok(Err(termination)) => return termination,
+            Err(termination) => {
+                refused(listener, record.client, LOGIN_TIMED_OUT);
+                return termination;
+            }
         },
         None => Either::Left(opened.into_rewind()),
     };
@@ -133,6 +136,15 @@ async fn converse(
     session.close_upstream().await;
     termination
 }
+
+/// Counts and logs a client the proxy refuses to go on with.
+fn refused(listener: &Listener, client: std::net::SocketAddr, detail: &str) {
+    listener.stats.failed.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(listener = %listener.name, %client, detail, "smtp client refused");
+}
+
+/// Why a client past its login deadline is refused, for the log.
+const LOGIN_TIMED_OUT: &str = "no envelope within timeouts.login";
 
 /// Runs `work` within the login's deadline while there is a login (a client past it ends
 /// with `login_timeout`), else as it is.
@@ -320,7 +332,7 @@ impl Session<'_> {
                 self.reply(bye.as_bytes());
                 let _ = self.flush().await;
                 if login.is_some_and(|login| login <= idle) {
-                    self.refused("no envelope within timeouts.login");
+                    self.refused(LOGIN_TIMED_OUT);
                     Err(Termination::LoginTimeout)
                 } else {
                     Err(Termination::ClientTimeout)
@@ -351,8 +363,7 @@ impl Session<'_> {
 
     /// Counts and logs a client the proxy refuses to go on with.
     fn refused(&self, detail: &str) {
-        self.listener.stats.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(listener = %self.listener.name, client = %self.record.client, detail, "smtp client refused");
+        refused(self.listener, self.record.client, detail);
     }
 
     async fn command(&mut self, line: &[u8]) -> Result<Flow, Termination> {
@@ -495,7 +506,12 @@ impl Session<'_> {
         // may follow into the handshake.
         let (_, socket) = plain.into_parts();
         let handshake = Box::pin(tls.accept(Rewind::new(bytes::Bytes::new(), socket)));
-        match within_login(self.login.as_ref(), handshake).await? {
+        let handshake = within_login(self.login.as_ref(), handshake).await;
+        let Ok(handshake) = handshake else {
+            self.refused(LOGIN_TIMED_OUT);
+            return Err(Termination::LoginTimeout);
+        };
+        match handshake {
             Ok((stream, _)) => {
                 self.client = Some(Either::Right(Box::new(stream)));
                 self.secure = true;
