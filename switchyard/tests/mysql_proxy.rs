@@ -114,6 +114,60 @@ async fn python_against(script: &'static str, front: SocketAddr) -> std::process
     .expect("join")
 }
 
+/// A PyMySQL session (the native user, in `database` unless empty) logged in and held
+/// open until [`HeldSession::finish`].
+struct HeldSession {
+    child: std::process::Child,
+    said: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl HeldSession {
+    /// Returns once the session has logged in through `front`.
+    fn open(front: SocketAddr, database: &str) -> Self {
+        let mut child = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                r#"
+import sys, pymysql
+conn = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user=sys.argv[3],
+                       password=sys.argv[4], database=sys.argv[5] or None)
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    conn.cursor().execute("SELECT 1")
+    print("still answered")
+except pymysql.err.MySQLError as e:
+    print("lost", e.args[0])
+"#,
+            ])
+            .args([
+                &front.ip().to_string(),
+                &front.port().to_string(),
+                NATIVE_USER.0,
+                NATIVE_USER.1,
+                database,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with PyMySQL (Debian python3-pymysql)");
+        let mut said = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut said, &mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+        Self { child, said }
+    }
+
+    /// Runs `SELECT 1` on the session and ends it: "still answered", or "lost <code>".
+    fn finish(mut self) -> String {
+        drop(self.child.stdin.take());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.said, &mut line).expect("answer");
+        let _ = self.child.wait();
+        line.trim().to_string()
+    }
+}
+
 /// The CLI's `status` line about TLS between it and whoever it reached.
 fn cli_tls(address: SocketAddr, args: &[&str]) -> (bool, String) {
     let (ok, out, err) = mariadb_cli(address, NATIVE_USER, args, "status");
@@ -258,11 +312,17 @@ async fn routing_rewrites_errors_and_malformed_packets() {
             "  [[listener.routes]]\n  database = \"storefront\"\n  pool = \"app\"\n  rewrite_database = \"shop\"\n\
              \n  [[listener.routes]]\n  user = \"alias\"\n  pool = \"app\"\n  rewrite_user = \"native_user\"\n\
              \n  [[listener.routes]]\n  database = \"gone\"\n  pool = \"gone\"\n\
+             \n  [[listener.routes]]\n  database = \"drained\"\n  pool = \"drained\"\n\
+             \n  [[listener.routes]]\n  database = \"busy\"\n  pool = \"busy\"\n  rewrite_database = \"app\"\n\
              \n  [[listener.routes]]\n  database = \"app\"\n  pool = \"app\"\n\
              \n  [[listener.routes]]\n  user = \"ed_user\"\n  pool = \"app\"\n",
         )
         .section(&format!(
-            "[[pool]]\nname = \"gone\"\nservers = [ {{ address = \"{dead_address}\" }} ]\n"
+            "[[pool]]\nname = \"gone\"\nservers = [ {{ address = \"{dead_address}\" }} ]\n\n\
+             [[pool]]\nname = \"drained\"\nservers = [ {{ name = \"only\", address = \"{0}\" }} ]\n\n\
+             [[pool]]\nname = \"busy\"\ntimeouts = {{ queue = \"300ms\" }}\n\
+             servers = [ {{ address = \"{0}\", max_connections = 1 }} ]\n",
+            server.address()
         ));
     let (proxy, front) = config.start().await;
 
@@ -314,11 +374,45 @@ async fn routing_rewrites_errors_and_malformed_packets() {
         err.contains("1049") && err.contains("42000") && err.contains("elsewhere"),
         "{err}"
     );
+    // No server reachable: MySQL's 2003 "Can't connect" naming the server that failed,
+    // 08S01; the `mariadb` CLI (libmariadb, which takes no client-range number from a
+    // server) gets the same under 1105.
+    let cant = format!("Can't connect to MySQL server on '{dead_address}' (");
     let (ok, _, err) = mariadb_cli(front, NATIVE_USER, &["-D", "gone"], "SELECT 1");
     assert!(!ok);
-    assert!(err.contains("1105 (08S01): Can't connect"), "{err}");
+    assert!(
+        err.contains(&format!("ERROR 1105 (08S01): {cant}")),
+        "{err}"
+    );
     let py = pymysql(front, NATIVE_USER, Some("gone"), None, "SELECT 1");
-    assert!(py.starts_with("ERR 1105 Can't connect"), "{py}");
+    assert!(py.starts_with(&format!("ERR 2003 {cant}")), "{py}");
+    // No server available at all (the pool's only one drained): the pool is named.
+    proxy.set_state("drained", "only", "drain").await;
+    let py = pymysql(front, NATIVE_USER, Some("drained"), None, "SELECT 1");
+    assert_eq!(
+        py,
+        "ERR 2003 Can't connect to MySQL server on 'drained' (no server available)"
+    );
+    let (ok, _, err) = mariadb_cli(front, NATIVE_USER, &["-D", "drained"], "SELECT 1");
+    assert!(!ok);
+    assert!(
+        err.contains("ERROR 1105 (08S01): Can't connect to MySQL server on 'drained'"),
+        "{err}"
+    );
+    // The pool's one slot held by a session: the next client waits `timeouts.queue`, then
+    // gets 1040 (08004) "Too many connections".
+    let held = HeldSession::open(front, "busy");
+    let (ok, _, err) = mariadb_cli(front, NATIVE_USER, &["-D", "busy"], "SELECT 1");
+    assert!(!ok);
+    assert!(
+        err.contains("ERROR 1040 (08004): Too many connections"),
+        "{err}"
+    );
+    assert_eq!(
+        pymysql(front, NATIVE_USER, Some("busy"), None, "SELECT 1"),
+        "ERR 1040 Too many connections"
+    );
+    assert_eq!(held.finish(), "still answered");
 
     // Malformed: a login packet cut short gets ERR 1156; others are served meanwhile.
     let mut raw = TcpStream::connect(front).await.expect("connect");
@@ -347,6 +441,8 @@ async fn routing_rewrites_errors_and_malformed_packets() {
             [
                 "no_route",
                 "connect_failed",
+                "no_server",
+                "queue_timeout",
                 "bad_startup",
                 "server_refused",
             ]
@@ -437,38 +533,12 @@ async fn primary_and_replica_listeners_follow_roles_and_failover() {
 
     // A session on the primary when it dies: its next query fails at once (2013, the
     // connection lost), not after a timeout.
-    let mut held = Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            r#"
-import sys, pymysql
-conn = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user=sys.argv[3], password=sys.argv[4])
-print("ready", flush=True)
-sys.stdin.readline()
-try:
-    conn.cursor().execute("SELECT 1")
-    print("still answered")
-except pymysql.err.MySQLError as e:
-    print("lost", e.args[0])
-"#,
-        ])
-        .args([&rw.ip().to_string(), &rw.port().to_string(), NATIVE_USER.0, NATIVE_USER.1])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut said = std::io::BufReader::new(held.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut said, &mut line).expect("ready");
-    assert_eq!(line.trim(), "ready");
+    let held = HeldSession::open(rw, "");
 
     // Failover: the primary stops, the replica is promoted; the primary listener follows.
     primary.stop();
-    drop(held.stdin.take());
-    line.clear();
-    std::io::BufRead::read_line(&mut said, &mut line).expect("answer");
-    assert!(line.starts_with("lost "), "{line}");
-    let _ = held.wait();
+    let answer = held.finish();
+    assert!(answer.starts_with("lost "), "{answer}");
     replica.sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0;");
     wait_until("rw to follow the promoted replica", || async {
         proxy.server("app", "b").await.role == "primary"

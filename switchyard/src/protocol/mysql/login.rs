@@ -16,6 +16,7 @@ use tokio_util::either::Either;
 use super::auth::{Plugin, caching_sha2, ed25519, native};
 use super::auth_switch::{AUTH_MORE_DATA, AUTH_SWITCH, AuthSwitch, parse_more_data};
 use super::err::{ERR, ErrPacket};
+use super::errors::{ClientLibrary, ProxyError};
 use super::flags::capabilities as cap;
 use super::handshake::{Handshake, UTF8MB4_GENERAL_CI};
 use super::ok::{OK, OkPacket};
@@ -141,12 +142,17 @@ impl From<CodecError> for LoginError {
 }
 
 impl LoginError {
-    /// The ERR packet a client should get for this failure: the server's own when it
-    /// refused, else "can't connect" with the reason.
-    pub fn to_client(&self) -> ErrPacket {
+    /// The ERR packet a client (of `library`) should get for this failure: the server's
+    /// own when it refused, else "can't connect" to server `on` with the reason.
+    pub fn to_client(&self, library: ClientLibrary, on: &str) -> ErrPacket {
         match self {
             Self::Server(err) => err.clone(),
-            other => super::errors::ProxyError::CantConnect(other.to_string()).to_err(),
+            other => ProxyError::CantConnect {
+                library,
+                on: on.to_string(),
+                reason: other.to_string(),
+            }
+            .to_err(),
         }
     }
 }
@@ -517,10 +523,17 @@ mod tests {
             panic!("refused: {result:?}");
         };
         assert_eq!((err.code, err.sqlstate.as_str()), (1045, "28000"));
-        let to_client = LoginError::Server(err.clone()).to_client();
+        let library = ClientLibrary::Other;
+        let to_client = LoginError::Server(err.clone()).to_client(library, "db");
         assert_eq!(to_client, err);
-        let cut = LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()).to_client();
-        assert_eq!(cut.code, 1105);
+        let cut = LoginError::Io(std::io::ErrorKind::UnexpectedEof.into());
+        let cut = cut.to_client(library, "db");
+        assert_eq!((cut.code, cut.sqlstate.as_str()), (2003, "08S01"));
+        assert!(
+            cut.message
+                .starts_with("Can't connect to MySQL server on 'db' (connection"),
+            "{cut}"
+        );
     }
 
     /// What the scripted caching_sha2_password server does after the fast-path answer.

@@ -12,7 +12,7 @@ use tokio_util::either::Either;
 
 use super::MysqlHandler;
 use super::auth::{caching_sha2, native};
-use super::errors::ProxyError;
+use super::errors::{ClientLibrary, ProxyError};
 use super::flags::capabilities as cap;
 use super::handshake::Handshake;
 use super::kill::KillRewrite;
@@ -123,6 +123,7 @@ async fn session(
         tls: tls_info,
     } = greeted?;
     let mut reply = sequence.wrapping_add(1);
+    let library = ClientLibrary::of(&response);
     if mode == ClientTlsMode::Required && tls_info.is_none() {
         let error = ProxyError::InsecureTransport;
         return Err(refuse(&mut client, reply, &error, Termination::TlsRequired).await);
@@ -196,13 +197,22 @@ async fn session(
     let upstream = match attempt {
         Ok(upstream) => upstream,
         Err(error) => {
+            let cant_connect = |on: &str, reason: String| ProxyError::CantConnect {
+                library,
+                on: on.to_string(),
+                reason,
+            };
             let (proxy_error, reason) = match &error {
                 ConnectError::Lease(LeaseError::NoServer) => (
-                    ProxyError::CantConnect(match wanted_of(&pool) {
-                        None => "no server available".to_string(),
-                        Some(ServerRole::Replica) => "no replica available".to_string(),
-                        Some(_) => "no primary available".to_string(),
-                    }),
+                    cant_connect(
+                        &pool.name,
+                        match wanted_of(&pool) {
+                            None => "no server available",
+                            Some(ServerRole::Replica) => "no replica available",
+                            Some(_) => "no primary available",
+                        }
+                        .to_string(),
+                    ),
                     Termination::NoServer,
                 ),
                 ConnectError::Lease(LeaseError::QueueFull) => {
@@ -211,8 +221,8 @@ async fn session(
                 ConnectError::Lease(LeaseError::QueueTimeout) => {
                     (ProxyError::TooManyConnections, Termination::QueueTimeout)
                 }
-                ConnectError::Failed { .. } => (
-                    ProxyError::CantConnect(error.to_string()),
+                ConnectError::Failed { server, source } => (
+                    cant_connect(server, source.to_string()),
                     Termination::ConnectFailed,
                 ),
             };
@@ -230,10 +240,6 @@ async fn session(
         tls_info.as_ref(),
     );
     let mut upstream_stream = upstream.stream;
-    if upstream_stream.write_all(&preamble).await.is_err() {
-        let error = ProxyError::CantConnect("the server closed the connection".into());
-        return Err(refuse(&mut client, reply, &error, Termination::ServerError).await);
-    }
     let host = server_host(&server);
     let upstream = UpstreamLink {
         pool: &pool,
@@ -241,7 +247,12 @@ async fn session(
         host: &host,
         preamble: &preamble,
         limit: options.limits.message,
+        library,
     };
+    if upstream_stream.write_all(&preamble).await.is_err() {
+        let error = upstream.cant_connect("the server closed the connection".into());
+        return Err(refuse(&mut client, reply, &error, Termination::ServerError).await);
+    }
     let logged_in = match server_password {
         None => {
             let mut moved = Moved::default();
@@ -319,6 +330,19 @@ struct UpstreamLink<'a> {
     preamble: &'a [u8],
     /// Longest packet read from the server during the login.
     limit: usize,
+    /// The client's library, for the number of "can't connect".
+    library: ClientLibrary,
+}
+
+impl UpstreamLink<'_> {
+    /// "Can't connect" to this server, for `reason`.
+    fn cant_connect(&self, reason: String) -> ProxyError {
+        ProxyError::CantConnect {
+            library: self.library,
+            on: self.server.name.clone(),
+            reason,
+        }
+    }
 }
 
 /// A logged-in server connection: the stream, what was read from it, its thread id.
@@ -363,6 +387,7 @@ async fn relayed_login(
         Err(error) => return Err(login_failed(client, upstream, reply, error).await),
     };
     if let Some(error) = lacking(
+        upstream,
         client_head.capabilities,
         handshake.capabilities,
         &handshake.server_version,
@@ -399,7 +424,7 @@ async fn relayed_login(
             Err(refuse(client, 0, &error, Termination::BadMessage).await)
         }
         Ok(Err(Broken::Server(error))) => {
-            let error = ProxyError::CantConnect(format!("lost the server during login: {error}"));
+            let error = upstream.cant_connect(format!("lost the server during login: {error}"));
             Err(refuse(client, 0, &error, Termination::ServerError).await)
         }
         Ok(Ok(Outcome::Refused(err))) => Err(Refusal::new(Termination::ServerRefused, err)),
@@ -466,6 +491,7 @@ async fn own_login(
     let session = &connection.session;
     let client_capabilities = response.head.capabilities;
     if let Some(error) = lacking(
+        upstream,
         client_capabilities,
         session.server_capabilities,
         &session.server_version,
@@ -518,7 +544,8 @@ async fn login_failed(
         LoginError::Server(_) => Termination::ServerRefused,
         _ => Termination::ServerError,
     };
-    let packet = super::packet::packet(reply, &error.to_client().encode());
+    let err = error.to_client(upstream.library, &upstream.server.name);
+    let packet = super::packet::packet(reply, &err.encode());
     let _ = client.write_all(&packet).await;
     let _ = client.shutdown().await;
     Refusal::new(reason, error)
@@ -526,10 +553,15 @@ async fn login_failed(
 
 /// The error for a server lacking capabilities the client negotiated with the proxy that
 /// change how results read, or plugin authentication; `None` when it has them.
-fn lacking(client: u32, server: u32, version: &str) -> Option<ProxyError> {
+fn lacking(
+    upstream: &UpstreamLink<'_>,
+    client: u32,
+    server: u32,
+    version: &str,
+) -> Option<ProxyError> {
     let missing = client & FRAMING & !server;
     (missing != 0 || server & cap::PLUGIN_AUTH == 0).then(|| {
-        ProxyError::CantConnect(format!(
+        upstream.cant_connect(format!(
             "the server ({version}) lacks capabilities the client negotiated ({missing:#x}) or plugin authentication"
         ))
     })
