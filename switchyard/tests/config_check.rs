@@ -301,14 +301,22 @@ fn the_quickstart_example_loads() {
     assert_eq!(config.pools.len(), 2);
     assert_eq!(config.pools[0].servers.len(), 2);
     assert!(config.admin.is_some());
-    // The script appends the PostgreSQL part when it can start a server: the two files
-    // together are one config.
+    // The script appends the PostgreSQL, MySQL and SMTP parts when it can start their
+    // servers: the files together are one config.
     let postgres = include_str!("../../examples/quickstart-postgres.toml");
+    let mysql = include_str!("../../examples/quickstart-mysql.toml");
     let smtp = include_str!("../../examples/quickstart-smtp.toml");
-    let all = format!("{text}\n{postgres}\n{smtp}");
+    let all = format!("{text}\n{postgres}\n{mysql}\n{smtp}");
     let config = switchyard::config::load_str(Path::new("quickstart.toml"), &all)
-        .unwrap_or_else(|e| panic!("quickstart.toml + its postgres and smtp parts:\n{e}"));
-    assert_eq!(config.listeners.len(), 4);
+        .unwrap_or_else(|e| panic!("quickstart.toml + its postgres, mysql and smtp parts:\n{e}"));
+    let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["web", "tcp", "pg", "mysql", "smtp"]);
+    // The script finds MariaDB a free port and writes it over this address in its copy.
+    assert!(mysql.contains("address = \"127.0.0.1:33069\""), "{mysql}");
+    assert!(
+        include_str!("../../scripts/quickstart.sh").contains("127\\.0\\.0\\.1:33069"),
+        "quickstart.sh rewrites the MariaDB address of quickstart-mysql.toml"
+    );
 }
 
 #[test]
