@@ -638,6 +638,7 @@ async fn proxy_side_authentication_with_users() {
         tls: Some((cert, key, ca_file.clone())),
     });
     server.sql("SET GLOBAL require_secure_transport = ON");
+    let (proxy_cert, proxy_key) = ca.issue(&["127.0.0.1"], "proxy", dir.path(), "proxy");
     // `allow`: switchyard's own plaintext login is refused, and it retries over TLS.
     let config = Config::new()
         .protocol("mysql")
@@ -648,7 +649,14 @@ async fn proxy_side_authentication_with_users() {
         ))
         .listener("auth = \"mysql_native_password\"")
         .listener("  [[listener.routes]]\n  user = \"alias\"\n  pool = \"app\"\n  rewrite_user = \"native_user\"\n")
-        .section(&listener("sha2", "app", "auth = \"caching_sha2_password\""))
+        .section(&listener(
+            "sha2",
+            "app",
+            &format!(
+                "auth = \"caching_sha2_password\"\n{}",
+                tls_keys(&proxy_cert, &proxy_key, "optional")
+            ),
+        ))
         .section(&format!(
             "[[user]]\nname = \"{}\"\npassword = \"{}\"\n\n[[user]]\nname = \"{}\"\npassword = \"{}\"\n\n\
              [[user]]\nname = \"alias\"\npassword = \"alias-pw\"\nserver_password = \"{}\"\n",
@@ -690,15 +698,42 @@ async fn proxy_side_authentication_with_users() {
     let (ok, out, err) = mariadb_cli(sha2, ED25519_USER, &[], "SELECT CURRENT_USER()");
     assert!(ok, "the CLI's caching_sha2_password: {err}");
     assert_eq!(out, "ed_user@%");
+    let (ok, out, err) = mariadb_cli(
+        sha2,
+        NATIVE_USER,
+        &["--ssl"],
+        "SHOW STATUS LIKE 'Ssl_cipher'",
+    );
+    assert!(ok, "the fast path over TLS: {err}");
+    assert!(out.starts_with("Ssl_cipher\t"), "{out}");
+    let denied = "Access denied for user 'native_user'@'127.0.0.1' (using password: YES)";
     for address in [front, sha2] {
         let wrong = pymysql(address, (NATIVE_USER.0, "wrong"), None, None, "SELECT 1");
-        assert_eq!(
-            wrong,
-            "ERR 1045 Access denied for user 'native_user'@'127.0.0.1' (using password: YES)"
-        );
+        assert_eq!(wrong, format!("ERR 1045 {denied}"));
         let unknown = pymysql(address, ("nobody", "x"), None, None, "SELECT 1");
         assert!(unknown.starts_with("ERR 1045"), "{unknown}");
     }
+    // caching_sha2_password: a fast-path answer that fails leads to full authentication,
+    // as on a MySQL server that has not cached the user: over plaintext the clients ask
+    // for switchyard's RSA public key and send the password encrypted under it (PyMySQL
+    // above, the CLI here), over TLS in clear. The password decrypts, and is wrong.
+    for tls in ["--skip-ssl", "--ssl"] {
+        let (ok, _, err) = mariadb_cli(sha2, (NATIVE_USER.0, "wrong"), &[tls], "SELECT 1");
+        assert!(!ok);
+        assert!(
+            err.contains(&format!("ERROR 1045 (28000): {denied}")),
+            "{err}"
+        );
+    }
+    wait_until("the refusals' reasons in the log", || async {
+        let log = proxy.stderr();
+        log.matches("wrong password in full authentication with RSA")
+            .count()
+            == 2
+            && log.contains("wrong password in full authentication over TLS")
+            && log.contains("wrong password: Access denied")
+    })
+    .await;
     let lines = access_lines(&proxy);
     assert!(
         lines.iter().any(|l| l["termination"] == "auth_failed"),

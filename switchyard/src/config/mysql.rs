@@ -70,8 +70,8 @@ pub enum MysqlAuth {
     /// `mysql_native_password` against `[[user]]` passwords; switchyard logs in to servers.
     #[serde(rename = "mysql_native_password")]
     MysqlNativePassword,
-    /// `caching_sha2_password` (its fast path) against `[[user]]` passwords; switchyard
-    /// logs in to servers.
+    /// `caching_sha2_password` against `[[user]]` passwords (the fast path, else full
+    /// authentication over TLS or with switchyard's RSA key); switchyard logs in to servers.
     #[serde(rename = "caching_sha2_password")]
     CachingSha2Password,
 }

@@ -68,6 +68,8 @@ pub struct MysqlState {
     pub kills: Arc<kill::KillTable>,
     /// `[[user]]`, for listeners that authenticate clients themselves.
     pub users: ArcSwap<proxy_auth::MysqlUsers>,
+    /// The RSA key of `caching_sha2_password` full authentication over plaintext.
+    pub rsa: proxy_auth::ServerRsaKey,
 }
 
 impl MysqlState {
@@ -95,6 +97,7 @@ impl Mysql {
                 last_connection_id: AtomicU32::new(0),
                 kills: Arc::default(),
                 users: ArcSwap::default(),
+                rsa: proxy_auth::ServerRsaKey::default(),
             }),
         }
     }

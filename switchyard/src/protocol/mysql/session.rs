@@ -140,15 +140,20 @@ async fn session(
         method => {
             let users = state.users.load_full();
             let host = record.client.ip().to_string();
+            let verifier = proxy_auth::Verifier {
+                method,
+                users: &users,
+                greeting: &greeting,
+                host: &host,
+                secure: tls_info.is_some(),
+                rsa: &state.rsa,
+            };
             let checked = proxy_auth::authenticate(
                 &mut client,
                 &mut client_reader,
-                &greeting,
+                &verifier,
                 &response,
                 sequence,
-                method,
-                &users,
-                &host,
             );
             let checked = tokio::time::timeout_at(login.deadline(), checked)
                 .await
@@ -158,8 +163,12 @@ async fn session(
                     reply = next;
                     Some(password)
                 }
-                Err((Denied::Refused(error), next)) => {
-                    return Err(refuse(&mut client, next, &error, Termination::AuthFailed).await);
+                Err((Denied::Refused { error, why }, next)) => {
+                    let refused = refuse(&mut client, next, &error, Termination::AuthFailed).await;
+                    return Err(Refusal::new(
+                        refused.reason,
+                        format!("{why}: {}", refused.detail),
+                    ));
                 }
                 Err((Denied::Codec(CodecError::Io(error)), _)) => {
                     return Err(Refusal::new(Termination::ClientClosed, error));

@@ -19,6 +19,18 @@ pub const PYMYSQL_SERVER: &[u8] = include_bytes!("testdata/pymysql_native.server
 /// ... and the client's.
 pub const PYMYSQL_CLIENT: &[u8] = include_bytes!("testdata/pymysql_native.client.bin");
 
+/// `mariadb` CLI ↔ `sha2_full_auth.py` (caching_sha2_password full authentication over
+/// plaintext, user `sha2_user`, password `sha2-pw`): what the client sent.
+pub const CLI_SHA2_RSA_CLIENT: &[u8] = include_bytes!("testdata/cli_sha2_rsa.client.bin");
+/// ... and what the scripted server sent.
+pub const CLI_SHA2_RSA_SERVER: &[u8] = include_bytes!("testdata/cli_sha2_rsa.server.bin");
+/// PyMySQL ↔ `sha2_full_auth.py`: the client's side.
+pub const PYMYSQL_SHA2_RSA_CLIENT: &[u8] = include_bytes!("testdata/pymysql_sha2_rsa.client.bin");
+/// The scramble `sha2_full_auth.py` greets with.
+pub const SHA2_RSA_SCRAMBLE: &[u8] = b"0123456789abcdefghij";
+/// The private key of `sha2_full_auth.py`, made for these captures only.
+pub const SHA2_RSA_TEST_KEY: &str = include_str!("testdata/sha2_rsa_test_key.pem");
+
 /// The packets of one side of a capture.
 pub fn packets(stream: &[u8]) -> Vec<Packet> {
     let mut reader = PacketReader::new(1 << 20);
@@ -52,6 +64,9 @@ fn mutated_captures_parse_or_fail_cleanly() {
         CLI_WRONG_PASSWORD_SERVER,
         PYMYSQL_SERVER,
         PYMYSQL_CLIENT,
+        CLI_SHA2_RSA_CLIENT,
+        CLI_SHA2_RSA_SERVER,
+        PYMYSQL_SHA2_RSA_CLIENT,
     ]
     .iter()
     .flat_map(|capture| packets(capture))
