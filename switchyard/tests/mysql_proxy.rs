@@ -315,7 +315,8 @@ async fn routing_rewrites_errors_and_malformed_packets() {
              \n  [[listener.routes]]\n  database = \"drained\"\n  pool = \"drained\"\n\
              \n  [[listener.routes]]\n  database = \"busy\"\n  pool = \"busy\"\n  rewrite_database = \"app\"\n\
              \n  [[listener.routes]]\n  database = \"app\"\n  pool = \"app\"\n\
-             \n  [[listener.routes]]\n  user = \"ed_user\"\n  pool = \"app\"\n",
+             \n  [[listener.routes]]\n  user = \"ed_user\"\n  pool = \"app\"\n\
+             \n  [[listener.routes]]\n  attributes = { program_name = \"report*\" }\n  pool = \"app\"\n  rewrite_database = \"shop\"\n",
         )
         .section(&format!(
             "[[pool]]\nname = \"gone\"\nservers = [ {{ address = \"{dead_address}\" }} ]\n\n\
@@ -354,6 +355,31 @@ async fn routing_rewrites_errors_and_malformed_packets() {
             "SELECT COUNT(*) FROM t"
         ),
         "0"
+    );
+
+    // A connection attribute as the key: PyMySQL's `program_name`.
+    let output = python_against(
+        r#"
+import sys, pymysql
+host, port, user, password = sys.argv[1:5]
+def database(**extra):
+    try:
+        conn = pymysql.connect(host=host, port=int(port), user=user, password=password, **extra)
+    except pymysql.err.MySQLError as e:
+        return "ERR %d" % e.args[0]
+    with conn.cursor() as cur:
+        cur.execute("SELECT DATABASE()")
+        return cur.fetchone()[0]
+print(database(program_name="reporting"), database(program_name="billing"), database())
+"#,
+        front,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "shop ERR 1049 ERR 1049",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 
     // Errors: the server's own wrong-password refusal, and the proxy's.

@@ -2,6 +2,8 @@
 //! the greeting's version string, authentication and routes by database, user, SNI or
 //! client certificate.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use super::database::{
@@ -95,6 +97,11 @@ pub struct MysqlRoute {
     /// Common name of the client's TLS certificate, exact or glob.
     #[serde(default)]
     pub client_cn: Option<String>,
+    /// Connection attributes the login must carry, name → value (exact or glob), e.g.
+    /// `{ program_name = "reporting" }`: the client tells what it is, as PostgreSQL's
+    /// `application_name` does.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
     /// Database name sent to the server instead of the client's.
     #[serde(default)]
     pub rewrite_database: Option<String>,
@@ -125,6 +132,14 @@ impl ListenerKeys for MysqlListener {
                 &crate::key_path!("listener", i, "auth"),
                 "proxy-side authentication needs `[[user]]` entries with a `password`",
             );
+        }
+        for (r, route) in self.routes.iter().enumerate() {
+            if route.attributes.keys().any(String::is_empty) {
+                sink.at(
+                    &crate::key_path!("listener", i, "routes", r, "attributes"),
+                    "attribute names must not be empty",
+                );
+            }
         }
         if self.server_version.is_empty() || self.server_version.contains('\0') {
             sink.at(
@@ -163,7 +178,8 @@ mod tests {
     fn mysql_listener_keys_and_their_rules() {
         let text = config(
             "server_version = \"10.11.6-MariaDB\"\n\
-             [[listener.routes]]\ndatabase = \"db-*\"\nuser = \"app\"\npool = \"p\"\nrewrite_database = \"abc\"\n",
+             [[listener.routes]]\ndatabase = \"db-*\"\nuser = \"app\"\npool = \"p\"\nrewrite_database = \"abc\"\n\
+             attributes = { program_name = \"report*\", _client_name = \"libmariadb\" }\n",
         );
         let loaded = load_str(Path::new("t.toml"), &text).expect("valid");
         let ListenerOptions::Mysql(mysql) = &loaded.listeners[0].options else {
@@ -172,6 +188,11 @@ mod tests {
         assert_eq!(mysql.server_version, "10.11.6-MariaDB");
         assert_eq!(mysql.auth, MysqlAuth::Passthrough);
         assert_eq!(mysql.routes[0].rewrite_database.as_deref(), Some("abc"));
+        assert_eq!(
+            mysql.routes[0].attributes["program_name"], "report*",
+            "{:?}",
+            mysql.routes[0].attributes
+        );
         for (keys, said) in [
             (
                 "auth = \"mysql_native_password\"",
@@ -185,6 +206,10 @@ mod tests {
                 "application_name",
             ),
             ("http = { max_header_bytes = 1 }", "http"),
+            (
+                "[[listener.routes]]\nattributes = { \"\" = \"x\" }\npool = \"p\"",
+                "attribute names must not be empty",
+            ),
         ] {
             let error = load_str(Path::new("t.toml"), &config(keys))
                 .expect_err(keys)

@@ -1,5 +1,5 @@
 //! Routing: which pool a connection or request goes to, from what its protocol tells about
-//! it (Host, path, SNI, database, user, mail domain).
+//! it (Host, path, SNI, database, user, mail domain, MySQL connection attributes).
 //!
 //! One matcher serves every protocol so that `[[listener.routes]]` means the same thing
 //! everywhere: every key a route names must match, the first matching route wins, and the
@@ -34,6 +34,8 @@ pub struct RouteFacts<'a> {
     pub method: Option<&'a str>,
     /// HTTP request headers.
     pub headers: Option<&'a hyper::HeaderMap>,
+    /// MySQL connection attributes (`program_name`, `_client_name`...) in the order sent.
+    pub attributes: Option<&'a [(String, String)]>,
 }
 
 /// The match keys of a route, whatever its protocol: each protocol fills in the keys its
@@ -60,6 +62,9 @@ pub struct Matcher {
     pub method: Option<String>,
     /// HTTP headers that must be present with these exact values.
     pub headers: BTreeMap<String, String>,
+    /// MySQL connection attributes that must be present with values matching these,
+    /// exact or glob.
+    pub attributes: BTreeMap<String, String>,
 }
 
 impl Matcher {
@@ -89,6 +94,17 @@ impl Matcher {
                 .as_ref()
                 .is_none_or(|method| facts.method == Some(method.as_str()))
             && self.headers_match(facts.headers)
+            && self.attributes_match(facts.attributes)
+    }
+
+    /// Whether every attribute named was sent with a value matching its pattern (the
+    /// first one sent under that name: clients send each once).
+    fn attributes_match(&self, attributes: Option<&[(String, String)]>) -> bool {
+        self.attributes.iter().all(|(name, pattern)| {
+            attributes
+                .and_then(|sent| sent.iter().find(|(key, _)| key == name))
+                .is_some_and(|(_, value)| glob_matches(pattern, value))
+        })
     }
 
     /// Whether every header named is present with its exact value (one of the values when
@@ -324,5 +340,37 @@ mod tests {
             headers: None,
             ..facts
         }));
+    }
+
+    #[test]
+    fn connection_attribute_keys() {
+        let mut rule = Matcher::default();
+        rule.attributes
+            .insert("program_name".into(), "report*".into());
+        rule.attributes
+            .insert("_client_name".into(), "libmariadb".into());
+        // What the `mariadb` CLI sends, with a program name of its user's choosing.
+        let sent: Vec<(String, String)> = [
+            ("_os", "Linux"),
+            ("_client_name", "libmariadb"),
+            ("program_name", "reporting"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let facts = RouteFacts {
+            attributes: Some(&sent),
+            ..RouteFacts::default()
+        };
+        assert!(rule.matches(&facts));
+        assert!(!rule.matches(&RouteFacts {
+            attributes: Some(&sent[..2]),
+            ..facts
+        }));
+        assert!(!rule.matches(&RouteFacts::default()));
+        rule.attributes
+            .insert("program_name".into(), "Reporting".into());
+        assert!(!rule.matches(&facts), "values match case-sensitively");
+        assert!(Matcher::default().matches(&RouteFacts::default()));
     }
 }

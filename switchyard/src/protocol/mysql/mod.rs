@@ -157,6 +157,7 @@ impl RouteRule for MysqlRoute {
             user: self.user.clone(),
             sni: self.sni.clone(),
             client_cn: self.client_cn.clone(),
+            attributes: self.attributes.clone(),
             ..Matcher::default()
         }
     }

@@ -729,6 +729,7 @@ fn route(
         client_cn: tls
             .and_then(|tls| tls.client_cert.as_ref())
             .and_then(|cert| cert.common_name.as_deref()),
+        attributes: Some(&response.attributes),
         ..RouteFacts::default()
     };
     match routing.route(&facts) {
