@@ -41,8 +41,34 @@ pub fn nofile_hard_limit() -> Result<u64> {
     Ok(lim.rlim_max)
 }
 
+/// The resident set size of process `pid` and all its descendants, in bytes: nginx
+/// serves from worker processes its master forks.
+pub fn tree_rss_bytes(pid: u32) -> Result<u64> {
+    let mut total = vm_rss_bytes(pid)?;
+    for child in children(pid) {
+        // A child that exits meanwhile holds nothing more.
+        total += tree_rss_bytes(child).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// The child processes of `pid`, from each of its threads' `children` list.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// Reads the resident set size (`VmRSS`) of process `pid` in bytes.
-pub fn vm_rss_bytes(pid: u32) -> Result<u64> {
+fn vm_rss_bytes(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     for line in status.lines() {

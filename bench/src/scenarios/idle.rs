@@ -1,24 +1,36 @@
 //! `idle`: hold H connections open through a proxy, each after one small
-//! echo exchange, and compute the proxy's memory cost per connection from
-//! its `VmRSS`: `(RSS_with_conns - RSS_baseline) / H`.
+//! exchange of its protocol, and compute the proxy's memory cost per connection from
+//! the `VmRSS` of its processes: `(RSS_with_conns - RSS_baseline) / H`. The reading is
+//! taken `--idle-settle-ms` after the last connection opened: switchyard parks an idle
+//! HTTP connection 250 ms after its response and returns freed memory to the system
+//! every second, so a reading sooner would count buffers an idle connection no longer
+//! holds.
 //!
-//! The echo backend runs as a separate process (`bench serve-echo`) so that
+//! Protocols: `tcp` (one echo), `http` (one keep-alive `GET`), `pg-transaction` and
+//! `pg-session` (a PostgreSQL login and one `select 1`, through a transaction pool of
+//! `--idle-pool-size` server connections or one server connection per client), each
+//! optionally over TLS (`--idle-tls`, tcp and http). The peers are those that speak the
+//! protocol: HAProxy for tcp, HAProxy and nginx for http, PgBouncer for PostgreSQL.
+//!
+//! The TCP echo backend runs as a separate process (`bench serve-echo`) so that
 //! the client fds (here) and the backend fds (there) each stay below the
 //! open-file limit; the proxy itself needs two fds per connection. The direct
 //! path has no proxy process and is not measured.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{Context, connect, progress};
-use crate::backend::EchoProcess;
+use crate::backend::{Backend, BackendKind, EchoProcess};
+use crate::pg::Cluster;
 use crate::sys;
 use crate::table::{Better, Row};
-use crate::targets::{RunningTarget, TargetKind};
+use crate::targets::{PgPooling, RunningTarget, TargetKind, TargetOptions};
 
 const SCENARIO: &str = "idle";
 /// Connections opened and closed before the baseline is taken, so that
@@ -27,17 +39,83 @@ const WARMUP_CONNS: usize = 32;
 /// Bound on one connect + exchange.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the idle connections speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdleProtocol {
+    /// Bytes: one echo exchange.
+    Tcp,
+    /// HTTP/1.1 keep-alive: one `GET /small`.
+    Http,
+    /// PostgreSQL through a transaction pool: login and one `select 1`.
+    PgTransaction,
+    /// PostgreSQL in session mode: login and one `select 1`, one server connection each.
+    PgSession,
+}
+
+impl IdleProtocol {
+    /// Connections held when `--idle-conns` is not given: the sizes of the rows
+    /// (session mode is bounded by the server's own per-connection processes).
+    fn default_conns(self) -> usize {
+        match self {
+            IdleProtocol::Tcp => 9000,
+            IdleProtocol::Http => 4000,
+            IdleProtocol::PgTransaction => 2000,
+            IdleProtocol::PgSession => 200,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            IdleProtocol::Tcp => "tcp",
+            IdleProtocol::Http => "http",
+            IdleProtocol::PgTransaction => "pg-transaction",
+            IdleProtocol::PgSession => "pg-session",
+        }
+    }
+
+    /// Whether `target` speaks this protocol.
+    fn measures(self, target: TargetKind, tls: bool) -> bool {
+        match (self, target) {
+            (_, TargetKind::Direct) => false,
+            (_, TargetKind::Switchyard) => true,
+            (IdleProtocol::Tcp | IdleProtocol::Http, TargetKind::Haproxy) => true,
+            (IdleProtocol::Http, TargetKind::Nginx) => !tls,
+            (IdleProtocol::PgTransaction | IdleProtocol::PgSession, TargetKind::Pgbouncer) => !tls,
+            _ => false,
+        }
+    }
+}
+
 /// Options of the `idle` scenario.
 #[derive(clap::Args, Clone, Debug)]
 pub struct IdleArgs {
-    /// Connections held open (the proxy needs two fds for each).
+    /// Protocols of the idle connections, comma-separated.
     #[arg(
-        id = "idle-conns",
-        long = "idle-conns",
-        value_name = "N",
-        default_value_t = 9000
+        id = "idle-protocols",
+        long = "idle-protocols",
+        value_name = "LIST",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tcp"
     )]
-    pub conns: usize,
+    pub protocols: Vec<IdleProtocol>,
+    /// Connections held open (the proxy needs two fds for each; a transaction pool
+    /// fewer). Default per protocol: tcp 9000, http 4000, pg-transaction 2000,
+    /// pg-session 200.
+    #[arg(id = "idle-conns", long = "idle-conns", value_name = "N")]
+    pub conns: Option<usize>,
+    /// Terminate TLS on the proxies' listeners (tcp and http; the certificate is made
+    /// for the run).
+    #[arg(id = "idle-tls", long = "idle-tls")]
+    pub tls: bool,
+    /// Server connections of the PostgreSQL transaction pool.
+    #[arg(
+        id = "idle-pool-size",
+        long = "idle-pool-size",
+        value_name = "N",
+        default_value_t = 8
+    )]
+    pub pool_size: usize,
     /// Connections being opened concurrently.
     #[arg(
         id = "idle-open-concurrency",
@@ -46,7 +124,7 @@ pub struct IdleArgs {
         default_value_t = 128
     )]
     pub open_concurrency: usize,
-    /// Size of the one echo exchange per connection, bytes.
+    /// Size of the one echo exchange per tcp connection, bytes.
     #[arg(
         id = "idle-msg-size",
         long = "idle-msg-size",
@@ -59,7 +137,7 @@ pub struct IdleArgs {
         id = "idle-settle-ms",
         long = "idle-settle-ms",
         value_name = "MS",
-        default_value_t = 500
+        default_value_t = 2500
     )]
     pub settle_ms: u64,
 }
@@ -73,75 +151,110 @@ struct Measurement {
     first_error: Option<String>,
 }
 
-/// Runs the scenario on every proxy target of `ctx`.
+/// How the client side of one idle connection is opened.
+#[derive(Clone)]
+struct Opener {
+    protocol: IdleProtocol,
+    msg_size: usize,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// One held connection, plain or TLS.
+trait Held: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Held for T {}
+
+/// Runs the scenario on every proxy target of `ctx` that speaks each selected protocol.
 pub async fn run(ctx: &Context, args: &IdleArgs) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    let per_conn = format!("{} conns: RSS per conn (bytes)", args.conns);
-    let total = format!("{} conns: RSS total (MiB)", args.conns);
-    let hard = sys::nofile_hard_limit()?;
-    if (args.conns as u64) * 2 + 100 > hard {
-        progress(format!(
-            "warning: {} conns need about {} fds in the proxy, the hard limit is {hard}",
-            args.conns,
-            args.conns * 2 + 100
-        ));
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let mut opts = ctx.target_opts.clone();
+    let mut connector = None;
+    if args.tls {
+        let (files, client) = super::tls::certificate(dir.path())?;
+        opts.tls = Some(files);
+        connector = Some(tokio_rustls::TlsConnector::from(Arc::new(client)));
     }
-    for &target in &ctx.targets {
-        if target == TargetKind::Direct {
-            continue;
+    let hard = sys::nofile_hard_limit()?;
+    let mut rows = Vec::new();
+    for &protocol in &args.protocols {
+        let tls = args.tls && matches!(protocol, IdleProtocol::Tcp | IdleProtocol::Http);
+        if args.tls && !tls {
+            progress(format!(
+                "idle {}: --idle-tls applies to tcp and http only; measured in plaintext",
+                protocol.label()
+            ));
         }
-        progress(format!("idle {target}: {} conns", args.conns));
-        match measure(ctx, target, args).await {
-            Ok(m) => {
-                let opened = m.opened.max(1) as f64;
-                let bytes = (m.loaded as f64 - m.baseline as f64) / opened;
-                progress(format!(
-                    "  -> baseline {:.1} MiB, with {} conns {:.1} MiB, {bytes:.0} bytes/conn, {} errors",
-                    mib(m.baseline),
-                    m.opened,
-                    mib(m.loaded),
-                    m.errors
-                ));
-                let mut note = format!(
-                    "{target} idle: baseline RSS {:.1} MiB, {} conns held",
-                    mib(m.baseline),
-                    m.opened
-                );
-                if m.errors > 0 {
-                    note += &format!(
-                        ", {} failed to open (first: {})",
-                        m.errors,
-                        m.first_error.as_deref().unwrap_or("?")
+        let conns = args.conns.unwrap_or_else(|| protocol.default_conns());
+        if (conns as u64) * 2 + 100 > hard {
+            progress(format!(
+                "warning: {conns} conns need about {} fds in the proxy, the hard limit is {hard}",
+                conns * 2 + 100
+            ));
+        }
+        let opener = Opener {
+            protocol,
+            msg_size: args.msg_size.max(1),
+            tls: if tls { connector.clone() } else { None },
+        };
+        let label = format!(
+            "{}{}, {conns} conns",
+            protocol.label(),
+            if tls { " tls" } else { "" }
+        );
+        let per_conn = format!("{label}: RSS per conn (bytes)");
+        let total = format!("{label}: RSS total (MiB)");
+        let mut target_opts = opts.clone();
+        if !tls {
+            target_opts.tls = None;
+        }
+        for &target in ctx.targets.iter().filter(|t| protocol.measures(**t, tls)) {
+            progress(format!("idle {target}: {label}"));
+            match measure(ctx, &target_opts, target, args, conns, &opener).await {
+                Ok(m) => {
+                    let opened = m.opened.max(1) as f64;
+                    let bytes = (m.loaded as f64 - m.baseline as f64) / opened;
+                    progress(format!(
+                        "  -> baseline {:.1} MiB, with {} conns {:.1} MiB, {bytes:.0} bytes/conn, {} errors",
+                        mib(m.baseline),
+                        m.opened,
+                        mib(m.loaded),
+                        m.errors
+                    ));
+                    let mut note = format!(
+                        "{target} idle {label}: baseline RSS {:.1} MiB, {} conns held",
+                        mib(m.baseline),
+                        m.opened
                     );
+                    if m.errors > 0 {
+                        note += &format!(
+                            ", {} failed to open (first: {})",
+                            m.errors,
+                            m.first_error.as_deref().unwrap_or("?")
+                        );
+                    }
+                    rows.push(
+                        Row::ok(SCENARIO, per_conn.clone(), target, bytes, Better::Lower)
+                            .with_note(note),
+                    );
+                    rows.push(Row::ok(
+                        SCENARIO,
+                        total.clone(),
+                        target,
+                        mib(m.loaded),
+                        Better::Lower,
+                    ));
                 }
-                rows.push(
-                    Row::ok(SCENARIO, per_conn.clone(), target, bytes, Better::Lower)
-                        .with_note(note),
-                );
-                rows.push(Row::ok(
-                    SCENARIO,
-                    total.clone(),
-                    target,
-                    mib(m.loaded),
-                    Better::Lower,
-                ));
-            }
-            Err(e) => {
-                progress(format!("{target}: failed: {e:#}"));
-                rows.push(Row::failed(
-                    SCENARIO,
-                    per_conn.clone(),
-                    target,
-                    Better::Lower,
-                    format!("{e:#}"),
-                ));
-                rows.push(Row::failed(
-                    SCENARIO,
-                    total.clone(),
-                    target,
-                    Better::Lower,
-                    format!("{e:#}"),
-                ));
+                Err(e) => {
+                    progress(format!("{target}: failed: {e:#}"));
+                    for name in [&per_conn, &total] {
+                        rows.push(Row::failed(
+                            SCENARIO,
+                            name.clone(),
+                            target,
+                            Better::Lower,
+                            format!("{e:#}"),
+                        ));
+                    }
+                }
             }
         }
     }
@@ -152,43 +265,90 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-async fn measure(ctx: &Context, target: TargetKind, args: &IdleArgs) -> Result<Measurement> {
-    let backend = EchoProcess::spawn(ctx.backend_threads).await?;
-    let result = async {
-        let running = RunningTarget::start(target, backend.addrs(), &ctx.target_opts).await?;
-        let res = measure_running(&running, args).await;
-        running.stop().await?;
-        res
+/// Starts the protocol's backend and `target` in front of it, and measures.
+async fn measure(
+    ctx: &Context,
+    opts: &TargetOptions,
+    target: TargetKind,
+    args: &IdleArgs,
+    conns: usize,
+    opener: &Opener,
+) -> Result<Measurement> {
+    match opener.protocol {
+        IdleProtocol::Tcp => {
+            let backend = EchoProcess::spawn(ctx.backend_threads).await?;
+            let result = async {
+                let running = RunningTarget::start(target, backend.addrs(), opts).await?;
+                let res = measure_running(&running, args, conns, opener).await;
+                running.stop().await?;
+                res
+            }
+            .await;
+            backend.stop().await?;
+            result
+        }
+        IdleProtocol::Http => {
+            let backend = Backend::start(BackendKind::Http, ctx.backend_threads, 4096)?;
+            let running = RunningTarget::start_http(target, backend.addrs(), opts).await?;
+            let res = measure_running(&running, args, conns, opener).await;
+            running.stop().await?;
+            res
+        }
+        IdleProtocol::PgTransaction | IdleProtocol::PgSession => {
+            let (pooling, server_conns) = if opener.protocol == IdleProtocol::PgSession {
+                (PgPooling::Session, conns + WARMUP_CONNS)
+            } else {
+                (
+                    PgPooling::Transaction {
+                        size: args.pool_size,
+                    },
+                    args.pool_size,
+                )
+            };
+            let cluster = Cluster::start(1, server_conns + 20).await?;
+            let result = async {
+                let running =
+                    RunningTarget::start_postgres(target, cluster.address(), opts, pooling).await?;
+                let res = measure_running(&running, args, conns, opener).await;
+                running.stop().await?;
+                res
+            }
+            .await;
+            cluster.stop().await;
+            result
+        }
     }
-    .await;
-    backend.stop().await?;
-    result
 }
 
-async fn measure_running(running: &RunningTarget, args: &IdleArgs) -> Result<Measurement> {
+async fn measure_running(
+    running: &RunningTarget,
+    args: &IdleArgs,
+    conns: usize,
+    opener: &Opener,
+) -> Result<Measurement> {
     let pid = running.pid().context("proxy has no pid")?;
     let settle = Duration::from_millis(args.settle_ms);
-    let size = args.msg_size.max(1);
 
     // Warm-up connections, closed again before the baseline.
     for _ in 0..WARMUP_CONNS {
-        let stream = open_one(running.addr(), size).await?;
+        let stream = opener.open(running.addr()).await?;
         drop(stream);
     }
     tokio::time::sleep(settle).await;
-    let baseline = sys::vm_rss_bytes(pid)?;
+    let baseline = sys::tree_rss_bytes(pid)?;
 
     // Open H connections with bounded concurrency; each task opens its share.
-    let workers = args.open_concurrency.clamp(1, args.conns.max(1));
+    let workers = args.open_concurrency.clamp(1, conns.max(1));
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..workers {
-        let share = args.conns / workers + usize::from(w < args.conns % workers);
+        let share = conns / workers + usize::from(w < conns % workers);
         let addr = running.addr();
+        let opener = opener.clone();
         tasks.spawn(async move {
             let mut held = Vec::with_capacity(share);
             let mut errors = Vec::new();
             for _ in 0..share {
-                match open_one(addr, size).await {
+                match opener.open(addr).await {
                     Ok(s) => held.push(s),
                     Err(e) => errors.push(format!("{e:#}")),
                 }
@@ -196,7 +356,7 @@ async fn measure_running(running: &RunningTarget, args: &IdleArgs) -> Result<Mea
             (held, errors)
         });
     }
-    let mut held = Vec::with_capacity(args.conns);
+    let mut held = Vec::with_capacity(conns);
     let mut errors = Vec::new();
     while let Some(res) = tasks.join_next().await {
         let (h, e) = res.context("idle open task panicked")?;
@@ -210,7 +370,7 @@ async fn measure_running(running: &RunningTarget, args: &IdleArgs) -> Result<Mea
         );
     }
     tokio::time::sleep(settle).await;
-    let loaded = sys::vm_rss_bytes(pid)?;
+    let loaded = sys::tree_rss_bytes(pid)?;
     let opened = held.len();
     drop(held);
     Ok(Measurement {
@@ -222,18 +382,102 @@ async fn measure_running(running: &RunningTarget, args: &IdleArgs) -> Result<Mea
     })
 }
 
-/// Opens one connection and does one echo exchange on it.
-async fn open_one(addr: SocketAddr, size: usize) -> Result<TcpStream> {
-    let mut stream = connect(addr).await?;
+impl Opener {
+    /// Opens one connection (with its TLS handshake) and does the protocol's one exchange.
+    async fn open(&self, addr: SocketAddr) -> Result<Box<dyn Held>> {
+        tokio::time::timeout(ATTEMPT_TIMEOUT, async {
+            let tcp = connect(addr).await?;
+            let mut stream: Box<dyn Held> = match &self.tls {
+                Some(connector) => {
+                    let name = ServerName::try_from(super::tls::SERVER_NAME)?;
+                    Box::new(connector.connect(name, tcp).await?)
+                }
+                None => Box::new(tcp),
+            };
+            match self.protocol {
+                IdleProtocol::Tcp => echo(&mut stream, self.msg_size).await?,
+                IdleProtocol::Http => http_get(&mut stream).await?,
+                IdleProtocol::PgTransaction | IdleProtocol::PgSession => {
+                    pg_select(&mut stream).await?
+                }
+            }
+            Ok(stream)
+        })
+        .await
+        .context("connect and exchange timed out")?
+    }
+}
+
+async fn echo(stream: &mut Box<dyn Held>, size: usize) -> Result<()> {
     let msg = vec![0x5au8; size];
     let mut buf = vec![0u8; size];
-    tokio::time::timeout(ATTEMPT_TIMEOUT, async {
-        stream.write_all(&msg).await?;
-        stream.read_exact(&mut buf).await?;
-        Ok::<_, std::io::Error>(())
-    })
-    .await
-    .context("echo exchange timed out")?
-    .context("echo exchange")?;
-    Ok(stream)
+    stream.write_all(&msg).await?;
+    stream.read_exact(&mut buf).await.context("echo exchange")?;
+    Ok(())
+}
+
+/// One keep-alive `GET /small`, its response read whole (headers and the
+/// `Content-Length` body).
+async fn http_get(stream: &mut Box<dyn Held>) -> Result<()> {
+    stream
+        .write_all(b"GET /small HTTP/1.1\r\nHost: bench.test\r\n\r\n")
+        .await?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed before the response ended");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200") {
+                bail!("unexpected response: {}", head.lines().next().unwrap_or(""));
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .context("no content-length")?
+                .trim()
+                .parse()?;
+            if buf.len() >= end + 4 + length {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A PostgreSQL login as `postgres` (trusted) and one `select 1`, each read up to its
+/// ReadyForQuery.
+async fn pg_select(stream: &mut Box<dyn Held>) -> Result<()> {
+    let params = b"user\0postgres\0database\0postgres\0\0";
+    let mut startup = Vec::with_capacity(8 + params.len());
+    startup.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
+    startup.extend_from_slice(&196_608u32.to_be_bytes());
+    startup.extend_from_slice(params);
+    stream.write_all(&startup).await?;
+    pg_until_ready(stream).await.context("login")?;
+    let sql = b"select 1\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((4 + sql.len()) as u32).to_be_bytes());
+    query.extend_from_slice(sql);
+    stream.write_all(&query).await?;
+    pg_until_ready(stream).await.context("select 1")
+}
+
+/// Reads backend messages up to ReadyForQuery; an ErrorResponse fails.
+async fn pg_until_ready(stream: &mut Box<dyn Held>) -> Result<()> {
+    loop {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).await?;
+        let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0u8; length.saturating_sub(4)];
+        stream.read_exact(&mut body).await?;
+        match header[0] {
+            b'Z' => return Ok(()),
+            b'E' => bail!("server error: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
 }

@@ -23,7 +23,7 @@ const SCENARIO: &str = "tls";
 /// Bound on one connect + handshake + exchange.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The name in the benchmark certificate.
-const SERVER_NAME: &str = "bench.test";
+pub(super) const SERVER_NAME: &str = "bench.test";
 
 /// Options of the `tls` scenario.
 #[derive(clap::Args, Clone, Debug)]
@@ -120,7 +120,7 @@ enum Measure {
 
 /// Writes a self-signed ECDSA certificate for [`SERVER_NAME`]; returns the files and a
 /// client config trusting it.
-fn certificate(dir: &std::path::Path) -> Result<(TlsFiles, ClientConfig)> {
+pub(super) fn certificate(dir: &std::path::Path) -> Result<(TlsFiles, ClientConfig)> {
     let key = rcgen::KeyPair::generate().context("key")?;
     let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])?.self_signed(&key)?;
     let files = TlsFiles {
