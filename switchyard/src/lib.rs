@@ -15,6 +15,7 @@ pub mod health;
 pub mod lazy_timer;
 pub mod listener;
 pub mod login_gate;
+pub mod memory;
 pub mod net;
 pub mod observe;
 pub mod on_wake;

@@ -37,6 +37,38 @@ where
     stream.flush().await
 }
 
+/// Room on the stack [`read_unbuffered`] reads into: most requests and messages a client
+/// sends after a pause fit whole; a longer one continues through the caller's buffer.
+const UNBUFFERED_SCRATCH: usize = 4 * 1024;
+
+/// Reads what `stream` has through a scratch array on the stack, so that a connection
+/// waiting here holds no heap buffer: idle clients are most of a proxy's connections.
+/// `seen` is called with `None` each time the stream has nothing yet (for the caller to
+/// give back what it holds meanwhile), then once with the bytes read (empty at the end of
+/// the stream).
+pub async fn read_unbuffered<S, F>(stream: &mut S, mut seen: F) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + Unpin,
+    F: FnMut(Option<&[u8]>),
+{
+    std::future::poll_fn(|cx| {
+        let mut scratch = [0u8; UNBUFFERED_SCRATCH];
+        let mut read = tokio::io::ReadBuf::new(&mut scratch);
+        match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read) {
+            std::task::Poll::Pending => {
+                seen(None);
+                std::task::Poll::Pending
+            }
+            std::task::Poll::Ready(Err(error)) => std::task::Poll::Ready(Err(error)),
+            std::task::Poll::Ready(Ok(())) => {
+                seen(Some(read.filled()));
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+    })
+    .await
+}
+
 /// Failed accepts in a row on one listening socket. Out of descriptors (EMFILE) or
 /// memory, `accept` fails at once every time it is called; a loop that retried at once
 /// would spin a core and write a log line per try. The client waits in the kernel's

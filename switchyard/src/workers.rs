@@ -87,7 +87,7 @@ impl Workers {
                 .name(format!("switchyard-worker-{index}"))
                 .spawn(move || {
                     CURRENT.set(Some(index));
-                    runtime.block_on(std::future::pending::<()>())
+                    runtime.block_on(crate::memory::trim_periodically())
                 })?;
         }
         Ok(Self {

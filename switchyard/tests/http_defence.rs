@@ -278,3 +278,80 @@ async fn refused_heads_get_their_answer_every_time_not_a_reset() {
     }
     assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
 }
+
+/// Reads one whole response with a `content-length` body from `stream`.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&received).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .expect("content-length");
+            if received.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(support::DEADLINE, stream.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n > 0, "closed before the response ended: {text}");
+        received.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// An idle keep-alive connection is parked (hyper's connection and its buffers let go,
+/// the socket kept open): its next request, sent whole or in pieces, is answered as on a
+/// connection never parked, and the keep-alive limit still closes it once it idles again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_keep_alive_connections_answer_their_next_request() {
+    let backend = HttpBackend::describe().await;
+    let (proxy, front) = proxy_for(&backend, "timeouts = { keep_alive = \"5s\" }").await;
+    let parked =
+        || async { support::ops::scrape(&proxy, "switchyard_http_parked_connections", &[]).await };
+    let mut stream = TcpStream::connect(front).await.expect("connect");
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("send");
+    assert!(
+        read_response(&mut stream)
+            .await
+            .starts_with("HTTP/1.1 200 OK")
+    );
+    wait_until("the idle connection parked", || async {
+        parked().await == 1.0
+    })
+    .await;
+    // The next request in two pieces: the first wakes the parked connection.
+    stream
+        .write_all(b"GET /second HTTP/1.1\r\n")
+        .await
+        .expect("send");
+    wait_until("the connection unparked", || async {
+        parked().await == 0.0
+    })
+    .await;
+    stream.write_all(b"Host: a\r\n\r\n").await.expect("send");
+    let second = read_response(&mut stream).await;
+    assert!(second.starts_with("HTTP/1.1 200 OK"), "{second}");
+    assert!(second.contains("/second"), "{second}");
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 2);
+    wait_until("parked again", || async { parked().await == 1.0 }).await;
+    // Closed by the keep-alive limit while parked: the client reads the end of the stream.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(support::DEADLINE, stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+    wait_until("no parked connection left", || async {
+        parked().await == 0.0
+    })
+    .await;
+}

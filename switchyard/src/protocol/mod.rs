@@ -255,8 +255,10 @@ pub async fn relay_session(
 
 /// A database client connection (after any PROXY header, whose trailing bytes it reads
 /// first): plaintext, or TLS terminated by the proxy after the protocol's own upgrade.
+/// The TLS side is boxed: its state is over a kilobyte, and a plaintext client's future
+/// (kept for the client's life) should not carry room for it.
 pub type ClientStream =
-    Either<Rewind<TcpStream>, tokio_rustls::server::TlsStream<Rewind<TcpStream>>>;
+    Either<Rewind<TcpStream>, Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>>;
 
 /// Relays a logged-in database session whose client and server sides may each be TLS:
 /// plaintext on both sides takes the socket-to-socket path of [`relay_session`] (after

@@ -3,6 +3,11 @@
 //! the client's clocks: `timeouts.http_request` from the first byte of a head to its end
 //! (slowloris: 408 and close) and `timeouts.keep_alive` between requests (close).
 //!
+//! An HTTP/1 connection idle for [`Clocks::park_after`] is parked: the guard tells hyper
+//! the client has gone (end of input), hyper ends the connection and lets go of its
+//! buffers, and the stream, left in a [`ParkSlot`] instead of being closed, waits for the
+//! client's next request holding no buffer (see `park`).
+//!
 //! It also closes HTTP/1 connections the way nginx's lingering close does. A socket closed
 //! with unread bytes in its receive buffer (a refused head not read to its end, a request
 //! pipelined behind one answered with `Connection: close`) makes the kernel send a reset,
@@ -110,6 +115,11 @@ impl Activity {
         }
     }
 
+    /// When the latest response ended, if one has: the keep-alive clock runs from then.
+    pub fn idle_since(&self) -> Option<Instant> {
+        self.lock_times().ended
+    }
+
     /// The status of the request the guard refused itself, if it did (for the access log).
     pub fn refused(&self) -> Option<u16> {
         *self.refused.lock().unwrap_or_else(|e| e.into_inner())
@@ -133,9 +143,21 @@ enum Due {
     Never,
     /// At this instant: refuse with 408 (`true`) or just close.
     At(Instant, bool),
+    /// At this instant the idle connection is parked.
+    Park(Instant),
     /// A request is in flight: the keep-alive clock starts when its response ends, so not
     /// before this instant; the timer wakes the guard then to look again.
     NotBefore(Instant),
+}
+
+/// What the guard does when its clock runs out.
+enum Expiry {
+    /// Answer 408 and close.
+    Refuse,
+    /// Close.
+    Close,
+    /// Park the connection.
+    Park,
 }
 
 /// The client timeouts the guard keeps.
@@ -145,11 +167,17 @@ pub struct Clocks {
     pub http_request: Duration,
     /// Between requests.
     pub keep_alive: Duration,
+    /// Idle time after a response before an HTTP/1 connection is parked; zero: never.
+    pub park_after: Duration,
 }
+
+/// Where a parked connection's stream is left when hyper drops the guard.
+pub type ParkSlot<S> = std::sync::Arc<Mutex<Option<S>>>;
 
 /// A client stream with the checks and clocks above; hyper reads and writes through it.
 pub struct Guard<S> {
-    inner: S,
+    // Always there while the guard lives; taken only when a parked guard is dropped.
+    inner: Option<S>,
     scanner: RequestScanner,
     clocks: Clocks,
     activity: std::sync::Arc<Activity>,
@@ -163,9 +191,15 @@ pub struct Guard<S> {
     timer: LazyTimer,
     // When the timer last fired: a request still in flight then ends after it.
     fired: Instant,
+    // When bytes last came from the client: a request whose head has arrived, not yet
+    // begun by the handler, is not idle time.
+    last_input: Instant,
     // Where small vectored writes are joined (see `poll_write_vectored`).
     joined: Vec<u8>,
     linger: Linger,
+    // Set when the connection is being parked: hyper was told the client had gone.
+    parking: bool,
+    park_slot: ParkSlot<S>,
 }
 
 /// Longest a closing connection is read and drained (see the module documentation): long
@@ -202,10 +236,11 @@ impl<S> Guard<S> {
         limits: HeadLimits,
         clocks: Clocks,
         activity: std::sync::Arc<Activity>,
+        park_slot: ParkSlot<S>,
     ) -> Self {
         let now = Instant::now();
         let mut guard = Self {
-            inner,
+            inner: Some(inner),
             scanner: RequestScanner::new(limits),
             clocks,
             activity,
@@ -215,8 +250,11 @@ impl<S> Guard<S> {
             head_started: None,
             timer: LazyTimer::default(),
             fired: now,
+            last_input: now,
             joined: Vec::new(),
             linger: Linger::Open,
+            parking: false,
+            park_slot,
         };
         if !early.is_empty() && guard.check(&early) {
             guard.ready = early;
@@ -228,12 +266,14 @@ impl<S> Guard<S> {
     /// connection is replaced with a refusal.
     fn check(&mut self, data: &[u8]) -> bool {
         let was_between = self.scanner.between_requests();
+        let now = Instant::now();
+        self.last_input = now;
         match self.scanner.push(data) {
             Ok(()) => {
                 if !self.scanner.in_head() {
                     self.head_started = None;
                 } else if was_between || self.head_started.is_none() {
-                    self.head_started = Some(Instant::now());
+                    self.head_started = Some(now);
                 }
                 true
             }
@@ -279,6 +319,7 @@ impl<S> Guard<S> {
         let Clocks {
             http_request,
             keep_alive,
+            park_after,
         } = self.clocks;
         let at = |limit: Duration, from: Instant, answer: bool| {
             if limit.is_zero() {
@@ -296,32 +337,44 @@ impl<S> Guard<S> {
         if !self.scanner.between_requests() {
             return Due::Never;
         }
+        // Parking comes first when it is due before the keep-alive limit.
+        let parks = !park_after.is_zero() && (keep_alive.is_zero() || park_after < keep_alive);
+        let idle_limit = if parks { park_after } else { keep_alive };
         let times = *self.activity.lock_times();
         if self.activity.busy() {
             let floor = times
                 .began
                 .map_or(self.fired, |began| began.max(self.fired));
-            return match at(keep_alive, floor, false) {
+            return match at(idle_limit, floor, false) {
                 Due::At(not_before, _) => Due::NotBefore(not_before),
                 never => never,
             };
         }
-        match times.ended {
+        match times.ended.map(|ended| ended.max(self.last_input)) {
+            Some(since) if parks => Due::Park(since + park_after),
             Some(since) => at(keep_alive, since, false),
             // No request yet: the first must start and end within `http_request`.
             None => at(http_request, self.accepted, true),
         }
     }
 
-    /// Runs the clock while the client sends nothing: ready with what to do (refuse with
-    /// 408: `true`; close: `false`) once the deadline passes.
-    fn poll_clock(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+    /// Runs the clock while the client sends nothing: ready with what to do once the
+    /// deadline passes.
+    fn poll_clock(&mut self, cx: &mut Context<'_>) -> Poll<Expiry> {
         loop {
             match self.due() {
                 Due::Never => return Poll::Pending,
                 Due::At(deadline, answer) => {
                     ready!(self.timer.poll_until(cx, deadline));
-                    return Poll::Ready(answer);
+                    return Poll::Ready(if answer {
+                        Expiry::Refuse
+                    } else {
+                        Expiry::Close
+                    });
+                }
+                Due::Park(deadline) => {
+                    ready!(self.timer.poll_until(cx, deadline));
+                    return Poll::Ready(Expiry::Park);
                 }
                 Due::NotBefore(instant) => self.fired = ready!(self.timer.poll_until(cx, instant)),
             }
@@ -337,17 +390,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guard<S> {
         loop {
             self.linger = match self.linger {
                 Linger::Done => return Poll::Ready(()),
-                Linger::Open => match ready!(Pin::new(&mut self.inner).poll_shutdown(cx)) {
-                    Ok(()) => Linger::Draining {
-                        until: Instant::now() + LINGER_TIME,
-                        budget: LINGER_BYTES,
-                    },
-                    Err(_) => Linger::Done,
-                },
+                Linger::Open => {
+                    match inner_of(&mut self.inner).map(|inner| Pin::new(inner).poll_shutdown(cx)) {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(Ok(()))) => Linger::Draining {
+                            until: Instant::now() + LINGER_TIME,
+                            budget: LINGER_BYTES,
+                        },
+                        Ok(Poll::Ready(Err(_))) | Err(_) => Linger::Done,
+                    }
+                }
                 Linger::Draining { until, budget } => {
                     let mut scratch = [0u8; 8192];
                     let mut dropped = ReadBuf::new(&mut scratch);
-                    match Pin::new(&mut self.inner).poll_read(cx, &mut dropped) {
+                    let read = match inner_of(&mut self.inner) {
+                        Ok(inner) => Pin::new(inner).poll_read(cx, &mut dropped),
+                        Err(error) => Poll::Ready(Err(error)),
+                    };
+                    match read {
                         Poll::Ready(Ok(())) if (1..budget).contains(&dropped.filled().len()) => {
                             Linger::Draining {
                                 until,
@@ -377,7 +437,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
         loop {
             if let Some(refusal) = &mut this.refusal {
                 while refusal.has_remaining() {
-                    match Pin::new(&mut this.inner).poll_write(cx, refusal.chunk()) {
+                    match Pin::new(inner_of(&mut this.inner)?).poll_write(cx, refusal.chunk()) {
                         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
                         Poll::Ready(Ok(n)) => refusal.advance(n),
                         Poll::Pending => return Poll::Pending,
@@ -399,12 +459,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
                 if !this.activity.opaque.swap(true, Ordering::AcqRel) {
                     this.activity.changed.wake_all_now();
                 }
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
+                return Pin::new(inner_of(&mut this.inner)?).poll_read(cx, buf);
             }
             // Read straight into hyper's buffer; bytes that fail the check are taken back
             // before hyper sees them.
             let before = buf.filled().len();
-            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            match Pin::new(inner_of(&mut this.inner)?).poll_read(cx, buf) {
                 Poll::Ready(Ok(())) => {
                     if buf.filled().len() == before || this.check(&buf.filled()[before..]) {
                         return Poll::Ready(Ok(()));
@@ -413,13 +473,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    let Poll::Ready(answer) = this.poll_clock(cx) else {
+                    let Poll::Ready(expiry) = this.poll_clock(cx) else {
                         return Poll::Pending;
                     };
-                    if answer {
-                        this.refuse(408, "request headers not received in time");
-                    } else {
-                        this.refusal = Some(Bytes::new());
+                    match expiry {
+                        Expiry::Refuse => this.refuse(408, "request headers not received in time"),
+                        Expiry::Close => this.refusal = Some(Bytes::new()),
+                        // End of input for hyper, which ends the connection; the stream
+                        // goes to the park slot when hyper drops the guard.
+                        Expiry::Park => {
+                            this.parking = true;
+                            return Poll::Ready(Ok(()));
+                        }
                     }
                 }
             }
@@ -433,18 +498,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        Pin::new(inner_of(&mut self.inner)?).poll_write(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(inner_of(&mut self.inner)?).poll_flush(cx)
     }
 
     /// HTTP/1: the lingering close (see the module documentation). After an upgrade, or on
     /// HTTP/2, only the write side's end: a tunnel's other direction goes on.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parking {
+            // Parked, not closed: the stream stays open for the client's next request.
+            return Poll::Ready(Ok(()));
+        }
         if self.scanner.is_opaque() {
-            return Pin::new(&mut self.inner).poll_shutdown(cx);
+            return Pin::new(inner_of(&mut self.inner)?).poll_shutdown(cx);
         }
         ready!(self.poll_linger(cx));
         Poll::Ready(Ok(()))
@@ -458,19 +527,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<S> {
         let this = &mut *self;
         let total: usize = bufs.iter().map(|buf| buf.len()).sum();
         if total > JOIN_WRITES_UP_TO || bufs.iter().filter(|buf| !buf.is_empty()).count() < 2 {
-            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            return Pin::new(inner_of(&mut this.inner)?).poll_write_vectored(cx, bufs);
         }
         // Joined afresh each time: what was not written is offered again by the caller.
         this.joined.clear();
         for buf in bufs {
             this.joined.extend_from_slice(buf);
         }
-        Pin::new(&mut this.inner).poll_write(cx, &this.joined)
+        Pin::new(inner_of(&mut this.inner)?).poll_write(cx, &this.joined)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner
+            .as_ref()
+            .is_some_and(|inner| inner.is_write_vectored())
     }
+}
+
+impl<S> Drop for Guard<S> {
+    /// A parked connection's stream goes to the park slot instead of being closed.
+    fn drop(&mut self) {
+        if self.parking
+            && let Some(inner) = self.inner.take()
+        {
+            *self.park_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(inner);
+        }
+    }
+}
+
+/// The guard's stream; gone only once a parked guard is dropped, so never while it is used.
+fn inner_of<S>(inner: &mut Option<S>) -> io::Result<&mut S> {
+    inner
+        .as_mut()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection parked"))
 }
 
 #[cfg(test)]
@@ -487,8 +576,16 @@ mod tests {
         let clocks = Clocks {
             http_request: Duration::ZERO,
             keep_alive: Duration::ZERO,
+            park_after: Duration::ZERO,
         };
-        Guard::new(stream, Bytes::new(), limits, clocks, Default::default())
+        Guard::new(
+            stream,
+            Bytes::new(),
+            limits,
+            clocks,
+            Default::default(),
+            Default::default(),
+        )
     }
 
     /// Joined or not, and however little the peer takes at a time, vectored writes arrive

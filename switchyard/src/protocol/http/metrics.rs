@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
@@ -114,6 +115,18 @@ pub struct RequestMetrics {
     // The series of `requests` by pool. A family cannot be listed, and the stats need a
     // pool's series without knowing its listeners. Written only when a series is created.
     by_pool: Mutex<HashMap<String, Vec<PoolSeries>>>,
+    /// Idle HTTP/1 connections parked now (see `park`).
+    parked: Gauge,
+}
+
+/// Counts one parked connection for as long as it lives.
+#[derive(Debug)]
+pub struct ParkedCount(Gauge);
+
+impl Drop for ParkedCount {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// One series of a pool: server name, class index, the family's own counter.
@@ -196,6 +209,12 @@ impl RequestMetrics {
         Some(responses)
     }
 
+    /// Counts a connection as parked until the count is dropped.
+    pub fn count_parked(&self) -> ParkedCount {
+        self.parked.inc();
+        ParkedCount(self.parked.clone())
+    }
+
     /// Adds the families to a scrape's registry.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -207,6 +226,11 @@ impl RequestMetrics {
             "switchyard_http_request_duration_seconds",
             "HTTP request duration, from the request head to the end of the response",
             self.duration.clone(),
+        );
+        registry.register(
+            "switchyard_http_parked_connections",
+            "Idle HTTP/1 keep-alive connections parked (holding no hyper connection or buffer)",
+            self.parked.clone(),
         );
     }
 }

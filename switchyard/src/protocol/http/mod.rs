@@ -20,6 +20,7 @@ pub mod guard;
 pub mod headers;
 pub mod log;
 pub mod metrics;
+mod park;
 pub mod proxy;
 pub mod scanner;
 pub mod tunnel;
@@ -209,20 +210,16 @@ pub async fn serve_connection<S>(
 {
     let config = &settings.config;
     let activity = Arc::new(guard::Activity::default());
-    let guarded = guard::Guard::new(
-        stream,
-        early,
-        scanner::HeadLimits {
-            max_header_bytes: handler.options.max_header_bytes,
-            max_headers: handler.options.max_headers,
-            max_uri_bytes: handler.options.max_uri_bytes,
-        },
-        guard::Clocks {
-            http_request: config.timeouts.http_request,
-            keep_alive: config.timeouts.keep_alive,
-        },
-        activity.clone(),
-    );
+    let limits = scanner::HeadLimits {
+        max_header_bytes: handler.options.max_header_bytes,
+        max_headers: handler.options.max_headers,
+        max_uri_bytes: handler.options.max_uri_bytes,
+    };
+    let clocks = guard::Clocks {
+        http_request: config.timeouts.http_request,
+        keep_alive: config.timeouts.keep_alive,
+        park_after: park::PARK_AFTER,
+    };
     // Over TLS the client said in ALPN which protocol it speaks; without ALPN (and in
     // clear) the connection preface tells.
     let mut builder = match facts.tls.as_ref().and_then(|tls| tls.alpn.as_deref()) {
@@ -258,38 +255,70 @@ pub async fn serve_connection<S>(
         let response = Box::pin(proxy::handle(context.clone(), request));
         async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
-    tokio::pin!(connection);
     let accepted = tokio::time::Instant::now();
-    let keep_alive = settings.config.timeouts.keep_alive;
-    // Polled only when what it waits on fires, not on each of the connection's wake-ups.
-    let wind_down = crate::on_wake::OnWake::new(async {
-        tokio::select! {
-            // An idle HTTP/1.1 connection is closed after its next response, not while its
-            // client may be sending on it; one that stays idle through the grace is closed.
-            () = async {
-                handler.context.stopping.cancelled().await;
-                tokio::select! {
-                    () = activity.serving_or_opaque() => {}
-                    () = tokio::time::sleep(SHUTDOWN_IDLE_GRACE) => {}
-                }
-            } => {}
-            () = activity.idle_beyond(keep_alive, accepted) => {}
-        }
-    });
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = wind_down => {
-            // Shutdown, or an idle HTTP/2 connection: finish what is in flight, take no more.
-            connection.as_mut().graceful_shutdown();
+    let keep_alive = config.timeouts.keep_alive;
+    let (mut stream, mut early) = (stream, early);
+    loop {
+        let park_slot = guard::ParkSlot::default();
+        let guarded = guard::Guard::new(
+            stream,
+            early,
+            limits,
+            clocks,
+            activity.clone(),
+            park_slot.clone(),
+        );
+        // Boxed: hyper's connection is most of an HTTP connection's memory, and a parked
+        // connection lets go of it.
+        let mut connection = Box::pin(
+            builder.serve_connection_with_upgrades(TokioIo::new(guarded), service.clone()),
+        );
+        // Polled only when what it waits on fires, not on each of the connection's wake-ups.
+        let wind_down = crate::on_wake::OnWake::new(async {
             tokio::select! {
-                result = connection.as_mut() => result,
-                () = hard_stop.cancelled() => return,
+                // An idle HTTP/1.1 connection is closed after its next response, not while its
+                // client may be sending on it; one that stays idle through the grace is closed.
+                () = async {
+                    handler.context.stopping.cancelled().await;
+                    tokio::select! {
+                        () = activity.serving_or_opaque() => {}
+                        () = tokio::time::sleep(SHUTDOWN_IDLE_GRACE) => {}
+                    }
+                } => {}
+                () = activity.idle_beyond(keep_alive, accepted) => {}
             }
+        });
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = wind_down => {
+                // Shutdown, or an idle HTTP/2 connection: finish what is in flight, take no
+                // more.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = hard_stop.cancelled() => return,
+                }
+            }
+        };
+        // hyper lets go of the guard here: a parked stream is then in the slot.
+        drop(connection);
+        if let Err(error) = result {
+            tracing::debug!(listener = %listener.name, %error, "client connection ended with an error");
         }
-    };
-    if let Err(error) = result {
-        tracing::debug!(listener = %listener.name, %error, "client connection ended with an error");
+        let parked = park_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(parked) = parked else { break };
+        let unparked = park::wait(
+            parked,
+            &activity,
+            keep_alive,
+            &handler.context.stopping,
+            &hard_stop,
+            &handler.metrics,
+        );
+        match unparked.await {
+            Some((parked, request)) => (stream, early) = (parked, request),
+            None => break,
+        }
     }
     if let Some(status) = activity.refused() {
         log_refusal(&handler, &listener, client, status);

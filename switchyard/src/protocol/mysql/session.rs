@@ -627,7 +627,7 @@ async fn greet_client(
         Err(error) => return Err(malformed(&mut stream, packet.next(), &error).await),
     };
     Ok(ClientLogin {
-        stream: Either::Right(stream),
+        stream: Either::Right(Box::new(stream)),
         reader,
         response,
         sequence: packet.sequence,

@@ -32,6 +32,9 @@ impl Frame {
     }
 }
 
+/// Room taken for a connection's messages when it has none.
+const INITIAL_BUFFER: usize = 8 * 1024;
+
 /// Reads messages from one side of a connection into a buffer. `fill` is a single read
 /// (safe to abandon in a `select!`); `next` takes whole messages without waiting.
 #[derive(Debug)]
@@ -44,7 +47,7 @@ impl FrameReader {
     /// A reader refusing messages longer than `limit` bytes.
     pub fn new(limit: usize) -> Self {
         Self {
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::new(),
             limit,
         }
     }
@@ -52,9 +55,40 @@ impl FrameReader {
     /// Reads what the stream has; `Ok(0)` is the end of the stream.
     pub async fn fill<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> std::io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(8 * 1024);
+            self.buf.reserve(INITIAL_BUFFER);
         }
         stream.read_buf(&mut self.buf).await
+    }
+
+    /// Like [`FrameReader::fill`], for a wait that may last (a client between
+    /// transactions): while the stream has nothing to read and no message is partly
+    /// read, the buffer is given back and `on_wait` runs, so that an idle connection holds
+    /// no heap buffer (see [`crate::net::read_unbuffered`]).
+    pub async fn fill_idle<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        mut on_wait: impl FnMut(),
+    ) -> std::io::Result<usize> {
+        if self.has_partial() {
+            return self.fill(stream).await;
+        }
+        let buf = &mut self.buf;
+        let mut taken = 0;
+        crate::net::read_unbuffered(stream, |read| match read {
+            None => {
+                *buf = BytesMut::new();
+                on_wait();
+            }
+            Some(bytes) => {
+                if buf.capacity() == 0 {
+                    buf.reserve(INITIAL_BUFFER.max(bytes.len()));
+                }
+                buf.extend_from_slice(bytes);
+                taken = bytes.len();
+            }
+        })
+        .await?;
+        Ok(taken)
     }
 
     /// The next whole message in the buffer, if one has arrived.

@@ -47,13 +47,15 @@ pub async fn serve(handler: Arc<PostgresHandler>, connection: Accepted) {
     handler.state.context.finish_connection(&record);
 }
 
-async fn session(
+/// The login: the PROXY header, the TLS upgrade, the startup, the route (and its resolver)
+/// and the client's authentication, under the login deadline.
+async fn log_in<'a>(
     handler: &PostgresHandler,
-    listener: &Listener,
+    listener: &'a Listener,
     settings: &ListenerSettings,
     client: TcpStream,
     record: &mut ConnectionRecord,
-) -> Result<Termination, Refusal> {
+) -> Result<LoggedIn<'a>, Refusal> {
     let state = &handler.state;
     let options = &handler.options;
     let limits = &options.limits;
@@ -70,21 +72,24 @@ async fn session(
         settings.config.max_logins_per_address,
         settings.config.timeouts.login,
     );
-    let Some(mut login) = listener.logins.begin(record.client.ip(), limit, timeout) else {
+    let Some(login) = listener.logins.begin(record.client.ip(), limit, timeout) else {
         let code = sqlstate::TOO_MANY_CONNECTIONS;
         let message = "too many connections logging in from this address".to_string();
-        return refuse(&mut client, code, Termination::TooManyLogins, message).await;
+        return Err(refuse(&mut client, code, Termination::TooManyLogins, message).await);
     };
     let mode = options.client_tls_mode(settings.tls.is_some());
     let offered = settings
         .tls
         .as_ref()
         .filter(|_| mode != ClientTlsMode::Disabled);
-    let opened = tokio::time::timeout_at(login.deadline(), open_client(client, limits, offered))
-        .await
-        .map_err(|_| Refusal::new(Termination::LoginTimeout, "no startup packet in time"))?;
+    let opened = tokio::time::timeout_at(
+        login.deadline(),
+        Box::pin(open_client(client, limits, offered)),
+    )
+    .await
+    .map_err(|_| Refusal::new(Termination::LoginTimeout, "no startup packet in time"))?;
     let (mut client, opening, tls_info) = opened?;
-    let mut startup = match opening {
+    let startup = match opening {
         Opening::Startup(startup) => startup,
         Opening::Cancel { pid, key } => {
             state.cancel.cancel(pid, &key).await;
@@ -96,13 +101,13 @@ async fn session(
     };
     if mode == ClientTlsMode::Required && tls_info.is_none() {
         let code = sqlstate::INVALID_AUTHORIZATION;
-        return refuse(
+        return Err(refuse(
             &mut client,
             code,
             Termination::TlsRequired,
             "SSL required".into(),
         )
-        .await;
+        .await);
     }
     let routed = route(handler, &startup, tls_info.as_ref());
     let Some((pool, mut rewrites, split)) = routed else {
@@ -112,7 +117,7 @@ async fn session(
             startup.param("user").unwrap_or_default()
         );
         let code = sqlstate::INVALID_CATALOG_NAME;
-        return refuse(&mut client, code, Termination::NoRoute, message).await;
+        return Err(refuse(&mut client, code, Termination::NoRoute, message).await);
     };
     // A pool with `resolver`: the servers (and rewrites) come from the answer for the key.
     let pool = if pool.resolver.is_some() {
@@ -128,7 +133,7 @@ async fn session(
             KeyFact::Sni => sni,
             _ => None,
         };
-        match pool.resolve(fact, &lookup).await {
+        match Box::pin(pool.resolve(fact, &lookup)).await {
             Ok(resolved) => {
                 record.tenant = resolved.tenant().map(str::to_string);
                 if let Some(answer) = &resolved.answer {
@@ -160,7 +165,7 @@ async fn session(
                     ),
                 };
                 tracing::info!(listener = %listener.name, pool = %pool.name, client = %record.client, %error, "session not resolved");
-                return refuse(&mut client, code, reason, message).await;
+                return Err(refuse(&mut client, code, reason, message).await);
             }
         }
     } else {
@@ -177,7 +182,7 @@ async fn session(
     let authenticated = match method {
         PostgresAuth::Passthrough => None,
         method => {
-            let exchange = authenticate_client(
+            let exchange = Box::pin(authenticate_client(
                 &mut client,
                 &startup,
                 method,
@@ -185,16 +190,66 @@ async fn session(
                 &pool,
                 tls_info.is_some(),
                 limits,
-            );
+            ));
             match tokio::time::timeout_at(login.deadline(), exchange).await {
                 Ok(outcome) => Some(outcome?),
-                Err(_) => return login_timed_out(&mut client).await,
+                Err(_) => return Err(login_timed_out(&mut client).await),
             }
         }
     };
-    if let Some(authenticated) = &authenticated
+    Ok(LoggedIn {
+        client,
+        startup,
+        pool,
+        rewrites,
+        split,
+        authenticated,
+        tls_info,
+        destination,
+        login,
+    })
+}
+
+/// A client past its login: what the transaction pool or the relayed session go on with.
+struct LoggedIn<'a> {
+    client: ClientStream,
+    startup: Startup,
+    pool: Arc<Pool>,
+    rewrites: Rewrites,
+    split: Arc<SplitConfig>,
+    authenticated: Option<Authenticated>,
+    tls_info: Option<TlsInfo>,
+    /// The address the client reached, for a PROXY header sent upstream.
+    destination: std::net::SocketAddr,
+    login: crate::login_gate::Login<'a>,
+}
+
+async fn session(
+    handler: &PostgresHandler,
+    listener: &Listener,
+    settings: &ListenerSettings,
+    client: TcpStream,
+    record: &mut ConnectionRecord,
+) -> Result<Termination, Refusal> {
+    let state = &handler.state;
+    let options = &handler.options;
+    // Boxed, like each phase after it: a client's future is kept for the client's life, and
+    // should be sized by what it needs then, not by the login's.
+    let logged_in = Box::pin(log_in(handler, listener, settings, client, record)).await?;
+    let transaction_mode = logged_in.pool.database.pool_mode == PoolMode::Transaction;
+    if let Some(authenticated) = &logged_in.authenticated
         && transaction_mode
     {
+        let LoggedIn {
+            client,
+            mut startup,
+            pool,
+            rewrites,
+            split,
+            login,
+            ..
+        } = logged_in;
+        // Logged in: no longer counted among the address's logins.
         drop(login);
         rewrites.apply(&mut startup);
         let wanted = wanted_role(&pool, options.role, options.replica_fallback);
@@ -208,12 +263,37 @@ async fn session(
                 .as_ref()
                 .map(|tenant| state.context.accounting.tenant(tenant)),
         };
-        return super::transaction::start(
+        return Box::pin(super::transaction::start(
             state, settings, options, client, &startup, pooled, record,
-        )
+        ))
         .await;
     }
+    Box::pin(relayed(handler, listener, settings, logged_in, record)).await
+}
 
+/// Session mode: a server connection of the client's own, its startup (relayed, or
+/// switchyard's login with the client's credential), then bytes both ways.
+async fn relayed(
+    handler: &PostgresHandler,
+    listener: &Listener,
+    settings: &ListenerSettings,
+    logged_in: LoggedIn<'_>,
+    record: &mut ConnectionRecord,
+) -> Result<Termination, Refusal> {
+    let state = &handler.state;
+    let options = &handler.options;
+    let limits = &options.limits;
+    let LoggedIn {
+        mut client,
+        mut startup,
+        pool,
+        rewrites,
+        split,
+        authenticated,
+        tls_info,
+        destination,
+        mut login,
+    } = logged_in;
     let reroute = || {
         let settings = listener.settings();
         let now = settings.handler_as::<PostgresHandler>();
@@ -222,12 +302,12 @@ async fn session(
     let client_address = record.client;
     let waiting_for_server = Instant::now();
     let wanted_of = |pool: &Pool| wanted_role(pool, options.role, options.replica_fallback);
-    let ((pool, rewrites, _), attempt) = following_reloads(
+    let ((pool, rewrites, _), attempt) = Box::pin(following_reloads(
         (pool, rewrites, split),
         |(pool, _, _)| pool,
         reroute,
         |(pool, _, _)| async move { connect_role(&pool, client_address, wanted_of(&pool)).await },
-    )
+    ))
     .await;
     record.pool = Some(pool.name.clone());
     let wanted = wanted_of(&pool);
@@ -256,7 +336,7 @@ async fn session(
                     format!("could not connect to the server: {error}"),
                 ),
             };
-            return refuse(&mut client, code, reason, message).await;
+            return Err(refuse(&mut client, code, reason, message).await);
         }
     };
     let server = upstream.lease.server().clone();
@@ -281,27 +361,27 @@ async fn session(
         encrypted: matches!(stream, Either::Right(_)),
         may_retry: retries_with_tls(tls, stream),
     };
-    let mut server_stream = match secure_server(tls, &host, upstream.stream, &preamble, false).await
-    {
+    let secured = Box::pin(secure_server(tls, &host, upstream.stream, &preamble, false));
+    let mut server_stream = match secured.await {
         Ok(stream) => stream,
         Err(error) => {
             record_failure(&pool, &server, Stage::Tls, &error);
-            return refuse_tls(&mut client, &error).await;
+            return Err(refuse_tls(&mut client, &error).await);
         }
     };
     // The client is not charged for the time the proxy spent getting a server.
     login.excuse(waiting_for_server);
     let first_link = link(&server_stream);
-    let first_startup = server_startup(
+    let first_startup = Box::pin(server_startup(
         &mut client,
         &mut server_stream,
         &startup,
         authenticated.as_ref(),
         limits,
         first_link,
-    );
+    ));
     let Ok(mut outcome) = tokio::time::timeout_at(login.deadline(), first_startup).await else {
-        return login_timed_out(&mut client).await;
+        return Err(login_timed_out(&mut client).await);
     };
     if let Err(Refusal {
         reason: Termination::PlaintextRefused,
@@ -309,10 +389,10 @@ async fn session(
     }) = &outcome
     {
         // sslmode=allow: the server refused plaintext; once more, asking for TLS.
-        let retried = async {
+        let retried = Box::pin(async {
             let (stream, _) = connect_server(&server, &pool).await?;
             secure_server(tls, &host, stream, &preamble, true).await
-        };
+        });
         server_stream = match retried.await {
             Ok(stream) => stream,
             Err(error) => {
@@ -320,21 +400,21 @@ async fn session(
                     error.kind(),
                     format!("plaintext refused ({refused}), then {error}"),
                 );
-                return refuse_tls(&mut client, &error).await;
+                return Err(refuse_tls(&mut client, &error).await);
             }
         };
         let retry_link = link(&server_stream);
-        let retried_startup = server_startup(
+        let retried_startup = Box::pin(server_startup(
             &mut client,
             &mut server_stream,
             &startup,
             authenticated.as_ref(),
             limits,
             retry_link,
-        );
+        ));
         outcome = match tokio::time::timeout_at(login.deadline(), retried_startup).await {
             Ok(outcome) => outcome,
-            Err(_) => return login_timed_out(&mut client).await,
+            Err(_) => return Err(login_timed_out(&mut client).await),
         };
     }
     let (_cancel_key, startup_bytes) = outcome?;
@@ -351,7 +431,7 @@ async fn session(
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );
-    Ok(relay_database_session(
+    Ok(Box::pin(relay_database_session(
         &state.context,
         listener,
         &server,
@@ -360,7 +440,7 @@ async fn session(
         server_stream,
         record,
         None,
-    )
+    ))
     .await)
 }
 
@@ -423,17 +503,14 @@ async fn open_client(
         ));
     }
     let opening = read_opening(&mut stream, limits, false).await?;
-    Ok((Either::Right(stream), opening, Some(info)))
+    Ok((Either::Right(Box::new(stream)), opening, Some(info)))
 }
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Ends the session after TLS to the server failed.
-async fn refuse_tls<C: AsyncWrite + Unpin>(
-    client: &mut C,
-    error: &std::io::Error,
-) -> Result<Termination, Refusal> {
+async fn refuse_tls<C: AsyncWrite + Unpin>(client: &mut C, error: &std::io::Error) -> Refusal {
     let message = format!("could not connect to the server: {error}");
     refuse(
         client,
@@ -447,7 +524,7 @@ async fn refuse_tls<C: AsyncWrite + Unpin>(
 /// Sends a FATAL ErrorResponse and ends the session.
 /// Ends a login that ran past `timeouts.login` once the client's startup had come (it
 /// speaks the protocol, so it gets PostgreSQL's error).
-async fn login_timed_out<C: AsyncWrite + Unpin>(client: &mut C) -> Result<Termination, Refusal> {
+async fn login_timed_out<C: AsyncWrite + Unpin>(client: &mut C) -> Refusal {
     let code = sqlstate::PROTOCOL_VIOLATION;
     let message = "login timeout: authentication did not finish in time".to_string();
     refuse(client, code, Termination::LoginTimeout, message).await
@@ -458,10 +535,10 @@ async fn refuse<C: AsyncWrite + Unpin>(
     code: &str,
     reason: Termination,
     message: String,
-) -> Result<Termination, Refusal> {
+) -> Refusal {
     let _ = client.write_all(&fatal(code, &message)).await;
     let _ = client.shutdown().await;
-    Err(Refusal::new(reason, message))
+    Refusal::new(reason, message)
 }
 
 impl Rewrites {

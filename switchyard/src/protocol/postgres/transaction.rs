@@ -288,12 +288,7 @@ impl<'a> Session<'a> {
     }
 
     /// Runs the session until the client leaves; returns the termination reason for the
-    /// log and the bytes moved.
-    async fn run(mut self) -> (Ending, Moved) {
-        let ending = self.serve().await;
-        (ending, self.moved)
-    }
-
+    /// log (the bytes moved are in `moved`).
     async fn serve(&mut self) -> Ending {
         loop {
             // Between transactions: wait for the client's next message.
@@ -304,44 +299,58 @@ impl<'a> Session<'a> {
             if first.tag() == b'X' {
                 return Ok(Termination::ClientClosed);
             }
-            let plan = self.plan(&first);
-            if let Some((class, _)) = &plan
-                && self.answer_route_setting(class).await?
-            {
-                continue;
+            // Boxed: a transaction's future is large and lives only while it runs, so the
+            // wait between transactions (where pooled clients spend their time) stays small.
+            if let Some(ending) = Box::pin(self.transact(first)).await {
+                return ending;
             }
-            let conn = match self.lease(plan.as_ref().map(|(_, target)| *target)).await {
-                Ok(conn) => conn,
-                Err(failure) => return self.refuse_lease(failure).await,
-            };
-            self.client.cancel.retarget(&conn.cancel);
-            let mut held = Held::new(conn, std::mem::take(&mut self.buffers));
-            held.class = plan.map(|(class, _)| class);
-            self.prepare(&mut held).await;
-            let outcome = self.transaction(&mut held, first).await;
-            if let Some(tenant) = &self.client.tenant {
-                tenant
-                    .transactions
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Runs the transaction `first` opens, from the lease to the connection's return;
+    /// `Some` when the session ends with it.
+    async fn transact(&mut self, first: Frame) -> Option<Ending> {
+        let plan = self.plan(&first);
+        if let Some((class, _)) = &plan {
+            match self.answer_route_setting(class).await {
+                Ok(true) => return None,
+                Ok(false) => {}
+                Err(refusal) => return Some(Err(refusal)),
             }
-            self.client.cancel.untarget();
-            match outcome {
-                Ok(()) => {
-                    self.buffers = held.take_buffers();
-                    self.client.pool.give_back(held.conn);
-                }
-                // The client stays: its next transaction gets a healthy connection.
-                Err(Stop::ServerLost(_)) => {
-                    self.buffers = held.take_buffers();
-                    self.client.pool.discard(held.conn);
-                }
-                Err(stop @ Stop::ServerLostInTransaction(_)) => {
-                    self.client.pool.discard(held.conn);
-                    return Err(stop.into());
-                }
-                Err(stop @ (Stop::ClientClosed(_) | Stop::BadMessage(_) | Stop::Shutdown)) => {
-                    return self.leave(held, stop).await;
-                }
+        }
+        let conn = match self.lease(plan.as_ref().map(|(_, target)| *target)).await {
+            Ok(conn) => conn,
+            Err(failure) => return Some(self.refuse_lease(failure).await),
+        };
+        self.client.cancel.retarget(&conn.cancel);
+        let mut held = Held::new(conn, std::mem::take(&mut self.buffers));
+        held.class = plan.map(|(class, _)| class);
+        self.prepare(&mut held).await;
+        let outcome = self.transaction(&mut held, first).await;
+        if let Some(tenant) = &self.client.tenant {
+            tenant
+                .transactions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.client.cancel.untarget();
+        match outcome {
+            Ok(()) => {
+                self.buffers = held.take_buffers();
+                self.client.pool.give_back(held.conn);
+                None
+            }
+            // The client stays: its next transaction gets a healthy connection.
+            Err(Stop::ServerLost(_)) => {
+                self.buffers = held.take_buffers();
+                self.client.pool.discard(held.conn);
+                None
+            }
+            Err(stop @ Stop::ServerLostInTransaction(_)) => {
+                self.client.pool.discard(held.conn);
+                Some(Err(stop.into()))
+            }
+            Err(stop @ (Stop::ClientClosed(_) | Stop::BadMessage(_) | Stop::Shutdown)) => {
+                Some(self.leave(held, stop).await)
             }
         }
     }
@@ -359,7 +368,13 @@ impl<'a> Session<'a> {
             let idle = self.client.idle;
             let now = Instant::now();
             let deadline = now.checked_add(idle).filter(|_| !idle.is_zero());
-            let read = self.reader.fill(&mut self.client.stream);
+            // While the client sends nothing, the session holds no buffers: they are taken
+            // again with its next message.
+            let (to_client, buffers) = (&mut self.to_client, &mut self.buffers);
+            let read = self.reader.fill_idle(&mut self.client.stream, || {
+                *to_client = Vec::new();
+                *buffers = Buffers::default();
+            });
             let read = tokio::select! {
                 read = read => read,
                 _ = self.idle_timer.until(deadline.unwrap_or(now)), if deadline.is_some() => {
@@ -1072,7 +1087,9 @@ pub async fn start(
     let tx_pool = member.pool().clone();
     let parameters = match tx_pool.parameters() {
         Some(parameters) => parameters,
-        None => match tx_pool.lease(record.client, pooled.accept, limits).await {
+        // Boxed, like the refusal below: the session's future is kept for the client's life,
+        // these run once.
+        None => match Box::pin(tx_pool.lease(record.client, pooled.accept, limits)).await {
             Ok(conn) => {
                 record.server = Some(conn.server.name.clone());
                 let parameters = Arc::from(conn.parameters.as_slice());
@@ -1082,7 +1099,7 @@ pub async fn start(
             Err(failure) => {
                 let settings = SessionSettings::default();
                 let mut session = Session::new(client(stream, tx_pool, settings, Duration::ZERO));
-                return session.refuse_lease(failure).await;
+                return Box::pin(session.refuse_lease(failure)).await;
             }
         },
     };
@@ -1102,7 +1119,8 @@ pub async fn start(
     if let Err(error) = crate::net::send_all(&mut session.client.stream, &welcome).await {
         return Err(Refusal::new(Termination::ClientClosed, error));
     }
-    let (ending, moved) = session.run().await;
+    let ending = session.serve().await;
+    let moved = session.moved;
     drop(member);
     record.bytes_in += moved.to_server;
     record.bytes_out += moved.to_client;

@@ -1,0 +1,63 @@
+//! Parked HTTP/1 connections. Most keep-alive connections are idle most of the time
+//! (browsers, mobile clients, pooled API clients), and an idle hyper connection keeps its
+//! read and write buffers. So after [`PARK_AFTER`] without a request, the guard ends the
+//! hyper connection without closing the socket (see `guard`), and the stream waits here
+//! for the client's next bytes holding no buffer; they start a new hyper connection.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::SHUTDOWN_IDLE_GRACE;
+use super::guard::Activity;
+use super::metrics::RequestMetrics;
+
+/// Idle time after a response before a connection is parked: far longer than the gap
+/// between the requests of a busy client, which never pays for a new hyper connection;
+/// short enough that idle clients soon cost little.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// Waits on a parked stream for the client's next bytes: the stream and the bytes, or
+/// `None` when the connection is to be closed (the client closed, the keep-alive limit
+/// since the last response passed, shutdown and its grace passed, hard stop).
+pub async fn wait<S: AsyncRead + Unpin>(
+    mut stream: S,
+    activity: &Activity,
+    keep_alive: Duration,
+    stopping: &CancellationToken,
+    hard_stop: &CancellationToken,
+    metrics: &RequestMetrics,
+) -> Option<(S, Bytes)> {
+    let _parked = metrics.count_parked();
+    let deadline = activity
+        .idle_since()
+        .filter(|_| !keep_alive.is_zero())
+        .map(|since| since + keep_alive);
+    let mut request = Bytes::new();
+    let read = crate::net::read_unbuffered(&mut stream, |read| {
+        if let Some(bytes) = read {
+            request = Bytes::copy_from_slice(bytes);
+        }
+    });
+    let arrived = tokio::select! {
+        read = read => read.is_ok(),
+        () = until(deadline) => false,
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_IDLE_GRACE).await;
+        } => false,
+        () = hard_stop.cancelled() => false,
+    };
+    (arrived && !request.is_empty()).then_some((stream, request))
+}
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
