@@ -52,8 +52,9 @@ where
     F: FnMut(Option<&[u8]>),
 {
     std::future::poll_fn(|cx| {
-        let mut scratch = [0u8; UNBUFFERED_SCRATCH];
-        let mut read = tokio::io::ReadBuf::new(&mut scratch);
+        // Left uninitialised: zeroing 4 KiB on every poll would cost each message read here.
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); UNBUFFERED_SCRATCH];
+        let mut read = tokio::io::ReadBuf::uninit(&mut scratch);
         match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read) {
             std::task::Poll::Pending => {
                 seen(None);

@@ -44,7 +44,7 @@ pub async fn wait<S: AsyncRead + Unpin>(
     });
     let arrived = tokio::select! {
         read = read => read.is_ok(),
-        () = until(deadline) => false,
+        () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => false,
         () = async {
             stopping.cancelled().await;
             tokio::time::sleep(SHUTDOWN_IDLE_GRACE).await;
@@ -52,12 +52,4 @@ pub async fn wait<S: AsyncRead + Unpin>(
         () = hard_stop.cancelled() => false,
     };
     (arrived && !request.is_empty()).then_some((stream, request))
-}
-
-/// Completes at `deadline`; never without one.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }

@@ -173,7 +173,9 @@ impl Held {
     }
 
     /// Gives up the buffers, emptied, for the session's next transaction; one grown past
-    /// [`KEEP_BUFFER`] is let go, so an idle session does not hold a large message's room.
+    /// [`KEEP_BUFFER`] is let go, so a session going from transaction to transaction does
+    /// not hold a large message's room (a session that waits lets go of them all, see
+    /// `next_client_frame`).
     fn take_buffers(&mut self) -> Buffers {
         self.expected.clear();
         self.to_server.clear();
@@ -196,11 +198,13 @@ impl Held {
     }
 }
 
-/// The largest buffer of bytes to the server a session keeps between transactions.
+/// The largest buffer of bytes to the server a session keeps from one transaction to the
+/// next.
 const KEEP_BUFFER: usize = 64 * 1024;
 
-/// A transaction's buffers, kept by the session between transactions so each one does not
-/// allocate them anew.
+/// A transaction's buffers, kept by the session from one transaction to the next when the
+/// client's next message is already there, so back-to-back transactions do not allocate
+/// them anew; given back while the client makes the session wait.
 #[derive(Debug, Default)]
 struct Buffers {
     expected: VecDeque<Expect>,
