@@ -9,11 +9,13 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,8 +25,10 @@ use crate::tally::Tally;
 
 /// Size of one relay buffer.
 const BUFFER_SIZE: usize = 32 * 1024;
-/// Buffer of each direction of [`relay_streams`]: one TLS record's plaintext at most.
+/// Buffer of each direction of [`relay_streams`]: one TLS record's plaintext at most, the
+/// front of a pooled buffer.
 const STREAM_BUFFER_SIZE: usize = 16 * 1024;
+const _: () = assert!(STREAM_BUFFER_SIZE <= BUFFER_SIZE);
 /// Buffers kept per thread for reuse.
 const POOLED_BUFFERS: usize = 64;
 
@@ -258,8 +262,9 @@ pub async fn relay(
 }
 
 /// Relays between any two byte streams (TLS on one side or both) with the same rules as
-/// [`relay`]. Each direction holds one buffer of [`STREAM_BUFFER_SIZE`] while the
-/// connection lives, since a generic stream cannot be polled for readiness without reading.
+/// [`relay`]. A generic stream cannot be polled for readiness without reading, so each
+/// read borrows a buffer from the thread's pool for the poll and gives it back when the
+/// stream has nothing yet: an idle connection holds no buffer here either.
 pub async fn relay_streams<C, S>(
     client: C,
     server: S,
@@ -315,12 +320,20 @@ where
     W: AsyncWrite + Unpin,
 {
     let to_side = from_side.other();
-    let mut buffer = vec![0u8; STREAM_BUFFER_SIZE];
     loop {
-        let n = match from.read(&mut buffer).await {
-            Ok(0) => 0,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+        let read = std::future::poll_fn(|cx| {
+            let mut buffer = PooledBuffer::take();
+            let mut read = ReadBuf::new(&mut buffer.as_mut()[..STREAM_BUFFER_SIZE]);
+            // Nothing yet: the buffer goes back to the pool for the wait.
+            ready!(Pin::new(&mut *from).poll_read(cx, &mut read))?;
+            let n = read.filled().len();
+            Poll::Ready(Ok::<_, io::Error>((buffer, n)))
+        })
+        .await;
+        let (mut buffer, n) = match read {
+            Ok(read) => read,
+            // A TLS peer gone without close_notify: the end, as with no bytes.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => (PooledBuffer(None), 0),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Err(from_side),
         };
@@ -330,7 +343,7 @@ where
             return Ok(());
         }
         session.activity.touch();
-        let out = rewritten(&mut rewrite, &buffer[..n]);
+        let out = rewritten(&mut rewrite, &buffer.as_mut()[..n]);
         to.write_all(&out).await.map_err(|_| to_side)?;
         to.flush().await.map_err(|_| to_side)?;
         session.moved(from_side, n);
