@@ -606,6 +606,108 @@ async fn a_resolver_pool_routes_each_transaction_by_its_first_recipient_domain()
     assert_eq!(seen, ["ta", "ta", "tb"]);
 }
 
+/// A proxy whose default pool `app` is resolved per recipient domain by a webhook nobody
+/// answers (a closed port), with listener keys `listener` and further `sections`.
+async fn start_unreachable_resolver(listener: &str, sections: &str) -> (Proxy, SocketAddr) {
+    let closed = support::free_port();
+    Config::new()
+        .protocol("smtp")
+        .listener(listener)
+        .pool("resolver = \"hook\"\nkey = \"{domain}\"")
+        .section(&format!(
+            "[[resolver]]\nname = \"hook\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{closed}/resolve\"\nallow_private = [\"127.0.0.0/8\"]\n{sections}"
+        ))
+        .start()
+        .await
+}
+
+/// A recipient whose domain the resolver cannot answer for (it is down, nothing cached)
+/// gets a temporary error with an enhanced code, `451 4.3.0` as Postfix answers a failed
+/// table lookup, so that the client tries it again later; the proxy logs one line for it,
+/// and the session goes on: a recipient routed elsewhere still gets its message through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_resolver_defers_the_recipient_and_the_session_goes_on() {
+    let fixed = Aiosmtpd::start("aiosmtpd-fixed", false).await;
+    let (proxy, front) = start_unreachable_resolver(
+        &format!(
+            "smtp = {{ hostname = \"{HOSTNAME}\" }}\n[[listener.routes]]\ndomain = \"fixed.example\"\npool = \"fixed\""
+        ),
+        &format!(
+            "[[pool]]\nname = \"fixed\"\nservers = [{{ name = \"fixed\", address = \"{}\" }}]\n",
+            fixed.addr
+        ),
+    )
+    .await;
+    let (mut client, _) = Raw::connect(front).await;
+    client
+        .expect(&[
+            ("EHLO client.example", "250"),
+            ("MAIL FROM:<s@example.net>", "250"),
+        ])
+        .await;
+    assert_eq!(
+        client.command("RCPT TO:<r@tenant.example>").await,
+        "451 4.3.0 <r@tenant.example>: Temporary lookup failure\r\n"
+    );
+    client
+        .expect(&[
+            ("NOOP", "250"),
+            ("RCPT TO:<r@fixed.example>", "250"),
+            ("DATA", "354"),
+        ])
+        .await;
+    let body = b"Subject: past an outage\r\n\r\nhi\r\n";
+    client.send(body).await;
+    assert!(client.command(".").await.starts_with("250 2.0.0"));
+    assert_eq!(client.command("QUIT").await, "221 2.0.0 Bye\r\n");
+    let received = fixed.wait_received(1).await;
+    assert_eq!(received[0]["rcpt"], serde_json::json!(["r@fixed.example"]));
+    assert_eq!(received[0]["sha256"], sha256_hex(body));
+    let lines = wait_message_lines(&proxy, 1).await;
+    assert_eq!(number(&lines[0], "recipients"), 1);
+    let deferred: Vec<String> = proxy
+        .stderr()
+        .lines()
+        .filter(|line| line.contains("recipient not resolved"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(deferred.len(), 1, "{deferred:?}");
+    assert!(
+        deferred[0].contains("pool=app") && deferred[0].contains("resolver unavailable"),
+        "{deferred:?}"
+    );
+    wait_terminations(&proxy, &[("client_closed", 1)]).await;
+}
+
+/// AUTH is relayed to a server of the listener's pool before any recipient is known; a
+/// pool resolved per recipient domain has no servers until then, so its listener offers no
+/// AUTH, even over TLS, and refuses the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_is_withheld_when_the_listener_pool_is_resolved_per_recipient() {
+    let pki = Pki::new("smtp test CA");
+    let (_proxy, front) =
+        start_unreachable_resolver(&tls_listener(&pki, "starttls = \"optional\""), "").await;
+    let (mut client, _) = Raw::connect(front).await;
+    assert!(
+        client
+            .command("EHLO client.example")
+            .await
+            .contains("STARTTLS")
+    );
+    assert!(client.command("STARTTLS").await.starts_with("220"));
+    let mut client = client.into_tls(&pki).await;
+    let ehlo = client.command("EHLO client.example").await;
+    assert!(ehlo.starts_with("250-"), "{ehlo}");
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    assert_eq!(
+        client.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==").await,
+        "502 5.5.1 Error: command not offered\r\n"
+    );
+    client
+        .expect(&[("NOOP", "250"), ("MAIL FROM:<s@example.net>", "250")])
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xclient_tells_the_server_who_the_client_is() {
     let server = Aiosmtpd::start("aiosmtpd-x", true).await;
