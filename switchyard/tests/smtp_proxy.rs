@@ -350,6 +350,54 @@ async fn a_pipelined_envelope_of_a_hundred_recipients_in_one_packet() {
     assert_eq!(number(&lines[0], "recipients"), 100);
 }
 
+/// To a server offering PIPELINING the proxy sends the client's MAIL and its first RCPT in
+/// one write. A MAIL the server refuses answers that RCPT (the client's MAIL had the
+/// proxy's `250`), the server's `503` to the RCPT is never passed on, and every later reply
+/// stays paired with its command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_refused_by_a_pipelining_server_answers_the_first_rcpt() {
+    let server = Aiosmtpd::start_with("aiosmtpd-pipelining", "pipelining", None).await;
+    let (proxy, front) = start(server.addr, "", "").await;
+    let (mut client, _) = Raw::connect(front).await;
+    client.expect(&[("EHLO client.example", "250")]).await;
+    client
+        .send(
+            b"MAIL FROM:<refused@example.net>\r\nRCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nRSET\r\n",
+        )
+        .await;
+    assert_eq!(client.reply().await, "250 2.1.0 Ok\r\n");
+    for _ in ["a", "b"] {
+        assert_eq!(
+            client.reply().await,
+            "550 5.7.1 <refused@example.net>: Sender address rejected\r\n"
+        );
+    }
+    assert!(client.reply().await.starts_with("554 5.5.1"), "DATA");
+    assert!(client.reply().await.starts_with("250"), "RSET");
+    // The same server session takes the next transactions; each ends with its message.
+    let body = b"Subject: after a refusal\r\n\r\nhi\r\n";
+    for _ in 0..2 {
+        client.start_message().await;
+        client.send(body).await;
+        client
+            .expect(&[
+                (".", "250 2.0.0 Ok: queued"),
+                ("RCPT TO:<c@example.com>", "503 5.5.1"),
+            ])
+            .await;
+    }
+    assert_eq!(client.command("QUIT").await, "221 2.0.0 Bye\r\n");
+    let received = server.wait_received(2).await;
+    assert!(
+        received
+            .iter()
+            .all(|r| r["from"] == "s@example.net" && r["sha256"] == sha256_hex(body)),
+        "{received:?}"
+    );
+    let lines = wait_message_lines(&proxy, 2).await;
+    assert!(lines.iter().all(|l| number(l, "reply") == 250), "{lines:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bdat_chunks_with_last_arrive_whole() {
     // aiosmtpd has no CHUNKING: the proxy sends the chunks on as one DATA body.

@@ -1,7 +1,8 @@
 //! Real SMTP components for the SMTP tests: aiosmtpd servers (Debian python3-aiosmtpd) that
 //! record every message they take (envelope and SHA-256 of the bytes) in a file, optionally
-//! offering Postfix's XCLIENT and recording what it said; Postfix's smtp-sink; and the
-//! swaks and Python smtplib clients.
+//! offering Postfix's XCLIENT and recording what it said, or PIPELINING; Postfix's
+//! smtp-sink; and the swaks and Python smtplib clients. Every recorder refuses the sender
+//! `refused@example.net` at MAIL (`550 5.7.1`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,7 +53,16 @@ class Recorder:
         session.host_name = hostname
         if xclient:
             responses.insert(len(responses) - 1, "250-XCLIENT ADDR PORT NAME HELO PROTO")
+        if "pipelining" in features:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if address == "refused@example.net":
+            return "550 5.7.1 <%s>: Sender address rejected" % address
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         content = envelope.original_content or b""
@@ -118,7 +128,8 @@ impl Aiosmtpd {
     }
 
     /// `start` with `features` (comma-separated: `xclient`; `auth`, which takes AUTH PLAIN
-    /// and LOGIN for `alice`/`secret`; `proxy`, which requires a PROXY header) and TLS: `("starttls", cert)` offers (and
+    /// and LOGIN for `alice`/`secret`; `proxy`, which requires a PROXY header;
+    /// `pipelining`, which offers PIPELINING) and TLS: `("starttls", cert)` offers (and
     /// requires) STARTTLS, `("implicit", cert)` speaks TLS from the first byte.
     pub async fn start_with(name: &str, features: &str, tls: Option<(&str, &CertFiles)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -4,9 +4,10 @@
 //! envelope itself; the first recipient's domain picks the pool (`routes` by `domain`, and
 //! for a pool with `resolver` the servers of the answer for `{domain}`).
 //! Then it opens a session on a server of that pool (EHLO as itself, `XCLIENT` when the
-//! pool asks), replays MAIL and RCPT, and relays the rest command by command: each reply
-//! paired with its command, DATA bodies streamed to their exact end, BDAT chunks by their
-//! byte count, the message size limit enforced. One access log line per message.
+//! pool asks), sends MAIL and that RCPT (in one write when the server offers PIPELINING),
+//! and relays the rest command by command: each reply paired with its command, DATA bodies
+//! streamed to their exact end, BDAT chunks by their byte count, the message size limit
+//! enforced. One access log line per message.
 //!
 //! Until the envelope has chosen a server the session is the SMTP "login": counted by the
 //! listener's login gate (`max_logins_per_address`) and due within `timeouts.login`, so

@@ -23,6 +23,12 @@ impl Reply {
     pub fn is_positive(&self) -> bool {
         (200..300).contains(&self.code)
     }
+
+    /// Whether the server is closing the session (`421`): no reply to a later command
+    /// may come.
+    pub fn is_closing(&self) -> bool {
+        self.code == 421
+    }
 }
 
 /// A server reply that is not SMTP.

@@ -1,6 +1,7 @@
 //! The proxy's session with a mail server: connect (a server of the pool, following
 //! reloads), read the banner, EHLO as the proxy, pass the client on with `XCLIENT` when the
-//! pool asks, then one reply per command, each read whole.
+//! pool asks, open each transaction with MAIL and its first RCPT (in one write to a server
+//! offering PIPELINING), then one reply per command, each read whole.
 
 use std::io;
 use std::net::SocketAddr;
@@ -45,6 +46,9 @@ pub struct ServerSession {
     pub server: Arc<Server>,
     /// Whether its EHLO reply offered `CHUNKING` (BDAT).
     pub chunking: bool,
+    /// Whether its EHLO reply offered `PIPELINING` (RFC 2920): a transaction's MAIL and
+    /// first RCPT then go in one write, saving a round trip per message.
+    pub pipelining: bool,
     /// The AUTH mechanisms its EHLO reply offered (empty for none).
     pub auth: String,
     _lease: Lease,
@@ -135,6 +139,7 @@ pub async fn open(
         pool,
         server,
         chunking: false,
+        pipelining: false,
         auth: String::new(),
         _lease: upstream.lease,
     };
@@ -158,6 +163,7 @@ pub async fn open(
         }
     }
     session.chunking = reply::extension(&ehlo, "CHUNKING").is_some();
+    session.pipelining = reply::extension(&ehlo, "PIPELINING").is_some();
     session.auth = reply::extension(&ehlo, "AUTH").unwrap_or_default();
     Ok(session)
 }
@@ -262,7 +268,47 @@ fn xtext(value: &str) -> String {
         .collect()
 }
 
+/// How a server answered the MAIL and first RCPT that open a transaction.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Begun {
+    /// MAIL was accepted: the transaction is open. The server's reply to the RCPT.
+    Open(Reply, Vec<u8>),
+    /// MAIL was refused: its reply, which answers the client's RCPT (the client's MAIL
+    /// had the proxy's own `250`). The server's reply to a pipelined RCPT (a `503` for
+    /// want of a MAIL) was read and dropped, so that later replies stay paired with their
+    /// commands; after a `421` the server is closing, and none is waited for.
+    Refused(Reply, Vec<u8>),
+}
+
 impl Conversation {
+    /// Opens a transaction with the client's MAIL line `mail` and its first RCPT line
+    /// `rcpt`: both in one write when the server offered PIPELINING (`pipelining`), else
+    /// the RCPT only once MAIL is accepted. One reply is read per command sent, in order.
+    pub async fn begin(
+        &mut self,
+        mail: &[u8],
+        rcpt: &[u8],
+        pipelining: bool,
+    ) -> Result<Begun, Failure> {
+        if pipelining {
+            self.send(&[mail, rcpt].concat()).await?;
+        } else {
+            self.send(mail).await?;
+        }
+        let (answer, bytes) = self.reply().await?;
+        if !answer.is_positive() {
+            if pipelining && !answer.is_closing() {
+                self.reply().await?;
+            }
+            return Ok(Begun::Refused(answer, bytes));
+        }
+        if !pipelining {
+            self.send(rcpt).await?;
+        }
+        let (answer, bytes) = self.reply().await?;
+        Ok(Begun::Open(answer, bytes))
+    }
+
     /// Sends bytes to the server.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
         let Some(stream) = self.stream.as_mut() else {
@@ -430,5 +476,161 @@ mod tests {
             "XCLIENT ADDR=192.0.2.7 PORT=4711 NAME=[UNAVAILABLE] HELO=client+20host+2B1 PROTO=ESMTP\r\n"
         );
         assert_eq!(xclient(&opening, "ADDR"), "XCLIENT ADDR=192.0.2.7\r\n");
+    }
+
+    const MAIL: &[u8] = b"MAIL FROM:<s@example.net>\r\n";
+    const RCPT: &[u8] = b"RCPT TO:<r@example.com>\r\n";
+    const RSET: &[u8] = b"RSET\r\n";
+
+    /// A conversation with a scripted server on a loopback socket, and the server's task
+    /// (its assertions fail the test when it is awaited).
+    async fn scripted<Script, Done>(script: Script) -> (Conversation, tokio::task::JoinHandle<()>)
+    where
+        Script: FnOnce(Peer) -> Done + Send + 'static,
+        Done: Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            script(Peer {
+                socket,
+                read: Vec::new(),
+            })
+            .await;
+        });
+        let stream = TcpStream::connect(address).await.expect("connect");
+        let conversation = Conversation {
+            stream: Some(Either::Left(stream)),
+            buffer: Vec::new(),
+            timeout: Duration::from_secs(5),
+            bytes_out: 0,
+            bytes_in: 0,
+        };
+        (conversation, server)
+    }
+
+    /// The scripted server's side.
+    struct Peer {
+        socket: TcpStream,
+        read: Vec<u8>,
+    }
+
+    impl Peer {
+        /// Reads until `count` whole lines have come and returns what came, exactly: a
+        /// command the proxy sent early would show as more.
+        async fn lines(&mut self, count: usize) -> Vec<u8> {
+            while self.read.iter().filter(|&&b| b == b'\n').count() < count {
+                let mut chunk = [0u8; 1024];
+                let n = self.socket.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "the proxy closed early");
+                self.read.extend_from_slice(&chunk[..n]);
+            }
+            std::mem::take(&mut self.read)
+        }
+
+        async fn say(&mut self, replies: &[u8]) {
+            self.socket.write_all(replies).await.expect("write");
+        }
+    }
+
+    fn reply_of(bytes: &[u8]) -> (Reply, Vec<u8>) {
+        let reply = reply::frame(bytes).ok().flatten().expect("a whole reply");
+        (reply, bytes.to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_pipelining_server_gets_mail_and_rcpt_in_one_write() {
+        let (mut conversation, server) = scripted(|mut peer| async move {
+            // Nothing is answered until both commands are in: sent one after the other's
+            // reply, they would never be.
+            assert_eq!(peer.lines(2).await, [MAIL, RCPT].concat());
+            peer.say(b"250-2.1.0 Ok\r\n").await;
+            peer.say(b"250 2.1.0 sender ok\r\n250 2.1.5 Ok\r\n").await;
+        })
+        .await;
+        let begun = conversation.begin(MAIL, RCPT, true).await.expect("begun");
+        assert_eq!(
+            begun,
+            Begun::Open(
+                reply_of(b"250 2.1.5 Ok\r\n").0,
+                b"250 2.1.5 Ok\r\n".to_vec()
+            )
+        );
+        server.await.expect("server script");
+    }
+
+    #[tokio::test]
+    async fn a_refused_pipelined_mail_answers_the_rcpt_and_its_503_is_dropped() {
+        let (mut conversation, server) = scripted(|mut peer| async move {
+            assert_eq!(peer.lines(2).await, [MAIL, RCPT].concat());
+            peer.say(b"550 5.7.1 Sender rejected\r\n503 5.5.1 Error: need MAIL command\r\n")
+                .await;
+            assert_eq!(peer.lines(1).await, RSET);
+            peer.say(b"250 2.0.0 Ok\r\n").await;
+        })
+        .await;
+        let refusal = b"550 5.7.1 Sender rejected\r\n";
+        let (reply, bytes) = reply_of(refusal);
+        assert_eq!(
+            conversation.begin(MAIL, RCPT, true).await.expect("begun"),
+            Begun::Refused(reply, bytes)
+        );
+        // The next command gets its own reply, not the RCPT's 503.
+        let (reset, bytes) = conversation.command(RSET).await.expect("RSET");
+        assert_eq!((reset.code, bytes), (250, b"250 2.0.0 Ok\r\n".to_vec()));
+        server.await.expect("server script");
+    }
+
+    #[tokio::test]
+    async fn after_a_421_to_mail_no_reply_to_the_rcpt_is_waited_for() {
+        let (mut conversation, server) = scripted(|mut peer| async move {
+            assert_eq!(peer.lines(2).await, [MAIL, RCPT].concat());
+            peer.say(b"421 4.3.2 Shutting down\r\n").await;
+            // Held open, silent, until the proxy lets go.
+            let mut rest = Vec::new();
+            let _ = peer.socket.read_to_end(&mut rest).await;
+        })
+        .await;
+        let started = std::time::Instant::now();
+        let begun = conversation.begin(MAIL, RCPT, true).await.expect("begun");
+        let (reply, bytes) = reply_of(b"421 4.3.2 Shutting down\r\n");
+        assert_eq!(begun, Begun::Refused(reply, bytes));
+        assert!(started.elapsed() < conversation.timeout, "did not wait");
+        drop(conversation);
+        server.await.expect("server script");
+    }
+
+    #[tokio::test]
+    async fn without_pipelining_rcpt_waits_for_mail_and_follows_no_refusal() {
+        let (mut conversation, server) = scripted(|mut peer| async move {
+            assert_eq!(peer.lines(1).await, MAIL, "RCPT only after MAIL's reply");
+            peer.say(b"250 2.1.0 Ok\r\n").await;
+            assert_eq!(peer.lines(1).await, RCPT);
+            peer.say(b"550 5.1.1 No such user\r\n").await;
+            assert_eq!(peer.lines(1).await, RSET);
+            peer.say(b"250 2.0.0 Ok\r\n").await;
+            assert_eq!(peer.lines(1).await, MAIL);
+            peer.say(b"452 4.3.1 Insufficient system storage\r\n").await;
+            assert_eq!(peer.lines(1).await, RSET, "no RCPT after a refused MAIL");
+            peer.say(b"250 2.0.0 Ok\r\n").await;
+        })
+        .await;
+        let (reply, bytes) = reply_of(b"550 5.1.1 No such user\r\n");
+        assert_eq!(
+            conversation.begin(MAIL, RCPT, false).await.expect("begun"),
+            Begun::Open(reply, bytes),
+            "the transaction is open; the RCPT has its own refusal"
+        );
+        conversation.command(RSET).await.expect("RSET");
+        let (reply, bytes) = reply_of(b"452 4.3.1 Insufficient system storage\r\n");
+        assert_eq!(
+            conversation.begin(MAIL, RCPT, false).await.expect("begun"),
+            Begun::Refused(reply, bytes)
+        );
+        conversation.command(RSET).await.expect("RSET");
+        server.await.expect("server script");
     }
 }

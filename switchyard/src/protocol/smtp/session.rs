@@ -20,7 +20,7 @@ use super::command::{self, Line};
 use super::data::{DotStuffer, EndScanner, Refusal, Scan};
 use super::log::MessageRecord;
 use super::reply;
-use super::server::{self, Failure, Opening, ServerSession};
+use super::server::{self, Begun, Failure, Opening, ServerSession};
 use crate::accept::{self, Opened, TlsClient};
 use crate::config::{KeyFact, StartTls};
 use crate::listener::{Accepted, Listener, ListenerSettings};
@@ -589,7 +589,7 @@ impl Session<'_> {
             return Ok(());
         };
         let route = self.transaction.as_ref().and_then(|t| t.route.clone());
-        match route {
+        let answer = match route {
             Some(route) if !Arc::ptr_eq(&route, &resolved.pool) => {
                 let answer = format!(
                     "451 4.3.0 <{address}>: served by another server; send it in another transaction\r\n"
@@ -597,19 +597,19 @@ impl Session<'_> {
                 self.reply(answer.as_bytes());
                 return Ok(());
             }
-            Some(_) => {}
+            Some(_) => self.relay_command(line).await?,
             None => {
-                if !self.begin_on(resolved.pool.clone()).await? {
+                let Some(answer) = self.begin_on(resolved.pool.clone(), line).await? else {
                     return Ok(());
-                }
+                };
                 // The connection's usage goes to the tenant of the answer that chose the
                 // server (its last transaction's, when they differ).
                 if let Some(tenant) = resolved.tenant() {
                     self.record.tenant = Some(tenant.to_string());
                 }
+                answer
             }
-        }
-        let answer = self.relay_command(line).await?;
+        };
         if answer.is_positive()
             && let Some(transaction) = &mut self.transaction
         {
@@ -662,25 +662,45 @@ impl Session<'_> {
     }
 
     /// Opens the transaction on a server of `pool` (the session there is kept from the
-    /// last transaction when it went to the same route): replays MAIL. `false` when the
-    /// server refused MAIL: its reply answers the RCPT, and the transaction is not open.
-    /// Once it is, the envelope has chosen its server: the login is over.
-    async fn begin_on(&mut self, pool: Arc<Pool>) -> Result<bool, Termination> {
+    /// last transaction when it went to the same route) with the client's MAIL and its
+    /// first RCPT `rcpt`, in one write when the server offers PIPELINING, and queues the
+    /// answer to the RCPT: the server's reply to it once the transaction is open (returned,
+    /// `None` otherwise), else the server's refusal of MAIL. Once open, the envelope has
+    /// chosen its server: the login is over. A server closing at MAIL (`421`) is let go.
+    async fn begin_on(
+        &mut self,
+        pool: Arc<Pool>,
+        rcpt: &[u8],
+    ) -> Result<Option<reply::Reply>, Termination> {
         self.connect_to(&pool).await?;
-        let mail = match &self.transaction {
-            Some(transaction) => transaction.mail.clone(),
-            None => return Ok(false),
+        let (Some(transaction), Some(upstream)) = (&self.transaction, &mut self.upstream) else {
+            return Err(Termination::ServerLost);
         };
-        let (answer, bytes) = self.ask(&mail).await?;
-        if !answer.is_positive() {
-            self.reply(&bytes);
-            return Ok(false);
+        let since = tokio::time::Instant::now();
+        let pipelining = upstream.session.pipelining;
+        let begun = upstream
+            .session
+            .conversation
+            .begin(&transaction.mail, rcpt, pipelining)
+            .await;
+        self.excuse(since);
+        match begun.map_err(|failure| self.lost(&failure))? {
+            Begun::Open(answer, bytes) => {
+                self.reply(&bytes);
+                if let Some(transaction) = &mut self.transaction {
+                    transaction.route = Some(pool);
+                }
+                self.login = None;
+                Ok(Some(answer))
+            }
+            Begun::Refused(answer, bytes) => {
+                self.reply(&bytes);
+                if answer.is_closing() {
+                    self.drop_upstream();
+                }
+                Ok(None)
+            }
         }
-        if let Some(transaction) = &mut self.transaction {
-            transaction.route = Some(pool);
-        }
-        self.login = None;
-        Ok(true)
     }
 
     /// Makes the server session one of `pool`'s: the one open when it is, else a new one
