@@ -25,9 +25,19 @@ const HOSTNAME: &str = "mx.switchyard.test";
 /// A proxy whose smtp listener `front`, with `keys`, sends to pool `app` whose one server
 /// `mail` is at `server`.
 async fn start_with_keys(server: SocketAddr, keys: &str) -> (Proxy, SocketAddr) {
+    start_with_keys_and_pool(server, keys, "").await
+}
+
+/// `start_with_keys` with the pool's extra keys `pool`.
+async fn start_with_keys_and_pool(
+    server: SocketAddr,
+    keys: &str,
+    pool: &str,
+) -> (Proxy, SocketAddr) {
     Config::new()
         .protocol("smtp")
         .listener(keys)
+        .pool(pool)
         .server("mail", server, "")
         .start()
         .await
@@ -1202,4 +1212,88 @@ async fn auth_is_relayed_over_tls_only_and_binds_the_session_to_its_server() {
     )
     .await;
     assert_eq!(report["error"][0], 535, "{report}");
+}
+
+/// Listener keys with STARTTLS and a 2,000-byte message limit.
+fn small_messages_over_tls(pki: &Pki) -> String {
+    tls_listener(pki, "starttls = \"optional\", max_message_bytes = 2000")
+}
+
+/// Over TLS: EHLO, STARTTLS, EHLO, `AUTH PLAIN` as alice; a message through; then one over
+/// the limit, refused, which closes the server session. Returns the client for the next.
+async fn log_in_and_lose_the_server_session(
+    front: SocketAddr,
+    pki: &Pki,
+) -> Raw<tokio_rustls::client::TlsStream<TcpStream>> {
+    let (mut client, _) = Raw::connect(front).await;
+    client
+        .expect(&[("EHLO client.example", "250"), ("STARTTLS", "220")])
+        .await;
+    let mut client = client.into_tls(pki).await;
+    client
+        .expect(&[
+            ("EHLO client.example", "250"),
+            ("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "235"),
+        ])
+        .await;
+    client.start_message().await;
+    client.send(b"Subject: first\r\n\r\nhi\r\n").await;
+    assert!(client.command(".").await.starts_with("250 2.0.0"));
+    client.start_message().await;
+    client
+        .send(format!("{}\r\n", "y".repeat(98)).repeat(30).as_bytes())
+        .await;
+    assert!(client.command(".").await.starts_with("552 5.3.4"));
+    client
+}
+
+/// The AUTH a session is opened for is relayed after the session's XCLIENT (which carries
+/// no LOGIN: Postfix would take one after the AUTH as a logout). When that session ends (a
+/// refused message closes it) the next one cannot be authenticated by the proxy, which
+/// keeps no password: `XCLIENT LOGIN=<name>` tells the server who the client logged in as.
+/// Where XCLIENT cannot carry it, the client is told `421 4.7.0` rather than have its mail
+/// go through an unauthenticated session, and logs in again on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_server_session_of_an_authenticated_client_is_told_its_login_by_xclient() {
+    let pki = Pki::new("smtp test CA");
+    let submission =
+        Aiosmtpd::start_with("aiosmtpd-submission", "auth,xclient,pipelining", None).await;
+    let (_proxy, front) = start_with_keys_and_pool(
+        submission.addr,
+        &small_messages_over_tls(&pki),
+        "send_xclient = true",
+    )
+    .await;
+    let mut client = log_in_and_lose_the_server_session(front, &pki).await;
+    client.start_message().await;
+    let body = b"Subject: after the refusal\r\n\r\nstill alice\r\n";
+    client.send(body).await;
+    assert!(client.command(".").await.starts_with("250 2.0.0"));
+    let received = submission.wait_received(2).await;
+    let xclient = |i: usize| {
+        received[i]["xclient"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(!xclient(0).contains("LOGIN"), "{}", xclient(0));
+    assert!(xclient(1).contains(" LOGIN=alice"), "{}", xclient(1));
+    for record in &received {
+        assert_eq!(record["authenticated"], true, "{record}");
+        assert_eq!(record["login"], "alice", "{record}");
+        assert_eq!(record["helo"], "client.example", "{record}");
+    }
+    assert_eq!(received[1]["sha256"], sha256_hex(body));
+
+    // Without send_xclient the login cannot follow: 421, and the connection is closed.
+    let plain = Aiosmtpd::start_with("aiosmtpd-auth", "auth", None).await;
+    let (proxy, front) =
+        start_with_keys_and_pool(plain.addr, &small_messages_over_tls(&pki), "").await;
+    let mut client = log_in_and_lose_the_server_session(front, &pki).await;
+    client.expect(&[("MAIL FROM:<s@example.net>", "250")]).await;
+    let refused = client.command("RCPT TO:<r@example.com>").await;
+    assert!(refused.starts_with("421 4.7.0"), "{refused}");
+    assert_eq!(client.reply().await, "", "closed after the 421");
+    assert_eq!(plain.wait_received(1).await.len(), 1);
+    wait_terminations(&proxy, &[("server_login_failed", 1)]).await;
 }

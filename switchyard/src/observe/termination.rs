@@ -64,7 +64,8 @@ pub enum Termination {
     Cancel,
     /// The server ended the startup with an error (e.g. a wrong password), relayed.
     ServerRefused,
-    /// The server refused a login switchyard made itself.
+    /// The server refused a login switchyard made itself (SMTP: a new server session could
+    /// not be told the login of a client that authenticated).
     ServerLoginFailed,
     /// The server refused a plaintext login; with `sslmode = "allow"` the proxy tries
     /// again over TLS, so this never ends a connection by itself.

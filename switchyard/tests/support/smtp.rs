@@ -1,8 +1,8 @@
 //! Real SMTP components for the SMTP tests: aiosmtpd servers (Debian python3-aiosmtpd) that
 //! record every message they take (envelope and SHA-256 of the bytes) in a file, optionally
-//! offering Postfix's XCLIENT and recording what it said, or PIPELINING; Postfix's
-//! smtp-sink; and the swaks and Python smtplib clients. Every recorder refuses the sender
-//! `refused@example.net` at MAIL (`550 5.7.1`).
+//! offering Postfix's XCLIENT (with Postfix's meaning for LOGIN) and recording what it said,
+//! or PIPELINING; Postfix's smtp-sink; and the swaks and Python smtplib clients. Every
+//! recorder refuses the sender `refused@example.net` at MAIL (`550 5.7.1`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,12 +29,23 @@ def authenticator(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"alice" \
         and auth_data.password == b"secret"
     # handled=False: aiosmtpd answers a failure (535) itself.
-    return AuthResult(success=ok, handled=False)
+    return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 tls_mode = sys.argv[5]
 context = None
 if tls_mode != "plain":
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(sys.argv[6], sys.argv[7])
+
+def unxtext(value):
+    out, i = bytearray(), 0
+    while i < len(value):
+        if value[i] == "+":
+            out.append(int(value[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out.extend(value[i].encode())
+            i += 1
+    return out.decode()
 
 class Server(SMTP):
     @syntax("XCLIENT attribute=value ...")
@@ -43,6 +54,15 @@ class Server(SMTP):
             await self.push("500 5.5.1 Error: command not recognized")
             return
         self.session.xclient = arg
+        attributes = dict(a.split("=", 1) for a in arg.split() if "=" in a)
+        login = attributes.get("LOGIN")
+        # As Postfix: LOGIN logs the session in as that name; XCLIENT without it logs out.
+        if login is not None and login.upper() != "[UNAVAILABLE]":
+            self.session.authenticated = True
+            self.session.xclient_login = unxtext(login)
+        else:
+            self.session.authenticated = False
+            self.session.xclient_login = None
         await self.push("220 %s ESMTP" % name)
 
 class Recorder:
@@ -52,7 +72,7 @@ class Recorder:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         if xclient:
-            responses.insert(len(responses) - 1, "250-XCLIENT ADDR PORT NAME HELO PROTO")
+            responses.insert(len(responses) - 1, "250-XCLIENT ADDR PORT NAME HELO PROTO LOGIN")
         if "pipelining" in features:
             responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
@@ -77,6 +97,8 @@ class Recorder:
             "helo": session.host_name,
             "xclient": getattr(session, "xclient", None),
             "authenticated": bool(session.authenticated),
+            "login": getattr(session, "xclient_login", None)
+                     or (session.auth_data.login.decode() if session.auth_data else None),
             "proxy_source": str(session.proxy_data.src_addr) if session.proxy_data else None,
             "tls": server._tls_protocol is not None
                    or server.transport.get_extra_info("ssl_object") is not None,
@@ -130,7 +152,8 @@ impl Aiosmtpd {
     /// `start` with `features` (comma-separated: `xclient`; `auth`, which takes AUTH PLAIN
     /// and LOGIN for `alice`/`secret`; `proxy`, which requires a PROXY header;
     /// `pipelining`, which offers PIPELINING) and TLS: `("starttls", cert)` offers (and
-    /// requires) STARTTLS, `("implicit", cert)` speaks TLS from the first byte.
+    /// requires) STARTTLS, `("implicit", cert)` speaks TLS from the first byte. Each
+    /// record says who the session was logged in as (`login`: by AUTH, or XCLIENT LOGIN).
     pub async fn start_with(name: &str, features: &str, tls: Option<(&str, &CertFiles)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut tls_args = vec![tls.map_or("plain", |(mode, _)| mode).to_string()];

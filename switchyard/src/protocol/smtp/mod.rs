@@ -19,6 +19,7 @@ pub mod data;
 mod log;
 mod metrics;
 pub mod reply;
+mod sasl;
 mod server;
 mod session;
 

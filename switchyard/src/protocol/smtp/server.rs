@@ -80,9 +80,22 @@ impl Failure {
             Termination::ServerTimeout => "4.4.2 Mail server timed out",
             Termination::ServerRefused => "4.4.0 Mail server refused the session",
             Termination::ServerTlsFailed => "4.7.0 TLS to the mail server failed",
+            Termination::ServerLoginFailed => {
+                "4.7.0 Your login cannot be carried to a new mail server session, log in again"
+            }
             _ => "4.4.1 Mail server unreachable",
         };
         format!("421 {why} ({hostname}), closing connection\r\n")
+    }
+
+    /// A new server session for a client that authenticated cannot be told who it is
+    /// (`why`): rather than submit its mail unauthenticated, the session ends, and the
+    /// client logs in again on a new connection.
+    pub fn login_not_carried(why: &str) -> Self {
+        Self::new(
+            Termination::ServerLoginFailed,
+            format!("the client's login cannot be carried to a new server session: {why}"),
+        )
     }
 }
 
@@ -98,6 +111,12 @@ pub struct Opening<'a> {
     pub esmtp: bool,
     /// The address the client reached (for a PROXY header).
     pub destination: SocketAddr,
+    /// The name the client logged in as, when it authenticated before this session was
+    /// opened: sent as `XCLIENT LOGIN`, without which the session is refused (see
+    /// [`Failure::login_not_carried`]). `None` for a client that has not authenticated, or
+    /// whose AUTH this session is opened to relay: the server then learns the name from
+    /// the AUTH itself.
+    pub login: Option<&'a str>,
 }
 
 /// Opens a session on a server of `pool` (or of the pool `reroute` gives when a reload
@@ -143,24 +162,37 @@ pub async fn open(
         auth: String::new(),
         _lease: upstream.lease,
     };
-    if session.pool.smtp.send_xclient {
-        match reply::extension(&ehlo, "XCLIENT") {
-            Some(offered) => {
-                let command = xclient(opening, &offered);
-                // Postfix's smtpd greets again (220), its smtp-sink says 250.
-                let (answer, _) = session.conversation.command(command.as_bytes()).await?;
-                if !(200..300).contains(&answer.code) {
-                    return Err(Failure::new(
-                        Termination::ServerRefused,
-                        format!("XCLIENT answered {}", answer.code),
-                    ));
-                }
-                ehlo = session.conversation.hello(opening.helo).await?;
-            }
-            None => {
-                tracing::warn!(pool = %session.pool.name, server = %session.server.name, "send_xclient: the server does not offer XCLIENT")
-            }
+    let xclient = if session.pool.smtp.send_xclient {
+        let offered = reply::extension(&ehlo, "XCLIENT");
+        if offered.is_none() {
+            tracing::warn!(pool = %session.pool.name, server = %session.server.name, "send_xclient: the server does not offer XCLIENT");
         }
+        offered
+    } else {
+        None
+    };
+    if opening.login.is_some() {
+        let why = match &xclient {
+            Some(offered) if offers(offered, "LOGIN") => None,
+            Some(_) => Some("the server's XCLIENT does not take LOGIN"),
+            None if session.pool.smtp.send_xclient => Some("the server does not offer XCLIENT"),
+            None => Some("the pool does not have send_xclient"),
+        };
+        if let Some(why) = why {
+            return Err(Failure::login_not_carried(why));
+        }
+    }
+    if let Some(offered) = xclient {
+        let command = xclient_command(opening, &offered);
+        // Postfix's smtpd greets again (220), its smtp-sink says 250.
+        let (answer, _) = session.conversation.command(command.as_bytes()).await?;
+        if !answer.is_positive() {
+            return Err(Failure::new(
+                Termination::ServerRefused,
+                format!("XCLIENT answered {}", answer.code),
+            ));
+        }
+        ehlo = session.conversation.hello(opening.helo).await?;
     }
     session.chunking = reply::extension(&ehlo, "CHUNKING").is_some();
     session.pipelining = reply::extension(&ehlo, "PIPELINING").is_some();
@@ -229,8 +261,14 @@ pub async fn greet(
 
 /// Postfix's `XCLIENT` with the attributes the server offers (`offered`, its EHLO
 /// keyword's parameters): ADDR, PORT, NAME (no reverse lookup is made: unavailable), HELO,
-/// PROTO; values in xtext.
-fn xclient(opening: &Opening<'_>, offered: &str) -> String {
+/// PROTO, and LOGIN for a client that authenticated before the session; values in xtext.
+///
+/// It is sent once, right after the proxy's EHLO and before any AUTH it relays: Postfix
+/// takes XCLIENT without LOGIN as a logout, and once ADDR is sent the proxy is usually no
+/// longer allowed another XCLIENT. So the AUTH a session is opened for is relayed after it,
+/// and the server learns the name from that AUTH; LOGIN stands in for an AUTH only on a
+/// later session, which the proxy cannot authenticate itself.
+fn xclient_command(opening: &Opening<'_>, offered: &str) -> String {
     let addr = match opening.client.ip() {
         std::net::IpAddr::V4(ip) => ip.to_string(),
         std::net::IpAddr::V6(ip) => format!("IPV6:{ip}"),
@@ -238,23 +276,28 @@ fn xclient(opening: &Opening<'_>, offered: &str) -> String {
     let proto = if opening.esmtp { "ESMTP" } else { "SMTP" };
     let port = opening.client.port().to_string();
     let attributes = [
-        ("ADDR", addr.as_str()),
-        ("PORT", port.as_str()),
-        ("NAME", "[UNAVAILABLE]"),
-        ("HELO", opening.helo),
-        ("PROTO", proto),
+        ("ADDR", Some(addr.as_str())),
+        ("PORT", Some(port.as_str())),
+        ("NAME", Some("[UNAVAILABLE]")),
+        ("HELO", Some(opening.helo)),
+        ("PROTO", Some(proto)),
+        ("LOGIN", opening.login),
     ];
     let mut command = String::from("XCLIENT");
     for (name, value) in attributes {
-        if offered
-            .split_ascii_whitespace()
-            .any(|o| o.eq_ignore_ascii_case(name))
-        {
+        if let Some(value) = value.filter(|_| offers(offered, name)) {
             command.push_str(&format!(" {name}={}", xtext(value)));
         }
     }
     command.push_str("\r\n");
     command
+}
+
+/// Whether an XCLIENT offer (its EHLO keyword's parameters) names `attribute`.
+fn offers(offered: &str, attribute: &str) -> bool {
+    offered
+        .split_ascii_whitespace()
+        .any(|o| o.eq_ignore_ascii_case(attribute))
 }
 
 /// RFC 3461 xtext: `+`, `=`, controls, space and non-ASCII as `+HH`.
@@ -464,18 +507,32 @@ mod tests {
 
     #[test]
     fn xclient_names_only_offered_attributes_in_xtext() {
-        let opening = Opening {
+        let mut opening = Opening {
             hostname: "proxy.example",
             client: "192.0.2.7:4711".parse().expect("address"),
             helo: "client host+1",
             esmtp: true,
             destination: "192.0.2.1:25".parse().expect("address"),
+            login: None,
         };
         assert_eq!(
-            xclient(&opening, "NAME ADDR PROTO HELO PORT LOGIN"),
+            xclient_command(&opening, "NAME ADDR PROTO HELO PORT LOGIN"),
             "XCLIENT ADDR=192.0.2.7 PORT=4711 NAME=[UNAVAILABLE] HELO=client+20host+2B1 PROTO=ESMTP\r\n"
         );
-        assert_eq!(xclient(&opening, "ADDR"), "XCLIENT ADDR=192.0.2.7\r\n");
+        assert_eq!(
+            xclient_command(&opening, "ADDR"),
+            "XCLIENT ADDR=192.0.2.7\r\n"
+        );
+        opening.login = Some("j\u{f6}rg+mail@example.org");
+        assert_eq!(
+            xclient_command(&opening, "ADDR login"),
+            "XCLIENT ADDR=192.0.2.7 LOGIN=j+C3+B6rg+2Bmail@example.org\r\n"
+        );
+        assert_eq!(
+            xclient_command(&opening, "ADDR"),
+            "XCLIENT ADDR=192.0.2.7\r\n",
+            "a LOGIN the server does not take is not sent (the session is refused instead)"
+        );
     }
 
     const MAIL: &[u8] = b"MAIL FROM:<s@example.net>\r\n";

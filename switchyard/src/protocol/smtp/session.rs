@@ -20,6 +20,7 @@ use super::command::{self, Line};
 use super::data::{DotStuffer, EndScanner, Refusal, Scan};
 use super::log::MessageRecord;
 use super::reply;
+use super::sasl;
 use super::server::{self, Begun, Failure, Opening, ServerSession};
 use crate::accept::{self, Opened, TlsClient};
 use crate::config::{KeyFact, StartTls};
@@ -185,6 +186,15 @@ struct Upstream {
     session: ServerSession,
 }
 
+/// A client whose AUTH a server accepted.
+struct Authenticated {
+    /// That server's pool: every transaction of the session goes there.
+    pool: Arc<Pool>,
+    /// The name it logged in as, read from the exchange (`None` if that showed none): a
+    /// later server session is told it with `XCLIENT LOGIN`.
+    login: Option<String>,
+}
+
 /// Whether the session goes on after a command.
 enum Flow {
     Continue,
@@ -208,8 +218,8 @@ struct Session<'a> {
     /// against `max_logins_per_address` and must end within `timeouts.login` (time spent
     /// waiting for servers excused); `None` once over.
     login: Option<Login<'a>>,
-    /// The pool whose server accepted the client's AUTH: every transaction goes there.
-    authenticated: Option<Arc<Pool>>,
+    /// Set once a server accepted the client's AUTH.
+    authenticated: Option<Authenticated>,
     /// Client bytes read and not yet taken.
     input: Vec<u8>,
     /// Replies not yet written.
@@ -472,7 +482,13 @@ impl Session<'_> {
             }
             Request::Help { .. } => self.reply(b"214 2.0.0 See RFC 5321\r\n"),
             Request::StartTls => return self.start_tls().await,
-            Request::Auth { mechanism, .. } => self.authenticate(line, mechanism).await?,
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                self.authenticate(line, mechanism, initial_response.as_bytes())
+                    .await?;
+            }
             Request::Lhlo { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
@@ -577,7 +593,7 @@ impl Session<'_> {
             ..RouteFacts::default()
         };
         let routed = match &self.authenticated {
-            Some(pool) => Some(pool.clone()),
+            Some(authenticated) => Some(authenticated.pool.clone()),
             None => self.handler.routing.pool(&facts).cloned(),
         };
         let Some(pool) = routed else {
@@ -713,12 +729,14 @@ impl Session<'_> {
         if !reuse {
             self.close_upstream().await;
             let helo = self.helo.clone().unwrap_or_default();
+            let login = self.authenticated.as_ref().map(|a| a.login.as_deref());
             let opening = Opening {
                 hostname: &self.handler.hostname,
                 client: self.record.client,
                 helo: &helo,
                 esmtp: self.esmtp,
                 destination: self.destination,
+                login: login.flatten(),
             };
             let listener = self.listener;
             let route = pool.clone();
@@ -735,7 +753,12 @@ impl Session<'_> {
                 })
             };
             let since = tokio::time::Instant::now();
-            let opened = server::open(pool.clone(), reroute, &opening).await;
+            let opened = match login {
+                Some(None) => Err(Failure::login_not_carried(
+                    "its AUTH exchange showed no login name",
+                )),
+                _ => server::open(pool.clone(), reroute, &opening).await,
+            };
             self.excuse(since);
             match opened {
                 Ok(session) => {
@@ -760,8 +783,15 @@ impl Session<'_> {
     /// AUTH (PLAIN or LOGIN), only over TLS: relayed to a server of the listener's `pool`
     /// (no recipient has chosen one yet), challenges and responses line for line. Once the
     /// server accepts, every transaction of the session goes to that server session: an
-    /// authenticated client submits through the server it logged in to.
-    async fn authenticate(&mut self, line: &[u8], mechanism: u64) -> Result<(), Termination> {
+    /// authenticated client submits through the server it logged in to. Should that
+    /// session end (a refused message closes it), the next one of the pool is told the
+    /// name the client logged in as with `XCLIENT LOGIN`, or is not opened.
+    async fn authenticate(
+        &mut self,
+        line: &[u8],
+        mechanism: u64,
+        initial_response: &[u8],
+    ) -> Result<(), Termination> {
         let name = match mechanism {
             smtp_proto::AUTH_PLAIN => "PLAIN",
             smtp_proto::AUTH_LOGIN => "LOGIN",
@@ -801,16 +831,24 @@ impl Session<'_> {
             self.reply(b"504 5.5.4 Error: the mail server does not offer this mechanism\r\n");
             return Ok(());
         }
+        // The name is in the client's first response: on the AUTH line, or the line after
+        // the first 334.
+        let mut login =
+            (!initial_response.is_empty()).then(|| sasl::login_name(mechanism, initial_response));
         let mut answer = self.relay_command(line).await?;
         while answer.code == 334 {
             let Some(response) = self.next_command().await? else {
                 return Err(Termination::ClientClosed);
             };
+            login.get_or_insert_with(|| sasl::login_name(mechanism, &response));
             self.send_upstream(&response).await?;
             answer = self.relay_reply().await?.0;
         }
         if answer.code == 235 {
-            self.authenticated = Some(pool);
+            self.authenticated = Some(Authenticated {
+                pool,
+                login: login.flatten(),
+            });
         }
         Ok(())
     }
