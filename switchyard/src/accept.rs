@@ -53,7 +53,8 @@ pub async fn open(
         return Ok(opened);
     }
     let timeout = settings.config.timeouts.proxy_header;
-    match proxy_protocol::read_header(&mut opened.stream, timeout).await {
+    // Boxed: the header's read buffer and timer are needed only until the header is read.
+    match Box::pin(proxy_protocol::read_header(&mut opened.stream, timeout)).await {
         Ok((header, early)) => {
             if let ProxyHeader::Proxied(addresses) = header {
                 opened.client = addresses.source;

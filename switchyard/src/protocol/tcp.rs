@@ -17,10 +17,10 @@ use crate::observe::{ConnectionRecord, Termination};
 use crate::relay::{IdleLimit, RelayCounters, relay, relay_streams, write_all};
 use crate::resolve::{LookupContext, ResolveError};
 use crate::route::{Matcher, RouteFacts, RouteRule, Routing};
-use crate::upstream::secure_upstream;
 use crate::upstream::{
     ConnectError, LeaseError, Stage, connect, following_reloads, record_failure,
 };
+use crate::upstream::{Lease, ServerStream, secure_upstream};
 
 /// The `tcp` front end.
 #[derive(Debug)]
@@ -108,6 +108,8 @@ async fn serve(handler: Arc<TcpHandler>, connection: Accepted) {
     handler.context.finish_connection(&record);
 }
 
+/// Sets the connection up (boxed: its futures are needed only until the relay starts),
+/// then relays with no more state than the relay's own.
 async fn proxy(
     handler: &TcpHandler,
     listener: &Listener,
@@ -115,9 +117,65 @@ async fn proxy(
     client: TcpStream,
     record: &mut ConnectionRecord,
 ) -> Termination {
+    let link = match Box::pin(establish(handler, listener, settings, client, record)).await {
+        Ok(link) => link,
+        Err(termination) => return termination,
+    };
+    let server = link.lease.server();
+    let cut = server.session_token();
+    let counters = RelayCounters {
+        to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
+        to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
+    };
+    let hard_stop = &handler.context.hard_stop;
+    let outcome = match link.ends {
+        // Plaintext both ways: the readiness-based relay.
+        Ends::Sockets { client, server } => {
+            relay(&client, &server, link.idle, &cut, hard_stop, counters, None).await
+        }
+        Ends::Streams { client, server } => {
+            relay_streams(client, server, link.idle, &cut, hard_stop, counters, None).await
+        }
+    };
+    record.bytes_in += outcome.bytes_in;
+    record.bytes_out += outcome.bytes_out;
+    outcome.termination
+}
+
+/// A connection set up for relaying.
+struct Link {
+    ends: Ends,
+    /// The server's slot, held while the connection lasts.
+    lease: Lease,
+    idle: Option<IdleLimit>,
+}
+
+/// The two ends of a [`Link`].
+enum Ends {
+    /// Plaintext both ways: relayed on socket readiness.
+    Sockets {
+        client: TcpStream,
+        server: TcpStream,
+    },
+    /// TLS on either side (boxed: a TLS stream's state is over a kilobyte).
+    Streams {
+        client: Either<TcpStream, Box<accept::TlsClient>>,
+        server: Box<ServerStream>,
+    },
+}
+
+/// Everything before the relay: PROXY header, TLS or SNI, route, resolver, a server
+/// connection (over TLS when the pool asks), and the bytes the server must see first.
+async fn establish(
+    handler: &TcpHandler,
+    listener: &Listener,
+    settings: &ListenerSettings,
+    client: TcpStream,
+    record: &mut ConnectionRecord,
+) -> Result<Link, Termination> {
     let mut opened = match accept::open(listener, settings, client, record.client).await {
         Ok(opened) => opened,
-        Err(termination) => return termination,
+        Err(termination) => return Err(termination),
     };
     record.client = opened.client;
     let proxied_destination = opened.proxied_destination;
@@ -125,13 +183,13 @@ async fn proxy(
     if handler.passthrough {
         match opened.read_server_name(listener).await {
             Ok(sni) => passthrough_sni = sni,
-            Err(termination) => return termination,
+            Err(termination) => return Err(termination),
         }
     }
     let (client, tls_info, early_data) = match &settings.tls {
         Some(tls) => match opened.terminate_tls(listener, tls).await {
             Ok((stream, info)) => (Either::Right(stream), Some(info), bytes::Bytes::new()),
-            Err(termination) => return termination,
+            Err(termination) => return Err(termination),
         },
         None => (Either::Left(opened.stream), None, opened.early),
     };
@@ -150,7 +208,7 @@ async fn proxy(
     let Some(pool) = handler.routing.pool(&facts).cloned() else {
         listener.stats.failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(listener = %listener.name, client = %record.client, "no route");
-        return Termination::NoRoute;
+        return Err(Termination::NoRoute);
     };
     // A pool with `resolver`: the servers come from the answer for the connection's SNI.
     let pool = if pool.resolver.is_some() {
@@ -163,7 +221,7 @@ async fn proxy(
             KeyFact::Sni => facts.sni,
             _ => None,
         };
-        match pool.resolve(fact, &lookup).await {
+        match Box::pin(pool.resolve(fact, &lookup)).await {
             Ok(resolved) => {
                 record.tenant = resolved.tenant().map(str::to_string);
                 resolved.pool
@@ -172,11 +230,11 @@ async fn proxy(
                 record.pool = Some(pool.name.clone());
                 listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(listener = %listener.name, pool = %pool.name, client = %record.client, %error, "connection not resolved");
-                return match error {
+                return Err(match error {
                     ResolveError::NoKey | ResolveError::NoRoute(_) => Termination::NoRoute,
                     ResolveError::Refused { .. } => Termination::ResolveRefused,
                     ResolveError::Unavailable(_) => Termination::ResolverUnavailable,
-                };
+                });
             }
         }
     } else {
@@ -188,12 +246,12 @@ async fn proxy(
         now.and_then(|now| now.routing.pool(&facts).cloned())
     };
     let client_address = record.client;
-    let (pool, attempt) = following_reloads(
+    let (pool, attempt) = Box::pin(following_reloads(
         pool,
         |pool| pool,
         reroute,
         |pool| async move { connect(&pool, client_address).await },
-    )
+    ))
     .await;
     record.pool = Some(pool.name.clone());
     let upstream = match attempt {
@@ -201,12 +259,12 @@ async fn proxy(
         Err(error) => {
             listener.stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(listener = %listener.name, pool = %pool.name, client = %record.client, %error, "no server connection");
-            return match error {
+            return Err(match error {
                 ConnectError::Lease(LeaseError::NoServer) => Termination::NoServer,
                 ConnectError::Lease(LeaseError::QueueFull) => Termination::QueueFull,
                 ConnectError::Lease(LeaseError::QueueTimeout) => Termination::QueueTimeout,
                 ConnectError::Failed { .. } => Termination::ConnectFailed,
-            };
+            });
         }
     };
     let server = upstream.lease.server().clone();
@@ -232,31 +290,19 @@ async fn proxy(
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );
-    let cut = server.session_token();
-    let counters = RelayCounters {
-        to_server: &[&server.stats.bytes_in, &listener.stats.bytes_in],
-        to_client: &[&server.stats.bytes_out, &listener.stats.bytes_out],
-    };
-    let outcome = match client {
-        // Plaintext both ways: the readiness-based relay.
+    let ends = match client {
         Either::Left(client) if plain_upstream => {
             preamble.extend_from_slice(&early_data);
             if !preamble.is_empty() {
-                if write_all(&upstream.stream, &preamble, &()).await.is_err() {
-                    return Termination::ServerError;
+                if write_all(&upstream.stream, &preamble).await.is_err() {
+                    return Err(Termination::ServerError);
                 }
                 count_early(record);
             }
-            relay(
-                &client,
-                &upstream.stream,
-                idle,
-                &cut,
-                &handler.context.hard_stop,
-                counters,
-                None,
-            )
-            .await
+            Ends::Sockets {
+                client,
+                server: upstream.stream,
+            }
         }
         client => {
             let mut server_stream = match Box::pin(secure_upstream(
@@ -272,7 +318,7 @@ async fn proxy(
                     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(listener = %listener.name, pool = %pool.name, server = %server.name, client = %record.client, %error, "no server connection");
                     record_failure(&pool, &server, Stage::Tls, &error);
-                    return Termination::ServerTlsFailed;
+                    return Err(Termination::ServerTlsFailed);
                 }
             };
             if !early_data.is_empty() {
@@ -280,23 +326,19 @@ async fn proxy(
                     .await
                     .is_err()
                 {
-                    return Termination::ServerError;
+                    return Err(Termination::ServerError);
                 }
                 count_early(record);
             }
-            Box::pin(relay_streams(
+            Ends::Streams {
                 client,
-                server_stream,
-                idle,
-                &cut,
-                &handler.context.hard_stop,
-                counters,
-                None,
-            ))
-            .await
+                server: server_stream,
+            }
         }
     };
-    record.bytes_in += outcome.bytes_in;
-    record.bytes_out += outcome.bytes_out;
-    outcome.termination
+    Ok(Link {
+        ends,
+        lease: upstream.lease,
+        idle,
+    })
 }
