@@ -12,6 +12,7 @@ pub mod authority;
 pub mod config;
 pub mod ctl;
 pub mod health;
+pub mod http_link;
 pub mod lazy_timer;
 pub mod listener;
 pub mod login_gate;

@@ -11,7 +11,7 @@ use hyper::Request;
 use support::config::Config;
 use support::http::{HttpBackend, curl, full, send_on};
 use support::ops::{number, wait_access};
-use support::tls::{CertFiles, Pki, connect};
+use support::tls::{CertFiles, Pki, connect, server_config};
 use support::{Proxy, wait_until};
 
 const HOST: &str = "shop.example.com";
@@ -241,49 +241,6 @@ async fn strict_sni_refuses_unknown_names() {
     assert_eq!(send_on(stream, true, request).await.status, 200);
 }
 
-/// A rustls server config for an HTTPS backend serving `cert`, offering `alpn` and, with
-/// `client_ca`, requiring client certificates it signs.
-fn backend_tls(
-    cert: &CertFiles,
-    alpn: &[&str],
-    client_ca: Option<&std::path::Path>,
-) -> Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = |path: &std::path::Path| -> Vec<CertificateDer<'static>> {
-        CertificateDer::pem_file_iter(path)
-            .expect("read cert")
-            .collect::<Result<_, _>>()
-            .expect("cert PEM")
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("versions");
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in chain(ca) {
-                roots.add(cert).expect("add CA");
-            }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()
-                    .expect("client verifier");
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(
-            chain(&cert.cert),
-            PrivateKeyDer::from_pem_file(&cert.key).expect("key PEM"),
-        )
-        .expect("server cert");
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Arc::new(config)
-}
-
 /// A plaintext `http` listener in front of `backend` with these pool keys.
 async fn proxy_to_https(backend: SocketAddr, pool: &str) -> (Proxy, SocketAddr) {
     http_proxy(backend, "", pool).await
@@ -293,7 +250,7 @@ async fn proxy_to_https(backend: SocketAddr, pool: &str) -> (Proxy, SocketAddr) 
 async fn https_servers_by_sslmode() {
     let pki = Pki::new("Backend CA");
     let cert = pki.issue("backend", "backend.test", &["backend.test", "127.0.0.1"]);
-    let backend = HttpBackend::describe_tls(backend_tls(&cert, &["h2", "http/1.1"], None)).await;
+    let backend = HttpBackend::describe_tls(server_config(&cert, None, &["h2", "http/1.1"])).await;
     let root = format!("root_cert = {:?}", pki.ca);
 
     // verify-full: the chain and the address (an IP SAN) check out, HTTP/1.1 or HTTP/2 by ALPN.
@@ -329,7 +286,7 @@ async fn https_servers_by_sslmode() {
     // require: encrypted, not verified, so a certificate from an unknown CA is fine.
     let untrusted = Pki::new("Unknown CA");
     let odd = untrusted.issue("odd", "odd.test", &["odd.test"]);
-    let other = HttpBackend::describe_tls(backend_tls(&odd, &["http/1.1"], None)).await;
+    let other = HttpBackend::describe_tls(server_config(&odd, None, &["http/1.1"])).await;
     let (_proxy, front) =
         proxy_to_https(other.addr, "upstream_tls = { sslmode = \"require\" }").await;
     assert_eq!(support::http::get(front, "/", &[]).await.status, 200);
@@ -343,7 +300,8 @@ async fn https_servers_requiring_a_client_certificate_get_the_pools() {
     let pki = Pki::new("Backend CA");
     let cert = pki.issue("backend", "backend.test", &["127.0.0.1"]);
     let proxy_cert = pki.issue("proxy", "switchyard", &[]);
-    let backend = HttpBackend::describe_tls(backend_tls(&cert, &["http/1.1"], Some(&pki.ca))).await;
+    let backend =
+        HttpBackend::describe_tls(server_config(&cert, Some(&pki.ca), &["http/1.1"])).await;
     let with_cert = format!(
         "upstream_tls = {{ sslmode = \"verify-full\", root_cert = {:?}, client_cert = {:?}, client_key = {:?} }}",
         pki.ca, proxy_cert.cert, proxy_cert.key

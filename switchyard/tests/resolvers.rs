@@ -417,9 +417,10 @@ async fn post_many(front: SocketAddr, n: usize, body: usize) {
     }
 }
 
-/// A map resolver for `shop.example` (tenant `t`) and usage delivered to `redis`.
+/// A map resolver for `shop.example` (tenant `t`) and usage delivered to `sink` (a TOML
+/// inline table).
 async fn accounted_proxy(
-    redis: &RedisServer,
+    sink: &str,
     flush_interval: &str,
 ) -> (Proxy, SocketAddr, HttpBackend, tempfile::TempDir) {
     let backend = HttpBackend::start(
@@ -438,19 +439,26 @@ async fn accounted_proxy(
     )
     .unwrap();
     let resolver = format!(
-        "kind = \"map\"\nfile = \"{}\"\n\n[accounting]\nflush_interval = \"{flush_interval}\"\nsink = {{ kind = \"redis\", address = \"{}\", prefix = \"use:\" }}",
+        "kind = \"map\"\nfile = \"{}\"\n\n[accounting]\nflush_interval = \"{flush_interval}\"\nsink = {sink}",
         file.display(),
-        redis.url()
     );
     let (proxy, front) = proxy(&resolver).await;
     (proxy, front, backend, dir)
+}
+
+/// The Redis sink of `redis`, prefix `use:`.
+fn redis_sink(redis: &RedisServer) -> String {
+    format!(
+        "{{ kind = \"redis\", address = \"{}\", prefix = \"use:\" }}",
+        redis.url()
+    )
 }
 
 #[tokio::test]
 async fn usage_reaches_redis_exactly_at_reload_and_at_shutdown() {
     let redis = RedisServer::start().await;
     let mut conn = redis.connection().await;
-    let (mut proxy, front, _backend, _dir) = accounted_proxy(&redis, "1h").await;
+    let (mut proxy, front, _backend, _dir) = accounted_proxy(&redis_sink(&redis), "1h").await;
     post_many(front, 5, 300).await;
     let (_, tenants) = proxy.get("/api/v1/tenants").await;
     let tenants: serde_json::Value = serde_json::from_str(&tenants).unwrap();
@@ -476,7 +484,7 @@ async fn usage_reaches_redis_exactly_at_reload_and_at_shutdown() {
 #[tokio::test]
 async fn usage_counted_during_a_sink_outage_is_delivered_when_it_is_back() {
     let mut redis = RedisServer::start().await;
-    let (_proxy, front, _backend, _dir) = accounted_proxy(&redis, "100ms").await;
+    let (_proxy, front, _backend, _dir) = accounted_proxy(&redis_sink(&redis), "100ms").await;
     post_many(front, 2, 50).await;
     let conn = redis.connection().await;
     wait_until("usage delivered by the periodic flush", || {
@@ -518,30 +526,7 @@ async fn tcp_passthrough_routes_by_sni_through_a_map() {
         ),
     )
     .unwrap();
-    let config = format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-tls_passthrough = true
-pool = "tenants"
-[[pool]]
-name = "tenants"
-resolver = "r"
-key = "{{sni}}"
-[[resolver]]
-name = "r"
-kind = "map"
-file = "{}"
-allow_private = ["127.0.0.0/8"]
-"#,
-        file.display()
-    );
-    let proxy = Proxy::start(&config).await;
-    let front = listener_addr(&proxy, "front").await;
+    let (proxy, front) = map_proxy("tcp", "tls_passthrough = true", "{sni}", &file).await;
     let mut stream = connect(front, "a.test", pki.client(None, &[]))
         .await
         .expect("end-to-end handshake");
@@ -563,6 +548,41 @@ allow_private = ["127.0.0.0/8"]
             .any(|line| line["tenant"] == "ta")
     })
     .await;
+}
+
+/// A `protocol` listener `front` (with `listener_keys`) over pool `tenants`, whose servers
+/// come from the map `file` by `key`, answers on loopback allowed.
+async fn map_proxy(
+    protocol: &str,
+    listener_keys: &str,
+    key: &str,
+    file: &std::path::Path,
+) -> (Proxy, SocketAddr) {
+    let config = format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "{protocol}"
+pool = "tenants"
+{listener_keys}
+[[pool]]
+name = "tenants"
+resolver = "r"
+key = "{key}"
+[[resolver]]
+name = "r"
+kind = "map"
+file = "{}"
+allow_private = ["127.0.0.0/8"]
+"#,
+        file.display()
+    );
+    let proxy = Proxy::start(&config).await;
+    let front = listener_addr(&proxy, "front").await;
+    (proxy, front)
 }
 
 #[tokio::test]
@@ -603,4 +623,163 @@ async fn redis_with_auth() {
     assert_eq!(body_for(front, "shop.example").await, (200, "a".into()));
     let (_without, front) = proxy(&resolver("")).await;
     assert_eq!(body_for(front, "shop.example").await.0, 503);
+}
+
+/// A POST an HTTP usage receiver got: its `Idempotency-Key`, body and the status it answered.
+#[derive(Debug, Clone)]
+struct UsagePost {
+    key: String,
+    body: serde_json::Value,
+    status: u16,
+}
+
+/// A usage receiver over TLS with `cert`, as a billing system would run it: it checks the
+/// shared secret, records every POST and answers 500 to the first `failures`.
+async fn usage_receiver(
+    cert: &support::tls::CertFiles,
+    failures: usize,
+) -> (HttpBackend, Arc<std::sync::Mutex<Vec<UsagePost>>>) {
+    let posts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = posts.clone();
+    let failing = Arc::new(AtomicUsize::new(failures));
+    let config = support::tls::server_config(cert, None, &["http/1.1"]);
+    let receiver = HttpBackend::start_tls(config, move |request| {
+        let (posts, failing) = (recorded.clone(), failing.clone());
+        async move {
+            use http_body_util::BodyExt;
+            assert_eq!(request.headers()["authorization"], "Bearer s3cret");
+            let key = request.headers()["idempotency-key"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let fail = failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            let status = if fail { 500 } else { 200 };
+            posts.lock().unwrap().push(UsagePost { key, body, status });
+            let mut response = Response::new(full(""));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+            response
+        }
+    })
+    .await;
+    (receiver, posts)
+}
+
+/// Tenant `t`'s usage as a receiver that drops batches it already has counts it: the
+/// batches answered 200, each key once.
+fn received_usage(posts: &[UsagePost]) -> [u64; 4] {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = [0; 4];
+    for post in posts.iter().filter(|p| p.status == 200) {
+        if !seen.insert(post.key.clone()) {
+            continue;
+        }
+        for row in post.body["tenants"].as_array().unwrap() {
+            if row["tenant"] == "t" {
+                for (sum, field) in
+                    total
+                        .iter_mut()
+                        .zip(["connections", "bytes_in", "bytes_out", "requests"])
+                {
+                    *sum += row[field].as_u64().unwrap();
+                }
+            }
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reaches_an_https_sink_once_per_batch_though_it_fails_at_first() {
+    let pki = support::tls::Pki::new("Billing CA");
+    let cert = pki.issue("billing", "billing.test", &["127.0.0.1"]);
+    let (receiver, posts) = usage_receiver(&cert, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("sink-token");
+    std::fs::write(&secret, "Bearer s3cret").unwrap();
+    let sink = format!(
+        "{{ kind = \"http\", url = \"https://{}/usage\", ca = {:?}, headers = {{ authorization = \"file:{}\" }} }}",
+        receiver.addr,
+        pki.ca.display().to_string(),
+        secret.display()
+    );
+    let (_proxy, front, _backend, _dir) = accounted_proxy(&sink, "100ms").await;
+    post_many(front, 5, 300).await;
+    let done = || {
+        let posts = posts.lock().unwrap().clone();
+        received_usage(&posts) == [0, 1500, 5000, 5]
+    };
+    wait_until("the usage to be received", || async { done() }).await;
+    post_many(front, 2, 7).await;
+    wait_until("later usage on top", || async {
+        received_usage(&posts.lock().unwrap()) == [0, 1514, 7000, 7]
+    })
+    .await;
+    let posts = posts.lock().unwrap().clone();
+    // The batches answered 500 came again with the same key (and were counted once).
+    let failed: Vec<&UsagePost> = posts.iter().filter(|p| p.status == 500).collect();
+    assert_eq!(failed.len(), 2, "{posts:?}");
+    for post in &failed {
+        assert!(
+            posts
+                .iter()
+                .any(|p| p.status == 200 && p.key == post.key && p.body == post.body),
+            "batch {} was not resent: {posts:?}",
+            post.key
+        );
+    }
+    assert!(posts.iter().all(|p| p.body["batch"] == p.key.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_messages_accepted_are_counted_per_tenant() {
+    use support::smtp::{Aiosmtpd, smtplib_send};
+    let server = Aiosmtpd::start("aiosmtpd-usage", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("domains.toml");
+    let mut routes = String::new();
+    for (domain, tenant) in [("a.example", "ta"), ("b.example", "tb")] {
+        routes.push_str(&format!(
+            "[\"{domain}\"]\nservers = [{{ address = \"{}\" }}]\ntenant = \"{tenant}\"\n",
+            server.addr
+        ));
+    }
+    std::fs::write(&map, routes).unwrap();
+    let (proxy, front) = map_proxy(
+        "smtp",
+        "smtp = { hostname = \"mx.test\" }",
+        "{domain}",
+        &map,
+    )
+    .await;
+    let body = b"Subject: usage\r\n\r\nhi\r\n";
+    for (recipient, accepted) in [
+        ("r@a.example", true),
+        ("s@a.example", true),
+        ("r@b.example", true),
+        ("r@c.example", false),
+    ] {
+        let report =
+            smtplib_send(front, "127.0.0.1", "s@example.net", &[recipient], &[], body).await;
+        assert_eq!(
+            report["refused"] == serde_json::json!({}),
+            accepted,
+            "{report}"
+        );
+    }
+    server.wait_received(3).await;
+    wait_until("the messages counted per tenant", || async {
+        let (_, tenants) = proxy.get("/api/v1/tenants").await;
+        let tenants: serde_json::Value = serde_json::from_str(&tenants).unwrap();
+        tenants[0]["tenant"] == "ta"
+            && tenants[0]["messages"] == 2
+            && tenants[1]["tenant"] == "tb"
+            && tenants[1]["messages"] == 1
+    })
+    .await;
+    let (ok, out, _) = proxy.ctl(&["tenants"]);
+    assert!(ok && out.contains("messages"), "{out}");
 }

@@ -39,7 +39,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
 
 #[derive(Debug)]
 struct Snapshot {
-    tenants: Vec<(String, [u64; 6])>,
+    tenants: Vec<(String, crate::accounting::Counts)>,
     resolvers: Arc<crate::resolve::Resolvers>,
     pools: Arc<Vec<Arc<Pool>>>,
     listeners: Arc<Vec<Arc<Listener>>>,
@@ -118,14 +118,16 @@ const RESOLVER_METRICS: &[Metric<Resolver>] = &[
 ];
 
 /// The `top_n` tenants by bytes (both ways): labels per tenant would be unbounded.
-fn top_tenants(accounting: &crate::accounting::Accounting) -> Vec<(String, [u64; 6])> {
+fn top_tenants(
+    accounting: &crate::accounting::Accounting,
+) -> Vec<(String, crate::accounting::Counts)> {
     let mut all = accounting.snapshot();
     all.sort_by_key(|(_, v)| std::cmp::Reverse(v[1] + v[2]));
     all.truncate(accounting.top_n);
     all
 }
 
-const TENANT_METRICS: &[Metric<[u64; 6]>] = &[
+const TENANT_METRICS: &[Metric<crate::accounting::Counts>] = &[
     metric(
         "switchyard_tenant_connections",
         "Client connections of the tenant (top N by bytes)",
@@ -258,7 +260,7 @@ impl Collector for Snapshot {
         for metric in RESOLVER_METRICS {
             family(&mut encoder, metric, &resolvers)?;
         }
-        let tenants: Vec<(Labels, &[u64; 6])> = self
+        let tenants: Vec<(Labels, &crate::accounting::Counts)> = self
             .tenants
             .iter()
             .map(|(name, values)| (vec![("tenant", name.clone())], values))

@@ -55,14 +55,7 @@ pub fn tenants(shared: &Shared) -> serde_json::Value {
         .accounting
         .snapshot()
         .into_iter()
-        .map(|(tenant, values)| {
-            let mut row = serde_json::Map::new();
-            row.insert("tenant".into(), tenant.into());
-            for (field, value) in crate::accounting::FIELDS.iter().zip(values) {
-                row.insert((*field).into(), value.into());
-            }
-            serde_json::Value::Object(row)
-        });
+        .map(|(tenant, counts)| crate::accounting::usage_json(&tenant, &counts));
     serde_json::Value::Array(rows.collect())
 }
 

@@ -52,6 +52,9 @@ pub struct TenantUsage {
     pub requests: u64,
     /// PostgreSQL transactions (transaction pooling).
     pub transactions: u64,
+    /// SMTP messages the servers accepted.
+    #[serde(default)]
+    pub messages: u64,
     /// Connection time, milliseconds.
     pub connection_ms: u64,
 }
@@ -72,6 +75,7 @@ fn top_tenants(shared: &Shared) -> Vec<TenantUsage> {
                     bytes_out,
                     requests,
                     transactions,
+                    messages,
                     connection_ms,
                 ],
             )| {
@@ -82,6 +86,7 @@ fn top_tenants(shared: &Shared) -> Vec<TenantUsage> {
                     bytes_out,
                     requests,
                     transactions,
+                    messages,
                     connection_ms,
                 }
             },

@@ -411,7 +411,8 @@ pub fn load_str_with(
     }
 }
 
-/// Makes the file paths of TLS sections and map resolvers relative to the config file's directory.
+/// Makes the file paths of TLS sections, resolvers (a map's file, a webhook's `ca`) and the
+/// usage sink's `ca` relative to the config file's directory.
 fn resolve_paths(config: &mut Config, config_dir: &Path) {
     for listener in &mut config.listeners {
         if let Some(tls) = &mut listener.tls {
@@ -424,10 +425,17 @@ fn resolve_paths(config: &mut Config, config_dir: &Path) {
             }
         }
     }
-    for resolver in &mut config.resolvers {
-        if let Some(file) = &mut resolver.file {
-            *file = config_dir.join(&*file);
-        }
+    let sink_ca = config
+        .accounting
+        .as_mut()
+        .and_then(|a| a.sink.as_mut())
+        .and_then(|sink| sink.ca.as_mut());
+    let resolver_files = config
+        .resolvers
+        .iter_mut()
+        .flat_map(|r| [r.file.as_mut(), r.ca.as_mut()]);
+    for file in resolver_files.chain([sink_ca]).flatten() {
+        *file = config_dir.join(&*file);
     }
     for pool in &mut config.pools {
         if let Some(tls) = &mut pool.upstream_tls {

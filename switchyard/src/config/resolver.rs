@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration;
-use super::load::ErrorSink;
+use super::load::{ErrorSink, IntoSegment, PathSegment};
 use super::schema::Config;
 use crate::key_path;
 
@@ -30,12 +30,16 @@ pub struct ResolverConfig {
     /// `redis`: the key looked up is `prefix + key`; purges arrive on `prefix + "purge"`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
-    /// `http`: the webhook's URL (`http://host:port/path`).
+    /// `http`: the webhook's URL (`http://` or `https://host:port/path`).
     #[serde(default)]
     pub url: Option<String>,
     /// `http`: headers sent with every call (values may be `env:`/`file:` secrets).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `http` over https: PEM CAs the webhook's certificate is verified against instead
+    /// of the Mozilla roots; relative to the config file.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
     /// `map`: the TOML or JSON file of key → answer, relative to the config file.
     #[serde(default)]
     pub file: Option<std::path::PathBuf>,
@@ -140,16 +144,8 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             ResolverKind::Map => needs("file", resolver.file.is_some(), sink),
             ResolverKind::Http => {
                 needs("url", resolver.url.is_some(), sink);
-                if let Some(url) = &resolver.url
-                    && let Err(e) = url
-                        .parse::<hyper::Uri>()
-                        .map_err(|e| e.to_string())
-                        .and_then(|uri| match (uri.scheme_str(), uri.authority()) {
-                            (Some("http"), Some(_)) => Ok(()),
-                            _ => Err("only http://host:port/path URLs are supported".into()),
-                        })
-                {
-                    sink.at(&key_path!("resolver", i, "url"), e);
+                if let Some(url) = &resolver.url {
+                    check_webhook(url, &resolver.headers, &key_path!("resolver", i), sink);
                 }
             }
             ResolverKind::Redis => {
@@ -160,11 +156,6 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 {
                     sink.at(&key_path!("resolver", i, "address"), e);
                 }
-            }
-        }
-        for (key, value) in &resolver.headers {
-            if let Err(e) = crate::secret::resolve(value) {
-                sink.at(&key_path!("resolver", i, "headers", key.as_str()), e);
             }
         }
         if let Some(password) = &resolver.password
@@ -222,6 +213,45 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The URL of a webhook the proxy calls (the `http` resolver's, the `http` usage sink's):
+/// `http://` or `https://`, with a host.
+pub fn webhook_url(url: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("url `{url}`: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(uri),
+        _ => Err(format!(
+            "url `{url}`: only http:// and https://host[:port]/path URLs are supported"
+        )),
+    }
+}
+
+/// Checks the `url` and `headers` (their secrets resolve) of the table at `at`: a webhook
+/// resolver or the `http` usage sink.
+pub(super) fn check_webhook(
+    url: &str,
+    headers: &BTreeMap<String, String>,
+    at: &[PathSegment],
+    sink: &mut ErrorSink<'_>,
+) {
+    let under = |key: &str| {
+        let mut path = at.to_vec();
+        path.push(key.into_segment());
+        path
+    };
+    if let Err(e) = webhook_url(url) {
+        sink.at(&under("url"), e);
+    }
+    for (name, value) in headers {
+        let mut path = under("headers");
+        path.push(name.as_str().into_segment());
+        if let Err(e) = crate::secret::resolve(value) {
+            sink.at(&path, e);
+        } else if name.parse::<hyper::header::HeaderName>().is_err() {
+            sink.at(&path, format!("`{name}` is not a header name"));
         }
     }
 }

@@ -85,7 +85,7 @@ pub struct LookupContext<'a> {
 #[derive(Debug)]
 enum Source {
     Map(map::MapSource),
-    Http(webhook::Webhook),
+    Http(crate::http_link::HttpLink),
     Redis(Arc<redis::RedisSource>),
 }
 
@@ -151,12 +151,13 @@ impl Resolver {
                     .as_deref()
                     .ok_or("a map resolver needs `file`")?,
             )?),
-            ResolverKind::Http => Source::Http(webhook::Webhook::new(
+            ResolverKind::Http => Source::Http(crate::http_link::HttpLink::new(
                 config
                     .url
                     .as_deref()
                     .ok_or("an http resolver needs `url`")?,
                 &config.headers,
+                config.ca.as_deref(),
                 config.timeout,
             )?),
             ResolverKind::Redis => Source::Redis(Arc::new(redis::RedisSource::new(
@@ -300,7 +301,7 @@ impl Resolver {
         let started = Instant::now();
         let fetched = match &self.source {
             Source::Map(map) => Ok(map.fetch(key)),
-            Source::Http(webhook) => webhook.fetch(key, context).await,
+            Source::Http(link) => webhook::fetch(link, key, context).await,
             Source::Redis(redis) => redis.fetch(key).await,
         };
         let outcome = match fetched {

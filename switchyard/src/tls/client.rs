@@ -39,8 +39,9 @@ impl UpstreamTls {
             .map_err(|e| format!("TLS setup: {e}"))?;
         let verifier: Arc<dyn ServerCertVerifier> = match cfg.sslmode {
             SslMode::VerifyCa | SslMode::VerifyFull => {
+                let ca = cfg.root_cert.as_ref().map(|path| base_dir.join(path));
                 let webpki = WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(roots(cfg, base_dir)?),
+                    Arc::new(roots(ca.as_deref())?),
                     provider.clone(),
                 )
                 .build()
@@ -112,12 +113,25 @@ impl UpstreamTls {
     }
 }
 
-fn roots(cfg: &UpstreamTlsConfig, base_dir: &Path) -> Result<RootCertStore, String> {
+/// A client config for HTTPS endpoints the proxy calls itself (webhooks, the usage sink):
+/// servers verified by name against the CAs of `ca`, else the Mozilla roots, as
+/// `verify-full` does for pools.
+pub fn https_client(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(SUPPORTED_VERSIONS)
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The CAs of the PEM file `ca`, else the Mozilla roots.
+fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    match &cfg.root_cert {
+    match ca {
         Some(path) => {
-            let path = base_dir.join(path);
-            for cert in read_certs(&path)? {
+            for cert in read_certs(path)? {
                 roots
                     .add(cert)
                     .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;

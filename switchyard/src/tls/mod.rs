@@ -22,7 +22,7 @@ use crate::config::load::ErrorSink;
 use crate::config::{ClientAuth, Config};
 use crate::key_path;
 
-pub use client::UpstreamTls;
+pub use client::{UpstreamTls, https_client};
 pub use passthrough::{CLIENT_HELLO_TIMEOUT, MAX_CLIENT_HELLO, read_client_hello};
 pub use pem::{CertFacts, cert_facts};
 pub use rewind::Rewind;
@@ -46,7 +46,8 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Checks the TLS sections: files readable, keys fitting their certificates, a CA for
-/// client authentication, client certificate and key given together.
+/// client authentication, client certificate and key given together; the `ca` files of
+/// webhooks and the usage sink.
 pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
     let provider = provider();
     for (i, listener) in config.listeners.iter().enumerate() {
@@ -108,6 +109,28 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 "root_cert"
             };
             sink.at(&key_path!("pool", i, "upstream_tls", key), e);
+        }
+    }
+    let webhooks = config
+        .resolvers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (key_path!("resolver", i, "ca").to_vec(), r.ca.as_deref()));
+    let sink_ca = config
+        .accounting
+        .as_ref()
+        .and_then(|a| a.sink.as_ref())
+        .map(|s| {
+            (
+                key_path!("accounting", "sink", "ca").to_vec(),
+                s.ca.as_deref(),
+            )
+        });
+    for (at, ca) in webhooks.chain(sink_ca) {
+        if let Some(ca) = ca
+            && let Err(e) = https_client(Some(ca))
+        {
+            sink.at(&at, e);
         }
     }
 }

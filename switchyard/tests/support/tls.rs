@@ -163,30 +163,7 @@ pub async fn tls_backend_with(
     client_ca: Option<&Path>,
     alpn: &[&str],
 ) -> Backend {
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions");
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for cert in read_chain(ca) {
-                roots.add(cert).expect("add CA");
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                roots.into(),
-                provider(),
-            )
-            .build()
-            .expect("client verifier");
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(read_chain(&files.cert), read_key(&files.key))
-        .expect("server cert");
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(files, client_ca, alpn));
     Backend::start("127.0.0.1:0", move |stream: TcpStream| {
         let acceptor = acceptor.clone();
         async move {
@@ -211,4 +188,37 @@ pub async fn tls_backend_with(
         }
     })
     .await
+}
+
+/// A rustls server config serving `files`, offering `alpn` and, with `client_ca`,
+/// requiring client certificates it signs (for TLS servers the tests write themselves).
+pub fn server_config(
+    files: &CertFiles,
+    client_ca: Option<&Path>,
+    alpn: &[&str],
+) -> Arc<ServerConfig> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_chain(ca) {
+                roots.add(cert).expect("add CA");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.into(),
+                provider(),
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(read_chain(&files.cert), read_key(&files.key))
+        .expect("server cert");
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
 }

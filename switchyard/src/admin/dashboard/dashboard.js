@@ -227,7 +227,8 @@
       row.dataset.tenant = t.tenant;
       for (const [text, cls] of [[t.tenant, 'text cell-tenant'], [number(t.connections), 'cell-connections'],
         [bytes(t.bytes_in), 'cell-in'], [bytes(t.bytes_out), 'cell-out'], [number(t.requests), 'cell-requests'],
-        [number(t.transactions), 'opt cell-transactions'], [age(t.connection_ms / 1000), 'opt cell-connected']]) {
+        [number(t.transactions), 'opt cell-transactions'], [number(t.messages || 0), 'opt cell-messages'],
+        [age(t.connection_ms / 1000), 'opt cell-connected']]) {
         setText(cell(row, cls), text);
       }
       return row;

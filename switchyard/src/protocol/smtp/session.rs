@@ -1141,6 +1141,17 @@ impl Session<'_> {
         let Some(transaction) = self.transaction.take() else {
             return;
         };
+        // A message the server accepted counts for the tenant of the answer that routed
+        // its transaction (set at its first recipient).
+        if (200..300).contains(&code)
+            && transaction
+                .route
+                .as_ref()
+                .is_some_and(|p| p.origin.is_some())
+            && let Some(tenant) = &self.record.tenant
+        {
+            self.handler.context.accounting.tenant(tenant).add_message();
+        }
         let pool = self.record.pool.clone();
         self.handler.metrics.message(
             &self.listener.name,

@@ -1,13 +1,16 @@
 //! Usage per tenant, for billing: connections, bytes each way, HTTP requests, PostgreSQL
-//! transactions and connection time, counted where connections and requests end, and
-//! delivered to a sink (Redis: `HINCRBY` on `prefix + tenant`) every `flush_interval` and
-//! at shutdown, reload and upgrade.
+//! transactions, SMTP messages and connection time, counted where connections, requests
+//! and messages end, and delivered to a sink (`sink`: Redis or an HTTP receiver) every
+//! `flush_interval` and at shutdown, reload and upgrade.
 //!
 //! Delivery is at least once and never counts twice: each flush turns what was counted
-//! since the last one into a batch with an id of its own, and the sink applies a batch in
-//! one script that first records its id (`SET NX`), so a batch retried after a lost reply
-//! is skipped. Batches wait, oldest first, while the sink is down, up to
-//! `max_pending_batches` (the oldest is dropped with a warning beyond it).
+//! since the last one into a batch with an id of its own, which the sink applies once
+//! (Redis records the id in the script that applies it; an HTTP receiver gets it as
+//! `Idempotency-Key`). Batches wait, oldest first, while the sink is down, up to
+//! `max_pending_batches` (the oldest is dropped with a warning beyond it), and are retried
+//! with a backoff from 250 ms up to `flush_interval`: one mechanism, whatever the sink.
+
+mod sink;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,17 +18,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::AccountingConfig;
-use crate::redis_link::RedisLink;
+use sink::Sink;
 
-/// The usage fields, in the order of [`Usage::read`] and of the Redis hash fields.
-pub const FIELDS: [&str; 6] = [
+/// The usage fields, in the order of [`Counts`] (and of the Redis hash fields and the
+/// JSON of the API and the HTTP sink).
+pub const FIELDS: [&str; 7] = [
     "connections",
     "bytes_in",
     "bytes_out",
     "requests",
     "transactions",
+    "messages",
     "connection_ms",
 ];
+
+/// One tenant's counters, in [`FIELDS`] order.
+pub type Counts = [u64; FIELDS.len()];
 
 /// One tenant's usage since the process started.
 #[derive(Debug, Default)]
@@ -40,19 +48,22 @@ pub struct Usage {
     pub requests: AtomicU64,
     /// PostgreSQL transactions.
     pub transactions: AtomicU64,
+    /// SMTP messages the server accepted.
+    pub messages: AtomicU64,
     /// Connection time, milliseconds.
     pub connection_ms: AtomicU64,
 }
 
 impl Usage {
     /// The counters, in [`FIELDS`] order.
-    pub fn read(&self) -> [u64; 6] {
+    pub fn read(&self) -> Counts {
         [
             &self.connections,
             &self.bytes_in,
             &self.bytes_out,
             &self.requests,
             &self.transactions,
+            &self.messages,
             &self.connection_ms,
         ]
         .map(|c| c.load(Ordering::Relaxed))
@@ -65,6 +76,11 @@ impl Usage {
         self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
     }
 
+    /// Counts one message a server accepted (SMTP).
+    pub fn add_message(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one finished connection.
     pub fn add_connection(&self, bytes_in: u64, bytes_out: u64, duration_ms: u64) {
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -74,36 +90,36 @@ impl Usage {
     }
 }
 
+/// One tenant's usage as JSON: `{"tenant", "connections", "bytes_in", ...}` (the API's
+/// rows, the HTTP sink's).
+pub fn usage_json(tenant: &str, counts: &Counts) -> serde_json::Value {
+    let mut row = serde_json::Map::new();
+    row.insert("tenant".into(), tenant.into());
+    for (field, value) in FIELDS.iter().zip(counts) {
+        row.insert((*field).into(), (*value).into());
+    }
+    serde_json::Value::Object(row)
+}
+
 /// What a flush delivers: per tenant, the increments of each field.
 #[derive(Debug, Clone)]
 struct Batch {
     id: String,
-    increments: Vec<(String, [u64; 6])>,
+    increments: Vec<(String, Counts)>,
 }
 
-/// Applies a batch once: records its id, then increments every field given.
-/// KEYS[1] is the batch id key; then per tenant a hash key; ARGV holds the six
-/// increments of each tenant in order.
-const APPLY_BATCH: &str = r#"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 604800) then return 0 end
-local fields = {'connections','bytes_in','bytes_out','requests','transactions','connection_ms'}
-for t = 2, #KEYS do
-  for f = 1, 6 do
-    local n = tonumber(ARGV[(t - 2) * 6 + f])
-    if n ~= 0 then redis.call('HINCRBY', KEYS[t], fields[f], n) end
-  end
-end
-return 1
-"#;
+/// The first retry after a failed delivery; each next one waits twice as long, up to
+/// `flush_interval`.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
 
 /// Every tenant's usage, and its delivery.
 #[derive(Debug)]
 pub struct Accounting {
     tenants: Mutex<HashMap<String, Arc<Usage>>>,
     // What each tenant had when last put into a batch.
-    batched: Mutex<HashMap<String, [u64; 6]>>,
+    batched: Mutex<HashMap<String, Counts>>,
     pending: tokio::sync::Mutex<VecDeque<Batch>>,
-    sink: Option<(RedisLink, String)>,
+    sink: Option<Sink>,
     max_pending: usize,
     instance: String,
     sequence: AtomicU64,
@@ -122,14 +138,7 @@ impl Accounting {
     pub fn new(config: Option<&AccountingConfig>) -> Result<Self, String> {
         let sink = config
             .and_then(|c| c.sink.as_ref())
-            .map(|sink| {
-                RedisLink::new(
-                    &sink.address,
-                    sink.password.as_deref(),
-                    Duration::from_secs(2),
-                )
-                .map(|link| (link, sink.prefix.clone()))
-            })
+            .map(Sink::new)
             .transpose()?;
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| e.to_string())?;
@@ -158,7 +167,7 @@ impl Accounting {
     }
 
     /// Every tenant's usage since start, by name.
-    pub fn snapshot(&self) -> Vec<(String, [u64; 6])> {
+    pub fn snapshot(&self) -> Vec<(String, Counts)> {
         let mut all: Vec<_> = lock(&self.tenants)
             .iter()
             .map(|(name, usage)| (name.clone(), usage.read()))
@@ -176,7 +185,7 @@ impl Accounting {
             for (name, usage) in tenants.iter() {
                 let now = usage.read();
                 let before = batched.entry(name.clone()).or_default();
-                let delta: [u64; 6] = std::array::from_fn(|i| now[i].saturating_sub(before[i]));
+                let delta: Counts = std::array::from_fn(|i| now[i].saturating_sub(before[i]));
                 if delta.iter().any(|&d| d != 0) {
                     increments.push((name.clone(), delta));
                     *before = now;
@@ -200,66 +209,64 @@ impl Accounting {
         }
     }
 
-    /// Delivers what was counted since the last flush, and every batch still pending,
-    /// oldest first; stops at the first failure (retried at the next flush).
-    pub async fn flush(&self) {
-        let Some((link, prefix)) = &self.sink else {
-            return;
-        };
+    /// Delivers what was counted since the last flush, and every batch still pending;
+    /// whether nothing is left pending.
+    pub async fn flush(&self) -> bool {
+        if self.sink.is_none() {
+            return true;
+        }
         self.cut_batch().await;
+        self.deliver_pending().await
+    }
+
+    /// Delivers the pending batches, oldest first; stops at the first failure (the batch
+    /// stays, to be retried); whether nothing is left pending.
+    async fn deliver_pending(&self) -> bool {
+        let Some(sink) = &self.sink else {
+            return true;
+        };
         let mut pending = self.pending.lock().await;
         while let Some(batch) = pending.front() {
-            match deliver(link, prefix, batch).await {
+            match sink.deliver(batch).await {
                 Ok(()) => {
                     pending.pop_front();
                 }
                 Err(error) => {
-                    tracing::warn!(%error, pending = pending.len(), "usage not delivered; kept for the next flush");
-                    return;
+                    tracing::warn!(%error, batch = %batch.id, pending = pending.len(), "usage not delivered; kept to retry");
+                    return false;
                 }
             }
         }
+        true
     }
 
-    /// Flushes every `flush_interval` until `stop`.
+    /// Flushes every `flush_interval` until `stop`; after a failed delivery, retries the
+    /// pending batches with a backoff ([`FIRST_RETRY`] doubling up to `flush_interval`).
     pub fn spawn_flushes(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         if self.sink.is_none() {
             return;
         }
         let accounting = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(accounting.flush_interval);
+            let interval = accounting.flush_interval;
+            let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut retry: Option<Duration> = None;
             loop {
-                tokio::select! {
+                let delivered = tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => accounting.flush().await,
-                }
+                    _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {
+                        accounting.deliver_pending().await
+                    }
+                };
+                retry = match (delivered, retry) {
+                    (true, _) => None,
+                    (false, None) => Some(FIRST_RETRY.min(interval)),
+                    (false, Some(wait)) => Some((wait * 2).min(interval)),
+                };
             }
         });
     }
-}
-
-/// Applies one batch with [`APPLY_BATCH`].
-async fn deliver(link: &RedisLink, prefix: &str, batch: &Batch) -> Result<(), String> {
-    let script = redis::Script::new(APPLY_BATCH);
-    let mut invocation = script.key(format!("{prefix}batch:{}", batch.id));
-    for (tenant, values) in &batch.increments {
-        invocation.key(format!("{prefix}{tenant}"));
-        for value in values {
-            invocation.arg(*value);
-        }
-    }
-    let work = async {
-        let mut connection = link.connection().await?;
-        invocation
-            .invoke_async::<i64>(&mut connection)
-            .await
-            .map_err(|e| format!("redis: {e}"))
-    };
-    tokio::time::timeout(link.timeout, work)
-        .await
-        .map_err(|_| "redis: timed out".to_string())??;
-    Ok(())
 }
