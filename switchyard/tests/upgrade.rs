@@ -392,3 +392,94 @@ async fn sigusr2_upgrades_and_notifies_systemd() {
     let (ok, out, err) = run_ctl(&proxy.admin.to_string(), None, &["status"]);
     assert!(ok && out.contains("echo"), "ctl status: {err}");
 }
+
+/// Usage counted through a binary upgrade reaches the sink exactly: what the old process
+/// counted is delivered when it ends, what the new one counted when it flushes, nothing
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_is_delivered_exactly_once_across_an_upgrade() {
+    use redis::AsyncCommands;
+    let redis = support::redis::RedisServer::start().await;
+    let backend = HttpBackend::start(|request: hyper::Request<hyper::body::Incoming>| async {
+        use http_body_util::BodyExt;
+        let _ = request.into_body().collect().await;
+        hyper::Response::new(support::http::full(vec![b'y'; 1000]))
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routes = dir.path().join("routes.json");
+    let answer = format!(
+        r#"{{"load.example.com": {{"servers": [{{"address": "{}"}}], "tenant": "t"}}}}"#,
+        backend.addr
+    );
+    std::fs::write(&routes, answer).expect("write the map");
+    let config = format!(
+        r#"
+shutdown_timeout = "30s"
+[admin]
+listen = "{{admin}}"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+protocol = "http"
+pool = "tenants"
+[[pool]]
+name = "tenants"
+resolver = "r"
+key = "{{host}}"
+[[resolver]]
+name = "r"
+kind = "map"
+file = "{}"
+allow_private = ["127.0.0.0/8"]
+[accounting]
+flush_interval = "200ms"
+sink = {{ kind = "redis", address = "{}", prefix = "use:" }}
+"#,
+        routes.display(),
+        redis.url()
+    );
+    let mut proxy = Proxy::start(&config).await;
+    let web = support::ops::listener_addr(&proxy, "web").await;
+    // Clients POST 300 bytes and get 1000 back, on new and on kept-alive connections.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (load, tasks) = HttpLoad::spawn_posting(web, &stop, 300);
+    let ok = || load.ok.load(Ordering::Relaxed);
+    wait_until("traffic through the old process", || async { ok() > 50 }).await;
+    let mut children = Children(vec![spawn_upgrade(&proxy, 1)]);
+    wait_handed_over(|| proxy.stderr()).await;
+    let status = proxy.wait_exit().await;
+    assert!(status.success(), "old process exited with {status}");
+    let after = ok();
+    wait_until("traffic through the new process", || async {
+        ok() > after + 50
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("load task");
+    }
+    assert_eq!(
+        load.failures(),
+        Vec::<String>::new(),
+        "failed HTTP requests"
+    );
+    let new = &mut children.0[0];
+    let stopped = Command::new("kill")
+        .arg(new.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let status = wait_child(new).await;
+    assert!(status.success(), "new process exited with {status}");
+    let requests = ok() as u64;
+    let mut conn = redis.connection().await;
+    let usage: std::collections::HashMap<String, u64> =
+        conn.hgetall("use:t").await.expect("usage hash");
+    let field = |name: &str| usage.get(name).copied().unwrap_or_default();
+    assert_eq!(
+        [field("requests"), field("bytes_in"), field("bytes_out")],
+        [requests, requests * 300, requests * 1000],
+        "{usage:?}"
+    );
+}

@@ -266,11 +266,21 @@ impl HttpLoad {
         front: SocketAddr,
         stop: &Arc<AtomicBool>,
     ) -> (Arc<HttpLoad>, Vec<JoinHandle<()>>) {
+        Self::spawn_posting(front, stop, 0)
+    }
+
+    /// Like [`Self::spawn`], each request a `POST` of `body` bytes (a `GET` for 0).
+    pub fn spawn_posting(
+        front: SocketAddr,
+        stop: &Arc<AtomicBool>,
+        body: usize,
+    ) -> (Arc<HttpLoad>, Vec<JoinHandle<()>>) {
         let load = Arc::new(HttpLoad::default());
         let tasks = [false, true]
             .into_iter()
             .map(|keep_alive| {
-                tokio::spawn(http_load(front, keep_alive, stop.clone(), load.clone()))
+                let (stop, load) = (stop.clone(), load.clone());
+                tokio::spawn(http_load(front, keep_alive, body, stop, load))
             })
             .collect();
         (load, tasks)
@@ -282,12 +292,14 @@ impl HttpLoad {
     }
 }
 
-/// `GET /` to `front` with a hyper client until `stop`. With `keep_alive` the client keeps
-/// its connections (a pooled client: connections reused, replaced when the proxy closes
-/// them); without, each request opens a new connection.
+/// `GET /` (or a `POST` of `body` bytes) to `front` with a hyper client until `stop`.
+/// With `keep_alive` the client keeps its connections (a pooled client: connections
+/// reused, replaced when the proxy closes them); without, each request opens a new
+/// connection.
 pub async fn http_load(
     front: SocketAddr,
     keep_alive: bool,
+    body: usize,
     stop: Arc<AtomicBool>,
     load: Arc<HttpLoad>,
 ) {
@@ -299,9 +311,12 @@ pub async fn http_load(
     let client: Client<_, TestBody> = builder.build_http();
     let uri: hyper::Uri = format!("http://{front}/").parse().expect("uri");
     while !stop.load(Ordering::Relaxed) {
-        let request = Request::get(uri.clone())
+        let method = if body == 0 { "GET" } else { "POST" };
+        let request = Request::builder()
+            .method(method)
+            .uri(uri.clone())
             .header("host", "load.example.com")
-            .body(full(""))
+            .body(full(vec![b'x'; body]))
             .expect("request");
         let outcome = async {
             let response = client
