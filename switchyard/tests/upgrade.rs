@@ -99,10 +99,17 @@ async fn connection_load(front: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Ta
     }
 }
 
+/// A connection to `front` that a process has accepted and serves (one round trip done):
+/// until then it may wait in the listening socket's queue, which the next process takes.
+async fn served_connection(front: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(front).await.expect("keep-alive connect");
+    assert_eq!(round_trip(&mut stream, b"open\n").await, b"open\n");
+    stream
+}
+
 /// One keep-alive connection doing round trips until `stop`, counting them in `done`.
 /// Any error fails the test.
-async fn keep_alive(front: SocketAddr, stop: Arc<AtomicBool>, done: Arc<AtomicUsize>) {
-    let mut stream = TcpStream::connect(front).await.expect("keep-alive connect");
+async fn keep_alive(mut stream: TcpStream, stop: Arc<AtomicBool>, done: Arc<AtomicUsize>) {
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         let message = format!("keep-alive {n}\n");
@@ -144,15 +151,12 @@ async fn five_upgrades_under_load_lose_no_connection() {
         // Keep-alive sessions on the current process, running through the handover.
         let session_stop = Arc::new(AtomicBool::new(false));
         let session_trips = Arc::new(AtomicUsize::new(0));
-        let sessions: Vec<_> = (0..2)
-            .map(|_| {
-                tokio::spawn(keep_alive(
-                    front,
-                    session_stop.clone(),
-                    session_trips.clone(),
-                ))
-            })
-            .collect();
+        let mut sessions = Vec::new();
+        for _ in 0..2 {
+            let stream = served_connection(front).await;
+            let (stop, trips) = (session_stop.clone(), session_trips.clone());
+            sessions.push(tokio::spawn(keep_alive(stream, stop, trips)));
+        }
         let before = tally.ok.load(Ordering::Relaxed);
         let http_before = http_load.ok.load(Ordering::Relaxed);
         children.0.push(spawn_upgrade(&proxy, generation));
@@ -413,34 +417,13 @@ async fn usage_is_delivered_exactly_once_across_an_upgrade() {
         backend.addr
     );
     std::fs::write(&routes, answer).expect("write the map");
-    let config = format!(
-        r#"
-shutdown_timeout = "30s"
-[admin]
-listen = "{{admin}}"
-[[listener]]
-name = "web"
-listen = "127.0.0.1:0"
-protocol = "http"
-pool = "tenants"
-[[pool]]
-name = "tenants"
-resolver = "r"
-key = "{{host}}"
-[[resolver]]
-name = "r"
-kind = "map"
-file = "{}"
-allow_private = ["127.0.0.0/8"]
-[accounting]
-flush_interval = "200ms"
-sink = {{ kind = "redis", address = "{}", prefix = "use:" }}
-"#,
-        routes.display(),
+    let accounting = format!(
+        "[accounting]\nflush_interval = \"200ms\"\nsink = {{ kind = \"redis\", address = \"{}\", prefix = \"use:\" }}",
         redis.url()
     );
+    let config = support::config::map_resolved("http", "", "{host}", &routes, &accounting);
     let mut proxy = Proxy::start(&config).await;
-    let web = support::ops::listener_addr(&proxy, "web").await;
+    let web = support::ops::listener_addr(&proxy, "front").await;
     // Clients POST 300 bytes and get 1000 back, on new and on kept-alive connections.
     let stop = Arc::new(AtomicBool::new(false));
     let (load, tasks) = HttpLoad::spawn_posting(web, &stop, 300);

@@ -214,6 +214,7 @@ pub async fn run(
     let stop_admin = shared.stop_background.child_token();
     let mut admin_handover = None;
     let mut admin_address = None;
+    let mut admin_api = None;
     if let Some(admin) = &config.admin {
         let listen: std::net::SocketAddr = admin.listen.parse().map_err(|_| {
             io::Error::new(
@@ -231,12 +232,7 @@ pub async fn run(
         tracing::info!(%address, "admin API listening");
         admin_address = Some(address);
         admin_handover = Some((address, admin_listener.as_fd().try_clone_to_owned()?));
-        tokio::spawn(admin_service(
-            admin_listener,
-            shared.clone(),
-            admin,
-            stop_admin.clone(),
-        ));
+        admin_api = Some((admin_listener, admin));
     }
     inherited.restore_servers(&shared);
     for pool in shared.pools().iter() {
@@ -254,6 +250,17 @@ pub async fn run(
         spawn_listener(&shared, listener);
     }
     upgrade::take_over(inherited, &shared).await?;
+    // The API answers from here on: after a binary upgrade, once the old process's
+    // counters are added (the old process answers on the shared socket until it stops,
+    // callers meanwhile wait in its backlog), so no caller sees them missing.
+    if let Some((listener, admin)) = admin_api {
+        tokio::spawn(admin_service(
+            listener,
+            shared.clone(),
+            admin,
+            stop_admin.clone(),
+        ));
+    }
     upgrade::notify_systemd();
     if let Some(path) = &ready_file {
         write_ready_file(path, admin_address, &shared)?;

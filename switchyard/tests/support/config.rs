@@ -222,3 +222,38 @@ servers = [
         servers = servers.join(",\n")
     )
 }
+
+/// A config whose listener `front` (`protocol`, with `listener_keys`) goes to pool
+/// `tenants`, whose servers come by `key` from the map resolver `r` reading `file`
+/// (answers on loopback allowed); `extra` is more TOML after it.
+pub fn map_resolved(
+    protocol: &str,
+    listener_keys: &str,
+    key: &str,
+    file: &std::path::Path,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[admin]
+listen = "{{admin}}"
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+protocol = "{protocol}"
+pool = "tenants"
+{listener_keys}
+[[pool]]
+name = "tenants"
+resolver = "r"
+key = "{key}"
+[[resolver]]
+name = "r"
+kind = "map"
+file = "{}"
+allow_private = ["127.0.0.0/8"]
+{extra}
+"#,
+        file.display()
+    )
+}
