@@ -247,29 +247,47 @@ async fn status(client: &AdminClient, json: bool) -> Result<(), String> {
         "BYTES_IN",
         "BYTES_OUT"
     );
+    let row = |pool: &str, s: &ServerStatus| {
+        // A database role from the health check, else whether it is a backup.
+        let role = match s.role.as_str() {
+            "primary" | "replica" => s.role.as_str(),
+            _ if s.backup => "backup",
+            _ => "-",
+        };
+        println!(
+            "{:<12} {:<12} {:<22} {:<6} {:<9} {:<8} {:>8} {:>7} {:>8} {:>12} {:>12}  {}",
+            pool,
+            s.name,
+            s.address,
+            s.state,
+            s.health,
+            role,
+            weight_column(s),
+            s.active,
+            s.total,
+            s.bytes_in,
+            s.bytes_out,
+            s.check.as_deref().unwrap_or("-")
+        );
+    };
     for pool in &pools {
         for s in &pool.servers {
-            // A database role from the health check, else whether it is a backup.
-            let role = match s.role.as_str() {
-                "primary" | "replica" => s.role.as_str(),
-                _ if s.backup => "backup",
-                _ => "-",
-            };
-            println!(
-                "{:<12} {:<12} {:<22} {:<6} {:<9} {:<8} {:>8} {:>7} {:>8} {:>12} {:>12}  {}",
-                pool.name,
-                s.name,
-                s.address,
-                s.state,
-                s.health,
-                role,
-                weight_column(s),
-                s.active,
-                s.total,
-                s.bytes_in,
-                s.bytes_out,
-                s.check.as_deref().unwrap_or("-")
-            );
+            row(&pool.name, s);
+        }
+        // A pool with `resolver`: each server set in use, then the keys routed to it.
+        for set in &pool.resolved {
+            for s in &set.servers {
+                row(&pool.name, s);
+            }
+            let keys: Vec<String> = set
+                .keys
+                .iter()
+                .map(|k| match &k.tenant {
+                    Some(tenant) => format!("{} (tenant {tenant})", k.key),
+                    None => k.key.clone(),
+                })
+                .collect();
+            println!("{:<12} {:<12} keys: {}", pool.name, "", keys.join(", "));
         }
         if pool.queued > 0 {
             println!("{:<12} ({} queued)", pool.name, pool.queued);

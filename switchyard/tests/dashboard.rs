@@ -508,27 +508,7 @@ async fn tenants_of_resolved_pools_are_listed_by_usage() {
         })
         .join("\n");
     std::fs::write(&routes, answers).expect("routes");
-    let config = format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "http"
-pool = "tenants"
-[[pool]]
-name = "tenants"
-resolver = "r"
-key = "{{host}}"
-[[resolver]]
-name = "r"
-kind = "map"
-file = "{}"
-allow_private = ["127.0.0.0/8"]
-"#,
-        routes.display()
-    );
+    let config = support::config::map_resolved("http", "", "{host}", &routes, "");
     let proxy = Proxy::start(&config).await;
     let front = listener_addr(&proxy, "front").await;
     // shop makes three requests, blog one: shop comes first.
@@ -564,6 +544,15 @@ allow_private = ["127.0.0.0/8"]
             .await
             .as_deref(),
         Some("1")
+    );
+    // The pool shows the server its answers route to, with the keys routed there.
+    let resolved = format!(
+        r#"section[data-pool="tenants"] .resolved tr[data-server="{}"] .cell-keys"#,
+        alpha.addr
+    );
+    assert_eq!(
+        browser.text(&resolved).await.as_deref(),
+        Some("blog.test (blog), shop.test (shop)")
     );
     let console = browser.log("browser").await;
     assert!(console.is_empty(), "no console messages: {console:?}");

@@ -112,6 +112,118 @@ async fn redis_routes_by_host_and_a_purge_reaches_every_instance() {
     drop(first);
 }
 
+/// The answers are in Redis, not a map: a map's reread drops the whole cache, which would
+/// hide whether the refused connection made the proxy ask again.
+#[tokio::test]
+async fn a_resolved_server_refusing_connections_is_held_down_and_asked_about_again() {
+    let redis = RedisServer::start().await;
+    let live = named("live").await;
+    let closed: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let mut conn = redis.connection().await;
+    let at = |addr: SocketAddr| format!(r#"{{"servers":[{{"address":"{addr}"}}]}}"#);
+    let _: () = conn.set("sw:shop.example", at(closed)).await.unwrap();
+    let resolver = format!(
+        "kind = \"redis\"\naddress = \"{}\"\nprefix = \"sw:\"\ncache = {{ ttl = \"1h\" }}",
+        redis.url()
+    );
+    let (proxy, front) = proxy(&resolver).await;
+    assert_eq!(body_for(front, "shop.example").await.0, 502);
+    // The server is held down, its failure shown.
+    let closed_server = || async {
+        let pools = proxy.pools().await;
+        let sets = &pools[0].resolved;
+        sets.iter()
+            .flat_map(|set| &set.servers)
+            .find(|s| s.name == closed.to_string())
+            .cloned()
+            .expect("the closed server's set is shown")
+    };
+    let held = closed_server().await;
+    assert_eq!(held.state, "down", "{held:?}");
+    assert!(
+        held.check
+            .as_deref()
+            .is_some_and(|c| c.starts_with("connect")),
+        "{held:?}"
+    );
+    // Moved, without a purge: the answer cached for an hour is asked about again at once.
+    let _: () = conn.set("sw:shop.example", at(live.addr)).await.unwrap();
+    assert_eq!(body_for(front, "shop.example").await, (200, "live".into()));
+    // Another key answered with the held server: no client is sent to it while held ...
+    let _: () = conn.set("sw:blog.example", at(closed)).await.unwrap();
+    assert_eq!(body_for(front, "blog.example").await.0, 503);
+    assert_eq!(closed_server().await.connect_errors, 1);
+    // ... and its answer, though cached for an hour, is asked about again when the hold ends.
+    let _: () = conn.set("sw:blog.example", at(live.addr)).await.unwrap();
+    wait_until("the moved answer once the hold is over", || async {
+        body_for(front, "blog.example").await == (200, "live".into())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_status_shows_each_resolved_server_set_with_its_keys() {
+    let (a, b) = (named("a").await, named("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    let mut routes = String::new();
+    for (key, backend, tenant) in [
+        ("shop.example", &a, "t1"),
+        ("blog.example", &a, "t2"),
+        ("other.example", &b, "t3"),
+    ] {
+        routes.push_str(&format!(
+            "[\"{key}\"]\nservers = [{{ address = \"{}\" }}]\ntenant = \"{tenant}\"\n",
+            backend.addr
+        ));
+    }
+    std::fs::write(&file, routes).unwrap();
+    let (proxy, front) = proxy(&format!("kind = \"map\"\nfile = \"{}\"", file.display())).await;
+    for host in ["shop.example", "blog.example", "other.example"] {
+        body_for(front, host).await;
+    }
+    let pool = &proxy.pools().await[0];
+    assert!(pool.servers.is_empty());
+    assert!(
+        pool.resolved
+            .iter()
+            .all(|set| set.servers.len() == 1 && set.servers[0].total >= 1)
+    );
+    // Per set: its server, and its keys with their tenants.
+    let mut shown: Vec<(String, String)> = pool
+        .resolved
+        .iter()
+        .map(|set| {
+            let keys: Vec<String> = set
+                .keys
+                .iter()
+                .map(|k| format!("{} {}", k.key, k.tenant.as_deref().unwrap_or("-")))
+                .collect();
+            (set.servers[0].name.clone(), keys.join(", "))
+        })
+        .collect();
+    let mut expected = vec![
+        (
+            a.addr.to_string(),
+            "blog.example t2, shop.example t1".to_string(),
+        ),
+        (b.addr.to_string(), "other.example t3".to_string()),
+    ];
+    shown.sort();
+    expected.sort();
+    assert_eq!(shown, expected);
+    // The operator's view too.
+    let (ok, out, err) = proxy.ctl(&["status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("keys: blog.example (tenant t2), shop.example (tenant t1)"),
+        "{out}"
+    );
+    assert!(out.contains(&b.addr.to_string()), "{out}");
+}
+
 #[tokio::test]
 async fn redis_outage_serves_stale_answers_and_recovers() {
     let mut redis = RedisServer::start().await;
@@ -558,28 +670,7 @@ async fn map_proxy(
     key: &str,
     file: &std::path::Path,
 ) -> (Proxy, SocketAddr) {
-    let config = format!(
-        r#"
-[admin]
-listen = "{{admin}}"
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-protocol = "{protocol}"
-pool = "tenants"
-{listener_keys}
-[[pool]]
-name = "tenants"
-resolver = "r"
-key = "{key}"
-[[resolver]]
-name = "r"
-kind = "map"
-file = "{}"
-allow_private = ["127.0.0.0/8"]
-"#,
-        file.display()
-    );
+    let config = support::config::map_resolved(protocol, listener_keys, key, file, "");
     let proxy = Proxy::start(&config).await;
     let front = listener_addr(&proxy, "front").await;
     (proxy, front)

@@ -319,6 +319,7 @@ mod tests {
                 queue_full: 5,
                 no_server: 6,
                 servers: vec![server("a,1", "ok"), server("b", "status \"500\"\nbad")],
+                resolved: Vec::new(),
                 protocol,
             }],
             tenants: Vec::new(),

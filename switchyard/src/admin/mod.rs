@@ -29,7 +29,7 @@ use crate::upstream::AdminState;
 
 pub use access::Access;
 pub use stats::Stats;
-pub use status::{ListenerStatus, PoolStatus, ServerStatus};
+pub use status::{ListenerStatus, PoolStatus, ResolvedKey, ResolvedSetStatus, ServerStatus};
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;

@@ -84,10 +84,33 @@ pub struct PoolStatus {
     pub no_server: u64,
     /// Servers.
     pub servers: Vec<ServerStatus>,
+    /// For a pool with `resolver`: the server sets answers route to now, each with the
+    /// keys routed there lately (and their tenants) and its servers' state and sessions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved: Vec<ResolvedSetStatus>,
     /// What the protocols of the pool's listeners add (PostgreSQL: `transaction_pools`,
     /// per database and user).
     #[serde(flatten)]
     pub protocol: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A server set of a pool with `resolver`, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolvedSetStatus {
+    /// Keys routed to these servers lately whose cached answer still names them (at most
+    /// 16), most recent first.
+    pub keys: Vec<ResolvedKey>,
+    /// The servers, their state and sessions.
+    pub servers: Vec<ServerStatus>,
+}
+
+/// A routing key and the tenant its answer names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolvedKey {
+    /// The key looked up.
+    pub key: String,
+    /// The answer's `tenant`, if it names one (usage goes to the key otherwise).
+    pub tenant: Option<String>,
 }
 
 /// A listener as the API shows it.
@@ -179,6 +202,20 @@ pub fn pools(shared: &Shared) -> Vec<PoolStatus> {
             queue_full: pool.stats.queue_full.load(Ordering::Relaxed),
             no_server: pool.stats.no_server.load(Ordering::Relaxed),
             servers: pool.servers.iter().map(|s| server(s)).collect(),
+            resolved: pool.resolver.as_ref().map_or_else(Vec::new, |resolver| {
+                resolver
+                    .in_use()
+                    .into_iter()
+                    .map(|set| ResolvedSetStatus {
+                        keys: set
+                            .keys
+                            .into_iter()
+                            .map(|(key, tenant)| ResolvedKey { key, tenant })
+                            .collect(),
+                        servers: set.pool.servers.iter().map(|s| server(s)).collect(),
+                    })
+                    .collect()
+            }),
             protocol: shared
                 .registry
                 .frontends()

@@ -4,6 +4,7 @@
 //! time (single flight): a thousand clients arriving for a cold key wait for one lookup.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +41,10 @@ pub struct Cache {
     entries: Mutex<lru::LruCache<String, Entry>>,
     flights: Mutex<HashMap<String, Flight>>,
     stale_if_error: Duration,
+    // Servers that refused a connection, and until when they are held down: an answer
+    // naming one is fresh no longer than that, so it is asked about again by the time the
+    // server is tried again.
+    suspects: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
@@ -56,6 +61,7 @@ impl Cache {
             )),
             flights: Mutex::new(HashMap::new()),
             stale_if_error,
+            suspects: Mutex::new(HashMap::new()),
         }
     }
 
@@ -92,9 +98,19 @@ impl Cache {
             };
         }
         if let Some(Ok(outcome)) = flight.get() {
-            let fresh_until = now + ttl;
+            let mut fresh_until = now + ttl;
             let keep_until = match outcome {
-                Outcome::Route(_) => fresh_until + self.stale_if_error,
+                Outcome::Route(answer) => {
+                    let keep_until = fresh_until + self.stale_if_error;
+                    let suspects = lock(&self.suspects);
+                    for server in &answer.servers {
+                        let held = server.address.socket().and_then(|a| suspects.get(&a));
+                        if let Some(&until) = held.filter(|&&until| until > now) {
+                            fresh_until = fresh_until.min(until);
+                        }
+                    }
+                    keep_until
+                }
                 _ => fresh_until,
             };
             lock(&self.entries).put(
@@ -119,8 +135,15 @@ impl Cache {
     }
 
     /// Makes every answer naming a server at `addr` stale, so the next connection asks the
-    /// source again (the server refused a connection: it may have moved).
-    pub fn revalidate(&self, addr: std::net::SocketAddr, now: Instant) {
+    /// source again (the server refused a connection: it may have moved); an answer naming
+    /// it that lands before `until` (the server is held down till then) is fresh only until
+    /// then.
+    pub fn revalidate(&self, addr: SocketAddr, now: Instant, until: Instant) {
+        {
+            let mut suspects = lock(&self.suspects);
+            suspects.retain(|_, held| *held > now);
+            suspects.insert(addr, until);
+        }
         for (_, entry) in lock(&self.entries).iter_mut() {
             if let Outcome::Route(answer) = &entry.outcome
                 && answer
@@ -172,6 +195,45 @@ mod tests {
             Cached::Miss
         ));
         assert_eq!(cache.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_server_makes_its_answers_stale_and_fresh_only_until_its_hold_ends() {
+        let cache = Cache::new(10, Duration::ZERO);
+        let now = Instant::now();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let answer = Arc::new(crate::resolve::Answer {
+            servers: vec![crate::resolve::PinnedServer {
+                name: "s".into(),
+                address: crate::address::ServerAddress::Ip(addr),
+                weight: 1,
+            }],
+            ttl: None,
+            tenant: None,
+            rewrite_database: None,
+            rewrite_user: None,
+            host: None,
+        });
+        let land = |at: Instant| {
+            let flight = cache.flight("k");
+            flight.set(Ok(Outcome::Route(answer.clone()))).unwrap();
+            cache.land("k", &flight, Duration::from_secs(3600), at);
+        };
+        land(now);
+        assert!(matches!(cache.get("k", now), Cached::Fresh(_)));
+        let hold = now + Duration::from_secs(2);
+        cache.revalidate(addr, now, hold);
+        assert!(matches!(cache.get("k", now), Cached::Stale(_)));
+        // Asked again while the server is held: the same answer lasts as long as the hold.
+        land(now);
+        assert!(matches!(cache.get("k", now), Cached::Fresh(_)));
+        assert!(matches!(cache.get("k", hold), Cached::Stale(_)));
+        // After the hold, answers last their TTL again.
+        land(hold);
+        assert!(matches!(
+            cache.get("k", hold + Duration::from_secs(60)),
+            Cached::Fresh(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]

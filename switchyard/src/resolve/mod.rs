@@ -343,9 +343,11 @@ impl Resolver {
     }
 
     /// Makes answers naming `addr` stale: the server refused a connection, so the next
-    /// connection asks the source again.
-    pub fn revalidate(&self, addr: SocketAddr) {
-        self.cache.revalidate(addr, Instant::now());
+    /// connection asks the source again; while it is held down (for `hold`), an answer
+    /// still naming it is asked about again when the hold ends.
+    pub fn revalidate(&self, addr: SocketAddr, hold: Duration) {
+        let now = Instant::now();
+        self.cache.revalidate(addr, now, now + hold);
     }
 
     /// Keys in the cache.

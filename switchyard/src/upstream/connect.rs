@@ -91,6 +91,9 @@ pub async fn connect_matching(
     Err(ConnectError::Failed { server, source })
 }
 
+/// How long a resolved server that failed a connect or TLS handshake takes no new work.
+const RESOLVED_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where reaching a server failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -115,7 +118,12 @@ pub fn record_failure(pool: &Pool, server: &Server, stage: Stage, error: &io::Er
     tracing::warn!(pool = %pool.name, server = %server.name, %error, "{what} failed");
     if let (Some(resolver), Some(addr)) = (&pool.origin, server.address.socket()) {
         // A resolved server refusing connections may have moved: ask the resolver again.
-        resolver.revalidate(addr);
+        // No active check watches it, so it is held down for a while instead, and asked
+        // about again when the hold ends.
+        resolver.revalidate(addr, RESOLVED_HOLD);
+        if let Some(transition) = server.hold_down(format!("{what}: {error}"), RESOLVED_HOLD) {
+            super::on_transition(pool, server, &transition);
+        }
     }
     if pool.health.is_some()
         && let Some(transition) = server.record_check(Err(format!("{what}: {error}")))

@@ -17,7 +17,7 @@ pub use connect::{
     lost_to_reload, record_failure,
 };
 pub use pool::{Lease, LeaseError, Pool, PoolStats, ServerFilter};
-pub use resolved::{PoolResolver, Resolved};
+pub use resolved::{InUse, PoolResolver, Resolved};
 pub use roles::{RoleFilter, connect_role, wanted_role};
 pub use secure::{ServerStream, secure_upstream, server_host};
 pub use server::{AdminState, ReplicaLag, Server, ServerRole, ServerStats};

@@ -121,6 +121,8 @@ pub struct Server {
     health: Mutex<HealthTracker>,
     // Whether `health` says down, readable without its lock: every lease asks.
     down: AtomicBool,
+    // Until when a server no active check watches stays down after a failure ([`hold_down`]).
+    held_until: Mutex<Option<Instant>>,
     sessions: Mutex<CancellationToken>,
     // `slow_start`, and when the server last came back (health down to up, or back to
     // ready): together they give the weight ramp.
@@ -221,6 +223,7 @@ impl Server {
             admin_state: AtomicU8::new(0),
             health: Mutex::new(HealthTracker::new(fall, rise)),
             down: AtomicBool::new(false),
+            held_until: Mutex::new(None),
             sessions: Mutex::new(CancellationToken::new()),
             slow_start: Mutex::new(slow_start),
             returned_at: Mutex::new(None),
@@ -429,8 +432,31 @@ impl Server {
     /// Whether new work may go to this server (ignoring its connection limit).
     pub fn is_available(&self) -> bool {
         self.admin_state() == AdminState::Ready
-            && !self.down.load(Ordering::Acquire)
+            && (!self.down.load(Ordering::Acquire) || self.hold_over())
             && self.weight() > 0
+    }
+
+    /// Takes down, for `hold`, a server no active check watches (a resolver's), after a
+    /// failure seen in traffic: clients meanwhile are not sent to it one after another,
+    /// and it comes back by itself when the hold is over, for the next connection to
+    /// try it again.
+    pub fn hold_down(&self, reason: String, hold: Duration) -> Option<Transition> {
+        *lock(&self.held_until) = Some(Instant::now() + hold);
+        self.record_check(Err(reason))
+    }
+
+    /// Whether the server was held down and the hold is over: it is then back (unchecked).
+    fn hold_over(&self) -> bool {
+        let mut held = lock(&self.held_until);
+        match *held {
+            Some(until) if Instant::now() >= until => {
+                *held = None;
+                drop(held);
+                self.change_health(|tracker| tracker.seed(Health::Unchecked));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Takes a connection slot if the limit allows.
@@ -562,6 +588,18 @@ mod tests {
             s.last_check_duration().is_some(),
             "a huge duration is kept, saturated"
         );
+    }
+
+    #[test]
+    fn a_held_server_is_down_until_the_hold_is_over() {
+        let s = server(1, Duration::ZERO);
+        let down = s.hold_down("connect: refused".into(), Duration::from_secs(60));
+        assert_eq!(down.map(|t| t.to), Some(Health::Down));
+        assert!(!s.is_available());
+        *lock(&s.held_until) = Some(Instant::now());
+        assert!(s.is_available());
+        assert_eq!(s.health(), Health::Unchecked);
+        assert_eq!(s.last_check().as_deref(), Some("connect: refused"));
     }
 
     #[test]

@@ -248,6 +248,8 @@
       spark: section.querySelector('.spark'),
       toggle: section.querySelector('.toggle'),
       servers: section.querySelector('.servers tbody'),
+      resolved: section.querySelector('.resolved'),
+      resolvedBody: section.querySelector('.resolved tbody'),
       txpools: section.querySelector('.txpools'),
       txBody: section.querySelector('.txpools tbody'),
       rows: new Map(),
@@ -300,6 +302,7 @@
       requests = rates.rate(JSON.stringify(['p', pool.name, 'requests']), classesTotal(responses.all));
       own.errors += rates.rate(JSON.stringify(['p', pool.name, '5xx']), responses.all['5xx'] || 0) || 0;
     }
+    renderResolved(view, pool);
     const tx = renderTxPools(view, pool, rates);
     if (tx != null) requests = (requests || 0) + tx;
     sample.sessions += own.sessions;
@@ -368,6 +371,35 @@
     setText(c.classes, classes ? CLASSES.map((k) => classes[k] || 0).join(' / ') : '–');
     setText(c.weight, s.effective_weight < s.weight ? s.effective_weight.toFixed(1) + ' / ' + s.weight : String(s.weight));
     for (const state of STATES) r.buttons[state].disabled = s.admin_state === state;
+  }
+
+  // A pool with a resolver: a row per server of each set answers route to, with the keys
+  // routed there lately (rebuilt at each poll: sets come and go with the answers).
+  function renderResolved(view, pool) {
+    const sets = pool.resolved || [];
+    view.resolved.hidden = sets.length === 0;
+    const rows = [];
+    for (const set of sets) {
+      const keys = set.keys.map((k) => k.tenant ? k.key + ' (' + k.tenant + ')' : k.key).join(', ');
+      for (const s of set.servers) {
+        const row = document.createElement('tr');
+        row.dataset.server = s.name;
+        setText(cell(row, 'text cell-server'), s.name);
+        const state = document.createElement('span');
+        state.className = 'state state-' + s.state;
+        state.textContent = s.state;
+        const stateCell = cell(row, 'text cell-state');
+        stateCell.appendChild(state);
+        stateCell.title = s.check || '';
+        setText(cell(row, 'text cell-keys'), keys);
+        for (const [text, cls] of [[number(s.active), 'cell-active'], [number(s.total), 'opt cell-total'],
+          [bytes(s.bytes_in), 'cell-in'], [bytes(s.bytes_out), 'cell-out']]) {
+          setText(cell(row, cls), text);
+        }
+        rows.push(row);
+      }
+    }
+    view.resolvedBody.replaceChildren(...rows);
   }
 
   // The PostgreSQL transaction pools of a pool; returns their transactions per second.
