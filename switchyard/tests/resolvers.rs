@@ -284,6 +284,29 @@ async fn map_resolver_reloads_its_file() {
         .await
             >= 2.0
     );
+    // Each lookup's time, in the histogram (a map answers well within its last bucket).
+    let text = proxy.metrics().await;
+    let samples = support::ops::parse_metrics(&text).expect("valid metrics text");
+    let lookups = |name: &str, labels: &[(&str, &str)]| {
+        let mut labels = labels.to_vec();
+        labels.push(("resolver", "r"));
+        support::ops::metric(&samples, name, &labels).unwrap_or_else(|| panic!("{name}: {text}"))
+    };
+    let count = lookups("switchyard_resolver_lookup_seconds_count", &[]);
+    assert!(count >= 2.0, "{text}");
+    assert_eq!(
+        lookups(
+            "switchyard_resolver_lookup_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        count
+    );
+    assert!(
+        lookups(
+            "switchyard_resolver_lookup_seconds_bucket",
+            &[("le", "3.2768")]
+        ) >= 2.0
+    );
     write(&b);
     proxy.signal("HUP");
     wait_until("the map to be reread", || async move {

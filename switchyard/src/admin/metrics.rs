@@ -10,6 +10,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 
 use crate::observe::families::{Labels, Metric, Read, family, flag, load, load_usize, metric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 
@@ -104,11 +105,6 @@ const RESOLVER_METRICS: &[Metric<Resolver>] = &[
         "switchyard_resolver_guard_refusals",
         "Answers the SSRF guard refused",
         Read::Counter(|r| load(&r.stats.guarded)),
-    ),
-    metric(
-        "switchyard_resolver_lookup_mean_seconds",
-        "Mean time of a lookup at the source",
-        Read::Gauge(|r| r.stats.mean_latency()),
     ),
     metric(
         "switchyard_resolver_cached_keys",
@@ -259,6 +255,20 @@ impl Collector for Snapshot {
         resolvers.sort_by(|a, b| a.0.cmp(&b.0));
         for metric in RESOLVER_METRICS {
             family(&mut encoder, metric, &resolvers)?;
+        }
+        if !resolvers.is_empty() {
+            let mut lookups = encoder.encode_descriptor(
+                "switchyard_resolver_lookup_seconds",
+                "Time of a lookup at the resolver's source (cache misses)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (labels, resolver) in &resolvers {
+                resolver
+                    .stats
+                    .latency
+                    .encode(lookups.encode_family(labels)?)?;
+            }
         }
         let tenants: Vec<(Labels, &crate::accounting::Counts)> = self
             .tenants

@@ -2,6 +2,7 @@
 
 mod access;
 pub mod families;
+mod histogram;
 mod termination;
 
 use std::sync::OnceLock;
@@ -11,6 +12,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 pub use access::{AccessLog, ConnectionRecord};
+pub use histogram::DurationHistogram;
 pub use termination::Termination;
 
 /// Swaps the log filter of the running process; set only when the config's level is the

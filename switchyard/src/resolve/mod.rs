@@ -104,24 +104,8 @@ pub struct ResolverStats {
     pub errors: AtomicU64,
     /// Answers the SSRF guard refused.
     pub guarded: AtomicU64,
-    /// Total time spent in lookups, microseconds.
-    pub latency_micros: AtomicU64,
-}
-
-impl ResolverStats {
-    fn observe(&self, elapsed: Duration) {
-        self.latency_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// The mean lookup latency so far, in seconds.
-    pub fn mean_latency(&self) -> f64 {
-        let lookups = self.lookups.load(Ordering::Relaxed);
-        if lookups == 0 {
-            return 0.0;
-        }
-        self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6 / lookups as f64
-    }
+    /// How long lookups at the source took (cache misses), from 0.1 ms.
+    pub latency: crate::observe::DurationHistogram<100>,
 }
 
 /// One `[[resolver]]`: its source, cache, guard and counters.
@@ -320,7 +304,7 @@ impl Resolver {
             Ok(Fetched::Refused) => Ok(Outcome::Refused("refused by the resolver".into())),
             Err(error) => Err(error),
         };
-        self.stats.observe(started.elapsed());
+        self.stats.latency.observe(started.elapsed());
         if let Err(error) = &outcome {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(resolver = %self.name, %key, %error, "lookup failed");

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::tally::{Tally, TallyHistogram};
+use crate::tally::Tally;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -38,16 +38,8 @@ pub struct PoolResponses {
     pub servers: BTreeMap<String, Classes>,
 }
 
-/// Upper bounds of the duration buckets, in seconds: 1 ms doubling to about 33 s.
-const DURATION_BOUNDS: [f64; 16] = {
-    let mut bounds = [0.001; 16];
-    let mut i = 1;
-    while i < bounds.len() {
-        bounds[i] = bounds[i - 1] * 2.0;
-        i += 1;
-    }
-    bounds
-};
+/// The request duration histogram: buckets from 1 ms doubling to about 33 s.
+type DurationHistogram = crate::observe::DurationHistogram<1000>;
 
 /// A request counter series.
 #[derive(Debug, Default, Clone)]
@@ -60,46 +52,6 @@ impl TypedMetric for RequestCounter {
 impl EncodeMetric for RequestCounter {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         encoder.encode_counter::<NoLabelSet, _, u64>(&self.0.get(), None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
-
-/// A request duration histogram series: the buckets of [`DURATION_BOUNDS`] and one past
-/// them, the sum kept in nanoseconds.
-#[derive(Debug, Default, Clone)]
-struct DurationHistogram(Arc<TallyHistogram<{ DURATION_BOUNDS.len() + 1 }>>);
-
-impl DurationHistogram {
-    fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let bucket = DURATION_BOUNDS.partition_point(|&bound| bound < seconds);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.0.observe(bucket, nanos);
-    }
-}
-
-impl TypedMetric for DurationHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for DurationHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let counts = self.0.read();
-        let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(counts.buckets)
-            .collect();
-        encoder.encode_histogram::<NoLabelSet>(
-            counts.sum as f64 / 1e9,
-            counts.count,
-            &buckets,
-            None,
-        )
     }
 
     fn metric_type(&self) -> MetricType {
@@ -386,21 +338,5 @@ mod tests {
         let responses = metrics.responses("app").expect("counted");
         assert_eq!(responses.servers["a"]["2xx"], 4);
         assert_eq!(metrics.by_pool.lock().expect("lock")["app"].len(), 1);
-    }
-
-    #[test]
-    fn durations_fall_in_their_buckets() {
-        let histogram = DurationHistogram::default();
-        for millis in [0, 1, 2, 3, 1000, 40_000] {
-            histogram.observe(Duration::from_millis(millis));
-        }
-        let counts = histogram.0.read();
-        // Upper bounds are inclusive: 1 ms is in the first bucket, 2 ms in the second.
-        assert_eq!(&counts.buckets[..4], &[2, 1, 1, 0]);
-        // 1 s in the bucket up to 1.024 s, 40 s past the last bound.
-        assert_eq!(counts.buckets[10], 1);
-        assert_eq!(counts.buckets[16], 1);
-        assert_eq!(counts.count, 6);
-        assert_eq!(counts.sum, 41_006_000_000);
     }
 }
