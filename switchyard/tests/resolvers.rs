@@ -389,6 +389,35 @@ async fn webhook_single_flight_for_a_thousand_clients_and_its_statuses() {
     assert_eq!(body_for(front, "other.example").await.0, 503);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_over_https_is_verified_against_its_ca() {
+    let a = named("a").await;
+    let pki = support::tls::Pki::new("Webhook CA");
+    let cert = pki.issue("hook", "hook.test", &["127.0.0.1"]);
+    let body = format!(r#"{{"servers":[{{"address":"{}"}}]}}"#, a.addr);
+    let config = support::tls::server_config(&cert, None, &["http/1.1"]);
+    let hook = HttpBackend::start_tls(config, move |_| {
+        let body = body.clone();
+        async move { Response::new(full(body)) }
+    })
+    .await;
+    let resolver = |ca: &str| {
+        format!(
+            "kind = \"http\"\nurl = \"https://{}/resolve\"\n{ca}",
+            hook.addr
+        )
+    };
+    let (_trusting, front) = proxy(&resolver(&format!("ca = {:?}", pki.ca))).await;
+    assert_eq!(body_for(front, "shop.example").await, (200, "a".into()));
+    // Checked against the Mozilla roots, the test CA's certificate is refused.
+    let (untrusting, front) = proxy(&resolver("")).await;
+    assert_eq!(body_for(front, "shop.example").await.0, 503);
+    wait_until("the log to say why", || async {
+        untrusting.stderr().contains("UnknownIssuer")
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_ssrf_guard_refuses_private_answers_unless_allowed() {
     let a = named("a").await;
