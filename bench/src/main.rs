@@ -9,6 +9,7 @@
 mod backend;
 mod mariadb;
 mod pg;
+mod redis;
 mod scenarios;
 mod sys;
 mod table;
@@ -27,6 +28,7 @@ use scenarios::latency::LatencyArgs;
 use scenarios::mysql::MysqlArgs;
 use scenarios::pgpool::PgpoolArgs;
 use scenarios::postgres::PostgresArgs;
+use scenarios::resolver::ResolverArgs;
 use scenarios::smtp::SmtpArgs;
 use scenarios::throughput::ThroughputArgs;
 use scenarios::tls::TlsArgs;
@@ -57,7 +59,11 @@ enum Scenario {
     /// Postfix's smtp-source through switchyard (smtp) vs HAProxy `mode tcp` vs direct,
     /// into smtp-sink: messages/s.
     Smtp,
-    /// All of the above except `postgres`, `pgpool`, `mysql` and `smtp`, in that order.
+    /// HTTP through a pool resolved by Redis vs a static pool of the same backend (wrk
+    /// keep-alive, a new connection per request), and cold-key lookup latency.
+    Resolver,
+    /// All of the above except `postgres`, `pgpool`, `mysql`, `smtp` and `resolver`, in
+    /// that order.
     All,
     /// Internal: echo backend child process used by `idle`.
     #[value(hide = true)]
@@ -143,6 +149,8 @@ struct Cli {
     smtp: SmtpArgs,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    resolver: ResolverArgs,
 }
 
 fn main() -> Result<()> {
@@ -236,6 +244,9 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Mysql => scenarios::mysql::run(ctx, &cli.mysql).await?,
             Scenario::Smtp => scenarios::smtp::run(ctx, &cli.smtp).await?,
             Scenario::Tls => scenarios::tls::run(ctx, &cli.tls).await?,
+            Scenario::Resolver => {
+                scenarios::resolver::run(ctx, &cli.resolver, &cli.http, &cli.connrate).await?
+            }
             Scenario::All | Scenario::ServeEcho => Vec::new(),
         };
         if selected.len() > 1 {

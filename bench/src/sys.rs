@@ -1,4 +1,4 @@
-//! Small operating-system helpers: file-descriptor limits, process RSS and a
+//! Small operating-system helpers: file-descriptor limits, process RSS and CPU time, and a
 //! description of the machine the benchmark runs on.
 
 use std::fs;
@@ -123,6 +123,35 @@ fn cpu_jiffies() -> Result<(u64, u64)> {
     Ok((total - idle, total))
 }
 
+/// CPU time process `pid` has used (all its threads, user and system), in seconds: what a
+/// proxy spent on a load, whatever else the machine was running meanwhile.
+pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may hold spaces and parentheses: fields count from the
+    // last `)`, whose next field is the state (3); utime and stime are 14 and 15.
+    let after_name = stat
+        .rsplit_once(')')
+        .with_context(|| format!("no command name in {path}"))?
+        .1;
+    let ticks: Vec<u64> = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing utime and stime in {path}"))?;
+    let [utime, stime] = ticks[..] else {
+        bail!("{path} has no utime and stime");
+    };
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if per_second <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) failed");
+    }
+    Ok((utime + stime) as f64 / per_second as f64)
+}
+
 /// Fraction of all CPU time that was busy during `window` (measured now,
 /// before the benchmark starts, so it is other work on the machine).
 pub fn cpu_busy_fraction(window: std::time::Duration) -> Result<f64> {
@@ -131,4 +160,22 @@ pub fn cpu_busy_fraction(window: std::time::Duration) -> Result<f64> {
     let (busy1, total1) = cpu_jiffies()?;
     let total = total1.saturating_sub(total0).max(1);
     Ok(busy1.saturating_sub(busy0) as f64 / total as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn cpu_time_of_this_process_grows_while_it_works() {
+        let cpu =
+            || super::process_cpu_seconds(std::process::id()).unwrap_or_else(|e| panic!("{e:#}"));
+        let before = cpu();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut spins = 0u64;
+        while cpu() <= before {
+            assert!(Instant::now() < deadline, "no CPU time counted");
+            spins = std::hint::black_box(spins.wrapping_add(1));
+        }
+    }
 }

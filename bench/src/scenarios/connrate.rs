@@ -1,14 +1,17 @@
 //! `connrate`: W concurrent workers, each looping connect -> send one
 //! message -> read the echo -> close. Reports completed connections per
-//! second and the number of failed attempts.
+//! second and the number of failed attempts. The loop ([`measure`]) takes the exchange
+//! done on each connection, so that other scenarios measure their protocol's
+//! connection rate with it (`resolver`: one HTTP request per connection).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout};
 
 use super::{Context, progress};
@@ -86,10 +89,13 @@ pub struct ConnrateArgs {
 
 /// Counts of one worker (or of all, summed).
 #[derive(Default)]
-struct Counts {
-    ok: u64,
-    errors: u64,
-    first_error: Option<String>,
+pub struct Counts {
+    /// Connections whose exchange completed in the window.
+    pub ok: u64,
+    /// Attempts that failed in the window.
+    pub errors: u64,
+    /// The first failure, in the window or not.
+    pub first_error: Option<String>,
 }
 
 /// Runs the scenario on every target of `ctx`.
@@ -111,7 +117,7 @@ pub async fn run(ctx: &Context, args: &ConnrateArgs) -> Result<Vec<Row>> {
                     args.workers,
                     backend.addrs().len()
                 ));
-                let res = measure(running.addr(), args).await;
+                let res = measure(running.addr(), args, echo(args.msg_size.max(1))).await;
                 running.stop().await?;
                 res
             }
@@ -161,18 +167,52 @@ pub async fn run(ctx: &Context, args: &ConnrateArgs) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-async fn measure(addr: SocketAddr, args: &ConnrateArgs) -> Result<(f64, Counts)> {
+/// What a worker does on each connection it opens, before closing it: any
+/// `Fn(TcpStream) -> impl Future<Output = io::Result<()>>` that can be shared.
+pub trait Exchange: Clone + Send + Sync + 'static {
+    /// Does the exchange on `stream`.
+    fn run(&self, stream: TcpStream) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl<F, D> Exchange for F
+where
+    F: Fn(TcpStream) -> D + Clone + Send + Sync + 'static,
+    D: Future<Output = std::io::Result<()>> + Send,
+{
+    fn run(&self, stream: TcpStream) -> impl Future<Output = std::io::Result<()>> + Send {
+        self(stream)
+    }
+}
+
+/// The echo of `connrate`: write `size` bytes, read them back.
+fn echo(size: usize) -> impl Exchange {
+    let msg: Arc<[u8]> = vec![0x5au8; size].into();
+    move |mut stream: TcpStream| {
+        let msg = msg.clone();
+        async move {
+            stream.write_all(&msg).await?;
+            let mut buf = vec![0u8; msg.len()];
+            stream.read_exact(&mut buf).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Runs `args.workers` workers against `addr`, each opening connections one after the
+/// other and doing `exchange` on each; the connections per second of the window.
+pub async fn measure(
+    addr: SocketAddr,
+    args: &ConnrateArgs,
+    exchange: impl Exchange,
+) -> Result<(f64, Counts)> {
     let start = Instant::now();
     let window_start = start + Duration::from_secs_f64(args.warmup_secs);
     let deadline = window_start + Duration::from_secs_f64(args.secs);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.workers.max(1) {
-        let (size, max, ips) = (
-            args.msg_size.max(1),
-            args.max_attempts,
-            args.source_ips.max(1),
-        );
-        tasks.spawn(worker(addr, ips, size, window_start, deadline, max));
+        let (max, ips) = (args.max_attempts, args.source_ips.max(1));
+        let window = (window_start, deadline);
+        tasks.spawn(worker(addr, ips, window, max, exchange.clone()));
     }
     let mut total = Counts::default();
     while let Some(res) = tasks.join_next().await {
@@ -185,18 +225,15 @@ async fn measure(addr: SocketAddr, args: &ConnrateArgs) -> Result<(f64, Counts)>
     Ok((rate, total))
 }
 
-/// One worker: sequential connection attempts until `deadline` or
-/// `max_attempts`. Attempts started in the window are counted.
+/// One worker: sequential connection attempts until the window's end or `max_attempts`.
+/// Attempts started in the window (its start and end) are counted.
 async fn worker(
     addr: SocketAddr,
     source_ips: u8,
-    size: usize,
-    window_start: Instant,
-    deadline: Instant,
+    (window_start, deadline): (Instant, Instant),
     max_attempts: u64,
+    exchange: impl Exchange,
 ) -> Counts {
-    let msg = vec![0x5au8; size];
-    let mut buf = vec![0u8; size];
     let mut counts = Counts::default();
     for attempt in 0..max_attempts {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (attempt % u64::from(source_ips)) as u8);
@@ -204,7 +241,11 @@ async fn worker(
         if started >= deadline {
             break;
         }
-        let res = match timeout(ATTEMPT_TIMEOUT, exchange(source, addr, &msg, &mut buf)).await {
+        let attempt = async {
+            let stream = connect_from(source, addr).await?;
+            exchange.run(stream).await
+        };
+        let res = match timeout(ATTEMPT_TIMEOUT, attempt).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -228,23 +269,16 @@ async fn worker(
     counts
 }
 
-/// connect from `source`, write one message, read the full echo, close.
-async fn exchange(
-    source: Ipv4Addr,
-    addr: SocketAddr,
-    msg: &[u8],
-    buf: &mut [u8],
-) -> std::io::Result<()> {
+/// Connects to `addr` from `source` (any port), with `TCP_NODELAY`.
+async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if source != Ipv4Addr::LOCALHOST {
         bind_address_no_port(&socket)?;
         socket.bind(SocketAddr::from((source, 0)))?;
     }
-    let mut stream = socket.connect(addr).await?;
+    let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    stream.write_all(msg).await?;
-    stream.read_exact(buf).await?;
-    Ok(())
+    Ok(stream)
 }
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT`, so that binding a source address defers

@@ -49,10 +49,13 @@ pub struct HttpArgs {
 
 /// One wrk run's results.
 #[derive(Debug, PartialEq)]
-struct WrkResult {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub struct WrkResult {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: f64,
 }
 
 /// Runs the scenario on every target of `ctx` (direct included).
@@ -74,7 +77,7 @@ pub async fn run(ctx: &Context, args: &HttpArgs) -> Result<Vec<Row>> {
             let result = match &running {
                 Ok(running) => {
                     progress(format!("http {target}: GET /{path}"));
-                    wrk(running.addr(), path, args).await
+                    wrk(running.addr(), path, &[], args).await
                 }
                 Err(e) => Err(anyhow::anyhow!("{e:#}")),
             };
@@ -110,8 +113,18 @@ pub async fn run(ctx: &Context, args: &HttpArgs) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-async fn wrk(addr: SocketAddr, path: &str, args: &HttpArgs) -> Result<WrkResult> {
-    let output = Command::new(&args.wrk)
+/// Runs wrk with `args` against `http://addr/path`, sending `headers` (`Name: value`) too.
+pub async fn wrk(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[String],
+    args: &HttpArgs,
+) -> Result<WrkResult> {
+    let mut command = Command::new(&args.wrk);
+    for header in headers {
+        command.arg("-H").arg(header);
+    }
+    let output = command
         .arg(format!("-t{}", args.threads.max(1)))
         .arg(format!("-c{}", args.conns.max(args.threads.max(1))))
         .arg(format!("-d{}s", args.secs.max(1)))

@@ -8,6 +8,7 @@ pub mod latency;
 pub mod mysql;
 pub mod pgpool;
 pub mod postgres;
+pub mod resolver;
 pub mod smtp;
 pub mod throughput;
 pub mod tls;
