@@ -9,6 +9,9 @@
 //! condition the proxy reports, never a sleep), and the live heap is read again. The bounds
 //! are the figures measured when they were set plus about a quarter.
 //!
+//! With `IDLE_MEMORY_CENSUS=1` it also prints which allocations (by size) each idle client
+//! added: the breakdown docs/benchmarks.md records ("Idle memory").
+//!
 //! Everything runs in one test function: the count is process-wide, so two tests at once
 //! would count each other's connections.
 
@@ -30,6 +33,18 @@ use support::wait_until;
 /// Heap bytes live in the process.
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
+/// Allocations live per exact size (the last slot: every larger size), for the census
+/// `IDLE_MEMORY_CENSUS=1` prints: which allocations each idle client keeps.
+static LIVE_BY_SIZE: [AtomicIsize; CENSUS_SIZES] = [const { AtomicIsize::new(0) }; CENSUS_SIZES];
+const CENSUS_SIZES: usize = 32 * 1024 + 1;
+
+/// Counts `bytes` more (or fewer, if negative) live and one allocation of `size` more (or
+/// fewer).
+fn count(bytes: isize, size: usize, allocations: isize) {
+    LIVE.fetch_add(bytes, Ordering::Relaxed);
+    LIVE_BY_SIZE[size.min(CENSUS_SIZES - 1)].fetch_add(allocations, Ordering::Relaxed);
+}
+
 /// The system allocator, counting the bytes it has handed out and not had back.
 struct Counting;
 
@@ -39,7 +54,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: the caller's contract is `System::alloc`'s.
         let pointer = unsafe { System.alloc(layout) };
         if !pointer.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            count(layout.size() as isize, layout.size(), 1);
         }
         pointer
     }
@@ -48,7 +63,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: as `alloc`.
         let pointer = unsafe { System.alloc_zeroed(layout) };
         if !pointer.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            count(layout.size() as isize, layout.size(), 1);
         }
         pointer
     }
@@ -56,17 +71,19 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
         // SAFETY: as `alloc`.
         unsafe { System.dealloc(pointer, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        count(-(layout.size() as isize), layout.size(), -1);
     }
 
     unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as `alloc`.
         let moved = unsafe { System.realloc(pointer, layout, new_size) };
         if !moved.is_null() {
-            LIVE.fetch_add(
+            count(
                 new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
+                layout.size(),
+                -1,
             );
+            count(0, new_size, 1);
         }
         moved
     }
@@ -77,12 +94,14 @@ static HEAP: Counting = Counting;
 
 /// Idle clients per protocol.
 const CLIENTS: usize = 300;
-/// Clients opened and closed before the baseline.
-const WARMUP: usize = 20;
+/// Clients opened (all at once) and closed before the baseline: as many as are measured,
+/// so that what the proxy keeps for reuse after a burst (a worker's spare relay buffers,
+/// a server's idle connections) is in the baseline, not counted per client.
+const WARMUP: usize = CLIENTS;
 
 /// Heap bytes per idle client, at most (measured when set: see the module doc).
 const TCP_BOUND: isize = 2_700;
-const HTTP_BOUND: isize = 4_900;
+const HTTP_BOUND: isize = 2_800;
 const POSTGRES_BOUND: isize = 9_000;
 
 /// The proxy's listeners and admin API, from its ready file.
@@ -198,10 +217,54 @@ fn run_proxy(path: PathBuf, ready: PathBuf) {
     });
 }
 
-/// Live heap bytes per client added by `clients` idle ones, `baseline` being the count
-/// before they connected.
-fn per_client(baseline: isize, clients: usize) -> isize {
-    (LIVE.load(Ordering::Relaxed) - baseline) / clients as isize
+/// The live heap: bytes, and allocations per size.
+struct HeapReading {
+    bytes: isize,
+    by_size: Vec<isize>,
+}
+
+impl HeapReading {
+    /// The reading now; the reading's own allocation is made before the count is read.
+    fn now() -> Self {
+        let by_size = census();
+        HeapReading {
+            bytes: LIVE.load(Ordering::Relaxed),
+            by_size,
+        }
+    }
+
+    /// Live heap bytes per client added by `clients` idle ones since this reading; with
+    /// `IDLE_MEMORY_CENSUS` set, also prints the sizes of the allocations they added (those
+    /// with at least one per two clients).
+    fn per_client(&self, protocol: &str, clients: usize) -> isize {
+        // Read before the census allocates.
+        let bytes = LIVE.load(Ordering::Relaxed) - self.bytes;
+        if std::env::var_os("IDLE_MEMORY_CENSUS").is_some() {
+            let by_size = census();
+            let added = by_size.iter().zip(&self.by_size).map(|(a, b)| a - b);
+            let mut listed = 0;
+            for (size, n) in added.enumerate() {
+                if n * 2 >= clients as isize {
+                    let per = n as f64 / clients as f64;
+                    eprintln!("{protocol}: {per:.2} x {size} B per client");
+                    listed += n * size as isize;
+                } else if n != 0 && (n * size as isize).abs() > 4096 {
+                    eprintln!("{protocol}:   ({n} x {size} B in all)");
+                }
+            }
+            let rest = (bytes - listed) / clients as isize;
+            eprintln!("{protocol}: {rest} B per client in fewer or larger allocations");
+        }
+        bytes / clients as isize
+    }
+}
+
+/// Allocations live now per size.
+fn census() -> Vec<isize> {
+    LIVE_BY_SIZE
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect()
 }
 
 /// A client that sent `request` and read `reply_len` bytes back, then stays connected.
@@ -333,10 +396,10 @@ password = "{password}"
     let ping = |_| exchange(tcp, b"PING\r\n", b"+PONG\r\n".len());
     drop((0..WARMUP).map(ping).collect::<Vec<_>>());
     proxy.wait_active("tcp", 0).await;
-    let baseline = LIVE.load(Ordering::Relaxed);
+    let baseline = HeapReading::now();
     let clients: Vec<_> = (0..CLIENTS).map(ping).collect();
     proxy.wait_active("tcp", CLIENTS as u64).await;
-    report.push(("tcp", per_client(baseline, CLIENTS), TCP_BOUND));
+    report.push(("tcp", baseline.per_client("tcp", CLIENTS), TCP_BOUND));
     drop(clients);
 
     // HTTP/1.1: one keep-alive GET each; idle once parked.
@@ -344,13 +407,13 @@ password = "{password}"
     let parked = || proxy.metric("switchyard_http_parked_connections");
     drop((0..WARMUP).map(|_| http_get(front)).collect::<Vec<_>>());
     proxy.wait_active("http", 0).await;
-    let baseline = LIVE.load(Ordering::Relaxed);
+    let baseline = HeapReading::now();
     let clients: Vec<_> = (0..CLIENTS).map(|_| http_get(front)).collect();
     wait_until("every HTTP client parked", || {
         std::future::ready(parked() == CLIENTS as f64)
     })
     .await;
-    report.push(("http", per_client(baseline, CLIENTS), HTTP_BOUND));
+    report.push(("http", baseline.per_client("http", CLIENTS), HTTP_BOUND));
     drop(clients);
 
     // PostgreSQL, transaction pool: pgbench clients after one SELECT 1 each.
@@ -367,7 +430,7 @@ password = "{password}"
     warmup.kill().ok();
     warmup.wait().ok();
     proxy.wait_active("pg", 0).await;
-    let baseline = LIVE.load(Ordering::Relaxed);
+    let baseline = HeapReading::now();
     let before = transactions();
     let mut idle = idle_pgbench(front, CLIENTS, &script);
     wait_until("every pgbench client's SELECT 1", || {
@@ -375,7 +438,11 @@ password = "{password}"
     })
     .await;
     proxy.wait_active("pg", CLIENTS as u64).await;
-    report.push(("postgres", per_client(baseline, CLIENTS), POSTGRES_BOUND));
+    report.push((
+        "postgres",
+        baseline.per_client("postgres", CLIENTS),
+        POSTGRES_BOUND,
+    ));
     idle.kill().ok();
     idle.wait().ok();
 

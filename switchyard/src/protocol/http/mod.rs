@@ -33,7 +33,8 @@ use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 pub use headers::ConnectionFacts;
 pub use metrics::RequestMetrics;
@@ -44,7 +45,7 @@ use crate::config::{
     HeaderRules, HttpOptions, HttpRoute, ListenerConfig, ListenerOptions, Protocol,
 };
 use crate::health::Check;
-use crate::listener::{Accepted, Handler, Listener, ListenerSettings, Serving};
+use crate::listener::{Accepted, Handler, Listener, Serving};
 use crate::observe::Termination;
 use crate::route::{Matcher, RouteRule, Routing};
 
@@ -166,28 +167,57 @@ impl Handler for HttpHandler {
     }
 }
 
+/// A client's stream: plaintext, or TLS the listener terminated. One type for both, so
+/// that the connection's code exists once and a plaintext connection is not sized by TLS
+/// (the TLS state is boxed).
+type ClientStream = Either<TcpStream, Box<accept::TlsClient>>;
+
 /// Handles one accepted TCP connection: the PROXY header if the listener expects one, the
 /// TLS handshake if it terminates TLS, then HTTP until the client or the proxy closes it.
 async fn serve(handler: Arc<HttpHandler>, connection: Accepted) {
+    // Boxed: the accept stage runs once, and a connection's future should be sized by what
+    // it keeps for its life, not by the handshake.
+    let Some((context, stream, early)) = Box::pin(open(handler, connection)).await else {
+        return;
+    };
+    serve_connection(context, stream, early).await;
+}
+
+/// The accept stage: the PROXY header, the TLS handshake; then what every request of the
+/// connection shares, its stream, and the bytes already read from it. `None`: the stage
+/// failed (and said so).
+async fn open(
+    handler: Arc<HttpHandler>,
+    connection: Accepted,
+) -> Option<(Arc<proxy::ConnectionContext>, ClientStream, Bytes)> {
     let Accepted {
         listener,
         settings,
         stream,
         peer,
     } = connection;
-    let Ok(opened) = accept::open(&listener, &settings, stream, peer).await else {
-        return;
-    };
+    let opened = accept::open(&listener, &settings, stream, peer)
+        .await
+        .ok()?;
     let mut facts = ConnectionFacts::new(opened.client);
-    let Some(tls) = settings.tls.clone() else {
-        let early = opened.early;
-        serve_connection(handler, listener, settings, opened.stream, early, facts).await;
-        return;
+    let (stream, early) = match settings.tls.clone() {
+        None => (Either::Left(opened.stream), opened.early),
+        Some(tls) => {
+            let (stream, info) = opened.terminate_tls(&listener, &tls).await.ok()?;
+            facts.tls = Some(info);
+            (Either::Right(stream), Bytes::new())
+        }
     };
-    if let Ok((stream, info)) = opened.terminate_tls(&listener, &tls).await {
-        facts.tls = Some(info);
-        serve_connection(handler, listener, settings, stream, Bytes::new(), facts).await;
-    }
+    let context = Arc::new(proxy::ConnectionContext {
+        handler,
+        listener,
+        settings,
+        facts,
+        in_flight: Arc::default(),
+        metrics: metrics::MetricHandles::default(),
+        response_timer: std::sync::Mutex::new(None),
+    });
+    Some((context, stream, early))
 }
 
 /// At shutdown (and binary upgrade), how long an idle HTTP/1.1 connection is given for a
@@ -196,20 +226,60 @@ async fn serve(handler: Arc<HttpHandler>, connection: Accepted) {
 /// in the middle of a conversation sends within this; an idle one is closed after it.
 const SHUTDOWN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Serves HTTP on any client stream (plain TCP now, TLS once the TLS front end hands its
-/// streams here); `early` holds bytes already read from it.
-pub async fn serve_connection<S>(
-    handler: Arc<HttpHandler>,
-    listener: Arc<Listener>,
-    settings: Arc<ListenerSettings>,
-    stream: S,
+/// Serves HTTP on a client's stream; `early` holds bytes already read from it.
+///
+/// A connection alternates between two phases. Serving: a hyper connection (its buffers,
+/// the framing guard, the shutdown watch) in a box of its own. Parked (see `park`): only
+/// the stream, what every request of the connection shares, and the wait for the
+/// client's next bytes. Most keep-alive connections spend their life parked, so that
+/// phase is what decides the memory an idle client costs.
+async fn serve_connection(
+    context: Arc<proxy::ConnectionContext>,
+    stream: ClientStream,
     early: Bytes,
-    facts: ConnectionFacts,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let config = &settings.config;
-    let activity = Arc::new(guard::Activity::default());
+) {
+    let accepted = tokio::time::Instant::now();
+    let (mut stream, mut early) = (stream, early);
+    loop {
+        // Boxed: the serving phase's future is most of a busy connection's memory, and a
+        // parked connection lets go of it.
+        let served = Box::pin(serve_until_parked(&context, stream, early, accepted));
+        let Some(parked) = served.await else { break };
+        let handler = &context.handler;
+        let unparked = park::wait(
+            parked,
+            &context.in_flight,
+            context.settings.config.timeouts.keep_alive,
+            &handler.context.stopping,
+            &handler.context.hard_stop,
+            &handler.metrics,
+        );
+        match unparked.await {
+            Some((parked, request)) => (stream, early) = (parked, request),
+            None => break,
+        }
+    }
+    if let Some(status) = context.in_flight.refused() {
+        log_refusal(
+            &context.handler,
+            &context.listener,
+            context.facts.client,
+            status,
+        );
+    }
+}
+
+/// Serves `stream` with a hyper connection until it ends: `Some(stream)` when the guard
+/// parked it (idle for [`park::PARK_AFTER`]), `None` when the connection is over.
+async fn serve_until_parked(
+    context: &Arc<proxy::ConnectionContext>,
+    stream: ClientStream,
+    early: Bytes,
+    accepted: tokio::time::Instant,
+) -> Option<ClientStream> {
+    let handler = &context.handler;
+    let config = &context.settings.config;
+    let activity = &context.in_flight;
     let limits = scanner::HeadLimits {
         max_header_bytes: handler.options.max_header_bytes,
         max_headers: handler.options.max_headers,
@@ -222,7 +292,12 @@ pub async fn serve_connection<S>(
     };
     // Over TLS the client said in ALPN which protocol it speaks; without ALPN (and in
     // clear) the connection preface tells.
-    let mut builder = match facts.tls.as_ref().and_then(|tls| tls.alpn.as_deref()) {
+    let alpn = context
+        .facts
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.alpn.as_deref());
+    let mut builder = match alpn {
         Some(b"h2") => auto::Builder::new(TokioExecutor::new()).http2_only(),
         Some(b"http/1.1") => auto::Builder::new(TokioExecutor::new()).http1_only(),
         _ => auto::Builder::new(TokioExecutor::new()),
@@ -239,45 +314,33 @@ pub async fn serve_connection<S>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(handler.options.max_header_bytes).unwrap_or(u32::MAX));
-    let hard_stop = handler.context.hard_stop.clone();
-    let client = facts.client;
-    let context = Arc::new(proxy::ConnectionContext {
-        handler: handler.clone(),
-        listener: listener.clone(),
-        settings: settings.clone(),
-        facts,
-        in_flight: activity.clone(),
-        metrics: metrics::MetricHandles::default(),
-        response_timer: std::sync::Mutex::new(None),
-    });
+    let service_context = context.clone();
     let service = service_fn(move |request| {
         // Boxed: a request's future is large, and hyper moves the one it is given.
-        let response = Box::pin(proxy::handle(context.clone(), request));
+        let response = Box::pin(proxy::handle(service_context.clone(), request));
         async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
-    let accepted = tokio::time::Instant::now();
+    let park_slot = guard::ParkSlot::default();
+    let guarded = guard::Guard::new(
+        stream,
+        early,
+        limits,
+        clocks,
+        activity.clone(),
+        park_slot.clone(),
+    );
     let keep_alive = config.timeouts.keep_alive;
-    let (mut stream, mut early) = (stream, early);
-    loop {
-        let park_slot = guard::ParkSlot::default();
-        let guarded = guard::Guard::new(
-            stream,
-            early,
-            limits,
-            clocks,
-            activity.clone(),
-            park_slot.clone(),
-        );
-        // Boxed: hyper's connection is most of an HTTP connection's memory, and a parked
-        // connection lets go of it.
-        let mut connection = Box::pin(
-            builder.serve_connection_with_upgrades(TokioIo::new(guarded), service.clone()),
-        );
+    // In a block: hyper lets go of the guard when its connection is dropped at the end of
+    // it, and a parked stream is then in the slot.
+    let result = {
+        let mut connection =
+            std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(guarded), service));
         // Polled only when what it waits on fires, not on each of the connection's wake-ups.
         let wind_down = crate::on_wake::OnWake::new(async {
             tokio::select! {
-                // An idle HTTP/1.1 connection is closed after its next response, not while its
-                // client may be sending on it; one that stays idle through the grace is closed.
+                // An idle HTTP/1.1 connection is closed after its next response, not while
+                // its client may be sending on it; one that stays idle through the grace is
+                // closed.
                 () = async {
                     handler.context.stopping.cancelled().await;
                     tokio::select! {
@@ -288,7 +351,7 @@ pub async fn serve_connection<S>(
                 () = activity.idle_beyond(keep_alive, accepted) => {}
             }
         });
-        let result = tokio::select! {
+        tokio::select! {
             result = connection.as_mut() => result,
             () = wind_down => {
                 // Shutdown, or an idle HTTP/2 connection: finish what is in flight, take no
@@ -296,33 +359,15 @@ pub async fn serve_connection<S>(
                 connection.as_mut().graceful_shutdown();
                 tokio::select! {
                     result = connection.as_mut() => result,
-                    () = hard_stop.cancelled() => return,
+                    () = handler.context.hard_stop.cancelled() => return None,
                 }
             }
-        };
-        // hyper lets go of the guard here: a parked stream is then in the slot.
-        drop(connection);
-        if let Err(error) = result {
-            tracing::debug!(listener = %listener.name, %error, "client connection ended with an error");
         }
-        let parked = park_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(parked) = parked else { break };
-        let unparked = park::wait(
-            parked,
-            &activity,
-            keep_alive,
-            &handler.context.stopping,
-            &hard_stop,
-            &handler.metrics,
-        );
-        match unparked.await {
-            Some((parked, request)) => (stream, early) = (parked, request),
-            None => break,
-        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(listener = %context.listener.name, %error, "client connection ended with an error");
     }
-    if let Some(status) = activity.refused() {
-        log_refusal(&handler, &listener, client, status);
-    }
+    park_slot.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 /// Logs the request the framing guard refused (or timed out) as an access log line.

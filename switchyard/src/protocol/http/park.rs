@@ -23,6 +23,9 @@ pub const PARK_AFTER: Duration = Duration::from_millis(250);
 /// Waits on a parked stream for the client's next bytes: the stream and the bytes, or
 /// `None` when the connection is to be closed (the client closed, the keep-alive limit
 /// since the last response passed, shutdown and its grace passed, hard stop).
+///
+/// One timer serves both limits (the keep-alive one, moved earlier to the end of the
+/// grace at shutdown): this future is what every parked connection keeps.
 pub async fn wait<S: AsyncRead + Unpin>(
     mut stream: S,
     activity: &Activity,
@@ -32,24 +35,35 @@ pub async fn wait<S: AsyncRead + Unpin>(
     metrics: &RequestMetrics,
 ) -> Option<(S, Bytes)> {
     let _parked = metrics.count_parked();
-    let deadline = activity
+    let mut deadline = activity
         .idle_since()
         .filter(|_| !keep_alive.is_zero())
-        .map(|since| since + keep_alive);
+        .and_then(|since| since.checked_add(keep_alive));
+    let timer = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
+    let mut timer = std::pin::pin!(timer);
     let mut request = Bytes::new();
-    let read = crate::net::read_unbuffered(&mut stream, |read| {
-        if let Some(bytes) = read {
-            request = Bytes::copy_from_slice(bytes);
+    let arrived = {
+        let read = crate::net::read_unbuffered(&mut stream, |read| {
+            if let Some(bytes) = read {
+                request = Bytes::copy_from_slice(bytes);
+            }
+        });
+        let mut read = std::pin::pin!(read);
+        let mut stop_seen = false;
+        loop {
+            tokio::select! {
+                read = read.as_mut() => break read.is_ok(),
+                () = timer.as_mut(), if deadline.is_some() => break false,
+                () = stopping.cancelled(), if !stop_seen => {
+                    stop_seen = true;
+                    let grace_end = Instant::now() + SHUTDOWN_IDLE_GRACE;
+                    let end = deadline.map_or(grace_end, |deadline| deadline.min(grace_end));
+                    deadline = Some(end);
+                    timer.as_mut().reset(end);
+                }
+                () = hard_stop.cancelled() => break false,
+            }
         }
-    });
-    let arrived = tokio::select! {
-        read = read => read.is_ok(),
-        () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => false,
-        () = async {
-            stopping.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_IDLE_GRACE).await;
-        } => false,
-        () = hard_stop.cancelled() => false,
     };
     (arrived && !request.is_empty()).then_some((stream, request))
 }
