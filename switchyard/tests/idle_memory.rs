@@ -102,7 +102,7 @@ const WARMUP: usize = CLIENTS;
 /// Heap bytes per idle client, at most (measured when set: see the module doc).
 const TCP_BOUND: isize = 2_700;
 const HTTP_BOUND: isize = 2_800;
-const POSTGRES_BOUND: isize = 9_000;
+const POSTGRES_BOUND: isize = 7_400;
 
 /// The proxy's listeners and admin API, from its ready file.
 struct InProcess {

@@ -1055,9 +1055,10 @@ pub async fn start(
     let database = startup.database().unwrap_or_default();
     let user = startup.param("user").unwrap_or_default();
     let limits = &options.limits;
+    let address = record.client;
     let client = |stream, pool, settings, idle| Client {
         stream,
-        address: record.client,
+        address,
         pool,
         accept: pooled.accept,
         limits,
@@ -1093,13 +1094,8 @@ pub async fn start(
         Some(parameters) => parameters,
         // Boxed, like the refusal below: the session's future is kept for the client's life,
         // these run once.
-        None => match Box::pin(tx_pool.lease(record.client, pooled.accept, limits)).await {
-            Ok(conn) => {
-                record.server = Some(conn.server.name.clone());
-                let parameters = Arc::from(conn.parameters.as_slice());
-                tx_pool.give_back_unused(conn);
-                parameters
-            }
+        None => match Box::pin(first_lease(&tx_pool, record, pooled.accept, limits)).await {
+            Ok(parameters) => parameters,
             Err(failure) => {
                 let settings = SessionSettings::default();
                 let mut session = Session::new(client(stream, tx_pool, settings, Duration::ZERO));
@@ -1129,6 +1125,23 @@ pub async fn start(
     record.bytes_in += moved.to_server;
     record.bytes_out += moved.to_client;
     ending
+}
+
+/// The first lease of a (database, user) pool: the server's answer to the login (a refusal
+/// reaches the client as is) and the parameters it reports, which later clients are told
+/// without a lease. A function of its own so that the server connection (1.3 KB) is never
+/// laid out in the future a pooled client keeps for its life.
+async fn first_lease(
+    tx_pool: &Arc<TxPool>,
+    record: &mut ConnectionRecord,
+    accept: RoleFilter,
+    limits: &MessageLimits,
+) -> Result<Arc<[(String, String)]>, LeaseFailure> {
+    let conn = tx_pool.lease(record.client, accept, limits).await?;
+    record.server = Some(conn.server.name.clone());
+    let parameters = Arc::from(conn.parameters.as_slice());
+    tx_pool.give_back_unused(conn);
+    Ok(parameters)
 }
 
 /// Prepares `statement` on the held connection first if it is not there yet.
