@@ -19,7 +19,7 @@ pub use connection::ConnectionRecord;
 pub use histogram::DurationHistogram;
 #[cfg(test)]
 pub use line::line_text;
-pub use line::{Line, OrDash};
+pub use line::{JsonFields, Line, OrDash};
 pub use termination::Termination;
 
 /// Swaps the log filter of the running process; set only when the config's level is the
