@@ -180,6 +180,7 @@ fn main() -> Result<()> {
             ready_timeout: Duration::from_secs_f64(cli.ready_timeout_secs),
             tls: None,
             competitor_headers: cli.competitor_headers,
+            access_log: false,
         },
         backend_threads,
     };

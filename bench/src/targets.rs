@@ -116,7 +116,13 @@ pub struct TargetOptions {
     pub tls: Option<TlsFiles>,
     /// What HAProxy and nginx add to HTTP requests.
     pub competitor_headers: CompetitorHeaders,
+    /// HTTP: each proxy writes an access log line per request to [`ACCESS_LOG`] in its
+    /// temporary directory (the `http` scenario's `--logs on`).
+    pub access_log: bool,
 }
+
+/// The file an HTTP target's access log goes to, in its temporary directory.
+const ACCESS_LOG: &str = "access.log";
 
 /// What HAProxy and nginx do to the headers of an HTTP request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -164,6 +170,8 @@ pub struct RunningTarget {
     kind: TargetKind,
     addr: SocketAddr,
     process: Option<ProxyProcess>,
+    /// The file its access log goes to, when it writes one.
+    access_log: Option<PathBuf>,
     /// How this target's configuration differs from what the scenario asked for.
     note: Option<String>,
 }
@@ -258,6 +266,7 @@ impl RunningTarget {
                     kind,
                     addr: first,
                     process: None,
+                    access_log: None,
                     note: None,
                 });
             }
@@ -330,9 +339,18 @@ impl RunningTarget {
             }
             _ => cmd.arg("-f").arg(&config_path).arg("-db"),
         };
+        let access_log = logs_requests(opts, mode).then(|| dir.path().join(ACCESS_LOG));
+        // HAProxy's access log is its stdout (see `haproxy_config`).
+        let stdout = match &access_log {
+            Some(path) if kind == TargetKind::Haproxy => Stdio::from(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ),
+            _ => Stdio::null(),
+        };
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
@@ -347,8 +365,14 @@ impl RunningTarget {
             kind,
             addr: listen,
             process: Some(process),
+            access_log,
             note,
         })
+    }
+
+    /// The file the proxy writes its access log to, when it writes one.
+    pub fn access_log(&self) -> Option<&Path> {
+        self.access_log.as_deref()
     }
 
     /// Why this target's rows are not what the scenario asked for (e.g. a PgBouncer too old
@@ -515,7 +539,7 @@ workers = {workers}
 listen = "{admin}"
 [log]
 level = "warn"
-access = "off"
+access = "{access}"
 [[listener]]
 name = "bench"
 listen = "{listen}"
@@ -530,12 +554,22 @@ balance = "round_robin"
 {pool_keys}
 "#,
         workers = opts.workers,
+        access = if logs_requests(opts, mode) {
+            ACCESS_LOG
+        } else {
+            "off"
+        },
         tls = opts.tls.as_ref().map_or_else(String::new, |tls| format!(
             "tls = {{ certs = [{{ cert = \"{}\", key = \"{}\" }}] }}",
             tls.cert.display(),
             tls.key.display()
         )),
     )
+}
+
+/// Whether a target started in `mode` writes an access log: asked for, and HTTP.
+fn logs_requests(opts: &TargetOptions, mode: Mode) -> bool {
+    opts.access_log && mode == Mode::Http
 }
 
 /// The first PgBouncer release with `max_prepared_statements`; older ones refuse to start
@@ -599,7 +633,10 @@ ignore_startup_parameters = extra_float_digits
 
 /// HAProxy configuration equivalent to [`switchyard_config`]: `mode tcp` (or `mode http`
 /// with server keep-alive), `nbthread` = workers, high `maxconn`, generous timeouts, no
-/// logging.
+/// logging, or with an access log `option httplog` lines to its stdout (a file: HAProxy
+/// writes no file itself, and `log stdout` is its way to one without a syslog daemon) and
+/// `option dontlognull` (as Debian's default configuration: connections that sent nothing,
+/// such as the bench's readiness probe, are not logged).
 fn haproxy_config(
     opts: &TargetOptions,
     listen: SocketAddr,
@@ -609,6 +646,14 @@ fn haproxy_config(
     let forwarding = match (mode, opts.competitor_headers) {
         (Mode::Http, CompetitorHeaders::Same) => haproxy_forwarding(opts.tls.is_some()),
         _ => String::new(),
+    };
+    let (global_log, defaults_log) = if logs_requests(opts, mode) {
+        (
+            "log stdout format raw local0",
+            "\n    log global\n    option httplog\n    option dontlognull",
+        )
+    } else {
+        ("# no \"log\" line: HAProxy logs nothing", "")
     };
     let mode = match mode {
         Mode::Tcp | Mode::Postgres(_) | Mode::Mysql | Mode::Smtp => "mode tcp",
@@ -626,10 +671,10 @@ fn haproxy_config(
 global
     nbthread {workers}
     maxconn {maxconn}
-    # no "log" line: HAProxy logs nothing
+    {global_log}
 
 defaults
-    {mode}
+    {mode}{defaults_log}
     maxconn {maxconn}
     timeout connect 10s
     timeout client 1h
@@ -687,8 +732,9 @@ fn nginx_forwarding() -> (&'static str, &'static str) {
 }
 
 /// nginx as an HTTP reverse proxy equivalent to [`switchyard_config`] in HTTP mode:
-/// `worker_processes` = workers, keep-alive to the backends, no access log; every path
-/// (pid, logs, temp files) under `dir`.
+/// `worker_processes` = workers, keep-alive to the backends, no access log (or one in its
+/// default `combined` format, unbuffered as nginx writes it by default); every path (pid,
+/// logs, temp files) under `dir`.
 fn nginx_config(
     opts: &TargetOptions,
     listen: SocketAddr,
@@ -704,6 +750,11 @@ fn nginx_config(
         CompetitorHeaders::Same => nginx_forwarding(),
         CompetitorHeaders::Bare => ("", ""),
     };
+    let access_log = if logs_requests(opts, Mode::Http) {
+        format!("{dir}/{ACCESS_LOG}")
+    } else {
+        "off".to_string()
+    };
     format!(
         r#"# generated by bench
 worker_processes {workers};
@@ -713,7 +764,7 @@ events {{
     worker_connections 10000;
 }}
 http {{
-    access_log off;
+    access_log {access_log};
     client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -764,6 +815,7 @@ pub(crate) mod tests {
             ready_timeout: Duration::from_secs(15),
             tls: None,
             competitor_headers: headers,
+            access_log: false,
         }
     }
 
@@ -882,10 +934,17 @@ pub(crate) mod tests {
 
     /// The header lines `kind` sends the backend for one plain GET.
     async fn forwarded_header_lines(kind: TargetKind, headers: CompetitorHeaders) -> Vec<String> {
+        let (target, lines) = one_get(kind, &options(headers)).await;
+        target.stop().await.unwrap_or_else(|e| panic!("{e:#}"));
+        lines
+    }
+
+    /// Starts `kind` with `opts` and sends it one `GET /x`; returns it, still running, and
+    /// the header lines it sent the backend.
+    async fn one_get(kind: TargetKind, opts: &TargetOptions) -> (RunningTarget, Vec<String>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (backend, heads) = recording_backend();
-        let opts = options(headers);
-        let target = RunningTarget::start_http(kind, &[backend], &opts)
+        let target = RunningTarget::start_http(kind, &[backend], opts)
             .await
             .unwrap_or_else(|e| panic!("{e:#} (switchyard is built by `cargo test --workspace`)"));
         let mut client = tokio::net::TcpStream::connect(target.addr())
@@ -909,8 +968,43 @@ pub(crate) mod tests {
         let lines = heads
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{kind}: no request reached the backend: {e}"));
+        (target, lines)
+    }
+
+    /// With `--logs on` every HTTP target writes one line for the request, and nothing for
+    /// the readiness probe, to its access log file (switchyard's within its writer's tick:
+    /// waited for).
+    #[tokio::test]
+    async fn http_targets_log_each_request_to_a_file_when_asked() {
+        let mut opts = options(CompetitorHeaders::Same);
+        opts.access_log = true;
+        for kind in [
+            TargetKind::Switchyard,
+            TargetKind::Haproxy,
+            TargetKind::Nginx,
+        ] {
+            let (target, _) = one_get(kind, &opts).await;
+            let path = target
+                .access_log()
+                .unwrap_or_else(|| panic!("{kind} has no access log"))
+                .to_path_buf();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let log = loop {
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                if log.contains("/x") || Instant::now() > deadline {
+                    break log;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            target.stop().await.unwrap_or_else(|e| panic!("{e:#}"));
+            let lines: Vec<&str> = log.lines().collect();
+            assert_eq!(lines.len(), 1, "{kind}: {log}");
+            assert!(lines[0].contains("/x"), "{kind}: {log}");
+        }
+        opts.access_log = false;
+        let (target, _) = one_get(TargetKind::Haproxy, &opts).await;
+        assert!(target.access_log().is_none());
         target.stop().await.unwrap_or_else(|e| panic!("{e:#}"));
-        lines
     }
 
     /// With `same`, HAProxy and nginx send the backend the headers switchyard sends (and no

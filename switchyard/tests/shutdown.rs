@@ -8,7 +8,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use support::backends::Backend;
-use support::config::Config;
+use support::config::{Config, http_section};
+use support::http::{HttpBackend, get};
 use support::ops::{self, listener_addr, on_listener, read_until_closed, round_trip, wait_access};
 use support::{Proxy, wait_until};
 
@@ -131,4 +132,55 @@ async fn sighup_does_not_stop_the_proxy() {
         .await
         .expect("connect after SIGHUP");
     assert_eq!(round_trip(&mut fresh, b"new client").await, b"new client");
+}
+
+/// `rounds` rounds of `clients` requests at once, each on a new connection (so that every
+/// worker serves some: a new connection goes to the worker serving the fewest), every one
+/// answered 200.
+async fn requests(web: SocketAddr, clients: usize, rounds: usize) {
+    for _ in 0..rounds {
+        let batch: Vec<_> = (0..clients)
+            .map(|_| tokio::spawn(async move { get(web, "/", &[]).await.status }))
+            .collect();
+        for request in batch {
+            assert_eq!(request.await.expect("request task"), 200);
+        }
+    }
+}
+
+/// The access log (to a file) holds each request's line, from every worker, by the time
+/// SIGTERM has made the process exit: lines wait in their worker's batch until it fills,
+/// the writer's tick or the log's close at exit, and a reload in between loses none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_line_is_written_across_a_reload_and_by_the_exit() {
+    let backend = Backend::echo().await;
+    let http = HttpBackend::describe().await;
+    let mut proxy = Proxy::start(
+        &config(&backend, "20s")
+            .top("workers = 4\n[log]\naccess = \"access.log\"")
+            .section(&http_section("web", &[("h1", http.addr, "")]))
+            .build(),
+    )
+    .await;
+    let web = listener_addr(&proxy, "web").await;
+    requests(web, 8, 5).await;
+    proxy.signal("HUP");
+    wait_until("the SIGHUP reload", || async {
+        proxy.stderr().contains("configuration reloaded")
+    })
+    .await;
+    requests(web, 8, 5).await;
+    proxy.signal("TERM");
+    assert_exits_zero(&mut proxy).await;
+    let log = std::fs::read_to_string(proxy.dir.path().join("access.log")).expect("access log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 80, "{log}");
+    for line in &lines {
+        assert_eq!(ops::field(line, "listener"), "web", "{line}");
+        assert_eq!(ops::number(line, "status"), 200, "{line}");
+    }
+    assert!(proxy.stdout().is_empty(), "{}", proxy.stdout());
 }

@@ -136,7 +136,11 @@ async fn wait_handed_over(log: impl Fn() -> String) {
 async fn five_upgrades_under_load_lose_no_connection() {
     let echo = Backend::echo().await;
     let http = HttpBackend::describe().await;
-    let (mut proxy, front) = config_with_web(echo.addr, http.addr).start().await;
+    // Every generation appends to one access log file.
+    let (mut proxy, front) = config_with_web(echo.addr, http.addr)
+        .top("[log]\naccess = \"access.log\"")
+        .start()
+        .await;
     let web = support::ops::listener_addr(&proxy, "web").await;
     proxy.wait_pool_checked_up("app").await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -239,6 +243,27 @@ async fn five_upgrades_under_load_lose_no_connection() {
         last.try_wait().expect("try_wait").is_none(),
         "last process runs"
     );
+    // No generation lost a line: each wrote out its batches before it exited.
+    let stopped = Command::new("kill")
+        .args(["-TERM", &last.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let status = wait_child(last).await;
+    assert!(status.success(), "last process exited with {status}");
+    let log = std::fs::read_to_string(proxy.dir.path().join("access.log")).expect("access log");
+    let listeners: Vec<String> = log
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            support::ops::field(&line, "listener").to_string()
+        })
+        .collect();
+    let count = |name: &str| listeners.iter().filter(|l| *l == name).count();
+    // Two keep-alive sessions per generation, and each new connection.
+    assert_eq!(count("front"), tally.ok.load(Ordering::Relaxed) + 10);
+    assert_eq!(count("web"), http_load.ok.load(Ordering::Relaxed));
+    assert_eq!(listeners.len(), count("front") + count("web"));
 }
 
 /// Starts a proxy, writes `new_config` over its config file and runs an upgrade that must

@@ -30,10 +30,15 @@ pub struct HttpArgs {
     #[arg(
         id = "http-threads",
         long = "http-threads",
+        visible_alias = "wrk-threads",
         value_name = "N",
         default_value_t = 2
     )]
     pub threads: usize,
+    /// Access logs: `on` has every proxy write a line per request to a file (switchyard's
+    /// JSON lines, HAProxy `option httplog`, nginx `combined`), `off` logs nothing.
+    #[arg(id = "logs", long = "logs", value_enum, default_value = "off")]
+    pub logs: Logs,
     /// Measurement time per response size, seconds.
     #[arg(
         id = "http-secs",
@@ -45,6 +50,15 @@ pub struct HttpArgs {
     /// wrk binary.
     #[arg(id = "wrk-bin", long = "wrk-bin", default_value = "/usr/bin/wrk")]
     pub wrk: String,
+}
+
+/// Whether the proxies write access logs in the `http` scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Logs {
+    /// A line per request, to a file.
+    On,
+    /// None.
+    Off,
 }
 
 /// One wrk run's results.
@@ -61,10 +75,16 @@ pub struct WrkResult {
 /// Runs the scenario on every target of `ctx` (direct included).
 pub async fn run(ctx: &Context, args: &HttpArgs) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let sizes = [("small", "13 B"), ("large", "64 KiB")];
+    let mut opts = ctx.target_opts.clone();
+    opts.access_log = args.logs == Logs::On;
+    let sizes = if opts.access_log {
+        [("small", "13 B logged"), ("large", "64 KiB logged")]
+    } else {
+        [("small", "13 B"), ("large", "64 KiB")]
+    };
     for &target in &ctx.targets {
         let backend = Backend::start(BackendKind::Http, ctx.backend_threads, 4096)?;
-        let running = RunningTarget::start_http(target, backend.addrs(), &ctx.target_opts).await;
+        let running = RunningTarget::start_http(target, backend.addrs(), &opts).await;
         for (path, label) in sizes {
             let names = [
                 (
@@ -87,6 +107,11 @@ pub async fn run(ctx: &Context, args: &HttpArgs) -> Result<Vec<Row>> {
                         "  -> {:.0} req/s, p50 {:.0} us, p99 {:.0} us",
                         m.rps, m.p50_us, m.p99_us
                     ));
+                    if let Some(log) = running.as_ref().ok().and_then(RunningTarget::access_log) {
+                        // Shows that the target did write its lines (the run's total so far).
+                        let bytes = std::fs::metadata(log).map_or(0, |m| m.len());
+                        progress(format!("  access log: {} MiB", bytes >> 20));
+                    }
                     for ((name, better), v) in names.into_iter().zip([m.rps, m.p50_us, m.p99_us]) {
                         rows.push(Row::ok(SCENARIO, name, target, v, better));
                     }

@@ -4,7 +4,6 @@
 //! families at scrape time, so the data path never touches a metrics registry.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -28,7 +27,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         tenants: top_tenants(&shared.context.accounting),
         pools: shared.pools(),
         listeners: shared.listeners(),
-        dropped_log_lines: shared.context.access_log.dropped.load(Ordering::Relaxed),
+        dropped_log_lines: shared.context.access_log.dropped(),
     }));
     for frontend in shared.registry.frontends() {
         frontend.register_metrics(&mut registry);
@@ -319,7 +318,7 @@ impl Collector for Snapshot {
         }
         let dropped = encoder.encode_descriptor(
             "switchyard_access_log_dropped_lines",
-            "Access log lines dropped because the writer fell behind",
+            "Access log lines lost: dropped because the writer fell behind, or refused by the destination",
             None,
             ConstCounter::new(0u64).metric_type(),
         )?;

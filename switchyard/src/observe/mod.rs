@@ -1,8 +1,11 @@
 //! What switchyard tells operators: diagnostic logs (tracing) and connection/access logs.
 
 mod access;
+mod clock;
+mod connection;
 pub mod families;
 mod histogram;
+mod line;
 mod termination;
 
 use std::sync::OnceLock;
@@ -11,8 +14,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
-pub use access::{AccessLog, ConnectionRecord};
+pub use access::AccessLog;
+pub use connection::ConnectionRecord;
 pub use histogram::DurationHistogram;
+#[cfg(test)]
+pub use line::line_text;
+pub use line::{JsonFields, Line, OrDash};
 pub use termination::Termination;
 
 /// Swaps the log filter of the running process; set only when the config's level is the

@@ -306,15 +306,16 @@ pub async fn run(
     for resolver in shared.resolvers().values() {
         resolver.stop();
     }
-    // Write out the connection log lines of the last sessions before the process exits.
+    // Write out the access log lines of the last sessions before the process exits (off
+    // the runtime: the wait is for a thread writing to a file or a pipe).
     let log_owner = shared.clone();
-    let flush = move || {
+    let close = move || {
         log_owner
             .context
             .access_log
-            .flush(std::time::Duration::from_secs(5))
+            .close(std::time::Duration::from_secs(5))
     };
-    let _ = tokio::task::spawn_blocking(flush).await;
+    let _ = tokio::task::spawn_blocking(close).await;
     if !handed_over.is_cancelled() {
         let _ = std::fs::remove_file(&upgrade_path);
     }

@@ -2,31 +2,29 @@
 //! Log Format) or `combined` (CLF plus referer and user agent), the last two followed by
 //! the proxy's own fields (duration, time to first byte, pool, server, termination).
 
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
-use std::time::SystemTime;
-
-use serde::Serialize;
 
 use crate::config::LogFormat;
-use crate::observe::Termination;
+use crate::observe::{JsonFields, Line, OrDash, Termination};
 
-/// One finished request, as logged.
-#[derive(Debug, Clone, Serialize)]
-pub struct RequestRecord {
-    /// When it ended (RFC 3339, UTC).
-    pub time: String,
+/// One finished request, as logged (with the time it is logged). It borrows what it shows
+/// from the request and the proxy's state: it lives only while its line is written.
+#[derive(Debug, Clone)]
+pub struct RequestRecord<'a> {
     /// Listener name.
-    pub listener: String,
+    pub listener: &'a str,
     /// Client address (after PROXY protocol, if any).
     pub client: SocketAddr,
     /// Request method.
-    pub method: String,
+    pub method: &'a str,
     /// Request target (path and query).
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// Request protocol version, e.g. `HTTP/1.1`.
     pub protocol: &'static str,
     /// Host the client asked for.
-    pub host: Option<String>,
+    pub host: Option<&'a str>,
     /// Status sent to the client.
     pub status: u16,
     /// Request body bytes received from the client.
@@ -38,32 +36,30 @@ pub struct RequestRecord {
     /// From the request head to the server's response head, in milliseconds.
     pub ttfb_ms: Option<u64>,
     /// Pool chosen.
-    pub pool: Option<String>,
+    pub pool: Option<&'a str>,
     /// Server that answered.
-    pub server: Option<String>,
-    /// The tenant usage is accounted to (a pool with `resolver`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
+    pub server: Option<&'a str>,
+    /// The tenant usage is accounted to (a pool with `resolver`); not in the line without.
+    pub tenant: Option<&'a str>,
     /// How the request ended: `ok`, or why not.
     pub termination: Termination,
     /// The request id sent to the server.
-    pub request_id: Option<String>,
+    pub request_id: Option<&'a str>,
     /// `Referer` header.
-    pub referer: Option<String>,
+    pub referer: Option<&'a str>,
     /// `User-Agent` header.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<&'a str>,
 }
 
-impl RequestRecord {
+impl<'a> RequestRecord<'a> {
     /// A request from `client` on `listener` that got no further than the connection: no
-    /// head, no pool, no server yet. It is stamped with the time now.
-    pub fn new(listener: &str, client: SocketAddr) -> Self {
+    /// head, no pool, no server yet.
+    pub fn new(listener: &'a str, client: SocketAddr) -> Self {
         Self {
-            time: crate::observe::ConnectionRecord::now_string(),
-            listener: listener.to_string(),
+            listener,
             client,
-            method: "-".into(),
-            path: "-".into(),
+            method: "-",
+            path: Cow::Borrowed("-"),
             protocol: "HTTP/1.1",
             host: None,
             status: 0,
@@ -82,145 +78,179 @@ impl RequestRecord {
         }
     }
 
-    /// The line in `format` (`text` is treated as `combined`).
-    pub fn render(&self, format: LogFormat) -> String {
-        match format {
-            LogFormat::Json => serde_json::to_string(self).unwrap_or_default(),
-            LogFormat::Clf => format!("{} {}", self.clf(), self.extra()),
-            LogFormat::Combined | LogFormat::Text => format!(
-                "{} \"{}\" \"{}\" {}",
-                self.clf(),
-                escape(self.referer.as_deref().unwrap_or("-")),
-                escape(self.user_agent.as_deref().unwrap_or("-")),
-                self.extra()
-            ),
+    /// Writes the line in the log's format (`text` is written as `combined`).
+    pub fn write(&self, line: &mut Line<'_>) {
+        let format = line.format();
+        if format == LogFormat::Json {
+            return line.json_fields(|json| self.write_json(json));
         }
-    }
-
-    fn clf(&self) -> String {
-        format!(
-            "{} - - [{}] \"{} {} {}\" {} {}",
+        let _ = write!(
+            line,
+            "{} - - [{}] \"{} {} {}\" {} {} ",
             self.client.ip(),
-            clf_time(SystemTime::now()),
-            escape(&self.method),
-            escape(&self.path),
+            line.clf_time(),
+            Escaped(self.method),
+            Escaped(&self.path),
             self.protocol,
             self.status,
             self.bytes_out
-        )
-    }
-
-    fn extra(&self) -> String {
-        format!(
+        );
+        if format != LogFormat::Clf {
+            let _ = write!(
+                line,
+                "\"{}\" \"{}\" ",
+                Escaped(self.referer.unwrap_or("-")),
+                Escaped(self.user_agent.unwrap_or("-")),
+            );
+        }
+        let _ = write!(
+            line,
             "duration_ms={} ttfb_ms={} pool={} server={} termination={} request_id={}",
             self.duration_ms,
-            self.ttfb_ms.map_or("-".to_string(), |t| t.to_string()),
-            self.pool.as_deref().unwrap_or("-"),
-            self.server.as_deref().unwrap_or("-"),
+            OrDash(self.ttfb_ms),
+            OrDash(self.pool),
+            OrDash(self.server),
             self.termination,
-            escape(self.request_id.as_deref().unwrap_or("-"))
-        )
+            Escaped(self.request_id.unwrap_or("-"))
+        );
     }
 }
 
-/// Keeps a client-controlled field on one line and inside its quotes.
-fn escape(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| match c {
-            '"' | '\\' => vec!['\\', c],
-            c if c.is_control() => format!("\\x{:02x}", c as u32).chars().collect(),
-            c => vec![c],
-        })
-        .collect()
+impl RequestRecord<'_> {
+    /// The fields of the JSON line, in the order of the struct.
+    fn write_json(&self, json: &mut JsonFields<'_>) {
+        json.str("listener", self.listener)
+            .display("client", self.client)
+            .str("method", self.method)
+            .str("path", &*self.path)
+            .str("protocol", self.protocol)
+            .str("host", self.host)
+            .number("status", u64::from(self.status))
+            .number("bytes_in", self.bytes_in)
+            .number("bytes_out", self.bytes_out)
+            .number("duration_ms", self.duration_ms)
+            .number("ttfb_ms", self.ttfb_ms)
+            .str("pool", self.pool)
+            .str("server", self.server);
+        if let Some(tenant) = self.tenant {
+            json.str("tenant", tenant);
+        }
+        json.str("termination", self.termination.as_str())
+            .str("request_id", self.request_id)
+            .str("referer", self.referer)
+            .str("user_agent", self.user_agent);
+    }
 }
 
-/// `10/Oct/2000:13:55:36 +0000`, the CLF timestamp, in UTC.
-fn clf_time(now: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(month - 1) as usize % 12],
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
-}
+/// A client-controlled field kept on one line and inside its quotes.
+struct Escaped<'a>(&'a str);
 
-/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c.is_control()) {
+            f.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            if c.is_control() {
+                write!(f, "\\x{:02x}", c as u32)?;
+            } else {
+                write!(f, "\\{c}")?;
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::observe::line_text;
 
-    fn record() -> RequestRecord {
+    fn record() -> RequestRecord<'static> {
         RequestRecord {
-            time: "t".into(),
-            listener: "web".into(),
+            listener: "web",
             client: "192.0.2.1:5000".parse().expect("addr"),
-            method: "GET".into(),
+            method: "GET",
             path: "/a\"b".into(),
             protocol: "HTTP/1.1",
-            host: Some("example.com".into()),
+            host: Some("example.com"),
             status: 200,
             bytes_in: 0,
             bytes_out: 13,
             duration_ms: 5,
             ttfb_ms: Some(4),
-            pool: Some("app".into()),
-            server: Some("a1".into()),
+            pool: Some("app"),
+            server: Some("a1"),
             tenant: None,
             termination: Termination::Ok,
-            request_id: Some("id1".into()),
+            request_id: Some("id1"),
             referer: None,
-            user_agent: Some("curl/8".into()),
+            user_agent: Some("curl/8\n\\"),
         }
-    }
-
-    #[test]
-    fn clf_timestamps() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(971_186_136);
-        assert_eq!(clf_time(t), "10/Oct/2000:13:55:36 +0000");
-        assert_eq!(
-            clf_time(SystemTime::UNIX_EPOCH),
-            "01/Jan/1970:00:00:00 +0000"
-        );
     }
 
     #[test]
     fn formats() {
         let r = record();
-        let clf = r.render(LogFormat::Clf);
-        assert!(clf.starts_with("192.0.2.1 - - ["), "{clf}");
-        assert!(clf.contains("\"GET /a\\\"b HTTP/1.1\" 200 13 duration_ms=5 ttfb_ms=4 pool=app server=a1 termination=ok"), "{clf}");
-        let combined = r.render(LogFormat::Combined);
+        let clf = line_text(LogFormat::Clf, |line| r.write(line));
+        assert_eq!(
+            clf,
+            "192.0.2.1 - - [10/Oct/2000:13:55:36 +0000] \"GET /a\\\"b HTTP/1.1\" 200 13 duration_ms=5 ttfb_ms=4 pool=app server=a1 termination=ok request_id=id1"
+        );
+        let combined = line_text(LogFormat::Combined, |line| r.write(line));
         assert!(
-            combined.contains("200 13 \"-\" \"curl/8\" duration_ms=5"),
+            combined.contains("200 13 \"-\" \"curl/8\\x0a\\\\\" duration_ms=5"),
             "{combined}"
         );
+        assert_eq!(line_text(LogFormat::Text, |line| r.write(line)), combined);
         let json: serde_json::Value =
-            serde_json::from_str(&r.render(LogFormat::Json)).expect("json");
+            serde_json::from_str(&line_text(LogFormat::Json, |line| r.write(line))).expect("json");
+        assert_eq!(json["time"], "2000-10-10T13:55:36.123Z");
         assert_eq!(json["status"], 200);
         assert_eq!(json["ttfb_ms"], 4);
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "time": "2000-10-10T13:55:36.123Z",
+                "listener": "web",
+                "client": "192.0.2.1:5000",
+                "method": "GET",
+                "path": "/a\"b",
+                "protocol": "HTTP/1.1",
+                "host": "example.com",
+                "status": 200,
+                "bytes_in": 0,
+                "bytes_out": 13,
+                "duration_ms": 5,
+                "ttfb_ms": 4,
+                "pool": "app",
+                "server": "a1",
+                "termination": "ok",
+                "request_id": "id1",
+                "referer": null,
+                "user_agent": "curl/8\n\\",
+            }),
+            "no tenant without one"
+        );
+        let tenant = RequestRecord {
+            tenant: Some("t1"),
+            ..record()
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&line_text(LogFormat::Json, |line| tenant.write(line)))
+                .expect("json");
+        assert_eq!(json["tenant"], "t1");
+    }
+
+    #[test]
+    fn a_bare_refusal() {
+        let mut r = RequestRecord::new("web", "192.0.2.1:5000".parse().expect("addr"));
+        r.status = 400;
+        r.termination = Termination::BadRequest;
+        assert_eq!(
+            line_text(LogFormat::Clf, |line| r.write(line)),
+            "192.0.2.1 - - [10/Oct/2000:13:55:36 +0000] \"- - HTTP/1.1\" 400 0 duration_ms=0 ttfb_ms=- pool=- server=- termination=bad_request request_id=-"
+        );
     }
 }

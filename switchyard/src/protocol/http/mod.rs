@@ -387,12 +387,12 @@ fn log_refusal(handler: &HttpHandler, listener: &Listener, client: SocketAddr, s
         status,
         std::time::Duration::ZERO,
     );
-    handler.context.access_log.log_with(|format| {
+    handler.context.access_log.log_with(|line| {
         log::RequestRecord {
             status,
             termination,
             ..log::RequestRecord::new(&listener.name, client)
         }
-        .render(format)
+        .write(line)
     });
 }

@@ -144,19 +144,16 @@ impl Exchange {
         let Some(head) = &self.head else {
             return;
         };
-        self.ctx.handler.context.access_log.log_with(|format| {
-            let text = |value: &Option<HeaderValue>| {
-                value
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
+        self.ctx.handler.context.access_log.log_with(|line| {
+            fn text(value: &Option<HeaderValue>) -> Option<&str> {
+                value.as_ref().and_then(|v| v.to_str().ok())
+            }
             RequestRecord {
-                method: head.method.to_string(),
-                path: head
-                    .uri
-                    .path_and_query()
-                    .map_or_else(|| head.uri.to_string(), |p| p.to_string()),
+                method: head.method.as_str(),
+                path: head.uri.path_and_query().map_or_else(
+                    || Cow::Owned(head.uri.to_string()),
+                    |p| Cow::Borrowed(p.as_str()),
+                ),
                 protocol: protocol_name(head.version),
                 host: text(&head.host),
                 status,
@@ -164,16 +161,16 @@ impl Exchange {
                 bytes_out,
                 duration_ms: elapsed.as_millis() as u64,
                 ttfb_ms: self.ttfb.map(|ttfb| ttfb.as_millis() as u64),
-                pool: pool.map(|pool| pool.name.clone()),
-                server: server.map(|server| server.name.clone()),
-                tenant: self.tenant.as_ref().map(|(name, _)| name.clone()),
+                pool: pool.map(|pool| pool.name.as_str()),
+                server: server.map(|server| server.name.as_str()),
+                tenant: self.tenant.as_ref().map(|(name, _)| name.as_str()),
                 termination,
                 request_id: text(&head.request_id),
                 referer: text(&head.referer),
                 user_agent: text(&head.user_agent),
                 ..RequestRecord::new(&self.ctx.listener.name, self.ctx.facts.client)
             }
-            .render(format)
+            .write(line)
         });
     }
 

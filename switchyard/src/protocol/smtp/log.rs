@@ -6,14 +6,12 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::config::LogFormat;
+use crate::observe::{Line, OrDash};
 
-/// One message, as logged when the server has given its final reply (or the proxy
-/// refused it).
+/// One message, as logged (with the time it is logged) when the server has given its
+/// final reply (or the proxy refused it).
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageRecord {
-    /// When it ended (RFC 3339, UTC).
-    pub time: String,
     /// Listener name.
     pub listener: String,
     /// Always `smtp_message`: tells these lines from connection lines.
@@ -41,25 +39,24 @@ pub struct MessageRecord {
 }
 
 impl MessageRecord {
-    /// The line in `format`.
-    pub fn render(&self, format: LogFormat) -> String {
-        match format {
-            LogFormat::Json => serde_json::to_string(self).unwrap_or_default(),
-            LogFormat::Text | LogFormat::Clf | LogFormat::Combined => format!(
-                "{} listener={} smtp_message client={} helo={} from=<{}> recipients={} size={} pool={} server={} reply={} queue_id={} duration_ms={}",
-                self.time,
+    /// Writes the line: JSON, else `key=value` text.
+    pub fn write(&self, line: &mut Line<'_>) {
+        line.json_or_fields(
+            self,
+            format_args!(
+                "listener={} smtp_message client={} helo={} from=<{}> recipients={} size={} pool={} server={} reply={} queue_id={} duration_ms={}",
                 self.listener,
                 self.client,
                 self.helo,
                 self.from,
                 self.recipients,
                 self.size,
-                self.pool.as_deref().unwrap_or("-"),
-                self.server.as_deref().unwrap_or("-"),
+                OrDash(self.pool.as_deref()),
+                OrDash(self.server.as_deref()),
                 self.reply,
-                self.queue_id.as_deref().unwrap_or("-"),
+                OrDash(self.queue_id.as_deref()),
                 self.duration_ms,
             ),
-        }
+        );
     }
 }

@@ -1161,7 +1161,6 @@ impl Session<'_> {
             size,
         );
         let record = MessageRecord {
-            time: ConnectionRecord::now_string(),
             listener: self.listener.name.clone(),
             kind: "smtp_message",
             client: self.record.client,
@@ -1178,7 +1177,7 @@ impl Session<'_> {
         self.handler
             .context
             .access_log
-            .log_with(|format| record.render(format));
+            .log_with(|line| record.write(line));
     }
 
     /// Drops the server connection at once (its server discards an unfinished message).
