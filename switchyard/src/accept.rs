@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use crate::listener::{Listener, ListenerSettings};
 use crate::observe::Termination;
@@ -35,6 +36,10 @@ pub struct Opened {
 
 /// A client's TLS connection terminated by the listener.
 pub type TlsClient = tokio_rustls::server::TlsStream<Rewind<TcpStream>>;
+
+/// A client's stream once the accept stage is done: plaintext, or TLS the listener
+/// terminated (boxed, so that plaintext connections are not sized by TLS state).
+pub type ClientStream = Either<TcpStream, Box<TlsClient>>;
 
 /// Reads the PROXY header a listener with `proxy_protocol` requires.
 pub async fn open(
@@ -115,6 +120,23 @@ impl Opened {
                 tracing::warn!(listener = %listener.name, %client, %error, "TLS handshake failed");
                 Err(Termination::TlsHandshakeFailed)
             }
+        }
+    }
+
+    /// The client's stream for its protocol: TLS terminated when the listener has `tls`,
+    /// with what the handshake told, and the bytes already read (none after a handshake:
+    /// they were part of it).
+    pub async fn into_client_stream(
+        self,
+        listener: &Listener,
+        settings: &ListenerSettings,
+    ) -> Result<(ClientStream, Option<TlsInfo>, Bytes), Termination> {
+        match &settings.tls {
+            Some(tls) => {
+                let (stream, info) = self.terminate_tls(listener, tls).await?;
+                Ok((Either::Right(stream), Some(info), Bytes::new()))
+            }
+            None => Ok((Either::Left(self.stream), None, self.early)),
         }
     }
 

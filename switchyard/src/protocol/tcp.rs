@@ -159,7 +159,7 @@ enum Ends {
     },
     /// TLS on either side (boxed: a TLS stream's state is over a kilobyte).
     Streams {
-        client: Either<TcpStream, Box<accept::TlsClient>>,
+        client: accept::ClientStream,
         server: Box<ServerStream>,
     },
 }
@@ -186,13 +186,7 @@ async fn establish(
             Err(termination) => return Err(termination),
         }
     }
-    let (client, tls_info, early_data) = match &settings.tls {
-        Some(tls) => match opened.terminate_tls(listener, tls).await {
-            Ok((stream, info)) => (Either::Right(stream), Some(info), bytes::Bytes::new()),
-            Err(termination) => return Err(termination),
-        },
-        None => (Either::Left(opened.stream), None, opened.early),
-    };
+    let (client, tls_info, early_data) = opened.into_client_stream(listener, settings).await?;
     let client_socket = match &client {
         Either::Left(socket) => socket,
         Either::Right(tls) => tls.get_ref().0.get_ref(),

@@ -33,8 +33,6 @@ use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
-use tokio_util::either::Either;
 
 pub use headers::ConnectionFacts;
 pub use metrics::RequestMetrics;
@@ -167,11 +165,6 @@ impl Handler for HttpHandler {
     }
 }
 
-/// A client's stream: plaintext, or TLS the listener terminated. One type for both, so
-/// that the connection's code exists once and a plaintext connection is not sized by TLS
-/// (the TLS state is boxed).
-type ClientStream = Either<TcpStream, Box<accept::TlsClient>>;
-
 /// Handles one accepted TCP connection: the PROXY header if the listener expects one, the
 /// TLS handshake if it terminates TLS, then HTTP until the client or the proxy closes it.
 async fn serve(handler: Arc<HttpHandler>, connection: Accepted) {
@@ -189,7 +182,7 @@ async fn serve(handler: Arc<HttpHandler>, connection: Accepted) {
 async fn open(
     handler: Arc<HttpHandler>,
     connection: Accepted,
-) -> Option<(Arc<proxy::ConnectionContext>, ClientStream, Bytes)> {
+) -> Option<(Arc<proxy::ConnectionContext>, accept::ClientStream, Bytes)> {
     let Accepted {
         listener,
         settings,
@@ -200,14 +193,8 @@ async fn open(
         .await
         .ok()?;
     let mut facts = ConnectionFacts::new(opened.client);
-    let (stream, early) = match settings.tls.clone() {
-        None => (Either::Left(opened.stream), opened.early),
-        Some(tls) => {
-            let (stream, info) = opened.terminate_tls(&listener, &tls).await.ok()?;
-            facts.tls = Some(info);
-            (Either::Right(stream), Bytes::new())
-        }
-    };
+    let (stream, tls, early) = opened.into_client_stream(&listener, &settings).await.ok()?;
+    facts.tls = tls;
     let context = Arc::new(proxy::ConnectionContext {
         handler,
         listener,
@@ -235,26 +222,16 @@ const SHUTDOWN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(
 /// phase is what decides the memory an idle client costs.
 async fn serve_connection(
     context: Arc<proxy::ConnectionContext>,
-    stream: ClientStream,
-    early: Bytes,
+    mut stream: accept::ClientStream,
+    mut early: Bytes,
 ) {
     let accepted = tokio::time::Instant::now();
-    let (mut stream, mut early) = (stream, early);
     loop {
         // Boxed: the serving phase's future is most of a busy connection's memory, and a
         // parked connection lets go of it.
         let served = Box::pin(serve_until_parked(&context, stream, early, accepted));
         let Some(parked) = served.await else { break };
-        let handler = &context.handler;
-        let unparked = park::wait(
-            parked,
-            &context.in_flight,
-            context.settings.config.timeouts.keep_alive,
-            &handler.context.stopping,
-            &handler.context.hard_stop,
-            &handler.metrics,
-        );
-        match unparked.await {
+        match park::wait(parked, &context).await {
             Some((parked, request)) => (stream, early) = (parked, request),
             None => break,
         }
@@ -273,10 +250,10 @@ async fn serve_connection(
 /// parked it (idle for [`park::PARK_AFTER`]), `None` when the connection is over.
 async fn serve_until_parked(
     context: &Arc<proxy::ConnectionContext>,
-    stream: ClientStream,
+    stream: accept::ClientStream,
     early: Bytes,
     accepted: tokio::time::Instant,
-) -> Option<ClientStream> {
+) -> Option<accept::ClientStream> {
     let handler = &context.handler;
     let config = &context.settings.config;
     let activity = &context.in_flight;

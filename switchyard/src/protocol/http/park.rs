@@ -9,11 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::SHUTDOWN_IDLE_GRACE;
-use super::guard::Activity;
-use super::metrics::RequestMetrics;
+use super::proxy::ConnectionContext;
 
 /// Idle time after a response before a connection is parked: far longer than the gap
 /// between the requests of a busy client, which never pays for a new hyper connection;
@@ -28,15 +26,13 @@ pub const PARK_AFTER: Duration = Duration::from_millis(250);
 /// grace at shutdown): this future is what every parked connection keeps.
 pub async fn wait<S: AsyncRead + Unpin>(
     mut stream: S,
-    activity: &Activity,
-    keep_alive: Duration,
-    stopping: &CancellationToken,
-    hard_stop: &CancellationToken,
-    metrics: &RequestMetrics,
+    connection: &ConnectionContext,
 ) -> Option<(S, Bytes)> {
-    let _parked = metrics.count_parked();
-    let mut deadline = activity
-        .idle_since()
+    let handler = &connection.handler;
+    let (stopping, hard_stop) = (&handler.context.stopping, &handler.context.hard_stop);
+    let _parked = handler.metrics.count_parked();
+    let keep_alive = connection.settings.config.timeouts.keep_alive;
+    let mut deadline = (connection.in_flight.idle_since())
         .filter(|_| !keep_alive.is_zero())
         .and_then(|since| since.checked_add(keep_alive));
     let timer = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
