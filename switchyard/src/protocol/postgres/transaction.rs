@@ -55,6 +55,7 @@ use crate::config::PostgresListener;
 use crate::lazy_timer::LazyTimer;
 use crate::listener::ListenerSettings;
 use crate::observe::{ConnectionRecord, Termination};
+use crate::upstream::tx_pool::Pairing;
 use crate::upstream::{Pool, RoleFilter, ServerRole};
 
 /// What the client loop needs from the session that started it.
@@ -326,7 +327,7 @@ impl<'a> Session<'a> {
             Ok(conn) => conn,
             Err(failure) => return Some(self.refuse_lease(failure).await),
         };
-        self.client.cancel.retarget(&conn.cancel);
+        self.client.cancel.retarget(&conn.link.cancel);
         let mut held = Held::new(conn, std::mem::take(&mut self.buffers));
         held.class = plan.map(|(class, _)| class);
         self.prepare(&mut held).await;
@@ -529,12 +530,12 @@ impl<'a> Session<'a> {
     /// client's transaction ends as on a lost connection, its next one on another.
     async fn prepare(&self, held: &mut Held) {
         let settings = &self.client.settings;
-        let reset = match held.conn.applied {
+        let reset = match held.conn.link.applied {
             0 => None,
             applied if applied == settings.id() => None,
             settings::UNKNOWN => {
                 // DISCARD ALL deallocates every prepared statement.
-                held.conn.prepared.clear();
+                held.conn.link.prepared.clear();
                 Some(settings::RESET)
             }
             _ => Some(settings::RESET_SETTINGS),
@@ -542,29 +543,29 @@ impl<'a> Session<'a> {
         if let Some(reset) = reset {
             if !reset_connection(&mut held.conn, &[reset]).await {
                 tracing::warn!(server = %held.conn.server.name, "resetting a server connection failed; closing it");
-                held.conn.applied = settings::UNKNOWN;
+                held.conn.link.applied = settings::UNKNOWN;
                 // Nothing answered in the server's place either: every client message
                 // is sent, and the first send fails.
-                held.conn.prepared.clear();
-                let _ = held.conn.stream.shutdown().await;
+                held.conn.link.prepared.clear();
+                let _ = held.conn.link.stream.shutdown().await;
                 return;
             }
-            held.conn.applied = 0;
+            held.conn.link.applied = 0;
         }
-        for name in held.conn.prepared.excess() {
+        for name in held.conn.link.prepared.excess() {
             held.send(&frames::statement_message(b'C', &name).0);
             held.expected.push_back(Expect::Injected(Kind::Close, None));
             held.send(&frames::sync().0);
             held.expected
                 .push_back(Expect::Injected(Kind::UntilReady, None));
         }
-        if held.conn.applied != settings.id() {
+        if held.conn.link.applied != settings.id() {
             if let Some(sql) = settings.replay_sql() {
                 held.send(&frames::query(&sql).0);
                 held.expected
                     .push_back(Expect::Injected(Kind::UntilReady, None));
             }
-            held.conn.applied = settings.id();
+            held.conn.link.applied = settings.id();
         }
     }
 
@@ -586,7 +587,8 @@ impl<'a> Session<'a> {
                 }
             }
             if !held.to_server.is_empty() {
-                let written = crate::net::send_all(&mut held.conn.stream, &held.to_server).await;
+                let written =
+                    crate::net::send_all(&mut held.conn.link.stream, &held.to_server).await;
                 held.to_server.clear();
                 if written.is_err() {
                     return self.server_lost(held, "server write failed").await;
@@ -601,7 +603,7 @@ impl<'a> Session<'a> {
                     Ok(0) | Err(_) => return Err(Stop::ClientClosed("client left mid-transaction".to_string())),
                     Ok(n) => self.moved.to_server += n as u64,
                 },
-                read = held.conn.reader.fill(&mut held.conn.stream) => match read {
+                read = held.conn.link.reader.fill(&mut held.conn.link.stream) => match read {
                     Ok(0) | Err(_) => return self.server_lost(held, "server closed the connection").await,
                     Ok(n) => {
                         self.moved.to_client += n as u64;
@@ -655,13 +657,13 @@ impl<'a> Session<'a> {
                     held.send(&frame.0);
                 } else {
                     let statement = self.statements.prepare(&parse);
-                    if held.conn.prepared.touch(&statement.server_name) {
+                    if held.conn.link.prepared.touch(&statement.server_name) {
                         // Already there: answer in its place.
                         held.expected.push_back(Expect::Synthetic(parse_complete()));
                     } else {
                         // Counted as prepared from now on, so the rest of the batch does
                         // not prepare it again; forgotten if the Parse fails.
-                        held.conn.prepared.insert(&statement.server_name);
+                        held.conn.link.prepared.insert(&statement.server_name);
                         held.expected.push_back(Expect::Client(
                             Kind::Parse,
                             Some(statement.server_name.clone()),
@@ -706,7 +708,7 @@ impl<'a> Session<'a> {
                 match closed {
                     Some(statement) => {
                         // Other clients' copies are prepared again where needed.
-                        held.conn.prepared.remove(&statement.server_name);
+                        held.conn.link.prepared.remove(&statement.server_name);
                         held.send(&frames::statement_message(b'C', &statement.server_name).0);
                     }
                     None => held.send(&frame.0),
@@ -766,7 +768,7 @@ impl<'a> Session<'a> {
     /// Handles the server's whole messages that have arrived.
     async fn server_messages(&mut self, held: &mut Held) -> Result<(), Stop> {
         loop {
-            let frame = match held.conn.reader.next_frame() {
+            let frame = match held.conn.link.reader.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(error) => {
@@ -868,14 +870,14 @@ impl<'a> Session<'a> {
                 let changes = std::mem::take(&mut held.changes);
                 // Unknown stays unknown until a reset: a later transaction of the same
                 // lease recording its own changes does not make the connection known.
-                let unknown =
-                    std::mem::take(&mut held.untracked) || held.conn.applied == settings::UNKNOWN;
+                let unknown = std::mem::take(&mut held.untracked)
+                    || held.conn.link.applied == settings::UNKNOWN;
                 if held.failed {
                     held.failed = false;
                     if unknown || !changes.is_empty() {
                         // Rolled back, but the connection may hold part of them (advisory
                         // locks taken in a failed transaction stay, for one).
-                        held.conn.applied = settings::UNKNOWN;
+                        held.conn.link.applied = settings::UNKNOWN;
                     }
                     return;
                 }
@@ -888,12 +890,12 @@ impl<'a> Session<'a> {
                         SessionChange::DiscardAll => {
                             settings.reset_all();
                             // The server deallocated every prepared statement.
-                            held.conn.prepared.clear();
+                            held.conn.link.prepared.clear();
                         }
                         SessionChange::Route(_) | SessionChange::BadRoute(_) => {}
                     }
                 }
-                held.conn.applied = if unknown {
+                held.conn.link.applied = if unknown {
                     settings::UNKNOWN
                 } else {
                     settings.id()
@@ -910,7 +912,7 @@ impl<'a> Session<'a> {
             let field = |f| super::errors::error_field(frame.body(), f).unwrap_or_default();
             let (code, message) = (field(b'C'), field(b'M'));
             tracing::warn!(code, message, "replaying session settings failed");
-            held.conn.applied = settings::UNKNOWN;
+            held.conn.link.applied = settings::UNKNOWN;
             return;
         }
         // A server closing on its own (terminated, restarting) says FATAL; when the client can
@@ -939,7 +941,7 @@ impl<'a> Session<'a> {
                     return;
                 }
                 Expect::Client(_, Some(name)) | Expect::Injected(_, Some(name)) => {
-                    held.conn.prepared.remove(name);
+                    held.conn.link.prepared.remove(name);
                 }
                 _ => {}
             }
@@ -1005,11 +1007,11 @@ impl<'a> Session<'a> {
             && reset_connection(&mut held.conn, &reset).await;
         if clean {
             if self.pinned.is_some() {
-                held.conn.prepared.clear();
-                held.conn.applied = 0;
+                held.conn.link.prepared.clear();
+                held.conn.link.applied = 0;
             } else if held.untracked {
                 // The rollback undoes settings, not everything an unseen effect may leave.
-                held.conn.applied = settings::UNKNOWN;
+                held.conn.link.applied = settings::UNKNOWN;
             }
             pool.give_back(held.conn);
         } else {
@@ -1070,10 +1072,15 @@ pub async fn start(
         split: pooled.split.clone(),
         tenant: pooled.tenant.clone(),
     };
-    let member = match state
-        .tx_pools
-        .join(pooled.pool, database, user, pooled.credential)
-    {
+    let member = match state.tx_pools.join(
+        pooled.pool,
+        Pairing {
+            database,
+            user,
+            shape: 0,
+        },
+        pooled.credential,
+    ) {
         Ok(member) => member,
         Err(full) => {
             let mut stream = stream;
@@ -1090,7 +1097,7 @@ pub async fn start(
         }
     };
     let tx_pool = member.pool().clone();
-    let parameters = match tx_pool.parameters() {
+    let parameters = match tx_pool.shared.get() {
         Some(parameters) => parameters,
         // Boxed, like the refusal below: the session's future is kept for the client's life,
         // these run once.
@@ -1139,17 +1146,17 @@ async fn first_lease(
 ) -> Result<Arc<[(String, String)]>, LeaseFailure> {
     let conn = tx_pool.lease(record.client, accept, limits).await?;
     record.server = Some(conn.server.name.clone());
-    let parameters = Arc::from(conn.parameters.as_slice());
+    let parameters = Arc::from(conn.link.parameters.as_slice());
     tx_pool.give_back_unused(conn);
     Ok(parameters)
 }
 
 /// Prepares `statement` on the held connection first if it is not there yet.
 fn ensure_prepared(held: &mut Held, statement: &Statement) {
-    if held.conn.prepared.touch(&statement.server_name) {
+    if held.conn.link.prepared.touch(&statement.server_name) {
         return;
     }
-    held.conn.prepared.insert(&statement.server_name);
+    held.conn.link.prepared.insert(&statement.server_name);
     held.send(&statement.parse.0);
     held.expected.push_back(Expect::Injected(
         Kind::Parse,
@@ -1174,11 +1181,13 @@ async fn reset_connection(conn: &mut ServerConn, statements: &[&str]) -> bool {
         out.extend_from_slice(&frames::query(sql).0);
     }
     let run = async {
-        crate::net::send_all(&mut conn.stream, &out).await.ok()?;
+        crate::net::send_all(&mut conn.link.stream, &out)
+            .await
+            .ok()?;
         let mut due = statements.len();
         let mut ok = true;
         while due > 0 {
-            while let Some(frame) = conn.reader.next_frame().ok()? {
+            while let Some(frame) = conn.link.reader.next_frame().ok()? {
                 match frame.tag() {
                     b'E' => ok = false,
                     b'Z' => {
@@ -1190,7 +1199,7 @@ async fn reset_connection(conn: &mut ServerConn, statements: &[&str]) -> bool {
                     _ => {}
                 }
             }
-            if conn.reader.fill(&mut conn.stream).await.ok()? == 0 {
+            if conn.link.reader.fill(&mut conn.link.stream).await.ok()? == 0 {
                 return None;
             }
         }
