@@ -57,6 +57,7 @@ fn options(user: (&str, &str)) -> LoginOptions {
         capabilities: capabilities::LOGIN,
         attributes: vec![("program_name".into(), "mysql_login test".into())],
         max_packet: 1 << 20,
+        charset: switchyard::protocol::mysql::handshake::UTF8MB4_GENERAL_CI,
     }
 }
 

@@ -133,6 +133,21 @@ impl ListenerKeys for MysqlListener {
                 "proxy-side authentication needs `[[user]]` entries with a `password`",
             );
         }
+        let pooling = pools
+            .iter()
+            .filter_map(|name| config.pools.iter().find(|p| &&p.name == name))
+            .find(|p| p.database.pool_mode == database::PoolMode::Transaction);
+        if let Some(pooling) = pooling
+            && self.auth == MysqlAuth::Passthrough
+        {
+            sink.at(
+                &crate::key_path!("listener", i, "auth"),
+                format!(
+                    "pool `{}` pools transactions: switchyard logs in to its servers itself, so clients must authenticate to switchyard (`mysql_native_password` or `caching_sha2_password`, not `passthrough`)",
+                    pooling.name
+                ),
+            );
+        }
         for (r, route) in self.routes.iter().enumerate() {
             if route.attributes.keys().any(String::is_empty) {
                 sink.at(

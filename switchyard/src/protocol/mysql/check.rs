@@ -102,6 +102,7 @@ fn login_options(health: &MysqlCheck) -> Result<LoginOptions, String> {
             ("program_name".into(), "switchyard-health-check".into()),
         ],
         max_packet: MAX_PACKET,
+        charset: super::handshake::UTF8MB4_GENERAL_CI,
     })
 }
 

@@ -128,6 +128,9 @@ pub mod status {
     pub const AUTOCOMMIT: u16 = 1 << 1;
     /// More result sets follow.
     pub const MORE_RESULTS_EXISTS: u16 = 1 << 3;
+    /// `SERVER_STATUS_CURSOR_EXISTS`: a prepared statement's cursor is open; its rows
+    /// come with COM_STMT_FETCH.
+    pub const CURSOR_EXISTS: u16 = 1 << 6;
     /// The open transaction is read-only.
     pub const IN_TRANS_READONLY: u16 = 1 << 13;
     /// The OK packet carries session state changes.

@@ -18,7 +18,7 @@ use super::auth_switch::{AUTH_MORE_DATA, AUTH_SWITCH, AuthSwitch, parse_more_dat
 use super::err::{ERR, ErrPacket};
 use super::errors::{ClientLibrary, ProxyError};
 use super::flags::capabilities as cap;
-use super::handshake::{Handshake, UTF8MB4_GENERAL_CI};
+use super::handshake::Handshake;
 use super::ok::{OK, OkPacket};
 use super::packet::{CodecError, PacketReader, write_packet};
 use super::response::{ClientHead, HandshakeResponse};
@@ -70,6 +70,8 @@ pub struct LoginOptions {
     pub attributes: Vec<(String, String)>,
     /// The longest packet accepted from the server, and announced as max packet size.
     pub max_packet: usize,
+    /// The session's character set (collation id), as a client sends it.
+    pub charset: u8,
 }
 
 /// A logged-in server connection, ready for commands.
@@ -187,7 +189,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         ClientHead {
             capabilities,
             max_packet: u32::try_from(options.max_packet).unwrap_or(u32::MAX),
-            charset: UTF8MB4_GENERAL_CI,
+            charset: options.charset,
             mariadb_capabilities: 0,
         }
     })
@@ -419,6 +421,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::mysql::auth_switch::more_data;
+    use crate::protocol::mysql::handshake::UTF8MB4_GENERAL_CI;
     use crate::protocol::mysql::packet::packet;
     use crate::protocol::mysql::testdata::{
         CLI_ED25519_CLIENT, CLI_ED25519_SERVER, CLI_NATIVE_CLIENT, CLI_NATIVE_SERVER,
@@ -433,6 +436,7 @@ mod tests {
             capabilities: cap::LOGIN,
             attributes: vec![("program_name".into(), "switchyard-test".into())],
             max_packet: 1 << 20,
+            charset: UTF8MB4_GENERAL_CI,
         }
     }
 

@@ -29,12 +29,16 @@ pub mod login;
 pub mod ok;
 pub mod packet;
 pub mod passthrough;
+pub mod pooler;
 pub mod proxy_auth;
 pub mod query;
+pub mod reply;
 pub mod response;
 pub mod session;
+pub mod session_state;
 #[cfg(test)]
 mod testdata;
+pub mod transaction;
 
 pub use packet::{CodecError, Packet, PacketReader};
 
@@ -70,6 +74,8 @@ pub struct MysqlState {
     pub users: ArcSwap<proxy_auth::MysqlUsers>,
     /// The RSA key of `caching_sha2_password` full authentication over plaintext.
     pub rsa: proxy_auth::ServerRsaKey,
+    /// Server connections shared by the clients of transaction pools.
+    pub tx_pools: Arc<pooler::TxPools>,
 }
 
 impl MysqlState {
@@ -98,6 +104,7 @@ impl Mysql {
                 kills: Arc::default(),
                 users: ArcSwap::default(),
                 rsa: proxy_auth::ServerRsaKey::default(),
+                tx_pools: Arc::default(),
             }),
         }
     }

@@ -20,10 +20,12 @@ use super::login::{Credential, Greeted, LoginError, LoginOptions, greet, login, 
 use super::ok::{OK, OkPacket};
 use super::packet::{CodecError, PacketReader, write_packet};
 use super::passthrough::{Broken, Moved, Outcome, Side, relay_login, switch_to_server};
+use super::pooler::PooledLogin;
 use super::proxy_auth::{self, Denied};
 use super::response::{ClientHead, ClientReply, HandshakeResponse, parse_client_reply};
+use super::transaction::PooledClient;
 use crate::accept;
-use crate::config::{ClientTlsMode, MysqlAuth};
+use crate::config::{ClientTlsMode, MysqlAuth, PoolMode};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::{
@@ -32,6 +34,8 @@ use crate::protocol::{
 use crate::relay::IdleLimit;
 use crate::route::{Rewrites, RouteFacts};
 use crate::tls::{Rewind, ServerTls, TlsInfo};
+use crate::upstream::RoleFilter;
+use crate::upstream::tx_pool::Pairing;
 use crate::upstream::{
     ConnectError, LeaseError, Pool, Server, ServerRole, ServerStream, Stage, connect_role,
     connect_server, following_reloads, record_failure, server_host, wanted_role,
@@ -186,6 +190,25 @@ async fn session(
         return Err(refuse(&mut client, reply, &error, Termination::NoRoute).await);
     };
     record.pool = Some(pool.name.clone());
+    if pool.database.pool_mode == PoolMode::Transaction
+        && let Some(password) = server_password
+    {
+        drop(login);
+        let start = pooled(PooledStart {
+            handler,
+            settings,
+            client,
+            client_reader,
+            response: &response,
+            pool: &pool,
+            rewrites: &rewrites,
+            password,
+            reply,
+            address: record.client,
+        });
+        let client = Box::pin(start).await?;
+        return Ok(super::transaction::serve(client, record).await);
+    }
 
     let reroute = || {
         let settings = listener.settings();
@@ -330,6 +353,92 @@ async fn session(
     .await)
 }
 
+/// What a client of a transaction pool starts with.
+struct PooledStart<'a> {
+    handler: &'a MysqlHandler,
+    settings: &'a ListenerSettings,
+    client: ClientStream,
+    client_reader: PacketReader,
+    response: &'a HandshakeResponse,
+    pool: &'a Arc<Pool>,
+    rewrites: &'a Rewrites,
+    password: String,
+    /// The sequence id of the OK that ends the client's login.
+    reply: u8,
+    address: std::net::SocketAddr,
+}
+
+/// Joins the transaction pool of the client's (pool, database, user, shape) and tells the
+/// client it is logged in: no server connection is needed until its first command.
+async fn pooled(start: PooledStart<'_>) -> Result<PooledClient<'_>, Refusal> {
+    let PooledStart {
+        handler,
+        settings,
+        mut client,
+        client_reader,
+        response,
+        pool,
+        rewrites,
+        password,
+        reply,
+        address,
+    } = start;
+    let options = &handler.options;
+    let user = rewrites.user.as_ref().unwrap_or(&response.user);
+    let database = rewrites
+        .database
+        .as_ref()
+        .or(response.database.as_ref())
+        .map_or("", String::as_str);
+    let capabilities = response.head.capabilities;
+    let login = PooledLogin {
+        credential: Credential::Password(password),
+        attributes: response.attributes.clone(),
+    };
+    let pairing = Pairing {
+        database,
+        user,
+        shape: super::pooler::shape(capabilities, response.head.charset),
+    };
+    let member = match handler.state.tx_pools.join(pool, pairing, login) {
+        Ok(member) => member,
+        Err(full) => {
+            let error = ProxyError::TooManyConnections;
+            let refused = refuse(&mut client, reply, &error, Termination::TooManyPools).await;
+            return Err(Refusal::new(
+                refused.reason,
+                format!("max_transaction_pools ({}) reached", full.limit),
+            ));
+        }
+    };
+    let ok = OkPacket {
+        status: super::flags::status::AUTOCOMMIT,
+        ..OkPacket::default()
+    };
+    if write_packet(&mut client, reply, &ok.encode(OK, capabilities))
+        .await
+        .is_err()
+    {
+        return Err(Refusal::new(
+            Termination::ClientClosed,
+            "gone before the OK",
+        ));
+    }
+    let wanted = wanted_role(pool, options.role, options.replica_fallback);
+    Ok(PooledClient {
+        stream: client,
+        reader: client_reader,
+        capabilities,
+        member,
+        address,
+        accept: RoleFilter::new(pool, wanted),
+        limits: &options.limits,
+        idle: settings.config.timeouts.client,
+        hard_stop: handler.state.context.hard_stop.child_token(),
+        library: ClientLibrary::of(response),
+    })
+}
+
 /// What the server side of a login needs to know.
 struct UpstreamLink<'a> {
     pool: &'a Arc<Pool>,
@@ -466,6 +575,7 @@ async fn own_login(
         capabilities: response.head.capabilities & !cap::SSL,
         attributes: response.attributes.clone(),
         max_packet: upstream.limit,
+        charset: response.head.charset,
     };
     let tls = upstream.pool.tls.as_deref();
     let attempt = |stream, retry| {

@@ -1,0 +1,254 @@
+//! mysql listeners over a `pool_mode = "transaction"` pool, against a real MariaDB, with
+//! the clients people use (the `mariadb` CLI, PyMySQL, mysql-connector-python's prepared
+//! cursor): many clients on one server connection, transactions kept whole, and no
+//! session state crossing clients — variables, the default database, character sets,
+//! `LAST_INSERT_ID()`, and the pinning cases (user variables, temporary tables, named
+//! locks) reset before the next client; prepared statements shared per server
+//! connection under the cap.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use support::config::Config;
+use support::mysql::{MariaDb, MyOptions, NATIVE_USER, mariadb_cli};
+use support::wait_until;
+
+/// A primary with the native user allowed everything in `app` and `shop`, and a table
+/// with an auto-increment key.
+fn server() -> MariaDb {
+    let server = MariaDb::start(&MyOptions::default());
+    server.sql(
+        "CREATE DATABASE shop; GRANT ALL ON app.* TO native_user; \
+         GRANT ALL ON shop.* TO native_user; \
+         CREATE TABLE app.items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT); \
+         CREATE TABLE app.ledger (n INT);",
+    );
+    server
+}
+
+/// A proxy with one mysql listener (proxy-side auth) over a transaction pool of
+/// `pool_keys` on `server`.
+async fn proxy(server: &MariaDb, pool_keys: &str) -> (support::Proxy, SocketAddr) {
+    Config::new()
+        .protocol("mysql")
+        .server("db", server.address(), "")
+        .pool(&format!("pool_mode = \"transaction\"\n{pool_keys}"))
+        .listener("auth = \"mysql_native_password\"")
+        .listener("server_version = \"5.5.5-10.11.6-MariaDB\"")
+        .section(&format!(
+            "[[user]]\nname = \"{}\"\npassword = \"{}\"\n",
+            NATIVE_USER.0, NATIVE_USER.1
+        ))
+        .start()
+        .await
+}
+
+/// Runs a Python `script` with `python` and the host, port, user and password of the
+/// native user at `front`; its output lines.
+async fn run_python(python: &Path, script: &'static str, front: SocketAddr) -> Vec<String> {
+    let python = python.to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-c", script])
+            .args([
+                &front.ip().to_string(),
+                &front.port().to_string(),
+                NATIVE_USER.0,
+                NATIVE_USER.1,
+            ])
+            .output()
+            .expect("python")
+    })
+    .await
+    .expect("joined");
+    assert!(
+        output.status.success(),
+        "python: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Connections of the native user the server has now.
+fn server_connections(server: &MariaDb) -> usize {
+    server
+        .sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'native_user'")
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_share_one_connection_and_no_state_crosses_them() {
+    let server = server();
+    let (proxy_, front) = proxy(&server, "pool_size = 1").await;
+
+    let (ok, out, err) = mariadb_cli(
+        front,
+        NATIVE_USER,
+        &["-D", "app"],
+        "SELECT DATABASE(), 1 + 1",
+    );
+    assert!(ok, "{err}\n{}", proxy_.stderr());
+    assert_eq!(out, "app\t2");
+
+    // Two clients in turn on one server connection (pool_size 1): what one sets, the
+    // other never sees; its own state follows it.
+    let script = r#"
+import sys, pymysql
+host, port, user, password = sys.argv[1:5]
+def connect(autocommit=True):
+    return pymysql.connect(host=host, port=int(port), user=user, password=password,
+                           database="app", autocommit=autocommit)
+def one(conn, sql):
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        row = cur.fetchone()
+        return None if row is None else row[0]
+a, b = connect(), connect()
+print("thread", one(a, "SELECT CONNECTION_ID()") == one(b, "SELECT CONNECTION_ID()"))
+one(a, "SET SESSION sql_mode = 'ANSI_QUOTES'")
+print("mode", one(a, "SELECT @@sql_mode"), "|", one(b, "SELECT @@sql_mode") == "ANSI_QUOTES")
+one(a, "/* odd */ sEt   @@session.wait_timeout = 77")
+print("wait", one(a, "SELECT @@wait_timeout"), one(b, "SELECT @@wait_timeout") == 77)
+one(a, "USE shop")
+print("db", one(a, "SELECT DATABASE()"), one(b, "SELECT DATABASE()"))
+one(a, "SET NAMES latin1")
+print("names", one(a, "SELECT @@character_set_client"), one(b, "SELECT @@character_set_client"))
+one(a, "USE app")
+one(a, "INSERT INTO items (name) VALUES ('a')")
+one(b, "INSERT INTO items (name) VALUES ('b')")
+one(b, "INSERT INTO items (name) VALUES ('b2')")
+print("id", one(a, "SELECT LAST_INSERT_ID()"), one(b, "SELECT LAST_INSERT_ID()"))
+# A transaction holds the connection until it ends: b waits, then sees the commit.
+one(a, "BEGIN")
+one(a, "INSERT INTO ledger VALUES (1)")
+one(a, "COMMIT")
+print("ledger", one(b, "SELECT COUNT(*) FROM ledger"))
+# Pinning state: gone once its client leaves.
+one(a, "SET @secret = 'a-only'")
+one(a, "CREATE TEMPORARY TABLE scratch (x INT)")
+one(a, "SELECT GET_LOCK('held', 0)")
+print("pinned", one(a, "SELECT @secret"), one(a, "SELECT COUNT(*) FROM scratch"))
+a.close()
+print("after", one(b, "SELECT @secret"), one(b, "SELECT IS_FREE_LOCK('held')"))
+try:
+    one(b, "SELECT * FROM scratch")
+    print("scratch visible")
+except pymysql.err.ProgrammingError as e:
+    print("scratch", e.args[0])
+# An error inside a transaction keeps it; ROLLBACK ends it.
+c = connect(autocommit=False)
+one(c, "INSERT INTO ledger VALUES (2)")
+try:
+    one(c, "SELECT * FROM nowhere")
+except pymysql.err.ProgrammingError:
+    pass
+c.rollback()
+print("rolled back", one(b, "SELECT COUNT(*) FROM ledger"))
+b.close(); c.close()
+"#;
+    let lines = run_python(Path::new("/usr/bin/python3"), script, front).await;
+    assert_eq!(
+        lines,
+        [
+            "thread True",
+            "mode ANSI_QUOTES | False",
+            "wait 77 False",
+            "db shop app",
+            "names latin1 utf8mb4",
+            "id 1 3",
+            "ledger 1",
+            "pinned a-only 0",
+            "after None 1",
+            "scratch 1146",
+            "rolled back 1",
+        ]
+    );
+    // One for PyMySQL's clients, one for the CLI's: clients whose capabilities or
+    // character set differ never share a connection.
+    wait_until("a server connection per client shape", || async {
+        server_connections(&server) <= 2
+    })
+    .await;
+}
+
+/// A venv with mysql-connector-python from PyPI (the Debian archive has no package of
+/// it), made in `dir`; its python.
+fn connector_python(dir: &Path) -> std::path::PathBuf {
+    let venv = dir.join("venv");
+    let made = Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(made.success(), "python3 -m venv");
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "mysql-connector-python"])
+        .output()
+        .expect("pip");
+    assert!(
+        installed.status.success(),
+        "pip install mysql-connector-python: {}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    venv.join("bin/python")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_are_shared_per_server_connection_under_the_cap() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let python = connector_python(dir.path());
+    let server = server();
+    let (_proxy, front) = proxy(&server, "pool_size = 2\nmax_prepared_statements = 3").await;
+    // 500 clients open at once, each preparing the same statement (and some others)
+    // with the connector's prepared cursor, executing it with its own parameters.
+    let script = r#"
+import sys, mysql.connector
+host, port, user, password = sys.argv[1:5]
+conns = []
+for i in range(500):
+    conn = mysql.connector.connect(host=host, port=int(port), user=user, password=password,
+                                   database="app", ssl_disabled=True, autocommit=True)
+    conns.append(conn)
+total = 0
+for i, conn in enumerate(conns):
+    cur = conn.cursor(prepared=True)
+    cur.execute("SELECT ? + 1, ?", (i, "x" * (i % 3)))
+    row = cur.fetchone()
+    assert row[0] == i + 1 and row[1] == "x" * (i % 3), row
+    total += 1
+    if i % 50 == 0:
+        other = conn.cursor(prepared=True)
+        other.execute(f"SELECT {i} + ?", (1,))
+        assert other.fetchone()[0] == i + 1
+        other.close()
+    # Executed again: the connector sends no types the second time.
+    cur.execute("SELECT ? + 1, ?", (i * 2, "y"))
+    assert cur.fetchone()[0] == i * 2 + 1
+    cur.close()
+print("ran", total)
+for conn in conns:
+    conn.close()
+"#;
+    let lines = run_python(&python, script, front).await;
+    assert_eq!(lines, ["ran 500"]);
+    let count = server.sql("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'");
+    let count: usize = count
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(count <= 2 * 3, "{count} statements prepared on the server");
+    wait_until("two server connections", || async {
+        server_connections(&server) <= 2
+    })
+    .await;
+}
