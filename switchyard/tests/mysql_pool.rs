@@ -14,6 +14,7 @@ use std::process::Command;
 
 use support::config::Config;
 use support::mysql::{MariaDb, MyOptions, NATIVE_USER, mariadb_cli};
+use support::ops::{scrape, tx_pools};
 use support::wait_until;
 
 /// A primary with the native user allowed everything in `app` and `shop`, and a table
@@ -31,7 +32,7 @@ fn server() -> MariaDb {
 
 /// A proxy with one mysql listener (proxy-side auth) over a transaction pool of
 /// `pool_keys` on `server`.
-async fn proxy(server: &MariaDb, pool_keys: &str) -> (support::Proxy, SocketAddr) {
+async fn start(server: &MariaDb, pool_keys: &str) -> (support::Proxy, SocketAddr) {
     Config::new()
         .protocol("mysql")
         .server("db", server.address(), "")
@@ -88,7 +89,7 @@ fn server_connections(server: &MariaDb) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_share_one_connection_and_no_state_crosses_them() {
     let server = server();
-    let (proxy_, front) = proxy(&server, "pool_size = 1").await;
+    let (proxy, front) = start(&server, "pool_size = 1").await;
 
     let (ok, out, err) = mariadb_cli(
         front,
@@ -96,7 +97,7 @@ async fn clients_share_one_connection_and_no_state_crosses_them() {
         &["-D", "app"],
         "SELECT DATABASE(), 1 + 1",
     );
-    assert!(ok, "{err}\n{}", proxy_.stderr());
+    assert!(ok, "{err}\n{}", proxy.stderr());
     assert_eq!(out, "app\t2");
 
     // Two clients in turn on one server connection (pool_size 1): what one sets, the
@@ -178,6 +179,22 @@ b.close(); c.close()
         server_connections(&server) <= 2
     })
     .await;
+    let labels = [
+        ("pool", "app"),
+        ("database", "app"),
+        ("user", "native_user"),
+    ];
+    let transactions = scrape(&proxy, "switchyard_mysql_pool_transactions_total", &labels).await;
+    assert!(transactions >= 20.0, "{transactions}");
+    let pools = proxy.pools().await;
+    let app = pools.iter().find(|p| p.name == "app").expect("pool app");
+    let tx_pools = tx_pools(app);
+    assert!(
+        tx_pools
+            .iter()
+            .all(|t| t.database == "app" && t.user == "native_user")
+    );
+    assert_eq!(tx_pools.len(), 2, "one per client shape: {tx_pools:?}");
 }
 
 /// A venv with mysql-connector-python from PyPI (the Debian archive has no package of
@@ -207,7 +224,7 @@ async fn prepared_statements_are_shared_per_server_connection_under_the_cap() {
     let dir = tempfile::tempdir().expect("temp dir");
     let python = connector_python(dir.path());
     let server = server();
-    let (_proxy, front) = proxy(&server, "pool_size = 2\nmax_prepared_statements = 3").await;
+    let (_proxy, front) = start(&server, "pool_size = 2\nmax_prepared_statements = 3").await;
     // 500 clients open at once, each preparing the same statement (and some others)
     // with the connector's prepared cursor, executing it with its own parameters.
     let script = r#"

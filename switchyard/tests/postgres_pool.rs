@@ -8,10 +8,10 @@ mod support;
 use std::net::SocketAddr;
 
 use support::config::Config;
-use support::ops::{field, listener_addr, wait_access};
+use support::ops::{field, listener_addr, tx_pools, wait_access};
 use support::postgres::{
     PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, connect_abortable, pgbench, psql_ok,
-    stderr, tx_pools,
+    stderr,
 };
 use support::{Proxy, wait_until};
 

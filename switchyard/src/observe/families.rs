@@ -28,6 +28,13 @@ pub struct Metric<T: ?Sized> {
     read: Read<T>,
 }
 
+impl<T: ?Sized> Metric<T> {
+    /// The family's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
 /// A family definition.
 pub const fn metric<T: ?Sized>(name: &'static str, help: &'static str, read: Read<T>) -> Metric<T> {
     Metric { name, help, read }
@@ -54,6 +61,17 @@ pub fn family<T: ?Sized>(
     metric: &Metric<T>,
     objects: &[(Labels, &T)],
 ) -> Result<(), std::fmt::Error> {
+    family_as(encoder, metric.name, metric, objects)
+}
+
+/// [`family`] under another name (families shared by several protocols, each under its
+/// own prefix).
+pub fn family_as<T: ?Sized>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    metric: &Metric<T>,
+    objects: &[(Labels, &T)],
+) -> Result<(), std::fmt::Error> {
     if objects.is_empty() {
         return Ok(());
     }
@@ -61,7 +79,7 @@ pub fn family<T: ?Sized>(
         Read::Counter(_) => ConstCounter::new(0u64).metric_type(),
         Read::Gauge(_) => ConstGauge::new(0.0f64).metric_type(),
     };
-    let mut family = encoder.encode_descriptor(metric.name, metric.help, None, kind)?;
+    let mut family = encoder.encode_descriptor(name, metric.help, None, kind)?;
     for (labels, object) in objects {
         let sample = family.encode_family(labels)?;
         match metric.read {

@@ -9,6 +9,7 @@ mod roles;
 mod secure;
 mod server;
 mod tracker;
+pub mod tx_metrics;
 pub mod tx_pool;
 
 pub use crate::address::ServerAddress;

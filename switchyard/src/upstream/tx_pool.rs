@@ -42,6 +42,8 @@ pub trait Dialect: std::fmt::Debug + Sized + Send + Sync + 'static {
     /// What the protocol keeps per transaction pool (PostgreSQL: the parameters the latest
     /// login reported).
     type Shared: Default + std::fmt::Debug + Send + Sync + 'static;
+    /// The protocol's part of the pools' metric names (`switchyard_<it>_pool_...`).
+    const METRICS: &'static str;
 
     /// Logs in on `stream`, a new TCP connection to `server` (at `peer`), as `tx_pool`'s
     /// user to its database, TLS per `pool`'s sslmode.
@@ -202,6 +204,26 @@ impl<D: Dialect> TxPools<D> {
     /// Pairs kept now, logged in or not.
     pub fn pairs(&self) -> usize {
         lock(&self.pools).len()
+    }
+
+    /// The transaction pools of pool `pool` for the admin API's status: `{
+    /// "transaction_pools": [...] }`, or nothing when it has none.
+    pub fn pool_status(&self, pool: &str) -> serde_json::Map<String, serde_json::Value> {
+        let mut tx_pools: Vec<_> = self
+            .snapshot()
+            .into_iter()
+            .filter(|t| t.pool == pool)
+            .collect();
+        let mut status = serde_json::Map::new();
+        if tx_pools.is_empty() {
+            return status;
+        }
+        tx_pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        let list: Vec<_> = tx_pools.iter().map(|t| t.status()).collect();
+        if let Ok(value) = serde_json::to_value(list) {
+            status.insert("transaction_pools".to_string(), value);
+        }
+        status
     }
 
     /// Removes the pools nobody uses any more: no client, no connection.

@@ -259,3 +259,13 @@ pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option
         })
         .map(|s| s.value)
 }
+
+/// The transaction pools a pool's status lists (what the postgres and mysql front ends add to it).
+pub fn tx_pools(
+    pool: &switchyard::admin::PoolStatus,
+) -> Vec<switchyard::upstream::tx_pool::TxPoolStatus> {
+    pool.protocol
+        .get("transaction_pools")
+        .map(|value| serde_json::from_value(value.clone()).expect("transaction_pools JSON"))
+        .unwrap_or_default()
+}

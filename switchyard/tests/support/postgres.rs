@@ -446,13 +446,3 @@ client_tls = {{ mode = "{mode}" }}
         key.display()
     )
 }
-
-/// The transaction pools a pool's status lists (what the postgres front end adds to it).
-pub fn tx_pools(
-    pool: &switchyard::admin::PoolStatus,
-) -> Vec<switchyard::upstream::tx_pool::TxPoolStatus> {
-    pool.protocol
-        .get("transaction_pools")
-        .map(|value| serde_json::from_value(value.clone()).expect("transaction_pools JSON"))
-        .unwrap_or_default()
-}

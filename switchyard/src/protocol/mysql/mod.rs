@@ -54,6 +54,7 @@ use crate::config::{
 use crate::health::Check;
 use crate::listener::{Accepted, Handler, Serving};
 use crate::route::{Matcher, Rewrites, RouteRule, Routing};
+use crate::upstream::tx_metrics::TxPoolMetrics;
 
 /// The `mysql` front end.
 #[derive(Debug)]
@@ -146,6 +147,14 @@ impl Frontend for Mysql {
         let users = proxy_auth::MysqlUsers::from_config(config)?;
         self.state.users.store(Arc::new(users));
         Ok(())
+    }
+
+    fn pool_status(&self, pool: &str) -> serde_json::Map<String, serde_json::Value> {
+        self.state.tx_pools.pool_status(pool)
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(TxPoolMetrics::of(&self.state.tx_pools)));
     }
 
     fn checks(&self) -> Vec<(CheckKind, Arc<dyn Check>)> {

@@ -101,6 +101,7 @@ impl Dialect for Mysql {
     type Link = Link;
     type Credential = PooledLogin;
     type LoginError = LoginError;
+    const METRICS: &'static str = "mysql";
     type Shared = ();
 
     async fn login(

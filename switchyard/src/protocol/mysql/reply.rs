@@ -392,3 +392,146 @@ fn end_status(payload: &[u8], capabilities: u32) -> Result<(u16, Packet), CodecE
         Ok((eof.status, Packet::Eof(eof)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::mysql::handshake::Handshake;
+    use crate::protocol::mysql::response::HandshakeResponse;
+    use crate::protocol::mysql::testdata::{
+        CLI_NATIVE_CLIENT, CLI_NATIVE_SERVER, CONNECTOR_PREPARED_CLIENT, CONNECTOR_PREPARED_SERVER,
+        PYMYSQL_CLIENT, PYMYSQL_MULTI_CLIENT, PYMYSQL_MULTI_SERVER, PYMYSQL_SERVER, packets,
+    };
+
+    /// Follows every command of a captured session with a [`Reply`]: each reply must end
+    /// exactly where the next one begins, and the whole capture must be read. Returns,
+    /// per command, its byte and what the reply's packets were.
+    fn replay(client: &[u8], server: &[u8]) -> Vec<(u8, Vec<Packet>)> {
+        let client = packets(client);
+        let server = packets(server);
+        let greeting = Handshake::parse(&server[0].payload).expect("greeting");
+        let response = HandshakeResponse::parse(&client[0].payload).expect("response");
+        let capabilities = greeting.capabilities & response.head.capabilities;
+        // The login ends with the server's first OK.
+        let login = server
+            .iter()
+            .position(|p| p.header() == Some(OK))
+            .expect("a login OK");
+        let mut replies = server[login + 1..].iter();
+        let mut seen = Vec::new();
+        for command in client.iter().filter(|p| p.sequence == 0) {
+            let kind = command.payload[0];
+            let mut reply = Reply::new(Shape::of(kind), capabilities);
+            let mut packets = Vec::new();
+            while !reply.done() {
+                let packet = replies.next().expect("the reply goes on");
+                packets.push(reply.feed(&packet.payload).expect("a reply packet"));
+            }
+            seen.push((kind, packets));
+        }
+        assert!(
+            replies.next().is_none(),
+            "every server packet belongs to a reply"
+        );
+        seen
+    }
+
+    fn kinds(packets: &[Packet]) -> String {
+        packets
+            .iter()
+            .map(|p| match p {
+                Packet::Data => 'd',
+                Packet::Ok(_) => 'o',
+                Packet::Eof(_) => 'e',
+                Packet::Err => 'x',
+                Packet::LocalInfile => 'l',
+                Packet::Prepared(_) => 'p',
+            })
+            .collect()
+    }
+
+    #[test]
+    fn text_results_with_eof_packets_and_an_error() {
+        let seen = replay(CLI_NATIVE_CLIENT, CLI_NATIVE_SERVER);
+        let shapes: Vec<(u8, String)> = seen.iter().map(|(k, p)| (*k, kinds(p))).collect();
+        let expected: Vec<(u8, String)> = [
+            // SELECT 1 AS one, NULL AS nothing: count, two definitions, EOF, row, EOF.
+            (0x03, "dddede"),
+            // USE mysql: the CLI sends `SELECT DATABASE()` then COM_INIT_DB.
+            (0x03, "ddede"),
+            (0x02, "o"),
+            // BEGIN, SELECT 2, COMMIT, an unknown column (ERR 1054), COM_QUIT.
+            (0x03, "o"),
+            (0x03, "ddede"),
+            (0x03, "o"),
+            (0x03, "x"),
+            (0x01, ""),
+        ]
+        .into_iter()
+        .map(|(k, s)| (k, s.to_string()))
+        .collect();
+        assert_eq!(shapes, expected);
+    }
+
+    #[test]
+    fn binary_results_and_prepares() {
+        let seen = replay(CONNECTOR_PREPARED_CLIENT, CONNECTOR_PREPARED_SERVER);
+        let prepares: Vec<&PrepareOk> = seen
+            .iter()
+            .flat_map(|(_, p)| p)
+            .filter_map(|p| match p {
+                Packet::Prepared(ok) => Some(ok),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(prepares.len(), 2, "{seen:?}");
+        assert_eq!((prepares[0].params, prepares[0].columns), (1, 2));
+        assert_eq!((prepares[1].params, prepares[1].columns), (1, 0));
+        let executes: Vec<String> = seen
+            .iter()
+            .filter(|(k, _)| *k == COM_STMT_EXECUTE)
+            .map(|(_, p)| kinds(p))
+            .collect();
+        // Two rows, then one, then the INSERT's OK: column count, definitions, EOF, rows
+        // (binary, starting 0x00), EOF (MariaDB 10.11 offers no CLIENT_DEPRECATE_EOF).
+        assert_eq!(executes, ["dddedde", "dddede", "o"], "{seen:?}");
+        assert!(
+            seen.iter()
+                .any(|(k, p)| *k == COM_STMT_CLOSE && p.is_empty())
+        );
+    }
+
+    #[test]
+    fn several_results_of_one_query() {
+        let seen = replay(PYMYSQL_MULTI_CLIENT, PYMYSQL_MULTI_SERVER);
+        let first = seen
+            .iter()
+            .find(|(k, p)| *k == 0x03 && p.len() > 3)
+            .map(|(_, p)| kinds(p));
+        // SELECT 1 (more results), SET @x (OK, more results), SELECT v.
+        assert_eq!(first.as_deref(), Some("ddedeoddede"));
+    }
+
+    #[test]
+    fn pymysql_session_replies() {
+        let seen = replay(PYMYSQL_CLIENT, PYMYSQL_SERVER);
+        assert!(!seen.is_empty());
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_panics() {
+        let mut reply = Reply::new(Shape::Result, 0);
+        assert!(reply.feed(&[]).is_err(), "an empty first packet");
+        let mut reply = Reply::new(Shape::Result, 0);
+        assert!(reply.feed(&[0]).is_err(), "a truncated OK");
+        let mut reply = Reply::new(Shape::Prepare, 0);
+        assert!(reply.feed(&[0, 1]).is_err(), "a truncated prepare OK");
+        let mut reply = Reply::new(Shape::Result, 0);
+        assert!(reply.feed(&[1]).is_ok());
+        assert!(reply.feed(&[3, b'd', b'e', b'f']).is_ok());
+        assert!(reply.feed(&[1, 2]).is_err(), "no EOF after the definitions");
+        let mut done = Reply::new(Shape::Nothing, 0);
+        assert!(done.done());
+        assert!(done.feed(&[0]).is_err(), "nothing is due");
+    }
+}

@@ -19,6 +19,17 @@ pub const PYMYSQL_SERVER: &[u8] = include_bytes!("testdata/pymysql_native.server
 /// ... and the client's.
 pub const PYMYSQL_CLIENT: &[u8] = include_bytes!("testdata/pymysql_native.client.bin");
 
+/// mysql-connector-python 9 (prepared cursors, `CLIENT_DEPRECATE_EOF`): the server's side.
+pub const CONNECTOR_PREPARED_SERVER: &[u8] =
+    include_bytes!("testdata/connector_prepared.server.bin");
+/// ... and the client's.
+pub const CONNECTOR_PREPARED_CLIENT: &[u8] =
+    include_bytes!("testdata/connector_prepared.client.bin");
+/// PyMySQL with `CLIENT_MULTI_STATEMENTS`: the server's side.
+pub const PYMYSQL_MULTI_SERVER: &[u8] = include_bytes!("testdata/pymysql_multi.server.bin");
+/// ... and the client's.
+pub const PYMYSQL_MULTI_CLIENT: &[u8] = include_bytes!("testdata/pymysql_multi.client.bin");
+
 /// `mariadb` CLI ↔ `sha2_full_auth.py` (caching_sha2_password full authentication over
 /// plaintext, user `sha2_user`, password `sha2-pw`): what the client sent.
 pub const CLI_SHA2_RSA_CLIENT: &[u8] = include_bytes!("testdata/cli_sha2_rsa.client.bin");

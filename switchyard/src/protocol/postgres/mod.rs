@@ -17,7 +17,6 @@ pub mod codec;
 pub mod errors;
 pub mod frames;
 pub mod login;
-mod metrics;
 pub mod pooler;
 pub mod quiet;
 pub mod scanner;
@@ -46,6 +45,7 @@ use crate::health::Check;
 use crate::listener::{Accepted, Handler, Serving};
 use crate::route::{Matcher, Rewrites, RouteRule, Routing};
 use crate::upstream::Pool;
+use crate::upstream::tx_metrics::TxPoolMetrics;
 use split::SplitConfig;
 
 /// The `postgres` front end.
@@ -161,27 +161,11 @@ impl Frontend for Postgres {
     }
 
     fn pool_status(&self, pool: &str) -> serde_json::Map<String, serde_json::Value> {
-        let mut tx_pools: Vec<_> = self
-            .state
-            .tx_pools
-            .snapshot()
-            .into_iter()
-            .filter(|t| t.pool == pool)
-            .collect();
-        let mut status = serde_json::Map::new();
-        if tx_pools.is_empty() {
-            return status;
-        }
-        tx_pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
-        let list: Vec<_> = tx_pools.iter().map(|t| t.status()).collect();
-        if let Ok(value) = serde_json::to_value(list) {
-            status.insert("transaction_pools".to_string(), value);
-        }
-        status
+        self.state.tx_pools.pool_status(pool)
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        registry.register_collector(Box::new(metrics::TxPoolMetrics::of(&self.state.tx_pools)));
+        registry.register_collector(Box::new(TxPoolMetrics::of(&self.state.tx_pools)));
     }
 
     fn checks(&self) -> Vec<(CheckKind, Arc<dyn Check>)> {

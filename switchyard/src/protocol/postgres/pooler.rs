@@ -73,6 +73,7 @@ impl Dialect for Postgres {
     type Link = Link;
     type Credential = ServerCredential;
     type LoginError = LoginError;
+    const METRICS: &'static str = "pg";
     type Shared = PoolParameters;
 
     async fn login(
