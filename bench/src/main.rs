@@ -54,7 +54,8 @@ enum Scenario {
     Postgres,
     /// pgbench through switchyard (postgres, transaction mode) vs PgBouncer vs direct.
     Pgpool,
-    /// sysbench through switchyard (mysql, session mode) vs HAProxy `mode tcp` vs direct.
+    /// sysbench through switchyard (mysql, session mode) vs HAProxy `mode tcp` vs direct;
+    /// with `--my-pool transaction`, switchyard's transaction pool vs direct.
     Mysql,
     /// Postfix's smtp-source through switchyard (smtp) vs HAProxy `mode tcp` vs direct,
     /// into smtp-sink: messages/s.

@@ -150,20 +150,40 @@ impl MariaDb {
 
     /// Runs `sql` as root over the unix socket.
     async fn sql(&self, sql: &str) -> Result<()> {
+        self.query(sql).await.map(drop)
+    }
+
+    /// Runs `sql` as root over the unix socket; what it printed, without column names or
+    /// table borders.
+    async fn query(&self, sql: &str) -> Result<String> {
         let output = Command::new("mariadb")
             .arg("--no-defaults")
             .arg(format!(
                 "--socket={}",
                 self.dir.path().join("sock").display()
             ))
-            .args(["-uroot", "-e", sql])
+            .args(["-uroot", "--batch", "--skip-column-names", "-e", sql])
             .output()
             .await
             .context("mariadb CLI")?;
         if !output.status.success() {
             bail!("{sql}: {}", String::from_utf8_lossy(&output.stderr).trim());
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Sessions the server has open now for `user` (from every client host): a proxy's
+    /// server connections, or a direct client's own.
+    pub async fn sessions_of(&self, user: &str) -> Result<usize> {
+        let count = self
+            .query(&format!(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{user}'"
+            ))
+            .await?;
+        count
+            .trim()
+            .parse()
+            .with_context(|| format!("a session count, not {count:?}"))
     }
 
     /// Shuts the server down (SIGTERM, a clean shutdown) and waits for it.

@@ -53,8 +53,8 @@ pub enum Mode {
     Http,
     /// The PostgreSQL protocol, pooled as given.
     Postgres(PgPooling),
-    /// The MySQL protocol, session mode.
-    Mysql,
+    /// The MySQL protocol, pooled as given.
+    Mysql(MyPooling),
     /// SMTP: switchyard holds the conversation (greeting as [`SMTP_HOSTNAME`]); HAProxy
     /// copies bytes (`mode tcp`).
     Smtp,
@@ -80,6 +80,22 @@ pub enum PgPooling {
     Transaction {
         /// Server connections in the pool.
         size: usize,
+    },
+}
+
+/// How switchyard shares MySQL server connections: the `mysql` scenario's `--my-pool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MyPooling {
+    /// One server connection per client session; the login is relayed.
+    Session,
+    /// Server connections shared one transaction at a time, `size` per (database, user,
+    /// client shape) per server; clients log in to switchyard as `user` (name, password),
+    /// the credentials switchyard then logs in to the server with.
+    Transaction {
+        /// Server connections in the pool (`pool_size`).
+        size: usize,
+        /// The one `[[user]]`: name and password.
+        user: (&'static str, &'static str),
     },
 }
 
@@ -179,8 +195,11 @@ pub struct RunningTarget {
 struct ProxyProcess {
     child: Child,
     /// Holds the config and log files; removed on drop.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
+
+/// The file a proxy's stderr (switchyard's log) goes to, in its temporary directory.
+const STDERR_LOG: &str = "stderr.log";
 
 impl RunningTarget {
     /// Starts `kind` in front of a pool of `backends` (round robin) and
@@ -217,13 +236,15 @@ impl RunningTarget {
     }
 
     /// Starts `kind` in front of one MySQL/MariaDB `server`: switchyard with a `mysql`
-    /// listener, or HAProxy in `mode tcp`; `direct` is the server itself.
+    /// listener pooling as `pooling` says, or HAProxy in `mode tcp` (bytes only, whatever
+    /// `pooling` says); `direct` is the server itself.
     pub async fn start_mysql(
         kind: TargetKind,
         server: SocketAddr,
         opts: &TargetOptions,
+        pooling: MyPooling,
     ) -> Result<Self> {
-        Self::launch(kind, &[server], opts, Mode::Mysql).await
+        Self::launch(kind, &[server], opts, Mode::Mysql(pooling)).await
     }
 
     /// Starts switchyard with an `http` listener over a pool resolved by `Host` through the
@@ -313,7 +334,7 @@ impl RunningTarget {
         let config_path = dir.path().join(config_name);
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let stderr_path = dir.path().join("stderr.log");
+        let stderr_path = dir.path().join(STDERR_LOG);
         let stderr = std::fs::File::create(&stderr_path).context("creating stderr log")?;
 
         let mut cmd = Command::new(bin);
@@ -355,7 +376,7 @@ impl RunningTarget {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
-        let mut process = ProxyProcess { child, _dir: dir };
+        let mut process = ProxyProcess { child, dir };
         if let Err(e) = wait_ready(&mut process.child, listen, opts.ready_timeout).await {
             let log = tail(&stderr_path);
             let _ = process.child.kill().await;
@@ -379,6 +400,18 @@ impl RunningTarget {
     /// for a setting), for a footnote on each.
     pub fn note(&self) -> Option<&str> {
         self.note.as_deref()
+    }
+
+    /// The last `lines` lines the proxy wrote to stderr so far (switchyard's log); `None`
+    /// for the direct path, or when it wrote nothing.
+    pub fn log_tail(&self, lines: usize) -> Option<String> {
+        let process = self.process.as_ref()?;
+        let text = std::fs::read_to_string(process.dir.path().join(STDERR_LOG)).ok()?;
+        let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if all.is_empty() {
+            return None;
+        }
+        Some(all[all.len().saturating_sub(lines)..].join("\n"))
     }
 
     /// Address clients connect to.
@@ -461,12 +494,14 @@ fn tail(path: &Path) -> String {
 }
 
 /// Clients PgBouncer accepts (`max_client_conn`) and switchyard lets wait for a pooled
-/// server connection (`max_queue`): far above the largest pgbench client count.
+/// server connection (`max_queue`): far above the largest pgbench client count (and
+/// sysbench thread count, for switchyard's MySQL transaction pool).
 const PG_MAX_CLIENTS: usize = 2000;
 
 /// How long a client may wait for a pooled server connection in transaction mode, on both
 /// poolers: PgBouncer's default `query_wait_timeout`, so that a burst of 512 clients over 10
-/// server connections is measured rather than cut off by switchyard's 5 s default.
+/// server connections is measured rather than cut off by switchyard's 5 s default (the
+/// same for switchyard's MySQL transaction pool).
 const PG_QUEUE_TIMEOUT_SECS: u64 = 120;
 
 /// switchyard's extra listener and pool keys for `pooling`. Transaction mode trusts the
@@ -479,6 +514,25 @@ fn switchyard_pooling(pooling: PgPooling) -> (String, String) {
             "auth = \"trust\"".to_string(),
             format!(
                 "pool_mode = \"transaction\"\npool_size = {size}\nmax_queue = {PG_MAX_CLIENTS}\ntimeouts.queue = \"{PG_QUEUE_TIMEOUT_SECS}s\""
+            ),
+        ),
+    }
+}
+
+/// switchyard's extra listener and pool keys for MySQL `pooling`. Transaction mode needs
+/// proxy-side authentication: the listener checks `mysql_native_password` against the one
+/// `[[user]]`, whose password switchyard also logs in to the server with. The `[[user]]`
+/// table comes last: every key after it would be the user's.
+fn switchyard_my_pooling(pooling: MyPooling) -> (String, String) {
+    match pooling {
+        MyPooling::Session => (String::new(), String::new()),
+        MyPooling::Transaction {
+            size,
+            user: (name, password),
+        } => (
+            "auth = \"mysql_native_password\"".to_string(),
+            format!(
+                "pool_mode = \"transaction\"\npool_size = {size}\nmax_queue = {PG_MAX_CLIENTS}\ntimeouts.queue = \"{PG_QUEUE_TIMEOUT_SECS}s\"\n[[user]]\nname = \"{name}\"\npassword = \"{password}\""
             ),
         ),
     }
@@ -497,11 +551,12 @@ fn switchyard_config(
         Mode::Tcp => "tcp",
         Mode::Http | Mode::Resolved(_) => "http",
         Mode::Postgres(_) => "postgres",
-        Mode::Mysql => "mysql",
+        Mode::Mysql(_) => "mysql",
         Mode::Smtp => "smtp",
     };
     let (listener_keys, pool_keys) = match mode {
         Mode::Postgres(pooling) => switchyard_pooling(pooling),
+        Mode::Mysql(pooling) => switchyard_my_pooling(pooling),
         Mode::Smtp => (
             format!("smtp = {{ hostname = \"{SMTP_HOSTNAME}\" }}"),
             String::new(),
@@ -520,7 +575,7 @@ cache = {{ ttl = "1h" }}
 allow_private = ["127.0.0.0/8"]"#
             ),
         ),
-        Mode::Tcp | Mode::Http | Mode::Mysql => (String::new(), String::new()),
+        Mode::Tcp | Mode::Http => (String::new(), String::new()),
     };
     let servers: Vec<String> = backends
         .iter()
@@ -656,7 +711,7 @@ fn haproxy_config(
         ("# no \"log\" line: HAProxy logs nothing", "")
     };
     let mode = match mode {
-        Mode::Tcp | Mode::Postgres(_) | Mode::Mysql | Mode::Smtp => "mode tcp",
+        Mode::Tcp | Mode::Postgres(_) | Mode::Mysql(_) | Mode::Smtp => "mode tcp",
         Mode::Http | Mode::Resolved(_) => {
             "mode http\n    http-reuse always\n    timeout http-keep-alive 1h"
         }
@@ -898,6 +953,47 @@ pub(crate) mod tests {
         ] {
             assert!(pool.contains(line), "{line} missing from {pool}");
         }
+    }
+
+    #[test]
+    fn mysql_transaction_mode_authenticates_the_sysbench_user_on_the_proxy() {
+        let opts = options(CompetitorHeaders::Same);
+        let listen = loopback(3307);
+        let admin = loopback(3308);
+        let server = loopback(3306);
+        let pooled = Mode::Mysql(MyPooling::Transaction {
+            size: 10,
+            user: ("sbtest", "sbtest-pw"),
+        });
+        let config = switchyard_config(&opts, listen, admin, &[server], pooled);
+        for line in [
+            "protocol = \"mysql\"",
+            "auth = \"mysql_native_password\"",
+            "pool_mode = \"transaction\"",
+            "pool_size = 10",
+            "max_queue = 2000",
+            "timeouts.queue = \"120s\"",
+            "[[user]]\nname = \"sbtest\"\npassword = \"sbtest-pw\"",
+        ] {
+            assert!(config.contains(line), "{line} missing from {config}");
+        }
+        // Nothing after the user table: a key there would be the user's.
+        assert!(
+            config.trim_end().ends_with("password = \"sbtest-pw\""),
+            "{config}"
+        );
+        let session = switchyard_config(
+            &opts,
+            listen,
+            admin,
+            &[server],
+            Mode::Mysql(MyPooling::Session),
+        );
+        for key in ["auth", "pool_mode", "[[user]]"] {
+            assert!(!session.contains(key), "{key} in {session}");
+        }
+        let haproxy = haproxy_config(&opts, listen, &[server], pooled);
+        assert!(haproxy.contains("mode tcp"), "{haproxy}");
     }
 
     /// A backend that answers each request with a short response and sends the request's
