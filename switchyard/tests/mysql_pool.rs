@@ -247,6 +247,11 @@ for i, conn in enumerate(conns):
         other.execute(f"SELECT {i} + ?", (1,))
         assert other.fetchone()[0] == i + 1
         other.close()
+    if i % 100 == 0:
+        # A statement without parameters or columns (as sysbench prepares BEGIN).
+        bare = conn.cursor(prepared=True)
+        bare.execute("DO 1")
+        bare.close()
     # Executed again: the connector sends no types the second time.
     cur.execute("SELECT ? + 1, ?", (i * 2, "y"))
     assert cur.fetchone()[0] == i * 2 + 1

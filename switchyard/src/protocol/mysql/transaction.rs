@@ -625,6 +625,7 @@ impl Session<'_> {
             while let Some(packet) = link.conn.reader.next_packet().map_err(|e| lost(&e))? {
                 let fed = reply.feed(&packet.payload).map_err(|e| lost(&e))?;
                 let mut payload = packet.payload;
+                let mut relayed = None;
                 match fed {
                     reply::Packet::Ok(ok) => {
                         self.status = ok.status;
@@ -656,13 +657,13 @@ impl Session<'_> {
                     reply::Packet::Prepared(ok) => {
                         replied.prepared = Some(ok);
                         if let Some(id) = rename {
-                            let mut renamed = payload.to_vec();
-                            renamed[1..5].copy_from_slice(&id.to_le_bytes());
+                            // The cache keeps the server's id; the client gets its own.
                             if let Some(captured) = captured.as_deref_mut() {
                                 encode_packet(packet.sequence, &payload, captured);
                             }
-                            encode_packet(packet.sequence, &renamed, &mut out);
-                            continue;
+                            let mut renamed = payload.to_vec();
+                            renamed[1..5].copy_from_slice(&id.to_le_bytes());
+                            relayed = Some(Bytes::from(renamed));
                         }
                     }
                     reply::Packet::LocalInfile => {
@@ -676,10 +677,17 @@ impl Session<'_> {
                     }
                     reply::Packet::Data => {}
                 }
-                if let Some(captured) = captured.as_deref_mut() {
-                    encode_packet(packet.sequence, &payload, captured);
+                match relayed.take() {
+                    Some(renamed) => {
+                        encode_packet(packet.sequence, &renamed, &mut out);
+                    }
+                    None => {
+                        if let Some(captured) = captured.as_deref_mut() {
+                            encode_packet(packet.sequence, &payload, captured);
+                        }
+                        encode_packet(packet.sequence, &payload, &mut out);
+                    }
                 }
-                encode_packet(packet.sequence, &payload, &mut out);
                 if reply.done() {
                     self.to_client += out.len() as u64;
                     crate::net::send_all(&mut self.client.stream, &out).await?;
