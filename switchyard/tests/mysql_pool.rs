@@ -274,3 +274,53 @@ for conn in conns:
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_query_reaches_the_connection_a_pooled_session_holds() {
+    let server = server();
+    let (_proxy, front) = start(&server, "pool_size = 2").await;
+    // A sleeps on one server connection; B kills it by the proxy's connection id of A
+    // (what A's driver knows), from the other connection.
+    let script = r#"
+import sys, threading, time, pymysql
+host, port, user, password = sys.argv[1:5]
+def connect():
+    return pymysql.connect(host=host, port=int(port), user=user, password=password,
+                           database="app", autocommit=True)
+a, b = connect(), connect()
+outcome = {}
+def sleep():
+    with a.cursor() as cur:
+        started = time.monotonic()
+        try:
+            cur.execute("SELECT SLEEP(60)")
+            outcome["slept"] = cur.fetchone()[0]
+        except pymysql.err.OperationalError as e:
+            outcome["slept"] = e.args[0]
+        outcome["soon"] = time.monotonic() - started < 30
+worker = threading.Thread(target=sleep)
+worker.start()
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    with b.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)'")
+        if cur.fetchone()[0] == 1:
+            break
+    time.sleep(0.05)
+with b.cursor() as cur:
+    cur.execute(f"KILL QUERY {a.thread_id()}")
+worker.join()
+print("killed", outcome["slept"], outcome["soon"])
+with b.cursor() as cur:
+    try:
+        cur.execute("KILL QUERY 999999")
+    except pymysql.err.OperationalError as e:
+        print("unknown", e.args[0])
+with a.cursor() as cur:
+    cur.execute("SELECT 1")
+    print("a goes on", cur.fetchone()[0])
+"#;
+    let lines = run_python(Path::new("/usr/bin/python3"), script, front).await;
+    // MariaDB answers an interrupted SLEEP with ERR 1317 (MySQL returns 1).
+    assert_eq!(lines, ["killed 1317 True", "unknown 1094", "a goes on 1"]);
+}

@@ -202,16 +202,27 @@ impl KillRewrite {
 
     /// The packet to send instead of a COM_QUERY `payload` that kills a connection id.
     fn rewritten(&self, payload: &[u8]) -> Option<Vec<u8>> {
-        let sql = payload.strip_prefix(&[COM_QUERY])?;
-        let (digits, id) = kill_id(sql)?;
-        let thread = self.table.thread_on(id, &self.server).unwrap_or(0);
-        let mut replaced = Vec::with_capacity(payload.len() + 10);
-        replaced.push(COM_QUERY);
-        replaced.extend_from_slice(&sql[..digits.start]);
-        replaced.extend_from_slice(thread.to_string().as_bytes());
-        replaced.extend_from_slice(&sql[digits.end..]);
+        let replaced = rewrite_kill(&self.table, &self.server, payload)?;
         Some(packet(0, &replaced))
     }
+}
+
+/// The COM_QUERY payload to send to `server` instead of `payload` when it is a `KILL` of
+/// a proxy connection id: the id of that session's thread when it is on `server`, else 0.
+/// `None` for any other command.
+pub fn rewrite_kill(table: &KillTable, server: &Arc<Server>, payload: &[u8]) -> Option<Vec<u8>> {
+    if payload.len() > MAX_KILL {
+        return None;
+    }
+    let sql = payload.strip_prefix(&[COM_QUERY])?;
+    let (digits, id) = kill_id(sql)?;
+    let thread = table.thread_on(id, server).unwrap_or(0);
+    let mut replaced = Vec::with_capacity(payload.len() + 10);
+    replaced.push(COM_QUERY);
+    replaced.extend_from_slice(&sql[..digits.start]);
+    replaced.extend_from_slice(thread.to_string().as_bytes());
+    replaced.extend_from_slice(&sql[digits.end..]);
+    Some(replaced)
 }
 
 impl Rewrite for KillRewrite {

@@ -205,6 +205,7 @@ async fn session(
             password,
             reply,
             address: record.client,
+            connection_id,
         });
         let client = Box::pin(start).await?;
         return Ok(super::transaction::serve(client, record).await);
@@ -366,6 +367,8 @@ struct PooledStart<'a> {
     /// The sequence id of the OK that ends the client's login.
     reply: u8,
     address: std::net::SocketAddr,
+    /// The connection id the proxy's greeting gave the client.
+    connection_id: u32,
 }
 
 /// Joins the transaction pool of the client's (pool, database, user, shape) and tells the
@@ -382,6 +385,7 @@ async fn pooled(start: PooledStart<'_>) -> Result<PooledClient<'_>, Refusal> {
         password,
         reply,
         address,
+        connection_id,
     } = start;
     let options = &handler.options;
     let user = rewrites.user.as_ref().unwrap_or(&response.user);
@@ -436,6 +440,8 @@ async fn pooled(start: PooledStart<'_>) -> Result<PooledClient<'_>, Refusal> {
         idle: settings.config.timeouts.client,
         hard_stop: handler.state.context.hard_stop.child_token(),
         library: ClientLibrary::of(response),
+        kills: handler.state.kills.clone(),
+        connection_id,
     })
 }
 

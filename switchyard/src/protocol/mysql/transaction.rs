@@ -21,10 +21,15 @@
 //! - `LAST_INSERT_ID()` answers the client's own last insert: before a command that reads
 //!   it on a connection whose last insert id differs, `DO LAST_INSERT_ID(n)` sets it.
 //!
+//! `KILL [QUERY] <id>` works as in session mode while the target session holds a
+//! connection (a query of it is running): its proxy connection id points at that
+//! connection's thread from lease to release.
+//!
 //! Not supported in this mode (an ERR, the session goes on): COM_CHANGE_USER.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use super::err::ErrPacket;
 use super::errors::{ClientLibrary, ProxyError};
 use super::flags::{capabilities as cap, status};
+use super::kill::{KillTable, Registration, rewrite_kill};
 use super::ok::{OK, OkPacket};
 use super::packet::{CodecError, Packet, PacketReader, encode_packet, packet};
 use super::pooler::{LeaseFailure, Link, Mysql, ServerConn};
@@ -68,6 +74,10 @@ pub struct PooledClient<'a> {
     pub hard_stop: CancellationToken,
     /// The client's library, for error numbers.
     pub library: ClientLibrary,
+    /// Proxy connection ids of live sessions, for `KILL`.
+    pub kills: Arc<KillTable>,
+    /// The client's connection id (the proxy's greeting gave it).
+    pub connection_id: u32,
 }
 
 /// A statement the client prepared, by the client's id.
@@ -100,6 +110,9 @@ struct Held {
     conn: ServerConn,
     /// COM_STMT_SEND_LONG_DATA was sent: the data waits on this connection.
     long_data: bool,
+    /// The client's connection id points at this connection's thread while it is held,
+    /// so that a `KILL QUERY` of it from another session reaches the running query.
+    _kill: Registration,
 }
 
 /// Why a command could not be completed.
@@ -348,9 +361,16 @@ impl Session<'_> {
             match sync_state(&mut conn.link, &self.state).await {
                 Ok(()) => {
                     record.server = Some(conn.server.name.clone());
+                    let thread = conn.link.conn.session.connection_id;
+                    let kill = (self.client.kills).register(
+                        self.client.connection_id,
+                        &conn.server,
+                        thread,
+                    );
                     self.held = Some(Held {
                         conn,
                         long_data: false,
+                        _kill: kill,
                     });
                     return Ok(true);
                 }
@@ -384,7 +404,14 @@ impl Session<'_> {
             self.carry_last_insert_id().await?;
         }
         let shape = Shape::of(payload[0]);
-        self.exchange(&payload, shape, None).await.map(drop)
+        let killing = match &self.held {
+            Some(held) => rewrite_kill(&self.client.kills, &held.conn.server, &payload),
+            None => None,
+        };
+        match killing {
+            Some(rewritten) => self.exchange(&rewritten, shape, None).await.map(drop),
+            None => self.exchange(&payload, shape, None).await.map(drop),
+        }
     }
 
     /// Sets the held connection's `LAST_INSERT_ID()` to the client's.
