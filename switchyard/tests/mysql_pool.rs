@@ -14,7 +14,7 @@ use std::process::Command;
 
 use support::config::Config;
 use support::mysql::{MariaDb, MyOptions, NATIVE_USER, mariadb_cli};
-use support::ops::{scrape, tx_pools};
+use support::ops::{parse_metrics, tx_pools};
 use support::wait_until;
 
 /// A primary with the native user allowed everything in `app` and `shop`, and a table
@@ -115,8 +115,8 @@ def one(conn, sql):
         return None if row is None else row[0]
 a, b = connect(), connect()
 print("thread", one(a, "SELECT CONNECTION_ID()") == one(b, "SELECT CONNECTION_ID()"))
-one(a, "SET SESSION sql_mode = 'ANSI_QUOTES'")
-print("mode", one(a, "SELECT @@sql_mode"), "|", one(b, "SELECT @@sql_mode") == "ANSI_QUOTES")
+one(a, "SET SESSION sql_mode = 'STRICT_ALL_TABLES'")
+print("mode", one(a, "SELECT @@sql_mode"), "|", one(b, "SELECT @@sql_mode") == "STRICT_ALL_TABLES")
 one(a, "/* odd */ sEt   @@session.wait_timeout = 77")
 print("wait", one(a, "SELECT @@wait_timeout"), one(b, "SELECT @@wait_timeout") == 77)
 one(a, "USE shop")
@@ -161,7 +161,7 @@ b.close(); c.close()
         lines,
         [
             "thread True",
-            "mode ANSI_QUOTES | False",
+            "mode STRICT_ALL_TABLES | False",
             "wait 77 False",
             "db shop app",
             "names latin1 utf8mb4",
@@ -184,8 +184,21 @@ b.close(); c.close()
         ("database", "app"),
         ("user", "native_user"),
     ];
-    let transactions = scrape(&proxy, "switchyard_mysql_pool_transactions_total", &labels).await;
-    assert!(transactions >= 20.0, "{transactions}");
+    // One series per client shape (the CLI's, PyMySQL's).
+    let text = proxy.metrics().await;
+    let samples = parse_metrics(&text).expect("valid metrics text");
+    let series: Vec<f64> = samples
+        .iter()
+        .filter(|s| {
+            s.name == "switchyard_mysql_pool_transactions_total"
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .collect();
+    assert_eq!(series.len(), 2, "{text}");
+    assert!(series.iter().sum::<f64>() >= 20.0, "{text}");
     let pools = proxy.pools().await;
     let app = pools.iter().find(|p| p.name == "app").expect("pool app");
     let tx_pools = tx_pools(app);
@@ -323,4 +336,77 @@ with a.cursor() as cur:
     let lines = run_python(Path::new("/usr/bin/python3"), script, front).await;
     // MariaDB answers an interrupted SLEEP with ERR 1317 (MySQL returns 1).
     assert_eq!(lines, ["killed 1317 True", "unknown 1094", "a goes on 1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_sessions_leave_nothing_behind() {
+    let server = server();
+    let (_proxy, front) = start(&server, "pool_size = 1").await;
+    // Each case: client A does something to its session and leaves; client B, next on
+    // the same server connection, must see what a fresh connection sees.
+    let script = r#"
+import sys, pymysql
+host, port, user, password = sys.argv[1:5]
+def connect():
+    return pymysql.connect(host=host, port=int(port), user=user, password=password,
+                           database="app", autocommit=True)
+def one(conn, sql):
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        row = cur.fetchone()
+        return None if row is None else row[0]
+fresh = connect()
+baseline = {
+    "lock": one(fresh, "SELECT IS_FREE_LOCK('l')"),
+    "var": one(fresh, "SELECT @x"),
+    "mode": one(fresh, "SELECT @@sql_mode"),
+}
+fresh.close()
+cases = [
+    ("GET_LOCK alone", ["sElEcT Get_Lock('l', 0)"], "SELECT IS_FREE_LOCK('l')", baseline["lock"]),
+    ("user variable in a SELECT", ["SELECT @x := 5"], "SELECT @x", baseline["var"]),
+    ("user variable mixed with a system one", ["SET @x = 6, sql_mode = 'ANSI'"], "SELECT @x", baseline["var"]),
+    ("executable comment", ["/*!40101 SET @x = 7 */"], "SELECT @x", baseline["var"]),
+    ("SET in a comment", ["/* SET sql_mode = 'ANSI' */ SELECT 1"], "SELECT @@sql_mode", baseline["mode"]),
+    ("ANSI_QUOTES", ["SET sql_mode = 'ANSI_QUOTES'"], "SELECT @@sql_mode", baseline["mode"]),
+    ("LOCK TABLES", ["LOCK TABLES items READ"], "SELECT COUNT(*) FROM ledger", 0),
+    ("USE inside a transaction", ["BEGIN", "USE shop", "COMMIT"], "SELECT DATABASE()", "app"),
+    ("SQL PREPARE", ["PREPARE s FROM 'SELECT 1'"], "SELECT 1", 1),
+]
+for name, setup, probe, expected in cases:
+    a = connect()
+    for sql in setup:
+        one(a, sql)
+    a.close()
+    b = connect()
+    try:
+        got = one(b, probe)
+    except pymysql.err.MySQLError as e:
+        got = f"ERR {e.args[0]}"
+    b.close()
+    print(name, "ok" if got == expected else f"LEAK: {got!r} != {expected!r}")
+# FOUND_ROWS() after SQL_CALC_FOUND_ROWS (which pins); ROW_COUNT() and FOUND_ROWS()
+# answer the client's own statements while another client ran in between.
+a = connect()
+one(a, "SELECT SQL_CALC_FOUND_ROWS id FROM items LIMIT 1")
+print("calc found rows", one(a, "SELECT FOUND_ROWS()"))
+a.close()
+b, c = connect(), connect()
+one(b, "UPDATE items SET name = CONCAT(name, '!')")
+one(c, "DELETE FROM ledger WHERE n = -1")
+print("row count", one(b, "SELECT ROW_COUNT()"), one(c, "select row_count() AS n"))
+with b.cursor() as cur:
+    cur.execute("SELECT id FROM items")
+one(c, "SELECT 1")
+print("found rows", one(b, "SELECT FOUND_ROWS()"), one(c, "SELECT FOUND_ROWS()"))
+b.close(); c.close()
+"#;
+    server.sql("INSERT INTO app.items (name) VALUES ('x'), ('y'), ('z')");
+    let lines = run_python(Path::new("/usr/bin/python3"), script, front).await;
+    let leaks: Vec<&String> = lines.iter().filter(|l| l.contains("LEAK")).collect();
+    assert!(leaks.is_empty(), "{lines:#?}");
+    assert_eq!(
+        lines[lines.len() - 3..],
+        ["calc found rows 3", "row count 3 0", "found rows 3 1"]
+    );
 }

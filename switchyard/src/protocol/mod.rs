@@ -4,6 +4,8 @@ pub mod http;
 pub mod mysql;
 pub mod postgres;
 pub mod smtp;
+pub mod split;
+pub mod sql;
 pub mod tcp;
 
 use std::collections::HashMap;

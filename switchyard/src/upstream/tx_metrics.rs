@@ -87,11 +87,16 @@ impl<D: Dialect> Collector for TxPoolMetrics<D> {
             .pools
             .iter()
             .map(|t| {
-                let labels = vec![
+                let mut labels = vec![
                     ("pool", t.pool.clone()),
                     ("database", t.database.clone()),
                     ("user", t.user.clone()),
                 ];
+                // Clients of different shapes (MySQL capabilities and character set)
+                // have pools of their own: one series each.
+                if t.shape != 0 {
+                    labels.push(("shape", format!("{:x}", t.shape)));
+                }
                 (labels, t.as_ref())
             })
             .collect();

@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod auth_switch;
 pub mod check;
+pub mod classify;
 pub mod eof;
 pub mod err;
 pub mod errors;
@@ -25,6 +26,7 @@ pub mod flags;
 pub mod handshake;
 pub mod kill;
 pub mod lenenc;
+pub mod local_result;
 pub mod login;
 pub mod ok;
 pub mod packet;
@@ -36,6 +38,7 @@ pub mod reply;
 pub mod response;
 pub mod session;
 pub mod session_state;
+pub mod split;
 #[cfg(test)]
 mod testdata;
 pub mod transaction;

@@ -175,6 +175,8 @@ pub struct Reply {
     status: u16,
     /// Rows seen in the last result set.
     rows: u64,
+    /// The last result was a result set (not an OK).
+    result_set: bool,
 }
 
 impl Reply {
@@ -193,6 +195,7 @@ impl Reply {
             capabilities,
             status: 0,
             rows: 0,
+            result_set: shape == Shape::Fetch,
         }
     }
 
@@ -209,6 +212,12 @@ impl Reply {
     /// Rows in the last result set.
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Whether the last result was a result set rather than an OK (what `ROW_COUNT()`
+    /// reports as -1).
+    pub fn result_set(&self) -> bool {
+        self.result_set
     }
 
     fn deprecate_eof(&self) -> bool {
@@ -244,6 +253,7 @@ impl Reply {
                 }
                 Some(OK) => {
                     let ok = OkPacket::parse(payload, self.capabilities)?;
+                    self.result_set = false;
                     self.end_result(ok.status);
                     Packet::Ok(ok)
                 }
@@ -264,6 +274,7 @@ impl Reply {
                         return Err(CodecError::Malformed("a result set of no columns"));
                     }
                     self.rows = 0;
+                    self.result_set = true;
                     self.state = State::Columns(count);
                     Packet::Data
                 }

@@ -442,6 +442,11 @@ async fn pooled(start: PooledStart<'_>) -> Result<PooledClient<'_>, Refusal> {
         library: ClientLibrary::of(response),
         kills: handler.state.kills.clone(),
         connection_id,
+        upstream: pool.clone(),
+        split: pool
+            .database
+            .read_write_split
+            .then_some(pool.database.sticky_after_write),
     })
 }
 

@@ -30,27 +30,35 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use super::classify::{
+    Classification, SessionChange, SessionFunction, SessionQuery, classify_bytes,
+    simple_session_query,
+};
 use super::err::ErrPacket;
 use super::errors::{ClientLibrary, ProxyError};
 use super::flags::{capabilities as cap, status};
 use super::kill::{KillTable, Registration, rewrite_kill};
+use super::local_result;
 use super::ok::{OK, OkPacket};
 use super::packet::{CodecError, Packet, PacketReader, encode_packet, packet};
 use super::pooler::{LeaseFailure, Link, Mysql, ServerConn};
 use super::query::{COM_QUERY, COM_QUIT, query};
 use super::reply::{self, PrepareOk, Reply, Shape};
 use super::session_state::SessionState;
+use super::split;
 use crate::config::MessageLimits;
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::ClientStream;
-use crate::upstream::RoleFilter;
+use crate::protocol::split::{SplitState, Target};
 use crate::upstream::tx_pool::Member;
+use crate::upstream::{Pool, RoleFilter, ServerRole};
 
 /// A pooled client after its login.
 pub struct PooledClient<'a> {
@@ -78,12 +86,18 @@ pub struct PooledClient<'a> {
     pub kills: Arc<KillTable>,
     /// The client's connection id (the proxy's greeting gave it).
     pub connection_id: u32,
+    /// The routed pool (its servers' roles, for the split).
+    pub upstream: Arc<Pool>,
+    /// The read/write split, when the pool has it on: `sticky_after_write`.
+    pub split: Option<Option<Duration>>,
 }
 
 /// A statement the client prepared, by the client's id.
 #[derive(Debug)]
 struct ClientStatement {
     text: Bytes,
+    /// What its text does, classified once at prepare.
+    class: Classification,
     params: u16,
     /// The parameter types of the client's last execute that sent them.
     types: Option<Bytes>,
@@ -101,6 +115,15 @@ struct Session<'a> {
     /// The session stays on its connection for the rest of its life.
     pinned: bool,
     held: Option<Held>,
+    /// The read/write split's state, when the pool splits.
+    split: Option<SplitState>,
+    /// What `ROW_COUNT()` returns after the client's last statement.
+    row_count: i64,
+    /// What `FOUND_ROWS()` returns after it.
+    found_rows: u64,
+    /// A `SET TRANSACTION …` for the client's next transaction, run before its next
+    /// statement on whichever connection runs it.
+    next_transaction: Option<String>,
     to_server: u64,
     to_client: u64,
 }
@@ -108,6 +131,8 @@ struct Session<'a> {
 /// A server connection the client holds.
 struct Held {
     conn: ServerConn,
+    /// Something ran that may have changed the session unseen: reset before reuse.
+    untracked: bool,
     /// COM_STMT_SEND_LONG_DATA was sent: the data waits on this connection.
     long_data: bool,
     /// The client's connection id points at this connection's thread while it is held,
@@ -134,6 +159,11 @@ impl From<std::io::Error> for Broken {
 struct Replied {
     failed: bool,
     prepared: Option<PrepareOk>,
+    /// The last result was a result set, of `rows` rows.
+    result_set: bool,
+    rows: u64,
+    /// The last OK's affected rows.
+    affected: i64,
 }
 
 /// Serves a pooled client to the end of its session.
@@ -148,9 +178,16 @@ pub async fn serve(client: PooledClient<'_>, record: &mut ConnectionRecord) -> T
         next_statement: 1,
         pinned: false,
         held: None,
+        split: None,
+        row_count: -1,
+        found_rows: 0,
+        next_transaction: None,
         to_server: 0,
         to_client: 0,
     };
+    if session.client.split.is_some() {
+        session.split = Some(SplitState::new());
+    }
     let end = session.run(record).await;
     session.leave().await;
     record.bytes_in += session.to_server;
@@ -195,7 +232,7 @@ impl Session<'_> {
                 }
             };
             match done {
-                Ok(()) => self.release_if_idle(),
+                Ok(()) => self.release_if_idle().await,
                 Err(Broken::Client(end)) => return end,
                 Err(Broken::Server(why)) => {
                     tracing::warn!(why, "server connection lost in a pooled session");
@@ -259,21 +296,26 @@ impl Session<'_> {
     }
 
     /// Gives the connection back when the session is between transactions and holds
-    /// nothing on it.
-    fn release_if_idle(&mut self) {
+    /// nothing on it; one that ran something unseen is reset first (closed if that fails).
+    async fn release_if_idle(&mut self) {
         let Some(held) = &self.held else {
             return;
         };
         if self.pinned || held.long_data || self.status & status::IN_TRANS != 0 {
             return;
         }
-        if let Some(held) = self.held.take() {
-            let pool = self.client.member.pool();
-            pool.stats
-                .queries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            pool.give_back(held.conn);
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        let pool = self.client.member.pool().clone();
+        pool.stats
+            .queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if held.untracked && held.conn.link.reset().await.is_err() {
+            pool.discard(held.conn);
+            return;
         }
+        pool.give_back(held.conn);
     }
 
     /// The end of the session: a connection still held is reset (a transaction rolled
@@ -283,7 +325,8 @@ impl Session<'_> {
             return;
         };
         let pool = self.client.member.pool().clone();
-        let dirty = self.pinned || held.long_data || self.status & status::IN_TRANS != 0;
+        let dirty =
+            self.pinned || held.untracked || held.long_data || self.status & status::IN_TRANS != 0;
         if dirty && held.conn.link.reset().await.is_err() {
             pool.discard(held.conn);
             return;
@@ -336,19 +379,56 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// A connection of the split's `target` role (a replica target falls back to the
+    /// primary while no replica is available), else of the listener's role.
+    async fn lease(&self, target: Option<Target>) -> Result<ServerConn, LeaseFailure> {
+        let client = &self.client;
+        let pool = client.member.pool();
+        let stats = &pool.stats;
+        let role = match target {
+            None => {
+                return pool
+                    .lease(client.address, client.accept, client.limits)
+                    .await;
+            }
+            Some(Target::Replica) => {
+                let replica = RoleFilter::new(&client.upstream, Some(ServerRole::Replica));
+                match pool.lease(client.address, replica, client.limits).await {
+                    Err(LeaseFailure::NoServer) => ServerRole::Primary,
+                    other => {
+                        stats.routed_replica.fetch_add(1, Ordering::Relaxed);
+                        return other;
+                    }
+                }
+            }
+            Some(Target::Primary) => ServerRole::Primary,
+        };
+        stats.routed_primary.fetch_add(1, Ordering::Relaxed);
+        let primary = RoleFilter::new(&client.upstream, Some(role));
+        pool.lease(client.address, primary, client.limits).await
+    }
+
     /// A server connection for the session's next command, in the session's state.
     /// `Ok(false)`: none could be had, and the client was told why.
-    async fn hold(&mut self, record: &mut ConnectionRecord) -> Result<bool, Broken> {
+    async fn hold(
+        &mut self,
+        record: &mut ConnectionRecord,
+        class: &Classification,
+    ) -> Result<bool, Broken> {
         if self.held.is_some() {
             return Ok(true);
         }
+        let target = match (&mut self.split, self.client.split) {
+            (Some(split), Some(sticky)) => {
+                Some(split.target(class, std::time::Instant::now(), sticky))
+            }
+            _ => None,
+        };
         let pool = self.client.member.pool().clone();
         // A connection that has a default database cannot serve a session that has
         // none: it is closed, and its place opens a new one.
         for _ in 0..=pool.servers().iter().map(|s| s.open).sum::<usize>() {
-            let leased = pool
-                .lease(self.client.address, self.client.accept, self.client.limits)
-                .await;
+            let leased = self.lease(target).await;
             let mut conn = match leased {
                 Ok(conn) => conn,
                 Err(failure) => {
@@ -369,6 +449,7 @@ impl Session<'_> {
                     );
                     self.held = Some(Held {
                         conn,
+                        untracked: false,
                         long_data: false,
                         _kill: kill,
                     });
@@ -395,22 +476,124 @@ impl Session<'_> {
         Ok(false)
     }
 
-    /// A command relayed as is (COM_QUERY, COM_INIT_DB, COM_PING, COM_FIELD_LIST...).
+    /// A command relayed as is (COM_QUERY, COM_INIT_DB, COM_PING, COM_FIELD_LIST...); a
+    /// COM_QUERY classified first: `SET switchyard.route` and `SELECT ROW_COUNT()` (and
+    /// the like) between transactions are answered by the proxy.
     async fn plain(&mut self, payload: Bytes, record: &mut ConnectionRecord) -> Result<(), Broken> {
-        if !self.hold(record).await? {
+        let class = match payload[0] {
+            COM_QUERY => classify_bytes(&payload[1..]),
+            reply::COM_PING
+            | reply::COM_INIT_DB
+            | reply::COM_FIELD_LIST
+            | reply::COM_STATISTICS => split::read_command(),
+            _ => split::unknown_command(),
+        };
+        if payload[0] == COM_QUERY {
+            if let Some(answered) = self.answer_route(&class).await {
+                return answered;
+            }
+            if self.held.is_none()
+                && let Some(asked) = std::str::from_utf8(&payload[1..])
+                    .ok()
+                    .and_then(simple_session_query)
+            {
+                return self.answer_session_query(&asked).await;
+            }
+        }
+        self.pinned |= class.pins.is_some();
+        if !self.hold(record, &class).await? {
             return Ok(());
         }
-        if payload.first() == Some(&COM_QUERY) && mentions_last_insert_id(&payload[1..]) {
-            self.carry_last_insert_id().await?;
-        }
+        self.before_statement(&class).await?;
         let shape = Shape::of(payload[0]);
         let killing = match &self.held {
             Some(held) => rewrite_kill(&self.client.kills, &held.conn.server, &payload),
             None => None,
         };
-        match killing {
-            Some(rewritten) => self.exchange(&rewritten, shape, None).await.map(drop),
-            None => self.exchange(&payload, shape, None).await.map(drop),
+        let replied = match killing {
+            Some(rewritten) => self.exchange(&rewritten, shape, None).await?,
+            None => self.exchange(&payload, shape, None).await?,
+        };
+        self.after_statement(&class, &replied);
+        Ok(())
+    }
+
+    /// `SET switchyard.route = …`, answered by the proxy (OK, or ERR 1231 for a value it
+    /// does not know); `None` for any other statement.
+    async fn answer_route(&mut self, class: &Classification) -> Option<Result<(), Broken>> {
+        let change = class.session.iter().find_map(|change| match change {
+            SessionChange::Route(_) | SessionChange::BadRoute(_) => Some(change.clone()),
+            _ => None,
+        })?;
+        Some(match change {
+            SessionChange::BadRoute(value) => {
+                let message = format!(
+                    "Variable 'switchyard.route' can't be set to the value of '{value}' (primary, replica or auto)"
+                );
+                self.answer_err(1231, "42000", &message).await
+            }
+            _ => {
+                let in_transaction = self.status & status::IN_TRANS != 0;
+                if let Some(split) = &mut self.split {
+                    split.after(class, in_transaction, std::time::Instant::now());
+                }
+                self.answer_ok().await
+            }
+        })
+    }
+
+    /// `SELECT LAST_INSERT_ID()`, `ROW_COUNT()` or `FOUND_ROWS()` alone, answered from the
+    /// client's own last statement: the connection that ran it may since have run someone
+    /// else's.
+    async fn answer_session_query(&mut self, asked: &SessionQuery) -> Result<(), Broken> {
+        let value = match asked.function {
+            SessionFunction::LastInsertId => i64::try_from(self.last_insert_id).unwrap_or(i64::MAX),
+            SessionFunction::RowCount => self.row_count,
+            SessionFunction::FoundRows => i64::try_from(self.found_rows).unwrap_or(i64::MAX),
+        };
+        let status = self.status & (status::AUTOCOMMIT | status::IN_TRANS);
+        let framed =
+            local_result::single_integer(&asked.column, value, self.client.capabilities, status);
+        self.row_count = -1;
+        self.write_client(&framed).await
+    }
+
+    /// What runs on the held connection before the client's statement: a pending
+    /// `SET TRANSACTION`, and the client's `LAST_INSERT_ID()` when the statement reads it.
+    async fn before_statement(&mut self, class: &Classification) -> Result<(), Broken> {
+        if let Some(next) = self.next_transaction.take()
+            && let Some(held) = &mut self.held
+        {
+            query(&mut held.conn.link.conn, &next)
+                .await
+                .map_err(|e| Broken::Server(e.to_string()))?;
+        }
+        if class.session_functions.last_insert_id {
+            self.carry_last_insert_id().await?;
+        }
+        Ok(())
+    }
+
+    /// Notes what the client's statement did: the split's state, what must be reset, a
+    /// `SET TRANSACTION` to carry, `ROW_COUNT()` and `FOUND_ROWS()`.
+    fn after_statement(&mut self, class: &Classification, replied: &Replied) {
+        let in_transaction = self.status & status::IN_TRANS != 0;
+        if let Some(split) = &mut self.split {
+            split.after(class, in_transaction, std::time::Instant::now());
+        }
+        if let Some(held) = &mut self.held {
+            held.untracked |= class.untracked;
+        }
+        if let Some(next) = &class.next_transaction {
+            self.next_transaction = Some(next.clone());
+        }
+        if !replied.failed {
+            if replied.result_set {
+                self.row_count = -1;
+                self.found_rows = replied.rows;
+            } else {
+                self.row_count = replied.affected;
+            }
         }
     }
 
@@ -438,7 +621,8 @@ impl Session<'_> {
         payload: Bytes,
         record: &mut ConnectionRecord,
     ) -> Result<(), Broken> {
-        if !self.hold(record).await? {
+        // Preparing runs nothing: any connection the session's reads may use will do.
+        if !self.hold(record, &split::read_command()).await? {
             return Ok(());
         }
         let text = payload.slice(1..);
@@ -479,6 +663,7 @@ impl Session<'_> {
         self.statements.insert(
             id,
             ClientStatement {
+                class: classify_bytes(&text),
                 text,
                 params: ok.params,
                 types: None,
@@ -518,7 +703,14 @@ impl Session<'_> {
                 .answer_err(1421, "HY000", "The statement has no open cursor")
                 .await;
         }
-        if !self.hold(record).await? {
+        let class = match self.statements.get(&id) {
+            Some(statement) if kind == reply::COM_STMT_EXECUTE => statement.class.clone(),
+            _ => split::read_command(),
+        };
+        if kind == reply::COM_STMT_EXECUTE {
+            self.pinned |= class.pins.is_some();
+        }
+        if !self.hold(record, &class).await? {
             return Ok(());
         }
         let Some(server_id) = self.prepared_on_held(id).await? else {
@@ -547,9 +739,7 @@ impl Session<'_> {
             if payload.get(5).is_some_and(|flags| flags & 0x07 != 0) {
                 self.pinned = true;
             }
-            if mentions_last_insert_id(&statement.text) {
-                self.carry_last_insert_id().await?;
-            }
+            self.before_statement(&class).await?;
         }
         if let Some(held) = &mut self.held {
             match kind {
@@ -656,6 +846,7 @@ impl Session<'_> {
                 match fed {
                     reply::Packet::Ok(ok) => {
                         self.status = ok.status;
+                        replied.affected = i64::try_from(ok.affected_rows).unwrap_or(i64::MAX);
                         if ok.last_insert_id != 0 {
                             self.last_insert_id = ok.last_insert_id;
                             link.last_insert_id = ok.last_insert_id;
@@ -716,6 +907,8 @@ impl Session<'_> {
                     }
                 }
                 if reply.done() {
+                    replied.result_set = reply.result_set();
+                    replied.rows = reply.rows();
                     self.to_client += out.len() as u64;
                     crate::net::send_all(&mut self.client.stream, &out).await?;
                     return Ok(replied);
@@ -875,14 +1068,6 @@ fn rewrite_execute(
     Some(out)
 }
 
-/// Whether SQL text mentions `LAST_INSERT_ID` (any casing): the connection's value is
-/// then made the client's first. A mention in a comment or string costs one `DO`.
-fn mentions_last_insert_id(sql: &[u8]) -> bool {
-    const NAME: &[u8] = b"last_insert_id";
-    sql.windows(NAME.len())
-        .any(|w| w.eq_ignore_ascii_case(NAME))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -890,6 +1075,7 @@ mod tests {
     fn statement(params: u16) -> ClientStatement {
         ClientStatement {
             text: Bytes::from_static(b"select ?"),
+            class: classify_bytes(b"select ?"),
             params,
             types: None,
         }
@@ -923,11 +1109,5 @@ mod tests {
         set_statement_id(&mut framed, 3);
         assert_eq!(&framed[5..9], &[3, 0, 0, 0]);
         assert!(first_payload(&[5, 0]).is_none());
-    }
-
-    #[test]
-    fn last_insert_id_mentions_are_found_in_any_case() {
-        assert!(mentions_last_insert_id(b"select Last_Insert_Id()"));
-        assert!(!mentions_last_insert_id(b"select 1"));
     }
 }

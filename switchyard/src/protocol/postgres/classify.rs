@@ -50,41 +50,8 @@ use serde::ser::{self, Impossible};
 
 use super::quiet;
 use super::scanner::{self, Scan};
-
-/// Where a statement may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Reads only: a replica can run it.
-    Read,
-    /// Writes, or could not be classified: the primary runs it.
-    Write,
-}
-
-/// A transaction-control statement, for the split's transaction tracking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnCommand {
-    /// `BEGIN`/`START TRANSACTION`. `read_only` is true for `READ ONLY` transactions a
-    /// replica can run: not `SERIALIZABLE` ones, which a hot standby refuses.
-    Begin {
-        /// Whether the transaction may go to a replica.
-        read_only: bool,
-    },
-    /// `COMMIT`/`END` (also `COMMIT AND CHAIN`; the status byte tells what follows).
-    Commit,
-    /// `ROLLBACK`/`ABORT`.
-    Rollback,
-}
-
-/// The session override `SET switchyard.route = primary | replica | auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteOverride {
-    /// Every statement to the primary.
-    Primary,
-    /// Reads to a replica even within `sticky_after_write`; writes still to the primary.
-    Replica,
-    /// Back to classification (also `RESET switchyard.route` and `SET … TO DEFAULT`).
-    Auto,
-}
+use crate::protocol::sql::hint_in;
+pub use crate::protocol::sql::{Access, RouteHint, RouteOverride, TxnCommand};
 
 /// A change to session state that the transaction pooler must carry between server
 /// connections.
@@ -140,15 +107,6 @@ pub enum PinReason {
     /// not a constant, a third argument that is not a constant, or a call among other
     /// expressions (whether it runs depends on the rows).
     SetConfig,
-}
-
-/// A per-statement routing hint from a leading comment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteHint {
-    /// `/* switchyard: primary */`
-    Primary,
-    /// `/* switchyard: replica */` (never pulls a write off the primary).
-    Replica,
 }
 
 /// What [`classify`] found in a query string.
@@ -941,26 +899,6 @@ fn unquoted_primary_route(sql: &str) -> bool {
             ]
     )
 }
-
-/// `switchyard: primary` or `switchyard: replica` (any case, any spacing) in a comment.
-fn hint_in(comment: &str) -> Option<RouteHint> {
-    let comment = comment.trim();
-    let prefix = comment.get(..ROUTE_HINT_PREFIX.len())?;
-    if !prefix.eq_ignore_ascii_case(ROUTE_HINT_PREFIX) {
-        return None;
-    }
-    let value = comment[ROUTE_HINT_PREFIX.len()..].trim();
-    if value.eq_ignore_ascii_case("primary") {
-        Some(RouteHint::Primary)
-    } else if value.eq_ignore_ascii_case("replica") {
-        Some(RouteHint::Replica)
-    } else {
-        None
-    }
-}
-
-/// What a hint comment starts with.
-const ROUTE_HINT_PREFIX: &str = "switchyard:";
 
 /// Facts about a whole statement tree, gathered by [`Walker`].
 #[derive(Debug, Default)]

@@ -1,167 +1,39 @@
-//! The read/write split decision: which server role runs a client's next statement, from
-//! its [`Classification`] and the client's state. Pure (no I/O, time passed in) so that
-//! every rule is unit-tested; one [`SplitState`] per client session.
-//!
-//! Rules, in order:
-//! 1. A session pinned to its server connection (advisory lock, LISTEN, temp table, SQL
-//!    PREPARE, WITH HOLD cursor) stays where the pin was taken, for the rest of its life.
-//! 2. Inside an explicit transaction every statement goes where the transaction started.
-//! 3. Writes (and statements that pin, and `BEGIN` without `READ ONLY`) go to the primary:
-//!    no hint or override pulls a write to a replica — the replica would only refuse it.
-//! 4. Reads (and `BEGIN READ ONLY`, which opens a transaction a replica can run) follow the
-//!    statement's hint comment, else the session's `SET switchyard.route`, else go to the
-//!    primary within `sticky_after_write` of the client's last write, else to a replica.
-//!
-//! A write inside a transaction counts for `sticky_after_write` from the transaction's end
-//! (when its effects become visible), a write outside one from when it ran; a write that
-//! failed counts too (the proxy cannot tell).
-//!
-//! Use: per query string (a Query message, or the statements of an extended-protocol
-//! batch up to Sync, classified at Parse), [`SplitState::target`] before sending and
-//! [`SplitState::after`] with the ReadyForQuery status that ends it. A
-//! `SET switchyard.route` the proxy answers itself goes through `after` too (with the
-//! status the proxy reports), so the override takes effect.
+//! The read/write split settings of PostgreSQL routes and pools, and PostgreSQL's
+//! classification in the terms of the shared split decision (`protocol::split`, whose rules
+//! are unit-tested here with PostgreSQL's own classifier).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::classify::{
     Access, Classification, Classifier, RouteHint, RouteOverride, Rules, SessionChange, TxnCommand,
 };
 use crate::config::{DatabasePool, PostgresRoute};
+pub use crate::protocol::split::{SplitState, Statement, Target};
 
-/// The server role a statement goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// The server that accepts writes.
-    Primary,
-    /// A read-only replica.
-    Replica,
-}
-
-/// One client's split state: its session override, its last write, its open transaction
-/// and its pin.
-#[derive(Debug, Clone)]
-pub struct SplitState {
-    route: RouteOverride,
-    last_write: Option<Instant>,
-    transaction: Option<Transaction>,
-    pinned: Option<Target>,
-    /// Where the last [`SplitState::target`] sent its statement, for [`SplitState::after`].
-    sent: Option<Target>,
-}
-
-/// An open explicit transaction.
-#[derive(Debug, Clone, Copy)]
-struct Transaction {
-    target: Target,
-    wrote: bool,
-}
-
-impl Default for SplitState {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl SplitState {
-    /// A new session: automatic routing, no write yet, no transaction, not pinned.
-    pub fn new() -> Self {
-        Self {
-            route: RouteOverride::Auto,
-            last_write: None,
-            transaction: None,
-            pinned: None,
-            sent: None,
-        }
+impl Statement for Classification {
+    fn access(&self) -> Access {
+        self.access
     }
 
-    /// Where the statement classified as `c` goes. Call [`SplitState::after`] with the
-    /// ReadyForQuery that ends it.
-    pub fn target(
-        &mut self,
-        c: &Classification,
-        now: Instant,
-        sticky_after_write: Option<Duration>,
-    ) -> Target {
-        let target = self.decide(c, now, sticky_after_write);
-        self.sent = Some(target);
-        target
+    fn transaction(&self) -> Option<TxnCommand> {
+        self.transaction
     }
 
-    fn decide(
-        &self,
-        c: &Classification,
-        now: Instant,
-        sticky_after_write: Option<Duration>,
-    ) -> Target {
-        if let Some(pinned) = self.pinned {
-            return pinned;
-        }
-        if let Some(transaction) = self.transaction {
-            return transaction.target;
-        }
-        let opens_read_write =
-            matches!(c.transaction, Some(TxnCommand::Begin { read_only: false }));
-        if c.access == Access::Write || c.pins.is_some() || opens_read_write {
-            return Target::Primary;
-        }
-        match (c.hint, self.route) {
-            (Some(RouteHint::Primary), _) => Target::Primary,
-            (Some(RouteHint::Replica), _) => Target::Replica,
-            (None, RouteOverride::Primary) => Target::Primary,
-            (None, RouteOverride::Replica) => Target::Replica,
-            (None, RouteOverride::Auto) => {
-                let sticky = sticky_after_write
-                    .zip(self.last_write)
-                    .is_some_and(|(window, last)| now.saturating_duration_since(last) < window);
-                if sticky {
-                    Target::Primary
-                } else {
-                    Target::Replica
-                }
-            }
-        }
+    fn pins(&self) -> bool {
+        self.pins.is_some()
     }
 
-    /// Updates the state once the statement classified as `c` has run: `txn_status` is the
-    /// ReadyForQuery status byte that followed (`I` idle, `T` in a transaction, `E` in a
-    /// failed transaction). Transaction boundaries come from that byte, not from the SQL.
-    pub fn after(&mut self, c: &Classification, txn_status: u8, now: Instant) {
-        let sent = self.sent.take().unwrap_or(Target::Primary);
-        let wrote = c.access == Access::Write && sent == Target::Primary;
-        if c.pins.is_some() && self.pinned.is_none() {
-            self.pinned = Some(sent);
-        }
-        for change in &c.session {
-            match change {
-                SessionChange::Route(route) => self.route = *route,
-                SessionChange::ResetAll | SessionChange::DiscardAll => {
-                    self.route = RouteOverride::Auto
-                }
-                _ => {}
-            }
-        }
-        match (txn_status, self.transaction.as_mut()) {
-            (b'T' | b'E', Some(transaction)) => transaction.wrote |= wrote,
-            (b'T' | b'E', None) => {
-                self.transaction = Some(Transaction {
-                    target: sent,
-                    wrote,
-                })
-            }
-            (_, transaction) => {
-                if wrote || transaction.is_some_and(|t| t.wrote) {
-                    self.last_write = Some(now);
-                }
-                self.transaction = None;
-            }
-        }
+    fn hint(&self) -> Option<RouteHint> {
+        self.hint
     }
 
-    /// The role the session is pinned to, if a pinning statement ran.
-    pub fn pinned(&self) -> Option<Target> {
-        self.pinned
+    fn route(&self) -> Option<RouteOverride> {
+        self.session.iter().rev().find_map(|change| match change {
+            SessionChange::Route(route) => Some(*route),
+            SessionChange::ResetAll | SessionChange::DiscardAll => Some(RouteOverride::Auto),
+            _ => None,
+        })
     }
 }
 
@@ -204,6 +76,8 @@ impl SplitConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+
     use crate::protocol::postgres::classify::classify;
 
     const STICKY: Option<Duration> = Some(Duration::from_secs(2));
@@ -213,7 +87,7 @@ mod tests {
     fn run(state: &mut SplitState, sql: &str, status: u8, now: Instant) -> Target {
         let c = classify(sql, &Rules::default());
         let target = state.target(&c, now, STICKY);
-        state.after(&c, status, now);
+        state.after(&c, status != b'I', now);
         target
     }
 
@@ -420,7 +294,7 @@ mod tests {
         assert_eq!(run(&mut state, "SELECT 1", b'I', now), Replica);
         // Without target(), after() assumes the primary.
         let mut state = SplitState::new();
-        state.after(&classify("LISTEN a", &Rules::default()), b'I', now);
+        state.after(&classify("LISTEN a", &Rules::default()), false, now);
         assert_eq!(state.pinned(), Some(Primary));
     }
 

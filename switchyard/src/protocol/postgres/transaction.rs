@@ -438,7 +438,7 @@ impl<'a> Session<'a> {
         };
         let answer = match change {
             SessionChange::Route(_) => {
-                self.split.after(class, b'I', std::time::Instant::now());
+                self.split.after(class, false, std::time::Instant::now());
                 Frame::new(b'C', b"SET\0")
             }
             SessionChange::BadRoute(value) => frames::error(
@@ -862,7 +862,8 @@ impl<'a> Session<'a> {
             .queries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(class) = &held.class {
-            self.split.after(class, status, std::time::Instant::now());
+            self.split
+                .after(class, status != b'I', std::time::Instant::now());
         }
         match status {
             b'E' => held.failed = true,
