@@ -410,3 +410,91 @@ b.close(); c.close()
         ["calc found rows 3", "row count 3 0", "found rows 3 1"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_write_split_sends_reads_to_the_replica() {
+    let primary = server();
+    let replica = primary.replica();
+    let (proxy, front) = Config::new()
+        .protocol("mysql")
+        .servers(&[
+            ("a", primary.address(), ""),
+            ("b", replica.address(), ""),
+        ])
+        .pool(&format!(
+            "pool_mode = \"transaction\"\nread_write_split = true\nsticky_after_write = \"1s\"\n\
+             health = {{ check = \"mysql\", user = \"{}\", password = \"{}\", interval = \"200ms\", fall = 2, rise = 1 }}",
+            support::mysql::MONITOR_USER.0,
+            support::mysql::MONITOR_USER.1
+        ))
+        .listener("auth = \"mysql_native_password\"")
+        .listener("server_version = \"5.5.5-10.11.6-MariaDB\"")
+        .section(&format!(
+            "[[user]]\nname = \"{}\"\npassword = \"{}\"\n",
+            NATIVE_USER.0, NATIVE_USER.1
+        ))
+        .start()
+        .await;
+    wait_until("roles known", || async {
+        proxy.server("app", "a").await.role == "primary"
+            && proxy.server("app", "b").await.role == "replica"
+    })
+    .await;
+    // @@server_id says where each statement ran: 1 the primary, 2 the replica.
+    let script = r#"
+import sys, time, pymysql
+host, port, user, password = sys.argv[1:5]
+conn = pymysql.connect(host=host, port=int(port), user=user, password=password,
+                       database="app", autocommit=True)
+def one(sql):
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        row = cur.fetchone()
+        return None if row is None else row[0]
+print("read", one("SELECT @@server_id"))
+one("INSERT INTO items (name) VALUES ('w')")
+print("read after write", one("SELECT @@server_id"))
+time.sleep(1.2)
+print("read later", one("SELECT @@server_id"))
+print("hint", one("/* switchyard: primary */ SELECT @@server_id"))
+one("BEGIN")
+print("in a transaction", one("SELECT @@server_id"))
+one("COMMIT")
+one("START TRANSACTION READ ONLY")
+print("read-only transaction", one("SELECT @@server_id"))
+one("COMMIT")
+one("SET switchyard.route = primary")
+print("route primary", one("SELECT @@server_id"))
+one("SET switchyard.route = auto")
+print("route auto", one("SELECT @@server_id"))
+try:
+    one("SET switchyard.route = nowhere")
+except pymysql.err.MySQLError as e:
+    print("bad route", e.args[0])
+print("locking read", one("SELECT @@server_id FROM items LIMIT 1 FOR UPDATE"))
+"#;
+    let lines = run_python(Path::new("/usr/bin/python3"), script, front).await;
+    assert_eq!(
+        lines,
+        [
+            "read 2",
+            "read after write 1",
+            "read later 2",
+            "hint 1",
+            "in a transaction 1",
+            "read-only transaction 2",
+            "route primary 1",
+            "route auto 2",
+            "bad route 1231",
+            "locking read 1",
+        ]
+    );
+    let pools = proxy.pools().await;
+    let routed = tx_pools(&pools[0]);
+    assert!(
+        routed
+            .iter()
+            .any(|t| t.routed_replica > 0 && t.routed_primary > 0),
+        "{routed:?}"
+    );
+}
