@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use support::config::Config;
-use support::mysql::{MariaDb, MyOptions, NATIVE_USER, mariadb_cli};
+use support::mysql::{MariaDb, MyOptions, NATIVE_USER, connector_python, mariadb_cli};
 use support::ops::{parse_metrics, tx_pools};
 use support::wait_until;
 
@@ -208,28 +208,6 @@ b.close(); c.close()
             .all(|t| t.database == "app" && t.user == "native_user")
     );
     assert_eq!(tx_pools.len(), 2, "one per client shape: {tx_pools:?}");
-}
-
-/// A venv with mysql-connector-python from PyPI (the Debian archive has no package of
-/// it), made in `dir`; its python.
-fn connector_python(dir: &Path) -> std::path::PathBuf {
-    let venv = dir.join("venv");
-    let made = Command::new("/usr/bin/python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 -m venv");
-    assert!(made.success(), "python3 -m venv");
-    let installed = Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "mysql-connector-python"])
-        .output()
-        .expect("pip");
-    assert!(
-        installed.status.success(),
-        "pip install mysql-connector-python: {}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
-    venv.join("bin/python")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

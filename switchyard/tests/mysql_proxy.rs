@@ -18,7 +18,9 @@ use tokio::net::TcpStream;
 use support::SSLMODES;
 use support::certs::TestCa;
 use support::config::Config;
-use support::mysql::{ED25519_USER, MariaDb, MyOptions, NATIVE_USER, mariadb_cli};
+use support::mysql::{
+    ED25519_USER, MariaDb, MyOptions, NATIVE_USER, connector_python, mariadb_cli,
+};
 use support::ops::{access_lines, listener_addr};
 use support::wait_until;
 
@@ -765,28 +767,6 @@ async fn proxy_side_authentication_with_users() {
         lines.iter().any(|l| l["termination"] == "auth_failed"),
         "{lines:?}"
     );
-}
-
-/// A venv with mysql-connector-python from PyPI, made in `dir` (the Debian archive has no
-/// package of it); its python.
-fn connector_python(dir: &Path) -> std::path::PathBuf {
-    let venv = dir.join("venv");
-    let made = Command::new("/usr/bin/python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 -m venv");
-    assert!(made.success(), "python3 -m venv");
-    let installed = Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "mysql-connector-python"])
-        .output()
-        .expect("pip");
-    assert!(
-        installed.status.success(),
-        "pip install mysql-connector-python: {}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
-    venv.join("bin/python")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,7 @@
 use std::time::{Duration, Instant};
 
 use super::sql::{Access, RouteHint, RouteOverride, TxnCommand};
+use crate::upstream::ServerRole;
 
 /// What the split needs to know of a statement, from the protocol's classifier.
 pub trait Statement {
@@ -50,6 +51,16 @@ pub enum Target {
     Primary,
     /// A read-only replica.
     Replica,
+}
+
+impl Target {
+    /// The server role that runs it.
+    pub fn role(self) -> ServerRole {
+        match self {
+            Target::Primary => ServerRole::Primary,
+            Target::Replica => ServerRole::Replica,
+        }
+    }
 }
 
 /// One client's split state: its session override, its last write, its open transaction

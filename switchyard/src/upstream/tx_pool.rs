@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::conn_pool::{self, Ask, ConnPool, Place, PooledConn};
-use super::{Lease, LeaseError, Pool, RoleFilter, Server, Stage, record_failure};
+use super::{Lease, LeaseError, Pool, RoleFilter, Server, ServerRole, Stage, record_failure};
 use crate::config::MessageLimits;
 
 /// What a protocol brings to a transaction pool: how to log in on a new connection, and
@@ -501,6 +501,36 @@ impl<D: Dialect> TxPool<D> {
             }
             Err(conn_pool::LeaseFailure::Open(failure)) => Err(failure),
         }
+    }
+
+    /// Leases for a statement the read/write split sent to `role` (`None`: no split, the
+    /// client's `accept` filter): a replica when one is available, else the primary; the
+    /// split's counters count where it went.
+    pub async fn lease_for_role(
+        self: &Arc<Self>,
+        client: SocketAddr,
+        accept: RoleFilter,
+        role: Option<ServerRole>,
+        limits: &MessageLimits,
+    ) -> Result<ServerConn<D>, LeaseFailure<D::LoginError>> {
+        let upstream = self.upstream.load_full();
+        let role = match role {
+            None => return self.lease(client, accept, limits).await,
+            Some(ServerRole::Replica) => {
+                let replica = RoleFilter::new(&upstream, Some(ServerRole::Replica));
+                match self.lease(client, replica, limits).await {
+                    Err(LeaseFailure::NoServer) => ServerRole::Primary,
+                    other => {
+                        self.stats.routed_replica.fetch_add(1, Ordering::Relaxed);
+                        return other;
+                    }
+                }
+            }
+            Some(role) => role,
+        };
+        self.stats.routed_primary.fetch_add(1, Ordering::Relaxed);
+        let primary = RoleFilter::new(&upstream, Some(role));
+        self.lease(client, primary, limits).await
     }
 
     /// Connects and logs in a new connection on `place`'s server, taking one of the

@@ -283,3 +283,25 @@ pub fn mariadb_cli(
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A venv with mysql-connector-python from PyPI (the Debian archive has no package of
+/// it), made in `dir`; its python.
+pub fn connector_python(dir: &Path) -> PathBuf {
+    let venv = dir.join("venv");
+    let made = Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(made.success(), "python3 -m venv");
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "mysql-connector-python"])
+        .output()
+        .expect("pip");
+    assert!(
+        installed.status.success(),
+        "pip install mysql-connector-python: {}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    venv.join("bin/python")
+}

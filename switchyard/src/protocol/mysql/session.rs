@@ -442,7 +442,6 @@ async fn pooled(start: PooledStart<'_>) -> Result<PooledClient<'_>, Refusal> {
         library: ClientLibrary::of(response),
         kills: handler.state.kills.clone(),
         connection_id,
-        upstream: pool.clone(),
         split: pool
             .database
             .read_write_split

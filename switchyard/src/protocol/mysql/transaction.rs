@@ -30,7 +30,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,8 +56,8 @@ use crate::config::MessageLimits;
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::ClientStream;
 use crate::protocol::split::{SplitState, Target};
+use crate::upstream::RoleFilter;
 use crate::upstream::tx_pool::Member;
-use crate::upstream::{Pool, RoleFilter, ServerRole};
 
 /// A pooled client after its login.
 pub struct PooledClient<'a> {
@@ -86,8 +85,6 @@ pub struct PooledClient<'a> {
     pub kills: Arc<KillTable>,
     /// The client's connection id (the proxy's greeting gave it).
     pub connection_id: u32,
-    /// The routed pool (its servers' roles, for the split).
-    pub upstream: Arc<Pool>,
     /// The read/write split, when the pool has it on: `sticky_after_write`.
     pub split: Option<Option<Duration>>,
 }
@@ -383,29 +380,10 @@ impl Session<'_> {
     /// primary while no replica is available), else of the listener's role.
     async fn lease(&self, target: Option<Target>) -> Result<ServerConn, LeaseFailure> {
         let client = &self.client;
+        let role = target.map(Target::role);
         let pool = client.member.pool();
-        let stats = &pool.stats;
-        let role = match target {
-            None => {
-                return pool
-                    .lease(client.address, client.accept, client.limits)
-                    .await;
-            }
-            Some(Target::Replica) => {
-                let replica = RoleFilter::new(&client.upstream, Some(ServerRole::Replica));
-                match pool.lease(client.address, replica, client.limits).await {
-                    Err(LeaseFailure::NoServer) => ServerRole::Primary,
-                    other => {
-                        stats.routed_replica.fetch_add(1, Ordering::Relaxed);
-                        return other;
-                    }
-                }
-            }
-            Some(Target::Primary) => ServerRole::Primary,
-        };
-        stats.routed_primary.fetch_add(1, Ordering::Relaxed);
-        let primary = RoleFilter::new(&client.upstream, Some(role));
-        pool.lease(client.address, primary, client.limits).await
+        pool.lease_for_role(client.address, client.accept, role, client.limits)
+            .await
     }
 
     /// A server connection for the session's next command, in the session's state.

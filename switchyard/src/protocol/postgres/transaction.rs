@@ -30,7 +30,6 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -56,7 +55,7 @@ use crate::lazy_timer::LazyTimer;
 use crate::listener::ListenerSettings;
 use crate::observe::{ConnectionRecord, Termination};
 use crate::upstream::tx_pool::Pairing;
-use crate::upstream::{Pool, RoleFilter, ServerRole};
+use crate::upstream::{Pool, RoleFilter};
 
 /// What the client loop needs from the session that started it.
 struct Client<'a> {
@@ -79,8 +78,6 @@ struct Client<'a> {
     /// Fires at hard shutdown: the session's own child of the process's token, so the
     /// checks in every wait lock this session's token, not one shared by all sessions.
     pub hard_stop: CancellationToken,
-    /// The routed pool (its servers' roles, for the split).
-    pub upstream: Arc<Pool>,
     /// The read/write split, when enabled.
     pub split: Option<Arc<SplitConfig>>,
     /// The usage of the client's tenant (a pool with `resolver`).
@@ -460,35 +457,10 @@ impl<'a> Session<'a> {
     /// a primary, or a replica (the primary when no replica is up) with one.
     async fn lease(&self, target: Option<Target>) -> Result<ServerConn, LeaseFailure> {
         let client = &self.client;
-        let stats = &client.pool.stats;
-        let role = match target {
-            None => {
-                return client
-                    .pool
-                    .lease(client.address, client.accept, client.limits)
-                    .await;
-            }
-            Some(Target::Replica) => {
-                let replica = RoleFilter::new(&client.upstream, Some(ServerRole::Replica));
-                match client
-                    .pool
-                    .lease(client.address, replica, client.limits)
-                    .await
-                {
-                    Err(LeaseFailure::NoServer) => ServerRole::Primary,
-                    other => {
-                        stats.routed_replica.fetch_add(1, Ordering::Relaxed);
-                        return other;
-                    }
-                }
-            }
-            Some(Target::Primary) => ServerRole::Primary,
-        };
-        stats.routed_primary.fetch_add(1, Ordering::Relaxed);
-        let primary = RoleFilter::new(&client.upstream, Some(role));
+        let role = target.map(Target::role);
         client
             .pool
-            .lease(client.address, primary, client.limits)
+            .lease_for_role(client.address, client.accept, role, client.limits)
             .await
     }
 
@@ -1069,7 +1041,6 @@ pub async fn start(
         cancel: state.cancel.register_unbound(4),
         settings,
         hard_stop: state.context.hard_stop.child_token(),
-        upstream: pooled.pool.clone(),
         split: pooled.split.clone(),
         tenant: pooled.tenant.clone(),
     };
