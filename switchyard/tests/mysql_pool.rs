@@ -476,3 +476,60 @@ print("locking read", one("SELECT @@server_id FROM items LIMIT 1 FOR UPDATE"))
         "{routed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sysbench_through_a_pool_of_two() {
+    let server = server();
+    let (_proxy, front) = start(&server, "pool_size = 2").await;
+    let connection = |address: SocketAddr| {
+        vec![
+            "--db-driver=mysql".to_string(),
+            format!("--mysql-host={}", address.ip()),
+            format!("--mysql-port={}", address.port()),
+            format!("--mysql-user={}", NATIVE_USER.0),
+            format!("--mysql-password={}", NATIVE_USER.1),
+            "--mysql-db=app".to_string(),
+            "--tables=1".to_string(),
+            "--table-size=1000".to_string(),
+        ]
+    };
+    let sysbench = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new("sysbench")
+                .args(args)
+                .output()
+                .expect("sysbench (Debian sysbench)")
+        })
+    };
+    let mut prepare = connection(server.address());
+    prepare.extend(["oltp_read_write".to_string(), "prepare".to_string()]);
+    let prepared = sysbench(prepare).await.expect("joined");
+    assert!(
+        prepared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
+    // 16 sessions on 2 server connections, prepared statements, reads and writes in
+    // transactions, for a few seconds: every transaction completes, none errs.
+    let mut run = connection(front);
+    run.extend(
+        ["--threads=16", "--time=3", "--db-ps-mode=auto", "oltp_read_write", "run"]
+            .map(String::from),
+    );
+    let ran = sysbench(run).await.expect("joined");
+    let said = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let line = |name: &str| {
+        said.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("ignored errors:").contains(" 0 "), "{said}");
+    assert!(line("reconnects:").contains(" 0 "), "{said}");
+    assert!(!line("transactions:").contains(" 0 "), "{said}");
+}
