@@ -513,8 +513,14 @@ async fn sysbench_through_a_pool_of_two() {
     // transactions, for a few seconds: every transaction completes, none errs.
     let mut run = connection(front);
     run.extend(
-        ["--threads=16", "--time=3", "--db-ps-mode=auto", "oltp_read_write", "run"]
-            .map(String::from),
+        [
+            "--threads=16",
+            "--time=3",
+            "--db-ps-mode=auto",
+            "oltp_read_write",
+            "run",
+        ]
+        .map(String::from),
     );
     let ran = sysbench(run).await.expect("joined");
     let said = String::from_utf8_lossy(&ran.stdout);
