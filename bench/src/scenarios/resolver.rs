@@ -1,5 +1,6 @@
 //! `resolver`: what a pool whose servers a Redis resolver gives (`resolver`, `key =
-//! "{host}"`) costs next to a static pool of the same HTTP backend, in one run. With the key
+//! "{host}"`) costs next to a static pool of the same HTTP backend, in one run and one
+//! switchyard process (a listener each, so both pools have the same workers). With the key
 //! cached: keep-alive GETs driven by wrk (the `http` options), and one GET per new
 //! connection (the `connrate` loop and options), the two pools in turn for a few rounds so
 //! that other load on the machine weighs on both alike. Then the first request of each of many
@@ -275,9 +276,10 @@ struct Compared {
     warm: [f64; 2],
 }
 
-/// Starts switchyard twice (a static pool, a resolved one: the idle one costs nothing) and
-/// measures them in `args.rounds` rounds, each pool in turn in each, so that other load on
-/// the machine weighs on both alike; then the lookup latencies on the resolved pool.
+/// Starts switchyard with both pools, each on a listener of its own in one process (equal
+/// work: the same workers, allocator and backend connections' machinery), and measures
+/// them in `args.rounds` rounds, each pool in turn in each, so that other load on the
+/// machine weighs on both alike; then the lookup latencies on the resolved pool.
 async fn compare(
     ctx: &Context,
     args: &ResolverArgs,
@@ -287,41 +289,41 @@ async fn compare(
     redis: SocketAddr,
 ) -> Result<Compared> {
     let target = TargetKind::Switchyard;
-    let fixed = RunningTarget::start_http(target, &[server], &ctx.target_opts)
+    let (running, fixed) = RunningTarget::start_resolved(target, server, redis, &ctx.target_opts)
         .await
-        .context("the static pool")?;
-    let resolved = RunningTarget::start_resolved(target, server, redis, &ctx.target_opts)
-        .await
-        .context("the resolved pool")?;
-    let measured = measure(args, http, connrate, [&fixed, &resolved]).await;
-    for (pool, running) in [("static", fixed), ("resolved", resolved)] {
-        if let Err(e) = running.stop().await {
-            progress(format!(
-                "resolver {target}: stopping the {pool} pool: {e:#}"
-            ));
-        }
+        .context("switchyard with the static and the resolved pool")?;
+    let pid = running.pid().context("switchyard has no pid")?;
+    let measured = measure(args, http, connrate, pid, [fixed, running.addr()]).await;
+    if let Err(e) = running.stop().await {
+        progress(format!("resolver {target}: stopping switchyard: {e:#}"));
     }
     measured
 }
 
-/// The figures of one pool in one round (see [`Figure::all`]).
-async fn round(pool: &RunningTarget, http: &HttpArgs, connrate: &ConnrateArgs) -> Result<[f64; 3]> {
-    let pid = pool.pid().context("switchyard has no pid")?;
+/// The figures of the pool behind the listener at `addr` in one round (see
+/// [`Figure::all`]); `pid` is switchyard's, whose CPU time the round reads.
+async fn round(
+    pid: u32,
+    addr: SocketAddr,
+    http: &HttpArgs,
+    connrate: &ConnrateArgs,
+) -> Result<[f64; 3]> {
     let cpu_before = process_cpu_seconds(pid)?;
-    let keep_alive = keep_alive(pool.addr(), http).await?;
+    let keep_alive = keep_alive(addr, http).await?;
     let cpu = process_cpu_seconds(pid)? - cpu_before;
     let requests = keep_alive * http.secs.max(1) as f64;
-    let new_conns = new_connections(pool.addr(), connrate).await?;
+    let new_conns = new_connections(addr, connrate).await?;
     Ok([keep_alive, cpu / requests.max(1.0) * 1e6, new_conns])
 }
 
-/// The rounds, then the lookup latencies, for [`compare`]; `pools` are the static and the
-/// resolved one.
+/// The rounds, then the lookup latencies, for [`compare`]; `pools` are the listeners of
+/// the static and the resolved pool of switchyard's process `pid`.
 async fn measure(
     args: &ResolverArgs,
     http: &HttpArgs,
     connrate: &ConnrateArgs,
-    pools: [&RunningTarget; 2],
+    pid: u32,
+    pools: [SocketAddr; 2],
 ) -> Result<Compared> {
     let rounds = args.rounds.max(1);
     // Per round, per pool (static, resolved): the figures.
@@ -331,7 +333,7 @@ async fn measure(
         let order = if number % 2 == 1 { [0, 1] } else { [1, 0] };
         let mut pair = [[0.0; 3]; 2];
         for pool in order {
-            pair[pool] = round(pools[pool], http, connrate).await?;
+            pair[pool] = round(pid, pools[pool], http, connrate).await?;
         }
         let [[ka_s, cpu_s, nc_s], [ka_r, cpu_r, nc_r]] = pair;
         progress(format!(
@@ -352,9 +354,9 @@ async fn measure(
         "resolver switchyard: {} new keys, then the cached key as often",
         args.cold_keys
     ));
-    let cold = latencies(resolved.addr(), (0..args.cold_keys).map(cold_key)).await?;
+    let cold = latencies(resolved, (0..args.cold_keys).map(cold_key)).await?;
     let warm = latencies(
-        resolved.addr(),
+        resolved,
         std::iter::repeat_n(CACHED.to_string(), args.cold_keys),
     )
     .await?;
