@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::Command;
 
 use support::config::Config;
-use support::mysql::{MariaDb, MyOptions, NATIVE_USER, connector_python, mariadb_cli};
+use support::mysql::{
+    MariaDb, MyOptions, NATIVE_USER, connector_python, mariadb_cli, python_against,
+};
 use support::ops::{parse_metrics, tx_pools};
 use support::wait_until;
 
@@ -47,24 +49,10 @@ async fn start(server: &MariaDb, pool_keys: &str) -> (support::Proxy, SocketAddr
         .await
 }
 
-/// Runs a Python `script` with `python` and the host, port, user and password of the
-/// native user at `front`; its output lines.
+/// Runs a Python `script` with `python` against `front` as the native user; its output
+/// lines (a failing script fails the test with what it printed).
 async fn run_python(python: &Path, script: &'static str, front: SocketAddr) -> Vec<String> {
-    let python = python.to_path_buf();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["-c", script])
-            .args([
-                &front.ip().to_string(),
-                &front.port().to_string(),
-                NATIVE_USER.0,
-                NATIVE_USER.1,
-            ])
-            .output()
-            .expect("python")
-    })
-    .await
-    .expect("joined");
+    let output = python_against(python, script, front).await;
     assert!(
         output.status.success(),
         "python: {}\n{}",

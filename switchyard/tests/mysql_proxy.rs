@@ -19,7 +19,7 @@ use support::SSLMODES;
 use support::certs::TestCa;
 use support::config::Config;
 use support::mysql::{
-    ED25519_USER, MariaDb, MyOptions, NATIVE_USER, connector_python, mariadb_cli,
+    ED25519_USER, MariaDb, MyOptions, NATIVE_USER, connector_python, mariadb_cli, python_against,
 };
 use support::ops::{access_lines, listener_addr};
 use support::wait_until;
@@ -95,25 +95,6 @@ except pymysql.err.MySQLError as e:
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// Runs a PyMySQL `script` (Debian's python3) with the host, port, user and password of
-/// the native user at `front` as arguments.
-async fn python_against(script: &'static str, front: SocketAddr) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new("/usr/bin/python3")
-            .args(["-c", script])
-            .args([
-                &front.ip().to_string(),
-                &front.port().to_string(),
-                NATIVE_USER.0,
-                NATIVE_USER.1,
-            ])
-            .output()
-            .expect("python3 with PyMySQL (Debian python3-pymysql)")
-    })
-    .await
-    .expect("join")
 }
 
 /// A PyMySQL session (the native user, in `database` unless empty) logged in and held
@@ -361,6 +342,7 @@ async fn routing_rewrites_errors_and_malformed_packets() {
 
     // A connection attribute as the key: PyMySQL's `program_name`.
     let output = python_against(
+        Path::new("/usr/bin/python3"),
         r#"
 import sys, pymysql
 host, port, user, password = sys.argv[1:5]
@@ -512,7 +494,7 @@ for t in threads: t.join()
 failures = [r for r in results if r is not True]
 print(len(results), len(failures), failures[:3])
 "#;
-    let output = python_against(script, front).await;
+    let output = python_against(Path::new("/usr/bin/python3"), script, front).await;
     let said = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         said.trim(),
@@ -645,7 +627,7 @@ with c.cursor() as cur:
 threads[1].join()
 print("b:", results["b"])
 "#;
-    let output = python_against(script, front).await;
+    let output = python_against(Path::new("/usr/bin/python3"), script, front).await;
     let said = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = said.lines().collect();
     assert_eq!(

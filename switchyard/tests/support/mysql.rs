@@ -305,3 +305,27 @@ pub fn connector_python(dir: &Path) -> PathBuf {
     );
     venv.join("bin/python")
 }
+
+/// Runs a Python `script` with `python` (Debian's python3, which has PyMySQL, or a venv's)
+/// and the host, port, user and password of the native user at `front` as arguments.
+pub async fn python_against(
+    python: &Path,
+    script: &'static str,
+    front: SocketAddr,
+) -> std::process::Output {
+    let python = python.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .args(["-c", script])
+            .args([
+                &front.ip().to_string(),
+                &front.port().to_string(),
+                NATIVE_USER.0,
+                NATIVE_USER.1,
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", python.display()))
+    })
+    .await
+    .expect("join")
+}
