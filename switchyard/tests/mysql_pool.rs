@@ -455,6 +455,35 @@ print("locking read", one("SELECT @@server_id FROM items LIMIT 1 FOR UPDATE"))
             "locking read 1",
         ]
     );
+    // The same through prepared statements (mysql-connector-python's prepared cursor): a
+    // prepared write counts for sticky_after_write, and prepared reads go to the replica.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let connector = connector_python(dir.path());
+    let prepared = r#"
+import sys, time, mysql.connector
+host, port, user, password = sys.argv[1:5]
+conn = mysql.connector.connect(host=host, port=int(port), user=user, password=password,
+                               database="app", ssl_disabled=True, autocommit=True)
+def where(cur, sql, args=()):
+    cur.execute(sql, args)
+    return cur.fetchone()[0]
+cur = conn.cursor(prepared=True)
+time.sleep(1.2)
+print("prepared read", where(cur, "SELECT @@server_id + ?", (0,)))
+cur.execute("INSERT INTO items (name) VALUES (?)", ("p",))
+print("after a prepared write", where(conn.cursor(), "SELECT @@server_id"))
+time.sleep(1.2)
+print("prepared read later", where(cur, "SELECT @@server_id + ?", (0,)))
+"#;
+    let lines = run_python(&connector, prepared, front).await;
+    assert_eq!(
+        lines,
+        [
+            "prepared read 2",
+            "after a prepared write 1",
+            "prepared read later 2"
+        ]
+    );
     let pools = proxy.pools().await;
     let routed = tx_pools(&pools[0]);
     assert!(

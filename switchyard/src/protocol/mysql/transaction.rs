@@ -726,9 +726,11 @@ impl Session<'_> {
                 _ => {}
             }
         }
-        self.exchange(&rewritten, Shape::of(kind), None)
-            .await
-            .map(drop)
+        let replied = self.exchange(&rewritten, Shape::of(kind), None).await?;
+        if kind == reply::COM_STMT_EXECUTE {
+            self.after_statement(&class, &replied);
+        }
+        Ok(())
     }
 
     /// The held connection's id for the client's statement `id`, preparing it there first
