@@ -423,7 +423,12 @@ impl<D: Dialect> TxPool<D> {
 
     /// No client and no connection (open, leased or being opened).
     fn unused(&self) -> bool {
-        self.stats.clients.load(Ordering::Relaxed) == 0 && self.conns.open() == 0
+        self.stats.clients.load(Ordering::Relaxed) == 0 && self.connections() == 0
+    }
+
+    /// Connections open (leased, idle or being opened) on all servers.
+    pub fn connections(&self) -> usize {
+        self.conns.open()
     }
 
     /// Clients waiting for a server connection now.

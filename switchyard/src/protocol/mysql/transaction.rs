@@ -93,8 +93,8 @@ pub struct PooledClient<'a> {
 #[derive(Debug)]
 struct ClientStatement {
     text: Bytes,
-    /// What its text does, classified once at prepare.
-    class: Classification,
+    /// What its text does, classified once at prepare (shared with each execute).
+    class: Arc<Classification>,
     params: u16,
     /// The parameter types of the client's last execute that sent them.
     types: Option<Bytes>,
@@ -112,8 +112,8 @@ struct Session<'a> {
     /// The session stays on its connection for the rest of its life.
     pinned: bool,
     held: Option<Held>,
-    /// The read/write split's state, when the pool splits.
-    split: Option<SplitState>,
+    /// The read/write split's state and `sticky_after_write`, when the pool splits.
+    split: Option<(SplitState, Option<Duration>)>,
     /// What `ROW_COUNT()` returns after the client's last statement.
     row_count: i64,
     /// What `FOUND_ROWS()` returns after it.
@@ -166,6 +166,7 @@ struct Replied {
 /// Serves a pooled client to the end of its session.
 pub async fn serve(client: PooledClient<'_>, record: &mut ConnectionRecord) -> Termination {
     let database = client.member.pool().database.clone();
+    let split = client.split.map(|sticky| (SplitState::new(), sticky));
     let mut session = Session {
         client,
         state: SessionState::logged_in_to(&database),
@@ -175,16 +176,13 @@ pub async fn serve(client: PooledClient<'_>, record: &mut ConnectionRecord) -> T
         next_statement: 1,
         pinned: false,
         held: None,
-        split: None,
+        split,
         row_count: -1,
         found_rows: 0,
         next_transaction: None,
         to_server: 0,
         to_client: 0,
     };
-    if session.client.split.is_some() {
-        session.split = Some(SplitState::new());
-    }
     let end = session.run(record).await;
     session.leave().await;
     record.bytes_in += session.to_server;
@@ -293,7 +291,7 @@ impl Session<'_> {
     }
 
     /// Gives the connection back when the session is between transactions and holds
-    /// nothing on it; one that ran something unseen is reset first (closed if that fails).
+    /// nothing on it; one that ran something unseen is reset first.
     async fn release_if_idle(&mut self) {
         let Some(held) = &self.held else {
             return;
@@ -301,30 +299,32 @@ impl Session<'_> {
         if self.pinned || held.long_data || self.status & status::IN_TRANS != 0 {
             return;
         }
-        let Some(mut held) = self.held.take() else {
-            return;
-        };
-        let pool = self.client.member.pool().clone();
-        pool.stats
-            .queries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if held.untracked && held.conn.link.reset().await.is_err() {
-            pool.discard(held.conn);
-            return;
+        if let Some(held) = self.held.take() {
+            let pool = self.client.member.pool();
+            pool.stats
+                .queries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let reset = held.untracked;
+            self.put_back(held, reset).await;
         }
-        pool.give_back(held.conn);
     }
 
     /// The end of the session: a connection still held is reset (a transaction rolled
-    /// back, pinned state dropped) before it goes back, or closed.
+    /// back, pinned state dropped) before it goes back.
     async fn leave(&mut self) {
-        let Some(mut held) = self.held.take() else {
+        let Some(held) = self.held.take() else {
             return;
         };
-        let pool = self.client.member.pool().clone();
         let dirty =
             self.pinned || held.untracked || held.long_data || self.status & status::IN_TRANS != 0;
-        if dirty && held.conn.link.reset().await.is_err() {
+        self.put_back(held, dirty).await;
+    }
+
+    /// Gives `held`'s connection back to the pool, reset first when `reset`; one whose
+    /// reset fails is closed, never reused.
+    async fn put_back(&self, mut held: Held, reset: bool) {
+        let pool = self.client.member.pool();
+        if reset && held.conn.link.reset().await.is_err() {
             pool.discard(held.conn);
             return;
         }
@@ -339,12 +339,8 @@ impl Session<'_> {
         self.last_insert_id = 0;
         self.pinned = false;
         self.status = status::AUTOCOMMIT;
-        if let Some(mut held) = self.held.take() {
-            let pool = self.client.member.pool().clone();
-            match held.conn.link.reset().await {
-                Ok(()) => pool.give_back(held.conn),
-                Err(_) => pool.discard(held.conn),
-            }
+        if let Some(held) = self.held.take() {
+            self.put_back(held, true).await;
         }
         self.answer_ok().await
     }
@@ -396,16 +392,16 @@ impl Session<'_> {
         if self.held.is_some() {
             return Ok(true);
         }
-        let target = match (&mut self.split, self.client.split) {
-            (Some(split), Some(sticky)) => {
-                Some(split.target(class, std::time::Instant::now(), sticky))
-            }
-            _ => None,
-        };
+        let target = self
+            .split
+            .as_mut()
+            .map(|(split, sticky)| split.target(class, std::time::Instant::now(), *sticky));
         let pool = self.client.member.pool().clone();
         // A connection that has a default database cannot serve a session that has
-        // none: it is closed, and its place opens a new one.
-        for _ in 0..=pool.servers().iter().map(|s| s.open).sum::<usize>() {
+        // none: it is closed, and its place opens a new one; after as many closings as
+        // the pool had connections, the client is told the pool is full.
+        let mut closings_left = None;
+        loop {
             let leased = self.lease(target).await;
             let mut conn = match leased {
                 Ok(conn) => conn,
@@ -433,7 +429,14 @@ impl Session<'_> {
                     });
                     return Ok(true);
                 }
-                Err(Unsynced::NeedsFresh) => pool.discard(conn),
+                Err(Unsynced::NeedsFresh) => {
+                    pool.discard(conn);
+                    let left = closings_left.get_or_insert_with(|| pool.connections());
+                    if *left == 0 {
+                        break;
+                    }
+                    *left -= 1;
+                }
                 Err(Unsynced::Failed(error)) => {
                     tracing::warn!(server = %conn.server.name, %error, "could not give a server connection the client's session state; closing it");
                     pool.discard(conn);
@@ -458,8 +461,12 @@ impl Session<'_> {
     /// COM_QUERY classified first: `SET switchyard.route` and `SELECT ROW_COUNT()` (and
     /// the like) between transactions are answered by the proxy.
     async fn plain(&mut self, payload: Bytes, record: &mut ConnectionRecord) -> Result<(), Broken> {
+        let classified;
         let class = match payload[0] {
-            COM_QUERY => classify_bytes(&payload[1..]),
+            COM_QUERY => {
+                classified = classify_bytes(&payload[1..]);
+                &classified
+            }
             reply::COM_PING
             | reply::COM_INIT_DB
             | reply::COM_FIELD_LIST
@@ -467,7 +474,7 @@ impl Session<'_> {
             _ => split::unknown_command(),
         };
         if payload[0] == COM_QUERY {
-            if let Some(answered) = self.answer_route(&class).await {
+            if let Some(answered) = self.answer_route(class).await {
                 return answered;
             }
             if self.held.is_none()
@@ -479,10 +486,10 @@ impl Session<'_> {
             }
         }
         self.pinned |= class.pins.is_some();
-        if !self.hold(record, &class).await? {
+        if !self.hold(record, class).await? {
             return Ok(());
         }
-        self.before_statement(&class).await?;
+        self.before_statement(class).await?;
         let shape = Shape::of(payload[0]);
         let killing = match &self.held {
             Some(held) => rewrite_kill(&self.client.kills, &held.conn.server, &payload),
@@ -492,7 +499,7 @@ impl Session<'_> {
             Some(rewritten) => self.exchange(&rewritten, shape, None).await?,
             None => self.exchange(&payload, shape, None).await?,
         };
-        self.after_statement(&class, &replied);
+        self.after_statement(class, &replied);
         Ok(())
     }
 
@@ -512,7 +519,7 @@ impl Session<'_> {
             }
             _ => {
                 let in_transaction = self.status & status::IN_TRANS != 0;
-                if let Some(split) = &mut self.split {
+                if let Some((split, _)) = &mut self.split {
                     split.after(class, in_transaction, std::time::Instant::now());
                 }
                 self.answer_ok().await
@@ -556,7 +563,7 @@ impl Session<'_> {
     /// `SET TRANSACTION` to carry, `ROW_COUNT()` and `FOUND_ROWS()`.
     fn after_statement(&mut self, class: &Classification, replied: &Replied) {
         let in_transaction = self.status & status::IN_TRANS != 0;
-        if let Some(split) = &mut self.split {
+        if let Some((split, _)) = &mut self.split {
             split.after(class, in_transaction, std::time::Instant::now());
         }
         if let Some(held) = &mut self.held {
@@ -600,7 +607,7 @@ impl Session<'_> {
         record: &mut ConnectionRecord,
     ) -> Result<(), Broken> {
         // Preparing runs nothing: any connection the session's reads may use will do.
-        if !self.hold(record, &split::read_command()).await? {
+        if !self.hold(record, split::read_command()).await? {
             return Ok(());
         }
         let text = payload.slice(1..);
@@ -641,7 +648,7 @@ impl Session<'_> {
         self.statements.insert(
             id,
             ClientStatement {
-                class: classify_bytes(&text),
+                class: Arc::new(classify_bytes(&text)),
                 text,
                 params: ok.params,
                 types: None,
@@ -681,14 +688,15 @@ impl Session<'_> {
                 .answer_err(1421, "HY000", "The statement has no open cursor")
                 .await;
         }
-        let class = match self.statements.get(&id) {
-            Some(statement) if kind == reply::COM_STMT_EXECUTE => statement.class.clone(),
-            _ => split::read_command(),
+        let executed = match self.statements.get(&id) {
+            Some(statement) if kind == reply::COM_STMT_EXECUTE => Some(statement.class.clone()),
+            _ => None,
         };
+        let class = executed.as_deref().unwrap_or(split::read_command());
         if kind == reply::COM_STMT_EXECUTE {
             self.pinned |= class.pins.is_some();
         }
-        if !self.hold(record, &class).await? {
+        if !self.hold(record, class).await? {
             return Ok(());
         }
         let Some(server_id) = self.prepared_on_held(id).await? else {
@@ -717,7 +725,7 @@ impl Session<'_> {
             if payload.get(5).is_some_and(|flags| flags & 0x07 != 0) {
                 self.pinned = true;
             }
-            self.before_statement(&class).await?;
+            self.before_statement(class).await?;
         }
         if let Some(held) = &mut self.held {
             match kind {
@@ -728,7 +736,7 @@ impl Session<'_> {
         }
         let replied = self.exchange(&rewritten, Shape::of(kind), None).await?;
         if kind == reply::COM_STMT_EXECUTE {
-            self.after_statement(&class, &replied);
+            self.after_statement(class, &replied);
         }
         Ok(())
     }
@@ -1055,7 +1063,7 @@ mod tests {
     fn statement(params: u16) -> ClientStatement {
         ClientStatement {
             text: Bytes::from_static(b"select ?"),
-            class: classify_bytes(b"select ?"),
+            class: Arc::new(classify_bytes(b"select ?")),
             params,
             types: None,
         }
