@@ -49,9 +49,35 @@ async fn start(server: &MariaDb, pool_keys: &str) -> (support::Proxy, SocketAddr
         .await
 }
 
+/// What every PyMySQL script of these tests starts with: the native user's login from the
+/// arguments, `connect()` to database `app`, and `one(conn, sql)`, the first column of the
+/// first row (or `None`).
+const PYMYSQL: &str = r#"
+import sys, threading, time, pymysql
+host, port, user, password = sys.argv[1:5]
+def connect(autocommit=True):
+    return pymysql.connect(host=host, port=int(port), user=user, password=password,
+                           database="app", autocommit=autocommit)
+def one(conn, sql):
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        row = cur.fetchone()
+        return None if row is None else row[0]
+"#;
+
+/// Runs a PyMySQL `script` (Debian's python3) after [`PYMYSQL`]; its output lines.
+async fn run_pymysql(script: &str, front: SocketAddr) -> Vec<String> {
+    run_python(
+        Path::new("/usr/bin/python3"),
+        format!("{PYMYSQL}{script}"),
+        front,
+    )
+    .await
+}
+
 /// Runs a Python `script` with `python` against `front` as the native user; its output
 /// lines (a failing script fails the test with what it printed).
-async fn run_python(python: &Path, script: &'static str, front: SocketAddr) -> Vec<String> {
+async fn run_python(python: &Path, script: impl Into<String>, front: SocketAddr) -> Vec<String> {
     let output = python_against(python, script, front).await;
     assert!(
         output.status.success(),
@@ -91,16 +117,6 @@ async fn clients_share_one_connection_and_no_state_crosses_them() {
     // Two clients in turn on one server connection (pool_size 1): what one sets, the
     // other never sees; its own state follows it.
     let script = r#"
-import sys, pymysql
-host, port, user, password = sys.argv[1:5]
-def connect(autocommit=True):
-    return pymysql.connect(host=host, port=int(port), user=user, password=password,
-                           database="app", autocommit=autocommit)
-def one(conn, sql):
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        row = cur.fetchone()
-        return None if row is None else row[0]
 a, b = connect(), connect()
 print("thread", one(a, "SELECT CONNECTION_ID()") == one(b, "SELECT CONNECTION_ID()"))
 one(a, "SET SESSION sql_mode = 'STRICT_ALL_TABLES'")
@@ -144,7 +160,7 @@ c.rollback()
 print("rolled back", one(b, "SELECT COUNT(*) FROM ledger"))
 b.close(); c.close()
 "#;
-    let lines = run_python(Path::new("/usr/bin/python3"), script, front).await;
+    let lines = run_pymysql(script, front).await;
     assert_eq!(
         lines,
         [
@@ -261,11 +277,6 @@ async fn kill_query_reaches_the_connection_a_pooled_session_holds() {
     // A sleeps on one server connection; B kills it by the proxy's connection id of A
     // (what A's driver knows), from the other connection.
     let script = r#"
-import sys, threading, time, pymysql
-host, port, user, password = sys.argv[1:5]
-def connect():
-    return pymysql.connect(host=host, port=int(port), user=user, password=password,
-                           database="app", autocommit=True)
 a, b = connect(), connect()
 outcome = {}
 def sleep():
@@ -299,7 +310,7 @@ with a.cursor() as cur:
     cur.execute("SELECT 1")
     print("a goes on", cur.fetchone()[0])
 "#;
-    let lines = run_python(Path::new("/usr/bin/python3"), script, front).await;
+    let lines = run_pymysql(script, front).await;
     // MariaDB answers an interrupted SLEEP with ERR 1317 (MySQL returns 1).
     assert_eq!(lines, ["killed 1317 True", "unknown 1094", "a goes on 1"]);
 }
@@ -311,16 +322,6 @@ async fn hostile_sessions_leave_nothing_behind() {
     // Each case: client A does something to its session and leaves; client B, next on
     // the same server connection, must see what a fresh connection sees.
     let script = r#"
-import sys, pymysql
-host, port, user, password = sys.argv[1:5]
-def connect():
-    return pymysql.connect(host=host, port=int(port), user=user, password=password,
-                           database="app", autocommit=True)
-def one(conn, sql):
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        row = cur.fetchone()
-        return None if row is None else row[0]
 fresh = connect()
 baseline = {
     "lock": one(fresh, "SELECT IS_FREE_LOCK('l')"),
@@ -368,7 +369,7 @@ print("found rows", one(b, "SELECT FOUND_ROWS()"), one(c, "SELECT FOUND_ROWS()")
 b.close(); c.close()
 "#;
     server.sql("INSERT INTO app.items (name) VALUES ('x'), ('y'), ('z')");
-    let lines = run_python(Path::new("/usr/bin/python3"), script, front).await;
+    let lines = run_pymysql(script, front).await;
     let leaks: Vec<&String> = lines.iter().filter(|l| l.contains("LEAK")).collect();
     assert!(leaks.is_empty(), "{lines:#?}");
     assert_eq!(
@@ -408,38 +409,30 @@ async fn read_write_split_sends_reads_to_the_replica() {
     .await;
     // @@server_id says where each statement ran: 1 the primary, 2 the replica.
     let script = r#"
-import sys, time, pymysql
-host, port, user, password = sys.argv[1:5]
-conn = pymysql.connect(host=host, port=int(port), user=user, password=password,
-                       database="app", autocommit=True)
-def one(sql):
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        row = cur.fetchone()
-        return None if row is None else row[0]
-print("read", one("SELECT @@server_id"))
-one("INSERT INTO items (name) VALUES ('w')")
-print("read after write", one("SELECT @@server_id"))
+conn = connect()
+print("read", one(conn, "SELECT @@server_id"))
+one(conn, "INSERT INTO items (name) VALUES ('w')")
+print("read after write", one(conn, "SELECT @@server_id"))
 time.sleep(1.2)
-print("read later", one("SELECT @@server_id"))
-print("hint", one("/* switchyard: primary */ SELECT @@server_id"))
-one("BEGIN")
-print("in a transaction", one("SELECT @@server_id"))
-one("COMMIT")
-one("START TRANSACTION READ ONLY")
-print("read-only transaction", one("SELECT @@server_id"))
-one("COMMIT")
-one("SET switchyard.route = primary")
-print("route primary", one("SELECT @@server_id"))
-one("SET switchyard.route = auto")
-print("route auto", one("SELECT @@server_id"))
+print("read later", one(conn, "SELECT @@server_id"))
+print("hint", one(conn, "/* switchyard: primary */ SELECT @@server_id"))
+one(conn, "BEGIN")
+print("in a transaction", one(conn, "SELECT @@server_id"))
+one(conn, "COMMIT")
+one(conn, "START TRANSACTION READ ONLY")
+print("read-only transaction", one(conn, "SELECT @@server_id"))
+one(conn, "COMMIT")
+one(conn, "SET switchyard.route = primary")
+print("route primary", one(conn, "SELECT @@server_id"))
+one(conn, "SET switchyard.route = auto")
+print("route auto", one(conn, "SELECT @@server_id"))
 try:
-    one("SET switchyard.route = nowhere")
+    one(conn, "SET switchyard.route = nowhere")
 except pymysql.err.MySQLError as e:
     print("bad route", e.args[0])
-print("locking read", one("SELECT @@server_id FROM items LIMIT 1 FOR UPDATE"))
+print("locking read", one(conn, "SELECT @@server_id FROM items LIMIT 1 FOR UPDATE"))
 "#;
-    let lines = run_python(Path::new("/usr/bin/python3"), script, front).await;
+    let lines = run_pymysql(script, front).await;
     assert_eq!(
         lines,
         [

@@ -310,13 +310,14 @@ pub fn connector_python(dir: &Path) -> PathBuf {
 /// and the host, port, user and password of the native user at `front` as arguments.
 pub async fn python_against(
     python: &Path,
-    script: &'static str,
+    script: impl Into<String>,
     front: SocketAddr,
 ) -> std::process::Output {
     let python = python.to_path_buf();
+    let script = script.into();
     tokio::task::spawn_blocking(move || {
         Command::new(&python)
-            .args(["-c", script])
+            .args(["-c", &script])
             .args([
                 &front.ip().to_string(),
                 &front.port().to_string(),
