@@ -35,9 +35,16 @@ fn server() -> MariaDb {
 /// A proxy with one mysql listener (proxy-side auth) over a transaction pool of
 /// `pool_keys` on `server`.
 async fn start(server: &MariaDb, pool_keys: &str) -> (support::Proxy, SocketAddr) {
-    Config::new()
+    let servers = Config::new()
         .protocol("mysql")
-        .server("db", server.address(), "")
+        .server("db", server.address(), "");
+    pooled(servers, pool_keys).start().await
+}
+
+/// `config` (a mysql config with its servers) with its pool in transaction mode with
+/// `pool_keys`, and the listener authenticating the native user itself.
+fn pooled(config: Config, pool_keys: &str) -> Config {
+    config
         .pool(&format!("pool_mode = \"transaction\"\n{pool_keys}"))
         .listener("auth = \"mysql_native_password\"")
         .listener("server_version = \"5.5.5-10.11.6-MariaDB\"")
@@ -45,8 +52,6 @@ async fn start(server: &MariaDb, pool_keys: &str) -> (support::Proxy, SocketAddr
             "[[user]]\nname = \"{}\"\npassword = \"{}\"\n",
             NATIVE_USER.0, NATIVE_USER.1
         ))
-        .start()
-        .await
 }
 
 /// What every PyMySQL script of these tests starts with: the native user's login from the
@@ -382,26 +387,16 @@ b.close(); c.close()
 async fn read_write_split_sends_reads_to_the_replica() {
     let primary = server();
     let replica = primary.replica();
-    let (proxy, front) = Config::new()
+    let servers = Config::new()
         .protocol("mysql")
-        .servers(&[
-            ("a", primary.address(), ""),
-            ("b", replica.address(), ""),
-        ])
-        .pool(&format!(
-            "pool_mode = \"transaction\"\nread_write_split = true\nsticky_after_write = \"1s\"\n\
-             health = {{ check = \"mysql\", user = \"{}\", password = \"{}\", interval = \"200ms\", fall = 2, rise = 1 }}",
-            support::mysql::MONITOR_USER.0,
-            support::mysql::MONITOR_USER.1
-        ))
-        .listener("auth = \"mysql_native_password\"")
-        .listener("server_version = \"5.5.5-10.11.6-MariaDB\"")
-        .section(&format!(
-            "[[user]]\nname = \"{}\"\npassword = \"{}\"\n",
-            NATIVE_USER.0, NATIVE_USER.1
-        ))
-        .start()
-        .await;
+        .servers(&[("a", primary.address(), ""), ("b", replica.address(), "")]);
+    let split = format!(
+        "read_write_split = true\nsticky_after_write = \"1s\"\n\
+         health = {{ check = \"mysql\", user = \"{}\", password = \"{}\", interval = \"200ms\", fall = 2, rise = 1 }}",
+        support::mysql::MONITOR_USER.0,
+        support::mysql::MONITOR_USER.1
+    );
+    let (proxy, front) = pooled(servers, &split).start().await;
     wait_until("roles known", || async {
         proxy.server("app", "a").await.role == "primary"
             && proxy.server("app", "b").await.role == "replica"
