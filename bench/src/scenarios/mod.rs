@@ -63,7 +63,30 @@ pub async fn connect_many(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> 
     Ok(streams)
 }
 
+/// The median of `values` (the mean of the middle two for an even count; 0 for none).
+pub fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// Progress line on stderr, so stdout carries only the tables.
 pub fn progress(msg: impl AsRef<str>) {
     eprintln!("  {}", msg.as_ref());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert_eq!(median(std::iter::empty()), 0.0);
+    }
 }

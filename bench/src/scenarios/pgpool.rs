@@ -2,7 +2,11 @@
 //! (`direct`), through switchyard (`pool_mode = "transaction"`) and through PgBouncer
 //! (`pool_mode = transaction`), both with the same number of server connections, in the
 //! same run. Every (script, query mode, clients) combination is one row: `pgbench -S` and
-//! the default TPC-B-like script, `-M simple|extended|prepared`, 1 to 512 clients.
+//! the default TPC-B-like script, `-M simple|extended|prepared`, 1 to 512 clients. Beside
+//! each row, each pooler's CPU time (user + system, from /proc) per transaction: on two
+//! cores shared with the database and pgbench, what a pooler spends is taken from them.
+//! `--pgpool-rounds N` runs everything N times with the targets taking turns and reports
+//! medians.
 //!
 //! pgbench gets one thread per client (`-j = -c`) up to `--pgpool-max-jobs`. In
 //! `-M prepared` pgbench prepares each statement with a blocking call, which stalls that
@@ -143,6 +147,16 @@ pub struct PgpoolArgs {
         default_value_t = 10
     )]
     pub scale: u32,
+    /// Rounds: every target does every run once per round, targets taking turns; each
+    /// row is the median of the rounds (a load the machine had during one target's turn
+    /// would otherwise decide a comparison within 10 %).
+    #[arg(
+        id = "pgpool-rounds",
+        long = "pgpool-rounds",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    pub rounds: usize,
 }
 
 /// Every (script, mode, clients) run, in table order.
@@ -201,6 +215,7 @@ pub async fn run(ctx: &Context, args: &PgpoolArgs) -> Result<Vec<Row>> {
             size: args.pool_size.max(1),
         },
         secs: args.secs,
+        rounds: args.rounds,
     };
     let rows = setup.measure(ctx, &args.targets, &runs(args)).await;
     cluster.stop().await;

@@ -13,8 +13,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use tokio::process::Command;
 
-use super::{Context, progress};
+use super::{Context, median, progress};
 use crate::pg::Cluster;
+use crate::sys::process_cpu_seconds;
 use crate::table::{Better, Row};
 use crate::targets::{PgPooling, RunningTarget, TargetKind};
 
@@ -103,6 +104,7 @@ pub async fn run(ctx: &Context, args: &PostgresArgs) -> Result<Vec<Row>> {
         cluster: &cluster,
         pooling: PgPooling::Session,
         secs: args.secs,
+        rounds: 1,
     };
     let rows = setup.measure(ctx, &args.targets, &runs(args)).await;
     cluster.stop().await;
@@ -119,61 +121,154 @@ pub(super) struct Setup<'a> {
     pub pooling: PgPooling,
     /// Seconds per pgbench run (`-T`).
     pub secs: u64,
+    /// Rounds: every target does every run once per round, targets taking turns, and a
+    /// row reports the median of the rounds, so that a load the machine had during one
+    /// target's turn does not decide the comparison.
+    pub rounds: usize,
+}
+
+/// What one pgbench run measured on one target.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    /// tps, or the average latency in µs.
+    value: f64,
+    /// The proxy's CPU time (user + system, all threads) per transaction, in µs: on two
+    /// cores shared with the database and pgbench, the proxy's CPU is taken from theirs.
+    /// `None` for the direct path.
+    cpu_per_transaction: Option<f64>,
 }
 
 impl Setup<'_> {
     /// Starts each of `targets` in turn in front of the cluster and does every run through
-    /// it, one row per (run, target); a target that does not start gets failed rows.
+    /// it, `rounds` times; one row per (run, target) with the median of the rounds, and one
+    /// row of the proxy's CPU per transaction for each proxy. A target that does not start
+    /// or a run that fails gets failed rows.
     pub async fn measure(
         &self,
         ctx: &Context,
         targets: &[TargetKind],
         runs: &[Run],
     ) -> Result<Vec<Row>> {
-        let scenario = self.scenario;
-        let mut rows = Vec::new();
-        for &target in targets {
-            progress(format!("{target}"));
-            let address = self.cluster.address();
-            let running =
-                RunningTarget::start_postgres(target, address, &ctx.target_opts, self.pooling)
-                    .await;
-            let running = match running {
-                Ok(running) => running,
-                Err(error) => {
-                    for run in runs {
-                        let (metric, error) = (run.metric.clone(), format!("{error:#}"));
-                        rows.push(Row::failed(scenario, metric, target, run.better, error));
-                    }
-                    continue;
-                }
-            };
-            if let Some(note) = running.note() {
-                progress(format!("{target}: {note}"));
-            }
-            for run in runs {
-                progress(format!("{target}: {}", run.metric));
-                let metric = run.metric.clone();
-                let value = pgbench(self.cluster, running.addr(), self.secs, run).await;
-                let row = match value {
-                    Ok(value) => Row::ok(scenario, metric, target, value, run.better),
+        let rounds = self.rounds.max(1);
+        // samples[target][run]: one result per round.
+        let mut samples: Vec<Vec<Vec<Result<Sample, String>>>> =
+            vec![vec![Vec::new(); runs.len()]; targets.len()];
+        let mut notes: Vec<Option<String>> = vec![None; targets.len()];
+        for round in 1..=rounds {
+            for (t, &target) in targets.iter().enumerate() {
+                let turn = if rounds > 1 {
+                    format!("{target}, round {round} of {rounds}")
+                } else {
+                    target.to_string()
+                };
+                progress(&turn);
+                let address = self.cluster.address();
+                let running =
+                    RunningTarget::start_postgres(target, address, &ctx.target_opts, self.pooling)
+                        .await;
+                let running = match running {
+                    Ok(running) => running,
                     Err(error) => {
-                        Row::failed(scenario, metric, target, run.better, format!("{error:#}"))
+                        for results in &mut samples[t] {
+                            results.push(Err(format!("{error:#}")));
+                        }
+                        continue;
                     }
                 };
-                rows.push(match running.note() {
-                    Some(note) => row.with_note(note),
-                    None => row,
-                });
+                if let Some(note) = running.note() {
+                    progress(format!("{target}: {note}"));
+                    notes[t] = Some(note.to_string());
+                }
+                for (r, run) in runs.iter().enumerate() {
+                    progress(format!("{turn}: {}", run.metric));
+                    let sample = sample(self.cluster, &running, self.secs, run).await;
+                    samples[t][r].push(sample.map_err(|error| format!("{error:#}")));
+                }
+                running.stop().await?;
             }
-            running.stop().await?;
+        }
+        let mut rows = Vec::new();
+        for (r, run) in runs.iter().enumerate() {
+            let cpu_metric = format!("{}: proxy CPU per transaction (us)", run.metric);
+            let mut cpu_rows = Vec::new();
+            for (t, &target) in targets.iter().enumerate() {
+                let results = &samples[t][r];
+                let row = |metric: &str, better, pick: fn(&Sample) -> Option<f64>| {
+                    let row = summarise(self.scenario, metric, target, better, results, pick);
+                    match &notes[t] {
+                        Some(note) => row.with_note(note.clone()),
+                        None => row,
+                    }
+                };
+                rows.push(row(&run.metric, run.better, |s| Some(s.value)));
+                if target != TargetKind::Direct {
+                    cpu_rows.push(row(&cpu_metric, Better::Lower, |s| s.cpu_per_transaction));
+                }
+            }
+            rows.extend(cpu_rows);
         }
         Ok(rows)
     }
 }
 
+/// One row from a target's rounds of one run: the median of what `pick` reads, with the
+/// spread in the metric's name when there were several rounds; failed if any round failed.
+fn summarise(
+    scenario: &'static str,
+    metric: &str,
+    target: TargetKind,
+    better: Better,
+    results: &[Result<Sample, String>],
+    pick: fn(&Sample) -> Option<f64>,
+) -> Row {
+    let mut values = Vec::new();
+    for result in results {
+        match result.as_ref().map(pick) {
+            Ok(Some(value)) => values.push(value),
+            Ok(None) => {}
+            Err(error) => return Row::failed(scenario, metric, target, better, error.clone()),
+        }
+    }
+    if values.is_empty() {
+        return Row::failed(scenario, metric, target, better, "not measured".to_string());
+    }
+    let median = median(values.iter().copied());
+    Row::ok(scenario, metric, target, median, better)
+}
+
+/// Runs pgbench once through `running`, reading the proxy's CPU time around it.
+async fn sample(
+    cluster: &Cluster,
+    running: &RunningTarget,
+    secs: u64,
+    run: &Run,
+) -> Result<Sample> {
+    let cpu = || running.pid().map(process_cpu_seconds).transpose();
+    let before = cpu()?;
+    let report = pgbench(cluster, running.addr(), secs, run).await?;
+    let after = cpu()?;
+    let cpu_per_transaction = match (before, after) {
+        (Some(before), Some(after)) if report.transactions > 0.0 => {
+            Some((after - before) / report.transactions * 1e6)
+        }
+        _ => None,
+    };
+    Ok(Sample {
+        value: report.value,
+        cpu_per_transaction,
+    })
+}
+
+/// What a pgbench report says.
+struct Report {
+    /// tps, or the average latency in µs.
+    value: f64,
+    /// Transactions processed.
+    transactions: f64,
+}
+
 /// Runs pgbench against `address` and reads tps or the average latency from its report.
-async fn pgbench(cluster: &Cluster, address: SocketAddr, secs: u64, run: &Run) -> Result<f64> {
+async fn pgbench(cluster: &Cluster, address: SocketAddr, secs: u64, run: &Run) -> Result<Report> {
     let output = Command::new(cluster.bin("pgbench"))
         .args(["-n", "-h"])
         .arg(address.ip().to_string())
@@ -201,11 +296,18 @@ async fn pgbench(cluster: &Cluster, address: SocketAddr, secs: u64, run: &Run) -
     } else {
         ("tps = ", 1.0)
     };
-    let value = report
+    Ok(Report {
+        value: figure(&report, prefix)? * scale,
+        transactions: figure(&report, "number of transactions actually processed: ")?,
+    })
+}
+
+/// The number after `prefix` on a line of pgbench's report.
+fn figure(report: &str, prefix: &str) -> Result<f64> {
+    report
         .lines()
         .find_map(|line| line.strip_prefix(prefix))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|number| number.parse::<f64>().ok())
-        .with_context(|| format!("no `{prefix}` in pgbench's report: {report}"))?;
-    Ok(value * scale)
+        .with_context(|| format!("no `{prefix}` in pgbench's report: {report}"))
 }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::connrate::{ConnrateArgs, Exchange};
 use super::http::HttpArgs;
-use super::{Context, connect, progress};
+use super::{Context, connect, median, progress};
 use crate::backend::{Backend, BackendKind};
 use crate::redis::Redis;
 use crate::sys::process_cpu_seconds;
@@ -367,17 +367,6 @@ async fn measure(
     })
 }
 
-/// The median of `values` (the mean of the middle two for an even count; 0 for none).
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
 impl Compared {
     /// switchyard's rows: its figures, or each failed with why.
     fn rows(compared: Result<Self>, figures: &[Figure; 3]) -> Vec<Row> {
@@ -408,17 +397,5 @@ impl Compared {
                     .map(|(metric, value)| switchyard_row(metric, Better::Lower, value)),
             )
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
-        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
-        assert_eq!(median(std::iter::empty()), 0.0);
     }
 }
