@@ -70,6 +70,41 @@ where
     .await
 }
 
+/// Reads into `buf` for a wait that may last (a client between transactions): while the
+/// stream has nothing and `buf` holds nothing, `buf`'s memory is given back and `on_wait`
+/// runs, so that an idle connection holds no heap buffer; bytes that arrive go into a
+/// buffer of at least `capacity`. When `buf` holds part of a message the read is a plain
+/// one. `Ok(0)` is the end of the stream.
+pub async fn fill_idle<S: tokio::io::AsyncRead + Unpin>(
+    buf: &mut bytes::BytesMut,
+    capacity: usize,
+    stream: &mut S,
+    mut on_wait: impl FnMut(),
+) -> std::io::Result<usize> {
+    if !buf.is_empty() {
+        if buf.capacity() - buf.len() < capacity / 2 {
+            buf.reserve(capacity);
+        }
+        return tokio::io::AsyncReadExt::read_buf(stream, buf).await;
+    }
+    let mut taken = 0;
+    read_unbuffered(stream, |read| match read {
+        None => {
+            *buf = bytes::BytesMut::new();
+            on_wait();
+        }
+        Some(bytes) => {
+            if buf.capacity() == 0 {
+                buf.reserve(capacity.max(bytes.len()));
+            }
+            buf.extend_from_slice(bytes);
+            taken = bytes.len();
+        }
+    })
+    .await?;
+    Ok(taken)
+}
+
 /// Failed accepts in a row on one listening socket. Out of descriptors (EMFILE) or
 /// memory, `accept` fails at once every time it is called; a loop that retried at once
 /// would spin a core and write a log line per try. The client waits in the kernel's

@@ -2,8 +2,9 @@
 //! back unnoticed (the `bench idle` RSS figures are the measurement; this is the guard).
 //!
 //! The proxy runs in this test's process with a counting global allocator; clients are
-//! blocking std sockets (which allocate nothing) or a separate `pgbench`, and the backends
-//! that hold one connection per client (Redis, PostgreSQL) are separate processes. For each
+//! blocking std sockets (which allocate nothing) or a separate `pgbench` or PyMySQL process,
+//! and the backends that hold one connection per client (Redis, PostgreSQL, MariaDB) are
+//! separate processes. For each
 //! protocol: connections are opened and closed once (so that lazily built state is in the
 //! baseline), the live heap is read, N clients connect, do one exchange and go idle (a
 //! condition the proxy reports, never a sleep), and the live heap is read again. The bounds
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use support::http::HttpBackend;
+use support::mysql::{MariaDb, MyOptions, NATIVE_USER};
 use support::postgres::{PgCluster, PgOptions, bin_dir};
 use support::redis::RedisServer;
 use support::wait_until;
@@ -103,6 +105,7 @@ const WARMUP: usize = CLIENTS;
 const TCP_BOUND: isize = 2_700;
 const HTTP_BOUND: isize = 2_800;
 const POSTGRES_BOUND: isize = 7_400;
+const MYSQL_BOUND: isize = 9_000;
 
 /// The proxy's listeners and admin API, from its ready file.
 struct InProcess {
@@ -309,6 +312,33 @@ fn http_get(front: SocketAddr) -> TcpStream {
     }
 }
 
+/// PyMySQL holding `clients` connections to database `app`, each after one `SELECT 1`,
+/// until killed.
+fn idle_pymysql(front: SocketAddr, clients: usize) -> Child {
+    let script = r#"
+import sys, pymysql
+port, clients, user, password = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+held = []
+for _ in range(clients):
+    conn = pymysql.connect(host="127.0.0.1", port=port, user=user, password=password,
+                           database="app", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        cur.fetchall()
+    held.append(conn)
+sys.stdin.read()
+"#;
+    Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .args([&front.port().to_string(), &clients.to_string()])
+        .args([NATIVE_USER.0, NATIVE_USER.1])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3")
+}
+
 /// `pgbench` holding `clients` connections, each after one `SELECT 1`, until killed.
 fn idle_pgbench(front: SocketAddr, clients: usize, script: &std::path::Path) -> Child {
     Command::new(bin_dir().join("pgbench"))
@@ -339,6 +369,8 @@ async fn an_idle_connection_keeps_little_heap() {
     let redis = RedisServer::start().await;
     let http = HttpBackend::describe().await;
     let pg = PgCluster::start(&PgOptions::default());
+    let mariadb = MariaDb::start(&MyOptions::default());
+    mariadb.sql(&format!("GRANT ALL ON app.* TO {}", NATIVE_USER.0));
     let proxy = InProcess::start(&format!(
         r#"
 [admin]
@@ -373,20 +405,40 @@ servers = [{{ name = "r", address = "127.0.0.1:{redis}" }}]
 name = "web"
 servers = [{{ name = "w", address = "{http}" }}]
 
+[[listener]]
+name = "mysql"
+listen = "127.0.0.1:0"
+protocol = "mysql"
+pool = "mysql"
+auth = "mysql_native_password"
+
 [[pool]]
 name = "pg"
 pool_mode = "transaction"
 pool_size = 4
 servers = [{{ name = "p", address = "{pg}" }}]
 
+[[pool]]
+name = "mysql"
+pool_mode = "transaction"
+pool_size = 4
+servers = [{{ name = "m", address = "{mariadb}" }}]
+
 [[user]]
 name = "postgres"
 password = "{password}"
+
+[[user]]
+name = "{my_user}"
+password = "{my_password}"
 "#,
         redis = redis.port,
         http = http.addr,
         pg = pg.address(),
         password = support::postgres::PASSWORD,
+        mariadb = mariadb.address(),
+        my_user = NATIVE_USER.0,
+        my_password = NATIVE_USER.1,
     ))
     .await;
     let mut report = Vec::new();
@@ -443,6 +495,29 @@ password = "{password}"
         baseline.per_client("postgres", CLIENTS),
         POSTGRES_BOUND,
     ));
+    idle.kill().ok();
+    idle.wait().ok();
+
+    // MySQL, transaction pool: PyMySQL clients after one SELECT 1 each.
+    let front = proxy.listener("mysql");
+    let transactions = || proxy.metric("switchyard_mysql_pool_transactions_total");
+    let mut warmup = idle_pymysql(front, WARMUP);
+    wait_until("the warm-up clients' transactions", || {
+        std::future::ready(transactions() >= WARMUP as f64)
+    })
+    .await;
+    warmup.kill().ok();
+    warmup.wait().ok();
+    proxy.wait_active("mysql", 0).await;
+    let baseline = HeapReading::now();
+    let before = transactions();
+    let mut idle = idle_pymysql(front, CLIENTS);
+    wait_until("every PyMySQL client's SELECT 1", || {
+        std::future::ready(transactions() >= before + CLIENTS as f64)
+    })
+    .await;
+    proxy.wait_active("mysql", CLIENTS as u64).await;
+    report.push(("mysql", baseline.per_client("mysql", CLIENTS), MYSQL_BOUND));
     idle.kill().ok();
     idle.wait().ok();
 

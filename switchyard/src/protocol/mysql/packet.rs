@@ -123,6 +123,17 @@ impl PacketReader {
         stream.read_buf(&mut self.buf).await
     }
 
+    /// Like [`PacketReader::fill`], for a wait that may last (a pooled client between
+    /// transactions): the buffer is given back while nothing is partly read and the stream
+    /// has nothing, and `on_wait` runs (see [`crate::net::fill_idle`]).
+    pub async fn fill_idle<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        on_wait: impl FnMut(),
+    ) -> io::Result<usize> {
+        crate::net::fill_idle(&mut self.buf, 8 * 1024, stream, on_wait).await
+    }
+
     /// Waits for the next whole payload; the end of the stream mid-way is an error.
     pub async fn read<S: AsyncRead + Unpin>(
         &mut self,

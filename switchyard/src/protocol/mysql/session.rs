@@ -86,6 +86,8 @@ async fn session(
     record.client = opened.client;
     let destination = opened.destination(listener);
     let mut client = opened.into_rewind();
+    // The phases before and after a pooled client's session are boxed: this future is kept
+    // for the client's life, and would otherwise be as large as the largest phase.
     // Counted until the client has logged in; the deadline covers the TLS upgrade and the
     // authentication, but not the proxy's own wait for a server. A refused client gets
     // the ERR a busy MySQL server sends in place of its greeting.
@@ -115,7 +117,12 @@ async fn session(
     .map_err(|e| Refusal::new(Termination::ServerError, format!("no randomness: {e}")))?;
     let greeted = tokio::time::timeout_at(
         login.deadline(),
-        greet_client(client, &greeting, options.limits.startup_message, offered),
+        Box::pin(greet_client(
+            client,
+            &greeting,
+            options.limits.startup_message,
+            offered,
+        )),
     )
     .await
     .map_err(|_| Refusal::new(Termination::LoginTimeout, "no login in time"))?;
@@ -152,13 +159,13 @@ async fn session(
                 secure: tls_info.is_some(),
                 rsa: &state.rsa,
             };
-            let checked = proxy_auth::authenticate(
+            let checked = Box::pin(proxy_auth::authenticate(
                 &mut client,
                 &mut client_reader,
                 &verifier,
                 &response,
                 sequence,
-            );
+            ));
             let checked = tokio::time::timeout_at(login.deadline(), checked)
                 .await
                 .map_err(|_| Refusal::new(Termination::LoginTimeout, "no password in time"))?;
@@ -219,12 +226,12 @@ async fn session(
     let client_address = record.client;
     let waiting_for_server = Instant::now();
     let wanted_of = |pool: &Pool| wanted_role(pool, options.role, options.replica_fallback);
-    let ((pool, rewrites), attempt) = following_reloads(
+    let ((pool, rewrites), attempt) = Box::pin(following_reloads(
         (pool, rewrites),
         |(pool, _)| pool,
         reroute,
         |(pool, _)| async move { connect_role(&pool, client_address, wanted_of(&pool)).await },
-    )
+    ))
     .await;
     record.pool = Some(pool.name.clone());
     let upstream = match attempt {
@@ -289,7 +296,7 @@ async fn session(
     let logged_in = match server_password {
         None => {
             let mut moved = Moved::default();
-            let relayed = relayed_login(
+            let relayed = Box::pin(relayed_login(
                 &mut client,
                 &mut client_reader,
                 upstream_stream,
@@ -298,13 +305,13 @@ async fn session(
                 &rewrites,
                 (reply, login.deadline()),
                 &mut moved,
-            )
+            ))
             .await;
             count_bytes(record, listener, &server, moved.to_server, moved.to_client);
             relayed?
         }
         Some(password) => {
-            own_login(
+            Box::pin(own_login(
                 &mut client,
                 upstream_stream,
                 &upstream,
@@ -312,7 +319,7 @@ async fn session(
                 &rewrites,
                 password,
                 reply,
-            )
+            ))
             .await?
         }
     };
@@ -341,7 +348,7 @@ async fn session(
     );
     let _kill = state.kills.register(connection_id, &server, thread);
     let mut kills = KillRewrite::new(&state.kills, &server);
-    Ok(relay_database_session(
+    Ok(Box::pin(relay_database_session(
         &state.context,
         listener,
         &server,
@@ -350,7 +357,7 @@ async fn session(
         server_stream,
         record,
         Some(&mut kills),
-    )
+    ))
     .await)
 }
 

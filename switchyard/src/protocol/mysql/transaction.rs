@@ -111,7 +111,9 @@ struct Session<'a> {
     next_statement: u32,
     /// The session stays on its connection for the rest of its life.
     pinned: bool,
-    held: Option<Held>,
+    /// The server connection while one is held; boxed, so that an idle client's session
+    /// does not keep room for one (1.5 KB) between transactions.
+    held: Option<Box<Held>>,
     /// The read/write split's state and `sticky_after_write`, when the pool splits.
     split: Option<(SplitState, Option<Duration>)>,
     /// What `ROW_COUNT()` returns after the client's last statement.
@@ -200,34 +202,13 @@ impl Session<'_> {
             let Some(&kind) = command.payload.first() else {
                 return self.malformed("an empty command").await;
             };
-            let done = match kind {
-                COM_QUIT => return Termination::ClientClosed,
-                reply::COM_PING if self.held.is_none() => self.answer_ok().await,
-                reply::COM_CHANGE_USER => {
-                    let message = "COM_CHANGE_USER is not supported by a transaction pool; reconnect as the other user";
-                    self.answer_err(1047, "08S01", message).await
-                }
-                reply::COM_STMT_CLOSE => {
-                    if let Some(id) = statement_id(&command.payload) {
-                        self.statements.remove(&id);
-                    }
-                    Ok(())
-                }
-                reply::COM_RESET_CONNECTION => self.reset_session().await,
-                reply::COM_STMT_PREPARE => self.prepare(command.payload, record).await,
-                reply::COM_STMT_EXECUTE
-                | reply::COM_STMT_SEND_LONG_DATA
-                | reply::COM_STMT_RESET
-                | reply::COM_STMT_FETCH => self.statement(command.payload, record).await,
-                _ => {
-                    if kind == reply::COM_SET_OPTION {
-                        self.pinned = true;
-                    }
-                    self.plain(command.payload, record).await
-                }
-            };
-            match done {
-                Ok(()) => self.release_if_idle().await,
+            if kind == COM_QUIT {
+                return Termination::ClientClosed;
+            }
+            // Boxed: this future is kept for the client's life, and would otherwise be as
+            // large as the largest command's (about 20 KB) while the client idles.
+            match Box::pin(self.command(kind, command.payload, record)).await {
+                Ok(()) => {}
                 Err(Broken::Client(end)) => return end,
                 Err(Broken::Server(why)) => {
                     tracing::warn!(why, "server connection lost in a pooled session");
@@ -250,6 +231,43 @@ impl Session<'_> {
         }
     }
 
+    /// Serves one command other than COM_QUIT, then gives the connection back if the
+    /// session is between transactions.
+    async fn command(
+        &mut self,
+        kind: u8,
+        payload: Bytes,
+        record: &mut ConnectionRecord,
+    ) -> Result<(), Broken> {
+        match kind {
+            reply::COM_PING if self.held.is_none() => self.answer_ok().await,
+            reply::COM_CHANGE_USER => {
+                let message = "COM_CHANGE_USER is not supported by a transaction pool; reconnect as the other user";
+                self.answer_err(1047, "08S01", message).await
+            }
+            reply::COM_STMT_CLOSE => {
+                if let Some(id) = statement_id(&payload) {
+                    self.statements.remove(&id);
+                }
+                Ok(())
+            }
+            reply::COM_RESET_CONNECTION => self.reset_session().await,
+            reply::COM_STMT_PREPARE => self.prepare(payload, record).await,
+            reply::COM_STMT_EXECUTE
+            | reply::COM_STMT_SEND_LONG_DATA
+            | reply::COM_STMT_RESET
+            | reply::COM_STMT_FETCH => self.statement(payload, record).await,
+            _ => {
+                if kind == reply::COM_SET_OPTION {
+                    self.pinned = true;
+                }
+                self.plain(payload, record).await
+            }
+        }?;
+        self.release_if_idle().await;
+        Ok(())
+    }
+
     /// The client's next command; waits holding no buffer when no connection is held.
     async fn next_command(&mut self) -> Result<Packet, Termination> {
         let client = &mut self.client;
@@ -264,7 +282,7 @@ impl Session<'_> {
                     return Err(Termination::BadMessage);
                 }
             }
-            let read = client.reader.fill(&mut client.stream);
+            let read = client.reader.fill_idle(&mut client.stream, || {});
             let idle = client.idle;
             let read = async {
                 if idle.is_zero() {
@@ -322,7 +340,7 @@ impl Session<'_> {
 
     /// Gives `held`'s connection back to the pool, reset first when `reset`; one whose
     /// reset fails is closed, never reused.
-    async fn put_back(&self, mut held: Held, reset: bool) {
+    async fn put_back(&self, mut held: Box<Held>, reset: bool) {
         let pool = self.client.member.pool();
         if reset && held.conn.link.reset().await.is_err() {
             pool.discard(held.conn);
@@ -421,12 +439,12 @@ impl Session<'_> {
                         &conn.server,
                         thread,
                     );
-                    self.held = Some(Held {
+                    self.held = Some(Box::new(Held {
                         conn,
                         untracked: false,
                         long_data: false,
                         _kill: kill,
-                    });
+                    }));
                     return Ok(true);
                 }
                 Err(Unsynced::NeedsFresh) => {

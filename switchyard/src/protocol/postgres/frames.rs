@@ -67,28 +67,9 @@ impl FrameReader {
     pub async fn fill_idle<S: AsyncRead + Unpin>(
         &mut self,
         stream: &mut S,
-        mut on_wait: impl FnMut(),
+        on_wait: impl FnMut(),
     ) -> std::io::Result<usize> {
-        if self.has_partial() {
-            return self.fill(stream).await;
-        }
-        let buf = &mut self.buf;
-        let mut taken = 0;
-        crate::net::read_unbuffered(stream, |read| match read {
-            None => {
-                *buf = BytesMut::new();
-                on_wait();
-            }
-            Some(bytes) => {
-                if buf.capacity() == 0 {
-                    buf.reserve(INITIAL_BUFFER.max(bytes.len()));
-                }
-                buf.extend_from_slice(bytes);
-                taken = bytes.len();
-            }
-        })
-        .await?;
-        Ok(taken)
+        crate::net::fill_idle(&mut self.buf, INITIAL_BUFFER, stream, on_wait).await
     }
 
     /// The next whole message in the buffer, if one has arrived.
