@@ -29,8 +29,9 @@ pub mod route;
 pub mod runtime;
 pub mod secret;
 pub mod tally;
-#[cfg(test)]
-mod testing;
+/// Helpers for the crate's own tests, and for the fuzz crate through the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 pub mod upstream;
 pub mod wait_queue;

@@ -1,8 +1,16 @@
-//! Helpers for the crate's own tests.
+//! Helpers for the crate's own tests and for fuzz targets (the `testing` feature).
+
+pub mod pg_session;
 
 /// A deterministic byte mutator (xorshift), for the small fuzz passes parser tests run on
 /// stable Rust: the same mutations every run, so a failure reproduces.
 pub struct Mutator(u64);
+
+impl Default for Mutator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Mutator {
     /// A mutator with a fixed seed.
@@ -10,7 +18,8 @@ impl Mutator {
         Self(0x9e37_79b9_7f4a_7c15)
     }
 
-    /// The next pseudo-random number.
+    /// The next pseudo-random number (an endless generator, not an `Iterator`).
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;

@@ -14,6 +14,7 @@ pub mod cancel;
 mod check;
 pub mod classify;
 pub mod codec;
+pub(crate) mod conversation;
 pub mod errors;
 pub mod frames;
 pub mod login;

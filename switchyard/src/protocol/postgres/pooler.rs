@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use super::cancel::{CancelTarget, ServerKey};
 use super::codec::{PROTOCOL_3_0, Startup};
+use super::conversation::Tracked;
 use super::frames::FrameReader;
 use super::login::{LoggedIn, LoginError, ServerCredential, login};
-use super::statements::ServerStatements;
 use super::tls::{secure_server, server_host};
 use crate::config::MessageLimits;
 use crate::upstream::tx_pool::{self, Dialect};
@@ -63,10 +63,9 @@ pub struct Link {
     pub cancel: Arc<ServerKey>,
     /// The parameters the server reported at login.
     pub parameters: Vec<(String, String)>,
-    /// Statements prepared on it.
-    pub prepared: ServerStatements,
-    /// The session settings applied on it (see `settings::SessionSettings::id`).
-    pub applied: u64,
+    /// Its session state as the pooler tracks it: the statements prepared on it and the
+    /// settings applied.
+    pub tracked: Tracked,
 }
 
 impl Dialect for Postgres {
@@ -117,8 +116,7 @@ impl Dialect for Postgres {
                 logged_in.secret_key,
             )),
             parameters: logged_in.parameters,
-            prepared: ServerStatements::new(pool.database.max_prepared_statements),
-            applied: 0,
+            tracked: Tracked::new(pool.database.max_prepared_statements),
         })
     }
 

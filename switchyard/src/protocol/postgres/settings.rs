@@ -86,6 +86,12 @@ impl SessionSettings {
         self.id
     }
 
+    /// The statements [`Self::replay_sql`] joins, one per parameter (for checks that the
+    /// replay holds only what the client asked for).
+    pub fn statements(&self) -> impl Iterator<Item = &str> {
+        self.statements.values().map(String::as_str)
+    }
+
     /// Whether the proxy reads this client's statements as the server does (see
     /// `scanner`); a client it cannot read is pinned to its connection.
     pub fn readable(&self) -> bool {
