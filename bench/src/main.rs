@@ -83,6 +83,9 @@ enum Scenario {
     /// Internal: a group of held client connections of `hold`.
     #[value(hide = true)]
     HoldClients,
+    /// Internal: a group of slow clients of `slow`.
+    #[value(hide = true)]
+    SlowClients,
 }
 
 /// Compare switchyard with the direct path and HAProxy on loopback.
@@ -185,6 +188,9 @@ fn main() -> Result<()> {
     if cli.scenario == Scenario::HoldClients {
         return scenarios::hold::clients_main(&cli.hold, client_threads);
     }
+    if cli.scenario == Scenario::SlowClients {
+        return scenarios::slow::clients_main(&cli.slow, client_threads);
+    }
 
     let ctx = scenarios::Context {
         targets: cli.targets.clone(),
@@ -276,7 +282,9 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             }
             Scenario::Hold => scenarios::hold::run(ctx, &cli.hold).await?,
             Scenario::Slow => scenarios::slow::run(ctx, &cli.slow).await?,
-            Scenario::All | Scenario::ServeEcho | Scenario::HoldClients => Vec::new(),
+            Scenario::All | Scenario::ServeEcho | Scenario::HoldClients | Scenario::SlowClients => {
+                Vec::new()
+            }
         };
         if selected.len() > 1 {
             eprintln!("\n{}", table::render(&rows));

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -29,7 +29,9 @@ use super::connrate::connect_from;
 use super::hold::{Probe, histogram};
 use super::{Context, progress};
 use crate::backend::{Backend, BackendKind};
+use crate::child::{self, Helper};
 use crate::pg::Cluster;
+use crate::sys;
 use crate::table::{Better, Row};
 use crate::targets::{
     PgPooling, RunningTarget, TargetKind, TlsFiles, free_port, switchyard_pooling,
@@ -38,6 +40,8 @@ use crate::targets::{
 const SCENARIO: &str = "slow";
 /// Probing before the quiet phase, not counted.
 const WARMUP: Duration = Duration::from_secs(2);
+/// How long a `slow-clients` helper may take to start.
+const HELPER_READY: Duration = Duration::from_secs(30);
 /// Slow clients per source address.
 const PER_SOURCE: usize = 500;
 
@@ -132,11 +136,20 @@ pub struct SlowArgs {
         default_value_t = 8
     )]
     pub pool_size: usize,
+    /// Helper only: the kind of slow client this `slow-clients` process runs.
+    #[arg(id = "slow-group", long = "slow-group", value_enum, hide = true)]
+    pub group: Option<Slow>,
+    /// Helper only: where its clients connect.
+    #[arg(id = "slow-group-addr", long = "slow-group-addr", hide = true)]
+    pub group_addr: Option<SocketAddr>,
+    /// Helper only: how many clients it keeps.
+    #[arg(id = "slow-group-conns", long = "slow-group-conns", hide = true)]
+    pub group_conns: Option<usize>,
 }
 
 /// A kind of slow client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slow {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Slow {
     /// A request head a byte at a time, never finished.
     Loris,
     /// Half a PostgreSQL startup packet.
@@ -146,6 +159,14 @@ enum Slow {
 }
 
 impl Slow {
+    fn arg(self) -> &'static str {
+        match self {
+            Slow::Loris => "loris",
+            Slow::HalfStartup => "half-startup",
+            Slow::PartialHello => "partial-hello",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Slow::Loris => "slowloris http",
@@ -224,7 +245,10 @@ pub async fn run(ctx: &Context, args: &SlowArgs) -> Result<Vec<Row>> {
             &[listeners.http, listeners.tls, listeners.pg],
         )
         .await?;
-        let result = phases(args, &listeners).await;
+        let result = match running.pid() {
+            Some(pid) => phases(args, &listeners, pid).await,
+            None => Err(anyhow::anyhow!("proxy has no pid")),
+        };
         if let Some(log) = running.log_tail(5) {
             progress(format!("switchyard log (last lines):\n{log}"));
         }
@@ -309,9 +333,8 @@ servers = [ {{ name = "pg", address = "{pg}" }} ]
     )
 }
 
-async fn phases(args: &SlowArgs, listeners: &Listeners) -> Result<Vec<Row>> {
+async fn phases(args: &SlowArgs, listeners: &Listeners, pid: u32) -> Result<Vec<Row>> {
     let window = Duration::from_secs_f64(args.secs);
-    let timeout = Duration::from_secs(args.timeout_secs);
 
     // Uncounted: the first logins open the pool's server connections.
     progress(format!("warm-up: probes for {:.0} s", WARMUP.as_secs_f64()));
@@ -320,55 +343,58 @@ async fn phases(args: &SlowArgs, listeners: &Listeners) -> Result<Vec<Row>> {
         "quiet phase: probes for {:.0} s",
         window.as_secs_f64()
     ));
+    let cpu = CpuMeter::start(pid)?;
     let quiet = probes(args, listeners, Instant::now() + window).await?;
+    let quiet_cpu = cpu.percent()?;
 
     let groups = [
         (Slow::Loris, args.http, listeners.http),
         (Slow::HalfStartup, args.pg, listeners.pg),
         (Slow::PartialHello, args.tls, listeners.tls),
     ];
-    let ramp = timeout;
-    let start = Instant::now();
-    let end = start + ramp + window;
+    let ramp = Duration::from_secs(args.timeout_secs);
     progress(format!(
-        "attack phase: {} slow clients, first connects over {:.0} s, then probes for {:.0} s",
+        "attack phase: {} slow clients (one helper process per kind), first connects over {:.0} s, then probes for {:.0} s",
         args.http + args.pg + args.tls,
         ramp.as_secs_f64(),
         window.as_secs_f64()
     ));
-    let held = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let mut attackers = Vec::new();
+    let mut helpers = Vec::new();
     for (kind, count, addr) in groups {
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..count {
-            let delay = ramp.mul_f64(i as f64 / count.max(1) as f64);
-            let source = Ipv4Addr::new(127, 0, kind.subnet(), 1 + (i / PER_SOURCE) as u8);
-            let (held, peak) = (held.clone(), peak.clone());
-            let drip = Duration::from_millis(args.drip_ms.max(1));
-            set.spawn(async move {
-                tokio::time::sleep_until(start + delay).await;
-                slow_client(kind, (source, addr), (timeout, drip, end), (&held, &peak)).await
-            });
+        if count == 0 {
+            continue;
         }
-        attackers.push((kind, count, set));
+        let helper = Helper::spawn(
+            &[
+                "slow-clients".to_string(),
+                "--slow-group".to_string(),
+                kind.arg().to_string(),
+                "--slow-group-addr".to_string(),
+                addr.to_string(),
+                "--slow-group-conns".to_string(),
+                count.to_string(),
+                "--slow-timeout-secs".to_string(),
+                args.timeout_secs.to_string(),
+                "--slow-drip-ms".to_string(),
+                args.drip_ms.to_string(),
+                "--slow-secs".to_string(),
+                args.secs.to_string(),
+            ],
+            HELPER_READY,
+        )
+        .await?;
+        helpers.push((kind, count, helper));
     }
+    let start = Instant::now();
     tokio::time::sleep_until(start + ramp).await;
-    let attacked = probes(args, listeners, end).await?;
+    let cpu = CpuMeter::start(pid)?;
+    let attacked = probes(args, listeners, start + ramp + window).await?;
+    let attack_cpu = cpu.percent()?;
     let mut results = Vec::new();
-    for (kind, count, mut set) in attackers {
-        let mut group = GroupResult::default();
-        while let Some(joined) = set.join_next().await {
-            let one = joined.context("slow client panicked")?;
-            group.cut_after.extend(one.cut_after);
-            group.how.extend(one.how);
-            group.not_cut += one.not_cut;
-            group.connect_errors += one.connect_errors;
-            if group.first_error.is_none() {
-                group.first_error = one.first_error;
-            }
-        }
-        results.push((kind, count, group));
+    for (kind, count, mut helper) in helpers {
+        let line = helper.ask("result", ramp * 4 + HELPER_READY).await?;
+        helper.stop().await?;
+        results.push((kind, count, Summary::parse(&line)?));
     }
 
     let row = |metric: String, value: f64, better| {
@@ -414,12 +440,93 @@ async fn phases(args: &SlowArgs, listeners: &Listeners) -> Result<Vec<Row>> {
         }
     }
     rows.push(row(
-        "slow clients held at once (peak)".to_string(),
-        peak.load(Ordering::Relaxed) as f64,
-        Better::Higher,
+        "proxy CPU, quiet (% of one core)".to_string(),
+        quiet_cpu,
+        Better::Lower,
     ));
-    for (kind, count, group) in results {
+    rows.push(row(
+        "proxy CPU, attack (% of one core)".to_string(),
+        attack_cpu,
+        Better::Lower,
+    ));
+    for (kind, count, summary) in results {
         let label = kind.label();
+        let mut note = format!("{count} clients, reconnecting when cut; {}", summary.how);
+        if summary.connect_errors > 0 {
+            note += &format!(
+                "; {} connects failed (first: {})",
+                summary.connect_errors, summary.first_error
+            );
+        }
+        rows.push(row(format!("{label}: cut"), summary.cut as f64, Better::Higher).with_note(note));
+        rows.push(row(
+            format!("{label}: held at once (peak)"),
+            summary.peak as f64,
+            Better::Higher,
+        ));
+        rows.push(row(
+            format!("{label}: not cut within 3x the timeout"),
+            summary.not_cut as f64,
+            Better::Lower,
+        ));
+        if summary.cut > 0 {
+            for (what, at) in [
+                ("min", summary.min),
+                ("median", summary.median),
+                ("max", summary.max),
+            ] {
+                rows.push(row(
+                    format!("{label}: connect to cut, {what} (s)"),
+                    at,
+                    Better::Lower,
+                ));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The proxy's CPU time over a window.
+struct CpuMeter {
+    pid: u32,
+    cpu: f64,
+    at: Instant,
+}
+
+impl CpuMeter {
+    fn start(pid: u32) -> Result<Self> {
+        Ok(CpuMeter {
+            pid,
+            cpu: sys::process_cpu_seconds(pid)?,
+            at: Instant::now(),
+        })
+    }
+
+    /// CPU time used since the start, in percent of one core.
+    fn percent(&self) -> Result<f64> {
+        let used = sys::process_cpu_seconds(self.pid)? - self.cpu;
+        Ok(100.0 * used / self.at.elapsed().as_secs_f64().max(1e-9))
+    }
+}
+
+/// What a group of slow clients saw, as its helper reports it.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    cut: usize,
+    not_cut: usize,
+    connect_errors: usize,
+    peak: usize,
+    min: f64,
+    median: f64,
+    max: f64,
+    how: String,
+    first_error: String,
+}
+
+impl Summary {
+    fn of(group: GroupResult, peak: usize) -> Self {
+        let mut times: Vec<f64> = group.cut_after.iter().map(Duration::as_secs_f64).collect();
+        times.sort_by(f64::total_cmp);
         let mut how = std::collections::BTreeMap::<String, usize>::new();
         for cut in &group.how {
             let name = match cut {
@@ -431,41 +538,115 @@ async fn phases(args: &SlowArgs, listeners: &Listeners) -> Result<Vec<Row>> {
             *how.entry(name).or_default() += 1;
         }
         let how: Vec<String> = how.iter().map(|(k, v)| format!("{v} {k}")).collect();
-        let mut note = format!("{count} clients, reconnecting when cut; {}", how.join(", "));
-        if group.connect_errors > 0 {
-            note += &format!(
-                "; {} connects failed (first: {})",
-                group.connect_errors,
-                group.first_error.as_deref().unwrap_or("?")
-            );
-        }
-        rows.push(
-            row(
-                format!("{label}: cut"),
-                group.cut_after.len() as f64,
-                Better::Higher,
-            )
-            .with_note(note),
-        );
-        rows.push(row(
-            format!("{label}: not cut within 3x the timeout"),
-            group.not_cut as f64,
-            Better::Lower,
-        ));
-        let mut times = group.cut_after;
-        times.sort();
-        if let (Some(min), Some(max)) = (times.first(), times.last()) {
-            let median = times[times.len() / 2];
-            for (what, at) in [("min", *min), ("median", median), ("max", *max)] {
-                rows.push(row(
-                    format!("{label}: connect to cut, {what} (s)"),
-                    at.as_secs_f64(),
-                    Better::Lower,
-                ));
-            }
+        Summary {
+            cut: times.len(),
+            not_cut: group.not_cut,
+            connect_errors: group.connect_errors,
+            peak,
+            min: times.first().copied().unwrap_or(0.0),
+            median: times.get(times.len() / 2).copied().unwrap_or(0.0),
+            max: times.last().copied().unwrap_or(0.0),
+            how: how.join(", "),
+            first_error: group.first_error.unwrap_or_default(),
         }
     }
-    Ok(rows)
+
+    /// One line, tab-separated.
+    fn line(&self) -> String {
+        let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+        format!(
+            "RESULT\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            self.cut,
+            self.not_cut,
+            self.connect_errors,
+            self.peak,
+            self.min,
+            self.median,
+            self.max,
+            clean(&self.how),
+            clean(&self.first_error)
+        )
+    }
+
+    fn parse(line: &str) -> Result<Self> {
+        let parse = || -> Option<Self> {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() != 10 || f[0] != "RESULT" {
+                return None;
+            }
+            Some(Summary {
+                cut: f[1].parse().ok()?,
+                not_cut: f[2].parse().ok()?,
+                connect_errors: f[3].parse().ok()?,
+                peak: f[4].parse().ok()?,
+                min: f[5].parse().ok()?,
+                median: f[6].parse().ok()?,
+                max: f[7].parse().ok()?,
+                how: f[8].to_string(),
+                first_error: f[9].to_string(),
+            })
+        };
+        parse().with_context(|| format!("unexpected slow-clients report {line:?}"))
+    }
+}
+
+/// Entry point of the hidden `slow-clients` subcommand: starts the group's slow clients
+/// at once (first connects spread over one timeout), reports `STARTED`, and answers the
+/// request that follows with the group's [`Summary`] once its phase (one timeout plus
+/// `--slow-secs`) has ended. A process of its own, so that the attack does not share the
+/// probes' runtime.
+pub fn clients_main(args: &SlowArgs, threads: usize) -> Result<()> {
+    let (Some(kind), Some(addr), Some(count)) = (args.group, args.group_addr, args.group_conns)
+    else {
+        bail!("slow-clients needs --slow-group, --slow-group-addr and --slow-group-conns");
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("slow-clients")
+        .enable_all()
+        .build()
+        .context("building slow-clients runtime")?;
+    runtime.block_on(async {
+        let timeout = Duration::from_secs(args.timeout_secs);
+        let drip = Duration::from_millis(args.drip_ms.max(1));
+        let start = Instant::now();
+        let end = start + timeout + Duration::from_secs_f64(args.secs);
+        let held = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..count {
+            let delay = timeout.mul_f64(i as f64 / count.max(1) as f64);
+            let source = Ipv4Addr::new(127, 0, kind.subnet(), 1 + (i / PER_SOURCE) as u8);
+            let (held, peak) = (held.clone(), peak.clone());
+            set.spawn(async move {
+                tokio::time::sleep_until(start + delay).await;
+                slow_client(kind, (source, addr), (timeout, drip, end), (&held, &peak)).await
+            });
+        }
+        let set = Arc::new(tokio::sync::Mutex::new(Some(set)));
+        child::serve("STARTED", |_| {
+            let (set, peak) = (set.clone(), peak.clone());
+            async move {
+                let mut group = GroupResult::default();
+                if let Some(mut set) = set.lock().await.take() {
+                    while let Some(joined) = set.join_next().await {
+                        let Ok(one) = joined else { continue };
+                        group.cut_after.extend(one.cut_after);
+                        group.how.extend(one.how);
+                        group.not_cut += one.not_cut;
+                        group.connect_errors += one.connect_errors;
+                        if group.first_error.is_none() {
+                            group.first_error = one.first_error;
+                        }
+                    }
+                }
+                Summary::of(group, peak.load(Ordering::Relaxed)).line()
+            }
+        })
+        .await
+    })?;
+    runtime.shutdown_background();
+    Ok(())
 }
 
 /// One slow client: connects from `source`, misbehaves until the proxy cuts it, and again,
@@ -687,6 +868,30 @@ async fn paced(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_round_trip_through_a_line() {
+        let group = GroupResult {
+            cut_after: vec![Duration::from_millis(5010), Duration::from_millis(4990)],
+            how: vec![Cut::Answered(408), Cut::Closed],
+            not_cut: 1,
+            connect_errors: 2,
+            first_error: Some("refused\tnow".to_string()),
+        };
+        let summary = Summary::of(group, 7);
+        assert_eq!((summary.min, summary.max), (4.99, 5.01));
+        assert_eq!(summary.how, "1 answered 408, 1 closed");
+        let parsed = Summary::parse(&summary.line()).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(parsed.first_error, "refused now");
+        assert_eq!(
+            Summary {
+                first_error: summary.first_error.clone(),
+                ..parsed
+            },
+            summary
+        );
+        assert!(Summary::parse("STARTED").is_err());
+    }
 
     #[test]
     fn statuses_are_read_from_a_response_start() {
