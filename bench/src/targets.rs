@@ -381,7 +381,7 @@ impl RunningTarget {
             "{}{listeners}",
             switchyard_header(opts, free_port()?, false)
         );
-        let running = Self::spawn(
+        let mut running = Self::spawn(
             kind,
             bin,
             dir,
@@ -393,17 +393,13 @@ impl RunningTarget {
             None,
         )
         .await?;
-        let deadline = Instant::now() + opts.ready_timeout;
         for &addr in others {
-            while TcpStream::connect(addr).await.is_err() {
-                if Instant::now() >= deadline {
-                    let _ = running.stop().await;
-                    bail!(
-                        "switchyard did not accept on {addr} within {:?}",
-                        opts.ready_timeout
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            let Some(process) = running.process.as_mut() else {
+                break;
+            };
+            if let Err(e) = wait_ready(&mut process.child, addr, opts.ready_timeout).await {
+                let _ = running.stop().await;
+                return Err(e.context("switchyard did not accept on every listener"));
             }
         }
         Ok(running)
