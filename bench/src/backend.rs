@@ -7,16 +7,16 @@
 //! descriptors are spread over two processes.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
 use tokio::runtime::Runtime;
+
+use crate::child::{self, Helper};
 
 /// Listen backlog of every backend socket (the kernel caps it at somaxconn).
 const BACKLOG: u32 = 8192;
@@ -224,9 +224,8 @@ async fn serve_http(mut stream: TcpStream) -> std::io::Result<()> {
 
 /// Entry point of the hidden `serve-echo` subcommand.
 ///
-/// Binds an echo server on a free loopback port, prints `LISTEN <addr>` on
-/// stdout and serves until stdin reaches end-of-file (i.e. the parent bench
-/// process closed it or died).
+/// Binds an echo server on a free loopback port, reports `LISTEN <addr>` and serves
+/// until stdin reaches end-of-file (i.e. the parent bench process closed it or died).
 pub fn serve_echo_main(threads: usize) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -237,21 +236,13 @@ pub fn serve_echo_main(threads: usize) -> Result<()> {
     runtime.block_on(async {
         let listener = bind_loopback()?;
         let addr = listener.local_addr()?;
-        let mut stdout = tokio::io::stdout();
-        stdout
-            .write_all(format!("LISTEN {addr}\n").as_bytes())
-            .await?;
-        stdout.flush().await?;
         tokio::spawn(accept_loop(
             listener,
             BackendKind::Echo,
             ECHO_BUF,
             Arc::default(),
         ));
-        let mut stdin = tokio::io::stdin();
-        let mut buf = [0u8; 64];
-        while stdin.read(&mut buf).await? != 0 {}
-        Ok::<_, anyhow::Error>(())
+        child::serve(&format!("LISTEN {addr}"), |_| async { String::new() }).await
     })?;
     runtime.shutdown_background();
     Ok(())
@@ -259,7 +250,7 @@ pub fn serve_echo_main(threads: usize) -> Result<()> {
 
 /// An echo backend running as a child process (`bench serve-echo`).
 pub struct EchoProcess {
-    child: Child,
+    helper: Helper,
     addr: SocketAddr,
 }
 
@@ -267,33 +258,20 @@ impl EchoProcess {
     /// Spawns the child with `threads` worker threads and waits until it
     /// reports its listen address.
     pub async fn spawn(threads: usize) -> Result<Self> {
-        let exe = std::env::current_exe().context("locating the bench executable")?;
-        let mut child = Command::new(exe)
-            .arg("serve-echo")
-            .arg("--backend-threads")
-            .arg(threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning serve-echo")?;
-        let stdout = child.stdout.take().context("serve-echo stdout")?;
-        let mut line = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await
-        .context("serve-echo did not report its address within 10 s")?
-        .context("reading serve-echo stdout")?;
+        let args = [
+            "serve-echo".to_string(),
+            "--backend-threads".to_string(),
+            threads.to_string(),
+        ];
+        let helper = Helper::spawn(&args, Duration::from_secs(10)).await?;
+        let line = helper.ready_line();
         let Some(addr) = line.trim().strip_prefix("LISTEN ") else {
             bail!("unexpected serve-echo output {line:?}");
         };
         let addr = addr
             .parse()
             .with_context(|| format!("parsing address {addr:?}"))?;
-        Ok(EchoProcess { child, addr })
+        Ok(EchoProcess { helper, addr })
     }
 
     /// Address the echo process listens on.
@@ -302,16 +280,7 @@ impl EchoProcess {
     }
 
     /// Stops the child by closing its stdin; kills it if it lingers.
-    pub async fn stop(mut self) -> Result<()> {
-        drop(self.child.stdin.take());
-        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
-            Ok(status) => {
-                status.context("waiting for serve-echo")?;
-            }
-            Err(_) => {
-                self.child.kill().await.context("killing serve-echo")?;
-            }
-        }
-        Ok(())
+    pub async fn stop(self) -> Result<()> {
+        self.helper.stop().await
     }
 }

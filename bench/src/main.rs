@@ -7,6 +7,7 @@
 //! stops the proxy and prints a comparison table. See `docs/benchmarks.md`.
 
 mod backend;
+mod child;
 mod mariadb;
 mod pg;
 mod redis;
@@ -22,6 +23,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 
 use scenarios::connrate::ConnrateArgs;
+use scenarios::hold::HoldArgs;
 use scenarios::http::HttpArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::latency::LatencyArgs;
@@ -29,6 +31,7 @@ use scenarios::mysql::MysqlArgs;
 use scenarios::pgpool::PgpoolArgs;
 use scenarios::postgres::PostgresArgs;
 use scenarios::resolver::ResolverArgs;
+use scenarios::slow::SlowArgs;
 use scenarios::smtp::SmtpArgs;
 use scenarios::throughput::ThroughputArgs;
 use scenarios::tls::TlsArgs;
@@ -63,12 +66,26 @@ enum Scenario {
     /// HTTP through a pool resolved by Redis vs a static pool of the same backend (wrk
     /// keep-alive, a new connection per request), and cold-key lookup latency.
     Resolver,
-    /// All of the above except `postgres`, `pgpool`, `mysql`, `smtp` and `resolver`, in
-    /// that order.
+    /// Held connections at scale: thousands of idle TCP, HTTP keep-alive and PostgreSQL
+    /// clients held through one switchyard while new connections are probed, and what the
+    /// client past a listener's `max_connections` gets (switchyard only).
+    Hold,
+    /// Slow and hostile clients at scale: slowloris HTTP, PostgreSQL clients stopping
+    /// mid-startup and TLS clients stopping mid-handshake against one switchyard; probe
+    /// latency quiet vs under attack, and when each slow client is cut (switchyard only).
+    Slow,
+    /// All of the above except `postgres`, `pgpool`, `mysql`, `smtp`, `resolver`, `hold`
+    /// and `slow`, in that order.
     All,
-    /// Internal: echo backend child process used by `idle`.
+    /// Internal: echo backend child process used by `idle` and `hold`.
     #[value(hide = true)]
     ServeEcho,
+    /// Internal: a group of held client connections of `hold`.
+    #[value(hide = true)]
+    HoldClients,
+    /// Internal: a group of slow clients of `slow`.
+    #[value(hide = true)]
+    SlowClients,
 }
 
 /// Compare switchyard with the direct path and HAProxy on loopback.
@@ -152,6 +169,10 @@ struct Cli {
     tls: TlsArgs,
     #[command(flatten)]
     resolver: ResolverArgs,
+    #[command(flatten)]
+    hold: HoldArgs,
+    #[command(flatten)]
+    slow: SlowArgs,
 }
 
 fn main() -> Result<()> {
@@ -162,6 +183,13 @@ fn main() -> Result<()> {
 
     if cli.scenario == Scenario::ServeEcho {
         return backend::serve_echo_main(backend_threads);
+    }
+    let client_threads = cli.client_threads.unwrap_or(cpus).max(1);
+    if cli.scenario == Scenario::HoldClients {
+        return scenarios::hold::clients_main(&cli.hold, client_threads);
+    }
+    if cli.scenario == Scenario::SlowClients {
+        return scenarios::slow::clients_main(&cli.slow, client_threads);
     }
 
     let ctx = scenarios::Context {
@@ -185,7 +213,6 @@ fn main() -> Result<()> {
         },
         backend_threads,
     };
-    let client_threads = cli.client_threads.unwrap_or(cpus).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(client_threads)
         .thread_name("client")
@@ -203,6 +230,10 @@ fn main() -> Result<()> {
         "open files: soft {soft}, hard {hard}; haproxy maxconn {}",
         ctx.target_opts.maxconn
     );
+    match sys::load_average() {
+        Ok(load) => println!("load average before the run (1, 5, 15 min): {load}"),
+        Err(e) => println!("load average before the run: unknown ({e:#})"),
+    }
     match sys::cpu_busy_fraction(Duration::from_secs(1)) {
         Ok(busy) => println!(
             "CPU busy before the run: {:.0}% (other work on the machine skews the numbers)",
@@ -249,7 +280,11 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Resolver => {
                 scenarios::resolver::run(ctx, &cli.resolver, &cli.http, &cli.connrate).await?
             }
-            Scenario::All | Scenario::ServeEcho => Vec::new(),
+            Scenario::Hold => scenarios::hold::run(ctx, &cli.hold).await?,
+            Scenario::Slow => scenarios::slow::run(ctx, &cli.slow).await?,
+            Scenario::All | Scenario::ServeEcho | Scenario::HoldClients | Scenario::SlowClients => {
+                Vec::new()
+            }
         };
         if selected.len() > 1 {
             eprintln!("\n{}", table::render(&rows));

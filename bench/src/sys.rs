@@ -85,6 +85,43 @@ fn vm_rss_bytes(pid: u32) -> Result<u64> {
     bail!("no VmRSS line in {path}")
 }
 
+/// The descriptors process `pid` has open now: how close a proxy holding many
+/// connections is to its `RLIMIT_NOFILE`.
+pub fn open_fds(pid: u32) -> Result<usize> {
+    let path = format!("/proc/{pid}/fd");
+    Ok(fs::read_dir(&path)
+        .with_context(|| format!("reading {path}"))?
+        .count())
+}
+
+/// The soft `RLIMIT_NOFILE` of process `pid` (its "Max open files" in
+/// `/proc/<pid>/limits`), to report the limit a child actually runs with.
+pub fn nofile_limit_of(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/limits");
+    let limits = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .with_context(|| format!("no \"Max open files\" in {path}"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()
+        .with_context(|| format!("empty {line:?}"))?
+        .parse()
+        .with_context(|| format!("parsing {line:?}"))
+}
+
+/// The load averages over 1, 5 and 15 minutes (`/proc/loadavg`), to tell whether the
+/// machine was busy during a run.
+pub fn load_average() -> Result<String> {
+    let text = fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
+    Ok(text
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
 /// Number of CPUs available to this process.
 pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)

@@ -270,7 +270,7 @@ async fn worker(
 }
 
 /// Connects to `addr` from `source` (any port), with `TCP_NODELAY`.
-async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+pub(super) async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if source != Ipv4Addr::LOCALHOST {
         bind_address_no_port(&socket)?;

@@ -17,15 +17,13 @@
 //! open-file limit; the proxy itself needs two fds per connection. The direct
 //! path has no proxy process and is not measured.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::{Context, connect, progress};
+use super::conn::{Exchange, Opener, open_many};
+use super::{Context, progress};
 use crate::backend::{Backend, BackendKind, EchoProcess};
 use crate::pg::Cluster;
 use crate::sys;
@@ -36,8 +34,6 @@ const SCENARIO: &str = "idle";
 /// Connections opened and closed before the baseline is taken, so that
 /// lazily initialised pools and buffers are in the baseline.
 const WARMUP_CONNS: usize = 32;
-/// Bound on one connect + exchange.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the idle connections speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -61,6 +57,15 @@ impl IdleProtocol {
             IdleProtocol::Http => 4000,
             IdleProtocol::PgTransaction => 2000,
             IdleProtocol::PgSession => 200,
+        }
+    }
+
+    /// The exchange each connection makes.
+    fn exchange(self, msg_size: usize) -> Exchange {
+        match self {
+            IdleProtocol::Tcp => Exchange::Echo { size: msg_size },
+            IdleProtocol::Http => Exchange::HttpGet,
+            IdleProtocol::PgTransaction | IdleProtocol::PgSession => Exchange::PgSelect,
         }
     }
 
@@ -151,18 +156,6 @@ struct Measurement {
     first_error: Option<String>,
 }
 
-/// How the client side of one idle connection is opened.
-#[derive(Clone)]
-struct Opener {
-    protocol: IdleProtocol,
-    msg_size: usize,
-    tls: Option<tokio_rustls::TlsConnector>,
-}
-
-/// One held connection, plain or TLS.
-trait Held: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Held for T {}
-
 /// Runs the scenario on every proxy target of `ctx` that speaks each selected protocol.
 pub async fn run(ctx: &Context, args: &IdleArgs) -> Result<Vec<Row>> {
     let dir = tempfile::tempdir().context("temp dir")?;
@@ -191,8 +184,7 @@ pub async fn run(ctx: &Context, args: &IdleArgs) -> Result<Vec<Row>> {
             ));
         }
         let opener = Opener {
-            protocol,
-            msg_size: args.msg_size.max(1),
+            exchange: protocol.exchange(args.msg_size),
             tls: if tls { connector.clone() } else { None },
         };
         let label = format!(
@@ -208,7 +200,7 @@ pub async fn run(ctx: &Context, args: &IdleArgs) -> Result<Vec<Row>> {
         }
         for &target in ctx.targets.iter().filter(|t| protocol.measures(**t, tls)) {
             progress(format!("idle {target}: {label}"));
-            match measure(ctx, &target_opts, target, args, conns, &opener).await {
+            match measure(ctx, &target_opts, target, args, (protocol, conns), &opener).await {
                 Ok(m) => {
                     let opened = m.opened.max(1) as f64;
                     let bytes = (m.loaded as f64 - m.baseline as f64) / opened;
@@ -271,10 +263,10 @@ async fn measure(
     opts: &TargetOptions,
     target: TargetKind,
     args: &IdleArgs,
-    conns: usize,
+    (protocol, conns): (IdleProtocol, usize),
     opener: &Opener,
 ) -> Result<Measurement> {
-    match opener.protocol {
+    match protocol {
         IdleProtocol::Tcp => {
             let backend = EchoProcess::spawn(ctx.backend_threads).await?;
             let result = async {
@@ -295,7 +287,7 @@ async fn measure(
             res
         }
         IdleProtocol::PgTransaction | IdleProtocol::PgSession => {
-            let (pooling, server_conns) = if opener.protocol == IdleProtocol::PgSession {
+            let (pooling, server_conns) = if protocol == IdleProtocol::PgSession {
                 (PgPooling::Session, conns + WARMUP_CONNS)
             } else {
                 (
@@ -337,147 +329,27 @@ async fn measure_running(
     tokio::time::sleep(settle).await;
     let baseline = sys::tree_rss_bytes(pid)?;
 
-    // Open H connections with bounded concurrency; each task opens its share.
-    let workers = args.open_concurrency.clamp(1, conns.max(1));
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..workers {
-        let share = conns / workers + usize::from(w < conns % workers);
-        let addr = running.addr();
-        let opener = opener.clone();
-        tasks.spawn(async move {
-            let mut held = Vec::with_capacity(share);
-            let mut errors = Vec::new();
-            for _ in 0..share {
-                match opener.open(addr).await {
-                    Ok(s) => held.push(s),
-                    Err(e) => errors.push(format!("{e:#}")),
-                }
-            }
-            (held, errors)
-        });
-    }
-    let mut held = Vec::with_capacity(conns);
-    let mut errors = Vec::new();
-    while let Some(res) = tasks.join_next().await {
-        let (h, e) = res.context("idle open task panicked")?;
-        held.extend(h);
-        errors.extend(e);
-    }
-    if held.is_empty() {
+    let opened = open_many(
+        running.addr(),
+        opener,
+        conns,
+        args.open_concurrency,
+        usize::MAX,
+    )
+    .await?;
+    if opened.held.is_empty() {
         bail!(
             "no connection could be opened: {}",
-            errors.first().map_or("?", |s| s.as_str())
+            opened.first_error.as_deref().unwrap_or("?")
         );
     }
     tokio::time::sleep(settle).await;
     let loaded = sys::tree_rss_bytes(pid)?;
-    let opened = held.len();
-    drop(held);
     Ok(Measurement {
         baseline,
         loaded,
-        opened,
-        errors: errors.len(),
-        first_error: errors.into_iter().next(),
+        opened: opened.held.len(),
+        errors: opened.errors,
+        first_error: opened.first_error,
     })
-}
-
-impl Opener {
-    /// Opens one connection (with its TLS handshake) and does the protocol's one exchange.
-    async fn open(&self, addr: SocketAddr) -> Result<Box<dyn Held>> {
-        tokio::time::timeout(ATTEMPT_TIMEOUT, async {
-            let tcp = connect(addr).await?;
-            let mut stream: Box<dyn Held> = match &self.tls {
-                Some(connector) => {
-                    let name = ServerName::try_from(super::tls::SERVER_NAME)?;
-                    Box::new(connector.connect(name, tcp).await?)
-                }
-                None => Box::new(tcp),
-            };
-            match self.protocol {
-                IdleProtocol::Tcp => echo(&mut stream, self.msg_size).await?,
-                IdleProtocol::Http => http_get(&mut stream).await?,
-                IdleProtocol::PgTransaction | IdleProtocol::PgSession => {
-                    pg_select(&mut stream).await?
-                }
-            }
-            Ok(stream)
-        })
-        .await
-        .context("connect and exchange timed out")?
-    }
-}
-
-async fn echo(stream: &mut Box<dyn Held>, size: usize) -> Result<()> {
-    let msg = vec![0x5au8; size];
-    let mut buf = vec![0u8; size];
-    stream.write_all(&msg).await?;
-    stream.read_exact(&mut buf).await.context("echo exchange")?;
-    Ok(())
-}
-
-/// One keep-alive `GET /small`, its response read whole (headers and the
-/// `Content-Length` body).
-async fn http_get(stream: &mut Box<dyn Held>) -> Result<()> {
-    stream
-        .write_all(b"GET /small HTTP/1.1\r\nHost: bench.test\r\n\r\n")
-        .await?;
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("connection closed before the response ended");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            if !head.starts_with("http/1.1 200") {
-                bail!("unexpected response: {}", head.lines().next().unwrap_or(""));
-            }
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .context("no content-length")?
-                .trim()
-                .parse()?;
-            if buf.len() >= end + 4 + length {
-                return Ok(());
-            }
-        }
-    }
-}
-
-/// A PostgreSQL login as `postgres` (trusted) and one `select 1`, each read up to its
-/// ReadyForQuery.
-async fn pg_select(stream: &mut Box<dyn Held>) -> Result<()> {
-    let params = b"user\0postgres\0database\0postgres\0\0";
-    let mut startup = Vec::with_capacity(8 + params.len());
-    startup.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
-    startup.extend_from_slice(&196_608u32.to_be_bytes());
-    startup.extend_from_slice(params);
-    stream.write_all(&startup).await?;
-    pg_until_ready(stream).await.context("login")?;
-    let sql = b"select 1\0";
-    let mut query = vec![b'Q'];
-    query.extend_from_slice(&((4 + sql.len()) as u32).to_be_bytes());
-    query.extend_from_slice(sql);
-    stream.write_all(&query).await?;
-    pg_until_ready(stream).await.context("select 1")
-}
-
-/// Reads backend messages up to ReadyForQuery; an ErrorResponse fails.
-async fn pg_until_ready(stream: &mut Box<dyn Held>) -> Result<()> {
-    loop {
-        let mut header = [0u8; 5];
-        stream.read_exact(&mut header).await?;
-        let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        let mut body = vec![0u8; length.saturating_sub(4)];
-        stream.read_exact(&mut body).await?;
-        match header[0] {
-            b'Z' => return Ok(()),
-            b'E' => bail!("server error: {}", String::from_utf8_lossy(&body)),
-            _ => {}
-        }
-    }
 }

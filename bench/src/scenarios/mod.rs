@@ -1,7 +1,9 @@
 //! Benchmark scenarios. Each module measures one aspect of the proxies on
 //! every selected target and returns [`Row`]s for the table.
 
+pub mod conn;
 pub mod connrate;
+pub mod hold;
 pub mod http;
 pub mod idle;
 pub mod latency;
@@ -9,6 +11,7 @@ pub mod mysql;
 pub mod pgpool;
 pub mod postgres;
 pub mod resolver;
+pub mod slow;
 pub mod smtp;
 pub mod throughput;
 pub mod tls;
