@@ -7,6 +7,7 @@
 //! stops the proxy and prints a comparison table. See `docs/benchmarks.md`.
 
 mod backend;
+mod http_echo;
 mod mariadb;
 mod pg;
 mod redis;
@@ -15,6 +16,7 @@ mod sys;
 mod table;
 mod targets;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,7 @@ use scenarios::pgpool::PgpoolArgs;
 use scenarios::postgres::PostgresArgs;
 use scenarios::resolver::ResolverArgs;
 use scenarios::smtp::SmtpArgs;
+use scenarios::soak::SoakArgs;
 use scenarios::throughput::ThroughputArgs;
 use scenarios::tls::TlsArgs;
 use table::Row;
@@ -63,12 +66,20 @@ enum Scenario {
     /// HTTP through a pool resolved by Redis vs a static pool of the same backend (wrk
     /// keep-alive, a new connection per request), and cold-key lookup latency.
     Resolver,
-    /// All of the above except `postgres`, `pgpool`, `mysql`, `smtp` and `resolver`, in
-    /// that order.
+    /// All of the above except `postgres`, `pgpool`, `mysql`, `smtp`, `resolver` and
+    /// `soak`, in that order.
     All,
-    /// Internal: echo backend child process used by `idle`.
+    /// Mixed traffic through one switchyard under a fault schedule (backends killed, a
+    /// PostgreSQL replica promoted, reloads, binary upgrades, drain/ready, hostile
+    /// clients), checking that nothing accepted is lost or corrupted; run on demand, not
+    /// in CI (default 10 minutes). Measures switchyard only.
+    Soak,
+    /// Internal: echo backend child process used by `idle` and `soak`.
     #[value(hide = true)]
     ServeEcho,
+    /// Internal: HTTP echo backend child process used by `soak`.
+    #[value(hide = true)]
+    ServeHttpEcho,
 }
 
 /// Compare switchyard with the direct path and HAProxy on loopback.
@@ -126,6 +137,11 @@ struct Cli {
     #[arg(long)]
     haproxy_maxconn: Option<u64>,
 
+    /// Internal: the address a `serve-echo` or `serve-http-echo` child binds (default: a
+    /// free port).
+    #[arg(long, hide = true)]
+    serve_listen: Option<SocketAddr>,
+
     /// Seconds to wait for a proxy to accept connections.
     #[arg(long, default_value_t = 15.0)]
     ready_timeout_secs: f64,
@@ -152,6 +168,8 @@ struct Cli {
     tls: TlsArgs,
     #[command(flatten)]
     resolver: ResolverArgs,
+    #[command(flatten)]
+    soak: SoakArgs,
 }
 
 fn main() -> Result<()> {
@@ -160,8 +178,22 @@ fn main() -> Result<()> {
     let cpus = sys::cpu_count();
     let backend_threads = cli.backend_threads.unwrap_or(cpus);
 
-    if cli.scenario == Scenario::ServeEcho {
-        return backend::serve_echo_main(backend_threads);
+    match cli.scenario {
+        Scenario::ServeEcho => {
+            return backend::serve_child_main(
+                backend::BackendKind::Echo,
+                backend_threads,
+                cli.serve_listen,
+            );
+        }
+        Scenario::ServeHttpEcho => {
+            return backend::serve_child_main(
+                backend::BackendKind::HttpEcho,
+                backend_threads,
+                cli.serve_listen,
+            );
+        }
+        _ => {}
     }
 
     let ctx = scenarios::Context {
@@ -212,6 +244,16 @@ fn main() -> Result<()> {
     }
 
     let started = Instant::now();
+    if cli.scenario == Scenario::Soak {
+        // The soak prints its own tables: they are not a comparison of targets.
+        let met = runtime.block_on(scenarios::soak::run(&ctx, &cli.soak))?;
+        println!("total time: {:.0} s", started.elapsed().as_secs_f64());
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        if !met {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let rows = runtime.block_on(run(&cli, &ctx))?;
     println!("\n{}", table::render(&rows));
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
@@ -249,7 +291,9 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             Scenario::Resolver => {
                 scenarios::resolver::run(ctx, &cli.resolver, &cli.http, &cli.connrate).await?
             }
-            Scenario::All | Scenario::ServeEcho => Vec::new(),
+            Scenario::All | Scenario::Soak | Scenario::ServeEcho | Scenario::ServeHttpEcho => {
+                Vec::new()
+            }
         };
         if selected.len() > 1 {
             eprintln!("\n{}", table::render(&rows));

@@ -26,7 +26,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{Context, connect, progress};
-use crate::backend::{Backend, BackendKind, EchoProcess};
+use crate::backend::{Backend, BackendKind, BackendProcess};
 use crate::pg::Cluster;
 use crate::sys;
 use crate::table::{Better, Row};
@@ -276,7 +276,7 @@ async fn measure(
 ) -> Result<Measurement> {
     match opener.protocol {
         IdleProtocol::Tcp => {
-            let backend = EchoProcess::spawn(ctx.backend_threads).await?;
+            let backend = BackendProcess::spawn(ctx.backend_threads).await?;
             let result = async {
                 let running = RunningTarget::start(target, backend.addrs(), opts).await?;
                 let res = measure_running(&running, args, conns, opener).await;

@@ -10,6 +10,7 @@ pub mod pgpool;
 pub mod postgres;
 pub mod resolver;
 pub mod smtp;
+pub mod soak;
 pub mod throughput;
 pub mod tls;
 
