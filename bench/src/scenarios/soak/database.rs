@@ -74,7 +74,10 @@ pub fn kind(step: &str, error: &tokio_postgres::Error) -> String {
     } else if error.is_closed() {
         format!("{step}: connection closed")
     } else {
-        format!("{step}: {}", error.to_string().chars().take(40).collect::<String>())
+        format!(
+            "{step}: {}",
+            error.to_string().chars().take(40).collect::<String>()
+        )
     }
 }
 
@@ -227,7 +230,11 @@ impl Database {
         let ids = acked.ids();
         let lost = ids
             .iter()
-            .filter(|&&id| table.get(&id).is_none_or(|found| !found.contains(&payload(id))))
+            .filter(|&&id| {
+                table
+                    .get(&id)
+                    .is_none_or(|found| !found.contains(&payload(id)))
+            })
             .count();
         Ok(Integrity {
             acknowledged: ids.len(),

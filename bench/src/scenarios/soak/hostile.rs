@@ -82,13 +82,19 @@ pub async fn vanishers(listeners: Listeners, shared: Shared) {
         let done = match turn % 5 {
             0 => {
                 let head = b"POST /echo HTTP/1.1\r\nHost: soak\r\nContent-Length: 100000\r\n\r\n";
-                send_and_drop(listeners.web, &[head.as_slice(), &[b'x'; 5000][..]].concat()).await
+                send_and_drop(
+                    listeners.web,
+                    &[head.as_slice(), &[b'x'; 5000][..]].concat(),
+                )
+                .await
             }
             1 => {
-                let request =
-                    b"POST /echo HTTP/1.1\r\nHost: soak\r\nContent-Length: 70000\r\n\r\n";
-                send_and_drop(listeners.web, &[request.as_slice(), &[b'y'; 70000][..]].concat())
-                    .await
+                let request = b"POST /echo HTTP/1.1\r\nHost: soak\r\nContent-Length: 70000\r\n\r\n";
+                send_and_drop(
+                    listeners.web,
+                    &[request.as_slice(), &[b'y'; 70000][..]].concat(),
+                )
+                .await
             }
             2 => send_and_drop(listeners.tcp, &[b'z'; 200_000]).await,
             3 => {
@@ -102,7 +108,7 @@ pub async fn vanishers(listeners: Listeners, shared: Shared) {
                 send_and_drop(listeners.web, &bytes).await
             }
             _ => {
-                let addr = if turn % 2 == 0 {
+                let addr = if turn.is_multiple_of(2) {
                     listeners.pg
                 } else {
                     listeners.pgtx

@@ -117,7 +117,10 @@ impl Fault {
                 Fault::KillHttpBackend,
                 Proto::Http1 | Proto::H2 | Proto::WebSocket
             ) | (Fault::KillEchoBackend, Proto::Tcp)
-                | (Fault::PromoteReplica, Proto::PgSession | Proto::PgTransaction)
+                | (
+                    Fault::PromoteReplica,
+                    Proto::PgSession | Proto::PgTransaction
+                )
         )
     }
 }
@@ -410,7 +413,11 @@ impl Ledger {
         out.push('\n');
         let _ = writeln!(out, "{:<36} {:>6} {:>12}", "fault", "times", "window s");
         for fault in Fault::ALL {
-            let windows: Vec<&Window> = records.windows.iter().filter(|w| w.fault == fault).collect();
+            let windows: Vec<&Window> = records
+                .windows
+                .iter()
+                .filter(|w| w.fault == fault)
+                .collect();
             let open: f64 = windows
                 .iter()
                 .map(|w| {
@@ -421,7 +428,13 @@ impl Ledger {
                 })
                 .sum::<f64>()
                 .max(0.0);
-            let _ = writeln!(out, "{:<36} {:>6} {:>12.1}", fault.name(), windows.len(), open);
+            let _ = writeln!(
+                out,
+                "{:<36} {:>6} {:>12.1}",
+                fault.name(),
+                windows.len(),
+                open
+            );
         }
         out.push('\n');
         for what in Hostile::ALL {
@@ -481,7 +494,12 @@ mod tests {
         let kill = ledger.fault_begin(Fault::KillHttpBackend);
         let reload = ledger.fault_begin(Fault::Reload);
         let started = Instant::now();
-        ledger.fail(Proto::Http1, "reset", started, "in flight on the killed backend");
+        ledger.fail(
+            Proto::Http1,
+            "reset",
+            started,
+            "in flight on the killed backend",
+        );
         ledger.fail(Proto::Tcp, "reset", started, "another backend's traffic");
         ledger.corrupt(Proto::H2, 3, started, "3 bytes differ".into());
         ledger.fault_end(kill);

@@ -168,7 +168,10 @@ async fn soak(
     }
     for _ in 0..2 {
         clients.push(tokio::spawn(traffic::h2(listeners.web, 4, shared.clone())));
-        clients.push(tokio::spawn(traffic::websocket(listeners.web, shared.clone())));
+        clients.push(tokio::spawn(traffic::websocket(
+            listeners.web,
+            shared.clone(),
+        )));
     }
     for _ in 0..8 {
         clients.push(tokio::spawn(traffic::postgres(
@@ -181,7 +184,10 @@ async fn soak(
     }
     let mut hostiles: Vec<JoinHandle<()>> = Vec::new();
     for _ in 0..args.soak_slowloris {
-        hostiles.push(tokio::spawn(hostile::slowloris(listeners.web, shared.clone())));
+        hostiles.push(tokio::spawn(hostile::slowloris(
+            listeners.web,
+            shared.clone(),
+        )));
     }
     hostiles.push(tokio::spawn(hostile::vanishers(listeners, shared.clone())));
     hostiles.push(tokio::spawn(hostile::malformed(listeners, shared.clone())));
@@ -225,7 +231,10 @@ async fn soak(
         let _ = task.await;
     }
     for task in clients {
-        if tokio::time::timeout(Duration::from_secs(30), task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .is_err()
+        {
             ledger.note("a traffic generator did not finish within 30 s of the stop");
         }
     }
@@ -283,7 +292,10 @@ async fn soak(
             attributable == 0,
         ),
         ("RSS flat after the run (last <= first + 32 MiB)", rss_flat),
-        ("descriptors flat after the run (last <= first + 8)", fds_flat),
+        (
+            "descriptors flat after the run (last <= first + 8)",
+            fds_flat,
+        ),
     ];
     println!("targets:");
     for (what, met) in targets {
@@ -336,11 +348,17 @@ fn integrity_table(integrity: &Integrity, corrupted: u64) -> String {
     let mut out = String::new();
     let rows = [
         ("corrupted bytes (all echoed traffic)", corrupted as usize),
-        ("PostgreSQL writes acknowledged (COMMIT ok)", integrity.acknowledged),
+        (
+            "PostgreSQL writes acknowledged (COMMIT ok)",
+            integrity.acknowledged,
+        ),
         ("rows in the table at the end", integrity.rows),
         ("acknowledged writes missing", integrity.lost),
         ("ids present more than once", integrity.duplicated),
-        ("rows of vanished clients' uncommitted transactions", integrity.vanished_committed),
+        (
+            "rows of vanished clients' uncommitted transactions",
+            integrity.vanished_committed,
+        ),
     ];
     for (what, value) in rows {
         let _ = writeln!(out, "{what:<56} {value:>8}");

@@ -137,12 +137,7 @@ fn echo_request(authority: SocketAddr, body: Option<Vec<u8>>) -> (Vec<u8>, Reque
 
 /// Sends `request` and checks the echo; `Err(retry)` when the connection is unusable
 /// (`retry`: the request never reached a server and may be sent again).
-async fn http_exchange<F>(
-    shared: &Shared,
-    proto: Proto,
-    send: F,
-    body: &[u8],
-) -> Result<(), bool>
+async fn http_exchange<F>(shared: &Shared, proto: Proto, send: F, body: &[u8]) -> Result<(), bool>
 where
     F: Future<Output = Result<hyper::Response<hyper::body::Incoming>, hyper::Error>>,
 {
@@ -168,7 +163,13 @@ where
             Ok(())
         }
         Ok(Err(error)) => {
-            let text = format!("{error}");
+            // hyper's own text ("http2 error") says little: the causes follow.
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
             // Never sent (`is_canceled`: the connection closed before the request left the
             // client, as when a GOAWAY arrives while it waits to be sent), or, in HTTP/2,
             // refused by the server (REFUSED_STREAM, or above a GOAWAY's last stream id):
@@ -315,9 +316,11 @@ async fn retry_h2(addr: SocketAddr, shared: &Shared, body: Vec<u8>) {
         Ok(send) => {
             let _ = http_exchange(shared, Proto::H2, send, &body).await;
         }
-        Err(error) => shared
-            .ledger
-            .fail(Proto::H2, "connect", started, format!("retry: {error:#}")),
+        Err(error) => {
+            shared
+                .ledger
+                .fail(Proto::H2, "connect", started, format!("retry: {error:#}"))
+        }
     }
 }
 
@@ -456,9 +459,12 @@ pub async fn postgres(
                     tokio::time::sleep(BACKOFF).await;
                 }
                 Err(_) => {
-                    shared
-                        .ledger
-                        .fail(proto, "timeout", started, format!("id {id}: no answer in 15 s"));
+                    shared.ledger.fail(
+                        proto,
+                        "timeout",
+                        started,
+                        format!("id {id}: no answer in 15 s"),
+                    );
                     break;
                 }
             }
