@@ -2,9 +2,11 @@
 //!
 //! [`Backend`] runs in the bench process but on its own tokio runtime (its
 //! own worker threads), so the load generator cannot starve it.
-//! [`EchoProcess`] runs the echo server in a child process (`bench
-//! serve-echo`), used by the `idle` scenario so that client and backend file
-//! descriptors are spread over two processes.
+//! [`BackendProcess`] runs a backend in a child process (`bench serve-echo`,
+//! `bench serve-http-echo`): the `idle` scenario's echo server, so that client
+//! and backend file descriptors are spread over two processes, and the `soak`
+//! scenario's servers, which it kills with SIGKILL and starts again on the same
+//! address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +37,9 @@ pub enum BackendKind {
     /// HTTP/1.1 keep-alive server for GET requests: `/small` answers a 13-byte body, any
     /// other path a 64 KiB body.
     Http,
+    /// HTTP/1.1 and h2c server that answers each request with its own body, `GET /health`
+    /// with `ok`, and echoes WebSocket messages (see [`crate::http_echo`]).
+    HttpEcho,
 }
 
 /// An in-process backend server on a dedicated tokio runtime.
@@ -107,11 +112,18 @@ impl Drop for Backend {
 /// Binds a listener on a free loopback port with a large backlog.
 /// Must be called inside a tokio runtime context.
 fn bind_loopback() -> Result<TcpListener> {
+    bind_at(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// Binds a listener on `addr` with a large backlog and `SO_REUSEADDR`, so that a backend
+/// killed a moment ago can be started again on its address.
+/// Must be called inside a tokio runtime context.
+fn bind_at(addr: SocketAddr) -> Result<TcpListener> {
     let socket = TcpSocket::new_v4().context("creating listen socket")?;
     socket.set_reuseaddr(true)?;
     socket
-        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .context("binding backend to 127.0.0.1:0")?;
+        .bind(addr)
+        .with_context(|| format!("binding backend to {addr}"))?;
     socket.listen(BACKLOG).context("listen")
 }
 
@@ -174,6 +186,7 @@ async fn serve(
             }
         }
         BackendKind::Http => serve_http(stream).await,
+        BackendKind::HttpEcho => crate::http_echo::serve(stream).await,
     }
 }
 
@@ -222,61 +235,88 @@ async fn serve_http(mut stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// Entry point of the hidden `serve-echo` subcommand.
+/// Entry point of the hidden `serve-echo` and `serve-http-echo` subcommands.
 ///
-/// Binds an echo server on a free loopback port, reports `LISTEN <addr>` and serves
-/// until stdin reaches end-of-file (i.e. the parent bench process closed it or died).
-pub fn serve_echo_main(threads: usize) -> Result<()> {
+/// Binds a `kind` server on `listen` (a free loopback port when `None`), prints
+/// `LISTEN <addr>` on stdout and serves until stdin reaches end-of-file (i.e. the parent
+/// bench process closed it or died).
+pub fn serve_child_main(
+    kind: BackendKind,
+    threads: usize,
+    listen: Option<SocketAddr>,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
-        .thread_name("serve-echo")
+        .thread_name("serve-child")
         .enable_all()
         .build()
-        .context("building serve-echo runtime")?;
+        .context("building child backend runtime")?;
     runtime.block_on(async {
-        let listener = bind_loopback()?;
+        let listener = match listen {
+            Some(addr) => bind_at(addr)?,
+            None => bind_loopback()?,
+        };
         let addr = listener.local_addr()?;
-        tokio::spawn(accept_loop(
-            listener,
-            BackendKind::Echo,
-            ECHO_BUF,
-            Arc::default(),
-        ));
+        tokio::spawn(accept_loop(listener, kind, ECHO_BUF, Arc::default()));
         child::serve(&format!("LISTEN {addr}"), |_| async { String::new() }).await
     })?;
     runtime.shutdown_background();
     Ok(())
 }
 
-/// An echo backend running as a child process (`bench serve-echo`).
-pub struct EchoProcess {
+/// A backend running as a child process (`bench serve-echo` or `bench serve-http-echo`).
+pub struct BackendProcess {
     helper: Helper,
     addr: SocketAddr,
 }
 
-impl EchoProcess {
-    /// Spawns the child with `threads` worker threads and waits until it
-    /// reports its listen address.
+impl BackendProcess {
+    /// Spawns an echo child with `threads` worker threads on a free port and waits until
+    /// it reports its listen address.
     pub async fn spawn(threads: usize) -> Result<Self> {
-        let args = [
-            "serve-echo".to_string(),
+        Self::spawn_kind(BackendKind::Echo, threads, None).await
+    }
+
+    /// Spawns a `kind` child ([`BackendKind::Echo`] or [`BackendKind::HttpEcho`]) on
+    /// `listen` (a free port when `None`) and waits until it reports its listen address.
+    pub async fn spawn_kind(
+        kind: BackendKind,
+        threads: usize,
+        listen: Option<SocketAddr>,
+    ) -> Result<Self> {
+        let subcommand = match kind {
+            BackendKind::Echo => "serve-echo",
+            BackendKind::HttpEcho => "serve-http-echo",
+            other => bail!("no child process serves {other:?}"),
+        };
+        let mut args = vec![
+            subcommand.to_string(),
             "--backend-threads".to_string(),
             threads.to_string(),
         ];
+        if let Some(addr) = listen {
+            args.extend(["--serve-listen".to_string(), addr.to_string()]);
+        }
         let helper = Helper::spawn(&args, Duration::from_secs(10)).await?;
-        let line = helper.ready_line();
+        let line = helper.ready_line().to_string();
         let Some(addr) = line.trim().strip_prefix("LISTEN ") else {
-            bail!("unexpected serve-echo output {line:?}");
+            bail!("unexpected {subcommand} output {line:?}");
         };
         let addr = addr
             .parse()
             .with_context(|| format!("parsing address {addr:?}"))?;
-        Ok(EchoProcess { helper, addr })
+        Ok(BackendProcess { helper, addr })
     }
 
-    /// Address the echo process listens on.
+    /// Address the child listens on.
     pub fn addrs(&self) -> &[SocketAddr] {
         std::slice::from_ref(&self.addr)
+    }
+
+    /// Kills the child with SIGKILL, as a crash would: its connections are reset by the
+    /// kernel, nothing is closed in order.
+    pub async fn kill(self) -> Result<()> {
+        self.helper.kill().await
     }
 
     /// Stops the child by closing its stdin; kills it if it lingers.

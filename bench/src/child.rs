@@ -69,6 +69,12 @@ impl Helper {
         }
     }
 
+    /// Kills the helper with SIGKILL, as a crash would: the kernel resets its connections,
+    /// nothing is closed in order.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await.context("killing the helper")
+    }
+
     /// Stops the helper by closing its stdin; kills it if it lingers.
     pub async fn stop(mut self) -> Result<()> {
         drop(self.stdin.take());

@@ -8,6 +8,7 @@
 
 mod backend;
 mod child;
+mod http_echo;
 mod mariadb;
 mod pg;
 mod redis;
@@ -16,6 +17,7 @@ mod sys;
 mod table;
 mod targets;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -33,6 +35,7 @@ use scenarios::postgres::PostgresArgs;
 use scenarios::resolver::ResolverArgs;
 use scenarios::slow::SlowArgs;
 use scenarios::smtp::SmtpArgs;
+use scenarios::soak::SoakArgs;
 use scenarios::throughput::ThroughputArgs;
 use scenarios::tls::TlsArgs;
 use table::Row;
@@ -74,12 +77,20 @@ enum Scenario {
     /// mid-startup and TLS clients stopping mid-handshake against one switchyard; probe
     /// latency quiet vs under attack, and when each slow client is cut (switchyard only).
     Slow,
-    /// All of the above except `postgres`, `pgpool`, `mysql`, `smtp`, `resolver`, `hold`
-    /// and `slow`, in that order.
+    /// Mixed traffic through one switchyard under a fault schedule (backends killed, a
+    /// PostgreSQL replica promoted, reloads, binary upgrades, drain/ready, hostile
+    /// clients), checking that nothing accepted is lost or corrupted; run on demand, not
+    /// in CI (default 10 minutes). Measures switchyard only.
+    Soak,
+    /// All of the above except `postgres`, `pgpool`, `mysql`, `smtp`, `resolver`, `hold`,
+    /// `slow` and `soak`, in that order.
     All,
-    /// Internal: echo backend child process used by `idle` and `hold`.
+    /// Internal: echo backend child process used by `idle`, `hold` and `soak`.
     #[value(hide = true)]
     ServeEcho,
+    /// Internal: HTTP echo backend child process used by `soak`.
+    #[value(hide = true)]
+    ServeHttpEcho,
     /// Internal: a group of held client connections of `hold`.
     #[value(hide = true)]
     HoldClients,
@@ -143,6 +154,11 @@ struct Cli {
     #[arg(long)]
     haproxy_maxconn: Option<u64>,
 
+    /// Internal: the address a `serve-echo` or `serve-http-echo` child binds (default: a
+    /// free port).
+    #[arg(long, hide = true)]
+    serve_listen: Option<SocketAddr>,
+
     /// Seconds to wait for a proxy to accept connections.
     #[arg(long, default_value_t = 15.0)]
     ready_timeout_secs: f64,
@@ -173,6 +189,8 @@ struct Cli {
     hold: HoldArgs,
     #[command(flatten)]
     slow: SlowArgs,
+    #[command(flatten)]
+    soak: SoakArgs,
 }
 
 fn main() -> Result<()> {
@@ -181,8 +199,22 @@ fn main() -> Result<()> {
     let cpus = sys::cpu_count();
     let backend_threads = cli.backend_threads.unwrap_or(cpus);
 
-    if cli.scenario == Scenario::ServeEcho {
-        return backend::serve_echo_main(backend_threads);
+    match cli.scenario {
+        Scenario::ServeEcho => {
+            return backend::serve_child_main(
+                backend::BackendKind::Echo,
+                backend_threads,
+                cli.serve_listen,
+            );
+        }
+        Scenario::ServeHttpEcho => {
+            return backend::serve_child_main(
+                backend::BackendKind::HttpEcho,
+                backend_threads,
+                cli.serve_listen,
+            );
+        }
+        _ => {}
     }
     let client_threads = cli.client_threads.unwrap_or(cpus).max(1);
     if cli.scenario == Scenario::HoldClients {
@@ -243,6 +275,16 @@ fn main() -> Result<()> {
     }
 
     let started = Instant::now();
+    if cli.scenario == Scenario::Soak {
+        // The soak prints its own tables: they are not a comparison of targets.
+        let met = runtime.block_on(scenarios::soak::run(&ctx, &cli.soak))?;
+        println!("total time: {:.0} s", started.elapsed().as_secs_f64());
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        if !met {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let rows = runtime.block_on(run(&cli, &ctx))?;
     println!("\n{}", table::render(&rows));
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
@@ -282,9 +324,12 @@ async fn run(cli: &Cli, ctx: &scenarios::Context) -> Result<Vec<Row>> {
             }
             Scenario::Hold => scenarios::hold::run(ctx, &cli.hold).await?,
             Scenario::Slow => scenarios::slow::run(ctx, &cli.slow).await?,
-            Scenario::All | Scenario::ServeEcho | Scenario::HoldClients | Scenario::SlowClients => {
-                Vec::new()
-            }
+            Scenario::All
+            | Scenario::Soak
+            | Scenario::ServeEcho
+            | Scenario::ServeHttpEcho
+            | Scenario::HoldClients
+            | Scenario::SlowClients => Vec::new(),
         };
         if selected.len() > 1 {
             eprintln!("\n{}", table::render(&rows));

@@ -1,6 +1,7 @@
 //! A throwaway PostgreSQL server for the `postgres` and `pgpool` scenarios: initdb into a
 //! temp dir, run as the `postgres` OS user (PostgreSQL refuses root), tuned for
-//! benchmarking only (`fsync = off`), initialised with `pgbench -i`.
+//! benchmarking only (`fsync = off`), initialised with `pgbench -i`; and, for the `soak`
+//! scenario, an empty one with a streaming replica that can be promoted.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,16 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     address: SocketAddr,
+}
+
+/// The newest PostgreSQL version's program directory under `/usr/lib/postgresql`.
+fn bin_dir() -> Result<PathBuf> {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql (install the Debian postgresql package)")?
+        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("pg_ctl").exists())
+        .max()
+        .context("no PostgreSQL version under /usr/lib/postgresql")
 }
 
 /// The `postgres` OS user's uid and gid.
@@ -44,40 +55,8 @@ impl Cluster {
     /// initdb, start (waiting until it accepts) and `pgbench -i -s scale`; the server
     /// accepts `max_connections` sessions (direct runs need one per pgbench client).
     pub async fn start(scale: u32, max_connections: usize) -> Result<Self> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .context("no /usr/lib/postgresql (install the Debian postgresql package)")?
-            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-            .filter(|bin| bin.join("pg_ctl").exists())
-            .max()
-            .context("no PostgreSQL version under /usr/lib/postgresql")?;
-        let dir = tempfile::Builder::new().prefix("bench-pg-").tempdir()?;
-        give_to_postgres(dir.path())?;
-        let address = free_port()?;
-        let cluster = Cluster { dir, bin, address };
-        let data = cluster.dir.path().join("data");
-        cluster
-            .run_as_postgres("initdb", |c| {
-                c.arg("-D")
-                    .arg(&data)
-                    .args(["-U", "postgres", "--auth=trust", "--no-sync"]);
-            })
-            .await?;
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections={max_connections}",
-            address.port(),
-            cluster.dir.path().display()
-        );
-        let log = cluster.dir.path().join("postgres.log");
-        cluster
-            .run_as_postgres("pg_ctl", |c| {
-                c.args(["start", "-w", "-D"])
-                    .arg(&data)
-                    .arg("-o")
-                    .arg(&options)
-                    .arg("-l")
-                    .arg(&log);
-            })
-            .await?;
+        let cluster = Self::init(max_connections).await?;
+        let address = cluster.address;
         cluster
             .run_as_postgres("pgbench", |c| {
                 c.args(["-i", "-q", "-s"])
@@ -88,6 +67,105 @@ impl Cluster {
             })
             .await?;
         Ok(cluster)
+    }
+
+    /// initdb and start an empty server (waiting until it accepts) that trusts every
+    /// local login, replication included (initdb's `--auth=trust` lines).
+    pub async fn init(max_connections: usize) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("bench-pg-").tempdir()?;
+        give_to_postgres(dir.path())?;
+        let cluster = Cluster {
+            dir,
+            bin: bin_dir()?,
+            address: free_port()?,
+        };
+        let data = cluster.data();
+        cluster
+            .run_as_postgres("initdb", |c| {
+                c.arg("-D")
+                    .arg(&data)
+                    .args(["-U", "postgres", "--auth=trust", "--no-sync"]);
+            })
+            .await?;
+        cluster.launch(max_connections).await?;
+        Ok(cluster)
+    }
+
+    /// A streaming replica of this running server (`pg_basebackup -R`), started on
+    /// `address` (a free port when `None`: the soak scenario puts a new replica where a
+    /// crashed primary was, so that the proxy's pool finds it under the same server).
+    pub async fn replica(
+        &self,
+        address: Option<SocketAddr>,
+        max_connections: usize,
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("bench-pg-").tempdir()?;
+        give_to_postgres(dir.path())?;
+        let address = match address {
+            Some(address) => address,
+            None => free_port()?,
+        };
+        let replica = Cluster {
+            dir,
+            bin: self.bin.clone(),
+            address,
+        };
+        let data = replica.data();
+        let source = self.address;
+        replica
+            .run_as_postgres("pg_basebackup", |c| {
+                c.args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-R"])
+                    .arg("-p")
+                    .arg(source.port().to_string())
+                    .arg("-D")
+                    .arg(&data);
+            })
+            .await?;
+        replica.launch(max_connections).await?;
+        Ok(replica)
+    }
+
+    /// `pg_ctl promote -w`: this replica becomes a primary.
+    pub async fn promote(&self) -> Result<()> {
+        let data = self.data();
+        self.run_as_postgres("pg_ctl", |c| {
+            c.args(["promote", "-w", "-D"]).arg(&data);
+        })
+        .await
+    }
+
+    /// Immediate shutdown (`pg_ctl stop -m immediate`): the server stops as if it had
+    /// crashed, without a checkpoint and without telling its clients.
+    pub async fn crash(self) -> Result<()> {
+        let data = self.data();
+        self.run_as_postgres("pg_ctl", |c| {
+            c.args(["stop", "-m", "immediate", "-w", "-D"]).arg(&data);
+        })
+        .await
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the server of this directory on its address and waits until it accepts.
+    async fn launch(&self, max_connections: usize) -> Result<()> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections={max_connections}",
+            self.address.port(),
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log");
+        let data = self.data();
+        self.run_as_postgres("pg_ctl", |c| {
+            c.args(["start", "-w", "-D"])
+                .arg(&data)
+                .arg("-o")
+                .arg(&options)
+                .arg("-l")
+                .arg(&log);
+        })
+        .await
     }
 
     /// Where the server listens.
@@ -124,7 +202,7 @@ impl Cluster {
 
     /// Fast shutdown.
     pub async fn stop(self) {
-        let data = self.dir.path().join("data");
+        let data = self.data();
         let stopped = self
             .run_as_postgres("pg_ctl", |c| {
                 c.args(["stop", "-m", "fast", "-w", "-D"]).arg(&data);

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::conn::{Exchange, Held, Opener, open_many};
 use super::{Context, progress};
-use crate::backend::{Backend, BackendKind, EchoProcess};
+use crate::backend::{Backend, BackendKind, BackendProcess};
 use crate::child::{self, Helper};
 use crate::pg::Cluster;
 use crate::sys;
@@ -228,7 +228,7 @@ pub async fn run(ctx: &Context, args: &HoldArgs) -> Result<Vec<Row>> {
         progress("hold: measures switchyard only; add it to --targets");
         return Ok(Vec::new());
     }
-    let echo = EchoProcess::spawn(ctx.backend_threads).await?;
+    let echo = BackendProcess::spawn(ctx.backend_threads).await?;
     let web = Backend::start(BackendKind::Http, ctx.backend_threads, 4096)?;
     let result = async {
         let cluster = Cluster::start(1, args.pool_size * 2 + 20).await?;

@@ -24,7 +24,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::conn::{Exchange, Opener, open_many};
 use super::{Context, progress};
-use crate::backend::{Backend, BackendKind, EchoProcess};
+use crate::backend::{Backend, BackendKind, BackendProcess};
 use crate::pg::Cluster;
 use crate::sys;
 use crate::table::{Better, Row};
@@ -268,7 +268,7 @@ async fn measure(
 ) -> Result<Measurement> {
     match protocol {
         IdleProtocol::Tcp => {
-            let backend = EchoProcess::spawn(ctx.backend_threads).await?;
+            let backend = BackendProcess::spawn(ctx.backend_threads).await?;
             let result = async {
                 let running = RunningTarget::start(target, backend.addrs(), opts).await?;
                 let res = measure_running(&running, args, conns, opener).await;

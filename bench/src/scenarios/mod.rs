@@ -13,6 +13,7 @@ pub mod postgres;
 pub mod resolver;
 pub mod slow;
 pub mod smtp;
+pub mod soak;
 pub mod throughput;
 pub mod tls;
 
