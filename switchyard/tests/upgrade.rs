@@ -491,3 +491,31 @@ async fn usage_is_delivered_exactly_once_across_an_upgrade() {
         "{usage:?}"
     );
 }
+
+/// A database server's role is carried over: a listener that needs the primary serves at
+/// once after the upgrade, instead of refusing logins (57P03) until the new process's
+/// first database check of the server, up to an interval later. The second server's first
+/// check comes an eighth of the 40 s interval after start (first checks are spread), so
+/// without the role carried over the new process would not know it for 5 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn database_roles_carry_over() {
+    let pg = support::postgres::PgCluster::start(&support::postgres::PgOptions::default());
+    let (mut proxy, _front) = Config::new()
+        .top(r#"shutdown_timeout = "30s""#)
+        .protocol("postgres")
+        .listener("role = \"primary\"")
+        .pool(r#"health = { check = "postgres", interval = "40s" }"#)
+        .server("a", pg.address(), "")
+        .server("b", pg.address(), "")
+        .start()
+        .await;
+    wait_until("both servers found primary", || async {
+        proxy.server("app", "b").await.role == "primary"
+    })
+    .await;
+    let _children = Children(vec![spawn_upgrade(&proxy, 1)]);
+    let status = proxy.wait_exit().await;
+    assert!(status.success(), "old process exited with {status}");
+    let b = proxy.server("app", "b").await;
+    assert_eq!(b.role, "primary", "the role survives the upgrade");
+}

@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::net::AcceptFailures;
 use crate::tally::Carried;
 use crate::upstream::Health;
-use crate::upstream::{AdminState, Pool, Server};
+use crate::upstream::{AdminState, Pool, ReplicaLag, Server, ServerRole};
 
 /// Longest wait for the new process's first health-check round before it takes over anyway.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,6 +64,11 @@ struct ServerState {
     address: String,
     admin: AdminState,
     health: Health,
+    /// Its database role and a replica's lag (absent from an older process's offer).
+    #[serde(default)]
+    role: ServerRole,
+    #[serde(default)]
+    lag: Option<ReplicaLag>,
 }
 
 /// Counter totals of the old process once it stopped accepting.
@@ -175,14 +180,14 @@ impl Inherited {
     }
 
     /// Gives every server the old process also had (same pool, name and address) the
-    /// operator state and health it had there.
+    /// operator state, health and database role it had there.
     pub fn restore_servers(&self, shared: &Shared) {
         let pools = shared.pools();
         for state in &self.servers {
             let server = find_server(&pools, &state.pool, &state.server)
                 .filter(|s| s.address.to_string() == state.address);
             if let Some(server) = server {
-                server.inherit_state(state.admin, state.health);
+                server.inherit_state(state.admin, state.health, (state.role, state.lag));
             }
         }
     }
@@ -403,6 +408,8 @@ async fn hand_over(
                 address: server.address.to_string(),
                 admin: server.admin_state(),
                 health: server.health(),
+                role: server.role(),
+                lag: server.replica_lag(),
             });
         }
     }

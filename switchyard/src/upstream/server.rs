@@ -45,7 +45,7 @@ impl AdminState {
 }
 
 /// A database server's role, as its health check last found it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerRole {
     /// Not known: no database check, or none has answered yet.
@@ -310,14 +310,24 @@ impl Server {
         }
     }
 
-    /// Takes over the operator state and health another process had for this server (a
-    /// binary upgrade), without the side effects of a change: nothing is cut or ramped.
-    pub fn inherit_state(&self, admin: AdminState, health: Health) {
+    /// Takes over the operator state, health and database role another process had for
+    /// this server (a binary upgrade), without the side effects of a change: nothing is cut
+    /// or ramped. Without the role, a listener that needs a primary would refuse logins
+    /// until this process's first database check of the server, up to an interval later.
+    pub fn inherit_state(
+        &self,
+        admin: AdminState,
+        health: Health,
+        (role, lag): (ServerRole, Option<ReplicaLag>),
+    ) {
         if self.admin_state.swap(admin as u8, Ordering::AcqRel) != admin as u8 {
             self.state_changed_now();
         }
         if health != Health::Unchecked {
             self.change_health(|tracker| tracker.seed(health));
+        }
+        if role != ServerRole::Unknown {
+            self.record_role(role, lag);
         }
     }
 
