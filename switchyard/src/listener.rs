@@ -53,6 +53,15 @@ impl ListenerStats {
 pub trait Handler: AsAny + Send + Sync + std::fmt::Debug + 'static {
     /// Serves one accepted connection to its end (and logs it).
     fn serve(self: Arc<Self>, connection: Accepted) -> Serving;
+
+    /// What a client past the listener's `max_connections` is told before its connection
+    /// closes: the protocol's own "too many connections", which clients show to their user
+    /// and retry on, where a connection left waiting in the kernel's queue would look like
+    /// a hung server. `tls`: the listener terminates TLS, inside which a protocol that
+    /// speaks first in TLS can say nothing. Empty: closed without a word (raw TCP).
+    fn at_capacity(&self, _tls: bool) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 /// A connection being served: boxed, so that each protocol's connection future keeps its
@@ -284,8 +293,8 @@ impl Listener {
     /// Accepts connections from `socket` (a duplicate of this listener's socket) until
     /// `stop` fires or the listener is closed, handing each to its settings' handler on its
     /// own task of the least busy worker (`here` is the worker this loop runs on). With
-    /// `max_connections`, accepting pauses at the limit so further clients wait in the
-    /// kernel's accept queue instead of being refused.
+    /// `max_connections`, a client past the limit is accepted, told the protocol's "too many
+    /// connections" and closed (see [`Handler::at_capacity`]).
     async fn accept_loop(
         self: Arc<Self>,
         socket: StdListener,
@@ -302,28 +311,39 @@ impl Listener {
             }
         };
         let mut failures = AcceptFailures::default();
+        let mut full = AtCapacity::default();
         loop {
-            let settings = self.settings();
-            let permit = match &settings.limit {
-                Some(limit) => tokio::select! {
-                    permit = limit.clone().acquire_owned() => permit.ok(),
-                    () = stop.cancelled() => break,
-                    () = self.closed.cancelled() => break,
-                },
-                None => None,
-            };
             let accepted = tokio::select! {
                 accepted = socket.accept() => accepted,
                 () = stop.cancelled() => break,
                 () = self.closed.cancelled() => break,
+            };
+            // Settings swapped while this loop waited apply to this connection.
+            let settings = self.settings();
+            let permit = match (&accepted, &settings.limit) {
+                (Ok(_), Some(limit)) => match limit.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        full.served(&self.name);
+                        Some(permit)
+                    }
+                    Err(_) => {
+                        if let Ok((stream, peer)) = accepted {
+                            failures.succeeded(&self.name);
+                            self.stats.total.fetch_add(1, Ordering::Relaxed);
+                            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                            let answer = settings.handler.at_capacity(settings.tls.is_some());
+                            full.refuse(&self.name, stream, peer, answer, &tasks);
+                        }
+                        continue;
+                    }
+                },
+                _ => None,
             };
             match accepted {
                 Ok((stream, peer)) => {
                     failures.succeeded(&self.name);
                     self.stats.total.fetch_add(1, Ordering::Relaxed);
                     self.stats.active.fetch_add(1, Ordering::Relaxed);
-                    // Settings swapped while this loop waited apply to this connection.
-                    let settings = self.settings();
                     let (worker, placement) = workers.place(here);
                     let listener = self.clone();
                     let done = move || {
@@ -414,6 +434,73 @@ fn bind_socket(address: SocketAddr, backlog: u32) -> io::Result<StdListener> {
     socket.bind(&address.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
+}
+
+/// Clients refused at `max_connections` by one accept loop: at most [`MAX_REFUSING`] told
+/// at once (more are closed without a word, so that a flood cannot hold descriptors), each
+/// for at most [`REFUSAL_TIME`], and one log line when refusing starts and one when it ends.
+#[derive(Debug)]
+struct AtCapacity {
+    refusing: Arc<Semaphore>,
+    /// Clients refused since the listener was last below its limit.
+    refused: u64,
+}
+
+/// Refused clients being told at once, per accept loop.
+const MAX_REFUSING: usize = 256;
+/// How long a refused client has to read its answer before the connection is closed.
+const REFUSAL_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Default for AtCapacity {
+    fn default() -> Self {
+        Self {
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            refused: 0,
+        }
+    }
+}
+
+impl AtCapacity {
+    /// Tells `stream`'s client `answer` and closes the connection: the answer is written,
+    /// the sending side shut (so the close is a FIN after the answer, not a reset for what
+    /// the client sent meanwhile), and what the client sends is read and dropped until it
+    /// closes or [`REFUSAL_TIME`] passes.
+    fn refuse(
+        &mut self,
+        listener: &str,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        answer: Vec<u8>,
+        tasks: &TaskTracker,
+    ) {
+        if self.refused == 0 {
+            tracing::warn!(%listener, %peer, "max_connections reached; refusing new clients until a connection closes");
+        }
+        self.refused += 1;
+        let Ok(slot) = self.refusing.clone().try_acquire_owned() else {
+            return;
+        };
+        tasks.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let told = async {
+                stream.write_all(&answer).await?;
+                stream.shutdown().await?;
+                let mut sink = [0u8; 512];
+                while stream.read(&mut sink).await? > 0 {}
+                Ok::<_, io::Error>(())
+            };
+            let _ = tokio::time::timeout(REFUSAL_TIME, told).await;
+            drop(slot);
+        });
+    }
+
+    /// A client was let in: ends an episode of refusals, saying how many there were.
+    fn served(&mut self, listener: &str) {
+        if self.refused > 0 {
+            tracing::info!(%listener, refused = self.refused, "below max_connections again; accepting");
+            self.refused = 0;
+        }
+    }
 }
 
 #[cfg(test)]

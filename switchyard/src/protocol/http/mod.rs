@@ -163,6 +163,18 @@ impl Handler for HttpHandler {
     fn serve(self: Arc<Self>, connection: Accepted) -> Serving {
         Box::pin(serve(self, connection))
     }
+
+    fn at_capacity(&self, tls: bool) -> Vec<u8> {
+        if tls {
+            return Vec::new();
+        }
+        let body = "too many connections\n";
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
 }
 
 /// Handles one accepted TCP connection: the PROXY header if the listener expects one, the

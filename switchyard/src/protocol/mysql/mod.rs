@@ -197,4 +197,10 @@ impl Handler for MysqlHandler {
     fn serve(self: Arc<Self>, connection: Accepted) -> Serving {
         Box::pin(session::serve(self, connection))
     }
+
+    /// ER_CON_COUNT_ERROR in place of the greeting, as a full MySQL server sends it (TLS
+    /// starts after the greeting).
+    fn at_capacity(&self, _tls: bool) -> Vec<u8> {
+        errors::ProxyError::TooManyConnections.packet(0)
+    }
 }

@@ -217,4 +217,12 @@ impl Handler for PostgresHandler {
     fn serve(self: Arc<Self>, connection: Accepted) -> Serving {
         Box::pin(session::serve(self, connection))
     }
+
+    /// PostgreSQL's own words; libpq shows them also as the answer to its SSLRequest.
+    fn at_capacity(&self, _tls: bool) -> Vec<u8> {
+        errors::fatal(
+            errors::sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        )
+    }
 }

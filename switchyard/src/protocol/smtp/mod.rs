@@ -143,6 +143,12 @@ impl Handler for SmtpHandler {
     fn serve(self: Arc<Self>, connection: Accepted) -> Serving {
         Box::pin(session::serve(self, connection))
     }
+
+    /// A 421 greeting: the sending server keeps the message and tries again later (TLS,
+    /// when the listener has it, starts with STARTTLS after the greeting).
+    fn at_capacity(&self, _tls: bool) -> Vec<u8> {
+        b"421 4.3.2 Too many connections, try again later\r\n".to_vec()
+    }
 }
 
 /// The EHLO reply: the extensions the proxy carries end to end, and `extra` (STARTTLS
