@@ -66,12 +66,7 @@ impl Backend {
         chunk: usize,
         ports: usize,
     ) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .thread_name(format!("backend-{kind:?}").to_lowercase())
-            .enable_all()
-            .build()
-            .context("building backend runtime")?;
+        let runtime = child::runtime(threads, &format!("backend-{kind:?}").to_lowercase())?;
         let received = Arc::new(AtomicU64::new(0));
         let mut addrs = Vec::with_capacity(ports);
         for _ in 0..ports.max(1) {
@@ -245,12 +240,7 @@ pub fn serve_child_main(
     threads: usize,
     listen: Option<SocketAddr>,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("serve-child")
-        .enable_all()
-        .build()
-        .context("building child backend runtime")?;
+    let runtime = child::runtime(threads, "serve-child")?;
     runtime.block_on(async {
         let listener = match listen {
             Some(addr) => bind_at(addr)?,

@@ -11,6 +11,17 @@ use anyhow::{Context as _, Result, bail};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+/// The runtime a helper (or the bench's own backends) runs on: `threads` workers named
+/// `name`, with I/O and timers.
+pub fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .with_context(|| format!("building the {name} runtime"))
+}
+
 /// A running helper process.
 pub struct Helper {
     child: Child,

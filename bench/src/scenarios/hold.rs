@@ -746,12 +746,7 @@ pub fn clients_main(args: &HoldArgs, threads: usize) -> Result<()> {
     else {
         bail!("hold-clients needs --hold-group, --hold-group-addr and --hold-group-conns");
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("hold-clients")
-        .enable_all()
-        .build()
-        .context("building hold-clients runtime")?;
+    let runtime = child::runtime(threads, "hold-clients")?;
     runtime.block_on(async {
         let opener = Opener::plain(group.exchange());
         let opened = open_many(

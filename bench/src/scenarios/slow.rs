@@ -600,12 +600,7 @@ pub fn clients_main(args: &SlowArgs, threads: usize) -> Result<()> {
     else {
         bail!("slow-clients needs --slow-group, --slow-group-addr and --slow-group-conns");
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("slow-clients")
-        .enable_all()
-        .build()
-        .context("building slow-clients runtime")?;
+    let runtime = child::runtime(threads, "slow-clients")?;
     runtime.block_on(async {
         let timeout = Duration::from_secs(args.timeout_secs);
         let drip = Duration::from_millis(args.drip_ms.max(1));
