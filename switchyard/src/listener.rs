@@ -318,85 +318,83 @@ impl Listener {
                 () = stop.cancelled() => break,
                 () = self.closed.cancelled() => break,
             };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    failures.failed(&self.name, &error).await;
+                    continue;
+                }
+            };
+            failures.succeeded(&self.name);
+            self.stats.total.fetch_add(1, Ordering::Relaxed);
             // Settings swapped while this loop waited apply to this connection.
             let settings = self.settings();
-            let permit = match (&accepted, &settings.limit) {
-                (Ok(_), Some(limit)) => match limit.clone().try_acquire_owned() {
+            let permit = match &settings.limit {
+                None => None,
+                Some(limit) => match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
                         full.served(&self.name);
                         Some(permit)
                     }
                     Err(_) => {
-                        if let Ok((stream, peer)) = accepted {
-                            failures.succeeded(&self.name);
-                            self.stats.total.fetch_add(1, Ordering::Relaxed);
-                            self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                            let answer = settings.handler.at_capacity(settings.tls.is_some());
-                            full.refuse(&self.name, stream, peer, answer, &tasks);
-                        }
+                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        let answer = settings.handler.at_capacity(settings.tls.is_some());
+                        full.refuse(&self.name, stream, peer, answer, &tasks);
                         continue;
                     }
                 },
-                _ => None,
             };
-            match accepted {
-                Ok((stream, peer)) => {
-                    failures.succeeded(&self.name);
-                    self.stats.total.fetch_add(1, Ordering::Relaxed);
-                    self.stats.active.fetch_add(1, Ordering::Relaxed);
-                    let (worker, placement) = workers.place(here);
-                    let listener = self.clone();
-                    let done = move || {
-                        listener.stats.active.fetch_sub(1, Ordering::Relaxed);
-                        drop((permit, placement));
-                    };
-                    if worker == here {
-                        let connection = settings.handler.clone().serve(Accepted {
-                            listener: self.clone(),
-                            settings,
-                            stream,
-                            peer,
-                        });
-                        tasks.spawn(async move {
-                            connection.await;
-                            done();
-                        });
-                        continue;
-                    }
-                    // Another worker's reactor takes the socket over: it leaves this one's.
-                    let stream = match stream.into_std() {
-                        Ok(stream) => stream,
-                        Err(error) => {
-                            tracing::warn!(listener = %self.name, %error, "cannot hand a connection to another worker");
-                            done();
-                            continue;
-                        }
-                    };
-                    let listener = self.clone();
-                    tasks.spawn_on(
-                        async move {
-                            match TcpStream::from_std(stream) {
-                                Ok(stream) => {
-                                    let handler = settings.handler.clone();
-                                    let accepted = Accepted {
-                                        listener: listener.clone(),
-                                        settings,
-                                        stream,
-                                        peer,
-                                    };
-                                    handler.serve(accepted).await;
-                                }
-                                Err(error) => {
-                                    tracing::warn!(listener = %listener.name, %error, "cannot watch a handed-over connection");
-                                }
-                            }
-                            done();
-                        },
-                        workers.handle(worker),
-                    );
-                }
-                Err(error) => failures.failed(&self.name, &error).await,
+            self.stats.active.fetch_add(1, Ordering::Relaxed);
+            let (worker, placement) = workers.place(here);
+            let listener = self.clone();
+            let done = move || {
+                listener.stats.active.fetch_sub(1, Ordering::Relaxed);
+                drop((permit, placement));
+            };
+            if worker == here {
+                let connection = settings.handler.clone().serve(Accepted {
+                    listener: self.clone(),
+                    settings,
+                    stream,
+                    peer,
+                });
+                tasks.spawn(async move {
+                    connection.await;
+                    done();
+                });
+                continue;
             }
+            // Another worker's reactor takes the socket over: it leaves this one's.
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(listener = %self.name, %error, "cannot hand a connection to another worker");
+                    done();
+                    continue;
+                }
+            };
+            let listener = self.clone();
+            tasks.spawn_on(
+                async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => {
+                            let handler = settings.handler.clone();
+                            let accepted = Accepted {
+                                listener: listener.clone(),
+                                settings,
+                                stream,
+                                peer,
+                            };
+                            handler.serve(accepted).await;
+                        }
+                        Err(error) => {
+                            tracing::warn!(listener = %listener.name, %error, "cannot watch a handed-over connection");
+                        }
+                    }
+                    done();
+                },
+                workers.handle(worker),
+            );
         }
         drop(socket);
         self.accept_loop_ended();
