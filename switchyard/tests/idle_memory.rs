@@ -197,6 +197,42 @@ impl InProcess {
         })
         .await;
     }
+
+    /// Heap per idle client of a transaction pool: `spawn(n)` starts a process holding `n`
+    /// clients on `listener`, each after one transaction (counted by
+    /// `switchyard_<metric>_pool_transactions_total`). A warm-up group comes and goes
+    /// first, then the baseline is read and `CLIENTS` clients are held while the heap is
+    /// read again.
+    async fn pooled_clients_heap(
+        &self,
+        listener: &str,
+        protocol: &str,
+        metric: &str,
+        spawn: impl Fn(usize) -> Child,
+    ) -> isize {
+        let family = format!("switchyard_{metric}_pool_transactions_total");
+        let transactions = || self.metric(&family);
+        let mut warmup = spawn(WARMUP);
+        wait_until("the warm-up clients' transactions", || {
+            std::future::ready(transactions() >= WARMUP as f64)
+        })
+        .await;
+        warmup.kill().ok();
+        warmup.wait().ok();
+        self.wait_active(listener, 0).await;
+        let baseline = HeapReading::now();
+        let before = transactions();
+        let mut idle = spawn(CLIENTS);
+        wait_until("every client's transaction", || {
+            std::future::ready(transactions() >= before + CLIENTS as f64)
+        })
+        .await;
+        self.wait_active(listener, CLIENTS as u64).await;
+        let bytes = baseline.per_client(protocol, CLIENTS);
+        idle.kill().ok();
+        idle.wait().ok();
+        bytes
+    }
 }
 
 fn run_proxy(path: PathBuf, ready: PathBuf) {
@@ -473,53 +509,17 @@ password = "{my_password}"
     let dir = tempfile::tempdir().expect("temp dir");
     let script = dir.path().join("idle.sql");
     std::fs::write(&script, "SELECT 1;\n\\sleep 600 s\n").expect("script");
-    let transactions = || proxy.metric("switchyard_pg_pool_transactions_total");
-    let mut warmup = idle_pgbench(front, WARMUP, &script);
-    wait_until("the warm-up clients' transactions", || {
-        std::future::ready(transactions() >= WARMUP as f64)
-    })
-    .await;
-    warmup.kill().ok();
-    warmup.wait().ok();
-    proxy.wait_active("pg", 0).await;
-    let baseline = HeapReading::now();
-    let before = transactions();
-    let mut idle = idle_pgbench(front, CLIENTS, &script);
-    wait_until("every pgbench client's SELECT 1", || {
-        std::future::ready(transactions() >= before + CLIENTS as f64)
-    })
-    .await;
-    proxy.wait_active("pg", CLIENTS as u64).await;
-    report.push((
-        "postgres",
-        baseline.per_client("postgres", CLIENTS),
-        POSTGRES_BOUND,
-    ));
-    idle.kill().ok();
-    idle.wait().ok();
+    let bytes = proxy
+        .pooled_clients_heap("pg", "postgres", "pg", |n| idle_pgbench(front, n, &script))
+        .await;
+    report.push(("postgres", bytes, POSTGRES_BOUND));
 
     // MySQL, transaction pool: PyMySQL clients after one SELECT 1 each.
     let front = proxy.listener("mysql");
-    let transactions = || proxy.metric("switchyard_mysql_pool_transactions_total");
-    let mut warmup = idle_pymysql(front, WARMUP);
-    wait_until("the warm-up clients' transactions", || {
-        std::future::ready(transactions() >= WARMUP as f64)
-    })
-    .await;
-    warmup.kill().ok();
-    warmup.wait().ok();
-    proxy.wait_active("mysql", 0).await;
-    let baseline = HeapReading::now();
-    let before = transactions();
-    let mut idle = idle_pymysql(front, CLIENTS);
-    wait_until("every PyMySQL client's SELECT 1", || {
-        std::future::ready(transactions() >= before + CLIENTS as f64)
-    })
-    .await;
-    proxy.wait_active("mysql", CLIENTS as u64).await;
-    report.push(("mysql", baseline.per_client("mysql", CLIENTS), MYSQL_BOUND));
-    idle.kill().ok();
-    idle.wait().ok();
+    let bytes = proxy
+        .pooled_clients_heap("mysql", "mysql", "mysql", |n| idle_pymysql(front, n))
+        .await;
+    report.push(("mysql", bytes, MYSQL_BOUND));
 
     for (protocol, bytes, bound) in &report {
         eprintln!("{protocol}: {bytes} heap bytes per idle client (bound {bound})");
