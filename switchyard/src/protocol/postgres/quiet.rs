@@ -78,9 +78,56 @@ pub fn quiet_function(name: &str) -> bool {
     QUIET_FUNCTIONS.contains(name)
 }
 
+/// Texts longer than this are scanned every time, never remembered.
+const REMEMBERED_TEXT_BYTES: usize = 4096;
+
+/// What the texts a worker remembers may hold in all; past it the worker starts over.
+const REMEMBERED_BYTES: usize = 256 * 1024;
+
+/// What a remembered text costs beyond its bytes: its box and its slot in the set.
+const REMEMBERED_ENTRY_BYTES: usize = 64;
+
+/// Texts this worker thread found quiet. Applications send the same texts again and again
+/// (an extended-protocol query is parsed anew at every execution, transaction control is
+/// always the same few words), and a hash lookup costs a fraction of a pass of the scanner.
+/// Per thread, so workers never contend; bounded by [`REMEMBERED_BYTES`].
+#[derive(Default)]
+struct RememberedQuiet {
+    texts: HashSet<Box<str>>,
+    bytes: usize,
+}
+
+thread_local! {
+    static REMEMBERED: std::cell::RefCell<RememberedQuiet> =
+        std::cell::RefCell::new(RememberedQuiet::default());
+}
+
 /// Whether `sql` certainly changes no session state, pins nothing and runs nothing the
-/// pooler cannot see (see the module documentation); `false` means "classify it".
+/// pooler cannot see (see the module documentation); `false` means "classify it". The
+/// answer depends on the text alone, so texts found quiet are remembered per worker.
 pub fn is_quiet(sql: &str) -> bool {
+    if sql.len() > REMEMBERED_TEXT_BYTES {
+        return scan_is_quiet(sql);
+    }
+    if REMEMBERED.with_borrow(|remembered| remembered.texts.contains(sql)) {
+        return true;
+    }
+    let quiet = scan_is_quiet(sql);
+    if quiet {
+        REMEMBERED.with_borrow_mut(|remembered| {
+            let cost = sql.len() + REMEMBERED_ENTRY_BYTES;
+            if remembered.bytes + cost > REMEMBERED_BYTES {
+                *remembered = RememberedQuiet::default();
+            }
+            remembered.bytes += cost;
+            remembered.texts.insert(sql.into());
+        });
+    }
+    quiet
+}
+
+/// [`is_quiet`] by a scan of the text.
+fn scan_is_quiet(sql: &str) -> bool {
     match Scan::new(sql) {
         Some(scan) => scan.statements().all(quiet_statement),
         None => false,
@@ -258,6 +305,27 @@ mod tests {
             "SELECT 1\0",
         ] {
             assert!(!is_quiet(sql), "{sql:?}");
+        }
+    }
+
+    /// A remembered text gets the scan's answer, a text that is not quiet is never
+    /// remembered, and what a worker remembers stays within its bound.
+    #[test]
+    fn remembered_texts_answer_as_the_scan_does_within_the_bound() {
+        let quiet = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+        let loud = "SET search_path TO evil";
+        for _ in 0..3 {
+            assert!(is_quiet(quiet));
+            assert!(!is_quiet(loud));
+        }
+        assert!(REMEMBERED.with_borrow(|r| r.texts.contains(quiet)));
+        assert!(!REMEMBERED.with_borrow(|r| r.texts.contains(loud)));
+        let long = format!("SELECT 1 -- {}", "x".repeat(REMEMBERED_TEXT_BYTES));
+        assert!(is_quiet(&long));
+        assert!(!REMEMBERED.with_borrow(|r| r.texts.contains(long.as_str())));
+        for n in 0..20_000 {
+            assert!(is_quiet(&format!("SELECT abalance FROM t WHERE aid = {n}")));
+            assert!(REMEMBERED.with_borrow(|r| r.bytes <= REMEMBERED_BYTES));
         }
     }
 
