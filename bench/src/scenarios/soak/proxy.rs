@@ -143,7 +143,7 @@ shutdown_timeout = "{SHUTDOWN_TIMEOUT_SECS}s"
 [admin]
 listen = "{admin}"
 [log]
-level = "warn"
+level = "info"
 access = "off"
 
 [[listener]]
@@ -421,7 +421,7 @@ servers = [ {{ name = "p1", address = "{p1}" }}, {{ name = "p2", address = "{p2}
         )
     }
 
-    /// The newest process's log lines at warn level and above, for the report.
+    /// The last lines of every generation's log (info level and above), for the report.
     pub fn log_tail(&self) -> String {
         let generation = *self
             .generations
@@ -441,8 +441,9 @@ servers = [ {{ name = "p1", address = "{p1}" }}, {{ name = "p2", address = "{p2}
     }
 
     /// SIGTERM to every live process, then waits for each (SIGKILL after the shutdown
-    /// timeout).
-    pub async fn stop(self) {
+    /// timeout). With `keep_logs`, every generation's log and config stay on disk, and
+    /// where is printed.
+    pub async fn stop(self, keep_logs: bool) {
         let children = std::mem::take(&mut *self.lock_children());
         for (_, mut child) in children {
             if let Some(pid) = child.id() {
@@ -455,6 +456,10 @@ servers = [ {{ name = "p1", address = "{p1}" }}, {{ name = "p2", address = "{p2}
             if tokio::time::timeout(limit, child.wait()).await.is_err() {
                 let _ = child.kill().await;
             }
+        }
+        if keep_logs {
+            let dir = self.dir.keep();
+            println!("proxy logs and configs kept in {}", dir.display());
         }
     }
 }
