@@ -148,9 +148,10 @@ impl RequestScanner {
                     };
                     Ok(&data[n..])
                 } else {
-                    // Not HTTP/2: what matched so far starts an HTTP/1 head.
+                    // Not HTTP/2: what matched so far starts an HTTP/1 head, checked as if it
+                    // had just arrived (it may hold a whole head: `PRI * HTTP/2.0` CRLF CRLF).
                     self.state = State::Head;
-                    self.line.extend_from_slice(&H2_PREFACE[..matched]);
+                    self.push(&H2_PREFACE[..matched])?;
                     Ok(data)
                 }
             }
@@ -622,5 +623,25 @@ GET /last HTTP/1.0\r\n\r\n";
         scanner.push(b"PRI").expect("prefix");
         assert!(scanner.in_head());
         assert!(scanner.push(b"NT / HTTP/1.1\r\n\r\n").is_ok());
+    }
+
+    /// Found by the `http_request` fuzz target: a head that matches the HTTP/2 preface up
+    /// to its blank line and then leaves it got a different verdict fed whole (refused) than
+    /// fed in two pieces (accepted so far, the blank line missed in the matched part).
+    #[test]
+    fn a_preface_left_after_its_blank_line_gets_one_verdict_however_it_arrives() {
+        let input = b"PRI * HTTP/2.0\r\n\r\nSM\n";
+        let verdict = RequestScanner::new(LIMITS).push(input);
+        assert_eq!(
+            verdict,
+            Err(Violation::Malformed("unsupported HTTP version"))
+        );
+        for cut in 0..=input.len() {
+            let mut split = RequestScanner::new(LIMITS);
+            let split_verdict = split
+                .push(&input[..cut])
+                .and_then(|()| split.push(&input[cut..]));
+            assert_eq!(split_verdict, verdict, "cut at {cut}");
+        }
     }
 }
