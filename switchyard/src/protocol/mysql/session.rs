@@ -78,6 +78,54 @@ async fn session(
     client: TcpStream,
     record: &mut ConnectionRecord,
 ) -> Result<Termination, Refusal> {
+    // Each phase boxed: this future is kept for the client's life, and a pooled client's
+    // should be sized by its wait between transactions, not by its login or session mode.
+    match Box::pin(log_in(handler, listener, settings, client, record)).await? {
+        Admitted::Pooled(client) => Ok(super::transaction::serve(*client, record).await),
+        Admitted::Session(start) => {
+            Box::pin(session_mode(handler, listener, settings, *start, record)).await
+        }
+    }
+}
+
+/// A client past its own login: a transaction pool's, or a session-mode client still
+/// without a server.
+enum Admitted<'h, 'l> {
+    Pooled(Box<PooledClient<'h>>),
+    Session(Box<SessionStart<'l>>),
+}
+
+/// What session mode goes on with after the client's login.
+struct SessionStart<'l> {
+    client: ClientStream,
+    client_reader: PacketReader,
+    response: HandshakeResponse,
+    tls_info: Option<TlsInfo>,
+    pool: Arc<Pool>,
+    rewrites: Rewrites,
+    library: ClientLibrary,
+    /// Still counted among the address's logins, under the login deadline.
+    login: crate::login_gate::Login<'l>,
+    /// The address the client reached, for a PROXY header sent upstream.
+    destination: std::net::SocketAddr,
+    /// The client's password when the proxy checked it (it logs in to the server itself).
+    server_password: Option<String>,
+    /// The sequence id of the next packet to the client.
+    reply: u8,
+    /// The connection id the proxy's greeting gave the client.
+    connection_id: u32,
+}
+
+/// The login: the PROXY header, the proxy's greeting, the SSL upgrade, the client's
+/// authentication (when the proxy checks it) and the route; a pooled client also joins
+/// its transaction pool.
+async fn log_in<'h, 'l>(
+    handler: &'h MysqlHandler,
+    listener: &'l Listener,
+    settings: &ListenerSettings,
+    client: TcpStream,
+    record: &mut ConnectionRecord,
+) -> Result<Admitted<'h, 'l>, Refusal> {
     let state = &handler.state;
     let options = &handler.options;
     let opened = accept::open(listener, settings, client, record.client)
@@ -86,8 +134,6 @@ async fn session(
     record.client = opened.client;
     let destination = opened.destination(listener);
     let mut client = opened.into_rewind();
-    // The phases before and after a pooled client's session are boxed: this future is kept
-    // for the client's life, and would otherwise be as large as the largest phase.
     // Counted until the client has logged in; the deadline covers the TLS upgrade and the
     // authentication, but not the proxy's own wait for a server. A refused client gets
     // the ERR a busy MySQL server sends in place of its greeting.
@@ -95,7 +141,7 @@ async fn session(
         settings.config.max_logins_per_address,
         settings.config.timeouts.login,
     );
-    let Some(mut login) = listener.logins.begin(record.client.ip(), limit, timeout) else {
+    let Some(login) = listener.logins.begin(record.client.ip(), limit, timeout) else {
         let error = ProxyError::TooManyConnections;
         return Err(refuse(&mut client, 0, &error, Termination::TooManyLogins).await);
     };
@@ -214,10 +260,49 @@ async fn session(
             address: record.client,
             connection_id,
         });
-        let client = Box::pin(start).await?;
-        return Ok(super::transaction::serve(client, record).await);
+        return Ok(Admitted::Pooled(Box::new(Box::pin(start).await?)));
     }
+    Ok(Admitted::Session(Box::new(SessionStart {
+        client,
+        client_reader,
+        response,
+        tls_info,
+        pool,
+        rewrites,
+        library,
+        login,
+        destination,
+        server_password,
+        reply,
+        connection_id,
+    })))
+}
 
+/// Session mode after the client's login: a server of the listener's role, its login
+/// (relayed, or the proxy's own with the client's password), then bytes both ways.
+async fn session_mode(
+    handler: &MysqlHandler,
+    listener: &Listener,
+    settings: &ListenerSettings,
+    start: SessionStart<'_>,
+    record: &mut ConnectionRecord,
+) -> Result<Termination, Refusal> {
+    let state = &handler.state;
+    let options = &handler.options;
+    let SessionStart {
+        mut client,
+        mut client_reader,
+        response,
+        tls_info,
+        pool,
+        rewrites,
+        library,
+        mut login,
+        destination,
+        server_password,
+        reply,
+        connection_id,
+    } = start;
     let reroute = || {
         let settings = listener.settings();
         let now = settings.handler_as::<MysqlHandler>();
@@ -362,8 +447,8 @@ async fn session(
 }
 
 /// What a client of a transaction pool starts with.
-struct PooledStart<'a> {
-    handler: &'a MysqlHandler,
+struct PooledStart<'h, 'a> {
+    handler: &'h MysqlHandler,
     settings: &'a ListenerSettings,
     client: ClientStream,
     client_reader: PacketReader,
@@ -380,7 +465,7 @@ struct PooledStart<'a> {
 
 /// Joins the transaction pool of the client's (pool, database, user, shape) and tells the
 /// client it is logged in: no server connection is needed until its first command.
-async fn pooled(start: PooledStart<'_>) -> Result<PooledClient<'_>, Refusal> {
+async fn pooled<'h>(start: PooledStart<'h, '_>) -> Result<PooledClient<'h>, Refusal> {
     let PooledStart {
         handler,
         settings,
