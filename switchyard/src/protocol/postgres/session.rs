@@ -240,6 +240,7 @@ async fn session(
     if let Some(authenticated) = &logged_in.authenticated
         && transaction_mode
     {
+        let credential = authenticated.credential.clone();
         let LoggedIn {
             client,
             mut startup,
@@ -247,15 +248,18 @@ async fn session(
             rewrites,
             split,
             login,
-            ..
+            authenticated,
+            tls_info,
+            destination: _,
         } = logged_in;
-        // Logged in: no longer counted among the address's logins.
-        drop(login);
+        // Logged in: no longer counted among the address's logins. What the login leaves
+        // is freed now, not kept for the client's life.
+        drop((login, authenticated, tls_info));
         rewrites.apply(&mut startup);
         let wanted = wanted_role(&pool, options.role, options.replica_fallback);
         let pooled = super::transaction::Pooled {
             pool: &pool,
-            credential: authenticated.credential.clone(),
+            credential,
             accept: RoleFilter::new(&pool, wanted),
             split: split.enabled.then_some(split),
             tenant: record
@@ -264,7 +268,7 @@ async fn session(
                 .map(|tenant| state.context.accounting.tenant(tenant)),
         };
         return Box::pin(super::transaction::start(
-            state, settings, options, client, &startup, pooled, record,
+            state, settings, options, client, startup, pooled, record,
         ))
         .await;
     }

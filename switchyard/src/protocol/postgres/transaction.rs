@@ -519,7 +519,7 @@ pub async fn start(
     listener: &ListenerSettings,
     options: &PostgresListener,
     stream: ClientStream,
-    startup: &Startup,
+    startup: Startup,
     pooled: Pooled<'_>,
     record: &mut ConnectionRecord,
 ) -> Result<Termination, Refusal> {
@@ -577,7 +577,7 @@ pub async fn start(
             }
         },
     };
-    let settings = SessionSettings::from_startup(startup);
+    let settings = SessionSettings::from_startup(&startup);
     // The client's own startup values win over the server's defaults.
     let parameters: Vec<(String, String)> = parameters
         .iter()
@@ -593,6 +593,9 @@ pub async fn start(
     if let Err(error) = crate::net::send_all(&mut session.client.stream, &welcome).await {
         return Err(Refusal::new(Termination::ClientClosed, error));
     }
+    // What the session needs of the startup is in its settings; the packet's strings are
+    // not kept for the client's life.
+    drop((startup, parameters, welcome));
     let ending = session.serve().await;
     let moved = session.moved;
     drop(member);
