@@ -907,3 +907,31 @@ async fn a_server_named_by_its_address_changes_state_by_its_encoded_name() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(proxy.server("spare pool", &name).await.state, "drain");
 }
+
+/// A client that sends part of a request head and stops is closed (after the admin API's
+/// head timeout, 10 s), not kept for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_head_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let (alpha, bravo) = two_named().await;
+    let proxy = Proxy::start(&two_server_config(&alpha, &bravo).build()).await;
+    let mut client = TcpStream::connect(proxy.admin)
+        .await
+        .expect("connect to the admin API");
+    client
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127")
+        .await
+        .expect("send part of a head");
+    let mut buffer = [0u8; 1024];
+    // Waits for the close; the bound only keeps a broken build from hanging the suite.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        client.read(&mut buffer),
+    )
+    .await
+    .expect("the admin API closed the connection");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed without a response, got {read:?}"
+    );
+}

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,11 @@ pub use status::{ListenerStatus, PoolStatus, ResolvedKey, ResolvedSetStatus, Ser
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
+
+/// How long a connection may take to send a request head (the first, or the next on a
+/// kept-alive connection) before it is closed: a client that sends part of a head and
+/// stops must not hold an admin connection (and its task) for ever.
+const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves the admin API until `stop` fires (the runtime's `AdminService`), to the
 /// requests its `allowed_hosts` and access rules let through.
@@ -102,6 +107,8 @@ async fn serve(
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_HEAD_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
