@@ -215,7 +215,16 @@ pub async fn malformed(listeners: Listeners, shared: Shared) {
         turn += 1;
         match refused(addr, &bytes).await {
             Some(true) => shared.ledger.hostile(Hostile::MalformedRefused),
-            Some(false) => shared.ledger.hostile(Hostile::MalformedIgnored),
+            Some(false) => {
+                shared.ledger.hostile(Hostile::MalformedIgnored);
+                // Rare and worth a look: which listener, and what it was sent.
+                let shown = &bytes[..bytes.len().min(32)];
+                shared.ledger.note(format!(
+                    "malformed input to {addr} neither answered nor closed in {} s: {} bytes, starting {shown:?}",
+                    MALFORMED_WAIT.as_secs(),
+                    bytes.len()
+                ));
+            }
             None => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
