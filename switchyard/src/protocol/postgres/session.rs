@@ -237,42 +237,40 @@ async fn session(
     // should be sized by what it needs then, not by the login's.
     let logged_in = Box::pin(log_in(handler, listener, settings, client, record)).await?;
     let transaction_mode = logged_in.pool.database.pool_mode == PoolMode::Transaction;
-    if let Some(authenticated) = &logged_in.authenticated
-        && transaction_mode
-    {
-        let credential = authenticated.credential.clone();
-        let LoggedIn {
+    match logged_in {
+        LoggedIn {
             client,
             mut startup,
             pool,
             rewrites,
             split,
             login,
-            authenticated,
+            authenticated: Some(Authenticated { user, credential }),
             tls_info,
             destination: _,
-        } = logged_in;
-        // Logged in: no longer counted among the address's logins. What the login leaves
-        // is freed now, not kept for the client's life.
-        drop((login, authenticated, tls_info));
-        rewrites.apply(&mut startup);
-        let wanted = wanted_role(&pool, options.role, options.replica_fallback);
-        let pooled = super::transaction::Pooled {
-            pool: &pool,
-            credential,
-            accept: RoleFilter::new(&pool, wanted),
-            split: split.enabled.then_some(split),
-            tenant: record
-                .tenant
-                .as_ref()
-                .map(|tenant| state.context.accounting.tenant(tenant)),
-        };
-        return Box::pin(super::transaction::start(
-            state, settings, options, client, startup, pooled, record,
-        ))
-        .await;
+        } if transaction_mode => {
+            // Logged in: no longer counted among the address's logins. What the login
+            // leaves is freed now, not kept for the client's life.
+            drop((login, user, tls_info));
+            rewrites.apply(&mut startup);
+            let wanted = wanted_role(&pool, options.role, options.replica_fallback);
+            let pooled = super::transaction::Pooled {
+                pool: &pool,
+                credential,
+                accept: RoleFilter::new(&pool, wanted),
+                split: split.enabled.then_some(split),
+                tenant: record
+                    .tenant
+                    .as_ref()
+                    .map(|tenant| state.context.accounting.tenant(tenant)),
+            };
+            Box::pin(super::transaction::start(
+                state, settings, options, client, startup, pooled, record,
+            ))
+            .await
+        }
+        logged_in => Box::pin(relayed(handler, listener, settings, logged_in, record)).await,
     }
-    Box::pin(relayed(handler, listener, settings, logged_in, record)).await
 }
 
 /// Session mode: a server connection of the client's own, its startup (relayed, or
