@@ -814,6 +814,19 @@ struct Model {
     given_back: usize,
 }
 
+impl Model {
+    /// Records the statement a server name stands for and asserts that the name never
+    /// stood for another (text and parameter types).
+    fn one_statement_per_server_name(&mut self, parse: &Parse<'_>) {
+        let text = (parse.query.to_vec(), parse.types.to_vec());
+        let known = self
+            .server_names
+            .entry(parse.name.to_vec())
+            .or_insert(text.clone());
+        assert_eq!(*known, text, "one server name for two statements");
+    }
+}
+
 fn check(sessions: &mut Sessions, model: &mut Model) {
     for conn in &mut sessions.conns {
         let bytes = std::mem::take(&mut conn.to_server);
@@ -825,12 +838,7 @@ fn check(sessions: &mut Sessions, model: &mut Model) {
                 continue;
             };
             if parse.name.len() == 35 && parse.name.starts_with(b"sy_") {
-                let text = (parse.query.to_vec(), parse.types.to_vec());
-                let known = model
-                    .server_names
-                    .entry(parse.name.to_vec())
-                    .or_insert(text.clone());
-                assert_eq!(*known, text, "one server name for two statements");
+                model.one_statement_per_server_name(&parse);
             }
         }
         conn.resets.clear();
@@ -855,12 +863,7 @@ fn check(sessions: &mut Sessions, model: &mut Model) {
             if let Some(statement) = client.conv.statements.get(name.as_bytes()) {
                 let parse = Parse::read(statement.parse.body()).expect("the renamed Parse reads");
                 assert_eq!(parse.name, statement.server_name.as_bytes());
-                let text = (parse.query.to_vec(), parse.types.to_vec());
-                let known = model
-                    .server_names
-                    .entry(parse.name.to_vec())
-                    .or_insert(text.clone());
-                assert_eq!(*known, text, "one server name for two statements");
+                model.one_statement_per_server_name(&parse);
             }
         }
         for statement in client.conv.settings.statements() {
