@@ -145,6 +145,7 @@ impl MariaDb {
                     "--skip-name-resolve",
                     "--innodb-buffer-pool-size=16M",
                     "--innodb-flush-log-at-trx-commit=2",
+                    INNODB_LOG_FILE_SIZE,
                     "--plugin-load-add=auth_ed25519",
                 ])
                 .args(args)
@@ -230,6 +231,11 @@ impl Drop for MariaDb {
     }
 }
 
+/// The redo log's size for test servers: the default (96 MiB, preallocated) times the
+/// dozens of servers a parallel test run starts filled a CI machine's disk; the tests
+/// write kilobytes.
+const INNODB_LOG_FILE_SIZE: &str = "--innodb-log-file-size=4M";
+
 /// A temp dir the `mysql` user owns, with a fresh data directory from
 /// `mariadb-install-db` (root may log in over the socket without a password) and a
 /// `tmp` dir of the server's own: servers sharing `/tmp` remove each other's temporary
@@ -245,6 +251,7 @@ fn install() -> tempfile::TempDir {
         .arg("--no-defaults")
         .arg(format!("--datadir={}", dir.path().join("data").display()))
         .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .arg(INNODB_LOG_FILE_SIZE)
         .stdin(Stdio::null())
         .output()
         .expect("mariadb-install-db (Debian mariadb-server package)");
