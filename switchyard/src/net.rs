@@ -1,5 +1,7 @@
 //! Socket options every proxied connection gets.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -51,23 +53,33 @@ where
     S: tokio::io::AsyncRead + Unpin,
     F: FnMut(Option<&[u8]>),
 {
-    std::future::poll_fn(|cx| {
-        // Left uninitialised: zeroing 4 KiB on every poll would cost each message read here.
-        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); UNBUFFERED_SCRATCH];
-        let mut read = tokio::io::ReadBuf::uninit(&mut scratch);
-        match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read) {
-            std::task::Poll::Pending => {
-                seen(None);
-                std::task::Poll::Pending
-            }
-            std::task::Poll::Ready(Err(error)) => std::task::Poll::Ready(Err(error)),
-            std::task::Poll::Ready(Ok(())) => {
-                seen(Some(read.filled()));
-                std::task::Poll::Ready(Ok(()))
-            }
+    std::future::poll_fn(|cx| poll_read_unbuffered(cx, stream, &mut seen)).await
+}
+
+/// [`read_unbuffered`] as a poll, for waits that poll other things beside it.
+pub fn poll_read_unbuffered<S, F>(
+    cx: &mut Context<'_>,
+    stream: &mut S,
+    seen: &mut F,
+) -> Poll<std::io::Result<()>>
+where
+    S: tokio::io::AsyncRead + Unpin,
+    F: FnMut(Option<&[u8]>),
+{
+    // Left uninitialised: zeroing 4 KiB on every poll would cost each message read here.
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); UNBUFFERED_SCRATCH];
+    let mut read = tokio::io::ReadBuf::uninit(&mut scratch);
+    match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+        Poll::Pending => {
+            seen(None);
+            Poll::Pending
         }
-    })
-    .await
+        Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+        Poll::Ready(Ok(())) => {
+            seen(Some(read.filled()));
+            Poll::Ready(Ok(()))
+        }
+    }
 }
 
 /// Reads into `buf` for a wait that may last (a client between transactions): while the
@@ -81,14 +93,26 @@ pub async fn fill_idle<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     mut on_wait: impl FnMut(),
 ) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| poll_fill_idle(cx, buf, capacity, stream, &mut on_wait)).await
+}
+
+/// [`fill_idle`] as a poll: a wait written as one poll function keeps no future of its
+/// own for the read, which the future of every idle client would hold.
+pub fn poll_fill_idle<S: tokio::io::AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    buf: &mut bytes::BytesMut,
+    capacity: usize,
+    stream: &mut S,
+    on_wait: &mut impl FnMut(),
+) -> Poll<std::io::Result<usize>> {
     if !buf.is_empty() {
         if buf.capacity() - buf.len() < capacity / 2 {
             buf.reserve(capacity);
         }
-        return tokio::io::AsyncReadExt::read_buf(stream, buf).await;
+        return tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
     }
     let mut taken = 0;
-    read_unbuffered(stream, |read| match read {
+    let read = poll_read_unbuffered(cx, stream, &mut |read: Option<&[u8]>| match read {
         None => {
             *buf = bytes::BytesMut::new();
             on_wait();
@@ -100,9 +124,8 @@ pub async fn fill_idle<S: tokio::io::AsyncRead + Unpin>(
             buf.extend_from_slice(bytes);
             taken = bytes.len();
         }
-    })
-    .await?;
-    Ok(taken)
+    });
+    read.map_ok(|()| taken)
 }
 
 /// Failed accepts in a row on one listening socket. Out of descriptors (EMFILE) or

@@ -64,12 +64,15 @@ impl FrameReader {
     /// transactions): while the stream has nothing to read and no message is partly
     /// read, the buffer is given back and `on_wait` runs, so that an idle connection holds
     /// no heap buffer (see [`crate::net::read_unbuffered`]).
-    pub async fn fill_idle<S: AsyncRead + Unpin>(
+    /// A poll, so that the wait between transactions (where pooled clients spend their
+    /// time) keeps no future of its own for the read.
+    pub fn poll_fill_idle<S: AsyncRead + Unpin>(
         &mut self,
+        cx: &mut std::task::Context<'_>,
         stream: &mut S,
-        on_wait: impl FnMut(),
-    ) -> std::io::Result<usize> {
-        crate::net::fill_idle(&mut self.buf, INITIAL_BUFFER, stream, on_wait).await
+        on_wait: &mut impl FnMut(),
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        crate::net::poll_fill_idle(cx, &mut self.buf, INITIAL_BUFFER, stream, on_wait)
     }
 
     /// The next whole message in the buffer, if one has arrived.

@@ -1,6 +1,7 @@
 //! One client session in session mode: startup, routing, a server of the listener's role,
 //! the relayed authentication, then bytes both ways for the session's life.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -16,6 +17,7 @@ use super::errors::{fatal, sqlstate};
 use super::split::SplitConfig;
 use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, read_opening};
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
+use super::transaction::PooledClient;
 use crate::accept;
 use crate::config::{ClientTlsMode, KeyFact, MessageLimits, PoolMode, PostgresAuth};
 use crate::listener::{Accepted, Listener, ListenerSettings};
@@ -32,19 +34,33 @@ use crate::upstream::{
 };
 
 /// Handles one client connection of a postgres listener to the end, logging one line.
-pub async fn serve(handler: Arc<PostgresHandler>, connection: Accepted) {
-    let started = std::time::Instant::now();
+/// The connection is taken apart before the future is made, so the future keeps its
+/// parts once, not also the whole (its future lives as long as the client).
+pub fn serve(
+    handler: Arc<PostgresHandler>,
+    connection: Accepted,
+) -> impl Future<Output = ()> + Send {
     let Accepted {
         listener,
         settings,
         stream: client,
         peer,
     } = connection;
-    let mut record = ConnectionRecord::accepted(&listener.name, peer);
-    let outcome = session(&handler, &listener, &settings, client, &mut record).await;
-    record.termination = session_termination(outcome, &listener, peer, "postgres");
-    record.finish(started);
-    handler.state.context.finish_connection(&record);
+    async move {
+        let started = std::time::Instant::now();
+        let mut record = ConnectionRecord::accepted(&listener.name, peer);
+        let outcome = match session(&handler, &listener, &settings, client, &mut record).await {
+            // Served here, not inside `session`: that future is gone by now, so a pooled
+            // client's future keeps the client (boxed: the match would keep room for it
+            // beside the moved-out copy) and the wait for its next message, and nothing
+            // laid out for the login.
+            Admitted::Pooled(mut client) => client.serve(&mut record).await,
+            Admitted::Ended(outcome) => outcome,
+        };
+        record.termination = session_termination(outcome, &listener, peer, "postgres");
+        record.finish(started);
+        handler.state.context.finish_connection(&record);
+    }
 }
 
 /// The login: the PROXY header, the TLS upgrade, the startup, the route (and its resolver)
@@ -224,53 +240,83 @@ struct LoggedIn<'a> {
     login: crate::login_gate::Login<'a>,
 }
 
-async fn session(
-    handler: &PostgresHandler,
+/// Where a logged-in client goes.
+enum Admitted<'h> {
+    /// A transaction pool's client, told it is logged in: the caller serves it.
+    Pooled(Box<PooledClient<'h>>),
+    /// The session ran to its end (session mode), or the login failed.
+    Ended(Result<Termination, Refusal>),
+}
+
+/// Logs the client in, then starts its transaction-mode session or runs its session-mode
+/// one. Each phase is boxed: a client's future is kept for the client's life, and should
+/// be sized by what it needs then, not by the login's.
+async fn session<'h>(
+    handler: &'h PostgresHandler,
     listener: &Listener,
     settings: &ListenerSettings,
     client: TcpStream,
     record: &mut ConnectionRecord,
-) -> Result<Termination, Refusal> {
+) -> Admitted<'h> {
     let state = &handler.state;
     let options = &handler.options;
-    // Boxed, like each phase after it: a client's future is kept for the client's life, and
-    // should be sized by what it needs then, not by the login's.
-    let logged_in = Box::pin(log_in(handler, listener, settings, client, record)).await?;
-    let transaction_mode = logged_in.pool.database.pool_mode == PoolMode::Transaction;
-    match logged_in {
-        LoggedIn {
-            client,
-            mut startup,
-            pool,
-            rewrites,
-            split,
-            login,
-            authenticated: Some(Authenticated { user, credential }),
-            tls_info,
-            destination: _,
-        } if transaction_mode => {
-            // Logged in: no longer counted among the address's logins. What the login
-            // leaves is freed now, not kept for the client's life.
-            drop((login, user, tls_info));
-            rewrites.apply(&mut startup);
-            let wanted = wanted_role(&pool, options.role, options.replica_fallback);
-            let pooled = super::transaction::Pooled {
-                pool: &pool,
-                credential,
-                accept: RoleFilter::new(&pool, wanted),
-                split: split.enabled.then_some(split),
-                tenant: record
-                    .tenant
-                    .as_ref()
-                    .map(|tenant| state.context.accounting.tenant(tenant)),
-            };
-            Box::pin(super::transaction::start(
-                state, settings, options, client, startup, pooled, record,
-            ))
-            .await
+    let logged_in = match Box::pin(log_in(handler, listener, settings, client, record)).await {
+        Ok(logged_in) => logged_in,
+        Err(refusal) => return Admitted::Ended(Err(refusal)),
+    };
+    // The next phase is made in a block of its own and awaited after it: a `LoggedIn` that
+    // was ever borrowed keeps its 512 bytes in this future until it goes out of scope,
+    // even once every field is moved out, and this future is part of a pooled client's.
+    let next: Pin<Box<dyn Future<Output = Admitted<'h>> + Send + '_>> = {
+        let logged_in = logged_in;
+        let transaction_mode = logged_in.pool.database.pool_mode == PoolMode::Transaction;
+        match logged_in {
+            LoggedIn {
+                client,
+                startup,
+                pool,
+                rewrites,
+                split,
+                login,
+                authenticated: Some(Authenticated { user, credential }),
+                tls_info,
+                destination,
+            } if transaction_mode => {
+                // Logged in: no longer counted among the address's logins. What the login
+                // leaves is freed now, not kept for the client's life.
+                drop((login, user, tls_info, destination));
+                let startup = {
+                    let mut startup = startup;
+                    rewrites.apply(&mut startup);
+                    startup
+                };
+                let wanted = wanted_role(&pool, options.role, options.replica_fallback);
+                let pooled = super::transaction::Pooled {
+                    accept: RoleFilter::new(&pool, wanted),
+                    pool,
+                    credential,
+                    split: split.enabled.then_some(split),
+                    tenant: record
+                        .tenant
+                        .as_ref()
+                        .map(|tenant| state.context.accounting.tenant(tenant)),
+                };
+                Box::pin(async move {
+                    let started = super::transaction::start(
+                        state, settings, options, client, startup, pooled, record,
+                    );
+                    match started.await {
+                        Ok(client) => Admitted::Pooled(Box::new(client)),
+                        Err(refusal) => Admitted::Ended(Err(refusal)),
+                    }
+                })
+            }
+            logged_in => Box::pin(async move {
+                Admitted::Ended(relayed(handler, listener, settings, logged_in, record).await)
+            }),
         }
-        logged_in => Box::pin(relayed(handler, listener, settings, logged_in, record)).await,
-    }
+    };
+    next.await
 }
 
 /// Session mode: a server connection of the client's own, its startup (relayed, or

@@ -29,6 +29,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -43,7 +44,7 @@ use super::conversation::{Buffers, Conversation, Hold};
 use super::errors::{fatal, sqlstate};
 use super::frames::{self, Frame, FrameReader};
 use super::login::ServerCredential;
-use super::pooler::{LeaseFailure, ServerConn, TxPool};
+use super::pooler::{LeaseFailure, Postgres, ServerConn, TxPool};
 use super::settings::SessionSettings;
 use super::split::{SplitConfig, Target};
 use super::startup::Refusal;
@@ -53,7 +54,7 @@ use crate::config::PostgresListener;
 use crate::lazy_timer::LazyTimer;
 use crate::listener::ListenerSettings;
 use crate::observe::{ConnectionRecord, Termination};
-use crate::upstream::tx_pool::Pairing;
+use crate::upstream::tx_pool::{Member, Pairing};
 use crate::upstream::{Pool, RoleFilter};
 
 /// What the client loop needs from the session that started it.
@@ -203,7 +204,7 @@ impl<'a> Session<'a> {
         }
         let conn = match self.lease(plan.as_ref().map(|(_, target)| *target)).await {
             Ok(conn) => conn,
-            Err(failure) => return Some(self.refuse_lease(failure).await),
+            Err(failure) => return Some(Err(self.refuse_lease(failure).await)),
         };
         self.client.cancel.retarget(&conn.link.cancel);
         let mut held = Held {
@@ -255,21 +256,39 @@ impl<'a> Session<'a> {
             let now = Instant::now();
             let deadline = now.checked_add(idle).filter(|_| !idle.is_zero());
             // While the client sends nothing, the session holds no buffers: they are taken
-            // again with its next message.
-            let (to_client, buffers) = (&mut self.conv.to_client, &mut self.buffers);
-            let read = self.reader.fill_idle(&mut self.client.stream, || {
-                *to_client = Vec::new();
+            // again with its next message. One poll function for the read, the idle limit
+            // and the hard stop: a `select!` over their futures was most of the future an
+            // idle pooled client keeps.
+            let Self {
+                client,
+                reader,
+                conv,
+                buffers,
+                idle_timer,
+                ..
+            } = self;
+            let mut give_back = || {
+                conv.to_client = Vec::new();
                 *buffers = Buffers::default();
-            });
-            let read = tokio::select! {
-                read = read => read,
-                _ = self.idle_timer.until(deadline.unwrap_or(now)), if deadline.is_some() => {
-                    return Err(Refusal::new(Termination::ClientTimeout, "idle between transactions"));
-                }
-                () = self.client.hard_stop.cancelled() => {
-                    return Err(Stop::Shutdown.into());
-                }
             };
+            let mut hard_stop = std::pin::pin!(client.hard_stop.cancelled());
+            let read = std::future::poll_fn(|cx| {
+                if hard_stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(Refusal::from(Stop::Shutdown)));
+                }
+                if let Some(deadline) = deadline
+                    && idle_timer.poll_until(cx, deadline).is_ready()
+                {
+                    return Poll::Ready(Err(Refusal::new(
+                        Termination::ClientTimeout,
+                        "idle between transactions",
+                    )));
+                }
+                reader
+                    .poll_fill_idle(cx, &mut client.stream, &mut give_back)
+                    .map(Ok)
+            })
+            .await?;
             match read {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(n) => self.moved.to_server += n as u64,
@@ -310,7 +329,7 @@ impl<'a> Session<'a> {
     }
 
     /// No connection for the client's transaction: FATAL with why, then the end.
-    async fn refuse_lease(&mut self, failure: LeaseFailure) -> Ending {
+    async fn refuse_lease(&mut self, failure: LeaseFailure) -> Refusal {
         let (code, reason, message) = match failure {
             LeaseFailure::QueueTimeout => (
                 sqlstate::TOO_MANY_CONNECTIONS,
@@ -329,12 +348,12 @@ impl<'a> Session<'a> {
             ),
             LeaseFailure::Login(error) => {
                 let _ = crate::net::send_all(&mut self.client.stream, &error.to_client()).await;
-                return Err(Refusal::new(Termination::ServerLoginFailed, error));
+                return Refusal::new(Termination::ServerLoginFailed, error);
             }
         };
         let _ = crate::net::send_all(&mut self.client.stream, &fatal(code, &message)).await;
         let _ = self.client.stream.shutdown().await;
-        Err(Refusal::new(reason, message))
+        Refusal::new(reason, message)
     }
 
     /// Readies a freshly leased connection for this client: resets it when it holds another
@@ -494,9 +513,9 @@ impl<'a> Session<'a> {
 }
 
 /// The pool a transaction-mode client draws from, and on whose behalf.
-pub struct Pooled<'a> {
+pub struct Pooled {
     /// The routed pool.
-    pub pool: &'a Arc<Pool>,
+    pub pool: Arc<Pool>,
     /// What switchyard logs in to servers with for this client's user.
     pub credential: ServerCredential,
     /// Which servers the client's transactions may run on (the listener's role).
@@ -507,22 +526,43 @@ pub struct Pooled<'a> {
     pub tenant: Option<Arc<crate::accounting::Usage>>,
 }
 
+/// A transaction-mode client that was told it is logged in: its session, and its place
+/// in the (database, user) pool. The caller keeps it for the client's life and serves it
+/// by reference, so the future a pooled client waits in holds it once, beside nothing of
+/// the login's (see `docs/benchmarks.md`, "Idle memory").
+pub struct PooledClient<'a> {
+    session: Session<'a>,
+    /// Given up when the client leaves.
+    _member: Member<Postgres>,
+}
+
+impl PooledClient<'_> {
+    /// Serves the client's transactions until it leaves; the bytes moved go to `record`.
+    pub async fn serve(&mut self, record: &mut ConnectionRecord) -> Ending {
+        let ending = self.session.serve().await;
+        record.bytes_in += self.session.moved.to_server;
+        record.bytes_out += self.session.moved.to_client;
+        ending
+    }
+}
+
 /// Starts a transaction-mode session for a client that switchyard authenticated. The
 /// client is told the parameters of the pool's latest server login, so its login waits
 /// for no server connection (a client that connects per transaction would otherwise queue
 /// behind the transactions of others before it could even begin). Only the first client
 /// of a (database, user) leases a connection first: that login checks that the server
 /// accepts the user and database (its refusal reaches the client as is) and learns the
-/// parameters.
-pub async fn start(
+/// parameters. Returns once the client is told it is logged in; its transactions are
+/// [`PooledClient::serve`]'s.
+pub async fn start<'a>(
     state: &PostgresState,
     listener: &ListenerSettings,
-    options: &PostgresListener,
+    options: &'a PostgresListener,
     stream: ClientStream,
     startup: Startup,
-    pooled: Pooled<'_>,
+    pooled: Pooled,
     record: &mut ConnectionRecord,
-) -> Result<Termination, Refusal> {
+) -> Result<PooledClient<'a>, Refusal> {
     let database = startup.database().unwrap_or_default();
     let user = startup.param("user").unwrap_or_default();
     let limits = &options.limits;
@@ -540,7 +580,7 @@ pub async fn start(
         tenant: pooled.tenant.clone(),
     };
     let member = match state.tx_pools.join(
-        pooled.pool,
+        &pooled.pool,
         Pairing {
             database,
             user,
@@ -573,7 +613,7 @@ pub async fn start(
             Err(failure) => {
                 let settings = SessionSettings::default();
                 let mut session = Session::new(client(stream, tx_pool, Duration::ZERO), settings);
-                return Box::pin(session.refuse_lease(failure)).await;
+                return Err(Box::pin(session.refuse_lease(failure)).await);
             }
         },
     };
@@ -593,15 +633,10 @@ pub async fn start(
     if let Err(error) = crate::net::send_all(&mut session.client.stream, &welcome).await {
         return Err(Refusal::new(Termination::ClientClosed, error));
     }
-    // What the session needs of the startup is in its settings; the packet's strings are
-    // not kept for the client's life.
-    drop((startup, parameters, welcome));
-    let ending = session.serve().await;
-    let moved = session.moved;
-    drop(member);
-    record.bytes_in += moved.to_server;
-    record.bytes_out += moved.to_client;
-    ending
+    Ok(PooledClient {
+        session,
+        _member: member,
+    })
 }
 
 /// The first lease of a (database, user) pool: the server's answer to the login (a refusal
