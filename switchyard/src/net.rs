@@ -86,18 +86,8 @@ where
 /// stream has nothing and `buf` holds nothing, `buf`'s memory is given back and `on_wait`
 /// runs, so that an idle connection holds no heap buffer; bytes that arrive go into a
 /// buffer of at least `capacity`. When `buf` holds part of a message the read is a plain
-/// one. `Ok(0)` is the end of the stream.
-pub async fn fill_idle<S: tokio::io::AsyncRead + Unpin>(
-    buf: &mut bytes::BytesMut,
-    capacity: usize,
-    stream: &mut S,
-    mut on_wait: impl FnMut(),
-) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| poll_fill_idle(cx, buf, capacity, stream, &mut on_wait)).await
-}
-
-/// [`fill_idle`] as a poll: a wait written as one poll function keeps no future of its
-/// own for the read, which the future of every idle client would hold.
+/// one. `Ok(0)` is the end of the stream. A poll, not a future: the wait it is part of
+/// polls the idle timer and the hard stop beside it, and keeps no future for the read.
 pub fn poll_fill_idle<S: tokio::io::AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     buf: &mut bytes::BytesMut,

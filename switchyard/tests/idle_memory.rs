@@ -105,7 +105,7 @@ const WARMUP: usize = CLIENTS;
 const TCP_BOUND: isize = 2_700;
 const HTTP_BOUND: isize = 2_800;
 const POSTGRES_BOUND: isize = 2_700;
-const MYSQL_BOUND: isize = 4_300;
+const MYSQL_BOUND: isize = 2_800;
 
 /// The proxy's listeners and admin API, from its ready file.
 struct InProcess {

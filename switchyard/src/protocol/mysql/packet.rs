@@ -125,13 +125,16 @@ impl PacketReader {
 
     /// Like [`PacketReader::fill`], for a wait that may last (a pooled client between
     /// transactions): the buffer is given back while nothing is partly read and the stream
-    /// has nothing, and `on_wait` runs (see [`crate::net::fill_idle`]).
-    pub async fn fill_idle<S: AsyncRead + Unpin>(
+    /// has nothing, and `on_wait` runs (see [`crate::net::poll_fill_idle`]).
+    /// A poll, so that the wait between transactions keeps no future of its own for the
+    /// read.
+    pub fn poll_fill_idle<S: AsyncRead + Unpin>(
         &mut self,
+        cx: &mut std::task::Context<'_>,
         stream: &mut S,
-        on_wait: impl FnMut(),
-    ) -> io::Result<usize> {
-        crate::net::fill_idle(&mut self.buf, 8 * 1024, stream, on_wait).await
+        on_wait: &mut impl FnMut(),
+    ) -> std::task::Poll<io::Result<usize>> {
+        crate::net::poll_fill_idle(cx, &mut self.buf, 8 * 1024, stream, on_wait)
     }
 
     /// Waits for the next whole payload; the end of the stream mid-way is an error.

@@ -46,19 +46,23 @@ use crate::upstream::{
 const FRAMING: u32 = cap::DEPRECATE_EOF | cap::SESSION_TRACK;
 
 /// Handles one client connection of a mysql listener to the end, logging one line.
-pub async fn serve(handler: Arc<MysqlHandler>, connection: Accepted) {
-    let started = std::time::Instant::now();
+/// The connection is taken apart before the future is made, so the future keeps its
+/// parts once, not also the whole (its future lives as long as the client).
+pub fn serve(handler: Arc<MysqlHandler>, connection: Accepted) -> impl Future<Output = ()> + Send {
     let Accepted {
         listener,
         settings,
         stream: client,
         peer,
     } = connection;
-    let mut record = ConnectionRecord::accepted(&listener.name, peer);
-    let outcome = session(&handler, &listener, &settings, client, &mut record).await;
-    record.termination = session_termination(outcome, &listener, peer, "mysql");
-    record.finish(started);
-    handler.state.context.finish_connection(&record);
+    async move {
+        let started = std::time::Instant::now();
+        let mut record = ConnectionRecord::accepted(&listener.name, peer);
+        let outcome = session(&handler, &listener, &settings, client, &mut record).await;
+        record.termination = session_termination(outcome, &listener, peer, "mysql");
+        record.finish(started);
+        handler.state.context.finish_connection(&record);
+    }
 }
 
 /// The client after its login packet: the stream (TLS or not), what was read from it, the

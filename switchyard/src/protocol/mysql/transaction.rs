@@ -30,10 +30,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::classify::{
@@ -165,8 +167,13 @@ struct Replied {
     affected: i64,
 }
 
-/// Serves a pooled client to the end of its session.
-pub async fn serve(client: PooledClient<'_>, record: &mut ConnectionRecord) -> Termination {
+/// Serves a pooled client to the end of its session. The session is made before the
+/// future, which takes it whole: an `async fn` would keep its argument, the client, beside
+/// the session that holds it, for the client's life.
+pub fn serve<'a>(
+    client: PooledClient<'a>,
+    record: &'a mut ConnectionRecord,
+) -> impl Future<Output = Termination> + Send + 'a {
     let database = client.member.pool().database.clone();
     let split = client.split.map(|sticky| (SplitState::new(), sticky));
     let mut session = Session {
@@ -185,11 +192,15 @@ pub async fn serve(client: PooledClient<'_>, record: &mut ConnectionRecord) -> T
         to_server: 0,
         to_client: 0,
     };
-    let end = session.run(record).await;
-    session.leave().await;
-    record.bytes_in += session.to_server;
-    record.bytes_out += session.to_client;
-    end
+    async move {
+        let end = session.run(record).await;
+        // Boxed: it runs once, and its future would otherwise widen the one kept while
+        // the client idles.
+        Box::pin(session.leave()).await;
+        record.bytes_in += session.to_server;
+        record.bytes_out += session.to_client;
+        end
+    }
 }
 
 impl Session<'_> {
@@ -282,22 +293,31 @@ impl Session<'_> {
                     return Err(Termination::BadMessage);
                 }
             }
-            let read = client.reader.fill_idle(&mut client.stream, || {});
+            // One poll function for the read, the idle limit and the hard stop: a `select!`
+            // over their futures was most of the future an idle pooled client keeps.
             let idle = client.idle;
-            let read = async {
-                if idle.is_zero() {
-                    Ok(read.await)
-                } else {
-                    tokio::time::timeout(idle, read).await
+            let mut timeout = std::pin::pin!(
+                Instant::now()
+                    .checked_add(idle)
+                    .filter(|_| !idle.is_zero())
+                    .map(tokio::time::sleep_until)
+            );
+            let mut hard_stop = std::pin::pin!(client.hard_stop.cancelled());
+            let (reader, stream) = (&mut client.reader, &mut client.stream);
+            let read = std::future::poll_fn(|cx| {
+                if hard_stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(Termination::Shutdown));
                 }
-            };
-            tokio::select! {
-                read = read => match read {
-                    Ok(Ok(0)) | Ok(Err(_)) => return Err(Termination::ClientClosed),
-                    Ok(Ok(_)) => {}
-                    Err(_) => return Err(Termination::ClientTimeout),
-                },
-                () = client.hard_stop.cancelled() => return Err(Termination::Shutdown),
+                if let Some(timeout) = timeout.as_mut().as_pin_mut()
+                    && timeout.poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(Termination::ClientTimeout));
+                }
+                reader.poll_fill_idle(cx, stream, &mut || {}).map(Ok)
+            })
+            .await?;
+            if !matches!(read, Ok(n) if n > 0) {
+                return Err(Termination::ClientClosed);
             }
         }
     }
