@@ -308,6 +308,39 @@ async fn read_response(stream: &mut TcpStream) -> String {
     }
 }
 
+/// At a graceful shutdown a parked keep-alive connection is closed after the idle grace,
+/// long before its keep-alive limit, and the process exits: the parked wait watches the
+/// shutdown, then the hard stop, with one future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_closed_at_shutdown() {
+    let backend = HttpBackend::describe().await;
+    let (mut proxy, front) = proxy_for(&backend, "timeouts = { keep_alive = \"1h\" }").await;
+    let mut stream = TcpStream::connect(front).await.expect("connect");
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("send");
+    assert!(
+        read_response(&mut stream)
+            .await
+            .starts_with("HTTP/1.1 200 OK")
+    );
+    wait_until("the idle connection parked", || async {
+        support::ops::scrape(&proxy, "switchyard_http_parked_connections", &[]).await == 1.0
+    })
+    .await;
+    proxy.signal("TERM");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(support::DEADLINE, stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+    let status = proxy.wait_exit().await;
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        proxy.stderr()
+    );
+}
+
 /// An idle keep-alive connection is parked (hyper's connection and its buffers let go,
 /// the socket kept open): its next request, sent whole or in pieces, is answered as on a
 /// connection never parked, and the keep-alive limit still closes it once it idles again.

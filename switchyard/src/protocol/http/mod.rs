@@ -179,13 +179,17 @@ impl Handler for HttpHandler {
 
 /// Handles one accepted TCP connection: the PROXY header if the listener expects one, the
 /// TLS handshake if it terminates TLS, then HTTP until the client or the proxy closes it.
-async fn serve(handler: Arc<HttpHandler>, connection: Accepted) {
-    // Boxed: the accept stage runs once, and a connection's future should be sized by what
-    // it keeps for its life, not by the handshake.
-    let Some((context, stream, early)) = Box::pin(open(handler, connection)).await else {
-        return;
-    };
-    serve_connection(context, stream, early).await;
+fn serve(handler: Arc<HttpHandler>, connection: Accepted) -> impl Future<Output = ()> + Send {
+    // Boxed, and made before the future: the accept stage runs once, and a connection's
+    // future should be sized by what it keeps for its life, not by the handshake nor by
+    // the accepted connection it took apart.
+    let opening = Box::pin(open(handler, connection));
+    async move {
+        let Some((context, stream, early)) = opening.await else {
+            return;
+        };
+        serve_connection(context, stream, early).await;
+    }
 }
 
 /// The accept stage: the PROXY header, the TLS handshake; then what every request of the
@@ -232,29 +236,40 @@ const SHUTDOWN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(
 /// the stream, what every request of the connection shares, and the wait for the
 /// client's next bytes. Most keep-alive connections spend their life parked, so that
 /// phase is what decides the memory an idle client costs.
-async fn serve_connection(
+fn serve_connection(
     context: Arc<proxy::ConnectionContext>,
-    mut stream: accept::ClientStream,
-    mut early: Bytes,
-) {
-    let accepted = tokio::time::Instant::now();
-    loop {
-        // Boxed: the serving phase's future is most of a busy connection's memory, and a
-        // parked connection lets go of it.
-        let served = Box::pin(serve_until_parked(&context, stream, early, accepted));
-        let Some(parked) = served.await else { break };
-        match park::wait(parked, &context).await {
-            Some((parked, request)) => (stream, early) = (parked, request),
-            None => break,
+    stream: accept::ClientStream,
+    early: Bytes,
+) -> impl Future<Output = ()> + Send {
+    // Made before the future and used in place by it, so the stream is laid out once in
+    // the future a parked connection keeps (an `async fn` keeps its arguments besides).
+    let (mut stream, mut early) = (Some(stream), early);
+    async move {
+        let accepted = tokio::time::Instant::now();
+        while let Some(serving) = stream.take() {
+            // Boxed: the serving phase's future is most of a busy connection's memory, and
+            // a parked connection lets go of it.
+            let served = Box::pin(serve_until_parked(
+                &context,
+                serving,
+                std::mem::take(&mut early),
+                accepted,
+            ));
+            let Some(parked) = served.await else { break };
+            let parked = stream.insert(parked);
+            match park::wait(parked, &context).await {
+                Some(request) => early = request,
+                None => drop(stream.take()),
+            }
         }
-    }
-    if let Some(status) = context.in_flight.refused() {
-        log_refusal(
-            &context.handler,
-            &context.listener,
-            context.facts.client,
-            status,
-        );
+        if let Some(status) = context.in_flight.refused() {
+            log_refusal(
+                &context.handler,
+                &context.listener,
+                context.facts.client,
+                status,
+            );
+        }
     }
 }
 
