@@ -114,7 +114,11 @@ impl Cluster {
         let source = self.address;
         replica
             .run_as_postgres("pg_basebackup", |c| {
+                // A fast checkpoint: the default spreads the backup's checkpoint over up to
+                // 4.5 minutes (`checkpoint_timeout` × its completion target), and the soak's
+                // failover waited that long for its new replica.
                 c.args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-R"])
+                    .arg("--checkpoint=fast")
                     .arg("-p")
                     .arg(source.port().to_string())
                     .arg("-D")
