@@ -308,13 +308,17 @@ async fn read_response(stream: &mut TcpStream) -> String {
     }
 }
 
-/// At a graceful shutdown a parked keep-alive connection is closed after the idle grace,
-/// long before its keep-alive limit, and the process exits: the parked wait watches the
-/// shutdown, then the hard stop, with one future.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parked_connection_is_closed_at_shutdown() {
+/// The parked connections the proxy counts.
+async fn parked_connections(proxy: &support::Proxy) -> f64 {
+    support::ops::scrape(proxy, "switchyard_http_parked_connections", &[]).await
+}
+
+/// A proxy whose listener keeps connections alive for `keep_alive`, and a client connection
+/// that made one request and is now parked.
+async fn parked_after_one_request(keep_alive: &str) -> (HttpBackend, support::Proxy, TcpStream) {
     let backend = HttpBackend::describe().await;
-    let (mut proxy, front) = proxy_for(&backend, "timeouts = { keep_alive = \"1h\" }").await;
+    let listener = format!("timeouts = {{ keep_alive = \"{keep_alive}\" }}");
+    let (proxy, front) = proxy_for(&backend, &listener).await;
     let mut stream = TcpStream::connect(front).await.expect("connect");
     stream
         .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -326,13 +330,27 @@ async fn a_parked_connection_is_closed_at_shutdown() {
             .starts_with("HTTP/1.1 200 OK")
     );
     wait_until("the idle connection parked", || async {
-        support::ops::scrape(&proxy, "switchyard_http_parked_connections", &[]).await == 1.0
+        parked_connections(&proxy).await == 1.0
     })
     .await;
-    proxy.signal("TERM");
+    (backend, proxy, stream)
+}
+
+/// The proxy closes `stream` within the test deadline: the client reads its end.
+async fn assert_closed_by_the_proxy(stream: &mut TcpStream) {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(support::DEADLINE, stream.read_to_end(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+}
+
+/// At a graceful shutdown a parked keep-alive connection is closed after the idle grace,
+/// long before its keep-alive limit, and the process exits: the parked wait watches the
+/// shutdown, then the hard stop, with one future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_closed_at_shutdown() {
+    let (_backend, mut proxy, mut stream) = parked_after_one_request("1h").await;
+    proxy.signal("TERM");
+    assert_closed_by_the_proxy(&mut stream).await;
     let status = proxy.wait_exit().await;
     assert!(
         status.success(),
@@ -346,24 +364,8 @@ async fn a_parked_connection_is_closed_at_shutdown() {
 /// connection never parked, and the keep-alive limit still closes it once it idles again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_keep_alive_connections_answer_their_next_request() {
-    let backend = HttpBackend::describe().await;
-    let (proxy, front) = proxy_for(&backend, "timeouts = { keep_alive = \"5s\" }").await;
-    let parked =
-        || async { support::ops::scrape(&proxy, "switchyard_http_parked_connections", &[]).await };
-    let mut stream = TcpStream::connect(front).await.expect("connect");
-    stream
-        .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("send");
-    assert!(
-        read_response(&mut stream)
-            .await
-            .starts_with("HTTP/1.1 200 OK")
-    );
-    wait_until("the idle connection parked", || async {
-        parked().await == 1.0
-    })
-    .await;
+    let (backend, proxy, mut stream) = parked_after_one_request("5s").await;
+    let parked = || async { parked_connections(&proxy).await };
     // The next request in two pieces: the first wakes the parked connection.
     stream
         .write_all(b"GET /second HTTP/1.1\r\n")
@@ -380,9 +382,7 @@ async fn parked_keep_alive_connections_answer_their_next_request() {
     assert_eq!(backend.requests.load(Ordering::SeqCst), 2);
     wait_until("parked again", || async { parked().await == 1.0 }).await;
     // Closed by the keep-alive limit while parked: the client reads the end of the stream.
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(support::DEADLINE, stream.read_to_end(&mut rest)).await;
-    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+    assert_closed_by_the_proxy(&mut stream).await;
     wait_until("no parked connection left", || async {
         parked().await == 0.0
     })
