@@ -25,8 +25,9 @@ use super::response::{ClientHead, HandshakeResponse};
 use crate::config::SslMode;
 use crate::tls::UpstreamTls;
 
-/// A server connection: plaintext or TLS over the stream switchyard connected.
-pub type MysqlStream<S> = Either<S, tokio_rustls::client::TlsStream<S>>;
+/// A server connection: plaintext or TLS over the stream switchyard connected (boxed, as
+/// in `upstream::ServerStream`).
+pub type MysqlStream<S> = Either<S, Box<tokio_rustls::client::TlsStream<S>>>;
 
 /// What switchyard proves to a server on a user's behalf.
 #[derive(Clone)]
@@ -341,10 +342,10 @@ pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
             }
             head.capabilities |= cap::SSL;
             let secured = tls.handshake(plain, host).await;
-            Either::Right(secured.map_err(|error| LoginError::Tls {
+            Either::Right(Box::new(secured.map_err(|error| LoginError::Tls {
                 mode: tls.mode().as_str(),
                 error,
-            })?)
+            })?))
         }
         Some(tls) if tls.mode() != SslMode::Prefer => {
             return Err(LoginError::TlsUnavailable(tls.mode().as_str()));
