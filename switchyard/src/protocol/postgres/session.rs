@@ -27,11 +27,11 @@ use crate::relay::IdleLimit;
 use crate::resolve::{LookupContext, ResolveError};
 use crate::route::{Rewrites, RouteFacts};
 use crate::tls::{Rewind, ServerTls, TlsInfo};
-use crate::upstream::ServerStream;
 use crate::upstream::{
     ConnectError, LeaseError, Pool, RoleFilter, ServerRole, Stage, connect_role, connect_server,
     following_reloads, record_failure, wanted_role,
 };
+use crate::upstream::{Lease, Server, ServerStream};
 
 /// Handles one client connection of a postgres listener to the end, logging one line.
 /// The connection is taken apart before the future is made, so the future keeps its
@@ -311,23 +311,87 @@ async fn session<'h>(
                     }
                 })
             }
-            logged_in => Box::pin(async move {
-                Admitted::Ended(relayed(handler, listener, settings, logged_in, record).await)
-            }),
+            logged_in => {
+                // Boxed, as is the connection phase below: this future lives as long as the
+                // session, and keeps room for what it captured.
+                let logged_in = Box::new(logged_in);
+                Box::pin(async move {
+                    // Boxed: the server's connection and startup run once; the relay's future
+                    // lives as long as the session and keeps only what the relay needs.
+                    let connected = Box::pin(connect_session(
+                        handler, listener, settings, *logged_in, record,
+                    ));
+                    let session = match connected.await {
+                        Ok(session) => session,
+                        Err(refusal) => return Admitted::Ended(Err(refusal)),
+                    };
+                    Admitted::Ended(Ok(session.relay(handler, listener, record).await))
+                })
+            }
         }
     };
     next.await
 }
 
-/// Session mode: a server connection of the client's own, its startup (relayed, or
-/// switchyard's login with the client's credential), then bytes both ways.
-async fn relayed(
+/// A session-mode client whose server accepted its startup: what the relay needs, and
+/// what must live as long as the session (the server's slot, the client's cancel key).
+struct ConnectedSession {
+    client: ClientStream,
+    server_stream: ServerStream,
+    server: Arc<Server>,
+    idle: Option<IdleLimit>,
+    /// The server's slot, freed when the session ends.
+    _lease: Lease,
+    /// The client's cancel key, registered for the session's life.
+    _cancel_key: Option<Registration>,
+}
+
+impl ConnectedSession {
+    /// Bytes both ways until either side closes. The session is taken apart before the
+    /// future is made, which holds its parts once (an `async fn` would keep `self` beside
+    /// them).
+    fn relay<'a>(
+        self,
+        handler: &'a PostgresHandler,
+        listener: &'a Listener,
+        record: &'a mut ConnectionRecord,
+    ) -> impl Future<Output = Termination> + Send + 'a {
+        let Self {
+            client,
+            server_stream,
+            server,
+            idle,
+            _lease: lease,
+            _cancel_key: cancel_key,
+        } = self;
+        async move {
+            let termination = relay_database_session(
+                &handler.state.context,
+                listener,
+                &server,
+                idle,
+                client,
+                server_stream,
+                record,
+                None,
+            )
+            .await;
+            drop((lease, cancel_key));
+            termination
+        }
+    }
+}
+
+/// Session mode: a server connection of the client's own and its startup (relayed, or
+/// switchyard's login with the client's credential); the relay is
+/// [`ConnectedSession::relay`], so that nothing of this phase is kept for the session.
+async fn connect_session(
     handler: &PostgresHandler,
     listener: &Listener,
     settings: &ListenerSettings,
     logged_in: LoggedIn<'_>,
     record: &mut ConnectionRecord,
-) -> Result<Termination, Refusal> {
+) -> Result<ConnectedSession, Refusal> {
     let state = &handler.state;
     let options = &handler.options;
     let limits = &options.limits;
@@ -465,7 +529,7 @@ async fn relayed(
             Err(_) => return Err(login_timed_out(&mut client).await),
         };
     }
-    let (_cancel_key, startup_bytes) = outcome?;
+    let (cancel_key, startup_bytes) = outcome?;
     drop(login);
     count_bytes(
         record,
@@ -479,17 +543,14 @@ async fn relayed(
         pool.timeouts.server,
         pool.timeouts.tunnel,
     );
-    Ok(Box::pin(relay_database_session(
-        &state.context,
-        listener,
-        &server,
-        idle,
+    Ok(ConnectedSession {
         client,
         server_stream,
-        record,
-        None,
-    ))
-    .await)
+        server,
+        idle,
+        _lease: upstream.lease,
+        _cancel_key: cancel_key,
+    })
 }
 
 /// The server side of the startup: the relayed authentication, or (when switchyard
