@@ -92,11 +92,14 @@ impl UpstreamTls {
     /// Handshake over an already-connected stream, verifying per `sslmode`: `require`
     /// (and `allow`/`prefer`) encrypt without verifying, `verify-ca` checks the chain,
     /// `verify-full` the chain and the name (`sni`, else `server_host`, DNS or IP).
+    /// The stream comes boxed: a client connection's state is about 1.1 KB, and the
+    /// server streams that hold it (`upstream::ServerStream`, MySQL's login stream) are
+    /// laid out in futures kept for a session's life, plaintext ones included.
     pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: S,
         server_host: &str,
-    ) -> io::Result<tokio_rustls::client::TlsStream<S>> {
+    ) -> io::Result<Box<tokio_rustls::client::TlsStream<S>>> {
         let host = self.sni.as_deref().unwrap_or(server_host);
         let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
             .map_err(|e| {
@@ -109,6 +112,7 @@ impl UpstreamTls {
         tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, stream)
             .await
+            .map(Box::new)
             .map_err(|error| explained(error, Judged::Server))
     }
 }

@@ -22,9 +22,9 @@ use tokio_util::either::Either;
 use super::{Pool, Server, ServerAddress, connect_server};
 use crate::config::SslMode;
 
-/// A server connection, plaintext or TLS. The TLS side is boxed (a client connection's
-/// state is about 1.1 KB): futures that hold a server connection for a session's life are
-/// laid out for both sides, and most connections are plaintext.
+/// A server connection, plaintext or TLS (boxed, as `UpstreamTls::handshake` gives it:
+/// futures that hold a server connection for a session's life are laid out for both
+/// sides, and most connections are plaintext).
 pub type ServerStream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// Turns a fresh connection to `server` into what the pool's `sslmode` asks for, writing
@@ -48,7 +48,7 @@ pub async fn secure_upstream(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))?;
     match handshake {
-        Ok(stream) => Ok(Either::Right(Box::new(stream))),
+        Ok(stream) => Ok(Either::Right(stream)),
         Err(error) if tls.mode() == SslMode::Prefer && not_tls(&error) => {
             tracing::debug!(pool = %pool.name, server = %server.name, %error, "server does not speak TLS; sslmode=prefer falls back to plaintext");
             let (mut stream, _) = connect_server(server, pool).await?;

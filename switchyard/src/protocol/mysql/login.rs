@@ -342,10 +342,10 @@ pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
             }
             head.capabilities |= cap::SSL;
             let secured = tls.handshake(plain, host).await;
-            Either::Right(Box::new(secured.map_err(|error| LoginError::Tls {
+            Either::Right(secured.map_err(|error| LoginError::Tls {
                 mode: tls.mode().as_str(),
                 error,
-            })?))
+            })?)
         }
         Some(tls) if tls.mode() != SslMode::Prefer => {
             return Err(LoginError::TlsUnavailable(tls.mode().as_str()));

@@ -44,7 +44,7 @@ pub async fn secure_server(
         b'S' => tls
             .handshake(stream, host)
             .await
-            .map(|stream| Either::Right(Box::new(stream)))
+            .map(Either::Right)
             .map_err(|e| {
                 io::Error::new(
                     e.kind(),

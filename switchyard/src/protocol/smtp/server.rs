@@ -475,7 +475,7 @@ impl Conversation {
             tokio::time::timeout(pool.timeouts.connect, tls.handshake(stream, &host)).await;
         let error = match handshake {
             Ok(Ok(stream)) => {
-                self.stream = Some(Either::Right(Box::new(stream)));
+                self.stream = Some(Either::Right(stream));
                 return self.hello(hostname).await;
             }
             Ok(Err(error)) => error,
