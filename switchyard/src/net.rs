@@ -39,24 +39,16 @@ where
     stream.flush().await
 }
 
-/// Room on the stack [`read_unbuffered`] reads into: most requests and messages a client
-/// sends after a pause fit whole; a longer one continues through the caller's buffer.
+/// Room on the stack [`poll_read_unbuffered`] reads into: most requests and messages a
+/// client sends after a pause fit whole; a longer one continues through the caller's
+/// buffer.
 const UNBUFFERED_SCRATCH: usize = 4 * 1024;
 
 /// Reads what `stream` has through a scratch array on the stack, so that a connection
 /// waiting here holds no heap buffer: idle clients are most of a proxy's connections.
 /// `seen` is called with `None` each time the stream has nothing yet (for the caller to
 /// give back what it holds meanwhile), then once with the bytes read (empty at the end of
-/// the stream).
-pub async fn read_unbuffered<S, F>(stream: &mut S, mut seen: F) -> std::io::Result<()>
-where
-    S: tokio::io::AsyncRead + Unpin,
-    F: FnMut(Option<&[u8]>),
-{
-    std::future::poll_fn(|cx| poll_read_unbuffered(cx, stream, &mut seen)).await
-}
-
-/// [`read_unbuffered`] as a poll, for waits that poll other things beside it.
+/// the stream). A poll, for the waits that poll their timers and stops beside it.
 pub fn poll_read_unbuffered<S, F>(
     cx: &mut Context<'_>,
     stream: &mut S,

@@ -63,7 +63,7 @@ impl FrameReader {
     /// Like [`FrameReader::fill`], for a wait that may last (a client between
     /// transactions): while the stream has nothing to read and no message is partly
     /// read, the buffer is given back and `on_wait` runs, so that an idle connection holds
-    /// no heap buffer (see [`crate::net::read_unbuffered`]).
+    /// no heap buffer (see [`crate::net::poll_read_unbuffered`]).
     /// A poll, so that the wait between transactions (where pooled clients spend their
     /// time) keeps no future of its own for the read.
     pub fn poll_fill_idle<S: AsyncRead + Unpin>(
