@@ -143,6 +143,7 @@ fn run(path: PathBuf, upgrade: bool, ready_file: Option<PathBuf>) -> ExitCode {
     };
     switchyard::observe::init_tracing(&config.log.level);
     tracing::info!(config = %path.display(), "configuration loaded");
+    switchyard::memory::keep_pages_small();
     // The control plane (admin API, health checks, reloads) runs here; connections run on
     // the worker threads `runtime::build` starts.
     let runtime = match single_thread_runtime() {

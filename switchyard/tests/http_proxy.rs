@@ -166,6 +166,104 @@ async fn idle_server_connections_close_when_the_server_is_drained() {
     );
 }
 
+/// The server's idle connections now: (all, parked ones).
+async fn idle_server_connections(proxy: &Proxy) -> (f64, f64) {
+    let labels = [("pool", "app"), ("server", "a1")];
+    (
+        scrape(proxy, "switchyard_server_connections_idle", &labels).await,
+        scrape(proxy, "switchyard_server_connections_parked", &labels).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_connection_is_parked_reused_and_closed_on_drain() {
+    let backend = HttpBackend::describe().await;
+    let (proxy, front) = Config::new()
+        .top("workers = 1")
+        .protocol("http")
+        .server("a1", backend.addr, "")
+        .start()
+        .await;
+    for round in 1..=2 {
+        assert_eq!(get(front, "/", &[]).await.status, 200);
+        wait_until("the idle server connection parked", || async {
+            idle_server_connections(&proxy).await == (1.0, 1.0)
+        })
+        .await;
+        assert_eq!(backend.requests.load(Ordering::SeqCst), round);
+        assert_eq!(
+            backend.accepted.load(Ordering::SeqCst),
+            1,
+            "the parked socket carries the next request"
+        );
+    }
+    proxy.set_state("app", "a1", "drain").await;
+    wait_until("parked connection closed", || async {
+        backend.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    assert_eq!(idle_server_connections(&proxy).await, (0.0, 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_its_server_closed_is_not_reused() {
+    // A keep-alive server that answers each connection's requests until told to close
+    // its connections.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    // Closing: a generation number, moved on to close the connections made before.
+    let (close, closing) = tokio::sync::watch::channel(0u32);
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut closing = closing.clone();
+            let born = *closing.borrow();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    tokio::select! {
+                        read = stream.read(&mut buf) => match read {
+                            Ok(n) if n > 0 => {
+                                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if stream.write_all(answer).await.is_err() {
+                                    return;
+                                }
+                            }
+                            _ => return,
+                        },
+                        () = async { drop(closing.wait_for(|now| *now != born).await) } => return,
+                    }
+                }
+            });
+        }
+    });
+    let (proxy, front) = Config::new()
+        .top("workers = 1")
+        .protocol("http")
+        .server("a1", addr, "")
+        .start()
+        .await;
+    assert_eq!(get(front, "/", &[]).await.status, 200);
+    wait_until("the idle server connection parked", || async {
+        idle_server_connections(&proxy).await == (1.0, 1.0)
+    })
+    .await;
+    close.send_modify(|generation| *generation += 1);
+    assert_eq!(
+        get(front, "/", &[]).await.status,
+        200,
+        "on a new connection"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_upload_and_compressed_download_stream_through() {
     const GZIP_HELLO: &[u8] = &[

@@ -6,11 +6,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use hyper::Request;
 use support::config::Config;
 use support::http::{HttpBackend, curl, full, send_on};
-use support::ops::{number, wait_access};
+use support::ops::{number, scrape, wait_access};
 use support::tls::{CertFiles, Pki, connect, server_config};
 use support::{Proxy, wait_until};
 
@@ -293,6 +294,39 @@ async fn https_servers_by_sslmode() {
     let strict = format!("upstream_tls = {{ sslmode = \"verify-ca\", {root} }}");
     let (_proxy, front) = proxy_to_https(other.addr, &strict).await;
     assert_eq!(support::http::get(front, "/", &[]).await.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_tls_server_connection_carries_the_next_request() {
+    let pki = Pki::new("Backend CA");
+    let cert = pki.issue("backend", "backend.test", &["backend.test", "127.0.0.1"]);
+    let backend = HttpBackend::describe_tls(server_config(&cert, None, &["http/1.1"])).await;
+    // One worker: idle server connections are kept per worker.
+    let (proxy, front) = Config::new()
+        .top("workers = 1")
+        .protocol("http")
+        .pool(&format!(
+            "upstream_tls = {{ sslmode = \"verify-full\", root_cert = {:?} }}",
+            pki.ca
+        ))
+        .server("a1", backend.addr, "")
+        .start()
+        .await;
+    let labels = [("pool", "app"), ("server", "a1")];
+    for round in 1..=2 {
+        let answer = support::http::get(front, "/", &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        wait_until("the idle TLS connection parked", || async {
+            scrape(&proxy, "switchyard_server_connections_parked", &labels).await == 1.0
+        })
+        .await;
+        assert_eq!(backend.requests.load(Ordering::SeqCst), round);
+    }
+    assert_eq!(
+        backend.accepted.load(Ordering::SeqCst),
+        1,
+        "one TLS session"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

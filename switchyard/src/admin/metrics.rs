@@ -190,6 +190,16 @@ const SERVER_METRICS: &[Metric<Server>] = &[
         Read::Gauge(|s| s.active() as f64),
     ),
     metric(
+        "switchyard_server_connections_idle",
+        "Idle connections kept for reuse (HTTP keep-alive), parked ones included",
+        Read::Gauge(|s| load_usize(&s.stats.idle)),
+    ),
+    metric(
+        "switchyard_server_connections_parked",
+        "Idle connections kept as bare sockets, their HTTP connection state dropped until reused",
+        Read::Gauge(|s| load_usize(&s.stats.parked)),
+    ),
+    metric(
         "switchyard_server_effective_weight",
         "Weight the balancer uses now; below the configured weight during slow_start",
         Read::Gauge(|s| s.effective_weight(std::time::Instant::now())),

@@ -79,6 +79,10 @@ pub struct ServerStats {
     pub bytes_out: Tally,
     /// Failed connect attempts.
     pub connect_errors: AtomicU64,
+    /// Idle connections kept for reuse (HTTP/1.1 keep-alive), parked ones included.
+    pub idle: AtomicUsize,
+    /// Idle connections kept as bare sockets, their protocol state dropped until reused.
+    pub parked: AtomicUsize,
     /// Health checks that passed.
     pub checks_passed: AtomicU64,
     /// Health checks that failed.

@@ -12,22 +12,33 @@
 //! worker for every read and write. Each worker reuses its own connections; `max_idle`
 //! still bounds the server's idle connections over all workers. The HTTP/2 connection
 //! stays one per server, shared by every worker.
+//!
+//! An idle hyper connection keeps its buffers, channel and task: about 25 KB. A burst
+//! leaves many of them idle, so one unused for [`PARK_AFTER`] is parked, as idle client
+//! connections are (`park`): its hyper connection ends without closing the socket, and the
+//! socket alone waits for the next request, which starts a new hyper connection on it. The
+//! connections a busy pool reuses (the most recent first) never wait that long.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::body::RequestBody;
+use super::park::PARK_AFTER;
 use crate::config::{HttpVersion, UpstreamKeepAlive};
-use crate::upstream::secure_upstream;
 use crate::upstream::{Pool, Server, Stage, connect_server, record_failure};
+use crate::upstream::{ServerStream, secure_upstream};
 
 /// A connection able to carry one more request.
 pub enum Connection {
@@ -37,6 +48,9 @@ pub enum Connection {
         sender: http1::SendRequest<RequestBody>,
         /// Requests sent over it, this one included once sent.
         used: u32,
+        /// Asks its driver to park the socket when `sender` is dropped (see [`drive`]);
+        /// `None` on a connection driven for upgrades, whose socket hyper keeps.
+        park: Option<oneshot::Sender<Ticket>>,
     },
     /// HTTP/2: shared by every request to the server.
     Http2(Http2Sender),
@@ -50,12 +64,11 @@ pub enum SendError {
     Exchange(hyper::Error),
 }
 
-/// The idle connections of one server: a shard per worker, their total, and the server's
-/// one HTTP/2 connection.
+/// The idle connections of one server: a shard per worker, and the server's one HTTP/2
+/// connection.
 #[derive(Default)]
 struct ServerConnections {
     shards: [OnceLock<Arc<Shard>>; SHARDS],
-    idle: Arc<AtomicUsize>,
     http2: Arc<Mutex<Option<Http2Sender>>>,
 }
 
@@ -68,25 +81,88 @@ type Http2Sender = http2::SendRequest<RequestBody>;
 /// One worker's idle HTTP/1.1 connections to one server, with what all workers share.
 struct Shard {
     state: Mutex<Idle>,
-    /// The server's idle HTTP/1.1 connections over all shards (`max_idle`).
-    idle: Arc<AtomicUsize>,
     /// The server's HTTP/2 connection, shared by every worker (one per server).
     http2: Arc<Mutex<Option<Http2Sender>>>,
     /// This worker's watch on the server's sessions: see [`session_cut`].
     cut: Mutex<CancellationToken>,
+    /// Wakes the reaper for a connection due before it would look again.
+    wake_reaper: Notify,
+}
+
+/// One worker's idle HTTP/1.1 connections to one server, each list oldest first. Their
+/// counts over all workers are the server's `idle` and `parked` stats (`max_idle` bounds
+/// `idle`, which counts both).
+#[derive(Default)]
+struct Idle {
+    /// Hyper connections, reused as they are.
+    live: Vec<LiveIdle>,
+    /// Sockets of connections parked after [`PARK_AFTER`].
+    parked: Vec<(ServerStream, Ticket)>,
+    /// When the [`reap`] task watching this shard looks next (`None`: none runs).
+    reaper: Option<Instant>,
+}
+
+/// An idle hyper connection.
+struct LiveIdle {
+    sender: http1::SendRequest<RequestBody>,
+    park: Option<oneshot::Sender<Ticket>>,
+    ticket: Ticket,
+}
+
+/// What an idle connection carries into and out of its parking.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    /// Requests sent over the connection (`max_requests`).
+    used: u32,
+    /// When its last response ended (`idle_timeout`).
+    since: Instant,
+    /// The pool's `idle_timeout`, for a reaper the parking may have to start.
+    idle_timeout: Duration,
+}
+
+/// An idle connection taken for a request.
+enum Reused {
+    /// Ready to send on.
+    Live(Connection),
+    /// A parked socket, needing a new hyper connection.
+    Parked(ServerStream, u32),
 }
 
 impl Shard {
-    /// Notes that `n` idle HTTP/1.1 connections left this shard.
-    fn left(&self, n: usize) {
-        self.idle.fetch_sub(n, Ordering::Relaxed);
+    /// Keeps `add` (run under the lock) in this shard, and makes sure a reaper looks at it
+    /// by `due` (when it is to be parked or closed). A busy pool's reaper is due earlier
+    /// for an older connection, so this rarely wakes it.
+    fn keep(
+        self: &Arc<Self>,
+        server: &Arc<Server>,
+        ticket: &Ticket,
+        due: Instant,
+        add: impl FnOnce(&mut Idle),
+    ) {
+        let reaper = {
+            let mut idle = lock(&self.state);
+            add(&mut idle);
+            let next = idle.reaper.map_or(due, |next| next.min(due));
+            idle.reaper.replace(next)
+        };
+        match reaper {
+            None => {
+                tokio::spawn(reap(self.clone(), server.clone(), ticket.idle_timeout));
+            }
+            Some(next) if due < next => self.wake_reaper.notify_one(),
+            Some(_) => {}
+        }
     }
 }
 
-#[derive(Default)]
-struct Idle {
-    http1: Vec<(http1::SendRequest<RequestBody>, u32, Instant)>,
-    reaper: bool,
+/// Counts idle connections coming (`came`) and going (`left`) in `server`'s stats, of
+/// which `parked` are (or were) parked sockets.
+fn count_idle(server: &Server, came: usize, left: usize, parked: (usize, usize)) {
+    let stats = &server.stats;
+    stats.idle.fetch_add(came, Ordering::Relaxed);
+    stats.idle.fetch_sub(left, Ordering::Relaxed);
+    stats.parked.fetch_add(parked.0, Ordering::Relaxed);
+    stats.parked.fetch_sub(parked.1, Ordering::Relaxed);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -105,9 +181,9 @@ fn connections(server: &Server) -> Option<&Arc<Shard>> {
         all.shards[crate::workers::worker_slot(SHARDS)].get_or_init(|| {
             Arc::new(Shard {
                 state: Mutex::new(Idle::default()),
-                idle: all.idle.clone(),
                 http2: all.http2.clone(),
                 cut: Mutex::new(server.session_token().child_token()),
+                wake_reaper: Notify::new(),
             })
         }),
     )
@@ -131,7 +207,8 @@ pub fn session_cut(server: &Server) -> CancellationToken {
 /// Sends `request` to `server`, over an idle connection when one is usable (idle since
 /// before `now` by less than the idle timeout), else over a new one. A reused connection
 /// that turns out closed before the request went out is replaced by a new one (once: a
-/// second failure is the server's).
+/// second failure is the server's). An upgrade (WebSocket) always goes on a new
+/// connection, driven so that hyper can hand its socket to the tunnel.
 pub async fn send(
     pool: &Pool,
     server: &Arc<Server>,
@@ -139,17 +216,23 @@ pub async fn send(
     now: Instant,
 ) -> Result<(Response<Incoming>, Connection), SendError> {
     let conns = connections(server);
-    let mut may_reuse = true;
+    let upgrade = super::headers::is_upgrade(request.headers());
+    let mut may_reuse = !upgrade;
     loop {
         let reused = conns
-            .as_ref()
             .filter(|_| may_reuse)
-            .and_then(|c| take_idle(c, pool, now));
+            .and_then(|c| take_idle(c, server, pool, now));
         let (mut connection, fresh) = match reused {
-            Some(connection) => (connection, false),
+            Some(Reused::Live(connection)) => (connection, false),
+            Some(Reused::Parked(stream, used)) => {
+                match start_http1(server, stream, used, false).await {
+                    Ok(connection) => (connection, false),
+                    Err(_) => continue,
+                }
+            }
             // Boxed: the connect and handshake futures are large, and inline they would
             // make every request's future (moved on each poll set-up) as large.
-            None => match Box::pin(open(pool, server)).await {
+            None => match Box::pin(open(pool, server, upgrade)).await {
                 Ok(connection) => (connection, true),
                 Err(error) => return Err(SendError::Connect(error, Box::new(request))),
             },
@@ -167,7 +250,7 @@ pub async fn send(
             continue;
         }
         let sent = match &mut connection {
-            Connection::Http1 { sender, used } => {
+            Connection::Http1 { sender, used, .. } => {
                 *used += 1;
                 sender.try_send_request(request).await
             }
@@ -205,34 +288,61 @@ fn retryable(
     }
 }
 
-fn take_idle(conns: &Shard, pool: &Pool, now: Instant) -> Option<Connection> {
+/// The most recently idle connection still usable: live ones first, then parked sockets
+/// on which nothing arrived (a closing server's FIN, stray bytes); the others are closed.
+fn take_idle(conns: &Shard, server: &Server, pool: &Pool, now: Instant) -> Option<Reused> {
     if pool.http.http_version == HttpVersion::Http2 {
         let mut shared = lock(&conns.http2);
         match &*shared {
             Some(sender) if !sender.is_closed() => {
-                return Some(Connection::Http2(sender.clone()));
+                return Some(Reused::Live(Connection::Http2(sender.clone())));
             }
             _ => *shared = None,
         }
         return None;
     }
+    let fresh = |ticket: &Ticket| {
+        now.saturating_duration_since(ticket.since) < pool.http.keep_alive.idle_timeout
+    };
     let mut idle = lock(&conns.state);
-    while let Some((sender, used, since)) = idle.http1.pop() {
-        conns.left(1);
-        if now.saturating_duration_since(since) < pool.http.keep_alive.idle_timeout
-            && !sender.is_closed()
-        {
-            return Some(Connection::Http1 { sender, used });
+    while let Some(LiveIdle {
+        sender,
+        park,
+        ticket,
+    }) = idle.live.pop()
+    {
+        count_idle(server, 0, 1, (0, 0));
+        if fresh(&ticket) && !sender.is_closed() {
+            let used = ticket.used;
+            return Some(Reused::Live(Connection::Http1 { sender, used, park }));
+        }
+    }
+    while let Some((stream, ticket)) = idle.parked.pop() {
+        count_idle(server, 0, 1, (0, 1));
+        if fresh(&ticket) && quiet(&stream) {
+            return Some(Reused::Parked(stream, ticket.used));
         }
     }
     None
 }
 
+/// Whether nothing arrived on a parked socket. A server's answer can only follow a request,
+/// so anything readable (its FIN, a TLS alert or ticket) makes the socket one not to reuse.
+fn quiet(stream: &ServerStream) -> bool {
+    let tcp = match stream {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
+    };
+    // The readiness the I/O driver recorded; no system call, and no waker left to wake.
+    tcp.poll_read_ready(&mut Context::from_waker(Waker::noop()))
+        .is_pending()
+}
+
 /// Opens a connection to `server` in the pool's HTTP version, over TLS as the pool's
-/// `upstream_tls` asks (with the same `sslmode` meaning as on `tcp` pools); its driver
-/// task ends when the connection closes.
-/// Opens a connection to `server`; a failed connect or TLS handshake counts against it.
-async fn open(pool: &Pool, server: &Arc<Server>) -> std::io::Result<Connection> {
+/// `upstream_tls` asks (with the same `sslmode` meaning as on `tcp` pools); a failed
+/// connect or TLS handshake counts against the server. `upgrades`: an HTTP/1.1 connection
+/// for an upgrade request (see [`start_http1`]).
+async fn open(pool: &Pool, server: &Arc<Server>, upgrades: bool) -> std::io::Result<Connection> {
     let (stream, _) = connect_server(server, pool)
         .await
         .inspect_err(|error| record_failure(pool, server, Stage::Connect, error))?;
@@ -241,19 +351,12 @@ async fn open(pool: &Pool, server: &Arc<Server>) -> std::io::Result<Connection> 
         .inspect_err(|error| record_failure(pool, server, Stage::Tls, error))?;
     server.stats.total.fetch_add(1, Ordering::Relaxed);
     server.record_connect_success();
-    let io = TokioIo::new(stream);
     match pool.http.http_version {
-        HttpVersion::Http1 => {
-            let (sender, connection) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(std::io::Error::other)?;
-            tokio::spawn(async move {
-                let _ = connection.with_upgrades().await;
-            });
-            Ok(Connection::Http1 { sender, used: 0 })
-        }
+        HttpVersion::Http1 => start_http1(server, stream, 0, upgrades)
+            .await
+            .map_err(std::io::Error::other),
         HttpVersion::Http2 => {
+            let io = TokioIo::new(stream);
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(io)
@@ -268,6 +371,65 @@ async fn open(pool: &Pool, server: &Arc<Server>) -> std::io::Result<Connection> 
     }
 }
 
+/// Starts hyper's HTTP/1.1 client on `stream` (`used` requests sent on it so far) and the
+/// task that drives it. A connection for an upgrade is driven `with_upgrades`, so that
+/// hyper hands its socket to the tunnel after a `101`; any other one by [`drive`], so that
+/// its socket can be parked, which hyper cannot do on the former.
+async fn start_http1(
+    server: &Arc<Server>,
+    stream: ServerStream,
+    used: u32,
+    upgrades: bool,
+) -> hyper::Result<Connection> {
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    if upgrades {
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        return Ok(Connection::Http1 {
+            sender,
+            used,
+            park: None,
+        });
+    }
+    let (park, parked) = oneshot::channel();
+    tokio::spawn(drive(connection, parked, server.clone()));
+    Ok(Connection::Http1 {
+        sender,
+        used,
+        park: Some(park),
+    })
+}
+
+/// Runs an HTTP/1.1 connection until it ends: its server closed it, it failed, or its
+/// sender was dropped. When the sender was dropped by [`reap`] parking it (the ticket sent
+/// first) and nothing unread is left, the socket is kept idle in this worker's shard;
+/// otherwise it is shut down and closed.
+async fn drive(
+    connection: http1::Connection<TokioIo<ServerStream>, RequestBody>,
+    mut parked: oneshot::Receiver<Ticket>,
+    server: Arc<Server>,
+) {
+    let Ok(parts) = connection.without_shutdown().await else {
+        return;
+    };
+    let mut stream = parts.io.into_inner();
+    match (parked.try_recv(), connections(&server)) {
+        (Ok(ticket), Some(conns)) if parts.read_buf.is_empty() && server.is_available() => {
+            let due = ticket.since + ticket.idle_timeout;
+            conns.keep(&server, &ticket, due, |idle| {
+                idle.parked.push((stream, ticket));
+            });
+            count_idle(&server, 1, 0, (1, 0));
+        }
+        _ => {
+            let _ = stream.shutdown().await;
+        }
+    }
+}
+
 /// Gives a connection back after its response ended cleanly (at `now`): kept idle when the
 /// pool's keep-alive settings allow, else closed (dropped).
 pub fn give_back(
@@ -276,7 +438,7 @@ pub fn give_back(
     connection: Connection,
     now: Instant,
 ) {
-    let Connection::Http1 { sender, used } = connection else {
+    let Connection::Http1 { sender, used, park } = connection else {
         return;
     };
     if used >= keep_alive.max_requests
@@ -289,27 +451,38 @@ pub fn give_back(
     let Some(conns) = connections(server) else {
         return;
     };
-    let start_reaper = {
-        let mut idle = lock(&conns.state);
-        if conns.idle.load(Ordering::Relaxed) >= keep_alive.max_idle {
+    let idle_timeout = keep_alive.idle_timeout;
+    let ticket = Ticket {
+        used,
+        since: now,
+        idle_timeout,
+    };
+    let due = now + PARK_AFTER.min(idle_timeout);
+    conns.keep(server, &ticket, due, |idle| {
+        if server.stats.idle.load(Ordering::Relaxed) >= keep_alive.max_idle {
             // Full: this worker's oldest makes room, or (none here) this one is closed.
-            if idle.http1.is_empty() {
+            if !idle.parked.is_empty() {
+                idle.parked.remove(0);
+                count_idle(server, 0, 1, (0, 1));
+            } else if !idle.live.is_empty() {
+                idle.live.remove(0);
+                count_idle(server, 0, 1, (0, 0));
+            } else {
                 return;
             }
-            idle.http1.remove(0);
-            conns.left(1);
         }
-        idle.http1.push((sender, used, now));
-        conns.idle.fetch_add(1, Ordering::Relaxed);
-        !std::mem::replace(&mut idle.reaper, true)
-    };
-    if start_reaper {
-        tokio::spawn(reap(conns.clone(), server.clone(), keep_alive.idle_timeout));
-    }
+        idle.live.push(LiveIdle {
+            sender,
+            park,
+            ticket,
+        });
+        count_idle(server, 1, 0, (0, 0));
+    });
 }
 
-/// Closes idle connections when they pass `idle_timeout`, and all of them when the
-/// server stops taking work (drain, maint, down); ends when none is left.
+/// Parks idle connections unused for [`PARK_AFTER`], closes them when they pass
+/// `idle_timeout`, and closes all of them when the server stops taking work (drain, maint,
+/// down); ends when none is left.
 async fn reap(conns: Arc<Shard>, server: Arc<Server>, idle_timeout: Duration) {
     loop {
         let changed = server.admin_state_changed();
@@ -319,25 +492,56 @@ async fn reap(conns: Arc<Shard>, server: Arc<Server>, idle_timeout: Duration) {
         let next = {
             let mut idle = lock(&conns.state);
             let now = Instant::now();
-            let before = idle.http1.len();
+            let (live, parked) = (idle.live.len(), idle.parked.len());
             if server.is_available() {
-                idle.http1.retain(|(sender, _, since)| {
-                    !sender.is_closed() && *since + idle_timeout > now
-                });
-            } else {
-                idle.http1.clear();
-            }
-            conns.left(before - idle.http1.len());
-            match idle.http1.iter().map(|(_, _, since)| *since).min() {
-                Some(oldest) => oldest + idle_timeout,
-                None => {
-                    idle.reaper = false;
-                    return;
+                let expired = |ticket: &Ticket| ticket.since + idle_timeout <= now;
+                idle.parked.retain(|(_, ticket)| !expired(ticket));
+                // Oldest first: the connections to park are a prefix of the live list.
+                idle.live
+                    .retain(|entry| !entry.sender.is_closed() && !expired(&entry.ticket));
+                let cold = idle
+                    .live
+                    .partition_point(|e| e.ticket.since + PARK_AFTER.min(idle_timeout) <= now);
+                for LiveIdle {
+                    sender,
+                    park,
+                    ticket,
+                } in idle.live.drain(..cold)
+                {
+                    // The ticket first: the sender's drop ends the connection, and its driver
+                    // then finds the ticket and keeps the socket. One that cannot be parked
+                    // is closed.
+                    if let Some(park) = park {
+                        let _ = park.send(ticket);
+                    }
+                    drop(sender);
                 }
+            } else {
+                idle.live.clear();
+                idle.parked.clear();
+            }
+            let parked_left = parked - idle.parked.len();
+            count_idle(
+                &server,
+                0,
+                live + parked - idle.live.len() - idle.parked.len(),
+                (0, parked_left),
+            );
+            let park_after = PARK_AFTER.min(idle_timeout);
+            let live = idle.live.iter().map(|e| e.ticket.since + park_after);
+            let parked = idle
+                .parked
+                .iter()
+                .map(|(_, ticket)| ticket.since + idle_timeout);
+            idle.reaper = live.chain(parked).min();
+            match idle.reaper {
+                Some(next) => next,
+                None => return,
             }
         };
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
+            () = conns.wake_reaper.notified() => {}
             () = changed => {}
             () = cut.cancelled() => {}
         }
