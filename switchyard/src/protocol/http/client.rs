@@ -156,13 +156,20 @@ impl Shard {
 }
 
 /// Counts idle connections coming (`came`) and going (`left`) in `server`'s stats, of
-/// which `parked` are (or were) parked sockets.
+/// which `parked` are (or were) parked sockets. Every request moves a connection in and
+/// out of the idle set, so only the counters that change are written (workers share them).
 fn count_idle(server: &Server, came: usize, left: usize, parked: (usize, usize)) {
     let stats = &server.stats;
-    stats.idle.fetch_add(came, Ordering::Relaxed);
-    stats.idle.fetch_sub(left, Ordering::Relaxed);
-    stats.parked.fetch_add(parked.0, Ordering::Relaxed);
-    stats.parked.fetch_sub(parked.1, Ordering::Relaxed);
+    for (counter, up, down) in [
+        (&stats.idle, came, left),
+        (&stats.parked, parked.0, parked.1),
+    ] {
+        match up.cmp(&down) {
+            std::cmp::Ordering::Greater => counter.fetch_add(up - down, Ordering::Relaxed),
+            std::cmp::Ordering::Less => counter.fetch_sub(down - up, Ordering::Relaxed),
+            std::cmp::Ordering::Equal => continue,
+        };
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
