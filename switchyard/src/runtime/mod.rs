@@ -137,12 +137,7 @@ pub fn build(
     })?;
     let accounting = crate::accounting::Accounting::new(config.accounting.as_ref())
         .map_err(|e| StartError::Build(format!("accounting: {e}")))?;
-    let context = Arc::new(Context {
-        hard_stop: CancellationToken::new(),
-        stopping: CancellationToken::new(),
-        access_log,
-        accounting: Arc::new(accounting),
-    });
+    let context = Arc::new(Context::new(access_log, Arc::new(accounting)));
     let registry = Registry::new(&context);
     registry.configure(config).map_err(StartError::Build)?;
     let (resolvers, _) =

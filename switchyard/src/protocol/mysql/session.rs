@@ -534,7 +534,7 @@ async fn pooled<'h>(start: PooledStart<'h, '_>) -> Result<PooledClient<'h>, Refu
         accept: RoleFilter::new(pool, wanted),
         limits: &options.limits,
         idle: settings.config.timeouts.client,
-        hard_stop: handler.state.context.hard_stop.child_token(),
+        hard_stop: handler.state.context.hard_stop_here(),
         library: ClientLibrary::of(response),
         kills: handler.state.kills.clone(),
         connection_id,

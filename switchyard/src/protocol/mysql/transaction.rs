@@ -79,7 +79,7 @@ pub struct PooledClient<'a> {
     pub limits: &'a MessageLimits,
     /// Idle time allowed between commands (zero: no limit).
     pub idle: Duration,
-    /// Fires at hard shutdown.
+    /// Fires at hard shutdown (this worker's token: see `Context::hard_stop_here`).
     pub hard_stop: CancellationToken,
     /// The client's library, for error numbers.
     pub library: ClientLibrary,

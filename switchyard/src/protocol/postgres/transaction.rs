@@ -73,8 +73,7 @@ struct Client<'a> {
     pub idle: Duration,
     /// The client's cancel key, pointed at the connection it holds.
     pub cancel: Registration,
-    /// Fires at hard shutdown: the session's own child of the process's token, so the
-    /// checks in every wait lock this session's token, not one shared by all sessions.
+    /// Fires at hard shutdown (this worker's token: see `Context::hard_stop_here`).
     pub hard_stop: CancellationToken,
     /// The read/write split, when enabled.
     pub split: Option<Arc<SplitConfig>>,
@@ -575,7 +574,7 @@ pub async fn start<'a>(
         limits,
         idle,
         cancel: state.cancel.register_unbound(4),
-        hard_stop: state.context.hard_stop.child_token(),
+        hard_stop: state.context.hard_stop_here(),
         split: pooled.split.clone(),
         tenant: pooled.tenant.clone(),
     };
