@@ -63,8 +63,9 @@ struct Client<'a> {
     pub stream: ClientStream,
     /// The client's address (for balancing).
     pub address: SocketAddr,
-    /// The pool of server connections for the client's database and user.
-    pub pool: Arc<TxPool>,
+    /// The client's place in the pool of server connections for its database and user
+    /// (given up when the client leaves).
+    pub member: Member<Postgres>,
     /// Which servers the client's transactions may run on (the listener's role).
     pub accept: RoleFilter,
     /// Message size limits.
@@ -158,6 +159,13 @@ struct Session<'a> {
     buffers: Buffers,
 }
 
+impl Client<'_> {
+    /// The pool of server connections for the client's database and user.
+    fn pool(&self) -> &Arc<TxPool> {
+        self.member.pool()
+    }
+}
+
 impl<'a> Session<'a> {
     fn new(client: Client<'a>, settings: SessionSettings) -> Self {
         Self {
@@ -222,17 +230,17 @@ impl<'a> Session<'a> {
         match outcome {
             Ok(()) => {
                 self.buffers = held.hold.take_buffers();
-                self.client.pool.give_back(held.conn);
+                self.client.pool().give_back(held.conn);
                 None
             }
             // The client stays: its next transaction gets a healthy connection.
             Err(Stop::ServerLost(_)) => {
                 self.buffers = held.hold.take_buffers();
-                self.client.pool.discard(held.conn);
+                self.client.pool().discard(held.conn);
                 None
             }
             Err(stop @ Stop::ServerLostInTransaction(_)) => {
-                self.client.pool.discard(held.conn);
+                self.client.pool().discard(held.conn);
                 Some(Err(stop.into()))
             }
             Err(stop @ (Stop::ClientClosed(_) | Stop::BadMessage(_) | Stop::Shutdown)) => {
@@ -322,7 +330,7 @@ impl<'a> Session<'a> {
         let client = &self.client;
         let role = target.map(Target::role);
         client
-            .pool
+            .pool()
             .lease_for_role(client.address, client.accept, role, client.limits)
             .await
     }
@@ -457,7 +465,7 @@ impl<'a> Session<'a> {
                     .server_message(&mut held.hold, &mut held.conn.link.tracked, frame);
             if answered {
                 self.client
-                    .pool
+                    .pool()
                     .stats
                     .queries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -492,7 +500,7 @@ impl<'a> Session<'a> {
 
     /// The session ends while holding a connection: it goes back clean, or is closed.
     async fn leave(&mut self, mut held: Held, end: Stop) -> Ending {
-        let pool = self.client.pool.clone();
+        let pool = self.client.pool().clone();
         let clean = match self.conv.leaving_reset(&held.hold) {
             Some(reset) => reset_connection(&mut held.conn, &reset).await,
             None => false,
@@ -531,8 +539,6 @@ pub struct Pooled {
 /// the login's (see `docs/benchmarks.md`, "Idle memory").
 pub struct PooledClient<'a> {
     session: Session<'a>,
-    /// Given up when the client leaves.
-    _member: Member<Postgres>,
 }
 
 impl PooledClient<'_> {
@@ -566,10 +572,10 @@ pub async fn start<'a>(
     let user = startup.param("user").unwrap_or_default();
     let limits = &options.limits;
     let address = record.client;
-    let client = |stream, pool, idle| Client {
+    let client = |stream, member, idle| Client {
         stream,
         address,
-        pool,
+        member,
         accept: pooled.accept,
         limits,
         idle,
@@ -602,16 +608,16 @@ pub async fn start<'a>(
             return Err(Refusal::new(Termination::TooManyPools, message));
         }
     };
-    let tx_pool = member.pool().clone();
+    let tx_pool = member.pool();
     let parameters = match tx_pool.shared.get() {
         Some(parameters) => parameters,
         // Boxed, like the refusal below: the session's future is kept for the client's life,
         // these run once.
-        None => match Box::pin(first_lease(&tx_pool, record, pooled.accept, limits)).await {
+        None => match Box::pin(first_lease(tx_pool, record, pooled.accept, limits)).await {
             Ok(parameters) => parameters,
             Err(failure) => {
                 let settings = SessionSettings::default();
-                let mut session = Session::new(client(stream, tx_pool, Duration::ZERO), settings);
+                let mut session = Session::new(client(stream, member, Duration::ZERO), settings);
                 return Err(Box::pin(session.refuse_lease(failure)).await);
             }
         },
@@ -626,16 +632,13 @@ pub async fn start<'a>(
         })
         .collect();
     let idle = listener.config.timeouts.client;
-    let mut session = Session::new(client(stream, tx_pool, idle), settings);
+    let mut session = Session::new(client(stream, member, idle), settings);
     let key = &session.client.cancel;
     let welcome = super::auth::welcome(&parameters, key.pid, &key.key);
     if let Err(error) = crate::net::send_all(&mut session.client.stream, &welcome).await {
         return Err(Refusal::new(Termination::ClientClosed, error));
     }
-    Ok(PooledClient {
-        session,
-        _member: member,
-    })
+    Ok(PooledClient { session })
 }
 
 /// The first lease of a (database, user) pool: the server's answer to the login (a refusal
