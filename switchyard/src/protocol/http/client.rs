@@ -14,7 +14,7 @@
 //! stays one per server, shared by every worker.
 //!
 //! An idle hyper connection keeps its buffers, channel and task: about 25 KB. A burst
-//! leaves many of them idle, so one unused for [`PARK_AFTER`] is parked, as idle client
+//! leaves many of them idle, so one unused for 250 ms (`PARK_AFTER`) is parked, as idle client
 //! connections are (`park`): its hyper connection ends without closing the socket, and the
 //! socket alone waits for the next request, which starts a new hyper connection on it. The
 //! connections a busy pool reuses (the most recent first) never wait that long.
@@ -34,8 +34,8 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
+use super::PARK_AFTER;
 use super::body::RequestBody;
-use super::park::PARK_AFTER;
 use crate::config::{HttpVersion, UpstreamKeepAlive};
 use crate::upstream::{Pool, Server, Stage, connect_server, record_failure};
 use crate::upstream::{ServerStream, secure_upstream};
@@ -48,7 +48,7 @@ pub enum Connection {
         sender: http1::SendRequest<RequestBody>,
         /// Requests sent over it, this one included once sent.
         used: u32,
-        /// Asks its driver to park the socket when `sender` is dropped (see [`drive`]);
+        /// Asks its driver to park the socket when `sender` is dropped (see `drive`);
         /// `None` on a connection driven for upgrades, whose socket hyper keeps.
         park: Option<oneshot::Sender<Ticket>>,
     },
@@ -153,6 +153,12 @@ impl Shard {
             Some(_) => {}
         }
     }
+}
+
+/// How long a connection stays idle before it is parked: [`PARK_AFTER`], or less when the
+/// pool closes idle connections sooner.
+fn park_after(idle_timeout: Duration) -> Duration {
+    PARK_AFTER.min(idle_timeout)
 }
 
 /// Counts idle connections coming (`came`) and going (`left`) in `server`'s stats, of
@@ -464,7 +470,7 @@ pub fn give_back(
         since: now,
         idle_timeout,
     };
-    let due = now + PARK_AFTER.min(idle_timeout);
+    let due = now + park_after(idle_timeout);
     conns.keep(server, &ticket, due, |idle| {
         if server.stats.idle.load(Ordering::Relaxed) >= keep_alive.max_idle {
             // Full: this worker's oldest makes room, or (none here) this one is closed.
@@ -508,7 +514,7 @@ async fn reap(conns: Arc<Shard>, server: Arc<Server>, idle_timeout: Duration) {
                     .retain(|entry| !entry.sender.is_closed() && !expired(&entry.ticket));
                 let cold = idle
                     .live
-                    .partition_point(|e| e.ticket.since + PARK_AFTER.min(idle_timeout) <= now);
+                    .partition_point(|e| e.ticket.since + park_after(idle_timeout) <= now);
                 for LiveIdle {
                     sender,
                     park,
@@ -534,8 +540,7 @@ async fn reap(conns: Arc<Shard>, server: Arc<Server>, idle_timeout: Duration) {
                 live + parked - idle.live.len() - idle.parked.len(),
                 (0, parked_left),
             );
-            let park_after = PARK_AFTER.min(idle_timeout);
-            let live = idle.live.iter().map(|e| e.ticket.since + park_after);
+            let live = (idle.live.iter()).map(|e| e.ticket.since + park_after(idle_timeout));
             let parked = idle
                 .parked
                 .iter()

@@ -223,6 +223,11 @@ async fn open(
     Some((context, stream, early))
 }
 
+/// Idle time after a response before a connection, to a client or to a server, is parked:
+/// far longer than the gap between the requests of a busy client or pool, which never pays
+/// for a new hyper connection; short enough that idle connections soon cost little.
+const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// At shutdown (and binary upgrade), how long an idle HTTP/1.1 connection is given for a
 /// next request, whose response then says `Connection: close`. Closing it at once races
 /// with a request the client is sending right then: lost, and not safely retryable. A client
@@ -274,7 +279,7 @@ fn serve_connection(
 }
 
 /// Serves `stream` with a hyper connection until it ends: `Some(stream)` when the guard
-/// parked it (idle for [`park::PARK_AFTER`]), `None` when the connection is over.
+/// parked it (idle for [`PARK_AFTER`]), `None` when the connection is over.
 async fn serve_until_parked(
     context: &Arc<proxy::ConnectionContext>,
     stream: accept::ClientStream,
@@ -292,7 +297,7 @@ async fn serve_until_parked(
     let clocks = guard::Clocks {
         http_request: config.timeouts.http_request,
         keep_alive: config.timeouts.keep_alive,
-        park_after: park::PARK_AFTER,
+        park_after: PARK_AFTER,
     };
     // Over TLS the client said in ALPN which protocol it speaks; without ALPN (and in
     // clear) the connection preface tells.

@@ -1,11 +1,10 @@
 //! Parked HTTP/1 connections. Most keep-alive connections are idle most of the time
 //! (browsers, mobile clients, pooled API clients), and an idle hyper connection keeps its
-//! read and write buffers. So after [`PARK_AFTER`] without a request, the guard ends the
+//! read and write buffers. So after [`super::PARK_AFTER`] without a request, the guard ends the
 //! hyper connection without closing the socket (see `guard`), and the stream waits here
 //! for the client's next bytes holding no buffer; they start a new hyper connection.
 
 use std::task::Poll;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncRead;
@@ -13,11 +12,6 @@ use tokio::time::Instant;
 
 use super::SHUTDOWN_IDLE_GRACE;
 use super::proxy::ConnectionContext;
-
-/// Idle time after a response before a connection is parked: far longer than the gap
-/// between the requests of a busy client, which never pays for a new hyper connection;
-/// short enough that idle clients soon cost little.
-pub const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// Waits on a parked stream for the client's next bytes: the bytes, or `None` when the
 /// connection is to be closed (the client closed, the keep-alive limit since the last
