@@ -52,9 +52,13 @@ pub fn serve(handler: Arc<MysqlHandler>, connection: Accepted) -> impl Future<Ou
     let Accepted {
         listener,
         settings,
-        stream: client,
+        stream,
         peer,
     } = connection;
+    // Boxed until the login opens it: a value the future captures keeps its room for the
+    // client's life, and 32 B less (the stream's 40 B for the box's 8) puts a pooled
+    // client's future in mimalloc's 1,280 B size class instead of 1,536.
+    let client = Box::new(stream);
     async move {
         let started = std::time::Instant::now();
         let mut record = ConnectionRecord::accepted(&listener.name, peer);
@@ -79,7 +83,7 @@ async fn session(
     handler: &MysqlHandler,
     listener: &Listener,
     settings: &ListenerSettings,
-    client: TcpStream,
+    client: Box<TcpStream>,
     record: &mut ConnectionRecord,
 ) -> Result<Termination, Refusal> {
     // Each phase boxed: this future is kept for the client's life, and a pooled client's
@@ -127,12 +131,12 @@ async fn log_in<'h, 'l>(
     handler: &'h MysqlHandler,
     listener: &'l Listener,
     settings: &ListenerSettings,
-    client: TcpStream,
+    client: Box<TcpStream>,
     record: &mut ConnectionRecord,
 ) -> Result<Admitted<'h, 'l>, Refusal> {
     let state = &handler.state;
     let options = &handler.options;
-    let opened = accept::open(listener, settings, client, record.client)
+    let opened = accept::open(listener, settings, *client, record.client)
         .await
         .map_err(|reason| Refusal::new(reason, "bad PROXY protocol header"))?;
     record.client = opened.client;
