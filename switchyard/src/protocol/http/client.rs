@@ -14,10 +14,10 @@
 //! stays one per server, shared by every worker.
 //!
 //! An idle hyper connection keeps its buffers, channel and task: about 25 KB. A burst
-//! leaves many of them idle, so one unused for 250 ms (`PARK_AFTER`) is parked, as idle client
-//! connections are (`park`): its hyper connection ends without closing the socket, and the
-//! socket alone waits for the next request, which starts a new hyper connection on it. The
-//! connections a busy pool reuses (the most recent first) never wait that long.
+//! leaves many of them idle, so one unused for 250 ms (`PARK_AFTER`) is parked, as idle
+//! client connections are (`park`): its hyper connection ends without closing the socket,
+//! and the socket alone waits for the next request, which starts a new hyper connection on
+//! it. The connections a busy pool reuses (the most recent first) never wait that long.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
