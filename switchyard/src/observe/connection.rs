@@ -11,16 +11,16 @@ use super::line::{Line, OrDash};
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionRecord {
     /// Listener name.
-    pub listener: String,
+    pub listener: Box<str>,
     /// Client address (after PROXY protocol, if any).
     pub client: SocketAddr,
     /// Pool name, if one was chosen.
-    pub pool: Option<String>,
+    pub pool: Option<Box<str>>,
     /// Server name, if one was connected.
-    pub server: Option<String>,
+    pub server: Option<Box<str>>,
     /// The tenant usage is accounted to (a pool with `resolver`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
+    pub tenant: Option<Box<str>>,
     /// Connection lifetime in milliseconds.
     pub duration_ms: u64,
     /// Bytes from client to server.
@@ -35,7 +35,7 @@ impl ConnectionRecord {
     /// The record of a connection just accepted: nothing chosen or moved yet.
     pub fn accepted(listener: &str, client: SocketAddr) -> Self {
         Self {
-            listener: listener.to_string(),
+            listener: listener.into(),
             client,
             pool: None,
             server: None,

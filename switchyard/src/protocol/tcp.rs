@@ -217,11 +217,11 @@ async fn establish(
         };
         match Box::pin(pool.resolve(fact, &lookup)).await {
             Ok(resolved) => {
-                record.tenant = resolved.tenant().map(str::to_string);
+                record.tenant = resolved.tenant().map(Box::from);
                 resolved.pool
             }
             Err(error) => {
-                record.pool = Some(pool.name.clone());
+                record.pool = Some(pool.name.as_str().into());
                 listener.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(listener = %listener.name, pool = %pool.name, client = %record.client, %error, "connection not resolved");
                 return Err(match error {
@@ -247,7 +247,7 @@ async fn establish(
         |pool| async move { connect(&pool, client_address).await },
     ))
     .await;
-    record.pool = Some(pool.name.clone());
+    record.pool = Some(pool.name.as_str().into());
     let upstream = match attempt {
         Ok(upstream) => upstream,
         Err(error) => {
@@ -262,7 +262,7 @@ async fn establish(
         }
     };
     let server = upstream.lease.server().clone();
-    record.server = Some(server.name.clone());
+    record.server = Some(server.name.as_str().into());
 
     let destination = || accept::destination(proxied_destination, client_socket, listener);
     let mut preamble = super::proxy_preamble(

@@ -250,7 +250,7 @@ async fn log_in<'h, 'l>(
         let error = ProxyError::UnknownDatabase(database);
         return Err(refuse(&mut client, reply, &error, Termination::NoRoute).await);
     };
-    record.pool = Some(pool.name.clone());
+    record.pool = Some(pool.name.as_str().into());
     if pool.database.pool_mode == PoolMode::Transaction
         && let Some(password) = server_password
     {
@@ -326,7 +326,7 @@ async fn session_mode(
         |(pool, _)| async move { connect_role(&pool, client_address, wanted_of(&pool)).await },
     ))
     .await;
-    record.pool = Some(pool.name.clone());
+    record.pool = Some(pool.name.as_str().into());
     let upstream = match attempt {
         Ok(upstream) => upstream,
         Err(error) => {
@@ -365,7 +365,7 @@ async fn session_mode(
     // The client is not charged for the time the proxy spent getting a server.
     login.excuse(waiting_for_server);
     let server = upstream.lease.server().clone();
-    record.server = Some(server.name.clone());
+    record.server = Some(server.name.as_str().into());
     let preamble = proxy_preamble(
         pool.send_proxy_protocol,
         record.client,

@@ -452,7 +452,7 @@ impl Session<'_> {
             };
             match sync_state(&mut conn.link, &self.state).await {
                 Ok(()) => {
-                    record.server = Some(conn.server.name.clone());
+                    record.server = Some(conn.server.name.as_str().into());
                     let thread = conn.link.conn.session.connection_id;
                     let kill = (self.client.kills).register(
                         self.client.connection_id,

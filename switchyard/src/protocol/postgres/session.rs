@@ -151,7 +151,7 @@ async fn log_in<'a>(
         };
         match Box::pin(pool.resolve(fact, &lookup)).await {
             Ok(resolved) => {
-                record.tenant = resolved.tenant().map(str::to_string);
+                record.tenant = resolved.tenant().map(Box::from);
                 if let Some(answer) = &resolved.answer {
                     rewrites.database = answer.rewrite_database.clone().or(rewrites.database);
                     rewrites.user = answer.rewrite_user.clone().or(rewrites.user);
@@ -159,7 +159,7 @@ async fn log_in<'a>(
                 resolved.pool
             }
             Err(error) => {
-                record.pool = Some(pool.name.clone());
+                record.pool = Some(pool.name.as_str().into());
                 let (code, reason) = match &error {
                     ResolveError::NoKey | ResolveError::NoRoute(_) => {
                         (sqlstate::INVALID_CATALOG_NAME, Termination::NoRoute)
@@ -187,7 +187,7 @@ async fn log_in<'a>(
     } else {
         pool
     };
-    record.pool = Some(pool.name.clone());
+    record.pool = Some(pool.name.as_str().into());
     let users = state.users.load_full();
     let transaction_mode = pool.database.pool_mode == PoolMode::Transaction;
     let method = match options.auth(users.has_users()) {
@@ -421,7 +421,7 @@ async fn connect_session(
         |(pool, _, _)| async move { connect_role(&pool, client_address, wanted_of(&pool)).await },
     ))
     .await;
-    record.pool = Some(pool.name.clone());
+    record.pool = Some(pool.name.as_str().into());
     let wanted = wanted_of(&pool);
     rewrites.apply(&mut startup);
     let upstream = match attempt {
@@ -452,7 +452,7 @@ async fn connect_session(
         }
     };
     let server = upstream.lease.server().clone();
-    record.server = Some(server.name.clone());
+    record.server = Some(server.name.as_str().into());
     let preamble = proxy_preamble(
         pool.send_proxy_protocol,
         record.client,

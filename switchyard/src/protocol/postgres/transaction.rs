@@ -652,7 +652,7 @@ async fn first_lease(
     limits: &MessageLimits,
 ) -> Result<Arc<[(String, String)]>, LeaseFailure> {
     let conn = tx_pool.lease(record.client, accept, limits).await?;
-    record.server = Some(conn.server.name.clone());
+    record.server = Some(conn.server.name.as_str().into());
     let parameters = Arc::from(conn.link.parameters.as_slice());
     tx_pool.give_back_unused(conn);
     Ok(parameters)

@@ -27,9 +27,9 @@ pub struct MessageRecord {
     /// Message bytes received from the client (DATA body with its end, or BDAT chunks).
     pub size: u64,
     /// Pool chosen.
-    pub pool: Option<String>,
+    pub pool: Option<Box<str>>,
     /// Server that took it.
-    pub server: Option<String>,
+    pub server: Option<Box<str>>,
     /// The final reply code the client got.
     pub reply: u16,
     /// The queue id the server named in its reply, if any.

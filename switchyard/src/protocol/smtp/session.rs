@@ -621,7 +621,7 @@ impl Session<'_> {
                 // The connection's usage goes to the tenant of the answer that chose the
                 // server (its last transaction's, when they differ).
                 if let Some(tenant) = resolved.tenant() {
-                    self.record.tenant = Some(tenant.to_string());
+                    self.record.tenant = Some(tenant.into());
                 }
                 answer
             }
@@ -762,8 +762,8 @@ impl Session<'_> {
             self.excuse(since);
             match opened {
                 Ok(session) => {
-                    self.record.pool = Some(session.pool.name.clone());
-                    self.record.server = Some(session.server.name.clone());
+                    self.record.pool = Some(session.pool.name.as_str().into());
+                    self.record.server = Some(session.server.name.as_str().into());
                     self.upstream = Some(Upstream {
                         route: pool.clone(),
                         session,
