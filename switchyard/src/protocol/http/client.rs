@@ -220,16 +220,17 @@ pub fn session_cut(server: &Server) -> CancellationToken {
 /// Sends `request` to `server`, over an idle connection when one is usable (idle since
 /// before `now` by less than the idle timeout), else over a new one. A reused connection
 /// that turns out closed before the request went out is replaced by a new one (once: a
-/// second failure is the server's). An upgrade (WebSocket) always goes on a new
-/// connection, driven so that hyper can hand its socket to the tunnel.
+/// second failure is the server's). An `upgrade` request (WebSocket; the caller's
+/// reading of the client's request) always goes on a new connection, driven so that hyper
+/// can hand its socket to the tunnel.
 pub async fn send(
     pool: &Pool,
     server: &Arc<Server>,
     mut request: Request<RequestBody>,
     now: Instant,
+    upgrade: bool,
 ) -> Result<(Response<Incoming>, Connection), SendError> {
     let conns = connections(server);
-    let upgrade = super::headers::is_upgrade(request.headers());
     let mut may_reuse = !upgrade;
     loop {
         let reused = conns

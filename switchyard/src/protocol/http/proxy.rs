@@ -454,7 +454,7 @@ pub async fn handle(
         }
         let sent_at = Instant::now();
         // Boxed: the send is large, and is moved into the timeout and the select below.
-        let send = Box::pin(client::send(&pool, server, request, sent_at));
+        let send = Box::pin(client::send(&pool, server, request, sent_at, upgrade));
         // `"0s"` (or one too far to count) means no limit.
         let deadline = Some(pool.timeouts.server)
             .filter(|limit| !limit.is_zero())
