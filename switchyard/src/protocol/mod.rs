@@ -68,6 +68,7 @@ impl Context {
             .get_or_init(|| self.hard_stop.child_token())
             .clone()
     }
+
     /// Ends a connection: its usage is accounted to its tenant (if it has one) and its
     /// line logged.
     pub fn finish_connection(&self, record: &crate::observe::ConnectionRecord) {

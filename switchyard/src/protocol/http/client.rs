@@ -135,7 +135,7 @@ impl Shard {
     fn keep(
         self: &Arc<Self>,
         server: &Arc<Server>,
-        ticket: &Ticket,
+        idle_timeout: Duration,
         due: Instant,
         add: impl FnOnce(&mut Idle),
     ) {
@@ -147,7 +147,7 @@ impl Shard {
         };
         match reaper {
             None => {
-                tokio::spawn(reap(self.clone(), server.clone(), ticket.idle_timeout));
+                tokio::spawn(reap(self.clone(), server.clone(), idle_timeout));
             }
             Some(next) if due < next => self.wake_reaper.notify_one(),
             Some(_) => {}
@@ -433,7 +433,7 @@ async fn drive(
     match (parked.try_recv(), connections(&server)) {
         (Ok(ticket), Some(conns)) if parts.read_buf.is_empty() && server.is_available() => {
             let due = ticket.since + ticket.idle_timeout;
-            conns.keep(&server, &ticket, due, |idle| {
+            conns.keep(&server, ticket.idle_timeout, due, |idle| {
                 idle.parked.push((stream, ticket));
             });
             count_idle(&server, 1, 0, (1, 0));
@@ -472,7 +472,7 @@ pub fn give_back(
         idle_timeout,
     };
     let due = now + park_after(idle_timeout);
-    conns.keep(server, &ticket, due, |idle| {
+    conns.keep(server, idle_timeout, due, |idle| {
         if server.stats.idle.load(Ordering::Relaxed) >= keep_alive.max_idle {
             // Full: this worker's oldest makes room, or (none here) this one is closed.
             if !idle.parked.is_empty() {
