@@ -217,6 +217,9 @@ async fn a_parked_connection_its_server_closed_is_not_reused() {
     let (close, closing) = tokio::sync::watch::channel(0u32);
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = accepted.clone();
+    // Connections the server has closed on being told to.
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted_closed = closed.clone();
     let server = tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         loop {
@@ -224,6 +227,7 @@ async fn a_parked_connection_its_server_closed_is_not_reused() {
             counted.fetch_add(1, Ordering::SeqCst);
             let mut closing = closing.clone();
             let born = *closing.borrow();
+            let closed = counted_closed.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 loop {
@@ -237,7 +241,11 @@ async fn a_parked_connection_its_server_closed_is_not_reused() {
                             }
                             _ => return,
                         },
-                        () = async { drop(closing.wait_for(|now| *now != born).await) } => return,
+                        () = async { drop(closing.wait_for(|now| *now != born).await) } => {
+                            drop(stream);
+                            closed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
                     }
                 }
             });
@@ -255,6 +263,11 @@ async fn a_parked_connection_its_server_closed_is_not_reused() {
     })
     .await;
     close.send_modify(|generation| *generation += 1);
+    // Its FIN is then in the proxy's socket before the next request is sent.
+    wait_until("the server closed its connection", || {
+        std::future::ready(closed.load(Ordering::SeqCst) == 1)
+    })
+    .await;
     assert_eq!(
         get(front, "/", &[]).await.status,
         200,
