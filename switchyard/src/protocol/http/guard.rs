@@ -171,6 +171,11 @@ pub struct Clocks {
     pub park_after: Duration,
 }
 
+/// What the guard reads a connection's [`Activity`] through: the state the connection's
+/// requests share, which holds the activity in place (one allocation per connection, not
+/// two, for as long as it lives).
+pub type SharedActivity = std::sync::Arc<dyn AsRef<Activity> + Send + Sync>;
+
 /// Where a parked connection's stream is left when hyper drops the guard.
 pub type ParkSlot<S> = std::sync::Arc<Mutex<Option<S>>>;
 
@@ -180,7 +185,7 @@ pub struct Guard<S> {
     inner: Option<S>,
     scanner: RequestScanner,
     clocks: Clocks,
-    activity: std::sync::Arc<Activity>,
+    activity: SharedActivity,
     // Bytes read from the client and checked, not yet handed to hyper.
     ready: Bytes,
     // A response the guard writes itself, then the connection ends.
@@ -228,6 +233,10 @@ enum Linger {
 const JOIN_WRITES_UP_TO: usize = 8 * 1024;
 
 impl<S> Guard<S> {
+    fn activity(&self) -> &Activity {
+        (*self.activity).as_ref()
+    }
+
     /// Wraps a client stream; `early` holds bytes already read from it (after a PROXY
     /// header), checked like the rest.
     pub fn new(
@@ -235,7 +244,7 @@ impl<S> Guard<S> {
         early: Bytes,
         limits: HeadLimits,
         clocks: Clocks,
-        activity: std::sync::Arc<Activity>,
+        activity: SharedActivity,
         park_slot: ParkSlot<S>,
     ) -> Self {
         let now = Instant::now();
@@ -287,13 +296,13 @@ impl<S> Guard<S> {
     fn refuse(&mut self, status: u16, message: &str) {
         tracing::info!(status, reason = message, "refused a client request");
         *self
-            .activity
+            .activity()
             .refused
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(status);
         // Bytes hyper has not seen yet are dropped with the rest of the connection.
         self.ready = Bytes::new();
-        if self.activity.busy() {
+        if self.activity().busy() {
             // A response is being written: a refusal now would corrupt it; just close.
             self.refusal = Some(Bytes::new());
             return;
@@ -340,8 +349,8 @@ impl<S> Guard<S> {
         // Parking comes first when it is due before the keep-alive limit.
         let parks = !park_after.is_zero() && (keep_alive.is_zero() || park_after < keep_alive);
         let idle_limit = if parks { park_after } else { keep_alive };
-        let times = *self.activity.lock_times();
-        if self.activity.busy() {
+        let times = *self.activity().lock_times();
+        if self.activity().busy() {
             let floor = times
                 .began
                 .map_or(self.fired, |began| began.max(self.fired));
@@ -444,7 +453,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
                     }
                 }
                 // While hyper still writes a response, it lingers when it shuts down after.
-                if !this.activity.busy() {
+                if !this.activity().busy() {
                     ready!(this.poll_linger(cx));
                 }
                 // End of input for hyper: it closes the connection.
@@ -456,8 +465,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<S> {
                 return Poll::Ready(Ok(()));
             }
             if this.scanner.is_opaque() {
-                if !this.activity.opaque.swap(true, Ordering::AcqRel) {
-                    this.activity.changed.wake_all_now();
+                if !this.activity().opaque.swap(true, Ordering::AcqRel) {
+                    this.activity().changed.wake_all_now();
                 }
                 return Pin::new(inner_of(&mut this.inner)?).poll_read(cx, buf);
             }
@@ -583,9 +592,16 @@ mod tests {
             Bytes::new(),
             limits,
             clocks,
-            Default::default(),
+            std::sync::Arc::new(Activity::default()),
             Default::default(),
         )
+    }
+
+    // A guard under test shares its activity with nothing else.
+    impl AsRef<Activity> for Activity {
+        fn as_ref(&self) -> &Activity {
+            self
+        }
     }
 
     /// Joined or not, and however little the peer takes at a time, vectored writes arrive

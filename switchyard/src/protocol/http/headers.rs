@@ -33,29 +33,32 @@ pub struct ConnectionFacts {
     /// The client address (after PROXY protocol, if any).
     pub client: SocketAddr,
     /// What the TLS handshake told (SNI, ALPN, verified client certificate) when the
-    /// listener terminates TLS (`X-Forwarded-Proto: https`); `None` for plaintext.
-    pub tls: Option<TlsInfo>,
-    // The client's IP address as a header value, made once per connection.
-    client_ip: std::sync::OnceLock<HeaderValue>,
+    /// listener terminates TLS (`X-Forwarded-Proto: https`); `None` for plaintext. Boxed:
+    /// these facts live as long as the connection, and a plaintext one should not keep
+    /// room for them.
+    pub tls: Option<Box<TlsInfo>>,
 }
 
 impl ConnectionFacts {
     /// A plaintext connection from `client`.
     pub fn new(client: SocketAddr) -> Self {
-        Self {
-            client,
-            tls: None,
-            client_ip: std::sync::OnceLock::new(),
-        }
+        Self { client, tls: None }
     }
 
-    /// The client's IP address (`X-Forwarded-For`), as the last update of `client` gave it
-    /// before the first request.
-    fn client_ip(&self) -> &HeaderValue {
-        self.client_ip.get_or_init(|| {
-            HeaderValue::from_str(&self.client.ip().to_string())
-                .unwrap_or(HeaderValue::from_static("unknown"))
-        })
+    /// The client's IP address (`X-Forwarded-For`). Made for each request, not kept: an
+    /// idle connection should not hold it, and formatting an address into a stack buffer
+    /// costs a request one small allocation.
+    fn client_ip(&self) -> HeaderValue {
+        use std::io::Write as _;
+        // The longest address, IPv6 with an embedded IPv4, is 45 bytes.
+        let mut text = [0u8; 45];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let written = write!(cursor, "{}", self.client.ip()).map(|()| cursor.position());
+        written
+            .ok()
+            .and_then(|len| usize::try_from(len).ok())
+            .and_then(|len| HeaderValue::from_bytes(&text[..len]).ok())
+            .unwrap_or(HeaderValue::from_static("unknown"))
     }
 
     /// The verified client certificate, for the `X-Client-Cert-*` headers.
@@ -139,10 +142,10 @@ pub fn add_forwarding(
                 .to_str()
                 .ok()
                 .and_then(|previous| HeaderValue::from_str(&format!("{previous}, {ip}")).ok());
-            entry.insert(appended.unwrap_or_else(|| facts.client_ip().clone()));
+            entry.insert(appended.unwrap_or_else(|| facts.client_ip()));
         }
         Entry::Vacant(entry) => {
-            entry.insert(facts.client_ip().clone());
+            entry.insert(facts.client_ip());
         }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -322,7 +325,7 @@ mod tests {
     fn forwarding_headers_append_and_quote_ipv6() {
         let mut map = headers(&[("X-Forwarded-For", "203.0.113.7")]);
         let facts = ConnectionFacts {
-            tls: Some(TlsInfo::default()),
+            tls: Some(Box::default()),
             ..ConnectionFacts::new("[2001:db8::1]:5000".parse().expect("addr"))
         };
         add_forwarding(

@@ -3,13 +3,14 @@
 //! exporter registers at scrape time; the admin stats read the same request counters by
 //! pool ([`RequestMetrics::responses`]).
 //!
-//! Each client connection memoizes the handles its requests count on ([`MetricHandles`]):
-//! finding a series in a family builds its label strings and hashes them, which cost more
-//! than a small request's whole proxying on the HTTP bench. The series themselves count per
-//! worker ([`Tally`]): every request of every worker adds to them.
+//! Each worker memoizes the handles its requests count on ([`Memo`]): finding a series in
+//! a family builds its label strings and hashes them, which cost more than a small
+//! request's whole proxying on the HTTP bench. The memo is the worker's, not the client
+//! connection's, so that an idle connection keeps none of it. The series themselves count
+//! per worker ([`Tally`]): every request of every worker adds to them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -69,6 +70,8 @@ pub struct RequestMetrics {
     by_pool: Mutex<HashMap<String, Vec<PoolSeries>>>,
     /// Idle HTTP/1 connections parked now (see `park`).
     parked: Gauge,
+    /// The handles each worker found (see [`crate::workers::worker_slot`]).
+    memos: [WorkerMemo; MEMO_SLOTS],
 }
 
 /// Counts one parked connection for as long as it lives.
@@ -85,10 +88,9 @@ impl Drop for ParkedCount {
 type PoolSeries = (String, usize, RequestCounter);
 
 impl RequestMetrics {
-    /// Counts one finished request, through the handles `memo` keeps for its connection.
+    /// Counts one finished request, through the handles the calling worker memoizes.
     pub fn record(
         &self,
-        memo: &MetricHandles,
         listener: &str,
         pool: Option<&str>,
         server: Option<&str>,
@@ -103,16 +105,16 @@ impl RequestMetrics {
             _ => 4,
         };
         let (pool, server) = (pool.unwrap_or(""), server.unwrap_or(""));
-        memo.count(pool, server, CLASSES[class], || {
+        let memo = &self.memos[crate::workers::worker_slot(MEMO_SLOTS)].0;
+        let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
+        memo.count(listener, pool, server, class, || {
             self.series(listener, pool, server, class)
         });
-        memo.duration
-            .get_or_init(|| {
-                self.duration
-                    .get_or_create(&vec![("listener", listener.to_string())])
-                    .clone()
-            })
-            .observe(elapsed);
+        memo.observe(listener, elapsed, || {
+            self.duration
+                .get_or_create(&vec![("listener", listener.to_string())])
+                .clone()
+        });
     }
 
     /// The request counter of one series, created (and indexed by pool) on first use.
@@ -187,54 +189,86 @@ impl RequestMetrics {
     }
 }
 
-/// One client connection's metric handles (all of one listener): the duration histogram,
-/// and the request counters of the last few (pool, server, status class) it counted on.
+/// Memos per process: one for threads off the workers, one per worker (workers past them
+/// share).
+const MEMO_SLOTS: usize = 8;
+
+/// One worker's memo, alone in its cache line: only its worker locks it.
 #[derive(Debug, Default)]
-pub struct MetricHandles {
-    duration: OnceLock<DurationHistogram>,
-    requests: Mutex<Vec<(CounterKey, RequestCounter)>>,
+#[repr(align(64))]
+struct WorkerMemo(Mutex<Memo>);
+
+/// The series one worker has counted on: request counters by (listener, pool, server,
+/// status class) and duration histograms by listener, each found in its family once.
+#[derive(Debug, Default)]
+struct Memo {
+    requests: Vec<(SeriesKey, RequestCounter)>,
+    durations: Vec<(Box<str>, DurationHistogram)>,
 }
 
 #[derive(Debug)]
-struct CounterKey {
-    pool: String,
-    server: String,
-    class: &'static str,
+struct SeriesKey {
+    listener: Box<str>,
+    pool: Box<str>,
+    server: Box<str>,
+    class: usize,
 }
 
-/// Counters a connection keeps; a connection spread over more servers looks the rest up.
-const MEMOIZED_COUNTERS: usize = 8;
+/// Series a worker keeps of each kind; a worker counting on more looks the rest up.
+const MEMOIZED_SERIES: usize = 64;
 
-impl MetricHandles {
+impl Memo {
     /// Counts a request in its series, kept here after `look_up` found it once.
     fn count(
-        &self,
+        &mut self,
+        listener: &str,
         pool: &str,
         server: &str,
-        class: &'static str,
+        class: usize,
         look_up: impl FnOnce() -> RequestCounter,
     ) {
-        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, counter)) = requests
-            .iter()
-            .find(|(key, _)| key.class == class && key.server == server && key.pool == pool)
-        {
-            // Counted under the memo's lock: no clone of the shared handle (whose
-            // reference count every worker would bounce between them).
+        let found = self.requests.iter().rev().find(|(key, _)| {
+            key.class == class
+                && *key.server == *server
+                && *key.pool == *pool
+                && *key.listener == *listener
+        });
+        if let Some((_, counter)) = found {
             counter.0.add(1);
             return;
         }
         let counter = look_up();
-        if requests.len() == MEMOIZED_COUNTERS {
-            requests.remove(0);
+        counter.0.add(1);
+        if self.requests.len() == MEMOIZED_SERIES {
+            self.requests.remove(0);
         }
-        let key = CounterKey {
-            pool: pool.to_string(),
-            server: server.to_string(),
+        let key = SeriesKey {
+            listener: listener.into(),
+            pool: pool.into(),
+            server: server.into(),
             class,
         };
-        counter.0.add(1);
-        requests.push((key, counter));
+        self.requests.push((key, counter));
+    }
+
+    /// Observes a request's duration in its listener's histogram, kept here after
+    /// `look_up` found it once.
+    fn observe(
+        &mut self,
+        listener: &str,
+        elapsed: Duration,
+        look_up: impl FnOnce() -> DurationHistogram,
+    ) {
+        if let Some((_, histogram)) = self.durations.iter().find(|(l, _)| **l == *listener) {
+            histogram.observe(elapsed);
+            return;
+        }
+        let histogram = look_up();
+        histogram.observe(elapsed);
+        if self.durations.len() == MEMOIZED_SERIES {
+            self.durations.remove(0);
+        }
+        self.durations.push((listener.into(), histogram));
     }
 }
 
@@ -246,25 +280,10 @@ mod tests {
     #[test]
     fn memoized_handles_count_in_the_families() {
         let metrics = RequestMetrics::default();
-        let memo = MetricHandles::default();
         for (server, status) in (0..20).map(|i| (format!("s{}", i % 10), 200 + i % 2 * 300)) {
-            metrics.record(
-                &memo,
-                "web",
-                Some("app"),
-                Some(&server),
-                status,
-                Duration::ZERO,
-            );
+            metrics.record("web", Some("app"), Some(&server), status, Duration::ZERO);
         }
-        metrics.record(
-            &MetricHandles::default(),
-            "web",
-            None,
-            None,
-            408,
-            Duration::ZERO,
-        );
+        metrics.record("web", None, None, 408, Duration::ZERO);
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let mut text = String::new();
@@ -282,6 +301,37 @@ mod tests {
     }
 
     #[test]
+    fn series_past_the_memo_bound_still_count_in_their_own() {
+        let metrics = RequestMetrics::default();
+        let servers = 2 * MEMOIZED_SERIES;
+        for round in 0..2 {
+            for server in 0..servers {
+                let listener = format!("l{}", server % 3);
+                let server = format!("s{server}");
+                let status = if round == 0 { 200 } else { 204 };
+                metrics.record(
+                    &listener,
+                    Some("app"),
+                    Some(&server),
+                    status,
+                    Duration::ZERO,
+                );
+            }
+        }
+        let responses = metrics.responses("app").expect("counted");
+        assert_eq!(responses.servers.len(), servers);
+        assert!(
+            responses
+                .servers
+                .values()
+                .all(|classes| classes["2xx"] == 2)
+        );
+        let memo = metrics.memos[0].0.lock().expect("memo");
+        assert_eq!(memo.requests.len(), MEMOIZED_SERIES);
+        assert_eq!(memo.durations.len(), 3);
+    }
+
+    #[test]
     fn responses_by_pool_sum_the_series_of_every_listener() {
         let metrics = RequestMetrics::default();
         for (listener, server, status) in [
@@ -291,10 +341,8 @@ mod tests {
             ("api", Some("b"), 302),
             ("api", None, 503),
         ] {
-            let memo = MetricHandles::default();
             let server = server.map(str::to_string);
             metrics.record(
-                &memo,
                 listener,
                 Some("app"),
                 server.as_deref(),
@@ -302,14 +350,7 @@ mod tests {
                 Duration::ZERO,
             );
         }
-        metrics.record(
-            &MetricHandles::default(),
-            "web",
-            None,
-            None,
-            400,
-            Duration::ZERO,
-        );
+        metrics.record("web", None, None, 400, Duration::ZERO);
         assert_eq!(metrics.responses("other"), None);
         let responses = metrics.responses("app").expect("counted");
         let classes = |counts: [u64; 5]| -> Classes { CLASSES.into_iter().zip(counts).collect() };

@@ -210,14 +210,13 @@ async fn open(
         .ok()?;
     let mut facts = ConnectionFacts::new(opened.client);
     let (stream, tls, early) = opened.into_client_stream(&listener, &settings).await.ok()?;
-    facts.tls = tls;
+    facts.tls = tls.map(Box::new);
     let context = Arc::new(proxy::ConnectionContext {
         handler,
         listener,
         settings,
         facts,
-        in_flight: Arc::default(),
-        metrics: metrics::MetricHandles::default(),
+        in_flight: guard::Activity::default(),
         response_timer: std::sync::Mutex::new(None),
     });
     Some((context, stream, early))
@@ -261,6 +260,7 @@ fn serve_connection(
                 accepted,
             ));
             let Some(parked) = served.await else { break };
+            context.drop_response_timer();
             let parked = stream.insert(parked);
             match park::wait(parked, &context).await {
                 Some(request) => early = request,
@@ -335,7 +335,7 @@ async fn serve_until_parked(
         early,
         limits,
         clocks,
-        activity.clone(),
+        context.clone(),
         park_slot.clone(),
     );
     let keep_alive = config.timeouts.keep_alive;
@@ -389,7 +389,6 @@ fn log_refusal(handler: &HttpHandler, listener: &Listener, client: SocketAddr, s
     };
     listener.stats.failed.fetch_add(1, Ordering::Relaxed);
     handler.metrics.record(
-        &metrics::MetricHandles::default(),
         &listener.name,
         None,
         None,

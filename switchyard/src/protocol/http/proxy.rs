@@ -18,7 +18,6 @@ use super::client::{self, SendError};
 use super::errors::{self, ProxyError};
 use super::headers::{self, ConnectionFacts};
 use super::log::RequestRecord;
-use super::metrics::MetricHandles;
 use super::tunnel;
 use crate::authority::{self, Authority};
 use crate::config::{HttpVersion, KeyFact, SslMode};
@@ -40,9 +39,7 @@ pub struct ConnectionContext {
     /// Client address, TLS and identity.
     pub facts: ConnectionFacts,
     /// Requests whose response has not ended yet (the head guard times idle only at 0).
-    pub in_flight: Arc<super::guard::Activity>,
-    /// The metric series this connection's requests count on.
-    pub metrics: MetricHandles,
+    pub in_flight: super::guard::Activity,
     /// The server response timer, reused by one request after another (concurrent HTTP/2
     /// requests past the first make their own).
     pub response_timer: std::sync::Mutex<Option<LazyTimer>>,
@@ -67,6 +64,23 @@ impl ConnectionContext {
         };
         slot().get_or_insert(timer);
         result
+    }
+
+    /// Lets go of the response timer: a parked connection keeps none, and its next request
+    /// makes one.
+    pub fn drop_response_timer(&self) {
+        let timer = self
+            .response_timer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(timer);
+    }
+}
+
+impl AsRef<super::guard::Activity> for ConnectionContext {
+    fn as_ref(&self) -> &super::guard::Activity {
+        &self.in_flight
     }
 }
 
@@ -134,7 +148,6 @@ impl Exchange {
             server.stats.bytes_out.add(bytes_out);
         }
         self.ctx.handler.metrics.record(
-            &self.ctx.metrics,
             &self.ctx.listener.name,
             pool.map(|pool| pool.name.as_str()),
             server.map(|server| server.name.as_str()),
