@@ -199,8 +199,6 @@ pub struct Guard<S> {
     // When bytes last came from the client: a request whose head has arrived, not yet
     // begun by the handler, is not idle time.
     last_input: Instant,
-    // Where small vectored writes are joined (see `poll_write_vectored`).
-    joined: Vec<u8>,
     linger: Linger,
     // Set when the connection is being parked: hyper was told the client had gone.
     parking: bool,
@@ -260,7 +258,6 @@ impl<S> Guard<S> {
             timer: LazyTimer::default(),
             fired: now,
             last_input: now,
-            joined: Vec::new(),
             linger: Linger::Open,
             parking: false,
             park_slot,
@@ -538,12 +535,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<S> {
         if total > JOIN_WRITES_UP_TO || bufs.iter().filter(|buf| !buf.is_empty()).count() < 2 {
             return Pin::new(inner_of(&mut this.inner)?).poll_write_vectored(cx, bufs);
         }
-        // Joined afresh each time: what was not written is offered again by the caller.
-        this.joined.clear();
+        // Joined afresh each time (what was not written is offered again by the caller),
+        // on the stack: a buffer kept in the guard would stay allocated, at the size of the
+        // largest response head, for as long as the connection is served.
+        let mut joined = smallvec::SmallVec::<[u8; JOIN_WRITES_UP_TO]>::new();
         for buf in bufs {
-            this.joined.extend_from_slice(buf);
+            joined.extend_from_slice(buf);
         }
-        Pin::new(inner_of(&mut this.inner)?).poll_write(cx, &this.joined)
+        Pin::new(inner_of(&mut this.inner)?).poll_write(cx, &joined)
     }
 
     fn is_write_vectored(&self) -> bool {

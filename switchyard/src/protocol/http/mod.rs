@@ -218,6 +218,7 @@ async fn open(
         facts,
         in_flight: guard::Activity::default(),
         response_timer: std::sync::Mutex::new(None),
+        accepted: tokio::time::Instant::now(),
     });
     Some((context, stream, early))
 }
@@ -249,22 +250,22 @@ fn serve_connection(
     // the future a parked connection keeps (an `async fn` keeps its arguments besides).
     let (mut stream, mut early) = (Some(stream), early);
     async move {
-        let accepted = tokio::time::Instant::now();
-        while let Some(serving) = stream.take() {
+        // Not `while let`: its scrutinee would be kept, as large as the stream, in the
+        // future for the whole loop.
+        loop {
+            let Some(serving) = stream.take() else { break };
             // Boxed: the serving phase's future is most of a busy connection's memory, and
             // a parked connection lets go of it.
             let served = Box::pin(serve_until_parked(
                 &context,
                 serving,
                 std::mem::take(&mut early),
-                accepted,
             ));
             let Some(parked) = served.await else { break };
             context.drop_response_timer();
             let parked = stream.insert(parked);
-            match park::wait(parked, &context).await {
-                Some(request) => early = request,
-                None => drop(stream.take()),
+            if !park::wait(parked, &context, &mut early).await {
+                drop(stream.take());
             }
         }
         if let Some(status) = context.in_flight.refused() {
@@ -284,7 +285,6 @@ async fn serve_until_parked(
     context: &Arc<proxy::ConnectionContext>,
     stream: accept::ClientStream,
     early: Bytes,
-    accepted: tokio::time::Instant,
 ) -> Option<accept::ClientStream> {
     let handler = &context.handler;
     let config = &context.settings.config;
@@ -357,7 +357,7 @@ async fn serve_until_parked(
                         () = tokio::time::sleep(SHUTDOWN_IDLE_GRACE) => {}
                     }
                 } => {}
-                () = activity.idle_beyond(keep_alive, accepted) => {}
+                () = activity.idle_beyond(keep_alive, context.accepted) => {}
             }
         });
         tokio::select! {

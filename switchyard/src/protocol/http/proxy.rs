@@ -43,6 +43,9 @@ pub struct ConnectionContext {
     /// The server response timer, reused by one request after another (concurrent HTTP/2
     /// requests past the first make their own).
     pub response_timer: std::sync::Mutex<Option<LazyTimer>>,
+    /// When the connection was accepted: an HTTP/2 connection that never had a request is
+    /// idle from then.
+    pub accepted: Instant,
 }
 
 impl ConnectionContext {
