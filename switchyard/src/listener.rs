@@ -314,7 +314,8 @@ impl Listener {
         let mut full = AtCapacity::default();
         loop {
             let accepted = tokio::select! {
-                accepted = socket.accept() => accepted,
+                // The socket's registration lasts as long as the connection.
+                accepted = crate::memory::Lasting::new(socket.accept()) => accepted,
                 () = stop.cancelled() => break,
                 () = self.closed.cancelled() => break,
             };
@@ -351,16 +352,21 @@ impl Listener {
                 listener.stats.active.fetch_sub(1, Ordering::Relaxed);
                 drop((permit, placement));
             };
+            // The connection's future and task last as long as it does (see `memory`).
             if worker == here {
-                let connection = settings.handler.clone().serve(Accepted {
-                    listener: self.clone(),
-                    settings,
-                    stream,
-                    peer,
+                let connection = crate::memory::lasting(|| {
+                    settings.handler.clone().serve(Accepted {
+                        listener: self.clone(),
+                        settings,
+                        stream,
+                        peer,
+                    })
                 });
-                tasks.spawn(async move {
-                    connection.await;
-                    done();
+                crate::memory::lasting(|| {
+                    tasks.spawn(async move {
+                        connection.await;
+                        done();
+                    })
                 });
                 continue;
             }
@@ -374,27 +380,25 @@ impl Listener {
                 }
             };
             let listener = self.clone();
-            tasks.spawn_on(
-                async move {
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => {
-                            let handler = settings.handler.clone();
-                            let accepted = Accepted {
-                                listener: listener.clone(),
-                                settings,
-                                stream,
-                                peer,
-                            };
-                            handler.serve(accepted).await;
-                        }
-                        Err(error) => {
-                            tracing::warn!(listener = %listener.name, %error, "cannot watch a handed-over connection");
-                        }
+            let task = async move {
+                match crate::memory::lasting(|| TcpStream::from_std(stream)) {
+                    Ok(stream) => {
+                        let handler = settings.handler.clone();
+                        let accepted = Accepted {
+                            listener: listener.clone(),
+                            settings,
+                            stream,
+                            peer,
+                        };
+                        crate::memory::lasting(|| handler.serve(accepted)).await;
                     }
-                    done();
-                },
-                workers.handle(worker),
-            );
+                    Err(error) => {
+                        tracing::warn!(listener = %listener.name, %error, "cannot watch a handed-over connection");
+                    }
+                }
+                done();
+            };
+            crate::memory::lasting(|| tasks.spawn_on(task, workers.handle(worker)));
         }
         drop(socket);
         self.accept_loop_ended();

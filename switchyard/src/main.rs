@@ -11,9 +11,10 @@ use switchyard::ctl::{self, CtlCommand};
 use switchyard::runtime::Inherited;
 
 /// mimalloc: the proxy allocates and frees small buffers per request on every worker;
-/// glibc's malloc spent ~14% of the HTTP path's CPU doing it (perf, `bench http`).
+/// glibc's malloc spent ~14% of the HTTP path's CPU doing it (perf, `bench http`). What
+/// connections keep for their life goes to a heap of its own (`memory::lasting`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: switchyard::memory::Allocator = switchyard::memory::Allocator;
 
 /// Multi-protocol reverse proxy and load balancer.
 #[derive(Parser)]

@@ -103,7 +103,7 @@ const WARMUP: usize = CLIENTS;
 
 /// Heap bytes per idle client, at most (measured when set: see the module doc).
 const TCP_BOUND: isize = 2_700;
-const HTTP_BOUND: isize = 2_500;
+const HTTP_BOUND: isize = 1_100;
 const POSTGRES_BOUND: isize = 2_700;
 const MYSQL_BOUND: isize = 2_800;
 

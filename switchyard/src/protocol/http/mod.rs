@@ -211,14 +211,17 @@ async fn open(
     let mut facts = ConnectionFacts::new(opened.client);
     let (stream, tls, early) = opened.into_client_stream(&listener, &settings).await.ok()?;
     facts.tls = tls.map(Box::new);
-    let context = Arc::new(proxy::ConnectionContext {
-        handler,
-        listener,
-        settings,
-        facts,
-        in_flight: guard::Activity::default(),
-        response_timer: std::sync::Mutex::new(None),
-        accepted: tokio::time::Instant::now(),
+    // What the connection's requests share lasts as long as it does (see `memory`).
+    let context = crate::memory::lasting(|| {
+        Arc::new(proxy::ConnectionContext {
+            handler,
+            listener,
+            settings,
+            facts,
+            in_flight: guard::Activity::default(),
+            response_timer: std::sync::Mutex::new(None),
+            accepted: tokio::time::Instant::now(),
+        })
     });
     Some((context, stream, early))
 }
