@@ -342,6 +342,8 @@ fn take_idle(conns: &Shard, server: &Server, pool: &Pool, now: Instant) -> Optio
 
 /// Whether nothing arrived on a parked socket. A server's answer can only follow a request,
 /// so anything readable (its FIN, a TLS alert or ticket) makes the socket one not to reuse.
+/// Asking leaves a no-op waker as the socket's reader, in place of the task that last read
+/// it.
 fn quiet(stream: &ServerStream) -> bool {
     let tcp = match stream {
         Either::Left(tcp) => tcp,
@@ -431,7 +433,12 @@ async fn drive(
     };
     let mut stream = parts.io.into_inner();
     match (parked.try_recv(), connections(&server)) {
-        (Ok(ticket), Some(conns)) if parts.read_buf.is_empty() && server.is_available() => {
+        // `quiet` also takes this task's waker off the socket, where hyper's last read
+        // left it: the waker would keep this finished task's memory (2 KB) for as long
+        // as the socket stays parked.
+        (Ok(ticket), Some(conns))
+            if parts.read_buf.is_empty() && server.is_available() && quiet(&stream) =>
+        {
             let due = ticket.since + ticket.idle_timeout;
             conns.keep(&server, ticket.idle_timeout, due, |idle| {
                 idle.parked.push((stream, ticket));
