@@ -46,18 +46,28 @@ pub fn serve(
         stream: client,
         peer,
     } = connection;
+    // Made before the future, which then keeps the record but not the peer's address.
+    let mut record = ConnectionRecord::accepted(&listener.name, peer);
     async move {
         let started = std::time::Instant::now();
-        let mut record = ConnectionRecord::accepted(&listener.name, peer);
-        let outcome = match session(&handler, &listener, &settings, client, &mut record).await {
-            // Served here, not inside `session`: that future is gone by now, so a pooled
-            // client's future keeps the client (boxed: the match would keep room for it
-            // beside the moved-out copy) and the wait for its next message, and nothing
-            // laid out for the login.
-            Admitted::Pooled(mut client) => client.serve(&mut record).await,
-            Admitted::Ended(outcome) => outcome,
+        // Taken apart in this statement, so that the future a pooled client keeps holds
+        // neither the login's outcome nor the match over it, only the boxed client.
+        let pooled = match session(&handler, &listener, &settings, client, &mut record).await {
+            Admitted::Pooled(client) => Some(client),
+            Admitted::Ended(outcome) => {
+                record.termination =
+                    session_termination(outcome, &listener, record.client, "postgres");
+                None
+            }
         };
-        record.termination = session_termination(outcome, &listener, peer, "postgres");
+        // Served here, not inside `session`: that future is gone by now, so a pooled
+        // client's future keeps the client and the wait for its next message, and nothing
+        // laid out for the login.
+        if let Some(mut client) = pooled {
+            let outcome = client.serve().await;
+            client.count_moved(&mut record);
+            record.termination = session_termination(outcome, &listener, record.client, "postgres");
+        }
         record.finish(started);
         handler.state.context.finish_connection(&record);
     }

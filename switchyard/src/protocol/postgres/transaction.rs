@@ -542,12 +542,16 @@ pub struct PooledClient<'a> {
 }
 
 impl PooledClient<'_> {
-    /// Serves the client's transactions until it leaves; the bytes moved go to `record`.
-    pub async fn serve(&mut self, record: &mut ConnectionRecord) -> Ending {
-        let ending = self.session.serve().await;
+    /// Serves the client's transactions until it leaves. The session's own future, not one
+    /// around it: this is what a pooled client keeps while it waits.
+    pub fn serve(&mut self) -> impl Future<Output = Ending> + Send + '_ {
+        self.session.serve()
+    }
+
+    /// Adds the bytes the client's transactions moved to `record`.
+    pub fn count_moved(&self, record: &mut ConnectionRecord) {
         record.bytes_in += self.session.moved.to_server;
         record.bytes_out += self.session.moved.to_client;
-        ending
     }
 }
 
