@@ -227,28 +227,19 @@ impl Memo {
         class: usize,
         look_up: impl FnOnce() -> RequestCounter,
     ) {
-        let found = self.requests.iter().rev().find(|(key, _)| {
+        let is_it = |key: &SeriesKey| {
             key.class == class
                 && *key.server == *server
                 && *key.pool == *pool
                 && *key.listener == *listener
-        });
-        if let Some((_, counter)) = found {
-            counter.0.add(1);
-            return;
-        }
-        let counter = look_up();
-        counter.0.add(1);
-        if self.requests.len() == MEMOIZED_SERIES {
-            self.requests.remove(0);
-        }
-        let key = SeriesKey {
+        };
+        let key = || SeriesKey {
             listener: listener.into(),
             pool: pool.into(),
             server: server.into(),
             class,
         };
-        self.requests.push((key, counter));
+        memoized(&mut self.requests, is_it, key, look_up).0.add(1);
     }
 
     /// Observes a request's duration in its listener's histogram, kept here after
@@ -259,16 +250,34 @@ impl Memo {
         elapsed: Duration,
         look_up: impl FnOnce() -> DurationHistogram,
     ) {
-        if let Some((_, histogram)) = self.durations.iter().find(|(l, _)| **l == *listener) {
-            histogram.observe(elapsed);
-            return;
+        let entries = &mut self.durations;
+        memoized(
+            entries,
+            |key| **key == *listener,
+            || listener.into(),
+            look_up,
+        )
+        .observe(elapsed);
+    }
+}
+
+/// The value `entries` keeps for the key `is_it` recognizes (the latest kept first); else
+/// `look_up`'s, kept under `key()` in place of the oldest when [`MEMOIZED_SERIES`] are.
+fn memoized<K, V>(
+    entries: &mut Vec<(K, V)>,
+    is_it: impl Fn(&K) -> bool,
+    key: impl FnOnce() -> K,
+    look_up: impl FnOnce() -> V,
+) -> &V {
+    match entries.iter().rposition(|(k, _)| is_it(k)) {
+        Some(found) => &entries[found].1,
+        None => {
+            if entries.len() == MEMOIZED_SERIES {
+                entries.remove(0);
+            }
+            entries.push((key(), look_up()));
+            &entries[entries.len() - 1].1
         }
-        let histogram = look_up();
-        histogram.observe(elapsed);
-        if self.durations.len() == MEMOIZED_SERIES {
-            self.durations.remove(0);
-        }
-        self.durations.push((listener.into(), histogram));
     }
 }
 
