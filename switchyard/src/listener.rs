@@ -354,15 +354,13 @@ impl Listener {
             };
             // The connection's future and task last as long as it does (see `memory`).
             if worker == here {
-                let connection = crate::memory::lasting(|| {
-                    settings.handler.clone().serve(Accepted {
+                crate::memory::lasting(|| {
+                    let connection = settings.handler.clone().serve(Accepted {
                         listener: self.clone(),
                         settings,
                         stream,
                         peer,
-                    })
-                });
-                crate::memory::lasting(|| {
+                    });
                     tasks.spawn(async move {
                         connection.await;
                         done();
