@@ -13,6 +13,7 @@ pub mod config;
 pub mod ctl;
 pub mod health;
 pub mod http_link;
+pub mod idle_lot;
 pub mod lazy_timer;
 pub mod listener;
 pub mod login_gate;

@@ -13,16 +13,17 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 type StdListener = std::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::config::{ListenerConfig, Protocol};
 use crate::login_gate::LoginGate;
 use crate::net::AcceptFailures;
 use crate::tally::{Carried, Tally};
 use crate::tls::ServerTls;
-use crate::workers::Workers;
+use crate::workers::{Placement, Workers};
 
 /// Counters kept per listener.
 #[derive(Debug, Default)]
@@ -92,6 +93,26 @@ pub struct Accepted {
     pub stream: TcpStream,
     /// The client's address (a PROXY header may tell the real one).
     pub peer: SocketAddr,
+    /// Held until the connection ends.
+    pub occupancy: Occupancy,
+}
+
+/// What a connection holds for as long as it lives, on a task or waiting without one
+/// (`idle_lot`): its place among the listener's active connections and under
+/// `max_connections`, its worker's count (by which new connections are placed), and the
+/// shutdown's wait for it. Dropping it ends all four.
+#[derive(Debug)]
+pub struct Occupancy {
+    listener: Arc<Listener>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _placement: Placement,
+    _awaited: TaskTrackerToken,
+}
+
+impl Drop for Occupancy {
+    fn drop(&mut self) {
+        self.listener.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What a connection takes from its listener when it is accepted; a reload swaps in new
@@ -347,10 +368,11 @@ impl Listener {
             };
             self.stats.active.fetch_add(1, Ordering::Relaxed);
             let (worker, placement) = workers.place(here);
-            let listener = self.clone();
-            let done = move || {
-                listener.stats.active.fetch_sub(1, Ordering::Relaxed);
-                drop((permit, placement));
+            let occupancy = Occupancy {
+                listener: self.clone(),
+                _permit: permit,
+                _placement: placement,
+                _awaited: tasks.token(),
             };
             // The connection's future and task last as long as it does (see `memory`).
             if worker == here {
@@ -360,11 +382,9 @@ impl Listener {
                         settings,
                         stream,
                         peer,
+                        occupancy,
                     });
-                    tasks.spawn(async move {
-                        connection.await;
-                        done();
-                    })
+                    tokio::spawn(connection)
                 });
                 continue;
             }
@@ -373,7 +393,6 @@ impl Listener {
                 Ok(stream) => stream,
                 Err(error) => {
                     tracing::warn!(listener = %self.name, %error, "cannot hand a connection to another worker");
-                    done();
                     continue;
                 }
             };
@@ -387,6 +406,7 @@ impl Listener {
                             settings,
                             stream,
                             peer,
+                            occupancy,
                         };
                         crate::memory::lasting(|| handler.serve(accepted)).await;
                     }
@@ -394,9 +414,8 @@ impl Listener {
                         tracing::warn!(listener = %listener.name, %error, "cannot watch a handed-over connection");
                     }
                 }
-                done();
             };
-            crate::memory::lasting(|| tasks.spawn_on(task, workers.handle(worker)));
+            crate::memory::lasting(|| workers.handle(worker).spawn(task));
         }
         drop(socket);
         self.accept_loop_ended();

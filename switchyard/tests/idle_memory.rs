@@ -104,7 +104,7 @@ const WARMUP: usize = CLIENTS;
 /// Heap bytes per idle client, at most (measured when set: see the module doc).
 const TCP_BOUND: isize = 2_700;
 const HTTP_BOUND: isize = 1_100;
-const POSTGRES_BOUND: isize = 2_700;
+const POSTGRES_BOUND: isize = 1_600;
 const MYSQL_BOUND: isize = 2_800;
 
 /// The proxy's listeners and admin API, from its ready file.
@@ -202,11 +202,11 @@ impl InProcess {
     /// clients on `listener`, each after one transaction (counted by
     /// `switchyard_<metric>_pool_transactions_total`). A warm-up group comes and goes
     /// first, then the baseline is read and `CLIENTS` clients are held while the heap is
-    /// read again.
+    /// read again (once they doze in the idle lot, for a protocol whose clients do).
     async fn pooled_clients_heap(
         &self,
         listener: &str,
-        protocol: &str,
+        (protocol, dozes): (&str, bool),
         metric: &str,
         spawn: impl Fn(usize) -> Child,
     ) -> isize {
@@ -228,6 +228,13 @@ impl InProcess {
         })
         .await;
         self.wait_active(listener, CLIENTS as u64).await;
+        if dozes {
+            wait_until("every client dozing", || {
+                let dozing = self.metric("switchyard_idle_lot_connections");
+                std::future::ready(dozing >= CLIENTS as f64)
+            })
+            .await;
+        }
         let bytes = baseline.per_client(protocol, CLIENTS);
         idle.kill().ok();
         idle.wait().ok();
@@ -510,14 +517,18 @@ password = "{my_password}"
     let script = dir.path().join("idle.sql");
     std::fs::write(&script, "SELECT 1;\n\\sleep 600 s\n").expect("script");
     let bytes = proxy
-        .pooled_clients_heap("pg", "postgres", "pg", |n| idle_pgbench(front, n, &script))
+        .pooled_clients_heap("pg", ("postgres", true), "pg", |n| {
+            idle_pgbench(front, n, &script)
+        })
         .await;
     report.push(("postgres", bytes, POSTGRES_BOUND));
 
     // MySQL, transaction pool: PyMySQL clients after one SELECT 1 each.
     let front = proxy.listener("mysql");
     let bytes = proxy
-        .pooled_clients_heap("mysql", "mysql", "mysql", |n| idle_pymysql(front, n))
+        .pooled_clients_heap("mysql", ("mysql", false), "mysql", |n| {
+            idle_pymysql(front, n)
+        })
         .await;
     report.push(("mysql", bytes, MYSQL_BOUND));
 

@@ -714,6 +714,94 @@ async fn a_client_idle_between_transactions_past_timeouts_client_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn idle_clients_doze_without_a_task_and_wake_with_their_session_intact() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (proxy, front) = pooled(pg.address(), "pool_size = 2").start().await;
+    let dozing = |metrics: &str| gauge(metrics, "switchyard_idle_lot_connections");
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let client = connect(front, "postgres", "postgres")
+            .await
+            .expect("connect");
+        client
+            .batch_execute(&format!("SET application_name = 'dozer{i}'"))
+            .await
+            .expect("set");
+        let prepared = client.prepare("SELECT $1::int + 1").await.expect("prepare");
+        clients.push((client, prepared));
+    }
+    wait_until("the idle clients doze", || async {
+        dozing(&proxy.metrics().await) == Some(3.0)
+    })
+    .await;
+    // Woken by their next message, each goes on where it was: its statement prepared
+    // and its setting kept.
+    for (i, (client, prepared)) in clients.iter().enumerate() {
+        let row = client.query_one(prepared, &[&41]).await.expect("execute");
+        assert_eq!(row.get::<_, i32>(0), 42);
+        let rows = client
+            .simple_query("SHOW application_name")
+            .await
+            .expect("show");
+        let shown = rows.iter().find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(shown.as_deref(), Some(format!("dozer{i}").as_str()));
+    }
+    // A client that leaves while dozing is woken by its close: its line is logged.
+    wait_until("they doze again", || async {
+        dozing(&proxy.metrics().await) == Some(3.0)
+    })
+    .await;
+    let (leaving, _) = clients.remove(0);
+    drop(leaving);
+    let line = wait_access(&proxy, "the dozing client's session ended", |line| {
+        field(line, "termination") == "client_closed"
+    })
+    .await;
+    assert_eq!(field(&line, "listener"), "front");
+    wait_until("two still doze", || async {
+        dozing(&proxy.metrics().await) == Some(2.0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dozing_client_holds_the_shutdown_until_its_timeout_and_is_then_closed() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (mut proxy, front) = pooled(pg.address(), "pool_size = 2")
+        .top("shutdown_timeout = \"1s\"")
+        .start()
+        .await;
+    let client = connect(front, "postgres", "postgres")
+        .await
+        .expect("connect");
+    client.batch_execute("SELECT 1").await.expect("query");
+    wait_until("the client dozes", || async {
+        gauge(&proxy.metrics().await, "switchyard_idle_lot_connections") == Some(1.0)
+    })
+    .await;
+    proxy.signal("TERM");
+    // Counted as a connection while it dozes: the proxy waits for it, then closes it.
+    let line = wait_access(&proxy, "the dozing client's session ended", |line| {
+        field(line, "termination") == "shutdown"
+    })
+    .await;
+    assert_eq!(field(&line, "listener"), "front");
+    let status = proxy.wait_exit().await;
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        proxy.stderr()
+    );
+    wait_until("the client sees its connection closed", || async {
+        client.is_closed()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_shared_server_connection_takes_the_message_limit_of_the_leasing_listener() {
     let pg = PgCluster::start(&PgOptions {
         databases: vec!["app"],

@@ -11,6 +11,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use crate::observe::families::{Labels, Metric, Read, family, flag, load, load_usize, metric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::listener::Listener;
@@ -28,6 +29,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         pools: shared.pools(),
         listeners: shared.listeners(),
         dropped_log_lines: shared.context.access_log.dropped(),
+        dozing: crate::idle_lot::sleeping(),
     }));
     for frontend in shared.registry.frontends() {
         frontend.register_metrics(&mut registry);
@@ -44,6 +46,7 @@ struct Snapshot {
     pools: Arc<Vec<Arc<Pool>>>,
     listeners: Arc<Vec<Arc<Listener>>>,
     dropped_log_lines: u64,
+    dozing: usize,
 }
 
 const LISTENER_METRICS: &[Metric<Listener>] = &[
@@ -333,6 +336,13 @@ impl Collector for Snapshot {
             ConstCounter::new(0u64).metric_type(),
         )?;
         ConstCounter::new(self.dropped_log_lines).encode(dropped)?;
+        let dozing = encoder.encode_descriptor(
+            "switchyard_idle_lot_connections",
+            "Idle connections waiting in the workers' idle lots, without a task of their own",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.dozing as i64).encode(dozing)?;
         Ok(())
     }
 }

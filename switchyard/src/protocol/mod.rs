@@ -11,6 +11,7 @@ pub mod tcp;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -288,6 +289,20 @@ pub async fn relay_session(
 /// (kept for the client's life) should not carry room for it.
 pub type ClientStream =
     Either<Rewind<TcpStream>, Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>>;
+
+/// Ready once a client waiting between messages, with nothing buffered or partly read,
+/// has sent something or closed: its socket's readiness (under TLS too, whose reader
+/// stopped at the socket for want of bytes).
+pub fn poll_stirred(stream: &ClientStream, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    let rewind = match stream {
+        Either::Left(plain) => plain,
+        Either::Right(tls) => tls.get_ref().0,
+    };
+    if !rewind.buffered().is_empty() {
+        return Poll::Ready(());
+    }
+    rewind.get_ref().poll_read_ready(cx).map(|_| ())
+}
 
 /// Relays a logged-in database session whose client and server sides may each be TLS:
 /// plaintext on both sides takes the socket-to-socket path of [`relay_session`] (after

@@ -98,6 +98,7 @@ async fn serve(handler: Arc<TcpHandler>, connection: Accepted) {
         settings,
         stream,
         peer,
+        occupancy,
     } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
     record.termination = proxy(&handler, &listener, &settings, stream, &mut record).await;
@@ -106,6 +107,7 @@ async fn serve(handler: Arc<TcpHandler>, connection: Accepted) {
     }
     record.finish(started);
     handler.context.finish_connection(&record);
+    drop(occupancy);
 }
 
 /// Sets the connection up (boxed: its futures are needed only until the relay starts),

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
 
 pub use headers::ConnectionFacts;
 pub use metrics::RequestMetrics;
@@ -43,7 +44,8 @@ use crate::config::{
     HeaderRules, HttpOptions, HttpRoute, ListenerConfig, ListenerOptions, Protocol,
 };
 use crate::health::Check;
-use crate::listener::{Accepted, Handler, Listener, Serving};
+use crate::idle_lot::PARK_AFTER;
+use crate::listener::{Accepted, Handler, Listener, ListenerSettings, Serving};
 use crate::observe::Termination;
 use crate::route::{Matcher, RouteRule, Routing};
 
@@ -183,12 +185,20 @@ fn serve(handler: Arc<HttpHandler>, connection: Accepted) -> impl Future<Output 
     // Boxed, and made before the future: the accept stage runs once, and a connection's
     // future should be sized by what it keeps for its life, not by the handshake nor by
     // the accepted connection it took apart.
-    let opening = Box::pin(open(handler, connection));
+    let Accepted {
+        listener,
+        settings,
+        stream,
+        peer,
+        occupancy,
+    } = connection;
+    let opening = Box::pin(open(handler, listener, settings, stream, peer));
     async move {
         let Some((context, stream, early)) = opening.await else {
             return;
         };
         serve_connection(context, stream, early).await;
+        drop(occupancy);
     }
 }
 
@@ -197,14 +207,11 @@ fn serve(handler: Arc<HttpHandler>, connection: Accepted) -> impl Future<Output 
 /// failed (and said so).
 async fn open(
     handler: Arc<HttpHandler>,
-    connection: Accepted,
+    listener: Arc<Listener>,
+    settings: Arc<ListenerSettings>,
+    stream: TcpStream,
+    peer: SocketAddr,
 ) -> Option<(Arc<proxy::ConnectionContext>, accept::ClientStream, Bytes)> {
-    let Accepted {
-        listener,
-        settings,
-        stream,
-        peer,
-    } = connection;
     let opened = accept::open(&listener, &settings, stream, peer)
         .await
         .ok()?;
@@ -225,11 +232,6 @@ async fn open(
     });
     Some((context, stream, early))
 }
-
-/// Idle time after a response before a connection, to a client or to a server, is parked:
-/// far longer than the gap between the requests of a busy client or pool, which never pays
-/// for a new hyper connection; short enough that idle connections soon cost little.
-const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// At shutdown (and binary upgrade), how long an idle HTTP/1.1 connection is given for a
 /// next request, whose response then says `Connection: close`. Closing it at once races

@@ -54,6 +54,7 @@ pub fn serve(handler: Arc<MysqlHandler>, connection: Accepted) -> impl Future<Ou
         settings,
         stream,
         peer,
+        occupancy,
     } = connection;
     // Boxed until the login opens it: a value the future captures keeps its room for the
     // client's life, and the box's 8 B is less than the stream's 40.
@@ -65,6 +66,7 @@ pub fn serve(handler: Arc<MysqlHandler>, connection: Accepted) -> impl Future<Ou
         record.termination = session_termination(outcome, &listener, peer, "mysql");
         record.finish(started);
         handler.state.context.finish_connection(&record);
+        drop(occupancy);
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,10 +18,11 @@ use super::errors::{fatal, sqlstate};
 use super::split::SplitConfig;
 use super::startup::{Opening, Refusal, ServerLink, StartupBytes, authenticate, read_opening};
 use super::tls::{ClientStream, retries_with_tls, secure_server, server_host};
-use super::transaction::PooledClient;
+use super::transaction::{PooledClient, Served};
 use crate::accept;
 use crate::config::{ClientTlsMode, KeyFact, MessageLimits, PoolMode, PostgresAuth};
-use crate::listener::{Accepted, Listener, ListenerSettings};
+use crate::idle_lot::{Sleeper, Waking, Woken};
+use crate::listener::{Accepted, Listener, ListenerSettings, Occupancy};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::{count_bytes, proxy_preamble, relay_database_session, session_termination};
 use crate::relay::IdleLimit;
@@ -45,31 +47,110 @@ pub fn serve(
         settings,
         stream: client,
         peer,
+        occupancy,
     } = connection;
     // Made before the future, which then keeps the record but not the peer's address.
-    let mut record = ConnectionRecord::accepted(&listener.name, peer);
+    let record = ConnectionRecord::accepted(&listener.name, peer);
     async move {
-        let started = std::time::Instant::now();
+        let mut end = ConnectionEnd {
+            handler,
+            listener,
+            record,
+            started: std::time::Instant::now(),
+            occupancy,
+        };
+        let admitted = session(
+            &end.handler,
+            &end.listener,
+            &settings,
+            client,
+            &mut end.record,
+        );
         // Taken apart in this statement, so that the future a pooled client keeps holds
-        // neither the login's outcome nor the match over it, only the boxed client.
-        let pooled = match session(&handler, &listener, &settings, client, &mut record).await {
-            Admitted::Pooled(client) => Some(client),
-            Admitted::Ended(outcome) => {
-                record.termination =
-                    session_termination(outcome, &listener, record.client, "postgres");
-                None
-            }
+        // neither the login's outcome nor the match over it.
+        let pooled = match admitted.await {
+            Admitted::Pooled(client) => client,
+            Admitted::Ended(outcome) => return end.finish(outcome),
         };
         // Served here, not inside `session`: that future is gone by now, so a pooled
         // client's future keeps the client and the wait for its next message, and nothing
-        // laid out for the login.
-        if let Some(mut client) = pooled {
-            let outcome = client.serve().await;
-            client.count_moved(&mut record);
-            record.termination = session_termination(outcome, &listener, record.client, "postgres");
+        // laid out for the login. One box, which may doze in the idle lot as it is.
+        let pooled = crate::memory::lasting(|| {
+            Box::new(Pooled {
+                client: *pooled,
+                end,
+            })
+        });
+        serve_pooled(pooled).await;
+    }
+}
+
+/// What ends a connection: its log line, its accounting and its place on the listener.
+struct ConnectionEnd {
+    handler: Arc<PostgresHandler>,
+    listener: Arc<Listener>,
+    record: ConnectionRecord,
+    started: std::time::Instant,
+    occupancy: Occupancy,
+}
+
+impl ConnectionEnd {
+    /// Logs the connection's line with `outcome` and gives its place up.
+    fn finish(mut self, outcome: Result<Termination, Refusal>) {
+        let record = &mut self.record;
+        record.termination =
+            session_termination(outcome, &self.listener, record.client, "postgres");
+        record.finish(self.started);
+        self.handler.state.context.finish_connection(record);
+        drop(self.occupancy);
+    }
+}
+
+/// A transaction pool's client past its login, and what ends its connection: served on a
+/// task while it is busy, dozing in its worker's idle lot (`idle_lot`), with no task,
+/// once it has been idle for a while.
+struct Pooled {
+    client: PooledClient,
+    end: ConnectionEnd,
+}
+
+/// Serves a pooled client until it ends or may doze, then parks it.
+async fn serve_pooled(mut pooled: Box<Pooled>) {
+    match pooled.client.serve().await {
+        Served::Idle { deadline } => {
+            let stop = pooled.client.hard_stop().clone();
+            crate::idle_lot::park(pooled, deadline, &stop);
         }
-        record.finish(started);
-        handler.state.context.finish_connection(&record);
+        Served::Ended(outcome) => pooled.finish(outcome),
+    }
+}
+
+impl Pooled {
+    fn finish(self: Box<Self>, outcome: Result<Termination, Refusal>) {
+        let Pooled { client, mut end } = *self;
+        client.count_moved(&mut end.record);
+        end.finish(outcome);
+        // The client's socket closes after its line is logged, as for every connection.
+        drop(client);
+    }
+}
+
+impl Sleeper for Pooled {
+    fn poll_stirred(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.client.poll_stirred(cx)
+    }
+
+    fn wake(self: Box<Self>, why: Woken) -> Waking {
+        Box::pin(async move {
+            match why {
+                Woken::Stirred => serve_pooled(self).await,
+                Woken::Deadline => self.finish(Err(Refusal::new(
+                    Termination::ClientTimeout,
+                    "idle between transactions",
+                ))),
+                Woken::Stop => self.finish(Err(Refusal::new(Termination::Shutdown, "hard stop"))),
+            }
+        })
     }
 }
 
@@ -251,9 +332,9 @@ struct LoggedIn<'a> {
 }
 
 /// Where a logged-in client goes.
-enum Admitted<'h> {
+enum Admitted {
     /// A transaction pool's client, told it is logged in: the caller serves it.
-    Pooled(Box<PooledClient<'h>>),
+    Pooled(Box<PooledClient>),
     /// The session ran to its end (session mode), or the login failed.
     Ended(Result<Termination, Refusal>),
 }
@@ -261,13 +342,13 @@ enum Admitted<'h> {
 /// Logs the client in, then starts its transaction-mode session or runs its session-mode
 /// one. Each phase is boxed: a client's future is kept for the client's life, and should
 /// be sized by what it needs then, not by the login's.
-async fn session<'h>(
-    handler: &'h PostgresHandler,
+async fn session(
+    handler: &Arc<PostgresHandler>,
     listener: &Listener,
     settings: &ListenerSettings,
     client: TcpStream,
     record: &mut ConnectionRecord,
-) -> Admitted<'h> {
+) -> Admitted {
     let state = &handler.state;
     let options = &handler.options;
     let logged_in = match Box::pin(log_in(handler, listener, settings, client, record)).await {
@@ -277,7 +358,7 @@ async fn session<'h>(
     // The next phase is made in a block of its own and awaited after it: a `LoggedIn` that
     // was ever borrowed keeps its 512 bytes in this future until it goes out of scope,
     // even once every field is moved out, and this future is part of a pooled client's.
-    let next: Pin<Box<dyn Future<Output = Admitted<'h>> + Send + '_>> = {
+    let next: Pin<Box<dyn Future<Output = Admitted> + Send + '_>> = {
         let logged_in = logged_in;
         let transaction_mode = logged_in.pool.database.pool_mode == PoolMode::Transaction;
         match logged_in {
@@ -313,7 +394,7 @@ async fn session<'h>(
                 };
                 Box::pin(async move {
                     let started = super::transaction::start(
-                        state, settings, options, client, startup, pooled, record,
+                        handler, settings, client, startup, pooled, record,
                     );
                     match started.await {
                         Ok(client) => Admitted::Pooled(Box::new(client)),

@@ -36,7 +36,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::PostgresState;
+use super::PostgresHandler;
 use super::cancel::Registration;
 use super::classify::Classification;
 use super::codec::Startup;
@@ -50,7 +50,6 @@ use super::split::{SplitConfig, Target};
 use super::startup::Refusal;
 use super::tls::ClientStream;
 use crate::config::MessageLimits;
-use crate::config::PostgresListener;
 use crate::lazy_timer::LazyTimer;
 use crate::listener::ListenerSettings;
 use crate::observe::{ConnectionRecord, Termination};
@@ -58,7 +57,7 @@ use crate::upstream::tx_pool::{Member, Pairing};
 use crate::upstream::{Pool, RoleFilter};
 
 /// What the client loop needs from the session that started it.
-struct Client<'a> {
+struct Client {
     /// The client's stream, after startup and authentication.
     pub stream: ClientStream,
     /// The client's address (for balancing).
@@ -68,8 +67,8 @@ struct Client<'a> {
     pub member: Member<Postgres>,
     /// Which servers the client's transactions may run on (the listener's role).
     pub accept: RoleFilter,
-    /// Message size limits.
-    pub limits: &'a MessageLimits,
+    /// The listener's handler: its message size limits.
+    pub handler: Arc<PostgresHandler>,
     /// Idle time allowed between transactions (`timeouts.client`; zero: no limit).
     pub idle: Duration,
     /// The client's cancel key, pointed at the connection it holds.
@@ -146,54 +145,83 @@ impl From<Stop> for Refusal {
 }
 
 /// The client loop state that outlives one transaction.
-struct Session<'a> {
-    client: Client<'a>,
+struct Session {
+    client: Client,
     reader: FrameReader,
     /// The client's side of the session, without the sockets.
     conv: Conversation,
     moved: Moved,
-    /// The idle limit between transactions: one lazy timer for the session, whose deadline
-    /// every transaction moves later.
-    idle_timer: LazyTimer,
+    /// The idle limit between transactions, and the time to doze: one lazy timer for the
+    /// session, whose deadline every transaction moves later. None while dozing.
+    idle_timer: Option<LazyTimer>,
     /// The last transaction's buffers, for the next.
     buffers: Buffers,
 }
 
-impl Client<'_> {
+impl Client {
     /// The pool of server connections for the client's database and user.
     fn pool(&self) -> &Arc<TxPool> {
         self.member.pool()
     }
+
+    fn limits(&self) -> &MessageLimits {
+        &self.handler.options.limits
+    }
 }
 
-impl<'a> Session<'a> {
-    fn new(client: Client<'a>, settings: SessionSettings) -> Self {
+/// What the wait between transactions ended with.
+enum Next {
+    /// The client's next message.
+    Frame(Frame),
+    /// The client closed its connection.
+    Closed,
+    /// Nothing for [`PARK_AFTER`](crate::idle_lot::PARK_AFTER): time to doze, until
+    /// the idle limit (if any).
+    Doze(Option<Instant>),
+}
+
+/// How serving a pooled client stopped.
+pub enum Served {
+    /// The session ended: the termination reason for the log, or the refusal.
+    Ended(Result<Termination, Refusal>),
+    /// The client has been idle a while, holding no server connection and no buffer: it
+    /// can wait without a task (`idle_lot`) until it sends again or `deadline` passes.
+    Idle {
+        /// The end of the idle limit between transactions (`timeouts.client`).
+        deadline: Option<Instant>,
+    },
+}
+
+impl Session {
+    fn new(client: Client, settings: SessionSettings) -> Self {
         Self {
-            reader: FrameReader::new(client.limits.message),
+            reader: FrameReader::new(client.limits().message),
             conv: Conversation::new(settings),
             moved: Moved::default(),
-            idle_timer: LazyTimer::default(),
+            idle_timer: None,
             buffers: Buffers::default(),
             client,
         }
     }
 
-    /// Runs the session until the client leaves; returns the termination reason for the
-    /// log (the bytes moved are in `moved`).
-    async fn serve(&mut self) -> Ending {
+    /// Runs the session until the client leaves (the termination reason for the log; the
+    /// bytes moved are in `moved`) or has been idle long enough to doze.
+    async fn serve(&mut self) -> Served {
         loop {
             // Between transactions: wait for the client's next message.
-            let first = match self.next_client_frame().await? {
-                Some(frame) => frame,
-                None => return Ok(Termination::ClientClosed),
+            let first = match self.next_client_frame().await {
+                Ok(Next::Frame(frame)) => frame,
+                Ok(Next::Closed) => return Served::Ended(Ok(Termination::ClientClosed)),
+                Ok(Next::Doze(deadline)) => return Served::Idle { deadline },
+                Err(refusal) => return Served::Ended(Err(refusal)),
             };
             if first.tag() == b'X' {
-                return Ok(Termination::ClientClosed);
+                return Served::Ended(Ok(Termination::ClientClosed));
             }
             // Boxed: a transaction's future is large and lives only while it runs, so the
             // wait between transactions (where pooled clients spend their time) stays small.
             if let Some(ending) = Box::pin(self.transact(first)).await {
-                return ending;
+                return Served::Ended(ending);
             }
         }
     }
@@ -249,12 +277,15 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Reads the client's next whole message; `None` when it closed. Enforces the idle
-    /// limit between transactions.
-    async fn next_client_frame(&mut self) -> Result<Option<Frame>, Refusal> {
+    /// Reads the client's next whole message. Enforces the idle limit between
+    /// transactions, and says when the client, idle for [`PARK_AFTER`] with no message
+    /// partly read, may doze.
+    ///
+    /// [`PARK_AFTER`]: crate::idle_lot::PARK_AFTER
+    async fn next_client_frame(&mut self) -> Result<Next, Refusal> {
         loop {
             match self.reader.next_frame() {
-                Ok(Some(frame)) => return Ok(Some(frame)),
+                Ok(Some(frame)) => return Ok(Next::Frame(frame)),
                 Ok(None) => {}
                 Err(error) => return Err(self.malformed(error).await.into()),
             }
@@ -262,6 +293,8 @@ impl<'a> Session<'a> {
             let idle = self.client.idle;
             let now = Instant::now();
             let deadline = now.checked_add(idle).filter(|_| !idle.is_zero());
+            let doze_at = now + crate::idle_lot::PARK_AFTER;
+            let wake_at = deadline.map_or(doze_at, |deadline| deadline.min(doze_at));
             // While the client sends nothing, the session holds no buffers: they are taken
             // again with its next message. One poll function for the read, the idle limit
             // and the hard stop: a `select!` over their futures was most of the future an
@@ -278,27 +311,36 @@ impl<'a> Session<'a> {
                 conv.to_client = Vec::new();
                 *buffers = Buffers::default();
             };
+            let idle_timer = idle_timer.get_or_insert_with(LazyTimer::default);
             let mut hard_stop = std::pin::pin!(client.hard_stop.cancelled());
             let read = std::future::poll_fn(|cx| {
                 if hard_stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(Refusal::from(Stop::Shutdown)));
                 }
-                if let Some(deadline) = deadline
-                    && idle_timer.poll_until(cx, deadline).is_ready()
-                {
-                    return Poll::Ready(Err(Refusal::new(
-                        Termination::ClientTimeout,
-                        "idle between transactions",
-                    )));
+                if let Poll::Ready(now) = idle_timer.poll_until(cx, wake_at) {
+                    if deadline.is_some_and(|deadline| now >= deadline) {
+                        return Poll::Ready(Err(Refusal::new(
+                            Termination::ClientTimeout,
+                            "idle between transactions",
+                        )));
+                    }
+                    if !reader.has_partial() {
+                        return Poll::Ready(Ok(None));
+                    }
                 }
                 reader
                     .poll_fill_idle(cx, &mut client.stream, &mut give_back)
-                    .map(Ok)
+                    .map(|read| Ok(Some(read)))
             })
             .await?;
             match read {
-                Ok(0) | Err(_) => return Ok(None),
-                Ok(n) => self.moved.to_server += n as u64,
+                None => {
+                    // The timer goes too: the lot keeps the deadline.
+                    self.idle_timer = None;
+                    return Ok(Next::Doze(deadline));
+                }
+                Some(Ok(0) | Err(_)) => return Ok(Next::Closed),
+                Some(Ok(n)) => self.moved.to_server += n as u64,
             }
         }
     }
@@ -331,7 +373,7 @@ impl<'a> Session<'a> {
         let role = target.map(Target::role);
         client
             .pool()
-            .lease_for_role(client.address, client.accept, role, client.limits)
+            .lease_for_role(client.address, client.accept, role, client.limits())
             .await
     }
 
@@ -537,15 +579,26 @@ pub struct Pooled {
 /// in the (database, user) pool. The caller keeps it for the client's life and serves it
 /// by reference, so the future a pooled client waits in holds it once, beside nothing of
 /// the login's (see `docs/benchmarks.md`, "Idle memory").
-pub struct PooledClient<'a> {
-    session: Session<'a>,
+pub struct PooledClient {
+    session: Session,
 }
 
-impl PooledClient<'_> {
-    /// Serves the client's transactions until it leaves. The session's own future, not one
-    /// around it: this is what a pooled client keeps while it waits.
-    pub fn serve(&mut self) -> impl Future<Output = Ending> + Send + '_ {
+impl PooledClient {
+    /// Serves the client's transactions until it leaves or may doze. The session's own
+    /// future, not one around it: this is what a pooled client keeps while it waits.
+    pub fn serve(&mut self) -> impl Future<Output = Served> + Send + '_ {
         self.session.serve()
+    }
+
+    /// Ready once the dozing client has sent something or closed (see
+    /// [`crate::idle_lot::Sleeper::poll_stirred`]).
+    pub fn poll_stirred(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        crate::protocol::poll_stirred(&self.session.client.stream, cx)
+    }
+
+    /// The hard stop of the client's worker, which its lot watches while it dozes.
+    pub fn hard_stop(&self) -> &CancellationToken {
+        &self.session.client.hard_stop
     }
 
     /// Adds the bytes the client's transactions moved to `record`.
@@ -563,25 +616,25 @@ impl PooledClient<'_> {
 /// accepts the user and database (its refusal reaches the client as is) and learns the
 /// parameters. Returns once the client is told it is logged in; its transactions are
 /// [`PooledClient::serve`]'s.
-pub async fn start<'a>(
-    state: &PostgresState,
+pub async fn start(
+    handler: &Arc<PostgresHandler>,
     listener: &ListenerSettings,
-    options: &'a PostgresListener,
     stream: ClientStream,
     startup: Startup,
     pooled: Pooled,
     record: &mut ConnectionRecord,
-) -> Result<PooledClient<'a>, Refusal> {
+) -> Result<PooledClient, Refusal> {
+    let state = &handler.state;
     let database = startup.database().unwrap_or_default();
     let user = startup.param("user").unwrap_or_default();
-    let limits = &options.limits;
+    let limits = &handler.options.limits;
     let address = record.client;
     let client = |stream, member, idle| Client {
         stream,
         address,
         member,
         accept: pooled.accept,
-        limits,
+        handler: handler.clone(),
         idle,
         cancel: state.cancel.register_unbound(4),
         hard_stop: state.context.hard_stop_here(),

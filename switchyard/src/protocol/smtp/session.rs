@@ -48,6 +48,7 @@ pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
         settings,
         stream,
         peer,
+        occupancy,
     } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
     record.termination = match accept::open(&listener, &settings, stream, peer).await {
@@ -59,6 +60,7 @@ pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
     }
     record.finish(started);
     handler.context.finish_connection(&record);
+    drop(occupancy);
 }
 
 /// The session of a client whose connection is open (past any PROXY header): admitted by
