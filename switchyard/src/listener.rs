@@ -55,6 +55,14 @@ pub trait Handler: AsAny + Send + Sync + std::fmt::Debug + 'static {
     /// Serves one accepted connection to its end (and logs it).
     fn serve(self: Arc<Self>, connection: Accepted) -> Serving;
 
+    /// Whether a connection's task and future last as long as it does, and so come from
+    /// the heap of what connections keep for their life (see `memory`). A protocol whose
+    /// idle connections leave their task for the idle lot (`idle_lot`) says no: its tasks
+    /// come and go, and would leave that heap's pages half empty.
+    fn lasting_tasks(&self) -> bool {
+        true
+    }
+
     /// What a client past the listener's `max_connections` is told before its connection
     /// closes: the protocol's own "too many connections", which clients show to their user
     /// and retry on, where a connection left waiting in the kernel's queue would look like
@@ -374,9 +382,11 @@ impl Listener {
                 _placement: placement,
                 _awaited: tasks.token(),
             };
-            // The connection's future and task last as long as it does (see `memory`).
+            // The connection's future and task last as long as it does (see `memory`), unless
+            // its protocol says otherwise.
+            let lasting = settings.handler.lasting_tasks();
             if worker == here {
-                crate::memory::lasting(|| {
+                crate::memory::lasting_if(lasting, || {
                     let connection = settings.handler.clone().serve(Accepted {
                         listener: self.clone(),
                         settings,
@@ -408,14 +418,14 @@ impl Listener {
                             peer,
                             occupancy,
                         };
-                        crate::memory::lasting(|| handler.serve(accepted)).await;
+                        crate::memory::lasting_if(lasting, || handler.serve(accepted)).await;
                     }
                     Err(error) => {
                         tracing::warn!(listener = %listener.name, %error, "cannot watch a handed-over connection");
                     }
                 }
             };
-            crate::memory::lasting(|| workers.handle(worker).spawn(task));
+            crate::memory::lasting_if(lasting, || workers.handle(worker).spawn(task));
         }
         drop(socket);
         self.accept_loop_ended();

@@ -137,7 +137,15 @@ unsafe impl GlobalAlloc for Allocator {
 /// what its requests share), so that they come from the lasting heap. Only for code that
 /// does not await: another task would allocate under the flag.
 pub fn lasting<T>(make: impl FnOnce() -> T) -> T {
-    let before = LASTING.try_with(|flag| flag.replace(true)).unwrap_or(false);
+    lasting_if(true, make)
+}
+
+/// [`lasting`] when `lasting` holds; else `make` allocates from the main heap (even inside
+/// a [`lasting`] scope).
+pub fn lasting_if<T>(lasting: bool, make: impl FnOnce() -> T) -> T {
+    let before = LASTING
+        .try_with(|flag| flag.replace(lasting))
+        .unwrap_or(false);
     let made = make();
     let _ = LASTING.try_with(|flag| flag.set(before));
     made

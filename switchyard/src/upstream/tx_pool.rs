@@ -556,13 +556,18 @@ impl<D: Dialect> TxPool<D> {
                 return Err(LeaseFailure::QueueTimeout);
             }
         };
-        let connected = super::connect_server(&server, pool).await.map_err(|e| {
-            record_failure(pool, &server, Stage::Connect, &e);
-            LeaseFailure::Connect(e)
-        })?;
+        // A shared connection outlives the clients whose leases open it: what it keeps
+        // comes from the lasting heap (see `memory`), not from pages its opener's
+        // passing allocations share.
+        let connected = crate::memory::Lasting::new(super::connect_server(&server, pool))
+            .await
+            .map_err(|e| {
+                record_failure(pool, &server, Stage::Connect, &e);
+                LeaseFailure::Connect(e)
+            })?;
         let credential = lock(&self.credential).clone();
         let login = D::login(self, pool, &server, connected, credential, limits);
-        let link = tokio::time::timeout(pool.timeouts.connect, login)
+        let link = tokio::time::timeout(pool.timeouts.connect, crate::memory::Lasting::new(login))
             .await
             .map_err(|_| {
                 LeaseFailure::Connect(std::io::Error::new(

@@ -218,6 +218,12 @@ impl Handler for PostgresHandler {
         Box::pin(session::serve(self, connection))
     }
 
+    /// A pooled client leaves its task when it dozes (`session`), and what it keeps is
+    /// made in the lasting heap where it is made.
+    fn lasting_tasks(&self) -> bool {
+        false
+    }
+
     /// PostgreSQL's own words; libpq shows them also as the answer to its SSLRequest.
     fn at_capacity(&self, _tls: bool) -> Vec<u8> {
         errors::fatal(

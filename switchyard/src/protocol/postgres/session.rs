@@ -50,7 +50,7 @@ pub fn serve(
         occupancy,
     } = connection;
     // Made before the future, which then keeps the record but not the peer's address.
-    let record = ConnectionRecord::accepted(&listener.name, peer);
+    let record = crate::memory::lasting(|| ConnectionRecord::accepted(&listener.name, peer));
     async move {
         let mut end = ConnectionEnd {
             handler,
@@ -278,7 +278,8 @@ async fn log_in<'a>(
     } else {
         pool
     };
-    record.pool = Some(pool.name.as_str().into());
+    // Kept for the client's life (see `memory`).
+    record.pool = crate::memory::lasting(|| Some(pool.name.as_str().into()));
     let users = state.users.load_full();
     let transaction_mode = pool.database.pool_mode == PoolMode::Transaction;
     let method = match options.auth(users.has_users()) {

@@ -679,7 +679,10 @@ pub async fn start(
             }
         },
     };
-    let settings = SessionSettings::from_startup(&startup);
+    // What the session keeps for the client's life is made in the lasting heap (see
+    // `memory`): a pooled client leaves its task and future when it dozes, so otherwise
+    // these few small allocations would pin pages the login's own came and went in.
+    let settings = crate::memory::lasting(|| SessionSettings::from_startup(&startup));
     // The client's own startup values win over the server's defaults.
     let parameters: Vec<(String, String)> = parameters
         .iter()
@@ -689,7 +692,8 @@ pub async fn start(
         })
         .collect();
     let idle = listener.config.timeouts.client;
-    let mut session = Session::new(client(stream, member, idle), settings);
+    let mut session =
+        crate::memory::lasting(|| Session::new(client(stream, member, idle), settings));
     let key = &session.client.cancel;
     let welcome = super::auth::welcome(&parameters, key.pid, &key.key);
     if let Err(error) = crate::net::send_all(&mut session.client.stream, &welcome).await {
