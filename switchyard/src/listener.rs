@@ -117,6 +117,13 @@ pub struct Occupancy {
     _awaited: TaskTrackerToken,
 }
 
+impl Occupancy {
+    /// The listener the connection came through.
+    pub fn listener(&self) -> &Arc<Listener> {
+        &self.listener
+    }
+}
+
 impl Drop for Occupancy {
     fn drop(&mut self) {
         self.listener.stats.active.fetch_sub(1, Ordering::Relaxed);

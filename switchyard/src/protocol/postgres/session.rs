@@ -53,24 +53,16 @@ pub fn serve(
     let record = crate::memory::lasting(|| ConnectionRecord::accepted(&listener.name, peer));
     async move {
         let mut end = ConnectionEnd {
-            handler,
-            listener,
             record,
             started: std::time::Instant::now(),
             occupancy,
         };
-        let admitted = session(
-            &end.handler,
-            &end.listener,
-            &settings,
-            client,
-            &mut end.record,
-        );
+        let admitted = session(&handler, &listener, &settings, client, &mut end.record);
         // Taken apart in this statement, so that the future a pooled client keeps holds
         // neither the login's outcome nor the match over it.
         let pooled = match admitted.await {
             Admitted::Pooled(client) => client,
-            Admitted::Ended(outcome) => return end.finish(outcome),
+            Admitted::Ended(outcome) => return end.finish(&handler.state.context, outcome),
         };
         // Served here, not inside `session`: that future is gone by now, so a pooled
         // client's future keeps the client and the wait for its next message, and nothing
@@ -87,8 +79,6 @@ pub fn serve(
 
 /// What ends a connection: its log line, its accounting and its place on the listener.
 struct ConnectionEnd {
-    handler: Arc<PostgresHandler>,
-    listener: Arc<Listener>,
     record: ConnectionRecord,
     started: std::time::Instant,
     occupancy: Occupancy,
@@ -96,12 +86,12 @@ struct ConnectionEnd {
 
 impl ConnectionEnd {
     /// Logs the connection's line with `outcome` and gives its place up.
-    fn finish(mut self, outcome: Result<Termination, Refusal>) {
+    fn finish(mut self, context: &crate::protocol::Context, outcome: Result<Termination, Refusal>) {
         let record = &mut self.record;
-        record.termination =
-            session_termination(outcome, &self.listener, record.client, "postgres");
+        let listener = self.occupancy.listener();
+        record.termination = session_termination(outcome, listener, record.client, "postgres");
         record.finish(self.started);
-        self.handler.state.context.finish_connection(record);
+        context.finish_connection(record);
         drop(self.occupancy);
     }
 }
@@ -116,7 +106,8 @@ struct Pooled {
 
 /// Serves a pooled client until it ends or may doze, then parks it.
 async fn serve_pooled(mut pooled: Box<Pooled>) {
-    match pooled.client.serve().await {
+    let address = pooled.end.record.client;
+    match pooled.client.serve(address).await {
         Served::Idle { deadline } => {
             let stop = pooled.client.hard_stop().clone();
             crate::idle_lot::park(pooled, deadline, &stop);
@@ -129,7 +120,7 @@ impl Pooled {
     fn finish(self: Box<Self>, outcome: Result<Termination, Refusal>) {
         let Pooled { client, mut end } = *self;
         client.count_moved(&mut end.record);
-        end.finish(outcome);
+        end.finish(&client.handler().state.context, outcome);
         // The client's socket closes after its line is logged, as for every connection.
         drop(client);
     }

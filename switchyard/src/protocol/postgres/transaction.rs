@@ -60,8 +60,6 @@ use crate::upstream::{Pool, RoleFilter};
 struct Client {
     /// The client's stream, after startup and authentication.
     pub stream: ClientStream,
-    /// The client's address (for balancing).
-    pub address: SocketAddr,
     /// The client's place in the pool of server connections for its database and user
     /// (given up when the client leaves).
     pub member: Member<Postgres>,
@@ -154,8 +152,9 @@ struct Session {
     /// The idle limit between transactions, and the time to doze: one lazy timer for the
     /// session, whose deadline every transaction moves later. None while dozing.
     idle_timer: Option<LazyTimer>,
-    /// The last transaction's buffers, for the next.
-    buffers: Buffers,
+    /// The last transaction's buffers, for the next (boxed: none while the client waits,
+    /// and the session is part of what a dozing client keeps).
+    buffers: Option<Box<Buffers>>,
 }
 
 impl Client {
@@ -199,14 +198,14 @@ impl Session {
             conv: Conversation::new(settings),
             moved: Moved::default(),
             idle_timer: None,
-            buffers: Buffers::default(),
+            buffers: None,
             client,
         }
     }
 
     /// Runs the session until the client leaves (the termination reason for the log; the
     /// bytes moved are in `moved`) or has been idle long enough to doze.
-    async fn serve(&mut self) -> Served {
+    async fn serve(&mut self, address: SocketAddr) -> Served {
         loop {
             // Between transactions: wait for the client's next message.
             let first = match self.next_client_frame().await {
@@ -220,7 +219,7 @@ impl Session {
             }
             // Boxed: a transaction's future is large and lives only while it runs, so the
             // wait between transactions (where pooled clients spend their time) stays small.
-            if let Some(ending) = Box::pin(self.transact(first)).await {
+            if let Some(ending) = Box::pin(self.transact(first, address)).await {
                 return Served::Ended(ending);
             }
         }
@@ -228,7 +227,7 @@ impl Session {
 
     /// Runs the transaction `first` opens, from the lease to the connection's return;
     /// `Some` when the session ends with it.
-    async fn transact(&mut self, first: Frame) -> Option<Ending> {
+    async fn transact(&mut self, first: Frame, address: SocketAddr) -> Option<Ending> {
         let plan = self.conv.plan(self.client.split.as_deref(), &first);
         if let Some((class, _)) = &plan {
             match self.answer_route_setting(class).await {
@@ -237,14 +236,20 @@ impl Session {
                 Err(refusal) => return Some(Err(refusal)),
             }
         }
-        let conn = match self.lease(plan.as_ref().map(|(_, target)| *target)).await {
+        let target = plan.as_ref().map(|(_, target)| *target);
+        let conn = match self.lease(target, address).await {
             Ok(conn) => conn,
             Err(failure) => return Some(Err(self.refuse_lease(failure).await)),
         };
         self.client.cancel.retarget(&conn.link.cancel);
         let mut held = Held {
             conn,
-            hold: Hold::new(std::mem::take(&mut self.buffers)),
+            hold: Hold::new(
+                self.buffers
+                    .take()
+                    .map(|buffers| *buffers)
+                    .unwrap_or_default(),
+            ),
         };
         held.hold.class = plan.map(|(class, _)| class);
         self.prepare(&mut held).await;
@@ -257,13 +262,13 @@ impl Session {
         self.client.cancel.untarget();
         match outcome {
             Ok(()) => {
-                self.buffers = held.hold.take_buffers();
+                self.buffers = Some(Box::new(held.hold.take_buffers()));
                 self.client.pool().give_back(held.conn);
                 None
             }
             // The client stays: its next transaction gets a healthy connection.
             Err(Stop::ServerLost(_)) => {
-                self.buffers = held.hold.take_buffers();
+                self.buffers = Some(Box::new(held.hold.take_buffers()));
                 self.client.pool().discard(held.conn);
                 None
             }
@@ -309,7 +314,7 @@ impl Session {
             } = self;
             let mut give_back = || {
                 conv.to_client = Vec::new();
-                *buffers = Buffers::default();
+                *buffers = None;
             };
             let idle_timer = idle_timer.get_or_insert_with(LazyTimer::default);
             let mut hard_stop = std::pin::pin!(client.hard_stop.cancelled());
@@ -367,13 +372,18 @@ impl Session {
     }
 
     /// Leases a connection for the planned role: the listener's servers without a split;
-    /// a primary, or a replica (the primary when no replica is up) with one.
-    async fn lease(&self, target: Option<Target>) -> Result<ServerConn, LeaseFailure> {
+    /// a primary, or a replica (the primary when no replica is up) with one. `address`
+    /// is the client's, for balancing.
+    async fn lease(
+        &self,
+        target: Option<Target>,
+        address: SocketAddr,
+    ) -> Result<ServerConn, LeaseFailure> {
         let client = &self.client;
         let role = target.map(Target::role);
         client
             .pool()
-            .lease_for_role(client.address, client.accept, role, client.limits())
+            .lease_for_role(address, client.accept, role, client.limits())
             .await
     }
 
@@ -584,10 +594,16 @@ pub struct PooledClient {
 }
 
 impl PooledClient {
-    /// Serves the client's transactions until it leaves or may doze. The session's own
-    /// future, not one around it: this is what a pooled client keeps while it waits.
-    pub fn serve(&mut self) -> impl Future<Output = Served> + Send + '_ {
-        self.session.serve()
+    /// Serves the client's transactions until it leaves or may doze; `address` is the
+    /// client's, for balancing (kept by the connection's record, not twice). The session's
+    /// own future, not one around it: this is what a pooled client keeps while it waits.
+    pub fn serve(&mut self, address: SocketAddr) -> impl Future<Output = Served> + Send + '_ {
+        self.session.serve(address)
+    }
+
+    /// The handler of the listener the client came through.
+    pub fn handler(&self) -> &Arc<PostgresHandler> {
+        &self.session.client.handler
     }
 
     /// Ready once the dozing client has sent something or closed (see
@@ -628,10 +644,8 @@ pub async fn start(
     let database = startup.database().unwrap_or_default();
     let user = startup.param("user").unwrap_or_default();
     let limits = &handler.options.limits;
-    let address = record.client;
     let client = |stream, member, idle| Client {
         stream,
-        address,
         member,
         accept: pooled.accept,
         handler: handler.clone(),
