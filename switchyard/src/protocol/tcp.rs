@@ -90,9 +90,10 @@ impl Handler for TcpHandler {
 }
 
 /// Handles one client connection to the end, logging one line when it closes. The
-/// listener's settings are as of the accept: a later reload does not change it.
-async fn serve(handler: Arc<TcpHandler>, connection: Accepted) {
-    let started = std::time::Instant::now();
+/// listener's settings are as of the accept: a later reload does not change it. The
+/// connection is taken apart before the future is made, so the future (which lives as
+/// long as the connection) keeps its parts once, not also the whole.
+fn serve(handler: Arc<TcpHandler>, connection: Accepted) -> impl Future<Output = ()> + Send {
     let Accepted {
         listener,
         settings,
@@ -101,13 +102,16 @@ async fn serve(handler: Arc<TcpHandler>, connection: Accepted) {
         occupancy,
     } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
-    record.termination = proxy(&handler, &listener, &settings, stream, &mut record).await;
-    if !record.termination.is_normal() {
-        tracing::debug!(listener = %listener.name, client = %record.client, reason = %record.termination, "connection ended");
+    async move {
+        let started = std::time::Instant::now();
+        record.termination = proxy(&handler, &listener, &settings, stream, &mut record).await;
+        if !record.termination.is_normal() {
+            tracing::debug!(listener = %listener.name, client = %record.client, reason = %record.termination, "connection ended");
+        }
+        record.finish(started);
+        handler.context.finish_connection(&record);
+        drop(occupancy);
     }
-    record.finish(started);
-    handler.context.finish_connection(&record);
-    drop(occupancy);
 }
 
 /// Sets the connection up (boxed: its futures are needed only until the relay starts),
