@@ -300,28 +300,28 @@ mod tests {
         (client.expect("connect"), server)
     }
 
+    /// Parks the server's side of a pair, reporting to `woke` when it wakes.
+    fn park_socket(
+        server: TcpStream,
+        woke: &mpsc::UnboundedSender<(Woken, Vec<u8>)>,
+        deadline: Option<Instant>,
+        stop: &CancellationToken,
+    ) {
+        let sleeper = Socket {
+            stream: server,
+            woke: woke.clone(),
+        };
+        park(Box::new(sleeper), deadline, stop);
+    }
+
     #[tokio::test]
     async fn a_sleeper_wakes_when_its_client_sends_and_goes_on_with_the_bytes() {
         let stop = CancellationToken::new();
-        let (mut client, server) = pair().await;
         let (woke, mut woken) = mpsc::unbounded_channel();
+        let (mut client, server) = pair().await;
         let (other_client, other) = pair().await;
-        park(
-            Box::new(Socket {
-                stream: other,
-                woke: woke.clone(),
-            }),
-            None,
-            &stop,
-        );
-        park(
-            Box::new(Socket {
-                stream: server,
-                woke,
-            }),
-            None,
-            &stop,
-        );
+        park_socket(other, &woke, None, &stop);
+        park_socket(server, &woke, None, &stop);
         client.write_all(b"hello").await.expect("write");
         let (why, bytes) = woken.recv().await.expect("woken");
         assert_eq!((why, bytes.as_slice()), (Woken::Stirred, &b"hello"[..]));
@@ -347,15 +347,8 @@ mod tests {
             servers.push(server);
         }
         for (server, seconds) in servers.into_iter().zip([30, 10, 20]) {
-            let sleeper = Socket {
-                stream: server,
-                woke: woke.clone(),
-            };
-            park(
-                Box::new(sleeper),
-                Some(start + Duration::from_secs(seconds)),
-                &stop,
-            );
+            let deadline = start + Duration::from_secs(seconds);
+            park_socket(server, &woke, Some(deadline), &stop);
         }
         // The one due at 30 s stirs first; the others wake at their deadlines, in order.
         clients[0].write_all(b"x").await.expect("write");
@@ -376,11 +369,7 @@ mod tests {
         for _ in 0..3 {
             let (client, server) = pair().await;
             clients.push(client);
-            let sleeper = Socket {
-                stream: server,
-                woke: woke.clone(),
-            };
-            park(Box::new(sleeper), None, &stop);
+            park_socket(server, &woke, None, &stop);
         }
         stop.cancel();
         for _ in 0..3 {
@@ -388,14 +377,7 @@ mod tests {
         }
         let (client, server) = pair().await;
         clients.push(client);
-        park(
-            Box::new(Socket {
-                stream: server,
-                woke,
-            }),
-            None,
-            &stop,
-        );
+        park_socket(server, &woke, None, &stop);
         assert_eq!(woken.recv().await.map(|w| w.0), Some(Woken::Stop));
     }
 }
