@@ -188,6 +188,13 @@ impl<E> Routing<E> {
             .find(|route| route.matcher.matches(facts))
     }
 
+    /// Every pool the listener may send to: the default, then each route's.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.default
+            .iter()
+            .chain(self.routes.iter().map(|route| &route.pool))
+    }
+
     /// The pool for `facts`: the first matching route's, else the default.
     pub fn pool(&self, facts: &RouteFacts) -> Option<&Arc<Pool>> {
         self.route(facts)

@@ -39,7 +39,7 @@ pub use pooler::TxPools;
 
 use super::{Context, Frontend, Pools};
 use crate::config::{
-    CheckKind, Config, DatabasePool, ListenerConfig, ListenerOptions, PostgresListener,
+    CheckKind, Config, DatabasePool, ListenerConfig, ListenerOptions, PoolMode, PostgresListener,
     PostgresRoute, Protocol,
 };
 use crate::health::Check;
@@ -218,10 +218,14 @@ impl Handler for PostgresHandler {
         Box::pin(session::serve(self, connection))
     }
 
-    /// A pooled client leaves its task when it dozes (`session`), and what it keeps is
-    /// made in the lasting heap where it is made.
+    /// A transaction pool's client leaves its task when it dozes (`session`), and what it
+    /// keeps is made in the lasting heap where it is made; a session-mode client keeps its
+    /// task for its life.
     fn lasting_tasks(&self) -> bool {
-        false
+        !self
+            .routing
+            .pools()
+            .any(|pool| pool.database.pool_mode == PoolMode::Transaction)
     }
 
     /// PostgreSQL's own words; libpq shows them also as the answer to its SSLRequest.
