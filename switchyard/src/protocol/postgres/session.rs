@@ -49,14 +49,15 @@ pub fn serve(
         peer,
         occupancy,
     } = connection;
-    // Made before the future, which then keeps the record but not the peer's address.
-    let record = crate::memory::lasting(|| ConnectionRecord::accepted(&listener.name, peer));
+    // Made before the future, which then keeps the record but not the peer's address, and
+    // keeps the record and the occupancy once (a value captured and then moved into a
+    // local would keep its room twice).
+    let mut end = ConnectionEnd {
+        record: crate::memory::lasting(|| ConnectionRecord::accepted(&listener.name, peer)),
+        started: std::time::Instant::now(),
+        occupancy,
+    };
     async move {
-        let mut end = ConnectionEnd {
-            record,
-            started: std::time::Instant::now(),
-            occupancy,
-        };
         let admitted = session(&handler, &listener, &settings, client, &mut end.record);
         // Taken apart in this statement, so that the future a pooled client keeps holds
         // neither the login's outcome nor the match over it.
