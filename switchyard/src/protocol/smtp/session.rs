@@ -40,9 +40,9 @@ const READ_CHUNK: usize = 64 * 1024;
 type ClientStream = Either<Rewind<TcpStream>, Box<TlsClient>>;
 
 /// Handles one client connection to the end: one access log line per message, and one
-/// for the connection.
-pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
-    let started = Instant::now();
+/// for the connection. The connection is taken apart before the future is made, so the
+/// future (which lives as long as the session) keeps its parts once, not also the whole.
+pub fn serve(handler: Arc<SmtpHandler>, connection: Accepted) -> impl Future<Output = ()> + Send {
     let Accepted {
         listener,
         settings,
@@ -51,16 +51,19 @@ pub async fn serve(handler: Arc<SmtpHandler>, connection: Accepted) {
         occupancy,
     } = connection;
     let mut record = ConnectionRecord::accepted(&listener.name, peer);
-    record.termination = match accept::open(&listener, &settings, stream, peer).await {
-        Ok(opened) => converse(&handler, &listener, &settings, opened, &mut record).await,
-        Err(termination) => termination,
-    };
-    if !record.termination.is_normal() {
-        tracing::debug!(listener = %listener.name, client = %record.client, reason = %record.termination, "smtp session ended");
+    async move {
+        let started = Instant::now();
+        record.termination = match accept::open(&listener, &settings, stream, peer).await {
+            Ok(opened) => converse(&handler, &listener, &settings, opened, &mut record).await,
+            Err(termination) => termination,
+        };
+        if !record.termination.is_normal() {
+            tracing::debug!(listener = %listener.name, client = %record.client, reason = %record.termination, "smtp session ended");
+        }
+        record.finish(started);
+        handler.context.finish_connection(&record);
+        drop(occupancy);
     }
-    record.finish(started);
-    handler.context.finish_connection(&record);
-    drop(occupancy);
 }
 
 /// The session of a client whose connection is open (past any PROXY header): admitted by
