@@ -13,8 +13,8 @@ use support::certs::TestCa;
 use support::config::Config;
 use support::ops::{field, listener_addr, wait_access};
 use support::postgres::{
-    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, connect_with, psql, stderr,
-    tls_listener,
+    PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, connect_with, psql, startup_packet,
+    stderr, tls_listener,
 };
 use support::wait_until;
 
@@ -430,18 +430,6 @@ async fn transaction_pool_connections_over_upstream_tls_serve_clients_on_every_w
     for client in clients {
         client.await.expect("client");
     }
-}
-
-/// A protocol 3.0 StartupMessage for `user` on database `postgres`.
-fn startup_packet(user: &str) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for part in ["user", user, "database", "postgres", ""] {
-        body.extend_from_slice(part.as_bytes());
-        body.push(0);
-    }
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use support::config::Config;
 use support::ops::{field, listener_addr, tx_pools, wait_access};
 use support::postgres::{
     PASSWORD, PgCluster, PgOptions, cancelled_sleep, connect, connect_abortable, pgbench, psql_ok,
-    stderr,
+    startup_packet, stderr,
 };
 use support::{Proxy, wait_until};
 
@@ -711,6 +711,50 @@ async fn a_client_idle_between_transactions_past_timeouts_client_is_closed() {
         client.is_closed()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stalls_mid_message_is_closed_at_timeouts_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pg = PgCluster::start(&PgOptions::default());
+    let (proxy, front) = Config::new()
+        .protocol("postgres")
+        .listener("auth = \"trust\"\ntimeouts = { client = \"1s\" }")
+        .pool("pool_mode = \"transaction\"\npool_size = 2")
+        .server("pg", pg.address(), "")
+        .start()
+        .await;
+    let mut client = tokio::net::TcpStream::connect(front)
+        .await
+        .expect("connect");
+    client
+        .write_all(&startup_packet("postgres"))
+        .await
+        .expect("startup");
+    // Logged in at ReadyForQuery.
+    loop {
+        let tag = client.read_u8().await.expect("tag");
+        let length = client.read_u32().await.expect("length") as usize;
+        let mut body = vec![0; length - 4];
+        client.read_exact(&mut body).await.expect("body");
+        if tag == b'Z' {
+            break;
+        }
+    }
+    // Half a Query: a message partly read keeps the client from dozing, and the idle
+    // limit still applies to it.
+    client
+        .write_all(b"Q\0\0\0\x20SELECT")
+        .await
+        .expect("half a query");
+    let line = wait_access(&proxy, "the stalled client's session ended", |line| {
+        field(line, "termination") == "client_timeout"
+    })
+    .await;
+    assert_eq!(field(&line, "listener"), "front");
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.expect("closed");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -446,3 +446,16 @@ client_tls = {{ mode = "{mode}" }}
         key.display()
     )
 }
+
+/// A protocol 3.0 StartupMessage for `user` on database `postgres`, for clients that speak
+/// the protocol by hand.
+pub fn startup_packet(user: &str) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "postgres", ""] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}

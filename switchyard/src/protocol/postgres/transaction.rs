@@ -298,8 +298,9 @@ impl Session {
             let idle = self.client.idle;
             let now = Instant::now();
             let deadline = now.checked_add(idle).filter(|_| !idle.is_zero());
-            let doze_at = now + crate::idle_lot::PARK_AFTER;
-            let wake_at = deadline.map_or(doze_at, |deadline| deadline.min(doze_at));
+            // A message partly read keeps the client awake: only the idle limit applies.
+            let doze_at = (!self.reader.has_partial()).then(|| now + crate::idle_lot::PARK_AFTER);
+            let wake_at = [deadline, doze_at].into_iter().flatten().min();
             // While the client sends nothing, the session holds no buffers: they are taken
             // again with its next message. One poll function for the read, the idle limit
             // and the hard stop: a `select!` over their futures was most of the future an
@@ -322,16 +323,17 @@ impl Session {
                 if hard_stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(Refusal::from(Stop::Shutdown)));
                 }
-                if let Poll::Ready(now) = idle_timer.poll_until(cx, wake_at) {
+                if let Some(wake_at) = wake_at
+                    && let Poll::Ready(now) = idle_timer.poll_until(cx, wake_at)
+                {
                     if deadline.is_some_and(|deadline| now >= deadline) {
                         return Poll::Ready(Err(Refusal::new(
                             Termination::ClientTimeout,
                             "idle between transactions",
                         )));
                     }
-                    if !reader.has_partial() {
-                        return Poll::Ready(Ok(None));
-                    }
+                    // Not the idle limit: the time to doze.
+                    return Poll::Ready(Ok(None));
                 }
                 reader
                     .poll_fill_idle(cx, &mut client.stream, &mut give_back)
