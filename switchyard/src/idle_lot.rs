@@ -256,12 +256,11 @@ impl Lot {
     }
 }
 
-/// Gives a woken sleeper its task again. Its next phase lasts as long as the connection
-/// may (see `memory`).
+/// Gives a woken sleeper its task again. The task and its future come from the main heap,
+/// not the lasting one (see `memory`): they end when the connection dozes again, and freed
+/// there they would leave the lasting heap's pages half empty (`Handler::lasting_tasks`).
 fn resume(sleeper: Box<dyn Sleeper>, why: Woken) {
-    crate::memory::lasting(|| {
-        tokio::spawn(sleeper.wake(why));
-    });
+    tokio::spawn(sleeper.wake(why));
 }
 
 #[cfg(test)]
