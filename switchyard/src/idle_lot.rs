@@ -11,7 +11,8 @@
 //! the sleeper is given a task again, on the lot's worker.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,12 +64,14 @@ pub fn park(sleeper: Box<dyn Sleeper>, deadline: Option<Instant>, stop: &Cancell
         let mut here = here.borrow_mut();
         match &*here {
             Some((shared, task)) if !task.is_finished() => shared.clone(),
-            _ => {
+            // The lot lasts as long as its worker: it is made in the lasting heap (see
+            // `memory`), not among the allocations of the burst of clients that first dozes.
+            _ => crate::memory::lasting(|| {
                 let shared = Arc::new(Shared::default());
                 let task = tokio::spawn(run(shared.clone(), stop.clone()));
                 *here = Some((shared.clone(), task));
                 shared
-            }
+            }),
         }
     });
     shared.inbox().arrivals.push((sleeper, deadline));
@@ -135,30 +138,44 @@ struct Lot {
     sleeping: Vec<Option<Asleep>>,
     /// Free slots.
     free: Vec<usize>,
-    deadlines: BTreeSet<(Instant, usize)>,
+    /// Deadlines, soonest on top, in one block (a tree's nodes, taken one by one as a
+    /// burst of clients dozes, would pin pages of the burst's freed memory). A sleeper
+    /// woken early leaves its entry behind; it is dropped when it comes up, or when such
+    /// entries outnumber the others ([`Lot::forget_deadline`]).
+    deadlines: BinaryHeap<Reverse<Due>>,
+    /// Entries in `deadlines` whose sleeper has left.
+    stale: usize,
+    /// The ticket of the next sleeper admitted.
+    next_ticket: u64,
     stopped: bool,
 }
 
 struct Asleep {
     sleeper: Box<dyn Sleeper>,
-    deadline: Option<Instant>,
+    /// Names this stay in the slot: an entry in `deadlines` is this sleeper's only if its
+    /// ticket is this one.
+    ticket: u64,
+    /// Whether it has an entry in `deadlines`.
+    timed: bool,
+}
+
+/// When a sleeper's deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Instant,
+    key: usize,
+    ticket: u64,
 }
 
 /// The lot's task: takes in arrivals, wakes the stirred and the expired, and at `stop`
 /// everyone (and from then on every arrival at once).
 async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut lot = Lot {
-        shared,
-        sleeping: Vec::new(),
-        free: Vec::new(),
-        deadlines: BTreeSet::new(),
-        stopped: false,
-    };
-    let mut timer = Box::pin(tokio::time::sleep_until(Instant::now()));
+    let mut lot = Lot::new(shared);
+    let mut timer = crate::memory::lasting(|| Box::pin(tokio::time::sleep_until(Instant::now())));
     loop {
         lot.take_inbox();
         lot.wake_expired(Instant::now());
-        let next = lot.deadlines.first().map(|(at, _)| *at);
+        let next = lot.deadlines.peek().map(|Reverse(due)| due.at);
         if let Some(at) = next {
             timer.as_mut().reset(at);
         }
@@ -172,6 +189,18 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 impl Lot {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            sleeping: Vec::new(),
+            free: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            stale: 0,
+            next_ticket: 0,
+            stopped: false,
+        }
+    }
+
     fn take_inbox(&mut self) {
         let Inbox { arrivals, stirred } = std::mem::take(&mut *self.shared.inbox());
         for (sleeper, deadline) in arrivals {
@@ -210,10 +239,16 @@ impl Lot {
             resume(sleeper, Woken::Stirred);
             return;
         }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
         if let Some(at) = deadline {
-            self.deadlines.insert((at, key));
+            self.deadlines.push(Reverse(Due { at, key, ticket }));
         }
-        self.sleeping[key] = Some(Asleep { sleeper, deadline });
+        self.sleeping[key] = Some(Asleep {
+            sleeper,
+            ticket,
+            timed: deadline.is_some(),
+        });
         SLEEPING.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -225,21 +260,42 @@ impl Lot {
         Some(asleep)
     }
 
-    /// Takes a sleeper out with its deadline.
+    /// Takes a sleeper out before its deadline.
     fn take(&mut self, key: usize) -> Option<Asleep> {
         let asleep = self.unpark(key)?;
-        if let Some(at) = asleep.deadline {
-            self.deadlines.remove(&(at, key));
+        if asleep.timed {
+            self.forget_deadline();
         }
         Some(asleep)
     }
 
+    /// Counts a deadline entry whose sleeper left early, and drops all such entries once
+    /// they outnumber the others, so that clients that doze and stir again and again
+    /// under a long `timeouts.client` do not grow the heap.
+    fn forget_deadline(&mut self) {
+        self.stale += 1;
+        if self.stale <= self.deadlines.len() / 2 + 64 {
+            return;
+        }
+        let sleeping = &self.sleeping;
+        self.deadlines
+            .retain(|Reverse(due)| is_current(sleeping, due));
+        self.stale = 0;
+        if self.deadlines.len() < self.deadlines.capacity() / 4 {
+            self.deadlines.shrink_to_fit();
+        }
+    }
+
     fn wake_expired(&mut self, now: Instant) {
-        while let Some(&(at, key)) = self.deadlines.first()
-            && at <= now
+        while let Some(&Reverse(due)) = self.deadlines.peek()
+            && due.at <= now
         {
-            self.deadlines.pop_first();
-            if let Some(asleep) = self.unpark(key) {
+            self.deadlines.pop();
+            if !is_current(&self.sleeping, &due) {
+                self.stale = self.stale.saturating_sub(1);
+                continue;
+            }
+            if let Some(asleep) = self.unpark(due.key) {
                 resume(asleep.sleeper, Woken::Deadline);
             }
         }
@@ -248,12 +304,18 @@ impl Lot {
     fn stop(&mut self) {
         self.stopped = true;
         self.deadlines.clear();
+        self.stale = 0;
         self.free.clear();
         for asleep in self.sleeping.drain(..).flatten() {
             SLEEPING.fetch_sub(1, Ordering::Relaxed);
             resume(asleep.sleeper, Woken::Stop);
         }
     }
+}
+
+/// Whether `due` is the deadline of the sleeper now in its slot (not of one that left).
+fn is_current(sleeping: &[Option<Asleep>], due: &Due) -> bool {
+    matches!(sleeping.get(due.key), Some(Some(asleep)) if asleep.ticket == due.ticket)
 }
 
 /// Gives a woken sleeper its task again. The task and its future come from the main heap,
@@ -366,6 +428,58 @@ mod tests {
         assert_eq!(woken.recv().await.map(|w| w.0), Some(Woken::Deadline));
         assert!(Instant::now() >= start + Duration::from_secs(20));
         assert!(woken.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_reused_after_a_stir_is_not_woken_by_its_earlier_sleepers_deadline() {
+        let stop = CancellationToken::new();
+        let (woke, mut woken) = mpsc::unbounded_channel();
+        let start = Instant::now();
+        let (mut first_client, first) = pair().await;
+        let (_second_client, second) = pair().await;
+        park_socket(first, &woke, Some(start + Duration::from_secs(10)), &stop);
+        first_client.write_all(b"x").await.expect("write");
+        assert_eq!(woken.recv().await.map(|w| w.0), Some(Woken::Stirred));
+        // The second sleeper takes the slot the first one left, with a later deadline.
+        park_socket(second, &woke, Some(start + Duration::from_secs(30)), &stop);
+        assert_eq!(woken.recv().await.map(|w| w.0), Some(Woken::Deadline));
+        assert!(Instant::now() >= start + Duration::from_secs(30));
+    }
+
+    /// A sleeper whose client never stirs.
+    struct Quiet;
+
+    impl Sleeper for Quiet {
+        fn poll_stirred(&mut self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+
+        fn wake(self: Box<Self>, _: Woken) -> Waking {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn deadlines_left_by_sleepers_that_stirred_do_not_pile_up() {
+        let mut lot = Lot::new(Arc::default());
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        for _ in 0..100 {
+            lot.admit(Box::new(Quiet), Some(deadline));
+        }
+        for round in 0..10_000 {
+            let key = round % 100;
+            assert!(lot.take(key).is_some());
+            lot.admit(Box::new(Quiet), Some(deadline));
+        }
+        assert!(
+            lot.deadlines.len() <= 2 * 100 + 130,
+            "{}",
+            lot.deadlines.len()
+        );
+        // Each sleeper still has its own deadline.
+        lot.wake_expired(deadline);
+        assert!(lot.sleeping.iter().all(Option::is_none));
+        assert_eq!(lot.deadlines.len(), 0);
     }
 
     #[tokio::test]

@@ -348,6 +348,10 @@ impl Listener {
         };
         let mut failures = AcceptFailures::default();
         let mut full = AtCapacity::default();
+        // The first look at the settings on this thread makes arc-swap's record of the
+        // thread, kept for its life: made now, in the lasting heap (see `memory`), rather
+        // than among the first burst of connections' allocations.
+        crate::memory::lasting(|| drop(self.settings()));
         loop {
             let accepted = tokio::select! {
                 // The socket's registration lasts as long as the connection.

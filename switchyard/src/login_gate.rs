@@ -64,7 +64,9 @@ impl LoginGate {
     /// already in flight. A limit of 0 admits everyone (and still counts).
     fn enter(&self, address: IpAddr, limit: u32) -> Option<LoginTicket<'_>> {
         let mut in_flight = self.lock();
-        let count = in_flight.entry(canonical(address)).or_insert(0);
+        // The map keeps its room for good once a burst of logins made it grow (see
+        // `memory`).
+        let count = crate::memory::lasting(|| in_flight.entry(canonical(address)).or_insert(0));
         if limit != 0 && *count >= limit {
             return None;
         }

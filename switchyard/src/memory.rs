@@ -19,6 +19,13 @@
 //! connections goes idle those pages stay resident, half empty: measured with 4,000 idle
 //! HTTP clients, a size class shared with hyper's response-head buffer kept 2,947 KB of
 //! pages for 1,524 KB of connection state. HAProxy's per-type pools avoid this the same way.
+//!
+//! The same holds for what lasts longer than any connection but is first made while one is
+//! served (a pool's server connections and their buffers, a worker's idle lot, caches):
+//! one such block left among a burst's freed blocks keeps its whole page. Measured with
+//! 2,000 pooled PostgreSQL clients gone idle, about 25 such blocks kept 540 KB of mostly
+//! empty pages; made in the lasting heap, they keep none. A block that grows stays in
+//! the heap it came from.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
@@ -29,6 +36,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use libmimalloc_sys::mi_heap_t;
+
+// mimalloc v3's ownership test (a look-up of the block's page), which the bindings name
+// only for v2.
+unsafe extern "C" {
+    fn mi_heap_contains(heap: *const mi_heap_t, block: *const std::ffi::c_void) -> bool;
+}
 
 /// Time between two collections on one worker: often enough that memory freed by
 /// connections going idle is soon returned, rarely enough to cost nothing measurable
@@ -128,7 +141,28 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as in `dealloc`; a block that grows moves to the default heap.
+        // A block that grows stays in the lasting heap if it was there (a connection's
+        // lasting state that grows later, outside any `lasting` scope) or comes to it
+        // inside one.
+        let heap = LASTING_HEAP.load(Ordering::Acquire);
+        // SAFETY: mi_heap_contains only looks the block's page up.
+        let lasting = !heap.is_null()
+            && (LASTING.try_with(Cell::get).unwrap_or(false)
+                || unsafe { mi_heap_contains(heap, block.cast()) });
+        if lasting {
+            // SAFETY: the heap is live (never deleted once published) and the block is
+            // mimalloc's.
+            return unsafe {
+                libmimalloc_sys::mi_heap_realloc_aligned(
+                    heap,
+                    block.cast(),
+                    new_size,
+                    layout.align(),
+                )
+                .cast()
+            };
+        }
+        // SAFETY: as in `dealloc`.
         unsafe { mimalloc::MiMalloc.realloc(block, layout, new_size) }
     }
 }
@@ -192,11 +226,6 @@ pub fn keep_pages_small() {
 mod tests {
     use super::*;
 
-    // mimalloc v3's ownership test, which the bindings name only for v2.
-    unsafe extern "C" {
-        fn mi_heap_contains(heap: *const mi_heap_t, block: *const std::ffi::c_void) -> bool;
-    }
-
     #[test]
     fn lasting_allocations_come_from_their_own_heap() {
         let layout = Layout::from_size_align(208, 8).unwrap_or_else(|e| panic!("{e}"));
@@ -216,7 +245,16 @@ mod tests {
             );
             let grown = Allocator.realloc(lasting_block, layout, 4096);
             assert!(!grown.is_null());
-            for block in [(grown, 4096), (other, 208), (zeroed, 208)] {
+            assert!(
+                mi_heap_contains(heap, grown.cast()),
+                "a lasting block stays in its heap as it grows"
+            );
+            let other = lasting(|| Allocator.realloc(other, layout, 4096));
+            assert!(
+                mi_heap_contains(heap, other.cast()),
+                "a block grown inside `lasting` moves to its heap"
+            );
+            for block in [(grown, 4096), (other, 4096), (zeroed, 208)] {
                 let layout = Layout::from_size_align(block.1, 8).unwrap_or_else(|e| panic!("{e}"));
                 Allocator.dealloc(block.0, layout);
             }

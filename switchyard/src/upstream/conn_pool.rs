@@ -179,14 +179,17 @@ fn key(server: &Arc<Server>) -> usize {
 
 impl<C> State<C> {
     fn of(&mut self, server: &Arc<Server>) -> &mut PerServer<C> {
-        self.servers
-            .entry(key(server))
-            .or_insert_with(|| PerServer {
-                server: server.clone(),
-                idle: Vec::new(),
-                open: 0,
-                current: true,
-            })
+        // Kept for the pool's life (see `memory`), though first made for a client.
+        crate::memory::lasting(|| {
+            self.servers
+                .entry(key(server))
+                .or_insert_with(|| PerServer {
+                    server: server.clone(),
+                    idle: Vec::new(),
+                    open: 0,
+                    current: true,
+                })
+        })
     }
 }
 
@@ -355,13 +358,16 @@ impl<C: PooledConn> ConnPool<C> {
         let (grant, granted) = oneshot::channel();
         let ticket = state.next_ticket;
         state.next_ticket += 1;
-        state.waiters.push_back(Waiter {
+        let waiter = Waiter {
             ticket,
             filter: ask.filter,
             worker: ask.worker,
             passed_over: 0,
             grant,
-        });
+        };
+        // The queue keeps the room a burst of clients made it take for the pool's life: in
+        // the main heap, that block would pin a page of the burst's freed buffers.
+        crate::memory::lasting(|| state.waiters.push_back(waiter));
         Waiting {
             pool: self.clone(),
             ticket,

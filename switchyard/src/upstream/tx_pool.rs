@@ -159,8 +159,10 @@ impl<D: Dialect> TxPools<D> {
         pairing: Pairing<'_>,
         credential: D::Credential,
     ) -> Result<Member<D>, TooManyPools> {
+        // The maintenance task and a new pool last as long as the process, not as the
+        // burst of clients that first joins: they are made in the lasting heap (`memory`).
         if !self.maintained.swap(true, Ordering::AcqRel) {
-            tokio::spawn(maintain(Arc::downgrade(self)));
+            crate::memory::lasting(|| tokio::spawn(maintain(Arc::downgrade(self))));
         }
         let key = PoolKey {
             pool: pool.name.clone(),
@@ -177,9 +179,11 @@ impl<D: Dialect> TxPools<D> {
                 if pools.keys().filter(|k| k.pool == key.pool).count() >= limit {
                     return Err(TooManyPools { limit });
                 }
-                let entry = Arc::new(TxPool::new(key.clone(), pool, credential.clone()));
-                pools.insert(key, entry.clone());
-                entry
+                crate::memory::lasting(|| {
+                    let entry = Arc::new(TxPool::new(key.clone(), pool, credential.clone()));
+                    pools.insert(key, entry.clone());
+                    entry
+                })
             }
         };
         entry.stats.clients.fetch_add(1, Ordering::Relaxed);
@@ -379,7 +383,9 @@ impl<D: Dialect> ServerConn<D> {
         if here.is_none() || here == self.worker {
             return;
         }
-        match crate::net::move_to_this_worker(D::socket(&mut self.link)) {
+        // The new registration lasts as the connection does (see `memory`).
+        let socket = D::socket(&mut self.link);
+        match crate::memory::lasting(|| crate::net::move_to_this_worker(socket)) {
             Ok(()) => self.worker = here,
             Err(error) => {
                 tracing::debug!(server = %self.server.name, %error, "server connection stays on its worker");
@@ -701,7 +707,8 @@ impl<D: Dialect> TxPool<D> {
 /// Tidies every pool each second, and removes the pools nobody uses any more, while the
 /// registry exists.
 async fn maintain<D: Dialect>(pools: Weak<TxPools<D>>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Made at the first client's join, among a burst's allocations, but kept for good.
+    let mut tick = crate::memory::lasting(|| tokio::time::interval(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

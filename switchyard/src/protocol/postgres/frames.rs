@@ -41,6 +41,8 @@ const INITIAL_BUFFER: usize = 8 * 1024;
 pub struct FrameReader {
     buf: BytesMut,
     limit: usize,
+    /// Whether the buffer is the connection's for its life (see [`FrameReader::lasting`]).
+    lasting: bool,
 }
 
 impl FrameReader {
@@ -49,13 +51,25 @@ impl FrameReader {
         Self {
             buf: BytesMut::new(),
             limit,
+            lasting: false,
+        }
+    }
+
+    /// [`FrameReader::new`] for a connection that keeps its buffer for its life (a pooled
+    /// server connection): the buffer comes from the lasting heap (`memory`). Taken in the
+    /// main heap during a burst of clients, the few server buffers would each pin a page
+    /// of the clients' freed buffers after the burst.
+    pub fn lasting(limit: usize) -> Self {
+        Self {
+            lasting: true,
+            ..Self::new(limit)
         }
     }
 
     /// Reads what the stream has; `Ok(0)` is the end of the stream.
     pub async fn fill<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> std::io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(INITIAL_BUFFER);
+            crate::memory::lasting_if(self.lasting, || self.buf.reserve(INITIAL_BUFFER));
         }
         stream.read_buf(&mut self.buf).await
     }
@@ -92,7 +106,9 @@ impl FrameReader {
             // Grow with what arrives, never to the announced length at once.
             return Ok(None);
         }
-        Ok(Some(Frame(self.buf.split_to(total).freeze())))
+        // The first split makes the buffer's shared header, which lasts as the buffer does.
+        let frame = crate::memory::lasting_if(self.lasting, || self.buf.split_to(total));
+        Ok(Some(Frame(frame.freeze())))
     }
 
     /// Holds messages read from now on to `limit` bytes (a pooled server connection takes

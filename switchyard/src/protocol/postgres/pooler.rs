@@ -103,7 +103,7 @@ impl Dialect for Postgres {
         *lock(&tx_pool.shared.latest) = Some(Arc::from(logged_in.parameters.as_slice()));
         Ok(Link {
             stream,
-            reader: FrameReader::new(limits.message),
+            reader: FrameReader::lasting(limits.message),
             cancel: Arc::new(ServerKey::new(
                 CancelTarget {
                     server: peer,

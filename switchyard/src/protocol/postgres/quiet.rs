@@ -120,7 +120,8 @@ pub fn is_quiet(sql: &str) -> bool {
                 *remembered = RememberedQuiet::default();
             }
             remembered.bytes += cost;
-            remembered.texts.insert(sql.into());
+            // Kept for the worker's life, not the transaction's (see `memory`).
+            crate::memory::lasting(|| remembered.texts.insert(sql.into()));
         });
     }
     quiet
