@@ -104,7 +104,7 @@ const WARMUP: usize = CLIENTS;
 /// Heap bytes per idle client, at most (measured when set: see the module doc).
 const TCP_BOUND: isize = 2_700;
 const HTTP_BOUND: isize = 1_100;
-const POSTGRES_BOUND: isize = 1_600;
+const POSTGRES_BOUND: isize = 1_350;
 const MYSQL_BOUND: isize = 2_800;
 
 /// The proxy's listeners and admin API, from its ready file.

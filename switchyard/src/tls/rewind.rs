@@ -11,14 +11,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// `inner` with `prefix` put back in front of what it reads.
 #[derive(Debug)]
 pub struct Rewind<S> {
-    prefix: Bytes,
+    /// Boxed, and none once read: a client's stream is kept for the connection's life, and
+    /// most never have a prefix or soon read it (8 bytes kept instead of 32).
+    prefix: Option<Box<Bytes>>,
     inner: S,
 }
 
 impl<S> Rewind<S> {
     /// Reads `prefix` first, then `inner`.
     pub fn new(prefix: Bytes, inner: S) -> Self {
-        Self { prefix, inner }
+        Self {
+            prefix: (!prefix.is_empty()).then(|| Box::new(prefix)),
+            inner,
+        }
     }
 
     /// The wrapped stream.
@@ -28,12 +33,15 @@ impl<S> Rewind<S> {
 
     /// The bytes not yet read back.
     pub fn buffered(&self) -> &[u8] {
-        &self.prefix
+        self.prefix.as_deref().map_or(&[], |prefix| prefix.as_ref())
     }
 
     /// The bytes not yet read back, and the stream.
     pub fn into_parts(self) -> (Bytes, S) {
-        (self.prefix, self.inner)
+        (
+            self.prefix.map(|prefix| *prefix).unwrap_or_default(),
+            self.inner,
+        )
     }
 }
 
@@ -43,10 +51,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
+        if let Some(prefix) = &mut self.prefix {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix[..n]);
+            prefix.advance(n);
+            if prefix.is_empty() {
+                self.prefix = None;
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

@@ -73,15 +73,15 @@ pub struct Registration {
     binding: Arc<Binding>,
     /// The process id the client was given.
     pub pid: u32,
-    /// The secret key the client was given.
-    pub key: Vec<u8>,
+    /// The secret key the client was given (a boxed slice: kept for the session's life).
+    pub key: Box<[u8]>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.table
             .lock()
-            .remove(&(self.pid, std::mem::take(&mut self.key)));
+            .remove(&(self.pid, std::mem::take(&mut self.key).into_vec()));
     }
 }
 
@@ -130,7 +130,7 @@ impl CancelTable {
                     table: self.clone(),
                     binding,
                     pid: our_pid,
-                    key: our_key,
+                    key: our_key.into_boxed_slice(),
                 };
             }
         }
@@ -198,8 +198,8 @@ mod tests {
         assert_eq!(a.key.len(), 4);
         assert_eq!(b.key.len(), 32, "as long as the server's key");
         assert_ne!(
-            (a.pid, &a.key),
-            (10, &vec![1, 2, 3, 4]),
+            (a.pid, &a.key[..]),
+            (10, &[1, 2, 3, 4][..]),
             "not the server's key"
         );
         assert_eq!(table.lock().len(), 2);
@@ -215,7 +215,7 @@ mod tests {
         let server = local_server();
         let client = table.register_unbound(4);
         let entry = |t: &CancelTable| {
-            let binding = t.lock().get(&(client.pid, client.key.clone())).cloned();
+            let binding = t.lock().get(&(client.pid, client.key.to_vec())).cloned();
             binding.map(|binding| binding.load_full().map(|target| target.pid))
         };
         assert_eq!(entry(&table), Some(None));

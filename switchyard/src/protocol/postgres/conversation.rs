@@ -166,8 +166,9 @@ pub struct Conversation {
     pub pinned: Option<PinReason>,
     /// The client's session settings, replayed on each connection it uses.
     pub settings: SessionSettings,
-    /// The read/write split's view of the client.
-    pub split: SplitState,
+    /// The read/write split's view of the client, made when first needed (boxed: most
+    /// pooled clients have no split, and the session is what an idle one keeps).
+    split: Option<Box<SplitState>>,
     /// Bytes due to the client, sent (and emptied) by the session.
     pub to_client: Vec<u8>,
 }
@@ -179,9 +180,16 @@ impl Conversation {
             statements: ClientStatements::default(),
             pinned: None,
             settings,
-            split: SplitState::new(),
+            split: None,
             to_client: Vec::new(),
         }
+    }
+
+    /// The split's view of the client, made on first use; it lasts as the session does
+    /// (see `memory`).
+    fn split_state(&mut self) -> &mut SplitState {
+        self.split
+            .get_or_insert_with(|| crate::memory::lasting(Box::default))
     }
 
     /// With the read/write split on: classifies the statement that opens a lease (a
@@ -207,7 +215,9 @@ impl Conversation {
             _ => Classification::unknown(None),
         };
         let now = std::time::Instant::now();
-        let target = self.split.target(&class, now, split.sticky_after_write);
+        let target = self
+            .split_state()
+            .target(&class, now, split.sticky_after_write);
         Some((class, target))
     }
 
@@ -219,7 +229,8 @@ impl Conversation {
         };
         let answer = match change {
             SessionChange::Route(_) => {
-                self.split.after(class, false, std::time::Instant::now());
+                self.split_state()
+                    .after(class, false, std::time::Instant::now());
                 Frame::new(b'C', b"SET\0")
             }
             SessionChange::BadRoute(value) => frames::error(
@@ -509,7 +520,7 @@ impl Conversation {
         }
         hold.pending = hold.pending.saturating_sub(1);
         if let Some(class) = &hold.class {
-            self.split
+            self.split_state()
                 .after(class, status != b'I', std::time::Instant::now());
         }
         match status {

@@ -40,7 +40,9 @@ const INITIAL_BUFFER: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct FrameReader {
     buf: BytesMut,
-    limit: usize,
+    /// The longest message taken. A message's length is a 32-bit word, so no larger limit
+    /// could apply (and the reader is part of what an idle pooled client keeps).
+    limit: u32,
     /// Whether the buffer is the connection's for its life (see [`FrameReader::lasting`]).
     lasting: bool,
 }
@@ -50,7 +52,7 @@ impl FrameReader {
     pub fn new(limit: usize) -> Self {
         Self {
             buf: BytesMut::new(),
-            limit,
+            limit: word_limit(limit),
             lasting: false,
         }
     }
@@ -95,10 +97,10 @@ impl FrameReader {
             return Ok(None);
         }
         let length = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-        if length < 4 || length as u64 > self.limit as u64 {
+        if length < 4 || length > self.limit {
             return Err(CodecError::Length {
                 length: length.into(),
-                limit: self.limit,
+                limit: self.limit as usize,
             });
         }
         let total = length as usize + 1;
@@ -114,7 +116,7 @@ impl FrameReader {
     /// Holds messages read from now on to `limit` bytes (a pooled server connection takes
     /// the limit of the listener whose client leases it).
     pub fn set_limit(&mut self, limit: usize) {
-        self.limit = limit;
+        self.limit = word_limit(limit);
     }
 
     /// Adds bytes as if read (tests and fuzzing feed captured traffic this way).
@@ -131,6 +133,11 @@ impl FrameReader {
     pub fn clear(&mut self) {
         self.buf.clear();
     }
+}
+
+/// `limit` as a message length word can reach it.
+fn word_limit(limit: usize) -> u32 {
+    u32::try_from(limit).unwrap_or(u32::MAX)
 }
 
 /// Splits a NUL-terminated string off the front of `bytes`.

@@ -110,7 +110,7 @@ async fn serve_pooled(mut pooled: Box<Pooled>) {
     let address = pooled.end.record.client;
     match pooled.client.serve(address).await {
         Served::Idle { deadline } => {
-            let stop = pooled.client.hard_stop().clone();
+            let stop = pooled.client.hard_stop();
             crate::idle_lot::park(pooled, deadline, &stop);
         }
         Served::Ended(outcome) => pooled.finish(outcome),
@@ -781,5 +781,18 @@ fn route(
             .clone()
             .zip(handler.default_split.clone())
             .map(|(pool, split)| (pool, Rewrites::default(), split)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a dozing pooled client keeps is one box of this (see `docs/benchmarks.md`,
+    /// "Idle memory"): it must fit mimalloc's 512-byte class, not the 640-byte one above.
+    #[test]
+    fn a_dozing_client_fits_in_512_bytes() {
+        let size = std::mem::size_of::<Pooled>();
+        assert!(size <= 512, "Pooled is {size} bytes");
     }
 }

@@ -51,42 +51,52 @@ fn server_name(parse: &Parse<'_>) -> String {
 /// A client's named statements.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    by_name: HashMap<Vec<u8>, Arc<Statement>>,
+    /// Made at the first named statement: most pooled clients never prepare one, and the
+    /// session is what an idle pooled client keeps (8 bytes instead of 48). The map and
+    /// its statements last as the session does, so they come from the lasting heap
+    /// (`memory`), though made while a transaction is served.
+    #[allow(clippy::box_collection)] // the box is the point: see above
+    by_name: Option<Box<HashMap<Vec<u8>, Arc<Statement>>>>,
 }
 
 impl ClientStatements {
     /// Records the client's Parse of a named statement (replacing one of the same name)
     /// and returns it as the servers will know it.
     pub fn prepare(&mut self, parse: &Parse<'_>) -> Arc<Statement> {
-        let server_name = server_name(parse);
-        let statement = Arc::new(Statement {
-            parse: parse.renamed(&server_name),
-            query: String::from_utf8_lossy(parse.query).into_owned(),
-            effects: session_effects(parse.query),
-            server_name,
-        });
-        self.by_name.insert(parse.name.to_vec(), statement.clone());
-        statement
+        let effects = session_effects(parse.query);
+        crate::memory::lasting(|| {
+            let server_name = server_name(parse);
+            let statement = Arc::new(Statement {
+                parse: parse.renamed(&server_name),
+                query: String::from_utf8_lossy(parse.query).into_owned(),
+                effects,
+                server_name,
+            });
+            self.by_name
+                .get_or_insert_default()
+                .insert(parse.name.to_vec(), statement.clone());
+            statement
+        })
     }
 
     /// The client's statement called `name`.
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.by_name.get(name)
+        self.by_name.as_ref()?.get(name)
     }
 
     /// Forgets the client's statement `name` (Close).
     pub fn close(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
-        self.by_name.remove(name)
+        self.by_name.as_mut()?.remove(name)
     }
 
     /// How many statements the client has.
     pub fn len(&self) -> usize {
-        self.by_name.len()
+        self.by_name.as_ref().map_or(0, |by_name| by_name.len())
     }
 
     /// Whether the client has none.
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.len() == 0
     }
 }
 

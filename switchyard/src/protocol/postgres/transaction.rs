@@ -71,8 +71,6 @@ struct Client {
     pub idle: Duration,
     /// The client's cancel key, pointed at the connection it holds.
     pub cancel: Registration,
-    /// Fires at hard shutdown (this worker's token: see `Context::hard_stop_here`).
-    pub hard_stop: CancellationToken,
     /// The read/write split, when enabled.
     pub split: Option<Arc<SplitConfig>>,
     /// The usage of the client's tenant (a pool with `resolver`).
@@ -165,6 +163,12 @@ impl Client {
 
     fn limits(&self) -> &MessageLimits {
         &self.handler.options.limits
+    }
+
+    /// Fires at hard shutdown: this worker's token (see `Context::hard_stop_here`), looked
+    /// up rather than kept, as the client never leaves its worker.
+    fn hard_stop(&self) -> CancellationToken {
+        self.handler.state.context.hard_stop_here()
     }
 }
 
@@ -305,6 +309,7 @@ impl Session {
             // again with its next message. One poll function for the read, the idle limit
             // and the hard stop: a `select!` over their futures was most of the future an
             // idle pooled client keeps.
+            let hard_stop = self.client.hard_stop();
             let Self {
                 client,
                 reader,
@@ -318,7 +323,7 @@ impl Session {
                 *buffers = None;
             };
             let idle_timer = idle_timer.get_or_insert_with(LazyTimer::default);
-            let mut hard_stop = std::pin::pin!(client.hard_stop.cancelled());
+            let mut hard_stop = std::pin::pin!(hard_stop.cancelled());
             let read = std::future::poll_fn(|cx| {
                 if hard_stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(Refusal::from(Stop::Shutdown)));
@@ -444,6 +449,7 @@ impl Session {
     /// again. `Err` ends the session (the client left, the server was lost, a bad message).
     async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Stop> {
         self.client_message(held, first)?;
+        let hard_stop = self.client.hard_stop();
         loop {
             loop {
                 match self.reader.next_frame() {
@@ -482,7 +488,7 @@ impl Session {
                     }
                 },
                 () = held.conn.cut.cancelled() => return self.server_lost(held, "server taken out of service").await,
-                () = self.client.hard_stop.cancelled() => return Err(Stop::Shutdown),
+                () = hard_stop.cancelled() => return Err(Stop::Shutdown),
             }
         }
     }
@@ -615,8 +621,8 @@ impl PooledClient {
     }
 
     /// The hard stop of the client's worker, which its lot watches while it dozes.
-    pub fn hard_stop(&self) -> &CancellationToken {
-        &self.session.client.hard_stop
+    pub fn hard_stop(&self) -> CancellationToken {
+        self.session.client.hard_stop()
     }
 
     /// Adds the bytes the client's transactions moved to `record`.
@@ -653,7 +659,6 @@ pub async fn start(
         handler: handler.clone(),
         idle,
         cancel: state.cancel.register_unbound(4),
-        hard_stop: state.context.hard_stop_here(),
         split: pooled.split.clone(),
         tenant: pooled.tenant.clone(),
     };
