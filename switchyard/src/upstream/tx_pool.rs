@@ -141,15 +141,16 @@ impl<D: Dialect> Member<D> {
 
 impl<D: Dialect> Drop for Member<D> {
     fn drop(&mut self) {
-        let Some(registry) = self.pool.registry.upgrade() else {
-            self.pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
-            return;
-        };
-        let mut pools = lock(&registry.pools);
+        // The registry is gone only when the process's pools are.
+        let registry = self.pool.registry.upgrade();
+        let mut pools = registry.as_ref().map(|registry| lock(&registry.pools));
         self.pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
         // An entry that never logged in (a database or user the server refuses) goes with
         // its last client: such names cost nothing once their clients are gone.
-        if !self.pool.logged_in.load(Ordering::Acquire) && self.pool.unused() {
+        if let Some(pools) = &mut pools
+            && !self.pool.logged_in.load(Ordering::Acquire)
+            && self.pool.unused()
+        {
             pools.remove(&self.pool.key());
         }
     }
