@@ -144,12 +144,12 @@ unsafe impl GlobalAlloc for Allocator {
         // A block that grows stays in the lasting heap if it was there (a connection's
         // lasting state that grows later, outside any `lasting` scope) or comes to it
         // inside one.
-        let heap = LASTING_HEAP.load(Ordering::Acquire);
-        // SAFETY: mi_heap_contains only looks the block's page up.
-        let lasting = !heap.is_null()
-            && (LASTING.try_with(Cell::get).unwrap_or(false)
-                || unsafe { mi_heap_contains(heap, block.cast()) });
-        if lasting {
+        let lasting = lasting_now().or_else(|| {
+            let heap = LASTING_HEAP.load(Ordering::Acquire);
+            // SAFETY: mi_heap_contains only looks the block's page up.
+            (!heap.is_null() && unsafe { mi_heap_contains(heap, block.cast()) }).then_some(heap)
+        });
+        if let Some(heap) = lasting {
             // SAFETY: the heap is live (never deleted once published) and the block is
             // mimalloc's.
             return unsafe {
