@@ -16,6 +16,7 @@
 //! schema overloading a built-in's name) is for the ParameterStatus backstop.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::sync::LazyLock;
 
 use pg_query::protobuf::{KeywordKind, Token};
@@ -87,14 +88,60 @@ const REMEMBERED_BYTES: usize = 256 * 1024;
 /// What a remembered text costs beyond its bytes: its box and its slot in the set.
 const REMEMBERED_ENTRY_BYTES: usize = 64;
 
+/// Slots of the table of texts seen once (a power of two): 16 KiB per worker.
+const SEEN_SLOTS: usize = 4096;
+
 /// Texts this worker thread found quiet. Applications send the same texts again and again
 /// (an extended-protocol query is parsed anew at every execution, transaction control is
 /// always the same few words), and a hash lookup costs a fraction of a pass of the scanner.
 /// Per thread, so workers never contend; bounded by [`REMEMBERED_BYTES`].
-#[derive(Default)]
+///
+/// Texts that carry their values (`WHERE aid = 56789` in a simple query) are never sent
+/// twice, and remembering each would cost more than the scan it never saves: a box, a
+/// hash table that grows and rehashes, and a start over every few thousand texts. So a
+/// text is remembered only the second time it is found quiet: the first time, only a
+/// fingerprint of its hash is noted in a fixed table ([`SEEN_SLOTS`]), where a later text
+/// may overwrite it (that text is then remembered one sighting later).
 struct RememberedQuiet {
-    texts: HashSet<Box<str>>,
+    texts: HashSet<Box<str>, foldhash::fast::RandomState>,
     bytes: usize,
+    /// Per slot (the hash's low bits), the high half of the hash of the last quiet text
+    /// seen once there; zero for none.
+    seen: Box<[u32]>,
+}
+
+impl Default for RememberedQuiet {
+    fn default() -> Self {
+        // Made once per worker and kept for its life (see `memory`).
+        crate::memory::lasting(|| Self {
+            texts: HashSet::default(),
+            bytes: 0,
+            seen: vec![0; SEEN_SLOTS].into_boxed_slice(),
+        })
+    }
+}
+
+impl RememberedQuiet {
+    /// Notes that `sql` was found quiet: remembers it if it was seen before.
+    fn found_quiet(&mut self, sql: &str) {
+        let hash = self.texts.hasher().hash_one(sql);
+        let slot = (hash as usize) & (SEEN_SLOTS - 1);
+        // Never zero, so that zero can mean an empty slot.
+        let fingerprint = ((hash >> 32) as u32).max(1);
+        if self.seen[slot] != fingerprint {
+            self.seen[slot] = fingerprint;
+            return;
+        }
+        self.seen[slot] = 0;
+        let cost = sql.len() + REMEMBERED_ENTRY_BYTES;
+        if self.bytes + cost > REMEMBERED_BYTES {
+            self.texts.clear();
+            self.bytes = 0;
+        }
+        self.bytes += cost;
+        // Kept for the worker's life, not the transaction's (see `memory`).
+        crate::memory::lasting(|| self.texts.insert(sql.into()));
+    }
 }
 
 thread_local! {
@@ -104,7 +151,7 @@ thread_local! {
 
 /// Whether `sql` certainly changes no session state, pins nothing and runs nothing the
 /// pooler cannot see (see the module documentation); `false` means "classify it". The
-/// answer depends on the text alone, so texts found quiet are remembered per worker.
+/// answer depends on the text alone, so texts found quiet twice are remembered per worker.
 pub fn is_quiet(sql: &str) -> bool {
     if sql.len() > REMEMBERED_TEXT_BYTES {
         return scan_is_quiet(sql);
@@ -114,15 +161,7 @@ pub fn is_quiet(sql: &str) -> bool {
     }
     let quiet = scan_is_quiet(sql);
     if quiet {
-        REMEMBERED.with_borrow_mut(|remembered| {
-            let cost = sql.len() + REMEMBERED_ENTRY_BYTES;
-            if remembered.bytes + cost > REMEMBERED_BYTES {
-                *remembered = RememberedQuiet::default();
-            }
-            remembered.bytes += cost;
-            // Kept for the worker's life, not the transaction's (see `memory`).
-            crate::memory::lasting(|| remembered.texts.insert(sql.into()));
-        });
+        REMEMBERED.with_borrow_mut(|remembered| remembered.found_quiet(sql));
     }
     quiet
 }
@@ -310,11 +349,15 @@ mod tests {
     }
 
     /// A remembered text gets the scan's answer, a text that is not quiet is never
-    /// remembered, and what a worker remembers stays within its bound.
+    /// remembered, one seen once is not yet, and what a worker remembers stays within
+    /// its bound.
     #[test]
     fn remembered_texts_answer_as_the_scan_does_within_the_bound() {
         let quiet = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
         let loud = "SET search_path TO evil";
+        assert!(is_quiet(quiet));
+        assert!(!is_quiet(loud));
+        assert!(!REMEMBERED.with_borrow(|r| r.texts.contains(quiet)));
         for _ in 0..3 {
             assert!(is_quiet(quiet));
             assert!(!is_quiet(loud));
@@ -324,10 +367,20 @@ mod tests {
         let long = format!("SELECT 1 -- {}", "x".repeat(REMEMBERED_TEXT_BYTES));
         assert!(is_quiet(&long));
         assert!(!REMEMBERED.with_borrow(|r| r.texts.contains(long.as_str())));
+        // Texts seen once are not remembered...
+        let before = REMEMBERED.with_borrow(|r| r.texts.len());
         for n in 0..20_000 {
             assert!(is_quiet(&format!("SELECT abalance FROM t WHERE aid = {n}")));
+        }
+        assert_eq!(REMEMBERED.with_borrow(|r| r.texts.len()), before);
+        // ...texts seen twice are, within the bound.
+        for n in 0..20_000 {
+            let sql = format!("SELECT abalance FROM t WHERE bid = {n}");
+            assert!(is_quiet(&sql));
+            assert!(is_quiet(&sql));
             assert!(REMEMBERED.with_borrow(|r| r.bytes <= REMEMBERED_BYTES));
         }
+        assert!(REMEMBERED.with_borrow(|r| r.texts.len() > before));
     }
 
     /// The crate's stable-Rust fuzz pass, checking what the `statement_scanner` fuzz
