@@ -120,6 +120,11 @@ struct Cli {
     #[arg(long, default_value_t = 2)]
     workers: usize,
 
+    /// How many of switchyard's workers serve the bench listener (its `workers` key);
+    /// all by default.
+    #[arg(long, value_name = "N")]
+    listener_workers: Option<usize>,
+
     /// Load-generator worker threads (default: number of CPUs).
     #[arg(long)]
     client_threads: Option<usize>,
@@ -228,6 +233,7 @@ fn main() -> Result<()> {
         targets: cli.targets.clone(),
         target_opts: TargetOptions {
             workers: cli.workers.max(1),
+            listener_workers: cli.listener_workers,
             switchyard_bin: cli
                 .switchyard_bin
                 .clone()

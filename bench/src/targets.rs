@@ -123,6 +123,8 @@ impl fmt::Display for TargetKind {
 pub struct TargetOptions {
     /// Worker threads: switchyard `workers` and HAProxy `nbthread`.
     pub workers: usize,
+    /// switchyard's listener `workers`: how many of its workers serve the bench listener.
+    pub listener_workers: Option<usize>,
     /// Path of the switchyard binary.
     pub switchyard_bin: PathBuf,
     /// Path of the haproxy binary.
@@ -699,6 +701,7 @@ listen = "{listen}"
 protocol = "{protocol}"
 pool = "backend"
 {tls}
+{listener_workers}
 {listener_keys}
 [[pool]]
 name = "backend"
@@ -707,6 +710,9 @@ balance = "round_robin"
 {pool_keys}
 {fixed}"#,
         header = switchyard_header(opts, admin, logs_requests(opts, mode)),
+        listener_workers = opts
+            .listener_workers
+            .map_or_else(String::new, |n| format!("workers = {n}")),
         tls = opts.tls.as_ref().map_or_else(String::new, |tls| format!(
             "tls = {{ certs = [{{ cert = \"{}\", key = \"{}\" }}] }}",
             tls.cert.display(),
@@ -965,6 +971,7 @@ pub(crate) mod tests {
             .unwrap_or_default();
         TargetOptions {
             workers: 1,
+            listener_workers: None,
             switchyard_bin,
             haproxy_bin: "/usr/sbin/haproxy".into(),
             pgbouncer_bin: "/usr/sbin/pgbouncer".into(),

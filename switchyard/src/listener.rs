@@ -165,7 +165,11 @@ pub struct Listener {
     // A duplicate of the socket for a binary upgrade to hand over; dropped when the accept
     // loop ends so that a closed listener really frees its port.
     handover: std::sync::Mutex<Option<OwnedFd>>,
-    // Accept loops still running (one per worker), and fired when the last one has ended.
+    // How many of the workers (the first ones) serve this listener (`workers`; all: None).
+    // Fixed at creation: accept loops run on those workers only.
+    workers: Option<usize>,
+    // Accept loops still running (one per serving worker), and fired when the last one has
+    // ended.
     accept_loops: AtomicUsize,
     not_accepting: CancellationToken,
     closed: CancellationToken,
@@ -230,6 +234,7 @@ impl Listener {
             }),
             socket: std::sync::Mutex::new(Some(socket)),
             handover: std::sync::Mutex::new(Some(handover)),
+            workers: config.workers,
             accept_loops: AtomicUsize::new(0),
             not_accepting: CancellationToken::new(),
             closed: CancellationToken::new(),
@@ -292,9 +297,16 @@ impl Listener {
         handover.as_ref().map(|fd| fd.try_clone())
     }
 
-    /// Starts one accept loop on each worker runtime (each on its own duplicate of the
-    /// socket). They run until `stop` fires or the listener is closed; "stopped accepting" is
-    /// logged once the last has ended.
+    /// How many of `workers` serve this listener: its `workers`, at most all of them.
+    fn serving(&self, workers: &Workers) -> usize {
+        self.workers
+            .map_or(workers.count(), |wanted| wanted.min(workers.count()))
+            .max(1)
+    }
+
+    /// Starts one accept loop on each worker runtime that serves the listener (each on its
+    /// own duplicate of the socket). They run until `stop` fires or the listener is closed;
+    /// "stopped accepting" is logged once the last has ended.
     pub fn spawn_accept_loops(
         self: &Arc<Self>,
         workers: &Workers,
@@ -304,8 +316,9 @@ impl Listener {
         let Some(socket) = self.take_socket() else {
             return;
         };
-        let mut sockets = Vec::with_capacity(workers.count());
-        for _ in 1..workers.count() {
+        let serving = self.serving(workers);
+        let mut sockets = Vec::with_capacity(serving);
+        for _ in 1..serving {
             match socket.try_clone() {
                 Ok(duplicate) => sockets.push(duplicate),
                 Err(error) => {
@@ -386,7 +399,7 @@ impl Listener {
                 },
             };
             self.stats.active.fetch_add(1, Ordering::Relaxed);
-            let (worker, placement) = workers.place(here);
+            let (worker, placement) = workers.place(here, self.serving(&workers));
             let occupancy = Occupancy {
                 listener: self.clone(),
                 _permit: permit,

@@ -100,19 +100,29 @@ impl Workers {
         self.workers.len()
     }
 
+    /// Connections each worker serves now, by worker index (for the metrics).
+    pub fn connections(&self) -> Vec<usize> {
+        self.workers
+            .iter()
+            .map(|worker| worker.connections.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Worker `index`'s runtime (indices wrap around).
     pub fn handle(&self, index: usize) -> &Handle {
         &self.workers[index % self.workers.len()].handle
     }
 
-    /// Where a connection accepted on worker `accepted_on` should run: the worker serving
-    /// the fewest connections, `accepted_on` itself unless another serves strictly fewer.
-    /// The connection counts there until the returned placement is dropped.
-    pub fn place(&self, accepted_on: usize) -> (usize, Placement) {
+    /// Where a connection accepted on worker `accepted_on` should run: of the first
+    /// `among` workers (the ones serving its listener), the one serving the fewest
+    /// connections, `accepted_on` itself unless another serves strictly fewer. The
+    /// connection counts there until the returned placement is dropped.
+    pub fn place(&self, accepted_on: usize, among: usize) -> (usize, Placement) {
         let load = |index: usize| self.workers[index].connections.load(Ordering::Relaxed);
-        let home = accepted_on % self.workers.len();
+        let among = among.clamp(1, self.workers.len());
+        let home = accepted_on % among;
         let mut best = home;
-        for index in 0..self.workers.len() {
+        for index in 0..among {
             if load(index) < load(best) {
                 best = index;
             }
@@ -147,14 +157,26 @@ mod tests {
     #[test]
     fn connections_go_to_the_least_busy_worker_and_stay_home_on_a_tie() {
         let workers = Workers::start(Some(3)).unwrap();
-        let (first, a) = workers.place(1);
+        let (first, a) = workers.place(1, 3);
         assert_eq!(first, 1, "a tie keeps the connection where it was accepted");
-        let (second, b) = workers.place(1);
+        let (second, b) = workers.place(1, 3);
         assert_ne!(second, 1);
-        let (third, _c) = workers.place(1);
+        let (third, _c) = workers.place(1, 3);
         assert!(third != 1 && third != second);
         drop((a, b));
         // Worker 1 and `second` are free again; the third is busy.
-        assert_eq!(workers.place(third).0, 1.min(second));
+        assert_eq!(workers.place(third, 3).0, 1.min(second));
+    }
+
+    #[test]
+    fn a_listener_served_by_fewer_workers_places_only_on_those() {
+        let workers = Workers::start(Some(3)).unwrap();
+        let one: Vec<_> = (0..6).map(|_| workers.place(2, 1)).collect();
+        assert!(one.iter().all(|(worker, _)| *worker == 0));
+        let two: Vec<_> = (0..6).map(|_| workers.place(2, 2)).collect();
+        assert!(two.iter().all(|(worker, _)| *worker == 1));
+        assert_eq!(workers.connections(), vec![6, 6, 0]);
+        drop(two);
+        assert_eq!(workers.connections(), vec![6, 0, 0]);
     }
 }

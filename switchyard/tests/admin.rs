@@ -387,6 +387,86 @@ async fn token_guards_mutating_calls_only() {
     assert_eq!(proxy.server("app", "alpha").await.state, "drain");
 }
 
+/// A listener served by one of two workers keeps all its connections there (as the
+/// per-worker gauge shows), while another listener's spread over both; a reload that
+/// changes its `workers` says it needs a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_served_by_fewer_workers_keeps_its_connections_on_them() {
+    let backend = Backend::echo().await;
+    let config = format!(
+        r#"
+workers = 2
+
+[admin]
+listen = "{{admin}}"
+
+[[listener]]
+name = "one"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+workers = 1
+
+[[listener]]
+name = "all"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+pool = "app"
+
+[[pool]]
+name = "app"
+servers = [ {{ name = "echo", address = "{}" }} ]
+"#,
+        backend.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let per_worker = |text: &str| {
+        let samples = parse_metrics(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        ["0", "1"].map(|worker| {
+            metric(
+                &samples,
+                "switchyard_worker_connections",
+                &[("worker", worker)],
+            )
+            .unwrap_or_else(|| panic!("no gauge for worker {worker} in\n{text}"))
+        })
+    };
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut client = TcpStream::connect(listener_addr(&proxy, "one").await)
+            .await
+            .expect("connect");
+        assert_eq!(round_trip(&mut client, b"ping").await, b"ping");
+        clients.push(client);
+    }
+    assert_eq!(per_worker(&proxy.metrics().await), [6.0, 0.0]);
+    for _ in 0..6 {
+        let mut client = TcpStream::connect(listener_addr(&proxy, "all").await)
+            .await
+            .expect("connect");
+        assert_eq!(round_trip(&mut client, b"ping").await, b"ping");
+        clients.push(client);
+    }
+    assert_eq!(per_worker(&proxy.metrics().await), [6.0, 6.0]);
+    drop(clients);
+    wait_until("the connections to close", || async {
+        per_worker(&proxy.metrics().await) == [0.0, 0.0]
+    })
+    .await;
+
+    let written = std::fs::read_to_string(proxy.config_path()).expect("read config");
+    let rewritten = written.replacen("workers = 1\n", "workers = 2\n", 1);
+    std::fs::write(proxy.config_path(), rewritten).expect("rewrite config");
+    let (status, body) = proxy.post("/api/v1/reload", "").await;
+    assert_eq!(status, 200, "{body}");
+    let summary: Value = serde_json::from_str(&body).expect("JSON body");
+    let not_applied = summary["not_applied"].to_string();
+    assert!(
+        not_applied.contains("listener `one`: a new workers needs a restart"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_of_an_unchanged_file_reports_no_change() {
     let (alpha, bravo) = two_named().await;

@@ -136,12 +136,13 @@ name = "idna"
 listen = "127.0.0.1:7006"
 protocol = "http"
 pool = "good"
+workers = 0
   [[listener.routes]]
   host = "\u0308x.example"
   pool = "good"
 "#;
 
-const MISTAKES: [(&str, &str); 13] = [
+const MISTAKES: [(&str, &str); 14] = [
     ("bogus_top = 1", "bogus_top"),
     ("max_conections = 10", "listener[0].max_conections"),
     ("pool = \"missing\"", "listener[1].pool"),
@@ -162,6 +163,7 @@ const MISTAKES: [(&str, &str); 13] = [
     ("user@admin.example", "admin.allowed_hosts"),
     // A route host IDNA cannot convert (a label starting with a combining mark).
     ("host = \"\\u0308x.example\"", "listener[5].routes[0].host"),
+    ("workers = 0", "listener[5].workers"),
 ];
 
 #[test]

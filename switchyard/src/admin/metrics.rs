@@ -30,6 +30,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         listeners: shared.listeners(),
         dropped_log_lines: shared.context.access_log.dropped(),
         dozing: crate::idle_lot::sleeping(),
+        worker_connections: shared.worker_connections(),
     }));
     for frontend in shared.registry.frontends() {
         frontend.register_metrics(&mut registry);
@@ -47,6 +48,7 @@ struct Snapshot {
     listeners: Arc<Vec<Arc<Listener>>>,
     dropped_log_lines: u64,
     dozing: usize,
+    worker_connections: Vec<usize>,
 }
 
 const LISTENER_METRICS: &[Metric<Listener>] = &[
@@ -343,6 +345,16 @@ impl Collector for Snapshot {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.dozing as i64).encode(dozing)?;
+        let mut workers = encoder.encode_descriptor(
+            "switchyard_worker_connections",
+            "Client connections each worker thread serves",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (worker, &connections) in self.worker_connections.iter().enumerate() {
+            let labels: Labels = vec![("worker", worker.to_string())];
+            ConstGauge::new(connections as i64).encode(workers.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }

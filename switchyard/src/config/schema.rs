@@ -183,6 +183,12 @@ pub struct ListenerConfig {
     /// Listen backlog (accept queue length).
     #[serde(default = "defaults::backlog")]
     pub backlog: u32,
+    /// How many workers (the first ones) accept and serve this listener's connections;
+    /// all of them by default. Fewer trade the other cores for fewer wake-ups: a
+    /// transaction pool on a machine it shares with its database spends less CPU per
+    /// transaction on one worker, as PgBouncer's one thread does.
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// Terminate TLS from clients with these certificates (see the `tls` module).
     #[serde(default)]
     pub tls: Option<TlsServerConfig>,

@@ -70,6 +70,9 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 "must be at least 1",
             );
         }
+        if listener.workers == Some(0) {
+            sink.at(&key_path!("listener", i, "workers"), "must be at least 1");
+        }
         if !listener.protocol.has_login() {
             let login = key_path!("listener", i, "timeouts", "login");
             let logins = key_path!("listener", i, "max_logins_per_address");

@@ -81,6 +81,11 @@ impl Shared {
         self.pools.load_full()
     }
 
+    /// Connections each worker serves now, by worker index.
+    pub fn worker_connections(&self) -> Vec<usize> {
+        self.workers.connections()
+    }
+
     /// The listeners accepting now.
     pub fn listeners(&self) -> Arc<Vec<Arc<Listener>>> {
         self.listeners.load_full()

@@ -376,6 +376,7 @@ fn apply_listeners(
             for (what, differs) in [
                 ("protocol", old_config.protocol != config.protocol),
                 ("backlog", old_config.backlog != config.backlog),
+                ("workers", old_config.workers != config.workers),
             ] {
                 if differs {
                     summary.not_applied.push(format!(
