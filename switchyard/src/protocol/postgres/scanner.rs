@@ -91,6 +91,11 @@ impl<'s> Statement<'s> {
             .filter(|lexeme| !lexeme.is(Token::SqlComment) && !lexeme.is(Token::CComment))
     }
 
+    /// How many tokens it has, comments included: room enough for its words.
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
+    }
+
     /// The first token that is not a comment (`None`: an empty statement).
     pub fn first(&self) -> Option<Lexeme<'s>> {
         self.words().next()
