@@ -549,7 +549,12 @@ where
             let issued =
                 link.table
                     .register(link.cancel, logged_in.process_id, &logged_in.secret_key);
-            let greeting = welcome(&logged_in.parameters, issued.pid, &issued.key);
+            let parameters = logged_in.parameters.iter();
+            let greeting = welcome(
+                parameters.map(|(name, value)| (name.as_str(), value.as_str())),
+                issued.pid,
+                &issued.key,
+            );
             send(client, &greeting).await?;
             let bytes = StartupBytes {
                 to_server: 0,
@@ -570,20 +575,27 @@ where
 /// After a login: ParameterStatus for each parameter, BackendKeyData (the key switchyard
 /// gives the client), then ReadyForQuery idle — what the client would have seen from the
 /// server after AuthenticationOk.
-pub fn welcome(parameters: &[(String, String)], pid: u32, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Written in place, in one buffer: a pooled login sends it every time.
+pub fn welcome<'p>(
+    parameters: impl IntoIterator<Item = (&'p str, &'p str)>,
+    pid: u32,
+    key: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(WELCOME_BYTES);
     for (name, value) in parameters {
-        let mut body = Vec::with_capacity(name.len() + value.len() + 2);
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-        out.extend(with_length(Some(b'S'), &body));
+        codec::put_message(
+            &mut out,
+            b'S',
+            &[name.as_bytes(), b"\0", value.as_bytes(), b"\0"],
+        );
     }
-    out.extend(codec::backend_key(pid, key).encode());
-    out.extend(with_length(Some(b'Z'), b"I"));
+    codec::put_message(&mut out, b'K', &[&pid.to_be_bytes(), key]);
+    codec::put_message(&mut out, b'Z', &[b"I"]);
     out
 }
+
+/// Room for the usual [`welcome`]: PostgreSQL 15 reports 14 parameters in about 330 bytes.
+const WELCOME_BYTES: usize = 512;
 
 #[cfg(test)]
 mod tests {
@@ -650,7 +662,10 @@ mod tests {
         let after_ok = &MD5_SERVER[13 + 9..];
         assert_eq!(
             welcome(
-                &logged_in.parameters,
+                logged_in
+                    .parameters
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str())),
                 logged_in.process_id,
                 &logged_in.secret_key
             ),

@@ -115,6 +115,17 @@ pub fn with_length(tag: Option<u8>, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Appends to `out` a message of type `tag` whose body is `parts`, one after the other:
+/// the framing of [`with_length`] without a buffer of its own.
+pub fn put_message(out: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) {
+    let body: usize = parts.iter().map(|part| part.len()).sum();
+    out.push(tag);
+    out.extend_from_slice(&(body as u32 + 4).to_be_bytes());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
 /// A CancelRequest packet.
 pub fn encode_cancel(pid: u32, key: &[u8]) -> Vec<u8> {
     let mut body = CANCEL_REQUEST.to_be_bytes().to_vec();

@@ -704,19 +704,15 @@ pub async fn start(
     // `memory`): a pooled client leaves its task and future when it dozes, so otherwise
     // these few small allocations would pin pages the login's own came and went in.
     let settings = crate::memory::lasting(|| SessionSettings::from_startup(&startup));
-    // The client's own startup values win over the server's defaults.
-    let parameters: Vec<(String, String)> = parameters
-        .iter()
-        .map(|(name, value)| {
-            let value = startup.param(name).unwrap_or(value);
-            (name.clone(), value.to_string())
-        })
-        .collect();
     let idle = listener.config.timeouts.client;
     let mut session =
         crate::memory::lasting(|| Session::new(client(stream, member, idle), settings));
     let key = &session.client.cancel;
-    let welcome = super::auth::welcome(&parameters, key.pid, &key.key);
+    // The client's own startup values win over the server's defaults.
+    let told = parameters
+        .iter()
+        .map(|(name, value)| (name.as_str(), startup.param(name).unwrap_or(value)));
+    let welcome = super::auth::welcome(told, key.pid, &key.key);
     if let Err(error) = crate::net::send_all(&mut session.client.stream, &welcome).await {
         return Err(Refusal::new(Termination::ClientClosed, error));
     }
