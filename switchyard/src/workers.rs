@@ -11,8 +11,9 @@
 //! connection to the worker serving the fewest connections, itself on a tie. Without that
 //! hand-off, whichever worker woke first took a burst of connections and kept them (the
 //! latency bench's p99 was 1.8-2x the work-stealing runtime's); with it, connections stay
-//! balanced however the kernel spreads the accepts. The control plane (admin API, health
-//! checks, reloads) runs on the main thread's runtime.
+//! balanced however the kernel spreads the accepts. A listener with `workers = N` is
+//! accepted on and served by the first N workers only (fewer sleeping workers to wake).
+//! The control plane (admin API, health checks, reloads) runs on the main thread's runtime.
 
 use std::io;
 use std::sync::Arc;

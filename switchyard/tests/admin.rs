@@ -432,22 +432,15 @@ servers = [ {{ name = "echo", address = "{}" }} ]
         })
     };
     let mut clients = Vec::new();
-    for _ in 0..6 {
-        let mut client = TcpStream::connect(listener_addr(&proxy, "one").await)
-            .await
-            .expect("connect");
-        assert_eq!(round_trip(&mut client, b"ping").await, b"ping");
-        clients.push(client);
+    for (listener, expected) in [("one", [6.0, 0.0]), ("all", [6.0, 6.0])] {
+        let front = listener_addr(&proxy, listener).await;
+        for _ in 0..6 {
+            let mut client = TcpStream::connect(front).await.expect("connect");
+            assert_eq!(round_trip(&mut client, b"ping").await, b"ping");
+            clients.push(client);
+        }
+        assert_eq!(per_worker(&proxy.metrics().await), expected, "{listener}");
     }
-    assert_eq!(per_worker(&proxy.metrics().await), [6.0, 0.0]);
-    for _ in 0..6 {
-        let mut client = TcpStream::connect(listener_addr(&proxy, "all").await)
-            .await
-            .expect("connect");
-        assert_eq!(round_trip(&mut client, b"ping").await, b"ping");
-        clients.push(client);
-    }
-    assert_eq!(per_worker(&proxy.metrics().await), [6.0, 6.0]);
     drop(clients);
     wait_until("the connections to close", || async {
         per_worker(&proxy.metrics().await) == [0.0, 0.0]
