@@ -104,6 +104,8 @@ pub async fn write_packet<S: AsyncWrite + Unpin>(
 pub struct PacketReader {
     buf: BytesMut,
     limit: usize,
+    /// Whether its buffers come from the lasting heap (see [`PacketReader::keep_lasting`]).
+    lasting: bool,
 }
 
 impl PacketReader {
@@ -112,13 +114,23 @@ impl PacketReader {
         Self {
             buf: BytesMut::with_capacity(8 * 1024),
             limit,
+            lasting: false,
         }
+    }
+
+    /// Takes every buffer from now on from the lasting heap (`memory`), for a connection
+    /// that keeps its reader for its life (a pooled server connection). Its buffer is
+    /// replaced as it fills while payloads read before are still held, which happens while
+    /// a client's transaction runs: in the main heap, the few server buffers would each pin
+    /// a page of the clients' freed allocations.
+    pub fn keep_lasting(&mut self) {
+        self.lasting = true;
     }
 
     /// Reads what the stream has; `Ok(0)` is the end of the stream.
     pub async fn fill<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(8 * 1024);
+            crate::memory::lasting_if(self.lasting, || self.buf.reserve(8 * 1024));
         }
         stream.read_buf(&mut self.buf).await
     }
@@ -191,7 +203,8 @@ impl PacketReader {
                 break sequence;
             }
         };
-        let mut whole = self.buf.split_to(offset);
+        // The first split makes the buffer's shared header, which lasts as the buffer does.
+        let mut whole = crate::memory::lasting_if(self.lasting, || self.buf.split_to(offset));
         let payload = if pieces == 1 {
             let _ = whole.split_to(4);
             whole.freeze()

@@ -156,6 +156,7 @@ impl Dialect for Mysql {
                 baseline.insert(name.to_string(), value.clone().unwrap_or_default());
             }
         }
+        conn.reader.keep_lasting();
         Ok(Link {
             conn,
             state: SessionState::logged_in_to(&tx_pool.database),
