@@ -91,40 +91,51 @@ const REMEMBERED_ENTRY_BYTES: usize = 64;
 /// Slots of the table of texts seen once (a power of two): 16 KiB per worker.
 const SEEN_SLOTS: usize = 4096;
 
-/// Texts this worker thread found quiet. Applications send the same texts again and again
-/// (an extended-protocol query is parsed anew at every execution, transaction control is
-/// always the same few words), and a hash lookup costs a fraction of a pass of the scanner.
-/// Per thread, so workers never contend; bounded by [`REMEMBERED_BYTES`].
+/// Texts this worker thread found quiet, by [`shape`]. Applications send the same texts
+/// again and again (an extended-protocol query is parsed anew at every execution,
+/// transaction control is always the same few words, a simple query differs from the last
+/// only in its numbers), and a hash lookup costs a fraction of a pass of the scanner. Per
+/// thread, so workers never contend; bounded by [`REMEMBERED_BYTES`].
 ///
-/// Texts that carry their values (`WHERE aid = 56789` in a simple query) are never sent
-/// twice, and remembering each would cost more than the scan it never saves: a box, a
-/// hash table that grows and rehashes, and a start over every few thousand texts. So a
-/// text is remembered only the second time it is found quiet: the first time, only a
-/// fingerprint of its hash is noted in a fixed table ([`SEEN_SLOTS`]), where a later text
-/// may overwrite it (that text is then remembered one sighting later).
+/// Shapes that carry their values as strings are seldom sent twice, and remembering each
+/// would cost more than the scan it never saves: a box, a hash table that grows and
+/// rehashes, and a start over every few thousand texts. So a shape is remembered only the
+/// second time it is found quiet: the first time, only a fingerprint of its hash is noted
+/// in a fixed table ([`SEEN_SLOTS`]), where a later shape may overwrite it (that shape is
+/// then remembered one sighting later).
 struct RememberedQuiet {
-    texts: HashSet<Box<str>, foldhash::fast::RandomState>,
+    shapes: HashSet<Box<str>, foldhash::fast::RandomState>,
     bytes: usize,
-    /// Per slot (the hash's low bits), the high half of the hash of the last quiet text
+    /// Per slot (the hash's low bits), the high half of the hash of the last quiet shape
     /// seen once there; zero for none.
     seen: Box<[u32]>,
+    /// The shape of the text being looked up (kept to spare an allocation per lookup).
+    shape: String,
 }
 
 impl Default for RememberedQuiet {
     fn default() -> Self {
         // Made once per worker and kept for its life (see `memory`).
         crate::memory::lasting(|| Self {
-            texts: HashSet::default(),
+            shapes: HashSet::default(),
             bytes: 0,
             seen: vec![0; SEEN_SLOTS].into_boxed_slice(),
+            shape: String::with_capacity(REMEMBERED_TEXT_BYTES),
         })
     }
 }
 
 impl RememberedQuiet {
-    /// Notes that `sql` was found quiet: remembers it if it was seen before.
+    /// Whether `sql`'s shape is remembered as quiet.
+    fn knows(&mut self, sql: &str) -> bool {
+        respell_numbers(sql, "0", &mut self.shape);
+        self.shapes.contains(self.shape.as_str())
+    }
+
+    /// Notes that `sql` was found quiet: remembers its shape if it was seen before.
     fn found_quiet(&mut self, sql: &str) {
-        let hash = self.texts.hasher().hash_one(sql);
+        respell_numbers(sql, "0", &mut self.shape);
+        let hash = self.shapes.hasher().hash_one(self.shape.as_str());
         let slot = (hash as usize) & (SEEN_SLOTS - 1);
         // Never zero, so that zero can mean an empty slot.
         let fingerprint = ((hash >> 32) as u32).max(1);
@@ -133,14 +144,14 @@ impl RememberedQuiet {
             return;
         }
         self.seen[slot] = 0;
-        let cost = sql.len() + REMEMBERED_ENTRY_BYTES;
+        let cost = self.shape.len() + REMEMBERED_ENTRY_BYTES;
         if self.bytes + cost > REMEMBERED_BYTES {
-            self.texts.clear();
+            self.shapes.clear();
             self.bytes = 0;
         }
         self.bytes += cost;
         // Kept for the worker's life, not the transaction's (see `memory`).
-        crate::memory::lasting(|| self.texts.insert(sql.into()));
+        crate::memory::lasting(|| self.shapes.insert(self.shape.as_str().into()));
     }
 }
 
@@ -151,12 +162,13 @@ thread_local! {
 
 /// Whether `sql` certainly changes no session state, pins nothing and runs nothing the
 /// pooler cannot see (see the module documentation); `false` means "classify it". The
-/// answer depends on the text alone, so texts found quiet twice are remembered per worker.
+/// answer depends on the text's [`shape`] alone, so shapes found quiet twice are
+/// remembered per worker.
 pub fn is_quiet(sql: &str) -> bool {
     if sql.len() > REMEMBERED_TEXT_BYTES {
         return scan_is_quiet(sql);
     }
-    if REMEMBERED.with_borrow(|remembered| remembered.texts.contains(sql)) {
+    if REMEMBERED.with_borrow_mut(|remembered| remembered.knows(sql)) {
         return true;
     }
     let quiet = scan_is_quiet(sql);
@@ -166,8 +178,61 @@ pub fn is_quiet(sql: &str) -> bool {
     quiet
 }
 
-/// [`is_quiet`] by a scan of the text.
-fn scan_is_quiet(sql: &str) -> bool {
+/// `sql` with every run of digits that stands alone spelled `0`: texts of one shape differ
+/// only in such runs (`WHERE aid = 56789`, `abalance + -1234`), and get one answer from
+/// [`is_quiet`].
+///
+/// Why one answer is right: a run of ASCII digits neither of whose neighbours could
+/// continue a word (a letter, a digit, `_`, `$` or a non-ASCII byte) is, to PostgreSQL's
+/// scanner, a numeric constant or part of one (`1.5`), or lies inside a string, a comment,
+/// a dollar quote or a quoted identifier. Changing it changes no word, keyword, operator
+/// or boundary, only a constant's value (and so at most its type), the text of a string or
+/// comment, or a quoted name made of more than word characters, which no built-in
+/// function and no `pg_temp` schema has; none of these is what [`quiet_statement`] reads.
+/// The one other thing a run can change is whether the text scans at all (an escape in an
+/// `E''` string such as `\200` makes an invalid byte where `\101` does not): then the
+/// server refuses the text as the scanner does, and a refused text changes nothing.
+/// `quiet::tests::numbers_do_not_change_the_answer` and the `statement_scanner` fuzz
+/// target check this against the scanner.
+pub fn shape(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    respell_numbers(sql, "0", &mut out);
+    out
+}
+
+/// Writes `sql` into `out` with every digit run that stands alone (see [`shape`]) spelled
+/// `digits`.
+pub fn respell_numbers(sql: &str, digits: &str, out: &mut String) {
+    let word =
+        |byte: u8| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80;
+    out.clear();
+    let bytes = sql.as_bytes();
+    let mut copied = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        if !bytes[at].is_ascii_digit() {
+            at += 1;
+            continue;
+        }
+        let end = at
+            + bytes[at..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+        let alone = (at == 0 || !word(bytes[at - 1])) && bytes.get(end).is_none_or(|&b| !word(b));
+        if alone {
+            // Digits are ASCII: both cuts fall on character boundaries.
+            out.push_str(&sql[copied..at]);
+            out.push_str(digits);
+            copied = end;
+        }
+        at = end;
+    }
+    out.push_str(&sql[copied..]);
+}
+
+/// [`is_quiet`] by a scan of the text, remembering nothing (for tests and the fuzz target).
+pub fn scan_is_quiet(sql: &str) -> bool {
     match Scan::new(sql) {
         Some(scan) => scan.statements().all(quiet_statement),
         None => false,
@@ -350,39 +415,101 @@ mod tests {
         }
     }
 
-    /// A remembered text gets the scan's answer, a text that is not quiet is never
-    /// remembered, one seen once is not yet, and what a worker remembers stays within
-    /// its bound.
+    /// A remembered shape gets the scan's answer, a text that is not quiet is never
+    /// remembered, a shape seen once is not yet, texts that differ only in their numbers
+    /// share one, and what a worker remembers stays within its bound.
     #[test]
-    fn remembered_texts_answer_as_the_scan_does_within_the_bound() {
+    fn remembered_shapes_answer_as_the_scan_does_within_the_bound() {
+        let remembered = |sql: &str| REMEMBERED.with_borrow(|r| r.shapes.contains(&*shape(sql)));
         let quiet = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
         let loud = "SET search_path TO evil";
         assert!(is_quiet(quiet));
         assert!(!is_quiet(loud));
-        assert!(!REMEMBERED.with_borrow(|r| r.texts.contains(quiet)));
+        assert!(!remembered(quiet));
         for _ in 0..3 {
             assert!(is_quiet(quiet));
             assert!(!is_quiet(loud));
         }
-        assert!(REMEMBERED.with_borrow(|r| r.texts.contains(quiet)));
-        assert!(!REMEMBERED.with_borrow(|r| r.texts.contains(loud)));
+        assert!(remembered(quiet));
+        assert!(!remembered(loud));
         let long = format!("SELECT 1 -- {}", "x".repeat(REMEMBERED_TEXT_BYTES));
         assert!(is_quiet(&long));
-        assert!(!REMEMBERED.with_borrow(|r| r.texts.contains(long.as_str())));
-        // Texts seen once are not remembered...
-        let before = REMEMBERED.with_borrow(|r| r.texts.len());
+        assert!(!remembered(&long));
+        // Two texts of one shape make it remembered; a third is answered from memory.
+        assert!(is_quiet("UPDATE t SET a = a + -4321 WHERE id = 77"));
+        assert!(is_quiet("UPDATE t SET a = a + -12 WHERE id = 123456"));
+        assert!(remembered("UPDATE t SET a = a + -5 WHERE id = 9"));
+        // Shapes seen once are not remembered...
+        let before = REMEMBERED.with_borrow(|r| r.shapes.len());
         for n in 0..20_000 {
-            assert!(is_quiet(&format!("SELECT abalance FROM t WHERE aid = {n}")));
+            assert!(is_quiet(&format!(
+                "SELECT abalance FROM t WHERE name = 'a{n}'"
+            )));
         }
-        assert_eq!(REMEMBERED.with_borrow(|r| r.texts.len()), before);
-        // ...texts seen twice are, within the bound.
+        assert_eq!(REMEMBERED.with_borrow(|r| r.shapes.len()), before);
+        // ...shapes seen twice are, within the bound.
         for n in 0..20_000 {
-            let sql = format!("SELECT abalance FROM t WHERE bid = {n}");
+            let sql = format!("SELECT abalance FROM t WHERE name = 'b{n}'");
             assert!(is_quiet(&sql));
             assert!(is_quiet(&sql));
             assert!(REMEMBERED.with_borrow(|r| r.bytes <= REMEMBERED_BYTES));
         }
-        assert!(REMEMBERED.with_borrow(|r| r.texts.len() > before));
+        assert!(REMEMBERED.with_borrow(|r| r.shapes.len() > before));
+    }
+
+    #[test]
+    fn a_shape_spells_only_the_digit_runs_that_stand_alone() {
+        for (sql, expected) in [
+            (
+                "UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 77;",
+                "UPDATE pgbench_accounts SET abalance = abalance + -0 WHERE aid = 0;",
+            ),
+            (
+                "SELECT 1.5, .25, 3., 1e5, 0x1F, 1_000",
+                "SELECT 0.0, .0, 0., 1e5, 0x1F, 1_000",
+            ),
+            (
+                "SELECT $1, t1.c2, \"x 12\", E'\\101', 'é1'",
+                "SELECT $1, t1.c2, \"x 0\", E'\\0', 'é1'",
+            ),
+            ("42", "0"),
+            ("", ""),
+        ] {
+            assert_eq!(shape(sql), expected, "{sql}");
+        }
+    }
+
+    /// What [`shape`] promises: texts that differ only in digit runs that stand alone get
+    /// one answer from the scan, unless the scanner (and so the server) refuses one.
+    #[test]
+    fn numbers_do_not_change_the_answer() {
+        let mut mutator = crate::testing::Mutator::new();
+        let seeds = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, 77, -4321, CURRENT_TIMESTAMP);",
+            "SELECT 1.5e3, E'\\101\\x41', U&'\\0041', \"1\"(2), log10(100), $1 FROM t LIMIT 10",
+            "SELECT f(1) FROM pg_temp_1.t; SET x = 1; SELECT 2",
+            "/* 1 */ SELECT $$ 2 $$, $a1$ 3 $a1$ -- 4",
+        ];
+        let mut respelled = String::new();
+        for round in 0..3_000 {
+            let mut input = seeds[round % seeds.len()].as_bytes().to_vec();
+            if round >= seeds.len() {
+                mutator.mutate(&mut input);
+            }
+            let sql = String::from_utf8_lossy(&input);
+            for digits in ["0", "98765", "200", "1"] {
+                respell_numbers(&sql, digits, &mut respelled);
+                let (a, b) = (scan_is_quiet(&sql), scan_is_quiet(&respelled));
+                if a != b {
+                    let refused = if a { &respelled } else { &*sql };
+                    assert!(
+                        Scan::new(refused).is_none(),
+                        "{sql:?} ({a}) and {respelled:?} ({b})"
+                    );
+                }
+            }
+        }
     }
 
     /// The crate's stable-Rust fuzz pass, checking what the `statement_scanner` fuzz
