@@ -361,6 +361,7 @@ impl Listener {
         };
         let mut failures = AcceptFailures::default();
         let mut full = AtCapacity::default();
+        let serving = self.serving(&workers);
         // The first look at the settings on this thread makes arc-swap's record of the
         // thread, kept for its life: made now, in the lasting heap (see `memory`), rather
         // than among the first burst of connections' allocations.
@@ -399,7 +400,7 @@ impl Listener {
                 },
             };
             self.stats.active.fetch_add(1, Ordering::Relaxed);
-            let (worker, placement) = workers.place(here, self.serving(&workers));
+            let (worker, placement) = workers.place(here, serving);
             let occupancy = Occupancy {
                 listener: self.clone(),
                 _permit: permit,

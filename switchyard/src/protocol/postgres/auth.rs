@@ -585,12 +585,12 @@ pub fn welcome<'p>(
     for (name, value) in parameters {
         codec::put_message(
             &mut out,
-            b'S',
+            Some(b'S'),
             &[name.as_bytes(), b"\0", value.as_bytes(), b"\0"],
         );
     }
-    codec::put_message(&mut out, b'K', &[&pid.to_be_bytes(), key]);
-    codec::put_message(&mut out, b'Z', &[b"I"]);
+    codec::put_message(&mut out, Some(b'K'), &[&pid.to_be_bytes(), key]);
+    codec::put_message(&mut out, Some(b'Z'), &[b"I"]);
     out
 }
 

@@ -109,17 +109,15 @@ impl Startup {
 /// Frames `body` with an optional type byte and the length word.
 pub fn with_length(tag: Option<u8>, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 5);
-    out.extend(tag);
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
+    put_message(&mut out, tag, &[body]);
     out
 }
 
-/// Appends to `out` a message of type `tag` whose body is `parts`, one after the other:
-/// the framing of [`with_length`] without a buffer of its own.
-pub fn put_message(out: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) {
+/// Appends to `out` a message with an optional type byte whose body is `parts`, one after
+/// the other: the framing of [`with_length`] without a buffer of its own.
+pub fn put_message(out: &mut Vec<u8>, tag: Option<u8>, parts: &[&[u8]]) {
     let body: usize = parts.iter().map(|part| part.len()).sum();
-    out.push(tag);
+    out.extend(tag);
     out.extend_from_slice(&(body as u32 + 4).to_be_bytes());
     for part in parts {
         out.extend_from_slice(part);

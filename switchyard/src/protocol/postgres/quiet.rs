@@ -91,11 +91,11 @@ const REMEMBERED_ENTRY_BYTES: usize = 64;
 /// Slots of the table of texts seen once (a power of two): 16 KiB per worker.
 const SEEN_SLOTS: usize = 4096;
 
-/// Texts this worker thread found quiet, by [`shape`]. Applications send the same texts
-/// again and again (an extended-protocol query is parsed anew at every execution,
-/// transaction control is always the same few words, a simple query differs from the last
-/// only in its numbers), and a hash lookup costs a fraction of a pass of the scanner. Per
-/// thread, so workers never contend; bounded by [`REMEMBERED_BYTES`].
+/// Texts this worker thread found quiet, by shape (see [`respell_numbers`]). Applications
+/// send the same texts again and again (an extended-protocol query is parsed anew at every
+/// execution, transaction control is always the same few words, a simple query differs
+/// from the last only in its numbers), and a hash lookup costs a fraction of a pass of the
+/// scanner. Per thread, so workers never contend; bounded by [`REMEMBERED_BYTES`].
 ///
 /// Shapes that carry their values as strings are seldom sent twice, and remembering each
 /// would cost more than the scan it never saves: a box, a hash table that grows and
@@ -126,15 +126,23 @@ impl Default for RememberedQuiet {
 }
 
 impl RememberedQuiet {
-    /// Whether `sql`'s shape is remembered as quiet.
-    fn knows(&mut self, sql: &str) -> bool {
+    /// [`is_quiet`] for `sql` (short enough to remember): from memory when its shape is
+    /// remembered, else by a scan, noting the shape when the text is quiet.
+    fn answer(&mut self, sql: &str) -> bool {
         respell_numbers(sql, "0", &mut self.shape);
-        self.shapes.contains(self.shape.as_str())
+        if self.shapes.contains(self.shape.as_str()) {
+            return true;
+        }
+        let quiet = scan_is_quiet(sql);
+        if quiet {
+            self.found_quiet();
+        }
+        quiet
     }
 
-    /// Notes that `sql` was found quiet: remembers its shape if it was seen before.
-    fn found_quiet(&mut self, sql: &str) {
-        respell_numbers(sql, "0", &mut self.shape);
+    /// Notes that the text whose shape is `self.shape` was found quiet: remembers the
+    /// shape if it was seen before.
+    fn found_quiet(&mut self) {
         let hash = self.shapes.hasher().hash_one(self.shape.as_str());
         let slot = (hash as usize) & (SEEN_SLOTS - 1);
         // Never zero, so that zero can mean an empty slot.
@@ -162,25 +170,18 @@ thread_local! {
 
 /// Whether `sql` certainly changes no session state, pins nothing and runs nothing the
 /// pooler cannot see (see the module documentation); `false` means "classify it". The
-/// answer depends on the text's [`shape`] alone, so shapes found quiet twice are
-/// remembered per worker.
+/// answer depends on the text's shape alone (see [`respell_numbers`]), so shapes found
+/// quiet twice are remembered per worker.
 pub fn is_quiet(sql: &str) -> bool {
     if sql.len() > REMEMBERED_TEXT_BYTES {
         return scan_is_quiet(sql);
     }
-    if REMEMBERED.with_borrow_mut(|remembered| remembered.knows(sql)) {
-        return true;
-    }
-    let quiet = scan_is_quiet(sql);
-    if quiet {
-        REMEMBERED.with_borrow_mut(|remembered| remembered.found_quiet(sql));
-    }
-    quiet
+    REMEMBERED.with_borrow_mut(|remembered| remembered.answer(sql))
 }
 
-/// `sql` with every run of digits that stands alone spelled `0`: texts of one shape differ
-/// only in such runs (`WHERE aid = 56789`, `abalance + -1234`), and get one answer from
-/// [`is_quiet`].
+/// Writes `sql` into `out` with every run of digits that stands alone spelled `digits`.
+/// Spelled `0`, that is the text's shape: texts of one shape differ only in such runs
+/// (`WHERE aid = 56789`, `abalance + -1234`), and get one answer from [`is_quiet`].
 ///
 /// Why one answer is right: a run of ASCII digits neither of whose neighbours could
 /// continue a word (a letter, a digit, `_`, `$` or a non-ASCII byte) is, to PostgreSQL's
@@ -194,14 +195,6 @@ pub fn is_quiet(sql: &str) -> bool {
 /// server refuses the text as the scanner does, and a refused text changes nothing.
 /// `quiet::tests::numbers_do_not_change_the_answer` and the `statement_scanner` fuzz
 /// target check this against the scanner.
-pub fn shape(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    respell_numbers(sql, "0", &mut out);
-    out
-}
-
-/// Writes `sql` into `out` with every digit run that stands alone (see [`shape`]) spelled
-/// `digits`.
 pub fn respell_numbers(sql: &str, digits: &str, out: &mut String) {
     let word =
         |byte: u8| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80;
@@ -415,6 +408,13 @@ mod tests {
         }
     }
 
+    /// `sql`'s shape, as [`RememberedQuiet`] keeps it.
+    fn shape(sql: &str) -> String {
+        let mut out = String::new();
+        respell_numbers(sql, "0", &mut out);
+        out
+    }
+
     /// A remembered shape gets the scan's answer, a text that is not quiet is never
     /// remembered, a shape seen once is not yet, texts that differ only in their numbers
     /// share one, and what a worker remembers stays within its bound.
@@ -504,7 +504,7 @@ mod tests {
         })
     }
 
-    /// What [`shape`] promises: texts that differ only in digit runs that stand alone get
+    /// What [`respell_numbers`] promises: texts that differ only in digit runs that stand alone get
     /// one answer from the scan, unless the scanner (and so the server) refuses one.
     #[test]
     fn numbers_do_not_change_the_answer() {
