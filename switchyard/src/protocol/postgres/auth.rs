@@ -238,8 +238,9 @@ pub struct Authenticated {
     pub credential: ServerCredential,
 }
 
-/// Authenticates the client with `method` against `users` (and `pool`'s `auth_query`),
-/// sending AuthenticationOk on success. `encrypted`: the client connection is TLS
+/// Authenticates the client with `method` against `users` (and `pool`'s `auth_query`).
+/// Success sends nothing yet: AuthenticationOk opens the [`welcome`], so that the client
+/// gets its whole login answer in one write (one segment, one wake-up). `encrypted`: the client connection is TLS
 /// (required for cleartext). Failures get FATAL 28P01 (the same for a wrong password and
 /// an unknown user) and a [`Refusal`] `auth_failed` whose detail says why. `Passthrough`
 /// is refused (FATAL 28000): a relaying caller does not call this.
@@ -293,14 +294,10 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         PostgresAuth::ScramSha256 => exchange.scram(secret.as_deref()).await?,
     };
     match verified {
-        Ok(credential) => {
-            let ok = with_length(Some(b'R'), &0u32.to_be_bytes());
-            send(exchange.client, &ok).await?;
-            Ok(Authenticated {
-                credential: credential.unwrap_or(ServerCredential::None),
-                user,
-            })
-        }
+        Ok(credential) => Ok(Authenticated {
+            credential: credential.unwrap_or(ServerCredential::None),
+            user,
+        }),
         Err(reason) => {
             let message = format!("password authentication failed for user \"{user}\"");
             let _ = crate::net::send_all(&mut exchange.client, &fatal(INVALID_PASSWORD, &message))
@@ -572,16 +569,17 @@ where
     }
 }
 
-/// After a login: ParameterStatus for each parameter, BackendKeyData (the key switchyard
-/// gives the client), then ReadyForQuery idle — what the client would have seen from the
-/// server after AuthenticationOk.
-/// Written in place, in one buffer: a pooled login sends it every time.
+/// The answer to a login switchyard authenticated: AuthenticationOk, ParameterStatus for
+/// each parameter, BackendKeyData (the key switchyard gives the client), then
+/// ReadyForQuery idle — what the client would have seen from the server.
+/// Written in place, in one buffer, sent in one write: a pooled login sends it every time.
 pub fn welcome<'p>(
     parameters: impl IntoIterator<Item = (&'p str, &'p str)>,
     pid: u32,
     key: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(WELCOME_BYTES);
+    codec::put_message(&mut out, Some(b'R'), &[&0u32.to_be_bytes()]);
     for (name, value) in parameters {
         codec::put_message(
             &mut out,
@@ -654,12 +652,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn welcome_is_what_the_server_said_after_authentication_ok() {
+    async fn welcome_is_what_the_server_said_from_authentication_ok_on() {
         let startup = startup_of(MD5_CLIENT);
         let credential = ServerCredential::Password("secret".into());
         let (logged_in, _) = replay(MD5_SERVER, &startup, credential).await;
         let logged_in = logged_in.expect("captured login");
-        let after_ok = &MD5_SERVER[13 + 9..];
+        // What follows the MD5 request (13 bytes).
+        let from_ok = &MD5_SERVER[13..];
         assert_eq!(
             welcome(
                 logged_in
@@ -669,7 +668,7 @@ mod tests {
                 logged_in.process_id,
                 &logged_in.secret_key
             ),
-            after_ok
+            from_ok
         );
     }
 
@@ -720,7 +719,32 @@ mod tests {
         assert_eq!(first_request(PostgresAuth::ScramSha256, false).await, 10);
         assert_eq!(first_request(PostgresAuth::Md5, false).await, 5);
         assert_eq!(first_request(PostgresAuth::Cleartext, true).await, 3);
-        assert_eq!(first_request(PostgresAuth::Trust, false).await, 0);
+    }
+
+    /// Trust asks nothing, and its AuthenticationOk waits for the welcome.
+    #[tokio::test]
+    async fn trust_sends_nothing_before_the_welcome() {
+        let users = users("");
+        let pool = test_pool();
+        let startup = startup_of(MD5_CLIENT);
+        let (mut ours, mut client) = tokio::io::duplex(4096);
+        let limits = MessageLimits::default();
+        let trusted = authenticate_client(
+            &mut ours,
+            &startup,
+            PostgresAuth::Trust,
+            &users,
+            &pool,
+            false,
+            &limits,
+        )
+        .await
+        .expect("trusted");
+        assert_eq!(trusted.user, "md5user");
+        drop(ours);
+        let mut said = Vec::new();
+        client.read_to_end(&mut said).await.expect("read");
+        assert_eq!(said, b"");
     }
 
     #[tokio::test]
