@@ -667,6 +667,43 @@ async fn a_server_lost_mid_query_errors_and_the_next_transaction_runs_elsewhere(
     assert_ne!(pid, victim);
 }
 
+/// `maint` cuts the sessions on a server; a client holding one of its connections inside a
+/// transaction cannot be carried on elsewhere truthfully, so it gets FATAL 08006 at once
+/// (not at its next statement), and clients outside transactions go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_ends_a_transaction_that_holds_the_servers_connection() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (proxy, front) = pooled(pg.address(), "pool_size = 2").start().await;
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(&front.ip().to_string())
+        .port(front.port())
+        .user("postgres")
+        .password(PASSWORD)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("begin");
+    proxy.set_state("app", "pg", "maint").await;
+    // The connection task ends on the FATAL, before the client sends anything more.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), connection)
+        .await
+        .expect("the session is cut without waiting for the client")
+        .expect("join");
+    let error = ended.expect_err("cut");
+    let db = error.as_db_error().expect("an ErrorResponse");
+    assert_eq!(
+        (db.code().code(), db.severity()),
+        ("08006", "FATAL"),
+        "{error}"
+    );
+    assert!(db.message().contains("taken out of service"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn min_idle_connections_are_kept_open() {
     let pg = PgCluster::start(&PgOptions {

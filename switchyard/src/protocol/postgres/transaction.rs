@@ -449,7 +449,11 @@ impl Session {
     /// again. `Err` ends the session (the client left, the server was lost, a bad message).
     async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Stop> {
         self.client_message(held, first)?;
-        let hard_stop = self.client.hard_stop();
+        // Waited on once for the whole transaction, not made again for each message: a
+        // cancellation future registers with its token when first polled.
+        let (hard_stop, cut) = (self.client.hard_stop(), held.conn.cut.clone());
+        let mut stopped = std::pin::pin!(hard_stop.cancelled());
+        let mut cut_off = std::pin::pin!(cut.cancelled());
         loop {
             loop {
                 match self.reader.next_frame() {
@@ -487,8 +491,8 @@ impl Session {
                         self.server_messages(held).await?;
                     }
                 },
-                () = held.conn.cut.cancelled() => return self.server_lost(held, "server taken out of service").await,
-                () = hard_stop.cancelled() => return Err(Stop::Shutdown),
+                () = &mut cut_off => return self.server_lost(held, "server taken out of service").await,
+                () = &mut stopped => return Err(Stop::Shutdown),
             }
         }
     }
