@@ -675,7 +675,7 @@ async fn maintenance_ends_a_transaction_that_holds_the_servers_connection() {
     let pg = PgCluster::start(&PgOptions::default());
     let (proxy, front) = pooled(pg.address(), "pool_size = 2").start().await;
     let (client, connection) = tokio_postgres::Config::new()
-        .host(&front.ip().to_string())
+        .host(front.ip().to_string())
         .port(front.port())
         .user("postgres")
         .password(PASSWORD)

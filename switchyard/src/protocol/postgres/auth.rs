@@ -721,54 +721,42 @@ mod tests {
         assert_eq!(first_request(PostgresAuth::Cleartext, true).await, 3);
     }
 
-    /// Trust asks nothing, and its AuthenticationOk waits for the welcome.
-    #[tokio::test]
-    async fn trust_sends_nothing_before_the_welcome() {
+    /// Runs `authenticate_client` for a client that answers nothing: its outcome and
+    /// everything it sent.
+    async fn unanswered(
+        method: PostgresAuth,
+        encrypted: bool,
+    ) -> (Result<Authenticated, Refusal>, Vec<u8>) {
         let users = users("");
         let pool = test_pool();
         let startup = startup_of(MD5_CLIENT);
         let (mut ours, mut client) = tokio::io::duplex(4096);
         let limits = MessageLimits::default();
-        let trusted = authenticate_client(
-            &mut ours,
-            &startup,
-            PostgresAuth::Trust,
-            &users,
-            &pool,
-            false,
-            &limits,
+        let outcome = authenticate_client(
+            &mut ours, &startup, method, &users, &pool, encrypted, &limits,
         )
-        .await
-        .expect("trusted");
-        assert_eq!(trusted.user, "md5user");
+        .await;
         drop(ours);
         let mut said = Vec::new();
         client.read_to_end(&mut said).await.expect("read");
+        (outcome, said)
+    }
+
+    /// Trust asks nothing, and its AuthenticationOk waits for the welcome.
+    #[tokio::test]
+    async fn trust_sends_nothing_before_the_welcome() {
+        let (trusted, said) = unanswered(PostgresAuth::Trust, false).await;
+        assert_eq!(trusted.expect("trusted").user, "md5user");
         assert_eq!(said, b"");
     }
 
     #[tokio::test]
     async fn cleartext_is_refused_over_plaintext_before_any_password() {
-        let users = users("");
-        let pool = test_pool();
-        let startup = startup_of(MD5_CLIENT);
-        let (mut ours, mut client) = tokio::io::duplex(4096);
-        let limits = MessageLimits::default();
-        let refused = authenticate_client(
-            &mut ours,
-            &startup,
-            PostgresAuth::Cleartext,
-            &users,
-            &pool,
-            false,
-            &limits,
-        )
-        .await
-        .expect_err("plaintext");
-        assert_eq!(refused.reason, Termination::TlsRequired);
-        drop(ours);
-        let mut said = Vec::new();
-        client.read_to_end(&mut said).await.expect("read");
+        let (refused, said) = unanswered(PostgresAuth::Cleartext, false).await;
+        assert_eq!(
+            refused.expect_err("plaintext").reason,
+            Termination::TlsRequired
+        );
         assert!(String::from_utf8_lossy(&said).contains("C28000\0"));
     }
 
