@@ -78,7 +78,8 @@ pub async fn open(
 
 impl Opened {
     /// The address the client reached: the PROXY header's, else the socket's (a system
-    /// call, so only asked for when a PROXY header goes to the server).
+    /// call: a front end that needs it only for a PROXY header sent upstream keeps
+    /// `proxied_destination` and asks [`destination`] then).
     pub fn destination(&self, listener: &Listener) -> SocketAddr {
         destination(self.proxied_destination, &self.stream, listener)
     }

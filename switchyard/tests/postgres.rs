@@ -438,6 +438,34 @@ async fn proxy_protocol_in_from_a_balancer_and_out_to_the_server() {
     .await;
 }
 
+/// Without a PROXY header in, the header sent out names the address the client reached on
+/// the proxy's own socket (looked up only for the header).
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_out_names_the_address_the_client_reached() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (recorder, lines) = proxy_header_recorder(pg.address()).await;
+    let (_proxy, front) = pg_config(&[("pg", recorder)])
+        .pool(r#"send_proxy_protocol = "v1""#)
+        .start()
+        .await;
+    let stream = TcpStream::connect(front).await.expect("connect");
+    let client = stream.local_addr().expect("client address");
+    assert_eq!(select_over(stream, 5).await.expect("select"), 5);
+    let sent = lines.lock().expect("lines").clone();
+    let expected = format!(
+        "PROXY TCP4 {} {} {} {}",
+        client.ip(),
+        front.ip(),
+        client.port(),
+        front.port()
+    );
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent[0].starts_with(&expected),
+        "{sent:?} against {expected}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_accepted_before_a_reload_follows_the_new_pool() {
     let pg = PgCluster::start(&PgOptions::default());

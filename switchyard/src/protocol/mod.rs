@@ -290,14 +290,20 @@ pub async fn relay_session(
 pub type ClientStream =
     Either<Rewind<TcpStream>, Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>>;
 
+/// The client's socket under its TLS, if any: for what only the socket knows (its
+/// readiness, the address the client reached).
+pub fn client_socket(stream: &ClientStream) -> &Rewind<TcpStream> {
+    match stream {
+        Either::Left(plain) => plain,
+        Either::Right(tls) => tls.get_ref().0,
+    }
+}
+
 /// Ready once a client waiting between messages, with nothing buffered or partly read,
 /// has sent something or closed: its socket's readiness (under TLS too, whose reader
 /// stopped at the socket for want of bytes).
 pub fn poll_stirred(stream: &ClientStream, cx: &mut std::task::Context<'_>) -> Poll<()> {
-    let rewind = match stream {
-        Either::Left(plain) => plain,
-        Either::Right(tls) => tls.get_ref().0,
-    };
+    let rewind = client_socket(stream);
     if !rewind.buffered().is_empty() {
         return Poll::Ready(());
     }

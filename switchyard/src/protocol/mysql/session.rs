@@ -29,7 +29,8 @@ use crate::config::{ClientTlsMode, MysqlAuth, PoolMode};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::{
-    ClientStream, Refusal, count_bytes, proxy_preamble, relay_database_session, session_termination,
+    ClientStream, Refusal, client_socket, count_bytes, proxy_preamble, relay_database_session,
+    session_termination,
 };
 use crate::relay::IdleLimit;
 use crate::route::{Rewrites, RouteFacts};
@@ -115,8 +116,9 @@ struct SessionStart<'l> {
     library: ClientLibrary,
     /// Still counted among the address's logins, under the login deadline.
     login: crate::login_gate::Login<'l>,
-    /// The address the client reached, for a PROXY header sent upstream.
-    destination: std::net::SocketAddr,
+    /// The address the client reached as its PROXY header said; without one, the socket's
+    /// is looked up only when a PROXY header goes upstream (a system call per login).
+    proxied_destination: Option<std::net::SocketAddr>,
     /// The client's password when the proxy checked it (it logs in to the server itself).
     server_password: Option<String>,
     /// The sequence id of the next packet to the client.
@@ -141,7 +143,7 @@ async fn log_in<'h, 'l>(
         .await
         .map_err(|reason| Refusal::new(reason, "bad PROXY protocol header"))?;
     record.client = opened.client;
-    let destination = opened.destination(listener);
+    let proxied_destination = opened.proxied_destination;
     let mut client = opened.into_rewind();
     // Counted until the client has logged in; the deadline covers the TLS upgrade and the
     // authentication, but not the proxy's own wait for a server. A refused client gets
@@ -280,7 +282,7 @@ async fn log_in<'h, 'l>(
         rewrites,
         library,
         login,
-        destination,
+        proxied_destination,
         server_password,
         reply,
         connection_id,
@@ -307,7 +309,7 @@ async fn session_mode(
         rewrites,
         library,
         mut login,
-        destination,
+        proxied_destination,
         server_password,
         reply,
         connection_id,
@@ -370,7 +372,13 @@ async fn session_mode(
     let preamble = proxy_preamble(
         pool.send_proxy_protocol,
         record.client,
-        || destination,
+        || {
+            accept::destination(
+                proxied_destination,
+                client_socket(&client).get_ref(),
+                listener,
+            )
+        },
         tls_info.as_ref(),
     );
     let mut upstream_stream = upstream.stream;

@@ -24,7 +24,9 @@ use crate::config::{ClientTlsMode, KeyFact, MessageLimits, PoolMode, PostgresAut
 use crate::idle_lot::{Sleeper, Waking, Woken};
 use crate::listener::{Accepted, Listener, ListenerSettings, Occupancy};
 use crate::observe::{ConnectionRecord, Termination};
-use crate::protocol::{count_bytes, proxy_preamble, relay_database_session, session_termination};
+use crate::protocol::{
+    client_socket, count_bytes, proxy_preamble, relay_database_session, session_termination,
+};
 use crate::relay::IdleLimit;
 use crate::resolve::{LookupContext, ResolveError};
 use crate::route::{Rewrites, RouteFacts};
@@ -162,8 +164,7 @@ async fn log_in<'a>(
         .await
         .map_err(|reason| Refusal::new(reason, "bad PROXY protocol header"))?;
     record.client = opened.client;
-    // The address the client reached, for a PROXY header sent upstream.
-    let destination = opened.destination(listener);
+    let proxied_destination = opened.proxied_destination;
     let mut client = opened.into_rewind();
     // Counted until the client has logged in; the deadline covers the TLS upgrade and the
     // authentication, but not the proxy's own wait for a server.
@@ -305,7 +306,7 @@ async fn log_in<'a>(
         split,
         authenticated,
         tls_info,
-        destination,
+        proxied_destination,
         login,
     })
 }
@@ -319,8 +320,10 @@ struct LoggedIn<'a> {
     split: Arc<SplitConfig>,
     authenticated: Option<Authenticated>,
     tls_info: Option<TlsInfo>,
-    /// The address the client reached, for a PROXY header sent upstream.
-    destination: std::net::SocketAddr,
+    /// The address the client reached as its PROXY header said. Without one, the socket's
+    /// own is looked up only when a PROXY header goes upstream: a pooled client never
+    /// needs it, and it is a system call per login.
+    proxied_destination: Option<std::net::SocketAddr>,
     login: crate::login_gate::Login<'a>,
 }
 
@@ -364,11 +367,11 @@ async fn session(
                 login,
                 authenticated: Some(Authenticated { user, credential }),
                 tls_info,
-                destination,
+                proxied_destination: _,
             } if transaction_mode => {
                 // Logged in: no longer counted among the address's logins. What the login
                 // leaves is freed now, not kept for the client's life.
-                drop((login, user, tls_info, destination));
+                drop((login, user, tls_info));
                 let startup = {
                     let mut startup = startup;
                     rewrites.apply(&mut startup);
@@ -487,7 +490,7 @@ async fn connect_session(
         split,
         authenticated,
         tls_info,
-        destination,
+        proxied_destination,
         mut login,
     } = logged_in;
     let reroute = || {
@@ -540,7 +543,13 @@ async fn connect_session(
     let preamble = proxy_preamble(
         pool.send_proxy_protocol,
         record.client,
-        || destination,
+        || {
+            accept::destination(
+                proxied_destination,
+                client_socket(&client).get_ref(),
+                listener,
+            )
+        },
         tls_info.as_ref(),
     );
     let host = server_host(&server);
