@@ -240,10 +240,10 @@ pub struct Authenticated {
 
 /// Authenticates the client with `method` against `users` (and `pool`'s `auth_query`).
 /// Success sends nothing yet: AuthenticationOk opens the [`welcome`], so that the client
-/// gets its whole login answer in one write (one segment, one wake-up). `encrypted`: the client connection is TLS
-/// (required for cleartext). Failures get FATAL 28P01 (the same for a wrong password and
-/// an unknown user) and a [`Refusal`] `auth_failed` whose detail says why. `Passthrough`
-/// is refused (FATAL 28000): a relaying caller does not call this.
+/// gets its whole login answer in one write (one segment, one wake-up). `encrypted`: the
+/// client connection is TLS (required for cleartext). Failures get FATAL 28P01 (the same
+/// for a wrong password and an unknown user) and a [`Refusal`] `auth_failed` whose detail
+/// says why. `Passthrough` is refused (FATAL 28000): a relaying caller does not call this.
 pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     startup: &Startup,
@@ -721,21 +721,16 @@ mod tests {
         assert_eq!(first_request(PostgresAuth::Cleartext, true).await, 3);
     }
 
-    /// Runs `authenticate_client` for a client that answers nothing: its outcome and
-    /// everything it sent.
-    async fn unanswered(
-        method: PostgresAuth,
-        encrypted: bool,
-    ) -> (Result<Authenticated, Refusal>, Vec<u8>) {
+    /// Runs `authenticate_client` over plaintext for a client that answers nothing: its
+    /// outcome and everything it sent.
+    async fn unanswered(method: PostgresAuth) -> (Result<Authenticated, Refusal>, Vec<u8>) {
         let users = users("");
         let pool = test_pool();
         let startup = startup_of(MD5_CLIENT);
         let (mut ours, mut client) = tokio::io::duplex(4096);
         let limits = MessageLimits::default();
-        let outcome = authenticate_client(
-            &mut ours, &startup, method, &users, &pool, encrypted, &limits,
-        )
-        .await;
+        let outcome =
+            authenticate_client(&mut ours, &startup, method, &users, &pool, false, &limits).await;
         drop(ours);
         let mut said = Vec::new();
         client.read_to_end(&mut said).await.expect("read");
@@ -745,14 +740,14 @@ mod tests {
     /// Trust asks nothing, and its AuthenticationOk waits for the welcome.
     #[tokio::test]
     async fn trust_sends_nothing_before_the_welcome() {
-        let (trusted, said) = unanswered(PostgresAuth::Trust, false).await;
+        let (trusted, said) = unanswered(PostgresAuth::Trust).await;
         assert_eq!(trusted.expect("trusted").user, "md5user");
         assert_eq!(said, b"");
     }
 
     #[tokio::test]
     async fn cleartext_is_refused_over_plaintext_before_any_password() {
-        let (refused, said) = unanswered(PostgresAuth::Cleartext, false).await;
+        let (refused, said) = unanswered(PostgresAuth::Cleartext).await;
         assert_eq!(
             refused.expect_err("plaintext").reason,
             Termination::TlsRequired
