@@ -299,6 +299,16 @@ pub fn client_socket(stream: &ClientStream) -> &Rewind<TcpStream> {
     }
 }
 
+/// The address `client` reached: its PROXY header's (`proxied`), else its socket's (a
+/// system call, so asked only when a PROXY header goes upstream).
+pub fn client_destination(
+    proxied: Option<SocketAddr>,
+    client: &ClientStream,
+    listener: &Listener,
+) -> SocketAddr {
+    crate::accept::destination(proxied, client_socket(client).get_ref(), listener)
+}
+
 /// Ready once a client waiting between messages, with nothing buffered or partly read,
 /// has sent something or closed: its socket's readiness (under TLS too, whose reader
 /// stopped at the socket for want of bytes).

@@ -29,7 +29,7 @@ use crate::config::{ClientTlsMode, MysqlAuth, PoolMode};
 use crate::listener::{Accepted, Listener, ListenerSettings};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::{
-    ClientStream, Refusal, client_socket, count_bytes, proxy_preamble, relay_database_session,
+    ClientStream, Refusal, client_destination, count_bytes, proxy_preamble, relay_database_session,
     session_termination,
 };
 use crate::relay::IdleLimit;
@@ -372,13 +372,7 @@ async fn session_mode(
     let preamble = proxy_preamble(
         pool.send_proxy_protocol,
         record.client,
-        || {
-            accept::destination(
-                proxied_destination,
-                client_socket(&client).get_ref(),
-                listener,
-            )
-        },
+        || client_destination(proxied_destination, &client, listener),
         tls_info.as_ref(),
     );
     let mut upstream_stream = upstream.stream;

@@ -25,7 +25,7 @@ use crate::idle_lot::{Sleeper, Waking, Woken};
 use crate::listener::{Accepted, Listener, ListenerSettings, Occupancy};
 use crate::observe::{ConnectionRecord, Termination};
 use crate::protocol::{
-    client_socket, count_bytes, proxy_preamble, relay_database_session, session_termination,
+    client_destination, count_bytes, proxy_preamble, relay_database_session, session_termination,
 };
 use crate::relay::IdleLimit;
 use crate::resolve::{LookupContext, ResolveError};
@@ -543,13 +543,7 @@ async fn connect_session(
     let preamble = proxy_preamble(
         pool.send_proxy_protocol,
         record.client,
-        || {
-            accept::destination(
-                proxied_destination,
-                client_socket(&client).get_ref(),
-                listener,
-            )
-        },
+        || client_destination(proxied_destination, &client, listener),
         tls_info.as_ref(),
     );
     let host = server_host(&server);
