@@ -361,7 +361,9 @@ pub async fn handle(
             KeyFact::Sni => sni,
             _ => None,
         };
-        match pool.resolve(fact, &lookup).await {
+        // Boxed: a lookup's future is large (about 5 KB); inline, it would make every
+        // request's future that large, and each is copied whole into its box.
+        match Box::pin(pool.resolve(fact, &lookup)).await {
             Ok(found) => {
                 resolved = found;
                 if let Some(tenant) = resolved.tenant() {
@@ -624,5 +626,22 @@ fn prepare_for_server(
                 *request.uri_mut() = uri;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, F: Future>(_: impl FnOnce(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every request's future is boxed, and the box is filled by copying the whole future.
+    /// A resolver lookup awaited inline made it 6.9 KB (a memcpy of 1.5 % of the proxy's
+    /// CPU at 40k requests/s); rare or large steps are boxed on their own.
+    #[test]
+    fn a_requests_future_stays_small() {
+        let size = future_size(super::handle);
+        assert!(size <= 3 * 1024, "handle's future is {size} B");
     }
 }
