@@ -120,6 +120,30 @@ async fn limits_on_uri_headers_and_head_size() {
     assert_eq!(get(front, "/", &[]).await.status, 200);
 }
 
+/// A head of `count` header lines that closes its connection after the answer.
+fn head_with_headers(count: usize) -> String {
+    let extra: String = (2..count).map(|i| format!("X-{i}: v\r\n")).collect();
+    format!("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{extra}\r\n")
+}
+
+/// The limit on header lines is the configured one exactly, at the default (hyper's own
+/// default too) and above it (hyper given a larger limit of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_count_limit_is_exact_at_and_above_the_default() {
+    let backend = HttpBackend::describe().await;
+    for (listener, limit) in [("", 100), ("http = { max_headers = 150 }", 150)] {
+        let (_proxy, front) = proxy_for(&backend, listener).await;
+        let at = raw(front, head_with_headers(limit).as_bytes()).await;
+        assert!(at.starts_with("HTTP/1.1 200 "), "{limit} headers: {at}");
+        let over = raw(front, head_with_headers(limit + 1).as_bytes()).await;
+        assert!(
+            over.starts_with("HTTP/1.1 431 "),
+            "{} headers: {over}",
+            limit + 1
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_gets_408_while_other_clients_are_served() {
     let backend = HttpBackend::describe().await;

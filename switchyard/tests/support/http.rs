@@ -97,8 +97,10 @@ impl HttpBackend {
                         let response = handler(request);
                         async move { Ok::<_, Infallible>(response.await) }
                     });
-                    let builder =
+                    let mut builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    // The proxy's header limits are under test, not the backend's.
+                    builder.http1().max_headers(1000);
                     match tls {
                         None => {
                             let _ = builder

@@ -316,14 +316,19 @@ async fn serve_until_parked(
         Some(b"http/1.1") => auto::Builder::new(TokioExecutor::new()).http1_only(),
         _ => auto::Builder::new(TokioExecutor::new()),
     };
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         // The guard keeps the head clock (and answers 408); hyper's would close silently.
         .header_read_timeout(None)
         // The guard enforces the configured limits; hyper's buffer must not refuse first.
-        .max_buf_size(handler.options.max_header_bytes.max(8192) + 8192)
-        .max_headers(handler.options.max_headers + 1);
+        .max_buf_size(handler.options.max_header_bytes.max(8192) + 8192);
+    // The guard refuses a head with more header lines than the limit before hyper reads
+    // it. Within its default, hyper parses on the stack; given any limit of its own it
+    // allocates two arrays of that many entries for every request.
+    if handler.options.max_headers > HYPER_DEFAULT_MAX_HEADERS {
+        http1.max_headers(handler.options.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -383,6 +388,9 @@ async fn serve_until_parked(
     }
     park_slot.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
+
+/// The header lines hyper's HTTP/1 parser holds without a limit set (`hyper::proto::h1::role`).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// Logs the request the framing guard refused (or timed out) as an access log line.
 fn log_refusal(handler: &HttpHandler, listener: &Listener, client: SocketAddr, status: u16) {
