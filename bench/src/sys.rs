@@ -163,30 +163,69 @@ fn cpu_jiffies() -> Result<(u64, u64)> {
 /// CPU time process `pid` has used (all its threads, user and system), in seconds: what a
 /// proxy spent on a load, whatever else the machine was running meanwhile.
 pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    ticks_to_seconds(process_stat(pid)?.cpu_ticks)
+}
+
+/// Like [`process_cpu_seconds`], with the CPU time of the process's children added: nginx
+/// serves from worker processes under its master.
+pub fn process_tree_cpu_seconds(pid: u32) -> Result<f64> {
+    let mut ticks = process_stat(pid)?.cpu_ticks;
+    for entry in fs::read_dir("/proc").context("reading /proc")? {
+        let Some(child) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process that exits meanwhile is simply not counted.
+        if let Ok(stat) = process_stat(child)
+            && stat.parent == pid
+        {
+            ticks += stat.cpu_ticks;
+        }
+    }
+    ticks_to_seconds(ticks)
+}
+
+/// What the bench reads of `/proc/PID/stat`.
+struct ProcessStat {
+    /// The parent's pid.
+    parent: u32,
+    /// utime + stime, in clock ticks.
+    cpu_ticks: u64,
+}
+
+fn process_stat(pid: u32) -> Result<ProcessStat> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces and parentheses: fields count from the
-    // last `)`, whose next field is the state (3); utime and stime are 14 and 15.
-    let after_name = stat
+    // last `)`, whose next field is the state (3); the parent is 4, utime and stime 14 and 15.
+    let after_name: Vec<&str> = stat
         .rsplit_once(')')
         .with_context(|| format!("no command name in {path}"))?
-        .1;
-    let ticks: Vec<u64> = after_name
+        .1
         .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing utime and stime in {path}"))?;
-    let [utime, stime] = ticks[..] else {
-        bail!("{path} has no utime and stime");
+        .collect();
+    let field = |n: usize| -> Result<u64> {
+        after_name
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("field {n} of {path}"))
     };
+    Ok(ProcessStat {
+        parent: u32::try_from(field(4)?).context("parent pid")?,
+        cpu_ticks: field(14)? + field(15)?,
+    })
+}
+
+fn ticks_to_seconds(ticks: u64) -> Result<f64> {
     // SAFETY: sysconf only reads a configuration value.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if per_second <= 0 {
         bail!("sysconf(_SC_CLK_TCK) failed");
     }
-    Ok((utime + stime) as f64 / per_second as f64)
+    Ok(ticks as f64 / per_second as f64)
 }
 
 /// Fraction of all CPU time that was busy during `window` (measured now,
@@ -214,5 +253,32 @@ mod tests {
             assert!(Instant::now() < deadline, "no CPU time counted");
             spins = std::hint::black_box(spins.wrapping_add(1));
         }
+    }
+
+    #[test]
+    fn a_process_tree_counts_its_childrens_cpu_time() {
+        // A child that spins for a while, alive (not yet waited for) when its parent's
+        // tree is read.
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; exec sleep 30",
+            ])
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning sh: {e}"));
+        let me = std::process::id();
+        let own = || super::process_cpu_seconds(me).unwrap_or_else(|e| panic!("{e:#}"));
+        let tree = || super::process_tree_cpu_seconds(me).unwrap_or_else(|e| panic!("{e:#}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The child's spinning shows in the tree, not in this process's own time.
+        while tree() < own() + 0.05 {
+            assert!(
+                Instant::now() < deadline,
+                "the child's CPU time was not counted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -1,17 +1,21 @@
 //! `http`: HTTP/1.1 keep-alive GETs driven by `wrk` (Debian package) against the HTTP
 //! backend, for a small (13 B) and a 64 KiB response, through each target (switchyard,
-//! HAProxy `mode http` and nginx configured for HTTP). Reports requests per second and
-//! wrk's p50/p99 latency.
+//! HAProxy `mode http` and nginx configured for HTTP). Reports requests per second, wrk's
+//! p50/p99 latency and each proxy's CPU time (user + system, from /proc) per request.
+//! `--http-rounds N` has the targets, all running at once, take turns N times, and reports
+//! medians: single runs on this machine move by ±20 %, and a drift that lands on one
+//! target's turn would otherwise decide the ratio.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result, bail};
 use tokio::process::Command;
 
-use super::{Context, progress};
+use super::{Context, median, progress};
 use crate::backend::{Backend, BackendKind};
+use crate::sys::process_tree_cpu_seconds;
 use crate::table::{Better, Row};
-use crate::targets::RunningTarget;
+use crate::targets::{RunningTarget, TargetKind};
 
 const SCENARIO: &str = "http";
 
@@ -47,6 +51,16 @@ pub struct HttpArgs {
         default_value_t = 10
     )]
     pub secs: u64,
+    /// Rounds: every target runs every size once per round, the targets taking turns;
+    /// each figure is the median of the rounds, so a load the machine had during one turn
+    /// moves one sample, not a target's whole result.
+    #[arg(
+        id = "http-rounds",
+        long = "http-rounds",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    pub rounds: usize,
     /// wrk binary.
     #[arg(id = "wrk-bin", long = "wrk-bin", default_value = "/usr/bin/wrk")]
     pub wrk: String,
@@ -62,19 +76,22 @@ pub enum Logs {
 }
 
 /// One wrk run's results.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WrkResult {
     /// Requests per second.
     pub rps: f64,
+    /// Requests completed.
+    pub requests: f64,
     /// Median latency, microseconds.
     pub p50_us: f64,
     /// 99th percentile latency, microseconds.
     pub p99_us: f64,
 }
 
-/// Runs the scenario on every target of `ctx` (direct included).
+/// Runs the scenario on every target of `ctx` (direct included). All targets run at once,
+/// in front of one backend, and take turns under load: each round runs every size through
+/// every target, and each figure is the median of the rounds.
 pub async fn run(ctx: &Context, args: &HttpArgs) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
     let mut opts = ctx.target_opts.clone();
     opts.access_log = args.logs == Logs::On;
     let sizes = if opts.access_log {
@@ -82,60 +99,135 @@ pub async fn run(ctx: &Context, args: &HttpArgs) -> Result<Vec<Row>> {
     } else {
         [("small", "13 B"), ("large", "64 KiB")]
     };
+    let backend = Backend::start(BackendKind::Http, ctx.backend_threads, 4096)?;
+    let mut running = Vec::new();
     for &target in &ctx.targets {
-        let backend = Backend::start(BackendKind::Http, ctx.backend_threads, 4096)?;
-        let running = RunningTarget::start_http(target, backend.addrs(), &opts).await;
-        for (path, label) in sizes {
-            let names = [
-                (
-                    format!("{} conns GET {label} (req/s)", args.conns),
-                    Better::Higher,
-                ),
-                (format!("GET {label} p50 (us)"), Better::Lower),
-                (format!("GET {label} p99 (us)"), Better::Lower),
-            ];
-            let result = match &running {
-                Ok(running) => {
-                    progress(format!("http {target}: GET /{path}"));
-                    wrk(running.addr(), path, &[], args).await
-                }
-                Err(e) => Err(anyhow::anyhow!("{e:#}")),
-            };
-            match result {
-                Ok(m) => {
-                    progress(format!(
-                        "  -> {:.0} req/s, p50 {:.0} us, p99 {:.0} us",
-                        m.rps, m.p50_us, m.p99_us
-                    ));
-                    if let Some(log) = running.as_ref().ok().and_then(RunningTarget::access_log) {
-                        // Shows that the target did write its lines (the run's total so far).
-                        let bytes = std::fs::metadata(log).map_or(0, |m| m.len());
-                        progress(format!("  access log: {} MiB", bytes >> 20));
-                    }
-                    for ((name, better), v) in names.into_iter().zip([m.rps, m.p50_us, m.p99_us]) {
-                        rows.push(Row::ok(SCENARIO, name, target, v, better));
-                    }
-                }
-                Err(e) => {
-                    progress(format!("{target}: failed: {e:#}"));
-                    for (name, better) in names {
-                        rows.push(Row::failed(
-                            SCENARIO,
-                            name,
-                            target,
-                            better,
-                            format!("{e:#}"),
+        let started = RunningTarget::start_http(target, backend.addrs(), &opts).await;
+        if let Err(e) = &started {
+            progress(format!("{target}: failed to start: {e:#}"));
+        }
+        running.push((target, started.map_err(|e| format!("{e:#}"))));
+    }
+    let rounds = args.rounds.max(1);
+    // samples[size][target]: one result per round.
+    let mut samples: Vec<Vec<Vec<Result<Sample, String>>>> =
+        vec![vec![Vec::new(); running.len()]; sizes.len()];
+    for round in 1..=rounds {
+        for (s, (path, _)) in sizes.iter().enumerate() {
+            for (t, (target, started)) in running.iter().enumerate() {
+                let sample = match started {
+                    Ok(started) => {
+                        progress(format!(
+                            "http {target}: GET /{path}, round {round} of {rounds}"
                         ));
+                        let sample = measure(started, path, args).await;
+                        if let Ok(sample) = &sample {
+                            progress(format!(
+                                "  -> {:.0} req/s, p50 {:.0} us, p99 {:.0} us",
+                                sample.wrk.rps, sample.wrk.p50_us, sample.wrk.p99_us
+                            ));
+                        }
+                        sample.map_err(|e| format!("{e:#}"))
                     }
+                    Err(e) => Err(e.clone()),
+                };
+                if let Err(e) = &sample {
+                    progress(format!("{target}: failed: {e}"));
+                }
+                samples[s][t].push(sample);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (s, (_, label)) in sizes.iter().enumerate() {
+        let metrics: [(String, Better, Pick); 4] = [
+            (
+                format!("{} conns GET {label} (req/s)", args.conns),
+                Better::Higher,
+                |s| Some(s.wrk.rps),
+            ),
+            (format!("GET {label} p50 (us)"), Better::Lower, |s| {
+                Some(s.wrk.p50_us)
+            }),
+            (format!("GET {label} p99 (us)"), Better::Lower, |s| {
+                Some(s.wrk.p99_us)
+            }),
+            (
+                format!("GET {label}: proxy CPU per request (us)"),
+                Better::Lower,
+                |s| s.cpu_per_request_us,
+            ),
+        ];
+        for (metric, better, pick) in metrics {
+            for (t, (target, _)) in running.iter().enumerate() {
+                if let Some(row) = summarise(&metric, *target, better, &samples[s][t], pick) {
+                    rows.push(row);
                 }
             }
         }
-        if let Ok(running) = running {
-            running.stop().await?;
-        }
-        drop(backend);
     }
+    for (_, started) in running {
+        if let Ok(started) = started {
+            if let Some(log) = started.access_log() {
+                // Shows that the target did write its lines.
+                let bytes = std::fs::metadata(log).map_or(0, |m| m.len());
+                progress(format!("  access log: {} MiB", bytes >> 20));
+            }
+            started.stop().await?;
+        }
+    }
+    drop(backend);
     Ok(rows)
+}
+
+/// What a row reads from each round's sample.
+type Pick = fn(&Sample) -> Option<f64>;
+
+/// One wrk run through a target, with the proxy's CPU time around it.
+#[derive(Clone)]
+struct Sample {
+    wrk: WrkResult,
+    /// User and system time of the proxy (and its child processes) per request; `None`
+    /// for `direct`.
+    cpu_per_request_us: Option<f64>,
+}
+
+/// Runs wrk once through `running`, reading the proxy's CPU time around it.
+async fn measure(running: &RunningTarget, path: &str, args: &HttpArgs) -> Result<Sample> {
+    let cpu = || running.pid().map(process_tree_cpu_seconds).transpose();
+    let before = cpu()?;
+    let wrk = wrk(running.addr(), path, &[], args).await?;
+    let after = cpu()?;
+    let cpu_per_request_us = match (before, after) {
+        (Some(before), Some(after)) if wrk.requests > 0.0 => {
+            Some((after - before) / wrk.requests * 1e6)
+        }
+        _ => None,
+    };
+    Ok(Sample {
+        wrk,
+        cpu_per_request_us,
+    })
+}
+
+/// The row of one metric for one target: the median over its rounds; failed if a round
+/// failed; `None` when `pick` has nothing for this target (CPU time for `direct`).
+fn summarise(
+    metric: &str,
+    target: TargetKind,
+    better: Better,
+    results: &[Result<Sample, String>],
+    pick: Pick,
+) -> Option<Row> {
+    let mut values = Vec::new();
+    for result in results {
+        match result {
+            Ok(sample) => values.extend(pick(sample)),
+            Err(e) => return Some(Row::failed(SCENARIO, metric, target, better, e.clone())),
+        }
+    }
+    (!values.is_empty())
+        .then(|| Row::ok(SCENARIO, metric, target, median(values.into_iter()), better))
 }
 
 /// Runs wrk with `args` against `http://addr/path`, sending `headers` (`Name: value`) too.
@@ -171,7 +263,8 @@ pub async fn wrk(
     parse_wrk(&text).with_context(|| format!("unexpected wrk output: {text}"))
 }
 
-/// Reads `Requests/sec:` and the 50% and 99% lines of `--latency` output.
+/// Reads `Requests/sec:`, the request count and the 50% and 99% lines of `--latency`
+/// output.
 fn parse_wrk(text: &str) -> Option<WrkResult> {
     let field = |prefix: &str| {
         text.lines()
@@ -179,8 +272,14 @@ fn parse_wrk(text: &str) -> Option<WrkResult> {
             .find_map(|l| l.strip_prefix(prefix))
             .map(str::trim)
     };
+    // "  40000 requests in 1.00s, 3.00MB read"
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())?;
     Some(WrkResult {
         rps: field("Requests/sec:")?.parse().ok()?,
+        requests,
         p50_us: duration_us(field("50%")?)?,
         p99_us: duration_us(field("99%")?)?,
     })
@@ -224,6 +323,7 @@ Transfer/sec:      3.00MB
             parse_wrk(text),
             Some(WrkResult {
                 rps: 39990.12,
+                requests: 40000.0,
                 p50_us: 95.0,
                 p99_us: 1200.0
             })
