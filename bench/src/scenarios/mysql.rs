@@ -13,6 +13,9 @@
 //! per thread. HAProxy cannot pool and is skipped. Each run also reports the most server
 //! sessions of sysbench's user seen on MariaDB during it (sampled twice a second).
 //!
+//! The targets take turns at each run, each started for its turn; `--my-rounds N` repeats
+//! that N times and reports medians.
+//!
 //! Needs the Debian `mariadb-server` (run as the `mysql` OS user) and `sysbench` packages.
 
 use std::net::SocketAddr;
@@ -21,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use tokio::process::Command;
 
-use super::{Context, progress};
+use super::{Context, median, progress};
 use crate::mariadb::{MariaDb, SBTEST, sysbench_connection};
 use crate::table::{Better, Row};
 use crate::targets::{MyPooling, RunningTarget, TargetKind};
@@ -47,6 +50,16 @@ pub enum PoolMode {
 /// Options of the `mysql` scenario.
 #[derive(clap::Args, Clone, Debug)]
 pub struct MysqlArgs {
+    /// Rounds: every target does every run once per round, the targets taking turns; each
+    /// row is the median of the rounds, so a load the machine had during one turn moves one
+    /// sample, not a target's whole result.
+    #[arg(
+        id = "my-rounds",
+        long = "my-rounds",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    pub rounds: usize,
     /// Seconds per sysbench run (`--time`).
     #[arg(
         id = "my-secs",
@@ -184,63 +197,41 @@ pub async fn run(ctx: &Context, args: &MysqlArgs) -> Result<Vec<Row>> {
     ));
     let most = runs.iter().map(|run| run.threads).max().unwrap_or(16);
     let server = MariaDb::start(args.rows, most + SPARE_CONNECTIONS).await?;
-    let mut rows = Vec::new();
-    for &target in &ctx.targets {
-        if !args.measures(target) {
-            if target == TargetKind::Haproxy {
+    let targets: Vec<TargetKind> = ctx
+        .targets
+        .iter()
+        .copied()
+        .filter(|&target| {
+            let measured = args.measures(target);
+            if !measured && target == TargetKind::Haproxy {
                 progress("haproxy: skipped, it copies bytes and cannot pool transactions");
             }
-            continue;
-        }
-        progress(format!("{target}"));
-        let running = match RunningTarget::start_mysql(
-            target,
-            server.address(),
-            &ctx.target_opts,
-            args.pooling(),
-        )
-        .await
-        {
-            Ok(running) => running,
-            Err(error) => {
-                let error = format!("{error:#}");
-                for run in &runs {
-                    rows.push(Row::failed(
-                        SCENARIO,
-                        &run.metric,
-                        target,
-                        Better::Higher,
-                        error.clone(),
-                    ));
-                }
-                continue;
+            measured
+        })
+        .collect();
+    let rounds = args.rounds.max(1);
+    // turns[run][target]: what each round's sysbench reported, and the sessions counted.
+    let mut turns: Vec<Vec<Vec<Turn>>> = (0..runs.len())
+        .map(|_| (0..targets.len()).map(|_| Vec::new()).collect())
+        .collect();
+    // The targets take turns at each run of each round, each started for its turn alone
+    // (the sessions a run counts on the server are its target's only).
+    for round in 1..=rounds {
+        for (r, run) in runs.iter().enumerate() {
+            for (t, &target) in targets.iter().enumerate() {
+                progress(format!(
+                    "{target}: {}, round {round} of {rounds}",
+                    run.metric
+                ));
+                let turn = take_turn(&server, target, ctx, args, run).await?;
+                turns[r][t].push(turn);
             }
-        };
-        let mut troubled = false;
-        for run in &runs {
-            progress(format!("{target}: {}", run.metric));
-            let (report, sessions) = match &run.sessions_metric {
-                None => (sysbench(running.addr(), run, args.secs).await, None),
-                Some(_) => {
-                    let (report, sessions) =
-                        sampling_sessions(&server, sysbench(running.addr(), run, args.secs)).await;
-                    (report, Some(sessions))
-                }
-            };
-            troubled |= !report.as_ref().is_ok_and(|report| !report.troubled());
-            let row = match report {
-                Ok(report) => {
-                    let note = report.trouble();
-                    let row = Row::ok(SCENARIO, &run.metric, target, report.tps, Better::Higher);
-                    match note {
-                        Some(note) => row.with_note(note),
-                        None => row,
-                    }
-                }
-                Err(error) => {
-                    Row::measured(SCENARIO, &run.metric, target, Better::Higher, Err(error))
-                }
-            };
+        }
+    }
+    let mut rows = Vec::new();
+    for (run, turns) in runs.iter().zip(turns) {
+        for (&target, turns) in targets.iter().zip(turns) {
+            let (row, sessions) = summarise(run, target, turns);
             rows.push(row);
             if let (Some(metric), Some(sessions)) = (&run.sessions_metric, sessions) {
                 rows.push(Row::measured(
@@ -252,13 +243,89 @@ pub async fn run(ctx: &Context, args: &MysqlArgs) -> Result<Vec<Row>> {
                 ));
             }
         }
-        if troubled && let Some(log) = running.log_tail(20) {
-            progress(format!("{target}'s log, last lines:\n{log}"));
-        }
-        running.stop().await?;
     }
     server.stop().await;
     Ok(rows)
+}
+
+/// Starts `target`, has sysbench do `run` through it (counting the server's sessions if the
+/// run asks), and stops it; a target that did not start gets a failed turn.
+async fn take_turn(
+    server: &MariaDb,
+    target: TargetKind,
+    ctx: &Context,
+    args: &MysqlArgs,
+    run: &Run,
+) -> Result<Turn> {
+    let started =
+        RunningTarget::start_mysql(target, server.address(), &ctx.target_opts, args.pooling())
+            .await;
+    let running = match started {
+        Ok(running) => running,
+        Err(error) => {
+            return Ok(Turn {
+                report: Err(error),
+                sessions: None,
+            });
+        }
+    };
+    let (report, sessions) = match &run.sessions_metric {
+        None => (sysbench(running.addr(), run, args.secs).await, None),
+        Some(_) => {
+            let (report, sessions) =
+                sampling_sessions(server, sysbench(running.addr(), run, args.secs)).await;
+            (report, Some(sessions))
+        }
+    };
+    if !report.as_ref().is_ok_and(|report| !report.troubled())
+        && let Some(log) = running.log_tail(20)
+    {
+        progress(format!("{target}'s log, last lines:\n{log}"));
+    }
+    running.stop().await?;
+    Ok(Turn { report, sessions })
+}
+
+/// One target's turn at one run.
+struct Turn {
+    report: Result<Report>,
+    /// The most sessions counted on the server, for runs that count them.
+    sessions: Option<Result<usize>>,
+}
+
+/// A run's row for one target: the median tps of its turns (failed if a turn failed), with
+/// the first trouble sysbench reported; and the most sessions counted in any turn.
+fn summarise(run: &Run, target: TargetKind, turns: Vec<Turn>) -> (Row, Option<Result<usize>>) {
+    let mut tps = Vec::new();
+    let mut note = None;
+    let mut failure = None;
+    let mut sessions: Option<Result<usize>> = None;
+    for turn in turns {
+        match turn.report {
+            Ok(report) => {
+                tps.push(report.tps);
+                note = note.or_else(|| report.trouble());
+            }
+            Err(error) => failure = failure.or(Some(error)),
+        }
+        if let Some(counted) = turn.sessions {
+            sessions = Some(match (sessions, counted) {
+                (Some(Ok(most)), Ok(n)) => Ok(most.max(n)),
+                (Some(Ok(most)), Err(_)) => Ok(most),
+                (_, counted) => counted,
+            });
+        }
+    }
+    let outcome = match failure {
+        Some(error) => Err(error),
+        None => Ok(median(tps.into_iter())),
+    };
+    let row = Row::measured(SCENARIO, &run.metric, target, Better::Higher, outcome);
+    let row = match note {
+        Some(note) => row.with_note(note),
+        None => row,
+    };
+    (row, sessions)
 }
 
 /// Runs `sysbench` while counting the server's sessions of sysbench's user every
