@@ -277,6 +277,9 @@ async fn take_turn(
             (report, Some(sessions))
         }
     };
+    if let Ok(report) = &report {
+        progress(format!("  -> {:.0} tps", report.tps));
+    }
     if !report.as_ref().is_ok_and(|report| !report.troubled())
         && let Some(log) = running.log_tail(20)
     {
