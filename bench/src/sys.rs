@@ -188,6 +188,12 @@ pub fn process_tree_cpu_seconds(pid: u32) -> Result<f64> {
     ticks_to_seconds(ticks)
 }
 
+/// CPU time per unit of work in µs (`seconds` over `units`); `None` without a time or a
+/// unit.
+pub fn per_unit_us(seconds: Option<f64>, units: f64) -> Option<f64> {
+    seconds.filter(|_| units > 0.0).map(|s| s / units * 1e6)
+}
+
 /// What the bench reads of `/proc/PID/stat`.
 struct ProcessStat {
     /// The parent's pid.

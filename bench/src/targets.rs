@@ -523,6 +523,23 @@ impl RunningTarget {
         self.process.as_ref().and_then(|p| p.child.id())
     }
 
+    /// Runs `load` and reads the CPU time (user + system, child processes included) the
+    /// proxy spent meanwhile, in seconds; `None` for the direct path.
+    pub async fn cpu_during<T>(
+        &self,
+        load: impl Future<Output = Result<T>>,
+    ) -> Result<(T, Option<f64>)> {
+        let cpu = || {
+            self.pid()
+                .map(crate::sys::process_tree_cpu_seconds)
+                .transpose()
+        };
+        let before = cpu()?;
+        let outcome = load.await?;
+        let after = cpu()?;
+        Ok((outcome, before.zip(after).map(|(b, a)| a - b)))
+    }
+
     /// Stops the proxy: SIGTERM, then SIGKILL if it has not exited in 5 s.
     pub async fn stop(self) -> Result<()> {
         let Some(mut process) = self.process else {

@@ -13,7 +13,7 @@ use tokio::process::Command;
 
 use super::{Context, median, progress};
 use crate::backend::{Backend, BackendKind};
-use crate::sys::process_tree_cpu_seconds;
+use crate::sys::per_unit_us;
 use crate::table::{Better, Row};
 use crate::targets::{RunningTarget, TargetKind};
 
@@ -194,19 +194,12 @@ struct Sample {
 
 /// Runs wrk once through `running`, reading the proxy's CPU time around it.
 async fn measure(running: &RunningTarget, path: &str, args: &HttpArgs) -> Result<Sample> {
-    let cpu = || running.pid().map(process_tree_cpu_seconds).transpose();
-    let before = cpu()?;
-    let wrk = wrk(running.addr(), path, &[], args).await?;
-    let after = cpu()?;
-    let cpu_per_request_us = match (before, after) {
-        (Some(before), Some(after)) if wrk.requests > 0.0 => {
-            Some((after - before) / wrk.requests * 1e6)
-        }
-        _ => None,
-    };
+    let (wrk, cpu) = running
+        .cpu_during(wrk(running.addr(), path, &[], args))
+        .await?;
     Ok(Sample {
+        cpu_per_request_us: per_unit_us(cpu, wrk.requests),
         wrk,
-        cpu_per_request_us,
     })
 }
 

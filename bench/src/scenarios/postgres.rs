@@ -15,7 +15,7 @@ use tokio::process::Command;
 
 use super::{Context, median, progress};
 use crate::pg::Cluster;
-use crate::sys::process_cpu_seconds;
+use crate::sys::per_unit_us;
 use crate::table::{Better, Row};
 use crate::targets::{PgPooling, RunningTarget, TargetKind};
 
@@ -243,19 +243,12 @@ async fn sample(
     secs: u64,
     run: &Run,
 ) -> Result<Sample> {
-    let cpu = || running.pid().map(process_cpu_seconds).transpose();
-    let before = cpu()?;
-    let report = pgbench(cluster, running.addr(), secs, run).await?;
-    let after = cpu()?;
-    let cpu_per_transaction = match (before, after) {
-        (Some(before), Some(after)) if report.transactions > 0.0 => {
-            Some((after - before) / report.transactions * 1e6)
-        }
-        _ => None,
-    };
+    let (report, cpu) = running
+        .cpu_during(pgbench(cluster, running.addr(), secs, run))
+        .await?;
     Ok(Sample {
         value: report.value,
-        cpu_per_transaction,
+        cpu_per_transaction: per_unit_us(cpu, report.transactions),
     })
 }
 
