@@ -406,6 +406,13 @@ async fn proxy_header_recorder(
     (address, lines)
 }
 
+/// The one line the recorder saw (a PROXY header): there must be exactly one.
+fn only_line(lines: &std::sync::Mutex<Vec<String>>) -> String {
+    let sent = lines.lock().expect("lines").clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    sent.into_iter().next().unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_protocol_in_from_a_balancer_and_out_to_the_server() {
     let pg = PgCluster::start(&PgOptions::default());
@@ -426,10 +433,9 @@ async fn proxy_protocol_in_from_a_balancer_and_out_to_the_server() {
             .expect("startup after the PROXY header"),
         5
     );
-    let sent = lines.lock().expect("lines").clone();
-    assert_eq!(sent.len(), 1, "{sent:?}");
+    let sent = only_line(&lines);
     assert!(
-        sent[0].starts_with("PROXY TCP4 203.0.113.7 127.0.0.1 40000 6432"),
+        sent.starts_with("PROXY TCP4 203.0.113.7 127.0.0.1 40000 6432"),
         "the balancer's client address goes on: {sent:?}"
     );
     wait_until("the session's log line", || async {
@@ -451,7 +457,7 @@ async fn proxy_protocol_out_names_the_address_the_client_reached() {
     let stream = TcpStream::connect(front).await.expect("connect");
     let client = stream.local_addr().expect("client address");
     assert_eq!(select_over(stream, 5).await.expect("select"), 5);
-    let sent = lines.lock().expect("lines").clone();
+    let sent = only_line(&lines);
     let expected = format!(
         "PROXY TCP4 {} {} {} {}",
         client.ip(),
@@ -459,11 +465,7 @@ async fn proxy_protocol_out_names_the_address_the_client_reached() {
         client.port(),
         front.port()
     );
-    assert_eq!(sent.len(), 1, "{sent:?}");
-    assert!(
-        sent[0].starts_with(&expected),
-        "{sent:?} against {expected}"
-    );
+    assert!(sent.starts_with(&expected), "{sent:?} against {expected}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -669,21 +669,12 @@ async fn a_server_lost_mid_query_errors_and_the_next_transaction_runs_elsewhere(
 
 /// `maint` cuts the sessions on a server; a client holding one of its connections inside a
 /// transaction cannot be carried on elsewhere truthfully, so it gets FATAL 08006 at once
-/// (not at its next statement), and clients outside transactions go on.
+/// (not at its next statement).
 #[tokio::test(flavor = "multi_thread")]
 async fn maintenance_ends_a_transaction_that_holds_the_servers_connection() {
     let pg = PgCluster::start(&PgOptions::default());
     let (proxy, front) = pooled(pg.address(), "pool_size = 2").start().await;
-    let (client, connection) = tokio_postgres::Config::new()
-        .host(front.ip().to_string())
-        .port(front.port())
-        .user("postgres")
-        .password(PASSWORD)
-        .dbname("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    let connection = tokio::spawn(connection);
+    let (client, connection) = connect_abortable(front, "postgres").await.expect("connect");
     client
         .batch_execute("BEGIN; SELECT 1")
         .await

@@ -351,12 +351,16 @@ pub async fn connect_with(
     Ok(client)
 }
 
+/// The task that drives a client's connection; it ends with how the connection ended.
+pub type ConnectionTask = tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>;
+
 /// [`connect`], also returning the task that drives the connection: aborting it closes the
-/// socket without a Terminate message, as a client that crashes or is killed does.
+/// socket without a Terminate message, as a client that crashes or is killed does; joining
+/// it tells how the server ended the connection.
 pub async fn connect_abortable(
     address: SocketAddr,
     database: &str,
-) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+) -> Result<(tokio_postgres::Client, ConnectionTask), tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::Config::new()
         .host(address.ip().to_string())
         .port(address.port())
@@ -366,10 +370,7 @@ pub async fn connect_abortable(
         .connect_timeout(Duration::from_secs(10))
         .connect(tokio_postgres::NoTls)
         .await?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok((client, driver))
+    Ok((client, tokio::spawn(connection)))
 }
 
 /// Runs `SELECT pg_sleep(30)` on `client`, waits until `server` runs it, cancels it with
