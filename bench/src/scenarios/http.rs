@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use anyhow::{Context as _, Result, bail};
 use tokio::process::Command;
 
-use super::{Context, median, progress};
+use super::{Context, median_row, progress};
 use crate::backend::{Backend, BackendKind};
 use crate::sys::per_unit_us;
 use crate::table::{Better, Row};
-use crate::targets::{RunningTarget, TargetKind};
+use crate::targets::RunningTarget;
 
 const SCENARIO: &str = "http";
 
@@ -160,7 +160,9 @@ pub async fn run(ctx: &Context, args: &HttpArgs) -> Result<Vec<Row>> {
         ];
         for (metric, better, pick) in metrics {
             for (t, (target, _)) in running.iter().enumerate() {
-                if let Some(row) = summarise(&metric, *target, better, &samples[s][t], pick) {
+                if let Some(row) =
+                    median_row(SCENARIO, &metric, *target, better, &samples[s][t], pick)
+                {
                     rows.push(row);
                 }
             }
@@ -201,26 +203,6 @@ async fn measure(running: &RunningTarget, path: &str, args: &HttpArgs) -> Result
         cpu_per_request_us: per_unit_us(cpu, wrk.requests),
         wrk,
     })
-}
-
-/// The row of one metric for one target: the median over its rounds; failed if a round
-/// failed; `None` when `pick` has nothing for this target (CPU time for `direct`).
-fn summarise(
-    metric: &str,
-    target: TargetKind,
-    better: Better,
-    results: &[Result<Sample, String>],
-    pick: Pick,
-) -> Option<Row> {
-    let mut values = Vec::new();
-    for result in results {
-        match result {
-            Ok(sample) => values.extend(pick(sample)),
-            Err(e) => return Some(Row::failed(SCENARIO, metric, target, better, e.clone())),
-        }
-    }
-    (!values.is_empty())
-        .then(|| Row::ok(SCENARIO, metric, target, median(values.into_iter()), better))
 }
 
 /// Runs wrk with `args` against `http://addr/path`, sending `headers` (`Name: value`) too.

@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use tokio::net::TcpStream;
 
+use crate::table::{Better, Row};
 use crate::targets::{TargetKind, TargetOptions};
 
 /// Settings shared by all scenarios.
@@ -65,6 +66,30 @@ pub async fn connect_many(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> 
         remaining -= batch;
     }
     Ok(streams)
+}
+
+/// One target's row for `metric` from its rounds: the median of what `pick` reads from
+/// each round's sample; failed if a round failed; `None` when `pick` read nothing (a figure
+/// the target does not have, such as the direct path's CPU time).
+pub fn median_row<T>(
+    scenario: &'static str,
+    metric: &str,
+    target: TargetKind,
+    better: Better,
+    rounds: &[Result<T, String>],
+    pick: fn(&T) -> Option<f64>,
+) -> Option<Row> {
+    let mut values = Vec::new();
+    for round in rounds {
+        match round {
+            Ok(sample) => values.extend(pick(sample)),
+            Err(error) => {
+                return Some(Row::failed(scenario, metric, target, better, error.clone()));
+            }
+        }
+    }
+    (!values.is_empty())
+        .then(|| Row::ok(scenario, metric, target, median(values.into_iter()), better))
 }
 
 /// The median of `values` (the mean of the middle two for an even count; 0 for none).

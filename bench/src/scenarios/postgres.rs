@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use tokio::process::Command;
 
-use super::{Context, median, progress};
+use super::{Context, median_row, progress};
 use crate::pg::Cluster;
 use crate::sys::per_unit_us;
 use crate::table::{Better, Row};
@@ -194,7 +194,16 @@ impl Setup<'_> {
             for (t, &target) in targets.iter().enumerate() {
                 let results = &samples[t][r];
                 let row = |metric: &str, better, pick: fn(&Sample) -> Option<f64>| {
-                    let row = summarise(self.scenario, metric, target, better, results, pick);
+                    let row = median_row(self.scenario, metric, target, better, results, pick)
+                        .unwrap_or_else(|| {
+                            Row::failed(
+                                self.scenario,
+                                metric,
+                                target,
+                                better,
+                                "not measured".to_string(),
+                            )
+                        });
                     match &notes[t] {
                         Some(note) => row.with_note(note.clone()),
                         None => row,
@@ -209,31 +218,6 @@ impl Setup<'_> {
         }
         Ok(rows)
     }
-}
-
-/// One row from a target's rounds of one run: the median of what `pick` reads, with the
-/// spread in the metric's name when there were several rounds; failed if any round failed.
-fn summarise(
-    scenario: &'static str,
-    metric: &str,
-    target: TargetKind,
-    better: Better,
-    results: &[Result<Sample, String>],
-    pick: fn(&Sample) -> Option<f64>,
-) -> Row {
-    let mut values = Vec::new();
-    for result in results {
-        match result.as_ref().map(pick) {
-            Ok(Some(value)) => values.push(value),
-            Ok(None) => {}
-            Err(error) => return Row::failed(scenario, metric, target, better, error.clone()),
-        }
-    }
-    if values.is_empty() {
-        return Row::failed(scenario, metric, target, better, "not measured".to_string());
-    }
-    let median = median(values.iter().copied());
-    Row::ok(scenario, metric, target, median, better)
 }
 
 /// Runs pgbench once through `running`, reading the proxy's CPU time around it.
