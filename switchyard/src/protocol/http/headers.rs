@@ -46,25 +46,51 @@ impl ConnectionFacts {
     }
 
     /// The client's IP address (`X-Forwarded-For`). Made for each request, not kept: an
-    /// idle connection should not hold it, and formatting an address into a stack buffer
-    /// costs a request one small allocation.
+    /// idle connection should not hold it. An IPv4 address is written digit by digit: the
+    /// formatting machinery took about 3 % of the instructions of a small proxied request.
     fn client_ip(&self) -> HeaderValue {
-        use std::io::Write as _;
         // The longest address, IPv6 with an embedded IPv4, is 45 bytes.
         let mut text = [0u8; 45];
-        let mut cursor = std::io::Cursor::new(&mut text[..]);
-        let written = write!(cursor, "{}", self.client.ip()).map(|()| cursor.position());
-        written
-            .ok()
-            .and_then(|len| usize::try_from(len).ok())
-            .and_then(|len| HeaderValue::from_bytes(&text[..len]).ok())
-            .unwrap_or(HeaderValue::from_static("unknown"))
+        let len = match self.client.ip() {
+            IpAddr::V4(v4) => write_ipv4(v4, &mut text),
+            IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                let mut cursor = std::io::Cursor::new(&mut text[..]);
+                write!(cursor, "{v6}")
+                    .ok()
+                    .and_then(|()| usize::try_from(cursor.position()).ok())
+                    .unwrap_or(0)
+            }
+        };
+        HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("unknown"))
     }
 
     /// The verified client certificate, for the `X-Client-Cert-*` headers.
     pub fn identity(&self) -> Option<&ClientIdentity> {
         self.tls.as_ref().and_then(|tls| tls.client_cert.as_ref())
     }
+}
+
+/// Writes `ip` in dotted decimal at the start of `out`; returns the length.
+fn write_ipv4(ip: std::net::Ipv4Addr, out: &mut [u8; 45]) -> usize {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = match octet {
+            100.. => 0,
+            10.. => 1,
+            _ => 2,
+        };
+        for digit in &digits[skip..] {
+            out[len] = b'0' + digit;
+            len += 1;
+        }
+    }
+    len
 }
 
 /// Removes the hop-by-hop headers, including those the `Connection` header names. With
@@ -285,6 +311,28 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn client_addresses_read_as_the_standard_library_writes_them() {
+        let mut addresses: Vec<IpAddr> = (0..=255u8)
+            .flat_map(|octet| {
+                [
+                    [octet, 0, 0, 0],
+                    [0, octet, 9, 10],
+                    [99, 100, octet, 255],
+                    [1, 10, 100, octet],
+                ]
+            })
+            .map(IpAddr::from)
+            .collect();
+        addresses.push("::1".parse().expect("v6"));
+        addresses.push("::ffff:255.255.255.255".parse().expect("v6"));
+        addresses.push("fe80::1:2:3:4".parse().expect("v6"));
+        for ip in addresses {
+            let facts = ConnectionFacts::new(SocketAddr::new(ip, 1));
+            assert_eq!(facts.client_ip(), ip.to_string().as_str(), "{ip}");
+        }
     }
 
     #[test]
