@@ -14,6 +14,7 @@ pub mod ctl;
 pub mod health;
 pub mod http_link;
 pub mod idle_lot;
+pub mod joined_writes;
 pub mod lazy_timer;
 pub mod listener;
 pub mod login_gate;

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::PARK_AFTER;
 use super::body::RequestBody;
 use crate::config::{HttpVersion, UpstreamKeepAlive};
+use crate::joined_writes::JoinedWrites;
 use crate::upstream::{Pool, Server, Stage, connect_server, record_failure};
 use crate::upstream::{ServerStream, secure_upstream};
 
@@ -372,7 +373,7 @@ async fn open(pool: &Pool, server: &Arc<Server>, upgrades: bool) -> std::io::Res
             .await
             .map_err(std::io::Error::other),
         HttpVersion::Http2 => {
-            let io = TokioIo::new(stream);
+            let io = TokioIo::new(JoinedWrites(stream));
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(io)
@@ -398,7 +399,7 @@ async fn start_http1(
     upgrades: bool,
 ) -> hyper::Result<Connection> {
     let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(JoinedWrites(stream)))
         .await?;
     if upgrades {
         tokio::spawn(async move {
@@ -424,14 +425,14 @@ async fn start_http1(
 /// first) and nothing unread is left, the socket is kept idle in this worker's shard;
 /// otherwise it is shut down and closed.
 async fn drive(
-    connection: http1::Connection<TokioIo<ServerStream>, RequestBody>,
+    connection: http1::Connection<TokioIo<JoinedWrites<ServerStream>>, RequestBody>,
     mut parked: oneshot::Receiver<Ticket>,
     server: Arc<Server>,
 ) {
     let Ok(parts) = connection.without_shutdown().await else {
         return;
     };
-    let mut stream = parts.io.into_inner();
+    let JoinedWrites(mut stream) = parts.io.into_inner();
     match (parked.try_recv(), connections(&server)) {
         // `quiet` also takes this task's waker off the socket, where hyper's last read
         // left it: the waker would keep this finished task's memory (2 KB) for as long
