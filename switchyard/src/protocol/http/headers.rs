@@ -52,17 +52,17 @@ impl ConnectionFacts {
         // The longest address, IPv6 with an embedded IPv4, is 45 bytes.
         let mut text = [0u8; 45];
         let len = match self.client.ip() {
-            IpAddr::V4(v4) => write_ipv4(v4, &mut text),
+            IpAddr::V4(v4) => Some(write_ipv4(v4, &mut text)),
             IpAddr::V6(v6) => {
                 use std::io::Write as _;
                 let mut cursor = std::io::Cursor::new(&mut text[..]);
                 write!(cursor, "{v6}")
                     .ok()
                     .and_then(|()| usize::try_from(cursor.position()).ok())
-                    .unwrap_or(0)
             }
         };
-        HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("unknown"))
+        len.and_then(|len| HeaderValue::from_bytes(&text[..len]).ok())
+            .unwrap_or(HeaderValue::from_static("unknown"))
     }
 
     /// The verified client certificate, for the `X-Client-Cert-*` headers.
@@ -158,20 +158,21 @@ pub fn add_forwarding(
     host: Option<&HeaderValue>,
     forwarded: bool,
 ) {
-    let ip = facts.client.ip();
+    // The address is written once, for every header that names it.
+    let ip = facts.client_ip();
+    let ip_text = ip.to_str().unwrap_or("unknown");
     let proto = if facts.tls.is_some() { "https" } else { "http" };
     // One lookup for the read and the write (most requests have none yet).
     match headers.entry(X_FORWARDED_FOR) {
         Entry::Occupied(mut entry) => {
-            let appended = entry
-                .get()
-                .to_str()
-                .ok()
-                .and_then(|previous| HeaderValue::from_str(&format!("{previous}, {ip}")).ok());
-            entry.insert(appended.unwrap_or_else(|| facts.client_ip()));
+            let appended =
+                entry.get().to_str().ok().and_then(|previous| {
+                    HeaderValue::from_str(&format!("{previous}, {ip_text}")).ok()
+                });
+            entry.insert(appended.unwrap_or_else(|| ip.clone()));
         }
         Entry::Vacant(entry) => {
-            entry.insert(facts.client_ip());
+            entry.insert(ip.clone());
         }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -180,9 +181,9 @@ pub fn add_forwarding(
     }
     if forwarded {
         let host = host.and_then(|h| h.to_str().ok());
-        let node = match ip {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        let node = match facts.client.ip() {
+            IpAddr::V4(_) => ip_text.to_string(),
+            IpAddr::V6(_) => format!("\"[{ip_text}]\""),
         };
         let mut element = format!("for={node};proto={proto}");
         if let Some(host) = host.filter(|h| h.bytes().all(is_token_or_host_byte)) {
