@@ -171,6 +171,9 @@ pub struct Listener {
     // Accept loops still running (one per serving worker), and fired when the last one has
     // ended.
     accept_loops: AtomicUsize,
+    // Shared by the accept loops, so that the listener logs a failure once, not once per
+    // loop.
+    accept_failures: AcceptFailures,
     not_accepting: CancellationToken,
     closed: CancellationToken,
 }
@@ -236,6 +239,7 @@ impl Listener {
             handover: std::sync::Mutex::new(Some(handover)),
             workers: config.workers,
             accept_loops: AtomicUsize::new(0),
+            accept_failures: AcceptFailures::default(),
             not_accepting: CancellationToken::new(),
             closed: CancellationToken::new(),
         })
@@ -359,7 +363,6 @@ impl Listener {
                 return;
             }
         };
-        let mut failures = AcceptFailures::default();
         let mut full = AtCapacity::default();
         let serving = self.serving(&workers);
         // The first look at the settings on this thread makes arc-swap's record of the
@@ -376,11 +379,11 @@ impl Listener {
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    failures.failed(&self.name, &error).await;
+                    self.accept_failures.failed(&self.name, &error).await;
                     continue;
                 }
             };
-            failures.succeeded(&self.name);
+            self.accept_failures.succeeded(&self.name);
             self.stats.total.fetch_add(1, Ordering::Relaxed);
             // Settings swapped while this loop waited apply to this connection.
             let settings = self.settings();

@@ -1,8 +1,9 @@
 //! Socket options every proxied connection gets.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 
@@ -110,30 +111,52 @@ pub fn poll_fill_idle<S: tokio::io::AsyncRead + Unpin>(
     read.map_ok(|()| taken)
 }
 
-/// Failed accepts in a row on one listening socket. Out of descriptors (EMFILE) or
-/// memory, `accept` fails at once every time it is called; a loop that retried at once
-/// would spin a core and write a log line per try. The client waits in the kernel's
-/// backlog meanwhile, so backing off loses nothing.
+/// Failed accepts on one listening socket, shared by all the loops that accept from it.
+/// Out of descriptors (EMFILE) or memory, `accept` fails at once every time it is called;
+/// a loop that retried at once would spin a core and write a log line per try. The client
+/// waits in the kernel's backlog meanwhile, so backing off loses nothing. Near the limit,
+/// accepts fail and succeed by turns as connections come and go, so the error is logged
+/// at most once per [`ACCEPT_ERROR_LOG_INTERVAL`] for the listener, however many loops
+/// and episodes there are.
 #[derive(Debug, Default)]
 pub struct AcceptFailures {
-    in_a_row: u64,
+    // Failures since the last accept that worked (0: accepting).
+    in_a_row: AtomicU64,
+    // When the error was last logged.
+    logged: std::sync::Mutex<Option<Instant>>,
 }
 
+/// How often a listener that keeps failing to accept logs it again.
+pub const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 impl AcceptFailures {
-    /// Pause before the next try: logs the first failure of an episode only.
-    pub async fn failed(&mut self, listener: &str, error: &std::io::Error) {
-        if self.in_a_row == 0 {
+    /// Pause before the next try; logs unless the listener logged within the interval.
+    pub async fn failed(&self, listener: &str, error: &std::io::Error) {
+        self.in_a_row.fetch_add(1, Ordering::Relaxed);
+        let log = {
+            let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let due = logged.is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_INTERVAL);
+            if due {
+                *logged = Some(now);
+            }
+            due
+        };
+        if log {
             tracing::error!(%listener, %error, "accept failed; retrying every 50 ms until it succeeds");
         }
-        self.in_a_row += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    /// An accept worked: ends an episode of failures, saying how long it was.
-    pub fn succeeded(&mut self, listener: &str) {
-        if self.in_a_row > 0 {
-            tracing::warn!(%listener, failed = self.in_a_row, "accepting again");
-            self.in_a_row = 0;
+    /// An accept worked: ends an episode of failures, saying how many there were.
+    pub fn succeeded(&self, listener: &str) {
+        // One load on the path every accept takes; the swap only after failures.
+        if self.in_a_row.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let failed = self.in_a_row.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            tracing::warn!(%listener, failed, "accepting again");
         }
     }
 }

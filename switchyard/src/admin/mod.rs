@@ -72,7 +72,7 @@ async fn serve(
         tracing::warn!(%address, "the admin API has no token: its mutating calls (server state, reload) are open to {who}; set [admin] token to require one");
     }
     let access = Arc::new(access);
-    let mut failures = AcceptFailures::default();
+    let failures = AcceptFailures::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -344,7 +344,7 @@ pub async fn serve(
         }
     };
     tracing::info!(path = %path.display(), "upgrade socket listening");
-    let mut failures = AcceptFailures::default();
+    let failures = AcceptFailures::default();
     loop {
         let link = tokio::select! {
             accepted = server.accept() => match accepted {
