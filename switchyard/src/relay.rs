@@ -211,13 +211,21 @@ async fn run(
             timer: Box::pin(tokio::time::sleep(limit.after)),
         }),
     };
+    // The cut and the shutdown are looked at only when one of them fires, not on every
+    // wake-up of the relay (each look takes two locks; see `on_wake`).
+    let ended = crate::on_wake::OnWake::new(async {
+        tokio::select! {
+            biased;
+            () = cut.cancelled() => Termination::ServerCut,
+            () = shutdown.cancelled() => Termination::Shutdown,
+        }
+    });
     let termination = tokio::select! {
         biased;
         termination = std::future::poll_fn(|cx| {
             relay.poll(cx, &mut client, &mut server, &mut rewrite)
         }) => termination,
-        () = cut.cancelled() => Termination::ServerCut,
-        () = shutdown.cancelled() => Termination::Shutdown,
+        termination = ended => termination,
     };
     RelayOutcome {
         bytes_in: relay.totals.bytes_in,

@@ -140,6 +140,14 @@ impl From<Stop> for Refusal {
     }
 }
 
+/// What ended a transaction from outside it, while it waited on its client or server.
+enum Ended {
+    /// Hard shutdown.
+    Stopped,
+    /// The server was taken out of service.
+    Cut,
+}
+
 /// The client loop state that outlives one transaction.
 struct Session {
     client: Client,
@@ -449,11 +457,17 @@ impl Session {
     /// again. `Err` ends the session (the client left, the server was lost, a bad message).
     async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Stop> {
         self.client_message(held, first)?;
-        // Waited on once for the whole transaction, not made again for each message: a
-        // cancellation future registers with its token when first polled.
+        // Waited on once for the whole transaction, not made again for each message (a
+        // cancellation future registers with its token when first polled), and looked at
+        // only when it fires, not at each of the transaction's wake-ups (see `on_wake`).
         let (hard_stop, cut) = (self.client.hard_stop(), held.conn.cut.clone());
-        let mut stopped = std::pin::pin!(hard_stop.cancelled());
-        let mut cut_off = std::pin::pin!(cut.cancelled());
+        let mut ended = crate::on_wake::OnWake::new(async move {
+            tokio::select! {
+                biased;
+                () = hard_stop.cancelled() => Ended::Stopped,
+                () = cut.cancelled() => Ended::Cut,
+            }
+        });
         loop {
             loop {
                 match self.reader.next_frame() {
@@ -491,8 +505,10 @@ impl Session {
                         self.server_messages(held).await?;
                     }
                 },
-                () = &mut cut_off => return self.server_lost(held, "server taken out of service").await,
-                () = &mut stopped => return Err(Stop::Shutdown),
+                ended = &mut ended => match ended {
+                    Ended::Cut => return self.server_lost(held, "server taken out of service").await,
+                    Ended::Stopped => return Err(Stop::Shutdown),
+                },
             }
         }
     }
