@@ -201,12 +201,8 @@ pub fn respell_numbers(sql: &str, digits: &str, out: &mut String) {
     out.clear();
     let bytes = sql.as_bytes();
     let mut copied = 0;
-    let mut at = 0;
+    let mut at = next_digit(bytes, 0);
     while at < bytes.len() {
-        if !bytes[at].is_ascii_digit() {
-            at += 1;
-            continue;
-        }
         let end = at
             + bytes[at..]
                 .iter()
@@ -219,9 +215,30 @@ pub fn respell_numbers(sql: &str, digits: &str, out: &mut String) {
             out.push_str(digits);
             copied = end;
         }
-        at = end;
+        at = next_digit(bytes, end);
     }
     out.push_str(&sql[copied..]);
+}
+
+/// Where the first ASCII digit at or after `at` is (`bytes.len()` if none). Most of a
+/// statement's bytes are not digits, and every statement the pooler sees is looked
+/// through, so eight bytes are looked at a time.
+fn next_digit(bytes: &[u8], mut at: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    while let Some(eight) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        // Digits become bytes below 10; "some byte below 10" is exact as a yes or no
+        // (the bit trick may mark the wrong byte, never a word without one).
+        let word = u64::from_ne_bytes(*eight) ^ (ONES * u64::from(b'0'));
+        if word.wrapping_sub(ONES * 10) & !word & HIGHS != 0 {
+            break;
+        }
+        at += 8;
+    }
+    bytes
+        .get(at..)
+        .and_then(|rest| rest.iter().position(u8::is_ascii_digit))
+        .map_or(bytes.len(), |found| at + found)
 }
 
 /// [`is_quiet`] by a scan of the text, remembering nothing (for tests and the fuzz target).
@@ -502,6 +519,29 @@ mod tests {
             }
             String::from_utf8_lossy(&input).into_owned()
         })
+    }
+
+    #[test]
+    fn next_digit_finds_the_first_digit_wherever_it_is() {
+        // Neighbours of the digits in every byte value's sense: '/' and ':' around them,
+        // bytes whose low bits are a digit's, and the high ones.
+        let others = [b'/', b':', b'a', b' ', 0x80, 0xb0, 0xb9, 0xff, 0x20, 0x10];
+        for len in 0..40 {
+            for filler in others {
+                let mut bytes = vec![filler; len];
+                assert_eq!(next_digit(&bytes, 0), len, "none in {bytes:?}");
+                for digit_at in 0..len {
+                    for digit in [b'0', b'5', b'9'] {
+                        bytes.fill(filler);
+                        bytes[digit_at] = digit;
+                        for from in 0..=len {
+                            let expected = if from <= digit_at { digit_at } else { len };
+                            assert_eq!(next_digit(&bytes, from), expected, "{bytes:?} from {from}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// What [`respell_numbers`] promises: texts that differ only in digit runs that stand alone get
