@@ -49,7 +49,7 @@ impl<C> Default for ConnPool<C> {
     fn default() -> Self {
         Self {
             state: Mutex::new(State {
-                servers: HashMap::new(),
+                servers: HashMap::default(),
                 waiters: VecDeque::new(),
                 next_ticket: 0,
             }),
@@ -60,7 +60,8 @@ impl<C> Default for ConnPool<C> {
 #[derive(Debug)]
 struct State<C> {
     /// By the server's address in memory: servers kept by a reload are the same objects.
-    servers: HashMap<usize, PerServer<C>>,
+    /// Hashed with foldhash: every lease and return looks a server up here.
+    servers: HashMap<usize, PerServer<C>, foldhash::fast::RandomState>,
     waiters: VecDeque<Waiter<C>>,
     next_ticket: u64,
 }

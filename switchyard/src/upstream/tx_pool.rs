@@ -69,7 +69,8 @@ pub trait Dialect: std::fmt::Debug + Sized + Send + Sync + 'static {
 /// The pools of every (pool, database, user, shape) in the process, for one protocol.
 #[derive(Debug)]
 pub struct TxPools<D: Dialect> {
-    pools: Mutex<HashMap<PoolKey, Arc<TxPool<D>>>>,
+    /// Hashed with foldhash: every login looks its pool up here.
+    pools: Mutex<HashMap<PoolKey, Arc<TxPool<D>>, foldhash::fast::RandomState>>,
     maintained: AtomicBool,
 }
 

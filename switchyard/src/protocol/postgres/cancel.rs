@@ -63,8 +63,10 @@ pub struct CancelTable {
     keys: Mutex<Keys>,
 }
 
-/// Issued keys → what they stand for.
-type Keys = HashMap<(u32, Vec<u8>), Arc<Binding>>;
+/// Issued keys → what they stand for. Hashed with foldhash, seeded per process: SipHash
+/// cost more than the rest of the registration, and the keys are the proxy's own random
+/// ones (a client can only look one up).
+type Keys = HashMap<(u32, Vec<u8>), Arc<Binding>, foldhash::fast::RandomState>;
 
 /// A key issued to one session; removes it from the table when the session ends.
 #[derive(Debug)]
