@@ -49,13 +49,19 @@ impl SessionSettings {
             if NOT_SETTINGS.contains(&name.as_str()) || name.starts_with("_pq_.") {
                 continue;
             }
-            settings.unreadable |= match name.to_ascii_lowercase().as_str() {
+            let lower = name.to_ascii_lowercase();
+            settings.unreadable |= match lower.as_str() {
                 "client_encoding" => !scanner::readable_encoding(value),
                 "standard_conforming_strings" => !scanner::conforming_strings(value),
                 _ => false,
             };
-            let statement = format!("SET {} TO {}", identifier(name), literal(value));
-            settings.insert(name.to_ascii_lowercase(), statement);
+            // Written in place: every pooled login comes this way.
+            let mut statement = String::with_capacity(name.len() + value.len() + 16);
+            statement.push_str("SET ");
+            push_identifier(&mut statement, name);
+            statement.push_str(" TO ");
+            push_literal(&mut statement, value);
+            settings.insert(lower, statement);
         }
         settings.statements.shrink_to_fit();
         settings.rehash();
@@ -143,18 +149,46 @@ impl SessionSettings {
     }
 }
 
-/// `name` as a quoted SQL identifier.
-fn identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+/// Appends `name` as a quoted SQL identifier.
+fn push_identifier(out: &mut String, name: &str) {
+    out.push('"');
+    push_doubling(out, name, '"');
+    out.push('"');
 }
 
-/// `value` as a quoted SQL string literal, read the same whatever
-/// `standard_conforming_strings` is: an `E''` literal when it has backslashes.
+/// `value` as a quoted SQL string literal (see [`push_literal`]).
 pub fn literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 3);
+    push_literal(&mut out, value);
+    out
+}
+
+/// Appends `value` as a quoted SQL string literal, read the same whatever
+/// `standard_conforming_strings` is: an `E''` literal when it has backslashes.
+fn push_literal(out: &mut String, value: &str) {
     if value.contains('\\') {
-        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+        out.push_str("E'");
+        for (at, piece) in value.split('\\').enumerate() {
+            if at > 0 {
+                out.push_str("\\\\");
+            }
+            push_doubling(out, piece, '\'');
+        }
     } else {
-        format!("'{}'", value.replace('\'', "''"))
+        out.push('\'');
+        push_doubling(out, value, '\'');
+    }
+    out.push('\'');
+}
+
+/// Appends `text` with each `quote` written twice (SQL's escape inside quotes).
+fn push_doubling(out: &mut String, text: &str, quote: char) {
+    for (at, piece) in text.split(quote).enumerate() {
+        if at > 0 {
+            out.push(quote);
+            out.push(quote);
+        }
+        out.push_str(piece);
     }
 }
 
@@ -185,6 +219,37 @@ mod tests {
     }
 
     #[test]
+    fn quoting_doubles_quotes_and_backslashes_anywhere() {
+        for text in [
+            "",
+            "a",
+            "'",
+            "\"",
+            "\\",
+            "''",
+            "a'b\"c\\d",
+            "\\'",
+            "'\\",
+            "x\\\\y",
+            "é'ü\\",
+        ] {
+            let literal_expected = if text.contains('\\') {
+                format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+            } else {
+                format!("'{}'", text.replace('\'', "''"))
+            };
+            assert_eq!(literal(text), literal_expected, "{text:?}");
+            let mut identifier = String::new();
+            push_identifier(&mut identifier, text);
+            assert_eq!(
+                identifier,
+                format!("\"{}\"", text.replace('"', "\"\"")),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
     fn set_and_reset_change_the_id() {
         let mut settings = SessionSettings::default();
         assert_eq!(settings.id(), 0);
@@ -203,7 +268,9 @@ mod tests {
         settings.reset_all();
         assert_eq!(settings.replay_sql(), None);
         assert_eq!(literal("a\\b'"), "E'a\\\\b'''");
-        assert_eq!(identifier("a\"b"), "\"a\"\"b\"");
+        let mut identifier = String::new();
+        push_identifier(&mut identifier, "a\"b");
+        assert_eq!(identifier, "\"a\"\"b\"");
     }
 
     /// A startup the scanner cannot read as the server will marks the client.
