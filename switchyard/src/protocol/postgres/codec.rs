@@ -195,12 +195,51 @@ fn split_u32(bytes: &[u8]) -> Option<(u32, &[u8])> {
 
 /// Reads a startup packet (length word then body), refusing lengths over `limit`
 /// before buffering anything.
+///
+/// The length word and the code after it are asked for in one read: no startup packet is
+/// shorter than those 8 bytes, so nothing past the packet is read, and an SSLRequest
+/// (which is just those 8 bytes) costs one system call instead of two. A bad length is
+/// still refused as soon as its 4 bytes are in.
 pub async fn read_startup<S: AsyncRead + Unpin>(
     stream: &mut S,
     limit: usize,
 ) -> Result<Vec<u8>, CodecError> {
-    let length = stream.read_u32().await?;
-    read_body(stream, length, 8, limit).await
+    const HEAD: usize = 8;
+    let mut head = [0u8; HEAD];
+    let mut filled = 0;
+    let mut length = None;
+    while filled < HEAD {
+        let read = stream.read(&mut head[filled..]).await?;
+        if read == 0 {
+            return Err(CodecError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        filled += read;
+        if length.is_none()
+            && let Some((word, _)) = split_u32(&head[..filled])
+        {
+            check_length(word, HEAD as u32, limit)?;
+            length = Some(word);
+        }
+    }
+    let Some(length) = length else {
+        return Err(CodecError::Malformed("packet too short"));
+    };
+    let wanted = length as usize - 4;
+    let mut body = Vec::with_capacity(wanted.min(64 * 1024));
+    body.extend_from_slice(&head[4..]);
+    read_into(stream, wanted - body.len(), &mut body).await?;
+    Ok(body)
+}
+
+/// Refuses a length word under `minimum` or over `limit`.
+fn check_length(length: u32, minimum: u32, limit: usize) -> Result<(), CodecError> {
+    if length < minimum || length as u64 > limit as u64 {
+        return Err(CodecError::Length {
+            length: length.into(),
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// A typed message: its type byte and body.
@@ -236,24 +275,26 @@ async fn read_body<S: AsyncRead + Unpin>(
     minimum: u32,
     limit: usize,
 ) -> Result<Vec<u8>, CodecError> {
-    if length < minimum || length as u64 > limit as u64 {
-        return Err(CodecError::Length {
-            length: length.into(),
-            limit,
-        });
-    }
+    check_length(length, minimum, limit)?;
     // Grow with what actually arrives: a length word alone must not make the proxy
     // allocate up to the limit.
     let wanted = length as usize - 4;
     let mut body = Vec::with_capacity(wanted.min(64 * 1024));
-    let read = (&mut *stream)
-        .take(wanted as u64)
-        .read_to_end(&mut body)
-        .await?;
+    read_into(stream, wanted, &mut body).await?;
+    Ok(body)
+}
+
+/// Appends exactly `wanted` more bytes of `stream` to `body`.
+async fn read_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    wanted: usize,
+    body: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let read = (&mut *stream).take(wanted as u64).read_to_end(body).await?;
     if read < wanted {
         return Err(CodecError::Io(io::ErrorKind::UnexpectedEof.into()));
     }
-    Ok(body)
+    Ok(())
 }
 
 /// What an `R` (authentication request) message asks of the client.
@@ -407,6 +448,25 @@ pub(crate) mod tests {
         ] {
             assert!(parse_startup(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_startup_packet_is_read_to_its_end_and_no_further() {
+        // An SSLRequest, then what a client sends after it: only the request is read.
+        let mut stream: &[u8] = b"\x00\x00\x00\x08\x04\xd2\x16\x2f\x16\x03\x01";
+        let body = read_startup(&mut stream, 10_000).await.ok();
+        assert_eq!(body.as_deref(), Some(&b"\x04\xd2\x16\x2f"[..]));
+        assert_eq!(stream, b"\x16\x03\x01");
+        // A StartupMessage trickling in a byte at a time.
+        let packet = b"\x00\x00\x00\x12\x00\x03\x00\x00user\x00bob\x00\x00";
+        let (mut client, mut proxy) = tokio::io::duplex(1);
+        let writer =
+            tokio::spawn(
+                async move { tokio::io::AsyncWriteExt::write_all(&mut client, packet).await },
+            );
+        let body = read_startup(&mut proxy, 10_000).await.ok();
+        assert_eq!(body.as_deref(), Some(&packet[4..]));
+        assert!(matches!(writer.await, Ok(Ok(()))));
     }
 
     #[tokio::test]
