@@ -7,6 +7,12 @@
 #
 #   scripts/instructions.sh                          target/release/switchyard, 10 s
 #   scripts/instructions.sh /tmp/switchyard-old 20   another build, 20 s of load
+#   PROTOCOL=tcp scripts/instructions.sh             the same load through a `tcp`
+#                                                    listener: the byte relay that TCP,
+#                                                    and PostgreSQL and MySQL sessions after
+#                                                    login, go through
+#   PROFILE=/tmp/out scripts/instructions.sh         keeps the loaded run's callgrind
+#                                                    profile (for callgrind_annotate)
 #
 # Load: wrk -t1 -c16 keep-alive GETs of a 13-byte body, served by nginx (Debian's
 # valgrind, wrk and nginx). The proxy runs one worker, logs off. The count of a run that
@@ -16,6 +22,8 @@ cd "$(dirname "$0")/.."
 
 binary=${1:-target/release/switchyard}
 seconds=${2:-10}
+protocol=${PROTOCOL:-http}
+case $protocol in http | tcp) ;; *) echo "PROTOCOL is http or tcp" >&2; exit 1 ;; esac
 for tool in valgrind callgrind_annotate wrk nginx curl; do
   command -v "$tool" >/dev/null || { echo "needs $tool (Debian: valgrind wrk nginx curl)" >&2; exit 1; }
 done
@@ -47,7 +55,7 @@ access = "off"
 [[listener]]
 name = "bench"
 listen = "127.0.0.1:$listen"
-protocol = "http"
+protocol = "$protocol"
 pool = "backend"
 [[pool]]
 name = "backend"
@@ -72,5 +80,6 @@ run() {
 
 read -r _ base < <(run one)
 read -r requests total < <(run load)
-echo "$binary: $requests requests, $(( (total - base) / (requests - 1) )) instructions per request"
+if [ -n "${PROFILE:-}" ]; then cp "$dir/out" "$PROFILE"; fi
+echo "$binary ($protocol): $requests requests, $(( (total - base) / (requests - 1) )) instructions per request"
 echo "(startup, one request and shutdown: $base instructions, taken off)"
