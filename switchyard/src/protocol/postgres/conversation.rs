@@ -134,7 +134,13 @@ impl Hold {
 
     /// Whether the transaction is over (nothing due, the server idle).
     pub fn finished(&self) -> bool {
-        self.pending == 0 && self.expected.is_empty() && self.status == b'I'
+        self.answered() && self.status == b'I'
+    }
+
+    /// Whether every answer due to the client has come (the server may still be inside
+    /// a transaction block).
+    pub fn answered(&self) -> bool {
+        self.pending == 0 && self.expected.is_empty()
     }
 
     /// Whether the server said FATAL: the connection is ending.

@@ -468,15 +468,15 @@ impl Session {
                 () = cut.cancelled() => Ended::Cut,
             }
         });
+        // The client sent Terminate: what it sent before still runs and is answered, as
+        // the server would do (a client may send its last statement and Terminate without
+        // waiting in between), then the session ends; nothing more is read from it.
+        let mut leaving = false;
         loop {
-            loop {
+            while !leaving {
                 match self.reader.next_frame() {
-                    Ok(Some(frame)) => {
-                        if frame.tag() == b'X' {
-                            return Err(Stop::ClientClosed("Terminate".to_string()));
-                        }
-                        self.client_message(held, frame)?;
-                    }
+                    Ok(Some(frame)) if frame.tag() == b'X' => leaving = true,
+                    Ok(Some(frame)) => self.client_message(held, frame)?,
                     Ok(None) => break,
                     Err(error) => return Err(self.malformed(error).await),
                 }
@@ -490,11 +490,14 @@ impl Session {
                 }
             }
             self.flush_client().await?;
+            if leaving && held.hold.answered() {
+                return Err(Stop::ClientClosed("Terminate".to_string()));
+            }
             if self.conv.can_give_back(&held.hold) {
                 return Ok(());
             }
             tokio::select! {
-                read = self.reader.fill(&mut self.client.stream) => match read {
+                read = self.reader.fill(&mut self.client.stream), if !leaving => match read {
                     Ok(0) | Err(_) => return Err(Stop::ClientClosed("client left mid-transaction".to_string())),
                     Ok(n) => self.moved.to_server += n as u64,
                 },
