@@ -186,6 +186,45 @@ async fn answer_to(front: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     answer
 }
 
+/// A client that sends its startup, a query and Terminate in one write, waiting for
+/// nothing, gets the query run and answered, as from the server itself: the proxy reads
+/// the opening through a buffer and puts back what came after it, and a transaction pool
+/// answers what came before a Terminate before it ends the session (it used to end it at
+/// once, so the query never ran). In session mode and in a transaction pool (which logs
+/// the client in itself).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_sent_with_the_startup_and_terminate_is_answered() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let mut packets = support::postgres::startup_packet("postgres");
+    let query = b"SELECT 41 + 1\0";
+    packets.push(b'Q');
+    packets.extend_from_slice(&(query.len() as u32 + 4).to_be_bytes());
+    packets.extend_from_slice(query);
+    packets.extend_from_slice(b"X\0\0\0\x04");
+    for (mode, listener, pool) in [
+        ("session", "", ""),
+        (
+            "transaction",
+            "auth = \"trust\"",
+            "pool_mode = \"transaction\"",
+        ),
+    ] {
+        let (_proxy, front) = pg_config(&[("pg", pg.address())])
+            .listener(listener)
+            .pool(pool)
+            .start()
+            .await;
+        let answer = answer_to(front, &packets).await;
+        assert_eq!(answer.first(), Some(&b'R'), "{mode}: {answer:?}");
+        // The DataRow: one column of two bytes, "42".
+        assert!(
+            answer.windows(8).any(|w| w == b"\0\x01\0\0\0\x0242"),
+            "{mode}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_startup_packets_get_protocol_errors() {
     let pg = PgCluster::start(&PgOptions::default());

@@ -36,6 +36,18 @@ impl<S> Rewind<S> {
         self.prefix.as_deref().map_or(&[], |prefix| prefix.as_ref())
     }
 
+    /// Puts `bytes` back in front of what is still to be read (a buffered reader's
+    /// bytes read past what it was asked for).
+    pub fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.prefix = Some(Box::new(match self.prefix.take() {
+            None => bytes,
+            Some(rest) => [bytes.as_ref(), rest.as_ref()].concat().into(),
+        }));
+    }
+
     /// The bytes not yet read back, and the stream.
     pub fn into_parts(self) -> (Bytes, S) {
         (
@@ -79,5 +91,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn unread_bytes_come_before_the_prefix_left_and_the_stream() {
+        let stream: &[u8] = b" stream";
+        let mut rewind = Rewind::new(Bytes::from_static(b"prefix"), stream);
+        let mut first = [0u8; 3];
+        assert!(rewind.read_exact(&mut first).await.is_ok());
+        assert_eq!(&first, b"pre");
+        rewind.unread(Bytes::from_static(b"un"));
+        rewind.unread(Bytes::new());
+        assert_eq!(rewind.buffered(), b"unfix");
+        let mut all = Vec::new();
+        assert!(rewind.read_to_end(&mut all).await.is_ok());
+        assert_eq!(all, b"unfix stream");
+        rewind.unread(Bytes::from_static(b"again"));
+        assert_eq!(rewind.into_parts().0, Bytes::from_static(b"again"));
     }
 }

@@ -670,7 +670,7 @@ async fn open_client(
 ) -> Result<(ClientStream, Opening, Option<TlsInfo>), Refusal> {
     let mut client = client;
     let Some(tls) = tls else {
-        let opening = read_opening(&mut client, limits, false).await?;
+        let opening = read_plain_opening(&mut client, limits, false).await?;
         return Ok((Either::Left(client), opening, None));
     };
     let mut first = [0u8; 1];
@@ -683,7 +683,7 @@ async fn open_client(
     };
     let direct = first == Some(TLS_HANDSHAKE);
     if !direct {
-        match read_opening(&mut client, limits, true).await? {
+        match read_plain_opening(&mut client, limits, true).await? {
             Opening::StartTls => {}
             opening => return Ok((Either::Left(client), opening, None)),
         }
@@ -701,6 +701,27 @@ async fn open_client(
     let opening = read_opening(&mut stream, limits, false).await?;
     Ok((Either::Right(Box::new(stream)), opening, Some(info)))
 }
+
+/// [`read_opening`] on the client's socket, through a small buffer: each packet comes in
+/// one `recv`, and a read that empties the socket tells the runtime so, which spares the
+/// `recv` that would only find nothing yet when the client next speaks (a client waits
+/// for each answer of the startup). Bytes read past the opening (a ClientHello sent
+/// without waiting for `S`, a query sent with the startup) are put back in front of the
+/// stream.
+async fn read_plain_opening(
+    client: &mut Rewind<TcpStream>,
+    limits: &MessageLimits,
+    offer_tls: bool,
+) -> Result<Opening, Refusal> {
+    let mut buffered = tokio::io::BufReader::with_capacity(OPENING_BUFFER, &mut *client);
+    let opening = read_opening(&mut buffered, limits, offer_tls).await;
+    let past = bytes::Bytes::copy_from_slice(buffered.buffer());
+    client.unread(past);
+    opening
+}
+
+/// What one read of the opening asks for: a usual StartupMessage (under 200 bytes) whole.
+const OPENING_BUFFER: usize = 512;
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;
