@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use support::config::Config;
 use support::ops::listener_addr;
@@ -223,6 +224,35 @@ async fn a_query_sent_with_the_startup_and_terminate_is_answered() {
             String::from_utf8_lossy(&answer)
         );
     }
+}
+
+/// Terminate after extended-protocol messages with no Sync behind them: the server would
+/// hold their answers until a Sync that never comes, so the pool ends the session at
+/// once, and the one server connection is cleaned and serves the next client.
+#[tokio::test(flavor = "multi_thread")]
+async fn terminate_after_unsynced_messages_ends_the_session_at_once() {
+    let pg = PgCluster::start(&PgOptions::default());
+    let (_proxy, front) = pg_config(&[("pg", pg.address())])
+        .listener("auth = \"trust\"")
+        .pool("pool_mode = \"transaction\"\npool_size = 1")
+        .start()
+        .await;
+    let mut packets = support::postgres::startup_packet("postgres");
+    for (tag, body) in [
+        (b'P', &b"\0SELECT 1\0\0\0"[..]),
+        (b'B', b"\0\0\0\0\0\0\0\0"),
+        (b'E', b"\0\0\0\0\0"),
+        (b'X', b""),
+    ] {
+        packets.push(tag);
+        packets.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        packets.extend_from_slice(body);
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(20), answer_to(front, &packets))
+        .await
+        .expect("the session ended");
+    assert_eq!(answer.first(), Some(&b'R'));
+    assert_eq!(psql_ok(front, "postgres", "postgres", "SELECT 2"), "2");
 }
 
 #[tokio::test(flavor = "multi_thread")]

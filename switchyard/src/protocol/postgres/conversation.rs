@@ -134,13 +134,14 @@ impl Hold {
 
     /// Whether the transaction is over (nothing due, the server idle).
     pub fn finished(&self) -> bool {
-        self.answered() && self.status == b'I'
+        self.pending == 0 && self.expected.is_empty() && self.status == b'I'
     }
 
-    /// Whether every answer due to the client has come (the server may still be inside
-    /// a transaction block).
-    pub fn answered(&self) -> bool {
-        self.pending == 0 && self.expected.is_empty()
+    /// Whether no ReadyForQuery is due: every Query and Sync sent has been answered in
+    /// full. Extended-protocol messages after the last Sync may still wait, for a Sync
+    /// that may never come, so they do not count.
+    pub fn synced(&self) -> bool {
+        self.pending == 0
     }
 
     /// Whether the server said FATAL: the connection is ending.

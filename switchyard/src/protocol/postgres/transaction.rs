@@ -470,7 +470,10 @@ impl Session {
         });
         // The client sent Terminate: what it sent before still runs and is answered, as
         // the server would do (a client may send its last statement and Terminate without
-        // waiting in between), then the session ends; nothing more is read from it.
+        // waiting in between), then the session ends; nothing more is read from it. Only
+        // answers that will come are waited for (up to the last Query or Sync): the
+        // server holds back what follows a Sync until the next one, which a client that
+        // has left never sends.
         let mut leaving = false;
         loop {
             while !leaving {
@@ -490,7 +493,7 @@ impl Session {
                 }
             }
             self.flush_client().await?;
-            if leaving && held.hold.answered() {
+            if leaving && held.hold.synced() {
                 return Err(Stop::ClientClosed("Terminate".to_string()));
             }
             if self.conv.can_give_back(&held.hold) {
