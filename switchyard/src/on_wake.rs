@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
 use atomic_waker::AtomicWaker;
+use tokio_util::sync::CancellationToken;
 
 /// Polls the inner future on the first poll, then only after a waker it was given fired.
 pub struct OnWake<F> {
@@ -67,6 +68,31 @@ impl<F: Future> Future for OnWake<F> {
             .as_mut()
             .poll(&mut Context::from_waker(&this.waker))
     }
+}
+
+/// What ended a connection's wait from outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruption {
+    /// The server was taken out of service: its sessions are cut.
+    Cut,
+    /// The proxy's hard stop.
+    Stop,
+}
+
+/// The server's `cut` or the hard `stop`, whichever fires first (the cut when both have),
+/// looked at only when one fires: what a relay or a pooled transaction waits on beside
+/// its sockets.
+pub fn cut_or_stop<'a>(
+    cut: &'a CancellationToken,
+    stop: &'a CancellationToken,
+) -> OnWake<impl Future<Output = Interruption> + 'a> {
+    OnWake::new(async move {
+        tokio::select! {
+            biased;
+            () = cut.cancelled() => Interruption::Cut,
+            () = stop.cancelled() => Interruption::Stop,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::Termination;
+use crate::on_wake::Interruption;
 use crate::tally::Tally;
 
 /// Size of one relay buffer.
@@ -213,19 +214,15 @@ async fn run(
     };
     // The cut and the shutdown are looked at only when one of them fires, not on every
     // wake-up of the relay (each look takes two locks; see `on_wake`).
-    let ended = crate::on_wake::OnWake::new(async {
-        tokio::select! {
-            biased;
-            () = cut.cancelled() => Termination::ServerCut,
-            () = shutdown.cancelled() => Termination::Shutdown,
-        }
-    });
     let termination = tokio::select! {
         biased;
         termination = std::future::poll_fn(|cx| {
             relay.poll(cx, &mut client, &mut server, &mut rewrite)
         }) => termination,
-        termination = ended => termination,
+        interruption = crate::on_wake::cut_or_stop(cut, shutdown) => match interruption {
+            Interruption::Cut => Termination::ServerCut,
+            Interruption::Stop => Termination::Shutdown,
+        },
     };
     RelayOutcome {
         bytes_in: relay.totals.bytes_in,

@@ -53,6 +53,7 @@ use crate::config::MessageLimits;
 use crate::lazy_timer::LazyTimer;
 use crate::listener::ListenerSettings;
 use crate::observe::{ConnectionRecord, Termination};
+use crate::on_wake::Interruption;
 use crate::upstream::tx_pool::{Member, Pairing};
 use crate::upstream::{Pool, RoleFilter};
 
@@ -138,14 +139,6 @@ impl From<Stop> for Refusal {
         };
         Refusal { reason, detail }
     }
-}
-
-/// What ended a transaction from outside it, while it waited on its client or server.
-enum Ended {
-    /// Hard shutdown.
-    Stopped,
-    /// The server was taken out of service.
-    Cut,
 }
 
 /// The client loop state that outlives one transaction.
@@ -461,13 +454,7 @@ impl Session {
         // cancellation future registers with its token when first polled), and looked at
         // only when it fires, not at each of the transaction's wake-ups (see `on_wake`).
         let (hard_stop, cut) = (self.client.hard_stop(), held.conn.cut.clone());
-        let mut ended = crate::on_wake::OnWake::new(async move {
-            tokio::select! {
-                biased;
-                () = hard_stop.cancelled() => Ended::Stopped,
-                () = cut.cancelled() => Ended::Cut,
-            }
-        });
+        let mut interrupted = crate::on_wake::cut_or_stop(&cut, &hard_stop);
         // The client sent Terminate: what it sent before still runs and is answered, as
         // the server would do (a client may send its last statement and Terminate without
         // waiting in between), then the session ends; nothing more is read from it. Only
@@ -511,9 +498,9 @@ impl Session {
                         self.server_messages(held).await?;
                     }
                 },
-                ended = &mut ended => match ended {
-                    Ended::Cut => return self.server_lost(held, "server taken out of service").await,
-                    Ended::Stopped => return Err(Stop::Shutdown),
+                interruption = &mut interrupted => match interruption {
+                    Interruption::Cut => return self.server_lost(held, "server taken out of service").await,
+                    Interruption::Stop => return Err(Stop::Shutdown),
                 },
             }
         }
