@@ -207,26 +207,20 @@ pub async fn read_startup<S: AsyncRead + Unpin>(
     const HEAD: usize = 8;
     let mut head = [0u8; HEAD];
     let mut filled = 0;
-    let mut length = None;
-    while filled < HEAD {
+    while filled < 4 {
         let read = stream.read(&mut head[filled..]).await?;
         if read == 0 {
             return Err(CodecError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
         filled += read;
-        if length.is_none()
-            && let Some((word, _)) = split_u32(&head[..filled])
-        {
-            check_length(word, HEAD as u32, limit)?;
-            length = Some(word);
-        }
     }
-    let Some(length) = length else {
-        return Err(CodecError::Malformed("packet too short"));
-    };
+    let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    check_length(length, HEAD as u32, limit)?;
+    // At least the 4 bytes read past the length word are the body's (the length is 8 or
+    // more); the rest of it follows.
     let wanted = length as usize - 4;
     let mut body = Vec::with_capacity(wanted.min(64 * 1024));
-    body.extend_from_slice(&head[4..]);
+    body.extend_from_slice(&head[4..filled]);
     read_into(stream, wanted - body.len(), &mut body).await?;
     Ok(body)
 }
