@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::Termination;
+use crate::on_wake::Interruption;
 use crate::protocol::Context;
 
 /// Size of each direction's copy buffer.
@@ -57,8 +58,11 @@ pub async fn run(
     let termination = tokio::select! {
         _ = copying => Termination::TunnelClosed,
         () = watchdog, if !idle.is_zero() => Termination::TunnelTimeout,
-        () = cut.cancelled() => Termination::ServerCut,
-        () = context.hard_stop.cancelled() => Termination::Shutdown,
+        // Looked at only when one fires, not at each wake-up of the copies.
+        interruption = crate::on_wake::cut_or_stop(&cut, &context.hard_stop) => match interruption {
+            Interruption::Cut => Termination::ServerCut,
+            Interruption::Stop => Termination::Shutdown,
+        },
     };
     (
         termination,
