@@ -9,7 +9,7 @@ use crate::protocol::postgres::codec::CodecError;
 use crate::protocol::postgres::conversation::Buffers;
 pub use crate::protocol::postgres::conversation::{Conversation, Hold, Tracked};
 use crate::protocol::postgres::errors::{fatal, sqlstate};
-use crate::protocol::postgres::frames::{Frame, FrameReader};
+use crate::protocol::postgres::frames::{FrameReader, Message};
 use crate::protocol::postgres::settings::SessionSettings;
 use crate::protocol::postgres::split::SplitConfig;
 
@@ -142,7 +142,7 @@ impl Sessions {
         self.conns[index].reader.feed(bytes);
         loop {
             let frame = match self.conns[index].reader.next_frame() {
-                Ok(Some(frame)) => frame,
+                Ok(Some(message)) => message.to_frame(),
                 Ok(None) => break,
                 Err(error) => {
                     self.server_lost(who, &format!("bad message from the server: {error}"));
@@ -154,7 +154,9 @@ impl Sessions {
                 return;
             };
             let conn = &mut self.conns[index];
-            client.conv.server_message(hold, &mut conn.tracked, frame);
+            client
+                .conv
+                .server_message(hold, &mut conn.tracked, frame.message());
             if hold.server_fatal() {
                 self.server_lost(who, "the server ended the session");
                 return;
@@ -169,15 +171,16 @@ impl Sessions {
     /// connection.
     fn client_frames(&mut self, who: usize) {
         loop {
+            // Owned: a message that opens a transaction is looked at while `self` changes.
             let frame = match self.clients[who].reader.next_frame() {
-                Ok(Some(frame)) => frame,
+                Ok(Some(message)) => message.to_frame(),
                 Ok(None) => break,
                 Err(error) => return self.malformed(who, error),
             };
             if frame.tag() == b'X' {
                 return self.end(who);
             }
-            if self.clients[who].held.is_none() && !self.open(who, &frame) {
+            if self.clients[who].held.is_none() && !self.open(who, frame.message()) {
                 continue;
             }
             let client = &mut self.clients[who];
@@ -185,7 +188,9 @@ impl Sessions {
                 continue;
             };
             let conn = &mut self.conns[*index];
-            let sent = client.conv.client_message(hold, &mut conn.tracked, frame);
+            let sent = client
+                .conv
+                .client_message(hold, &mut conn.tracked, frame.message());
             conn.to_server.append(&mut hold.to_server);
             if let Err(error) = sent {
                 return self.malformed(who, error);
@@ -196,7 +201,7 @@ impl Sessions {
 
     /// Between transactions, `first` from client `who`: the split's plan, the proxy's own
     /// answer to a route setting, or a lease. True when a connection is now held.
-    fn open(&mut self, who: usize, first: &Frame) -> bool {
+    fn open(&mut self, who: usize, first: Message<'_>) -> bool {
         let client = &mut self.clients[who];
         let plan = client.conv.plan(self.split.as_ref(), first);
         if let Some((class, _)) = &plan

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use super::classify::{self, Classification, PinReason, SessionChange, SessionEffects};
 use super::codec::CodecError;
 use super::errors::{error_field, sqlstate};
-use super::frames::{self, Frame, Parse};
+use super::frames::{self, Frame, Message, Parse};
 use super::settings::{self, SessionSettings};
 use super::split::{SplitConfig, SplitState, Target};
 use super::statements::{ClientStatements, ServerStatements, Statement};
@@ -205,7 +205,7 @@ impl Conversation {
     pub fn plan(
         &mut self,
         split: Option<&SplitConfig>,
-        first: &Frame,
+        first: Message<'_>,
     ) -> Option<(Classification, Target)> {
         let split = split?;
         let sql = match first.tag() {
@@ -313,7 +313,7 @@ impl Conversation {
         &mut self,
         hold: &mut Hold,
         conn: &mut Tracked,
-        frame: Frame,
+        frame: Message<'_>,
     ) -> Result<(), CodecError> {
         if hold.skipping {
             // The server discards everything up to Sync after an error; so do we.
@@ -323,7 +323,7 @@ impl Conversation {
                 hold.expected
                     .push_back(Expect::Client(Kind::UntilReady, None));
             }
-            hold.send(&frame.0);
+            hold.send(frame.0);
             return Ok(());
         }
         match frame.tag() {
@@ -333,7 +333,7 @@ impl Conversation {
                 hold.pending += 1;
                 hold.expected
                     .push_back(Expect::Client(Kind::UntilReady, None));
-                hold.send(&frame.0);
+                hold.send(frame.0);
             }
             b'P' => {
                 let parse = Parse::read(frame.body())?;
@@ -341,7 +341,7 @@ impl Conversation {
                     // Run by the Bind and Execute that follow, on this connection.
                     self.note_sql(hold, parse.query);
                     hold.expected.push_back(Expect::Client(Kind::Parse, None));
-                    hold.send(&frame.0);
+                    hold.send(frame.0);
                 } else {
                     let statement = self.statements.prepare(&parse);
                     if conn.prepared.touch(&statement.server_name) {
@@ -370,7 +370,7 @@ impl Conversation {
                         let renamed = frames::bind_renamed(frame.body(), &statement.server_name)?;
                         hold.send(&renamed.0);
                     }
-                    None => hold.send(&frame.0),
+                    None => hold.send(frame.0),
                 }
                 hold.expected.push_back(Expect::Client(Kind::Bind, None));
             }
@@ -381,7 +381,7 @@ impl Conversation {
                         ensure_prepared(hold, conn, statement);
                         hold.send(&frames::statement_message(b'D', &statement.server_name).0);
                     }
-                    _ => hold.send(&frame.0),
+                    _ => hold.send(frame.0),
                 }
                 hold.expected
                     .push_back(Expect::Client(Kind::Describe, None));
@@ -397,13 +397,13 @@ impl Conversation {
                         conn.prepared.remove(&statement.server_name);
                         hold.send(&frames::statement_message(b'C', &statement.server_name).0);
                     }
-                    None => hold.send(&frame.0),
+                    None => hold.send(frame.0),
                 }
                 hold.expected.push_back(Expect::Client(Kind::Close, None));
             }
             b'E' => {
                 hold.expected.push_back(Expect::Client(Kind::Execute, None));
-                hold.send(&frame.0);
+                hold.send(frame.0);
             }
             b'S' | b'F' => {
                 // A FunctionCall names its function by OID: what it does is unknown.
@@ -411,10 +411,10 @@ impl Conversation {
                 hold.pending += 1;
                 hold.expected
                     .push_back(Expect::Client(Kind::UntilReady, None));
-                hold.send(&frame.0);
+                hold.send(frame.0);
             }
             // Flush, COPY data/done/fail, and anything else the server judges.
-            _ => hold.send(&frame.0),
+            _ => hold.send(frame.0),
         }
         self.emit_synthetic(hold);
         Ok(())
@@ -453,7 +453,12 @@ impl Conversation {
 
     /// One whole server message while the connection is held; true when it was a
     /// ReadyForQuery answering the client (a query done, for the pool's statistics).
-    pub fn server_message(&mut self, hold: &mut Hold, conn: &mut Tracked, frame: Frame) -> bool {
+    pub fn server_message(
+        &mut self,
+        hold: &mut Hold,
+        conn: &mut Tracked,
+        frame: Message<'_>,
+    ) -> bool {
         let tag = frame.tag();
         if tag == b'E' {
             self.server_error(hold, conn, frame);
@@ -462,9 +467,9 @@ impl Conversation {
         let Some(front) = hold.expected.front() else {
             // Notices, notifications, parameter changes between answers.
             if tag == b'S' {
-                Self::parameter_status(hold, &frame);
+                Self::parameter_status(hold, frame);
             }
-            self.to_client.extend_from_slice(&frame.0);
+            self.to_client.extend_from_slice(frame.0);
             return false;
         };
         let (kind, injected) = match front {
@@ -473,10 +478,10 @@ impl Conversation {
             Expect::Synthetic(_) => (Kind::UntilReady, false),
         };
         if tag == b'S' && !injected {
-            Self::parameter_status(hold, &frame);
+            Self::parameter_status(hold, frame);
         }
         if !injected {
-            self.to_client.extend_from_slice(&frame.0);
+            self.to_client.extend_from_slice(frame.0);
         }
         if !kind.ended_by(tag) {
             return false;
@@ -499,7 +504,7 @@ impl Conversation {
     /// transaction explains (a function or trigger set it, or a `SET LOCAL` that ends with
     /// the transaction: resetting for those costs a reset, never a leak) marks the
     /// connection for a reset before its next use.
-    fn parameter_status(hold: &mut Hold, frame: &Frame) {
+    fn parameter_status(hold: &mut Hold, frame: Message<'_>) {
         let body = frame.body();
         let name = body.split(|&b| b == 0).next().unwrap_or_default();
         let explained = hold.changes.iter().any(|change| match change {
@@ -573,7 +578,7 @@ impl Conversation {
 
     /// An ErrorResponse: it answers the message at the front of the queue; outside a
     /// simple query the server then skips to Sync, and so does the queue.
-    fn server_error(&mut self, hold: &mut Hold, conn: &mut Tracked, frame: Frame) {
+    fn server_error(&mut self, hold: &mut Hold, conn: &mut Tracked, frame: Message<'_>) {
         if let Some(Expect::Injected(Kind::UntilReady, _)) = hold.expected.front() {
             let field = |f| error_field(frame.body(), f).unwrap_or_default();
             let (code, message) = (field(b'C'), field(b'M'));
@@ -583,15 +588,14 @@ impl Conversation {
         }
         // A server closing on its own (terminated, restarting) says FATAL; when the client can
         // go on without this connection it gets an ERROR instead (see `answer_lost`).
-        let frame = match frames::downgrade_fatal(frame.body()) {
+        match frames::downgrade_fatal(frame.body()) {
             Some(downgraded) if self.can_continue_without(hold) => {
                 hold.server_fatal = true;
-                downgraded
+                self.to_client.extend_from_slice(&downgraded.0);
             }
-            _ => frame,
-        };
+            _ => self.to_client.extend_from_slice(frame.0),
+        }
         hold.failed = true;
-        self.to_client.extend_from_slice(&frame.0);
         if let Some(Expect::Client(Kind::UntilReady, _)) | None = hold.expected.front() {
             return;
         }

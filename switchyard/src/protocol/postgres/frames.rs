@@ -11,24 +11,52 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::codec::CodecError;
 
-/// One whole message: type byte, length word and body.
+/// One whole message the proxy made or kept: type byte, length word and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame(pub Bytes);
 
 impl Frame {
     /// The type byte.
     pub fn tag(&self) -> u8 {
-        self.0[0]
+        self.message().tag()
     }
 
     /// The body, after the length word.
     pub fn body(&self) -> &[u8] {
-        &self.0[5..]
+        self.message().body()
     }
 
     /// Builds a frame from its type byte and body.
     pub fn new(tag: u8, body: &[u8]) -> Self {
         Self(Bytes::from(super::codec::with_length(Some(tag), body)))
+    }
+
+    /// The frame as a [`Message`], the form the conversation reads.
+    pub fn message(&self) -> Message<'_> {
+        Message(&self.0)
+    }
+}
+
+/// One whole message where it lies (a [`FrameReader`]'s buffer, a [`Frame`]): type byte,
+/// length word and body. Messages read are looked at in place and copied once, into the
+/// buffer bound for the other side, never split off or counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a>(pub &'a [u8]);
+
+impl<'a> Message<'a> {
+    /// The type byte.
+    pub fn tag(self) -> u8 {
+        self.0[0]
+    }
+
+    /// The body, after the length word.
+    pub fn body(self) -> &'a [u8] {
+        &self.0[5..]
+    }
+
+    /// A copy that outlives the buffer it lies in.
+    pub fn to_frame(self) -> Frame {
+        Frame(Bytes::copy_from_slice(self.0))
     }
 }
 
@@ -36,42 +64,55 @@ impl Frame {
 const INITIAL_BUFFER: usize = 8 * 1024;
 
 /// Reads messages from one side of a connection into a buffer. `fill` is a single read
-/// (safe to abandon in a `select!`); `next` takes whole messages without waiting.
+/// (safe to abandon in a `select!`); `next_frame` takes whole messages without waiting.
+/// `LASTING`: the buffer is the connection's for its life (see [`ServerFrameReader`]).
 #[derive(Debug)]
-pub struct FrameReader {
+pub struct FrameReader<const LASTING: bool = false> {
     buf: BytesMut,
+    /// The length word of the message taken last, still at the front of `buf` (0: none;
+    /// a message's is at least 4). It is dropped when the next is taken or the buffer is
+    /// read into, so that a message taken can be lent where it lies. Kept as a word, with
+    /// `limit` beside it, so the reader stays as small as an idle pooled client needs.
+    last: u32,
     /// The longest message taken. A message's length is a 32-bit word, so no larger limit
     /// could apply (and the reader is part of what an idle pooled client keeps).
     limit: u32,
-    /// Whether the buffer is the connection's for its life (see [`FrameReader::lasting`]).
-    lasting: bool,
 }
+
+/// The reader of a connection that keeps its buffer for its life (a pooled server
+/// connection): the buffer comes from the lasting heap (`memory`). Taken in the main heap
+/// during a burst of clients, the few server buffers would each pin a page of the
+/// clients' freed buffers after the burst.
+pub type ServerFrameReader = FrameReader<true>;
 
 impl FrameReader {
     /// A reader refusing messages longer than `limit` bytes.
     pub fn new(limit: usize) -> Self {
+        Self::empty(limit)
+    }
+}
+
+impl ServerFrameReader {
+    /// [`FrameReader::new`] for a pooled server connection.
+    pub fn lasting(limit: usize) -> Self {
+        Self::empty(limit)
+    }
+}
+
+impl<const LASTING: bool> FrameReader<LASTING> {
+    fn empty(limit: usize) -> Self {
         Self {
             buf: BytesMut::new(),
+            last: 0,
             limit: word_limit(limit),
-            lasting: false,
-        }
-    }
-
-    /// [`FrameReader::new`] for a connection that keeps its buffer for its life (a pooled
-    /// server connection): the buffer comes from the lasting heap (`memory`). Taken in the
-    /// main heap during a burst of clients, the few server buffers would each pin a page
-    /// of the clients' freed buffers after the burst.
-    pub fn lasting(limit: usize) -> Self {
-        Self {
-            lasting: true,
-            ..Self::new(limit)
         }
     }
 
     /// Reads what the stream has; `Ok(0)` is the end of the stream.
     pub async fn fill<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> std::io::Result<usize> {
+        self.drop_taken();
         if self.buf.capacity() - self.buf.len() < 4096 {
-            crate::memory::lasting_if(self.lasting, || self.buf.reserve(INITIAL_BUFFER));
+            crate::memory::lasting_if(LASTING, || self.buf.reserve(INITIAL_BUFFER));
         }
         stream.read_buf(&mut self.buf).await
     }
@@ -88,29 +129,60 @@ impl FrameReader {
         stream: &mut S,
         on_wait: &mut impl FnMut(),
     ) -> std::task::Poll<std::io::Result<usize>> {
+        self.drop_taken();
         crate::net::poll_fill_idle(cx, &mut self.buf, INITIAL_BUFFER, stream, on_wait)
     }
 
-    /// The next whole message in the buffer, if one has arrived.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, CodecError> {
-        if self.buf.len() < 5 {
+    /// The next whole message in the buffer, if one has arrived; taken, so the next call
+    /// gives the one after.
+    pub fn next_frame(&mut self) -> Result<Option<Message<'_>>, CodecError> {
+        // No message taken before is still lent: this call borrows the reader whole.
+        self.drop_taken();
+        let Some(length) = self.front_length()? else {
             return Ok(None);
-        }
-        let length = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        };
+        self.last = length;
+        Ok(Some(Message(&self.buf[..length as usize + 1])))
+    }
+
+    /// The next whole message in the buffer, if one has arrived, left there: the next
+    /// [`FrameReader::next_frame`] takes it.
+    pub fn peek_frame(&self) -> Result<Option<Message<'_>>, CodecError> {
+        let start = self.taken();
+        let length = self.front_length()?;
+        Ok(length.map(|length| Message(&self.buf[start..start + length as usize + 1])))
+    }
+
+    /// The length word of the message after the one taken last, once all of it has
+    /// arrived.
+    fn front_length(&self) -> Result<Option<u32>, CodecError> {
+        let start = self.taken();
+        let Some(head) = self.buf.get(start..start + 5) else {
+            return Ok(None);
+        };
+        let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
         if length < 4 || length > self.limit {
             return Err(CodecError::Length {
                 length: length.into(),
                 limit: self.limit as usize,
             });
         }
-        let total = length as usize + 1;
-        if self.buf.len() < total {
-            // Grow with what arrives, never to the announced length at once.
-            return Ok(None);
+        // Grow with what arrives, never to the announced length at once.
+        Ok((self.buf.len() - start > length as usize).then_some(length))
+    }
+
+    /// The bytes of the message taken last, still at the front of the buffer.
+    fn taken(&self) -> usize {
+        match self.last {
+            0 => 0,
+            length => length as usize + 1,
         }
-        // The first split makes the buffer's shared header, which lasts as the buffer does.
-        let frame = crate::memory::lasting_if(self.lasting, || self.buf.split_to(total));
-        Ok(Some(Frame(frame.freeze())))
+    }
+
+    /// Forgets the message taken last.
+    fn drop_taken(&mut self) {
+        self.buf.advance(self.taken());
+        self.last = 0;
     }
 
     /// Holds messages read from now on to `limit` bytes (a pooled server connection takes
@@ -126,12 +198,13 @@ impl FrameReader {
 
     /// Whether bytes of a message not yet whole are waiting.
     pub fn has_partial(&self) -> bool {
-        !self.buf.is_empty()
+        self.buf.len() > self.taken()
     }
 
     /// Drops everything buffered (the connection is being closed or reset).
     pub fn clear(&mut self) {
         self.buf.clear();
+        self.last = 0;
     }
 }
 
@@ -298,7 +371,7 @@ mod tests {
     fn frames(bytes: &[u8]) -> Vec<Frame> {
         let mut reader = FrameReader::new(1 << 20);
         reader.feed(bytes);
-        std::iter::from_fn(|| reader.next_frame().ok().flatten()).collect()
+        std::iter::from_fn(|| reader.next_frame().ok().flatten().map(Message::to_frame)).collect()
     }
 
     #[test]
@@ -308,9 +381,13 @@ mod tests {
         assert_eq!(reader.next_frame().ok(), Some(None));
         reader.feed(&PARSE[10..]);
         reader.feed(BIND);
+        // A look leaves the message for the next take.
+        let peeked = reader.peek_frame().ok().flatten().map(Message::to_frame);
+        assert_eq!(peeked.as_ref().map(|f| &f.0[..]), Some(PARSE));
+        assert_eq!(reader.next_frame().ok().flatten().map(|f| f.0), Some(PARSE));
         assert_eq!(
-            reader.next_frame().ok().flatten().map(|f| f.tag()),
-            Some(b'P')
+            reader.peek_frame().ok().flatten().map(|f| f.tag()),
+            Some(b'B')
         );
         assert_eq!(
             reader.next_frame().ok().flatten().map(|f| f.tag()),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::cancel::{CancelTarget, ServerKey};
 use super::codec::{PROTOCOL_3_0, Startup};
 use super::conversation::Tracked;
-use super::frames::FrameReader;
+use super::frames::ServerFrameReader;
 use super::login::{LoggedIn, LoginError, ServerCredential, login};
 use super::tls::{secure_server, server_host};
 use crate::config::MessageLimits;
@@ -57,7 +57,7 @@ pub struct Link {
     /// The stream to the server.
     pub stream: ServerStream,
     /// Bytes read from the server not yet taken as messages.
-    pub reader: FrameReader,
+    pub reader: ServerFrameReader,
     /// The server's cancel key for this connection and where cancel requests go; shared
     /// with the cancel key of the client holding it.
     pub cancel: Arc<ServerKey>,
@@ -103,7 +103,7 @@ impl Dialect for Postgres {
         *lock(&tx_pool.shared.latest) = Some(Arc::from(logged_in.parameters.as_slice()));
         Ok(Link {
             stream,
-            reader: FrameReader::lasting(limits.message),
+            reader: ServerFrameReader::lasting(limits.message),
             cancel: Arc::new(ServerKey::new(
                 CancelTarget {
                     server: peer,

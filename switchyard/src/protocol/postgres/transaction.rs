@@ -42,7 +42,7 @@ use super::classify::Classification;
 use super::codec::Startup;
 use super::conversation::{Buffers, Conversation, Hold};
 use super::errors::{fatal, sqlstate};
-use super::frames::{self, Frame, FrameReader};
+use super::frames::{self, FrameReader, Message};
 use super::login::ServerCredential;
 use super::pooler::{LeaseFailure, Postgres, ServerConn, TxPool};
 use super::settings::SessionSettings;
@@ -175,13 +175,20 @@ impl Client {
 
 /// What the wait between transactions ended with.
 enum Next {
-    /// The client's next message.
-    Frame(Frame),
+    /// The client's next message has come whole (the reader's next frame).
+    Message,
     /// The client closed its connection.
     Closed,
     /// Nothing for [`PARK_AFTER`](crate::idle_lot::PARK_AFTER): time to doze, until
     /// the idle limit (if any).
     Doze(Option<Instant>),
+}
+
+/// The client's message that opens its next transaction, left in the reader when
+/// [`Next::Message`] said it had come whole: it is taken with the transaction's other
+/// messages once a connection is leased.
+fn opening(reader: &FrameReader) -> Option<Message<'_>> {
+    reader.peek_frame().ok().flatten()
 }
 
 /// How serving a pooled client stopped.
@@ -213,30 +220,35 @@ impl Session {
     async fn serve(&mut self, address: SocketAddr) -> Served {
         loop {
             // Between transactions: wait for the client's next message.
-            let first = match self.next_client_frame().await {
-                Ok(Next::Frame(frame)) => frame,
+            match self.next_client_frame().await {
+                Ok(Next::Message) => {}
                 Ok(Next::Closed) => return Served::Ended(Ok(Termination::ClientClosed)),
                 Ok(Next::Doze(deadline)) => return Served::Idle { deadline },
                 Err(refusal) => return Served::Ended(Err(refusal)),
             };
-            if first.tag() == b'X' {
+            if opening(&self.reader).is_none_or(|first| first.tag() == b'X') {
                 return Served::Ended(Ok(Termination::ClientClosed));
             }
             // Boxed: a transaction's future is large and lives only while it runs, so the
             // wait between transactions (where pooled clients spend their time) stays small.
-            if let Some(ending) = Box::pin(self.transact(first, address)).await {
+            if let Some(ending) = Box::pin(self.transact(address)).await {
                 return Served::Ended(ending);
             }
         }
     }
 
-    /// Runs the transaction `first` opens, from the lease to the connection's return;
-    /// `Some` when the session ends with it.
-    async fn transact(&mut self, first: Frame, address: SocketAddr) -> Option<Ending> {
-        let plan = self.conv.plan(self.client.split.as_deref(), &first);
+    /// Runs the transaction the client's next message opens, from the lease to the
+    /// connection's return; `Some` when the session ends with it.
+    async fn transact(&mut self, address: SocketAddr) -> Option<Ending> {
+        let split = self.client.split.as_deref();
+        let plan = opening(&self.reader).and_then(|first| self.conv.plan(split, first));
         if let Some((class, _)) = &plan {
             match self.answer_route_setting(class).await {
-                Ok(true) => return None,
+                Ok(true) => {
+                    // Answered by the proxy: the message is done with.
+                    let _ = self.reader.next_frame();
+                    return None;
+                }
                 Ok(false) => {}
                 Err(refusal) => return Some(Err(refusal)),
             }
@@ -258,7 +270,7 @@ impl Session {
         };
         held.hold.class = plan.map(|(class, _)| class);
         self.prepare(&mut held).await;
-        let outcome = self.transaction(&mut held, first).await;
+        let outcome = self.transaction(&mut held).await;
         if let Some(tenant) = &self.client.tenant {
             tenant
                 .transactions
@@ -294,8 +306,8 @@ impl Session {
     /// [`PARK_AFTER`]: crate::idle_lot::PARK_AFTER
     async fn next_client_frame(&mut self) -> Result<Next, Refusal> {
         loop {
-            match self.reader.next_frame() {
-                Ok(Some(frame)) => return Ok(Next::Frame(frame)),
+            match self.reader.peek_frame() {
+                Ok(Some(_)) => return Ok(Next::Message),
                 Ok(None) => {}
                 Err(error) => return Err(self.malformed(error).await.into()),
             }
@@ -446,10 +458,10 @@ impl Session {
             .ready_connection(&mut held.hold, &mut held.conn.link.tracked);
     }
 
-    /// Runs one transaction from its first client message until the connection is idle
-    /// again. `Err` ends the session (the client left, the server was lost, a bad message).
-    async fn transaction(&mut self, held: &mut Held, first: Frame) -> Result<(), Stop> {
-        self.client_message(held, first)?;
+    /// Runs one transaction from its first client message (the reader's next) until the
+    /// connection is idle again. `Err` ends the session (the client left, the server was
+    /// lost, a bad message).
+    async fn transaction(&mut self, held: &mut Held) -> Result<(), Stop> {
         // Waited on once for the whole transaction, not made again for each message (a
         // cancellation future registers with its token when first polled), and looked at
         // only when it fires, not at each of the transaction's wake-ups (see `on_wake`).
@@ -465,8 +477,13 @@ impl Session {
         loop {
             while !leaving {
                 match self.reader.next_frame() {
-                    Ok(Some(frame)) if frame.tag() == b'X' => leaving = true,
-                    Ok(Some(frame)) => self.client_message(held, frame)?,
+                    Ok(Some(message)) if message.tag() == b'X' => leaving = true,
+                    Ok(Some(message)) => {
+                        let conn = &mut held.conn.link.tracked;
+                        self.conv
+                            .client_message(&mut held.hold, conn, message)
+                            .map_err(|e| Stop::BadMessage(e.to_string()))?;
+                    }
                     Ok(None) => break,
                     Err(error) => return Err(self.malformed(error).await),
                 }
@@ -513,13 +530,6 @@ impl Session {
         let written = crate::net::send_all(&mut self.client.stream, &self.conv.to_client).await;
         self.conv.to_client.clear();
         written.map_err(|e| Stop::ClientClosed(e.to_string()))
-    }
-
-    /// One client message while a connection is held (see [`Conversation::client_message`]).
-    fn client_message(&mut self, held: &mut Held, frame: Frame) -> Result<(), Stop> {
-        self.conv
-            .client_message(&mut held.hold, &mut held.conn.link.tracked, frame)
-            .map_err(|e| Stop::BadMessage(e.to_string()))
     }
 
     /// Handles the server's whole messages that have arrived.
