@@ -546,9 +546,8 @@ where
             let issued =
                 link.table
                     .register(link.cancel, logged_in.process_id, &logged_in.secret_key);
-            let parameters = logged_in.parameters.iter();
             let greeting = welcome(
-                parameters.map(|(name, value)| (name.as_str(), value.as_str())),
+                |out| put_parameter_statuses(out, &logged_in.parameters),
                 issued.pid,
                 &issued.key,
             );
@@ -569,27 +568,33 @@ where
     }
 }
 
-/// The answer to a login switchyard authenticated: AuthenticationOk, ParameterStatus for
-/// each parameter, BackendKeyData (the key switchyard gives the client), then
+/// The answer to a login switchyard authenticated: AuthenticationOk, the ParameterStatus
+/// messages `statuses` writes, BackendKeyData (the key switchyard gives the client), then
 /// ReadyForQuery idle — what the client would have seen from the server.
 /// Written in place, in one buffer, sent in one write: a pooled login sends it every time.
-pub fn welcome<'p>(
-    parameters: impl IntoIterator<Item = (&'p str, &'p str)>,
-    pid: u32,
-    key: &[u8],
-) -> Vec<u8> {
+pub fn welcome(statuses: impl FnOnce(&mut Vec<u8>), pid: u32, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(WELCOME_BYTES);
     codec::put_message(&mut out, Some(b'R'), &[&0u32.to_be_bytes()]);
-    for (name, value) in parameters {
-        codec::put_message(
-            &mut out,
-            Some(b'S'),
-            &[name.as_bytes(), b"\0", value.as_bytes(), b"\0"],
-        );
-    }
+    statuses(&mut out);
     codec::put_message(&mut out, Some(b'K'), &[&pid.to_be_bytes(), key]);
     codec::put_message(&mut out, Some(b'Z'), &[b"I"]);
     out
+}
+
+/// Appends a ParameterStatus message: the parameter `name` is `value`.
+pub fn put_parameter_status(out: &mut Vec<u8>, name: &str, value: &str) {
+    codec::put_message(
+        out,
+        Some(b'S'),
+        &[name.as_bytes(), b"\0", value.as_bytes(), b"\0"],
+    );
+}
+
+/// The ParameterStatus messages of `parameters`, for [`welcome`].
+pub fn put_parameter_statuses(out: &mut Vec<u8>, parameters: &[(String, String)]) {
+    for (name, value) in parameters {
+        put_parameter_status(out, name, value);
+    }
 }
 
 /// Room for the usual [`welcome`]: PostgreSQL 15 reports 14 parameters in about 330 bytes.
@@ -661,10 +666,7 @@ mod tests {
         let from_ok = &MD5_SERVER[13..];
         assert_eq!(
             welcome(
-                logged_in
-                    .parameters
-                    .iter()
-                    .map(|(name, value)| (name.as_str(), value.as_str())),
+                |out| put_parameter_statuses(out, &logged_in.parameters),
                 logged_in.process_id,
                 &logged_in.secret_key
             ),

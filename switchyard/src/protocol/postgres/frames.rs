@@ -69,11 +69,10 @@ const INITIAL_BUFFER: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct FrameReader<const LASTING: bool = false> {
     buf: BytesMut,
-    /// The length word of the message taken last, still at the front of `buf` (0: none;
-    /// a message's is at least 4). It is dropped when the next is taken or the buffer is
-    /// read into, so that a message taken can be lent where it lies. Kept as a word, with
-    /// `limit` beside it, so the reader stays as small as an idle pooled client needs.
-    last: u32,
+    /// Bytes at the front of `buf` already taken as messages. They stay until the buffer
+    /// is read into again, so that a message taken can be lent where it lies. A word,
+    /// beside `limit`, so that the reader stays as small as an idle pooled client needs.
+    taken: u32,
     /// The longest message taken. A message's length is a 32-bit word, so no larger limit
     /// could apply (and the reader is part of what an idle pooled client keeps).
     limit: u32,
@@ -103,7 +102,7 @@ impl<const LASTING: bool> FrameReader<LASTING> {
     fn empty(limit: usize) -> Self {
         Self {
             buf: BytesMut::new(),
-            last: 0,
+            taken: 0,
             limit: word_limit(limit),
         }
     }
@@ -136,27 +135,31 @@ impl<const LASTING: bool> FrameReader<LASTING> {
     /// The next whole message in the buffer, if one has arrived; taken, so the next call
     /// gives the one after.
     pub fn next_frame(&mut self) -> Result<Option<Message<'_>>, CodecError> {
-        // No message taken before is still lent: this call borrows the reader whole.
-        self.drop_taken();
         let Some(length) = self.front_length()? else {
             return Ok(None);
         };
-        self.last = length;
-        Ok(Some(Message(&self.buf[..length as usize + 1])))
+        // At most `u32::MAX` (see `word_limit`).
+        let total = length + 1;
+        if self.taken.checked_add(total).is_none() {
+            // No message taken before is still lent: this call borrows the reader whole.
+            self.drop_taken();
+        }
+        let start = self.taken as usize;
+        self.taken += total;
+        Ok(Some(Message(&self.buf[start..self.taken as usize])))
     }
 
     /// The next whole message in the buffer, if one has arrived, left there: the next
     /// [`FrameReader::next_frame`] takes it.
     pub fn peek_frame(&self) -> Result<Option<Message<'_>>, CodecError> {
-        let start = self.taken();
+        let start = self.taken as usize;
         let length = self.front_length()?;
         Ok(length.map(|length| Message(&self.buf[start..start + length as usize + 1])))
     }
 
-    /// The length word of the message after the one taken last, once all of it has
-    /// arrived.
+    /// The length word of the message after those taken, once all of it has arrived.
     fn front_length(&self) -> Result<Option<u32>, CodecError> {
-        let start = self.taken();
+        let start = self.taken as usize;
         let Some(head) = self.buf.get(start..start + 5) else {
             return Ok(None);
         };
@@ -171,18 +174,9 @@ impl<const LASTING: bool> FrameReader<LASTING> {
         Ok((self.buf.len() - start > length as usize).then_some(length))
     }
 
-    /// The bytes of the message taken last, still at the front of the buffer.
-    fn taken(&self) -> usize {
-        match self.last {
-            0 => 0,
-            length => length as usize + 1,
-        }
-    }
-
-    /// Forgets the message taken last.
+    /// Forgets the messages taken.
     fn drop_taken(&mut self) {
-        self.buf.advance(self.taken());
-        self.last = 0;
+        self.buf.advance(std::mem::take(&mut self.taken) as usize);
     }
 
     /// Holds messages read from now on to `limit` bytes (a pooled server connection takes
@@ -198,19 +192,20 @@ impl<const LASTING: bool> FrameReader<LASTING> {
 
     /// Whether bytes of a message not yet whole are waiting.
     pub fn has_partial(&self) -> bool {
-        self.buf.len() > self.taken()
+        self.buf.len() > self.taken as usize
     }
 
     /// Drops everything buffered (the connection is being closed or reset).
     pub fn clear(&mut self) {
         self.buf.clear();
-        self.last = 0;
+        self.taken = 0;
     }
 }
 
-/// `limit` as a message length word can reach it.
+/// `limit` as a message length word can reach it, short of `u32::MAX` so that a whole
+/// message (type byte and length) can be counted in a word.
 fn word_limit(limit: usize) -> u32 {
-    u32::try_from(limit).unwrap_or(u32::MAX)
+    u32::try_from(limit).unwrap_or(u32::MAX).min(u32::MAX - 1)
 }
 
 /// Splits a NUL-terminated string off the front of `bytes`.

@@ -29,20 +29,60 @@ pub type ServerConn = tx_pool::ServerConn<Postgres>;
 /// Why no server connection could be had.
 pub type LeaseFailure = tx_pool::LeaseFailure<LoginError>;
 
-/// Parameters a server reports at login (ParameterStatus), by name.
-pub type Parameters = Arc<[(String, String)]>;
+/// The parameters a server reported at login, as the pool's new clients are told them:
+/// their ParameterStatus messages are made once, at the login, and each client's login
+/// copies them with its own startup values in place of the server's. A pooled login does
+/// this for every client, and a client that connects per transaction for each one.
+#[derive(Debug)]
+pub struct Parameters {
+    /// Each parameter's name, and where its message ends in `messages`.
+    ends: Vec<(String, usize)>,
+    /// The ParameterStatus messages, one after the other, as the server sent them.
+    messages: Vec<u8>,
+}
+
+impl Parameters {
+    /// The parameters `reported` at a login, in the order they came.
+    pub fn new(reported: &[(String, String)]) -> Self {
+        let mut messages = Vec::new();
+        let ends = reported
+            .iter()
+            .map(|(name, value)| {
+                super::auth::put_parameter_status(&mut messages, name, value);
+                (name.clone(), messages.len())
+            })
+            .collect();
+        Self { ends, messages }
+    }
+
+    /// Appends the ParameterStatus messages a client whose startup is `startup` is told:
+    /// the server's, with the client's own value of each parameter its startup set.
+    pub fn tell(&self, startup: &Startup, out: &mut Vec<u8>) {
+        let mut copied = 0;
+        let mut start = 0;
+        for (name, end) in &self.ends {
+            if let Some(own) = startup.param(name) {
+                out.extend_from_slice(&self.messages[copied..start]);
+                super::auth::put_parameter_status(out, name, own);
+                copied = *end;
+            }
+            start = *end;
+        }
+        out.extend_from_slice(&self.messages[copied..]);
+    }
+}
 
 /// What a PostgreSQL transaction pool keeps besides its connections.
 #[derive(Debug, Default)]
 pub struct PoolParameters {
     /// The parameters the server reported at the latest login: what a new client is
     /// told, so that its login waits for no server connection.
-    latest: Mutex<Option<Parameters>>,
+    latest: Mutex<Option<Arc<Parameters>>>,
 }
 
 impl PoolParameters {
     /// The parameters the server reported at the latest login, once one succeeded.
-    pub fn get(&self) -> Option<Parameters> {
+    pub fn get(&self) -> Option<Arc<Parameters>> {
         lock(&self.latest).clone()
     }
 }
@@ -100,7 +140,8 @@ impl Dialect for Postgres {
         let logged_in: LoggedIn = login(&mut stream, &startup, &credential, limits)
             .await
             .map_err(tx_pool::LeaseFailure::Login)?;
-        *lock(&tx_pool.shared.latest) = Some(Arc::from(logged_in.parameters.as_slice()));
+        let parameters = Arc::new(Parameters::new(&logged_in.parameters));
+        *lock(&tx_pool.shared.latest) = Some(parameters);
         Ok(Link {
             stream,
             reader: ServerFrameReader::lasting(limits.message),
@@ -138,6 +179,52 @@ impl Dialect for Postgres {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// What a client is told at a pooled login is what the server told the pool's
+    /// login, with the client's own startup values in place (first, middle and last).
+    #[test]
+    fn parameters_are_told_with_the_clients_own_values() {
+        let pair = |name: &str, value: &str| (name.to_string(), value.to_string());
+        let reported = [
+            pair("application_name", "first"),
+            pair("client_encoding", "UTF8"),
+            pair("DateStyle", "ISO, MDY"),
+            pair("TimeZone", "UTC"),
+        ];
+        let parameters = Parameters::new(&reported);
+        let told = |params: &[(String, String)]| {
+            let startup = Startup {
+                version: PROTOCOL_3_0,
+                params: params.to_vec(),
+            };
+            let mut out = Vec::new();
+            parameters.tell(&startup, &mut out);
+            out
+        };
+        let expected = |values: &[(String, String)]| {
+            let mut out = Vec::new();
+            super::super::auth::put_parameter_statuses(&mut out, values);
+            out
+        };
+        assert_eq!(told(&[pair("user", "app")]), expected(&reported));
+        let own = [
+            pair("TimeZone", "Europe/Paris"),
+            pair("user", "app"),
+            pair("application_name", "pgbench"),
+            pair("client_encoding", "LATIN1"),
+        ];
+        assert_eq!(
+            told(&own),
+            expected(&[
+                pair("application_name", "pgbench"),
+                pair("client_encoding", "LATIN1"),
+                pair("DateStyle", "ISO, MDY"),
+                pair("TimeZone", "Europe/Paris"),
+            ])
+        );
+    }
+
     /// The keys `load_str` reports for a config with a postgres listener (`listener`
     /// keys) over a pool with `pool` keys, or none when it loads.
     fn errors(listener: &str, pool: &str) -> Vec<String> {

@@ -44,7 +44,7 @@ use super::conversation::{Buffers, Conversation, Hold};
 use super::errors::{fatal, sqlstate};
 use super::frames::{self, FrameReader, Message};
 use super::login::ServerCredential;
-use super::pooler::{LeaseFailure, Postgres, ServerConn, TxPool};
+use super::pooler::{LeaseFailure, Parameters, Postgres, ServerConn, TxPool};
 use super::settings::SessionSettings;
 use super::split::{SplitConfig, Target};
 use super::startup::Refusal;
@@ -732,9 +732,7 @@ pub async fn start(
         crate::memory::lasting(|| Session::new(client(stream, member, idle), settings));
     let key = &session.client.cancel;
     // The client's own startup values win over the server's defaults.
-    let told = parameters
-        .iter()
-        .map(|(name, value)| (name.as_str(), startup.param(name).unwrap_or(value)));
+    let told = |out: &mut Vec<u8>| parameters.tell(&startup, out);
     let welcome = super::auth::welcome(told, key.pid, &key.key);
     if let Err(error) = crate::net::send_all(&mut session.client.stream, &welcome).await {
         return Err(Refusal::new(Termination::ClientClosed, error));
@@ -751,10 +749,10 @@ async fn first_lease(
     record: &mut ConnectionRecord,
     accept: RoleFilter,
     limits: &MessageLimits,
-) -> Result<Arc<[(String, String)]>, LeaseFailure> {
+) -> Result<Arc<Parameters>, LeaseFailure> {
     let conn = tx_pool.lease(record.client, accept, limits).await?;
     record.server = Some(conn.server.name.as_str().into());
-    let parameters = Arc::from(conn.link.parameters.as_slice());
+    let parameters = Arc::new(Parameters::new(&conn.link.parameters));
     tx_pool.give_back_unused(conn);
     Ok(parameters)
 }
