@@ -160,14 +160,14 @@ pub struct SessionEffects {
 /// keeps every ASCII byte (server encodings keep ASCII bytes ASCII; a client-only encoding
 /// pins first): a `SET` in it could not be replayed as written, so it pins.
 pub fn session_effects(sql: &[u8]) -> SessionEffects {
+    if quiet::is_quiet(sql) {
+        return SessionEffects::default();
+    }
     // Valid UTF-8 (nearly every text) is checked by the faster of the two paths.
     let text = match std::str::from_utf8(sql) {
         Ok(text) => std::borrow::Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(sql),
     };
-    if quiet::is_quiet(&text) {
-        return SessionEffects::default();
-    }
     // Session effects do not depend on write functions: the built-in rules serve all.
     static RULES: std::sync::LazyLock<Rules> = std::sync::LazyLock::new(Rules::default);
     let classification = classify(&text, &RULES);

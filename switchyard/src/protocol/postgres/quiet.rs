@@ -104,13 +104,13 @@ const SEEN_SLOTS: usize = 4096;
 /// in a fixed table ([`SEEN_SLOTS`]), where a later shape may overwrite it (that shape is
 /// then remembered one sighting later).
 struct RememberedQuiet {
-    shapes: HashSet<Box<str>, foldhash::fast::RandomState>,
+    shapes: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
     bytes: usize,
     /// Per slot (the hash's low bits), the high half of the hash of the last quiet shape
     /// seen once there; zero for none.
     seen: Box<[u32]>,
     /// The shape of the text being looked up (kept to spare an allocation per lookup).
-    shape: String,
+    shape: Vec<u8>,
 }
 
 impl Default for RememberedQuiet {
@@ -120,7 +120,7 @@ impl Default for RememberedQuiet {
             shapes: HashSet::default(),
             bytes: 0,
             seen: vec![0; SEEN_SLOTS].into_boxed_slice(),
-            shape: String::with_capacity(REMEMBERED_TEXT_BYTES),
+            shape: Vec::with_capacity(REMEMBERED_TEXT_BYTES),
         })
     }
 }
@@ -128,12 +128,14 @@ impl Default for RememberedQuiet {
 impl RememberedQuiet {
     /// [`is_quiet`] for `sql` (short enough to remember): from memory when its shape is
     /// remembered, else by a scan, noting the shape when the text is quiet.
-    fn answer(&mut self, sql: &str) -> bool {
-        respell_numbers(sql, "0", &mut self.shape);
-        if self.shapes.contains(self.shape.as_str()) {
+    fn answer(&mut self, sql: &[u8]) -> bool {
+        respell_numbers(sql, b"0", &mut self.shape);
+        if self.shapes.contains(self.shape.as_slice()) {
+            // Only UTF-8 text is scanned, so a shape remembered is UTF-8, and so is every
+            // text of its shape (they differ in ASCII digits): no need to check it first.
             return true;
         }
-        let quiet = scan_is_quiet(sql);
+        let quiet = scan_text_is_quiet(sql);
         if quiet {
             self.found_quiet();
         }
@@ -143,7 +145,7 @@ impl RememberedQuiet {
     /// Notes that the text whose shape is `self.shape` was found quiet: remembers the
     /// shape if it was seen before.
     fn found_quiet(&mut self) {
-        let hash = self.shapes.hasher().hash_one(self.shape.as_str());
+        let hash = self.shapes.hasher().hash_one(self.shape.as_slice());
         let slot = (hash as usize) & (SEEN_SLOTS - 1);
         // Never zero, so that zero can mean an empty slot.
         let fingerprint = ((hash >> 32) as u32).max(1);
@@ -159,7 +161,7 @@ impl RememberedQuiet {
         }
         self.bytes += cost;
         // Kept for the worker's life, not the transaction's (see `memory`).
-        crate::memory::lasting(|| self.shapes.insert(self.shape.as_str().into()));
+        crate::memory::lasting(|| self.shapes.insert(self.shape.as_slice().into()));
     }
 }
 
@@ -171,10 +173,12 @@ thread_local! {
 /// Whether `sql` certainly changes no session state, pins nothing and runs nothing the
 /// pooler cannot see (see the module documentation); `false` means "classify it". The
 /// answer depends on the text's shape alone (see [`respell_numbers`]), so shapes found
-/// quiet twice are remembered per worker.
-pub fn is_quiet(sql: &str) -> bool {
+/// quiet twice are remembered per worker. Text that is not UTF-8 is left to the
+/// classification, which reads it with its other bytes replaced.
+pub fn is_quiet(sql: impl AsRef<[u8]>) -> bool {
+    let sql = sql.as_ref();
     if sql.len() > REMEMBERED_TEXT_BYTES {
-        return scan_is_quiet(sql);
+        return scan_text_is_quiet(sql);
     }
     REMEMBERED.with_borrow_mut(|remembered| remembered.answer(sql))
 }
@@ -195,11 +199,10 @@ pub fn is_quiet(sql: &str) -> bool {
 /// server refuses the text as the scanner does, and a refused text changes nothing.
 /// `quiet::tests::numbers_do_not_change_the_answer` and the `statement_scanner` fuzz
 /// target check this against the scanner.
-pub fn respell_numbers(sql: &str, digits: &str, out: &mut String) {
+pub fn respell_numbers(bytes: &[u8], digits: &[u8], out: &mut Vec<u8>) {
     let word =
         |byte: u8| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80;
     out.clear();
-    let bytes = sql.as_bytes();
     let mut copied = 0;
     let mut at = next_digit(bytes, 0);
     while at < bytes.len() {
@@ -211,13 +214,13 @@ pub fn respell_numbers(sql: &str, digits: &str, out: &mut String) {
         let alone = (at == 0 || !word(bytes[at - 1])) && bytes.get(end).is_none_or(|&b| !word(b));
         if alone {
             // Digits are ASCII: both cuts fall on character boundaries.
-            out.push_str(&sql[copied..at]);
-            out.push_str(digits);
+            out.extend_from_slice(&bytes[copied..at]);
+            out.extend_from_slice(digits);
             copied = end;
         }
         at = next_digit(bytes, end);
     }
-    out.push_str(&sql[copied..]);
+    out.extend_from_slice(&bytes[copied..]);
 }
 
 /// Where the first ASCII digit at or after `at` is (`bytes.len()` if none). Most of a
@@ -239,6 +242,11 @@ fn next_digit(bytes: &[u8], mut at: usize) -> usize {
         .get(at..)
         .and_then(|rest| rest.iter().position(u8::is_ascii_digit))
         .map_or(bytes.len(), |found| at + found)
+}
+
+/// [`scan_is_quiet`] for text that may not be UTF-8 (which is not quiet).
+fn scan_text_is_quiet(sql: &[u8]) -> bool {
+    std::str::from_utf8(sql).is_ok_and(scan_is_quiet)
 }
 
 /// [`is_quiet`] by a scan of the text, remembering nothing (for tests and the fuzz target).
@@ -426,9 +434,9 @@ mod tests {
     }
 
     /// `sql`'s shape, as [`RememberedQuiet`] keeps it.
-    fn shape(sql: &str) -> String {
-        let mut out = String::new();
-        respell_numbers(sql, "0", &mut out);
+    fn shape(sql: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        respell_numbers(sql.as_bytes(), b"0", &mut out);
         out
     }
 
@@ -437,7 +445,8 @@ mod tests {
     /// share one, and what a worker remembers stays within its bound.
     #[test]
     fn remembered_shapes_answer_as_the_scan_does_within_the_bound() {
-        let remembered = |sql: &str| REMEMBERED.with_borrow(|r| r.shapes.contains(&*shape(sql)));
+        let remembered =
+            |sql: &str| REMEMBERED.with_borrow(|r| r.shapes.contains(shape(sql).as_slice()));
         let quiet = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
         let loud = "SET search_path TO evil";
         assert!(is_quiet(quiet));
@@ -459,7 +468,7 @@ mod tests {
         // Shapes seen once are not remembered...
         let before = REMEMBERED.with_borrow(|r| r.shapes.len());
         for n in 0..20_000 {
-            assert!(is_quiet(&format!(
+            assert!(is_quiet(format!(
                 "SELECT abalance FROM t WHERE name = 'a{n}'"
             )));
         }
@@ -492,7 +501,7 @@ mod tests {
             ("42", "0"),
             ("", ""),
         ] {
-            assert_eq!(shape(sql), expected, "{sql}");
+            assert_eq!(shape(sql), expected.as_bytes(), "{sql}");
         }
     }
 
@@ -548,13 +557,14 @@ mod tests {
     /// one answer from the scan, unless the scanner (and so the server) refuses one.
     #[test]
     fn numbers_do_not_change_the_answer() {
-        let mut respelled = String::new();
+        let mut respelled = Vec::new();
         for sql in mutated_statements(3_000) {
             for digits in ["0", "98765", "200", "1"] {
-                respell_numbers(&sql, digits, &mut respelled);
-                let (a, b) = (scan_is_quiet(&sql), scan_is_quiet(&respelled));
+                respell_numbers(sql.as_bytes(), digits.as_bytes(), &mut respelled);
+                let respelled = std::str::from_utf8(&respelled).expect("digits for digits");
+                let (a, b) = (scan_is_quiet(&sql), scan_is_quiet(respelled));
                 if a != b {
-                    let refused = if a { &respelled } else { &sql };
+                    let refused = if a { respelled } else { sql.as_str() };
                     assert!(
                         Scan::new(refused).is_none(),
                         "{sql:?} ({a}) and {respelled:?} ({b})"
