@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -54,8 +53,31 @@ impl ServerKey {
 }
 
 /// What an issued key stands for now; `None`: a transaction-mode client between
-/// transactions (nothing to cancel).
-type Binding = ArcSwapOption<ServerKey>;
+/// transactions (nothing to cancel). A lock, not an `ArcSwap`: the client's own worker
+/// points it twice per transaction and a cancel request reads it seldom, so it is never
+/// contended, and a store to an `ArcSwap` walks every thread's debt list.
+#[derive(Debug, Default)]
+struct Binding(Mutex<Option<Arc<ServerKey>>>);
+
+impl Binding {
+    fn new(target: Option<Arc<ServerKey>>) -> Self {
+        Self(Mutex::new(target))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<ServerKey>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the key stands for now.
+    fn load_full(&self) -> Option<Arc<ServerKey>> {
+        self.lock().clone()
+    }
+
+    /// Points the key at `target`.
+    fn store(&self, target: Option<Arc<ServerKey>>) {
+        *self.lock() = target;
+    }
+}
 
 /// The keys issued to clients of every postgres listener of the process.
 #[derive(Debug, Default)]
