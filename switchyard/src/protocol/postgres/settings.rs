@@ -3,7 +3,7 @@
 //! re-applied on whichever connection runs the client's next transaction, unless that
 //! connection already has exactly these settings (most clients share them).
 
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 
 use super::codec::Startup;
 use super::scanner;
@@ -136,12 +136,17 @@ impl SessionSettings {
     }
 
     fn rehash(&mut self) {
+        // SipHash under a key drawn once per process. Under a fixed key (`DefaultHasher`'s
+        // is zero) a client could search offline for settings whose id equals another
+        // client's of the same pool, and then one of them would run on a connection
+        // holding the other's settings (a `search_path`...) as if they were its own.
+        // With a secret key, ids of different settings meet by chance only, one in 2^64.
+        static KEY: std::sync::LazyLock<std::hash::RandomState> =
+            std::sync::LazyLock::new(std::hash::RandomState::new);
         self.id = if self.statements.is_empty() {
             0
         } else {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            self.statements.hash(&mut hasher);
-            match hasher.finish() {
+            match KEY.hash_one(&self.statements) {
                 0 | UNKNOWN => 1,
                 id => id,
             }
@@ -216,6 +221,10 @@ mod tests {
         assert!(settings.readable());
         let again = SessionSettings::from_startup(&startup);
         assert_eq!(settings.id(), again.id(), "equal settings share an id");
+        // Not the fixed-key hash, which anyone could search for settings of a given id.
+        let mut fixed = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&settings.statements, &mut fixed);
+        assert_ne!(settings.id(), std::hash::Hasher::finish(&fixed));
     }
 
     #[test]
