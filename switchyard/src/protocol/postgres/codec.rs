@@ -179,13 +179,17 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, CodecError> {
 
 /// A NUL-terminated UTF-8 string and what follows it.
 pub fn cstring(bytes: &[u8]) -> Result<(&str, &[u8]), CodecError> {
-    let end = bytes
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(CodecError::Malformed("unterminated string"))?;
-    let text = std::str::from_utf8(&bytes[..end])
-        .map_err(|_| CodecError::Malformed("string is not UTF-8"))?;
-    Ok((text, &bytes[end + 1..]))
+    let (text, rest) = split_cstr(bytes).ok_or(CodecError::Malformed("unterminated string"))?;
+    let text =
+        std::str::from_utf8(text).map_err(|_| CodecError::Malformed("string is not UTF-8"))?;
+    Ok((text, rest))
+}
+
+/// The bytes before the first NUL of `bytes`, and those after it. Looked for with
+/// `memchr`: the pooler looks through every query text for its end.
+pub fn split_cstr(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = memchr::memchr(0, bytes)?;
+    Some((&bytes[..end], &bytes[end + 1..]))
 }
 
 fn split_u32(bytes: &[u8]) -> Option<(u32, &[u8])> {

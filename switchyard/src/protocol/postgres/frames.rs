@@ -210,11 +210,7 @@ fn word_limit(limit: usize) -> u32 {
 
 /// Splits a NUL-terminated string off the front of `bytes`.
 fn cstr(bytes: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
-    let end = bytes
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(CodecError::Malformed("string without its NUL"))?;
-    Ok((&bytes[..end], &bytes[end + 1..]))
+    super::codec::split_cstr(bytes).ok_or(CodecError::Malformed("string without its NUL"))
 }
 
 /// A Parse message: statement name, query text, and the parameter-type section as sent.
