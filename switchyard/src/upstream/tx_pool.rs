@@ -200,7 +200,11 @@ impl<D: Dialect> TxPools<D> {
         };
         entry.stats.clients.fetch_add(1, Ordering::Relaxed);
         *lock(&entry.credential) = credential;
-        entry.upstream.store(pool.clone());
+        // Changed by a reload only: a store makes every thread's readers settle their
+        // debts, a look does not.
+        if !Arc::ptr_eq(&entry.upstream.load(), pool) {
+            entry.upstream.store(pool.clone());
+        }
         Ok(Member { pool: entry })
     }
 
