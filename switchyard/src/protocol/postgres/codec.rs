@@ -219,25 +219,9 @@ pub async fn read_startup<S: AsyncRead + Unpin>(
         filled += read;
     }
     let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    check_length(length, HEAD as u32, limit)?;
-    // At least the 4 bytes read past the length word are the body's (the length is 8 or
-    // more); the rest of it follows.
-    let wanted = length as usize - 4;
-    let mut body = Vec::with_capacity(wanted.min(64 * 1024));
-    body.extend_from_slice(&head[4..filled]);
-    read_into(stream, wanted - body.len(), &mut body).await?;
-    Ok(body)
-}
-
-/// Refuses a length word under `minimum` or over `limit`.
-fn check_length(length: u32, minimum: u32, limit: usize) -> Result<(), CodecError> {
-    if length < minimum || length as u64 > limit as u64 {
-        return Err(CodecError::Length {
-            length: length.into(),
-            limit,
-        });
-    }
-    Ok(())
+    // The bytes read past the length word begin the body (`read_body` refuses a length
+    // under 8 before it looks at them).
+    read_body(stream, length, HEAD as u32, limit, &head[4..filled]).await
 }
 
 /// A typed message: its type byte and body.
@@ -263,36 +247,39 @@ pub async fn read_message<S: AsyncRead + Unpin>(
 ) -> Result<Message, CodecError> {
     let tag = stream.read_u8().await?;
     let length = stream.read_u32().await?;
-    let body = read_body(stream, length, 4, limit).await?;
+    let body = read_body(stream, length, 4, limit, &[]).await?;
     Ok(Message { tag, body })
 }
 
+/// Reads the body a length word announced, refusing lengths under `minimum` or over
+/// `limit` before buffering anything; `started` is the part of it already read.
 async fn read_body<S: AsyncRead + Unpin>(
     stream: &mut S,
     length: u32,
     minimum: u32,
     limit: usize,
+    started: &[u8],
 ) -> Result<Vec<u8>, CodecError> {
-    check_length(length, minimum, limit)?;
+    if length < minimum || length as u64 > limit as u64 {
+        return Err(CodecError::Length {
+            length: length.into(),
+            limit,
+        });
+    }
     // Grow with what actually arrives: a length word alone must not make the proxy
     // allocate up to the limit.
     let wanted = length as usize - 4;
     let mut body = Vec::with_capacity(wanted.min(64 * 1024));
-    read_into(stream, wanted, &mut body).await?;
-    Ok(body)
-}
-
-/// Appends exactly `wanted` more bytes of `stream` to `body`.
-async fn read_into<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    wanted: usize,
-    body: &mut Vec<u8>,
-) -> Result<(), CodecError> {
-    let read = (&mut *stream).take(wanted as u64).read_to_end(body).await?;
-    if read < wanted {
+    body.extend_from_slice(started);
+    let rest = wanted - started.len();
+    let read = (&mut *stream)
+        .take(rest as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if read < rest {
         return Err(CodecError::Io(io::ErrorKind::UnexpectedEof.into()));
     }
-    Ok(())
+    Ok(body)
 }
 
 /// What an `R` (authentication request) message asks of the client.
