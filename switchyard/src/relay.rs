@@ -20,7 +20,6 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::Termination;
-use crate::on_wake::Interruption;
 use crate::tally::Tally;
 
 /// Size of one relay buffer.
@@ -219,10 +218,7 @@ async fn run(
         termination = std::future::poll_fn(|cx| {
             relay.poll(cx, &mut client, &mut server, &mut rewrite)
         }) => termination,
-        interruption = crate::on_wake::cut_or_stop(cut, shutdown) => match interruption {
-            Interruption::Cut => Termination::ServerCut,
-            Interruption::Stop => Termination::Shutdown,
-        },
+        interruption = crate::on_wake::cut_or_stop(cut, shutdown) => interruption.into(),
     };
     RelayOutcome {
         bytes_in: relay.totals.bytes_in,

@@ -221,6 +221,17 @@ impl Termination {
     }
 }
 
+impl From<crate::on_wake::Interruption> for Termination {
+    /// A connection's wait cut short from outside it: its server was taken out of
+    /// service, or the proxy stops.
+    fn from(interruption: crate::on_wake::Interruption) -> Self {
+        match interruption {
+            crate::on_wake::Interruption::Cut => Self::ServerCut,
+            crate::on_wake::Interruption::Stop => Self::Shutdown,
+        }
+    }
+}
+
 impl std::fmt::Display for Termination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

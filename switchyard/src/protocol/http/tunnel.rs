@@ -12,7 +12,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::Termination;
-use crate::on_wake::Interruption;
 use crate::protocol::Context;
 
 /// Size of each direction's copy buffer.
@@ -59,10 +58,7 @@ pub async fn run(
         _ = copying => Termination::TunnelClosed,
         () = watchdog, if !idle.is_zero() => Termination::TunnelTimeout,
         // Looked at only when one fires, not at each wake-up of the copies.
-        interruption = crate::on_wake::cut_or_stop(&cut, &context.hard_stop) => match interruption {
-            Interruption::Cut => Termination::ServerCut,
-            Interruption::Stop => Termination::Shutdown,
-        },
+        interruption = crate::on_wake::cut_or_stop(&cut, &context.hard_stop) => interruption.into(),
     };
     (
         termination,
