@@ -101,8 +101,9 @@ pub struct Link {
     /// The server's cancel key for this connection and where cancel requests go; shared
     /// with the cancel key of the client holding it.
     pub cancel: Arc<ServerKey>,
-    /// The parameters the server reported at login.
-    pub parameters: Vec<(String, String)>,
+    /// The parameters the server reported at login, as the pool's clients are told them
+    /// (shared with the pool's latest, when this login is the latest).
+    pub parameters: Arc<Parameters>,
     /// Its session state as the pooler tracks it: the statements prepared on it and the
     /// settings applied.
     pub tracked: Tracked,
@@ -141,7 +142,7 @@ impl Dialect for Postgres {
             .await
             .map_err(tx_pool::LeaseFailure::Login)?;
         let parameters = Arc::new(Parameters::new(&logged_in.parameters));
-        *lock(&tx_pool.shared.latest) = Some(parameters);
+        *lock(&tx_pool.shared.latest) = Some(parameters.clone());
         Ok(Link {
             stream,
             reader: ServerFrameReader::lasting(limits.message),
@@ -156,7 +157,7 @@ impl Dialect for Postgres {
                 logged_in.process_id,
                 logged_in.secret_key,
             )),
-            parameters: logged_in.parameters,
+            parameters,
             tracked: Tracked::new(pool.database.max_prepared_statements),
         })
     }

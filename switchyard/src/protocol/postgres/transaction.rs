@@ -752,7 +752,7 @@ async fn first_lease(
 ) -> Result<Arc<Parameters>, LeaseFailure> {
     let conn = tx_pool.lease(record.client, accept, limits).await?;
     record.server = Some(conn.server.name.as_str().into());
-    let parameters = Arc::new(Parameters::new(&conn.link.parameters));
+    let parameters = conn.link.parameters.clone();
     tx_pool.give_back_unused(conn);
     Ok(parameters)
 }
