@@ -234,7 +234,8 @@ impl RunningTarget {
     }
 
     /// Starts `kind` in front of one PostgreSQL `server`: switchyard with a `postgres`
-    /// listener, or PgBouncer, both pooling as `pooling` says; `direct` is the server itself.
+    /// listener, or PgBouncer, both pooling as `pooling` says, or HAProxy in `mode tcp`
+    /// (bytes only, whatever `pooling` says); `direct` is the server itself.
     pub async fn start_postgres(
         kind: TargetKind,
         server: SocketAddr,
@@ -304,9 +305,6 @@ impl RunningTarget {
                 });
             }
             TargetKind::Switchyard => (&opts.switchyard_bin, "switchyard.toml"),
-            TargetKind::Haproxy if matches!(mode, Mode::Postgres(_)) => {
-                bail!("haproxy is not measured in the PostgreSQL scenarios")
-            }
             TargetKind::Haproxy => (&opts.haproxy_bin, "haproxy.cfg"),
             TargetKind::Nginx if mode == Mode::Http => (&opts.nginx_bin, "nginx.conf"),
             TargetKind::Nginx => bail!("nginx is measured in the http scenario only"),

@@ -13,6 +13,9 @@
 //! per thread. HAProxy cannot pool and is skipped. Each run also reports the most server
 //! sessions of sysbench's user seen on MariaDB during it (sampled twice a second).
 //!
+//! Beside each run's tps, each proxy's CPU time (user + system, from /proc) per transaction:
+//! on two cores shared with MariaDB and sysbench, what a proxy spends is taken from them.
+//!
 //! The targets take turns at each run, each started for its turn; `--my-rounds N` repeats
 //! that N times and reports medians.
 //!
@@ -26,6 +29,7 @@ use tokio::process::Command;
 
 use super::{Context, median, progress};
 use crate::mariadb::{MariaDb, SBTEST, sysbench_connection};
+use crate::sys::per_unit_us;
 use crate::table::{Better, Row};
 use crate::targets::{MyPooling, RunningTarget, TargetKind};
 
@@ -230,9 +234,11 @@ pub async fn run(ctx: &Context, args: &MysqlArgs) -> Result<Vec<Row>> {
     }
     let mut rows = Vec::new();
     for (run, turns) in runs.iter().zip(turns) {
+        let mut cpu_rows = Vec::new();
         for (&target, turns) in targets.iter().zip(turns) {
-            let (row, sessions) = summarise(run, target, turns);
+            let (row, cpu, sessions) = summarise(run, target, turns);
             rows.push(row);
+            cpu_rows.extend(cpu);
             if let (Some(metric), Some(sessions)) = (&run.sessions_metric, sessions) {
                 rows.push(Row::measured(
                     SCENARIO,
@@ -243,6 +249,7 @@ pub async fn run(ctx: &Context, args: &MysqlArgs) -> Result<Vec<Row>> {
                 ));
             }
         }
+        rows.extend(cpu_rows);
     }
     server.stop().await;
     Ok(rows)
@@ -265,17 +272,25 @@ async fn take_turn(
         Err(error) => {
             return Ok(Turn {
                 report: Err(error),
+                cpu_per_transaction: None,
                 sessions: None,
             });
         }
     };
+    let load = sysbench(running.addr(), run, args.secs);
     let (report, sessions) = match &run.sessions_metric {
-        None => (sysbench(running.addr(), run, args.secs).await, None),
+        None => (running.cpu_during(load).await, None),
         Some(_) => {
-            let (report, sessions) =
-                sampling_sessions(server, sysbench(running.addr(), run, args.secs)).await;
+            let (report, sessions) = sampling_sessions(server, running.cpu_during(load)).await;
             (report, Some(sessions))
         }
+    };
+    let (report, cpu_per_transaction) = match report {
+        Ok((report, cpu)) => {
+            let per_transaction = per_unit_us(cpu, report.transactions);
+            (Ok(report), per_transaction)
+        }
+        Err(error) => (Err(error), None),
     };
     if let Ok(report) = &report {
         progress(format!("  -> {:.0} tps", report.tps));
@@ -286,24 +301,38 @@ async fn take_turn(
         progress(format!("{target}'s log, last lines:\n{log}"));
     }
     running.stop().await?;
-    Ok(Turn { report, sessions })
+    Ok(Turn {
+        report,
+        cpu_per_transaction,
+        sessions,
+    })
 }
 
 /// One target's turn at one run.
 struct Turn {
     report: Result<Report>,
+    /// The proxy's CPU time (user + system, from /proc) over the transactions, in µs; `None`
+    /// for the direct path.
+    cpu_per_transaction: Option<f64>,
     /// The most sessions counted on the server, for runs that count them.
     sessions: Option<Result<usize>>,
 }
 
 /// A run's row for one target: the median tps of its turns (failed if a turn failed), with
-/// the first trouble sysbench reported; and the most sessions counted in any turn.
-fn summarise(run: &Run, target: TargetKind, turns: Vec<Turn>) -> (Row, Option<Result<usize>>) {
+/// the first trouble sysbench reported; the median of the proxy's CPU time per transaction
+/// (none for the direct path); and the most sessions counted in any turn.
+fn summarise(
+    run: &Run,
+    target: TargetKind,
+    turns: Vec<Turn>,
+) -> (Row, Option<Row>, Option<Result<usize>>) {
     let mut tps = Vec::new();
+    let mut cpu = Vec::new();
     let mut note = None;
     let mut failure = None;
     let mut sessions: Option<Result<usize>> = None;
     for turn in turns {
+        cpu.extend(turn.cpu_per_transaction);
         match turn.report {
             Ok(report) => {
                 tps.push(report.tps);
@@ -319,6 +348,7 @@ fn summarise(run: &Run, target: TargetKind, turns: Vec<Turn>) -> (Row, Option<Re
             });
         }
     }
+    let failure_free = failure.is_none();
     let outcome = match failure {
         Some(error) => Err(error),
         None => Ok(median(tps.into_iter())),
@@ -328,16 +358,26 @@ fn summarise(run: &Run, target: TargetKind, turns: Vec<Turn>) -> (Row, Option<Re
         Some(note) => row.with_note(note),
         None => row,
     };
-    (row, sessions)
+    // A failed turn fails the tps row; the CPU row then has nothing to say.
+    let cpu_row = (failure_free && !cpu.is_empty()).then(|| {
+        Row::ok(
+            SCENARIO,
+            format!("{}: proxy CPU per transaction (us)", run.metric),
+            target,
+            median(cpu.into_iter()),
+            Better::Lower,
+        )
+    });
+    (row, cpu_row, sessions)
 }
 
 /// Runs `sysbench` while counting the server's sessions of sysbench's user every
 /// [`SAMPLE_EVERY`]; its outcome and the most sessions counted (an error if no count
 /// succeeded).
-async fn sampling_sessions(
+async fn sampling_sessions<T>(
     server: &MariaDb,
-    sysbench: impl Future<Output = Result<Report>>,
-) -> (Result<Report>, Result<usize>) {
+    sysbench: impl Future<Output = Result<T>>,
+) -> (Result<T>, Result<usize>) {
     let mut most: Result<usize> = Err(anyhow::anyhow!("no session count"));
     let report = {
         let sampler = async {
@@ -363,6 +403,8 @@ async fn sampling_sessions(
 struct Report {
     /// Transactions per second.
     tps: f64,
+    /// Transactions done.
+    transactions: f64,
     /// Errors sysbench ignored (a failed statement rolls the transaction back and retries).
     ignored_errors: u64,
     /// Connections sysbench had to make again.
@@ -455,9 +497,15 @@ fn parse_report(report: &str) -> Option<Report> {
             .lines()
             .find_map(|line| line.trim().strip_prefix(name)?.strip_prefix(':'))
     };
-    let tps = field("transactions")
-        .and_then(|rest| rest.split('(').nth(1))
+    let transactions = field("transactions")?;
+    let tps = transactions
+        .split('(')
+        .nth(1)
         .and_then(|rate| rate.split_whitespace().next())
+        .and_then(|number| number.parse::<f64>().ok())?;
+    let done = transactions
+        .split_whitespace()
+        .next()
         .and_then(|number| number.parse::<f64>().ok())?;
     let count = |name: &str| {
         field(name)
@@ -467,6 +515,7 @@ fn parse_report(report: &str) -> Option<Report> {
     };
     Some(Report {
         tps,
+        transactions: done,
         ignored_errors: count("ignored errors"),
         reconnects: count("reconnects"),
     })
@@ -554,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn reports_give_the_rate_and_the_errors() {
+    fn reports_give_the_rate_the_count_and_the_errors() {
         let report = "SQL statistics:
     queries performed:
         read:                            1400
@@ -568,6 +617,7 @@ mod tests {
             parsed,
             Report {
                 tps: 19.87,
+                transactions: 100.0,
                 ignored_errors: 3,
                 reconnects: 0
             }

@@ -67,7 +67,8 @@ impl QueryMode {
 /// Options of the `pgpool` scenario.
 #[derive(clap::Args, Clone, Debug)]
 pub struct PgpoolArgs {
-    /// Targets of this scenario (HAProxy does not apply), comma separated.
+    /// Targets of this scenario, comma separated. `haproxy` (`mode tcp`) pools nothing: one
+    /// server session per client, bytes copied; it shows what a hop alone costs here.
     #[arg(
         id = "pgpool-targets",
         long = "pgpool-targets",

@@ -24,7 +24,8 @@ const SCENARIO: &str = "postgres";
 /// Options of the `postgres` scenario.
 #[derive(clap::Args, Clone, Debug)]
 pub struct PostgresArgs {
-    /// Targets of this scenario (HAProxy does not apply), comma separated.
+    /// Targets of this scenario, comma separated. `haproxy` (`mode tcp`) pools nothing: one
+    /// server session per client, bytes copied; it shows what a hop alone costs here.
     #[arg(
         id = "pg-targets",
         long = "pg-targets",
