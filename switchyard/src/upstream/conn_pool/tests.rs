@@ -366,6 +366,28 @@ fn waiter(
     })
 }
 
+/// [`waiter`] that holds the connection for `hold` of the paused clock before giving it
+/// back.
+fn holding_waiter(
+    pool: &Arc<Pool>,
+    conns: &Arc<ConnPool<TestConn>>,
+    worker: usize,
+    order: &Arc<Mutex<Vec<usize>>>,
+    id: usize,
+    hold: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (pool, conns, order) = (pool.clone(), conns.clone(), order.clone());
+    tokio::spawn(async move {
+        let ask = patient_ask(&pool, worker);
+        let open = |_: Place<TestConn>| async { Err::<TestConn, _>("no new connections") };
+        let conn = conns.lease(&ask, open).await.expect("a connection");
+        order.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        // Exactly `hold` later (a sleep would end on the timer's next millisecond).
+        tokio::time::advance(hold).await;
+        conns.give_back(conn);
+    })
+}
+
 async fn settle() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
@@ -392,13 +414,36 @@ async fn a_connection_given_back_goes_to_the_longest_waiting_client() {
     );
 }
 
-#[tokio::test]
-async fn a_client_of_the_connections_worker_goes_first_but_older_ones_only_so_often() {
+#[tokio::test(start_paused = true)]
+async fn a_client_of_the_connections_worker_goes_first_but_an_older_one_only_for_a_while() {
+    // Each client holds the connection for `hold`: the paused clock moves a quarter of
+    // the bound per client served.
+    let hold = PASS_OVER_FOR / 4;
     let (pool, conns, mut leased) = full_pool(1);
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     // Client 0 runs on worker 1; the rest on worker 0, where the connection lives.
-    tasks.push(waiter(&pool, &conns, 1, &order, 0));
+    tasks.push(holding_waiter(&pool, &conns, 1, &order, 0, hold));
+    settle().await;
+    for id in 1..8 {
+        tasks.push(holding_waiter(&pool, &conns, 0, &order, id, hold));
+        settle().await;
+    }
+    conns.give_back(leased.remove(0));
+    for task in tasks {
+        task.await.expect("waiter");
+    }
+    // Passed over when client 1 was served, at 0; clients 2, 3 and 4 were served at a
+    // quarter, half and three quarters of the bound; at the bound, client 0.
+    let order = order.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(order, [1, 2, 3, 4, 0, 5, 6, 7]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_the_clock_stands_an_older_client_of_another_worker_waits_for_the_local_ones() {
+    let (pool, conns, mut leased) = full_pool(1);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = vec![waiter(&pool, &conns, 1, &order, 0)];
     settle().await;
     for id in 1..6 {
         tasks.push(waiter(&pool, &conns, 0, &order, id));
@@ -409,11 +454,7 @@ async fn a_client_of_the_connections_worker_goes_first_but_older_ones_only_so_of
         task.await.expect("waiter");
     }
     let order = order.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let position = order
-        .iter()
-        .position(|&id| id == 0)
-        .expect("client 0 served");
-    assert_eq!(position, MAX_PASSED_OVER as usize, "{order:?}");
+    assert_eq!(order, [1, 2, 3, 4, 5, 0]);
 }
 
 #[tokio::test]
