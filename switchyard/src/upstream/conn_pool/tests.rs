@@ -356,14 +356,7 @@ fn waiter(
     order: &Arc<Mutex<Vec<usize>>>,
     id: usize,
 ) -> tokio::task::JoinHandle<()> {
-    let (pool, conns, order) = (pool.clone(), conns.clone(), order.clone());
-    tokio::spawn(async move {
-        let ask = patient_ask(&pool, worker);
-        let open = |_: Place<TestConn>| async { Err::<TestConn, _>("no new connections") };
-        let conn = conns.lease(&ask, open).await.expect("a connection");
-        order.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-        conns.give_back(conn);
-    })
+    holding_waiter(pool, conns, worker, order, id, Duration::ZERO)
 }
 
 /// [`waiter`] that holds the connection for `hold` of the paused clock before giving it
@@ -382,8 +375,10 @@ fn holding_waiter(
         let open = |_: Place<TestConn>| async { Err::<TestConn, _>("no new connections") };
         let conn = conns.lease(&ask, open).await.expect("a connection");
         order.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-        // Exactly `hold` later (a sleep would end on the timer's next millisecond).
-        tokio::time::advance(hold).await;
+        if !hold.is_zero() {
+            // Exactly `hold` later (a sleep would end on the timer's next millisecond).
+            tokio::time::advance(hold).await;
+        }
         conns.give_back(conn);
     })
 }
