@@ -132,6 +132,16 @@ impl Hold {
         append(&mut self.to_server, frame);
     }
 
+    /// Queues what the server's next answer should be, with room for a few at the first
+    /// (a transaction starts with none, and growing from nothing took two reallocations
+    /// for an extended-protocol query's five).
+    fn expect(&mut self, answer: Expect) {
+        if self.expected.capacity() == 0 {
+            self.expected.reserve(8);
+        }
+        self.expected.push_back(answer);
+    }
+
     /// Whether the transaction is over (nothing due, the server idle).
     pub fn finished(&self) -> bool {
         self.pending == 0 && self.expected.is_empty() && self.status == b'I'
@@ -300,17 +310,15 @@ impl Conversation {
     pub fn ready_connection(&self, hold: &mut Hold, conn: &mut Tracked) {
         for name in conn.prepared.excess() {
             hold.send(&frames::statement_message(b'C', &name).0);
-            hold.expected.push_back(Expect::Injected(Kind::Close, None));
+            hold.expect(Expect::Injected(Kind::Close, None));
             hold.send(&frames::sync().0);
-            hold.expected
-                .push_back(Expect::Injected(Kind::UntilReady, None));
+            hold.expect(Expect::Injected(Kind::UntilReady, None));
         }
         let settings = &self.settings;
         if conn.applied != settings.id() {
             if let Some(sql) = settings.replay_sql() {
                 hold.send(&frames::query(&sql).0);
-                hold.expected
-                    .push_back(Expect::Injected(Kind::UntilReady, None));
+                hold.expect(Expect::Injected(Kind::UntilReady, None));
             }
             conn.applied = settings.id();
         }
@@ -334,8 +342,7 @@ impl Conversation {
             if frame.tag() == b'S' {
                 hold.skipping = false;
                 hold.pending += 1;
-                hold.expected
-                    .push_back(Expect::Client(Kind::UntilReady, None));
+                hold.expect(Expect::Client(Kind::UntilReady, None));
             }
             hold.send(frame.0);
             return Ok(());
@@ -345,8 +352,7 @@ impl Conversation {
                 let sql = frames::query_text(frame.body())?;
                 self.note_sql(hold, sql);
                 hold.pending += 1;
-                hold.expected
-                    .push_back(Expect::Client(Kind::UntilReady, None));
+                hold.expect(Expect::Client(Kind::UntilReady, None));
                 hold.send(frame.0);
             }
             b'P' => {
@@ -354,18 +360,18 @@ impl Conversation {
                 if parse.name.is_empty() {
                     // Run by the Bind and Execute that follow, on this connection.
                     self.note_sql(hold, parse.query);
-                    hold.expected.push_back(Expect::Client(Kind::Parse, None));
+                    hold.expect(Expect::Client(Kind::Parse, None));
                     hold.send(frame.0);
                 } else {
                     let statement = self.statements.prepare(&parse);
                     if conn.prepared.touch(&statement.server_name) {
                         // Already there: answer in its place.
-                        hold.expected.push_back(Expect::Synthetic(parse_complete()));
+                        hold.expect(Expect::Synthetic(parse_complete()));
                     } else {
                         // Counted as prepared from now on, so the rest of the batch does
                         // not prepare it again; forgotten if the Parse fails.
                         conn.prepared.insert(&statement.server_name);
-                        hold.expected.push_back(Expect::Client(
+                        hold.expect(Expect::Client(
                             Kind::Parse,
                             Some(statement.server_name.clone()),
                         ));
@@ -386,7 +392,7 @@ impl Conversation {
                     }
                     None => hold.send(frame.0),
                 }
-                hold.expected.push_back(Expect::Client(Kind::Bind, None));
+                hold.expect(Expect::Client(Kind::Bind, None));
             }
             b'D' => {
                 let (target, name) = frames::target(frame.body())?;
@@ -397,8 +403,7 @@ impl Conversation {
                     }
                     _ => hold.send(frame.0),
                 }
-                hold.expected
-                    .push_back(Expect::Client(Kind::Describe, None));
+                hold.expect(Expect::Client(Kind::Describe, None));
             }
             b'C' => {
                 let (target, name) = frames::target(frame.body())?;
@@ -413,18 +418,17 @@ impl Conversation {
                     }
                     None => hold.send(frame.0),
                 }
-                hold.expected.push_back(Expect::Client(Kind::Close, None));
+                hold.expect(Expect::Client(Kind::Close, None));
             }
             b'E' => {
-                hold.expected.push_back(Expect::Client(Kind::Execute, None));
+                hold.expect(Expect::Client(Kind::Execute, None));
                 hold.send(frame.0);
             }
             b'S' | b'F' => {
                 // A FunctionCall names its function by OID: what it does is unknown.
                 hold.untracked |= frame.tag() == b'F';
                 hold.pending += 1;
-                hold.expected
-                    .push_back(Expect::Client(Kind::UntilReady, None));
+                hold.expect(Expect::Client(Kind::UntilReady, None));
                 hold.send(frame.0);
             }
             // Flush, COPY data/done/fail, and anything else the server judges.
@@ -697,7 +701,7 @@ fn ensure_prepared(hold: &mut Hold, conn: &mut Tracked, statement: &Statement) {
     }
     conn.prepared.insert(&statement.server_name);
     hold.send(&statement.parse.0);
-    hold.expected.push_back(Expect::Injected(
+    hold.expect(Expect::Injected(
         Kind::Parse,
         Some(statement.server_name.clone()),
     ));
