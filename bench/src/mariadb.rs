@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use tokio::process::{Child, Command};
 
-use crate::targets::free_port;
+use crate::sys::free_port;
 
 /// sysbench's user and password.
 pub const SBTEST: (&str, &str) = ("sbtest", "sbtest-pw");

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use anyhow::{Context as _, Result, bail};
 use tokio::process::Command;
 
-use crate::targets::free_port;
+use crate::sys::free_port;
 
 /// A running server.
 pub struct Cluster {

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::targets::free_port;
+use crate::sys::free_port;
 
 /// A running `redis-server`.
 pub struct Redis {

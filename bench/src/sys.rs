@@ -244,6 +244,12 @@ pub fn cpu_busy_fraction(window: std::time::Duration) -> Result<f64> {
     Ok(busy1.saturating_sub(busy0) as f64 / total as f64)
 }
 
+/// Picks a currently free loopback port by binding port 0.
+pub fn free_port() -> Result<std::net::SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! stops it again.
 
 use std::fmt;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -17,6 +17,8 @@ use anyhow::{Context as _, Result, bail};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+
+use crate::sys::free_port;
 
 /// The path between client and backend that is being measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -585,12 +587,6 @@ pub async fn wait_ready(child: &mut Child, addr: SocketAddr, timeout: Duration) 
     }
 }
 
-/// Picks a currently free loopback port by binding port 0.
-pub fn free_port() -> Result<SocketAddr> {
-    let l = StdTcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
 /// Last few hundred bytes of a log file, on one line.
 fn tail(path: &Path) -> String {
     match std::fs::read_to_string(path) {
@@ -1134,7 +1130,7 @@ pub(crate) mod tests {
     /// lower-cased header lines (`name: value`) down the returned channel.
     fn recording_backend() -> (SocketAddr, std::sync::mpsc::Receiver<Vec<String>>) {
         use std::io::{Read, Write};
-        let listener = StdTcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let (heads, received) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -27,8 +27,9 @@ use crate::backend::{Backend, BackendKind, BackendProcess};
 use crate::child::{self, Helper};
 use crate::pg::Cluster;
 use crate::sys;
+use crate::sys::free_port;
 use crate::table::{Better, Row};
-use crate::targets::{PgPooling, RunningTarget, TargetKind, free_port, switchyard_pooling};
+use crate::targets::{PgPooling, RunningTarget, TargetKind, switchyard_pooling};
 
 const SCENARIO: &str = "hold";
 /// How long a client group may take to open its connections.

@@ -31,11 +31,9 @@ use super::{Context, progress};
 use crate::backend::{Backend, BackendKind};
 use crate::child::{self, Helper};
 use crate::pg::Cluster;
-use crate::sys;
+use crate::sys::{self, free_port};
 use crate::table::{Better, Row};
-use crate::targets::{
-    PgPooling, RunningTarget, TargetKind, TlsFiles, free_port, switchyard_pooling,
-};
+use crate::targets::{PgPooling, RunningTarget, TargetKind, TlsFiles, switchyard_pooling};
 
 const SCENARIO: &str = "slow";
 /// Probing before the quiet phase, not counted.

@@ -16,8 +16,9 @@ use anyhow::{Context as _, Result, bail};
 use tokio::process::{Child, Command};
 
 use super::{Context, progress};
+use crate::sys::free_port;
 use crate::table::{Better, Row};
-use crate::targets::{RunningTarget, TargetKind, free_port, wait_ready};
+use crate::targets::{RunningTarget, TargetKind, wait_ready};
 
 const SCENARIO: &str = "smtp";
 

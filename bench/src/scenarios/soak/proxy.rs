@@ -19,7 +19,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::process::{Child, Command};
 
-use crate::targets::free_port;
+use crate::sys::free_port;
 
 /// Seconds a process waits for its connections to finish after an upgrade; the soak's
 /// sessions are shorter, so an upgrade should cut none.
