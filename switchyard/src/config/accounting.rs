@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration;
-use super::load::ErrorSink;
-use super::schema::Config;
+use super::report::ErrorSink;
 use crate::key_path;
 
 /// Usage accounting per tenant.
@@ -86,8 +85,8 @@ fn default_timeout() -> Duration {
 }
 
 /// Checks `[accounting]`.
-pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
-    let Some(accounting) = &config.accounting else {
+pub fn validate(accounting: Option<&AccountingConfig>, sink: &mut ErrorSink<'_>) {
+    let Some(accounting) = accounting else {
         return;
     };
     if accounting.flush_interval.is_zero() {

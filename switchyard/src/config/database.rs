@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration;
-use super::load::ErrorSink;
-use super::schema::{CheckOptions, Config, PoolConfig};
+use super::report::ErrorSink;
 use crate::key_path;
 
 /// Which servers a database listener sends to, by the role its health checks found.
@@ -244,14 +243,14 @@ pub enum OnRoleChange {
     ShutdownSessions,
 }
 
-/// Whether `pool` has a database health check, the only thing that tells servers' roles.
-pub fn knows_roles(pool: &PoolConfig) -> bool {
-    pool.health.as_ref().is_some_and(|h| {
-        matches!(
-            h.options,
-            CheckOptions::Postgres(_) | CheckOptions::Mysql(_)
-        )
-    })
+/// A pool as the database rules read it.
+pub struct PoolView<'a> {
+    /// Its `name`.
+    pub name: &'a str,
+    /// Its database keys.
+    pub database: &'a DatabasePool,
+    /// Whether it has a database health check, the only thing that tells servers' roles.
+    pub knows_roles: bool,
 }
 
 /// The message naming what a role-based feature needs from `pool`.
@@ -261,16 +260,15 @@ pub fn roles_needed(pool: &str) -> String {
     )
 }
 
-/// Checks a database listener's role, client TLS and limits.
+/// Checks a database listener's role (against `pools`), client TLS and limits.
 pub fn validate_listener(
-    config: &Config,
+    pools: &[PoolView<'_>],
     i: usize,
     database: &DatabaseListener<'_>,
     sink: &mut ErrorSink<'_>,
 ) {
-    let listener = &config.listeners[i];
-    if client_tls_mode(database.client_tls, listener.tls.is_some()) != ClientTlsMode::Disabled
-        && listener.tls.is_none()
+    if client_tls_mode(database.client_tls, database.tls) != ClientTlsMode::Disabled
+        && !database.tls
     {
         sink.at(
             &key_path!("listener", i, "client_tls"),
@@ -292,23 +290,19 @@ pub fn validate_listener(
         return;
     }
     for name in database.pools {
-        let known = config
-            .pools
-            .iter()
-            .any(|p| &p.name == *name && knows_roles(p));
+        let known = pools.iter().any(|p| p.name == *name && p.knows_roles);
         if !known {
             sink.at(&key_path!("listener", i, "role"), roles_needed(name));
         }
     }
 }
 
-/// The pools database listener `i` sends to: its `pool`, then those of its routes.
+/// The pools a database listener sends to: its `pool`, then those of its routes.
 pub fn listener_pools<'a>(
-    config: &'a Config,
-    i: usize,
+    pool: Option<&'a String>,
     routes: impl Iterator<Item = &'a String>,
 ) -> Vec<&'a String> {
-    config.listeners[i].pool.iter().chain(routes).collect()
+    pool.into_iter().chain(routes).collect()
 }
 
 /// What the database rules need to know of a database listener, whatever its protocol.
@@ -319,6 +313,8 @@ pub struct DatabaseListener<'a> {
     pub client_tls: Option<&'a ClientTlsConfig>,
     /// `limits`.
     pub limits: &'a MessageLimits,
+    /// Whether it has `tls` certificates.
+    pub tls: bool,
     /// The pools it routes to (its `pool` and its routes').
     pub pools: &'a [&'a String],
 }
@@ -338,8 +334,8 @@ pub fn client_tls_mode(
 
 /// Checks a pool's database keys: bounds that make sense, the split's needs, function
 /// names well formed.
-pub fn validate_pool(pool: &PoolConfig, i: usize, sink: &mut ErrorSink<'_>) {
-    let db = &pool.database;
+pub fn validate_pool(pool: &PoolView<'_>, i: usize, sink: &mut ErrorSink<'_>) {
+    let db = pool.database;
     let positive = [
         ("pool_size", db.pool_size),
         ("max_prepared_statements", db.max_prepared_statements),
@@ -365,10 +361,10 @@ pub fn validate_pool(pool: &PoolConfig, i: usize, sink: &mut ErrorSink<'_>) {
                 &key_path!("pool", i, "read_write_split"),
                 "the split chooses a server per transaction: it needs `pool_mode = \"transaction\"`",
             );
-        } else if !knows_roles(pool) {
+        } else if !pool.knows_roles {
             sink.at(
                 &key_path!("pool", i, "read_write_split"),
-                roles_needed(&pool.name),
+                roles_needed(pool.name),
             );
         }
     }
@@ -411,9 +407,9 @@ pub fn validate_check(password: Option<&str>, i: usize, sink: &mut ErrorSink<'_>
 
 /// Checks `[[user]]` entries: unique names, exactly one secret, secrets that resolve and
 /// parse.
-pub fn validate_users(config: &Config, sink: &mut ErrorSink<'_>) {
+pub fn validate_users(users: &[UserConfig], sink: &mut ErrorSink<'_>) {
     let mut seen = std::collections::HashSet::new();
-    for (i, user) in config.users.iter().enumerate() {
+    for (i, user) in users.iter().enumerate() {
         if user.name.is_empty() {
             sink.at(&key_path!("user", i, "name"), "must not be empty");
         } else if !seen.insert(user.name.as_str()) {

@@ -1,15 +1,14 @@
 //! The keys of HTTP: a listener's `[listener.http]` limits and its routes, the pool keys
 //! HTTP listeners read, and the `http` health check; with the rules they must follow.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::duration;
-use super::load::ErrorSink;
-use super::protocols::{ListenerKeys, ListenerOptions};
-use super::schema::Config;
+use super::listener_keys::{ListenerKeys, Surroundings};
+use super::report::ErrorSink;
 use crate::key_path;
 
 /// What only an `http` listener has.
@@ -228,54 +227,13 @@ impl StatusRange {
 /// The ALPN protocols an `http` listener offers when its `tls` names none: HTTP/2 first.
 pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
 
-/// Fills in what HTTP needs when the config leaves it out: `tls` on `http` listeners offers
-/// [`DEFAULT_ALPN`] (clients get HTTP/2 without configuration), and `upstream_tls` on pools
-/// that `http` listeners use offers the pool's `http_version` (`h2` or `http/1.1`), so that
-/// an HTTPS server speaking both knows which one is coming. Route `host` patterns are put in
-/// the form request authorities are compared in (A-labels, no trailing dot); one that cannot
-/// be is left for validation to report.
-pub fn apply_defaults(config: &mut Config) {
-    let mut http_pools = HashSet::new();
-    for listener in &mut config.listeners {
-        let ListenerOptions::Http(http) = &mut listener.options else {
-            continue;
-        };
-        if let Some(tls) = &mut listener.tls
-            && tls.alpn.is_empty()
-        {
-            tls.alpn = DEFAULT_ALPN.iter().map(|p| p.to_string()).collect();
-        }
-        for host in http.routes.iter_mut().filter_map(|r| r.host.as_mut()) {
-            if let Ok(pattern) = crate::authority::route_pattern(host) {
-                *host = pattern;
-            }
-        }
-        http_pools.extend(listener.pool.iter().cloned());
-        http_pools.extend(http.routes.iter().map(|route| route.pool.clone()));
-    }
-    for pool in &mut config.pools {
-        if !http_pools.contains(&pool.name) {
-            continue;
-        }
-        if let Some(tls) = &mut pool.upstream_tls
-            && tls.alpn.is_empty()
-        {
-            let alpn = match pool.http.http_version {
-                HttpVersion::Http1 => "http/1.1",
-                HttpVersion::Http2 => "h2",
-            };
-            tls.alpn = vec![alpn.to_string()];
-        }
-    }
-}
-
 impl ListenerKeys for HttpListener {
     fn route_pools(&self) -> Vec<&str> {
         self.routes.iter().map(|r| r.pool.as_str()).collect()
     }
 
     /// Limits large enough to serve ordinary requests, routes that can match.
-    fn validate(&self, _config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
+    fn validate(&self, _around: &Surroundings<'_>, i: usize, sink: &mut ErrorSink<'_>) {
         validate_listener(self, i, sink);
     }
 }

@@ -9,7 +9,7 @@
 use serde::de::DeserializeOwned;
 use toml_edit::Item;
 
-use super::load::{ErrorSink, PathSegment};
+use super::report::{ErrorSink, PathSegment};
 
 /// The keys `T` reads: the field names serde's derive gives `deserialize_struct`.
 pub fn of<T: DeserializeOwned>() -> &'static [&'static str] {

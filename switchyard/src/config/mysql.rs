@@ -9,9 +9,8 @@ use serde::Deserialize;
 use super::database::{
     self, ClientTlsConfig, ClientTlsMode, DatabaseListener, ListenerRole, MessageLimits,
 };
-use super::load::ErrorSink;
-use super::protocols::ListenerKeys;
-use super::schema::Config;
+use super::listener_keys::{ListenerKeys, Surroundings};
+use super::report::ErrorSink;
 
 /// What only a `mysql` listener has.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -116,17 +115,18 @@ impl ListenerKeys for MysqlListener {
     }
 
     /// The database rules: role, client TLS, limits.
-    fn validate(&self, config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
-        let pools = database::listener_pools(config, i, self.routes.iter().map(|r| &r.pool));
+    fn validate(&self, around: &Surroundings<'_>, i: usize, sink: &mut ErrorSink<'_>) {
+        let pools = database::listener_pools(around.pool, self.routes.iter().map(|r| &r.pool));
         let database = DatabaseListener {
             role: self.role,
             client_tls: self.client_tls.as_ref(),
             limits: &self.limits,
+            tls: around.tls,
             pools: &pools,
         };
-        database::validate_listener(config, i, &database, sink);
+        database::validate_listener(around.pools, i, &database, sink);
         if self.auth != MysqlAuth::Passthrough
-            && !config.users.iter().any(|user| user.password.is_some())
+            && !around.users.iter().any(|user| user.password.is_some())
         {
             sink.at(
                 &crate::key_path!("listener", i, "auth"),
@@ -135,7 +135,7 @@ impl ListenerKeys for MysqlListener {
         }
         let pooling = pools
             .iter()
-            .filter_map(|name| config.pools.iter().find(|p| &&p.name == name))
+            .filter_map(|name| around.pools.iter().find(|p| p.name == *name))
             .find(|p| p.database.pool_mode == database::PoolMode::Transaction);
         if let Some(pooling) = pooling
             && self.auth == MysqlAuth::Passthrough

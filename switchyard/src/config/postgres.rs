@@ -9,9 +9,8 @@ use super::database::{
     self, ClientTlsConfig, ClientTlsMode, DatabaseListener, ListenerRole, MessageLimits, PoolMode,
 };
 use super::duration;
-use super::load::ErrorSink;
-use super::protocols::ListenerKeys;
-use super::schema::Config;
+use super::listener_keys::{ListenerKeys, Surroundings};
+use super::report::ErrorSink;
 use crate::key_path;
 
 /// What only a `postgres` listener has.
@@ -156,30 +155,30 @@ impl ListenerKeys for PostgresListener {
     }
 
     /// The database rules, its `auth`, and its routes' split keys.
-    fn validate(&self, config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
-        validate_listener(config, i, self, sink);
+    fn validate(&self, around: &Surroundings<'_>, i: usize, sink: &mut ErrorSink<'_>) {
+        validate_listener(around, i, self, sink);
     }
 }
 
 fn validate_listener(
-    config: &Config,
+    around: &Surroundings<'_>,
     i: usize,
     postgres: &PostgresListener,
     sink: &mut ErrorSink<'_>,
 ) {
-    let listener = &config.listeners[i];
-    let pools = database::listener_pools(config, i, postgres.routes.iter().map(|r| &r.pool));
+    let pools = database::listener_pools(around.pool, postgres.routes.iter().map(|r| &r.pool));
     let database = DatabaseListener {
         role: postgres.role,
         client_tls: postgres.client_tls.as_ref(),
         limits: &postgres.limits,
+        tls: around.tls,
         pools: &pools,
     };
-    database::validate_listener(config, i, &database, sink);
-    let pool = |name: &str| config.pools.iter().find(|p| p.name == name);
+    database::validate_listener(around.pools, i, &database, sink);
+    let pool = |name: &str| around.pools.iter().find(|p| p.name == name);
     if let Some(auth) = postgres.auth {
         if auth == PostgresAuth::Cleartext
-            && postgres.client_tls_mode(listener.tls.is_some()) != ClientTlsMode::Required
+            && postgres.client_tls_mode(around.tls) != ClientTlsMode::Required
         {
             sink.at(
                 &key_path!("listener", i, "auth"),
@@ -190,7 +189,7 @@ fn validate_listener(
             .iter()
             .any(|name| pool(name).is_some_and(|p| p.database.auth_query.is_some()));
         let checks_passwords = !matches!(auth, PostgresAuth::Trust | PostgresAuth::Passthrough);
-        if checks_passwords && config.users.is_empty() && !queried {
+        if checks_passwords && around.users.is_empty() && !queried {
             sink.at(
                 &key_path!("listener", i, "auth"),
                 format!(
@@ -226,11 +225,11 @@ fn validate_listener(
         }
         if route.read_write_split == Some(true)
             && let Some(pool) = pool(&route.pool)
-            && !database::knows_roles(pool)
+            && !pool.knows_roles
         {
             sink.at(
                 &key_path!("listener", i, "routes", r, "read_write_split"),
-                database::roles_needed(&pool.name),
+                database::roles_needed(pool.name),
             );
         }
     }

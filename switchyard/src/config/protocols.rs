@@ -2,24 +2,64 @@
 //! listeners, and which pool keys only its listeners read. Adding a protocol's keys is a
 //! module of its own (like `http.rs`) and a line here.
 
+use serde::Deserialize;
 use toml_edit::Item;
 
 use super::database::DatabasePool;
 use super::http::{HttpListener, HttpPool};
 use super::keys;
-use super::load::{ErrorSink, section};
+use super::listener_keys::ListenerKeys;
 use super::mysql::MysqlListener;
+use super::pool::PoolConfig;
 use super::postgres::PostgresListener;
-use super::schema::{Config, PoolConfig, Protocol};
+use super::report::{ErrorSink, section};
 use super::smtp::{SmtpListener, SmtpPool};
 use super::tcp::TcpListener;
 
-/// What the config rules need from the keys of one protocol's listeners.
-pub trait ListenerKeys {
-    /// The pools its routes send to, in route order.
-    fn route_pools(&self) -> Vec<&str>;
-    /// Checks its keys; `i` is the listener's index in `config`.
-    fn validate(&self, config: &Config, i: usize, sink: &mut ErrorSink<'_>);
+/// Protocols a listener can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Bytes only.
+    Tcp,
+    /// HTTP/1.1 and HTTP/2.
+    Http,
+    /// PostgreSQL wire protocol.
+    Postgres,
+    /// MySQL/MariaDB wire protocol.
+    Mysql,
+    /// SMTP.
+    Smtp,
+}
+
+impl Protocol {
+    /// Every protocol.
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Tcp,
+        Protocol::Http,
+        Protocol::Postgres,
+        Protocol::Mysql,
+        Protocol::Smtp,
+    ];
+
+    /// Whether clients log in before their traffic is relayed (a handshake and
+    /// authentication the proxy takes part in; for SMTP the conversation the proxy holds
+    /// until the envelope chooses a server), so `timeouts.login` and
+    /// `max_logins_per_address` apply.
+    pub fn has_login(self) -> bool {
+        matches!(self, Protocol::Postgres | Protocol::Mysql | Protocol::Smtp)
+    }
+
+    /// The name used in the config file and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
+            Protocol::Smtp => "smtp",
+        }
+    }
 }
 
 macro_rules! listener_protocols {

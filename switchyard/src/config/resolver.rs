@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration;
-use super::load::{ErrorSink, IntoSegment, PathSegment};
-use super::schema::Config;
+use super::pool::PoolConfig;
+use super::report::{ErrorSink, IntoSegment, PathSegment};
 use crate::key_path;
 
 /// One resolver: a source of answers (a file, a webhook or Redis), its cache and the
@@ -123,9 +123,9 @@ fn default_max_entries() -> usize {
 }
 
 /// Checks every resolver and every pool's `resolver`, `key` and `key_pattern`.
-pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
+pub fn validate(resolvers: &[ResolverConfig], pools: &[PoolConfig], sink: &mut ErrorSink<'_>) {
     let mut names = std::collections::HashSet::new();
-    for (i, resolver) in config.resolvers.iter().enumerate() {
+    for (i, resolver) in resolvers.iter().enumerate() {
         if !names.insert(resolver.name.as_str()) {
             sink.at(
                 &key_path!("resolver", i, "name"),
@@ -178,7 +178,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
             );
         }
     }
-    for (i, pool) in config.pools.iter().enumerate() {
+    for (i, pool) in pools.iter().enumerate() {
         match &pool.resolver {
             Some(name) => {
                 if !names.contains(name.as_str()) {

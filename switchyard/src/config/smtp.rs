@@ -4,9 +4,8 @@
 
 use serde::Deserialize;
 
-use super::load::ErrorSink;
-use super::protocols::ListenerKeys;
-use super::schema::{Config, ListenerConfig};
+use super::listener_keys::{ListenerKeys, Surroundings};
+use super::report::ErrorSink;
 use crate::key_path;
 
 /// What only an `smtp` listener has.
@@ -91,25 +90,20 @@ impl ListenerKeys for SmtpListener {
 
     /// STARTTLS and implicit TLS need the listener's certificates and exclude each other;
     /// domains must be host names.
-    fn validate(&self, config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
-        validate_listener(&config.listeners[i], self, i, sink);
+    fn validate(&self, around: &Surroundings<'_>, i: usize, sink: &mut ErrorSink<'_>) {
+        validate_listener(around.tls, self, i, sink);
     }
 }
 
-fn validate_listener(
-    listener: &ListenerConfig,
-    smtp: &SmtpListener,
-    i: usize,
-    sink: &mut ErrorSink<'_>,
-) {
+fn validate_listener(tls: bool, smtp: &SmtpListener, i: usize, sink: &mut ErrorSink<'_>) {
     let options = &smtp.smtp;
-    if options.starttls == StartTls::Required && listener.tls.is_none() {
+    if options.starttls == StartTls::Required && !tls {
         sink.at(
             &key_path!("listener", i, "smtp", "starttls"),
             "`required` needs the listener's `tls` certificates",
         );
     }
-    if options.implicit_tls && listener.tls.is_none() {
+    if options.implicit_tls && !tls {
         sink.at(
             &key_path!("listener", i, "smtp", "implicit_tls"),
             "needs the listener's `tls` certificates",

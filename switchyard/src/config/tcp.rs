@@ -2,9 +2,8 @@
 
 use serde::Deserialize;
 
-use super::load::ErrorSink;
-use super::protocols::ListenerKeys;
-use super::schema::{Config, ListenerConfig};
+use super::listener_keys::{ListenerKeys, Surroundings};
+use super::report::ErrorSink;
 use crate::key_path;
 
 /// What only a `tcp` listener has.
@@ -37,24 +36,19 @@ impl ListenerKeys for TcpListener {
 
     /// Passthrough and termination exclude each other, and routes need a server name to
     /// route by.
-    fn validate(&self, config: &Config, i: usize, sink: &mut ErrorSink<'_>) {
-        validate_listener(&config.listeners[i], self, i, sink);
+    fn validate(&self, around: &Surroundings<'_>, i: usize, sink: &mut ErrorSink<'_>) {
+        validate_listener(around.tls, self, i, sink);
     }
 }
 
-fn validate_listener(
-    listener: &ListenerConfig,
-    tcp: &TcpListener,
-    i: usize,
-    sink: &mut ErrorSink<'_>,
-) {
-    if tcp.tls_passthrough && listener.tls.is_some() {
+fn validate_listener(tls: bool, tcp: &TcpListener, i: usize, sink: &mut ErrorSink<'_>) {
+    if tcp.tls_passthrough && tls {
         sink.at(
             &key_path!("listener", i, "tls_passthrough"),
             "only for `tcp` listeners without `tls`",
         );
     }
-    if !tcp.tls_passthrough && listener.tls.is_none() {
+    if !tcp.tls_passthrough && !tls {
         for r in 0..tcp.routes.len() {
             sink.at(
                 &key_path!("listener", i, "routes", r),

@@ -5,9 +5,13 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::load::ErrorSink;
-use super::schema::{CheckOptions, Config, PoolConfig, Protocol};
-use super::{database, http};
+use super::database::{self, PoolView};
+use super::http;
+use super::listener_keys::Surroundings;
+use super::pool::{CheckOptions, PoolConfig};
+use super::protocols::Protocol;
+use super::report::ErrorSink;
+use super::schema::Config;
 use crate::key_path;
 
 /// Checks a parsed config, recording every problem in `sink`.
@@ -21,6 +25,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
         "listener",
         sink,
     );
+    let pool_views: Vec<PoolView<'_>> = config.pools.iter().map(PoolView::from).collect();
     let mut bound = HashSet::new();
     for (i, listener) in config.listeners.iter().enumerate() {
         match listener.listen.parse::<SocketAddr>() {
@@ -96,14 +101,20 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
                 }
             }
         }
+        let around = Surroundings {
+            tls: listener.tls.is_some(),
+            pool: listener.pool.as_ref(),
+            users: &config.users,
+            pools: &pool_views,
+        };
         listener
             .options
             .keys_of_protocol()
-            .validate(config, i, sink);
+            .validate(&around, i, sink);
     }
-    database::validate_users(config, sink);
-    super::resolver::validate(config, sink);
-    super::accounting::validate(config, sink);
+    database::validate_users(&config.users, sink);
+    super::resolver::validate(&config.resolvers, &config.pools, sink);
+    super::accounting::validate(config.accounting.as_ref(), sink);
     for (i, pool) in config.pools.iter().enumerate() {
         validate_pool(config, i, pool, sink);
     }
@@ -216,7 +227,7 @@ fn validate_pool(config: &Config, i: usize, pool: &PoolConfig, sink: &mut ErrorS
             "must be longer than zero",
         );
     }
-    database::validate_pool(pool, i, sink);
+    database::validate_pool(&PoolView::from(pool), i, sink);
     validate_pool_keys_are_read(config, i, pool, sink);
 }
 

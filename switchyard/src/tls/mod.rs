@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 
-use crate::config::load::ErrorSink;
+use crate::config::report::{ErrorSink, PathSegment};
 use crate::config::{ClientAuth, Config};
 use crate::key_path;
 
@@ -135,7 +135,7 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
     }
 }
 
-fn check_alpn(alpn: &[String], at: &[crate::config::load::PathSegment], sink: &mut ErrorSink<'_>) {
+fn check_alpn(alpn: &[String], at: &[PathSegment], sink: &mut ErrorSink<'_>) {
     if alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
         sink.at(at, "ALPN names are 1 to 255 bytes");
     }
