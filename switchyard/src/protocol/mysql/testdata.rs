@@ -56,69 +56,78 @@ pub fn packets(stream: &[u8]) -> Vec<Packet> {
     packets
 }
 
-/// The stable-run twin of the fuzz targets: mutated captured packets parse or fail
-/// cleanly, and what parses survives re-encoding as the targets require.
-#[test]
-fn mutated_captures_parse_or_fail_cleanly() {
-    use super::auth_switch::{AuthSwitch, parse_more_data};
-    use super::eof::EofPacket;
-    use super::err::ErrPacket;
-    use super::handshake::Handshake;
-    use super::ok::{OK, OkPacket, session_changes};
-    use super::response::{ClientReply, HandshakeResponse, parse_client_reply};
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    let seeds: Vec<Vec<u8>> = [
-        CLI_NATIVE_SERVER,
-        CLI_NATIVE_CLIENT,
-        CLI_ED25519_SERVER,
-        CLI_ED25519_CLIENT,
-        CLI_WRONG_PASSWORD_SERVER,
-        PYMYSQL_SERVER,
-        PYMYSQL_CLIENT,
-        CLI_SHA2_RSA_CLIENT,
-        CLI_SHA2_RSA_SERVER,
-        PYMYSQL_SHA2_RSA_CLIENT,
-    ]
-    .iter()
-    .flat_map(|capture| packets(capture))
-    .map(|packet| packet.payload.to_vec())
-    .collect();
-    let mut mutator = crate::testing::Mutator::new();
-    let caps = super::flags::capabilities::LOGIN;
-    for round in 0..30_000 {
-        let mut input = seeds[round % seeds.len()].clone();
-        mutator.mutate(&mut input);
-        if let Ok(greeting) = Handshake::parse(&input) {
-            let once = Handshake::parse(&greeting.encode()).expect("an encoded greeting parses");
-            assert_eq!(Handshake::parse(&once.encode()).ok(), Some(once));
+    /// The stable-run twin of the fuzz targets: mutated captured packets parse or fail
+    /// cleanly, and what parses survives re-encoding as the targets require.
+    #[test]
+    fn mutated_captures_parse_or_fail_cleanly() {
+        use crate::protocol::mysql::auth_switch::{AuthSwitch, parse_more_data};
+        use crate::protocol::mysql::eof::EofPacket;
+        use crate::protocol::mysql::err::ErrPacket;
+        use crate::protocol::mysql::handshake::Handshake;
+        use crate::protocol::mysql::ok::{OK, OkPacket, session_changes};
+        use crate::protocol::mysql::response::{
+            ClientReply, HandshakeResponse, parse_client_reply,
+        };
+
+        let seeds: Vec<Vec<u8>> = [
+            CLI_NATIVE_SERVER,
+            CLI_NATIVE_CLIENT,
+            CLI_ED25519_SERVER,
+            CLI_ED25519_CLIENT,
+            CLI_WRONG_PASSWORD_SERVER,
+            PYMYSQL_SERVER,
+            PYMYSQL_CLIENT,
+            CLI_SHA2_RSA_CLIENT,
+            CLI_SHA2_RSA_SERVER,
+            PYMYSQL_SHA2_RSA_CLIENT,
+        ]
+        .iter()
+        .flat_map(|capture| packets(capture))
+        .map(|packet| packet.payload.to_vec())
+        .collect();
+        let mut mutator = crate::testing::Mutator::new();
+        let caps = crate::protocol::mysql::flags::capabilities::LOGIN;
+        for round in 0..30_000 {
+            let mut input = seeds[round % seeds.len()].clone();
+            mutator.mutate(&mut input);
+            if let Ok(greeting) = Handshake::parse(&input) {
+                let once =
+                    Handshake::parse(&greeting.encode()).expect("an encoded greeting parses");
+                assert_eq!(Handshake::parse(&once.encode()).ok(), Some(once));
+            }
+            if let Ok(ClientReply::Response(response)) = parse_client_reply(&input) {
+                assert_eq!(
+                    HandshakeResponse::parse(&response.encode()).ok(),
+                    Some(response)
+                );
+            }
+            if let Ok(ok) = OkPacket::parse(&input, caps) {
+                let _ = session_changes(&ok.session_state);
+                let once =
+                    OkPacket::parse(&ok.encode(OK, caps), caps).expect("an encoded OK parses");
+                assert_eq!(
+                    OkPacket::parse(&once.encode(OK, caps), caps).ok(),
+                    Some(once)
+                );
+            }
+            if let Ok(err) = ErrPacket::parse(&input) {
+                let again = ErrPacket::parse(&err.encode()).expect("an encoded ERR parses");
+                assert_eq!((again.code, again.message), (err.code, err.message));
+            }
+            if let Ok(eof) = EofPacket::parse(&input) {
+                assert_eq!(EofPacket::parse(&eof.encode()).ok(), Some(eof));
+            }
+            if let Ok(switch) = AuthSwitch::parse(&input) {
+                assert_eq!(AuthSwitch::parse(&switch.encode()).ok(), Some(switch));
+            }
+            let _ = parse_more_data(&input);
+            let mut reader = PacketReader::new(1 << 12);
+            reader.feed(&input);
+            while let Ok(Some(_)) = reader.next_packet() {}
         }
-        if let Ok(ClientReply::Response(response)) = parse_client_reply(&input) {
-            assert_eq!(
-                HandshakeResponse::parse(&response.encode()).ok(),
-                Some(response)
-            );
-        }
-        if let Ok(ok) = OkPacket::parse(&input, caps) {
-            let _ = session_changes(&ok.session_state);
-            let once = OkPacket::parse(&ok.encode(OK, caps), caps).expect("an encoded OK parses");
-            assert_eq!(
-                OkPacket::parse(&once.encode(OK, caps), caps).ok(),
-                Some(once)
-            );
-        }
-        if let Ok(err) = ErrPacket::parse(&input) {
-            let again = ErrPacket::parse(&err.encode()).expect("an encoded ERR parses");
-            assert_eq!((again.code, again.message), (err.code, err.message));
-        }
-        if let Ok(eof) = EofPacket::parse(&input) {
-            assert_eq!(EofPacket::parse(&eof.encode()).ok(), Some(eof));
-        }
-        if let Ok(switch) = AuthSwitch::parse(&input) {
-            assert_eq!(AuthSwitch::parse(&switch.encode()).ok(), Some(switch));
-        }
-        let _ = parse_more_data(&input);
-        let mut reader = PacketReader::new(1 << 12);
-        reader.feed(&input);
-        while let Ok(Some(_)) = reader.next_packet() {}
     }
 }
