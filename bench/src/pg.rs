@@ -56,17 +56,27 @@ impl Cluster {
     /// accepts `max_connections` sessions (direct runs need one per pgbench client).
     pub async fn start(scale: u32, max_connections: usize) -> Result<Self> {
         let cluster = Self::init(max_connections).await?;
-        let address = cluster.address;
-        cluster
-            .run_as_postgres("pgbench", |c| {
-                c.args(["-i", "-q", "-s"])
-                    .arg(scale.to_string())
-                    .args(["-h", "127.0.0.1", "-p"]);
-                c.arg(address.port().to_string())
-                    .args(["-U", "postgres", "postgres"]);
-            })
-            .await?;
+        cluster.load_tables(scale).await?;
         Ok(cluster)
+    }
+
+    /// `pgbench -i -s scale` (the tables dropped and loaded afresh), then a checkpoint:
+    /// a run that updates starts from the same tables as every other, with no dead rows
+    /// of earlier runs to skip and no checkpoint of their writes due.
+    pub async fn load_tables(&self, scale: u32) -> Result<()> {
+        let port = self.address.port().to_string();
+        self.run_as_postgres("pgbench", |c| {
+            c.args(["-i", "-q", "-s"])
+                .arg(scale.to_string())
+                .args(["-h", "127.0.0.1", "-p", &port])
+                .args(["-U", "postgres", "postgres"]);
+        })
+        .await?;
+        self.run_as_postgres("psql", |c| {
+            c.args(["-h", "127.0.0.1", "-p", &port])
+                .args(["-U", "postgres", "-Xq", "-c", "CHECKPOINT", "postgres"]);
+        })
+        .await
     }
 
     /// initdb and start an empty server (waiting until it accepts) that trusts every

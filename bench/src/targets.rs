@@ -769,7 +769,8 @@ fn parse_pgbouncer_version(text: &str) -> Option<(u32, u32)> {
 }
 
 /// PgBouncer in front of `server`, trusting the `postgres` user (the server trusts it
-/// too), logging to stderr only. Session mode for [`Mode::Postgres`]`(Session)`, else
+/// too), logging to stderr only and no line per login or logout (switchyard runs with
+/// `access = "off"`: neither writes a line per connection). Session mode for [`Mode::Postgres`]`(Session)`, else
 /// transaction mode with `size` server connections, switchyard's queue timeout and, when
 /// `prepared` (the version has it), `max_prepared_statements = 200`.
 fn pgbouncer_config(listen: SocketAddr, server: SocketAddr, mode: Mode, prepared: bool) -> String {
@@ -798,6 +799,8 @@ auth_file = users.txt
 {pooling}
 max_client_conn = {PG_MAX_CLIENTS}
 ignore_startup_parameters = extra_float_digits
+log_connections = 0
+log_disconnections = 0
 "#,
         host = server.ip(),
         port = server.port(),
@@ -1069,6 +1072,8 @@ pub(crate) mod tests {
             "query_wait_timeout = 120",
             "max_client_conn = 2000",
             "auth_type = trust",
+            "log_connections = 0",
+            "log_disconnections = 0",
         ] {
             assert!(pgbouncer.contains(line), "{line} missing from {pgbouncer}");
         }

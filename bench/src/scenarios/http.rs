@@ -2,9 +2,9 @@
 //! backend, for a small (13 B) and a 64 KiB response, through each target (switchyard,
 //! HAProxy `mode http` and nginx configured for HTTP). Reports requests per second, wrk's
 //! p50/p99 latency and each proxy's CPU time (user + system, from /proc) per request.
-//! `--http-rounds N` has the targets, all running at once, take turns N times, and reports
-//! medians: single runs on this machine move by ±20 %, and a drift that lands on one
-//! target's turn would otherwise decide the ratio.
+//! `--http-rounds N` has the targets, all running at once, take turns N times (in reverse
+//! order every other round), and reports medians: single runs on this machine move by
+//! ±20 %, and a drift that lands on one target's turn would otherwise decide the ratio.
 
 use std::net::SocketAddr;
 
@@ -114,7 +114,8 @@ pub async fn run(ctx: &Context, args: &HttpArgs) -> Result<Vec<Row>> {
         vec![vec![Vec::new(); running.len()]; sizes.len()];
     for round in 1..=rounds {
         for (s, (path, _)) in sizes.iter().enumerate() {
-            for (t, (target, started)) in running.iter().enumerate() {
+            for t in super::turn_order(running.len(), round) {
+                let (target, started) = &running[t];
                 let sample = match started {
                     Ok(started) => {
                         progress(format!(

@@ -68,6 +68,28 @@ pub async fn connect_many(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> 
     Ok(streams)
 }
 
+/// The order the targets take their turns in round `round` (from 1): as given in odd
+/// rounds, reversed in even ones. A fixed order would give one target every first turn;
+/// a database that slows as a run's updates pile up, or a warming cache, would then
+/// favour it in every round alike, and the median would not remove that.
+pub fn turn_order(targets: usize, round: usize) -> impl Iterator<Item = usize> {
+    let reversed = round % 2 == 0;
+    (0..targets).map(move |i| if reversed { targets - 1 - i } else { i })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::turn_order;
+
+    #[test]
+    fn even_rounds_take_turns_in_reverse() {
+        assert_eq!(turn_order(3, 1).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(turn_order(3, 2).collect::<Vec<_>>(), [2, 1, 0]);
+        assert_eq!(turn_order(3, 3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(turn_order(0, 2).count(), 0);
+    }
+}
+
 /// One target's row for `metric` from its rounds: the median of what `pick` reads from
 /// each round's sample; failed if a round failed; `None` when `pick` read nothing (a figure
 /// the target does not have, such as the direct path's CPU time).

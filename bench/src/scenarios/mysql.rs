@@ -16,8 +16,8 @@
 //! Beside each run's tps, each proxy's CPU time (user + system, from /proc) per transaction:
 //! on two cores shared with MariaDB and sysbench, what a proxy spends is taken from them.
 //!
-//! The targets take turns at each run, each started for its turn; `--my-rounds N` repeats
-//! that N times and reports medians.
+//! The targets take turns at each run, each started for its turn (in reverse order every
+//! other round); `--my-rounds N` repeats that N times and reports medians.
 //!
 //! Needs the Debian `mariadb-server` (run as the `mysql` OS user) and `sysbench` packages.
 
@@ -222,7 +222,8 @@ pub async fn run(ctx: &Context, args: &MysqlArgs) -> Result<Vec<Row>> {
     // (the sessions a run counts on the server are its target's only).
     for round in 1..=rounds {
         for (r, run) in runs.iter().enumerate() {
-            for (t, &target) in targets.iter().enumerate() {
+            for t in super::turn_order(targets.len(), round) {
+                let target = targets[t];
                 progress(format!(
                     "{target}: {}, round {round} of {rounds}",
                     run.metric

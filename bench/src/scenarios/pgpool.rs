@@ -5,8 +5,8 @@
 //! the default TPC-B-like script, `-M simple|extended|prepared`, 1 to 512 clients. Beside
 //! each row, each pooler's CPU time (user + system, from /proc) per transaction: on two
 //! cores shared with the database and pgbench, what a pooler spends is taken from them.
-//! `--pgpool-rounds N` runs everything N times with the targets taking turns and reports
-//! medians.
+//! `--pgpool-rounds N` runs everything N times with the targets taking turns (in reverse
+//! order every other round) and reports medians.
 //!
 //! pgbench gets one thread per client (`-j = -c`) up to `--pgpool-max-jobs`. In
 //! `-M prepared` pgbench prepares each statement with a blocking call, which stalls that
@@ -185,6 +185,7 @@ fn runs(args: &PgpoolArgs) -> Vec<Run> {
                     better: Better::Higher,
                     args: pgbench_args,
                     latency: false,
+                    writes: script == Script::Tpcb,
                 });
             }
         }
@@ -199,6 +200,7 @@ fn runs(args: &PgpoolArgs) -> Vec<Run> {
                 .map(String::from)
                 .to_vec(),
             latency: false,
+            writes: true,
         });
     }
     runs
@@ -215,6 +217,7 @@ pub async fn run(ctx: &Context, args: &PgpoolArgs) -> Result<Vec<Row>> {
         pooling: PgPooling::Transaction {
             size: args.pool_size.max(1),
         },
+        scale: args.scale,
         secs: args.secs,
         rounds: args.rounds,
     };

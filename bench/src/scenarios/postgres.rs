@@ -70,6 +70,10 @@ pub(super) struct Run {
     pub args: Vec<String>,
     /// Report the average latency in µs instead of tps.
     pub latency: bool,
+    /// The script updates the tables (TPC-B): the tables are loaded afresh before each
+    /// turn (see [`Cluster::load_tables`]), so that no target runs on the dead rows of
+    /// the turns before it.
+    pub writes: bool,
 }
 
 fn runs(args: &PostgresArgs) -> Vec<Run> {
@@ -80,18 +84,21 @@ fn runs(args: &PostgresArgs) -> Vec<Run> {
             better: Better::Higher,
             args: vec!["-S".into(), "-c".into(), c.clone(), "-j".into(), "2".into()],
             latency: false,
+            writes: false,
         },
         Run {
             metric: "pgbench -S, 1 client, latency avg (us)".into(),
             better: Better::Lower,
             args: vec!["-S".into(), "-c".into(), "1".into()],
             latency: true,
+            writes: false,
         },
         Run {
             metric: format!("TPC-B, {c} clients (tps)"),
             better: Better::Higher,
             args: vec!["-c".into(), c, "-j".into(), "2".into()],
             latency: false,
+            writes: true,
         },
     ]
 }
@@ -104,6 +111,7 @@ pub async fn run(ctx: &Context, args: &PostgresArgs) -> Result<Vec<Row>> {
         scenario: SCENARIO,
         cluster: &cluster,
         pooling: PgPooling::Session,
+        scale: args.scale,
         secs: args.secs,
         rounds: 1,
     };
@@ -120,6 +128,8 @@ pub(super) struct Setup<'a> {
     pub cluster: &'a Cluster,
     /// switchyard's and PgBouncer's pool mode.
     pub pooling: PgPooling,
+    /// pgbench scale factor, for loading the tables afresh.
+    pub scale: u32,
     /// Seconds per pgbench run (`-T`).
     pub secs: u64,
     /// Rounds: every target does every run once per round, targets taking turns, and a
@@ -156,7 +166,8 @@ impl Setup<'_> {
             vec![vec![Vec::new(); runs.len()]; targets.len()];
         let mut notes: Vec<Option<String>> = vec![None; targets.len()];
         for round in 1..=rounds {
-            for (t, &target) in targets.iter().enumerate() {
+            for t in super::turn_order(targets.len(), round) {
+                let target = targets[t];
                 let turn = if rounds > 1 {
                     format!("{target}, round {round} of {rounds}")
                 } else {
@@ -182,7 +193,16 @@ impl Setup<'_> {
                 }
                 for (r, run) in runs.iter().enumerate() {
                     progress(format!("{turn}: {}", run.metric));
+                    if run.writes
+                        && let Err(error) = self.cluster.load_tables(self.scale).await
+                    {
+                        samples[t][r].push(Err(format!("loading the tables: {error:#}")));
+                        continue;
+                    }
                     let sample = sample(self.cluster, &running, self.secs, run).await;
+                    if let Ok(sample) = &sample {
+                        progress(format!("  -> {:.0}", sample.value));
+                    }
                     samples[t][r].push(sample.map_err(|error| format!("{error:#}")));
                 }
                 running.stop().await?;
