@@ -73,8 +73,8 @@ impl Cluster {
         })
         .await?;
         self.run_as_postgres("psql", |c| {
-            c.args(["-h", "127.0.0.1", "-p", &port])
-                .args(["-U", "postgres", "-Xq", "-c", "CHECKPOINT", "postgres"]);
+            c.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+                .args(["-Xq", "-c", "CHECKPOINT", "postgres"]);
         })
         .await
     }

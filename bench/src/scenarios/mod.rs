@@ -73,21 +73,8 @@ pub async fn connect_many(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> 
 /// a database that slows as a run's updates pile up, or a warming cache, would then
 /// favour it in every round alike, and the median would not remove that.
 pub fn turn_order(targets: usize, round: usize) -> impl Iterator<Item = usize> {
-    let reversed = round % 2 == 0;
+    let reversed = round.is_multiple_of(2);
     (0..targets).map(move |i| if reversed { targets - 1 - i } else { i })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::turn_order;
-
-    #[test]
-    fn even_rounds_take_turns_in_reverse() {
-        assert_eq!(turn_order(3, 1).collect::<Vec<_>>(), [0, 1, 2]);
-        assert_eq!(turn_order(3, 2).collect::<Vec<_>>(), [2, 1, 0]);
-        assert_eq!(turn_order(3, 3).collect::<Vec<_>>(), [0, 1, 2]);
-        assert_eq!(turn_order(0, 2).count(), 0);
-    }
 }
 
 /// One target's row for `metric` from its rounds: the median of what `pick` reads from
@@ -132,7 +119,15 @@ pub fn progress(msg: impl AsRef<str>) {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, turn_order};
+
+    #[test]
+    fn even_rounds_take_turns_in_reverse() {
+        assert_eq!(turn_order(3, 1).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(turn_order(3, 2).collect::<Vec<_>>(), [2, 1, 0]);
+        assert_eq!(turn_order(3, 3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(turn_order(0, 2).count(), 0);
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
