@@ -51,9 +51,9 @@ pub struct HttpArgs {
         default_value_t = 10
     )]
     pub secs: u64,
-    /// Rounds: every target runs every size once per round, the targets taking turns;
-    /// each figure is the median of the rounds, so a load the machine had during one turn
-    /// moves one sample, not a target's whole result.
+    /// Rounds: every target runs every size once per round, the targets taking turns (in
+    /// reverse order every other round); each figure is the median of the rounds, so a
+    /// load the machine had during one turn moves one sample, not a target's whole result.
     #[arg(
         id = "http-rounds",
         long = "http-rounds",

@@ -54,9 +54,9 @@ pub enum PoolMode {
 /// Options of the `mysql` scenario.
 #[derive(clap::Args, Clone, Debug)]
 pub struct MysqlArgs {
-    /// Rounds: every target does every run once per round, the targets taking turns; each
-    /// row is the median of the rounds, so a load the machine had during one turn moves one
-    /// sample, not a target's whole result.
+    /// Rounds: every target does every run once per round, the targets taking turns (in
+    /// reverse order every other round); each row is the median of the rounds, so a load
+    /// the machine had during one turn moves one sample, not a target's whole result.
     #[arg(
         id = "my-rounds",
         long = "my-rounds",

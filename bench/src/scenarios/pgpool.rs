@@ -148,9 +148,10 @@ pub struct PgpoolArgs {
         default_value_t = 10
     )]
     pub scale: u32,
-    /// Rounds: every target does every run once per round, targets taking turns; each
-    /// row is the median of the rounds (a load the machine had during one target's turn
-    /// would otherwise decide a comparison within 10 %).
+    /// Rounds: every target does every run once per round, targets taking turns (in
+    /// reverse order every other round); each row is the median of the rounds (a load the
+    /// machine had during one target's turn would otherwise decide a comparison within
+    /// 10 %).
     #[arg(
         id = "pgpool-rounds",
         long = "pgpool-rounds",

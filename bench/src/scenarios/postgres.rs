@@ -132,9 +132,9 @@ pub(super) struct Setup<'a> {
     pub scale: u32,
     /// Seconds per pgbench run (`-T`).
     pub secs: u64,
-    /// Rounds: every target does every run once per round, targets taking turns, and a
-    /// row reports the median of the rounds, so that a load the machine had during one
-    /// target's turn does not decide the comparison.
+    /// Rounds: every target does every run once per round, targets taking turns (see
+    /// [`super::turn_order`]), and a row reports the median of the rounds, so that a load
+    /// the machine had during one target's turn does not decide the comparison.
     pub rounds: usize,
 }
 
