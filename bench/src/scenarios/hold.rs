@@ -26,8 +26,7 @@ use super::{Context, progress};
 use crate::backend::{Backend, BackendKind, BackendProcess};
 use crate::child::{self, Helper};
 use crate::pg::Cluster;
-use crate::sys;
-use crate::sys::free_port;
+use crate::sys::{self, free_port};
 use crate::table::{Better, Row};
 use crate::targets::{PgPooling, RunningTarget, TargetKind, switchyard_pooling};
 

@@ -115,8 +115,8 @@ pub fn validate(config: &Config, sink: &mut ErrorSink<'_>) {
     database::validate_users(&config.users, sink);
     super::resolver::validate(&config.resolvers, &config.pools, sink);
     super::accounting::validate(config.accounting.as_ref(), sink);
-    for (i, pool) in config.pools.iter().enumerate() {
-        validate_pool(config, i, pool, sink);
+    for (i, (pool, view)) in config.pools.iter().zip(&pool_views).enumerate() {
+        validate_pool(config, i, pool, view, sink);
     }
 }
 
@@ -161,7 +161,15 @@ fn validate_admin_and_log(config: &Config, sink: &mut ErrorSink<'_>) {
     }
 }
 
-fn validate_pool(config: &Config, i: usize, pool: &PoolConfig, sink: &mut ErrorSink<'_>) {
+/// Checks pool `i`; `view` is the pool as the database rules read it (made once, for the
+/// listeners' rules too).
+fn validate_pool(
+    config: &Config,
+    i: usize,
+    pool: &PoolConfig,
+    view: &PoolView<'_>,
+    sink: &mut ErrorSink<'_>,
+) {
     if pool.servers.is_empty() && pool.resolver.is_none() {
         sink.at(
             &key_path!("pool", i, "servers"),
@@ -227,7 +235,7 @@ fn validate_pool(config: &Config, i: usize, pool: &PoolConfig, sink: &mut ErrorS
             "must be longer than zero",
         );
     }
-    database::validate_pool(&PoolView::from(pool), i, sink);
+    database::validate_pool(view, i, sink);
     validate_pool_keys_are_read(config, i, pool, sink);
 }
 
