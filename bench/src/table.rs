@@ -29,6 +29,10 @@ pub struct Row {
     pub better: Better,
     /// Optional free-form remark shown as a footnote.
     pub note: Option<String>,
+    /// Measured on the second instance of `target` in the run: a control, whose ratio to
+    /// the first instance shows what the machine alone makes of a ratio between two
+    /// targets (see [`Row::again`]).
+    pub again: bool,
 }
 
 impl Row {
@@ -47,6 +51,7 @@ impl Row {
             value: Ok(value),
             better,
             note: None,
+            again: false,
         }
     }
 
@@ -65,6 +70,7 @@ impl Row {
             value: Err(reason.into()),
             better,
             note: None,
+            again: false,
         }
     }
 
@@ -86,6 +92,14 @@ impl Row {
     /// Attaches a footnote to the row.
     pub fn with_note(mut self, note: impl Into<String>) -> Self {
         self.note = Some(note.into());
+        self
+    }
+
+    /// Marks the row as measured on a target's second instance in the run (`again`):
+    /// shown as `<target> (again)`, its last column divided by the first instance's value
+    /// rather than by the peer's.
+    pub fn again(mut self, again: bool) -> Self {
+        self.again = again;
         self
     }
 }
@@ -136,16 +150,17 @@ fn note_number(notes: &mut Vec<String>, text: &str) -> usize {
 /// Rows are grouped by `(scenario, metric)` in first-appearance order. The
 /// ratio columns divide each value by the `direct` and the peer's (`haproxy`, or
 /// `pgbouncer` for PostgreSQL) value of the same metric; whether a ratio above 1 is good
-/// depends on the `best` column (`high` or `low`).
+/// depends on the `best` column (`high` or `low`). A target's second instance (a control,
+/// [`Row::again`]) follows its first, and its last column is its ratio to the first.
 pub fn render(rows: &[Row]) -> String {
     let mut groups: Vec<(&'static str, &str)> = Vec::new();
-    let mut index: HashMap<(&str, &str, TargetKind), &Row> = HashMap::new();
+    let mut index: HashMap<(&str, &str, TargetKind, bool), &Row> = HashMap::new();
     for r in rows {
         let key = (r.scenario, r.metric.as_str());
         if !groups.contains(&key) {
             groups.push(key);
         }
-        index.insert((r.scenario, r.metric.as_str(), r.target), r);
+        index.insert((r.scenario, r.metric.as_str(), r.target, r.again), r);
     }
 
     let mut lines: Vec<[String; 7]> = vec![[
@@ -159,10 +174,13 @@ pub fn render(rows: &[Row]) -> String {
     ]];
     let mut notes: Vec<String> = Vec::new();
     for (scenario, metric) in &groups {
-        let reference = |t| index.get(&(*scenario, *metric, t)).map(|r| &r.value);
+        let reference = |t| index.get(&(*scenario, *metric, t, false)).map(|r| &r.value);
         let mut first = true;
-        for target in TargetKind::ALL {
-            let Some(row) = index.get(&(*scenario, *metric, target)) else {
+        let instances = TargetKind::ALL
+            .into_iter()
+            .flat_map(|target| [(target, false), (target, true)]);
+        for (target, again) in instances {
+            let Some(row) = index.get(&(*scenario, *metric, target, again)) else {
                 continue;
             };
             let mut value = match &row.value {
@@ -191,12 +209,20 @@ pub fn render(rows: &[Row]) -> String {
                 } else {
                     String::new()
                 },
-                target.to_string(),
+                if again {
+                    format!("{target} (again)")
+                } else {
+                    target.to_string()
+                },
                 value,
                 fmt_ratio(&row.value, reference(TargetKind::Direct)),
                 fmt_ratio(
                     &row.value,
-                    reference(TargetKind::Haproxy).or(reference(TargetKind::Pgbouncer)),
+                    if again {
+                        reference(target)
+                    } else {
+                        reference(TargetKind::Haproxy).or(reference(TargetKind::Pgbouncer))
+                    },
                 ),
             ]);
             first = false;
@@ -232,4 +258,32 @@ pub fn render(rows: &[Row]) -> String {
         let _ = writeln!(out, "[{}] {n}", i + 1);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_instance_is_shown_after_the_first_and_divided_by_it() {
+        let row = |target, value| Row::ok("pgpool", "TPC-B (tps)", target, value, Better::Higher);
+        let rows = [
+            row(TargetKind::Pgbouncer, 1000.0),
+            row(TargetKind::Switchyard, 900.0),
+            row(TargetKind::Pgbouncer, 1020.0).again(true),
+        ];
+        let table = render(&rows);
+        let lines: Vec<&str> = table.lines().skip(2).collect();
+        let cells = |line: &str| {
+            line.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cells(lines[0])[4..], ["switchyard", "900.0", "-", "0.90x"]);
+        assert_eq!(cells(lines[1]), ["pgbouncer", "1000", "-", "1.00x"]);
+        assert_eq!(
+            cells(lines[2]),
+            ["pgbouncer", "(again)", "1020", "-", "1.02x"]
+        );
+    }
 }

@@ -68,7 +68,9 @@ impl QueryMode {
 #[derive(clap::Args, Clone, Debug)]
 pub struct PgpoolArgs {
     /// Targets of this scenario, comma separated. `haproxy` (`mode tcp`) pools nothing: one
-    /// server session per client, bytes copied; it shows what a hop alone costs here.
+    /// server session per client, bytes copied; it shows what a hop alone costs here. A
+    /// target named twice also runs twice (`<target> (again)`, a control): its ratio to
+    /// itself is what this machine alone makes of a ratio.
     #[arg(
         id = "pgpool-targets",
         long = "pgpool-targets",

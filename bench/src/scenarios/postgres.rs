@@ -25,7 +25,9 @@ const SCENARIO: &str = "postgres";
 #[derive(clap::Args, Clone, Debug)]
 pub struct PostgresArgs {
     /// Targets of this scenario, comma separated. `haproxy` (`mode tcp`) pools nothing: one
-    /// server session per client, bytes copied; it shows what a hop alone costs here.
+    /// server session per client, bytes copied; it shows what a hop alone costs here. A
+    /// target named twice also runs twice (`<target> (again)`, a control): its ratio to
+    /// itself is what this machine alone makes of a ratio.
     #[arg(
         id = "pg-targets",
         long = "pg-targets",
@@ -168,10 +170,11 @@ impl Setup<'_> {
         for round in 1..=rounds {
             for t in super::turn_order(targets.len(), round) {
                 let target = targets[t];
+                let name = instance_name(targets, t);
                 let turn = if rounds > 1 {
-                    format!("{target}, round {round} of {rounds}")
+                    format!("{name}, round {round} of {rounds}")
                 } else {
-                    target.to_string()
+                    name.clone()
                 };
                 progress(&turn);
                 let address = self.cluster.address();
@@ -188,7 +191,7 @@ impl Setup<'_> {
                     }
                 };
                 if let Some(note) = running.note() {
-                    progress(format!("{target}: {note}"));
+                    progress(format!("{name}: {note}"));
                     notes[t] = Some(note.to_string());
                 }
                 for (r, run) in runs.iter().enumerate() {
@@ -213,6 +216,7 @@ impl Setup<'_> {
             let cpu_metric = format!("{}: proxy CPU per transaction (us)", run.metric);
             let mut cpu_rows = Vec::new();
             for (t, &target) in targets.iter().enumerate() {
+                let again = targets[..t].contains(&target);
                 let results = &samples[t][r];
                 let row = |metric: &str, better, pick: fn(&Sample) -> Option<f64>| {
                     let row = median_row(self.scenario, metric, target, better, results, pick)
@@ -225,6 +229,7 @@ impl Setup<'_> {
                                 "not measured".to_string(),
                             )
                         });
+                    let row = row.again(again);
                     match &notes[t] {
                         Some(note) => row.with_note(note.clone()),
                         None => row,
@@ -238,6 +243,16 @@ impl Setup<'_> {
             rows.extend(cpu_rows);
         }
         Ok(rows)
+    }
+}
+
+/// How the progress lines name the target at `t`: a target listed a second time (a
+/// control run of the same program) is `<target> (again)`.
+fn instance_name(targets: &[TargetKind], t: usize) -> String {
+    if targets[..t].contains(&targets[t]) {
+        format!("{} (again)", targets[t])
+    } else {
+        targets[t].to_string()
     }
 }
 
@@ -308,4 +323,22 @@ fn figure(report: &str, prefix: &str) -> Result<f64> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|number| number.parse::<f64>().ok())
         .with_context(|| format!("no `{prefix}` in pgbench's report: {report}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_named_twice_is_again_the_second_time() {
+        let targets = [
+            TargetKind::Pgbouncer,
+            TargetKind::Switchyard,
+            TargetKind::Pgbouncer,
+        ];
+        let names: Vec<String> = (0..targets.len())
+            .map(|t| instance_name(&targets, t))
+            .collect();
+        assert_eq!(names, ["pgbouncer", "switchyard", "pgbouncer (again)"]);
+    }
 }
