@@ -107,7 +107,10 @@ struct Cli {
     #[arg(value_enum)]
     scenario: Scenario,
 
-    /// Targets to measure, comma separated.
+    /// Targets to measure, comma separated. In `mysql` a target named twice also runs
+    /// twice (`<target> (again)`, a control: its ratio to itself is what this machine alone
+    /// makes of a ratio); `postgres` and `pgpool` take theirs from `--pg-targets` and
+    /// `--pgpool-targets`, which do the same.
     #[arg(
         long,
         value_enum,

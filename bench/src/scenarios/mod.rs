@@ -77,6 +77,22 @@ pub fn turn_order(targets: usize, round: usize) -> impl Iterator<Item = usize> {
     (0..targets).map(move |i| if reversed { targets - 1 - i } else { i })
 }
 
+/// Whether the target at `t` of `targets` was named before it: a second instance, run as a
+/// control (see [`Row::again`]).
+pub fn named_before(targets: &[TargetKind], t: usize) -> bool {
+    targets[..t].contains(&targets[t])
+}
+
+/// How progress lines name the target at `t` of `targets`: a second instance is
+/// `<target> (again)`.
+pub fn instance_name(targets: &[TargetKind], t: usize) -> String {
+    if named_before(targets, t) {
+        format!("{} (again)", targets[t])
+    } else {
+        targets[t].to_string()
+    }
+}
+
 /// One target's row for `metric` from its rounds: the median of what `pick` reads from
 /// each round's sample; failed if a round failed; `None` when `pick` read nothing (a figure
 /// the target does not have, such as the direct path's CPU time).
@@ -119,7 +135,8 @@ pub fn progress(msg: impl AsRef<str>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{median, turn_order};
+    use super::{instance_name, median, turn_order};
+    use crate::targets::TargetKind;
 
     #[test]
     fn even_rounds_take_turns_in_reverse() {
@@ -127,6 +144,19 @@ mod tests {
         assert_eq!(turn_order(3, 2).collect::<Vec<_>>(), [2, 1, 0]);
         assert_eq!(turn_order(3, 3).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(turn_order(0, 2).count(), 0);
+    }
+
+    #[test]
+    fn a_target_named_twice_is_again_the_second_time() {
+        let targets = [
+            TargetKind::Pgbouncer,
+            TargetKind::Switchyard,
+            TargetKind::Pgbouncer,
+        ];
+        let names: Vec<String> = (0..targets.len())
+            .map(|t| instance_name(&targets, t))
+            .collect();
+        assert_eq!(names, ["pgbouncer", "switchyard", "pgbouncer (again)"]);
     }
 
     #[test]

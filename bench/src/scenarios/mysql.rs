@@ -225,7 +225,8 @@ pub async fn run(ctx: &Context, args: &MysqlArgs) -> Result<Vec<Row>> {
             for t in super::turn_order(targets.len(), round) {
                 let target = targets[t];
                 progress(format!(
-                    "{target}: {}, round {round} of {rounds}",
+                    "{}: {}, round {round} of {rounds}",
+                    super::instance_name(&targets, t),
                     run.metric
                 ));
                 let turn = take_turn(&server, target, ctx, args, run).await?;
@@ -236,18 +237,16 @@ pub async fn run(ctx: &Context, args: &MysqlArgs) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (run, turns) in runs.iter().zip(turns) {
         let mut cpu_rows = Vec::new();
-        for (&target, turns) in targets.iter().zip(turns) {
+        for (t, (&target, turns)) in targets.iter().zip(turns).enumerate() {
+            let again = super::named_before(&targets, t);
             let (row, cpu, sessions) = summarise(run, target, turns);
-            rows.push(row);
-            cpu_rows.extend(cpu);
+            rows.push(row.again(again));
+            cpu_rows.extend(cpu.map(|cpu| cpu.again(again)));
             if let (Some(metric), Some(sessions)) = (&run.sessions_metric, sessions) {
-                rows.push(Row::measured(
-                    SCENARIO,
-                    metric,
-                    target,
-                    Better::Lower,
-                    sessions.map(|n| n as f64),
-                ));
+                let counted = sessions.map(|n| n as f64);
+                rows.push(
+                    Row::measured(SCENARIO, metric, target, Better::Lower, counted).again(again),
+                );
             }
         }
         rows.extend(cpu_rows);

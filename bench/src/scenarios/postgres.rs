@@ -170,7 +170,7 @@ impl Setup<'_> {
         for round in 1..=rounds {
             for t in super::turn_order(targets.len(), round) {
                 let target = targets[t];
-                let name = instance_name(targets, t);
+                let name = super::instance_name(targets, t);
                 let turn = if rounds > 1 {
                     format!("{name}, round {round} of {rounds}")
                 } else {
@@ -216,7 +216,7 @@ impl Setup<'_> {
             let cpu_metric = format!("{}: proxy CPU per transaction (us)", run.metric);
             let mut cpu_rows = Vec::new();
             for (t, &target) in targets.iter().enumerate() {
-                let again = targets[..t].contains(&target);
+                let again = super::named_before(targets, t);
                 let results = &samples[t][r];
                 let row = |metric: &str, better, pick: fn(&Sample) -> Option<f64>| {
                     let row = median_row(self.scenario, metric, target, better, results, pick)
@@ -243,16 +243,6 @@ impl Setup<'_> {
             rows.extend(cpu_rows);
         }
         Ok(rows)
-    }
-}
-
-/// How the progress lines name the target at `t`: a target listed a second time (a
-/// control run of the same program) is `<target> (again)`.
-fn instance_name(targets: &[TargetKind], t: usize) -> String {
-    if targets[..t].contains(&targets[t]) {
-        format!("{} (again)", targets[t])
-    } else {
-        targets[t].to_string()
     }
 }
 
@@ -323,22 +313,4 @@ fn figure(report: &str, prefix: &str) -> Result<f64> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|number| number.parse::<f64>().ok())
         .with_context(|| format!("no `{prefix}` in pgbench's report: {report}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_target_named_twice_is_again_the_second_time() {
-        let targets = [
-            TargetKind::Pgbouncer,
-            TargetKind::Switchyard,
-            TargetKind::Pgbouncer,
-        ];
-        let names: Vec<String> = (0..targets.len())
-            .map(|t| instance_name(&targets, t))
-            .collect();
-        assert_eq!(names, ["pgbouncer", "switchyard", "pgbouncer (again)"]);
-    }
 }
