@@ -770,9 +770,10 @@ fn parse_pgbouncer_version(text: &str) -> Option<(u32, u32)> {
 
 /// PgBouncer in front of `server`, trusting the `postgres` user (the server trusts it
 /// too), logging to stderr only and no line per login or logout (switchyard runs with
-/// `access = "off"`: neither writes a line per connection). Session mode for [`Mode::Postgres`]`(Session)`, else
-/// transaction mode with `size` server connections, switchyard's queue timeout and, when
-/// `prepared` (the version has it), `max_prepared_statements = 200`.
+/// `access = "off"`: neither writes a line per connection). Session mode for
+/// [`Mode::Postgres`]`(Session)`, else transaction mode with `size` server connections,
+/// switchyard's queue timeout and, when `prepared` (the version has it),
+/// `max_prepared_statements = 200`.
 fn pgbouncer_config(listen: SocketAddr, server: SocketAddr, mode: Mode, prepared: bool) -> String {
     let pooling = match mode {
         Mode::Postgres(PgPooling::Transaction { size }) => format!(
