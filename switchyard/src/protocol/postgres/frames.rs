@@ -7,7 +7,7 @@
 //! transaction boundaries; no crate exposes the wire framing at that level.
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 use super::codec::CodecError;
 
@@ -109,11 +109,20 @@ impl<const LASTING: bool> FrameReader<LASTING> {
 
     /// Reads what the stream has; `Ok(0)` is the end of the stream.
     pub async fn fill<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx, stream)).await
+    }
+
+    /// [`FrameReader::fill`] as a poll, for a task that waits on more than one stream.
+    pub fn poll_fill<S: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        stream: &mut S,
+    ) -> std::task::Poll<std::io::Result<usize>> {
         self.drop_taken();
         if self.buf.capacity() - self.buf.len() < 4096 {
             crate::memory::lasting_if(LASTING, || self.buf.reserve(INITIAL_BUFFER));
         }
-        stream.read_buf(&mut self.buf).await
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(stream), cx, &mut self.buf)
     }
 
     /// Like [`FrameReader::fill`], for a wait that may last (a client between

@@ -28,6 +28,7 @@
 //! with an error and the client's next transaction starts on another connection.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -53,9 +54,19 @@ use crate::config::MessageLimits;
 use crate::lazy_timer::LazyTimer;
 use crate::listener::ListenerSettings;
 use crate::observe::{ConnectionRecord, Termination};
-use crate::on_wake::Interruption;
+use crate::on_wake::{Gate, Interruption};
 use crate::upstream::tx_pool::{Member, Pairing};
 use crate::upstream::{Pool, RoleFilter};
+
+/// What woke a transaction's wait (see `Session::transaction`).
+enum Woke {
+    /// The server's socket was read.
+    Server(std::io::Result<usize>),
+    /// The client's socket was read.
+    Client(std::io::Result<usize>),
+    /// The server was cut or the proxy is stopping.
+    Interrupted(Interruption),
+}
 
 /// What the client loop needs from the session that started it.
 struct Client {
@@ -467,6 +478,7 @@ impl Session {
         // only when it fires, not at each of the transaction's wake-ups (see `on_wake`).
         let (hard_stop, cut) = (self.client.hard_stop(), held.conn.cut.clone());
         let mut interrupted = crate::on_wake::cut_or_stop(&cut, &hard_stop);
+        let (server_gate, client_gate) = (Gate::default(), Gate::default());
         // The client sent Terminate: what it sent before still runs and is answered, as
         // the server would do (a client may send its last statement and Terminate without
         // waiting in between), then the session ends; nothing more is read from it. Only
@@ -503,22 +515,45 @@ impl Session {
             if self.conv.can_give_back(&held.hold) {
                 return Ok(());
             }
-            tokio::select! {
-                read = self.reader.fill(&mut self.client.stream), if !leaving => match read {
-                    Ok(0) | Err(_) => return Err(Stop::ClientClosed("client left mid-transaction".to_string())),
-                    Ok(n) => self.moved.to_server += n as u64,
-                },
-                read = held.conn.link.reader.fill(&mut held.conn.link.stream) => match read {
-                    Ok(0) | Err(_) => return self.server_lost(held, "server closed the connection").await,
-                    Ok(n) => {
-                        self.moved.to_client += n as u64;
-                        self.server_messages(held).await?;
+            // The server first, so that what it answers is taken before more is read from
+            // the client to send it (a server blocked on writing to us reads nothing we
+            // send it); each socket only when it woke the task (see `Gate`).
+            let woke = std::future::poll_fn(|cx| {
+                let server = &mut held.conn.link;
+                if let Poll::Ready(read) =
+                    server_gate.poll(cx, |cx| server.reader.poll_fill(cx, &mut server.stream))
+                {
+                    return Poll::Ready(Woke::Server(read));
+                }
+                if !leaving {
+                    let (reader, client) = (&mut self.reader, &mut self.client.stream);
+                    if let Poll::Ready(read) =
+                        client_gate.poll(cx, |cx| reader.poll_fill(cx, client))
+                    {
+                        return Poll::Ready(Woke::Client(read));
                     }
-                },
-                interruption = &mut interrupted => match interruption {
-                    Interruption::Cut => return self.server_lost(held, "server taken out of service").await,
-                    Interruption::Stop => return Err(Stop::Shutdown),
-                },
+                }
+                Pin::new(&mut interrupted).poll(cx).map(Woke::Interrupted)
+            })
+            .await;
+            match woke {
+                Woke::Server(Ok(0) | Err(_)) => {
+                    return self.server_lost(held, "server closed the connection").await;
+                }
+                Woke::Server(Ok(n)) => {
+                    self.moved.to_client += n as u64;
+                    self.server_messages(held).await?;
+                }
+                Woke::Client(Ok(0) | Err(_)) => {
+                    return Err(Stop::ClientClosed(
+                        "client left mid-transaction".to_string(),
+                    ));
+                }
+                Woke::Client(Ok(n)) => self.moved.to_server += n as u64,
+                Woke::Interrupted(Interruption::Cut) => {
+                    return self.server_lost(held, "server taken out of service").await;
+                }
+                Woke::Interrupted(Interruption::Stop) => return Err(Stop::Shutdown),
             }
         }
     }
