@@ -512,7 +512,9 @@ impl<D: Dialect> TxPool<D> {
             choose: &choose,
             changed: pool.changes(),
         };
-        let open = |place| self.open(&pool, client, place, limits);
+        // Boxed: opening a connection (connect, TLS, login) is a large future that most
+        // leases never run, and every transaction's future would carry room for it.
+        let open = |place| Box::pin(self.open(&pool, client, place, limits));
         let leased = self.conns.lease(&ask, open).await;
         let waited = started.elapsed().as_micros() as u64;
         self.stats.wait_micros.fetch_add(waited, Ordering::Relaxed);
