@@ -23,9 +23,9 @@ pub struct OnWake<F> {
     gate: Gate,
 }
 
-/// Lets a poll through only when what it waits on may have changed: first, after the
-/// poll before it was ready (a read that filled a buffer may have left more behind), and
-/// after the waker it registered fired. A task that waits on several things at once
+/// Lets a poll through only when what it waits on may have changed: the first time, right
+/// after a poll that was ready (a read that filled a buffer may have left more behind),
+/// and after the waker it registered fired. A task that waits on several things at once
 /// (`tokio::select!` style) polls, at each wake-up, only the ones that woke it.
 pub struct Gate {
     signal: Arc<Signal>,
@@ -179,6 +179,7 @@ mod tests {
         assert!(Pin::new(&mut quiet).poll(&mut cx).is_ready());
         assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
+
     /// A gated poll runs first, again after it was ready (more may be left), and then
     /// only when the waker it was given fires; the task is woken with it.
     #[test]

@@ -515,10 +515,15 @@ impl Session {
             if self.conv.can_give_back(&held.hold) {
                 return Ok(());
             }
-            // The server first, so that what it answers is taken before more is read from
-            // the client to send it (a server blocked on writing to us reads nothing we
-            // send it); each socket only when it woke the task (see `Gate`).
+            // The cut and the stop first (a look costs a few atomic operations), so that a
+            // long stream cannot hide them; then the server, so that what it answers is
+            // taken before more is read from the client to send it (a server blocked on
+            // writing to us reads nothing we send it); each socket only when it woke the
+            // task (see `Gate`).
             let woke = std::future::poll_fn(|cx| {
+                if let Poll::Ready(interruption) = Pin::new(&mut interrupted).poll(cx) {
+                    return Poll::Ready(Woke::Interrupted(interruption));
+                }
                 let server = &mut held.conn.link;
                 if let Poll::Ready(read) =
                     server_gate.poll(cx, |cx| server.reader.poll_fill(cx, &mut server.stream))
@@ -533,7 +538,7 @@ impl Session {
                         return Poll::Ready(Woke::Client(read));
                     }
                 }
-                Pin::new(&mut interrupted).poll(cx).map(Woke::Interrupted)
+                Poll::Pending
             })
             .await;
             match woke {
