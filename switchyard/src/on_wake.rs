@@ -63,6 +63,13 @@ impl Default for Gate {
 }
 
 impl Gate {
+    /// Whether a poll would run now: the first time, after a ready poll, or after the
+    /// gate's waker fired. A load, not a poll: it registers nothing, so a task that goes
+    /// to sleep on the gate must still poll it.
+    pub fn is_open(&self) -> bool {
+        self.signal.woken.load(Ordering::Acquire)
+    }
+
     /// Runs `poll` with the gate's own waker if it may be ready; `Pending` without running
     /// it otherwise. The task in `cx` is woken when the gate's waker is.
     pub fn poll<T>(
@@ -90,6 +97,11 @@ impl<F: Future> OnWake<F> {
             inner: Box::pin(inner),
             gate: Gate::default(),
         }
+    }
+
+    /// Whether a poll would look at the inner future now (see [`Gate::is_open`]).
+    pub fn is_woken(&self) -> bool {
+        self.gate.is_open()
     }
 }
 
@@ -216,8 +228,10 @@ mod tests {
             assert!(poll(true, &mut cx).is_pending(), "not woken: not polled");
         }
         assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert!(!gate.is_open());
         registered.lock().unwrap().take().unwrap().wake();
         assert_eq!(task_woken.load(Ordering::SeqCst), 1);
+        assert!(gate.is_open());
         assert!(poll(true, &mut cx).is_ready());
         assert_eq!(runs.load(Ordering::SeqCst), 3);
     }

@@ -515,13 +515,15 @@ impl Session {
             if self.conv.can_give_back(&held.hold) {
                 return Ok(());
             }
-            // The cut and the stop first (a look costs a few atomic operations), so that a
-            // long stream cannot hide them; then the server, so that what it answers is
-            // taken before more is read from the client to send it (a server blocked on
-            // writing to us reads nothing we send it); each socket only when it woke the
-            // task (see `Gate`).
+            // The cut and the stop first once they fired (a load of a flag until then), so
+            // that a long stream cannot hide them; then the server, so that what it
+            // answers is taken before more is read from the client to send it (a server
+            // blocked on writing to us reads nothing we send it); each socket only when it
+            // woke the task (see `Gate`).
             let woke = std::future::poll_fn(|cx| {
-                if let Poll::Ready(interruption) = Pin::new(&mut interrupted).poll(cx) {
+                if interrupted.is_woken()
+                    && let Poll::Ready(interruption) = Pin::new(&mut interrupted).poll(cx)
+                {
                     return Poll::Ready(Woke::Interrupted(interruption));
                 }
                 let server = &mut held.conn.link;
@@ -538,7 +540,7 @@ impl Session {
                         return Poll::Ready(Woke::Client(read));
                     }
                 }
-                Poll::Pending
+                Pin::new(&mut interrupted).poll(cx).map(Woke::Interrupted)
             })
             .await;
             match woke {
