@@ -104,6 +104,16 @@ impl Row {
     }
 }
 
+/// How a target is named in the table and in progress lines: its second instance in a
+/// run (a control, see [`Row::again`]) is `<target> (again)`.
+pub fn instance_label(target: TargetKind, again: bool) -> String {
+    if again {
+        format!("{target} (again)")
+    } else {
+        target.to_string()
+    }
+}
+
 /// The peer column's title: the peer the rows were measured against.
 fn peer_header(rows: &[Row]) -> &'static str {
     let has = |kind| rows.iter().any(|r| r.target == kind);
@@ -209,11 +219,7 @@ pub fn render(rows: &[Row]) -> String {
                 } else {
                     String::new()
                 },
-                if again {
-                    format!("{target} (again)")
-                } else {
-                    target.to_string()
-                },
+                instance_label(target, again),
                 value,
                 fmt_ratio(&row.value, reference(TargetKind::Direct)),
                 fmt_ratio(

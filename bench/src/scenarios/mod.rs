@@ -86,11 +86,7 @@ pub fn named_before(targets: &[TargetKind], t: usize) -> bool {
 /// How progress lines name the target at `t` of `targets`: a second instance is
 /// `<target> (again)`.
 pub fn instance_name(targets: &[TargetKind], t: usize) -> String {
-    if named_before(targets, t) {
-        format!("{} (again)", targets[t])
-    } else {
-        targets[t].to_string()
-    }
+    crate::table::instance_label(targets[t], named_before(targets, t))
 }
 
 /// One target's row for `metric` from its rounds: the median of what `pick` reads from
