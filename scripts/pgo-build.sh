@@ -30,9 +30,10 @@ if [ -z "$llvm_profdata" ]; then
 fi
 
 if [ "${1:-}" != "--skip-training" ]; then
-    for tool in pgbench sysbench wrk mariadbd /usr/sbin/smtp-source /usr/sbin/smtp-sink; do
+    # Server binaries live in /usr/sbin, which a user's PATH may not hold.
+    for tool in pgbench sysbench wrk mariadbd smtp-source smtp-sink; do
         if ! command -v "$tool" >/dev/null && [ ! -x "/usr/sbin/$tool" ]; then
-            echo "$tool not found: the training runs the bench's scenarios (see above)" >&2
+            echo "$tool not found: the training runs the bench's scenarios (see this script's header)" >&2
             exit 1
         fi
     done
