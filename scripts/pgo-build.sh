@@ -2,7 +2,7 @@
 # Builds switchyard with profile-guided optimisation (PGO).
 #
 # Why: on the PostgreSQL transaction pool's hot path switchyard's user time is far more
-# than its instruction count explains (under one instruction per two cycles): its hot code
+# than its instruction count explains (one instruction per two cycles): its hot code
 # is spread over tokio, the codecs and the pooler. A profile of real traffic lets the
 # compiler lay the hot code out together and inline by measured use; `docs/benchmarks.md`
 # ("Profile-guided build") has what it changes.
